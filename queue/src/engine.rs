@@ -1,0 +1,1076 @@
+//! The embedded engine: topics on disk under one directory, one writer thread, one
+//! maintenance thread, and the [`Queue`] operations.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot};
+
+use crate::api::{
+    AckOutcome, Confirm, DeadLetter, Delivery, FetchOptions, Message, Queue, Receipt, StartAt,
+    TopicStats,
+};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::format::{self, FLAG_NO_DEDUP, GroupOp, OpKind, Reader};
+use crate::limits::{
+    ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, DEAD_LETTER_LIST_MAX, FETCH_MESSAGES_MAX, GROUPS_MAX,
+    HEADER_NAME_BYTES_MAX, HEADER_VALUE_BYTES_MAX, HEADERS_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX,
+    REASON_BYTES_MAX, TOPICS_MAX,
+};
+use crate::recovery::{self, GroupMeta, RecoveryReport, TopicMeta};
+use crate::topic::{Append, DeadJob, Group, ReadLoc, TopicLimits, TopicState};
+use crate::writer::{DurableSink, Job, Writer};
+
+/// Suffix of dead-letter topic names.
+pub const DLQ_SUFFIX: &str = ".dlq";
+/// The built-in group of a dead-letter topic that tracks which dead letters are pending.
+pub const DLQ_GROUP: &str = "$dead-letters";
+
+/// An open topic.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    name: String,
+    dir: PathBuf,
+    state: Mutex<TopicState>,
+    /// Woken when messages become durable.
+    notify: Notify,
+}
+
+impl Topic {
+    fn lock(&self) -> MutexGuard<'_, TopicState> {
+        // A panic while holding the lock is a bug; the state is still the best we have.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl DurableSink for Topic {
+    fn durable(&self, end_offset: u64) {
+        {
+            let mut st = self.lock();
+            if end_offset > st.durable_end {
+                st.durable_end = end_offset;
+            }
+        }
+        self.notify.notify_waiters();
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    config: Config,
+    limits: TopicLimits,
+    writer: Writer,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    create_lock: Mutex<()>,
+    dlq_lock: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+    maintenance: Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+    _lock_file: File,
+    recovery: HashMap<String, RecoveryReport>,
+}
+
+/// The embedded durable queue. Cheap to clone; all clones share one engine.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// Envelope stored as the payload of a dead letter (FORMAT.md, "Dead letters").
+#[derive(Debug, Serialize, Deserialize)]
+struct DeadMeta {
+    group: String,
+    original_offset: u64,
+    attempts: u32,
+    reason: String,
+    dead_at_ms: u64,
+    id: Option<String>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Checks a topic or group name: 1..=64 bytes of `[A-Za-z0-9._-]`, not starting with a dot.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{kind} name {name:?} must be 1..={NAME_BYTES_MAX} bytes of [A-Za-z0-9._-], not starting with '.'"
+        )))
+    }
+}
+
+fn validate_user_topic(name: &str) -> Result<()> {
+    validate_name("topic", name)?;
+    if name.ends_with(DLQ_SUFFIX) || name.len() + DLQ_SUFFIX.len() > NAME_BYTES_MAX {
+        return Err(Error::Invalid(format!(
+            "topic name {name:?} must not end in {DLQ_SUFFIX:?} and must leave room for it"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_message(m: &Message) -> Result<()> {
+    if m.payload.len() > PAYLOAD_BYTES_MAX {
+        return Err(Error::Invalid(format!(
+            "payload of {} bytes exceeds {PAYLOAD_BYTES_MAX}",
+            m.payload.len()
+        )));
+    }
+    if m.headers.len() > HEADERS_MAX {
+        return Err(Error::Invalid(format!(
+            "{} headers exceed {HEADERS_MAX}",
+            m.headers.len()
+        )));
+    }
+    for (k, v) in &m.headers {
+        if k.is_empty() || k.len() > HEADER_NAME_BYTES_MAX || v.len() > HEADER_VALUE_BYTES_MAX {
+            return Err(Error::Invalid(format!(
+                "header {k:?}: name must be 1..={HEADER_NAME_BYTES_MAX} bytes, value at most {HEADER_VALUE_BYTES_MAX}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn cut(reason: &str) -> String {
+    let mut end = reason.len().min(REASON_BYTES_MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+/// The id under which a dead letter is published, so that a repeated move is de-duplicated.
+fn dead_letter_id(topic: &str, group: &str, offset: u64) -> u128 {
+    // FNV-1a, 128-bit: stable across builds (unlike `DefaultHasher`).
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    let prime: u128 = 0x0000000001000000000000000000013B;
+    for b in topic
+        .bytes()
+        .chain([0u8])
+        .chain(group.bytes())
+        .chain([0u8])
+        .chain(offset.to_le_bytes())
+    {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(prime);
+    }
+    h
+}
+
+/// One message read back from a segment.
+struct Stored {
+    id: Option<u128>,
+    due_ms: Option<u64>,
+    headers: Vec<(String, Vec<u8>)>,
+    payload: Bytes,
+}
+
+/// Reads the entries at `locs` (any order), coalescing neighbours into one read.
+fn read_entries(locs: &[ReadLoc]) -> Result<HashMap<u64, Stored>> {
+    use std::os::unix::fs::FileExt;
+    let mut order: Vec<&ReadLoc> = locs.iter().collect();
+    order.sort_by(|a, b| {
+        (Arc::as_ptr(&a.file) as usize, a.pos).cmp(&(Arc::as_ptr(&b.file) as usize, b.pos))
+    });
+    let mut out = HashMap::with_capacity(locs.len());
+    let mut i = 0;
+    let mut buf = Vec::new();
+    while i < order.len() {
+        let first = order[i];
+        let mut end = first.pos + u64::from(first.len);
+        let mut j = i + 1;
+        // Frames between neighbours are small; read across them rather than seek.
+        while j < order.len()
+            && Arc::ptr_eq(&order[j].file, &first.file)
+            && order[j].pos >= end
+            && order[j].pos - end <= 4096
+            && order[j].pos + u64::from(order[j].len) - first.pos <= (8 << 20)
+        {
+            end = order[j].pos + u64::from(order[j].len);
+            j += 1;
+        }
+        buf.resize((end - first.pos) as usize, 0);
+        first
+            .file
+            .file
+            .read_exact_at(&mut buf, first.pos)
+            .map_err(|e| Error::io("read segment", &first.file.path, e))?;
+        for loc in &order[i..j] {
+            let start = (loc.pos - first.pos) as usize;
+            let slice = &buf[start..start + loc.len as usize];
+            let mut r = Reader::new(slice);
+            let e = format::decode_entry(&mut r).map_err(|e| Error::Corrupt {
+                segment: loc.file.path.clone(),
+                position: loc.pos,
+                reason: format!("entry read back: {e}"),
+            })?;
+            out.insert(
+                loc.offset,
+                Stored {
+                    id: e.id,
+                    due_ms: e.due_ms,
+                    headers: e.headers(),
+                    payload: Bytes::copy_from_slice(e.payload),
+                },
+            );
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
+impl Engine {
+    /// Opens (creating if needed) the queue in `dir`, recovering every topic.
+    ///
+    /// Fails with [`Error::Corrupt`] if a sealed segment is damaged and `config.repair` is
+    /// off. Only one engine may have a directory open at a time (a lock file enforces it).
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Engine> {
+        let dir = dir.as_ref().to_path_buf();
+        let topics_dir = dir.join("topics");
+        std::fs::create_dir_all(&topics_dir)
+            .map_err(|e| Error::io("create directory", &topics_dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+        lock_file.try_lock().map_err(|e| {
+            Error::io(
+                "lock (is another process using this queue directory?)",
+                &lock_path,
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let limits = TopicLimits {
+            segment_bytes_max: config.segment_bytes_max,
+            backlog_messages_max: config.backlog_messages_max,
+            backlog_bytes_max: config.backlog_bytes_max,
+            dedup_window_ms: config.dedup_window_ms,
+            dedup_entries_max: config.dedup_entries_max,
+            max_attempts: config.max_attempts.max(1),
+            in_flight_max: config.in_flight_max as u64,
+            retention_ms: config.retention_ms,
+        };
+        let now = config.clock.now_ms();
+        let mut topics = HashMap::new();
+        let mut reports = HashMap::new();
+        let entries =
+            std::fs::read_dir(&topics_dir).map_err(|e| Error::io("list", &topics_dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &topics_dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if validate_name("topic", &name).is_err() || !entry.path().is_dir() {
+                continue;
+            }
+            let tdir = entry.path();
+            let (state, report) = recovery::open_topic(&tdir, &name, limits, now, config.repair)?;
+            if report != RecoveryReport::default() {
+                tracing::warn!(topic = %name, ?report, "recovered topic");
+            }
+            reports.insert(name.clone(), report);
+            topics.insert(
+                name.clone(),
+                Arc::new(Topic {
+                    name,
+                    dir: tdir,
+                    state: Mutex::new(state),
+                    notify: Notify::new(),
+                }),
+            );
+        }
+        let writer = Writer::start(config.durability)?;
+        let inner = Arc::new(Inner {
+            dir,
+            limits,
+            writer,
+            topics: RwLock::new(topics),
+            create_lock: Mutex::new(()),
+            dlq_lock: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+            maintenance: Mutex::new(None),
+            _lock_file: lock_file,
+            recovery: reports,
+            config,
+        });
+        let engine = Engine { inner };
+        if let Some(ms) = engine.inner.config.maintenance_interval_ms {
+            engine.start_maintenance(Duration::from_millis(ms.max(1)))?;
+        }
+        Ok(engine)
+    }
+
+    /// What recovery found for each topic when the engine was opened.
+    pub fn recovery_reports(&self) -> &HashMap<String, RecoveryReport> {
+        &self.inner.recovery
+    }
+
+    /// The directory this engine stores its data in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn start_maintenance(&self, every: Duration) -> Result<()> {
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let handle = std::thread::Builder::new()
+            .name("queue-maintenance".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                else {
+                    tracing::error!("queue maintenance: cannot build a runtime");
+                    return;
+                };
+                loop {
+                    match stop_rx.recv_timeout(every) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let Some(inner) = weak.upgrade() else { return };
+                    let engine = Engine { inner };
+                    if let Err(e) = rt.block_on(engine.tick()) {
+                        tracing::warn!(error = %e, "queue maintenance");
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawn maintenance thread", "", e))?;
+        if let Ok(mut m) = self.inner.maintenance.lock() {
+            *m = Some((stop_tx, handle));
+        }
+        Ok(())
+    }
+
+    /// Stops background work, writes and fsyncs everything queued, and closes the engine.
+    /// Operations after `close` fail with [`Error::Closed`].
+    pub fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let maint = self
+            .inner
+            .maintenance
+            .lock()
+            .ok()
+            .and_then(|mut m| m.take());
+        if let Some((stop, handle)) = maint {
+            drop(stop);
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+        let result = self.inner.writer.stop();
+        for t in self.all_topics() {
+            t.notify.notify_waiters();
+        }
+        result
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        if let Some(msg) = self.inner.writer.failure() {
+            return Err(Error::Failed(msg));
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> u64 {
+        self.inner.config.clock.now_ms()
+    }
+
+    fn all_topics(&self) -> Vec<Arc<Topic>> {
+        self.inner
+            .topics
+            .read()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn get_topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.inner.topics.read().ok()?.get(name).cloned()
+    }
+
+    fn existing_topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.get_topic(name)
+            .ok_or_else(|| Error::NoSuchTopic(name.to_string()))
+    }
+
+    /// Returns the topic, creating it (and, for a user topic, its dead-letter topic).
+    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        if let Some(t) = self.get_topic(name) {
+            return Ok(t);
+        }
+        let _guard = self.inner.create_lock.lock().map_err(|_| Error::Closed)?;
+        if let Some(t) = self.get_topic(name) {
+            return Ok(t);
+        }
+        let count = self.inner.topics.read().map(|t| t.len()).unwrap_or(0);
+        if count + 2 > TOPICS_MAX {
+            return Err(Error::Limit {
+                what: "topics",
+                limit: TOPICS_MAX as u64,
+            });
+        }
+        let is_dlq = name.ends_with(DLQ_SUFFIX);
+        let mut names = vec![name.to_string()];
+        if !is_dlq {
+            names.push(format!("{name}{DLQ_SUFFIX}"));
+        }
+        let mut created = Vec::new();
+        for n in names {
+            if self.get_topic(&n).is_some() {
+                continue;
+            }
+            let dir = self.inner.dir.join("topics").join(&n);
+            let groups = if n.ends_with(DLQ_SUFFIX) {
+                vec![GroupMeta {
+                    name: DLQ_GROUP.to_string(),
+                    start_offset: 0,
+                }]
+            } else {
+                vec![]
+            };
+            let state = recovery::create_topic(&dir, &n, self.inner.limits, &groups)?;
+            created.push(Arc::new(Topic {
+                name: n,
+                dir,
+                state: Mutex::new(state),
+                notify: Notify::new(),
+            }));
+        }
+        let mut map = self.inner.topics.write().map_err(|_| Error::Closed)?;
+        for t in created {
+            map.insert(t.name.clone(), t);
+        }
+        map.get(name)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchTopic(name.to_string()))
+    }
+
+    /// Queues an append; call with the topic's lock held so that file order is offset order.
+    fn submit(
+        &self,
+        topic: &Arc<Topic>,
+        append: Append,
+        durable_end: Option<u64>,
+        wait: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<()>>>> {
+        let (tx, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let sink: Option<(Arc<dyn DurableSink>, u64)> =
+            durable_end.map(|end| (topic.clone() as Arc<dyn DurableSink>, end));
+        self.inner.writer.submit(Job {
+            file: Some(append.file),
+            pos: append.pos,
+            bytes: append.bytes,
+            dir_sync: append.new_file.then(|| topic.dir.clone()),
+            sink,
+            done: tx,
+        })?;
+        Ok(rx)
+    }
+
+    /// A job that completes once everything queued before it is durable.
+    fn barrier(&self) -> Result<oneshot::Receiver<Result<()>>> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.writer.submit(Job {
+            file: None,
+            pos: 0,
+            bytes: Vec::new(),
+            dir_sync: None,
+            sink: None,
+            done: Some(tx),
+        })?;
+        Ok(rx)
+    }
+
+    async fn wait(rx: Option<oneshot::Receiver<Result<()>>>) -> Result<()> {
+        match rx {
+            Some(rx) => rx.await.unwrap_or(Err(Error::Closed)),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends messages to a topic (any topic, dead-letter ones included) and waits for
+    /// the confirm.
+    async fn append(
+        &self,
+        topic: &Arc<Topic>,
+        messages: &[Message],
+        flags: u8,
+        target: Option<&str>,
+    ) -> Result<Vec<Confirm>> {
+        self.check_open()?;
+        let now = self.now();
+        let (confirms, rx) = {
+            let mut st = topic.lock();
+            let (confirms, append) = st.append_messages(messages, flags, target, now)?;
+            let rx = match append {
+                Some(a) => {
+                    let end = st.next_offset;
+                    self.submit(topic, a, Some(end), true)?
+                }
+                None => Some(self.barrier()?),
+            };
+            (confirms, rx)
+        };
+        Self::wait(rx).await?;
+        Ok(confirms)
+    }
+
+    /// Queues group operations; call with the topic locked. Returns a receiver to await
+    /// (after dropping the lock) when `wait` is set.
+    fn queue_ops(
+        &self,
+        topic: &Arc<Topic>,
+        st: &mut TopicState,
+        group: &str,
+        ops: &[GroupOp],
+        wait: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<()>>>> {
+        match st.append_ops(group, ops)? {
+            Some(a) => self.submit(topic, a, None, wait),
+            None => Ok(None),
+        }
+    }
+
+    fn group_index(st: &TopicState, topic: &str, group: &str) -> Result<usize> {
+        st.group_index(group)
+            .ok_or_else(|| Error::Invalid(format!("no group {group:?} on topic {topic:?}")))
+    }
+
+    /// Adds a group to a locked topic, persisting the topic metadata first.
+    fn add_group(st: &mut TopicState, dir: &Path, group: &str, start: StartAt) -> Result<usize> {
+        if let Some(gi) = st.group_index(group) {
+            return Ok(gi);
+        }
+        if st.groups.len() >= GROUPS_MAX {
+            return Err(Error::Limit {
+                what: "groups per topic",
+                limit: GROUPS_MAX as u64,
+            });
+        }
+        let start_offset = match start {
+            StartAt::Earliest => st.log_start,
+            StartAt::Latest => st.next_offset,
+        };
+        let mut meta = TopicMeta::new();
+        meta.first_seq = st.segments.front().map_or(0, |s| s.seq);
+        meta.groups = st
+            .groups
+            .iter()
+            .map(|g| GroupMeta {
+                name: g.name.clone(),
+                start_offset: g.start_offset,
+            })
+            .collect();
+        meta.groups.push(GroupMeta {
+            name: group.to_string(),
+            start_offset,
+        });
+        meta.write(dir)?;
+        st.groups
+            .push(Group::new(group, start_offset, st.log_start));
+        Ok(st.groups.len() - 1)
+    }
+
+    /// Moves messages to their topic's dead-letter topic, then marks them dead in the group.
+    async fn move_dead(&self, topic: &Arc<Topic>, jobs: Vec<DeadJob>) {
+        for job in jobs {
+            if let Err(e) = self.move_one_dead(topic, &job).await {
+                tracing::warn!(topic = %topic.name, offset = job.offset, error = %e, "dead-letter move failed; will retry");
+                let mut st = topic.lock();
+                if let Some(gi) = st.group_index(&job.group) {
+                    st.retry_dead(gi, job.offset, job.reason.clone());
+                }
+            }
+        }
+    }
+
+    async fn move_one_dead(&self, topic: &Arc<Topic>, job: &DeadJob) -> Result<()> {
+        let loc = topic
+            .lock()
+            .locate(job.offset)
+            .ok_or_else(|| Error::Invalid(format!("offset {} not retained", job.offset)))?;
+        let mut stored = read_entries(std::slice::from_ref(&loc))?;
+        let m = stored
+            .remove(&job.offset)
+            .ok_or_else(|| Error::Invalid("entry vanished".into()))?;
+        let meta = DeadMeta {
+            group: job.group.clone(),
+            original_offset: job.offset,
+            attempts: job.attempts,
+            reason: cut(&job.reason),
+            dead_at_ms: self.now(),
+            id: m.id.map(|id| format!("{id:032x}")),
+            headers: m.headers,
+        };
+        let meta_bytes =
+            serde_json::to_vec(&meta).map_err(|e| Error::Invalid(format!("dead meta: {e}")))?;
+        let mut payload = Vec::with_capacity(4 + meta_bytes.len() + m.payload.len());
+        payload.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&meta_bytes);
+        payload.extend_from_slice(&m.payload);
+        let dlq_name = if topic.name.ends_with(DLQ_SUFFIX) {
+            topic.name.clone()
+        } else {
+            format!("{}{DLQ_SUFFIX}", topic.name)
+        };
+        let dlq = self.topic(&dlq_name)?;
+        let message = Message {
+            id: Some(dead_letter_id(&topic.name, &job.group, job.offset)),
+            headers: Vec::new(),
+            payload: Bytes::from(payload),
+            due: crate::api::Due::Now,
+        };
+        self.append(&dlq, std::slice::from_ref(&message), 0, None)
+            .await?;
+        let rx = {
+            let mut st = topic.lock();
+            let Some(gi) = st.group_index(&job.group) else {
+                return Ok(());
+            };
+            let ops = st.finish_dead(gi, job.offset);
+            self.queue_ops(topic, &mut st, &job.group, &ops, true)?
+        };
+        Self::wait(rx).await
+    }
+
+    /// Runs one round of maintenance on every topic: fires due delays, expires leases,
+    /// moves exhausted messages to dead letters and deletes segments nobody needs.
+    /// The background thread calls this; tests with a manual clock call it directly.
+    pub async fn tick(&self) -> Result<()> {
+        self.check_open()?;
+        let now = self.now();
+        for topic in self.all_topics() {
+            let (dead, expired, wake) = {
+                let mut st = topic.lock();
+                let delays_before = st.delays.len();
+                let dead = st.maintain(now);
+                let fired = st.delays.len() != delays_before;
+                let expired = st.take_expired_segments(now);
+                if !expired.is_empty() {
+                    let mut meta = TopicMeta::new();
+                    meta.first_seq = st.segments.front().map_or(0, |s| s.seq);
+                    meta.groups = st
+                        .groups
+                        .iter()
+                        .map(|g| GroupMeta {
+                            name: g.name.clone(),
+                            start_offset: g.start_offset,
+                        })
+                        .collect();
+                    // The metadata names the first live segment before any file goes, so
+                    // a crash mid-deletion cannot leave a hole in the log.
+                    meta.write(&topic.dir)?;
+                }
+                (dead, expired, fired)
+            };
+            for seg in expired {
+                if let Err(e) = std::fs::remove_file(&seg.file.path) {
+                    tracing::warn!(segment = %seg.file.path.display(), error = %e, "could not delete segment");
+                }
+            }
+            if wake {
+                topic.notify.notify_waiters();
+            }
+            if !dead.is_empty() {
+                self.move_dead(&topic, dead).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Heap bytes of the delay and index structures of a topic (benchmarks use this to
+    /// check the memory budget of pending delayed messages).
+    pub fn index_heap_bytes(&self, topic: &str) -> Result<usize> {
+        Ok(self.existing_topic(topic)?.lock().index_heap_bytes())
+    }
+
+    fn parse_dead(offset: u64, m: Stored) -> Result<DeadLetter> {
+        let bad = |why: &str| Error::Corrupt {
+            segment: PathBuf::from("<dead-letter topic>"),
+            position: offset,
+            reason: why.to_string(),
+        };
+        let p = &m.payload;
+        if p.len() < 4 {
+            return Err(bad("dead letter shorter than its envelope"));
+        }
+        let n = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize;
+        if p.len() < 4 + n {
+            return Err(bad("dead letter envelope truncated"));
+        }
+        let meta: DeadMeta =
+            serde_json::from_slice(&p[4..4 + n]).map_err(|e| bad(&format!("envelope: {e}")))?;
+        Ok(DeadLetter {
+            dead_offset: offset,
+            group: meta.group,
+            original_offset: meta.original_offset,
+            attempts: meta.attempts,
+            reason: meta.reason,
+            dead_at_ms: meta.dead_at_ms,
+            id: meta.id.and_then(|s| u128::from_str_radix(&s, 16).ok()),
+            headers: meta.headers,
+            payload: p.slice(4 + n..),
+        })
+    }
+
+    fn dlq_topic(&self, topic: &str) -> Result<Arc<Topic>> {
+        validate_user_topic(topic)?;
+        self.existing_topic(topic)?;
+        self.existing_topic(&format!("{topic}{DLQ_SUFFIX}"))
+    }
+
+    async fn read_dead(&self, dlq: &Arc<Topic>, dead_offset: u64) -> Result<DeadLetter> {
+        let loc = {
+            let st = dlq.lock();
+            let gi = Self::group_index(&st, &dlq.name, DLQ_GROUP)?;
+            if st.groups[gi].is_done(dead_offset) || dead_offset >= st.durable_end {
+                None
+            } else {
+                st.locate(dead_offset)
+            }
+        };
+        let Some(loc) = loc else {
+            return Err(Error::NoSuchDeadLetter {
+                topic: dlq.name.trim_end_matches(DLQ_SUFFIX).to_string(),
+                offset: dead_offset,
+            });
+        };
+        let mut m = read_entries(std::slice::from_ref(&loc))?;
+        let m = m
+            .remove(&dead_offset)
+            .ok_or_else(|| Error::Invalid("entry vanished".into()))?;
+        Self::parse_dead(dead_offset, m)
+    }
+
+    /// Marks a dead letter as handled in the dead-letter topic's built-in group.
+    async fn resolve_dead(&self, dlq: &Arc<Topic>, dead_offset: u64) -> Result<()> {
+        let rx = {
+            let mut st = dlq.lock();
+            let gi = Self::group_index(&st, &dlq.name, DLQ_GROUP)?;
+            let g = &mut st.groups[gi];
+            if g.is_done(dead_offset) {
+                return Ok(());
+            }
+            g.done.set(dead_offset);
+            g.done.compact_full();
+            let ops = [GroupOp {
+                kind: OpKind::Ack,
+                offset: dead_offset,
+                attempts: 0,
+                time_ms: 0,
+            }];
+            self.queue_ops(dlq, &mut st, DLQ_GROUP, &ops, true)?
+        };
+        Self::wait(rx).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for Engine {
+    async fn publish(&self, topic: &str, message: Message) -> Result<Confirm> {
+        let mut confirms = self.publish_batch(topic, vec![message]).await?;
+        confirms
+            .pop()
+            .ok_or_else(|| Error::Invalid("empty confirm".into()))
+    }
+
+    async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Confirm>> {
+        self.check_open()?;
+        validate_user_topic(topic)?;
+        if messages.is_empty() || messages.len() > BATCH_MESSAGES_MAX {
+            return Err(Error::Invalid(format!(
+                "a batch holds 1..={BATCH_MESSAGES_MAX} messages, not {}",
+                messages.len()
+            )));
+        }
+        for m in &messages {
+            validate_message(m)?;
+        }
+        let t = self.topic(topic)?;
+        self.append(&t, &messages, 0, None).await
+    }
+
+    async fn create_group(&self, topic: &str, group: &str, start: StartAt) -> Result<()> {
+        self.check_open()?;
+        validate_name("topic", topic)?;
+        validate_name("group", group)?;
+        let t = self.topic(topic)?;
+        let mut st = t.lock();
+        Self::add_group(&mut st, &t.dir, group, start)?;
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        topic: &str,
+        group: &str,
+        options: FetchOptions,
+    ) -> Result<Vec<Delivery>> {
+        self.check_open()?;
+        validate_name("topic", topic)?;
+        validate_name("group", group)?;
+        let max = options.max_messages.clamp(1, FETCH_MESSAGES_MAX);
+        let lease_ms = options
+            .lease_ms
+            .unwrap_or(self.inner.config.lease_ms_default)
+            .max(1);
+        let t = self.topic(topic)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
+        loop {
+            let notified = t.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.now();
+            let (leases, dead, wake) = {
+                let mut st = t.lock();
+                let gi = Self::add_group(&mut st, &t.dir, group, StartAt::Earliest)?;
+                let mut dead = st.maintain(now);
+                let (leases, ops, more_dead, wake) = st.fetch(gi, max, lease_ms, now);
+                dead.extend(more_dead);
+                // Lease records need not be durable before the consumer sees the message:
+                // losing one in a crash only undercounts an attempt (FORMAT.md).
+                if let Some(a) = st.append_ops(group, &ops)? {
+                    self.submit(&t, a, None, false)?;
+                }
+                (leases, dead, wake)
+            };
+            if !dead.is_empty() {
+                self.move_dead(&t, dead).await;
+            }
+            if !leases.is_empty() {
+                let locs: Vec<ReadLoc> = leases.iter().map(|l| l.loc.clone()).collect();
+                let mut stored = read_entries(&locs)?;
+                let mut out = Vec::with_capacity(leases.len());
+                for l in leases {
+                    if let Some(m) = stored.remove(&l.loc.offset) {
+                        out.push(Delivery {
+                            offset: l.loc.offset,
+                            attempt: l.attempt,
+                            id: m.id,
+                            headers: m.headers,
+                            payload: m.payload,
+                            due_ms: m.due_ms,
+                            lease_until_ms: l.until_ms,
+                        });
+                    }
+                }
+                return Ok(out);
+            }
+            let now_instant = tokio::time::Instant::now();
+            if now_instant >= deadline {
+                return Ok(Vec::new());
+            }
+            self.check_open()?;
+            let mut until = deadline;
+            if let Some(w) = wake {
+                let in_ms = w.saturating_sub(self.now());
+                until = until.min(now_instant + Duration::from_millis(in_ms.max(1)));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, topic: &str, group: &str, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
+        self.check_open()?;
+        if receipts.len() > ACK_RECEIPTS_MAX {
+            return Err(Error::Invalid(format!(
+                "at most {ACK_RECEIPTS_MAX} receipts per ack"
+            )));
+        }
+        let t = self.existing_topic(topic)?;
+        let (outcomes, rx) = {
+            let mut st = t.lock();
+            let gi = Self::group_index(&st, topic, group)?;
+            let (outcomes, ops) = st.ack(gi, receipts);
+            (outcomes, self.queue_ops(&t, &mut st, group, &ops, true)?)
+        };
+        Self::wait(rx).await?;
+        Ok(outcomes)
+    }
+
+    async fn nack(
+        &self,
+        topic: &str,
+        group: &str,
+        receipt: Receipt,
+        delay_ms: u64,
+        reason: &str,
+    ) -> Result<AckOutcome> {
+        self.check_open()?;
+        let t = self.existing_topic(topic)?;
+        let now = self.now();
+        let (outcome, dead, rx) = {
+            let mut st = t.lock();
+            let gi = Self::group_index(&st, topic, group)?;
+            let (outcome, ops, dead) =
+                st.nack(gi, receipt, now.saturating_add(delay_ms), false, reason);
+            let rx = self.queue_ops(&t, &mut st, group, &ops, true)?;
+            (outcome, dead, rx)
+        };
+        Self::wait(rx).await?;
+        if let Some(job) = dead {
+            self.move_dead(&t, vec![job]).await;
+        }
+        Ok(outcome)
+    }
+
+    async fn reject(
+        &self,
+        topic: &str,
+        group: &str,
+        receipt: Receipt,
+        reason: &str,
+    ) -> Result<AckOutcome> {
+        self.check_open()?;
+        let t = self.existing_topic(topic)?;
+        let (outcome, dead) = {
+            let mut st = t.lock();
+            let gi = Self::group_index(&st, topic, group)?;
+            let (outcome, _, dead) = st.nack(gi, receipt, 0, true, reason);
+            (outcome, dead)
+        };
+        if let Some(job) = dead {
+            self.move_dead(&t, vec![job]).await;
+        }
+        Ok(outcome)
+    }
+
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        from_dead_offset: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        self.check_open()?;
+        let dlq = self.dlq_topic(topic)?;
+        let limit = limit.clamp(1, DEAD_LETTER_LIST_MAX);
+        let locs: Vec<ReadLoc> = {
+            let st = dlq.lock();
+            let gi = Self::group_index(&st, &dlq.name, DLQ_GROUP)?;
+            let g = &st.groups[gi];
+            let mut locs = Vec::new();
+            let mut off = from_dead_offset.max(g.low_watermark());
+            while off < st.durable_end && locs.len() < limit {
+                if !g.is_done(off) {
+                    if let Some(loc) = st.locate(off) {
+                        locs.push(loc);
+                    }
+                }
+                off += 1;
+            }
+            locs
+        };
+        let mut stored = read_entries(&locs)?;
+        let mut out = Vec::with_capacity(locs.len());
+        for loc in &locs {
+            if let Some(m) = stored.remove(&loc.offset) {
+                out.push(Self::parse_dead(loc.offset, m)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn replay_dead_letter(&self, topic: &str, dead_offset: u64) -> Result<u64> {
+        self.check_open()?;
+        let dlq = self.dlq_topic(topic)?;
+        let _serial = self.inner.dlq_lock.lock().await;
+        let dead = self.read_dead(&dlq, dead_offset).await?;
+        let t = self.existing_topic(topic)?;
+        {
+            let mut st = t.lock();
+            Self::add_group(&mut st, &t.dir, &dead.group, StartAt::Earliest)?;
+        }
+        let message = Message {
+            id: dead.id,
+            headers: dead.headers,
+            payload: dead.payload,
+            due: crate::api::Due::Now,
+        };
+        let confirms = self
+            .append(
+                &t,
+                std::slice::from_ref(&message),
+                FLAG_NO_DEDUP,
+                Some(&dead.group),
+            )
+            .await?;
+        self.resolve_dead(&dlq, dead_offset).await?;
+        confirms
+            .first()
+            .map(|c| c.offset)
+            .ok_or_else(|| Error::Invalid("empty confirm".into()))
+    }
+
+    async fn discard_dead_letter(&self, topic: &str, dead_offset: u64) -> Result<()> {
+        self.check_open()?;
+        let dlq = self.dlq_topic(topic)?;
+        let _serial = self.inner.dlq_lock.lock().await;
+        self.read_dead(&dlq, dead_offset).await?;
+        self.resolve_dead(&dlq, dead_offset).await
+    }
+
+    async fn stats(&self, topic: &str) -> Result<TopicStats> {
+        self.check_open()?;
+        let t = self.existing_topic(topic)?;
+        let dead_pending = match self.get_topic(&format!("{topic}{DLQ_SUFFIX}")) {
+            Some(dlq) => {
+                let st = dlq.lock();
+                st.stats(0)
+                    .groups
+                    .iter()
+                    .find(|g| g.name == DLQ_GROUP)
+                    .map_or(0, |g| g.lag)
+            }
+            None => 0,
+        };
+        let st = t.lock();
+        Ok(st.stats(dead_pending))
+    }
+
+    async fn topics(&self) -> Result<Vec<String>> {
+        self.check_open()?;
+        let mut names: Vec<String> = self
+            .inner
+            .topics
+            .read()
+            .map_err(|_| Error::Closed)?
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}

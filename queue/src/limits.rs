@@ -1,0 +1,29 @@
+//! Named limits. Every queue, buffer, batch and count in the engine has one here or in
+//! [`crate::Config`]; nothing grows without bound.
+
+/// Longest topic or group name, in bytes.
+pub const NAME_BYTES_MAX: usize = 64;
+/// Largest message payload.
+pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
+/// Most headers on one message.
+pub const HEADERS_MAX: usize = 16;
+/// Longest header name.
+pub const HEADER_NAME_BYTES_MAX: usize = 64;
+/// Longest header value.
+pub const HEADER_VALUE_BYTES_MAX: usize = 1024;
+/// Most messages in one `publish_batch` call (one frame on disk).
+pub const BATCH_MESSAGES_MAX: usize = 10_000;
+/// Most messages one `fetch` returns.
+pub const FETCH_MESSAGES_MAX: usize = 10_000;
+/// Most receipts in one `ack` call.
+pub const ACK_RECEIPTS_MAX: usize = 10_000;
+/// Most topics one engine holds (dead-letter topics included).
+pub const TOPICS_MAX: usize = 1024;
+/// Most consumer groups per topic.
+pub const GROUPS_MAX: usize = 64;
+/// Most bytes the writer coalesces into one write + fsync round.
+pub const COMMIT_BYTES_MAX: usize = 16 << 20;
+/// Longest dead-letter reason kept, in bytes; longer ones are cut.
+pub const REASON_BYTES_MAX: usize = 512;
+/// Most dead letters one `dead_letters` call lists.
+pub const DEAD_LETTER_LIST_MAX: usize = 1000;

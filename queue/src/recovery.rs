@@ -1,0 +1,473 @@
+//! Opening a topic directory: reading its metadata, checking every record of every
+//! segment, truncating a torn tail, and rebuilding the in-memory state.
+//!
+//! Rules (see FORMAT.md, "Recovery"):
+//! - The last segment (the tail) is the only one being written. A record in it that does
+//!   not check out (short, bad length, bad CRC) is a torn write: the file is cut there.
+//! - Any bad record in an earlier (sealed) segment, or a record that checks out but makes
+//!   no sense (wrong offsets, unknown kind), is corruption: `Error::Corrupt` names the file
+//!   and byte position, unless `repair` is set, in which case the segment is cut there and
+//!   the offsets lost are recorded as a gap.
+
+use std::collections::VecDeque;
+use std::collections::{BinaryHeap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bits::BitWindow;
+use crate::error::{Error, Result};
+use crate::format::{
+    self, FLAG_ID, FLAG_NO_DEDUP, FRAME_HEADER_LEN, OpKind, Record, SEGMENT_HEADER_LEN,
+    SegmentHeader,
+};
+use crate::fsutil;
+use crate::topic::{Group, Hint, Segment, TopicLimits, TopicState};
+use crate::writer::SegFile;
+
+/// Name of the per-topic metadata file.
+pub(crate) const META_FILE: &str = "topic.meta";
+const META_VERSION: u32 = 1;
+
+/// Per-topic metadata, rewritten atomically when groups are created or segments deleted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct TopicMeta {
+    pub(crate) version: u32,
+    /// Segments with a lower sequence number were deleted by retention (leftover files are
+    /// removed on open).
+    pub(crate) first_seq: u64,
+    pub(crate) groups: Vec<GroupMeta>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct GroupMeta {
+    pub(crate) name: String,
+    pub(crate) start_offset: u64,
+}
+
+impl TopicMeta {
+    pub(crate) fn new() -> Self {
+        TopicMeta {
+            version: META_VERSION,
+            first_seq: 0,
+            groups: Vec::new(),
+        }
+    }
+
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Invalid(format!("encode topic meta: {e}")))?;
+        fsutil::write_atomic(&dir.join(META_FILE), &bytes)
+    }
+
+    fn read(dir: &Path) -> Result<Option<TopicMeta>> {
+        let path = dir.join(META_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let meta: TopicMeta =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                        segment: path.clone(),
+                        position: 0,
+                        reason: format!("topic meta: {e}"),
+                    })?;
+                if meta.version != META_VERSION {
+                    return Err(Error::Corrupt {
+                        segment: path,
+                        position: 0,
+                        reason: format!("unknown meta version {}", meta.version),
+                    });
+                }
+                Ok(Some(meta))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", path, e)),
+        }
+    }
+}
+
+/// What recovery found and did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes cut from the tail segment (a torn write).
+    pub torn_bytes_truncated: u64,
+    /// Sealed segments cut by repair: file and byte position of the first bad record.
+    pub repaired: Vec<(PathBuf, u64)>,
+    /// Messages lost to repair.
+    pub messages_lost: u64,
+}
+
+fn corrupt(path: &Path, position: u64, reason: impl Into<String>) -> Error {
+    Error::Corrupt {
+        segment: path.to_path_buf(),
+        position,
+        reason: reason.into(),
+    }
+}
+
+fn open_segment(path: &Path) -> Result<Arc<SegFile>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open segment", path, e))?;
+    Ok(Arc::new(SegFile {
+        path: path.to_path_buf(),
+        file,
+    }))
+}
+
+fn truncate(seg: &SegFile, len: u64) -> Result<()> {
+    seg.file
+        .set_len(len)
+        .and_then(|_| seg.file.sync_all())
+        .map_err(|e| Error::io("truncate segment", &seg.path, e))
+}
+
+/// Lists `(seq, path)` of segment files, sorted by sequence.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".seg") else {
+            continue;
+        };
+        if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(seq) = stem.parse::<u64>() {
+                out.push((seq, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Creates a topic directory with its metadata and first, empty segment.
+pub(crate) fn create_topic(
+    dir: &Path,
+    name: &str,
+    limits: TopicLimits,
+    groups: &[GroupMeta],
+) -> Result<TopicState> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create topic directory", dir, e))?;
+    let mut meta = TopicMeta::new();
+    meta.groups = groups.to_vec();
+    meta.write(dir)?;
+    if let Some(parent) = dir.parent() {
+        fsutil::sync_dir(parent)?;
+    }
+    let (state, _) = open_topic(dir, name, limits, 0, false)?;
+    Ok(state)
+}
+
+/// Opens (recovers) a topic directory.
+pub(crate) fn open_topic(
+    dir: &Path,
+    name: &str,
+    limits: TopicLimits,
+    now_ms: u64,
+    repair: bool,
+) -> Result<(TopicState, RecoveryReport)> {
+    let mut meta = TopicMeta::read(dir)?.unwrap_or_else(TopicMeta::new);
+    let mut report = RecoveryReport::default();
+    let mut segs = list_segments(dir)?;
+    // Files below first_seq were deleted by retention, but the unlink may not have reached
+    // the disk before a crash: finish the job.
+    segs.retain(|(seq, path)| {
+        if *seq < meta.first_seq {
+            let _ = std::fs::remove_file(path);
+            false
+        } else {
+            true
+        }
+    });
+
+    let mut st = TopicState {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        limits,
+        segments: VecDeque::new(),
+        next_seq: segs.last().map_or(meta.first_seq, |(s, _)| s + 1),
+        next_offset: 0,
+        durable_end: 0,
+        log_start: 0,
+        undue: BitWindow::new(0),
+        delays: BinaryHeap::new(),
+        targets: HashMap::new(),
+        gaps: Vec::new(),
+        dedup: HashMap::new(),
+        dedup_order: VecDeque::new(),
+        groups: Vec::new(),
+        published: 0,
+        duplicates: 0,
+    };
+
+    let count = segs.len();
+    let mut dedup_tmp: Vec<(u64, u128, u64)> = Vec::new();
+    for (i, (seq, path)) in segs.iter().enumerate() {
+        let is_tail = i + 1 == count;
+        let file = open_segment(path)?;
+        let buf = std::fs::read(path).map_err(|e| Error::io("read segment", path, e))?;
+        let header = match SegmentHeader::decode(&buf) {
+            Ok(h) if h.seq == *seq => h,
+            Ok(h) => {
+                return Err(corrupt(
+                    path,
+                    0,
+                    format!("header says segment {} but file name says {seq}", h.seq),
+                ));
+            }
+            Err(e) => {
+                if is_tail && buf.len() <= SEGMENT_HEADER_LEN {
+                    // Crashed while creating the segment: nothing in it was confirmed.
+                    report.torn_bytes_truncated += buf.len() as u64;
+                    std::fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
+                    fsutil::sync_dir(dir)?;
+                    continue;
+                }
+                if repair {
+                    tracing::warn!(segment = %path.display(), error = %e, "repair: dropping segment with a bad header");
+                    report.repaired.push((path.clone(), 0));
+                    let quarantine = path.with_extension("corrupt");
+                    std::fs::rename(path, &quarantine).map_err(|e| Error::io("rename", path, e))?;
+                    continue;
+                }
+                return Err(corrupt(path, 0, format!("segment header: {e}")));
+            }
+        };
+        if st.segments.is_empty() {
+            st.next_offset = header.base_offset;
+            st.log_start = header.base_offset;
+            st.undue = BitWindow::new(header.base_offset);
+            for gm in &meta.groups {
+                st.groups
+                    .push(Group::new(&gm.name, gm.start_offset, header.base_offset));
+            }
+        } else if header.base_offset != st.next_offset {
+            let repaired_before = report
+                .repaired
+                .last()
+                .is_some_and(|(p, _)| segs.get(i.wrapping_sub(1)).is_some_and(|(_, q)| q == p));
+            if header.base_offset > st.next_offset && repaired_before {
+                st.gaps.push((st.next_offset, header.base_offset));
+                report.messages_lost += header.base_offset - st.next_offset;
+                st.next_offset = header.base_offset;
+            } else {
+                return Err(corrupt(
+                    path,
+                    0,
+                    format!(
+                        "segment starts at offset {} but the previous one ends at {}",
+                        header.base_offset, st.next_offset
+                    ),
+                ));
+            }
+        }
+        st.segments.push_back(Segment {
+            seq: *seq,
+            base_offset: header.base_offset,
+            file: file.clone(),
+            positions: Vec::new(),
+            lens: Vec::new(),
+            len: SEGMENT_HEADER_LEN as u64,
+            delayed_pending: 0,
+            last_publish_ms: 0,
+        });
+
+        let mut pos = SEGMENT_HEADER_LEN;
+        while pos < buf.len() {
+            let bad = match format::decode_frame(&buf[pos..]) {
+                Ok((body, frame_len)) => {
+                    match apply_record(&mut st, body, pos, now_ms, &mut dedup_tmp) {
+                        Ok(()) => {
+                            pos += frame_len;
+                            continue;
+                        }
+                        // A record whose CRC checks but whose content does not is never a torn
+                        // write: it is corruption wherever it is.
+                        Err(reason) => (reason, false),
+                    }
+                }
+                Err(e) => (e.to_string(), true),
+            };
+            let (reason, maybe_torn) = bad;
+            if is_tail && maybe_torn {
+                tracing::warn!(segment = %path.display(), position = pos, %reason, "truncating torn tail");
+                report.torn_bytes_truncated += (buf.len() - pos) as u64;
+                truncate(&file, pos as u64)?;
+                break;
+            }
+            if !repair {
+                return Err(corrupt(path, pos as u64, reason));
+            }
+            tracing::warn!(segment = %path.display(), position = pos, %reason, "repair: cutting segment");
+            report.repaired.push((path.clone(), pos as u64));
+            truncate(&file, pos as u64)?;
+            break;
+        }
+        if let Some(seg) = st.segments.back_mut() {
+            seg.len = pos.min(buf.len()) as u64;
+        }
+    }
+
+    if st.segments.is_empty() {
+        // A new topic, or one whose only segment was torn at creation: start a segment.
+        let seq = st.next_seq;
+        let path = dir.join(format!("{seq:020}.seg"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::io("create segment", &path, e))?;
+        let header = SegmentHeader {
+            seq,
+            base_offset: st.next_offset,
+        };
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&header.encode(), 0)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| Error::io("write segment header", &path, e))?;
+        fsutil::sync_dir(dir)?;
+        st.next_seq = seq + 1;
+        st.log_start = st.next_offset;
+        st.undue = BitWindow::new(st.next_offset);
+        if st.groups.is_empty() {
+            for gm in &meta.groups {
+                st.groups
+                    .push(Group::new(&gm.name, gm.start_offset, st.next_offset));
+            }
+        }
+        st.segments.push_back(Segment {
+            seq,
+            base_offset: st.next_offset,
+            file: Arc::new(SegFile { path, file }),
+            positions: Vec::new(),
+            lens: Vec::new(),
+            len: SEGMENT_HEADER_LEN as u64,
+            delayed_pending: 0,
+            last_publish_ms: 0,
+        });
+    }
+
+    st.durable_end = st.next_offset;
+    for (at, id, off) in dedup_tmp {
+        if at.saturating_add(limits.dedup_window_ms) > now_ms {
+            st.remember_id(id, off, at);
+        }
+    }
+    for g in &mut st.groups {
+        g.done.compact_full();
+    }
+    // Groups found only in records (metadata written by an older run) get a meta entry.
+    let mut changed = false;
+    for g in &st.groups {
+        if !meta.groups.iter().any(|m| m.name == g.name) {
+            meta.groups.push(GroupMeta {
+                name: g.name.clone(),
+                start_offset: g.start_offset,
+            });
+            changed = true;
+        }
+    }
+    if changed {
+        meta.write(dir)?;
+    }
+    Ok((st, report))
+}
+
+/// Applies one checked frame body to the state being rebuilt.
+fn apply_record(
+    st: &mut TopicState,
+    body: &[u8],
+    frame_pos: usize,
+    now_ms: u64,
+    dedup: &mut Vec<(u64, u128, u64)>,
+) -> Result<(), String> {
+    match format::decode_record(body).map_err(|e| e.to_string())? {
+        Record::Messages(h, entries) => {
+            if h.base_offset != st.next_offset {
+                return Err(format!(
+                    "batch starts at offset {} but {} was expected",
+                    h.base_offset, st.next_offset
+                ));
+            }
+            let seg = st.segments.back_mut().ok_or("no segment")?;
+            for (i, (start, _)) in entries.iter().enumerate() {
+                let end = entries.get(i + 1).map_or(body.len(), |(s, _)| *s);
+                let entry_pos = frame_pos + FRAME_HEADER_LEN + start;
+                let pos = u32::try_from(entry_pos).map_err(|_| "segment too large")?;
+                seg.positions.push(pos);
+                seg.lens.push((end - start) as u32);
+            }
+            seg.last_publish_ms = seg.last_publish_ms.max(h.publish_ms);
+            for (i, (_, entry)) in entries.iter().enumerate() {
+                let off = h.base_offset + i as u64;
+                if let Some(due) = entry.due_ms {
+                    st.index_delay(off, due, now_ms);
+                }
+                if let Some(id) = entry.id {
+                    if entry.flags & FLAG_ID != 0 && entry.flags & FLAG_NO_DEDUP == 0 {
+                        dedup.push((h.publish_ms, id, off));
+                    }
+                }
+                if let Some(t) = entry.target {
+                    st.targets.insert(off, t.to_string());
+                }
+            }
+            st.next_offset += u64::from(h.count);
+        }
+        Record::GroupOps(group, ops) => {
+            let log_start = st.log_start;
+            let gi = match st.group_index(group) {
+                Some(gi) => gi,
+                None => {
+                    st.groups.push(Group::new(group, log_start, log_start));
+                    st.groups.len() - 1
+                }
+            };
+            let next = st.next_offset;
+            let g = &mut st.groups[gi];
+            for op in ops {
+                if op.offset >= next {
+                    return Err(format!(
+                        "group op for offset {} before that message exists",
+                        op.offset
+                    ));
+                }
+                match op.kind {
+                    OpKind::Lease => {
+                        g.hints.insert(
+                            op.offset,
+                            Hint {
+                                attempts: op.attempts,
+                                not_before_ms: 0,
+                            },
+                        );
+                    }
+                    OpKind::Nack => {
+                        g.hints.insert(
+                            op.offset,
+                            Hint {
+                                attempts: op.attempts,
+                                not_before_ms: op.time_ms.max(1),
+                            },
+                        );
+                    }
+                    OpKind::Ack | OpKind::Dead => {
+                        g.hints.remove(&op.offset);
+                        g.done.set(op.offset);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(seg) = st.segments.back_mut() {
+        seg.len = (frame_pos + FRAME_HEADER_LEN + body.len()) as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,921 @@
+//! One topic's in-memory state: the segment index, consumer groups, the delay index and the
+//! de-duplication window. Pure bookkeeping under the topic's mutex; every change that must
+//! survive a restart is returned as bytes for the writer ([`crate::writer::Job`]).
+//!
+//! Memory per retained message: 8 bytes of index (position and length) plus one bit per
+//! group and one "not yet due" bit; a pending delayed message adds a 16-byte heap entry.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::api::{AckOutcome, Confirm, Due, GroupStats, Message, Receipt, TopicStats};
+use crate::bits::BitWindow;
+use crate::error::{Error, Result};
+use crate::format::{
+    self, BATCH_HEADER_LEN, BatchHeader, FLAG_NO_DEDUP, FRAME_HEADER_LEN, GroupOp, OpKind,
+    SEGMENT_HEADER_LEN, SegmentHeader,
+};
+use crate::writer::SegFile;
+
+/// One segment file and the index of the messages in it.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) seq: u64,
+    pub(crate) base_offset: u64,
+    pub(crate) file: Arc<SegFile>,
+    /// File position of each message entry (`base_offset + i`).
+    pub(crate) positions: Vec<u32>,
+    /// Length of each message entry.
+    pub(crate) lens: Vec<u32>,
+    /// Bytes assigned in the file (written, or queued to the writer).
+    pub(crate) len: u64,
+    /// Delayed messages in this segment not yet due; the segment is kept while any remain.
+    pub(crate) delayed_pending: u32,
+    /// When the last message was appended, ms since the Unix epoch.
+    pub(crate) last_publish_ms: u64,
+}
+
+impl Segment {
+    pub(crate) fn end_offset(&self) -> u64 {
+        self.base_offset + self.positions.len() as u64
+    }
+}
+
+/// Where a message's bytes are.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadLoc {
+    pub(crate) offset: u64,
+    pub(crate) file: Arc<SegFile>,
+    pub(crate) pos: u64,
+    pub(crate) len: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PendingState {
+    Leased {
+        until_ms: u64,
+    },
+    Waiting {
+        ready_at_ms: u64,
+    },
+    /// Being moved to the dead-letter topic.
+    Dead,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    attempts: u32,
+    state: PendingState,
+}
+
+/// What recovery learned about a message a group had not finished.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hint {
+    pub(crate) attempts: u32,
+    /// Retry time for a nacked message; 0 when the last thing recorded was a lease.
+    pub(crate) not_before_ms: u64,
+}
+
+/// One consumer group's progress.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) name: String,
+    pub(crate) start_offset: u64,
+    /// Done (acked, dead-lettered or not for this group) flags; below the base all are done.
+    pub(crate) done: BitWindow,
+    /// Next offset never examined by this group since open.
+    scan: u64,
+    pending: BTreeMap<u64, Pending>,
+    /// `(ready_at, offset)` of waiting messages; stale entries are skipped when popped.
+    ready: BinaryHeap<Reverse<(u64, u64)>>,
+    /// `(until, offset, attempts)` of leases; stale entries are skipped when popped.
+    leases: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    /// Dead-letter moves to (re)start.
+    dead_retry: Vec<(u64, String)>,
+    pub(crate) hints: HashMap<u64, Hint>,
+    in_flight: u64,
+    retry_waiting: u64,
+    redeliveries: u64,
+    acked: u64,
+    dead_lettered: u64,
+}
+
+impl Group {
+    pub(crate) fn new(name: &str, start_offset: u64, log_start: u64) -> Group {
+        let start = start_offset.max(log_start);
+        let mut done = BitWindow::new(start);
+        done.set_range(done.base(), start);
+        done.compact_full();
+        Group {
+            name: name.to_string(),
+            start_offset,
+            done,
+            scan: start,
+            pending: BTreeMap::new(),
+            ready: BinaryHeap::new(),
+            leases: BinaryHeap::new(),
+            dead_retry: Vec::new(),
+            hints: HashMap::new(),
+            in_flight: 0,
+            retry_waiting: 0,
+            redeliveries: 0,
+            acked: 0,
+            dead_lettered: 0,
+        }
+    }
+
+    pub(crate) fn is_done(&self, off: u64) -> bool {
+        self.done.get(off).unwrap_or(true)
+    }
+
+    fn mark_done(&mut self, off: u64) {
+        self.done.set(off);
+        self.done.compact_full();
+    }
+
+    /// Every offset below this is done for the group.
+    pub(crate) fn low_watermark(&self) -> u64 {
+        self.done.first_zero()
+    }
+}
+
+/// A message to move to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadJob {
+    pub(crate) group: String,
+    pub(crate) offset: u64,
+    pub(crate) attempts: u32,
+    pub(crate) reason: String,
+}
+
+/// A lease handed out by `fetch`.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    pub(crate) loc: ReadLoc,
+    pub(crate) attempt: u32,
+    pub(crate) until_ms: u64,
+}
+
+/// Limits that apply to every topic, from the engine config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TopicLimits {
+    pub(crate) segment_bytes_max: u64,
+    pub(crate) backlog_messages_max: u64,
+    pub(crate) backlog_bytes_max: u64,
+    pub(crate) dedup_window_ms: u64,
+    pub(crate) dedup_entries_max: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) in_flight_max: u64,
+    pub(crate) retention_ms: u64,
+}
+
+/// Bytes for the writer: a frame at a file position.
+#[derive(Debug)]
+pub(crate) struct Append {
+    pub(crate) file: Arc<SegFile>,
+    pub(crate) pos: u64,
+    pub(crate) bytes: Vec<u8>,
+    /// Set when the file was just created: its directory must be fsynced too.
+    pub(crate) new_file: bool,
+}
+
+/// The state of one topic.
+#[derive(Debug)]
+pub(crate) struct TopicState {
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) limits: TopicLimits,
+    pub(crate) segments: VecDeque<Segment>,
+    pub(crate) next_seq: u64,
+    pub(crate) next_offset: u64,
+    pub(crate) durable_end: u64,
+    pub(crate) log_start: u64,
+    /// Offsets of delayed messages that are not yet due.
+    pub(crate) undue: BitWindow,
+    /// `(due, offset)` of delayed messages not yet due.
+    pub(crate) delays: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Messages meant for one group only (dead-letter replays).
+    pub(crate) targets: HashMap<u64, String>,
+    /// Offsets missing from the log after a repair (`[from, to)` ranges).
+    pub(crate) gaps: Vec<(u64, u64)>,
+    pub(crate) dedup: HashMap<u128, u64>,
+    pub(crate) dedup_order: VecDeque<(u64, u128, u64)>,
+    pub(crate) groups: Vec<Group>,
+    pub(crate) published: u64,
+    pub(crate) duplicates: u64,
+}
+
+fn new_segment_file(dir: &std::path::Path, seq: u64) -> Result<Arc<SegFile>> {
+    let path = dir.join(format!("{seq:020}.seg"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| Error::io("create segment", &path, e))?;
+    Ok(Arc::new(SegFile { path, file }))
+}
+
+impl TopicState {
+    /// Index of the group, creating nothing.
+    pub(crate) fn group_index(&self, name: &str) -> Option<usize> {
+        self.groups.iter().position(|g| g.name == name)
+    }
+
+    fn segment_index(&self, off: u64) -> Option<usize> {
+        let idx = self.segments.partition_point(|s| s.base_offset <= off);
+        let idx = idx.checked_sub(1)?;
+        (off < self.segments[idx].end_offset()).then_some(idx)
+    }
+
+    pub(crate) fn locate(&self, off: u64) -> Option<ReadLoc> {
+        let seg = &self.segments[self.segment_index(off)?];
+        let i = (off - seg.base_offset) as usize;
+        Some(ReadLoc {
+            offset: off,
+            file: seg.file.clone(),
+            pos: u64::from(seg.positions[i]),
+            len: seg.lens[i],
+        })
+    }
+
+    fn in_gap(&self, off: u64) -> bool {
+        self.gaps.iter().any(|&(a, b)| (a..b).contains(&off))
+    }
+
+    /// Lowest offset some group (or a pending delay) still needs; `None` without groups.
+    fn needed_low(&self) -> Option<u64> {
+        self.groups.iter().map(Group::low_watermark).min()
+    }
+
+    fn retained_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    /// Forgets de-duplication entries that left the window.
+    fn expire_dedup(&mut self, now_ms: u64) {
+        while let Some(&(at, id, off)) = self.dedup_order.front() {
+            let expired = at.saturating_add(self.limits.dedup_window_ms) <= now_ms
+                || self.dedup_order.len() > self.limits.dedup_entries_max;
+            if !expired {
+                break;
+            }
+            self.dedup_order.pop_front();
+            if self.dedup.get(&id) == Some(&off) {
+                self.dedup.remove(&id);
+            }
+        }
+    }
+
+    pub(crate) fn remember_id(&mut self, id: u128, off: u64, at_ms: u64) {
+        self.dedup.insert(id, off);
+        self.dedup_order.push_back((at_ms, id, off));
+    }
+
+    /// Records a message that will exist at `off` (at publish and at recovery).
+    pub(crate) fn index_delay(&mut self, off: u64, due_ms: u64, now_ms: u64) {
+        if due_ms > now_ms {
+            self.undue.set(off);
+            self.delays.push(Reverse((due_ms, off)));
+            if let Some(seg) = self.segments.back_mut() {
+                seg.delayed_pending += 1;
+            }
+        }
+    }
+
+    /// Assigns offsets to `messages`, encodes them as one frame and returns the confirms and
+    /// the bytes to write. Duplicates (by producer id) get the first copy's offset.
+    ///
+    /// `flags` is added to every entry (replays pass `FLAG_NO_DEDUP`), `target` limits the
+    /// messages to one group.
+    pub(crate) fn append_messages(
+        &mut self,
+        messages: &[Message],
+        flags: u8,
+        target: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(Vec<Confirm>, Option<Append>)> {
+        self.expire_dedup(now_ms);
+        let use_dedup = flags & FLAG_NO_DEDUP == 0;
+        let mut confirms = Vec::with_capacity(messages.len());
+        let mut fresh: Vec<&Message> = Vec::with_capacity(messages.len());
+        let mut batch_ids: HashMap<u128, u64> = HashMap::new();
+        for m in messages {
+            let known = m.id.filter(|_| use_dedup).and_then(|id| {
+                self.dedup
+                    .get(&id)
+                    .copied()
+                    .or_else(|| batch_ids.get(&id).copied())
+            });
+            match known {
+                Some(offset) => confirms.push(Confirm {
+                    offset,
+                    duplicate: true,
+                }),
+                None => {
+                    let offset = self.next_offset + fresh.len() as u64;
+                    if let (Some(id), true) = (m.id, use_dedup) {
+                        batch_ids.insert(id, offset);
+                    }
+                    confirms.push(Confirm {
+                        offset,
+                        duplicate: false,
+                    });
+                    fresh.push(m);
+                }
+            }
+        }
+        self.duplicates += (messages.len() - fresh.len()) as u64;
+        if fresh.is_empty() {
+            return Ok((confirms, None));
+        }
+
+        // Backpressure: refuse the whole batch if it would pass a backlog limit.
+        let low = self.needed_low().unwrap_or(self.log_start);
+        let backlog = self.next_offset.saturating_sub(low) + fresh.len() as u64;
+        if backlog > self.limits.backlog_messages_max {
+            return Err(Error::Full {
+                topic: self.name.clone(),
+                what: "messages",
+                limit: self.limits.backlog_messages_max,
+            });
+        }
+        let payload_bytes: u64 = fresh.iter().map(|m| m.payload.len() as u64 + 64).sum();
+        if self.retained_bytes() + payload_bytes > self.limits.backlog_bytes_max {
+            return Err(Error::Full {
+                topic: self.name.clone(),
+                what: "bytes",
+                limit: self.limits.backlog_bytes_max,
+            });
+        }
+
+        let base_offset = self.next_offset;
+        let mut body = Vec::with_capacity(
+            BATCH_HEADER_LEN
+                + fresh
+                    .iter()
+                    .map(|m| format::entry_len(target, &m.headers, m.payload.len()))
+                    .sum::<usize>(),
+        );
+        format::encode_batch_header(
+            &mut body,
+            &BatchHeader {
+                base_offset,
+                publish_ms: now_ms,
+                count: fresh.len() as u32,
+            },
+        );
+        let mut entry_starts = Vec::with_capacity(fresh.len());
+        let mut dues = Vec::with_capacity(fresh.len());
+        for m in &fresh {
+            let due = match m.due {
+                Due::Now => None,
+                Due::At(t) => Some(t),
+                Due::After(d) => Some(now_ms.saturating_add(d)),
+            };
+            dues.push(due);
+            entry_starts.push(body.len());
+            format::encode_entry(&mut body, flags, m.id, due, target, &m.headers, &m.payload);
+        }
+        let frame_len = (FRAME_HEADER_LEN + body.len()) as u64;
+        let mut out = Vec::with_capacity(frame_len as usize + SEGMENT_HEADER_LEN);
+        let (file, pos, new_file) = self.reserve(frame_len, &mut out)?;
+        let frame_start = pos + out.len() as u64;
+        format::encode_frame(&mut out, &body);
+
+        let seg = self
+            .segments
+            .back_mut()
+            .ok_or_else(|| Error::Invalid("topic has no segment".into()))?;
+        for (i, start) in entry_starts.iter().enumerate() {
+            let entry_pos = frame_start + FRAME_HEADER_LEN as u64 + *start as u64;
+            let end = entry_starts.get(i + 1).copied().unwrap_or(body.len());
+            seg.positions.push(entry_pos as u32);
+            seg.lens.push((end - start) as u32);
+        }
+        seg.last_publish_ms = now_ms;
+        self.next_offset += fresh.len() as u64;
+        self.published += fresh.len() as u64;
+        for (i, m) in fresh.iter().enumerate() {
+            let off = base_offset + i as u64;
+            if let Some(due) = dues[i] {
+                self.index_delay(off, due, now_ms);
+            }
+            if let (Some(id), true) = (m.id, use_dedup) {
+                self.remember_id(id, off, now_ms);
+            }
+            if let Some(t) = target {
+                self.targets.insert(off, t.to_string());
+            }
+        }
+        Ok((
+            confirms,
+            Some(Append {
+                file,
+                pos,
+                bytes: out,
+                new_file,
+            }),
+        ))
+    }
+
+    /// Finds room for `frame_len` bytes, starting a new segment when the current one is
+    /// full. A new segment's header is put into `out` first.
+    fn reserve(&mut self, frame_len: u64, out: &mut Vec<u8>) -> Result<(Arc<SegFile>, u64, bool)> {
+        let roll = match self.segments.back() {
+            None => true,
+            Some(s) => {
+                s.len > SEGMENT_HEADER_LEN as u64
+                    && s.len + frame_len > self.limits.segment_bytes_max
+            }
+        };
+        if roll {
+            if frame_len + s_header() > u64::from(u32::MAX) {
+                return Err(Error::Invalid("frame too large for a segment".into()));
+            }
+            let seq = self.next_seq;
+            let file = new_segment_file(&self.dir, seq)?;
+            self.next_seq += 1;
+            let header = SegmentHeader {
+                seq,
+                base_offset: self.next_offset,
+            };
+            out.extend_from_slice(&header.encode());
+            self.segments.push_back(Segment {
+                seq,
+                base_offset: self.next_offset,
+                file: file.clone(),
+                positions: Vec::new(),
+                lens: Vec::new(),
+                len: SEGMENT_HEADER_LEN as u64 + frame_len,
+                delayed_pending: 0,
+                last_publish_ms: 0,
+            });
+            return Ok((file, 0, true));
+        }
+        let seg = self
+            .segments
+            .back_mut()
+            .ok_or_else(|| Error::Invalid("topic has no segment".into()))?;
+        let pos = seg.len;
+        if pos + frame_len > u64::from(u32::MAX) {
+            return Err(Error::Invalid("segment position overflow".into()));
+        }
+        seg.len += frame_len;
+        Ok((seg.file.clone(), pos, false))
+    }
+
+    /// Encodes group operations as a frame for the writer.
+    pub(crate) fn append_ops(&mut self, group: &str, ops: &[GroupOp]) -> Result<Option<Append>> {
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let mut body = Vec::with_capacity(6 + group.len() + ops.len() * format::GROUP_OP_LEN);
+        format::encode_group_ops(&mut body, group, ops);
+        let frame_len = (FRAME_HEADER_LEN + body.len()) as u64;
+        let mut out = Vec::with_capacity(frame_len as usize);
+        let (file, pos, new_file) = self.reserve(frame_len, &mut out)?;
+        format::encode_frame(&mut out, &body);
+        Ok(Some(Append {
+            file,
+            pos,
+            bytes: out,
+            new_file,
+        }))
+    }
+
+    /// Fires due delays and expires leases. Returns dead-letter moves to make.
+    pub(crate) fn maintain(&mut self, now_ms: u64) -> Vec<DeadJob> {
+        while let Some(&Reverse((due, off))) = self.delays.peek() {
+            if due > now_ms {
+                break;
+            }
+            self.delays.pop();
+            if off < self.log_start {
+                continue;
+            }
+            self.undue.clear(off);
+            if let Some(i) = self.segment_index(off) {
+                let seg = &mut self.segments[i];
+                seg.delayed_pending = seg.delayed_pending.saturating_sub(1);
+            }
+            let target = self.targets.get(&off).cloned();
+            for g in &mut self.groups {
+                // Groups that already scanned past it skipped it as "not due": hand it over
+                // now. Groups that have not reached it will deliver it when they do.
+                if off < g.scan
+                    && !g.is_done(off)
+                    && !g.pending.contains_key(&off)
+                    && target.as_deref().is_none_or(|t| t == g.name)
+                {
+                    let attempts = g.hints.remove(&off).map_or(0, |h| h.attempts);
+                    g.pending.insert(
+                        off,
+                        Pending {
+                            attempts,
+                            state: PendingState::Waiting { ready_at_ms: due },
+                        },
+                    );
+                    g.retry_waiting += 1;
+                    g.ready.push(Reverse((due, off)));
+                }
+            }
+        }
+        let max_attempts = self.limits.max_attempts;
+        let mut dead = Vec::new();
+        for g in &mut self.groups {
+            while let Some(&Reverse((until, off, attempts))) = g.leases.peek() {
+                if until > now_ms {
+                    break;
+                }
+                g.leases.pop();
+                let Some(p) = g.pending.get_mut(&off) else {
+                    continue;
+                };
+                if p.attempts != attempts || p.state != (PendingState::Leased { until_ms: until }) {
+                    continue;
+                }
+                g.in_flight -= 1;
+                if attempts >= max_attempts {
+                    p.state = PendingState::Dead;
+                    dead.push(DeadJob {
+                        group: g.name.clone(),
+                        offset: off,
+                        attempts,
+                        reason: "lease expired".into(),
+                    });
+                } else {
+                    p.state = PendingState::Waiting { ready_at_ms: until };
+                    g.retry_waiting += 1;
+                    g.ready.push(Reverse((until, off)));
+                }
+            }
+            for (offset, reason) in g.dead_retry.drain(..) {
+                let attempts = g.pending.get(&offset).map_or(0, |p| p.attempts);
+                dead.push(DeadJob {
+                    group: g.name.clone(),
+                    offset,
+                    attempts,
+                    reason,
+                });
+            }
+        }
+        dead
+    }
+
+    /// Leases up to `max` deliverable messages to group `gi`.
+    ///
+    /// Returns the leases, the lease records to persist, dead-letter moves found on the
+    /// way (messages recovered with their attempts used up) and the earliest time something
+    /// may become deliverable.
+    pub(crate) fn fetch(
+        &mut self,
+        gi: usize,
+        max: usize,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> (Vec<Lease>, Vec<GroupOp>, Vec<DeadJob>, Option<u64>) {
+        let max_attempts = self.limits.max_attempts;
+        let in_flight_max = self.limits.in_flight_max;
+        let durable_end = self.durable_end;
+        let mut out_offsets: Vec<(u64, u32, u64)> = Vec::new();
+        let mut ops = Vec::new();
+        let mut dead = Vec::new();
+        let has_gaps = !self.gaps.is_empty();
+        let until = now_ms.saturating_add(lease_ms);
+        loop {
+            let g = &mut self.groups[gi];
+            if out_offsets.len() >= max || g.in_flight >= in_flight_max {
+                break;
+            }
+            // Retries and fired delays first, oldest ready time first.
+            if let Some(&Reverse((ready_at, off))) = g.ready.peek() {
+                if ready_at <= now_ms {
+                    g.ready.pop();
+                    let valid = g.pending.get(&off).is_some_and(|p| {
+                        p.state
+                            == PendingState::Waiting {
+                                ready_at_ms: ready_at,
+                            }
+                    });
+                    if valid {
+                        g.retry_waiting -= 1;
+                        let attempts = g.pending.get(&off).map_or(0, |p| p.attempts) + 1;
+                        lease(g, off, attempts, until, &mut ops);
+                        out_offsets.push((off, attempts, until));
+                    }
+                    continue;
+                }
+            }
+            if g.scan >= durable_end {
+                break;
+            }
+            let off = g.scan;
+            g.scan += 1;
+            if g.is_done(off) {
+                continue;
+            }
+            if (has_gaps && self.in_gap(off))
+                || self
+                    .targets
+                    .get(&off)
+                    .is_some_and(|t| *t != self.groups[gi].name)
+            {
+                self.groups[gi].mark_done(off);
+                continue;
+            }
+            if self.undue.get(off) == Some(true) {
+                continue;
+            }
+            let g = &mut self.groups[gi];
+            let mut attempts = 0;
+            if let Some(h) = g.hints.remove(&off) {
+                attempts = h.attempts;
+                if h.not_before_ms > now_ms {
+                    g.pending.insert(
+                        off,
+                        Pending {
+                            attempts,
+                            state: PendingState::Waiting {
+                                ready_at_ms: h.not_before_ms,
+                            },
+                        },
+                    );
+                    g.retry_waiting += 1;
+                    g.ready.push(Reverse((h.not_before_ms, off)));
+                    continue;
+                }
+                if h.not_before_ms == 0 && attempts >= max_attempts {
+                    // Its last lease ended with the previous run and used the last attempt.
+                    g.pending.insert(
+                        off,
+                        Pending {
+                            attempts,
+                            state: PendingState::Dead,
+                        },
+                    );
+                    dead.push(DeadJob {
+                        group: g.name.clone(),
+                        offset: off,
+                        attempts,
+                        reason: "lease expired (queue restarted)".into(),
+                    });
+                    continue;
+                }
+            }
+            lease(g, off, attempts + 1, until, &mut ops);
+            out_offsets.push((off, attempts + 1, until));
+        }
+
+        let g = &self.groups[gi];
+        let mut wake: Option<u64> = None;
+        let mut consider = |t: u64| wake = Some(wake.map_or(t, |w| w.min(t)));
+        if let Some(&Reverse((t, _))) = g.ready.peek() {
+            consider(t);
+        }
+        if let Some(&Reverse((t, _, _))) = g.leases.peek() {
+            consider(t);
+        }
+        if let Some(&Reverse((t, _))) = self.delays.peek() {
+            consider(t);
+        }
+        let leases = out_offsets
+            .into_iter()
+            .filter_map(|(off, attempt, until_ms)| {
+                self.locate(off).map(|loc| Lease {
+                    loc,
+                    attempt,
+                    until_ms,
+                })
+            })
+            .collect();
+        (leases, ops, dead, wake)
+    }
+
+    /// Acknowledges receipts for group `gi`. Returns outcomes and the ack records.
+    pub(crate) fn ack(
+        &mut self,
+        gi: usize,
+        receipts: &[Receipt],
+    ) -> (Vec<AckOutcome>, Vec<GroupOp>) {
+        let durable_end = self.durable_end;
+        let g = &mut self.groups[gi];
+        let mut outcomes = Vec::with_capacity(receipts.len());
+        let mut ops = Vec::new();
+        for r in receipts {
+            let outcome = if r.offset >= durable_end {
+                AckOutcome::Unknown
+            } else if g.is_done(r.offset) {
+                AckOutcome::AlreadyAcked
+            } else {
+                match g.pending.get(&r.offset).copied() {
+                    Some(p) if p.attempts == r.attempt && p.state != PendingState::Dead => {
+                        g.pending.remove(&r.offset);
+                        match p.state {
+                            PendingState::Leased { .. } => g.in_flight -= 1,
+                            PendingState::Waiting { .. } => g.retry_waiting -= 1,
+                            PendingState::Dead => {}
+                        }
+                        g.mark_done(r.offset);
+                        g.acked += 1;
+                        ops.push(GroupOp {
+                            kind: OpKind::Ack,
+                            offset: r.offset,
+                            attempts: r.attempt,
+                            time_ms: 0,
+                        });
+                        AckOutcome::Acked
+                    }
+                    _ => AckOutcome::LeaseLost,
+                }
+            };
+            outcomes.push(outcome);
+        }
+        (outcomes, ops)
+    }
+
+    /// Gives a delivery back for redelivery at `retry_at_ms`, or dead-letters it when its
+    /// attempts are used up (or always, with `reject`).
+    pub(crate) fn nack(
+        &mut self,
+        gi: usize,
+        receipt: Receipt,
+        retry_at_ms: u64,
+        reject: bool,
+        reason: &str,
+    ) -> (AckOutcome, Vec<GroupOp>, Option<DeadJob>) {
+        let durable_end = self.durable_end;
+        let max_attempts = self.limits.max_attempts;
+        let g = &mut self.groups[gi];
+        if receipt.offset >= durable_end {
+            return (AckOutcome::Unknown, vec![], None);
+        }
+        if g.is_done(receipt.offset) {
+            return (AckOutcome::AlreadyAcked, vec![], None);
+        }
+        let Some(p) = g.pending.get_mut(&receipt.offset) else {
+            return (AckOutcome::LeaseLost, vec![], None);
+        };
+        let PendingState::Leased { .. } = p.state else {
+            return (AckOutcome::LeaseLost, vec![], None);
+        };
+        if p.attempts != receipt.attempt {
+            return (AckOutcome::LeaseLost, vec![], None);
+        }
+        g.in_flight -= 1;
+        if reject || p.attempts >= max_attempts {
+            p.state = PendingState::Dead;
+            let job = DeadJob {
+                group: g.name.clone(),
+                offset: receipt.offset,
+                attempts: p.attempts,
+                reason: reason.to_string(),
+            };
+            return (AckOutcome::Acked, vec![], Some(job));
+        }
+        p.state = PendingState::Waiting {
+            ready_at_ms: retry_at_ms,
+        };
+        g.retry_waiting += 1;
+        g.ready.push(Reverse((retry_at_ms, receipt.offset)));
+        let op = GroupOp {
+            kind: OpKind::Nack,
+            offset: receipt.offset,
+            attempts: p.attempts,
+            time_ms: retry_at_ms,
+        };
+        (AckOutcome::Acked, vec![op], None)
+    }
+
+    /// Completes a dead-letter move (the dead letter is durable in the dead-letter topic).
+    pub(crate) fn finish_dead(&mut self, gi: usize, off: u64) -> Vec<GroupOp> {
+        let g = &mut self.groups[gi];
+        let Some(p) = g.pending.remove(&off) else {
+            return vec![];
+        };
+        g.mark_done(off);
+        g.dead_lettered += 1;
+        vec![GroupOp {
+            kind: OpKind::Dead,
+            offset: off,
+            attempts: p.attempts,
+            time_ms: 0,
+        }]
+    }
+
+    /// A dead-letter move failed (e.g. the dead-letter topic is full): try again later.
+    pub(crate) fn retry_dead(&mut self, gi: usize, off: u64, reason: String) {
+        self.groups[gi].dead_retry.push((off, reason));
+    }
+
+    /// Segments every group is done with (and past retention), oldest first, never the
+    /// active one. Removes them from the index.
+    pub(crate) fn take_expired_segments(&mut self, now_ms: u64) -> Vec<Segment> {
+        let mut out = Vec::new();
+        let Some(low) = self.needed_low() else {
+            return out;
+        };
+        while self.segments.len() > 1 {
+            let s = &self.segments[0];
+            let expired = s.end_offset() <= low
+                && s.end_offset() <= self.durable_end
+                && s.delayed_pending == 0
+                && s.last_publish_ms.saturating_add(self.limits.retention_ms) <= now_ms;
+            if !expired {
+                break;
+            }
+            if let Some(seg) = self.segments.pop_front() {
+                out.push(seg);
+            }
+        }
+        if let Some(first) = self.segments.front() {
+            let start = first.base_offset;
+            if start > self.log_start {
+                self.log_start = start;
+                self.undue.drop_below(start);
+                self.targets.retain(|off, _| *off >= start);
+                self.gaps.retain(|&(_, b)| b > start);
+            }
+        }
+        out
+    }
+
+    pub(crate) fn stats(&self, dead_letters_pending: u64) -> TopicStats {
+        let delayed_pending = self.delays.len() as u64;
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| {
+                let low = g.low_watermark();
+                let end = self.durable_end.max(low);
+                let done_above = g.done.count_ones(low, end);
+                let lag = (end - low).saturating_sub(done_above);
+                let undue_visible = self.undue.count_ones(low, end);
+                GroupStats {
+                    name: g.name.clone(),
+                    lag,
+                    depth: lag.saturating_sub(
+                        g.in_flight + g.retry_waiting + undue_visible + g.dead_retry.len() as u64,
+                    ),
+                    in_flight: g.in_flight,
+                    retry_waiting: g.retry_waiting,
+                    redeliveries: g.redeliveries,
+                    acked: g.acked,
+                    dead_lettered: g.dead_lettered,
+                    low_watermark: low,
+                }
+            })
+            .collect();
+        TopicStats {
+            name: self.name.clone(),
+            log_start: self.log_start,
+            next_offset: self.next_offset,
+            durable_end: self.durable_end,
+            segments: self.segments.len() as u64,
+            retained_bytes: self.retained_bytes(),
+            delayed_pending,
+            published: self.published,
+            duplicates: self.duplicates,
+            dead_letters_pending,
+            groups,
+        }
+    }
+
+    /// Heap bytes of the index and delay structures (memory accounting for benchmarks).
+    pub(crate) fn index_heap_bytes(&self) -> usize {
+        let segs: usize = self
+            .segments
+            .iter()
+            .map(|s| s.positions.capacity() * 4 + s.lens.capacity() * 4)
+            .sum();
+        let groups: usize = self.groups.iter().map(|g| g.done.heap_bytes()).sum();
+        segs + self.delays.capacity() * 16 + self.undue.heap_bytes() + groups
+    }
+}
+
+fn s_header() -> u64 {
+    SEGMENT_HEADER_LEN as u64
+}
+
+fn lease(g: &mut Group, off: u64, attempts: u32, until: u64, ops: &mut Vec<GroupOp>) {
+    g.pending.insert(
+        off,
+        Pending {
+            attempts,
+            state: PendingState::Leased { until_ms: until },
+        },
+    );
+    g.leases.push(Reverse((until, off, attempts)));
+    g.in_flight += 1;
+    if attempts > 1 {
+        g.redeliveries += 1;
+    }
+    ops.push(GroupOp {
+        kind: OpKind::Lease,
+        offset: off,
+        attempts,
+        time_ms: until,
+    });
+}

@@ -1,0 +1,297 @@
+//! The group-commit writer: one thread that owns every write and fsync.
+//!
+//! Callers assign file positions under their topic's lock and send a [`Job`] while still
+//! holding it, so the channel order is the file order. The thread takes every job waiting
+//! (up to [`COMMIT_BYTES_MAX`]), writes them, fsyncs each touched file once (and the
+//! directory when a segment was created), then tells the topics what is durable and answers
+//! all the callers: one fsync confirms every publish that arrived while the previous one ran.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::limits::COMMIT_BYTES_MAX;
+
+/// An open segment file.
+#[derive(Debug)]
+pub(crate) struct SegFile {
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+}
+
+/// Told when a topic's messages up to an offset are durable.
+pub(crate) trait DurableSink: Send + Sync + std::fmt::Debug {
+    fn durable(&self, end_offset: u64);
+}
+
+/// One unit of work for the writer.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// File to append to (`None`: a barrier that only waits for earlier jobs).
+    pub(crate) file: Option<Arc<SegFile>>,
+    /// Position to write at.
+    pub(crate) pos: u64,
+    /// Bytes to write.
+    pub(crate) bytes: Vec<u8>,
+    /// Directory to fsync after the file (set when the file was just created).
+    pub(crate) dir_sync: Option<PathBuf>,
+    /// Topic to tell, and the message offset that is durable once this job is.
+    pub(crate) sink: Option<(Arc<dyn DurableSink>, u64)>,
+    /// Caller waiting for the confirm.
+    pub(crate) done: Option<oneshot::Sender<Result<()>>>,
+}
+
+enum Msg {
+    Job(Job),
+    /// Flush everything, answer, and exit.
+    Stop(std::sync::mpsc::Sender<Result<()>>),
+}
+
+/// Handle to the writer thread.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    tx: Mutex<Option<Sender<Msg>>>,
+    failed: Arc<Mutex<Option<String>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Job(j) => j.fmt(f),
+            Msg::Stop(_) => f.write_str("Stop"),
+        }
+    }
+}
+
+impl Writer {
+    pub(crate) fn start(durability: Durability) -> Result<Writer> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let failed = Arc::new(Mutex::new(None));
+        let failed2 = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || run(rx, durability, failed2))
+            .map_err(|e| Error::io("spawn writer thread", "", e))?;
+        Ok(Writer {
+            tx: Mutex::new(Some(tx)),
+            failed,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a job. Call while holding the lock that assigned the job's position.
+    pub(crate) fn submit(&self, job: Job) -> Result<()> {
+        if let Some(msg) = self.failure() {
+            return Err(Error::Failed(msg));
+        }
+        let tx = self.tx.lock().map_err(|_| Error::Closed)?;
+        match tx.as_ref() {
+            Some(tx) => tx.send(Msg::Job(job)).map_err(|_| Error::Closed),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// The first write failure, if any.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Flushes, fsyncs and stops the thread.
+    pub(crate) fn stop(&self) -> Result<()> {
+        let tx = self.tx.lock().map_err(|_| Error::Closed)?.take();
+        let Some(tx) = tx else { return Ok(()) };
+        // A std channel, not a tokio one: `close` may be called from inside a runtime.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let sent = tx.send(Msg::Stop(done_tx)).is_ok();
+        drop(tx);
+        let result = if sent {
+            done_rx.recv().unwrap_or(Err(Error::Closed))
+        } else {
+            Ok(())
+        };
+        if let Some(t) = self.thread.lock().map_err(|_| Error::Closed)?.take() {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Dropping the sender lets the thread drain what is queued and exit.
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+    }
+}
+
+fn run(rx: Receiver<Msg>, durability: Durability, failed: Arc<Mutex<Option<String>>>) {
+    let mut dirty: HashMap<*const SegFile, Arc<SegFile>> = HashMap::new();
+    let mut dirty_dirs: Vec<PathBuf> = Vec::new();
+    let mut last_sync = Instant::now();
+    let interval = match durability {
+        Durability::FsyncBeforeConfirm => None,
+        Durability::Interval { interval_ms } => Some(Duration::from_millis(interval_ms.max(1))),
+    };
+    loop {
+        // Block for the first message (in interval mode, only until the next fsync is due).
+        let first = match interval {
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            },
+            Some(iv) => {
+                let wait = iv.saturating_sub(last_sync.elapsed());
+                match rx.recv_timeout(wait) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
+        let mut jobs = Vec::new();
+        let mut stop = None;
+        let mut bytes = 0usize;
+        let mut next = first;
+        while let Some(msg) = next {
+            match msg {
+                Msg::Job(j) => {
+                    bytes += j.bytes.len();
+                    jobs.push(j);
+                }
+                Msg::Stop(s) => {
+                    stop = Some(s);
+                    break;
+                }
+            }
+            if bytes >= COMMIT_BYTES_MAX {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+
+        let mut result = match failed.lock().ok().and_then(|f| f.clone()) {
+            Some(msg) => Err(msg),
+            None => Ok(()),
+        };
+        if result.is_ok() {
+            result = write_all(&jobs, &mut dirty, &mut dirty_dirs);
+        }
+        let sync_now = interval.is_none()
+            || stop.is_some()
+            || last_sync.elapsed() >= interval.unwrap_or_default();
+        if result.is_ok() && sync_now {
+            result = sync_all(&mut dirty, &mut dirty_dirs);
+            last_sync = Instant::now();
+        }
+        if let Err(msg) = &result {
+            if let Ok(mut f) = failed.lock() {
+                if f.is_none() {
+                    tracing::error!(error = %msg, "queue writer failed; refusing further writes");
+                    *f = Some(msg.clone());
+                }
+            }
+        }
+        finish(jobs, &result);
+        if let Some(s) = stop {
+            let _ = s.send(result.map_err(Error::Failed));
+            return;
+        }
+    }
+    // Channel closed: make what was written durable before exiting.
+    let _ = sync_all(&mut dirty, &mut dirty_dirs);
+}
+
+fn write_all(
+    jobs: &[Job],
+    dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
+    dirty_dirs: &mut Vec<PathBuf>,
+) -> Result<(), String> {
+    let mut i = 0;
+    let mut buf = Vec::new();
+    while i < jobs.len() {
+        let Some(file) = &jobs[i].file else {
+            i += 1;
+            continue;
+        };
+        // Coalesce jobs that continue each other in the same file into one write.
+        let start = jobs[i].pos;
+        let mut end = start + jobs[i].bytes.len() as u64;
+        let mut j = i + 1;
+        while j < jobs.len()
+            && jobs[j].file.as_ref().is_some_and(|f| Arc::ptr_eq(f, file))
+            && jobs[j].pos == end
+        {
+            end += jobs[j].bytes.len() as u64;
+            j += 1;
+        }
+        let result = if j == i + 1 {
+            file.file.write_all_at(&jobs[i].bytes, start)
+        } else {
+            buf.clear();
+            for job in &jobs[i..j] {
+                buf.extend_from_slice(&job.bytes);
+            }
+            file.file.write_all_at(&buf, start)
+        };
+        result.map_err(|e| format!("write {}: {e}", file.path.display()))?;
+        dirty.insert(Arc::as_ptr(file), file.clone());
+        for job in &jobs[i..j] {
+            if let Some(d) = &job.dir_sync {
+                dirty_dirs.push(d.clone());
+            }
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+fn sync_all(
+    dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
+    dirty_dirs: &mut Vec<PathBuf>,
+) -> Result<(), String> {
+    for (_, f) in dirty.drain() {
+        f.file
+            .sync_data()
+            .map_err(|e| format!("fdatasync {}: {e}", f.path.display()))?;
+    }
+    dirty_dirs.sort();
+    dirty_dirs.dedup();
+    for d in dirty_dirs.drain(..) {
+        crate::fsutil::sync_dir(&d).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn finish(jobs: Vec<Job>, result: &Result<(), String>) {
+    if result.is_ok() {
+        // Tell each topic its new durable end once (jobs are in offset order per topic).
+        let mut latest: Vec<(Arc<dyn DurableSink>, u64)> = Vec::new();
+        for job in &jobs {
+            if let Some((sink, end)) = &job.sink {
+                match latest.iter_mut().find(|(s, _)| Arc::ptr_eq(s, sink)) {
+                    Some(entry) => entry.1 = entry.1.max(*end),
+                    None => latest.push((sink.clone(), *end)),
+                }
+            }
+        }
+        for (sink, end) in latest {
+            sink.durable(end);
+        }
+    }
+    for job in jobs {
+        if let Some(done) = job.done {
+            let _ = done.send(result.clone().map_err(Error::Failed));
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Semantics of the embedded engine, one behaviour per test, with a manual clock.
+
+use queue::{AckOutcome, Due, Error, FetchOptions, ManualClock, Message, Queue, StartAt};
+
+use crate::support::{T0, open, test_config};
+
+fn fetch_opts(n: usize) -> FetchOptions {
+    FetchOptions {
+        max_messages: n,
+        lease_ms: Some(1_000),
+        wait_ms: 0,
+    }
+}
+
+#[tokio::test]
+async fn publish_fetch_ack_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let q = open(dir.path(), &clock);
+    for i in 0..10u32 {
+        let c = q
+            .publish(
+                "orders",
+                Message::new(i.to_le_bytes().to_vec()).with_header("k", b"v".to_vec()),
+            )
+            .await
+            .expect("publish");
+        assert_eq!(c.offset, u64::from(i));
+        assert!(!c.duplicate);
+    }
+    let got = q.fetch("orders", "w", fetch_opts(4)).await.expect("fetch");
+    assert_eq!(
+        got.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    assert_eq!(got[2].payload.as_ref(), 2u32.to_le_bytes());
+    assert_eq!(got[2].headers, vec![("k".to_string(), b"v".to_vec())]);
+    assert_eq!(got[0].attempt, 1);
+    let receipts: Vec<_> = got.iter().map(|d| d.receipt()).collect();
+    let out = q.ack("orders", "w", &receipts[..2]).await.expect("ack");
+    assert_eq!(out, vec![AckOutcome::Acked, AckOutcome::Acked]);
+    let again = q.ack("orders", "w", &receipts[..1]).await.expect("ack");
+    assert_eq!(again, vec![AckOutcome::AlreadyAcked]);
+    q.close().expect("close");
+    drop(q);
+
+    let q = open(dir.path(), &clock);
+    // 0 and 1 acked; 2 and 3 were leased when the engine closed: delivered again, attempt 2.
+    let got = q
+        .fetch("orders", "w", fetch_opts(100))
+        .await
+        .expect("fetch");
+    let offs: Vec<_> = got.iter().map(|d| (d.offset, d.attempt)).collect();
+    assert_eq!(
+        offs,
+        vec![
+            (2, 2),
+            (3, 2),
+            (4, 1),
+            (5, 1),
+            (6, 1),
+            (7, 1),
+            (8, 1),
+            (9, 1)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn groups_see_everything_and_consumers_in_a_group_are_disjoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let q = open(dir.path(), &clock);
+    q.create_group("t", "a", StartAt::Earliest)
+        .await
+        .expect("group");
+    q.create_group("t", "b", StartAt::Earliest)
+        .await
+        .expect("group");
+    let msgs = (0..6).map(|i: u8| Message::new(vec![i])).collect();
+    q.publish_batch("t", msgs).await.expect("batch");
+    let a1 = q.fetch("t", "a", fetch_opts(3)).await.expect("fetch");
+    let a2 = q.fetch("t", "a", fetch_opts(10)).await.expect("fetch");
+    let b = q.fetch("t", "b", fetch_opts(10)).await.expect("fetch");
+    let mut a: Vec<u64> = a1.iter().chain(&a2).map(|d| d.offset).collect();
+    a.sort();
+    assert_eq!(a, (0..6).collect::<Vec<_>>());
+    assert_eq!(a1.len(), 3);
+    assert_eq!(b.len(), 6);
+}
+
+#[tokio::test]
+async fn duplicate_ids_are_confirmed_not_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let q = open(dir.path(), &clock);
+    let first = q
+        .publish("t", Message::new("a").with_id(42))
+        .await
+        .expect("publish");
+    let second = q
+        .publish("t", Message::new("a").with_id(42))
+        .await
+        .expect("publish");
+    assert_eq!(second.offset, first.offset);
+    assert!(second.duplicate);
+    q.close().expect("close");
+    drop(q);
+    // The window survives a restart.
+    let q = open(dir.path(), &clock);
+    let third = q
+        .publish("t", Message::new("a").with_id(42))
+        .await
+        .expect("publish");
+    assert!(third.duplicate);
+    let stats = q.stats("t").await.expect("stats");
+    assert_eq!(stats.next_offset, 1);
+    // After the window the id is forgotten.
+    clock.advance(test_config(&clock).dedup_window_ms + 1);
+    let fourth = q
+        .publish("t", Message::new("a").with_id(42))
+        .await
+        .expect("publish");
+    assert!(!fourth.duplicate);
+    assert_eq!(fourth.offset, 1);
+}
+
+#[tokio::test]
+async fn lease_expiry_nack_and_dead_letters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let q = open(dir.path(), &clock);
+    q.publish("t", Message::new("poison").with_id(7))
+        .await
+        .expect("publish");
+    // Attempt 1: lease expires.
+    let d = q.fetch("t", "g", fetch_opts(1)).await.expect("fetch");
+    assert_eq!(d[0].attempt, 1);
+    assert!(
+        q.fetch("t", "g", fetch_opts(1))
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "leased"
+    );
+    clock.advance(1_000);
+    // Attempt 2: nacked with a delay.
+    let d = q.fetch("t", "g", fetch_opts(1)).await.expect("fetch");
+    assert_eq!(d[0].attempt, 2);
+    let stale = q
+        .ack(
+            "t",
+            "g",
+            &[queue::Receipt {
+                offset: 0,
+                attempt: 1,
+            }],
+        )
+        .await
+        .expect("ack");
+    assert_eq!(stale, vec![AckOutcome::LeaseLost]);
+    q.nack("t", "g", d[0].receipt(), 500, "try later")
+        .await
+        .expect("nack");
+    clock.advance(499);
+    assert!(
+        q.fetch("t", "g", fetch_opts(1))
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "not before its delay"
+    );
+    clock.advance(1);
+    // Attempt 3 (the last): nacked again, so it is dead-lettered.
+    let d = q.fetch("t", "g", fetch_opts(1)).await.expect("fetch");
+    assert_eq!(d[0].attempt, 3);
+    q.nack("t", "g", d[0].receipt(), 0, "bad payload")
+        .await
+        .expect("nack");
+    clock.advance(10_000);
+    assert!(
+        q.fetch("t", "g", fetch_opts(1))
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    let dead = q.dead_letters("t", 0, 10).await.expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].original_offset, 0);
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].reason, "bad payload");
+    assert_eq!(dead[0].group, "g");
+    assert_eq!(dead[0].id, Some(7));
+    assert_eq!(dead[0].payload.as_ref(), b"poison");
+    let stats = q.stats("t").await.expect("stats");
+    assert_eq!(stats.dead_letters_pending, 1);
+    assert_eq!(stats.groups[0].dead_lettered, 1);
+    assert_eq!(stats.groups[0].lag, 0);
+
+    // Replay: delivered again to the group, attempts reset.
+    let new_off = q
+        .replay_dead_letter("t", dead[0].dead_offset)
+        .await
+        .expect("replay");
+    assert_eq!(new_off, 1);
+    let d = q.fetch("t", "g", fetch_opts(1)).await.expect("fetch");
+    assert_eq!((d[0].offset, d[0].attempt), (1, 1));
+    assert_eq!(d[0].payload.as_ref(), b"poison");
+    assert!(q.dead_letters("t", 0, 10).await.expect("list").is_empty());
+    assert!(matches!(
+        q.discard_dead_letter("t", dead[0].dead_offset).await,
+        Err(Error::NoSuchDeadLetter { .. })
+    ));
+    // Reject sends it straight back; then discard.
+    q.reject("t", "g", d[0].receipt(), "poison")
+        .await
+        .expect("reject");
+    let dead = q.dead_letters("t", 0, 10).await.expect("list");
+    assert_eq!(dead.len(), 1);
+    q.discard_dead_letter("t", dead[0].dead_offset)
+        .await
+        .expect("discard");
+    assert!(q.dead_letters("t", 0, 10).await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn delayed_messages_wait_for_their_time_and_survive_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let q = open(dir.path(), &clock);
+    q.create_group("t", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    q.publish("t", Message::new("late").with_due(Due::After(600_000)))
+        .await
+        .expect("publish");
+    q.publish("t", Message::new("now")).await.expect("publish");
+    let d = q.fetch("t", "g", fetch_opts(10)).await.expect("fetch");
+    assert_eq!(d.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![1]);
+    q.ack("t", "g", &[d[0].receipt()]).await.expect("ack");
+    assert_eq!(q.stats("t").await.expect("stats").delayed_pending, 1);
+    q.close().expect("close");
+    drop(q);
+    let q = open(dir.path(), &clock);
+    clock.advance(599_999);
+    assert!(
+        q.fetch("t", "g", fetch_opts(10))
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    clock.advance(1);
+    let d = q.fetch("t", "g", fetch_opts(10)).await.expect("fetch");
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].payload.as_ref(), b"late");
+    assert_eq!(d[0].due_ms, Some(T0 + 600_000));
+}
+
+#[tokio::test]
+async fn backlog_limit_gives_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let mut cfg = test_config(&clock);
+    cfg.backlog_messages_max = 5;
+    let q = queue::Engine::open(dir.path(), cfg).expect("open");
+    q.create_group("t", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    for _ in 0..5 {
+        q.publish("t", Message::new("x")).await.expect("publish");
+    }
+    let err = q.publish("t", Message::new("x")).await.expect_err("full");
+    assert!(
+        matches!(
+            err,
+            Error::Full {
+                what: "messages",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let d = q.fetch("t", "g", fetch_opts(1)).await.expect("fetch");
+    q.ack("t", "g", &[d[0].receipt()]).await.expect("ack");
+    q.publish("t", Message::new("x"))
+        .await
+        .expect("room again after an ack");
+}
+
+#[tokio::test]
+async fn retention_deletes_segments_every_group_finished() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let q = open(dir.path(), &clock);
+    q.create_group("t", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    for _ in 0..50 {
+        let batch = (0..20).map(|_| Message::new(vec![0u8; 200])).collect();
+        q.publish_batch("t", batch).await.expect("publish");
+    }
+    let before = q.stats("t").await.expect("stats");
+    assert!(before.segments > 2, "{before:?}");
+    loop {
+        let d = q.fetch("t", "g", fetch_opts(500)).await.expect("fetch");
+        if d.is_empty() {
+            break;
+        }
+        let r: Vec<_> = d.iter().map(|d| d.receipt()).collect();
+        q.ack("t", "g", &r).await.expect("ack");
+    }
+    q.tick().await.expect("tick");
+    let after = q.stats("t").await.expect("stats");
+    assert_eq!(after.segments, 1, "{after:?}");
+    assert!(after.log_start >= 900, "{after:?}");
+    q.close().expect("close");
+    drop(q);
+    let q = open(dir.path(), &clock);
+    let st = q.stats("t").await.expect("stats");
+    assert_eq!(st.next_offset, 1000);
+    assert!(
+        q.fetch("t", "g", fetch_opts(10))
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let q = open(dir.path(), &clock);
+    for bad in ["", "a/b", "..", "x.dlq", &"n".repeat(65)] {
+        assert!(
+            matches!(
+                q.publish(bad, Message::new("x")).await,
+                Err(Error::Invalid(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let big = Message::new(vec![0u8; queue::limits::PAYLOAD_BYTES_MAX + 1]);
+    assert!(matches!(q.publish("t", big).await, Err(Error::Invalid(_))));
+    assert!(matches!(
+        q.publish_batch("t", vec![]).await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        q.ack("nope", "g", &[]).await,
+        Err(Error::NoSuchTopic(_))
+    ));
+}

@@ -1,0 +1,7 @@
+//! The queue's integration tests, linked as one binary.
+
+mod basic;
+mod corruption;
+mod crash;
+mod model;
+mod support;

@@ -1,0 +1,1 @@
+//! Browser storefront and admin dashboard (askama templates); will be served by the gateway. Not built yet.
