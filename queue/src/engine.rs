@@ -243,6 +243,7 @@ impl Engine {
         let topics_dir = dir.join("topics");
         std::fs::create_dir_all(&topics_dir)
             .map_err(|e| Error::io("create directory", &topics_dir, e))?;
+        crate::fsutil::sync_dir(&dir)?;
         let lock_path = dir.join("LOCK");
         let lock_file = std::fs::OpenOptions::new()
             .create(true)
@@ -583,6 +584,7 @@ impl Engine {
         };
         let mut meta = TopicMeta::new();
         meta.first_seq = st.segments.front().map_or(0, |s| s.seq);
+        meta.first_offset = st.log_start;
         meta.groups = st
             .groups
             .iter()
@@ -679,6 +681,7 @@ impl Engine {
                 if !expired.is_empty() {
                     let mut meta = TopicMeta::new();
                     meta.first_seq = st.segments.front().map_or(0, |s| s.seq);
+                    meta.first_offset = st.log_start;
                     meta.groups = st
                         .groups
                         .iter()

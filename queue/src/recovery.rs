@@ -37,6 +37,10 @@ pub(crate) struct TopicMeta {
     /// Segments with a lower sequence number were deleted by retention (leftover files are
     /// removed on open).
     pub(crate) first_seq: u64,
+    /// Offset of the first message of segment `first_seq`: where offsets resume if no
+    /// segment with data survives (they are never reused).
+    #[serde(default)]
+    pub(crate) first_offset: u64,
     pub(crate) groups: Vec<GroupMeta>,
 }
 
@@ -51,6 +55,7 @@ impl TopicMeta {
         TopicMeta {
             version: META_VERSION,
             first_seq: 0,
+            first_offset: 0,
             groups: Vec::new(),
         }
     }
@@ -205,6 +210,25 @@ pub(crate) fn open_topic(
         duplicates: 0,
     };
 
+    // Segment files at the end holding no more than a header were being created when the
+    // process stopped: nothing in them was confirmed (the writer fsyncs older segments
+    // before it writes a new one). Remove them so the segment before is the tail.
+    while let Some((_, path)) = segs.last() {
+        let len = std::fs::metadata(path)
+            .map_err(|e| Error::io("stat segment", path, e))?
+            .len();
+        let header_ok = len == SEGMENT_HEADER_LEN as u64
+            && std::fs::read(path)
+                .ok()
+                .is_some_and(|b| SegmentHeader::decode(&b).is_ok());
+        if len > SEGMENT_HEADER_LEN as u64 || (header_ok && segs.len() == 1) {
+            break;
+        }
+        report.torn_bytes_truncated += len;
+        std::fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
+        fsutil::sync_dir(dir)?;
+        segs.pop();
+    }
     let count = segs.len();
     let mut dedup_tmp: Vec<(u64, u128, u64)> = Vec::new();
     for (i, (seq, path)) in segs.iter().enumerate() {
@@ -315,6 +339,7 @@ pub(crate) fn open_topic(
 
     if st.segments.is_empty() {
         // A new topic, or one whose only segment was torn at creation: start a segment.
+        st.next_offset = st.next_offset.max(meta.first_offset);
         let seq = st.next_seq;
         let path = dir.join(format!("{seq:020}.seg"));
         let file = std::fs::OpenOptions::new()

@@ -609,6 +609,8 @@ impl TopicState {
                     continue;
                 }
             }
+            // Everything below the done window's base is finished: no need to walk it.
+            g.scan = g.scan.max(g.done.base());
             if g.scan >= durable_end {
                 break;
             }

@@ -128,9 +128,13 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        // Dropping the sender lets the thread drain what is queued and exit.
+        // Dropping the sender lets the thread drain what is queued and exit. Wait for it, so
+        // that nothing writes to the directory once the engine (and its lock file) is gone.
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
         }
     }
 }
@@ -224,6 +228,12 @@ fn write_all(
             i += 1;
             continue;
         };
+        if jobs[i].dir_sync.is_some() && !dirty.is_empty() {
+            // A new segment: make the older ones durable first, so that after a power loss
+            // a segment with data in it is never preceded by a torn one (recovery treats a
+            // torn sealed segment as corruption).
+            sync_all(dirty, dirty_dirs)?;
+        }
         // Coalesce jobs that continue each other in the same file into one write.
         let start = jobs[i].pos;
         let mut end = start + jobs[i].bytes.len() as u64;
