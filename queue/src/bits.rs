@@ -104,7 +104,7 @@ impl BitWindow {
             let idx = off - self.base;
             let word = (idx / 64) as usize;
             let Some(w) = self.words.get(word) else { break };
-            if idx % 64 == 0 && to - off >= 64 {
+            if idx.is_multiple_of(64) && to - off >= 64 {
                 n += u64::from(w.count_ones());
                 off += 64;
             } else {

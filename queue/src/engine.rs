@@ -32,6 +32,8 @@ use crate::writer::{DurableSink, Job, Writer};
 pub const DLQ_SUFFIX: &str = ".dlq";
 /// The built-in group of a dead-letter topic that tracks which dead letters are pending.
 pub const DLQ_GROUP: &str = "$dead-letters";
+/// How long `open` waits for a lock held by someone else before failing (see there).
+const LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// An open topic.
 #[derive(Debug)]
@@ -251,13 +253,28 @@ impl Engine {
             .write(true)
             .open(&lock_path)
             .map_err(|e| Error::io("open lock file", &lock_path, e))?;
-        lock_file.try_lock().map_err(|e| {
-            Error::io(
-                "lock (is another process using this queue directory?)",
-                &lock_path,
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
+        // The lock of an engine closed a moment ago can outlive it: a process forked (by any
+        // thread, to spawn a program) before the close holds a copy of the lock file's
+        // descriptor until it execs. Wait briefly for such a holder before concluding that
+        // another engine has the directory.
+        let lock_deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock_file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock)
+                    if std::time::Instant::now() < lock_deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        "lock (is another process using this queue directory?)",
+                        &lock_path,
+                        std::io::Error::other(e.to_string()),
+                    ));
+                }
+            }
+        }
         let limits = TopicLimits {
             segment_bytes_max: config.segment_bytes_max,
             backlog_messages_max: config.backlog_messages_max,
@@ -585,6 +602,7 @@ impl Engine {
         let mut meta = TopicMeta::new();
         meta.first_seq = st.segments.front().map_or(0, |s| s.seq);
         meta.first_offset = st.log_start;
+        meta.gaps = st.gaps.clone();
         meta.groups = st
             .groups
             .iter()
@@ -682,6 +700,7 @@ impl Engine {
                     let mut meta = TopicMeta::new();
                     meta.first_seq = st.segments.front().map_or(0, |s| s.seq);
                     meta.first_offset = st.log_start;
+                    meta.gaps = st.gaps.clone();
                     meta.groups = st
                         .groups
                         .iter()
@@ -987,10 +1006,10 @@ impl Queue for Engine {
             let mut locs = Vec::new();
             let mut off = from_dead_offset.max(g.low_watermark());
             while off < st.durable_end && locs.len() < limit {
-                if !g.is_done(off) {
-                    if let Some(loc) = st.locate(off) {
-                        locs.push(loc);
-                    }
+                if !g.is_done(off)
+                    && let Some(loc) = st.locate(off)
+                {
+                    locs.push(loc);
                 }
                 off += 1;
             }

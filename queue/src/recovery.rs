@@ -42,6 +42,12 @@ pub(crate) struct TopicMeta {
     #[serde(default)]
     pub(crate) first_offset: u64,
     pub(crate) groups: Vec<GroupMeta>,
+    /// Offset ranges `[from, to)` lost to a repair. A segment may start past the end of the
+    /// one before it only across one of these. Written (open-ended: `to` = `u64::MAX`)
+    /// before repair cuts or drops a segment, so that a crash mid-repair leaves a directory
+    /// that still opens; made exact when the next segment is read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) gaps: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -57,6 +63,7 @@ impl TopicMeta {
             first_seq: 0,
             first_offset: 0,
             groups: Vec::new(),
+            gaps: Vec::new(),
         }
     }
 
@@ -140,10 +147,11 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let Some(stem) = name.strip_suffix(".seg") else {
             continue;
         };
-        if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(seq) = stem.parse::<u64>() {
-                out.push((seq, entry.path()));
-            }
+        if stem.len() == 20
+            && stem.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(seq) = stem.parse::<u64>()
+        {
+            out.push((seq, entry.path()));
         }
     }
     out.sort();
@@ -255,6 +263,8 @@ pub(crate) fn open_topic(
                 if repair {
                     tracing::warn!(segment = %path.display(), error = %e, "repair: dropping segment with a bad header");
                     report.repaired.push((path.clone(), 0));
+                    meta.gaps.push((st.next_offset, u64::MAX));
+                    meta.write(dir)?;
                     let quarantine = path.with_extension("corrupt");
                     std::fs::rename(path, &quarantine).map_err(|e| Error::io("rename", path, e))?;
                     continue;
@@ -275,9 +285,16 @@ pub(crate) fn open_topic(
                 .repaired
                 .last()
                 .is_some_and(|(p, _)| segs.get(i.wrapping_sub(1)).is_some_and(|(_, q)| q == p));
-            if header.base_offset > st.next_offset && repaired_before {
+            // A gap an earlier repair recorded (or began to record before a crash).
+            let known_gap = meta
+                .gaps
+                .iter()
+                .any(|&(a, b)| a == st.next_offset && b >= header.base_offset);
+            if header.base_offset > st.next_offset && (repaired_before || known_gap) {
                 st.gaps.push((st.next_offset, header.base_offset));
-                report.messages_lost += header.base_offset - st.next_offset;
+                if repaired_before {
+                    report.messages_lost += header.base_offset - st.next_offset;
+                }
                 st.next_offset = header.base_offset;
             } else {
                 return Err(corrupt(
@@ -329,6 +346,8 @@ pub(crate) fn open_topic(
             }
             tracing::warn!(segment = %path.display(), position = pos, %reason, "repair: cutting segment");
             report.repaired.push((path.clone(), pos as u64));
+            meta.gaps.push((st.next_offset, u64::MAX));
+            meta.write(dir)?;
             truncate(&file, pos as u64)?;
             break;
         }
@@ -399,6 +418,11 @@ pub(crate) fn open_topic(
             changed = true;
         }
     }
+    // Record the gaps exactly (and forget provisional ones a repair did not need).
+    if meta.gaps != st.gaps {
+        meta.gaps = st.gaps.clone();
+        changed = true;
+    }
     if changed {
         meta.write(dir)?;
     }
@@ -435,10 +459,11 @@ fn apply_record(
                 if let Some(due) = entry.due_ms {
                     st.index_delay(off, due, now_ms);
                 }
-                if let Some(id) = entry.id {
-                    if entry.flags & FLAG_ID != 0 && entry.flags & FLAG_NO_DEDUP == 0 {
-                        dedup.push((h.publish_ms, id, off));
-                    }
+                if let Some(id) = entry.id
+                    && entry.flags & FLAG_ID != 0
+                    && entry.flags & FLAG_NO_DEDUP == 0
+                {
+                    dedup.push((h.publish_ms, id, off));
                 }
                 if let Some(t) = entry.target {
                     st.targets.insert(off, t.to_string());

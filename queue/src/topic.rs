@@ -379,6 +379,14 @@ impl TopicState {
             entry_starts.push(body.len());
             format::encode_entry(&mut body, flags, m.id, due, target, &m.headers, &m.payload);
         }
+        // Recovery refuses longer frames: such a record would be cut as torn, confirmed or not.
+        if body.len() > format::FRAME_BODY_BYTES_MAX {
+            return Err(Error::Invalid(format!(
+                "a batch of {} encoded bytes exceeds the largest record ({} bytes)",
+                body.len(),
+                format::FRAME_BODY_BYTES_MAX
+            )));
+        }
         let frame_len = (FRAME_HEADER_LEN + body.len()) as u64;
         let mut out = Vec::with_capacity(frame_len as usize + SEGMENT_HEADER_LEN);
         let (file, pos, new_file) = self.reserve(frame_len, &mut out)?;
@@ -591,23 +599,23 @@ impl TopicState {
                 break;
             }
             // Retries and fired delays first, oldest ready time first.
-            if let Some(&Reverse((ready_at, off))) = g.ready.peek() {
-                if ready_at <= now_ms {
-                    g.ready.pop();
-                    let valid = g.pending.get(&off).is_some_and(|p| {
-                        p.state
-                            == PendingState::Waiting {
-                                ready_at_ms: ready_at,
-                            }
-                    });
-                    if valid {
-                        g.retry_waiting -= 1;
-                        let attempts = g.pending.get(&off).map_or(0, |p| p.attempts) + 1;
-                        lease(g, off, attempts, until, &mut ops);
-                        out_offsets.push((off, attempts, until));
-                    }
-                    continue;
+            if let Some(&Reverse((ready_at, off))) = g.ready.peek()
+                && ready_at <= now_ms
+            {
+                g.ready.pop();
+                let valid = g.pending.get(&off).is_some_and(|p| {
+                    p.state
+                        == PendingState::Waiting {
+                            ready_at_ms: ready_at,
+                        }
+                });
+                if valid {
+                    g.retry_waiting -= 1;
+                    let attempts = g.pending.get(&off).map_or(0, |p| p.attempts) + 1;
+                    lease(g, off, attempts, until, &mut ops);
+                    out_offsets.push((off, attempts, until));
                 }
+                continue;
             }
             // Everything below the done window's base is finished: no need to walk it.
             g.scan = g.scan.max(g.done.base());
@@ -819,11 +827,17 @@ impl TopicState {
         let Some(low) = self.needed_low() else {
             return out;
         };
+        // Recovery rebuilds the de-duplication window from the log: a segment holding an id
+        // still in the window is kept, or a restart would forget the id. Entries are in
+        // offset order, so the front is the lowest offset still remembered.
+        self.expire_dedup(now_ms);
+        let dedup_low = self.dedup_order.front().map(|&(_, _, off)| off);
         while self.segments.len() > 1 {
             let s = &self.segments[0];
             let expired = s.end_offset() <= low
                 && s.end_offset() <= self.durable_end
                 && s.delayed_pending == 0
+                && dedup_low.is_none_or(|d| s.end_offset() <= d)
                 && s.last_publish_ms.saturating_add(self.limits.retention_ms) <= now_ms;
             if !expired {
                 break;

@@ -351,3 +351,113 @@ async fn bad_input_is_refused_clearly() {
         Err(Error::NoSuchTopic(_))
     ));
 }
+
+#[tokio::test]
+async fn long_poll_wakes_on_publish_and_times_out_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let q = open(dir.path(), &clock);
+    q.create_group("t", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            q.fetch(
+                "t",
+                "g",
+                FetchOptions {
+                    max_messages: 10,
+                    lease_ms: Some(1_000),
+                    wait_ms: 60_000,
+                },
+            )
+            .await
+        })
+    };
+    // On this current-thread runtime one yield runs the fetch until it parks in its wait.
+    tokio::task::yield_now().await;
+    assert!(
+        !waiting.is_finished(),
+        "fetch returned before anything was published"
+    );
+    q.publish("t", Message::new("wake")).await.expect("publish");
+    // Without the wake-up the fetch would sleep for its whole minute.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
+        .await
+        .expect("long poll woke up")
+        .expect("join")
+        .expect("fetch");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload.as_ref(), b"wake");
+
+    let started = std::time::Instant::now();
+    let empty = q
+        .fetch(
+            "t",
+            "g",
+            FetchOptions {
+                max_messages: 10,
+                lease_ms: None,
+                wait_ms: 50,
+            },
+        )
+        .await
+        .expect("fetch");
+    assert!(empty.is_empty());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(50),
+        "returned before its wait"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_share_commits_and_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let q = open(dir.path(), &clock);
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut offs = Vec::new();
+            for i in 0..20u64 {
+                let id = u128::from(t * 1000 + i);
+                let c = q
+                    .publish("t", Message::new(id.to_le_bytes().to_vec()).with_id(id))
+                    .await
+                    .expect("publish");
+                offs.push((id, c.offset));
+            }
+            offs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("join"));
+    }
+    let mut offsets: Vec<u64> = all.iter().map(|(_, o)| *o).collect();
+    offsets.sort();
+    offsets.dedup();
+    assert_eq!(offsets.len(), 64 * 20, "every confirm has its own offset");
+    q.close().expect("close");
+    drop(q);
+    let q = open(dir.path(), &clock);
+    let mut seen = std::collections::HashMap::new();
+    loop {
+        let got = q
+            .fetch("t", "check", fetch_opts(1000))
+            .await
+            .expect("fetch");
+        if got.is_empty() {
+            break;
+        }
+        for d in got {
+            assert_eq!(d.payload.as_ref(), d.id.expect("id").to_le_bytes());
+            seen.insert(d.id.expect("id"), d.offset);
+        }
+    }
+    for (id, off) in all {
+        assert_eq!(seen.get(&id), Some(&off), "confirmed message {id} at {off}");
+    }
+}
