@@ -23,6 +23,8 @@ pub const TOPICS_MAX: usize = 1024;
 pub const GROUPS_MAX: usize = 64;
 /// Most bytes the writer coalesces into one write + fsync round.
 pub const COMMIT_BYTES_MAX: usize = 16 << 20;
+/// Most fsynced rounds waiting for the writer's notifier thread to answer their callers.
+pub const NOTIFY_ROUNDS_MAX: usize = 4;
 /// Longest dead-letter reason kept, in bytes; longer ones are cut.
 pub const REASON_BYTES_MAX: usize = 512;
 /// Most dead letters one `dead_letters` call lists.
