@@ -49,6 +49,10 @@ pub struct Config {
     pub max_attempts: u32,
     /// Most leased (in-flight) messages per group; fetch returns fewer beyond it.
     pub in_flight_max: usize,
+    /// Let a group-commit round wait briefly (bounded by `limits::COMMIT_GATHER_*`) for
+    /// concurrent callers, so one fsync confirms more of them. Only with fsync before
+    /// confirm and only after a round with more than one caller; a lone caller never waits.
+    pub commit_gather: bool,
     /// Segments are kept at least this long after their last publish, even when acked.
     pub retention_ms: u64,
     /// Period of the background maintenance thread (lease expiry, dead-lettering,
@@ -73,6 +77,7 @@ impl Default for Config {
             lease_ms_default: 30_000,
             max_attempts: 5,
             in_flight_max: 100_000,
+            commit_gather: true,
             retention_ms: 0,
             maintenance_interval_ms: Some(50),
             repair: false,

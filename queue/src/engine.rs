@@ -314,7 +314,7 @@ impl Engine {
                 }),
             );
         }
-        let writer = Writer::start(config.durability)?;
+        let writer = Writer::start(config.durability, config.commit_gather)?;
         let inner = Arc::new(Inner {
             dir,
             limits,

@@ -23,6 +23,11 @@ pub const TOPICS_MAX: usize = 1024;
 pub const GROUPS_MAX: usize = 64;
 /// Most bytes the writer coalesces into one write + fsync round.
 pub const COMMIT_BYTES_MAX: usize = 16 << 20;
+/// A group-commit round keeps gathering jobs while they arrive less than this far apart
+/// (only when the previous round had concurrent callers; see `writer.rs`).
+pub const COMMIT_GATHER_GAP_US: u64 = 40;
+/// Longest a round waits to gather jobs before its write + fsync.
+pub const COMMIT_GATHER_MAX_US: u64 = 250;
 /// Most fsynced rounds waiting for the writer's notifier thread to answer their callers.
 pub const NOTIFY_ROUNDS_MAX: usize = 4;
 /// Longest dead-letter reason kept, in bytes; longer ones are cut.

@@ -73,6 +73,7 @@ OPTIONS:
   --dir PATH           directory to create the temporary bench directory in
                        (default: the system temp dir; must be a real disk, not tmpfs)
   --keep               keep the bench directory afterwards
+  --no-gather          turn off group-commit gathering (Config::commit_gather), to compare
   --secs S             measured seconds of each timed phase (default 8, quick 1.5)
   --batch N            messages per publish_batch / fetch / ack (default 1000)
   --batch-tasks N      concurrent publish_batch tasks (default 4)
@@ -175,6 +176,7 @@ fn parse_args(raw: Vec<String>) -> Res<Option<Args>> {
             "--quick" => {}
             "-h" | "--help" => return Ok(None),
             "--keep" => a.keep = true,
+            "--no-gather" => NO_GATHER.store(true, std::sync::atomic::Ordering::Relaxed),
             "--dir" => a.dir = Some(PathBuf::from(parse_value::<String>("--dir", it.next())?)),
             "--secs" => a.secs = parse_value("--secs", it.next())?,
             "--batch" => a.batch = parse_value("--batch", it.next())?,
@@ -591,7 +593,7 @@ fn baseline(dir: &Path, a: &Args, payload: &[u8], label: &str) -> Res<Value> {
 /// 1,000,000 (by default) delayed messages due in 30 days: RSS delta and index heap bytes.
 async fn bench_delayed_memory(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
     let dir = root.join("delayed-memory");
-    let engine = Engine::open(&dir, Config::default())?;
+    let engine = Engine::open(&dir, bench_config())?;
     let topic = "bench-delayed";
     let due = Due::After(FAR_DELAY_MS);
     // One batch first, so that the topic, its files and the engine's threads exist before
@@ -650,13 +652,14 @@ async fn bench_delayed_memory(root: &Path, a: &Args, payload: &Bytes) -> Res<Val
         "publish_msgs_per_s": (pending as f64 / publish_secs).round(),
         "budget_bytes_per_message": TARGET_DELAYED_BYTES_PER_MSG,
         "durability": Config::default().durability.to_string(),
+        "commit_gather": bench_config().commit_gather,
     }))
 }
 
 /// `publish_batch` of `a.batch` messages from `a.batch_tasks` tasks.
 async fn bench_batched(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
     let dir = root.join("batched");
-    let engine = Engine::open(&dir, Config::default())?;
+    let engine = Engine::open(&dir, bench_config())?;
     let topic = "bench-batched";
     let w = Window::new(a.warmup_secs, a.secs);
     let sampler = spawn_io_sampler(w);
@@ -708,13 +711,14 @@ async fn bench_batched(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
         "published_total": stats.published,
         "group_commit": group_commit,
         "durability": Config::default().durability.to_string(),
+        "commit_gather": bench_config().commit_gather,
     }))
 }
 
 /// `publish` of one message from each of `a.tasks` tasks, each awaiting its confirm.
 async fn bench_single(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
     let dir = root.join("single");
-    let engine = Engine::open(&dir, Config::default())?;
+    let engine = Engine::open(&dir, bench_config())?;
     let topic = "bench-single";
     let w = Window::new(a.warmup_secs, a.secs);
     let sampler = spawn_io_sampler(w);
@@ -756,6 +760,7 @@ async fn bench_single(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
         "mb_per_s": round1(mb_per_s(msgs_s)),
         "confirm_latency": latency_json(&h),
         "durability": Config::default().durability.to_string(),
+        "commit_gather": bench_config().commit_gather,
     }))
 }
 
@@ -763,7 +768,7 @@ async fn bench_single(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
 /// batches and ack them until every message is acked.
 async fn bench_consume(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
     let dir = root.join("consume");
-    let engine = Engine::open(&dir, Config::default())?;
+    let engine = Engine::open(&dir, bench_config())?;
     let topic = "bench-consume";
     let group = "bench-workers";
     engine.create_group(topic, group, StartAt::Earliest).await?;
@@ -873,6 +878,7 @@ async fn bench_consume(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
         "ack_latency": latency_json(&ack_h),
         "prefill_msgs_per_s": (n as f64 / fill_secs).round(),
         "durability": Config::default().durability.to_string(),
+        "commit_gather": bench_config().commit_gather,
     }))
 }
 
@@ -880,7 +886,7 @@ async fn bench_consume(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
 /// lateness = delivery time - due time.
 async fn bench_lateness(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
     let dir = root.join("lateness");
-    let engine = Engine::open(&dir, Config::default())?;
+    let engine = Engine::open(&dir, bench_config())?;
     let topic = "bench-late";
     let group = "bench-late-workers";
     engine.create_group(topic, group, StartAt::Earliest).await?;
@@ -958,6 +964,7 @@ async fn bench_lateness(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
         "lateness": latency_json(&h),
         "early": early,
         "durability": Config::default().durability.to_string(),
+        "commit_gather": bench_config().commit_gather,
     }))
 }
 
@@ -1240,5 +1247,16 @@ fn main() -> ExitCode {
             note!("queue-bench: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Set by `--no-gather`: measure without group-commit gathering, for comparison.
+static NO_GATHER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The engine configuration of every phase: the defaults, except `--no-gather`.
+fn bench_config() -> Config {
+    Config {
+        commit_gather: !NO_GATHER.load(std::sync::atomic::Ordering::Relaxed),
+        ..Config::default()
     }
 }
