@@ -2,7 +2,7 @@
 
 use queue::{AckOutcome, Due, Error, FetchOptions, ManualClock, Message, Queue, StartAt};
 
-use crate::support::{T0, open, test_config};
+use crate::support::{T0, drain_acking, open, setup, test_config};
 
 fn fetch_opts(n: usize) -> FetchOptions {
     FetchOptions {
@@ -14,9 +14,7 @@ fn fetch_opts(n: usize) -> FetchOptions {
 
 #[tokio::test]
 async fn publish_fetch_ack_and_reopen() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let q = open(dir.path(), &clock);
+    let (dir, clock, q) = setup();
     for i in 0..10u32 {
         let c = q
             .publish(
@@ -68,9 +66,7 @@ async fn publish_fetch_ack_and_reopen() {
 
 #[tokio::test]
 async fn groups_see_everything_and_consumers_in_a_group_are_disjoint() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let q = open(dir.path(), &clock);
+    let (_dir, _clock, q) = setup();
     q.create_group("t", "a", StartAt::Earliest)
         .await
         .expect("group");
@@ -91,9 +87,7 @@ async fn groups_see_everything_and_consumers_in_a_group_are_disjoint() {
 
 #[tokio::test]
 async fn duplicate_ids_are_confirmed_not_stored() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let q = open(dir.path(), &clock);
+    let (dir, clock, q) = setup();
     let first = q
         .publish("t", Message::new("a").with_id(42))
         .await
@@ -127,9 +121,7 @@ async fn duplicate_ids_are_confirmed_not_stored() {
 
 #[tokio::test]
 async fn lease_expiry_nack_and_dead_letters() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let q = open(dir.path(), &clock);
+    let (_dir, clock, q) = setup();
     q.publish("t", Message::new("poison").with_id(7))
         .await
         .expect("publish");
@@ -225,9 +217,7 @@ async fn lease_expiry_nack_and_dead_letters() {
 
 #[tokio::test]
 async fn delayed_messages_wait_for_their_time_and_survive_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let q = open(dir.path(), &clock);
+    let (dir, clock, q) = setup();
     q.create_group("t", "g", StartAt::Earliest)
         .await
         .expect("group");
@@ -289,9 +279,7 @@ async fn backlog_limit_gives_full() {
 
 #[tokio::test]
 async fn retention_deletes_segments_every_group_finished() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let q = open(dir.path(), &clock);
+    let (dir, clock, q) = setup();
     q.create_group("t", "g", StartAt::Earliest)
         .await
         .expect("group");
@@ -301,14 +289,7 @@ async fn retention_deletes_segments_every_group_finished() {
     }
     let before = q.stats("t").await.expect("stats");
     assert!(before.segments > 2, "{before:?}");
-    loop {
-        let d = q.fetch("t", "g", fetch_opts(500)).await.expect("fetch");
-        if d.is_empty() {
-            break;
-        }
-        let r: Vec<_> = d.iter().map(|d| d.receipt()).collect();
-        q.ack("t", "g", &r).await.expect("ack");
-    }
+    drain_acking(&q, "t", "g").await;
     q.tick().await.expect("tick");
     let after = q.stats("t").await.expect("stats");
     assert_eq!(after.segments, 1, "{after:?}");
@@ -328,9 +309,7 @@ async fn retention_deletes_segments_every_group_finished() {
 
 #[tokio::test]
 async fn bad_input_is_refused_clearly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let q = open(dir.path(), &clock);
+    let (_dir, _clock, q) = setup();
     for bad in ["", "a/b", "..", "x.dlq", &"n".repeat(65)] {
         assert!(
             matches!(
@@ -354,9 +333,7 @@ async fn bad_input_is_refused_clearly() {
 
 #[tokio::test]
 async fn long_poll_wakes_on_publish_and_times_out_empty() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let q = open(dir.path(), &clock);
+    let (_dir, _clock, q) = setup();
     q.create_group("t", "g", StartAt::Earliest)
         .await
         .expect("group");
@@ -413,9 +390,7 @@ async fn long_poll_wakes_on_publish_and_times_out_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_share_commits_and_lose_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let q = open(dir.path(), &clock);
+    let (dir, clock, q) = setup();
     let mut tasks = Vec::new();
     for t in 0..64u64 {
         let q = q.clone();
@@ -460,4 +435,80 @@ async fn concurrent_publishers_share_commits_and_lose_nothing() {
     for (id, off) in all {
         assert_eq!(seen.get(&id), Some(&off), "confirmed message {id} at {off}");
     }
+}
+
+#[tokio::test]
+async fn disk_use_stays_bounded_under_steady_load() {
+    let (dir, clock, q) = setup();
+    q.create_group("t", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let segment_bytes_max = test_config(&clock).segment_bytes_max;
+    let rounds = 300u64;
+    let mut max_retained = 0;
+    let mut per_round = 0;
+    for round in 0..rounds {
+        let batch = (0..50)
+            .map(|i| Message::new(vec![0u8; 200]).with_id(u128::from(round * 50 + i)))
+            .collect();
+        q.publish_batch("t", batch).await.expect("publish");
+        drain_acking(&q, "t", "g").await;
+        // Ten seconds per round: the de-duplication window (10 min) keeps the segments of
+        // the last 60 rounds, because their ids must survive a restart.
+        clock.advance(10_000);
+        q.tick().await.expect("tick");
+        let st = q.stats("t").await.expect("stats");
+        if round == 0 {
+            per_round = st.retained_bytes;
+        }
+        max_retained = max_retained.max(st.retained_bytes);
+    }
+    let st = q.stats("t").await.expect("stats");
+    assert_eq!(st.next_offset, rounds * 50);
+    let window_rounds = test_config(&clock).dedup_window_ms / 10_000;
+    // What stays is bounded by the window plus a segment, however long the load runs.
+    assert!(
+        max_retained <= (window_rounds + 1) * per_round + 2 * segment_bytes_max,
+        "retained {max_retained} bytes, {per_round} per round"
+    );
+    assert!(
+        max_retained * 3 < rounds * per_round,
+        "retained {max_retained} of {} bytes written",
+        rounds * per_round
+    );
+    let files = std::fs::read_dir(dir.path().join("topics").join("t"))
+        .expect("list")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        })
+        .count() as u64;
+    assert_eq!(
+        files, st.segments,
+        "deleted segments are gone from the disk"
+    );
+}
+
+#[tokio::test]
+async fn byte_backlog_limit_gives_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let mut cfg = test_config(&clock);
+    cfg.backlog_bytes_max = 20_000;
+    let q = queue::Engine::open(dir.path(), cfg).expect("open");
+    let mut full = None;
+    for i in 0..100 {
+        match q.publish("t", Message::new(vec![1u8; 1000])).await {
+            Ok(_) => {}
+            Err(e) => {
+                full = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (i, err) = full.expect("the byte limit was reached");
+    assert!(matches!(err, Error::Full { what: "bytes", .. }), "{err}");
+    assert!((10..20).contains(&i), "refused after {i} messages of 1 KB");
+    // Nothing of the refused publish was stored.
+    assert_eq!(q.stats("t").await.expect("stats").next_offset, i);
 }
