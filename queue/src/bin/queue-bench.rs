@@ -256,10 +256,10 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
-fn merge(hists: &[Histogram<u64>]) -> Res<Histogram<u64>> {
+fn merge(hists: impl IntoIterator<Item = Histogram<u64>>) -> Res<Histogram<u64>> {
     let mut all = hist()?;
     for h in hists {
-        all.add(h)
+        all.add(&h)
             .map_err(|e| err(format!("histogram merge: {e}")))?;
     }
     Ok(all)
@@ -276,8 +276,76 @@ fn latency_json(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// Operations counted inside a measured [`Window`]: their messages and their latency.
+#[derive(Debug)]
+struct Timed {
+    msgs: u64,
+    latency: Histogram<u64>,
+}
+
+impl Timed {
+    fn new() -> Res<Timed> {
+        Ok(Timed {
+            msgs: 0,
+            latency: hist()?,
+        })
+    }
+
+    /// Counts an operation of `msgs` messages that ran from `t0` to `t1`, if inside `w`.
+    fn record(&mut self, w: &Window, t0: Instant, t1: Instant, msgs: u64) {
+        if w.counts(t0, t1) {
+            self.msgs += msgs;
+            self.latency.saturating_record(micros(t1 - t0));
+        }
+    }
+
+    fn merge(parts: Vec<Timed>) -> Res<Timed> {
+        let msgs = parts.iter().map(|t| t.msgs).sum();
+        let latency = merge(parts.into_iter().map(|t| t.latency))?;
+        Ok(Timed { msgs, latency })
+    }
+}
+
+/// `fields` with the keys of `more` added (both JSON objects).
+fn merged(mut fields: Value, more: Value) -> Value {
+    if let (Some(f), Value::Object(m)) = (fields.as_object_mut(), more) {
+        f.extend(m);
+    }
+    fields
+}
+
+/// `msgs_per_s` (rounded) and `mb_per_s` of `msgs` messages in `secs` seconds.
+fn rates_json(msgs: u64, secs: f64) -> Value {
+    let msgs_s = msgs as f64 / secs;
+    json!({
+        "msgs_per_s": msgs_s.round(),
+        "mb_per_s": round1(mb_per_s(msgs_s)),
+    })
+}
+
+/// A phase's figures with the engine settings they were taken under.
+fn with_policy(fields: Value) -> Value {
+    merged(
+        fields,
+        json!({
+            "durability": Config::default().durability.to_string(),
+            "commit_gather": bench_config().commit_gather,
+        }),
+    )
+}
+
 fn ms(us: u64) -> String {
     format!("{:.3} ms", us as f64 / 1000.0)
+}
+
+/// [`ms`] of a JSON figure in µs (0 when missing), for progress lines.
+fn ms_of(us: &Value) -> String {
+    ms(us.as_u64().unwrap_or(0))
+}
+
+/// [`rate`] of a JSON figure (0 when missing), for progress lines.
+fn rate_of(x: &Value) -> String {
+    rate(x.as_f64().unwrap_or(0.0))
 }
 
 fn round1(x: f64) -> f64 {
@@ -514,8 +582,7 @@ fn baseline_append(dir: &Path, a: &Args, chunk_msgs: usize, payload: &[u8]) -> R
     for _ in 0..chunk_msgs {
         buf.extend_from_slice(payload);
     }
-    let mut h = hist()?;
-    let mut msgs = 0u64;
+    let mut timed = Timed::new()?;
     let w = Window::new(a.warmup_secs.min(0.5), a.baseline_secs);
     loop {
         let t0 = Instant::now();
@@ -526,22 +593,18 @@ fn baseline_append(dir: &Path, a: &Args, chunk_msgs: usize, payload: &[u8]) -> R
             .map_err(|e| err(format!("write {}: {e}", path.display())))?;
         f.sync_data()
             .map_err(|e| err(format!("fdatasync {}: {e}", path.display())))?;
-        let t1 = Instant::now();
-        if w.counts(t0, t1) {
-            msgs += chunk_msgs as u64;
-            h.saturating_record(micros(t1 - t0));
-        }
+        timed.record(&w, t0, Instant::now(), chunk_msgs as u64);
     }
     // The file goes with the bench directory at the end (see `finish_engine`).
     drop(f);
-    let msgs_s = msgs as f64 / w.secs();
-    Ok(json!({
-        "messages_per_write": chunk_msgs,
-        "msgs_per_s": msgs_s.round(),
-        "mb_per_s": round1(mb_per_s(msgs_s)),
-        "fdatasyncs_per_s": round1(h.len() as f64 / w.secs()),
-        "write_fdatasync_latency": latency_json(&h),
-    }))
+    Ok(merged(
+        json!({
+            "messages_per_write": chunk_msgs,
+            "fdatasyncs_per_s": round1(timed.latency.len() as f64 / w.secs()),
+            "write_fdatasync_latency": latency_json(&timed.latency),
+        }),
+        rates_json(timed.msgs, w.secs()),
+    ))
 }
 
 fn baseline(dir: &Path, a: &Args, payload: &[u8], label: &str) -> Res<Value> {
@@ -549,40 +612,30 @@ fn baseline(dir: &Path, a: &Args, payload: &[u8], label: &str) -> Res<Value> {
     let chunked = baseline_append(dir, a, chunk, payload)?;
     note!(
         "  baseline ({label}) write {chunk} msgs + fdatasync: {} msgs/s, {} MB/s, {} syncs/s, p50 {}",
-        rate(chunked["msgs_per_s"].as_f64().unwrap_or(0.0)),
+        rate_of(&chunked["msgs_per_s"]),
         chunked["mb_per_s"],
         chunked["fdatasyncs_per_s"],
-        ms(chunked["write_fdatasync_latency"]["p50_us"]
-            .as_u64()
-            .unwrap_or(0)),
+        ms_of(&chunked["write_fdatasync_latency"]["p50_us"]),
     );
     let single = baseline_append(dir, a, 1, payload)?;
+    let sl = &single["write_fdatasync_latency"];
     note!(
         "  baseline ({label}) write 1 msg + fdatasync: {} msgs/s, latency p50 {} p99 {} p999 {}",
-        rate(single["msgs_per_s"].as_f64().unwrap_or(0.0)),
-        ms(single["write_fdatasync_latency"]["p50_us"]
-            .as_u64()
-            .unwrap_or(0)),
-        ms(single["write_fdatasync_latency"]["p99_us"]
-            .as_u64()
-            .unwrap_or(0)),
-        ms(single["write_fdatasync_latency"]["p999_us"]
-            .as_u64()
-            .unwrap_or(0)),
+        rate_of(&single["msgs_per_s"]),
+        ms_of(&sl["p50_us"]),
+        ms_of(&sl["p99_us"]),
+        ms_of(&sl["p999_us"]),
     );
     // About what one group-commit round of the single-publish phase writes (half the
     // publishers' messages, see BENCHMARKS.md), so its round time can be compared.
     let round = (a.tasks / 2).max(1);
     let round_sized = baseline_append(dir, a, round, payload)?;
+    let rl = &round_sized["write_fdatasync_latency"];
     note!(
         "  baseline ({label}) write {round} msgs + fdatasync: {} syncs/s, latency p50 {} p99 {}",
         round_sized["fdatasyncs_per_s"],
-        ms(round_sized["write_fdatasync_latency"]["p50_us"]
-            .as_u64()
-            .unwrap_or(0)),
-        ms(round_sized["write_fdatasync_latency"]["p99_us"]
-            .as_u64()
-            .unwrap_or(0)),
+        ms_of(&rl["p50_us"]),
+        ms_of(&rl["p99_us"]),
     );
     Ok(json!({ "chunked": chunked, "single": single, "round_sized": round_sized }))
 }
@@ -590,192 +643,23 @@ fn baseline(dir: &Path, a: &Args, payload: &[u8], label: &str) -> Res<Value> {
 // ---------------------------------------------------------------------------------------
 // Engine phases.
 
-/// 1,000,000 (by default) delayed messages due in 30 days: RSS delta and index heap bytes.
-async fn bench_delayed_memory(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
-    let dir = root.join("delayed-memory");
-    let engine = Engine::open(&dir, bench_config())?;
-    let topic = "bench-delayed";
-    let due = Due::After(FAR_DELAY_MS);
-    // One batch first, so that the topic, its files and the engine's threads exist before
-    // the "before" figures are taken.
-    engine
-        .publish_batch(topic, batch_of(payload, a.batch, due))
-        .await?;
-    let rss0 = rss_bytes()?;
-    let heap0 = engine.index_heap_bytes(topic)?;
-    let t0 = Instant::now();
-    let batches_left = Arc::new(AtomicU64::new(
-        (a.delayed - a.batch as u64) / a.batch as u64,
-    ));
-    let mut handles = Vec::new();
-    for _ in 0..a.batch_tasks {
-        let engine = engine.clone();
-        let payload = payload.clone();
-        let left = batches_left.clone();
-        let batch = a.batch;
-        handles.push(tokio::spawn(async move {
-            while left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                engine
-                    .publish_batch(topic, batch_of(&payload, batch, due))
-                    .await?;
-            }
-            Ok::<(), BoxError>(())
-        }));
-    }
-    join_all(handles).await?;
-    let publish_secs = t0.elapsed().as_secs_f64();
-    let rss1 = rss_bytes()?;
-    let heap1 = engine.index_heap_bytes(topic)?;
-    let stats = engine.stats(topic).await?;
-    let pending = stats.delayed_pending;
-    let measured = pending.saturating_sub(a.batch as u64);
-    if measured == 0 {
-        return Err(err("no delayed messages pending"));
-    }
-    let rss_per = rss1.saturating_sub(rss0) as f64 / measured as f64;
-    let heap_per = heap1.saturating_sub(heap0) as f64 / measured as f64;
-    let heap_total_per = heap1 as f64 / pending as f64;
-    finish_engine(engine)?;
-    Ok(json!({
-        "pending": pending,
-        "delay_ms": FAR_DELAY_MS,
-        "measured_messages": measured,
-        "rss_before_bytes": rss0,
-        "rss_after_bytes": rss1,
-        "rss_bytes_per_message": round1(rss_per),
-        "index_heap_bytes": heap1,
-        "index_heap_bytes_per_message": round1(heap_per),
-        "index_heap_total_bytes_per_message": round1(heap_total_per),
-        "publish_msgs_per_s": (pending as f64 / publish_secs).round(),
-        "budget_bytes_per_message": TARGET_DELAYED_BYTES_PER_MSG,
-        "durability": Config::default().durability.to_string(),
-        "commit_gather": bench_config().commit_gather,
-    }))
+/// A fresh engine in `root/name`.
+fn open_phase_engine(root: &Path, name: &str) -> Res<Engine> {
+    Ok(Engine::open(root.join(name), bench_config())?)
 }
 
-/// `publish_batch` of `a.batch` messages from `a.batch_tasks` tasks.
-async fn bench_batched(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
-    let dir = root.join("batched");
-    let engine = Engine::open(&dir, bench_config())?;
-    let topic = "bench-batched";
-    let w = Window::new(a.warmup_secs, a.secs);
-    let sampler = spawn_io_sampler(w);
-    let mut handles = Vec::new();
-    for _ in 0..a.batch_tasks {
-        let engine = engine.clone();
-        let payload = payload.clone();
-        let batch = a.batch;
-        handles.push(tokio::spawn(async move {
-            let mut h = hist()?;
-            let mut msgs = 0u64;
-            loop {
-                let messages = batch_of(&payload, batch, Due::Now);
-                let t0 = Instant::now();
-                if t0 >= w.until {
-                    break;
-                }
-                let confirms = engine.publish_batch(topic, messages).await?;
-                let t1 = Instant::now();
-                if confirms.len() != batch {
-                    return Err(err(format!(
-                        "{} confirms for {batch} messages",
-                        confirms.len()
-                    )));
-                }
-                if w.counts(t0, t1) {
-                    msgs += batch as u64;
-                    h.saturating_record(micros(t1 - t0));
-                }
-            }
-            Ok((msgs, h))
-        }));
-    }
-    let results = join_all(handles).await?;
-    let msgs: u64 = results.iter().map(|(m, _)| m).sum();
-    let h = merge(&results.into_iter().map(|(_, h)| h).collect::<Vec<_>>())?;
-    let group_commit = group_commit_json(sampler.await, msgs, w.secs());
-    let stats = engine.stats(topic).await?;
-    finish_engine(engine)?;
-    let msgs_s = msgs as f64 / w.secs();
-    Ok(json!({
-        "batch": a.batch,
-        "tasks": a.batch_tasks,
-        "seconds": w.secs(),
-        "messages": msgs,
-        "msgs_per_s": msgs_s.round(),
-        "mb_per_s": round1(mb_per_s(msgs_s)),
-        "batch_confirm_latency": latency_json(&h),
-        "published_total": stats.published,
-        "group_commit": group_commit,
-        "durability": Config::default().durability.to_string(),
-        "commit_gather": bench_config().commit_gather,
-    }))
-}
-
-/// `publish` of one message from each of `a.tasks` tasks, each awaiting its confirm.
-async fn bench_single(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
-    let dir = root.join("single");
-    let engine = Engine::open(&dir, bench_config())?;
-    let topic = "bench-single";
-    let w = Window::new(a.warmup_secs, a.secs);
-    let sampler = spawn_io_sampler(w);
-    let mut handles = Vec::new();
-    for _ in 0..a.tasks {
-        let engine = engine.clone();
-        let payload = payload.clone();
-        handles.push(tokio::spawn(async move {
-            let mut h = hist()?;
-            let mut msgs = 0u64;
-            loop {
-                let message = Message::new(payload.clone());
-                let t0 = Instant::now();
-                if t0 >= w.until {
-                    break;
-                }
-                engine.publish(topic, message).await?;
-                let t1 = Instant::now();
-                if w.counts(t0, t1) {
-                    msgs += 1;
-                    h.saturating_record(micros(t1 - t0));
-                }
-            }
-            Ok((msgs, h))
-        }));
-    }
-    let results = join_all(handles).await?;
-    let msgs: u64 = results.iter().map(|(m, _)| m).sum();
-    let h = merge(&results.into_iter().map(|(_, h)| h).collect::<Vec<_>>())?;
-    let group_commit = group_commit_json(sampler.await, msgs, w.secs());
-    finish_engine(engine)?;
-    let msgs_s = msgs as f64 / w.secs();
-    Ok(json!({
-        "tasks": a.tasks,
-        "group_commit": group_commit,
-        "seconds": w.secs(),
-        "messages": msgs,
-        "msgs_per_s": msgs_s.round(),
-        "mb_per_s": round1(mb_per_s(msgs_s)),
-        "confirm_latency": latency_json(&h),
-        "durability": Config::default().durability.to_string(),
-        "commit_gather": bench_config().commit_gather,
-    }))
-}
-
-/// Fills a topic with `a.consume` messages, then `a.consumers` consumers of one group fetch
-/// batches and ack them until every message is acked.
-async fn bench_consume(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
-    let dir = root.join("consume");
-    let engine = Engine::open(&dir, bench_config())?;
-    let topic = "bench-consume";
-    let group = "bench-workers";
-    engine.create_group(topic, group, StartAt::Earliest).await?;
-    let n = a.consume;
+/// Publishes `n` messages due at `due` to `topic`, in batches of up to `a.batch` from
+/// `a.batch_tasks` concurrent tasks.
+async fn publish_all(
+    engine: &Engine,
+    topic: &'static str,
+    payload: &Bytes,
+    a: &Args,
+    n: u64,
+    due: Due,
+) -> Res<()> {
     let batch = a.batch as u64;
     let left = Arc::new(AtomicU64::new(n));
-    let t_fill = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..a.batch_tasks {
         let engine = engine.clone();
@@ -792,13 +676,186 @@ async fn bench_consume(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
                     break;
                 }
                 engine
-                    .publish_batch(topic, batch_of(&payload, take as usize, Due::Now))
+                    .publish_batch(topic, batch_of(&payload, take as usize, due))
                     .await?;
             }
             Ok::<(), BoxError>(())
         }));
     }
     join_all(handles).await?;
+    Ok(())
+}
+
+/// Runs `tasks` tasks that each repeat a publish until the measured window closes.
+/// `publish()` prepares one operation (not timed) and returns the future that performs it,
+/// which resolves to the number of messages confirmed. Returns the latency of the operations
+/// inside the window and the figures every timed publish phase reports: seconds, messages,
+/// rates and group-commit rounds.
+async fn timed_publishing<P, F>(a: &Args, tasks: usize, publish: P) -> Res<(Histogram<u64>, Value)>
+where
+    P: Fn() -> F + Clone + Send + 'static,
+    F: Future<Output = Res<u64>> + Send + 'static,
+{
+    let w = Window::new(a.warmup_secs, a.secs);
+    let sampler = spawn_io_sampler(w);
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let publish = publish.clone();
+        handles.push(tokio::spawn(async move {
+            let mut timed = Timed::new()?;
+            loop {
+                let operation = publish();
+                let t0 = Instant::now();
+                if t0 >= w.until {
+                    break;
+                }
+                let msgs = operation.await?;
+                timed.record(&w, t0, Instant::now(), msgs);
+            }
+            Ok(timed)
+        }));
+    }
+    let timed = Timed::merge(join_all(handles).await?)?;
+    let group_commit = group_commit_json(sampler.await, timed.msgs, w.secs());
+    let figures = merged(
+        json!({
+            "seconds": w.secs(),
+            "messages": timed.msgs,
+            "group_commit": group_commit,
+        }),
+        rates_json(timed.msgs, w.secs()),
+    );
+    Ok((timed.latency, figures))
+}
+
+/// Fetch options of the consuming phases: leases long enough never to expire mid-phase.
+fn lease_opts(max_messages: usize, wait_ms: u64) -> FetchOptions {
+    FetchOptions {
+        max_messages,
+        lease_ms: Some(600_000),
+        wait_ms,
+    }
+}
+
+/// Fails a phase that started at `start` once it has run longer than [`PHASE_TIMEOUT`].
+fn check_timeout(start: Instant, phase: &str) -> Res<()> {
+    if start.elapsed() > PHASE_TIMEOUT {
+        return Err(err(format!("{phase} phase timed out")));
+    }
+    Ok(())
+}
+
+/// 1,000,000 (by default) delayed messages due in 30 days: RSS delta and index heap bytes.
+async fn bench_delayed_memory(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
+    let engine = open_phase_engine(root, "delayed-memory")?;
+    let topic = "bench-delayed";
+    let due = Due::After(FAR_DELAY_MS);
+    // One batch first, so that the topic, its files and the engine's threads exist before
+    // the "before" figures are taken.
+    engine
+        .publish_batch(topic, batch_of(payload, a.batch, due))
+        .await?;
+    let rss0 = rss_bytes()?;
+    let heap0 = engine.index_heap_bytes(topic)?;
+    let t0 = Instant::now();
+    // Whole batches only.
+    let batches = (a.delayed - a.batch as u64) / a.batch as u64;
+    publish_all(&engine, topic, payload, a, batches * a.batch as u64, due).await?;
+    let publish_secs = t0.elapsed().as_secs_f64();
+    let rss1 = rss_bytes()?;
+    let heap1 = engine.index_heap_bytes(topic)?;
+    let stats = engine.stats(topic).await?;
+    let pending = stats.delayed_pending;
+    let measured = pending.saturating_sub(a.batch as u64);
+    if measured == 0 {
+        return Err(err("no delayed messages pending"));
+    }
+    let rss_per = rss1.saturating_sub(rss0) as f64 / measured as f64;
+    let heap_per = heap1.saturating_sub(heap0) as f64 / measured as f64;
+    let heap_total_per = heap1 as f64 / pending as f64;
+    finish_engine(engine)?;
+    Ok(with_policy(json!({
+        "pending": pending,
+        "delay_ms": FAR_DELAY_MS,
+        "measured_messages": measured,
+        "rss_before_bytes": rss0,
+        "rss_after_bytes": rss1,
+        "rss_bytes_per_message": round1(rss_per),
+        "index_heap_bytes": heap1,
+        "index_heap_bytes_per_message": round1(heap_per),
+        "index_heap_total_bytes_per_message": round1(heap_total_per),
+        "publish_msgs_per_s": (pending as f64 / publish_secs).round(),
+        "budget_bytes_per_message": TARGET_DELAYED_BYTES_PER_MSG,
+    })))
+}
+
+/// `publish_batch` of `a.batch` messages from `a.batch_tasks` tasks.
+async fn bench_batched(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
+    let engine = open_phase_engine(root, "batched")?;
+    let topic = "bench-batched";
+    let (publisher, payload, batch) = (engine.clone(), payload.clone(), a.batch);
+    let publish = move || {
+        let engine = publisher.clone();
+        let messages = batch_of(&payload, batch, Due::Now);
+        async move {
+            let confirms = engine.publish_batch(topic, messages).await?;
+            if confirms.len() != batch {
+                return Err(err(format!(
+                    "{} confirms for {batch} messages",
+                    confirms.len()
+                )));
+            }
+            Ok(batch as u64)
+        }
+    };
+    let (latency, figures) = timed_publishing(a, a.batch_tasks, publish).await?;
+    let stats = engine.stats(topic).await?;
+    finish_engine(engine)?;
+    Ok(with_policy(merged(
+        figures,
+        json!({
+            "batch": a.batch,
+            "tasks": a.batch_tasks,
+            "batch_confirm_latency": latency_json(&latency),
+            "published_total": stats.published,
+        }),
+    )))
+}
+
+/// `publish` of one message from each of `a.tasks` tasks, each awaiting its confirm.
+async fn bench_single(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
+    let engine = open_phase_engine(root, "single")?;
+    let topic = "bench-single";
+    let (publisher, payload) = (engine.clone(), payload.clone());
+    let publish = move || {
+        let engine = publisher.clone();
+        let message = Message::new(payload.clone());
+        async move {
+            engine.publish(topic, message).await?;
+            Ok(1)
+        }
+    };
+    let (latency, figures) = timed_publishing(a, a.tasks, publish).await?;
+    finish_engine(engine)?;
+    Ok(with_policy(merged(
+        figures,
+        json!({
+            "tasks": a.tasks,
+            "confirm_latency": latency_json(&latency),
+        }),
+    )))
+}
+
+/// Fills a topic with `a.consume` messages, then `a.consumers` consumers of one group fetch
+/// batches and ack them until every message is acked.
+async fn bench_consume(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
+    let engine = open_phase_engine(root, "consume")?;
+    let topic = "bench-consume";
+    let group = "bench-workers";
+    engine.create_group(topic, group, StartAt::Earliest).await?;
+    let n = a.consume;
+    let t_fill = Instant::now();
+    publish_all(&engine, topic, payload, a, n, Due::Now).await?;
     let fill_secs = t_fill.elapsed().as_secs_f64();
 
     let acked = Arc::new(AtomicU64::new(0));
@@ -807,20 +864,13 @@ async fn bench_consume(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
     for _ in 0..a.consumers {
         let engine = engine.clone();
         let acked = acked.clone();
-        let max = a.batch;
+        let opts = lease_opts(a.batch, 0);
         handles.push(tokio::spawn(async move {
             let mut fetch_h = hist()?;
             let mut ack_h = hist()?;
             let mut bytes = 0u64;
-            let opts = FetchOptions {
-                max_messages: max,
-                lease_ms: Some(600_000),
-                wait_ms: 0,
-            };
             while acked.load(Ordering::SeqCst) < n {
-                if start.elapsed() > PHASE_TIMEOUT {
-                    return Err(err("consume phase timed out"));
-                }
+                check_timeout(start, "consume")?;
                 let t0 = Instant::now();
                 let deliveries = engine.fetch(topic, group, opts).await?;
                 let t1 = Instant::now();
@@ -847,8 +897,8 @@ async fn bench_consume(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
     let results = join_all(handles).await?;
     let secs = start.elapsed().as_secs_f64();
     let bytes: u64 = results.iter().map(|r| r.0).sum();
-    let fetch_h = merge(&results.iter().map(|r| r.1.clone()).collect::<Vec<_>>())?;
-    let ack_h = merge(&results.iter().map(|r| r.2.clone()).collect::<Vec<_>>())?;
+    let fetch_h = merge(results.iter().map(|r| r.1.clone()))?;
+    let ack_h = merge(results.iter().map(|r| r.2.clone()))?;
     let stats = engine.stats(topic).await?;
     let lag = stats
         .groups
@@ -865,28 +915,25 @@ async fn bench_consume(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
         )));
     }
     finish_engine(engine)?;
-    let msgs_s = n as f64 / secs;
-    Ok(json!({
-        "messages": n,
-        "consumers": a.consumers,
-        "fetch_max": a.batch,
-        "ack_batch": a.batch,
-        "seconds": round3(secs),
-        "msgs_per_s": msgs_s.round(),
-        "mb_per_s": round1(mb_per_s(msgs_s)),
-        "fetch_latency": latency_json(&fetch_h),
-        "ack_latency": latency_json(&ack_h),
-        "prefill_msgs_per_s": (n as f64 / fill_secs).round(),
-        "durability": Config::default().durability.to_string(),
-        "commit_gather": bench_config().commit_gather,
-    }))
+    Ok(with_policy(merged(
+        json!({
+            "messages": n,
+            "consumers": a.consumers,
+            "fetch_max": a.batch,
+            "ack_batch": a.batch,
+            "seconds": round3(secs),
+            "fetch_latency": latency_json(&fetch_h),
+            "ack_latency": latency_json(&ack_h),
+            "prefill_msgs_per_s": (n as f64 / fill_secs).round(),
+        }),
+        rates_json(n, secs),
+    )))
 }
 
 /// `a.lateness` messages with delays of 50..=500 ms, consumed by long-polling consumers;
 /// lateness = delivery time - due time.
 async fn bench_lateness(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
-    let dir = root.join("lateness");
-    let engine = Engine::open(&dir, bench_config())?;
+    let engine = open_phase_engine(root, "lateness")?;
     let topic = "bench-late";
     let group = "bench-late-workers";
     engine.create_group(topic, group, StartAt::Earliest).await?;
@@ -901,15 +948,9 @@ async fn bench_lateness(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
             let mut h = hist()?;
             let mut early = 0u64;
             let mut worst_early_us = 0u64;
-            let opts = FetchOptions {
-                max_messages: 1000,
-                lease_ms: Some(600_000),
-                wait_ms: 200,
-            };
+            let opts = lease_opts(1000, 200);
             while received.load(Ordering::SeqCst) < n {
-                if start.elapsed() > PHASE_TIMEOUT {
-                    return Err(err("lateness phase timed out"));
-                }
+                check_timeout(start, "lateness")?;
                 let deliveries = engine.fetch(topic, group, opts).await?;
                 let now_us = now_unix_us();
                 for d in &deliveries {
@@ -947,7 +988,7 @@ async fn bench_lateness(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let results = join_all(handles).await?;
-    let h = merge(&results.iter().map(|r| r.0.clone()).collect::<Vec<_>>())?;
+    let h = merge(results.iter().map(|r| r.0.clone()))?;
     let early: u64 = results.iter().map(|r| r.1).sum();
     let worst_early = results.iter().map(|r| r.2).max().unwrap_or(0);
     finish_engine(engine)?;
@@ -956,19 +997,48 @@ async fn bench_lateness(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
             "{early} delayed messages delivered before their due time (worst {worst_early} µs early)"
         )));
     }
-    Ok(json!({
+    Ok(with_policy(json!({
         "messages": n,
         "delay_ms_range": [50, 500],
         "consumers": a.consumers,
         "fetch_wait_ms": 200,
         "lateness": latency_json(&h),
         "early": early,
-        "durability": Config::default().durability.to_string(),
-        "commit_gather": bench_config().commit_gather,
-    }))
+    })))
 }
 
 // ---------------------------------------------------------------------------------------
+
+/// Runs the engine phase `name` on `rt` if it was asked for: its progress `heading`, the
+/// phase itself, then `report` of its figures. `Null` for a phase left out.
+fn engine_phase(
+    rt: &tokio::runtime::Runtime,
+    a: &Args,
+    name: &str,
+    heading: String,
+    bench: impl Future<Output = Res<Value>>,
+    report: impl FnOnce(&Value),
+) -> Res<Value> {
+    if !a.runs(name) {
+        return Ok(Value::Null);
+    }
+    note!("{heading}");
+    let figures = rt.block_on(bench)?;
+    report(&figures);
+    Ok(figures)
+}
+
+/// Progress line of a throughput phase: its rate, MB/s and the p50 and p99 of `latency`.
+fn note_throughput(figures: &Value, latency: &str, label: &str, policy: impl std::fmt::Display) {
+    let l = &figures[latency];
+    note!(
+        "  {} msgs/s, {} MB/s, {label} p50 {} p99 {} [{policy}]",
+        rate_of(&figures["msgs_per_s"]),
+        figures["mb_per_s"],
+        ms_of(&l["p50_us"]),
+        ms_of(&l["p99_us"]),
+    );
+}
 
 fn ratio(a: f64, b: f64) -> Value {
     if b > 0.0 {
@@ -1011,137 +1081,117 @@ fn run(a: &Args, command: String) -> Res<Value> {
     let started = Instant::now();
     let env_start = environment_json();
 
-    let mut memory = Value::Null;
-    let mut baseline_before = Value::Null;
-    let mut baseline_after = Value::Null;
-    let mut batched = Value::Null;
-    let mut single = Value::Null;
-    let mut consume = Value::Null;
-    let mut lateness = Value::Null;
-
-    if a.runs("memory") {
-        note!(
+    let memory = engine_phase(
+        &rt,
+        a,
+        "memory",
+        format!(
             "[1/7] memory of {} pending delayed messages [{policy}]",
             rate(a.delayed as f64)
-        );
-        memory = rt.block_on(bench_delayed_memory(&root, a, &payload))?;
-        note!(
-            "  RSS delta {} B/msg, index heap {} B/msg (budget {TARGET_DELAYED_BYTES_PER_MSG} B) [{policy}]",
-            memory["rss_bytes_per_message"],
-            memory["index_heap_bytes_per_message"]
-        );
-    }
+        ),
+        bench_delayed_memory(&root, a, &payload),
+        |memory| {
+            note!(
+                "  RSS delta {} B/msg, index heap {} B/msg (budget {TARGET_DELAYED_BYTES_PER_MSG} B) [{policy}]",
+                memory["rss_bytes_per_message"],
+                memory["index_heap_bytes_per_message"]
+            )
+        },
+    )?;
 
-    if a.runs("baseline") {
+    let baseline_before = if a.runs("baseline") {
         note!("[2/7] baseline: raw append + fdatasync, one thread");
-        baseline_before = baseline(&root, a, &payload, "before")?;
-    }
+        baseline(&root, a, &payload, "before")?
+    } else {
+        Value::Null
+    };
 
-    if a.runs("batched") {
-        note!(
+    let batched = engine_phase(
+        &rt,
+        a,
+        "batched",
+        format!(
             "[3/7] batched publish: {} tasks x publish_batch({}) for {}s [{policy}]",
-            a.batch_tasks,
-            a.batch,
-            a.secs
-        );
-        batched = rt.block_on(bench_batched(&root, a, &payload))?;
-        note!(
-            "  {} msgs/s, {} MB/s, batch confirm p50 {} p99 {} [{policy}]",
-            rate(batched["msgs_per_s"].as_f64().unwrap_or(0.0)),
-            batched["mb_per_s"],
-            ms(batched["batch_confirm_latency"]["p50_us"]
-                .as_u64()
-                .unwrap_or(0)),
-            ms(batched["batch_confirm_latency"]["p99_us"]
-                .as_u64()
-                .unwrap_or(0)),
-        );
-    }
+            a.batch_tasks, a.batch, a.secs
+        ),
+        bench_batched(&root, a, &payload),
+        |batched| note_throughput(batched, "batch_confirm_latency", "batch confirm", policy),
+    )?;
 
-    if a.runs("single") {
-        note!(
+    let single = engine_phase(
+        &rt,
+        a,
+        "single",
+        format!(
             "[4/7] single publish: {} tasks x publish() for {}s [{policy}]",
-            a.tasks,
-            a.secs
-        );
-        single = rt.block_on(bench_single(&root, a, &payload))?;
-        let cl = &single["confirm_latency"];
-        note!(
-            "  {} msgs/s, confirm p50 {} p99 {} p999 {} max {} [{policy}]",
-            rate(single["msgs_per_s"].as_f64().unwrap_or(0.0)),
-            ms(cl["p50_us"].as_u64().unwrap_or(0)),
-            ms(cl["p99_us"].as_u64().unwrap_or(0)),
-            ms(cl["p999_us"].as_u64().unwrap_or(0)),
-            ms(cl["max_us"].as_u64().unwrap_or(0)),
-        );
-    }
+            a.tasks, a.secs
+        ),
+        bench_single(&root, a, &payload),
+        |single| {
+            let cl = &single["confirm_latency"];
+            note!(
+                "  {} msgs/s, confirm p50 {} p99 {} p999 {} max {} [{policy}]",
+                rate_of(&single["msgs_per_s"]),
+                ms_of(&cl["p50_us"]),
+                ms_of(&cl["p99_us"]),
+                ms_of(&cl["p999_us"]),
+                ms_of(&cl["max_us"]),
+            );
+        },
+    )?;
 
-    if a.runs("consume") {
-        note!(
+    let consume = engine_phase(
+        &rt,
+        a,
+        "consume",
+        format!(
             "[5/7] consume + ack: {} messages, {} consumers, batches of {} [{policy}]",
             rate(a.consume as f64),
             a.consumers,
             a.batch
-        );
-        consume = rt.block_on(bench_consume(&root, a, &payload))?;
-        note!(
-            "  {} msgs/s, {} MB/s, ack p50 {} p99 {} [{policy}]",
-            rate(consume["msgs_per_s"].as_f64().unwrap_or(0.0)),
-            consume["mb_per_s"],
-            ms(consume["ack_latency"]["p50_us"].as_u64().unwrap_or(0)),
-            ms(consume["ack_latency"]["p99_us"].as_u64().unwrap_or(0)),
-        );
-    }
+        ),
+        bench_consume(&root, a, &payload),
+        |consume| note_throughput(consume, "ack_latency", "ack", policy),
+    )?;
 
-    if a.runs("lateness") {
-        note!(
+    let lateness = engine_phase(
+        &rt,
+        a,
+        "lateness",
+        format!(
             "[6/7] delayed delivery lateness: {} messages due in 50..500 ms [{policy}]",
             a.lateness
-        );
-        lateness = rt.block_on(bench_lateness(&root, a, &payload))?;
-        let lt = &lateness["lateness"];
-        note!(
-            "  lateness p50 {} p99 {} max {}, none early [{policy}]",
-            ms(lt["p50_us"].as_u64().unwrap_or(0)),
-            ms(lt["p99_us"].as_u64().unwrap_or(0)),
-            ms(lt["max_us"].as_u64().unwrap_or(0)),
-        );
-    }
+        ),
+        bench_lateness(&root, a, &payload),
+        |lateness| {
+            let lt = &lateness["lateness"];
+            note!(
+                "  lateness p50 {} p99 {} max {}, none early [{policy}]",
+                ms_of(&lt["p50_us"]),
+                ms_of(&lt["p99_us"]),
+                ms_of(&lt["max_us"]),
+            );
+        },
+    )?;
 
-    if a.runs("baseline") {
+    let baseline_after = if a.runs("baseline") {
         note!("[7/7] baseline again (drift check)");
-        baseline_after = baseline(&root, a, &payload, "after")?;
-    }
+        baseline(&root, a, &payload, "after")?
+    } else {
+        Value::Null
+    };
     rt.shutdown_timeout(Duration::from_secs(5));
 
     // Ratios use the mean of the two baseline runs.
-    let mean = |path: [&str; 2]| {
-        let get = |b: &Value| b[path[0]][path[1]].as_f64().unwrap_or(0.0);
+    let mean = |path: &[&str]| {
+        let get = |b: &Value| path.iter().fold(b, |v, k| &v[*k]).as_f64().unwrap_or(0.0);
         (get(&baseline_before) + get(&baseline_after)) / 2.0
     };
-    let base_chunked = mean(["chunked", "msgs_per_s"]);
-    let base_single = mean(["single", "msgs_per_s"]);
-    let base_single_p99 = (baseline_before["single"]["write_fdatasync_latency"]["p99_us"]
-        .as_f64()
-        .unwrap_or(0.0)
-        + baseline_after["single"]["write_fdatasync_latency"]["p99_us"]
-            .as_f64()
-            .unwrap_or(0.0))
-        / 2.0;
-    let base_single_mean_us = (baseline_before["single"]["write_fdatasync_latency"]["mean_us"]
-        .as_f64()
-        .unwrap_or(0.0)
-        + baseline_after["single"]["write_fdatasync_latency"]["mean_us"]
-            .as_f64()
-            .unwrap_or(0.0))
-        / 2.0;
-    let base_round_mean_us = (baseline_before["round_sized"]["write_fdatasync_latency"]["mean_us"]
-        .as_f64()
-        .unwrap_or(0.0)
-        + baseline_after["round_sized"]["write_fdatasync_latency"]["mean_us"]
-            .as_f64()
-            .unwrap_or(0.0))
-        / 2.0;
+    let base_chunked = mean(&["chunked", "msgs_per_s"]);
+    let base_single = mean(&["single", "msgs_per_s"]);
+    let base_single_p99 = mean(&["single", "write_fdatasync_latency", "p99_us"]);
+    let base_single_mean_us = mean(&["single", "write_fdatasync_latency", "mean_us"]);
+    let base_round_mean_us = mean(&["round_sized", "write_fdatasync_latency", "mean_us"]);
     let engine_round_us = single["group_commit"]["mean_round_us"]
         .as_f64()
         .unwrap_or(0.0);

@@ -179,8 +179,25 @@ async fn build_until(
     next
 }
 
-async fn build(dir: &Path, clock: &ManualClock, segment_bytes_max: u64, rounds: u64) -> u64 {
-    build_until(dir, clock, segment_bytes_max, rounds, |_| true).await
+/// A pristine data directory built by [`build_until`] for a test to damage copies of, with
+/// its clock, the number of messages written and its segments.
+type Base = (tempfile::TempDir, ManualClock, u64, Vec<SegInfo>);
+
+async fn build_base_until(
+    segment_bytes_max: u64,
+    min_rounds: u64,
+    enough: impl Fn(&[SegInfo]) -> bool,
+) -> Base {
+    let base = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let total = build_until(base.path(), &clock, segment_bytes_max, min_rounds, enough).await;
+    let segs = scan_topic(base.path());
+    (base, clock, total, segs)
+}
+
+/// [`build_base_until`] after `rounds` rounds.
+async fn build_base(segment_bytes_max: u64, rounds: u64) -> Base {
+    build_base_until(segment_bytes_max, rounds, |_| true).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -277,6 +294,11 @@ struct Expect {
 }
 
 impl Expect {
+    /// Everything in `segs` survives.
+    fn all(segs: &[SegInfo]) -> Expect {
+        Expect::from_frames(segs.iter().flat_map(|s| &s.frames))
+    }
+
     fn from_frames<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Expect {
         let mut e = Expect::default();
         for f in frames {
@@ -350,17 +372,20 @@ async fn verify(q: &Engine, exp: &Expect, check_group: &str, context: &str) {
     }
 }
 
-/// Publishes one more message after recovery, reopens (without repair) and checks that the
+/// [`verify`]s the recovered engine against `exp` (with a fresh group `check`), then
+/// publishes one more message at offset `next`, reopens (without repair) and checks that the
 /// old and the new messages are all there.
-async fn publish_and_reopen(
+async fn verify_and_reopen(
     q: Engine,
     dir: &Path,
     clock: &ManualClock,
     segment_bytes_max: u64,
-    mut present: BTreeSet<u64>,
+    exp: &Expect,
     next: u64,
     context: &str,
 ) {
+    verify(&q, exp, "check", context).await;
+    let mut present = exp.present.clone();
     let c = q
         .publish(TOPIC, msg_for(next))
         .await
@@ -394,6 +419,61 @@ fn flip(path: &Path, pos: u64, mask: u8) -> Vec<u8> {
     bytes
 }
 
+fn append(path: &Path, garbage: &[u8]) {
+    let mut bytes = std::fs::read(path).expect("read");
+    bytes.extend_from_slice(garbage);
+    std::fs::write(path, &bytes).expect("write");
+}
+
+fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .expect("cut");
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).expect("stat").len()
+}
+
+fn read_meta(dir: &Path) -> serde_json::Value {
+    let path = topic_dir(dir).join("topic.meta");
+    serde_json::from_slice(&std::fs::read(path).expect("read meta")).expect("meta is JSON")
+}
+
+/// Opens `dir` (with `repair` as given), which must succeed; returns the engine and its
+/// recovery report for the topic.
+fn open_reporting(
+    dir: &Path,
+    clock: &ManualClock,
+    segment_bytes_max: u64,
+    repair: bool,
+    context: &str,
+) -> (Engine, queue::RecoveryReport) {
+    let q = open_engine(dir, config(clock, segment_bytes_max, repair))
+        .unwrap_or_else(|e| panic!("{context}: open (repair {repair}): {e}"));
+    let report = q.recovery_reports().get(TOPIC).cloned().expect("report");
+    (q, report)
+}
+
+/// Opens `dir` without repair, which must fail with `Corrupt`; returns the segment and the
+/// byte position it names.
+fn open_refused(
+    dir: &Path,
+    clock: &ManualClock,
+    segment_bytes_max: u64,
+    context: &str,
+) -> (PathBuf, u64) {
+    match open_engine(dir, config(clock, segment_bytes_max, false)) {
+        Err(Error::Corrupt {
+            segment, position, ..
+        }) => (segment, position),
+        Err(other) => panic!("{context}: want Corrupt, got {other}"),
+        Ok(_) => panic!("{context}: opened a damaged directory"),
+    }
+}
+
 fn seed() -> u64 {
     let seed = std::env::var("QUEUE_CORRUPTION_SEED")
         .ok()
@@ -415,10 +495,7 @@ where
         for k in 0..THREADS {
             let case = &case;
             scope.spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
+                let rt = runtime();
                 for item in items.iter().skip(k).step_by(THREADS) {
                     rt.block_on(case(item));
                 }
@@ -443,8 +520,6 @@ fn runtime() -> tokio::runtime::Runtime {
 fn tail_cut_at_every_byte_of_its_last_records() {
     const SEG_MAX: u64 = 2048;
     const LAST_FRAMES: usize = 4;
-    let base = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
     // A sealed segment before the tail, and a tail whose last records mix messages and
     // group operations.
     let enough = |segs: &[SegInfo]| {
@@ -456,8 +531,7 @@ fn tail_cut_at_every_byte_of_its_last_records() {
                     && last.clone().filter(|f| !f.messages.is_empty()).count() >= 2
             })
     };
-    runtime().block_on(build_until(base.path(), &clock, SEG_MAX, 20, enough));
-    let segs = scan_topic(base.path());
+    let (base, clock, _, segs) = runtime().block_on(build_base_until(SEG_MAX, 20, enough));
     assert!(enough(&segs), "{segs:?}");
     let (tail, sealed) = segs.split_last().expect("segments");
     let first_cut = tail.frames[tail.frames.len() - LAST_FRAMES].start;
@@ -469,38 +543,22 @@ fn tail_cut_at_every_byte_of_its_last_records() {
         let context = format!("tail cut at byte {cut} of {}", tail.len);
         let work = fresh_copy(base.path());
         let tail_path = topic_dir(work.path()).join(&tail.name);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&tail_path)
-            .and_then(|f| f.set_len(cut))
-            .expect("cut");
+        truncate(&tail_path, cut);
         let kept: Vec<&Frame> = tail.frames.iter().filter(|f| f.end <= cut).collect();
         let boundary = kept.last().map_or(SEGMENT_HEADER_LEN as u64, |f| f.end);
         let exp = Expect::from_frames(sealed_frames.iter().copied().chain(kept));
 
-        let q = open_engine(work.path(), config(clock, SEG_MAX, false))
-            .unwrap_or_else(|e| panic!("{context}: open: {e}"));
-        let report = q.recovery_reports().get(TOPIC).cloned().expect("report");
+        let (q, report) = open_reporting(work.path(), clock, SEG_MAX, false, &context);
         assert_eq!(report.torn_bytes_truncated, cut - boundary, "{context}");
         assert!(report.repaired.is_empty(), "{context}: {report:?}");
         assert_eq!(report.messages_lost, 0, "{context}");
         assert_eq!(
-            std::fs::metadata(&tail_path).expect("stat").len(),
+            file_len(&tail_path),
             boundary,
             "{context}: tail truncated to the last whole record"
         );
-        verify(&q, &exp, "check", &context).await;
-        let present = exp.present.clone();
-        publish_and_reopen(
-            q,
-            work.path(),
-            clock,
-            SEG_MAX,
-            present,
-            exp.next_offset,
-            &context,
-        )
-        .await;
+        let next = exp.next_offset;
+        verify_and_reopen(q, work.path(), clock, SEG_MAX, &exp, next, &context).await;
     });
 }
 
@@ -509,11 +567,7 @@ fn tail_cut_at_every_byte_of_its_last_records() {
 #[tokio::test]
 async fn garbage_after_the_tail_is_truncated() {
     const SEG_MAX: u64 = 1024;
-    let base = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    build(base.path(), &clock, SEG_MAX, 12).await;
-    let segs = scan_topic(base.path());
-    let all_frames: Vec<&Frame> = segs.iter().flat_map(|s| &s.frames).collect();
+    let (base, clock, _, segs) = build_base(SEG_MAX, 12).await;
     let tail = segs.last().expect("tail");
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -530,35 +584,18 @@ async fn garbage_after_the_tail_is_truncated() {
         let context = format!("garbage #{i} ({} bytes) after the tail", garbage.len());
         let work = fresh_copy(base.path());
         let tail_path = topic_dir(work.path()).join(&tail.name);
-        let mut bytes = std::fs::read(&tail_path).expect("read");
-        bytes.extend_from_slice(garbage);
-        std::fs::write(&tail_path, &bytes).expect("write");
-        let q = open_engine(work.path(), config(&clock, SEG_MAX, false))
-            .unwrap_or_else(|e| panic!("{context}: open: {e}"));
-        let report = q.recovery_reports().get(TOPIC).cloned().expect("report");
+        append(&tail_path, garbage);
+        let (q, report) = open_reporting(work.path(), &clock, SEG_MAX, false, &context);
         assert_eq!(
             report.torn_bytes_truncated,
             garbage.len() as u64,
             "{context}"
         );
         assert!(report.repaired.is_empty(), "{context}");
-        assert_eq!(
-            std::fs::metadata(&tail_path).expect("stat").len(),
-            tail.len,
-            "{context}"
-        );
-        let exp = Expect::from_frames(all_frames.iter().copied());
-        verify(&q, &exp, "check", &context).await;
-        publish_and_reopen(
-            q,
-            work.path(),
-            &clock,
-            SEG_MAX,
-            exp.present.clone(),
-            exp.next_offset,
-            &context,
-        )
-        .await;
+        assert_eq!(file_len(&tail_path), tail.len, "{context}");
+        let exp = Expect::all(&segs);
+        let next = exp.next_offset;
+        verify_and_reopen(q, work.path(), &clock, SEG_MAX, &exp, next, &context).await;
     }
 }
 
@@ -567,12 +604,8 @@ async fn garbage_after_the_tail_is_truncated() {
 #[tokio::test]
 async fn segment_cut_at_creation_opens() {
     const SEG_MAX: u64 = 1024;
-    let base = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let total = build(base.path(), &clock, SEG_MAX, 12).await;
-    let segs = scan_topic(base.path());
+    let (base, clock, total, segs) = build_base(SEG_MAX, 12).await;
     assert!(segs.len() >= 2, "{segs:?}");
-    let all_frames: Vec<&Frame> = segs.iter().flat_map(|s| &s.frames).collect();
     let last_seq: u64 = segs
         .last()
         .and_then(|s| s.name.to_str())
@@ -596,27 +629,15 @@ async fn segment_cut_at_creation_opens() {
         let work = fresh_copy(base.path());
         let new_path = topic_dir(work.path()).join(format!("{seq:020}.seg"));
         std::fs::write(&new_path, &bytes).expect("write");
-        let q = open_engine(work.path(), config(&clock, SEG_MAX, false))
-            .unwrap_or_else(|e| panic!("{context}: open: {e}"));
-        let report = q.recovery_reports().get(TOPIC).cloned().expect("report");
+        let (q, report) = open_reporting(work.path(), &clock, SEG_MAX, false, &context);
         assert!(report.repaired.is_empty(), "{context}: {report:?}");
         assert_eq!(report.messages_lost, 0, "{context}");
         assert!(
             report.torn_bytes_truncated <= SEGMENT_HEADER_LEN as u64,
             "{context}: {report:?}"
         );
-        let exp = Expect::from_frames(all_frames.iter().copied());
-        verify(&q, &exp, "check", &context).await;
-        publish_and_reopen(
-            q,
-            work.path(),
-            &clock,
-            SEG_MAX,
-            exp.present.clone(),
-            total,
-            &context,
-        )
-        .await;
+        let exp = Expect::all(&segs);
+        verify_and_reopen(q, work.path(), &clock, SEG_MAX, &exp, total, &context).await;
     }
 
     // A topic whose only segment is empty (crashed right after creating the topic).
@@ -648,10 +669,7 @@ async fn segment_cut_at_creation_opens() {
 fn bit_flips_in_sealed_segments() {
     const SEG_MAX: u64 = 700;
     const FLIPS: usize = 80;
-    let base = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let total = runtime().block_on(build(base.path(), &clock, SEG_MAX, 30));
-    let segs = scan_topic(base.path());
+    let (base, clock, total, segs) = runtime().block_on(build_base(SEG_MAX, 30));
     assert!(segs.len() >= 4, "want several sealed segments: {segs:?}");
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -690,26 +708,16 @@ fn bit_flips_in_sealed_segments() {
         let bad_at = bad_frame.map_or(0, |f| f.start);
         assert!(bad_at <= pos);
 
-        let err = open_engine(work.path(), config(clock, SEG_MAX, false))
-            .expect_err(&format!("{context}: open must refuse"));
-        match &err {
-            Error::Corrupt {
-                segment, position, ..
-            } => {
-                assert_eq!(segment, &path, "{context}: {err}");
-                assert_eq!(*position, bad_at, "{context}: {err}");
-            }
-            other => panic!("{context}: want Corrupt, got {other}"),
-        }
+        let (segment, position) = open_refused(work.path(), clock, SEG_MAX, &context);
+        assert_eq!(segment, path, "{context}");
+        assert_eq!(position, bad_at, "{context}");
         assert_eq!(
             std::fs::read(&path).expect("read"),
             damaged,
             "{context}: a refused open must not change the file"
         );
 
-        let q = open_engine(work.path(), config(clock, SEG_MAX, true))
-            .unwrap_or_else(|e| panic!("{context}: open with repair: {e}"));
-        let report = q.recovery_reports().get(TOPIC).cloned().expect("report");
+        let (q, report) = open_reporting(work.path(), clock, SEG_MAX, true, &context);
         assert_eq!(report.repaired, vec![(path.clone(), bad_at)], "{context}");
         assert_eq!(report.torn_bytes_truncated, 0, "{context}");
         let lost_from = match bad_frame {
@@ -722,11 +730,7 @@ fn bit_flips_in_sealed_segments() {
         }
         // A segment dropped for its header is quarantined, one cut is truncated.
         match bad_frame {
-            Some(_) => assert_eq!(
-                std::fs::metadata(&path).expect("stat").len(),
-                bad_at,
-                "{context}"
-            ),
+            Some(_) => assert_eq!(file_len(&path), bad_at, "{context}"),
             None => assert!(
                 !path.exists() && path.with_extension("corrupt").exists(),
                 "{context}"
@@ -743,17 +747,7 @@ fn bit_flips_in_sealed_segments() {
             (lost_from..lost_to).all(|o| !exp.present.contains(&o)),
             "{context}"
         );
-        verify(&q, &exp, "check", &context).await;
-        publish_and_reopen(
-            q,
-            work.path(),
-            clock,
-            SEG_MAX,
-            exp.present.clone(),
-            total,
-            &context,
-        )
-        .await;
+        verify_and_reopen(q, work.path(), clock, SEG_MAX, &exp, total, &context).await;
     });
 }
 
@@ -762,21 +756,17 @@ fn bit_flips_in_sealed_segments() {
 #[tokio::test]
 async fn reserved_header_bytes_are_ignored() {
     const SEG_MAX: u64 = 1024;
-    let base = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    build(base.path(), &clock, SEG_MAX, 12).await;
-    let segs = scan_topic(base.path());
+    let (base, clock, _, segs) = build_base(SEG_MAX, 12).await;
     let work = fresh_copy(base.path());
     for s in &segs {
         let path = topic_dir(work.path()).join(&s.name);
         flip(&path, 10, 0xFF);
         flip(&path, 11, 0x5A);
     }
-    let q = open_engine(work.path(), config(&clock, SEG_MAX, false)).expect("open");
-    let report = q.recovery_reports().get(TOPIC).cloned().expect("report");
+    let context = "reserved bytes flipped";
+    let (q, report) = open_reporting(work.path(), &clock, SEG_MAX, false, context);
     assert_eq!(report, queue::RecoveryReport::default());
-    let exp = Expect::from_frames(segs.iter().flat_map(|s| &s.frames));
-    verify(&q, &exp, "check", "reserved bytes flipped").await;
+    verify(&q, &Expect::all(&segs), "check", context).await;
 }
 
 /// Offsets missing between two segments are refused unless `topic.meta` records them as a
@@ -786,10 +776,7 @@ async fn reserved_header_bytes_are_ignored() {
 #[tokio::test]
 async fn missing_offsets_need_a_recorded_gap() {
     const SEG_MAX: u64 = 700;
-    let base = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let total = build(base.path(), &clock, SEG_MAX, 30).await;
-    let segs = scan_topic(base.path());
+    let (base, clock, total, segs) = build_base(SEG_MAX, 30).await;
     assert!(segs.len() >= 4, "{segs:?}");
     let seg = &segs[1];
     let cut_frame = seg
@@ -801,51 +788,35 @@ async fn missing_offsets_need_a_recorded_gap() {
     let lost_to = segs[2].base_offset;
     assert!(lost_from < lost_to);
 
-    let cut_segment = |work: &Path| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(topic_dir(work).join(&seg.name))
-            .and_then(|f| f.set_len(cut_frame.start))
-            .expect("cut");
-    };
-    let meta_path = |work: &Path| topic_dir(work).join("topic.meta");
-    let expect_corrupt =
-        |work: &Path, what: &str| match open_engine(work, config(&clock, SEG_MAX, false)) {
-            Err(Error::Corrupt { segment, .. }) => {
-                assert_eq!(segment, topic_dir(work).join(&segs[2].name), "{what}");
-            }
-            Err(other) => panic!("{what}: want Corrupt, got {other}"),
-            Ok(_) => panic!("{what}: opened with offsets missing"),
-        };
+    let cut_segment = |work: &Path| truncate(&topic_dir(work).join(&seg.name), cut_frame.start);
 
     // A sealed segment cut at a record boundary, nothing recorded: refused.
     let work = fresh_copy(base.path());
     cut_segment(work.path());
-    expect_corrupt(work.path(), "cut segment");
+    let (segment, _) = open_refused(work.path(), &clock, SEG_MAX, "cut segment");
+    assert_eq!(
+        segment,
+        topic_dir(work.path()).join(&segs[2].name),
+        "cut segment"
+    );
 
     // A whole segment file gone: refused.
     let work = fresh_copy(base.path());
     std::fs::remove_file(topic_dir(work.path()).join(&seg.name)).expect("remove");
-    match open_engine(work.path(), config(&clock, SEG_MAX, false)) {
-        Err(Error::Corrupt { .. }) => {}
-        Err(other) => panic!("missing segment: want Corrupt, got {other}"),
-        Ok(_) => panic!("missing segment: opened with offsets missing"),
-    }
+    open_refused(work.path(), &clock, SEG_MAX, "missing segment");
 
     // The state a crash mid-repair leaves: the open-ended gap recorded, the segment cut.
     let work = fresh_copy(base.path());
-    let mut meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(meta_path(work.path())).expect("read meta"))
-            .expect("meta is JSON");
+    let mut meta = read_meta(work.path());
     meta["gaps"] = serde_json::json!([[lost_from, u64::MAX]]);
     std::fs::write(
-        meta_path(work.path()),
+        topic_dir(work.path()).join("topic.meta"),
         serde_json::to_vec(&meta).expect("json"),
     )
     .expect("write meta");
     cut_segment(work.path());
-    let q = open_engine(work.path(), config(&clock, SEG_MAX, false)).expect("open");
-    let report = q.recovery_reports().get(TOPIC).cloned().expect("report");
+    let context = "interrupted repair";
+    let (q, report) = open_reporting(work.path(), &clock, SEG_MAX, false, context);
     assert_eq!(report, queue::RecoveryReport::default());
     let exp = Expect::from_frames(segs.iter().flat_map(|s| {
         s.frames
@@ -853,13 +824,11 @@ async fn missing_offsets_need_a_recorded_gap() {
             .filter(|f| s.name != seg.name || f.end <= cut_frame.start)
     }));
     assert_eq!(exp.next_offset, total);
-    verify(&q, &exp, "check", "interrupted repair").await;
+    verify(&q, &exp, "check", context).await;
     q.close().expect("close");
     drop(q);
     // The gap is now recorded exactly.
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(meta_path(work.path())).expect("read meta"))
-            .expect("meta is JSON");
+    let meta = read_meta(work.path());
     assert_eq!(meta["gaps"], serde_json::json!([[lost_from, lost_to]]));
 }
 
@@ -867,10 +836,7 @@ async fn missing_offsets_need_a_recorded_gap() {
 #[tokio::test]
 async fn garbage_after_a_sealed_segment_is_corrupt() {
     const SEG_MAX: u64 = 1024;
-    let base = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let total = build(base.path(), &clock, SEG_MAX, 12).await;
-    let segs = scan_topic(base.path());
+    let (base, clock, total, segs) = build_base(SEG_MAX, 12).await;
     assert!(segs.len() >= 2, "{segs:?}");
     let sealed = &segs[segs.len() - 2];
     for garbage in [
@@ -882,41 +848,20 @@ async fn garbage_after_a_sealed_segment_is_corrupt() {
         let context = format!("{} bytes after {:?}", garbage.len(), sealed.name);
         let work = fresh_copy(base.path());
         let path = topic_dir(work.path()).join(&sealed.name);
-        let mut bytes = std::fs::read(&path).expect("read");
-        bytes.extend_from_slice(&garbage);
-        std::fs::write(&path, &bytes).expect("write");
-        match open_engine(work.path(), config(&clock, SEG_MAX, false)) {
-            Err(Error::Corrupt {
-                segment, position, ..
-            }) => {
-                assert_eq!(segment, path, "{context}");
-                assert_eq!(position, sealed.len, "{context}");
-            }
-            Err(other) => panic!("{context}: want Corrupt, got {other}"),
-            Ok(_) => panic!("{context}: opened a damaged sealed segment"),
-        }
+        append(&path, &garbage);
+        let (segment, position) = open_refused(work.path(), &clock, SEG_MAX, &context);
+        assert_eq!(segment, path, "{context}");
+        assert_eq!(position, sealed.len, "{context}");
         // Repair cuts the garbage and loses no message.
-        let q = open_engine(work.path(), config(&clock, SEG_MAX, true))
-            .unwrap_or_else(|e| panic!("{context}: repair: {e}"));
-        let report = q.recovery_reports().get(TOPIC).cloned().expect("report");
+        let (q, report) = open_reporting(work.path(), &clock, SEG_MAX, true, &context);
         assert_eq!(
             report.repaired,
             vec![(path.clone(), sealed.len)],
             "{context}"
         );
         assert_eq!(report.messages_lost, 0, "{context}");
-        let exp = Expect::from_frames(segs.iter().flat_map(|s| &s.frames));
-        verify(&q, &exp, "check", &context).await;
-        publish_and_reopen(
-            q,
-            work.path(),
-            &clock,
-            SEG_MAX,
-            exp.present.clone(),
-            total,
-            &context,
-        )
-        .await;
+        let exp = Expect::all(&segs);
+        verify_and_reopen(q, work.path(), &clock, SEG_MAX, &exp, total, &context).await;
     }
 }
 
