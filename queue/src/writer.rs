@@ -228,7 +228,11 @@ fn run(
                 let left = Duration::from_micros(COMMIT_GATHER_MAX_US).saturating_sub(waited);
                 if !left.is_zero() {
                     let gap = Duration::from_micros(COMMIT_GATHER_GAP_US).min(left);
-                    next = rx.recv_timeout(gap).ok();
+                    // Sleep rather than block on the channel: blocked, every arriving
+                    // job would wake this thread (a futex wake and a context switch per
+                    // caller); asleep, the callers only enqueue.
+                    std::thread::sleep(gap);
+                    next = rx.try_recv().ok();
                 }
             }
         }
