@@ -512,3 +512,86 @@ async fn byte_backlog_limit_gives_full() {
     // Nothing of the refused publish was stored.
     assert_eq!(q.stats("t").await.expect("stats").next_offset, i);
 }
+
+/// Real concurrency (two runtime threads, real clock): publishers and four consumers of one
+/// group racing. A delivery of a message some other consumer still holds is a double lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn competing_consumers_never_share_a_lease() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = queue::Config {
+        maintenance_interval_ms: None,
+        lease_ms_default: 60_000,
+        max_attempts: 1_000,
+        ..queue::Config::default()
+    };
+    let q = queue::Engine::open(dir.path(), cfg).expect("open");
+    q.create_group("t", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    const MESSAGES: u64 = 2_000;
+    let held: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let acked: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let publisher = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            for chunk in 0..(MESSAGES / 20) {
+                let batch = (0..20)
+                    .map(|i| Message::new(vec![0u8; 64]).with_id(u128::from(chunk * 20 + i)))
+                    .collect();
+                q.publish_batch("t", batch).await.expect("publish");
+            }
+        })
+    };
+    let mut consumers = Vec::new();
+    for c in 0..4usize {
+        let (q, held, acked) = (q.clone(), held.clone(), acked.clone());
+        consumers.push(tokio::spawn(async move {
+            let mut round = 0u64;
+            while acked.lock().expect("lock").len() < MESSAGES as usize {
+                round += 1;
+                let opts = FetchOptions { max_messages: 1 + (round as usize * 7 + c) % 50, lease_ms: None, wait_ms: 20 };
+                let got = q.fetch("t", "g", opts).await.expect("fetch");
+                {
+                    let mut h = held.lock().expect("lock");
+                    for d in &got {
+                        if let Some(other) = h.insert(d.offset, c) {
+                            panic!("offset {} delivered to consumer {c} while consumer {other} holds it", d.offset);
+                        }
+                    }
+                }
+                tokio::task::yield_now().await;
+                let mut to_ack = Vec::new();
+                for (i, d) in got.iter().enumerate() {
+                    // Give the lease up (drop it from `held`) before the engine may hand the
+                    // message to someone else.
+                    held.lock().expect("lock").remove(&d.offset);
+                    if (i as u64 + round) % 3 == 0 {
+                        let out = q.nack("t", "g", d.receipt(), 0, "again").await.expect("nack");
+                        assert_eq!(out, AckOutcome::Acked);
+                    } else {
+                        to_ack.push(d.receipt());
+                    }
+                }
+                let out = q.ack("t", "g", &to_ack).await.expect("ack");
+                assert!(out.iter().all(|o| *o == AckOutcome::Acked), "{out:?}");
+                let mut a = acked.lock().expect("lock");
+                for r in &to_ack {
+                    assert!(a.insert(r.offset), "offset {} acked twice", r.offset);
+                }
+            }
+        }));
+    }
+    publisher.await.expect("publisher");
+    for c in consumers {
+        tokio::time::timeout(std::time::Duration::from_secs(120), c)
+            .await
+            .expect("consumers finish")
+            .expect("consumer");
+    }
+    let st = q.stats("t").await.expect("stats");
+    assert_eq!(st.groups[0].lag, 0, "{st:?}");
+    assert_eq!(st.groups[0].acked, MESSAGES);
+}
