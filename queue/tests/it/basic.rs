@@ -568,7 +568,7 @@ async fn competing_consumers_never_share_a_lease() {
                     // Give the lease up (drop it from `held`) before the engine may hand the
                     // message to someone else.
                     held.lock().expect("lock").remove(&d.offset);
-                    if (i as u64 + round) % 3 == 0 {
+                    if (i as u64 + round).is_multiple_of(3) {
                         let out = q.nack("t", "g", d.receipt(), 0, "again").await.expect("nack");
                         assert_eq!(out, AckOutcome::Acked);
                     } else {
