@@ -466,7 +466,7 @@ fn apply_record(
                     dedup.push((h.publish_ms, id, off));
                 }
                 if let Some(t) = entry.target {
-                    st.targets.insert(off, t.to_string());
+                    st.target_message(off, t);
                 }
             }
             st.next_offset += u64::from(h.count);

@@ -274,6 +274,17 @@ impl TopicState {
         self.dedup_order.push_back((at_ms, id, off));
     }
 
+    /// Records that the message at `off` is for group `target` only: it is done at once for
+    /// every other group, so it counts in no other group's lag and holds back no retention.
+    pub(crate) fn target_message(&mut self, off: u64, target: &str) {
+        self.targets.insert(off, target.to_string());
+        for g in &mut self.groups {
+            if g.name != target {
+                g.mark_done(off);
+            }
+        }
+    }
+
     /// Records a message that will exist at `off` (at publish and at recovery).
     pub(crate) fn index_delay(&mut self, off: u64, due_ms: u64, now_ms: u64) {
         if due_ms > now_ms {
@@ -415,7 +426,7 @@ impl TopicState {
                 self.remember_id(id, off, now_ms);
             }
             if let Some(t) = target {
-                self.targets.insert(off, t.to_string());
+                self.target_message(off, t);
             }
         }
         Ok((

@@ -595,3 +595,46 @@ async fn competing_consumers_never_share_a_lease() {
     assert_eq!(st.groups[0].lag, 0, "{st:?}");
     assert_eq!(st.groups[0].acked, MESSAGES);
 }
+
+#[tokio::test]
+async fn a_replay_is_for_its_group_only_and_holds_back_no_other_group() {
+    let (dir, clock, q) = setup();
+    q.create_group("t", "a", StartAt::Earliest)
+        .await
+        .expect("group");
+    q.create_group("t", "b", StartAt::Earliest)
+        .await
+        .expect("group");
+    q.publish("t", Message::new("x")).await.expect("publish");
+    let d = q.fetch("t", "a", fetch_opts(1)).await.expect("fetch");
+    q.reject("t", "a", d[0].receipt(), "poison")
+        .await
+        .expect("reject");
+    assert_eq!(drain_acking(&q, "t", "b").await, 1);
+    let dead = q.dead_letters("t", 0, 10).await.expect("list");
+    let replayed = q
+        .replay_dead_letter("t", dead[0].dead_offset)
+        .await
+        .expect("replay");
+    let st = q.stats("t").await.expect("stats");
+    let b = st.groups.iter().find(|g| g.name == "b").expect("b");
+    assert_eq!(b.lag, 0, "the replay is not b's: {st:?}");
+    assert_eq!(b.low_watermark, replayed + 1);
+    q.close().expect("close");
+    drop(q);
+    let q = open(dir.path(), &clock);
+    let st = q.stats("t").await.expect("stats");
+    let b = st.groups.iter().find(|g| g.name == "b").expect("b");
+    assert_eq!(b.lag, 0, "after reopen: {st:?}");
+    let got = q.fetch("t", "a", fetch_opts(10)).await.expect("fetch");
+    assert_eq!(
+        got.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        vec![replayed]
+    );
+    assert!(
+        q.fetch("t", "b", fetch_opts(10))
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+}
