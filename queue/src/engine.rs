@@ -20,9 +20,10 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{self, FLAG_NO_DEDUP, GroupOp, OpKind, Reader};
 use crate::limits::{
-    ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, DEAD_LETTER_LIST_MAX, FETCH_MESSAGES_MAX, GROUPS_MAX,
-    HEADER_NAME_BYTES_MAX, HEADER_VALUE_BYTES_MAX, HEADERS_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX,
-    REASON_BYTES_MAX, TOPICS_MAX,
+    ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, DEAD_LETTER_LIST_MAX, FETCH_MESSAGES_MAX,
+    FETCH_WAIT_MS_MAX, GROUPS_MAX, HEADER_NAME_BYTES_MAX, HEADER_VALUE_BYTES_MAX, HEADERS_MAX,
+    LEASE_MS_MAX, NACK_DELAY_MS_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX, REASON_BYTES_MAX,
+    TOPICS_MAX,
 };
 use crate::recovery::{self, GroupMeta, RecoveryReport, TopicMeta};
 use crate::topic::{Append, DeadJob, Group, ReadLoc, TopicLimits, TopicState};
@@ -171,6 +172,24 @@ fn dead_letter_id(topic: &str, group: &str, offset: u64) -> u128 {
         h = h.wrapping_mul(prime);
     }
     h
+}
+
+/// The metadata of a topic whose first `skip` segments are about to be deleted.
+fn topic_meta(st: &TopicState, skip: usize) -> TopicMeta {
+    let mut meta = TopicMeta::new();
+    let first = st.segments.get(skip).or(st.segments.back());
+    meta.first_seq = first.map_or(0, |s| s.seq);
+    meta.first_offset = first.map_or(st.log_start, |s| s.base_offset);
+    meta.gaps = st.gaps.clone();
+    meta.groups = st
+        .groups
+        .iter()
+        .map(|g| GroupMeta {
+            name: g.name.clone(),
+            start_offset: g.start_offset,
+        })
+        .collect();
+    meta
 }
 
 /// One message read back from a segment.
@@ -597,20 +616,11 @@ impl Engine {
         }
         let start_offset = match start {
             StartAt::Earliest => st.log_start,
-            StartAt::Latest => st.next_offset,
+            // Not `next_offset`: publishes still in flight may never become durable, and
+            // their offsets would then be given to later messages this group must see.
+            StartAt::Latest => st.durable_end,
         };
-        let mut meta = TopicMeta::new();
-        meta.first_seq = st.segments.front().map_or(0, |s| s.seq);
-        meta.first_offset = st.log_start;
-        meta.gaps = st.gaps.clone();
-        meta.groups = st
-            .groups
-            .iter()
-            .map(|g| GroupMeta {
-                name: g.name.clone(),
-                start_offset: g.start_offset,
-            })
-            .collect();
+        let mut meta = topic_meta(st, 0);
         meta.groups.push(GroupMeta {
             name: group.to_string(),
             start_offset,
@@ -689,31 +699,31 @@ impl Engine {
     pub async fn tick(&self) -> Result<()> {
         self.check_open()?;
         let now = self.now();
+        let mut first_error = None;
         for topic in self.all_topics() {
             let (dead, expired, wake) = {
                 let mut st = topic.lock();
                 let delays_before = st.delays.len();
+                let waiting_before: u64 = st.groups.iter().map(|g| g.retry_waiting).sum();
                 let dead = st.maintain(now);
-                let fired = st.delays.len() != delays_before;
-                let expired = st.take_expired_segments(now);
-                if !expired.is_empty() {
-                    let mut meta = TopicMeta::new();
-                    meta.first_seq = st.segments.front().map_or(0, |s| s.seq);
-                    meta.first_offset = st.log_start;
-                    meta.gaps = st.gaps.clone();
-                    meta.groups = st
-                        .groups
-                        .iter()
-                        .map(|g| GroupMeta {
-                            name: g.name.clone(),
-                            start_offset: g.start_offset,
-                        })
-                        .collect();
-                    // The metadata names the first live segment before any file goes, so
-                    // a crash mid-deletion cannot leave a hole in the log.
-                    meta.write(&topic.dir)?;
+                let waiting_after: u64 = st.groups.iter().map(|g| g.retry_waiting).sum();
+                // Fired delays and expired leases may have made messages deliverable.
+                let wake = st.delays.len() != delays_before || waiting_after > waiting_before;
+                let n = st.expired_segments(now);
+                let mut expired = Vec::new();
+                if n > 0 {
+                    // The metadata names the new first segment before any file goes, so a
+                    // crash mid-deletion cannot leave a hole in the log; if it cannot be
+                    // written, nothing is deleted.
+                    match topic_meta(&st, n).write(&topic.dir) {
+                        Ok(()) => expired = st.drop_segments(n),
+                        Err(e) => {
+                            tracing::warn!(topic = %topic.name, error = %e, "retention: cannot write topic metadata");
+                            first_error.get_or_insert(e);
+                        }
+                    }
                 }
-                (dead, expired, fired)
+                (dead, expired, wake)
             };
             for seg in expired {
                 if let Err(e) = std::fs::remove_file(&seg.file.path) {
@@ -727,7 +737,10 @@ impl Engine {
                 self.move_dead(&topic, dead).await;
             }
         }
-        Ok(())
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Heap bytes of the delay and index structures of a topic (benchmarks use this to
@@ -844,7 +857,8 @@ impl Queue for Engine {
 
     async fn create_group(&self, topic: &str, group: &str, start: StartAt) -> Result<()> {
         self.check_open()?;
-        validate_name("topic", topic)?;
+        // Dead-letter topics are read through `dead_letters`, not by consumer groups.
+        validate_user_topic(topic)?;
         validate_name("group", group)?;
         let t = self.topic(topic)?;
         let mut st = t.lock();
@@ -859,15 +873,21 @@ impl Queue for Engine {
         options: FetchOptions,
     ) -> Result<Vec<Delivery>> {
         self.check_open()?;
-        validate_name("topic", topic)?;
+        validate_user_topic(topic)?;
         validate_name("group", group)?;
         let max = options.max_messages.clamp(1, FETCH_MESSAGES_MAX);
         let lease_ms = options
             .lease_ms
             .unwrap_or(self.inner.config.lease_ms_default)
             .max(1);
+        if lease_ms > LEASE_MS_MAX {
+            return Err(Error::Invalid(format!(
+                "lease of {lease_ms} ms exceeds {LEASE_MS_MAX} ms"
+            )));
+        }
         let t = self.topic(topic)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(options.wait_ms);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(options.wait_ms.min(FETCH_WAIT_MS_MAX));
         loop {
             let notified = t.notify.notified();
             tokio::pin!(notified);
@@ -937,7 +957,13 @@ impl Queue for Engine {
             let mut st = t.lock();
             let gi = Self::group_index(&st, topic, group)?;
             let (outcomes, ops) = st.ack(gi, receipts);
-            (outcomes, self.queue_ops(&t, &mut st, group, &ops, true)?)
+            let mut rx = self.queue_ops(&t, &mut st, group, &ops, true)?;
+            // "Already acked" may mean an ack still on its way to the disk: answer only once
+            // everything queued before is durable, so a returned ack is never undone.
+            if rx.is_none() && outcomes.contains(&AckOutcome::AlreadyAcked) {
+                rx = Some(self.barrier()?);
+            }
+            (outcomes, rx)
         };
         Self::wait(rx).await?;
         Ok(outcomes)
@@ -952,6 +978,11 @@ impl Queue for Engine {
         reason: &str,
     ) -> Result<AckOutcome> {
         self.check_open()?;
+        if delay_ms > NACK_DELAY_MS_MAX {
+            return Err(Error::Invalid(format!(
+                "retry delay of {delay_ms} ms exceeds {NACK_DELAY_MS_MAX} ms"
+            )));
+        }
         let t = self.existing_topic(topic)?;
         let now = self.now();
         let (outcome, dead, rx) = {
@@ -963,6 +994,8 @@ impl Queue for Engine {
             (outcome, dead, rx)
         };
         Self::wait(rx).await?;
+        // A retry may be ready at once: wake long-polling consumers to look.
+        t.notify.notify_waiters();
         if let Some(job) = dead {
             self.move_dead(&t, vec![job]).await;
         }
@@ -978,12 +1011,14 @@ impl Queue for Engine {
     ) -> Result<AckOutcome> {
         self.check_open()?;
         let t = self.existing_topic(topic)?;
-        let (outcome, dead) = {
+        let (outcome, dead, rx) = {
             let mut st = t.lock();
             let gi = Self::group_index(&st, topic, group)?;
-            let (outcome, _, dead) = st.nack(gi, receipt, 0, true, reason);
-            (outcome, dead)
+            let (outcome, ops, dead) = st.nack(gi, receipt, 0, true, reason);
+            let rx = self.queue_ops(&t, &mut st, group, &ops, true)?;
+            (outcome, dead, rx)
         };
+        Self::wait(rx).await?;
         if let Some(job) = dead {
             self.move_dead(&t, vec![job]).await;
         }
@@ -1031,10 +1066,9 @@ impl Queue for Engine {
         let _serial = self.inner.dlq_lock.lock().await;
         let dead = self.read_dead(&dlq, dead_offset).await?;
         let t = self.existing_topic(topic)?;
-        {
-            let mut st = t.lock();
-            Self::add_group(&mut st, &t.dir, &dead.group, StartAt::Earliest)?;
-        }
+        // The group that gave up on it exists (groups are never deleted); a replay never
+        // creates one.
+        Self::group_index(&t.lock(), topic, &dead.group)?;
         let message = Message {
             id: dead.id,
             headers: dead.headers,

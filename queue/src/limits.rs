@@ -30,6 +30,12 @@ pub const COMMIT_GATHER_GAP_US: u64 = 40;
 pub const COMMIT_GATHER_MAX_US: u64 = 250;
 /// Most fsynced rounds waiting for the writer's notifier thread to answer their callers.
 pub const NOTIFY_ROUNDS_MAX: usize = 4;
+/// Longest a fetch waits for messages; longer waits are cut to this.
+pub const FETCH_WAIT_MS_MAX: u64 = 5 * 60 * 1000;
+/// Longest lease a fetch may ask for (12 hours).
+pub const LEASE_MS_MAX: u64 = 12 * 60 * 60 * 1000;
+/// Longest retry delay a nack may ask for (7 days).
+pub const NACK_DELAY_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Longest dead-letter reason kept, in bytes; longer ones are cut.
 pub const REASON_BYTES_MAX: usize = 512;
 /// Most dead letters one `dead_letters` call lists.

@@ -279,6 +279,7 @@ pub(crate) fn open_topic(
             for gm in &meta.groups {
                 st.groups
                     .push(Group::new(&gm.name, gm.start_offset, header.base_offset));
+                // A start past the end of what survived is clamped after the scan.
             }
         } else if header.base_offset != st.next_offset {
             let repaired_before = report
@@ -404,11 +405,23 @@ pub(crate) fn open_topic(
             st.remember_id(id, off, at);
         }
     }
+    let mut changed = false;
+    let (next_offset, log_start) = (st.next_offset, st.log_start);
     for g in &mut st.groups {
+        if g.start_offset > next_offset {
+            // Created "at the latest offset" while publishes that did not survive were in
+            // flight: those offsets will be given to new messages, which the group must
+            // see. It has no records (they would be after the lost messages), so start it
+            // afresh at the recovered end.
+            *g = Group::new(&g.name.clone(), next_offset, log_start);
+            if let Some(m) = meta.groups.iter_mut().find(|m| m.name == g.name) {
+                m.start_offset = next_offset;
+            }
+            changed = true;
+        }
         g.done.compact_full();
     }
     // Groups found only in records (metadata written by an older run) get a meta entry.
-    let mut changed = false;
     for g in &st.groups {
         if !meta.groups.iter().any(|m| m.name == g.name) {
             meta.groups.push(GroupMeta {

@@ -96,7 +96,7 @@ pub(crate) struct Group {
     dead_retry: Vec<(u64, String)>,
     pub(crate) hints: HashMap<u64, Hint>,
     in_flight: u64,
-    retry_waiting: u64,
+    pub(crate) retry_waiting: u64,
     redeliveries: u64,
     acked: u64,
     dead_lettered: u64,
@@ -157,6 +157,9 @@ pub(crate) struct Lease {
     pub(crate) attempt: u32,
     pub(crate) until_ms: u64,
 }
+
+/// Stale entries a lease or retry heap may hold beyond twice its live ones.
+const HEAP_SLACK: u64 = 4096;
 
 /// Limits that apply to every topic, from the engine config.
 #[derive(Debug, Clone, Copy)]
@@ -338,8 +341,9 @@ impl TopicState {
                 }
             }
         }
-        self.duplicates += (messages.len() - fresh.len()) as u64;
+        let duplicates = (messages.len() - fresh.len()) as u64;
         if fresh.is_empty() {
+            self.duplicates += duplicates;
             return Ok((confirms, None));
         }
 
@@ -416,6 +420,7 @@ impl TopicState {
         }
         seg.last_publish_ms = now_ms;
         self.next_offset += fresh.len() as u64;
+        self.duplicates += duplicates;
         self.published += fresh.len() as u64;
         for (i, m) in fresh.iter().enumerate() {
             let off = base_offset + i as u64;
@@ -715,6 +720,30 @@ impl TopicState {
         (leases, ops, dead, wake)
     }
 
+    /// Drops stale heap entries (acked or re-leased messages) once they outnumber the live
+    /// ones, so the heaps stay proportional to what is in flight, not to throughput.
+    fn compact_heaps(g: &mut Group) {
+        if g.leases.len() as u64 > 2 * g.in_flight + HEAP_SLACK {
+            let pending = &g.pending;
+            g.leases.retain(|&Reverse((until, off, attempts))| {
+                pending.get(&off).is_some_and(|p| {
+                    p.attempts == attempts && p.state == PendingState::Leased { until_ms: until }
+                })
+            });
+        }
+        if g.ready.len() as u64 > 2 * g.retry_waiting + HEAP_SLACK {
+            let pending = &g.pending;
+            g.ready.retain(|&Reverse((ready_at, off))| {
+                pending.get(&off).is_some_and(|p| {
+                    p.state
+                        == PendingState::Waiting {
+                            ready_at_ms: ready_at,
+                        }
+                })
+            });
+        }
+    }
+
     /// Acknowledges receipts for group `gi`. Returns outcomes and the ack records.
     pub(crate) fn ack(
         &mut self,
@@ -732,7 +761,11 @@ impl TopicState {
                 AckOutcome::AlreadyAcked
             } else {
                 match g.pending.get(&r.offset).copied() {
-                    Some(p) if p.attempts == r.attempt && p.state != PendingState::Dead => {
+                    Some(p)
+                        if r.attempt >= 1
+                            && p.attempts == r.attempt
+                            && p.state != PendingState::Dead =>
+                    {
                         g.pending.remove(&r.offset);
                         match p.state {
                             PendingState::Leased { .. } => g.in_flight -= 1,
@@ -754,6 +787,7 @@ impl TopicState {
             };
             outcomes.push(outcome);
         }
+        Self::compact_heaps(g);
         (outcomes, ops)
     }
 
@@ -794,7 +828,20 @@ impl TopicState {
                 attempts: p.attempts,
                 reason: reason.to_string(),
             };
-            return (AckOutcome::Acked, vec![], Some(job));
+            // A rejected message with attempts left must not be delivered again if the
+            // process dies before the Dead record: a lease record with the attempts used up
+            // makes recovery dead-letter it again (the dead-letter topic de-duplicates).
+            let ops = if p.attempts < max_attempts {
+                vec![GroupOp {
+                    kind: OpKind::Lease,
+                    offset: receipt.offset,
+                    attempts: max_attempts,
+                    time_ms: 0,
+                }]
+            } else {
+                vec![]
+            };
+            return (AckOutcome::Acked, ops, Some(job));
         }
         p.state = PendingState::Waiting {
             ready_at_ms: retry_at_ms,
@@ -831,32 +878,35 @@ impl TopicState {
         self.groups[gi].dead_retry.push((off, reason));
     }
 
-    /// Segments every group is done with (and past retention), oldest first, never the
-    /// active one. Removes them from the index.
-    pub(crate) fn take_expired_segments(&mut self, now_ms: u64) -> Vec<Segment> {
-        let mut out = Vec::new();
+    /// How many segments at the front every group is done with (and are past retention);
+    /// never the active one.
+    pub(crate) fn expired_segments(&mut self, now_ms: u64) -> usize {
         let Some(low) = self.needed_low() else {
-            return out;
+            return 0;
         };
         // Recovery rebuilds the de-duplication window from the log: a segment holding an id
         // still in the window is kept, or a restart would forget the id. Entries are in
         // offset order, so the front is the lowest offset still remembered.
         self.expire_dedup(now_ms);
         let dedup_low = self.dedup_order.front().map(|&(_, _, off)| off);
-        while self.segments.len() > 1 {
-            let s = &self.segments[0];
-            let expired = s.end_offset() <= low
-                && s.end_offset() <= self.durable_end
-                && s.delayed_pending == 0
-                && dedup_low.is_none_or(|d| s.end_offset() <= d)
-                && s.last_publish_ms.saturating_add(self.limits.retention_ms) <= now_ms;
-            if !expired {
-                break;
-            }
-            if let Some(seg) = self.segments.pop_front() {
-                out.push(seg);
-            }
-        }
+        self.segments
+            .iter()
+            .take(self.segments.len().saturating_sub(1))
+            .take_while(|s| {
+                s.end_offset() <= low
+                    && s.end_offset() <= self.durable_end
+                    && s.delayed_pending == 0
+                    && dedup_low.is_none_or(|d| s.end_offset() <= d)
+                    && s.last_publish_ms.saturating_add(self.limits.retention_ms) <= now_ms
+            })
+            .count()
+    }
+
+    /// Removes the first `n` segments from the index (after `expired_segments` and after
+    /// the metadata naming the new first segment is durable).
+    pub(crate) fn drop_segments(&mut self, n: usize) -> Vec<Segment> {
+        let n = n.min(self.segments.len().saturating_sub(1));
+        let out: Vec<Segment> = self.segments.drain(..n).collect();
         if let Some(first) = self.segments.front() {
             let start = first.base_offset;
             if start > self.log_start {

@@ -638,3 +638,212 @@ async fn a_replay_is_for_its_group_only_and_holds_back_no_other_group() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn dead_letter_topics_are_not_for_consumer_groups() {
+    let (_dir, _clock, q) = setup();
+    q.publish("t", Message::new("x")).await.expect("publish");
+    let err = q
+        .fetch("t.dlq", "inspector", fetch_opts(1))
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    let err = q
+        .create_group("t.dlq", "g", StartAt::Earliest)
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+    // A name whose dead-letter topic would be too long is refused everywhere.
+    let long = "a".repeat(62);
+    assert!(matches!(
+        q.create_group(&long, "g", StartAt::Earliest).await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        q.fetch(&long, "g", fetch_opts(1)).await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_latest_group_sees_offsets_reused_after_lost_writes() {
+    let (dir, clock, q) = setup();
+    for i in 0..5u8 {
+        q.publish("t", Message::new(vec![i]))
+            .await
+            .expect("publish");
+    }
+    let seg = std::fs::read_dir(dir.path().join("topics/t"))
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("segment");
+    let len = std::fs::metadata(&seg).expect("stat").len();
+    q.publish("t", Message::new(vec![5]))
+        .await
+        .expect("publish");
+    q.create_group("t", "late", StartAt::Latest)
+        .await
+        .expect("group");
+    q.close().expect("close");
+    drop(q);
+    // The disk lost the last write (as after a power cut): offset 5 will be reused.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .and_then(|f| f.set_len(len))
+        .expect("truncate");
+    let q = open(dir.path(), &clock);
+    let c = q.publish("t", Message::new("new")).await.expect("publish");
+    assert_eq!(c.offset, 5);
+    let got = q.fetch("t", "late", fetch_opts(10)).await.expect("fetch");
+    assert_eq!(
+        got.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        vec![5],
+        "the group must see what was published after it"
+    );
+}
+
+#[tokio::test]
+async fn maintenance_still_dead_letters_when_retention_cannot_write_metadata() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let mut cfg = test_config(&clock);
+    cfg.max_attempts = 1;
+    cfg.segment_bytes_max = 200;
+    let q = queue::Engine::open(dir.path(), cfg).expect("open");
+    for i in 0..6u8 {
+        q.publish("t", Message::new(vec![i; 40]))
+            .await
+            .expect("publish");
+    }
+    let d = q.fetch("t", "g", fetch_opts(6)).await.expect("fetch");
+    let r: Vec<_> = d[..5].iter().map(|d| d.receipt()).collect();
+    q.ack("t", "g", &r).await.expect("ack");
+    clock.advance(1_000);
+    // Make the metadata impossible to write: its temporary file's name is a directory.
+    let blocker = dir.path().join("topics/t/topic.tmp");
+    std::fs::create_dir(&blocker).expect("mkdir");
+    assert!(
+        q.tick().await.is_err(),
+        "the failed metadata write is reported"
+    );
+    let dead = q.dead_letters("t", 0, 10).await.expect("list");
+    assert_eq!(
+        dead.iter().map(|d| d.original_offset).collect::<Vec<_>>(),
+        vec![5]
+    );
+    let segments = q.stats("t").await.expect("stats").segments;
+    std::fs::remove_dir(&blocker).expect("rmdir");
+    q.tick().await.expect("tick");
+    assert!(
+        q.stats("t").await.expect("stats").segments < segments,
+        "retention resumes"
+    );
+}
+
+#[tokio::test]
+async fn a_nack_wakes_a_waiting_consumer() {
+    let (_dir, _clock, q) = setup();
+    q.publish("t", Message::new("x")).await.expect("publish");
+    let held = q.fetch("t", "g", fetch_opts(1)).await.expect("fetch");
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            let opts = FetchOptions {
+                max_messages: 1,
+                lease_ms: Some(1_000),
+                wait_ms: 60_000,
+            };
+            q.fetch("t", "g", opts).await
+        })
+    };
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    q.nack("t", "g", held[0].receipt(), 0, "later")
+        .await
+        .expect("nack");
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
+        .await
+        .expect("woken by the nack")
+        .expect("join")
+        .expect("fetch");
+    assert_eq!(
+        got.iter()
+            .map(|d| (d.offset, d.attempt))
+            .collect::<Vec<_>>(),
+        vec![(0, 2)]
+    );
+}
+
+#[tokio::test]
+async fn receipts_must_be_real_and_refused_batches_count_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let mut cfg = test_config(&clock);
+    cfg.backlog_messages_max = 1;
+    let q = queue::Engine::open(dir.path(), cfg).expect("open");
+    q.create_group("t", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    q.publish("t", Message::new("x").with_id(1).with_due(Due::After(100)))
+        .await
+        .expect("publish");
+    assert!(
+        q.fetch("t", "g", fetch_opts(1))
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    clock.advance(100);
+    q.tick().await.expect("tick");
+    // Never delivered: a made-up receipt for attempt 0 acks nothing.
+    let out = q
+        .ack(
+            "t",
+            "g",
+            &[queue::Receipt {
+                offset: 0,
+                attempt: 0,
+            }],
+        )
+        .await
+        .expect("ack");
+    assert_eq!(out, vec![AckOutcome::LeaseLost]);
+    let err = q
+        .publish_batch(
+            "t",
+            vec![Message::new("x").with_id(1), Message::new("y").with_id(2)],
+        )
+        .await
+        .expect_err("full");
+    assert!(matches!(err, Error::Full { .. }), "{err}");
+    assert_eq!(
+        q.stats("t").await.expect("stats").duplicates,
+        0,
+        "a refused batch counts nothing"
+    );
+    // Out-of-range waits and leases get clear errors or are cut, never a panic.
+    let opts = FetchOptions {
+        max_messages: 1,
+        lease_ms: Some(u64::MAX),
+        wait_ms: 0,
+    };
+    assert!(matches!(
+        q.fetch("t", "g", opts).await,
+        Err(Error::Invalid(_))
+    ));
+    let opts = FetchOptions {
+        max_messages: 1,
+        lease_ms: None,
+        wait_ms: u64::MAX,
+    };
+    let d = q
+        .fetch("t", "g", opts)
+        .await
+        .expect("a huge wait is cut, and a message is ready");
+    assert!(matches!(
+        q.nack("t", "g", d[0].receipt(), u64::MAX, "").await,
+        Err(Error::Invalid(_))
+    ));
+}
