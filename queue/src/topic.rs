@@ -97,6 +97,8 @@ pub(crate) struct Group {
     pub(crate) hints: HashMap<u64, Hint>,
     in_flight: u64,
     pub(crate) retry_waiting: u64,
+    /// Messages being moved to the dead-letter topic (or waiting to retry the move).
+    dead_moving: u64,
     redeliveries: u64,
     acked: u64,
     dead_lettered: u64,
@@ -120,6 +122,7 @@ impl Group {
             hints: HashMap::new(),
             in_flight: 0,
             retry_waiting: 0,
+            dead_moving: 0,
             redeliveries: 0,
             acked: 0,
             dead_lettered: 0,
@@ -564,6 +567,7 @@ impl TopicState {
                 g.in_flight -= 1;
                 if attempts >= max_attempts {
                     p.state = PendingState::Dead;
+                    g.dead_moving += 1;
                     dead.push(DeadJob {
                         group: g.name.clone(),
                         offset: off,
@@ -682,6 +686,7 @@ impl TopicState {
                             state: PendingState::Dead,
                         },
                     );
+                    g.dead_moving += 1;
                     dead.push(DeadJob {
                         group: g.name.clone(),
                         offset: off,
@@ -822,6 +827,7 @@ impl TopicState {
         g.in_flight -= 1;
         if reject || p.attempts >= max_attempts {
             p.state = PendingState::Dead;
+            g.dead_moving += 1;
             let job = DeadJob {
                 group: g.name.clone(),
                 offset: receipt.offset,
@@ -863,6 +869,9 @@ impl TopicState {
         let Some(p) = g.pending.remove(&off) else {
             return vec![];
         };
+        if p.state == PendingState::Dead {
+            g.dead_moving -= 1;
+        }
         g.mark_done(off);
         g.dead_lettered += 1;
         vec![GroupOp {
@@ -934,7 +943,7 @@ impl TopicState {
                     name: g.name.clone(),
                     lag,
                     depth: lag.saturating_sub(
-                        g.in_flight + g.retry_waiting + undue_visible + g.dead_retry.len() as u64,
+                        g.in_flight + g.retry_waiting + undue_visible + g.dead_moving,
                     ),
                     in_flight: g.in_flight,
                     retry_waiting: g.retry_waiting,
