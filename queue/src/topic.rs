@@ -161,6 +161,9 @@ pub(crate) struct Lease {
     pub(crate) until_ms: u64,
 }
 
+/// De-duplication capacity kept however empty the window gets.
+const DEDUP_SHRINK_SLACK: usize = 4096;
+
 /// Stale entries a lease or retry heap may hold beyond twice its live ones.
 const HEAP_SLACK: u64 = 4096;
 
@@ -272,6 +275,13 @@ impl TopicState {
             if self.dedup.get(&id) == Some(&off) {
                 self.dedup.remove(&id);
             }
+        }
+        // Give memory back after a burst: shrink once the window uses a quarter of it.
+        if self.dedup.capacity() > 4 * self.dedup.len() + DEDUP_SHRINK_SLACK {
+            self.dedup.shrink_to(2 * self.dedup.len());
+        }
+        if self.dedup_order.capacity() > 4 * self.dedup_order.len() + DEDUP_SHRINK_SLACK {
+            self.dedup_order.shrink_to(2 * self.dedup_order.len());
         }
     }
 
@@ -977,7 +987,16 @@ impl TopicState {
             .map(|s| s.positions.capacity() * 4 + s.lens.capacity() * 4)
             .sum();
         let groups: usize = self.groups.iter().map(|g| g.done.heap_bytes()).sum();
-        segs + self.delays.capacity() * 16 + self.undue.heap_bytes() + groups
+        // De-dup window: an estimate from capacities. The std `HashMap` (hashbrown) has
+        // `capacity * 8 / 7` buckets rounded up to a power of two, each an entry (32 B: `u128`
+        // is 16-byte aligned) plus a control byte, and 16 trailing control bytes.
+        let dedup_buckets = (self.dedup.capacity() * 8 / 7).next_power_of_two();
+        let dedup = match self.dedup.capacity() {
+            0 => 0,
+            _ => dedup_buckets * (size_of::<(u128, u64)>() + 1) + 16,
+        };
+        let dedup_order = self.dedup_order.capacity() * size_of::<(u64, u128, u64)>();
+        segs + self.delays.capacity() * 16 + self.undue.heap_bytes() + groups + dedup + dedup_order
     }
 }
 

@@ -5,12 +5,13 @@
 //! the durability policy and the ratios to the baseline. Exits non-zero on any engine error.
 //!
 //! ```text
-//! cargo run --release -p queue --bin queue-bench -- [--quick] [--dir PATH] [--keep]
+//! cargo run --release -p queue --bin queue-bench -- [--quick] [--dir PATH] [--keep] [--ids]
 //! ```
 //!
 //! Phases (each on a fresh engine in its own directory, all with `Config::default()`):
 //! 1. memory per pending delayed message (first, so that the allocator state of the other
-//!    phases does not blur the RSS delta);
+//!    phases does not blur the RSS delta; with `--ids` every message has its own producer
+//!    id, so the figure includes the de-duplication window);
 //! 2. baseline: raw append of the same bytes with `fdatasync` per 1000-message chunk and
 //!    per single message;
 //! 3. batched publish (`publish_batch`, several concurrent tasks);
@@ -81,6 +82,8 @@ OPTIONS:
   --consumers N        concurrent consumers (default 2)
   --delayed N          pending delayed messages for the memory figure (default 1000000,
                        also in a quick run: fixed costs blur smaller counts)
+  --ids                give every message of the memory phase its own producer id, so the
+                       figure includes the de-duplication window (default: no ids)
   --consume N          messages to consume + ack (default 1000000)
   --lateness N         delayed messages for the lateness figure (default 5000)
   --only LIST          run only these phases (comma-separated: memory, baseline, batched,
@@ -109,6 +112,8 @@ struct Args {
     tasks: usize,
     consumers: usize,
     delayed: u64,
+    /// `--ids`: memory-phase messages carry unique producer ids.
+    ids: bool,
     consume: u64,
     lateness: usize,
     only: Option<Vec<String>>,
@@ -135,6 +140,7 @@ impl Args {
                 tasks: 64,
                 consumers: 2,
                 delayed: 1_000_000,
+                ids: false,
                 consume: 100_000,
                 lateness: 1000,
                 only: None,
@@ -152,6 +158,7 @@ impl Args {
                 tasks: 64,
                 consumers: 2,
                 delayed: 1_000_000,
+                ids: false,
                 consume: 1_000_000,
                 lateness: 5000,
                 only: None,
@@ -176,6 +183,7 @@ fn parse_args(raw: Vec<String>) -> Res<Option<Args>> {
             "--quick" => {}
             "-h" | "--help" => return Ok(None),
             "--keep" => a.keep = true,
+            "--ids" => a.ids = true,
             "--no-gather" => NO_GATHER.store(true, std::sync::atomic::Ordering::Relaxed),
             "--dir" => a.dir = Some(PathBuf::from(parse_value::<String>("--dir", it.next())?)),
             "--secs" => a.secs = parse_value("--secs", it.next())?,
@@ -543,9 +551,17 @@ async fn join_all<T>(handles: Vec<tokio::task::JoinHandle<Res<T>>>) -> Res<Vec<T
     }
 }
 
-fn batch_of(payload: &Bytes, n: usize, due: Due) -> Vec<Message> {
-    (0..n)
-        .map(|_| Message::new(payload.clone()).with_due(due))
+/// `n` messages due at `due`; with `ids`, each takes the next producer id from that counter.
+fn batch_of(payload: &Bytes, n: usize, due: Due, ids: Option<&AtomicU64>) -> Vec<Message> {
+    let first = ids.map(|next| next.fetch_add(n as u64, Ordering::Relaxed));
+    (0..n as u64)
+        .map(|i| {
+            let m = Message::new(payload.clone()).with_due(due);
+            match first {
+                Some(first) => m.with_id(u128::from(first + i)),
+                None => m,
+            }
+        })
         .collect()
 }
 
@@ -649,7 +665,7 @@ fn open_phase_engine(root: &Path, name: &str) -> Res<Engine> {
 }
 
 /// Publishes `n` messages due at `due` to `topic`, in batches of up to `a.batch` from
-/// `a.batch_tasks` concurrent tasks.
+/// `a.batch_tasks` concurrent tasks; with `ids`, with producer ids from that counter.
 async fn publish_all(
     engine: &Engine,
     topic: &'static str,
@@ -657,6 +673,7 @@ async fn publish_all(
     a: &Args,
     n: u64,
     due: Due,
+    ids: Option<Arc<AtomicU64>>,
 ) -> Res<()> {
     let batch = a.batch as u64;
     let left = Arc::new(AtomicU64::new(n));
@@ -665,6 +682,7 @@ async fn publish_all(
         let engine = engine.clone();
         let payload = payload.clone();
         let left = left.clone();
+        let ids = ids.clone();
         handles.push(tokio::spawn(async move {
             loop {
                 let mut take = 0;
@@ -676,7 +694,10 @@ async fn publish_all(
                     break;
                 }
                 engine
-                    .publish_batch(topic, batch_of(&payload, take as usize, due))
+                    .publish_batch(
+                        topic,
+                        batch_of(&payload, take as usize, due, ids.as_deref()),
+                    )
                     .await?;
             }
             Ok::<(), BoxError>(())
@@ -746,21 +767,24 @@ fn check_timeout(start: Instant, phase: &str) -> Res<()> {
 }
 
 /// 1,000,000 (by default) delayed messages due in 30 days: RSS delta and index heap bytes.
+/// With `--ids`, each message has its own producer id (so the de-dup window is counted).
 async fn bench_delayed_memory(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
     let engine = open_phase_engine(root, "delayed-memory")?;
     let topic = "bench-delayed";
     let due = Due::After(FAR_DELAY_MS);
+    let ids = a.ids.then(|| Arc::new(AtomicU64::new(1)));
     // One batch first, so that the topic, its files and the engine's threads exist before
     // the "before" figures are taken.
     engine
-        .publish_batch(topic, batch_of(payload, a.batch, due))
+        .publish_batch(topic, batch_of(payload, a.batch, due, ids.as_deref()))
         .await?;
     let rss0 = rss_bytes()?;
     let heap0 = engine.index_heap_bytes(topic)?;
     let t0 = Instant::now();
     // Whole batches only.
     let batches = (a.delayed - a.batch as u64) / a.batch as u64;
-    publish_all(&engine, topic, payload, a, batches * a.batch as u64, due).await?;
+    let n = batches * a.batch as u64;
+    publish_all(&engine, topic, payload, a, n, due, ids).await?;
     let publish_secs = t0.elapsed().as_secs_f64();
     let rss1 = rss_bytes()?;
     let heap1 = engine.index_heap_bytes(topic)?;
@@ -786,6 +810,7 @@ async fn bench_delayed_memory(root: &Path, a: &Args, payload: &Bytes) -> Res<Val
         "index_heap_total_bytes_per_message": round1(heap_total_per),
         "publish_msgs_per_s": (pending as f64 / publish_secs).round(),
         "budget_bytes_per_message": TARGET_DELAYED_BYTES_PER_MSG,
+        "with_producer_ids": a.ids,
     })))
 }
 
@@ -796,7 +821,7 @@ async fn bench_batched(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
     let (publisher, payload, batch) = (engine.clone(), payload.clone(), a.batch);
     let publish = move || {
         let engine = publisher.clone();
-        let messages = batch_of(&payload, batch, Due::Now);
+        let messages = batch_of(&payload, batch, Due::Now, None);
         async move {
             let confirms = engine.publish_batch(topic, messages).await?;
             if confirms.len() != batch {
@@ -855,7 +880,7 @@ async fn bench_consume(root: &Path, a: &Args, payload: &Bytes) -> Res<Value> {
     engine.create_group(topic, group, StartAt::Earliest).await?;
     let n = a.consume;
     let t_fill = Instant::now();
-    publish_all(&engine, topic, payload, a, n, Due::Now).await?;
+    publish_all(&engine, topic, payload, a, n, Due::Now, None).await?;
     let fill_secs = t_fill.elapsed().as_secs_f64();
 
     let acked = Arc::new(AtomicU64::new(0));
@@ -1086,8 +1111,9 @@ fn run(a: &Args, command: String) -> Res<Value> {
         a,
         "memory",
         format!(
-            "[1/7] memory of {} pending delayed messages [{policy}]",
-            rate(a.delayed as f64)
+            "[1/7] memory of {} pending delayed messages{} [{policy}]",
+            rate(a.delayed as f64),
+            if a.ids { " with producer ids" } else { "" }
         ),
         bench_delayed_memory(&root, a, &payload),
         |memory| {

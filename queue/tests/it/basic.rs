@@ -847,3 +847,24 @@ async fn receipts_must_be_real_and_refused_batches_count_nothing() {
         Err(Error::Invalid(_))
     ));
 }
+
+#[tokio::test]
+async fn the_dedup_window_gives_memory_back_when_it_expires() {
+    let (_dir, clock, q) = setup();
+    for chunk in 0..20u128 {
+        let batch = (0..1000)
+            .map(|i| Message::new("x").with_id(chunk * 1000 + i))
+            .collect();
+        q.publish_batch("t", batch).await.expect("publish");
+    }
+    let full = q.index_heap_bytes("t").expect("bytes");
+    clock.advance(test_config(&clock).dedup_window_ms);
+    q.publish("t", Message::new("x").with_id(u128::MAX))
+        .await
+        .expect("publish");
+    let after = q.index_heap_bytes("t").expect("bytes");
+    assert!(
+        after * 2 < full,
+        "heap {full} -> {after} bytes after the window passed"
+    );
+}
