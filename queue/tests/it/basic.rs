@@ -1,8 +1,8 @@
 //! Semantics of the embedded engine, one behaviour per test, with a manual clock.
 
-use queue::{AckOutcome, Due, Error, FetchOptions, ManualClock, Message, Queue, StartAt};
+use queue::{AckOutcome, Due, Error, FetchOptions, Message, Queue, StartAt};
 
-use crate::support::{T0, drain_acking, open, setup, test_config};
+use crate::support::{T0, drain_acking, offsets, open, reopen, setup, setup_with, test_config};
 
 fn fetch_opts(n: usize) -> FetchOptions {
     FetchOptions {
@@ -128,13 +128,7 @@ async fn lease_expiry_nack_and_dead_letters() {
     // Attempt 1: lease expires.
     let d = q.fetch("t", "g", fetch_opts(1)).await.expect("fetch");
     assert_eq!(d[0].attempt, 1);
-    assert!(
-        q.fetch("t", "g", fetch_opts(1))
-            .await
-            .expect("fetch")
-            .is_empty(),
-        "leased"
-    );
+    assert!(offsets(&q, "t", "g", 1).await.is_empty(), "leased");
     clock.advance(1_000);
     // Attempt 2: nacked with a delay.
     let d = q.fetch("t", "g", fetch_opts(1)).await.expect("fetch");
@@ -156,10 +150,7 @@ async fn lease_expiry_nack_and_dead_letters() {
         .expect("nack");
     clock.advance(499);
     assert!(
-        q.fetch("t", "g", fetch_opts(1))
-            .await
-            .expect("fetch")
-            .is_empty(),
+        offsets(&q, "t", "g", 1).await.is_empty(),
         "not before its delay"
     );
     clock.advance(1);
@@ -170,12 +161,7 @@ async fn lease_expiry_nack_and_dead_letters() {
         .await
         .expect("nack");
     clock.advance(10_000);
-    assert!(
-        q.fetch("t", "g", fetch_opts(1))
-            .await
-            .expect("fetch")
-            .is_empty()
-    );
+    assert!(offsets(&q, "t", "g", 1).await.is_empty());
     let dead = q.dead_letters("t", 0, 10).await.expect("list");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].original_offset, 0);
@@ -229,16 +215,9 @@ async fn delayed_messages_wait_for_their_time_and_survive_restart() {
     assert_eq!(d.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![1]);
     q.ack("t", "g", &[d[0].receipt()]).await.expect("ack");
     assert_eq!(q.stats("t").await.expect("stats").delayed_pending, 1);
-    q.close().expect("close");
-    drop(q);
-    let q = open(dir.path(), &clock);
+    let q = reopen(q, dir.path(), &clock);
     clock.advance(599_999);
-    assert!(
-        q.fetch("t", "g", fetch_opts(10))
-            .await
-            .expect("fetch")
-            .is_empty()
-    );
+    assert!(offsets(&q, "t", "g", 10).await.is_empty());
     clock.advance(1);
     let d = q.fetch("t", "g", fetch_opts(10)).await.expect("fetch");
     assert_eq!(d.len(), 1);
@@ -248,11 +227,9 @@ async fn delayed_messages_wait_for_their_time_and_survive_restart() {
 
 #[tokio::test]
 async fn backlog_limit_gives_full() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let mut cfg = test_config(&clock);
-    cfg.backlog_messages_max = 5;
-    let q = queue::Engine::open(dir.path(), cfg).expect("open");
+    let (_dir, _clock, q) = setup_with(|cfg| {
+        cfg.backlog_messages_max = 5;
+    });
     q.create_group("t", "g", StartAt::Earliest)
         .await
         .expect("group");
@@ -294,17 +271,10 @@ async fn retention_deletes_segments_every_group_finished() {
     let after = q.stats("t").await.expect("stats");
     assert_eq!(after.segments, 1, "{after:?}");
     assert!(after.log_start >= 900, "{after:?}");
-    q.close().expect("close");
-    drop(q);
-    let q = open(dir.path(), &clock);
+    let q = reopen(q, dir.path(), &clock);
     let st = q.stats("t").await.expect("stats");
     assert_eq!(st.next_offset, 1000);
-    assert!(
-        q.fetch("t", "g", fetch_opts(10))
-            .await
-            .expect("fetch")
-            .is_empty()
-    );
+    assert!(offsets(&q, "t", "g", 10).await.is_empty());
 }
 
 #[tokio::test]
@@ -415,9 +385,7 @@ async fn concurrent_publishers_share_commits_and_lose_nothing() {
     offsets.sort();
     offsets.dedup();
     assert_eq!(offsets.len(), 64 * 20, "every confirm has its own offset");
-    q.close().expect("close");
-    drop(q);
-    let q = open(dir.path(), &clock);
+    let q = reopen(q, dir.path(), &clock);
     let mut seen = std::collections::HashMap::new();
     loop {
         let got = q
@@ -491,11 +459,9 @@ async fn disk_use_stays_bounded_under_steady_load() {
 
 #[tokio::test]
 async fn byte_backlog_limit_gives_full() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let mut cfg = test_config(&clock);
-    cfg.backlog_bytes_max = 20_000;
-    let q = queue::Engine::open(dir.path(), cfg).expect("open");
+    let (_dir, _clock, q) = setup_with(|cfg| {
+        cfg.backlog_bytes_max = 20_000;
+    });
     let mut full = None;
     for i in 0..100 {
         match q.publish("t", Message::new(vec![1u8; 1000])).await {
@@ -620,23 +586,12 @@ async fn a_replay_is_for_its_group_only_and_holds_back_no_other_group() {
     let b = st.groups.iter().find(|g| g.name == "b").expect("b");
     assert_eq!(b.lag, 0, "the replay is not b's: {st:?}");
     assert_eq!(b.low_watermark, replayed + 1);
-    q.close().expect("close");
-    drop(q);
-    let q = open(dir.path(), &clock);
+    let q = reopen(q, dir.path(), &clock);
     let st = q.stats("t").await.expect("stats");
     let b = st.groups.iter().find(|g| g.name == "b").expect("b");
     assert_eq!(b.lag, 0, "after reopen: {st:?}");
-    let got = q.fetch("t", "a", fetch_opts(10)).await.expect("fetch");
-    assert_eq!(
-        got.iter().map(|d| d.offset).collect::<Vec<_>>(),
-        vec![replayed]
-    );
-    assert!(
-        q.fetch("t", "b", fetch_opts(10))
-            .await
-            .expect("fetch")
-            .is_empty()
-    );
+    assert_eq!(offsets(&q, "t", "a", 10).await, vec![replayed]);
+    assert!(offsets(&q, "t", "b", 10).await.is_empty());
 }
 
 #[tokio::test]
@@ -696,9 +651,8 @@ async fn a_latest_group_sees_offsets_reused_after_lost_writes() {
     let q = open(dir.path(), &clock);
     let c = q.publish("t", Message::new("new")).await.expect("publish");
     assert_eq!(c.offset, 5);
-    let got = q.fetch("t", "late", fetch_opts(10)).await.expect("fetch");
     assert_eq!(
-        got.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        offsets(&q, "t", "late", 10).await,
         vec![5],
         "the group must see what was published after it"
     );
@@ -706,12 +660,10 @@ async fn a_latest_group_sees_offsets_reused_after_lost_writes() {
 
 #[tokio::test]
 async fn maintenance_still_dead_letters_when_retention_cannot_write_metadata() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let mut cfg = test_config(&clock);
-    cfg.max_attempts = 1;
-    cfg.segment_bytes_max = 200;
-    let q = queue::Engine::open(dir.path(), cfg).expect("open");
+    let (dir, clock, q) = setup_with(|cfg| {
+        cfg.max_attempts = 1;
+        cfg.segment_bytes_max = 200;
+    });
     for i in 0..6u8 {
         q.publish("t", Message::new(vec![i; 40]))
             .await
@@ -778,23 +730,16 @@ async fn a_nack_wakes_a_waiting_consumer() {
 
 #[tokio::test]
 async fn receipts_must_be_real_and_refused_batches_count_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(T0);
-    let mut cfg = test_config(&clock);
-    cfg.backlog_messages_max = 1;
-    let q = queue::Engine::open(dir.path(), cfg).expect("open");
+    let (_dir, clock, q) = setup_with(|cfg| {
+        cfg.backlog_messages_max = 1;
+    });
     q.create_group("t", "g", StartAt::Earliest)
         .await
         .expect("group");
     q.publish("t", Message::new("x").with_id(1).with_due(Due::After(100)))
         .await
         .expect("publish");
-    assert!(
-        q.fetch("t", "g", fetch_opts(1))
-            .await
-            .expect("fetch")
-            .is_empty()
-    );
+    assert!(offsets(&q, "t", "g", 1).await.is_empty());
     clock.advance(100);
     q.tick().await.expect("tick");
     // Never delivered: a made-up receipt for attempt 0 acks nothing.

@@ -51,3 +51,31 @@ pub async fn drain_acking(q: &Engine, topic: &str, group: &str) -> usize {
         n += d.len();
     }
 }
+
+/// Closes `q` (flushing everything), drops it and opens the directory again.
+pub fn reopen(q: Engine, dir: &std::path::Path, clock: &ManualClock) -> Engine {
+    q.close().expect("close");
+    drop(q);
+    open(dir, clock)
+}
+
+/// Offsets of what one fetch of up to `max` messages (1 s leases, no wait) delivers.
+pub async fn offsets(q: &Engine, topic: &str, group: &str, max: usize) -> Vec<u64> {
+    let options = FetchOptions {
+        max_messages: max,
+        lease_ms: Some(1_000),
+        wait_ms: 0,
+    };
+    let got = q.fetch(topic, group, options).await.expect("fetch");
+    got.iter().map(|d| d.offset).collect()
+}
+
+/// Like [`setup`], with the test config changed by `change` first.
+pub fn setup_with(change: impl FnOnce(&mut Config)) -> (tempfile::TempDir, ManualClock, Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let mut cfg = test_config(&clock);
+    change(&mut cfg);
+    let q = Engine::open(dir.path(), cfg).expect("open engine");
+    (dir, clock, q)
+}
