@@ -20,10 +20,10 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{self, FLAG_NO_DEDUP, GroupOp, OpKind, Reader};
 use crate::limits::{
-    ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, DEAD_LETTER_LIST_MAX, FETCH_MESSAGES_MAX,
-    FETCH_WAIT_MS_MAX, GROUPS_MAX, HEADER_NAME_BYTES_MAX, HEADER_VALUE_BYTES_MAX, HEADERS_MAX,
-    LEASE_MS_MAX, NACK_DELAY_MS_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX, REASON_BYTES_MAX,
-    TOPICS_MAX,
+    ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, DEAD_LETTER_ENVELOPE_BYTES_MAX, DEAD_LETTER_LIST_MAX,
+    FETCH_MESSAGES_MAX, FETCH_WAIT_MS_MAX, GROUPS_MAX, HEADER_NAME_BYTES_MAX,
+    HEADER_VALUE_BYTES_MAX, HEADERS_MAX, LEASE_MS_MAX, NACK_DELAY_MS_MAX, NAME_BYTES_MAX,
+    PAYLOAD_BYTES_MAX, REASON_BYTES_MAX, TOPICS_MAX,
 };
 use crate::recovery::{self, GroupMeta, RecoveryReport, TopicMeta};
 use crate::topic::{Append, DeadJob, Group, ReadLoc, TopicLimits, TopicState};
@@ -225,14 +225,24 @@ fn read_entries(locs: &[ReadLoc]) -> Result<HashMap<u64, Stored>> {
             j += 1;
         }
         buf.resize((end - first.pos) as usize, 0);
-        first
-            .file
-            .file
-            .read_exact_at(&mut buf, first.pos)
-            .map_err(|e| Error::io("read segment", &first.file.path, e))?;
+        // Lengths are upper bounds and the file may end sooner (what follows the last
+        // durable entry may not be written yet): read what is there.
+        let mut filled = 0;
+        while filled < buf.len() {
+            match first
+                .file
+                .file
+                .read_at(&mut buf[filled..], first.pos + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read segment", &first.file.path, e)),
+            }
+        }
         for loc in &order[i..j] {
             let start = (loc.pos - first.pos) as usize;
-            let slice = &buf[start..start + loc.len as usize];
+            let slice = &buf[start.min(filled)..(start + loc.len as usize).min(filled)];
             let mut r = Reader::new(slice);
             let e = format::decode_entry(&mut r).map_err(|e| Error::Corrupt {
                 segment: loc.file.path.clone(),
@@ -664,6 +674,13 @@ impl Engine {
         };
         let meta_bytes =
             serde_json::to_vec(&meta).map_err(|e| Error::Invalid(format!("dead meta: {e}")))?;
+        // Bounded by the header and reason limits; checked because recovery refuses larger.
+        if 4 + meta_bytes.len() > DEAD_LETTER_ENVELOPE_BYTES_MAX {
+            return Err(Error::Invalid(format!(
+                "dead-letter envelope of {} bytes exceeds {DEAD_LETTER_ENVELOPE_BYTES_MAX}",
+                meta_bytes.len()
+            )));
+        }
         let mut payload = Vec::with_capacity(4 + meta_bytes.len() + m.payload.len());
         payload.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
         payload.extend_from_slice(&meta_bytes);

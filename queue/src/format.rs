@@ -5,7 +5,8 @@
 //! does not parse and never panics or allocates more than the input justifies.
 
 use crate::limits::{
-    HEADER_NAME_BYTES_MAX, HEADER_VALUE_BYTES_MAX, HEADERS_MAX, NAME_BYTES_MAX, PAYLOAD_BYTES_MAX,
+    HEADER_NAME_BYTES_MAX, HEADER_VALUE_BYTES_MAX, HEADERS_MAX, NAME_BYTES_MAX,
+    STORED_PAYLOAD_BYTES_MAX,
 };
 
 /// First eight bytes of every segment file.
@@ -33,6 +34,16 @@ pub const FLAG_TARGET: u8 = 4;
 /// Entry flag: the id must not enter the de-duplication window (replays).
 pub const FLAG_NO_DEDUP: u8 = 8;
 const FLAGS_KNOWN: u8 = FLAG_ID | FLAG_DUE | FLAG_TARGET | FLAG_NO_DEDUP;
+
+/// Largest message entry: flags, id, due time, target group, headers, payload.
+pub const ENTRY_BYTES_MAX: usize = 1
+    + 16
+    + 8
+    + (1 + NAME_BYTES_MAX)
+    + 1
+    + HEADERS_MAX * (1 + HEADER_NAME_BYTES_MAX + 2 + HEADER_VALUE_BYTES_MAX)
+    + 4
+    + STORED_PAYLOAD_BYTES_MAX;
 
 /// Fixed length of one group operation on disk.
 pub const GROUP_OP_LEN: usize = 1 + 8 + 4 + 8;
@@ -343,7 +354,7 @@ pub fn decode_entry<'a>(r: &mut Reader<'a>) -> Result<EntryRef<'a>, FormatError>
     }
     let headers = r.bytes(hr.position() - headers_start)?;
     let payload_len = r.u32()? as usize;
-    if payload_len > PAYLOAD_BYTES_MAX {
+    if payload_len > STORED_PAYLOAD_BYTES_MAX {
         return Err(invalid("payload length", payload_len.to_string()));
     }
     let payload = r.bytes(payload_len)?;

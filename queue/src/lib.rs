@@ -27,6 +27,7 @@ pub mod api;
 mod bits;
 pub mod clock;
 pub mod config;
+mod dedup;
 pub mod engine;
 pub mod error;
 pub mod format;

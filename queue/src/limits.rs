@@ -5,6 +5,11 @@
 pub const NAME_BYTES_MAX: usize = 64;
 /// Largest message payload.
 pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
+/// Most bytes a dead letter's envelope (its metadata, in front of the original payload)
+/// may take; stored payloads may be this much larger than published ones.
+pub const DEAD_LETTER_ENVELOPE_BYTES_MAX: usize = 128 << 10;
+/// Largest payload stored on disk: a published payload plus a dead-letter envelope.
+pub const STORED_PAYLOAD_BYTES_MAX: usize = PAYLOAD_BYTES_MAX + DEAD_LETTER_ENVELOPE_BYTES_MAX;
 /// Most headers on one message.
 pub const HEADERS_MAX: usize = 16;
 /// Longest header name.

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::bits::BitWindow;
+use crate::dedup::DedupWindow;
 use crate::error::{Error, Result};
 use crate::format::{
     self, FLAG_ID, FLAG_NO_DEDUP, FRAME_HEADER_LEN, OpKind, Record, SEGMENT_HEADER_LEN,
@@ -211,8 +212,7 @@ pub(crate) fn open_topic(
         delays: BinaryHeap::new(),
         targets: HashMap::new(),
         gaps: Vec::new(),
-        dedup: HashMap::new(),
-        dedup_order: VecDeque::new(),
+        dedup: DedupWindow::new(),
         groups: Vec::new(),
         published: 0,
         duplicates: 0,
@@ -313,7 +313,6 @@ pub(crate) fn open_topic(
             base_offset: header.base_offset,
             file: file.clone(),
             positions: Vec::new(),
-            lens: Vec::new(),
             len: SEGMENT_HEADER_LEN as u64,
             delayed_pending: 0,
             last_publish_ms: 0,
@@ -392,7 +391,6 @@ pub(crate) fn open_topic(
             base_offset: st.next_offset,
             file: Arc::new(SegFile { path, file }),
             positions: Vec::new(),
-            lens: Vec::new(),
             len: SEGMENT_HEADER_LEN as u64,
             delayed_pending: 0,
             last_publish_ms: 0,
@@ -459,12 +457,10 @@ fn apply_record(
                 ));
             }
             let seg = st.segments.back_mut().ok_or("no segment")?;
-            for (i, (start, _)) in entries.iter().enumerate() {
-                let end = entries.get(i + 1).map_or(body.len(), |(s, _)| *s);
+            for (start, _) in &entries {
                 let entry_pos = frame_pos + FRAME_HEADER_LEN + start;
                 let pos = u32::try_from(entry_pos).map_err(|_| "segment too large")?;
                 seg.positions.push(pos);
-                seg.lens.push((end - start) as u32);
             }
             seg.last_publish_ms = seg.last_publish_ms.max(h.publish_ms);
             for (i, (_, entry)) in entries.iter().enumerate() {

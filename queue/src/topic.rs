@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::api::{AckOutcome, Confirm, Due, GroupStats, Message, Receipt, TopicStats};
 use crate::bits::BitWindow;
+use crate::dedup::DedupWindow;
 use crate::error::{Error, Result};
 use crate::format::{
     self, BATCH_HEADER_LEN, BatchHeader, FLAG_NO_DEDUP, FRAME_HEADER_LEN, GroupOp, OpKind,
@@ -27,8 +28,6 @@ pub(crate) struct Segment {
     pub(crate) file: Arc<SegFile>,
     /// File position of each message entry (`base_offset + i`).
     pub(crate) positions: Vec<u32>,
-    /// Length of each message entry.
-    pub(crate) lens: Vec<u32>,
     /// Bytes assigned in the file (written, or queued to the writer).
     pub(crate) len: u64,
     /// Delayed messages in this segment not yet due; the segment is kept while any remain.
@@ -161,9 +160,6 @@ pub(crate) struct Lease {
     pub(crate) until_ms: u64,
 }
 
-/// De-duplication capacity kept however empty the window gets.
-const DEDUP_SHRINK_SLACK: usize = 4096;
-
 /// Stale entries a lease or retry heap may hold beyond twice its live ones.
 const HEAP_SLACK: u64 = 4096;
 
@@ -209,8 +205,7 @@ pub(crate) struct TopicState {
     pub(crate) targets: HashMap<u64, String>,
     /// Offsets missing from the log after a repair (`[from, to)` ranges).
     pub(crate) gaps: Vec<(u64, u64)>,
-    pub(crate) dedup: HashMap<u128, u64>,
-    pub(crate) dedup_order: VecDeque<(u64, u128, u64)>,
+    pub(crate) dedup: DedupWindow,
     pub(crate) groups: Vec<Group>,
     pub(crate) published: u64,
     pub(crate) duplicates: u64,
@@ -246,7 +241,12 @@ impl TopicState {
             offset: off,
             file: seg.file.clone(),
             pos: u64::from(seg.positions[i]),
-            len: seg.lens[i],
+            // An upper bound: up to the next message, or to the end of the segment. Entries
+            // are self-delimiting, and the bytes after the last durable one may not be
+            // written yet, so readers accept a short read.
+            len: (seg.positions.get(i + 1).map_or(seg.len, |&p| u64::from(p))
+                - u64::from(seg.positions[i]))
+            .min(format::ENTRY_BYTES_MAX as u64) as u32,
         })
     }
 
@@ -265,29 +265,15 @@ impl TopicState {
 
     /// Forgets de-duplication entries that left the window.
     fn expire_dedup(&mut self, now_ms: u64) {
-        while let Some(&(at, id, off)) = self.dedup_order.front() {
-            let expired = at.saturating_add(self.limits.dedup_window_ms) <= now_ms
-                || self.dedup_order.len() > self.limits.dedup_entries_max;
-            if !expired {
-                break;
-            }
-            self.dedup_order.pop_front();
-            if self.dedup.get(&id) == Some(&off) {
-                self.dedup.remove(&id);
-            }
-        }
-        // Give memory back after a burst: shrink once the window uses a quarter of it.
-        if self.dedup.capacity() > 4 * self.dedup.len() + DEDUP_SHRINK_SLACK {
-            self.dedup.shrink_to(2 * self.dedup.len());
-        }
-        if self.dedup_order.capacity() > 4 * self.dedup_order.len() + DEDUP_SHRINK_SLACK {
-            self.dedup_order.shrink_to(2 * self.dedup_order.len());
-        }
+        self.dedup.expire(
+            now_ms,
+            self.limits.dedup_window_ms,
+            self.limits.dedup_entries_max,
+        );
     }
 
     pub(crate) fn remember_id(&mut self, id: u128, off: u64, at_ms: u64) {
-        self.dedup.insert(id, off);
-        self.dedup_order.push_back((at_ms, id, off));
+        self.dedup.insert(id, off, at_ms);
     }
 
     /// Records that the message at `off` is for group `target` only: it is done at once for
@@ -330,12 +316,9 @@ impl TopicState {
         let mut fresh: Vec<&Message> = Vec::with_capacity(messages.len());
         let mut batch_ids: HashMap<u128, u64> = HashMap::new();
         for m in messages {
-            let known = m.id.filter(|_| use_dedup).and_then(|id| {
-                self.dedup
-                    .get(&id)
-                    .copied()
-                    .or_else(|| batch_ids.get(&id).copied())
-            });
+            let known =
+                m.id.filter(|_| use_dedup)
+                    .and_then(|id| self.dedup.get(id).or_else(|| batch_ids.get(&id).copied()));
             match known {
                 Some(offset) => confirms.push(Confirm {
                     offset,
@@ -425,11 +408,9 @@ impl TopicState {
             .segments
             .back_mut()
             .ok_or_else(|| Error::Invalid("topic has no segment".into()))?;
-        for (i, start) in entry_starts.iter().enumerate() {
+        for start in &entry_starts {
             let entry_pos = frame_start + FRAME_HEADER_LEN as u64 + *start as u64;
-            let end = entry_starts.get(i + 1).copied().unwrap_or(body.len());
             seg.positions.push(entry_pos as u32);
-            seg.lens.push((end - start) as u32);
         }
         seg.last_publish_ms = now_ms;
         self.next_offset += fresh.len() as u64;
@@ -485,7 +466,6 @@ impl TopicState {
                 base_offset: self.next_offset,
                 file: file.clone(),
                 positions: Vec::new(),
-                lens: Vec::new(),
                 len: SEGMENT_HEADER_LEN as u64 + frame_len,
                 delayed_pending: 0,
                 last_publish_ms: 0,
@@ -907,7 +887,7 @@ impl TopicState {
         // still in the window is kept, or a restart would forget the id. Entries are in
         // offset order, so the front is the lowest offset still remembered.
         self.expire_dedup(now_ms);
-        let dedup_low = self.dedup_order.front().map(|&(_, _, off)| off);
+        let dedup_low = self.dedup.lowest_offset();
         self.segments
             .iter()
             .take(self.segments.len().saturating_sub(1))
@@ -984,19 +964,13 @@ impl TopicState {
         let segs: usize = self
             .segments
             .iter()
-            .map(|s| s.positions.capacity() * 4 + s.lens.capacity() * 4)
+            .map(|s| s.positions.capacity() * 4)
             .sum();
         let groups: usize = self.groups.iter().map(|g| g.done.heap_bytes()).sum();
-        // De-dup window: an estimate from capacities. The std `HashMap` (hashbrown) has
-        // `capacity * 8 / 7` buckets rounded up to a power of two, each an entry (32 B: `u128`
-        // is 16-byte aligned) plus a control byte, and 16 trailing control bytes.
-        let dedup_buckets = (self.dedup.capacity() * 8 / 7).next_power_of_two();
-        let dedup = match self.dedup.capacity() {
-            0 => 0,
-            _ => dedup_buckets * (size_of::<(u128, u64)>() + 1) + 16,
-        };
-        let dedup_order = self.dedup_order.capacity() * size_of::<(u64, u128, u64)>();
-        segs + self.delays.capacity() * 16 + self.undue.heap_bytes() + groups + dedup + dedup_order
+        segs + self.delays.capacity() * 16
+            + self.undue.heap_bytes()
+            + groups
+            + self.dedup.heap_bytes()
     }
 }
 

@@ -813,3 +813,26 @@ async fn the_dedup_window_gives_memory_back_when_it_expires() {
         "heap {full} -> {after} bytes after the window passed"
     );
 }
+
+#[tokio::test]
+async fn a_largest_message_can_be_dead_lettered_and_reopened() {
+    let (dir, clock, q) = setup();
+    let mut m = Message::new(vec![7u8; queue::limits::PAYLOAD_BYTES_MAX]).with_id(9);
+    for h in 0..queue::limits::HEADERS_MAX {
+        m = m.with_header(
+            format!("h{h:0>62}"),
+            vec![255u8; queue::limits::HEADER_VALUE_BYTES_MAX],
+        );
+    }
+    q.publish("t", m).await.expect("publish");
+    let d = q.fetch("t", "g", fetch_opts(1)).await.expect("fetch");
+    q.reject("t", "g", d[0].receipt(), &"r".repeat(10_000))
+        .await
+        .expect("reject");
+    let q = reopen(q, dir.path(), &clock);
+    let dead = q.dead_letters("t", 0, 10).await.expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload.len(), queue::limits::PAYLOAD_BYTES_MAX);
+    assert_eq!(dead[0].headers.len(), queue::limits::HEADERS_MAX);
+    assert_eq!(dead[0].reason.len(), queue::limits::REASON_BYTES_MAX);
+}
