@@ -20,6 +20,7 @@
 //! - [`config`], [`clock`], [`limits`], [`error`]: settings, injectable time, named limits,
 //!   the error type.
 //! - `topic` (private): one topic's in-memory state machine (index, groups, delays).
+//! - `dedup` (private): the compact producer de-duplication window.
 //! - `recovery` (private): opening a topic directory and checking every record.
 //! - `writer` (private): the group-commit writer thread.
 

@@ -2,7 +2,7 @@
 //! de-duplication window. Pure bookkeeping under the topic's mutex; every change that must
 //! survive a restart is returned as bytes for the writer ([`crate::writer::Job`]).
 //!
-//! Memory per retained message: 8 bytes of index (position and length) plus one bit per
+//! Memory per retained message: 4 bytes of index (its position) plus one bit per
 //! group and one "not yet due" bit; a pending delayed message adds a 16-byte heap entry.
 
 use std::cmp::Reverse;
