@@ -41,7 +41,8 @@ pub struct Config {
     pub backlog_bytes_max: u64,
     /// How long a producer-supplied message id is remembered for de-duplication.
     pub dedup_window_ms: u64,
-    /// Most ids remembered per topic for de-duplication (oldest forgotten first).
+    /// Most ids remembered per topic for de-duplication (oldest forgotten first; at most
+    /// 2^30, larger values are cut to it).
     pub dedup_entries_max: usize,
     /// Lease length used when a fetch does not name one.
     pub lease_ms_default: u64,

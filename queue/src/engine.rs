@@ -309,7 +309,8 @@ impl Engine {
             backlog_messages_max: config.backlog_messages_max,
             backlog_bytes_max: config.backlog_bytes_max,
             dedup_window_ms: config.dedup_window_ms,
-            dedup_entries_max: config.dedup_entries_max,
+            // The window numbers its entries modulo 2^31 (see dedup.rs).
+            dedup_entries_max: config.dedup_entries_max.min(1 << 30),
             max_attempts: config.max_attempts.max(1),
             in_flight_max: config.in_flight_max as u64,
             retention_ms: config.retention_ms,
