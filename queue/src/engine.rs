@@ -200,14 +200,21 @@ struct Stored {
     payload: Bytes,
 }
 
-/// Reads the entries at `locs` (any order), coalescing neighbours into one read.
-fn read_entries(locs: &[ReadLoc]) -> Result<HashMap<u64, Stored>> {
+/// Reads the entry at `loc`.
+fn read_entry(loc: ReadLoc) -> Result<Stored> {
+    read_entries(std::slice::from_ref(&loc))?
+        .pop()
+        .ok_or_else(|| Error::Invalid("entry vanished".into()))
+}
+
+/// Reads the entries at `locs` (any order), coalescing neighbours into one read. Returns
+/// them in the order of `locs`.
+fn read_entries(locs: &[ReadLoc]) -> Result<Vec<Stored>> {
     use std::os::unix::fs::FileExt;
-    let mut order: Vec<&ReadLoc> = locs.iter().collect();
-    order.sort_by(|a, b| {
-        (Arc::as_ptr(&a.file) as usize, a.pos).cmp(&(Arc::as_ptr(&b.file) as usize, b.pos))
-    });
-    let mut out = HashMap::with_capacity(locs.len());
+    let mut by_place: Vec<usize> = (0..locs.len()).collect();
+    by_place.sort_by_key(|&k| (Arc::as_ptr(&locs[k].file) as usize, locs[k].pos));
+    let order: Vec<&ReadLoc> = by_place.iter().map(|&k| &locs[k]).collect();
+    let mut out: Vec<Option<Stored>> = (0..locs.len()).map(|_| None).collect();
     let mut i = 0;
     let mut buf = Vec::new();
     while i < order.len() {
@@ -240,7 +247,7 @@ fn read_entries(locs: &[ReadLoc]) -> Result<HashMap<u64, Stored>> {
                 Err(e) => return Err(Error::io("read segment", &first.file.path, e)),
             }
         }
-        for loc in &order[i..j] {
+        for (&k, loc) in by_place[i..j].iter().zip(&order[i..j]) {
             let start = (loc.pos - first.pos) as usize;
             let slice = &buf[start.min(filled)..(start + loc.len as usize).min(filled)];
             let mut r = Reader::new(slice);
@@ -249,19 +256,16 @@ fn read_entries(locs: &[ReadLoc]) -> Result<HashMap<u64, Stored>> {
                 position: loc.pos,
                 reason: format!("entry read back: {e}"),
             })?;
-            out.insert(
-                loc.offset,
-                Stored {
-                    id: e.id,
-                    due_ms: e.due_ms,
-                    headers: e.headers(),
-                    payload: Bytes::copy_from_slice(e.payload),
-                },
-            );
+            out[k] = Some(Stored {
+                id: e.id,
+                due_ms: e.due_ms,
+                headers: e.headers(),
+                payload: Bytes::copy_from_slice(e.payload),
+            });
         }
         i = j;
     }
-    Ok(out)
+    Ok(out.into_iter().flatten().collect())
 }
 
 impl Engine {
@@ -660,10 +664,7 @@ impl Engine {
             .lock()
             .locate(job.offset)
             .ok_or_else(|| Error::Invalid(format!("offset {} not retained", job.offset)))?;
-        let mut stored = read_entries(std::slice::from_ref(&loc))?;
-        let m = stored
-            .remove(&job.offset)
-            .ok_or_else(|| Error::Invalid("entry vanished".into()))?;
+        let m = read_entry(loc)?;
         let meta = DeadMeta {
             group: job.group.clone(),
             original_offset: job.offset,
@@ -818,11 +819,7 @@ impl Engine {
                 offset: dead_offset,
             });
         };
-        let mut m = read_entries(std::slice::from_ref(&loc))?;
-        let m = m
-            .remove(&dead_offset)
-            .ok_or_else(|| Error::Invalid("entry vanished".into()))?;
-        Self::parse_dead(dead_offset, m)
+        Self::parse_dead(dead_offset, read_entry(loc)?)
     }
 
     /// Marks a dead letter as handled in the dead-letter topic's built-in group.
@@ -928,22 +925,25 @@ impl Queue for Engine {
                 self.move_dead(&t, dead).await;
             }
             if !leases.is_empty() {
-                let locs: Vec<ReadLoc> = leases.iter().map(|l| l.loc.clone()).collect();
-                let mut stored = read_entries(&locs)?;
-                let mut out = Vec::with_capacity(leases.len());
-                for l in leases {
-                    if let Some(m) = stored.remove(&l.loc.offset) {
-                        out.push(Delivery {
-                            offset: l.loc.offset,
-                            attempt: l.attempt,
-                            id: m.id,
-                            headers: m.headers,
-                            payload: m.payload,
-                            due_ms: m.due_ms,
-                            lease_until_ms: l.until_ms,
-                        });
-                    }
-                }
+                let (locs, terms): (Vec<ReadLoc>, Vec<(u32, u64)>) = leases
+                    .into_iter()
+                    .map(|l| (l.loc, (l.attempt, l.until_ms)))
+                    .unzip();
+                let stored = read_entries(&locs)?;
+                let out = locs
+                    .iter()
+                    .zip(terms)
+                    .zip(stored)
+                    .map(|((loc, (attempt, lease_until_ms)), m)| Delivery {
+                        offset: loc.offset,
+                        attempt,
+                        id: m.id,
+                        headers: m.headers,
+                        payload: m.payload,
+                        due_ms: m.due_ms,
+                        lease_until_ms,
+                    })
+                    .collect();
                 return Ok(out);
             }
             let now_instant = tokio::time::Instant::now();
@@ -1068,14 +1068,11 @@ impl Queue for Engine {
             }
             locs
         };
-        let mut stored = read_entries(&locs)?;
-        let mut out = Vec::with_capacity(locs.len());
-        for loc in &locs {
-            if let Some(m) = stored.remove(&loc.offset) {
-                out.push(Self::parse_dead(loc.offset, m)?);
-            }
-        }
-        Ok(out)
+        let stored = read_entries(&locs)?;
+        locs.iter()
+            .zip(stored)
+            .map(|(loc, m)| Self::parse_dead(loc.offset, m))
+            .collect()
     }
 
     async fn replay_dead_letter(&self, topic: &str, dead_offset: u64) -> Result<u64> {

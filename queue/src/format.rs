@@ -253,8 +253,13 @@ impl<'a> EntryRef<'a> {
     }
 }
 
-/// Length an entry takes on disk.
-pub fn entry_len(target: Option<&str>, headers: &[(String, Vec<u8>)], payload_len: usize) -> usize {
+/// Upper bound of the length an entry takes on disk (counts id and due time whether or not
+/// they are present); used to size buffers.
+pub fn entry_len_max(
+    target: Option<&str>,
+    headers: &[(String, Vec<u8>)],
+    payload_len: usize,
+) -> usize {
     let mut n = 1 + 1 + 4 + 16 + 8 + payload_len;
     if let Some(t) = target {
         n += 1 + t.len();

@@ -253,13 +253,6 @@ pub(crate) fn open_topic(
                 ));
             }
             Err(e) => {
-                if is_tail && buf.len() <= SEGMENT_HEADER_LEN {
-                    // Crashed while creating the segment: nothing in it was confirmed.
-                    report.torn_bytes_truncated += buf.len() as u64;
-                    std::fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
-                    fsutil::sync_dir(dir)?;
-                    continue;
-                }
                 if repair {
                     tracing::warn!(segment = %path.display(), error = %e, "repair: dropping segment with a bad header");
                     report.repaired.push((path.clone(), 0));

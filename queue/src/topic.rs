@@ -367,7 +367,7 @@ impl TopicState {
             BATCH_HEADER_LEN
                 + fresh
                     .iter()
-                    .map(|m| format::entry_len(target, &m.headers, m.payload.len()))
+                    .map(|m| format::entry_len_max(target, &m.headers, m.payload.len()))
                     .sum::<usize>(),
         );
         format::encode_batch_header(
@@ -450,7 +450,7 @@ impl TopicState {
             }
         };
         if roll {
-            if frame_len + s_header() > u64::from(u32::MAX) {
+            if frame_len + SEGMENT_HEADER_LEN as u64 > u64::from(u32::MAX) {
                 return Err(Error::Invalid("frame too large for a segment".into()));
             }
             let seq = self.next_seq;
@@ -972,10 +972,6 @@ impl TopicState {
             + groups
             + self.dedup.heap_bytes()
     }
-}
-
-fn s_header() -> u64 {
-    SEGMENT_HEADER_LEN as u64
 }
 
 fn lease(g: &mut Group, off: u64, attempts: u32, until: u64, ops: &mut Vec<GroupOp>) {

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -61,11 +62,39 @@ enum Msg {
     Stop(std::sync::mpsc::Sender<Result<()>>),
 }
 
+/// The first write or fsync failure, shared by the writer thread and its handle. The flag
+/// is read on every submit; the message is locked only once something failed.
+#[derive(Debug, Default)]
+struct Failure {
+    set: AtomicBool,
+    message: Mutex<Option<String>>,
+}
+
+impl Failure {
+    fn get(&self) -> Option<String> {
+        if !self.set.load(Ordering::Acquire) {
+            return None;
+        }
+        self.message.lock().ok().and_then(|m| m.clone())
+    }
+
+    /// Records `msg` unless a failure is already recorded.
+    fn record(&self, msg: &str) {
+        if let Ok(mut m) = self.message.lock()
+            && m.is_none()
+        {
+            tracing::error!(error = %msg, "queue writer failed; refusing further writes");
+            *m = Some(msg.to_string());
+            self.set.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// Handle to the writer thread.
 #[derive(Debug)]
 pub(crate) struct Writer {
     tx: Mutex<Option<Sender<Msg>>>,
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<Failure>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -81,7 +110,7 @@ impl std::fmt::Debug for Msg {
 impl Writer {
     pub(crate) fn start(durability: Durability, gather: bool) -> Result<Writer> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let failed = Arc::new(Mutex::new(None));
+        let failed = Arc::new(Failure::default());
         let failed2 = failed.clone();
         let thread = std::thread::Builder::new()
             .name("queue-writer".into())
@@ -108,7 +137,7 @@ impl Writer {
 
     /// The first write failure, if any.
     pub(crate) fn failure(&self) -> Option<String> {
-        self.failed.lock().ok().and_then(|f| f.clone())
+        self.failed.get()
     }
 
     /// Flushes, fsyncs and stops the thread.
@@ -144,12 +173,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(
-    rx: Receiver<Msg>,
-    durability: Durability,
-    gather_rounds: bool,
-    failed: Arc<Mutex<Option<String>>>,
-) {
+fn run(rx: Receiver<Msg>, durability: Durability, gather_rounds: bool, failed: Arc<Failure>) {
     let mut dirty: HashMap<*const SegFile, Arc<SegFile>> = HashMap::new();
     let mut dirty_dirs: Vec<PathBuf> = Vec::new();
     let mut last_sync = Instant::now();
@@ -238,7 +262,7 @@ fn run(
         }
         previous_round_jobs = jobs.len();
 
-        let mut result = match failed.lock().ok().and_then(|f| f.clone()) {
+        let mut result = match failed.get() {
             Some(msg) => Err(msg),
             None => Ok(()),
         };
@@ -252,12 +276,8 @@ fn run(
             result = sync_all(&mut dirty, &mut dirty_dirs);
             last_sync = Instant::now();
         }
-        if let Err(msg) = &result
-            && let Ok(mut f) = failed.lock()
-            && f.is_none()
-        {
-            tracing::error!(error = %msg, "queue writer failed; refusing further writes");
-            *f = Some(msg.clone());
+        if let Err(msg) = &result {
+            failed.record(msg);
         }
         let jobs = match &notifier {
             Some((tx, _)) if !jobs.is_empty() => match tx.send((jobs, result.clone())) {

@@ -2,7 +2,9 @@
 
 use queue::{AckOutcome, Due, Error, FetchOptions, Message, Queue, StartAt};
 
-use crate::support::{T0, drain_acking, offsets, open, reopen, setup, setup_with, test_config};
+use crate::support::{
+    T0, drain_acking, group, offsets, open, reopen, setup, setup_with, test_config,
+};
 
 fn fetch_opts(n: usize) -> FetchOptions {
     FetchOptions {
@@ -67,12 +69,8 @@ async fn publish_fetch_ack_and_reopen() {
 #[tokio::test]
 async fn groups_see_everything_and_consumers_in_a_group_are_disjoint() {
     let (_dir, _clock, q) = setup();
-    q.create_group("t", "a", StartAt::Earliest)
-        .await
-        .expect("group");
-    q.create_group("t", "b", StartAt::Earliest)
-        .await
-        .expect("group");
+    group(&q, "a").await;
+    group(&q, "b").await;
     let msgs = (0..6).map(|i: u8| Message::new(vec![i])).collect();
     q.publish_batch("t", msgs).await.expect("batch");
     let a1 = q.fetch("t", "a", fetch_opts(3)).await.expect("fetch");
@@ -204,9 +202,7 @@ async fn lease_expiry_nack_and_dead_letters() {
 #[tokio::test]
 async fn delayed_messages_wait_for_their_time_and_survive_restart() {
     let (dir, clock, q) = setup();
-    q.create_group("t", "g", StartAt::Earliest)
-        .await
-        .expect("group");
+    group(&q, "g").await;
     q.publish("t", Message::new("late").with_due(Due::After(600_000)))
         .await
         .expect("publish");
@@ -230,9 +226,7 @@ async fn backlog_limit_gives_full() {
     let (_dir, _clock, q) = setup_with(|cfg| {
         cfg.backlog_messages_max = 5;
     });
-    q.create_group("t", "g", StartAt::Earliest)
-        .await
-        .expect("group");
+    group(&q, "g").await;
     for _ in 0..5 {
         q.publish("t", Message::new("x")).await.expect("publish");
     }
@@ -257,9 +251,7 @@ async fn backlog_limit_gives_full() {
 #[tokio::test]
 async fn retention_deletes_segments_every_group_finished() {
     let (dir, clock, q) = setup();
-    q.create_group("t", "g", StartAt::Earliest)
-        .await
-        .expect("group");
+    group(&q, "g").await;
     for _ in 0..50 {
         let batch = (0..20).map(|_| Message::new(vec![0u8; 200])).collect();
         q.publish_batch("t", batch).await.expect("publish");
@@ -304,9 +296,7 @@ async fn bad_input_is_refused_clearly() {
 #[tokio::test]
 async fn long_poll_wakes_on_publish_and_times_out_empty() {
     let (_dir, _clock, q) = setup();
-    q.create_group("t", "g", StartAt::Earliest)
-        .await
-        .expect("group");
+    group(&q, "g").await;
     let waiting = {
         let q = q.clone();
         tokio::spawn(async move {
@@ -408,9 +398,7 @@ async fn concurrent_publishers_share_commits_and_lose_nothing() {
 #[tokio::test]
 async fn disk_use_stays_bounded_under_steady_load() {
     let (dir, clock, q) = setup();
-    q.create_group("t", "g", StartAt::Earliest)
-        .await
-        .expect("group");
+    group(&q, "g").await;
     let segment_bytes_max = test_config(&clock).segment_bytes_max;
     let rounds = 300u64;
     let mut max_retained = 0;
@@ -494,9 +482,7 @@ async fn competing_consumers_never_share_a_lease() {
         ..queue::Config::default()
     };
     let q = queue::Engine::open(dir.path(), cfg).expect("open");
-    q.create_group("t", "g", StartAt::Earliest)
-        .await
-        .expect("group");
+    group(&q, "g").await;
     const MESSAGES: u64 = 2_000;
     let held: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
     let acked: Arc<Mutex<HashSet<u64>>> = Arc::default();
@@ -565,12 +551,8 @@ async fn competing_consumers_never_share_a_lease() {
 #[tokio::test]
 async fn a_replay_is_for_its_group_only_and_holds_back_no_other_group() {
     let (dir, clock, q) = setup();
-    q.create_group("t", "a", StartAt::Earliest)
-        .await
-        .expect("group");
-    q.create_group("t", "b", StartAt::Earliest)
-        .await
-        .expect("group");
+    group(&q, "a").await;
+    group(&q, "b").await;
     q.publish("t", Message::new("x")).await.expect("publish");
     let d = q.fetch("t", "a", fetch_opts(1)).await.expect("fetch");
     q.reject("t", "a", d[0].receipt(), "poison")
@@ -733,9 +715,7 @@ async fn receipts_must_be_real_and_refused_batches_count_nothing() {
     let (_dir, clock, q) = setup_with(|cfg| {
         cfg.backlog_messages_max = 1;
     });
-    q.create_group("t", "g", StartAt::Earliest)
-        .await
-        .expect("group");
+    group(&q, "g").await;
     q.publish("t", Message::new("x").with_id(1).with_due(Due::After(100)))
         .await
         .expect("publish");

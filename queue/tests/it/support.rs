@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use queue::{AckOutcome, Config, Engine, FetchOptions, ManualClock, Queue};
+use queue::{AckOutcome, Config, Engine, FetchOptions, ManualClock, Queue, StartAt};
 
 /// A start time far from zero so that subtractions in the engine would show.
 pub const T0: u64 = 1_700_000_000_000;
@@ -78,4 +78,11 @@ pub fn setup_with(change: impl FnOnce(&mut Config)) -> (tempfile::TempDir, Manua
     change(&mut cfg);
     let q = Engine::open(dir.path(), cfg).expect("open engine");
     (dir, clock, q)
+}
+
+/// Creates group `name` on topic "t", reading from the earliest message.
+pub async fn group(q: &Engine, name: &str) {
+    q.create_group("t", name, StartAt::Earliest)
+        .await
+        .expect("group");
 }
