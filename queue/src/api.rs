@@ -2,7 +2,7 @@
 //! [`Queue`] trait that the embedded engine implements (and a remote client will).
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
@@ -178,8 +178,24 @@ pub struct DeadLetter {
     pub payload: Bytes,
 }
 
+/// A stored message as [`Queue::peek`] shows it: no lease, no attempt count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peeked {
+    /// Message offset in the topic.
+    pub offset: u64,
+    /// Producer id, if one was given (for a dead letter: the id it was stored under).
+    pub id: Option<MessageId>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Payload as stored (for a dead letter: its envelope followed by the original payload,
+    /// see `FORMAT.md`).
+    pub payload: Bytes,
+    /// Due time, for delayed messages (shown whether or not it has passed).
+    pub due_ms: Option<u64>,
+}
+
 /// Statistics of one consumer group.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GroupStats {
     /// Group name.
     pub name: String,
@@ -203,7 +219,7 @@ pub struct GroupStats {
 }
 
 /// Statistics of one topic.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TopicStats {
     /// Topic name.
     pub name: String,
@@ -276,6 +292,12 @@ pub trait Queue: Send + Sync {
     async fn discard_dead_letter(&self, topic: &str, dead_offset: u64) -> Result<()>;
     /// Statistics of one topic and its groups.
     async fn stats(&self, topic: &str) -> Result<TopicStats>;
+    /// Shows up to `limit` (at most [`crate::limits::PEEK_MESSAGES_MAX`]) retained, durable
+    /// messages of `topic` from `from_offset` on (or from the oldest retained one), in
+    /// offset order, whatever groups have done with them. Read-only: leases nothing and
+    /// changes no group. Works on dead-letter topics too, showing the stored dead letters
+    /// (resolved ones included while retained).
+    async fn peek(&self, topic: &str, from_offset: u64, limit: usize) -> Result<Vec<Peeked>>;
     /// Names of all topics (dead-letter topics included).
     async fn topics(&self) -> Result<Vec<String>>;
 }

@@ -63,9 +63,26 @@ pub enum Error {
     /// failed fsync the page cache can no longer be trusted to match the disk.
     #[error("the queue stopped after a write failure: {0}")]
     Failed(String),
-    /// The engine was closed.
+    /// The engine was closed (or the broker is shutting down).
     #[error("the queue is closed")]
     Closed,
+    /// The connection to a broker could not be made or was lost. A request in flight may or
+    /// may not have taken effect: retry a publish with the same message id (the broker's
+    /// de-duplication makes the retry harmless).
+    #[error("broker connection: {0}")]
+    Connection(String),
+    /// The peer sent a frame that does not follow `PROTOCOL.md`.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A broker-side error with no local counterpart (I/O, corruption, a protocol error the
+    /// broker saw); `code` is from `proto::code`.
+    #[error("broker error {code}: {message}")]
+    Remote {
+        /// Error code.
+        code: u16,
+        /// The broker's message.
+        message: String,
+    },
 }
 
 impl Error {

@@ -23,9 +23,15 @@
 //! - `dedup` (private): the compact producer de-duplication window.
 //! - `recovery` (private): opening a topic directory and checking every record.
 //! - `writer` (private): the group-commit writer thread.
+//! - [`proto`]: the broker's wire protocol (frames, requests, responses) as pure functions;
+//!   `PROTOCOL.md` describes it byte by byte.
+//! - [`server`]: [`Server`], the broker serving an engine over TCP.
+//! - [`client`]: [`Client`], the broker's client, another implementation of [`Queue`].
+//! - [`metrics`]: the broker's Prometheus endpoint.
 
 pub mod api;
 mod bits;
+pub mod client;
 pub mod clock;
 pub mod config;
 mod dedup;
@@ -33,17 +39,24 @@ pub mod engine;
 pub mod error;
 pub mod format;
 mod fsutil;
+pub mod histogram;
 pub mod limits;
+pub mod metrics;
+pub mod proto;
 mod recovery;
+pub mod server;
 mod topic;
 mod writer;
 
 pub use api::{
     AckOutcome, Confirm, DeadLetter, Delivery, Due, FetchOptions, GroupStats, Message, MessageId,
-    Queue, Receipt, StartAt, TopicStats,
+    Peeked, Queue, Receipt, StartAt, TopicStats,
 };
+pub use client::{Client, ClientConfig};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability};
-pub use engine::{DLQ_GROUP, DLQ_SUFFIX, Engine};
+pub use engine::{DLQ_GROUP, DLQ_SUFFIX, Engine, EngineMetrics};
 pub use error::{Error, Result};
+pub use histogram::HistogramSnapshot;
 pub use recovery::RecoveryReport;
+pub use server::{Server, ServerConfig};

@@ -45,3 +45,5 @@ pub const NACK_DELAY_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
 pub const REASON_BYTES_MAX: usize = 512;
 /// Most dead letters one `dead_letters` call lists.
 pub const DEAD_LETTER_LIST_MAX: usize = 1000;
+/// Most messages one `peek` call shows.
+pub const PEEK_MESSAGES_MAX: usize = 1000;

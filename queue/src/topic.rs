@@ -250,6 +250,29 @@ impl TopicState {
         })
     }
 
+    /// Where the first `max` durable messages at or after `from` are, in offset order. Walks
+    /// the segment index, not offsets: offsets lost to a repair (between segments) and
+    /// retention cost nothing, so the work is bounded by `max` plus the segments skipped.
+    pub(crate) fn locate_range(&self, from: u64, max: usize) -> Vec<ReadLoc> {
+        let mut out = Vec::with_capacity(max.min(1024));
+        let end = self.durable_end;
+        let mut off = from.max(self.log_start);
+        let first = self.segments.partition_point(|s| s.end_offset() <= off);
+        for seg in self.segments.range(first..) {
+            off = off.max(seg.base_offset);
+            while off < seg.end_offset() && off < end && out.len() < max {
+                if let Some(loc) = self.locate(off) {
+                    out.push(loc);
+                }
+                off += 1;
+            }
+            if off >= end || out.len() >= max {
+                break;
+            }
+        }
+        out
+    }
+
     fn in_gap(&self, off: u64) -> bool {
         self.gaps.iter().any(|&(a, b)| (a..b).contains(&off))
     }

@@ -8,12 +8,15 @@
 //! With fsync before confirm, the telling and answering (one task wake-up per caller) runs
 //! on a second thread, `queue-notify`, in round order, so that the next round's write and
 //! fsync need not wait for it; nothing is answered before its own round's fsync has returned.
+//!
+//! The thread also keeps [`WriterMetrics`]: a few relaxed atomic adds per round (never per
+//! job), read by `Engine::metrics`.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,6 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::config::Durability;
 use crate::error::{Error, Result};
+use crate::histogram::AtomicHistogram;
 use crate::limits::{
     COMMIT_BYTES_MAX, COMMIT_GATHER_GAP_US, COMMIT_GATHER_MAX_US, NOTIFY_ROUNDS_MAX,
 };
@@ -90,11 +94,24 @@ impl Failure {
     }
 }
 
+/// What the writer thread has done since it started.
+#[derive(Debug, Default)]
+pub(crate) struct WriterMetrics {
+    /// Duration of each fsync round: the fdatasync of every file written since the last
+    /// one plus the fsync of any directory that gained a segment, as one sample.
+    pub(crate) fsync: AtomicHistogram,
+    /// Rounds that took at least one job.
+    pub(crate) commit_rounds: AtomicU64,
+    /// Bytes written to segment files (segment headers of rolled segments included).
+    pub(crate) bytes_written: AtomicU64,
+}
+
 /// Handle to the writer thread.
 #[derive(Debug)]
 pub(crate) struct Writer {
     tx: Mutex<Option<Sender<Msg>>>,
     failed: Arc<Failure>,
+    metrics: Arc<WriterMetrics>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -111,14 +128,16 @@ impl Writer {
     pub(crate) fn start(durability: Durability, gather: bool) -> Result<Writer> {
         let (tx, rx) = std::sync::mpsc::channel();
         let failed = Arc::new(Failure::default());
-        let failed2 = failed.clone();
+        let metrics = Arc::new(WriterMetrics::default());
+        let (failed2, metrics2) = (failed.clone(), metrics.clone());
         let thread = std::thread::Builder::new()
             .name("queue-writer".into())
-            .spawn(move || run(rx, durability, gather, failed2))
+            .spawn(move || run(rx, durability, gather, failed2, metrics2))
             .map_err(|e| Error::io("spawn writer thread", "", e))?;
         Ok(Writer {
             tx: Mutex::new(Some(tx)),
             failed,
+            metrics,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -138,6 +157,11 @@ impl Writer {
     /// The first write failure, if any.
     pub(crate) fn failure(&self) -> Option<String> {
         self.failed.get()
+    }
+
+    /// What the thread has done so far.
+    pub(crate) fn metrics(&self) -> &WriterMetrics {
+        &self.metrics
     }
 
     /// Flushes, fsyncs and stops the thread.
@@ -173,7 +197,13 @@ impl Drop for Writer {
     }
 }
 
-fn run(rx: Receiver<Msg>, durability: Durability, gather_rounds: bool, failed: Arc<Failure>) {
+fn run(
+    rx: Receiver<Msg>,
+    durability: Durability,
+    gather_rounds: bool,
+    failed: Arc<Failure>,
+    metrics: Arc<WriterMetrics>,
+) {
     let mut dirty: HashMap<*const SegFile, Arc<SegFile>> = HashMap::new();
     let mut dirty_dirs: Vec<PathBuf> = Vec::new();
     let mut last_sync = Instant::now();
@@ -267,13 +297,21 @@ fn run(rx: Receiver<Msg>, durability: Durability, gather_rounds: bool, failed: A
             None => Ok(()),
         };
         if result.is_ok() {
-            result = write_all(&jobs, &mut dirty, &mut dirty_dirs);
+            result = write_all(&jobs, &mut dirty, &mut dirty_dirs, &metrics.fsync);
+            if result.is_ok() {
+                metrics
+                    .bytes_written
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
+            }
+        }
+        if !jobs.is_empty() {
+            metrics.commit_rounds.fetch_add(1, Ordering::Relaxed);
         }
         let sync_now = interval.is_none()
             || stop.is_some()
             || last_sync.elapsed() >= interval.unwrap_or_default();
         if result.is_ok() && sync_now {
-            result = sync_all(&mut dirty, &mut dirty_dirs);
+            result = sync_all(&mut dirty, &mut dirty_dirs, &metrics.fsync);
             last_sync = Instant::now();
         }
         if let Err(msg) = &result {
@@ -295,7 +333,7 @@ fn run(rx: Receiver<Msg>, durability: Durability, gather_rounds: bool, failed: A
         }
     }
     // Channel closed: make what was written durable before exiting.
-    let _ = sync_all(&mut dirty, &mut dirty_dirs);
+    let _ = sync_all(&mut dirty, &mut dirty_dirs, &metrics.fsync);
     stop_notifier(notifier);
 }
 
@@ -314,6 +352,7 @@ fn write_all(
     jobs: &[Job],
     dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
     dirty_dirs: &mut Vec<PathBuf>,
+    fsync_us: &AtomicHistogram,
 ) -> Result<(), String> {
     let mut i = 0;
     let mut buf = Vec::new();
@@ -326,7 +365,7 @@ fn write_all(
             // A new segment: make the older ones durable first, so that after a power loss
             // a segment with data in it is never preceded by a torn one (recovery treats a
             // torn sealed segment as corruption).
-            sync_all(dirty, dirty_dirs)?;
+            sync_all(dirty, dirty_dirs, fsync_us)?;
         }
         // Coalesce jobs that continue each other in the same file into one write.
         let start = jobs[i].pos;
@@ -360,7 +399,23 @@ fn write_all(
     Ok(())
 }
 
+/// Fsyncs every dirty file and directory, recording the time it took as one sample of
+/// `fsync_us` (nothing is recorded when nothing was dirty).
 fn sync_all(
+    dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
+    dirty_dirs: &mut Vec<PathBuf>,
+    fsync_us: &AtomicHistogram,
+) -> Result<(), String> {
+    if dirty.is_empty() && dirty_dirs.is_empty() {
+        return Ok(());
+    }
+    let start = Instant::now();
+    let result = sync_files(dirty, dirty_dirs);
+    fsync_us.record_duration(start.elapsed());
+    result
+}
+
+fn sync_files(
     dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
     dirty_dirs: &mut Vec<PathBuf>,
 ) -> Result<(), String> {

@@ -4,4 +4,5 @@ mod basic;
 mod corruption;
 mod crash;
 mod model;
+mod peek_metrics;
 mod support;

@@ -1,0 +1,557 @@
+//! The broker: serves an [`Engine`] over TCP with the protocol of [`crate::proto`].
+//!
+//! Each connection has a reader (this task) and a writer task. The reader splits frames off
+//! its buffer and starts one task per request, so a connection has many requests in flight
+//! (pipelining) and a slow one (a long-poll fetch, a publish waiting for its fsync) never
+//! holds up the others; responses go back in completion order, matched by request id. The
+//! writer coalesces whatever responses are ready into one `write`.
+//!
+//! Limits (all in [`ServerConfig`]): connections, requests and request bytes in flight per
+//! connection (beyond them the reader stops reading, which pushes back through TCP), frame
+//! size, handshake and idle timeouts. A frame that cannot be decoded gets an error frame and
+//! the connection is closed; other connections never notice.
+//!
+//! Shutdown (the future given to [`Server::run`]): stop accepting, stop reading, let every
+//! request in flight finish (long-poll fetches return at once, empty), flush the responses,
+//! close. The caller then closes the engine, which fsyncs.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::api::Queue;
+use crate::engine::Engine;
+use crate::limits::{DEAD_LETTER_LIST_MAX, PEEK_MESSAGES_MAX};
+use crate::proto::{self, Request, Response, WireError, code, op};
+
+/// Broker settings; `ServerConfig::default()` is what `queue serve` uses unless told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Most open connections; one more gets a `TOO_MANY_CONNECTIONS` error frame.
+    pub max_connections: usize,
+    /// Most requests in flight per connection; beyond it the broker stops reading.
+    pub max_in_flight: usize,
+    /// Most request bytes in flight per connection; beyond it the broker stops reading.
+    pub max_in_flight_bytes: usize,
+    /// Largest frame accepted (bytes after the length prefix).
+    pub max_frame_bytes: usize,
+    /// A connection with nothing in flight that sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// The hello must arrive within this long.
+    pub handshake_timeout_ms: u64,
+    /// On shutdown, requests still running after this long are abandoned (their callers see
+    /// a lost connection; a publish among them may or may not be stored).
+    pub shutdown_grace_ms: u64,
+    /// The writer flushes once this many response bytes are gathered.
+    pub write_batch_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 1024,
+            max_in_flight: 4096,
+            max_in_flight_bytes: 64 << 20,
+            max_frame_bytes: proto::FRAME_BYTES_MAX,
+            idle_timeout_ms: 10 * 60 * 1000,
+            handshake_timeout_ms: 10_000,
+            shutdown_grace_ms: 30_000,
+            write_batch_bytes: 256 << 10,
+        }
+    }
+}
+
+/// Counters of the broker itself (the engine's figures come from its stats).
+#[derive(Debug)]
+pub struct BrokerMetrics {
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_accepted: AtomicU64,
+    /// Connections refused at the limit.
+    pub connections_rejected: AtomicU64,
+    /// Connections closed for a protocol error.
+    pub protocol_errors: AtomicU64,
+    /// Connections closed for idleness.
+    pub idle_closed: AtomicU64,
+    /// Requests answered with an error frame (queue errors).
+    pub request_errors: AtomicU64,
+    /// Requests by opcode (index = opcode & 0x3f).
+    pub requests: [AtomicU64; 64],
+    /// Messages published (confirmed, duplicates included).
+    pub messages_published: AtomicU64,
+    /// Messages delivered by fetches.
+    pub messages_delivered: AtomicU64,
+    /// Receipts acked.
+    pub messages_acked: AtomicU64,
+}
+
+impl Default for BrokerMetrics {
+    fn default() -> Self {
+        BrokerMetrics {
+            connections_open: AtomicU64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            connections_rejected: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
+            request_errors: AtomicU64::new(0),
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            messages_published: AtomicU64::new(0),
+            messages_delivered: AtomicU64::new(0),
+            messages_acked: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// A broker over one engine.
+#[derive(Debug, Clone)]
+pub struct Server {
+    engine: Arc<Engine>,
+    config: ServerConfig,
+    metrics: Arc<BrokerMetrics>,
+}
+
+/// The name this broker gives in its hello.
+pub const SERVER_NAME: &str = concat!("queue-broker/", env!("CARGO_PKG_VERSION"));
+
+impl Server {
+    /// A broker for `engine`.
+    pub fn new(engine: Arc<Engine>, config: ServerConfig) -> Server {
+        Server {
+            engine,
+            config,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The broker's counters, for the metrics endpoint.
+    pub fn metrics(&self) -> Arc<BrokerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Accepts connections until `shutdown` completes, then drains them (see the module
+    /// docs). Does not close the engine.
+    pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off instead of
+                            // spinning, then keep serving the connections we have.
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            self.metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
+                            let conn = Connection {
+                                engine: self.engine.clone(),
+                                config: self.config.clone(),
+                                metrics: self.metrics.clone(),
+                                stop: stop_rx.clone(),
+                            };
+                            conns.spawn(async move {
+                                conn.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+                                if let Err(e) = conn.serve(stream).await {
+                                    tracing::debug!("connection {peer}: {e}");
+                                }
+                                conn.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            self.metrics.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                            conns.spawn(refuse(stream, self.config.max_connections));
+                        }
+                    }
+                }
+                // Reap finished connections so the set does not grow with the total count.
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        let drained =
+            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                "shutdown grace ran out; abandoning {} connections",
+                conns.len()
+            );
+            conns.abort_all();
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let mut out = BytesMut::new();
+    Response::Error(WireError::protocol(
+        code::TOO_MANY_CONNECTIONS,
+        format!("the broker's limit of {max} connections is reached"),
+    ))
+    .encode(op::HELLO, 0, &mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// What the reader hands the writer.
+enum Out {
+    /// Encoded response frames.
+    Frames(BytesMut),
+    /// Write what came before, then close (after a protocol error or idleness).
+    Close,
+}
+
+struct Connection {
+    engine: Arc<Engine>,
+    config: ServerConfig,
+    metrics: Arc<BrokerMetrics>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve(&self, stream: TcpStream) -> io::Result<()> {
+        let (mut rd, wr) = stream.into_split();
+        let max_in_flight = self.config.max_in_flight.max(1);
+        let (tx, rx) = mpsc::channel::<Out>(max_in_flight);
+        let writer = tokio::spawn(write_loop(wr, rx, self.config.write_batch_bytes));
+        let requests = Arc::new(Semaphore::new(max_in_flight));
+        let bytes_max = self.config.max_in_flight_bytes.clamp(1, u32::MAX as usize);
+        let bytes = Arc::new(Semaphore::new(bytes_max));
+        let mut stop = self.stop.clone();
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        let mut greeted = false;
+        let idle = Duration::from_millis(self.config.idle_timeout_ms.max(1));
+        let handshake = Duration::from_millis(self.config.handshake_timeout_ms.max(1));
+        let mut eof = false;
+        'conn: while !eof {
+            loop {
+                let frame = match proto::split_frame(&mut buf, self.config.max_frame_bytes) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fail(&tx, 0, e.code(), e.to_string()).await;
+                        break 'conn;
+                    }
+                };
+                let id = frame.request_id;
+                let opcode = frame.opcode;
+                let frame_bytes = frame.body.len() + proto::FRAME_HEADER_BYTES;
+                let request = match Request::decode(opcode, frame.body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.fail(&tx, id, e.code(), e.to_string()).await;
+                        break 'conn;
+                    }
+                };
+                if let Some(counter) = self.metrics.requests.get(usize::from(opcode & 0x3f)) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                if !greeted {
+                    match hello(&request) {
+                        Ok(()) => {
+                            let resp = Response::Hello {
+                                version: proto::VERSION,
+                                max_frame_bytes: self.config.max_frame_bytes as u32,
+                                max_in_flight: max_in_flight as u32,
+                                server: SERVER_NAME.into(),
+                            };
+                            let mut out = BytesMut::new();
+                            resp.encode(opcode, id, &mut out);
+                            if tx.send(Out::Frames(out)).await.is_err() {
+                                break 'conn;
+                            }
+                            greeted = true;
+                            continue;
+                        }
+                        Err(message) => {
+                            self.fail(&tx, id, code::BAD_HANDSHAKE, message).await;
+                            break 'conn;
+                        }
+                    }
+                }
+                if matches!(request, Request::Hello { .. }) {
+                    self.fail(&tx, id, code::BAD_HANDSHAKE, "a second hello".into())
+                        .await;
+                    break 'conn;
+                }
+                // Backpressure: wait for room before taking on the request. A frame larger
+                // than the byte budget takes the whole budget (it passed the frame limit).
+                let want = frame_bytes.clamp(1, bytes_max) as u32;
+                let permits = tokio::select! {
+                    p = async {
+                        let r = requests.clone().acquire_owned().await;
+                        let b = bytes.clone().acquire_many_owned(want).await;
+                        (r, b)
+                    } => p,
+                    _ = stopped(&mut stop) => break 'conn,
+                };
+                let (Ok(req_permit), Ok(bytes_permit)) = permits else {
+                    break 'conn;
+                };
+                let engine = self.engine.clone();
+                let metrics = self.metrics.clone();
+                let tx = tx.clone();
+                let mut task_stop = self.stop.clone();
+                tokio::spawn(async move {
+                    let resp = tokio::select! {
+                        r = handle(&engine, &metrics, request) => r,
+                        // Only long polls are cut short: other requests finish (their
+                        // effects are on their way to the disk anyway).
+                        _ = stopped(&mut task_stop), if opcode == op::FETCH => {
+                            Response::Deliveries(Vec::new())
+                        }
+                    };
+                    if matches!(resp, Response::Error(_)) {
+                        metrics.request_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut out = BytesMut::new();
+                    resp.encode(opcode, id, &mut out);
+                    let _ = tx.send(Out::Frames(out)).await;
+                    drop(req_permit);
+                    drop(bytes_permit);
+                });
+            }
+            if buf.capacity() - buf.len() < 16 << 10 {
+                buf.reserve(64 << 10);
+            }
+            let timeout = if greeted { idle } else { handshake };
+            tokio::select! {
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) => eof = true,
+                    Ok(_) => {}
+                    Err(_) => eof = true,
+                },
+                _ = tokio::time::sleep(timeout) => {
+                    if !greeted {
+                        self.fail(&tx, 0, code::BAD_HANDSHAKE, "no hello in time".into()).await;
+                        break 'conn;
+                    }
+                    if requests.available_permits() == max_in_flight {
+                        self.metrics.idle_closed.fetch_add(1, Ordering::Relaxed);
+                        let msg = format!("idle for {} ms", self.config.idle_timeout_ms);
+                        let mut out = BytesMut::new();
+                        Response::Error(WireError::protocol(code::IDLE_TIMEOUT, msg))
+                            .encode(op::PING, 0, &mut out);
+                        let _ = tx.send(Out::Frames(out)).await;
+                        let _ = tx.send(Out::Close).await;
+                        break 'conn;
+                    }
+                }
+                _ = stopped(&mut stop) => break 'conn,
+            }
+        }
+        // Let the requests in flight answer, then let the writer flush and close. The wait is
+        // bounded by the requests themselves (fetches end on shutdown) and, on shutdown, by
+        // the server's grace period.
+        let _ = requests.acquire_many(max_in_flight as u32).await;
+        drop(tx);
+        match writer.await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(e)),
+        }
+    }
+
+    /// Sends an error frame and asks the writer to close after it.
+    async fn fail(&self, tx: &mpsc::Sender<Out>, id: u32, code: u16, message: String) {
+        if code >= code::BAD_FRAME {
+            self.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut out = BytesMut::new();
+        Response::Error(WireError::protocol(code, message)).encode(op::PING, id, &mut out);
+        let _ = tx.send(Out::Frames(out)).await;
+        let _ = tx.send(Out::Close).await;
+    }
+}
+
+fn hello(request: &Request) -> Result<(), String> {
+    match request {
+        Request::Hello {
+            min_version,
+            max_version,
+            ..
+        } if *min_version <= proto::VERSION && proto::VERSION <= *max_version => Ok(()),
+        Request::Hello {
+            min_version,
+            max_version,
+            ..
+        } => Err(format!(
+            "no common version: client speaks {min_version}..={max_version}, broker {}",
+            proto::VERSION
+        )),
+        _ => Err("the first frame must be a hello".into()),
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Out>,
+    batch_bytes: usize,
+) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut closing = false;
+    while let Some(out) = rx.recv().await {
+        match out {
+            Out::Frames(f) => buf.extend_from_slice(&f),
+            Out::Close => closing = true,
+        }
+        while !closing && buf.len() < batch_bytes {
+            match rx.try_recv() {
+                Ok(Out::Frames(f)) => buf.extend_from_slice(&f),
+                Ok(Out::Close) => closing = true,
+                Err(_) => break,
+            }
+        }
+        wr.write_all(&buf).await?;
+        buf.clear();
+        if closing {
+            break;
+        }
+    }
+    wr.shutdown().await
+}
+
+fn reply<T>(r: crate::Result<T>, f: impl FnOnce(T) -> Response) -> Response {
+    match r {
+        Ok(v) => f(v),
+        Err(e) => Response::Error(WireError::from_error(&e)),
+    }
+}
+
+async fn handle(engine: &Engine, metrics: &BrokerMetrics, request: Request) -> Response {
+    match request {
+        Request::Hello { .. } => Response::Error(WireError::protocol(
+            code::BAD_HANDSHAKE,
+            "a second hello".to_string(),
+        )),
+        Request::Ping => Response::Done,
+        Request::Publish { topic, message } => {
+            let r = engine.publish(&topic, message).await;
+            if r.is_ok() {
+                metrics.messages_published.fetch_add(1, Ordering::Relaxed);
+            }
+            reply(r, Response::Confirm)
+        }
+        Request::PublishBatch { topic, messages } => {
+            let r = engine.publish_batch(&topic, messages).await;
+            if let Ok(cs) = &r {
+                metrics
+                    .messages_published
+                    .fetch_add(cs.len() as u64, Ordering::Relaxed);
+            }
+            reply(r, Response::Confirms)
+        }
+        Request::CreateGroup {
+            topic,
+            group,
+            start,
+        } => reply(engine.create_group(&topic, &group, start).await, |()| {
+            Response::Done
+        }),
+        Request::Fetch {
+            topic,
+            group,
+            options,
+        } => {
+            let r = engine.fetch(&topic, &group, options).await;
+            if let Ok(ds) = &r {
+                metrics
+                    .messages_delivered
+                    .fetch_add(ds.len() as u64, Ordering::Relaxed);
+            }
+            reply(r, Response::Deliveries)
+        }
+        Request::Ack {
+            topic,
+            group,
+            receipts,
+        } => {
+            let r = engine.ack(&topic, &group, &receipts).await;
+            if let Ok(os) = &r {
+                let n = os
+                    .iter()
+                    .filter(|o| **o == crate::AckOutcome::Acked)
+                    .count();
+                metrics
+                    .messages_acked
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            reply(r, Response::Outcomes)
+        }
+        Request::Nack {
+            topic,
+            group,
+            receipt,
+            delay_ms,
+            reason,
+        } => reply(
+            engine
+                .nack(&topic, &group, receipt, delay_ms, &reason)
+                .await,
+            Response::Outcome,
+        ),
+        Request::Reject {
+            topic,
+            group,
+            receipt,
+            reason,
+        } => reply(
+            engine.reject(&topic, &group, receipt, &reason).await,
+            Response::Outcome,
+        ),
+        Request::DeadLetters { topic, from, limit } => {
+            let limit = (limit as usize).min(DEAD_LETTER_LIST_MAX);
+            reply(
+                engine.dead_letters(&topic, from, limit).await,
+                Response::DeadLetters,
+            )
+        }
+        Request::Replay { topic, dead_offset } => reply(
+            engine.replay_dead_letter(&topic, dead_offset).await,
+            Response::Offset,
+        ),
+        Request::Discard { topic, dead_offset } => reply(
+            engine.discard_dead_letter(&topic, dead_offset).await,
+            |()| Response::Done,
+        ),
+        Request::Stats { topic } => reply(engine.stats(&topic).await, Response::Stats),
+        Request::Topics => reply(engine.topics().await, Response::Topics),
+        Request::Peek { topic, from, limit } => {
+            let limit = (limit as usize).min(PEEK_MESSAGES_MAX);
+            reply(engine.peek(&topic, from, limit).await, Response::Peeked)
+        }
+    }
+}
