@@ -24,7 +24,7 @@ use crate::limits::{
     ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, DEAD_LETTER_ENVELOPE_BYTES_MAX, DEAD_LETTER_LIST_MAX,
     FETCH_MESSAGES_MAX, FETCH_WAIT_MS_MAX, GROUPS_MAX, HEADER_NAME_BYTES_MAX,
     HEADER_VALUE_BYTES_MAX, HEADERS_MAX, LEASE_MS_MAX, NACK_DELAY_MS_MAX, NAME_BYTES_MAX,
-    PAYLOAD_BYTES_MAX, PEEK_MESSAGES_MAX, REASON_BYTES_MAX, TOPICS_MAX,
+    PAYLOAD_BYTES_MAX, PEEK_MESSAGES_MAX, READ_BYTES_MAX, REASON_BYTES_MAX, TOPICS_MAX,
 };
 use crate::recovery::{self, GroupMeta, RecoveryReport, TopicMeta};
 use crate::topic::{Append, DeadJob, Group, ReadLoc, TopicLimits, TopicState};
@@ -790,6 +790,50 @@ impl Engine {
 
     /// Heap bytes of the delay and index structures of a topic (benchmarks use this to
     /// check the memory budget of pending delayed messages).
+    /// Publishes independent messages together: each is validated on its own (an invalid
+    /// one gets its own error and does not hold up the others), the valid ones are appended
+    /// as one record and confirmed by one fsync. The broker uses this for publish requests
+    /// pipelined on one connection. The outer error (full, failed, closed) applies to every
+    /// valid message.
+    pub async fn publish_each(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Result<Confirm>>> {
+        self.check_open()?;
+        validate_user_topic(topic)?;
+        if messages.len() > BATCH_MESSAGES_MAX {
+            return Err(Error::Invalid(format!(
+                "at most {BATCH_MESSAGES_MAX} messages at once, not {}",
+                messages.len()
+            )));
+        }
+        let verdicts: Vec<Result<()>> = messages.iter().map(validate_message).collect();
+        let valid: Vec<Message> = messages
+            .into_iter()
+            .zip(&verdicts)
+            .filter(|(_, v)| v.is_ok())
+            .map(|(m, _)| m)
+            .collect();
+        let mut confirms = if valid.is_empty() {
+            Vec::new()
+        } else {
+            let t = self.topic(topic)?;
+            self.append(&t, &valid, 0, None).await?
+        }
+        .into_iter();
+        Ok(verdicts
+            .into_iter()
+            .map(|v| {
+                v.and_then(|()| {
+                    confirms
+                        .next()
+                        .ok_or_else(|| Error::Invalid("missing confirm".into()))
+                })
+            })
+            .collect())
+    }
+
     pub fn index_heap_bytes(&self, topic: &str) -> Result<usize> {
         Ok(self.existing_topic(topic)?.lock().index_heap_bytes())
     }
@@ -1083,11 +1127,13 @@ impl Queue for Engine {
             let gi = Self::group_index(&st, &dlq.name, DLQ_GROUP)?;
             let g = &st.groups[gi];
             let mut locs = Vec::new();
+            let mut bytes = 0u64;
             let mut off = from_dead_offset.max(g.low_watermark());
-            while off < st.durable_end && locs.len() < limit {
+            while off < st.durable_end && locs.len() < limit && bytes < READ_BYTES_MAX {
                 if !g.is_done(off)
                     && let Some(loc) = st.locate(off)
                 {
+                    bytes += u64::from(loc.len);
                     locs.push(loc);
                 }
                 off += 1;

@@ -535,6 +535,35 @@ pub fn decode_record(body: &[u8]) -> Result<Record<'_>, FormatError> {
     }
 }
 
+/// Decodes arbitrary bytes as segment contents, for fuzzing and tests: an optional segment
+/// header (when the bytes start with [`SEGMENT_MAGIC`]), then frames whose bodies are decoded
+/// as records (headers included), up to the first that does not decode. Returns how many
+/// records decoded. Never panics.
+pub fn decode_any(bytes: &[u8]) -> usize {
+    let mut rest = bytes;
+    if rest.starts_with(&SEGMENT_MAGIC) {
+        if SegmentHeader::decode(rest).is_err() {
+            return 0;
+        }
+        rest = &rest[SEGMENT_HEADER_LEN..];
+    }
+    let mut records = 0;
+    while let Ok((body, frame_len)) = decode_frame(rest) {
+        match decode_record(body) {
+            Ok(Record::Messages(_, entries)) => {
+                for (_, e) in &entries {
+                    let _ = e.headers();
+                }
+            }
+            Ok(Record::GroupOps(..)) => {}
+            Err(_) => break,
+        }
+        records += 1;
+        rest = &rest[frame_len..];
+    }
+    records
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,3 +47,8 @@ pub const REASON_BYTES_MAX: usize = 512;
 pub const DEAD_LETTER_LIST_MAX: usize = 1000;
 /// Most messages one `peek` call shows.
 pub const PEEK_MESSAGES_MAX: usize = 1000;
+/// Most stored bytes one fetch, peek or dead-letter listing returns: it stops adding
+/// messages once their stored size reaches this (the first message is always returned), so
+/// a response stays well inside the broker's frame limit
+/// ([`crate::proto::FRAME_BYTES_MAX`]) even with the largest messages.
+pub const READ_BYTES_MAX: u64 = 8 << 20;

@@ -52,6 +52,9 @@ async fn scrape(State(source): State<MetricsSource>) -> impl IntoResponse {
     )
 }
 
+/// A metric family read off a stats struct: name, type, help, getter.
+type Family<S> = (&'static str, &'static str, &'static str, fn(&S) -> u64);
+
 /// Escapes a label value (`\`, `"`, newline).
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -148,7 +151,7 @@ pub async fn render(source: &MetricsSource) -> String {
         &mut out,
         "queue_fsync_duration_seconds",
         "histogram",
-        "Duration of the writer's fsync calls.",
+        "Duration of the writer's fsync rounds (the data files a round touched, plus a directory when a segment was created).",
     );
     let mut cumulative = 0u64;
     for (i, count) in m.fsync.counts.iter().enumerate() {
@@ -179,7 +182,7 @@ pub async fn render(source: &MetricsSource) -> String {
         &mut out,
         "queue_commit_rounds_total",
         "counter",
-        "Group-commit rounds (one write + fsync each).",
+        "Group-commit rounds of the writer (a write and, under fsync-before-confirm, an fsync; rounds with nothing to write count too).",
     );
     let _ = writeln!(out, "queue_commit_rounds_total {}", m.commit_rounds);
     family(
@@ -197,7 +200,7 @@ pub async fn render(source: &MetricsSource) -> String {
             stats.push(s);
         }
     }
-    let topic_metrics: [(&str, &str, &str, fn(&crate::TopicStats) -> u64); 6] = [
+    let topic_metrics: [Family<crate::TopicStats>; 6] = [
         (
             "queue_topic_next_offset",
             "gauge",
@@ -241,7 +244,7 @@ pub async fn render(source: &MetricsSource) -> String {
             let _ = writeln!(out, "{name}{{topic=\"{}\"}} {}", label(&s.name), f(s));
         }
     }
-    let group_metrics: [(&str, &str, &str, fn(&crate::GroupStats) -> u64); 7] = [
+    let group_metrics: [Family<crate::GroupStats>; 7] = [
         (
             "queue_group_lag",
             "gauge",

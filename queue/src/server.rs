@@ -25,7 +25,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::api::Queue;
@@ -227,6 +227,21 @@ async fn refuse(mut stream: TcpStream, max: usize) {
     .await;
 }
 
+/// Most publish requests gathered into one append (see `Connection::flush_publishes`).
+pub const GATHER_MESSAGES_MAX: usize = 1024;
+/// Most request bytes gathered into one append.
+pub const GATHER_BYTES_MAX: usize = 4 << 20;
+
+/// Publish requests of one connection waiting to be appended together.
+struct Gathered {
+    topic: String,
+    items: Vec<(u32, crate::Message, Permits)>,
+    bytes: usize,
+}
+
+/// A request's share of its connection's in-flight limits.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
 /// What the reader hands the writer.
 enum Out {
     /// Encoded response frames.
@@ -257,12 +272,18 @@ impl Connection {
         let idle = Duration::from_millis(self.config.idle_timeout_ms.max(1));
         let handshake = Duration::from_millis(self.config.handshake_timeout_ms.max(1));
         let mut eof = false;
+        let mut gathered: Option<Gathered> = None;
+        // Set when the connection stops reading (end of file, error, protocol error,
+        // shutdown): a long-poll fetch still waiting then returns at once, empty, instead of
+        // leasing messages to a peer that is gone (they would be invisible for a lease).
+        let (closed_tx, closed_rx) = watch::channel(false);
         'conn: while !eof {
             loop {
                 let frame = match proto::split_frame(&mut buf, self.config.max_frame_bytes) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
+                        self.flush_publishes(&mut gathered, &tx);
                         self.fail(&tx, 0, e.code(), e.to_string()).await;
                         break 'conn;
                     }
@@ -273,6 +294,7 @@ impl Connection {
                 let request = match Request::decode(opcode, frame.body) {
                     Ok(r) => r,
                     Err(e) => {
+                        self.flush_publishes(&mut gathered, &tx);
                         self.fail(&tx, id, e.code(), e.to_string()).await;
                         break 'conn;
                     }
@@ -310,28 +332,67 @@ impl Connection {
                 }
                 // Backpressure: wait for room before taking on the request. A frame larger
                 // than the byte budget takes the whole budget (it passed the frame limit).
+                // Permits held by the publishes gathered so far come back only once they
+                // are handed to a task, so hand them over before waiting.
                 let want = frame_bytes.clamp(1, bytes_max) as u32;
-                let permits = tokio::select! {
-                    p = async {
-                        let r = requests.clone().acquire_owned().await;
-                        let b = bytes.clone().acquire_many_owned(want).await;
+                let permits = match (
+                    requests.clone().try_acquire_owned(),
+                    bytes.clone().try_acquire_many_owned(want),
+                ) {
+                    (Ok(r), Ok(b)) => (r, b),
+                    (r, b) => {
+                        drop((r, b));
+                        self.flush_publishes(&mut gathered, &tx);
+                        let p = tokio::select! {
+                            p = async {
+                                let r = requests.clone().acquire_owned().await;
+                                let b = bytes.clone().acquire_many_owned(want).await;
+                                (r, b)
+                            } => p,
+                            _ = stopped(&mut stop) => break 'conn,
+                        };
+                        let (Ok(r), Ok(b)) = p else {
+                            break 'conn;
+                        };
                         (r, b)
-                    } => p,
-                    _ = stopped(&mut stop) => break 'conn,
+                    }
                 };
-                let (Ok(req_permit), Ok(bytes_permit)) = permits else {
-                    break 'conn;
-                };
+                // Publishes pipelined on this connection are gathered while their frames
+                // are already in the buffer, and appended together (one record, one fsync
+                // round), each still answered on its own. See `flush_publishes`.
+                if let Request::Publish { topic, message } = request {
+                    if let Some(g) = &gathered
+                        && (g.topic != topic
+                            || g.items.len() >= GATHER_MESSAGES_MAX
+                            || g.bytes >= GATHER_BYTES_MAX)
+                    {
+                        self.flush_publishes(&mut gathered, &tx);
+                    }
+                    let g = gathered.get_or_insert_with(|| Gathered {
+                        topic,
+                        items: Vec::new(),
+                        bytes: 0,
+                    });
+                    g.bytes += frame_bytes;
+                    g.items.push((id, message, permits));
+                    continue;
+                }
+                self.flush_publishes(&mut gathered, &tx);
+                let (req_permit, bytes_permit) = permits;
                 let engine = self.engine.clone();
                 let metrics = self.metrics.clone();
                 let tx = tx.clone();
                 let mut task_stop = self.stop.clone();
+                let mut task_closed = closed_rx.clone();
                 tokio::spawn(async move {
                     let resp = tokio::select! {
                         r = handle(&engine, &metrics, request) => r,
                         // Only long polls are cut short: other requests finish (their
                         // effects are on their way to the disk anyway).
                         _ = stopped(&mut task_stop), if opcode == op::FETCH => {
+                            Response::Deliveries(Vec::new())
+                        }
+                        _ = stopped(&mut task_closed), if opcode == op::FETCH => {
                             Response::Deliveries(Vec::new())
                         }
                     };
@@ -345,6 +406,8 @@ impl Connection {
                     drop(bytes_permit);
                 });
             }
+            // Every whole frame of the buffer is taken: what was gathered goes now.
+            self.flush_publishes(&mut gathered, &tx);
             if buf.capacity() - buf.len() < 16 << 10 {
                 buf.reserve(64 << 10);
             }
@@ -374,6 +437,8 @@ impl Connection {
                 _ = stopped(&mut stop) => break 'conn,
             }
         }
+        self.flush_publishes(&mut gathered, &tx);
+        let _ = closed_tx.send(true);
         // Let the requests in flight answer, then let the writer flush and close. The wait is
         // bounded by the requests themselves (fetches end on shutdown) and, on shutdown, by
         // the server's grace period.
@@ -383,6 +448,57 @@ impl Connection {
             Ok(r) => r,
             Err(e) => Err(io::Error::other(e)),
         }
+    }
+
+    /// Starts the task that publishes what was gathered: one `Engine::publish_each` call,
+    /// then one response per request (a confirm, or that message's own error).
+    fn flush_publishes(&self, gathered: &mut Option<Gathered>, tx: &mpsc::Sender<Out>) {
+        let Some(g) = gathered.take() else { return };
+        let engine = self.engine.clone();
+        let metrics = self.metrics.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(g.items.len());
+            let mut messages = Vec::with_capacity(g.items.len());
+            let mut permits = Vec::with_capacity(g.items.len());
+            for (id, m, p) in g.items {
+                ids.push(id);
+                messages.push(m);
+                permits.push(p);
+            }
+            let results = engine.publish_each(&g.topic, messages).await;
+            let mut out = BytesMut::new();
+            let mut ok = 0u64;
+            let mut failed = 0u64;
+            match results {
+                Ok(rs) => {
+                    for (id, r) in ids.iter().zip(rs) {
+                        let resp = match r {
+                            Ok(c) => {
+                                ok += 1;
+                                Response::Confirm(c)
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                Response::Error(WireError::from_error(&e))
+                            }
+                        };
+                        resp.encode(op::PUBLISH, *id, &mut out);
+                    }
+                }
+                Err(e) => {
+                    let w = WireError::from_error(&e);
+                    for id in &ids {
+                        failed += 1;
+                        Response::Error(w.clone()).encode(op::PUBLISH, *id, &mut out);
+                    }
+                }
+            }
+            metrics.messages_published.fetch_add(ok, Ordering::Relaxed);
+            metrics.request_errors.fetch_add(failed, Ordering::Relaxed);
+            let _ = tx.send(Out::Frames(out)).await;
+            drop(permits);
+        });
     }
 
     /// Sends an error frame and asks the writer to close after it.

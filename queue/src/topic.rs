@@ -18,6 +18,7 @@ use crate::format::{
     self, BATCH_HEADER_LEN, BatchHeader, FLAG_NO_DEDUP, FRAME_HEADER_LEN, GroupOp, OpKind,
     SEGMENT_HEADER_LEN, SegmentHeader,
 };
+use crate::limits::READ_BYTES_MAX;
 use crate::writer::SegFile;
 
 /// One segment file and the index of the messages in it.
@@ -250,23 +251,31 @@ impl TopicState {
         })
     }
 
-    /// Where the first `max` durable messages at or after `from` are, in offset order. Walks
+    /// Stored size of the message at `off` (an upper bound; 0 if not retained).
+    pub(crate) fn entry_bytes(&self, off: u64) -> u64 {
+        self.locate(off).map_or(0, |l| u64::from(l.len))
+    }
+
+    /// Where the first `max` durable messages at or after `from` are, in offset order, up to
+    /// `READ_BYTES_MAX` stored bytes (at least one message). Walks
     /// the segment index, not offsets: offsets lost to a repair (between segments) and
     /// retention cost nothing, so the work is bounded by `max` plus the segments skipped.
     pub(crate) fn locate_range(&self, from: u64, max: usize) -> Vec<ReadLoc> {
         let mut out = Vec::with_capacity(max.min(1024));
+        let mut bytes = 0u64;
         let end = self.durable_end;
         let mut off = from.max(self.log_start);
         let first = self.segments.partition_point(|s| s.end_offset() <= off);
         for seg in self.segments.range(first..) {
             off = off.max(seg.base_offset);
-            while off < seg.end_offset() && off < end && out.len() < max {
+            while off < seg.end_offset() && off < end && out.len() < max && bytes < READ_BYTES_MAX {
                 if let Some(loc) = self.locate(off) {
+                    bytes += u64::from(loc.len);
                     out.push(loc);
                 }
                 off += 1;
             }
-            if off >= end || out.len() >= max {
+            if off >= end || out.len() >= max || bytes >= READ_BYTES_MAX {
                 break;
             }
         }
@@ -626,9 +635,19 @@ impl TopicState {
         let mut dead = Vec::new();
         let has_gaps = !self.gaps.is_empty();
         let until = now_ms.saturating_add(lease_ms);
+        // Stored bytes leased so far, against `READ_BYTES_MAX`.
+        let mut bytes = 0u64;
+        let mut counted = 0;
         loop {
+            // Count the message leased by the previous iteration, if it leased one.
+            if out_offsets.len() > counted {
+                counted = out_offsets.len();
+                if let Some(&(last, _, _)) = out_offsets.last() {
+                    bytes += self.entry_bytes(last);
+                }
+            }
             let g = &mut self.groups[gi];
-            if out_offsets.len() >= max || g.in_flight >= in_flight_max {
+            if out_offsets.len() >= max || g.in_flight >= in_flight_max || bytes >= READ_BYTES_MAX {
                 break;
             }
             // Retries and fired delays first, oldest ready time first.

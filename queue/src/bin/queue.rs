@@ -576,7 +576,7 @@ fn print_peek(out: &mut impl Write, topic: &str, msgs: &[Peeked]) -> std::io::Re
         "OFFSET", "ID", "DUE_MS"
     )?;
     for m in msgs {
-        let id = m.id.map(|i| format!("{i:x}")).unwrap_or_else(|| "-".into());
+        let id = m.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
         let due = m
             .due_ms
             .map(|d| d.to_string())

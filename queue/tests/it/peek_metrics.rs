@@ -278,3 +278,38 @@ async fn metrics_count_no_fsync_between_interval_syncs() {
     assert_eq!(closed.fsync.count, 1, "{closed:?}");
     assert_eq!(closed.bytes_written, m.bytes_written);
 }
+
+/// Fetch, peek and dead-letter listing stop at `READ_BYTES_MAX` stored bytes, so a response
+/// of the largest messages still fits in one broker frame; the rest comes with the next call.
+#[tokio::test]
+async fn reads_stop_at_the_byte_budget() {
+    use queue::limits::{PAYLOAD_BYTES_MAX, READ_BYTES_MAX};
+    let (_dir, _clock, q) = setup();
+    let n = 12usize;
+    for i in 0..n {
+        q.publish("big", Message::new(vec![i as u8; PAYLOAD_BYTES_MAX]))
+            .await
+            .expect("publish");
+    }
+    let budget = READ_BYTES_MAX as usize + PAYLOAD_BYTES_MAX + 4096;
+    let peeked = q.peek("big", 0, 100).await.expect("peek");
+    let peeked_bytes: usize = peeked.iter().map(|m| m.payload.len()).sum();
+    assert!(!peeked.is_empty() && peeked.len() < n, "{}", peeked.len());
+    assert!(peeked_bytes <= budget, "{peeked_bytes}");
+
+    q.create_group("big", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let first = q.fetch("big", "g", fetch_opts(100)).await.expect("fetch");
+    let first_bytes: usize = first.iter().map(|d| d.payload.len()).sum();
+    assert!(!first.is_empty() && first.len() < n, "{}", first.len());
+    assert!(first_bytes <= budget, "{first_bytes}");
+    // Nothing is lost or leased twice: the following fetches return the rest, in order.
+    let mut got: Vec<u64> = first.iter().map(|d| d.offset).collect();
+    while got.len() < n {
+        let more = q.fetch("big", "g", fetch_opts(100)).await.expect("fetch");
+        assert!(!more.is_empty(), "stalled after {got:?}");
+        got.extend(more.iter().map(|d| d.offset));
+    }
+    assert_eq!(got, (0..n as u64).collect::<Vec<_>>());
+}

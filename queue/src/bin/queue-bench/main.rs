@@ -20,6 +20,9 @@
 //! 6. delayed-delivery lateness;
 //! 7. the baseline again, to show how much the machine drifted during the run.
 
+mod broker;
+mod redis_streams;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -86,16 +89,20 @@ OPTIONS:
                        figure includes the de-duplication window (default: no ids)
   --consume N          messages to consume + ack (default 1000000)
   --lateness N         delayed messages for the lateness figure (default 5000)
+  --producers N        broker and Redis phases: producer tasks, one connection each
+                       (default 16)
+  --pipeline N         broker and Redis phases: messages per round trip (default 64)
+  --tcp-consume N      broker and Redis phases: messages to consume + ack (default 500000)
   --only LIST          run only these phases (comma-separated: memory, baseline, batched,
-                       single, consume, lateness); the JSON then lacks ratios and targets
-                       of the phases left out (for profiling)
+                       single, consume, lateness, broker, redis); the JSON then lacks ratios
+                       and targets of the phases left out (for profiling)
   -h, --help           this text
 
 Progress goes to stderr; the last stdout line is a JSON summary.";
 
 /// Phase names for `--only`.
-const PHASES: [&str; 6] = [
-    "memory", "baseline", "batched", "single", "consume", "lateness",
+const PHASES: [&str; 8] = [
+    "memory", "baseline", "batched", "single", "consume", "lateness", "broker", "redis",
 ];
 
 /// Command-line settings.
@@ -116,6 +123,9 @@ struct Args {
     ids: bool,
     consume: u64,
     lateness: usize,
+    producers: usize,
+    pipeline: usize,
+    tcp_consume: u64,
     only: Option<Vec<String>>,
 }
 
@@ -143,6 +153,9 @@ impl Args {
                 ids: false,
                 consume: 100_000,
                 lateness: 1000,
+                producers: 16,
+                pipeline: 64,
+                tcp_consume: 100_000,
                 only: None,
             }
         } else {
@@ -161,6 +174,9 @@ impl Args {
                 ids: false,
                 consume: 1_000_000,
                 lateness: 5000,
+                producers: 16,
+                pipeline: 64,
+                tcp_consume: 500_000,
                 only: None,
             }
         }
@@ -194,6 +210,9 @@ fn parse_args(raw: Vec<String>) -> Res<Option<Args>> {
             "--delayed" => a.delayed = parse_value("--delayed", it.next())?,
             "--consume" => a.consume = parse_value("--consume", it.next())?,
             "--lateness" => a.lateness = parse_value("--lateness", it.next())?,
+            "--producers" => a.producers = parse_value("--producers", it.next())?,
+            "--pipeline" => a.pipeline = parse_value("--pipeline", it.next())?,
+            "--tcp-consume" => a.tcp_consume = parse_value("--tcp-consume", it.next())?,
             "--only" => {
                 let list: String = parse_value("--only", it.next())?;
                 let phases: Vec<String> = list.split(',').map(|p| p.trim().to_string()).collect();
@@ -211,6 +230,12 @@ fn parse_args(raw: Vec<String>) -> Res<Option<Args>> {
     if a.batch == 0 || a.batch > queue::limits::BATCH_MESSAGES_MAX {
         return Err(err(format!(
             "--batch must be 1..={}",
+            queue::limits::BATCH_MESSAGES_MAX
+        )));
+    }
+    if a.producers == 0 || a.pipeline == 0 || a.pipeline > queue::limits::BATCH_MESSAGES_MAX {
+        return Err(err(format!(
+            "--producers must be at least 1 and --pipeline 1..={}",
             queue::limits::BATCH_MESSAGES_MAX
         )));
     }
@@ -1100,7 +1125,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
             .collect::<Vec<u8>>(),
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .map_err(|e| err(format!("tokio runtime: {e}")))?;
     let started = Instant::now();
@@ -1111,7 +1136,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
         a,
         "memory",
         format!(
-            "[1/7] memory of {} pending delayed messages{} [{policy}]",
+            "[1/9] memory of {} pending delayed messages{} [{policy}]",
             rate(a.delayed as f64),
             if a.ids { " with producer ids" } else { "" }
         ),
@@ -1126,7 +1151,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
     )?;
 
     let baseline_before = if a.runs("baseline") {
-        note!("[2/7] baseline: raw append + fdatasync, one thread");
+        note!("[2/9] baseline: raw append + fdatasync, one thread");
         baseline(&root, a, &payload, "before")?
     } else {
         Value::Null
@@ -1137,7 +1162,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
         a,
         "batched",
         format!(
-            "[3/7] batched publish: {} tasks x publish_batch({}) for {}s [{policy}]",
+            "[3/9] batched publish: {} tasks x publish_batch({}) for {}s [{policy}]",
             a.batch_tasks, a.batch, a.secs
         ),
         bench_batched(&root, a, &payload),
@@ -1149,7 +1174,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
         a,
         "single",
         format!(
-            "[4/7] single publish: {} tasks x publish() for {}s [{policy}]",
+            "[4/9] single publish: {} tasks x publish() for {}s [{policy}]",
             a.tasks, a.secs
         ),
         bench_single(&root, a, &payload),
@@ -1171,7 +1196,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
         a,
         "consume",
         format!(
-            "[5/7] consume + ack: {} messages, {} consumers, batches of {} [{policy}]",
+            "[5/9] consume + ack: {} messages, {} consumers, batches of {} [{policy}]",
             rate(a.consume as f64),
             a.consumers,
             a.batch
@@ -1185,7 +1210,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
         a,
         "lateness",
         format!(
-            "[6/7] delayed delivery lateness: {} messages due in 50..500 ms [{policy}]",
+            "[6/9] delayed delivery lateness: {} messages due in 50..500 ms [{policy}]",
             a.lateness
         ),
         bench_lateness(&root, a, &payload),
@@ -1200,8 +1225,10 @@ fn run(a: &Args, command: String) -> Res<Value> {
         },
     )?;
 
+    let side_by_side = rt.block_on(side_by_side(&root, a))?;
+
     let baseline_after = if a.runs("baseline") {
-        note!("[7/7] baseline again (drift check)");
+        note!("[9/9] baseline again (drift check)");
         baseline(&root, a, &payload, "after")?
     } else {
         Value::Null
@@ -1272,7 +1299,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
             0.0
         },
     );
-    Ok(json!({
+    let mut summary = json!({
         "bench": "queue-bench",
         "command": command,
         "unix_time_s": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -1291,11 +1318,208 @@ fn run(a: &Args, command: String) -> Res<Value> {
         "ratios": ratios,
         "targets": targets,
         "elapsed_s": round1(started.elapsed().as_secs_f64()),
-    }))
+    });
+    if let (Some(sum), Value::Object(sbs)) = (summary.as_object_mut(), side_by_side) {
+        sum.extend(sbs);
+    }
+    Ok(summary)
+}
+
+/// Targets of the side-by-side phase (from the issue, on a 2-core machine).
+const TARGET_TCP_PUBLISH_MSGS_S: f64 = 300_000.0;
+const TARGET_RATIO_VS_REDIS: f64 = 2.0;
+
+/// Phases 7 and 8: our broker over loopback TCP and Redis Streams (a scratch
+/// `redis-server` with `appendonly yes`, `appendfsync always`), driven the same way: the
+/// same producer tasks with one connection each, the same messages per round trip, the
+/// same consumers and batch sizes. Returns top-level summary fields.
+async fn side_by_side(root: &Path, a: &Args) -> Res<Value> {
+    let policy = Config::default().durability;
+    let mut out = serde_json::Map::new();
+    let mut ours = None;
+    if a.runs("broker") {
+        note!(
+            "[7/9] broker over loopback TCP: {} producers x {} msgs per round trip (one publish_batch frame) for {}s, then consume + ack {} [{policy}]",
+            a.producers,
+            a.pipeline,
+            a.secs,
+            rate(a.tcp_consume as f64)
+        );
+        let params = broker::BrokerParams {
+            message_bytes: MESSAGE_BYTES,
+            producers: a.producers,
+            pipeline: a.pipeline,
+            publish_secs: a.secs,
+            warmup_secs: a.warmup_secs,
+            single_frames: false,
+            consumers: a.consumers,
+            fetch_batch: a.batch,
+            consume_messages: a.tcp_consume,
+            dir: root.join("broker-batch"),
+        };
+        let f = broker::run(&params).await?;
+        note!(
+            "  publish {} msgs/s, confirm p50 {} p99 {}; consume + ack {} msgs/s",
+            rate(f.publish_msgs_per_s),
+            ms(f.confirm.value_at_quantile(0.5)),
+            ms(f.confirm.value_at_quantile(0.99)),
+            rate(f.consume_ack_msgs_per_s)
+        );
+        note!(
+            "[7b/9] broker, the same with {} single-message publish frames per round trip [{policy}]",
+            a.pipeline
+        );
+        let single = broker::run(&broker::BrokerParams {
+            single_frames: true,
+            consume_messages: 0,
+            dir: root.join("broker-frames"),
+            ..params
+        })
+        .await?;
+        note!(
+            "  publish {} msgs/s, confirm p50 {} p99 {}",
+            rate(single.publish_msgs_per_s),
+            ms(single.confirm.value_at_quantile(0.5)),
+            ms(single.confirm.value_at_quantile(0.99)),
+        );
+        out.insert(
+            "publish_tcp_msgs_per_s".into(),
+            json!(f.publish_msgs_per_s.round()),
+        );
+        out.insert(
+            "confirm_p50_us".into(),
+            json!(f.confirm.value_at_quantile(0.5)),
+        );
+        out.insert(
+            "confirm_p99_us".into(),
+            json!(f.confirm.value_at_quantile(0.99)),
+        );
+        out.insert(
+            "consume_ack_tcp_msgs_per_s".into(),
+            json!(f.consume_ack_msgs_per_s.round()),
+        );
+        out.insert(
+            "publish_tcp_single_frames_msgs_per_s".into(),
+            json!(single.publish_msgs_per_s.round()),
+        );
+        out.insert(
+            "tcp_single_frames_confirm_latency".into(),
+            latency_json(&single.confirm),
+        );
+        out.insert("tcp_confirm_latency".into(), latency_json(&f.confirm));
+        out.insert(
+            "tcp_counts".into(),
+            json!({"published": f.published, "consumed": f.consumed, "published_single_frames": single.published}),
+        );
+        ours = Some((f, single));
+    }
+    let mut theirs = None;
+    if a.runs("redis") {
+        note!(
+            "[8/9] Redis Streams, appendonly yes + appendfsync always: {} producers x {} pipelined XADDs for {}s, then XREADGROUP + XACK {}",
+            a.producers,
+            a.pipeline,
+            a.secs,
+            rate(a.tcp_consume as f64)
+        );
+        let r = redis_streams::run(&redis_streams::RedisParams {
+            message_bytes: MESSAGE_BYTES,
+            producers: a.producers,
+            pipeline: a.pipeline,
+            in_flight: 1,
+            publish_secs: a.secs,
+            consumers: a.consumers,
+            fetch_batch: a.batch,
+            consume_messages: a.tcp_consume,
+            dir: Some(root.to_path_buf()),
+        })
+        .await?;
+        note!(
+            "  publish {} msgs/s, confirm p50 {} p99 {}; consume + ack {} msgs/s (redis {}, appendfsync {})",
+            rate(r.publish_msgs_per_s),
+            ms(r.confirm_p50_us),
+            ms(r.confirm_p99_us),
+            rate(r.consume_ack_msgs_per_s),
+            r.redis_version,
+            r.appendfsync
+        );
+        out.insert(
+            "redis_streams_publish_msgs_per_s".into(),
+            json!(r.publish_msgs_per_s.round()),
+        );
+        out.insert(
+            "redis_streams_consume_ack_msgs_per_s".into(),
+            json!(r.consume_ack_msgs_per_s.round()),
+        );
+        out.insert("redis_confirm_p50_us".into(), json!(r.confirm_p50_us));
+        out.insert("redis_confirm_p99_us".into(), json!(r.confirm_p99_us));
+        out.insert(
+            "redis".into(),
+            json!({
+                "version": r.redis_version,
+                "appendfsync": r.appendfsync,
+                "published": r.published,
+                "consumed": r.consumed,
+            }),
+        );
+        theirs = Some(r);
+    }
+    if let (Some((f, single)), Some(r)) = (&ours, &theirs) {
+        let pub_ratio = f.publish_msgs_per_s / r.publish_msgs_per_s.max(1.0);
+        let frames_ratio = single.publish_msgs_per_s / r.publish_msgs_per_s.max(1.0);
+        let consume_ratio = f.consume_ack_msgs_per_s / r.consume_ack_msgs_per_s.max(1.0);
+        note!(
+            "  ours / Redis: publish {pub_ratio:.2}x (single frames {frames_ratio:.2}x), consume + ack {consume_ratio:.2}x"
+        );
+        out.insert("publish_ratio_vs_redis".into(), json!(round3(pub_ratio)));
+        out.insert(
+            "publish_single_frames_ratio_vs_redis".into(),
+            json!(round3(frames_ratio)),
+        );
+        out.insert(
+            "consume_ratio_vs_redis".into(),
+            json!(round3(consume_ratio)),
+        );
+        out.insert(
+            "tcp_targets".into(),
+            json!({
+                "publish_tcp_msgs_per_s": {"target": TARGET_TCP_PUBLISH_MSGS_S, "actual": f.publish_msgs_per_s.round(), "met": f.publish_msgs_per_s >= TARGET_TCP_PUBLISH_MSGS_S},
+                "publish_ratio_vs_redis": {"target": TARGET_RATIO_VS_REDIS, "actual": round3(pub_ratio), "met": pub_ratio >= TARGET_RATIO_VS_REDIS},
+                "consume_ratio_vs_redis": {"target": TARGET_RATIO_VS_REDIS, "actual": round3(consume_ratio), "met": consume_ratio >= TARGET_RATIO_VS_REDIS},
+            }),
+        );
+    }
+    if !out.is_empty() {
+        out.insert(
+            "side_by_side".into(),
+            json!({
+                "producers": a.producers,
+                "messages_per_round_trip": a.pipeline,
+                "consumers": a.consumers,
+                "fetch_batch": a.batch,
+                "note": "one connection per producer and consumer on both sides; ours: one publish_batch frame per round trip (publish_tcp_*) or that many publish frames written together (*_single_frames_*); Redis: that many XADDs in one pipeline",
+            }),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
+    // The broker phase runs our broker in its own process: this binary, re-executed.
+    if raw.first().map(String::as_str) == Some("--serve-broker") {
+        let Some(dir) = raw.get(1) else {
+            note!("queue-bench: --serve-broker needs a directory");
+            return ExitCode::from(2);
+        };
+        return match broker::serve_broker(Path::new(dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                note!("queue-bench: broker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let command = std::iter::once("queue-bench".to_string())
         .chain(raw.iter().cloned())
         .collect::<Vec<_>>()

@@ -50,7 +50,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest latency a histogram holds, in µs (larger values are clamped), as in `main.rs`.
 const HIST_MAX_US: u64 = 120_000_000;
-/// Lines of `redis.log` quoted in a startup error.
+/// The server's log file and its stderr, in its directory.
+const LOG_FILE: &str = "redis.log";
+const STDERR_FILE: &str = "redis.stderr";
+/// Lines of each quoted in a startup error.
 const LOG_TAIL_LINES: usize = 20;
 
 /// What to run; see the module documentation.
@@ -253,14 +256,17 @@ impl RedisServer {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let dir = base.join(format!("redis-streams-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| err(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| err(format!("create {}: {e}", dir.display())))?;
         // The guard exists from here on, so the directory goes even if the spawn fails.
         let mut server = RedisServer {
             port: free_port()?,
             dir,
             child: None,
         };
+        // Config errors go to stderr before the log file is open, so keep stderr too.
+        let stderr_path = server.dir.join(STDERR_FILE);
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| err(format!("create {}: {e}", stderr_path.display())))?;
         let child = Command::new("redis-server")
             .arg("--port")
             .arg(server.port.to_string())
@@ -282,10 +288,10 @@ impl RedisServer {
             .arg("--daemonize")
             .arg("no")
             .arg("--logfile")
-            .arg(server.dir.join("redis.log"))
+            .arg(server.dir.join(LOG_FILE))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .map_err(|e| err(format!("cannot start redis-server (is it on PATH?): {e}")))?;
         server.child = Some(child);
@@ -308,13 +314,13 @@ impl RedisServer {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 return Err(err(format!(
-                    "redis-server exited at startup ({status}); redis.log:\n{}",
+                    "redis-server exited at startup ({status})\n{}",
                     self.log_tail()
                 )));
             }
             if start.elapsed() >= STARTUP_TIMEOUT {
                 return Err(err(format!(
-                    "redis-server did not answer PING within {} s (last error: {last}); redis.log:\n{}",
+                    "redis-server did not answer PING within {} s (last error: {last})\n{}",
                     STARTUP_TIMEOUT.as_secs(),
                     self.log_tail()
                 )));
@@ -323,10 +329,18 @@ impl RedisServer {
         }
     }
 
+    /// The last lines of the server's stderr and log file, for a startup error.
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        [STDERR_FILE, LOG_FILE]
+            .iter()
+            .map(|name| {
+                let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+                format!("--- {name}:\n{tail}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Kills the server (it keeps nothing worth a clean shutdown) and removes its directory.
@@ -546,7 +560,8 @@ fn entry_ids(reply: Value, message_bytes: usize) -> Res<Vec<Vec<u8>>> {
             return Err(bad("entry is not an array"));
         };
         let mut parts = entry.into_iter();
-        let (Some(Value::BulkString(id)), Some(Value::Array(fields))) = (parts.next(), parts.next())
+        let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
+            (parts.next(), parts.next())
         else {
             return Err(bad("entry is not [id, fields]"));
         };

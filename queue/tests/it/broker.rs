@@ -1,0 +1,1518 @@
+//! The broker over real TCP on 127.0.0.1: every [`Queue`] operation through the [`Client`],
+//! errors keeping their kind across the wire, pipelining on one connection, a publish retried
+//! after a lost confirm, malformed and random input on raw sockets, the connection and idle
+//! limits, and graceful shutdown.
+//!
+//! Each test starts its own broker ([`spawn_broker`]) on port 0 over an engine in a fresh
+//! temporary directory, with the real clock. Nothing sleeps in place of synchronisation:
+//! tests wait on long-poll fetches (`wait_ms`) or poll a condition in a loop with a deadline
+//! ([`wait_for`]). Time-based behaviour (delays, leases, idle timeout) uses short real
+//! durations, a few hundred ms at most.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use queue::proto::{self, RawFrame, Request, Response, WireError, code, op};
+use queue::server::BrokerMetrics;
+use queue::{
+    AckOutcome, Client, ClientConfig, Config, DLQ_SUFFIX, Due, Engine, Error, FetchOptions,
+    Message, Queue, Receipt, Server, ServerConfig, StartAt,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Longest any single wait in these tests may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// The engine's clock is the wall clock in whole ms; the tests measure with `Instant`. A due
+/// time computed from a truncated wall-clock reading can fall up to 1 ms before the exact
+/// one, so "not before the delay" is checked with this much slack.
+const CLOCK_SLACK_MS: u64 = 2;
+/// Seed of the random-frame test; set it to replay a failure.
+const FUZZ_SEED_ENV: &str = "QUEUE_BROKER_FUZZ_SEED";
+/// Iterations (one connection each) of the random-frame test.
+const FUZZ_ITERATIONS: u32 = 200;
+
+// ---- the broker under test ----
+
+/// A broker serving an engine in a temporary directory, on 127.0.0.1 port 0.
+struct Broker {
+    /// `host:port` to connect to.
+    addr: String,
+    engine: Arc<Engine>,
+    /// The engine's configuration, to reopen the directory with.
+    config: Config,
+    metrics: Arc<BrokerMetrics>,
+    /// Sending (or dropping) this completes the server's shutdown future.
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    dir: tempfile::TempDir,
+}
+
+/// Engine settings for broker tests: the real clock, fsync before confirm (the default),
+/// three attempts before dead-lettering, small segments.
+fn engine_config() -> Config {
+    Config {
+        max_attempts: 3,
+        segment_bytes_max: 1 << 20,
+        maintenance_interval_ms: Some(20),
+        ..Config::default()
+    }
+}
+
+/// Opens an engine in a fresh temporary directory, binds 127.0.0.1:0 and runs
+/// `Server::run(listener, shutdown)` in a task.
+async fn spawn_broker(config: Config, server_config: ServerConfig) -> Broker {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(Engine::open(dir.path(), config.clone()).expect("open engine"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let server = Server::new(engine.clone(), server_config);
+    let metrics = server.metrics();
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        server
+            .run(listener, async {
+                // A dropped sender (the test ended) stops the broker too.
+                let _ = stop.await;
+            })
+            .await;
+    });
+    Broker {
+        addr,
+        engine,
+        config,
+        metrics,
+        shutdown: Some(shutdown),
+        server,
+        dir,
+    }
+}
+
+impl Broker {
+    /// Completes the server's shutdown future.
+    fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for `Server::run` to return.
+    async fn join(&mut self) {
+        tokio::time::timeout(DEADLINE, &mut self.server)
+            .await
+            .expect("the server stops in time")
+            .expect("the server task did not panic");
+    }
+
+    fn accepted(&self) -> u64 {
+        self.metrics.connections_accepted.load(Ordering::Relaxed)
+    }
+
+    fn open_connections(&self) -> u64 {
+        self.metrics.connections_open.load(Ordering::Relaxed)
+    }
+
+    fn requests(&self, opcode: u8) -> u64 {
+        self.metrics.requests[usize::from(opcode & 0x3f)].load(Ordering::Relaxed)
+    }
+}
+
+/// Client settings for tests: `connections` connections, quick to give up reconnecting.
+fn client_config(addr: &str, connections: usize) -> ClientConfig {
+    ClientConfig {
+        connections,
+        connect_attempts: 2,
+        connect_timeout_ms: 2_000,
+        backoff_initial_ms: 5,
+        backoff_max_ms: 20,
+        ..ClientConfig::new(addr)
+    }
+}
+
+async fn connect(addr: &str, connections: usize) -> Client {
+    Client::connect(client_config(addr, connections))
+        .await
+        .expect("connect")
+}
+
+/// Polls `cond` until it holds; fails the test after [`DEADLINE`].
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn opts(max_messages: usize, lease_ms: u64, wait_ms: u64) -> FetchOptions {
+    FetchOptions {
+        max_messages,
+        lease_ms: Some(lease_ms),
+        wait_ms,
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+// ---- 1. every operation through the client ----
+
+#[tokio::test]
+async fn every_queue_operation_round_trips_through_the_client() {
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let c = connect(&b.addr, 1).await;
+    c.ping().await.expect("ping");
+
+    // Publish: plain, with an id (a repeat is a duplicate confirm), with headers.
+    let plain = c
+        .publish("orders", Message::new("plain"))
+        .await
+        .expect("publish");
+    assert_eq!((plain.offset, plain.duplicate), (0, false));
+    let first = c
+        .publish("orders", Message::new("with id").with_id(0xA11CE))
+        .await
+        .expect("publish with id");
+    assert_eq!((first.offset, first.duplicate), (1, false));
+    let repeat = c
+        .publish("orders", Message::new("with id").with_id(0xA11CE))
+        .await
+        .expect("repeat");
+    assert_eq!(
+        (repeat.offset, repeat.duplicate),
+        (1, true),
+        "dedup confirm"
+    );
+    let headed = c
+        .publish(
+            "orders",
+            Message::new("headed").with_header("trace", b"abc".to_vec()),
+        )
+        .await
+        .expect("publish with headers");
+    assert_eq!(headed.offset, 2);
+
+    // A batch: one confirm each, in order.
+    let batch = (0..3u8)
+        .map(|i| Message::new(vec![b'b', i]).with_id(0xB000 + u128::from(i)))
+        .collect();
+    let confirms = c.publish_batch("orders", batch).await.expect("batch");
+    let offsets: Vec<_> = confirms.iter().map(|c| (c.offset, c.duplicate)).collect();
+    assert_eq!(offsets, vec![(3, false), (4, false), (5, false)]);
+
+    // Groups: Earliest sees everything retained, Latest only what comes after it.
+    c.create_group("orders", "early", StartAt::Earliest)
+        .await
+        .expect("group early");
+    c.create_group("orders", "late", StartAt::Latest)
+        .await
+        .expect("group late");
+    let after = c
+        .publish("orders", Message::new("after"))
+        .await
+        .expect("publish");
+    assert_eq!(after.offset, 6);
+
+    let early = c
+        .fetch("orders", "early", opts(100, 30_000, 0))
+        .await
+        .expect("fetch early");
+    assert_eq!(
+        early.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        (0..7).collect::<Vec<_>>()
+    );
+    assert!(early.iter().all(|d| d.attempt == 1));
+    assert_eq!(early[0].payload.as_ref(), b"plain");
+    assert_eq!(early[0].id, None);
+    assert_eq!(early[1].id, Some(0xA11CE));
+    assert_eq!(early[1].payload.as_ref(), b"with id");
+    assert_eq!(
+        early[2].headers,
+        vec![("trace".to_string(), b"abc".to_vec())]
+    );
+    assert_eq!(early[4].payload.as_ref(), &[b'b', 1]);
+    assert_eq!(early[4].id, Some(0xB001));
+    let late = c
+        .fetch("orders", "late", opts(100, 30_000, 0))
+        .await
+        .expect("fetch late");
+    assert_eq!(late.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![6]);
+
+    // Ack outcomes: Acked, then AlreadyAcked for a repeat, Unknown for an offset never
+    // published.
+    let receipts: Vec<Receipt> = early.iter().map(|d| d.receipt()).collect();
+    let acked = c.ack("orders", "early", &receipts).await.expect("ack");
+    assert_eq!(acked, vec![AckOutcome::Acked; 7]);
+    let unknown = Receipt {
+        offset: 1_000,
+        attempt: 1,
+    };
+    let again = c
+        .ack("orders", "early", &[receipts[0], unknown])
+        .await
+        .expect("ack again");
+    assert_eq!(again, vec![AckOutcome::AlreadyAcked, AckOutcome::Unknown]);
+
+    // Stats: the figures the client sees are the engine's, and they add up.
+    let remote = c.stats("orders").await.expect("stats");
+    let local = b.engine.stats("orders").await.expect("engine stats");
+    assert_eq!(remote, local);
+    assert_eq!(remote.next_offset, 7);
+    assert_eq!(remote.durable_end, 7);
+    assert_eq!(remote.published, 7);
+    assert_eq!(remote.duplicates, 1);
+    let group = |name: &str| {
+        remote
+            .groups
+            .iter()
+            .find(|g| g.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no group {name} in {remote:?}"))
+    };
+    let (e, l) = (group("early"), group("late"));
+    assert_eq!((e.lag, e.acked, e.in_flight), (0, 7, 0));
+    assert_eq!((l.lag, l.in_flight, l.depth), (1, 1, 0));
+
+    // Topics: the topic and its dead-letter topic.
+    assert_eq!(
+        c.topics().await.expect("topics"),
+        vec!["orders".to_string(), format!("orders{DLQ_SUFFIX}")]
+    );
+
+    // Peek: stored messages, whatever the groups did with them.
+    let peeked = c.peek("orders", 2, 2).await.expect("peek");
+    assert_eq!(peeked.len(), 2);
+    assert_eq!((peeked[0].offset, peeked[1].offset), (2, 3));
+    assert_eq!(
+        peeked[0].headers,
+        vec![("trace".to_string(), b"abc".to_vec())]
+    );
+    assert_eq!(peeked[1].id, Some(0xB000));
+    assert_eq!(peeked, b.engine.peek("orders", 2, 2).await.expect("peek"));
+
+    // Everything above went over the one connection.
+    assert_eq!(b.accepted(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_fetch_returns_when_another_client_publishes() {
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let consumer = connect(&b.addr, 1).await;
+    let producer = connect(&b.addr, 1).await;
+    consumer
+        .create_group("events", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let fetches_before = b.requests(op::FETCH);
+
+    let started = Instant::now();
+    let poll =
+        tokio::spawn(async move { consumer.fetch("events", "g", opts(10, 30_000, 5_000)).await });
+    // The broker has read the fetch and nothing is there: it is waiting.
+    wait_for("the fetch to reach the broker", || {
+        b.requests(op::FETCH) > fetches_before
+    })
+    .await;
+    assert!(
+        !poll.is_finished(),
+        "an empty fetch with wait_ms returned at once"
+    );
+
+    producer
+        .publish("events", Message::new("wake up"))
+        .await
+        .expect("publish");
+    let got = tokio::time::timeout(DEADLINE, poll)
+        .await
+        .expect("fetch returns")
+        .expect("task")
+        .expect("fetch");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload.as_ref(), b"wake up");
+    // It returned because of the publish, well before its 5 s wait ran out.
+    assert!(
+        started.elapsed() < Duration::from_millis(4_000),
+        "fetch took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_with_delay_is_redelivered_as_attempt_2_not_before_the_delay() {
+    const DELAY_MS: u64 = 300;
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let c = connect(&b.addr, 1).await;
+    c.publish("jobs", Message::new("retry me").with_id(5))
+        .await
+        .expect("publish");
+    let d = c
+        .fetch("jobs", "w", opts(1, 30_000, 0))
+        .await
+        .expect("fetch");
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].attempt, 1);
+
+    let nacked_at = Instant::now();
+    let outcome = c
+        .nack("jobs", "w", d[0].receipt(), DELAY_MS, "try later")
+        .await
+        .expect("nack");
+    assert_eq!(outcome, AckOutcome::Acked);
+    let early = c
+        .fetch("jobs", "w", opts(1, 30_000, 0))
+        .await
+        .expect("fetch");
+    if nacked_at.elapsed() < Duration::from_millis(DELAY_MS - CLOCK_SLACK_MS) {
+        assert!(early.is_empty(), "redelivered before the delay: {early:?}");
+    }
+    let again = c
+        .fetch("jobs", "w", opts(1, 30_000, 5_000))
+        .await
+        .expect("fetch");
+    let waited = nacked_at.elapsed();
+    assert_eq!(again.len(), 1, "redelivered within the wait");
+    assert_eq!((again[0].offset, again[0].attempt), (0, 2));
+    assert_eq!(again[0].id, Some(5));
+    assert!(
+        ms(waited) >= DELAY_MS - CLOCK_SLACK_MS,
+        "redelivered after {waited:?}, before the {DELAY_MS} ms delay"
+    );
+    // The first attempt's receipt is stale now.
+    let stale = c.ack("jobs", "w", &[d[0].receipt()]).await.expect("ack");
+    assert_eq!(stale, vec![AckOutcome::LeaseLost]);
+    let ok = c
+        .ack("jobs", "w", &[again[0].receipt()])
+        .await
+        .expect("ack");
+    assert_eq!(ok, vec![AckOutcome::Acked]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_message_is_not_delivered_early() {
+    const DELAY_MS: u64 = 300;
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let c = connect(&b.addr, 1).await;
+    c.create_group("later", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let published_at = Instant::now();
+    c.publish(
+        "later",
+        Message::new("not yet").with_due(Due::After(DELAY_MS)),
+    )
+    .await
+    .expect("publish");
+    let stats = c.stats("later").await.expect("stats");
+    let none = c
+        .fetch("later", "g", opts(1, 30_000, 0))
+        .await
+        .expect("fetch");
+    if published_at.elapsed() < Duration::from_millis(DELAY_MS - CLOCK_SLACK_MS) {
+        assert_eq!(stats.delayed_pending, 1, "{stats:?}");
+        assert!(none.is_empty(), "delivered early: {none:?}");
+    }
+    let got = c
+        .fetch("later", "g", opts(1, 30_000, 5_000))
+        .await
+        .expect("fetch");
+    let waited = published_at.elapsed();
+    assert_eq!(got.len(), 1, "delivered within the wait");
+    assert_eq!(got[0].payload.as_ref(), b"not yet");
+    assert!(
+        got[0].due_ms.is_some(),
+        "a delayed delivery names its due time"
+    );
+    assert!(
+        ms(waited) >= DELAY_MS - CLOCK_SLACK_MS,
+        "delivered after {waited:?}, before the {DELAY_MS} ms delay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_lease_is_redelivered_as_attempt_2() {
+    const LEASE_MS: u64 = 200;
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let c = connect(&b.addr, 1).await;
+    c.publish("leases", Message::new("forgotten"))
+        .await
+        .expect("publish");
+    let leased_at = Instant::now();
+    let first = c
+        .fetch("leases", "g", opts(1, LEASE_MS, 0))
+        .await
+        .expect("fetch");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].attempt, 1);
+    // Not acked. The next fetch waits for the lease to run out.
+    let second = c
+        .fetch("leases", "g", opts(1, 30_000, 5_000))
+        .await
+        .expect("fetch");
+    let waited = leased_at.elapsed();
+    assert_eq!(second.len(), 1, "redelivered within the wait");
+    assert_eq!((second[0].offset, second[0].attempt), (0, 2));
+    assert!(
+        ms(waited) >= LEASE_MS - CLOCK_SLACK_MS,
+        "redelivered after {waited:?}, inside the {LEASE_MS} ms lease"
+    );
+    let stats = c.stats("leases").await.expect("stats");
+    assert_eq!(stats.groups[0].redeliveries, 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn reject_dead_letters_then_list_replay_and_discard() {
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let c = connect(&b.addr, 1).await;
+    c.create_group("pay", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    c.publish(
+        "pay",
+        Message::new("poison")
+            .with_id(0xBAD)
+            .with_header("k", b"v".to_vec()),
+    )
+    .await
+    .expect("publish");
+    c.publish("pay", Message::new("junk"))
+        .await
+        .expect("publish");
+    let d = c
+        .fetch("pay", "g", opts(10, 30_000, 0))
+        .await
+        .expect("fetch");
+    assert_eq!(d.len(), 2);
+    for delivery in &d {
+        let outcome = c
+            .reject("pay", "g", delivery.receipt(), "cannot parse")
+            .await
+            .expect("reject");
+        assert_eq!(outcome, AckOutcome::Acked);
+    }
+
+    let dead = c.dead_letters("pay", 0, 100).await.expect("dead letters");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let poison = &dead[0];
+    assert_eq!(poison.group, "g");
+    assert_eq!(poison.original_offset, 0);
+    assert_eq!(poison.attempts, 1);
+    assert_eq!(poison.reason, "cannot parse");
+    assert_eq!(poison.id, Some(0xBAD));
+    assert_eq!(poison.headers, vec![("k".to_string(), b"v".to_vec())]);
+    assert_eq!(poison.payload.as_ref(), b"poison");
+    assert_eq!(dead[1].original_offset, 1);
+    let stats = c.stats("pay").await.expect("stats");
+    assert_eq!(stats.dead_letters_pending, 2);
+    assert_eq!(stats.groups[0].dead_lettered, 2);
+
+    // Replay: back into the topic for the group, attempts reset.
+    let new_offset = c
+        .replay_dead_letter("pay", poison.dead_offset)
+        .await
+        .expect("replay");
+    assert_eq!(new_offset, 2);
+    let replayed = c
+        .fetch("pay", "g", opts(10, 30_000, 5_000))
+        .await
+        .expect("fetch");
+    assert_eq!(replayed.len(), 1);
+    assert_eq!((replayed[0].offset, replayed[0].attempt), (2, 1));
+    assert_eq!(replayed[0].payload.as_ref(), b"poison");
+    assert_eq!(replayed[0].id, Some(0xBAD));
+
+    // Discard the other one.
+    c.discard_dead_letter("pay", dead[1].dead_offset)
+        .await
+        .expect("discard");
+    assert!(
+        c.dead_letters("pay", 0, 100)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(c.stats("pay").await.expect("stats").dead_letters_pending, 0);
+    // Both are resolved now: a second discard names no pending dead letter.
+    let again = c.discard_dead_letter("pay", dead[1].dead_offset).await;
+    assert!(
+        matches!(again, Err(Error::NoSuchDeadLetter { .. })),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_up_to_max_attempts_dead_letter_then_replay_redelivers() {
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    assert_eq!(b.config.max_attempts, 3);
+    let c = connect(&b.addr, 1).await;
+    c.publish("flaky", Message::new("again and again").with_id(77))
+        .await
+        .expect("publish");
+    for attempt in 1..=3 {
+        let d = c
+            .fetch("flaky", "g", opts(1, 30_000, 5_000))
+            .await
+            .expect("fetch");
+        assert_eq!(d.len(), 1, "attempt {attempt} delivered");
+        assert_eq!(d[0].attempt, attempt);
+        c.nack(
+            "flaky",
+            "g",
+            d[0].receipt(),
+            0,
+            &format!("failed {attempt}"),
+        )
+        .await
+        .expect("nack");
+    }
+    // The third nack used the last attempt: dead-lettered, not delivered again.
+    assert!(
+        c.fetch("flaky", "g", opts(1, 30_000, 0))
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    let dead = c.dead_letters("flaky", 0, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].reason, "failed 3");
+    assert_eq!(dead[0].id, Some(77));
+
+    c.replay_dead_letter("flaky", dead[0].dead_offset)
+        .await
+        .expect("replay");
+    let d = c
+        .fetch("flaky", "g", opts(1, 30_000, 5_000))
+        .await
+        .expect("fetch");
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].attempt, 1, "attempts reset by the replay");
+    assert_eq!(d[0].payload.as_ref(), b"again and again");
+    let acked = c.ack("flaky", "g", &[d[0].receipt()]).await.expect("ack");
+    assert_eq!(acked, vec![AckOutcome::Acked]);
+    assert!(
+        c.dead_letters("flaky", 0, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+// ---- 2. errors keep their kind ----
+
+#[tokio::test]
+async fn errors_keep_their_kind_over_the_wire() {
+    let small = Config {
+        backlog_messages_max: 3,
+        ..engine_config()
+    };
+    let b = spawn_broker(small, ServerConfig::default()).await;
+    let c = connect(&b.addr, 1).await;
+
+    let r = c.stats("never-made").await;
+    assert!(
+        matches!(&r, Err(Error::NoSuchTopic(t)) if t == "never-made"),
+        "{r:?}"
+    );
+    let r = c.publish("bad name!", Message::new("x")).await;
+    assert!(
+        matches!(&r, Err(Error::Invalid(m)) if m.contains("bad name!")),
+        "{r:?}"
+    );
+
+    c.publish("orders", Message::new("x"))
+        .await
+        .expect("publish");
+    let r = c.replay_dead_letter("orders", 42).await;
+    assert!(
+        matches!(&r, Err(Error::NoSuchDeadLetter { topic, offset: 42 }) if topic == "orders"),
+        "{r:?}"
+    );
+    let r = c.discard_dead_letter("orders", 42).await;
+    assert!(
+        matches!(r, Err(Error::NoSuchDeadLetter { offset: 42, .. })),
+        "{r:?}"
+    );
+
+    // Backlog limit of 3 unresolved messages.
+    c.publish("orders", Message::new("y"))
+        .await
+        .expect("publish");
+    c.publish("orders", Message::new("z"))
+        .await
+        .expect("publish");
+    let r = c.publish("orders", Message::new("one too many")).await;
+    assert!(
+        matches!(&r, Err(Error::Full { topic, what: "messages", limit: 3 }) if topic == "orders"),
+        "{r:?}"
+    );
+
+    // Queue errors are answers, not protocol errors: the connection is still the first one.
+    c.ping().await.expect("ping");
+    assert_eq!(b.accepted(), 1);
+    assert_eq!(b.metrics.protocol_errors.load(Ordering::Relaxed), 0);
+    assert_eq!(b.metrics.request_errors.load(Ordering::Relaxed), 5);
+}
+
+// ---- 3. pipelining ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_on_one_connection_are_matched_to_their_callers() {
+    const N: u32 = 2_000;
+    const ID_BASE: u128 = 0x5EED_0000;
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let c = Arc::new(connect(&b.addr, 1).await);
+
+    let mut tasks = JoinSet::new();
+    for i in 0..N {
+        let c = c.clone();
+        tasks.spawn(async move {
+            let m = Message::new(i.to_le_bytes().to_vec()).with_id(ID_BASE + u128::from(i));
+            (i, c.publish("pipe", m).await)
+        });
+    }
+    let mut confirms = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, r) = joined.expect("task");
+        let confirm = r.unwrap_or_else(|e| panic!("publish {i}: {e}"));
+        assert!(!confirm.duplicate, "publish {i} confirmed as a duplicate");
+        confirms.insert(i, confirm.offset);
+    }
+    assert_eq!(confirms.len(), N as usize);
+    let distinct: HashSet<u64> = confirms.values().copied().collect();
+    assert_eq!(distinct.len(), N as usize, "two publishes got one offset");
+    assert_eq!(distinct, (0..u64::from(N)).collect::<HashSet<_>>());
+
+    // Each caller got its own confirm: the message at its offset is the one it sent.
+    let mut stored = Vec::new();
+    while stored.len() < N as usize {
+        let page = c
+            .peek("pipe", stored.len() as u64, 1_000)
+            .await
+            .expect("peek");
+        assert!(!page.is_empty(), "peek stopped at {}", stored.len());
+        stored.extend(page);
+    }
+    for (i, offset) in &confirms {
+        let p = &stored[*offset as usize];
+        assert_eq!(p.offset, *offset);
+        assert_eq!(p.id, Some(ID_BASE + u128::from(*i)), "offset {offset}");
+        assert_eq!(p.payload.as_ref(), i.to_le_bytes());
+    }
+    assert_eq!(b.accepted(), 1, "one connection carried every request");
+}
+
+// ---- 4. a publish retried after a lost confirm ----
+
+/// A TCP proxy between a client and the broker. It forwards bytes both ways, can be told to
+/// swallow what the broker sends (so a confirm is lost on the way back), and to cut every
+/// connection it carries.
+struct Proxy {
+    addr: String,
+    swallow: Arc<AtomicBool>,
+    swallowed_bytes: Arc<AtomicU64>,
+    cut: watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn spawn(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr").to_string();
+        let swallow = Arc::new(AtomicBool::new(false));
+        let swallowed_bytes = Arc::new(AtomicU64::new(0));
+        let (cut, cut_rx) = watch::channel(0u64);
+        let (sw, sb) = (swallow.clone(), swallowed_bytes.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((down, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(up) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let mut cut_rx = cut_rx.clone();
+                // Only cuts ordered after this connection began apply to it.
+                cut_rx.borrow_and_update();
+                let (sw, sb) = (sw.clone(), sb.clone());
+                tokio::spawn(async move {
+                    let (mut down_rd, mut down_wr) = down.into_split();
+                    let (mut up_rd, mut up_wr) = up.into_split();
+                    let to_broker = tokio::io::copy(&mut down_rd, &mut up_wr);
+                    let to_client = async {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = match up_rd.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if sw.load(Ordering::SeqCst) {
+                                sb.fetch_add(n as u64, Ordering::SeqCst);
+                            } else if down_wr.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = to_broker => {}
+                        _ = to_client => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                    // Returning drops all four halves: both connections close.
+                });
+            }
+        });
+        Proxy {
+            addr,
+            swallow,
+            swallowed_bytes,
+            cut,
+        }
+    }
+
+    /// Closes every connection open through the proxy now.
+    fn cut_all(&self) {
+        self.cut.send_modify(|generation| *generation += 1);
+    }
+}
+
+/// The claim of `client.rs` and `Error::Connection`: a publish whose connection is lost may
+/// or may not have been stored, and retrying it with the same message id is harmless. Here
+/// the broker stores the message and sends its confirm, the proxy swallows the confirm and
+/// then cuts the connection, so the caller sees `Error::Connection` although the message is
+/// stored. The retry (the client reconnects through the proxy) is confirmed as a duplicate
+/// at the first copy's offset, and the topic holds exactly one copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_retried_with_the_same_id_after_a_lost_confirm_is_stored_once() {
+    const ID: u128 = 0x0DDC_0FFE_E000_0000_0000_0000_0000_0042;
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let proxy = Proxy::spawn(b.addr.clone()).await;
+    let c = Arc::new(connect(&proxy.addr, 1).await);
+    // An earlier message, so that the one under test does not sit at offset 0.
+    c.publish("orders", Message::new("earlier"))
+        .await
+        .expect("publish");
+
+    // From now on nothing the broker sends reaches the client.
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let publisher = c.clone();
+    let lost = tokio::spawn(async move {
+        publisher
+            .publish("orders", Message::new("pay order 42").with_id(ID))
+            .await
+    });
+    // The broker confirms only once the message is durable, and the confirm is the only
+    // frame in flight: once the proxy has swallowed bytes, the message is stored and its
+    // confirm is lost.
+    wait_for("the broker to send the confirm", || {
+        proxy.swallowed_bytes.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    let stored = b.engine.peek("orders", 0, 10).await.expect("peek");
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1].id, Some(ID));
+    assert!(
+        !lost.is_finished(),
+        "the client got an answer it should not have"
+    );
+
+    // The connection drops before the confirm arrives.
+    proxy.cut_all();
+    let r = tokio::time::timeout(DEADLINE, lost)
+        .await
+        .expect("the lost publish returns")
+        .expect("task");
+    assert!(matches!(r, Err(Error::Connection(_))), "{r:?}");
+
+    // The retry, with the same id, on the same client: it reconnects, and the broker's
+    // de-duplication answers with the first copy's offset.
+    proxy.swallow.store(false, Ordering::SeqCst);
+    let retry = c
+        .publish("orders", Message::new("pay order 42").with_id(ID))
+        .await
+        .expect("retry");
+    assert!(retry.duplicate, "the retry was stored again: {retry:?}");
+    assert_eq!(retry.offset, stored[1].offset);
+
+    // Exactly one copy.
+    let stats = c.stats("orders").await.expect("stats");
+    assert_eq!(stats.next_offset, 2, "{stats:?}");
+    assert_eq!(stats.published, 2);
+    assert_eq!(stats.duplicates, 1);
+    let all = c.peek("orders", 0, 100).await.expect("peek");
+    assert_eq!(all.iter().filter(|p| p.id == Some(ID)).count(), 1);
+    assert_eq!(b.accepted(), 2, "the client reconnected once");
+}
+
+// ---- 5. malformed input ----
+
+/// A hand-driven connection speaking the protocol byte by byte.
+struct RawConn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+/// What the broker sent next.
+#[derive(Debug)]
+enum Next {
+    Frame(RawFrame),
+    /// It closed the connection cleanly (a read returned 0).
+    Eof,
+    /// It closed the connection with a reset (it had unread bytes of ours).
+    Reset,
+}
+
+impl RawConn {
+    async fn connect(addr: &str) -> RawConn {
+        let stream = TcpStream::connect(addr).await.expect("raw connect");
+        RawConn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("raw write");
+    }
+
+    async fn send_request(&mut self, id: u32, request: &Request) {
+        let mut out = BytesMut::new();
+        request.encode(id, &mut out);
+        self.send(&out).await;
+    }
+
+    /// Says hello and checks the answer.
+    async fn hello(&mut self) {
+        let hello = Request::Hello {
+            min_version: proto::VERSION,
+            max_version: proto::VERSION,
+            client: "raw-test".into(),
+        };
+        self.send_request(0, &hello).await;
+        let f = self.frame().await;
+        let r = Response::decode(op::HELLO, f.opcode, f.body).expect("hello response");
+        assert!(
+            matches!(r, Response::Hello { version, .. } if version == proto::VERSION),
+            "{r:?}"
+        );
+    }
+
+    async fn next(&mut self) -> Next {
+        loop {
+            match proto::split_frame(&mut self.buf, proto::FRAME_BYTES_MAX) {
+                Ok(Some(f)) => return Next::Frame(f),
+                Ok(None) => {}
+                Err(e) => panic!("the broker sent a bad frame: {e}"),
+            }
+            let read = tokio::time::timeout(DEADLINE, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("the broker answers or closes in time");
+            match read {
+                Ok(0) => {
+                    assert!(self.buf.is_empty(), "closed inside a frame: {:?}", self.buf);
+                    return Next::Eof;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Next::Reset,
+                Err(e) => panic!("raw read: {e}"),
+            }
+        }
+    }
+
+    async fn frame(&mut self) -> RawFrame {
+        match self.next().await {
+            Next::Frame(f) => f,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Reads an error frame; returns its request id and contents.
+    async fn error(&mut self) -> (u32, WireError) {
+        let f = self.frame().await;
+        let id = f.request_id;
+        match Response::decode(op::PING, f.opcode, f.body) {
+            Ok(Response::Error(w)) => (id, w),
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    }
+
+    /// The broker closed the connection cleanly: a read returns 0.
+    async fn closed(&mut self) {
+        let n = self.next().await;
+        assert!(matches!(n, Next::Eof), "expected a clean close, got {n:?}");
+    }
+}
+
+fn frame_bytes(opcode: u8, id: u32, body: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    let at = proto::begin_frame(&mut out, opcode, id);
+    out.put_slice(body);
+    proto::end_frame(&mut out, at);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_an_error_frame_and_a_close_and_others_never_notice() {
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let bystander = connect(&b.addr, 1).await;
+    bystander
+        .publish("steady", Message::new("before"))
+        .await
+        .expect("publish");
+
+    // A hand-made request works: the encoding below is the protocol's.
+    let mut ok = RawConn::connect(&b.addr).await;
+    ok.hello().await;
+    ok.send_request(3, &Request::Ping).await;
+    let f = ok.frame().await;
+    assert_eq!(f.request_id, 3);
+    assert!(matches!(
+        Response::decode(op::PING, f.opcode, f.body),
+        Ok(Response::Done)
+    ));
+
+    // Random bytes as the first frame: a protocol error (which one depends on the bytes).
+    let mut junk = [0u8; 20];
+    StdRng::seed_from_u64(0x5EED).fill(&mut junk[..]);
+    let mut conn = RawConn::connect(&b.addr).await;
+    conn.send(&junk).await;
+    let (_, e) = conn.error().await;
+    assert!(e.code >= code::BAD_FRAME, "{e:?}");
+    conn.closed().await;
+
+    // A well-formed request that is not a hello, first.
+    let mut conn = RawConn::connect(&b.addr).await;
+    conn.send_request(1, &Request::Ping).await;
+    let (id, e) = conn.error().await;
+    assert_eq!((id, e.code), (1, code::BAD_HANDSHAKE), "{e:?}");
+    conn.closed().await;
+
+    // A hello, then a frame cut short, then EOF: the broker closes without an answer.
+    let mut conn = RawConn::connect(&b.addr).await;
+    conn.hello().await;
+    let mut partial = BytesMut::new();
+    partial.put_u32_le(100);
+    partial.put_u8(op::PUBLISH);
+    partial.put_u32_le(5);
+    partial.put_slice(b"only ten b");
+    conn.send(&partial).await;
+    conn.stream.shutdown().await.expect("shutdown write");
+    conn.closed().await;
+
+    // A huge length prefix is refused before any of the body is awaited.
+    let mut conn = RawConn::connect(&b.addr).await;
+    conn.hello().await;
+    conn.send(&u32::MAX.to_le_bytes()).await;
+    let (id, e) = conn.error().await;
+    assert_eq!((id, e.code), (0, code::FRAME_TOO_LARGE), "{e:?}");
+    conn.closed().await;
+
+    // A publish whose body is garbage: its topic length runs past the body.
+    let mut conn = RawConn::connect(&b.addr).await;
+    conn.hello().await;
+    conn.send(&frame_bytes(op::PUBLISH, 9, b"\xff\xffgarbage"))
+        .await;
+    let (id, e) = conn.error().await;
+    assert_eq!((id, e.code), (9, code::BAD_FRAME), "{e:?}");
+    conn.closed().await;
+
+    // An opcode nobody defined.
+    let mut conn = RawConn::connect(&b.addr).await;
+    conn.hello().await;
+    conn.send(&frame_bytes(0x7E, 11, b"")).await;
+    let (id, e) = conn.error().await;
+    assert_eq!((id, e.code), (11, code::UNKNOWN_OPCODE), "{e:?}");
+    conn.closed().await;
+
+    assert_eq!(b.metrics.protocol_errors.load(Ordering::Relaxed), 5);
+    // The well-behaved raw connection is still served...
+    ok.send_request(4, &Request::Topics).await;
+    assert_eq!(ok.frame().await.opcode, op::TOPICS | proto::RESPONSE_BIT);
+    // ... and so is the client that was connected all along.
+    bystander
+        .publish("steady", Message::new("after"))
+        .await
+        .expect("publish after");
+    let got = bystander
+        .fetch("steady", "g", opts(10, 30_000, 0))
+        .await
+        .expect("fetch");
+    let payloads: Vec<_> = got.iter().map(|d| d.payload.to_vec()).collect();
+    assert_eq!(payloads, vec![b"before".to_vec(), b"after".to_vec()]);
+    drop(ok);
+    wait_for("closed connections to be released", || {
+        b.open_connections() == 1
+    })
+    .await;
+}
+
+/// Every request kind, as the seed of a mutated frame. No fetch: a mutated fetch could be a
+/// legal long poll, and this test wants every connection to end promptly.
+fn fuzz_template(rng: &mut StdRng) -> Request {
+    let topic = "fz".to_string();
+    let group = "g".to_string();
+    let receipt = Receipt {
+        offset: rng.random_range(0..8),
+        attempt: rng.random_range(0..3),
+    };
+    let message = |rng: &mut StdRng| {
+        let mut m = Message::new(vec![rng.random::<u8>(); rng.random_range(0..16)]);
+        if rng.random_bool(0.5) {
+            m = m.with_id(rng.random());
+        }
+        if rng.random_bool(0.3) {
+            m = m.with_header("h", vec![1, 2, 3]);
+        }
+        if rng.random_bool(0.3) {
+            m = m.with_due(Due::After(rng.random_range(0..1_000)));
+        }
+        m
+    };
+    match rng.random_range(0..14) {
+        0 => Request::Ping,
+        1 => Request::Topics,
+        2 => Request::Publish {
+            topic,
+            message: message(rng),
+        },
+        3 => Request::PublishBatch {
+            topic,
+            messages: (0..rng.random_range(1..4)).map(|_| message(rng)).collect(),
+        },
+        4 => Request::CreateGroup {
+            topic,
+            group,
+            start: StartAt::Earliest,
+        },
+        5 => Request::Ack {
+            topic,
+            group,
+            receipts: vec![receipt; rng.random_range(0..3)],
+        },
+        6 => Request::Nack {
+            topic,
+            group,
+            receipt,
+            delay_ms: rng.random_range(0..100),
+            reason: "fuzz".into(),
+        },
+        7 => Request::Reject {
+            topic,
+            group,
+            receipt,
+            reason: "fuzz".into(),
+        },
+        8 => Request::DeadLetters {
+            topic,
+            from: 0,
+            limit: 10,
+        },
+        9 => Request::Replay {
+            topic,
+            dead_offset: rng.random_range(0..4),
+        },
+        10 => Request::Discard {
+            topic,
+            dead_offset: rng.random_range(0..4),
+        },
+        11 => Request::Stats { topic },
+        12 => Request::Peek {
+            topic,
+            from: 0,
+            limit: 10,
+        },
+        _ => Request::Hello {
+            min_version: proto::VERSION,
+            max_version: proto::VERSION,
+            client: "fuzz".into(),
+        },
+    }
+}
+
+/// One random frame: raw junk, a well-sized frame with a random body, or a real request
+/// mutated (bytes flipped, cut short, extended, or its length prefix replaced).
+fn fuzz_frame(rng: &mut StdRng, id: u32) -> BytesMut {
+    let mut out = match rng.random_range(0..4) {
+        0 => {
+            let mut junk = vec![0u8; rng.random_range(1..48)];
+            rng.fill(&mut junk[..]);
+            BytesMut::from(&junk[..])
+        }
+        1 => {
+            let mut body = vec![0u8; rng.random_range(0..48)];
+            rng.fill(&mut body[..]);
+            frame_bytes(rng.random(), id, &body)
+        }
+        _ => {
+            let mut out = BytesMut::new();
+            fuzz_template(rng).encode(id, &mut out);
+            match rng.random_range(0..5) {
+                0 => {}
+                1 => {
+                    for _ in 0..rng.random_range(1..4) {
+                        let at = rng.random_range(4..out.len());
+                        out[at] ^= rng.random_range(1..=255u8);
+                    }
+                }
+                2 => {
+                    let cut = rng.random_range(9..=out.len());
+                    out.truncate(cut);
+                    let len = (cut - 4) as u32;
+                    out[..4].copy_from_slice(&len.to_le_bytes());
+                }
+                3 => {
+                    for _ in 0..rng.random_range(1..8) {
+                        out.put_u8(rng.random());
+                    }
+                    let len = (out.len() - 4) as u32;
+                    out[..4].copy_from_slice(&len.to_le_bytes());
+                }
+                _ => {
+                    let len: u32 = rng.random();
+                    out[..4].copy_from_slice(&len.to_le_bytes());
+                }
+            }
+            out
+        }
+    };
+    // No fetches (see `fuzz_template`).
+    if out.len() > 4 && out[4] == op::FETCH {
+        out[4] = op::PEEK;
+    }
+    out
+}
+
+/// Random frames, one connection per iteration (with or without a hello first). Whatever
+/// arrives, the broker answers each frame it reads with a valid response or an error frame,
+/// closes the connection, and keeps serving everyone else. The seed is printed; set
+/// `QUEUE_BROKER_FUZZ_SEED` to replay it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_frames_get_answers_or_error_frames_and_never_kill_the_broker() {
+    let seed = std::env::var(FUZZ_SEED_ENV)
+        .ok()
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|e| panic!("{FUZZ_SEED_ENV}={v:?} is not a number: {e}"))
+        })
+        .unwrap_or_else(rand::random);
+    println!("broker fuzz: seed {seed} ({FUZZ_SEED_ENV}), {FUZZ_ITERATIONS} iterations");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let probe = connect(&b.addr, 1).await;
+    let (mut answers, mut errors, mut resets) = (0u64, 0u64, 0u64);
+
+    for iteration in 0..FUZZ_ITERATIONS {
+        let context = format!("seed {seed}, iteration {iteration}");
+        let mut conn = RawConn::connect(&b.addr).await;
+        if rng.random_bool(0.8) {
+            conn.hello().await;
+        }
+        let mut bytes = BytesMut::new();
+        for id in 1..=rng.random_range(1..=3u32) {
+            bytes.extend_from_slice(&fuzz_frame(&mut rng, id));
+        }
+        conn.send(&bytes).await;
+        // Our side is done; the broker answers what it read and closes.
+        conn.stream.shutdown().await.expect("shutdown write");
+        loop {
+            match conn.next().await {
+                Next::Frame(f) if f.opcode == proto::OP_ERROR => {
+                    let r = Response::decode(op::PING, f.opcode, f.body);
+                    assert!(
+                        matches!(r, Ok(Response::Error(_))),
+                        "{context}: bad error frame {r:?}"
+                    );
+                    errors += 1;
+                }
+                Next::Frame(f) => {
+                    let request = f.opcode & !proto::RESPONSE_BIT;
+                    assert!(
+                        f.opcode & proto::RESPONSE_BIT != 0,
+                        "{context}: opcode {:#04x} is not a response",
+                        f.opcode
+                    );
+                    let r = Response::decode(request, f.opcode, f.body);
+                    assert!(r.is_ok(), "{context}: undecodable response {r:?}");
+                    answers += 1;
+                }
+                Next::Eof => break,
+                Next::Reset => {
+                    resets += 1;
+                    break;
+                }
+            }
+        }
+        if iteration % 50 == 49 {
+            probe
+                .ping()
+                .await
+                .unwrap_or_else(|e| panic!("{context}: broker stopped answering: {e}"));
+        }
+    }
+    println!("broker fuzz: {answers} answers, {errors} error frames, {resets} resets");
+
+    // Still alive and correct for a well-behaved client.
+    probe
+        .publish("probe", Message::new("alive"))
+        .await
+        .expect("publish after fuzz");
+    let got = probe
+        .fetch("probe", "g", opts(10, 30_000, 0))
+        .await
+        .expect("fetch after fuzz");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload.as_ref(), b"alive");
+    // No connection leaked.
+    wait_for("fuzz connections to be released", || {
+        b.open_connections() == 1
+    })
+    .await;
+}
+
+// ---- 6. limits ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_refuses_one_more_with_an_error_frame() {
+    let b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            max_connections: 2,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut first = RawConn::connect(&b.addr).await;
+    first.hello().await;
+    let second = connect(&b.addr, 1).await;
+    // Both hellos were answered, so both connections hold a slot.
+
+    let mut third = RawConn::connect(&b.addr).await;
+    let (id, e) = third.error().await;
+    assert_eq!((id, e.code), (0, code::TOO_MANY_CONNECTIONS), "{e:?}");
+    third.closed().await;
+
+    let refused = Client::connect(ClientConfig {
+        connect_attempts: 1,
+        ..client_config(&b.addr, 1)
+    })
+    .await;
+    let err = refused.expect_err("a client beyond the limit cannot connect");
+    assert!(matches!(err, Error::Connection(_)), "{err:?}");
+    println!("refused client: {err}");
+    assert_eq!(b.metrics.connections_rejected.load(Ordering::Relaxed), 2);
+
+    // The connections inside the limit are unaffected.
+    second.ping().await.expect("ping");
+    // A slot freed is a slot for the next one.
+    drop(first);
+    wait_for("the slot to be released", || b.open_connections() == 1).await;
+    let late = connect(&b.addr, 1).await;
+    late.ping().await.expect("ping");
+}
+
+/// An idle connection is closed with an `IDLE_TIMEOUT` frame; one with a long poll in flight
+/// is not, however long the poll; and a client whose connection was closed for idleness
+/// reconnects on its next request. What the client guarantees there: a request made after
+/// the client has read the broker's close reconnects transparently; a request that races
+/// the close (sent before the client's reader saw it) fails once with `Error::Connection`,
+/// like any request on a lost connection, and the next one reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_long_polls_are_not() {
+    const IDLE_MS: u64 = 300;
+    const POLL_MS: u64 = 1_000;
+    let b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            idle_timeout_ms: IDLE_MS,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let c = Arc::new(connect(&b.addr, 1).await);
+    let poller = c.clone();
+    let started = Instant::now();
+    let poll =
+        tokio::spawn(async move { poller.fetch("quiet", "g", opts(10, 30_000, POLL_MS)).await });
+
+    let mut idle = RawConn::connect(&b.addr).await;
+    idle.hello().await;
+    let hello_at = Instant::now();
+    let (id, e) = idle.error().await;
+    assert_eq!((id, e.code), (0, code::IDLE_TIMEOUT), "{e:?}");
+    idle.closed().await;
+    // The broker's timer started a little before our hello answer arrived.
+    assert!(
+        hello_at.elapsed() >= Duration::from_millis(IDLE_MS - 50),
+        "closed after {:?}",
+        hello_at.elapsed()
+    );
+
+    // The long poll outlives several idle periods and ends normally, empty.
+    let got = tokio::time::timeout(DEADLINE, poll)
+        .await
+        .expect("poll returns")
+        .expect("task");
+    assert!(
+        matches!(&got, Ok(d) if d.is_empty()),
+        "a long poll's connection was closed: {got:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(POLL_MS - CLOCK_SLACK_MS));
+
+    // Now the client's connection is idle too, and the broker closes it.
+    wait_for("the client's connection to be closed for idleness", || {
+        b.metrics.idle_closed.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    let first = c.ping().await;
+    let raced = match first {
+        Ok(()) => false,
+        Err(Error::Connection(_)) => {
+            c.ping().await.expect("the request after a lost connection");
+            true
+        }
+        Err(other) => panic!("unexpected error after the idle close: {other:?}"),
+    };
+    println!("idle close: the first request after it raced the close: {raced}");
+    assert_eq!(b.accepted(), 3, "the client reconnected once");
+}
+
+// ---- 7. graceful shutdown ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_requests_in_flight_and_keeps_every_confirm() {
+    const PUBLISHERS: u64 = 8;
+    let mut b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            shutdown_grace_ms: 5_000,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let c = Arc::new(
+        Client::connect(ClientConfig {
+            connect_attempts: 1,
+            ..client_config(&b.addr, 2)
+        })
+        .await
+        .expect("connect"),
+    );
+    let poller = connect(&b.addr, 1).await;
+    poller
+        .create_group("idle", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let fetches_before = b.requests(op::FETCH);
+    let poll =
+        tokio::spawn(async move { poller.fetch("idle", "g", opts(10, 30_000, 30_000)).await });
+
+    // Publishers publish until their first error; every publish ends confirmed or failed.
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let mut publishers = JoinSet::new();
+    for p in 0..PUBLISHERS {
+        let (c, confirmed) = (c.clone(), confirmed.clone());
+        publishers.spawn(async move {
+            let mut confirms = Vec::new();
+            for n in 0..100_000u64 {
+                let id = u128::from(p << 32 | n);
+                match c
+                    .publish("load", Message::new(id.to_le_bytes().to_vec()).with_id(id))
+                    .await
+                {
+                    Ok(confirm) => {
+                        confirms.push((id, confirm));
+                        confirmed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => return (confirms, Some(e)),
+                }
+            }
+            (confirms, None)
+        });
+    }
+    wait_for("publishes to flow and the long poll to arrive", || {
+        confirmed.load(Ordering::Relaxed) >= 100 && b.requests(op::FETCH) > fetches_before
+    })
+    .await;
+
+    let stop_at = Instant::now();
+    b.trigger_shutdown();
+    // The long poll is cut short with an empty answer, not a lost connection.
+    let polled = tokio::time::timeout(DEADLINE, poll)
+        .await
+        .expect("poll returns")
+        .expect("task");
+    assert!(matches!(&polled, Ok(d) if d.is_empty()), "{polled:?}");
+    assert!(
+        stop_at.elapsed() < Duration::from_secs(2),
+        "the long poll took {:?} to end",
+        stop_at.elapsed()
+    );
+    b.join().await;
+
+    let mut confirms = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(joined) = tokio::time::timeout(DEADLINE, publishers.join_next())
+        .await
+        .expect("publishers end after shutdown")
+    {
+        let (mine, failure) = joined.expect("publisher task");
+        confirms.extend(mine);
+        failures.push(failure.expect("publishing stopped with an error"));
+    }
+    for f in &failures {
+        assert!(
+            matches!(f, Error::Connection(_) | Error::Closed),
+            "publish failed with {f:?}"
+        );
+    }
+    println!(
+        "shutdown: {} confirmed, failures {:?}",
+        confirms.len(),
+        failures.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
+
+    // Close and reopen the engine: every confirmed message is there, at its offset.
+    wait_for("the broker to release the engine", || {
+        Arc::strong_count(&b.engine) == 1
+    })
+    .await;
+    b.engine.close().expect("close");
+    let dir = b.dir.path().to_path_buf();
+    let config = b.config.clone();
+    let Broker {
+        engine, dir: _keep, ..
+    } = b;
+    drop(engine);
+    let reopened = Engine::open(&dir, config).expect("reopen");
+    let mut stored = BTreeMap::new();
+    loop {
+        let page = reopened
+            .peek("load", stored.len() as u64, 1_000)
+            .await
+            .expect("peek");
+        if page.is_empty() {
+            break;
+        }
+        for p in page {
+            stored.insert(p.offset, p.id);
+        }
+    }
+    for (id, confirm) in &confirms {
+        assert_eq!(
+            stored.get(&confirm.offset),
+            Some(&Some(*id)),
+            "confirmed message {id:#x} at offset {} lost",
+            confirm.offset
+        );
+    }
+    assert!(stored.len() >= confirms.len());
+    reopened.close().expect("close");
+}
