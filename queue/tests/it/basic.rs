@@ -816,3 +816,53 @@ async fn a_largest_message_can_be_dead_lettered_and_reopened() {
     assert_eq!(dead[0].headers.len(), queue::limits::HEADERS_MAX);
     assert_eq!(dead[0].reason.len(), queue::limits::REASON_BYTES_MAX);
 }
+
+/// `publish_each` (what the broker does with pipelined publishes): one bad message gets its
+/// own error, the others are stored and confirmed in order; ids are de-duplicated against
+/// earlier publishes and within the call.
+#[tokio::test]
+async fn publish_each_judges_every_message_on_its_own() {
+    let (_dir, _clock, q) = setup();
+    let first = q
+        .publish("t", Message::new(&b"first"[..]).with_id(7))
+        .await
+        .expect("publish");
+    let bad = Message::new(&b"bad"[..]).with_header("h", vec![0u8; 5000]);
+    let results = q
+        .publish_each(
+            "t",
+            vec![
+                Message::new(&b"a"[..]).with_id(1),
+                bad,
+                Message::new(&b"again"[..]).with_id(7),
+                Message::new(&b"b"[..]).with_id(1),
+                Message::new(&b"c"[..]),
+            ],
+        )
+        .await
+        .expect("publish_each");
+    assert_eq!(results.len(), 5);
+    let a = results[0].as_ref().expect("a confirmed");
+    assert!(!a.duplicate);
+    assert!(matches!(results[1], Err(Error::Invalid(_))), "{:?}", results[1]);
+    let again = results[2].as_ref().expect("repeat confirmed");
+    assert!(again.duplicate);
+    assert_eq!(again.offset, first.offset);
+    let b = results[3].as_ref().expect("repeat within the call confirmed");
+    assert!(b.duplicate, "{b:?}");
+    assert_eq!(b.offset, a.offset);
+    let c = results[4].as_ref().expect("c confirmed");
+    assert_eq!(c.offset, a.offset + 1);
+    let stored: Vec<Vec<u8>> = q
+        .peek("t", 0, 10)
+        .await
+        .expect("peek")
+        .iter()
+        .map(|m| m.payload.to_vec())
+        .collect();
+    assert_eq!(stored, vec![b"first".to_vec(), b"a".to_vec(), b"c".to_vec()]);
+    assert!(matches!(
+        q.publish_each("no such!", vec![Message::new(&b"x"[..])]).await,
+        Err(Error::Invalid(_))
+    ));
+}
