@@ -1133,3 +1133,183 @@ async fn sigterm_stops_cleanly_and_keeps_confirmed_publishes() {
         "{lines:?}"
     );
 }
+
+/// The body of `GET /metrics` from the broker's metrics endpoint.
+async fn scrape(broker: &Broker) -> String {
+    let addr = broker
+        .metrics_addr
+        .as_deref()
+        .expect("broker started with --metrics");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the metrics endpoint {addr}: {e}"));
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send the metrics request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read metrics");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
+/// The value of the metric line that starts with `prefix` (name and labels).
+fn metric(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {prefix:?} in:\n{body}"))
+}
+
+/// The operator's commands against a live broker, in text and JSON, and the metrics they
+/// leave behind: dead letters listed, replayed and discarded; peek; stats; topics; a clear
+/// error (and a failing exit status) for a dead letter that is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_cli_and_metrics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::start(dir.path(), &["--metrics", "127.0.0.1:0"]).await;
+    let deadline = Instant::now() + WAIT;
+    let client = broker.client().await;
+    client
+        .create_group(TOPIC, GROUP, StartAt::Earliest)
+        .await
+        .expect("group");
+    for id in 1..=3u128 {
+        client
+            .publish(TOPIC, message_for(id))
+            .await
+            .expect("publish");
+    }
+    let ds = client
+        .fetch(
+            TOPIC,
+            GROUP,
+            FetchOptions {
+                max_messages: 2,
+                lease_ms: Some(60_000),
+                wait_ms: 1000,
+            },
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(ds.len(), 2);
+    for d in &ds {
+        client
+            .reject(TOPIC, GROUP, d.receipt(), "poison: bad sku")
+            .await
+            .expect("reject");
+    }
+
+    // The dead letters, as JSON and as text.
+    let listed = {
+        let mut all = Vec::new();
+        while Instant::now() < deadline {
+            let mut p = broker.cli("dlq list", &["dlq", "list", TOPIC, "--json"]);
+            let lines = p.finish(deadline).await;
+            let v: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+            all = v.as_array().cloned().unwrap_or_default();
+            // Rejections are moved to the dead-letter topic in the background.
+            if all.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        all
+    };
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for (d, delivered) in listed.iter().zip(&ds) {
+        assert_eq!(d["reason"], "poison: bad sku", "{d}");
+        assert_eq!(d["group"], GROUP, "{d}");
+        assert_eq!(d["original_offset"], delivered.offset, "{d}");
+        assert_eq!(d["payload"], payload_for(delivered.id.expect("id")), "{d}");
+    }
+    let text = broker
+        .cli("dlq list text", &["dlq", "list", TOPIC])
+        .finish(deadline)
+        .await
+        .join("\n");
+    assert!(
+        text.contains("REASON") && text.contains("poison: bad sku"),
+        "{text}"
+    );
+
+    let dead: Vec<String> = listed
+        .iter()
+        .map(|d| d["dead_offset"].to_string())
+        .collect();
+    let replayed = broker
+        .cli("dlq replay", &["dlq", "replay", TOPIC, &dead[0]])
+        .finish(deadline)
+        .await
+        .join("\n");
+    assert!(replayed.starts_with("replayed dead letter"), "{replayed}");
+    broker
+        .cli("dlq discard", &["dlq", "discard", TOPIC, &dead[1]])
+        .finish(deadline)
+        .await;
+    let after = broker
+        .cli("dlq list after", &["dlq", "list", TOPIC, "--json"])
+        .finish(deadline)
+        .await;
+    assert_eq!(after, vec!["[]".to_string()]);
+
+    // A dead letter that is not there: a clear error and a failing exit status.
+    let mut missing = broker.cli("dlq replay missing", &["dlq", "replay", TOPIC, "999"]);
+    missing.rest(deadline).await;
+    let status = missing.wait_exit(deadline).await;
+    assert!(!status.success());
+    assert!(
+        missing
+            .stderr()
+            .contains("no pending dead letter at offset 999"),
+        "{}",
+        missing.stderr()
+    );
+
+    // Peek: the three messages and the replayed copy, nothing consumed.
+    let peek = broker
+        .cli("peek", &["peek", TOPIC, "--json"])
+        .finish(deadline)
+        .await;
+    let peeked: serde_json::Value = serde_json::from_str(&peek[0]).expect("json");
+    let ids: Vec<String> = peeked
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or("-").to_string())
+        .collect();
+    assert_eq!(ids.len(), 4, "{peeked}");
+    assert_eq!(ids[..3], ["1", "2", "3"]);
+
+    let stats = broker.cli_stats(TOPIC, deadline).await;
+    let g = group_stats(&stats, GROUP);
+    assert_eq!(g.dead_lettered, 2);
+    assert_eq!(stats.dead_letters_pending, 0);
+    let text = broker
+        .cli("stats text", &["stats"])
+        .finish(deadline)
+        .await
+        .join("\n");
+    assert!(text.contains("GROUP") && text.contains(GROUP), "{text}");
+    let topics = broker
+        .cli("topics", &["topics", "--json"])
+        .finish(deadline)
+        .await;
+    let topics: Vec<String> = serde_json::from_str(&topics[0]).expect("json");
+    assert!(topics.contains(&TOPIC.to_string()), "{topics:?}");
+    assert!(topics.contains(&format!("{TOPIC}.dlq")), "{topics:?}");
+
+    // Metrics agree with the stats.
+    let body = scrape(&broker).await;
+    let lag = format!("queue_group_lag{{topic=\"{TOPIC}\",group=\"{GROUP}\"}} ");
+    assert_eq!(metric(&body, &lag), g.lag as f64);
+    let dead = format!("queue_group_dead_lettered_total{{topic=\"{TOPIC}\",group=\"{GROUP}\"}} ");
+    assert_eq!(metric(&body, &dead), 2.0);
+    assert_eq!(metric(&body, "queue_broker_messages_published_total "), 3.0);
+    let fsyncs = metric(&body, "queue_fsync_duration_seconds_count ");
+    assert!(fsyncs >= 3.0, "{fsyncs}");
+    assert_eq!(
+        metric(&body, "queue_fsync_duration_seconds_bucket{le=\"+Inf\"} "),
+        fsyncs
+    );
+    assert!(metric(&body, "queue_broker_requests_total{op=\"reject\"} ") >= 2.0);
+}
