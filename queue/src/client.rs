@@ -76,8 +76,37 @@ impl ClientConfig {
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
-    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    slots: Vec<Slot>,
     next: AtomicUsize,
+}
+
+/// One pool slot: its live connection, and a lock held while (re)connecting so that only
+/// one task reconnects while the others wait for it.
+#[derive(Debug, Default)]
+struct Slot {
+    current: Mutex<Option<Arc<Conn>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    /// The live connection, if any: the fast path of every request (a brief std lock).
+    fn live(&self) -> Option<Arc<Conn>> {
+        let guard = match self.current.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard
+            .as_ref()
+            .filter(|c| c.alive.load(Ordering::Acquire))
+            .cloned()
+    }
+
+    fn set(&self, conn: Option<Arc<Conn>>) {
+        match self.current.lock() {
+            Ok(mut g) => *g = conn,
+            Err(p) => *p.into_inner() = conn,
+        }
+    }
 }
 
 type Waiter = oneshot::Sender<Result<(u8, Response)>>;
@@ -90,6 +119,8 @@ struct Conn {
     next_id: AtomicU32,
     alive: AtomicBool,
     permits: Semaphore,
+    /// The permits' total: the most requests in flight on this connection.
+    permits_max: usize,
     max_frame_bytes: usize,
 }
 
@@ -122,7 +153,7 @@ impl Client {
         }
         let n = config.connections.clamp(1, 64);
         let client = Client {
-            slots: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            slots: (0..n).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
             config,
         };
@@ -143,17 +174,90 @@ impl Client {
         }
     }
 
+    /// Publishes independent messages pipelined on one connection: one PUBLISH frame each,
+    /// all written together, each confirmed (or refused) on its own, like
+    /// [`crate::Engine::publish_each`]. The outer error means nothing was sent, or the
+    /// connection was lost: then each message may or may not be stored, and a retry with the
+    /// same ids is harmless. At most [`ClientConfig::max_in_flight`] messages per call.
+    pub async fn publish_each(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Result<Confirm>>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let conn = self.conn(slot).await?;
+        let n = messages.len();
+        if n > conn.permits_max {
+            return Err(Error::Invalid(format!(
+                "{n} messages exceed the {} requests one connection may have in flight",
+                conn.permits_max
+            )));
+        }
+        let _permits = conn
+            .permits
+            .acquire_many(n as u32)
+            .await
+            .map_err(|_| Error::Connection("connection closed".into()))?;
+        let first = conn.next_id.fetch_add(n as u32, Ordering::Relaxed);
+        let mut frames = BytesMut::with_capacity(n * (64 + topic.len()));
+        let mut waiters = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        for (i, m) in messages.iter().enumerate() {
+            let id = first.wrapping_add(i as u32);
+            let before = frames.len();
+            proto::encode_publish(id, topic, m, &mut frames);
+            if frames.len() - before - 4 > conn.max_frame_bytes {
+                return Err(Error::Invalid(format!(
+                    "message {i} makes a frame larger than the limit of {} bytes",
+                    conn.max_frame_bytes
+                )));
+            }
+            let (tx, rx) = oneshot::channel();
+            waiters.push((id, (op::PUBLISH, tx)));
+            receivers.push(rx);
+        }
+        {
+            let mut st = conn
+                .state
+                .lock()
+                .map_err(|_| Error::Connection("connection state poisoned".into()))?;
+            match st.pending.as_mut() {
+                Some(p) => p.extend(waiters),
+                None => return Err(Error::Connection("connection lost".into())),
+            }
+        }
+        if conn.tx.send(frames).await.is_err() {
+            conn.kill("connection lost while sending");
+        }
+        let mut out = Vec::with_capacity(n);
+        for rx in receivers {
+            out.push(match rx.await {
+                Ok(Ok((_, Response::Confirm(c)))) => Ok(c),
+                Ok(Ok((_, Response::Error(e)))) => Err(e.into_error()),
+                Ok(Ok((_, other))) => Err(unexpected(&other)),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(Error::Connection("connection lost".into())),
+            });
+        }
+        Ok(out)
+    }
+
     async fn conn(&self, slot: usize) -> Result<Arc<Conn>> {
-        let Some(m) = self.slots.get(slot) else {
+        let Some(slot) = self.slots.get(slot) else {
             return Err(Error::Invalid(format!("no pool slot {slot}")));
         };
-        let mut guard = m.lock().await;
-        if let Some(c) = guard.as_ref()
-            && c.alive.load(Ordering::Acquire)
-        {
-            return Ok(c.clone());
+        if let Some(c) = slot.live() {
+            return Ok(c);
         }
-        *guard = None;
+        let _connecting = slot.connecting.lock().await;
+        // Another task may have reconnected while this one waited.
+        if let Some(c) = slot.live() {
+            return Ok(c);
+        }
+        slot.set(None);
         let mut backoff = self.config.backoff_initial_ms.max(1);
         let mut last = String::new();
         for attempt in 0..self.config.connect_attempts.max(1) {
@@ -164,7 +268,7 @@ impl Client {
             let timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1));
             match tokio::time::timeout(timeout, open(&self.config)).await {
                 Ok(Ok(c)) => {
-                    *guard = Some(c.clone());
+                    slot.set(Some(c.clone()));
                     return Ok(c);
                 }
                 Ok(Err(e)) => last = e.to_string(),
@@ -268,6 +372,7 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
         next_id: AtomicU32::new(1),
         alive: AtomicBool::new(true),
         permits: Semaphore::new(in_flight),
+        permits_max: in_flight,
         max_frame_bytes: config.max_frame_bytes,
     });
     tokio::spawn(write_loop(wr, rx, Arc::downgrade(&conn)));

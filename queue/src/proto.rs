@@ -221,6 +221,15 @@ pub fn end_frame(out: &mut BytesMut, at: usize) {
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
+/// Appends a whole PUBLISH frame; the same bytes as `Request::Publish { .. }.encode(..)`,
+/// without building the request (the client's pipelined publishes use it).
+pub fn encode_publish(request_id: u32, topic: &str, message: &Message, out: &mut BytesMut) {
+    let at = begin_frame(out, op::PUBLISH, request_id);
+    put_str(out, topic);
+    put_message(out, message);
+    end_frame(out, at);
+}
+
 /// A request, decoded.
 #[derive(Debug, Clone)]
 pub enum Request {

@@ -151,10 +151,8 @@ pub async fn run(p: &BrokerParams) -> Res<BrokerFigures> {
                     .map(|_| Message::new(payload.clone()))
                     .collect();
                 let n = if p.single_frames {
-                    let futs = batch.into_iter().map(|m| c.publish(topic, m));
-                    let confirms = futures_util::future::join_all(futs).await;
                     let mut n = 0u64;
-                    for r in confirms {
+                    for r in c.publish_each(topic, batch).await? {
                         r?;
                         n += 1;
                     }
