@@ -354,13 +354,18 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
             )));
         }
     };
-    let max_in_flight = match Response::decode(op::HELLO, frame.opcode, frame.body)
-        .map_err(|e| Error::Protocol(e.to_string()))?
-    {
-        Response::Hello { max_in_flight, .. } => max_in_flight as usize,
-        Response::Error(e) => return Err(e.into_error()),
-        other => return Err(unexpected(&other)),
-    };
+    let (max_in_flight, broker_frame_max) =
+        match Response::decode(op::HELLO, frame.opcode, frame.body)
+            .map_err(|e| Error::Protocol(e.to_string()))?
+        {
+            Response::Hello {
+                max_in_flight,
+                max_frame_bytes,
+                ..
+            } => (max_in_flight as usize, max_frame_bytes as usize),
+            Response::Error(e) => return Err(e.into_error()),
+            other => return Err(unexpected(&other)),
+        };
     let (rd, wr) = stream.into_split();
     let in_flight = config.max_in_flight.min(max_in_flight).max(1);
     let (tx, rx) = mpsc::channel(in_flight);
@@ -373,7 +378,9 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
         alive: AtomicBool::new(true),
         permits: Semaphore::new(in_flight),
         permits_max: in_flight,
-        max_frame_bytes: config.max_frame_bytes,
+        // Requests above the broker's limit would get FRAME_TOO_LARGE and cost the
+        // connection (and every request in flight on it): refuse them here instead.
+        max_frame_bytes: config.max_frame_bytes.min(broker_frame_max),
     });
     tokio::spawn(write_loop(wr, rx, Arc::downgrade(&conn)));
     tokio::spawn(read_loop(

@@ -220,9 +220,17 @@ async fn refuse(mut stream: TcpStream, max: usize) {
         format!("the broker's limit of {max} connections is reached"),
     ))
     .encode(op::HELLO, 0, &mut out);
+    // Write the refusal, then read until the client closes: closing a socket with unread
+    // bytes (its hello) would send a reset, which can destroy the refusal in flight.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = stream.write_all(&out).await;
         let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
     })
     .await;
 }

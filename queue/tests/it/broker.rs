@@ -1516,3 +1516,89 @@ async fn shutdown_answers_requests_in_flight_and_keeps_every_confirm() {
     assert!(stored.len() >= confirms.len());
     reopened.close().expect("close");
 }
+
+/// `Client::publish_each`: independent publishes written together on one connection; one
+/// bad message is refused on its own, the others are stored in order, ids de-duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_each_confirms_every_message_on_its_own() {
+    let broker = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let client = connect(&broker.addr, 1).await;
+    let earlier = client
+        .publish("t", Message::new(&b"earlier"[..]).with_id(9))
+        .await
+        .expect("publish");
+    let results = client
+        .publish_each(
+            "t",
+            vec![
+                Message::new(&b"a"[..]).with_id(1),
+                Message::new(&b"bad"[..]).with_header("h", vec![0u8; 5000]),
+                Message::new(&b"again"[..]).with_id(9),
+                Message::new(&b"b"[..]),
+            ],
+        )
+        .await
+        .expect("publish_each");
+    assert_eq!(results.len(), 4);
+    let a = results[0].as_ref().expect("a");
+    assert!(
+        matches!(results[1], Err(Error::Invalid(_))),
+        "{:?}",
+        results[1]
+    );
+    let again = results[2].as_ref().expect("repeat");
+    assert!(
+        again.duplicate && again.offset == earlier.offset,
+        "{again:?}"
+    );
+    let b = results[3].as_ref().expect("b");
+    assert_eq!(b.offset, a.offset + 1);
+    let stored: Vec<Vec<u8>> = client
+        .peek("t", 0, 10)
+        .await
+        .expect("peek")
+        .iter()
+        .map(|m| m.payload.to_vec())
+        .collect();
+    assert_eq!(
+        stored,
+        vec![b"earlier".to_vec(), b"a".to_vec(), b"b".to_vec()]
+    );
+    assert_eq!(broker.accepted(), 1, "one connection, no reconnect");
+    assert!(
+        client
+            .publish_each("t", Vec::new())
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+}
+
+/// The client keeps to the frame limit the broker announces: a request above it fails on
+/// its own (Invalid) and the connection, with the other requests on it, carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keeps_to_the_brokers_announced_frame_limit() {
+    let broker = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            max_frame_bytes: 64 << 10,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let client = connect(&broker.addr, 1).await;
+    let big = client
+        .publish("t", Message::new(vec![7u8; 100 << 10]))
+        .await;
+    assert!(matches!(big, Err(Error::Invalid(_))), "{big:?}");
+    client
+        .publish("t", Message::new(vec![7u8; 1 << 10]))
+        .await
+        .expect("a small publish on the same connection");
+    assert_eq!(broker.accepted(), 1);
+    assert_eq!(
+        broker.metrics.protocol_errors.load(Ordering::Relaxed),
+        0,
+        "nothing too large reached the broker"
+    );
+}
