@@ -51,6 +51,10 @@ pub struct ClientConfig {
     pub backoff_max_ms: u64,
     /// Largest frame the client sends or accepts.
     pub max_frame_bytes: usize,
+    /// A request not answered within this long (plus a fetch's own `wait_ms`) fails with
+    /// [`Error::Connection`]; like a lost connection, it may or may not have taken effect.
+    /// A late answer is dropped.
+    pub request_timeout_ms: u64,
     /// Name sent in the hello.
     pub name: String,
 }
@@ -67,6 +71,7 @@ impl ClientConfig {
             backoff_initial_ms: 20,
             backoff_max_ms: 2_000,
             max_frame_bytes: proto::FRAME_BYTES_MAX,
+            request_timeout_ms: 30_000,
             name: concat!("queue-client/", env!("CARGO_PKG_VERSION")).into(),
         }
     }
@@ -131,6 +136,17 @@ struct ConnState {
 }
 
 impl Conn {
+    /// Drops the waiters of requests given up on; their late answers are then ignored.
+    fn forget(&self, ids: &[u32]) {
+        if let Ok(mut st) = self.state.lock()
+            && let Some(p) = st.pending.as_mut()
+        {
+            for id in ids {
+                p.remove(id);
+            }
+        }
+    }
+
     /// Fails every waiter and refuses new ones.
     fn kill(&self, why: &str) {
         self.alive.store(false, Ordering::Release);
@@ -233,8 +249,14 @@ impl Client {
             conn.kill("connection lost while sending");
         }
         let mut out = Vec::with_capacity(n);
+        let deadline = tokio::time::Instant::now() + self.timeout(0);
         for rx in receivers {
-            out.push(match rx.await {
+            let Ok(answer) = tokio::time::timeout_at(deadline, rx).await else {
+                let ids: Vec<u32> = (0..n as u32).map(|i| first.wrapping_add(i)).collect();
+                conn.forget(&ids);
+                return Err(self.timed_out());
+            };
+            out.push(match answer {
                 Ok(Ok((_, Response::Confirm(c)))) => Ok(c),
                 Ok(Ok((_, Response::Error(e)))) => Err(e.into_error()),
                 Ok(Ok((_, other))) => Err(unexpected(&other)),
@@ -286,6 +308,10 @@ impl Client {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let conn = self.conn(slot).await?;
         let opcode = request.opcode();
+        let extra_wait_ms = match &request {
+            Request::Fetch { options, .. } => options.wait_ms,
+            _ => 0,
+        };
         let mut frame = BytesMut::new();
         // The id is written after the permit is taken; encode first with a placeholder.
         let _permit = conn
@@ -318,12 +344,30 @@ impl Client {
         if conn.tx.send(frame).await.is_err() {
             conn.kill("connection lost while sending");
         }
-        match rx.await {
+        let answer = match tokio::time::timeout(self.timeout(extra_wait_ms), rx).await {
+            Ok(a) => a,
+            Err(_) => {
+                conn.forget(&[id]);
+                return Err(self.timed_out());
+            }
+        };
+        match answer {
             Ok(Ok((_, Response::Error(e)))) => Err(e.into_error()),
             Ok(Ok((_, r))) => Ok(r),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Connection("connection lost".into())),
         }
+    }
+
+    fn timeout(&self, extra_wait_ms: u64) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms.saturating_add(extra_wait_ms))
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::Connection(format!(
+            "no answer from {} within {} ms; the request may or may not have taken effect",
+            self.config.addr, self.config.request_timeout_ms
+        ))
     }
 }
 
@@ -464,7 +508,8 @@ async fn read_loop(
                 };
                 break why;
             }
-            None => break format!("response to unknown request {}", frame.request_id),
+            // A late answer to a request that timed out: nobody waits for it.
+            None => {}
         }
     };
     if let Some(c) = conn.upgrade() {

@@ -1602,3 +1602,78 @@ async fn client_keeps_to_the_brokers_announced_frame_limit() {
         "nothing too large reached the broker"
     );
 }
+
+/// A broker that accepts the hello and then never answers: the client gives up after its
+/// request timeout with `Error::Connection` instead of waiting forever, and a late answer
+/// to the abandoned request does not break the connection for the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_requests_time_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::unbounded_channel::<RawFrame>();
+    let (answer_tx, mut answer_rx) = tokio::sync::mpsc::unbounded_channel::<BytesMut>();
+    let silent = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut buf = BytesMut::new();
+        loop {
+            tokio::select! {
+                r = s.read_buf(&mut buf) => {
+                    if r.expect("read") == 0 {
+                        return;
+                    }
+                    while let Some(f) = proto::split_frame(&mut buf, proto::FRAME_BYTES_MAX).expect("frame") {
+                        if f.opcode == op::HELLO {
+                            let mut out = BytesMut::new();
+                            Response::Hello {
+                                version: proto::VERSION,
+                                max_frame_bytes: proto::FRAME_BYTES_MAX as u32,
+                                max_in_flight: 16,
+                                server: "silent".into(),
+                            }
+                            .encode(op::HELLO, f.request_id, &mut out);
+                            s.write_all(&out).await.expect("hello");
+                        } else {
+                            let _ = frames_tx.send(f);
+                        }
+                    }
+                }
+                Some(out) = answer_rx.recv() => s.write_all(&out).await.expect("answer"),
+            }
+        }
+    });
+    let client = Client::connect(ClientConfig {
+        request_timeout_ms: 200,
+        ..client_config(&addr, 1)
+    })
+    .await
+    .expect("connect");
+    let started = Instant::now();
+    let r = client.publish("t", Message::new(&b"x"[..])).await;
+    assert!(
+        matches!(&r, Err(Error::Connection(m)) if m.contains("no answer")),
+        "{r:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // The abandoned request's late answer, then the next request's answer.
+    let first = frames_rx
+        .recv()
+        .await
+        .expect("the publish reached the broker");
+    let mut late = BytesMut::new();
+    Response::Confirm(queue::Confirm {
+        offset: 0,
+        duplicate: false,
+    })
+    .encode(op::PUBLISH, first.request_id, &mut late);
+    answer_tx.send(late).expect("send");
+    let ping = tokio::spawn(async move { client.ping().await });
+    let second = frames_rx.recv().await.expect("the ping reached the broker");
+    assert_eq!(second.opcode, op::PING);
+    let mut pong = BytesMut::new();
+    Response::Done.encode(op::PING, second.request_id, &mut pong);
+    answer_tx.send(pong).expect("send");
+    ping.await
+        .expect("join")
+        .expect("the ping is answered on the same connection");
+    silent.abort();
+}
