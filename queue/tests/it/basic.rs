@@ -844,11 +844,17 @@ async fn publish_each_judges_every_message_on_its_own() {
     assert_eq!(results.len(), 5);
     let a = results[0].as_ref().expect("a confirmed");
     assert!(!a.duplicate);
-    assert!(matches!(results[1], Err(Error::Invalid(_))), "{:?}", results[1]);
+    assert!(
+        matches!(results[1], Err(Error::Invalid(_))),
+        "{:?}",
+        results[1]
+    );
     let again = results[2].as_ref().expect("repeat confirmed");
     assert!(again.duplicate);
     assert_eq!(again.offset, first.offset);
-    let b = results[3].as_ref().expect("repeat within the call confirmed");
+    let b = results[3]
+        .as_ref()
+        .expect("repeat within the call confirmed");
     assert!(b.duplicate, "{b:?}");
     assert_eq!(b.offset, a.offset);
     let c = results[4].as_ref().expect("c confirmed");
@@ -860,9 +866,13 @@ async fn publish_each_judges_every_message_on_its_own() {
         .iter()
         .map(|m| m.payload.to_vec())
         .collect();
-    assert_eq!(stored, vec![b"first".to_vec(), b"a".to_vec(), b"c".to_vec()]);
+    assert_eq!(
+        stored,
+        vec![b"first".to_vec(), b"a".to_vec(), b"c".to_vec()]
+    );
     assert!(matches!(
-        q.publish_each("no such!", vec![Message::new(&b"x"[..])]).await,
+        q.publish_each("no such!", vec![Message::new(&b"x"[..])])
+            .await,
         Err(Error::Invalid(_))
     ));
 }
