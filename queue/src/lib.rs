@@ -16,13 +16,14 @@
 //! Modules:
 //! - [`api`]: messages, deliveries, receipts, stats and the [`Queue`] trait.
 //! - [`engine`]: [`Engine`], the embedded implementation of [`Queue`].
-//! - [`format`]: the on-disk record format as pure encode/decode functions.
+//! - [`format`](mod@format): the on-disk record format as pure encode/decode functions.
 //! - [`config`], [`clock`], [`limits`], [`error`]: settings, injectable time, named limits,
 //!   the error type.
 //! - `topic` (private): one topic's in-memory state machine (index, groups, delays).
 //! - `dedup` (private): the compact producer de-duplication window.
 //! - `recovery` (private): opening a topic directory and checking every record.
-//! - `writer` (private): the group-commit writer thread.
+//! - `writer` (private): the group-commit writer thread; [`histogram`]: the lock-free
+//!   fixed-bucket histogram it times fsync rounds with.
 //! - [`proto`]: the broker's wire protocol (frames, requests, responses) as pure functions;
 //!   `PROTOCOL.md` describes it byte by byte.
 //! - [`server`]: [`Server`], the broker serving an engine over TCP.
