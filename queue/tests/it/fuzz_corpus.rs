@@ -4,11 +4,11 @@
 //!
 //! Every file must go through without a panic. The `seed-*` files are valid frames (every
 //! request and every response kind) and valid records written from the encoders by
-//! `write_seed_corpus`; each must still decode, so a decoder that starts refusing valid
+//! `seed_corpus_matches_the_encoders`; each must still decode, so a decoder that starts refusing valid
 //! input fails here. A missing corpus directory or seed file is a failure, not a skip.
 //!
 //! After an intended format change, regenerate the seeds with
-//! `cargo test -p queue --test it fuzz_corpus::write_seed_corpus -- --ignored`.
+//! `QUEUE_WRITE_SEED_CORPUS=1 cargo test -p queue --test it fuzz_corpus`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -104,8 +104,8 @@ fn check_seeds(target: &str) {
         let path = dir.join(&seed.name);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| {
             panic!(
-                "seed {} is missing ({e}); regenerate with `cargo test -p queue --test it \
-                 fuzz_corpus::write_seed_corpus -- --ignored`",
+                "seed {} is missing ({e}); regenerate with `QUEUE_WRITE_SEED_CORPUS=1 cargo test -p \
+                 queue --test it fuzz_corpus`",
                 path.display()
             )
         });
@@ -123,8 +123,8 @@ fn check_seeds(target: &str) {
     assert!(
         failures.is_empty(),
         "valid seed inputs no longer decode (a decoder regressed, or the format changed and \
-         the seeds need `cargo test -p queue --test it fuzz_corpus::write_seed_corpus -- \
-         --ignored`):\n{}",
+         the seeds need `QUEUE_WRITE_SEED_CORPUS=1 cargo test -p queue --test it \
+         fuzz_corpus`):\n{}",
         failures.join("\n")
     );
 }
@@ -176,16 +176,32 @@ fn record_corpus_replays_without_panics_and_seeds_decode() {
     eprintln!("replayed {n} record inputs");
 }
 
-/// Writes the `seed-*` files into both corpora (run with `--ignored`).
+/// The committed `seed-*` files are exactly what the encoders write today, so a change of
+/// the wire or disk format cannot slip past the corpus unnoticed. With
+/// `QUEUE_WRITE_SEED_CORPUS=1` it (re)writes them instead, after an intended format change.
 #[test]
-#[ignore = "writes the seed corpus into the source tree; run by hand after a format change"]
-fn write_seed_corpus() {
+fn seed_corpus_matches_the_encoders() {
+    let write = std::env::var_os(WRITE_SEEDS_ENV).is_some_and(|v| v == "1");
+    let mut stale = Vec::new();
     for seed in seeds() {
         let dir = corpus_dir(seed.target);
-        std::fs::create_dir_all(&dir).expect("create corpus directory");
-        std::fs::write(dir.join(&seed.name), &seed.bytes).expect("write seed");
+        let path = dir.join(&seed.name);
+        if write {
+            std::fs::create_dir_all(&dir).expect("create corpus directory");
+            std::fs::write(&path, &seed.bytes).expect("write seed");
+        } else if std::fs::read(&path).ok().as_deref() != Some(seed.bytes.as_slice()) {
+            stale.push(format!("{}/{}", seed.target, seed.name));
+        }
     }
+    assert!(
+        stale.is_empty(),
+        "seed files differ from what the encoders write now (after an intended format \
+         change, rerun with {WRITE_SEEDS_ENV}=1): {stale:?}"
+    );
 }
+
+/// Set to 1 to rewrite the seed files.
+const WRITE_SEEDS_ENV: &str = "QUEUE_WRITE_SEED_CORPUS";
 
 // ---- the seeds ----
 
