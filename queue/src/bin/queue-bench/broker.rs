@@ -188,6 +188,7 @@ pub async fn run(p: &BrokerParams) -> Res<BrokerFigures> {
         let c = client(&broker.addr).await?;
         let acked = acked.clone();
         let batch = p.fetch_batch;
+        let payload_len = p.message_bytes;
         handles.push(tokio::spawn(async move {
             while acked.load(Ordering::Relaxed) < target {
                 let ds = c
@@ -205,7 +206,13 @@ pub async fn run(p: &BrokerParams) -> Res<BrokerFigures> {
                     continue;
                 }
                 let receipts: Vec<_> = ds.iter().map(Delivery::receipt).collect();
-                c.ack(topic, "g", &receipts).await?;
+                let outcomes = c.ack(topic, "g", &receipts).await?;
+                if outcomes.iter().any(|o| *o != queue::AckOutcome::Acked) {
+                    return Err(err(format!("an ack was not Acked: {outcomes:?}")));
+                }
+                if ds.iter().any(|d| d.payload.len() != payload_len) {
+                    return Err(err("a delivery's payload has the wrong length"));
+                }
                 acked.fetch_add(receipts.len() as u64, Ordering::Relaxed);
                 if start.elapsed() > Duration::from_secs(300) {
                     return Err(err("consume phase timed out"));
@@ -219,6 +226,14 @@ pub async fn run(p: &BrokerParams) -> Res<BrokerFigures> {
     }
     let secs = start.elapsed().as_secs_f64();
     let consumed = acked.load(Ordering::Relaxed);
+    // Every confirmed message is there, once.
+    let after = setup.stats(topic).await?;
+    if after.next_offset < published {
+        return Err(err(format!(
+            "{published} confirmed in the window but only {} stored",
+            after.next_offset
+        )));
+    }
     drop(broker);
     Ok(BrokerFigures {
         publish_msgs_per_s,
