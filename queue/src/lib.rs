@@ -28,9 +28,12 @@
 //!   `PROTOCOL.md` describes it byte by byte.
 //! - [`server`]: [`Server`], the broker serving an engine over TCP.
 //! - [`client`]: [`Client`], the broker's client, another implementation of [`Queue`].
+//! - [`backend`]: [`Backend::open`], embedded or remote chosen by one configuration string
+//!   (`tcp://HOST:PORT` or a directory).
 //! - [`metrics`]: the broker's Prometheus endpoint.
 
 pub mod api;
+pub mod backend;
 mod bits;
 pub mod client;
 pub mod clock;
@@ -53,6 +56,7 @@ pub use api::{
     AckOutcome, Confirm, DeadLetter, Delivery, Due, FetchOptions, GroupStats, Message, MessageId,
     Peeked, Queue, Receipt, StartAt, TopicStats,
 };
+pub use backend::Backend;
 pub use client::{Client, ClientConfig};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability};

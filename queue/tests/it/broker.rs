@@ -1677,3 +1677,52 @@ async fn unanswered_requests_time_out() {
         .expect("the ping is answered on the same connection");
     silent.abort();
 }
+
+/// `Backend::open` picks the embedded engine or the broker from one string; the same code
+/// runs against both and sees the same queue behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_switches_between_embedded_and_remote_by_configuration() {
+    let broker = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let embedded_target = dir.path().to_str().expect("utf-8 path").to_string();
+    let remote_target = format!("tcp://{}", broker.addr);
+    let mut seen = Vec::new();
+    for target in [embedded_target.as_str(), remote_target.as_str()] {
+        let backend = queue::Backend::open(target, engine_config())
+            .await
+            .unwrap_or_else(|e| panic!("open {target}: {e}"));
+        assert_eq!(
+            matches!(backend, queue::Backend::Remote(_)),
+            target.starts_with("tcp://")
+        );
+        let q = backend.queue();
+        q.create_group("orders", "w", StartAt::Earliest)
+            .await
+            .expect("group");
+        let first = q
+            .publish("orders", Message::new(&b"one"[..]).with_id(5))
+            .await
+            .expect("publish");
+        let again = q
+            .publish("orders", Message::new(&b"one"[..]).with_id(5))
+            .await
+            .expect("publish again");
+        let ds = q
+            .fetch("orders", "w", opts(10, 10_000, 1000))
+            .await
+            .expect("fetch");
+        let outcomes = q.ack("orders", "w", &[ds[0].receipt()]).await.expect("ack");
+        seen.push((first, again.duplicate, ds.len(), outcomes));
+        backend.close().expect("close");
+    }
+    assert_eq!(seen[0], seen[1], "embedded and remote behave alike");
+    assert!(seen[0].1, "the repeat is a duplicate");
+    assert!(matches!(
+        queue::Backend::open("  ", engine_config()).await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        queue::Backend::open("tcp://127.0.0.1:1", engine_config()).await,
+        Err(Error::Connection(_))
+    ));
+}

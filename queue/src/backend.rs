@@ -1,0 +1,59 @@
+//! Choosing the queue by configuration: one string names either a directory for the
+//! embedded [`Engine`] or a broker address for the [`Client`]; callers get a
+//! `dyn Queue` either way, so a gateway or worker switches between them without code changes.
+
+use std::sync::Arc;
+
+use crate::api::Queue;
+use crate::client::{Client, ClientConfig};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+
+/// Prefix of a broker address in a queue target.
+pub const TCP_PREFIX: &str = "tcp://";
+/// Optional prefix of a directory in a queue target.
+pub const FILE_PREFIX: &str = "file:";
+
+/// An opened queue: embedded or remote.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The engine, in this process.
+    Embedded(Arc<Engine>),
+    /// A broker, over TCP.
+    Remote(Arc<Client>),
+}
+
+impl Backend {
+    /// Opens `target`: `tcp://HOST:PORT` connects to a broker (with `ClientConfig`
+    /// defaults); `file:DIR` or a plain `DIR` opens the engine there with `config`.
+    pub async fn open(target: &str, config: Config) -> Result<Backend> {
+        let target = target.trim();
+        if target.is_empty() {
+            return Err(Error::Invalid("empty queue target".into()));
+        }
+        if let Some(addr) = target.strip_prefix(TCP_PREFIX) {
+            let client = Client::connect(ClientConfig::new(addr)).await?;
+            return Ok(Backend::Remote(Arc::new(client)));
+        }
+        let dir = target.strip_prefix(FILE_PREFIX).unwrap_or(target);
+        Ok(Backend::Embedded(Arc::new(Engine::open(dir, config)?)))
+    }
+
+    /// The queue, whichever it is.
+    pub fn queue(&self) -> Arc<dyn Queue> {
+        match self {
+            Backend::Embedded(e) => e.clone(),
+            Backend::Remote(c) => c.clone(),
+        }
+    }
+
+    /// Closes an embedded engine (fsyncs and stops its threads); a client needs nothing:
+    /// its connections close when it is dropped.
+    pub fn close(&self) -> Result<()> {
+        match self {
+            Backend::Embedded(e) => e.close(),
+            Backend::Remote(_) => Ok(()),
+        }
+    }
+}
