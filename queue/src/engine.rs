@@ -140,7 +140,9 @@ fn validate_user_topic(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_message(m: &Message) -> Result<()> {
+/// Checks a message against the limits of [`crate::limits`] (payload, headers); the
+/// broker client runs it before sending, so a bad message fails alone with `Invalid`.
+pub fn validate_message(m: &Message) -> Result<()> {
     if m.payload.len() > PAYLOAD_BYTES_MAX {
         return Err(Error::Invalid(format!(
             "payload of {} bytes exceeds {PAYLOAD_BYTES_MAX}",
@@ -281,6 +283,44 @@ fn read_entries(locs: &[ReadLoc]) -> Result<Vec<Stored>> {
         i = j;
     }
     Ok(out.into_iter().flatten().collect())
+}
+
+/// Publishes queued by [`Engine::publish_each_submit`], waiting for durability.
+#[derive(Debug)]
+pub struct PendingPublish {
+    /// Per message: valid (`Ok`) or its own error.
+    verdicts: Vec<Result<()>>,
+    /// The valid messages' records in order: their confirms (or a per-record `Full`) and
+    /// the writer's answer.
+    parts: Vec<(Result<Vec<Confirm>>, Option<oneshot::Receiver<Result<()>>>)>,
+}
+
+impl PendingPublish {
+    /// Waits until every queued record is durable; one result per message, in order.
+    pub async fn wait(self) -> Result<Vec<Result<Confirm>>> {
+        let mut confirmed: Vec<Result<Confirm>> = Vec::new();
+        for (confirms, rx) in self.parts {
+            match confirms {
+                Ok(cs) => {
+                    Engine::wait(rx).await?;
+                    confirmed.extend(cs.into_iter().map(Ok));
+                }
+                Err(e) => confirmed.push(Err(e)),
+            }
+        }
+        let mut confirmed = confirmed.into_iter();
+        Ok(self
+            .verdicts
+            .into_iter()
+            .map(|v| {
+                v.and_then(|()| {
+                    confirmed
+                        .next()
+                        .unwrap_or_else(|| Err(Error::Invalid("missing confirm".into())))
+                })
+            })
+            .collect())
+    }
 }
 
 impl Engine {
@@ -605,22 +645,32 @@ impl Engine {
         flags: u8,
         target: Option<&str>,
     ) -> Result<Vec<Confirm>> {
-        self.check_open()?;
-        let now = self.now();
-        let (confirms, rx) = {
-            let mut st = topic.lock();
-            let (confirms, append) = st.append_messages(messages, flags, target, now)?;
-            let rx = match append {
-                Some(a) => {
-                    let end = st.next_offset;
-                    self.submit(topic, a, Some(end), true)?
-                }
-                None => Some(self.barrier()?),
-            };
-            (confirms, rx)
-        };
+        let (confirms, rx) = self.append_submit(topic, messages, flags, target)?;
         Self::wait(rx).await?;
         Ok(confirms)
+    }
+
+    /// The synchronous half of [`Engine::append`]: assigns offsets and queues the record for
+    /// the writer; the receiver answers once it is durable.
+    fn append_submit(
+        &self,
+        topic: &Arc<Topic>,
+        messages: &[Message],
+        flags: u8,
+        target: Option<&str>,
+    ) -> Result<(Vec<Confirm>, Option<oneshot::Receiver<Result<()>>>)> {
+        self.check_open()?;
+        let now = self.now();
+        let mut st = topic.lock();
+        let (confirms, append) = st.append_messages(messages, flags, target, now)?;
+        let rx = match append {
+            Some(a) => {
+                let end = st.next_offset;
+                self.submit(topic, a, Some(end), true)?
+            }
+            None => Some(self.barrier()?),
+        };
+        Ok((confirms, rx))
     }
 
     /// Queues group operations; call with the topic locked. Returns a receiver to await
@@ -788,18 +838,58 @@ impl Engine {
         }
     }
 
-    /// Heap bytes of the delay and index structures of a topic (benchmarks use this to
-    /// check the memory budget of pending delayed messages).
     /// Publishes independent messages together: each is validated on its own (an invalid
     /// one gets its own error and does not hold up the others), the valid ones are appended
     /// as one record and confirmed by one fsync. The broker uses this for publish requests
-    /// pipelined on one connection. The outer error (full, failed, closed) applies to every
-    /// valid message.
+    /// pipelined on one connection. Offsets are assigned in the order given. If the backlog
+    /// limit refuses the record as a whole, the messages are tried one by one, so those
+    /// that fit are stored and only the rest get [`Error::Full`]. The outer error (failed,
+    /// closed, bad topic) applies to every message.
     pub async fn publish_each(
         &self,
         topic: &str,
         messages: Vec<Message>,
     ) -> Result<Vec<Result<Confirm>>> {
+        self.publish_each_submit(topic, messages)?.wait().await
+    }
+
+    /// The synchronous half of `publish_batch` (all or nothing): validates, assigns offsets
+    /// and queues the record; the receiver answers once it is durable. The broker calls it
+    /// in its reader so that a connection's publishes keep their order.
+    pub fn publish_batch_submit(
+        &self,
+        topic: &str,
+        messages: &[Message],
+    ) -> Result<(Vec<Confirm>, Option<oneshot::Receiver<Result<()>>>)> {
+        self.check_open()?;
+        validate_user_topic(topic)?;
+        if messages.is_empty() || messages.len() > BATCH_MESSAGES_MAX {
+            return Err(Error::Invalid(format!(
+                "a batch holds 1..={BATCH_MESSAGES_MAX} messages, not {}",
+                messages.len()
+            )));
+        }
+        for m in messages {
+            validate_message(m)?;
+        }
+        let t = self.topic(topic)?;
+        self.append_submit(&t, messages, 0, None)
+    }
+
+    /// Waits for a receiver from one of the `*_submit` calls.
+    pub async fn wait_durable(rx: Option<oneshot::Receiver<Result<()>>>) -> Result<()> {
+        Self::wait(rx).await
+    }
+
+    /// The synchronous half of [`Engine::publish_each`]: validates, assigns offsets and
+    /// queues the record before returning, so calls made one after another get offsets in
+    /// that order (the broker relies on this to keep a connection's publishes in order);
+    /// [`PendingPublish::wait`] then waits for durability.
+    pub fn publish_each_submit(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+    ) -> Result<PendingPublish> {
         self.check_open()?;
         validate_user_topic(topic)?;
         if messages.len() > BATCH_MESSAGES_MAX {
@@ -815,25 +905,28 @@ impl Engine {
             .filter(|(_, v)| v.is_ok())
             .map(|(m, _)| m)
             .collect();
-        let mut confirms = if valid.is_empty() {
-            Vec::new()
-        } else {
+        let mut parts = Vec::new();
+        if !valid.is_empty() {
             let t = self.topic(topic)?;
-            self.append(&t, &valid, 0, None).await?
+            match self.append_submit(&t, &valid, 0, None) {
+                Ok((confirms, rx)) => parts.push((Ok(confirms), rx)),
+                Err(Error::Full { .. }) if valid.len() > 1 => {
+                    for m in &valid {
+                        match self.append_submit(&t, std::slice::from_ref(m), 0, None) {
+                            Ok((c, rx)) => parts.push((Ok(c), rx)),
+                            Err(e @ Error::Full { .. }) => parts.push((Err(e), None)),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
-        .into_iter();
-        Ok(verdicts
-            .into_iter()
-            .map(|v| {
-                v.and_then(|()| {
-                    confirms
-                        .next()
-                        .ok_or_else(|| Error::Invalid("missing confirm".into()))
-                })
-            })
-            .collect())
+        Ok(PendingPublish { verdicts, parts })
     }
 
+    /// Heap bytes of the delay and index structures of a topic (benchmarks use this to
+    /// check the memory budget of pending delayed messages).
     pub fn index_heap_bytes(&self, topic: &str) -> Result<usize> {
         Ok(self.existing_topic(topic)?.lock().index_heap_bytes())
     }
@@ -925,19 +1018,9 @@ impl Queue for Engine {
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Confirm>> {
-        self.check_open()?;
-        validate_user_topic(topic)?;
-        if messages.is_empty() || messages.len() > BATCH_MESSAGES_MAX {
-            return Err(Error::Invalid(format!(
-                "a batch holds 1..={BATCH_MESSAGES_MAX} messages, not {}",
-                messages.len()
-            )));
-        }
-        for m in &messages {
-            validate_message(m)?;
-        }
-        let t = self.topic(topic)?;
-        self.append(&t, &messages, 0, None).await
+        let (confirms, rx) = self.publish_batch_submit(topic, &messages)?;
+        Self::wait(rx).await?;
+        Ok(confirms)
     }
 
     async fn create_group(&self, topic: &str, group: &str, start: StartAt) -> Result<()> {

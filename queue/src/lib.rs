@@ -60,7 +60,7 @@ pub use backend::Backend;
 pub use client::{Client, ClientConfig};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Durability};
-pub use engine::{DLQ_GROUP, DLQ_SUFFIX, Engine, EngineMetrics};
+pub use engine::{DLQ_GROUP, DLQ_SUFFIX, Engine, EngineMetrics, PendingPublish};
 pub use error::{Error, Result};
 pub use histogram::HistogramSnapshot;
 pub use recovery::RecoveryReport;

@@ -30,7 +30,8 @@ use tokio::task::JoinSet;
 
 use crate::api::Queue;
 use crate::engine::Engine;
-use crate::limits::{DEAD_LETTER_LIST_MAX, PEEK_MESSAGES_MAX};
+use crate::format::ENTRY_BYTES_MAX;
+use crate::limits::{DEAD_LETTER_LIST_MAX, FETCH_MESSAGES_MAX, PEEK_MESSAGES_MAX, READ_BYTES_MAX};
 use crate::proto::{self, Request, Response, WireError, code, op};
 
 /// Broker settings; `ServerConfig::default()` is what `queue serve` uses unless told.
@@ -53,6 +54,11 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// The writer flushes once this many response bytes are gathered.
     pub write_batch_bytes: usize,
+    /// Most response bytes reserved by reads (fetch, peek, dead-letter listing) in flight
+    /// per connection; a read waits for room before it runs.
+    pub max_read_bytes_in_flight: usize,
+    /// A connection whose peer takes longer than this to accept a write is closed.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +72,8 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 10_000,
             shutdown_grace_ms: 30_000,
             write_batch_bytes: 256 << 10,
+            max_read_bytes_in_flight: 128 << 20,
+            write_timeout_ms: 30_000,
         }
     }
 }
@@ -235,6 +243,12 @@ async fn refuse(mut stream: TcpStream, max: usize) {
     .await;
 }
 
+/// Bytes a read's response may add per message beyond its stored entry (offsets, attempt,
+/// lease, the dead-letter fields), for the response reservation.
+const READ_OVERHEAD_BYTES: usize = 1 << 10;
+
+/// Largest frame accepted before the hello (a hello is a few dozen bytes).
+pub const HELLO_FRAME_BYTES_MAX: usize = 1024;
 /// Most publish requests gathered into one append (see `Connection::flush_publishes`).
 pub const GATHER_MESSAGES_MAX: usize = 1024;
 /// Most request bytes gathered into one append.
@@ -247,13 +261,21 @@ struct Gathered {
     bytes: usize,
 }
 
+/// The writer's answer for a submitted record.
+type DurableRx = tokio::sync::oneshot::Receiver<crate::Result<()>>;
+
 /// A request's share of its connection's in-flight limits.
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
+/// Permits a response holds until the writer has written it: the request's share of the
+/// in-flight limits, and a read's reservation of response bytes. So everything a
+/// connection has taken on, answers waiting for a slow reader included, stays within them.
+type Held = Vec<OwnedSemaphorePermit>;
+
 /// What the reader hands the writer.
 enum Out {
-    /// Encoded response frames.
-    Frames(BytesMut),
+    /// Encoded response frames, and what they hold until written.
+    Frames(BytesMut, Held),
     /// Write what came before, then close (after a protocol error or idleness).
     Close,
 }
@@ -270,7 +292,17 @@ impl Connection {
         let (mut rd, wr) = stream.into_split();
         let max_in_flight = self.config.max_in_flight.max(1);
         let (tx, rx) = mpsc::channel::<Out>(max_in_flight);
-        let writer = tokio::spawn(write_loop(wr, rx, self.config.write_batch_bytes));
+        let writer = tokio::spawn(write_loop(
+            wr,
+            rx,
+            self.config.write_batch_bytes,
+            Duration::from_millis(self.config.write_timeout_ms.max(1)),
+        ));
+        let reads_max = self
+            .config
+            .max_read_bytes_in_flight
+            .clamp(1, u32::MAX as usize);
+        let reads = Arc::new(Semaphore::new(reads_max));
         let requests = Arc::new(Semaphore::new(max_in_flight));
         let bytes_max = self.config.max_in_flight_bytes.clamp(1, u32::MAX as usize);
         let bytes = Arc::new(Semaphore::new(bytes_max));
@@ -279,6 +311,7 @@ impl Connection {
         let mut greeted = false;
         let idle = Duration::from_millis(self.config.idle_timeout_ms.max(1));
         let handshake = Duration::from_millis(self.config.handshake_timeout_ms.max(1));
+        let hello_deadline = tokio::time::Instant::now() + handshake;
         let mut eof = false;
         let mut gathered: Option<Gathered> = None;
         // Set when the connection stops reading (end of file, error, protocol error,
@@ -287,7 +320,14 @@ impl Connection {
         let (closed_tx, closed_rx) = watch::channel(false);
         'conn: while !eof {
             loop {
-                let frame = match proto::split_frame(&mut buf, self.config.max_frame_bytes) {
+                // Until the hello, only a hello-sized frame is accepted: a peer that has
+                // not said who it is may not make us buffer 16 MiB.
+                let limit = if greeted {
+                    self.config.max_frame_bytes
+                } else {
+                    HELLO_FRAME_BYTES_MAX
+                };
+                let frame = match proto::split_frame(&mut buf, limit) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
@@ -321,7 +361,7 @@ impl Connection {
                             };
                             let mut out = BytesMut::new();
                             resp.encode(opcode, id, &mut out);
-                            if tx.send(Out::Frames(out)).await.is_err() {
+                            if tx.send(Out::Frames(out, Vec::new())).await.is_err() {
                                 break 'conn;
                             }
                             greeted = true;
@@ -358,6 +398,7 @@ impl Connection {
                                 (r, b)
                             } => p,
                             _ = stopped(&mut stop) => break 'conn,
+                            _ = tx.closed() => break 'conn,
                         };
                         let (Ok(r), Ok(b)) = p else {
                             break 'conn;
@@ -386,13 +427,32 @@ impl Connection {
                     continue;
                 }
                 self.flush_publishes(&mut gathered, &tx);
+                // A batch is queued here too, for the same reason: in arrival order.
+                let request = match request {
+                    Request::PublishBatch { topic, messages } => {
+                        let submitted = self.engine.publish_batch_submit(&topic, &messages);
+                        self.answer_batch(submitted, id, permits, &tx);
+                        continue;
+                    }
+                    other => other,
+                };
                 let (req_permit, bytes_permit) = permits;
                 let engine = self.engine.clone();
                 let metrics = self.metrics.clone();
                 let tx = tx.clone();
                 let mut task_stop = self.stop.clone();
                 let mut task_closed = closed_rx.clone();
+                let reads = reads.clone();
                 tokio::spawn(async move {
+                    let mut held = vec![req_permit, bytes_permit];
+                    // A read reserves room for its response before it runs, so the responses
+                    // a connection can have in memory stay within `max_read_bytes_in_flight`.
+                    if let Some(want) = read_estimate(&request, reads_max) {
+                        match reads.acquire_many_owned(want).await {
+                            Ok(p) => held.push(p),
+                            Err(_) => return,
+                        }
+                    }
                     let resp = tokio::select! {
                         r = handle(&engine, &metrics, request) => r,
                         // Only long polls are cut short: other requests finish (their
@@ -409,9 +469,7 @@ impl Connection {
                     }
                     let mut out = BytesMut::new();
                     resp.encode(opcode, id, &mut out);
-                    let _ = tx.send(Out::Frames(out)).await;
-                    drop(req_permit);
-                    drop(bytes_permit);
+                    let _ = tx.send(Out::Frames(out, held)).await;
                 });
             }
             // Every whole frame of the buffer is taken: what was gathered goes now.
@@ -419,14 +477,20 @@ impl Connection {
             if buf.capacity() - buf.len() < 16 << 10 {
                 buf.reserve(64 << 10);
             }
-            let timeout = if greeted { idle } else { handshake };
+            // The hello has an absolute deadline from the accept (bytes trickling in do not
+            // extend it); after it, the idle timeout restarts with every read.
+            let wake = if greeted {
+                tokio::time::Instant::now() + idle
+            } else {
+                hello_deadline
+            };
             tokio::select! {
                 r = rd.read_buf(&mut buf) => match r {
                     Ok(0) => eof = true,
                     Ok(_) => {}
                     Err(_) => eof = true,
                 },
-                _ = tokio::time::sleep(timeout) => {
+                _ = tokio::time::sleep_until(wake) => {
                     if !greeted {
                         self.fail(&tx, 0, code::BAD_HANDSHAKE, "no hello in time".into()).await;
                         break 'conn;
@@ -437,12 +501,14 @@ impl Connection {
                         let mut out = BytesMut::new();
                         Response::Error(WireError::protocol(code::IDLE_TIMEOUT, msg))
                             .encode(op::PING, 0, &mut out);
-                        let _ = tx.send(Out::Frames(out)).await;
+                        let _ = tx.send(Out::Frames(out, Vec::new())).await;
                         let _ = tx.send(Out::Close).await;
                         break 'conn;
                     }
                 }
                 _ = stopped(&mut stop) => break 'conn,
+                // The writer gave up (write error or timeout): nothing more can be answered.
+                _ = tx.closed() => break 'conn,
             }
         }
         self.flush_publishes(&mut gathered, &tx);
@@ -458,23 +524,28 @@ impl Connection {
         }
     }
 
-    /// Starts the task that publishes what was gathered: one `Engine::publish_each` call,
-    /// then one response per request (a confirm, or that message's own error).
+    /// Publishes what was gathered: `Engine::publish_each_submit` runs here, in the reader,
+    /// so a connection's publishes get offsets in the order they arrived; a task then waits
+    /// for durability and sends one response per request (a confirm, or that message's own
+    /// error).
     fn flush_publishes(&self, gathered: &mut Option<Gathered>, tx: &mpsc::Sender<Out>) {
         let Some(g) = gathered.take() else { return };
-        let engine = self.engine.clone();
+        let mut ids = Vec::with_capacity(g.items.len());
+        let mut messages = Vec::with_capacity(g.items.len());
+        let mut permits = Vec::with_capacity(g.items.len());
+        for (id, m, p) in g.items {
+            ids.push(id);
+            messages.push(m);
+            permits.push(p);
+        }
+        let pending = self.engine.publish_each_submit(&g.topic, messages);
         let metrics = self.metrics.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let mut ids = Vec::with_capacity(g.items.len());
-            let mut messages = Vec::with_capacity(g.items.len());
-            let mut permits = Vec::with_capacity(g.items.len());
-            for (id, m, p) in g.items {
-                ids.push(id);
-                messages.push(m);
-                permits.push(p);
-            }
-            let results = engine.publish_each(&g.topic, messages).await;
+            let results = match pending {
+                Ok(p) => p.wait().await,
+                Err(e) => Err(e),
+            };
             let mut out = BytesMut::new();
             let mut ok = 0u64;
             let mut failed = 0u64;
@@ -504,8 +575,42 @@ impl Connection {
             }
             metrics.messages_published.fetch_add(ok, Ordering::Relaxed);
             metrics.request_errors.fetch_add(failed, Ordering::Relaxed);
-            let _ = tx.send(Out::Frames(out)).await;
-            drop(permits);
+            let held = permits.into_iter().flat_map(|(r, b)| [r, b]).collect();
+            let _ = tx.send(Out::Frames(out, held)).await;
+        });
+    }
+
+    /// Waits for a submitted batch in a task and answers it.
+    fn answer_batch(
+        &self,
+        submitted: crate::Result<(Vec<crate::Confirm>, Option<DurableRx>)>,
+        id: u32,
+        permits: Permits,
+        tx: &mpsc::Sender<Out>,
+    ) {
+        let metrics = self.metrics.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let result = match submitted {
+                Ok((confirms, rx)) => Engine::wait_durable(rx).await.map(|()| confirms),
+                Err(e) => Err(e),
+            };
+            let resp = match result {
+                Ok(cs) => {
+                    metrics
+                        .messages_published
+                        .fetch_add(cs.len() as u64, Ordering::Relaxed);
+                    Response::Confirms(cs)
+                }
+                Err(e) => {
+                    metrics.request_errors.fetch_add(1, Ordering::Relaxed);
+                    Response::Error(WireError::from_error(&e))
+                }
+            };
+            let mut out = BytesMut::new();
+            resp.encode(op::PUBLISH_BATCH, id, &mut out);
+            let (r, b) = permits;
+            let _ = tx.send(Out::Frames(out, vec![r, b])).await;
         });
     }
 
@@ -516,7 +621,7 @@ impl Connection {
         }
         let mut out = BytesMut::new();
         Response::Error(WireError::protocol(code, message)).encode(op::PING, id, &mut out);
-        let _ = tx.send(Out::Frames(out)).await;
+        let _ = tx.send(Out::Frames(out, Vec::new())).await;
         let _ = tx.send(Out::Close).await;
     }
 }
@@ -544,28 +649,62 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Out>,
     batch_bytes: usize,
+    write_timeout: Duration,
 ) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut held: Held = Vec::new();
     let mut closing = false;
     while let Some(out) = rx.recv().await {
         match out {
-            Out::Frames(f) => buf.extend_from_slice(&f),
+            Out::Frames(f, h) => {
+                buf.extend_from_slice(&f);
+                held.extend(h);
+            }
             Out::Close => closing = true,
         }
         while !closing && buf.len() < batch_bytes {
             match rx.try_recv() {
-                Ok(Out::Frames(f)) => buf.extend_from_slice(&f),
+                Ok(Out::Frames(f, h)) => {
+                    buf.extend_from_slice(&f);
+                    held.extend(h);
+                }
                 Ok(Out::Close) => closing = true,
                 Err(_) => break,
             }
         }
-        wr.write_all(&buf).await?;
+        // A peer that stops reading would otherwise pin these responses (and the limits
+        // they hold) forever.
+        match tokio::time::timeout(write_timeout, wr.write_all(&buf)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the peer read nothing for {} ms", write_timeout.as_millis()),
+                ));
+            }
+        }
         buf.clear();
+        held.clear();
         if closing {
             break;
         }
     }
     wr.shutdown().await
+}
+
+/// The response bytes a read may produce, to reserve before it runs: its message limit
+/// times the largest stored message, at most what the engine's byte budget lets one read
+/// return; `None` for requests that are not reads.
+fn read_estimate(request: &Request, budget: usize) -> Option<u32> {
+    let n = match request {
+        Request::Fetch { options, .. } => options.max_messages.clamp(1, FETCH_MESSAGES_MAX),
+        Request::Peek { limit, .. } => (*limit as usize).clamp(1, PEEK_MESSAGES_MAX),
+        Request::DeadLetters { limit, .. } => (*limit as usize).clamp(1, DEAD_LETTER_LIST_MAX),
+        _ => return None,
+    };
+    let per_message = ENTRY_BYTES_MAX + READ_OVERHEAD_BYTES;
+    let most = READ_BYTES_MAX as usize + per_message + n * READ_OVERHEAD_BYTES;
+    Some(n.saturating_mul(per_message).min(most).clamp(1, budget) as u32)
 }
 
 fn reply<T>(r: crate::Result<T>, f: impl FnOnce(T) -> Response) -> Response {
@@ -677,5 +816,48 @@ async fn handle(engine: &Engine, metrics: &BrokerMetrics, request: Request) -> R
             let limit = (limit as usize).min(PEEK_MESSAGES_MAX);
             reply(engine.peek(&topic, from, limit).await, Response::Peeked)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FetchOptions;
+
+    fn fetch(max_messages: usize) -> Request {
+        Request::Fetch {
+            topic: "t".into(),
+            group: "g".into(),
+            options: FetchOptions {
+                max_messages,
+                lease_ms: None,
+                wait_ms: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn reads_reserve_their_largest_response_within_the_budget() {
+        let budget = 128 << 20;
+        let one = read_estimate(&fetch(1), budget).expect("a read") as usize;
+        assert!(one >= ENTRY_BYTES_MAX, "{one}");
+        let many = read_estimate(&fetch(10_000), budget).expect("a read") as usize;
+        // Enough for the largest response the engine can produce (it stops once the entries
+        // reach READ_BYTES_MAX, the last one included), and not much more.
+        let largest = READ_BYTES_MAX as usize + ENTRY_BYTES_MAX + 10_000 * READ_OVERHEAD_BYTES;
+        assert!(many >= largest, "{many} < {largest}");
+        assert!(many <= largest + ENTRY_BYTES_MAX, "{many}");
+        assert_eq!(
+            read_estimate(&fetch(10_000), 1000),
+            Some(1000),
+            "clamped to the budget"
+        );
+        let peek = Request::Peek {
+            topic: "t".into(),
+            from: 0,
+            limit: 0,
+        };
+        assert!(read_estimate(&peek, budget).is_some_and(|n| n > 0));
+        assert_eq!(read_estimate(&Request::Ping, budget), None);
     }
 }

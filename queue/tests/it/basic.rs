@@ -876,3 +876,37 @@ async fn publish_each_judges_every_message_on_its_own() {
         Err(Error::Invalid(_))
     ));
 }
+
+/// Near the backlog limit, `publish_each` stores the messages that fit and refuses only
+/// the rest with `Full` (the record as a whole would not fit).
+#[tokio::test]
+async fn publish_each_near_the_backlog_limit_stores_what_fits() {
+    let (_dir, _clock, q) = setup_with(|c| c.backlog_messages_max = 10);
+    group(&q, "g").await;
+    for i in 0..5u8 {
+        q.publish("t", Message::new(vec![i]))
+            .await
+            .expect("publish");
+    }
+    let results = q
+        .publish_each("t", (0..8u8).map(|i| Message::new(vec![100 + i])).collect())
+        .await
+        .expect("publish_each");
+    let stored: Vec<bool> = results.iter().map(Result::is_ok).collect();
+    assert_eq!(stored, [true, true, true, true, true, false, false, false]);
+    assert!(
+        results[5..].iter().all(|r| matches!(
+            r,
+            Err(Error::Full {
+                what: "messages",
+                ..
+            })
+        )),
+        "{results:?}"
+    );
+    let offsets: Vec<u64> = results[..5]
+        .iter()
+        .map(|r| r.as_ref().expect("stored").offset)
+        .collect();
+    assert_eq!(offsets, vec![5, 6, 7, 8, 9], "in the order given");
+}
