@@ -285,6 +285,13 @@ fn read_entries(locs: &[ReadLoc]) -> Result<Vec<Stored>> {
     Ok(out.into_iter().flatten().collect())
 }
 
+/// The writer's answer for a queued record (`None`: nothing to wait for). Await it with
+/// [`Engine::wait_durable`].
+pub type Durable = Option<oneshot::Receiver<Result<()>>>;
+
+/// A record's confirms, and the writer's answer once it is durable.
+pub type Submitted = (Vec<Confirm>, Durable);
+
 /// Publishes queued by [`Engine::publish_each_submit`], waiting for durability.
 #[derive(Debug)]
 pub struct PendingPublish {
@@ -292,7 +299,7 @@ pub struct PendingPublish {
     verdicts: Vec<Result<()>>,
     /// The valid messages' records in order: their confirms (or a per-record `Full`) and
     /// the writer's answer.
-    parts: Vec<(Result<Vec<Confirm>>, Option<oneshot::Receiver<Result<()>>>)>,
+    parts: Vec<(Result<Vec<Confirm>>, Durable)>,
 }
 
 impl PendingPublish {
@@ -595,7 +602,7 @@ impl Engine {
         append: Append,
         durable_end: Option<u64>,
         wait: bool,
-    ) -> Result<Option<oneshot::Receiver<Result<()>>>> {
+    ) -> Result<Durable> {
         let (tx, rx) = if wait {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -629,7 +636,7 @@ impl Engine {
         Ok(rx)
     }
 
-    async fn wait(rx: Option<oneshot::Receiver<Result<()>>>) -> Result<()> {
+    async fn wait(rx: Durable) -> Result<()> {
         match rx {
             Some(rx) => rx.await.unwrap_or(Err(Error::Closed)),
             None => Ok(()),
@@ -658,7 +665,7 @@ impl Engine {
         messages: &[Message],
         flags: u8,
         target: Option<&str>,
-    ) -> Result<(Vec<Confirm>, Option<oneshot::Receiver<Result<()>>>)> {
+    ) -> Result<Submitted> {
         self.check_open()?;
         let now = self.now();
         let mut st = topic.lock();
@@ -682,7 +689,7 @@ impl Engine {
         group: &str,
         ops: &[GroupOp],
         wait: bool,
-    ) -> Result<Option<oneshot::Receiver<Result<()>>>> {
+    ) -> Result<Durable> {
         match st.append_ops(group, ops)? {
             Some(a) => self.submit(topic, a, None, wait),
             None => Ok(None),
@@ -856,11 +863,7 @@ impl Engine {
     /// The synchronous half of `publish_batch` (all or nothing): validates, assigns offsets
     /// and queues the record; the receiver answers once it is durable. The broker calls it
     /// in its reader so that a connection's publishes keep their order.
-    pub fn publish_batch_submit(
-        &self,
-        topic: &str,
-        messages: &[Message],
-    ) -> Result<(Vec<Confirm>, Option<oneshot::Receiver<Result<()>>>)> {
+    pub fn publish_batch_submit(&self, topic: &str, messages: &[Message]) -> Result<Submitted> {
         self.check_open()?;
         validate_user_topic(topic)?;
         if messages.is_empty() || messages.len() > BATCH_MESSAGES_MAX {
@@ -877,7 +880,7 @@ impl Engine {
     }
 
     /// Waits for a receiver from one of the `*_submit` calls.
-    pub async fn wait_durable(rx: Option<oneshot::Receiver<Result<()>>>) -> Result<()> {
+    pub async fn wait_durable(rx: Durable) -> Result<()> {
         Self::wait(rx).await
     }
 

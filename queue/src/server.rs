@@ -261,9 +261,6 @@ struct Gathered {
     bytes: usize,
 }
 
-/// The writer's answer for a submitted record.
-type DurableRx = tokio::sync::oneshot::Receiver<crate::Result<()>>;
-
 /// A request's share of its connection's in-flight limits.
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
@@ -583,7 +580,7 @@ impl Connection {
     /// Waits for a submitted batch in a task and answers it.
     fn answer_batch(
         &self,
-        submitted: crate::Result<(Vec<crate::Confirm>, Option<DurableRx>)>,
+        submitted: crate::Result<crate::engine::Submitted>,
         id: u32,
         permits: Permits,
         tx: &mpsc::Sender<Out>,
