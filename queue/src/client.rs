@@ -5,32 +5,56 @@
 //! multiplexes many requests over each: every request gets an id, is written by the
 //! connection's writer task (which coalesces whatever is queued into one `write`), and is
 //! answered by the connection's reader task through a one-shot channel. Requests are spread
-//! over the pool round-robin.
+//! over the pool round-robin. A request holds one of the connection's in-flight slots (at
+//! most what the broker announced) from before it is written until its answer arrives or
+//! its connection dies, even if its caller stopped waiting: the broker still runs it.
+//!
+//! Arguments the broker could not even decode (too many headers, batch or ack receipts
+//! above [`crate::limits`], a frame above the broker's limit) are refused here with
+//! [`Error::Invalid`] and never sent: at the broker they would be protocol errors, which
+//! close the connection and fail every other request in flight on it.
 //!
 //! When a connection is lost, every request in flight on it fails with
 //! [`Error::Connection`]; nothing is retried behind the caller's back, because a publish
 //! may or may not have been stored. The caller retries with the same message id and the
-//! broker's de-duplication makes the retry harmless. The next request on that slot
-//! reconnects, with exponential backoff between failed attempts.
+//! broker's de-duplication makes the retry harmless. A request not answered within
+//! [`ClientConfig::request_timeout_ms`] closes its connection the same way (a broker that
+//! does not answer one request is presumed gone). The next request on that slot
+//! reconnects, with exponential backoff between failed attempts; after a whole schedule of
+//! failed attempts, requests on the slot fail at once for
+//! [`ClientConfig::backoff_max_ms`] instead of each running the schedule again.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::api::{
     AckOutcome, Confirm, DeadLetter, Delivery, FetchOptions, Message, Peeked, Queue, Receipt,
     StartAt, TopicStats,
 };
+use crate::engine::validate_message;
 use crate::error::{Error, Result};
+use crate::limits::{
+    ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, READ_BYTES_MAX, STORED_PAYLOAD_BYTES_MAX,
+};
 use crate::proto::{self, Request, Response, op};
+
+/// The largest response the client accepts whatever [`ClientConfig::max_frame_bytes`] says:
+/// a fetch, peek or dead-letter listing stops adding messages at
+/// [`READ_BYTES_MAX`] stored bytes but always finishes the message that crossed it (up to
+/// [`STORED_PAYLOAD_BYTES_MAX`]), plus the per-message framing (well under 1 MiB at the
+/// count limits).
+pub const RESPONSE_BYTES_MAX: usize =
+    READ_BYTES_MAX as usize + STORED_PAYLOAD_BYTES_MAX + (1 << 20);
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -47,13 +71,18 @@ pub struct ClientConfig {
     pub connect_attempts: u32,
     /// First backoff between attempts; doubled after each failure.
     pub backoff_initial_ms: u64,
-    /// Longest backoff between attempts.
+    /// Longest backoff between attempts. After a reconnect that ran out of attempts,
+    /// requests on that pool slot fail at once with its error for this long.
     pub backoff_max_ms: u64,
-    /// Largest frame the client sends or accepts.
+    /// Largest frame the client sends (also capped by the broker's announced limit; a
+    /// larger request fails alone with [`Error::Invalid`]). The client accepts responses up
+    /// to the larger of this and [`RESPONSE_BYTES_MAX`], since a fetch, peek or dead-letter
+    /// listing can be that large whatever is set here.
     pub max_frame_bytes: usize,
-    /// A request not answered within this long (plus a fetch's own `wait_ms`) fails with
-    /// [`Error::Connection`]; like a lost connection, it may or may not have taken effect.
-    /// A late answer is dropped.
+    /// A request not done within this long (plus a fetch's own `wait_ms`), counting the
+    /// connect and the wait for an in-flight slot, fails with [`Error::Connection`]. If it
+    /// was sent, it may or may not have taken effect, and its connection is closed (failing
+    /// the other requests in flight on it); the next request reconnects.
     pub request_timeout_ms: u64,
     /// Name sent in the hello.
     pub name: String,
@@ -78,6 +107,10 @@ impl ClientConfig {
 }
 
 /// A broker client. Cheap to share behind an `Arc`; all methods take `&self`.
+///
+/// Dropping a request's future (an outer timeout, a `select!`) does not recall the request:
+/// the broker still runs it and it keeps its in-flight slot until answered. See
+/// [`Client::fetch`](Queue::fetch) for what that means for a fetch.
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
@@ -85,36 +118,76 @@ pub struct Client {
     next: AtomicUsize,
 }
 
-/// One pool slot: its live connection, and a lock held while (re)connecting so that only
-/// one task reconnects while the others wait for it.
+/// One pool slot: its live connection, a lock held while (re)connecting so that only one
+/// task reconnects while the others wait for it, and until when the broker counts as down.
 #[derive(Debug, Default)]
 struct Slot {
     current: Mutex<Option<Arc<Conn>>>,
     connecting: tokio::sync::Mutex<()>,
+    /// After a reconnect ran out of attempts: until when requests fail at once, and its
+    /// error. Only looked at when there is no live connection.
+    down: Mutex<Option<(Instant, String)>>,
+}
+
+/// Locks a std mutex, recovering the data if a panic poisoned it (every critical section
+/// here leaves the data consistent).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
 }
 
 impl Slot {
     /// The live connection, if any: the fast path of every request (a brief std lock).
     fn live(&self) -> Option<Arc<Conn>> {
-        let guard = match self.current.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        guard
+        lock(&self.current)
             .as_ref()
             .filter(|c| c.alive.load(Ordering::Acquire))
             .cloned()
     }
 
     fn set(&self, conn: Option<Arc<Conn>>) {
-        match self.current.lock() {
-            Ok(mut g) => *g = conn,
-            Err(p) => *p.into_inner() = conn,
+        *lock(&self.current) = conn;
+    }
+
+    /// Fails while the broker counts as down after a failed reconnect.
+    fn check_down(&self) -> Result<()> {
+        match &*lock(&self.down) {
+            Some((until, why)) => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    Ok(())
+                } else {
+                    Err(Error::Connection(format!(
+                        "{why}; not retrying for another {} ms",
+                        left.as_millis().max(1)
+                    )))
+                }
+            }
+            None => Ok(()),
         }
+    }
+
+    fn set_down(&self, down: Option<(Instant, String)>) {
+        *lock(&self.down) = down;
     }
 }
 
 type Waiter = oneshot::Sender<Result<(u8, Response)>>;
+
+/// A request sent and not yet answered.
+#[derive(Debug)]
+struct Pending {
+    /// The request's opcode (to decode the answer).
+    op: u8,
+    waiter: Waiter,
+    /// When its caller gives up on it (whether or not the caller is still there).
+    deadline: Instant,
+    /// Its in-flight slot, released with the entry: when the answer arrives or the
+    /// connection dies, not when the caller stops waiting.
+    _permit: OwnedSemaphorePermit,
+}
 
 /// One multiplexed connection.
 #[derive(Debug)]
@@ -123,41 +196,67 @@ struct Conn {
     state: Mutex<ConnState>,
     next_id: AtomicU32,
     alive: AtomicBool,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// The permits' total: the most requests in flight on this connection.
     permits_max: usize,
+    /// Largest frame sent: the smaller of the client's and the broker's limit.
     max_frame_bytes: usize,
 }
 
 #[derive(Debug, Default)]
 struct ConnState {
-    /// Request id → (request opcode, waiter). `None` once the connection is dead.
-    pending: Option<HashMap<u32, (u8, Waiter)>>,
+    /// Request id → its entry. `None` once the connection is dead.
+    pending: Option<HashMap<u32, Pending>>,
+    /// Dropped by [`Conn::kill`] (or with the connection): stops the reader and the writer,
+    /// which closes the socket.
+    stop: Option<(oneshot::Sender<()>, oneshot::Sender<()>)>,
 }
 
 impl Conn {
-    /// Drops the waiters of requests given up on; their late answers are then ignored.
-    fn forget(&self, ids: &[u32]) {
-        if let Ok(mut st) = self.state.lock()
-            && let Some(p) = st.pending.as_mut()
-        {
-            for id in ids {
-                p.remove(id);
+    /// Registers requests about to be sent; fails if the connection is dead.
+    fn register(&self, entries: impl IntoIterator<Item = (u32, Pending)>) -> Result<()> {
+        match lock(&self.state).pending.as_mut() {
+            Some(p) => {
+                p.extend(entries);
+                Ok(())
             }
+            None => Err(Error::Connection("connection lost".into())),
         }
     }
 
-    /// Fails every waiter and refuses new ones.
+    /// Fails every waiter, refuses new ones, releases every in-flight slot (waiters for one
+    /// fail) and closes the socket.
     fn kill(&self, why: &str) {
         self.alive.store(false, Ordering::Release);
-        let pending = match self.state.lock() {
-            Ok(mut st) => st.pending.take(),
-            Err(p) => p.into_inner().pending.take(),
+        self.permits.close();
+        let (pending, stop) = {
+            let mut st = lock(&self.state);
+            (st.pending.take(), st.stop.take())
         };
-        for (_, (_, w)) in pending.into_iter().flatten() {
-            let _ = w.send(Err(Error::Connection(why.to_string())));
+        drop(stop);
+        for (_, p) in pending.into_iter().flatten() {
+            let _ = p.waiter.send(Err(Error::Connection(why.to_string())));
         }
     }
+
+    /// Kills the connection if a request on it is past its deadline (its caller may have
+    /// gone and so never noticed): the broker is not answering.
+    fn kill_if_overdue(&self, now: Instant, why: &str) -> bool {
+        let overdue = lock(&self.state)
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.values().any(|e| e.deadline <= now));
+        if overdue {
+            self.kill(why);
+        }
+        overdue
+    }
+}
+
+/// Writes the request id of the frame starting at `at` (frames are encoded before the id
+/// is known, so that an oversized one is refused without taking an in-flight slot).
+fn set_request_id(frames: &mut BytesMut, at: usize, id: u32) {
+    frames[at + 5..at + 9].copy_from_slice(&id.to_le_bytes());
 }
 
 impl Client {
@@ -173,7 +272,9 @@ impl Client {
             next: AtomicUsize::new(0),
             config,
         };
-        client.conn(0).await?;
+        if let Some(first) = client.slots.first() {
+            client.reconnect(first).await?;
+        }
         Ok(client)
     }
 
@@ -192,97 +293,153 @@ impl Client {
 
     /// Publishes independent messages pipelined on one connection: one PUBLISH frame each,
     /// all written together, each confirmed (or refused) on its own, like
-    /// [`crate::Engine::publish_each`]. The outer error means nothing was sent, or the
-    /// connection was lost: then each message may or may not be stored, and a retry with the
-    /// same ids is harmless. At most [`ClientConfig::max_in_flight`] messages per call.
+    /// [`crate::Engine::publish_each`]. Returns one result per message: a message that is
+    /// invalid (limits, or a frame above the limit) gets its own [`Error::Invalid`] and is
+    /// not sent; one not answered because the connection was lost or the request timed out
+    /// gets [`Error::Connection`] (it may or may not be stored; a retry with the same id is
+    /// harmless), while confirms already received are kept. The outer error means nothing
+    /// was sent (no connection, no in-flight slots in time, more messages than
+    /// [`ClientConfig::max_in_flight`]).
     pub async fn publish_each(
         &self,
         topic: &str,
         messages: Vec<Message>,
     ) -> Result<Vec<Result<Confirm>>> {
-        if messages.is_empty() {
+        let n = messages.len();
+        if n == 0 {
             return Ok(Vec::new());
         }
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let conn = self.conn(slot).await?;
-        let n = messages.len();
+        let deadline = Instant::now() + self.timeout(0);
+        let mut results: Vec<Option<Result<Confirm>>> = messages
+            .iter()
+            .map(|m| validate_message(m).err().map(Err))
+            .collect();
+        if results.iter().all(Option::is_some) {
+            return Ok(finish(results));
+        }
+        let conn = self.conn(self.pick(), deadline).await?;
         if n > conn.permits_max {
             return Err(Error::Invalid(format!(
                 "{n} messages exceed the {} requests one connection may have in flight",
                 conn.permits_max
             )));
         }
-        let _permits = conn
-            .permits
-            .acquire_many(n as u32)
-            .await
-            .map_err(|_| Error::Connection("connection closed".into()))?;
-        let first = conn.next_id.fetch_add(n as u32, Ordering::Relaxed);
+        // Encoded with id 0; each id is written in once the slots are taken.
         let mut frames = BytesMut::with_capacity(n * (64 + topic.len()));
-        let mut waiters = Vec::with_capacity(n);
-        let mut receivers = Vec::with_capacity(n);
+        let mut sent = Vec::with_capacity(n);
         for (i, m) in messages.iter().enumerate() {
-            let id = first.wrapping_add(i as u32);
-            let before = frames.len();
-            proto::encode_publish(id, topic, m, &mut frames);
-            if frames.len() - before - 4 > conn.max_frame_bytes {
-                return Err(Error::Invalid(format!(
+            if results[i].is_some() {
+                continue;
+            }
+            let at = frames.len();
+            proto::encode_publish(0, topic, m, &mut frames);
+            if frames.len() - at - 4 > conn.max_frame_bytes {
+                frames.truncate(at);
+                results[i] = Some(Err(Error::Invalid(format!(
                     "message {i} makes a frame larger than the limit of {} bytes",
                     conn.max_frame_bytes
-                )));
+                ))));
+                continue;
             }
-            let (tx, rx) = oneshot::channel();
-            waiters.push((id, (op::PUBLISH, tx)));
-            receivers.push(rx);
+            sent.push((i, at));
         }
-        {
-            let mut st = conn
-                .state
-                .lock()
-                .map_err(|_| Error::Connection("connection state poisoned".into()))?;
-            match st.pending.as_mut() {
-                Some(p) => p.extend(waiters),
-                None => return Err(Error::Connection("connection lost".into())),
-            }
+        if sent.is_empty() {
+            return Ok(finish(results));
         }
-        if conn.tx.send(frames).await.is_err() {
-            conn.kill("connection lost while sending");
-        }
-        let mut out = Vec::with_capacity(n);
-        let deadline = tokio::time::Instant::now() + self.timeout(0);
-        for rx in receivers {
-            let Ok(answer) = tokio::time::timeout_at(deadline, rx).await else {
-                let ids: Vec<u32> = (0..n as u32).map(|i| first.wrapping_add(i)).collect();
-                conn.forget(&ids);
-                return Err(self.timed_out());
+        let k = sent.len();
+        let mut permits = self.permits(&conn, k as u32, deadline).await?;
+        let first = conn.next_id.fetch_add(k as u32, Ordering::Relaxed);
+        let mut entries = Vec::with_capacity(k);
+        let mut receivers = Vec::with_capacity(k);
+        for (j, &(i, at)) in sent.iter().enumerate() {
+            let id = first.wrapping_add(j as u32);
+            set_request_id(&mut frames, at, id);
+            let Some(permit) = permits.split(1) else {
+                return Err(Error::Connection("in-flight slots miscounted".into()));
             };
-            out.push(match answer {
-                Ok(Ok((_, Response::Confirm(c)))) => Ok(c),
-                Ok(Ok((_, Response::Error(e)))) => Err(e.into_error()),
-                Ok(Ok((_, other))) => Err(unexpected(&other)),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(Error::Connection("connection lost".into())),
+            let (tx, rx) = oneshot::channel();
+            entries.push((
+                id,
+                Pending {
+                    op: op::PUBLISH,
+                    waiter: tx,
+                    deadline,
+                    _permit: permit,
+                },
+            ));
+            receivers.push((i, rx));
+        }
+        let Ok(writer) = conn.tx.reserve().await else {
+            conn.kill("connection lost while sending");
+            return Err(Error::Connection("connection lost".into()));
+        };
+        conn.register(entries)?;
+        writer.send(frames);
+        let mut timed_out = false;
+        for (i, mut rx) in receivers {
+            // Once timed out, the connection is killed: every waiter has its answer or the
+            // kill's error already.
+            let answer = if timed_out {
+                rx.try_recv().ok()
+            } else {
+                match tokio::time::timeout_at(deadline, &mut rx).await {
+                    Ok(a) => a.ok(),
+                    Err(_) => {
+                        conn.kill(&self.timed_out(0));
+                        timed_out = true;
+                        rx.try_recv().ok()
+                    }
+                }
+            };
+            results[i] = Some(match answer {
+                Some(Ok((_, Response::Confirm(c)))) => Ok(c),
+                Some(Ok((_, Response::Error(e)))) => Err(e.into_error()),
+                Some(Ok((_, other))) => Err(unexpected(&other)),
+                Some(Err(e)) => Err(e),
+                None => Err(Error::Connection("connection lost".into())),
             });
         }
-        Ok(out)
+        Ok(finish(results))
     }
 
-    async fn conn(&self, slot: usize) -> Result<Arc<Conn>> {
+    /// The next pool slot, round-robin.
+    fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+    }
+
+    /// The slot's live connection, or a new one, by `deadline`.
+    async fn conn(&self, slot: usize, deadline: Instant) -> Result<Arc<Conn>> {
         let Some(slot) = self.slots.get(slot) else {
             return Err(Error::Invalid(format!("no pool slot {slot}")));
         };
         if let Some(c) = slot.live() {
             return Ok(c);
         }
+        match tokio::time::timeout_at(deadline, self.reconnect(slot)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Connection(format!(
+                "could not connect to {} within the request timeout; the request was not sent",
+                self.config.addr
+            ))),
+        }
+    }
+
+    /// Reconnects the slot (or takes the connection another task just made), running the
+    /// backoff schedule; after a failed schedule the slot counts as down for
+    /// `backoff_max_ms`, and callers fail at once with its error.
+    async fn reconnect(&self, slot: &Slot) -> Result<Arc<Conn>> {
+        slot.check_down()?;
         let _connecting = slot.connecting.lock().await;
-        // Another task may have reconnected while this one waited.
+        // Another task may have reconnected, or given up, while this one waited.
         if let Some(c) = slot.live() {
             return Ok(c);
         }
+        slot.check_down()?;
         slot.set(None);
+        let attempts = self.config.connect_attempts.max(1);
         let mut backoff = self.config.backoff_initial_ms.max(1);
         let mut last = String::new();
-        for attempt in 0..self.config.connect_attempts.max(1) {
+        for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(backoff)).await;
                 backoff = (backoff * 2).min(self.config.backoff_max_ms.max(1));
@@ -290,6 +447,7 @@ impl Client {
             let timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1));
             match tokio::time::timeout(timeout, open(&self.config)).await {
                 Ok(Ok(c)) => {
+                    slot.set_down(None);
                     slot.set(Some(c.clone()));
                     return Ok(c);
                 }
@@ -297,30 +455,59 @@ impl Client {
                 Err(_) => last = "connect timed out".into(),
             }
         }
-        Err(Error::Connection(format!(
-            "cannot reach {} after {} attempts: {last}",
-            self.config.addr,
-            self.config.connect_attempts.max(1)
-        )))
+        let why = format!(
+            "cannot reach {} after {attempts} attempts: {last}",
+            self.config.addr
+        );
+        let until = Instant::now() + Duration::from_millis(self.config.backoff_max_ms);
+        slot.set_down(Some((until, why.clone())));
+        Err(Error::Connection(why))
+    }
+
+    /// Takes `n` in-flight slots on `conn` by `deadline`.
+    async fn permits(
+        &self,
+        conn: &Conn,
+        n: u32,
+        deadline: Instant,
+    ) -> Result<OwnedSemaphorePermit> {
+        let closed = || Error::Connection("connection lost".into());
+        match conn.permits.clone().try_acquire_many_owned(n) {
+            Ok(p) => return Ok(p),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
+        match tokio::time::timeout_at(deadline, conn.permits.clone().acquire_many_owned(n)).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => {
+                // Slots held past their deadline (by callers that went away) mean the broker
+                // is not answering: retire the connection so the next request reconnects.
+                let why = self.timed_out(0);
+                if conn.kill_if_overdue(Instant::now(), &why) {
+                    return Err(Error::Connection(why));
+                }
+                Err(Error::Connection(format!(
+                    "no in-flight slot free on the connection to {} within the request \
+                     timeout; the request was not sent",
+                    self.config.addr
+                )))
+            }
+        }
     }
 
     async fn call(&self, request: Request) -> Result<Response> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let conn = self.conn(slot).await?;
-        let opcode = request.opcode();
         let extra_wait_ms = match &request {
             Request::Fetch { options, .. } => options.wait_ms,
             _ => 0,
         };
+        let deadline = Instant::now() + self.timeout(extra_wait_ms);
+        let opcode = request.opcode();
+        // Encoded with id 0; the id is written in once the slot is taken.
         let mut frame = BytesMut::new();
-        // The id is written after the permit is taken; encode first with a placeholder.
-        let _permit = conn
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Connection("connection closed".into()))?;
-        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        request.encode(id, &mut frame);
+        request.encode(0, &mut frame);
+        drop(request);
+        let conn = self.conn(self.pick(), deadline).await?;
         if frame.len() - 4 > conn.max_frame_bytes {
             return Err(Error::Invalid(format!(
                 "request of {} bytes exceeds the frame limit of {}",
@@ -328,27 +515,32 @@ impl Client {
                 conn.max_frame_bytes
             )));
         }
+        let permit = self.permits(&conn, 1, deadline).await?;
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        set_request_id(&mut frame, 0, id);
         let (tx, rx) = oneshot::channel();
-        {
-            let mut st = conn
-                .state
-                .lock()
-                .map_err(|_| Error::Connection("connection state poisoned".into()))?;
-            match st.pending.as_mut() {
-                Some(p) => {
-                    p.insert(id, (opcode, tx));
-                }
-                None => return Err(Error::Connection("connection lost".into())),
-            }
-        }
-        if conn.tx.send(frame).await.is_err() {
+        // The channel has room for as many frames as there are slots, so this does not
+        // wait; reserving first means no await between registering and sending.
+        let Ok(writer) = conn.tx.reserve().await else {
             conn.kill("connection lost while sending");
-        }
-        let answer = match tokio::time::timeout(self.timeout(extra_wait_ms), rx).await {
+            return Err(Error::Connection("connection lost".into()));
+        };
+        conn.register(std::iter::once((
+            id,
+            Pending {
+                op: opcode,
+                waiter: tx,
+                deadline,
+                _permit: permit,
+            },
+        )))?;
+        writer.send(frame);
+        let answer = match tokio::time::timeout_at(deadline, rx).await {
             Ok(a) => a,
             Err(_) => {
-                conn.forget(&[id]);
-                return Err(self.timed_out());
+                let why = self.timed_out(extra_wait_ms);
+                conn.kill(&why);
+                return Err(Error::Connection(why));
             }
         };
         match answer {
@@ -363,17 +555,29 @@ impl Client {
         Duration::from_millis(self.config.request_timeout_ms.saturating_add(extra_wait_ms))
     }
 
-    fn timed_out(&self) -> Error {
-        Error::Connection(format!(
-            "no answer from {} within {} ms; the request may or may not have taken effect",
-            self.config.addr, self.config.request_timeout_ms
-        ))
+    /// The error of a request that timed out, which is also why its connection is closed.
+    fn timed_out(&self, extra_wait_ms: u64) -> String {
+        format!(
+            "no answer from {} within {} ms; closed the connection: requests in flight on it \
+             may or may not have taken effect",
+            self.config.addr,
+            self.config.request_timeout_ms.saturating_add(extra_wait_ms)
+        )
     }
+}
+
+/// One result per message; a message left without one (not expected) counts as lost.
+fn finish(results: Vec<Option<Result<Confirm>>>) -> Vec<Result<Confirm>> {
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Connection("not sent".into()))))
+        .collect()
 }
 
 /// Connects, says hello, starts the reader and writer tasks.
 async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
     let io_err = |e: io::Error| Error::Connection(format!("{}: {e}", config.addr));
+    let receive_max = config.max_frame_bytes.max(RESPONSE_BYTES_MAX);
     let mut stream = TcpStream::connect(&config.addr).await.map_err(io_err)?;
     let _ = stream.set_nodelay(true);
     let mut out = BytesMut::new();
@@ -386,8 +590,8 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
     stream.write_all(&out).await.map_err(io_err)?;
     let mut buf = BytesMut::with_capacity(64 << 10);
     let frame = loop {
-        if let Some(f) = proto::split_frame(&mut buf, config.max_frame_bytes)
-            .map_err(|e| Error::Protocol(e.to_string()))?
+        if let Some(f) =
+            proto::split_frame(&mut buf, receive_max).map_err(|e| Error::Protocol(e.to_string()))?
         {
             break f;
         }
@@ -413,25 +617,29 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
     let (rd, wr) = stream.into_split();
     let in_flight = config.max_in_flight.min(max_in_flight).max(1);
     let (tx, rx) = mpsc::channel(in_flight);
+    let (stop_reader, reader_stopped) = oneshot::channel();
+    let (stop_writer, writer_stopped) = oneshot::channel();
     let conn = Arc::new(Conn {
         tx,
         state: Mutex::new(ConnState {
             pending: Some(HashMap::new()),
+            stop: Some((stop_reader, stop_writer)),
         }),
         next_id: AtomicU32::new(1),
         alive: AtomicBool::new(true),
-        permits: Semaphore::new(in_flight),
+        permits: Arc::new(Semaphore::new(in_flight)),
         permits_max: in_flight,
         // Requests above the broker's limit would get FRAME_TOO_LARGE and cost the
         // connection (and every request in flight on it): refuse them here instead.
         max_frame_bytes: config.max_frame_bytes.min(broker_frame_max),
     });
-    tokio::spawn(write_loop(wr, rx, Arc::downgrade(&conn)));
+    tokio::spawn(write_loop(wr, rx, Arc::downgrade(&conn), writer_stopped));
     tokio::spawn(read_loop(
         rd,
         buf,
         Arc::downgrade(&conn),
-        config.max_frame_bytes,
+        reader_stopped,
+        receive_max,
     ));
     Ok(conn)
 }
@@ -440,9 +648,20 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<BytesMut>,
     conn: std::sync::Weak<Conn>,
+    mut stop: oneshot::Receiver<()>,
 ) {
     let mut buf = BytesMut::with_capacity(64 << 10);
-    while let Some(f) = rx.recv().await {
+    loop {
+        // Frames queued before the client was dropped are still written (the channel
+        // closes after them); a killed connection writes nothing more.
+        let f = tokio::select! {
+            biased;
+            f = rx.recv() => match f {
+                Some(f) => f,
+                None => break,
+            },
+            _ = &mut stop => break,
+        };
         buf.extend_from_slice(&f);
         while buf.len() < 256 << 10 {
             match rx.try_recv() {
@@ -450,7 +669,12 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = wr.write_all(&buf).await {
+        let written = tokio::select! {
+            biased;
+            r = wr.write_all(&buf) => r,
+            _ = &mut stop => break,
+        };
+        if let Err(e) = written {
             if let Some(c) = conn.upgrade() {
                 c.kill(&format!("write failed: {e}"));
             }
@@ -458,7 +682,7 @@ async fn write_loop(
         }
         buf.clear();
     }
-    // The client was dropped: close our side; the broker answers what it has and closes.
+    // Close our side; the broker answers what it has and closes.
     let _ = wr.shutdown().await;
 }
 
@@ -466,6 +690,7 @@ async fn read_loop(
     mut rd: OwnedReadHalf,
     mut buf: BytesMut,
     conn: std::sync::Weak<Conn>,
+    mut stop: oneshot::Receiver<()>,
     max_frame_bytes: usize,
 ) {
     let why = loop {
@@ -475,27 +700,31 @@ async fn read_loop(
                 if buf.capacity() - buf.len() < 16 << 10 {
                     buf.reserve(64 << 10);
                 }
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) => break "the broker closed the connection".to_string(),
-                    Ok(_) => continue,
-                    Err(e) => break format!("read failed: {e}"),
+                tokio::select! {
+                    biased;
+                    r = rd.read_buf(&mut buf) => match r {
+                        Ok(0) => break "the broker closed the connection".to_string(),
+                        Ok(_) => continue,
+                        Err(e) => break format!("read failed: {e}"),
+                    },
+                    // Killed (every waiter has its error) or dropped.
+                    _ = &mut stop => return,
                 }
             }
             Err(e) => break format!("bad frame from the broker: {e}"),
         };
         let Some(c) = conn.upgrade() else { return };
-        let waiter = match c.state.lock() {
-            Ok(mut st) => st
-                .pending
-                .as_mut()
-                .and_then(|p| p.remove(&frame.request_id)),
-            Err(_) => None,
-        };
-        match waiter {
-            Some((req_op, w)) => {
+        let entry = lock(&c.state)
+            .pending
+            .as_mut()
+            .and_then(|p| p.remove(&frame.request_id));
+        match entry {
+            // The entry's in-flight slot is released as it drops, after the answer.
+            Some(p) => {
+                let req_op = p.op;
                 let r = Response::decode(req_op, frame.opcode, frame.body)
                     .map_err(|e| Error::Protocol(e.to_string()));
-                let _ = w.send(r.map(|r| (req_op, r)));
+                let _ = p.waiter.send(r.map(|r| (req_op, r)));
             }
             None if frame.opcode == proto::OP_ERROR => {
                 // A connection-level error (idle timeout, limit, bad frame): it names the
@@ -508,7 +737,7 @@ async fn read_loop(
                 };
                 break why;
             }
-            // A late answer to a request that timed out: nobody waits for it.
+            // Not expected: entries are only dropped by a kill, which stops this loop.
             None => {}
         }
     };
@@ -524,6 +753,7 @@ fn unexpected(r: &Response) -> Error {
 #[async_trait::async_trait]
 impl Queue for Client {
     async fn publish(&self, topic: &str, message: Message) -> Result<Confirm> {
+        validate_message(&message)?;
         match self
             .call(Request::Publish {
                 topic: topic.into(),
@@ -537,6 +767,15 @@ impl Queue for Client {
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Confirm>> {
+        if messages.is_empty() || messages.len() > BATCH_MESSAGES_MAX {
+            return Err(Error::Invalid(format!(
+                "a batch holds 1..={BATCH_MESSAGES_MAX} messages, not {}",
+                messages.len()
+            )));
+        }
+        for m in &messages {
+            validate_message(m)?;
+        }
         match self
             .call(Request::PublishBatch {
                 topic: topic.into(),
@@ -563,6 +802,10 @@ impl Queue for Client {
         }
     }
 
+    /// Long-polls like [`crate::Engine`]'s fetch. Dropping the future before it returns
+    /// does not recall the fetch: the broker may still lease messages to it, and with no
+    /// one to receive them they stay invisible until their lease ends (the broker cannot
+    /// know the caller is gone). Prefer a shorter `wait_ms` to cancelling.
     async fn fetch(
         &self,
         topic: &str,
@@ -583,6 +826,12 @@ impl Queue for Client {
     }
 
     async fn ack(&self, topic: &str, group: &str, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {
+        if receipts.len() > ACK_RECEIPTS_MAX {
+            return Err(Error::Invalid(format!(
+                "at most {ACK_RECEIPTS_MAX} receipts per ack, not {}",
+                receipts.len()
+            )));
+        }
         match self
             .call(Request::Ack {
                 topic: topic.into(),

@@ -510,10 +510,13 @@ impl Connection {
         }
         self.flush_publishes(&mut gathered, &tx);
         let _ = closed_tx.send(true);
-        // Let the requests in flight answer, then let the writer flush and close. The wait is
-        // bounded by the requests themselves (fetches end on shutdown) and, on shutdown, by
-        // the server's grace period.
-        let _ = requests.acquire_many(max_in_flight as u32).await;
+        // Let the requests in flight answer, then let the writer flush and close: it ends
+        // once every sender is gone, that is once every request task has sent its answer.
+        // (Waiting here for the in-flight permits instead would deadlock: an answer sent just
+        // as the writer stops stays in the channel, with its permits, until every sender,
+        // this one included, is dropped.) The wait is bounded by the requests themselves
+        // (fetches end when the connection closes), the write timeout and, on shutdown, the
+        // server's grace period.
         drop(tx);
         match writer.await {
             Ok(r) => r,

@@ -1604,46 +1604,15 @@ async fn client_keeps_to_the_brokers_announced_frame_limit() {
 }
 
 /// A broker that accepts the hello and then never answers: the client gives up after its
-/// request timeout with `Error::Connection` instead of waiting forever, and a late answer
-/// to the abandoned request does not break the connection for the next one.
+/// request timeout with `Error::Connection` instead of waiting forever, closes that
+/// connection (a late answer to the abandoned request goes nowhere), and the next request
+/// reconnects instead of waiting on the silent one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unanswered_requests_time_out() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::unbounded_channel::<RawFrame>();
-    let (answer_tx, mut answer_rx) = tokio::sync::mpsc::unbounded_channel::<BytesMut>();
-    let silent = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.expect("accept");
-        let mut buf = BytesMut::new();
-        loop {
-            tokio::select! {
-                r = s.read_buf(&mut buf) => {
-                    if r.expect("read") == 0 {
-                        return;
-                    }
-                    while let Some(f) = proto::split_frame(&mut buf, proto::FRAME_BYTES_MAX).expect("frame") {
-                        if f.opcode == op::HELLO {
-                            let mut out = BytesMut::new();
-                            Response::Hello {
-                                version: proto::VERSION,
-                                max_frame_bytes: proto::FRAME_BYTES_MAX as u32,
-                                max_in_flight: 16,
-                                server: "silent".into(),
-                            }
-                            .encode(op::HELLO, f.request_id, &mut out);
-                            s.write_all(&out).await.expect("hello");
-                        } else {
-                            let _ = frames_tx.send(f);
-                        }
-                    }
-                }
-                Some(out) = answer_rx.recv() => s.write_all(&out).await.expect("answer"),
-            }
-        }
-    });
+    let mut fake = FakeBroker::spawn(16).await;
     let client = Client::connect(ClientConfig {
         request_timeout_ms: 200,
-        ..client_config(&addr, 1)
+        ..client_config(&fake.addr, 1)
     })
     .await
     .expect("connect");
@@ -1654,28 +1623,32 @@ async fn unanswered_requests_time_out() {
         "{r:?}"
     );
     assert!(started.elapsed() >= Duration::from_millis(200));
-    // The abandoned request's late answer, then the next request's answer.
-    let first = frames_rx
-        .recv()
-        .await
-        .expect("the publish reached the broker");
+    let first = fake.next().await;
+    assert_eq!((first.conn, first.frame.opcode), (0, op::PUBLISH));
+    // The client closed the silent connection.
+    wait_for("the client to close the silent connection", || {
+        fake.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The abandoned request's late answer goes nowhere.
     let mut late = BytesMut::new();
     Response::Confirm(queue::Confirm {
         offset: 0,
         duplicate: false,
     })
-    .encode(op::PUBLISH, first.request_id, &mut late);
-    answer_tx.send(late).expect("send");
+    .encode(op::PUBLISH, first.frame.request_id, &mut late);
+    let _ = first.reply.send(FakeReply::Bytes(late));
+    // The next request reconnects and is answered on the new connection.
     let ping = tokio::spawn(async move { client.ping().await });
-    let second = frames_rx.recv().await.expect("the ping reached the broker");
-    assert_eq!(second.opcode, op::PING);
+    let second = fake.next().await;
+    assert_eq!((second.conn, second.frame.opcode), (1, op::PING));
     let mut pong = BytesMut::new();
-    Response::Done.encode(op::PING, second.request_id, &mut pong);
-    answer_tx.send(pong).expect("send");
+    Response::Done.encode(op::PING, second.frame.request_id, &mut pong);
+    second.reply.send(FakeReply::Bytes(pong)).expect("send");
     ping.await
         .expect("join")
-        .expect("the ping is answered on the same connection");
-    silent.abort();
+        .expect("the ping is answered on a new connection");
+    assert_eq!(fake.accepted.load(Ordering::SeqCst), 2);
 }
 
 /// `Backend::open` picks the embedded engine or the broker from one string; the same code
@@ -1725,4 +1698,467 @@ async fn backend_switches_between_embedded_and_remote_by_configuration() {
         queue::Backend::open("tcp://127.0.0.1:1", engine_config()).await,
         Err(Error::Connection(_))
     ));
+}
+
+// ---- 8. the client's own limits, slots, timeouts and reconnects ----
+
+/// What a test tells a [`FakeBroker`] connection to do.
+enum FakeReply {
+    /// Write these bytes.
+    Bytes(BytesMut),
+    /// Close the connection.
+    Close,
+}
+
+/// A frame a [`FakeBroker`] connection received (not the hello, which it answers itself).
+struct FakeFrame {
+    /// The connection's number, in accept order from 0.
+    conn: usize,
+    frame: RawFrame,
+    /// Writes to (or closes) the connection the frame came on.
+    reply: tokio::sync::mpsc::UnboundedSender<FakeReply>,
+}
+
+/// A scripted broker: accepts any number of connections, answers each hello (announcing
+/// `max_in_flight`), and hands every other frame to the test, which answers as it likes.
+struct FakeBroker {
+    addr: String,
+    frames: tokio::sync::mpsc::UnboundedReceiver<FakeFrame>,
+    accepted: Arc<AtomicU64>,
+    /// Connections the client closed (a read returned 0 or failed).
+    closed: Arc<AtomicU64>,
+    acceptor: JoinHandle<()>,
+}
+
+impl FakeBroker {
+    async fn spawn(max_in_flight: u32) -> FakeBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (frames_tx, frames) = tokio::sync::mpsc::unbounded_channel();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicU64::new(0));
+        let (acc, cl) = (accepted.clone(), closed.clone());
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let conn = acc.fetch_add(1, Ordering::SeqCst) as usize;
+                let (frames_tx, cl) = (frames_tx.clone(), cl.clone());
+                tokio::spawn(async move {
+                    let (reply, mut replies) = tokio::sync::mpsc::unbounded_channel();
+                    let mut buf = BytesMut::new();
+                    loop {
+                        tokio::select! {
+                            r = s.read_buf(&mut buf) => {
+                                if !matches!(r, Ok(n) if n > 0) {
+                                    cl.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                                while let Some(f) =
+                                    proto::split_frame(&mut buf, proto::FRAME_BYTES_MAX).expect("frame")
+                                {
+                                    if f.opcode == op::HELLO {
+                                        let mut out = BytesMut::new();
+                                        Response::Hello {
+                                            version: proto::VERSION,
+                                            max_frame_bytes: proto::FRAME_BYTES_MAX as u32,
+                                            max_in_flight,
+                                            server: "fake".into(),
+                                        }
+                                        .encode(op::HELLO, f.request_id, &mut out);
+                                        if s.write_all(&out).await.is_err() {
+                                            return;
+                                        }
+                                    } else {
+                                        let _ = frames_tx.send(FakeFrame {
+                                            conn,
+                                            frame: f,
+                                            reply: reply.clone(),
+                                        });
+                                    }
+                                }
+                            }
+                            Some(r) = replies.recv() => match r {
+                                FakeReply::Bytes(out) => {
+                                    if s.write_all(&out).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                FakeReply::Close => return,
+                            },
+                        }
+                    }
+                });
+            }
+        });
+        FakeBroker {
+            addr,
+            frames,
+            accepted,
+            closed,
+            acceptor,
+        }
+    }
+
+    /// The next frame a client sent.
+    async fn next(&mut self) -> FakeFrame {
+        tokio::time::timeout(DEADLINE, self.frames.recv())
+            .await
+            .expect("a frame arrives in time")
+            .expect("the fake broker runs")
+    }
+}
+
+impl Drop for FakeBroker {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+/// A message the broker could not even decode (17 headers), a batch above
+/// `BATCH_MESSAGES_MAX` (or empty), an ack above `ACK_RECEIPTS_MAX`: each fails alone with
+/// `Invalid` in the client, never reaching the broker, where it would be a protocol error
+/// closing the connection under a long poll waiting on it. In `publish_each` the bad
+/// message gets its own error and the others are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_limit_requests_fail_alone_without_costing_the_connection() {
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let c = Arc::new(connect(&b.addr, 1).await);
+    c.create_group("t", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let fetches = b.requests(op::FETCH);
+    let poller = c.clone();
+    let poll = tokio::spawn(async move { poller.fetch("t", "g", opts(10, 30_000, 30_000)).await });
+    wait_for("the long poll to reach the broker", || {
+        b.requests(op::FETCH) > fetches
+    })
+    .await;
+
+    let mut headed = Message::new("too many headers");
+    for i in 0..=queue::limits::HEADERS_MAX {
+        headed = headed.with_header(format!("h{i}"), b"v".to_vec());
+    }
+    let r = c.publish("t", headed.clone()).await;
+    assert!(matches!(&r, Err(Error::Invalid(_))), "{r:?}");
+    let too_many = vec![Message::new("x"); queue::limits::BATCH_MESSAGES_MAX + 1];
+    let r = c.publish_batch("t", too_many).await;
+    assert!(matches!(&r, Err(Error::Invalid(_))), "{r:?}");
+    let r = c.publish_batch("t", Vec::new()).await;
+    assert!(matches!(&r, Err(Error::Invalid(_))), "{r:?}");
+    let r = c
+        .publish_batch("t", vec![Message::new("fine"), headed.clone()])
+        .await;
+    assert!(matches!(&r, Err(Error::Invalid(_))), "{r:?}");
+    let receipts = vec![
+        Receipt {
+            offset: 0,
+            attempt: 1
+        };
+        queue::limits::ACK_RECEIPTS_MAX + 1
+    ];
+    let r = c.ack("t", "g", &receipts).await;
+    assert!(matches!(&r, Err(Error::Invalid(_))), "{r:?}");
+    let each = c
+        .publish_each(
+            "t",
+            vec![Message::new("first"), headed, Message::new("second")],
+        )
+        .await
+        .expect("publish_each");
+    assert_eq!(each.len(), 3);
+    assert!(matches!(&each[1], Err(Error::Invalid(_))), "{:?}", each[1]);
+    let first = each[0].as_ref().expect("first");
+    let second = each[2].as_ref().expect("second");
+    assert_eq!((first.offset, second.offset), (0, 1));
+
+    // The long poll on the same connection carried on and got the first message.
+    let got = tokio::time::timeout(DEADLINE, poll)
+        .await
+        .expect("the poll returns")
+        .expect("task")
+        .expect("the long poll survived");
+    assert_eq!(got[0].payload.as_ref(), b"first");
+    assert_eq!(b.accepted(), 1, "one connection throughout");
+    assert_eq!(b.metrics.protocol_errors.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        b.requests(op::PUBLISH_BATCH) + b.requests(op::ACK),
+        0,
+        "nothing over the limits was sent"
+    );
+}
+
+/// A request whose caller gave up keeps its in-flight slot until the broker answers it:
+/// with the broker's one slot taken by an abandoned long poll, a new request waits in the
+/// client (it is not sent, so it cannot sit unread in the broker's socket and later run
+/// for a caller that is gone); once the poll is answered, the slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_requests_keep_their_in_flight_slot_until_answered() {
+    let b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            max_in_flight: 1,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let c = Arc::new(connect(&b.addr, 1).await);
+    let publisher = connect(&b.addr, 1).await;
+    c.create_group("t", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let fetches = b.requests(op::FETCH);
+    let poller = c.clone();
+    let poll = tokio::spawn(async move { poller.fetch("t", "g", opts(10, 30_000, 30_000)).await });
+    wait_for("the long poll to reach the broker", || {
+        b.requests(op::FETCH) > fetches
+    })
+    .await;
+    // The caller goes away; the broker still runs the fetch.
+    poll.abort();
+    assert!(poll.await.expect_err("aborted").is_cancelled());
+
+    let pings = b.requests(op::PING);
+    // Whatever this caller's patience, nothing can answer it while the slot is taken.
+    let r = tokio::time::timeout(Duration::from_millis(100), c.ping()).await;
+    assert!(
+        r.is_err(),
+        "answered while the broker's only slot was taken"
+    );
+    // A publish (on another connection) answers the abandoned poll, freeing the slot.
+    publisher
+        .publish("t", Message::new("leased to nobody"))
+        .await
+        .expect("publish");
+    tokio::time::timeout(DEADLINE, c.ping())
+        .await
+        .expect("the slot comes back")
+        .expect("ping");
+    assert_eq!(
+        b.requests(op::PING) - pings,
+        1,
+        "the abandoned ping was sent although the broker had no slot for it"
+    );
+    assert_eq!(b.accepted(), 2);
+}
+
+/// With the broker gone, callers queued on a pool slot's reconnect do not each run the
+/// whole backoff schedule in turn: the first runs it, the others then fail at once with its
+/// error. So 20 concurrent pings all fail within about one schedule (the old behaviour took
+/// one schedule per caller per slot); and once the broker is back, the client reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_broker_fails_queued_callers_fast_instead_of_once_per_caller() {
+    const CALLERS: usize = 20;
+    let mut b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let config = ClientConfig {
+        connect_attempts: 3,
+        backoff_initial_ms: 100,
+        backoff_max_ms: 200,
+        // Two slots: the second never connected, so its callers must reconnect (the first
+        // one's callers may instead fail on the closed connection, just as fast).
+        ..client_config(&b.addr, 2)
+    };
+    // The sleeps between attempts; the connects themselves are refused at once.
+    let schedule_ms: u64 = (1..config.connect_attempts)
+        .map(|i| (config.backoff_initial_ms << (i - 1)).min(config.backoff_max_ms))
+        .sum();
+    let schedule = Duration::from_millis(schedule_ms);
+    let c = Arc::new(Client::connect(config).await.expect("connect"));
+    c.ping().await.expect("ping");
+    b.trigger_shutdown();
+    b.join().await;
+
+    let started = Instant::now();
+    let mut pings = JoinSet::new();
+    for _ in 0..CALLERS {
+        let c = c.clone();
+        pings.spawn(async move { c.ping().await });
+    }
+    let mut errors = Vec::new();
+    while let Some(joined) = pings.join_next().await {
+        match joined.expect("task") {
+            Err(Error::Connection(m)) => errors.push(m),
+            other => panic!("a ping to a stopped broker: {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    println!("{CALLERS} pings failed in {took:?} (schedule {schedule:?}): {errors:?}");
+    assert!(
+        took < 2 * schedule,
+        "{CALLERS} pings took {took:?}, one schedule is {schedule:?}"
+    );
+    assert!(
+        errors.iter().any(|m| m.contains("not retrying")),
+        "no caller failed fast: {errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .filter(|m| m.contains("not retrying"))
+            .all(|m| m.contains("cannot reach")),
+        "a fast failure does not name the last error: {errors:?}"
+    );
+
+    // The broker comes back on the same address: the client reconnects once the down time
+    // has passed (polled with a deadline; a port taken meanwhile skips this part).
+    let Ok(listener) = TcpListener::bind(&b.addr).await else {
+        println!("{} was taken meanwhile; recovery not checked", b.addr);
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(Engine::open(dir.path(), engine_config()).expect("engine"));
+    let server = Server::new(engine, ServerConfig::default());
+    let (_stop_tx, stop_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        server
+            .run(listener, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match c.ping().await {
+            Ok(()) => break,
+            Err(Error::Connection(m)) => {
+                assert!(Instant::now() < deadline, "never reconnected: {m}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    c.ping().await.expect("the second slot reconnects too");
+}
+
+/// `publish_each` keeps what it got when the connection drops mid-way: the confirms that
+/// arrived are returned, and only the unanswered messages fail with `Error::Connection`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_each_keeps_the_confirms_received_before_the_connection_drops() {
+    let mut fake = FakeBroker::spawn(16).await;
+    let client = Arc::new(connect(&fake.addr, 1).await);
+    let publisher = client.clone();
+    let each = tokio::spawn(async move {
+        let messages = (0..4u8).map(|i| Message::new(vec![i])).collect();
+        publisher.publish_each("t", messages).await
+    });
+    let mut frames = Vec::new();
+    for _ in 0..4 {
+        frames.push(fake.next().await);
+    }
+    let mut out = BytesMut::new();
+    for (offset, f) in frames.iter().take(2).enumerate() {
+        assert_eq!(f.frame.opcode, op::PUBLISH);
+        Response::Confirm(queue::Confirm {
+            offset: offset as u64,
+            duplicate: false,
+        })
+        .encode(op::PUBLISH, f.frame.request_id, &mut out);
+    }
+    frames[0].reply.send(FakeReply::Bytes(out)).expect("answer");
+    frames[0].reply.send(FakeReply::Close).expect("close");
+    let results = tokio::time::timeout(DEADLINE, each)
+        .await
+        .expect("publish_each returns")
+        .expect("task")
+        .expect("something was sent: one result per message");
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].as_ref().expect("confirmed").offset, 0);
+    assert_eq!(results[1].as_ref().expect("confirmed").offset, 1);
+    for r in &results[2..] {
+        assert!(matches!(r, Err(Error::Connection(_))), "{r:?}");
+    }
+}
+
+/// Likewise when the broker stops answering: after the request timeout the confirms that
+/// arrived are kept, the rest fail with `Error::Connection`, and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_each_keeps_the_confirms_received_before_a_timeout() {
+    const TIMEOUT_MS: u64 = 200;
+    let mut fake = FakeBroker::spawn(16).await;
+    let client = Arc::new(
+        Client::connect(ClientConfig {
+            request_timeout_ms: TIMEOUT_MS,
+            ..client_config(&fake.addr, 1)
+        })
+        .await
+        .expect("connect"),
+    );
+    let publisher = client.clone();
+    let started = Instant::now();
+    let each = tokio::spawn(async move {
+        let messages = (0..3u8).map(|i| Message::new(vec![i])).collect();
+        publisher.publish_each("t", messages).await
+    });
+    let mut frames = Vec::new();
+    for _ in 0..3 {
+        frames.push(fake.next().await);
+    }
+    let mut out = BytesMut::new();
+    Response::Confirm(queue::Confirm {
+        offset: 7,
+        duplicate: false,
+    })
+    .encode(op::PUBLISH, frames[0].frame.request_id, &mut out);
+    frames[0].reply.send(FakeReply::Bytes(out)).expect("answer");
+    let results = tokio::time::timeout(DEADLINE, each)
+        .await
+        .expect("publish_each returns")
+        .expect("task")
+        .expect("something was sent: one result per message");
+    assert!(started.elapsed() >= Duration::from_millis(TIMEOUT_MS));
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0].as_ref().expect("confirmed").offset, 7);
+    for r in &results[1..] {
+        assert!(
+            matches!(r, Err(Error::Connection(m)) if m.contains("no answer")),
+            "{r:?}"
+        );
+    }
+    wait_for("the client to close the silent connection", || {
+        fake.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+/// A client whose `max_frame_bytes` is below what a fetch or peek may return still receives
+/// such responses (up to `RESPONSE_BYTES_MAX`) instead of losing its connection on them;
+/// what it sends stays within its own limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_frame_limit_still_receives_large_reads() {
+    const LIMIT: usize = 64 << 10;
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let publisher = connect(&b.addr, 1).await;
+    let small = Client::connect(ClientConfig {
+        max_frame_bytes: LIMIT,
+        ..client_config(&b.addr, 1)
+    })
+    .await
+    .expect("connect");
+    small
+        .create_group("big", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let payload = vec![7u8; 512 << 10];
+    for _ in 0..2 {
+        publisher
+            .publish("big", Message::new(payload.clone()))
+            .await
+            .expect("publish");
+    }
+    let got = small
+        .fetch("big", "g", opts(10, 30_000, 0))
+        .await
+        .expect("a fetch larger than max_frame_bytes");
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|d| d.payload.as_ref() == payload.as_slice()));
+    let peeked = small.peek("big", 0, 10).await.expect("peek");
+    assert_eq!(peeked.len(), 2);
+    let r = small
+        .publish("big", Message::new(vec![0u8; 2 * LIMIT]))
+        .await;
+    assert!(matches!(&r, Err(Error::Invalid(_))), "{r:?}");
+    small.ping().await.expect("ping");
+    assert_eq!(b.accepted(), 2, "no reconnect");
+    assert_eq!(b.metrics.protocol_errors.load(Ordering::Relaxed), 0);
 }
