@@ -2162,3 +2162,130 @@ async fn a_small_frame_limit_still_receives_large_reads() {
     assert_eq!(b.accepted(), 2, "no reconnect");
     assert_eq!(b.metrics.protocol_errors.load(Ordering::Relaxed), 0);
 }
+
+/// The hello has an absolute deadline from the accept: a peer trickling bytes does not
+/// keep its connection slot; and before the hello only a small frame is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hello_deadline_is_absolute_and_pre_hello_frames_are_small() {
+    let b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            handshake_timeout_ms: 300,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let trickle = TcpStream::connect(&b.addr).await.expect("connect");
+    let started = Instant::now();
+    let (mut rd, mut wr) = trickle.into_split();
+    // A hello-sized length prefix, then one byte every 50 ms: never a whole frame. The
+    // answer is read while the bytes go on trickling.
+    let feeder = tokio::spawn(async move {
+        let _ = wr.write_all(&200u32.to_le_bytes()).await;
+        for _ in 0..100 {
+            if wr.write_all(&[0]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut buf = BytesMut::new();
+    let f = loop {
+        if let Some(f) = proto::split_frame(&mut buf, proto::FRAME_BYTES_MAX).expect("frame") {
+            break f;
+        }
+        let n = tokio::time::timeout(DEADLINE, rd.read_buf(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed without an error frame");
+    };
+    feeder.abort();
+    let Ok(Response::Error(e)) = Response::decode(op::PING, f.opcode, f.body) else {
+        panic!("expected an error frame");
+    };
+    assert_eq!(e.code, code::BAD_HANDSHAKE, "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the trickle kept the connection for {:?}",
+        started.elapsed()
+    );
+
+    let mut big = RawConn::connect(&b.addr).await;
+    big.send(&(proto::FRAME_BYTES_MAX as u32 - 1).to_le_bytes())
+        .await;
+    let (_, e) = big.error().await;
+    assert_eq!(e.code, code::FRAME_TOO_LARGE, "{e:?}");
+    // A client that says hello first is served as usual.
+    connect(&b.addr, 1).await.ping().await.expect("ping");
+}
+
+/// Publishes pipelined on one connection are stored in the order they were sent, across
+/// several gathered appends (more than `GATHER_MESSAGES_MAX` at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_are_stored_in_the_order_sent() {
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let client = connect(&b.addr, 1).await;
+    let n = 3 * queue::server::GATHER_MESSAGES_MAX as u32 / 2 + 7;
+    let messages: Vec<Message> = (0..n)
+        .map(|i| Message::new(i.to_le_bytes().to_vec()))
+        .collect();
+    let results = client
+        .publish_each("t", messages)
+        .await
+        .expect("publish_each");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut stored = Vec::new();
+    while stored.len() < n as usize {
+        let page = client
+            .peek("t", stored.len() as u64, 1000)
+            .await
+            .expect("peek");
+        assert!(!page.is_empty());
+        stored.extend(
+            page.iter()
+                .map(|m| u32::from_le_bytes(m.payload[..4].try_into().expect("4 bytes"))),
+        );
+    }
+    assert_eq!(stored, (0..n).collect::<Vec<_>>());
+}
+
+/// A peer that sends reads and never reads the answers is closed after the write timeout;
+/// what it pinned is released and everyone else carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_closed_after_the_write_timeout() {
+    let b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            write_timeout_ms: 300,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let client = connect(&b.addr, 1).await;
+    for _ in 0..8 {
+        client
+            .publish("big", Message::new(vec![1u8; 1 << 20]))
+            .await
+            .expect("publish");
+    }
+    let mut hog = RawConn::connect(&b.addr).await;
+    hog.hello().await;
+    let mut requests = BytesMut::new();
+    for id in 1..=200u32 {
+        Request::Peek {
+            topic: "big".into(),
+            from: 0,
+            limit: 8,
+        }
+        .encode(id, &mut requests);
+    }
+    // Sent, never read: the answers (8 MiB each) fill the socket buffers and stall.
+    hog.send(&requests).await;
+    wait_for("the stalled connection to be closed", || {
+        b.open_connections() == 1
+    })
+    .await;
+    client.ping().await.expect("the other client carries on");
+    assert_eq!(client.peek("big", 0, 1).await.expect("peek").len(), 1);
+}
