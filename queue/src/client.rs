@@ -379,15 +379,17 @@ impl Client {
         for (i, mut rx) in receivers {
             // Once timed out, the connection is killed: every waiter has its answer or the
             // kill's error already.
+            // (An answer the reader took just before the kill is still on its way: await it;
+            // this cannot hang, every waiter is answered or dropped by then.)
             let answer = if timed_out {
-                rx.try_recv().ok()
+                rx.await.ok()
             } else {
                 match tokio::time::timeout_at(deadline, &mut rx).await {
                     Ok(a) => a.ok(),
                     Err(_) => {
                         conn.kill(&self.timed_out(0));
                         timed_out = true;
-                        rx.try_recv().ok()
+                        rx.await.ok()
                     }
                 }
             };
@@ -656,11 +658,11 @@ async fn write_loop(
         // closes after them); a killed connection writes nothing more.
         let f = tokio::select! {
             biased;
+            _ = &mut stop => break,
             f = rx.recv() => match f {
                 Some(f) => f,
                 None => break,
             },
-            _ = &mut stop => break,
         };
         buf.extend_from_slice(&f);
         while buf.len() < 256 << 10 {
@@ -671,8 +673,8 @@ async fn write_loop(
         }
         let written = tokio::select! {
             biased;
-            r = wr.write_all(&buf) => r,
             _ = &mut stop => break,
+            r = wr.write_all(&buf) => r,
         };
         if let Err(e) = written {
             if let Some(c) = conn.upgrade() {

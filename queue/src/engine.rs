@@ -860,6 +860,94 @@ impl Engine {
         self.publish_each_submit(topic, messages)?.wait().await
     }
 
+    /// [`Queue::fetch`] that stops leasing once the stored bytes of the messages leased
+    /// reach `max_bytes` (the message crossing it included, so at least one is returned);
+    /// `fetch` uses [`READ_BYTES_MAX`]. The broker passes the room it reserved for the
+    /// response.
+    pub async fn fetch_bounded(
+        &self,
+        topic: &str,
+        group: &str,
+        options: FetchOptions,
+        max_bytes: u64,
+    ) -> Result<Vec<Delivery>> {
+        let max_bytes = max_bytes.clamp(1, READ_BYTES_MAX);
+        self.check_open()?;
+        validate_user_topic(topic)?;
+        validate_name("group", group)?;
+        let max = options.max_messages.clamp(1, FETCH_MESSAGES_MAX);
+        let lease_ms = options
+            .lease_ms
+            .unwrap_or(self.inner.config.lease_ms_default)
+            .max(1);
+        if lease_ms > LEASE_MS_MAX {
+            return Err(Error::Invalid(format!(
+                "lease of {lease_ms} ms exceeds {LEASE_MS_MAX} ms"
+            )));
+        }
+        let t = self.topic(topic)?;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(options.wait_ms.min(FETCH_WAIT_MS_MAX));
+        loop {
+            let notified = t.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.now();
+            let (leases, dead, wake) = {
+                let mut st = t.lock();
+                let gi = Self::add_group(&mut st, &t.dir, group, StartAt::Earliest)?;
+                let mut dead = st.maintain(now);
+                let (leases, ops, more_dead, wake) = st.fetch(gi, max, max_bytes, lease_ms, now);
+                dead.extend(more_dead);
+                // Lease records need not be durable before the consumer sees the message:
+                // losing one in a crash only undercounts an attempt (FORMAT.md).
+                if let Some(a) = st.append_ops(group, &ops)? {
+                    self.submit(&t, a, None, false)?;
+                }
+                (leases, dead, wake)
+            };
+            if !dead.is_empty() {
+                self.move_dead(&t, dead).await;
+            }
+            if !leases.is_empty() {
+                let (locs, terms): (Vec<ReadLoc>, Vec<(u32, u64)>) = leases
+                    .into_iter()
+                    .map(|l| (l.loc, (l.attempt, l.until_ms)))
+                    .unzip();
+                let stored = read_entries(&locs)?;
+                let out = locs
+                    .iter()
+                    .zip(terms)
+                    .zip(stored)
+                    .map(|((loc, (attempt, lease_until_ms)), m)| Delivery {
+                        offset: loc.offset,
+                        attempt,
+                        id: m.id,
+                        headers: m.headers,
+                        payload: m.payload,
+                        due_ms: m.due_ms,
+                        lease_until_ms,
+                    })
+                    .collect();
+                return Ok(out);
+            }
+            let now_instant = tokio::time::Instant::now();
+            if now_instant >= deadline {
+                return Ok(Vec::new());
+            }
+            self.check_open()?;
+            let mut until = deadline;
+            if let Some(w) = wake {
+                let in_ms = w.saturating_sub(self.now());
+                until = until.min(now_instant + Duration::from_millis(in_ms.max(1)));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
     /// The synchronous half of `publish_batch` (all or nothing): validates, assigns offsets
     /// and queues the record; the receiver answers once it is durable. The broker calls it
     /// in its reader so that a connection's publishes keep their order.
@@ -1043,80 +1131,8 @@ impl Queue for Engine {
         group: &str,
         options: FetchOptions,
     ) -> Result<Vec<Delivery>> {
-        self.check_open()?;
-        validate_user_topic(topic)?;
-        validate_name("group", group)?;
-        let max = options.max_messages.clamp(1, FETCH_MESSAGES_MAX);
-        let lease_ms = options
-            .lease_ms
-            .unwrap_or(self.inner.config.lease_ms_default)
-            .max(1);
-        if lease_ms > LEASE_MS_MAX {
-            return Err(Error::Invalid(format!(
-                "lease of {lease_ms} ms exceeds {LEASE_MS_MAX} ms"
-            )));
-        }
-        let t = self.topic(topic)?;
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(options.wait_ms.min(FETCH_WAIT_MS_MAX));
-        loop {
-            let notified = t.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let now = self.now();
-            let (leases, dead, wake) = {
-                let mut st = t.lock();
-                let gi = Self::add_group(&mut st, &t.dir, group, StartAt::Earliest)?;
-                let mut dead = st.maintain(now);
-                let (leases, ops, more_dead, wake) = st.fetch(gi, max, lease_ms, now);
-                dead.extend(more_dead);
-                // Lease records need not be durable before the consumer sees the message:
-                // losing one in a crash only undercounts an attempt (FORMAT.md).
-                if let Some(a) = st.append_ops(group, &ops)? {
-                    self.submit(&t, a, None, false)?;
-                }
-                (leases, dead, wake)
-            };
-            if !dead.is_empty() {
-                self.move_dead(&t, dead).await;
-            }
-            if !leases.is_empty() {
-                let (locs, terms): (Vec<ReadLoc>, Vec<(u32, u64)>) = leases
-                    .into_iter()
-                    .map(|l| (l.loc, (l.attempt, l.until_ms)))
-                    .unzip();
-                let stored = read_entries(&locs)?;
-                let out = locs
-                    .iter()
-                    .zip(terms)
-                    .zip(stored)
-                    .map(|((loc, (attempt, lease_until_ms)), m)| Delivery {
-                        offset: loc.offset,
-                        attempt,
-                        id: m.id,
-                        headers: m.headers,
-                        payload: m.payload,
-                        due_ms: m.due_ms,
-                        lease_until_ms,
-                    })
-                    .collect();
-                return Ok(out);
-            }
-            let now_instant = tokio::time::Instant::now();
-            if now_instant >= deadline {
-                return Ok(Vec::new());
-            }
-            self.check_open()?;
-            let mut until = deadline;
-            if let Some(w) = wake {
-                let in_ms = w.saturating_sub(self.now());
-                until = until.min(now_instant + Duration::from_millis(in_ms.max(1)));
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(until) => {}
-            }
-        }
+        self.fetch_bounded(topic, group, options, READ_BYTES_MAX)
+            .await
     }
 
     async fn ack(&self, topic: &str, group: &str, receipts: &[Receipt]) -> Result<Vec<AckOutcome>> {

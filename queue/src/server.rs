@@ -247,6 +247,9 @@ async fn refuse(mut stream: TcpStream, max: usize) {
 /// lease, the dead-letter fields), for the response reservation.
 const READ_OVERHEAD_BYTES: usize = 1 << 10;
 
+/// Stored bytes a fetch may return per message it asks for (see `read_room`).
+pub const FETCH_BYTES_PER_MESSAGE: u64 = 16 << 10;
+
 /// Largest frame accepted before the hello (a hello is a few dozen bytes).
 pub const HELLO_FRAME_BYTES_MAX: usize = 1024;
 /// Most publish requests gathered into one append (see `Connection::flush_publishes`).
@@ -444,22 +447,42 @@ impl Connection {
                     let mut held = vec![req_permit, bytes_permit];
                     // A read reserves room for its response before it runs, so the responses
                     // a connection can have in memory stay within `max_read_bytes_in_flight`.
-                    if let Some(want) = read_estimate(&request, reads_max) {
-                        match reads.acquire_many_owned(want).await {
-                            Ok(p) => held.push(p),
-                            Err(_) => return,
+                    // A fetch's reservation is small (it bounds the bytes the engine may
+                    // return), so long polls waiting for messages do not crowd out the rest.
+                    let mut fetch_bytes = READ_BYTES_MAX;
+                    if let Some(room) = read_room(&request, reads_max) {
+                        let reserved = tokio::select! {
+                            biased;
+                            // Nobody is left to answer.
+                            _ = stopped(&mut task_closed) => None,
+                            _ = stopped(&mut task_stop), if opcode == op::FETCH => None,
+                            p = reads.acquire_many_owned(room.reserve) => p.ok(),
+                        };
+                        match reserved {
+                            Some(p) => held.push(p),
+                            None if opcode == op::FETCH => {
+                                let mut out = BytesMut::new();
+                                Response::Deliveries(Vec::new()).encode(opcode, id, &mut out);
+                                let _ = tx.send(Out::Frames(out, held)).await;
+                                return;
+                            }
+                            None => return,
                         }
+                        fetch_bytes = room.engine_bytes;
                     }
                     let resp = tokio::select! {
-                        r = handle(&engine, &metrics, request) => r,
-                        // Only long polls are cut short: other requests finish (their
-                        // effects are on their way to the disk anyway).
+                        // A long poll ends, empty, when the broker stops or the connection
+                        // closes (checked first: never lease to a peer that is gone).
+                        biased;
                         _ = stopped(&mut task_stop), if opcode == op::FETCH => {
                             Response::Deliveries(Vec::new())
                         }
                         _ = stopped(&mut task_closed), if opcode == op::FETCH => {
                             Response::Deliveries(Vec::new())
                         }
+                        // Other requests finish (their effects are on their way to the disk
+                        // anyway).
+                        r = handle(&engine, &metrics, request, fetch_bytes) => r,
                     };
                     if matches!(resp, Response::Error(_)) {
                         metrics.request_errors.fetch_add(1, Ordering::Relaxed);
@@ -673,14 +696,20 @@ async fn write_loop(
             }
         }
         // A peer that stops reading would otherwise pin these responses (and the limits
-        // they hold) forever.
-        match tokio::time::timeout(write_timeout, wr.write_all(&buf)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the peer read nothing for {} ms", write_timeout.as_millis()),
-                ));
+        // they hold) forever. The timeout restarts with every bit of progress, so a slow
+        // reader that keeps reading is not cut off.
+        let mut written = 0;
+        while written < buf.len() {
+            match tokio::time::timeout(write_timeout, wr.write(&buf[written..])).await {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer read nothing for {} ms", write_timeout.as_millis()),
+                    ));
+                }
             }
         }
         buf.clear();
@@ -692,19 +721,47 @@ async fn write_loop(
     wr.shutdown().await
 }
 
-/// The response bytes a read may produce, to reserve before it runs: its message limit
-/// times the largest stored message, at most what the engine's byte budget lets one read
-/// return; `None` for requests that are not reads.
-fn read_estimate(request: &Request, budget: usize) -> Option<u32> {
-    let n = match request {
-        Request::Fetch { options, .. } => options.max_messages.clamp(1, FETCH_MESSAGES_MAX),
-        Request::Peek { limit, .. } => (*limit as usize).clamp(1, PEEK_MESSAGES_MAX),
-        Request::DeadLetters { limit, .. } => (*limit as usize).clamp(1, DEAD_LETTER_LIST_MAX),
+/// Room a read reserves for its response before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadRoom {
+    /// Bytes reserved: the largest response the read can produce.
+    reserve: u32,
+    /// The stored bytes the engine may return (fetch only; peek and dead-letter listing use
+    /// the engine's own `READ_BYTES_MAX`).
+    engine_bytes: u64,
+}
+
+/// The room a read needs; `None` for requests that are not reads. A fetch asks the engine
+/// for at most `FETCH_BYTES_PER_MESSAGE` stored bytes per message it may return (at least
+/// 64 KiB, at most `READ_BYTES_MAX`); the engine stops once the messages it leased reach
+/// that, the one crossing it included, so the response is at most that plus one entry plus
+/// the per-message overheads. Peek and dead-letter listing (which never wait) reserve their
+/// worst case: their limit times the largest entry, at most the engine's per-read budget
+/// plus one entry. Every reservation is cut to the connection's whole budget.
+fn read_room(request: &Request, budget: usize) -> Option<ReadRoom> {
+    let per_message = ENTRY_BYTES_MAX + READ_OVERHEAD_BYTES;
+    let (n, engine_bytes) = match request {
+        Request::Fetch { options, .. } => {
+            let n = options.max_messages.clamp(1, FETCH_MESSAGES_MAX);
+            let bytes = (n as u64 * FETCH_BYTES_PER_MESSAGE).clamp(64 << 10, READ_BYTES_MAX);
+            (n, bytes)
+        }
+        Request::Peek { limit, .. } => (
+            (*limit as usize).clamp(1, PEEK_MESSAGES_MAX),
+            READ_BYTES_MAX,
+        ),
+        Request::DeadLetters { limit, .. } => (
+            (*limit as usize).clamp(1, DEAD_LETTER_LIST_MAX),
+            READ_BYTES_MAX,
+        ),
         _ => return None,
     };
-    let per_message = ENTRY_BYTES_MAX + READ_OVERHEAD_BYTES;
-    let most = READ_BYTES_MAX as usize + per_message + n * READ_OVERHEAD_BYTES;
-    Some(n.saturating_mul(per_message).min(most).clamp(1, budget) as u32)
+    let most = engine_bytes as usize + per_message + n * READ_OVERHEAD_BYTES;
+    let reserve = n.saturating_mul(per_message).min(most).clamp(1, budget) as u32;
+    Some(ReadRoom {
+        reserve,
+        engine_bytes,
+    })
 }
 
 fn reply<T>(r: crate::Result<T>, f: impl FnOnce(T) -> Response) -> Response {
@@ -714,7 +771,12 @@ fn reply<T>(r: crate::Result<T>, f: impl FnOnce(T) -> Response) -> Response {
     }
 }
 
-async fn handle(engine: &Engine, metrics: &BrokerMetrics, request: Request) -> Response {
+async fn handle(
+    engine: &Engine,
+    metrics: &BrokerMetrics,
+    request: Request,
+    fetch_bytes: u64,
+) -> Response {
     match request {
         Request::Hello { .. } => Response::Error(WireError::protocol(
             code::BAD_HANDSHAKE,
@@ -749,7 +811,9 @@ async fn handle(engine: &Engine, metrics: &BrokerMetrics, request: Request) -> R
             group,
             options,
         } => {
-            let r = engine.fetch(&topic, &group, options).await;
+            let r = engine
+                .fetch_bounded(&topic, &group, options, fetch_bytes)
+                .await;
             if let Ok(ds) = &r {
                 metrics
                     .messages_delivered
@@ -839,25 +903,39 @@ mod tests {
     #[test]
     fn reads_reserve_their_largest_response_within_the_budget() {
         let budget = 128 << 20;
-        let one = read_estimate(&fetch(1), budget).expect("a read") as usize;
-        assert!(one >= ENTRY_BYTES_MAX, "{one}");
-        let many = read_estimate(&fetch(10_000), budget).expect("a read") as usize;
-        // Enough for the largest response the engine can produce (it stops once the entries
-        // reach READ_BYTES_MAX, the last one included), and not much more.
-        let largest = READ_BYTES_MAX as usize + ENTRY_BYTES_MAX + 10_000 * READ_OVERHEAD_BYTES;
-        assert!(many >= largest, "{many} < {largest}");
-        assert!(many <= largest + ENTRY_BYTES_MAX, "{many}");
-        assert_eq!(
-            read_estimate(&fetch(10_000), 1000),
-            Some(1000),
-            "clamped to the budget"
-        );
+        let room = |r: &Request| read_room(r, budget).expect("a read");
+        // A fetch's response: at most its engine budget plus one entry plus overheads.
+        for n in [1, 10, 100, 10_000] {
+            let r = room(&fetch(n));
+            let largest = r.engine_bytes as usize + ENTRY_BYTES_MAX + n * READ_OVERHEAD_BYTES;
+            assert!(
+                r.reserve as usize >= largest.min(n * (ENTRY_BYTES_MAX + READ_OVERHEAD_BYTES)),
+                "{n}: {r:?}"
+            );
+            assert!(
+                r.engine_bytes <= READ_BYTES_MAX && r.engine_bytes >= 64 << 10,
+                "{r:?}"
+            );
+        }
+        // Small fetches reserve little, so many long polls fit in one connection's budget.
+        let ten = room(&fetch(10));
+        assert!((ten.reserve as usize) < 2 * ENTRY_BYTES_MAX, "{ten:?}");
+        assert!(budget / ten.reserve as usize >= 50, "{ten:?}");
+        // A peek reserves its worst case: enough for the engine's whole per-read budget.
         let peek = Request::Peek {
             topic: "t".into(),
             from: 0,
-            limit: 0,
+            limit: 1000,
         };
-        assert!(read_estimate(&peek, budget).is_some_and(|n| n > 0));
-        assert_eq!(read_estimate(&Request::Ping, budget), None);
+        let p = room(&peek);
+        assert!(
+            p.reserve as usize >= READ_BYTES_MAX as usize + ENTRY_BYTES_MAX,
+            "{p:?}"
+        );
+        assert_eq!(
+            read_room(&fetch(10_000), 1000).map(|r| r.reserve),
+            Some(1000)
+        );
+        assert_eq!(read_room(&Request::Ping, budget), None);
     }
 }

@@ -624,6 +624,7 @@ impl TopicState {
         &mut self,
         gi: usize,
         max: usize,
+        max_bytes: u64,
         lease_ms: u64,
         now_ms: u64,
     ) -> (Vec<Lease>, Vec<GroupOp>, Vec<DeadJob>, Option<u64>) {
@@ -647,7 +648,7 @@ impl TopicState {
                 }
             }
             let g = &mut self.groups[gi];
-            if out_offsets.len() >= max || g.in_flight >= in_flight_max || bytes >= READ_BYTES_MAX {
+            if out_offsets.len() >= max || g.in_flight >= in_flight_max || bytes >= max_bytes {
                 break;
             }
             // Retries and fired delays first, oldest ready time first.

@@ -2146,10 +2146,21 @@ async fn a_small_frame_limit_still_receives_large_reads() {
             .await
             .expect("publish");
     }
-    let got = small
-        .fetch("big", "g", opts(10, 30_000, 0))
-        .await
-        .expect("a fetch larger than max_frame_bytes");
+    // The broker bounds a fetch's bytes by its message count (16 KiB a message, at least
+    // 64 KiB): each fetch here returns at least one of the 512 KiB messages.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let more = small
+            .fetch("big", "g", opts(10, 30_000, 0))
+            .await
+            .expect("a fetch larger than max_frame_bytes");
+        assert!(
+            !more.is_empty(),
+            "a fetch returned nothing after {}",
+            got.len()
+        );
+        got.extend(more);
+    }
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|d| d.payload.as_ref() == payload.as_slice()));
     let peeked = small.peek("big", 0, 10).await.expect("peek");
@@ -2288,4 +2299,55 @@ async fn a_peer_that_stops_reading_is_closed_after_the_write_timeout() {
     .await;
     client.ping().await.expect("the other client carries on");
     assert_eq!(client.peek("big", 0, 1).await.expect("peek").len(), 1);
+}
+
+/// Many long polls on one connection do not crowd out other reads: a fetch reserves room
+/// for the bytes it may return, not for the largest messages, so a peek behind 40 waiting
+/// fetches is answered at once, and the long polls stay healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_do_not_crowd_out_other_reads() {
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let client = Arc::new(
+        Client::connect(ClientConfig {
+            request_timeout_ms: 2_000,
+            ..client_config(&b.addr, 1)
+        })
+        .await
+        .expect("connect"),
+    );
+    client
+        .create_group("t", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let polls: Vec<_> = (0..40)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.fetch("t", "g", opts(10, 30_000, 3_000)).await })
+        })
+        .collect();
+    wait_for("40 long polls at the broker", || {
+        b.requests(op::FETCH) >= 40
+    })
+    .await;
+    let started = Instant::now();
+    let peeked = client
+        .peek("t", 0, 10)
+        .await
+        .expect("peek behind the long polls");
+    assert!(peeked.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "the peek waited {:?}",
+        started.elapsed()
+    );
+    client
+        .publish("t", Message::new(&b"m"[..]))
+        .await
+        .expect("publish");
+    let mut delivered = 0;
+    for p in polls {
+        delivered += p.await.expect("join").expect("a healthy long poll").len();
+    }
+    assert_eq!(delivered, 1);
+    assert_eq!(b.accepted(), 1, "the connection was never killed");
 }
