@@ -215,13 +215,30 @@ struct ConnState {
 impl Conn {
     /// Registers requests about to be sent; fails if the connection is dead.
     fn register(&self, entries: impl IntoIterator<Item = (u32, Pending)>) -> Result<()> {
-        match lock(&self.state).pending.as_mut() {
-            Some(p) => {
-                p.extend(entries);
-                Ok(())
+        let collided = {
+            let mut st = lock(&self.state);
+            let Some(p) = st.pending.as_mut() else {
+                return Err(Error::Connection("connection lost".into()));
+            };
+            let mut collided = false;
+            for (id, entry) in entries {
+                // Ids wrap after 2^32 requests; one still pending then (an abandoned long
+                // poll) must not get another caller's answer. Vanishingly rare: start over
+                // on a fresh connection.
+                if let Some(old) = p.insert(id, entry) {
+                    let _ = old
+                        .waiter
+                        .send(Err(Error::Connection("request id reused".into())));
+                    collided = true;
+                }
             }
-            None => Err(Error::Connection("connection lost".into())),
+            collided
+        };
+        if collided {
+            self.kill("request id space wrapped onto a pending request");
+            return Err(Error::Connection("request id reused; reconnecting".into()));
         }
+        Ok(())
     }
 
     /// Fails every waiter, refuses new ones, releases every in-flight slot (waiters for one
