@@ -79,6 +79,7 @@ struct Proc {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
     stderr: Arc<Mutex<String>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
     reaped: bool,
 }
 
@@ -119,7 +120,7 @@ impl Proc {
         });
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_thread = std::thread::spawn(move || {
             let mut r = BufReader::new(stderr_pipe);
             let mut buf = Vec::new();
             while matches!(r.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
@@ -134,6 +135,7 @@ impl Proc {
             child,
             lines,
             stderr,
+            stderr_thread: Some(stderr_thread),
             reaped: false,
         }
     }
@@ -144,6 +146,14 @@ impl Proc {
 
     fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// All of stderr, once the process has exited (waits for the pipe's reader to finish).
+    fn stderr_after_exit(&mut self) -> String {
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        self.stderr()
     }
 
     /// The next line of stdout; `None` once stdout is closed (the process exited).
@@ -1257,12 +1267,11 @@ async fn operator_cli_and_metrics() {
     missing.rest(deadline).await;
     let status = missing.wait_exit(deadline).await;
     assert!(!status.success());
+    let stderr = missing.stderr_after_exit();
     assert!(
-        missing
-            .stderr()
-            .contains("no pending dead letter at offset 999"),
+        stderr.contains("no pending dead letter at offset 999"),
         "{}",
-        missing.stderr()
+        stderr
     );
 
     // Peek: the three messages and the replayed copy, nothing consumed.
