@@ -188,11 +188,11 @@ impl Server {
                                 stop: stop_rx.clone(),
                             };
                             conns.spawn(async move {
-                                conn.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+                                // Counted down on drop, so also when aborted at shutdown.
+                                let _open = OpenConnection::new(conn.metrics.clone());
                                 if let Err(e) = conn.serve(stream).await {
                                     tracing::debug!("connection {peer}: {e}");
                                 }
-                                conn.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
                                 drop(permit);
                             });
                         }
@@ -272,6 +272,31 @@ type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 /// connection has taken on, answers waiting for a slow reader included, stays within them.
 type Held = Vec<OwnedSemaphorePermit>;
 
+/// One open connection in [`BrokerMetrics::connections_open`], for as long as it lives.
+struct OpenConnection(Arc<BrokerMetrics>);
+
+impl OpenConnection {
+    fn new(metrics: Arc<BrokerMetrics>) -> Self {
+        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A task aborted when this handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the reader hands the writer.
 enum Out {
     /// Encoded response frames, and what they hold until written.
@@ -292,12 +317,13 @@ impl Connection {
         let (mut rd, wr) = stream.into_split();
         let max_in_flight = self.config.max_in_flight.max(1);
         let (tx, rx) = mpsc::channel::<Out>(max_in_flight);
-        let writer = tokio::spawn(write_loop(
+        // Aborted with this task (when the shutdown grace runs out), closing the socket.
+        let mut writer = AbortOnDrop(tokio::spawn(write_loop(
             wr,
             rx,
             self.config.write_batch_bytes,
             Duration::from_millis(self.config.write_timeout_ms.max(1)),
-        ));
+        )));
         let reads_max = self
             .config
             .max_read_bytes_in_flight
@@ -541,7 +567,7 @@ impl Connection {
         // (fetches end when the connection closes), the write timeout and, on shutdown, the
         // server's grace period.
         drop(tx);
-        match writer.await {
+        match (&mut writer.0).await {
             Ok(r) => r,
             Err(e) => Err(io::Error::other(e)),
         }

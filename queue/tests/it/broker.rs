@@ -2351,3 +2351,67 @@ async fn long_polls_do_not_crowd_out_other_reads() {
     assert_eq!(delivered, 1);
     assert_eq!(b.accepted(), 1, "the connection was never killed");
 }
+
+/// When the shutdown grace runs out, connections still busy (here: a peer that never reads
+/// its answers) are abandoned: the server returns, their sockets close, nothing is left
+/// counted as open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_abandons_connections_stuck_past_the_grace_period() {
+    let mut b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            shutdown_grace_ms: 200,
+            write_timeout_ms: 60_000,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let client = connect(&b.addr, 1).await;
+    for _ in 0..8 {
+        client
+            .publish("big", Message::new(vec![1u8; 1 << 20]))
+            .await
+            .expect("publish");
+    }
+    drop(client);
+    let mut hog = RawConn::connect(&b.addr).await;
+    hog.hello().await;
+    let mut requests = BytesMut::new();
+    for id in 1..=64u32 {
+        Request::Peek {
+            topic: "big".into(),
+            from: 0,
+            limit: 8,
+        }
+        .encode(id, &mut requests);
+    }
+    hog.send(&requests).await;
+    wait_for("the peeks to reach the broker", || {
+        b.requests(op::PEEK) >= 8
+    })
+    .await;
+    let started = Instant::now();
+    b.trigger_shutdown();
+    b.join().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_for("the abandoned connection to be released", || {
+        b.open_connections() == 0
+    })
+    .await;
+    // Its socket is closed (mid-frame: the writer was abandoned): draining what was sent
+    // ends in EOF or a reset.
+    let mut sink = vec![0u8; 1 << 20];
+    loop {
+        let read = tokio::time::timeout(DEADLINE, hog.stream.read(&mut sink))
+            .await
+            .expect("the abandoned socket closes in time");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
