@@ -1,1 +1,252 @@
-//! Inventory pre-deduction (in-process or Redis) and the sold-out flag; will sit in front of the queue so that no more purchases are accepted than units exist. Not built yet.
+//! Inventory pre-deduction for flash sales: the gate that makes sure no more purchases
+//! are accepted than units exist, before anything reaches the queue.
+//!
+//! - [`StockStore`]: per sale, units left and the users holding one; `reserve(sale, user)`
+//!   answers reserved / sold out / already bought in one atomic step (the duplicate check
+//!   comes *before* the decrement, so repeat clicks never burn stock); `release` gives a
+//!   unit back and is idempotent.
+//! - [`MemoryStore`]: the embedded default, one small lock per sale; memory per sale is
+//!   bounded by its units (at most one entry per holder).
+//! - [`RedisStore`]: the same operations as Lua scripts on Redis, so several gateway
+//!   processes share one stock without overselling.
+//! - [`Inventory`]: a store plus a per-process sold-out flag, so a sold-out sale costs no
+//!   store round trip; the flag is cleared by a release or restock made through this process
+//!   and re-checked against the store at most every `recheck` (releases made by other
+//!   processes are seen within that bound).
+//!
+//! ## Reconciliation and lost reservations
+//!
+//! A reservation whose enqueue never happened (the gateway was killed between `reserve` and
+//! the queue's confirm) holds a unit that no order will ever use. It is found by
+//! [`StockStore::reconcile`], which resets a sale to the source of truth: the units on sale
+//! and the users with an active order (the orders database, once the worker issue brings
+//! it; until then the sale definition, i.e. no holders). Run at startup and periodically
+//! once the queue is drained for the sale, it bounds how long such a unit stays unsellable
+//! to one reconciliation period, and how many to the purchases in flight when a gateway
+//! died (at most its in-flight request limit).
+
+mod memory;
+mod redis_store;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+
+/// A sale's id.
+pub type SaleId = u64;
+
+/// Longest user id, in bytes.
+pub const USER_ID_BYTES_MAX: usize = 64;
+/// Most units one sale may have: the holders of a sale take memory per unit.
+pub const UNITS_MAX: u64 = 10_000_000;
+/// Most sales a [`MemoryStore`] holds.
+pub const SALES_MAX: usize = 100_000;
+
+/// What `reserve` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// A unit is held for the user; `left` units remain.
+    Reserved {
+        /// Units left after this one.
+        left: u64,
+    },
+    /// No unit left.
+    SoldOut,
+    /// The user already holds a unit of this sale (one per person); nothing changed.
+    AlreadyBought,
+    /// The sale's stock was never defined.
+    NoSuchSale,
+}
+
+/// What `release` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// The user's unit is back on sale; `left` units remain.
+    Released {
+        /// Units left after the release.
+        left: u64,
+    },
+    /// The user held no unit (already released, or never reserved): nothing changed.
+    NotHeld,
+}
+
+/// A sale's stock figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaleStock {
+    /// Units put on sale (restocks included).
+    pub units: u64,
+    /// Units not held by anyone.
+    pub left: u64,
+    /// Users holding a unit.
+    pub holders: u64,
+}
+
+/// Everything a store operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A caller-supplied argument is not acceptable.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// A named limit was reached.
+    #[error("limit reached: {what} (max {limit})")]
+    Limit {
+        /// Which limit.
+        what: &'static str,
+        /// Its value.
+        limit: u64,
+    },
+    /// The store (Redis) failed or answered something unexpected.
+    #[error("stock store: {0}")]
+    Store(String),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Checks a user id: 1..=[`USER_ID_BYTES_MAX`] bytes, no control characters.
+pub fn validate_user(user: &str) -> Result<()> {
+    if user.is_empty() || user.len() > USER_ID_BYTES_MAX || user.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "a user id is 1..={USER_ID_BYTES_MAX} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_units(units: u64) -> Result<()> {
+    if units > UNITS_MAX {
+        return Err(Error::Limit {
+            what: "units per sale",
+            limit: UNITS_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Per-sale stock, reserved and released per user. Every method is atomic per sale.
+#[async_trait::async_trait]
+pub trait StockStore: Send + Sync {
+    /// Defines a sale with `units` units if it is not defined yet (an existing sale is left
+    /// as it is); returns its figures.
+    async fn define(&self, sale: SaleId, units: u64) -> Result<SaleStock>;
+    /// Resets a sale to the source of truth: `units` on sale, held by exactly `holders`
+    /// (the users with an active order). Fails if there are more holders than units.
+    async fn reconcile(&self, sale: SaleId, units: u64, holders: &[String]) -> Result<SaleStock>;
+    /// Holds one unit for `user`: the already-bought check, the sold-out check, the
+    /// decrement and the holder record, in one atomic step.
+    async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation>;
+    /// Gives `user`'s unit back (enqueue failed, order rejected or cancelled). Idempotent.
+    async fn release(&self, sale: SaleId, user: &str) -> Result<Released>;
+    /// Adds `units` units to a defined sale.
+    async fn restock(&self, sale: SaleId, units: u64) -> Result<SaleStock>;
+    /// The sale's figures, `None` if it is not defined.
+    async fn stock(&self, sale: SaleId) -> Result<Option<SaleStock>>;
+}
+
+/// A stock store with a per-process sold-out flag in front of it.
+pub struct Inventory {
+    store: Box<dyn StockStore>,
+    /// Sale → when its sold-out flag must be checked against the store again.
+    sold_out: Mutex<HashMap<SaleId, Instant>>,
+    recheck: Duration,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory")
+            .field("recheck", &self.recheck)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inventory {
+    /// `store` behind a sold-out flag re-checked at most every `recheck`.
+    pub fn new(store: Box<dyn StockStore>, recheck: Duration) -> Inventory {
+        Inventory {
+            store,
+            sold_out: Mutex::new(HashMap::new()),
+            recheck,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn StockStore {
+        self.store.as_ref()
+    }
+
+    /// Whether this process currently treats `sale` as sold out (no store round trip).
+    pub fn flagged_sold_out(&self, sale: SaleId) -> bool {
+        let now = Instant::now();
+        let mut flags = match self.sold_out.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        };
+        match flags.get(&sale) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                flags.remove(&sale);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn set_flag(&self, sale: SaleId, on: bool) {
+        let mut flags = match self.sold_out.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        };
+        if on {
+            // Bounded: one entry per sold-out sale, and sales are bounded by the store.
+            flags.insert(sale, Instant::now() + self.recheck);
+        } else {
+            flags.remove(&sale);
+        }
+    }
+
+    /// `reserve`, answered from the flag when the sale is known to be sold out.
+    pub async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation> {
+        validate_user(user)?;
+        if self.flagged_sold_out(sale) {
+            return Ok(Reservation::SoldOut);
+        }
+        let r = self.store.reserve(sale, user).await?;
+        match r {
+            Reservation::SoldOut | Reservation::Reserved { left: 0 } => self.set_flag(sale, true),
+            _ => {}
+        }
+        Ok(r)
+    }
+
+    /// `release`; a unit back clears the sold-out flag.
+    pub async fn release(&self, sale: SaleId, user: &str) -> Result<Released> {
+        let r = self.store.release(sale, user).await?;
+        if matches!(r, Released::Released { .. }) {
+            self.set_flag(sale, false);
+        }
+        Ok(r)
+    }
+
+    /// `restock`; clears the sold-out flag.
+    pub async fn restock(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
+        let s = self.store.restock(sale, units).await?;
+        self.set_flag(sale, s.left == 0);
+        Ok(s)
+    }
+
+    /// `reconcile`; sets the flag from the result.
+    pub async fn reconcile(
+        &self,
+        sale: SaleId,
+        units: u64,
+        holders: &[String],
+    ) -> Result<SaleStock> {
+        let s = self.store.reconcile(sale, units, holders).await?;
+        self.set_flag(sale, s.left == 0);
+        Ok(s)
+    }
+}

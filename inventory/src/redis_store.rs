@@ -1,0 +1,252 @@
+//! [`RedisStore`]: the stock in Redis, each operation one Lua script (atomic in Redis), so
+//! several gateway processes share one stock without overselling.
+//!
+//! Keys of sale `S` under prefix `P` (the `{…}` hash tag keeps a sale's keys in one slot):
+//! `P{S}:units` (units on sale), `P{S}:left` (units not held), `P{S}:holders` (set of users).
+
+use deadpool_redis::{Config, Pool, Runtime};
+use redis::Script;
+
+use crate::{
+    Error, Released, Reservation, Result, SaleId, SaleStock, StockStore, validate_units,
+    validate_user,
+};
+
+/// Most connections in the pool.
+pub const POOL_CONNECTIONS_MAX: usize = 32;
+
+const RESERVE: &str = r#"
+local left = redis.call('GET', KEYS[2])
+if not left then return -3 end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return -2 end
+left = tonumber(left)
+if left <= 0 then return -1 end
+redis.call('DECR', KEYS[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+return left - 1
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('SREM', KEYS[3], ARGV[1]) == 1 then
+  return redis.call('INCR', KEYS[2])
+end
+return -1
+"#;
+
+const DEFINE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[3])
+end
+return {tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2])), redis.call('SCARD', KEYS[3])}
+"#;
+
+const RECONCILE: &str = r#"
+redis.call('DEL', KEYS[3])
+for i = 2, #ARGV do redis.call('SADD', KEYS[3], ARGV[i]) end
+local holders = redis.call('SCARD', KEYS[3])
+local units = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], units)
+redis.call('SET', KEYS[2], units - holders)
+return {units, units - holders, holders}
+"#;
+
+const RESTOCK: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
+local units = redis.call('INCRBY', KEYS[1], ARGV[1])
+local left = redis.call('INCRBY', KEYS[2], ARGV[1])
+return {units, left, redis.call('SCARD', KEYS[3])}
+"#;
+
+const STOCK: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
+return {tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2])), redis.call('SCARD', KEYS[3])}
+"#;
+
+/// Stock in Redis.
+pub struct RedisStore {
+    pool: Pool,
+    prefix: String,
+    reserve: Script,
+    release: Script,
+    define: Script,
+    reconcile: Script,
+    restock: Script,
+    stock: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (`redis://host:port/db`), its keys under `prefix`, with
+    /// at most `connections` pooled connections (cut to [`POOL_CONNECTIONS_MAX`]). Checks
+    /// that Redis answers.
+    pub async fn connect(url: &str, prefix: &str, connections: usize) -> Result<RedisStore> {
+        if prefix.is_empty() || prefix.len() > 64 || prefix.contains(['{', '}']) {
+            return Err(Error::Invalid(
+                "a key prefix is 1..=64 bytes without braces".into(),
+            ));
+        }
+        let mut cfg = Config::from_url(url);
+        cfg.pool = Some(deadpool_redis::PoolConfig::new(
+            connections.clamp(1, POOL_CONNECTIONS_MAX),
+        ));
+        let pool = cfg.create_pool(Some(Runtime::Tokio1)).map_err(store_err)?;
+        let store = RedisStore {
+            pool,
+            prefix: prefix.to_string(),
+            reserve: Script::new(RESERVE),
+            release: Script::new(RELEASE),
+            define: Script::new(DEFINE),
+            reconcile: Script::new(RECONCILE),
+            restock: Script::new(RESTOCK),
+            stock: Script::new(STOCK),
+        };
+        let mut conn = store.pool.get().await.map_err(store_err)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut *conn)
+            .await
+            .map_err(store_err)?;
+        Ok(store)
+    }
+
+    fn keys(&self, sale: SaleId) -> [String; 3] {
+        let base = format!("{}{{{sale}}}", self.prefix);
+        [
+            format!("{base}:units"),
+            format!("{base}:left"),
+            format!("{base}:holders"),
+        ]
+    }
+
+    /// Deletes the sale's keys (tests and admin cleanup).
+    pub async fn forget(&self, sale: SaleId) -> Result<()> {
+        let mut conn = self.pool.get().await.map_err(store_err)?;
+        let [a, b, c] = self.keys(sale);
+        let _: i64 = redis::cmd("DEL")
+            .arg(a)
+            .arg(b)
+            .arg(c)
+            .query_async(&mut *conn)
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        sale: SaleId,
+        args: &[&str],
+    ) -> Result<T> {
+        let mut conn = self.pool.get().await.map_err(store_err)?;
+        let mut inv = script.prepare_invoke();
+        for k in self.keys(sale) {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        inv.invoke_async(&mut *conn).await.map_err(store_err)
+    }
+}
+
+fn stock_of(v: Vec<i64>) -> Result<SaleStock> {
+    let [units, left, holders] = v[..] else {
+        return Err(Error::Store(format!("unexpected stock reply {v:?}")));
+    };
+    let n = |x: i64| u64::try_from(x).map_err(|_| Error::Store(format!("negative figure {x}")));
+    Ok(SaleStock {
+        units: n(units)?,
+        left: n(left)?,
+        holders: n(holders)?,
+    })
+}
+
+/// Scripts answer `-3` for a sale that is not defined.
+const NO_SALE: i64 = -3;
+
+#[async_trait::async_trait]
+impl StockStore for RedisStore {
+    async fn define(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
+        validate_units(units)?;
+        let v: Vec<i64> = self.run(&self.define, sale, &[&units.to_string()]).await?;
+        stock_of(v)
+    }
+
+    async fn reconcile(&self, sale: SaleId, units: u64, holders: &[String]) -> Result<SaleStock> {
+        validate_units(units)?;
+        for h in holders {
+            validate_user(h)?;
+        }
+        // Checked here, before the script changes anything.
+        let distinct: std::collections::HashSet<&str> =
+            holders.iter().map(String::as_str).collect();
+        if distinct.len() as u64 > units {
+            return Err(Error::Invalid(format!(
+                "{} holders for {units} units",
+                distinct.len()
+            )));
+        }
+        let units_arg = units.to_string();
+        let mut args: Vec<&str> = Vec::with_capacity(distinct.len() + 1);
+        args.push(&units_arg);
+        args.extend(distinct);
+        let v: Vec<i64> = self.run(&self.reconcile, sale, &args).await?;
+        stock_of(v)
+    }
+
+    async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation> {
+        validate_user(user)?;
+        let r: i64 = self.run(&self.reserve, sale, &[user]).await?;
+        Ok(match r {
+            -1 => Reservation::SoldOut,
+            -2 => Reservation::AlreadyBought,
+            NO_SALE => Reservation::NoSuchSale,
+            left if left >= 0 => Reservation::Reserved { left: left as u64 },
+            other => return Err(Error::Store(format!("unexpected reserve reply {other}"))),
+        })
+    }
+
+    async fn release(&self, sale: SaleId, user: &str) -> Result<Released> {
+        validate_user(user)?;
+        let r: i64 = self.run(&self.release, sale, &[user]).await?;
+        Ok(match r {
+            -1 => Released::NotHeld,
+            left if left >= 0 => Released::Released { left: left as u64 },
+            other => return Err(Error::Store(format!("unexpected release reply {other}"))),
+        })
+    }
+
+    async fn restock(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
+        validate_units(units)?;
+        let v: redis::Value = self.run(&self.restock, sale, &[&units.to_string()]).await?;
+        match v {
+            redis::Value::Int(NO_SALE) => {
+                Err(Error::Invalid(format!("sale {sale} is not defined")))
+            }
+            v => stock_of(redis::from_redis_value(v).map_err(store_err)?),
+        }
+    }
+
+    async fn stock(&self, sale: SaleId) -> Result<Option<SaleStock>> {
+        let v: redis::Value = self.run(&self.stock, sale, &[]).await?;
+        match v {
+            redis::Value::Int(NO_SALE) => Ok(None),
+            v => Ok(Some(stock_of(
+                redis::from_redis_value(v).map_err(store_err)?,
+            )?)),
+        }
+    }
+}
