@@ -1,1 +1,26 @@
-//! HTTP gateway (axum): captcha, per-user and per-IP throttling, purchase tokens, load shedding; it will turn accepted purchases into queue messages. Not built yet (see ARCHITECTURE.md).
+//! The flash-sale HTTP gateway (axum): the front door. It turns a flood of purchase
+//! attempts into at most one durable queue message per unit on sale, answering most
+//! refusals from memory.
+//!
+//! A purchase goes: valid session → valid purchase token → throttle → sold-out flag →
+//! single-use token spend → stock reservation (`inventory`) → durable publish to the queue
+//! (the ticket is the message id) → `202 {ticket, position}`; a failed publish releases the
+//! reservation and answers 503.
+//!
+//! Modules:
+//! - [`app`]: the router, shared state and handlers.
+//! - [`session`]: HMAC-signed session cookies.
+//! - [`token`]: HMAC purchase tokens, single use, with a per-sale budget.
+//! - [`captcha`]: captcha images and their hashed, single-use answers.
+//! - [`throttle`]: per-user and per-IP rate limits and the repeat-purchase rule.
+//! - [`sales`]: the in-memory sale catalogue; [`tickets`]: accepted purchases.
+//! - [`error`]: the JSON error type.
+
+pub mod app;
+pub mod captcha;
+pub mod error;
+pub mod sales;
+pub mod session;
+pub mod throttle;
+pub mod tickets;
+pub mod token;

@@ -1,0 +1,710 @@
+//! The router and its handlers: `app(state)` is the whole HTTP surface, testable with
+//! `oneshot` and served by the `gateway` binary.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use inventory::{Inventory, Reservation};
+use queue::{Message, Queue};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::captcha::CaptchaStore;
+use crate::error::{ApiError, ApiResult};
+use crate::sales::{Catalogue, Sale, SaleState};
+use crate::session::SessionKey;
+use crate::throttle::{Route, Throttle, Throttled};
+use crate::tickets::{Ticket, TicketBook, TicketState};
+use crate::token::{TokenBudget, TokenKey, UsedNonces};
+
+/// Header that lets load-test requests skip the captcha when load-test mode is on.
+pub const LOAD_TEST_HEADER: &str = "x-load-test-secret";
+
+/// Settings of the gateway (the binary fills them from flags and environment).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Topic purchases are published to.
+    pub orders_topic: String,
+    /// Consumer group of the order workers (for positions in line).
+    pub workers_group: String,
+    /// Tokens a sale issues at most: `units × token_factor`.
+    pub token_factor: f64,
+    /// How long a purchase token is valid.
+    pub token_ttl_ms: u64,
+    /// How long a session is valid.
+    pub session_ttl_ms: u64,
+    /// Load-test mode: requests carrying this secret in `x-load-test-secret` skip the
+    /// captcha (nothing else is relaxed). `None`: off (the default).
+    pub load_test_secret: Option<String>,
+    /// Bearer secret of the admin API.
+    pub admin_secret: String,
+}
+
+impl GatewayConfig {
+    /// Defaults with this admin secret.
+    pub fn new(admin_secret: impl Into<String>) -> Self {
+        GatewayConfig {
+            orders_topic: "orders".into(),
+            workers_group: "order-workers".into(),
+            token_factor: 1.5,
+            token_ttl_ms: 60_000,
+            session_ttl_ms: 24 * 3600 * 1000,
+            load_test_secret: None,
+            admin_secret: admin_secret.into(),
+        }
+    }
+}
+
+/// Counters behind `/metrics`.
+#[derive(Debug, Default)]
+pub struct GatewayMetrics {
+    /// Purchases accepted (202).
+    pub accepted: AtomicU64,
+    /// Refused: sold out.
+    pub sold_out: AtomicU64,
+    /// Refused: already bought.
+    pub already_bought: AtomicU64,
+    /// Refused: throttled.
+    pub throttled: AtomicU64,
+    /// Refused: bad, expired, reused or foreign token.
+    pub bad_token: AtomicU64,
+    /// Refused: not started.
+    pub not_started: AtomicU64,
+    /// Refused: queue or store unavailable.
+    pub unavailable: AtomicU64,
+    /// Tokens issued.
+    pub tokens_issued: AtomicU64,
+    /// Reservations made.
+    pub reservations: AtomicU64,
+    /// Reservations released after a failed enqueue.
+    pub released: AtomicU64,
+    /// Sum of enqueue (durable publish) times, µs.
+    pub enqueue_us_sum: AtomicU64,
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// Settings.
+    pub config: GatewayConfig,
+    /// Sales.
+    pub catalogue: Catalogue,
+    /// Stock.
+    pub inventory: Inventory,
+    /// The queue, embedded or remote.
+    pub queue: Arc<dyn Queue>,
+    /// Session signing key.
+    pub sessions: SessionKey,
+    /// Token signing key.
+    pub tokens: TokenKey,
+    /// Spent token nonces.
+    pub used: UsedNonces,
+    /// Tokens issued per sale.
+    pub budget: TokenBudget,
+    /// Captchas.
+    pub captchas: CaptchaStore,
+    /// Rate limits.
+    pub throttle: Throttle,
+    /// Accepted purchases.
+    pub tickets: TicketBook,
+    /// Counters.
+    pub metrics: GatewayMetrics,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+type Shared = Arc<AppState>;
+
+/// The whole HTTP surface (without the load-shedding layers, which `serve` adds).
+pub fn app(state: Shared) -> Router {
+    Router::new()
+        .route("/api/login", post(login))
+        .route("/api/sales", get(list_sales))
+        .route("/api/sales/{id}", get(get_sale))
+        .route("/api/sales/{id}/captcha", get(new_captcha))
+        .route("/api/sales/{id}/token", post(new_token))
+        .route("/api/sales/{id}/purchase", post(purchase))
+        .route("/api/tickets/{ticket}", get(get_ticket))
+        .route("/admin/api/sales", post(create_sale))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+/// Now, ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The client's address: the socket peer when served, loopback under `oneshot` tests.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.0.ip()),
+        ))
+    }
+}
+
+/// JSON body with our error shape for malformed input.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "request body too large",
+            )),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+fn throttled(state: &AppState, t: Throttled) -> ApiError {
+    state.metrics.throttled.fetch_add(1, Ordering::Relaxed);
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", t.reason)
+        .retry_after_ms(t.retry_after_ms)
+}
+
+/// The user of a valid session cookie.
+fn session_user(state: &AppState, headers: &HeaderMap) -> ApiResult<String> {
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(crate::session::cookie_from_header)
+        .ok_or_else(|| ApiError::unauthorized("log in first"))?;
+    state
+        .sessions
+        .verify(cookie, now_ms())
+        .map_err(|e| ApiError::unauthorized(e.to_string()))
+}
+
+fn sale_or_404(state: &AppState, id: u64) -> ApiResult<Sale> {
+    state
+        .catalogue
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(format!("no sale {id}")))
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    user: String,
+}
+
+async fn login(
+    State(state): State<Shared>,
+    ClientIp(ip): ClientIp,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> ApiResult<Response> {
+    let now = now_ms();
+    state
+        .throttle
+        .check(Route::Login, None, ip, now)
+        .map_err(|t| throttled(&state, t))?;
+    inventory::validate_user(&body.user).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let value = state
+        .sessions
+        .sign(&body.user, now + state.config.session_ttl_ms)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let cookie = crate::session::set_cookie_header(&value, state.config.session_ttl_ms / 1000);
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({"user": body.user})),
+    )
+        .into_response())
+}
+
+async fn sale_json(state: &AppState, sale: &Sale, now: u64) -> Value {
+    let left = match state.inventory.store().stock(sale.id).await {
+        Ok(Some(s)) => Some(s.left),
+        _ => None,
+    };
+    let st = if now < sale.starts_at_ms {
+        SaleState::Upcoming
+    } else if left == Some(0) {
+        SaleState::SoldOut
+    } else {
+        SaleState::Open
+    };
+    json!({
+        "id": sale.id,
+        "name": sale.name,
+        "price_cents": sale.price_cents,
+        "units": sale.units,
+        "units_left": left,
+        "starts_at_ms": sale.starts_at_ms,
+        "state": st,
+        "server_time_ms": now,
+    })
+}
+
+async fn list_sales(State(state): State<Shared>) -> Json<Value> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for s in state.catalogue.list() {
+        out.push(sale_json(&state, &s, now).await);
+    }
+    Json(json!({"sales": out, "server_time_ms": now}))
+}
+
+async fn get_sale(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult<Json<Value>> {
+    let sale = sale_or_404(&state, id)?;
+    Ok(Json(sale_json(&state, &sale, now_ms()).await))
+}
+
+async fn new_captcha(
+    State(state): State<Shared>,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let user = session_user(&state, &headers)?;
+    let now = now_ms();
+    state
+        .throttle
+        .check(Route::Captcha, Some(&user), ip, now)
+        .map_err(|t| throttled(&state, t))?;
+    sale_or_404(&state, id)?;
+    // Drawing takes milliseconds of CPU: off the async workers.
+    let drawer = state.clone();
+    let (captcha_id, png) = tokio::task::spawn_blocking(move || drawer.captchas.create(now))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::unavailable("busy", e.to_string(), 1000))?;
+    let image = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    );
+    Ok(Json(json!({"captcha_id": captcha_id, "image": image})))
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    #[serde(default)]
+    captcha_id: String,
+    #[serde(default)]
+    answer: String,
+}
+
+fn load_test_ok(state: &AppState, headers: &HeaderMap) -> bool {
+    let (Some(secret), Some(given)) = (
+        state.config.load_test_secret.as_deref(),
+        headers.get(LOAD_TEST_HEADER).and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    use subtle::ConstantTimeEq;
+    secret.len() == given.len() && bool::from(secret.as_bytes().ct_eq(given.as_bytes()))
+}
+
+async fn new_token(
+    State(state): State<Shared>,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<TokenBody>,
+) -> ApiResult<Json<Value>> {
+    let user = session_user(&state, &headers)?;
+    let now = now_ms();
+    state
+        .throttle
+        .check(Route::Token, Some(&user), ip, now)
+        .map_err(|t| throttled(&state, t))?;
+    let sale = sale_or_404(&state, id)?;
+    if state.inventory.flagged_sold_out(id) {
+        state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
+    }
+    if !load_test_ok(&state, &headers) {
+        state
+            .captchas
+            .check(&body.captcha_id, &body.answer, now)
+            .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "bad_captcha", e.to_string()))?;
+    }
+    // No token, no access: a sale hands out at most units × factor tokens.
+    if !state
+        .budget
+        .try_take(id, sale.units, state.config.token_factor)
+    {
+        state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "tokens_exhausted",
+            "every purchase token of this sale is taken",
+        ));
+    }
+    let expires_at_ms = now + state.config.token_ttl_ms;
+    let (token, _) = state.tokens.issue(&user, id, expires_at_ms);
+    state.metrics.tokens_issued.fetch_add(1, Ordering::Relaxed);
+    Ok(Json(
+        json!({"token": token, "expires_at_ms": expires_at_ms}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct PurchaseBody {
+    token: String,
+}
+
+async fn purchase(
+    State(state): State<Shared>,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PurchaseBody>,
+) -> ApiResult<Response> {
+    let m = &state.metrics;
+    let user = session_user(&state, &headers)?;
+    let now = now_ms();
+    let verified = state
+        .tokens
+        .verify(&body.token, &user, id, now)
+        .map_err(|e| {
+            m.bad_token.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(StatusCode::FORBIDDEN, "bad_token", e.to_string())
+        })?;
+    state
+        .throttle
+        .check_purchase(&user, id, ip, now)
+        .map_err(|t| throttled(&state, t))?;
+    let sale = sale_or_404(&state, id)?;
+    if now < sale.starts_at_ms {
+        m.not_started.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_EARLY,
+            "not_started",
+            format!("the sale starts at {}", sale.starts_at_ms),
+        )
+        .retry_after_ms(sale.starts_at_ms - now));
+    }
+    if state.inventory.flagged_sold_out(id) {
+        m.sold_out.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
+    }
+    state
+        .used
+        .spend(verified.nonce, verified.expires_at_ms, now)
+        .map_err(|e| {
+            m.bad_token.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(StatusCode::FORBIDDEN, "bad_token", e.to_string())
+        })?;
+    match state.inventory.reserve(id, &user).await {
+        Ok(Reservation::Reserved { .. }) => {}
+        Ok(Reservation::SoldOut) => {
+            m.sold_out.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
+        }
+        Ok(Reservation::AlreadyBought) => {
+            m.already_bought.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_bought",
+                "one per person: you already hold one",
+            ));
+        }
+        Ok(Reservation::NoSuchSale) => {
+            return Err(ApiError::internal(format!(
+                "sale {id} has no stock defined"
+            )));
+        }
+        Err(e) => {
+            m.unavailable.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::unavailable("unavailable", e.to_string(), 1000));
+        }
+    }
+    m.reservations.fetch_add(1, Ordering::Relaxed);
+    // The ticket is the request id and the message id: a retried publish is de-duplicated.
+    let ticket = uuid::Uuid::now_v7();
+    let payload = json!({
+        "ticket": ticket.to_string(),
+        "sale": id,
+        "user": user,
+        "price_cents": sale.price_cents,
+        "accepted_at_ms": now,
+    });
+    let message = Message::new(payload.to_string().into_bytes()).with_id(ticket.as_u128());
+    let started = std::time::Instant::now();
+    let confirm = match state
+        .queue
+        .publish(&state.config.orders_topic, message)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            // Not accepted: give the unit back before answering.
+            if let Err(re) = state.inventory.release(id, &user).await {
+                tracing::error!("release after a failed enqueue: {re}");
+            }
+            m.released.fetch_add(1, Ordering::Relaxed);
+            m.unavailable.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::unavailable(
+                "unavailable",
+                format!("the purchase could not be queued: {e}"),
+                1000,
+            ));
+        }
+    };
+    m.enqueue_us_sum.fetch_add(
+        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    m.accepted.fetch_add(1, Ordering::Relaxed);
+    state.tickets.insert(
+        ticket.to_string(),
+        Ticket {
+            sale: id,
+            user,
+            offset: confirm.offset,
+            state: TicketState::Queued,
+        },
+    );
+    let position = position(&state, confirm.offset).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"ticket": ticket.to_string(), "position": position})),
+    )
+        .into_response())
+}
+
+/// Place in line: messages of the orders topic not yet finished by the workers before this
+/// one (their group's low watermark), or since the log's start if they have not started.
+async fn position(state: &AppState, offset: u64) -> Option<u64> {
+    let stats = state.queue.stats(&state.config.orders_topic).await.ok()?;
+    let done = stats
+        .groups
+        .iter()
+        .find(|g| g.name == state.config.workers_group)
+        .map_or(stats.log_start, |g| g.low_watermark);
+    Some(offset.saturating_sub(done) + 1)
+}
+
+async fn get_ticket(
+    State(state): State<Shared>,
+    Path(ticket): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let t = state
+        .tickets
+        .get(&ticket)
+        .ok_or_else(|| ApiError::not_found("no such ticket"))?;
+    let mut v = serde_json::to_value(&t.state).map_err(ApiError::internal)?;
+    if t.state == TicketState::Queued {
+        v["position"] = json!(position(&state, t.offset).await);
+    }
+    v["sale"] = json!(t.sale);
+    Ok(Json(v))
+}
+
+/// An admin request: `Authorization: Bearer <admin secret>`, checked (in constant time)
+/// before the body is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let expected = format!("Bearer {}", state.config.admin_secret);
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        use subtle::ConstantTimeEq;
+        if state.config.admin_secret.is_empty()
+            || given.len() != expected.len()
+            || !bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+        {
+            return Err(ApiError::unauthorized("admin secret required"));
+        }
+        Ok(Admin)
+    }
+}
+
+async fn create_sale(
+    State(state): State<Shared>,
+    _admin: Admin,
+    JsonBody(sale): JsonBody<Sale>,
+) -> ApiResult<Response> {
+    state
+        .catalogue
+        .add(sale.clone())
+        .map_err(ApiError::bad_request)?;
+    state
+        .inventory
+        .store()
+        .define(sale.id, sale.units)
+        .await
+        .map_err(|e| ApiError::unavailable("unavailable", e.to_string(), 1000))?;
+    Ok((StatusCode::CREATED, Json(sale)).into_response())
+}
+
+async fn ready(State(state): State<Shared>) -> ApiResult<&'static str> {
+    state
+        .queue
+        .topics()
+        .await
+        .map_err(|e| ApiError::unavailable("not_ready", e.to_string(), 1000))?;
+    Ok("ready")
+}
+
+async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
+    let m = &state.metrics;
+    let mut out = String::new();
+    let outcomes = [
+        ("accepted", &m.accepted),
+        ("sold_out", &m.sold_out),
+        ("already_bought", &m.already_bought),
+        ("throttled", &m.throttled),
+        ("bad_token", &m.bad_token),
+        ("not_started", &m.not_started),
+        ("unavailable", &m.unavailable),
+    ];
+    out.push_str("# HELP gateway_purchases_total Purchase and token requests by outcome.\n");
+    out.push_str("# TYPE gateway_purchases_total counter\n");
+    for (name, c) in outcomes {
+        out.push_str(&format!(
+            "gateway_purchases_total{{outcome=\"{name}\"}} {}\n",
+            c.load(Ordering::Relaxed)
+        ));
+    }
+    for (name, help, c) in [
+        (
+            "gateway_tokens_issued_total",
+            "Purchase tokens issued.",
+            &m.tokens_issued,
+        ),
+        (
+            "gateway_reservations_total",
+            "Units reserved.",
+            &m.reservations,
+        ),
+        (
+            "gateway_released_total",
+            "Reservations released after a failed enqueue.",
+            &m.released,
+        ),
+        (
+            "gateway_enqueue_seconds_sum",
+            "Time spent in durable enqueues.",
+            &m.enqueue_us_sum,
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        let v = c.load(Ordering::Relaxed);
+        if name.ends_with("seconds_sum") {
+            out.push_str(&format!("{name} {}\n", v as f64 / 1e6));
+        } else {
+            out.push_str(&format!("{name} {v}\n"));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// How long `serve`'s housekeeping waits between rounds.
+pub const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
+
+/// Limits of the served gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Requests in flight at once; beyond it requests are shed at once with 503.
+    pub max_in_flight: usize,
+    /// A request taking longer is answered 503.
+    pub request_timeout_ms: u64,
+    /// Largest request body (413 beyond).
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_in_flight: 4096,
+            request_timeout_ms: 5_000,
+            body_limit_bytes: 16 << 10,
+        }
+    }
+}
+
+/// `app(state)` with load shedding: a global cap on requests in flight (503 +
+/// `Retry-After` at once beyond it), a request timeout (503) and a body limit (413).
+pub fn app_with_limits(state: Shared, limits: ServeLimits) -> Router {
+    use axum::error_handling::HandleErrorLayer;
+    use tower::ServiceBuilder;
+    app(state)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            limits.body_limit_bytes,
+        ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
+                    if e.is::<tower::timeout::error::Elapsed>() {
+                        ApiError::unavailable("timeout", "the request took too long", 1000)
+                    } else if e.is::<tower::load_shed::error::Overloaded>() {
+                        ApiError::unavailable("overloaded", "too many requests in flight", 1000)
+                    } else {
+                        ApiError::internal(e)
+                    }
+                }))
+                .load_shed()
+                .concurrency_limit(limits.max_in_flight.max(1))
+                .timeout(Duration::from_millis(limits.request_timeout_ms.max(1))),
+        )
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes; runs the throttle's
+/// housekeeping every [`HOUSEKEEPING_PERIOD`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    limits: ServeLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let keeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HOUSEKEEPING_PERIOD);
+            loop {
+                tick.tick().await;
+                state.throttle.housekeeping();
+            }
+        })
+    };
+    let router = app_with_limits(state, limits);
+    let r = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    keeper.abort();
+    r
+}

@@ -1,0 +1,373 @@
+//! HMAC-signed session cookies: identity only, no passwords (logging in names a user; who
+//! may claim which name is out of scope, as the brief says).
+//!
+//! ## Cookie value
+//!
+//! ```text
+//! base64url_nopad( user | '|' | expires_at_ms (decimal ASCII) | '|' | tag[32] )
+//! tag = HMAC-SHA256(key, "seckill-session-v1\0" | user | '|' | expires_at_ms | '|')
+//! ```
+//!
+//! A user id is 1..=[`USER_ID_BYTES_MAX`] bytes without control characters or `|`, so the
+//! first `|` ends it. `verify` checks the length bound, then the tag (in constant time),
+//! and only then reads the fields: nothing about a forged cookie's content is looked at.
+//! The domain string keeps a session tag from ever being accepted as another kind of tag
+//! made with the same secret.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE_NAME: &str = "seckill_session";
+/// Longest cookie value `verify` looks at, in bytes; longer input is refused unread.
+pub const SESSION_COOKIE_BYTES_MAX: usize = 512;
+/// Size of a session secret, in bytes.
+pub const SESSION_KEY_BYTES: usize = 32;
+/// Longest user id, in bytes (the inventory's limit, so both agree).
+pub const USER_ID_BYTES_MAX: usize = inventory::USER_ID_BYTES_MAX;
+
+/// Size of the HMAC-SHA256 tag at the end of a cookie value.
+const TAG_BYTES: usize = 32;
+/// Domain separation: a session tag is never valid as any other tag made with this secret.
+const DOMAIN: &[u8] = b"seckill-session-v1\0";
+
+/// Why a session cookie (or a user id to sign) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// Longer than [`SESSION_COOKIE_BYTES_MAX`].
+    #[error("session cookie too long (over {SESSION_COOKIE_BYTES_MAX} bytes)")]
+    TooLong,
+    /// Not base64url, too short, or not in the cookie format.
+    #[error("malformed session cookie")]
+    Malformed,
+    /// The signature does not match: forged or tampered with.
+    #[error("invalid session signature")]
+    BadSignature,
+    /// The session has expired; log in again.
+    #[error("session expired, log in again")]
+    Expired,
+    /// The user id breaks the rules (1..=64 bytes, no control characters, no `|`).
+    #[error("a user id is 1..={USER_ID_BYTES_MAX} bytes without control characters or '|'")]
+    InvalidUser,
+}
+
+/// Checks a user id for a session: the inventory's rule (1..=[`USER_ID_BYTES_MAX`] bytes, no
+/// control characters) and no `|`, which separates the cookie's fields.
+pub fn validate_user(user: &str) -> Result<(), SessionError> {
+    if inventory::validate_user(user).is_err() || user.contains('|') {
+        return Err(SessionError::InvalidUser);
+    }
+    Ok(())
+}
+
+/// The secret that signs and verifies session cookies.
+///
+/// `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct SessionKey {
+    bytes: [u8; SESSION_KEY_BYTES],
+    /// The keyed HMAC state, cloned per use so the key pads are hashed once.
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
+impl SessionKey {
+    /// A fresh random secret (from the thread's cryptographically secure generator).
+    pub fn generate() -> Self {
+        SessionKey::from_bytes(rand::random())
+    }
+
+    /// The key with this secret (e.g. from configuration, so that several gateway
+    /// processes accept each other's cookies).
+    pub fn from_bytes(bytes: [u8; SESSION_KEY_BYTES]) -> Self {
+        SessionKey {
+            bytes,
+            mac: keyed_mac(&bytes),
+        }
+    }
+
+    /// The secret, e.g. to print a generated one on first run. Treat it as a password.
+    pub fn as_bytes(&self) -> &[u8; SESSION_KEY_BYTES] {
+        &self.bytes
+    }
+
+    /// A cookie value naming `user`, valid until `expires_at_ms` (ms since the Unix epoch).
+    ///
+    /// # Errors
+    /// [`SessionError::InvalidUser`] if `user` breaks [`validate_user`].
+    pub fn sign(&self, user: &str, expires_at_ms: u64) -> Result<String, SessionError> {
+        validate_user(user)?;
+        let mut raw = Vec::with_capacity(user.len() + 22 + TAG_BYTES);
+        raw.extend_from_slice(user.as_bytes());
+        raw.push(b'|');
+        raw.extend_from_slice(expires_at_ms.to_string().as_bytes());
+        raw.push(b'|');
+        let tag = self.tag(&raw);
+        raw.extend_from_slice(&tag);
+        Ok(URL_SAFE_NO_PAD.encode(raw))
+    }
+
+    /// The user a cookie value names, if it was signed with this key and has not expired at
+    /// `now_ms`. The tag is compared in constant time and checked before any field is read.
+    ///
+    /// # Errors
+    /// [`SessionError::TooLong`], [`SessionError::Malformed`],
+    /// [`SessionError::BadSignature`], [`SessionError::Expired`]; never panics.
+    pub fn verify(&self, cookie_value: &str, now_ms: u64) -> Result<String, SessionError> {
+        if cookie_value.len() > SESSION_COOKIE_BYTES_MAX {
+            return Err(SessionError::TooLong);
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(cookie_value)
+            .map_err(|_| SessionError::Malformed)?;
+        // The shortest body is "u|0|".
+        if raw.len() < 4 + TAG_BYTES {
+            return Err(SessionError::Malformed);
+        }
+        let (body, tag) = raw.split_at(raw.len() - TAG_BYTES);
+        let mut mac = self.mac.clone();
+        mac.update(DOMAIN);
+        mac.update(body);
+        mac.verify_slice(tag)
+            .map_err(|_| SessionError::BadSignature)?;
+
+        // Authentic from here on: only this key's `sign` made it, so a failure below means
+        // a bug or a changed format, reported as malformed rather than trusted.
+        let body = body.strip_suffix(b"|").ok_or(SessionError::Malformed)?;
+        let body = std::str::from_utf8(body).map_err(|_| SessionError::Malformed)?;
+        let (user, expiry) = body.split_once('|').ok_or(SessionError::Malformed)?;
+        if expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SessionError::Malformed);
+        }
+        let expires_at_ms: u64 = expiry.parse().map_err(|_| SessionError::Malformed)?;
+        validate_user(user)?;
+        if now_ms >= expires_at_ms {
+            return Err(SessionError::Expired);
+        }
+        Ok(user.to_owned())
+    }
+
+    fn tag(&self, body: &[u8]) -> [u8; TAG_BYTES] {
+        let mut mac = self.mac.clone();
+        mac.update(DOMAIN);
+        mac.update(body);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// HMAC-SHA256 keyed with a 32-byte secret. HMAC pads a key shorter than the hash's block
+/// with zeros, so passing the zero-padded block is the same key, without a fallible call.
+fn keyed_mac(secret: &[u8; SESSION_KEY_BYTES]) -> Hmac<Sha256> {
+    let mut block = [0u8; 64];
+    block[..SESSION_KEY_BYTES].copy_from_slice(secret);
+    <Hmac<Sha256> as KeyInit>::new(&block.into())
+}
+
+/// The `Set-Cookie` header value that stores `value` as the session cookie for `max_age_s`
+/// seconds: `HttpOnly` (no script can read it) and `SameSite=Strict` (no other site's page
+/// can make the browser send it).
+pub fn set_cookie_header(value: &str, max_age_s: u64) -> String {
+    format!("{SESSION_COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}")
+}
+
+/// The `Set-Cookie` header value that removes the session cookie (log out).
+pub fn clear_cookie_header() -> String {
+    set_cookie_header("", 0)
+}
+
+/// The session cookie's value in a `Cookie` request header (`a=1; seckill_session=…`), if
+/// present and not empty. The first one wins.
+pub fn cookie_from_header(header_value: &str) -> Option<&str> {
+    header_value.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        if name.trim() != SESSION_COOKIE_NAME {
+            return None;
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        (!value.is_empty()).then_some(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn key() -> SessionKey {
+        SessionKey::from_bytes([7; SESSION_KEY_BYTES])
+    }
+
+    #[test]
+    fn round_trip() {
+        let k = key();
+        let v = k.sign("alice", NOW + 1000).expect("valid user");
+        assert_eq!(k.verify(&v, NOW), Ok("alice".to_owned()));
+        assert_eq!(k.verify(&v, NOW + 999), Ok("alice".to_owned()));
+        // Cookie-safe characters only.
+        assert!(
+            v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+    }
+
+    #[test]
+    fn longest_user_fits_the_bound() {
+        let k = key();
+        let user = "u".repeat(USER_ID_BYTES_MAX);
+        let v = k.sign(&user, u64::MAX).expect("valid user");
+        assert!(v.len() <= SESSION_COOKIE_BYTES_MAX);
+        assert_eq!(k.verify(&v, NOW), Ok(user));
+    }
+
+    #[test]
+    fn expired_at_and_after_expiry() {
+        let k = key();
+        let v = k.sign("alice", NOW).expect("valid user");
+        assert_eq!(k.verify(&v, NOW), Err(SessionError::Expired));
+        assert_eq!(k.verify(&v, NOW + 1), Err(SessionError::Expired));
+    }
+
+    #[test]
+    fn other_key_is_bad_signature() {
+        let v = key().sign("alice", NOW + 1000).expect("valid user");
+        let other = SessionKey::from_bytes([8; SESSION_KEY_BYTES]);
+        assert_eq!(other.verify(&v, NOW), Err(SessionError::BadSignature));
+    }
+
+    #[test]
+    fn every_flipped_bit_is_refused() {
+        let k = key();
+        let v = k.sign("alice", NOW + 1000).expect("valid user");
+        let raw = URL_SAFE_NO_PAD.decode(&v).expect("our encoding");
+        for i in 0..raw.len() {
+            for bit in 0..8 {
+                let mut t = raw.clone();
+                t[i] ^= 1 << bit;
+                let forged = URL_SAFE_NO_PAD.encode(&t);
+                assert_eq!(
+                    k.verify(&forged, NOW),
+                    Err(SessionError::BadSignature),
+                    "byte {i} bit {bit}"
+                );
+            }
+        }
+        // Flips in the text itself: refused one way or another, never accepted.
+        for i in 0..v.len() {
+            for bit in 0..7 {
+                let mut t = v.clone().into_bytes();
+                t[i] ^= 1 << bit;
+                let Ok(s) = String::from_utf8(t) else {
+                    continue;
+                };
+                assert!(k.verify(&s, NOW).is_err(), "char {i} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn forged_expiry_is_refused() {
+        let k = key();
+        let v = k.sign("alice", NOW + 1000).expect("valid user");
+        let raw = URL_SAFE_NO_PAD.decode(&v).expect("our encoding");
+        let tag = &raw[raw.len() - TAG_BYTES..];
+        let mut forged = format!("alice|{}|", u64::MAX).into_bytes();
+        forged.extend_from_slice(tag);
+        assert_eq!(
+            k.verify(&URL_SAFE_NO_PAD.encode(forged), NOW),
+            Err(SessionError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn malformed_and_oversized_input() {
+        let k = key();
+        for bad in ["", "!!!", "a", "YWxpY2U", "alice|1|", "====", "\u{0}", "ü"] {
+            assert_eq!(k.verify(bad, NOW), Err(SessionError::Malformed), "{bad:?}");
+        }
+        let long = "A".repeat(SESSION_COOKIE_BYTES_MAX + 1);
+        assert_eq!(k.verify(&long, NOW), Err(SessionError::TooLong));
+        // Long enough for a tag but unsigned: a bad signature.
+        let junk = URL_SAFE_NO_PAD.encode([0u8; 100]);
+        assert_eq!(k.verify(&junk, NOW), Err(SessionError::BadSignature));
+    }
+
+    #[test]
+    fn user_rules() {
+        let k = key();
+        let too_long = "x".repeat(USER_ID_BYTES_MAX + 1);
+        for bad in ["", "a|b", "tab\there", "nl\n", "\u{7f}", too_long.as_str()] {
+            assert_eq!(
+                k.sign(bad, NOW + 1),
+                Err(SessionError::InvalidUser),
+                "{bad:?}"
+            );
+        }
+        for good in ["a", "alice@example.com", "用户", "with space"] {
+            let v = k.sign(good, NOW + 1).expect("valid user");
+            assert_eq!(k.verify(&v, NOW).as_deref(), Ok(good));
+        }
+    }
+
+    #[test]
+    fn generated_keys_differ_and_debug_hides_them() {
+        let (a, b) = (SessionKey::generate(), SessionKey::generate());
+        assert_ne!(a.as_bytes(), b.as_bytes());
+        let v = a.sign("alice", NOW + 1).expect("valid user");
+        assert_eq!(b.verify(&v, NOW), Err(SessionError::BadSignature));
+        assert_eq!(format!("{a:?}"), "SessionKey(<redacted>)");
+    }
+
+    #[test]
+    fn cookie_header_round_trip() {
+        let k = key();
+        let v = k.sign("alice", NOW + 1000).expect("valid user");
+        let set = set_cookie_header(&v, 86_400);
+        assert_eq!(
+            set,
+            format!("seckill_session={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age=86400")
+        );
+        let header = format!("theme=dark; seckill_session={v}; other=1");
+        assert_eq!(cookie_from_header(&header), Some(v.as_str()));
+        assert_eq!(
+            cookie_from_header(&format!("seckill_session={v}")),
+            Some(v.as_str())
+        );
+        assert_eq!(
+            cookie_from_header(&format!("seckill_session=\"{v}\"")),
+            Some(v.as_str())
+        );
+        assert_eq!(clear_cookie_header(), set_cookie_header("", 0));
+    }
+
+    #[test]
+    fn cookie_header_without_session() {
+        for h in [
+            "",
+            "theme=dark",
+            "seckill_session=",
+            "seckill_session",
+            "xseckill_session=abc",
+            "seckill_sessionx=abc",
+            ";;;",
+        ] {
+            assert_eq!(cookie_from_header(h), None, "{h:?}");
+        }
+        assert_eq!(
+            cookie_from_header("seckill_session=first; seckill_session=second"),
+            Some("first")
+        );
+    }
+}

@@ -1,0 +1,490 @@
+//! Gateway tests: the handlers through `oneshot` (no socket), on an embedded queue in a
+//! temporary directory and the in-process stock store.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use gateway::app::{AppState, GatewayConfig, GatewayMetrics, LOAD_TEST_HEADER, app, now_ms};
+use gateway::captcha::CaptchaStore;
+use gateway::sales::Catalogue;
+use gateway::session::SessionKey;
+use gateway::throttle::{Throttle, ThrottleConfig};
+use gateway::tickets::TicketBook;
+use gateway::token::{TokenBudget, TokenKey, UsedNonces};
+use inventory::{Inventory, MemoryStore};
+use queue::{Engine, FetchOptions, Queue, StartAt};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-secret";
+const LOAD_TEST: &str = "load-test-secret";
+
+struct TestApp {
+    state: Arc<AppState>,
+    engine: Arc<Engine>,
+    _dir: tempfile::TempDir,
+}
+
+/// Throttles for tests: everything comes from loopback, so no per-IP quotas.
+fn test_throttle() -> ThrottleConfig {
+    let mut t = ThrottleConfig::default();
+    for r in [&mut t.login, &mut t.captcha, &mut t.token, &mut t.purchase] {
+        r.per_ip = None;
+    }
+    t
+}
+
+fn spawn_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
+    spawn_app_with(token_factor, throttle, Some(LOAD_TEST))
+}
+
+fn spawn_app_with(token_factor: f64, throttle: ThrottleConfig, load_test: Option<&str>) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
+    let mut config = GatewayConfig::new(ADMIN);
+    config.token_factor = token_factor;
+    config.load_test_secret = load_test.map(String::from);
+    let state = Arc::new(AppState {
+        config,
+        catalogue: Catalogue::default(),
+        inventory: Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+        queue: engine.clone(),
+        sessions: SessionKey::generate(),
+        tokens: TokenKey::generate(),
+        used: UsedNonces::new(),
+        budget: TokenBudget::new(),
+        captchas: CaptchaStore::new(),
+        throttle: Throttle::new(throttle).expect("throttle"),
+        tickets: TicketBook::default(),
+        metrics: GatewayMetrics::default(),
+    });
+    TestApp {
+        state,
+        engine,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    async fn call(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let resp = app(self.state.clone())
+            .oneshot(req)
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, headers, v)
+    }
+
+    async fn post(&self, uri: &str, cookie: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let mut b = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+        if let Some(c) = cookie {
+            b = b.header(header::COOKIE, c);
+        }
+        let (s, _, v) = self
+            .call(b.body(Body::from(body.to_string())).expect("request"))
+            .await;
+        (s, v)
+    }
+
+    async fn create_sale(&self, id: u64, units: u64, starts_at_ms: u64) {
+        let req = Request::post("/admin/api/sales")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .body(Body::from(
+                json!({"id": id, "name": "phone", "price_cents": 99900, "units": units, "starts_at_ms": starts_at_ms})
+                    .to_string(),
+            ))
+            .expect("request");
+        let (s, _, v) = self.call(req).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+
+    /// Logs `user` in; returns the `Cookie` header value.
+    async fn login(&self, user: &str) -> String {
+        let req = Request::post("/api/login")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({"user": user}).to_string()))
+            .expect("request");
+        let (s, headers, v) = self.call(req).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let set = headers
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .expect("a session cookie");
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite"),
+            "{set}"
+        );
+        set.split(';').next().expect("name=value").to_string()
+    }
+
+    /// A token through a real captcha (its answer planted in the store).
+    async fn token_via_captcha(&self, cookie: &str, sale: u64) -> (StatusCode, Value) {
+        let id = self
+            .state
+            .captchas
+            .insert_answer("AbCdE", now_ms())
+            .expect("captcha");
+        self.post(
+            &format!("/api/sales/{sale}/token"),
+            Some(cookie),
+            json!({"captcha_id": id, "answer": "abcde"}),
+        )
+        .await
+    }
+
+    /// A token in load-test mode (no captcha).
+    async fn token_load_test(&self, cookie: &str, sale: u64) -> (StatusCode, Value) {
+        let req = Request::post(format!("/api/sales/{sale}/token"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::COOKIE, cookie)
+            .header(LOAD_TEST_HEADER, LOAD_TEST)
+            .body(Body::from("{}"))
+            .expect("request");
+        let (s, _, v) = self.call(req).await;
+        (s, v)
+    }
+
+    async fn purchase(&self, cookie: &str, sale: u64, token: &str) -> (StatusCode, Value) {
+        self.post(
+            &format!("/api/sales/{sale}/purchase"),
+            Some(cookie),
+            json!({"token": token}),
+        )
+        .await
+    }
+}
+
+fn token_of(v: &Value) -> String {
+    v["token"].as_str().expect("a token").to_string()
+}
+
+#[tokio::test]
+async fn a_purchase_from_login_to_ticket() {
+    let t = spawn_app(1.5, test_throttle());
+    t.create_sale(1, 10, 0).await;
+    let alice = t.login("alice").await;
+    // The captcha image endpoint answers with an id and a PNG data URL.
+    let (s, _, v) = t
+        .call(
+            Request::get("/api/sales/1/captcha")
+                .header(header::COOKIE, &alice)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(
+        v["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("data:image/png;base64,"))
+    );
+    let (s, v) = t.token_via_captcha(&alice, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = t.purchase(&alice, 1, &token_of(&v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let ticket = v["ticket"].as_str().expect("ticket").to_string();
+    assert_eq!(v["position"], 1);
+    // The purchase is in the queue, with the ticket as its message id.
+    let peeked = t.engine.peek("orders", 0, 10).await.expect("peek");
+    assert_eq!(peeked.len(), 1);
+    let id = uuid::Uuid::parse_str(&ticket).expect("uuid").as_u128();
+    assert_eq!(peeked[0].id, Some(id));
+    let body: Value = serde_json::from_slice(&peeked[0].payload).expect("json payload");
+    assert_eq!(body["user"], "alice");
+    assert_eq!(body["sale"], 1);
+    // The ticket is queued, first in line; once a worker resolves it, it says so.
+    let (s, _, v) = t
+        .call(
+            Request::get(format!("/api/tickets/{ticket}"))
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["state"], "queued");
+    assert_eq!(v["position"], 1);
+    assert!(t.state.tickets.resolve(
+        &ticket,
+        gateway::tickets::TicketState::Ordered {
+            order_id: "o-1".into()
+        }
+    ));
+    let (_, _, v) = t
+        .call(
+            Request::get(format!("/api/tickets/{ticket}"))
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert_eq!(v["state"], "ordered");
+    assert_eq!(v["order_id"], "o-1");
+    // Stock and sale view agree.
+    let (_, _, v) = t
+        .call(Request::get("/api/sales/1").body(Body::empty()).expect("r"))
+        .await;
+    assert_eq!(v["units_left"], 9);
+    assert_eq!(v["state"], "open");
+}
+
+#[tokio::test]
+async fn refusals_have_the_right_status_and_a_json_error() {
+    let t = spawn_app(1.5, test_throttle());
+    t.create_sale(1, 1, 0).await;
+    t.create_sale(2, 5, 0).await;
+    t.create_sale(3, 5, now_ms() + 3_600_000).await;
+    let alice = t.login("alice").await;
+    let bob = t.login("bob").await;
+
+    // No session.
+    let (s, v) = t
+        .post("/api/sales/1/purchase", None, json!({"token": "x"}))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"], "unauthorized");
+    // A forged cookie.
+    let (s, _) = t
+        .post(
+            "/api/sales/1/purchase",
+            Some("seckill_session=Zm9v"),
+            json!({"token": "x"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Malformed body.
+    let (s, v) = t
+        .post("/api/sales/1/purchase", Some(&alice), json!({"nope": 1}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // Wrong captcha answer: refused, and the captcha is used up.
+    let id = t
+        .state
+        .captchas
+        .insert_answer("right", now_ms())
+        .expect("captcha");
+    let (s, v) = t
+        .post(
+            "/api/sales/1/token",
+            Some(&alice),
+            json!({"captcha_id": id, "answer": "wrong"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("bad_captcha"))
+    );
+    let (s, _) = t
+        .post(
+            "/api/sales/1/token",
+            Some(&alice),
+            json!({"captcha_id": id, "answer": "right"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a captcha is single use");
+
+    // Tokens: tampered, another user's, another sale's, reused.
+    let (_, v) = t.token_via_captcha(&alice, 2).await;
+    let token = token_of(&v);
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ascii");
+    let (s, v) = t.purchase(&alice, 2, &tampered).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("bad_token"))
+    );
+    let (s, _) = t.purchase(&bob, 2, &token).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another user's token");
+    let (s, _) = t.purchase(&alice, 1, &token).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another sale's token");
+    let (s, _) = t.purchase(&alice, 2, &token).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) = t.purchase(&alice, 2, &token).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a token is single use");
+
+    // Already bought: a fresh token, same user and sale; no unit burnt.
+    let (_, v) = t.token_via_captcha(&alice, 2).await;
+    let (s, v) = t.purchase(&alice, 2, &token_of(&v)).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::CONFLICT, Some("already_bought"))
+    );
+    let left = t
+        .state
+        .inventory
+        .store()
+        .stock(2)
+        .await
+        .expect("stock")
+        .map(|s| s.left);
+    assert_eq!(left, Some(4));
+
+    // Sold out: sale 1 has one unit; bob takes it, carol finds it gone.
+    let carol = t.login("carol").await;
+    let (_, v) = t.token_via_captcha(&bob, 1).await;
+    assert_eq!(
+        t.purchase(&bob, 1, &token_of(&v)).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (s, v) = t.token_via_captcha(&carol, 1).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::GONE, Some("sold_out")),
+        "the flag answers at the token step"
+    );
+
+    // Not started: 425 with Retry-After.
+    let (_, v) = t.token_via_captcha(&bob, 3).await;
+    let req = Request::post("/api/sales/3/purchase")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::COOKIE, &bob)
+        .body(Body::from(json!({"token": token_of(&v)}).to_string()))
+        .expect("request");
+    let (s, headers, v) = t.call(req).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::TOO_EARLY, Some("not_started"))
+    );
+    assert!(headers.get(header::RETRY_AFTER).is_some());
+
+    // Unknown sale and admin without the secret.
+    let (s, _) = t.post("/api/sales/99/token", Some(&alice), json!({})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = t.post("/admin/api/sales", None, json!({"id": 9})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+}
+
+#[tokio::test]
+async fn load_test_mode_skips_only_the_captcha_and_only_with_the_secret() {
+    let t = spawn_app(1.5, test_throttle());
+    t.create_sale(1, 10, 0).await;
+    let alice = t.login("alice").await;
+    let (s, v) = t.token_load_test(&alice, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // A wrong secret is no secret: the captcha is required.
+    let req = Request::post("/api/sales/1/token")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::COOKIE, &alice)
+        .header(LOAD_TEST_HEADER, "guess")
+        .body(Body::from("{}"))
+        .expect("request");
+    assert_eq!(t.call(req).await.0, StatusCode::FORBIDDEN);
+    // With load-test mode off, the right secret is no help either.
+    let off = spawn_app_with(1.5, test_throttle(), None);
+    off.create_sale(1, 10, 0).await;
+    let alice = off.login("alice").await;
+    assert_eq!(
+        off.token_load_test(&alice, 1).await.0,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn repeated_purchase_attempts_are_throttled_with_retry_after() {
+    let mut cfg = test_throttle();
+    cfg.repeat_max = 2;
+    let t = spawn_app(100.0, cfg);
+    t.create_sale(1, 10, 0).await;
+    let alice = t.login("alice").await;
+    let mut last = (StatusCode::OK, Value::Null);
+    for _ in 0..3 {
+        let (_, v) = t.token_load_test(&alice, 1).await;
+        last = t.purchase(&alice, 1, &token_of(&v)).await;
+    }
+    assert_eq!(last.0, StatusCode::TOO_MANY_REQUESTS, "{}", last.1);
+    assert_eq!(last.1["error"], "throttled");
+}
+
+/// 20,000 purchase attempts from 5,000 users (four clicks each) on a sale of 500 units:
+/// exactly 500 accepted, nobody twice, the stock ends at zero, and every 202 has its
+/// message in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_crowd_gets_exactly_the_units_on_sale() {
+    let t = Arc::new(spawn_app(100.0, test_throttle()));
+    t.create_sale(7, 500, 0).await;
+    let mut cookies = Vec::new();
+    for u in 0..5000 {
+        cookies.push(t.login(&format!("user-{u}")).await);
+    }
+    let cookies = Arc::new(cookies);
+    let tasks: Vec<_> = (0..32usize)
+        .map(|k| {
+            let t = t.clone();
+            let cookies = cookies.clone();
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                for i in 0..625usize {
+                    let attempt = k * 625 + i;
+                    let user = attempt % 5000;
+                    let cookie = &cookies[user];
+                    let (s, v) = t.token_load_test(cookie, 7).await;
+                    if s != StatusCode::OK {
+                        assert!(
+                            s == StatusCode::GONE || s == StatusCode::TOO_MANY_REQUESTS,
+                            "token: {s} {v}"
+                        );
+                        continue;
+                    }
+                    let (s, v) = t.purchase(cookie, 7, &token_of(&v)).await;
+                    match s {
+                        StatusCode::ACCEPTED => {
+                            accepted.push((user, v["ticket"].as_str().expect("ticket").to_string()))
+                        }
+                        StatusCode::GONE | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS => {
+                        }
+                        other => panic!("purchase: {other} {v}"),
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for task in tasks {
+        accepted.extend(task.await.expect("join"));
+    }
+    let users: HashSet<usize> = accepted.iter().map(|(u, _)| *u).collect();
+    assert_eq!(accepted.len(), 500, "exactly the units on sale");
+    assert_eq!(users.len(), 500, "nobody twice");
+    let stock = t.state.inventory.store().stock(7).await.expect("stock");
+    assert_eq!(stock.map(|s| (s.left, s.holders)), Some((0, 500)));
+    // Every 202 has its message in the queue.
+    t.engine
+        .create_group("orders", "audit", StartAt::Earliest)
+        .await
+        .expect("group");
+    let mut ids = HashSet::new();
+    loop {
+        let ds = t
+            .engine
+            .fetch(
+                "orders",
+                "audit",
+                FetchOptions {
+                    max_messages: 1000,
+                    lease_ms: Some(60_000),
+                    wait_ms: 0,
+                },
+            )
+            .await
+            .expect("fetch");
+        if ds.is_empty() {
+            break;
+        }
+        ids.extend(ds.iter().filter_map(|d| d.id));
+    }
+    assert_eq!(ids.len(), 500);
+    for (_, ticket) in &accepted {
+        let id = uuid::Uuid::parse_str(ticket).expect("uuid").as_u128();
+        assert!(ids.contains(&id), "ticket {ticket} has no message");
+    }
+}
