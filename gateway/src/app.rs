@@ -439,6 +439,12 @@ async fn purchase(
             )));
         }
         Err(e) => {
+            // The reservation may or may not have happened (a timeout): give it back, so a
+            // refused purchase holds no unit (release is idempotent). One that still slips
+            // through is found by reconciliation (see the inventory crate).
+            if let Err(re) = state.inventory.release(id, &user).await {
+                tracing::warn!("release after a failed reserve: {re}");
+            }
             m.unavailable.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::unavailable("unavailable", e.to_string(), 1000));
         }

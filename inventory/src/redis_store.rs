@@ -4,13 +4,20 @@
 //! Keys of sale `S` under prefix `P` (the `{…}` hash tag keeps a sale's keys in one slot):
 //! `P{S}:units` (units on sale), `P{S}:left` (units not held), `P{S}:holders` (set of users).
 
-use deadpool_redis::{Config, Pool, Runtime};
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, Runtime};
 use redis::Script;
 
 use crate::{
     Error, Released, Reservation, Result, SaleId, SaleStock, StockStore, validate_units,
     validate_user,
 };
+
+/// Longest wait for a Redis reply (or a pooled connection).
+pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait to connect to Redis.
+pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most connections in the pool.
 pub const POOL_CONNECTIONS_MAX: usize = 32;
@@ -98,11 +105,18 @@ impl RedisStore {
                 "a key prefix is 1..=64 bytes without braces".into(),
             ));
         }
-        let mut cfg = Config::from_url(url);
-        cfg.pool = Some(deadpool_redis::PoolConfig::new(
-            connections.clamp(1, POOL_CONNECTIONS_MAX),
-        ));
-        let pool = cfg.create_pool(Some(Runtime::Tokio1)).map_err(store_err)?;
+        // A reply slower than this is an error (the caller answers 503); redis-rs's own
+        // default (0.5 s) is too tight for a loaded 2-core machine.
+        let conn_cfg = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT));
+        let manager = Manager::new_with_config(url, conn_cfg).map_err(store_err)?;
+        let pool = Pool::builder(manager)
+            .max_size(connections.clamp(1, POOL_CONNECTIONS_MAX))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+            .build()
+            .map_err(store_err)?;
         let store = RedisStore {
             pool,
             prefix: prefix.to_string(),

@@ -42,6 +42,20 @@ fn spawn_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
 }
 
 fn spawn_app_with(token_factor: f64, throttle: ThrottleConfig, load_test: Option<&str>) -> TestApp {
+    spawn_app_on(
+        Box::new(MemoryStore::new()),
+        token_factor,
+        throttle,
+        load_test,
+    )
+}
+
+fn spawn_app_on(
+    store: Box<dyn inventory::StockStore>,
+    token_factor: f64,
+    throttle: ThrottleConfig,
+    load_test: Option<&str>,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
     let mut config = GatewayConfig::new(ADMIN);
@@ -50,7 +64,7 @@ fn spawn_app_with(token_factor: f64, throttle: ThrottleConfig, load_test: Option
     let state = Arc::new(AppState {
         config,
         catalogue: Catalogue::default(),
-        inventory: Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+        inventory: Inventory::new(store, Duration::from_millis(200)),
         queue: engine.clone(),
         sessions: SessionKey::generate(),
         tokens: TokenKey::generate(),
@@ -409,7 +423,65 @@ async fn repeated_purchase_attempts_are_throttled_with_retry_after() {
 /// message in the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_crowd_gets_exactly_the_units_on_sale() {
-    let t = Arc::new(spawn_app(100.0, test_throttle()));
+    flash_crowd(spawn_app(100.0, test_throttle())).await;
+}
+
+/// The same against the Redis stock store (the real Redis, a key prefix of its own).
+/// Skipped without Redis, except under `CI`, where it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_crowd_gets_exactly_the_units_on_sale_with_redis() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("gateway-test:{}:{}:", std::process::id(), now_ms());
+    let store = match inventory::RedisStore::connect(&url, &prefix, 16).await {
+        Ok(s) => s,
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("Redis at {url} is required under CI: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: no Redis at {url}: {e}");
+            return;
+        }
+    };
+    let store = Arc::new(store);
+    struct Shared(Arc<inventory::RedisStore>);
+    #[async_trait::async_trait]
+    impl inventory::StockStore for Shared {
+        async fn define(&self, s: u64, u: u64) -> inventory::Result<inventory::SaleStock> {
+            self.0.define(s, u).await
+        }
+        async fn reconcile(
+            &self,
+            s: u64,
+            u: u64,
+            h: &[String],
+        ) -> inventory::Result<inventory::SaleStock> {
+            self.0.reconcile(s, u, h).await
+        }
+        async fn reserve(&self, s: u64, u: &str) -> inventory::Result<inventory::Reservation> {
+            self.0.reserve(s, u).await
+        }
+        async fn release(&self, s: u64, u: &str) -> inventory::Result<inventory::Released> {
+            self.0.release(s, u).await
+        }
+        async fn restock(&self, s: u64, u: u64) -> inventory::Result<inventory::SaleStock> {
+            self.0.restock(s, u).await
+        }
+        async fn stock(&self, s: u64) -> inventory::Result<Option<inventory::SaleStock>> {
+            self.0.stock(s).await
+        }
+    }
+    let t = spawn_app_on(
+        Box::new(Shared(store.clone())),
+        100.0,
+        test_throttle(),
+        Some(LOAD_TEST),
+    );
+    flash_crowd(t).await;
+    store.forget(7).await.expect("clean up");
+}
+
+async fn flash_crowd(t: TestApp) {
+    let t = Arc::new(t);
     t.create_sale(7, 500, 0).await;
     let mut cookies = Vec::new();
     for u in 0..5000 {
@@ -487,4 +559,33 @@ async fn a_flash_crowd_gets_exactly_the_units_on_sale() {
         let id = uuid::Uuid::parse_str(ticket).expect("uuid").as_u128();
         assert!(ids.contains(&id), "ticket {ticket} has no message");
     }
+}
+
+/// The served router refuses an oversized body with 413 and a JSON error.
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let t = spawn_app(1.5, test_throttle());
+    let router = gateway::app::app_with_limits(
+        t.state.clone(),
+        gateway::app::ServeLimits {
+            body_limit_bytes: 1024,
+            ..gateway::app::ServeLimits::default()
+        },
+    );
+    let big = json!({"user": "x".repeat(4096)}).to_string();
+    let resp = router
+        .oneshot(
+            Request::post("/api/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(big))
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v: Value = serde_json::from_slice(&bytes).expect("a JSON error");
+    assert_eq!(v["error"], "too_large");
 }
