@@ -589,3 +589,187 @@ async fn oversized_bodies_get_413() {
     let v: Value = serde_json::from_slice(&bytes).expect("a JSON error");
     assert_eq!(v["error"], "too_large");
 }
+
+/// A queue whose publishes wait for the test's go-ahead (or fail), to hold a purchase in
+/// flight or make its enqueue fail; everything else goes to the engine.
+struct GatedQueue {
+    inner: Arc<Engine>,
+    entered: tokio::sync::Semaphore,
+    go: tokio::sync::Semaphore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Queue for GatedQueue {
+    async fn publish(&self, topic: &str, m: queue::Message) -> queue::Result<queue::Confirm> {
+        self.entered.add_permits(1);
+        let _ = self.go.acquire().await.map(|p| p.forget());
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(queue::Error::Closed);
+        }
+        self.inner.publish(topic, m).await
+    }
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        ms: Vec<queue::Message>,
+    ) -> queue::Result<Vec<queue::Confirm>> {
+        self.inner.publish_batch(topic, ms).await
+    }
+    async fn create_group(&self, t: &str, g: &str, s: StartAt) -> queue::Result<()> {
+        self.inner.create_group(t, g, s).await
+    }
+    async fn fetch(
+        &self,
+        t: &str,
+        g: &str,
+        o: FetchOptions,
+    ) -> queue::Result<Vec<queue::Delivery>> {
+        self.inner.fetch(t, g, o).await
+    }
+    async fn ack(
+        &self,
+        t: &str,
+        g: &str,
+        r: &[queue::Receipt],
+    ) -> queue::Result<Vec<queue::AckOutcome>> {
+        self.inner.ack(t, g, r).await
+    }
+    async fn nack(
+        &self,
+        t: &str,
+        g: &str,
+        r: queue::Receipt,
+        d: u64,
+        why: &str,
+    ) -> queue::Result<queue::AckOutcome> {
+        self.inner.nack(t, g, r, d, why).await
+    }
+    async fn reject(
+        &self,
+        t: &str,
+        g: &str,
+        r: queue::Receipt,
+        why: &str,
+    ) -> queue::Result<queue::AckOutcome> {
+        self.inner.reject(t, g, r, why).await
+    }
+    async fn dead_letters(
+        &self,
+        t: &str,
+        f: u64,
+        l: usize,
+    ) -> queue::Result<Vec<queue::DeadLetter>> {
+        self.inner.dead_letters(t, f, l).await
+    }
+    async fn replay_dead_letter(&self, t: &str, o: u64) -> queue::Result<u64> {
+        self.inner.replay_dead_letter(t, o).await
+    }
+    async fn discard_dead_letter(&self, t: &str, o: u64) -> queue::Result<()> {
+        self.inner.discard_dead_letter(t, o).await
+    }
+    async fn stats(&self, t: &str) -> queue::Result<queue::TopicStats> {
+        self.inner.stats(t).await
+    }
+    async fn topics(&self) -> queue::Result<Vec<String>> {
+        self.inner.topics().await
+    }
+    async fn peek(&self, t: &str, f: u64, l: usize) -> queue::Result<Vec<queue::Peeked>> {
+        self.inner.peek(t, f, l).await
+    }
+}
+
+/// Over a real socket: with one request allowed in flight, a second one is shed at once
+/// (503 + Retry-After) while the first waits for its enqueue; and an enqueue that fails
+/// answers 503 and puts the unit back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
+    let base = spawn_app(1.5, test_throttle());
+    let gated = Arc::new(GatedQueue {
+        inner: base.engine.clone(),
+        entered: tokio::sync::Semaphore::new(0),
+        go: tokio::sync::Semaphore::new(0),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    let mut config = base.state.config.clone();
+    config.load_test_secret = Some(LOAD_TEST.into());
+    let state = Arc::new(AppState {
+        config,
+        catalogue: Catalogue::default(),
+        inventory: Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+        queue: gated.clone(),
+        sessions: SessionKey::generate(),
+        tokens: TokenKey::generate(),
+        used: UsedNonces::new(),
+        budget: TokenBudget::new(),
+        captchas: CaptchaStore::new(),
+        throttle: Throttle::new(test_throttle()).expect("throttle"),
+        tickets: TicketBook::default(),
+        metrics: GatewayMetrics::default(),
+    });
+    let t = TestApp {
+        state: state.clone(),
+        engine: base.engine.clone(),
+        _dir: tempfile::tempdir().expect("tempdir"),
+    };
+    t.create_sale(1, 5, 0).await;
+    let alice = t.login("alice").await;
+    let bob = t.login("bob").await;
+    let (_, v) = t.token_load_test(&alice, 1).await;
+    let alice_token = token_of(&v);
+    let (_, v) = t.token_load_test(&bob, 1).await;
+    let bob_token = token_of(&v);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let limits = gateway::app::ServeLimits {
+        max_in_flight: 1,
+        ..gateway::app::ServeLimits::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway::app::serve(
+        listener,
+        state.clone(),
+        limits,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let post = |cookie: String, token: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let body = json!({"token": token}).to_string();
+        let req = format!(
+            "POST /api/sales/1/purchase HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(req.as_bytes()).await.expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    // Alice's purchase waits in its enqueue, holding the one slot.
+    let first = tokio::spawn(post(alice.clone(), alice_token));
+    gated.entered.acquire().await.expect("entered").forget();
+    // Bob is shed at once.
+    let shed = post(bob.clone(), bob_token.clone()).await;
+    assert!(shed.starts_with("HTTP/1.1 503"), "{shed}");
+    assert!(shed.to_ascii_lowercase().contains("retry-after"), "{shed}");
+    assert!(shed.contains("overloaded"), "{shed}");
+    // Alice's enqueue fails: 503, and her unit is back.
+    gated.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    gated.go.add_permits(1);
+    let failed = first.await.expect("join");
+    assert!(failed.starts_with("HTTP/1.1 503"), "{failed}");
+    let stock = state.inventory.store().stock(1).await.expect("stock");
+    assert_eq!(stock.map(|s| (s.left, s.holders)), Some((5, 0)));
+    // Bob's token was never spent: with the queue back, it buys.
+    gated.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    gated.go.add_permits(10);
+    let ok = post(bob, bob_token).await;
+    assert!(ok.starts_with("HTTP/1.1 202"), "{ok}");
+    let _ = stop_tx.send(());
+    server.await.expect("join").expect("serve");
+}
