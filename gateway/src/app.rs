@@ -89,6 +89,65 @@ pub struct GatewayMetrics {
     pub released: AtomicU64,
     /// Sum of enqueue (durable publish) times, µs.
     pub enqueue_us_sum: AtomicU64,
+    /// Request latency by route (index: [`ROUTES`]).
+    pub latency: [queue::histogram::AtomicHistogram; ROUTES.len()],
+    /// Responses by route and status class (2xx, 4xx, 5xx).
+    pub responses: [[AtomicU64; 3]; ROUTES.len()],
+}
+
+/// Route labels of the latency and response metrics (the last one catches the rest).
+pub const ROUTES: [&str; 9] = [
+    "login", "sales", "captcha", "token", "purchase", "ticket", "admin", "health", "other",
+];
+
+fn route_index(path: &str) -> usize {
+    let label = if path == "/api/login" {
+        "login"
+    } else if path.ends_with("/captcha") {
+        "captcha"
+    } else if path.ends_with("/token") {
+        "token"
+    } else if path.ends_with("/purchase") {
+        "purchase"
+    } else if path.starts_with("/api/sales") {
+        "sales"
+    } else if path.starts_with("/api/tickets") {
+        "ticket"
+    } else if path.starts_with("/admin") {
+        "admin"
+    } else if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        "health"
+    } else {
+        "other"
+    };
+    ROUTES
+        .iter()
+        .position(|r| *r == label)
+        .unwrap_or(ROUTES.len() - 1)
+}
+
+/// Middleware: times every request and counts its status class, by route.
+async fn track(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let i = route_index(req.uri().path());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    if let Some(h) = m.latency.get(i) {
+        h.record_duration(started.elapsed());
+    }
+    let class = match resp.status().as_u16() {
+        0..=399 => 0,
+        400..=499 => 1,
+        _ => 2,
+    };
+    if let Some(c) = m.responses.get(i).and_then(|r| r.get(class)) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    resp
 }
 
 /// Everything the handlers share.
@@ -144,6 +203,7 @@ pub fn app(state: Shared) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
@@ -632,6 +692,40 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
         } else {
             out.push_str(&format!("{name} {v}\n"));
         }
+    }
+    out.push_str("# HELP gateway_responses_total Responses by route and status class.\n");
+    out.push_str("# TYPE gateway_responses_total counter\n");
+    for (i, route) in ROUTES.iter().enumerate() {
+        for (j, class) in ["2xx", "4xx", "5xx"].iter().enumerate() {
+            let v = m.responses[i][j].load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "gateway_responses_total{{route=\"{route}\",class=\"{class}\"}} {v}\n"
+            ));
+        }
+    }
+    out.push_str("# HELP gateway_request_duration_seconds Request latency by route.\n");
+    out.push_str("# TYPE gateway_request_duration_seconds histogram\n");
+    for (i, route) in ROUTES.iter().enumerate() {
+        let snap = m.latency[i].snapshot();
+        let mut cumulative = 0u64;
+        for (k, count) in snap.counts.iter().enumerate() {
+            cumulative += count;
+            let le = snap
+                .bounds_us
+                .get(k)
+                .map_or_else(|| "+Inf".to_string(), |b| format!("{}", *b as f64 / 1e6));
+            out.push_str(&format!(
+                "gateway_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "gateway_request_duration_seconds_sum{{route=\"{route}\"}} {}\n",
+            snap.sum_us as f64 / 1e6
+        ));
+        out.push_str(&format!(
+            "gateway_request_duration_seconds_count{{route=\"{route}\"}} {}\n",
+            snap.count
+        ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

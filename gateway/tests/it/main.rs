@@ -247,6 +247,26 @@ async fn a_purchase_from_login_to_ticket() {
         .await;
     assert_eq!(v["units_left"], 9);
     assert_eq!(v["state"], "open");
+    // The metrics saw it.
+    let resp = app(t.state.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).expect("r"))
+        .await
+        .expect("infallible");
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body")
+            .to_vec(),
+    )
+    .expect("utf-8");
+    for line in [
+        "gateway_purchases_total{outcome=\"accepted\"} 1",
+        "gateway_responses_total{route=\"purchase\",class=\"2xx\"} 1",
+        "gateway_request_duration_seconds_count{route=\"purchase\"} 1",
+        "gateway_tokens_issued_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
 }
 
 #[tokio::test]
