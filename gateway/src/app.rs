@@ -385,7 +385,9 @@ fn load_test_ok(state: &AppState, headers: &HeaderMap) -> bool {
         return false;
     };
     use subtle::ConstantTimeEq;
-    secret.len() == given.len() && bool::from(secret.as_bytes().ct_eq(given.as_bytes()))
+    !secret.is_empty()
+        && secret.len() == given.len()
+        && bool::from(secret.as_bytes().ct_eq(given.as_bytes()))
 }
 
 async fn new_token(
@@ -479,6 +481,49 @@ async fn purchase(
             m.bad_token.fetch_add(1, Ordering::Relaxed);
             ApiError::new(StatusCode::FORBIDDEN, "bad_token", e.to_string())
         })?;
+    // From the reservation on, the purchase runs as its own task: if the request is cut
+    // short (its timeout, or the client goes away) it still ends with the unit either
+    // queued (and its ticket recorded) or released, never held by nobody.
+    let task_state = state.clone();
+    let task_user = user.clone();
+    let price_cents = sale.price_cents;
+    let outcome =
+        tokio::spawn(
+            async move { commit_purchase(&task_state, id, task_user, price_cents, now).await },
+        )
+        .await
+        .map_err(ApiError::internal)??;
+    let (ticket, confirm) = outcome;
+    let position = position(&state, confirm.offset).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"ticket": ticket.to_string(), "position": position})),
+    )
+        .into_response())
+}
+
+/// Publish attempts (same message id) while the queue's answer is ambiguous.
+pub const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// Whether a failed publish may still have stored the message: a lost connection or
+/// timeout to a broker, an error the broker reported without a local meaning, or a write
+/// failure. A definite refusal (full, invalid, closed) stored nothing.
+fn ambiguous(e: &queue::Error) -> bool {
+    matches!(
+        e,
+        queue::Error::Connection(_) | queue::Error::Remote { .. } | queue::Error::Failed(_)
+    )
+}
+
+/// Reserve, publish, then record the ticket or release the unit.
+async fn commit_purchase(
+    state: &AppState,
+    id: u64,
+    user: String,
+    price_cents: u64,
+    now: u64,
+) -> ApiResult<(uuid::Uuid, queue::Confirm)> {
+    let m = &state.metrics;
     match state.inventory.reserve(id, &user).await {
         Ok(Reservation::Reserved { .. }) => {}
         Ok(Reservation::SoldOut) => {
@@ -494,17 +539,17 @@ async fn purchase(
             ));
         }
         Ok(Reservation::NoSuchSale) => {
-            return Err(ApiError::internal(format!(
-                "sale {id} has no stock defined"
-            )));
+            m.unavailable.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::unavailable(
+                "unavailable",
+                format!("sale {id} has no stock defined"),
+                1000,
+            ));
         }
         Err(e) => {
-            // The reservation may or may not have happened (a timeout): give it back, so a
-            // refused purchase holds no unit (release is idempotent). One that still slips
-            // through is found by reconciliation (see the inventory crate).
-            if let Err(re) = state.inventory.release(id, &user).await {
-                tracing::warn!("release after a failed reserve: {re}");
-            }
+            // The reservation may or may not have happened. It is NOT released here: the
+            // user may hold a unit from an earlier, accepted purchase, and a release would
+            // hand that one back. A unit held by nobody is found by reconciliation.
             m.unavailable.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::unavailable("unavailable", e.to_string(), 1000));
         }
@@ -516,29 +561,49 @@ async fn purchase(
         "ticket": ticket.to_string(),
         "sale": id,
         "user": user,
-        "price_cents": sale.price_cents,
+        "price_cents": price_cents,
         "accepted_at_ms": now,
     });
-    let message = Message::new(payload.to_string().into_bytes()).with_id(ticket.as_u128());
+    let payload = bytes_of(payload);
     let started = std::time::Instant::now();
-    let confirm = match state
-        .queue
-        .publish(&state.config.orders_topic, message)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            // Not accepted: give the unit back before answering.
-            if let Err(re) = state.inventory.release(id, &user).await {
-                tracing::error!("release after a failed enqueue: {re}");
+    let mut attempt = 0;
+    let confirm = loop {
+        attempt += 1;
+        let message = Message::new(payload.clone()).with_id(ticket.as_u128());
+        match state
+            .queue
+            .publish(&state.config.orders_topic, message)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if ambiguous(&e) && attempt < PUBLISH_ATTEMPTS => {
+                tracing::warn!("publish of ticket {ticket}: {e}; retrying with the same id");
             }
-            m.released.fetch_add(1, Ordering::Relaxed);
-            m.unavailable.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::unavailable(
-                "unavailable",
-                format!("the purchase could not be queued: {e}"),
-                1000,
-            ));
+            Err(e) if ambiguous(&e) => {
+                // It may be queued: keep the unit (an order may come of it); if it was not,
+                // reconciliation frees it. Never sell it twice.
+                m.unavailable.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::unavailable(
+                    "outcome_unknown",
+                    format!(
+                        "the purchase may or may not have been queued ({e}); check your orders before trying again"
+                    ),
+                    1000,
+                ));
+            }
+            Err(e) => {
+                // Definitely not queued: give the unit back before answering.
+                if let Err(re) = state.inventory.release(id, &user).await {
+                    tracing::error!("release after a failed enqueue: {re}");
+                }
+                m.released.fetch_add(1, Ordering::Relaxed);
+                m.unavailable.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::unavailable(
+                    "unavailable",
+                    format!("the purchase could not be queued: {e}"),
+                    1000,
+                ));
+            }
         }
     };
     m.enqueue_us_sum.fetch_add(
@@ -555,12 +620,11 @@ async fn purchase(
             state: TicketState::Queued,
         },
     );
-    let position = position(&state, confirm.offset).await;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"ticket": ticket.to_string(), "position": position})),
-    )
-        .into_response())
+    Ok((ticket, confirm))
+}
+
+fn bytes_of(v: Value) -> Vec<u8> {
+    v.to_string().into_bytes()
 }
 
 /// Place in line: messages of the orders topic not yet finished by the workers before this
@@ -621,16 +685,34 @@ async fn create_sale(
     _admin: Admin,
     JsonBody(sale): JsonBody<Sale>,
 ) -> ApiResult<Response> {
-    state
-        .catalogue
-        .add(sale.clone())
-        .map_err(ApiError::bad_request)?;
-    state
+    if state.catalogue.get(sale.id).is_some() {
+        return Err(ApiError::bad_request(format!("sale {} exists", sale.id)));
+    }
+    // The stock first: a sale is listed only once it can be sold. A store that already
+    // holds this sale with other units (a restart) is a conflict, not silently reused.
+    let stock = state
         .inventory
         .store()
         .define(sale.id, sale.units)
         .await
-        .map_err(|e| ApiError::unavailable("unavailable", e.to_string(), 1000))?;
+        .map_err(|e| match e {
+            inventory::Error::Store(m) => ApiError::unavailable("unavailable", m, 1000),
+            other => ApiError::bad_request(other.to_string()),
+        })?;
+    if stock.units != sale.units {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stock_conflict",
+            format!(
+                "the stock store already holds sale {} with {} units; reconcile it first",
+                sale.id, stock.units
+            ),
+        ));
+    }
+    state
+        .catalogue
+        .add(sale.clone())
+        .map_err(ApiError::bad_request)?;
     Ok((StatusCode::CREATED, Json(sale)).into_response())
 }
 

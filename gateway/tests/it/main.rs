@@ -617,6 +617,8 @@ struct GatedQueue {
     entered: tokio::sync::Semaphore,
     go: tokio::sync::Semaphore,
     fail: std::sync::atomic::AtomicBool,
+    /// Fail as a lost broker connection would (the message may or may not be stored).
+    ambiguous: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -624,6 +626,9 @@ impl Queue for GatedQueue {
     async fn publish(&self, topic: &str, m: queue::Message) -> queue::Result<queue::Confirm> {
         self.entered.add_permits(1);
         let _ = self.go.acquire().await.map(|p| p.forget());
+        if self.ambiguous.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(queue::Error::Connection("lost".into()));
+        }
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(queue::Error::Closed);
         }
@@ -710,6 +715,7 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
         entered: tokio::sync::Semaphore::new(0),
         go: tokio::sync::Semaphore::new(0),
         fail: std::sync::atomic::AtomicBool::new(false),
+        ambiguous: std::sync::atomic::AtomicBool::new(false),
     });
     let mut config = base.state.config.clone();
     config.load_test_secret = Some(LOAD_TEST.into());
@@ -790,6 +796,18 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     gated.go.add_permits(10);
     let ok = post(bob, bob_token).await;
     assert!(ok.starts_with("HTTP/1.1 202"), "{ok}");
+    // An ambiguous failure (the broker connection lost, retried with the same id, still
+    // lost): 503 "outcome unknown", and the unit stays held, never sold twice.
+    let carol = t.login("carol").await;
+    let (_, v) = t.token_load_test(&carol, 1).await;
+    gated
+        .ambiguous
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let unknown = post(carol, token_of(&v)).await;
+    assert!(unknown.starts_with("HTTP/1.1 503"), "{unknown}");
+    assert!(unknown.contains("outcome_unknown"), "{unknown}");
+    let stock = state.inventory.store().stock(1).await.expect("stock");
+    assert_eq!(stock.map(|s| (s.left, s.holders)), Some((3, 2)));
     let _ = stop_tx.send(());
     server.await.expect("join").expect("serve");
 }
