@@ -270,6 +270,18 @@ fn session_user(state: &AppState, headers: &HeaderMap) -> ApiResult<String> {
         .map_err(|e| ApiError::unauthorized(e.to_string()))
 }
 
+/// The user of a valid session, checked before the request body is read (so a request
+/// without a session is a 401 whatever its body).
+#[derive(Debug, Clone)]
+pub struct SessionUser(pub String);
+
+impl FromRequestParts<Shared> for SessionUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        session_user(state, &parts.headers).map(SessionUser)
+    }
+}
+
 fn sale_or_404(state: &AppState, id: u64) -> ApiResult<Sale> {
     state
         .catalogue
@@ -395,9 +407,9 @@ async fn new_token(
     ClientIp(ip): ClientIp,
     Path(id): Path<u64>,
     headers: HeaderMap,
+    SessionUser(user): SessionUser,
     JsonBody(body): JsonBody<TokenBody>,
 ) -> ApiResult<Json<Value>> {
-    let user = session_user(&state, &headers)?;
     let now = now_ms();
     state
         .throttle
@@ -443,11 +455,10 @@ async fn purchase(
     State(state): State<Shared>,
     ClientIp(ip): ClientIp,
     Path(id): Path<u64>,
-    headers: HeaderMap,
+    SessionUser(user): SessionUser,
     JsonBody(body): JsonBody<PurchaseBody>,
 ) -> ApiResult<Response> {
     let m = &state.metrics;
-    let user = session_user(&state, &headers)?;
     let now = now_ms();
     let verified = state
         .tokens

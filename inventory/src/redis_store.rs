@@ -61,6 +61,7 @@ return {units, units - holders, holders}
 
 const RESTOCK: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
+if tonumber(redis.call('GET', KEYS[1])) + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -4 end
 local units = redis.call('INCRBY', KEYS[1], ARGV[1])
 local left = redis.call('INCRBY', KEYS[2], ARGV[1])
 return {units, left, redis.call('SCARD', KEYS[3])}
@@ -245,11 +246,18 @@ impl StockStore for RedisStore {
 
     async fn restock(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
         validate_units(units)?;
-        let v: redis::Value = self.run(&self.restock, sale, &[&units.to_string()]).await?;
+        let max = crate::UNITS_MAX.to_string();
+        let v: redis::Value = self
+            .run(&self.restock, sale, &[&units.to_string(), &max])
+            .await?;
         match v {
             redis::Value::Int(NO_SALE) => {
                 Err(Error::Invalid(format!("sale {sale} is not defined")))
             }
+            redis::Value::Int(-4) => Err(Error::Limit {
+                what: "units per sale",
+                limit: crate::UNITS_MAX,
+            }),
             v => stock_of(redis::from_redis_value(v).map_err(store_err)?),
         }
     }

@@ -293,6 +293,11 @@ async fn refusals_have_the_right_status_and_a_json_error() {
         )
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // No session and a malformed body: the session is checked first.
+    let (s, _) = t
+        .post("/api/sales/1/purchase", None, json!({"nope": 1}))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     // Malformed body.
     let (s, v) = t
         .post("/api/sales/1/purchase", Some(&alice), json!({"nope": 1}))

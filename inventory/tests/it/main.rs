@@ -119,6 +119,12 @@ async fn reserve_release_semantics() {
             }
         );
         assert!(matches!(s.restock(2, 3).await, Err(Error::Invalid(_))));
+        // The total after a restock stays within the limit, and a refused one changes nothing.
+        assert!(matches!(
+            s.restock(1, inventory::UNITS_MAX).await,
+            Err(Error::Limit { .. })
+        ));
+        assert_eq!(s.stock(1).await.expect("s").map(|s| s.units), Some(5));
         // Bad input.
         assert!(matches!(s.reserve(1, "").await, Err(Error::Invalid(_))));
         assert!(matches!(
