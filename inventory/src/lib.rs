@@ -147,6 +147,30 @@ pub trait StockStore: Send + Sync {
     async fn stock(&self, sale: SaleId) -> Result<Option<SaleStock>>;
 }
 
+/// A shared store is a store (so one store can sit behind an [`Inventory`] and be used
+/// directly too).
+#[async_trait::async_trait]
+impl<T: StockStore + ?Sized> StockStore for std::sync::Arc<T> {
+    async fn define(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
+        (**self).define(sale, units).await
+    }
+    async fn reconcile(&self, sale: SaleId, units: u64, holders: &[String]) -> Result<SaleStock> {
+        (**self).reconcile(sale, units, holders).await
+    }
+    async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation> {
+        (**self).reserve(sale, user).await
+    }
+    async fn release(&self, sale: SaleId, user: &str) -> Result<Released> {
+        (**self).release(sale, user).await
+    }
+    async fn restock(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
+        (**self).restock(sale, units).await
+    }
+    async fn stock(&self, sale: SaleId) -> Result<Option<SaleStock>> {
+        (**self).stock(sale).await
+    }
+}
+
 /// A stock store with a per-process sold-out flag in front of it.
 pub struct Inventory {
     store: Box<dyn StockStore>,

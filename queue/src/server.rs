@@ -804,27 +804,15 @@ async fn handle(
     fetch_bytes: u64,
 ) -> Response {
     match request {
-        Request::Hello { .. } => Response::Error(WireError::protocol(
-            code::BAD_HANDSHAKE,
-            "a second hello".to_string(),
-        )),
+        // The reader answers these itself (the hello, and publishes queued in arrival
+        // order); they never reach a request task.
+        Request::Hello { .. } | Request::Publish { .. } | Request::PublishBatch { .. } => {
+            Response::Error(WireError::protocol(
+                code::INTERNAL,
+                "request handled by the connection's reader".to_string(),
+            ))
+        }
         Request::Ping => Response::Done,
-        Request::Publish { topic, message } => {
-            let r = engine.publish(&topic, message).await;
-            if r.is_ok() {
-                metrics.messages_published.fetch_add(1, Ordering::Relaxed);
-            }
-            reply(r, Response::Confirm)
-        }
-        Request::PublishBatch { topic, messages } => {
-            let r = engine.publish_batch(&topic, messages).await;
-            if let Ok(cs) = &r {
-                metrics
-                    .messages_published
-                    .fetch_add(cs.len() as u64, Ordering::Relaxed);
-            }
-            reply(r, Response::Confirms)
-        }
         Request::CreateGroup {
             topic,
             group,

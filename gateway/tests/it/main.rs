@@ -468,35 +468,8 @@ async fn a_flash_crowd_gets_exactly_the_units_on_sale_with_redis() {
         }
     };
     let store = Arc::new(store);
-    struct Shared(Arc<inventory::RedisStore>);
-    #[async_trait::async_trait]
-    impl inventory::StockStore for Shared {
-        async fn define(&self, s: u64, u: u64) -> inventory::Result<inventory::SaleStock> {
-            self.0.define(s, u).await
-        }
-        async fn reconcile(
-            &self,
-            s: u64,
-            u: u64,
-            h: &[String],
-        ) -> inventory::Result<inventory::SaleStock> {
-            self.0.reconcile(s, u, h).await
-        }
-        async fn reserve(&self, s: u64, u: &str) -> inventory::Result<inventory::Reservation> {
-            self.0.reserve(s, u).await
-        }
-        async fn release(&self, s: u64, u: &str) -> inventory::Result<inventory::Released> {
-            self.0.release(s, u).await
-        }
-        async fn restock(&self, s: u64, u: u64) -> inventory::Result<inventory::SaleStock> {
-            self.0.restock(s, u).await
-        }
-        async fn stock(&self, s: u64) -> inventory::Result<Option<inventory::SaleStock>> {
-            self.0.stock(s).await
-        }
-    }
     let t = spawn_app_on(
-        Box::new(Shared(store.clone())),
+        Box::new(store.clone()),
         100.0,
         test_throttle(),
         Some(LOAD_TEST),

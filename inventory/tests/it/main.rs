@@ -269,29 +269,7 @@ async fn the_sold_out_flag_saves_round_trips_and_resets() {
         inner: MemoryStore::new(),
         reserves: AtomicU64::new(0),
     });
-    struct Shared(Arc<Counting>);
-    #[async_trait::async_trait]
-    impl StockStore for Shared {
-        async fn define(&self, s: SaleId, u: u64) -> inventory::Result<SaleStock> {
-            self.0.define(s, u).await
-        }
-        async fn reconcile(&self, s: SaleId, u: u64, h: &[String]) -> inventory::Result<SaleStock> {
-            self.0.reconcile(s, u, h).await
-        }
-        async fn reserve(&self, s: SaleId, u: &str) -> inventory::Result<Reservation> {
-            self.0.reserve(s, u).await
-        }
-        async fn release(&self, s: SaleId, u: &str) -> inventory::Result<Released> {
-            self.0.release(s, u).await
-        }
-        async fn restock(&self, s: SaleId, u: u64) -> inventory::Result<SaleStock> {
-            self.0.restock(s, u).await
-        }
-        async fn stock(&self, s: SaleId) -> inventory::Result<Option<SaleStock>> {
-            self.0.stock(s).await
-        }
-    }
-    let inv = Inventory::new(Box::new(Shared(store.clone())), Duration::from_millis(200));
+    let inv = Inventory::new(Box::new(store.clone()), Duration::from_millis(200));
     inv.store().define(1, 1).await.expect("define");
     assert!(matches!(
         inv.reserve(1, "a").await.expect("r"),

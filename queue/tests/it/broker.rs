@@ -2274,25 +2274,8 @@ async fn a_peer_that_stops_reading_is_closed_after_the_write_timeout() {
     )
     .await;
     let client = connect(&b.addr, 1).await;
-    for _ in 0..8 {
-        client
-            .publish("big", Message::new(vec![1u8; 1 << 20]))
-            .await
-            .expect("publish");
-    }
-    let mut hog = RawConn::connect(&b.addr).await;
-    hog.hello().await;
-    let mut requests = BytesMut::new();
-    for id in 1..=200u32 {
-        Request::Peek {
-            topic: "big".into(),
-            from: 0,
-            limit: 8,
-        }
-        .encode(id, &mut requests);
-    }
     // Sent, never read: the answers (8 MiB each) fill the socket buffers and stall.
-    hog.send(&requests).await;
+    let _hog = big_peeks_never_read(&b.addr, &client, 200).await;
     wait_for("the stalled connection to be closed", || {
         b.open_connections() == 1
     })
@@ -2367,25 +2350,8 @@ async fn shutdown_abandons_connections_stuck_past_the_grace_period() {
     )
     .await;
     let client = connect(&b.addr, 1).await;
-    for _ in 0..8 {
-        client
-            .publish("big", Message::new(vec![1u8; 1 << 20]))
-            .await
-            .expect("publish");
-    }
+    let mut hog = big_peeks_never_read(&b.addr, &client, 64).await;
     drop(client);
-    let mut hog = RawConn::connect(&b.addr).await;
-    hog.hello().await;
-    let mut requests = BytesMut::new();
-    for id in 1..=64u32 {
-        Request::Peek {
-            topic: "big".into(),
-            from: 0,
-            limit: 8,
-        }
-        .encode(id, &mut requests);
-    }
-    hog.send(&requests).await;
     wait_for("the peeks to reach the broker", || {
         b.requests(op::PEEK) >= 8
     })
@@ -2414,4 +2380,28 @@ async fn shutdown_abandons_connections_stuck_past_the_grace_period() {
             Ok(_) => {}
         }
     }
+}
+
+/// Publishes eight 1 MiB messages to "big" through `client`, then opens a raw connection
+/// that sends `peeks` pipelined peeks of all eight (8 MiB answers each) and reads nothing.
+async fn big_peeks_never_read(addr: &str, client: &Client, peeks: u32) -> RawConn {
+    for _ in 0..8 {
+        client
+            .publish("big", Message::new(vec![1u8; 1 << 20]))
+            .await
+            .expect("publish");
+    }
+    let mut hog = RawConn::connect(addr).await;
+    hog.hello().await;
+    let mut requests = BytesMut::new();
+    for id in 1..=peeks {
+        Request::Peek {
+            topic: "big".into(),
+            from: 0,
+            limit: 8,
+        }
+        .encode(id, &mut requests);
+    }
+    hog.send(&requests).await;
+    hog
 }

@@ -331,18 +331,7 @@ impl Broker {
 
     /// The broker's count of fetch requests, from its metrics endpoint.
     async fn fetches_received(&self) -> u64 {
-        let addr = self
-            .metrics_addr
-            .as_deref()
-            .expect("broker started with --metrics");
-        let mut s = tokio::net::TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect to the metrics endpoint {addr}: {e}"));
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("send the metrics request");
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.expect("read metrics");
+        let body = scrape(self).await;
         body.lines()
             .find_map(|l| l.strip_prefix("queue_broker_requests_total{op=\"fetch\"} "))
             .map_or(0, |v| {

@@ -14,12 +14,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use queue::{Client, ClientConfig, Delivery, FetchOptions, Message, Queue, StartAt};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
-
-fn err(msg: impl Into<String>) -> BoxError {
-    msg.into().into()
-}
+use super::{BoxError, Res, err};
 
 /// How the broker is driven.
 #[derive(Debug, Clone)]

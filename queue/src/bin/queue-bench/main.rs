@@ -20,9 +20,6 @@
 //! 6. delayed-delivery lateness;
 //! 7. the baseline again, to show how much the machine drifted during the run.
 
-mod broker;
-mod redis_streams;
-
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -66,6 +63,10 @@ type Res<T> = Result<T, BoxError>;
 fn err(msg: impl Into<String>) -> BoxError {
     msg.into().into()
 }
+
+// After `note!` and the error helpers, which these use.
+mod broker;
+mod redis_streams;
 
 const USAGE: &str = "\
 queue-bench: throughput, latency and memory of the queue engine (release build)
@@ -556,6 +557,7 @@ fn finish_engine(engine: Engine) -> Res<()> {
     Ok(())
 }
 
+/// Awaits every task; the first error (of a task or of joining it) wins.
 async fn join_all<T>(handles: Vec<tokio::task::JoinHandle<Res<T>>>) -> Res<Vec<T>> {
     let mut out = Vec::with_capacity(handles.len());
     let mut first_err = None;

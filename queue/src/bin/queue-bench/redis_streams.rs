@@ -32,8 +32,7 @@ use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
+use super::{BoxError, Res, err, join_all};
 
 /// The stream every message goes to, and its consumer group.
 const STREAM: &str = "bench";
@@ -99,17 +98,6 @@ pub struct RedisFigures {
     pub redis_version: String,
     /// `CONFIG GET appendfsync` of the running server (`always`, or the run fails).
     pub appendfsync: String,
-}
-
-/// Progress line on stderr; a closed stderr is ignored rather than a panic.
-macro_rules! note {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
-fn err(msg: impl Into<String>) -> BoxError {
-    msg.into().into()
 }
 
 /// Runs both phases against a scratch `redis-server`; see the module documentation.
@@ -593,26 +581,5 @@ async fn pending_count(con: &mut MultiplexedConnection) -> Res<u64> {
             _ => Err(err("XPENDING: unexpected reply")),
         },
         _ => Err(err("XPENDING: unexpected reply")),
-    }
-}
-
-/// Awaits every task; the first error (of a task or of joining it) wins.
-async fn join_all<T>(handles: Vec<tokio::task::JoinHandle<Res<T>>>) -> Res<Vec<T>> {
-    let mut out = Vec::with_capacity(handles.len());
-    let mut first_err = None;
-    for h in handles {
-        match h.await {
-            Ok(Ok(v)) => out.push(v),
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(err(format!("redis-streams task failed: {e}")));
-            }
-        }
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(out),
     }
 }
