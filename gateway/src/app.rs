@@ -178,6 +178,34 @@ pub struct AppState {
     pub metrics: GatewayMetrics,
 }
 
+impl AppState {
+    /// State around these parts, with empty captcha, nonce, budget, ticket and catalogue
+    /// tables and zeroed metrics. Fails only on an invalid throttle configuration.
+    pub fn new(
+        config: GatewayConfig,
+        inventory: Inventory,
+        queue: Arc<dyn Queue>,
+        sessions: SessionKey,
+        tokens: TokenKey,
+        throttle: crate::throttle::ThrottleConfig,
+    ) -> Result<AppState, crate::throttle::ThrottleConfigError> {
+        Ok(AppState {
+            config,
+            catalogue: Catalogue::default(),
+            inventory,
+            queue,
+            sessions,
+            tokens,
+            used: UsedNonces::new(),
+            budget: TokenBudget::new(),
+            captchas: CaptchaStore::new(),
+            throttle: Throttle::new(throttle)?,
+            tickets: TicketBook::default(),
+            metrics: GatewayMetrics::default(),
+        })
+    }
+}
+
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")

@@ -8,13 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use gateway::app::{AppState, GatewayConfig, GatewayMetrics, ServeLimits};
-use gateway::captcha::CaptchaStore;
-use gateway::sales::Catalogue;
+use gateway::app::{AppState, GatewayConfig, ServeLimits};
 use gateway::session::SessionKey;
-use gateway::throttle::{Throttle, ThrottleConfig};
-use gateway::tickets::TicketBook;
-use gateway::token::{TokenBudget, TokenKey, UsedNonces};
+use gateway::throttle::ThrottleConfig;
+use gateway::token::TokenKey;
 use inventory::{Inventory, MemoryStore, RedisStore, StockStore};
 
 #[derive(Parser, Debug)]
@@ -118,20 +115,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let mut config = GatewayConfig::new(admin_secret);
     config.token_factor = args.token_factor;
     config.load_test_secret = args.load_test_secret.clone();
-    let state = Arc::new(AppState {
+    let state = Arc::new(AppState::new(
         config,
-        catalogue: Catalogue::default(),
-        inventory: Inventory::new(store, Duration::from_millis(1000)),
-        queue: backend.queue(),
-        sessions: SessionKey::from_bytes(key),
-        tokens: TokenKey::from_bytes(token_key),
-        used: UsedNonces::new(),
-        budget: TokenBudget::new(),
-        captchas: CaptchaStore::new(),
-        throttle: Throttle::new(ThrottleConfig::default())?,
-        tickets: TicketBook::default(),
-        metrics: GatewayMetrics::default(),
-    });
+        Inventory::new(store, Duration::from_millis(1000)),
+        backend.queue(),
+        SessionKey::from_bytes(key),
+        TokenKey::from_bytes(token_key),
+        ThrottleConfig::default(),
+    )?);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     println!("gateway: listening on http://{}", listener.local_addr()?);
     let limits = ServeLimits {

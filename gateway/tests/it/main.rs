@@ -1,5 +1,6 @@
-//! Gateway tests: the handlers through `oneshot` (no socket), on an embedded queue in a
-//! temporary directory and the in-process stock store.
+//! Gateway tests: the handlers through `oneshot` (no socket, `test_app`) and served on a
+//! real loopback port (`spawn_app`), on an embedded queue in a temporary directory and the
+//! in-process or Redis stock store.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,13 +8,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use gateway::app::{AppState, GatewayConfig, GatewayMetrics, LOAD_TEST_HEADER, app, now_ms};
-use gateway::captcha::CaptchaStore;
-use gateway::sales::Catalogue;
+use bytes::Bytes;
+use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, app, now_ms};
+use gateway::loadgen::Conn;
 use gateway::session::SessionKey;
-use gateway::throttle::{Throttle, ThrottleConfig};
-use gateway::tickets::TicketBook;
-use gateway::token::{TokenBudget, TokenKey, UsedNonces};
+use gateway::throttle::ThrottleConfig;
+use gateway::token::TokenKey;
 use inventory::{Inventory, MemoryStore};
 use queue::{Engine, FetchOptions, Queue, StartAt};
 use serde_json::{Value, json};
@@ -25,7 +25,16 @@ const LOAD_TEST: &str = "load-test-secret";
 struct TestApp {
     state: Arc<AppState>,
     engine: Arc<Engine>,
+    /// Set when the app is served on a real port: requests go over HTTP/1.1 sockets.
+    served: Option<Served>,
     _dir: tempfile::TempDir,
+}
+
+/// A gateway served on a loopback port until dropped.
+struct Served {
+    addr: std::net::SocketAddr,
+    pool: std::sync::Mutex<Vec<Conn>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Throttles for tests: everything comes from loopback, so no per-IP quotas.
@@ -37,12 +46,19 @@ fn test_throttle() -> ThrottleConfig {
     t
 }
 
-fn spawn_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
-    spawn_app_with(token_factor, throttle, Some(LOAD_TEST))
+fn test_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
+    test_app_with(token_factor, throttle, Some(LOAD_TEST))
 }
 
-fn spawn_app_with(token_factor: f64, throttle: ThrottleConfig, load_test: Option<&str>) -> TestApp {
-    spawn_app_on(
+/// The app served on a real loopback port with the default limits.
+async fn spawn_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
+    test_app(token_factor, throttle)
+        .on_port(ServeLimits::default())
+        .await
+}
+
+fn test_app_with(token_factor: f64, throttle: ThrottleConfig, load_test: Option<&str>) -> TestApp {
+    test_app_on(
         Box::new(MemoryStore::new()),
         token_factor,
         throttle,
@@ -50,7 +66,7 @@ fn spawn_app_with(token_factor: f64, throttle: ThrottleConfig, load_test: Option
     )
 }
 
-fn spawn_app_on(
+fn test_app_on(
     store: Box<dyn inventory::StockStore>,
     token_factor: f64,
     throttle: ThrottleConfig,
@@ -61,38 +77,78 @@ fn spawn_app_on(
     let mut config = GatewayConfig::new(ADMIN);
     config.token_factor = token_factor;
     config.load_test_secret = load_test.map(String::from);
-    let state = Arc::new(AppState {
-        config,
-        catalogue: Catalogue::default(),
-        inventory: Inventory::new(store, Duration::from_millis(200)),
-        queue: engine.clone(),
-        sessions: SessionKey::generate(),
-        tokens: TokenKey::generate(),
-        used: UsedNonces::new(),
-        budget: TokenBudget::new(),
-        captchas: CaptchaStore::new(),
-        throttle: Throttle::new(throttle).expect("throttle"),
-        tickets: TicketBook::default(),
-        metrics: GatewayMetrics::default(),
-    });
+    let state = Arc::new(
+        AppState::new(
+            config,
+            Inventory::new(store, Duration::from_millis(200)),
+            engine.clone(),
+            SessionKey::generate(),
+            TokenKey::generate(),
+            throttle,
+        )
+        .expect("state"),
+    );
     TestApp {
         state,
         engine,
+        served: None,
         _dir: dir,
     }
 }
 
 impl TestApp {
+    /// Serves this app on a fresh loopback port (until dropped); requests then go over
+    /// real sockets.
+    async fn on_port(mut self, limits: ServeLimits) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(gateway::app::serve(
+            listener,
+            self.state.clone(),
+            limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        self.served = Some(Served {
+            addr,
+            pool: std::sync::Mutex::new(Vec::new()),
+            _stop: stop,
+        });
+        self
+    }
+
+    async fn call_raw(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Bytes) {
+        let Some(served) = &self.served else {
+            let resp = app(self.state.clone())
+                .oneshot(req)
+                .await
+                .expect("infallible");
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            return (status, headers, bytes);
+        };
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20).await.expect("body");
+        let req = Request::from_parts(parts, http_body_util::Full::new(body));
+        let pooled = served.pool.lock().expect("pool").pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => Conn::connect(served.addr).await.expect("connect"),
+        };
+        let answer = conn.send(req).await.expect("an answer over the socket");
+        served.pool.lock().expect("pool").push(conn);
+        (answer.status, answer.headers, answer.body)
+    }
+
     async fn call(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
-        let resp = app(self.state.clone())
-            .oneshot(req)
-            .await
-            .expect("infallible");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .expect("body");
+        let (status, headers, bytes) = self.call_raw(req).await;
         let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         (status, headers, v)
     }
@@ -183,7 +239,15 @@ fn token_of(v: &Value) -> String {
 
 #[tokio::test]
 async fn a_purchase_from_login_to_ticket() {
-    let t = spawn_app(1.5, test_throttle());
+    purchase_flow(test_app(1.5, test_throttle())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_from_login_to_ticket_on_a_real_port() {
+    purchase_flow(spawn_app(1.5, test_throttle()).await).await;
+}
+
+async fn purchase_flow(t: TestApp) {
     t.create_sale(1, 10, 0).await;
     let alice = t.login("alice").await;
     // The captcha image endpoint answers with an id and a PNG data URL.
@@ -248,17 +312,10 @@ async fn a_purchase_from_login_to_ticket() {
     assert_eq!(v["units_left"], 9);
     assert_eq!(v["state"], "open");
     // The metrics saw it.
-    let resp = app(t.state.clone())
-        .oneshot(Request::get("/metrics").body(Body::empty()).expect("r"))
-        .await
-        .expect("infallible");
-    let text = String::from_utf8(
-        axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .expect("body")
-            .to_vec(),
-    )
-    .expect("utf-8");
+    let (_, _, body) = t
+        .call_raw(Request::get("/metrics").body(Body::empty()).expect("r"))
+        .await;
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
     for line in [
         "gateway_purchases_total{outcome=\"accepted\"} 1",
         "gateway_responses_total{route=\"purchase\",class=\"2xx\"} 1",
@@ -271,7 +328,7 @@ async fn a_purchase_from_login_to_ticket() {
 
 #[tokio::test]
 async fn refusals_have_the_right_status_and_a_json_error() {
-    let t = spawn_app(1.5, test_throttle());
+    let t = spawn_app(1.5, test_throttle()).await;
     t.create_sale(1, 1, 0).await;
     t.create_sale(2, 5, 0).await;
     t.create_sale(3, 5, now_ms() + 3_600_000).await;
@@ -404,7 +461,7 @@ async fn refusals_have_the_right_status_and_a_json_error() {
 
 #[tokio::test]
 async fn load_test_mode_skips_only_the_captcha_and_only_with_the_secret() {
-    let t = spawn_app(1.5, test_throttle());
+    let t = test_app(1.5, test_throttle());
     t.create_sale(1, 10, 0).await;
     let alice = t.login("alice").await;
     let (s, v) = t.token_load_test(&alice, 1).await;
@@ -418,7 +475,7 @@ async fn load_test_mode_skips_only_the_captcha_and_only_with_the_secret() {
         .expect("request");
     assert_eq!(t.call(req).await.0, StatusCode::FORBIDDEN);
     // With load-test mode off, the right secret is no help either.
-    let off = spawn_app_with(1.5, test_throttle(), None);
+    let off = test_app_with(1.5, test_throttle(), None);
     off.create_sale(1, 10, 0).await;
     let alice = off.login("alice").await;
     assert_eq!(
@@ -431,7 +488,7 @@ async fn load_test_mode_skips_only_the_captcha_and_only_with_the_secret() {
 async fn repeated_purchase_attempts_are_throttled_with_retry_after() {
     let mut cfg = test_throttle();
     cfg.repeat_max = 2;
-    let t = spawn_app(100.0, cfg);
+    let t = test_app(100.0, cfg);
     t.create_sale(1, 10, 0).await;
     let alice = t.login("alice").await;
     let mut last = (StatusCode::OK, Value::Null);
@@ -448,7 +505,14 @@ async fn repeated_purchase_attempts_are_throttled_with_retry_after() {
 /// message in the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_crowd_gets_exactly_the_units_on_sale() {
-    flash_crowd(spawn_app(100.0, test_throttle())).await;
+    flash_crowd(test_app(100.0, test_throttle())).await;
+}
+
+/// The same flash crowd over real sockets, through the served stack (load shedding,
+/// timeouts, body limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_crowd_on_a_real_port_gets_exactly_the_units_on_sale() {
+    flash_crowd(spawn_app(100.0, test_throttle()).await).await;
 }
 
 /// The same against the Redis stock store (the real Redis, a key prefix of its own).
@@ -468,12 +532,14 @@ async fn a_flash_crowd_gets_exactly_the_units_on_sale_with_redis() {
         }
     };
     let store = Arc::new(store);
-    let t = spawn_app_on(
+    let t = test_app_on(
         Box::new(store.clone()),
         100.0,
         test_throttle(),
         Some(LOAD_TEST),
-    );
+    )
+    .on_port(ServeLimits::default())
+    .await;
     flash_crowd(t).await;
     store.forget(7).await.expect("clean up");
 }
@@ -562,7 +628,7 @@ async fn flash_crowd(t: TestApp) {
 /// The served router refuses an oversized body with 413 and a JSON error.
 #[tokio::test]
 async fn oversized_bodies_get_413() {
-    let t = spawn_app(1.5, test_throttle());
+    let t = test_app(1.5, test_throttle());
     let router = gateway::app::app_with_limits(
         t.state.clone(),
         gateway::app::ServeLimits {
@@ -687,7 +753,7 @@ impl Queue for GatedQueue {
 /// answers 503 and puts the unit back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
-    let base = spawn_app(1.5, test_throttle());
+    let base = test_app(1.5, test_throttle());
     let gated = Arc::new(GatedQueue {
         inner: base.engine.clone(),
         entered: tokio::sync::Semaphore::new(0),
@@ -697,23 +763,21 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     });
     let mut config = base.state.config.clone();
     config.load_test_secret = Some(LOAD_TEST.into());
-    let state = Arc::new(AppState {
-        config,
-        catalogue: Catalogue::default(),
-        inventory: Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
-        queue: gated.clone(),
-        sessions: SessionKey::generate(),
-        tokens: TokenKey::generate(),
-        used: UsedNonces::new(),
-        budget: TokenBudget::new(),
-        captchas: CaptchaStore::new(),
-        throttle: Throttle::new(test_throttle()).expect("throttle"),
-        tickets: TicketBook::default(),
-        metrics: GatewayMetrics::default(),
-    });
+    let state = Arc::new(
+        AppState::new(
+            config,
+            Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+            gated.clone(),
+            SessionKey::generate(),
+            TokenKey::generate(),
+            test_throttle(),
+        )
+        .expect("state"),
+    );
     let t = TestApp {
         state: state.clone(),
         engine: base.engine.clone(),
+        served: None,
         _dir: tempfile::tempdir().expect("tempdir"),
     };
     t.create_sale(1, 5, 0).await;
