@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
@@ -95,6 +95,23 @@ pub struct GatewayMetrics {
     pub responses: [[AtomicU64; 3]; ROUTES.len()],
 }
 
+impl GatewayMetrics {
+    /// Records one answered request of route `route` (index into [`ROUTES`]).
+    pub fn observe(&self, route: usize, started: std::time::Instant, status: StatusCode) {
+        if let Some(h) = self.latency.get(route) {
+            h.record_duration(started.elapsed());
+        }
+        let class = match status.as_u16() {
+            0..=399 => 0,
+            400..=499 => 1,
+            _ => 2,
+        };
+        if let Some(c) = self.responses.get(route).and_then(|r| r.get(class)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Route labels of the latency and response metrics (the last one catches the rest).
 pub const ROUTES: [&str; 9] = [
     "login", "sales", "captcha", "token", "purchase", "ticket", "admin", "health", "other",
@@ -124,30 +141,6 @@ fn route_index(path: &str) -> usize {
         .iter()
         .position(|r| *r == label)
         .unwrap_or(ROUTES.len() - 1)
-}
-
-/// Middleware: times every request and counts its status class, by route.
-async fn track(
-    State(state): State<Shared>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let i = route_index(req.uri().path());
-    let started = std::time::Instant::now();
-    let resp = next.run(req).await;
-    let m = &state.metrics;
-    if let Some(h) = m.latency.get(i) {
-        h.record_duration(started.elapsed());
-    }
-    let class = match resp.status().as_u16() {
-        0..=399 => 0,
-        400..=499 => 1,
-        _ => 2,
-    };
-    if let Some(c) = m.responses.get(i).and_then(|r| r.get(class)) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-    resp
 }
 
 /// Everything the handlers share.
@@ -216,8 +209,8 @@ impl std::fmt::Debug for AppState {
 
 type Shared = Arc<AppState>;
 
-/// The whole HTTP surface (without the load-shedding layers, which `serve` adds).
-pub fn app(state: Shared) -> Router {
+/// The routes and handlers, without the front service (limits, metrics).
+fn routes(state: Shared) -> Router {
     Router::new()
         .route("/api/login", post(login))
         .route("/api/sales", get(list_sales))
@@ -231,8 +224,13 @@ pub fn app(state: Shared) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// The whole HTTP surface with the default [`ServeLimits`]: a `tower::Service` testable
+/// with `oneshot`, and what `serve` serves.
+pub fn app(state: Shared) -> Front {
+    app_with_limits(state, ServeLimits::default())
 }
 
 /// Now, ms since the Unix epoch.
@@ -263,18 +261,49 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
+/// The body limit of a request, set by [`Front`] (default: [`ServeLimits::default`]'s).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "request body too large",
-            )),
-            Err(e) => Err(ApiError::bad_request(e.body_text())),
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a body with Content-Type: application/json",
+            ));
         }
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(ServeLimits::default().body_limit_bytes, |l| l.0);
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|e| {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+                while let Some(s) = source {
+                    if s.is::<http_body_util::LengthLimitError>() {
+                        return ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "too_large",
+                            format!("request body over {limit} bytes"),
+                        );
+                    }
+                    source = s.source();
+                }
+                ApiError::bad_request(format!("reading the body: {e}"))
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
     }
 }
 
@@ -310,7 +339,7 @@ impl FromRequestParts<Shared> for SessionUser {
     }
 }
 
-fn sale_or_404(state: &AppState, id: u64) -> ApiResult<Sale> {
+fn sale_or_404(state: &AppState, id: u64) -> ApiResult<Arc<Sale>> {
     state
         .catalogue
         .get(id)
@@ -875,30 +904,123 @@ impl Default for ServeLimits {
     }
 }
 
-/// `app(state)` with load shedding: a global cap on requests in flight (503 +
-/// `Retry-After` at once beyond it), a request timeout (503) and a body limit (413).
-pub fn app_with_limits(state: Shared, limits: ServeLimits) -> Router {
-    use axum::error_handling::HandleErrorLayer;
-    use tower::ServiceBuilder;
-    app(state)
-        .layer(axum::extract::DefaultBodyLimit::max(
-            limits.body_limit_bytes,
-        ))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
-                    if e.is::<tower::timeout::error::Elapsed>() {
-                        ApiError::unavailable("timeout", "the request took too long", 1000)
-                    } else if e.is::<tower::load_shed::error::Overloaded>() {
-                        ApiError::unavailable("overloaded", "too many requests in flight", 1000)
-                    } else {
-                        ApiError::internal(e)
-                    }
-                }))
-                .load_shed()
-                .concurrency_limit(limits.max_in_flight.max(1))
-                .timeout(Duration::from_millis(limits.request_timeout_ms.max(1))),
-        )
+/// `app(state)` with these limits.
+pub fn app_with_limits(state: Shared, limits: ServeLimits) -> Front {
+    Front {
+        inner: routes(state.clone()),
+        state,
+        limits,
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        peer: None,
+    }
+}
+
+/// The front of the gateway, one `tower::Service` around the routes: a global cap on
+/// requests in flight (beyond it: 503 `overloaded` + `Retry-After` at once), a request
+/// timeout (503 `timeout`), the body limit (413, enforced by [`JsonBody`]), the client's
+/// address (`ConnectInfo`), and the latency and status metrics by route. One service
+/// instead of a stack of layers: one boxed future and no per-layer clones per request.
+#[derive(Clone)]
+pub struct Front {
+    inner: Router,
+    state: Shared,
+    limits: ServeLimits,
+    in_flight: Arc<AtomicUsize>,
+    peer: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("limits", &self.limits)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request in flight, counted until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl tower::Service<axum::extract::Request> for Front {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: axum::extract::Request) -> Self::Future {
+        let started = std::time::Instant::now();
+        let route = route_index(req.uri().path());
+        let state = self.state.clone();
+        // Load shedding: count first, refuse at once beyond the cap.
+        let admitted = self.in_flight.fetch_add(1, Ordering::AcqRel) < self.limits.max_in_flight;
+        let guard = InFlight(self.in_flight.clone());
+        if !admitted {
+            drop(guard);
+            let resp = ApiError::unavailable("overloaded", "too many requests in flight", 1000)
+                .into_response();
+            state.metrics.observe(route, started, resp.status());
+            return Box::pin(std::future::ready(Ok(resp)));
+        }
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        req.extensions_mut()
+            .insert(BodyLimit(self.limits.body_limit_bytes));
+        let timeout = Duration::from_millis(self.limits.request_timeout_ms.max(1));
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let _guard = guard;
+            let resp =
+                match tokio::time::timeout(timeout, tower::ServiceExt::oneshot(inner, req)).await {
+                    Ok(Ok(resp)) => resp,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => ApiError::unavailable("timeout", "the request took too long", 1000)
+                        .into_response(),
+                };
+            state.metrics.observe(route, started, resp.status());
+            Ok(resp)
+        })
+    }
+}
+
+/// Makes one [`Front`] per accepted connection, knowing its peer address.
+#[derive(Debug, Clone)]
+pub struct MakeFront(pub Front);
+
+impl<'a> tower::Service<axum::serve::IncomingStream<'a, tokio::net::TcpListener>> for MakeFront {
+    type Response = Front;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Front, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(
+        &mut self,
+        stream: axum::serve::IncomingStream<'a, tokio::net::TcpListener>,
+    ) -> Self::Future {
+        let mut front = self.0.clone();
+        front.peer = Some(*stream.remote_addr());
+        std::future::ready(Ok(front))
+    }
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes; runs the throttle's
@@ -919,13 +1041,9 @@ pub async fn serve(
             }
         })
     };
-    let router = app_with_limits(state, limits);
-    let r = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let r = axum::serve(listener, MakeFront(app_with_limits(state, limits)))
+        .with_graceful_shutdown(shutdown)
+        .await;
     keeper.abort();
     r
 }

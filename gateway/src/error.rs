@@ -3,7 +3,11 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
 
 /// A refusal, as the client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +72,22 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.code, "message": self.message});
-        let mut resp = (self.status, axum::Json(body)).into_response();
+        // Written directly (no JSON tree): refusals are the gateway's most common answer.
+        let mut body = String::with_capacity(32 + self.code.len() + self.message.len());
+        body.push_str("{\"error\":");
+        body.push_str(&json_string(self.code));
+        body.push_str(",\"message\":");
+        body.push_str(&json_string(&self.message));
+        body.push('}');
+        let mut resp = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
         if let Some(s) = self.retry_after_s
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
@@ -81,3 +99,34 @@ impl IntoResponse for ApiError {
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_body_is_json_with_code_and_escaped_message() {
+        let resp = ApiError::new(StatusCode::GONE, "sold_out", "quote \" and \\ and \n end")
+            .retry_after_ms(1500)
+            .into_response();
+        assert_eq!(resp.status(), StatusCode::GONE);
+        assert_eq!(
+            resp.headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        assert_eq!(
+            resp.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"2"[..])
+        );
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("valid JSON");
+        assert_eq!(v["error"], "sold_out");
+        assert_eq!(v["message"], "quote \" and \\ and \n end");
+    }
+}

@@ -188,6 +188,18 @@ impl LoadResult {
         self.latency_us.value_at_quantile(q) as f64 / 1000.0
     }
 
+    /// Adds another run's figures (the measured periods add up).
+    pub fn merge(&mut self, other: &LoadResult) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (k, v) in &other.statuses {
+            *self.statuses.entry(*k).or_default() += v;
+        }
+        let _ = self.latency_us.add(&other.latency_us);
+        self.measured += other.measured;
+        self.sent += other.sent;
+    }
+
     /// Machine-readable summary.
     pub fn summary(&self) -> Value {
         let statuses: serde_json::Map<String, Value> = self

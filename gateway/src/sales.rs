@@ -1,7 +1,7 @@
 //! The sale catalogue: a minimal in-memory one until the database issue replaces it.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +40,7 @@ pub enum SaleState {
 /// The catalogue.
 #[derive(Debug, Default)]
 pub struct Catalogue {
-    sales: RwLock<BTreeMap<u64, Sale>>,
+    sales: RwLock<BTreeMap<u64, Arc<Sale>>>,
 }
 
 impl Catalogue {
@@ -62,12 +62,12 @@ impl Catalogue {
         if sales.len() >= SALES_MAX {
             return Err(format!("at most {SALES_MAX} sales"));
         }
-        sales.insert(sale.id, sale);
+        sales.insert(sale.id, Arc::new(sale));
         Ok(())
     }
 
     /// One sale.
-    pub fn get(&self, id: u64) -> Option<Sale> {
+    pub fn get(&self, id: u64) -> Option<Arc<Sale>> {
         let sales = match self.sales.read() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
@@ -76,7 +76,7 @@ impl Catalogue {
     }
 
     /// All sales, by id.
-    pub fn list(&self) -> Vec<Sale> {
+    pub fn list(&self) -> Vec<Arc<Sale>> {
         let sales = match self.sales.read() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
