@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::captcha::CaptchaStore;
 use crate::error::{ApiError, ApiResult};
+use crate::publisher::Publisher;
 use crate::sales::{Catalogue, Sale, SaleState};
 use crate::session::SessionKey;
 use crate::throttle::{Route, Throttle, Throttled};
@@ -153,6 +154,8 @@ pub struct AppState {
     pub inventory: Inventory,
     /// The queue, embedded or remote.
     pub queue: Arc<dyn Queue>,
+    /// Publishes purchases to the orders topic in batches.
+    pub publisher: Publisher,
     /// Session signing key.
     pub sessions: SessionKey,
     /// Token signing key.
@@ -169,11 +172,25 @@ pub struct AppState {
     pub tickets: TicketBook,
     /// Counters.
     pub metrics: GatewayMetrics,
+    /// The workers' progress, for places in line.
+    pub line: LineProgress,
+}
+
+/// Why [`AppState::new`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The throttle configuration is invalid.
+    #[error("throttle: {0}")]
+    Throttle(crate::throttle::ThrottleConfigError),
+    /// Not called inside a Tokio runtime (the publisher task needs one).
+    #[error("the gateway state must be built inside a Tokio runtime")]
+    NoRuntime,
 }
 
 impl AppState {
     /// State around these parts, with empty captcha, nonce, budget, ticket and catalogue
-    /// tables and zeroed metrics. Fails only on an invalid throttle configuration.
+    /// tables, zeroed metrics, and the purchase publisher task started on the current Tokio
+    /// runtime. Fails on an invalid throttle configuration or outside a runtime.
     pub fn new(
         config: GatewayConfig,
         inventory: Inventory,
@@ -181,8 +198,11 @@ impl AppState {
         sessions: SessionKey,
         tokens: TokenKey,
         throttle: crate::throttle::ThrottleConfig,
-    ) -> Result<AppState, crate::throttle::ThrottleConfigError> {
+    ) -> Result<AppState, StateError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| StateError::NoRuntime)?;
+        let publisher = Publisher::spawn_on(&runtime, queue.clone(), &config.orders_topic);
         Ok(AppState {
+            publisher,
             config,
             catalogue: Catalogue::default(),
             inventory,
@@ -192,9 +212,10 @@ impl AppState {
             used: UsedNonces::new(),
             budget: TokenBudget::new(),
             captchas: CaptchaStore::new(),
-            throttle: Throttle::new(throttle)?,
+            throttle: Throttle::new(throttle).map_err(StateError::Throttle)?,
             tickets: TicketBook::default(),
             metrics: GatewayMetrics::default(),
+            line: LineProgress::default(),
         })
     }
 }
@@ -565,7 +586,10 @@ async fn purchase(
     let position = position(&state, confirm.offset).await;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"ticket": ticket.to_string(), "position": position})),
+        Json(Accepted {
+            ticket: ticket.to_string(),
+            position,
+        }),
     )
         .into_response())
 }
@@ -592,6 +616,16 @@ async fn commit_purchase(
     now: u64,
 ) -> ApiResult<(uuid::Uuid, queue::Confirm)> {
     let m = &state.metrics;
+    // The ticket is the request id and the message id: a retried publish is de-duplicated.
+    let ticket = uuid::Uuid::now_v7();
+    let payload = serde_json::to_vec(&PurchaseMessage {
+        ticket: &ticket.to_string(),
+        sale: id,
+        user: &user,
+        price_cents,
+        accepted_at_ms: now,
+    })
+    .map_err(ApiError::internal)?;
     match state.inventory.reserve(id, &user).await {
         Ok(Reservation::Reserved { .. }) => {}
         Ok(Reservation::SoldOut) => {
@@ -623,26 +657,12 @@ async fn commit_purchase(
         }
     }
     m.reservations.fetch_add(1, Ordering::Relaxed);
-    // The ticket is the request id and the message id: a retried publish is de-duplicated.
-    let ticket = uuid::Uuid::now_v7();
-    let payload = json!({
-        "ticket": ticket.to_string(),
-        "sale": id,
-        "user": user,
-        "price_cents": price_cents,
-        "accepted_at_ms": now,
-    });
-    let payload = bytes_of(payload);
     let started = std::time::Instant::now();
     let mut attempt = 0;
     let confirm = loop {
         attempt += 1;
         let message = Message::new(payload.clone()).with_id(ticket.as_u128());
-        match state
-            .queue
-            .publish(&state.config.orders_topic, message)
-            .await
-        {
+        match state.publisher.publish(message).await {
             Ok(c) => break c,
             Err(e) if ambiguous(&e) && attempt < PUBLISH_ATTEMPTS => {
                 tracing::warn!("publish of ticket {ticket}: {e}; retrying with the same id");
@@ -691,20 +711,65 @@ async fn commit_purchase(
     Ok((ticket, confirm))
 }
 
-fn bytes_of(v: Value) -> Vec<u8> {
-    v.to_string().into_bytes()
+/// The body of a `202`.
+#[derive(serde::Serialize)]
+struct Accepted {
+    ticket: String,
+    position: Option<u64>,
 }
 
-/// Place in line: messages of the orders topic not yet finished by the workers before this
-/// one (their group's low watermark), or since the log's start if they have not started.
+/// The purchase message the order workers consume (JSON).
+#[derive(serde::Serialize)]
+struct PurchaseMessage<'a> {
+    ticket: &'a str,
+    sale: u64,
+    user: &'a str,
+    price_cents: u64,
+    accepted_at_ms: u64,
+}
+
+/// How long a place-in-line figure may use the workers' progress as last read.
+pub const LINE_REFRESH_MS: u64 = 100;
+
+/// The workers' progress through the orders topic (their group's low watermark, or the
+/// log's start before they have one), re-read from the queue at most every
+/// [`LINE_REFRESH_MS`]: a flood of purchases does not turn into a flood of `stats` calls,
+/// which lock the topic the purchases append to.
+#[derive(Debug, Default)]
+pub struct LineProgress {
+    done: AtomicU64,
+    read_at_ms: AtomicU64,
+}
+
+/// Place in line: messages of the orders topic not yet finished by the workers up to and
+/// including this one. `None` if the queue cannot say.
 async fn position(state: &AppState, offset: u64) -> Option<u64> {
-    let stats = state.queue.stats(&state.config.orders_topic).await.ok()?;
-    let done = stats
-        .groups
-        .iter()
-        .find(|g| g.name == state.config.workers_group)
-        .map_or(stats.log_start, |g| g.low_watermark);
-    Some(offset.saturating_sub(done) + 1)
+    let line = &state.line;
+    let now = now_ms();
+    let read_at = line.read_at_ms.load(Ordering::Acquire);
+    // One caller refreshes; the others use the figure as it stands.
+    if now.saturating_sub(read_at) >= LINE_REFRESH_MS
+        && line
+            .read_at_ms
+            .compare_exchange(read_at, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
+        match state.queue.stats(&state.config.orders_topic).await {
+            Ok(stats) => {
+                let done = stats
+                    .groups
+                    .iter()
+                    .find(|g| g.name == state.config.workers_group)
+                    .map_or(stats.log_start, |g| g.low_watermark);
+                line.done.fetch_max(done, Ordering::AcqRel);
+            }
+            Err(_) => {
+                line.read_at_ms.store(read_at, Ordering::Release);
+                return None;
+            }
+        }
+    }
+    Some(offset.saturating_sub(line.done.load(Ordering::Acquire)) + 1)
 }
 
 async fn get_ticket(

@@ -15,6 +15,7 @@
 //! - [`throttle`]: per-user and per-IP rate limits and the repeat-purchase rule.
 //! - [`sales`]: the in-memory sale catalogue; [`tickets`]: accepted purchases.
 //! - [`error`]: the JSON error type.
+//! - [`publisher`]: batches accepted purchases into `publish_each` calls.
 //! - [`loadgen`]: a keep-alive HTTP/1.1 client and closed-loop load driver (the benchmark
 //!   and the real-socket tests use it).
 
@@ -22,6 +23,7 @@ pub mod app;
 pub mod captcha;
 pub mod error;
 pub mod loadgen;
+pub mod publisher;
 pub mod sales;
 pub mod session;
 pub mod throttle;

@@ -253,6 +253,21 @@ pub trait Queue: Send + Sync {
     async fn publish(&self, topic: &str, message: Message) -> Result<Confirm>;
     /// Publishes many messages as one record; all-or-nothing; one confirm each, in order.
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Confirm>>;
+    /// Publishes independent messages together, each confirmed or refused on its own (one
+    /// result per message, in order); the outer error applies to every message. The engine
+    /// appends them as one record with one fsync, the client pipelines them on one
+    /// connection. The default publishes them one after another.
+    async fn publish_each(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Result<Confirm>>> {
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            out.push(self.publish(topic, m).await);
+        }
+        Ok(out)
+    }
     /// Creates a consumer group if it does not exist (fetch creates one at `Earliest`).
     async fn create_group(&self, topic: &str, group: &str, start: StartAt) -> Result<()>;
     /// Leases up to `max_messages` ready messages, waiting up to `wait_ms` if none is ready.

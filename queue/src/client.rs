@@ -771,6 +771,14 @@ fn unexpected(r: &Response) -> Error {
 
 #[async_trait::async_trait]
 impl Queue for Client {
+    async fn publish_each(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Result<Confirm>>> {
+        Client::publish_each(self, topic, messages).await
+    }
+
     async fn publish(&self, topic: &str, message: Message) -> Result<Confirm> {
         validate_message(&message)?;
         match self

@@ -1114,6 +1114,14 @@ impl Queue for Engine {
         Ok(confirms)
     }
 
+    async fn publish_each(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Result<Confirm>>> {
+        Engine::publish_each(self, topic, messages).await
+    }
+
     async fn create_group(&self, topic: &str, group: &str, start: StartAt) -> Result<()> {
         self.check_open()?;
         // Dead-letter topics are read through `dead_letters`, not by consumer groups.
