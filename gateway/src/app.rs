@@ -20,12 +20,13 @@ use serde_json::{Value, json};
 
 use crate::captcha::CaptchaStore;
 use crate::error::{ApiError, ApiResult};
+use crate::ledger::{LedgerError, MemoryLedger, TokenLedger};
 use crate::publisher::Publisher;
 use crate::sales::{Catalogue, Sale, SaleState};
 use crate::session::SessionKey;
 use crate::throttle::{Route, Throttle, Throttled};
 use crate::tickets::{Ticket, TicketBook, TicketState};
-use crate::token::{TokenBudget, TokenKey, UsedNonces};
+use crate::token::{TokenError, TokenKey, Verified, token_cap};
 
 /// Header that lets load-test requests skip the captcha when load-test mode is on.
 pub const LOAD_TEST_HEADER: &str = "x-load-test-secret";
@@ -84,6 +85,8 @@ pub struct GatewayMetrics {
     pub unavailable: AtomicU64,
     /// Tokens issued.
     pub tokens_issued: AtomicU64,
+    /// Tokens given back after a purchase failed for the system's reasons.
+    pub tokens_restored: AtomicU64,
     /// Reservations made.
     pub reservations: AtomicU64,
     /// Reservations released after a failed enqueue.
@@ -160,10 +163,8 @@ pub struct AppState {
     pub sessions: SessionKey,
     /// Token signing key.
     pub tokens: TokenKey,
-    /// Spent token nonces.
-    pub used: UsedNonces,
-    /// Tokens issued per sale.
-    pub budget: TokenBudget,
+    /// Live purchase tokens per sale: the token budget and the single-use rule.
+    pub ledger: Arc<dyn TokenLedger>,
     /// Captchas.
     pub captchas: CaptchaStore,
     /// Rate limits.
@@ -188,8 +189,8 @@ pub enum StateError {
 }
 
 impl AppState {
-    /// State around these parts, with empty captcha, nonce, budget, ticket and catalogue
-    /// tables, zeroed metrics, and the purchase publisher task started on the current Tokio
+    /// State around these parts, with an in-process token ledger (replace `ledger` to
+    /// share one in Redis), empty captcha, ticket and catalogue tables, zeroed metrics, and the purchase publisher task started on the current Tokio
     /// runtime. Fails on an invalid throttle configuration or outside a runtime.
     pub fn new(
         config: GatewayConfig,
@@ -209,8 +210,7 @@ impl AppState {
             queue,
             sessions,
             tokens,
-            used: UsedNonces::new(),
-            budget: TokenBudget::new(),
+            ledger: Arc::new(MemoryLedger::new()),
             captchas: CaptchaStore::new(),
             throttle: Throttle::new(throttle).map_err(StateError::Throttle)?,
             tickets: TicketBook::default(),
@@ -326,6 +326,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
     }
+}
+
+fn ledger_unavailable(e: LedgerError) -> ApiError {
+    ApiError::unavailable("unavailable", e.to_string(), 1000)
 }
 
 fn throttled(state: &AppState, t: Throttled) -> ApiError {
@@ -493,10 +497,46 @@ async fn new_token(
         .throttle
         .check(Route::Token, Some(&user), ip, now)
         .map_err(|t| throttled(&state, t))?;
-    let sale = sale_or_404(&state, id)?;
+    sale_or_404(&state, id)?;
     if state.inventory.flagged_sold_out(id) {
         state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
+    }
+    // No token, no access: at most ⌊units left × factor⌋ live tokens. Checked before the
+    // captcha, so a buyer keeps an unused captcha when the tokens are gone.
+    let left = match state.inventory.store().stock(id).await {
+        Ok(Some(s)) => s.left,
+        Ok(None) => {
+            return Err(ApiError::unavailable(
+                "unavailable",
+                format!("sale {id} has no stock defined"),
+                1000,
+            ));
+        }
+        Err(e) => return Err(ApiError::unavailable("unavailable", e.to_string(), 1000)),
+    };
+    if left == 0 {
+        state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
+    }
+    let cap = token_cap(left, state.config.token_factor);
+    let exhausted = || {
+        state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
+        ApiError::new(
+            StatusCode::GONE,
+            "tokens_exhausted",
+            "every purchase token of this sale is taken; try again when some expire",
+        )
+        .retry_after_ms(state.config.token_ttl_ms.min(60_000))
+    };
+    if state
+        .ledger
+        .live(id, now)
+        .await
+        .map_err(ledger_unavailable)?
+        >= cap
+    {
+        return Err(exhausted());
     }
     if !load_test_ok(&state, &headers) {
         state
@@ -504,20 +544,16 @@ async fn new_token(
             .check(&body.captcha_id, &body.answer, now)
             .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "bad_captcha", e.to_string()))?;
     }
-    // No token, no access: a sale hands out at most units × factor tokens.
-    if !state
-        .budget
-        .try_take(id, sale.units, state.config.token_factor)
-    {
-        state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            "tokens_exhausted",
-            "every purchase token of this sale is taken",
-        ));
-    }
     let expires_at_ms = now + state.config.token_ttl_ms;
-    let (token, _) = state.tokens.issue(&user, id, expires_at_ms);
+    let (token, nonce) = state.tokens.issue(&user, id, expires_at_ms);
+    if !state
+        .ledger
+        .issue(id, nonce, expires_at_ms, cap, now)
+        .await
+        .map_err(ledger_unavailable)?
+    {
+        return Err(exhausted());
+    }
     state.metrics.tokens_issued.fetch_add(1, Ordering::Relaxed);
     Ok(Json(
         json!({"token": token, "expires_at_ms": expires_at_ms}),
@@ -563,25 +599,30 @@ async fn purchase(
         m.sold_out.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
     }
-    state
-        .used
-        .spend(verified.nonce, verified.expires_at_ms, now)
-        .map_err(|e| {
-            m.bad_token.fetch_add(1, Ordering::Relaxed);
-            ApiError::new(StatusCode::FORBIDDEN, "bad_token", e.to_string())
-        })?;
+    if !state
+        .ledger
+        .spend(id, verified.nonce, now)
+        .await
+        .map_err(ledger_unavailable)?
+    {
+        m.bad_token.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_token",
+            TokenError::Reused.to_string(),
+        ));
+    }
     // From the reservation on, the purchase runs as its own task: if the request is cut
     // short (its timeout, or the client goes away) it still ends with the unit either
     // queued (and its ticket recorded) or released, never held by nobody.
     let task_state = state.clone();
     let task_user = user.clone();
     let price_cents = sale.price_cents;
-    let outcome =
-        tokio::spawn(
-            async move { commit_purchase(&task_state, id, task_user, price_cents, now).await },
-        )
-        .await
-        .map_err(ApiError::internal)??;
+    let outcome = tokio::spawn(async move {
+        commit_purchase(&task_state, id, task_user, verified, price_cents, now).await
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let (ticket, confirm) = outcome;
     let position = position(&state, confirm.offset).await;
     Ok((
@@ -612,10 +653,24 @@ async fn commit_purchase(
     state: &AppState,
     id: u64,
     user: String,
+    token: Verified,
     price_cents: u64,
     now: u64,
 ) -> ApiResult<(uuid::Uuid, queue::Confirm)> {
     let m = &state.metrics;
+    // A purchase that fails for the system's reasons gives its token back.
+    let restore_token = || async {
+        match state
+            .ledger
+            .restore(id, token.nonce, token.expires_at_ms, now_ms())
+            .await
+        {
+            Ok(()) => {
+                m.tokens_restored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("restoring a purchase token: {e}"),
+        }
+    };
     // The ticket is the request id and the message id: a retried publish is de-duplicated.
     let ticket = uuid::Uuid::now_v7();
     let payload = serde_json::to_vec(&PurchaseMessage {
@@ -641,6 +696,7 @@ async fn commit_purchase(
             ));
         }
         Ok(Reservation::NoSuchSale) => {
+            restore_token().await;
             m.unavailable.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::unavailable(
                 "unavailable",
@@ -652,6 +708,7 @@ async fn commit_purchase(
             // The reservation may or may not have happened. It is NOT released here: the
             // user may hold a unit from an earlier, accepted purchase, and a release would
             // hand that one back. A unit held by nobody is found by reconciliation.
+            restore_token().await;
             m.unavailable.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::unavailable("unavailable", e.to_string(), 1000));
         }
@@ -685,6 +742,7 @@ async fn commit_purchase(
                     tracing::error!("release after a failed enqueue: {re}");
                 }
                 m.released.fetch_add(1, Ordering::Relaxed);
+                restore_token().await;
                 m.unavailable.fetch_add(1, Ordering::Relaxed);
                 return Err(ApiError::unavailable(
                     "unavailable",
@@ -883,6 +941,11 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
             "gateway_tokens_issued_total",
             "Purchase tokens issued.",
             &m.tokens_issued,
+        ),
+        (
+            "gateway_tokens_restored_total",
+            "Purchase tokens given back after a purchase failed for the system's reasons.",
+            &m.tokens_restored,
         ),
         (
             "gateway_reservations_total",
@@ -1103,6 +1166,7 @@ pub async fn serve(
             loop {
                 tick.tick().await;
                 state.throttle.housekeeping();
+                state.ledger.housekeeping(now_ms()).await;
             }
         })
     };

@@ -10,7 +10,9 @@
 //! Modules:
 //! - [`app`]: the router, shared state and handlers.
 //! - [`session`]: HMAC-signed session cookies.
-//! - [`token`]: HMAC purchase tokens, single use, with a per-sale budget.
+//! - [`token`]: HMAC purchase tokens.
+//! - [`ledger`]: live tokens per sale: the token budget and the single-use rule, in
+//!   process or in Redis.
 //! - [`captcha`]: captcha images and their hashed, single-use answers.
 //! - [`throttle`]: per-user and per-IP rate limits and the repeat-purchase rule.
 //! - [`sales`]: the in-memory sale catalogue; [`tickets`]: accepted purchases.
@@ -22,6 +24,7 @@
 pub mod app;
 pub mod captcha;
 pub mod error;
+pub mod ledger;
 pub mod loadgen;
 pub mod publisher;
 pub mod sales;

@@ -1,6 +1,7 @@
 //! Purchase tokens: "no token, no access". A solved captcha buys one token; a purchase
 //! spends it. A token is HMAC-signed, bound to a user and a sale, short-lived and single
-//! use, and a sale hands out at most `units × token_factor` of them ([`TokenBudget`]).
+//! use; how many a sale may have live, and which are spent, is the [`crate::ledger`]'s
+//! business.
 //!
 //! ## Token format
 //!
@@ -20,17 +21,11 @@
 //! fields, so a forged token learns nothing from timing and any flipped bit is a
 //! [`TokenError::BadSignature`].
 //!
-//! ## Single use
+//! ## Single use and the budget
 //!
-//! [`UsedNonces`] remembers spent nonces until their token expires, bounded by
-//! [`USED_NONCES_MAX`]: when full it refuses new spends ([`TokenError::Busy`]) rather than
-//! forget a live one (which would let that token be spent twice). It lives in one process;
-//! with several gateway processes a token could be spent once per process, which still
-//! buys nothing extra: the inventory's atomic `reserve` allows one unit per user and sale.
-
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+//! A token's signature proves who it is for; whether it is still live (issued, not spent,
+//! not expired) is recorded in the [`crate::ledger::TokenLedger`], which also caps the live
+//! tokens of a sale at [`token_cap`]`(units left, factor)`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -44,10 +39,6 @@ pub const TOKEN_KEY_BYTES: usize = 32;
 pub const TOKEN_CHARS: usize = 108;
 /// Decoded size of a token: body and tag.
 pub const TOKEN_RAW_BYTES: usize = BODY_BYTES + TAG_BYTES;
-/// Most spent nonces a [`UsedNonces`] remembers at once (about 50 bytes each).
-pub const USED_NONCES_MAX: usize = 1_000_000;
-/// Most sales a [`TokenBudget`] counts at once.
-pub const TOKEN_BUDGET_SALES_MAX: usize = 100_000;
 
 const VERSION: u8 = 1;
 const USER_DIGEST_BYTES: usize = 16;
@@ -75,12 +66,9 @@ pub enum TokenError {
     /// The token was issued for another sale.
     #[error("purchase token is for another sale")]
     WrongSale,
-    /// The token was already spent.
+    /// The token is not live: spent already, or not issued by this gateway's ledger.
     #[error("purchase token already used")]
     Reused,
-    /// Too many live spent tokens to remember another; try again shortly.
-    #[error("too many purchase tokens in use, try again shortly")]
-    Busy,
 }
 
 /// What a valid token says, for [`UsedNonces::spend`].
@@ -227,106 +215,6 @@ fn be_array<const N: usize>(s: &[u8]) -> [u8; N] {
     out
 }
 
-/// Spent token nonces, each kept until its token expires: the single-use rule.
-/// Thread-safe; at most [`USED_NONCES_MAX`] (or the `with_limit` bound) at once.
-#[derive(Debug)]
-pub struct UsedNonces {
-    inner: Mutex<Spent>,
-    limit: usize,
-}
-
-#[derive(Debug, Default)]
-struct Spent {
-    /// nonce → its token's expiry.
-    by_nonce: HashMap<u128, u64>,
-    /// (expiry, nonce), oldest expiry first, so expired entries are found without a scan.
-    by_expiry: BTreeSet<(u64, u128)>,
-}
-
-impl Spent {
-    fn purge(&mut self, now_ms: u64) -> usize {
-        let mut purged = 0;
-        while let Some(&(expires_at_ms, nonce)) = self.by_expiry.first() {
-            if expires_at_ms > now_ms {
-                break;
-            }
-            self.by_expiry.pop_first();
-            self.by_nonce.remove(&nonce);
-            purged += 1;
-        }
-        purged
-    }
-}
-
-impl Default for UsedNonces {
-    fn default() -> Self {
-        UsedNonces::new()
-    }
-}
-
-impl UsedNonces {
-    /// An empty set holding at most [`USED_NONCES_MAX`] nonces.
-    pub fn new() -> Self {
-        UsedNonces::with_limit(USED_NONCES_MAX)
-    }
-
-    /// An empty set holding at most `limit` nonces (at most [`USED_NONCES_MAX`]).
-    pub fn with_limit(limit: usize) -> Self {
-        UsedNonces {
-            inner: Mutex::new(Spent::default()),
-            limit: limit.min(USED_NONCES_MAX),
-        }
-    }
-
-    /// Spends `nonce`, whose token expires at `expires_at_ms` (from [`Verified`]); first
-    /// drops the nonces of tokens expired at `now_ms`, which can no longer be presented.
-    ///
-    /// # Errors
-    /// [`TokenError::Reused`] if it was spent before, [`TokenError::Expired`] if its token
-    /// has expired, [`TokenError::Busy`] if the set is full of live nonces.
-    pub fn spend(&self, nonce: u128, expires_at_ms: u64, now_ms: u64) -> Result<(), TokenError> {
-        if now_ms >= expires_at_ms {
-            return Err(TokenError::Expired);
-        }
-        // A panic while holding the lock cannot leave the two indexes disagreeing in a way
-        // that matters (at worst an entry outlives its expiry), so a poisoned lock is used.
-        let mut spent = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        spent.purge(now_ms);
-        if spent.by_nonce.contains_key(&nonce) {
-            return Err(TokenError::Reused);
-        }
-        if spent.by_nonce.len() >= self.limit {
-            return Err(TokenError::Busy);
-        }
-        spent.by_nonce.insert(nonce, expires_at_ms);
-        spent.by_expiry.insert((expires_at_ms, nonce));
-        Ok(())
-    }
-
-    /// Drops the nonces of tokens expired at `now_ms` (also done by every `spend`); returns
-    /// how many.
-    pub fn purge_expired(&self, now_ms: u64) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .purge(now_ms)
-    }
-
-    /// Nonces held (live or not yet purged).
-    pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .by_nonce
-            .len()
-    }
-
-    /// Whether no nonce is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Most tokens a sale of `units` issues with `factor`: ⌊units × factor⌋, saturating; 0 for
 /// a factor that is not a positive number.
 pub fn token_cap(units: u64, factor: f64) -> u64 {
@@ -337,92 +225,8 @@ pub fn token_cap(units: u64, factor: f64) -> u64 {
     (units as f64 * factor).floor() as u64
 }
 
-/// Tokens issued per sale, capped at [`token_cap`]`(units, factor)`: once a sale's tokens
-/// are gone, token requests are refused before any other work. Thread-safe and lock-free
-/// per take once a sale is known; at most [`TOKEN_BUDGET_SALES_MAX`] (or the `with_limit`
-/// bound) sales at once.
-#[derive(Debug)]
-pub struct TokenBudget {
-    issued: RwLock<HashMap<u64, AtomicU64>>,
-    sales_max: usize,
-}
-
-impl Default for TokenBudget {
-    fn default() -> Self {
-        TokenBudget::new()
-    }
-}
-
-impl TokenBudget {
-    /// An empty budget for at most [`TOKEN_BUDGET_SALES_MAX`] sales.
-    pub fn new() -> Self {
-        TokenBudget::with_limit(TOKEN_BUDGET_SALES_MAX)
-    }
-
-    /// An empty budget for at most `sales_max` sales (at most [`TOKEN_BUDGET_SALES_MAX`]).
-    pub fn with_limit(sales_max: usize) -> Self {
-        TokenBudget {
-            issued: RwLock::new(HashMap::new()),
-            sales_max: sales_max.min(TOKEN_BUDGET_SALES_MAX),
-        }
-    }
-
-    /// Takes one token of `sale` if fewer than [`token_cap`]`(units, factor)` were taken;
-    /// atomic, so concurrent callers never take more than the cap together. `false` also
-    /// when the budget already counts its maximum of sales and `sale` is not among them
-    /// (see [`TokenBudget::forget`]).
-    pub fn try_take(&self, sale: u64, units: u64, factor: f64) -> bool {
-        let cap = token_cap(units, factor);
-        let take = |n: &AtomicU64| {
-            n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
-                (taken < cap).then_some(taken + 1)
-            })
-            .is_ok()
-        };
-        {
-            let issued = self.issued.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(n) = issued.get(&sale) {
-                return take(n);
-            }
-        }
-        let mut issued = self.issued.write().unwrap_or_else(PoisonError::into_inner);
-        if !issued.contains_key(&sale) && issued.len() >= self.sales_max {
-            tracing::warn!(
-                sale,
-                "token budget full of sales; refusing tokens of a new sale"
-            );
-            return false;
-        }
-        take(issued.entry(sale).or_default())
-    }
-
-    /// Tokens of `sale` taken so far.
-    pub fn issued(&self, sale: u64) -> u64 {
-        self.issued
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&sale)
-            .map_or(0, |n| n.load(Ordering::Acquire))
-    }
-
-    /// Whether no token of `sale` is left: callers may refuse before any other work.
-    pub fn exhausted(&self, sale: u64, units: u64, factor: f64) -> bool {
-        self.issued(sale) >= token_cap(units, factor)
-    }
-
-    /// Stops counting `sale` (it ended or was deleted); a later take starts from zero.
-    pub fn forget(&self, sale: u64) {
-        self.issued
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&sale);
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     const NOW: u64 = 1_800_000_000_000;
@@ -625,80 +429,6 @@ mod tests {
     }
 
     #[test]
-    fn spend_once() {
-        let used = UsedNonces::new();
-        let k = key();
-        let (t, _) = k.issue("alice", SALE, NOW + 1000);
-        let v = k.verify(&t, "alice", SALE, NOW).expect("valid");
-        assert_eq!(used.spend(v.nonce, v.expires_at_ms, NOW), Ok(()));
-        assert_eq!(
-            used.spend(v.nonce, v.expires_at_ms, NOW),
-            Err(TokenError::Reused)
-        );
-        assert_eq!(
-            used.spend(v.nonce, v.expires_at_ms, NOW + 999),
-            Err(TokenError::Reused)
-        );
-        assert_eq!(
-            used.spend(v.nonce, v.expires_at_ms, NOW + 1000),
-            Err(TokenError::Expired)
-        );
-        assert_eq!(used.len(), 1);
-    }
-
-    #[test]
-    fn expired_nonces_are_dropped() {
-        let used = UsedNonces::new();
-        for n in 0..100u128 {
-            used.spend(n, NOW + 10 + n as u64, NOW).expect("room");
-        }
-        assert_eq!(used.len(), 100);
-        assert_eq!(used.purge_expired(NOW + 10), 1);
-        assert_eq!(used.len(), 99);
-        // A spend purges too.
-        used.spend(1000, NOW + 1000, NOW + 59).expect("room");
-        assert_eq!(used.len(), 100 - 50 + 1);
-        assert_eq!(used.purge_expired(u64::MAX), 51);
-        assert!(used.is_empty());
-    }
-
-    #[test]
-    fn full_set_refuses_rather_than_forgets() {
-        let used = UsedNonces::with_limit(3);
-        for n in 0..3 {
-            used.spend(n, NOW + 100, NOW).expect("room");
-        }
-        assert_eq!(used.spend(3, NOW + 100, NOW), Err(TokenError::Busy));
-        // Every live nonce is still remembered.
-        for n in 0..3 {
-            assert_eq!(used.spend(n, NOW + 100, NOW + 1), Err(TokenError::Reused));
-        }
-        // Once they expire there is room again.
-        assert_eq!(used.spend(3, NOW + 200, NOW + 100), Ok(()));
-        assert_eq!(used.len(), 1);
-        assert!(UsedNonces::with_limit(usize::MAX).limit == USED_NONCES_MAX);
-    }
-
-    #[test]
-    fn concurrent_spends_of_one_nonce_succeed_once() {
-        let used = Arc::new(UsedNonces::new());
-        let wins: usize = (0..8)
-            .map(|_| {
-                let used = used.clone();
-                std::thread::spawn(move || {
-                    (0..1000u128)
-                        .filter(|&n| used.spend(n, NOW + 1000, NOW).is_ok())
-                        .count()
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .sum();
-        assert_eq!(wins, 1000);
-    }
-
-    #[test]
     fn cap_arithmetic() {
         assert_eq!(token_cap(500, 1.5), 750);
         assert_eq!(token_cap(3, 1.5), 4);
@@ -709,70 +439,5 @@ mod tests {
         assert_eq!(token_cap(10, f64::NAN), 0);
         assert_eq!(token_cap(10, f64::INFINITY), u64::MAX);
         assert_eq!(token_cap(u64::MAX, 2.0), u64::MAX);
-    }
-
-    #[test]
-    fn budget_exhausts() {
-        let b = TokenBudget::new();
-        for _ in 0..15 {
-            assert!(b.try_take(SALE, 10, 1.5));
-        }
-        assert!(b.exhausted(SALE, 10, 1.5));
-        assert!(!b.try_take(SALE, 10, 1.5));
-        assert_eq!(b.issued(SALE), 15);
-        // Other sales have their own budget.
-        assert!(b.try_take(SALE + 1, 1, 1.0));
-        assert!(!b.try_take(SALE + 1, 1, 1.0));
-        // A restock raises the cap.
-        assert!(b.try_take(SALE, 20, 1.5));
-        assert_eq!(b.issued(SALE), 16);
-        // A sale without units issues nothing.
-        assert!(!b.try_take(SALE + 2, 0, 1.5));
-        assert_eq!(b.issued(SALE + 2), 0);
-    }
-
-    #[test]
-    fn budget_under_concurrency_never_exceeds_the_cap() {
-        let b = Arc::new(TokenBudget::new());
-        let sales = [1u64, 2, 3];
-        let takes: Vec<[u64; 3]> = (0..8)
-            .map(|_| {
-                let b = b.clone();
-                std::thread::spawn(move || {
-                    let mut got = [0u64; 3];
-                    for _ in 0..2_000 {
-                        for (i, &s) in sales.iter().enumerate() {
-                            if b.try_take(s, 500, 1.5) {
-                                got[i] += 1;
-                            }
-                        }
-                    }
-                    got
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect();
-        for (i, &s) in sales.iter().enumerate() {
-            let total: u64 = takes.iter().map(|g| g[i]).sum();
-            assert_eq!(total, 750, "sale {s}");
-            assert_eq!(b.issued(s), 750);
-        }
-    }
-
-    #[test]
-    fn budget_bounds_its_sales() {
-        let b = TokenBudget::with_limit(2);
-        assert!(b.try_take(1, 10, 1.0));
-        assert!(b.try_take(2, 10, 1.0));
-        assert!(!b.try_take(3, 10, 1.0));
-        assert_eq!(b.issued(3), 0);
-        // Known sales still work; forgetting one makes room.
-        assert!(b.try_take(1, 10, 1.0));
-        b.forget(1);
-        assert_eq!(b.issued(1), 0);
-        assert!(b.try_take(3, 10, 1.0));
-        assert!(!b.try_take(4, 10, 1.0));
     }
 }

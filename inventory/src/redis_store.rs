@@ -136,6 +136,16 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// The connection pool (other Redis-backed parts of a gateway share it).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn keys(&self, sale: SaleId) -> [String; 3] {
         let base = format!("{}{{{sale}}}", self.prefix);
         [

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use gateway::app::{AppState, GatewayConfig, ServeLimits};
+use gateway::ledger::{MemoryLedger, RedisLedger, TokenLedger};
 use gateway::session::SessionKey;
 use gateway::throttle::ThrottleConfig;
 use gateway::token::TokenKey;
@@ -107,22 +108,29 @@ async fn run(args: Args) -> Result<(), BoxError> {
         );
     }
     let backend = queue::Backend::open(&args.queue, queue::Config::default()).await?;
-    let store: Box<dyn StockStore> = if args.inventory == "memory" {
-        Box::new(MemoryStore::new())
+    // With Redis, the token ledger lives beside the stock, so several gateways share one
+    // budget and one single-use rule.
+    let (store, ledger): (Box<dyn StockStore>, Arc<dyn TokenLedger>) = if args.inventory == "memory"
+    {
+        (Box::new(MemoryStore::new()), Arc::new(MemoryLedger::new()))
     } else {
-        Box::new(RedisStore::connect(&args.inventory, &args.redis_prefix, 16).await?)
+        let store = RedisStore::connect(&args.inventory, &args.redis_prefix, 16).await?;
+        let ledger = Arc::new(RedisLedger::beside(&store));
+        (Box::new(store), ledger)
     };
     let mut config = GatewayConfig::new(admin_secret);
     config.token_factor = args.token_factor;
     config.load_test_secret = args.load_test_secret.clone();
-    let state = Arc::new(AppState::new(
+    let mut state = AppState::new(
         config,
         Inventory::new(store, Duration::from_millis(1000)),
         backend.queue(),
         SessionKey::from_bytes(key),
         TokenKey::from_bytes(token_key),
         ThrottleConfig::default(),
-    )?);
+    )?;
+    state.ledger = ledger;
+    let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     println!("gateway: listening on http://{}", listener.local_addr()?);
     let limits = ServeLimits {

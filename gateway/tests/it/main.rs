@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
-use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, app, now_ms};
+use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, now_ms};
 use gateway::loadgen::Conn;
 use gateway::session::SessionKey;
 use gateway::throttle::ThrottleConfig;
@@ -25,6 +25,8 @@ const LOAD_TEST: &str = "load-test-secret";
 struct TestApp {
     state: Arc<AppState>,
     engine: Arc<Engine>,
+    /// Limits of the front service (both transports).
+    limits: ServeLimits,
     /// Set when the app is served on a real port: requests go over HTTP/1.1 sockets.
     served: Option<Served>,
     _dir: tempfile::TempDir,
@@ -91,6 +93,7 @@ fn test_app_on(
     TestApp {
         state,
         engine,
+        limits: ServeLimits::default(),
         served: None,
         _dir: dir,
     }
@@ -100,6 +103,7 @@ impl TestApp {
     /// Serves this app on a fresh loopback port (until dropped); requests then go over
     /// real sockets.
     async fn on_port(mut self, limits: ServeLimits) -> TestApp {
+        self.limits = limits;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -123,7 +127,7 @@ impl TestApp {
 
     async fn call_raw(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Bytes) {
         let Some(served) = &self.served else {
-            let resp = app(self.state.clone())
+            let resp = gateway::app::app_with_limits(self.state.clone(), self.limits)
                 .oneshot(req)
                 .await
                 .expect("infallible");
@@ -484,6 +488,60 @@ async fn load_test_mode_skips_only_the_captcha_and_only_with_the_secret() {
     );
 }
 
+/// No token, no access: live tokens are capped at units left × factor; a token spent in a
+/// purchase leaves the count, and a unit given back (a cancellation) makes room again.
+#[tokio::test]
+async fn the_token_budget_follows_the_units_left() {
+    let t = test_app(1.0, test_throttle());
+    t.create_sale(1, 2, 0).await;
+    let alice = t.login("alice").await;
+    let bob = t.login("bob").await;
+    let carol = t.login("carol").await;
+    let (s, v) = t.token_load_test(&alice, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let alice_token = token_of(&v);
+    assert_eq!(t.token_load_test(&bob, 1).await.0, StatusCode::OK);
+    // Two units, two live tokens: carol is refused before her captcha is looked at.
+    let id = t
+        .state
+        .captchas
+        .insert_answer("abcde", now_ms())
+        .expect("captcha");
+    let (s, v) = t
+        .post(
+            "/api/sales/1/token",
+            Some(&carol),
+            json!({"captcha_id": id, "answer": "abcde"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::GONE, Some("tokens_exhausted")),
+        "{v}"
+    );
+    // Alice buys: one unit left, bob's token still live: still no room.
+    assert_eq!(
+        t.purchase(&alice, 1, &alice_token).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(t.token_load_test(&carol, 1).await.0, StatusCode::GONE);
+    // Alice's unit comes back (her order was cancelled): room for carol, whose captcha
+    // was kept.
+    t.state
+        .inventory
+        .release(1, "alice")
+        .await
+        .expect("release");
+    let (s, v) = t
+        .post(
+            "/api/sales/1/token",
+            Some(&carol),
+            json!({"captcha_id": id, "answer": "abcde"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
 #[tokio::test]
 async fn repeated_purchase_attempts_are_throttled_with_retry_after() {
     let mut cfg = test_throttle();
@@ -505,14 +563,25 @@ async fn repeated_purchase_attempts_are_throttled_with_retry_after() {
 /// message in the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_crowd_gets_exactly_the_units_on_sale() {
-    flash_crowd(test_app(100.0, test_throttle())).await;
+    let mut t = test_app(100.0, test_throttle());
+    t.limits = patient();
+    flash_crowd(t).await;
+}
+
+/// Limits for the flash-crowd tests: they check who gets a unit, so a request must not time
+/// out because a debug build shares two cores with other tests (every outcome counts).
+fn patient() -> ServeLimits {
+    ServeLimits {
+        request_timeout_ms: 120_000,
+        ..ServeLimits::default()
+    }
 }
 
 /// The same flash crowd over real sockets, through the served stack (load shedding,
 /// timeouts, body limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_crowd_on_a_real_port_gets_exactly_the_units_on_sale() {
-    flash_crowd(spawn_app(100.0, test_throttle()).await).await;
+    flash_crowd(test_app(100.0, test_throttle()).on_port(patient()).await).await;
 }
 
 /// The same against the Redis stock store (the real Redis, a key prefix of its own).
@@ -538,7 +607,7 @@ async fn a_flash_crowd_gets_exactly_the_units_on_sale_with_redis() {
         test_throttle(),
         Some(LOAD_TEST),
     )
-    .on_port(ServeLimits::default())
+    .on_port(patient())
     .await;
     flash_crowd(t).await;
     store.forget(7).await.expect("clean up");
@@ -777,6 +846,7 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     let t = TestApp {
         state: state.clone(),
         engine: base.engine.clone(),
+        limits: ServeLimits::default(),
         served: None,
         _dir: tempfile::tempdir().expect("tempdir"),
     };
@@ -819,7 +889,7 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
         out
     };
     // Alice's purchase waits in its enqueue, holding the one slot.
-    let first = tokio::spawn(post(alice.clone(), alice_token));
+    let first = tokio::spawn(post(alice.clone(), alice_token.clone()));
     gated.entered.acquire().await.expect("entered").forget();
     // Bob is shed at once.
     let shed = post(bob.clone(), bob_token.clone()).await;
@@ -833,10 +903,13 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     assert!(failed.starts_with("HTTP/1.1 503"), "{failed}");
     let stock = state.inventory.store().stock(1).await.expect("stock");
     assert_eq!(stock.map(|s| (s.left, s.holders)), Some((5, 0)));
-    // Bob's token was never spent: with the queue back, it buys.
+    // Bob's token was never spent: with the queue back, it buys. Alice's was given back
+    // when her enqueue failed: it buys too.
     gated.fail.store(false, std::sync::atomic::Ordering::SeqCst);
     gated.go.add_permits(10);
     let ok = post(bob, bob_token).await;
+    assert!(ok.starts_with("HTTP/1.1 202"), "{ok}");
+    let ok = post(alice, alice_token).await;
     assert!(ok.starts_with("HTTP/1.1 202"), "{ok}");
     // An ambiguous failure (the broker connection lost, retried with the same id, still
     // lost): 503 "outcome unknown", and the unit stays held, never sold twice.
@@ -849,7 +922,7 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     assert!(unknown.starts_with("HTTP/1.1 503"), "{unknown}");
     assert!(unknown.contains("outcome_unknown"), "{unknown}");
     let stock = state.inventory.store().stock(1).await.expect("stock");
-    assert_eq!(stock.map(|s| (s.left, s.holders)), Some((3, 2)));
+    assert_eq!(stock.map(|s| (s.left, s.holders)), Some((2, 3)));
     let _ = stop_tx.send(());
     server.await.expect("join").expect("serve");
 }
