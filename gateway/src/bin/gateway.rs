@@ -44,6 +44,10 @@ struct Args {
     /// captcha. Off unless set; logged loudly.
     #[arg(long, env = "GATEWAY_LOAD_TEST_SECRET")]
     load_test_secret: Option<String>,
+    /// Create a demo sale (id 1) with this many units, open at once, so the gateway can be
+    /// tried straight away.
+    #[arg(long)]
+    demo_units: Option<u64>,
     /// Tokens a sale issues at most, per unit.
     #[arg(long, default_value_t = 1.5)]
     token_factor: f64,
@@ -131,6 +135,25 @@ async fn run(args: Args) -> Result<(), BoxError> {
     )?;
     state.ledger = ledger;
     let state = Arc::new(state);
+    if let Some(units) = args.demo_units {
+        let sale = gateway::sales::Sale {
+            id: 1,
+            name: "demo".into(),
+            price_cents: 100,
+            units,
+            starts_at_ms: gateway::app::now_ms(),
+        };
+        let stock = state.inventory.store().define(sale.id, units).await?;
+        if stock.units != units {
+            return Err(format!(
+                "the stock store already holds sale 1 with {} units",
+                stock.units
+            )
+            .into());
+        }
+        state.catalogue.add(sale)?;
+        println!("gateway: demo sale 1 with {units} units is open");
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     println!("gateway: listening on http://{}", listener.local_addr()?);
     let limits = ServeLimits {
