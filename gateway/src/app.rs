@@ -671,6 +671,16 @@ async fn commit_purchase(
             Err(e) => tracing::warn!("restoring a purchase token: {e}"),
         }
     };
+    if !state.tickets.has_room() {
+        // Every ticket this gateway remembers is still queued: refuse rather than forget one.
+        restore_token().await;
+        m.unavailable.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::unavailable(
+            "busy",
+            "too many purchases waiting for the order workers; try again shortly",
+            1000,
+        ));
+    }
     // The ticket is the request id and the message id: a retried publish is de-duplicated.
     let ticket = uuid::Uuid::now_v7();
     let payload = serde_json::to_vec(&PurchaseMessage {

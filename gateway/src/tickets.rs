@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-/// Most tickets remembered; the oldest resolved ones are forgotten first.
+/// Tickets remembered at most, beyond the purchases in flight: once full, the oldest
+/// resolved ticket is forgotten for each new one; a queued ticket is never forgotten, and
+/// while every ticket is still queued the gateway refuses new purchases (503) instead.
 pub const TICKETS_MAX: usize = 1_000_000;
 
 /// How a ticket stands.
@@ -42,18 +44,35 @@ pub struct Ticket {
 }
 
 /// The tickets of this gateway.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TicketBook {
     inner: Mutex<Book>,
+    limit: usize,
+}
+
+impl Default for TicketBook {
+    fn default() -> Self {
+        TicketBook::with_limit(TICKETS_MAX)
+    }
 }
 
 #[derive(Debug, Default)]
 struct Book {
     tickets: HashMap<String, Ticket>,
-    order: VecDeque<String>,
+    /// Resolved tickets, oldest resolution first: the ones to forget when full.
+    resolved: VecDeque<String>,
 }
 
 impl TicketBook {
+    /// A book holding at most `limit` tickets (at most [`TICKETS_MAX`]) beyond the
+    /// purchases in flight.
+    pub fn with_limit(limit: usize) -> Self {
+        TicketBook {
+            inner: Mutex::new(Book::default()),
+            limit: limit.min(TICKETS_MAX),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
         match self.inner.lock() {
             Ok(g) => g,
@@ -61,27 +80,25 @@ impl TicketBook {
         }
     }
 
-    /// Records an accepted purchase.
+    /// Whether a new ticket fits (the gateway checks before reserving a unit): there is
+    /// room, or a resolved ticket can be forgotten.
+    pub fn has_room(&self) -> bool {
+        let b = self.lock();
+        b.tickets.len() < self.limit || !b.resolved.is_empty()
+    }
+
+    /// Records an accepted purchase, forgetting the oldest resolved ticket when full. A
+    /// purchase that passed [`TicketBook::has_room`] is always recorded, so the book may
+    /// exceed its limit by the purchases that were in flight together.
     pub fn insert(&self, id: String, ticket: Ticket) {
         let mut b = self.lock();
-        if b.tickets.len() >= TICKETS_MAX {
-            // Forget the oldest resolved ticket; if every ticket is still queued, the oldest.
-            let pos = b
-                .order
-                .iter()
-                .position(|t| {
-                    b.tickets
-                        .get(t)
-                        .is_none_or(|t| t.state != TicketState::Queued)
-                })
-                .unwrap_or(0);
-            if let Some(old) = b.order.remove(pos) {
-                b.tickets.remove(&old);
-            }
+        while b.tickets.len() >= self.limit {
+            let Some(old) = b.resolved.pop_front() else {
+                break;
+            };
+            b.tickets.remove(&old);
         }
-        if b.tickets.insert(id.clone(), ticket).is_none() {
-            b.order.push_back(id);
-        }
+        b.tickets.insert(id, ticket);
     }
 
     /// A ticket.
@@ -96,9 +113,64 @@ impl TicketBook {
         match b.tickets.get_mut(id) {
             Some(t) if t.state == TicketState::Queued => {
                 t.state = state;
+                b.resolved.push_back(id.to_string());
                 true
             }
             _ => false,
         }
+    }
+
+    /// Tickets held.
+    pub fn len(&self) -> usize {
+        self.lock().tickets.len()
+    }
+
+    /// Whether no ticket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(n: u64) -> Ticket {
+        Ticket {
+            sale: 1,
+            user: format!("u{n}"),
+            offset: n,
+            state: TicketState::Queued,
+        }
+    }
+
+    #[test]
+    fn a_full_book_forgets_the_oldest_resolved_ticket_never_a_queued_one() {
+        let book = TicketBook::with_limit(3);
+        for n in 0..3 {
+            book.insert(format!("t{n}"), queued(n));
+        }
+        assert!(!book.has_room(), "full of queued tickets");
+        assert!(book.resolve("t1", TicketState::Rejected { reason: "x".into() }));
+        assert!(book.resolve(
+            "t0",
+            TicketState::Ordered {
+                order_id: "o".into()
+            }
+        ));
+        assert!(!book.resolve("t0", TicketState::Queued), "resolved once");
+        assert!(book.has_room());
+        book.insert("t3".into(), queued(3));
+        // t1 was resolved first: it goes; t0 (resolved later) and the queued t2 stay.
+        assert!(book.get("t1").is_none());
+        assert!(book.get("t0").is_some() && book.get("t2").is_some());
+        book.insert("t4".into(), queued(4));
+        assert!(book.get("t0").is_none());
+        assert_eq!(book.len(), 3);
+        assert!(!book.has_room());
+        // Past the check, a purchase in flight is still recorded (never lost).
+        book.insert("t5".into(), queued(5));
+        assert_eq!(book.len(), 4);
+        assert!(book.get("t2").is_some() && book.get("t5").is_some());
     }
 }

@@ -542,6 +542,71 @@ async fn the_token_budget_follows_the_units_left() {
     assert_eq!(s, StatusCode::OK, "{v}");
 }
 
+/// A ticket book full of queued tickets refuses new purchases (503 busy) before any unit
+/// is reserved, and the buyer keeps the token; a resolved ticket makes room.
+#[tokio::test]
+async fn a_book_full_of_queued_tickets_refuses_purchases_without_losing_any() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
+    let mut config = GatewayConfig::new(ADMIN);
+    config.load_test_secret = Some(LOAD_TEST.into());
+    let mut state = AppState::new(
+        config,
+        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+        engine.clone(),
+        SessionKey::generate(),
+        TokenKey::generate(),
+        test_throttle(),
+    )
+    .expect("state");
+    state.tickets = gateway::tickets::TicketBook::with_limit(2);
+    let t = TestApp {
+        state: Arc::new(state),
+        engine,
+        limits: ServeLimits::default(),
+        served: None,
+        _dir: dir,
+    };
+    t.create_sale(1, 10, 0).await;
+    let mut tickets = Vec::new();
+    for user in ["ann", "bob"] {
+        let c = t.login(user).await;
+        let (_, v) = t.token_load_test(&c, 1).await;
+        let (s, v) = t.purchase(&c, 1, &token_of(&v)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        tickets.push(v["ticket"].as_str().expect("ticket").to_string());
+    }
+    let cat = t.login("cat").await;
+    let (_, v) = t.token_load_test(&cat, 1).await;
+    let token = token_of(&v);
+    let (s, v) = t.purchase(&cat, 1, &token).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("busy"))
+    );
+    let left = t.state.inventory.store().stock(1).await.expect("stock");
+    assert_eq!(
+        left.map(|s| s.left),
+        Some(8),
+        "no unit held for the refused purchase"
+    );
+    // The queued tickets are still there; once one is resolved, cat's token buys.
+    for id in &tickets {
+        assert!(t.state.tickets.get(id).is_some());
+    }
+    assert!(t.state.tickets.resolve(
+        &tickets[0],
+        gateway::tickets::TicketState::Ordered {
+            order_id: "o-1".into()
+        }
+    ));
+    assert_eq!(t.purchase(&cat, 1, &token).await.0, StatusCode::ACCEPTED);
+    assert!(
+        t.state.tickets.get(&tickets[1]).is_some(),
+        "queued ticket kept"
+    );
+}
+
 #[tokio::test]
 async fn repeated_purchase_attempts_are_throttled_with_retry_after() {
     let mut cfg = test_throttle();
