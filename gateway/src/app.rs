@@ -452,10 +452,12 @@ async fn new_captcha(
     sale_or_404(&state, id)?;
     // Drawing takes milliseconds of CPU: off the async workers.
     let drawer = state.clone();
-    let (captcha_id, png) = tokio::task::spawn_blocking(move || drawer.captchas.create(now))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::unavailable("busy", e.to_string(), 1000))?;
+    let purpose = crate::captcha::purpose(&user, id);
+    let (captcha_id, png) =
+        tokio::task::spawn_blocking(move || drawer.captchas.create(&purpose, now))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::unavailable("busy", e.to_string(), 1000))?;
     let image = format!(
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(png)
@@ -541,7 +543,12 @@ async fn new_token(
     if !load_test_ok(&state, &headers) {
         state
             .captchas
-            .check(&body.captcha_id, &body.answer, now)
+            .check(
+                &body.captcha_id,
+                &crate::captcha::purpose(&user, id),
+                &body.answer,
+                now,
+            )
             .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "bad_captcha", e.to_string()))?;
     }
     let expires_at_ms = now + state.config.token_ttl_ms;

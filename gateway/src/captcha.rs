@@ -2,6 +2,10 @@
 //! hash, valid [`CAPTCHA_TTL_MS`], single use, checked case-insensitively. A wrong answer
 //! consumes the captcha, so each guess costs a new image (and a throttled request).
 //!
+//! A captcha is bound to its purpose, the user and sale it was fetched for ([`purpose`]):
+//! the answer is hashed together with it, so a captcha solved for one account or sale is
+//! wrong for any other.
+//!
 //! The store is bounded: at most [`CAPTCHAS_MAX`] live captchas; expired ones are dropped
 //! whenever one is added, and when it is still full a new captcha is refused with
 //! [`CaptchaError::Busy`] (a 503 to the client) rather than evicting a live one.
@@ -26,6 +30,12 @@ pub const CAPTCHA_ANSWER_BYTES_MAX: usize = 64;
 pub const CAPTCHA_WIDTH_PX: u32 = 220;
 /// Height of a captcha image, in pixels.
 pub const CAPTCHA_HEIGHT_PX: u32 = 120;
+
+/// The purpose of a captcha fetched by `user` for `sale` (user ids hold no control
+/// characters, so the separator is unambiguous).
+pub fn purpose(user: &str, sale: u64) -> String {
+    format!("{user}\u{0}{sale}")
+}
 
 /// The characters drawn: the font's, without those easily mistaken for one another in
 /// this font (`1`, `i`, `j`, `l`; the font has no `0`, `I`, `O` or `o`). Upper and lower
@@ -126,14 +136,15 @@ impl CaptchaStore {
         }
     }
 
-    /// A new captcha: its id and a PNG image of [`CAPTCHA_CHARS`] characters. The answer is
-    /// stored with [`CaptchaStore::insert_answer`].
+    /// A new captcha for `purpose` (see [`purpose`]): its id and a PNG image of
+    /// [`CAPTCHA_CHARS`] characters. The answer is stored with
+    /// [`CaptchaStore::insert_answer`].
     ///
     /// # Errors
     /// [`CaptchaError::Busy`] when the store is full of live captchas (checked before the
     /// image is drawn, so a full store costs no drawing), [`CaptchaError::Image`] if the
     /// image could not be encoded.
-    pub fn create(&self, now_ms: u64) -> Result<(String, Vec<u8>), CaptchaError> {
+    pub fn create(&self, purpose: &str, now_ms: u64) -> Result<(String, Vec<u8>), CaptchaError> {
         {
             let mut live = self.lock();
             live.purge(now_ms);
@@ -142,18 +153,24 @@ impl CaptchaStore {
             }
         }
         let (answer, png) = draw().ok_or(CaptchaError::Image)?;
-        let id = self.insert_answer(&answer, now_ms)?;
+        let id = self.insert_answer(purpose, &answer, now_ms)?;
         Ok((id, png))
     }
 
-    /// Stores `answer` (as a salted hash) under a new id, valid for [`CAPTCHA_TTL_MS`] from
+    /// Stores `answer` for `purpose` (as a salted hash of both) under a new id, valid for
+    /// [`CAPTCHA_TTL_MS`] from
     /// `now_ms`, and returns the id. `create` uses it after drawing the image; tests use it
     /// to get a captcha whose answer they know.
     ///
     /// # Errors
     /// [`CaptchaError::Busy`] when the store is still full after dropping expired captchas.
-    pub fn insert_answer(&self, answer: &str, now_ms: u64) -> Result<String, CaptchaError> {
-        let answer_hash = self.hash(answer);
+    pub fn insert_answer(
+        &self,
+        purpose: &str,
+        answer: &str,
+        now_ms: u64,
+    ) -> Result<String, CaptchaError> {
+        let answer_hash = self.hash(purpose, answer);
         let expires_at_ms = now_ms.saturating_add(CAPTCHA_TTL_MS);
         let mut live = self.lock();
         live.purge(now_ms);
@@ -176,17 +193,25 @@ impl CaptchaStore {
         Ok(format!("{id:032x}"))
     }
 
-    /// Checks `answer` to captcha `id` at `now_ms`, ignoring case and surrounding spaces.
-    /// The captcha is used up whatever the outcome.
+    /// Checks `answer` to captcha `id` at `now_ms`, ignoring case and surrounding spaces,
+    /// for `purpose` (a captcha answered for another purpose is wrong). The captcha is used
+    /// up whatever the outcome.
     ///
     /// # Errors
     /// [`CaptchaError::Unknown`] (never issued, or already used), [`CaptchaError::Expired`],
     /// [`CaptchaError::Wrong`].
-    pub fn check(&self, id: &str, answer: &str, now_ms: u64) -> Result<(), CaptchaError> {
+    pub fn check(
+        &self,
+        id: &str,
+        purpose: &str,
+        answer: &str,
+        now_ms: u64,
+    ) -> Result<(), CaptchaError> {
         let id = parse_id(id).ok_or(CaptchaError::Unknown)?;
         // Hash before taking the lock: the lock is held only for the map operations. An
         // over-long answer is not hashed at all: it is wrong, and still uses the captcha up.
-        let given = (answer.trim().len() <= CAPTCHA_ANSWER_BYTES_MAX).then(|| self.hash(answer));
+        let given =
+            (answer.trim().len() <= CAPTCHA_ANSWER_BYTES_MAX).then(|| self.hash(purpose, answer));
         let entry = {
             let mut live = self.lock();
             let entry = live.by_id.remove(&id).ok_or(CaptchaError::Unknown)?;
@@ -221,10 +246,13 @@ impl CaptchaStore {
         self.len() == 0
     }
 
-    /// SHA-256 of the salt and the normalized answer (trimmed, ASCII lower case).
-    fn hash(&self, answer: &str) -> [u8; 32] {
+    /// SHA-256 of the salt, the purpose (length-prefixed) and the normalized answer
+    /// (trimmed, ASCII lower case).
+    fn hash(&self, purpose: &str, answer: &str) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.salt);
+        h.update((purpose.len() as u64).to_le_bytes());
+        h.update(purpose.as_bytes());
         h.update(answer.trim().to_ascii_lowercase().as_bytes());
         h.finalize().into()
     }
@@ -267,18 +295,23 @@ mod tests {
 
     use super::*;
 
+    const P: &str = "alice\u{0}1";
+
     const NOW: u64 = 1_800_000_000_000;
 
     #[test]
     fn create_draws_a_png_and_stores_its_answer() {
         let store = CaptchaStore::new();
-        let (id, png) = store.create(NOW).expect("created");
+        let (id, png) = store.create(P, NOW).expect("created");
         assert_eq!(id.len(), 32);
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
         assert_eq!(store.len(), 1);
         // The real answer is unknown here; a wrong one consumes it.
-        assert_eq!(store.check(&id, "!!!!!", NOW), Err(CaptchaError::Wrong));
-        assert_eq!(store.check(&id, "!!!!!", NOW), Err(CaptchaError::Unknown));
+        assert_eq!(store.check(&id, P, "!!!!!", NOW), Err(CaptchaError::Wrong));
+        assert_eq!(
+            store.check(&id, P, "!!!!!", NOW),
+            Err(CaptchaError::Unknown)
+        );
         assert!(store.is_empty());
     }
 
@@ -306,30 +339,33 @@ mod tests {
     #[test]
     fn right_answer_once_ignoring_case_and_spaces() {
         let store = CaptchaStore::new();
-        let id = store.insert_answer("aB3xY", NOW).expect("room");
-        assert_eq!(store.check(&id, " Ab3Xy ", NOW + 1), Ok(()));
+        let id = store.insert_answer(P, "aB3xY", NOW).expect("room");
+        assert_eq!(store.check(&id, P, " Ab3Xy ", NOW + 1), Ok(()));
         // Single use: a second right answer fails.
         assert_eq!(
-            store.check(&id, "aB3xY", NOW + 2),
+            store.check(&id, P, "aB3xY", NOW + 2),
             Err(CaptchaError::Unknown)
         );
         for given in ["ab3xy", "AB3XY", "aB3xY"] {
-            let id = store.insert_answer("aB3xY", NOW).expect("room");
-            assert_eq!(store.check(&id, given, NOW), Ok(()), "{given}");
+            let id = store.insert_answer(P, "aB3xY", NOW).expect("room");
+            assert_eq!(store.check(&id, P, given, NOW), Ok(()), "{given}");
         }
     }
 
     #[test]
     fn wrong_answer_consumes() {
         let store = CaptchaStore::new();
-        let id = store.insert_answer("abcde", NOW).expect("room");
-        assert_eq!(store.check(&id, "abcdf", NOW), Err(CaptchaError::Wrong));
-        assert_eq!(store.check(&id, "abcde", NOW), Err(CaptchaError::Unknown));
-        let id = store.insert_answer("abcde", NOW).expect("room");
-        assert_eq!(store.check(&id, "", NOW), Err(CaptchaError::Wrong));
-        let id = store.insert_answer("abcde", NOW).expect("room");
+        let id = store.insert_answer(P, "abcde", NOW).expect("room");
+        assert_eq!(store.check(&id, P, "abcdf", NOW), Err(CaptchaError::Wrong));
+        assert_eq!(
+            store.check(&id, P, "abcde", NOW),
+            Err(CaptchaError::Unknown)
+        );
+        let id = store.insert_answer(P, "abcde", NOW).expect("room");
+        assert_eq!(store.check(&id, P, "", NOW), Err(CaptchaError::Wrong));
+        let id = store.insert_answer(P, "abcde", NOW).expect("room");
         let huge = format!("abcde{}", " x".repeat(1000));
-        assert_eq!(store.check(&id, &huge, NOW), Err(CaptchaError::Wrong));
+        assert_eq!(store.check(&id, P, &huge, NOW), Err(CaptchaError::Wrong));
         assert!(store.is_empty());
     }
 
@@ -337,31 +373,37 @@ mod tests {
     fn over_long_answers_never_match() {
         let store = CaptchaStore::new();
         let long = "a".repeat(CAPTCHA_ANSWER_BYTES_MAX + 1);
-        let id = store.insert_answer(&long, NOW).expect("room");
-        assert_eq!(store.check(&id, &long, NOW), Err(CaptchaError::Wrong));
+        let id = store.insert_answer(P, &long, NOW).expect("room");
+        assert_eq!(store.check(&id, P, &long, NOW), Err(CaptchaError::Wrong));
         let max = "a".repeat(CAPTCHA_ANSWER_BYTES_MAX);
-        let id = store.insert_answer(&max, NOW).expect("room");
-        assert_eq!(store.check(&id, &max, NOW), Ok(()));
+        let id = store.insert_answer(P, &max, NOW).expect("room");
+        assert_eq!(store.check(&id, P, &max, NOW), Ok(()));
     }
 
     #[test]
     fn expires_after_two_minutes() {
         let store = CaptchaStore::new();
-        let id = store.insert_answer("abcde", NOW).expect("room");
-        assert_eq!(store.check(&id, "abcde", NOW + CAPTCHA_TTL_MS - 1), Ok(()));
-        let id = store.insert_answer("abcde", NOW).expect("room");
+        let id = store.insert_answer(P, "abcde", NOW).expect("room");
         assert_eq!(
-            store.check(&id, "abcde", NOW + CAPTCHA_TTL_MS),
+            store.check(&id, P, "abcde", NOW + CAPTCHA_TTL_MS - 1),
+            Ok(())
+        );
+        let id = store.insert_answer(P, "abcde", NOW).expect("room");
+        assert_eq!(
+            store.check(&id, P, "abcde", NOW + CAPTCHA_TTL_MS),
             Err(CaptchaError::Expired)
         );
         // Consumed by that check too.
-        assert_eq!(store.check(&id, "abcde", NOW), Err(CaptchaError::Unknown));
+        assert_eq!(
+            store.check(&id, P, "abcde", NOW),
+            Err(CaptchaError::Unknown)
+        );
     }
 
     #[test]
     fn unknown_and_malformed_ids() {
         let store = CaptchaStore::new();
-        let id = store.insert_answer("abcde", NOW).expect("room");
+        let id = store.insert_answer(P, "abcde", NOW).expect("room");
         let upper = id.to_ascii_uppercase();
         let plus = format!("+{}", &id[1..]);
         for bad in [
@@ -375,53 +417,53 @@ mod tests {
             &"é".repeat(16),
         ] {
             assert_eq!(
-                store.check(bad, "abcde", NOW),
+                store.check(bad, P, "abcde", NOW),
                 Err(CaptchaError::Unknown),
                 "{bad:?}"
             );
         }
         // None of those touched the real one.
-        assert_eq!(store.check(&id, "abcde", NOW), Ok(()));
+        assert_eq!(store.check(&id, P, "abcde", NOW), Ok(()));
     }
 
     #[test]
     fn salts_differ_per_store() {
         let (a, b) = (CaptchaStore::new(), CaptchaStore::new());
-        assert_ne!(a.hash("abcde"), b.hash("abcde"));
-        assert_eq!(a.hash("ABCDE"), a.hash(" abcde "));
-        let id = a.insert_answer("abcde", NOW).expect("room");
-        assert_eq!(b.check(&id, "abcde", NOW), Err(CaptchaError::Unknown));
+        assert_ne!(a.hash(P, "abcde"), b.hash(P, "abcde"));
+        assert_eq!(a.hash(P, "ABCDE"), a.hash(P, " abcde "));
+        let id = a.insert_answer(P, "abcde", NOW).expect("room");
+        assert_eq!(b.check(&id, P, "abcde", NOW), Err(CaptchaError::Unknown));
     }
 
     #[test]
     fn full_store_is_busy_until_captchas_expire_or_are_used() {
         let store = CaptchaStore::with_limit(3);
         let ids: Vec<String> = (0..3)
-            .map(|i| store.insert_answer("abcde", NOW + i).expect("room"))
+            .map(|i| store.insert_answer(P, "abcde", NOW + i).expect("room"))
             .collect();
         assert_eq!(
-            store.insert_answer("abcde", NOW + 10),
+            store.insert_answer(P, "abcde", NOW + 10),
             Err(CaptchaError::Busy)
         );
-        assert_eq!(store.create(NOW + 10), Err(CaptchaError::Busy));
+        assert_eq!(store.create(P, NOW + 10), Err(CaptchaError::Busy));
         // Using one frees its place.
-        assert_eq!(store.check(&ids[0], "abcde", NOW + 10), Ok(()));
-        let id = store.insert_answer("abcde", NOW + 10).expect("room");
+        assert_eq!(store.check(&ids[0], P, "abcde", NOW + 10), Ok(()));
+        let id = store.insert_answer(P, "abcde", NOW + 10).expect("room");
         assert_eq!(
-            store.insert_answer("abcde", NOW + 10),
+            store.insert_answer(P, "abcde", NOW + 10),
             Err(CaptchaError::Busy)
         );
         // Expired ones are purged on insert: the two oldest expire at NOW+1 / NOW+2 + TTL.
         let later = NOW + 2 + CAPTCHA_TTL_MS;
         store
-            .insert_answer("abcde", later)
+            .insert_answer(P, "abcde", later)
             .expect("room after purge");
         assert_eq!(store.len(), 2);
         assert_eq!(
-            store.check(&ids[1], "abcde", later),
+            store.check(&ids[1], P, "abcde", later),
             Err(CaptchaError::Unknown)
         );
-        assert_eq!(store.check(&id, "abcde", later), Ok(()));
+        assert_eq!(store.check(&id, P, "abcde", later), Ok(()));
         assert_eq!(store.purge_expired(u64::MAX), 1);
         assert!(store.is_empty());
         assert_eq!(CaptchaStore::with_limit(usize::MAX).limit, CAPTCHAS_MAX);
@@ -432,7 +474,7 @@ mod tests {
         let store = Arc::new(CaptchaStore::new());
         let ids: Arc<Vec<String>> = Arc::new(
             (0..500)
-                .map(|_| store.insert_answer("abcde", NOW).expect("room"))
+                .map(|_| store.insert_answer(P, "abcde", NOW).expect("room"))
                 .collect(),
         );
         let passed: usize = (0..4)
@@ -440,7 +482,7 @@ mod tests {
                 let (store, ids) = (store.clone(), ids.clone());
                 std::thread::spawn(move || {
                     ids.iter()
-                        .filter(|id| store.check(id, "ABCDE", NOW).is_ok())
+                        .filter(|id| store.check(id, P, "ABCDE", NOW).is_ok())
                         .count()
                 })
             })
@@ -457,5 +499,34 @@ mod tests {
         let store = CaptchaStore::new();
         let d = format!("{store:?}");
         assert!(d.contains("live: 0") && !d.contains("salt"), "{d}");
+    }
+
+    #[test]
+    fn a_captcha_is_bound_to_its_purpose() {
+        let store = CaptchaStore::new();
+        let id = store
+            .insert_answer(&purpose("alice", 1), "abcde", NOW)
+            .expect("room");
+        assert_eq!(
+            store.check(&id, &purpose("bob", 1), "abcde", NOW),
+            Err(CaptchaError::Wrong),
+            "another user"
+        );
+        assert_eq!(
+            store.check(&id, &purpose("alice", 1), "abcde", NOW),
+            Err(CaptchaError::Unknown)
+        );
+        let id = store
+            .insert_answer(&purpose("alice", 1), "abcde", NOW)
+            .expect("room");
+        assert_eq!(
+            store.check(&id, &purpose("alice", 2), "abcde", NOW),
+            Err(CaptchaError::Wrong),
+            "another sale"
+        );
+        let id = store
+            .insert_answer(&purpose("alice", 1), "abcde", NOW)
+            .expect("room");
+        assert_eq!(store.check(&id, &purpose("alice", 1), "abcde", NOW), Ok(()));
     }
 }

@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
 use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, now_ms};
+use gateway::captcha::purpose;
 use gateway::loadgen::Conn;
 use gateway::session::SessionKey;
 use gateway::throttle::ThrottleConfig;
@@ -200,12 +201,22 @@ impl TestApp {
         set.split(';').next().expect("name=value").to_string()
     }
 
-    /// A token through a real captcha (its answer planted in the store).
+    /// The user of a `Cookie` header value from `login`.
+    fn user_of(&self, cookie: &str) -> String {
+        let value = gateway::session::cookie_from_header(cookie).expect("a session cookie");
+        self.state
+            .sessions
+            .verify(value, now_ms())
+            .expect("a valid session")
+    }
+
+    /// A token through a real captcha (its answer planted in the store, for this user and
+    /// sale).
     async fn token_via_captcha(&self, cookie: &str, sale: u64) -> (StatusCode, Value) {
         let id = self
             .state
             .captchas
-            .insert_answer("AbCdE", now_ms())
+            .insert_answer(&purpose(&self.user_of(cookie), sale), "AbCdE", now_ms())
             .expect("captcha");
         self.post(
             &format!("/api/sales/{sale}/token"),
@@ -368,7 +379,7 @@ async fn refusals_have_the_right_status_and_a_json_error() {
     let id = t
         .state
         .captchas
-        .insert_answer("right", now_ms())
+        .insert_answer(&purpose("alice", 1), "right", now_ms())
         .expect("captcha");
     let (s, v) = t
         .post(
@@ -389,6 +400,28 @@ async fn refusals_have_the_right_status_and_a_json_error() {
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "a captcha is single use");
+    // A captcha fetched (and solved) for one user and sale is wrong for another user, and
+    // for another sale (fresh users: the token route has a per-user quota).
+    for (who, owner, sale) in [("dave", "alice", 1), ("erin", "erin", 2)] {
+        let who = &t.login(who).await;
+        let id = t
+            .state
+            .captchas
+            .insert_answer(&purpose(owner, 1), "right", now_ms())
+            .expect("captcha");
+        let (s, v) = t
+            .post(
+                &format!("/api/sales/{sale}/token"),
+                Some(who),
+                json!({"captcha_id": id, "answer": "right"}),
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("bad_captcha")),
+            "{v}"
+        );
+    }
 
     // Tokens: tampered, another user's, another sale's, reused.
     let (_, v) = t.token_via_captcha(&alice, 2).await;
@@ -505,7 +538,7 @@ async fn the_token_budget_follows_the_units_left() {
     let id = t
         .state
         .captchas
-        .insert_answer("abcde", now_ms())
+        .insert_answer(&purpose("carol", 1), "abcde", now_ms())
         .expect("captcha");
     let (s, v) = t
         .post(
