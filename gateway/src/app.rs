@@ -576,22 +576,13 @@ async fn purchase(
     State(state): State<Shared>,
     ClientIp(ip): ClientIp,
     Path(id): Path<u64>,
-    SessionUser(user): SessionUser,
-    JsonBody(body): JsonBody<PurchaseBody>,
+    req: axum::extract::Request,
 ) -> ApiResult<Response> {
     let m = &state.metrics;
     let now = now_ms();
-    let verified = state
-        .tokens
-        .verify(&body.token, &user, id, now)
-        .map_err(|e| {
-            m.bad_token.fetch_add(1, Ordering::Relaxed);
-            ApiError::new(StatusCode::FORBIDDEN, "bad_token", e.to_string())
-        })?;
-    state
-        .throttle
-        .check_purchase(&user, id, ip, now)
-        .map_err(|t| throttled(&state, t))?;
+    // Public facts first, answered from memory before any signature is checked or the body
+    // is read: that a sale is unknown, not started or sold out is no secret, and in a
+    // flash sale it is the answer most requests get.
     let sale = sale_or_404(&state, id)?;
     if now < sale.starts_at_ms {
         m.not_started.fetch_add(1, Ordering::Relaxed);
@@ -606,6 +597,22 @@ async fn purchase(
         m.sold_out.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
     }
+    // Then who is asking, and whether they are asking too often (before the body is read
+    // and the token checked, so a flood of attempts costs one signature check each).
+    let user = session_user(&state, req.headers())?;
+    state
+        .throttle
+        .check_purchase(&user, id, ip, now)
+        .map_err(|t| throttled(&state, t))?;
+    let JsonBody(body) =
+        <JsonBody<PurchaseBody> as axum::extract::FromRequest<()>>::from_request(req, &()).await?;
+    let verified = state
+        .tokens
+        .verify(&body.token, &user, id, now)
+        .map_err(|e| {
+            m.bad_token.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(StatusCode::FORBIDDEN, "bad_token", e.to_string())
+        })?;
     if !state
         .ledger
         .spend(id, verified.nonce, now)

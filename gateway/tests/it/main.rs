@@ -474,6 +474,14 @@ async fn refusals_have_the_right_status_and_a_json_error() {
         (StatusCode::GONE, Some("sold_out")),
         "the flag answers at the token step"
     );
+    // A sold-out sale is public knowledge: answered before any session or token check.
+    let (s, v) = t
+        .post("/api/sales/1/purchase", None, json!({"token": "x"}))
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::GONE, Some("sold_out"))
+    );
 
     // Not started: 425 with Retry-After.
     let (_, v) = t.token_via_captcha(&bob, 3).await;
