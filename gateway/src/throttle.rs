@@ -577,7 +577,11 @@ impl<C: Clock> Throttle<C> {
     }
 
     fn observe(&self, now_ms: u64) {
-        self.latest_now_ms.fetch_max(now_ms, Ordering::Relaxed);
+        // Read first: the figure changes once a millisecond, and a write on every request
+        // would bounce its cache line between the cores.
+        if now_ms > self.latest_now_ms.load(Ordering::Relaxed) {
+            self.latest_now_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
     }
 
     fn user_key(&self, user: &str) -> u64 {
