@@ -652,13 +652,17 @@ async fn purchase(
 /// Publish attempts (same message id) while the queue's answer is ambiguous.
 pub const PUBLISH_ATTEMPTS: u32 = 3;
 
-/// Whether a failed publish may still have stored the message: a lost connection or
-/// timeout to a broker, an error the broker reported without a local meaning, or a write
-/// failure. A definite refusal (full, invalid, closed) stored nothing.
-fn ambiguous(e: &queue::Error) -> bool {
+/// Whether a failed publish certainly stored nothing: the queue refused it before taking
+/// it (full, invalid, over a limit, no such topic). Anything else — a lost connection or
+/// timeout to a broker, a broker-side error, a write failure, the queue closing while the
+/// publish waited, an error of a kind added later — may have left the message stored.
+fn definitely_not_stored(e: &queue::Error) -> bool {
     matches!(
         e,
-        queue::Error::Connection(_) | queue::Error::Remote { .. } | queue::Error::Failed(_)
+        queue::Error::Full { .. }
+            | queue::Error::Invalid(_)
+            | queue::Error::Limit { .. }
+            | queue::Error::NoSuchTopic(_)
     )
 }
 
@@ -740,25 +744,30 @@ async fn commit_purchase(
     m.reservations.fetch_add(1, Ordering::Relaxed);
     let started = std::time::Instant::now();
     let mut attempt = 0;
+    // Once any attempt may have stored the message, a later definite refusal does not
+    // make the outcome definite: the unit stays held (never sold twice).
+    let mut maybe_stored = false;
     let confirm = loop {
         attempt += 1;
         let message = Message::new(payload.clone()).with_id(ticket.as_u128());
         match state.publisher.publish(message).await {
             Ok(c) => break c,
-            Err(e) if ambiguous(&e) && attempt < PUBLISH_ATTEMPTS => {
+            Err(e) if !definitely_not_stored(&e) && attempt < PUBLISH_ATTEMPTS => {
+                maybe_stored = true;
                 tracing::warn!("publish of ticket {ticket}: {e}; retrying with the same id");
             }
-            Err(e) if ambiguous(&e) => {
+            Err(e) if maybe_stored || !definitely_not_stored(&e) => {
                 // It may be queued: keep the unit (an order may come of it); if it was not,
                 // reconciliation frees it. Never sell it twice.
                 m.unavailable.fetch_add(1, Ordering::Relaxed);
                 return Err(ApiError::unavailable(
                     "outcome_unknown",
                     format!(
-                        "the purchase may or may not have been queued ({e}); check your orders before trying again"
+                        "the purchase may or may not have been queued ({e}); check your ticket or orders before trying again"
                     ),
                     1000,
-                ));
+                )
+                .with_ticket(ticket.to_string()));
             }
             Err(e) => {
                 // Definitely not queued: give the unit back before answering.

@@ -20,6 +20,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds to wait before retrying, sent as `Retry-After`.
     pub retry_after_s: Option<u64>,
+    /// The purchase's ticket, when one exists whose outcome is not known yet (sent as
+    /// `"ticket"`: the buyer can follow it).
+    pub ticket: Option<String>,
 }
 
 impl ApiError {
@@ -30,12 +33,19 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_s: None,
+            ticket: None,
         }
     }
 
     /// Adds `Retry-After` (at least one second).
     pub fn retry_after_ms(mut self, ms: u64) -> Self {
         self.retry_after_s = Some(ms.div_ceil(1000).max(1));
+        self
+    }
+
+    /// Adds the ticket whose outcome is not known yet.
+    pub fn with_ticket(mut self, ticket: String) -> Self {
+        self.ticket = Some(ticket);
         self
     }
 
@@ -78,6 +88,10 @@ impl IntoResponse for ApiError {
         body.push_str(&json_string(self.code));
         body.push_str(",\"message\":");
         body.push_str(&json_string(&self.message));
+        if let Some(t) = &self.ticket {
+            body.push_str(",\"ticket\":");
+            body.push_str(&json_string(t));
+        }
         body.push('}');
         let mut resp = (
             self.status,

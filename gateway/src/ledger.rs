@@ -274,7 +274,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('ZADD', KEYS[1], exp, ARGV[1])
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl < 0 or now + pttl < exp then redis.call('PEXPIREAT', KEYS[1], exp) end
+if pttl < exp - now then redis.call('PEXPIRE', KEYS[1], exp - now) end
 return 1
 "#;
 
@@ -289,12 +289,14 @@ local exp = tonumber(ARGV[2])
 if exp <= now then return 0 end
 redis.call('ZADD', KEYS[1], exp, ARGV[1])
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl < 0 or now + pttl < exp then redis.call('PEXPIREAT', KEYS[1], exp) end
+if pttl < exp - now then redis.call('PEXPIRE', KEYS[1], exp - now) end
 return 1
 "#;
 
 /// The live tokens in Redis, beside the stock of an [`inventory::RedisStore`]: key
-/// `P{S}:tokens` (a sorted set of nonces scored by expiry, expiring with its last token)
+/// `P{S}:tokens` (a sorted set of nonces scored by expiry; the key expires with its last
+/// token, its time to live set relative to the gateway's clock, so that a skew between the
+/// gateway's and Redis's clocks cannot expire it early)
 /// for sale `S` under the store's prefix `P`.
 pub struct RedisLedger {
     pool: deadpool_redis::Pool,

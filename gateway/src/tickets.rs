@@ -106,9 +106,12 @@ impl TicketBook {
         self.lock().tickets.get(id).cloned()
     }
 
-    /// Resolves a queued ticket (the workers' seam). Returns false if unknown or already
-    /// resolved.
+    /// Resolves a queued ticket (the workers' seam) as ordered or rejected. Returns false if
+    /// unknown, already resolved, or `state` is `Queued` (not a resolution).
     pub fn resolve(&self, id: &str, state: TicketState) -> bool {
+        if state == TicketState::Queued {
+            return false;
+        }
         let mut b = self.lock();
         match b.tickets.get_mut(id) {
             Some(t) if t.state == TicketState::Queued => {
@@ -159,6 +162,14 @@ mod tests {
             }
         ));
         assert!(!book.resolve("t0", TicketState::Queued), "resolved once");
+        assert!(
+            !book.resolve("t2", TicketState::Queued),
+            "queued is no resolution"
+        );
+        assert!(
+            !book.resolve("t0", TicketState::Rejected { reason: "y".into() }),
+            "resolved once"
+        );
         assert!(book.has_room());
         book.insert("t3".into(), queued(3));
         // t1 was resolved first: it goes; t0 (resolved later) and the queued t2 stay.

@@ -838,6 +838,8 @@ struct GatedQueue {
     fail: std::sync::atomic::AtomicBool,
     /// Fail as a lost broker connection would (the message may or may not be stored).
     ambiguous: std::sync::atomic::AtomicBool,
+    /// Fail the next publish that way only, then go on as the other flags say.
+    ambiguous_once: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -845,11 +847,20 @@ impl Queue for GatedQueue {
     async fn publish(&self, topic: &str, m: queue::Message) -> queue::Result<queue::Confirm> {
         self.entered.add_permits(1);
         let _ = self.go.acquire().await.map(|p| p.forget());
-        if self.ambiguous.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.ambiguous.load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .ambiguous_once
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
             return Err(queue::Error::Connection("lost".into()));
         }
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(queue::Error::Closed);
+            // A definite refusal: nothing stored.
+            return Err(queue::Error::Full {
+                topic: topic.into(),
+                what: "messages",
+                limit: 0,
+            });
         }
         self.inner.publish(topic, m).await
     }
@@ -935,6 +946,7 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
         go: tokio::sync::Semaphore::new(0),
         fail: std::sync::atomic::AtomicBool::new(false),
         ambiguous: std::sync::atomic::AtomicBool::new(false),
+        ambiguous_once: std::sync::atomic::AtomicBool::new(false),
     });
     let mut config = base.state.config.clone();
     config.load_test_secret = Some(LOAD_TEST.into());
@@ -1027,8 +1039,28 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     let unknown = post(carol, token_of(&v)).await;
     assert!(unknown.starts_with("HTTP/1.1 503"), "{unknown}");
     assert!(unknown.contains("outcome_unknown"), "{unknown}");
+    assert!(
+        unknown.contains("\"ticket\""),
+        "the ticket to follow: {unknown}"
+    );
     let stock = state.inventory.store().stock(1).await.expect("stock");
     assert_eq!(stock.map(|s| (s.left, s.holders)), Some((2, 3)));
+    // A first attempt that may have stored the message, then a definite refusal: still
+    // unknown, and the unit stays held (releasing it could sell it twice).
+    gated
+        .ambiguous
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    gated
+        .ambiguous_once
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    gated.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let dave = t.login("dave").await;
+    let (_, v) = t.token_load_test(&dave, 1).await;
+    let unknown = post(dave, token_of(&v)).await;
+    assert!(unknown.starts_with("HTTP/1.1 503"), "{unknown}");
+    assert!(unknown.contains("outcome_unknown"), "{unknown}");
+    let stock = state.inventory.store().stock(1).await.expect("stock");
+    assert_eq!(stock.map(|s| (s.left, s.holders)), Some((1, 4)));
     let _ = stop_tx.send(());
     server.await.expect("join").expect("serve");
 }
