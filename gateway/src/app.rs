@@ -49,6 +49,10 @@ pub struct GatewayConfig {
     pub load_test_secret: Option<String>,
     /// Bearer secret of the admin API.
     pub admin_secret: String,
+    /// How long a purchase request waits for its durable enqueue before it answers
+    /// `503 outcome_unknown` with its ticket (the purchase goes on and the ticket tells how
+    /// it ended). Keep it below the request timeout.
+    pub purchase_wait_ms: u64,
 }
 
 impl GatewayConfig {
@@ -62,6 +66,7 @@ impl GatewayConfig {
             session_ttl_ms: 24 * 3600 * 1000,
             load_test_secret: None,
             admin_secret: admin_secret.into(),
+            purchase_wait_ms: 4_000,
         }
     }
 }
@@ -73,6 +78,8 @@ pub struct GatewayMetrics {
     pub accepted: AtomicU64,
     /// Refused: sold out.
     pub sold_out: AtomicU64,
+    /// Refused: every purchase token of the sale is live.
+    pub tokens_exhausted: AtomicU64,
     /// Refused: already bought.
     pub already_bought: AtomicU64,
     /// Refused: throttled.
@@ -523,7 +530,10 @@ async fn new_token(
     }
     let cap = token_cap(left, state.config.token_factor);
     let exhausted = || {
-        state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics
+            .tokens_exhausted
+            .fetch_add(1, Ordering::Relaxed);
         ApiError::new(
             StatusCode::GONE,
             "tokens_exhausted",
@@ -632,11 +642,34 @@ async fn purchase(
     let task_state = state.clone();
     let task_user = user.clone();
     let price_cents = sale.price_cents;
-    let outcome = tokio::spawn(async move {
-        commit_purchase(&task_state, id, task_user, verified, price_cents, now).await
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    // The ticket is the request id and the message id: a retried publish is de-duplicated.
+    let ticket = uuid::Uuid::now_v7();
+    let commit = tokio::spawn(async move {
+        commit_purchase(
+            &task_state,
+            id,
+            task_user,
+            verified,
+            ticket,
+            price_cents,
+            now,
+        )
+        .await
+    });
+    let wait = Duration::from_millis(state.config.purchase_wait_ms.max(1));
+    let outcome = match tokio::time::timeout(wait, commit).await {
+        Ok(joined) => joined.map_err(ApiError::internal)??,
+        Err(_) => {
+            // The enqueue is slow (a slow disk or broker); it goes on without us.
+            m.unavailable.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::unavailable(
+                "outcome_unknown",
+                "the purchase is still being queued; follow its ticket",
+                1000,
+            )
+            .with_ticket(ticket.to_string()));
+        }
+    };
     let (ticket, confirm) = outcome;
     let position = position(&state, confirm.offset).await;
     Ok((
@@ -672,6 +705,7 @@ async fn commit_purchase(
     id: u64,
     user: String,
     token: Verified,
+    ticket: uuid::Uuid,
     price_cents: u64,
     now: u64,
 ) -> ApiResult<(uuid::Uuid, queue::Confirm)> {
@@ -699,8 +733,6 @@ async fn commit_purchase(
             1000,
         ));
     }
-    // The ticket is the request id and the message id: a retried publish is de-duplicated.
-    let ticket = uuid::Uuid::now_v7();
     let payload = serde_json::to_vec(&PurchaseMessage {
         ticket: &ticket.to_string(),
         sale: id,
@@ -821,6 +853,8 @@ struct PurchaseMessage<'a> {
 
 /// How long a place-in-line figure may use the workers' progress as last read.
 pub const LINE_REFRESH_MS: u64 = 100;
+/// Longest wait for the workers' progress; past it the position is left out (`null`).
+pub const LINE_STATS_TIMEOUT_MS: u64 = 200;
 
 /// The workers' progress through the orders topic (their group's low watermark, or the
 /// log's start before they have one), re-read from the queue at most every
@@ -845,8 +879,13 @@ async fn position(state: &AppState, offset: u64) -> Option<u64> {
             .compare_exchange(read_at, now, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     {
-        match state.queue.stats(&state.config.orders_topic).await {
-            Ok(stats) => {
+        let stats = tokio::time::timeout(
+            Duration::from_millis(LINE_STATS_TIMEOUT_MS),
+            state.queue.stats(&state.config.orders_topic),
+        )
+        .await;
+        match stats {
+            Ok(Ok(stats)) => {
                 let done = stats
                     .groups
                     .iter()
@@ -854,7 +893,7 @@ async fn position(state: &AppState, offset: u64) -> Option<u64> {
                     .map_or(stats.log_start, |g| g.low_watermark);
                 line.done.fetch_max(done, Ordering::AcqRel);
             }
-            Err(_) => {
+            Ok(Err(_)) | Err(_) => {
                 line.read_at_ms.store(read_at, Ordering::Release);
                 return None;
             }
@@ -955,6 +994,7 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     let outcomes = [
         ("accepted", &m.accepted),
         ("sold_out", &m.sold_out),
+        ("tokens_exhausted", &m.tokens_exhausted),
         ("already_bought", &m.already_bought),
         ("throttled", &m.throttled),
         ("bad_token", &m.bad_token),

@@ -125,6 +125,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let mut config = GatewayConfig::new(admin_secret);
     config.token_factor = args.token_factor;
     config.load_test_secret = args.load_test_secret.clone();
+    // A purchase answers (outcome_unknown, with its ticket) before the request timeout.
+    config.purchase_wait_ms = args.request_timeout_ms.saturating_mul(4) / 5;
     let mut state = AppState::new(
         config,
         Inventory::new(store, Duration::from_millis(1000)),

@@ -63,6 +63,7 @@ async fn spawn_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
 fn test_app_with(token_factor: f64, throttle: ThrottleConfig, load_test: Option<&str>) -> TestApp {
     test_app_on(
         Box::new(MemoryStore::new()),
+        None,
         token_factor,
         throttle,
         load_test,
@@ -71,6 +72,7 @@ fn test_app_with(token_factor: f64, throttle: ThrottleConfig, load_test: Option<
 
 fn test_app_on(
     store: Box<dyn inventory::StockStore>,
+    ledger: Option<Arc<dyn gateway::ledger::TokenLedger>>,
     token_factor: f64,
     throttle: ThrottleConfig,
     load_test: Option<&str>,
@@ -80,17 +82,19 @@ fn test_app_on(
     let mut config = GatewayConfig::new(ADMIN);
     config.token_factor = token_factor;
     config.load_test_secret = load_test.map(String::from);
-    let state = Arc::new(
-        AppState::new(
-            config,
-            Inventory::new(store, Duration::from_millis(200)),
-            engine.clone(),
-            SessionKey::generate(),
-            TokenKey::generate(),
-            throttle,
-        )
-        .expect("state"),
-    );
+    let mut state = AppState::new(
+        config,
+        Inventory::new(store, Duration::from_millis(200)),
+        engine.clone(),
+        SessionKey::generate(),
+        TokenKey::generate(),
+        throttle,
+    )
+    .expect("state");
+    if let Some(ledger) = ledger {
+        state.ledger = ledger;
+    }
+    let state = Arc::new(state);
     TestApp {
         state,
         engine,
@@ -565,7 +569,11 @@ async fn the_token_budget_follows_the_units_left() {
         t.purchase(&alice, 1, &alice_token).await.0,
         StatusCode::ACCEPTED
     );
-    assert_eq!(t.token_load_test(&carol, 1).await.0, StatusCode::GONE);
+    let (s, v) = t.token_load_test(&carol, 1).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::GONE, Some("tokens_exhausted"))
+    );
     // Alice's unit comes back (her order was cancelled): room for carol, whose captcha
     // was kept.
     t.state
@@ -707,8 +715,11 @@ async fn a_flash_crowd_gets_exactly_the_units_on_sale_with_redis() {
         }
     };
     let store = Arc::new(store);
+    // The token ledger in Redis too, as the binary sets it up with a Redis store.
+    let ledger = Arc::new(gateway::ledger::RedisLedger::beside(&store));
     let t = test_app_on(
         Box::new(store.clone()),
+        Some(ledger.clone()),
         100.0,
         test_throttle(),
         Some(LOAD_TEST),
@@ -717,6 +728,7 @@ async fn a_flash_crowd_gets_exactly_the_units_on_sale_with_redis() {
     .await;
     flash_crowd(t).await;
     store.forget(7).await.expect("clean up");
+    ledger.forget(7).await.expect("clean up");
 }
 
 async fn flash_crowd(t: TestApp) {
@@ -934,40 +946,95 @@ impl Queue for GatedQueue {
     }
 }
 
-/// Over a real socket: with one request allowed in flight, a second one is shed at once
-/// (503 + Retry-After) while the first waits for its enqueue; and an enqueue that fails
-/// answers 503 and puts the unit back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
-    let base = test_app(1.5, test_throttle());
+/// A gateway (oneshot transport) on a [`GatedQueue`] over a fresh engine; `adjust` may
+/// change the configuration first.
+fn gated_app(adjust: impl FnOnce(&mut GatewayConfig)) -> (TestApp, Arc<GatedQueue>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
     let gated = Arc::new(GatedQueue {
-        inner: base.engine.clone(),
+        inner: engine.clone(),
         entered: tokio::sync::Semaphore::new(0),
         go: tokio::sync::Semaphore::new(0),
         fail: std::sync::atomic::AtomicBool::new(false),
         ambiguous: std::sync::atomic::AtomicBool::new(false),
         ambiguous_once: std::sync::atomic::AtomicBool::new(false),
     });
-    let mut config = base.state.config.clone();
+    let mut config = GatewayConfig::new(ADMIN);
     config.load_test_secret = Some(LOAD_TEST.into());
-    let state = Arc::new(
-        AppState::new(
-            config,
-            Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
-            gated.clone(),
-            SessionKey::generate(),
-            TokenKey::generate(),
-            test_throttle(),
-        )
-        .expect("state"),
-    );
+    adjust(&mut config);
+    let state = AppState::new(
+        config,
+        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+        gated.clone(),
+        SessionKey::generate(),
+        TokenKey::generate(),
+        test_throttle(),
+    )
+    .expect("state");
     let t = TestApp {
-        state: state.clone(),
-        engine: base.engine.clone(),
+        state: Arc::new(state),
+        engine,
         limits: ServeLimits::default(),
         served: None,
-        _dir: tempfile::tempdir().expect("tempdir"),
+        _dir: dir,
     };
+    (t, gated)
+}
+
+/// A purchase whose enqueue is slower than the purchase wait answers 503 outcome_unknown
+/// with its ticket at once; the purchase goes on, and the ticket then says it is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_enqueue_answers_with_a_ticket_to_follow() {
+    let (t, gated) = gated_app(|c| c.purchase_wait_ms = 100);
+    t.create_sale(1, 5, 0).await;
+    let ann = t.login("ann").await;
+    let (_, v) = t.token_load_test(&ann, 1).await;
+    let (s, v) = t.purchase(&ann, 1, &token_of(&v)).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("outcome_unknown")),
+        "{v}"
+    );
+    let ticket = v["ticket"]
+        .as_str()
+        .expect("a ticket to follow")
+        .to_string();
+    let get = || {
+        Request::get(format!("/api/tickets/{ticket}"))
+            .body(Body::empty())
+            .expect("r")
+    };
+    assert_eq!(
+        t.call(get()).await.0,
+        StatusCode::NOT_FOUND,
+        "not queued yet"
+    );
+    // The enqueue completes: the ticket is recorded as queued, the unit held once.
+    gated.go.add_permits(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, _, v) = t.call(get()).await;
+        if s == StatusCode::OK {
+            assert_eq!(v["state"], "queued", "{v}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ticket never appeared"
+        );
+        tokio::task::yield_now().await;
+    }
+    let stock = t.state.inventory.store().stock(1).await.expect("stock");
+    assert_eq!(stock.map(|s| (s.left, s.holders)), Some((4, 1)));
+}
+
+/// Over a real socket: with one request allowed in flight, a second one is shed at once
+/// (503 + Retry-After) while the first waits for its enqueue; and an enqueue that fails
+/// answers 503 and puts the unit back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
+    let (t, gated) = gated_app(|_| {});
+    let state = t.state.clone();
     t.create_sale(1, 5, 0).await;
     let alice = t.login("alice").await;
     let bob = t.login("bob").await;
