@@ -182,6 +182,61 @@ pub struct AppState {
     pub metrics: GatewayMetrics,
     /// The workers' progress, for places in line.
     pub line: LineProgress,
+    /// Purchases past their reservation, still running.
+    pub commits: Commits,
+}
+
+/// Purchases past their reservation whose task is still running (its request may be gone),
+/// counted so that shutdown can wait for them before it closes the queue: a purchase cut
+/// off between its reservation and its enqueue would hold a unit until reconciliation.
+#[derive(Debug, Default)]
+pub struct Commits {
+    running: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One running purchase, counted in [`Commits`] until dropped.
+#[derive(Debug)]
+pub struct Running(Shared);
+
+impl Running {
+    /// Counts one more running purchase of `state`.
+    pub fn enter(state: &Shared) -> Running {
+        state.commits.running.fetch_add(1, Ordering::AcqRel);
+        Running(state.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.commits.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.commits.idle.notify_waiters();
+        }
+    }
+}
+
+impl Commits {
+    /// Purchases running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Waits until no purchase is running, at most `timeout`; whether none is.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the count is read, so a notification in between is kept.
+            idle.as_mut().enable();
+            if self.running() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.running() == 0;
+            }
+        }
+    }
 }
 
 /// Why [`AppState::new`] failed.
@@ -223,6 +278,7 @@ impl AppState {
             tickets: TicketBook::default(),
             metrics: GatewayMetrics::default(),
             line: LineProgress::default(),
+            commits: Commits::default(),
         })
     }
 }
@@ -644,7 +700,9 @@ async fn purchase(
     let price_cents = sale.price_cents;
     // The ticket is the request id and the message id: a retried publish is de-duplicated.
     let ticket = uuid::Uuid::now_v7();
+    let running = Running::enter(&state);
     let commit = tokio::spawn(async move {
+        let _running = running;
         commit_purchase(
             &task_state,
             id,

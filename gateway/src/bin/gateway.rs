@@ -62,6 +62,9 @@ struct Args {
     body_limit_bytes: usize,
 }
 
+/// Longest wait at shutdown for purchases past their reservation.
+const SHUTDOWN_COMMITS_WAIT: Duration = Duration::from_secs(30);
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn hex32(s: &str) -> Result<[u8; 32], BoxError> {
@@ -163,7 +166,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         request_timeout_ms: args.request_timeout_ms,
         body_limit_bytes: args.body_limit_bytes,
     };
-    gateway::app::serve(listener, state, limits, async {
+    gateway::app::serve(listener, state.clone(), limits, async {
         let term = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(mut s) => {
@@ -178,6 +181,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
     })
     .await?;
+    // Purchases whose requests are gone may still be between reservation and enqueue:
+    // let them finish before the queue closes.
+    if !state.commits.drain(SHUTDOWN_COMMITS_WAIT).await {
+        eprintln!(
+            "gateway: {} purchases still running at shutdown; reconciliation will settle their units",
+            state.commits.running()
+        );
+    }
     backend.close()?;
     println!("gateway: stopped cleanly");
     Ok(())
