@@ -26,7 +26,7 @@ use crate::sales::{Catalogue, Sale, SaleState};
 use crate::session::SessionKey;
 use crate::throttle::{Route, Throttle, Throttled};
 use crate::tickets::{Ticket, TicketBook, TicketState};
-use crate::token::{TokenError, TokenKey, Verified, token_cap};
+use crate::token::{TokenError, TokenKey, Verified, holder_of, token_cap};
 
 /// Header that lets load-test requests skip the captcha when load-test mode is on.
 pub const LOAD_TEST_HEADER: &str = "x-load-test-secret";
@@ -597,12 +597,11 @@ async fn new_token(
         )
         .retry_after_ms(state.config.token_ttl_ms.min(60_000))
     };
-    if state
+    if !state
         .ledger
-        .live(id, now)
+        .room(id, holder_of(&user), cap, now)
         .await
         .map_err(ledger_unavailable)?
-        >= cap
     {
         return Err(exhausted());
     }
@@ -621,7 +620,7 @@ async fn new_token(
     let (token, nonce) = state.tokens.issue(&user, id, expires_at_ms);
     if !state
         .ledger
-        .issue(id, nonce, expires_at_ms, cap, now)
+        .issue(id, holder_of(&user), nonce, expires_at_ms, cap, now)
         .await
         .map_err(ledger_unavailable)?
     {
@@ -681,7 +680,7 @@ async fn purchase(
         })?;
     if !state
         .ledger
-        .spend(id, verified.nonce, now)
+        .spend(id, verified.holder, verified.nonce, now)
         .await
         .map_err(ledger_unavailable)?
     {
@@ -772,7 +771,7 @@ async fn commit_purchase(
     let restore_token = || async {
         match state
             .ledger
-            .restore(id, token.nonce, token.expires_at_ms, now_ms())
+            .restore(id, token.holder, token.nonce, token.expires_at_ms, now_ms())
             .await
         {
             Ok(()) => {

@@ -71,13 +71,20 @@ pub enum TokenError {
     Reused,
 }
 
-/// What a valid token says, for [`UsedNonces::spend`].
+/// What a valid token says, for the ledger ([`crate::ledger::TokenLedger::spend`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verified {
     /// The token's random nonce: its identity for single use.
     pub nonce: u128,
     /// When the token expires (ms since the Unix epoch).
     pub expires_at_ms: u64,
+    /// Its holder's key in the ledger ([`holder_of`] the user).
+    pub holder: u128,
+}
+
+/// The ledger key of `user`: 128 bits of SHA-256 of the user id (the digest tokens carry).
+pub fn holder_of(user: &str) -> u128 {
+    u128::from_be_bytes(user_digest(user))
 }
 
 /// The secret that issues and verifies purchase tokens.
@@ -143,7 +150,7 @@ impl TokenKey {
 
     /// Checks that `token` was issued by this key to `user` for `sale` and has not expired
     /// at `now_ms`. The tag is checked first, in constant time; the fields only after it.
-    /// Single use is [`UsedNonces::spend`]'s job.
+    /// Single use is the ledger's job ([`crate::ledger`]).
     ///
     /// # Errors
     /// [`TokenError::Malformed`], [`TokenError::BadSignature`], [`TokenError::WrongUser`],
@@ -178,7 +185,8 @@ impl TokenKey {
         let expires_at_ms = u64::from_be_bytes(be_array(&body[1..9]));
         let token_sale = u64::from_be_bytes(be_array(&body[9..17]));
         let nonce = u128::from_be_bytes(be_array(&body[17..33]));
-        if !bool::from(body[33..BODY_BYTES].ct_eq(&user_digest(user))) {
+        let digest = user_digest(user);
+        if !bool::from(body[33..BODY_BYTES].ct_eq(&digest)) {
             return Err(TokenError::WrongUser);
         }
         if token_sale != sale {
@@ -190,6 +198,7 @@ impl TokenKey {
         Ok(Verified {
             nonce,
             expires_at_ms,
+            holder: u128::from_be_bytes(digest),
         })
     }
 
@@ -245,7 +254,8 @@ mod tests {
             k.verify(&t, "alice", SALE, NOW),
             Ok(Verified {
                 nonce,
-                expires_at_ms: NOW + 60_000
+                expires_at_ms: NOW + 60_000,
+                holder: holder_of("alice"),
             })
         );
         let (t2, nonce2) = k.issue("alice", SALE, NOW + 60_000);

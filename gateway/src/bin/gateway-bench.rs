@@ -35,7 +35,7 @@ use gateway::loadgen::{LoadResult, LoadSpec, closed_loop, request};
 use gateway::sales::Sale;
 use gateway::session::{SESSION_COOKIE_NAME, SessionKey};
 use gateway::throttle::ThrottleConfig;
-use gateway::token::TokenKey;
+use gateway::token::{TokenKey, holder_of};
 use http_body_util::Full;
 use hyper::Request;
 use hyper::header::HeaderValue;
@@ -184,7 +184,9 @@ impl Mint {
         let (token, nonce) = self.tokens.issue(user, sale, exp);
         // Recorded live as the token step would (also for the sold-out sale: once a second
         // the flag is re-checked against the store by one request that gets that far).
-        let _ = self.ledger.issue_now(sale, nonce, exp, u64::MAX, now_ms());
+        let _ = self
+            .ledger
+            .issue_now(sale, holder_of(user), nonce, exp, u64::MAX, now_ms());
         (
             HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static("")),
             Bytes::from(json!({ "token": token }).to_string()),

@@ -545,7 +545,17 @@ async fn the_token_budget_follows_the_units_left() {
     let (s, v) = t.token_load_test(&alice, 1).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let alice_token = token_of(&v);
+    let (s, v) = t.token_load_test(&bob, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let bob_first = token_of(&v);
+    // Asking again replaces bob's token without taking a second place; the first one is void.
     assert_eq!(t.token_load_test(&bob, 1).await.0, StatusCode::OK);
+    let (s, v) = t.purchase(&bob, 1, &bob_first).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("bad_token")),
+        "a replaced token"
+    );
     // Two units, two live tokens: carol is refused before her captcha is looked at.
     let id = t
         .state
@@ -764,6 +774,9 @@ async fn flash_crowd(t: TestApp) {
                         }
                         StatusCode::GONE | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS => {
                         }
+                        // The same user clicking in another task got a newer token, which
+                        // replaced this one (one live token per user and sale).
+                        StatusCode::FORBIDDEN if v["error"] == "bad_token" => {}
                         other => panic!("purchase: {other} {v}"),
                     }
                 }
