@@ -308,6 +308,13 @@ fn routes(state: Shared) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .with_state(state)
 }
 
@@ -338,6 +345,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
                 .get::<ConnectInfo<SocketAddr>>()
                 .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.0.ip()),
         ))
+    }
+}
+
+/// A sale id from the path; anything but a decimal `u64` is a JSON `404 not_found`.
+#[derive(Debug, Clone, Copy)]
+pub struct SaleIdPath(pub u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for SaleIdPath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<u64>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(SaleIdPath(id)),
+            Err(_) => Err(ApiError::not_found("no such sale (a sale id is a number)")),
+        }
     }
 }
 
@@ -495,7 +516,10 @@ async fn list_sales(State(state): State<Shared>) -> Json<Value> {
     Json(json!({"sales": out, "server_time_ms": now}))
 }
 
-async fn get_sale(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult<Json<Value>> {
+async fn get_sale(
+    State(state): State<Shared>,
+    SaleIdPath(id): SaleIdPath,
+) -> ApiResult<Json<Value>> {
     let sale = sale_or_404(&state, id)?;
     Ok(Json(sale_json(&state, &sale, now_ms()).await))
 }
@@ -503,7 +527,7 @@ async fn get_sale(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult
 async fn new_captcha(
     State(state): State<Shared>,
     ClientIp(ip): ClientIp,
-    Path(id): Path<u64>,
+    SaleIdPath(id): SaleIdPath,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let user = session_user(&state, &headers)?;
@@ -552,7 +576,7 @@ fn load_test_ok(state: &AppState, headers: &HeaderMap) -> bool {
 async fn new_token(
     State(state): State<Shared>,
     ClientIp(ip): ClientIp,
-    Path(id): Path<u64>,
+    SaleIdPath(id): SaleIdPath,
     headers: HeaderMap,
     SessionUser(user): SessionUser,
     JsonBody(body): JsonBody<TokenBody>,
@@ -640,7 +664,7 @@ struct PurchaseBody {
 async fn purchase(
     State(state): State<Shared>,
     ClientIp(ip): ClientIp,
-    Path(id): Path<u64>,
+    SaleIdPath(id): SaleIdPath,
     req: axum::extract::Request,
 ) -> ApiResult<Response> {
     let m = &state.metrics;
@@ -961,8 +985,11 @@ async fn position(state: &AppState, offset: u64) -> Option<u64> {
 
 async fn get_ticket(
     State(state): State<Shared>,
-    Path(ticket): Path<String>,
+    ticket: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> ApiResult<Json<Value>> {
+    let Ok(Path(ticket)) = ticket else {
+        return Err(ApiError::not_found("no such ticket"));
+    };
     let t = state
         .tickets
         .get(&ticket)

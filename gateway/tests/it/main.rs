@@ -504,6 +504,32 @@ async fn refusals_have_the_right_status_and_a_json_error() {
     // Unknown sale and admin without the secret.
     let (s, _) = t.post("/api/sales/99/token", Some(&alice), json!({})).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // Malformed paths and wrong methods get JSON errors too.
+    for uri in [
+        "/api/sales/abc",
+        "/api/sales/99999999999999999999999",
+        "/api/tickets/%FF",
+    ] {
+        let (s, _, v) = t
+            .call(Request::get(uri).body(Body::empty()).expect("r"))
+            .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found")),
+            "{uri}: {v}"
+        );
+    }
+    let (s, _, v) = t
+        .call(
+            Request::delete("/api/sales")
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
     let (s, v) = t.post("/admin/api/sales", None, json!({"id": 9})).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
 }
