@@ -702,22 +702,10 @@ async fn purchase(
             m.bad_token.fetch_add(1, Ordering::Relaxed);
             ApiError::new(StatusCode::FORBIDDEN, "bad_token", e.to_string())
         })?;
-    if !state
-        .ledger
-        .spend(id, verified.holder, verified.nonce, now)
-        .await
-        .map_err(ledger_unavailable)?
-    {
-        m.bad_token.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bad_token",
-            TokenError::Reused.to_string(),
-        ));
-    }
-    // From the reservation on, the purchase runs as its own task: if the request is cut
-    // short (its timeout, or the client goes away) it still ends with the unit either
-    // queued (and its ticket recorded) or released, never held by nobody.
+    // From the token spend on, the purchase runs as its own task: if the request is cut
+    // short (its timeout, or the client goes away) it still ends with the token spent and
+    // the unit queued (its ticket recorded), or with both given back; never a token spent
+    // for nothing or a unit held by nobody.
     let task_state = state.clone();
     let task_user = user.clone();
     let price_cents = sale.price_cents;
@@ -805,13 +793,26 @@ async fn commit_purchase(
         }
     };
     if !state.tickets.has_room() {
-        // Every ticket this gateway remembers is still queued: refuse rather than forget one.
-        restore_token().await;
+        // Every ticket this gateway remembers is still queued: refuse rather than forget one
+        // (before the token is spent, so the buyer keeps it).
         m.unavailable.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::unavailable(
             "busy",
             "too many purchases waiting for the order workers; try again shortly",
             1000,
+        ));
+    }
+    if !state
+        .ledger
+        .spend(id, token.holder, token.nonce, now)
+        .await
+        .map_err(ledger_unavailable)?
+    {
+        m.bad_token.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_token",
+            TokenError::Reused.to_string(),
         ));
     }
     let payload = serde_json::to_vec(&PurchaseMessage {
