@@ -767,6 +767,55 @@ async fn a_flash_crowd_gets_exactly_the_units_on_sale_with_redis() {
     ledger.forget(7).await.expect("clean up");
 }
 
+/// The same flash crowd with the queue behind a broker (`queue::Server` on a loopback
+/// port, reached through `queue::Client`): purchases travel as pipelined `publish_each`
+/// frames, and the audit reads the broker's engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_crowd_through_the_broker_gets_exactly_the_units_on_sale() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let server = queue::Server::new(engine.clone(), queue::ServerConfig::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let broker = tokio::spawn(async move {
+        server
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let client = queue::Client::connect(queue::ClientConfig::new(&addr))
+        .await
+        .expect("connect to the broker");
+    let mut config = GatewayConfig::new(ADMIN);
+    config.token_factor = 100.0;
+    config.load_test_secret = Some(LOAD_TEST.into());
+    let state = AppState::new(
+        config,
+        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+        Arc::new(client),
+        SessionKey::generate(),
+        TokenKey::generate(),
+        test_throttle(),
+    )
+    .expect("state");
+    let t = TestApp {
+        state: Arc::new(state),
+        engine,
+        limits: ServeLimits::default(),
+        served: None,
+        _dir: dir,
+    }
+    .on_port(patient())
+    .await;
+    flash_crowd(t).await;
+    let _ = stop.send(());
+    broker.await.expect("the broker task");
+}
+
 async fn flash_crowd(t: TestApp) {
     let t = Arc::new(t);
     t.create_sale(7, 500, 0).await;
