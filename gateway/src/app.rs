@@ -815,8 +815,9 @@ async fn commit_purchase(
             TokenError::Reused.to_string(),
         ));
     }
+    let ticket_id = ticket.to_string();
     let payload = serde_json::to_vec(&PurchaseMessage {
-        ticket: &ticket.to_string(),
+        ticket: &ticket_id,
         sale: id,
         user: &user,
         price_cents,
@@ -881,7 +882,7 @@ async fn commit_purchase(
                     ),
                     1000,
                 )
-                .with_ticket(ticket.to_string()));
+                .with_ticket(ticket_id));
             }
             Err(e) => {
                 // Definitely not queued: give the unit back before answering.
@@ -905,7 +906,7 @@ async fn commit_purchase(
     );
     m.accepted.fetch_add(1, Ordering::Relaxed);
     state.tickets.insert(
-        ticket.to_string(),
+        ticket_id,
         Ticket {
             sale: id,
             user,

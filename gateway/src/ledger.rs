@@ -188,16 +188,19 @@ impl MemoryLedger {
         if expires_at_ms <= now_ms {
             return Ok(false);
         }
-        let mut live = self.lock();
-        let s = live.sale(sale, now_ms);
-        let holds = s.by_holder.contains_key(&holder);
-        if !holds && s.by_holder.len() as u64 >= cap {
-            return Ok(false);
+        let mut guard = self.lock();
+        let live = &mut *guard;
+        let s = live.sales.entry(sale).or_default();
+        live.total -= s.purge(now_ms);
+        if !s.by_holder.contains_key(&holder) {
+            if s.by_holder.len() as u64 >= cap {
+                return Ok(false);
+            }
+            if live.total >= self.limit {
+                return Err(LedgerError::Full);
+            }
         }
-        if !holds && live.total >= self.limit {
-            return Err(LedgerError::Full);
-        }
-        if live.sale(sale, now_ms).put(holder, nonce, expires_at_ms) {
+        if s.put(holder, nonce, expires_at_ms) {
             live.total += 1;
         }
         Ok(true)

@@ -2,10 +2,12 @@
 //! attempts into at most one durable queue message per unit on sale, answering most
 //! refusals from memory.
 //!
-//! A purchase goes: valid session → valid purchase token → throttle → sold-out flag →
-//! single-use token spend → stock reservation (`inventory`) → durable publish to the queue
-//! (the ticket is the message id) → `202 {ticket, position}`; a failed publish releases the
-//! reservation and answers 503.
+//! A purchase goes: sale known, started, not flagged sold out (from memory) → valid session
+//! → throttle → valid purchase token → single-use spend in the token ledger → stock
+//! reservation (`inventory`) → durable publish to the queue (the ticket is the message id)
+//! → `202 {ticket, position}`. A publish refused for certain releases the reservation and
+//! answers 503; one that may have been stored keeps it and answers 503 `outcome_unknown`
+//! with the ticket.
 //!
 //! Modules:
 //! - [`app`]: the router, shared state and handlers.

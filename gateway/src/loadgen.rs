@@ -173,8 +173,6 @@ pub struct LoadResult {
     pub latency_us: Histogram<u64>,
     /// The measured period.
     pub measured: Duration,
-    /// Requests sent in all (warm-up included): how many request numbers were used.
-    pub sent: u64,
 }
 
 impl LoadResult {
@@ -197,7 +195,6 @@ impl LoadResult {
         }
         let _ = self.latency_us.add(&other.latency_us);
         self.measured += other.measured;
-        self.sent += other.sent;
     }
 
     /// Machine-readable summary.
@@ -293,7 +290,6 @@ where
         statuses: BTreeMap::new(),
         latency_us: new_histogram(),
         measured: spec.measure,
-        sent: 0,
     };
     for t in tasks {
         let (hist, statuses, requests, errors) =
@@ -305,6 +301,5 @@ where
         out.requests += requests;
         out.errors += errors;
     }
-    out.sent = next.load(Ordering::Relaxed);
     Ok(out)
 }

@@ -214,20 +214,35 @@ impl TestApp {
             .expect("a valid session")
     }
 
-    /// A token through a real captcha (its answer planted in the store, for this user and
-    /// sale).
-    async fn token_via_captcha(&self, cookie: &str, sale: u64) -> (StatusCode, Value) {
-        let id = self
-            .state
+    /// Plants a captcha as fetched by `user` for `sale`, with this answer; returns its id.
+    fn plant_captcha(&self, user: &str, sale: u64, answer: &str) -> String {
+        self.state
             .captchas
-            .insert_answer(&purpose(&self.user_of(cookie), sale), "AbCdE", now_ms())
-            .expect("captcha");
+            .insert_answer(&purpose(user, sale), answer, now_ms())
+            .expect("captcha")
+    }
+
+    /// Asks for a token of `sale` with captcha `id` answered `answer`.
+    async fn token_with_captcha(
+        &self,
+        cookie: &str,
+        sale: u64,
+        id: &str,
+        answer: &str,
+    ) -> (StatusCode, Value) {
         self.post(
             &format!("/api/sales/{sale}/token"),
             Some(cookie),
-            json!({"captcha_id": id, "answer": "abcde"}),
+            json!({"captcha_id": id, "answer": answer}),
         )
         .await
+    }
+
+    /// A token through a real captcha (its answer planted in the store, for this user and
+    /// sale).
+    async fn token_via_captcha(&self, cookie: &str, sale: u64) -> (StatusCode, Value) {
+        let id = self.plant_captcha(&self.user_of(cookie), sale, "AbCdE");
+        self.token_with_captcha(cookie, sale, &id, "abcde").await
     }
 
     /// A token in load-test mode (no captcha).
@@ -380,46 +395,20 @@ async fn refusals_have_the_right_status_and_a_json_error() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     // Wrong captcha answer: refused, and the captcha is used up.
-    let id = t
-        .state
-        .captchas
-        .insert_answer(&purpose("alice", 1), "right", now_ms())
-        .expect("captcha");
-    let (s, v) = t
-        .post(
-            "/api/sales/1/token",
-            Some(&alice),
-            json!({"captcha_id": id, "answer": "wrong"}),
-        )
-        .await;
+    let id = t.plant_captcha("alice", 1, "right");
+    let (s, v) = t.token_with_captcha(&alice, 1, &id, "wrong").await;
     assert_eq!(
         (s, v["error"].as_str()),
         (StatusCode::FORBIDDEN, Some("bad_captcha"))
     );
-    let (s, _) = t
-        .post(
-            "/api/sales/1/token",
-            Some(&alice),
-            json!({"captcha_id": id, "answer": "right"}),
-        )
-        .await;
+    let (s, _) = t.token_with_captcha(&alice, 1, &id, "right").await;
     assert_eq!(s, StatusCode::FORBIDDEN, "a captcha is single use");
     // A captcha fetched (and solved) for one user and sale is wrong for another user, and
     // for another sale (fresh users: the token route has a per-user quota).
     for (who, owner, sale) in [("dave", "alice", 1), ("erin", "erin", 2)] {
         let who = &t.login(who).await;
-        let id = t
-            .state
-            .captchas
-            .insert_answer(&purpose(owner, 1), "right", now_ms())
-            .expect("captcha");
-        let (s, v) = t
-            .post(
-                &format!("/api/sales/{sale}/token"),
-                Some(who),
-                json!({"captcha_id": id, "answer": "right"}),
-            )
-            .await;
+        let id = t.plant_captcha(owner, 1, "right");
+        let (s, v) = t.token_with_captcha(who, sale, &id, "right").await;
         assert_eq!(
             (s, v["error"].as_str()),
             (StatusCode::FORBIDDEN, Some("bad_captcha")),
@@ -583,18 +572,8 @@ async fn the_token_budget_follows_the_units_left() {
         "a replaced token"
     );
     // Two units, two live tokens: carol is refused before her captcha is looked at.
-    let id = t
-        .state
-        .captchas
-        .insert_answer(&purpose("carol", 1), "abcde", now_ms())
-        .expect("captcha");
-    let (s, v) = t
-        .post(
-            "/api/sales/1/token",
-            Some(&carol),
-            json!({"captcha_id": id, "answer": "abcde"}),
-        )
-        .await;
+    let id = t.plant_captcha("carol", 1, "abcde");
+    let (s, v) = t.token_with_captcha(&carol, 1, &id, "abcde").await;
     assert_eq!(
         (s, v["error"].as_str()),
         (StatusCode::GONE, Some("tokens_exhausted")),
@@ -617,13 +596,7 @@ async fn the_token_budget_follows_the_units_left() {
         .release(1, "alice")
         .await
         .expect("release");
-    let (s, v) = t
-        .post(
-            "/api/sales/1/token",
-            Some(&carol),
-            json!({"captcha_id": id, "answer": "abcde"}),
-        )
-        .await;
+    let (s, v) = t.token_with_captcha(&carol, 1, &id, "abcde").await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
 
