@@ -22,6 +22,8 @@ use tower::ServiceExt;
 
 const ADMIN: &str = "admin-secret";
 const LOAD_TEST: &str = "load-test-secret";
+/// The purchase wait of the test gateways: longer than any test request may take.
+const PURCHASE_WAIT_MS: u64 = 120_000;
 
 struct TestApp {
     state: Arc<AppState>,
@@ -82,6 +84,10 @@ fn test_app_on(
     let mut config = GatewayConfig::new(ADMIN);
     config.token_factor = token_factor;
     config.load_test_secret = load_test.map(String::from);
+    // Tests check outcomes, not latency: a purchase waits for its enqueue as long as its
+    // request may last (a debug build on two shared cores sometimes sees seconds-long
+    // fsync rounds); `a_slow_enqueue_answers_with_a_ticket_to_follow` tests the wait.
+    config.purchase_wait_ms = PURCHASE_WAIT_MS;
     let mut state = AppState::new(
         config,
         Inventory::new(store, Duration::from_millis(200)),
@@ -608,6 +614,7 @@ async fn a_book_full_of_queued_tickets_refuses_purchases_without_losing_any() {
     let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
     let mut config = GatewayConfig::new(ADMIN);
     config.load_test_secret = Some(LOAD_TEST.into());
+    config.purchase_wait_ms = PURCHASE_WAIT_MS;
     let mut state = AppState::new(
         config,
         Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
@@ -765,6 +772,7 @@ async fn a_flash_crowd_through_the_broker_gets_exactly_the_units_on_sale() {
         .expect("connect to the broker");
     let mut config = GatewayConfig::new(ADMIN);
     config.token_factor = 100.0;
+    config.purchase_wait_ms = PURCHASE_WAIT_MS;
     config.load_test_secret = Some(LOAD_TEST.into());
     let state = AppState::new(
         config,
@@ -1022,6 +1030,7 @@ fn gated_app(adjust: impl FnOnce(&mut GatewayConfig)) -> (TestApp, Arc<GatedQueu
     });
     let mut config = GatewayConfig::new(ADMIN);
     config.load_test_secret = Some(LOAD_TEST.into());
+    config.purchase_wait_ms = PURCHASE_WAIT_MS;
     adjust(&mut config);
     let state = AppState::new(
         config,
