@@ -1,0 +1,968 @@
+//! The orders database: sales, orders and the outcome of every purchase, in SQLite (the
+//! embedded default, WAL) or PostgreSQL, through sqlx with runtime-checked queries (the build
+//! needs no database). Both backends run the same statements (`$N` placeholders) and have
+//! their own migrations (`migrations/sqlite`, `migrations/postgres`), embedded in the binary.
+//!
+//! ## How a batch of purchases becomes orders ([`OrdersDb::decide_batch`])
+//!
+//! One transaction per batch (`BEGIN IMMEDIATE` in SQLite: one writer at a time; in
+//! PostgreSQL each sale's row is locked `FOR UPDATE`, sales in ascending id order):
+//!
+//! 1. the outcomes already recorded for the batch's tickets are read: a redelivered purchase
+//!    finds its decision and changes nothing;
+//! 2. per sale: purchases of users who already hold an active order (or appear earlier in the
+//!    batch) are rejected `already_bought`; the first `units_left` of the rest are granted,
+//!    the others rejected `sold_out`; a sale the database does not know rejects `no_such_sale`;
+//! 3. `units_left` drops by the units granted with a conditional update (`… WHERE units_left
+//!    >= granted`), the last guard against oversell whatever the gateway's cache said, and a
+//!    `CHECK (units_left >= 0)` behind it;
+//! 4. the orders and every outcome are inserted with multi-row statements.
+//!
+//! The constraints carry the invariants even if this code were wrong: one outcome per ticket
+//! (primary key), one order per request id (unique), one active order per (sale, user)
+//! (partial unique index), units left within `0..=units` (check).
+//!
+//! ## Locks
+//!
+//! Every transaction that changes a sale's active orders takes the sale's row first (in
+//! PostgreSQL `FOR UPDATE`, ascending sale ids), then the orders: batches and cancellations
+//! never deadlock each other. A payment touches one order row only.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+
+use crate::purchase::PurchaseMessage;
+
+/// Most purchases one [`OrdersDb::decide_batch`] takes (one transaction).
+pub const BATCH_MAX: usize = 5_000;
+/// Most rows one multi-row statement carries (bounded by the backends' parameter limits:
+/// 9 parameters a row stays far below SQLite's 32,766 and PostgreSQL's 65,535).
+pub const ROWS_PER_STATEMENT: usize = 500;
+/// Default pool size.
+pub const CONNECTIONS_DEFAULT: u32 = 8;
+/// Most connections a pool may be given.
+pub const CONNECTIONS_MAX: u32 = 64;
+/// Most sales [`OrdersDb::sales`] lists.
+pub const SALES_MAX: usize = 10_000;
+/// Most orders one cancellation transaction handles.
+pub const CANCEL_BATCH_MAX: usize = 5_000;
+/// The pay window of a sale that does not name one: ten minutes.
+pub const PAY_WINDOW_MS_DEFAULT: u64 = 10 * 60 * 1000;
+/// Longest sale name, bytes.
+pub const SALE_NAME_BYTES_MAX: usize = 200;
+/// How long a SQLite connection waits for the write lock before failing (busy timeout).
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Rejection reasons recorded in `outcomes.reason`.
+pub mod reason {
+    /// No unit left in the database.
+    pub const SOLD_OUT: &str = "sold_out";
+    /// The user already holds an active order of the sale (one per person).
+    pub const ALREADY_BOUGHT: &str = "already_bought";
+    /// The database does not know the sale.
+    pub const NO_SUCH_SALE: &str = "no_such_sale";
+}
+
+/// Everything a database operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The database or the driver failed.
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A caller-supplied argument is not acceptable.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The thing exists already.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A sale's units left changed under a batch that held its lock (must not happen; the
+    /// batch is rolled back and retried).
+    #[error("sale {0}: units left changed under the batch")]
+    Raced(u64),
+}
+
+impl DbError {
+    /// Whether retrying the same operation later may succeed: connection and pool trouble,
+    /// lock timeouts, serialization failures and deadlocks, and unique-key races between
+    /// workers (the retry finds the winner's outcome).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Sql(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(d) => {
+                    let code = d.code().unwrap_or_default();
+                    matches!(
+                        code.as_ref(),
+                        // PostgreSQL: serialization failure, deadlock, lock not available,
+                        // unique violation (a race), admin shutdown, too many connections.
+                        "40001" | "40P01" | "55P03" | "23505" | "57P01" | "53300"
+                        // SQLite: busy, locked (extended codes too), unique and primary key.
+                        | "5" | "6" | "261" | "517" | "262" | "2067" | "1555"
+                    )
+                }
+                _ => false,
+            },
+            DbError::Raced(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Result with [`DbError`].
+pub type DbResult<T> = Result<T, DbError>;
+
+/// Durability of SQLite commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteDurability {
+    /// `synchronous=FULL`: a commit is on disk when it returns (the WAL is fsynced). The
+    /// default: a worker acks purchases only after their orders are durable.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: commits survive a process crash, not a power loss.
+    Normal,
+}
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Pool size (at most [`CONNECTIONS_MAX`]).
+    pub max_connections: u32,
+    /// SQLite commit durability.
+    pub sqlite_durability: SqliteDurability,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            max_connections: CONNECTIONS_DEFAULT,
+            sqlite_durability: SqliteDurability::Full,
+        }
+    }
+}
+
+/// The orders database: a pool of either backend.
+#[derive(Debug, Clone)]
+pub enum OrdersDb {
+    /// SQLite (a file, WAL).
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to whichever pool `$db` holds (the body is compiled once
+/// per backend).
+macro_rules! on_db {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            OrdersDb::Sqlite($p) => $body,
+            OrdersDb::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Runs `$body` in a transaction `$tx` (committed if the body does not return early with
+/// an error); `$pg` tells the body which backend it runs on.
+macro_rules! in_tx {
+    ($db:expr, $tx:ident, $pg:ident => $body:block) => {
+        match $db {
+            OrdersDb::Sqlite(p) => {
+                #[allow(unused_variables)]
+                let $pg = false;
+                let mut $tx = p.begin_with("BEGIN IMMEDIATE").await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            OrdersDb::Postgres(p) => {
+                #[allow(unused_variables)]
+                let $pg = true;
+                let mut $tx = p.begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
+/// A sale as an admin defines it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSale {
+    /// Id (chosen by the admin).
+    pub id: u64,
+    /// What is sold (1..=[`SALE_NAME_BYTES_MAX`] bytes).
+    pub name: String,
+    /// Price in cents.
+    pub price_cents: u64,
+    /// Units on sale (1..=`inventory::UNITS_MAX`).
+    pub units: u64,
+    /// Start, ms since the Unix epoch.
+    pub starts_at_ms: u64,
+    /// How long a buyer has to pay, ms ([`PAY_WINDOW_MS_DEFAULT`] if absent).
+    #[serde(default)]
+    pub pay_window_ms: Option<u64>,
+}
+
+/// A sale as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sale {
+    /// Id.
+    pub id: u64,
+    /// What is sold.
+    pub name: String,
+    /// Price in cents.
+    pub price_cents: u64,
+    /// Units on sale.
+    pub units: u64,
+    /// Units not taken by an active order.
+    pub units_left: u64,
+    /// Start, ms since the Unix epoch.
+    pub starts_at_ms: u64,
+    /// How long a buyer has to pay, ms.
+    pub pay_window_ms: u64,
+}
+
+/// An order's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Waiting for payment until its pay-by time.
+    Pending,
+    /// Paid.
+    Paid,
+    /// Cancelled (unpaid at its pay-by time); its unit went back on sale.
+    Cancelled,
+}
+
+impl OrderStatus {
+    fn parse(s: &str) -> DbResult<OrderStatus> {
+        match s {
+            "pending" => Ok(OrderStatus::Pending),
+            "paid" => Ok(OrderStatus::Paid),
+            "cancelled" => Ok(OrderStatus::Cancelled),
+            other => Err(DbError::Invalid(format!("unknown order status {other:?}"))),
+        }
+    }
+}
+
+/// An order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Order {
+    /// Id (a UUID).
+    pub id: String,
+    /// The purchase's ticket (its request id).
+    pub ticket: String,
+    /// Sale.
+    pub sale: u64,
+    /// Buyer.
+    pub user: String,
+    /// Price, cents.
+    pub price_cents: u64,
+    /// Status.
+    pub status: OrderStatus,
+    /// Created, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Pay by this time or it is cancelled.
+    pub pay_by_ms: u64,
+    /// When it was paid.
+    pub paid_ms: Option<u64>,
+    /// When it was cancelled.
+    pub cancelled_ms: Option<u64>,
+}
+
+/// What became of a purchase, as the worker decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// An order was created.
+    Ordered {
+        /// The order.
+        order_id: String,
+        /// Its pay-by time.
+        pay_by_ms: u64,
+        /// Decided by this call (false: found from an earlier delivery).
+        fresh: bool,
+    },
+    /// Refused, with a reason from [`reason`].
+    Rejected {
+        /// Why.
+        reason: String,
+        /// Decided by this call.
+        fresh: bool,
+    },
+}
+
+impl Decision {
+    /// Whether this call made the decision (not a redelivery's look-up).
+    pub fn fresh(&self) -> bool {
+        match self {
+            Decision::Ordered { fresh, .. } | Decision::Rejected { fresh, .. } => *fresh,
+        }
+    }
+    fn stale(&self) -> Decision {
+        let mut d = self.clone();
+        match &mut d {
+            Decision::Ordered { fresh, .. } | Decision::Rejected { fresh, .. } => *fresh = false,
+        }
+        d
+    }
+}
+
+/// A purchase's recorded outcome (what `GET /api/tickets/{t}` reports once decided).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Sale.
+    pub sale: u64,
+    /// Buyer.
+    pub user: String,
+    /// `Some(order id)` if ordered.
+    pub order_id: Option<String>,
+    /// `Some(reason)` if rejected.
+    pub reason: Option<String>,
+}
+
+/// An order cancelled by [`OrdersDb::cancel_due`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled {
+    /// The order.
+    pub order_id: String,
+    /// Its sale.
+    pub sale: u64,
+    /// Its buyer (whose unit goes back on sale).
+    pub user: String,
+}
+
+/// What a payment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payment {
+    /// Pending → paid, now.
+    Paid(Order),
+    /// It was paid before (an idempotent repeat).
+    AlreadyPaid(Order),
+    /// Cancelled: the cancellation won.
+    Cancelled(Order),
+    /// Still pending but its pay-by time has passed: the cancellation will take it.
+    TooLate(Order),
+    /// No such order for this user.
+    NotFound,
+}
+
+/// Orders of a sale by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OrderCounts {
+    /// Pending.
+    pub pending: u64,
+    /// Paid.
+    pub paid: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
+impl OrderCounts {
+    /// Pending + paid.
+    pub fn active(&self) -> u64 {
+        self.pending + self.paid
+    }
+}
+
+fn to_i64(v: u64, what: &str) -> DbResult<i64> {
+    i64::try_from(v).map_err(|_| DbError::Invalid(format!("{what} out of range")))
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+struct NewOrder {
+    id: String,
+    ticket: String,
+    sale: i64,
+    user: String,
+    price_cents: i64,
+    pay_by_ms: i64,
+}
+
+struct NewOutcome<'a> {
+    ticket: &'a str,
+    sale: i64,
+    user: &'a str,
+    order_id: Option<String>,
+    reason: Option<&'static str>,
+}
+
+impl OrdersDb {
+    /// Opens `url` and brings its schema up to date: `sqlite:PATH` (created with its
+    /// directory if missing; WAL) or `postgres://…` / `postgresql://…`.
+    pub async fn connect(url: &str, options: &DbOptions) -> DbResult<OrdersDb> {
+        let max = options.max_connections.clamp(1, CONNECTIONS_MAX);
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await?;
+            OrdersDb::Postgres(pool)
+        } else if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() {
+                return Err(DbError::Invalid("sqlite: needs a file path".into()));
+            }
+            if let Some(dir) = std::path::Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| DbError::Invalid(format!("creating {}: {e}", dir.display())))?;
+            }
+            let opts = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(match options.sqlite_durability {
+                    SqliteDurability::Full => SqliteSynchronous::Full,
+                    SqliteDurability::Normal => SqliteSynchronous::Normal,
+                })
+                .foreign_keys(true)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await?;
+            OrdersDb::Sqlite(pool)
+        } else {
+            return Err(DbError::Invalid(format!(
+                "a database URL is sqlite:PATH or postgres://…, not {url:?}"
+            )));
+        };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> DbResult<()> {
+        match self {
+            OrdersDb::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
+            OrdersDb::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            OrdersDb::Sqlite(_) => "sqlite",
+            OrdersDb::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes the pool (waits for connections in use).
+    pub async fn close(&self) {
+        on_db!(self, p => p.close().await)
+    }
+
+    /// Creates a sale with all its units left. `Conflict` if the id is taken.
+    pub async fn create_sale(&self, sale: &NewSale, now_ms: u64) -> DbResult<Sale> {
+        if sale.name.is_empty() || sale.name.len() > SALE_NAME_BYTES_MAX {
+            return Err(DbError::Invalid(format!(
+                "a sale name is 1..={SALE_NAME_BYTES_MAX} bytes"
+            )));
+        }
+        if sale.units == 0 || sale.units > inventory::UNITS_MAX {
+            return Err(DbError::Invalid(format!(
+                "units must be 1..={}",
+                inventory::UNITS_MAX
+            )));
+        }
+        let window = sale.pay_window_ms.unwrap_or(PAY_WINDOW_MS_DEFAULT);
+        if window == 0 || window > 7 * 24 * 3600 * 1000 {
+            return Err(DbError::Invalid("pay_window_ms must be 1..=7 days".into()));
+        }
+        let (id, price, units, starts) = (
+            to_i64(sale.id, "sale id")?,
+            to_i64(sale.price_cents, "price")?,
+            to_i64(sale.units, "units")?,
+            to_i64(sale.starts_at_ms, "start")?,
+        );
+        let done = on_db!(self, p => sqlx::query(
+            "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING")
+            .bind(id).bind(&sale.name).bind(price).bind(units).bind(units).bind(starts)
+            .bind(to_i64(window, "pay window")?).bind(to_i64(now_ms, "now")?)
+            .execute(p).await?.rows_affected());
+        if done == 0 {
+            return Err(DbError::Conflict(format!("sale {} exists", sale.id)));
+        }
+        Ok(Sale {
+            id: sale.id,
+            name: sale.name.clone(),
+            price_cents: sale.price_cents,
+            units: sale.units,
+            units_left: sale.units,
+            starts_at_ms: sale.starts_at_ms,
+            pay_window_ms: window,
+        })
+    }
+
+    /// One sale.
+    pub async fn sale(&self, id: u64) -> DbResult<Option<Sale>> {
+        let id = to_i64(id, "sale id")?;
+        let row = on_db!(self, p => {
+            let r = sqlx::query(
+                "SELECT id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms FROM sales WHERE id = $1")
+                .bind(id).fetch_optional(p).await?;
+            r.map(|r| sale_of(&r)).transpose()?
+        });
+        Ok(row)
+    }
+
+    /// Sales by id (at most [`SALES_MAX`]).
+    pub async fn sales(&self) -> DbResult<Vec<Sale>> {
+        on_db!(self, p => {
+            let rows = sqlx::query(
+                "SELECT id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms FROM sales ORDER BY id LIMIT $1")
+                .bind(SALES_MAX as i64).fetch_all(p).await?;
+            rows.iter().map(|r| sale_of(r)).collect()
+        })
+    }
+
+    /// The users holding an active order of `sale` (the inventory's holders at rest).
+    pub async fn active_holders(&self, sale: u64) -> DbResult<Vec<String>> {
+        let sale = to_i64(sale, "sale id")?;
+        on_db!(self, p => {
+            let rows = sqlx::query(
+                "SELECT user_id FROM orders WHERE sale_id = $1 AND status <> 'cancelled'")
+                .bind(sale).fetch_all(p).await?;
+            rows.iter().map(|r| r.try_get::<String, _>(0).map_err(DbError::from)).collect()
+        })
+    }
+
+    /// Orders of `sale` by status.
+    pub async fn order_counts(&self, sale: u64) -> DbResult<OrderCounts> {
+        let sale = to_i64(sale, "sale id")?;
+        let rows: Vec<(String, i64)> = on_db!(self, p => {
+            let rows = sqlx::query(
+                "SELECT status, COUNT(*) FROM orders WHERE sale_id = $1 GROUP BY status")
+                .bind(sale).fetch_all(p).await?;
+            rows.iter().map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?))).collect::<DbResult<_>>()?
+        });
+        let mut c = OrderCounts::default();
+        for (status, n) in rows {
+            match OrderStatus::parse(&status)? {
+                OrderStatus::Pending => c.pending = to_u64(n),
+                OrderStatus::Paid => c.paid = to_u64(n),
+                OrderStatus::Cancelled => c.cancelled = to_u64(n),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Outcomes recorded for `sale`, ordered and rejected (audits and tests).
+    pub async fn outcome_counts(&self, sale: u64) -> DbResult<(u64, u64)> {
+        let sale = to_i64(sale, "sale id")?;
+        on_db!(self, p => {
+            let r = sqlx::query(
+                "SELECT COALESCE(SUM(CASE WHEN outcome = 'ordered' THEN 1 ELSE 0 END), 0), \
+                        COALESCE(SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END), 0) \
+                 FROM outcomes WHERE sale_id = $1")
+                .bind(sale).fetch_one(p).await?;
+            Ok((to_u64(r.try_get::<i64, _>(0)?), to_u64(r.try_get::<i64, _>(1)?)))
+        })
+    }
+
+    /// How a ticket ended, if a worker has decided it.
+    pub async fn outcome(&self, ticket: &str) -> DbResult<Option<Outcome>> {
+        on_db!(self, p => {
+            let r = sqlx::query(
+                "SELECT sale_id, user_id, order_id, reason FROM outcomes WHERE ticket = $1")
+                .bind(ticket).fetch_optional(p).await?;
+            match r {
+                None => Ok(None),
+                Some(r) => Ok(Some(Outcome {
+                    sale: to_u64(r.try_get::<i64, _>(0)?),
+                    user: r.try_get(1)?,
+                    order_id: r.try_get(2)?,
+                    reason: r.try_get(3)?,
+                })),
+            }
+        })
+    }
+
+    /// One order.
+    pub async fn order(&self, id: &str) -> DbResult<Option<Order>> {
+        on_db!(self, p => {
+            let r = sqlx::query(
+                "SELECT id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms, paid_ms, cancelled_ms \
+                 FROM orders WHERE id = $1")
+                .bind(id).fetch_optional(p).await?;
+            r.map(|r| order_of(&r)).transpose()
+        })
+    }
+
+    /// Decides a batch of purchases in one transaction (see the module docs); one decision
+    /// per purchase, in order. A ticket seen before (in an earlier transaction or earlier in
+    /// this batch) gets its recorded decision with `fresh: false` and changes nothing.
+    pub async fn decide_batch(
+        &self,
+        purchases: &[PurchaseMessage],
+        now_ms: u64,
+    ) -> DbResult<Vec<Decision>> {
+        if purchases.len() > BATCH_MAX {
+            return Err(DbError::Invalid(format!(
+                "at most {BATCH_MAX} purchases a batch"
+            )));
+        }
+        if purchases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = to_i64(now_ms, "now")?;
+        // The first occurrence of each ticket in the batch.
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(purchases.len());
+        for (i, p) in purchases.iter().enumerate() {
+            first.entry(p.ticket.as_str()).or_insert(i);
+        }
+        let tickets: Vec<&str> = first.keys().copied().collect();
+        let mut decided: Vec<Option<Decision>> = vec![None; purchases.len()];
+        in_tx!(self, tx, pg => {
+            // 1. Decisions recorded by earlier deliveries.
+            for chunk in tickets.chunks(ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new(
+                    "SELECT t.ticket, t.order_id, t.reason, o.pay_by_ms FROM outcomes t \
+                     LEFT JOIN orders o ON o.id = t.order_id WHERE t.ticket IN (");
+                let mut sep = qb.separated(", ");
+                for t in chunk {
+                    sep.push_bind(*t);
+                }
+                qb.push(")");
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    let ticket: String = r.try_get(0)?;
+                    let order_id: Option<String> = r.try_get(1)?;
+                    let reason: Option<String> = r.try_get(2)?;
+                    let pay_by: Option<i64> = r.try_get(3)?;
+                    let d = match (order_id, reason, pay_by) {
+                        (Some(order_id), _, Some(pay_by)) => Decision::Ordered {
+                            order_id,
+                            pay_by_ms: to_u64(pay_by),
+                            fresh: false,
+                        },
+                        (None, Some(reason), _) => Decision::Rejected { reason, fresh: false },
+                        _ => return Err(DbError::Invalid(format!("outcome of {ticket} is inconsistent"))),
+                    };
+                    if let Some(&i) = first.get(ticket.as_str()) {
+                        decided[i] = Some(d);
+                    }
+                }
+            }
+            // 2. New purchases, by sale (ascending: the lock order).
+            let mut by_sale: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            for (i, p) in purchases.iter().enumerate() {
+                if first.get(p.ticket.as_str()) == Some(&i) && decided[i].is_none() {
+                    by_sale.entry(p.sale).or_default().push(i);
+                }
+            }
+            let mut orders: Vec<NewOrder> = Vec::new();
+            let mut outcomes: Vec<NewOutcome<'_>> = Vec::new();
+            let mut rejected: Vec<(usize, &'static str)> = Vec::new();
+            for (sale, idxs) in &by_sale {
+                let sale_i = to_i64(*sale, "sale id")?;
+                let row = sqlx::query(if pg {
+                    "SELECT units_left, price_cents, pay_window_ms FROM sales WHERE id = $1 FOR UPDATE"
+                } else {
+                    "SELECT units_left, price_cents, pay_window_ms FROM sales WHERE id = $1"
+                })
+                .bind(sale_i)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    for &i in idxs {
+                        rejected.push((i, reason::NO_SUCH_SALE));
+                    }
+                    continue;
+                };
+                let left: i64 = row.try_get(0)?;
+                let price: i64 = row.try_get(1)?;
+                let window: i64 = row.try_get(2)?;
+                // One purchase per user and sale in the batch; later ones are repeats.
+                let mut users: HashSet<&str> = HashSet::new();
+                let mut candidates = Vec::with_capacity(idxs.len());
+                for &i in idxs {
+                    if users.insert(purchases[i].user.as_str()) {
+                        candidates.push(i);
+                    } else {
+                        rejected.push((i, reason::ALREADY_BOUGHT));
+                    }
+                }
+                // Users already holding an active order.
+                let mut active: HashSet<String> = HashSet::new();
+                for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+                    let mut qb = QueryBuilder::new(
+                        "SELECT user_id FROM orders WHERE status <> 'cancelled' AND sale_id = ");
+                    qb.push_bind(sale_i);
+                    qb.push(" AND user_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for &i in chunk {
+                        sep.push_bind(purchases[i].user.as_str());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&mut *tx).await? {
+                        active.insert(r.try_get::<String, _>(0)?);
+                    }
+                }
+                let mut granted: i64 = 0;
+                for i in candidates {
+                    let p = &purchases[i];
+                    if active.contains(&p.user) {
+                        rejected.push((i, reason::ALREADY_BOUGHT));
+                    } else if granted < left {
+                        granted += 1;
+                        let order_id = uuid::Uuid::now_v7().to_string();
+                        let pay_by = now.saturating_add(window);
+                        decided[i] = Some(Decision::Ordered {
+                            order_id: order_id.clone(),
+                            pay_by_ms: to_u64(pay_by),
+                            fresh: true,
+                        });
+                        orders.push(NewOrder {
+                            id: order_id,
+                            ticket: p.ticket.clone(),
+                            sale: sale_i,
+                            user: p.user.clone(),
+                            price_cents: price,
+                            pay_by_ms: pay_by,
+                        });
+                    } else {
+                        rejected.push((i, reason::SOLD_OUT));
+                    }
+                }
+                if granted > 0 {
+                    let r = sqlx::query(
+                        "UPDATE sales SET units_left = units_left - $1 WHERE id = $2 AND units_left >= $3")
+                        .bind(granted).bind(sale_i).bind(granted)
+                        .execute(&mut *tx).await?;
+                    if r.rows_affected() != 1 {
+                        return Err(DbError::Raced(*sale));
+                    }
+                }
+            }
+            for (i, why) in rejected {
+                decided[i] = Some(Decision::Rejected { reason: why.to_string(), fresh: true });
+                let p = &purchases[i];
+                outcomes.push(NewOutcome { ticket: &p.ticket, sale: to_i64(p.sale, "sale id")?, user: &p.user, order_id: None, reason: Some(why) });
+            }
+            for o in &orders {
+                outcomes.push(NewOutcome {
+                    ticket: &o.ticket,
+                    sale: o.sale,
+                    user: &o.user,
+                    order_id: Some(o.id.clone()),
+                    reason: None,
+                });
+            }
+            // 3. The orders, then every outcome.
+            for chunk in orders.chunks(ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) ");
+                qb.push_values(chunk, |mut b, o| {
+                    b.push_bind(o.id.as_str())
+                        .push_bind(o.ticket.as_str())
+                        .push_bind(o.sale)
+                        .push_bind(o.user.as_str())
+                        .push_bind(o.price_cents)
+                        .push_bind("pending")
+                        .push_bind(now)
+                        .push_bind(o.pay_by_ms);
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
+            for chunk in outcomes.chunks(ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO outcomes (ticket, sale_id, user_id, outcome, order_id, reason, decided_ms) ");
+                qb.push_values(chunk, |mut b, o| {
+                    b.push_bind(o.ticket)
+                        .push_bind(o.sale)
+                        .push_bind(o.user)
+                        .push_bind(if o.order_id.is_some() { "ordered" } else { "rejected" })
+                        .push_bind(o.order_id.as_deref())
+                        .push_bind(o.reason)
+                        .push_bind(now);
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
+        });
+        // Repeats of a ticket inside the batch share its decision.
+        let mut out = Vec::with_capacity(purchases.len());
+        for (i, p) in purchases.iter().enumerate() {
+            let at = first.get(p.ticket.as_str()).copied().unwrap_or(i);
+            let d =
+                decided.get(at).cloned().flatten().ok_or_else(|| {
+                    DbError::Invalid(format!("ticket {} left undecided", p.ticket))
+                })?;
+            out.push(if at == i { d } else { d.stale() });
+        }
+        Ok(out)
+    }
+
+    /// Cancels those of `order_ids` that are still pending with their pay-by time at or
+    /// before `now_ms`, and puts their units back in the sales' units left, in one
+    /// transaction. Returns the orders it cancelled (not those already paid, cancelled, or
+    /// not yet due).
+    pub async fn cancel_due(&self, order_ids: &[String], now_ms: u64) -> DbResult<Vec<Cancelled>> {
+        if order_ids.len() > CANCEL_BATCH_MAX {
+            return Err(DbError::Invalid(format!(
+                "at most {CANCEL_BATCH_MAX} orders a cancellation"
+            )));
+        }
+        if order_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = to_i64(now_ms, "now")?;
+        let mut cancelled = Vec::new();
+        in_tx!(self, tx, pg => {
+            // The sales' rows first (the lock order), then the orders.
+            let mut sales: Vec<i64> = Vec::new();
+            for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new("SELECT DISTINCT sale_id FROM orders WHERE id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.as_str());
+                }
+                qb.push(")");
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    sales.push(r.try_get(0)?);
+                }
+            }
+            sales.sort_unstable();
+            sales.dedup();
+            if pg {
+                for s in &sales {
+                    sqlx::query("SELECT id FROM sales WHERE id = $1 FOR UPDATE")
+                        .bind(*s).fetch_optional(&mut *tx).await?;
+                }
+            }
+            let mut per_sale: BTreeMap<i64, i64> = BTreeMap::new();
+            for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
+                let mut qb = QueryBuilder::new("UPDATE orders SET status = 'cancelled', cancelled_ms = ");
+                qb.push_bind(now);
+                qb.push(" WHERE status = 'pending' AND pay_by_ms <= ");
+                qb.push_bind(now);
+                qb.push(" AND id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.as_str());
+                }
+                qb.push(") RETURNING id, sale_id, user_id");
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    let sale: i64 = r.try_get(1)?;
+                    *per_sale.entry(sale).or_default() += 1;
+                    cancelled.push(Cancelled {
+                        order_id: r.try_get(0)?,
+                        sale: to_u64(sale),
+                        user: r.try_get(2)?,
+                    });
+                }
+            }
+            for (sale, n) in per_sale {
+                sqlx::query("UPDATE sales SET units_left = units_left + $1 WHERE id = $2")
+                    .bind(n).bind(sale).execute(&mut *tx).await?;
+            }
+        });
+        Ok(cancelled)
+    }
+
+    /// Up to `limit` pending orders whose pay-by time is at or before `now_ms`, oldest
+    /// deadline first (the sweep's backstop for lost pay-by messages).
+    pub async fn overdue(&self, now_ms: u64, limit: usize) -> DbResult<Vec<String>> {
+        let now = to_i64(now_ms, "now")?;
+        let limit = limit.min(CANCEL_BATCH_MAX) as i64;
+        on_db!(self, p => {
+            let rows = sqlx::query(
+                "SELECT id FROM orders WHERE status = 'pending' AND pay_by_ms <= $1 ORDER BY pay_by_ms LIMIT $2")
+                .bind(now).bind(limit).fetch_all(p).await?;
+            rows.iter().map(|r| r.try_get::<String, _>(0).map_err(DbError::from)).collect()
+        })
+    }
+
+    /// Whether `user` holds an active order of `sale`.
+    pub async fn holds_active(&self, sale: u64, user: &str) -> DbResult<bool> {
+        let sale = to_i64(sale, "sale id")?;
+        on_db!(self, p => {
+            let r = sqlx::query(
+                "SELECT 1 FROM orders WHERE sale_id = $1 AND user_id = $2 AND status <> 'cancelled'")
+                .bind(sale).bind(user).fetch_optional(p).await?;
+            Ok(r.is_some())
+        })
+    }
+
+    /// Pays `user`'s order `id`: pending → paid in one conditional update, only before its
+    /// pay-by time. Exactly one of a payment and the cancellation ever succeeds.
+    pub async fn pay(&self, id: &str, user: &str, now_ms: u64) -> DbResult<Payment> {
+        let now = to_i64(now_ms, "now")?;
+        let paid = on_db!(self, p => sqlx::query(
+            "UPDATE orders SET status = 'paid', paid_ms = $1 \
+             WHERE id = $2 AND user_id = $3 AND status = 'pending' AND pay_by_ms > $4")
+            .bind(now).bind(id).bind(user).bind(now).execute(p).await?.rows_affected());
+        let order = match self.order(id).await? {
+            Some(o) if o.user == user => o,
+            _ => return Ok(Payment::NotFound),
+        };
+        Ok(match (paid, order.status) {
+            (1, OrderStatus::Paid) => Payment::Paid(order),
+            (_, OrderStatus::Paid) => Payment::AlreadyPaid(order),
+            (_, OrderStatus::Cancelled) => Payment::Cancelled(order),
+            (_, OrderStatus::Pending) => Payment::TooLate(order),
+        })
+    }
+}
+
+fn sale_of<R: Row>(r: &R) -> DbResult<Sale>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Sale {
+        id: to_u64(r.try_get::<i64, _>(0)?),
+        name: r.try_get(1)?,
+        price_cents: to_u64(r.try_get::<i64, _>(2)?),
+        units: to_u64(r.try_get::<i64, _>(3)?),
+        units_left: to_u64(r.try_get::<i64, _>(4)?),
+        starts_at_ms: to_u64(r.try_get::<i64, _>(5)?),
+        pay_window_ms: to_u64(r.try_get::<i64, _>(6)?),
+    })
+}
+
+fn order_of<R: Row>(r: &R) -> DbResult<Order>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let status: String = r.try_get(5)?;
+    Ok(Order {
+        id: r.try_get(0)?,
+        ticket: r.try_get(1)?,
+        sale: to_u64(r.try_get::<i64, _>(2)?),
+        user: r.try_get(3)?,
+        price_cents: to_u64(r.try_get::<i64, _>(4)?),
+        status: OrderStatus::parse(&status)?,
+        created_ms: to_u64(r.try_get::<i64, _>(6)?),
+        pay_by_ms: to_u64(r.try_get::<i64, _>(7)?),
+        paid_ms: r.try_get::<Option<i64>, _>(8)?.map(to_u64),
+        cancelled_ms: r.try_get::<Option<i64>, _>(9)?.map(to_u64),
+    })
+}

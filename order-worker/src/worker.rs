@@ -1,0 +1,417 @@
+//! The order worker: fetch a batch of purchases (long poll), decide them in one database
+//! transaction, publish each order's pay-by message, release the gateway's reservation of
+//! each rejected purchase, then ack.
+//!
+//! Crash safety, step by step:
+//! - killed before the commit: nothing happened; the leases expire and the batch is
+//!   delivered again;
+//! - killed after the commit, before the pay-by publish or the ack: the redelivered batch
+//!   finds its decisions (the outcome per ticket) and changes nothing; the pay-by messages
+//!   are published again under their order ids (the queue de-duplicates them), then acked;
+//! - a pay-by message lost anyway (publish refused, outside the de-duplication window) is
+//!   caught by the canceller's sweep of overdue pending orders.
+//!
+//! Failures: transient database errors are retried with exponential backoff inside the
+//! worker ([`WorkerConfig::db_attempts`]); a batch that still fails is nacked with a delay
+//! and comes back later. A batch that fails for another reason is split and decided one
+//! purchase at a time, so one poison message is nacked alone (and dead-lettered by the
+//! queue after its attempts) and never blocks the rest. A malformed message goes straight to
+//! the dead letters with its reason.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use inventory::Inventory;
+use queue::{Clock, Delivery, FetchOptions, Queue, Receipt};
+
+use crate::db::{BATCH_MAX, DbError, Decision, OrdersDb, reason};
+use crate::purchase::{DEADLINES_TOPIC, Deadline, ORDERS_TOPIC, PurchaseMessage, WORKERS_GROUP};
+
+/// Longest backoff between database retries.
+pub const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
+
+/// Settings of an order worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Topic of purchases.
+    pub topic: String,
+    /// Consumer group.
+    pub group: String,
+    /// Topic of pay-by messages.
+    pub deadlines_topic: String,
+    /// Most purchases a batch (one fetch, one transaction); at most [`BATCH_MAX`].
+    pub batch_max: usize,
+    /// Long-poll wait of a fetch, ms (also how quickly `run` notices a stop).
+    pub wait_ms: u64,
+    /// Lease of a fetched batch, ms: longer than a batch takes, retries included.
+    pub lease_ms: u64,
+    /// Tries of a batch's transaction on transient errors before it is nacked.
+    pub db_attempts: u32,
+    /// First retry backoff, ms (doubles each time, at most [`RETRY_BACKOFF_MAX_MS`]).
+    pub retry_base_ms: u64,
+    /// Delay before a nacked batch comes back, ms.
+    pub nack_delay_ms: u64,
+    /// Fail point for crash tests: after a batch's commit, print
+    /// `order-worker: paused after commit` and wait forever (before the pay-by publish and
+    /// the ack), so a test can SIGKILL the process exactly there.
+    pub pause_after_commit: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            topic: ORDERS_TOPIC.into(),
+            group: WORKERS_GROUP.into(),
+            deadlines_topic: DEADLINES_TOPIC.into(),
+            batch_max: 1_000,
+            wait_ms: 500,
+            lease_ms: 120_000,
+            db_attempts: 5,
+            retry_base_ms: 50,
+            nack_delay_ms: 1_000,
+            pause_after_commit: false,
+        }
+    }
+}
+
+/// Counters of a worker (shared by the workers of a process).
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    /// Batches decided.
+    pub batches: AtomicU64,
+    /// Purchase messages finished (acked after a decision).
+    pub messages: AtomicU64,
+    /// Orders created.
+    pub ordered: AtomicU64,
+    /// Purchases rejected: sold out in the database.
+    pub rejected_sold_out: AtomicU64,
+    /// Purchases rejected: the user already holds an order.
+    pub rejected_already_bought: AtomicU64,
+    /// Purchases rejected: unknown sale.
+    pub rejected_no_such_sale: AtomicU64,
+    /// Deliveries that found their decision already made (redeliveries).
+    pub redelivered: AtomicU64,
+    /// Malformed messages sent to the dead letters.
+    pub malformed: AtomicU64,
+    /// Messages nacked after failures (dead-lettered by the queue after their attempts).
+    pub nacked: AtomicU64,
+    /// Database retries after transient errors.
+    pub db_retries: AtomicU64,
+    /// Reservations released for rejected purchases.
+    pub released: AtomicU64,
+    /// Pay-by messages published (fresh or again).
+    pub deadlines_published: AtomicU64,
+}
+
+/// Why a worker step failed (the queue; database failures are handled by nacks).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The queue failed.
+    #[error("queue: {0}")]
+    Queue(#[from] queue::Error),
+}
+
+/// One order worker. Cheap to clone; clones share metrics.
+#[derive(Clone)]
+pub struct OrderWorker {
+    db: OrdersDb,
+    queue: Arc<dyn Queue>,
+    inventory: Option<Arc<Inventory>>,
+    config: WorkerConfig,
+    metrics: Arc<WorkerMetrics>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for OrderWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderWorker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OrderWorker {
+    /// A worker on `db` and `queue`. With `inventory`, a rejected purchase releases its
+    /// reservation there (without one, the gateway's reconciliation settles it).
+    pub fn new(
+        db: OrdersDb,
+        queue: Arc<dyn Queue>,
+        inventory: Option<Arc<Inventory>>,
+        mut config: WorkerConfig,
+        metrics: Arc<WorkerMetrics>,
+        clock: Arc<dyn Clock>,
+    ) -> OrderWorker {
+        config.batch_max = config.batch_max.clamp(1, BATCH_MAX);
+        config.db_attempts = config.db_attempts.max(1);
+        OrderWorker {
+            db,
+            queue,
+            inventory,
+            config,
+            metrics,
+            clock,
+        }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<WorkerMetrics> {
+        &self.metrics
+    }
+
+    /// Runs until `stop` turns true (checked between batches, at least every
+    /// `wait_ms`). Queue errors are logged and retried with backoff.
+    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = self.config.retry_base_ms.max(1);
+        while !*stop.borrow() {
+            match self.step().await {
+                Ok(_) => backoff = self.config.retry_base_ms.max(1),
+                Err(e) => {
+                    tracing::warn!("order worker: {e}; retrying in {backoff} ms");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_MS);
+                }
+            }
+        }
+    }
+
+    /// Fetches one batch (waiting up to `wait_ms`) and handles it; returns how many
+    /// messages it fetched.
+    pub async fn step(&self) -> Result<usize, WorkerError> {
+        let batch = self
+            .queue
+            .fetch(
+                &self.config.topic,
+                &self.config.group,
+                FetchOptions {
+                    max_messages: self.config.batch_max,
+                    lease_ms: Some(self.config.lease_ms),
+                    wait_ms: self.config.wait_ms,
+                },
+            )
+            .await?;
+        let n = batch.len();
+        if n > 0 {
+            self.handle(batch).await?;
+        }
+        Ok(n)
+    }
+
+    /// Decides, publishes and acks a batch of deliveries.
+    pub async fn handle(&self, deliveries: Vec<Delivery>) -> Result<(), WorkerError> {
+        let m = &self.metrics;
+        let mut purchases = Vec::with_capacity(deliveries.len());
+        let mut receipts = Vec::with_capacity(deliveries.len());
+        for d in &deliveries {
+            match PurchaseMessage::decode(&d.payload) {
+                Ok(p) => {
+                    purchases.push(p);
+                    receipts.push(d.receipt());
+                }
+                Err(e) => {
+                    m.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("purchase at offset {}: {e}; dead-lettered", d.offset);
+                    self.queue
+                        .reject(
+                            &self.config.topic,
+                            &self.config.group,
+                            d.receipt(),
+                            &e.to_string(),
+                        )
+                        .await?;
+                }
+            }
+        }
+        if purchases.is_empty() {
+            return Ok(());
+        }
+        let decisions: Vec<(usize, Decision)> = match self.decide(&purchases).await {
+            Ok(d) => d.into_iter().enumerate().collect(),
+            Err(e) if e.is_transient() => {
+                // The database is unwell: give the whole batch back for later.
+                self.nack_all(&receipts, &e.to_string()).await?;
+                return Ok(());
+            }
+            Err(e) => {
+                // Something in the batch fails for good: decide one at a time, so only the
+                // culprit is nacked (and dead-lettered after its attempts).
+                tracing::warn!("batch of {}: {e}; deciding one at a time", purchases.len());
+                let mut ok = Vec::with_capacity(purchases.len());
+                for (i, p) in purchases.iter().enumerate() {
+                    match self.decide(std::slice::from_ref(p)).await {
+                        Ok(mut d) => {
+                            if let Some(d) = d.pop() {
+                                ok.push((i, d));
+                            }
+                        }
+                        Err(e) => self.nack_all(&receipts[i..=i], &e.to_string()).await?,
+                    }
+                }
+                ok
+            }
+        };
+        m.batches.fetch_add(1, Ordering::Relaxed);
+        if self.config.pause_after_commit {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "order-worker: paused after commit");
+            let _ = out.flush();
+            std::future::pending::<()>().await;
+        }
+        // Pay-by messages for every order, fresh or found again (a crash may have come
+        // between the commit and the first publish); the order id de-duplicates them.
+        let mut deadlines = Vec::new();
+        let mut deadline_of = Vec::new();
+        for (i, d) in &decisions {
+            if let Decision::Ordered {
+                order_id,
+                pay_by_ms,
+                ..
+            } = d
+            {
+                let msg = Deadline {
+                    order_id: order_id.clone(),
+                    pay_by_ms: *pay_by_ms,
+                }
+                .message();
+                match msg {
+                    Ok(msg) => {
+                        deadlines.push(msg);
+                        deadline_of.push(*i);
+                    }
+                    Err(e) => tracing::error!("order {order_id}: {e}; the sweep will expire it"),
+                }
+            }
+        }
+        let mut unpublished = vec![false; purchases.len()];
+        if !deadlines.is_empty() {
+            match self
+                .queue
+                .publish_each(&self.config.deadlines_topic, deadlines)
+                .await
+            {
+                Ok(results) => {
+                    for (k, r) in results.into_iter().enumerate() {
+                        match r {
+                            Ok(_) => {
+                                m.deadlines_published.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                // Not acked: the redelivery publishes it again.
+                                if let Some(&i) = deadline_of.get(k) {
+                                    unpublished[i] = true;
+                                    tracing::warn!(
+                                        "pay-by message of {}: {e}",
+                                        purchases[i].ticket
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("pay-by messages: {e}");
+                    for &i in &deadline_of {
+                        unpublished[i] = true;
+                    }
+                }
+            }
+        }
+        let mut acks: Vec<Receipt> = Vec::with_capacity(decisions.len());
+        let mut retry: Vec<Receipt> = Vec::new();
+        for (i, d) in &decisions {
+            let p = &purchases[*i];
+            if !d.fresh() {
+                m.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            match d {
+                Decision::Ordered { fresh, .. } => {
+                    if *fresh {
+                        m.ordered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Decision::Rejected { reason: why, fresh } => {
+                    if *fresh {
+                        let counter = match why.as_str() {
+                            reason::SOLD_OUT => &m.rejected_sold_out,
+                            reason::ALREADY_BOUGHT => &m.rejected_already_bought,
+                            _ => &m.rejected_no_such_sale,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        // The gateway reserved a unit the database did not grant: give it
+                        // back. Not for a repeat purchase: that user's unit belongs to
+                        // their order.
+                        if why != reason::ALREADY_BOUGHT
+                            && let Some(inv) = &self.inventory
+                        {
+                            match inv.release(p.sale, &p.user).await {
+                                Ok(_) => {
+                                    m.released.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => tracing::warn!(
+                                    "releasing {}'s unit of sale {}: {e}",
+                                    p.user,
+                                    p.sale
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+            if unpublished[*i] {
+                retry.push(receipts[*i]);
+            } else {
+                acks.push(receipts[*i]);
+            }
+        }
+        for chunk in acks.chunks(queue::limits::ACK_RECEIPTS_MAX) {
+            self.queue
+                .ack(&self.config.topic, &self.config.group, chunk)
+                .await?;
+        }
+        m.messages.fetch_add(acks.len() as u64, Ordering::Relaxed);
+        if !retry.is_empty() {
+            self.nack_all(&retry, "pay-by message not published")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `decide_batch` with retries of transient errors.
+    async fn decide(&self, purchases: &[PurchaseMessage]) -> Result<Vec<Decision>, DbError> {
+        let mut backoff = self.config.retry_base_ms.max(1);
+        let mut attempt = 1;
+        loop {
+            match self.db.decide_batch(purchases, self.clock.now_ms()).await {
+                Ok(d) => return Ok(d),
+                Err(e) if e.is_transient() && attempt < self.config.db_attempts => {
+                    self.metrics.db_retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("deciding a batch: {e}; retry {attempt} in {backoff} ms");
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_MS);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn nack_all(&self, receipts: &[Receipt], why: &str) -> Result<(), WorkerError> {
+        for r in receipts {
+            self.queue
+                .nack(
+                    &self.config.topic,
+                    &self.config.group,
+                    *r,
+                    self.config.nack_delay_ms,
+                    why,
+                )
+                .await?;
+            self.metrics.nacked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
