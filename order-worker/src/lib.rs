@@ -12,11 +12,14 @@
 //! - [`canceller`]: [`canceller::Canceller`] consumes due pay-by messages and cancels
 //!   orders still pending, returning their units; a periodic sweep is the backstop.
 //!
+//! - [`crew`]: [`crew::Crew`] starts and stops a process's workers and cancellers.
+//!
 //! The same code runs embedded in the all-in-one `gateway` process and as the
 //! `order-worker` binary against a `queue serve` broker; any number of workers compete
 //! safely (the database decides, the queue redelivers).
 
 pub mod canceller;
+pub mod crew;
 pub mod db;
 pub mod purchase;
 pub mod testing;

@@ -1,0 +1,150 @@
+//! `order-worker`: order workers and cancellers as a process of their own, against a queue
+//! broker (`tcp://…`) or an embedded queue directory, the orders database (SQLite or
+//! PostgreSQL) and optionally the Redis stock store (to release units of rejected and
+//! cancelled purchases). Stops cleanly on SIGTERM/SIGINT after the batches in hand.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use inventory::{Inventory, RedisStore};
+use order_worker::crew::{Crew, CrewConfig};
+use order_worker::db::{DbOptions, OrdersDb, SqliteDurability};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "order-worker",
+    version,
+    about = "Order workers and unpaid-order cancellers"
+)]
+struct Args {
+    /// The queue: `tcp://HOST:PORT` (a `queue serve` broker) or a directory (embedded).
+    #[arg(
+        long,
+        env = "ORDER_WORKER_QUEUE",
+        default_value = "tcp://127.0.0.1:7070"
+    )]
+    queue: String,
+    /// The orders database: `sqlite:PATH` or `postgres://…`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
+    database: String,
+    /// The stock store whose reservations rejected and cancelled purchases release: `none`
+    /// or a Redis URL (the one the gateways use).
+    #[arg(long, env = "ORDER_WORKER_INVENTORY", default_value = "none")]
+    inventory: String,
+    /// Key prefix in Redis (as the gateways').
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "seckill:")]
+    redis_prefix: String,
+    /// Order workers (concurrent batches).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Cancellers (pay-by consumers, each also sweeping); 0 for none.
+    #[arg(long, default_value_t = 1)]
+    cancellers: usize,
+    /// Most purchases per batch (one transaction).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Database connections.
+    #[arg(long, default_value_t = order_worker::db::CONNECTIONS_DEFAULT)]
+    db_connections: u32,
+    /// SQLite commits: `full` (fsync, the default) or `normal` (survives a process crash,
+    /// not a power loss).
+    #[arg(long, default_value = "full")]
+    sqlite_sync: String,
+    /// Seconds between drain-rate reports.
+    #[arg(long, default_value_t = 5)]
+    report_secs: u64,
+    /// Fail point for crash tests: wait forever after a batch's commit, before its ack.
+    #[arg(long, env = "ORDER_WORKER_PAUSE_AFTER_COMMIT", hide = true)]
+    pause_after_commit: bool,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let options = DbOptions {
+        max_connections: args.db_connections,
+        sqlite_durability: match args.sqlite_sync.as_str() {
+            "full" => SqliteDurability::Full,
+            "normal" => SqliteDurability::Normal,
+            other => return Err(format!("--sqlite-sync is full or normal, not {other}").into()),
+        },
+    };
+    let db = OrdersDb::connect(&args.database, &options).await?;
+    let backend = queue::Backend::open(&args.queue, queue::Config::default()).await?;
+    let inventory = if args.inventory == "none" {
+        None
+    } else {
+        let store = RedisStore::connect(&args.inventory, &args.redis_prefix, 8).await?;
+        Some(Arc::new(Inventory::new(
+            Box::new(store),
+            Duration::from_millis(1000),
+        )))
+    };
+    let mut config = CrewConfig {
+        workers: args.workers,
+        cancellers: args.cancellers,
+        ..CrewConfig::default()
+    };
+    config.worker.batch_max = args.batch;
+    config.worker.pause_after_commit = args.pause_after_commit;
+    let mut crew = Crew::start(
+        db.clone(),
+        backend.queue(),
+        inventory,
+        config,
+        Arc::new(queue::SystemClock),
+    );
+    crew.report_every(Duration::from_secs(args.report_secs.max(1)));
+    println!(
+        "order-worker: {} workers, {} cancellers on {} ({}), queue {}",
+        args.workers,
+        args.cancellers,
+        db.backend(),
+        args.database,
+        args.queue
+    );
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    crew.stop().await;
+    backend.close()?;
+    db.close().await;
+    println!("order-worker: stopped cleanly");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "order-worker: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "order-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
