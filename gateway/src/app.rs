@@ -22,11 +22,13 @@ use crate::captcha::CaptchaStore;
 use crate::error::{ApiError, ApiResult};
 use crate::ledger::{LedgerError, MemoryLedger, TokenLedger};
 use crate::publisher::Publisher;
-use crate::sales::{Catalogue, Sale, SaleState};
+use crate::sales::{Catalogue, NewSale, Sale, SaleState};
 use crate::session::SessionKey;
 use crate::throttle::{Route, Throttle, Throttled};
 use crate::tickets::{Ticket, TicketBook, TicketState};
 use crate::token::{TokenError, TokenKey, Verified, holder_of, token_cap};
+use order_worker::OrdersDb;
+use order_worker::PurchaseMessage;
 
 /// Header that lets load-test requests skip the captcha when load-test mode is on.
 pub const LOAD_TEST_HEADER: &str = "x-load-test-secret";
@@ -160,8 +162,14 @@ pub struct AppState {
     pub config: GatewayConfig,
     /// Sales.
     pub catalogue: Catalogue,
-    /// Stock.
-    pub inventory: Inventory,
+    /// Stock (shared with the order workers of this process, if any).
+    pub inventory: Arc<Inventory>,
+    /// The orders database: sales, orders, outcomes of tickets.
+    pub db: OrdersDb,
+    /// Counters of the order workers and cancellers running in this process, if any.
+    pub crew: Option<CrewMetrics>,
+    /// Reconciliation of the stock store with the database at rest.
+    pub reconciler: crate::sync::Reconciler,
     /// The queue, embedded or remote.
     pub queue: Arc<dyn Queue>,
     /// Publishes purchases to the orders topic in batches.
@@ -184,6 +192,15 @@ pub struct AppState {
     pub line: LineProgress,
     /// Purchases past their reservation, still running.
     pub commits: Commits,
+}
+
+/// The counters of in-process order workers and cancellers, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct CrewMetrics {
+    /// Workers.
+    pub workers: Arc<order_worker::worker::WorkerMetrics>,
+    /// Cancellers.
+    pub cancellers: Arc<order_worker::canceller::CancellerMetrics>,
 }
 
 /// Purchases past their reservation whose task is still running (its request may be gone),
@@ -252,12 +269,15 @@ pub enum StateError {
 
 impl AppState {
     /// State around these parts, with an in-process token ledger (replace `ledger` to
-    /// share one in Redis), empty captcha, ticket and catalogue tables, zeroed metrics, and the purchase publisher task started on the current Tokio
-    /// runtime. Fails on an invalid throttle configuration or outside a runtime.
+    /// share one in Redis), empty captcha, ticket and catalogue tables (load the catalogue
+    /// with [`crate::sync::load_catalogue`]), zeroed metrics, and the purchase publisher task
+    /// started on the current Tokio runtime. Fails on an invalid throttle configuration or
+    /// outside a runtime.
     pub fn new(
         config: GatewayConfig,
         inventory: Inventory,
         queue: Arc<dyn Queue>,
+        db: OrdersDb,
         sessions: SessionKey,
         tokens: TokenKey,
         throttle: crate::throttle::ThrottleConfig,
@@ -268,7 +288,10 @@ impl AppState {
             publisher,
             config,
             catalogue: Catalogue::default(),
-            inventory,
+            inventory: Arc::new(inventory),
+            db,
+            crew: None,
+            reconciler: crate::sync::Reconciler::default(),
             queue,
             sessions,
             tokens,
@@ -303,7 +326,24 @@ fn routes(state: Shared) -> Router {
         .route("/api/sales/{id}/token", post(new_token))
         .route("/api/sales/{id}/purchase", post(purchase))
         .route("/api/tickets/{ticket}", get(get_ticket))
-        .route("/admin/api/sales", post(create_sale))
+        .route("/api/orders/{id}", get(crate::orders::get_order))
+        .route("/api/orders/{id}/pay", post(crate::orders::pay_order))
+        .route(
+            "/admin/api/sales",
+            post(create_sale).get(crate::orders::admin_sales),
+        )
+        .route(
+            "/admin/api/sales/{id}/reconcile",
+            post(crate::orders::admin_reconcile),
+        )
+        .route(
+            "/admin/api/dead-letters",
+            get(crate::orders::admin_dead_letters),
+        )
+        .route(
+            "/admin/api/dead-letters/{topic}/{offset}/{action}",
+            post(crate::orders::admin_dead_letter_action),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -502,6 +542,7 @@ async fn sale_json(state: &AppState, sale: &Sale, now: u64) -> Value {
         "units": sale.units,
         "units_left": left,
         "starts_at_ms": sale.starts_at_ms,
+        "pay_window_ms": sale.pay_window_ms,
         "state": st,
         "server_time_ms": now,
     })
@@ -817,9 +858,9 @@ async fn commit_purchase(
     }
     let ticket_id = ticket.to_string();
     let payload = serde_json::to_vec(&PurchaseMessage {
-        ticket: &ticket_id,
+        ticket: ticket_id.clone(),
         sale: id,
-        user: &user,
+        user: user.clone(),
         price_cents,
         accepted_at_ms: now,
     })
@@ -911,7 +952,6 @@ async fn commit_purchase(
             sale: id,
             user,
             offset: confirm.offset,
-            state: TicketState::Queued,
         },
     );
     Ok((ticket, confirm))
@@ -922,16 +962,6 @@ async fn commit_purchase(
 struct Accepted {
     ticket: String,
     position: Option<u64>,
-}
-
-/// The purchase message the order workers consume (JSON).
-#[derive(serde::Serialize)]
-struct PurchaseMessage<'a> {
-    ticket: &'a str,
-    sale: u64,
-    user: &'a str,
-    price_cents: u64,
-    accepted_at_ms: u64,
 }
 
 /// How long a place-in-line figure may use the workers' progress as last read.
@@ -947,6 +977,13 @@ pub const LINE_STATS_TIMEOUT_MS: u64 = 200;
 pub struct LineProgress {
     done: AtomicU64,
     read_at_ms: AtomicU64,
+}
+
+impl LineProgress {
+    /// The workers have finished every offset below `done` (never goes back).
+    pub fn advance(&self, done: u64) {
+        self.done.fetch_max(done, Ordering::AcqRel);
+    }
 }
 
 /// Place in line: messages of the orders topic not yet finished by the workers up to and
@@ -992,14 +1029,33 @@ async fn get_ticket(
     let Ok(Path(ticket)) = ticket else {
         return Err(ApiError::not_found("no such ticket"));
     };
+    if ticket.is_empty() || ticket.len() > order_worker::purchase::TICKET_BYTES_MAX {
+        return Err(ApiError::not_found("no such ticket"));
+    }
+    // Decided: the worker's outcome in the database.
+    let decided = state
+        .db
+        .outcome(&ticket)
+        .await
+        .map_err(|e| ApiError::unavailable("unavailable", e.to_string(), 1000))?;
+    if let Some(o) = decided {
+        let st = match (o.order_id, o.reason) {
+            (Some(order_id), _) => TicketState::Ordered { order_id },
+            (None, reason) => TicketState::Rejected {
+                reason: reason.unwrap_or_default(),
+            },
+        };
+        let mut v = serde_json::to_value(&st).map_err(ApiError::internal)?;
+        v["sale"] = json!(o.sale);
+        return Ok(Json(v));
+    }
+    // Waiting: this gateway's book knows its place in line.
     let t = state
         .tickets
         .get(&ticket)
         .ok_or_else(|| ApiError::not_found("no such ticket"))?;
-    let mut v = serde_json::to_value(&t.state).map_err(ApiError::internal)?;
-    if t.state == TicketState::Queued {
-        v["position"] = json!(position(&state, t.offset).await);
-    }
+    let mut v = serde_json::to_value(TicketState::Queued).map_err(ApiError::internal)?;
+    v["position"] = json!(position(&state, t.offset).await);
     v["sale"] = json!(t.sale);
     Ok(Json(v))
 }
@@ -1032,37 +1088,29 @@ impl FromRequestParts<Shared> for Admin {
 async fn create_sale(
     State(state): State<Shared>,
     _admin: Admin,
-    JsonBody(sale): JsonBody<Sale>,
+    JsonBody(sale): JsonBody<NewSale>,
 ) -> ApiResult<Response> {
-    if state.catalogue.get(sale.id).is_some() {
-        return Err(ApiError::bad_request(format!("sale {} exists", sale.id)));
-    }
-    // The stock first: a sale is listed only once it can be sold. A store that already
-    // holds this sale with other units (a restart) is a conflict, not silently reused.
-    let stock = state
-        .inventory
-        .store()
-        .define(sale.id, sale.units)
+    // The database is the source of truth: the sale is created there first (a taken id is
+    // a conflict), then its stock is set to match (a store holding stale figures for this
+    // id, from an earlier database, is reset), then it is listed.
+    let created = state
+        .db
+        .create_sale(&sale, now_ms())
         .await
         .map_err(|e| match e {
-            inventory::Error::Store(m) => ApiError::unavailable("unavailable", m, 1000),
-            other => ApiError::bad_request(other.to_string()),
+            order_worker::DbError::Invalid(m) => ApiError::bad_request(m),
+            order_worker::DbError::Conflict(m) => {
+                ApiError::new(StatusCode::CONFLICT, "sale_exists", m)
+            }
+            other => ApiError::unavailable("unavailable", other.to_string(), 1000),
         })?;
-    if stock.units != sale.units {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "stock_conflict",
-            format!(
-                "the stock store already holds sale {} with {} units; reconcile it first",
-                sale.id, stock.units
-            ),
-        ));
-    }
     state
-        .catalogue
-        .add(sale.clone())
-        .map_err(ApiError::bad_request)?;
-    Ok((StatusCode::CREATED, Json(sale)).into_response())
+        .inventory
+        .reconcile(created.id, created.units, &[])
+        .await
+        .map_err(|e| ApiError::unavailable("unavailable", e.to_string(), 1000))?;
+    state.catalogue.upsert(created.clone());
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 async fn ready(State(state): State<Shared>) -> ApiResult<&'static str> {
@@ -1130,6 +1178,7 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
             out.push_str(&format!("{name} {v}\n"));
         }
     }
+    crate::sync::crew_metrics(&state, &mut out);
     out.push_str("# HELP gateway_responses_total Responses by route and status class.\n");
     out.push_str("# TYPE gateway_responses_total counter\n");
     for (i, route) in ROUTES.iter().enumerate() {
@@ -1326,6 +1375,7 @@ pub async fn serve(
                 tick.tick().await;
                 state.throttle.housekeeping();
                 state.ledger.housekeeping(now_ms()).await;
+                crate::sync::housekeeping(&state).await;
             }
         })
     };

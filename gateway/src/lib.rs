@@ -17,7 +17,11 @@
 //!   process or in Redis.
 //! - [`captcha`]: captcha images and their hashed, single-use answers.
 //! - [`throttle`]: per-user and per-IP rate limits and the repeat-purchase rule.
-//! - [`sales`]: the in-memory sale catalogue; [`tickets`]: accepted purchases.
+//! - [`sales`]: the in-memory copy of the database's sales; [`tickets`]: purchases
+//!   waiting in the queue (decided ones are read from the orders database).
+//! - [`orders`]: orders and payment, and the admin's sales, reconciliation and dead letters.
+//! - [`sync`]: catalogue refresh, ticket progress and stock reconciliation with the
+//!   database.
 //! - [`error`]: the JSON error type.
 //! - [`publisher`]: batches accepted purchases into `publish_each` calls.
 //! - [`loadgen`]: a keep-alive HTTP/1.1 client and closed-loop load driver (the benchmark
@@ -28,9 +32,11 @@ pub mod captcha;
 pub mod error;
 pub mod ledger;
 pub mod loadgen;
+pub mod orders;
 pub mod publisher;
 pub mod sales;
 pub mod session;
+pub mod sync;
 pub mod throttle;
 pub mod tickets;
 pub mod token;

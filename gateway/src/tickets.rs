@@ -1,22 +1,24 @@
-//! Tickets: what a buyer holds after a `202`, and how it ends. The gateway records each
-//! accepted purchase; the order workers (a later issue) resolve tickets as ordered or
-//! rejected through [`TicketBook::resolve`], which is the one seam they plug into.
+//! Tickets: what a buyer holds after a `202`. How a ticket ended (ordered or rejected) is in
+//! the orders database, written by the worker that decided it; this book only remembers the
+//! tickets still waiting in the queue, with their offset (their place in line).
+//!
+//! A ticket is forgotten once the workers' group has finished its offset (acked after the
+//! commit, so its outcome is in the database). While the book is full of waiting tickets the
+//! gateway refuses new purchases (503 `busy`) rather than forget one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-/// Tickets remembered at most, beyond the purchases in flight: once full, the oldest
-/// resolved ticket is forgotten for each new one; a queued ticket is never forgotten, and
-/// while every ticket is still queued the gateway refuses new purchases (503) instead.
+/// Waiting tickets remembered at most (beyond the purchases in flight).
 pub const TICKETS_MAX: usize = 1_000_000;
 
 /// How a ticket stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TicketState {
-    /// In the queue, not yet handled by a worker.
+    /// In the queue, not yet decided by a worker.
     Queued,
     /// An order was created.
     Ordered {
@@ -30,7 +32,7 @@ pub enum TicketState {
     },
 }
 
-/// One accepted purchase.
+/// One accepted purchase waiting in the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
     /// Sale.
@@ -39,11 +41,9 @@ pub struct Ticket {
     pub user: String,
     /// The purchase message's offset in the queue (its place in line).
     pub offset: u64,
-    /// How it stands.
-    pub state: TicketState,
 }
 
-/// The tickets of this gateway.
+/// The waiting tickets of this gateway.
 #[derive(Debug)]
 pub struct TicketBook {
     inner: Mutex<Book>,
@@ -59,12 +59,27 @@ impl Default for TicketBook {
 #[derive(Debug, Default)]
 struct Book {
     tickets: HashMap<String, Ticket>,
-    /// Resolved tickets, oldest resolution first: the ones to forget when full.
-    resolved: VecDeque<String>,
+    /// Ticket ids in insertion order (close to offset order): the ones to forget first.
+    order: VecDeque<(u64, String)>,
+    /// Offsets below this are finished by the workers.
+    done: u64,
+}
+
+impl Book {
+    fn forget_done(&mut self) {
+        while let Some((offset, _)) = self.order.front() {
+            if *offset >= self.done {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.tickets.remove(&id);
+            }
+        }
+    }
 }
 
 impl TicketBook {
-    /// A book holding at most `limit` tickets (at most [`TICKETS_MAX`]) beyond the
+    /// A book holding at most `limit` waiting tickets (at most [`TICKETS_MAX`]) beyond the
     /// purchases in flight.
     pub fn with_limit(limit: usize) -> Self {
         TicketBook {
@@ -80,47 +95,33 @@ impl TicketBook {
         }
     }
 
-    /// Whether a new ticket fits (the gateway checks before reserving a unit): there is
-    /// room, or a resolved ticket can be forgotten.
+    /// Whether a new ticket fits (the gateway checks before reserving a unit).
     pub fn has_room(&self) -> bool {
-        let b = self.lock();
-        b.tickets.len() < self.limit || !b.resolved.is_empty()
+        let mut b = self.lock();
+        b.forget_done();
+        b.tickets.len() < self.limit
     }
 
-    /// Records an accepted purchase, forgetting the oldest resolved ticket when full. A
-    /// purchase that passed [`TicketBook::has_room`] is always recorded, so the book may
-    /// exceed its limit by the purchases that were in flight together.
+    /// Records an accepted purchase. A purchase that passed [`TicketBook::has_room`] is
+    /// always recorded, so the book may exceed its limit by the purchases that were in
+    /// flight together.
     pub fn insert(&self, id: String, ticket: Ticket) {
         let mut b = self.lock();
-        while b.tickets.len() >= self.limit {
-            let Some(old) = b.resolved.pop_front() else {
-                break;
-            };
-            b.tickets.remove(&old);
-        }
+        b.order.push_back((ticket.offset, id.clone()));
         b.tickets.insert(id, ticket);
     }
 
-    /// A ticket.
+    /// A waiting ticket.
     pub fn get(&self, id: &str) -> Option<Ticket> {
         self.lock().tickets.get(id).cloned()
     }
 
-    /// Resolves a queued ticket (the workers' seam) as ordered or rejected. Returns false if
-    /// unknown, already resolved, or `state` is `Queued` (not a resolution).
-    pub fn resolve(&self, id: &str, state: TicketState) -> bool {
-        if state == TicketState::Queued {
-            return false;
-        }
+    /// The workers have finished every offset below `done`: forget those tickets (their
+    /// outcomes are in the database).
+    pub fn finished_below(&self, done: u64) {
         let mut b = self.lock();
-        match b.tickets.get_mut(id) {
-            Some(t) if t.state == TicketState::Queued => {
-                t.state = state;
-                b.resolved.push_back(id.to_string());
-                true
-            }
-            _ => false,
-        }
+        b.done = b.done.max(done);
+        b.forget_done();
     }
 
     /// Tickets held.
@@ -138,50 +139,34 @@ impl TicketBook {
 mod tests {
     use super::*;
 
-    fn queued(n: u64) -> Ticket {
+    fn waiting(n: u64) -> Ticket {
         Ticket {
             sale: 1,
             user: format!("u{n}"),
             offset: n,
-            state: TicketState::Queued,
         }
     }
 
     #[test]
-    fn a_full_book_forgets_the_oldest_resolved_ticket_never_a_queued_one() {
+    fn a_full_book_forgets_only_tickets_the_workers_finished() {
         let book = TicketBook::with_limit(3);
         for n in 0..3 {
-            book.insert(format!("t{n}"), queued(n));
+            book.insert(format!("t{n}"), waiting(n));
         }
-        assert!(!book.has_room(), "full of queued tickets");
-        assert!(book.resolve("t1", TicketState::Rejected { reason: "x".into() }));
-        assert!(book.resolve(
-            "t0",
-            TicketState::Ordered {
-                order_id: "o".into()
-            }
-        ));
-        assert!(!book.resolve("t0", TicketState::Queued), "resolved once");
-        assert!(
-            !book.resolve("t2", TicketState::Queued),
-            "queued is no resolution"
-        );
-        assert!(
-            !book.resolve("t0", TicketState::Rejected { reason: "y".into() }),
-            "resolved once"
-        );
-        assert!(book.has_room());
-        book.insert("t3".into(), queued(3));
-        // t1 was resolved first: it goes; t0 (resolved later) and the queued t2 stay.
-        assert!(book.get("t1").is_none());
-        assert!(book.get("t0").is_some() && book.get("t2").is_some());
-        book.insert("t4".into(), queued(4));
-        assert!(book.get("t0").is_none());
-        assert_eq!(book.len(), 3);
+        assert!(!book.has_room(), "full of waiting tickets");
+        book.finished_below(0);
         assert!(!book.has_room());
+        book.finished_below(2);
+        assert!(book.get("t0").is_none() && book.get("t1").is_none());
+        assert!(book.get("t2").is_some(), "offset 2 is not finished");
+        assert!(book.has_room());
+        book.finished_below(1);
+        assert_eq!(book.len(), 1, "the watermark never goes back");
+        for n in 3..6 {
+            book.insert(format!("t{n}"), waiting(n));
+        }
         // Past the check, a purchase in flight is still recorded (never lost).
-        book.insert("t5".into(), queued(5));
         assert_eq!(book.len(), 4);
-        assert!(book.get("t2").is_some() && book.get("t5").is_some());
+        assert!(!book.has_room());
     }
 }

@@ -32,7 +32,7 @@ use clap::Parser;
 use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, now_ms};
 use gateway::ledger::MemoryLedger;
 use gateway::loadgen::{LoadResult, LoadSpec, closed_loop, request};
-use gateway::sales::Sale;
+use gateway::sales::NewSale;
 use gateway::session::{SESSION_COOKIE_NAME, SessionKey};
 use gateway::throttle::ThrottleConfig;
 use gateway::token::{TokenKey, holder_of};
@@ -264,6 +264,12 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
     let engine = Arc::new(queue::Engine::open(&dir, queue::Config::default())?);
+    // The orders database holds the sales (the purchase path reads them from memory).
+    let db = order_worker::OrdersDb::connect(
+        &format!("sqlite:{}", tmp.path().join("orders.db").display()),
+        &order_worker::DbOptions::default(),
+    )
+    .await?;
     let mut config = GatewayConfig::new("bench-admin");
     config.load_test_secret = Some(LOAD_TEST.into());
     let mut throttle = ThrottleConfig::default();
@@ -287,6 +293,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         config,
         Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(1000)),
         engine.clone(),
+        db.clone(),
         sessions,
         tokens,
         throttle,
@@ -294,14 +301,21 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     state.ledger = ledger;
     let state = Arc::new(state);
     for (id, units) in [(1, PURCHASE_UNITS), (2, 1), (3, PURCHASE_UNITS)] {
+        let sale = db
+            .create_sale(
+                &NewSale {
+                    id,
+                    name: format!("bench sale {id}"),
+                    price_cents: 100,
+                    units,
+                    starts_at_ms: 0,
+                    pay_window_ms: None,
+                },
+                0,
+            )
+            .await?;
         state.inventory.store().define(id, units).await?;
-        state.catalogue.add(Sale {
-            id,
-            name: format!("bench sale {id}"),
-            price_cents: 100,
-            units,
-            starts_at_ms: 0,
-        })?;
+        state.catalogue.upsert(sale);
     }
     // Sale 2 is sold out, and this gateway knows it.
     state.inventory.reserve(2, "early-bird").await?;

@@ -1,6 +1,9 @@
-//! `gateway`: the flash-sale HTTP gateway. Parses flags (and environment), opens the queue
-//! (embedded directory or `tcp://` broker) and the stock store (in-process or Redis), and
-//! serves `gateway::app` until SIGTERM/SIGINT.
+//! `gateway`: the flash-sale HTTP gateway, and by default the whole system in one process.
+//! Parses flags (and environment), opens the queue (embedded directory or `tcp://` broker),
+//! the stock store (in-process or Redis) and the orders database (SQLite file or
+//! PostgreSQL), starts the order workers and the unpaid-order cancellers (unless
+//! `--workers 0 --cancellers 0`: they then run as `order-worker` processes), and serves
+//! `gateway::app` until SIGTERM/SIGINT.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,12 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use gateway::app::{AppState, GatewayConfig, ServeLimits};
+use gateway::app::{AppState, CrewMetrics, GatewayConfig, ServeLimits};
 use gateway::ledger::{MemoryLedger, RedisLedger, TokenLedger};
 use gateway::session::SessionKey;
 use gateway::throttle::ThrottleConfig;
 use gateway::token::TokenKey;
 use inventory::{Inventory, MemoryStore, RedisStore, StockStore};
+use order_worker::crew::{Crew, CrewConfig};
+use order_worker::db::{DbOptions, NewSale, OrdersDb, SqliteDurability};
 
 #[derive(Parser, Debug)]
 #[command(name = "gateway", version, about = "The flash-sale HTTP gateway")]
@@ -44,10 +49,28 @@ struct Args {
     /// captcha. Off unless set; logged loudly.
     #[arg(long, env = "GATEWAY_LOAD_TEST_SECRET")]
     load_test_secret: Option<String>,
-    /// Create a demo sale (id 1) with this many units, open at once, so the gateway can be
-    /// tried straight away.
-    #[arg(long)]
-    demo_units: Option<u64>,
+    /// The orders database: `sqlite:PATH` (created if missing) or `postgres://…`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
+    database: String,
+    /// Database connections.
+    #[arg(long, default_value_t = order_worker::db::CONNECTIONS_DEFAULT)]
+    db_connections: u32,
+    /// SQLite commits: `full` (fsync, the default) or `normal`.
+    #[arg(long, default_value = "full")]
+    sqlite_sync: String,
+    /// Order workers in this process (0: run `order-worker` processes instead).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Unpaid-order cancellers in this process (0: none here).
+    #[arg(long, default_value_t = 1)]
+    cancellers: usize,
+    /// Most purchases per worker batch (one transaction).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// If the database has no sale 1, create it as a demo sale with this many units, open
+    /// at once with a ten-minute pay window (0: no demo sale).
+    #[arg(long, default_value_t = 100)]
+    demo_units: u64,
     /// Tokens a sale issues at most, per unit.
     #[arg(long, default_value_t = 1.5)]
     token_factor: f64,
@@ -115,6 +138,15 @@ async fn run(args: Args) -> Result<(), BoxError> {
         );
     }
     let backend = queue::Backend::open(&args.queue, queue::Config::default()).await?;
+    let db_options = DbOptions {
+        max_connections: args.db_connections,
+        sqlite_durability: match args.sqlite_sync.as_str() {
+            "full" => SqliteDurability::Full,
+            "normal" => SqliteDurability::Normal,
+            other => return Err(format!("--sqlite-sync is full or normal, not {other}").into()),
+        },
+    };
+    let db = OrdersDb::connect(&args.database, &db_options).await?;
     // With Redis, the token ledger lives beside the stock, so several gateways share one
     // budget and one single-use rule.
     let (store, ledger): (Box<dyn StockStore>, Arc<dyn TokenLedger>) = if args.inventory == "memory"
@@ -134,33 +166,75 @@ async fn run(args: Args) -> Result<(), BoxError> {
         config,
         Inventory::new(store, Duration::from_millis(1000)),
         backend.queue(),
+        db.clone(),
         SessionKey::from_bytes(key),
         TokenKey::from_bytes(token_key),
         ThrottleConfig::default(),
     )?;
     state.ledger = ledger;
-    let state = Arc::new(state);
-    if let Some(units) = args.demo_units {
-        let sale = gateway::sales::Sale {
-            id: 1,
-            name: "demo".into(),
-            price_cents: 100,
-            units,
-            starts_at_ms: gateway::app::now_ms(),
-        };
-        let stock = state.inventory.store().define(sale.id, units).await?;
-        if stock.units != units {
-            return Err(format!(
-                "the stock store already holds sale 1 with {} units",
-                stock.units
+    // The sales and their stock, from the database (an in-process store starts empty and
+    // is rebuilt from the active orders).
+    gateway::sync::load_catalogue(&state).await?;
+    if args.demo_units > 0 && state.catalogue.get(1).is_none() {
+        let sale = db
+            .create_sale(
+                &NewSale {
+                    id: 1,
+                    name: "demo".into(),
+                    price_cents: 100,
+                    units: args.demo_units,
+                    starts_at_ms: gateway::app::now_ms(),
+                    pay_window_ms: None,
+                },
+                gateway::app::now_ms(),
             )
-            .into());
-        }
-        state.catalogue.add(sale)?;
-        println!("gateway: demo sale 1 with {units} units is open");
+            .await?;
+        state.inventory.reconcile(1, sale.units, &[]).await?;
+        state.catalogue.upsert(sale);
+        println!(
+            "gateway: demo sale 1 with {} units is open",
+            args.demo_units
+        );
     }
+    let crew = if args.workers + args.cancellers > 0 {
+        let mut crew_config = CrewConfig {
+            workers: args.workers,
+            cancellers: args.cancellers,
+            ..CrewConfig::default()
+        };
+        crew_config.worker.batch_max = args.batch;
+        crew_config.worker.topic = state.config.orders_topic.clone();
+        crew_config.worker.group = state.config.workers_group.clone();
+        let mut crew = Crew::start(
+            db.clone(),
+            backend.queue(),
+            Some(state.inventory.clone()),
+            crew_config,
+            Arc::new(queue::SystemClock),
+        );
+        crew.report_every(Duration::from_secs(5));
+        state.crew = Some(CrewMetrics {
+            workers: crew.workers.clone(),
+            cancellers: crew.cancellers.clone(),
+        });
+        Some(crew)
+    } else {
+        None
+    };
+    let state = Arc::new(state);
+    println!(
+        "gateway: orders database {} ({}); {} order workers and {} cancellers in this process",
+        db.backend(),
+        args.database,
+        args.workers,
+        args.cancellers
+    );
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    println!("gateway: listening on http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    println!("gateway: listening on http://{addr}");
+    println!("  sales:   http://{addr}/api/sales");
+    println!("  admin:   http://{addr}/admin/api/sales  (Authorization: Bearer <admin secret>)");
+    println!("  metrics: http://{addr}/metrics");
     let limits = ServeLimits {
         max_in_flight: args.max_in_flight,
         request_timeout_ms: args.request_timeout_ms,
@@ -189,7 +263,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
             state.commits.running()
         );
     }
+    if let Some(crew) = crew {
+        crew.stop().await;
+    }
     backend.close()?;
+    db.close().await;
     println!("gateway: stopped cleanly");
     Ok(())
 }

@@ -21,6 +21,11 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const ADMIN: &str = "admin-secret";
+
+/// A fresh SQLite orders database in `dir`.
+async fn test_db(dir: &tempfile::TempDir) -> order_worker::OrdersDb {
+    order_worker::testing::sqlite(dir.path(), &Default::default()).await
+}
 const LOAD_TEST: &str = "load-test-secret";
 /// The purchase wait of the test gateways: longer than any test request may take.
 const PURCHASE_WAIT_MS: u64 = 120_000;
@@ -51,18 +56,23 @@ fn test_throttle() -> ThrottleConfig {
     t
 }
 
-fn test_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
-    test_app_with(token_factor, throttle, Some(LOAD_TEST))
+async fn test_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
+    test_app_with(token_factor, throttle, Some(LOAD_TEST)).await
 }
 
 /// The app served on a real loopback port with the default limits.
 async fn spawn_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
     test_app(token_factor, throttle)
+        .await
         .on_port(ServeLimits::default())
         .await
 }
 
-fn test_app_with(token_factor: f64, throttle: ThrottleConfig, load_test: Option<&str>) -> TestApp {
+async fn test_app_with(
+    token_factor: f64,
+    throttle: ThrottleConfig,
+    load_test: Option<&str>,
+) -> TestApp {
     test_app_on(
         Box::new(MemoryStore::new()),
         None,
@@ -70,9 +80,10 @@ fn test_app_with(token_factor: f64, throttle: ThrottleConfig, load_test: Option<
         throttle,
         load_test,
     )
+    .await
 }
 
-fn test_app_on(
+async fn test_app_on(
     store: Box<dyn inventory::StockStore>,
     ledger: Option<Arc<dyn gateway::ledger::TokenLedger>>,
     token_factor: f64,
@@ -92,6 +103,7 @@ fn test_app_on(
         config,
         Inventory::new(store, Duration::from_millis(200)),
         engine.clone(),
+        test_db(&dir).await,
         SessionKey::generate(),
         TokenKey::generate(),
         throttle,
@@ -111,6 +123,42 @@ fn test_app_on(
 }
 
 impl TestApp {
+    /// Runs an order worker until every queued purchase is decided (the workers' lag is
+    /// 0), then one housekeeping round of the gateway.
+    async fn drain(&self) {
+        let worker = order_worker::worker::OrderWorker::new(
+            self.state.db.clone(),
+            self.state.queue.clone(),
+            Some(self.state.inventory.clone()),
+            order_worker::worker::WorkerConfig {
+                wait_ms: 0,
+                ..Default::default()
+            },
+            Default::default(),
+            Arc::new(queue::SystemClock),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queue never drained"
+            );
+            if worker.step().await.expect("worker step") > 0 {
+                continue;
+            }
+            let stats = self.state.queue.stats("orders").await.expect("stats");
+            let lag = stats
+                .groups
+                .iter()
+                .find(|g| g.name == "order-workers")
+                .map_or(stats.next_offset, |g| g.lag);
+            if lag == 0 {
+                break;
+            }
+        }
+        gateway::sync::housekeeping(&self.state).await;
+    }
+
     /// Serves this app on a fresh loopback port (until dropped); requests then go over
     /// real sockets.
     async fn on_port(mut self, limits: ServeLimits) -> TestApp {
@@ -279,7 +327,7 @@ fn token_of(v: &Value) -> String {
 
 #[tokio::test]
 async fn a_purchase_from_login_to_ticket() {
-    purchase_flow(test_app(1.5, test_throttle())).await;
+    purchase_flow(test_app(1.5, test_throttle()).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,12 +378,7 @@ async fn purchase_flow(t: TestApp) {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["state"], "queued");
     assert_eq!(v["position"], 1);
-    assert!(t.state.tickets.resolve(
-        &ticket,
-        gateway::tickets::TicketState::Ordered {
-            order_id: "o-1".into()
-        }
-    ));
+    t.drain().await;
     let (_, _, v) = t
         .call(
             Request::get(format!("/api/tickets/{ticket}"))
@@ -343,8 +386,64 @@ async fn purchase_flow(t: TestApp) {
                 .expect("r"),
         )
         .await;
-    assert_eq!(v["state"], "ordered");
-    assert_eq!(v["order_id"], "o-1");
+    assert_eq!(v["state"], "ordered", "{v}");
+    let order_id = v["order_id"].as_str().expect("order id").to_string();
+    // The order is alice's alone, pending until she pays.
+    let (s, _, v) = t
+        .call(
+            Request::get(format!("/api/orders/{order_id}"))
+                .header(header::COOKIE, &alice)
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("pending")),
+        "{v}"
+    );
+    let bob = t.login("bob").await;
+    let (s, _, _) = t
+        .call(
+            Request::get(format!("/api/orders/{order_id}"))
+                .header(header::COOKIE, &bob)
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "not bob's order");
+    let (s, _) = t
+        .post(
+            &format!("/api/orders/{order_id}/pay"),
+            Some(&bob),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "bob cannot pay alice's order");
+    let (s, v) = t
+        .post(
+            &format!("/api/orders/{order_id}/pay"),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("paid")),
+        "{v}"
+    );
+    let (s, v) = t
+        .post(
+            &format!("/api/orders/{order_id}/pay"),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("paid")),
+        "paying twice is harmless: {v}"
+    );
     // Stock and sale view agree.
     let (_, _, v) = t
         .call(Request::get("/api/sales/1").body(Body::empty()).expect("r"))
@@ -531,7 +630,7 @@ async fn refusals_have_the_right_status_and_a_json_error() {
 
 #[tokio::test]
 async fn load_test_mode_skips_only_the_captcha_and_only_with_the_secret() {
-    let t = test_app(1.5, test_throttle());
+    let t = test_app(1.5, test_throttle()).await;
     t.create_sale(1, 10, 0).await;
     let alice = t.login("alice").await;
     let (s, v) = t.token_load_test(&alice, 1).await;
@@ -545,7 +644,7 @@ async fn load_test_mode_skips_only_the_captcha_and_only_with_the_secret() {
         .expect("request");
     assert_eq!(t.call(req).await.0, StatusCode::FORBIDDEN);
     // With load-test mode off, the right secret is no help either.
-    let off = test_app_with(1.5, test_throttle(), None);
+    let off = test_app_with(1.5, test_throttle(), None).await;
     off.create_sale(1, 10, 0).await;
     let alice = off.login("alice").await;
     assert_eq!(
@@ -558,7 +657,7 @@ async fn load_test_mode_skips_only_the_captcha_and_only_with_the_secret() {
 /// purchase leaves the count, and a unit given back (a cancellation) makes room again.
 #[tokio::test]
 async fn the_token_budget_follows_the_units_left() {
-    let t = test_app(1.0, test_throttle());
+    let t = test_app(1.0, test_throttle()).await;
     t.create_sale(1, 2, 0).await;
     let alice = t.login("alice").await;
     let bob = t.login("bob").await;
@@ -619,6 +718,7 @@ async fn a_book_full_of_queued_tickets_refuses_purchases_without_losing_any() {
         config,
         Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
         engine.clone(),
+        test_db(&dir).await,
         SessionKey::generate(),
         TokenKey::generate(),
         test_throttle(),
@@ -659,24 +759,17 @@ async fn a_book_full_of_queued_tickets_refuses_purchases_without_losing_any() {
     for id in &tickets {
         assert!(t.state.tickets.get(id).is_some());
     }
-    assert!(t.state.tickets.resolve(
-        &tickets[0],
-        gateway::tickets::TicketState::Ordered {
-            order_id: "o-1".into()
-        }
-    ));
+    // Once the workers have decided them, the book forgets them and cat's token buys.
+    t.drain().await;
+    assert!(t.state.tickets.is_empty(), "decided tickets leave the book");
     assert_eq!(t.purchase(&cat, 1, &token).await.0, StatusCode::ACCEPTED);
-    assert!(
-        t.state.tickets.get(&tickets[1]).is_some(),
-        "queued ticket kept"
-    );
 }
 
 #[tokio::test]
 async fn repeated_purchase_attempts_are_throttled_with_retry_after() {
     let mut cfg = test_throttle();
     cfg.repeat_max = 2;
-    let t = test_app(100.0, cfg);
+    let t = test_app(100.0, cfg).await;
     t.create_sale(1, 10, 0).await;
     let alice = t.login("alice").await;
     let mut last = (StatusCode::OK, Value::Null);
@@ -693,7 +786,7 @@ async fn repeated_purchase_attempts_are_throttled_with_retry_after() {
 /// message in the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_crowd_gets_exactly_the_units_on_sale() {
-    let mut t = test_app(100.0, test_throttle());
+    let mut t = test_app(100.0, test_throttle()).await;
     t.limits = patient();
     flash_crowd(t).await;
 }
@@ -711,7 +804,13 @@ fn patient() -> ServeLimits {
 /// timeouts, body limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_crowd_on_a_real_port_gets_exactly_the_units_on_sale() {
-    flash_crowd(test_app(100.0, test_throttle()).on_port(patient()).await).await;
+    flash_crowd(
+        test_app(100.0, test_throttle())
+            .await
+            .on_port(patient())
+            .await,
+    )
+    .await;
 }
 
 /// The same against the Redis stock store (the real Redis, a key prefix of its own).
@@ -740,6 +839,7 @@ async fn a_flash_crowd_gets_exactly_the_units_on_sale_with_redis() {
         test_throttle(),
         Some(LOAD_TEST),
     )
+    .await
     .on_port(patient())
     .await;
     flash_crowd(t).await;
@@ -778,6 +878,7 @@ async fn a_flash_crowd_through_the_broker_gets_exactly_the_units_on_sale() {
         config,
         Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
         Arc::new(client),
+        test_db(&dir).await,
         SessionKey::generate(),
         TokenKey::generate(),
         test_throttle(),
@@ -884,7 +985,7 @@ async fn flash_crowd(t: TestApp) {
 /// The served router refuses an oversized body with 413 and a JSON error.
 #[tokio::test]
 async fn oversized_bodies_get_413() {
-    let t = test_app(1.5, test_throttle());
+    let t = test_app(1.5, test_throttle()).await;
     let router = gateway::app::app_with_limits(
         t.state.clone(),
         gateway::app::ServeLimits {
@@ -1017,7 +1118,7 @@ impl Queue for GatedQueue {
 
 /// A gateway (oneshot transport) on a [`GatedQueue`] over a fresh engine; `adjust` may
 /// change the configuration first.
-fn gated_app(adjust: impl FnOnce(&mut GatewayConfig)) -> (TestApp, Arc<GatedQueue>) {
+async fn gated_app(adjust: impl FnOnce(&mut GatewayConfig)) -> (TestApp, Arc<GatedQueue>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
     let gated = Arc::new(GatedQueue {
@@ -1036,6 +1137,7 @@ fn gated_app(adjust: impl FnOnce(&mut GatewayConfig)) -> (TestApp, Arc<GatedQueu
         config,
         Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
         gated.clone(),
+        test_db(&dir).await,
         SessionKey::generate(),
         TokenKey::generate(),
         test_throttle(),
@@ -1055,7 +1157,7 @@ fn gated_app(adjust: impl FnOnce(&mut GatewayConfig)) -> (TestApp, Arc<GatedQueu
 /// with its ticket at once; the purchase goes on, and the ticket then says it is queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_enqueue_answers_with_a_ticket_to_follow() {
-    let (t, gated) = gated_app(|c| c.purchase_wait_ms = 100);
+    let (t, gated) = gated_app(|c| c.purchase_wait_ms = 100).await;
     t.create_sale(1, 5, 0).await;
     let ann = t.login("ann").await;
     let (_, v) = t.token_load_test(&ann, 1).await;
@@ -1100,7 +1202,7 @@ async fn a_slow_enqueue_answers_with_a_ticket_to_follow() {
 /// answers 503 and puts the unit back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
-    let (t, gated) = gated_app(|_| {});
+    let (t, gated) = gated_app(|_| {}).await;
     let state = t.state.clone();
     t.create_sale(1, 5, 0).await;
     let alice = t.login("alice").await;

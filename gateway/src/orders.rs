@@ -1,0 +1,208 @@
+//! Orders and payment for buyers, and the admin's view of sales, reconciliation and dead
+//! letters.
+//!
+//! - `GET /api/orders/{id}`: the signed-in buyer's order (404 for anyone else's).
+//! - `POST /api/orders/{id}/pay`: simulated payment, pending → paid with one conditional
+//!   update before the pay-by time. `200` paid (again: `200`, idempotent); `409
+//!   order_cancelled` if the cancellation won, `409 payment_window_closed` if the pay-by time
+//!   has passed and the cancellation is about to run. Exactly one of payment and
+//!   cancellation ever succeeds (both are conditional on `status = 'pending'`).
+//! - `GET /admin/api/sales`: every sale with its orders by status and its stock figures.
+//! - `POST /admin/api/sales/{id}/reconcile`: resets the sale's stock to the database.
+//! - `GET /admin/api/dead-letters`: dead letters of the orders and pay-by topics, with
+//!   their reasons; `POST /admin/api/dead-letters/{topic}/{offset}/replay|discard`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use order_worker::db::{Order, Payment};
+use serde_json::{Value, json};
+
+use crate::app::{Admin, AppState, SaleIdPath, SessionUser, now_ms};
+use crate::error::{ApiError, ApiResult};
+
+/// Longest order id accepted in a path, bytes.
+pub const ORDER_ID_BYTES_MAX: usize = 64;
+/// Most dead letters listed per topic.
+pub const DEAD_LETTERS_LISTED_MAX: usize = 100;
+
+type PathOf<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
+
+fn order_json(o: &Order) -> Value {
+    json!({
+        "id": o.id,
+        "ticket": o.ticket,
+        "sale": o.sale,
+        "user": o.user,
+        "price_cents": o.price_cents,
+        "status": o.status,
+        "created_ms": o.created_ms,
+        "pay_by_ms": o.pay_by_ms,
+        "paid_ms": o.paid_ms,
+        "cancelled_ms": o.cancelled_ms,
+        "server_time_ms": now_ms(),
+    })
+}
+
+fn db_unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable("unavailable", e.to_string(), 1000)
+}
+
+fn order_id(id: PathOf<String>) -> ApiResult<String> {
+    match id {
+        Ok(Path(id)) if !id.is_empty() && id.len() <= ORDER_ID_BYTES_MAX => Ok(id),
+        _ => Err(ApiError::not_found("no such order")),
+    }
+}
+
+/// `GET /api/orders/{id}`.
+pub async fn get_order(
+    State(state): State<Arc<AppState>>,
+    SessionUser(user): SessionUser,
+    id: PathOf<String>,
+) -> ApiResult<Json<Value>> {
+    let id = order_id(id)?;
+    match state.db.order(&id).await.map_err(db_unavailable)? {
+        Some(o) if o.user == user => Ok(Json(order_json(&o))),
+        _ => Err(ApiError::not_found("no such order")),
+    }
+}
+
+/// `POST /api/orders/{id}/pay`.
+pub async fn pay_order(
+    State(state): State<Arc<AppState>>,
+    SessionUser(user): SessionUser,
+    id: PathOf<String>,
+) -> ApiResult<Json<Value>> {
+    let id = order_id(id)?;
+    match state
+        .db
+        .pay(&id, &user, now_ms())
+        .await
+        .map_err(db_unavailable)?
+    {
+        Payment::Paid(o) | Payment::AlreadyPaid(o) => Ok(Json(order_json(&o))),
+        Payment::Cancelled(_) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "order_cancelled",
+            "the order was cancelled at its pay-by time and its unit went back on sale; nothing was charged",
+        )),
+        Payment::TooLate(o) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "payment_window_closed",
+            format!(
+                "the pay-by time ({}) has passed; the order is being cancelled",
+                o.pay_by_ms
+            ),
+        )),
+        Payment::NotFound => Err(ApiError::not_found("no such order")),
+    }
+}
+
+/// `GET /admin/api/sales`.
+pub async fn admin_sales(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+) -> ApiResult<Json<Value>> {
+    let mut out = Vec::new();
+    for sale in state.db.sales().await.map_err(db_unavailable)? {
+        let counts = state
+            .db
+            .order_counts(sale.id)
+            .await
+            .map_err(db_unavailable)?;
+        let stock = state.inventory.store().stock(sale.id).await.ok().flatten();
+        out.push(json!({
+            "sale": sale,
+            "orders": counts,
+            "stock": stock.map(|s| json!({"units": s.units, "left": s.left, "holders": s.holders})),
+        }));
+    }
+    Ok(Json(json!({"sales": out, "server_time_ms": now_ms()})))
+}
+
+/// `POST /admin/api/sales/{id}/reconcile`.
+pub async fn admin_reconcile(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    SaleIdPath(id): SaleIdPath,
+) -> ApiResult<Json<Value>> {
+    let s = crate::sync::reconcile_sale(&state, id)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(Json(
+        json!({"sale": id, "units": s.units, "left": s.left, "holders": s.holders}),
+    ))
+}
+
+fn dead_topics(state: &AppState) -> [String; 2] {
+    [
+        state.config.orders_topic.clone(),
+        order_worker::purchase::DEADLINES_TOPIC.to_string(),
+    ]
+}
+
+/// `GET /admin/api/dead-letters`.
+pub async fn admin_dead_letters(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+) -> ApiResult<Json<Value>> {
+    let mut out = Vec::new();
+    for topic in dead_topics(&state) {
+        let letters = match state
+            .queue
+            .dead_letters(&topic, 0, DEAD_LETTERS_LISTED_MAX)
+            .await
+        {
+            Ok(l) => l,
+            Err(queue::Error::NoSuchTopic(_)) => Vec::new(),
+            Err(e) => return Err(db_unavailable(e)),
+        };
+        for d in letters {
+            out.push(json!({
+                "topic": topic,
+                "dead_offset": d.dead_offset,
+                "group": d.group,
+                "original_offset": d.original_offset,
+                "attempts": d.attempts,
+                "reason": d.reason,
+                "dead_at_ms": d.dead_at_ms,
+                "payload": String::from_utf8_lossy(&d.payload),
+            }));
+        }
+    }
+    Ok(Json(json!({"dead_letters": out})))
+}
+
+/// `POST /admin/api/dead-letters/{topic}/{offset}/{replay|discard}`.
+pub async fn admin_dead_letter_action(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    path: PathOf<(String, u64, String)>,
+) -> ApiResult<Json<Value>> {
+    let Ok(Path((topic, offset, action))) = path else {
+        return Err(ApiError::not_found("no such dead letter"));
+    };
+    if !dead_topics(&state).contains(&topic) {
+        return Err(ApiError::not_found("no such topic"));
+    }
+    let r = match action.as_str() {
+        "replay" => state
+            .queue
+            .replay_dead_letter(&topic, offset)
+            .await
+            .map(|o| json!({"replayed_at": o})),
+        "discard" => state
+            .queue
+            .discard_dead_letter(&topic, offset)
+            .await
+            .map(|()| json!({"discarded": offset})),
+        _ => return Err(ApiError::not_found("the actions are replay and discard")),
+    };
+    r.map(Json).map_err(|e| match e {
+        queue::Error::NoSuchDeadLetter { .. } => ApiError::not_found(e.to_string()),
+        other => db_unavailable(other),
+    })
+}

@@ -1,0 +1,282 @@
+//! Keeping the gateway's copies in step with the orders database: the sale catalogue, the
+//! stock store's figures for each sale, and the waiting tickets.
+//!
+//! - **Catalogue**: re-read from the database every housekeeping round; a sale new to this
+//!   gateway gets its stock defined if the store has none (from the units on sale and the
+//!   users holding an active order), which is also what a restart with an in-process store
+//!   does for every sale.
+//! - **Tickets**: the workers' group progress on the orders topic is read each round; tickets
+//!   below it are decided (their outcomes are in the database) and leave the book.
+//! - **Reconciliation at rest** ([`Reconciler`]): every [`RECONCILE_EVERY_ROUNDS`] rounds,
+//!   when the orders topic is drained (workers' lag 0) and no purchase of this gateway is
+//!   between its reservation and its enqueue, each sale's store figures are compared with
+//!   the database (units left; holders against active orders). A sale that differs with the
+//!   same store figures in two rounds in a row (nothing moved in between) is reset to the
+//!   database's truth. That settles what a crash or a split deployment leaves behind: a
+//!   reservation whose enqueue never happened, a unit whose release was lost, an
+//!   in-process store restarted while purchases were queued. Invariant 4 (conservation)
+//!   therefore holds in the store again within two rounds of the queue going quiet.
+//!   The residual risk: another gateway's purchase reserving between the second look and
+//!   the reset; its order is still decided by the database, which never oversells.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use inventory::SaleStock;
+
+use crate::app::AppState;
+
+/// Housekeeping rounds (one a second) between reconciliation checks.
+pub const RECONCILE_EVERY_ROUNDS: u64 = 10;
+
+/// State of the reconciliation at rest.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    rounds: AtomicU64,
+    /// Sales whose store figures differed from the database at the last check, with the
+    /// figures seen then.
+    suspects: Mutex<HashMap<u64, SaleStock>>,
+    /// Sales reset to the database's figures (since start).
+    pub resets: AtomicU64,
+}
+
+impl Reconciler {
+    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SaleStock>> {
+        match self.suspects.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+/// Reads the database's sales into the catalogue, defining the stock of sales new to this
+/// gateway that the store does not hold yet. Returns how many sales were new.
+pub async fn load_catalogue(state: &AppState) -> Result<usize, String> {
+    let sales = state.db.sales().await.map_err(|e| e.to_string())?;
+    let mut new = 0;
+    for sale in sales {
+        let known = state.catalogue.get(sale.id).is_some();
+        if !known {
+            let stock = state
+                .inventory
+                .store()
+                .stock(sale.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if stock.is_none() {
+                let holders = state
+                    .db
+                    .active_holders(sale.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                state
+                    .inventory
+                    .reconcile(sale.id, sale.units, &holders)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            new += 1;
+        }
+        state.catalogue.upsert(sale);
+    }
+    Ok(new)
+}
+
+/// Resets `sale`'s stock to the database: its units, held by the users with an active
+/// order. Returns the new figures.
+pub async fn reconcile_sale(state: &AppState, sale: u64) -> Result<SaleStock, String> {
+    let Some(s) = state.db.sale(sale).await.map_err(|e| e.to_string())? else {
+        return Err(format!("no sale {sale}"));
+    };
+    let holders = state
+        .db
+        .active_holders(sale)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stock = state
+        .inventory
+        .reconcile(sale, s.units, &holders)
+        .await
+        .map_err(|e| e.to_string())?;
+    state.reconciler.resets.fetch_add(1, Ordering::Relaxed);
+    Ok(stock)
+}
+
+/// The workers' lag on the orders topic and their low watermark; `None` if the queue
+/// cannot say. Without a workers' group yet, everything published is lag.
+async fn progress(state: &AppState) -> Option<(u64, u64)> {
+    let stats = state.queue.stats(&state.config.orders_topic).await.ok()?;
+    Some(
+        match stats
+            .groups
+            .iter()
+            .find(|g| g.name == state.config.workers_group)
+        {
+            Some(g) => (g.lag, g.low_watermark),
+            None => (
+                stats.next_offset.saturating_sub(stats.log_start),
+                stats.log_start,
+            ),
+        },
+    )
+}
+
+/// One housekeeping round (the gateway's `serve` runs one a second).
+pub async fn housekeeping(state: &AppState) {
+    if let Err(e) = load_catalogue(state).await {
+        tracing::warn!("reading the sales from the database: {e}");
+    }
+    let Some((lag, done)) = progress(state).await else {
+        return;
+    };
+    state.line.advance(done);
+    state.tickets.finished_below(done);
+    let round = state.reconciler.rounds.fetch_add(1, Ordering::Relaxed) + 1;
+    if round.is_multiple_of(RECONCILE_EVERY_ROUNDS) {
+        reconcile_at_rest(state, lag).await;
+    }
+}
+
+async fn reconcile_at_rest(state: &AppState, lag: u64) {
+    if lag != 0 || state.commits.running() != 0 {
+        state.reconciler.suspects().clear();
+        return;
+    }
+    for sale in state.catalogue.list() {
+        if let Err(e) = check_sale(state, sale.id, sale.units).await {
+            tracing::warn!("reconciling sale {}: {e}", sale.id);
+        }
+    }
+}
+
+async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), String> {
+    let store = state.inventory.store();
+    let Some(seen) = store.stock(id).await.map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let Some(db_sale) = state.db.sale(id).await.map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let active = state
+        .db
+        .order_counts(id)
+        .await
+        .map_err(|e| e.to_string())?
+        .active();
+    if seen.units == units && seen.left == db_sale.units_left && seen.holders == active {
+        state.reconciler.suspects().remove(&id);
+        return Ok(());
+    }
+    let before = state.reconciler.suspects().insert(id, seen);
+    if before != Some(seen) {
+        // First sight of this difference (or it moved): look again next check.
+        return Ok(());
+    }
+    // The same difference two checks apart, nothing moved: reset to the database, unless the
+    // store moved while the holders were read.
+    let holders = state
+        .db
+        .active_holders(id)
+        .await
+        .map_err(|e| e.to_string())?;
+    if store.stock(id).await.map_err(|e| e.to_string())? == Some(seen) {
+        let now = state
+            .inventory
+            .reconcile(id, units, &holders)
+            .await
+            .map_err(|e| e.to_string())?;
+        state.reconciler.resets.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "sale {id}: the stock store said {} left and {} holders, the database {} left and {} active orders; reset ({} left now)",
+            seen.left,
+            seen.holders,
+            db_sale.units_left,
+            active,
+            now.left
+        );
+    }
+    state.reconciler.suspects().remove(&id);
+    Ok(())
+}
+
+/// Appends the in-process workers' and cancellers' counters (if any) and the
+/// reconciliations to a Prometheus text body.
+pub fn crew_metrics(state: &AppState, out: &mut String) {
+    let mut counter = |name: &str, help: &str, v: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        ));
+    };
+    counter(
+        "gateway_stock_resets_total",
+        "Sales whose stock was reset to the orders database.",
+        state.reconciler.resets.load(Ordering::Relaxed),
+    );
+    let Some(crew) = &state.crew else {
+        return;
+    };
+    let (w, c) = (&crew.workers, &crew.cancellers);
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    for (name, help, v) in [
+        (
+            "orders_purchases_finished_total",
+            "Purchase messages decided and acked.",
+            get(&w.messages),
+        ),
+        ("orders_created_total", "Orders created.", get(&w.ordered)),
+        (
+            "orders_rejected_sold_out_total",
+            "Purchases rejected: sold out in the database.",
+            get(&w.rejected_sold_out),
+        ),
+        (
+            "orders_rejected_already_bought_total",
+            "Purchases rejected: one per person.",
+            get(&w.rejected_already_bought),
+        ),
+        (
+            "orders_rejected_no_such_sale_total",
+            "Purchases rejected: unknown sale.",
+            get(&w.rejected_no_such_sale),
+        ),
+        (
+            "orders_redelivered_total",
+            "Deliveries that found their decision already made.",
+            get(&w.redelivered),
+        ),
+        (
+            "orders_malformed_total",
+            "Malformed purchase messages dead-lettered.",
+            get(&w.malformed),
+        ),
+        (
+            "orders_nacked_total",
+            "Purchase messages given back after failures.",
+            get(&w.nacked),
+        ),
+        (
+            "orders_db_retries_total",
+            "Batch transactions retried after transient errors.",
+            get(&w.db_retries),
+        ),
+        ("orders_batches_total", "Batches decided.", get(&w.batches)),
+        (
+            "orders_cancelled_total",
+            "Orders cancelled by their pay-by message.",
+            get(&c.cancelled),
+        ),
+        (
+            "orders_swept_total",
+            "Overdue orders cancelled by the sweep.",
+            get(&c.swept),
+        ),
+        (
+            "orders_units_released_total",
+            "Units released in the stock store (rejections and cancellations).",
+            get(&w.released) + get(&c.released),
+        ),
+    ] {
+        counter(name, help, v);
+    }
+}
