@@ -20,6 +20,8 @@ use queue::{Engine, FetchOptions, Queue, StartAt};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod system;
+
 const ADMIN: &str = "admin-secret";
 
 /// A fresh SQLite orders database in `dir`.
@@ -79,6 +81,7 @@ async fn test_app_with(
         token_factor,
         throttle,
         load_test,
+        None,
     )
     .await
 }
@@ -89,6 +92,7 @@ async fn test_app_on(
     token_factor: f64,
     throttle: ThrottleConfig,
     load_test: Option<&str>,
+    db: Option<order_worker::OrdersDb>,
 ) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
@@ -103,7 +107,10 @@ async fn test_app_on(
         config,
         Inventory::new(store, Duration::from_millis(200)),
         engine.clone(),
-        test_db(&dir).await,
+        match db {
+            Some(db) => db,
+            None => test_db(&dir).await,
+        },
         SessionKey::generate(),
         TokenKey::generate(),
         throttle,
@@ -228,12 +235,24 @@ impl TestApp {
     }
 
     async fn create_sale(&self, id: u64, units: u64, starts_at_ms: u64) {
+        self.create_sale_paid_within(id, units, starts_at_ms, 600_000)
+            .await
+    }
+
+    async fn create_sale_paid_within(
+        &self,
+        id: u64,
+        units: u64,
+        starts_at_ms: u64,
+        pay_window_ms: u64,
+    ) {
         let req = Request::post("/admin/api/sales")
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
             .body(Body::from(
-                json!({"id": id, "name": "phone", "price_cents": 99900, "units": units, "starts_at_ms": starts_at_ms})
-                    .to_string(),
+                json!({"id": id, "name": "phone", "price_cents": 99900, "units": units,
+                       "starts_at_ms": starts_at_ms, "pay_window_ms": pay_window_ms})
+                .to_string(),
             ))
             .expect("request");
         let (s, _, v) = self.call(req).await;
@@ -838,6 +857,7 @@ async fn a_flash_crowd_gets_exactly_the_units_on_sale_with_redis() {
         100.0,
         test_throttle(),
         Some(LOAD_TEST),
+        None,
     )
     .await
     .on_port(patient())

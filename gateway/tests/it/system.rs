@@ -1,0 +1,342 @@
+//! The whole system in one process: the gateway on a real port, the embedded queue, the
+//! in-process stock store, order workers and the canceller running beside it, and the
+//! orders database (SQLite, and a fresh PostgreSQL database). Checks invariants 1–5 of the
+//! brief end to end.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use inventory::MemoryStore;
+use order_worker::crew::{Crew, CrewConfig};
+use order_worker::db::OrderStatus;
+use serde_json::{Value, json};
+
+use super::{LOAD_TEST, TestApp, patient, test_app_on, test_throttle, token_of};
+
+/// Polls `check` every 20 ms until it is true; panics with `what` after `limit`.
+async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The system: a gateway on a real port with workers and a canceller running.
+async fn system(db: Option<order_worker::OrdersDb>) -> (Arc<TestApp>, Crew) {
+    let t = test_app_on(
+        Box::new(MemoryStore::new()),
+        None,
+        100.0,
+        test_throttle(),
+        Some(LOAD_TEST),
+        db,
+    )
+    .await
+    .on_port(patient())
+    .await;
+    let mut config = CrewConfig::default();
+    config.worker.wait_ms = 100;
+    config.canceller.wait_ms = 100;
+    config.canceller.sweep_every_ms = 200;
+    let crew = Crew::start(
+        t.state.db.clone(),
+        t.state.queue.clone(),
+        Some(t.state.inventory.clone()),
+        config,
+        Arc::new(queue::SystemClock),
+    );
+    (Arc::new(t), crew)
+}
+
+async fn lag(t: &TestApp) -> u64 {
+    let stats = t.state.queue.stats("orders").await.expect("stats");
+    stats
+        .groups
+        .iter()
+        .find(|g| g.name == "order-workers")
+        .map_or(stats.next_offset, |g| g.lag)
+}
+
+async fn ticket(t: &TestApp, ticket: &str) -> Value {
+    let (s, _, v) = t
+        .call(
+            Request::get(format!("/api/tickets/{ticket}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "ticket {ticket}: {v}");
+    v
+}
+
+/// 5,000 purchase attempts from 1,000 users (five clicks each, interleaved) on a sale of
+/// 200 units, with the workers draining while the crowd pushes. After the drain: exactly 200
+/// active orders, one per person, units left 0 in the database and the store (never below),
+/// units = left + active orders in both, and every accepted ticket ordered or rejected.
+async fn flash_sale_end_to_end(db: Option<order_worker::OrdersDb>) {
+    const UNITS: u64 = 200;
+    const USERS: usize = 1_000;
+    const ATTEMPTS: usize = 5_000;
+    const TASKS: usize = 25;
+    let (t, crew) = system(db).await;
+    t.create_sale(5, UNITS, 0).await;
+    let mut cookies = Vec::with_capacity(USERS);
+    for u in 0..USERS {
+        cookies.push(t.login(&format!("buyer-{u}")).await);
+    }
+    let cookies = Arc::new(cookies);
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|k| {
+            let t = t.clone();
+            let cookies = cookies.clone();
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                for i in 0..ATTEMPTS / TASKS {
+                    let user = (k * (ATTEMPTS / TASKS) + i) % USERS;
+                    let cookie = &cookies[user];
+                    let (s, v) = t.token_load_test(cookie, 5).await;
+                    if s != StatusCode::OK {
+                        assert!(
+                            s == StatusCode::GONE || s == StatusCode::TOO_MANY_REQUESTS,
+                            "token: {s} {v}"
+                        );
+                        continue;
+                    }
+                    let (s, v) = t.purchase(cookie, 5, &token_of(&v)).await;
+                    match s {
+                        StatusCode::ACCEPTED => {
+                            accepted.push((user, v["ticket"].as_str().expect("ticket").to_string()))
+                        }
+                        StatusCode::GONE | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS => {
+                        }
+                        StatusCode::FORBIDDEN if v["error"] == "bad_token" => {}
+                        other => panic!("purchase: {other} {v}"),
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for task in tasks {
+        accepted.extend(task.await.expect("join"));
+    }
+    assert_eq!(
+        accepted.len() as u64,
+        UNITS,
+        "the gateway accepts one per unit"
+    );
+    wait_for(Duration::from_secs(60), "the workers to drain", || async {
+        lag(&t).await == 0
+    })
+    .await;
+    let db = &t.state.db;
+    // 1. No oversell: active orders never exceed the units, units left never below zero.
+    let sale = db.sale(5).await.expect("sale").expect("exists");
+    let counts = db.order_counts(5).await.expect("counts");
+    assert_eq!(counts.active(), UNITS);
+    assert_eq!(sale.units_left, 0);
+    // 2. One per person.
+    let holders = db.active_holders(5).await.expect("holders");
+    let distinct: HashSet<&String> = holders.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        holders.len(),
+        "a user with two active orders"
+    );
+    // 3. No lost purchase: every accepted ticket is ordered or rejected, visibly.
+    let mut ordered = 0;
+    for (user, tk) in &accepted {
+        let v = ticket(&t, tk).await;
+        match v["state"].as_str() {
+            Some("ordered") => {
+                ordered += 1;
+                let order = db
+                    .order(v["order_id"].as_str().expect("order id"))
+                    .await
+                    .expect("order")
+                    .expect("exists");
+                assert_eq!(order.user, format!("buyer-{user}"));
+                assert_eq!(order.ticket, *tk);
+                assert_eq!(order.status, OrderStatus::Pending);
+            }
+            Some("rejected") => assert!(v["reason"].is_string(), "{v}"),
+            other => panic!("ticket {tk} is {other:?}: {v}"),
+        }
+    }
+    assert_eq!(ordered, UNITS, "every accepted purchase became an order");
+    assert_eq!(
+        db.outcome_counts(5).await.expect("outcomes"),
+        (UNITS, 0),
+        "one outcome per accepted purchase"
+    );
+    // 4. Conservation, in the database and in the store alike.
+    assert_eq!(sale.units, sale.units_left + counts.active());
+    let stock = t
+        .state
+        .inventory
+        .store()
+        .stock(5)
+        .await
+        .expect("stock")
+        .expect("defined");
+    assert_eq!((stock.units, stock.left, stock.holders), (UNITS, 0, UNITS));
+    let store_holders: HashSet<String> = (0..USERS)
+        .map(|u| format!("buyer-{u}"))
+        .filter(|u| distinct.contains(u))
+        .collect();
+    assert_eq!(store_holders.len() as u64, UNITS);
+    // Every pay-by message is scheduled, one per order.
+    let deadlines = t.state.queue.stats("pay-deadlines").await.expect("stats");
+    assert_eq!(deadlines.published - deadlines.duplicates, UNITS);
+    crew.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_sale_end_to_end_on_sqlite() {
+    flash_sale_end_to_end(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_sale_end_to_end_on_postgres() {
+    let Some((db, _scratch)) = order_worker::testing::postgres(&Default::default()).await else {
+        return;
+    };
+    flash_sale_end_to_end(Some(db.clone())).await;
+    db.close().await;
+}
+
+async fn pay(t: &TestApp, cookie: &str, order: &str) -> (StatusCode, Value) {
+    t.post(&format!("/api/orders/{order}/pay"), Some(cookie), json!({}))
+        .await
+}
+
+/// With a short pay window, unpaid orders are cancelled within a second of their pay-by
+/// time, their units go back on sale (database and store, sold-out flag cleared) and are
+/// bought again; paid orders stay paid; paying a cancelled order is a 409.
+async fn unpaid_orders_are_cancelled_and_sold_again(db: Option<order_worker::OrdersDb>) {
+    const UNITS: u64 = 10;
+    const WINDOW_MS: u64 = 1_500;
+    let (t, crew) = system(db).await;
+    t.create_sale_paid_within(6, UNITS, 0, WINDOW_MS).await;
+    let mut orders: HashMap<usize, (String, String)> = HashMap::new();
+    for u in 0..UNITS as usize {
+        let cookie = t.login(&format!("first-{u}")).await;
+        let (_, v) = t.token_load_test(&cookie, 6).await;
+        let (s, v) = t.purchase(&cookie, 6, &token_of(&v)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        let tk = v["ticket"].as_str().expect("ticket").to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let order = loop {
+            if let Some(o) = ticket(&t, &tk).await["order_id"].as_str() {
+                break o.to_string();
+            }
+            assert!(Instant::now() < deadline, "no order for {tk}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        orders.insert(u, (cookie, order));
+    }
+    // Sold out now, as the gateway knows.
+    let late = t.login("late").await;
+    let (s, _) = t.token_load_test(&late, 6).await;
+    assert_eq!(s, StatusCode::GONE, "sold out");
+    // Half pay in time.
+    for u in 0..(UNITS as usize) / 2 {
+        let (cookie, order) = &orders[&u];
+        let (s, v) = pay(&t, cookie, order).await;
+        assert_eq!(
+            (s, v["status"].as_str()),
+            (StatusCode::OK, Some("paid")),
+            "{v}"
+        );
+    }
+    // The others are cancelled at their pay-by time.
+    let db = t.state.db.clone();
+    wait_for(
+        Duration::from_secs(30),
+        "the unpaid orders to be cancelled",
+        || async { db.order_counts(6).await.expect("counts").cancelled == UNITS / 2 },
+    )
+    .await;
+    for u in (UNITS as usize) / 2..UNITS as usize {
+        let (cookie, order) = &orders[&u];
+        let o = db.order(order).await.expect("order").expect("exists");
+        assert_eq!(o.status, OrderStatus::Cancelled);
+        let late_by = o.cancelled_ms.expect("cancelled at") - o.pay_by_ms;
+        assert!(
+            late_by < 1_000,
+            "cancelled {late_by} ms after its pay-by time"
+        );
+        let (s, v) = pay(&t, cookie, order).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::CONFLICT, Some("order_cancelled"))
+        );
+    }
+    for u in 0..(UNITS as usize) / 2 {
+        let o = db
+            .order(&orders[&u].1)
+            .await
+            .expect("order")
+            .expect("exists");
+        assert_eq!(
+            o.status,
+            OrderStatus::Paid,
+            "a paid order is never cancelled"
+        );
+    }
+    // The units are back, in the database and in the store, and sell again.
+    let sale = db.sale(6).await.expect("sale").expect("exists");
+    assert_eq!(sale.units_left, UNITS / 2);
+    let stock = t.state.inventory.store().stock(6).await.expect("s");
+    assert_eq!(
+        stock.map(|s| (s.left, s.holders)),
+        Some((UNITS / 2, UNITS / 2))
+    );
+    assert!(!t.state.inventory.flagged_sold_out(6));
+    let mut again = Vec::new();
+    for u in 0..(UNITS as usize) / 2 {
+        let cookie = t.login(&format!("second-{u}")).await;
+        let (s, v) = t.token_load_test(&cookie, 6).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = t.purchase(&cookie, 6, &token_of(&v)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        again.push(v["ticket"].as_str().expect("ticket").to_string());
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "the second buyers' orders",
+        || async { lag(&t).await == 0 },
+    )
+    .await;
+    for tk in &again {
+        assert_eq!(ticket(&t, tk).await["state"], "ordered");
+    }
+    let counts = db.order_counts(6).await.expect("counts");
+    assert_eq!(counts.active(), UNITS, "sold again, and no more");
+    let sale = db.sale(6).await.expect("sale").expect("exists");
+    assert_eq!(sale.units_left + counts.active(), sale.units);
+    crew.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_orders_are_cancelled_and_sold_again_on_sqlite() {
+    unpaid_orders_are_cancelled_and_sold_again(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_orders_are_cancelled_and_sold_again_on_postgres() {
+    let Some((db, _scratch)) = order_worker::testing::postgres(&Default::default()).await else {
+        return;
+    };
+    unpaid_orders_are_cancelled_and_sold_again(Some(db.clone())).await;
+    db.close().await;
+}
