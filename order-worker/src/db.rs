@@ -536,7 +536,7 @@ impl OrdersDb {
             let rows = sqlx::query(
                 "SELECT id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms FROM sales ORDER BY id LIMIT $1")
                 .bind(SALES_MAX as i64).fetch_all(p).await?;
-            rows.iter().map(|r| sale_of(r)).collect()
+            rows.iter().map(sale_of).collect()
         })
     }
 
