@@ -9,7 +9,12 @@
 //!   finds its decisions (the outcome per ticket) and changes nothing; the pay-by messages
 //!   are published again under their order ids (the queue de-duplicates them), then acked;
 //! - a pay-by message lost anyway (publish refused, outside the de-duplication window) is
-//!   caught by the canceller's sweep of overdue pending orders.
+//!   caught by the canceller's sweep of overdue pending orders;
+//! - killed after the commit of a rejection but before its stock release: the redelivery
+//!   does not release again (the user may hold a newer reservation by then), so the unit
+//!   stays held in the stock store until the gateway's reconciliation at rest resets the
+//!   sale to the database (`gateway/src/sync.rs`). No order is lost or doubled; the sale may
+//!   look sold out a little longer.
 //!
 //! Failures: transient database errors are retried with exponential backoff inside the
 //! worker ([`WorkerConfig::db_attempts`]); a batch that still fails is nacked with a delay

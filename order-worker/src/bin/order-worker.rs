@@ -60,7 +60,12 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     report_secs: u64,
     /// Fail point for crash tests: wait forever after a batch's commit, before its ack.
-    #[arg(long, env = "ORDER_WORKER_PAUSE_AFTER_COMMIT", hide = true)]
+    #[arg(
+        long,
+        env = "ORDER_WORKER_PAUSE_AFTER_COMMIT",
+        hide = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pause_after_commit: bool,
 }
 

@@ -81,7 +81,11 @@ async fn same_message_many_times(db: OrdersDb) {
         let together: Vec<_> = (0..k.div_ceil(2)).map(|_| p.clone()).collect();
         let mut seen = db.decide_batch(&together, 10).await.expect("decide");
         for _ in together.len() as u64..k {
-            seen.extend(db.decide_batch(std::slice::from_ref(&p), 20).await.expect("decide"));
+            seen.extend(
+                db.decide_batch(std::slice::from_ref(&p), 20)
+                    .await
+                    .expect("decide"),
+            );
         }
         assert_eq!(seen.len() as u64, k);
         let ids: Vec<&str> = seen
