@@ -49,6 +49,10 @@ struct Args {
     /// Most purchases per batch (one transaction).
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Lease of a fetched batch, ms: after a worker dies, its batch goes to another after
+    /// this long. Longer than a batch takes, retries included.
+    #[arg(long, default_value_t = order_worker::worker::WorkerConfig::default().lease_ms)]
+    lease_ms: u64,
     /// Database connections.
     #[arg(long, default_value_t = order_worker::db::CONNECTIONS_DEFAULT)]
     db_connections: u32,
@@ -97,6 +101,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         ..CrewConfig::default()
     };
     config.worker.batch_max = args.batch;
+    config.worker.lease_ms = args.lease_ms;
     config.worker.pause_after_commit = args.pause_after_commit;
     let mut crew = Crew::start(
         db.clone(),

@@ -41,10 +41,7 @@ const UNITS: u64 = 200;
 const BATCH: usize = 50;
 const PAUSED: &str = "order-worker: paused after commit";
 const STOPPED: &str = "order-worker: stopped cleanly";
-/// The fail point's value in the crash test. `1` is what the fail point's documentation
-/// and the crash-test procedure use, but the binary refuses it (see
-/// `the_fail_point_accepts_1`); `true` is accepted, so the crash test uses it and keeps
-/// testing the crash.
+/// The fail point's value in the crash test (`the_fail_point_accepts_1` checks `1` too).
 const PAUSE_ON: &str = "true";
 const ITERATIONS_ENV: &str = "ORDER_WORKER_CRASH_ITERATIONS";
 const ITERATIONS_DEFAULT: usize = 2;
@@ -96,28 +93,37 @@ impl Proc {
             .to_str()
             .expect("temporary directory path is UTF-8");
         let batch = batch.to_string();
+        Proc::spawn_args(
+            what,
+            &[
+                "--queue",
+                queue_dir,
+                "--database",
+                database,
+                "--workers",
+                "1",
+                "--cancellers",
+                "0",
+                "--batch",
+                &batch,
+            ],
+            pause,
+        )
+    }
+
+    /// Starts `order-worker` with these arguments.
+    fn spawn_args(what: &str, args: &[&str], pause: Option<&str>) -> Proc {
         let mut cmd = Command::new(WORKER_BIN);
-        cmd.args([
-            "--queue",
-            queue_dir,
-            "--database",
-            database,
-            "--workers",
-            "1",
-            "--cancellers",
-            "0",
-            "--batch",
-            &batch,
-        ])
-        // The binary reads these; the test's own environment must not change its runs.
-        .env_remove("ORDER_WORKER_QUEUE")
-        .env_remove("DATABASE_URL")
-        .env_remove("ORDER_WORKER_INVENTORY")
-        .env_remove("GATEWAY_REDIS_PREFIX")
-        .env_remove("ORDER_WORKER_PAUSE_AFTER_COMMIT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.args(args)
+            // The binary reads these; the test's own environment must not change its runs.
+            .env_remove("ORDER_WORKER_QUEUE")
+            .env_remove("DATABASE_URL")
+            .env_remove("ORDER_WORKER_INVENTORY")
+            .env_remove("GATEWAY_REDIS_PREFIX")
+            .env_remove("ORDER_WORKER_PAUSE_AFTER_COMMIT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if let Some(v) = pause {
             cmd.env("ORDER_WORKER_PAUSE_AFTER_COMMIT", v);
         }
@@ -449,5 +455,116 @@ async fn the_fail_point_accepts_1() {
     p.wait_for_line(PAUSED, Instant::now() + WAIT).await;
     assert_eq!(decided(&db).await, 1, "paused after the commit");
     p.sigkill(Instant::now() + WAIT).await;
+    db.close().await;
+}
+
+/// Three `order-worker` processes (two workers each) compete for 3,000 purchases from
+/// 1,500 users (each user twice) on a 1,000-unit sale, through a broker (`queue::Server`
+/// over TCP) and one PostgreSQL database; one process is killed with SIGKILL mid-drain, its
+/// leased batches go to the others after the lease. After the drain: exactly 1,000 orders,
+/// one per user at most, every ticket decided once, units left 0, one pay-by message per
+/// order, nothing left for the group; the survivors stop cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_compete_through_the_broker_and_survive_a_kill() {
+    const UNITS: u64 = 1_000;
+    const USERS: usize = 1_500;
+    let Some((db, scratch)) = order_worker::testing::postgres(&DbOptions::default()).await else {
+        return;
+    };
+    sale(&db, 1, UNITS, order_worker::db::PAY_WINDOW_MS_DEFAULT).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
+    // Each user twice, the repeat 700 places later (a second click after a while).
+    let purchases: Vec<PurchaseMessage> = (0..2 * USERS)
+        .map(|i| {
+            let user = if i < USERS {
+                i
+            } else {
+                (i - USERS + 700) % USERS
+            };
+            purchase(&format!("t-{i:04}"), 1, &format!("user-{user:04}"))
+        })
+        .collect();
+    publish(engine.as_ref(), &purchases).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = format!("tcp://{}", listener.local_addr().expect("addr"));
+    let server = queue::Server::new(engine.clone(), queue::ServerConfig::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let broker = tokio::spawn(async move {
+        server
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let args = [
+        "--queue",
+        &addr,
+        "--database",
+        &scratch.url,
+        "--workers",
+        "2",
+        "--cancellers",
+        "0",
+        "--batch",
+        "100",
+        "--lease-ms",
+        "2000",
+    ];
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|k| Proc::spawn_args(&format!("order-worker {k}"), &args, None))
+        .collect();
+    // Kill one once some purchases are decided (it may hold leased batches then).
+    wait_until("a first share decided", WAIT, || async {
+        decided(&db).await >= 300
+    })
+    .await;
+    procs[0].sigkill(Instant::now() + WAIT).await;
+    wait_until("every purchase decided", WAIT, || async {
+        decided(&db).await == 2 * USERS as u64
+    })
+    .await;
+    wait_until("the group drained", WAIT, || async {
+        orders_lag(engine.as_ref()).await == 0
+    })
+    .await;
+    for p in &mut procs[1..] {
+        p.sigterm();
+        let status = p.wait_exit(Instant::now() + WAIT).await;
+        assert!(status.success(), "{}: {status}; {}", p.what, p.stderr());
+    }
+    let counts = db.order_counts(1).await.expect("counts");
+    assert_eq!(counts.pending, UNITS, "every unit sold once");
+    let holders = db.active_holders(1).await.expect("holders");
+    let distinct: HashSet<&String> = holders.iter().collect();
+    assert_eq!(distinct.len(), holders.len(), "one active order per user");
+    assert_eq!(db.sale(1).await.expect("s").expect("s").units_left, 0);
+    let (ordered, rejected) = db.outcome_counts(1).await.expect("outcomes");
+    assert_eq!((ordered, rejected), (UNITS, 2 * USERS as u64 - UNITS));
+    let mut per_reason: HashMap<String, u64> = HashMap::new();
+    for p in &purchases {
+        let o = db
+            .outcome(&p.ticket)
+            .await
+            .expect("outcome")
+            .expect("decided");
+        if let Some(r) = o.reason {
+            *per_reason.entry(r).or_default() += 1;
+        }
+    }
+    assert!(
+        per_reason
+            .keys()
+            .all(|r| r == reason::SOLD_OUT || r == reason::ALREADY_BOUGHT),
+        "{per_reason:?}"
+    );
+    let deadlines = stored_deadlines(engine.as_ref(), 5_000).await;
+    let ids: HashSet<u128> = deadlines.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len() as u64, UNITS, "one pay-by message per order");
+    let _ = stop.send(());
+    broker.await.expect("broker task");
+    engine.close().expect("close");
     db.close().await;
 }
