@@ -170,6 +170,8 @@ pub struct AppState {
     pub crew: Option<CrewMetrics>,
     /// Reconciliation of the stock store with the database at rest.
     pub reconciler: crate::sync::Reconciler,
+    /// Tickets of purchases in the orders topic's dead letters.
+    pub held: crate::sync::HeldTickets,
     /// The queue, embedded or remote.
     pub queue: Arc<dyn Queue>,
     /// Publishes purchases to the orders topic in batches.
@@ -292,6 +294,7 @@ impl AppState {
             db,
             crew: None,
             reconciler: crate::sync::Reconciler::default(),
+            held: crate::sync::HeldTickets::default(),
             queue,
             sessions,
             tokens,
@@ -1029,10 +1032,13 @@ async fn get_ticket(
     let Ok(Path(ticket)) = ticket else {
         return Err(ApiError::not_found("no such ticket"));
     };
-    if ticket.is_empty() || ticket.len() > order_worker::purchase::TICKET_BYTES_MAX {
+    // Tickets are UUIDs; anything else is unknown (and never reaches the database).
+    if uuid::Uuid::try_parse(&ticket).is_err() {
         return Err(ApiError::not_found("no such ticket"));
     }
-    // Decided: the worker's outcome in the database.
+    // The book first, then the database: a ticket leaves the book only after its outcome
+    // is committed, so one of the two reads sees it.
+    let waiting = state.tickets.get(&ticket);
     let decided = state
         .db
         .outcome(&ticket)
@@ -1049,15 +1055,23 @@ async fn get_ticket(
         v["sale"] = json!(o.sale);
         return Ok(Json(v));
     }
-    // Waiting: this gateway's book knows its place in line.
-    let t = state
-        .tickets
-        .get(&ticket)
-        .ok_or_else(|| ApiError::not_found("no such ticket"))?;
-    let mut v = serde_json::to_value(TicketState::Queued).map_err(ApiError::internal)?;
-    v["position"] = json!(position(&state, t.offset).await);
-    v["sale"] = json!(t.sale);
-    Ok(Json(v))
+    if let Some(t) = waiting {
+        // Waiting: this gateway's book knows its place in line.
+        let mut v = serde_json::to_value(TicketState::Queued).map_err(ApiError::internal)?;
+        v["position"] = json!(position(&state, t.offset).await);
+        v["sale"] = json!(t.sale);
+        return Ok(Json(v));
+    }
+    if let Some(h) = state.held.get(&ticket) {
+        // In the dead letters: the unit stays reserved until an operator replays the
+        // purchase (then decided) or discards it (then rejected).
+        return Ok(Json(json!({
+            "state": "held",
+            "reason": h.reason,
+            "sale": h.sale,
+        })));
+    }
+    Err(ApiError::not_found("no such ticket"))
 }
 
 /// An admin request: `Authorization: Bearer <admin secret>`, checked (in constant time)
@@ -1218,6 +1232,8 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
 
 /// How long `serve`'s housekeeping waits between rounds.
 pub const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
+/// Longest one round of the database and queue housekeeping (`sync::housekeeping`) may take.
+pub const SYNC_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Limits of the served gateway.
 #[derive(Debug, Clone, Copy)]
@@ -1375,7 +1391,23 @@ pub async fn serve(
                 tick.tick().await;
                 state.throttle.housekeeping();
                 state.ledger.housekeeping(now_ms()).await;
-                crate::sync::housekeeping(&state).await;
+            }
+        })
+    };
+    // The database and queue work of housekeeping in a loop of its own, each round cut off
+    // after SYNC_ROUND_TIMEOUT, so a slow database never delays the throttle's purges.
+    let syncer = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HOUSEKEEPING_PERIOD);
+            loop {
+                tick.tick().await;
+                if tokio::time::timeout(SYNC_ROUND_TIMEOUT, crate::sync::housekeeping(&state))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("a housekeeping round with the database timed out");
+                }
             }
         })
     };
@@ -1383,5 +1415,6 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     keeper.abort();
+    syncer.abort();
     r
 }

@@ -10,7 +10,9 @@
 //! - `GET /admin/api/sales`: every sale with its orders by status and its stock figures.
 //! - `POST /admin/api/sales/{id}/reconcile`: resets the sale's stock to the database.
 //! - `GET /admin/api/dead-letters`: dead letters of the orders and pay-by topics, with
-//!   their reasons; `POST /admin/api/dead-letters/{topic}/{offset}/replay|discard`.
+//!   their reasons; `POST /admin/api/dead-letters/{topic}/{offset}/replay|discard`. A
+//!   purchase discarded from the orders topic's dead letters is first recorded as rejected
+//!   (`discarded`) and its unit released, so its ticket ends with an explicit answer.
 
 use std::sync::Arc;
 
@@ -50,9 +52,12 @@ fn db_unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable("unavailable", e.to_string(), 1000)
 }
 
+/// Order ids are UUIDs; anything else is unknown (and never reaches the database).
 fn order_id(id: PathOf<String>) -> ApiResult<String> {
     match id {
-        Ok(Path(id)) if !id.is_empty() && id.len() <= ORDER_ID_BYTES_MAX => Ok(id),
+        Ok(Path(id)) if id.len() <= ORDER_ID_BYTES_MAX && uuid::Uuid::try_parse(&id).is_ok() => {
+            Ok(id)
+        }
         _ => Err(ApiError::not_found("no such order")),
     }
 }
@@ -129,9 +134,12 @@ pub async fn admin_reconcile(
     _admin: Admin,
     SaleIdPath(id): SaleIdPath,
 ) -> ApiResult<Json<Value>> {
+    if state.db.sale(id).await.map_err(db_unavailable)?.is_none() {
+        return Err(ApiError::not_found(format!("no sale {id}")));
+    }
     let s = crate::sync::reconcile_sale(&state, id)
         .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(db_unavailable)?;
     Ok(Json(
         json!({"sale": id, "units": s.units, "left": s.left, "holders": s.holders}),
     ))
@@ -194,15 +202,54 @@ pub async fn admin_dead_letter_action(
             .replay_dead_letter(&topic, offset)
             .await
             .map(|o| json!({"replayed_at": o})),
-        "discard" => state
-            .queue
-            .discard_dead_letter(&topic, offset)
-            .await
-            .map(|()| json!({"discarded": offset})),
+        "discard" => {
+            if topic == state.config.orders_topic {
+                settle_discarded_purchase(&state, &topic, offset).await?;
+            }
+            state
+                .queue
+                .discard_dead_letter(&topic, offset)
+                .await
+                .map(|()| json!({"discarded": offset}))
+        }
         _ => return Err(ApiError::not_found("the actions are replay and discard")),
     };
     r.map(Json).map_err(|e| match e {
         queue::Error::NoSuchDeadLetter { .. } => ApiError::not_found(e.to_string()),
         other => db_unavailable(other),
     })
+}
+
+/// Before a purchase leaves the dead letters for good: its ticket is recorded as rejected
+/// (`discarded`) unless a worker decided it after all, and a unit its buyer holds without an
+/// active order is released. Idempotent (a discard retried after a crash finds it done).
+async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -> ApiResult<()> {
+    let letters = state
+        .queue
+        .dead_letters(topic, offset, 1)
+        .await
+        .map_err(db_unavailable)?;
+    let Some(letter) = letters.into_iter().find(|d| d.dead_offset == offset) else {
+        return Err(ApiError::not_found("no such dead letter"));
+    };
+    let Ok(purchase) = order_worker::PurchaseMessage::decode(&letter.payload) else {
+        // Not a purchase anyone could have been told about: nothing to settle.
+        return Ok(());
+    };
+    let recorded = state
+        .db
+        .record_rejection(&purchase, order_worker::db::reason::DISCARDED, now_ms())
+        .await
+        .map_err(db_unavailable)?;
+    if recorded
+        && !state
+            .db
+            .holds_active(purchase.sale, &purchase.user)
+            .await
+            .map_err(db_unavailable)?
+        && let Err(e) = state.inventory.release(purchase.sale, &purchase.user).await
+    {
+        tracing::warn!("releasing the unit of a discarded purchase: {e}");
+    }
+    Ok(())
 }

@@ -6,9 +6,17 @@
 //!   users holding an active order), which is also what a restart with an in-process store
 //!   does for every sale.
 //! - **Tickets**: the workers' group progress on the orders topic is read each round; tickets
-//!   below it are decided (their outcomes are in the database) and leave the book.
+//!   below it are finished and leave the book: decided (their outcomes are in the database)
+//!   or dead-lettered. The orders topic's dead letters are listed each round (after the
+//!   progress, so a ticket never leaves the book unseen) and their tickets answer `held`
+//!   until an operator replays or discards them.
+//! - **Stock that vanished** (a Redis restarted without persistence, flushed or evicting):
+//!   a sale in the catalogue without stock figures in the store is reset from the database
+//!   at the next reconciliation check, whatever the queue is doing (the database never
+//!   oversells; the check at rest corrects what was queued meanwhile).
 //! - **Reconciliation at rest** ([`Reconciler`]): every [`RECONCILE_EVERY_ROUNDS`] rounds,
-//!   when the orders topic is drained (workers' lag 0) and no purchase of this gateway is
+//!   when the orders topic is drained (workers' lag 0, no dead letter waiting for an
+//!   operator: a dead-lettered purchase keeps its unit) and no purchase of this gateway is
 //!   between its reservation and its enqueue, each sale's store figures are compared with
 //!   the database (units left; holders against active orders). A sale that differs with the
 //!   same store figures in two rounds in a row (nothing moved in between) is reset to the
@@ -29,6 +37,37 @@ use crate::app::AppState;
 
 /// Housekeeping rounds (one a second) between reconciliation checks.
 pub const RECONCILE_EVERY_ROUNDS: u64 = 10;
+
+/// A purchase waiting in the orders topic's dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// Sale.
+    pub sale: u64,
+    /// Why the workers gave up on it.
+    pub reason: String,
+}
+
+/// The tickets of purchases in the orders topic's dead letters (the first
+/// `queue::limits::DEAD_LETTER_LIST_MAX` of them), as last listed.
+#[derive(Debug, Default)]
+pub struct HeldTickets(Mutex<HashMap<String, Held>>);
+
+impl HeldTickets {
+    /// A held ticket.
+    pub fn get(&self, ticket: &str) -> Option<Held> {
+        match self.0.lock() {
+            Ok(g) => g.get(ticket).cloned(),
+            Err(p) => p.into_inner().get(ticket).cloned(),
+        }
+    }
+
+    fn replace(&self, held: HashMap<String, Held>) {
+        match self.0.lock() {
+            Ok(mut g) => *g = held,
+            Err(p) => *p.into_inner() = held,
+        }
+    }
+}
 
 /// State of the reconciliation at rest.
 #[derive(Debug, Default)]
@@ -103,23 +142,84 @@ pub async fn reconcile_sale(state: &AppState, sale: u64) -> Result<SaleStock, St
     Ok(stock)
 }
 
-/// The workers' lag on the orders topic and their low watermark; `None` if the queue
-/// cannot say. Without a workers' group yet, everything published is lag.
-async fn progress(state: &AppState) -> Option<(u64, u64)> {
-    let stats = state.queue.stats(&state.config.orders_topic).await.ok()?;
-    Some(
-        match stats
-            .groups
-            .iter()
-            .find(|g| g.name == state.config.workers_group)
-        {
-            Some(g) => (g.lag, g.low_watermark),
-            None => (
-                stats.next_offset.saturating_sub(stats.log_start),
-                stats.log_start,
-            ),
-        },
-    )
+/// Where the workers stand on the orders topic.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// Messages not finished by the workers.
+    lag: u64,
+    /// Offsets below this are finished (decided or dead-lettered).
+    done: u64,
+    /// Dead letters waiting for an operator.
+    dead_pending: u64,
+}
+
+/// The workers' progress; `None` if the queue cannot say. Without a workers' group yet,
+/// everything published is lag; without an orders topic yet, nothing is.
+async fn progress(state: &AppState) -> Option<Progress> {
+    let stats = match state.queue.stats(&state.config.orders_topic).await {
+        Ok(s) => s,
+        Err(queue::Error::NoSuchTopic(_)) => {
+            return Some(Progress {
+                lag: 0,
+                done: 0,
+                dead_pending: 0,
+            });
+        }
+        Err(e) => {
+            tracing::warn!("reading the workers' progress: {e}");
+            return None;
+        }
+    };
+    let (lag, done) = match stats
+        .groups
+        .iter()
+        .find(|g| g.name == state.config.workers_group)
+    {
+        Some(g) => (g.lag, g.low_watermark),
+        None => (
+            stats.next_offset.saturating_sub(stats.log_start),
+            stats.log_start,
+        ),
+    };
+    Some(Progress {
+        lag,
+        done,
+        dead_pending: stats.dead_letters_pending,
+    })
+}
+
+/// Lists the orders topic's dead letters into [`AppState::held`].
+async fn refresh_held(state: &AppState) {
+    let letters = match state
+        .queue
+        .dead_letters(
+            &state.config.orders_topic,
+            0,
+            queue::limits::DEAD_LETTER_LIST_MAX,
+        )
+        .await
+    {
+        Ok(l) => l,
+        Err(queue::Error::NoSuchTopic(_)) => Vec::new(),
+        Err(e) => {
+            tracing::warn!("listing the orders' dead letters: {e}");
+            return;
+        }
+    };
+    let held = letters
+        .into_iter()
+        .filter_map(|d| {
+            let p = order_worker::PurchaseMessage::decode(&d.payload).ok()?;
+            Some((
+                p.ticket,
+                Held {
+                    sale: p.sale,
+                    reason: d.reason,
+                },
+            ))
+        })
+        .collect();
+    state.held.replace(held);
 }
 
 /// One housekeeping round (the gateway's `serve` runs one a second).
@@ -127,24 +227,47 @@ pub async fn housekeeping(state: &AppState) {
     if let Err(e) = load_catalogue(state).await {
         tracing::warn!("reading the sales from the database: {e}");
     }
-    let Some((lag, done)) = progress(state).await else {
-        return;
-    };
-    state.line.advance(done);
-    state.tickets.finished_below(done);
+    // The progress first, then the dead letters: a purchase dead-lettered before the
+    // progress was read is in the listing, so its ticket never leaves the book unseen.
+    let p = progress(state).await;
+    if let Some(p) = p {
+        if p.dead_pending > 0 {
+            refresh_held(state).await;
+        } else {
+            state.held.replace(HashMap::new());
+        }
+        state.line.advance(p.done);
+        state.tickets.finished_below(p.done);
+    }
     let round = state.reconciler.rounds.fetch_add(1, Ordering::Relaxed) + 1;
     if round.is_multiple_of(RECONCILE_EVERY_ROUNDS) {
-        reconcile_at_rest(state, lag).await;
+        reconcile(state, p).await;
     }
 }
 
-async fn reconcile_at_rest(state: &AppState, lag: u64) {
-    if lag != 0 || state.commits.running() != 0 {
+/// The reconciliation check: sales the store lost are restored; with `p` showing the
+/// queue at rest, differing sales are reset as the module docs say.
+async fn reconcile(state: &AppState, p: Option<Progress>) {
+    let at_rest =
+        p.is_some_and(|p| p.lag == 0 && p.dead_pending == 0) && state.commits.running() == 0;
+    if !at_rest {
         state.reconciler.suspects().clear();
-        return;
     }
     for sale in state.catalogue.list() {
-        if let Err(e) = check_sale(state, sale.id, sale.units).await {
+        let r = match state.inventory.store().stock(sale.id).await {
+            // The store lost the sale: back from the database at once.
+            Ok(None) => reconcile_sale(state, sale.id).await.map(|s| {
+                tracing::warn!(
+                    "sale {}: the stock store had no figures; reset from the database ({} left)",
+                    sale.id,
+                    s.left
+                );
+            }),
+            Ok(Some(_)) if at_rest => check_sale(state, sale.id, sale.units).await,
+            Ok(Some(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = r {
             tracing::warn!("reconciling sale {}: {e}", sale.id);
         }
     }

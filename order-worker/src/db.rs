@@ -67,6 +67,8 @@ pub mod reason {
     pub const ALREADY_BOUGHT: &str = "already_bought";
     /// The database does not know the sale.
     pub const NO_SUCH_SALE: &str = "no_such_sale";
+    /// The purchase went to the dead letters and an operator discarded it.
+    pub const DISCARDED: &str = "discarded";
 }
 
 /// Everything a database operation can fail with.
@@ -106,14 +108,31 @@ impl DbError {
                 | sqlx::Error::Tls(_) => true,
                 sqlx::Error::Database(d) => {
                     let code = d.code().unwrap_or_default();
-                    matches!(
-                        code.as_ref(),
-                        // PostgreSQL: serialization failure, deadlock, lock not available,
-                        // unique violation (a race), admin shutdown, too many connections.
-                        "40001" | "40P01" | "55P03" | "23505" | "57P01" | "53300"
-                        // SQLite: busy, locked (extended codes too), unique and primary key.
-                        | "5" | "6" | "261" | "517" | "262" | "2067" | "1555"
-                    )
+                    let code = code.as_ref();
+                    // PostgreSQL: connection exceptions (08), transaction rollbacks such as
+                    // serialization failures and deadlocks (40), insufficient resources
+                    // (53), operator intervention such as a shutdown or a restart (57P),
+                    // lock not available, and unique violations (a race between workers:
+                    // the retry finds the winner's outcome).
+                    let pg = code.starts_with("08")
+                        || code.starts_with("40")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || code == "55P03"
+                        || code == "23505";
+                    // SQLite (numeric, extended codes included): busy, locked, I/O error,
+                    // disk full (primary codes 5, 6, 10, 13), unique and primary-key
+                    // violations (2067, 1555).
+                    let sqlite = code.parse::<u32>().is_ok_and(|n| {
+                        matches!(n & 0xff, 5 | 6 | 10 | 13) || n == 2067 || n == 1555
+                    });
+                    if d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .is_some()
+                    {
+                        pg
+                    } else {
+                        sqlite
+                    }
                 }
                 _ => false,
             },
@@ -498,14 +517,20 @@ impl OrdersDb {
             to_i64(sale.units, "units")?,
             to_i64(sale.starts_at_ms, "start")?,
         );
+        // At most SALES_MAX sales (what the gateways list and serve), checked in the insert.
         let done = on_db!(self, p => sqlx::query(
             "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING")
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT COUNT(*) FROM sales) < $9 \
+             ON CONFLICT (id) DO NOTHING")
             .bind(id).bind(&sale.name).bind(price).bind(units).bind(units).bind(starts)
             .bind(to_i64(window, "pay window")?).bind(to_i64(now_ms, "now")?)
+            .bind(SALES_MAX as i64)
             .execute(p).await?.rows_affected());
         if done == 0 {
-            return Err(DbError::Conflict(format!("sale {} exists", sale.id)));
+            if self.sale(sale.id).await?.is_some() {
+                return Err(DbError::Conflict(format!("sale {} exists", sale.id)));
+            }
+            return Err(DbError::Invalid(format!("at most {SALES_MAX} sales")));
         }
         Ok(Sale {
             id: sale.id,
@@ -696,39 +721,41 @@ impl OrdersDb {
                 let left: i64 = row.try_get(0)?;
                 let price: i64 = row.try_get(1)?;
                 let window: i64 = row.try_get(2)?;
-                // One purchase per user and sale in the batch; later ones are repeats.
-                let mut users: HashSet<&str> = HashSet::new();
-                let mut candidates = Vec::with_capacity(idxs.len());
-                for &i in idxs {
-                    if users.insert(purchases[i].user.as_str()) {
-                        candidates.push(i);
-                    } else {
-                        rejected.push((i, reason::ALREADY_BOUGHT));
-                    }
-                }
+                // The batch's users, once each, for the look-up of active orders.
+                let mut seen: HashSet<&str> = HashSet::new();
+                let users: Vec<&str> = idxs
+                    .iter()
+                    .map(|&i| purchases[i].user.as_str())
+                    .filter(|u| seen.insert(u))
+                    .collect();
                 // Users already holding an active order.
                 let mut active: HashSet<String> = HashSet::new();
-                for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+                for chunk in users.chunks(ROWS_PER_STATEMENT) {
                     let mut qb = QueryBuilder::new(
                         "SELECT user_id FROM orders WHERE status <> 'cancelled' AND sale_id = ");
                     qb.push_bind(sale_i);
                     qb.push(" AND user_id IN (");
                     let mut sep = qb.separated(", ");
-                    for &i in chunk {
-                        sep.push_bind(purchases[i].user.as_str());
+                    for u in chunk {
+                        sep.push_bind(*u);
                     }
                     qb.push(")");
                     for r in qb.build().fetch_all(&mut *tx).await? {
                         active.insert(r.try_get::<String, _>(0)?);
                     }
                 }
+                // In queue order: a user holding an order (from before, or granted earlier
+                // in this batch) is refused; the first `left` others get a unit; the rest
+                // find it sold out (a repeat of a user who found it sold out too).
                 let mut granted: i64 = 0;
-                for i in candidates {
+                let mut granted_users: HashSet<&str> = HashSet::new();
+                for &i in idxs {
                     let p = &purchases[i];
-                    if active.contains(&p.user) {
+                    if active.contains(&p.user) || granted_users.contains(p.user.as_str()) {
                         rejected.push((i, reason::ALREADY_BOUGHT));
                     } else if granted < left {
                         granted += 1;
+                        granted_users.insert(p.user.as_str());
                         let order_id = uuid::Uuid::now_v7().to_string();
                         let pay_by = now.saturating_add(window);
                         decided[i] = Some(Decision::Ordered {
@@ -894,6 +921,23 @@ impl OrdersDb {
                 .bind(now).bind(limit).fetch_all(p).await?;
             rows.iter().map(|r| r.try_get::<String, _>(0).map_err(DbError::from)).collect()
         })
+    }
+
+    /// Records `ticket` as rejected with `why` unless it is decided already (an operator
+    /// discarding a dead-lettered purchase); returns whether this recorded it.
+    pub async fn record_rejection(
+        &self,
+        purchase: &PurchaseMessage,
+        why: &str,
+        now_ms: u64,
+    ) -> DbResult<bool> {
+        let (sale, now) = (to_i64(purchase.sale, "sale id")?, to_i64(now_ms, "now")?);
+        let n = on_db!(self, p => sqlx::query(
+            "INSERT INTO outcomes (ticket, sale_id, user_id, outcome, order_id, reason, decided_ms) \
+             VALUES ($1, $2, $3, 'rejected', NULL, $4, $5) ON CONFLICT (ticket) DO NOTHING")
+            .bind(&purchase.ticket).bind(sale).bind(&purchase.user).bind(why).bind(now)
+            .execute(p).await?.rows_affected());
+        Ok(n == 1)
     }
 
     /// Whether `user` holds an active order of `sale`.

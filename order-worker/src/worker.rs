@@ -16,12 +16,18 @@
 //!   sale to the database (`gateway/src/sync.rs`). No order is lost or doubled; the sale may
 //!   look sold out a little longer.
 //!
-//! Failures: transient database errors are retried with exponential backoff inside the
-//! worker ([`WorkerConfig::db_attempts`]); a batch that still fails is nacked with a delay
-//! and comes back later. A batch that fails for another reason is split and decided one
-//! purchase at a time, so one poison message is nacked alone (and dead-lettered by the
-//! queue after its attempts) and never blocks the rest. A malformed message goes straight to
-//! the dead letters with its reason.
+//! Failures: transient database errors (an outage, a restart, lock timeouts) are retried
+//! with exponential backoff inside the worker for as long as the batch's lease lasts, and the
+//! worker fetches nothing else meanwhile. A database outage therefore never spends the
+//! purchases' delivery attempts faster than one per lease (two minutes by default; the
+//! queue dead-letters after five): nacking on every failure would send a backlog to the
+//! dead letters within seconds of an outage. If the lease runs out first, the batch is left
+//! to the queue, which delivers it again. A batch that fails for another reason is split and
+//! decided one purchase at a time, so one poison message is nacked alone (and dead-lettered
+//! by the queue after its attempts) and never blocks the rest. A malformed message goes
+//! straight to the dead letters with its reason. A purchase in the dead letters keeps its
+//! unit reserved and its ticket shows it (`held`) until an operator replays it (it is then
+//! decided) or discards it (it is then recorded as rejected, `discarded`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +41,9 @@ use crate::purchase::{DEADLINES_TOPIC, Deadline, ORDERS_TOPIC, PurchaseMessage, 
 
 /// Longest backoff between database retries.
 pub const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
+/// Database retries of a batch stop this long before its lease ends, so the last attempt
+/// finishes (and acks) inside the lease.
+pub const LEASE_MARGIN_MS: u64 = 10_000;
 
 /// Settings of an order worker.
 #[derive(Debug, Clone)]
@@ -51,9 +60,9 @@ pub struct WorkerConfig {
     pub wait_ms: u64,
     /// Lease of a fetched batch, ms: longer than a batch takes, retries included.
     pub lease_ms: u64,
-    /// Tries of a batch's transaction on transient errors before it is nacked.
-    pub db_attempts: u32,
-    /// First retry backoff, ms (doubles each time, at most [`RETRY_BACKOFF_MAX_MS`]).
+    /// First retry backoff after a transient database error, ms (doubles each time, at most
+    /// [`RETRY_BACKOFF_MAX_MS`]; retries go on until the lease is [`LEASE_MARGIN_MS`] from
+    /// its end).
     pub retry_base_ms: u64,
     /// Delay before a nacked batch comes back, ms.
     pub nack_delay_ms: u64,
@@ -72,7 +81,6 @@ impl Default for WorkerConfig {
             batch_max: 1_000,
             wait_ms: 500,
             lease_ms: 120_000,
-            db_attempts: 5,
             retry_base_ms: 50,
             nack_delay_ms: 1_000,
             pause_after_commit: false,
@@ -148,7 +156,6 @@ impl OrderWorker {
         clock: Arc<dyn Clock>,
     ) -> OrderWorker {
         config.batch_max = config.batch_max.clamp(1, BATCH_MAX);
-        config.db_attempts = config.db_attempts.max(1);
         OrderWorker {
             db,
             queue,
@@ -233,11 +240,26 @@ impl OrderWorker {
         if purchases.is_empty() {
             return Ok(());
         }
-        let decisions: Vec<(usize, Decision)> = match self.decide(&purchases).await {
+        // Retry transient errors until the earliest lease of the batch is nearly over.
+        let lease_until = deliveries
+            .iter()
+            .map(|d| d.lease_until_ms)
+            .min()
+            .unwrap_or(0);
+        let budget = RetryBudget {
+            lease_until_ms: lease_until.saturating_sub(LEASE_MARGIN_MS),
+            started: std::time::Instant::now(),
+            max: Duration::from_millis(self.config.lease_ms.saturating_sub(LEASE_MARGIN_MS)),
+        };
+        let decisions: Vec<(usize, Decision)> = match self.decide(&purchases, &budget).await {
             Ok(d) => d.into_iter().enumerate().collect(),
             Err(e) if e.is_transient() => {
-                // The database is unwell: give the whole batch back for later.
-                self.nack_all(&receipts, &e.to_string()).await?;
+                // The database stayed unwell for the whole lease: leave the batch to the
+                // queue (it comes back after the lease) without spending more attempts.
+                tracing::warn!(
+                    "batch of {}: {e}; left to the queue until its lease ends",
+                    purchases.len()
+                );
                 return Ok(());
             }
             Err(e) => {
@@ -246,7 +268,7 @@ impl OrderWorker {
                 tracing::warn!("batch of {}: {e}; deciding one at a time", purchases.len());
                 let mut ok = Vec::with_capacity(purchases.len());
                 for (i, p) in purchases.iter().enumerate() {
-                    match self.decide(std::slice::from_ref(p)).await {
+                    match self.decide(std::slice::from_ref(p), &budget).await {
                         Ok(mut d) => {
                             if let Some(d) = d.pop() {
                                 ok.push((i, d));
@@ -385,19 +407,21 @@ impl OrderWorker {
         Ok(())
     }
 
-    /// `decide_batch` with retries of transient errors.
-    async fn decide(&self, purchases: &[PurchaseMessage]) -> Result<Vec<Decision>, DbError> {
+    /// `decide_batch`, retrying transient errors with backoff within `budget`.
+    async fn decide(
+        &self,
+        purchases: &[PurchaseMessage],
+        budget: &RetryBudget,
+    ) -> Result<Vec<Decision>, DbError> {
         let mut backoff = self.config.retry_base_ms.max(1);
-        let mut attempt = 1;
         loop {
             match self.db.decide_batch(purchases, self.clock.now_ms()).await {
                 Ok(d) => return Ok(d),
-                Err(e) if e.is_transient() && attempt < self.config.db_attempts => {
+                Err(e) if e.is_transient() && budget.allows(self.clock.now_ms(), backoff) => {
                     self.metrics.db_retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("deciding a batch: {e}; retry {attempt} in {backoff} ms");
+                    tracing::warn!("deciding a batch: {e}; retrying in {backoff} ms");
                     tokio::time::sleep(Duration::from_millis(backoff)).await;
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_MS);
-                    attempt += 1;
                 }
                 Err(e) => return Err(e),
             }
@@ -418,5 +442,21 @@ impl OrderWorker {
             self.metrics.nacked.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+/// How long a batch's database work may keep retrying: until shortly before its lease ends
+/// (by the queue's clock) and for at most the lease length in real time.
+#[derive(Debug)]
+struct RetryBudget {
+    lease_until_ms: u64,
+    started: std::time::Instant,
+    max: Duration,
+}
+
+impl RetryBudget {
+    fn allows(&self, now_ms: u64, backoff_ms: u64) -> bool {
+        now_ms.saturating_add(backoff_ms) < self.lease_until_ms
+            && self.started.elapsed() + Duration::from_millis(backoff_ms) < self.max
     }
 }

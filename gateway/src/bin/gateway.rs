@@ -68,9 +68,10 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     batch: usize,
     /// If the database has no sale 1, create it as a demo sale with this many units, open
-    /// at once with a ten-minute pay window (0: no demo sale).
-    #[arg(long, default_value_t = 100)]
-    demo_units: u64,
+    /// at once with a ten-minute pay window (0: no demo sale). Default: 100, or 0 with
+    /// `--production`.
+    #[arg(long)]
+    demo_units: Option<u64>,
     /// Tokens a sale issues at most, per unit.
     #[arg(long, default_value_t = 1.5)]
     token_factor: f64,
@@ -175,26 +176,35 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // The sales and their stock, from the database (an in-process store starts empty and
     // is rebuilt from the active orders).
     gateway::sync::load_catalogue(&state).await?;
-    if args.demo_units > 0 && state.catalogue.get(1).is_none() {
-        let sale = db
+    let demo_units = args
+        .demo_units
+        .unwrap_or(if args.production { 0 } else { 100 });
+    if demo_units > 0 && state.catalogue.get(1).is_none() {
+        let created = db
             .create_sale(
                 &NewSale {
                     id: 1,
                     name: "demo".into(),
                     price_cents: 100,
-                    units: args.demo_units,
+                    units: demo_units,
                     starts_at_ms: gateway::app::now_ms(),
                     pay_window_ms: None,
                 },
                 gateway::app::now_ms(),
             )
-            .await?;
-        state.inventory.reconcile(1, sale.units, &[]).await?;
-        state.catalogue.upsert(sale);
-        println!(
-            "gateway: demo sale 1 with {} units is open",
-            args.demo_units
-        );
+            .await;
+        match created {
+            Ok(sale) => {
+                state.inventory.reconcile(1, sale.units, &[]).await?;
+                state.catalogue.upsert(sale);
+                println!("gateway: demo sale 1 with {demo_units} units is open");
+            }
+            // Another gateway starting beside this one created it first.
+            Err(order_worker::DbError::Conflict(_)) => {
+                gateway::sync::load_catalogue(&state).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let crew = if args.workers + args.cancellers > 0 {
         let mut crew_config = CrewConfig {

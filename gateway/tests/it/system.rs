@@ -469,5 +469,118 @@ async fn dead_letters_and_stock_show_up_for_the_admin() {
         (Some(3), Some(2))
     );
     let (s, _) = admin_post(&t, "/admin/api/sales/99/reconcile").await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(s, StatusCode::NOT_FOUND, "no such sale");
+}
+
+/// A purchase the workers gave up on (dead-lettered) keeps its unit and its ticket says
+/// `held` with the reason; reconciliation at rest leaves its unit alone; when the operator
+/// discards it, the ticket ends `rejected: discarded` and the unit goes back on sale.
+#[tokio::test]
+async fn a_dead_lettered_purchase_is_held_until_the_operator_discards_it() {
+    let t = super::test_app(100.0, test_throttle()).await;
+    t.create_sale(4, 2, 0).await;
+    let ann = t.login("ann").await;
+    let (_, v) = t.token_load_test(&ann, 4).await;
+    let (s, v) = t.purchase(&ann, 4, &token_of(&v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let tk = v["ticket"].as_str().expect("ticket").to_string();
+    // The workers give up on it (as after its last delivery attempt).
+    let ds = t
+        .engine
+        .fetch("orders", "order-workers", queue::FetchOptions::default())
+        .await
+        .expect("fetch");
+    assert_eq!(ds.len(), 1);
+    t.engine
+        .reject("orders", "order-workers", ds[0].receipt(), "database down")
+        .await
+        .expect("reject");
+    for _ in 0..2 * gateway::sync::RECONCILE_EVERY_ROUNDS {
+        gateway::sync::housekeeping(&t.state).await;
+    }
+    let v = ticket(&t, &tk).await;
+    assert_eq!(v["state"], "held", "{v}");
+    assert_eq!(v["reason"], "database down", "{v}");
+    let stock = t.state.inventory.store().stock(4).await.expect("stock");
+    assert_eq!(
+        stock.map(|s| (s.left, s.holders)),
+        Some((1, 1)),
+        "the held purchase keeps its unit through reconciliation"
+    );
+    let (_, v) = admin_get(&t, "/admin/api/dead-letters").await;
+    let offset = v["dead_letters"][0]["dead_offset"]
+        .as_u64()
+        .expect("offset");
+    let (s, v) = admin_post(
+        &t,
+        &format!("/admin/api/dead-letters/orders/{offset}/discard"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    gateway::sync::housekeeping(&t.state).await;
+    let v = ticket(&t, &tk).await;
+    assert_eq!(
+        (v["state"].as_str(), v["reason"].as_str()),
+        (Some("rejected"), Some("discarded")),
+        "{v}"
+    );
+    let stock = t.state.inventory.store().stock(4).await.expect("stock");
+    assert_eq!(
+        stock.map(|s| (s.left, s.holders)),
+        Some((2, 0)),
+        "unit back"
+    );
+    // Hostile ticket and order ids are 404s, never database errors.
+    for bad in ["ab%00cd", "not-a-uuid", "%F0%9F%92%A9"] {
+        let (s, _, _) = t
+            .call(
+                Request::get(format!("/api/tickets/{bad}"))
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{bad}");
+        let (s, _) = t
+            .post(&format!("/api/orders/{bad}/pay"), Some(&ann), json!({}))
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{bad}");
+    }
+}
+
+/// A sale whose stock figures the store lost (a Redis restarted without persistence) is set
+/// again from the database at the next reconciliation check, even while not at rest.
+#[tokio::test]
+async fn a_sale_the_store_lost_is_restored_from_the_database() {
+    let t = super::test_app(100.0, test_throttle()).await;
+    let sale = t
+        .state
+        .db
+        .create_sale(
+            &gateway::sales::NewSale {
+                id: 8,
+                name: "lost".into(),
+                price_cents: 1,
+                units: 3,
+                starts_at_ms: 0,
+                pay_window_ms: None,
+            },
+            0,
+        )
+        .await
+        .expect("create");
+    t.state.catalogue.upsert(sale);
+    let ann = t.login("ann").await;
+    let (s, v) = t.token_load_test(&ann, 8).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "no stock yet: {v}");
+    for _ in 0..gateway::sync::RECONCILE_EVERY_ROUNDS {
+        gateway::sync::housekeeping(&t.state).await;
+    }
+    let stock = t.state.inventory.store().stock(8).await.expect("stock");
+    assert_eq!(stock.map(|s| (s.units, s.left)), Some((3, 3)));
+    let (s, v) = t.token_load_test(&ann, 8).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        t.purchase(&ann, 8, &token_of(&v)).await.0,
+        StatusCode::ACCEPTED
+    );
 }

@@ -20,7 +20,8 @@ async fn grants_up_to_units_left(db: OrdersDb) {
         purchase("t4", 1, "cat"),
         purchase("t5", 1, "dan"),
         purchase("t6", 1, "eve"),
-        purchase("t7", 9, "ann"), // no such sale
+        purchase("t6b", 1, "eve"), // eve again: still sold out (she holds nothing)
+        purchase("t7", 9, "ann"),  // no such sale
     ];
     let d = db.decide_batch(&batch, 1_000).await.expect("decide");
     let reasons: Vec<Option<&str>> = d.iter().map(rejected).collect();
@@ -33,6 +34,7 @@ async fn grants_up_to_units_left(db: OrdersDb) {
             None,
             Some(reason::SOLD_OUT),
             Some(reason::SOLD_OUT),
+            Some(reason::SOLD_OUT),
             Some(reason::NO_SUCH_SALE),
         ]
     );
@@ -41,7 +43,7 @@ async fn grants_up_to_units_left(db: OrdersDb) {
     assert_eq!(s.units_left, 0);
     let c = db.order_counts(1).await.expect("counts");
     assert_eq!((c.pending, c.paid, c.cancelled), (3, 0, 0));
-    assert_eq!(db.outcome_counts(1).await.expect("outcomes"), (3, 3));
+    assert_eq!(db.outcome_counts(1).await.expect("outcomes"), (3, 4));
     let Decision::Ordered {
         order_id,
         pay_by_ms,

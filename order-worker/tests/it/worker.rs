@@ -509,3 +509,67 @@ async fn competing_workers(db: OrdersDb) {
     engine.close().expect("close the queue");
 }
 both_backends!(competing_workers_sell_each_unit_once, competing_workers);
+
+/// A database outage spends no delivery attempts: the worker retries within the batch's
+/// lease, never nacks, and the batch is decided once the database is back (here: after the
+/// lease, by a worker on a reopened pool). Nacking on every failure would walk a backlog
+/// into the dead letters within seconds of an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_spends_no_delivery_attempts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+    let db = OrdersDb::connect(&url, &order_worker::DbOptions::default())
+        .await
+        .expect("open");
+    sale(&db, 1, 10, 60_000).await;
+    let clock = ManualClock::new(1_000_000);
+    let engine = crate::engine(&dir.path().join("queue"), &clock);
+    let q: Arc<dyn Queue> = engine.clone();
+    let purchases: Vec<PurchaseMessage> = (0..3)
+        .map(|i| purchase(&format!("o-{i}"), 1, &format!("u{i}")))
+        .collect();
+    publish(q.as_ref(), &purchases).await;
+    // The database goes away (a closed pool fails at once, like a refused connection).
+    db.close().await;
+    const LEASE_MS: u64 = order_worker::worker::LEASE_MARGIN_MS + 300;
+    let down = OrderWorker::new(
+        db.clone(),
+        q.clone(),
+        None,
+        WorkerConfig {
+            wait_ms: 0,
+            lease_ms: LEASE_MS,
+            retry_base_ms: 20,
+            ..WorkerConfig::default()
+        },
+        Arc::new(WorkerMetrics::default()),
+        Arc::new(clock.clone()),
+    );
+    assert_eq!(down.step().await.expect("step"), 3);
+    let m = down.metrics();
+    assert!(m.db_retries.load(Ordering::Relaxed) > 0, "it retried");
+    assert_eq!(m.nacked.load(Ordering::Relaxed), 0, "it never nacked");
+    let stats = q.stats(ORDERS_TOPIC).await.expect("stats");
+    let g = stats
+        .groups
+        .iter()
+        .find(|g| g.name == WORKERS_GROUP)
+        .expect("group");
+    assert_eq!(
+        (g.in_flight, g.retry_waiting, g.dead_lettered),
+        (3, 0, 0),
+        "still leased, not given back"
+    );
+    // The database is back; once the lease ends the batch comes back (attempt 2 of 5) and
+    // is decided.
+    let db = OrdersDb::connect(&url, &order_worker::DbOptions::default())
+        .await
+        .expect("reopen");
+    clock.advance(LEASE_MS + 1);
+    engine.tick();
+    let up = crate::worker(&db, &q, None, &clock, 100);
+    drain(&up, q.as_ref()).await;
+    assert_eq!(db.order_counts(1).await.expect("counts").pending, 3);
+    assert_eq!(db.outcome_counts(1).await.expect("outcomes"), (3, 0));
+    db.close().await;
+}
