@@ -868,7 +868,9 @@ async fn commit_purchase(
         accepted_at_ms: now,
     })
     .map_err(ApiError::internal)?;
-    match state.inventory.reserve(id, &user).await {
+    // Tagged with the ticket: a release for this purchase (here, or a worker's after a
+    // rejection) takes back this reservation and no other.
+    match state.inventory.reserve_as(id, &user, &ticket_id).await {
         Ok(Reservation::Reserved { .. }) => {}
         Ok(Reservation::SoldOut) => {
             m.sold_out.fetch_add(1, Ordering::Relaxed);
@@ -930,7 +932,11 @@ async fn commit_purchase(
             }
             Err(e) => {
                 // Definitely not queued: give the unit back before answering.
-                if let Err(re) = state.inventory.release(id, &user).await {
+                if let Err(re) = state
+                    .inventory
+                    .release_if(id, &user, Some(&ticket_id))
+                    .await
+                {
                     tracing::error!("release after a failed enqueue: {re}");
                 }
                 m.released.fetch_add(1, Ordering::Relaxed);

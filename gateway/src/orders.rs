@@ -247,7 +247,10 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
             .holds_active(purchase.sale, &purchase.user)
             .await
             .map_err(db_unavailable)?
-        && let Err(e) = state.inventory.release(purchase.sale, &purchase.user).await
+        && let Err(e) = state
+            .inventory
+            .release_if(purchase.sale, &purchase.user, Some(&purchase.ticket))
+            .await
     {
         tracing::warn!("releasing the unit of a discarded purchase: {e}");
     }

@@ -106,12 +106,12 @@ pub async fn load_catalogue(state: &AppState) -> Result<usize, String> {
             if stock.is_none() {
                 let holders = state
                     .db
-                    .active_holders(sale.id)
+                    .active_holder_tags(sale.id)
                     .await
                     .map_err(|e| e.to_string())?;
                 state
                     .inventory
-                    .reconcile(sale.id, sale.units, &holders)
+                    .reconcile_tagged(sale.id, sale.units, &holders)
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -130,12 +130,12 @@ pub async fn reconcile_sale(state: &AppState, sale: u64) -> Result<SaleStock, St
     };
     let holders = state
         .db
-        .active_holders(sale)
+        .active_holder_tags(sale)
         .await
         .map_err(|e| e.to_string())?;
     let stock = state
         .inventory
-        .reconcile(sale, s.units, &holders)
+        .reconcile_tagged(sale, s.units, &holders)
         .await
         .map_err(|e| e.to_string())?;
     state.reconciler.resets.fetch_add(1, Ordering::Relaxed);
@@ -300,13 +300,13 @@ async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), String>
     // store moved while the holders were read.
     let holders = state
         .db
-        .active_holders(id)
+        .active_holder_tags(id)
         .await
         .map_err(|e| e.to_string())?;
     if store.stock(id).await.map_err(|e| e.to_string())? == Some(seen) {
         let now = state
             .inventory
-            .reconcile(id, units, &holders)
+            .reconcile_tagged(id, units, &holders)
             .await
             .map_err(|e| e.to_string())?;
         state.reconciler.resets.fetch_add(1, Ordering::Relaxed);

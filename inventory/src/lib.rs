@@ -4,7 +4,10 @@
 //! - [`StockStore`]: per sale, units left and the users holding one; `reserve(sale, user)`
 //!   answers reserved / sold out / already bought in one atomic step (the duplicate check
 //!   comes *before* the decrement, so repeat clicks never burn stock); `release` gives a
-//!   unit back and is idempotent.
+//!   unit back and is idempotent. A reservation may carry a tag (the purchase's ticket:
+//!   `reserve_as`), and `release_if(.., Some(tag))` releases only the reservation with that
+//!   tag: a late or repeated release for an old purchase (a worker redelivery, a canceller
+//!   retrying after a crash) never takes away the user's newer reservation.
 //! - [`MemoryStore`]: the embedded default, one small lock per sale; memory per sale is
 //!   bounded by its units (at most one entry per holder).
 //! - [`RedisStore`]: the same operations as Lua scripts on Redis, so several gateway
@@ -107,6 +110,29 @@ pub enum Error {
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Longest reservation tag, in bytes.
+pub const TAG_BYTES_MAX: usize = 64;
+
+/// Checks a reservation tag: 0..=[`TAG_BYTES_MAX`] bytes, no control characters (empty:
+/// untagged).
+pub fn validate_tag(tag: &str) -> Result<()> {
+    if tag.len() > TAG_BYTES_MAX || tag.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "a reservation tag is 0..={TAG_BYTES_MAX} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A holder of a unit and the tag of its reservation (`""`: untagged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The user.
+    pub user: String,
+    /// The reservation's tag (the purchase's ticket).
+    pub tag: String,
+}
+
 /// Checks a user id: 1..=[`USER_ID_BYTES_MAX`] bytes, no control characters.
 pub fn validate_user(user: &str) -> Result<()> {
     if user.is_empty() || user.len() > USER_ID_BYTES_MAX || user.chars().any(char::is_control) {
@@ -134,13 +160,39 @@ pub trait StockStore: Send + Sync {
     /// as it is); returns its figures.
     async fn define(&self, sale: SaleId, units: u64) -> Result<SaleStock>;
     /// Resets a sale to the source of truth: `units` on sale, held by exactly `holders`
-    /// (the users with an active order). Fails if there are more holders than units.
-    async fn reconcile(&self, sale: SaleId, units: u64, holders: &[String]) -> Result<SaleStock>;
-    /// Holds one unit for `user`: the already-bought check, the sold-out check, the
-    /// decrement and the holder record, in one atomic step.
-    async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation>;
-    /// Gives `user`'s unit back (enqueue failed, order rejected or cancelled). Idempotent.
-    async fn release(&self, sale: SaleId, user: &str) -> Result<Released>;
+    /// (the users with an active order, each with its reservation's tag). Fails if there
+    /// are more holders than units.
+    async fn reconcile_tagged(
+        &self,
+        sale: SaleId,
+        units: u64,
+        holders: &[Holder],
+    ) -> Result<SaleStock>;
+    /// [`StockStore::reconcile_tagged`] with untagged holders.
+    async fn reconcile(&self, sale: SaleId, units: u64, holders: &[String]) -> Result<SaleStock> {
+        let tagged: Vec<Holder> = holders
+            .iter()
+            .map(|u| Holder {
+                user: u.clone(),
+                tag: String::new(),
+            })
+            .collect();
+        self.reconcile_tagged(sale, units, &tagged).await
+    }
+    /// Holds one unit for `user`, tagged `tag`: the already-bought check, the sold-out
+    /// check, the decrement and the holder record, in one atomic step.
+    async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation>;
+    /// [`StockStore::reserve_as`] untagged.
+    async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation> {
+        self.reserve_as(sale, user, "").await
+    }
+    /// Gives `user`'s unit back (enqueue failed, order rejected or cancelled); with
+    /// `Some(tag)`, only if the user's reservation carries that tag. Idempotent.
+    async fn release_if(&self, sale: SaleId, user: &str, tag: Option<&str>) -> Result<Released>;
+    /// [`StockStore::release_if`] whatever the tag.
+    async fn release(&self, sale: SaleId, user: &str) -> Result<Released> {
+        self.release_if(sale, user, None).await
+    }
     /// Adds `units` units to a defined sale.
     async fn restock(&self, sale: SaleId, units: u64) -> Result<SaleStock>;
     /// The sale's figures, `None` if it is not defined.
@@ -154,14 +206,19 @@ impl<T: StockStore + ?Sized> StockStore for std::sync::Arc<T> {
     async fn define(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
         (**self).define(sale, units).await
     }
-    async fn reconcile(&self, sale: SaleId, units: u64, holders: &[String]) -> Result<SaleStock> {
-        (**self).reconcile(sale, units, holders).await
+    async fn reconcile_tagged(
+        &self,
+        sale: SaleId,
+        units: u64,
+        holders: &[Holder],
+    ) -> Result<SaleStock> {
+        (**self).reconcile_tagged(sale, units, holders).await
     }
-    async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation> {
-        (**self).reserve(sale, user).await
+    async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation> {
+        (**self).reserve_as(sale, user, tag).await
     }
-    async fn release(&self, sale: SaleId, user: &str) -> Result<Released> {
-        (**self).release(sale, user).await
+    async fn release_if(&self, sale: SaleId, user: &str, tag: Option<&str>) -> Result<Released> {
+        (**self).release_if(sale, user, tag).await
     }
     async fn restock(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
         (**self).restock(sale, units).await
@@ -234,11 +291,16 @@ impl Inventory {
 
     /// `reserve`, answered from the flag when the sale is known to be sold out.
     pub async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation> {
+        self.reserve_as(sale, user, "").await
+    }
+
+    /// `reserve_as`, answered from the flag when the sale is known to be sold out.
+    pub async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation> {
         validate_user(user)?;
         if self.flagged_sold_out(sale) {
             return Ok(Reservation::SoldOut);
         }
-        let r = self.store.reserve(sale, user).await?;
+        let r = self.store.reserve_as(sale, user, tag).await?;
         match r {
             Reservation::SoldOut | Reservation::Reserved { left: 0 } => self.set_flag(sale, true),
             _ => {}
@@ -248,7 +310,17 @@ impl Inventory {
 
     /// `release`; a unit back clears the sold-out flag.
     pub async fn release(&self, sale: SaleId, user: &str) -> Result<Released> {
-        let r = self.store.release(sale, user).await?;
+        self.release_if(sale, user, None).await
+    }
+
+    /// `release_if`; a unit back clears the sold-out flag.
+    pub async fn release_if(
+        &self,
+        sale: SaleId,
+        user: &str,
+        tag: Option<&str>,
+    ) -> Result<Released> {
+        let r = self.store.release_if(sale, user, tag).await?;
         if matches!(r, Released::Released { .. }) {
             self.set_flag(sale, false);
         }
@@ -270,6 +342,18 @@ impl Inventory {
         holders: &[String],
     ) -> Result<SaleStock> {
         let s = self.store.reconcile(sale, units, holders).await?;
+        self.set_flag(sale, s.left == 0);
+        Ok(s)
+    }
+
+    /// `reconcile_tagged`; sets the flag from the result.
+    pub async fn reconcile_tagged(
+        &self,
+        sale: SaleId,
+        units: u64,
+        holders: &[Holder],
+    ) -> Result<SaleStock> {
+        let s = self.store.reconcile_tagged(sale, units, holders).await?;
         self.set_flag(sale, s.left == 0);
         Ok(s)
     }

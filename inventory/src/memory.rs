@@ -1,19 +1,19 @@
 //! [`MemoryStore`]: the embedded stock store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::{
-    Error, Released, Reservation, Result, SALES_MAX, SaleId, SaleStock, StockStore, validate_units,
-    validate_user,
+    Error, Holder, Released, Reservation, Result, SALES_MAX, SaleId, SaleStock, StockStore,
+    validate_tag, validate_units, validate_user,
 };
 
-/// One sale's state. Its holders set never has more entries than the sale has units.
+/// One sale's state. Its holders (user → reservation tag) never outnumber its units.
 #[derive(Debug)]
 struct Sale {
     units: u64,
     left: u64,
-    holders: HashSet<Box<str>>,
+    holders: HashMap<Box<str>, Box<str>>,
 }
 
 impl Sale {
@@ -75,7 +75,7 @@ impl MemoryStore {
                 Arc::new(Mutex::new(Sale {
                     units,
                     left: units,
-                    holders: HashSet::new(),
+                    holders: HashMap::new(),
                 }))
             })
             .clone())
@@ -91,51 +91,67 @@ impl StockStore for MemoryStore {
         Ok(st)
     }
 
-    async fn reconcile(&self, sale: SaleId, units: u64, holders: &[String]) -> Result<SaleStock> {
+    async fn reconcile_tagged(
+        &self,
+        sale: SaleId,
+        units: u64,
+        holders: &[Holder],
+    ) -> Result<SaleStock> {
         validate_units(units)?;
         for h in holders {
-            validate_user(h)?;
+            validate_user(&h.user)?;
+            validate_tag(&h.tag)?;
         }
-        let set: HashSet<Box<str>> = holders.iter().map(|h| h.as_str().into()).collect();
-        if set.len() as u64 > units {
+        let map: HashMap<Box<str>, Box<str>> = holders
+            .iter()
+            .map(|h| (h.user.as_str().into(), h.tag.as_str().into()))
+            .collect();
+        if map.len() as u64 > units {
             return Err(Error::Invalid(format!(
                 "{} holders for {units} units",
-                set.len()
+                map.len()
             )));
         }
         let s = self.sale_or_insert(sale, units)?;
         let mut st = lock(&s);
         st.units = units;
-        st.left = units - set.len() as u64;
-        st.holders = set;
+        st.left = units - map.len() as u64;
+        st.holders = map;
         Ok(st.stock())
     }
 
-    async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation> {
+    async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation> {
         validate_user(user)?;
+        validate_tag(tag)?;
         let Some(s) = self.sale(sale) else {
             return Ok(Reservation::NoSuchSale);
         };
         let mut st = lock(&s);
         // The duplicate check first: a repeat click never burns a unit.
-        if st.holders.contains(user) {
+        if st.holders.contains_key(user) {
             return Ok(Reservation::AlreadyBought);
         }
         if st.left == 0 {
             return Ok(Reservation::SoldOut);
         }
         st.left -= 1;
-        st.holders.insert(user.into());
+        st.holders.insert(user.into(), tag.into());
         Ok(Reservation::Reserved { left: st.left })
     }
 
-    async fn release(&self, sale: SaleId, user: &str) -> Result<Released> {
+    async fn release_if(&self, sale: SaleId, user: &str, tag: Option<&str>) -> Result<Released> {
         validate_user(user)?;
         let Some(s) = self.sale(sale) else {
             return Ok(Released::NotHeld);
         };
         let mut st = lock(&s);
-        if st.holders.remove(user) {
+        let held = match (st.holders.get(user), tag) {
+            (Some(_), None) => true,
+            (Some(t), Some(want)) => &**t == want,
+            (None, _) => false,
+        };
+        if held {
+            st.holders.remove(user);
             st.left += 1;
             Ok(Released::Released { left: st.left })
         } else {

@@ -2,7 +2,8 @@
 //! several gateway processes share one stock without overselling.
 //!
 //! Keys of sale `S` under prefix `P` (the `{…}` hash tag keeps a sale's keys in one slot):
-//! `P{S}:units` (units on sale), `P{S}:left` (units not held), `P{S}:holders` (set of users).
+//! `P{S}:units` (units on sale), `P{S}:left` (units not held), `P{S}:holder_tags` (hash:
+//! user → the tag of their reservation, `""` when untagged).
 
 use std::time::Duration;
 
@@ -10,8 +11,8 @@ use deadpool_redis::{Manager, Pool, Runtime};
 use redis::Script;
 
 use crate::{
-    Error, Released, Reservation, Result, SaleId, SaleStock, StockStore, validate_units,
-    validate_user,
+    Error, Holder, Released, Reservation, Result, SaleId, SaleStock, StockStore, validate_tag,
+    validate_units, validate_user,
 };
 
 /// Longest wait for a Redis reply (or a pooled connection).
@@ -25,19 +26,20 @@ pub const POOL_CONNECTIONS_MAX: usize = 32;
 const RESERVE: &str = r#"
 local left = redis.call('GET', KEYS[2])
 if not left then return -3 end
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return -2 end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return -2 end
 left = tonumber(left)
 if left <= 0 then return -1 end
 redis.call('DECR', KEYS[2])
-redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return left - 1
 "#;
 
 const RELEASE: &str = r#"
-if redis.call('SREM', KEYS[3], ARGV[1]) == 1 then
-  return redis.call('INCR', KEYS[2])
-end
-return -1
+local tag = redis.call('HGET', KEYS[3], ARGV[1])
+if not tag then return -1 end
+if ARGV[2] == '1' and tag ~= ARGV[3] then return -1 end
+redis.call('HDEL', KEYS[3], ARGV[1])
+return redis.call('INCR', KEYS[2])
 "#;
 
 const DEFINE: &str = r#"
@@ -46,13 +48,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SET', KEYS[2], ARGV[1])
   redis.call('DEL', KEYS[3])
 end
-return {tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2])), redis.call('SCARD', KEYS[3])}
+return {tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2])), redis.call('HLEN', KEYS[3])}
 "#;
 
 const RECONCILE: &str = r#"
 redis.call('DEL', KEYS[3])
-for i = 2, #ARGV do redis.call('SADD', KEYS[3], ARGV[i]) end
-local holders = redis.call('SCARD', KEYS[3])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+local holders = redis.call('HLEN', KEYS[3])
 local units = tonumber(ARGV[1])
 redis.call('SET', KEYS[1], units)
 redis.call('SET', KEYS[2], units - holders)
@@ -64,12 +66,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
 if tonumber(redis.call('GET', KEYS[1])) + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -4 end
 local units = redis.call('INCRBY', KEYS[1], ARGV[1])
 local left = redis.call('INCRBY', KEYS[2], ARGV[1])
-return {units, left, redis.call('SCARD', KEYS[3])}
+return {units, left, redis.call('HLEN', KEYS[3])}
 "#;
 
 const STOCK: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
-return {tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2])), redis.call('SCARD', KEYS[3])}
+return {tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2])), redis.call('HLEN', KEYS[3])}
 "#;
 
 /// Stock in Redis.
@@ -151,7 +153,7 @@ impl RedisStore {
         [
             format!("{base}:units"),
             format!("{base}:left"),
-            format!("{base}:holders"),
+            format!("{base}:holder_tags"),
         ]
     }
 
@@ -210,14 +212,24 @@ impl StockStore for RedisStore {
         stock_of(v)
     }
 
-    async fn reconcile(&self, sale: SaleId, units: u64, holders: &[String]) -> Result<SaleStock> {
+    async fn reconcile_tagged(
+        &self,
+        sale: SaleId,
+        units: u64,
+        holders: &[Holder],
+    ) -> Result<SaleStock> {
         validate_units(units)?;
         for h in holders {
-            validate_user(h)?;
+            validate_user(&h.user)?;
+            validate_tag(&h.tag)?;
         }
-        // Checked here, before the script changes anything.
-        let distinct: std::collections::HashSet<&str> =
-            holders.iter().map(String::as_str).collect();
+        // Checked here, before the script changes anything (a later holder of the same
+        // user wins, as in the script's HSET).
+        let mut distinct: std::collections::HashMap<&str, &str> =
+            std::collections::HashMap::with_capacity(holders.len());
+        for h in holders {
+            distinct.insert(&h.user, &h.tag);
+        }
         if distinct.len() as u64 > units {
             return Err(Error::Invalid(format!(
                 "{} holders for {units} units",
@@ -225,16 +237,20 @@ impl StockStore for RedisStore {
             )));
         }
         let units_arg = units.to_string();
-        let mut args: Vec<&str> = Vec::with_capacity(distinct.len() + 1);
+        let mut args: Vec<&str> = Vec::with_capacity(2 * distinct.len() + 1);
         args.push(&units_arg);
-        args.extend(distinct);
+        for (user, tag) in distinct {
+            args.push(user);
+            args.push(tag);
+        }
         let v: Vec<i64> = self.run(&self.reconcile, sale, &args).await?;
         stock_of(v)
     }
 
-    async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation> {
+    async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation> {
         validate_user(user)?;
-        let r: i64 = self.run(&self.reserve, sale, &[user]).await?;
+        validate_tag(tag)?;
+        let r: i64 = self.run(&self.reserve, sale, &[user, tag]).await?;
         Ok(match r {
             -1 => Reservation::SoldOut,
             -2 => Reservation::AlreadyBought,
@@ -244,9 +260,13 @@ impl StockStore for RedisStore {
         })
     }
 
-    async fn release(&self, sale: SaleId, user: &str) -> Result<Released> {
+    async fn release_if(&self, sale: SaleId, user: &str, tag: Option<&str>) -> Result<Released> {
         validate_user(user)?;
-        let r: i64 = self.run(&self.release, sale, &[user]).await?;
+        let (only, want) = match tag {
+            Some(t) => ("1", t),
+            None => ("0", ""),
+        };
+        let r: i64 = self.run(&self.release, sale, &[user, only, want]).await?;
         Ok(match r {
             -1 => Released::NotHeld,
             left if left >= 0 => Released::Released { left: left as u64 },

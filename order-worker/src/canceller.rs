@@ -6,7 +6,11 @@
 //! conditional update each: `status = 'pending' AND pay_by_ms <= now`), putting their units
 //! back into the sales' units left; then it releases each cancelled buyer's unit in the
 //! inventory store (which clears the sold-out flag, so the unit sells again) and acks.
-//! Paid or already-cancelled orders are left alone: a redelivery changes nothing.
+//! Paid or already-cancelled orders are left alone: a redelivery changes nothing in the
+//! database. The release is tagged with the order's ticket, so it is repeated for every
+//! cancelled order of the batch, also those cancelled by an earlier delivery: a canceller
+//! killed between its commit and its release gives the unit back on the redelivery, and a
+//! repeated release never takes the buyer's newer reservation.
 //!
 //! [`Canceller::sweep`] finds pending orders past their pay-by time straight from the
 //! database and cancels them the same way, so an order whose pay-by message was never
@@ -212,7 +216,16 @@ impl Canceller {
                 self.metrics
                     .no_op
                     .fetch_add(ids.len() as u64 - n, Ordering::Relaxed);
-                self.release(&cancelled).await;
+                // Every cancelled order of the batch, this delivery's and earlier ones'.
+                match self.db.cancelled_among(&ids).await {
+                    Ok(all) => self.release(&all).await,
+                    Err(e) => {
+                        // Released from what this delivery cancelled; the rest at the next
+                        // delivery or by reconciliation.
+                        tracing::warn!("listing cancelled orders: {e}");
+                        self.release(&cancelled).await;
+                    }
+                }
                 for chunk in receipts.chunks(queue::limits::ACK_RECEIPTS_MAX) {
                     self.queue
                         .ack(&self.config.topic, &self.config.group, chunk)
@@ -265,10 +278,11 @@ impl Canceller {
             return;
         };
         for c in cancelled {
-            match inv.release(c.sale, &c.user).await {
-                Ok(_) => {
+            match inv.release_if(c.sale, &c.user, Some(&c.ticket)).await {
+                Ok(inventory::Released::Released { .. }) => {
                     self.metrics.released.fetch_add(1, Ordering::Relaxed);
                 }
+                Ok(inventory::Released::NotHeld) => {}
                 Err(e) => tracing::warn!(
                     "releasing the unit of cancelled order {}: {e}; reconciliation will",
                     c.order_id

@@ -363,6 +363,8 @@ pub struct Cancelled {
     pub sale: u64,
     /// Its buyer (whose unit goes back on sale).
     pub user: String,
+    /// Its ticket (the tag of the buyer's reservation in the stock store).
+    pub ticket: String,
 }
 
 /// What a payment did.
@@ -574,6 +576,51 @@ impl OrdersDb {
                 .bind(sale).fetch_all(p).await?;
             rows.iter().map(|r| r.try_get::<String, _>(0).map_err(DbError::from)).collect()
         })
+    }
+
+    /// The users holding an active order of `sale`, each with its ticket: the stock
+    /// store's holders and their reservation tags at rest.
+    pub async fn active_holder_tags(&self, sale: u64) -> DbResult<Vec<inventory::Holder>> {
+        let sale = to_i64(sale, "sale id")?;
+        on_db!(self, p => {
+            let rows = sqlx::query(
+                "SELECT user_id, request_id FROM orders WHERE sale_id = $1 AND status <> 'cancelled'")
+                .bind(sale).fetch_all(p).await?;
+            rows.iter()
+                .map(|r| Ok(inventory::Holder { user: r.try_get(0)?, tag: r.try_get(1)? }))
+                .collect()
+        })
+    }
+
+    /// Those of `order_ids` that are cancelled (whenever that happened), for the release
+    /// of their stock units (tagged, so repeating it is harmless).
+    pub async fn cancelled_among(&self, order_ids: &[String]) -> DbResult<Vec<Cancelled>> {
+        if order_ids.len() > CANCEL_BATCH_MAX {
+            return Err(DbError::Invalid(format!(
+                "at most {CANCEL_BATCH_MAX} orders a look-up"
+            )));
+        }
+        let mut out = Vec::new();
+        for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
+            on_db!(self, p => {
+                let mut qb = QueryBuilder::new(
+                    "SELECT id, sale_id, user_id, request_id FROM orders WHERE status = 'cancelled' AND id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.as_str());
+                }
+                qb.push(")");
+                for r in qb.build().fetch_all(p).await? {
+                    out.push(Cancelled {
+                        order_id: r.try_get(0)?,
+                        sale: to_u64(r.try_get::<i64, _>(1)?),
+                        user: r.try_get(2)?,
+                        ticket: r.try_get(3)?,
+                    });
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// Orders of `sale` by status.
@@ -891,7 +938,7 @@ impl OrdersDb {
                 for id in chunk {
                     sep.push_bind(id.as_str());
                 }
-                qb.push(") RETURNING id, sale_id, user_id");
+                qb.push(") RETURNING id, sale_id, user_id, request_id");
                 for r in qb.build().fetch_all(&mut *tx).await? {
                     let sale: i64 = r.try_get(1)?;
                     *per_sale.entry(sale).or_default() += 1;
@@ -899,6 +946,7 @@ impl OrdersDb {
                         order_id: r.try_get(0)?,
                         sale: to_u64(sale),
                         user: r.try_get(2)?,
+                        ticket: r.try_get(3)?,
                     });
                 }
             }

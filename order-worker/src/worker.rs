@@ -11,10 +11,9 @@
 //! - a pay-by message lost anyway (publish refused, outside the de-duplication window) is
 //!   caught by the canceller's sweep of overdue pending orders;
 //! - killed after the commit of a rejection but before its stock release: the redelivery
-//!   does not release again (the user may hold a newer reservation by then), so the unit
-//!   stays held in the stock store until the gateway's reconciliation at rest resets the
-//!   sale to the database (`gateway/src/sync.rs`). No order is lost or doubled; the sale may
-//!   look sold out a little longer.
+//!   releases it (every rejection's release is tagged with its ticket, so it only ever
+//!   takes back that purchase's reservation, never the user's newer one or the unit of
+//!   their order).
 //!
 //! Failures: transient database errors (an outage, a restart, lock timeouts) are retried
 //! with exponential backoff inside the worker for as long as the batch's lease lasts, and the
@@ -368,22 +367,25 @@ impl OrderWorker {
                             _ => &m.rejected_no_such_sale,
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
-                        // The gateway reserved a unit the database did not grant: give it
-                        // back. Not for a repeat purchase: that user's unit belongs to
-                        // their order.
-                        if why != reason::ALREADY_BOUGHT
-                            && let Some(inv) = &self.inventory
-                        {
-                            match inv.release(p.sale, &p.user).await {
-                                Ok(_) => {
-                                    m.released.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(e) => tracing::warn!(
-                                    "releasing {}'s unit of sale {}: {e}",
-                                    p.user,
-                                    p.sale
-                                ),
+                    }
+                    // The gateway reserved a unit the database did not grant: give it back,
+                    // fresh decision or redelivery alike. Tagged with this purchase's ticket,
+                    // so a redelivery never takes the user's newer reservation. Not for a
+                    // repeat purchase (`already_bought`): the user holds an order, and
+                    // whichever reservation stands for it stays.
+                    if why != reason::ALREADY_BOUGHT
+                        && let Some(inv) = &self.inventory
+                    {
+                        match inv.release_if(p.sale, &p.user, Some(&p.ticket)).await {
+                            Ok(inventory::Released::Released { .. }) => {
+                                m.released.fetch_add(1, Ordering::Relaxed);
                             }
+                            Ok(inventory::Released::NotHeld) => {}
+                            Err(e) => tracing::warn!(
+                                "releasing {}'s unit of sale {}: {e}",
+                                p.user,
+                                p.sale
+                            ),
                         }
                     }
                 }

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use inventory::{
-    Error, Inventory, MemoryStore, RedisStore, Released, Reservation, SaleId, SaleStock, StockStore,
+    Error, Holder, Inventory, MemoryStore, RedisStore, Released, Reservation, SaleId, SaleStock,
+    StockStore,
 };
 
 /// A unique key prefix per test (and per run), so tests never see each other's keys.
@@ -237,20 +238,30 @@ impl StockStore for Counting {
     async fn define(&self, sale: SaleId, units: u64) -> inventory::Result<SaleStock> {
         self.inner.define(sale, units).await
     }
-    async fn reconcile(
+    async fn reconcile_tagged(
         &self,
         sale: SaleId,
         units: u64,
-        holders: &[String],
+        holders: &[Holder],
     ) -> inventory::Result<SaleStock> {
-        self.inner.reconcile(sale, units, holders).await
+        self.inner.reconcile_tagged(sale, units, holders).await
     }
-    async fn reserve(&self, sale: SaleId, user: &str) -> inventory::Result<Reservation> {
+    async fn reserve_as(
+        &self,
+        sale: SaleId,
+        user: &str,
+        tag: &str,
+    ) -> inventory::Result<Reservation> {
         self.reserves.fetch_add(1, Ordering::Relaxed);
-        self.inner.reserve(sale, user).await
+        self.inner.reserve_as(sale, user, tag).await
     }
-    async fn release(&self, sale: SaleId, user: &str) -> inventory::Result<Released> {
-        self.inner.release(sale, user).await
+    async fn release_if(
+        &self,
+        sale: SaleId,
+        user: &str,
+        tag: Option<&str>,
+    ) -> inventory::Result<Released> {
+        self.inner.release_if(sale, user, tag).await
     }
     async fn restock(&self, sale: SaleId, units: u64) -> inventory::Result<SaleStock> {
         self.inner.restock(sale, units).await
@@ -317,4 +328,69 @@ async fn the_sold_out_flag_saves_round_trips_and_resets() {
         inv.reserve(1, "d").await.expect("r"),
         Reservation::Reserved { .. }
     ));
+}
+
+/// A tagged release takes back only the reservation with that tag: a late release for an
+/// old purchase never takes the user's newer reservation; an untagged release takes any.
+#[tokio::test]
+async fn a_tagged_release_only_takes_its_own_reservation() {
+    both("tags", &[9], |s| async move {
+        s.define(9, 3).await.expect("define");
+        assert_eq!(
+            s.reserve_as(9, "ann", "ticket-1").await.expect("r"),
+            Reservation::Reserved { left: 2 }
+        );
+        assert_eq!(
+            s.release_if(9, "ann", Some("ticket-0")).await.expect("rel"),
+            Released::NotHeld,
+            "another purchase's release"
+        );
+        assert_eq!(
+            s.release_if(9, "ann", Some("ticket-1")).await.expect("rel"),
+            Released::Released { left: 3 }
+        );
+        assert_eq!(
+            s.release_if(9, "ann", Some("ticket-1")).await.expect("rel"),
+            Released::NotHeld,
+            "idempotent"
+        );
+        // ann buys again; the first purchase's late release leaves the new one alone.
+        s.reserve_as(9, "ann", "ticket-2").await.expect("r");
+        assert_eq!(
+            s.release_if(9, "ann", Some("ticket-1")).await.expect("rel"),
+            Released::NotHeld
+        );
+        // Reconciled holders carry their tags.
+        let holders = vec![
+            Holder {
+                user: "bob".into(),
+                tag: "ticket-b".into(),
+            },
+            Holder {
+                user: "cat".into(),
+                tag: "ticket-c".into(),
+            },
+        ];
+        let st = s.reconcile_tagged(9, 3, &holders).await.expect("reconcile");
+        assert_eq!((st.left, st.holders), (1, 2));
+        assert_eq!(
+            s.release_if(9, "bob", Some("ticket-c")).await.expect("rel"),
+            Released::NotHeld
+        );
+        assert_eq!(
+            s.release_if(9, "bob", Some("ticket-b")).await.expect("rel"),
+            Released::Released { left: 2 }
+        );
+        assert_eq!(
+            s.release(9, "cat").await.expect("rel"),
+            Released::Released { left: 3 },
+            "untagged: whatever the tag"
+        );
+        let long = "x".repeat(inventory::TAG_BYTES_MAX + 1);
+        assert!(matches!(
+            s.reserve_as(9, "dan", &long).await,
+            Err(Error::Invalid(_))
+        ));
+    })
+    .await;
 }

@@ -46,10 +46,14 @@ async fn status(db: &OrdersDb, order_id: &str) -> OrderStatus {
         .status
 }
 
-/// Reserves a unit for each user in the store, as the gateway does before publishing.
-async fn reserve_all(inv: &inventory::Inventory, sale: u64, users: &[String]) {
-    for u in users {
-        let r = inv.reserve(sale, u).await.expect("reserve");
+/// Reserves a unit for each user in the store, as the gateway does before publishing,
+/// tagged with the ticket its purchase will carry (`{tickets}{index}`).
+async fn reserve_all(inv: &inventory::Inventory, sale: u64, users: &[String], tickets: &str) {
+    for (i, u) in users.iter().enumerate() {
+        let r = inv
+            .reserve_as(sale, u, &format!("{tickets}{i}"))
+            .await
+            .expect("reserve");
         assert!(
             matches!(r, Reservation::Reserved { .. }),
             "{u} reserves: {r:?}"
@@ -67,7 +71,7 @@ async fn unpaid_orders_cancelled(db: OrdersDb) {
     sale(&db, 1, UNITS, WINDOW).await;
     let (store, inv) = inventory_over(1, UNITS).await;
     let users: Vec<String> = (0..UNITS).map(|i| format!("u{i}")).collect();
-    reserve_all(&inv, 1, &users).await;
+    reserve_all(&inv, 1, &users, "t").await;
     assert!(inv.flagged_sold_out(1));
     assert_eq!(
         inv.reserve(1, "latecomer").await.expect("reserve"),
@@ -164,7 +168,7 @@ async fn unpaid_orders_cancelled(db: OrdersDb) {
         db.pay(&orders[1], "u1", clock.now_ms()).await.expect("pay"),
         Payment::Cancelled(_)
     ));
-    reserve_all(&inv, 1, &users[1..]).await;
+    reserve_all(&inv, 1, &users[1..], "again-").await;
     assert_eq!(
         store.reserve(1, "u0").await.expect("reserve"),
         Reservation::AlreadyBought,
@@ -202,7 +206,7 @@ async fn sweep_backstop(db: OrdersDb) {
     let q: Arc<dyn Queue> = engine.clone();
     sale(&db, 1, 3, WINDOW).await;
     let (store, inv) = inventory_over(1, 3).await;
-    reserve_all(&inv, 1, &["u0".to_string()]).await;
+    reserve_all(&inv, 1, &["u0".to_string()], "t").await;
     // Decided, but its pay-by message never reached the queue.
     let d = db
         .decide_batch(&[purchase("t0", 1, "u0")], clock.now_ms())
@@ -257,7 +261,7 @@ async fn pay_cancel_race(db: OrdersDb) {
     sale(&db, 1, ORDERS, WINDOW).await;
     let (store, inv) = inventory_over(1, ORDERS).await;
     let users: Vec<String> = (0..ORDERS).map(|i| format!("u{i}")).collect();
-    reserve_all(&inv, 1, &users).await;
+    reserve_all(&inv, 1, &users, "t").await;
     let purchases: Vec<PurchaseMessage> = users
         .iter()
         .enumerate()
@@ -386,4 +390,64 @@ async fn pay_cancel_race(db: OrdersDb) {
 both_backends!(
     paying_and_cancelling_race_and_exactly_one_wins,
     pay_cancel_race
+);
+
+/// A canceller killed between its commit and its stock release (simulated: the
+/// cancellation committed, nothing released) gives the unit back when the pay-by message is
+/// delivered again; a later repeat of that release never takes the buyer's newer
+/// reservation (releases are tagged with the order's ticket).
+async fn release_after_a_crash(db: OrdersDb) {
+    const WINDOW: u64 = 1_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let engine = engine(dir.path(), &clock);
+    let q: Arc<dyn Queue> = engine.clone();
+    sale(&db, 1, 2, WINDOW).await;
+    let (store, inv) = inventory_over(1, 2).await;
+    reserve_all(&inv, 1, &["u0".to_string()], "t").await;
+    publish(q.as_ref(), &[purchase("t0", 1, "u0")]).await;
+    let w = worker(&db, &q, Some(inv.clone()), &clock, 100);
+    assert_eq!(drain(&w, q.as_ref()).await, 1);
+    let order = order_of(&db, "t0").await;
+    clock.advance(WINDOW);
+    // The crashed canceller's commit: cancelled in the database, the unit still held.
+    assert_eq!(
+        db.cancel_due(std::slice::from_ref(&order), clock.now_ms())
+            .await
+            .expect("cancel")
+            .len(),
+        1
+    );
+    let st = stock(&store, 1).await;
+    assert_eq!((st.left, st.holders), (1, 1), "the unit leaked for now");
+    // The pay-by message comes (again): nothing to cancel, the unit is released.
+    engine.tick();
+    let c = canceller(&db, &q, Some(inv.clone()), &clock, 100);
+    assert_eq!(drain_deadlines(&c).await, 1);
+    assert_eq!(load(&c.metrics().cancelled), 0, "cancelled once, before");
+    assert_eq!(load(&c.metrics().released), 1);
+    let st = stock(&store, 1).await;
+    assert_eq!((st.left, st.holders), (2, 0));
+    assert_conserved(&db, 1, Some(&store)).await;
+    // u0 buys again; another copy of the old pay-by message must not take the new unit.
+    assert!(matches!(
+        inv.reserve_as(1, "u0", "t-new").await.expect("reserve"),
+        Reservation::Reserved { .. }
+    ));
+    let copy = order_worker::Deadline {
+        order_id: order.clone(),
+        pay_by_ms: T0 + WINDOW,
+    };
+    let body = serde_json::to_vec(&copy).expect("encode");
+    q.publish(DEADLINES_TOPIC, queue::Message::new(body))
+        .await
+        .expect("publish a copy");
+    assert_eq!(drain_deadlines(&c).await, 1);
+    let st = stock(&store, 1).await;
+    assert_eq!((st.left, st.holders), (1, 1), "u0's new reservation stands");
+    engine.close().expect("close the queue");
+}
+both_backends!(
+    a_release_lost_in_a_crash_happens_on_the_redelivery,
+    release_after_a_crash
 );

@@ -322,9 +322,11 @@ async fn rejections_release_reservations(db: OrdersDb) {
     // The gateway's cache believes in twice the units: it reserves for six buyers.
     let (store, inv) = inventory_over(1, STORE_UNITS).await;
     let users: Vec<String> = (1..=STORE_UNITS).map(|i| format!("u{i}")).collect();
-    for u in &users {
+    for (i, u) in users.iter().enumerate() {
         assert!(matches!(
-            inv.reserve(1, u).await.expect("reserve"),
+            inv.reserve_as(1, u, &format!("t{}", i + 1))
+                .await
+                .expect("reserve"),
             Reservation::Reserved { .. }
         ));
     }
