@@ -421,7 +421,7 @@ async fn release_after_a_crash(db: OrdersDb) {
     let st = stock(&store, 1).await;
     assert_eq!((st.left, st.holders), (1, 1), "the unit leaked for now");
     // The pay-by message comes (again): nothing to cancel, the unit is released.
-    engine.tick();
+    engine.tick().await.expect("tick");
     let c = canceller(&db, &q, Some(inv.clone()), &clock, 100);
     assert_eq!(drain_deadlines(&c).await, 1);
     assert_eq!(load(&c.metrics().cancelled), 0, "cancelled once, before");

@@ -568,7 +568,7 @@ async fn a_database_outage_spends_no_delivery_attempts() {
         .await
         .expect("reopen");
     clock.advance(LEASE_MS + 1);
-    engine.tick();
+    engine.tick().await.expect("tick");
     let up = crate::worker(&db, &q, None, &clock, 100);
     drain(&up, q.as_ref()).await;
     assert_eq!(db.order_counts(1).await.expect("counts").pending, 3);
