@@ -600,27 +600,10 @@ impl OrdersDb {
                 "at most {CANCEL_BATCH_MAX} orders a look-up"
             )));
         }
-        let mut out = Vec::new();
-        for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
-            on_db!(self, p => {
-                let mut qb = QueryBuilder::new(
-                    "SELECT id, sale_id, user_id, request_id FROM orders WHERE status = 'cancelled' AND id IN (");
-                let mut sep = qb.separated(", ");
-                for id in chunk {
-                    sep.push_bind(id.as_str());
-                }
-                qb.push(")");
-                for r in qb.build().fetch_all(p).await? {
-                    out.push(Cancelled {
-                        order_id: r.try_get(0)?,
-                        sale: to_u64(r.try_get::<i64, _>(1)?),
-                        user: r.try_get(2)?,
-                        ticket: r.try_get(3)?,
-                    });
-                }
-            });
-        }
-        Ok(out)
+        on_db!(self, p => {
+            let mut conn = p.acquire().await?;
+            Dialect::cancelled_among(&mut *conn, order_ids).await
+        })
     }
 
     /// Orders of `sale` by status.
@@ -711,32 +694,18 @@ impl OrdersDb {
         let mut decided: Vec<Option<Decision>> = vec![None; purchases.len()];
         in_tx!(self, tx, pg => {
             // 1. Decisions recorded by earlier deliveries.
-            for chunk in tickets.chunks(ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::new(
-                    "SELECT t.ticket, t.order_id, t.reason, o.pay_by_ms FROM outcomes t \
-                     LEFT JOIN orders o ON o.id = t.order_id WHERE t.ticket IN (");
-                let mut sep = qb.separated(", ");
-                for t in chunk {
-                    sep.push_bind(*t);
-                }
-                qb.push(")");
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    let ticket: String = r.try_get(0)?;
-                    let order_id: Option<String> = r.try_get(1)?;
-                    let reason: Option<String> = r.try_get(2)?;
-                    let pay_by: Option<i64> = r.try_get(3)?;
-                    let d = match (order_id, reason, pay_by) {
-                        (Some(order_id), _, Some(pay_by)) => Decision::Ordered {
-                            order_id,
-                            pay_by_ms: to_u64(pay_by),
-                            fresh: false,
-                        },
-                        (None, Some(reason), _) => Decision::Rejected { reason, fresh: false },
-                        _ => return Err(DbError::Invalid(format!("outcome of {ticket} is inconsistent"))),
-                    };
-                    if let Some(&i) = first.get(ticket.as_str()) {
-                        decided[i] = Some(d);
-                    }
+            for (ticket, order_id, reason, pay_by) in Dialect::known(&mut *tx, &tickets).await? {
+                let d = match (order_id, reason, pay_by) {
+                    (Some(order_id), _, Some(pay_by)) => Decision::Ordered {
+                        order_id,
+                        pay_by_ms: to_u64(pay_by),
+                        fresh: false,
+                    },
+                    (None, Some(reason), _) => Decision::Rejected { reason, fresh: false },
+                    _ => return Err(DbError::Invalid(format!("outcome of {ticket} is inconsistent"))),
+                };
+                if let Some(&i) = first.get(ticket.as_str()) {
+                    decided[i] = Some(d);
                 }
             }
             // 2. New purchases, by sale (ascending: the lock order).
@@ -776,21 +745,7 @@ impl OrdersDb {
                     .filter(|u| seen.insert(u))
                     .collect();
                 // Users already holding an active order.
-                let mut active: HashSet<String> = HashSet::new();
-                for chunk in users.chunks(ROWS_PER_STATEMENT) {
-                    let mut qb = QueryBuilder::new(
-                        "SELECT user_id FROM orders WHERE status <> 'cancelled' AND sale_id = ");
-                    qb.push_bind(sale_i);
-                    qb.push(" AND user_id IN (");
-                    let mut sep = qb.separated(", ");
-                    for u in chunk {
-                        sep.push_bind(*u);
-                    }
-                    qb.push(")");
-                    for r in qb.build().fetch_all(&mut *tx).await? {
-                        active.insert(r.try_get::<String, _>(0)?);
-                    }
-                }
+                let active = Dialect::active_users(&mut *tx, sale_i, &users).await?;
                 // In queue order: a user holding an order (from before, or granted earlier
                 // in this batch) is refused; the first `left` others get a unit; the rest
                 // find it sold out (a repeat of a user who found it sold out too).
@@ -847,35 +802,8 @@ impl OrdersDb {
                 });
             }
             // 3. The orders, then every outcome.
-            for chunk in orders.chunks(ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) ");
-                qb.push_values(chunk, |mut b, o| {
-                    b.push_bind(o.id.as_str())
-                        .push_bind(o.ticket.as_str())
-                        .push_bind(o.sale)
-                        .push_bind(o.user.as_str())
-                        .push_bind(o.price_cents)
-                        .push_bind("pending")
-                        .push_bind(now)
-                        .push_bind(o.pay_by_ms);
-                });
-                qb.build().execute(&mut *tx).await?;
-            }
-            for chunk in outcomes.chunks(ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO outcomes (ticket, sale_id, user_id, outcome, order_id, reason, decided_ms) ");
-                qb.push_values(chunk, |mut b, o| {
-                    b.push_bind(o.ticket)
-                        .push_bind(o.sale)
-                        .push_bind(o.user)
-                        .push_bind(if o.order_id.is_some() { "ordered" } else { "rejected" })
-                        .push_bind(o.order_id.as_deref())
-                        .push_bind(o.reason)
-                        .push_bind(now);
-                });
-                qb.build().execute(&mut *tx).await?;
-            }
+            Dialect::insert_orders(&mut *tx, &orders, now).await?;
+            Dialect::insert_outcomes(&mut *tx, &outcomes, now).await?;
         });
         // Repeats of a ticket inside the batch share its decision.
         let mut out = Vec::with_capacity(purchases.len());
@@ -907,18 +835,7 @@ impl OrdersDb {
         let mut cancelled = Vec::new();
         in_tx!(self, tx, pg => {
             // The sales' rows first (the lock order), then the orders.
-            let mut sales: Vec<i64> = Vec::new();
-            for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::new("SELECT DISTINCT sale_id FROM orders WHERE id IN (");
-                let mut sep = qb.separated(", ");
-                for id in chunk {
-                    sep.push_bind(id.as_str());
-                }
-                qb.push(")");
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    sales.push(r.try_get(0)?);
-                }
-            }
+            let mut sales: Vec<i64> = Dialect::sales_of(&mut *tx, order_ids).await?;
             sales.sort_unstable();
             sales.dedup();
             if pg {
@@ -928,27 +845,9 @@ impl OrdersDb {
                 }
             }
             let mut per_sale: BTreeMap<i64, i64> = BTreeMap::new();
-            for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
-                let mut qb = QueryBuilder::new("UPDATE orders SET status = 'cancelled', cancelled_ms = ");
-                qb.push_bind(now);
-                qb.push(" WHERE status = 'pending' AND pay_by_ms <= ");
-                qb.push_bind(now);
-                qb.push(" AND id IN (");
-                let mut sep = qb.separated(", ");
-                for id in chunk {
-                    sep.push_bind(id.as_str());
-                }
-                qb.push(") RETURNING id, sale_id, user_id, request_id");
-                for r in qb.build().fetch_all(&mut *tx).await? {
-                    let sale: i64 = r.try_get(1)?;
-                    *per_sale.entry(sale).or_default() += 1;
-                    cancelled.push(Cancelled {
-                        order_id: r.try_get(0)?,
-                        sale: to_u64(sale),
-                        user: r.try_get(2)?,
-                        ticket: r.try_get(3)?,
-                    });
-                }
+            for c in Dialect::cancel_pending(&mut *tx, order_ids, now).await? {
+                *per_sale.entry(to_i64(c.sale, "sale id")?).or_default() += 1;
+                cancelled.push(c);
             }
             for (sale, n) in per_sale {
                 sqlx::query("UPDATE sales SET units_left = units_left + $1 WHERE id = $2")
@@ -1057,4 +956,309 @@ where
         paid_ms: r.try_get::<Option<i64>, _>(8)?.map(to_u64),
         cancelled_ms: r.try_get::<Option<i64>, _>(9)?.map(to_u64),
     })
+}
+
+/// Row of a decision found again: ticket, order id, reason, pay-by time.
+type KnownRow = (String, Option<String>, Option<String>, Option<i64>);
+
+/// The statements of [`OrdersDb::decide_batch`] whose best form differs by backend. SQLite
+/// takes multi-row `VALUES` and `IN (…)` lists (its planner uses the indexes for them).
+/// PostgreSQL takes one array per column (`unnest`): one short statement whatever the
+/// batch size, and look-ups that join the array against the unique indexes, so the plan
+/// never depends on table statistics (with `IN ($2, …, $501)` and a fresh, unanalyzed table
+/// the generic plan scanned every order of the sale and compared each with the whole list:
+/// 222 orders/s).
+trait Dialect {
+    /// Decisions already recorded for these tickets.
+    async fn known(&mut self, tickets: &[&str]) -> DbResult<Vec<KnownRow>>;
+    /// Those of `users` holding an active order of `sale`.
+    async fn active_users(&mut self, sale: i64, users: &[&str]) -> DbResult<HashSet<String>>;
+    /// Inserts pending orders created at `now`.
+    async fn insert_orders(&mut self, orders: &[NewOrder], now: i64) -> DbResult<()>;
+    /// Inserts outcomes decided at `now`.
+    async fn insert_outcomes(&mut self, outcomes: &[NewOutcome<'_>], now: i64) -> DbResult<()>;
+    /// The distinct sales of these orders.
+    async fn sales_of(&mut self, order_ids: &[String]) -> DbResult<Vec<i64>>;
+    /// Cancels those of these orders still pending with their pay-by time at or before
+    /// `now`; returns them.
+    async fn cancel_pending(&mut self, order_ids: &[String], now: i64) -> DbResult<Vec<Cancelled>>;
+    /// Those of these orders that are cancelled.
+    async fn cancelled_among(&mut self, order_ids: &[String]) -> DbResult<Vec<Cancelled>>;
+}
+
+fn cancelled_of<R: Row>(r: &R) -> DbResult<Cancelled>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Cancelled {
+        order_id: r.try_get(0)?,
+        sale: to_u64(r.try_get::<i64, _>(1)?),
+        user: r.try_get(2)?,
+        ticket: r.try_get(3)?,
+    })
+}
+
+impl Dialect for sqlx::SqliteConnection {
+    async fn known(&mut self, tickets: &[&str]) -> DbResult<Vec<KnownRow>> {
+        let mut out = Vec::new();
+        for chunk in tickets.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "SELECT t.ticket, t.order_id, t.reason, o.pay_by_ms FROM outcomes t \
+                 LEFT JOIN orders o ON o.id = t.order_id WHERE t.ticket IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for t in chunk {
+                sep.push_bind(*t);
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&mut *self).await? {
+                out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn active_users(&mut self, sale: i64, users: &[&str]) -> DbResult<HashSet<String>> {
+        let mut active = HashSet::new();
+        for chunk in users.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "SELECT user_id FROM orders WHERE status <> 'cancelled' AND sale_id = ",
+            );
+            qb.push_bind(sale);
+            qb.push(" AND user_id IN (");
+            let mut sep = qb.separated(", ");
+            for u in chunk {
+                sep.push_bind(*u);
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&mut *self).await? {
+                active.insert(r.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(active)
+    }
+
+    async fn insert_orders(&mut self, orders: &[NewOrder], now: i64) -> DbResult<()> {
+        for chunk in orders.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) ",
+            );
+            qb.push_values(chunk, |mut b, o| {
+                b.push_bind(o.id.as_str())
+                    .push_bind(o.ticket.as_str())
+                    .push_bind(o.sale)
+                    .push_bind(o.user.as_str())
+                    .push_bind(o.price_cents)
+                    .push_bind("pending")
+                    .push_bind(now)
+                    .push_bind(o.pay_by_ms);
+            });
+            qb.build().execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_outcomes(&mut self, outcomes: &[NewOutcome<'_>], now: i64) -> DbResult<()> {
+        for chunk in outcomes.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO outcomes (ticket, sale_id, user_id, outcome, order_id, reason, decided_ms) ",
+            );
+            qb.push_values(chunk, |mut b, o| {
+                b.push_bind(o.ticket)
+                    .push_bind(o.sale)
+                    .push_bind(o.user)
+                    .push_bind(if o.order_id.is_some() {
+                        "ordered"
+                    } else {
+                        "rejected"
+                    })
+                    .push_bind(o.order_id.as_deref())
+                    .push_bind(o.reason)
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+
+    async fn sales_of(&mut self, order_ids: &[String]) -> DbResult<Vec<i64>> {
+        let mut sales = Vec::new();
+        for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new("SELECT DISTINCT sale_id FROM orders WHERE id IN (");
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.as_str());
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&mut *self).await? {
+                sales.push(r.try_get(0)?);
+            }
+        }
+        Ok(sales)
+    }
+
+    async fn cancel_pending(&mut self, order_ids: &[String], now: i64) -> DbResult<Vec<Cancelled>> {
+        let mut out = Vec::new();
+        for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut qb =
+                QueryBuilder::new("UPDATE orders SET status = 'cancelled', cancelled_ms = ");
+            qb.push_bind(now);
+            qb.push(" WHERE status = 'pending' AND pay_by_ms <= ");
+            qb.push_bind(now);
+            qb.push(" AND id IN (");
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.as_str());
+            }
+            qb.push(") RETURNING id, sale_id, user_id, request_id");
+            for r in qb.build().fetch_all(&mut *self).await? {
+                out.push(cancelled_of(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn cancelled_among(&mut self, order_ids: &[String]) -> DbResult<Vec<Cancelled>> {
+        let mut out = Vec::new();
+        for chunk in order_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "SELECT id, sale_id, user_id, request_id FROM orders WHERE status = 'cancelled' AND id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.as_str());
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&mut *self).await? {
+                out.push(cancelled_of(&r)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Dialect for sqlx::PgConnection {
+    async fn known(&mut self, tickets: &[&str]) -> DbResult<Vec<KnownRow>> {
+        let rows = sqlx::query(
+            "SELECT t.ticket, t.order_id, t.reason, o.pay_by_ms \
+             FROM unnest($1::text[]) AS k(ticket) \
+             JOIN outcomes t ON t.ticket = k.ticket \
+             LEFT JOIN orders o ON o.id = t.order_id",
+        )
+        .bind(tickets)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
+    }
+
+    async fn active_users(&mut self, sale: i64, users: &[&str]) -> DbResult<HashSet<String>> {
+        let rows = sqlx::query(
+            "SELECT o.user_id FROM unnest($2::text[]) AS u(user_id) \
+             JOIN orders o ON o.sale_id = $1 AND o.user_id = u.user_id AND o.status <> 'cancelled'",
+        )
+        .bind(sale)
+        .bind(users)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(DbError::from))
+            .collect()
+    }
+
+    async fn insert_orders(&mut self, orders: &[NewOrder], now: i64) -> DbResult<()> {
+        if orders.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = orders.iter().map(|o| o.id.as_str()).collect();
+        let tickets: Vec<&str> = orders.iter().map(|o| o.ticket.as_str()).collect();
+        let sales: Vec<i64> = orders.iter().map(|o| o.sale).collect();
+        let users: Vec<&str> = orders.iter().map(|o| o.user.as_str()).collect();
+        let prices: Vec<i64> = orders.iter().map(|o| o.price_cents).collect();
+        let pay_by: Vec<i64> = orders.iter().map(|o| o.pay_by_ms).collect();
+        sqlx::query(
+            "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) \
+             SELECT id, request_id, sale_id, user_id, price_cents, 'pending', $7, pay_by_ms \
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[]) \
+                  AS r(id, request_id, sale_id, user_id, price_cents, pay_by_ms)",
+        )
+        .bind(&ids)
+        .bind(&tickets)
+        .bind(&sales)
+        .bind(&users)
+        .bind(&prices)
+        .bind(&pay_by)
+        .bind(now)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_outcomes(&mut self, outcomes: &[NewOutcome<'_>], now: i64) -> DbResult<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let tickets: Vec<&str> = outcomes.iter().map(|o| o.ticket).collect();
+        let sales: Vec<i64> = outcomes.iter().map(|o| o.sale).collect();
+        let users: Vec<&str> = outcomes.iter().map(|o| o.user).collect();
+        let order_ids: Vec<Option<&str>> = outcomes.iter().map(|o| o.order_id.as_deref()).collect();
+        let reasons: Vec<Option<&str>> = outcomes.iter().map(|o| o.reason).collect();
+        sqlx::query(
+            "INSERT INTO outcomes (ticket, sale_id, user_id, outcome, order_id, reason, decided_ms) \
+             SELECT ticket, sale_id, user_id, \
+                    CASE WHEN order_id IS NULL THEN 'rejected' ELSE 'ordered' END, \
+                    order_id, reason, $6 \
+             FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[]) \
+                  AS r(ticket, sale_id, user_id, order_id, reason)",
+        )
+        .bind(&tickets)
+        .bind(&sales)
+        .bind(&users)
+        .bind(&order_ids)
+        .bind(&reasons)
+        .bind(now)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    async fn sales_of(&mut self, order_ids: &[String]) -> DbResult<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT o.sale_id FROM unnest($1::text[]) AS k(id) JOIN orders o ON o.id = k.id",
+        )
+        .bind(order_ids)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>(0).map_err(DbError::from))
+            .collect()
+    }
+
+    async fn cancel_pending(&mut self, order_ids: &[String], now: i64) -> DbResult<Vec<Cancelled>> {
+        let rows = sqlx::query(
+            "UPDATE orders o SET status = 'cancelled', cancelled_ms = $2 \
+             FROM unnest($1::text[]) AS k(id) \
+             WHERE o.id = k.id AND o.status = 'pending' AND o.pay_by_ms <= $2 \
+             RETURNING o.id, o.sale_id, o.user_id, o.request_id",
+        )
+        .bind(order_ids)
+        .bind(now)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(cancelled_of).collect()
+    }
+
+    async fn cancelled_among(&mut self, order_ids: &[String]) -> DbResult<Vec<Cancelled>> {
+        let rows = sqlx::query(
+            "SELECT o.id, o.sale_id, o.user_id, o.request_id FROM unnest($1::text[]) AS k(id) \
+             JOIN orders o ON o.id = k.id WHERE o.status = 'cancelled'",
+        )
+        .bind(order_ids)
+        .fetch_all(&mut *self)
+        .await?;
+        rows.iter().map(cancelled_of).collect()
+    }
 }
