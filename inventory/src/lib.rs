@@ -21,12 +21,13 @@
 //!
 //! A reservation whose enqueue never happened (the gateway was killed between `reserve` and
 //! the queue's confirm) holds a unit that no order will ever use. It is found by
-//! [`StockStore::reconcile`], which resets a sale to the source of truth: the units on sale
-//! and the users with an active order (the orders database, once the worker issue brings
-//! it; until then the sale definition, i.e. no holders). Run at startup and periodically
-//! once the queue is drained for the sale, it bounds how long such a unit stays unsellable
-//! to one reconciliation period, and how many to the purchases in flight when a gateway
-//! died (at most its in-flight request limit).
+//! [`StockStore::reconcile_tagged`], which resets a sale to the source of truth: the units
+//! on sale and the users with an active order in the orders database, each tagged with its
+//! order's ticket. The gateway runs it at startup for a store without the sale, and
+//! whenever the queue is at rest and the figures stay apart (`gateway/src/sync.rs`); that
+//! bounds how long such a unit stays unsellable to about two reconciliation checks after
+//! the queue goes quiet, and how many to the purchases in flight when a gateway died (at
+//! most its in-flight request limit).
 
 mod memory;
 mod redis_store;
