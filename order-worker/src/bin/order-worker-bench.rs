@@ -743,6 +743,7 @@ async fn db_settings(db: &OrdersDb) -> Res<Value> {
                 "full_page_writes",
                 "shared_buffers",
                 "max_wal_size",
+                "autovacuum",
             ] {
                 let v: String = sqlx::query("SELECT current_setting($1)")
                     .bind(name)
@@ -907,10 +908,12 @@ async fn drain_phase(
     found.extend(db_failures);
     let deadlines = engine.stats(DEADLINES_TOPIC).await?;
     let deadline_msgs = deadlines.next_offset - deadlines.log_start;
-    if deadline_msgs != target || deadlines.delayed_pending != target {
+    // Stored, not necessarily still delayed: a drain longer than the pay window sees its
+    // first pay-by messages fall due (nothing consumes them here).
+    if deadline_msgs != target || deadlines.published != target || deadlines.duplicates != 0 {
         found.push(format!(
-            "pay-by messages: {deadline_msgs} stored, {} delayed, expected {target}",
-            deadlines.delayed_pending
+            "pay-by messages: {deadline_msgs} stored, {} published, {} duplicates, expected {target}",
+            deadlines.published, deadlines.duplicates
         ));
     }
     let lag = orders_group_lag(&engine).await?;
@@ -980,6 +983,7 @@ async fn drain_phase(
             "db": db_state,
             "deadlines_stored": deadline_msgs,
             "deadlines_delayed": deadlines.delayed_pending,
+            "deadlines_published": deadlines.published,
             "orders_group_lag": lag,
         },
     }))
