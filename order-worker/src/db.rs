@@ -491,6 +491,16 @@ impl OrdersDb {
         }
     }
 
+    /// Refreshes the planner's statistics of the orders tables (PostgreSQL: `ANALYZE`; a
+    /// no-op on SQLite, whose look-ups do not depend on them). The workers call it as the
+    /// tables grow, so plans never stay those of an empty table where autovacuum is off.
+    pub async fn analyze(&self) -> DbResult<()> {
+        if let OrdersDb::Postgres(p) = self {
+            sqlx::query("ANALYZE orders, outcomes").execute(p).await?;
+        }
+        Ok(())
+    }
+
     /// Closes the pool (waits for connections in use).
     pub async fn close(&self) {
         on_db!(self, p => p.close().await)

@@ -43,6 +43,11 @@ pub const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
 /// Database retries of a batch stop this long before its lease ends, so the last attempt
 /// finishes (and acks) inside the lease.
 pub const LEASE_MARGIN_MS: u64 = 10_000;
+/// The workers of a process refresh the database's statistics ([`OrdersDb::analyze`])
+/// after deciding this many purchases, or a tenth of all they decided before, whichever is
+/// more: plans made while the tables were empty (where autovacuum is off) turned small
+/// batches into full scans (`BENCHMARKS.md`, "Statistics").
+pub const ANALYZE_EVERY_DECISIONS_MIN: u64 = 10_000;
 
 /// Settings of an order worker.
 #[derive(Debug, Clone)]
@@ -114,6 +119,12 @@ pub struct WorkerMetrics {
     pub released: AtomicU64,
     /// Pay-by messages published (fresh or again).
     pub deadlines_published: AtomicU64,
+    /// Fresh decisions (orders and rejections) made by this process's workers.
+    pub decided: AtomicU64,
+    /// Fresh decisions at the last statistics refresh.
+    pub analyzed_at: AtomicU64,
+    /// Statistics refreshes started.
+    pub analyzes: AtomicU64,
 }
 
 /// Why a worker step failed (the queue; database failures are handled by nacks).
@@ -280,6 +291,8 @@ impl OrderWorker {
             }
         };
         m.batches.fetch_add(1, Ordering::Relaxed);
+        let fresh = decisions.iter().filter(|(_, d)| d.fresh()).count() as u64;
+        self.maybe_analyze(fresh);
         if self.config.pause_after_commit {
             use std::io::Write;
             let mut out = std::io::stdout();
@@ -428,6 +441,29 @@ impl OrderWorker {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Counts `fresh` decisions and, once enough have been made since the last refresh,
+    /// refreshes the statistics in a task of its own (one at a time per process).
+    fn maybe_analyze(&self, fresh: u64) {
+        let m = &self.metrics;
+        let total = m.decided.fetch_add(fresh, Ordering::Relaxed) + fresh;
+        let last = m.analyzed_at.load(Ordering::Relaxed);
+        let due = (last / 10).max(ANALYZE_EVERY_DECISIONS_MIN);
+        if total.saturating_sub(last) < due
+            || m.analyzed_at
+                .compare_exchange(last, total, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        m.analyzes.fetch_add(1, Ordering::Relaxed);
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            if let Err(e) = db.analyze().await {
+                tracing::warn!("refreshing the database's statistics: {e}");
+            }
+        });
     }
 
     async fn nack_all(&self, receipts: &[Receipt], why: &str) -> Result<(), WorkerError> {

@@ -1,0 +1,11 @@
+-- Drop the orders.sale_id -> sales foreign key (PostgreSQL only).
+--
+-- Every order is inserted by OrdersDb::decide_batch in the transaction that has just read
+-- and locked its sale's row (SELECT ... FOR UPDATE), and sales are never deleted, so the
+-- check can never fail; it cost about a third of a batch's server time (per-row RI
+-- triggers taking KEY SHARE locks on the sale's row: 21-24k orders/s with it, 29-32k
+-- without, order-worker/BENCHMARKS.md). SQLite keeps it (cheap there, and dropping a
+-- foreign key in SQLite means rebuilding the table). The other constraints stay: one
+-- outcome per ticket, one order per request id, one active order per (sale, user),
+-- 0 <= units_left <= units, and outcomes.order_id -> orders.
+ALTER TABLE orders DROP CONSTRAINT IF EXISTS orders_sale_id_fkey;
