@@ -311,3 +311,43 @@ both_backends!(
     sales_are_validated_and_unique,
     sales_are_validated_and_unique
 );
+
+async fn sales_are_capped(db: OrdersDb) {
+    // 9,999 sales in one statement, then the 10,000th through the API and one too many.
+    let bulk = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9999) \
+                INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms) \
+                SELECT i, 'bulk', 1, 1, 1, 0, 600000, 0 FROM n";
+    match &db {
+        OrdersDb::Sqlite(p) => sqlx::query(bulk).execute(p).await.map(|_| ()),
+        OrdersDb::Postgres(p) => sqlx::query(bulk).execute(p).await.map(|_| ()),
+    }
+    .expect("bulk insert");
+    let mut s = NewSale {
+        id: 10_000,
+        name: "last".into(),
+        price_cents: 1,
+        units: 1,
+        starts_at_ms: 0,
+        pay_window_ms: None,
+    };
+    db.create_sale(&s, 0).await.expect("the 10,000th sale");
+    s.id = 10_001;
+    assert!(
+        matches!(db.create_sale(&s, 0).await, Err(DbError::Invalid(m)) if m.contains("10000")),
+        "one past SALES_MAX is refused"
+    );
+    assert!(matches!(
+        db.create_sale(&s, 0).await,
+        Err(DbError::Invalid(_))
+    ));
+    s.id = 5;
+    assert!(
+        matches!(db.create_sale(&s, 0).await, Err(DbError::Conflict(_))),
+        "a taken id is still a conflict"
+    );
+    assert_eq!(
+        db.sales().await.expect("sales").len(),
+        order_worker::db::SALES_MAX
+    );
+}
+both_backends!(at_most_sales_max_sales, sales_are_capped);

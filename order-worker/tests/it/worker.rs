@@ -575,3 +575,45 @@ async fn a_database_outage_spends_no_delivery_attempts() {
     assert_eq!(db.outcome_counts(1).await.expect("outcomes"), (3, 0));
     db.close().await;
 }
+
+/// On PostgreSQL the workers refresh the planner's statistics once they have decided
+/// `ANALYZE_EVERY_DECISIONS_MIN` purchases (this machine's PostgreSQL runs without
+/// autovacuum, and plans made on empty tables turned small batches into full scans).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_refresh_postgres_statistics_as_the_tables_grow() {
+    let Some((db, _scratch)) = order_worker::testing::postgres(&Default::default()).await else {
+        return;
+    };
+    let n = order_worker::worker::ANALYZE_EVERY_DECISIONS_MIN;
+    sale(&db, 1, n, 600_000).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let engine = engine(dir.path(), &clock);
+    let q: Arc<dyn Queue> = engine.clone();
+    let last_analyze = || async {
+        let OrdersDb::Postgres(p) = &db else {
+            panic!("a PostgreSQL database")
+        };
+        let row = sqlx::query(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'orders'",
+        )
+        .fetch_one(p)
+        .await
+        .expect("pg_stat_user_tables");
+        sqlx::Row::try_get::<bool, _>(&row, 0).expect("bool")
+    };
+    assert!(!last_analyze().await, "never analyzed before");
+    let purchases: Vec<PurchaseMessage> = (0..n)
+        .map(|i| purchase(&format!("a-{i}"), 1, &format!("u{i}")))
+        .collect();
+    publish(q.as_ref(), &purchases).await;
+    let w = worker(&db, &q, None, &clock, 1000);
+    drain(&w, q.as_ref()).await;
+    assert_eq!(w.metrics().analyzes.load(Ordering::Relaxed), 1);
+    wait_until("the ANALYZE to finish", WAIT, || async {
+        last_analyze().await
+    })
+    .await;
+    engine.close().expect("close the queue");
+    db.close().await;
+}
