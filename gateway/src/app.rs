@@ -55,6 +55,10 @@ pub struct GatewayConfig {
     /// `503 outcome_unknown` with its ticket (the purchase goes on and the ticket tells how
     /// it ended). Keep it below the request timeout.
     pub purchase_wait_ms: u64,
+    /// **Test-only hook, off by default** (no flag or variable sets it): the captcha store
+    /// remembers plaintext answers so that browser tests can type them
+    /// ([`crate::captcha::CaptchaStore::revealed_answer`]).
+    pub reveal_captcha_answers: bool,
 }
 
 impl GatewayConfig {
@@ -69,6 +73,7 @@ impl GatewayConfig {
             load_test_secret: None,
             admin_secret: admin_secret.into(),
             purchase_wait_ms: 4_000,
+            reveal_captcha_answers: false,
         }
     }
 }
@@ -286,6 +291,11 @@ impl AppState {
     ) -> Result<AppState, StateError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StateError::NoRuntime)?;
         let publisher = Publisher::spawn_on(&runtime, queue.clone(), &config.orders_topic);
+        let captchas = if config.reveal_captcha_answers {
+            CaptchaStore::revealing()
+        } else {
+            CaptchaStore::new()
+        };
         Ok(AppState {
             publisher,
             config,
@@ -299,7 +309,7 @@ impl AppState {
             sessions,
             tokens,
             ledger: Arc::new(MemoryLedger::new()),
-            captchas: CaptchaStore::new(),
+            captchas,
             throttle: Throttle::new(throttle).map_err(StateError::Throttle)?,
             tickets: TicketBook::default(),
             metrics: GatewayMetrics::default(),

@@ -104,7 +104,13 @@ pub struct CaptchaStore {
     salt: [u8; 32],
     inner: Mutex<Live>,
     limit: usize,
+    /// Test-only hook (off unless built with [`CaptchaStore::revealing`]): the plaintext
+    /// answers of the last [`REVEALED_MAX`] captchas, for browser tests that must type one.
+    revealed: Option<Mutex<std::collections::VecDeque<(String, String)>>>,
 }
+
+/// Most answers a revealing store remembers.
+pub const REVEALED_MAX: usize = 1024;
 
 impl std::fmt::Debug for CaptchaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,7 +139,25 @@ impl CaptchaStore {
             salt: rand::random(),
             inner: Mutex::new(Live::default()),
             limit: limit.min(CAPTCHAS_MAX),
+            revealed: None,
         }
+    }
+
+    /// A store that also remembers the plaintext answers of the captchas it draws, for
+    /// [`CaptchaStore::revealed_answer`]. **Test-only**: the gateway uses it only when
+    /// `GatewayConfig::reveal_captcha_answers` is set, which no flag or variable sets.
+    pub fn revealing() -> Self {
+        CaptchaStore {
+            revealed: Some(Mutex::new(std::collections::VecDeque::new())),
+            ..CaptchaStore::new()
+        }
+    }
+
+    /// The answer of captcha `id`, if this store reveals answers and drew it recently.
+    pub fn revealed_answer(&self, id: &str) -> Option<String> {
+        let revealed = self.revealed.as_ref()?;
+        let list = revealed.lock().unwrap_or_else(PoisonError::into_inner);
+        list.iter().find(|(i, _)| i == id).map(|(_, a)| a.clone())
     }
 
     /// A new captcha for `purpose` (see [`purpose`]): its id and a PNG image of
@@ -154,6 +178,13 @@ impl CaptchaStore {
         }
         let (answer, png) = draw().ok_or(CaptchaError::Image)?;
         let id = self.insert_answer(purpose, &answer, now_ms)?;
+        if let Some(revealed) = &self.revealed {
+            let mut list = revealed.lock().unwrap_or_else(PoisonError::into_inner);
+            if list.len() >= REVEALED_MAX {
+                list.pop_front();
+            }
+            list.push_back((id.clone(), answer));
+        }
         Ok((id, png))
     }
 

@@ -1,1 +1,20 @@
-//! Browser storefront and admin dashboard (askama templates); will be served by the gateway. Not built yet.
+//! The browser pages of the flash-sale system: the storefront (sale list, sale page with
+//! the purchase flow, order page with payment) and the admin dashboard (sign-in, live
+//! figures and chart, sales, dead letters), as askama templates with small vanilla
+//! JavaScript and CSS. No framework, no build step, no CDN.
+//!
+//! This crate only renders: the gateway's handlers fill the view structs of [`views`] from
+//! its state and serve the results, and serve [`assets`] under content-hashed names. The
+//! pages' routes, element ids and caching rules are written down in `docs/WEB.md`; the
+//! scripts and the browser tests rely on those ids.
+//!
+//! Modules:
+//! - [`views`]: one template struct per page, and the rows they show.
+//! - [`assets`]: the CSS and JavaScript, embedded, with content-hashed URLs and ETags.
+//! - [`format`]: prices, counts and times as people read them.
+
+pub mod assets;
+pub mod format;
+pub mod views;
+
+pub use askama::Template;

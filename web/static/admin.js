@@ -1,0 +1,91 @@
+// Flash sale admin dashboard: polls /admin/api/live every second and redraws the figures,
+// the workers' heartbeats and the chart (inline SVG: incoming versus drain rate, and the
+// backlog, over the last five minutes). Plain JavaScript, no dependencies.
+"use strict";
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const live = $("live");
+  // The create-sale form sends the browser's zone so "starts at" means local time.
+  const tz = $("tz-offset");
+  if (tz) tz.value = String(new Date().getTimezoneOffset());
+  for (const t of document.querySelectorAll("time[data-ms]")) {
+    const ms = Number(t.dataset.ms);
+    if (ms) { t.title = t.textContent; t.textContent = new Date(ms).toLocaleString(); }
+  }
+  if (!live) return;
+
+  const W = 600, H = 200, PAD = 6, SPAN_S = 300;
+  const fmt = (n) => (n === null || n === undefined) ? "–" : Math.round(Number(n)).toLocaleString("en-US");
+  const ago = (ms) => ms < 1000 ? "now" : ms < 60000 ? `${Math.round(ms / 1000)} s ago` : `${Math.round(ms / 60000)} min ago`;
+  let history = [];
+  let lastT = 0;
+
+  function points(series, key, max, now) {
+    const out = [];
+    for (const p of series) {
+      const x = W - ((now - p.t_ms) / 1000) * (W / SPAN_S);
+      if (x < 0) continue;
+      const y = H - PAD - (max > 0 ? (p[key] / max) * (H - 2 * PAD) : 0);
+      out.push(`${x.toFixed(1)},${y.toFixed(1)}`);
+    }
+    return out.join(" ");
+  }
+
+  function draw(now) {
+    let rateMax = 1, backlogMax = 1;
+    for (const p of history) {
+      rateMax = Math.max(rateMax, p.incoming, p.drained);
+      backlogMax = Math.max(backlogMax, p.backlog);
+    }
+    $("line-incoming").setAttribute("points", points(history, "incoming", rateMax, now));
+    $("line-drain").setAttribute("points", points(history, "drained", rateMax, now));
+    $("line-backlog").setAttribute("points", points(history, "backlog", backlogMax, now));
+    $("chart-peak").textContent = `${fmt(rateMax)}/s, backlog ${fmt(backlogMax)}`;
+  }
+
+  function workers(list, now) {
+    const tbody = $("workers").tBodies[0];
+    tbody.textContent = "";
+    for (const w of list) {
+      const tr = document.createElement("tr");
+      tr.className = "worker " + (w.alive ? "alive" : "stale");
+      tr.dataset.workerId = w.id;
+      const cells = [w.id, w.kind, ago(w.beat_age_ms), ago(w.progress_age_ms), fmt(w.handled),
+                     w.stopped ? "stopped" : w.alive ? "alive" : "no heartbeat"];
+      for (const c of cells) { const td = document.createElement("td"); td.textContent = c; tr.append(td); }
+      tbody.append(tr);
+    }
+  }
+
+  async function poll() {
+    let r;
+    try {
+      r = await fetch(`${live.dataset.liveUrl}?since_ms=${lastT}`, { credentials: "same-origin", headers: { "Accept": "application/json" } });
+    } catch (e) { $("live-age").textContent = "connection lost; retrying"; return; }
+    if (r.status === 401) { location.href = "/admin/login"; return; }
+    if (!r.ok) { $("live-age").textContent = `figures unavailable (${r.status})`; return; }
+    const d = await r.json();
+    const c = d.current;
+    $("fig-requests").textContent = fmt(c.requests_per_s);
+    $("fig-accepted").textContent = fmt(c.accepted);
+    $("fig-refused").textContent = fmt(c.refused);
+    $("fig-enqueue-rate").textContent = fmt(c.enqueue_rate);
+    $("fig-drain-rate").textContent = fmt(c.drain_rate);
+    $("fig-depth").textContent = fmt(c.depth);
+    $("fig-lag").textContent = fmt(c.lag);
+    $("fig-orders-rate").textContent = fmt(c.orders_rate);
+    $("fig-cancellations").textContent = fmt(c.cancelled);
+    $("fig-dead-letters").textContent = fmt(c.dead_letters);
+    $("fig-outcomes").textContent = Object.entries(c.outcomes || {})
+      .map(([k, v]) => `${k.replace(/_/g, " ")} ${fmt(v)}`).join(" · ") || "–";
+    for (const p of d.history) { if (p.t_ms > lastT) { history.push(p); lastT = p.t_ms; } }
+    const cutoff = d.now_ms - SPAN_S * 1000;
+    history = history.filter((p) => p.t_ms >= cutoff);
+    draw(d.now_ms);
+    workers(d.workers || [], d.now_ms);
+    live.dataset.ticks = String(Number(live.dataset.ticks) + 1);
+    $("live-age").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  }
+  poll();
+  setInterval(poll, 1000);
+})();

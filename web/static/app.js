@@ -1,0 +1,290 @@
+// Flash sale storefront: countdowns on the server's clock, sign-in, captcha, token, purchase,
+// the ticket's progress, and payment. Plain JavaScript, no dependencies. The element ids are
+// listed in docs/WEB.md.
+"use strict";
+(function () {
+  const body = document.body;
+  const $ = (id) => document.getElementById(id);
+  // The server's clock: its time at render, corrected by how long the response took to
+  // arrive (responseStart), so countdowns agree across devices with wrong clocks.
+  const serverAtRender = Number(body.dataset.serverTimeMs || Date.now());
+  const nav = performance.getEntriesByType ? performance.getEntriesByType("navigation")[0] : null;
+  const arrived = performance.timeOrigin + (nav ? nav.responseStart : 0);
+  const skew = serverAtRender - arrived;
+  const serverNow = () => Date.now() + skew;
+
+  const fmtCount = (n) => Number(n).toLocaleString("en-US");
+  const fmtLeft = (ms) => {
+    if (ms <= 0) return "0s";
+    let s = Math.ceil(ms / 1000);
+    const d = Math.floor(s / 86400); s -= d * 86400;
+    const h = Math.floor(s / 3600); s -= h * 3600;
+    const m = Math.floor(s / 60); s -= m * 60;
+    const p = (x) => String(x).padStart(2, "0");
+    if (d) return `${d}d ${h}h ${p(m)}m`;
+    if (h) return `${h}h ${p(m)}m ${p(s)}s`;
+    if (m) return `${m}m ${p(s)}s`;
+    return `${s}s`;
+  };
+  // Times in the reader's zone.
+  for (const t of document.querySelectorAll("time[data-ms]")) {
+    const ms = Number(t.dataset.ms);
+    if (ms) { t.title = t.textContent; t.textContent = new Date(ms).toLocaleString(); }
+  }
+
+  async function api(method, url, payload) {
+    const opts = { method, headers: { "Accept": "application/json" }, credentials: "same-origin" };
+    if (payload !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(payload);
+    }
+    let res;
+    try { res = await fetch(url, opts); } catch (e) {
+      return { ok: false, status: 0, data: { error: "network", message: "the network failed; try again" } };
+    }
+    let data = {};
+    try { data = await res.json(); } catch (e) { data = {}; }
+    const retry = Number(res.headers.get("Retry-After") || 0);
+    return { ok: res.ok, status: res.status, data, retry };
+  }
+
+  function setStatus(state, reason, text) {
+    const s = $("status");
+    if (!s) return;
+    s.dataset.state = state;
+    s.dataset.reason = reason || "";
+    s.textContent = text;
+  }
+
+  // What a refusal means to a shopper.
+  function refusal(r) {
+    const code = (r.data && r.data.error) || "error";
+    const wait = r.retry ? ` Try again in ${r.retry} s.` : "";
+    const text = {
+      sold_out: "Sold out. Every unit is taken.",
+      already_bought: "You already bought this one (one per person).",
+      throttled: "Too many attempts." + (wait || " Slow down a little."),
+      tokens_exhausted: "Every place in line is taken right now." + wait,
+      busy: "Busy." + (wait || " Try again in a moment."),
+      overloaded: "Busy." + (wait || " Try again in a moment."),
+      unavailable: "Busy." + (wait || " Try again in a moment."),
+      timeout: "Busy." + (wait || " Try again in a moment."),
+      not_started: "Not started yet." + wait,
+      ended: "This sale has ended.",
+      bad_captcha: "Wrong characters. Here is a new image.",
+      bad_token: "Your place expired. Solve a new captcha.",
+      unauthorized: "Please sign in again.",
+      network: "The network failed. Try again.",
+    }[code] || ((r.data && r.data.message) || "Something went wrong.") + wait;
+    return { code, text };
+  }
+
+  function saleStateLabel(code) {
+    return { upcoming: "upcoming", live: "live", sold_out: "sold out", ended: "ended" }[code] || code;
+  }
+
+  // ---- Sale page --------------------------------------------------------------------
+  function salePage() {
+    const saleId = body.dataset.saleId;
+    const startsAt = Number(body.dataset.startsAtMs);
+    const endsAt = Number(body.dataset.endsAtMs || 0);
+    const stateEl = $("sale-state");
+    let user = $("signed-in").dataset.user || "";
+    let token = null;
+    let captchaShown = false;
+    let done = false; // a purchase was accepted or refused for good
+
+    const state = () => stateEl.dataset.state;
+    function setSaleState(code) {
+      if (state() === code) return;
+      stateEl.dataset.state = code;
+      stateEl.textContent = saleStateLabel(code);
+      stateEl.className = "sale-state state-" + code;
+    }
+
+    function render() {
+      const now = serverNow();
+      if (state() === "upcoming" && now >= startsAt) setSaleState("live");
+      if (endsAt && now >= endsAt && state() !== "ended") setSaleState("ended");
+      const label = $("countdown-label"), cd = $("countdown");
+      if (state() === "upcoming") { label.textContent = "Starts in"; cd.textContent = fmtLeft(startsAt - now); }
+      else if (state() === "live" && endsAt) { label.textContent = "Ends in"; cd.textContent = fmtLeft(endsAt - now); }
+      else if (state() === "live") { label.textContent = "Live"; cd.textContent = "now"; }
+      else { label.textContent = ""; cd.textContent = saleStateLabel(state()); }
+      $("login-section").hidden = !!user;
+      const live = state() === "live";
+      const wantCaptcha = live && !!user && !token && !done;
+      $("captcha-section").hidden = !wantCaptcha;
+      if (wantCaptcha && !captchaShown) { captchaShown = true; newCaptcha(); }
+      $("buy").disabled = !(live && user && token && !done);
+    }
+
+    async function refreshSale() {
+      const r = await api("GET", `/api/sales/${saleId}`);
+      if (!r.ok) return;
+      if (r.data.units_left !== null && r.data.units_left !== undefined) $("units-left").textContent = fmtCount(r.data.units_left);
+      const code = r.data.state === "open" ? "live" : r.data.state;
+      if (code && code !== "upcoming") setSaleState(code);
+      render();
+    }
+
+    async function newCaptcha() {
+      const img = $("captcha-image");
+      $("captcha-answer").value = "";
+      const r = await api("GET", `/api/sales/${saleId}/captcha`);
+      if (!r.ok) {
+        const f = refusal(r);
+        setStatus("refused", f.code, f.text);
+        if (f.code === "unauthorized") { user = ""; $("signed-in").dataset.user = ""; }
+        captchaShown = false;
+        render();
+        return;
+      }
+      img.dataset.captchaId = r.data.captcha_id;
+      img.src = r.data.image;
+      $("captcha-answer").focus();
+    }
+
+    $("login-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const name = $("login-name").value.trim();
+      const r = await api("POST", "/api/login", { user: name });
+      if (!r.ok) { const f = refusal(r); setStatus("refused", f.code, f.text); return; }
+      user = r.data.user;
+      const who = $("signed-in");
+      who.dataset.user = user;
+      who.textContent = "";
+      who.append("signed in as ");
+      const b = document.createElement("b"); b.textContent = user; who.append(b);
+      setStatus("", "", "");
+      render();
+    });
+
+    async function getToken() {
+      const img = $("captcha-image");
+      const r = await api("POST", `/api/sales/${saleId}/token`, {
+        captcha_id: img.dataset.captchaId || "", answer: $("captcha-answer").value,
+      });
+      if (r.ok) {
+        token = r.data.token;
+        setStatus("ready", "", "Ready. Press Buy.");
+        render();
+        $("buy").focus();
+        return;
+      }
+      const f = refusal(r);
+      setStatus("refused", f.code, f.text);
+      if (f.code === "sold_out") { setSaleState("sold_out"); done = true; }
+      else if (f.code === "bad_captcha") newCaptcha();
+      render();
+    }
+    $("get-token").addEventListener("click", getToken);
+    $("captcha-answer").addEventListener("keydown", (ev) => { if (ev.key === "Enter") { ev.preventDefault(); getToken(); } });
+    $("new-captcha").addEventListener("click", newCaptcha);
+
+    async function followTicket(ticket) {
+      // Poll the ticket until a worker decides it; back off gently while in line.
+      let delay = 400;
+      for (;;) {
+        const r = await api("GET", `/api/tickets/${ticket}`);
+        if (r.ok) {
+          const t = r.data;
+          if (t.state === "ordered") {
+            const s = $("status");
+            setStatus("ordered", "", "Ordered! ");
+            const a = document.createElement("a");
+            a.id = "order-link"; a.href = `/orders/${t.order_id}`; a.textContent = "Pay for your order";
+            s.append(a);
+            return;
+          }
+          if (t.state === "rejected") {
+            const why = { sold_out: "Sold out: every unit went to buyers ahead of you.",
+                          already_bought: "You already hold an order for this sale.",
+                          no_such_sale: "This sale no longer exists.",
+                          discarded: "Your purchase could not be processed and was cancelled; nothing was charged." }[t.reason] || t.reason;
+            setStatus("rejected", t.reason, why);
+            if (t.reason === "sold_out") setSaleState("sold_out");
+            return;
+          }
+          if (t.state === "queued") setStatus("queued", "", t.position ? `In line: number ${fmtCount(t.position)}` : "In line");
+          if (t.state === "held") setStatus("queued", "held", "Your purchase is being checked by an operator; keep this page open.");
+        }
+        await new Promise((res) => setTimeout(res, delay));
+        delay = Math.min(delay * 1.3, 2000);
+      }
+    }
+
+    $("buy").addEventListener("click", async () => {
+      if (!token) return;
+      $("buy").disabled = true;
+      const r = await api("POST", `/api/sales/${saleId}/purchase`, { token });
+      token = null;
+      if (r.status === 202 || (r.data && r.data.error === "outcome_unknown" && r.data.ticket)) {
+        done = true;
+        render();
+        setStatus("queued", "", r.data.position ? `In line: number ${fmtCount(r.data.position)}` : "In line");
+        followTicket(r.data.ticket);
+        return;
+      }
+      const f = refusal(r);
+      setStatus("refused", f.code, f.text);
+      if (f.code === "sold_out") { setSaleState("sold_out"); done = true; }
+      if (f.code === "already_bought") done = true;
+      if (!done) { captchaShown = false; } // solve a new captcha for the next try
+      render();
+    });
+
+    render();
+    setInterval(render, 250);
+    setInterval(refreshSale, 3000);
+  }
+
+  // ---- Order page -------------------------------------------------------------------
+  function orderPage() {
+    const id = body.dataset.orderId;
+    const payBy = Number(body.dataset.payByMs);
+    const statusEl = $("order-status");
+    const labels = { pending: "waiting for payment", paid: "paid",
+                     cancelled: "cancelled: not paid in time, the unit went back on sale" };
+    function show(status) {
+      statusEl.dataset.status = status;
+      statusEl.className = "order-" + status;
+      statusEl.textContent = labels[status] || status;
+      if (status !== "pending") {
+        const b = $("pay"); if (b) b.remove();
+        $("pay-by").hidden = true;
+      }
+    }
+    let checking = false;
+    async function check() {
+      if (checking) return;
+      checking = true;
+      const r = await api("GET", `/api/orders/${id}`);
+      checking = false;
+      if (r.ok) show(r.data.status);
+    }
+    function tick() {
+      const left = payBy - serverNow();
+      const cd = $("pay-countdown");
+      if (cd) cd.textContent = fmtLeft(left);
+      if (statusEl.dataset.status === "pending" && left <= 0) {
+        const b = $("pay"); if (b) b.remove();
+        check(); // the canceller runs within a second of the deadline
+      }
+    }
+    const pay = $("pay");
+    if (pay) pay.addEventListener("click", async () => {
+      pay.disabled = true;
+      const r = await api("POST", `/api/orders/${id}/pay`);
+      if (r.ok) { show(r.data.status); setStatus("paid", "", "Paid. Thank you!"); return; }
+      const f = refusal(r);
+      setStatus("refused", f.code, (r.data && r.data.message) || f.text);
+      check();
+    });
+    tick();
+    setInterval(tick, 250);
+  }
+
+  if (body.dataset.page === "sale") salePage();
+  if (body.dataset.page === "order") orderPage();
+})();
