@@ -199,6 +199,12 @@ pub struct AppState {
     pub line: LineProgress,
     /// Purchases past their reservation, still running.
     pub commits: Commits,
+    /// The dashboard's live figures and their history.
+    pub live: crate::live::Live,
+    /// Units left per sale for the storefront pages, reused for a second.
+    pub stock_cache: crate::pages::StockCache,
+    /// Signs admin cookies and CSRF tokens.
+    pub admin_key: crate::admin::AdminKey,
 }
 
 /// The counters of in-process order workers and cancellers, for `/metrics`.
@@ -291,6 +297,7 @@ impl AppState {
     ) -> Result<AppState, StateError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StateError::NoRuntime)?;
         let publisher = Publisher::spawn_on(&runtime, queue.clone(), &config.orders_topic);
+        let admin_key = crate::admin::AdminKey::derive(&sessions, &config.admin_secret);
         let captchas = if config.reveal_captcha_answers {
             CaptchaStore::revealing()
         } else {
@@ -315,6 +322,9 @@ impl AppState {
             metrics: GatewayMetrics::default(),
             line: LineProgress::default(),
             commits: Commits::default(),
+            live: crate::live::Live::default(),
+            stock_cache: crate::pages::StockCache::default(),
+            admin_key,
         })
     }
 }
@@ -357,6 +367,24 @@ fn routes(state: Shared) -> Router {
             "/admin/api/dead-letters/{topic}/{offset}/{action}",
             post(crate::orders::admin_dead_letter_action),
         )
+        .route("/", get(crate::pages::sales_page))
+        .route("/sales/{id}", get(crate::pages::sale_page))
+        .route("/orders/{id}", get(crate::pages::order_page))
+        .route("/static/{file}", get(crate::pages::static_asset))
+        .route(
+            "/admin/login",
+            get(crate::admin::login_form).post(crate::admin::login),
+        )
+        .route("/admin/logout", post(crate::admin::logout))
+        .route("/admin", get(crate::admin::dashboard))
+        .route("/admin/", get(crate::admin::dashboard))
+        .route("/admin/sales", post(crate::admin::create_sale))
+        .route("/admin/dead-letters", get(crate::admin::dead_letters))
+        .route(
+            "/admin/dead-letters/{topic}/{offset}/{action}",
+            get(crate::admin::confirm_dead_letter).post(crate::admin::act_on_dead_letter),
+        )
+        .route("/admin/api/live", get(crate::admin::live))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -465,6 +493,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
+fn ended() -> ApiError {
+    ApiError::new(StatusCode::GONE, "ended", "the sale has ended")
+}
+
 fn ledger_unavailable(e: LedgerError) -> ApiError {
     ApiError::unavailable("unavailable", e.to_string(), 1000)
 }
@@ -543,6 +575,8 @@ async fn sale_json(state: &AppState, sale: &Sale, now: u64) -> Value {
     };
     let st = if now < sale.starts_at_ms {
         SaleState::Upcoming
+    } else if sale.ends_at_ms.is_some_and(|e| now >= e) {
+        SaleState::Ended
     } else if left == Some(0) {
         SaleState::SoldOut
     } else {
@@ -556,6 +590,8 @@ async fn sale_json(state: &AppState, sale: &Sale, now: u64) -> Value {
         "units_left": left,
         "starts_at_ms": sale.starts_at_ms,
         "pay_window_ms": sale.pay_window_ms,
+        "ends_at_ms": sale.ends_at_ms,
+        "per_user_limit": sale.per_user_limit,
         "state": st,
         "server_time_ms": now,
     })
@@ -640,7 +676,10 @@ async fn new_token(
         .throttle
         .check(Route::Token, Some(&user), ip, now)
         .map_err(|t| throttled(&state, t))?;
-    sale_or_404(&state, id)?;
+    let sale = sale_or_404(&state, id)?;
+    if sale.ends_at_ms.is_some_and(|e| now >= e) {
+        return Err(ended());
+    }
     if state.inventory.flagged_sold_out(id) {
         state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
@@ -662,7 +701,7 @@ async fn new_token(
         state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
     }
-    let cap = token_cap(left, state.config.token_factor);
+    let cap = token_cap(left, sale.token_factor.unwrap_or(state.config.token_factor));
     let exhausted = || {
         state
             .metrics
@@ -727,6 +766,9 @@ async fn purchase(
     // is read: that a sale is unknown, not started or sold out is no secret, and in a
     // flash sale it is the answer most requests get.
     let sale = sale_or_404(&state, id)?;
+    if sale.ends_at_ms.is_some_and(|e| now >= e) {
+        return Err(ended());
+    }
     if now < sale.starts_at_ms {
         m.not_started.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(
@@ -1090,27 +1132,16 @@ async fn get_ticket(
     Err(ApiError::not_found("no such ticket"))
 }
 
-/// An admin request: `Authorization: Bearer <admin secret>`, checked (in constant time)
-/// before the body is read.
+/// An admin request: `Authorization: Bearer <admin secret>` (checked in constant time), or
+/// the admin cookie with, on anything but GET, the CSRF header and a same-site origin
+/// ([`crate::admin::check_api`]); checked before the body is read.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
 
 impl FromRequestParts<Shared> for Admin {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        let expected = format!("Bearer {}", state.config.admin_secret);
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        use subtle::ConstantTimeEq;
-        if state.config.admin_secret.is_empty()
-            || given.len() != expected.len()
-            || !bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
-        {
-            return Err(ApiError::unauthorized("admin secret required"));
-        }
+        crate::admin::check_api(state, parts)?;
         Ok(Admin)
     }
 }
@@ -1120,12 +1151,18 @@ async fn create_sale(
     _admin: Admin,
     JsonBody(sale): JsonBody<NewSale>,
 ) -> ApiResult<Response> {
+    let created = create_sale_in(&state, &sale).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Creates a sale (the JSON API and the dashboard's form).
+pub async fn create_sale_in(state: &AppState, sale: &NewSale) -> ApiResult<Sale> {
     // The database is the source of truth: the sale is created there first (a taken id is
     // a conflict), then its stock is set to match (a store holding stale figures for this
     // id, from an earlier database, is reset), then it is listed.
     let created = state
         .db
-        .create_sale(&sale, now_ms())
+        .create_sale(sale, now_ms())
         .await
         .map_err(|e| match e {
             order_worker::DbError::Invalid(m) => ApiError::bad_request(m),
@@ -1140,7 +1177,7 @@ async fn create_sale(
         .await
         .map_err(|e| ApiError::unavailable("unavailable", e.to_string(), 1000))?;
     state.catalogue.upsert(created.clone());
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    Ok(created)
 }
 
 async fn ready(State(state): State<Shared>) -> ApiResult<&'static str> {
@@ -1427,10 +1464,23 @@ pub async fn serve(
             }
         })
     };
+    // The dashboard's figures, sampled every second.
+    let sampler = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::live::SAMPLE_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let _ = tokio::time::timeout(SYNC_ROUND_TIMEOUT, crate::live::sample(&state)).await;
+            }
+        })
+    };
     let r = axum::serve(listener, MakeFront(app_with_limits(state, limits)))
         .with_graceful_shutdown(shutdown)
         .await;
     keeper.abort();
     syncer.abort();
+    sampler.abort();
     r
 }

@@ -22,17 +22,23 @@
 //! - [`orders`]: orders and payment, and the admin's sales, reconciliation and dead letters.
 //! - [`sync`]: catalogue refresh, ticket progress and stock reconciliation with the
 //!   database.
+//! - [`pages`]: the storefront's HTML pages (templates of the `web` crate) and the
+//!   content-hashed static assets; [`admin`]: the admin dashboard's pages, its cookie
+//!   sign-in and CSRF protection; [`live`]: the dashboard's figures, sampled every second.
 //! - [`error`]: the JSON error type.
 //! - [`publisher`]: batches accepted purchases into `publish_each` calls.
 //! - [`loadgen`]: a keep-alive HTTP/1.1 client and closed-loop load driver (the benchmark
 //!   and the real-socket tests use it).
 
+pub mod admin;
 pub mod app;
 pub mod captcha;
 pub mod error;
 pub mod ledger;
+pub mod live;
 pub mod loadgen;
 pub mod orders;
+pub mod pages;
 pub mod publisher;
 pub mod sales;
 pub mod session;

@@ -152,13 +152,11 @@ fn dead_topics(state: &AppState) -> [String; 2] {
     ]
 }
 
-/// `GET /admin/api/dead-letters`.
-pub async fn admin_dead_letters(
-    State(state): State<Arc<AppState>>,
-    _admin: Admin,
-) -> ApiResult<Json<Value>> {
+/// The dead letters of the orders and pay-by topics, at most [`DEAD_LETTERS_LISTED_MAX`]
+/// per topic, with their topic.
+pub async fn list_dead_letters(state: &AppState) -> ApiResult<Vec<(String, queue::DeadLetter)>> {
     let mut out = Vec::new();
-    for topic in dead_topics(&state) {
+    for topic in dead_topics(state) {
         let letters = match state
             .queue
             .dead_letters(&topic, 0, DEAD_LETTERS_LISTED_MAX)
@@ -168,8 +166,21 @@ pub async fn admin_dead_letters(
             Err(queue::Error::NoSuchTopic(_)) => Vec::new(),
             Err(e) => return Err(db_unavailable(e)),
         };
-        for d in letters {
-            out.push(json!({
+        out.extend(letters.into_iter().map(|d| (topic.clone(), d)));
+    }
+    Ok(out)
+}
+
+/// `GET /admin/api/dead-letters`.
+pub async fn admin_dead_letters(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+) -> ApiResult<Json<Value>> {
+    let out: Vec<Value> = list_dead_letters(&state)
+        .await?
+        .into_iter()
+        .map(|(topic, d)| {
+            json!({
                 "topic": topic,
                 "dead_offset": d.dead_offset,
                 "group": d.group,
@@ -178,9 +189,9 @@ pub async fn admin_dead_letters(
                 "reason": d.reason,
                 "dead_at_ms": d.dead_at_ms,
                 "payload": String::from_utf8_lossy(&d.payload),
-            }));
-        }
-    }
+            })
+        })
+        .collect();
     Ok(Json(json!({"dead_letters": out})))
 }
 
@@ -193,28 +204,40 @@ pub async fn admin_dead_letter_action(
     let Ok(Path((topic, offset, action))) = path else {
         return Err(ApiError::not_found("no such dead letter"));
     };
-    if !dead_topics(&state).contains(&topic) {
+    dead_letter_action(&state, &topic, offset, &action)
+        .await
+        .map(Json)
+}
+
+/// Replays or discards one dead letter (the JSON API and the dashboard's form).
+pub async fn dead_letter_action(
+    state: &AppState,
+    topic: &str,
+    offset: u64,
+    action: &str,
+) -> ApiResult<Value> {
+    if !dead_topics(state).iter().any(|t| t == topic) {
         return Err(ApiError::not_found("no such topic"));
     }
-    let r = match action.as_str() {
+    let r = match action {
         "replay" => state
             .queue
-            .replay_dead_letter(&topic, offset)
+            .replay_dead_letter(topic, offset)
             .await
             .map(|o| json!({"replayed_at": o})),
         "discard" => {
             if topic == state.config.orders_topic {
-                settle_discarded_purchase(&state, &topic, offset).await?;
+                settle_discarded_purchase(state, topic, offset).await?;
             }
             state
                 .queue
-                .discard_dead_letter(&topic, offset)
+                .discard_dead_letter(topic, offset)
                 .await
                 .map(|()| json!({"discarded": offset}))
         }
         _ => return Err(ApiError::not_found("the actions are replay and discard")),
     };
-    r.map(Json).map_err(|e| match e {
+    r.map_err(|e| match e {
         queue::Error::NoSuchDeadLetter { .. } => ApiError::not_found(e.to_string()),
         other => db_unavailable(other),
     })

@@ -19,6 +19,8 @@ pub enum SaleState {
     Open,
     /// No units left (as far as this gateway knows).
     SoldOut,
+    /// Past its end time.
+    Ended,
 }
 
 /// The catalogue.

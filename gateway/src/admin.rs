@@ -1,0 +1,899 @@
+//! The admin dashboard's pages and its authentication.
+//!
+//! - **Sign-in**: `POST /admin/login` with the admin secret (compared in constant time,
+//!   throttled like shopper sign-ins) sets the `admin` cookie: HttpOnly, SameSite=Strict,
+//!   `Path=/admin`, valid [`ADMIN_SESSION_MS`], signed with a key derived from the session
+//!   key *and* the admin secret ([`AdminKey`]), so a shopper's cookie is never an admin's
+//!   and changing the secret signs every admin out.
+//! - **Every admin route** (pages and `/admin/api/*`) needs that cookie or `Authorization:
+//!   Bearer <secret>`; pages without it answer 401 with the sign-in form, the JSON API 401.
+//! - **CSRF**: each form carries `csrf`, an HMAC of the cookie's random nonce; a
+//!   cookie-authenticated POST without the right one (a form field, or the `x-csrf-token`
+//!   header for the JSON API) is 403. Any cookie-authenticated POST whose `Origin` (or
+//!   `Sec-Fetch-Site`) shows another site is 403 as well, before anything is read. The
+//!   sign-in form is checked the same way (no login CSRF).
+//! - **Pages**: `GET /admin` (live figures, chart, workers, sales, create-sale form), `POST
+//!   /admin/sales`, `GET /admin/dead-letters`, the confirmation page and `POST` of replay
+//!   and discard, `GET /admin/api/live` (the figures as JSON, see [`crate::live`]).
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use web::assets::assets;
+use web::views::{
+    AdminDashboard, AdminLoginPage, AdminSaleRow, ConfirmPage, DeadLetterRow, DeadLettersPage,
+    SaleState, SaleView,
+};
+
+use crate::app::{AppState, ClientIp, now_ms};
+use crate::error::ApiError;
+use crate::pages::html;
+use crate::sales::NewSale;
+use crate::session::SessionKey;
+
+/// Name of the admin cookie.
+pub const ADMIN_COOKIE_NAME: &str = "admin";
+/// How long an admin stays signed in.
+pub const ADMIN_SESSION_MS: u64 = 12 * 3600 * 1000;
+/// Most sales on the dashboard (the newest).
+pub const DASHBOARD_SALES_MAX: usize = 50;
+/// Longest payload shown for a dead letter, characters.
+pub const PAYLOAD_SHOWN_MAX: usize = 300;
+/// Header carrying the CSRF token of a cookie-authenticated JSON API call.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Signs admin cookies and CSRF tokens: derived from the session key and the admin secret.
+#[derive(Clone)]
+pub struct AdminKey {
+    cookies: SessionKey,
+    csrf: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey(<redacted>)")
+    }
+}
+
+impl AdminKey {
+    /// The key of a gateway with this session key and admin secret.
+    pub fn derive(sessions: &SessionKey, admin_secret: &str) -> AdminKey {
+        let derive = |label: &[u8]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            h.update(b"seckill admin key v1\0");
+            h.update(label);
+            h.update(sessions.as_bytes());
+            h.update(admin_secret.as_bytes());
+            h.finalize().into()
+        };
+        let mut csrf_key = [0u8; 64];
+        csrf_key[..32].copy_from_slice(&derive(b"csrf"));
+        AdminKey {
+            cookies: SessionKey::from_bytes(derive(b"cookie")),
+            csrf: <Hmac<Sha256> as KeyInit>::new(&csrf_key.into()),
+        }
+    }
+
+    /// A new admin cookie value (random nonce), valid until `expires_at_ms`.
+    pub fn sign(&self, expires_at_ms: u64) -> String {
+        let nonce: [u8; 16] = rand::random();
+        let subject = format!("admin.{}", hex(&nonce));
+        // The subject is a valid user id (ASCII, no separator), so signing cannot fail.
+        self.cookies
+            .sign(&subject, expires_at_ms)
+            .unwrap_or_default()
+    }
+
+    /// The nonce of a valid admin cookie value.
+    pub fn verify(&self, value: &str, now_ms: u64) -> Option<String> {
+        let subject = self.cookies.verify(value, now_ms).ok()?;
+        subject.strip_prefix("admin.").map(str::to_owned)
+    }
+
+    /// The CSRF token of the session with this nonce.
+    pub fn csrf(&self, nonce: &str) -> String {
+        let mut mac = self.csrf.clone();
+        mac.update(b"csrf|");
+        mac.update(nonce.as_bytes());
+        hex(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// Whether `given` is the CSRF token of `nonce` (constant time).
+    pub fn csrf_ok(&self, nonce: &str, given: &str) -> bool {
+        let want = self.csrf(nonce);
+        want.len() == given.len() && bool::from(want.as_bytes().ct_eq(given.as_bytes()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of cookie `name` in the request, if present and not empty.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (n, v) = pair.split_once('=')?;
+            (n.trim() == name && !v.trim().is_empty()).then(|| v.trim())
+        })
+}
+
+/// How an admin request was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAuth {
+    /// `Authorization: Bearer <secret>` (API clients; no cookie, so no CSRF).
+    Bearer,
+    /// The admin cookie, with its nonce (browsers; POSTs need the CSRF token).
+    Cookie(String),
+}
+
+fn bearer_ok(state: &AppState, headers: &HeaderMap) -> bool {
+    let expected = format!("Bearer {}", state.config.admin_secret);
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    !state.config.admin_secret.is_empty()
+        && given.len() == expected.len()
+        && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// How this request is authenticated as the admin, if it is.
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<AdminAuth> {
+    if state.config.admin_secret.is_empty() {
+        return None;
+    }
+    if bearer_ok(state, headers) {
+        return Some(AdminAuth::Bearer);
+    }
+    let value = cookie(headers, ADMIN_COOKIE_NAME)?;
+    state
+        .admin_key
+        .verify(value, now_ms())
+        .map(AdminAuth::Cookie)
+}
+
+/// Whether the request comes from another site, by `Origin` (compared with `Host`) or,
+/// without one, `Sec-Fetch-Site`. Requests with neither (API clients) are not cross-site.
+pub fn cross_site(headers: &HeaderMap) -> bool {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let origin = origin.to_str().unwrap_or("");
+        let Some(host) = host else { return true };
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        return authority != Some(host);
+    }
+    headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !matches!(v, "same-origin" | "none"))
+}
+
+/// The rules of the admin JSON API for a request: bearer, or cookie (with the CSRF header
+/// and a same-site origin on anything but GET/HEAD). Used by `app::Admin`.
+pub fn check_api(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
+    match authenticate(state, &parts.headers) {
+        Some(AdminAuth::Bearer) => Ok(()),
+        Some(AdminAuth::Cookie(nonce)) => {
+            if matches!(parts.method, Method::GET | Method::HEAD) {
+                return Ok(());
+            }
+            let token = parts
+                .headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if cross_site(&parts.headers) || !state.admin_key.csrf_ok(&nonce, token) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    "cross-site request or missing CSRF token",
+                ));
+            }
+            Ok(())
+        }
+        None => Err(ApiError::unauthorized("admin secret required")),
+    }
+}
+
+fn login_page(status: StatusCode, error: Option<String>) -> Response {
+    html(
+        status,
+        "no-store",
+        &AdminLoginPage {
+            assets: assets(),
+            server_time_ms: now_ms(),
+            error,
+        },
+    )
+}
+
+fn forbidden(why: &str) -> Response {
+    login_page(StatusCode::FORBIDDEN, Some(why.to_string()))
+}
+
+/// The admin's nonce for a page, or the response refusing it (401 sign-in page).
+fn page_session(state: &AppState, headers: &HeaderMap) -> Result<String, Box<Response>> {
+    match authenticate(state, headers) {
+        Some(AdminAuth::Cookie(nonce)) => Ok(nonce),
+        // A bearer client gets pages too; its forms carry a token of an empty nonce.
+        Some(AdminAuth::Bearer) => Ok(String::new()),
+        None => Err(Box::new(login_page(StatusCode::UNAUTHORIZED, None))),
+    }
+}
+
+/// For a form POST: signed in, same site, and the right `csrf` field.
+fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(), Box<Response>> {
+    if cross_site(headers) {
+        return Err(Box::new(forbidden(
+            "refused: the form came from another site",
+        )));
+    }
+    match authenticate(state, headers) {
+        Some(AdminAuth::Bearer) => Ok(()),
+        Some(AdminAuth::Cookie(nonce)) if state.admin_key.csrf_ok(&nonce, csrf) => Ok(()),
+        Some(AdminAuth::Cookie(_)) => Err(Box::new(forbidden(
+            "refused: the form's CSRF token is missing or wrong; reload the page and try again",
+        ))),
+        None => Err(Box::new(login_page(StatusCode::UNAUTHORIZED, None))),
+    }
+}
+
+fn see_other(to: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, to.to_string()),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+/// `GET /admin/login`.
+pub async fn login_form(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if authenticate(&state, &headers).is_some() {
+        return see_other("/admin");
+    }
+    login_page(StatusCode::OK, None)
+}
+
+/// The sign-in form.
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    secret: String,
+}
+
+/// `POST /admin/login`.
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    if cross_site(&headers) {
+        return forbidden("refused: the form came from another site");
+    }
+    let now = now_ms();
+    if let Err(t) = state
+        .throttle
+        .check(crate::throttle::Route::Login, None, ip, now)
+    {
+        return login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(format!(
+                "too many attempts; try again in {} s",
+                t.retry_after_ms.div_ceil(1000).max(1)
+            )),
+        );
+    }
+    let secret = form.map(|Form(f)| f.secret).unwrap_or_default();
+    let expected = state.config.admin_secret.as_bytes();
+    if expected.is_empty()
+        || secret.len() != expected.len()
+        || !bool::from(secret.as_bytes().ct_eq(expected))
+    {
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            Some("wrong admin secret".to_string()),
+        );
+    }
+    let value = state.admin_key.sign(now + ADMIN_SESSION_MS);
+    let cookie = format!(
+        "{ADMIN_COOKIE_NAME}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}",
+        ADMIN_SESSION_MS / 1000
+    );
+    let mut r = see_other("/admin");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// A form with only its CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /admin/logout`.
+pub async fn logout(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    if let Err(r) = form_session(&state, &headers, &csrf) {
+        return *r;
+    }
+    let mut r = see_other("/admin/login");
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("admin=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}
+
+/// `?created=…` after a sale was created.
+#[derive(Debug, Deserialize)]
+pub struct DashboardQuery {
+    #[serde(default)]
+    created: Option<u64>,
+}
+
+async fn dashboard_page(
+    state: &AppState,
+    nonce: &str,
+    status: StatusCode,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Response {
+    let now = now_ms();
+    let mut sales = match state.db.sales().await {
+        Ok(s) => s,
+        Err(e) => {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-store",
+                &AdminLoginPage {
+                    assets: assets(),
+                    server_time_ms: now,
+                    error: Some(format!("the orders database did not answer: {e}")),
+                },
+            );
+        }
+    };
+    let next_id = sales.iter().map(|s| s.id).max().unwrap_or(0) + 1;
+    sales.sort_by_key(|s| std::cmp::Reverse(s.id));
+    sales.truncate(DASHBOARD_SALES_MAX);
+    let mut rows = Vec::with_capacity(sales.len());
+    for sale in sales {
+        let counts = state.db.order_counts(sale.id).await.unwrap_or_default();
+        let store_left = state
+            .inventory
+            .store()
+            .stock(sale.id)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.left);
+        rows.push(AdminSaleRow {
+            db_left: sale.units_left,
+            store_left,
+            pending: counts.pending,
+            paid: counts.paid,
+            cancelled: counts.cancelled,
+            token_factor: format!("{}", sale.token_factor.unwrap_or(state.config.token_factor)),
+            per_user_limit: sale.per_user_limit,
+            sale: SaleView {
+                state: SaleState::at(now, sale.starts_at_ms, sale.ends_at_ms, store_left),
+                id: sale.id,
+                name: sale.name,
+                price_cents: sale.price_cents,
+                units: sale.units,
+                units_left: store_left,
+                starts_at_ms: sale.starts_at_ms,
+                ends_at_ms: sale.ends_at_ms,
+                pay_window_ms: sale.pay_window_ms,
+            },
+        });
+    }
+    html(
+        status,
+        "no-store",
+        &AdminDashboard {
+            assets: assets(),
+            server_time_ms: now,
+            csrf: state.admin_key.csrf(nonce),
+            sales: rows,
+            notice,
+            error,
+            next_id,
+            default_token_factor: format!("{}", state.config.token_factor),
+        },
+    )
+}
+
+/// `GET /admin`.
+pub async fn dashboard(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<DashboardQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let nonce = match page_session(&state, &headers) {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    state.live.watched(now_ms());
+    let notice = query
+        .ok()
+        .and_then(|Query(q)| q.created)
+        .map(|id| format!("Sale {id} created."));
+    dashboard_page(&state, &nonce, StatusCode::OK, notice, None).await
+}
+
+/// The create-sale form (every field as typed; parsed by [`parse_sale_form`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SaleForm {
+    /// CSRF token.
+    pub csrf: String,
+    /// Sale id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Price, `19.99`.
+    pub price: String,
+    /// Units.
+    pub units: String,
+    /// Local date-time `YYYY-MM-DDTHH:MM[:SS]`.
+    pub starts_at: String,
+    /// Or: seconds from now.
+    pub starts_in_s: String,
+    /// Seconds after the start when it ends (empty: never).
+    pub ends_in_s: String,
+    /// Pay window, seconds.
+    pub pay_window_s: String,
+    /// Units per person.
+    pub per_user_limit: String,
+    /// Token factor (empty: the gateway's).
+    pub token_factor: String,
+    /// The browser's `Date.getTimezoneOffset()`, minutes (UTC = local + offset).
+    pub tz_offset_min: String,
+}
+
+fn field<T: std::str::FromStr>(value: &str, what: &str) -> Result<Option<T>, String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| format!("{what}: “{v}” is not a valid number"))
+}
+
+/// Cents of a price typed as `19.99`, `19.9`, `19` or `1,299.00`.
+pub fn parse_price(text: &str) -> Result<u64, String> {
+    let t: String = text.trim().chars().filter(|c| *c != ',').collect();
+    let bad = || format!("price: “{}” is not an amount like 19.99", text.trim());
+    let (whole, frac) = t.split_once('.').unwrap_or((&t, ""));
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 2
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let whole: u64 = whole.parse().map_err(|_| bad())?;
+    let frac: u64 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
+    whole
+        .checked_mul(100)
+        .and_then(|c| c.checked_add(frac))
+        .ok_or_else(bad)
+}
+
+/// Ms since the epoch of a local date-time `YYYY-MM-DDTHH:MM[:SS]` in a zone `offset_min`
+/// minutes behind UTC (JavaScript's `getTimezoneOffset`).
+pub fn parse_local_time(text: &str, offset_min: i64) -> Result<u64, String> {
+    let bad = || format!("start: “{text}” is not a date and time");
+    let (date, time) = text.trim().split_once('T').ok_or_else(bad)?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let t: Vec<i64> = time
+        .split(':')
+        .map(|p| p.split('.').next().unwrap_or("").parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let ([y, m, day], [hh, mm, rest @ ..]) = (d.as_slice(), t.as_slice()) else {
+        return Err(bad());
+    };
+    let ss = rest.first().copied().unwrap_or(0);
+    if !(1970..=9999).contains(y)
+        || !(1..=12).contains(m)
+        || !(1..=31).contains(day)
+        || !(0..24).contains(hh)
+        || !(0..60).contains(mm)
+        || !(0..60).contains(&ss)
+        || rest.len() > 1
+        || !(-24 * 60..=24 * 60).contains(&offset_min)
+    {
+        return Err(bad());
+    }
+    // Howard Hinnant's days_from_civil.
+    let (y, m) = if *m <= 2 { (y - 1, m + 9) } else { (*y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss + offset_min * 60;
+    u64::try_from(secs).map(|s| s * 1000).map_err(|_| bad())
+}
+
+/// The sale a create-sale form describes, at `now_ms`.
+pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, String> {
+    let id = field::<u64>(&f.id, "id")?.ok_or("id: required")?;
+    let units = field::<u64>(&f.units, "units")?.ok_or("units: required")?;
+    let price_cents = parse_price(&f.price)?;
+    let offset = field::<i64>(&f.tz_offset_min, "time zone")?.unwrap_or(0);
+    let starts_at_ms = match (
+        f.starts_at.trim().is_empty(),
+        field::<u64>(&f.starts_in_s, "starts in")?,
+    ) {
+        (false, _) => parse_local_time(&f.starts_at, offset)?,
+        (true, Some(s)) => now_ms.saturating_add(s.saturating_mul(1000)),
+        (true, None) => return Err("start: give a date and time or a number of seconds".into()),
+    };
+    let ends_at_ms = field::<u64>(&f.ends_in_s, "ends in")?
+        .map(|s| starts_at_ms.saturating_add(s.saturating_mul(1000)));
+    let pay_window_ms =
+        field::<u64>(&f.pay_window_s, "pay window")?.map(|s| s.saturating_mul(1000));
+    let per_user_limit = field::<u32>(&f.per_user_limit, "per-user limit")?;
+    let token_factor = field::<f64>(&f.token_factor, "token factor")?;
+    Ok(NewSale {
+        id,
+        name: f.name.trim().to_string(),
+        price_cents,
+        units,
+        starts_at_ms,
+        pay_window_ms,
+        ends_at_ms,
+        token_factor,
+        per_user_limit,
+    })
+}
+
+/// `POST /admin/sales`.
+pub async fn create_sale(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    form: Result<Form<SaleForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let form = form.map(|Form(f)| f).unwrap_or_default();
+    if let Err(r) = form_session(&state, &headers, &form.csrf) {
+        return *r;
+    }
+    let nonce = match authenticate(&state, &headers) {
+        Some(AdminAuth::Cookie(n)) => n,
+        _ => String::new(),
+    };
+    let sale = match parse_sale_form(&form, now_ms()) {
+        Ok(s) => s,
+        Err(e) => {
+            return dashboard_page(&state, &nonce, StatusCode::BAD_REQUEST, None, Some(e)).await;
+        }
+    };
+    match crate::app::create_sale_in(&state, &sale).await {
+        Ok(created) => see_other(&format!("/admin?created={}", created.id)),
+        Err(e) => dashboard_page(&state, &nonce, e.status, None, Some(e.message.clone())).await,
+    }
+}
+
+/// `?since_ms=` of the live figures.
+#[derive(Debug, Deserialize)]
+pub struct LiveQuery {
+    #[serde(default)]
+    since_ms: u64,
+}
+
+/// `GET /admin/api/live`.
+pub async fn live(
+    State(state): State<Arc<AppState>>,
+    _admin: crate::app::Admin,
+    query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let now = now_ms();
+    let first_look = now.saturating_sub(state.live.watched_at_ms()) > crate::live::WATCH_WINDOW_MS;
+    state.live.watched(now);
+    if first_look {
+        // The database was not being sampled: sample now so the first answer has it.
+        crate::live::sample(&state).await;
+    }
+    let since = query.map_or(0, |Query(q)| q.since_ms);
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(state.live.snapshot(since)),
+    )
+        .into_response()
+}
+
+fn letter_row(topic: &str, d: queue::DeadLetter) -> DeadLetterRow {
+    let mut payload: String = String::from_utf8_lossy(&d.payload)
+        .chars()
+        .take(PAYLOAD_SHOWN_MAX)
+        .collect();
+    if d.payload.len() > payload.len() {
+        payload.push('…');
+    }
+    DeadLetterRow {
+        topic: topic.to_string(),
+        dead_offset: d.dead_offset,
+        group: d.group,
+        original_offset: d.original_offset,
+        attempts: d.attempts,
+        reason: d.reason,
+        dead_at_ms: d.dead_at_ms,
+        payload,
+    }
+}
+
+/// `?done=` after an action.
+#[derive(Debug, Deserialize)]
+pub struct DoneQuery {
+    #[serde(default)]
+    done: Option<String>,
+}
+
+/// `GET /admin/dead-letters`.
+pub async fn dead_letters(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<DoneQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let nonce = match page_session(&state, &headers) {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let letters = match crate::orders::list_dead_letters(&state).await {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let notice = query
+        .ok()
+        .and_then(|Query(q)| q.done)
+        .map(|d| match d.as_str() {
+            "replay" => "Replayed: the message is back in its topic.".to_string(),
+            "discard" => "Discarded.".to_string(),
+            _ => "Done.".to_string(),
+        });
+    html(
+        StatusCode::OK,
+        "no-store",
+        &DeadLettersPage {
+            assets: assets(),
+            server_time_ms: now_ms(),
+            csrf: state.admin_key.csrf(&nonce),
+            letters: letters
+                .into_iter()
+                .map(|(topic, d)| letter_row(&topic, d))
+                .collect(),
+            notice,
+        },
+    )
+}
+
+type LetterPath = Result<Path<(String, u64, String)>, axum::extract::rejection::PathRejection>;
+
+/// `GET /admin/dead-letters/{topic}/{offset}/{action}`: the confirmation page.
+pub async fn confirm_dead_letter(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: LetterPath,
+) -> Response {
+    let nonce = match page_session(&state, &headers) {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let Ok(Path((topic, offset, action))) = path else {
+        return ApiError::not_found("no such dead letter").into_response();
+    };
+    if !matches!(action.as_str(), "replay" | "discard") {
+        return ApiError::not_found("the actions are replay and discard").into_response();
+    }
+    let letters = match crate::orders::list_dead_letters(&state).await {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let Some((topic, letter)) = letters
+        .into_iter()
+        .find(|(t, d)| *t == topic && d.dead_offset == offset)
+    else {
+        return ApiError::not_found("no such dead letter (already replayed or discarded?)")
+            .into_response();
+    };
+    html(
+        StatusCode::OK,
+        "no-store",
+        &ConfirmPage {
+            assets: assets(),
+            server_time_ms: now_ms(),
+            csrf: state.admin_key.csrf(&nonce),
+            action,
+            letter: letter_row(&topic, letter),
+        },
+    )
+}
+
+/// `POST /admin/dead-letters/{topic}/{offset}/{action}`.
+pub async fn act_on_dead_letter(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: LetterPath,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    if let Err(r) = form_session(&state, &headers, &csrf) {
+        return *r;
+    }
+    let Ok(Path((topic, offset, action))) = path else {
+        return ApiError::not_found("no such dead letter").into_response();
+    };
+    match crate::orders::dead_letter_action(&state, &topic, offset, &action).await {
+        Ok(_) => see_other(&format!("/admin/dead-letters?done={action}")),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices() {
+        assert_eq!(parse_price("19.99"), Ok(1999));
+        assert_eq!(parse_price("19.9"), Ok(1990));
+        assert_eq!(parse_price("19"), Ok(1900));
+        assert_eq!(parse_price(" 1,299.00 "), Ok(129_900));
+        for bad in [
+            "",
+            "-1",
+            "1.999",
+            "abc",
+            "1.2.3",
+            ".5",
+            "99999999999999999999",
+        ] {
+            assert!(parse_price(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_times() {
+        // 2026-11-27 20:00 UTC, typed in UTC and in UTC+1 (offset -60).
+        assert_eq!(
+            parse_local_time("2026-11-27T20:00", 0),
+            Ok(1_795_809_600_000)
+        );
+        assert_eq!(
+            parse_local_time("2026-11-27T21:00:00", -60),
+            Ok(1_795_809_600_000)
+        );
+        assert_eq!(parse_local_time("2000-02-29T00:00", 0), Ok(951_782_400_000));
+        for bad in [
+            "",
+            "2026-11-27",
+            "2026-13-01T00:00",
+            "2026-11-27T25:00",
+            "x-y-zT1:2",
+        ] {
+            assert!(parse_local_time(bad, 0).is_err(), "{bad}");
+        }
+        assert!(parse_local_time("2026-11-27T20:00", 100_000).is_err());
+    }
+
+    #[test]
+    fn sale_forms() {
+        let f = SaleForm {
+            id: "7".into(),
+            name: " Phone ".into(),
+            price: "9.99".into(),
+            units: "100".into(),
+            starts_in_s: "30".into(),
+            ends_in_s: "600".into(),
+            pay_window_s: "120".into(),
+            per_user_limit: "1".into(),
+            token_factor: "2.5".into(),
+            ..SaleForm::default()
+        };
+        let s = parse_sale_form(&f, 1_000_000).unwrap();
+        assert_eq!(
+            (s.id, s.name.as_str(), s.price_cents, s.units),
+            (7, "Phone", 999, 100)
+        );
+        assert_eq!(s.starts_at_ms, 1_030_000);
+        assert_eq!(s.ends_at_ms, Some(1_630_000));
+        assert_eq!(s.pay_window_ms, Some(120_000));
+        assert_eq!(s.token_factor, Some(2.5));
+        assert_eq!(s.per_user_limit, Some(1));
+        let no_start = SaleForm {
+            starts_in_s: String::new(),
+            ..f
+        };
+        assert!(parse_sale_form(&no_start, 0).unwrap_err().contains("start"));
+        let bad_units = SaleForm {
+            units: "lots".into(),
+            starts_in_s: "1".into(),
+            ..no_start
+        };
+        assert!(
+            parse_sale_form(&bad_units, 0)
+                .unwrap_err()
+                .contains("units")
+        );
+    }
+
+    #[test]
+    fn admin_cookies_and_csrf() {
+        let sessions = SessionKey::generate();
+        let key = AdminKey::derive(&sessions, "s3cret");
+        let v = key.sign(2_000);
+        let nonce = key.verify(&v, 1_000).expect("valid");
+        assert_eq!(nonce.len(), 32);
+        assert!(key.verify(&v, 2_000).is_none(), "expired");
+        // A shopper's cookie is not an admin's, even for a user named like one.
+        let shopper = sessions.sign(&format!("admin.{nonce}"), 2_000).unwrap();
+        assert!(key.verify(&shopper, 1_000).is_none());
+        // Another admin secret, another key.
+        assert!(
+            AdminKey::derive(&sessions, "other")
+                .verify(&v, 1_000)
+                .is_none()
+        );
+        let t = key.csrf(&nonce);
+        assert!(key.csrf_ok(&nonce, &t));
+        assert!(!key.csrf_ok(&nonce, ""));
+        assert!(!key.csrf_ok("another-nonce", &t));
+        assert!(!key.csrf_ok(&nonce, &t[..10]));
+    }
+
+    #[test]
+    fn cross_site_by_origin_or_fetch_metadata() {
+        let mut h = HeaderMap::new();
+        assert!(!cross_site(&h), "API clients send neither");
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
+        assert!(!cross_site(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(cross_site(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(cross_site(&h));
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(cross_site(&h));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(!cross_site(&h));
+    }
+}
