@@ -189,6 +189,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
                     units: demo_units,
                     starts_at_ms: gateway::app::now_ms(),
                     pay_window_ms: None,
+                    ends_at_ms: None,
+                    token_factor: None,
+                    per_user_limit: None,
                 },
                 gateway::app::now_ms(),
             )
@@ -242,9 +245,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     println!("gateway: listening on http://{addr}");
-    println!("  sales:   http://{addr}/api/sales");
-    println!("  admin:   http://{addr}/admin/api/sales  (Authorization: Bearer <admin secret>)");
-    println!("  metrics: http://{addr}/metrics");
+    println!("  shop:      http://{addr}/");
+    println!("  dashboard: http://{addr}/admin  (sign in with the admin secret)");
+    println!("  API:       http://{addr}/api/sales, http://{addr}/admin/api/sales (Authorization: Bearer <admin secret>)");
+    println!("  metrics:   http://{addr}/metrics");
     let limits = ServeLimits {
         max_in_flight: args.max_in_flight,
         request_timeout_ms: args.request_timeout_ms,
