@@ -76,8 +76,11 @@
     $("fig-orders-rate").textContent = fmt(c.orders_rate);
     $("fig-cancellations").textContent = fmt(c.cancelled);
     $("fig-dead-letters").textContent = fmt(c.dead_letters);
+    const rates = c.outcome_rates || {};
     $("fig-outcomes").textContent = Object.entries(c.outcomes || {})
-      .map(([k, v]) => `${k.replace(/_/g, " ")} ${fmt(v)}`).join(" · ") || "–";
+      .filter(([, v]) => v > 0)
+      .map(([k, v]) => `${k.replace(/_/g, " ")} ${fmt(rates[k] || 0)}/s (${fmt(v)} in all)`)
+      .join(" · ") || "none yet";
     for (const p of d.history) { if (p.t_ms > lastT) { history.push(p); lastT = p.t_ms; } }
     const cutoff = d.now_ms - SPAN_S * 1000;
     history = history.filter((p) => p.t_ms >= cutoff);
@@ -86,6 +89,24 @@
     live.dataset.ticks = String(Number(live.dataset.ticks) + 1);
     $("live-age").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
+  // The sales table's figures, every five seconds.
+  async function refreshSales() {
+    let r;
+    try { r = await fetch("/admin/api/sales", { credentials: "same-origin", headers: { "Accept": "application/json" } }); }
+    catch (e) { return; }
+    if (!r.ok) return;
+    const d = await r.json();
+    for (const row of d.sales || []) {
+      const tr = document.querySelector(`#sales-table tr[data-sale-id="${row.sale.id}"]`);
+      if (!tr) continue;
+      const store = row.stock ? fmt(row.stock.left) : "?";
+      tr.querySelector(".left").textContent = `${fmt(row.sale.units_left)} / ${store}`;
+      tr.querySelector(".pending").textContent = fmt(row.orders.pending);
+      tr.querySelector(".paid").textContent = fmt(row.orders.paid);
+      tr.querySelector(".cancelled").textContent = fmt(row.orders.cancelled);
+    }
+  }
   poll();
   setInterval(poll, 1000);
+  setInterval(refreshSales, 5000);
 })();

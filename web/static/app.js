@@ -10,8 +10,14 @@
   const serverAtRender = Number(body.dataset.serverTimeMs || Date.now());
   const nav = performance.getEntriesByType ? performance.getEntriesByType("navigation")[0] : null;
   const arrived = performance.timeOrigin + (nav ? nav.responseStart : 0);
-  const skew = serverAtRender - arrived;
+  let skew = serverAtRender - arrived;
   const serverNow = () => Date.now() + skew;
+  // A fresher reading of the server's clock (from an API answer that carried it), taken
+  // halfway through the round trip; a page served from the browser's cache is corrected
+  // this way too.
+  const resync = (serverMs, sentAt, receivedAt) => {
+    if (serverMs && receivedAt - sentAt < 2000) skew = serverMs - (sentAt + receivedAt) / 2;
+  };
 
   const fmtCount = (n) => Number(n).toLocaleString("en-US");
   const fmtLeft = (ms) => {
@@ -120,8 +126,10 @@
     }
 
     async function refreshSale() {
+      const sent = Date.now();
       const r = await api("GET", `/api/sales/${saleId}`);
       if (!r.ok) return;
+      resync(r.data.server_time_ms, sent, Date.now());
       if (r.data.units_left !== null && r.data.units_left !== undefined) $("units-left").textContent = fmtCount(r.data.units_left);
       const code = r.data.state === "open" ? "live" : r.data.state;
       if (code && code !== "upcoming") setSaleState(code);
@@ -235,6 +243,7 @@
     });
 
     render();
+    refreshSale();
     setInterval(render, 250);
     setInterval(refreshSale, 3000);
   }
