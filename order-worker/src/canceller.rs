@@ -27,6 +27,7 @@ use inventory::Inventory;
 use queue::{Clock, FetchOptions, Queue, Receipt};
 
 use crate::db::{CANCEL_BATCH_MAX, Cancelled, OrdersDb};
+use crate::liveness::Liveness;
 use crate::purchase::{CANCELLERS_GROUP, DEADLINES_TOPIC, Deadline};
 
 /// Settings of a canceller.
@@ -99,6 +100,7 @@ pub struct Canceller {
     config: CancellerConfig,
     metrics: Arc<CancellerMetrics>,
     clock: Arc<dyn Clock>,
+    liveness: Arc<Liveness>,
 }
 
 impl std::fmt::Debug for Canceller {
@@ -127,12 +129,25 @@ impl Canceller {
             config,
             metrics,
             clock,
+            liveness: Arc::new(Liveness::default()),
         }
+    }
+
+    /// This canceller reporting its steps and cancellations to `liveness` (a crew's
+    /// heartbeat reads it).
+    pub fn with_liveness(mut self, liveness: Arc<Liveness>) -> Canceller {
+        self.liveness = liveness;
+        self
     }
 
     /// The counters.
     pub fn metrics(&self) -> &Arc<CancellerMetrics> {
         &self.metrics
+    }
+
+    /// What this canceller (and its clones) reports to the heartbeat.
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
     }
 
     /// Consumes pay-by messages and sweeps every `sweep_every_ms` until `stop` is true.
@@ -157,7 +172,9 @@ impl Canceller {
     }
 
     /// Fetches due pay-by messages (waiting up to `wait_ms`) and cancels their orders if
-    /// still pending; returns how many messages it fetched.
+    /// still pending; returns how many messages it fetched. Each fetch that returns (a long
+    /// poll that ran out too) and each batch handled counts as progress
+    /// ([`Liveness::progress_ms`]).
     pub async fn step(&self) -> Result<usize, CancelError> {
         let batch = self
             .queue
@@ -171,6 +188,7 @@ impl Canceller {
                 },
             )
             .await?;
+        self.liveness.progressed(self.clock.now_ms());
         let fetched = batch.len();
         if fetched == 0 {
             return Ok(0);
@@ -213,6 +231,7 @@ impl Canceller {
             Ok(cancelled) => {
                 let n = cancelled.len() as u64;
                 self.metrics.cancelled.fetch_add(n, Ordering::Relaxed);
+                self.liveness.finished(n);
                 self.metrics
                     .no_op
                     .fetch_add(ids.len() as u64 - n, Ordering::Relaxed);
@@ -231,6 +250,7 @@ impl Canceller {
                         .ack(&self.config.topic, &self.config.group, chunk)
                         .await?;
                 }
+                self.liveness.progressed(self.clock.now_ms());
             }
             Err(e) => {
                 self.metrics.failed.fetch_add(1, Ordering::Relaxed);
@@ -258,6 +278,7 @@ impl Canceller {
         loop {
             let now = self.clock.now_ms();
             let ids = self.db.overdue(now, self.config.batch_max).await?;
+            self.liveness.progressed(self.clock.now_ms());
             if ids.is_empty() {
                 return Ok(total);
             }
@@ -265,6 +286,7 @@ impl Canceller {
             self.metrics
                 .swept
                 .fetch_add(cancelled.len() as u64, Ordering::Relaxed);
+            self.liveness.finished(cancelled.len() as u64);
             self.release(&cancelled).await;
             total += cancelled.len();
             if ids.len() < self.config.batch_max {

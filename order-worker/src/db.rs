@@ -56,8 +56,35 @@ pub const CANCEL_BATCH_MAX: usize = 5_000;
 pub const PAY_WINDOW_MS_DEFAULT: u64 = 10 * 60 * 1000;
 /// Longest sale name, bytes.
 pub const SALE_NAME_BYTES_MAX: usize = 200;
+/// Smallest per-sale purchase-token factor ([`NewSale::token_factor`]).
+pub const TOKEN_FACTOR_MIN: f64 = 0.1;
+/// Largest per-sale purchase-token factor.
+pub const TOKEN_FACTOR_MAX: f64 = 100.0;
+/// The only units-per-person a sale may have: the stock store and the partial unique index
+/// of active orders per (sale, user) hold one unit per person.
+pub const PER_USER_LIMIT_SUPPORTED: u32 = 1;
 /// How long a SQLite connection waits for the write lock before failing (busy timeout).
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Rows of the `workers` table not beaten for this long are pruned: one hour.
+pub const WORKER_ROWS_TTL_MS: u64 = 60 * 60 * 1000;
+/// [`OrdersDb::heartbeat`] prunes stale rows when its time falls in the first
+/// [`WORKER_PRUNE_WINDOW_MS`] of each period this long: about once a minute for a process
+/// beating every second, with no state to keep.
+pub const WORKER_PRUNE_EVERY_MS: u64 = 60 * 1000;
+/// See [`WORKER_PRUNE_EVERY_MS`]; the heartbeat period, so every beating process hits it.
+pub const WORKER_PRUNE_WINDOW_MS: u64 = 1000;
+/// Most stale rows one pruning deletes (the next one takes the rest).
+pub const WORKER_PRUNE_ROWS_MAX: usize = 1_000;
+/// Most rows [`OrdersDb::workers`] lists.
+pub const WORKERS_LISTED_MAX: usize = 200;
+/// Most beats one [`OrdersDb::heartbeat`] (or ids one [`OrdersDb::mark_stopped`]) takes:
+/// a whole crew.
+pub const HEARTBEAT_ROWS_MAX: usize = crate::crew::WORKERS_MAX + crate::crew::CANCELLERS_MAX;
+/// Longest worker id, bytes.
+pub const WORKER_ID_BYTES_MAX: usize = 200;
+/// Longest host name in a worker's row, bytes.
+pub const WORKER_HOST_BYTES_MAX: usize = 255;
 
 /// Rejection reasons recorded in `outcomes.reason`.
 pub mod reason {
@@ -183,6 +210,22 @@ pub enum OrdersDb {
     Postgres(PgPool),
 }
 
+/// The columns of `sales` a [`Sale`] is read from, in [`sale_of`]'s order (a macro, so
+/// statements stay `&'static str` through `concat!`).
+macro_rules! sale_columns {
+    () => {
+        "id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, \
+         ends_at_ms, token_factor_milli, per_user_limit"
+    };
+}
+
+/// The columns of `workers` a [`WorkerBeat`] is read from, in [`worker_of`]'s order.
+macro_rules! worker_columns {
+    () => {
+        "id, kind, host, pid, started_ms, beat_ms, progress_ms, handled, stopped_ms"
+    };
+}
+
 /// Runs `$body` with `$p` bound to whichever pool `$db` holds (the body is compiled once
 /// per backend).
 macro_rules! on_db {
@@ -220,7 +263,7 @@ macro_rules! in_tx {
 }
 
 /// A sale as an admin defines it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewSale {
     /// Id (chosen by the admin).
     pub id: u64,
@@ -235,10 +278,22 @@ pub struct NewSale {
     /// How long a buyer has to pay, ms ([`PAY_WINDOW_MS_DEFAULT`] if absent).
     #[serde(default)]
     pub pay_window_ms: Option<u64>,
+    /// When the sale stops taking purchases, ms since the Unix epoch (after
+    /// `starts_at_ms`); `None`: open until sold out.
+    #[serde(default)]
+    pub ends_at_ms: Option<u64>,
+    /// The sale's own purchase-token factor ([`TOKEN_FACTOR_MIN`]..=[`TOKEN_FACTOR_MAX`],
+    /// stored to a thousandth), overriding the gateway's global one; `None`: the global one.
+    #[serde(default)]
+    pub token_factor: Option<f64>,
+    /// Units one person may hold; `None`: 1. Only 1 is supported
+    /// ([`PER_USER_LIMIT_SUPPORTED`]).
+    #[serde(default)]
+    pub per_user_limit: Option<u32>,
 }
 
 /// A sale as the database holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sale {
     /// Id.
     pub id: u64,
@@ -254,6 +309,67 @@ pub struct Sale {
     pub starts_at_ms: u64,
     /// How long a buyer has to pay, ms.
     pub pay_window_ms: u64,
+    /// When the sale stops taking purchases, ms since the Unix epoch; `None`: open until
+    /// sold out.
+    pub ends_at_ms: Option<u64>,
+    /// The sale's own purchase-token factor (to a thousandth); `None`: the gateway's global
+    /// one.
+    pub token_factor: Option<f64>,
+    /// Units one person may hold (always [`PER_USER_LIMIT_SUPPORTED`] for now).
+    pub per_user_limit: u32,
+}
+
+/// What a member of a crew does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerKind {
+    /// An order worker ([`crate::worker::OrderWorker`]).
+    Worker,
+    /// A canceller ([`crate::canceller::Canceller`]).
+    Canceller,
+}
+
+impl WorkerKind {
+    /// The name in the `workers.kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerKind::Worker => "worker",
+            WorkerKind::Canceller => "canceller",
+        }
+    }
+
+    fn parse(s: &str) -> DbResult<WorkerKind> {
+        match s {
+            "worker" => Ok(WorkerKind::Worker),
+            "canceller" => Ok(WorkerKind::Canceller),
+            other => Err(DbError::Invalid(format!("unknown worker kind {other:?}"))),
+        }
+    }
+}
+
+/// A row of the `workers` table: a worker's or canceller's last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerBeat {
+    /// Stable id, unique across processes (`{host}-{pid}-{kind}-{n}`).
+    pub id: String,
+    /// Worker or canceller.
+    pub kind: WorkerKind,
+    /// Host of its process.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started, ms since the Unix epoch.
+    pub started_ms: u64,
+    /// Its last heartbeat, ms since the Unix epoch ([`OrdersDb::heartbeat`] writes its
+    /// `now_ms` here, whatever the beat says).
+    pub beat_ms: u64,
+    /// The last time its loop made a step (fetched, decided, or a long poll ran out): an
+    /// old value under fresh beats means the loop is stuck.
+    pub progress_ms: u64,
+    /// Messages it finished: purchases decided (workers), orders cancelled (cancellers).
+    pub handled: u64,
+    /// When it stopped, if it did.
+    pub stopped_ms: Option<u64>,
 }
 
 /// An order's status.
@@ -380,6 +496,19 @@ pub enum Payment {
     TooLate(Order),
     /// No such order for this user.
     NotFound,
+}
+
+/// Orders of every sale by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderTotals {
+    /// Orders ever created (any status).
+    pub created: u64,
+    /// Pending.
+    pub pending: u64,
+    /// Paid.
+    pub paid: u64,
+    /// Cancelled.
+    pub cancelled: u64,
 }
 
 /// Orders of a sale by status.
@@ -523,20 +652,24 @@ impl OrdersDb {
         if window == 0 || window > 7 * 24 * 3600 * 1000 {
             return Err(DbError::Invalid("pay_window_ms must be 1..=7 days".into()));
         }
+        let settings = SaleSettings::of(sale)?;
         let (id, price, units, starts) = (
             to_i64(sale.id, "sale id")?,
             to_i64(sale.price_cents, "price")?,
             to_i64(sale.units, "units")?,
             to_i64(sale.starts_at_ms, "start")?,
         );
+        let ends = settings.ends_at_ms.map(|e| to_i64(e, "end")).transpose()?;
         // At most SALES_MAX sales (what the gateways list and serve), checked in the insert.
         let done = on_db!(self, p => sqlx::query(
-            "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE (SELECT COUNT(*) FROM sales) < $9 \
+            "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, \
+                                ends_at_ms, token_factor_milli, per_user_limit) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11, $12 WHERE (SELECT COUNT(*) FROM sales) < $9 \
              ON CONFLICT (id) DO NOTHING")
             .bind(id).bind(&sale.name).bind(price).bind(units).bind(units).bind(starts)
             .bind(to_i64(window, "pay window")?).bind(to_i64(now_ms, "now")?)
             .bind(SALES_MAX as i64)
+            .bind(ends).bind(settings.token_factor_milli).bind(settings.per_user_limit)
             .execute(p).await?.rows_affected());
         if done == 0 {
             if self.sale(sale.id).await?.is_some() {
@@ -552,6 +685,9 @@ impl OrdersDb {
             units_left: sale.units,
             starts_at_ms: sale.starts_at_ms,
             pay_window_ms: window,
+            ends_at_ms: settings.ends_at_ms,
+            token_factor: settings.token_factor_milli.map(factor_of_milli),
+            per_user_limit: PER_USER_LIMIT_SUPPORTED,
         })
     }
 
@@ -559,8 +695,7 @@ impl OrdersDb {
     pub async fn sale(&self, id: u64) -> DbResult<Option<Sale>> {
         let id = to_i64(id, "sale id")?;
         let row = on_db!(self, p => {
-            let r = sqlx::query(
-                "SELECT id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms FROM sales WHERE id = $1")
+            let r = sqlx::query(concat!("SELECT ", sale_columns!(), " FROM sales WHERE id = $1"))
                 .bind(id).fetch_optional(p).await?;
             r.map(|r| sale_of(&r)).transpose()?
         });
@@ -571,7 +706,7 @@ impl OrdersDb {
     pub async fn sales(&self) -> DbResult<Vec<Sale>> {
         on_db!(self, p => {
             let rows = sqlx::query(
-                "SELECT id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms FROM sales ORDER BY id LIMIT $1")
+                concat!("SELECT ", sale_columns!(), " FROM sales ORDER BY id LIMIT $1"))
                 .bind(SALES_MAX as i64).fetch_all(p).await?;
             rows.iter().map(sale_of).collect()
         })
@@ -634,6 +769,26 @@ impl OrdersDb {
             }
         }
         Ok(c)
+    }
+
+    /// Orders of every sale by status (the dashboard's totals; one scan of `orders`).
+    pub async fn order_totals(&self) -> DbResult<OrderTotals> {
+        let rows: Vec<(String, i64)> = on_db!(self, p => {
+            let rows = sqlx::query("SELECT status, COUNT(*) FROM orders GROUP BY status")
+                .fetch_all(p).await?;
+            rows.iter().map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?))).collect::<DbResult<_>>()?
+        });
+        let mut t = OrderTotals::default();
+        for (status, n) in rows {
+            let n = to_u64(n);
+            t.created += n;
+            match OrderStatus::parse(&status)? {
+                OrderStatus::Pending => t.pending = n,
+                OrderStatus::Paid => t.paid = n,
+                OrderStatus::Cancelled => t.cancelled = n,
+            }
+        }
+        Ok(t)
     }
 
     /// Outcomes recorded for `sale`, ordered and rejected (audits and tests).
@@ -927,12 +1082,128 @@ impl OrdersDb {
             (_, OrderStatus::Pending) => Payment::TooLate(order),
         })
     }
+
+    /// Writes the heartbeats of a process's crew (at most [`HEARTBEAT_ROWS_MAX`]) in one
+    /// transaction: each member's row is inserted or replaced, with `beat_ms = now_ms`.
+    /// When `now_ms` falls in the first [`WORKER_PRUNE_WINDOW_MS`] of a
+    /// [`WORKER_PRUNE_EVERY_MS`] period, it also prunes rows not beaten for
+    /// [`WORKER_ROWS_TTL_MS`] (see [`OrdersDb::prune_workers`]). Returns the rows pruned.
+    pub async fn heartbeat(&self, beats: &[WorkerBeat], now_ms: u64) -> DbResult<u64> {
+        if beats.len() > HEARTBEAT_ROWS_MAX {
+            return Err(DbError::Invalid(format!(
+                "at most {HEARTBEAT_ROWS_MAX} beats a heartbeat"
+            )));
+        }
+        let now = to_i64(now_ms, "now")?;
+        let mut rows = Vec::with_capacity(beats.len());
+        for b in beats {
+            if b.id.is_empty() || b.id.len() > WORKER_ID_BYTES_MAX {
+                return Err(DbError::Invalid(format!(
+                    "a worker id is 1..={WORKER_ID_BYTES_MAX} bytes"
+                )));
+            }
+            if b.host.len() > WORKER_HOST_BYTES_MAX {
+                return Err(DbError::Invalid(format!(
+                    "a host name is at most {WORKER_HOST_BYTES_MAX} bytes"
+                )));
+            }
+            rows.push((
+                b,
+                to_i64(b.started_ms, "start")?,
+                to_i64(b.progress_ms, "progress")?,
+                to_i64(b.handled, "handled")?,
+                b.stopped_ms.map(|s| to_i64(s, "stop")).transpose()?,
+            ));
+        }
+        // One lock order for every process (PostgreSQL row locks).
+        rows.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let prune = now_ms % WORKER_PRUNE_EVERY_MS < WORKER_PRUNE_WINDOW_MS;
+        let cutoff = now.saturating_sub(to_i64(WORKER_ROWS_TTL_MS, "ttl")?);
+        let pruned = in_tx!(self, tx, pg => {
+            for (b, started, progress, handled, stopped) in &rows {
+                sqlx::query(
+                    "INSERT INTO workers (id, kind, host, pid, started_ms, beat_ms, progress_ms, handled, stopped_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, host = excluded.host, \
+                         pid = excluded.pid, started_ms = excluded.started_ms, beat_ms = excluded.beat_ms, \
+                         progress_ms = excluded.progress_ms, handled = excluded.handled, \
+                         stopped_ms = excluded.stopped_ms")
+                    .bind(b.id.as_str()).bind(b.kind.as_str()).bind(b.host.as_str())
+                    .bind(i64::from(b.pid)).bind(*started).bind(now).bind(*progress)
+                    .bind(*handled).bind(*stopped)
+                    .execute(&mut *tx).await?;
+            }
+            if prune {
+                sqlx::query(
+                    "DELETE FROM workers WHERE id IN \
+                     (SELECT id FROM workers WHERE beat_ms < $1 ORDER BY beat_ms LIMIT $2)")
+                    .bind(cutoff).bind(WORKER_PRUNE_ROWS_MAX as i64)
+                    .execute(&mut *tx).await?.rows_affected()
+            } else {
+                0
+            }
+        });
+        Ok(pruned)
+    }
+
+    /// Deletes up to [`WORKER_PRUNE_ROWS_MAX`] rows of `workers` not beaten for
+    /// [`WORKER_ROWS_TTL_MS`] before `now_ms` (oldest first); returns how many.
+    pub async fn prune_workers(&self, now_ms: u64) -> DbResult<u64> {
+        let cutoff = to_i64(now_ms.saturating_sub(WORKER_ROWS_TTL_MS), "now")?;
+        let n = on_db!(self, p => sqlx::query(
+            "DELETE FROM workers WHERE id IN \
+             (SELECT id FROM workers WHERE beat_ms < $1 ORDER BY beat_ms LIMIT $2)")
+            .bind(cutoff).bind(WORKER_PRUNE_ROWS_MAX as i64)
+            .execute(p).await?.rows_affected());
+        Ok(n)
+    }
+
+    /// The workers and cancellers of every process, newest beat first (ties by id), at most
+    /// `limit` (itself at most [`WORKERS_LISTED_MAX`]).
+    pub async fn workers(&self, limit: usize) -> DbResult<Vec<WorkerBeat>> {
+        let limit = limit.min(WORKERS_LISTED_MAX) as i64;
+        on_db!(self, p => {
+            let rows = sqlx::query(concat!(
+                "SELECT ", worker_columns!(), " FROM workers ORDER BY beat_ms DESC, id LIMIT $1"))
+                .bind(limit).fetch_all(p).await?;
+            rows.iter().map(worker_of).collect()
+        })
+    }
+
+    /// Marks these workers stopped at `now_ms` (also their last beat); at most
+    /// [`HEARTBEAT_ROWS_MAX`] ids. Returns the rows it marked (unknown ids are skipped).
+    pub async fn mark_stopped(&self, ids: &[String], now_ms: u64) -> DbResult<u64> {
+        if ids.len() > HEARTBEAT_ROWS_MAX {
+            return Err(DbError::Invalid(format!(
+                "at most {HEARTBEAT_ROWS_MAX} ids a call"
+            )));
+        }
+        let now = to_i64(now_ms, "now")?;
+        let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let marked = in_tx!(self, tx, pg => {
+            let mut marked = 0;
+            for id in &ids {
+                marked += sqlx::query(
+                    "UPDATE workers SET stopped_ms = $1, beat_ms = $2 WHERE id = $3")
+                    .bind(now).bind(now).bind(*id)
+                    .execute(&mut *tx).await?.rows_affected();
+            }
+            marked
+        });
+        Ok(marked)
+    }
 }
 
+/// Reads a [`Sale`] from a row of [`sale_columns!`].
 fn sale_of<R: Row>(r: &R) -> DbResult<Sale>
 where
     usize: sqlx::ColumnIndex<R>,
     i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i32: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<i32>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(Sale {
@@ -943,6 +1214,83 @@ where
         units_left: to_u64(r.try_get::<i64, _>(4)?),
         starts_at_ms: to_u64(r.try_get::<i64, _>(5)?),
         pay_window_ms: to_u64(r.try_get::<i64, _>(6)?),
+        ends_at_ms: r.try_get::<Option<i64>, _>(7)?.map(to_u64),
+        token_factor: r.try_get::<Option<i32>, _>(8)?.map(factor_of_milli),
+        per_user_limit: u32::try_from(r.try_get::<i32, _>(9)?).unwrap_or(0),
+    })
+}
+
+/// A factor stored in thousandths, as a number.
+fn factor_of_milli(milli: i32) -> f64 {
+    f64::from(milli) / 1000.0
+}
+
+/// The checked settings of a [`NewSale`] as the `sales` columns hold them.
+#[derive(Debug)]
+struct SaleSettings {
+    ends_at_ms: Option<u64>,
+    token_factor_milli: Option<i32>,
+    per_user_limit: i32,
+}
+
+impl SaleSettings {
+    fn of(sale: &NewSale) -> DbResult<SaleSettings> {
+        if let Some(ends) = sale.ends_at_ms
+            && ends <= sale.starts_at_ms
+        {
+            return Err(DbError::Invalid(format!(
+                "ends_at_ms ({ends}) must be after starts_at_ms ({})",
+                sale.starts_at_ms
+            )));
+        }
+        let token_factor_milli = match sale.token_factor {
+            None => None,
+            Some(f) if !f.is_finite() => {
+                return Err(DbError::Invalid(
+                    "token_factor must be a finite number".into(),
+                ));
+            }
+            Some(f) if !(TOKEN_FACTOR_MIN..=TOKEN_FACTOR_MAX).contains(&f) => {
+                return Err(DbError::Invalid(format!(
+                    "token_factor must be {TOKEN_FACTOR_MIN}..={TOKEN_FACTOR_MAX}, not {f}"
+                )));
+            }
+            // In range, so 100..=100_000 after rounding: the cast cannot truncate.
+            Some(f) => Some((f * 1000.0).round() as i32),
+        };
+        let per_user_limit = sale.per_user_limit.unwrap_or(PER_USER_LIMIT_SUPPORTED);
+        if per_user_limit != PER_USER_LIMIT_SUPPORTED {
+            return Err(DbError::Invalid(format!(
+                "only one unit per person is supported (per_user_limit must be 1, not {per_user_limit})"
+            )));
+        }
+        Ok(SaleSettings {
+            ends_at_ms: sale.ends_at_ms,
+            token_factor_milli,
+            per_user_limit: per_user_limit as i32,
+        })
+    }
+}
+
+/// Reads a [`WorkerBeat`] from a row of [`worker_columns!`].
+fn worker_of<R: Row>(r: &R) -> DbResult<WorkerBeat>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let kind: String = r.try_get(1)?;
+    Ok(WorkerBeat {
+        id: r.try_get(0)?,
+        kind: WorkerKind::parse(&kind)?,
+        host: r.try_get(2)?,
+        pid: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0),
+        started_ms: to_u64(r.try_get::<i64, _>(4)?),
+        beat_ms: to_u64(r.try_get::<i64, _>(5)?),
+        progress_ms: to_u64(r.try_get::<i64, _>(6)?),
+        handled: to_u64(r.try_get::<i64, _>(7)?),
+        stopped_ms: r.try_get::<Option<i64>, _>(8)?.map(to_u64),
     })
 }
 

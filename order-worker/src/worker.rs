@@ -36,6 +36,7 @@ use inventory::Inventory;
 use queue::{Clock, Delivery, FetchOptions, Queue, Receipt};
 
 use crate::db::{BATCH_MAX, DbError, Decision, OrdersDb, reason};
+use crate::liveness::Liveness;
 use crate::purchase::{DEADLINES_TOPIC, Deadline, ORDERS_TOPIC, PurchaseMessage, WORKERS_GROUP};
 
 /// Longest backoff between database retries.
@@ -144,6 +145,7 @@ pub struct OrderWorker {
     config: WorkerConfig,
     metrics: Arc<WorkerMetrics>,
     clock: Arc<dyn Clock>,
+    liveness: Arc<Liveness>,
 }
 
 impl std::fmt::Debug for OrderWorker {
@@ -173,12 +175,25 @@ impl OrderWorker {
             config,
             metrics,
             clock,
+            liveness: Arc::new(Liveness::default()),
         }
+    }
+
+    /// This worker reporting its steps and finished messages to `liveness` (a crew's
+    /// heartbeat reads it).
+    pub fn with_liveness(mut self, liveness: Arc<Liveness>) -> OrderWorker {
+        self.liveness = liveness;
+        self
     }
 
     /// The counters.
     pub fn metrics(&self) -> &Arc<WorkerMetrics> {
         &self.metrics
+    }
+
+    /// What this worker (and its clones) reports to the heartbeat.
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
     }
 
     /// Runs until `stop` turns true (checked between batches, at least every
@@ -201,7 +216,8 @@ impl OrderWorker {
     }
 
     /// Fetches one batch (waiting up to `wait_ms`) and handles it; returns how many
-    /// messages it fetched.
+    /// messages it fetched. Each fetch that returns (a long poll that ran out too) and each
+    /// batch handled counts as progress ([`Liveness::progress_ms`]).
     pub async fn step(&self) -> Result<usize, WorkerError> {
         let batch = self
             .queue
@@ -215,9 +231,11 @@ impl OrderWorker {
                 },
             )
             .await?;
+        self.liveness.progressed(self.clock.now_ms());
         let n = batch.len();
         if n > 0 {
             self.handle(batch).await?;
+            self.liveness.progressed(self.clock.now_ms());
         }
         Ok(n)
     }
@@ -415,6 +433,7 @@ impl OrderWorker {
                 .await?;
         }
         m.messages.fetch_add(acks.len() as u64, Ordering::Relaxed);
+        self.liveness.finished(acks.len() as u64);
         if !retry.is_empty() {
             self.nack_all(&retry, "pay-by message not published")
                 .await?;

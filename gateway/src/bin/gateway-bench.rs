@@ -310,6 +310,9 @@ async fn run(args: Args) -> Result<bool, BoxError> {
                     units,
                     starts_at_ms: 0,
                     pay_window_ms: None,
+                    ends_at_ms: None,
+                    token_factor: None,
+                    per_user_limit: None,
                 },
                 0,
             )

@@ -43,6 +43,12 @@ async fn system(db: Option<order_worker::OrdersDb>) -> (Arc<TestApp>, Crew) {
     .await
     .on_port(patient())
     .await;
+    with_crew(t)
+}
+
+/// Starts order workers and a canceller beside the served app `t` (also used by the
+/// browser tests).
+pub(super) fn with_crew(t: TestApp) -> (Arc<TestApp>, Crew) {
     let mut config = CrewConfig::default();
     config.worker.wait_ms = 100;
     config.canceller.wait_ms = 100;
@@ -563,6 +569,9 @@ async fn a_sale_the_store_lost_is_restored_from_the_database() {
                 units: 3,
                 starts_at_ms: 0,
                 pay_window_ms: None,
+                ends_at_ms: None,
+                token_factor: None,
+                per_user_limit: None,
             },
             0,
         )

@@ -766,6 +766,9 @@ async fn create_sale(db: &OrdersDb, units: usize) -> Res<()> {
             units: units as u64,
             starts_at_ms: 0,
             pay_window_ms: None,
+            ends_at_ms: None,
+            token_factor: None,
+            per_user_limit: None,
         },
         now_ms(),
     )

@@ -1,6 +1,6 @@
 //! The orders database's decisions, on both backends.
 
-use order_worker::db::{DbError, Decision, NewSale, OrderStatus, OrdersDb, Payment, reason};
+use order_worker::db::{DbError, Decision, NewSale, OrderStatus, OrdersDb, Payment, Sale, reason};
 
 use crate::{both_backends, purchase, sale};
 
@@ -274,6 +274,9 @@ async fn sales_are_validated_and_unique(db: OrdersDb) {
         units: 5,
         starts_at_ms: 10,
         pay_window_ms: None,
+        ends_at_ms: None,
+        token_factor: None,
+        per_user_limit: None,
     };
     let made = db.create_sale(&s, 0).await.expect("create");
     assert_eq!(
@@ -312,6 +315,182 @@ both_backends!(
     sales_are_validated_and_unique
 );
 
+/// Runs a statement straight on the database (to show what its constraints refuse).
+async fn raw(db: &OrdersDb, sql: &'static str) -> Result<(), sqlx::Error> {
+    match db {
+        OrdersDb::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        OrdersDb::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+    }
+}
+
+fn invalid_saying(r: Result<Sale, DbError>, words: &str) -> bool {
+    matches!(r, Err(DbError::Invalid(m)) if m.contains(words))
+}
+
+async fn sale_settings(db: OrdersDb) {
+    let plain = NewSale {
+        id: 1,
+        name: "plain".into(),
+        price_cents: 10,
+        units: 3,
+        starts_at_ms: 1_000,
+        pay_window_ms: None,
+        ends_at_ms: None,
+        token_factor: None,
+        per_user_limit: None,
+    };
+    // Defaults: no end, the global token factor, one per person.
+    let made = db.create_sale(&plain, 0).await.expect("create");
+    assert_eq!(
+        (made.ends_at_ms, made.token_factor, made.per_user_limit),
+        (None, None, 1)
+    );
+    assert_eq!(db.sale(1).await.expect("read"), Some(made));
+
+    // Every setting round-trips; the factor is kept to a thousandth.
+    let full = NewSale {
+        id: 2,
+        name: "full".into(),
+        ends_at_ms: Some(5_000),
+        token_factor: Some(2.5),
+        per_user_limit: Some(1),
+        ..plain.clone()
+    };
+    let made = db.create_sale(&full, 0).await.expect("create");
+    assert_eq!(
+        (made.ends_at_ms, made.token_factor, made.per_user_limit),
+        (Some(5_000), Some(2.5), 1)
+    );
+    assert_eq!(db.sale(2).await.expect("read"), Some(made.clone()));
+    let rounded = NewSale {
+        id: 3,
+        token_factor: Some(1.23456),
+        ends_at_ms: Some(1_001), // just after the start
+        ..plain.clone()
+    };
+    let made3 = db.create_sale(&rounded, 0).await.expect("create");
+    assert_eq!(made3.token_factor, Some(1.235));
+    assert_eq!(db.sale(3).await.expect("read"), Some(made3));
+    for (id, f) in [(4, 0.1), (5, 100.0)] {
+        let edge = NewSale {
+            id,
+            token_factor: Some(f),
+            ..plain.clone()
+        };
+        let made = db.create_sale(&edge, 0).await.expect("a bound is allowed");
+        assert_eq!(made.token_factor, Some(f));
+        assert_eq!(db.sale(id).await.expect("read"), Some(made));
+    }
+    let all = db.sales().await.expect("sales");
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[1], made, "the listing reads the settings too");
+
+    // Refused: more than one per person (or none), factors outside 0.1..=100 or not
+    // numbers, an end not after the start.
+    let try_with = |f: &dyn Fn(&mut NewSale)| {
+        let mut s = NewSale {
+            id: 9,
+            ..plain.clone()
+        };
+        f(&mut s);
+        s
+    };
+    for limit in [2, 0, u32::MAX] {
+        let s = try_with(&|s| s.per_user_limit = Some(limit));
+        assert!(
+            invalid_saying(db.create_sale(&s, 0).await, "only one unit per person"),
+            "per_user_limit {limit}"
+        );
+    }
+    for factor in [0.099, 0.0, -1.0, 100.001, 1e9] {
+        let s = try_with(&|s| s.token_factor = Some(factor));
+        assert!(
+            invalid_saying(
+                db.create_sale(&s, 0).await,
+                "token_factor must be 0.1..=100"
+            ),
+            "factor {factor}"
+        );
+    }
+    for factor in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let s = try_with(&|s| s.token_factor = Some(factor));
+        assert!(
+            invalid_saying(db.create_sale(&s, 0).await, "finite"),
+            "factor {factor}"
+        );
+    }
+    for ends in [1_000, 999, 0] {
+        let s = try_with(&|s| s.ends_at_ms = Some(ends));
+        assert!(
+            invalid_saying(db.create_sale(&s, 0).await, "must be after starts_at_ms"),
+            "ends {ends}"
+        );
+    }
+    let s = try_with(&|s| s.ends_at_ms = Some(u64::MAX));
+    assert!(matches!(
+        db.create_sale(&s, 0).await,
+        Err(DbError::Invalid(_))
+    ));
+    assert!(
+        db.sale(9).await.expect("read").is_none(),
+        "nothing refused was made"
+    );
+
+    // The tables refuse the same, whoever writes.
+    for sql in [
+        "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, per_user_limit) \
+         VALUES (20, 'two each', 1, 1, 1, 0, 1000, 0, 2)",
+        "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, token_factor_milli) \
+         VALUES (21, 'tiny factor', 1, 1, 1, 0, 1000, 0, 99)",
+        "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, token_factor_milli) \
+         VALUES (22, 'huge factor', 1, 1, 1, 0, 1000, 0, 100001)",
+        "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, ends_at_ms) \
+         VALUES (23, 'ends first', 1, 1, 1, 10, 1000, 0, 10)",
+        "UPDATE sales SET per_user_limit = 3 WHERE id = 1",
+    ] {
+        assert!(raw(&db, sql).await.is_err(), "the schema refuses: {sql}");
+    }
+    raw(
+        &db,
+        "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms) \
+         VALUES (24, 'old style', 1, 1, 1, 0, 1000, 0)",
+    )
+    .await
+    .expect("a row written without the settings");
+    let old = db.sale(24).await.expect("read").expect("exists");
+    assert_eq!(
+        (old.ends_at_ms, old.token_factor, old.per_user_limit),
+        (None, None, 1),
+        "the columns' defaults"
+    );
+
+    // JSON without the settings reads as the defaults.
+    let parsed: NewSale =
+        serde_json::from_str(r#"{"id":1,"name":"n","price_cents":1,"units":1,"starts_at_ms":0}"#)
+            .expect("parse");
+    assert_eq!(
+        (
+            parsed.ends_at_ms,
+            parsed.token_factor,
+            parsed.per_user_limit
+        ),
+        (None, None, None)
+    );
+    let parsed: NewSale = serde_json::from_str(
+        r#"{"id":1,"name":"n","price_cents":1,"units":1,"starts_at_ms":0,"ends_at_ms":9,"token_factor":0.5,"per_user_limit":1}"#,
+    )
+    .expect("parse");
+    assert_eq!(
+        (
+            parsed.ends_at_ms,
+            parsed.token_factor,
+            parsed.per_user_limit
+        ),
+        (Some(9), Some(0.5), Some(1))
+    );
+}
+both_backends!(sale_settings_round_trip_and_are_validated, sale_settings);
+
 async fn sales_are_capped(db: OrdersDb) {
     // 9,999 sales in one statement, then the 10,000th through the API and one too many.
     let bulk = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9999) \
@@ -329,6 +508,9 @@ async fn sales_are_capped(db: OrdersDb) {
         units: 1,
         starts_at_ms: 0,
         pay_window_ms: None,
+        ends_at_ms: None,
+        token_factor: None,
+        per_user_limit: None,
     };
     db.create_sale(&s, 0).await.expect("the 10,000th sale");
     s.id = 10_001;

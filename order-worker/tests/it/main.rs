@@ -3,6 +3,7 @@
 
 mod cancel;
 mod db;
+mod heartbeat;
 mod process;
 mod worker;
 
@@ -53,6 +54,9 @@ pub async fn sale(db: &OrdersDb, id: u64, units: u64, pay_window_ms: u64) {
             units,
             starts_at_ms: 0,
             pay_window_ms: Some(pay_window_ms),
+            ends_at_ms: None,
+            token_factor: None,
+            per_user_limit: None,
         },
         0,
     )
