@@ -822,7 +822,7 @@ mod tests {
             token_factor: "2.5".into(),
             ..SaleForm::default()
         };
-        let s = parse_sale_form(&f, 1_000_000).unwrap();
+        let s = parse_sale_form(&f, 1_000_000).expect("a valid form");
         assert_eq!(
             (s.id, s.name.as_str(), s.price_cents, s.units),
             (7, "Phone", 999, 100)
@@ -836,7 +836,11 @@ mod tests {
             starts_in_s: String::new(),
             ..f
         };
-        assert!(parse_sale_form(&no_start, 0).unwrap_err().contains("start"));
+        assert!(
+            parse_sale_form(&no_start, 0)
+                .expect_err("no start")
+                .contains("start")
+        );
         let bad_units = SaleForm {
             units: "lots".into(),
             starts_in_s: "1".into(),
@@ -844,7 +848,7 @@ mod tests {
         };
         assert!(
             parse_sale_form(&bad_units, 0)
-                .unwrap_err()
+                .expect_err("bad units")
                 .contains("units")
         );
     }
@@ -858,7 +862,9 @@ mod tests {
         assert_eq!(nonce.len(), 32);
         assert!(key.verify(&v, 2_000).is_none(), "expired");
         // A shopper's cookie is not an admin's, even for a user named like one.
-        let shopper = sessions.sign(&format!("admin.{nonce}"), 2_000).unwrap();
+        let shopper = sessions
+            .sign(&format!("admin.{nonce}"), 2_000)
+            .expect("a valid user id");
         assert!(key.verify(&shopper, 1_000).is_none());
         // Another admin secret, another key.
         assert!(

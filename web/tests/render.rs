@@ -53,7 +53,7 @@ fn sale_list_renders_each_sale_escaped() {
         }],
     }
     .render()
-    .unwrap();
+    .expect("ok");
     assert!(html.contains(r#"<ul id="sales""#));
     assert!(html.contains(r#"data-sale-id="7""#) && html.contains(r#"data-sale-id="8""#));
     assert!(html.contains(r#"href="/sales/8""#));
@@ -76,7 +76,7 @@ fn empty_sale_list_says_so() {
         sales: vec![],
     }
     .render()
-    .unwrap();
+    .expect("ok");
     assert!(html.contains("No sales yet"));
 }
 
@@ -89,7 +89,7 @@ fn sale_page_has_the_purchase_flow() {
         sale: sale(SaleState::Upcoming),
     }
     .render()
-    .unwrap();
+    .expect("ok");
     for id in [
         "sale-state",
         "countdown",
@@ -120,7 +120,7 @@ fn sale_page_has_the_purchase_flow() {
         sale: sale(SaleState::Live),
     }
     .render()
-    .unwrap();
+    .expect("ok");
     assert!(signed_in.contains(r#"<section id="login-section" hidden"#));
     assert!(signed_in.contains(r#"data-state="live""#));
 }
@@ -149,7 +149,7 @@ fn order_page_shows_pay_only_while_payable() {
         order: order("pending"),
     }
     .render()
-    .unwrap();
+    .expect("ok");
     assert!(pending.contains(r#"id="pay""#));
     assert!(pending.contains(r#"data-status="pending""#));
     assert!(pending.contains(r#"id="pay-countdown""#));
@@ -160,7 +160,7 @@ fn order_page_shows_pay_only_while_payable() {
         order: order("pending"),
     }
     .render()
-    .unwrap();
+    .expect("ok");
     assert!(
         !late.contains(r#"id="pay""#),
         "no Pay button after the deadline"
@@ -173,7 +173,7 @@ fn order_page_shows_pay_only_while_payable() {
             order: order(s),
         }
         .render()
-        .unwrap();
+        .expect("ok");
         assert!(!html.contains(r#"id="pay""#), "{s}: no Pay button");
         assert!(html.contains(&format!(r#"data-status="{s}""#)));
     }
@@ -201,7 +201,7 @@ fn admin_pages_carry_csrf_tokens_in_every_form() {
         default_token_factor: "1.5".into(),
     }
     .render()
-    .unwrap();
+    .expect("ok");
     let forms = dash.matches("<form").count();
     assert!(forms >= 2);
     assert_eq!(
@@ -250,7 +250,7 @@ fn admin_pages_carry_csrf_tokens_in_every_form() {
         notice: None,
     }
     .render()
-    .unwrap();
+    .expect("ok");
     assert!(list.contains(r#"<tr class="dead-letter" data-topic="orders" data-offset="3">"#));
     assert!(list.contains(r#"href="/admin/dead-letters/orders/3/discard""#));
     assert!(!list.contains("malformed <b>"), "reasons are escaped");
@@ -266,7 +266,7 @@ fn admin_pages_carry_csrf_tokens_in_every_form() {
         letter,
     }
     .render()
-    .unwrap();
+    .expect("ok");
     assert!(confirm.contains(r#"action="/admin/dead-letters/orders/3/discard""#));
     assert!(confirm.contains(r#"id="confirm-submit""#));
     assert!(confirm.contains("deleted for good"));
@@ -284,7 +284,7 @@ fn admin_login_shows_the_error() {
         error: Some("wrong secret".into()),
     }
     .render()
-    .unwrap();
+    .expect("ok");
     assert!(html.contains(r#"id="admin-secret""#) && html.contains("wrong secret"));
     assert!(html.contains(r#"type="password""#));
 }

@@ -22,31 +22,31 @@ async fn admin_session(t: &TestApp) -> (String, String) {
         Request::post("/admin/login")
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Body::from(format!("secret={ADMIN}")))
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     let set = h
         .get(header::SET_COOKIE)
-        .unwrap()
+        .expect("ok")
         .to_str()
-        .unwrap()
+        .expect("ok")
         .to_string();
     assert!(
         set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/admin"),
         "{set}"
     );
-    let cookie = set.split(';').next().unwrap().to_string();
+    let cookie = set.split(';').next().expect("ok").to_string();
     let (s, h, page) = text(
         t,
         get("/admin")
             .header(header::COOKIE, &cookie)
             .body(Body::empty())
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{page}");
-    assert_eq!(h.get(header::CACHE_CONTROL).unwrap(), "no-store");
+    assert_eq!(h.get(header::CACHE_CONTROL).expect("ok"), "no-store");
     let csrf = page
         .split(r#"name="csrf" value=""#)
         .nth(1)
@@ -68,14 +68,14 @@ async fn storefront_pages_render_live_data_with_cache_headers() {
     let t = test_app(1.5, test_throttle()).await;
     t.create_sale(3, 7, 0).await;
     t.create_sale(4, 5, now_ms() + 3_600_000).await;
-    let (s, h, page) = text(&t, get("/").body(Body::empty()).unwrap()).await;
+    let (s, h, page) = text(&t, get("/").body(Body::empty()).expect("ok")).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
-        h.get(header::CONTENT_TYPE).unwrap(),
+        h.get(header::CONTENT_TYPE).expect("ok"),
         "text/html; charset=utf-8"
     );
     assert_eq!(
-        h.get(header::CACHE_CONTROL).unwrap(),
+        h.get(header::CACHE_CONTROL).expect("ok"),
         gateway::pages::PAGE_CACHE
     );
     assert!(page.contains(r#"data-sale-id="3""#) && page.contains(r#"data-sale-id="4""#));
@@ -83,7 +83,7 @@ async fn storefront_pages_render_live_data_with_cache_headers() {
     assert!(page.contains("999.00"));
 
     // The sale page, signed out then signed in; units left come from the store.
-    let (s, _, page) = text(&t, get("/sales/3").body(Body::empty()).unwrap()).await;
+    let (s, _, page) = text(&t, get("/sales/3").body(Body::empty()).expect("ok")).await;
     assert_eq!(s, StatusCode::OK);
     assert!(page.contains(r#"<span id="units-left">7</span>"#), "{page}");
     assert!(page.contains(r#"data-user="""#));
@@ -93,13 +93,13 @@ async fn storefront_pages_render_live_data_with_cache_headers() {
         get("/sales/3")
             .header(header::COOKIE, &ann)
             .body(Body::empty())
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert!(page.contains(r#"data-user="ann""#));
 
     for bad in ["/sales/99", "/sales/abc", "/sales/-1"] {
-        let (s, _, page) = text(&t, get(bad).body(Body::empty()).unwrap()).await;
+        let (s, _, page) = text(&t, get(bad).body(Body::empty()).expect("ok")).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{bad}");
         assert!(page.contains("No such sale"), "{bad}");
     }
@@ -111,22 +111,22 @@ async fn static_assets_are_immutable_with_etags() {
     let a = web::assets::assets();
     for asset in a.all() {
         let (s, h, body) = t
-            .call_raw(get(&asset.url()).body(Body::empty()).unwrap())
+            .call_raw(get(&asset.url()).body(Body::empty()).expect("ok"))
             .await;
         assert_eq!(s, StatusCode::OK, "{}", asset.file);
         assert_eq!(&body[..], asset.body);
         assert_eq!(
-            h.get(header::CACHE_CONTROL).unwrap(),
+            h.get(header::CACHE_CONTROL).expect("ok"),
             web::assets::IMMUTABLE
         );
-        assert_eq!(h.get(header::CONTENT_TYPE).unwrap(), asset.content_type);
-        let etag = h.get(header::ETAG).unwrap().clone();
+        assert_eq!(h.get(header::CONTENT_TYPE).expect("ok"), asset.content_type);
+        let etag = h.get(header::ETAG).expect("ok").clone();
         let (s, h, body) = t
             .call_raw(
                 get(&asset.url())
                     .header(header::IF_NONE_MATCH, etag)
                     .body(Body::empty())
-                    .unwrap(),
+                    .expect("ok"),
             )
             .await;
         assert_eq!(s, StatusCode::NOT_MODIFIED);
@@ -137,7 +137,7 @@ async fn static_assets_are_immutable_with_etags() {
                 get(&asset.url())
                     .header(header::IF_NONE_MATCH, "\"stale\"")
                     .body(Body::empty())
-                    .unwrap(),
+                    .expect("ok"),
             )
             .await;
         assert_eq!(s, StatusCode::OK);
@@ -147,7 +147,7 @@ async fn static_assets_are_immutable_with_etags() {
         "/static/app.000000000000.js",
         "/static/..%2Fsecret",
     ] {
-        let (s, _, _) = t.call_raw(get(bad).body(Body::empty()).unwrap()).await;
+        let (s, _, _) = t.call_raw(get(bad).body(Body::empty()).expect("ok")).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{bad}");
     }
 }
@@ -160,13 +160,13 @@ async fn order_page_is_the_buyers_alone() {
     let (_, v) = t.token_via_captcha(&ann, 1).await;
     let (s, v) = t.purchase(&ann, 1, &token_of(&v)).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    let ticket = v["ticket"].as_str().unwrap().to_string();
+    let ticket = v["ticket"].as_str().expect("ok").to_string();
     t.drain().await;
     let (_, _, v) = t
         .call(
             get(&format!("/api/tickets/{ticket}"))
                 .body(Body::empty())
-                .unwrap(),
+                .expect("ok"),
         )
         .await;
     let order = v["order_id"].as_str().expect("ordered").to_string();
@@ -176,16 +176,16 @@ async fn order_page_is_the_buyers_alone() {
         get(&uri)
             .header(header::COOKIE, &ann)
             .body(Body::empty())
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(h.get(header::CACHE_CONTROL).unwrap(), "no-store");
+    assert_eq!(h.get(header::CACHE_CONTROL).expect("ok"), "no-store");
     assert!(
         page.contains(r#"data-status="pending""#) && page.contains(r#"id="pay""#),
         "{page}"
     );
-    let (s, _, _) = text(&t, get(&uri).body(Body::empty()).unwrap()).await;
+    let (s, _, _) = text(&t, get(&uri).body(Body::empty()).expect("ok")).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let bob = t.login("bob").await;
     let (s, _, page) = text(
@@ -193,7 +193,7 @@ async fn order_page_is_the_buyers_alone() {
         get(&uri)
             .header(header::COOKIE, &bob)
             .body(Body::empty())
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -203,7 +203,7 @@ async fn order_page_is_the_buyers_alone() {
         get("/orders/not-a-uuid")
             .header(header::COOKIE, &ann)
             .body(Body::empty())
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -217,7 +217,7 @@ async fn order_page_is_the_buyers_alone() {
         get(&uri)
             .header(header::COOKIE, &ann)
             .body(Body::empty())
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert!(page.contains(r#"data-status="paid""#) && !page.contains(r#"id="pay""#));
@@ -239,7 +239,7 @@ async fn every_admin_route_refuses_without_credentials() {
             "/admin/dead-letters",
             "/admin/dead-letters/orders/0/discard",
         ] {
-            let (s, _, page) = text(&t, with(get(uri)).body(Body::empty()).unwrap()).await;
+            let (s, _, page) = text(&t, with(get(uri)).body(Body::empty()).expect("ok")).await;
             assert_eq!(s, StatusCode::UNAUTHORIZED, "{uri} {cookie:?}");
             assert!(
                 page.contains(r#"id="admin-secret""#),
@@ -251,7 +251,9 @@ async fn every_admin_route_refuses_without_credentials() {
             "/admin/api/sales",
             "/admin/api/dead-letters",
         ] {
-            let (s, _, v) = t.call(with(get(uri)).body(Body::empty()).unwrap()).await;
+            let (s, _, v) = t
+                .call(with(get(uri)).body(Body::empty()).expect("ok"))
+                .await;
             assert_eq!(s, StatusCode::UNAUTHORIZED, "{uri} {cookie:?}");
             assert_eq!(v["error"], "unauthorized");
         }
@@ -265,7 +267,7 @@ async fn every_admin_route_refuses_without_credentials() {
                 .body(Body::from(
                     "csrf=x&id=9&name=n&price=1&units=1&starts_in_s=0",
                 ))
-                .unwrap();
+                .expect("ok");
             let (s, _, _) = text(&t, req).await;
             assert!(
                 matches!(s, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN),
@@ -274,7 +276,7 @@ async fn every_admin_route_refuses_without_credentials() {
         }
     }
     assert!(
-        t.state.db.sale(9).await.unwrap().is_none(),
+        t.state.db.sale(9).await.expect("ok").is_none(),
         "nothing was created"
     );
     // A wrong secret is refused with the form again.
@@ -283,7 +285,7 @@ async fn every_admin_route_refuses_without_credentials() {
         Request::post("/admin/login")
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Body::from("secret=wrong"))
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -314,10 +316,10 @@ async fn admin_forms_need_csrf_and_the_same_site() {
         if let Some(s) = site {
             b = b.header("sec-fetch-site", s);
         }
-        let (s, _, _) = text(&t, b.body(Body::from(body)).unwrap()).await;
+        let (s, _, _) = text(&t, b.body(Body::from(body)).expect("ok")).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
     }
-    assert!(t.state.db.sale(5).await.unwrap().is_none());
+    assert!(t.state.db.sale(5).await.expect("ok").is_none());
     // The right token from the same site creates the sale with every setting.
     let (s, h, _) = text(
         &t,
@@ -325,12 +327,12 @@ async fn admin_forms_need_csrf_and_the_same_site() {
             .header(header::HOST, "127.0.0.1:1")
             .header(header::ORIGIN, "http://127.0.0.1:1")
             .body(Body::from(sale(5, &csrf)))
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
-    assert_eq!(h.get(header::LOCATION).unwrap(), "/admin?created=5");
-    let created = t.state.db.sale(5).await.unwrap().expect("created");
+    assert_eq!(h.get(header::LOCATION).expect("ok"), "/admin?created=5");
+    let created = t.state.db.sale(5).await.expect("ok").expect("created");
     assert_eq!(
         (created.units, created.price_cents, created.pay_window_ms),
         (3, 1250, 90_000)
@@ -342,7 +344,7 @@ async fn admin_forms_need_csrf_and_the_same_site() {
         get("/admin?created=5")
             .header(header::COOKIE, &cookie)
             .body(Body::empty())
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert!(page.contains("Sale 5 created.") && page.contains(r#"<tr data-sale-id="5">"#));
@@ -362,7 +364,7 @@ async fn admin_forms_need_csrf_and_the_same_site() {
             &t,
             form("/admin/sales", &cookie)
                 .body(Body::from(body))
-                .unwrap(),
+                .expect("ok"),
         )
         .await;
         assert!(s.is_client_error(), "{s}");
@@ -371,7 +373,7 @@ async fn admin_forms_need_csrf_and_the_same_site() {
             "{needle}: {page}"
         );
     }
-    assert!(t.state.db.sale(6).await.unwrap().is_none());
+    assert!(t.state.db.sale(6).await.expect("ok").is_none());
     // The JSON API with the cookie needs the CSRF header; with the bearer secret it doesn't.
     let api = |hdr: Option<&str>| {
         let mut b = Request::post("/admin/api/sales")
@@ -384,7 +386,7 @@ async fn admin_forms_need_csrf_and_the_same_site() {
             json!({"id": 8, "name": "x", "price_cents": 1, "units": 1, "starts_at_ms": 0})
                 .to_string(),
         ))
-        .unwrap()
+        .expect("ok")
     };
     let (s, _, v) = t.call(api(None)).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
@@ -395,15 +397,15 @@ async fn admin_forms_need_csrf_and_the_same_site() {
         &t,
         form("/admin/logout", &cookie)
             .body(Body::from(format!("csrf={csrf}")))
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert!(
         h.get(header::SET_COOKIE)
-            .unwrap()
+            .expect("ok")
             .to_str()
-            .unwrap()
+            .expect("ok")
             .contains("Max-Age=0")
     );
 }
@@ -417,7 +419,7 @@ async fn dead_letters_are_listed_and_discarded_after_confirmation() {
         .queue
         .publish("orders", queue::Message::new(&b"not json"[..]))
         .await
-        .unwrap();
+        .expect("ok");
     t.drain().await;
     let (cookie, csrf) = admin_session(&t).await;
     let (s, _, page) = text(
@@ -425,7 +427,7 @@ async fn dead_letters_are_listed_and_discarded_after_confirmation() {
         get("/admin/dead-letters")
             .header(header::COOKIE, &cookie)
             .body(Body::empty())
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
@@ -441,20 +443,24 @@ async fn dead_letters_are_listed_and_discarded_after_confirmation() {
         get(uri)
             .header(header::COOKIE, &cookie)
             .body(Body::empty())
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::OK);
     assert!(page.contains(r#"id="confirm-submit""#) && page.contains("deleted for good"));
     // Still there until confirmed; a confirmation without the token is refused.
-    let (s, _, _) = text(&t, form(uri, &cookie).body(Body::from("csrf=")).unwrap()).await;
+    let (s, _, _) = text(
+        &t,
+        form(uri, &cookie).body(Body::from("csrf=")).expect("ok"),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(
         t.state
             .queue
             .dead_letters("orders", 0, 10)
             .await
-            .unwrap()
+            .expect("ok")
             .len(),
         1
     );
@@ -462,12 +468,12 @@ async fn dead_letters_are_listed_and_discarded_after_confirmation() {
         &t,
         form(uri, &cookie)
             .body(Body::from(format!("csrf={csrf}")))
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert_eq!(
-        h.get(header::LOCATION).unwrap(),
+        h.get(header::LOCATION).expect("ok"),
         "/admin/dead-letters?done=discard"
     );
     assert!(
@@ -475,7 +481,7 @@ async fn dead_letters_are_listed_and_discarded_after_confirmation() {
             .queue
             .dead_letters("orders", 0, 10)
             .await
-            .unwrap()
+            .expect("ok")
             .is_empty()
     );
     let (s, _, _) = text(
@@ -483,7 +489,7 @@ async fn dead_letters_are_listed_and_discarded_after_confirmation() {
         get(uri)
             .header(header::COOKIE, &cookie)
             .body(Body::empty())
-            .unwrap(),
+            .expect("ok"),
     )
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "gone");
@@ -499,11 +505,11 @@ async fn live_figures_follow_purchases_and_the_drain() {
                 get("/admin/api/live")
                     .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
                     .body(Body::empty())
-                    .unwrap(),
+                    .expect("ok"),
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        assert_eq!(h.get(header::CACHE_CONTROL).unwrap(), "no-store");
+        assert_eq!(h.get(header::CACHE_CONTROL).expect("ok"), "no-store");
         v
     };
     let v = live().await;
@@ -519,31 +525,36 @@ async fn live_figures_follow_purchases_and_the_drain() {
     gateway::live::sample(&t.state).await;
     let v = live().await;
     assert_eq!(v["current"]["accepted"], 3, "{v}");
-    assert!(v["current"]["refused"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["current"]["refused"].as_u64().expect("ok") >= 1, "{v}");
     assert_eq!(v["current"]["lag"], 3, "three purchases wait");
-    let history = v["history"].as_array().unwrap();
+    let history = v["history"].as_array().expect("ok");
     assert!(!history.is_empty());
-    let last = history.last().unwrap();
+    let last = history.last().expect("ok");
     assert_eq!(last["backlog"], 3);
-    assert!(last["incoming"].as_f64().unwrap() > 0.0, "{last}");
+    assert!(last["incoming"].as_f64().expect("ok") > 0.0, "{last}");
     t.drain().await;
     gateway::live::sample(&t.state).await;
     let v = live().await;
     assert_eq!(v["current"]["lag"], 0);
     assert_eq!(v["current"]["orders"], 3, "{v}");
-    let last = v["history"].as_array().unwrap().last().unwrap().clone();
-    assert!(last["drained"].as_f64().unwrap() > 0.0, "{last}");
+    let last = v["history"]
+        .as_array()
+        .expect("ok")
+        .last()
+        .expect("ok")
+        .clone();
+    assert!(last["drained"].as_f64().expect("ok") > 0.0, "{last}");
     // `since_ms` sends only newer points.
-    let t_ms = last["t_ms"].as_u64().unwrap();
+    let t_ms = last["t_ms"].as_u64().expect("ok");
     let (_, _, v) = t
         .call(
             get(&format!("/admin/api/live?since_ms={t_ms}"))
                 .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
                 .body(Body::empty())
-                .unwrap(),
+                .expect("ok"),
         )
         .await;
-    assert!(v["history"].as_array().unwrap().is_empty());
+    assert!(v["history"].as_array().expect("ok").is_empty());
 }
 
 #[tokio::test]
@@ -557,7 +568,7 @@ async fn an_ended_sale_refuses_tokens_and_purchases() {
             "starts_at_ms": 1, "ends_at_ms": 2})
             .to_string(),
         ))
-        .unwrap();
+        .expect("ok");
     let (s, _, v) = t.call(req).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let c = t.login("ann").await;
@@ -574,9 +585,9 @@ async fn an_ended_sale_refuses_tokens_and_purchases() {
         "{v}"
     );
     let (_, _, v) = t
-        .call(get("/api/sales/2").body(Body::empty()).unwrap())
+        .call(get("/api/sales/2").body(Body::empty()).expect("ok"))
         .await;
     assert_eq!(v["state"], "ended");
-    let (_, _, page) = text(&t, get("/sales/2").body(Body::empty()).unwrap()).await;
+    let (_, _, page) = text(&t, get("/sales/2").body(Body::empty()).expect("ok")).await;
     assert!(page.contains(r#"data-state="ended""#));
 }
