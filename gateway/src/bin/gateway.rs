@@ -247,7 +247,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     println!("gateway: listening on http://{addr}");
     println!("  shop:      http://{addr}/");
     println!("  dashboard: http://{addr}/admin  (sign in with the admin secret)");
-    println!("  API:       http://{addr}/api/sales, http://{addr}/admin/api/sales (Authorization: Bearer <admin secret>)");
+    println!(
+        "  API:       http://{addr}/api/sales, http://{addr}/admin/api/sales (Authorization: Bearer <admin secret>)"
+    );
     println!("  metrics:   http://{addr}/metrics");
     let limits = ServeLimits {
         max_in_flight: args.max_in_flight,

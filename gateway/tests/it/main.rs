@@ -20,6 +20,8 @@ use queue::{Engine, FetchOptions, Queue, StartAt};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod browser;
+mod pages;
 mod system;
 
 const ADMIN: &str = "admin-secret";
