@@ -476,6 +476,9 @@ pub struct SaleForm {
     pub token_factor: String,
     /// The browser's `Date.getTimezoneOffset()`, minutes (UTC = local + offset).
     pub tz_offset_min: String,
+    /// `starts_at` as ms since the epoch, computed by the page's script (right across
+    /// daylight-saving changes); preferred when present.
+    pub starts_at_ms: String,
 }
 
 fn field<T: std::str::FromStr>(value: &str, what: &str) -> Result<Option<T>, String> {
@@ -517,9 +520,21 @@ pub fn parse_local_time(text: &str, offset_min: i64) -> Result<u64, String> {
         .split('-')
         .map(|p| p.parse().map_err(|_| bad()))
         .collect::<Result<_, _>>()?;
+    // Seconds may carry a fraction (ignored); hours and minutes may not.
     let t: Vec<i64> = time
         .split(':')
-        .map(|p| p.split('.').next().unwrap_or("").parse().map_err(|_| bad()))
+        .enumerate()
+        .map(|(i, p)| {
+            let p = if i == 2 {
+                p.split('.').next().unwrap_or("")
+            } else {
+                p
+            };
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            p.parse().map_err(|_| bad())
+        })
         .collect::<Result<_, _>>()?;
     let ([y, m, day], [hh, mm, rest @ ..]) = (d.as_slice(), t.as_slice()) else {
         return Err(bad());
@@ -527,7 +542,7 @@ pub fn parse_local_time(text: &str, offset_min: i64) -> Result<u64, String> {
     let ss = rest.first().copied().unwrap_or(0);
     if !(1970..=9999).contains(y)
         || !(1..=12).contains(m)
-        || !(1..=31).contains(day)
+        || !(1..=days_in_month(*y, *m)).contains(day)
         || !(0..24).contains(hh)
         || !(0..60).contains(mm)
         || !(0..60).contains(&ss)
@@ -547,6 +562,15 @@ pub fn parse_local_time(text: &str, offset_min: i64) -> Result<u64, String> {
     u64::try_from(secs).map(|s| s * 1000).map_err(|_| bad())
 }
 
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 /// The sale a create-sale form describes, at `now_ms`.
 pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, String> {
     let id = field::<u64>(&f.id, "id")?.ok_or("id: required")?;
@@ -557,7 +581,10 @@ pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, String> {
         f.starts_at.trim().is_empty(),
         field::<u64>(&f.starts_in_s, "starts in")?,
     ) {
-        (false, _) => parse_local_time(&f.starts_at, offset)?,
+        (false, _) => match field::<u64>(&f.starts_at_ms, "start")? {
+            Some(ms) => ms,
+            None => parse_local_time(&f.starts_at, offset)?,
+        },
         (true, Some(s)) => now_ms.saturating_add(s.saturating_mul(1000)),
         (true, None) => return Err("start: give a date and time or a number of seconds".into()),
     };
@@ -796,12 +823,20 @@ mod tests {
             Ok(1_795_809_600_000)
         );
         assert_eq!(parse_local_time("2000-02-29T00:00", 0), Ok(951_782_400_000));
+        assert_eq!(
+            parse_local_time("2026-11-27T20:00:00.5", 0),
+            Ok(1_795_809_600_000)
+        );
         for bad in [
             "",
             "2026-11-27",
             "2026-13-01T00:00",
             "2026-11-27T25:00",
             "x-y-zT1:2",
+            "2026-02-31T00:00",
+            "2026-02-29T00:00",
+            "2026-11-27T20.5:00",
+            "2026-11-27T+2:00",
         ] {
             assert!(parse_local_time(bad, 0).is_err(), "{bad}");
         }
@@ -832,6 +867,30 @@ mod tests {
         assert_eq!(s.pay_window_ms, Some(120_000));
         assert_eq!(s.token_factor, Some(2.5));
         assert_eq!(s.per_user_limit, Some(1));
+        // The page's own conversion of "starts at" wins over the zone offset.
+        let typed = SaleForm {
+            starts_at: "2026-11-27T21:00".into(),
+            tz_offset_min: "-60".into(),
+            ..SaleForm::default()
+        };
+        let by_offset = SaleForm {
+            id: "1".into(),
+            units: "1".into(),
+            price: "1".into(),
+            ..typed
+        };
+        assert_eq!(
+            parse_sale_form(&by_offset, 0).map(|s| s.starts_at_ms),
+            Ok(1_795_809_600_000)
+        );
+        let by_script = SaleForm {
+            starts_at_ms: "1795809000000".into(),
+            ..by_offset
+        };
+        assert_eq!(
+            parse_sale_form(&by_script, 0).map(|s| s.starts_at_ms),
+            Ok(1_795_809_000_000)
+        );
         let no_start = SaleForm {
             starts_in_s: String::new(),
             ..f

@@ -24,6 +24,9 @@ pub const LIVE_HISTORY_MAX: usize = 300;
 pub const WATCH_WINDOW_MS: u64 = 10_000;
 /// A worker whose last heartbeat is older than this is shown as stale.
 pub const HEARTBEAT_STALE_MS: u64 = 3_000;
+/// Samples closer together than this update the figures but not the rates or the
+/// history (the dashboard's first look samples at once, beside the every-second task).
+pub const MIN_SAMPLE_GAP_MS: u64 = 500;
 /// Most workers listed.
 pub const WORKERS_SHOWN_MAX: usize = 100;
 
@@ -101,8 +104,9 @@ struct Totals {
     at_ms: u64,
     requests: u64,
     outcomes: [u64; OUTCOMES.len()],
-    finished: u64,
-    enqueued: u64,
+    /// None when the queue could not be read (then no rate is computed from it).
+    finished: Option<u64>,
+    enqueued: Option<u64>,
     orders: Option<u64>,
 }
 
@@ -145,6 +149,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Live {
     inner: Mutex<Inner>,
+    /// One sample at a time, so rates are always taken over a real interval.
+    sampling: tokio::sync::Mutex<()>,
     watched_at_ms: AtomicU64,
 }
 
@@ -201,7 +207,12 @@ impl Live {
 
 /// Takes one sample (the gateway's `serve` calls it every second).
 pub async fn sample(state: &AppState) {
-    let now = now_ms();
+    sample_at(state, now_ms()).await;
+}
+
+/// Takes one sample as of `now` (ms since the epoch; tests step it by whole seconds).
+pub async fn sample_at(state: &AppState, now: u64) {
+    let _one_at_a_time = state.live.sampling.lock().await;
     let watched = state.live.is_watched(now);
     let mut errors = Vec::new();
     let outcomes = outcome_counts(state);
@@ -220,7 +231,7 @@ pub async fn sample(state: &AppState) {
     };
     match state.queue.stats(&state.config.orders_topic).await {
         Ok(t) => {
-            totals.enqueued = t.durable_end;
+            totals.enqueued = Some(t.durable_end);
             current.dead_letters += t.dead_letters_pending;
             if let Some(g) = t
                 .groups
@@ -230,13 +241,19 @@ pub async fn sample(state: &AppState) {
                 current.depth = g.depth;
                 current.lag = g.lag;
                 current.in_flight = g.in_flight;
-                totals.finished = t.durable_end.saturating_sub(g.lag);
+                totals.finished = Some(t.durable_end.saturating_sub(g.lag));
             } else {
+                // No worker has joined yet: nothing drained, everything waits.
+                totals.finished = Some(0);
                 current.lag = t.durable_end.saturating_sub(t.log_start);
                 current.depth = current.lag;
             }
         }
-        Err(queue::Error::NoSuchTopic(_)) => {}
+        Err(queue::Error::NoSuchTopic(_)) => {
+            // Nothing published yet.
+            totals.enqueued = Some(0);
+            totals.finished = Some(0);
+        }
         Err(e) => errors.push(format!("queue: {e}")),
     }
     match state
@@ -280,20 +297,38 @@ pub async fn sample(state: &AppState) {
     }
     current.errors = errors;
     let mut inner = state.live.lock();
-    if let Some(last) = inner.last {
-        let secs = (now.saturating_sub(last.at_ms) as f64 / 1000.0).max(0.001);
+    let last = inner.last;
+    if last.is_some_and(|l| now.saturating_sub(l.at_ms) < MIN_SAMPLE_GAP_MS) {
+        // Too close to the last sample for a rate: keep its rates and its baseline.
+        let previous = &inner.current;
+        current.requests_per_s = previous.requests_per_s;
+        current.outcome_rates = previous.outcome_rates.clone();
+        current.enqueue_rate = previous.enqueue_rate;
+        current.drain_rate = previous.drain_rate;
+        current.orders_rate = previous.orders_rate;
+        inner.current = current;
+        if let Some(w) = workers {
+            inner.workers = w;
+        }
+        return;
+    }
+    if let Some(last) = last {
+        let secs = now.saturating_sub(last.at_ms) as f64 / 1000.0;
         let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+        let rate_of = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(rate(a, b)),
+            _ => None,
+        };
         current.requests_per_s = rate(totals.requests, last.requests);
         current.outcome_rates = OUTCOMES
             .iter()
             .enumerate()
             .map(|(i, name)| (*name, rate(totals.outcomes[i], last.outcomes[i])))
             .collect();
-        current.enqueue_rate = rate(totals.enqueued, last.enqueued);
-        current.drain_rate = rate(totals.finished, last.finished);
-        if let (Some(now_o), Some(last_o)) = (totals.orders, last.orders) {
-            current.orders_rate = Some(rate(now_o, last_o));
-        }
+        // Over a gap in the queue's figures the rate is unknown, not the whole total.
+        current.enqueue_rate = rate_of(totals.enqueued, last.enqueued).unwrap_or(0.0);
+        current.drain_rate = rate_of(totals.finished, last.finished).unwrap_or(0.0);
+        current.orders_rate = rate_of(totals.orders, last.orders);
         let point = Point {
             t_ms: now,
             incoming: current.enqueue_rate,

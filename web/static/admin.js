@@ -6,8 +6,16 @@
   const $ = (id) => document.getElementById(id);
   const live = $("live");
   // The create-sale form sends the browser's zone so "starts at" means local time.
+  // The create-sale form: the browser turns "starts at" (local time) into ms itself, so a
+  // date across a daylight-saving change is right; the zone offset is the fallback.
   const tz = $("tz-offset");
   if (tz) tz.value = String(new Date().getTimezoneOffset());
+  const form = $("create-sale");
+  if (form) form.addEventListener("submit", () => {
+    const local = form.elements["starts_at"].value;
+    const ms = local ? new Date(local).getTime() : NaN;
+    $("starts-at-ms").value = Number.isFinite(ms) ? String(ms) : "";
+  });
   for (const t of document.querySelectorAll("time[data-ms]")) {
     const ms = Number(t.dataset.ms);
     if (ms) { t.title = t.textContent; t.textContent = new Date(ms).toLocaleString(); }

@@ -77,6 +77,7 @@
       timeout: "Busy." + (wait || " Try again in a moment."),
       not_started: "Not started yet." + wait,
       ended: "This sale has ended.",
+      csrf: "Refused: reload the page and try again.",
       bad_captcha: "Wrong characters. Here is a new image.",
       bad_token: "Your place expired. Solve a new captcha.",
       unauthorized: "Please sign in again.",
@@ -97,8 +98,13 @@
     const stateEl = $("sale-state");
     let user = $("signed-in").dataset.user || "";
     let token = null;
-    let captchaShown = false;
-    let done = false; // a purchase was accepted or refused for good
+    let captchaShown = false;  // a captcha is shown or being fetched
+    let captchaRetryAt = 0;    // after a failed fetch: not before this (Date.now() ms)
+    let captchaBackoff = 1000; // grows on repeated failures, up to 30 s
+    let busy = false;          // a token or purchase request is in flight
+    let buyAfter = 0;          // Retry-After of the last refusal (Date.now() ms)
+    let accepted = false;      // a purchase was accepted: this page follows its ticket
+    let refusedFor = "";       // sold_out / already_bought: no more tries unless it changes
 
     const state = () => stateEl.dataset.state;
     function setSaleState(code) {
@@ -118,11 +124,12 @@
       else if (state() === "live") { label.textContent = "Live"; cd.textContent = "now"; }
       else { label.textContent = ""; cd.textContent = saleStateLabel(state()); }
       $("login-section").hidden = !!user;
-      const live = state() === "live";
-      const wantCaptcha = live && !!user && !token && !done;
+      const open = state() === "live" && !!user && !accepted && !refusedFor;
+      const wantCaptcha = open && !token;
       $("captcha-section").hidden = !wantCaptcha;
-      if (wantCaptcha && !captchaShown) { captchaShown = true; newCaptcha(); }
-      $("buy").disabled = !(live && user && token && !done);
+      if (wantCaptcha && !captchaShown && Date.now() >= captchaRetryAt) { captchaShown = true; newCaptcha(); }
+      $("get-token").disabled = busy;
+      $("buy").disabled = !(open && token && !busy && Date.now() >= buyAfter);
     }
 
     async function refreshSale() {
@@ -133,10 +140,13 @@
       if (r.data.units_left !== null && r.data.units_left !== undefined) $("units-left").textContent = fmtCount(r.data.units_left);
       const code = r.data.state === "open" ? "live" : r.data.state;
       if (code && code !== "upcoming") setSaleState(code);
+      // Units come back on sale when unpaid orders are cancelled: try again.
+      if (code === "live" && refusedFor === "sold_out") { refusedFor = ""; setStatus("", "", "Units are back on sale."); }
       render();
     }
 
     async function newCaptcha() {
+      captchaShown = true;
       const img = $("captcha-image");
       $("captcha-answer").value = "";
       const r = await api("GET", `/api/sales/${saleId}/captcha`);
@@ -144,10 +154,15 @@
         const f = refusal(r);
         setStatus("refused", f.code, f.text);
         if (f.code === "unauthorized") { user = ""; $("signed-in").dataset.user = ""; }
+        // Wait before the next automatic try: the server's Retry-After, and a backoff
+        // that grows, so a crowd of pages never hammers a struggling server.
+        captchaRetryAt = Date.now() + Math.max((r.retry || 0) * 1000, captchaBackoff);
+        captchaBackoff = Math.min(captchaBackoff * 2, 30000);
         captchaShown = false;
         render();
         return;
       }
+      captchaBackoff = 1000;
       img.dataset.captchaId = r.data.captcha_id;
       img.src = r.data.image;
       $("captcha-answer").focus();
@@ -168,11 +183,23 @@
       render();
     });
 
+    // Refusals after which the shopper stops until something changes.
+    function settle(f) {
+      if (f.code === "sold_out") { setSaleState("sold_out"); refusedFor = "sold_out"; }
+      if (f.code === "already_bought") refusedFor = "already_bought";
+      if (f.code === "ended") setSaleState("ended");
+      if (f.code === "unauthorized") { user = ""; $("signed-in").dataset.user = ""; token = null; }
+    }
+
     async function getToken() {
+      if (busy) return;
+      busy = true;
+      render();
       const img = $("captcha-image");
       const r = await api("POST", `/api/sales/${saleId}/token`, {
         captcha_id: img.dataset.captchaId || "", answer: $("captcha-answer").value,
       });
+      busy = false;
       if (r.ok) {
         token = r.data.token;
         setStatus("ready", "", "Ready. Press Buy.");
@@ -182,20 +209,23 @@
       }
       const f = refusal(r);
       setStatus("refused", f.code, f.text);
-      if (f.code === "sold_out") { setSaleState("sold_out"); done = true; }
-      else if (f.code === "bad_captcha") newCaptcha();
+      settle(f);
+      if (f.code === "bad_captcha") newCaptcha();
       render();
     }
     $("get-token").addEventListener("click", getToken);
     $("captcha-answer").addEventListener("keydown", (ev) => { if (ev.key === "Enter") { ev.preventDefault(); getToken(); } });
-    $("new-captcha").addEventListener("click", newCaptcha);
+    $("new-captcha").addEventListener("click", () => { if (!captchaShown || Date.now() >= captchaRetryAt) newCaptcha(); });
 
     async function followTicket(ticket) {
-      // Poll the ticket until a worker decides it; back off gently while in line.
+      // Poll the ticket until a worker decides it; back off gently while in line. A ticket
+      // this gateway does not know (it restarted) is asked about less and less often.
       let delay = 400;
+      let unknown = 0;
       for (;;) {
         const r = await api("GET", `/api/tickets/${ticket}`);
         if (r.ok) {
+          unknown = 0;
           const t = r.data;
           if (t.state === "ordered") {
             const s = $("status");
@@ -216,19 +246,25 @@
           }
           if (t.state === "queued") setStatus("queued", "", t.position ? `In line: number ${fmtCount(t.position)}` : "In line");
           if (t.state === "held") setStatus("queued", "held", "Your purchase is being checked by an operator; keep this page open.");
+        } else if (r.status === 404) {
+          unknown += 1;
+          setStatus("queued", "unknown", "In line (waiting for a worker to decide your purchase)");
         }
-        await new Promise((res) => setTimeout(res, delay));
-        delay = Math.min(delay * 1.3, 2000);
+        await new Promise((res) => setTimeout(res, delay + (r.retry || 0) * 1000));
+        delay = Math.min(delay * 1.3, unknown > 10 ? 10000 : 2000);
       }
     }
 
     $("buy").addEventListener("click", async () => {
-      if (!token) return;
-      $("buy").disabled = true;
-      const r = await api("POST", `/api/sales/${saleId}/purchase`, { token });
-      token = null;
+      if (!token || busy) return;
+      busy = true;
+      const spent = token;
+      render();
+      const r = await api("POST", `/api/sales/${saleId}/purchase`, { token: spent });
+      busy = false;
       if (r.status === 202 || (r.data && r.data.error === "outcome_unknown" && r.data.ticket)) {
-        done = true;
+        token = null;
+        accepted = true;
         render();
         setStatus("queued", "", r.data.position ? `In line: number ${fmtCount(r.data.position)}` : "In line");
         followTicket(r.data.ticket);
@@ -236,9 +272,17 @@
       }
       const f = refusal(r);
       setStatus("refused", f.code, f.text);
-      if (f.code === "sold_out") { setSaleState("sold_out"); done = true; }
-      if (f.code === "already_bought") done = true;
-      if (!done) { captchaShown = false; } // solve a new captcha for the next try
+      settle(f);
+      // The gateway keeps the token valid for these (it refused before spending it, or
+      // gave it back): wait for Retry-After and press Buy again. Otherwise it is gone.
+      const kept = ["throttled", "busy", "overloaded", "unavailable", "not_started", "network"];
+      if (kept.includes(f.code)) {
+        buyAfter = Date.now() + (r.retry || 1) * 1000;
+        setTimeout(render, (r.retry || 1) * 1000 + 50);
+      } else {
+        token = null;
+        captchaShown = false; // a new captcha for the next try, if there is one
+      }
       render();
     });
 
@@ -264,13 +308,25 @@
         $("pay-by").hidden = true;
       }
     }
+    // After the deadline the page asks how the order ended, every half second at first,
+    // then less and less often; it stops when the answer is final or the session is gone.
     let checking = false;
+    let nextCheck = 0;
+    let checkDelay = 500;
+    let stopped = false;
     async function check() {
-      if (checking) return;
+      if (checking || stopped || Date.now() < nextCheck) return;
       checking = true;
       const r = await api("GET", `/api/orders/${id}`);
       checking = false;
       if (r.ok) show(r.data.status);
+      if ((r.ok && r.data.status !== "pending") || r.status === 401 || r.status === 404) {
+        stopped = true;
+        if (!r.ok) { const f = refusal(r); setStatus("refused", f.code, f.text); }
+        return;
+      }
+      nextCheck = Date.now() + Math.max(checkDelay, (r.retry || 0) * 1000);
+      checkDelay = Math.min(checkDelay * 1.5, 10000);
     }
     function tick() {
       const left = payBy - serverNow();
@@ -288,7 +344,8 @@
       if (r.ok) { show(r.data.status); setStatus("paid", "", "Paid. Thank you!"); return; }
       const f = refusal(r);
       setStatus("refused", f.code, (r.data && r.data.message) || f.text);
-      check();
+      if (r.status === 409) { nextCheck = 0; check(); }
+      else pay.disabled = false; // a passing failure: try again
     });
     tick();
     setInterval(tick, 250);

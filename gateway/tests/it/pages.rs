@@ -514,7 +514,9 @@ async fn live_figures_follow_purchases_and_the_drain() {
     };
     let v = live().await;
     assert_eq!(v["current"]["accepted"], 0);
-    gateway::live::sample(&t.state).await;
+    // Samples a second apart (the rates are per second of the samples' clock).
+    let t0 = now_ms();
+    gateway::live::sample_at(&t.state, t0 + 1000).await;
     for user in ["a", "b", "c", "d"] {
         let c = t.login(user).await;
         let (_, v) = t.token_load_test(&c, 1).await;
@@ -522,7 +524,7 @@ async fn live_figures_follow_purchases_and_the_drain() {
             let _ = t.purchase(&c, 1, tok).await;
         }
     }
-    gateway::live::sample(&t.state).await;
+    gateway::live::sample_at(&t.state, t0 + 2000).await;
     let v = live().await;
     assert_eq!(v["current"]["accepted"], 3, "{v}");
     assert!(v["current"]["refused"].as_u64().expect("ok") >= 1, "{v}");
@@ -533,7 +535,7 @@ async fn live_figures_follow_purchases_and_the_drain() {
     assert_eq!(last["backlog"], 3);
     assert!(last["incoming"].as_f64().expect("ok") > 0.0, "{last}");
     t.drain().await;
-    gateway::live::sample(&t.state).await;
+    gateway::live::sample_at(&t.state, t0 + 3000).await;
     let v = live().await;
     assert_eq!(v["current"]["lag"], 0);
     assert_eq!(v["current"]["orders"], 3, "{v}");
@@ -555,6 +557,20 @@ async fn live_figures_follow_purchases_and_the_drain() {
         )
         .await;
     assert!(v["history"].as_array().expect("ok").is_empty());
+    // A sample too soon after the last (the dashboard's first look beside the every-second
+    // task) adds no point and keeps the rates: no spike from a tiny interval.
+    let drained = v["current"]["drain_rate"].clone();
+    gateway::live::sample_at(&t.state, t0 + 3100).await;
+    let (_, _, v) = t
+        .call(
+            get(&format!("/admin/api/live?since_ms={t_ms}"))
+                .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+                .body(Body::empty())
+                .expect("ok"),
+        )
+        .await;
+    assert!(v["history"].as_array().expect("ok").is_empty(), "{v}");
+    assert_eq!(v["current"]["drain_rate"], drained);
 }
 
 #[tokio::test]
