@@ -231,7 +231,7 @@ impl<T: StockStore + ?Sized> StockStore for std::sync::Arc<T> {
 
 /// A stock store with a per-process sold-out flag in front of it.
 pub struct Inventory {
-    store: Box<dyn StockStore>,
+    store: std::sync::Arc<dyn StockStore>,
     /// Sale → when its sold-out flag must be checked against the store again.
     sold_out: Mutex<HashMap<SaleId, Instant>>,
     recheck: Duration,
@@ -249,7 +249,7 @@ impl Inventory {
     /// `store` behind a sold-out flag re-checked at most every `recheck`.
     pub fn new(store: Box<dyn StockStore>, recheck: Duration) -> Inventory {
         Inventory {
-            store,
+            store: std::sync::Arc::from(store),
             sold_out: Mutex::new(HashMap::new()),
             recheck,
         }
@@ -258,6 +258,11 @@ impl Inventory {
     /// The store.
     pub fn store(&self) -> &dyn StockStore {
         self.store.as_ref()
+    }
+
+    /// The store, shared (e.g. for an auditor running beside the process).
+    pub fn store_arc(&self) -> std::sync::Arc<dyn StockStore> {
+        self.store.clone()
     }
 
     /// Whether this process currently treats `sale` as sold out (no store round trip).

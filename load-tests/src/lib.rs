@@ -1,1 +1,21 @@
-//! Load-test tools: will hold the flash-crowd generator and the invariant auditor. Not built yet.
+//! Load tests of the flash-sale system: a flash-crowd generator, an invariant auditor and
+//! run reports.
+//!
+//! - [`scenario`]: named presets (CI-sized, small, large) of users, attempts, units, bots.
+//! - [`crowd`]: drives a flash crowd against a running system over HTTP (loopback only):
+//!   page views and countdown polling before the start, the spike at the start, repeat
+//!   clicks, retries honouring `Retry-After`, bots that must be refused, ticket polling and
+//!   payment of a share of the orders.
+//! - [`system`]: starts the all-in-one system in this process (gateway, embedded queue,
+//!   in-process stock, order workers, canceller; SQLite or PostgreSQL) for a one-command
+//!   demo and the tests.
+//! - [`audit`]: checks every invariant of the brief against the database and the stock
+//!   store; usable on its own against any deployment.
+//! - [`record`]: what a run records; [`report`]: JSON, Markdown and SVG plots of it.
+
+pub mod audit;
+pub mod crowd;
+pub mod record;
+pub mod report;
+pub mod scenario;
+pub mod system;

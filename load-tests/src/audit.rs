@@ -1,0 +1,1400 @@
+//! The auditor: checks the invariants of BRIEF.md against the orders database and the
+//! stock store after a run (or against any deployment).
+//!
+//! [`audit`] reads the database in one read-only transaction (a consistent snapshot:
+//! `REPEATABLE READ` in PostgreSQL, a deferred read transaction in SQLite WAL), then the
+//! stock store, and returns one [`Check`] per invariant it can see from outside:
+//!
+//! 1. [`check::NO_OVERSELL`]: per sale, active orders (pending + paid) ≤ units, and
+//!    `0 <= units_left <= units`;
+//! 2. [`check::ONE_PER_PERSON`]: no (sale, user) with more than one active order;
+//! 3. [`check::NO_LOST_PURCHASE`]: every accepted ticket has an outcome, an order (that
+//!    exists) or a rejection with a reason;
+//! 4. [`check::CONSERVATION_DB`]: per sale, `units = units_left + active orders`;
+//! 5. [`check::CONSERVATION_STORE`]: at rest, the store's figures equal the database's
+//!    (units, left, holders; with [`audit_redis`] the holder sets themselves); not at rest
+//!    the figures are reported and not asserted (the store runs ahead of the database by
+//!    the purchases in flight);
+//! 6. [`check::TIMELY_CANCELLATION`]: no order still pending more than
+//!    [`CANCEL_GRACE_MS`] after its pay-by time, none both paid and cancelled, none paid at
+//!    or after its pay-by time;
+//! 7. [`check::NO_NEGATIVE_STOCK`]: no stock counter below zero, read as raw integers from
+//!    SQL (and from Redis with [`audit_redis`]).
+//!
+//! A failure to read is an [`AuditError`], never a passed check. Every listing is bounded
+//! (named constants below); the details carry per-sale figures and totals.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use deadpool_redis::redis;
+use inventory::{RedisStore, StockStore};
+use order_worker::{DbError, DbOptions, OrdersDb};
+use serde::{Deserialize, Serialize};
+use sqlx::{QueryBuilder, Row};
+
+/// Most tickets one outcome look-up statement carries.
+pub const AUDIT_TICKETS_CHUNK: usize = 500;
+/// Most sale ids one statement's `IN (…)` list carries.
+pub const AUDIT_SALES_CHUNK: usize = 500;
+/// Most tickets one audit takes.
+pub const AUDIT_TICKETS_MAX: usize = 10_000_000;
+/// Most sales a detail lists by name (offending ones first).
+pub const SALES_LISTED_MAX: usize = 10;
+/// Most offending rows (orders, users, tickets) a detail lists.
+pub const OFFENDERS_LISTED_MAX: usize = 5;
+/// Most distinct rejection reasons counted by name (the rest count as `other`).
+pub const REASONS_COUNTED_MAX: usize = 20;
+/// Most holders (all sales together) whose identities are compared between the store and
+/// the database; beyond it the holders are compared by count only.
+pub const HOLDERS_COMPARED_MAX: usize = 1_000_000;
+/// How late a cancellation may be after an order's pay-by time (BRIEF.md, invariant 5).
+pub const CANCEL_GRACE_MS: u64 = 1_000;
+/// Entries one `HSCAN` step of the Redis holder hash asks for.
+const HSCAN_COUNT: usize = 1_000;
+
+/// The names of the checks, in the order an [`AuditReport`] lists them.
+pub mod check {
+    /// Invariant 1: active orders within units, units left within `0..=units`.
+    pub const NO_OVERSELL: &str = "no oversell";
+    /// Invariant 2: at most one active order per (sale, user).
+    pub const ONE_PER_PERSON: &str = "one per person";
+    /// Invariant 3: every accepted ticket has an outcome.
+    pub const NO_LOST_PURCHASE: &str = "no lost purchase";
+    /// Invariant 4 in the database: units = units left + active orders.
+    pub const CONSERVATION_DB: &str = "conservation (database)";
+    /// Invariant 4 in the stock store, at rest.
+    pub const CONSERVATION_STORE: &str = "conservation (store)";
+    /// Invariant 5: no overdue pending order; payment and cancellation never both.
+    pub const TIMELY_CANCELLATION: &str = "timely cancellation";
+    /// Invariant 1: no stock counter below zero.
+    pub const NO_NEGATIVE_STOCK: &str = "no negative stock";
+    /// Every check, in report order.
+    pub const ALL: [&str; 7] = [
+        NO_OVERSELL,
+        ONE_PER_PERSON,
+        NO_LOST_PURCHASE,
+        CONSERVATION_DB,
+        CONSERVATION_STORE,
+        TIMELY_CANCELLATION,
+        NO_NEGATIVE_STOCK,
+    ];
+}
+
+/// One check and its figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Check {
+    /// What is checked (`no oversell`, …).
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// The figures behind the verdict, for people.
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &str, passed: bool, detail: String) -> Check {
+        Check {
+            name: name.to_string(),
+            passed,
+            detail,
+        }
+    }
+}
+
+/// A sale's figures as the audit read them (raw integers: a negative counter shows).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SaleFigures {
+    /// Sale.
+    pub sale: u64,
+    /// Units on sale (database).
+    pub units: i64,
+    /// Units left (database).
+    pub units_left: i64,
+    /// Pending orders.
+    pub pending: i64,
+    /// Paid orders.
+    pub paid: i64,
+    /// Cancelled orders.
+    pub cancelled: i64,
+    /// The stock store's figures, if a store was audited and holds the sale.
+    #[serde(default)]
+    pub store: Option<StoreFigures>,
+}
+
+impl SaleFigures {
+    /// Pending + paid.
+    pub fn active(&self) -> i64 {
+        self.pending.saturating_add(self.paid)
+    }
+}
+
+/// A sale's figures in the stock store.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreFigures {
+    /// Units put on sale (restocks included).
+    pub units: i64,
+    /// Units not held.
+    pub left: i64,
+    /// Users holding a unit.
+    pub holders: i64,
+}
+
+/// Every check of one audit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditReport {
+    /// When the audit ran, ms since the epoch.
+    pub at_ms: u64,
+    /// The checks, in order.
+    pub checks: Vec<Check>,
+    /// The audited sales' figures, by sale id.
+    #[serde(default)]
+    pub sales: Vec<SaleFigures>,
+}
+
+impl AuditReport {
+    /// Whether every check passed (and there was at least one).
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+
+    /// The checks that failed.
+    pub fn failures(&self) -> Vec<&Check> {
+        self.checks.iter().filter(|c| !c.passed).collect()
+    }
+
+    /// The check named `name`.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// One line per check (`PASS name: detail` / `FAIL name: detail`), then a summary.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .checks
+            .iter()
+            .map(|c| {
+                let verdict = if c.passed { "PASS" } else { "FAIL" };
+                format!("{verdict} {}: {}", c.name, c.detail)
+            })
+            .collect();
+        out.push(format!(
+            "audit: {} checks, {} failed",
+            self.checks.len(),
+            self.failures().len()
+        ));
+        out
+    }
+
+    /// Prints [`AuditReport::lines`] to standard output.
+    pub fn print(&self) {
+        for line in self.lines() {
+            println!("{line}");
+        }
+    }
+}
+
+/// What to audit.
+#[derive(Clone)]
+pub struct AuditInput {
+    /// The orders database (the source of truth).
+    pub db: OrdersDb,
+    /// The stock store, if it is to be checked against the database.
+    pub store: Option<Arc<dyn StockStore>>,
+    /// The sales to audit; `None`: every sale.
+    pub sales: Option<Vec<u64>>,
+    /// The tickets that got a `202`.
+    pub tickets: Vec<String>,
+    /// The queue is drained: conservation must hold exactly in the store too.
+    pub at_rest: bool,
+    /// Now, ms since the epoch (the reference of the timely-cancellation check).
+    pub now_ms: u64,
+}
+
+impl std::fmt::Debug for AuditInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditInput")
+            .field("db", &self.db.backend())
+            .field("store", &self.store.is_some())
+            .field("sales", &self.sales)
+            .field("tickets", &self.tickets.len())
+            .field("at_rest", &self.at_rest)
+            .field("now_ms", &self.now_ms)
+            .finish()
+    }
+}
+
+/// What keeps an audit from reading its figures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The orders database failed.
+    #[error("orders database: {0}")]
+    Db(#[from] DbError),
+    /// The orders database failed (a statement of the auditor's own).
+    #[error("orders database: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// The stock store failed.
+    #[error("stock store: {0}")]
+    Store(#[from] inventory::Error),
+    /// Redis failed or held something unexpected (raw reads of [`audit_redis`]).
+    #[error("redis: {0}")]
+    Redis(String),
+    /// A sale asked for is not in the orders database.
+    #[error("sale {0} is not in the orders database")]
+    NoSuchSale(u64),
+    /// The input is not acceptable.
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+impl From<redis::RedisError> for AuditError {
+    fn from(e: redis::RedisError) -> Self {
+        AuditError::Redis(e.to_string())
+    }
+}
+
+/// Checks every invariant visible in `input`'s database and store; see the module docs.
+/// The store is read through [`StockStore::stock`], so its holders are compared by count.
+pub async fn audit(input: &AuditInput) -> Result<AuditReport, AuditError> {
+    let source = match &input.store {
+        Some(s) => StoreSource::Trait(s.as_ref()),
+        None => StoreSource::None,
+    };
+    audit_from(input, source).await
+}
+
+/// [`audit`] with the stock read straight from `redis` (whatever `input.store` is): raw
+/// counters (a negative one shows), and at rest the holder set itself compared with the
+/// users holding an active order (plus their reservation tags, reported).
+pub async fn audit_redis(
+    input: &AuditInput,
+    redis: &RedisStore,
+) -> Result<AuditReport, AuditError> {
+    audit_from(input, StoreSource::Redis(redis)).await
+}
+
+/// Where the store's figures come from.
+#[derive(Clone, Copy)]
+enum StoreSource<'a> {
+    None,
+    Trait(&'a dyn StockStore),
+    Redis(&'a RedisStore),
+}
+
+/// A sale row with its order counts.
+#[derive(Debug, Clone, Copy)]
+struct SaleRow {
+    id: i64,
+    units: i64,
+    units_left: i64,
+    pending: i64,
+    paid: i64,
+    cancelled: i64,
+}
+
+/// Per-sale counts of the timely-cancellation check.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timing {
+    overdue: i64,
+    paid_and_cancelled: i64,
+    paid_late: i64,
+    cancelled_late: i64,
+    max_cancel_delay_ms: Option<i64>,
+}
+
+/// An order the timely-cancellation check lists.
+#[derive(Debug, Clone)]
+struct OrderIssue {
+    id: String,
+    sale: i64,
+    user: String,
+    status: String,
+    pay_by_ms: i64,
+    paid_ms: Option<i64>,
+    cancelled_ms: Option<i64>,
+}
+
+/// What the tickets resolved to.
+#[derive(Debug, Default)]
+struct TicketTally {
+    given: usize,
+    distinct: usize,
+    ordered: u64,
+    rejected: BTreeMap<String, u64>,
+    missing: u64,
+    missing_listed: Vec<String>,
+    inconsistent: u64,
+    inconsistent_listed: Vec<String>,
+}
+
+/// Everything read from the database, in one snapshot.
+#[derive(Debug, Default)]
+struct Snapshot {
+    sales: Vec<SaleRow>,
+    dups_per_sale: BTreeMap<i64, i64>,
+    dup_listed: Vec<(i64, String, i64)>,
+    timing: BTreeMap<i64, Timing>,
+    timing_listed: Vec<OrderIssue>,
+    tickets: TicketTally,
+    /// Sale → (user → ticket) of the active orders, for the sales whose holder sets are
+    /// compared.
+    holders: HashMap<i64, HashMap<String, String>>,
+    holders_skipped: bool,
+}
+
+/// Appends ` AND {column} IN (…)` for `ids`.
+fn push_in<DB>(qb: &mut QueryBuilder<DB>, column: &str, ids: &[i64])
+where
+    DB: sqlx::Database,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    qb.push(format_args!(" AND {column} IN ("));
+    let mut sep = qb.separated(", ");
+    for id in ids {
+        sep.push_bind(*id);
+    }
+    sep.push_unseparated(")");
+}
+
+/// Runs `$body` with `$tx` a read-only transaction on whichever pool `$db` holds (the body
+/// is compiled once per backend), then rolls it back.
+macro_rules! in_read_tx {
+    ($db:expr, $tx:ident => $body:block) => {
+        match $db {
+            OrdersDb::Sqlite(p) => {
+                let mut $tx = p.begin_with("BEGIN DEFERRED").await?;
+                let out = $body;
+                $tx.rollback().await?;
+                out
+            }
+            OrdersDb::Postgres(p) => {
+                let mut $tx = p
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?;
+                let out = $body;
+                $tx.rollback().await?;
+                out
+            }
+        }
+    };
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64, AuditError> {
+    i64::try_from(v).map_err(|_| AuditError::Invalid(format!("{what} {v} out of range")))
+}
+
+fn sale_u64(id: i64) -> u64 {
+    u64::try_from(id).unwrap_or(0)
+}
+
+/// Reads the snapshot. `compare_holders`: load the active holders of the audited sales.
+async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snapshot, AuditError> {
+    // The sales asked for, once each, ascending.
+    let wanted: Option<Vec<i64>> = match &input.sales {
+        None => None,
+        Some(list) => {
+            let mut ids = list
+                .iter()
+                .map(|s| to_i64(*s, "sale id"))
+                .collect::<Result<Vec<i64>, _>>()?;
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() > order_worker::db::SALES_MAX {
+                return Err(AuditError::Invalid(format!(
+                    "at most {} sales an audit",
+                    order_worker::db::SALES_MAX
+                )));
+            }
+            Some(ids)
+        }
+    };
+    if input.tickets.len() > AUDIT_TICKETS_MAX {
+        return Err(AuditError::Invalid(format!(
+            "at most {AUDIT_TICKETS_MAX} tickets an audit"
+        )));
+    }
+    // Statements over the whole table (`None`) or over chunks of the sales asked for.
+    let scopes: Vec<Option<&[i64]>> = match &wanted {
+        None => vec![None],
+        Some(ids) => ids.chunks(AUDIT_SALES_CHUNK).map(Some).collect(),
+    };
+    let overdue_before = to_i64(input.now_ms, "now")?.saturating_sub(CANCEL_GRACE_MS as i64);
+    let grace = CANCEL_GRACE_MS as i64;
+    let listed = OFFENDERS_LISTED_MAX as i64;
+    // The tickets, once each, in the order given.
+    let mut seen: HashSet<&str> = HashSet::with_capacity(input.tickets.len());
+    let tickets: Vec<&str> = input
+        .tickets
+        .iter()
+        .map(String::as_str)
+        .filter(|t| seen.insert(t))
+        .collect();
+    let mut snap = Snapshot::default();
+    snap.tickets.given = input.tickets.len();
+    snap.tickets.distinct = tickets.len();
+
+    in_read_tx!(&input.db, tx => {
+        // 1. Sales with their order counts (one statement: one consistent row per sale).
+        for scope in &scopes {
+            let mut qb = QueryBuilder::new(
+                "SELECT s.id, s.units, s.units_left, \
+                 COALESCE(SUM(CASE WHEN o.status = 'pending' THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN o.status = 'paid' THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN o.status = 'cancelled' THEN 1 ELSE 0 END), 0) \
+                 FROM sales s LEFT JOIN orders o ON o.sale_id = s.id WHERE 1 = 1",
+            );
+            if let Some(ids) = scope {
+                push_in(&mut qb, "s.id", ids);
+            }
+            qb.push(" GROUP BY s.id, s.units, s.units_left ORDER BY s.id LIMIT ");
+            qb.push_bind(order_worker::db::SALES_MAX as i64 + 1);
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                snap.sales.push(SaleRow {
+                    id: r.try_get(0)?,
+                    units: r.try_get(1)?,
+                    units_left: r.try_get(2)?,
+                    pending: r.try_get(3)?,
+                    paid: r.try_get(4)?,
+                    cancelled: r.try_get(5)?,
+                });
+            }
+        }
+        if snap.sales.len() > order_worker::db::SALES_MAX {
+            return Err(AuditError::Invalid(format!(
+                "more than {} sales: name the ones to audit",
+                order_worker::db::SALES_MAX
+            )));
+        }
+
+        // 2. (sale, user) pairs with more than one active order: per sale, and the first few.
+        for scope in &scopes {
+            let mut qb = QueryBuilder::new(
+                "SELECT d.sale_id, COUNT(*) FROM (SELECT sale_id FROM orders \
+                 WHERE status <> 'cancelled'",
+            );
+            if let Some(ids) = scope {
+                push_in(&mut qb, "sale_id", ids);
+            }
+            qb.push(" GROUP BY sale_id, user_id HAVING COUNT(*) > 1) d GROUP BY d.sale_id");
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                snap.dups_per_sale.insert(r.try_get(0)?, r.try_get(1)?);
+            }
+        }
+        if !snap.dups_per_sale.is_empty() {
+            for scope in &scopes {
+                let mut qb = QueryBuilder::new(
+                    "SELECT sale_id, user_id, COUNT(*) FROM orders WHERE status <> 'cancelled'",
+                );
+                if let Some(ids) = scope {
+                    push_in(&mut qb, "sale_id", ids);
+                }
+                qb.push(
+                    " GROUP BY sale_id, user_id HAVING COUNT(*) > 1 \
+                     ORDER BY sale_id, user_id LIMIT ",
+                );
+                qb.push_bind(listed);
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    snap.dup_listed.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+                }
+            }
+            snap.dup_listed.truncate(OFFENDERS_LISTED_MAX);
+        }
+
+        // 3. Cancellation timing per sale, and the first few offending orders.
+        for scope in &scopes {
+            let mut qb = QueryBuilder::new(
+                "SELECT sale_id, \
+                 COALESCE(SUM(CASE WHEN status = 'pending' AND pay_by_ms < ",
+            );
+            qb.push_bind(overdue_before);
+            qb.push(
+                " THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN paid_ms IS NOT NULL AND cancelled_ms IS NOT NULL \
+                     THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN paid_ms IS NOT NULL AND paid_ms >= pay_by_ms \
+                     THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN cancelled_ms IS NOT NULL AND cancelled_ms > pay_by_ms + ",
+            );
+            qb.push_bind(grace);
+            qb.push(
+                " THEN 1 ELSE 0 END), 0), \
+                 MAX(cancelled_ms - pay_by_ms) \
+                 FROM orders WHERE 1 = 1",
+            );
+            if let Some(ids) = scope {
+                push_in(&mut qb, "sale_id", ids);
+            }
+            qb.push(" GROUP BY sale_id");
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                snap.timing.insert(
+                    r.try_get(0)?,
+                    Timing {
+                        overdue: r.try_get(1)?,
+                        paid_and_cancelled: r.try_get(2)?,
+                        paid_late: r.try_get(3)?,
+                        cancelled_late: r.try_get(4)?,
+                        max_cancel_delay_ms: r.try_get(5)?,
+                    },
+                );
+            }
+        }
+        let any_timing = snap
+            .timing
+            .values()
+            .any(|t| t.overdue > 0 || t.paid_and_cancelled > 0 || t.paid_late > 0);
+        if any_timing {
+            for scope in &scopes {
+                let mut qb = QueryBuilder::new(
+                    "SELECT id, sale_id, user_id, status, pay_by_ms, paid_ms, cancelled_ms \
+                     FROM orders WHERE ((status = 'pending' AND pay_by_ms < ",
+                );
+                qb.push_bind(overdue_before);
+                qb.push(
+                    ") OR (paid_ms IS NOT NULL AND cancelled_ms IS NOT NULL) \
+                     OR (paid_ms IS NOT NULL AND paid_ms >= pay_by_ms))",
+                );
+                if let Some(ids) = scope {
+                    push_in(&mut qb, "sale_id", ids);
+                }
+                qb.push(" ORDER BY pay_by_ms, id LIMIT ");
+                qb.push_bind(listed);
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    snap.timing_listed.push(OrderIssue {
+                        id: r.try_get(0)?,
+                        sale: r.try_get(1)?,
+                        user: r.try_get(2)?,
+                        status: r.try_get(3)?,
+                        pay_by_ms: r.try_get(4)?,
+                        paid_ms: r.try_get(5)?,
+                        cancelled_ms: r.try_get(6)?,
+                    });
+                }
+            }
+            snap.timing_listed.sort_by(|a, b| (a.pay_by_ms, &a.id).cmp(&(b.pay_by_ms, &b.id)));
+            snap.timing_listed.truncate(OFFENDERS_LISTED_MAX);
+        }
+
+        // 4. The tickets' outcomes, in chunks.
+        for chunk in tickets.chunks(AUDIT_TICKETS_CHUNK) {
+            let mut qb = QueryBuilder::new(
+                "SELECT t.ticket, t.outcome, t.order_id, t.reason, o.id FROM outcomes t \
+                 LEFT JOIN orders o ON o.id = t.order_id WHERE t.ticket IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for t in chunk {
+                sep.push_bind(*t);
+            }
+            sep.push_unseparated(")");
+            // Ticket → Ok(reason or None for ordered) / Err(why inconsistent).
+            let mut found: HashMap<String, Result<Option<String>, String>> =
+                HashMap::with_capacity(chunk.len());
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                let ticket: String = r.try_get(0)?;
+                let outcome: String = r.try_get(1)?;
+                let order_id: Option<String> = r.try_get(2)?;
+                let reason: Option<String> = r.try_get(3)?;
+                let order_row: Option<String> = r.try_get(4)?;
+                let verdict = match (outcome.as_str(), order_id, reason) {
+                    ("ordered", Some(_), _) if order_row.is_some() => Ok(None),
+                    ("ordered", Some(id), _) => Err(format!("ordered as {id}, no such order")),
+                    ("rejected", None, Some(why)) if !why.trim().is_empty() => Ok(Some(why)),
+                    (o, _, _) => Err(format!("outcome {o:?} without its order or reason")),
+                };
+                found.insert(ticket, verdict);
+            }
+            let tally = &mut snap.tickets;
+            for t in chunk {
+                match found.remove(*t) {
+                    None => {
+                        tally.missing += 1;
+                        if tally.missing_listed.len() < OFFENDERS_LISTED_MAX {
+                            tally.missing_listed.push((*t).to_string());
+                        }
+                    }
+                    Some(Ok(None)) => tally.ordered += 1,
+                    Some(Ok(Some(why))) => {
+                        let key = if tally.rejected.len() < REASONS_COUNTED_MAX
+                            || tally.rejected.contains_key(&why)
+                        {
+                            why
+                        } else {
+                            "other".to_string()
+                        };
+                        *tally.rejected.entry(key).or_default() += 1;
+                    }
+                    Some(Err(why)) => {
+                        tally.inconsistent += 1;
+                        if tally.inconsistent_listed.len() < OFFENDERS_LISTED_MAX {
+                            tally.inconsistent_listed.push(format!("{t}: {why}"));
+                        }
+                    }
+                }
+            }
+        }
+
+        // 5. The active holders of the audited sales, if their sets are compared.
+        if compare_holders {
+            let total: i64 = snap.sales.iter().map(|s| s.pending + s.paid).sum();
+            if usize::try_from(total).is_ok_and(|t| t <= HOLDERS_COMPARED_MAX) {
+                for s in &snap.sales {
+                    let rows = sqlx::query(
+                        "SELECT user_id, request_id FROM orders \
+                         WHERE sale_id = $1 AND status <> 'cancelled'",
+                    )
+                    .bind(s.id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut users = HashMap::with_capacity(rows.len());
+                    for r in rows {
+                        users.insert(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?);
+                    }
+                    snap.holders.insert(s.id, users);
+                }
+            } else {
+                snap.holders_skipped = true;
+            }
+        }
+    });
+
+    if let Some(ids) = &wanted {
+        let found: HashSet<i64> = snap.sales.iter().map(|s| s.id).collect();
+        if let Some(missing) = ids.iter().find(|id| !found.contains(id)) {
+            return Err(AuditError::NoSuchSale(sale_u64(*missing)));
+        }
+    }
+    Ok(snap)
+}
+
+/// A sale's store figures and, with Redis at rest, its holders (user → tag).
+struct StoreRead {
+    figures: Option<StoreFigures>,
+    holders: Option<HashMap<String, String>>,
+}
+
+fn sat_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Reads a sale's raw counters from Redis (the layout of `inventory::RedisStore`:
+/// `P{S}:units`, `P{S}:left`, `P{S}:holder_tags`), in one `MULTI`.
+async fn redis_read(
+    store: &RedisStore,
+    sale: u64,
+    with_holders: bool,
+) -> Result<StoreRead, AuditError> {
+    let mut conn = store
+        .pool()
+        .get()
+        .await
+        .map_err(|e| AuditError::Redis(e.to_string()))?;
+    let base = format!("{}{{{sale}}}", store.prefix());
+    let (units_key, left_key, holders_key) = (
+        format!("{base}:units"),
+        format!("{base}:left"),
+        format!("{base}:holder_tags"),
+    );
+    let (units, left, holders): (Option<i64>, Option<i64>, i64) = redis::pipe()
+        .atomic()
+        .cmd("GET")
+        .arg(&units_key)
+        .cmd("GET")
+        .arg(&left_key)
+        .cmd("HLEN")
+        .arg(&holders_key)
+        .query_async(&mut *conn)
+        .await?;
+    let Some(units) = units else {
+        return Ok(StoreRead {
+            figures: None,
+            holders: None,
+        });
+    };
+    let Some(left) = left else {
+        return Err(AuditError::Redis(format!(
+            "{units_key} is set but {left_key} is not"
+        )));
+    };
+    let figures = Some(StoreFigures {
+        units,
+        left,
+        holders,
+    });
+    if !with_holders {
+        return Ok(StoreRead {
+            figures,
+            holders: None,
+        });
+    }
+    let mut users: HashMap<String, String> =
+        HashMap::with_capacity(usize::try_from(holders).unwrap_or(0));
+    let mut cursor = "0".to_string();
+    loop {
+        let (next, flat): (String, Vec<String>) = redis::cmd("HSCAN")
+            .arg(&holders_key)
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(HSCAN_COUNT)
+            .query_async(&mut *conn)
+            .await?;
+        let mut it = flat.into_iter();
+        while let (Some(user), Some(tag)) = (it.next(), it.next()) {
+            users.insert(user, tag);
+        }
+        if users.len() > HOLDERS_COMPARED_MAX {
+            return Err(AuditError::Redis(format!(
+                "{holders_key} holds more than {HOLDERS_COMPARED_MAX} entries"
+            )));
+        }
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    Ok(StoreRead {
+        figures,
+        holders: Some(users),
+    })
+}
+
+/// Joins `items` with `; `, at most `max` of them, then `… N more`.
+fn bounded(items: &[String], max: usize) -> String {
+    let mut s = items
+        .iter()
+        .take(max)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > max {
+        let _ = write!(s, "; … {} more", items.len() - max);
+    }
+    s
+}
+
+/// The per-sale part of a detail: the offending sales if any, else every sale (bounded).
+fn per_sale(offending: &[String], all: &[String]) -> String {
+    if offending.is_empty() {
+        bounded(all, SALES_LISTED_MAX)
+    } else {
+        bounded(offending, SALES_LISTED_MAX)
+    }
+}
+
+async fn audit_from(
+    input: &AuditInput,
+    source: StoreSource<'_>,
+) -> Result<AuditReport, AuditError> {
+    let compare_holders = input.at_rest && matches!(source, StoreSource::Redis(_));
+    let snap = read_snapshot(input, compare_holders).await?;
+
+    // The store's figures (after the database: at rest nothing moves).
+    let mut store_reads: BTreeMap<i64, StoreRead> = BTreeMap::new();
+    for s in &snap.sales {
+        let sale = sale_u64(s.id);
+        let read = match source {
+            StoreSource::None => continue,
+            StoreSource::Trait(store) => StoreRead {
+                figures: store.stock(sale).await?.map(|st| StoreFigures {
+                    units: sat_i64(st.units),
+                    left: sat_i64(st.left),
+                    holders: sat_i64(st.holders),
+                }),
+                holders: None,
+            },
+            StoreSource::Redis(r) => {
+                redis_read(r, sale, compare_holders && !snap.holders_skipped).await?
+            }
+        };
+        store_reads.insert(s.id, read);
+    }
+
+    let mut checks = Vec::with_capacity(check::ALL.len());
+    let n_sales = snap.sales.len();
+    let (mut units, mut left, mut pending, mut paid, mut cancelled) =
+        (0i64, 0i64, 0i64, 0i64, 0i64);
+    for s in &snap.sales {
+        units = units.saturating_add(s.units);
+        left = left.saturating_add(s.units_left);
+        pending = pending.saturating_add(s.pending);
+        paid = paid.saturating_add(s.paid);
+        cancelled = cancelled.saturating_add(s.cancelled);
+    }
+    let active = pending.saturating_add(paid);
+    let totals = format!(
+        "{n_sales} sales: {units} units, {active} active ({pending} pending, {paid} paid), \
+         {cancelled} cancelled, {left} left"
+    );
+
+    // 1. No oversell.
+    {
+        let mut bad = Vec::new();
+        let mut all = Vec::new();
+        for s in &snap.sales {
+            let a = s.pending + s.paid;
+            let line = format!(
+                "sale {}: {a}/{} active, {} left",
+                s.id, s.units, s.units_left
+            );
+            let mut why = Vec::new();
+            if a > s.units {
+                why.push(format!("{a} active > {} units", s.units));
+            }
+            if s.units_left < 0 {
+                why.push(format!("units_left {} < 0", s.units_left));
+            }
+            if s.units_left > s.units {
+                why.push(format!("units_left {} > units {}", s.units_left, s.units));
+            }
+            if !why.is_empty() {
+                bad.push(format!("sale {}: {}", s.id, why.join(", ")));
+            }
+            all.push(line);
+        }
+        let detail = if bad.is_empty() {
+            format!("{totals}; {}", per_sale(&bad, &all))
+        } else {
+            format!(
+                "{} of {n_sales} sales oversold: {}; {totals}",
+                bad.len(),
+                per_sale(&bad, &all)
+            )
+        };
+        checks.push(Check::new(check::NO_OVERSELL, bad.is_empty(), detail));
+    }
+
+    // 2. One per person.
+    {
+        let pairs: i64 = snap.dups_per_sale.values().sum();
+        let detail = if pairs == 0 {
+            format!(
+                "no (sale, user) with two active orders among {active} active orders of {n_sales} sales"
+            )
+        } else {
+            let per: Vec<String> = snap
+                .dups_per_sale
+                .iter()
+                .map(|(sale, n)| format!("sale {sale}: {n} users"))
+                .collect();
+            let rows: Vec<String> = snap
+                .dup_listed
+                .iter()
+                .map(|(sale, user, n)| format!("sale {sale} user {user:?}: {n} active"))
+                .collect();
+            format!(
+                "{pairs} (sale, user) pairs with more than one active order ({}); first: {}",
+                per_sale(&per, &per),
+                bounded(&rows, OFFENDERS_LISTED_MAX)
+            )
+        };
+        checks.push(Check::new(check::ONE_PER_PERSON, pairs == 0, detail));
+    }
+
+    // 3. No lost purchase.
+    {
+        let t = &snap.tickets;
+        let rejected: u64 = t.rejected.values().sum();
+        let reasons = t
+            .rejected
+            .iter()
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut detail = format!(
+            "{} tickets ({} distinct): {} resolved ({} ordered, {rejected} rejected{}), {} missing",
+            t.given,
+            t.distinct,
+            t.ordered + rejected,
+            t.ordered,
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(": {reasons}")
+            },
+            t.missing
+        );
+        if t.missing > 0 {
+            let _ = write!(
+                detail,
+                "; first missing: {}",
+                bounded(&t.missing_listed, OFFENDERS_LISTED_MAX)
+            );
+            if !input.at_rest {
+                detail.push_str(" (not at rest: some may still be queued)");
+            }
+        }
+        if t.inconsistent > 0 {
+            let _ = write!(
+                detail,
+                "; {} inconsistent: {}",
+                t.inconsistent,
+                bounded(&t.inconsistent_listed, OFFENDERS_LISTED_MAX)
+            );
+        }
+        if t.given == 0 {
+            detail.push_str(" (no tickets given)");
+        }
+        checks.push(Check::new(
+            check::NO_LOST_PURCHASE,
+            t.missing == 0 && t.inconsistent == 0,
+            detail,
+        ));
+    }
+
+    // 4. Conservation in the database.
+    {
+        let mut bad = Vec::new();
+        let mut all = Vec::new();
+        for s in &snap.sales {
+            let a = s.pending + s.paid;
+            let sum = s.units_left.saturating_add(a);
+            let line = format!(
+                "sale {}: {} = {} left + {a} active",
+                s.id, s.units, s.units_left
+            );
+            if sum != s.units {
+                bad.push(format!(
+                    "sale {}: {} units ≠ {} left + {a} active = {sum}",
+                    s.id, s.units, s.units_left
+                ));
+            }
+            all.push(line);
+        }
+        let detail = if bad.is_empty() {
+            format!(
+                "{units} units = {left} left + {active} active; {}",
+                per_sale(&bad, &all)
+            )
+        } else {
+            format!(
+                "{} of {n_sales} sales do not add up: {}; totals: {units} units, {left} left, {active} active",
+                bad.len(),
+                per_sale(&bad, &all)
+            )
+        };
+        checks.push(Check::new(check::CONSERVATION_DB, bad.is_empty(), detail));
+    }
+
+    // 5. Conservation in the store.
+    {
+        let check = match source {
+            StoreSource::None => Check::new(
+                check::CONSERVATION_STORE,
+                true,
+                "no store given: not checked".to_string(),
+            ),
+            _ => store_check(input, &snap, &store_reads, compare_holders),
+        };
+        checks.push(check);
+    }
+
+    // 6. Timely cancellation.
+    {
+        let mut t = Timing::default();
+        for x in snap.timing.values() {
+            t.overdue += x.overdue;
+            t.paid_and_cancelled += x.paid_and_cancelled;
+            t.paid_late += x.paid_late;
+            t.cancelled_late += x.cancelled_late;
+            t.max_cancel_delay_ms = t.max_cancel_delay_ms.max(x.max_cancel_delay_ms);
+        }
+        let passed = t.overdue == 0 && t.paid_and_cancelled == 0 && t.paid_late == 0;
+        let mut detail = format!(
+            "{} pending more than {CANCEL_GRACE_MS} ms past pay-by (now {}), {} both paid and \
+             cancelled, {} paid at or after pay-by; {cancelled} cancelled, {} of them more than \
+             {CANCEL_GRACE_MS} ms after pay-by{}",
+            t.overdue,
+            input.now_ms,
+            t.paid_and_cancelled,
+            t.paid_late,
+            t.cancelled_late,
+            match t.max_cancel_delay_ms {
+                Some(ms) => format!(" (latest {ms} ms after)"),
+                None => String::new(),
+            }
+        );
+        if !passed {
+            let per: Vec<String> = snap
+                .timing
+                .iter()
+                .filter(|(_, x)| x.overdue > 0 || x.paid_and_cancelled > 0 || x.paid_late > 0)
+                .map(|(sale, x)| {
+                    format!(
+                        "sale {sale}: {} overdue, {} paid+cancelled, {} paid late",
+                        x.overdue, x.paid_and_cancelled, x.paid_late
+                    )
+                })
+                .collect();
+            let rows: Vec<String> = snap
+                .timing_listed
+                .iter()
+                .map(|o| {
+                    format!(
+                        "order {} (sale {}, user {:?}, {}, pay-by {}, paid {:?}, cancelled {:?})",
+                        o.id, o.sale, o.user, o.status, o.pay_by_ms, o.paid_ms, o.cancelled_ms
+                    )
+                })
+                .collect();
+            let _ = write!(
+                detail,
+                "; {}; first: {}",
+                per_sale(&per, &per),
+                bounded(&rows, OFFENDERS_LISTED_MAX)
+            );
+        }
+        checks.push(Check::new(check::TIMELY_CANCELLATION, passed, detail));
+    }
+
+    // 7. No negative stock.
+    {
+        let mut bad = Vec::new();
+        let db_low = snap.sales.iter().min_by_key(|s| s.units_left);
+        for s in &snap.sales {
+            if s.units_left < 0 {
+                bad.push(format!(
+                    "sale {}: database units_left {}",
+                    s.id, s.units_left
+                ));
+            }
+        }
+        let mut store_low: Option<(i64, i64)> = None;
+        for (sale, r) in &store_reads {
+            if let Some(f) = r.figures {
+                if f.left < 0 {
+                    bad.push(format!("sale {sale}: store left {}", f.left));
+                }
+                if f.units < 0 {
+                    bad.push(format!("sale {sale}: store units {}", f.units));
+                }
+                if store_low.is_none_or(|(_, l)| f.left < l) {
+                    store_low = Some((*sale, f.left));
+                }
+            }
+        }
+        let mut detail = match db_low {
+            Some(s) => format!(
+                "lowest database units_left {} (sale {})",
+                s.units_left, s.id
+            ),
+            None => "no sales".to_string(),
+        };
+        match (source, store_low) {
+            (StoreSource::None, _) => detail.push_str("; no store given"),
+            (_, None) => detail.push_str("; the store holds none of the sales"),
+            (StoreSource::Redis(_), Some((sale, l))) => {
+                let _ = write!(
+                    detail,
+                    "; lowest store left {l} (sale {sale}, raw from Redis)"
+                );
+            }
+            (_, Some((sale, l))) => {
+                let _ = write!(
+                    detail,
+                    "; lowest store left {l} (sale {sale}; read through the store's API, \
+                     which cannot represent a negative count)"
+                );
+            }
+        }
+        if !bad.is_empty() {
+            detail = format!("{}; {detail}", bounded(&bad, SALES_LISTED_MAX));
+        }
+        checks.push(Check::new(check::NO_NEGATIVE_STOCK, bad.is_empty(), detail));
+    }
+
+    let sales = snap
+        .sales
+        .iter()
+        .map(|s| SaleFigures {
+            sale: sale_u64(s.id),
+            units: s.units,
+            units_left: s.units_left,
+            pending: s.pending,
+            paid: s.paid,
+            cancelled: s.cancelled,
+            store: store_reads.get(&s.id).and_then(|r| r.figures),
+        })
+        .collect();
+    Ok(AuditReport {
+        at_ms: input.now_ms,
+        checks,
+        sales,
+    })
+}
+
+/// Check 5 with a store: asserted at rest, reported otherwise.
+fn store_check(
+    input: &AuditInput,
+    snap: &Snapshot,
+    reads: &BTreeMap<i64, StoreRead>,
+    compare_holders: bool,
+) -> Check {
+    let mut bad = Vec::new();
+    let mut all = Vec::new();
+    let (mut s_left, mut s_holders, mut tag_mismatches) = (0i64, 0i64, 0usize);
+    let mut sets_compared = 0usize;
+    for s in &snap.sales {
+        let active = s.pending + s.paid;
+        let Some(read) = reads.get(&s.id) else {
+            continue;
+        };
+        let Some(f) = read.figures else {
+            bad.push(format!("sale {}: not in the store", s.id));
+            all.push(format!("sale {}: not in the store", s.id));
+            continue;
+        };
+        s_left = s_left.saturating_add(f.left);
+        s_holders = s_holders.saturating_add(f.holders);
+        all.push(format!(
+            "sale {}: store {} left + {} holders of {} (database {} left + {active} active of {})",
+            s.id, f.left, f.holders, f.units, s.units_left, s.units
+        ));
+        let mut why = Vec::new();
+        if f.left.saturating_add(f.holders) != s.units {
+            why.push(format!(
+                "{} left + {} holders ≠ {} units",
+                f.left, f.holders, s.units
+            ));
+        }
+        if f.units != s.units {
+            why.push(format!(
+                "store units {} ≠ database units {}",
+                f.units, s.units
+            ));
+        }
+        if f.left != s.units_left {
+            why.push(format!(
+                "store left {} ≠ database units_left {}",
+                f.left, s.units_left
+            ));
+        }
+        if f.holders != active {
+            why.push(format!(
+                "{} store holders ≠ {active} active orders",
+                f.holders
+            ));
+        }
+        if let (Some(store_users), Some(db_users)) = (&read.holders, snap.holders.get(&s.id)) {
+            sets_compared += 1;
+            let mut extra: Vec<&str> = store_users
+                .keys()
+                .filter(|u| !db_users.contains_key(*u))
+                .map(String::as_str)
+                .collect();
+            let mut absent: Vec<&str> = db_users
+                .keys()
+                .filter(|u| !store_users.contains_key(*u))
+                .map(String::as_str)
+                .collect();
+            extra.sort_unstable();
+            absent.sort_unstable();
+            if !extra.is_empty() {
+                why.push(format!(
+                    "{} store holders without an active order (first: {})",
+                    extra.len(),
+                    extra
+                        .iter()
+                        .take(OFFENDERS_LISTED_MAX)
+                        .map(|u| format!("{u:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if !absent.is_empty() {
+                why.push(format!(
+                    "{} active orders without a store holder (first: {})",
+                    absent.len(),
+                    absent
+                        .iter()
+                        .take(OFFENDERS_LISTED_MAX)
+                        .map(|u| format!("{u:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            tag_mismatches += store_users
+                .iter()
+                .filter(|(u, tag)| db_users.get(*u).is_some_and(|t| t != *tag))
+                .count();
+        }
+        if !why.is_empty() {
+            bad.push(format!("sale {}: {}", s.id, why.join(", ")));
+        }
+    }
+    let how = if compare_holders && !snap.holders_skipped {
+        format!(
+            "holder sets compared for {sets_compared} sales, {tag_mismatches} tags differ from the orders' tickets"
+        )
+    } else if compare_holders {
+        format!("holders compared by count (more than {HOLDERS_COMPARED_MAX} active orders)")
+    } else {
+        "holders compared by count".to_string()
+    };
+    let totals = format!("store {s_left} left + {s_holders} holders");
+    if !input.at_rest {
+        return Check::new(
+            check::CONSERVATION_STORE,
+            true,
+            format!(
+                "not at rest: not asserted ({} of {} sales would differ); {totals}; {}",
+                bad.len(),
+                snap.sales.len(),
+                per_sale(&bad, &all)
+            ),
+        );
+    }
+    if bad.is_empty() {
+        Check::new(
+            check::CONSERVATION_STORE,
+            true,
+            format!(
+                "at rest, {totals} match the database; {how}; {}",
+                per_sale(&bad, &all)
+            ),
+        )
+    } else {
+        Check::new(
+            check::CONSERVATION_STORE,
+            false,
+            format!(
+                "at rest, {} of {} sales differ: {}; {totals}; {how}",
+                bad.len(),
+                snap.sales.len(),
+                per_sale(&bad, &all)
+            ),
+        )
+    }
+}
+
+/// Exit status of [`run_cli`] when a check failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status of [`run_cli`] when the audit could not run.
+pub const EXIT_ERROR: u8 = 2;
+
+/// The `audit` command: checks the invariants of a deployment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    /// The orders database: `sqlite:PATH` (must exist) or `postgres://…`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
+    pub database: String,
+    /// The stock store: `memory` (in a gateway's process: not checked) or a Redis URL
+    /// (`redis://127.0.0.1:6379`).
+    #[arg(long, env = "GATEWAY_INVENTORY", default_value = "memory")]
+    pub inventory: String,
+    /// Key prefix in Redis (the gateway's).
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "seckill:")]
+    pub redis_prefix: String,
+    /// A sale to audit (repeatable); none: every sale.
+    #[arg(long = "sale")]
+    pub sales: Vec<u64>,
+    /// Tickets that got a 202, one a line (or a JSON object with a `tickets` array):
+    /// each must have an outcome.
+    #[arg(long)]
+    pub tickets: Option<PathBuf>,
+    /// The queue is drained: the store must match the database exactly.
+    #[arg(long)]
+    pub at_rest: bool,
+}
+
+/// Reads a tickets file: one ticket a line (blank lines and `#` comments skipped), or a
+/// JSON object with a `tickets` array of strings.
+pub fn read_tickets(path: &std::path::Path) -> Result<Vec<String>, AuditError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AuditError::Invalid(format!("reading {}: {e}", path.display())))?;
+    let tickets: Vec<String> = if text.trim_start().starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| AuditError::Invalid(format!("{}: {e}", path.display())))?;
+        let Some(list) = v.get("tickets").and_then(|t| t.as_array()) else {
+            return Err(AuditError::Invalid(format!(
+                "{}: a JSON tickets file needs a \"tickets\" array",
+                path.display()
+            )));
+        };
+        list.iter()
+            .map(|t| {
+                t.as_str().map(str::to_string).ok_or_else(|| {
+                    AuditError::Invalid(format!("{}: a ticket is a string", path.display()))
+                })
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    if tickets.len() > AUDIT_TICKETS_MAX {
+        return Err(AuditError::Invalid(format!(
+            "{}: more than {AUDIT_TICKETS_MAX} tickets",
+            path.display()
+        )));
+    }
+    Ok(tickets)
+}
+
+/// The `audit` command: 0 when every check passed, [`EXIT_FAILED`] when one failed,
+/// [`EXIT_ERROR`] when the audit could not run.
+pub async fn run_cli(args: AuditArgs) -> ExitCode {
+    ExitCode::from(cli_status(&args).await)
+}
+
+/// [`run_cli`]'s work, returning its exit status.
+pub async fn cli_status(args: &AuditArgs) -> u8 {
+    match cli_report(args).await {
+        Ok(report) => {
+            report.print();
+            if report.passed() { 0 } else { EXIT_FAILED }
+        }
+        Err(e) => {
+            eprintln!("audit: {e}");
+            EXIT_ERROR
+        }
+    }
+}
+
+/// Connects, audits and returns the report (not printed).
+pub async fn cli_report(args: &AuditArgs) -> Result<AuditReport, AuditError> {
+    if let Some(path) = args.database.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        let path = path.split('?').next().unwrap_or(path);
+        if !std::path::Path::new(path).is_file() {
+            return Err(AuditError::Invalid(format!("no SQLite database at {path}")));
+        }
+    }
+    let tickets = match &args.tickets {
+        Some(path) => read_tickets(path)?,
+        None => Vec::new(),
+    };
+    let redis = if args.inventory == "memory" {
+        None
+    } else {
+        Some(Arc::new(
+            RedisStore::connect(&args.inventory, &args.redis_prefix, 4).await?,
+        ))
+    };
+    let db = OrdersDb::connect(&args.database, &DbOptions::default()).await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let input = AuditInput {
+        db: db.clone(),
+        store: redis.clone().map(|r| r as Arc<dyn StockStore>),
+        sales: if args.sales.is_empty() {
+            None
+        } else {
+            Some(args.sales.clone())
+        },
+        tickets,
+        at_rest: args.at_rest,
+        now_ms,
+    };
+    let report = match &redis {
+        Some(r) => audit_redis(&input, r).await,
+        None => audit(&input).await,
+    };
+    db.close().await;
+    report
+}

@@ -1,0 +1,954 @@
+//! The flash crowd: simulated people against a running system, over HTTP on loopback.
+//!
+//! A run goes through five phases, each bounded in count and by the scenario's deadline:
+//! 1. **Sign-in**: every person logs in (`POST /api/login`).
+//! 2. **Ramp**: the sale is created to open `opens_in_ms` later; meanwhile humans view the
+//!    sale page and poll its countdown (`GET /sales/{id}`, `GET /api/sales/{id}`).
+//! 3. **Spike**: from the opening, `attempts` purchase attempts: humans ask for a token
+//!    (captcha skipped with the load-test secret) and buy with it, click again after some
+//!    accepted purchases, honour `Retry-After` after 429/503 and come back after a refusal;
+//!    bots fire forged tokens, reused tokens and token requests without a captcha, without
+//!    pause. Every bot request must be refused.
+//! 4. **Decisions**: every accepted ticket is polled until a worker decided it.
+//! 5. **Payment**: a share of the orders is paid; the rest are left to be cancelled.
+//!
+//! A sampler reads the system's live figures (`/admin/api/live`) every second for the
+//! backlog, enqueue and drain rates and orders. Latency is recorded per route and outcome
+//! in HDR histograms; counts per second per outcome.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gateway::loadgen::{Answer, Conn, request};
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde_json::{Value, json};
+
+use crate::record::{Latency, RunRecord, Second};
+use crate::scenario::Scenario;
+
+/// Header of the load-test secret (the gateway's).
+pub const LOAD_TEST_HEADER: &str = gateway::app::LOAD_TEST_HEADER;
+/// Reused tokens the bots keep at most.
+const SPENT_TOKENS_MAX: usize = 64;
+/// Tries at picking a person ready to act before a connection pauses.
+const PICK_TRIES: usize = 16;
+/// A connection with nobody ready to act waits this long before looking again.
+const IDLE_PAUSE: Duration = Duration::from_millis(2);
+/// A bot's pause between requests: rapid, and blind to `Retry-After`.
+const BOT_PAUSE: Duration = Duration::from_millis(20);
+/// How long a human thinks before trying again after a refusal without `Retry-After`.
+const THINK_MS: std::ops::Range<u64> = 100..600;
+/// Highest latency recorded, µs (a minute).
+const LATENCY_MAX_US: u64 = 60_000_000;
+/// Tickets polled at once per connection before it moves on.
+const TICKET_POLL_PAUSE: Duration = Duration::from_millis(100);
+
+/// The system under test.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its address (loopback only).
+    pub addr: SocketAddr,
+    /// The admin secret (to create the sale and read the live figures).
+    pub admin_secret: String,
+    /// The load-test secret (humans skip the captcha with it).
+    pub load_test_secret: String,
+    /// For the report.
+    pub label: String,
+}
+
+/// Why a run could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum CrowdError {
+    /// The target is not a loopback address.
+    #[error("load tests only talk to loopback addresses, not {0}")]
+    NotLoopback(SocketAddr),
+    /// A bad scenario.
+    #[error("scenario: {0}")]
+    Scenario(String),
+    /// Connecting failed.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// A set-up step (sign-in, creating the sale) failed.
+    #[error("setup: {0}")]
+    Setup(String),
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct CrowdOutcome {
+    /// The figures.
+    pub record: RunRecord,
+    /// Every ticket the system accepted (202), for the auditor.
+    pub tickets: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Person {
+    name: String,
+    cookie: String,
+    bot: bool,
+    token: Option<String>,
+    not_before: Instant,
+    /// A purchase of theirs was accepted.
+    accepted: bool,
+    done: bool,
+}
+
+/// Per-connection figures, merged at the end.
+#[derive(Debug, Default)]
+struct Tally {
+    latency: HashMap<(&'static str, String), Histogram<u64>>,
+    seconds: BTreeMap<u32, Second>,
+    errors: u64,
+    requests: u64,
+    attempts: u64,
+}
+
+impl Tally {
+    fn record(
+        &mut self,
+        run_start: Instant,
+        route: &'static str,
+        outcome: &str,
+        took: Duration,
+        attempt: bool,
+    ) {
+        let t_s = u32::try_from(run_start.elapsed().as_secs()).unwrap_or(u32::MAX);
+        let second = self.seconds.entry(t_s).or_insert_with(|| Second {
+            t_s,
+            ..Second::default()
+        });
+        second.requests += 1;
+        self.requests += 1;
+        if attempt {
+            second.attempts += 1;
+            self.attempts += 1;
+            *second.outcomes.entry(outcome.to_string()).or_default() += 1;
+        }
+        let us = u64::try_from(took.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, LATENCY_MAX_US);
+        let h = self
+            .latency
+            .entry((route, outcome.to_string()))
+            .or_insert_with(new_histogram);
+        let _ = h.record(us);
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+        .expect("1 µs to a minute at 3 significant figures are valid bounds")
+}
+
+/// The outcome of an answer: `ok`/`accepted` for successes, else the JSON error code.
+fn outcome_of(a: &Answer, body: &Value) -> String {
+    if a.status.as_u16() == 202 {
+        return "accepted".into();
+    }
+    if a.status.is_success() {
+        return "ok".into();
+    }
+    body.get("error")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("http_{}", a.status.as_u16()), str::to_owned)
+}
+
+fn retry_after(a: &Answer) -> Option<Duration> {
+    a.headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(60)))
+}
+
+/// Shared state of a run.
+struct Run {
+    scenario: Scenario,
+    target: Target,
+    sale: AtomicU64,
+    people: Vec<Mutex<Person>>,
+    start: Instant,
+    deadline: Instant,
+    opened: Mutex<Option<Instant>>,
+    attempts_left: AtomicU64,
+    accepted: Mutex<Vec<(String, usize)>>,
+    spent_tokens: Mutex<Vec<String>>,
+    first_sold_out: Mutex<Option<Instant>>,
+    bots_refused: AtomicU64,
+    bots_accepted: AtomicU64,
+    /// People done (accepted, or told they already bought).
+    done: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("scenario", &self.scenario.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Run {
+    fn sale(&self) -> u64 {
+        self.sale.load(Ordering::Relaxed)
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || Instant::now() >= self.deadline
+    }
+
+    fn lock<'a, T>(&self, m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Sends one request and records it; `None` when the connection failed (it is replaced).
+async fn send(
+    run: &Run,
+    conn: &mut Option<Conn>,
+    tally: &mut Tally,
+    route: &'static str,
+    attempt: bool,
+    req: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Option<(Answer, Value, String)> {
+    if conn.is_none() {
+        match Conn::connect(run.target.addr).await {
+            Ok(c) => *conn = Some(c),
+            Err(_) => {
+                tally.errors += 1;
+                return None;
+            }
+        }
+    }
+    let c = conn.as_mut()?;
+    let began = Instant::now();
+    match c.send(req).await {
+        Ok(a) => {
+            let body = if a.body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&a.body).unwrap_or(Value::Null)
+            };
+            let outcome = outcome_of(&a, &body);
+            tally.record(run.start, route, &outcome, began.elapsed(), attempt);
+            Some((a, body, outcome))
+        }
+        Err(_) => {
+            *conn = None;
+            tally.errors += 1;
+            tally.record(
+                run.start,
+                route,
+                "connection_error",
+                began.elapsed(),
+                attempt,
+            );
+            None
+        }
+    }
+}
+
+fn admin_auth(run: &Run) -> String {
+    format!("Bearer {}", run.target.admin_secret)
+}
+
+/// Phase 1: every person signs in.
+async fn sign_in(run: Arc<Run>, next: Arc<AtomicUsize>) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn = None;
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= run.people.len() || run.past_deadline() {
+            return tally;
+        }
+        let name = run.lock(&run.people[i]).name.clone();
+        let req = request("POST", "/api/login", &[], Some(&json!({ "user": name })));
+        if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, "login", false, req).await
+            && let Some(cookie) = a
+                .headers
+                .get("set-cookie")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+        {
+            run.lock(&run.people[i]).cookie = cookie.to_string();
+        }
+    }
+}
+
+/// Phase 2: page views and countdown polls until the sale opens.
+async fn ramp(run: Arc<Run>, next: Arc<AtomicUsize>, opens_at: Instant) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn = None;
+    let humans = run.people.len();
+    let total = humans * run.scenario.polls_per_user as usize;
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= total || Instant::now() >= opens_at || run.past_deadline() {
+            break;
+        }
+        let person = &run.people[i % humans];
+        let (bot, cookie) = {
+            let p = run.lock(person);
+            (p.bot, p.cookie.clone())
+        };
+        if bot {
+            continue;
+        }
+        let sale = run.sale();
+        let (route, path) = if i / humans == 0 {
+            ("page", format!("/sales/{sale}"))
+        } else {
+            ("sales", format!("/api/sales/{sale}"))
+        };
+        let req = request("GET", &path, &[("cookie", &cookie)], None);
+        send(&run, &mut conn, &mut tally, route, false, req).await;
+    }
+    tokio::time::sleep_until(opens_at.into()).await;
+    tally
+}
+
+/// Phase 3: the spike.
+async fn spike(run: Arc<Run>) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn = None;
+    let sale = run.sale();
+    let token_path = format!("/api/sales/{sale}/token");
+    let purchase_path = format!("/api/sales/{sale}/purchase");
+    let load_test = run.target.load_test_secret.clone();
+    'attempts: loop {
+        if run.past_deadline() {
+            break;
+        }
+        // Someone ready to act.
+        let mut picked = None;
+        for _ in 0..PICK_TRIES {
+            let i = rand::rng().random_range(0..run.people.len());
+            let p = run.lock(&run.people[i]);
+            if !p.done && p.not_before <= Instant::now() {
+                picked = Some(i);
+                break;
+            }
+        }
+        let Some(i) = picked else {
+            if run.done.load(Ordering::Relaxed) >= run.people.len() {
+                break;
+            }
+            tokio::time::sleep(IDLE_PAUSE).await;
+            continue;
+        };
+        // One attempt from the budget.
+        if run
+            .attempts_left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_err()
+        {
+            break 'attempts;
+        }
+        let (bot, cookie, token) = {
+            let p = run.lock(&run.people[i]);
+            (p.bot, p.cookie.clone(), p.token.clone())
+        };
+        if bot {
+            run.lock(&run.people[i]).not_before = Instant::now() + BOT_PAUSE;
+            // Rapid repeats of the three tricks; each must be refused.
+            let trick = rand::rng().random_range(0..3);
+            let reused = run.lock(&run.spent_tokens).first().cloned();
+            let req = match (trick, reused) {
+                (0, _) => request(
+                    "POST",
+                    &purchase_path,
+                    &[("cookie", &cookie)],
+                    Some(&json!({"token": format!("forged.{:032x}", rand::random::<u128>())})),
+                ),
+                (1, Some(spent)) => request(
+                    "POST",
+                    &purchase_path,
+                    &[("cookie", &cookie)],
+                    Some(&json!({ "token": spent })),
+                ),
+                _ => request(
+                    "POST",
+                    &token_path,
+                    &[("cookie", &cookie)],
+                    Some(&json!({"captcha_id": "", "answer": ""})),
+                ),
+            };
+            let route = if trick == 2 { "token" } else { "purchase" };
+            if let Some((a, body, _)) = send(&run, &mut conn, &mut tally, route, true, req).await {
+                if a.status.as_u16() == 202 || a.status.is_success() && route == "token" {
+                    run.bots_accepted.fetch_add(1, Ordering::Relaxed);
+                    if let Some(t) = body.get("ticket").and_then(Value::as_str) {
+                        run.lock(&run.accepted).push((t.to_string(), i));
+                    }
+                } else {
+                    run.bots_refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            continue;
+        }
+        let now = Instant::now();
+        let think = Duration::from_millis(rand::rng().random_range(THINK_MS));
+        match token {
+            None => {
+                let req = request(
+                    "POST",
+                    &token_path,
+                    &[("cookie", &cookie), (LOAD_TEST_HEADER, &load_test)],
+                    Some(&json!({})),
+                );
+                let Some((a, body, outcome)) =
+                    send(&run, &mut conn, &mut tally, "token", true, req).await
+                else {
+                    continue;
+                };
+                let mut p = run.lock(&run.people[i]);
+                if a.status.is_success() {
+                    p.token = body.get("token").and_then(Value::as_str).map(str::to_owned);
+                } else {
+                    if outcome == "sold_out" {
+                        note_sold_out(&run, now);
+                    }
+                    p.not_before = now + retry_after(&a).unwrap_or(think);
+                }
+            }
+            Some(token) => {
+                let req = request(
+                    "POST",
+                    &purchase_path,
+                    &[("cookie", &cookie)],
+                    Some(&json!({ "token": token })),
+                );
+                let Some((a, body, outcome)) =
+                    send(&run, &mut conn, &mut tally, "purchase", true, req).await
+                else {
+                    continue;
+                };
+                let ticket = body
+                    .get("ticket")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let mut p = run.lock(&run.people[i]);
+                match (a.status.as_u16(), outcome.as_str()) {
+                    (202, _) | (503, "outcome_unknown") if ticket.is_some() => {
+                        if let Some(t) = ticket {
+                            run.lock(&run.accepted).push((t, i));
+                        }
+                        {
+                            let mut spent = run.lock(&run.spent_tokens);
+                            if spent.len() < SPENT_TOKENS_MAX {
+                                spent.push(token.clone());
+                            }
+                        }
+                        p.accepted = true;
+                        // Some people click again with the same token (a double click),
+                        // which must be refused; the rest are done.
+                        if rand::rng().random_bool(run.scenario.repeat_share) {
+                            p.not_before = now;
+                        } else {
+                            finish(&run, &mut p);
+                        }
+                    }
+                    (409, _) => finish(&run, &mut p), // already bought
+                    (_, "bad_token") => {
+                        p.token = None;
+                        if p.accepted {
+                            finish(&run, &mut p); // the refused repeat of an accepted purchase
+                        }
+                    }
+                    (_, "sold_out") => {
+                        note_sold_out(&run, now);
+                        p.not_before = now + retry_after(&a).unwrap_or(think);
+                    }
+                    _ => {
+                        // Throttled, busy, unavailable: the token is kept; come back later.
+                        p.not_before = now + retry_after(&a).unwrap_or(think);
+                    }
+                }
+            }
+        }
+    }
+    tally
+}
+
+fn finish(run: &Run, p: &mut Person) {
+    if !p.done {
+        p.done = true;
+        p.token = None;
+        run.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn note_sold_out(run: &Run, at: Instant) {
+    let mut first = run.lock(&run.first_sold_out);
+    if first.is_none() {
+        *first = Some(at);
+    }
+}
+
+/// Phase 4: polls every accepted ticket until decided; returns (ticket → (state, order id,
+/// reason, when decided)).
+async fn decisions(
+    run: Arc<Run>,
+    work: Arc<Mutex<Vec<(String, usize)>>>,
+    results: Arc<Mutex<Vec<Decision>>>,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn = None;
+    loop {
+        if run.past_deadline() {
+            return tally;
+        }
+        let item = run.lock(&work).pop();
+        let Some((ticket, who)) = item else {
+            return tally;
+        };
+        let req = request("GET", &format!("/api/tickets/{ticket}"), &[], None);
+        let answer = send(&run, &mut conn, &mut tally, "ticket", false, req).await;
+        let decided = answer.as_ref().and_then(|(a, body, _)| {
+            if !a.status.is_success() {
+                return None;
+            }
+            match body.get("state").and_then(Value::as_str) {
+                Some("ordered") => Some(Decision {
+                    who,
+                    order_id: body
+                        .get("order_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    reason: None,
+                    at: Instant::now(),
+                }),
+                Some("rejected") => Some(Decision {
+                    who,
+                    order_id: None,
+                    reason: Some(
+                        body.get("reason")
+                            .and_then(Value::as_str)
+                            .unwrap_or("unknown")
+                            .to_string(),
+                    ),
+                    at: Instant::now(),
+                }),
+                _ => None,
+            }
+        });
+        match decided {
+            Some(d) => run.lock(&results).push(d),
+            None => {
+                // Still in line: back to the work list, and a short pause.
+                run.lock(&work).insert(0, (ticket, who));
+                tokio::time::sleep(TICKET_POLL_PAUSE).await;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Decision {
+    who: usize,
+    order_id: Option<String>,
+    reason: Option<String>,
+    at: Instant,
+}
+
+/// Phase 5: pays the given orders; returns how many were paid.
+async fn pay(
+    run: Arc<Run>,
+    work: Arc<Mutex<Vec<(String, String)>>>,
+    paid: Arc<AtomicU64>,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn = None;
+    loop {
+        if run.past_deadline() {
+            return tally;
+        }
+        let item = run.lock(&work).pop();
+        let Some((order, cookie)) = item else {
+            return tally;
+        };
+        let req = request(
+            "POST",
+            &format!("/api/orders/{order}/pay"),
+            &[("cookie", &cookie)],
+            None,
+        );
+        if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, "pay", false, req).await
+            && a.status.is_success()
+        {
+            paid.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The sampler: the system's live figures every second until stopped, shown as a progress
+/// bar on a terminal (indicatif), or as a line every five seconds otherwise.
+async fn sampler(run: Arc<Run>, done: Arc<AtomicBool>, progress: bool) -> Vec<(u32, Value)> {
+    let mut out = Vec::new();
+    let mut conn: Option<Conn> = None;
+    let mut tally = Tally::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let bar = progress.then(|| {
+        let bar = indicatif::ProgressBar::new(run.scenario.attempts);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} attempts  {msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    });
+    while !done.load(Ordering::Relaxed) && !run.past_deadline() {
+        tick.tick().await;
+        let auth = admin_auth(&run);
+        let req = request("GET", "/admin/api/live", &[("authorization", &auth)], None);
+        if let Some((a, body, _)) = send(&run, &mut conn, &mut tally, "live", false, req).await
+            && a.status.is_success()
+        {
+            let t_s = u32::try_from(run.start.elapsed().as_secs()).unwrap_or(u32::MAX);
+            if let Some(bar) = &bar {
+                let c = &body["current"];
+                let sent = run
+                    .scenario
+                    .attempts
+                    .saturating_sub(run.attempts_left.load(Ordering::Relaxed));
+                let line = format!(
+                    "{:>6.0} req/s | accepted {} | backlog {} | enqueued/s {:.0} | drained/s {:.0} | orders {}",
+                    c["requests_per_s"].as_f64().unwrap_or(0.0),
+                    c["accepted"].as_u64().unwrap_or(0),
+                    c["lag"].as_u64().unwrap_or(0),
+                    c["enqueue_rate"].as_f64().unwrap_or(0.0),
+                    c["drain_rate"].as_f64().unwrap_or(0.0),
+                    c["orders"]
+                        .as_u64()
+                        .map_or_else(|| "?".to_string(), |o| o.to_string()),
+                );
+                bar.set_position(sent);
+                if bar.is_hidden() {
+                    if t_s % 5 == 0 {
+                        eprintln!(
+                            "load-tests: t={t_s}s {sent}/{} attempts | {line}",
+                            run.scenario.attempts
+                        );
+                    }
+                } else {
+                    bar.set_message(line);
+                }
+            }
+            out.push((t_s, body));
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    out
+}
+
+fn latency_of(h: &Histogram<u64>) -> Latency {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut buckets = Vec::new();
+    // Log-scale buckets: 0.1 ms × 2^k.
+    let mut upper_us = 100u64;
+    let mut below = 0u64;
+    while upper_us < LATENCY_MAX_US * 2 {
+        let up_to = h.count_between(0, upper_us.min(h.max()).max(1));
+        let in_bucket = up_to.saturating_sub(below);
+        if in_bucket > 0 {
+            buckets.push((ms(upper_us), in_bucket));
+        }
+        below = up_to;
+        if upper_us >= h.max() {
+            break;
+        }
+        upper_us *= 2;
+    }
+    Latency {
+        count: h.len(),
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p90_ms: ms(h.value_at_quantile(0.90)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+        buckets,
+    }
+}
+
+async fn in_parallel<F, Fut>(n: usize, make: F) -> Vec<Tally>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Tally> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(make())).collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        if let Ok(tally) = t.await {
+            out.push(tally);
+        }
+    }
+    out
+}
+
+/// Runs the scenario's flash crowd against `target`.
+pub async fn run(
+    scenario: Scenario,
+    target: Target,
+    progress: bool,
+) -> Result<CrowdOutcome, CrowdError> {
+    scenario.validate().map_err(CrowdError::Scenario)?;
+    if !target.addr.ip().is_loopback() {
+        return Err(CrowdError::NotLoopback(target.addr));
+    }
+    let started_at_ms = gateway::app::now_ms();
+    let start = Instant::now();
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    let bots = scenario.bots();
+    let people = (0..scenario.users)
+        .map(|i| {
+            Mutex::new(Person {
+                name: format!("lt{run_id}-{i}"),
+                cookie: String::new(),
+                bot: i < bots,
+                token: None,
+                not_before: start,
+                accepted: false,
+                done: false,
+            })
+        })
+        .collect();
+    let run = Arc::new(Run {
+        deadline: start + Duration::from_millis(scenario.deadline_ms),
+        attempts_left: AtomicU64::new(scenario.attempts),
+        scenario,
+        target,
+        sale: AtomicU64::new(0),
+        people,
+        start,
+        opened: Mutex::new(None),
+        accepted: Mutex::new(Vec::new()),
+        spent_tokens: Mutex::new(Vec::new()),
+        first_sold_out: Mutex::new(None),
+        bots_refused: AtomicU64::new(0),
+        bots_accepted: AtomicU64::new(0),
+        done: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let connections = run.scenario.connections;
+    let mut tallies = Vec::new();
+
+    // The sale id: one above every existing sale.
+    let mut admin = Conn::connect(run.target.addr)
+        .await
+        .map_err(|e| CrowdError::Connect(e.to_string()))?;
+    let auth = admin_auth(&run);
+    let listed = admin
+        .send(request(
+            "GET",
+            "/admin/api/sales",
+            &[("authorization", &auth)],
+            None,
+        ))
+        .await
+        .map_err(|e| CrowdError::Setup(e.to_string()))?;
+    if !listed.status.is_success() {
+        return Err(CrowdError::Setup(format!(
+            "listing sales: {} (is the admin secret right?)",
+            listed.status
+        )));
+    }
+    let sale_id = listed.json()["sales"].as_array().map_or(0, |s| {
+        s.iter()
+            .filter_map(|x| x["sale"]["id"].as_u64())
+            .max()
+            .unwrap_or(0)
+    }) + 1;
+    run.sale.store(sale_id, Ordering::Relaxed);
+
+    // 1. Sign-in.
+    let next = Arc::new(AtomicUsize::new(0));
+    tallies.extend(in_parallel(connections, || sign_in(run.clone(), next.clone())).await);
+    let signed_in = run
+        .people
+        .iter()
+        .filter(|p| !run.lock(p).cookie.is_empty())
+        .count();
+    if signed_in < run.people.len() {
+        return Err(CrowdError::Setup(format!(
+            "only {signed_in} of {} people could sign in",
+            run.people.len()
+        )));
+    }
+
+    // 2. The sale, opening soon; the ramp meanwhile.
+    let opens_at_ms = gateway::app::now_ms() + run.scenario.opens_in_ms;
+    let created = admin
+        .send(request(
+            "POST",
+            "/admin/api/sales",
+            &[("authorization", &auth)],
+            Some(&json!({
+                "id": sale_id,
+                "name": format!("load test {run_id}"),
+                "price_cents": 1999,
+                "units": run.scenario.units,
+                "starts_at_ms": opens_at_ms,
+                "pay_window_ms": run.scenario.pay_window_ms,
+            })),
+        ))
+        .await
+        .map_err(|e| CrowdError::Setup(e.to_string()))?;
+    if created.status.as_u16() != 201 {
+        return Err(CrowdError::Setup(format!(
+            "creating the sale: {} {}",
+            created.status,
+            String::from_utf8_lossy(&created.body)
+        )));
+    }
+    let opens_at = Instant::now() + Duration::from_millis(run.scenario.opens_in_ms);
+    *run.lock(&run.opened) = Some(opens_at);
+    let sampling_done = Arc::new(AtomicBool::new(false));
+    let sampler_task = tokio::spawn(sampler(run.clone(), sampling_done.clone(), progress));
+    let next = Arc::new(AtomicUsize::new(0));
+    tallies.extend(in_parallel(connections, || ramp(run.clone(), next.clone(), opens_at)).await);
+
+    // 3. The spike.
+    tallies.extend(in_parallel(connections, || spike(run.clone())).await);
+    let attempt_phase = opens_at.elapsed();
+
+    // 4. Decisions.
+    let work = Arc::new(Mutex::new(run.lock(&run.accepted).clone()));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    tallies.extend(
+        in_parallel(connections.min(64), || {
+            decisions(run.clone(), work.clone(), results.clone())
+        })
+        .await,
+    );
+    let decided = run.lock(&results).clone();
+
+    // 5. Payment of a share of the orders.
+    let mut to_pay = Vec::new();
+    for d in &decided {
+        if let Some(order) = &d.order_id
+            && rand::rng().random_bool(run.scenario.pay_share)
+        {
+            to_pay.push((order.clone(), run.lock(&run.people[d.who]).cookie.clone()));
+        }
+    }
+    let paid = Arc::new(AtomicU64::new(0));
+    let pay_work = Arc::new(Mutex::new(to_pay));
+    tallies.extend(
+        in_parallel(connections.min(64), || {
+            pay(run.clone(), pay_work.clone(), paid.clone())
+        })
+        .await,
+    );
+    sampling_done.store(true, Ordering::Relaxed);
+    let samples = sampler_task.await.unwrap_or_default();
+
+    // The record.
+    let mut latency: HashMap<(&'static str, String), Histogram<u64>> = HashMap::new();
+    let mut seconds: BTreeMap<u32, Second> = BTreeMap::new();
+    let (mut errors, mut requests, mut attempts) = (0, 0, 0);
+    for t in tallies {
+        errors += t.errors;
+        requests += t.requests;
+        attempts += t.attempts;
+        for (k, h) in t.latency {
+            let _ = latency.entry(k).or_insert_with(new_histogram).add(&h);
+        }
+        for (s, sec) in t.seconds {
+            let into = seconds.entry(s).or_insert_with(|| Second {
+                t_s: s,
+                ..Second::default()
+            });
+            into.requests += sec.requests;
+            into.attempts += sec.attempts;
+            for (o, n) in sec.outcomes {
+                *into.outcomes.entry(o).or_default() += n;
+            }
+        }
+    }
+    let mut peak_backlog = 0;
+    for (t_s, body) in &samples {
+        let c = &body["current"];
+        let into = seconds.entry(*t_s).or_insert_with(|| Second {
+            t_s: *t_s,
+            ..Second::default()
+        });
+        into.backlog = c["lag"].as_u64();
+        into.enqueued_per_s = c["enqueue_rate"].as_f64();
+        into.drained_per_s = c["drain_rate"].as_f64();
+        into.orders = c["orders"].as_u64();
+        peak_backlog = peak_backlog.max(into.backlog.unwrap_or(0));
+    }
+    let mut by_route: BTreeMap<String, BTreeMap<String, Latency>> = BTreeMap::new();
+    let mut route_all: HashMap<&'static str, Histogram<u64>> = HashMap::new();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    for ((route, outcome), h) in &latency {
+        by_route
+            .entry(route.to_string())
+            .or_default()
+            .insert(outcome.clone(), latency_of(h));
+        let _ = route_all.entry(route).or_insert_with(new_histogram).add(h);
+        if matches!(*route, "token" | "purchase") {
+            *outcomes.entry(outcome.clone()).or_default() += h.len();
+        }
+    }
+    for (route, h) in &route_all {
+        by_route
+            .entry(route.to_string())
+            .or_default()
+            .insert("all".into(), latency_of(h));
+    }
+    let accepted_list = run.lock(&run.accepted).clone();
+    let ordered = decided.iter().filter(|d| d.order_id.is_some()).count() as u64;
+    let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
+    for d in &decided {
+        if let Some(r) = &d.reason {
+            *rejected.entry(r.clone()).or_default() += 1;
+        }
+    }
+    let since_open = |at: Instant| {
+        u64::try_from(at.saturating_duration_since(opens_at).as_millis()).unwrap_or(u64::MAX)
+    };
+    let record = RunRecord {
+        scenario: run.scenario.name.clone(),
+        settings: serde_json::to_value(&run.scenario).unwrap_or(Value::Null),
+        target: run.target.label.clone(),
+        started_at_ms,
+        sale_opened_after_ms: u64::try_from(opens_at.saturating_duration_since(start).as_millis())
+            .unwrap_or(0),
+        sale_id,
+        units: run.scenario.units,
+        users: run.scenario.users,
+        attempts,
+        requests,
+        attempt_phase_ms: u64::try_from(attempt_phase.as_millis()).unwrap_or(u64::MAX),
+        attempts_per_s: attempts as f64 / attempt_phase.as_secs_f64().max(1e-9),
+        outcomes,
+        accepted: accepted_list.len() as u64,
+        ordered,
+        rejected,
+        unresolved: (accepted_list.len() - decided.len()) as u64,
+        paid: paid.load(Ordering::Relaxed),
+        bots_refused: run.bots_refused.load(Ordering::Relaxed),
+        bots_accepted: run.bots_accepted.load(Ordering::Relaxed),
+        sold_out_after_ms: run.lock(&run.first_sold_out).map(since_open),
+        last_decision_after_ms: decided.iter().map(|d| d.at).max().map(since_open),
+        peak_backlog,
+        errors,
+        latency: by_route,
+        timeline: seconds.into_values().collect(),
+        audit: None,
+    };
+    Ok(CrowdOutcome {
+        record,
+        tickets: accepted_list.into_iter().map(|(t, _)| t).collect(),
+    })
+}

@@ -1,0 +1,302 @@
+//! `load-tests`: flash crowds against the flash-sale system, the invariant auditor, and
+//! reports.
+//!
+//! ```text
+//! load-tests demo  [--scenario ci|small|large] [--database URL] [--out DIR]
+//! load-tests run   --url http://127.0.0.1:8080 --admin-secret S --load-test-secret L [--scenario …] [--out DIR]
+//! load-tests audit [--database URL] [--inventory memory|redis://…] [--sale N]… [--tickets FILE] [--at-rest]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use load_tests::crowd::{self, Target};
+use load_tests::scenario::Scenario;
+use load_tests::system::{AllInOne, SystemOptions};
+
+/// How long `demo` waits for the queue to drain before it audits.
+const DRAIN_WAIT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "load-tests",
+    about = "Flash crowds, the invariant auditor and run reports"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ScenarioArgs {
+    /// A preset: ci, small, large.
+    #[arg(long, default_value = "ci")]
+    scenario: String,
+    /// Override: units on sale.
+    #[arg(long)]
+    units: Option<u64>,
+    /// Override: simulated people.
+    #[arg(long)]
+    users: Option<u64>,
+    /// Override: purchase attempts.
+    #[arg(long)]
+    attempts: Option<u64>,
+    /// Override: concurrent connections.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Where the report goes (run.json, report.md, throughput.svg, latency.svg).
+    #[arg(long, default_value = "target/load-tests")]
+    out: PathBuf,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl ScenarioArgs {
+    fn scenario(&self) -> Result<Scenario, String> {
+        let mut s = Scenario::preset(&self.scenario).ok_or_else(|| {
+            format!(
+                "no scenario {}; the presets are {}",
+                self.scenario,
+                Scenario::PRESETS.join(", ")
+            )
+        })?;
+        if let Some(v) = self.units {
+            s.units = v;
+        }
+        if let Some(v) = self.users {
+            s.users = v;
+        }
+        if let Some(v) = self.attempts {
+            s.attempts = v;
+        }
+        if let Some(v) = self.connections {
+            s.connections = v;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Starts the all-in-one system in this process, runs the scenario against it, waits
+    /// for the queue to drain, audits every invariant and writes the report.
+    Demo {
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// The orders database (default: SQLite in a temporary directory).
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Runs the scenario against a running gateway (loopback only).
+    Run {
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// The gateway.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Its admin secret.
+        #[arg(long, env = "GATEWAY_ADMIN_SECRET")]
+        admin_secret: String,
+        /// Its load-test secret (`gateway --load-test-secret`).
+        #[arg(long, env = "GATEWAY_LOAD_TEST_SECRET")]
+        load_test_secret: String,
+        /// Also write the accepted tickets here, one per line (for `audit --tickets`).
+        #[arg(long)]
+        tickets_out: Option<PathBuf>,
+    },
+    /// Checks every invariant against the orders database and the stock store.
+    Audit(load_tests::audit::AuditArgs),
+}
+
+fn addr_of(url: &str) -> Result<std::net::SocketAddr, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    hostport.parse().map_err(|e| {
+        format!("{url}: {e} (give an IP address and port, e.g. http://127.0.0.1:8080)")
+    })
+}
+
+fn write_report(record: &load_tests::record::RunRecord, out: &std::path::Path) -> bool {
+    match load_tests::report::write_all(record, out) {
+        Ok(paths) => {
+            for p in paths {
+                println!("load-tests: wrote {}", p.display());
+            }
+            true
+        }
+        Err(e) => {
+            eprintln!("load-tests: writing the report: {e}");
+            false
+        }
+    }
+}
+
+fn headline(record: &load_tests::record::RunRecord) {
+    let p99 = |route: &str| {
+        record
+            .latency
+            .get(route)
+            .and_then(|m| m.get("all"))
+            .map_or(0.0, |l| l.p99_ms)
+    };
+    println!(
+        "load-tests: {} attempts in {:.1} s ({:.0}/s), p99 token {:.1} ms, purchase {:.1} ms; accepted {}, ordered {}, unresolved {}, paid {}; bots refused {}, accepted {}; sold out after {} ms; peak backlog {}",
+        record.attempts,
+        record.attempt_phase_ms as f64 / 1000.0,
+        record.attempts_per_s,
+        p99("token"),
+        p99("purchase"),
+        record.accepted,
+        record.ordered,
+        record.unresolved,
+        record.paid,
+        record.bots_refused,
+        record.bots_accepted,
+        record
+            .sold_out_after_ms
+            .map_or_else(|| "-".to_string(), |v| v.to_string()),
+        record.peak_backlog,
+    );
+}
+
+async fn demo(args: ScenarioArgs, database: Option<String>) -> Result<bool, String> {
+    let scenario = args.scenario()?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let system = AllInOne::start(
+        dir.path(),
+        SystemOptions {
+            database,
+            ..SystemOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "load-tests: all-in-one system at {} on {}",
+        system.url(),
+        system.database
+    );
+    let target = Target {
+        addr: system.addr,
+        admin_secret: system.admin_secret.clone(),
+        load_test_secret: system.load_test_secret.clone(),
+        label: format!("all-in-one ({})", system.db.backend()),
+    };
+    let outcome = crowd::run(scenario, target, !args.quiet)
+        .await
+        .map_err(|e| e.to_string())?;
+    // At rest: the queue drained, then the audit.
+    let deadline = Instant::now() + DRAIN_WAIT;
+    loop {
+        let lag = system
+            .state
+            .queue
+            .stats(&system.state.config.orders_topic)
+            .await
+            .ok()
+            .and_then(|t| {
+                t.groups
+                    .iter()
+                    .find(|g| g.name == system.state.config.workers_group)
+                    .map(|g| g.lag)
+            });
+        if lag == Some(0) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let store = system.state.inventory.store_arc();
+    let report = load_tests::audit::audit(&load_tests::audit::AuditInput {
+        db: system.db.clone(),
+        store: Some(store),
+        sales: Some(vec![outcome.record.sale_id]),
+        tickets: outcome.tickets.clone(),
+        at_rest: true,
+        now_ms: gateway::app::now_ms(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    report.print();
+    let mut record = outcome.record;
+    record.audit = Some(report.clone());
+    headline(&record);
+    let wrote = write_report(&record, &args.out);
+    system.stop().await;
+    Ok(report.passed() && record.bots_accepted == 0 && wrote)
+}
+
+async fn run_against(
+    args: ScenarioArgs,
+    url: String,
+    admin_secret: String,
+    load_test_secret: String,
+    tickets_out: Option<PathBuf>,
+) -> Result<bool, String> {
+    let scenario = args.scenario()?;
+    let addr = addr_of(&url)?;
+    let outcome = crowd::run(
+        scenario,
+        Target {
+            addr,
+            admin_secret,
+            load_test_secret,
+            label: url,
+        },
+        !args.quiet,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if let Some(path) = tickets_out {
+        let mut text = outcome.tickets.join("\n");
+        text.push('\n');
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    headline(&outcome.record);
+    let wrote = write_report(&outcome.record, &args.out);
+    Ok(outcome.record.bots_accepted == 0 && outcome.record.unresolved == 0 && wrote)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("load-tests: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async {
+        let result = match cli.command {
+            Command::Audit(args) => return load_tests::audit::run_cli(args).await,
+            Command::Demo { scenario, database } => demo(scenario, database).await,
+            Command::Run {
+                scenario,
+                url,
+                admin_secret,
+                load_test_secret,
+                tickets_out,
+            } => run_against(scenario, url, admin_secret, load_test_secret, tickets_out).await,
+        };
+        match result {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("load-tests: FAILED (see above)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("load-tests: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
