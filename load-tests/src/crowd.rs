@@ -343,11 +343,7 @@ async fn spike(run: Arc<Run>) -> Tally {
             continue;
         };
         // One attempt from the budget.
-        if run
-            .attempts_left
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_err()
-        {
+        if !take_attempt(&run) {
             break 'attempts;
         }
         let (bot, cookie, token) = {
@@ -359,6 +355,11 @@ async fn spike(run: Arc<Run>) -> Tally {
             // Rapid repeats of the three tricks; each must be refused.
             let trick = rand::rng().random_range(0..3);
             let reused = run.lock(&run.spent_tokens).first().cloned();
+            let route = if trick == 0 || (trick == 1 && reused.is_some()) {
+                "purchase"
+            } else {
+                "token"
+            };
             let req = match (trick, reused) {
                 (0, _) => request(
                     "POST",
@@ -379,7 +380,6 @@ async fn spike(run: Arc<Run>) -> Tally {
                     Some(&json!({"captcha_id": "", "answer": ""})),
                 ),
             };
-            let route = if trick == 2 { "token" } else { "purchase" };
             if let Some((a, body, _)) = send(&run, &mut conn, &mut tally, route, true, req).await {
                 if a.status.as_u16() == 202 || a.status.is_success() && route == "token" {
                     run.bots_accepted.fetch_add(1, Ordering::Relaxed);
@@ -392,10 +392,13 @@ async fn spike(run: Arc<Run>) -> Tally {
             }
             continue;
         }
-        let now = Instant::now();
-        let think = Duration::from_millis(rand::rng().random_range(THINK_MS));
-        match token {
-            None => {
+        // A human: a token if they hold none, then at once the purchase with it (as a
+        // person clicks Buy right after solving the captcha).
+        let mut token = token;
+        loop {
+            let now = Instant::now();
+            let think = Duration::from_millis(rand::rng().random_range(THINK_MS));
+            let Some(held) = token.take() else {
                 let req = request(
                     "POST",
                     &token_path,
@@ -405,75 +408,87 @@ async fn spike(run: Arc<Run>) -> Tally {
                 let Some((a, body, outcome)) =
                     send(&run, &mut conn, &mut tally, "token", true, req).await
                 else {
-                    continue;
+                    break;
                 };
                 let mut p = run.lock(&run.people[i]);
                 if a.status.is_success() {
                     p.token = body.get("token").and_then(Value::as_str).map(str::to_owned);
-                } else {
-                    if outcome == "sold_out" {
-                        note_sold_out(&run, now);
+                    token = p.token.clone();
+                    drop(p);
+                    if token.is_some() && take_attempt(&run) {
+                        continue;
                     }
+                    break;
+                }
+                if outcome == "sold_out" {
+                    note_sold_out(&run, now);
+                }
+                p.not_before = now + retry_after(&a).unwrap_or(think);
+                break;
+            };
+            let req = request(
+                "POST",
+                &purchase_path,
+                &[("cookie", &cookie)],
+                Some(&json!({ "token": held })),
+            );
+            let Some((a, body, outcome)) =
+                send(&run, &mut conn, &mut tally, "purchase", true, req).await
+            else {
+                break;
+            };
+            let ticket = body
+                .get("ticket")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let mut p = run.lock(&run.people[i]);
+            match (a.status.as_u16(), outcome.as_str()) {
+                (202, _) | (503, "outcome_unknown") if ticket.is_some() => {
+                    if let Some(t) = ticket {
+                        run.lock(&run.accepted).push((t, i));
+                    }
+                    {
+                        let mut spent = run.lock(&run.spent_tokens);
+                        if spent.len() < SPENT_TOKENS_MAX {
+                            spent.push(held.clone());
+                        }
+                    }
+                    p.accepted = true;
+                    // Some people click again with the same token (a double click),
+                    // which must be refused; the rest are done.
+                    if rand::rng().random_bool(run.scenario.repeat_share) {
+                        p.not_before = now;
+                    } else {
+                        finish(&run, &mut p);
+                    }
+                }
+                (409, _) => finish(&run, &mut p), // already bought
+                (_, "bad_token") => {
+                    p.token = None;
+                    if p.accepted {
+                        finish(&run, &mut p); // the refused repeat of an accepted purchase
+                    }
+                }
+                (_, "sold_out") => {
+                    note_sold_out(&run, now);
+                    p.not_before = now + retry_after(&a).unwrap_or(think);
+                }
+                _ => {
+                    // Throttled, busy, unavailable: the token is kept; come back later.
                     p.not_before = now + retry_after(&a).unwrap_or(think);
                 }
             }
-            Some(token) => {
-                let req = request(
-                    "POST",
-                    &purchase_path,
-                    &[("cookie", &cookie)],
-                    Some(&json!({ "token": token })),
-                );
-                let Some((a, body, outcome)) =
-                    send(&run, &mut conn, &mut tally, "purchase", true, req).await
-                else {
-                    continue;
-                };
-                let ticket = body
-                    .get("ticket")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let mut p = run.lock(&run.people[i]);
-                match (a.status.as_u16(), outcome.as_str()) {
-                    (202, _) | (503, "outcome_unknown") if ticket.is_some() => {
-                        if let Some(t) = ticket {
-                            run.lock(&run.accepted).push((t, i));
-                        }
-                        {
-                            let mut spent = run.lock(&run.spent_tokens);
-                            if spent.len() < SPENT_TOKENS_MAX {
-                                spent.push(token.clone());
-                            }
-                        }
-                        p.accepted = true;
-                        // Some people click again with the same token (a double click),
-                        // which must be refused; the rest are done.
-                        if rand::rng().random_bool(run.scenario.repeat_share) {
-                            p.not_before = now;
-                        } else {
-                            finish(&run, &mut p);
-                        }
-                    }
-                    (409, _) => finish(&run, &mut p), // already bought
-                    (_, "bad_token") => {
-                        p.token = None;
-                        if p.accepted {
-                            finish(&run, &mut p); // the refused repeat of an accepted purchase
-                        }
-                    }
-                    (_, "sold_out") => {
-                        note_sold_out(&run, now);
-                        p.not_before = now + retry_after(&a).unwrap_or(think);
-                    }
-                    _ => {
-                        // Throttled, busy, unavailable: the token is kept; come back later.
-                        p.not_before = now + retry_after(&a).unwrap_or(think);
-                    }
-                }
-            }
+            break;
         }
     }
     tally
+}
+
+/// Takes one attempt from the run's budget; false when it is spent.
+fn take_attempt(run: &Run) -> bool {
+    run.attempts_left
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 fn finish(run: &Run, p: &mut Person) {
