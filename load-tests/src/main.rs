@@ -16,6 +16,8 @@ use load_tests::crowd::{self, Target};
 use load_tests::scenario::Scenario;
 use load_tests::system::{AllInOne, SystemOptions};
 
+/// How long the baseline's closed loop is measured.
+const BASELINE_MEASURE: Duration = Duration::from_secs(3);
 /// How long `demo` waits for the queue to drain before it audits.
 const DRAIN_WAIT: Duration = Duration::from_secs(120);
 
@@ -90,6 +92,14 @@ enum Command {
         /// The orders database (default: SQLite in a temporary directory).
         #[arg(long)]
         database: Option<String>,
+        /// The benchmark: first measure a baseline in the same run (a closed loop of
+        /// `GET /healthz` on as many connections, the ceiling of this harness and server
+        /// on this machine), then the crowd, and print a JSON summary.
+        #[arg(long)]
+        baseline: bool,
+        /// Also write the JSON summary here.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
     },
     /// Runs the scenario against a running gateway (loopback only).
     Run {
@@ -166,7 +176,46 @@ fn headline(record: &load_tests::record::RunRecord) {
     );
 }
 
-async fn demo(args: ScenarioArgs, database: Option<String>) -> Result<bool, String> {
+/// Peak resident memory of this process (the system and the load generator together), KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Baseline: `GET /healthz` in a closed loop on `connections` connections.
+async fn baseline(
+    addr: std::net::SocketAddr,
+    connections: usize,
+) -> Result<serde_json::Value, String> {
+    let spec = gateway::loadgen::LoadSpec {
+        addr,
+        connections,
+        warmup: Duration::from_secs(1),
+        measure: BASELINE_MEASURE,
+    };
+    let r = gateway::loadgen::closed_loop(spec, |_| {
+        gateway::loadgen::request("GET", "/healthz", &[], None)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({
+        "what": "GET /healthz, closed loop, same connections, same process",
+        "requests_per_s": r.rps(),
+        "p50_ms": r.quantile_ms(0.5),
+        "p99_ms": r.quantile_ms(0.99),
+        "errors": r.errors,
+    }))
+}
+
+async fn demo(
+    args: ScenarioArgs,
+    database: Option<String>,
+    with_baseline: bool,
+    json_out: Option<PathBuf>,
+) -> Result<bool, String> {
     let scenario = args.scenario()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let system = AllInOne::start(
@@ -183,6 +232,11 @@ async fn demo(args: ScenarioArgs, database: Option<String>) -> Result<bool, Stri
         system.url(),
         system.database
     );
+    let base = if with_baseline {
+        Some(baseline(system.addr, scenario.connections).await?)
+    } else {
+        None
+    };
     let target = Target {
         addr: system.addr,
         admin_secret: system.admin_secret.clone(),
@@ -228,6 +282,45 @@ async fn demo(args: ScenarioArgs, database: Option<String>) -> Result<bool, Stri
     record.audit = Some(report.clone());
     headline(&record);
     let wrote = write_report(&record, &args.out);
+    if let Some(base) = base {
+        let p99 = |route: &str| {
+            record
+                .latency
+                .get(route)
+                .and_then(|m| m.get("all"))
+                .map_or(0.0, |l| l.p99_ms)
+        };
+        let summary = serde_json::json!({
+            "benchmark": "end-to-end flash crowd",
+            "scenario": record.scenario,
+            "target": record.target,
+            "units": record.units,
+            "users": record.users,
+            "attempts": record.attempts,
+            "attempts_per_s": record.attempts_per_s,
+            "attempt_phase_ms": record.attempt_phase_ms,
+            "p99_token_ms": p99("token"),
+            "p99_purchase_ms": p99("purchase"),
+            "p50_purchase_ms": record.latency.get("purchase").and_then(|m| m.get("all")).map_or(0.0, |l| l.p50_ms),
+            "sold_out_after_ms": record.sold_out_after_ms,
+            "last_decision_after_ms": record.last_decision_after_ms,
+            "peak_backlog": record.peak_backlog,
+            "accepted": record.accepted,
+            "ordered": record.ordered,
+            "bots_accepted": record.bots_accepted,
+            "errors": record.errors,
+            "audit_passed": report.passed(),
+            "peak_rss_kib_system_and_generator": peak_rss_kib(),
+            "baseline": base,
+            "attempts_vs_baseline": record.attempts_per_s / base["requests_per_s"].as_f64().unwrap_or(f64::NAN),
+            "published_reference_req_per_s": {"note": "quoted from public seckill projects, not measured here", "best_with_db_and_queue": 1306, "no_db_no_queue": 4276},
+        });
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        println!("{text}");
+        if let Some(path) = json_out {
+            std::fs::write(&path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
     system.stop().await;
     Ok(report.passed() && record.bots_accepted == 0 && wrote)
 }
@@ -278,7 +371,12 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let result = match cli.command {
             Command::Audit(args) => return load_tests::audit::run_cli(args).await,
-            Command::Demo { scenario, database } => demo(scenario, database).await,
+            Command::Demo {
+                scenario,
+                database,
+                baseline,
+                json_out,
+            } => demo(scenario, database, baseline, json_out).await,
             Command::Run {
                 scenario,
                 url,
