@@ -49,6 +49,11 @@ struct Args {
     /// captcha. Off unless set; logged loudly.
     #[arg(long, env = "GATEWAY_LOAD_TEST_SECRET")]
     load_test_secret: Option<String>,
+    /// Per-IP throttles (`on`, the default, or `off`): off when every client comes through
+    /// one address (a proxy without forwarded addresses, or a load generator on loopback);
+    /// the per-user throttles stay on.
+    #[arg(long, env = "GATEWAY_PER_IP_LIMITS", default_value = "on")]
+    per_ip_limits: String,
     /// The orders database: `sqlite:PATH` (created if missing) or `postgres://…`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
     database: String,
@@ -158,6 +163,25 @@ async fn run(args: Args) -> Result<(), BoxError> {
         let ledger = Arc::new(RedisLedger::beside(&store));
         (Box::new(store), ledger)
     };
+    let mut throttle = ThrottleConfig::default();
+    match args.per_ip_limits.as_str() {
+        "on" => {}
+        "off" => {
+            for r in [
+                &mut throttle.login,
+                &mut throttle.captcha,
+                &mut throttle.token,
+                &mut throttle.purchase,
+            ] {
+                r.per_ip = None;
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "gateway: per-IP throttles are off (--per-ip-limits off)"
+            );
+        }
+        other => return Err(format!("--per-ip-limits is on or off, not {other}").into()),
+    }
     let mut config = GatewayConfig::new(admin_secret);
     config.token_factor = args.token_factor;
     config.load_test_secret = args.load_test_secret.clone();
@@ -170,7 +194,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         db.clone(),
         SessionKey::from_bytes(key),
         TokenKey::from_bytes(token_key),
-        ThrottleConfig::default(),
+        throttle,
     )?;
     state.ledger = ledger;
     // The sales and their stock, from the database (an in-process store starts empty and

@@ -56,6 +56,12 @@ use serde_json::{Map, Value, json};
 use common::{MESSAGE_BYTES_MIN, Res, SystemRun, Workload, note};
 use machine::Meter;
 
+/// Rounds of the raw fsync probe run before each system.
+const PROBE_ROUNDS: usize = 200;
+
+/// Per system: its name, the disk probe before it, and its figures or why not.
+type Results = Vec<(String, Value, Result<SystemRun, String>)>;
+
 /// The systems, in the default order.
 const SYSTEMS: [&str; 4] = ["broker", "redis", "nats", "rabbitmq"];
 
@@ -230,12 +236,24 @@ async fn run(a: &Args) -> Res<bool> {
         url: a.rabbitmq_url.clone(),
         pid_file: a.rabbitmq_pid_file.clone(),
     };
-    let mut results: Vec<(String, Result<SystemRun, String>)> = Vec::new();
+    let w_bytes = w.message_bytes;
+    let mut results: Results = Vec::new();
     for (i, name) in a.systems.iter().enumerate() {
         if i > 0 {
             settle(a.pause_secs).await;
         }
         note!("--- {name}");
+        let probe = {
+            let base = base.clone();
+            tokio::task::spawn_blocking(move || machine::fsync_probe(&base, PROBE_ROUNDS, w_bytes))
+                .await
+                .unwrap_or_else(|e| json!({ "error": e.to_string() }))
+        };
+        note!(
+            "{name}: disk right before: fdatasync p50 {} µs, p99 {} µs",
+            probe["p50_us"],
+            probe["p99_us"]
+        );
         let r = match name.as_str() {
             "broker" => broker::run(&w, &base, &meter).await,
             "redis" => redis_streams::run(&w, &a.redis_server, &base, &meter).await,
@@ -253,19 +271,19 @@ async fn run(a: &Args) -> Res<bool> {
             ),
             Err(e) => note!("{name}: not measured: {e}"),
         }
-        results.push((name.clone(), r.map_err(|e| e.to_string())));
+        results.push((name.clone(), probe, r.map_err(|e| e.to_string())));
     }
 
     let baseline = results
         .iter()
-        .find(|(n, _)| n == "broker")
-        .and_then(|(_, r)| r.as_ref().ok());
+        .find(|(n, _, _)| n == "broker")
+        .and_then(|(_, _, r)| r.as_ref().ok());
     let mut systems = Vec::new();
     let mut ratios = Map::new();
-    for (name, r) in &results {
+    for (name, probe, r) in &results {
         match r {
             Ok(run) => {
-                systems.push(system_json(name, run));
+                systems.push(system_json(name, run, probe));
                 if let Some(b) = baseline.filter(|_| name != "broker") {
                     ratios.insert(name.clone(), ratio_json(run, b));
                 }
@@ -273,6 +291,7 @@ async fn run(a: &Args) -> Res<bool> {
             Err(e) => systems.push(json!({
                 "system": name,
                 "status": format!("not measured: {e}"),
+                "disk_fsync_probe_before": probe,
             })),
         }
     }
@@ -313,11 +332,12 @@ async fn settle(pause_secs: u64) {
     tokio::time::sleep(Duration::from_secs(pause_secs)).await;
 }
 
-fn system_json(name: &str, r: &SystemRun) -> Value {
+fn system_json(name: &str, r: &SystemRun, probe: &Value) -> Value {
     json!({
         "system": name,
         "status": "measured",
         "version": r.version,
+        "disk_fsync_probe_before": probe,
         "durability": r.durability,
         "publish": r.publish.to_json(),
         "publish_resources": r.publish_resources,
@@ -342,10 +362,10 @@ fn ratio_json(r: &SystemRun, b: &SystemRun) -> Value {
 }
 
 /// The human table, on stderr.
-fn print_table(results: &[(String, Result<SystemRun, String>)], baseline: Option<&SystemRun>) {
+fn print_table(results: &Results, baseline: Option<&SystemRun>) {
     note!("");
     note!(
-        "{:<9} {:>12} {:>9} {:>9} {:>13} {:>6} | {:>9} {:>9} {:>9}",
+        "{:<9} {:>12} {:>9} {:>9} {:>13} {:>6} | {:>9} {:>9} {:>9} | {:>10}",
         "system",
         "publish/s",
         "p50 µs",
@@ -354,9 +374,10 @@ fn print_table(results: &[(String, Result<SystemRun, String>)], baseline: Option
         "dups",
         "pub ×brk",
         "p99 ×brk",
-        "cons ×brk"
+        "cons ×brk",
+        "fsync p50"
     );
-    for (name, r) in results {
+    for (name, probe, r) in results {
         match r {
             Ok(run) => {
                 let (rp, r99, rc) = match baseline {
@@ -376,7 +397,7 @@ fn print_table(results: &[(String, Result<SystemRun, String>)], baseline: Option
                     None => ("-".into(), "-".into(), "-".into()),
                 };
                 note!(
-                    "{:<9} {:>12.0} {:>9} {:>9} {:>13.0} {:>6} | {:>9} {:>9} {:>9}",
+                    "{:<9} {:>12.0} {:>9} {:>9} {:>13.0} {:>6} | {:>9} {:>9} {:>9} | {:>10}",
                     name,
                     run.publish.msgs_per_s(),
                     run.publish.confirm.value_at_quantile(0.5),
@@ -385,7 +406,8 @@ fn print_table(results: &[(String, Result<SystemRun, String>)], baseline: Option
                     run.consume.duplicates,
                     rp,
                     r99,
-                    rc
+                    rc,
+                    probe["p50_us"].to_string()
                 );
             }
             Err(e) => note!(
@@ -394,8 +416,10 @@ fn print_table(results: &[(String, Result<SystemRun, String>)], baseline: Option
             ),
         }
     }
-    note!("(×brk: other ÷ our broker, measured in this run)");
-    for (name, r) in results {
+    note!(
+        "(×brk: other ÷ our broker, measured in this run; fsync p50: µs of a raw append + fdatasync on the data disk right before the system ran)"
+    );
+    for (name, _, r) in results {
         if let Ok(run) = r {
             note!("{name} ({}):", run.version);
             if let Some(d) = run.durability.as_object() {

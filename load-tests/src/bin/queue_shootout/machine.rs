@@ -203,3 +203,44 @@ impl Meter {
         })
     }
 }
+
+/// Fsyncs measured right before a system runs, to show the state of the disk at that
+/// moment (on a shared virtual disk, flush latency drifts by several times within minutes):
+/// `rounds` × (append `bytes` to a fresh file in `dir` + `fdatasync`), one thread. Returns
+/// p50, p99 and max in µs, or why it could not run.
+pub fn fsync_probe(dir: &Path, rounds: usize, bytes: usize) -> Value {
+    use std::io::Write as _;
+    let path = dir.join(format!("queue-shootout-probe-{}", std::process::id()));
+    let run = || -> std::io::Result<Vec<u64>> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        let buf = vec![b'p'; bytes];
+        let mut lat = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let t0 = Instant::now();
+            f.write_all(&buf)?;
+            f.sync_data()?;
+            lat.push(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
+        }
+        Ok(lat)
+    };
+    let r = run();
+    let _ = std::fs::remove_file(&path);
+    match r {
+        Ok(mut lat) if !lat.is_empty() => {
+            lat.sort_unstable();
+            let at = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+            json!({
+                "what": format!("{rounds} x (append {bytes} B + fdatasync), one thread, just before this system"),
+                "p50_us": at(0.5),
+                "p99_us": at(0.99),
+                "max_us": at(1.0),
+            })
+        }
+        Ok(_) => json!({ "error": "no rounds" }),
+        Err(e) => json!({ "error": e.to_string() }),
+    }
+}

@@ -222,31 +222,33 @@ async fn measure(
 
     // Consume + ack.
     let prefetch = u16::try_from(w.batch).map_err(|_| err("batch above 65535"))?;
-    let mut consumers = Vec::with_capacity(w.consumers);
+    // Channels and their prefetch are set up before the clock starts; basic.consume is
+    // part of the timed phase, since deliveries start as soon as it is issued.
+    let mut channels = Vec::with_capacity(w.consumers);
     for i in 0..w.consumers {
         let channel = conns[i % conns.len()].create_channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.clone(),
-                format!("c{i}").into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        consumers.push((channel, consumer));
+        channels.push(channel);
     }
     let seen = Seen::new(w);
     let snap = meter.begin(pid);
     let mut handles = Vec::with_capacity(w.consumers);
-    let mut channels = Vec::with_capacity(w.consumers);
-    for (channel, mut consumer) in consumers {
-        channels.push(channel.clone());
+    for (i, channel) in channels.iter().enumerate() {
+        let channel = channel.clone();
+        let queue = queue.clone();
         let seen = seen.clone();
         let batch = w.batch;
         handles.push(tokio::spawn(async move {
+            let mut consumer = channel
+                .basic_consume(
+                    queue,
+                    format!("c{i}").into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
             let mut held: Vec<lapin::message::Delivery> = Vec::with_capacity(batch);
             loop {
                 if held.is_empty() && seen.done() {
