@@ -16,6 +16,10 @@ use load_tests::crowd::{self, Target};
 use load_tests::scenario::Scenario;
 use load_tests::system::{AllInOne, SystemOptions};
 
+// The same allocator as the gateway binary (the system runs in this process for `demo`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long the baseline's closed loop is measured.
 const BASELINE_MEASURE: Duration = Duration::from_secs(3);
 /// How long `demo` waits for the queue to drain before it audits.

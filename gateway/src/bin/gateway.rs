@@ -20,6 +20,11 @@ use inventory::{Inventory, MemoryStore, RedisStore, StockStore};
 use order_worker::crew::{Crew, CrewConfig};
 use order_worker::db::{DbOptions, NewSale, OrdersDb, SqliteDurability};
 
+// mimalloc: the allocator the gateway benchmark measures (glibc's malloc showed as the
+// top symbol in a profile of this binary under a flash crowd).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "gateway", version, about = "The flash-sale HTTP gateway")]
 struct Args {
