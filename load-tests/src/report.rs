@@ -468,30 +468,18 @@ pub fn throughput_svg(record: &RunRecord) -> Result<String, ReportError> {
                     PathElement::new(vec![(x, y), (x + 20, y)], ATTEMPTS.stroke_width(2))
                 });
         }
-        for (i, seg) in enqueued.iter().enumerate() {
-            let anno = chart
-                .draw_series(LineSeries::new(
-                    seg.iter().copied(),
-                    ENQUEUED.stroke_width(1),
-                ))
-                .map_err(|e| err(&e))?;
-            if i == 0 {
-                anno.label("enqueued/s").legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], ENQUEUED.stroke_width(1))
-                });
-            }
-        }
-        for (i, seg) in drained.iter().enumerate() {
-            let anno = chart
-                .draw_series(LineSeries::new(
-                    seg.iter().copied(),
-                    DRAINED.stroke_width(2),
-                ))
-                .map_err(|e| err(&e))?;
-            if i == 0 {
-                anno.label("drained/s").legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], DRAINED.stroke_width(2))
-                });
+        for (segments, style, label) in [
+            (&enqueued, ENQUEUED.stroke_width(1), "enqueued/s"),
+            (&drained, DRAINED.stroke_width(2), "drained/s"),
+        ] {
+            for (i, seg) in segments.iter().enumerate() {
+                let anno = chart
+                    .draw_series(LineSeries::new(seg.iter().copied(), style))
+                    .map_err(|e| err(&e))?;
+                if i == 0 {
+                    anno.label(label)
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+                }
             }
         }
         for (i, seg) in backlog.iter().enumerate() {

@@ -21,18 +21,14 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
 use fantoccini::{Client, ClientBuilder, Locator};
-use gateway::app::{AppState, GatewayConfig, ServeLimits, now_ms};
+use gateway::app::now_ms;
 use gateway::loadgen::Conn;
-use gateway::session::SessionKey;
-use gateway::token::TokenKey;
-use inventory::{Inventory, MemoryStore};
+use inventory::MemoryStore;
 use order_worker::crew::Crew;
-use queue::{Engine, Queue};
+use queue::Queue;
 use serde_json::{Value, json};
 
-use super::{
-    ADMIN, LOAD_TEST, PURCHASE_WAIT_MS, TestApp, patient, test_db, test_throttle, token_of,
-};
+use super::{LOAD_TEST, TestApp, patient, test_throttle, token_of};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -427,30 +423,18 @@ fn truthy(v: &Value) -> bool {
 /// to the test, load-test mode on) with order workers and a canceller running, on the
 /// embedded queue, the in-process stock store and SQLite, all in a temporary folder.
 async fn system() -> (Arc<TestApp>, Crew, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
-    let mut config = GatewayConfig::new(ADMIN);
-    config.token_factor = 100.0;
-    config.load_test_secret = Some(LOAD_TEST.into());
-    config.purchase_wait_ms = PURCHASE_WAIT_MS;
-    config.reveal_captcha_answers = true;
-    let state = AppState::new(
-        config,
-        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
-        engine.clone(),
-        test_db(&dir).await,
-        SessionKey::generate(),
-        TokenKey::generate(),
+    let t = super::test_app_adjusted(
+        Box::new(MemoryStore::new()),
+        None,
         test_throttle(),
+        None,
+        |config| {
+            config.token_factor = 100.0;
+            config.load_test_secret = Some(LOAD_TEST.into());
+            config.reveal_captcha_answers = true;
+        },
     )
-    .expect("state");
-    let t = TestApp {
-        state: Arc::new(state),
-        engine,
-        limits: ServeLimits::default(),
-        served: None,
-        _dir: dir,
-    }
+    .await
     .on_port(patient())
     .await;
     let base = format!("http://{}", t.served.as_ref().expect("served").addr);

@@ -96,15 +96,30 @@ async fn test_app_on(
     load_test: Option<&str>,
     db: Option<order_worker::OrdersDb>,
 ) -> TestApp {
+    test_app_adjusted(store, ledger, throttle, db, |config| {
+        config.token_factor = token_factor;
+        config.load_test_secret = load_test.map(String::from);
+    })
+    .await
+}
+
+/// The test gateway on a fresh embedded queue (and a fresh SQLite database unless `db`),
+/// with the test configuration changed by `adjust`.
+async fn test_app_adjusted(
+    store: Box<dyn inventory::StockStore>,
+    ledger: Option<Arc<dyn gateway::ledger::TokenLedger>>,
+    throttle: ThrottleConfig,
+    db: Option<order_worker::OrdersDb>,
+    adjust: impl FnOnce(&mut GatewayConfig),
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
     let mut config = GatewayConfig::new(ADMIN);
-    config.token_factor = token_factor;
-    config.load_test_secret = load_test.map(String::from);
     // Tests check outcomes, not latency: a purchase waits for its enqueue as long as its
     // request may last (a debug build on two shared cores sometimes sees seconds-long
     // fsync rounds); `a_slow_enqueue_answers_with_a_ticket_to_follow` tests the wait.
     config.purchase_wait_ms = PURCHASE_WAIT_MS;
+    adjust(&mut config);
     let mut state = AppState::new(
         config,
         Inventory::new(store, Duration::from_millis(200)),
