@@ -392,11 +392,7 @@ impl RedisLedger {
     }
 
     fn keys(&self, sale: u64) -> [String; 2] {
-        let base = format!("{}{{{sale}}}", self.prefix);
-        [
-            format!("{base}:token_holders"),
-            format!("{base}:token_nonces"),
-        ]
+        inventory::keys::SaleKeys::new(&self.prefix, sale).ledger()
     }
 
     async fn run(&self, script: &redis::Script, sale: u64, args: &[String]) -> LedgerResult<i64> {

@@ -16,6 +16,8 @@
 //!   store round trip; the flag is cleared by a release or restock made through this process
 //!   and re-checked against the store at most every `recheck` (releases made by other
 //!   processes are seen within that bound).
+//! - [`keys`]: the Redis key layout of a sale (stock and token ledger), the one place
+//!   the store, the gateway's ledger and the auditor take their key names from.
 //!
 //! ## Reconciliation and lost reservations
 //!
@@ -29,6 +31,7 @@
 //! the queue goes quiet, and how many to the purchases in flight when a gateway died (at
 //! most its in-flight request limit).
 
+pub mod keys;
 mod memory;
 mod redis_store;
 

@@ -1,9 +1,8 @@
 //! [`RedisStore`]: the stock in Redis, each operation one Lua script (atomic in Redis), so
 //! several gateway processes share one stock without overselling.
 //!
-//! Keys of sale `S` under prefix `P` (the `{…}` hash tag keeps a sale's keys in one slot):
-//! `P{S}:units` (units on sale), `P{S}:left` (units not held), `P{S}:holder_tags` (hash:
-//! user → the tag of their reservation, `""` when untagged).
+//! Keys of sale `S` under prefix `P`: `P{S}:units`, `P{S}:left`, `P{S}:holder_tags`; the
+//! layout is [`crate::keys`].
 
 use std::time::Duration;
 
@@ -149,12 +148,7 @@ impl RedisStore {
     }
 
     fn keys(&self, sale: SaleId) -> [String; 3] {
-        let base = format!("{}{{{sale}}}", self.prefix);
-        [
-            format!("{base}:units"),
-            format!("{base}:left"),
-            format!("{base}:holder_tags"),
-        ]
+        crate::keys::SaleKeys::new(&self.prefix, sale).stock()
     }
 
     /// Deletes the sale's keys (tests and admin cleanup).

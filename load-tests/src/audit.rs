@@ -691,12 +691,8 @@ async fn redis_read(
         .get()
         .await
         .map_err(|e| AuditError::Redis(e.to_string()))?;
-    let base = format!("{}{{{sale}}}", store.prefix());
-    let (units_key, left_key, holders_key) = (
-        format!("{base}:units"),
-        format!("{base}:left"),
-        format!("{base}:holder_tags"),
-    );
+    let [units_key, left_key, holders_key] =
+        inventory::keys::SaleKeys::new(store.prefix(), sale).stock();
     let (units, left, holders): (Option<i64>, Option<i64>, i64) = redis::pipe()
         .atomic()
         .cmd("GET")

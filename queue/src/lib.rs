@@ -30,10 +30,12 @@
 //! - [`client`]: [`Client`], the broker's client, another implementation of [`Queue`].
 //! - [`backend`]: [`Backend::open`], embedded or remote chosen by one configuration string
 //!   (`tcp://HOST:PORT` or a directory).
+//! - [`backoff`]: the exponential backoff schedule every retry loop of the system uses.
 //! - [`metrics`]: the broker's Prometheus endpoint.
 
 pub mod api;
 pub mod backend;
+pub mod backoff;
 mod bits;
 pub mod client;
 pub mod clock;
