@@ -1,0 +1,200 @@
+//! The `workers` table: each crew member's heartbeat, pruning of stale rows, the listing,
+//! and marking members stopped.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::{
+    DbError, DbResult, HEARTBEAT_ROWS_MAX, OrdersDb, WORKER_HOST_BYTES_MAX, WORKER_ID_BYTES_MAX,
+    WORKER_PRUNE_EVERY_MS, WORKER_PRUNE_ROWS_MAX, WORKER_PRUNE_WINDOW_MS, WORKER_ROWS_TTL_MS,
+    WORKERS_LISTED_MAX, to_i64, to_u64,
+};
+
+/// What a member of a crew does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerKind {
+    /// An order worker ([`crate::worker::OrderWorker`]).
+    Worker,
+    /// A canceller ([`crate::canceller::Canceller`]).
+    Canceller,
+}
+
+impl WorkerKind {
+    /// The name in the `workers.kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerKind::Worker => "worker",
+            WorkerKind::Canceller => "canceller",
+        }
+    }
+
+    fn parse(s: &str) -> DbResult<WorkerKind> {
+        match s {
+            "worker" => Ok(WorkerKind::Worker),
+            "canceller" => Ok(WorkerKind::Canceller),
+            other => Err(DbError::Invalid(format!("unknown worker kind {other:?}"))),
+        }
+    }
+}
+
+/// A row of the `workers` table: a worker's or canceller's last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerBeat {
+    /// Stable id, unique across processes (`{host}-{pid}-{kind}-{n}`).
+    pub id: String,
+    /// Worker or canceller.
+    pub kind: WorkerKind,
+    /// Host of its process.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started, ms since the Unix epoch.
+    pub started_ms: u64,
+    /// Its last heartbeat, ms since the Unix epoch ([`OrdersDb::heartbeat`] writes its
+    /// `now_ms` here, whatever the beat says).
+    pub beat_ms: u64,
+    /// The last time its loop made a step (fetched, decided, or a long poll ran out): an
+    /// old value under fresh beats means the loop is stuck.
+    pub progress_ms: u64,
+    /// Messages it finished: purchases decided (workers), orders cancelled (cancellers).
+    pub handled: u64,
+    /// When it stopped, if it did.
+    pub stopped_ms: Option<u64>,
+}
+
+impl OrdersDb {
+    /// Writes the heartbeats of a process's crew (at most [`HEARTBEAT_ROWS_MAX`]) in one
+    /// transaction: each member's row is inserted or replaced, with `beat_ms = now_ms`.
+    /// When `now_ms` falls in the first [`WORKER_PRUNE_WINDOW_MS`] of a
+    /// [`WORKER_PRUNE_EVERY_MS`] period, it also prunes rows not beaten for
+    /// [`WORKER_ROWS_TTL_MS`] (see [`OrdersDb::prune_workers`]). Returns the rows pruned.
+    pub async fn heartbeat(&self, beats: &[WorkerBeat], now_ms: u64) -> DbResult<u64> {
+        if beats.len() > HEARTBEAT_ROWS_MAX {
+            return Err(DbError::Invalid(format!(
+                "at most {HEARTBEAT_ROWS_MAX} beats a heartbeat"
+            )));
+        }
+        let now = to_i64(now_ms, "now")?;
+        let mut rows = Vec::with_capacity(beats.len());
+        for b in beats {
+            if b.id.is_empty() || b.id.len() > WORKER_ID_BYTES_MAX {
+                return Err(DbError::Invalid(format!(
+                    "a worker id is 1..={WORKER_ID_BYTES_MAX} bytes"
+                )));
+            }
+            if b.host.len() > WORKER_HOST_BYTES_MAX {
+                return Err(DbError::Invalid(format!(
+                    "a host name is at most {WORKER_HOST_BYTES_MAX} bytes"
+                )));
+            }
+            rows.push((
+                b,
+                to_i64(b.started_ms, "start")?,
+                to_i64(b.progress_ms, "progress")?,
+                to_i64(b.handled, "handled")?,
+                b.stopped_ms.map(|s| to_i64(s, "stop")).transpose()?,
+            ));
+        }
+        // One lock order for every process (PostgreSQL row locks).
+        rows.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let prune = now_ms % WORKER_PRUNE_EVERY_MS < WORKER_PRUNE_WINDOW_MS;
+        let cutoff = now.saturating_sub(to_i64(WORKER_ROWS_TTL_MS, "ttl")?);
+        let pruned = in_tx!(self, tx, pg => {
+            for (b, started, progress, handled, stopped) in &rows {
+                sqlx::query(
+                    "INSERT INTO workers (id, kind, host, pid, started_ms, beat_ms, progress_ms, handled, stopped_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, host = excluded.host, \
+                         pid = excluded.pid, started_ms = excluded.started_ms, beat_ms = excluded.beat_ms, \
+                         progress_ms = excluded.progress_ms, handled = excluded.handled, \
+                         stopped_ms = excluded.stopped_ms")
+                    .bind(b.id.as_str()).bind(b.kind.as_str()).bind(b.host.as_str())
+                    .bind(i64::from(b.pid)).bind(*started).bind(now).bind(*progress)
+                    .bind(*handled).bind(*stopped)
+                    .execute(&mut *tx).await?;
+            }
+            if prune {
+                sqlx::query(
+                    "DELETE FROM workers WHERE id IN \
+                     (SELECT id FROM workers WHERE beat_ms < $1 ORDER BY beat_ms LIMIT $2)")
+                    .bind(cutoff).bind(WORKER_PRUNE_ROWS_MAX as i64)
+                    .execute(&mut *tx).await?.rows_affected()
+            } else {
+                0
+            }
+        });
+        Ok(pruned)
+    }
+
+    /// Deletes up to [`WORKER_PRUNE_ROWS_MAX`] rows of `workers` not beaten for
+    /// [`WORKER_ROWS_TTL_MS`] before `now_ms` (oldest first); returns how many.
+    pub async fn prune_workers(&self, now_ms: u64) -> DbResult<u64> {
+        let cutoff = to_i64(now_ms.saturating_sub(WORKER_ROWS_TTL_MS), "now")?;
+        let n = on_db!(self, p => sqlx::query(
+            "DELETE FROM workers WHERE id IN \
+             (SELECT id FROM workers WHERE beat_ms < $1 ORDER BY beat_ms LIMIT $2)")
+            .bind(cutoff).bind(WORKER_PRUNE_ROWS_MAX as i64)
+            .execute(p).await?.rows_affected());
+        Ok(n)
+    }
+
+    /// The workers and cancellers of every process, newest beat first (ties by id), at most
+    /// `limit` (itself at most [`WORKERS_LISTED_MAX`]).
+    pub async fn workers(&self, limit: usize) -> DbResult<Vec<WorkerBeat>> {
+        let limit = limit.min(WORKERS_LISTED_MAX) as i64;
+        on_db!(self, p => {
+            let rows = sqlx::query(concat!(
+                "SELECT ", worker_columns!(), " FROM workers ORDER BY beat_ms DESC, id LIMIT $1"))
+                .bind(limit).fetch_all(p).await?;
+            rows.iter().map(worker_of).collect()
+        })
+    }
+
+    /// Marks these workers stopped at `now_ms` (also their last beat); at most
+    /// [`HEARTBEAT_ROWS_MAX`] ids. Returns the rows it marked (unknown ids are skipped).
+    pub async fn mark_stopped(&self, ids: &[String], now_ms: u64) -> DbResult<u64> {
+        if ids.len() > HEARTBEAT_ROWS_MAX {
+            return Err(DbError::Invalid(format!(
+                "at most {HEARTBEAT_ROWS_MAX} ids a call"
+            )));
+        }
+        let now = to_i64(now_ms, "now")?;
+        let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let marked = in_tx!(self, tx, pg => {
+            let mut marked = 0;
+            for id in &ids {
+                marked += sqlx::query(
+                    "UPDATE workers SET stopped_ms = $1, beat_ms = $2 WHERE id = $3")
+                    .bind(now).bind(now).bind(*id)
+                    .execute(&mut *tx).await?.rows_affected();
+            }
+            marked
+        });
+        Ok(marked)
+    }
+}
+
+/// Reads a [`WorkerBeat`] from a row of [`worker_columns!`].
+fn worker_of<R: Row>(r: &R) -> DbResult<WorkerBeat>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let kind: String = r.try_get(1)?;
+    Ok(WorkerBeat {
+        id: r.try_get(0)?,
+        kind: WorkerKind::parse(&kind)?,
+        host: r.try_get(2)?,
+        pid: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0),
+        started_ms: to_u64(r.try_get::<i64, _>(4)?),
+        beat_ms: to_u64(r.try_get::<i64, _>(5)?),
+        progress_ms: to_u64(r.try_get::<i64, _>(6)?),
+        handled: to_u64(r.try_get::<i64, _>(7)?),
+        stopped_ms: r.try_get::<Option<i64>, _>(8)?.map(to_u64),
+    })
+}

@@ -1,0 +1,69 @@
+//! The named bounds of the orders database: batch and statement sizes, pool size, sale
+//! settings, and the `workers` table's retention and sizes.
+
+use std::time::Duration;
+
+/// Most purchases one [`OrdersDb::decide_batch`] takes (one transaction).
+pub const BATCH_MAX: usize = 5_000;
+
+/// Most rows one multi-row statement carries (bounded by the backends' parameter limits:
+/// 9 parameters a row stays far below SQLite's 32,766 and PostgreSQL's 65,535).
+pub const ROWS_PER_STATEMENT: usize = 500;
+
+/// Default pool size.
+pub const CONNECTIONS_DEFAULT: u32 = 8;
+
+/// Most connections a pool may be given.
+pub const CONNECTIONS_MAX: u32 = 64;
+
+/// Most sales [`OrdersDb::sales`] lists.
+pub const SALES_MAX: usize = 10_000;
+
+/// Most orders one cancellation transaction handles.
+pub const CANCEL_BATCH_MAX: usize = 5_000;
+
+/// The pay window of a sale that does not name one: ten minutes.
+pub const PAY_WINDOW_MS_DEFAULT: u64 = 10 * 60 * 1000;
+
+/// Longest sale name, bytes.
+pub const SALE_NAME_BYTES_MAX: usize = 200;
+
+/// Smallest per-sale purchase-token factor ([`NewSale::token_factor`]).
+pub const TOKEN_FACTOR_MIN: f64 = 0.1;
+
+/// Largest per-sale purchase-token factor.
+pub const TOKEN_FACTOR_MAX: f64 = 100.0;
+
+/// The only units-per-person a sale may have: the stock store and the partial unique index
+/// of active orders per (sale, user) hold one unit per person.
+pub const PER_USER_LIMIT_SUPPORTED: u32 = 1;
+
+/// How long a SQLite connection waits for the write lock before failing (busy timeout).
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Rows of the `workers` table not beaten for this long are pruned: one hour.
+pub const WORKER_ROWS_TTL_MS: u64 = 60 * 60 * 1000;
+
+/// [`OrdersDb::heartbeat`] prunes stale rows when its time falls in the first
+/// [`WORKER_PRUNE_WINDOW_MS`] of each period this long: about once a minute for a process
+/// beating every second, with no state to keep.
+pub const WORKER_PRUNE_EVERY_MS: u64 = 60 * 1000;
+
+/// See [`WORKER_PRUNE_EVERY_MS`]; the heartbeat period, so every beating process hits it.
+pub const WORKER_PRUNE_WINDOW_MS: u64 = 1000;
+
+/// Most stale rows one pruning deletes (the next one takes the rest).
+pub const WORKER_PRUNE_ROWS_MAX: usize = 1_000;
+
+/// Most rows [`OrdersDb::workers`] lists.
+pub const WORKERS_LISTED_MAX: usize = 200;
+
+/// Most beats one [`OrdersDb::heartbeat`] (or ids one [`OrdersDb::mark_stopped`]) takes:
+/// a whole crew.
+pub const HEARTBEAT_ROWS_MAX: usize = crate::crew::WORKERS_MAX + crate::crew::CANCELLERS_MAX;
+
+/// Longest worker id, bytes.
+pub const WORKER_ID_BYTES_MAX: usize = 200;
+
+/// Longest host name in a worker's row, bytes.
+pub const WORKER_HOST_BYTES_MAX: usize = 255;

@@ -1,0 +1,233 @@
+//! The orders database: sales, orders and the outcome of every purchase, in SQLite (the
+//! embedded default, WAL) or PostgreSQL, through sqlx with runtime-checked queries (the build
+//! needs no database). Both backends run the same statements (`$N` placeholders) and have
+//! their own migrations (`migrations/sqlite`, `migrations/postgres`), embedded in the binary.
+//!
+//! ## How a batch of purchases becomes orders ([`OrdersDb::decide_batch`])
+//!
+//! One transaction per batch (`BEGIN IMMEDIATE` in SQLite: one writer at a time; in
+//! PostgreSQL each sale's row is locked `FOR UPDATE`, sales in ascending id order):
+//!
+//! 1. the outcomes already recorded for the batch's tickets are read: a redelivered purchase
+//!    finds its decision and changes nothing;
+//! 2. per sale: purchases of users who already hold an active order (or appear earlier in the
+//!    batch) are rejected `already_bought`; the first `units_left` of the rest are granted,
+//!    the others rejected `sold_out`; a sale the database does not know rejects `no_such_sale`;
+//! 3. `units_left` drops by the units granted with a conditional update (`… WHERE units_left
+//!    >= granted`), the last guard against oversell whatever the gateway's cache said, and a
+//!    `CHECK (units_left >= 0)` behind it;
+//! 4. the orders and every outcome are inserted with multi-row statements.
+//!
+//! The constraints carry the invariants even if this code were wrong: one outcome per ticket
+//! (primary key), one order per request id (unique), one active order per (sale, user)
+//! (partial unique index), units left within `0..=units` (check).
+//!
+//! ## Locks
+//!
+//! Every transaction that changes a sale's active orders takes the sale's row first (in
+//! PostgreSQL `FOR UPDATE`, ascending sale ids), then the orders: batches and cancellations
+//! never deadlock each other. A payment touches one order row only.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+/// The columns of `sales` a [`Sale`] is read from, in `sales::sale_of`'s order (a macro, so
+/// statements stay `&'static str` through `concat!`).
+macro_rules! sale_columns {
+    () => {
+        "id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, \
+         ends_at_ms, token_factor_milli, per_user_limit"
+    };
+}
+
+/// The columns of `workers` a [`WorkerBeat`] is read from, in `heartbeat::worker_of`'s order.
+macro_rules! worker_columns {
+    () => {
+        "id, kind, host, pid, started_ms, beat_ms, progress_ms, handled, stopped_ms"
+    };
+}
+
+/// Runs `$body` with `$p` bound to whichever pool `$db` holds (the body is compiled once
+/// per backend).
+macro_rules! on_db {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            OrdersDb::Sqlite($p) => $body,
+            OrdersDb::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Runs `$body` in a transaction `$tx` (committed if the body does not return early with
+/// an error); `$pg` tells the body which backend it runs on.
+macro_rules! in_tx {
+    ($db:expr, $tx:ident, $pg:ident => $body:block) => {
+        match $db {
+            OrdersDb::Sqlite(p) => {
+                #[allow(unused_variables)]
+                let $pg = false;
+                let mut $tx = p.begin_with("BEGIN IMMEDIATE").await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            OrdersDb::Postgres(p) => {
+                #[allow(unused_variables)]
+                let $pg = true;
+                let mut $tx = p.begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
+mod cancel;
+mod decide;
+mod dialect;
+mod error;
+mod heartbeat;
+mod limits;
+mod orders;
+mod sales;
+
+pub use cancel::Cancelled;
+pub use decide::{Decision, Outcome, reason};
+pub use error::{DbError, DbResult};
+pub use heartbeat::{WorkerBeat, WorkerKind};
+pub use limits::*;
+pub use orders::{Order, OrderStatus, Payment};
+pub use sales::{NewSale, OrderCounts, OrderTotals, Sale};
+
+/// Durability of SQLite commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteDurability {
+    /// `synchronous=FULL`: a commit is on disk when it returns (the WAL is fsynced). The
+    /// default: a worker acks purchases only after their orders are durable.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: commits survive a process crash, not a power loss.
+    Normal,
+}
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Pool size (at most [`CONNECTIONS_MAX`]).
+    pub max_connections: u32,
+    /// SQLite commit durability.
+    pub sqlite_durability: SqliteDurability,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            max_connections: CONNECTIONS_DEFAULT,
+            sqlite_durability: SqliteDurability::Full,
+        }
+    }
+}
+
+/// The orders database: a pool of either backend.
+#[derive(Debug, Clone)]
+pub enum OrdersDb {
+    /// SQLite (a file, WAL).
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+impl OrdersDb {
+    /// Opens `url` and brings its schema up to date: `sqlite:PATH` (created with its
+    /// directory if missing; WAL) or `postgres://…` / `postgresql://…`.
+    pub async fn connect(url: &str, options: &DbOptions) -> DbResult<OrdersDb> {
+        let max = options.max_connections.clamp(1, CONNECTIONS_MAX);
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await?;
+            OrdersDb::Postgres(pool)
+        } else if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() {
+                return Err(DbError::Invalid("sqlite: needs a file path".into()));
+            }
+            if let Some(dir) = std::path::Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| DbError::Invalid(format!("creating {}: {e}", dir.display())))?;
+            }
+            let opts = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(match options.sqlite_durability {
+                    SqliteDurability::Full => SqliteSynchronous::Full,
+                    SqliteDurability::Normal => SqliteSynchronous::Normal,
+                })
+                .foreign_keys(true)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await?;
+            OrdersDb::Sqlite(pool)
+        } else {
+            return Err(DbError::Invalid(format!(
+                "a database URL is sqlite:PATH or postgres://…, not {url:?}"
+            )));
+        };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> DbResult<()> {
+        match self {
+            OrdersDb::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
+            OrdersDb::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            OrdersDb::Sqlite(_) => "sqlite",
+            OrdersDb::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Refreshes the planner's statistics of the orders tables (PostgreSQL: `ANALYZE`; a
+    /// no-op on SQLite, whose look-ups do not depend on them). The workers call it as the
+    /// tables grow, so plans never stay those of an empty table where autovacuum is off.
+    pub async fn analyze(&self) -> DbResult<()> {
+        if let OrdersDb::Postgres(p) = self {
+            sqlx::query("ANALYZE orders, outcomes").execute(p).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the pool (waits for connections in use).
+    pub async fn close(&self) {
+        on_db!(self, p => p.close().await)
+    }
+}
+
+pub(super) fn to_i64(v: u64, what: &str) -> DbResult<i64> {
+    i64::try_from(v).map_err(|_| DbError::Invalid(format!("{what} out of range")))
+}
+
+pub(super) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
