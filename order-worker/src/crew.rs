@@ -22,10 +22,9 @@ use crate::db::{OrdersDb, WorkerBeat, WorkerKind};
 use crate::liveness::{Liveness, Member};
 use crate::worker::{OrderWorker, WorkerConfig, WorkerMetrics};
 
-/// Most order workers one process runs.
-pub const WORKERS_MAX: usize = 64;
-/// Most cancellers one process runs.
-pub const CANCELLERS_MAX: usize = 16;
+// The crew's sizes live in `limits`, below both this module and the database (which bounds
+// a heartbeat by them).
+pub use crate::limits::{CANCELLERS_MAX, WORKERS_MAX};
 /// How often a crew writes its members' heartbeats.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
 /// At most one warning about failing heartbeats this often (the others are counted).

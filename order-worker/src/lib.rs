@@ -2,22 +2,39 @@
 //! speed the database can take, exactly once per purchase, and cancel orders left unpaid
 //! at their pay-by time.
 //!
-//! - [`db`]: the orders database (SQLite by default, PostgreSQL in production): sales
-//!   (with their settings: end time, own purchase-token factor, one unit per person),
-//!   orders, the outcome of every purchase, payments and cancellations, with the
-//!   invariants in its constraints; and the `workers` table of heartbeats.
+//! - [`db`]: the orders database (SQLite by default, PostgreSQL in production), one file
+//!   per job under `db/`: `mod.rs` (the pool, connecting, the statement macros), `error`
+//!   ([`DbError`]), `limits` (its named bounds), `sales` (sales with their settings: end
+//!   time, own purchase-token factor, one unit per person; holders; counts), `decide` (a
+//!   batch of purchases in one transaction, outcomes, operator rejections), `orders`
+//!   (reading and paying an order), `cancel` (due and overdue orders), `heartbeat` (the
+//!   `workers` table) and `dialect` (the statements whose best form differs by backend).
+//!   The invariants are in its constraints.
 //! - [`purchase`]: the messages: the gateway's purchase and the order's pay-by deadline.
+//! - [`limits`]: limits shared across layers (the size of a crew).
 //! - [`worker`]: [`worker::OrderWorker`] drains the orders topic in batches, one
 //!   transaction per batch, publishes each new order's pay-by message, then acks.
-//! - [`testing`]: scratch SQLite and PostgreSQL databases for tests.
 //! - [`canceller`]: [`canceller::Canceller`] consumes due pay-by messages and cancels
 //!   orders still pending, returning their units; a periodic sweep is the backstop.
-//!
 //! - [`crew`]: [`crew::Crew`] starts and stops a process's workers and cancellers, and
 //!   writes their heartbeats to the `workers` table every second (the database plays
 //!   RocketMQ's name server: every gateway sees the workers of every process).
 //! - [`liveness`]: each member's stable id (`{host}-{pid}-{kind}-{n}`) and the
 //!   [`liveness::Liveness`] its loop updates (last step, messages finished).
+//! - [`testing`]: scratch SQLite and PostgreSQL databases for tests.
+//!
+//! ## Who may import whom
+//!
+//! The modules form layers; each imports only from the layers below it, never from one
+//! above, so there is no import circle:
+//!
+//! 1. `limits` and `purchase` (plain values and message formats) at the bottom;
+//! 2. `db` (uses only those two: it knows nothing of workers, cancellers or crews);
+//! 3. `liveness` (uses `db`'s row types);
+//! 4. `worker` and `canceller` (use `db`, `purchase` and `liveness`; not each other);
+//! 5. `crew` at the top (starts workers and cancellers, writes heartbeats through `db`).
+//!
+//! `testing` sits beside the layers and uses only `db`.
 //!
 //! The same code runs embedded in the all-in-one `gateway` process and as the
 //! `order-worker` binary against a `queue serve` broker; any number of workers compete
@@ -26,6 +43,7 @@
 pub mod canceller;
 pub mod crew;
 pub mod db;
+pub mod limits;
 pub mod liveness;
 pub mod purchase;
 pub mod testing;

@@ -14,9 +14,9 @@ use super::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerKind {
-    /// An order worker ([`crate::worker::OrderWorker`]).
+    /// An order worker (`worker::OrderWorker`).
     Worker,
-    /// A canceller ([`crate::canceller::Canceller`]).
+    /// A canceller (`canceller::Canceller`).
     Canceller,
 }
 

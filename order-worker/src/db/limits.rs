@@ -60,7 +60,7 @@ pub const WORKERS_LISTED_MAX: usize = 200;
 
 /// Most beats one [`OrdersDb::heartbeat`] (or ids one [`OrdersDb::mark_stopped`]) takes:
 /// a whole crew.
-pub const HEARTBEAT_ROWS_MAX: usize = crate::crew::WORKERS_MAX + crate::crew::CANCELLERS_MAX;
+pub const HEARTBEAT_ROWS_MAX: usize = crate::limits::WORKERS_MAX + crate::limits::CANCELLERS_MAX;
 
 /// Longest worker id, bytes.
 pub const WORKER_ID_BYTES_MAX: usize = 200;
