@@ -21,11 +21,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use inventory::Inventory;
-use queue::{Clock, FetchOptions, Queue, Receipt};
+use queue::backoff::Backoff;
+use queue::{Clock, Delivery, FetchOptions, Queue, Receipt};
 
+use crate::consumer::{self, Consume, Subscription};
 use crate::db::{CANCEL_BATCH_MAX, Cancelled, OrdersDb};
 use crate::liveness::Liveness;
 use crate::purchase::{CANCELLERS_GROUP, DEADLINES_TOPIC, Deadline};
@@ -150,25 +151,11 @@ impl Canceller {
         &self.liveness
     }
 
-    /// Consumes pay-by messages and sweeps every `sweep_every_ms` until `stop` is true.
-    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut last_sweep = 0u64;
-        while !*stop.borrow() {
-            let now = self.clock.now_ms();
-            if now.saturating_sub(last_sweep) >= self.config.sweep_every_ms {
-                last_sweep = now;
-                if let Err(e) = self.sweep().await {
-                    tracing::warn!("sweep of overdue orders: {e}");
-                }
-            }
-            if let Err(e) = self.step().await {
-                tracing::warn!("canceller: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(self.config.nack_delay_ms)) => {}
-                    _ = stop.changed() => {}
-                }
-            }
-        }
+    /// Consumes pay-by messages and sweeps every `sweep_every_ms` until `stop` is true. A
+    /// failed step is logged and the next one waits `nack_delay_ms` (the sweep's errors are
+    /// logged and wait for the next period).
+    pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        consumer::run_until_stopped(self, stop).await
     }
 
     /// Fetches due pay-by messages (waiting up to `wait_ms`) and cancels their orders if
@@ -176,38 +163,23 @@ impl Canceller {
     /// poll that ran out too) and each batch handled counts as progress
     /// ([`Liveness::progress_ms`]).
     pub async fn step(&self) -> Result<usize, CancelError> {
-        let batch = self
-            .queue
-            .fetch(
-                &self.config.topic,
-                &self.config.group,
-                FetchOptions {
-                    max_messages: self.config.batch_max,
-                    lease_ms: Some(self.config.lease_ms),
-                    wait_ms: self.config.wait_ms,
-                },
-            )
-            .await?;
-        self.liveness.progressed(self.clock.now_ms());
-        let fetched = batch.len();
-        if fetched == 0 {
-            return Ok(0);
-        }
+        consumer::step(self).await
+    }
+
+    /// Cancels the orders of a batch of pay-by messages that are due and still pending,
+    /// releases the units of every cancelled one, then acks; a message delivered early goes
+    /// back until it is due, a malformed one to the dead letters. If the database fails,
+    /// the batch is nacked and the error returned.
+    async fn handle(&self, batch: Vec<Delivery>) -> Result<(), CancelError> {
+        let sub = self.subscription();
         let now = self.clock.now_ms();
-        let mut ids = Vec::with_capacity(fetched);
-        let mut receipts: Vec<Receipt> = Vec::with_capacity(fetched);
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut receipts: Vec<Receipt> = Vec::with_capacity(batch.len());
         for d in &batch {
             match Deadline::decode(&d.payload) {
                 Ok(deadline) if deadline.pay_by_ms > now => {
                     // Delivered early (clocks apart): back until it is due.
-                    self.queue
-                        .nack(
-                            &self.config.topic,
-                            &self.config.group,
-                            d.receipt(),
-                            deadline.pay_by_ms - now,
-                            "not yet due",
-                        )
+                    sub.nack_for(d.receipt(), deadline.pay_by_ms - now, "not yet due")
                         .await?;
                 }
                 Ok(deadline) => {
@@ -216,14 +188,7 @@ impl Canceller {
                 }
                 Err(e) => {
                     self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
-                    self.queue
-                        .reject(
-                            &self.config.topic,
-                            &self.config.group,
-                            d.receipt(),
-                            &e.to_string(),
-                        )
-                        .await?;
+                    sub.reject(d.receipt(), &e.to_string()).await?;
                 }
             }
         }
@@ -245,30 +210,15 @@ impl Canceller {
                         self.release(&cancelled).await;
                     }
                 }
-                for chunk in receipts.chunks(queue::limits::ACK_RECEIPTS_MAX) {
-                    self.queue
-                        .ack(&self.config.topic, &self.config.group, chunk)
-                        .await?;
-                }
-                self.liveness.progressed(self.clock.now_ms());
+                sub.ack(&receipts).await?;
+                Ok(())
             }
             Err(e) => {
                 self.metrics.failed.fetch_add(1, Ordering::Relaxed);
-                for r in receipts {
-                    self.queue
-                        .nack(
-                            &self.config.topic,
-                            &self.config.group,
-                            r,
-                            self.config.nack_delay_ms,
-                            &e.to_string(),
-                        )
-                        .await?;
-                }
-                return Err(e.into());
+                sub.nack_each(&receipts, &e.to_string(), || {}).await?;
+                Err(e.into())
             }
         }
-        Ok(fetched)
     }
 
     /// Cancels pending orders past their pay-by time found in the database (a batch at a
@@ -311,5 +261,55 @@ impl Canceller {
                 ),
             }
         }
+    }
+}
+
+impl Consume for Canceller {
+    type Error = CancelError;
+    /// When the loop last swept, ms by the canceller's clock (0: never).
+    type LoopState = u64;
+    const NAME: &'static str = "canceller";
+
+    fn subscription(&self) -> Subscription<'_> {
+        Subscription {
+            queue: self.queue.as_ref(),
+            topic: &self.config.topic,
+            group: &self.config.group,
+            fetch: FetchOptions {
+                max_messages: self.config.batch_max,
+                lease_ms: Some(self.config.lease_ms),
+                wait_ms: self.config.wait_ms,
+            },
+            nack_delay_ms: self.config.nack_delay_ms,
+        }
+    }
+
+    fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// A constant wait of `nack_delay_ms` (the delay its failed batch is given back for:
+    /// retrying sooner would only find the database as unwell).
+    fn failure_backoff(&self) -> Backoff {
+        Backoff::new(self.config.nack_delay_ms, self.config.nack_delay_ms)
+    }
+
+    /// The sweep, when `sweep_every_ms` has passed since the last one.
+    async fn before_step(&self, last_sweep_ms: &mut u64) {
+        let now = self.clock.now_ms();
+        if now.saturating_sub(*last_sweep_ms) >= self.config.sweep_every_ms {
+            *last_sweep_ms = now;
+            if let Err(e) = self.sweep().await {
+                tracing::warn!("sweep of overdue orders: {e}");
+            }
+        }
+    }
+
+    async fn handle_batch(&self, batch: Vec<Delivery>) -> Result<(), CancelError> {
+        self.handle(batch).await
     }
 }

@@ -41,6 +41,7 @@
 //! safely (the database decides, the queue redelivers).
 
 pub mod canceller;
+mod consumer;
 pub mod crew;
 pub mod db;
 pub mod limits;

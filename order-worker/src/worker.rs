@@ -33,8 +33,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use inventory::Inventory;
+use queue::backoff::Backoff;
 use queue::{Clock, Delivery, FetchOptions, Queue, Receipt};
 
+use crate::consumer::{self, Consume, Subscription};
 use crate::db::{BATCH_MAX, DbError, Decision, OrdersDb, reason};
 use crate::liveness::Liveness;
 use crate::purchase::{DEADLINES_TOPIC, Deadline, ORDERS_TOPIC, PurchaseMessage, WORKERS_GROUP};
@@ -198,46 +200,15 @@ impl OrderWorker {
 
     /// Runs until `stop` turns true (checked between batches, at least every
     /// `wait_ms`). Queue errors are logged and retried with backoff.
-    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut backoff = self.config.retry_base_ms.max(1);
-        while !*stop.borrow() {
-            match self.step().await {
-                Ok(_) => backoff = self.config.retry_base_ms.max(1),
-                Err(e) => {
-                    tracing::warn!("order worker: {e}; retrying in {backoff} ms");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
-                        _ = stop.changed() => {}
-                    }
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_MS);
-                }
-            }
-        }
+    pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        consumer::run_until_stopped(self, stop).await
     }
 
     /// Fetches one batch (waiting up to `wait_ms`) and handles it; returns how many
     /// messages it fetched. Each fetch that returns (a long poll that ran out too) and each
     /// batch handled counts as progress ([`Liveness::progress_ms`]).
     pub async fn step(&self) -> Result<usize, WorkerError> {
-        let batch = self
-            .queue
-            .fetch(
-                &self.config.topic,
-                &self.config.group,
-                FetchOptions {
-                    max_messages: self.config.batch_max,
-                    lease_ms: Some(self.config.lease_ms),
-                    wait_ms: self.config.wait_ms,
-                },
-            )
-            .await?;
-        self.liveness.progressed(self.clock.now_ms());
-        let n = batch.len();
-        if n > 0 {
-            self.handle(batch).await?;
-            self.liveness.progressed(self.clock.now_ms());
-        }
-        Ok(n)
+        consumer::step(self).await
     }
 
     /// Decides, publishes and acks a batch of deliveries.
@@ -254,13 +225,8 @@ impl OrderWorker {
                 Err(e) => {
                     m.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("purchase at offset {}: {e}; dead-lettered", d.offset);
-                    self.queue
-                        .reject(
-                            &self.config.topic,
-                            &self.config.group,
-                            d.receipt(),
-                            &e.to_string(),
-                        )
+                    self.subscription()
+                        .reject(d.receipt(), &e.to_string())
                         .await?;
                 }
             }
@@ -427,11 +393,7 @@ impl OrderWorker {
                 acks.push(receipts[*i]);
             }
         }
-        for chunk in acks.chunks(queue::limits::ACK_RECEIPTS_MAX) {
-            self.queue
-                .ack(&self.config.topic, &self.config.group, chunk)
-                .await?;
-        }
+        self.subscription().ack(&acks).await?;
         m.messages.fetch_add(acks.len() as u64, Ordering::Relaxed);
         self.liveness.finished(acks.len() as u64);
         if !retry.is_empty() {
@@ -447,15 +409,21 @@ impl OrderWorker {
         purchases: &[PurchaseMessage],
         budget: &RetryBudget,
     ) -> Result<Vec<Decision>, DbError> {
-        let mut backoff = self.config.retry_base_ms.max(1);
+        let mut backoff = self.retry_backoff();
         loop {
             match self.db.decide_batch(purchases, self.clock.now_ms()).await {
                 Ok(d) => return Ok(d),
-                Err(e) if e.is_transient() && budget.allows(self.clock.now_ms(), backoff) => {
+                Err(e)
+                    if e.is_transient()
+                        && budget.allows(self.clock.now_ms(), backoff.peek_ms()) =>
+                {
                     self.metrics.db_retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("deciding a batch: {e}; retrying in {backoff} ms");
-                    tokio::time::sleep(Duration::from_millis(backoff)).await;
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_MS);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        "deciding a batch: {e}; retrying in {} ms",
+                        delay.as_millis()
+                    );
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -486,19 +454,54 @@ impl OrderWorker {
     }
 
     async fn nack_all(&self, receipts: &[Receipt], why: &str) -> Result<(), WorkerError> {
-        for r in receipts {
-            self.queue
-                .nack(
-                    &self.config.topic,
-                    &self.config.group,
-                    *r,
-                    self.config.nack_delay_ms,
-                    why,
-                )
-                .await?;
-            self.metrics.nacked.fetch_add(1, Ordering::Relaxed);
-        }
+        self.subscription()
+            .nack_each(receipts, why, || {
+                self.metrics.nacked.fetch_add(1, Ordering::Relaxed);
+            })
+            .await?;
         Ok(())
+    }
+
+    /// The schedule of every retry of this worker (a failed step of its loop, a transient
+    /// database error): from `retry_base_ms`, doubling, at most [`RETRY_BACKOFF_MAX_MS`].
+    fn retry_backoff(&self) -> Backoff {
+        Backoff::new(self.config.retry_base_ms, RETRY_BACKOFF_MAX_MS)
+    }
+}
+
+impl Consume for OrderWorker {
+    type Error = WorkerError;
+    type LoopState = ();
+    const NAME: &'static str = "order worker";
+
+    fn subscription(&self) -> Subscription<'_> {
+        Subscription {
+            queue: self.queue.as_ref(),
+            topic: &self.config.topic,
+            group: &self.config.group,
+            fetch: FetchOptions {
+                max_messages: self.config.batch_max,
+                lease_ms: Some(self.config.lease_ms),
+                wait_ms: self.config.wait_ms,
+            },
+            nack_delay_ms: self.config.nack_delay_ms,
+        }
+    }
+
+    fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn failure_backoff(&self) -> Backoff {
+        self.retry_backoff()
+    }
+
+    async fn handle_batch(&self, batch: Vec<Delivery>) -> Result<(), WorkerError> {
+        self.handle(batch).await
     }
 }
 
