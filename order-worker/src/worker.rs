@@ -211,19 +211,47 @@ impl OrderWorker {
         consumer::step(self).await
     }
 
-    /// Decides, publishes and acks a batch of deliveries.
+    /// Decides, publishes and acks a batch of deliveries, in this order (the crash safety
+    /// of the module docs depends on it): malformed messages to the dead letters; the
+    /// decisions committed; the pay-by messages published; the reservations of rejected
+    /// purchases released; then the acks (the purchases whose pay-by message was not
+    /// published are nacked instead, so their redelivery publishes it again).
     pub async fn handle(&self, deliveries: Vec<Delivery>) -> Result<(), WorkerError> {
-        let m = &self.metrics;
-        let mut purchases = Vec::with_capacity(deliveries.len());
-        let mut receipts = Vec::with_capacity(deliveries.len());
-        for d in &deliveries {
+        let batch = self.parse(&deliveries).await?;
+        if batch.purchases.is_empty() {
+            return Ok(());
+        }
+        let budget = RetryBudget::for_batch(&deliveries, self.config.lease_ms);
+        let Some(decisions) = self.decide_or_split(&batch, &budget).await? else {
+            return Ok(());
+        };
+        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        let fresh = decisions.iter().filter(|(_, d)| d.fresh()).count() as u64;
+        self.maybe_analyze(fresh);
+        self.pause_if_asked().await;
+        let unpublished = self.publish_deadlines(&batch.purchases, &decisions).await;
+        for (i, d) in &decisions {
+            self.settle(&batch.purchases[*i], d).await;
+        }
+        self.ack_or_retry(&batch.receipts, &decisions, &unpublished)
+            .await
+    }
+
+    /// Step 1: the purchases of `deliveries`, each with its receipt; a malformed message
+    /// goes straight to the dead letters with its reason.
+    async fn parse(&self, deliveries: &[Delivery]) -> Result<Parsed, WorkerError> {
+        let mut batch = Parsed {
+            purchases: Vec::with_capacity(deliveries.len()),
+            receipts: Vec::with_capacity(deliveries.len()),
+        };
+        for d in deliveries {
             match PurchaseMessage::decode(&d.payload) {
                 Ok(p) => {
-                    purchases.push(p);
-                    receipts.push(d.receipt());
+                    batch.purchases.push(p);
+                    batch.receipts.push(d.receipt());
                 }
                 Err(e) => {
-                    m.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("purchase at offset {}: {e}; dead-lettered", d.offset);
                     self.subscription()
                         .reject(d.receipt(), &e.to_string())
@@ -231,52 +259,54 @@ impl OrderWorker {
                 }
             }
         }
-        if purchases.is_empty() {
-            return Ok(());
-        }
-        // Retry transient errors until the earliest lease of the batch is nearly over.
-        let lease_until = deliveries
-            .iter()
-            .map(|d| d.lease_until_ms)
-            .min()
-            .unwrap_or(0);
-        let budget = RetryBudget {
-            lease_until_ms: lease_until.saturating_sub(LEASE_MARGIN_MS),
-            started: std::time::Instant::now(),
-            max: Duration::from_millis(self.config.lease_ms.saturating_sub(LEASE_MARGIN_MS)),
-        };
-        let decisions: Vec<(usize, Decision)> = match self.decide(&purchases, &budget).await {
-            Ok(d) => d.into_iter().enumerate().collect(),
+        Ok(batch)
+    }
+
+    /// Step 2: the decisions of the batch (index in the batch, decision), retrying
+    /// transient errors within `budget`. `None` if the database stayed unwell for the
+    /// whole budget: the batch is left to the queue (it comes back after its lease)
+    /// without spending more delivery attempts. If the batch fails for another reason, it
+    /// is decided one purchase at a time, so only the culprit is nacked (and dead-lettered
+    /// after its attempts) and left out of the decisions.
+    async fn decide_or_split(
+        &self,
+        batch: &Parsed,
+        budget: &RetryBudget,
+    ) -> Result<Option<Vec<(usize, Decision)>>, WorkerError> {
+        let purchases = &batch.purchases;
+        match self.decide(purchases, budget).await {
+            Ok(d) => Ok(Some(d.into_iter().enumerate().collect())),
             Err(e) if e.is_transient() => {
-                // The database stayed unwell for the whole lease: leave the batch to the
-                // queue (it comes back after the lease) without spending more attempts.
                 tracing::warn!(
                     "batch of {}: {e}; left to the queue until its lease ends",
                     purchases.len()
                 );
-                return Ok(());
+                Ok(None)
             }
             Err(e) => {
-                // Something in the batch fails for good: decide one at a time, so only the
-                // culprit is nacked (and dead-lettered after its attempts).
                 tracing::warn!("batch of {}: {e}; deciding one at a time", purchases.len());
                 let mut ok = Vec::with_capacity(purchases.len());
                 for (i, p) in purchases.iter().enumerate() {
-                    match self.decide(std::slice::from_ref(p), &budget).await {
+                    match self.decide(std::slice::from_ref(p), budget).await {
                         Ok(mut d) => {
                             if let Some(d) = d.pop() {
                                 ok.push((i, d));
                             }
                         }
-                        Err(e) => self.nack_all(&receipts[i..=i], &e.to_string()).await?,
+                        Err(e) => {
+                            self.nack_all(&batch.receipts[i..=i], &e.to_string())
+                                .await?
+                        }
                     }
                 }
-                ok
+                Ok(Some(ok))
             }
-        };
-        m.batches.fetch_add(1, Ordering::Relaxed);
-        let fresh = decisions.iter().filter(|(_, d)| d.fresh()).count() as u64;
-        self.maybe_analyze(fresh);
+        }
+    }
+
+    /// The fail point of crash tests ([`WorkerConfig::pause_after_commit`]): after the
+    /// commit, before any publish or ack, announce it and wait forever.
+    async fn pause_if_asked(&self) {
         if self.config.pause_after_commit {
             use std::io::Write;
             let mut out = std::io::stdout();
@@ -284,11 +314,20 @@ impl OrderWorker {
             let _ = out.flush();
             std::future::pending::<()>().await;
         }
-        // Pay-by messages for every order, fresh or found again (a crash may have come
-        // between the commit and the first publish); the order id de-duplicates them.
+    }
+
+    /// Step 3: a pay-by message for every order, fresh or found again (a crash may have
+    /// come between the commit and the first publish); the order id de-duplicates them.
+    /// Returns, per purchase of the batch, whether its pay-by message failed to publish
+    /// (it is then not acked: the redelivery publishes it again).
+    async fn publish_deadlines(
+        &self,
+        purchases: &[PurchaseMessage],
+        decisions: &[(usize, Decision)],
+    ) -> Vec<bool> {
         let mut deadlines = Vec::new();
         let mut deadline_of = Vec::new();
-        for (i, d) in &decisions {
+        for (i, d) in decisions {
             if let Decision::Ordered {
                 order_id,
                 pay_by_ms,
@@ -310,83 +349,100 @@ impl OrderWorker {
             }
         }
         let mut unpublished = vec![false; purchases.len()];
-        if !deadlines.is_empty() {
-            match self
-                .queue
-                .publish_each(&self.config.deadlines_topic, deadlines)
-                .await
-            {
-                Ok(results) => {
-                    for (k, r) in results.into_iter().enumerate() {
-                        match r {
-                            Ok(_) => {
-                                m.deadlines_published.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                // Not acked: the redelivery publishes it again.
-                                if let Some(&i) = deadline_of.get(k) {
-                                    unpublished[i] = true;
-                                    tracing::warn!(
-                                        "pay-by message of {}: {e}",
-                                        purchases[i].ticket
-                                    );
-                                }
+        if deadlines.is_empty() {
+            return unpublished;
+        }
+        match self
+            .queue
+            .publish_each(&self.config.deadlines_topic, deadlines)
+            .await
+        {
+            Ok(results) => {
+                for (k, r) in results.into_iter().enumerate() {
+                    match r {
+                        Ok(_) => {
+                            self.metrics
+                                .deadlines_published
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            if let Some(&i) = deadline_of.get(k) {
+                                unpublished[i] = true;
+                                tracing::warn!("pay-by message of {}: {e}", purchases[i].ticket);
                             }
                         }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!("pay-by messages: {e}");
-                    for &i in &deadline_of {
-                        unpublished[i] = true;
-                    }
+            }
+            Err(e) => {
+                tracing::warn!("pay-by messages: {e}");
+                for &i in &deadline_of {
+                    unpublished[i] = true;
                 }
             }
         }
+        unpublished
+    }
+
+    /// Step 4, one purchase: counts its decision and, if it was rejected, gives the
+    /// gateway's reservation back.
+    async fn settle(&self, p: &PurchaseMessage, d: &Decision) {
+        let m = &self.metrics;
+        if !d.fresh() {
+            m.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        match d {
+            Decision::Ordered { fresh, .. } => {
+                if *fresh {
+                    m.ordered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Decision::Rejected { reason: why, fresh } => {
+                if *fresh {
+                    let counter = match why.as_str() {
+                        reason::SOLD_OUT => &m.rejected_sold_out,
+                        reason::ALREADY_BOUGHT => &m.rejected_already_bought,
+                        _ => &m.rejected_no_such_sale,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                self.release_rejected(p, why).await;
+            }
+        }
+    }
+
+    /// The gateway reserved a unit the database did not grant: give it back, fresh
+    /// decision or redelivery alike. Tagged with this purchase's ticket, so a redelivery
+    /// never takes the user's newer reservation. Not for a repeat purchase
+    /// (`already_bought`): the user holds an order, and whichever reservation stands for
+    /// it stays.
+    async fn release_rejected(&self, p: &PurchaseMessage, why: &str) {
+        if why == reason::ALREADY_BOUGHT {
+            return;
+        }
+        let Some(inv) = &self.inventory else {
+            return;
+        };
+        match inv.release_if(p.sale, &p.user, Some(&p.ticket)).await {
+            Ok(inventory::Released::Released { .. }) => {
+                self.metrics.released.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(inventory::Released::NotHeld) => {}
+            Err(e) => tracing::warn!("releasing {}'s unit of sale {}: {e}", p.user, p.sale),
+        }
+    }
+
+    /// Step 5: acks the decided purchases whose pay-by message is out (counted as
+    /// finished), then nacks those whose message is not.
+    async fn ack_or_retry(
+        &self,
+        receipts: &[Receipt],
+        decisions: &[(usize, Decision)],
+        unpublished: &[bool],
+    ) -> Result<(), WorkerError> {
         let mut acks: Vec<Receipt> = Vec::with_capacity(decisions.len());
         let mut retry: Vec<Receipt> = Vec::new();
-        for (i, d) in &decisions {
-            let p = &purchases[*i];
-            if !d.fresh() {
-                m.redelivered.fetch_add(1, Ordering::Relaxed);
-            }
-            match d {
-                Decision::Ordered { fresh, .. } => {
-                    if *fresh {
-                        m.ordered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Decision::Rejected { reason: why, fresh } => {
-                    if *fresh {
-                        let counter = match why.as_str() {
-                            reason::SOLD_OUT => &m.rejected_sold_out,
-                            reason::ALREADY_BOUGHT => &m.rejected_already_bought,
-                            _ => &m.rejected_no_such_sale,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // The gateway reserved a unit the database did not grant: give it back,
-                    // fresh decision or redelivery alike. Tagged with this purchase's ticket,
-                    // so a redelivery never takes the user's newer reservation. Not for a
-                    // repeat purchase (`already_bought`): the user holds an order, and
-                    // whichever reservation stands for it stays.
-                    if why != reason::ALREADY_BOUGHT
-                        && let Some(inv) = &self.inventory
-                    {
-                        match inv.release_if(p.sale, &p.user, Some(&p.ticket)).await {
-                            Ok(inventory::Released::Released { .. }) => {
-                                m.released.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(inventory::Released::NotHeld) => {}
-                            Err(e) => tracing::warn!(
-                                "releasing {}'s unit of sale {}: {e}",
-                                p.user,
-                                p.sale
-                            ),
-                        }
-                    }
-                }
-            }
+        for (i, _) in decisions {
             if unpublished[*i] {
                 retry.push(receipts[*i]);
             } else {
@@ -394,7 +450,9 @@ impl OrderWorker {
             }
         }
         self.subscription().ack(&acks).await?;
-        m.messages.fetch_add(acks.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .messages
+            .fetch_add(acks.len() as u64, Ordering::Relaxed);
         self.liveness.finished(acks.len() as u64);
         if !retry.is_empty() {
             self.nack_all(&retry, "pay-by message not published")
@@ -514,7 +572,29 @@ struct RetryBudget {
     max: Duration,
 }
 
+/// The purchases of a batch that parsed, each with its delivery's receipt (same index).
+#[derive(Debug)]
+struct Parsed {
+    purchases: Vec<PurchaseMessage>,
+    receipts: Vec<Receipt>,
+}
+
 impl RetryBudget {
+    /// The budget of a batch: until [`LEASE_MARGIN_MS`] before the earliest lease of its
+    /// `deliveries` ends, and at most `lease_ms` less that margin from now.
+    fn for_batch(deliveries: &[Delivery], lease_ms: u64) -> RetryBudget {
+        let lease_until = deliveries
+            .iter()
+            .map(|d| d.lease_until_ms)
+            .min()
+            .unwrap_or(0);
+        RetryBudget {
+            lease_until_ms: lease_until.saturating_sub(LEASE_MARGIN_MS),
+            started: std::time::Instant::now(),
+            max: Duration::from_millis(lease_ms.saturating_sub(LEASE_MARGIN_MS)),
+        }
+    }
+
     fn allows(&self, now_ms: u64, backoff_ms: u64) -> bool {
         now_ms.saturating_add(backoff_ms) < self.lease_until_ms
             && self.started.elapsed() + Duration::from_millis(backoff_ms) < self.max
