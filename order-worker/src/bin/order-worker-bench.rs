@@ -676,18 +676,40 @@ struct Opened {
     _scratch: Option<PgScratch>,
 }
 
-/// Whether PostgreSQL answers at the test URL; the reason if not.
-async fn postgres_reachable() -> Result<(), String> {
+/// How long the bench waits for PostgreSQL to answer before it skips the backend.
+const POSTGRES_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the bench skips PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+enum PostgresUnreachable {
+    /// The connection failed.
+    #[error("PostgreSQL at {url} does not answer: {source}")]
+    Refused {
+        /// The test URL.
+        url: String,
+        /// What the driver said.
+        source: sqlx::Error,
+    },
+    /// No answer in time.
+    #[error("PostgreSQL at {url} does not answer within {} s", POSTGRES_PROBE_TIMEOUT.as_secs())]
+    Silent {
+        /// The test URL.
+        url: String,
+    },
+}
+
+/// Whether PostgreSQL answers at the test URL; why not if it does not.
+async fn postgres_reachable() -> Result<(), PostgresUnreachable> {
     use sqlx::Connection;
     let url =
         std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| POSTGRES_URL_DEFAULT.to_string());
-    match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&url)).await {
+    match tokio::time::timeout(POSTGRES_PROBE_TIMEOUT, sqlx::PgConnection::connect(&url)).await {
         Ok(Ok(c)) => {
             let _ = c.close().await;
             Ok(())
         }
-        Ok(Err(e)) => Err(format!("PostgreSQL at {url} does not answer: {e}")),
-        Err(_) => Err(format!("PostgreSQL at {url} does not answer within 5 s")),
+        Ok(Err(source)) => Err(PostgresUnreachable::Refused { url, source }),
+        Err(_) => Err(PostgresUnreachable::Silent { url }),
     }
 }
 
@@ -1154,7 +1176,7 @@ async fn run(args: Args) -> Res<(Value, Vec<String>)> {
             && let Err(why) = postgres_reachable().await
         {
             say(format!("postgres: skipped: {why}"));
-            skipped.insert(b.into(), json!(why));
+            skipped.insert(b.into(), json!(why.to_string()));
             continue;
         }
         backends.push(b);

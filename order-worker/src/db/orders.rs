@@ -81,13 +81,15 @@ impl OrdersDb {
     }
 
     /// Pays `user`'s order `id`: pending → paid in one conditional update, only before its
-    /// pay-by time. Exactly one of a payment and the cancellation ever succeeds.
+    /// pay-by time. Exactly one of a payment and the cancellation ever succeeds. A
+    /// constraint that refuses the update is reported as `Constraint`.
     pub async fn pay(&self, id: &str, user: &str, now_ms: u64) -> DbResult<Payment> {
         let now = to_i64(now_ms, "now")?;
         let paid = on_db!(self, p => sqlx::query(
             "UPDATE orders SET status = 'paid', paid_ms = $1 \
              WHERE id = $2 AND user_id = $3 AND status = 'pending' AND pay_by_ms > $4")
-            .bind(now).bind(id).bind(user).bind(now).execute(p).await?.rows_affected());
+            .bind(now).bind(id).bind(user).bind(now).execute(p).await
+            .map_err(DbError::on_request)?.rows_affected());
         let order = match self.order(id).await? {
             Some(o) if o.user == user => o,
             _ => return Ok(Payment::NotFound),

@@ -98,7 +98,8 @@ impl OrderCounts {
 }
 
 impl OrdersDb {
-    /// Creates a sale with all its units left. `Conflict` if the id is taken.
+    /// Creates a sale with all its units left. `Invalid` if a setting is out of range,
+    /// `Conflict` if the id is taken, `Constraint` if the schema refuses the row anyway.
     pub async fn create_sale(&self, sale: &NewSale, now_ms: u64) -> DbResult<Sale> {
         if sale.name.is_empty() || sale.name.len() > SALE_NAME_BYTES_MAX {
             return Err(DbError::Invalid(format!(
@@ -133,7 +134,7 @@ impl OrdersDb {
             .bind(to_i64(window, "pay window")?).bind(to_i64(now_ms, "now")?)
             .bind(SALES_MAX as i64)
             .bind(ends).bind(settings.token_factor_milli).bind(settings.per_user_limit)
-            .execute(p).await?.rows_affected());
+            .execute(p).await.map_err(DbError::on_request)?.rows_affected());
         if done == 0 {
             if self.sale(sale.id).await?.is_some() {
                 return Err(DbError::Conflict(format!("sale {} exists", sale.id)));
