@@ -12,6 +12,9 @@
 //!   The invariants are in its constraints.
 //! - [`purchase`]: the messages: the gateway's purchase and the order's pay-by deadline.
 //! - [`limits`]: limits shared across layers (the size of a crew).
+//! - `consumer` (crate-private): the one loop both consumers run (fetch, liveness
+//!   reports, stop check, retry backoff through `queue::backoff::Backoff`) and their
+//!   fetch/ack/nack/reject calls; each consumer only says what it does with a batch.
 //! - [`worker`]: [`worker::OrderWorker`] drains the orders topic in batches, one
 //!   transaction per batch, publishes each new order's pay-by message, then acks.
 //! - [`canceller`]: [`canceller::Canceller`] consumes due pay-by messages and cancels
@@ -30,8 +33,9 @@
 //!
 //! 1. `limits` and `purchase` (plain values and message formats) at the bottom;
 //! 2. `db` (uses only those two: it knows nothing of workers, cancellers or crews);
-//! 3. `liveness` (uses `db`'s row types);
-//! 4. `worker` and `canceller` (use `db`, `purchase` and `liveness`; not each other);
+//! 3. `liveness` (uses `db`'s row types), then `consumer` (uses `liveness`);
+//! 4. `worker` and `canceller` (use `db`, `purchase`, `liveness` and `consumer`; not each
+//!    other);
 //! 5. `crew` at the top (starts workers and cancellers, writes heartbeats through `db`).
 //!
 //! `testing` sits beside the layers and uses only `db`.
