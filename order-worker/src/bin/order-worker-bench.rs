@@ -1088,7 +1088,8 @@ fn rate_of(v: &Value, key: &str) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(0.0)
 }
 
-async fn run(args: Args) -> Res<(Value, Vec<String>)> {
+/// The plan of a run from the arguments, each checked against its bound.
+fn plan_of(args: &Args) -> Res<Plan> {
     let (messages, naive_messages) = if args.quick {
         (QUICK_MESSAGES, QUICK_NAIVE_MESSAGES)
     } else {
@@ -1135,7 +1136,7 @@ async fn run(args: Args) -> Res<(Value, Vec<String>)> {
             )));
         }
     }
-    let plan = Plan {
+    Ok(Plan {
         messages,
         naive_messages,
         batch: args.batch,
@@ -1145,7 +1146,88 @@ async fn run(args: Args) -> Res<(Value, Vec<String>)> {
             sqlite_durability,
         },
         phases: args.only.clone(),
+    })
+}
+
+/// The phases of one backend, for each worker count: the naive baseline once, then per
+/// count the queue baselines right before the drain they are compared with. Returns the
+/// backend's summary and its best drain rate (orders/s), if it drained.
+async fn bench_backend(
+    root: &Path,
+    plan: &Plan,
+    args: &Args,
+    backend: &str,
+    phases: &mut Vec<Value>,
+    failures: &mut Vec<String>,
+) -> Res<(Value, Option<f64>)> {
+    let counts = if args.workers.is_empty() {
+        vec![if backend == "sqlite" {
+            SQLITE_WORKERS_DEFAULT
+        } else {
+            POSTGRES_WORKERS_DEFAULT
+        }]
+    } else {
+        args.workers.clone()
     };
+    let naive = if plan.runs("naive") {
+        let v = naive_phase(root, plan, backend, failures).await?;
+        phases.push(v.clone());
+        Some(v)
+    } else {
+        None
+    };
+    let naive_rate = naive.as_ref().map(|v| rate_of(v, "orders_per_s"));
+    let mut runs = Vec::new();
+    for &w in &counts {
+        // The baselines right before the drain they are compared with (the machine's
+        // speed drifts from minute to minute).
+        let queue_only = if plan.runs("queue_only") {
+            let v = queue_phase(root, plan, w, false).await?;
+            phases.push(v.clone());
+            Some(rate_of(&v, "msgs_per_s"))
+        } else {
+            None
+        };
+        let paybys = if plan.runs("queue_paybys") {
+            let v = queue_phase(root, plan, w, true).await?;
+            phases.push(v.clone());
+            Some(rate_of(&v, "msgs_per_s"))
+        } else {
+            None
+        };
+        if plan.runs("drain") {
+            let v = drain_phase(root, plan, backend, w, failures).await?;
+            let rate = rate_of(&v, "orders_per_s");
+            runs.push(json!({
+                "workers": w,
+                "orders_per_s": rate,
+                "secs": v.get("secs"),
+                "verified": v.get("verified"),
+                "queue_only_msgs_per_s": queue_only,
+                "queue_paybys_msgs_per_s": paybys,
+                "ratio_to_queue_only": queue_only.map_or(Value::Null, |q| ratio(rate, q)),
+                "ratio_to_queue_paybys": paybys.map_or(Value::Null, |q| ratio(rate, q)),
+                "ratio_to_naive": naive_rate.map_or(Value::Null, |n| ratio(rate, n)),
+                "target_met": rate >= TARGET_ORDERS_PER_S,
+            }));
+            phases.push(v);
+        }
+    }
+    let best = runs
+        .iter()
+        .map(|r| rate_of(r, "orders_per_s"))
+        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+    let summary = json!({
+        "naive_orders_per_s": naive_rate,
+        "drains": runs,
+        "best_orders_per_s": best,
+    });
+    Ok((summary, best))
+}
+
+async fn run(args: Args) -> Res<(Value, Vec<String>)> {
+    let plan = plan_of(&args)?;
+    let (messages, naive_messages) = (plan.messages, plan.naive_messages);
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let root = BenchDir::create(&base)?;
     let fs = filesystem_of(&root.path);
@@ -1191,77 +1273,22 @@ async fn run(args: Args) -> Res<(Value, Vec<String>)> {
         summary_backends.insert(name.clone(), json!({ "skipped": why }));
     }
     for backend in &backends {
-        let counts = if args.workers.is_empty() {
-            vec![if *backend == "sqlite" {
-                SQLITE_WORKERS_DEFAULT
-            } else {
-                POSTGRES_WORKERS_DEFAULT
-            }]
-        } else {
-            args.workers.clone()
-        };
-        let naive = if plan.runs("naive") {
-            let v = naive_phase(&root.path, &plan, backend, &mut failures).await?;
-            phases.push(v.clone());
-            Some(v)
-        } else {
-            None
-        };
-        let naive_rate = naive.as_ref().map(|v| rate_of(v, "orders_per_s"));
-        let mut runs = Vec::new();
-        for &w in &counts {
-            // The baselines right before the drain they are compared with (the machine's
-            // speed drifts from minute to minute).
-            let queue_only = if plan.runs("queue_only") {
-                let v = queue_phase(&root.path, &plan, w, false).await?;
-                phases.push(v.clone());
-                Some(rate_of(&v, "msgs_per_s"))
-            } else {
-                None
-            };
-            let paybys = if plan.runs("queue_paybys") {
-                let v = queue_phase(&root.path, &plan, w, true).await?;
-                phases.push(v.clone());
-                Some(rate_of(&v, "msgs_per_s"))
-            } else {
-                None
-            };
-            if plan.runs("drain") {
-                let v = drain_phase(&root.path, &plan, backend, w, &mut failures).await?;
-                let rate = rate_of(&v, "orders_per_s");
-                runs.push(json!({
-                    "workers": w,
-                    "orders_per_s": rate,
-                    "secs": v.get("secs"),
-                    "verified": v.get("verified"),
-                    "queue_only_msgs_per_s": queue_only,
-                    "queue_paybys_msgs_per_s": paybys,
-                    "ratio_to_queue_only": queue_only.map_or(Value::Null, |q| ratio(rate, q)),
-                    "ratio_to_queue_paybys": paybys.map_or(Value::Null, |q| ratio(rate, q)),
-                    "ratio_to_naive": naive_rate.map_or(Value::Null, |n| ratio(rate, n)),
-                    "target_met": rate >= TARGET_ORDERS_PER_S,
-                }));
-                phases.push(v);
-            }
-        }
-        let best = runs
-            .iter()
-            .map(|r| rate_of(r, "orders_per_s"))
-            .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+        let (summary, best) = bench_backend(
+            &root.path,
+            &plan,
+            &args,
+            backend,
+            &mut phases,
+            &mut failures,
+        )
+        .await?;
         if let Some(best) = best {
             targets.insert(
                 format!("{backend}_ge_{TARGET_ORDERS_PER_S}"),
                 json!(best >= TARGET_ORDERS_PER_S),
             );
         }
-        summary_backends.insert(
-            (*backend).into(),
-            json!({
-                "naive_orders_per_s": naive_rate,
-                "drains": runs,
-                "best_orders_per_s": best,
-            }),
-        );
+        summary_backends.insert((*backend).into(), summary);
     }
 
     let (fs_dev, fs_mount, fs_type) = fs.unwrap_or_default();
