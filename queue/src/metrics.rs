@@ -7,16 +7,8 @@
 //! fixed-bucket histogram, exported as a Prometheus histogram with cumulative buckets.
 
 use std::fmt::Write as _;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use tokio::net::TcpListener;
 
 use crate::api::Queue;
 use crate::engine::Engine;
@@ -32,11 +24,15 @@ pub struct MetricsSource {
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` completes.
+#[cfg(feature = "http")]
 pub async fn serve(
-    listener: TcpListener,
+    listener: tokio::net::TcpListener,
     source: MetricsSource,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::Router;
+    use axum::routing::get;
+
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(source);
@@ -45,9 +41,12 @@ pub async fn serve(
         .await
 }
 
-async fn scrape(State(source): State<MetricsSource>) -> impl IntoResponse {
+#[cfg(feature = "http")]
+async fn scrape(
+    axum::extract::State(source): axum::extract::State<MetricsSource>,
+) -> impl axum::response::IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         render(&source).await,
     )
 }
