@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use clap::Parser;
 use hdrhistogram::Histogram;
 use queue::{
     AckOutcome, Config, Delivery, Due, Engine, FetchOptions, Message, Queue, Receipt, StartAt,
@@ -68,45 +69,92 @@ fn err(msg: impl Into<String>) -> BoxError {
 mod broker;
 mod redis_streams;
 
-const USAGE: &str = "\
-queue-bench: throughput, latency and memory of the queue engine (release build)
-
-USAGE: queue-bench [OPTIONS]
-
-OPTIONS:
-  --quick              small sizes: a run of a few seconds
-  --dir PATH           directory to create the temporary bench directory in
-                       (default: the system temp dir; must be a real disk, not tmpfs)
-  --keep               keep the bench directory afterwards
-  --no-gather          turn off group-commit gathering (Config::commit_gather), to compare
-  --secs S             measured seconds of each timed phase (default 8, quick 1.5)
-  --batch N            messages per publish_batch / fetch / ack (default 1000)
-  --batch-tasks N      concurrent publish_batch tasks (default 4)
-  --tasks N            concurrent single-publish tasks (default 64)
-  --consumers N        concurrent consumers (default 2)
-  --delayed N          pending delayed messages for the memory figure (default 1000000,
-                       also in a quick run: fixed costs blur smaller counts)
-  --ids                give every message of the memory phase its own producer id, so the
-                       figure includes the de-duplication window (default: no ids)
-  --consume N          messages to consume + ack (default 1000000)
-  --lateness N         delayed messages for the lateness figure (default 5000)
-  --producers N        broker and Redis phases: producer tasks, one connection each
-                       (default 16)
-  --pipeline N         broker and Redis phases: messages per round trip (default 64)
-  --tcp-consume N      broker and Redis phases: messages to consume + ack (default 500000)
-  --only LIST          run only these phases (comma-separated: memory, baseline, batched,
-                       single, consume, lateness, broker, redis); the JSON then lacks ratios
-                       and targets of the phases left out (for profiling)
-  -h, --help           this text
-
-Progress goes to stderr; the last stdout line is a JSON summary.";
-
 /// Phase names for `--only`.
 const PHASES: [&str; 8] = [
     "memory", "baseline", "batched", "single", "consume", "lateness", "broker", "redis",
 ];
 
-/// Command-line settings.
+/// The command line. Sizes whose default depends on `--quick` are `Option`s here and get
+/// their default in [`Args::from_cli`].
+#[derive(Parser, Debug)]
+#[command(
+    name = "queue-bench",
+    about = "queue-bench: throughput, latency and memory of the queue engine (release build)",
+    after_help = "Progress goes to stderr; the last stdout line is a JSON summary."
+)]
+struct Cli {
+    /// Small sizes: a run of a few seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Directory to create the temporary bench directory in (default: the system temp
+    /// dir; must be a real disk, not tmpfs).
+    #[arg(long, value_name = "PATH")]
+    dir: Option<PathBuf>,
+    /// Keep the bench directory afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Turn off group-commit gathering (`Config::commit_gather`), to compare.
+    #[arg(long)]
+    no_gather: bool,
+    /// Measured seconds of each timed phase (default 8, quick 1.5).
+    #[arg(long, value_name = "S")]
+    secs: Option<f64>,
+    /// Messages per publish_batch / fetch / ack.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent publish_batch tasks.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    batch_tasks: usize,
+    /// Concurrent single-publish tasks.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    tasks: usize,
+    /// Concurrent consumers.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    consumers: usize,
+    /// Pending delayed messages for the memory figure (also in a quick run: fixed costs
+    /// blur smaller counts).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    delayed: u64,
+    /// Give every message of the memory phase its own producer id, so the figure includes
+    /// the de-duplication window (default: no ids).
+    #[arg(long)]
+    ids: bool,
+    /// Messages to consume + ack (default 1000000, quick 100000).
+    #[arg(long, value_name = "N")]
+    consume: Option<u64>,
+    /// Delayed messages for the lateness figure (default 5000, quick 1000).
+    #[arg(long, value_name = "N")]
+    lateness: Option<usize>,
+    /// Broker and Redis phases: producer tasks, one connection each.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    producers: usize,
+    /// Broker and Redis phases: messages per round trip.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pipeline: usize,
+    /// Broker and Redis phases: messages to consume + ack (default 500000, quick 100000).
+    #[arg(long, value_name = "N")]
+    tcp_consume: Option<u64>,
+    /// Run only these phases (comma-separated: memory, baseline, batched, single, consume,
+    /// lateness, broker, redis); the JSON then lacks ratios and targets of the phases left
+    /// out (for profiling).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = phase)]
+    only: Option<Vec<String>>,
+}
+
+/// One `--only` entry: a known phase name (spaces around it allowed).
+fn phase(s: &str) -> Result<String, String> {
+    let p = s.trim();
+    if PHASES.contains(&p) {
+        Ok(p.to_string())
+    } else {
+        Err(format!(
+            "unknown phase {p:?} (one of {})",
+            PHASES.join(", ")
+        ))
+    }
+}
+
+/// Settings of a run: the command line with every default filled in.
 #[derive(Debug, Clone)]
 struct Args {
     quick: bool,
@@ -137,120 +185,75 @@ impl Args {
             .is_none_or(|o| o.iter().any(|p| p == phase))
     }
 
-    fn defaults(quick: bool) -> Args {
-        if quick {
-            Args {
-                quick,
-                dir: None,
-                keep: false,
-                secs: 1.5,
-                warmup_secs: 0.3,
-                baseline_secs: 1.0,
-                batch: 1000,
-                batch_tasks: 4,
-                tasks: 64,
-                consumers: 2,
-                delayed: 1_000_000,
-                ids: false,
-                consume: 100_000,
-                lateness: 1000,
-                producers: 16,
-                pipeline: 64,
-                tcp_consume: 100_000,
-                only: None,
-            }
+    /// Fills in the defaults that depend on `--quick` and checks the values that clap's
+    /// types do not.
+    fn from_cli(cli: Cli) -> Res<Args> {
+        let quick = cli.quick;
+        let (secs, warmup_secs, baseline_secs) = if quick {
+            (1.5, 0.3, 1.0)
         } else {
-            Args {
-                quick,
-                dir: None,
-                keep: false,
-                secs: 8.0,
-                warmup_secs: 1.0,
-                baseline_secs: 3.0,
-                batch: 1000,
-                batch_tasks: 4,
-                tasks: 64,
-                consumers: 2,
-                delayed: 1_000_000,
-                ids: false,
-                consume: 1_000_000,
-                lateness: 5000,
-                producers: 16,
-                pipeline: 64,
-                tcp_consume: 500_000,
-                only: None,
-            }
+            (8.0, 1.0, 3.0)
+        };
+        let a = Args {
+            quick,
+            dir: cli.dir,
+            keep: cli.keep,
+            secs: cli.secs.unwrap_or(secs),
+            warmup_secs,
+            baseline_secs,
+            batch: cli.batch,
+            batch_tasks: cli.batch_tasks,
+            tasks: cli.tasks,
+            consumers: cli.consumers,
+            delayed: cli.delayed,
+            ids: cli.ids,
+            consume: cli
+                .consume
+                .unwrap_or(if quick { 100_000 } else { 1_000_000 }),
+            lateness: cli.lateness.unwrap_or(if quick { 1000 } else { 5000 }),
+            producers: cli.producers,
+            pipeline: cli.pipeline,
+            tcp_consume: cli
+                .tcp_consume
+                .unwrap_or(if quick { 100_000 } else { 500_000 }),
+            only: cli.only,
+        };
+        if cli.no_gather {
+            NO_GATHER.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        a.check()?;
+        Ok(a)
     }
-}
 
-fn parse_value<T: std::str::FromStr>(name: &str, value: Option<String>) -> Res<T> {
-    let value = value.ok_or_else(|| err(format!("{name} needs a value")))?;
-    value
-        .parse()
-        .map_err(|_| err(format!("{name}: cannot parse {value:?}")))
-}
-
-/// Parses the arguments; `Ok(None)` when help was asked for.
-fn parse_args(raw: Vec<String>) -> Res<Option<Args>> {
-    let mut a = Args::defaults(raw.iter().any(|s| s == "--quick"));
-    let mut it = raw.into_iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--quick" => {}
-            "-h" | "--help" => return Ok(None),
-            "--keep" => a.keep = true,
-            "--ids" => a.ids = true,
-            "--no-gather" => NO_GATHER.store(true, std::sync::atomic::Ordering::Relaxed),
-            "--dir" => a.dir = Some(PathBuf::from(parse_value::<String>("--dir", it.next())?)),
-            "--secs" => a.secs = parse_value("--secs", it.next())?,
-            "--batch" => a.batch = parse_value("--batch", it.next())?,
-            "--batch-tasks" => a.batch_tasks = parse_value("--batch-tasks", it.next())?,
-            "--tasks" => a.tasks = parse_value("--tasks", it.next())?,
-            "--consumers" => a.consumers = parse_value("--consumers", it.next())?,
-            "--delayed" => a.delayed = parse_value("--delayed", it.next())?,
-            "--consume" => a.consume = parse_value("--consume", it.next())?,
-            "--lateness" => a.lateness = parse_value("--lateness", it.next())?,
-            "--producers" => a.producers = parse_value("--producers", it.next())?,
-            "--pipeline" => a.pipeline = parse_value("--pipeline", it.next())?,
-            "--tcp-consume" => a.tcp_consume = parse_value("--tcp-consume", it.next())?,
-            "--only" => {
-                let list: String = parse_value("--only", it.next())?;
-                let phases: Vec<String> = list.split(',').map(|p| p.trim().to_string()).collect();
-                if let Some(p) = phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
-                    return Err(err(format!("--only: unknown phase {p:?}")));
-                }
-                a.only = Some(phases);
-            }
-            other => return Err(err(format!("unknown argument {other:?} (see --help)"))),
+    fn check(&self) -> Res<()> {
+        let a = self;
+        if !(a.secs.is_finite() && a.secs > 0.0) {
+            return Err(err("--secs must be positive"));
         }
+        if a.batch == 0 || a.batch > queue::limits::BATCH_MESSAGES_MAX {
+            return Err(err(format!(
+                "--batch must be 1..={}",
+                queue::limits::BATCH_MESSAGES_MAX
+            )));
+        }
+        if a.producers == 0 || a.pipeline == 0 || a.pipeline > queue::limits::BATCH_MESSAGES_MAX {
+            return Err(err(format!(
+                "--producers must be at least 1 and --pipeline 1..={}",
+                queue::limits::BATCH_MESSAGES_MAX
+            )));
+        }
+        if a.batch_tasks == 0 || a.tasks == 0 || a.consumers == 0 {
+            return Err(err(
+                "--batch-tasks, --tasks and --consumers must be at least 1",
+            ));
+        }
+        if a.delayed < 2 * a.batch as u64 || a.consume == 0 || a.lateness == 0 {
+            return Err(err(
+                "--delayed must be at least two batches; --consume and --lateness at least 1",
+            ));
+        }
+        Ok(())
     }
-    if !(a.secs.is_finite() && a.secs > 0.0) {
-        return Err(err("--secs must be positive"));
-    }
-    if a.batch == 0 || a.batch > queue::limits::BATCH_MESSAGES_MAX {
-        return Err(err(format!(
-            "--batch must be 1..={}",
-            queue::limits::BATCH_MESSAGES_MAX
-        )));
-    }
-    if a.producers == 0 || a.pipeline == 0 || a.pipeline > queue::limits::BATCH_MESSAGES_MAX {
-        return Err(err(format!(
-            "--producers must be at least 1 and --pipeline 1..={}",
-            queue::limits::BATCH_MESSAGES_MAX
-        )));
-    }
-    if a.batch_tasks == 0 || a.tasks == 0 || a.consumers == 0 {
-        return Err(err(
-            "--batch-tasks, --tasks and --consumers must be at least 1",
-        ));
-    }
-    if a.delayed < 2 * a.batch as u64 || a.consume == 0 || a.lateness == 0 {
-        return Err(err(
-            "--delayed must be at least two batches; --consume and --lateness at least 1",
-        ));
-    }
-    Ok(Some(a))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1543,14 +1546,11 @@ fn main() -> ExitCode {
         .chain(raw.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
-    let args = match parse_args(raw) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            note!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
+    let cli = Cli::parse();
+    let args = match Args::from_cli(cli) {
+        Ok(a) => a,
         Err(e) => {
-            note!("queue-bench: {e}\n\n{USAGE}");
+            note!("queue-bench: {e} (see --help)");
             return ExitCode::from(2);
         }
     };
