@@ -553,8 +553,8 @@ impl Engine {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        if let Some(msg) = self.inner.writer.failure() {
-            return Err(Error::Failed(msg));
+        if let Some(failure) = self.inner.writer.failure() {
+            return Err(failure.into());
         }
         Ok(())
     }

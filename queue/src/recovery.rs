@@ -322,7 +322,7 @@ pub(crate) fn open_topic(
                         }
                         // A record whose CRC checks but whose content does not is never a torn
                         // write: it is corruption wherever it is.
-                        Err(reason) => (reason, false),
+                        Err(reason) => (reason.to_string(), false),
                     }
                 }
                 Err(e) => (e.to_string(), true),
@@ -433,6 +433,35 @@ pub(crate) fn open_topic(
     Ok((st, report))
 }
 
+/// Why a record whose checksum is right cannot be applied. Never a torn write: it is
+/// corruption wherever it is.
+#[derive(Debug, thiserror::Error)]
+enum BadRecord {
+    /// The body does not decode.
+    #[error(transparent)]
+    Format(#[from] format::FormatError),
+    /// A batch that does not continue the log.
+    #[error("batch starts at offset {found} but {expected} was expected")]
+    OffsetGap {
+        /// The batch's base offset.
+        found: u64,
+        /// The offset the log had reached.
+        expected: u64,
+    },
+    /// A batch with no segment to index it in (cannot happen after a segment header).
+    #[error("no segment")]
+    NoSegment,
+    /// An entry past what the 32-bit segment index can address.
+    #[error("segment too large")]
+    SegmentTooLarge,
+    /// A group operation on an offset no message has yet.
+    #[error("group op for offset {offset} before that message exists")]
+    OpBeforeMessage {
+        /// The operation's offset.
+        offset: u64,
+    },
+}
+
 /// Applies one checked frame body to the state being rebuilt.
 fn apply_record(
     st: &mut TopicState,
@@ -440,19 +469,19 @@ fn apply_record(
     frame_pos: usize,
     now_ms: u64,
     dedup: &mut Vec<(u64, u128, u64)>,
-) -> Result<(), String> {
-    match format::decode_record(body).map_err(|e| e.to_string())? {
+) -> Result<(), BadRecord> {
+    match format::decode_record(body)? {
         Record::Messages(h, entries) => {
             if h.base_offset != st.next_offset {
-                return Err(format!(
-                    "batch starts at offset {} but {} was expected",
-                    h.base_offset, st.next_offset
-                ));
+                return Err(BadRecord::OffsetGap {
+                    found: h.base_offset,
+                    expected: st.next_offset,
+                });
             }
-            let seg = st.segments.back_mut().ok_or("no segment")?;
+            let seg = st.segments.back_mut().ok_or(BadRecord::NoSegment)?;
             for (start, _) in &entries {
                 let entry_pos = frame_pos + FRAME_HEADER_LEN + start;
-                let pos = u32::try_from(entry_pos).map_err(|_| "segment too large")?;
+                let pos = u32::try_from(entry_pos).map_err(|_| BadRecord::SegmentTooLarge)?;
                 seg.positions.push(pos);
             }
             seg.last_publish_ms = seg.last_publish_ms.max(h.publish_ms);
@@ -486,10 +515,7 @@ fn apply_record(
             let g = &mut st.groups[gi];
             for op in ops {
                 if op.offset >= next {
-                    return Err(format!(
-                        "group op for offset {} before that message exists",
-                        op.offset
-                    ));
+                    return Err(BadRecord::OpBeforeMessage { offset: op.offset });
                 }
                 match op.kind {
                     OpKind::Lease => {

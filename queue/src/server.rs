@@ -393,15 +393,20 @@ impl Connection {
                             greeted = true;
                             continue;
                         }
-                        Err(message) => {
-                            self.fail(&tx, id, code::BAD_HANDSHAKE, message).await;
+                        Err(e) => {
+                            self.fail(&tx, id, code::BAD_HANDSHAKE, e.to_string()).await;
                             break 'conn;
                         }
                     }
                 }
                 if matches!(request, Request::Hello { .. }) {
-                    self.fail(&tx, id, code::BAD_HANDSHAKE, "a second hello".into())
-                        .await;
+                    self.fail(
+                        &tx,
+                        id,
+                        code::BAD_HANDSHAKE,
+                        HandshakeError::SecondHello.to_string(),
+                    )
+                    .await;
                     break 'conn;
                 }
                 // Backpressure: wait for room before taking on the request. A frame larger
@@ -538,7 +543,7 @@ impl Connection {
                 },
                 _ = tokio::time::sleep_until(wake) => {
                     if !greeted {
-                        self.fail(&tx, 0, code::BAD_HANDSHAKE, "no hello in time".into()).await;
+                        self.fail(&tx, 0, code::BAD_HANDSHAKE, HandshakeError::Timeout.to_string()).await;
                         break 'conn;
                     }
                     if requests.available_permits() == max_in_flight {
@@ -675,7 +680,33 @@ impl Connection {
     }
 }
 
-fn hello(request: &Request) -> Result<(), String> {
+/// Why a connection's handshake is refused (answered with `BAD_HANDSHAKE`, then closed).
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    /// The client's version range does not include ours.
+    #[error(
+        "no common version: client speaks {min}..={max}, broker {}",
+        proto::VERSION
+    )]
+    NoCommonVersion {
+        /// Oldest version the client speaks.
+        min: u16,
+        /// Newest version the client speaks.
+        max: u16,
+    },
+    /// Something other than a hello came first.
+    #[error("the first frame must be a hello")]
+    NotHello,
+    /// A hello after the handshake.
+    #[error("a second hello")]
+    SecondHello,
+    /// The deadline for the hello passed.
+    #[error("no hello in time")]
+    Timeout,
+}
+
+/// Checks the first frame of a connection.
+fn hello(request: &Request) -> Result<(), HandshakeError> {
     match request {
         Request::Hello {
             min_version,
@@ -686,11 +717,11 @@ fn hello(request: &Request) -> Result<(), String> {
             min_version,
             max_version,
             ..
-        } => Err(format!(
-            "no common version: client speaks {min_version}..={max_version}, broker {}",
-            proto::VERSION
-        )),
-        _ => Err("the first frame must be a hello".into()),
+        } => Err(HandshakeError::NoCommonVersion {
+            min: *min_version,
+            max: *max_version,
+        }),
+        _ => Err(HandshakeError::NotHello),
     }
 }
 
