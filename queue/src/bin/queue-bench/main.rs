@@ -1103,41 +1103,30 @@ fn ratio(a: f64, b: f64) -> Value {
     }
 }
 
-fn run(a: &Args, command: String) -> Res<Value> {
-    let policy = Config::default().durability;
-    let base = match &a.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir(),
-    };
-    let bench = BenchDir::create(&base, a.keep)?;
-    let root = bench.path.clone();
-    let (device, mount, fstype) = filesystem_of(&root).unwrap_or_default();
-    let volatile = matches!(fstype.as_str(), "tmpfs" | "ramfs");
-    note!("queue-bench: directory {}", root.display());
-    note!("queue-bench: filesystem {fstype} on {device} (mounted at {mount})");
-    if volatile {
-        note!(
-            "queue-bench: WARNING: {fstype} is memory-backed: fsync is free, figures are not durable-disk figures"
-        );
-    }
-    note!(
-        "queue-bench: durability policy {policy}; {MESSAGE_BYTES}-byte messages; {}",
-        if a.quick { "quick run" } else { "full run" }
-    );
-    let payload = Bytes::from(
-        (0..MESSAGE_BYTES)
-            .map(|i| (i % 251) as u8)
-            .collect::<Vec<u8>>(),
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| err(format!("tokio runtime: {e}")))?;
-    let started = Instant::now();
-    let env_start = environment_json();
+/// The figures of every phase, in the order they run (see the module docs); a phase left
+/// out by `--only` is `null`.
+struct Figures {
+    memory: Value,
+    baseline_before: Value,
+    batched: Value,
+    single: Value,
+    consume: Value,
+    lateness: Value,
+    /// Fields of the broker and Redis phases, merged into the summary as they are.
+    side_by_side: Value,
+    baseline_after: Value,
+}
 
+/// Runs the phases one after the other, each on a fresh engine under `root`.
+fn run_phases(
+    rt: &tokio::runtime::Runtime,
+    a: &Args,
+    root: &Path,
+    payload: &Bytes,
+) -> Res<Figures> {
+    let policy = Config::default().durability;
     let memory = engine_phase(
-        &rt,
+        rt,
         a,
         "memory",
         format!(
@@ -1145,7 +1134,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
             rate(a.delayed as f64),
             if a.ids { " with producer ids" } else { "" }
         ),
-        bench_delayed_memory(&root, a, &payload),
+        bench_delayed_memory(root, a, payload),
         |memory| {
             note!(
                 "  RSS delta {} B/msg, index heap {} B/msg (budget {TARGET_DELAYED_BYTES_PER_MSG} B) [{policy}]",
@@ -1157,32 +1146,32 @@ fn run(a: &Args, command: String) -> Res<Value> {
 
     let baseline_before = if a.runs("baseline") {
         note!("[2/9] baseline: raw append + fdatasync, one thread");
-        baseline(&root, a, &payload, "before")?
+        baseline(root, a, payload, "before")?
     } else {
         Value::Null
     };
 
     let batched = engine_phase(
-        &rt,
+        rt,
         a,
         "batched",
         format!(
             "[3/9] batched publish: {} tasks x publish_batch({}) for {}s [{policy}]",
             a.batch_tasks, a.batch, a.secs
         ),
-        bench_batched(&root, a, &payload),
+        bench_batched(root, a, payload),
         |batched| note_throughput(batched, "batch_confirm_latency", "batch confirm", policy),
     )?;
 
     let single = engine_phase(
-        &rt,
+        rt,
         a,
         "single",
         format!(
             "[4/9] single publish: {} tasks x publish() for {}s [{policy}]",
             a.tasks, a.secs
         ),
-        bench_single(&root, a, &payload),
+        bench_single(root, a, payload),
         |single| {
             let cl = &single["confirm_latency"];
             note!(
@@ -1197,7 +1186,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
     )?;
 
     let consume = engine_phase(
-        &rt,
+        rt,
         a,
         "consume",
         format!(
@@ -1206,19 +1195,19 @@ fn run(a: &Args, command: String) -> Res<Value> {
             a.consumers,
             a.batch
         ),
-        bench_consume(&root, a, &payload),
+        bench_consume(root, a, payload),
         |consume| note_throughput(consume, "ack_latency", "ack", policy),
     )?;
 
     let lateness = engine_phase(
-        &rt,
+        rt,
         a,
         "lateness",
         format!(
             "[6/9] delayed delivery lateness: {} messages due in 50..500 ms [{policy}]",
             a.lateness
         ),
-        bench_lateness(&root, a, &payload),
+        bench_lateness(root, a, payload),
         |lateness| {
             let lt = &lateness["lateness"];
             note!(
@@ -1230,20 +1219,52 @@ fn run(a: &Args, command: String) -> Res<Value> {
         },
     )?;
 
-    let side_by_side = rt.block_on(side_by_side(&root, a))?;
+    let side_by_side = rt.block_on(side_by_side(root, a))?;
 
     let baseline_after = if a.runs("baseline") {
         note!("[9/9] baseline again (drift check)");
-        baseline(&root, a, &payload, "after")?
+        baseline(root, a, payload, "after")?
     } else {
         Value::Null
     };
-    rt.shutdown_timeout(Duration::from_secs(5));
+    Ok(Figures {
+        memory,
+        baseline_before,
+        batched,
+        single,
+        consume,
+        lateness,
+        side_by_side,
+        baseline_after,
+    })
+}
 
+/// The figures against the baseline (ratios) and against the targets.
+struct Verdict {
+    ratios: Value,
+    targets: Value,
+    /// Batched publish over raw chunked append (0 without a baseline).
+    batched_vs_chunked: f64,
+    /// Single publish over raw fsync-per-message (0 without a baseline).
+    single_vs_fsync: f64,
+}
+
+/// Compares the engine's figures with the mean of the two baseline runs and the targets.
+fn judge(a: &Args, figures: &Figures) -> Verdict {
     // Ratios use the mean of the two baseline runs.
+    let Figures {
+        memory,
+        baseline_before,
+        batched,
+        single,
+        consume,
+        lateness,
+        baseline_after,
+        ..
+    } = figures;
     let mean = |path: &[&str]| {
         let get = |b: &Value| path.iter().fold(b, |v, k| &v[*k]).as_f64().unwrap_or(0.0);
-        (get(&baseline_before) + get(&baseline_after)) / 2.0
+        (get(baseline_before) + get(baseline_after)) / 2.0
     };
     let base_chunked = mean(&["chunked", "msgs_per_s"]);
     let base_single = mean(&["single", "msgs_per_s"]);
@@ -1290,20 +1311,75 @@ fn run(a: &Args, command: String) -> Res<Value> {
             "met": lateness["lateness"]["p99_us"].as_u64().unwrap_or(u64::MAX) <= TARGET_LATENESS_P99_US,
         },
     });
-    note!(
-        "queue-bench: done in {:.1}s; batched {:.2}x raw chunked append, single {:.2}x raw fsync-per-message [{policy}]",
-        started.elapsed().as_secs_f64(),
-        if base_chunked > 0.0 {
+    Verdict {
+        ratios,
+        targets,
+        batched_vs_chunked: if base_chunked > 0.0 {
             batched_s / base_chunked
         } else {
             0.0
         },
-        if base_single > 0.0 {
+        single_vs_fsync: if base_single > 0.0 {
             single_s / base_single
         } else {
             0.0
         },
+    }
+}
+
+fn run(a: &Args, command: String) -> Res<Value> {
+    let policy = Config::default().durability;
+    let base = match &a.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir(),
+    };
+    let bench = BenchDir::create(&base, a.keep)?;
+    let root = bench.path.clone();
+    let (device, mount, fstype) = filesystem_of(&root).unwrap_or_default();
+    let volatile = matches!(fstype.as_str(), "tmpfs" | "ramfs");
+    note!("queue-bench: directory {}", root.display());
+    note!("queue-bench: filesystem {fstype} on {device} (mounted at {mount})");
+    if volatile {
+        note!(
+            "queue-bench: WARNING: {fstype} is memory-backed: fsync is free, figures are not durable-disk figures"
+        );
+    }
+    note!(
+        "queue-bench: durability policy {policy}; {MESSAGE_BYTES}-byte messages; {}",
+        if a.quick { "quick run" } else { "full run" }
     );
+    let payload = Bytes::from(
+        (0..MESSAGE_BYTES)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| err(format!("tokio runtime: {e}")))?;
+    let started = Instant::now();
+    let env_start = environment_json();
+
+    let figures = run_phases(&rt, a, &root, &payload)?;
+    rt.shutdown_timeout(Duration::from_secs(5));
+
+    let verdict = judge(a, &figures);
+    note!(
+        "queue-bench: done in {:.1}s; batched {:.2}x raw chunked append, single {:.2}x raw fsync-per-message [{policy}]",
+        started.elapsed().as_secs_f64(),
+        verdict.batched_vs_chunked,
+        verdict.single_vs_fsync,
+    );
+    let Figures {
+        memory,
+        baseline_before,
+        batched,
+        single,
+        consume,
+        lateness,
+        side_by_side,
+        baseline_after,
+    } = figures;
     let mut summary = json!({
         "bench": "queue-bench",
         "command": command,
@@ -1320,8 +1396,8 @@ fn run(a: &Args, command: String) -> Res<Value> {
         "consume_ack": consume,
         "delayed_memory": memory,
         "delayed_lateness": lateness,
-        "ratios": ratios,
-        "targets": targets,
+        "ratios": verdict.ratios,
+        "targets": verdict.targets,
         "elapsed_s": round1(started.elapsed().as_secs_f64()),
     });
     if let (Some(sum), Value::Object(sbs)) = (summary.as_object_mut(), side_by_side) {
@@ -1355,161 +1431,22 @@ const TARGET_RATIO_VS_REDIS: f64 = 2.0;
 /// `redis-server` with `appendonly yes`, `appendfsync always`), driven the same way: the
 /// same producer tasks with one connection each, the same messages per round trip, the
 /// same consumers and batch sizes. Returns top-level summary fields.
+/// Phases 7 and 8: our broker over loopback TCP and Redis Streams at the same durability,
+/// side by side; the JSON fields are merged into the summary.
 async fn side_by_side(root: &Path, a: &Args) -> Res<Value> {
-    let policy = Config::default().durability;
     let mut out = serde_json::Map::new();
-    let mut ours = None;
-    if a.runs("broker") {
-        note!(
-            "[7/9] broker over loopback TCP: {} producers x {} msgs per round trip (one publish_batch frame) for {}s, then consume + ack {} [{policy}]",
-            a.producers,
-            a.pipeline,
-            a.secs,
-            rate(a.tcp_consume as f64)
-        );
-        let params = broker::BrokerParams {
-            message_bytes: MESSAGE_BYTES,
-            producers: a.producers,
-            pipeline: a.pipeline,
-            publish_secs: a.secs,
-            warmup_secs: a.warmup_secs,
-            single_frames: false,
-            consumers: a.consumers,
-            fetch_batch: a.batch,
-            consume_messages: a.tcp_consume,
-            dir: root.join("broker-batch"),
-        };
-        let f = broker::run(&params).await?;
-        note!(
-            "  publish {} msgs/s, confirm p50 {} p99 {}; consume + ack {} msgs/s",
-            rate(f.publish_msgs_per_s),
-            ms(f.confirm.value_at_quantile(0.5)),
-            ms(f.confirm.value_at_quantile(0.99)),
-            rate(f.consume_ack_msgs_per_s)
-        );
-        note!(
-            "[7b/9] broker, the same with {} single-message publish frames per round trip [{policy}]",
-            a.pipeline
-        );
-        let single = broker::run(&broker::BrokerParams {
-            single_frames: true,
-            consume_messages: 0,
-            dir: root.join("broker-frames"),
-            ..params
-        })
-        .await?;
-        note!(
-            "  publish {} msgs/s, confirm p50 {} p99 {}",
-            rate(single.publish_msgs_per_s),
-            ms(single.confirm.value_at_quantile(0.5)),
-            ms(single.confirm.value_at_quantile(0.99)),
-        );
-        out.insert(
-            "publish_tcp_msgs_per_s".into(),
-            json!(f.publish_msgs_per_s.round()),
-        );
-        out.insert(
-            "confirm_p50_us".into(),
-            json!(f.confirm.value_at_quantile(0.5)),
-        );
-        out.insert(
-            "confirm_p99_us".into(),
-            json!(f.confirm.value_at_quantile(0.99)),
-        );
-        out.insert(
-            "consume_ack_tcp_msgs_per_s".into(),
-            json!(f.consume_ack_msgs_per_s.round()),
-        );
-        out.insert(
-            "publish_tcp_single_frames_msgs_per_s".into(),
-            json!(single.publish_msgs_per_s.round()),
-        );
-        out.insert(
-            "tcp_single_frames_confirm_latency".into(),
-            latency_json(&single.confirm),
-        );
-        out.insert("tcp_confirm_latency".into(), latency_json(&f.confirm));
-        out.insert(
-            "tcp_counts".into(),
-            json!({"published": f.published, "consumed": f.consumed, "published_single_frames": single.published}),
-        );
-        ours = Some((f, single));
-    }
-    let mut theirs = None;
-    if a.runs("redis") && redis_available(&mut out) {
-        note!(
-            "[8/9] Redis Streams, appendonly yes + appendfsync always: {} producers x {} pipelined XADDs for {}s, then XREADGROUP + XACK {}",
-            a.producers,
-            a.pipeline,
-            a.secs,
-            rate(a.tcp_consume as f64)
-        );
-        let r = redis_streams::run(&redis_streams::RedisParams {
-            message_bytes: MESSAGE_BYTES,
-            producers: a.producers,
-            pipeline: a.pipeline,
-            in_flight: 1,
-            publish_secs: a.secs,
-            consumers: a.consumers,
-            fetch_batch: a.batch,
-            consume_messages: a.tcp_consume,
-            dir: Some(root.to_path_buf()),
-        })
-        .await?;
-        note!(
-            "  publish {} msgs/s, confirm p50 {} p99 {}; consume + ack {} msgs/s (redis {}, appendfsync {})",
-            rate(r.publish_msgs_per_s),
-            ms(r.confirm_p50_us),
-            ms(r.confirm_p99_us),
-            rate(r.consume_ack_msgs_per_s),
-            r.redis_version,
-            r.appendfsync
-        );
-        out.insert(
-            "redis_streams_publish_msgs_per_s".into(),
-            json!(r.publish_msgs_per_s.round()),
-        );
-        out.insert(
-            "redis_streams_consume_ack_msgs_per_s".into(),
-            json!(r.consume_ack_msgs_per_s.round()),
-        );
-        out.insert("redis_confirm_p50_us".into(), json!(r.confirm_p50_us));
-        out.insert("redis_confirm_p99_us".into(), json!(r.confirm_p99_us));
-        out.insert(
-            "redis".into(),
-            json!({
-                "version": r.redis_version,
-                "appendfsync": r.appendfsync,
-                "published": r.published,
-                "consumed": r.consumed,
-            }),
-        );
-        theirs = Some(r);
-    }
+    let ours = if a.runs("broker") {
+        Some(broker_side(root, a, &mut out).await?)
+    } else {
+        None
+    };
+    let theirs = if a.runs("redis") && redis_available(&mut out) {
+        Some(redis_side(root, a, &mut out).await?)
+    } else {
+        None
+    };
     if let (Some((f, single)), Some(r)) = (&ours, &theirs) {
-        let pub_ratio = f.publish_msgs_per_s / r.publish_msgs_per_s.max(1.0);
-        let frames_ratio = single.publish_msgs_per_s / r.publish_msgs_per_s.max(1.0);
-        let consume_ratio = f.consume_ack_msgs_per_s / r.consume_ack_msgs_per_s.max(1.0);
-        note!(
-            "  ours / Redis: publish {pub_ratio:.2}x (single frames {frames_ratio:.2}x), consume + ack {consume_ratio:.2}x"
-        );
-        out.insert("publish_ratio_vs_redis".into(), json!(round3(pub_ratio)));
-        out.insert(
-            "publish_single_frames_ratio_vs_redis".into(),
-            json!(round3(frames_ratio)),
-        );
-        out.insert(
-            "consume_ratio_vs_redis".into(),
-            json!(round3(consume_ratio)),
-        );
-        out.insert(
-            "tcp_targets".into(),
-            json!({
-                "publish_tcp_msgs_per_s": {"target": TARGET_TCP_PUBLISH_MSGS_S, "actual": f.publish_msgs_per_s.round(), "met": f.publish_msgs_per_s >= TARGET_TCP_PUBLISH_MSGS_S},
-                "publish_ratio_vs_redis": {"target": TARGET_RATIO_VS_REDIS, "actual": round3(pub_ratio), "met": pub_ratio >= TARGET_RATIO_VS_REDIS},
-                "consume_ratio_vs_redis": {"target": TARGET_RATIO_VS_REDIS, "actual": round3(consume_ratio), "met": consume_ratio >= TARGET_RATIO_VS_REDIS},
-            }),
-        );
+        compare_with_redis(f, single, r, &mut out);
     }
     if !out.is_empty() {
         out.insert(
@@ -1524,6 +1461,178 @@ async fn side_by_side(root: &Path, a: &Args) -> Res<Value> {
         );
     }
     Ok(Value::Object(out))
+}
+
+/// Phase 7: our broker in its own process, with publish_batch frames and then with single
+/// publish frames; returns both runs' figures.
+async fn broker_side(
+    root: &Path,
+    a: &Args,
+    out: &mut serde_json::Map<String, Value>,
+) -> Res<(broker::BrokerFigures, broker::BrokerFigures)> {
+    let policy = Config::default().durability;
+    note!(
+        "[7/9] broker over loopback TCP: {} producers x {} msgs per round trip (one publish_batch frame) for {}s, then consume + ack {} [{policy}]",
+        a.producers,
+        a.pipeline,
+        a.secs,
+        rate(a.tcp_consume as f64)
+    );
+    let params = broker::BrokerParams {
+        message_bytes: MESSAGE_BYTES,
+        producers: a.producers,
+        pipeline: a.pipeline,
+        publish_secs: a.secs,
+        warmup_secs: a.warmup_secs,
+        single_frames: false,
+        consumers: a.consumers,
+        fetch_batch: a.batch,
+        consume_messages: a.tcp_consume,
+        dir: root.join("broker-batch"),
+    };
+    let f = broker::run(&params).await?;
+    note!(
+        "  publish {} msgs/s, confirm p50 {} p99 {}; consume + ack {} msgs/s",
+        rate(f.publish_msgs_per_s),
+        ms(f.confirm.value_at_quantile(0.5)),
+        ms(f.confirm.value_at_quantile(0.99)),
+        rate(f.consume_ack_msgs_per_s)
+    );
+    note!(
+        "[7b/9] broker, the same with {} single-message publish frames per round trip [{policy}]",
+        a.pipeline
+    );
+    let single = broker::run(&broker::BrokerParams {
+        single_frames: true,
+        consume_messages: 0,
+        dir: root.join("broker-frames"),
+        ..params
+    })
+    .await?;
+    note!(
+        "  publish {} msgs/s, confirm p50 {} p99 {}",
+        rate(single.publish_msgs_per_s),
+        ms(single.confirm.value_at_quantile(0.5)),
+        ms(single.confirm.value_at_quantile(0.99)),
+    );
+    out.insert(
+        "publish_tcp_msgs_per_s".into(),
+        json!(f.publish_msgs_per_s.round()),
+    );
+    out.insert(
+        "confirm_p50_us".into(),
+        json!(f.confirm.value_at_quantile(0.5)),
+    );
+    out.insert(
+        "confirm_p99_us".into(),
+        json!(f.confirm.value_at_quantile(0.99)),
+    );
+    out.insert(
+        "consume_ack_tcp_msgs_per_s".into(),
+        json!(f.consume_ack_msgs_per_s.round()),
+    );
+    out.insert(
+        "publish_tcp_single_frames_msgs_per_s".into(),
+        json!(single.publish_msgs_per_s.round()),
+    );
+    out.insert(
+        "tcp_single_frames_confirm_latency".into(),
+        latency_json(&single.confirm),
+    );
+    out.insert("tcp_confirm_latency".into(), latency_json(&f.confirm));
+    out.insert(
+            "tcp_counts".into(),
+            json!({"published": f.published, "consumed": f.consumed, "published_single_frames": single.published}),
+        );
+    Ok((f, single))
+}
+
+/// Phase 8: Redis Streams with `appendfsync always`, the same producers and batch sizes.
+async fn redis_side(
+    root: &Path,
+    a: &Args,
+    out: &mut serde_json::Map<String, Value>,
+) -> Res<redis_streams::RedisFigures> {
+    note!(
+        "[8/9] Redis Streams, appendonly yes + appendfsync always: {} producers x {} pipelined XADDs for {}s, then XREADGROUP + XACK {}",
+        a.producers,
+        a.pipeline,
+        a.secs,
+        rate(a.tcp_consume as f64)
+    );
+    let r = redis_streams::run(&redis_streams::RedisParams {
+        message_bytes: MESSAGE_BYTES,
+        producers: a.producers,
+        pipeline: a.pipeline,
+        in_flight: 1,
+        publish_secs: a.secs,
+        consumers: a.consumers,
+        fetch_batch: a.batch,
+        consume_messages: a.tcp_consume,
+        dir: Some(root.to_path_buf()),
+    })
+    .await?;
+    note!(
+        "  publish {} msgs/s, confirm p50 {} p99 {}; consume + ack {} msgs/s (redis {}, appendfsync {})",
+        rate(r.publish_msgs_per_s),
+        ms(r.confirm_p50_us),
+        ms(r.confirm_p99_us),
+        rate(r.consume_ack_msgs_per_s),
+        r.redis_version,
+        r.appendfsync
+    );
+    out.insert(
+        "redis_streams_publish_msgs_per_s".into(),
+        json!(r.publish_msgs_per_s.round()),
+    );
+    out.insert(
+        "redis_streams_consume_ack_msgs_per_s".into(),
+        json!(r.consume_ack_msgs_per_s.round()),
+    );
+    out.insert("redis_confirm_p50_us".into(), json!(r.confirm_p50_us));
+    out.insert("redis_confirm_p99_us".into(), json!(r.confirm_p99_us));
+    out.insert(
+        "redis".into(),
+        json!({
+            "version": r.redis_version,
+            "appendfsync": r.appendfsync,
+            "published": r.published,
+            "consumed": r.consumed,
+        }),
+    );
+    Ok(r)
+}
+
+/// Ratios of ours to Redis, and the targets they are held to.
+fn compare_with_redis(
+    f: &broker::BrokerFigures,
+    single: &broker::BrokerFigures,
+    r: &redis_streams::RedisFigures,
+    out: &mut serde_json::Map<String, Value>,
+) {
+    let pub_ratio = f.publish_msgs_per_s / r.publish_msgs_per_s.max(1.0);
+    let frames_ratio = single.publish_msgs_per_s / r.publish_msgs_per_s.max(1.0);
+    let consume_ratio = f.consume_ack_msgs_per_s / r.consume_ack_msgs_per_s.max(1.0);
+    note!(
+        "  ours / Redis: publish {pub_ratio:.2}x (single frames {frames_ratio:.2}x), consume + ack {consume_ratio:.2}x"
+    );
+    out.insert("publish_ratio_vs_redis".into(), json!(round3(pub_ratio)));
+    out.insert(
+        "publish_single_frames_ratio_vs_redis".into(),
+        json!(round3(frames_ratio)),
+    );
+    out.insert(
+        "consume_ratio_vs_redis".into(),
+        json!(round3(consume_ratio)),
+    );
+    out.insert(
+            "tcp_targets".into(),
+            json!({
+                "publish_tcp_msgs_per_s": {"target": TARGET_TCP_PUBLISH_MSGS_S, "actual": f.publish_msgs_per_s.round(), "met": f.publish_msgs_per_s >= TARGET_TCP_PUBLISH_MSGS_S},
+                "publish_ratio_vs_redis": {"target": TARGET_RATIO_VS_REDIS, "actual": round3(pub_ratio), "met": pub_ratio >= TARGET_RATIO_VS_REDIS},
+                "consume_ratio_vs_redis": {"target": TARGET_RATIO_VS_REDIS, "actual": round3(consume_ratio), "met": consume_ratio >= TARGET_RATIO_VS_REDIS},
+            }),
+        );
 }
 
 fn main() -> ExitCode {
