@@ -21,9 +21,8 @@
 //! [`ClientConfig::request_timeout_ms`] closes its connection the same way (a broker that
 //! does not answer one request is presumed gone). The next request on that slot
 //! reconnects, with exponential backoff ([`crate::backoff::Backoff`]) between failed
-//! attempts; after a whole schedule of
-//! failed attempts, requests on the slot fail at once for
-//! [`ClientConfig::backoff_max_ms`] instead of each running the schedule again.
+//! attempts; after a whole schedule of failed attempts, requests on the slot fail at once
+//! for [`ClientConfig::backoff_max_ms`] instead of each running the schedule again.
 
 use std::collections::HashMap;
 use std::io;
