@@ -20,9 +20,9 @@
 //! broker's de-duplication makes the retry harmless. A request not answered within
 //! [`ClientConfig::request_timeout_ms`] closes its connection the same way (a broker that
 //! does not answer one request is presumed gone). The next request on that slot
-//! reconnects, with exponential backoff between failed attempts; after a whole schedule of
-//! failed attempts, requests on the slot fail at once for
-//! [`ClientConfig::backoff_max_ms`] instead of each running the schedule again.
+//! reconnects, with exponential backoff ([`crate::backoff::Backoff`]) between failed
+//! attempts; after a whole schedule of failed attempts, requests on the slot fail at once
+//! for [`ClientConfig::backoff_max_ms`] instead of each running the schedule again.
 
 use std::collections::HashMap;
 use std::io;
@@ -41,6 +41,7 @@ use crate::api::{
     AckOutcome, Confirm, DeadLetter, Delivery, FetchOptions, Message, Peeked, Queue, Receipt,
     StartAt, TopicStats,
 };
+use crate::backoff::Backoff;
 use crate::engine::validate_message;
 use crate::error::{Error, Result};
 use crate::limits::{
@@ -69,10 +70,12 @@ pub struct ClientConfig {
     pub connect_timeout_ms: u64,
     /// Attempts per reconnect before a request fails with [`Error::Connection`].
     pub connect_attempts: u32,
-    /// First backoff between attempts; doubled after each failure.
+    /// First backoff between attempts; doubled after each failure (the schedule of
+    /// [`Backoff`]).
     pub backoff_initial_ms: u64,
-    /// Longest backoff between attempts. After a reconnect that ran out of attempts,
-    /// requests on that pool slot fail at once with its error for this long.
+    /// Longest backoff between attempts (a value below `backoff_initial_ms` counts as
+    /// `backoff_initial_ms`). After a reconnect that ran out of attempts, requests on that
+    /// pool slot fail at once with its error for this long.
     pub backoff_max_ms: u64,
     /// Largest frame the client sends (also capped by the broker's announced limit; a
     /// larger request fails alone with [`Error::Invalid`]). The client accepts responses up
@@ -103,6 +106,12 @@ impl ClientConfig {
             request_timeout_ms: 30_000,
             name: concat!("queue-client/", env!("CARGO_PKG_VERSION")).into(),
         }
+    }
+
+    /// The waits between the connect attempts of one reconnect: from
+    /// `backoff_initial_ms`, doubling, capped at `backoff_max_ms`.
+    pub(crate) fn reconnect_backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_initial_ms, self.backoff_max_ms)
     }
 }
 
@@ -456,12 +465,11 @@ impl Client {
         slot.check_down()?;
         slot.set(None);
         let attempts = self.config.connect_attempts.max(1);
-        let mut backoff = self.config.backoff_initial_ms.max(1);
+        let mut backoff = self.config.reconnect_backoff();
         let mut last = String::new();
         for attempt in 0..attempts {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(backoff)).await;
-                backoff = (backoff * 2).min(self.config.backoff_max_ms.max(1));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             let timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1));
             match tokio::time::timeout(timeout, open(&self.config)).await {
@@ -991,6 +999,35 @@ impl Queue for Client {
         {
             Response::Peeked(p) => Ok(p),
             other => Err(unexpected(&other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientConfig;
+
+    /// The reconnect waits are the schedule the client had before it used `Backoff`: the
+    /// initial delay (at least 1 ms), doubled after each attempt, capped at the maximum.
+    #[test]
+    fn reconnect_waits_double_from_the_initial_delay_up_to_the_cap() {
+        for (initial, max) in [(20, 2_000), (5, 20), (100, 200), (0, 0), (0, 7), (3, 3)] {
+            let config = ClientConfig {
+                backoff_initial_ms: initial,
+                backoff_max_ms: max,
+                ..ClientConfig::new("127.0.0.1:1")
+            };
+            let mut expected = Vec::new();
+            let mut wait = initial.max(1);
+            for _ in 0..12 {
+                expected.push(wait);
+                wait = (wait * 2).min(max.max(1));
+            }
+            let mut backoff = config.reconnect_backoff();
+            let waits: Vec<u64> = (0..12)
+                .map(|_| backoff.next_delay().as_millis() as u64)
+                .collect();
+            assert_eq!(waits, expected, "initial {initial} ms, max {max} ms");
         }
     }
 }

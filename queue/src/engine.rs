@@ -457,6 +457,43 @@ impl Engine {
         }
     }
 
+    /// [`Queue::stats`] without the `async`: it takes only in-memory locks, so a caller
+    /// that cannot await (the Prometheus collector in [`crate::metrics`]) reads the same
+    /// figures.
+    pub fn topic_stats(&self, topic: &str) -> Result<TopicStats> {
+        self.check_open()?;
+        let t = self.existing_topic(topic)?;
+        let dead_pending = match self.get_topic(&format!("{topic}{DLQ_SUFFIX}")) {
+            Some(dlq) => {
+                let st = dlq.lock();
+                st.stats(0)
+                    .groups
+                    .iter()
+                    .find(|g| g.name == DLQ_GROUP)
+                    .map_or(0, |g| g.lag)
+            }
+            None => 0,
+        };
+        let st = t.lock();
+        Ok(st.stats(dead_pending))
+    }
+
+    /// [`Queue::topics`] without the `async` (sorted names, dead-letter topics included),
+    /// for the same callers as [`Engine::topic_stats`].
+    pub fn topic_names(&self) -> Result<Vec<String>> {
+        self.check_open()?;
+        let mut names: Vec<String> = self
+            .inner
+            .topics
+            .read()
+            .map_err(|_| Error::Closed)?
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     fn start_maintenance(&self, every: Duration) -> Result<()> {
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -516,8 +553,8 @@ impl Engine {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        if let Some(msg) = self.inner.writer.failure() {
-            return Err(Error::Failed(msg));
+        if let Some(failure) = self.inner.writer.failure() {
+            return Err(failure.into());
         }
         Ok(())
     }
@@ -1296,21 +1333,7 @@ impl Queue for Engine {
     }
 
     async fn stats(&self, topic: &str) -> Result<TopicStats> {
-        self.check_open()?;
-        let t = self.existing_topic(topic)?;
-        let dead_pending = match self.get_topic(&format!("{topic}{DLQ_SUFFIX}")) {
-            Some(dlq) => {
-                let st = dlq.lock();
-                st.stats(0)
-                    .groups
-                    .iter()
-                    .find(|g| g.name == DLQ_GROUP)
-                    .map_or(0, |g| g.lag)
-            }
-            None => 0,
-        };
-        let st = t.lock();
-        Ok(st.stats(dead_pending))
+        self.topic_stats(topic)
     }
 
     async fn peek(&self, topic: &str, from_offset: u64, limit: usize) -> Result<Vec<Peeked>> {
@@ -1340,16 +1363,6 @@ impl Queue for Engine {
     }
 
     async fn topics(&self) -> Result<Vec<String>> {
-        self.check_open()?;
-        let mut names: Vec<String> = self
-            .inner
-            .topics
-            .read()
-            .map_err(|_| Error::Closed)?
-            .keys()
-            .cloned()
-            .collect();
-        names.sort();
-        Ok(names)
+        self.topic_names()
     }
 }

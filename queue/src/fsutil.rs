@@ -8,9 +8,12 @@ use crate::error::{Error, Result};
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
+    fsync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// [`sync_dir`] with the bare OS error, for the writer thread's own error type.
+pub(crate) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// Replaces `path` with `bytes` atomically: write a temporary file, fsync it, rename it over

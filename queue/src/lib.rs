@@ -30,8 +30,18 @@
 //! - [`client`]: [`Client`], the broker's client, another implementation of [`Queue`].
 //! - [`backend`]: [`Backend::open`], embedded or remote chosen by one configuration string
 //!   (`tcp://HOST:PORT` or a directory).
-//! - [`backoff`]: the exponential backoff schedule every retry loop of the system uses.
-//! - [`metrics`]: the broker's Prometheus endpoint.
+//! - [`backoff`]: the exponential backoff schedule every retry loop of the system uses
+//!   (the client's reconnects among them).
+//! - [`metrics`]: the broker's Prometheus metrics, one `prometheus-client` collector that
+//!   reads the engine and the broker at scrape time; `metrics::serve` (feature `http`)
+//!   serves them on `/metrics`.
+//!
+//! Cargo features (all on by default, so `cargo run -p queue --bin queue` and `--bin
+//! queue-bench` just work; the other crates depend on this one with
+//! `default-features = false` and compile none of their dependencies):
+//! - `http`: `metrics::serve` over axum;
+//! - `cli`: the `queue` binary (`queue serve` and the operator commands; clap, `http`);
+//! - `bench`: the `queue-bench` binary (hdrhistogram, redis for Redis Streams, clap).
 
 pub mod api;
 pub mod backend;

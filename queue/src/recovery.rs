@@ -177,7 +177,10 @@ pub(crate) fn create_topic(
     Ok(state)
 }
 
-/// Opens (recovers) a topic directory.
+/// Opens (recovers) a topic directory, in named steps: leftovers of an interrupted
+/// segment creation are removed, every segment is checked and replayed into the state
+/// ([`Scan::segment`]), a topic with no segment left gets a fresh one, and the metadata is
+/// brought in line with what survived ([`Scan::finish`]).
 pub(crate) fn open_topic(
     dir: &Path,
     name: &str,
@@ -185,8 +188,7 @@ pub(crate) fn open_topic(
     now_ms: u64,
     repair: bool,
 ) -> Result<(TopicState, RecoveryReport)> {
-    let mut meta = TopicMeta::read(dir)?.unwrap_or_else(TopicMeta::new);
-    let mut report = RecoveryReport::default();
+    let meta = TopicMeta::read(dir)?.unwrap_or_else(TopicMeta::new);
     let mut segs = list_segments(dir)?;
     // Files below first_seq were deleted by retention, but the unlink may not have reached
     // the disk before a crash: finish the job.
@@ -199,7 +201,7 @@ pub(crate) fn open_topic(
         }
     });
 
-    let mut st = TopicState {
+    let st = TopicState {
         name: name.to_string(),
         dir: dir.to_path_buf(),
         limits,
@@ -217,77 +219,142 @@ pub(crate) fn open_topic(
         published: 0,
         duplicates: 0,
     };
-
-    // Segment files at the end holding no more than a header were being created when the
-    // process stopped: nothing in them was confirmed (the writer fsyncs older segments
-    // before it writes a new one). Remove them so the segment before is the tail.
-    while let Some((_, path)) = segs.last() {
-        let len = std::fs::metadata(path)
-            .map_err(|e| Error::io("stat segment", path, e))?
-            .len();
-        let header_ok = len == SEGMENT_HEADER_LEN as u64
-            && std::fs::read(path)
-                .ok()
-                .is_some_and(|b| SegmentHeader::decode(&b).is_ok());
-        if len > SEGMENT_HEADER_LEN as u64 || (header_ok && segs.len() == 1) {
-            break;
-        }
-        report.torn_bytes_truncated += len;
-        std::fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
-        fsutil::sync_dir(dir)?;
-        segs.pop();
+    let mut scan = Scan {
+        dir,
+        repair,
+        now_ms,
+        meta,
+        report: RecoveryReport::default(),
+        st,
+        dedup: Vec::new(),
+    };
+    scan.remove_unfinished_tail(&mut segs)?;
+    for i in 0..segs.len() {
+        scan.segment(&segs, i)?;
     }
-    let count = segs.len();
-    let mut dedup_tmp: Vec<(u64, u128, u64)> = Vec::new();
-    for (i, (seq, path)) in segs.iter().enumerate() {
-        let is_tail = i + 1 == count;
+    if scan.st.segments.is_empty() {
+        // A new topic, or one whose only segment was torn at creation: start a segment.
+        scan.start_first_segment()?;
+    }
+    scan.finish()
+}
+
+/// The state of one topic's recovery while its segments are read.
+struct Scan<'a> {
+    dir: &'a Path,
+    repair: bool,
+    now_ms: u64,
+    meta: TopicMeta,
+    report: RecoveryReport,
+    st: TopicState,
+    /// `(publish_ms, id, offset)` of every producer id seen, for the de-duplication window
+    /// (filled in at the end, once the clock's window is known to apply).
+    dedup: Vec<(u64, u128, u64)>,
+}
+
+impl Scan<'_> {
+    /// Segment files at the end holding no more than a header were being created when the
+    /// process stopped: nothing in them was confirmed (the writer fsyncs older segments
+    /// before it writes a new one). Removes them so the segment before is the tail.
+    fn remove_unfinished_tail(&mut self, segs: &mut Vec<(u64, PathBuf)>) -> Result<()> {
+        while let Some((_, path)) = segs.last() {
+            let len = std::fs::metadata(path)
+                .map_err(|e| Error::io("stat segment", path, e))?
+                .len();
+            let header_ok = len == SEGMENT_HEADER_LEN as u64
+                && std::fs::read(path)
+                    .ok()
+                    .is_some_and(|b| SegmentHeader::decode(&b).is_ok());
+            if len > SEGMENT_HEADER_LEN as u64 || (header_ok && segs.len() == 1) {
+                break;
+            }
+            self.report.torn_bytes_truncated += len;
+            std::fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
+            fsutil::sync_dir(self.dir)?;
+            segs.pop();
+        }
+        Ok(())
+    }
+
+    /// Checks segment `i` of `segs` and replays its records into the state.
+    fn segment(&mut self, segs: &[(u64, PathBuf)], i: usize) -> Result<()> {
+        let (seq, path) = &segs[i];
+        let is_tail = i + 1 == segs.len();
         let file = open_segment(path)?;
         let buf = std::fs::read(path).map_err(|e| Error::io("read segment", path, e))?;
-        let header = match SegmentHeader::decode(&buf) {
-            Ok(h) if h.seq == *seq => h,
-            Ok(h) => {
-                return Err(corrupt(
-                    path,
-                    0,
-                    format!("header says segment {} but file name says {seq}", h.seq),
-                ));
-            }
-            Err(e) => {
-                if repair {
-                    tracing::warn!(segment = %path.display(), error = %e, "repair: dropping segment with a bad header");
-                    report.repaired.push((path.clone(), 0));
-                    meta.gaps.push((st.next_offset, u64::MAX));
-                    meta.write(dir)?;
-                    let quarantine = path.with_extension("corrupt");
-                    std::fs::rename(path, &quarantine).map_err(|e| Error::io("rename", path, e))?;
-                    continue;
-                }
-                return Err(corrupt(path, 0, format!("segment header: {e}")));
-            }
+        let Some(header) = self.check_header(path, *seq, &buf)? else {
+            return Ok(());
         };
+        self.append_segment(segs, i, &header, file.clone())?;
+        let end = self.replay_records(path, &file, &buf, is_tail)?;
+        if let Some(seg) = self.st.segments.back_mut() {
+            seg.len = end as u64;
+        }
+        Ok(())
+    }
+
+    /// The segment's header, or `None` when repair dropped the segment for a bad one (it
+    /// is renamed `*.corrupt` and the offsets after the previous segment become a gap).
+    fn check_header(&mut self, path: &Path, seq: u64, buf: &[u8]) -> Result<Option<SegmentHeader>> {
+        match SegmentHeader::decode(buf) {
+            Ok(h) if h.seq == seq => Ok(Some(h)),
+            Ok(h) => Err(corrupt(
+                path,
+                0,
+                format!("header says segment {} but file name says {seq}", h.seq),
+            )),
+            Err(e) => {
+                if !self.repair {
+                    return Err(corrupt(path, 0, format!("segment header: {e}")));
+                }
+                tracing::warn!(segment = %path.display(), error = %e, "repair: dropping segment with a bad header");
+                self.report.repaired.push((path.to_path_buf(), 0));
+                self.meta.gaps.push((self.st.next_offset, u64::MAX));
+                self.meta.write(self.dir)?;
+                let quarantine = path.with_extension("corrupt");
+                std::fs::rename(path, &quarantine).map_err(|e| Error::io("rename", path, e))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Adds segment `i` to the state: the first one sets where the log starts (and where
+    /// the groups of the metadata start); a later one must continue the one before, or
+    /// start after a gap a repair made.
+    fn append_segment(
+        &mut self,
+        segs: &[(u64, PathBuf)],
+        i: usize,
+        header: &SegmentHeader,
+        file: Arc<SegFile>,
+    ) -> Result<()> {
+        let st = &mut self.st;
+        let (seq, path) = &segs[i];
         if st.segments.is_empty() {
             st.next_offset = header.base_offset;
             st.log_start = header.base_offset;
             st.undue = BitWindow::new(header.base_offset);
-            for gm in &meta.groups {
+            for gm in &self.meta.groups {
                 st.groups
                     .push(Group::new(&gm.name, gm.start_offset, header.base_offset));
                 // A start past the end of what survived is clamped after the scan.
             }
         } else if header.base_offset != st.next_offset {
-            let repaired_before = report
+            let repaired_before = self
+                .report
                 .repaired
                 .last()
                 .is_some_and(|(p, _)| segs.get(i.wrapping_sub(1)).is_some_and(|(_, q)| q == p));
             // A gap an earlier repair recorded (or began to record before a crash).
-            let known_gap = meta
+            let known_gap = self
+                .meta
                 .gaps
                 .iter()
                 .any(|&(a, b)| a == st.next_offset && b >= header.base_offset);
             if header.base_offset > st.next_offset && (repaired_before || known_gap) {
                 st.gaps.push((st.next_offset, header.base_offset));
                 if repaired_before {
-                    report.messages_lost += header.base_offset - st.next_offset;
+                    self.report.messages_lost += header.base_offset - st.next_offset;
                 }
                 st.next_offset = header.base_offset;
             } else {
@@ -304,25 +371,37 @@ pub(crate) fn open_topic(
         st.segments.push_back(Segment {
             seq: *seq,
             base_offset: header.base_offset,
-            file: file.clone(),
+            file,
             positions: Vec::new(),
             len: SEGMENT_HEADER_LEN as u64,
             delayed_pending: 0,
             last_publish_ms: 0,
         });
+        Ok(())
+    }
 
+    /// Replays the records of a segment after its header; returns where the good records
+    /// end. A bad record in the tail that may be a torn write is cut off; any other is
+    /// corruption, refused or (with repair) cut off and recorded as a gap.
+    fn replay_records(
+        &mut self,
+        path: &Path,
+        file: &SegFile,
+        buf: &[u8],
+        is_tail: bool,
+    ) -> Result<usize> {
         let mut pos = SEGMENT_HEADER_LEN;
         while pos < buf.len() {
             let bad = match format::decode_frame(&buf[pos..]) {
                 Ok((body, frame_len)) => {
-                    match apply_record(&mut st, body, pos, now_ms, &mut dedup_tmp) {
+                    match apply_record(&mut self.st, body, pos, self.now_ms, &mut self.dedup) {
                         Ok(()) => {
                             pos += frame_len;
                             continue;
                         }
                         // A record whose CRC checks but whose content does not is never a torn
                         // write: it is corruption wherever it is.
-                        Err(reason) => (reason, false),
+                        Err(reason) => (reason.to_string(), false),
                     }
                 }
                 Err(e) => (e.to_string(), true),
@@ -330,27 +409,27 @@ pub(crate) fn open_topic(
             let (reason, maybe_torn) = bad;
             if is_tail && maybe_torn {
                 tracing::warn!(segment = %path.display(), position = pos, %reason, "truncating torn tail");
-                report.torn_bytes_truncated += (buf.len() - pos) as u64;
-                truncate(&file, pos as u64)?;
+                self.report.torn_bytes_truncated += (buf.len() - pos) as u64;
+                truncate(file, pos as u64)?;
                 break;
             }
-            if !repair {
+            if !self.repair {
                 return Err(corrupt(path, pos as u64, reason));
             }
             tracing::warn!(segment = %path.display(), position = pos, %reason, "repair: cutting segment");
-            report.repaired.push((path.clone(), pos as u64));
-            meta.gaps.push((st.next_offset, u64::MAX));
-            meta.write(dir)?;
-            truncate(&file, pos as u64)?;
+            self.report.repaired.push((path.to_path_buf(), pos as u64));
+            self.meta.gaps.push((self.st.next_offset, u64::MAX));
+            self.meta.write(self.dir)?;
+            truncate(file, pos as u64)?;
             break;
         }
-        if let Some(seg) = st.segments.back_mut() {
-            seg.len = pos.min(buf.len()) as u64;
-        }
+        Ok(pos.min(buf.len()))
     }
 
-    if st.segments.is_empty() {
-        // A new topic, or one whose only segment was torn at creation: start a segment.
+    /// Creates the first segment of a topic that has none, at the offset where the log
+    /// resumes (offsets are never reused).
+    fn start_first_segment(&mut self) -> Result<()> {
+        let (dir, meta, st) = (self.dir, &self.meta, &mut self.st);
         st.next_offset = st.next_offset.max(meta.first_offset);
         let seq = st.next_seq;
         let path = dir.join(format!("{seq:020}.seg"));
@@ -388,14 +467,44 @@ pub(crate) fn open_topic(
             delayed_pending: 0,
             last_publish_ms: 0,
         });
+        Ok(())
     }
 
-    st.durable_end = st.next_offset;
-    for (at, id, off) in dedup_tmp {
-        if at.saturating_add(limits.dedup_window_ms) > now_ms {
-            st.remember_id(id, off, at);
+    /// Everything read is durable; ids still inside the de-duplication window are
+    /// remembered; groups and gaps are reconciled with the metadata, which is rewritten if
+    /// that changed it.
+    fn finish(self) -> Result<(TopicState, RecoveryReport)> {
+        let Scan {
+            dir,
+            now_ms,
+            mut meta,
+            report,
+            mut st,
+            dedup,
+            ..
+        } = self;
+        st.durable_end = st.next_offset;
+        for (at, id, off) in dedup {
+            if at.saturating_add(st.limits.dedup_window_ms) > now_ms {
+                st.remember_id(id, off, at);
+            }
         }
+        let mut changed = reconcile_groups(&mut st, &mut meta);
+        // Record the gaps exactly (and forget provisional ones a repair did not need).
+        if meta.gaps != st.gaps {
+            meta.gaps = st.gaps.clone();
+            changed = true;
+        }
+        if changed {
+            meta.write(dir)?;
+        }
+        Ok((st, report))
     }
+}
+
+/// Brings the recovered groups and the metadata's in line; returns whether the metadata
+/// changed.
+fn reconcile_groups(st: &mut TopicState, meta: &mut TopicMeta) -> bool {
     let mut changed = false;
     let (next_offset, log_start) = (st.next_offset, st.log_start);
     for g in &mut st.groups {
@@ -422,15 +531,36 @@ pub(crate) fn open_topic(
             changed = true;
         }
     }
-    // Record the gaps exactly (and forget provisional ones a repair did not need).
-    if meta.gaps != st.gaps {
-        meta.gaps = st.gaps.clone();
-        changed = true;
-    }
-    if changed {
-        meta.write(dir)?;
-    }
-    Ok((st, report))
+    changed
+}
+
+/// Why a record whose checksum is right cannot be applied. Never a torn write: it is
+/// corruption wherever it is.
+#[derive(Debug, thiserror::Error)]
+enum BadRecord {
+    /// The body does not decode.
+    #[error(transparent)]
+    Format(#[from] format::FormatError),
+    /// A batch that does not continue the log.
+    #[error("batch starts at offset {found} but {expected} was expected")]
+    OffsetGap {
+        /// The batch's base offset.
+        found: u64,
+        /// The offset the log had reached.
+        expected: u64,
+    },
+    /// A batch with no segment to index it in (cannot happen after a segment header).
+    #[error("no segment")]
+    NoSegment,
+    /// An entry past what the 32-bit segment index can address.
+    #[error("segment too large")]
+    SegmentTooLarge,
+    /// A group operation on an offset no message has yet.
+    #[error("group op for offset {offset} before that message exists")]
+    OpBeforeMessage {
+        /// The operation's offset.
+        offset: u64,
+    },
 }
 
 /// Applies one checked frame body to the state being rebuilt.
@@ -440,19 +570,19 @@ fn apply_record(
     frame_pos: usize,
     now_ms: u64,
     dedup: &mut Vec<(u64, u128, u64)>,
-) -> Result<(), String> {
-    match format::decode_record(body).map_err(|e| e.to_string())? {
+) -> Result<(), BadRecord> {
+    match format::decode_record(body)? {
         Record::Messages(h, entries) => {
             if h.base_offset != st.next_offset {
-                return Err(format!(
-                    "batch starts at offset {} but {} was expected",
-                    h.base_offset, st.next_offset
-                ));
+                return Err(BadRecord::OffsetGap {
+                    found: h.base_offset,
+                    expected: st.next_offset,
+                });
             }
-            let seg = st.segments.back_mut().ok_or("no segment")?;
+            let seg = st.segments.back_mut().ok_or(BadRecord::NoSegment)?;
             for (start, _) in &entries {
                 let entry_pos = frame_pos + FRAME_HEADER_LEN + start;
-                let pos = u32::try_from(entry_pos).map_err(|_| "segment too large")?;
+                let pos = u32::try_from(entry_pos).map_err(|_| BadRecord::SegmentTooLarge)?;
                 seg.positions.push(pos);
             }
             seg.last_publish_ms = seg.last_publish_ms.max(h.publish_ms);
@@ -486,10 +616,7 @@ fn apply_record(
             let g = &mut st.groups[gi];
             for op in ops {
                 if op.offset >= next {
-                    return Err(format!(
-                        "group op for offset {} before that message exists",
-                        op.offset
-                    ));
+                    return Err(BadRecord::OpBeforeMessage { offset: op.offset });
                 }
                 match op.kind {
                     OpKind::Lease => {

@@ -305,6 +305,34 @@ enum Out {
     Close,
 }
 
+/// One connection's in-flight budgets (see [`ServerConfig`]): requests and request bytes
+/// taken on, and response bytes reserved by reads.
+struct Budgets {
+    max_in_flight: usize,
+    requests: Arc<Semaphore>,
+    bytes_max: usize,
+    bytes: Arc<Semaphore>,
+    reads_max: usize,
+    reads: Arc<Semaphore>,
+}
+
+impl Budgets {
+    fn new(config: &ServerConfig) -> Budgets {
+        let max_in_flight = config.max_in_flight.max(1);
+        // Semaphores count permits in u32 when many are taken at once.
+        let bytes_max = config.max_in_flight_bytes.clamp(1, u32::MAX as usize);
+        let reads_max = config.max_read_bytes_in_flight.clamp(1, u32::MAX as usize);
+        Budgets {
+            max_in_flight,
+            requests: Arc::new(Semaphore::new(max_in_flight)),
+            bytes_max,
+            bytes: Arc::new(Semaphore::new(bytes_max)),
+            reads_max,
+            reads: Arc::new(Semaphore::new(reads_max)),
+        }
+    }
+}
+
 struct Connection {
     engine: Arc<Engine>,
     config: ServerConfig,
@@ -313,10 +341,13 @@ struct Connection {
 }
 
 impl Connection {
+    /// Reads, dispatches and answers the requests of one connection until it ends (end of
+    /// file, a protocol error, idleness, a writer failure or the broker's shutdown), then
+    /// lets the requests in flight answer and the writer flush.
     async fn serve(&self, stream: TcpStream) -> io::Result<()> {
         let (mut rd, wr) = stream.into_split();
-        let max_in_flight = self.config.max_in_flight.max(1);
-        let (tx, rx) = mpsc::channel::<Out>(max_in_flight);
+        let budgets = Budgets::new(&self.config);
+        let (tx, rx) = mpsc::channel::<Out>(budgets.max_in_flight);
         // Aborted with this task (when the shutdown grace runs out), closing the socket.
         let mut writer = AbortOnDrop(tokio::spawn(write_loop(
             wr,
@@ -324,14 +355,6 @@ impl Connection {
             self.config.write_batch_bytes,
             Duration::from_millis(self.config.write_timeout_ms.max(1)),
         )));
-        let reads_max = self
-            .config
-            .max_read_bytes_in_flight
-            .clamp(1, u32::MAX as usize);
-        let reads = Arc::new(Semaphore::new(reads_max));
-        let requests = Arc::new(Semaphore::new(max_in_flight));
-        let bytes_max = self.config.max_in_flight_bytes.clamp(1, u32::MAX as usize);
-        let bytes = Arc::new(Semaphore::new(bytes_max));
         let mut stop = self.stop.clone();
         let mut buf = BytesMut::with_capacity(64 << 10);
         let mut greeted = false;
@@ -377,146 +400,39 @@ impl Connection {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
                 if !greeted {
-                    match hello(&request) {
-                        Ok(()) => {
-                            let resp = Response::Hello {
-                                version: proto::VERSION,
-                                max_frame_bytes: self.config.max_frame_bytes as u32,
-                                max_in_flight: max_in_flight as u32,
-                                server: SERVER_NAME.into(),
-                            };
-                            let mut out = BytesMut::new();
-                            resp.encode(opcode, id, &mut out);
-                            if tx.send(Out::Frames(out, Vec::new())).await.is_err() {
-                                break 'conn;
-                            }
-                            greeted = true;
-                            continue;
-                        }
-                        Err(message) => {
-                            self.fail(&tx, id, code::BAD_HANDSHAKE, message).await;
-                            break 'conn;
-                        }
+                    if !self.greet(&request, opcode, id, &budgets, &tx).await {
+                        break 'conn;
                     }
+                    greeted = true;
+                    continue;
                 }
                 if matches!(request, Request::Hello { .. }) {
-                    self.fail(&tx, id, code::BAD_HANDSHAKE, "a second hello".into())
-                        .await;
+                    let message = HandshakeError::SecondHello.to_string();
+                    self.fail(&tx, id, code::BAD_HANDSHAKE, message).await;
                     break 'conn;
                 }
-                // Backpressure: wait for room before taking on the request. A frame larger
-                // than the byte budget takes the whole budget (it passed the frame limit).
-                // Permits held by the publishes gathered so far come back only once they
-                // are handed to a task, so hand them over before waiting.
-                let want = frame_bytes.clamp(1, bytes_max) as u32;
-                let permits = match (
-                    requests.clone().try_acquire_owned(),
-                    bytes.clone().try_acquire_many_owned(want),
-                ) {
-                    (Ok(r), Ok(b)) => (r, b),
-                    (r, b) => {
-                        drop((r, b));
-                        self.flush_publishes(&mut gathered, &tx);
-                        let p = tokio::select! {
-                            p = async {
-                                let r = requests.clone().acquire_owned().await;
-                                let b = bytes.clone().acquire_many_owned(want).await;
-                                (r, b)
-                            } => p,
-                            _ = stopped(&mut stop) => break 'conn,
-                            _ = tx.closed() => break 'conn,
-                        };
-                        let (Ok(r), Ok(b)) = p else {
-                            break 'conn;
-                        };
-                        (r, b)
-                    }
+                let Some(permits) = self
+                    .admit(frame_bytes, &budgets, &mut gathered, &tx, &mut stop)
+                    .await
+                else {
+                    break 'conn;
                 };
                 // Publishes pipelined on this connection are gathered while their frames
                 // are already in the buffer, and appended together (one record, one fsync
                 // round), each still answered on its own. See `flush_publishes`.
                 if let Request::Publish { topic, message } = request {
-                    if let Some(g) = &gathered
-                        && (g.topic != topic
-                            || g.items.len() >= GATHER_MESSAGES_MAX
-                            || g.bytes >= GATHER_BYTES_MAX)
-                    {
-                        self.flush_publishes(&mut gathered, &tx);
-                    }
-                    let g = gathered.get_or_insert_with(|| Gathered {
-                        topic,
-                        items: Vec::new(),
-                        bytes: 0,
-                    });
-                    g.bytes += frame_bytes;
-                    g.items.push((id, message, permits));
+                    let item = (id, message, permits);
+                    self.gather_publish(&mut gathered, topic, item, frame_bytes, &tx);
                     continue;
                 }
                 self.flush_publishes(&mut gathered, &tx);
                 // A batch is queued here too, for the same reason: in arrival order.
-                let request = match request {
-                    Request::PublishBatch { topic, messages } => {
-                        let submitted = self.engine.publish_batch_submit(&topic, &messages);
-                        self.answer_batch(submitted, id, permits, &tx);
-                        continue;
-                    }
-                    other => other,
-                };
-                let (req_permit, bytes_permit) = permits;
-                let engine = self.engine.clone();
-                let metrics = self.metrics.clone();
-                let tx = tx.clone();
-                let mut task_stop = self.stop.clone();
-                let mut task_closed = closed_rx.clone();
-                let reads = reads.clone();
-                tokio::spawn(async move {
-                    let mut held = vec![req_permit, bytes_permit];
-                    // A read reserves room for its response before it runs, so the responses
-                    // a connection can have in memory stay within `max_read_bytes_in_flight`.
-                    // A fetch's reservation is small (it bounds the bytes the engine may
-                    // return), so long polls waiting for messages do not crowd out the rest.
-                    let mut fetch_bytes = READ_BYTES_MAX;
-                    if let Some(room) = read_room(&request, reads_max) {
-                        let reserved = tokio::select! {
-                            biased;
-                            // Nobody is left to answer.
-                            _ = stopped(&mut task_closed) => None,
-                            _ = stopped(&mut task_stop), if opcode == op::FETCH => None,
-                            p = reads.acquire_many_owned(room.reserve) => p.ok(),
-                        };
-                        match reserved {
-                            Some(p) => held.push(p),
-                            None if opcode == op::FETCH => {
-                                let mut out = BytesMut::new();
-                                Response::Deliveries(Vec::new()).encode(opcode, id, &mut out);
-                                let _ = tx.send(Out::Frames(out, held)).await;
-                                return;
-                            }
-                            None => return,
-                        }
-                        fetch_bytes = room.engine_bytes;
-                    }
-                    let resp = tokio::select! {
-                        // A long poll ends, empty, when the broker stops or the connection
-                        // closes (checked first: never lease to a peer that is gone).
-                        biased;
-                        _ = stopped(&mut task_stop), if opcode == op::FETCH => {
-                            Response::Deliveries(Vec::new())
-                        }
-                        _ = stopped(&mut task_closed), if opcode == op::FETCH => {
-                            Response::Deliveries(Vec::new())
-                        }
-                        // Other requests finish (their effects are on their way to the disk
-                        // anyway).
-                        r = handle(&engine, &metrics, request, fetch_bytes) => r,
-                    };
-                    if matches!(resp, Response::Error(_)) {
-                        metrics.request_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let mut out = BytesMut::new();
-                    resp.encode(opcode, id, &mut out);
-                    let _ = tx.send(Out::Frames(out, held)).await;
-                });
+                if let Request::PublishBatch { topic, messages } = request {
+                    let submitted = self.engine.publish_batch_submit(&topic, &messages);
+                    self.answer_batch(submitted, id, permits, &tx);
+                    continue;
+                }
+                self.spawn_request(request, (opcode, id), permits, &budgets, &tx, &closed_rx);
             }
             // Every whole frame of the buffer is taken: what was gathered goes now.
             self.flush_publishes(&mut gathered, &tx);
@@ -538,17 +454,12 @@ impl Connection {
                 },
                 _ = tokio::time::sleep_until(wake) => {
                     if !greeted {
-                        self.fail(&tx, 0, code::BAD_HANDSHAKE, "no hello in time".into()).await;
+                        let message = HandshakeError::Timeout.to_string();
+                        self.fail(&tx, 0, code::BAD_HANDSHAKE, message).await;
                         break 'conn;
                     }
-                    if requests.available_permits() == max_in_flight {
-                        self.metrics.idle_closed.fetch_add(1, Ordering::Relaxed);
-                        let msg = format!("idle for {} ms", self.config.idle_timeout_ms);
-                        let mut out = BytesMut::new();
-                        Response::Error(WireError::protocol(code::IDLE_TIMEOUT, msg))
-                            .encode(op::PING, 0, &mut out);
-                        let _ = tx.send(Out::Frames(out, Vec::new())).await;
-                        let _ = tx.send(Out::Close).await;
+                    if budgets.requests.available_permits() == budgets.max_in_flight {
+                        self.close_idle(&tx).await;
                         break 'conn;
                     }
                 }
@@ -571,6 +482,172 @@ impl Connection {
             Ok(r) => r,
             Err(e) => Err(io::Error::other(e)),
         }
+    }
+
+    /// Answers the first frame of a connection: a hello with our version and limits, or a
+    /// `BAD_HANDSHAKE` error. Returns whether the connection goes on.
+    async fn greet(
+        &self,
+        request: &Request,
+        opcode: u8,
+        id: u32,
+        budgets: &Budgets,
+        tx: &mpsc::Sender<Out>,
+    ) -> bool {
+        if let Err(e) = hello(request) {
+            self.fail(tx, id, code::BAD_HANDSHAKE, e.to_string()).await;
+            return false;
+        }
+        let resp = Response::Hello {
+            version: proto::VERSION,
+            max_frame_bytes: self.config.max_frame_bytes as u32,
+            max_in_flight: budgets.max_in_flight as u32,
+            server: SERVER_NAME.into(),
+        };
+        let mut out = BytesMut::new();
+        resp.encode(opcode, id, &mut out);
+        tx.send(Out::Frames(out, Vec::new())).await.is_ok()
+    }
+
+    /// Backpressure: waits for room in the connection's budgets before a request of
+    /// `frame_bytes` is taken on. A frame larger than the byte budget takes the whole budget
+    /// (it passed the frame limit). Permits held by the publishes gathered so far come back
+    /// only once they are handed to a task, so they are handed over before waiting. `None`:
+    /// the broker is stopping or the writer is gone; the connection ends.
+    async fn admit(
+        &self,
+        frame_bytes: usize,
+        budgets: &Budgets,
+        gathered: &mut Option<Gathered>,
+        tx: &mpsc::Sender<Out>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Permits> {
+        let want = frame_bytes.clamp(1, budgets.bytes_max) as u32;
+        match (
+            budgets.requests.clone().try_acquire_owned(),
+            budgets.bytes.clone().try_acquire_many_owned(want),
+        ) {
+            (Ok(r), Ok(b)) => Some((r, b)),
+            (r, b) => {
+                drop((r, b));
+                self.flush_publishes(gathered, tx);
+                let (r, b) = tokio::select! {
+                    p = async {
+                        let r = budgets.requests.clone().acquire_owned().await;
+                        let b = budgets.bytes.clone().acquire_many_owned(want).await;
+                        (r, b)
+                    } => p,
+                    _ = stopped(stop) => return None,
+                    _ = tx.closed() => return None,
+                };
+                Some((r.ok()?, b.ok()?))
+            }
+        }
+    }
+
+    /// Adds a publish to those gathered, first flushing them when it cannot join them
+    /// (another topic, or the gathering limits are reached).
+    fn gather_publish(
+        &self,
+        gathered: &mut Option<Gathered>,
+        topic: String,
+        item: (u32, crate::Message, Permits),
+        frame_bytes: usize,
+        tx: &mpsc::Sender<Out>,
+    ) {
+        if let Some(g) = gathered.as_ref()
+            && (g.topic != topic
+                || g.items.len() >= GATHER_MESSAGES_MAX
+                || g.bytes >= GATHER_BYTES_MAX)
+        {
+            self.flush_publishes(gathered, tx);
+        }
+        let g = gathered.get_or_insert_with(|| Gathered {
+            topic,
+            items: Vec::new(),
+            bytes: 0,
+        });
+        g.bytes += frame_bytes;
+        g.items.push(item);
+    }
+
+    /// Runs any other request (`opcode`, request `id`) in a task of its own, so a slow one
+    /// (a long poll) never holds up the connection, and sends its answer with the permits it
+    /// holds.
+    fn spawn_request(
+        &self,
+        request: Request,
+        (opcode, id): (u8, u32),
+        (req_permit, bytes_permit): Permits,
+        budgets: &Budgets,
+        tx: &mpsc::Sender<Out>,
+        closed: &watch::Receiver<bool>,
+    ) {
+        let engine = self.engine.clone();
+        let metrics = self.metrics.clone();
+        let tx = tx.clone();
+        let mut task_stop = self.stop.clone();
+        let mut task_closed = closed.clone();
+        let reads = budgets.reads.clone();
+        let reads_max = budgets.reads_max;
+        tokio::spawn(async move {
+            let mut held = vec![req_permit, bytes_permit];
+            // A read reserves room for its response before it runs, so the responses
+            // a connection can have in memory stay within `max_read_bytes_in_flight`.
+            // A fetch's reservation is small (it bounds the bytes the engine may
+            // return), so long polls waiting for messages do not crowd out the rest.
+            let mut fetch_bytes = READ_BYTES_MAX;
+            if let Some(room) = read_room(&request, reads_max) {
+                let reserved = tokio::select! {
+                    biased;
+                    // Nobody is left to answer.
+                    _ = stopped(&mut task_closed) => None,
+                    _ = stopped(&mut task_stop), if opcode == op::FETCH => None,
+                    p = reads.acquire_many_owned(room.reserve) => p.ok(),
+                };
+                match reserved {
+                    Some(p) => held.push(p),
+                    None if opcode == op::FETCH => {
+                        let mut out = BytesMut::new();
+                        Response::Deliveries(Vec::new()).encode(opcode, id, &mut out);
+                        let _ = tx.send(Out::Frames(out, held)).await;
+                        return;
+                    }
+                    None => return,
+                }
+                fetch_bytes = room.engine_bytes;
+            }
+            let resp = tokio::select! {
+                // A long poll ends, empty, when the broker stops or the connection
+                // closes (checked first: never lease to a peer that is gone).
+                biased;
+                _ = stopped(&mut task_stop), if opcode == op::FETCH => {
+                    Response::Deliveries(Vec::new())
+                }
+                _ = stopped(&mut task_closed), if opcode == op::FETCH => {
+                    Response::Deliveries(Vec::new())
+                }
+                // Other requests finish (their effects are on their way to the disk
+                // anyway).
+                r = handle(&engine, &metrics, request, fetch_bytes) => r,
+            };
+            if matches!(resp, Response::Error(_)) {
+                metrics.request_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut out = BytesMut::new();
+            resp.encode(opcode, id, &mut out);
+            let _ = tx.send(Out::Frames(out, held)).await;
+        });
+    }
+
+    /// Tells an idle peer why it is being closed, and closes.
+    async fn close_idle(&self, tx: &mpsc::Sender<Out>) {
+        self.metrics.idle_closed.fetch_add(1, Ordering::Relaxed);
+        let msg = format!("idle for {} ms", self.config.idle_timeout_ms);
+        let mut out = BytesMut::new();
+        Response::Error(WireError::protocol(code::IDLE_TIMEOUT, msg)).encode(op::PING, 0, &mut out);
+        let _ = tx.send(Out::Frames(out, Vec::new())).await;
+        let _ = tx.send(Out::Close).await;
     }
 
     /// Publishes what was gathered: `Engine::publish_each_submit` runs here, in the reader,
@@ -675,7 +752,33 @@ impl Connection {
     }
 }
 
-fn hello(request: &Request) -> Result<(), String> {
+/// Why a connection's handshake is refused (answered with `BAD_HANDSHAKE`, then closed).
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    /// The client's version range does not include ours.
+    #[error(
+        "no common version: client speaks {min}..={max}, broker {}",
+        proto::VERSION
+    )]
+    NoCommonVersion {
+        /// Oldest version the client speaks.
+        min: u16,
+        /// Newest version the client speaks.
+        max: u16,
+    },
+    /// Something other than a hello came first.
+    #[error("the first frame must be a hello")]
+    NotHello,
+    /// A hello after the handshake.
+    #[error("a second hello")]
+    SecondHello,
+    /// The deadline for the hello passed.
+    #[error("no hello in time")]
+    Timeout,
+}
+
+/// Checks the first frame of a connection.
+fn hello(request: &Request) -> Result<(), HandshakeError> {
     match request {
         Request::Hello {
             min_version,
@@ -686,11 +789,11 @@ fn hello(request: &Request) -> Result<(), String> {
             min_version,
             max_version,
             ..
-        } => Err(format!(
-            "no common version: client speaks {min_version}..={max_version}, broker {}",
-            proto::VERSION
-        )),
-        _ => Err("the first frame must be a hello".into()),
+        } => Err(HandshakeError::NoCommonVersion {
+            min: *min_version,
+            max: *max_version,
+        }),
+        _ => Err(HandshakeError::NotHello),
     }
 }
 

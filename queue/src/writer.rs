@@ -66,29 +66,57 @@ enum Msg {
     Stop(std::sync::mpsc::Sender<Result<()>>),
 }
 
+/// A write or fsync of the writer thread that failed: what was done, to which file or
+/// directory, and the OS error. Every caller of the round gets it (and every later caller,
+/// see [`Failure`]), so it is cheap to clone: the OS error is shared. Callers see it as
+/// [`Error::Failed`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub(crate) struct WriteFailure {
+    op: &'static str,
+    path: PathBuf,
+    source: Arc<std::io::Error>,
+}
+
+impl WriteFailure {
+    fn new(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        WriteFailure {
+            op,
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+impl From<WriteFailure> for Error {
+    fn from(f: WriteFailure) -> Error {
+        Error::Failed(f.to_string())
+    }
+}
+
 /// The first write or fsync failure, shared by the writer thread and its handle. The flag
-/// is read on every submit; the message is locked only once something failed.
+/// is read on every submit; the failure is locked only once something failed.
 #[derive(Debug, Default)]
 struct Failure {
     set: AtomicBool,
-    message: Mutex<Option<String>>,
+    first: Mutex<Option<WriteFailure>>,
 }
 
 impl Failure {
-    fn get(&self) -> Option<String> {
+    fn get(&self) -> Option<WriteFailure> {
         if !self.set.load(Ordering::Acquire) {
             return None;
         }
-        self.message.lock().ok().and_then(|m| m.clone())
+        self.first.lock().ok().and_then(|m| m.clone())
     }
 
-    /// Records `msg` unless a failure is already recorded.
-    fn record(&self, msg: &str) {
-        if let Ok(mut m) = self.message.lock()
+    /// Records `failure` unless a failure is already recorded.
+    fn record(&self, failure: &WriteFailure) {
+        if let Ok(mut m) = self.first.lock()
             && m.is_none()
         {
-            tracing::error!(error = %msg, "queue writer failed; refusing further writes");
-            *m = Some(msg.to_string());
+            tracing::error!(error = %failure, "queue writer failed; refusing further writes");
+            *m = Some(failure.clone());
             self.set.store(true, Ordering::Release);
         }
     }
@@ -144,8 +172,8 @@ impl Writer {
 
     /// Queues a job. Call while holding the lock that assigned the job's position.
     pub(crate) fn submit(&self, job: Job) -> Result<()> {
-        if let Some(msg) = self.failure() {
-            return Err(Error::Failed(msg));
+        if let Some(failure) = self.failure() {
+            return Err(failure.into());
         }
         let tx = self.tx.lock().map_err(|_| Error::Closed)?;
         match tx.as_ref() {
@@ -155,7 +183,7 @@ impl Writer {
     }
 
     /// The first write failure, if any.
-    pub(crate) fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<WriteFailure> {
         self.failed.get()
     }
 
@@ -293,7 +321,7 @@ fn run(
         previous_round_jobs = jobs.len();
 
         let mut result = match failed.get() {
-            Some(msg) => Err(msg),
+            Some(failure) => Err(failure),
             None => Ok(()),
         };
         if result.is_ok() {
@@ -314,8 +342,8 @@ fn run(
             result = sync_all(&mut dirty, &mut dirty_dirs, &metrics.fsync);
             last_sync = Instant::now();
         }
-        if let Err(msg) = &result {
-            failed.record(msg);
+        if let Err(failure) = &result {
+            failed.record(failure);
         }
         let jobs = match &notifier {
             Some((tx, _)) if !jobs.is_empty() => match tx.send((jobs, result.clone())) {
@@ -328,7 +356,7 @@ fn run(
         if let Some(s) = stop {
             // Every caller is answered before `stop` returns.
             stop_notifier(notifier.take());
-            let _ = s.send(result.map_err(Error::Failed));
+            let _ = s.send(result.map_err(Error::from));
             return;
         }
     }
@@ -338,7 +366,7 @@ fn run(
 }
 
 /// A fsynced round for the notifier thread to answer: its jobs and its outcome.
-type Round = (Vec<Job>, Result<(), String>);
+type Round = (Vec<Job>, Result<(), WriteFailure>);
 
 /// Lets the notifier thread answer what it was given, and waits for it.
 fn stop_notifier(notifier: Option<(SyncSender<Round>, JoinHandle<()>)>) {
@@ -353,7 +381,7 @@ fn write_all(
     dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
     dirty_dirs: &mut Vec<PathBuf>,
     fsync_us: &AtomicHistogram,
-) -> Result<(), String> {
+) -> Result<(), WriteFailure> {
     let mut i = 0;
     let mut buf = Vec::new();
     while i < jobs.len() {
@@ -387,7 +415,7 @@ fn write_all(
             }
             file.file.write_all_at(&buf, start)
         };
-        result.map_err(|e| format!("write {}: {e}", file.path.display()))?;
+        result.map_err(|e| WriteFailure::new("write", &file.path, e))?;
         dirty.insert(Arc::as_ptr(file), file.clone());
         for job in &jobs[i..j] {
             if let Some(d) = &job.dir_sync {
@@ -405,7 +433,7 @@ fn sync_all(
     dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
     dirty_dirs: &mut Vec<PathBuf>,
     fsync_us: &AtomicHistogram,
-) -> Result<(), String> {
+) -> Result<(), WriteFailure> {
     if dirty.is_empty() && dirty_dirs.is_empty() {
         return Ok(());
     }
@@ -418,21 +446,21 @@ fn sync_all(
 fn sync_files(
     dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
     dirty_dirs: &mut Vec<PathBuf>,
-) -> Result<(), String> {
+) -> Result<(), WriteFailure> {
     for (_, f) in dirty.drain() {
         f.file
             .sync_data()
-            .map_err(|e| format!("fdatasync {}: {e}", f.path.display()))?;
+            .map_err(|e| WriteFailure::new("fdatasync", &f.path, e))?;
     }
     dirty_dirs.sort();
     dirty_dirs.dedup();
     for d in dirty_dirs.drain(..) {
-        crate::fsutil::sync_dir(&d).map_err(|e| e.to_string())?;
+        crate::fsutil::fsync_dir(&d).map_err(|e| WriteFailure::new("fsync directory", &d, e))?;
     }
     Ok(())
 }
 
-fn finish(jobs: Vec<Job>, result: &Result<(), String>) {
+fn finish(jobs: Vec<Job>, result: &Result<(), WriteFailure>) {
     if result.is_ok() {
         // Tell each topic its new durable end once (jobs are in offset order per topic).
         let mut latest: Vec<(Arc<dyn DurableSink>, u64)> = Vec::new();
@@ -450,7 +478,7 @@ fn finish(jobs: Vec<Job>, result: &Result<(), String>) {
     }
     for job in jobs {
         if let Some(done) = job.done {
-            let _ = done.send(result.clone().map_err(Error::Failed));
+            let _ = done.send(result.clone().map_err(Error::from));
         }
     }
 }

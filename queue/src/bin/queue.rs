@@ -245,44 +245,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 }
             }
         }
-        Command::Dlq { command } => match command {
-            DlqCommand::List { topic, from, limit } => {
-                let dead = client.dead_letters(&topic, from, limit).await?;
-                if json {
-                    let v: Vec<Value> = dead.iter().map(dead_json).collect();
-                    writeln!(out, "{}", Value::Array(v))?;
-                } else {
-                    print_dead(&mut out, &topic, &dead)?;
-                }
-            }
-            DlqCommand::Replay { topic, offsets } => {
-                let mut done = Vec::new();
-                for o in offsets {
-                    let new_offset = client.replay_dead_letter(&topic, o).await?;
-                    done.push(json!({"dead_offset": o, "new_offset": new_offset}));
-                    if !json {
-                        writeln!(
-                            out,
-                            "replayed dead letter {o} of {topic} as offset {new_offset}"
-                        )?;
-                    }
-                }
-                if json {
-                    writeln!(out, "{}", Value::Array(done))?;
-                }
-            }
-            DlqCommand::Discard { topic, offsets } => {
-                for o in &offsets {
-                    client.discard_dead_letter(&topic, *o).await?;
-                    if !json {
-                        writeln!(out, "discarded dead letter {o} of {topic}")?;
-                    }
-                }
-                if json {
-                    writeln!(out, "{}", json!({"discarded": offsets}))?;
-                }
-            }
-        },
+        Command::Dlq { command } => dlq(&client, command, json, &mut out).await?,
         Command::Peek { topic, from, limit } => {
             let msgs = client.peek(&topic, from, limit).await?;
             if json {
@@ -346,6 +309,54 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 if count > 0 && seen >= count {
                     break;
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `queue dlq list|replay|discard`.
+async fn dlq(
+    client: &Client,
+    command: DlqCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), BoxError> {
+    match command {
+        DlqCommand::List { topic, from, limit } => {
+            let dead = client.dead_letters(&topic, from, limit).await?;
+            if json {
+                let v: Vec<Value> = dead.iter().map(dead_json).collect();
+                writeln!(out, "{}", Value::Array(v))?;
+            } else {
+                print_dead(out, &topic, &dead)?;
+            }
+        }
+        DlqCommand::Replay { topic, offsets } => {
+            let mut done = Vec::new();
+            for o in offsets {
+                let new_offset = client.replay_dead_letter(&topic, o).await?;
+                done.push(json!({"dead_offset": o, "new_offset": new_offset}));
+                if !json {
+                    writeln!(
+                        out,
+                        "replayed dead letter {o} of {topic} as offset {new_offset}"
+                    )?;
+                }
+            }
+            if json {
+                writeln!(out, "{}", Value::Array(done))?;
+            }
+        }
+        DlqCommand::Discard { topic, offsets } => {
+            for o in &offsets {
+                client.discard_dead_letter(&topic, *o).await?;
+                if !json {
+                    writeln!(out, "discarded dead letter {o} of {topic}")?;
+                }
+            }
+            if json {
+                writeln!(out, "{}", json!({"discarded": offsets}))?;
             }
         }
     }

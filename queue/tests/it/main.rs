@@ -7,5 +7,7 @@ mod crash;
 mod fuzz_corpus;
 mod model;
 mod peek_metrics;
+// The broker as a child process needs the `queue` binary (feature `cli`).
+#[cfg(feature = "cli")]
 mod process;
 mod support;

@@ -1,4 +1,5 @@
-//! `peek` (a read-only view of a topic's log) and `Engine::metrics` (writer figures).
+//! `peek` (a read-only view of a topic's log), `Engine::metrics` (writer figures) and the
+//! Prometheus text of `queue::metrics`.
 
 use queue::format::SEGMENT_HEADER_LEN;
 use queue::limits::PEEK_MESSAGES_MAX;
@@ -277,6 +278,123 @@ async fn metrics_count_no_fsync_between_interval_syncs() {
     let closed = q.metrics();
     assert_eq!(closed.fsync.count, 1, "{closed:?}");
     assert_eq!(closed.bytes_written, m.bytes_written);
+}
+
+/// The Prometheus text keeps the exact names, types and labels dashboards rely on: the
+/// encoder appends `_total` to counters and `_seconds` to the fsync histogram, so this
+/// checks what is exposed, not what is registered.
+#[tokio::test]
+async fn prometheus_text_has_the_documented_names_types_and_labels() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use queue::metrics::{MetricsSource, registry, render};
+    use queue::server::BrokerMetrics;
+
+    let (_dir, _clock, q) = setup();
+    let q = Arc::new(q);
+    group(&q, "workers").await;
+    for i in 0..3u8 {
+        q.publish("t", Message::new(vec![i; 10]))
+            .await
+            .expect("publish");
+    }
+    let d = q.fetch("t", "workers", fetch_opts(2)).await.expect("fetch");
+    q.reject("t", "workers", d[0].receipt(), "poison")
+        .await
+        .expect("reject");
+    let broker = Arc::new(BrokerMetrics::default());
+    broker.connections_open.fetch_add(1, Ordering::Relaxed);
+    broker.messages_published.fetch_add(3, Ordering::Relaxed);
+    broker.requests[usize::from(queue::proto::op::FETCH)].fetch_add(4, Ordering::Relaxed);
+    let source = MetricsSource {
+        engine: q.clone(),
+        broker,
+    };
+    let text = render(&registry(source)).expect("render");
+
+    let types: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "queue_broker_connections_open gauge",
+            "queue_broker_connections_accepted_total counter",
+            "queue_broker_connections_rejected_total counter",
+            "queue_broker_protocol_errors_total counter",
+            "queue_broker_idle_closed_total counter",
+            "queue_broker_request_errors_total counter",
+            "queue_broker_messages_published_total counter",
+            "queue_broker_messages_delivered_total counter",
+            "queue_broker_messages_acked_total counter",
+            "queue_broker_requests_total counter",
+            "queue_fsync_duration_seconds histogram",
+            "queue_commit_rounds_total counter",
+            "queue_bytes_written_total counter",
+            "queue_topic_next_offset gauge",
+            "queue_topic_retained_bytes gauge",
+            "queue_topic_delayed_pending gauge",
+            "queue_topic_published_total counter",
+            "queue_topic_duplicates_total counter",
+            "queue_topic_dead_letters_pending gauge",
+            "queue_group_lag gauge",
+            "queue_group_depth gauge",
+            "queue_group_in_flight gauge",
+            "queue_group_retry_waiting gauge",
+            "queue_group_redeliveries_total counter",
+            "queue_group_acked_total counter",
+            "queue_group_dead_lettered_total counter",
+        ],
+        "{text}"
+    );
+    // Every family has its HELP line, under the same name as its TYPE line.
+    let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
+    assert_eq!(helps, types.len(), "{text}");
+    for line in [
+        "# HELP queue_broker_connections_accepted_total Connections accepted.",
+        "queue_broker_connections_open 1",
+        "queue_broker_messages_published_total 3",
+        "queue_broker_requests_total{op=\"fetch\"} 4",
+        "queue_topic_next_offset{topic=\"t\"} 3",
+        "queue_topic_published_total{topic=\"t\"} 3",
+        "queue_topic_next_offset{topic=\"t.dlq\"} 1",
+        "queue_group_lag{topic=\"t\",group=\"workers\"} 2",
+        "queue_group_in_flight{topic=\"t\",group=\"workers\"} 1",
+        "queue_group_dead_lettered_total{topic=\"t\",group=\"workers\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    // Only opcodes that were used get a series.
+    assert_eq!(
+        text.matches("queue_broker_requests_total{").count(),
+        1,
+        "{text}"
+    );
+
+    // The histogram: cumulative buckets ending in +Inf, equal to the count.
+    let m = q.metrics();
+    let sample = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{text}"))
+    };
+    assert_eq!(sample("queue_fsync_duration_seconds_count "), m.fsync.count);
+    assert_eq!(
+        sample("queue_fsync_duration_seconds_bucket{le=\"+Inf\"} "),
+        m.fsync.count
+    );
+    assert_eq!(sample("queue_fsync_duration_seconds_bucket{le=\"1\"} "), {
+        let last = m.fsync.counts.len() - 1;
+        m.fsync.counts[..last].iter().sum::<u64>()
+    });
+    assert_eq!(
+        text.matches("queue_fsync_duration_seconds_bucket{").count(),
+        m.fsync.counts.len(),
+        "{text}"
+    );
 }
 
 /// Fetch, peek and dead-letter listing stop at `READ_BYTES_MAX` stored bytes, so a response

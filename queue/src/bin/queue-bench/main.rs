@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use clap::Parser;
 use hdrhistogram::Histogram;
 use queue::{
     AckOutcome, Config, Delivery, Due, Engine, FetchOptions, Message, Queue, Receipt, StartAt,
@@ -68,45 +69,92 @@ fn err(msg: impl Into<String>) -> BoxError {
 mod broker;
 mod redis_streams;
 
-const USAGE: &str = "\
-queue-bench: throughput, latency and memory of the queue engine (release build)
-
-USAGE: queue-bench [OPTIONS]
-
-OPTIONS:
-  --quick              small sizes: a run of a few seconds
-  --dir PATH           directory to create the temporary bench directory in
-                       (default: the system temp dir; must be a real disk, not tmpfs)
-  --keep               keep the bench directory afterwards
-  --no-gather          turn off group-commit gathering (Config::commit_gather), to compare
-  --secs S             measured seconds of each timed phase (default 8, quick 1.5)
-  --batch N            messages per publish_batch / fetch / ack (default 1000)
-  --batch-tasks N      concurrent publish_batch tasks (default 4)
-  --tasks N            concurrent single-publish tasks (default 64)
-  --consumers N        concurrent consumers (default 2)
-  --delayed N          pending delayed messages for the memory figure (default 1000000,
-                       also in a quick run: fixed costs blur smaller counts)
-  --ids                give every message of the memory phase its own producer id, so the
-                       figure includes the de-duplication window (default: no ids)
-  --consume N          messages to consume + ack (default 1000000)
-  --lateness N         delayed messages for the lateness figure (default 5000)
-  --producers N        broker and Redis phases: producer tasks, one connection each
-                       (default 16)
-  --pipeline N         broker and Redis phases: messages per round trip (default 64)
-  --tcp-consume N      broker and Redis phases: messages to consume + ack (default 500000)
-  --only LIST          run only these phases (comma-separated: memory, baseline, batched,
-                       single, consume, lateness, broker, redis); the JSON then lacks ratios
-                       and targets of the phases left out (for profiling)
-  -h, --help           this text
-
-Progress goes to stderr; the last stdout line is a JSON summary.";
-
 /// Phase names for `--only`.
 const PHASES: [&str; 8] = [
     "memory", "baseline", "batched", "single", "consume", "lateness", "broker", "redis",
 ];
 
-/// Command-line settings.
+/// The command line. Sizes whose default depends on `--quick` are `Option`s here and get
+/// their default in [`Args::from_cli`].
+#[derive(Parser, Debug)]
+#[command(
+    name = "queue-bench",
+    about = "queue-bench: throughput, latency and memory of the queue engine (release build)",
+    after_help = "Progress goes to stderr; the last stdout line is a JSON summary."
+)]
+struct Cli {
+    /// Small sizes: a run of a few seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Directory to create the temporary bench directory in (default: the system temp
+    /// dir; must be a real disk, not tmpfs).
+    #[arg(long, value_name = "PATH")]
+    dir: Option<PathBuf>,
+    /// Keep the bench directory afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Turn off group-commit gathering (`Config::commit_gather`), to compare.
+    #[arg(long)]
+    no_gather: bool,
+    /// Measured seconds of each timed phase (default 8, quick 1.5).
+    #[arg(long, value_name = "S")]
+    secs: Option<f64>,
+    /// Messages per publish_batch / fetch / ack.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent publish_batch tasks.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    batch_tasks: usize,
+    /// Concurrent single-publish tasks.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    tasks: usize,
+    /// Concurrent consumers.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    consumers: usize,
+    /// Pending delayed messages for the memory figure (also in a quick run: fixed costs
+    /// blur smaller counts).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    delayed: u64,
+    /// Give every message of the memory phase its own producer id, so the figure includes
+    /// the de-duplication window (default: no ids).
+    #[arg(long)]
+    ids: bool,
+    /// Messages to consume + ack (default 1000000, quick 100000).
+    #[arg(long, value_name = "N")]
+    consume: Option<u64>,
+    /// Delayed messages for the lateness figure (default 5000, quick 1000).
+    #[arg(long, value_name = "N")]
+    lateness: Option<usize>,
+    /// Broker and Redis phases: producer tasks, one connection each.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    producers: usize,
+    /// Broker and Redis phases: messages per round trip.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pipeline: usize,
+    /// Broker and Redis phases: messages to consume + ack (default 500000, quick 100000).
+    #[arg(long, value_name = "N")]
+    tcp_consume: Option<u64>,
+    /// Run only these phases (comma-separated: memory, baseline, batched, single, consume,
+    /// lateness, broker, redis); the JSON then lacks ratios and targets of the phases left
+    /// out (for profiling).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = phase)]
+    only: Option<Vec<String>>,
+}
+
+/// One `--only` entry: a known phase name (spaces around it allowed).
+fn phase(s: &str) -> Result<String, String> {
+    let p = s.trim();
+    if PHASES.contains(&p) {
+        Ok(p.to_string())
+    } else {
+        Err(format!(
+            "unknown phase {p:?} (one of {})",
+            PHASES.join(", ")
+        ))
+    }
+}
+
+/// Settings of a run: the command line with every default filled in.
 #[derive(Debug, Clone)]
 struct Args {
     quick: bool,
@@ -137,120 +185,75 @@ impl Args {
             .is_none_or(|o| o.iter().any(|p| p == phase))
     }
 
-    fn defaults(quick: bool) -> Args {
-        if quick {
-            Args {
-                quick,
-                dir: None,
-                keep: false,
-                secs: 1.5,
-                warmup_secs: 0.3,
-                baseline_secs: 1.0,
-                batch: 1000,
-                batch_tasks: 4,
-                tasks: 64,
-                consumers: 2,
-                delayed: 1_000_000,
-                ids: false,
-                consume: 100_000,
-                lateness: 1000,
-                producers: 16,
-                pipeline: 64,
-                tcp_consume: 100_000,
-                only: None,
-            }
+    /// Fills in the defaults that depend on `--quick` and checks the values that clap's
+    /// types do not.
+    fn from_cli(cli: Cli) -> Res<Args> {
+        let quick = cli.quick;
+        let (secs, warmup_secs, baseline_secs) = if quick {
+            (1.5, 0.3, 1.0)
         } else {
-            Args {
-                quick,
-                dir: None,
-                keep: false,
-                secs: 8.0,
-                warmup_secs: 1.0,
-                baseline_secs: 3.0,
-                batch: 1000,
-                batch_tasks: 4,
-                tasks: 64,
-                consumers: 2,
-                delayed: 1_000_000,
-                ids: false,
-                consume: 1_000_000,
-                lateness: 5000,
-                producers: 16,
-                pipeline: 64,
-                tcp_consume: 500_000,
-                only: None,
-            }
+            (8.0, 1.0, 3.0)
+        };
+        let a = Args {
+            quick,
+            dir: cli.dir,
+            keep: cli.keep,
+            secs: cli.secs.unwrap_or(secs),
+            warmup_secs,
+            baseline_secs,
+            batch: cli.batch,
+            batch_tasks: cli.batch_tasks,
+            tasks: cli.tasks,
+            consumers: cli.consumers,
+            delayed: cli.delayed,
+            ids: cli.ids,
+            consume: cli
+                .consume
+                .unwrap_or(if quick { 100_000 } else { 1_000_000 }),
+            lateness: cli.lateness.unwrap_or(if quick { 1000 } else { 5000 }),
+            producers: cli.producers,
+            pipeline: cli.pipeline,
+            tcp_consume: cli
+                .tcp_consume
+                .unwrap_or(if quick { 100_000 } else { 500_000 }),
+            only: cli.only,
+        };
+        if cli.no_gather {
+            NO_GATHER.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        a.check()?;
+        Ok(a)
     }
-}
 
-fn parse_value<T: std::str::FromStr>(name: &str, value: Option<String>) -> Res<T> {
-    let value = value.ok_or_else(|| err(format!("{name} needs a value")))?;
-    value
-        .parse()
-        .map_err(|_| err(format!("{name}: cannot parse {value:?}")))
-}
-
-/// Parses the arguments; `Ok(None)` when help was asked for.
-fn parse_args(raw: Vec<String>) -> Res<Option<Args>> {
-    let mut a = Args::defaults(raw.iter().any(|s| s == "--quick"));
-    let mut it = raw.into_iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--quick" => {}
-            "-h" | "--help" => return Ok(None),
-            "--keep" => a.keep = true,
-            "--ids" => a.ids = true,
-            "--no-gather" => NO_GATHER.store(true, std::sync::atomic::Ordering::Relaxed),
-            "--dir" => a.dir = Some(PathBuf::from(parse_value::<String>("--dir", it.next())?)),
-            "--secs" => a.secs = parse_value("--secs", it.next())?,
-            "--batch" => a.batch = parse_value("--batch", it.next())?,
-            "--batch-tasks" => a.batch_tasks = parse_value("--batch-tasks", it.next())?,
-            "--tasks" => a.tasks = parse_value("--tasks", it.next())?,
-            "--consumers" => a.consumers = parse_value("--consumers", it.next())?,
-            "--delayed" => a.delayed = parse_value("--delayed", it.next())?,
-            "--consume" => a.consume = parse_value("--consume", it.next())?,
-            "--lateness" => a.lateness = parse_value("--lateness", it.next())?,
-            "--producers" => a.producers = parse_value("--producers", it.next())?,
-            "--pipeline" => a.pipeline = parse_value("--pipeline", it.next())?,
-            "--tcp-consume" => a.tcp_consume = parse_value("--tcp-consume", it.next())?,
-            "--only" => {
-                let list: String = parse_value("--only", it.next())?;
-                let phases: Vec<String> = list.split(',').map(|p| p.trim().to_string()).collect();
-                if let Some(p) = phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
-                    return Err(err(format!("--only: unknown phase {p:?}")));
-                }
-                a.only = Some(phases);
-            }
-            other => return Err(err(format!("unknown argument {other:?} (see --help)"))),
+    fn check(&self) -> Res<()> {
+        let a = self;
+        if !(a.secs.is_finite() && a.secs > 0.0) {
+            return Err(err("--secs must be positive"));
         }
+        if a.batch == 0 || a.batch > queue::limits::BATCH_MESSAGES_MAX {
+            return Err(err(format!(
+                "--batch must be 1..={}",
+                queue::limits::BATCH_MESSAGES_MAX
+            )));
+        }
+        if a.producers == 0 || a.pipeline == 0 || a.pipeline > queue::limits::BATCH_MESSAGES_MAX {
+            return Err(err(format!(
+                "--producers must be at least 1 and --pipeline 1..={}",
+                queue::limits::BATCH_MESSAGES_MAX
+            )));
+        }
+        if a.batch_tasks == 0 || a.tasks == 0 || a.consumers == 0 {
+            return Err(err(
+                "--batch-tasks, --tasks and --consumers must be at least 1",
+            ));
+        }
+        if a.delayed < 2 * a.batch as u64 || a.consume == 0 || a.lateness == 0 {
+            return Err(err(
+                "--delayed must be at least two batches; --consume and --lateness at least 1",
+            ));
+        }
+        Ok(())
     }
-    if !(a.secs.is_finite() && a.secs > 0.0) {
-        return Err(err("--secs must be positive"));
-    }
-    if a.batch == 0 || a.batch > queue::limits::BATCH_MESSAGES_MAX {
-        return Err(err(format!(
-            "--batch must be 1..={}",
-            queue::limits::BATCH_MESSAGES_MAX
-        )));
-    }
-    if a.producers == 0 || a.pipeline == 0 || a.pipeline > queue::limits::BATCH_MESSAGES_MAX {
-        return Err(err(format!(
-            "--producers must be at least 1 and --pipeline 1..={}",
-            queue::limits::BATCH_MESSAGES_MAX
-        )));
-    }
-    if a.batch_tasks == 0 || a.tasks == 0 || a.consumers == 0 {
-        return Err(err(
-            "--batch-tasks, --tasks and --consumers must be at least 1",
-        ));
-    }
-    if a.delayed < 2 * a.batch as u64 || a.consume == 0 || a.lateness == 0 {
-        return Err(err(
-            "--delayed must be at least two batches; --consume and --lateness at least 1",
-        ));
-    }
-    Ok(Some(a))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1100,41 +1103,30 @@ fn ratio(a: f64, b: f64) -> Value {
     }
 }
 
-fn run(a: &Args, command: String) -> Res<Value> {
-    let policy = Config::default().durability;
-    let base = match &a.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir(),
-    };
-    let bench = BenchDir::create(&base, a.keep)?;
-    let root = bench.path.clone();
-    let (device, mount, fstype) = filesystem_of(&root).unwrap_or_default();
-    let volatile = matches!(fstype.as_str(), "tmpfs" | "ramfs");
-    note!("queue-bench: directory {}", root.display());
-    note!("queue-bench: filesystem {fstype} on {device} (mounted at {mount})");
-    if volatile {
-        note!(
-            "queue-bench: WARNING: {fstype} is memory-backed: fsync is free, figures are not durable-disk figures"
-        );
-    }
-    note!(
-        "queue-bench: durability policy {policy}; {MESSAGE_BYTES}-byte messages; {}",
-        if a.quick { "quick run" } else { "full run" }
-    );
-    let payload = Bytes::from(
-        (0..MESSAGE_BYTES)
-            .map(|i| (i % 251) as u8)
-            .collect::<Vec<u8>>(),
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| err(format!("tokio runtime: {e}")))?;
-    let started = Instant::now();
-    let env_start = environment_json();
+/// The figures of every phase, in the order they run (see the module docs); a phase left
+/// out by `--only` is `null`.
+struct Figures {
+    memory: Value,
+    baseline_before: Value,
+    batched: Value,
+    single: Value,
+    consume: Value,
+    lateness: Value,
+    /// Fields of the broker and Redis phases, merged into the summary as they are.
+    side_by_side: Value,
+    baseline_after: Value,
+}
 
+/// Runs the phases one after the other, each on a fresh engine under `root`.
+fn run_phases(
+    rt: &tokio::runtime::Runtime,
+    a: &Args,
+    root: &Path,
+    payload: &Bytes,
+) -> Res<Figures> {
+    let policy = Config::default().durability;
     let memory = engine_phase(
-        &rt,
+        rt,
         a,
         "memory",
         format!(
@@ -1142,7 +1134,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
             rate(a.delayed as f64),
             if a.ids { " with producer ids" } else { "" }
         ),
-        bench_delayed_memory(&root, a, &payload),
+        bench_delayed_memory(root, a, payload),
         |memory| {
             note!(
                 "  RSS delta {} B/msg, index heap {} B/msg (budget {TARGET_DELAYED_BYTES_PER_MSG} B) [{policy}]",
@@ -1154,32 +1146,32 @@ fn run(a: &Args, command: String) -> Res<Value> {
 
     let baseline_before = if a.runs("baseline") {
         note!("[2/9] baseline: raw append + fdatasync, one thread");
-        baseline(&root, a, &payload, "before")?
+        baseline(root, a, payload, "before")?
     } else {
         Value::Null
     };
 
     let batched = engine_phase(
-        &rt,
+        rt,
         a,
         "batched",
         format!(
             "[3/9] batched publish: {} tasks x publish_batch({}) for {}s [{policy}]",
             a.batch_tasks, a.batch, a.secs
         ),
-        bench_batched(&root, a, &payload),
+        bench_batched(root, a, payload),
         |batched| note_throughput(batched, "batch_confirm_latency", "batch confirm", policy),
     )?;
 
     let single = engine_phase(
-        &rt,
+        rt,
         a,
         "single",
         format!(
             "[4/9] single publish: {} tasks x publish() for {}s [{policy}]",
             a.tasks, a.secs
         ),
-        bench_single(&root, a, &payload),
+        bench_single(root, a, payload),
         |single| {
             let cl = &single["confirm_latency"];
             note!(
@@ -1194,7 +1186,7 @@ fn run(a: &Args, command: String) -> Res<Value> {
     )?;
 
     let consume = engine_phase(
-        &rt,
+        rt,
         a,
         "consume",
         format!(
@@ -1203,19 +1195,19 @@ fn run(a: &Args, command: String) -> Res<Value> {
             a.consumers,
             a.batch
         ),
-        bench_consume(&root, a, &payload),
+        bench_consume(root, a, payload),
         |consume| note_throughput(consume, "ack_latency", "ack", policy),
     )?;
 
     let lateness = engine_phase(
-        &rt,
+        rt,
         a,
         "lateness",
         format!(
             "[6/9] delayed delivery lateness: {} messages due in 50..500 ms [{policy}]",
             a.lateness
         ),
-        bench_lateness(&root, a, &payload),
+        bench_lateness(root, a, payload),
         |lateness| {
             let lt = &lateness["lateness"];
             note!(
@@ -1227,20 +1219,52 @@ fn run(a: &Args, command: String) -> Res<Value> {
         },
     )?;
 
-    let side_by_side = rt.block_on(side_by_side(&root, a))?;
+    let side_by_side = rt.block_on(side_by_side(root, a))?;
 
     let baseline_after = if a.runs("baseline") {
         note!("[9/9] baseline again (drift check)");
-        baseline(&root, a, &payload, "after")?
+        baseline(root, a, payload, "after")?
     } else {
         Value::Null
     };
-    rt.shutdown_timeout(Duration::from_secs(5));
+    Ok(Figures {
+        memory,
+        baseline_before,
+        batched,
+        single,
+        consume,
+        lateness,
+        side_by_side,
+        baseline_after,
+    })
+}
 
+/// The figures against the baseline (ratios) and against the issue's targets.
+struct Verdict {
+    ratios: Value,
+    targets: Value,
+    /// Batched publish over raw chunked append (0 without a baseline).
+    batched_vs_chunked: f64,
+    /// Single publish over raw fsync-per-message (0 without a baseline).
+    single_vs_fsync: f64,
+}
+
+/// Compares the engine's figures with the mean of the two baseline runs and the targets.
+fn judge(a: &Args, figures: &Figures) -> Verdict {
     // Ratios use the mean of the two baseline runs.
+    let Figures {
+        memory,
+        baseline_before,
+        batched,
+        single,
+        consume,
+        lateness,
+        baseline_after,
+        ..
+    } = figures;
     let mean = |path: &[&str]| {
         let get = |b: &Value| path.iter().fold(b, |v, k| &v[*k]).as_f64().unwrap_or(0.0);
-        (get(&baseline_before) + get(&baseline_after)) / 2.0
+        (get(baseline_before) + get(baseline_after)) / 2.0
     };
     let base_chunked = mean(&["chunked", "msgs_per_s"]);
     let base_single = mean(&["single", "msgs_per_s"]);
@@ -1287,20 +1311,75 @@ fn run(a: &Args, command: String) -> Res<Value> {
             "met": lateness["lateness"]["p99_us"].as_u64().unwrap_or(u64::MAX) <= TARGET_LATENESS_P99_US,
         },
     });
-    note!(
-        "queue-bench: done in {:.1}s; batched {:.2}x raw chunked append, single {:.2}x raw fsync-per-message [{policy}]",
-        started.elapsed().as_secs_f64(),
-        if base_chunked > 0.0 {
+    Verdict {
+        ratios,
+        targets,
+        batched_vs_chunked: if base_chunked > 0.0 {
             batched_s / base_chunked
         } else {
             0.0
         },
-        if base_single > 0.0 {
+        single_vs_fsync: if base_single > 0.0 {
             single_s / base_single
         } else {
             0.0
         },
+    }
+}
+
+fn run(a: &Args, command: String) -> Res<Value> {
+    let policy = Config::default().durability;
+    let base = match &a.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir(),
+    };
+    let bench = BenchDir::create(&base, a.keep)?;
+    let root = bench.path.clone();
+    let (device, mount, fstype) = filesystem_of(&root).unwrap_or_default();
+    let volatile = matches!(fstype.as_str(), "tmpfs" | "ramfs");
+    note!("queue-bench: directory {}", root.display());
+    note!("queue-bench: filesystem {fstype} on {device} (mounted at {mount})");
+    if volatile {
+        note!(
+            "queue-bench: WARNING: {fstype} is memory-backed: fsync is free, figures are not durable-disk figures"
+        );
+    }
+    note!(
+        "queue-bench: durability policy {policy}; {MESSAGE_BYTES}-byte messages; {}",
+        if a.quick { "quick run" } else { "full run" }
     );
+    let payload = Bytes::from(
+        (0..MESSAGE_BYTES)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| err(format!("tokio runtime: {e}")))?;
+    let started = Instant::now();
+    let env_start = environment_json();
+
+    let figures = run_phases(&rt, a, &root, &payload)?;
+    rt.shutdown_timeout(Duration::from_secs(5));
+
+    let verdict = judge(a, &figures);
+    note!(
+        "queue-bench: done in {:.1}s; batched {:.2}x raw chunked append, single {:.2}x raw fsync-per-message [{policy}]",
+        started.elapsed().as_secs_f64(),
+        verdict.batched_vs_chunked,
+        verdict.single_vs_fsync,
+    );
+    let Figures {
+        memory,
+        baseline_before,
+        batched,
+        single,
+        consume,
+        lateness,
+        side_by_side,
+        baseline_after,
+    } = figures;
     let mut summary = json!({
         "bench": "queue-bench",
         "command": command,
@@ -1317,8 +1396,8 @@ fn run(a: &Args, command: String) -> Res<Value> {
         "consume_ack": consume,
         "delayed_memory": memory,
         "delayed_lateness": lateness,
-        "ratios": ratios,
-        "targets": targets,
+        "ratios": verdict.ratios,
+        "targets": verdict.targets,
         "elapsed_s": round1(started.elapsed().as_secs_f64()),
     });
     if let (Some(sum), Value::Object(sbs)) = (summary.as_object_mut(), side_by_side) {
@@ -1352,161 +1431,22 @@ const TARGET_RATIO_VS_REDIS: f64 = 2.0;
 /// `redis-server` with `appendonly yes`, `appendfsync always`), driven the same way: the
 /// same producer tasks with one connection each, the same messages per round trip, the
 /// same consumers and batch sizes. Returns top-level summary fields.
+/// Phases 7 and 8: our broker over loopback TCP and Redis Streams at the same durability,
+/// side by side; the JSON fields are merged into the summary.
 async fn side_by_side(root: &Path, a: &Args) -> Res<Value> {
-    let policy = Config::default().durability;
     let mut out = serde_json::Map::new();
-    let mut ours = None;
-    if a.runs("broker") {
-        note!(
-            "[7/9] broker over loopback TCP: {} producers x {} msgs per round trip (one publish_batch frame) for {}s, then consume + ack {} [{policy}]",
-            a.producers,
-            a.pipeline,
-            a.secs,
-            rate(a.tcp_consume as f64)
-        );
-        let params = broker::BrokerParams {
-            message_bytes: MESSAGE_BYTES,
-            producers: a.producers,
-            pipeline: a.pipeline,
-            publish_secs: a.secs,
-            warmup_secs: a.warmup_secs,
-            single_frames: false,
-            consumers: a.consumers,
-            fetch_batch: a.batch,
-            consume_messages: a.tcp_consume,
-            dir: root.join("broker-batch"),
-        };
-        let f = broker::run(&params).await?;
-        note!(
-            "  publish {} msgs/s, confirm p50 {} p99 {}; consume + ack {} msgs/s",
-            rate(f.publish_msgs_per_s),
-            ms(f.confirm.value_at_quantile(0.5)),
-            ms(f.confirm.value_at_quantile(0.99)),
-            rate(f.consume_ack_msgs_per_s)
-        );
-        note!(
-            "[7b/9] broker, the same with {} single-message publish frames per round trip [{policy}]",
-            a.pipeline
-        );
-        let single = broker::run(&broker::BrokerParams {
-            single_frames: true,
-            consume_messages: 0,
-            dir: root.join("broker-frames"),
-            ..params
-        })
-        .await?;
-        note!(
-            "  publish {} msgs/s, confirm p50 {} p99 {}",
-            rate(single.publish_msgs_per_s),
-            ms(single.confirm.value_at_quantile(0.5)),
-            ms(single.confirm.value_at_quantile(0.99)),
-        );
-        out.insert(
-            "publish_tcp_msgs_per_s".into(),
-            json!(f.publish_msgs_per_s.round()),
-        );
-        out.insert(
-            "confirm_p50_us".into(),
-            json!(f.confirm.value_at_quantile(0.5)),
-        );
-        out.insert(
-            "confirm_p99_us".into(),
-            json!(f.confirm.value_at_quantile(0.99)),
-        );
-        out.insert(
-            "consume_ack_tcp_msgs_per_s".into(),
-            json!(f.consume_ack_msgs_per_s.round()),
-        );
-        out.insert(
-            "publish_tcp_single_frames_msgs_per_s".into(),
-            json!(single.publish_msgs_per_s.round()),
-        );
-        out.insert(
-            "tcp_single_frames_confirm_latency".into(),
-            latency_json(&single.confirm),
-        );
-        out.insert("tcp_confirm_latency".into(), latency_json(&f.confirm));
-        out.insert(
-            "tcp_counts".into(),
-            json!({"published": f.published, "consumed": f.consumed, "published_single_frames": single.published}),
-        );
-        ours = Some((f, single));
-    }
-    let mut theirs = None;
-    if a.runs("redis") && redis_available(&mut out) {
-        note!(
-            "[8/9] Redis Streams, appendonly yes + appendfsync always: {} producers x {} pipelined XADDs for {}s, then XREADGROUP + XACK {}",
-            a.producers,
-            a.pipeline,
-            a.secs,
-            rate(a.tcp_consume as f64)
-        );
-        let r = redis_streams::run(&redis_streams::RedisParams {
-            message_bytes: MESSAGE_BYTES,
-            producers: a.producers,
-            pipeline: a.pipeline,
-            in_flight: 1,
-            publish_secs: a.secs,
-            consumers: a.consumers,
-            fetch_batch: a.batch,
-            consume_messages: a.tcp_consume,
-            dir: Some(root.to_path_buf()),
-        })
-        .await?;
-        note!(
-            "  publish {} msgs/s, confirm p50 {} p99 {}; consume + ack {} msgs/s (redis {}, appendfsync {})",
-            rate(r.publish_msgs_per_s),
-            ms(r.confirm_p50_us),
-            ms(r.confirm_p99_us),
-            rate(r.consume_ack_msgs_per_s),
-            r.redis_version,
-            r.appendfsync
-        );
-        out.insert(
-            "redis_streams_publish_msgs_per_s".into(),
-            json!(r.publish_msgs_per_s.round()),
-        );
-        out.insert(
-            "redis_streams_consume_ack_msgs_per_s".into(),
-            json!(r.consume_ack_msgs_per_s.round()),
-        );
-        out.insert("redis_confirm_p50_us".into(), json!(r.confirm_p50_us));
-        out.insert("redis_confirm_p99_us".into(), json!(r.confirm_p99_us));
-        out.insert(
-            "redis".into(),
-            json!({
-                "version": r.redis_version,
-                "appendfsync": r.appendfsync,
-                "published": r.published,
-                "consumed": r.consumed,
-            }),
-        );
-        theirs = Some(r);
-    }
+    let ours = if a.runs("broker") {
+        Some(broker_side(root, a, &mut out).await?)
+    } else {
+        None
+    };
+    let theirs = if a.runs("redis") && redis_available(&mut out) {
+        Some(redis_side(root, a, &mut out).await?)
+    } else {
+        None
+    };
     if let (Some((f, single)), Some(r)) = (&ours, &theirs) {
-        let pub_ratio = f.publish_msgs_per_s / r.publish_msgs_per_s.max(1.0);
-        let frames_ratio = single.publish_msgs_per_s / r.publish_msgs_per_s.max(1.0);
-        let consume_ratio = f.consume_ack_msgs_per_s / r.consume_ack_msgs_per_s.max(1.0);
-        note!(
-            "  ours / Redis: publish {pub_ratio:.2}x (single frames {frames_ratio:.2}x), consume + ack {consume_ratio:.2}x"
-        );
-        out.insert("publish_ratio_vs_redis".into(), json!(round3(pub_ratio)));
-        out.insert(
-            "publish_single_frames_ratio_vs_redis".into(),
-            json!(round3(frames_ratio)),
-        );
-        out.insert(
-            "consume_ratio_vs_redis".into(),
-            json!(round3(consume_ratio)),
-        );
-        out.insert(
-            "tcp_targets".into(),
-            json!({
-                "publish_tcp_msgs_per_s": {"target": TARGET_TCP_PUBLISH_MSGS_S, "actual": f.publish_msgs_per_s.round(), "met": f.publish_msgs_per_s >= TARGET_TCP_PUBLISH_MSGS_S},
-                "publish_ratio_vs_redis": {"target": TARGET_RATIO_VS_REDIS, "actual": round3(pub_ratio), "met": pub_ratio >= TARGET_RATIO_VS_REDIS},
-                "consume_ratio_vs_redis": {"target": TARGET_RATIO_VS_REDIS, "actual": round3(consume_ratio), "met": consume_ratio >= TARGET_RATIO_VS_REDIS},
-            }),
-        );
+        compare_with_redis(f, single, r, &mut out);
     }
     if !out.is_empty() {
         out.insert(
@@ -1521,6 +1461,178 @@ async fn side_by_side(root: &Path, a: &Args) -> Res<Value> {
         );
     }
     Ok(Value::Object(out))
+}
+
+/// Phase 7: our broker in its own process, with publish_batch frames and then with single
+/// publish frames; returns both runs' figures.
+async fn broker_side(
+    root: &Path,
+    a: &Args,
+    out: &mut serde_json::Map<String, Value>,
+) -> Res<(broker::BrokerFigures, broker::BrokerFigures)> {
+    let policy = Config::default().durability;
+    note!(
+        "[7/9] broker over loopback TCP: {} producers x {} msgs per round trip (one publish_batch frame) for {}s, then consume + ack {} [{policy}]",
+        a.producers,
+        a.pipeline,
+        a.secs,
+        rate(a.tcp_consume as f64)
+    );
+    let params = broker::BrokerParams {
+        message_bytes: MESSAGE_BYTES,
+        producers: a.producers,
+        pipeline: a.pipeline,
+        publish_secs: a.secs,
+        warmup_secs: a.warmup_secs,
+        single_frames: false,
+        consumers: a.consumers,
+        fetch_batch: a.batch,
+        consume_messages: a.tcp_consume,
+        dir: root.join("broker-batch"),
+    };
+    let f = broker::run(&params).await?;
+    note!(
+        "  publish {} msgs/s, confirm p50 {} p99 {}; consume + ack {} msgs/s",
+        rate(f.publish_msgs_per_s),
+        ms(f.confirm.value_at_quantile(0.5)),
+        ms(f.confirm.value_at_quantile(0.99)),
+        rate(f.consume_ack_msgs_per_s)
+    );
+    note!(
+        "[7b/9] broker, the same with {} single-message publish frames per round trip [{policy}]",
+        a.pipeline
+    );
+    let single = broker::run(&broker::BrokerParams {
+        single_frames: true,
+        consume_messages: 0,
+        dir: root.join("broker-frames"),
+        ..params
+    })
+    .await?;
+    note!(
+        "  publish {} msgs/s, confirm p50 {} p99 {}",
+        rate(single.publish_msgs_per_s),
+        ms(single.confirm.value_at_quantile(0.5)),
+        ms(single.confirm.value_at_quantile(0.99)),
+    );
+    out.insert(
+        "publish_tcp_msgs_per_s".into(),
+        json!(f.publish_msgs_per_s.round()),
+    );
+    out.insert(
+        "confirm_p50_us".into(),
+        json!(f.confirm.value_at_quantile(0.5)),
+    );
+    out.insert(
+        "confirm_p99_us".into(),
+        json!(f.confirm.value_at_quantile(0.99)),
+    );
+    out.insert(
+        "consume_ack_tcp_msgs_per_s".into(),
+        json!(f.consume_ack_msgs_per_s.round()),
+    );
+    out.insert(
+        "publish_tcp_single_frames_msgs_per_s".into(),
+        json!(single.publish_msgs_per_s.round()),
+    );
+    out.insert(
+        "tcp_single_frames_confirm_latency".into(),
+        latency_json(&single.confirm),
+    );
+    out.insert("tcp_confirm_latency".into(), latency_json(&f.confirm));
+    out.insert(
+            "tcp_counts".into(),
+            json!({"published": f.published, "consumed": f.consumed, "published_single_frames": single.published}),
+        );
+    Ok((f, single))
+}
+
+/// Phase 8: Redis Streams with `appendfsync always`, the same producers and batch sizes.
+async fn redis_side(
+    root: &Path,
+    a: &Args,
+    out: &mut serde_json::Map<String, Value>,
+) -> Res<redis_streams::RedisFigures> {
+    note!(
+        "[8/9] Redis Streams, appendonly yes + appendfsync always: {} producers x {} pipelined XADDs for {}s, then XREADGROUP + XACK {}",
+        a.producers,
+        a.pipeline,
+        a.secs,
+        rate(a.tcp_consume as f64)
+    );
+    let r = redis_streams::run(&redis_streams::RedisParams {
+        message_bytes: MESSAGE_BYTES,
+        producers: a.producers,
+        pipeline: a.pipeline,
+        in_flight: 1,
+        publish_secs: a.secs,
+        consumers: a.consumers,
+        fetch_batch: a.batch,
+        consume_messages: a.tcp_consume,
+        dir: Some(root.to_path_buf()),
+    })
+    .await?;
+    note!(
+        "  publish {} msgs/s, confirm p50 {} p99 {}; consume + ack {} msgs/s (redis {}, appendfsync {})",
+        rate(r.publish_msgs_per_s),
+        ms(r.confirm_p50_us),
+        ms(r.confirm_p99_us),
+        rate(r.consume_ack_msgs_per_s),
+        r.redis_version,
+        r.appendfsync
+    );
+    out.insert(
+        "redis_streams_publish_msgs_per_s".into(),
+        json!(r.publish_msgs_per_s.round()),
+    );
+    out.insert(
+        "redis_streams_consume_ack_msgs_per_s".into(),
+        json!(r.consume_ack_msgs_per_s.round()),
+    );
+    out.insert("redis_confirm_p50_us".into(), json!(r.confirm_p50_us));
+    out.insert("redis_confirm_p99_us".into(), json!(r.confirm_p99_us));
+    out.insert(
+        "redis".into(),
+        json!({
+            "version": r.redis_version,
+            "appendfsync": r.appendfsync,
+            "published": r.published,
+            "consumed": r.consumed,
+        }),
+    );
+    Ok(r)
+}
+
+/// Ratios of ours to Redis, and the targets they are held to.
+fn compare_with_redis(
+    f: &broker::BrokerFigures,
+    single: &broker::BrokerFigures,
+    r: &redis_streams::RedisFigures,
+    out: &mut serde_json::Map<String, Value>,
+) {
+    let pub_ratio = f.publish_msgs_per_s / r.publish_msgs_per_s.max(1.0);
+    let frames_ratio = single.publish_msgs_per_s / r.publish_msgs_per_s.max(1.0);
+    let consume_ratio = f.consume_ack_msgs_per_s / r.consume_ack_msgs_per_s.max(1.0);
+    note!(
+        "  ours / Redis: publish {pub_ratio:.2}x (single frames {frames_ratio:.2}x), consume + ack {consume_ratio:.2}x"
+    );
+    out.insert("publish_ratio_vs_redis".into(), json!(round3(pub_ratio)));
+    out.insert(
+        "publish_single_frames_ratio_vs_redis".into(),
+        json!(round3(frames_ratio)),
+    );
+    out.insert(
+        "consume_ratio_vs_redis".into(),
+        json!(round3(consume_ratio)),
+    );
+    out.insert(
+            "tcp_targets".into(),
+            json!({
+                "publish_tcp_msgs_per_s": {"target": TARGET_TCP_PUBLISH_MSGS_S, "actual": f.publish_msgs_per_s.round(), "met": f.publish_msgs_per_s >= TARGET_TCP_PUBLISH_MSGS_S},
+                "publish_ratio_vs_redis": {"target": TARGET_RATIO_VS_REDIS, "actual": round3(pub_ratio), "met": pub_ratio >= TARGET_RATIO_VS_REDIS},
+                "consume_ratio_vs_redis": {"target": TARGET_RATIO_VS_REDIS, "actual": round3(consume_ratio), "met": consume_ratio >= TARGET_RATIO_VS_REDIS},
+            }),
+        );
 }
 
 fn main() -> ExitCode {
@@ -1543,14 +1655,11 @@ fn main() -> ExitCode {
         .chain(raw.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
-    let args = match parse_args(raw) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            note!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
+    let cli = Cli::parse();
+    let args = match Args::from_cli(cli) {
+        Ok(a) => a,
         Err(e) => {
-            note!("queue-bench: {e}\n\n{USAGE}");
+            note!("queue-bench: {e} (see --help)");
             return ExitCode::from(2);
         }
     };
