@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway::loadgen::{Answer, Conn, request};
 use hdrhistogram::Histogram;
+use loadgen::{Answer, Conn, request};
 use rand::Rng;
 use serde_json::{Value, json};
 

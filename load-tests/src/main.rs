@@ -209,17 +209,15 @@ async fn baseline(
     addr: std::net::SocketAddr,
     connections: usize,
 ) -> Result<serde_json::Value, String> {
-    let spec = gateway::loadgen::LoadSpec {
+    let spec = loadgen::LoadSpec {
         addr,
         connections,
         warmup: Duration::from_secs(1),
         measure: BASELINE_MEASURE,
     };
-    let r = gateway::loadgen::closed_loop(spec, |_| {
-        gateway::loadgen::request("GET", "/healthz", &[], None)
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let r = loadgen::closed_loop(spec, |_| loadgen::request("GET", "/healthz", &[], None))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(serde_json::json!({
         "what": "GET /healthz, closed loop, same connections, same process",
         "requests_per_s": r.rps(),
