@@ -315,173 +315,232 @@ async fn ramp(run: Arc<Run>, next: Arc<AtomicUsize>, opens_at: Instant) -> Tally
 
 /// Phase 3: the spike.
 async fn spike(run: Arc<Run>) -> Tally {
-    let mut tally = Tally::default();
-    let mut conn = None;
-    let sale = run.sale();
-    let token_path = format!("/api/sales/{sale}/token");
-    let purchase_path = format!("/api/sales/{sale}/purchase");
-    let load_test = run.target.load_test_secret.clone();
-    'attempts: loop {
-        if run.past_deadline() {
-            break;
-        }
-        // Someone ready to act.
-        let mut picked = None;
-        for _ in 0..PICK_TRIES {
-            let i = rand::rng().random_range(0..run.people.len());
-            let p = run.lock(&run.people[i]);
-            if !p.done && p.not_before <= Instant::now() {
-                picked = Some(i);
-                break;
-            }
-        }
-        let Some(i) = picked else {
-            if run.done.load(Ordering::Relaxed) >= run.people.len() {
+    let mut task = SpikeTask {
+        paths: SalePaths::of(run.sale()),
+        run,
+        conn: None,
+        tally: Tally::default(),
+    };
+    while !task.run.past_deadline() {
+        let Some(i) = task.pick_ready() else {
+            if task.run.done.load(Ordering::Relaxed) >= task.run.people.len() {
                 break;
             }
             tokio::time::sleep(IDLE_PAUSE).await;
             continue;
         };
         // One attempt from the budget.
-        if !take_attempt(&run) {
-            break 'attempts;
+        if !take_attempt(&task.run) {
+            break;
         }
         let (bot, cookie, token) = {
-            let p = run.lock(&run.people[i]);
+            let p = task.run.lock(&task.run.people[i]);
             (p.bot, p.cookie.clone(), p.token.clone())
         };
         if bot {
-            run.lock(&run.people[i]).not_before = Instant::now() + BOT_PAUSE;
-            // Rapid repeats of the three tricks; each must be refused.
-            let trick = rand::rng().random_range(0..3);
-            let reused = run.lock(&run.spent_tokens).first().cloned();
-            let route = if trick == 0 || (trick == 1 && reused.is_some()) {
-                "purchase"
-            } else {
-                "token"
-            };
-            let req = match (trick, reused) {
-                (0, _) => request(
-                    "POST",
-                    &purchase_path,
-                    &[("cookie", &cookie)],
-                    Some(&json!({"token": format!("forged.{:032x}", rand::random::<u128>())})),
-                ),
-                (1, Some(spent)) => request(
-                    "POST",
-                    &purchase_path,
-                    &[("cookie", &cookie)],
-                    Some(&json!({ "token": spent })),
-                ),
-                _ => request(
-                    "POST",
-                    &token_path,
-                    &[("cookie", &cookie)],
-                    Some(&json!({"captcha_id": "", "answer": ""})),
-                ),
-            };
-            if let Some((a, body, _)) = send(&run, &mut conn, &mut tally, route, true, req).await {
-                if a.status.as_u16() == 202 || a.status.is_success() && route == "token" {
-                    run.bots_accepted.fetch_add(1, Ordering::Relaxed);
-                    if let Some(t) = body.get("ticket").and_then(Value::as_str) {
-                        run.lock(&run.accepted).push((t.to_string(), i));
-                    }
-                } else {
-                    run.bots_refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            continue;
+            task.bot(i, &cookie).await;
+        } else {
+            task.human(i, &cookie, token).await;
         }
-        // A human: a token if they hold none, then at once the purchase with it (as a
-        // person clicks Buy right after solving the captcha).
-        let mut token = token;
+    }
+    task.tally
+}
+
+/// The purchase routes of the sale under test.
+#[derive(Debug)]
+struct SalePaths {
+    token: String,
+    purchase: String,
+}
+
+impl SalePaths {
+    fn of(sale: u64) -> SalePaths {
+        SalePaths {
+            token: format!("/api/sales/{sale}/token"),
+            purchase: format!("/api/sales/{sale}/purchase"),
+        }
+    }
+}
+
+/// One connection of the spike: it acts for whoever is ready, one attempt at a time.
+#[derive(Debug)]
+struct SpikeTask {
+    run: Arc<Run>,
+    paths: SalePaths,
+    conn: Option<Conn>,
+    tally: Tally,
+}
+
+impl SpikeTask {
+    /// Someone ready to act (not done, not waiting), after at most [`PICK_TRIES`] draws.
+    fn pick_ready(&mut self) -> Option<usize> {
+        for _ in 0..PICK_TRIES {
+            let i = rand::rng().random_range(0..self.run.people.len());
+            let p = self.run.lock(&self.run.people[i]);
+            if !p.done && p.not_before <= Instant::now() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// A bot's attempt: one of three tricks, each of which must be refused.
+    async fn bot(&mut self, i: usize, cookie: &str) {
+        let run = &self.run;
+        run.lock(&run.people[i]).not_before = Instant::now() + BOT_PAUSE;
+        // Rapid repeats of the three tricks; each must be refused.
+        let trick = rand::rng().random_range(0..3);
+        let reused = run.lock(&run.spent_tokens).first().cloned();
+        let route = if trick == 0 || (trick == 1 && reused.is_some()) {
+            "purchase"
+        } else {
+            "token"
+        };
+        let req = match (trick, reused) {
+            (0, _) => request(
+                "POST",
+                &self.paths.purchase,
+                &[("cookie", cookie)],
+                Some(&json!({"token": format!("forged.{:032x}", rand::random::<u128>())})),
+            ),
+            (1, Some(spent)) => request(
+                "POST",
+                &self.paths.purchase,
+                &[("cookie", cookie)],
+                Some(&json!({ "token": spent })),
+            ),
+            _ => request(
+                "POST",
+                &self.paths.token,
+                &[("cookie", cookie)],
+                Some(&json!({"captcha_id": "", "answer": ""})),
+            ),
+        };
+        if let Some((a, body, _)) =
+            send(run, &mut self.conn, &mut self.tally, route, true, req).await
+        {
+            if a.status.as_u16() == 202 || a.status.is_success() && route == "token" {
+                run.bots_accepted.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = body.get("ticket").and_then(Value::as_str) {
+                    run.lock(&run.accepted).push((t.to_string(), i));
+                }
+            } else {
+                run.bots_refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A human's attempt: a token if they hold none, then at once the purchase with it (as
+    /// a person clicks Buy right after solving the captcha).
+    async fn human(&mut self, i: usize, cookie: &str, mut token: Option<String>) {
         loop {
             let now = Instant::now();
             let think = Duration::from_millis(rand::rng().random_range(THINK_MS));
             let Some(held) = token.take() else {
-                let req = request(
-                    "POST",
-                    &token_path,
-                    &[("cookie", &cookie), (LOAD_TEST_HEADER, &load_test)],
-                    Some(&json!({})),
-                );
-                let Some((a, body, outcome)) =
-                    send(&run, &mut conn, &mut tally, "token", true, req).await
-                else {
-                    break;
-                };
-                let mut p = run.lock(&run.people[i]);
-                if a.status.is_success() {
-                    p.token = body.get("token").and_then(Value::as_str).map(str::to_owned);
-                    token = p.token.clone();
-                    drop(p);
-                    if token.is_some() && take_attempt(&run) {
+                match self.ask_token(i, cookie, now, think).await {
+                    // The purchase right after takes one more attempt from the budget.
+                    Some(t) if take_attempt(&self.run) => {
+                        token = Some(t);
                         continue;
                     }
-                    break;
+                    _ => break,
                 }
-                if outcome == "sold_out" {
-                    note_sold_out(&run, now);
-                }
-                p.not_before = now + retry_after(&a).unwrap_or(think);
-                break;
             };
-            let req = request(
-                "POST",
-                &purchase_path,
-                &[("cookie", &cookie)],
-                Some(&json!({ "token": held })),
-            );
-            let Some((a, body, outcome)) =
-                send(&run, &mut conn, &mut tally, "purchase", true, req).await
-            else {
-                break;
-            };
-            let ticket = body
-                .get("ticket")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            let mut p = run.lock(&run.people[i]);
-            match (a.status.as_u16(), outcome.as_str()) {
-                (202, _) | (503, "outcome_unknown") if ticket.is_some() => {
-                    if let Some(t) = ticket {
-                        run.lock(&run.accepted).push((t, i));
-                    }
-                    {
-                        let mut spent = run.lock(&run.spent_tokens);
-                        if spent.len() < SPENT_TOKENS_MAX {
-                            spent.push(held.clone());
-                        }
-                    }
-                    p.accepted = true;
-                    // Some people click again with the same token (a double click),
-                    // which must be refused; the rest are done.
-                    if rand::rng().random_bool(run.scenario.repeat_share) {
-                        p.not_before = now;
-                    } else {
-                        finish(&run, &mut p);
-                    }
-                }
-                (409, _) => finish(&run, &mut p), // already bought
-                (_, "bad_token") => {
-                    p.token = None;
-                    if p.accepted {
-                        finish(&run, &mut p); // the refused repeat of an accepted purchase
-                    }
-                }
-                (_, "sold_out") => {
-                    note_sold_out(&run, now);
-                    p.not_before = now + retry_after(&a).unwrap_or(think);
-                }
-                _ => {
-                    // Throttled, busy, unavailable: the token is kept; come back later.
-                    p.not_before = now + retry_after(&a).unwrap_or(think);
-                }
-            }
+            self.buy(i, cookie, held, now, think).await;
             break;
         }
     }
-    tally
+
+    /// Asks for a token with the load-test secret; the token, or `None` after a refusal
+    /// (the person then waits for `Retry-After` or thinks for `think`).
+    async fn ask_token(
+        &mut self,
+        i: usize,
+        cookie: &str,
+        now: Instant,
+        think: Duration,
+    ) -> Option<String> {
+        let run = &self.run;
+        let req = request(
+            "POST",
+            &self.paths.token,
+            &[
+                ("cookie", cookie),
+                (LOAD_TEST_HEADER, &run.target.load_test_secret),
+            ],
+            Some(&json!({})),
+        );
+        let (a, body, outcome) =
+            send(run, &mut self.conn, &mut self.tally, "token", true, req).await?;
+        let mut p = run.lock(&run.people[i]);
+        if a.status.is_success() {
+            p.token = body.get("token").and_then(Value::as_str).map(str::to_owned);
+            return p.token.clone();
+        }
+        if outcome == "sold_out" {
+            note_sold_out(run, now);
+        }
+        p.not_before = now + retry_after(&a).unwrap_or(think);
+        None
+    }
+
+    /// Buys with the token `held` and acts on the answer: accepted (maybe a double click
+    /// follows), already bought, a spent token, sold out, or come back later.
+    async fn buy(&mut self, i: usize, cookie: &str, held: String, now: Instant, think: Duration) {
+        let run = &self.run;
+        let req = request(
+            "POST",
+            &self.paths.purchase,
+            &[("cookie", cookie)],
+            Some(&json!({ "token": held })),
+        );
+        let Some((a, body, outcome)) =
+            send(run, &mut self.conn, &mut self.tally, "purchase", true, req).await
+        else {
+            return;
+        };
+        let ticket = body
+            .get("ticket")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut p = run.lock(&run.people[i]);
+        match (a.status.as_u16(), outcome.as_str()) {
+            (202, _) | (503, "outcome_unknown") if ticket.is_some() => {
+                if let Some(t) = ticket {
+                    run.lock(&run.accepted).push((t, i));
+                }
+                {
+                    let mut spent = run.lock(&run.spent_tokens);
+                    if spent.len() < SPENT_TOKENS_MAX {
+                        spent.push(held);
+                    }
+                }
+                p.accepted = true;
+                // Some people click again with the same token (a double click), which
+                // must be refused; the rest are done.
+                if rand::rng().random_bool(run.scenario.repeat_share) {
+                    p.not_before = now;
+                } else {
+                    finish(run, &mut p);
+                }
+            }
+            (409, _) => finish(run, &mut p), // already bought
+            (_, "bad_token") => {
+                p.token = None;
+                if p.accepted {
+                    finish(run, &mut p); // the refused repeat of an accepted purchase
+                }
+            }
+            (_, "sold_out") => {
+                note_sold_out(run, now);
+                p.not_before = now + retry_after(&a).unwrap_or(think);
+            }
+            _ => {
+                // Throttled, busy, unavailable: the token is kept; come back later.
+                p.not_before = now + retry_after(&a).unwrap_or(think);
+            }
+        }
+    }
 }
 
 /// Takes one attempt from the run's budget; false when it is spent.
@@ -722,109 +781,20 @@ pub async fn run(
     let started_at_ms = gateway::app::now_ms();
     let start = Instant::now();
     let run_id = format!("{:08x}", rand::random::<u32>());
-    let bots = scenario.bots();
-    let people = (0..scenario.users)
-        .map(|i| {
-            Mutex::new(Person {
-                name: format!("lt{run_id}-{i}"),
-                cookie: String::new(),
-                bot: i < bots,
-                token: None,
-                not_before: start,
-                accepted: false,
-                done: false,
-            })
-        })
-        .collect();
-    let run = Arc::new(Run {
-        deadline: start + Duration::from_millis(scenario.deadline_ms),
-        attempts_left: AtomicU64::new(scenario.attempts),
-        scenario,
-        target,
-        sale: AtomicU64::new(0),
-        people,
-        start,
-        opened: Mutex::new(None),
-        accepted: Mutex::new(Vec::new()),
-        spent_tokens: Mutex::new(Vec::new()),
-        first_sold_out: Mutex::new(None),
-        bots_refused: AtomicU64::new(0),
-        bots_accepted: AtomicU64::new(0),
-        done: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let run = Arc::new(Run::new(scenario, target, &run_id, start));
     let connections = run.scenario.connections;
     let mut tallies = Vec::new();
-
-    // The sale id: one above every existing sale.
     let mut admin = Conn::connect(run.target.addr)
         .await
         .map_err(|e| CrowdError::Connect(e.to_string()))?;
-    let auth = admin_auth(&run);
-    let listed = admin
-        .send(request(
-            "GET",
-            "/admin/api/sales",
-            &[("authorization", &auth)],
-            None,
-        ))
-        .await
-        .map_err(|e| CrowdError::Setup(e.to_string()))?;
-    if !listed.status.is_success() {
-        return Err(CrowdError::Setup(format!(
-            "listing sales: {} (is the admin secret right?)",
-            listed.status
-        )));
-    }
-    let sale_id = listed.json()["sales"].as_array().map_or(0, |s| {
-        s.iter()
-            .filter_map(|x| x["sale"]["id"].as_u64())
-            .max()
-            .unwrap_or(0)
-    }) + 1;
+    let sale_id = next_sale_id(&run, &mut admin).await?;
     run.sale.store(sale_id, Ordering::Relaxed);
 
     // 1. Sign-in.
-    let next = Arc::new(AtomicUsize::new(0));
-    tallies.extend(in_parallel(connections, || sign_in(run.clone(), next.clone())).await);
-    let signed_in = run
-        .people
-        .iter()
-        .filter(|p| !run.lock(p).cookie.is_empty())
-        .count();
-    if signed_in < run.people.len() {
-        return Err(CrowdError::Setup(format!(
-            "only {signed_in} of {} people could sign in",
-            run.people.len()
-        )));
-    }
+    tallies.extend(sign_in_everyone(&run).await?);
 
     // 2. The sale, opening soon; the ramp meanwhile.
-    let opens_at_ms = gateway::app::now_ms() + run.scenario.opens_in_ms;
-    let created = admin
-        .send(request(
-            "POST",
-            "/admin/api/sales",
-            &[("authorization", &auth)],
-            Some(&json!({
-                "id": sale_id,
-                "name": format!("load test {run_id}"),
-                "price_cents": 1999,
-                "units": run.scenario.units,
-                "starts_at_ms": opens_at_ms,
-                "pay_window_ms": run.scenario.pay_window_ms,
-            })),
-        ))
-        .await
-        .map_err(|e| CrowdError::Setup(e.to_string()))?;
-    if created.status.as_u16() != 201 {
-        return Err(CrowdError::Setup(format!(
-            "creating the sale: {} {}",
-            created.status,
-            String::from_utf8_lossy(&created.body)
-        )));
-    }
-    let opens_at = Instant::now() + Duration::from_millis(run.scenario.opens_in_ms);
+    let opens_at = create_sale(&run, &mut admin, &run_id).await?;
     *run.lock(&run.opened) = Some(opens_at);
     let sampling_done = Arc::new(AtomicBool::new(false));
     let sampler_task = tokio::spawn(sampler(run.clone(), sampling_done.clone(), progress));
@@ -847,16 +817,8 @@ pub async fn run(
     let decided = run.lock(&results).clone();
 
     // 5. Payment of a share of the orders.
-    let mut to_pay = Vec::new();
-    for d in &decided {
-        if let Some(order) = &d.order_id
-            && rand::rng().random_bool(run.scenario.pay_share)
-        {
-            to_pay.push((order.clone(), run.lock(&run.people[d.who]).cookie.clone()));
-        }
-    }
     let paid = Arc::new(AtomicU64::new(0));
-    let pay_work = Arc::new(Mutex::new(to_pay));
+    let pay_work = Arc::new(Mutex::new(choose_payments(&run, &decided)));
     tallies.extend(
         in_parallel(connections.min(64), || {
             pay(run.clone(), pay_work.clone(), paid.clone())
@@ -866,104 +828,300 @@ pub async fn run(
     sampling_done.store(true, Ordering::Relaxed);
     let samples = sampler_task.await.unwrap_or_default();
 
-    // The record.
-    let mut latency: HashMap<(&'static str, String), Histogram<u64>> = HashMap::new();
-    let mut seconds: BTreeMap<u32, Second> = BTreeMap::new();
-    let (mut errors, mut requests, mut attempts) = (0, 0, 0);
-    for t in tallies {
-        errors += t.errors;
-        requests += t.requests;
-        attempts += t.attempts;
-        for (k, h) in t.latency {
-            let _ = latency.entry(k).or_insert_with(new_histogram).add(&h);
+    let accepted = run.lock(&run.accepted).clone();
+    let record = record_of(
+        &run,
+        Finished {
+            started_at_ms,
+            sale_id,
+            opens_at,
+            attempt_phase,
+            accepted: accepted.len() as u64,
+            decided,
+            paid: paid.load(Ordering::Relaxed),
+            tallies,
+            samples,
+        },
+    );
+    Ok(CrowdOutcome {
+        record,
+        tickets: accepted.into_iter().map(|(t, _)| t).collect(),
+    })
+}
+
+impl Run {
+    /// A run's shared state before sign-in: `scenario.users` people (the first
+    /// `scenario.bots()` of them bots) named after `run_id`.
+    fn new(scenario: Scenario, target: Target, run_id: &str, start: Instant) -> Run {
+        let bots = scenario.bots();
+        let people = (0..scenario.users)
+            .map(|i| {
+                Mutex::new(Person {
+                    name: format!("lt{run_id}-{i}"),
+                    cookie: String::new(),
+                    bot: i < bots,
+                    token: None,
+                    not_before: start,
+                    accepted: false,
+                    done: false,
+                })
+            })
+            .collect();
+        Run {
+            deadline: start + Duration::from_millis(scenario.deadline_ms),
+            attempts_left: AtomicU64::new(scenario.attempts),
+            scenario,
+            target,
+            sale: AtomicU64::new(0),
+            people,
+            start,
+            opened: Mutex::new(None),
+            accepted: Mutex::new(Vec::new()),
+            spent_tokens: Mutex::new(Vec::new()),
+            first_sold_out: Mutex::new(None),
+            bots_refused: AtomicU64::new(0),
+            bots_accepted: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
         }
-        for (s, sec) in t.seconds {
-            let into = seconds.entry(s).or_insert_with(|| Second {
-                t_s: s,
-                ..Second::default()
-            });
-            into.requests += sec.requests;
-            into.attempts += sec.attempts;
-            for (o, n) in sec.outcomes {
-                *into.outcomes.entry(o).or_default() += n;
+    }
+}
+
+/// The sale id of the run: one above every existing sale.
+async fn next_sale_id(run: &Run, admin: &mut Conn) -> Result<u64, CrowdError> {
+    let auth = admin_auth(run);
+    let listed = admin
+        .send(request(
+            "GET",
+            "/admin/api/sales",
+            &[("authorization", &auth)],
+            None,
+        ))
+        .await
+        .map_err(|e| CrowdError::Setup(e.to_string()))?;
+    if !listed.status.is_success() {
+        return Err(CrowdError::Setup(format!(
+            "listing sales: {} (is the admin secret right?)",
+            listed.status
+        )));
+    }
+    Ok(listed.json()["sales"].as_array().map_or(0, |s| {
+        s.iter()
+            .filter_map(|x| x["sale"]["id"].as_u64())
+            .max()
+            .unwrap_or(0)
+    }) + 1)
+}
+
+/// Phase 1 on every connection; an error unless everyone signed in.
+async fn sign_in_everyone(run: &Arc<Run>) -> Result<Vec<Tally>, CrowdError> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let tallies = in_parallel(run.scenario.connections, || {
+        sign_in(run.clone(), next.clone())
+    })
+    .await;
+    let signed_in = run
+        .people
+        .iter()
+        .filter(|p| !run.lock(p).cookie.is_empty())
+        .count();
+    if signed_in < run.people.len() {
+        return Err(CrowdError::Setup(format!(
+            "only {signed_in} of {} people could sign in",
+            run.people.len()
+        )));
+    }
+    Ok(tallies)
+}
+
+/// Creates the run's sale, opening `opens_in_ms` from now; returns when it opens.
+async fn create_sale(run: &Run, admin: &mut Conn, run_id: &str) -> Result<Instant, CrowdError> {
+    let auth = admin_auth(run);
+    let opens_at_ms = gateway::app::now_ms() + run.scenario.opens_in_ms;
+    let created = admin
+        .send(request(
+            "POST",
+            "/admin/api/sales",
+            &[("authorization", &auth)],
+            Some(&json!({
+                "id": run.sale(),
+                "name": format!("load test {run_id}"),
+                "price_cents": 1999,
+                "units": run.scenario.units,
+                "starts_at_ms": opens_at_ms,
+                "pay_window_ms": run.scenario.pay_window_ms,
+            })),
+        ))
+        .await
+        .map_err(|e| CrowdError::Setup(e.to_string()))?;
+    if created.status.as_u16() != 201 {
+        return Err(CrowdError::Setup(format!(
+            "creating the sale: {} {}",
+            created.status,
+            String::from_utf8_lossy(&created.body)
+        )));
+    }
+    Ok(Instant::now() + Duration::from_millis(run.scenario.opens_in_ms))
+}
+
+/// The orders the buyers pay (a `pay_share` of them), with their buyers' cookies.
+fn choose_payments(run: &Run, decided: &[Decision]) -> Vec<(String, String)> {
+    let mut to_pay = Vec::new();
+    for d in decided {
+        if let Some(order) = &d.order_id
+            && rand::rng().random_bool(run.scenario.pay_share)
+        {
+            to_pay.push((order.clone(), run.lock(&run.people[d.who]).cookie.clone()));
+        }
+    }
+    to_pay
+}
+
+/// What the phases left for the record.
+#[derive(Debug)]
+struct Finished {
+    started_at_ms: u64,
+    sale_id: u64,
+    opens_at: Instant,
+    attempt_phase: Duration,
+    /// Purchases accepted (202 with a ticket).
+    accepted: u64,
+    decided: Vec<Decision>,
+    paid: u64,
+    tallies: Vec<Tally>,
+    samples: Vec<(u32, Value)>,
+}
+
+/// Every connection's figures added up.
+#[derive(Debug, Default)]
+struct Merged {
+    latency: HashMap<(&'static str, String), Histogram<u64>>,
+    seconds: BTreeMap<u32, Second>,
+    errors: u64,
+    requests: u64,
+    attempts: u64,
+}
+
+impl Merged {
+    fn of(tallies: Vec<Tally>) -> Merged {
+        let mut m = Merged::default();
+        for t in tallies {
+            m.errors += t.errors;
+            m.requests += t.requests;
+            m.attempts += t.attempts;
+            for (k, h) in t.latency {
+                let _ = m.latency.entry(k).or_insert_with(new_histogram).add(&h);
+            }
+            for (s, sec) in t.seconds {
+                let into = m.seconds.entry(s).or_insert_with(|| Second {
+                    t_s: s,
+                    ..Second::default()
+                });
+                into.requests += sec.requests;
+                into.attempts += sec.attempts;
+                for (o, n) in sec.outcomes {
+                    *into.outcomes.entry(o).or_default() += n;
+                }
             }
         }
+        m
     }
-    let mut peak_backlog = 0;
-    for (t_s, body) in &samples {
-        let c = &body["current"];
-        let into = seconds.entry(*t_s).or_insert_with(|| Second {
-            t_s: *t_s,
-            ..Second::default()
-        });
-        into.backlog = c["lag"].as_u64();
-        into.enqueued_per_s = c["enqueue_rate"].as_f64();
-        into.drained_per_s = c["drain_rate"].as_f64();
-        into.orders = c["orders"].as_u64();
-        peak_backlog = peak_backlog.max(into.backlog.unwrap_or(0));
-    }
-    let mut by_route: BTreeMap<String, BTreeMap<String, Latency>> = BTreeMap::new();
-    let mut route_all: HashMap<&'static str, Histogram<u64>> = HashMap::new();
-    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    for ((route, outcome), h) in &latency {
-        by_route
-            .entry(route.to_string())
-            .or_default()
-            .insert(outcome.clone(), latency_of(h));
-        let _ = route_all.entry(route).or_insert_with(new_histogram).add(h);
-        if matches!(*route, "token" | "purchase") {
-            *outcomes.entry(outcome.clone()).or_default() += h.len();
+
+    /// Adds the sampler's figures to their seconds; returns the highest backlog seen.
+    fn add_samples(&mut self, samples: &[(u32, Value)]) -> u64 {
+        let mut peak_backlog = 0;
+        for (t_s, body) in samples {
+            let c = &body["current"];
+            let into = self.seconds.entry(*t_s).or_insert_with(|| Second {
+                t_s: *t_s,
+                ..Second::default()
+            });
+            into.backlog = c["lag"].as_u64();
+            into.enqueued_per_s = c["enqueue_rate"].as_f64();
+            into.drained_per_s = c["drain_rate"].as_f64();
+            into.orders = c["orders"].as_u64();
+            peak_backlog = peak_backlog.max(into.backlog.unwrap_or(0));
         }
+        peak_backlog
     }
-    for (route, h) in &route_all {
-        by_route
-            .entry(route.to_string())
-            .or_default()
-            .insert("all".into(), latency_of(h));
+
+    /// Latency by route, then outcome (`all` for each route's outcomes together), and the
+    /// answers to purchase attempts (token and purchase routes) by outcome.
+    fn by_route(
+        &self,
+    ) -> (
+        BTreeMap<String, BTreeMap<String, Latency>>,
+        BTreeMap<String, u64>,
+    ) {
+        let mut by_route: BTreeMap<String, BTreeMap<String, Latency>> = BTreeMap::new();
+        let mut route_all: HashMap<&'static str, Histogram<u64>> = HashMap::new();
+        let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+        for ((route, outcome), h) in &self.latency {
+            by_route
+                .entry(route.to_string())
+                .or_default()
+                .insert(outcome.clone(), latency_of(h));
+            let _ = route_all.entry(route).or_insert_with(new_histogram).add(h);
+            if matches!(*route, "token" | "purchase") {
+                *outcomes.entry(outcome.clone()).or_default() += h.len();
+            }
+        }
+        for (route, h) in &route_all {
+            by_route
+                .entry(route.to_string())
+                .or_default()
+                .insert("all".into(), latency_of(h));
+        }
+        (by_route, outcomes)
     }
-    let accepted_list = run.lock(&run.accepted).clone();
-    let ordered = decided.iter().filter(|d| d.order_id.is_some()).count() as u64;
+}
+
+/// The run's record from what its phases left.
+fn record_of(run: &Run, f: Finished) -> RunRecord {
+    let mut merged = Merged::of(f.tallies);
+    let peak_backlog = merged.add_samples(&f.samples);
+    let (latency, outcomes) = merged.by_route();
+    let ordered = f.decided.iter().filter(|d| d.order_id.is_some()).count() as u64;
     let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
-    for d in &decided {
+    for d in &f.decided {
         if let Some(r) = &d.reason {
             *rejected.entry(r.clone()).or_default() += 1;
         }
     }
+    let opens_at = f.opens_at;
     let since_open = |at: Instant| {
         u64::try_from(at.saturating_duration_since(opens_at).as_millis()).unwrap_or(u64::MAX)
     };
-    let record = RunRecord {
+    RunRecord {
         scenario: run.scenario.name.clone(),
         settings: serde_json::to_value(&run.scenario).unwrap_or(Value::Null),
         target: run.target.label.clone(),
-        started_at_ms,
-        sale_opened_after_ms: u64::try_from(opens_at.saturating_duration_since(start).as_millis())
-            .unwrap_or(0),
-        sale_id,
+        started_at_ms: f.started_at_ms,
+        sale_opened_after_ms: u64::try_from(
+            opens_at.saturating_duration_since(run.start).as_millis(),
+        )
+        .unwrap_or(0),
+        sale_id: f.sale_id,
         units: run.scenario.units,
         users: run.scenario.users,
-        attempts,
-        requests,
-        attempt_phase_ms: u64::try_from(attempt_phase.as_millis()).unwrap_or(u64::MAX),
-        attempts_per_s: attempts as f64 / attempt_phase.as_secs_f64().max(1e-9),
+        attempts: merged.attempts,
+        requests: merged.requests,
+        attempt_phase_ms: u64::try_from(f.attempt_phase.as_millis()).unwrap_or(u64::MAX),
+        attempts_per_s: merged.attempts as f64 / f.attempt_phase.as_secs_f64().max(1e-9),
         outcomes,
-        accepted: accepted_list.len() as u64,
+        accepted: f.accepted,
         ordered,
         rejected,
-        unresolved: (accepted_list.len() - decided.len()) as u64,
-        paid: paid.load(Ordering::Relaxed),
+        unresolved: f.accepted - f.decided.len() as u64,
+        paid: f.paid,
         bots_refused: run.bots_refused.load(Ordering::Relaxed),
         bots_accepted: run.bots_accepted.load(Ordering::Relaxed),
         sold_out_after_ms: run.lock(&run.first_sold_out).map(since_open),
-        last_decision_after_ms: decided.iter().map(|d| d.at).max().map(since_open),
+        last_decision_after_ms: f.decided.iter().map(|d| d.at).max().map(since_open),
         peak_backlog,
-        errors,
-        latency: by_route,
-        timeline: seconds.into_values().collect(),
+        errors: merged.errors,
+        latency,
+        timeline: merged.seconds.into_values().collect(),
         audit: None,
-    };
-    Ok(CrowdOutcome {
-        record,
-        tickets: accepted_list.into_iter().map(|(t, _)| t).collect(),
-    })
+    }
 }
