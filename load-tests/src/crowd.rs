@@ -15,6 +15,11 @@
 //! A sampler reads the system's live figures (`/admin/api/live`) every second for the
 //! backlog, enqueue and drain rates and orders. Latency is recorded per route and outcome
 //! in HDR histograms; counts per second per outcome.
+//!
+//! Every random choice (who acts, bots' tricks, think times, repeat clicks, who pays, the
+//! run id) comes from the run's seed ([`seed_of`]: the scenario's, [`SEED_ENV`]'s or a
+//! random one, printed at start and recorded with the settings): one RNG for the run and
+//! one per spike connection, so the connections share no RNG lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -24,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use loadgen::{Answer, Conn, request};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::record::{Latency, RunRecord, Second};
@@ -46,6 +52,15 @@ const THINK_MS: std::ops::Range<u64> = 100..600;
 const LATENCY_MAX_US: u64 = 60_000_000;
 /// Tickets polled at once per connection before it moves on.
 const TICKET_POLL_PAUSE: Duration = Duration::from_millis(100);
+/// The environment variable a run's seed is read from when the scenario names none (the
+/// `load-tests` binary's `--seed` reads it too), so that a test's crowd can be replayed.
+pub const SEED_ENV: &str = "LOAD_TESTS_SEED";
+/// Spreads the stream numbers of one seed apart (the 64-bit golden ratio), so that the
+/// streams of nearby seeds do not coincide.
+const STREAM_SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+/// The stream of the run itself (its id, who pays); spike connection `i` has stream
+/// `1 + i`.
+const RUN_STREAM: u64 = 0;
 
 /// The system under test.
 #[derive(Debug, Clone)]
@@ -75,6 +90,9 @@ pub enum CrowdError {
     /// A set-up step (sign-in, creating the sale) failed.
     #[error("setup: {0}")]
     Setup(String),
+    /// The seed in the environment is not a number.
+    #[error("{SEED_ENV}={0:?} is not a seed (an unsigned 64-bit number)")]
+    Seed(String),
 }
 
 /// What a run produced.
@@ -84,6 +102,26 @@ pub struct CrowdOutcome {
     pub record: RunRecord,
     /// Every ticket the system accepted (202), for the auditor.
     pub tickets: Vec<String>,
+    /// The seed of the run's random choices (also in `record.settings`).
+    pub seed: u64,
+}
+
+/// The seed of a run: the scenario's, else [`SEED_ENV`]'s, else a random one.
+pub fn seed_of(scenario: &Scenario) -> Result<u64, CrowdError> {
+    if let Some(seed) = scenario.seed {
+        return Ok(seed);
+    }
+    match std::env::var(SEED_ENV) {
+        Ok(v) => v.trim().parse().map_err(|_| CrowdError::Seed(v)),
+        Err(_) => Ok(rand::random()),
+    }
+}
+
+/// The random stream `stream` of a run seeded with `seed`. Each concurrent task has its
+/// own, so tasks share no RNG (and no lock on one), and each task's choices replay from the
+/// seed; which task meets which person still depends on timing.
+fn rng_of(seed: u64, stream: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ stream.wrapping_mul(STREAM_SPREAD))
 }
 
 #[derive(Debug)]
@@ -170,6 +208,8 @@ fn retry_after(a: &Answer) -> Option<Duration> {
 struct Run {
     scenario: Scenario,
     target: Target,
+    /// The seed every random choice of the run derives from.
+    seed: u64,
     sale: AtomicU64,
     people: Vec<Mutex<Person>>,
     start: Instant,
@@ -313,10 +353,11 @@ async fn ramp(run: Arc<Run>, next: Arc<AtomicUsize>, opens_at: Instant) -> Tally
     tally
 }
 
-/// Phase 3: the spike.
-async fn spike(run: Arc<Run>) -> Tally {
+/// Phase 3: the spike, on connection `index`.
+async fn spike(run: Arc<Run>, index: usize) -> Tally {
     let mut task = SpikeTask {
         paths: SalePaths::of(run.sale()),
+        rng: rng_of(run.seed, 1 + index as u64),
         run,
         conn: None,
         tally: Tally::default(),
@@ -369,13 +410,15 @@ struct SpikeTask {
     paths: SalePaths,
     conn: Option<Conn>,
     tally: Tally,
+    /// This connection's random choices: who acts, bots' tricks, think times, repeats.
+    rng: StdRng,
 }
 
 impl SpikeTask {
     /// Someone ready to act (not done, not waiting), after at most [`PICK_TRIES`] draws.
     fn pick_ready(&mut self) -> Option<usize> {
         for _ in 0..PICK_TRIES {
-            let i = rand::rng().random_range(0..self.run.people.len());
+            let i = self.rng.random_range(0..self.run.people.len());
             let p = self.run.lock(&self.run.people[i]);
             if !p.done && p.not_before <= Instant::now() {
                 return Some(i);
@@ -389,7 +432,7 @@ impl SpikeTask {
         let run = &self.run;
         run.lock(&run.people[i]).not_before = Instant::now() + BOT_PAUSE;
         // Rapid repeats of the three tricks; each must be refused.
-        let trick = rand::rng().random_range(0..3);
+        let trick = self.rng.random_range(0..3);
         let reused = run.lock(&run.spent_tokens).first().cloned();
         let route = if trick == 0 || (trick == 1 && reused.is_some()) {
             "purchase"
@@ -401,7 +444,7 @@ impl SpikeTask {
                 "POST",
                 &self.paths.purchase,
                 &[("cookie", cookie)],
-                Some(&json!({"token": format!("forged.{:032x}", rand::random::<u128>())})),
+                Some(&json!({"token": format!("forged.{:032x}", self.rng.random::<u128>())})),
             ),
             (1, Some(spent)) => request(
                 "POST",
@@ -435,7 +478,7 @@ impl SpikeTask {
     async fn human(&mut self, i: usize, cookie: &str, mut token: Option<String>) {
         loop {
             let now = Instant::now();
-            let think = Duration::from_millis(rand::rng().random_range(THINK_MS));
+            let think = Duration::from_millis(self.rng.random_range(THINK_MS));
             let Some(held) = token.take() else {
                 match self.ask_token(i, cookie, now, think).await {
                     // The purchase right after takes one more attempt from the budget.
@@ -518,7 +561,7 @@ impl SpikeTask {
                 p.accepted = true;
                 // Some people click again with the same token (a double click), which
                 // must be refused; the rest are done.
-                if rand::rng().random_bool(run.scenario.repeat_share) {
+                if self.rng.random_bool(run.scenario.repeat_share) {
                     p.not_before = now;
                 } else {
                     finish(run, &mut p);
@@ -753,12 +796,13 @@ fn latency_of(h: &Histogram<u64>) -> Latency {
     }
 }
 
+/// Runs `make(i)` for `i` in `0..n` as `n` tasks and collects their figures.
 async fn in_parallel<F, Fut>(n: usize, make: F) -> Vec<Tally>
 where
-    F: Fn() -> Fut,
+    F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Tally> + Send + 'static,
 {
-    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(make())).collect();
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(make(i))).collect();
     let mut out = Vec::with_capacity(n);
     for t in tasks {
         if let Ok(tally) = t.await {
@@ -770,7 +814,7 @@ where
 
 /// Runs the scenario's flash crowd against `target`.
 pub async fn run(
-    scenario: Scenario,
+    mut scenario: Scenario,
     target: Target,
     progress: bool,
 ) -> Result<CrowdOutcome, CrowdError> {
@@ -778,10 +822,17 @@ pub async fn run(
     if !target.addr.ip().is_loopback() {
         return Err(CrowdError::NotLoopback(target.addr));
     }
+    let seed = seed_of(&scenario)?;
+    // Recorded with the scenario's settings (run.json, report.md).
+    scenario.seed = Some(seed);
+    eprintln!(
+        "load-tests: seed {seed} (replay the crowd's choices with --seed {seed} or {SEED_ENV}={seed})"
+    );
+    let mut rng = rng_of(seed, RUN_STREAM);
     let started_at_ms = gateway::app::now_ms();
     let start = Instant::now();
-    let run_id = format!("{:08x}", rand::random::<u32>());
-    let run = Arc::new(Run::new(scenario, target, &run_id, start));
+    let run_id = format!("{:08x}", rng.random::<u32>());
+    let run = Arc::new(Run::new(scenario, target, seed, &run_id, start));
     let connections = run.scenario.connections;
     let mut tallies = Vec::new();
     let mut admin = Conn::connect(run.target.addr)
@@ -799,17 +850,17 @@ pub async fn run(
     let sampling_done = Arc::new(AtomicBool::new(false));
     let sampler_task = tokio::spawn(sampler(run.clone(), sampling_done.clone(), progress));
     let next = Arc::new(AtomicUsize::new(0));
-    tallies.extend(in_parallel(connections, || ramp(run.clone(), next.clone(), opens_at)).await);
+    tallies.extend(in_parallel(connections, |_| ramp(run.clone(), next.clone(), opens_at)).await);
 
     // 3. The spike.
-    tallies.extend(in_parallel(connections, || spike(run.clone())).await);
+    tallies.extend(in_parallel(connections, |i| spike(run.clone(), i)).await);
     let attempt_phase = opens_at.elapsed();
 
     // 4. Decisions.
     let work = Arc::new(Mutex::new(run.lock(&run.accepted).clone()));
     let results = Arc::new(Mutex::new(Vec::new()));
     tallies.extend(
-        in_parallel(connections.min(64), || {
+        in_parallel(connections.min(64), |_| {
             decisions(run.clone(), work.clone(), results.clone())
         })
         .await,
@@ -818,9 +869,9 @@ pub async fn run(
 
     // 5. Payment of a share of the orders.
     let paid = Arc::new(AtomicU64::new(0));
-    let pay_work = Arc::new(Mutex::new(choose_payments(&run, &decided)));
+    let pay_work = Arc::new(Mutex::new(choose_payments(&run, &decided, &mut rng)));
     tallies.extend(
-        in_parallel(connections.min(64), || {
+        in_parallel(connections.min(64), |_| {
             pay(run.clone(), pay_work.clone(), paid.clone())
         })
         .await,
@@ -846,13 +897,14 @@ pub async fn run(
     Ok(CrowdOutcome {
         record,
         tickets: accepted.into_iter().map(|(t, _)| t).collect(),
+        seed,
     })
 }
 
 impl Run {
     /// A run's shared state before sign-in: `scenario.users` people (the first
     /// `scenario.bots()` of them bots) named after `run_id`.
-    fn new(scenario: Scenario, target: Target, run_id: &str, start: Instant) -> Run {
+    fn new(scenario: Scenario, target: Target, seed: u64, run_id: &str, start: Instant) -> Run {
         let bots = scenario.bots();
         let people = (0..scenario.users)
             .map(|i| {
@@ -872,6 +924,7 @@ impl Run {
             attempts_left: AtomicU64::new(scenario.attempts),
             scenario,
             target,
+            seed,
             sale: AtomicU64::new(0),
             people,
             start,
@@ -916,7 +969,7 @@ async fn next_sale_id(run: &Run, admin: &mut Conn) -> Result<u64, CrowdError> {
 /// Phase 1 on every connection; an error unless everyone signed in.
 async fn sign_in_everyone(run: &Arc<Run>) -> Result<Vec<Tally>, CrowdError> {
     let next = Arc::new(AtomicUsize::new(0));
-    let tallies = in_parallel(run.scenario.connections, || {
+    let tallies = in_parallel(run.scenario.connections, |_| {
         sign_in(run.clone(), next.clone())
     })
     .await;
@@ -965,11 +1018,11 @@ async fn create_sale(run: &Run, admin: &mut Conn, run_id: &str) -> Result<Instan
 }
 
 /// The orders the buyers pay (a `pay_share` of them), with their buyers' cookies.
-fn choose_payments(run: &Run, decided: &[Decision]) -> Vec<(String, String)> {
+fn choose_payments(run: &Run, decided: &[Decision], rng: &mut StdRng) -> Vec<(String, String)> {
     let mut to_pay = Vec::new();
     for d in decided {
         if let Some(order) = &d.order_id
-            && rand::rng().random_bool(run.scenario.pay_share)
+            && rng.random_bool(run.scenario.pay_share)
         {
             to_pay.push((order.clone(), run.lock(&run.people[d.who]).cookie.clone()));
         }
@@ -1123,5 +1176,35 @@ fn record_of(run: &Run, f: Finished) -> RunRecord {
         latency,
         timeline: merged.seconds.into_values().collect(),
         audit: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_the_same_streams_and_each_stream_its_own() {
+        let draw = |seed, stream| {
+            let mut rng = rng_of(seed, stream);
+            (0..8).map(|_| rng.random::<u64>()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(42, RUN_STREAM), draw(42, RUN_STREAM));
+        assert_eq!(draw(42, 3), draw(42, 3));
+        assert_ne!(draw(42, RUN_STREAM), draw(42, 1));
+        assert_ne!(draw(42, 1), draw(42, 2));
+        assert_ne!(draw(42, 1), draw(43, 1));
+    }
+
+    #[test]
+    fn the_scenario_seed_comes_first_and_is_recorded_with_the_settings() {
+        let mut s = Scenario::preset("ci").expect("ci");
+        s.seed = Some(7);
+        assert_eq!(seed_of(&s).expect("a seed"), 7);
+        let settings = serde_json::to_value(&s).expect("settings");
+        assert_eq!(settings["seed"], json!(7));
+        s.seed = None;
+        let settings = serde_json::to_value(&s).expect("settings");
+        assert!(settings.get("seed").is_none(), "{settings}");
     }
 }

@@ -52,6 +52,11 @@ struct ScenarioArgs {
     /// Override: concurrent connections.
     #[arg(long)]
     connections: Option<usize>,
+    /// The seed of the crowd's random choices (who acts, bots' tricks, think times, repeat
+    /// clicks, who pays, the run id), to replay a run; default: a random one. Every run
+    /// prints its seed at start and records it in run.json and report.md.
+    #[arg(long, env = crowd::SEED_ENV)]
+    seed: Option<u64>,
     /// Where the report goes (run.json, report.md, throughput.svg, latency.svg).
     #[arg(long, default_value = "target/load-tests")]
     out: PathBuf,
@@ -81,6 +86,7 @@ impl ScenarioArgs {
         if let Some(v) = self.connections {
             s.connections = v;
         }
+        s.seed = self.seed;
         s.validate()?;
         Ok(s)
     }
@@ -299,6 +305,7 @@ async fn demo(
     let last_order_after_ms = last_order_ms(&system.db, outcome.record.sale_id)
         .await
         .map(|t| t.saturating_sub(opened_ms));
+    let outcome_seed = outcome.seed;
     let mut record = outcome.record;
     // The tickets are polled after the spike, so the poll's last sight of a decision is no
     // earlier than the spike's end; with the database at hand, the last order's own time.
@@ -319,6 +326,7 @@ async fn demo(
         let summary = serde_json::json!({
             "benchmark": "end-to-end flash crowd",
             "scenario": record.scenario,
+            "seed": outcome_seed,
             "target": record.target,
             "units": record.units,
             "users": record.users,

@@ -128,6 +128,9 @@ fn write_headline(md: &mut String, r: &RunRecord, scenario: &str) -> std::fmt::R
     writeln!(md, "| --- | ---: |")?;
     let mut row = |k: &str, v: String| writeln!(md, "| {} | {} |", k, cell(&v));
     row("Scenario", scenario.to_string())?;
+    if let Some(seed) = r.settings.get("seed").and_then(serde_json::Value::as_u64) {
+        row("Seed (`--seed`)", seed.to_string())?;
+    }
     row(
         "Target",
         if r.target.is_empty() {
@@ -1004,4 +1007,24 @@ fn utc(epoch_ms: u64) -> String {
         rem % 60,
         epoch_ms % 1000
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_headline_names_the_seed_when_the_settings_hold_one() {
+        let mut record = RunRecord {
+            settings: serde_json::json!({ "units": 5, "seed": 12345 }),
+            ..RunRecord::default()
+        };
+        assert!(
+            to_markdown(&record).contains("| Seed (`--seed`) | 12345 |"),
+            "{}",
+            to_markdown(&record)
+        );
+        record.settings = serde_json::json!({ "units": 5 });
+        assert!(!to_markdown(&record).contains("Seed"));
+    }
 }

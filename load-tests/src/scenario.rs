@@ -44,6 +44,11 @@ pub struct Scenario {
     pub connections: usize,
     /// The whole run stops by then, whatever is left.
     pub deadline_ms: u64,
+    /// The seed of the crowd's random choices (who acts, bots' tricks, think times, repeat
+    /// clicks, who pays, the run id); `None`: the `LOAD_TESTS_SEED` environment variable's,
+    /// else a random one. A run records the seed it used here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Scenario {
@@ -62,6 +67,7 @@ impl Scenario {
             pay_window_ms: 600_000,
             connections: 32,
             deadline_ms: 120_000,
+            seed: None,
         };
         match name {
             "ci" => Some(base),
