@@ -579,9 +579,16 @@ where
     qb
 }
 
-/// What a ticket's outcome row says: `Ok(None)` ordered, `Ok(Some(reason))` rejected,
-/// `Err(why)` inconsistent.
-type Verdict = Result<Option<String>, String>;
+/// What a ticket's outcome row says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// An order, which exists.
+    Ordered,
+    /// Rejected, with this reason.
+    Rejected(String),
+    /// Neither: why the row does not add up.
+    Inconsistent(String),
+}
 
 /// Judges one row of [`outcomes_query`]: the ticket and its verdict.
 fn outcome_verdict<R>(r: &R) -> Result<(String, Verdict), sqlx::Error>
@@ -596,10 +603,12 @@ where
     let reason: Option<String> = r.try_get(3)?;
     let order_row: Option<String> = r.try_get(4)?;
     let verdict = match (outcome.as_str(), order_id, reason) {
-        ("ordered", Some(_), _) if order_row.is_some() => Ok(None),
-        ("ordered", Some(id), _) => Err(format!("ordered as {id}, no such order")),
-        ("rejected", None, Some(why)) if !why.trim().is_empty() => Ok(Some(why)),
-        (o, _, _) => Err(format!("outcome {o:?} without its order or reason")),
+        ("ordered", Some(_), _) if order_row.is_some() => Verdict::Ordered,
+        ("ordered", Some(id), _) => {
+            Verdict::Inconsistent(format!("ordered as {id}, no such order"))
+        }
+        ("rejected", None, Some(why)) if !why.trim().is_empty() => Verdict::Rejected(why),
+        (o, _, _) => Verdict::Inconsistent(format!("outcome {o:?} without its order or reason")),
     };
     Ok((ticket, verdict))
 }
@@ -616,8 +625,8 @@ impl TicketTally {
                         self.missing_listed.push((*t).to_string());
                     }
                 }
-                Some(Ok(None)) => self.ordered += 1,
-                Some(Ok(Some(why))) => {
+                Some(Verdict::Ordered) => self.ordered += 1,
+                Some(Verdict::Rejected(why)) => {
                     let key = if self.rejected.len() < REASONS_COUNTED_MAX
                         || self.rejected.contains_key(&why)
                     {
@@ -627,7 +636,7 @@ impl TicketTally {
                     };
                     *self.rejected.entry(key).or_default() += 1;
                 }
-                Some(Err(why)) => {
+                Some(Verdict::Inconsistent(why)) => {
                     self.inconsistent += 1;
                     if self.inconsistent_listed.len() < OFFENDERS_LISTED_MAX {
                         self.inconsistent_listed.push(format!("{t}: {why}"));

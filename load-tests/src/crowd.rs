@@ -34,7 +34,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::record::{Latency, RunRecord, Second};
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, ScenarioError};
 
 /// Header of the load-test secret (the gateway's).
 pub const LOAD_TEST_HEADER: &str = gateway::app::LOAD_TEST_HEADER;
@@ -83,7 +83,7 @@ pub enum CrowdError {
     NotLoopback(SocketAddr),
     /// A bad scenario.
     #[error("scenario: {0}")]
-    Scenario(String),
+    Scenario(#[from] ScenarioError),
     /// Connecting failed.
     #[error("connect: {0}")]
     Connect(String),
@@ -818,7 +818,7 @@ pub async fn run(
     target: Target,
     progress: bool,
 ) -> Result<CrowdOutcome, CrowdError> {
-    scenario.validate().map_err(CrowdError::Scenario)?;
+    scenario.validate()?;
     if !target.addr.ip().is_loopback() {
         return Err(CrowdError::NotLoopback(target.addr));
     }
