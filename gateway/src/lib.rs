@@ -27,8 +27,6 @@
 //!   sign-in and CSRF protection; [`live`]: the dashboard's figures, sampled every second.
 //! - [`error`]: the JSON error type.
 //! - [`publisher`]: batches accepted purchases into `publish_each` calls.
-//! - [`loadgen`]: a keep-alive HTTP/1.1 client and closed-loop load driver (the benchmark
-//!   and the real-socket tests use it).
 
 pub mod admin;
 pub mod app;
@@ -36,7 +34,6 @@ pub mod captcha;
 pub mod error;
 pub mod ledger;
 pub mod live;
-pub mod loadgen;
 pub mod orders;
 pub mod pages;
 pub mod publisher;

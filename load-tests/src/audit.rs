@@ -391,68 +391,282 @@ fn sale_u64(id: i64) -> u64 {
     u64::try_from(id).unwrap_or(0)
 }
 
+/// What one audit reads: the sales asked for and the tickets, each once.
+struct AuditScope<'a> {
+    /// The sales asked for, ascending; `None`: every sale.
+    wanted: Option<Vec<i64>>,
+    /// The tickets, once each, in the order given.
+    tickets: Vec<&'a str>,
+}
+
+impl<'a> AuditScope<'a> {
+    /// Checks the input's bounds and removes repeats.
+    fn of(input: &'a AuditInput) -> Result<AuditScope<'a>, AuditError> {
+        let wanted: Option<Vec<i64>> = match &input.sales {
+            None => None,
+            Some(list) => {
+                let mut ids = list
+                    .iter()
+                    .map(|s| to_i64(*s, "sale id"))
+                    .collect::<Result<Vec<i64>, _>>()?;
+                ids.sort_unstable();
+                ids.dedup();
+                if ids.len() > order_worker::db::SALES_MAX {
+                    return Err(AuditError::Invalid(format!(
+                        "at most {} sales an audit",
+                        order_worker::db::SALES_MAX
+                    )));
+                }
+                Some(ids)
+            }
+        };
+        if input.tickets.len() > AUDIT_TICKETS_MAX {
+            return Err(AuditError::Invalid(format!(
+                "at most {AUDIT_TICKETS_MAX} tickets an audit"
+            )));
+        }
+        let mut seen: HashSet<&str> = HashSet::with_capacity(input.tickets.len());
+        let tickets: Vec<&str> = input
+            .tickets
+            .iter()
+            .map(String::as_str)
+            .filter(|t| seen.insert(t))
+            .collect();
+        Ok(AuditScope { wanted, tickets })
+    }
+
+    /// Statements over the whole table (`None`) or over chunks of the sales asked for.
+    fn sale_chunks(&self) -> Vec<Option<&[i64]>> {
+        match &self.wanted {
+            None => vec![None],
+            Some(ids) => ids.chunks(AUDIT_SALES_CHUNK).map(Some).collect(),
+        }
+    }
+}
+
+// The statements of the snapshot, built for whichever backend runs them (the values they
+// bind are integers and strings, which both backends encode).
+
+/// Sales with their order counts (one statement: one consistent row per sale).
+fn sales_query<DB>(scope: Option<&[i64]>) -> QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut qb = QueryBuilder::new(
+        "SELECT s.id, s.units, s.units_left, \
+         COALESCE(SUM(CASE WHEN o.status = 'pending' THEN 1 ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN o.status = 'paid' THEN 1 ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN o.status = 'cancelled' THEN 1 ELSE 0 END), 0) \
+         FROM sales s LEFT JOIN orders o ON o.sale_id = s.id WHERE 1 = 1",
+    );
+    if let Some(ids) = scope {
+        push_in(&mut qb, "s.id", ids);
+    }
+    qb.push(" GROUP BY s.id, s.units, s.units_left ORDER BY s.id LIMIT ");
+    qb.push_bind(order_worker::db::SALES_MAX as i64 + 1);
+    qb
+}
+
+/// Per sale, the users with more than one active order.
+fn duplicates_per_sale_query<DB>(scope: Option<&[i64]>) -> QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut qb = QueryBuilder::new(
+        "SELECT d.sale_id, COUNT(*) FROM (SELECT sale_id FROM orders \
+         WHERE status <> 'cancelled'",
+    );
+    if let Some(ids) = scope {
+        push_in(&mut qb, "sale_id", ids);
+    }
+    qb.push(" GROUP BY sale_id, user_id HAVING COUNT(*) > 1) d GROUP BY d.sale_id");
+    qb
+}
+
+/// The first [`OFFENDERS_LISTED_MAX`] (sale, user) pairs with more than one active order.
+fn duplicates_listed_query<DB>(scope: Option<&[i64]>) -> QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut qb = QueryBuilder::new(
+        "SELECT sale_id, user_id, COUNT(*) FROM orders WHERE status <> 'cancelled'",
+    );
+    if let Some(ids) = scope {
+        push_in(&mut qb, "sale_id", ids);
+    }
+    qb.push(
+        " GROUP BY sale_id, user_id HAVING COUNT(*) > 1 \
+         ORDER BY sale_id, user_id LIMIT ",
+    );
+    qb.push_bind(OFFENDERS_LISTED_MAX as i64);
+    qb
+}
+
+/// Cancellation timing per sale: overdue, paid and cancelled, paid late, cancelled late,
+/// and the latest cancellation after its pay-by time.
+fn timing_query<DB>(scope: Option<&[i64]>, overdue_before: i64) -> QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut qb = QueryBuilder::new(
+        "SELECT sale_id, \
+         COALESCE(SUM(CASE WHEN status = 'pending' AND pay_by_ms < ",
+    );
+    qb.push_bind(overdue_before);
+    qb.push(
+        " THEN 1 ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN paid_ms IS NOT NULL AND cancelled_ms IS NOT NULL \
+             THEN 1 ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN paid_ms IS NOT NULL AND paid_ms >= pay_by_ms \
+             THEN 1 ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN cancelled_ms IS NOT NULL AND cancelled_ms > pay_by_ms + ",
+    );
+    qb.push_bind(CANCEL_GRACE_MS as i64);
+    qb.push(
+        " THEN 1 ELSE 0 END), 0), \
+         MAX(cancelled_ms - pay_by_ms) \
+         FROM orders WHERE 1 = 1",
+    );
+    if let Some(ids) = scope {
+        push_in(&mut qb, "sale_id", ids);
+    }
+    qb.push(" GROUP BY sale_id");
+    qb
+}
+
+/// The first [`OFFENDERS_LISTED_MAX`] orders the timely-cancellation check fails on.
+fn timing_listed_query<DB>(scope: Option<&[i64]>, overdue_before: i64) -> QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut qb = QueryBuilder::new(
+        "SELECT id, sale_id, user_id, status, pay_by_ms, paid_ms, cancelled_ms \
+         FROM orders WHERE ((status = 'pending' AND pay_by_ms < ",
+    );
+    qb.push_bind(overdue_before);
+    qb.push(
+        ") OR (paid_ms IS NOT NULL AND cancelled_ms IS NOT NULL) \
+         OR (paid_ms IS NOT NULL AND paid_ms >= pay_by_ms))",
+    );
+    if let Some(ids) = scope {
+        push_in(&mut qb, "sale_id", ids);
+    }
+    qb.push(" ORDER BY pay_by_ms, id LIMIT ");
+    qb.push_bind(OFFENDERS_LISTED_MAX as i64);
+    qb
+}
+
+/// The outcomes of a chunk of tickets, with the id of the order each names if it exists.
+fn outcomes_query<'t, DB>(chunk: &[&'t str]) -> QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut qb = QueryBuilder::new(
+        "SELECT t.ticket, t.outcome, t.order_id, t.reason, o.id FROM outcomes t \
+         LEFT JOIN orders o ON o.id = t.order_id WHERE t.ticket IN (",
+    );
+    let mut sep = qb.separated(", ");
+    for t in chunk {
+        sep.push_bind(*t);
+    }
+    sep.push_unseparated(")");
+    qb
+}
+
+/// What a ticket's outcome row says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// An order, which exists.
+    Ordered,
+    /// Rejected, with this reason.
+    Rejected(String),
+    /// Neither: why the row does not add up.
+    Inconsistent(String),
+}
+
+/// Judges one row of [`outcomes_query`]: the ticket and its verdict.
+fn outcome_verdict<R>(r: &R) -> Result<(String, Verdict), sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let ticket: String = r.try_get(0)?;
+    let outcome: String = r.try_get(1)?;
+    let order_id: Option<String> = r.try_get(2)?;
+    let reason: Option<String> = r.try_get(3)?;
+    let order_row: Option<String> = r.try_get(4)?;
+    let verdict = match (outcome.as_str(), order_id, reason) {
+        ("ordered", Some(_), _) if order_row.is_some() => Verdict::Ordered,
+        ("ordered", Some(id), _) => {
+            Verdict::Inconsistent(format!("ordered as {id}, no such order"))
+        }
+        ("rejected", None, Some(why)) if !why.trim().is_empty() => Verdict::Rejected(why),
+        (o, _, _) => Verdict::Inconsistent(format!("outcome {o:?} without its order or reason")),
+    };
+    Ok((ticket, verdict))
+}
+
+impl TicketTally {
+    /// Counts a chunk of tickets by the verdicts found for them (a ticket without one is
+    /// missing).
+    fn count(&mut self, chunk: &[&str], mut found: HashMap<String, Verdict>) {
+        for t in chunk {
+            match found.remove(*t) {
+                None => {
+                    self.missing += 1;
+                    if self.missing_listed.len() < OFFENDERS_LISTED_MAX {
+                        self.missing_listed.push((*t).to_string());
+                    }
+                }
+                Some(Verdict::Ordered) => self.ordered += 1,
+                Some(Verdict::Rejected(why)) => {
+                    let key = if self.rejected.len() < REASONS_COUNTED_MAX
+                        || self.rejected.contains_key(&why)
+                    {
+                        why
+                    } else {
+                        "other".to_string()
+                    };
+                    *self.rejected.entry(key).or_default() += 1;
+                }
+                Some(Verdict::Inconsistent(why)) => {
+                    self.inconsistent += 1;
+                    if self.inconsistent_listed.len() < OFFENDERS_LISTED_MAX {
+                        self.inconsistent_listed.push(format!("{t}: {why}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Timing {
+    /// Whether the timely-cancellation check fails on these counts.
+    fn failing(&self) -> bool {
+        self.overdue > 0 || self.paid_and_cancelled > 0 || self.paid_late > 0
+    }
+}
+
 /// Reads the snapshot. `compare_holders`: load the active holders of the audited sales.
 async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snapshot, AuditError> {
-    // The sales asked for, once each, ascending.
-    let wanted: Option<Vec<i64>> = match &input.sales {
-        None => None,
-        Some(list) => {
-            let mut ids = list
-                .iter()
-                .map(|s| to_i64(*s, "sale id"))
-                .collect::<Result<Vec<i64>, _>>()?;
-            ids.sort_unstable();
-            ids.dedup();
-            if ids.len() > order_worker::db::SALES_MAX {
-                return Err(AuditError::Invalid(format!(
-                    "at most {} sales an audit",
-                    order_worker::db::SALES_MAX
-                )));
-            }
-            Some(ids)
-        }
-    };
-    if input.tickets.len() > AUDIT_TICKETS_MAX {
-        return Err(AuditError::Invalid(format!(
-            "at most {AUDIT_TICKETS_MAX} tickets an audit"
-        )));
-    }
-    // Statements over the whole table (`None`) or over chunks of the sales asked for.
-    let scopes: Vec<Option<&[i64]>> = match &wanted {
-        None => vec![None],
-        Some(ids) => ids.chunks(AUDIT_SALES_CHUNK).map(Some).collect(),
-    };
+    let scope = AuditScope::of(input)?;
+    let scopes = scope.sale_chunks();
     let overdue_before = to_i64(input.now_ms, "now")?.saturating_sub(CANCEL_GRACE_MS as i64);
-    let grace = CANCEL_GRACE_MS as i64;
-    let listed = OFFENDERS_LISTED_MAX as i64;
-    // The tickets, once each, in the order given.
-    let mut seen: HashSet<&str> = HashSet::with_capacity(input.tickets.len());
-    let tickets: Vec<&str> = input
-        .tickets
-        .iter()
-        .map(String::as_str)
-        .filter(|t| seen.insert(t))
-        .collect();
     let mut snap = Snapshot::default();
     snap.tickets.given = input.tickets.len();
-    snap.tickets.distinct = tickets.len();
+    snap.tickets.distinct = scope.tickets.len();
 
     in_read_tx!(&input.db, tx => {
-        // 1. Sales with their order counts (one statement: one consistent row per sale).
-        for scope in &scopes {
-            let mut qb = QueryBuilder::new(
-                "SELECT s.id, s.units, s.units_left, \
-                 COALESCE(SUM(CASE WHEN o.status = 'pending' THEN 1 ELSE 0 END), 0), \
-                 COALESCE(SUM(CASE WHEN o.status = 'paid' THEN 1 ELSE 0 END), 0), \
-                 COALESCE(SUM(CASE WHEN o.status = 'cancelled' THEN 1 ELSE 0 END), 0) \
-                 FROM sales s LEFT JOIN orders o ON o.sale_id = s.id WHERE 1 = 1",
-            );
-            if let Some(ids) = scope {
-                push_in(&mut qb, "s.id", ids);
-            }
-            qb.push(" GROUP BY s.id, s.units, s.units_left ORDER BY s.id LIMIT ");
-            qb.push_bind(order_worker::db::SALES_MAX as i64 + 1);
-            for r in qb.build().fetch_all(&mut *tx).await? {
+        // 1. Sales with their order counts.
+        for s in &scopes {
+            for r in sales_query(*s).build().fetch_all(&mut *tx).await? {
                 snap.sales.push(SaleRow {
                     id: r.try_get(0)?,
                     units: r.try_get(1)?,
@@ -471,33 +685,14 @@ async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snap
         }
 
         // 2. (sale, user) pairs with more than one active order: per sale, and the first few.
-        for scope in &scopes {
-            let mut qb = QueryBuilder::new(
-                "SELECT d.sale_id, COUNT(*) FROM (SELECT sale_id FROM orders \
-                 WHERE status <> 'cancelled'",
-            );
-            if let Some(ids) = scope {
-                push_in(&mut qb, "sale_id", ids);
-            }
-            qb.push(" GROUP BY sale_id, user_id HAVING COUNT(*) > 1) d GROUP BY d.sale_id");
-            for r in qb.build().fetch_all(&mut *tx).await? {
+        for s in &scopes {
+            for r in duplicates_per_sale_query(*s).build().fetch_all(&mut *tx).await? {
                 snap.dups_per_sale.insert(r.try_get(0)?, r.try_get(1)?);
             }
         }
         if !snap.dups_per_sale.is_empty() {
-            for scope in &scopes {
-                let mut qb = QueryBuilder::new(
-                    "SELECT sale_id, user_id, COUNT(*) FROM orders WHERE status <> 'cancelled'",
-                );
-                if let Some(ids) = scope {
-                    push_in(&mut qb, "sale_id", ids);
-                }
-                qb.push(
-                    " GROUP BY sale_id, user_id HAVING COUNT(*) > 1 \
-                     ORDER BY sale_id, user_id LIMIT ",
-                );
-                qb.push_bind(listed);
-                for r in qb.build().fetch_all(&mut *tx).await? {
+            for s in &scopes {
+                for r in duplicates_listed_query(*s).build().fetch_all(&mut *tx).await? {
                     snap.dup_listed.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
                 }
             }
@@ -505,31 +700,8 @@ async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snap
         }
 
         // 3. Cancellation timing per sale, and the first few offending orders.
-        for scope in &scopes {
-            let mut qb = QueryBuilder::new(
-                "SELECT sale_id, \
-                 COALESCE(SUM(CASE WHEN status = 'pending' AND pay_by_ms < ",
-            );
-            qb.push_bind(overdue_before);
-            qb.push(
-                " THEN 1 ELSE 0 END), 0), \
-                 COALESCE(SUM(CASE WHEN paid_ms IS NOT NULL AND cancelled_ms IS NOT NULL \
-                     THEN 1 ELSE 0 END), 0), \
-                 COALESCE(SUM(CASE WHEN paid_ms IS NOT NULL AND paid_ms >= pay_by_ms \
-                     THEN 1 ELSE 0 END), 0), \
-                 COALESCE(SUM(CASE WHEN cancelled_ms IS NOT NULL AND cancelled_ms > pay_by_ms + ",
-            );
-            qb.push_bind(grace);
-            qb.push(
-                " THEN 1 ELSE 0 END), 0), \
-                 MAX(cancelled_ms - pay_by_ms) \
-                 FROM orders WHERE 1 = 1",
-            );
-            if let Some(ids) = scope {
-                push_in(&mut qb, "sale_id", ids);
-            }
-            qb.push(" GROUP BY sale_id");
-            for r in qb.build().fetch_all(&mut *tx).await? {
+        for s in &scopes {
+            for r in timing_query(*s, overdue_before).build().fetch_all(&mut *tx).await? {
                 snap.timing.insert(
                     r.try_get(0)?,
                     Timing {
@@ -542,26 +714,9 @@ async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snap
                 );
             }
         }
-        let any_timing = snap
-            .timing
-            .values()
-            .any(|t| t.overdue > 0 || t.paid_and_cancelled > 0 || t.paid_late > 0);
-        if any_timing {
-            for scope in &scopes {
-                let mut qb = QueryBuilder::new(
-                    "SELECT id, sale_id, user_id, status, pay_by_ms, paid_ms, cancelled_ms \
-                     FROM orders WHERE ((status = 'pending' AND pay_by_ms < ",
-                );
-                qb.push_bind(overdue_before);
-                qb.push(
-                    ") OR (paid_ms IS NOT NULL AND cancelled_ms IS NOT NULL) \
-                     OR (paid_ms IS NOT NULL AND paid_ms >= pay_by_ms))",
-                );
-                if let Some(ids) = scope {
-                    push_in(&mut qb, "sale_id", ids);
-                }
-                qb.push(" ORDER BY pay_by_ms, id LIMIT ");
-                qb.push_bind(listed);
+        if snap.timing.values().any(Timing::failing) {
+            for s in &scopes {
+                let mut qb = timing_listed_query(*s, overdue_before);
                 for r in qb.build().fetch_all(&mut *tx).await? {
                     snap.timing_listed.push(OrderIssue {
                         id: r.try_get(0)?,
@@ -579,61 +734,13 @@ async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snap
         }
 
         // 4. The tickets' outcomes, in chunks.
-        for chunk in tickets.chunks(AUDIT_TICKETS_CHUNK) {
-            let mut qb = QueryBuilder::new(
-                "SELECT t.ticket, t.outcome, t.order_id, t.reason, o.id FROM outcomes t \
-                 LEFT JOIN orders o ON o.id = t.order_id WHERE t.ticket IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for t in chunk {
-                sep.push_bind(*t);
-            }
-            sep.push_unseparated(")");
-            // Ticket → Ok(reason or None for ordered) / Err(why inconsistent).
-            let mut found: HashMap<String, Result<Option<String>, String>> =
-                HashMap::with_capacity(chunk.len());
-            for r in qb.build().fetch_all(&mut *tx).await? {
-                let ticket: String = r.try_get(0)?;
-                let outcome: String = r.try_get(1)?;
-                let order_id: Option<String> = r.try_get(2)?;
-                let reason: Option<String> = r.try_get(3)?;
-                let order_row: Option<String> = r.try_get(4)?;
-                let verdict = match (outcome.as_str(), order_id, reason) {
-                    ("ordered", Some(_), _) if order_row.is_some() => Ok(None),
-                    ("ordered", Some(id), _) => Err(format!("ordered as {id}, no such order")),
-                    ("rejected", None, Some(why)) if !why.trim().is_empty() => Ok(Some(why)),
-                    (o, _, _) => Err(format!("outcome {o:?} without its order or reason")),
-                };
+        for chunk in scope.tickets.chunks(AUDIT_TICKETS_CHUNK) {
+            let mut found = HashMap::with_capacity(chunk.len());
+            for r in outcomes_query(chunk).build().fetch_all(&mut *tx).await? {
+                let (ticket, verdict) = outcome_verdict(&r)?;
                 found.insert(ticket, verdict);
             }
-            let tally = &mut snap.tickets;
-            for t in chunk {
-                match found.remove(*t) {
-                    None => {
-                        tally.missing += 1;
-                        if tally.missing_listed.len() < OFFENDERS_LISTED_MAX {
-                            tally.missing_listed.push((*t).to_string());
-                        }
-                    }
-                    Some(Ok(None)) => tally.ordered += 1,
-                    Some(Ok(Some(why))) => {
-                        let key = if tally.rejected.len() < REASONS_COUNTED_MAX
-                            || tally.rejected.contains_key(&why)
-                        {
-                            why
-                        } else {
-                            "other".to_string()
-                        };
-                        *tally.rejected.entry(key).or_default() += 1;
-                    }
-                    Some(Err(why)) => {
-                        tally.inconsistent += 1;
-                        if tally.inconsistent_listed.len() < OFFENDERS_LISTED_MAX {
-                            tally.inconsistent_listed.push(format!("{t}: {why}"));
-                        }
-                    }
-                }
-            }
+            snap.tickets.count(chunk, found);
         }
 
         // 5. The active holders of the audited sales, if their sets are compared.
@@ -660,7 +767,7 @@ async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snap
         }
     });
 
-    if let Some(ids) = &wanted {
+    if let Some(ids) = &scope.wanted {
         let found: HashSet<i64> = snap.sales.iter().map(|s| s.id).collect();
         if let Some(missing) = ids.iter().find(|id| !found.contains(id)) {
             return Err(AuditError::NoSuchSale(sale_u64(*missing)));
@@ -785,8 +892,53 @@ async fn audit_from(
 ) -> Result<AuditReport, AuditError> {
     let compare_holders = input.at_rest && matches!(source, StoreSource::Redis(_));
     let snap = read_snapshot(input, compare_holders).await?;
-
     // The store's figures (after the database: at rest nothing moves).
+    let store_reads = read_store(&snap, source, compare_holders).await?;
+    let totals = Totals::of(&snap.sales);
+    let store = match source {
+        StoreSource::None => Check::new(
+            check::CONSERVATION_STORE,
+            true,
+            "no store given: not checked".to_string(),
+        ),
+        _ => store_check(input, &snap, &store_reads, compare_holders),
+    };
+    // In the order of `check::ALL`.
+    let checks = vec![
+        no_oversell_check(&snap, &totals),
+        one_per_person_check(&snap, &totals),
+        no_lost_purchase_check(input, &snap.tickets),
+        conservation_db_check(&snap, &totals),
+        store,
+        timely_cancellation_check(input, &snap, &totals),
+        no_negative_stock_check(&snap, &store_reads, source),
+    ];
+    let sales = snap
+        .sales
+        .iter()
+        .map(|s| SaleFigures {
+            sale: sale_u64(s.id),
+            units: s.units,
+            units_left: s.units_left,
+            pending: s.pending,
+            paid: s.paid,
+            cancelled: s.cancelled,
+            store: store_reads.get(&s.id).and_then(|r| r.figures),
+        })
+        .collect();
+    Ok(AuditReport {
+        at_ms: input.now_ms,
+        checks,
+        sales,
+    })
+}
+
+/// Reads the store's figures of every sale of the snapshot (none without a store).
+async fn read_store(
+    snap: &Snapshot,
+    source: StoreSource<'_>,
+    compare_holders: bool,
+) -> Result<BTreeMap<i64, StoreRead>, AuditError> {
     let mut store_reads: BTreeMap<i64, StoreRead> = BTreeMap::new();
     for s in &snap.sales {
         let sale = sale_u64(s.id);
@@ -806,317 +958,340 @@ async fn audit_from(
         };
         store_reads.insert(s.id, read);
     }
+    Ok(store_reads)
+}
 
-    let mut checks = Vec::with_capacity(check::ALL.len());
-    let n_sales = snap.sales.len();
-    let (mut units, mut left, mut pending, mut paid, mut cancelled) =
-        (0i64, 0i64, 0i64, 0i64, 0i64);
+/// The database's figures over all audited sales.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    sales: usize,
+    units: i64,
+    left: i64,
+    pending: i64,
+    paid: i64,
+    cancelled: i64,
+    active: i64,
+}
+
+impl Totals {
+    fn of(sales: &[SaleRow]) -> Totals {
+        let (mut units, mut left, mut pending, mut paid, mut cancelled) =
+            (0i64, 0i64, 0i64, 0i64, 0i64);
+        for s in sales {
+            units = units.saturating_add(s.units);
+            left = left.saturating_add(s.units_left);
+            pending = pending.saturating_add(s.pending);
+            paid = paid.saturating_add(s.paid);
+            cancelled = cancelled.saturating_add(s.cancelled);
+        }
+        Totals {
+            sales: sales.len(),
+            units,
+            left,
+            pending,
+            paid,
+            cancelled,
+            active: pending.saturating_add(paid),
+        }
+    }
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Totals {
+            sales,
+            units,
+            left,
+            pending,
+            paid,
+            cancelled,
+            active,
+        } = self;
+        write!(
+            f,
+            "{sales} sales: {units} units, {active} active ({pending} pending, {paid} paid), \
+             {cancelled} cancelled, {left} left"
+        )
+    }
+}
+
+/// Check 1: per sale, active orders within units and units left within `0..=units`.
+fn no_oversell_check(snap: &Snapshot, totals: &Totals) -> Check {
+    let n_sales = totals.sales;
+    let mut bad = Vec::new();
+    let mut all = Vec::new();
     for s in &snap.sales {
-        units = units.saturating_add(s.units);
-        left = left.saturating_add(s.units_left);
-        pending = pending.saturating_add(s.pending);
-        paid = paid.saturating_add(s.paid);
-        cancelled = cancelled.saturating_add(s.cancelled);
-    }
-    let active = pending.saturating_add(paid);
-    let totals = format!(
-        "{n_sales} sales: {units} units, {active} active ({pending} pending, {paid} paid), \
-         {cancelled} cancelled, {left} left"
-    );
-
-    // 1. No oversell.
-    {
-        let mut bad = Vec::new();
-        let mut all = Vec::new();
-        for s in &snap.sales {
-            let a = s.pending + s.paid;
-            let line = format!(
-                "sale {}: {a}/{} active, {} left",
-                s.id, s.units, s.units_left
-            );
-            let mut why = Vec::new();
-            if a > s.units {
-                why.push(format!("{a} active > {} units", s.units));
-            }
-            if s.units_left < 0 {
-                why.push(format!("units_left {} < 0", s.units_left));
-            }
-            if s.units_left > s.units {
-                why.push(format!("units_left {} > units {}", s.units_left, s.units));
-            }
-            if !why.is_empty() {
-                bad.push(format!("sale {}: {}", s.id, why.join(", ")));
-            }
-            all.push(line);
+        let a = s.pending + s.paid;
+        let line = format!(
+            "sale {}: {a}/{} active, {} left",
+            s.id, s.units, s.units_left
+        );
+        let mut why = Vec::new();
+        if a > s.units {
+            why.push(format!("{a} active > {} units", s.units));
         }
-        let detail = if bad.is_empty() {
-            format!("{totals}; {}", per_sale(&bad, &all))
-        } else {
-            format!(
-                "{} of {n_sales} sales oversold: {}; {totals}",
-                bad.len(),
-                per_sale(&bad, &all)
-            )
-        };
-        checks.push(Check::new(check::NO_OVERSELL, bad.is_empty(), detail));
+        if s.units_left < 0 {
+            why.push(format!("units_left {} < 0", s.units_left));
+        }
+        if s.units_left > s.units {
+            why.push(format!("units_left {} > units {}", s.units_left, s.units));
+        }
+        if !why.is_empty() {
+            bad.push(format!("sale {}: {}", s.id, why.join(", ")));
+        }
+        all.push(line);
     }
+    let detail = if bad.is_empty() {
+        format!("{totals}; {}", per_sale(&bad, &all))
+    } else {
+        format!(
+            "{} of {n_sales} sales oversold: {}; {totals}",
+            bad.len(),
+            per_sale(&bad, &all)
+        )
+    };
+    Check::new(check::NO_OVERSELL, bad.is_empty(), detail)
+}
 
-    // 2. One per person.
-    {
-        let pairs: i64 = snap.dups_per_sale.values().sum();
-        let detail = if pairs == 0 {
-            format!(
-                "no (sale, user) with two active orders among {active} active orders of {n_sales} sales"
-            )
-        } else {
-            let per: Vec<String> = snap
-                .dups_per_sale
-                .iter()
-                .map(|(sale, n)| format!("sale {sale}: {n} users"))
-                .collect();
-            let rows: Vec<String> = snap
-                .dup_listed
-                .iter()
-                .map(|(sale, user, n)| format!("sale {sale} user {user:?}: {n} active"))
-                .collect();
-            format!(
-                "{pairs} (sale, user) pairs with more than one active order ({}); first: {}",
-                per_sale(&per, &per),
-                bounded(&rows, OFFENDERS_LISTED_MAX)
-            )
-        };
-        checks.push(Check::new(check::ONE_PER_PERSON, pairs == 0, detail));
-    }
-
-    // 3. No lost purchase.
-    {
-        let t = &snap.tickets;
-        let rejected: u64 = t.rejected.values().sum();
-        let reasons = t
-            .rejected
+/// Check 2: no (sale, user) with more than one active order.
+fn one_per_person_check(snap: &Snapshot, totals: &Totals) -> Check {
+    let Totals {
+        sales: n_sales,
+        active,
+        ..
+    } = *totals;
+    let pairs: i64 = snap.dups_per_sale.values().sum();
+    let detail = if pairs == 0 {
+        format!(
+            "no (sale, user) with two active orders among {active} active orders of {n_sales} sales"
+        )
+    } else {
+        let per: Vec<String> = snap
+            .dups_per_sale
             .iter()
-            .map(|(why, n)| format!("{why} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut detail = format!(
-            "{} tickets ({} distinct): {} resolved ({} ordered, {rejected} rejected{}), {} missing",
-            t.given,
-            t.distinct,
-            t.ordered + rejected,
-            t.ordered,
-            if reasons.is_empty() {
-                String::new()
-            } else {
-                format!(": {reasons}")
-            },
-            t.missing
-        );
-        if t.missing > 0 {
-            let _ = write!(
-                detail,
-                "; first missing: {}",
-                bounded(&t.missing_listed, OFFENDERS_LISTED_MAX)
-            );
-            if !input.at_rest {
-                detail.push_str(" (not at rest: some may still be queued)");
-            }
-        }
-        if t.inconsistent > 0 {
-            let _ = write!(
-                detail,
-                "; {} inconsistent: {}",
-                t.inconsistent,
-                bounded(&t.inconsistent_listed, OFFENDERS_LISTED_MAX)
-            );
-        }
-        if t.given == 0 {
-            detail.push_str(" (no tickets given)");
-        }
-        checks.push(Check::new(
-            check::NO_LOST_PURCHASE,
-            t.missing == 0 && t.inconsistent == 0,
-            detail,
-        ));
-    }
+            .map(|(sale, n)| format!("sale {sale}: {n} users"))
+            .collect();
+        let rows: Vec<String> = snap
+            .dup_listed
+            .iter()
+            .map(|(sale, user, n)| format!("sale {sale} user {user:?}: {n} active"))
+            .collect();
+        format!(
+            "{pairs} (sale, user) pairs with more than one active order ({}); first: {}",
+            per_sale(&per, &per),
+            bounded(&rows, OFFENDERS_LISTED_MAX)
+        )
+    };
+    Check::new(check::ONE_PER_PERSON, pairs == 0, detail)
+}
 
-    // 4. Conservation in the database.
-    {
-        let mut bad = Vec::new();
-        let mut all = Vec::new();
-        for s in &snap.sales {
-            let a = s.pending + s.paid;
-            let sum = s.units_left.saturating_add(a);
-            let line = format!(
-                "sale {}: {} = {} left + {a} active",
-                s.id, s.units, s.units_left
-            );
-            if sum != s.units {
-                bad.push(format!(
-                    "sale {}: {} units ≠ {} left + {a} active = {sum}",
-                    s.id, s.units, s.units_left
-                ));
-            }
-            all.push(line);
-        }
-        let detail = if bad.is_empty() {
-            format!(
-                "{units} units = {left} left + {active} active; {}",
-                per_sale(&bad, &all)
-            )
-        } else {
-            format!(
-                "{} of {n_sales} sales do not add up: {}; totals: {units} units, {left} left, {active} active",
-                bad.len(),
-                per_sale(&bad, &all)
-            )
-        };
-        checks.push(Check::new(check::CONSERVATION_DB, bad.is_empty(), detail));
-    }
-
-    // 5. Conservation in the store.
-    {
-        let check = match source {
-            StoreSource::None => Check::new(
-                check::CONSERVATION_STORE,
-                true,
-                "no store given: not checked".to_string(),
-            ),
-            _ => store_check(input, &snap, &store_reads, compare_holders),
-        };
-        checks.push(check);
-    }
-
-    // 6. Timely cancellation.
-    {
-        let mut t = Timing::default();
-        for x in snap.timing.values() {
-            t.overdue += x.overdue;
-            t.paid_and_cancelled += x.paid_and_cancelled;
-            t.paid_late += x.paid_late;
-            t.cancelled_late += x.cancelled_late;
-            t.max_cancel_delay_ms = t.max_cancel_delay_ms.max(x.max_cancel_delay_ms);
-        }
-        let passed = t.overdue == 0 && t.paid_and_cancelled == 0 && t.paid_late == 0;
-        let mut detail = format!(
-            "{} pending more than {CANCEL_GRACE_MS} ms past pay-by (now {}), {} both paid and \
-             cancelled, {} paid at or after pay-by; {cancelled} cancelled, {} of them more than \
-             {CANCEL_GRACE_MS} ms after pay-by{}",
-            t.overdue,
-            input.now_ms,
-            t.paid_and_cancelled,
-            t.paid_late,
-            t.cancelled_late,
-            match t.max_cancel_delay_ms {
-                Some(ms) => format!(" (latest {ms} ms after)"),
-                None => String::new(),
-            }
-        );
-        if !passed {
-            let per: Vec<String> = snap
-                .timing
-                .iter()
-                .filter(|(_, x)| x.overdue > 0 || x.paid_and_cancelled > 0 || x.paid_late > 0)
-                .map(|(sale, x)| {
-                    format!(
-                        "sale {sale}: {} overdue, {} paid+cancelled, {} paid late",
-                        x.overdue, x.paid_and_cancelled, x.paid_late
-                    )
-                })
-                .collect();
-            let rows: Vec<String> = snap
-                .timing_listed
-                .iter()
-                .map(|o| {
-                    format!(
-                        "order {} (sale {}, user {:?}, {}, pay-by {}, paid {:?}, cancelled {:?})",
-                        o.id, o.sale, o.user, o.status, o.pay_by_ms, o.paid_ms, o.cancelled_ms
-                    )
-                })
-                .collect();
-            let _ = write!(
-                detail,
-                "; {}; first: {}",
-                per_sale(&per, &per),
-                bounded(&rows, OFFENDERS_LISTED_MAX)
-            );
-        }
-        checks.push(Check::new(check::TIMELY_CANCELLATION, passed, detail));
-    }
-
-    // 7. No negative stock.
-    {
-        let mut bad = Vec::new();
-        let db_low = snap.sales.iter().min_by_key(|s| s.units_left);
-        for s in &snap.sales {
-            if s.units_left < 0 {
-                bad.push(format!(
-                    "sale {}: database units_left {}",
-                    s.id, s.units_left
-                ));
-            }
-        }
-        let mut store_low: Option<(i64, i64)> = None;
-        for (sale, r) in &store_reads {
-            if let Some(f) = r.figures {
-                if f.left < 0 {
-                    bad.push(format!("sale {sale}: store left {}", f.left));
-                }
-                if f.units < 0 {
-                    bad.push(format!("sale {sale}: store units {}", f.units));
-                }
-                if store_low.is_none_or(|(_, l)| f.left < l) {
-                    store_low = Some((*sale, f.left));
-                }
-            }
-        }
-        let mut detail = match db_low {
-            Some(s) => format!(
-                "lowest database units_left {} (sale {})",
-                s.units_left, s.id
-            ),
-            None => "no sales".to_string(),
-        };
-        match (source, store_low) {
-            (StoreSource::None, _) => detail.push_str("; no store given"),
-            (_, None) => detail.push_str("; the store holds none of the sales"),
-            (StoreSource::Redis(_), Some((sale, l))) => {
-                let _ = write!(
-                    detail,
-                    "; lowest store left {l} (sale {sale}, raw from Redis)"
-                );
-            }
-            (_, Some((sale, l))) => {
-                let _ = write!(
-                    detail,
-                    "; lowest store left {l} (sale {sale}; read through the store's API, \
-                     which cannot represent a negative count)"
-                );
-            }
-        }
-        if !bad.is_empty() {
-            detail = format!("{}; {detail}", bounded(&bad, SALES_LISTED_MAX));
-        }
-        checks.push(Check::new(check::NO_NEGATIVE_STOCK, bad.is_empty(), detail));
-    }
-
-    let sales = snap
-        .sales
+/// Check 3: every accepted ticket has an outcome, consistent with the orders.
+fn no_lost_purchase_check(input: &AuditInput, t: &TicketTally) -> Check {
+    let rejected: u64 = t.rejected.values().sum();
+    let reasons = t
+        .rejected
         .iter()
-        .map(|s| SaleFigures {
-            sale: sale_u64(s.id),
-            units: s.units,
-            units_left: s.units_left,
-            pending: s.pending,
-            paid: s.paid,
-            cancelled: s.cancelled,
-            store: store_reads.get(&s.id).and_then(|r| r.figures),
-        })
-        .collect();
-    Ok(AuditReport {
-        at_ms: input.now_ms,
-        checks,
-        sales,
-    })
+        .map(|(why, n)| format!("{why} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut detail = format!(
+        "{} tickets ({} distinct): {} resolved ({} ordered, {rejected} rejected{}), {} missing",
+        t.given,
+        t.distinct,
+        t.ordered + rejected,
+        t.ordered,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(": {reasons}")
+        },
+        t.missing
+    );
+    if t.missing > 0 {
+        let _ = write!(
+            detail,
+            "; first missing: {}",
+            bounded(&t.missing_listed, OFFENDERS_LISTED_MAX)
+        );
+        if !input.at_rest {
+            detail.push_str(" (not at rest: some may still be queued)");
+        }
+    }
+    if t.inconsistent > 0 {
+        let _ = write!(
+            detail,
+            "; {} inconsistent: {}",
+            t.inconsistent,
+            bounded(&t.inconsistent_listed, OFFENDERS_LISTED_MAX)
+        );
+    }
+    if t.given == 0 {
+        detail.push_str(" (no tickets given)");
+    }
+    Check::new(
+        check::NO_LOST_PURCHASE,
+        t.missing == 0 && t.inconsistent == 0,
+        detail,
+    )
+}
+
+/// Check 4: per sale, units = units left + active orders in the database.
+fn conservation_db_check(snap: &Snapshot, totals: &Totals) -> Check {
+    let Totals {
+        sales: n_sales,
+        units,
+        left,
+        active,
+        ..
+    } = *totals;
+    let mut bad = Vec::new();
+    let mut all = Vec::new();
+    for s in &snap.sales {
+        let a = s.pending + s.paid;
+        let sum = s.units_left.saturating_add(a);
+        let line = format!(
+            "sale {}: {} = {} left + {a} active",
+            s.id, s.units, s.units_left
+        );
+        if sum != s.units {
+            bad.push(format!(
+                "sale {}: {} units ≠ {} left + {a} active = {sum}",
+                s.id, s.units, s.units_left
+            ));
+        }
+        all.push(line);
+    }
+    let detail = if bad.is_empty() {
+        format!(
+            "{units} units = {left} left + {active} active; {}",
+            per_sale(&bad, &all)
+        )
+    } else {
+        format!(
+            "{} of {n_sales} sales do not add up: {}; totals: {units} units, {left} left, {active} active",
+            bad.len(),
+            per_sale(&bad, &all)
+        )
+    };
+    Check::new(check::CONSERVATION_DB, bad.is_empty(), detail)
+}
+
+/// Check 6: no overdue pending order, none both paid and cancelled, none paid late.
+fn timely_cancellation_check(input: &AuditInput, snap: &Snapshot, totals: &Totals) -> Check {
+    let cancelled = totals.cancelled;
+    let mut t = Timing::default();
+    for x in snap.timing.values() {
+        t.overdue += x.overdue;
+        t.paid_and_cancelled += x.paid_and_cancelled;
+        t.paid_late += x.paid_late;
+        t.cancelled_late += x.cancelled_late;
+        t.max_cancel_delay_ms = t.max_cancel_delay_ms.max(x.max_cancel_delay_ms);
+    }
+    let passed = !t.failing();
+    let mut detail = format!(
+        "{} pending more than {CANCEL_GRACE_MS} ms past pay-by (now {}), {} both paid and \
+         cancelled, {} paid at or after pay-by; {cancelled} cancelled, {} of them more than \
+         {CANCEL_GRACE_MS} ms after pay-by{}",
+        t.overdue,
+        input.now_ms,
+        t.paid_and_cancelled,
+        t.paid_late,
+        t.cancelled_late,
+        match t.max_cancel_delay_ms {
+            Some(ms) => format!(" (latest {ms} ms after)"),
+            None => String::new(),
+        }
+    );
+    if !passed {
+        let per: Vec<String> = snap
+            .timing
+            .iter()
+            .filter(|(_, x)| x.failing())
+            .map(|(sale, x)| {
+                format!(
+                    "sale {sale}: {} overdue, {} paid+cancelled, {} paid late",
+                    x.overdue, x.paid_and_cancelled, x.paid_late
+                )
+            })
+            .collect();
+        let rows: Vec<String> = snap
+            .timing_listed
+            .iter()
+            .map(|o| {
+                format!(
+                    "order {} (sale {}, user {:?}, {}, pay-by {}, paid {:?}, cancelled {:?})",
+                    o.id, o.sale, o.user, o.status, o.pay_by_ms, o.paid_ms, o.cancelled_ms
+                )
+            })
+            .collect();
+        let _ = write!(
+            detail,
+            "; {}; first: {}",
+            per_sale(&per, &per),
+            bounded(&rows, OFFENDERS_LISTED_MAX)
+        );
+    }
+    Check::new(check::TIMELY_CANCELLATION, passed, detail)
+}
+
+/// Check 7: no stock counter below zero, in the database or the store.
+fn no_negative_stock_check(
+    snap: &Snapshot,
+    store_reads: &BTreeMap<i64, StoreRead>,
+    source: StoreSource<'_>,
+) -> Check {
+    let mut bad = Vec::new();
+    let db_low = snap.sales.iter().min_by_key(|s| s.units_left);
+    for s in &snap.sales {
+        if s.units_left < 0 {
+            bad.push(format!(
+                "sale {}: database units_left {}",
+                s.id, s.units_left
+            ));
+        }
+    }
+    let mut store_low: Option<(i64, i64)> = None;
+    for (sale, r) in store_reads {
+        if let Some(f) = r.figures {
+            if f.left < 0 {
+                bad.push(format!("sale {sale}: store left {}", f.left));
+            }
+            if f.units < 0 {
+                bad.push(format!("sale {sale}: store units {}", f.units));
+            }
+            if store_low.is_none_or(|(_, l)| f.left < l) {
+                store_low = Some((*sale, f.left));
+            }
+        }
+    }
+    let mut detail = match db_low {
+        Some(s) => format!(
+            "lowest database units_left {} (sale {})",
+            s.units_left, s.id
+        ),
+        None => "no sales".to_string(),
+    };
+    match (source, store_low) {
+        (StoreSource::None, _) => detail.push_str("; no store given"),
+        (_, None) => detail.push_str("; the store holds none of the sales"),
+        (StoreSource::Redis(_), Some((sale, l))) => {
+            let _ = write!(
+                detail,
+                "; lowest store left {l} (sale {sale}, raw from Redis)"
+            );
+        }
+        (_, Some((sale, l))) => {
+            let _ = write!(
+                detail,
+                "; lowest store left {l} (sale {sale}; read through the store's API, \
+                 which cannot represent a negative count)"
+            );
+        }
+    }
+    if !bad.is_empty() {
+        detail = format!("{}; {detail}", bounded(&bad, SALES_LISTED_MAX));
+    }
+    Check::new(check::NO_NEGATIVE_STOCK, bad.is_empty(), detail)
 }
 
 /// Check 5 with a store: asserted at rest, reported otherwise.

@@ -15,6 +15,11 @@
 //! A sampler reads the system's live figures (`/admin/api/live`) every second for the
 //! backlog, enqueue and drain rates and orders. Latency is recorded per route and outcome
 //! in HDR histograms; counts per second per outcome.
+//!
+//! Every random choice (who acts, bots' tricks, think times, repeat clicks, who pays, the
+//! run id) comes from the run's seed ([`seed_of`]: the scenario's, [`SEED_ENV`]'s or a
+//! random one, printed at start and recorded with the settings): one RNG for the run and
+//! one per spike connection, so the connections share no RNG lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -22,13 +27,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway::loadgen::{Answer, Conn, request};
 use hdrhistogram::Histogram;
-use rand::Rng;
+use loadgen::{Answer, Conn, request};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::record::{Latency, RunRecord, Second};
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, ScenarioError};
 
 /// Header of the load-test secret (the gateway's).
 pub const LOAD_TEST_HEADER: &str = gateway::app::LOAD_TEST_HEADER;
@@ -46,6 +52,15 @@ const THINK_MS: std::ops::Range<u64> = 100..600;
 const LATENCY_MAX_US: u64 = 60_000_000;
 /// Tickets polled at once per connection before it moves on.
 const TICKET_POLL_PAUSE: Duration = Duration::from_millis(100);
+/// The environment variable a run's seed is read from when the scenario names none (the
+/// `load-tests` binary's `--seed` reads it too), so that a test's crowd can be replayed.
+pub const SEED_ENV: &str = "LOAD_TESTS_SEED";
+/// Spreads the stream numbers of one seed apart (the 64-bit golden ratio), so that the
+/// streams of nearby seeds do not coincide.
+const STREAM_SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+/// The stream of the run itself (its id, who pays); spike connection `i` has stream
+/// `1 + i`.
+const RUN_STREAM: u64 = 0;
 
 /// The system under test.
 #[derive(Debug, Clone)]
@@ -68,13 +83,16 @@ pub enum CrowdError {
     NotLoopback(SocketAddr),
     /// A bad scenario.
     #[error("scenario: {0}")]
-    Scenario(String),
+    Scenario(#[from] ScenarioError),
     /// Connecting failed.
     #[error("connect: {0}")]
     Connect(String),
     /// A set-up step (sign-in, creating the sale) failed.
     #[error("setup: {0}")]
     Setup(String),
+    /// The seed in the environment is not a number.
+    #[error("{SEED_ENV}={0:?} is not a seed (an unsigned 64-bit number)")]
+    Seed(String),
 }
 
 /// What a run produced.
@@ -84,6 +102,26 @@ pub struct CrowdOutcome {
     pub record: RunRecord,
     /// Every ticket the system accepted (202), for the auditor.
     pub tickets: Vec<String>,
+    /// The seed of the run's random choices (also in `record.settings`).
+    pub seed: u64,
+}
+
+/// The seed of a run: the scenario's, else [`SEED_ENV`]'s, else a random one.
+pub fn seed_of(scenario: &Scenario) -> Result<u64, CrowdError> {
+    if let Some(seed) = scenario.seed {
+        return Ok(seed);
+    }
+    match std::env::var(SEED_ENV) {
+        Ok(v) => v.trim().parse().map_err(|_| CrowdError::Seed(v)),
+        Err(_) => Ok(rand::random()),
+    }
+}
+
+/// The random stream `stream` of a run seeded with `seed`. Each concurrent task has its
+/// own, so tasks share no RNG (and no lock on one), and each task's choices replay from the
+/// seed; which task meets which person still depends on timing.
+fn rng_of(seed: u64, stream: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ stream.wrapping_mul(STREAM_SPREAD))
 }
 
 #[derive(Debug)]
@@ -170,6 +208,8 @@ fn retry_after(a: &Answer) -> Option<Duration> {
 struct Run {
     scenario: Scenario,
     target: Target,
+    /// The seed every random choice of the run derives from.
+    seed: u64,
     sale: AtomicU64,
     people: Vec<Mutex<Person>>,
     start: Instant,
@@ -313,175 +353,237 @@ async fn ramp(run: Arc<Run>, next: Arc<AtomicUsize>, opens_at: Instant) -> Tally
     tally
 }
 
-/// Phase 3: the spike.
-async fn spike(run: Arc<Run>) -> Tally {
-    let mut tally = Tally::default();
-    let mut conn = None;
-    let sale = run.sale();
-    let token_path = format!("/api/sales/{sale}/token");
-    let purchase_path = format!("/api/sales/{sale}/purchase");
-    let load_test = run.target.load_test_secret.clone();
-    'attempts: loop {
-        if run.past_deadline() {
-            break;
-        }
-        // Someone ready to act.
-        let mut picked = None;
-        for _ in 0..PICK_TRIES {
-            let i = rand::rng().random_range(0..run.people.len());
-            let p = run.lock(&run.people[i]);
-            if !p.done && p.not_before <= Instant::now() {
-                picked = Some(i);
-                break;
-            }
-        }
-        let Some(i) = picked else {
-            if run.done.load(Ordering::Relaxed) >= run.people.len() {
+/// Phase 3: the spike, on connection `index`.
+async fn spike(run: Arc<Run>, index: usize) -> Tally {
+    let mut task = SpikeTask {
+        paths: SalePaths::of(run.sale()),
+        rng: rng_of(run.seed, 1 + index as u64),
+        run,
+        conn: None,
+        tally: Tally::default(),
+    };
+    while !task.run.past_deadline() {
+        let Some(i) = task.pick_ready() else {
+            if task.run.done.load(Ordering::Relaxed) >= task.run.people.len() {
                 break;
             }
             tokio::time::sleep(IDLE_PAUSE).await;
             continue;
         };
         // One attempt from the budget.
-        if !take_attempt(&run) {
-            break 'attempts;
+        if !take_attempt(&task.run) {
+            break;
         }
         let (bot, cookie, token) = {
-            let p = run.lock(&run.people[i]);
+            let p = task.run.lock(&task.run.people[i]);
             (p.bot, p.cookie.clone(), p.token.clone())
         };
         if bot {
-            run.lock(&run.people[i]).not_before = Instant::now() + BOT_PAUSE;
-            // Rapid repeats of the three tricks; each must be refused.
-            let trick = rand::rng().random_range(0..3);
-            let reused = run.lock(&run.spent_tokens).first().cloned();
-            let route = if trick == 0 || (trick == 1 && reused.is_some()) {
-                "purchase"
-            } else {
-                "token"
-            };
-            let req = match (trick, reused) {
-                (0, _) => request(
-                    "POST",
-                    &purchase_path,
-                    &[("cookie", &cookie)],
-                    Some(&json!({"token": format!("forged.{:032x}", rand::random::<u128>())})),
-                ),
-                (1, Some(spent)) => request(
-                    "POST",
-                    &purchase_path,
-                    &[("cookie", &cookie)],
-                    Some(&json!({ "token": spent })),
-                ),
-                _ => request(
-                    "POST",
-                    &token_path,
-                    &[("cookie", &cookie)],
-                    Some(&json!({"captcha_id": "", "answer": ""})),
-                ),
-            };
-            if let Some((a, body, _)) = send(&run, &mut conn, &mut tally, route, true, req).await {
-                if a.status.as_u16() == 202 || a.status.is_success() && route == "token" {
-                    run.bots_accepted.fetch_add(1, Ordering::Relaxed);
-                    if let Some(t) = body.get("ticket").and_then(Value::as_str) {
-                        run.lock(&run.accepted).push((t.to_string(), i));
-                    }
-                } else {
-                    run.bots_refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            continue;
+            task.bot(i, &cookie).await;
+        } else {
+            task.human(i, &cookie, token).await;
         }
-        // A human: a token if they hold none, then at once the purchase with it (as a
-        // person clicks Buy right after solving the captcha).
-        let mut token = token;
+    }
+    task.tally
+}
+
+/// The purchase routes of the sale under test.
+#[derive(Debug)]
+struct SalePaths {
+    token: String,
+    purchase: String,
+}
+
+impl SalePaths {
+    fn of(sale: u64) -> SalePaths {
+        SalePaths {
+            token: format!("/api/sales/{sale}/token"),
+            purchase: format!("/api/sales/{sale}/purchase"),
+        }
+    }
+}
+
+/// One connection of the spike: it acts for whoever is ready, one attempt at a time.
+#[derive(Debug)]
+struct SpikeTask {
+    run: Arc<Run>,
+    paths: SalePaths,
+    conn: Option<Conn>,
+    tally: Tally,
+    /// This connection's random choices: who acts, bots' tricks, think times, repeats.
+    rng: StdRng,
+}
+
+impl SpikeTask {
+    /// Someone ready to act (not done, not waiting), after at most [`PICK_TRIES`] draws.
+    fn pick_ready(&mut self) -> Option<usize> {
+        for _ in 0..PICK_TRIES {
+            let i = self.rng.random_range(0..self.run.people.len());
+            let p = self.run.lock(&self.run.people[i]);
+            if !p.done && p.not_before <= Instant::now() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// A bot's attempt: one of three tricks, each of which must be refused.
+    async fn bot(&mut self, i: usize, cookie: &str) {
+        let run = &self.run;
+        run.lock(&run.people[i]).not_before = Instant::now() + BOT_PAUSE;
+        // Rapid repeats of the three tricks; each must be refused.
+        let trick = self.rng.random_range(0..3);
+        let reused = run.lock(&run.spent_tokens).first().cloned();
+        let route = if trick == 0 || (trick == 1 && reused.is_some()) {
+            "purchase"
+        } else {
+            "token"
+        };
+        let req = match (trick, reused) {
+            (0, _) => request(
+                "POST",
+                &self.paths.purchase,
+                &[("cookie", cookie)],
+                Some(&json!({"token": format!("forged.{:032x}", self.rng.random::<u128>())})),
+            ),
+            (1, Some(spent)) => request(
+                "POST",
+                &self.paths.purchase,
+                &[("cookie", cookie)],
+                Some(&json!({ "token": spent })),
+            ),
+            _ => request(
+                "POST",
+                &self.paths.token,
+                &[("cookie", cookie)],
+                Some(&json!({"captcha_id": "", "answer": ""})),
+            ),
+        };
+        if let Some((a, body, _)) =
+            send(run, &mut self.conn, &mut self.tally, route, true, req).await
+        {
+            if a.status.as_u16() == 202 || a.status.is_success() && route == "token" {
+                run.bots_accepted.fetch_add(1, Ordering::Relaxed);
+                if let Some(t) = body.get("ticket").and_then(Value::as_str) {
+                    run.lock(&run.accepted).push((t.to_string(), i));
+                }
+            } else {
+                run.bots_refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A human's attempt: a token if they hold none, then at once the purchase with it (as
+    /// a person clicks Buy right after solving the captcha).
+    async fn human(&mut self, i: usize, cookie: &str, mut token: Option<String>) {
         loop {
             let now = Instant::now();
-            let think = Duration::from_millis(rand::rng().random_range(THINK_MS));
+            let think = Duration::from_millis(self.rng.random_range(THINK_MS));
             let Some(held) = token.take() else {
-                let req = request(
-                    "POST",
-                    &token_path,
-                    &[("cookie", &cookie), (LOAD_TEST_HEADER, &load_test)],
-                    Some(&json!({})),
-                );
-                let Some((a, body, outcome)) =
-                    send(&run, &mut conn, &mut tally, "token", true, req).await
-                else {
-                    break;
-                };
-                let mut p = run.lock(&run.people[i]);
-                if a.status.is_success() {
-                    p.token = body.get("token").and_then(Value::as_str).map(str::to_owned);
-                    token = p.token.clone();
-                    drop(p);
-                    if token.is_some() && take_attempt(&run) {
+                match self.ask_token(i, cookie, now, think).await {
+                    // The purchase right after takes one more attempt from the budget.
+                    Some(t) if take_attempt(&self.run) => {
+                        token = Some(t);
                         continue;
                     }
-                    break;
+                    _ => break,
                 }
-                if outcome == "sold_out" {
-                    note_sold_out(&run, now);
-                }
-                p.not_before = now + retry_after(&a).unwrap_or(think);
-                break;
             };
-            let req = request(
-                "POST",
-                &purchase_path,
-                &[("cookie", &cookie)],
-                Some(&json!({ "token": held })),
-            );
-            let Some((a, body, outcome)) =
-                send(&run, &mut conn, &mut tally, "purchase", true, req).await
-            else {
-                break;
-            };
-            let ticket = body
-                .get("ticket")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            let mut p = run.lock(&run.people[i]);
-            match (a.status.as_u16(), outcome.as_str()) {
-                (202, _) | (503, "outcome_unknown") if ticket.is_some() => {
-                    if let Some(t) = ticket {
-                        run.lock(&run.accepted).push((t, i));
-                    }
-                    {
-                        let mut spent = run.lock(&run.spent_tokens);
-                        if spent.len() < SPENT_TOKENS_MAX {
-                            spent.push(held.clone());
-                        }
-                    }
-                    p.accepted = true;
-                    // Some people click again with the same token (a double click),
-                    // which must be refused; the rest are done.
-                    if rand::rng().random_bool(run.scenario.repeat_share) {
-                        p.not_before = now;
-                    } else {
-                        finish(&run, &mut p);
-                    }
-                }
-                (409, _) => finish(&run, &mut p), // already bought
-                (_, "bad_token") => {
-                    p.token = None;
-                    if p.accepted {
-                        finish(&run, &mut p); // the refused repeat of an accepted purchase
-                    }
-                }
-                (_, "sold_out") => {
-                    note_sold_out(&run, now);
-                    p.not_before = now + retry_after(&a).unwrap_or(think);
-                }
-                _ => {
-                    // Throttled, busy, unavailable: the token is kept; come back later.
-                    p.not_before = now + retry_after(&a).unwrap_or(think);
-                }
-            }
+            self.buy(i, cookie, held, now, think).await;
             break;
         }
     }
-    tally
+
+    /// Asks for a token with the load-test secret; the token, or `None` after a refusal
+    /// (the person then waits for `Retry-After` or thinks for `think`).
+    async fn ask_token(
+        &mut self,
+        i: usize,
+        cookie: &str,
+        now: Instant,
+        think: Duration,
+    ) -> Option<String> {
+        let run = &self.run;
+        let req = request(
+            "POST",
+            &self.paths.token,
+            &[
+                ("cookie", cookie),
+                (LOAD_TEST_HEADER, &run.target.load_test_secret),
+            ],
+            Some(&json!({})),
+        );
+        let (a, body, outcome) =
+            send(run, &mut self.conn, &mut self.tally, "token", true, req).await?;
+        let mut p = run.lock(&run.people[i]);
+        if a.status.is_success() {
+            p.token = body.get("token").and_then(Value::as_str).map(str::to_owned);
+            return p.token.clone();
+        }
+        if outcome == "sold_out" {
+            note_sold_out(run, now);
+        }
+        p.not_before = now + retry_after(&a).unwrap_or(think);
+        None
+    }
+
+    /// Buys with the token `held` and acts on the answer: accepted (maybe a double click
+    /// follows), already bought, a spent token, sold out, or come back later.
+    async fn buy(&mut self, i: usize, cookie: &str, held: String, now: Instant, think: Duration) {
+        let run = &self.run;
+        let req = request(
+            "POST",
+            &self.paths.purchase,
+            &[("cookie", cookie)],
+            Some(&json!({ "token": held })),
+        );
+        let Some((a, body, outcome)) =
+            send(run, &mut self.conn, &mut self.tally, "purchase", true, req).await
+        else {
+            return;
+        };
+        let ticket = body
+            .get("ticket")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut p = run.lock(&run.people[i]);
+        match (a.status.as_u16(), outcome.as_str()) {
+            (202, _) | (503, "outcome_unknown") if ticket.is_some() => {
+                if let Some(t) = ticket {
+                    run.lock(&run.accepted).push((t, i));
+                }
+                {
+                    let mut spent = run.lock(&run.spent_tokens);
+                    if spent.len() < SPENT_TOKENS_MAX {
+                        spent.push(held);
+                    }
+                }
+                p.accepted = true;
+                // Some people click again with the same token (a double click), which
+                // must be refused; the rest are done.
+                if self.rng.random_bool(run.scenario.repeat_share) {
+                    p.not_before = now;
+                } else {
+                    finish(run, &mut p);
+                }
+            }
+            (409, _) => finish(run, &mut p), // already bought
+            (_, "bad_token") => {
+                p.token = None;
+                if p.accepted {
+                    finish(run, &mut p); // the refused repeat of an accepted purchase
+                }
+            }
+            (_, "sold_out") => {
+                note_sold_out(run, now);
+                p.not_before = now + retry_after(&a).unwrap_or(think);
+            }
+            _ => {
+                // Throttled, busy, unavailable: the token is kept; come back later.
+                p.not_before = now + retry_after(&a).unwrap_or(think);
+            }
+        }
+    }
 }
 
 /// Takes one attempt from the run's budget; false when it is spent.
@@ -694,12 +796,13 @@ fn latency_of(h: &Histogram<u64>) -> Latency {
     }
 }
 
+/// Runs `make(i)` for `i` in `0..n` as `n` tasks and collects their figures.
 async fn in_parallel<F, Fut>(n: usize, make: F) -> Vec<Tally>
 where
-    F: Fn() -> Fut,
+    F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Tally> + Send + 'static,
 {
-    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(make())).collect();
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(make(i))).collect();
     let mut out = Vec::with_capacity(n);
     for t in tasks {
         if let Ok(tally) = t.await {
@@ -711,56 +814,135 @@ where
 
 /// Runs the scenario's flash crowd against `target`.
 pub async fn run(
-    scenario: Scenario,
+    mut scenario: Scenario,
     target: Target,
     progress: bool,
 ) -> Result<CrowdOutcome, CrowdError> {
-    scenario.validate().map_err(CrowdError::Scenario)?;
+    scenario.validate()?;
     if !target.addr.ip().is_loopback() {
         return Err(CrowdError::NotLoopback(target.addr));
     }
+    let seed = seed_of(&scenario)?;
+    // Recorded with the scenario's settings (run.json, report.md).
+    scenario.seed = Some(seed);
+    eprintln!(
+        "load-tests: seed {seed} (replay the crowd's choices with --seed {seed} or {SEED_ENV}={seed})"
+    );
+    let mut rng = rng_of(seed, RUN_STREAM);
     let started_at_ms = gateway::app::now_ms();
     let start = Instant::now();
-    let run_id = format!("{:08x}", rand::random::<u32>());
-    let bots = scenario.bots();
-    let people = (0..scenario.users)
-        .map(|i| {
-            Mutex::new(Person {
-                name: format!("lt{run_id}-{i}"),
-                cookie: String::new(),
-                bot: i < bots,
-                token: None,
-                not_before: start,
-                accepted: false,
-                done: false,
-            })
-        })
-        .collect();
-    let run = Arc::new(Run {
-        deadline: start + Duration::from_millis(scenario.deadline_ms),
-        attempts_left: AtomicU64::new(scenario.attempts),
-        scenario,
-        target,
-        sale: AtomicU64::new(0),
-        people,
-        start,
-        opened: Mutex::new(None),
-        accepted: Mutex::new(Vec::new()),
-        spent_tokens: Mutex::new(Vec::new()),
-        first_sold_out: Mutex::new(None),
-        bots_refused: AtomicU64::new(0),
-        bots_accepted: AtomicU64::new(0),
-        done: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let run_id = format!("{:08x}", rng.random::<u32>());
+    let run = Arc::new(Run::new(scenario, target, seed, &run_id, start));
     let connections = run.scenario.connections;
     let mut tallies = Vec::new();
-
-    // The sale id: one above every existing sale.
     let mut admin = Conn::connect(run.target.addr)
         .await
         .map_err(|e| CrowdError::Connect(e.to_string()))?;
-    let auth = admin_auth(&run);
+    let sale_id = next_sale_id(&run, &mut admin).await?;
+    run.sale.store(sale_id, Ordering::Relaxed);
+
+    // 1. Sign-in.
+    tallies.extend(sign_in_everyone(&run).await?);
+
+    // 2. The sale, opening soon; the ramp meanwhile.
+    let opens_at = create_sale(&run, &mut admin, &run_id).await?;
+    *run.lock(&run.opened) = Some(opens_at);
+    let sampling_done = Arc::new(AtomicBool::new(false));
+    let sampler_task = tokio::spawn(sampler(run.clone(), sampling_done.clone(), progress));
+    let next = Arc::new(AtomicUsize::new(0));
+    tallies.extend(in_parallel(connections, |_| ramp(run.clone(), next.clone(), opens_at)).await);
+
+    // 3. The spike.
+    tallies.extend(in_parallel(connections, |i| spike(run.clone(), i)).await);
+    let attempt_phase = opens_at.elapsed();
+
+    // 4. Decisions.
+    let work = Arc::new(Mutex::new(run.lock(&run.accepted).clone()));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    tallies.extend(
+        in_parallel(connections.min(64), |_| {
+            decisions(run.clone(), work.clone(), results.clone())
+        })
+        .await,
+    );
+    let decided = run.lock(&results).clone();
+
+    // 5. Payment of a share of the orders.
+    let paid = Arc::new(AtomicU64::new(0));
+    let pay_work = Arc::new(Mutex::new(choose_payments(&run, &decided, &mut rng)));
+    tallies.extend(
+        in_parallel(connections.min(64), |_| {
+            pay(run.clone(), pay_work.clone(), paid.clone())
+        })
+        .await,
+    );
+    sampling_done.store(true, Ordering::Relaxed);
+    let samples = sampler_task.await.unwrap_or_default();
+
+    let accepted = run.lock(&run.accepted).clone();
+    let record = record_of(
+        &run,
+        Finished {
+            started_at_ms,
+            sale_id,
+            opens_at,
+            attempt_phase,
+            accepted: accepted.len() as u64,
+            decided,
+            paid: paid.load(Ordering::Relaxed),
+            tallies,
+            samples,
+        },
+    );
+    Ok(CrowdOutcome {
+        record,
+        tickets: accepted.into_iter().map(|(t, _)| t).collect(),
+        seed,
+    })
+}
+
+impl Run {
+    /// A run's shared state before sign-in: `scenario.users` people (the first
+    /// `scenario.bots()` of them bots) named after `run_id`.
+    fn new(scenario: Scenario, target: Target, seed: u64, run_id: &str, start: Instant) -> Run {
+        let bots = scenario.bots();
+        let people = (0..scenario.users)
+            .map(|i| {
+                Mutex::new(Person {
+                    name: format!("lt{run_id}-{i}"),
+                    cookie: String::new(),
+                    bot: i < bots,
+                    token: None,
+                    not_before: start,
+                    accepted: false,
+                    done: false,
+                })
+            })
+            .collect();
+        Run {
+            deadline: start + Duration::from_millis(scenario.deadline_ms),
+            attempts_left: AtomicU64::new(scenario.attempts),
+            scenario,
+            target,
+            seed,
+            sale: AtomicU64::new(0),
+            people,
+            start,
+            opened: Mutex::new(None),
+            accepted: Mutex::new(Vec::new()),
+            spent_tokens: Mutex::new(Vec::new()),
+            first_sold_out: Mutex::new(None),
+            bots_refused: AtomicU64::new(0),
+            bots_accepted: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The sale id of the run: one above every existing sale.
+async fn next_sale_id(run: &Run, admin: &mut Conn) -> Result<u64, CrowdError> {
+    let auth = admin_auth(run);
     let listed = admin
         .send(request(
             "GET",
@@ -776,17 +958,21 @@ pub async fn run(
             listed.status
         )));
     }
-    let sale_id = listed.json()["sales"].as_array().map_or(0, |s| {
+    Ok(listed.json()["sales"].as_array().map_or(0, |s| {
         s.iter()
             .filter_map(|x| x["sale"]["id"].as_u64())
             .max()
             .unwrap_or(0)
-    }) + 1;
-    run.sale.store(sale_id, Ordering::Relaxed);
+    }) + 1)
+}
 
-    // 1. Sign-in.
+/// Phase 1 on every connection; an error unless everyone signed in.
+async fn sign_in_everyone(run: &Arc<Run>) -> Result<Vec<Tally>, CrowdError> {
     let next = Arc::new(AtomicUsize::new(0));
-    tallies.extend(in_parallel(connections, || sign_in(run.clone(), next.clone())).await);
+    let tallies = in_parallel(run.scenario.connections, |_| {
+        sign_in(run.clone(), next.clone())
+    })
+    .await;
     let signed_in = run
         .people
         .iter()
@@ -798,8 +984,12 @@ pub async fn run(
             run.people.len()
         )));
     }
+    Ok(tallies)
+}
 
-    // 2. The sale, opening soon; the ramp meanwhile.
+/// Creates the run's sale, opening `opens_in_ms` from now; returns when it opens.
+async fn create_sale(run: &Run, admin: &mut Conn, run_id: &str) -> Result<Instant, CrowdError> {
+    let auth = admin_auth(run);
     let opens_at_ms = gateway::app::now_ms() + run.scenario.opens_in_ms;
     let created = admin
         .send(request(
@@ -807,7 +997,7 @@ pub async fn run(
             "/admin/api/sales",
             &[("authorization", &auth)],
             Some(&json!({
-                "id": sale_id,
+                "id": run.sale(),
                 "name": format!("load test {run_id}"),
                 "price_cents": 1999,
                 "units": run.scenario.units,
@@ -824,146 +1014,197 @@ pub async fn run(
             String::from_utf8_lossy(&created.body)
         )));
     }
-    let opens_at = Instant::now() + Duration::from_millis(run.scenario.opens_in_ms);
-    *run.lock(&run.opened) = Some(opens_at);
-    let sampling_done = Arc::new(AtomicBool::new(false));
-    let sampler_task = tokio::spawn(sampler(run.clone(), sampling_done.clone(), progress));
-    let next = Arc::new(AtomicUsize::new(0));
-    tallies.extend(in_parallel(connections, || ramp(run.clone(), next.clone(), opens_at)).await);
+    Ok(Instant::now() + Duration::from_millis(run.scenario.opens_in_ms))
+}
 
-    // 3. The spike.
-    tallies.extend(in_parallel(connections, || spike(run.clone())).await);
-    let attempt_phase = opens_at.elapsed();
-
-    // 4. Decisions.
-    let work = Arc::new(Mutex::new(run.lock(&run.accepted).clone()));
-    let results = Arc::new(Mutex::new(Vec::new()));
-    tallies.extend(
-        in_parallel(connections.min(64), || {
-            decisions(run.clone(), work.clone(), results.clone())
-        })
-        .await,
-    );
-    let decided = run.lock(&results).clone();
-
-    // 5. Payment of a share of the orders.
+/// The orders the buyers pay (a `pay_share` of them), with their buyers' cookies.
+fn choose_payments(run: &Run, decided: &[Decision], rng: &mut StdRng) -> Vec<(String, String)> {
     let mut to_pay = Vec::new();
-    for d in &decided {
+    for d in decided {
         if let Some(order) = &d.order_id
-            && rand::rng().random_bool(run.scenario.pay_share)
+            && rng.random_bool(run.scenario.pay_share)
         {
             to_pay.push((order.clone(), run.lock(&run.people[d.who]).cookie.clone()));
         }
     }
-    let paid = Arc::new(AtomicU64::new(0));
-    let pay_work = Arc::new(Mutex::new(to_pay));
-    tallies.extend(
-        in_parallel(connections.min(64), || {
-            pay(run.clone(), pay_work.clone(), paid.clone())
-        })
-        .await,
-    );
-    sampling_done.store(true, Ordering::Relaxed);
-    let samples = sampler_task.await.unwrap_or_default();
+    to_pay
+}
 
-    // The record.
-    let mut latency: HashMap<(&'static str, String), Histogram<u64>> = HashMap::new();
-    let mut seconds: BTreeMap<u32, Second> = BTreeMap::new();
-    let (mut errors, mut requests, mut attempts) = (0, 0, 0);
-    for t in tallies {
-        errors += t.errors;
-        requests += t.requests;
-        attempts += t.attempts;
-        for (k, h) in t.latency {
-            let _ = latency.entry(k).or_insert_with(new_histogram).add(&h);
-        }
-        for (s, sec) in t.seconds {
-            let into = seconds.entry(s).or_insert_with(|| Second {
-                t_s: s,
-                ..Second::default()
-            });
-            into.requests += sec.requests;
-            into.attempts += sec.attempts;
-            for (o, n) in sec.outcomes {
-                *into.outcomes.entry(o).or_default() += n;
+/// What the phases left for the record.
+#[derive(Debug)]
+struct Finished {
+    started_at_ms: u64,
+    sale_id: u64,
+    opens_at: Instant,
+    attempt_phase: Duration,
+    /// Purchases accepted (202 with a ticket).
+    accepted: u64,
+    decided: Vec<Decision>,
+    paid: u64,
+    tallies: Vec<Tally>,
+    samples: Vec<(u32, Value)>,
+}
+
+/// Every connection's figures added up.
+#[derive(Debug, Default)]
+struct Merged {
+    latency: HashMap<(&'static str, String), Histogram<u64>>,
+    seconds: BTreeMap<u32, Second>,
+    errors: u64,
+    requests: u64,
+    attempts: u64,
+}
+
+impl Merged {
+    fn of(tallies: Vec<Tally>) -> Merged {
+        let mut m = Merged::default();
+        for t in tallies {
+            m.errors += t.errors;
+            m.requests += t.requests;
+            m.attempts += t.attempts;
+            for (k, h) in t.latency {
+                let _ = m.latency.entry(k).or_insert_with(new_histogram).add(&h);
+            }
+            for (s, sec) in t.seconds {
+                let into = m.seconds.entry(s).or_insert_with(|| Second {
+                    t_s: s,
+                    ..Second::default()
+                });
+                into.requests += sec.requests;
+                into.attempts += sec.attempts;
+                for (o, n) in sec.outcomes {
+                    *into.outcomes.entry(o).or_default() += n;
+                }
             }
         }
+        m
     }
-    let mut peak_backlog = 0;
-    for (t_s, body) in &samples {
-        let c = &body["current"];
-        let into = seconds.entry(*t_s).or_insert_with(|| Second {
-            t_s: *t_s,
-            ..Second::default()
-        });
-        into.backlog = c["lag"].as_u64();
-        into.enqueued_per_s = c["enqueue_rate"].as_f64();
-        into.drained_per_s = c["drain_rate"].as_f64();
-        into.orders = c["orders"].as_u64();
-        peak_backlog = peak_backlog.max(into.backlog.unwrap_or(0));
-    }
-    let mut by_route: BTreeMap<String, BTreeMap<String, Latency>> = BTreeMap::new();
-    let mut route_all: HashMap<&'static str, Histogram<u64>> = HashMap::new();
-    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    for ((route, outcome), h) in &latency {
-        by_route
-            .entry(route.to_string())
-            .or_default()
-            .insert(outcome.clone(), latency_of(h));
-        let _ = route_all.entry(route).or_insert_with(new_histogram).add(h);
-        if matches!(*route, "token" | "purchase") {
-            *outcomes.entry(outcome.clone()).or_default() += h.len();
+
+    /// Adds the sampler's figures to their seconds; returns the highest backlog seen.
+    fn add_samples(&mut self, samples: &[(u32, Value)]) -> u64 {
+        let mut peak_backlog = 0;
+        for (t_s, body) in samples {
+            let c = &body["current"];
+            let into = self.seconds.entry(*t_s).or_insert_with(|| Second {
+                t_s: *t_s,
+                ..Second::default()
+            });
+            into.backlog = c["lag"].as_u64();
+            into.enqueued_per_s = c["enqueue_rate"].as_f64();
+            into.drained_per_s = c["drain_rate"].as_f64();
+            into.orders = c["orders"].as_u64();
+            peak_backlog = peak_backlog.max(into.backlog.unwrap_or(0));
         }
+        peak_backlog
     }
-    for (route, h) in &route_all {
-        by_route
-            .entry(route.to_string())
-            .or_default()
-            .insert("all".into(), latency_of(h));
+
+    /// Latency by route, then outcome (`all` for each route's outcomes together), and the
+    /// answers to purchase attempts (token and purchase routes) by outcome.
+    fn by_route(
+        &self,
+    ) -> (
+        BTreeMap<String, BTreeMap<String, Latency>>,
+        BTreeMap<String, u64>,
+    ) {
+        let mut by_route: BTreeMap<String, BTreeMap<String, Latency>> = BTreeMap::new();
+        let mut route_all: HashMap<&'static str, Histogram<u64>> = HashMap::new();
+        let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+        for ((route, outcome), h) in &self.latency {
+            by_route
+                .entry(route.to_string())
+                .or_default()
+                .insert(outcome.clone(), latency_of(h));
+            let _ = route_all.entry(route).or_insert_with(new_histogram).add(h);
+            if matches!(*route, "token" | "purchase") {
+                *outcomes.entry(outcome.clone()).or_default() += h.len();
+            }
+        }
+        for (route, h) in &route_all {
+            by_route
+                .entry(route.to_string())
+                .or_default()
+                .insert("all".into(), latency_of(h));
+        }
+        (by_route, outcomes)
     }
-    let accepted_list = run.lock(&run.accepted).clone();
-    let ordered = decided.iter().filter(|d| d.order_id.is_some()).count() as u64;
+}
+
+/// The run's record from what its phases left.
+fn record_of(run: &Run, f: Finished) -> RunRecord {
+    let mut merged = Merged::of(f.tallies);
+    let peak_backlog = merged.add_samples(&f.samples);
+    let (latency, outcomes) = merged.by_route();
+    let ordered = f.decided.iter().filter(|d| d.order_id.is_some()).count() as u64;
     let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
-    for d in &decided {
+    for d in &f.decided {
         if let Some(r) = &d.reason {
             *rejected.entry(r.clone()).or_default() += 1;
         }
     }
+    let opens_at = f.opens_at;
     let since_open = |at: Instant| {
         u64::try_from(at.saturating_duration_since(opens_at).as_millis()).unwrap_or(u64::MAX)
     };
-    let record = RunRecord {
+    RunRecord {
         scenario: run.scenario.name.clone(),
         settings: serde_json::to_value(&run.scenario).unwrap_or(Value::Null),
         target: run.target.label.clone(),
-        started_at_ms,
-        sale_opened_after_ms: u64::try_from(opens_at.saturating_duration_since(start).as_millis())
-            .unwrap_or(0),
-        sale_id,
+        started_at_ms: f.started_at_ms,
+        sale_opened_after_ms: u64::try_from(
+            opens_at.saturating_duration_since(run.start).as_millis(),
+        )
+        .unwrap_or(0),
+        sale_id: f.sale_id,
         units: run.scenario.units,
         users: run.scenario.users,
-        attempts,
-        requests,
-        attempt_phase_ms: u64::try_from(attempt_phase.as_millis()).unwrap_or(u64::MAX),
-        attempts_per_s: attempts as f64 / attempt_phase.as_secs_f64().max(1e-9),
+        attempts: merged.attempts,
+        requests: merged.requests,
+        attempt_phase_ms: u64::try_from(f.attempt_phase.as_millis()).unwrap_or(u64::MAX),
+        attempts_per_s: merged.attempts as f64 / f.attempt_phase.as_secs_f64().max(1e-9),
         outcomes,
-        accepted: accepted_list.len() as u64,
+        accepted: f.accepted,
         ordered,
         rejected,
-        unresolved: (accepted_list.len() - decided.len()) as u64,
-        paid: paid.load(Ordering::Relaxed),
+        unresolved: f.accepted - f.decided.len() as u64,
+        paid: f.paid,
         bots_refused: run.bots_refused.load(Ordering::Relaxed),
         bots_accepted: run.bots_accepted.load(Ordering::Relaxed),
         sold_out_after_ms: run.lock(&run.first_sold_out).map(since_open),
-        last_decision_after_ms: decided.iter().map(|d| d.at).max().map(since_open),
+        last_decision_after_ms: f.decided.iter().map(|d| d.at).max().map(since_open),
         peak_backlog,
-        errors,
-        latency: by_route,
-        timeline: seconds.into_values().collect(),
+        errors: merged.errors,
+        latency,
+        timeline: merged.seconds.into_values().collect(),
         audit: None,
-    };
-    Ok(CrowdOutcome {
-        record,
-        tickets: accepted_list.into_iter().map(|(t, _)| t).collect(),
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_the_same_streams_and_each_stream_its_own() {
+        let draw = |seed, stream| {
+            let mut rng = rng_of(seed, stream);
+            (0..8).map(|_| rng.random::<u64>()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(42, RUN_STREAM), draw(42, RUN_STREAM));
+        assert_eq!(draw(42, 3), draw(42, 3));
+        assert_ne!(draw(42, RUN_STREAM), draw(42, 1));
+        assert_ne!(draw(42, 1), draw(42, 2));
+        assert_ne!(draw(42, 1), draw(43, 1));
+    }
+
+    #[test]
+    fn the_scenario_seed_comes_first_and_is_recorded_with_the_settings() {
+        let mut s = Scenario::preset("ci").expect("ci");
+        s.seed = Some(7);
+        assert_eq!(seed_of(&s).expect("a seed"), 7);
+        let settings = serde_json::to_value(&s).expect("settings");
+        assert_eq!(settings["seed"], json!(7));
+        s.seed = None;
+        let settings = serde_json::to_value(&s).expect("settings");
+        assert!(settings.get("seed").is_none(), "{settings}");
+    }
 }

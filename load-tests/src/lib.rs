@@ -1,11 +1,15 @@
 //! Load tests of the flash-sale system: a flash-crowd generator, an invariant auditor and
 //! run reports.
 //!
-//! - [`scenario`]: named presets (CI-sized, small, large) of users, attempts, units, bots.
-//! - [`crowd`]: drives a flash crowd against a running system over HTTP (loopback only):
-//!   page views and countdown polling before the start, the spike at the start, repeat
-//!   clicks, retries honouring `Retry-After`, bots that must be refused, ticket polling and
-//!   payment of a share of the orders.
+//! - [`scenario`]: named presets (CI-sized, small, large) of users, attempts, units, bots,
+//!   with bounds on every count ([`scenario::ScenarioError`] names the setting out of them)
+//!   and the seed of the crowd's random choices.
+//! - [`crowd`]: drives a flash crowd against a running system over HTTP (loopback only,
+//!   through the `loadgen` crate's keep-alive connections): page views and countdown
+//!   polling before the start, the spike at the start, repeat clicks, retries honouring
+//!   `Retry-After`, bots that must be refused, ticket polling and payment of a share of the
+//!   orders. Every random choice derives from one seed (`--seed`, `LOAD_TESTS_SEED`, or a
+//!   random one), printed at start and recorded in the report, so a run can be replayed.
 //! - [`system`]: starts the all-in-one system in this process (gateway, embedded queue,
 //!   in-process stock, order workers, canceller; SQLite or PostgreSQL) for a one-command
 //!   demo and the tests.

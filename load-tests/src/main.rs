@@ -12,9 +12,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use load_tests::crowd::{self, Target};
-use load_tests::scenario::Scenario;
-use load_tests::system::{AllInOne, SystemOptions};
+use load_tests::audit::AuditError;
+use load_tests::crowd::{self, CrowdError, Target};
+use load_tests::scenario::{Scenario, ScenarioError};
+use load_tests::system::{AllInOne, SystemError, SystemOptions};
 
 // The same allocator as the gateway binary (the system runs in this process for `demo`).
 #[global_allocator]
@@ -24,6 +25,52 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const BASELINE_MEASURE: Duration = Duration::from_secs(3);
 /// How long `demo` waits for the queue to drain before it audits.
 const DRAIN_WAIT: Duration = Duration::from_secs(120);
+
+/// Why `demo` or `run` could not run (exit status 2; a failed check is exit status 1).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// The scenario or an override is not acceptable.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// `--url` is not an `http://IP:PORT` URL.
+    #[error("{url}: {why}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The all-in-one system did not start.
+    #[error("starting the all-in-one system: {0}")]
+    System(#[from] SystemError),
+    /// The crowd could not run.
+    #[error(transparent)]
+    Crowd(#[from] CrowdError),
+    /// The baseline's closed loop failed.
+    #[error("baseline: {0}")]
+    Baseline(#[from] loadgen::LoadError),
+    /// The audit could not read its figures.
+    #[error("audit: {0}")]
+    Audit(#[from] AuditError),
+    /// A file or folder could not be made or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+        move |source| CliError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +99,11 @@ struct ScenarioArgs {
     /// Override: concurrent connections.
     #[arg(long)]
     connections: Option<usize>,
+    /// The seed of the crowd's random choices (who acts, bots' tricks, think times, repeat
+    /// clicks, who pays, the run id), to replay a run; default: a random one. Every run
+    /// prints its seed at start and records it in run.json and report.md.
+    #[arg(long, env = crowd::SEED_ENV)]
+    seed: Option<u64>,
     /// Where the report goes (run.json, report.md, throughput.svg, latency.svg).
     #[arg(long, default_value = "target/load-tests")]
     out: PathBuf,
@@ -61,14 +113,8 @@ struct ScenarioArgs {
 }
 
 impl ScenarioArgs {
-    fn scenario(&self) -> Result<Scenario, String> {
-        let mut s = Scenario::preset(&self.scenario).ok_or_else(|| {
-            format!(
-                "no scenario {}; the presets are {}",
-                self.scenario,
-                Scenario::PRESETS.join(", ")
-            )
-        })?;
+    fn scenario(&self) -> Result<Scenario, ScenarioError> {
+        let mut s = Scenario::named(&self.scenario)?;
         if let Some(v) = self.units {
             s.units = v;
         }
@@ -81,6 +127,7 @@ impl ScenarioArgs {
         if let Some(v) = self.connections {
             s.connections = v;
         }
+        s.seed = self.seed;
         s.validate()?;
         Ok(s)
     }
@@ -126,14 +173,20 @@ enum Command {
     Audit(load_tests::audit::AuditArgs),
 }
 
-fn addr_of(url: &str) -> Result<std::net::SocketAddr, String> {
+fn addr_of(url: &str) -> Result<std::net::SocketAddr, CliError> {
+    let bad = |why: String| CliError::Url {
+        url: url.to_string(),
+        why,
+    };
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs"))?;
+        .ok_or_else(|| bad("only http:// URLs".into()))?;
     let hostport = rest.split('/').next().unwrap_or(rest);
     let hostport = hostport.replace("localhost", "127.0.0.1");
     hostport.parse().map_err(|e| {
-        format!("{url}: {e} (give an IP address and port, e.g. http://127.0.0.1:8080)")
+        bad(format!(
+            "{e} (give an IP address and port, e.g. http://127.0.0.1:8080)"
+        ))
     })
 }
 
@@ -208,18 +261,14 @@ fn peak_rss_kib() -> Option<u64> {
 async fn baseline(
     addr: std::net::SocketAddr,
     connections: usize,
-) -> Result<serde_json::Value, String> {
-    let spec = gateway::loadgen::LoadSpec {
+) -> Result<serde_json::Value, loadgen::LoadError> {
+    let spec = loadgen::LoadSpec {
         addr,
         connections,
         warmup: Duration::from_secs(1),
         measure: BASELINE_MEASURE,
     };
-    let r = gateway::loadgen::closed_loop(spec, |_| {
-        gateway::loadgen::request("GET", "/healthz", &[], None)
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let r = loadgen::closed_loop(spec, |_| loadgen::request("GET", "/healthz", &[], None)).await?;
     Ok(serde_json::json!({
         "what": "GET /healthz, closed loop, same connections, same process",
         "requests_per_s": r.rps(),
@@ -229,43 +278,8 @@ async fn baseline(
     }))
 }
 
-async fn demo(
-    args: ScenarioArgs,
-    database: Option<String>,
-    with_baseline: bool,
-    json_out: Option<PathBuf>,
-) -> Result<bool, String> {
-    let scenario = args.scenario()?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let system = AllInOne::start(
-        dir.path(),
-        SystemOptions {
-            database,
-            ..SystemOptions::default()
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    println!(
-        "load-tests: all-in-one system at {} on {}",
-        system.url(),
-        system.database
-    );
-    let base = if with_baseline {
-        Some(baseline(system.addr, scenario.connections).await?)
-    } else {
-        None
-    };
-    let target = Target {
-        addr: system.addr,
-        admin_secret: system.admin_secret.clone(),
-        load_test_secret: system.load_test_secret.clone(),
-        label: format!("all-in-one ({})", system.db.backend()),
-    };
-    let outcome = crowd::run(scenario, target, !args.quiet)
-        .await
-        .map_err(|e| e.to_string())?;
-    // At rest: the queue drained, then the audit.
+/// Waits, at most [`DRAIN_WAIT`], until the order workers have drained the queue.
+async fn wait_for_drain(system: &AllInOne) {
     let deadline = Instant::now() + DRAIN_WAIT;
     loop {
         let lag = system
@@ -285,6 +299,87 @@ async fn demo(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The end-to-end benchmark's JSON summary: the crowd's figures against the baseline's.
+fn benchmark_summary(
+    record: &load_tests::record::RunRecord,
+    report: &load_tests::audit::AuditReport,
+    base: serde_json::Value,
+    last_order_after_ms: Option<u64>,
+    seed: u64,
+) -> serde_json::Value {
+    let p99 = |route: &str| {
+        record
+            .latency
+            .get(route)
+            .and_then(|m| m.get("all"))
+            .map_or(0.0, |l| l.p99_ms)
+    };
+    serde_json::json!({
+        "benchmark": "end-to-end flash crowd",
+        "scenario": record.scenario,
+        "seed": seed,
+        "target": record.target,
+        "units": record.units,
+        "users": record.users,
+        "attempts": record.attempts,
+        "attempts_per_s": record.attempts_per_s,
+        "attempt_phase_ms": record.attempt_phase_ms,
+        "p99_token_ms": p99("token"),
+        "p99_purchase_ms": p99("purchase"),
+        "p50_purchase_ms": record.latency.get("purchase").and_then(|m| m.get("all")).map_or(0.0, |l| l.p50_ms),
+        "sold_out_after_ms": record.sold_out_after_ms,
+        "last_decision_seen_after_ms": record.last_decision_after_ms,
+        "last_order_written_after_ms": last_order_after_ms,
+        "peak_backlog": record.peak_backlog,
+        "accepted": record.accepted,
+        "ordered": record.ordered,
+        "bots_accepted": record.bots_accepted,
+        "errors": record.errors,
+        "audit_passed": report.passed(),
+        "peak_rss_kib_system_and_generator": peak_rss_kib(),
+        "baseline": base,
+        "attempts_vs_baseline": record.attempts_per_s / base["requests_per_s"].as_f64().unwrap_or(f64::NAN),
+        "published_reference_req_per_s": {"note": "quoted from public seckill projects, not measured here", "best_with_db_and_queue": 1306, "no_db_no_queue": 4276},
+    })
+}
+
+async fn demo(
+    args: ScenarioArgs,
+    database: Option<String>,
+    with_baseline: bool,
+    json_out: Option<PathBuf>,
+) -> Result<bool, CliError> {
+    let scenario = args.scenario()?;
+    let dir = tempfile::tempdir().map_err(CliError::io(&std::env::temp_dir()))?;
+    let system = AllInOne::start(
+        dir.path(),
+        SystemOptions {
+            database,
+            ..SystemOptions::default()
+        },
+    )
+    .await?;
+    println!(
+        "load-tests: all-in-one system at {} on {}",
+        system.url(),
+        system.database
+    );
+    let base = if with_baseline {
+        Some(baseline(system.addr, scenario.connections).await?)
+    } else {
+        None
+    };
+    let target = Target {
+        addr: system.addr,
+        admin_secret: system.admin_secret.clone(),
+        load_test_secret: system.load_test_secret.clone(),
+        label: format!("all-in-one ({})", system.db.backend()),
+    };
+    let outcome = crowd::run(scenario, target, !args.quiet).await?;
+    // At rest: the queue drained, then the audit.
+    wait_for_drain(&system).await;
     let store = system.state.inventory.store_arc();
     let report = load_tests::audit::audit(&load_tests::audit::AuditInput {
         db: system.db.clone(),
@@ -294,13 +389,13 @@ async fn demo(
         at_rest: true,
         now_ms: gateway::app::now_ms(),
     })
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     report.print();
     let opened_ms = outcome.record.started_at_ms + outcome.record.sale_opened_after_ms;
     let last_order_after_ms = last_order_ms(&system.db, outcome.record.sale_id)
         .await
         .map(|t| t.saturating_sub(opened_ms));
+    let seed = outcome.seed;
     let mut record = outcome.record;
     // The tickets are polled after the spike, so the poll's last sight of a decision is no
     // earlier than the spike's end; with the database at hand, the last order's own time.
@@ -311,43 +406,12 @@ async fn demo(
     headline(&record);
     let wrote = write_report(&record, &args.out);
     if let Some(base) = base {
-        let p99 = |route: &str| {
-            record
-                .latency
-                .get(route)
-                .and_then(|m| m.get("all"))
-                .map_or(0.0, |l| l.p99_ms)
-        };
-        let summary = serde_json::json!({
-            "benchmark": "end-to-end flash crowd",
-            "scenario": record.scenario,
-            "target": record.target,
-            "units": record.units,
-            "users": record.users,
-            "attempts": record.attempts,
-            "attempts_per_s": record.attempts_per_s,
-            "attempt_phase_ms": record.attempt_phase_ms,
-            "p99_token_ms": p99("token"),
-            "p99_purchase_ms": p99("purchase"),
-            "p50_purchase_ms": record.latency.get("purchase").and_then(|m| m.get("all")).map_or(0.0, |l| l.p50_ms),
-            "sold_out_after_ms": record.sold_out_after_ms,
-            "last_decision_seen_after_ms": record.last_decision_after_ms,
-            "last_order_written_after_ms": last_order_after_ms,
-            "peak_backlog": record.peak_backlog,
-            "accepted": record.accepted,
-            "ordered": record.ordered,
-            "bots_accepted": record.bots_accepted,
-            "errors": record.errors,
-            "audit_passed": report.passed(),
-            "peak_rss_kib_system_and_generator": peak_rss_kib(),
-            "baseline": base,
-            "attempts_vs_baseline": record.attempts_per_s / base["requests_per_s"].as_f64().unwrap_or(f64::NAN),
-            "published_reference_req_per_s": {"note": "quoted from public seckill projects, not measured here", "best_with_db_and_queue": 1306, "no_db_no_queue": 4276},
-        });
-        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        let summary = benchmark_summary(&record, &report, base, last_order_after_ms, seed);
+        // A JSON value always serialises.
+        let text = serde_json::to_string_pretty(&summary).unwrap_or_else(|_| summary.to_string());
         println!("{text}");
         if let Some(path) = json_out {
-            std::fs::write(&path, &text).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::write(&path, &text).map_err(CliError::io(&path))?;
         }
     }
     system.stop().await;
@@ -360,7 +424,7 @@ async fn run_against(
     admin_secret: String,
     load_test_secret: String,
     tickets_out: Option<PathBuf>,
-) -> Result<bool, String> {
+) -> Result<bool, CliError> {
     let scenario = args.scenario()?;
     let addr = addr_of(&url)?;
     let outcome = crowd::run(
@@ -373,12 +437,11 @@ async fn run_against(
         },
         !args.quiet,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     if let Some(path) = tickets_out {
         let mut text = outcome.tickets.join("\n");
         text.push('\n');
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, text).map_err(CliError::io(&path))?;
     }
     headline(&outcome.record);
     let wrote = write_report(&outcome.record, &args.out);

@@ -81,8 +81,16 @@ fn write_markdown(md: &mut String, r: &RunRecord) -> std::fmt::Result {
     };
     writeln!(md, "# Flash-sale load test: {}", inline(scenario))?;
     writeln!(md)?;
+    write_verdict(md, r)?;
+    write_headline(md, r, scenario)?;
+    write_outcomes(md, r)?;
+    write_latency(md, r)?;
+    write_audit(md, r)?;
+    write_plots_and_settings(md, r)
+}
 
-    // One line a person can stop at.
+/// One line a person can stop at: the audit, the sell-out, orders, bots, errors.
+fn write_verdict(md: &mut String, r: &RunRecord) -> std::fmt::Result {
     let mut verdict = Vec::new();
     match &r.audit {
         Some(a) if a.passed() => verdict.push("**audit PASS**".to_string()),
@@ -109,13 +117,20 @@ fn write_markdown(md: &mut String, r: &RunRecord) -> std::fmt::Result {
     verdict.push(format!("{} connection errors", int(r.errors)));
     writeln!(md, "{}.", verdict.join(" · "))?;
     writeln!(md)?;
+    Ok(())
+}
 
+/// The headline table: the run's figures, one a row.
+fn write_headline(md: &mut String, r: &RunRecord, scenario: &str) -> std::fmt::Result {
     writeln!(md, "## Headline")?;
     writeln!(md)?;
     writeln!(md, "| Figure | Value |")?;
     writeln!(md, "| --- | ---: |")?;
     let mut row = |k: &str, v: String| writeln!(md, "| {} | {} |", k, cell(&v));
     row("Scenario", scenario.to_string())?;
+    if let Some(seed) = r.settings.get("seed").and_then(serde_json::Value::as_u64) {
+        row("Seed (`--seed`)", seed.to_string())?;
+    }
     row(
         "Target",
         if r.target.is_empty() {
@@ -199,6 +214,11 @@ fn write_markdown(md: &mut String, r: &RunRecord) -> std::fmt::Result {
         writeln!(md)?;
     }
 
+    Ok(())
+}
+
+/// Answers to purchase attempts by outcome, with their shares.
+fn write_outcomes(md: &mut String, r: &RunRecord) -> std::fmt::Result {
     writeln!(md, "## Outcomes")?;
     writeln!(md)?;
     if r.outcomes.is_empty() {
@@ -224,7 +244,11 @@ fn write_markdown(md: &mut String, r: &RunRecord) -> std::fmt::Result {
         )?;
     }
     writeln!(md)?;
+    Ok(())
+}
 
+/// Latency per route (`all` first) and outcome.
+fn write_latency(md: &mut String, r: &RunRecord) -> std::fmt::Result {
     writeln!(md, "## Latency")?;
     writeln!(md)?;
     if r.latency.is_empty() {
@@ -264,7 +288,11 @@ fn write_markdown(md: &mut String, r: &RunRecord) -> std::fmt::Result {
         }
     }
     writeln!(md)?;
+    Ok(())
+}
 
+/// The audit's checks and the figures it read.
+fn write_audit(md: &mut String, r: &RunRecord) -> std::fmt::Result {
     writeln!(md, "## Audit")?;
     writeln!(md)?;
     match &r.audit {
@@ -292,47 +320,58 @@ fn write_markdown(md: &mut String, r: &RunRecord) -> std::fmt::Result {
                     )?;
                 }
             }
-            if !a.sales.is_empty() {
-                writeln!(md)?;
-                writeln!(
-                    md,
-                    "Figures the audit read, per sale (database, then stock store):"
-                )?;
-                writeln!(md)?;
-                writeln!(
-                    md,
-                    "| Sale | Units | Left | Pending | Paid | Cancelled | Store units | \
-                     Store left | Holders |"
-                )?;
-                writeln!(
-                    md,
-                    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-                )?;
-                for s in &a.sales {
-                    let store = |f: fn(&crate::audit::StoreFigures) -> i64| {
-                        s.store
-                            .as_ref()
-                            .map_or_else(|| "—".to_string(), |st| f(st).to_string())
-                    };
-                    writeln!(
-                        md,
-                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                        s.sale,
-                        s.units,
-                        s.units_left,
-                        s.pending,
-                        s.paid,
-                        s.cancelled,
-                        store(|st| st.units),
-                        store(|st| st.left),
-                        store(|st| st.holders)
-                    )?;
-                }
-            }
+            write_audit_sales(md, &a.sales)?;
         }
     }
     writeln!(md)?;
+    Ok(())
+}
 
+/// The audit's figures per sale (database, then stock store), if it read any.
+fn write_audit_sales(md: &mut String, sales: &[crate::audit::SaleFigures]) -> std::fmt::Result {
+    if sales.is_empty() {
+        return Ok(());
+    }
+    writeln!(md)?;
+    writeln!(
+        md,
+        "Figures the audit read, per sale (database, then stock store):"
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| Sale | Units | Left | Pending | Paid | Cancelled | Store units | \
+         Store left | Holders |"
+    )?;
+    writeln!(
+        md,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )?;
+    for s in sales {
+        let store = |f: fn(&crate::audit::StoreFigures) -> i64| {
+            s.store
+                .as_ref()
+                .map_or_else(|| "—".to_string(), |st| f(st).to_string())
+        };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.sale,
+            s.units,
+            s.units_left,
+            s.pending,
+            s.paid,
+            s.cancelled,
+            store(|st| st.units),
+            store(|st| st.left),
+            store(|st| st.holders)
+        )?;
+    }
+    Ok(())
+}
+
+/// Links to the plots and the JSON record, and the scenario's settings.
+fn write_plots_and_settings(md: &mut String, r: &RunRecord) -> std::fmt::Result {
     writeln!(md, "## Plots")?;
     writeln!(md)?;
     writeln!(
@@ -968,4 +1007,24 @@ fn utc(epoch_ms: u64) -> String {
         rem % 60,
         epoch_ms % 1000
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_headline_names_the_seed_when_the_settings_hold_one() {
+        let mut record = RunRecord {
+            settings: serde_json::json!({ "units": 5, "seed": 12345 }),
+            ..RunRecord::default()
+        };
+        assert!(
+            to_markdown(&record).contains("| Seed (`--seed`) | 12345 |"),
+            "{}",
+            to_markdown(&record)
+        );
+        record.settings = serde_json::json!({ "units": 5 });
+        assert!(!to_markdown(&record).contains("Seed"));
+    }
 }

@@ -14,6 +14,48 @@ pub const CONNECTIONS_MAX: usize = 2048;
 /// Longest run, ms (every phase stops by then).
 pub const DEADLINE_MS_MAX: u64 = 30 * 60 * 1000;
 
+/// Why a scenario cannot run: an unknown preset, or a setting out of its bounds.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScenarioError {
+    /// No preset has this name.
+    #[error("no scenario {name:?}; the presets are {}", Scenario::PRESETS.join(", "))]
+    NoSuchPreset {
+        /// The name asked for.
+        name: String,
+    },
+    /// A share is outside `0..=1`.
+    #[error("{setting} is a share between 0 and 1, not {value}")]
+    Share {
+        /// Which setting.
+        setting: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A count is outside its bounds.
+    #[error("{setting}: {value} is outside {min}..={max}")]
+    OutOfBounds {
+        /// Which setting.
+        setting: &'static str,
+        /// Its value.
+        value: u64,
+        /// The smallest allowed.
+        min: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// A count is below its least value.
+    #[error("{setting}: {value} is below {min}")]
+    TooSmall {
+        /// Which setting.
+        setting: &'static str,
+        /// Its value.
+        value: u64,
+        /// The smallest allowed.
+        min: u64,
+    },
+}
+
 /// A flash crowd.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scenario {
@@ -44,9 +86,21 @@ pub struct Scenario {
     pub connections: usize,
     /// The whole run stops by then, whatever is left.
     pub deadline_ms: u64,
+    /// The seed of the crowd's random choices (who acts, bots' tricks, think times, repeat
+    /// clicks, who pays, the run id); `None`: the `LOAD_TESTS_SEED` environment variable's,
+    /// else a random one. A run records the seed it used here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Scenario {
+    /// A preset by name, or the error that names the presets.
+    pub fn named(name: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::preset(name).ok_or_else(|| ScenarioError::NoSuchPreset {
+            name: name.to_string(),
+        })
+    }
+
     /// A preset by name: `ci`, `small`, `large`.
     pub fn preset(name: &str) -> Option<Scenario> {
         let base = Scenario {
@@ -62,6 +116,7 @@ impl Scenario {
             pay_window_ms: 600_000,
             connections: 32,
             deadline_ms: 120_000,
+            seed: None,
         };
         match name {
             "ci" => Some(base),
@@ -91,35 +146,47 @@ impl Scenario {
     /// The preset names.
     pub const PRESETS: [&'static str; 3] = ["ci", "small", "large"];
 
-    /// Checks the bounds; the reason when a setting is out of them.
-    pub fn validate(&self) -> Result<(), String> {
-        let share = |v: f64, what: &str| {
-            if (0.0..=1.0).contains(&v) {
+    /// Checks the bounds; the first setting out of them is the error.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let share = |setting: &'static str, value: f64| {
+            if (0.0..=1.0).contains(&value) {
                 Ok(())
             } else {
-                Err(format!("{what} is a share between 0 and 1, not {v}"))
+                Err(ScenarioError::Share { setting, value })
             }
         };
-        share(self.bot_share, "bot_share")?;
-        share(self.repeat_share, "repeat_share")?;
-        share(self.pay_share, "pay_share")?;
-        if self.units == 0 || self.units > inventory::UNITS_MAX {
-            return Err(format!("units: 1..={}", inventory::UNITS_MAX));
-        }
-        if self.users == 0 || self.users > USERS_MAX {
-            return Err(format!("users: 1..={USERS_MAX}"));
-        }
-        if self.attempts == 0 || self.attempts > ATTEMPTS_MAX {
-            return Err(format!("attempts: 1..={ATTEMPTS_MAX}"));
-        }
-        if self.connections == 0 || self.connections > CONNECTIONS_MAX {
-            return Err(format!("connections: 1..={CONNECTIONS_MAX}"));
-        }
-        if self.deadline_ms == 0 || self.deadline_ms > DEADLINE_MS_MAX {
-            return Err(format!("deadline_ms: 1..={DEADLINE_MS_MAX}"));
-        }
+        let count = |setting: &'static str, value: u64, max: u64| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ScenarioError::OutOfBounds {
+                    setting,
+                    value,
+                    min: 1,
+                    max,
+                })
+            }
+        };
+        share("bot_share", self.bot_share)?;
+        share("repeat_share", self.repeat_share)?;
+        share("pay_share", self.pay_share)?;
+        count("units", self.units, inventory::UNITS_MAX)?;
+        count("users", self.users, USERS_MAX)?;
+        count("attempts", self.attempts, ATTEMPTS_MAX)?;
+        // A usize fits in a u64 on every target this builds for; the fallback only keeps
+        // the conversion total.
+        count(
+            "connections",
+            u64::try_from(self.connections).unwrap_or(u64::MAX),
+            CONNECTIONS_MAX as u64,
+        )?;
+        count("deadline_ms", self.deadline_ms, DEADLINE_MS_MAX)?;
         if self.pay_window_ms == 0 {
-            return Err("pay_window_ms: at least 1".into());
+            return Err(ScenarioError::TooSmall {
+                setting: "pay_window_ms",
+                value: self.pay_window_ms,
+                min: 1,
+            });
         }
         Ok(())
     }
@@ -185,5 +252,42 @@ mod tests {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
         assert_eq!(ok.bots(), 20);
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_its_bounds() {
+        let ok = Scenario::preset("ci").expect("ci");
+        let err = Scenario {
+            units: 0,
+            ..ok.clone()
+        }
+        .validate()
+        .expect_err("no units");
+        assert_eq!(
+            err.to_string(),
+            format!("units: 0 is outside 1..={}", inventory::UNITS_MAX)
+        );
+        let err = Scenario {
+            repeat_share: 2.0,
+            ..ok.clone()
+        }
+        .validate()
+        .expect_err("a share above 1");
+        assert_eq!(
+            err.to_string(),
+            "repeat_share is a share between 0 and 1, not 2"
+        );
+        let err = Scenario {
+            pay_window_ms: 0,
+            ..ok
+        }
+        .validate()
+        .expect_err("no pay window");
+        assert_eq!(err.to_string(), "pay_window_ms: 0 is below 1");
+        let err = Scenario::named("huge").expect_err("no such preset");
+        assert_eq!(
+            err.to_string(),
+            "no scenario \"huge\"; the presets are ci, small, large"
+        );
     }
 }

@@ -31,7 +31,6 @@ use bytes::Bytes;
 use clap::Parser;
 use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, now_ms};
 use gateway::ledger::MemoryLedger;
-use gateway::loadgen::{LoadResult, LoadSpec, closed_loop, request};
 use gateway::sales::NewSale;
 use gateway::session::{SESSION_COOKIE_NAME, SessionKey};
 use gateway::throttle::ThrottleConfig;
@@ -40,6 +39,7 @@ use http_body_util::Full;
 use hyper::Request;
 use hyper::header::HeaderValue;
 use inventory::{Inventory, MemoryStore};
+use loadgen::{LoadResult, LoadSpec, closed_loop, request};
 use queue::Queue;
 use serde_json::{Value, json};
 

@@ -1,7 +1,19 @@
-//! A small HTTP/1.1 load driver: keep-alive connections (hyper's client connection, one
-//! request at a time on each) and a closed loop that keeps `connections` requests in flight
-//! for a measured period, recording latency in an HDR histogram. The gateway benchmark and
-//! the real-socket tests use it; it talks to loopback addresses only.
+//! A small HTTP/1.1 load driver for loopback targets: keep-alive connections (hyper's client
+//! connection, one request at a time on each) and a closed loop that keeps `connections`
+//! requests in flight for a measured period, recording latency in an HDR histogram.
+//!
+//! It is a tool, not part of any service: the gateway's `gateway-bench` binary (behind the
+//! gateway's default `bench` feature), the gateway's real-socket tests and the `load-tests`
+//! flash crowd use it. It knows nothing of the gateway (no dependency on it), and it talks
+//! to loopback addresses only, so a mistyped address never sends load to another machine.
+//!
+//! Items:
+//! - [`Conn`]: one keep-alive connection; [`Conn::send`] reads the whole [`Answer`] (body
+//!   at most [`RESPONSE_BYTES_MAX`]); [`request`] builds a request with a JSON body.
+//! - [`closed_loop`]: runs a [`LoadSpec`] (at most [`CONNECTIONS_MAX`] connections) and
+//!   returns a [`LoadResult`]: counts by status, errors, and latency up to
+//!   [`LATENCY_MAX_US`].
+//! - [`LoadError`]: why a connection or a request failed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
