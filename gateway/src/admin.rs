@@ -20,12 +20,9 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use web::assets::assets;
 use web::views::{
@@ -33,182 +30,22 @@ use web::views::{
     SaleState, SaleView,
 };
 
-use crate::app::{AppState, ClientIp, now_ms};
+use crate::extract::{AdminAuth, ClientIp, authenticate, cross_site};
+use crate::state::{AppState, now_ms};
+
+// Moved to `session` and `extract` (the state and the extractors use them); kept here too.
 use crate::error::ApiError;
+pub use crate::extract::{ADMIN_COOKIE_NAME, CSRF_HEADER, check_api};
 use crate::pages::html;
 use crate::sales::NewSale;
-use crate::session::SessionKey;
+pub use crate::session::AdminKey;
 
-/// Name of the admin cookie.
-pub const ADMIN_COOKIE_NAME: &str = "admin";
 /// How long an admin stays signed in.
 pub const ADMIN_SESSION_MS: u64 = 12 * 3600 * 1000;
 /// Most sales on the dashboard (the newest).
 pub const DASHBOARD_SALES_MAX: usize = 50;
 /// Longest payload shown for a dead letter, characters.
 pub const PAYLOAD_SHOWN_MAX: usize = 300;
-/// Header carrying the CSRF token of a cookie-authenticated JSON API call.
-pub const CSRF_HEADER: &str = "x-csrf-token";
-
-/// Signs admin cookies and CSRF tokens: derived from the session key and the admin secret.
-#[derive(Clone)]
-pub struct AdminKey {
-    cookies: SessionKey,
-    csrf: Hmac<Sha256>,
-}
-
-impl std::fmt::Debug for AdminKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminKey(<redacted>)")
-    }
-}
-
-impl AdminKey {
-    /// The key of a gateway with this session key and admin secret.
-    pub fn derive(sessions: &SessionKey, admin_secret: &str) -> AdminKey {
-        let derive = |label: &[u8]| -> [u8; 32] {
-            let mut h = Sha256::new();
-            h.update(b"seckill admin key v1\0");
-            h.update(label);
-            h.update(sessions.as_bytes());
-            h.update(admin_secret.as_bytes());
-            h.finalize().into()
-        };
-        let mut csrf_key = [0u8; 64];
-        csrf_key[..32].copy_from_slice(&derive(b"csrf"));
-        AdminKey {
-            cookies: SessionKey::from_bytes(derive(b"cookie")),
-            csrf: <Hmac<Sha256> as KeyInit>::new(&csrf_key.into()),
-        }
-    }
-
-    /// A new admin cookie value (random nonce), valid until `expires_at_ms`.
-    pub fn sign(&self, expires_at_ms: u64) -> String {
-        let nonce: [u8; 16] = rand::random();
-        let subject = format!("admin.{}", hex(&nonce));
-        // The subject is a valid user id (ASCII, no separator), so signing cannot fail.
-        self.cookies
-            .sign(&subject, expires_at_ms)
-            .unwrap_or_default()
-    }
-
-    /// The nonce of a valid admin cookie value.
-    pub fn verify(&self, value: &str, now_ms: u64) -> Option<String> {
-        let subject = self.cookies.verify(value, now_ms).ok()?;
-        subject.strip_prefix("admin.").map(str::to_owned)
-    }
-
-    /// The CSRF token of the session with this nonce.
-    pub fn csrf(&self, nonce: &str) -> String {
-        let mut mac = self.csrf.clone();
-        mac.update(b"csrf|");
-        mac.update(nonce.as_bytes());
-        hex(&mac.finalize().into_bytes()[..16])
-    }
-
-    /// Whether `given` is the CSRF token of `nonce` (constant time).
-    pub fn csrf_ok(&self, nonce: &str, given: &str) -> bool {
-        let want = self.csrf(nonce);
-        want.len() == given.len() && bool::from(want.as_bytes().ct_eq(given.as_bytes()))
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The value of cookie `name` in the request, if present and not empty.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (n, v) = pair.split_once('=')?;
-            (n.trim() == name && !v.trim().is_empty()).then(|| v.trim())
-        })
-}
-
-/// How an admin request was authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminAuth {
-    /// `Authorization: Bearer <secret>` (API clients; no cookie, so no CSRF).
-    Bearer,
-    /// The admin cookie, with its nonce (browsers; POSTs need the CSRF token).
-    Cookie(String),
-}
-
-fn bearer_ok(state: &AppState, headers: &HeaderMap) -> bool {
-    let expected = format!("Bearer {}", state.config.admin_secret);
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    !state.config.admin_secret.is_empty()
-        && given.len() == expected.len()
-        && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
-}
-
-/// How this request is authenticated as the admin, if it is.
-pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<AdminAuth> {
-    if state.config.admin_secret.is_empty() {
-        return None;
-    }
-    if bearer_ok(state, headers) {
-        return Some(AdminAuth::Bearer);
-    }
-    let value = cookie(headers, ADMIN_COOKIE_NAME)?;
-    state
-        .admin_key
-        .verify(value, now_ms())
-        .map(AdminAuth::Cookie)
-}
-
-/// Whether the request comes from another site, by `Origin` (compared with `Host`) or,
-/// without one, `Sec-Fetch-Site`. Requests with neither (API clients) are not cross-site.
-pub fn cross_site(headers: &HeaderMap) -> bool {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let origin = origin.to_str().unwrap_or("");
-        let Some(host) = host else { return true };
-        let authority = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"));
-        return authority != Some(host);
-    }
-    headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !matches!(v, "same-origin" | "none"))
-}
-
-/// The rules of the admin JSON API for a request: bearer, or cookie (with the CSRF header
-/// and a same-site origin on anything but GET/HEAD). Used by `app::Admin`.
-pub fn check_api(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
-    match authenticate(state, &parts.headers) {
-        Some(AdminAuth::Bearer) => Ok(()),
-        Some(AdminAuth::Cookie(nonce)) => {
-            if matches!(parts.method, Method::GET | Method::HEAD) {
-                return Ok(());
-            }
-            let token = parts
-                .headers
-                .get(CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if cross_site(&parts.headers) || !state.admin_key.csrf_ok(&nonce, token) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "csrf",
-                    "cross-site request or missing CSRF token",
-                ));
-            }
-            Ok(())
-        }
-        None => Err(ApiError::unauthorized("admin secret required")),
-    }
-}
 
 fn login_page(status: StatusCode, error: Option<String>) -> Response {
     html(
@@ -627,7 +464,7 @@ pub async fn create_sale(
             return dashboard_page(&state, &nonce, StatusCode::BAD_REQUEST, None, Some(e)).await;
         }
     };
-    match crate::app::create_sale_in(&state, &sale).await {
+    match crate::orders::create_sale_in(&state, &sale).await {
         Ok(created) => see_other(&format!("/admin?created={}", created.id)),
         Err(e) => dashboard_page(&state, &nonce, e.status, None, Some(e.message.clone())).await,
     }
@@ -643,7 +480,7 @@ pub struct LiveQuery {
 /// `GET /admin/api/live`.
 pub async fn live(
     State(state): State<Arc<AppState>>,
-    _admin: crate::app::Admin,
+    _admin: crate::extract::Admin,
     query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let now = now_ms();
@@ -656,7 +493,7 @@ pub async fn live(
     let since = query.map_or(0, |Query(q)| q.since_ms);
     (
         [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(state.live.snapshot(since)),
+        axum::Json(state.live.snapshot(since, now_ms())),
     )
         .into_response()
 }
@@ -914,7 +751,7 @@ mod tests {
 
     #[test]
     fn admin_cookies_and_csrf() {
-        let sessions = SessionKey::generate();
+        let sessions = crate::session::SessionKey::generate();
         let key = AdminKey::derive(&sessions, "s3cret");
         let v = key.sign(2_000);
         let nonce = key.verify(&v, 1_000).expect("valid");

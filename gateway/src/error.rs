@@ -69,6 +69,11 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after_ms(retry_ms)
     }
 
+    /// 410: the sale has ended.
+    pub fn ended() -> Self {
+        ApiError::new(StatusCode::GONE, "ended", "the sale has ended")
+    }
+
     /// 500: logged in full, shown to the client without details.
     pub fn internal(what: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {what}");
@@ -108,6 +113,13 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
+    }
+}
+
+/// The ledger of purchase tokens could not answer: 503, try again in a second.
+impl From<crate::ledger::LedgerError> for ApiError {
+    fn from(e: crate::ledger::LedgerError) -> Self {
+        ApiError::unavailable("unavailable", e.to_string(), 1000)
     }
 }
 

@@ -19,11 +19,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use order_worker::db::{Order, Payment};
 use serde_json::{Value, json};
 
-use crate::app::{Admin, AppState, SaleIdPath, SessionUser, now_ms};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{Admin, JsonBody, SaleIdPath, SessionUser};
+use crate::sales::{NewSale, Sale};
+use crate::state::{AppState, Shared, now_ms};
 
 /// Longest order id accepted in a path, bytes.
 pub const ORDER_ID_BYTES_MAX: usize = 64;
@@ -278,4 +281,38 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
         tracing::warn!("releasing the unit of a discarded purchase: {e}");
     }
     Ok(())
+}
+
+pub async fn create_sale(
+    State(state): State<Shared>,
+    _admin: Admin,
+    JsonBody(sale): JsonBody<NewSale>,
+) -> ApiResult<Response> {
+    let created = create_sale_in(&state, &sale).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Creates a sale (the JSON API and the dashboard's form).
+pub async fn create_sale_in(state: &AppState, sale: &NewSale) -> ApiResult<Sale> {
+    // The database is the source of truth: the sale is created there first (a taken id is
+    // a conflict), then its stock is set to match (a store holding stale figures for this
+    // id, from an earlier database, is reset), then it is listed.
+    let created = state
+        .db
+        .create_sale(sale, now_ms())
+        .await
+        .map_err(|e| match e {
+            order_worker::DbError::Invalid(m) => ApiError::bad_request(m),
+            order_worker::DbError::Conflict(m) => {
+                ApiError::new(StatusCode::CONFLICT, "sale_exists", m)
+            }
+            other => ApiError::unavailable("unavailable", other.to_string(), 1000),
+        })?;
+    state
+        .inventory
+        .reconcile(created.id, created.units, &[])
+        .await
+        .map_err(|e| ApiError::unavailable("unavailable", e.to_string(), 1000))?;
+    state.catalogue.upsert(created.clone());
+    Ok(created)
 }

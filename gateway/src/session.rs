@@ -17,7 +17,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE_NAME: &str = "seckill_session";
@@ -370,4 +371,71 @@ mod tests {
             Some("first")
         );
     }
+}
+
+/// Signs admin cookies and CSRF tokens: derived from the session key and the admin secret.
+#[derive(Clone)]
+pub struct AdminKey {
+    cookies: SessionKey,
+    csrf: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey(<redacted>)")
+    }
+}
+
+impl AdminKey {
+    /// The key of a gateway with this session key and admin secret.
+    pub fn derive(sessions: &SessionKey, admin_secret: &str) -> AdminKey {
+        let derive = |label: &[u8]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            h.update(b"seckill admin key v1\0");
+            h.update(label);
+            h.update(sessions.as_bytes());
+            h.update(admin_secret.as_bytes());
+            h.finalize().into()
+        };
+        let mut csrf_key = [0u8; 64];
+        csrf_key[..32].copy_from_slice(&derive(b"csrf"));
+        AdminKey {
+            cookies: SessionKey::from_bytes(derive(b"cookie")),
+            csrf: <Hmac<Sha256> as KeyInit>::new(&csrf_key.into()),
+        }
+    }
+
+    /// A new admin cookie value (random nonce), valid until `expires_at_ms`.
+    pub fn sign(&self, expires_at_ms: u64) -> String {
+        let nonce: [u8; 16] = rand::random();
+        let subject = format!("admin.{}", hex(&nonce));
+        // The subject is a valid user id (ASCII, no separator), so signing cannot fail.
+        self.cookies
+            .sign(&subject, expires_at_ms)
+            .unwrap_or_default()
+    }
+
+    /// The nonce of a valid admin cookie value.
+    pub fn verify(&self, value: &str, now_ms: u64) -> Option<String> {
+        let subject = self.cookies.verify(value, now_ms).ok()?;
+        subject.strip_prefix("admin.").map(str::to_owned)
+    }
+
+    /// The CSRF token of the session with this nonce.
+    pub fn csrf(&self, nonce: &str) -> String {
+        let mut mac = self.csrf.clone();
+        mac.update(b"csrf|");
+        mac.update(nonce.as_bytes());
+        hex(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// Whether `given` is the CSRF token of `nonce` (constant time).
+    pub fn csrf_ok(&self, nonce: &str, given: &str) -> bool {
+        let want = self.csrf(nonce);
+        want.len() == given.len() && bool::from(want.as_bytes().ct_eq(given.as_bytes()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -28,66 +28,17 @@
 //!   the reset; its order is still decided by the database, which never oversells.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use inventory::SaleStock;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Housekeeping rounds (one a second) between reconciliation checks.
 pub const RECONCILE_EVERY_ROUNDS: u64 = 10;
 
-/// A purchase waiting in the orders topic's dead letters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    /// Sale.
-    pub sale: u64,
-    /// Why the workers gave up on it.
-    pub reason: String,
-}
-
-/// The tickets of purchases in the orders topic's dead letters (the first
-/// `queue::limits::DEAD_LETTER_LIST_MAX` of them), as last listed.
-#[derive(Debug, Default)]
-pub struct HeldTickets(Mutex<HashMap<String, Held>>);
-
-impl HeldTickets {
-    /// A held ticket.
-    pub fn get(&self, ticket: &str) -> Option<Held> {
-        match self.0.lock() {
-            Ok(g) => g.get(ticket).cloned(),
-            Err(p) => p.into_inner().get(ticket).cloned(),
-        }
-    }
-
-    fn replace(&self, held: HashMap<String, Held>) {
-        match self.0.lock() {
-            Ok(mut g) => *g = held,
-            Err(p) => *p.into_inner() = held,
-        }
-    }
-}
-
-/// State of the reconciliation at rest.
-#[derive(Debug, Default)]
-pub struct Reconciler {
-    rounds: AtomicU64,
-    /// Sales whose store figures differed from the database at the last check, with the
-    /// figures seen then.
-    suspects: Mutex<HashMap<u64, SaleStock>>,
-    /// Sales reset to the database's figures (since start).
-    pub resets: AtomicU64,
-}
-
-impl Reconciler {
-    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SaleStock>> {
-        match self.suspects.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-}
+// Moved to `state` (the state holds them); kept here too.
+pub use crate::state::{Held, HeldTickets, Reconciler};
 
 /// Reads the database's sales into the catalogue, defining the stock of sales new to this
 /// gateway that the store does not hold yet. Returns how many sales were new.
