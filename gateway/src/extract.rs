@@ -128,7 +128,7 @@ pub struct Admin;
 impl FromRequestParts<Shared> for Admin {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        crate::admin::check_api(state, parts)?;
+        check_api(state, parts)?;
         Ok(Admin)
     }
 }

@@ -72,22 +72,22 @@ pub async fn purchase(
     // the unit queued (its ticket recorded), or with both given back; never a token spent
     // for nothing or a unit held by nobody.
     let task_state = state.clone();
-    let task_user = user.clone();
     let price_cents = sale.price_cents;
     // The ticket is the request id and the message id: a retried publish is de-duplicated.
     let ticket = uuid::Uuid::now_v7();
     let running = Running::enter(&state);
     let commit = tokio::spawn(async move {
         let _running = running;
-        commit_purchase(
-            &task_state,
-            id,
-            task_user,
-            verified,
+        commit_purchase(Commit {
+            state: &task_state,
+            sale: id,
+            user,
+            token: verified,
             ticket,
+            ticket_id: ticket.to_string(),
             price_cents,
             now,
-        )
+        })
         .await
     });
     let wait = Duration::from_millis(state.config.purchase_wait_ms.max(1));
@@ -133,156 +133,218 @@ fn definitely_not_stored(e: &queue::Error) -> bool {
     )
 }
 
-/// Reserve, publish, then record the ticket or release the unit.
-async fn commit_purchase(
-    state: &AppState,
-    id: u64,
+/// One purchase past its token check, run by [`commit_purchase`] as named steps: room for
+/// its ticket, spend the token, reserve the unit, publish, record the ticket; and the roll
+/// backs (give the token back, release the unit) where a step fails for certain.
+struct Commit<'a> {
+    state: &'a AppState,
+    sale: u64,
     user: String,
     token: Verified,
     ticket: uuid::Uuid,
+    ticket_id: String,
     price_cents: u64,
     now: u64,
-) -> ApiResult<(uuid::Uuid, queue::Confirm)> {
-    let m = &state.metrics;
-    // A purchase that fails for the system's reasons gives its token back.
-    let restore_token = || async {
-        match state
-            .ledger
-            .restore(id, token.holder, token.nonce, token.expires_at_ms, now_ms())
-            .await
-        {
-            Ok(()) => {
-                m.tokens_restored.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!("restoring a purchase token: {e}"),
+}
+
+impl Commit<'_> {
+    /// Step 1: refuse rather than forget a ticket when every ticket this gateway remembers
+    /// is still queued (before the token is spent, so the buyer keeps it).
+    fn check_room(&self) -> ApiResult<()> {
+        if self.state.tickets.has_room() {
+            return Ok(());
         }
-    };
-    if !state.tickets.has_room() {
-        // Every ticket this gateway remembers is still queued: refuse rather than forget one
-        // (before the token is spent, so the buyer keeps it).
-        m.unavailable.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::unavailable(
+        self.state
+            .metrics
+            .unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        Err(ApiError::unavailable(
             "busy",
             "too many purchases waiting for the order workers; try again shortly",
             1000,
-        ));
+        ))
     }
-    if !state
-        .ledger
-        .spend(id, token.holder, token.nonce, now)
-        .await?
-    {
-        m.bad_token.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::new(
+
+    /// Step 2: spend the token, once.
+    async fn spend_token(&self) -> ApiResult<()> {
+        let t = &self.token;
+        if self
+            .state
+            .ledger
+            .spend(self.sale, t.holder, t.nonce, self.now)
+            .await?
+        {
+            return Ok(());
+        }
+        self.state.metrics.bad_token.fetch_add(1, Ordering::Relaxed);
+        Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "bad_token",
             TokenError::Reused.to_string(),
-        ));
+        ))
     }
-    let ticket_id = ticket.to_string();
-    let payload = serde_json::to_vec(&PurchaseMessage {
-        ticket: ticket_id.clone(),
-        sale: id,
-        user: user.clone(),
-        price_cents,
-        accepted_at_ms: now,
-    })
-    .map_err(ApiError::internal)?;
-    // Tagged with the ticket: a release for this purchase (here, or a worker's after a
-    // rejection) takes back this reservation and no other.
-    match state.inventory.reserve_as(id, &user, &ticket_id).await {
-        Ok(Reservation::Reserved { .. }) => {}
-        Ok(Reservation::SoldOut) => {
-            m.sold_out.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
-        }
-        Ok(Reservation::AlreadyBought) => {
-            m.already_bought.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "already_bought",
-                "one per person: you already hold one",
-            ));
-        }
-        Ok(Reservation::NoSuchSale) => {
-            restore_token().await;
-            m.unavailable.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::unavailable(
-                "unavailable",
-                format!("sale {id} has no stock defined"),
-                1000,
-            ));
-        }
-        Err(e) => {
-            // The reservation may or may not have happened. It is NOT released here: the
-            // user may hold a unit from an earlier, accepted purchase, and a release would
-            // hand that one back. A unit held by nobody is found by reconciliation.
-            restore_token().await;
-            m.unavailable.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::unavailable("unavailable", e.to_string(), 1000));
-        }
-    }
-    m.reservations.fetch_add(1, Ordering::Relaxed);
-    let started = std::time::Instant::now();
-    let mut attempt = 0;
-    // Once any attempt may have stored the message, a later definite refusal does not
-    // make the outcome definite: the unit stays held (never sold twice).
-    let mut maybe_stored = false;
-    let confirm = loop {
-        attempt += 1;
-        let message = Message::new(payload.clone()).with_id(ticket.as_u128());
-        match state.publisher.publish(message).await {
-            Ok(c) => break c,
-            Err(e) if !definitely_not_stored(&e) && attempt < PUBLISH_ATTEMPTS => {
-                maybe_stored = true;
-                tracing::warn!("publish of ticket {ticket}: {e}; retrying with the same id");
+
+    /// Roll back: a purchase that fails for the system's reasons gives its token back.
+    async fn restore_token(&self) {
+        let t = &self.token;
+        match self
+            .state
+            .ledger
+            .restore(self.sale, t.holder, t.nonce, t.expires_at_ms, now_ms())
+            .await
+        {
+            Ok(()) => {
+                self.state
+                    .metrics
+                    .tokens_restored
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) if maybe_stored || !definitely_not_stored(&e) => {
-                // It may be queued: keep the unit (an order may come of it); if it was not,
-                // reconciliation frees it. Never sell it twice.
+            Err(e) => tracing::warn!("restoring a purchase token: {e}"),
+        }
+    }
+
+    /// Step 3: reserve the unit, tagged with the ticket: a release for this purchase (here,
+    /// or a worker's after a rejection) takes back this reservation and no other.
+    async fn reserve(&self) -> ApiResult<()> {
+        let m = &self.state.metrics;
+        let id = self.sale;
+        match self
+            .state
+            .inventory
+            .reserve_as(id, &self.user, &self.ticket_id)
+            .await
+        {
+            Ok(Reservation::Reserved { .. }) => {
+                m.reservations.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Reservation::SoldOut) => {
+                m.sold_out.fetch_add(1, Ordering::Relaxed);
+                Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"))
+            }
+            Ok(Reservation::AlreadyBought) => {
+                m.already_bought.fetch_add(1, Ordering::Relaxed);
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_bought",
+                    "one per person: you already hold one",
+                ))
+            }
+            Ok(Reservation::NoSuchSale) => {
+                self.restore_token().await;
                 m.unavailable.fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::unavailable(
-                    "outcome_unknown",
-                    format!(
-                        "the purchase may or may not have been queued ({e}); check your ticket or orders before trying again"
-                    ),
+                Err(ApiError::unavailable(
+                    "unavailable",
+                    format!("sale {id} has no stock defined"),
                     1000,
-                )
-                .with_ticket(ticket_id));
+                ))
             }
             Err(e) => {
-                // Definitely not queued: give the unit back before answering.
-                if let Err(re) = state
-                    .inventory
-                    .release_if(id, &user, Some(&ticket_id))
-                    .await
-                {
-                    tracing::error!("release after a failed enqueue: {re}");
-                }
-                m.released.fetch_add(1, Ordering::Relaxed);
-                restore_token().await;
+                // The reservation may or may not have happened. It is NOT released here:
+                // the user may hold a unit from an earlier, accepted purchase, and a release
+                // would hand that one back. A unit held by nobody is found by
+                // reconciliation.
+                self.restore_token().await;
                 m.unavailable.fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::unavailable(
-                    "unavailable",
-                    format!("the purchase could not be queued: {e}"),
-                    1000,
-                ));
+                Err(ApiError::unavailable("unavailable", e.to_string(), 1000))
             }
         }
-    };
-    m.enqueue_us_sum.fetch_add(
+    }
+
+    /// Step 4: publish durably, retrying with the same message id while the queue's answer
+    /// is ambiguous. A definite refusal rolls the reservation and the token back.
+    async fn publish(&self, payload: Vec<u8>) -> ApiResult<queue::Confirm> {
+        let m = &self.state.metrics;
+        let ticket = self.ticket;
+        let mut attempt = 0;
+        // Once any attempt may have stored the message, a later definite refusal does not
+        // make the outcome definite: the unit stays held (never sold twice).
+        let mut maybe_stored = false;
+        loop {
+            attempt += 1;
+            let message = Message::new(payload.clone()).with_id(ticket.as_u128());
+            match self.state.publisher.publish(message).await {
+                Ok(c) => return Ok(c),
+                Err(e) if !definitely_not_stored(&e) && attempt < PUBLISH_ATTEMPTS => {
+                    maybe_stored = true;
+                    tracing::warn!("publish of ticket {ticket}: {e}; retrying with the same id");
+                }
+                Err(e) if maybe_stored || !definitely_not_stored(&e) => {
+                    // It may be queued: keep the unit (an order may come of it); if it was
+                    // not, reconciliation frees it. Never sell it twice.
+                    m.unavailable.fetch_add(1, Ordering::Relaxed);
+                    return Err(ApiError::unavailable(
+                        "outcome_unknown",
+                        format!(
+                            "the purchase may or may not have been queued ({e}); check your ticket or orders before trying again"
+                        ),
+                        1000,
+                    )
+                    .with_ticket(self.ticket_id.clone()));
+                }
+                Err(e) => {
+                    // Definitely not queued: give the unit back before answering.
+                    self.roll_back().await;
+                    m.unavailable.fetch_add(1, Ordering::Relaxed);
+                    return Err(ApiError::unavailable(
+                        "unavailable",
+                        format!("the purchase could not be queued: {e}"),
+                        1000,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Roll back a purchase certainly not queued: release its unit, give its token back.
+    async fn roll_back(&self) {
+        if let Err(re) = self
+            .state
+            .inventory
+            .release_if(self.sale, &self.user, Some(&self.ticket_id))
+            .await
+        {
+            tracing::error!("release after a failed enqueue: {re}");
+        }
+        self.state.metrics.released.fetch_add(1, Ordering::Relaxed);
+        self.restore_token().await;
+    }
+
+    /// Step 5: remember the queued ticket.
+    fn record(self, confirm: &queue::Confirm) {
+        self.state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        self.state.tickets.insert(
+            self.ticket_id,
+            Ticket {
+                sale: self.sale,
+                user: self.user,
+                offset: confirm.offset,
+            },
+        );
+    }
+}
+
+/// Reserve, publish, then record the ticket or release the unit.
+async fn commit_purchase(commit: Commit<'_>) -> ApiResult<(uuid::Uuid, queue::Confirm)> {
+    commit.check_room()?;
+    commit.spend_token().await?;
+    let payload = serde_json::to_vec(&PurchaseMessage {
+        ticket: commit.ticket_id.clone(),
+        sale: commit.sale,
+        user: commit.user.clone(),
+        price_cents: commit.price_cents,
+        accepted_at_ms: commit.now,
+    })
+    .map_err(ApiError::internal)?;
+    commit.reserve().await?;
+    let started = std::time::Instant::now();
+    let confirm = commit.publish(payload).await?;
+    commit.state.metrics.enqueue_us_sum.fetch_add(
         u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         Ordering::Relaxed,
     );
-    m.accepted.fetch_add(1, Ordering::Relaxed);
-    state.tickets.insert(
-        ticket_id,
-        Ticket {
-            sale: id,
-            user,
-            offset: confirm.offset,
-        },
-    );
+    let ticket = commit.ticket;
+    commit.record(&confirm);
     Ok((ticket, confirm))
 }
 
