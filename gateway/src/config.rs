@@ -30,6 +30,9 @@ pub struct GatewayConfig {
     /// remembers plaintext answers so that browser tests can type them
     /// ([`crate::captcha::CaptchaStore::revealed_answer`]).
     pub reveal_captcha_answers: bool,
+    /// Most tickets the gateway remembers while they wait in the queue (at most
+    /// [`crate::tickets::TICKETS_MAX`]); past it purchases are refused with 503 `busy`.
+    pub tickets_max: usize,
 }
 
 impl GatewayConfig {
@@ -45,6 +48,7 @@ impl GatewayConfig {
             admin_secret: admin_secret.into(),
             purchase_wait_ms: 4_000,
             reveal_captcha_answers: false,
+            tickets_max: crate::tickets::TICKETS_MAX,
         }
     }
 }
@@ -58,6 +62,14 @@ pub struct ServeLimits {
     pub request_timeout_ms: u64,
     /// Largest request body (413 beyond).
     pub body_limit_bytes: usize,
+}
+
+impl ServeLimits {
+    /// The purchase wait that fits these limits: four fifths of the request timeout, so a
+    /// purchase answers (`outcome_unknown`, with its ticket) before its request times out.
+    pub fn purchase_wait_ms(&self) -> u64 {
+        self.request_timeout_ms.saturating_mul(4) / 5
+    }
 }
 
 impl Default for ServeLimits {

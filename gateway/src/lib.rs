@@ -41,6 +41,9 @@
 //!    and `/metrics`.
 //! 5. [`routes`]: the router, which imports the handlers; only [`front`] imports it.
 //! 6. [`front`]: the front service (in-flight cap, timeout, metrics) and `serve`.
+//! 7. [`system`]: the one assembly of the whole system (queue, database, stock, state,
+//!    crew, listener) and its clean shutdown; the binaries, the load tests and the tests
+//!    build through it.
 //!
 //! [`app`] is a façade that re-exports the items that used to live in it, for callers of
 //! `gateway::app::…`.
@@ -68,6 +71,7 @@ pub mod session;
 pub mod shop;
 pub mod state;
 pub mod sync;
+pub mod system;
 pub mod throttle;
 pub mod tickets;
 pub mod token;

@@ -157,6 +157,7 @@ impl AppState {
         } else {
             CaptchaStore::new()
         };
+        let tickets = TicketBook::with_limit(config.tickets_max);
         Ok(AppState {
             publisher,
             config,
@@ -172,7 +173,7 @@ impl AppState {
             ledger: Arc::new(MemoryLedger::new()),
             captchas,
             throttle: Throttle::new(throttle).map_err(StateError::Throttle)?,
-            tickets: TicketBook::default(),
+            tickets,
             metrics: GatewayMetrics::default(),
             line: LineProgress::default(),
             commits: Commits::default(),

@@ -40,31 +40,37 @@ pub const RECONCILE_EVERY_ROUNDS: u64 = 10;
 // Moved to `state` (the state holds them); kept here too.
 pub use crate::state::{Held, HeldTickets, Reconciler};
 
+/// Why a sync step with the database and the stock store failed; its text is the
+/// underlying error's (or `no sale N`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The orders database.
+    #[error(transparent)]
+    Db(#[from] order_worker::DbError),
+    /// The stock store.
+    #[error(transparent)]
+    Stock(#[from] inventory::Error),
+    /// The database has no such sale.
+    #[error("no sale {0}")]
+    NoSuchSale(u64),
+}
+
 /// Reads the database's sales into the catalogue, defining the stock of sales new to this
 /// gateway that the store does not hold yet. Returns how many sales were new.
-pub async fn load_catalogue(state: &AppState) -> Result<usize, String> {
-    let sales = state.db.sales().await.map_err(|e| e.to_string())?;
+pub async fn load_catalogue(state: &AppState) -> Result<usize, SyncError> {
+    let sales = state.db.sales().await?;
     let mut new = 0;
     for sale in sales {
         let known = state.catalogue.get(sale.id).is_some();
         if !known {
-            let stock = state
-                .inventory
-                .store()
-                .stock(sale.id)
-                .await
-                .map_err(|e| e.to_string())?;
+            let stock = state.inventory.store().stock(sale.id).await?;
             if stock.is_none() {
-                let holders = state
-                    .db
-                    .active_holder_tags(sale.id)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let holders = state.db.active_holder_tags(sale.id).await?;
                 state
                     .inventory
                     .reconcile_tagged(sale.id, sale.units, &holders)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
             new += 1;
         }
@@ -75,20 +81,15 @@ pub async fn load_catalogue(state: &AppState) -> Result<usize, String> {
 
 /// Resets `sale`'s stock to the database: its units, held by the users with an active
 /// order. Returns the new figures.
-pub async fn reconcile_sale(state: &AppState, sale: u64) -> Result<SaleStock, String> {
-    let Some(s) = state.db.sale(sale).await.map_err(|e| e.to_string())? else {
-        return Err(format!("no sale {sale}"));
+pub async fn reconcile_sale(state: &AppState, sale: u64) -> Result<SaleStock, SyncError> {
+    let Some(s) = state.db.sale(sale).await? else {
+        return Err(SyncError::NoSuchSale(sale));
     };
-    let holders = state
-        .db
-        .active_holder_tags(sale)
-        .await
-        .map_err(|e| e.to_string())?;
+    let holders = state.db.active_holder_tags(sale).await?;
     let stock = state
         .inventory
         .reconcile_tagged(sale, s.units, &holders)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     state.reconciler.resets.fetch_add(1, Ordering::Relaxed);
     Ok(stock)
 }
@@ -216,7 +217,7 @@ async fn reconcile(state: &AppState, p: Option<Progress>) {
             }),
             Ok(Some(_)) if at_rest => check_sale(state, sale.id, sale.units).await,
             Ok(Some(_)) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(SyncError::from(e)),
         };
         if let Err(e) = r {
             tracing::warn!("reconciling sale {}: {e}", sale.id);
@@ -224,20 +225,15 @@ async fn reconcile(state: &AppState, p: Option<Progress>) {
     }
 }
 
-async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), String> {
+async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), SyncError> {
     let store = state.inventory.store();
-    let Some(seen) = store.stock(id).await.map_err(|e| e.to_string())? else {
+    let Some(seen) = store.stock(id).await? else {
         return Ok(());
     };
-    let Some(db_sale) = state.db.sale(id).await.map_err(|e| e.to_string())? else {
+    let Some(db_sale) = state.db.sale(id).await? else {
         return Ok(());
     };
-    let active = state
-        .db
-        .order_counts(id)
-        .await
-        .map_err(|e| e.to_string())?
-        .active();
+    let active = state.db.order_counts(id).await?.active();
     if seen.units == units && seen.left == db_sale.units_left && seen.holders == active {
         state.reconciler.suspects().remove(&id);
         return Ok(());
@@ -249,17 +245,12 @@ async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), String>
     }
     // The same difference two checks apart, nothing moved: reset to the database, unless the
     // store moved while the holders were read.
-    let holders = state
-        .db
-        .active_holder_tags(id)
-        .await
-        .map_err(|e| e.to_string())?;
-    if store.stock(id).await.map_err(|e| e.to_string())? == Some(seen) {
+    let holders = state.db.active_holder_tags(id).await?;
+    if store.stock(id).await? == Some(seen) {
         let now = state
             .inventory
             .reconcile_tagged(id, units, &holders)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         state.reconciler.resets.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "sale {id}: the stock store said {} left and {} holders, the database {} left and {} active orders; reset ({} left now)",

@@ -29,17 +29,18 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use clap::Parser;
-use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, now_ms};
+use gateway::app::{GatewayConfig, LOAD_TEST_HEADER, now_ms};
 use gateway::ledger::MemoryLedger;
 use gateway::loadgen::{LoadResult, LoadSpec, closed_loop, request};
 use gateway::sales::NewSale;
 use gateway::session::{SESSION_COOKIE_NAME, SessionKey};
+use gateway::system::{DatabaseSource, QueueSource, StockSource, System, SystemConfig};
 use gateway::throttle::ThrottleConfig;
 use gateway::token::{TokenKey, holder_of};
 use http_body_util::Full;
 use hyper::Request;
 use hyper::header::HeaderValue;
-use inventory::{Inventory, MemoryStore};
+use inventory::MemoryStore;
 use queue::Queue;
 use serde_json::{Value, json};
 
@@ -272,15 +273,6 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     .await?;
     let mut config = GatewayConfig::new("bench-admin");
     config.load_test_secret = Some(LOAD_TEST.into());
-    let mut throttle = ThrottleConfig::default();
-    for r in [
-        &mut throttle.login,
-        &mut throttle.captcha,
-        &mut throttle.token,
-        &mut throttle.purchase,
-    ] {
-        r.per_ip = None;
-    }
     let sessions = SessionKey::generate();
     let tokens = TokenKey::generate();
     let ledger = Arc::new(MemoryLedger::new());
@@ -289,17 +281,22 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         tokens: TokenKey::from_bytes(*tokens.as_bytes()),
         ledger: ledger.clone(),
     });
-    let mut state = AppState::new(
+    // No order workers: the benchmark measures the gateway up to the durable enqueue.
+    let mut system_config = SystemConfig::new(
+        QueueSource::Shared(engine.clone()),
+        DatabaseSource::Open(db.clone()),
         config,
-        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(1000)),
-        engine.clone(),
-        db.clone(),
-        sessions,
-        tokens,
-        throttle,
-    )?;
-    state.ledger = ledger;
-    let state = Arc::new(state);
+    )
+    .without_crew();
+    system_config.stock = StockSource::Given {
+        store: Box::new(MemoryStore::new()),
+        ledger,
+    };
+    system_config.sessions = sessions;
+    system_config.tokens = tokens;
+    system_config.throttle = ThrottleConfig::default().without_per_ip();
+    let mut system = System::build(system_config).await?;
+    let state = system.state().clone();
     for (id, units) in [(1, PURCHASE_UNITS), (2, 1), (3, PURCHASE_UNITS)] {
         let sale = db
             .create_sale(
@@ -323,17 +320,8 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     // Sale 2 is sold out, and this gateway knows it.
     state.inventory.reserve(2, "early-bird").await?;
     state.inventory.reserve(2, "late-bird").await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let gw = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gateway::app::serve(
-        listener,
-        state.clone(),
-        ServeLimits::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let gw = system.bind().await?;
+    system.spawn();
 
     // Enough pre-made requests for 120% of the baseline's rate over a whole phase; any
     // beyond are made on the fly (at the load side's cost) and reported.
@@ -388,8 +376,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         runs.late = late.swap(0, Ordering::Relaxed);
         results.push(runs);
     }
-    let _ = stop.send(());
-    server.await??;
+    system.stop().await?;
 
     // Accounting: every 202 of the purchase phase has its message in the queue.
     let accepted = state.metrics.accepted.load(Ordering::Relaxed);

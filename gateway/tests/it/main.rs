@@ -12,10 +12,9 @@ use bytes::Bytes;
 use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, now_ms};
 use gateway::captcha::purpose;
 use gateway::loadgen::Conn;
-use gateway::session::SessionKey;
+use gateway::system::{DatabaseSource, QueueSource, StockSource, System, SystemConfig};
 use gateway::throttle::ThrottleConfig;
-use gateway::token::TokenKey;
-use inventory::{Inventory, MemoryStore};
+use inventory::MemoryStore;
 use queue::{Engine, FetchOptions, Queue, StartAt};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -41,6 +40,10 @@ struct TestApp {
     limits: ServeLimits,
     /// Set when the app is served on a real port: requests go over HTTP/1.1 sockets.
     served: Option<Served>,
+    /// The system the app was built as (serving, once on a port, until dropped).
+    system: Option<System>,
+    /// The order workers and cancellers, when the system was built with them.
+    crew: Option<order_worker::crew::Crew>,
     _dir: tempfile::TempDir,
 }
 
@@ -48,16 +51,11 @@ struct TestApp {
 struct Served {
     addr: std::net::SocketAddr,
     pool: std::sync::Mutex<Vec<Conn>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Throttles for tests: everything comes from loopback, so no per-IP quotas.
 fn test_throttle() -> ThrottleConfig {
-    let mut t = ThrottleConfig::default();
-    for r in [&mut t.login, &mut t.captcha, &mut t.token, &mut t.purchase] {
-        r.per_ip = None;
-    }
-    t
+    ThrottleConfig::default().without_per_ip()
 }
 
 async fn test_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
@@ -112,36 +110,76 @@ async fn test_app_adjusted(
     db: Option<order_worker::OrdersDb>,
     adjust: impl FnOnce(&mut GatewayConfig),
 ) -> TestApp {
+    test_system(store, ledger, throttle, db, |c| adjust(&mut c.gateway)).await
+}
+
+/// The test system, built through [`gateway::system::System`] on a fresh embedded queue
+/// (and a fresh SQLite database unless `db`), without order workers unless `adjust` asks
+/// for them.
+async fn test_system(
+    store: Box<dyn inventory::StockStore>,
+    ledger: Option<Arc<dyn gateway::ledger::TokenLedger>>,
+    throttle: ThrottleConfig,
+    db: Option<order_worker::OrdersDb>,
+    adjust: impl FnOnce(&mut SystemConfig),
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
-    let mut config = GatewayConfig::new(ADMIN);
+    test_system_on(
+        engine.clone(),
+        engine,
+        dir,
+        store,
+        ledger,
+        throttle,
+        db,
+        adjust,
+    )
+    .await
+}
+
+/// The test system on `queue` (`engine` is what the test reads behind it).
+#[allow(clippy::too_many_arguments)]
+async fn test_system_on(
+    queue: Arc<dyn Queue>,
+    engine: Arc<Engine>,
+    dir: tempfile::TempDir,
+    store: Box<dyn inventory::StockStore>,
+    ledger: Option<Arc<dyn gateway::ledger::TokenLedger>>,
+    throttle: ThrottleConfig,
+    db: Option<order_worker::OrdersDb>,
+    adjust: impl FnOnce(&mut SystemConfig),
+) -> TestApp {
+    let db = match db {
+        Some(db) => db,
+        None => test_db(&dir).await,
+    };
+    let mut gateway = GatewayConfig::new(ADMIN);
     // Tests check outcomes, not latency: a purchase waits for its enqueue as long as its
     // request may last (a debug build on two shared cores sometimes sees seconds-long
     // fsync rounds); `a_slow_enqueue_answers_with_a_ticket_to_follow` tests the wait.
-    config.purchase_wait_ms = PURCHASE_WAIT_MS;
-    adjust(&mut config);
-    let mut state = AppState::new(
-        config,
-        Inventory::new(store, Duration::from_millis(200)),
-        engine.clone(),
-        match db {
-            Some(db) => db,
-            None => test_db(&dir).await,
-        },
-        SessionKey::generate(),
-        TokenKey::generate(),
-        throttle,
+    gateway.purchase_wait_ms = PURCHASE_WAIT_MS;
+    let mut config = SystemConfig::new(
+        QueueSource::Shared(queue),
+        DatabaseSource::Open(db),
+        gateway,
     )
-    .expect("state");
-    if let Some(ledger) = ledger {
-        state.ledger = ledger;
-    }
-    let state = Arc::new(state);
+    .without_crew();
+    config.stock = StockSource::Given {
+        store,
+        ledger: ledger.unwrap_or_else(|| Arc::new(gateway::ledger::MemoryLedger::new())),
+    };
+    config.throttle = throttle;
+    config.sold_out_recheck = Duration::from_millis(200);
+    adjust(&mut config);
+    let mut system = System::build(config).await.expect("system");
     TestApp {
-        state,
+        state: system.state().clone(),
         engine,
-        limits: ServeLimits::default(),
+        limits: system.limits(),
         served: None,
+        crew: system.take_crew(),
+        system: Some(system),
         _dir: dir,
     }
 }
@@ -187,23 +225,13 @@ impl TestApp {
     /// real sockets.
     async fn on_port(mut self, limits: ServeLimits) -> TestApp {
         self.limits = limits;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(gateway::app::serve(
-            listener,
-            self.state.clone(),
-            limits,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let system = self.system.as_mut().expect("a system not yet served");
+        system.set_limits(limits);
+        let addr = system.bind().await.expect("bind");
+        system.spawn();
         self.served = Some(Served {
             addr,
             pool: std::sync::Mutex::new(Vec::new()),
-            _stop: stop,
         });
         self
     }
@@ -745,29 +773,17 @@ async fn the_token_budget_follows_the_units_left() {
 /// is reserved, and the buyer keeps the token; a resolved ticket makes room.
 #[tokio::test]
 async fn a_book_full_of_queued_tickets_refuses_purchases_without_losing_any() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
-    let mut config = GatewayConfig::new(ADMIN);
-    config.load_test_secret = Some(LOAD_TEST.into());
-    config.purchase_wait_ms = PURCHASE_WAIT_MS;
-    let mut state = AppState::new(
-        config,
-        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
-        engine.clone(),
-        test_db(&dir).await,
-        SessionKey::generate(),
-        TokenKey::generate(),
+    let t = test_app_adjusted(
+        Box::new(MemoryStore::new()),
+        None,
         test_throttle(),
+        None,
+        |config| {
+            config.load_test_secret = Some(LOAD_TEST.into());
+            config.tickets_max = 2;
+        },
     )
-    .expect("state");
-    state.tickets = gateway::tickets::TicketBook::with_limit(2);
-    let t = TestApp {
-        state: Arc::new(state),
-        engine,
-        limits: ServeLimits::default(),
-        served: None,
-        _dir: dir,
-    };
+    .await;
     t.create_sale(1, 10, 0).await;
     let mut tickets = Vec::new();
     for user in ["ann", "bob"] {
@@ -907,27 +923,20 @@ async fn a_flash_crowd_through_the_broker_gets_exactly_the_units_on_sale() {
     let client = queue::Client::connect(queue::ClientConfig::new(&addr))
         .await
         .expect("connect to the broker");
-    let mut config = GatewayConfig::new(ADMIN);
-    config.token_factor = 100.0;
-    config.purchase_wait_ms = PURCHASE_WAIT_MS;
-    config.load_test_secret = Some(LOAD_TEST.into());
-    let state = AppState::new(
-        config,
-        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+    let t = test_system_on(
         Arc::new(client),
-        test_db(&dir).await,
-        SessionKey::generate(),
-        TokenKey::generate(),
-        test_throttle(),
-    )
-    .expect("state");
-    let t = TestApp {
-        state: Arc::new(state),
         engine,
-        limits: ServeLimits::default(),
-        served: None,
-        _dir: dir,
-    }
+        dir,
+        Box::new(MemoryStore::new()),
+        None,
+        test_throttle(),
+        None,
+        |config| {
+            config.gateway.token_factor = 100.0;
+            config.gateway.load_test_secret = Some(LOAD_TEST.into());
+        },
+    )
+    .await
     .on_port(patient())
     .await;
     flash_crowd(t).await;
@@ -1166,27 +1175,20 @@ async fn gated_app(adjust: impl FnOnce(&mut GatewayConfig)) -> (TestApp, Arc<Gat
         ambiguous: std::sync::atomic::AtomicBool::new(false),
         ambiguous_once: std::sync::atomic::AtomicBool::new(false),
     });
-    let mut config = GatewayConfig::new(ADMIN);
-    config.load_test_secret = Some(LOAD_TEST.into());
-    config.purchase_wait_ms = PURCHASE_WAIT_MS;
-    adjust(&mut config);
-    let state = AppState::new(
-        config,
-        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+    let t = test_system_on(
         gated.clone(),
-        test_db(&dir).await,
-        SessionKey::generate(),
-        TokenKey::generate(),
-        test_throttle(),
-    )
-    .expect("state");
-    let t = TestApp {
-        state: Arc::new(state),
         engine,
-        limits: ServeLimits::default(),
-        served: None,
-        _dir: dir,
-    };
+        dir,
+        Box::new(MemoryStore::new()),
+        None,
+        test_throttle(),
+        None,
+        |config| {
+            config.gateway.load_test_secret = Some(LOAD_TEST.into());
+            adjust(&mut config.gateway);
+        },
+    )
+    .await;
     (t, gated)
 }
 
