@@ -31,7 +31,7 @@ use web::views::{
 };
 
 use crate::extract::{AdminAuth, ClientIp, authenticate, cross_site};
-use crate::state::{AppState, now_ms};
+use crate::state::AppState;
 
 // Moved to `session` and `extract` (the state and the extractors use them); kept here too.
 use crate::error::ApiError;
@@ -47,20 +47,20 @@ pub const DASHBOARD_SALES_MAX: usize = 50;
 /// Longest payload shown for a dead letter, characters.
 pub const PAYLOAD_SHOWN_MAX: usize = 300;
 
-fn login_page(status: StatusCode, error: Option<String>) -> Response {
+fn login_page(state: &AppState, status: StatusCode, error: Option<String>) -> Response {
     html(
         status,
         "no-store",
         &AdminLoginPage {
             assets: assets(),
-            server_time_ms: now_ms(),
+            server_time_ms: state.now_ms(),
             error,
         },
     )
 }
 
-fn forbidden(why: &str) -> Response {
-    login_page(StatusCode::FORBIDDEN, Some(why.to_string()))
+fn forbidden(state: &AppState, why: &str) -> Response {
+    login_page(state, StatusCode::FORBIDDEN, Some(why.to_string()))
 }
 
 /// The admin's nonce for a page, or the response refusing it (401 sign-in page).
@@ -69,7 +69,7 @@ fn page_session(state: &AppState, headers: &HeaderMap) -> Result<String, Box<Res
         Some(AdminAuth::Cookie(nonce)) => Ok(nonce),
         // A bearer client gets pages too; its forms carry a token of an empty nonce.
         Some(AdminAuth::Bearer) => Ok(String::new()),
-        None => Err(Box::new(login_page(StatusCode::UNAUTHORIZED, None))),
+        None => Err(Box::new(login_page(&state, StatusCode::UNAUTHORIZED, None))),
     }
 }
 
@@ -77,6 +77,7 @@ fn page_session(state: &AppState, headers: &HeaderMap) -> Result<String, Box<Res
 fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(), Box<Response>> {
     if cross_site(headers) {
         return Err(Box::new(forbidden(
+            &state,
             "refused: the form came from another site",
         )));
     }
@@ -84,9 +85,10 @@ fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(),
         Some(AdminAuth::Bearer) => Ok(()),
         Some(AdminAuth::Cookie(nonce)) if state.admin_key.csrf_ok(&nonce, csrf) => Ok(()),
         Some(AdminAuth::Cookie(_)) => Err(Box::new(forbidden(
+            &state,
             "refused: the form's CSRF token is missing or wrong; reload the page and try again",
         ))),
-        None => Err(Box::new(login_page(StatusCode::UNAUTHORIZED, None))),
+        None => Err(Box::new(login_page(&state, StatusCode::UNAUTHORIZED, None))),
     }
 }
 
@@ -106,7 +108,7 @@ pub async fn login_form(State(state): State<Arc<AppState>>, headers: HeaderMap) 
     if authenticate(&state, &headers).is_some() {
         return see_other("/admin");
     }
-    login_page(StatusCode::OK, None)
+    login_page(&state, StatusCode::OK, None)
 }
 
 /// The sign-in form.
@@ -124,14 +126,15 @@ pub async fn login(
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     if cross_site(&headers) {
-        return forbidden("refused: the form came from another site");
+        return forbidden(&state, "refused: the form came from another site");
     }
-    let now = now_ms();
+    let now = state.now_ms();
     if let Err(t) = state
         .throttle
         .check(crate::throttle::Route::Login, None, ip, now)
     {
         return login_page(
+            &state,
             StatusCode::TOO_MANY_REQUESTS,
             Some(format!(
                 "too many attempts; try again in {} s",
@@ -146,6 +149,7 @@ pub async fn login(
         || !bool::from(secret.as_bytes().ct_eq(expected))
     {
         return login_page(
+            &state,
             StatusCode::UNAUTHORIZED,
             Some("wrong admin secret".to_string()),
         );
@@ -201,7 +205,7 @@ async fn dashboard_page(
     notice: Option<String>,
     error: Option<String>,
 ) -> Response {
-    let now = now_ms();
+    let now = state.now_ms();
     let mut sales = match state.db.sales().await {
         Ok(s) => s,
         Err(e) => {
@@ -277,7 +281,7 @@ pub async fn dashboard(
         Ok(n) => n,
         Err(r) => return *r,
     };
-    state.live.watched(now_ms());
+    state.live.watched(state.now_ms());
     let notice = query
         .ok()
         .and_then(|Query(q)| q.created)
@@ -458,7 +462,7 @@ pub async fn create_sale(
         Some(AdminAuth::Cookie(n)) => n,
         _ => String::new(),
     };
-    let sale = match parse_sale_form(&form, now_ms()) {
+    let sale = match parse_sale_form(&form, state.now_ms()) {
         Ok(s) => s,
         Err(e) => {
             return dashboard_page(&state, &nonce, StatusCode::BAD_REQUEST, None, Some(e)).await;
@@ -483,7 +487,7 @@ pub async fn live(
     _admin: crate::extract::Admin,
     query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let now = now_ms();
+    let now = state.now_ms();
     let first_look = now.saturating_sub(state.live.watched_at_ms()) > crate::live::WATCH_WINDOW_MS;
     state.live.watched(now);
     if first_look {
@@ -493,7 +497,7 @@ pub async fn live(
     let since = query.map_or(0, |Query(q)| q.since_ms);
     (
         [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(state.live.snapshot(since, now_ms())),
+        axum::Json(state.live.snapshot(since, state.now_ms())),
     )
         .into_response()
 }
@@ -552,7 +556,7 @@ pub async fn dead_letters(
         "no-store",
         &DeadLettersPage {
             assets: assets(),
-            server_time_ms: now_ms(),
+            server_time_ms: state.now_ms(),
             csrf: state.admin_key.csrf(&nonce),
             letters: letters
                 .into_iter()
@@ -597,7 +601,7 @@ pub async fn confirm_dead_letter(
         "no-store",
         &ConfirmPage {
             assets: assets(),
-            server_time_ms: now_ms(),
+            server_time_ms: state.now_ms(),
             csrf: state.admin_key.csrf(&nonce),
             action,
             letter: letter_row(&topic, letter),

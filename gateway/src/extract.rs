@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::ServeLimits;
 use crate::error::{ApiError, ApiResult};
-use crate::state::{AppState, Shared, now_ms};
+use crate::state::{AppState, Shared};
 
 /// The client's address: the socket peer when served, loopback under `oneshot` tests.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +103,7 @@ pub fn session_user(state: &AppState, headers: &HeaderMap) -> ApiResult<String> 
         .ok_or_else(|| ApiError::unauthorized("log in first"))?;
     state
         .sessions
-        .verify(cookie, now_ms())
+        .verify(cookie, state.now_ms())
         .map_err(|e| ApiError::unauthorized(e.to_string()))
 }
 
@@ -182,7 +182,7 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<AdminAuth> 
     let value = cookie(headers, ADMIN_COOKIE_NAME)?;
     state
         .admin_key
-        .verify(value, now_ms())
+        .verify(value, state.now_ms())
         .map(AdminAuth::Cookie)
 }
 

@@ -15,7 +15,7 @@ use crate::config::ServeLimits;
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
 use crate::metrics::route_index;
-use crate::state::{Shared, now_ms};
+use crate::state::Shared;
 
 /// How long `serve`'s housekeeping waits between rounds.
 pub const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
@@ -162,7 +162,7 @@ pub async fn serve(
             loop {
                 tick.tick().await;
                 state.throttle.housekeeping();
-                state.ledger.housekeeping(now_ms()).await;
+                state.ledger.housekeeping(state.now_ms()).await;
             }
         })
     };

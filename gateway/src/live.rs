@@ -14,7 +14,7 @@ use crate::dashboard::{
     Current, HEARTBEAT_STALE_MS, LIVE_HISTORY_MAX, MIN_SAMPLE_GAP_MS, OUTCOMES, Point, Totals,
     WORKERS_SHOWN_MAX, WorkerView,
 };
-use crate::state::{AppState, now_ms};
+use crate::state::AppState;
 
 // The figures themselves live in `dashboard` (the state holds them); kept here too.
 pub use crate::dashboard::{Live, SAMPLE_PERIOD, Snapshot, WATCH_WINDOW_MS};
@@ -36,7 +36,7 @@ fn outcome_counts(state: &AppState) -> [u64; OUTCOMES.len()] {
 
 /// Takes one sample (the gateway's `serve` calls it every second).
 pub async fn sample(state: &AppState) {
-    sample_at(state, now_ms()).await;
+    sample_at(state, state.now_ms()).await;
 }
 
 /// Takes one sample as of `now` (ms since the epoch; tests step it by whole seconds).

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Admin, JsonBody, SaleIdPath, SessionUser};
 use crate::sales::{NewSale, Sale};
-use crate::state::{AppState, Shared, now_ms};
+use crate::state::{AppState, Shared};
 
 /// Longest order id accepted in a path, bytes.
 pub const ORDER_ID_BYTES_MAX: usize = 64;
@@ -35,7 +35,7 @@ pub const DEAD_LETTERS_LISTED_MAX: usize = 100;
 
 type PathOf<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
 
-fn order_json(o: &Order) -> Value {
+fn order_json(o: &Order, now_ms: u64) -> Value {
     json!({
         "id": o.id,
         "ticket": o.ticket,
@@ -47,7 +47,7 @@ fn order_json(o: &Order) -> Value {
         "pay_by_ms": o.pay_by_ms,
         "paid_ms": o.paid_ms,
         "cancelled_ms": o.cancelled_ms,
-        "server_time_ms": now_ms(),
+        "server_time_ms": now_ms,
     })
 }
 
@@ -73,7 +73,7 @@ pub async fn get_order(
 ) -> ApiResult<Json<Value>> {
     let id = order_id(id)?;
     match state.db.order(&id).await.map_err(db_unavailable)? {
-        Some(o) if o.user == user => Ok(Json(order_json(&o))),
+        Some(o) if o.user == user => Ok(Json(order_json(&o, state.now_ms()))),
         _ => Err(ApiError::not_found("no such order")),
     }
 }
@@ -87,11 +87,11 @@ pub async fn pay_order(
     let id = order_id(id)?;
     match state
         .db
-        .pay(&id, &user, now_ms())
+        .pay(&id, &user, state.now_ms())
         .await
         .map_err(db_unavailable)?
     {
-        Payment::Paid(o) | Payment::AlreadyPaid(o) => Ok(Json(order_json(&o))),
+        Payment::Paid(o) | Payment::AlreadyPaid(o) => Ok(Json(order_json(&o, state.now_ms()))),
         Payment::Cancelled(_) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "order_cancelled",
@@ -128,7 +128,9 @@ pub async fn admin_sales(
             "stock": stock.map(|s| json!({"units": s.units, "left": s.left, "holders": s.holders})),
         }));
     }
-    Ok(Json(json!({"sales": out, "server_time_ms": now_ms()})))
+    Ok(Json(
+        json!({"sales": out, "server_time_ms": state.now_ms()}),
+    ))
 }
 
 /// `POST /admin/api/sales/{id}/reconcile`.
@@ -264,7 +266,11 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
     };
     let recorded = state
         .db
-        .record_rejection(&purchase, order_worker::db::reason::DISCARDED, now_ms())
+        .record_rejection(
+            &purchase,
+            order_worker::db::reason::DISCARDED,
+            state.now_ms(),
+        )
         .await
         .map_err(db_unavailable)?;
     if recorded
@@ -299,7 +305,7 @@ pub async fn create_sale_in(state: &AppState, sale: &NewSale) -> ApiResult<Sale>
     // id, from an earlier database, is reset), then it is listed.
     let created = state
         .db
-        .create_sale(sale, now_ms())
+        .create_sale(sale, state.now_ms())
         .await
         .map_err(|e| match e {
             order_worker::DbError::Invalid(m) => ApiError::bad_request(m),

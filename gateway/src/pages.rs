@@ -19,7 +19,7 @@ use web::assets::{IMMUTABLE, assets};
 use web::views::{MessagePage, OrderPage, OrderView, SalePage, SaleState, SaleView, SalesPage};
 
 use crate::sales::Sale;
-use crate::state::{AppState, now_ms};
+use crate::state::AppState;
 
 /// `Cache-Control` of storefront pages (they name the signed-in user: private).
 pub const PAGE_CACHE: &str = "private, max-age=1";
@@ -59,7 +59,7 @@ fn shopper(state: &AppState, headers: &HeaderMap) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(crate::session::cookie_from_header)?;
-    state.sessions.verify(cookie, now_ms()).ok()
+    state.sessions.verify(cookie, state.now_ms()).ok()
 }
 
 /// A message page (404 and friends).
@@ -75,7 +75,7 @@ pub fn message(
         "no-store",
         &MessagePage {
             assets: assets(),
-            server_time_ms: now_ms(),
+            server_time_ms: state.now_ms(),
             user: shopper(state, headers),
             title: title.into(),
             message: text.into(),
@@ -100,7 +100,7 @@ async fn sale_view(state: &AppState, sale: &Sale, now: u64) -> SaleView {
 
 /// `GET /`.
 pub async fn sales_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let now = now_ms();
+    let now = state.now_ms();
     let mut sales = Vec::new();
     for s in state.catalogue.list() {
         sales.push(sale_view(&state, &s, now).await);
@@ -133,7 +133,7 @@ pub async fn sale_page(
             "There is no sale at this address.",
         );
     };
-    let now = now_ms();
+    let now = state.now_ms();
     let view = sale_view(&state, &sale, now).await;
     html(
         StatusCode::OK,
@@ -216,7 +216,7 @@ pub async fn order_page(
         "no-store",
         &OrderPage {
             assets: assets(),
-            server_time_ms: now_ms(),
+            server_time_ms: state.now_ms(),
             user: Some(user),
             order: view,
         },

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ClientIp, JsonBody, SaleIdPath, session_user};
-use crate::state::{AppState, LINE_REFRESH_MS, LINE_STATS_TIMEOUT_MS, Running, Shared, now_ms};
+use crate::state::{AppState, LINE_REFRESH_MS, LINE_STATS_TIMEOUT_MS, Running, Shared};
 use crate::tickets::Ticket;
 use crate::token::{TokenError, Verified};
 use order_worker::PurchaseMessage;
@@ -30,7 +30,7 @@ pub async fn purchase(
     req: axum::extract::Request,
 ) -> ApiResult<Response> {
     let m = &state.metrics;
-    let now = now_ms();
+    let now = state.now_ms();
     // Public facts first, answered from memory before any signature is checked or the body
     // is read: that a sale is unknown, not started or sold out is no secret, and in a
     // flash sale it is the answer most requests get.
@@ -190,7 +190,13 @@ impl Commit<'_> {
         match self
             .state
             .ledger
-            .restore(self.sale, t.holder, t.nonce, t.expires_at_ms, now_ms())
+            .restore(
+                self.sale,
+                t.holder,
+                t.nonce,
+                t.expires_at_ms,
+                self.state.now_ms(),
+            )
             .await
         {
             Ok(()) => {
@@ -359,7 +365,7 @@ struct Accepted {
 /// including this one. `None` if the queue cannot say.
 pub async fn position(state: &AppState, offset: u64) -> Option<u64> {
     let line = &state.line;
-    let now = now_ms();
+    let now = state.now_ms();
     let read_at = line.read_at_ms.load(Ordering::Acquire);
     // One caller refreshes; the others use the figure as it stands.
     if now.saturating_sub(read_at) >= LINE_REFRESH_MS

@@ -15,7 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ClientIp, JsonBody, SaleIdPath, SessionUser, session_user};
 use crate::purchase::position;
 use crate::sales::{Sale, SaleState};
-use crate::state::{AppState, Shared, now_ms};
+use crate::state::{AppState, Shared};
 use crate::throttle::Route;
 use crate::tickets::TicketState;
 use crate::token::{holder_of, token_cap};
@@ -31,7 +31,7 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> ApiResult<Response> {
-    let now = now_ms();
+    let now = state.now_ms();
     state
         .throttle
         .check(Route::Login, None, ip, now)
@@ -79,7 +79,7 @@ pub async fn sale_json(state: &AppState, sale: &Sale, now: u64) -> Value {
 }
 
 pub async fn list_sales(State(state): State<Shared>) -> Json<Value> {
-    let now = now_ms();
+    let now = state.now_ms();
     let mut out = Vec::new();
     for s in state.catalogue.list() {
         out.push(sale_json(&state, &s, now).await);
@@ -92,7 +92,7 @@ pub async fn get_sale(
     SaleIdPath(id): SaleIdPath,
 ) -> ApiResult<Json<Value>> {
     let sale = state.sale_or_404(id)?;
-    Ok(Json(sale_json(&state, &sale, now_ms()).await))
+    Ok(Json(sale_json(&state, &sale, state.now_ms()).await))
 }
 
 pub async fn new_captcha(
@@ -102,7 +102,7 @@ pub async fn new_captcha(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let user = session_user(&state, &headers)?;
-    let now = now_ms();
+    let now = state.now_ms();
     state
         .throttle
         .check(Route::Captcha, Some(&user), ip, now)
@@ -153,7 +153,7 @@ pub async fn new_token(
     SessionUser(user): SessionUser,
     JsonBody(body): JsonBody<TokenBody>,
 ) -> ApiResult<Json<Value>> {
-    let now = now_ms();
+    let now = state.now_ms();
     state
         .throttle
         .check(Route::Token, Some(&user), ip, now)

@@ -26,6 +26,9 @@ use order_worker::OrdersDb;
 
 /// Everything the handlers share.
 pub struct AppState {
+    /// The clock every handler reads (the system clock in production, a manual one in
+    /// tests), the same trait the queue and the order workers take.
+    pub clock: Arc<dyn queue::Clock>,
     /// Settings.
     pub config: GatewayConfig,
     /// Sales.
@@ -148,6 +151,7 @@ impl AppState {
         sessions: SessionKey,
         tokens: TokenKey,
         throttle: crate::throttle::ThrottleConfig,
+        clock: Arc<dyn queue::Clock>,
     ) -> Result<AppState, StateError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StateError::NoRuntime)?;
         let publisher = Publisher::spawn_on(&runtime, queue.clone(), &config.orders_topic);
@@ -159,6 +163,7 @@ impl AppState {
         };
         let tickets = TicketBook::with_limit(config.tickets_max);
         Ok(AppState {
+            clock,
             publisher,
             config,
             catalogue: Catalogue::default(),
@@ -195,7 +200,9 @@ impl std::fmt::Debug for AppState {
 /// The state as the handlers hold it.
 pub type Shared = Arc<AppState>;
 
-/// Now, ms since the Unix epoch.
+/// Now by the wall clock, ms since the Unix epoch: for callers outside the gateway (the
+/// load tests, the benchmark); the gateway itself reads [`AppState::now_ms`], so that tests
+/// can move its time.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -226,6 +233,11 @@ impl LineProgress {
 }
 
 impl AppState {
+    /// Now by the gateway's clock, ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// The sale `id`, or 404.
     pub fn sale_or_404(&self, id: u64) -> ApiResult<Arc<Sale>> {
         self.catalogue

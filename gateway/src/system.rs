@@ -277,6 +277,7 @@ impl System {
             sessions,
             tokens,
             throttle,
+            clock.clone(),
         )?;
         state.ledger = ledger;
         // The sales and their stock, from the database (an in-process store starts empty

@@ -1339,3 +1339,54 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     let _ = stop_tx.send(());
     server.await.expect("join").expect("serve");
 }
+
+/// The gateway reads time from its clock, not the wall: moved past a token's lifetime, the
+/// token no longer buys; moved past a session's, the session no longer signs anyone in; and
+/// a sale starts when the clock reaches its start. Nothing here waits for real time.
+#[tokio::test]
+async fn tokens_sessions_and_starts_follow_the_gateways_clock() {
+    const START_MS: u64 = 1_000_000_000_000;
+    const TOKEN_TTL_MS: u64 = 60_000;
+    const SESSION_TTL_MS: u64 = 3_600_000;
+    let clock = queue::ManualClock::new(START_MS);
+    let t = test_system(
+        Box::new(MemoryStore::new()),
+        None,
+        test_throttle(),
+        None,
+        |c| {
+            c.gateway.load_test_secret = Some(LOAD_TEST.into());
+            c.gateway.token_ttl_ms = TOKEN_TTL_MS;
+            c.gateway.session_ttl_ms = SESSION_TTL_MS;
+            c.clock = Arc::new(clock.clone());
+        },
+    )
+    .await;
+    t.create_sale(1, 10, START_MS + 1_000).await;
+    let ann = t.login("ann").await;
+    let (s, v) = t.token_load_test(&ann, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = token_of(&v);
+    let (s, v) = t.purchase(&ann, 1, &token).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::TOO_EARLY, Some("not_started"))
+    );
+    clock.advance(TOKEN_TTL_MS + 1);
+    let (s, v) = t.purchase(&ann, 1, &token).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("bad_token")),
+        "{v}"
+    );
+    let (s, v) = t.token_load_test(&ann, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = t.purchase(&ann, 1, &token_of(&v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    clock.advance(SESSION_TTL_MS);
+    let (s, v) = t.token_load_test(&ann, 1).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+}
