@@ -60,7 +60,9 @@ pub struct AppState {
     /// Accepted purchases.
     pub tickets: TicketBook,
     /// Counters.
-    pub metrics: GatewayMetrics,
+    pub metrics: Arc<GatewayMetrics>,
+    /// What `/metrics` shows (reads `metrics`, the reconciler's resets and the crew's).
+    pub exposition: crate::metrics::Exposition,
     /// The workers' progress, for places in line.
     pub line: LineProgress,
     /// Purchases past their reservation, still running.
@@ -162,6 +164,10 @@ impl AppState {
             CaptchaStore::new()
         };
         let tickets = TicketBook::with_limit(config.tickets_max);
+        let metrics = Arc::new(GatewayMetrics::default());
+        let reconciler = Reconciler::default();
+        let exposition =
+            crate::metrics::Exposition::new(metrics.clone(), reconciler.resets.clone());
         Ok(AppState {
             clock,
             publisher,
@@ -170,7 +176,7 @@ impl AppState {
             inventory: Arc::new(inventory),
             db,
             crew: None,
-            reconciler: Reconciler::default(),
+            reconciler,
             held: HeldTickets::default(),
             queue,
             sessions,
@@ -179,7 +185,8 @@ impl AppState {
             captchas,
             throttle: Throttle::new(throttle).map_err(StateError::Throttle)?,
             tickets,
-            metrics: GatewayMetrics::default(),
+            metrics,
+            exposition,
             line: LineProgress::default(),
             commits: Commits::default(),
             live: crate::dashboard::Live::default(),
@@ -233,6 +240,13 @@ impl LineProgress {
 }
 
 impl AppState {
+    /// Notes the order workers and cancellers running in this process (their counters show
+    /// in `/metrics`).
+    pub fn set_crew(&mut self, crew: CrewMetrics) {
+        self.exposition.set_crew(crew.clone());
+        self.crew = Some(crew);
+    }
+
     /// Now by the gateway's clock, ms since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
@@ -292,7 +306,7 @@ pub struct Reconciler {
     /// figures seen then.
     suspects: Mutex<HashMap<u64, SaleStock>>,
     /// Sales reset to the database's figures (since start).
-    pub resets: AtomicU64,
+    pub resets: Arc<AtomicU64>,
 }
 
 impl Reconciler {

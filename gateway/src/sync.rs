@@ -28,7 +28,7 @@
 //!   the reset; its order is still decided by the database, which never oversells.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use inventory::SaleStock;
 
@@ -263,85 +263,4 @@ async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), SyncErr
     }
     state.reconciler.suspects().remove(&id);
     Ok(())
-}
-
-/// Appends the in-process workers' and cancellers' counters (if any) and the
-/// reconciliations to a Prometheus text body.
-pub fn crew_metrics(state: &AppState, out: &mut String) {
-    let mut counter = |name: &str, help: &str, v: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-        ));
-    };
-    counter(
-        "gateway_stock_resets_total",
-        "Sales whose stock was reset to the orders database.",
-        state.reconciler.resets.load(Ordering::Relaxed),
-    );
-    let Some(crew) = &state.crew else {
-        return;
-    };
-    let (w, c) = (&crew.workers, &crew.cancellers);
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    for (name, help, v) in [
-        (
-            "orders_purchases_finished_total",
-            "Purchase messages decided and acked.",
-            get(&w.messages),
-        ),
-        ("orders_created_total", "Orders created.", get(&w.ordered)),
-        (
-            "orders_rejected_sold_out_total",
-            "Purchases rejected: sold out in the database.",
-            get(&w.rejected_sold_out),
-        ),
-        (
-            "orders_rejected_already_bought_total",
-            "Purchases rejected: one per person.",
-            get(&w.rejected_already_bought),
-        ),
-        (
-            "orders_rejected_no_such_sale_total",
-            "Purchases rejected: unknown sale.",
-            get(&w.rejected_no_such_sale),
-        ),
-        (
-            "orders_redelivered_total",
-            "Deliveries that found their decision already made.",
-            get(&w.redelivered),
-        ),
-        (
-            "orders_malformed_total",
-            "Malformed purchase messages dead-lettered.",
-            get(&w.malformed),
-        ),
-        (
-            "orders_nacked_total",
-            "Purchase messages given back after failures.",
-            get(&w.nacked),
-        ),
-        (
-            "orders_db_retries_total",
-            "Batch transactions retried after transient errors.",
-            get(&w.db_retries),
-        ),
-        ("orders_batches_total", "Batches decided.", get(&w.batches)),
-        (
-            "orders_cancelled_total",
-            "Orders cancelled by their pay-by message.",
-            get(&c.cancelled),
-        ),
-        (
-            "orders_swept_total",
-            "Overdue orders cancelled by the sweep.",
-            get(&c.swept),
-        ),
-        (
-            "orders_units_released_total",
-            "Units released in the stock store (rejections and cancellations).",
-            get(&w.released) + get(&c.released),
-        ),
-    ] {
-        counter(name, help, v);
-    }
 }

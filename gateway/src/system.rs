@@ -298,7 +298,7 @@ impl System {
             if crew_reports {
                 crew.report_every(CREW_REPORT_PERIOD);
             }
-            state.crew = Some(CrewMetrics {
+            state.set_crew(CrewMetrics {
                 workers: crew.workers.clone(),
                 cancellers: crew.cancellers.clone(),
             });
