@@ -51,10 +51,6 @@ fn order_json(o: &Order, now_ms: u64) -> Value {
     })
 }
 
-fn db_unavailable(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable("unavailable", e.to_string(), 1000)
-}
-
 /// Order ids are UUIDs; anything else is unknown (and never reaches the database).
 fn order_id(id: PathOf<String>) -> ApiResult<String> {
     match id {
@@ -72,7 +68,7 @@ pub async fn get_order(
     id: PathOf<String>,
 ) -> ApiResult<Json<Value>> {
     let id = order_id(id)?;
-    match state.db.order(&id).await.map_err(db_unavailable)? {
+    match state.db.order(&id).await.map_err(ApiError::unavailable_from)? {
         Some(o) if o.user == user => Ok(Json(order_json(&o, state.now_ms()))),
         _ => Err(ApiError::not_found("no such order")),
     }
@@ -89,7 +85,7 @@ pub async fn pay_order(
         .db
         .pay(&id, &user, state.now_ms())
         .await
-        .map_err(db_unavailable)?
+        .map_err(ApiError::unavailable_from)?
     {
         Payment::Paid(o) | Payment::AlreadyPaid(o) => Ok(Json(order_json(&o, state.now_ms()))),
         Payment::Cancelled(_) => Err(ApiError::new(
@@ -115,12 +111,12 @@ pub async fn admin_sales(
     _admin: Admin,
 ) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
-    for sale in state.db.sales().await.map_err(db_unavailable)? {
+    for sale in state.db.sales().await.map_err(ApiError::unavailable_from)? {
         let counts = state
             .db
             .order_counts(sale.id)
             .await
-            .map_err(db_unavailable)?;
+            .map_err(ApiError::unavailable_from)?;
         let stock = state.inventory.store().stock(sale.id).await.ok().flatten();
         out.push(json!({
             "sale": sale,
@@ -139,12 +135,12 @@ pub async fn admin_reconcile(
     _admin: Admin,
     SaleIdPath(id): SaleIdPath,
 ) -> ApiResult<Json<Value>> {
-    if state.db.sale(id).await.map_err(db_unavailable)?.is_none() {
+    if state.db.sale(id).await.map_err(ApiError::unavailable_from)?.is_none() {
         return Err(ApiError::not_found(format!("no sale {id}")));
     }
     let s = crate::sync::reconcile_sale(&state, id)
         .await
-        .map_err(db_unavailable)?;
+        .map_err(ApiError::unavailable_from)?;
     Ok(Json(
         json!({"sale": id, "units": s.units, "left": s.left, "holders": s.holders}),
     ))
@@ -169,7 +165,7 @@ pub async fn list_dead_letters(state: &AppState) -> ApiResult<Vec<(String, queue
         {
             Ok(l) => l,
             Err(queue::Error::NoSuchTopic(_)) => Vec::new(),
-            Err(e) => return Err(db_unavailable(e)),
+            Err(e) => return Err(e.into()),
         };
         out.extend(letters.into_iter().map(|d| (topic.clone(), d)));
     }
@@ -242,10 +238,7 @@ pub async fn dead_letter_action(
         }
         _ => return Err(ApiError::not_found("the actions are replay and discard")),
     };
-    r.map_err(|e| match e {
-        queue::Error::NoSuchDeadLetter { .. } => ApiError::not_found(e.to_string()),
-        other => db_unavailable(other),
-    })
+    r.map_err(ApiError::from)
 }
 
 /// Before a purchase leaves the dead letters for good: its ticket is recorded as rejected
@@ -256,7 +249,7 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
         .queue
         .dead_letters(topic, offset, 1)
         .await
-        .map_err(db_unavailable)?;
+        .map_err(ApiError::unavailable_from)?;
     let Some(letter) = letters.into_iter().find(|d| d.dead_offset == offset) else {
         return Err(ApiError::not_found("no such dead letter"));
     };
@@ -272,13 +265,13 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
             state.now_ms(),
         )
         .await
-        .map_err(db_unavailable)?;
+        .map_err(ApiError::unavailable_from)?;
     if recorded
         && !state
             .db
             .holds_active(purchase.sale, &purchase.user)
             .await
-            .map_err(db_unavailable)?
+            .map_err(ApiError::unavailable_from)?
         && let Err(e) = state
             .inventory
             .release_if(purchase.sale, &purchase.user, Some(&purchase.ticket))
@@ -308,17 +301,15 @@ pub async fn create_sale_in(state: &AppState, sale: &NewSale) -> ApiResult<Sale>
         .create_sale(sale, state.now_ms())
         .await
         .map_err(|e| match e {
-            order_worker::DbError::Invalid(m) => ApiError::bad_request(m),
             order_worker::DbError::Conflict(m) => {
                 ApiError::new(StatusCode::CONFLICT, "sale_exists", m)
             }
-            other => ApiError::unavailable("unavailable", other.to_string(), 1000),
+            other => ApiError::from(other),
         })?;
     state
         .inventory
         .reconcile(created.id, created.units, &[])
-        .await
-        .map_err(|e| ApiError::unavailable("unavailable", e.to_string(), 1000))?;
+        .await?;
     state.catalogue.upsert(created.clone());
     Ok(created)
 }

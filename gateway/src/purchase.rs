@@ -65,7 +65,7 @@ pub async fn purchase(
         .verify(&body.token, &user, id, now)
         .map_err(|e| {
             m.bad_token.fetch_add(1, Ordering::Relaxed);
-            ApiError::new(StatusCode::FORBIDDEN, "bad_token", e.to_string())
+            ApiError::from(e)
         })?;
     // From the token spend on, the purchase runs as its own task: if the request is cut
     // short (its timeout, or the client goes away) it still ends with the token spent and
@@ -177,11 +177,7 @@ impl Commit<'_> {
             return Ok(());
         }
         self.state.metrics.bad_token.fetch_add(1, Ordering::Relaxed);
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bad_token",
-            TokenError::Reused.to_string(),
-        ))
+        Err(TokenError::Reused.into())
     }
 
     /// Roll back: a purchase that fails for the system's reasons gives its token back.
@@ -252,7 +248,7 @@ impl Commit<'_> {
                 // reconciliation.
                 self.restore_token().await;
                 m.unavailable.fetch_add(1, Ordering::Relaxed);
-                Err(ApiError::unavailable("unavailable", e.to_string(), 1000))
+                Err(e.into())
             }
         }
     }

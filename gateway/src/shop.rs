@@ -114,8 +114,7 @@ pub async fn new_captcha(
     let (captcha_id, png) =
         tokio::task::spawn_blocking(move || drawer.captchas.create(&purpose, now))
             .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::unavailable("busy", e.to_string(), 1000))?;
+            .map_err(ApiError::internal)??;
     let image = format!(
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(png)
@@ -177,7 +176,7 @@ pub async fn new_token(
                 1000,
             ));
         }
-        Err(e) => return Err(ApiError::unavailable("unavailable", e.to_string(), 1000)),
+        Err(e) => return Err(e.into()),
     };
     if left == 0 {
         state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +207,7 @@ pub async fn new_token(
                 &body.answer,
                 now,
             )
-            .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "bad_captcha", e.to_string()))?;
+?;
     }
     let expires_at_ms = now + state.config.token_ttl_ms;
     let (token, nonce) = state.tokens.issue(&user, id, expires_at_ms);
@@ -243,7 +242,7 @@ pub async fn get_ticket(
         .db
         .outcome(&ticket)
         .await
-        .map_err(|e| ApiError::unavailable("unavailable", e.to_string(), 1000))?;
+        .map_err(ApiError::unavailable_from)?;
     if let Some(o) = decided {
         let st = match (o.order_id, o.reason) {
             (Some(order_id), _) => TicketState::Ordered { order_id },

@@ -56,6 +56,13 @@ pub enum SyncError {
     NoSuchSale(u64),
 }
 
+/// A sync step that failed answers 503 (the database or the store could not answer).
+impl From<SyncError> for crate::error::ApiError {
+    fn from(e: SyncError) -> Self {
+        crate::error::ApiError::unavailable_from(e)
+    }
+}
+
 /// Reads the database's sales into the catalogue, defining the stock of sales new to this
 /// gateway that the store does not hold yet. Returns how many sales were new.
 pub async fn load_catalogue(state: &AppState) -> Result<usize, SyncError> {
