@@ -322,20 +322,47 @@ pub struct SaleForm {
     pub starts_at_ms: String,
 }
 
-fn field<T: std::str::FromStr>(value: &str, what: &str) -> Result<Option<T>, String> {
+/// Why a create-sale form was refused; the text is what the dashboard shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormError {
+    /// A field that must be a number is not one.
+    #[error("{what}: “{value}” is not a valid number")]
+    NotANumber {
+        /// The field.
+        what: &'static str,
+        /// What was typed (trimmed).
+        value: String,
+    },
+    /// A required field is empty.
+    #[error("{0}: required")]
+    Required(&'static str),
+    /// The price is not an amount.
+    #[error("price: “{0}” is not an amount like 19.99")]
+    Price(String),
+    /// The start is not a date and time.
+    #[error("start: “{0}” is not a date and time")]
+    Time(String),
+    /// Neither a start nor a delay was given.
+    #[error("start: give a date and time or a number of seconds")]
+    NoStart,
+}
+
+fn field<T: std::str::FromStr>(value: &str, what: &'static str) -> Result<Option<T>, FormError> {
     let v = value.trim();
     if v.is_empty() {
         return Ok(None);
     }
-    v.parse()
-        .map(Some)
-        .map_err(|_| format!("{what}: “{v}” is not a valid number"))
+    v.parse().map(Some).map_err(|_| FormError::NotANumber {
+        what,
+        value: v.to_string(),
+    })
 }
 
 /// Cents of a price typed as `19.99`, `19.9`, `19` or `1,299.00`.
-pub fn parse_price(text: &str) -> Result<u64, String> {
+pub fn parse_price(text: &str) -> Result<u64, FormError> {
     let t: String = text.trim().chars().filter(|c| *c != ',').collect();
-    let bad = || format!("price: “{}” is not an amount like 19.99", text.trim());
+    let bad = || FormError::Price(text.trim().to_string());
     let (whole, frac) = t.split_once('.').unwrap_or((&t, ""));
     if whole.is_empty()
         || !whole.bytes().all(|b| b.is_ascii_digit())
@@ -352,10 +379,16 @@ pub fn parse_price(text: &str) -> Result<u64, String> {
         .ok_or_else(bad)
 }
 
+/// Years a typed start may fall in.
+const START_YEARS: std::ops::RangeInclusive<i64> = 1970..=9999;
+/// Largest time zone offset accepted from the browser, minutes either way.
+const TZ_OFFSET_MIN_MAX: i64 = 24 * 60;
+
 /// Ms since the epoch of a local date-time `YYYY-MM-DDTHH:MM[:SS]` in a zone `offset_min`
-/// minutes behind UTC (JavaScript's `getTimezoneOffset`).
-pub fn parse_local_time(text: &str, offset_min: i64) -> Result<u64, String> {
-    let bad = || format!("start: “{text}” is not a date and time");
+/// minutes behind UTC (JavaScript's `getTimezoneOffset`). The calendar (month lengths,
+/// leap years, days since the epoch) is `jiff`'s.
+pub fn parse_local_time(text: &str, offset_min: i64) -> Result<u64, FormError> {
+    let bad = || FormError::Time(text.to_string());
     let (date, time) = text.trim().split_once('T').ok_or_else(bad)?;
     let d: Vec<i64> = date
         .split('-')
@@ -381,41 +414,36 @@ pub fn parse_local_time(text: &str, offset_min: i64) -> Result<u64, String> {
         return Err(bad());
     };
     let ss = rest.first().copied().unwrap_or(0);
-    if !(1970..=9999).contains(y)
-        || !(1..=12).contains(m)
-        || !(1..=days_in_month(*y, *m)).contains(day)
-        || !(0..24).contains(hh)
-        || !(0..60).contains(mm)
-        || !(0..60).contains(&ss)
+    if !START_YEARS.contains(y)
         || rest.len() > 1
-        || !(-24 * 60..=24 * 60).contains(&offset_min)
+        || !(-TZ_OFFSET_MIN_MAX..=TZ_OFFSET_MIN_MAX).contains(&offset_min)
     {
         return Err(bad());
     }
-    // Howard Hinnant's days_from_civil.
-    let (y, m) = if *m <= 2 { (y - 1, m + 9) } else { (*y, m - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss + offset_min * 60;
-    u64::try_from(secs).map(|s| s * 1000).map_err(|_| bad())
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
+    let small = |v: i64| i8::try_from(v).map_err(|_| bad());
+    let local = jiff::civil::DateTime::new(
+        i16::try_from(*y).map_err(|_| bad())?,
+        small(*m)?,
+        small(*day)?,
+        small(*hh)?,
+        small(*mm)?,
+        small(ss)?,
+        0,
+    )
+    .map_err(|_| bad())?;
+    // `getTimezoneOffset` is UTC minus local time: the zone's offset is its negation.
+    let offset = i32::try_from(-offset_min * 60)
+        .ok()
+        .and_then(|s| jiff::tz::Offset::from_seconds(s).ok())
+        .ok_or_else(bad)?;
+    let at = offset.to_timestamp(local).map_err(|_| bad())?;
+    u64::try_from(at.as_millisecond()).map_err(|_| bad())
 }
 
 /// The sale a create-sale form describes, at `now_ms`.
-pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, String> {
-    let id = field::<u64>(&f.id, "id")?.ok_or("id: required")?;
-    let units = field::<u64>(&f.units, "units")?.ok_or("units: required")?;
+pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, FormError> {
+    let id = field::<u64>(&f.id, "id")?.ok_or(FormError::Required("id"))?;
+    let units = field::<u64>(&f.units, "units")?.ok_or(FormError::Required("units"))?;
     let price_cents = parse_price(&f.price)?;
     let offset = field::<i64>(&f.tz_offset_min, "time zone")?.unwrap_or(0);
     let starts_at_ms = match (
@@ -427,7 +455,7 @@ pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, String> {
             None => parse_local_time(&f.starts_at, offset)?,
         },
         (true, Some(s)) => now_ms.saturating_add(s.saturating_mul(1000)),
-        (true, None) => return Err("start: give a date and time or a number of seconds".into()),
+        (true, None) => return Err(FormError::NoStart),
     };
     let ends_at_ms = field::<u64>(&f.ends_in_s, "ends in")?
         .map(|s| starts_at_ms.saturating_add(s.saturating_mul(1000)));
@@ -465,7 +493,14 @@ pub async fn create_sale(
     let sale = match parse_sale_form(&form, state.now_ms()) {
         Ok(s) => s,
         Err(e) => {
-            return dashboard_page(&state, &nonce, StatusCode::BAD_REQUEST, None, Some(e)).await;
+            return dashboard_page(
+                &state,
+                &nonce,
+                StatusCode::BAD_REQUEST,
+                None,
+                Some(e.to_string()),
+            )
+            .await;
         }
     };
     match crate::orders::create_sale_in(&state, &sale).await {
@@ -739,6 +774,7 @@ mod tests {
         assert!(
             parse_sale_form(&no_start, 0)
                 .expect_err("no start")
+                .to_string()
                 .contains("start")
         );
         let bad_units = SaleForm {
@@ -749,6 +785,7 @@ mod tests {
         assert!(
             parse_sale_form(&bad_units, 0)
                 .expect_err("bad units")
+                .to_string()
                 .contains("units")
         );
     }

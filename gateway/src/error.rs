@@ -140,7 +140,9 @@ impl From<order_worker::DbError> for ApiError {
     fn from(e: order_worker::DbError) -> Self {
         match e {
             order_worker::DbError::Invalid(m) => ApiError::bad_request(m),
-            order_worker::DbError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            order_worker::DbError::Conflict(m) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", m)
+            }
             other => ApiError::unavailable_from(other),
         }
     }

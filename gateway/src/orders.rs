@@ -68,7 +68,12 @@ pub async fn get_order(
     id: PathOf<String>,
 ) -> ApiResult<Json<Value>> {
     let id = order_id(id)?;
-    match state.db.order(&id).await.map_err(ApiError::unavailable_from)? {
+    match state
+        .db
+        .order(&id)
+        .await
+        .map_err(ApiError::unavailable_from)?
+    {
         Some(o) if o.user == user => Ok(Json(order_json(&o, state.now_ms()))),
         _ => Err(ApiError::not_found("no such order")),
     }
@@ -135,7 +140,13 @@ pub async fn admin_reconcile(
     _admin: Admin,
     SaleIdPath(id): SaleIdPath,
 ) -> ApiResult<Json<Value>> {
-    if state.db.sale(id).await.map_err(ApiError::unavailable_from)?.is_none() {
+    if state
+        .db
+        .sale(id)
+        .await
+        .map_err(ApiError::unavailable_from)?
+        .is_none()
+    {
         return Err(ApiError::not_found(format!("no sale {id}")));
     }
     let s = crate::sync::reconcile_sale(&state, id)

@@ -199,15 +199,12 @@ pub async fn new_token(
         return Err(exhausted());
     }
     if !load_test_ok(&state, &headers) {
-        state
-            .captchas
-            .check(
-                &body.captcha_id,
-                &crate::captcha::purpose(&user, id),
-                &body.answer,
-                now,
-            )
-?;
+        state.captchas.check(
+            &body.captcha_id,
+            &crate::captcha::purpose(&user, id),
+            &body.answer,
+            now,
+        )?;
     }
     let expires_at_ms = now + state.config.token_ttl_ms;
     let (token, nonce) = state.tokens.issue(&user, id, expires_at_ms);
