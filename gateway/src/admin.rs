@@ -40,6 +40,8 @@ use crate::pages::html;
 use crate::sales::NewSale;
 pub use crate::session::AdminKey;
 
+/// The path the admin cookie is sent on.
+pub const ADMIN_COOKIE_PATH: &str = "/admin";
 /// How long an admin stays signed in.
 pub const ADMIN_SESSION_MS: u64 = 12 * 3600 * 1000;
 /// Most sales on the dashboard (the newest).
@@ -155,9 +157,11 @@ pub async fn login(
         );
     }
     let value = state.admin_key.sign(now + ADMIN_SESSION_MS);
-    let cookie = format!(
-        "{ADMIN_COOKIE_NAME}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}",
-        ADMIN_SESSION_MS / 1000
+    let cookie = crate::session::set_cookie(
+        ADMIN_COOKIE_NAME,
+        &value,
+        ADMIN_COOKIE_PATH,
+        ADMIN_SESSION_MS / 1000,
     );
     let mut r = see_other("/admin");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -184,10 +188,10 @@ pub async fn logout(
         return *r;
     }
     let mut r = see_other("/admin/login");
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("admin=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    let cleared = crate::session::set_cookie(ADMIN_COOKIE_NAME, "", ADMIN_COOKIE_PATH, 0);
+    if let Ok(v) = HeaderValue::from_str(&cleared) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
     r
 }
 

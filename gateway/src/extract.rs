@@ -144,11 +144,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (n, v) = pair.split_once('=')?;
-            (n.trim() == name && !v.trim().is_empty()).then(|| v.trim())
-        })
+        .find_map(|v| crate::session::cookie_value(v, name))
 }
 
 /// How an admin request was authenticated.
