@@ -39,8 +39,8 @@ impl GatewayConfig {
     /// Defaults with this admin secret.
     pub fn new(admin_secret: impl Into<String>) -> Self {
         GatewayConfig {
-            orders_topic: "orders".into(),
-            workers_group: "order-workers".into(),
+            orders_topic: order_worker::purchase::ORDERS_TOPIC.into(),
+            workers_group: order_worker::purchase::WORKERS_GROUP.into(),
             token_factor: 1.5,
             token_ttl_ms: 60_000,
             session_ttl_ms: 24 * 3600 * 1000,
