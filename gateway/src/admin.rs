@@ -71,7 +71,7 @@ fn page_session(state: &AppState, headers: &HeaderMap) -> Result<String, Box<Res
         Some(AdminAuth::Cookie(nonce)) => Ok(nonce),
         // A bearer client gets pages too; its forms carry a token of an empty nonce.
         Some(AdminAuth::Bearer) => Ok(String::new()),
-        None => Err(Box::new(login_page(&state, StatusCode::UNAUTHORIZED, None))),
+        None => Err(Box::new(login_page(state, StatusCode::UNAUTHORIZED, None))),
     }
 }
 
@@ -79,7 +79,7 @@ fn page_session(state: &AppState, headers: &HeaderMap) -> Result<String, Box<Res
 fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(), Box<Response>> {
     if cross_site(headers) {
         return Err(Box::new(forbidden(
-            &state,
+            state,
             "refused: the form came from another site",
         )));
     }
@@ -87,10 +87,10 @@ fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(),
         Some(AdminAuth::Bearer) => Ok(()),
         Some(AdminAuth::Cookie(nonce)) if state.admin_key.csrf_ok(&nonce, csrf) => Ok(()),
         Some(AdminAuth::Cookie(_)) => Err(Box::new(forbidden(
-            &state,
+            state,
             "refused: the form's CSRF token is missing or wrong; reload the page and try again",
         ))),
-        None => Err(Box::new(login_page(&state, StatusCode::UNAUTHORIZED, None))),
+        None => Err(Box::new(login_page(state, StatusCode::UNAUTHORIZED, None))),
     }
 }
 

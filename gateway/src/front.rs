@@ -1,6 +1,13 @@
 //! The front of the gateway: [`Front`], the one `tower::Service` around the routes (cap on
 //! requests in flight, timeout, body limit, client address, metrics by route), and
 //! [`serve`], which serves it with the housekeeping tasks.
+//!
+//! `Front` is hand-written on purpose: the tower stack it replaced (`HandleError` +
+//! `LoadShed` + `ConcurrencyLimit` + `Timeout` + a `from_fn` metrics middleware +
+//! `DefaultBodyLimit`) cloned and boxed a service per layer per request; one service with
+//! an atomic in-flight counter and one boxed future took the rejection paths from about
+//! 0.56 to about 0.70 of a bare axum "hello" route (gateway/BENCHMARKS.md, "Layer stack →
+//! one service").
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -143,7 +143,7 @@ impl AppState {
     /// State around these parts, with an in-process token ledger (replace `ledger` to
     /// share one in Redis), empty captcha, ticket and catalogue tables (load the catalogue
     /// with [`crate::sync::load_catalogue`]), zeroed metrics, and the purchase publisher task
-    /// started on the current Tokio runtime. Fails on an invalid throttle configuration or
+    /// started on the current Tokio runtime, on the system clock (see [`AppState::with_clock`]). Fails on an invalid throttle configuration or
     /// outside a runtime.
     pub fn new(
         config: GatewayConfig,
@@ -153,7 +153,6 @@ impl AppState {
         sessions: SessionKey,
         tokens: TokenKey,
         throttle: crate::throttle::ThrottleConfig,
-        clock: Arc<dyn queue::Clock>,
     ) -> Result<AppState, StateError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StateError::NoRuntime)?;
         let publisher = Publisher::spawn_on(&runtime, queue.clone(), &config.orders_topic);
@@ -169,7 +168,7 @@ impl AppState {
         let exposition =
             crate::metrics::Exposition::new(metrics.clone(), reconciler.resets.clone());
         Ok(AppState {
-            clock,
+            clock: Arc::new(queue::SystemClock),
             publisher,
             config,
             catalogue: Catalogue::default(),
@@ -240,6 +239,12 @@ impl LineProgress {
 }
 
 impl AppState {
+    /// This state on `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn queue::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Notes the order workers and cancellers running in this process (their counters show
     /// in `/metrics`).
     pub fn set_crew(&mut self, crew: CrewMetrics) {

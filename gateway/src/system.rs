@@ -277,8 +277,8 @@ impl System {
             sessions,
             tokens,
             throttle,
-            clock.clone(),
-        )?;
+        )?
+        .with_clock(clock.clone());
         state.ledger = ledger;
         // The sales and their stock, from the database (an in-process store starts empty
         // and is rebuilt from the active orders).
