@@ -236,6 +236,74 @@ fn purchase_request(
     req
 }
 
+/// The gateway under test, built through `gateway::system::System` as the binary builds it
+/// (embedded queue in `queue_dir`, fsync before confirm; in-process stock; load-test mode
+/// on; per-IP quotas off; no order workers: the benchmark measures the gateway up to the
+/// durable enqueue), with the three bench sales (sale 2 sold out); the engine behind it,
+/// and the keys to mint sessions and tokens with.
+async fn build_gateway(
+    queue_dir: &std::path::Path,
+    db_dir: &std::path::Path,
+) -> Result<(System, Arc<queue::Engine>, Arc<Mint>), BoxError> {
+    let engine = Arc::new(queue::Engine::open(queue_dir, queue::Config::default())?);
+    // The orders database holds the sales (the purchase path reads them from memory).
+    let db = order_worker::OrdersDb::connect(
+        &format!("sqlite:{}", db_dir.join("orders.db").display()),
+        &order_worker::DbOptions::default(),
+    )
+    .await?;
+    let mut config = GatewayConfig::new("bench-admin");
+    config.load_test_secret = Some(LOAD_TEST.into());
+    let sessions = SessionKey::generate();
+    let tokens = TokenKey::generate();
+    let ledger = Arc::new(MemoryLedger::new());
+    let mint = Arc::new(Mint {
+        sessions: SessionKey::from_bytes(*sessions.as_bytes()),
+        tokens: TokenKey::from_bytes(*tokens.as_bytes()),
+        ledger: ledger.clone(),
+    });
+    // No order workers: the benchmark measures the gateway up to the durable enqueue.
+    let mut system_config = SystemConfig::new(
+        QueueSource::Shared(engine.clone()),
+        DatabaseSource::Open(db.clone()),
+        config,
+    )
+    .without_crew();
+    system_config.stock = StockSource::Given {
+        store: Box::new(MemoryStore::new()),
+        ledger,
+    };
+    system_config.sessions = sessions;
+    system_config.tokens = tokens;
+    system_config.throttle = ThrottleConfig::default().without_per_ip();
+    let system = System::build(system_config).await?;
+    let state = system.state().clone();
+    for (id, units) in [(1, PURCHASE_UNITS), (2, 1), (3, PURCHASE_UNITS)] {
+        let sale = db
+            .create_sale(
+                &NewSale {
+                    id,
+                    name: format!("bench sale {id}"),
+                    price_cents: 100,
+                    units,
+                    starts_at_ms: 0,
+                    pay_window_ms: None,
+                    ends_at_ms: None,
+                    token_factor: None,
+                    per_user_limit: None,
+                },
+                0,
+            )
+            .await?;
+        state.inventory.store().define(id, units).await?;
+        state.catalogue.upsert(sale);
+    }
+    // Sale 2 is sold out, and this gateway knows it.
+    state.inventory.reserve(2, "early-bird").await?;
+    state.inventory.reserve(2, "late-bird").await?;
+    Ok((system, engine, mint))
+}
+
 async fn run(args: Args) -> Result<bool, BoxError> {
     let (warmup, secs) = if args.quick {
         (0.3, 1.0)
@@ -264,62 +332,8 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         .data
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
-    let engine = Arc::new(queue::Engine::open(&dir, queue::Config::default())?);
-    // The orders database holds the sales (the purchase path reads them from memory).
-    let db = order_worker::OrdersDb::connect(
-        &format!("sqlite:{}", tmp.path().join("orders.db").display()),
-        &order_worker::DbOptions::default(),
-    )
-    .await?;
-    let mut config = GatewayConfig::new("bench-admin");
-    config.load_test_secret = Some(LOAD_TEST.into());
-    let sessions = SessionKey::generate();
-    let tokens = TokenKey::generate();
-    let ledger = Arc::new(MemoryLedger::new());
-    let mint = Arc::new(Mint {
-        sessions: SessionKey::from_bytes(*sessions.as_bytes()),
-        tokens: TokenKey::from_bytes(*tokens.as_bytes()),
-        ledger: ledger.clone(),
-    });
-    // No order workers: the benchmark measures the gateway up to the durable enqueue.
-    let mut system_config = SystemConfig::new(
-        QueueSource::Shared(engine.clone()),
-        DatabaseSource::Open(db.clone()),
-        config,
-    )
-    .without_crew();
-    system_config.stock = StockSource::Given {
-        store: Box::new(MemoryStore::new()),
-        ledger,
-    };
-    system_config.sessions = sessions;
-    system_config.tokens = tokens;
-    system_config.throttle = ThrottleConfig::default().without_per_ip();
-    let mut system = System::build(system_config).await?;
+    let (mut system, engine, mint) = build_gateway(&dir, tmp.path()).await?;
     let state = system.state().clone();
-    for (id, units) in [(1, PURCHASE_UNITS), (2, 1), (3, PURCHASE_UNITS)] {
-        let sale = db
-            .create_sale(
-                &NewSale {
-                    id,
-                    name: format!("bench sale {id}"),
-                    price_cents: 100,
-                    units,
-                    starts_at_ms: 0,
-                    pay_window_ms: None,
-                    ends_at_ms: None,
-                    token_factor: None,
-                    per_user_limit: None,
-                },
-                0,
-            )
-            .await?;
-        state.inventory.store().define(id, units).await?;
-        state.catalogue.upsert(sale);
-    }
-    // Sale 2 is sold out, and this gateway knows it.
-    state.inventory.reserve(2, "early-bird").await?;
-    state.inventory.reserve(2, "late-bird").await?;
     let gw = system.bind().await?;
     system.spawn();
 
