@@ -47,7 +47,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SaleIdPath {
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
-/// The body limit of a request, set by [`Front`] (default: [`ServeLimits::default`]'s).
+/// The body limit of a request, set by `Front` (`crate::front`) (default: [`ServeLimits::default`]'s).
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 

@@ -48,7 +48,7 @@ pub fn app_with_limits(state: Shared, limits: ServeLimits) -> Front {
 
 /// The front of the gateway, one `tower::Service` around the routes: a global cap on
 /// requests in flight (beyond it: 503 `overloaded` + `Retry-After` at once), a request
-/// timeout (503 `timeout`), the body limit (413, enforced by [`JsonBody`]), the client's
+/// timeout (503 `timeout`), the body limit (413, enforced by [`crate::extract::JsonBody`]), the client's
 /// address (`ConnectInfo`), and the latency and status metrics by route. One service
 /// instead of a stack of layers: one boxed future and no per-layer clones per request.
 #[derive(Clone)]

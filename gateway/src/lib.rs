@@ -9,8 +9,9 @@
 //! answers 503; one that may have been stored keeps it and answers 503 `outcome_unknown`
 //! with the ticket.
 //!
-//! Modules, by layer (a module imports only from its own layer's leaves or below; nothing
-//! imports upwards, so there is no import circle):
+//! Modules, by layer. A module imports only from the layers below it (handlers may also use
+//! each other's helpers, in one direction); nothing imports upwards, so there is no import
+//! circle:
 //!
 //! 1. Leaves, which know nothing of HTTP handlers or of the shared state:
 //!    - [`config`]: [`config::GatewayConfig`] and [`config::ServeLimits`].
@@ -26,8 +27,9 @@
 //!      [`dashboard`]: the dashboard's figures and their history (data only).
 //!    - [`loadgen`]: a keep-alive HTTP/1.1 client and closed-loop load driver (the benchmark
 //!      and the real-socket tests use it).
-//! 2. [`state`]: [`state::AppState`], what every handler shares, and the small shared
-//!    structures it holds (running purchases, the workers' progress, reconciliation).
+//! 2. [`state`]: [`state::AppState`], what every handler shares (its clock, a
+//!    `queue::Clock`, is the only time the handlers read), and the small shared structures
+//!    it holds (running purchases, the workers' progress, reconciliation).
 //! 3. [`extract`]: the extractors (client address, sale id, JSON body, session user, admin)
 //!    and the admin's authentication rules; imports `state` and the leaves.
 //! 4. Handlers, which take state and extractors from `state` and `extract` (and may use
