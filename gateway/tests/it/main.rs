@@ -328,7 +328,7 @@ impl TestApp {
         let value = gateway::session::cookie_from_header(cookie).expect("a session cookie");
         self.state
             .sessions
-            .verify(value, now_ms())
+            .verify(value, self.state.now_ms())
             .expect("a valid session")
     }
 
@@ -336,7 +336,7 @@ impl TestApp {
     fn plant_captcha(&self, user: &str, sale: u64, answer: &str) -> String {
         self.state
             .captchas
-            .insert_answer(&purpose(user, sale), answer, now_ms())
+            .insert_answer(&purpose(user, sale), answer, self.state.now_ms())
             .expect("captcha")
     }
 
@@ -1389,4 +1389,45 @@ async fn tokens_sessions_and_starts_follow_the_gateways_clock() {
         (s, v["error"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("unauthorized"))
     );
+}
+
+/// A captcha expires, and a repeat-purchase block ends, when the gateway's clock passes
+/// their time, with no real waiting.
+#[tokio::test]
+async fn captchas_and_repeat_blocks_end_by_the_gateways_clock() {
+    const START_MS: u64 = 1_000_000_000_000;
+    let clock = queue::ManualClock::new(START_MS);
+    let mut throttle = test_throttle();
+    throttle.repeat_max = 2;
+    let block_ms = throttle.block_ms;
+    let t = test_system(Box::new(MemoryStore::new()), None, throttle, None, |c| {
+        c.gateway.load_test_secret = Some(LOAD_TEST.into());
+        c.gateway.token_factor = 100.0;
+        c.clock = Arc::new(clock.clone());
+    })
+    .await;
+    t.create_sale(1, 10, START_MS).await;
+    let ann = t.login("ann").await;
+    let id = t.plant_captcha("ann", 1, "abcde");
+    clock.advance(gateway::captcha::CAPTCHA_TTL_MS + 1);
+    let (s, v) = t.token_with_captcha(&ann, 1, &id, "abcde").await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("bad_captcha")),
+        "{v}"
+    );
+    // Three attempts inside the repeat window: the third is blocked.
+    let mut last = (StatusCode::OK, Value::Null);
+    for _ in 0..3 {
+        let (_, v) = t.token_load_test(&ann, 1).await;
+        last = t.purchase(&ann, 1, &token_of(&v)).await;
+    }
+    assert_eq!(last.0, StatusCode::TOO_MANY_REQUESTS, "{}", last.1);
+    let (_, v) = t.token_load_test(&ann, 1).await;
+    let token = token_of(&v);
+    let (s, _) = t.purchase(&ann, 1, &token).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "still blocked");
+    clock.advance(block_ms);
+    let (s, v) = t.purchase(&ann, 1, &token).await;
+    assert_ne!(s, StatusCode::TOO_MANY_REQUESTS, "the block is over: {v}");
 }
