@@ -20,12 +20,9 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use web::assets::assets;
 use web::views::{
@@ -33,197 +30,39 @@ use web::views::{
     SaleState, SaleView,
 };
 
-use crate::app::{AppState, ClientIp, now_ms};
+use crate::extract::{AdminAuth, ClientIp, authenticate, cross_site};
+use crate::state::AppState;
+
+// Moved to `session` and `extract` (the state and the extractors use them); kept here too.
 use crate::error::ApiError;
+pub use crate::extract::{ADMIN_COOKIE_NAME, CSRF_HEADER, check_api};
 use crate::pages::html;
 use crate::sales::NewSale;
-use crate::session::SessionKey;
+pub use crate::session::AdminKey;
 
-/// Name of the admin cookie.
-pub const ADMIN_COOKIE_NAME: &str = "admin";
+/// The path the admin cookie is sent on.
+pub const ADMIN_COOKIE_PATH: &str = "/admin";
 /// How long an admin stays signed in.
 pub const ADMIN_SESSION_MS: u64 = 12 * 3600 * 1000;
 /// Most sales on the dashboard (the newest).
 pub const DASHBOARD_SALES_MAX: usize = 50;
 /// Longest payload shown for a dead letter, characters.
 pub const PAYLOAD_SHOWN_MAX: usize = 300;
-/// Header carrying the CSRF token of a cookie-authenticated JSON API call.
-pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// Signs admin cookies and CSRF tokens: derived from the session key and the admin secret.
-#[derive(Clone)]
-pub struct AdminKey {
-    cookies: SessionKey,
-    csrf: Hmac<Sha256>,
-}
-
-impl std::fmt::Debug for AdminKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminKey(<redacted>)")
-    }
-}
-
-impl AdminKey {
-    /// The key of a gateway with this session key and admin secret.
-    pub fn derive(sessions: &SessionKey, admin_secret: &str) -> AdminKey {
-        let derive = |label: &[u8]| -> [u8; 32] {
-            let mut h = Sha256::new();
-            h.update(b"seckill admin key v1\0");
-            h.update(label);
-            h.update(sessions.as_bytes());
-            h.update(admin_secret.as_bytes());
-            h.finalize().into()
-        };
-        let mut csrf_key = [0u8; 64];
-        csrf_key[..32].copy_from_slice(&derive(b"csrf"));
-        AdminKey {
-            cookies: SessionKey::from_bytes(derive(b"cookie")),
-            csrf: <Hmac<Sha256> as KeyInit>::new(&csrf_key.into()),
-        }
-    }
-
-    /// A new admin cookie value (random nonce), valid until `expires_at_ms`.
-    pub fn sign(&self, expires_at_ms: u64) -> String {
-        let nonce: [u8; 16] = rand::random();
-        let subject = format!("admin.{}", hex(&nonce));
-        // The subject is a valid user id (ASCII, no separator), so signing cannot fail.
-        self.cookies
-            .sign(&subject, expires_at_ms)
-            .unwrap_or_default()
-    }
-
-    /// The nonce of a valid admin cookie value.
-    pub fn verify(&self, value: &str, now_ms: u64) -> Option<String> {
-        let subject = self.cookies.verify(value, now_ms).ok()?;
-        subject.strip_prefix("admin.").map(str::to_owned)
-    }
-
-    /// The CSRF token of the session with this nonce.
-    pub fn csrf(&self, nonce: &str) -> String {
-        let mut mac = self.csrf.clone();
-        mac.update(b"csrf|");
-        mac.update(nonce.as_bytes());
-        hex(&mac.finalize().into_bytes()[..16])
-    }
-
-    /// Whether `given` is the CSRF token of `nonce` (constant time).
-    pub fn csrf_ok(&self, nonce: &str, given: &str) -> bool {
-        let want = self.csrf(nonce);
-        want.len() == given.len() && bool::from(want.as_bytes().ct_eq(given.as_bytes()))
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The value of cookie `name` in the request, if present and not empty.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (n, v) = pair.split_once('=')?;
-            (n.trim() == name && !v.trim().is_empty()).then(|| v.trim())
-        })
-}
-
-/// How an admin request was authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminAuth {
-    /// `Authorization: Bearer <secret>` (API clients; no cookie, so no CSRF).
-    Bearer,
-    /// The admin cookie, with its nonce (browsers; POSTs need the CSRF token).
-    Cookie(String),
-}
-
-fn bearer_ok(state: &AppState, headers: &HeaderMap) -> bool {
-    let expected = format!("Bearer {}", state.config.admin_secret);
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    !state.config.admin_secret.is_empty()
-        && given.len() == expected.len()
-        && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
-}
-
-/// How this request is authenticated as the admin, if it is.
-pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<AdminAuth> {
-    if state.config.admin_secret.is_empty() {
-        return None;
-    }
-    if bearer_ok(state, headers) {
-        return Some(AdminAuth::Bearer);
-    }
-    let value = cookie(headers, ADMIN_COOKIE_NAME)?;
-    state
-        .admin_key
-        .verify(value, now_ms())
-        .map(AdminAuth::Cookie)
-}
-
-/// Whether the request comes from another site, by `Origin` (compared with `Host`) or,
-/// without one, `Sec-Fetch-Site`. Requests with neither (API clients) are not cross-site.
-pub fn cross_site(headers: &HeaderMap) -> bool {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let origin = origin.to_str().unwrap_or("");
-        let Some(host) = host else { return true };
-        let authority = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"));
-        return authority != Some(host);
-    }
-    headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !matches!(v, "same-origin" | "none"))
-}
-
-/// The rules of the admin JSON API for a request: bearer, or cookie (with the CSRF header
-/// and a same-site origin on anything but GET/HEAD). Used by `app::Admin`.
-pub fn check_api(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
-    match authenticate(state, &parts.headers) {
-        Some(AdminAuth::Bearer) => Ok(()),
-        Some(AdminAuth::Cookie(nonce)) => {
-            if matches!(parts.method, Method::GET | Method::HEAD) {
-                return Ok(());
-            }
-            let token = parts
-                .headers
-                .get(CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if cross_site(&parts.headers) || !state.admin_key.csrf_ok(&nonce, token) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "csrf",
-                    "cross-site request or missing CSRF token",
-                ));
-            }
-            Ok(())
-        }
-        None => Err(ApiError::unauthorized("admin secret required")),
-    }
-}
-
-fn login_page(status: StatusCode, error: Option<String>) -> Response {
+fn login_page(state: &AppState, status: StatusCode, error: Option<String>) -> Response {
     html(
         status,
         "no-store",
         &AdminLoginPage {
             assets: assets(),
-            server_time_ms: now_ms(),
+            server_time_ms: state.now_ms(),
             error,
         },
     )
 }
 
-fn forbidden(why: &str) -> Response {
-    login_page(StatusCode::FORBIDDEN, Some(why.to_string()))
+fn forbidden(state: &AppState, why: &str) -> Response {
+    login_page(state, StatusCode::FORBIDDEN, Some(why.to_string()))
 }
 
 /// The admin's nonce for a page, or the response refusing it (401 sign-in page).
@@ -232,7 +71,7 @@ fn page_session(state: &AppState, headers: &HeaderMap) -> Result<String, Box<Res
         Some(AdminAuth::Cookie(nonce)) => Ok(nonce),
         // A bearer client gets pages too; its forms carry a token of an empty nonce.
         Some(AdminAuth::Bearer) => Ok(String::new()),
-        None => Err(Box::new(login_page(StatusCode::UNAUTHORIZED, None))),
+        None => Err(Box::new(login_page(state, StatusCode::UNAUTHORIZED, None))),
     }
 }
 
@@ -240,6 +79,7 @@ fn page_session(state: &AppState, headers: &HeaderMap) -> Result<String, Box<Res
 fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(), Box<Response>> {
     if cross_site(headers) {
         return Err(Box::new(forbidden(
+            state,
             "refused: the form came from another site",
         )));
     }
@@ -247,9 +87,10 @@ fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(),
         Some(AdminAuth::Bearer) => Ok(()),
         Some(AdminAuth::Cookie(nonce)) if state.admin_key.csrf_ok(&nonce, csrf) => Ok(()),
         Some(AdminAuth::Cookie(_)) => Err(Box::new(forbidden(
+            state,
             "refused: the form's CSRF token is missing or wrong; reload the page and try again",
         ))),
-        None => Err(Box::new(login_page(StatusCode::UNAUTHORIZED, None))),
+        None => Err(Box::new(login_page(state, StatusCode::UNAUTHORIZED, None))),
     }
 }
 
@@ -269,7 +110,7 @@ pub async fn login_form(State(state): State<Arc<AppState>>, headers: HeaderMap) 
     if authenticate(&state, &headers).is_some() {
         return see_other("/admin");
     }
-    login_page(StatusCode::OK, None)
+    login_page(&state, StatusCode::OK, None)
 }
 
 /// The sign-in form.
@@ -287,14 +128,15 @@ pub async fn login(
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     if cross_site(&headers) {
-        return forbidden("refused: the form came from another site");
+        return forbidden(&state, "refused: the form came from another site");
     }
-    let now = now_ms();
+    let now = state.now_ms();
     if let Err(t) = state
         .throttle
         .check(crate::throttle::Route::Login, None, ip, now)
     {
         return login_page(
+            &state,
             StatusCode::TOO_MANY_REQUESTS,
             Some(format!(
                 "too many attempts; try again in {} s",
@@ -309,14 +151,17 @@ pub async fn login(
         || !bool::from(secret.as_bytes().ct_eq(expected))
     {
         return login_page(
+            &state,
             StatusCode::UNAUTHORIZED,
             Some("wrong admin secret".to_string()),
         );
     }
     let value = state.admin_key.sign(now + ADMIN_SESSION_MS);
-    let cookie = format!(
-        "{ADMIN_COOKIE_NAME}={value}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}",
-        ADMIN_SESSION_MS / 1000
+    let cookie = crate::session::set_cookie(
+        ADMIN_COOKIE_NAME,
+        &value,
+        ADMIN_COOKIE_PATH,
+        ADMIN_SESSION_MS / 1000,
     );
     let mut r = see_other("/admin");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -343,10 +188,10 @@ pub async fn logout(
         return *r;
     }
     let mut r = see_other("/admin/login");
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("admin=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    let cleared = crate::session::set_cookie(ADMIN_COOKIE_NAME, "", ADMIN_COOKIE_PATH, 0);
+    if let Ok(v) = HeaderValue::from_str(&cleared) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
     r
 }
 
@@ -364,7 +209,7 @@ async fn dashboard_page(
     notice: Option<String>,
     error: Option<String>,
 ) -> Response {
-    let now = now_ms();
+    let now = state.now_ms();
     let mut sales = match state.db.sales().await {
         Ok(s) => s,
         Err(e) => {
@@ -440,7 +285,7 @@ pub async fn dashboard(
         Ok(n) => n,
         Err(r) => return *r,
     };
-    state.live.watched(now_ms());
+    state.live.watched(state.now_ms());
     let notice = query
         .ok()
         .and_then(|Query(q)| q.created)
@@ -481,20 +326,47 @@ pub struct SaleForm {
     pub starts_at_ms: String,
 }
 
-fn field<T: std::str::FromStr>(value: &str, what: &str) -> Result<Option<T>, String> {
+/// Why a create-sale form was refused; the text is what the dashboard shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormError {
+    /// A field that must be a number is not one.
+    #[error("{what}: “{value}” is not a valid number")]
+    NotANumber {
+        /// The field.
+        what: &'static str,
+        /// What was typed (trimmed).
+        value: String,
+    },
+    /// A required field is empty.
+    #[error("{0}: required")]
+    Required(&'static str),
+    /// The price is not an amount.
+    #[error("price: “{0}” is not an amount like 19.99")]
+    Price(String),
+    /// The start is not a date and time.
+    #[error("start: “{0}” is not a date and time")]
+    Time(String),
+    /// Neither a start nor a delay was given.
+    #[error("start: give a date and time or a number of seconds")]
+    NoStart,
+}
+
+fn field<T: std::str::FromStr>(value: &str, what: &'static str) -> Result<Option<T>, FormError> {
     let v = value.trim();
     if v.is_empty() {
         return Ok(None);
     }
-    v.parse()
-        .map(Some)
-        .map_err(|_| format!("{what}: “{v}” is not a valid number"))
+    v.parse().map(Some).map_err(|_| FormError::NotANumber {
+        what,
+        value: v.to_string(),
+    })
 }
 
 /// Cents of a price typed as `19.99`, `19.9`, `19` or `1,299.00`.
-pub fn parse_price(text: &str) -> Result<u64, String> {
+pub fn parse_price(text: &str) -> Result<u64, FormError> {
     let t: String = text.trim().chars().filter(|c| *c != ',').collect();
-    let bad = || format!("price: “{}” is not an amount like 19.99", text.trim());
+    let bad = || FormError::Price(text.trim().to_string());
     let (whole, frac) = t.split_once('.').unwrap_or((&t, ""));
     if whole.is_empty()
         || !whole.bytes().all(|b| b.is_ascii_digit())
@@ -511,10 +383,16 @@ pub fn parse_price(text: &str) -> Result<u64, String> {
         .ok_or_else(bad)
 }
 
+/// Years a typed start may fall in.
+const START_YEARS: std::ops::RangeInclusive<i64> = 1970..=9999;
+/// Largest time zone offset accepted from the browser, minutes either way.
+const TZ_OFFSET_MIN_MAX: i64 = 24 * 60;
+
 /// Ms since the epoch of a local date-time `YYYY-MM-DDTHH:MM[:SS]` in a zone `offset_min`
-/// minutes behind UTC (JavaScript's `getTimezoneOffset`).
-pub fn parse_local_time(text: &str, offset_min: i64) -> Result<u64, String> {
-    let bad = || format!("start: “{text}” is not a date and time");
+/// minutes behind UTC (JavaScript's `getTimezoneOffset`). The calendar (month lengths,
+/// leap years, days since the epoch) is `jiff`'s.
+pub fn parse_local_time(text: &str, offset_min: i64) -> Result<u64, FormError> {
+    let bad = || FormError::Time(text.to_string());
     let (date, time) = text.trim().split_once('T').ok_or_else(bad)?;
     let d: Vec<i64> = date
         .split('-')
@@ -540,41 +418,36 @@ pub fn parse_local_time(text: &str, offset_min: i64) -> Result<u64, String> {
         return Err(bad());
     };
     let ss = rest.first().copied().unwrap_or(0);
-    if !(1970..=9999).contains(y)
-        || !(1..=12).contains(m)
-        || !(1..=days_in_month(*y, *m)).contains(day)
-        || !(0..24).contains(hh)
-        || !(0..60).contains(mm)
-        || !(0..60).contains(&ss)
+    if !START_YEARS.contains(y)
         || rest.len() > 1
-        || !(-24 * 60..=24 * 60).contains(&offset_min)
+        || !(-TZ_OFFSET_MIN_MAX..=TZ_OFFSET_MIN_MAX).contains(&offset_min)
     {
         return Err(bad());
     }
-    // Howard Hinnant's days_from_civil.
-    let (y, m) = if *m <= 2 { (y - 1, m + 9) } else { (*y, m - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss + offset_min * 60;
-    u64::try_from(secs).map(|s| s * 1000).map_err(|_| bad())
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
+    let small = |v: i64| i8::try_from(v).map_err(|_| bad());
+    let local = jiff::civil::DateTime::new(
+        i16::try_from(*y).map_err(|_| bad())?,
+        small(*m)?,
+        small(*day)?,
+        small(*hh)?,
+        small(*mm)?,
+        small(ss)?,
+        0,
+    )
+    .map_err(|_| bad())?;
+    // `getTimezoneOffset` is UTC minus local time: the zone's offset is its negation.
+    let offset = i32::try_from(-offset_min * 60)
+        .ok()
+        .and_then(|s| jiff::tz::Offset::from_seconds(s).ok())
+        .ok_or_else(bad)?;
+    let at = offset.to_timestamp(local).map_err(|_| bad())?;
+    u64::try_from(at.as_millisecond()).map_err(|_| bad())
 }
 
 /// The sale a create-sale form describes, at `now_ms`.
-pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, String> {
-    let id = field::<u64>(&f.id, "id")?.ok_or("id: required")?;
-    let units = field::<u64>(&f.units, "units")?.ok_or("units: required")?;
+pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, FormError> {
+    let id = field::<u64>(&f.id, "id")?.ok_or(FormError::Required("id"))?;
+    let units = field::<u64>(&f.units, "units")?.ok_or(FormError::Required("units"))?;
     let price_cents = parse_price(&f.price)?;
     let offset = field::<i64>(&f.tz_offset_min, "time zone")?.unwrap_or(0);
     let starts_at_ms = match (
@@ -586,7 +459,7 @@ pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, String> {
             None => parse_local_time(&f.starts_at, offset)?,
         },
         (true, Some(s)) => now_ms.saturating_add(s.saturating_mul(1000)),
-        (true, None) => return Err("start: give a date and time or a number of seconds".into()),
+        (true, None) => return Err(FormError::NoStart),
     };
     let ends_at_ms = field::<u64>(&f.ends_in_s, "ends in")?
         .map(|s| starts_at_ms.saturating_add(s.saturating_mul(1000)));
@@ -621,13 +494,20 @@ pub async fn create_sale(
         Some(AdminAuth::Cookie(n)) => n,
         _ => String::new(),
     };
-    let sale = match parse_sale_form(&form, now_ms()) {
+    let sale = match parse_sale_form(&form, state.now_ms()) {
         Ok(s) => s,
         Err(e) => {
-            return dashboard_page(&state, &nonce, StatusCode::BAD_REQUEST, None, Some(e)).await;
+            return dashboard_page(
+                &state,
+                &nonce,
+                StatusCode::BAD_REQUEST,
+                None,
+                Some(e.to_string()),
+            )
+            .await;
         }
     };
-    match crate::app::create_sale_in(&state, &sale).await {
+    match crate::orders::create_sale_in(&state, &sale).await {
         Ok(created) => see_other(&format!("/admin?created={}", created.id)),
         Err(e) => dashboard_page(&state, &nonce, e.status, None, Some(e.message.clone())).await,
     }
@@ -643,10 +523,10 @@ pub struct LiveQuery {
 /// `GET /admin/api/live`.
 pub async fn live(
     State(state): State<Arc<AppState>>,
-    _admin: crate::app::Admin,
+    _admin: crate::extract::Admin,
     query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let now = now_ms();
+    let now = state.now_ms();
     let first_look = now.saturating_sub(state.live.watched_at_ms()) > crate::live::WATCH_WINDOW_MS;
     state.live.watched(now);
     if first_look {
@@ -656,7 +536,7 @@ pub async fn live(
     let since = query.map_or(0, |Query(q)| q.since_ms);
     (
         [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(state.live.snapshot(since)),
+        axum::Json(state.live.snapshot(since, state.now_ms())),
     )
         .into_response()
 }
@@ -715,7 +595,7 @@ pub async fn dead_letters(
         "no-store",
         &DeadLettersPage {
             assets: assets(),
-            server_time_ms: now_ms(),
+            server_time_ms: state.now_ms(),
             csrf: state.admin_key.csrf(&nonce),
             letters: letters
                 .into_iter()
@@ -760,7 +640,7 @@ pub async fn confirm_dead_letter(
         "no-store",
         &ConfirmPage {
             assets: assets(),
-            server_time_ms: now_ms(),
+            server_time_ms: state.now_ms(),
             csrf: state.admin_key.csrf(&nonce),
             action,
             letter: letter_row(&topic, letter),
@@ -898,6 +778,7 @@ mod tests {
         assert!(
             parse_sale_form(&no_start, 0)
                 .expect_err("no start")
+                .to_string()
                 .contains("start")
         );
         let bad_units = SaleForm {
@@ -908,13 +789,14 @@ mod tests {
         assert!(
             parse_sale_form(&bad_units, 0)
                 .expect_err("bad units")
+                .to_string()
                 .contains("units")
         );
     }
 
     #[test]
     fn admin_cookies_and_csrf() {
-        let sessions = SessionKey::generate();
+        let sessions = crate::session::SessionKey::generate();
         let key = AdminKey::derive(&sessions, "s3cret");
         let v = key.sign(2_000);
         let nonce = key.verify(&v, 1_000).expect("valid");

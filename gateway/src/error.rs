@@ -69,6 +69,18 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after_ms(retry_ms)
     }
 
+    /// 503 `unavailable`, retry in a second: a dependency could not answer. Also for the
+    /// orders database's reads, where even an `Invalid` error comes from the stored data
+    /// (or an id out of its range), not from anything the client could fix.
+    pub fn unavailable_from(e: impl std::fmt::Display) -> Self {
+        ApiError::unavailable("unavailable", e.to_string(), 1000)
+    }
+
+    /// 410: the sale has ended.
+    pub fn ended() -> Self {
+        ApiError::new(StatusCode::GONE, "ended", "the sale has ended")
+    }
+
     /// 500: logged in full, shown to the client without details.
     pub fn internal(what: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {what}");
@@ -108,6 +120,69 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
+    }
+}
+
+// The domain errors as the client sees them, so that handlers write `?`. A dependency that
+// cannot answer is a 503 `unavailable` with `Retry-After: 1`; input the domain refuses is a
+// 4xx.
+
+/// The ledger of purchase tokens could not answer: 503, try again in a second.
+impl From<crate::ledger::LedgerError> for ApiError {
+    fn from(e: crate::ledger::LedgerError) -> Self {
+        ApiError::unavailable_from(e)
+    }
+}
+
+/// The orders database: an argument it refuses is a 400, a conflict a 409 (the caller
+/// names it better where it knows what exists, e.g. `sale_exists`), anything else a 503.
+impl From<order_worker::DbError> for ApiError {
+    fn from(e: order_worker::DbError) -> Self {
+        match e {
+            order_worker::DbError::Invalid(m) => ApiError::bad_request(m),
+            order_worker::DbError::Conflict(m) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", m)
+            }
+            other => ApiError::unavailable_from(other),
+        }
+    }
+}
+
+/// The stock store could not answer: 503.
+impl From<inventory::Error> for ApiError {
+    fn from(e: inventory::Error) -> Self {
+        ApiError::unavailable_from(e)
+    }
+}
+
+/// The queue: an unknown dead letter is a 404; anything else a 503.
+impl From<queue::Error> for ApiError {
+    fn from(e: queue::Error) -> Self {
+        match e {
+            queue::Error::NoSuchDeadLetter { .. } => ApiError::not_found(e.to_string()),
+            other => ApiError::unavailable_from(other),
+        }
+    }
+}
+
+/// A captcha answer that does not pass is a 403 `bad_captcha`; a captcha store that cannot
+/// make one now (too many outstanding, or the image failed) is a 503 `busy`.
+impl From<crate::captcha::CaptchaError> for ApiError {
+    fn from(e: crate::captcha::CaptchaError) -> Self {
+        use crate::captcha::CaptchaError;
+        match e {
+            CaptchaError::Busy | CaptchaError::Image => {
+                ApiError::unavailable("busy", e.to_string(), 1000)
+            }
+            other => ApiError::new(StatusCode::FORBIDDEN, "bad_captcha", other.to_string()),
+        }
+    }
+}
+
+/// A purchase token that does not pass is a 403 `bad_token`.
+impl From<crate::token::TokenError> for ApiError {
+    fn from(e: crate::token::TokenError) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "bad_token", e.to_string())
     }
 }
 

@@ -19,11 +19,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use order_worker::db::{Order, Payment};
 use serde_json::{Value, json};
 
-use crate::app::{Admin, AppState, SaleIdPath, SessionUser, now_ms};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{Admin, JsonBody, SaleIdPath, SessionUser};
+use crate::sales::{NewSale, Sale};
+use crate::state::{AppState, Shared};
 
 /// Longest order id accepted in a path, bytes.
 pub const ORDER_ID_BYTES_MAX: usize = 64;
@@ -32,7 +35,7 @@ pub const DEAD_LETTERS_LISTED_MAX: usize = 100;
 
 type PathOf<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
 
-fn order_json(o: &Order) -> Value {
+fn order_json(o: &Order, now_ms: u64) -> Value {
     json!({
         "id": o.id,
         "ticket": o.ticket,
@@ -44,12 +47,8 @@ fn order_json(o: &Order) -> Value {
         "pay_by_ms": o.pay_by_ms,
         "paid_ms": o.paid_ms,
         "cancelled_ms": o.cancelled_ms,
-        "server_time_ms": now_ms(),
+        "server_time_ms": now_ms,
     })
-}
-
-fn db_unavailable(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable("unavailable", e.to_string(), 1000)
 }
 
 /// Order ids are UUIDs; anything else is unknown (and never reaches the database).
@@ -69,8 +68,13 @@ pub async fn get_order(
     id: PathOf<String>,
 ) -> ApiResult<Json<Value>> {
     let id = order_id(id)?;
-    match state.db.order(&id).await.map_err(db_unavailable)? {
-        Some(o) if o.user == user => Ok(Json(order_json(&o))),
+    match state
+        .db
+        .order(&id)
+        .await
+        .map_err(ApiError::unavailable_from)?
+    {
+        Some(o) if o.user == user => Ok(Json(order_json(&o, state.now_ms()))),
         _ => Err(ApiError::not_found("no such order")),
     }
 }
@@ -84,11 +88,11 @@ pub async fn pay_order(
     let id = order_id(id)?;
     match state
         .db
-        .pay(&id, &user, now_ms())
+        .pay(&id, &user, state.now_ms())
         .await
-        .map_err(db_unavailable)?
+        .map_err(ApiError::unavailable_from)?
     {
-        Payment::Paid(o) | Payment::AlreadyPaid(o) => Ok(Json(order_json(&o))),
+        Payment::Paid(o) | Payment::AlreadyPaid(o) => Ok(Json(order_json(&o, state.now_ms()))),
         Payment::Cancelled(_) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "order_cancelled",
@@ -112,12 +116,12 @@ pub async fn admin_sales(
     _admin: Admin,
 ) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
-    for sale in state.db.sales().await.map_err(db_unavailable)? {
+    for sale in state.db.sales().await.map_err(ApiError::unavailable_from)? {
         let counts = state
             .db
             .order_counts(sale.id)
             .await
-            .map_err(db_unavailable)?;
+            .map_err(ApiError::unavailable_from)?;
         let stock = state.inventory.store().stock(sale.id).await.ok().flatten();
         out.push(json!({
             "sale": sale,
@@ -125,7 +129,9 @@ pub async fn admin_sales(
             "stock": stock.map(|s| json!({"units": s.units, "left": s.left, "holders": s.holders})),
         }));
     }
-    Ok(Json(json!({"sales": out, "server_time_ms": now_ms()})))
+    Ok(Json(
+        json!({"sales": out, "server_time_ms": state.now_ms()}),
+    ))
 }
 
 /// `POST /admin/api/sales/{id}/reconcile`.
@@ -134,12 +140,18 @@ pub async fn admin_reconcile(
     _admin: Admin,
     SaleIdPath(id): SaleIdPath,
 ) -> ApiResult<Json<Value>> {
-    if state.db.sale(id).await.map_err(db_unavailable)?.is_none() {
+    if state
+        .db
+        .sale(id)
+        .await
+        .map_err(ApiError::unavailable_from)?
+        .is_none()
+    {
         return Err(ApiError::not_found(format!("no sale {id}")));
     }
     let s = crate::sync::reconcile_sale(&state, id)
         .await
-        .map_err(db_unavailable)?;
+        .map_err(ApiError::unavailable_from)?;
     Ok(Json(
         json!({"sale": id, "units": s.units, "left": s.left, "holders": s.holders}),
     ))
@@ -164,7 +176,7 @@ pub async fn list_dead_letters(state: &AppState) -> ApiResult<Vec<(String, queue
         {
             Ok(l) => l,
             Err(queue::Error::NoSuchTopic(_)) => Vec::new(),
-            Err(e) => return Err(db_unavailable(e)),
+            Err(e) => return Err(e.into()),
         };
         out.extend(letters.into_iter().map(|d| (topic.clone(), d)));
     }
@@ -237,10 +249,7 @@ pub async fn dead_letter_action(
         }
         _ => return Err(ApiError::not_found("the actions are replay and discard")),
     };
-    r.map_err(|e| match e {
-        queue::Error::NoSuchDeadLetter { .. } => ApiError::not_found(e.to_string()),
-        other => db_unavailable(other),
-    })
+    r.map_err(ApiError::from)
 }
 
 /// Before a purchase leaves the dead letters for good: its ticket is recorded as rejected
@@ -251,7 +260,7 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
         .queue
         .dead_letters(topic, offset, 1)
         .await
-        .map_err(db_unavailable)?;
+        .map_err(ApiError::unavailable_from)?;
     let Some(letter) = letters.into_iter().find(|d| d.dead_offset == offset) else {
         return Err(ApiError::not_found("no such dead letter"));
     };
@@ -261,15 +270,19 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
     };
     let recorded = state
         .db
-        .record_rejection(&purchase, order_worker::db::reason::DISCARDED, now_ms())
+        .record_rejection(
+            &purchase,
+            order_worker::db::reason::DISCARDED,
+            state.now_ms(),
+        )
         .await
-        .map_err(db_unavailable)?;
+        .map_err(ApiError::unavailable_from)?;
     if recorded
         && !state
             .db
             .holds_active(purchase.sale, &purchase.user)
             .await
-            .map_err(db_unavailable)?
+            .map_err(ApiError::unavailable_from)?
         && let Err(e) = state
             .inventory
             .release_if(purchase.sale, &purchase.user, Some(&purchase.ticket))
@@ -278,4 +291,36 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
         tracing::warn!("releasing the unit of a discarded purchase: {e}");
     }
     Ok(())
+}
+
+pub async fn create_sale(
+    State(state): State<Shared>,
+    _admin: Admin,
+    JsonBody(sale): JsonBody<NewSale>,
+) -> ApiResult<Response> {
+    let created = create_sale_in(&state, &sale).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Creates a sale (the JSON API and the dashboard's form).
+pub async fn create_sale_in(state: &AppState, sale: &NewSale) -> ApiResult<Sale> {
+    // The database is the source of truth: the sale is created there first (a taken id is
+    // a conflict), then its stock is set to match (a store holding stale figures for this
+    // id, from an earlier database, is reset), then it is listed.
+    let created = state
+        .db
+        .create_sale(sale, state.now_ms())
+        .await
+        .map_err(|e| match e {
+            order_worker::DbError::Conflict(m) => {
+                ApiError::new(StatusCode::CONFLICT, "sale_exists", m)
+            }
+            other => ApiError::from(other),
+        })?;
+    state
+        .inventory
+        .reconcile(created.id, created.units, &[])
+        .await?;
+    state.catalogue.upsert(created.clone());
+    Ok(created)
 }

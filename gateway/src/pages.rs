@@ -9,8 +9,7 @@
 //!
 //! Routes, element ids and caching are in docs/WEB.md.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -19,48 +18,14 @@ use web::Template;
 use web::assets::{IMMUTABLE, assets};
 use web::views::{MessagePage, OrderPage, OrderView, SalePage, SaleState, SaleView, SalesPage};
 
-use crate::app::{AppState, now_ms};
 use crate::sales::Sale;
+use crate::state::AppState;
 
-/// How long a sale's units-left figure is reused by the pages.
-pub const STOCK_CACHE_MS: u64 = 1_000;
 /// `Cache-Control` of storefront pages (they name the signed-in user: private).
 pub const PAGE_CACHE: &str = "private, max-age=1";
 
-/// Units left per sale, as last read from the stock store, reused for [`STOCK_CACHE_MS`].
-/// Holds at most one entry per sale of the catalogue (bounded by `SALES_MAX`).
-#[derive(Debug, Default)]
-pub struct StockCache {
-    entries: Mutex<HashMap<u64, (u64, Option<u64>)>>,
-}
-
-impl StockCache {
-    /// Units left of `sale` (None: unknown), read from the store when the cached figure is
-    /// older than [`STOCK_CACHE_MS`].
-    pub async fn left(&self, state: &AppState, sale: u64, now: u64) -> Option<u64> {
-        if let Some((at, left)) = self.lock().get(&sale).copied()
-            && now.saturating_sub(at) < STOCK_CACHE_MS
-        {
-            return left;
-        }
-        let left = match state.inventory.store().stock(sale).await {
-            Ok(s) => s.map(|s| s.left),
-            Err(_) => None,
-        };
-        let mut entries = self.lock();
-        if entries.len() >= crate::sales::SALES_MAX && !entries.contains_key(&sale) {
-            entries.clear();
-        }
-        entries.insert(sale, (now, left));
-        left
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u64, Option<u64>)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+// Moved to `state` (the state holds it); kept here too.
+pub use crate::state::{STOCK_CACHE_MS, StockCache};
 
 /// A rendered page with its status and `Cache-Control`; a template error is a 500 page.
 pub fn html(status: StatusCode, cache: &'static str, page: &impl Template) -> Response {
@@ -94,7 +59,7 @@ fn shopper(state: &AppState, headers: &HeaderMap) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(crate::session::cookie_from_header)?;
-    state.sessions.verify(cookie, now_ms()).ok()
+    state.sessions.verify(cookie, state.now_ms()).ok()
 }
 
 /// A message page (404 and friends).
@@ -110,7 +75,7 @@ pub fn message(
         "no-store",
         &MessagePage {
             assets: assets(),
-            server_time_ms: now_ms(),
+            server_time_ms: state.now_ms(),
             user: shopper(state, headers),
             title: title.into(),
             message: text.into(),
@@ -135,7 +100,7 @@ async fn sale_view(state: &AppState, sale: &Sale, now: u64) -> SaleView {
 
 /// `GET /`.
 pub async fn sales_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let now = now_ms();
+    let now = state.now_ms();
     let mut sales = Vec::new();
     for s in state.catalogue.list() {
         sales.push(sale_view(&state, &s, now).await);
@@ -168,7 +133,7 @@ pub async fn sale_page(
             "There is no sale at this address.",
         );
     };
-    let now = now_ms();
+    let now = state.now_ms();
     let view = sale_view(&state, &sale, now).await;
     html(
         StatusCode::OK,
@@ -251,7 +216,7 @@ pub async fn order_page(
         "no-store",
         &OrderPage {
             assets: assets(),
-            server_time_ms: now_ms(),
+            server_time_ms: state.now_ms(),
             user: Some(user),
             order: view,
         },

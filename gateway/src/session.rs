@@ -17,7 +17,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE_NAME: &str = "seckill_session";
@@ -171,11 +172,25 @@ fn keyed_mac(secret: &[u8; SESSION_KEY_BYTES]) -> Hmac<Sha256> {
     <Hmac<Sha256> as KeyInit>::new(&block.into())
 }
 
+/// A `Set-Cookie` header value for cookie `name` on `path`, kept `max_age_s` seconds (0:
+/// removed): `HttpOnly` (no script can read it) and `SameSite=Strict` (no other site's page
+/// can make the browser send it). Written by the `cookie` crate.
+pub fn set_cookie(name: &str, value: &str, path: &str, max_age_s: u64) -> String {
+    cookie::Cookie::build((name, value))
+        .path(path)
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict)
+        .max_age(cookie::time::Duration::seconds(
+            i64::try_from(max_age_s).unwrap_or(i64::MAX),
+        ))
+        .build()
+        .to_string()
+}
+
 /// The `Set-Cookie` header value that stores `value` as the session cookie for `max_age_s`
-/// seconds: `HttpOnly` (no script can read it) and `SameSite=Strict` (no other site's page
-/// can make the browser send it).
+/// seconds, on every path ([`set_cookie`]'s attributes).
 pub fn set_cookie_header(value: &str, max_age_s: u64) -> String {
-    format!("{SESSION_COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}")
+    set_cookie(SESSION_COOKIE_NAME, value, "/", max_age_s)
 }
 
 /// The `Set-Cookie` header value that removes the session cookie (log out).
@@ -183,21 +198,27 @@ pub fn clear_cookie_header() -> String {
     set_cookie_header("", 0)
 }
 
+/// The value of cookie `name` in a `Cookie` request header (`a=1; b=…`), without a pair of
+/// surrounding double quotes, if present and not empty. The first one wins. Parsed by the
+/// `cookie` crate (pairs it cannot parse are skipped).
+pub fn cookie_value<'h>(header_value: &'h str, name: &str) -> Option<&'h str> {
+    cookie::Cookie::split_parse(header_value)
+        .filter_map(Result::ok)
+        .filter(|c| c.name() == name)
+        .find_map(|c| {
+            let value = c.value_raw()?;
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            (!value.is_empty()).then_some(value)
+        })
+}
+
 /// The session cookie's value in a `Cookie` request header (`a=1; seckill_session=…`), if
 /// present and not empty. The first one wins.
 pub fn cookie_from_header(header_value: &str) -> Option<&str> {
-    header_value.split(';').find_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        if name.trim() != SESSION_COOKIE_NAME {
-            return None;
-        }
-        let value = value.trim();
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value);
-        (!value.is_empty()).then_some(value)
-    })
+    cookie_value(header_value, SESSION_COOKIE_NAME)
 }
 
 #[cfg(test)]
@@ -335,10 +356,44 @@ mod tests {
         let k = key();
         let v = k.sign("alice", NOW + 1000).expect("valid user");
         let set = set_cookie_header(&v, 86_400);
+        // The attributes of `seckill_session={v}; Path=/; HttpOnly; SameSite=Strict;
+        // Max-Age=86400`, in whatever order the `cookie` crate writes them.
+        let parsed = cookie::Cookie::parse(set.as_str()).expect("a Set-Cookie value");
         assert_eq!(
-            set,
-            format!("seckill_session={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age=86400")
+            (
+                parsed.name(),
+                parsed.value(),
+                parsed.path(),
+                parsed.http_only(),
+                parsed.same_site(),
+                parsed.max_age(),
+                parsed.secure(),
+                parsed.domain(),
+            ),
+            (
+                "seckill_session",
+                v.as_str(),
+                Some("/"),
+                Some(true),
+                Some(cookie::SameSite::Strict),
+                Some(cookie::time::Duration::seconds(86_400)),
+                None,
+                None,
+            ),
+            "{set}"
         );
+        let mut attributes: Vec<&str> = set.split("; ").collect();
+        attributes.sort_unstable();
+        let want = format!("seckill_session={v}");
+        let mut expected = vec![
+            want.as_str(),
+            "Path=/",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Max-Age=86400",
+        ];
+        expected.sort_unstable();
+        assert_eq!(attributes, expected, "exactly these attributes");
         let header = format!("theme=dark; seckill_session={v}; other=1");
         assert_eq!(cookie_from_header(&header), Some(v.as_str()));
         assert_eq!(
@@ -370,4 +425,71 @@ mod tests {
             Some("first")
         );
     }
+}
+
+/// Signs admin cookies and CSRF tokens: derived from the session key and the admin secret.
+#[derive(Clone)]
+pub struct AdminKey {
+    cookies: SessionKey,
+    csrf: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey(<redacted>)")
+    }
+}
+
+impl AdminKey {
+    /// The key of a gateway with this session key and admin secret.
+    pub fn derive(sessions: &SessionKey, admin_secret: &str) -> AdminKey {
+        let derive = |label: &[u8]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            h.update(b"seckill admin key v1\0");
+            h.update(label);
+            h.update(sessions.as_bytes());
+            h.update(admin_secret.as_bytes());
+            h.finalize().into()
+        };
+        let mut csrf_key = [0u8; 64];
+        csrf_key[..32].copy_from_slice(&derive(b"csrf"));
+        AdminKey {
+            cookies: SessionKey::from_bytes(derive(b"cookie")),
+            csrf: <Hmac<Sha256> as KeyInit>::new(&csrf_key.into()),
+        }
+    }
+
+    /// A new admin cookie value (random nonce), valid until `expires_at_ms`.
+    pub fn sign(&self, expires_at_ms: u64) -> String {
+        let nonce: [u8; 16] = rand::random();
+        let subject = format!("admin.{}", hex(&nonce));
+        // The subject is a valid user id (ASCII, no separator), so signing cannot fail.
+        self.cookies
+            .sign(&subject, expires_at_ms)
+            .unwrap_or_default()
+    }
+
+    /// The nonce of a valid admin cookie value.
+    pub fn verify(&self, value: &str, now_ms: u64) -> Option<String> {
+        let subject = self.cookies.verify(value, now_ms).ok()?;
+        subject.strip_prefix("admin.").map(str::to_owned)
+    }
+
+    /// The CSRF token of the session with this nonce.
+    pub fn csrf(&self, nonce: &str) -> String {
+        let mut mac = self.csrf.clone();
+        mac.update(b"csrf|");
+        mac.update(nonce.as_bytes());
+        hex(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// Whether `given` is the CSRF token of `nonce` (constant time).
+    pub fn csrf_ok(&self, nonce: &str, given: &str) -> bool {
+        let want = self.csrf(nonce);
+        want.len() == given.len() && bool::from(want.as_bytes().ct_eq(given.as_bytes()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

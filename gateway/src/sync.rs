@@ -28,92 +28,56 @@
 //!   the reset; its order is still decided by the database, which never oversells.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use inventory::SaleStock;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Housekeeping rounds (one a second) between reconciliation checks.
 pub const RECONCILE_EVERY_ROUNDS: u64 = 10;
 
-/// A purchase waiting in the orders topic's dead letters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    /// Sale.
-    pub sale: u64,
-    /// Why the workers gave up on it.
-    pub reason: String,
+// Moved to `state` (the state holds them); kept here too.
+pub use crate::state::{Held, HeldTickets, Reconciler};
+
+/// Why a sync step with the database and the stock store failed; its text is the
+/// underlying error's (or `no sale N`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The orders database.
+    #[error(transparent)]
+    Db(#[from] order_worker::DbError),
+    /// The stock store.
+    #[error(transparent)]
+    Stock(#[from] inventory::Error),
+    /// The database has no such sale.
+    #[error("no sale {0}")]
+    NoSuchSale(u64),
 }
 
-/// The tickets of purchases in the orders topic's dead letters (the first
-/// `queue::limits::DEAD_LETTER_LIST_MAX` of them), as last listed.
-#[derive(Debug, Default)]
-pub struct HeldTickets(Mutex<HashMap<String, Held>>);
-
-impl HeldTickets {
-    /// A held ticket.
-    pub fn get(&self, ticket: &str) -> Option<Held> {
-        match self.0.lock() {
-            Ok(g) => g.get(ticket).cloned(),
-            Err(p) => p.into_inner().get(ticket).cloned(),
-        }
-    }
-
-    fn replace(&self, held: HashMap<String, Held>) {
-        match self.0.lock() {
-            Ok(mut g) => *g = held,
-            Err(p) => *p.into_inner() = held,
-        }
-    }
-}
-
-/// State of the reconciliation at rest.
-#[derive(Debug, Default)]
-pub struct Reconciler {
-    rounds: AtomicU64,
-    /// Sales whose store figures differed from the database at the last check, with the
-    /// figures seen then.
-    suspects: Mutex<HashMap<u64, SaleStock>>,
-    /// Sales reset to the database's figures (since start).
-    pub resets: AtomicU64,
-}
-
-impl Reconciler {
-    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SaleStock>> {
-        match self.suspects.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+/// A sync step that failed answers 503 (the database or the store could not answer).
+impl From<SyncError> for crate::error::ApiError {
+    fn from(e: SyncError) -> Self {
+        crate::error::ApiError::unavailable_from(e)
     }
 }
 
 /// Reads the database's sales into the catalogue, defining the stock of sales new to this
 /// gateway that the store does not hold yet. Returns how many sales were new.
-pub async fn load_catalogue(state: &AppState) -> Result<usize, String> {
-    let sales = state.db.sales().await.map_err(|e| e.to_string())?;
+pub async fn load_catalogue(state: &AppState) -> Result<usize, SyncError> {
+    let sales = state.db.sales().await?;
     let mut new = 0;
     for sale in sales {
         let known = state.catalogue.get(sale.id).is_some();
         if !known {
-            let stock = state
-                .inventory
-                .store()
-                .stock(sale.id)
-                .await
-                .map_err(|e| e.to_string())?;
+            let stock = state.inventory.store().stock(sale.id).await?;
             if stock.is_none() {
-                let holders = state
-                    .db
-                    .active_holder_tags(sale.id)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let holders = state.db.active_holder_tags(sale.id).await?;
                 state
                     .inventory
                     .reconcile_tagged(sale.id, sale.units, &holders)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
             new += 1;
         }
@@ -124,20 +88,15 @@ pub async fn load_catalogue(state: &AppState) -> Result<usize, String> {
 
 /// Resets `sale`'s stock to the database: its units, held by the users with an active
 /// order. Returns the new figures.
-pub async fn reconcile_sale(state: &AppState, sale: u64) -> Result<SaleStock, String> {
-    let Some(s) = state.db.sale(sale).await.map_err(|e| e.to_string())? else {
-        return Err(format!("no sale {sale}"));
+pub async fn reconcile_sale(state: &AppState, sale: u64) -> Result<SaleStock, SyncError> {
+    let Some(s) = state.db.sale(sale).await? else {
+        return Err(SyncError::NoSuchSale(sale));
     };
-    let holders = state
-        .db
-        .active_holder_tags(sale)
-        .await
-        .map_err(|e| e.to_string())?;
+    let holders = state.db.active_holder_tags(sale).await?;
     let stock = state
         .inventory
         .reconcile_tagged(sale, s.units, &holders)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     state.reconciler.resets.fetch_add(1, Ordering::Relaxed);
     Ok(stock)
 }
@@ -265,7 +224,7 @@ async fn reconcile(state: &AppState, p: Option<Progress>) {
             }),
             Ok(Some(_)) if at_rest => check_sale(state, sale.id, sale.units).await,
             Ok(Some(_)) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(SyncError::from(e)),
         };
         if let Err(e) = r {
             tracing::warn!("reconciling sale {}: {e}", sale.id);
@@ -273,20 +232,15 @@ async fn reconcile(state: &AppState, p: Option<Progress>) {
     }
 }
 
-async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), String> {
+async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), SyncError> {
     let store = state.inventory.store();
-    let Some(seen) = store.stock(id).await.map_err(|e| e.to_string())? else {
+    let Some(seen) = store.stock(id).await? else {
         return Ok(());
     };
-    let Some(db_sale) = state.db.sale(id).await.map_err(|e| e.to_string())? else {
+    let Some(db_sale) = state.db.sale(id).await? else {
         return Ok(());
     };
-    let active = state
-        .db
-        .order_counts(id)
-        .await
-        .map_err(|e| e.to_string())?
-        .active();
+    let active = state.db.order_counts(id).await?.active();
     if seen.units == units && seen.left == db_sale.units_left && seen.holders == active {
         state.reconciler.suspects().remove(&id);
         return Ok(());
@@ -298,17 +252,12 @@ async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), String>
     }
     // The same difference two checks apart, nothing moved: reset to the database, unless the
     // store moved while the holders were read.
-    let holders = state
-        .db
-        .active_holder_tags(id)
-        .await
-        .map_err(|e| e.to_string())?;
-    if store.stock(id).await.map_err(|e| e.to_string())? == Some(seen) {
+    let holders = state.db.active_holder_tags(id).await?;
+    if store.stock(id).await? == Some(seen) {
         let now = state
             .inventory
             .reconcile_tagged(id, units, &holders)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         state.reconciler.resets.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "sale {id}: the stock store said {} left and {} holders, the database {} left and {} active orders; reset ({} left now)",
@@ -321,85 +270,4 @@ async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), String>
     }
     state.reconciler.suspects().remove(&id);
     Ok(())
-}
-
-/// Appends the in-process workers' and cancellers' counters (if any) and the
-/// reconciliations to a Prometheus text body.
-pub fn crew_metrics(state: &AppState, out: &mut String) {
-    let mut counter = |name: &str, help: &str, v: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-        ));
-    };
-    counter(
-        "gateway_stock_resets_total",
-        "Sales whose stock was reset to the orders database.",
-        state.reconciler.resets.load(Ordering::Relaxed),
-    );
-    let Some(crew) = &state.crew else {
-        return;
-    };
-    let (w, c) = (&crew.workers, &crew.cancellers);
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    for (name, help, v) in [
-        (
-            "orders_purchases_finished_total",
-            "Purchase messages decided and acked.",
-            get(&w.messages),
-        ),
-        ("orders_created_total", "Orders created.", get(&w.ordered)),
-        (
-            "orders_rejected_sold_out_total",
-            "Purchases rejected: sold out in the database.",
-            get(&w.rejected_sold_out),
-        ),
-        (
-            "orders_rejected_already_bought_total",
-            "Purchases rejected: one per person.",
-            get(&w.rejected_already_bought),
-        ),
-        (
-            "orders_rejected_no_such_sale_total",
-            "Purchases rejected: unknown sale.",
-            get(&w.rejected_no_such_sale),
-        ),
-        (
-            "orders_redelivered_total",
-            "Deliveries that found their decision already made.",
-            get(&w.redelivered),
-        ),
-        (
-            "orders_malformed_total",
-            "Malformed purchase messages dead-lettered.",
-            get(&w.malformed),
-        ),
-        (
-            "orders_nacked_total",
-            "Purchase messages given back after failures.",
-            get(&w.nacked),
-        ),
-        (
-            "orders_db_retries_total",
-            "Batch transactions retried after transient errors.",
-            get(&w.db_retries),
-        ),
-        ("orders_batches_total", "Batches decided.", get(&w.batches)),
-        (
-            "orders_cancelled_total",
-            "Orders cancelled by their pay-by message.",
-            get(&c.cancelled),
-        ),
-        (
-            "orders_swept_total",
-            "Overdue orders cancelled by the sweep.",
-            get(&c.swept),
-        ),
-        (
-            "orders_units_released_total",
-            "Units released in the stock store (rejections and cancellations).",
-            get(&w.released) + get(&c.released),
-        ),
-    ] {
-        counter(name, help, v);
-    }
 }

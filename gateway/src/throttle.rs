@@ -193,6 +193,23 @@ const DEFAULT_TOKEN_IP: Rate = rate(10, 20);
 const DEFAULT_PURCHASE_USER: Rate = rate(5, 10);
 const DEFAULT_PURCHASE_IP: Rate = rate(50, 100);
 
+impl ThrottleConfig {
+    /// These limits without the per-IP quotas (the per-user ones stay): for when every
+    /// client comes through one address (a proxy without forwarded addresses, or a load
+    /// generator on loopback), where one per-IP quota would throttle everyone at once.
+    pub fn without_per_ip(mut self) -> Self {
+        for r in [
+            &mut self.login,
+            &mut self.captcha,
+            &mut self.token,
+            &mut self.purchase,
+        ] {
+            r.per_ip = None;
+        }
+        self
+    }
+}
+
 impl Default for ThrottleConfig {
     fn default() -> Self {
         ThrottleConfig {

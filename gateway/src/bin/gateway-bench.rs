@@ -1,5 +1,5 @@
 //! `gateway-bench`: the gateway's throughput and latency against a plain axum "hello" route,
-//! measured in one run, with one load tool (`gateway::loadgen`) and one connection count.
+//! measured in one run, with one load tool (the `loadgen` crate) and one connection count.
 //!
 //! Phases (each a closed loop of `--connections` keep-alive connections, a warm-up, then
 //! `--secs` measured):
@@ -29,16 +29,17 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use clap::Parser;
-use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, now_ms};
+use gateway::app::{GatewayConfig, LOAD_TEST_HEADER, now_ms};
 use gateway::ledger::MemoryLedger;
 use gateway::sales::NewSale;
 use gateway::session::{SESSION_COOKIE_NAME, SessionKey};
+use gateway::system::{DatabaseSource, QueueSource, StockSource, System, SystemConfig};
 use gateway::throttle::ThrottleConfig;
 use gateway::token::{TokenKey, holder_of};
 use http_body_util::Full;
 use hyper::Request;
 use hyper::header::HeaderValue;
-use inventory::{Inventory, MemoryStore};
+use inventory::MemoryStore;
 use loadgen::{LoadResult, LoadSpec, closed_loop, request};
 use queue::Queue;
 use serde_json::{Value, json};
@@ -235,6 +236,74 @@ fn purchase_request(
     req
 }
 
+/// The gateway under test, built through `gateway::system::System` as the binary builds it
+/// (embedded queue in `queue_dir`, fsync before confirm; in-process stock; load-test mode
+/// on; per-IP quotas off; no order workers: the benchmark measures the gateway up to the
+/// durable enqueue), with the three bench sales (sale 2 sold out); the engine behind it,
+/// and the keys to mint sessions and tokens with.
+async fn build_gateway(
+    queue_dir: &std::path::Path,
+    db_dir: &std::path::Path,
+) -> Result<(System, Arc<queue::Engine>, Arc<Mint>), BoxError> {
+    let engine = Arc::new(queue::Engine::open(queue_dir, queue::Config::default())?);
+    // The orders database holds the sales (the purchase path reads them from memory).
+    let db = order_worker::OrdersDb::connect(
+        &format!("sqlite:{}", db_dir.join("orders.db").display()),
+        &order_worker::DbOptions::default(),
+    )
+    .await?;
+    let mut config = GatewayConfig::new("bench-admin");
+    config.load_test_secret = Some(LOAD_TEST.into());
+    let sessions = SessionKey::generate();
+    let tokens = TokenKey::generate();
+    let ledger = Arc::new(MemoryLedger::new());
+    let mint = Arc::new(Mint {
+        sessions: SessionKey::from_bytes(*sessions.as_bytes()),
+        tokens: TokenKey::from_bytes(*tokens.as_bytes()),
+        ledger: ledger.clone(),
+    });
+    // No order workers: the benchmark measures the gateway up to the durable enqueue.
+    let mut system_config = SystemConfig::new(
+        QueueSource::Shared(engine.clone()),
+        DatabaseSource::Open(db.clone()),
+        config,
+    )
+    .without_crew();
+    system_config.stock = StockSource::Given {
+        store: Box::new(MemoryStore::new()),
+        ledger,
+    };
+    system_config.sessions = sessions;
+    system_config.tokens = tokens;
+    system_config.throttle = ThrottleConfig::default().without_per_ip();
+    let system = System::build(system_config).await?;
+    let state = system.state().clone();
+    for (id, units) in [(1, PURCHASE_UNITS), (2, 1), (3, PURCHASE_UNITS)] {
+        let sale = db
+            .create_sale(
+                &NewSale {
+                    id,
+                    name: format!("bench sale {id}"),
+                    price_cents: 100,
+                    units,
+                    starts_at_ms: 0,
+                    pay_window_ms: None,
+                    ends_at_ms: None,
+                    token_factor: None,
+                    per_user_limit: None,
+                },
+                0,
+            )
+            .await?;
+        state.inventory.store().define(id, units).await?;
+        state.catalogue.upsert(sale);
+    }
+    // Sale 2 is sold out, and this gateway knows it.
+    state.inventory.reserve(2, "early-bird").await?;
+    state.inventory.reserve(2, "late-bird").await?;
+    Ok((system, engine, mint))
+}
+
 async fn run(args: Args) -> Result<bool, BoxError> {
     let (warmup, secs) = if args.quick {
         (0.3, 1.0)
@@ -263,77 +332,10 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         .data
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
-    let engine = Arc::new(queue::Engine::open(&dir, queue::Config::default())?);
-    // The orders database holds the sales (the purchase path reads them from memory).
-    let db = order_worker::OrdersDb::connect(
-        &format!("sqlite:{}", tmp.path().join("orders.db").display()),
-        &order_worker::DbOptions::default(),
-    )
-    .await?;
-    let mut config = GatewayConfig::new("bench-admin");
-    config.load_test_secret = Some(LOAD_TEST.into());
-    let mut throttle = ThrottleConfig::default();
-    for r in [
-        &mut throttle.login,
-        &mut throttle.captcha,
-        &mut throttle.token,
-        &mut throttle.purchase,
-    ] {
-        r.per_ip = None;
-    }
-    let sessions = SessionKey::generate();
-    let tokens = TokenKey::generate();
-    let ledger = Arc::new(MemoryLedger::new());
-    let mint = Arc::new(Mint {
-        sessions: SessionKey::from_bytes(*sessions.as_bytes()),
-        tokens: TokenKey::from_bytes(*tokens.as_bytes()),
-        ledger: ledger.clone(),
-    });
-    let mut state = AppState::new(
-        config,
-        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(1000)),
-        engine.clone(),
-        db.clone(),
-        sessions,
-        tokens,
-        throttle,
-    )?;
-    state.ledger = ledger;
-    let state = Arc::new(state);
-    for (id, units) in [(1, PURCHASE_UNITS), (2, 1), (3, PURCHASE_UNITS)] {
-        let sale = db
-            .create_sale(
-                &NewSale {
-                    id,
-                    name: format!("bench sale {id}"),
-                    price_cents: 100,
-                    units,
-                    starts_at_ms: 0,
-                    pay_window_ms: None,
-                    ends_at_ms: None,
-                    token_factor: None,
-                    per_user_limit: None,
-                },
-                0,
-            )
-            .await?;
-        state.inventory.store().define(id, units).await?;
-        state.catalogue.upsert(sale);
-    }
-    // Sale 2 is sold out, and this gateway knows it.
-    state.inventory.reserve(2, "early-bird").await?;
-    state.inventory.reserve(2, "late-bird").await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let gw = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gateway::app::serve(
-        listener,
-        state.clone(),
-        ServeLimits::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (mut system, engine, mint) = build_gateway(&dir, tmp.path()).await?;
+    let state = system.state().clone();
+    let gw = system.bind().await?;
+    system.spawn();
 
     // Enough pre-made requests for 120% of the baseline's rate over a whole phase; any
     // beyond are made on the fly (at the load side's cost) and reported.
@@ -388,8 +390,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         runs.late = late.swap(0, Ordering::Relaxed);
         results.push(runs);
     }
-    let _ = stop.send(());
-    server.await??;
+    system.stop().await?;
 
     // Accounting: every 202 of the purchase phase has its message in the queue.
     let accepted = state.metrics.accepted.load(Ordering::Relaxed);

@@ -1,24 +1,21 @@
 //! `gateway`: the flash-sale HTTP gateway, and by default the whole system in one process.
-//! Parses flags (and environment), opens the queue (embedded directory or `tcp://` broker),
-//! the stock store (in-process or Redis) and the orders database (SQLite file or
-//! PostgreSQL), starts the order workers and the unpaid-order cancellers (unless
-//! `--workers 0 --cancellers 0`: they then run as `order-worker` processes), and serves
-//! `gateway::app` until SIGTERM/SIGINT.
+//! Parses flags (and environment) into a [`gateway::system::SystemConfig`]: the queue
+//! (embedded directory or `tcp://` broker), the stock store (in-process or Redis), the
+//! orders database (SQLite file or PostgreSQL), the order workers and unpaid-order
+//! cancellers (none with `--workers 0 --cancellers 0`: they then run as `order-worker`
+//! processes); then runs the [`gateway::system::System`] until SIGTERM/SIGINT. The
+//! assembly itself is the library's.
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
-use gateway::app::{AppState, CrewMetrics, GatewayConfig, ServeLimits};
-use gateway::ledger::{MemoryLedger, RedisLedger, TokenLedger};
+use gateway::config::{GatewayConfig, ServeLimits};
 use gateway::session::SessionKey;
+use gateway::system::{DatabaseSource, QueueSource, StockSource, System, SystemConfig};
 use gateway::throttle::ThrottleConfig;
 use gateway::token::TokenKey;
-use inventory::{Inventory, MemoryStore, RedisStore, StockStore};
-use order_worker::crew::{Crew, CrewConfig};
-use order_worker::db::{DbOptions, NewSale, OrdersDb, SqliteDurability};
+use order_worker::db::{DbOptions, SqliteDurability};
 
 // mimalloc: the allocator the gateway benchmark measures (glibc's malloc showed as the
 // top symbol in a profile of this binary under a flash crowd).
@@ -96,9 +93,6 @@ struct Args {
     body_limit_bytes: usize,
 }
 
-/// Longest wait at shutdown for purchases past their reservation.
-const SHUTDOWN_COMMITS_WAIT: Duration = Duration::from_secs(30);
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn hex32(s: &str) -> Result<[u8; 32], BoxError> {
@@ -119,6 +113,63 @@ fn random_hex() -> String {
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
+    let config = system_config(&args)?;
+    let database = match &config.database {
+        DatabaseSource::Url { url, .. } => url.clone(),
+        DatabaseSource::Open(_) => String::new(),
+    };
+    let system = System::build(config).await?;
+    if system.demo_created() {
+        println!(
+            "gateway: demo sale {} with {} units is open",
+            gateway::system::DEMO_SALE_ID,
+            demo_units(&args)
+        );
+    }
+    println!(
+        "gateway: orders database {} ({database}); {} order workers and {} cancellers in this process",
+        system.db().backend(),
+        args.workers,
+        args.cancellers
+    );
+    let mut system = system;
+    let addr = system.bind().await?;
+    println!("gateway: listening on http://{addr}");
+    println!("  shop:      http://{addr}/");
+    println!("  dashboard: http://{addr}/admin  (sign in with the admin secret)");
+    println!(
+        "  API:       http://{addr}/api/sales, http://{addr}/admin/api/sales (Authorization: Bearer <admin secret>)"
+    );
+    println!("  metrics:   http://{addr}/metrics");
+    system.run_until(shutdown_signal()).await?;
+    println!("gateway: stopped cleanly");
+    Ok(())
+}
+
+/// Completes at SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn demo_units(args: &Args) -> u64 {
+    args.demo_units
+        .unwrap_or(if args.production { 0 } else { 100 })
+}
+
+/// The flags as the system's configuration (secrets generated and printed unless
+/// `--production`).
+fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     let secret = match (&args.secret, args.production) {
         (Some(s), _) => s.clone(),
         (None, true) => return Err("--production needs GATEWAY_SECRET".into()),
@@ -148,8 +199,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             "gateway: WARNING: LOAD-TEST MODE IS ON: requests with the load-test secret skip the captcha"
         );
     }
-    let backend = queue::Backend::open(&args.queue, queue::Config::default()).await?;
-    let db_options = DbOptions {
+    let options = DbOptions {
         max_connections: args.db_connections,
         sqlite_durability: match args.sqlite_sync.as_str() {
             "full" => SqliteDurability::Full,
@@ -157,164 +207,53 @@ async fn run(args: Args) -> Result<(), BoxError> {
             other => return Err(format!("--sqlite-sync is full or normal, not {other}").into()),
         },
     };
-    let db = OrdersDb::connect(&args.database, &db_options).await?;
-    // With Redis, the token ledger lives beside the stock, so several gateways share one
-    // budget and one single-use rule.
-    let (store, ledger): (Box<dyn StockStore>, Arc<dyn TokenLedger>) = if args.inventory == "memory"
-    {
-        (Box::new(MemoryStore::new()), Arc::new(MemoryLedger::new()))
-    } else {
-        let store = RedisStore::connect(&args.inventory, &args.redis_prefix, 16).await?;
-        let ledger = Arc::new(RedisLedger::beside(&store));
-        (Box::new(store), ledger)
-    };
-    let mut throttle = ThrottleConfig::default();
-    match args.per_ip_limits.as_str() {
-        "on" => {}
+    let throttle = match args.per_ip_limits.as_str() {
+        "on" => ThrottleConfig::default(),
         "off" => {
-            for r in [
-                &mut throttle.login,
-                &mut throttle.captcha,
-                &mut throttle.token,
-                &mut throttle.purchase,
-            ] {
-                r.per_ip = None;
-            }
             let _ = writeln!(
                 std::io::stderr(),
                 "gateway: per-IP throttles are off (--per-ip-limits off)"
             );
+            ThrottleConfig::default().without_per_ip()
         }
         other => return Err(format!("--per-ip-limits is on or off, not {other}").into()),
-    }
-    let mut config = GatewayConfig::new(admin_secret);
-    config.token_factor = args.token_factor;
-    config.load_test_secret = args.load_test_secret.clone();
-    // A purchase answers (outcome_unknown, with its ticket) before the request timeout.
-    config.purchase_wait_ms = args.request_timeout_ms.saturating_mul(4) / 5;
-    let mut state = AppState::new(
-        config,
-        Inventory::new(store, Duration::from_millis(1000)),
-        backend.queue(),
-        db.clone(),
-        SessionKey::from_bytes(key),
-        TokenKey::from_bytes(token_key),
-        throttle,
-    )?;
-    state.ledger = ledger;
-    // The sales and their stock, from the database (an in-process store starts empty and
-    // is rebuilt from the active orders).
-    gateway::sync::load_catalogue(&state).await?;
-    let demo_units = args
-        .demo_units
-        .unwrap_or(if args.production { 0 } else { 100 });
-    if demo_units > 0 && state.catalogue.get(1).is_none() {
-        let created = db
-            .create_sale(
-                &NewSale {
-                    id: 1,
-                    name: "demo".into(),
-                    price_cents: 100,
-                    units: demo_units,
-                    starts_at_ms: gateway::app::now_ms(),
-                    pay_window_ms: None,
-                    ends_at_ms: None,
-                    token_factor: None,
-                    per_user_limit: None,
-                },
-                gateway::app::now_ms(),
-            )
-            .await;
-        match created {
-            Ok(sale) => {
-                state.inventory.reconcile(1, sale.units, &[]).await?;
-                state.catalogue.upsert(sale);
-                println!("gateway: demo sale 1 with {demo_units} units is open");
-            }
-            // Another gateway starting beside this one created it first.
-            Err(order_worker::DbError::Conflict(_)) => {
-                gateway::sync::load_catalogue(&state).await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let crew = if args.workers + args.cancellers > 0 {
-        let mut crew_config = CrewConfig {
-            workers: args.workers,
-            cancellers: args.cancellers,
-            ..CrewConfig::default()
-        };
-        crew_config.worker.batch_max = args.batch;
-        crew_config.worker.topic = state.config.orders_topic.clone();
-        crew_config.worker.group = state.config.workers_group.clone();
-        let mut crew = Crew::start(
-            db.clone(),
-            backend.queue(),
-            Some(state.inventory.clone()),
-            crew_config,
-            Arc::new(queue::SystemClock),
-        );
-        crew.report_every(Duration::from_secs(5));
-        state.crew = Some(CrewMetrics {
-            workers: crew.workers.clone(),
-            cancellers: crew.cancellers.clone(),
-        });
-        Some(crew)
-    } else {
-        None
     };
-    let state = Arc::new(state);
-    println!(
-        "gateway: orders database {} ({}); {} order workers and {} cancellers in this process",
-        db.backend(),
-        args.database,
-        args.workers,
-        args.cancellers
-    );
-    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
-    let addr = listener.local_addr()?;
-    println!("gateway: listening on http://{addr}");
-    println!("  shop:      http://{addr}/");
-    println!("  dashboard: http://{addr}/admin  (sign in with the admin secret)");
-    println!(
-        "  API:       http://{addr}/api/sales, http://{addr}/admin/api/sales (Authorization: Bearer <admin secret>)"
-    );
-    println!("  metrics:   http://{addr}/metrics");
     let limits = ServeLimits {
         max_in_flight: args.max_in_flight,
         request_timeout_ms: args.request_timeout_ms,
         body_limit_bytes: args.body_limit_bytes,
     };
-    gateway::app::serve(listener, state.clone(), limits, async {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = term => {}
-            _ = tokio::signal::ctrl_c() => {}
+    let mut gateway = GatewayConfig::new(admin_secret);
+    gateway.token_factor = args.token_factor;
+    gateway.load_test_secret = args.load_test_secret.clone();
+    gateway.purchase_wait_ms = limits.purchase_wait_ms();
+    let mut config = SystemConfig::new(
+        QueueSource::Open(args.queue.clone()),
+        DatabaseSource::Url {
+            url: args.database.clone(),
+            options,
+        },
+        gateway,
+    );
+    config.listen = args.listen.clone();
+    config.stock = if args.inventory == "memory" {
+        StockSource::Memory
+    } else {
+        StockSource::Redis {
+            url: args.inventory.clone(),
+            prefix: args.redis_prefix.clone(),
         }
-    })
-    .await?;
-    // Purchases whose requests are gone may still be between reservation and enqueue:
-    // let them finish before the queue closes.
-    if !state.commits.drain(SHUTDOWN_COMMITS_WAIT).await {
-        eprintln!(
-            "gateway: {} purchases still running at shutdown; reconciliation will settle their units",
-            state.commits.running()
-        );
-    }
-    if let Some(crew) = crew {
-        crew.stop().await;
-    }
-    backend.close()?;
-    db.close().await;
-    println!("gateway: stopped cleanly");
-    Ok(())
+    };
+    config.sessions = SessionKey::from_bytes(key);
+    config.tokens = TokenKey::from_bytes(token_key);
+    config.throttle = throttle;
+    config.crew.workers = args.workers;
+    config.crew.cancellers = args.cancellers;
+    config.crew.worker.batch_max = args.batch;
+    config.crew_reports = true;
+    config.demo_units = demo_units(args);
+    config.limits = limits;
+    Ok(config)
 }
 
 fn main() -> ExitCode {

@@ -423,15 +423,16 @@ fn truthy(v: &Value) -> bool {
 /// to the test, load-test mode on) with order workers and a canceller running, on the
 /// embedded queue, the in-process stock store and SQLite, all in a temporary folder.
 async fn system() -> (Arc<TestApp>, Crew, String) {
-    let t = super::test_app_adjusted(
+    let t = super::test_system(
         Box::new(MemoryStore::new()),
         None,
         test_throttle(),
         None,
         |config| {
-            config.token_factor = 100.0;
-            config.load_test_secret = Some(LOAD_TEST.into());
-            config.reveal_captcha_answers = true;
+            config.gateway.token_factor = 100.0;
+            config.gateway.load_test_secret = Some(LOAD_TEST.into());
+            config.gateway.reveal_captcha_answers = true;
+            config.crew = super::system::test_crew();
         },
     )
     .await

@@ -11,10 +11,9 @@ use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
 use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, now_ms};
 use gateway::captcha::purpose;
-use gateway::session::SessionKey;
+use gateway::system::{DatabaseSource, QueueSource, StockSource, System, SystemConfig};
 use gateway::throttle::ThrottleConfig;
-use gateway::token::TokenKey;
-use inventory::{Inventory, MemoryStore};
+use inventory::MemoryStore;
 use loadgen::Conn;
 use queue::{Engine, FetchOptions, Queue, StartAt};
 use serde_json::{Value, json};
@@ -41,6 +40,10 @@ struct TestApp {
     limits: ServeLimits,
     /// Set when the app is served on a real port: requests go over HTTP/1.1 sockets.
     served: Option<Served>,
+    /// The system the app was built as (serving, once on a port, until dropped).
+    system: Option<System>,
+    /// The order workers and cancellers, when the system was built with them.
+    crew: Option<order_worker::crew::Crew>,
     _dir: tempfile::TempDir,
 }
 
@@ -48,16 +51,11 @@ struct TestApp {
 struct Served {
     addr: std::net::SocketAddr,
     pool: std::sync::Mutex<Vec<Conn>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Throttles for tests: everything comes from loopback, so no per-IP quotas.
 fn test_throttle() -> ThrottleConfig {
-    let mut t = ThrottleConfig::default();
-    for r in [&mut t.login, &mut t.captcha, &mut t.token, &mut t.purchase] {
-        r.per_ip = None;
-    }
-    t
+    ThrottleConfig::default().without_per_ip()
 }
 
 async fn test_app(token_factor: f64, throttle: ThrottleConfig) -> TestApp {
@@ -112,36 +110,76 @@ async fn test_app_adjusted(
     db: Option<order_worker::OrdersDb>,
     adjust: impl FnOnce(&mut GatewayConfig),
 ) -> TestApp {
+    test_system(store, ledger, throttle, db, |c| adjust(&mut c.gateway)).await
+}
+
+/// The test system, built through [`gateway::system::System`] on a fresh embedded queue
+/// (and a fresh SQLite database unless `db`), without order workers unless `adjust` asks
+/// for them.
+async fn test_system(
+    store: Box<dyn inventory::StockStore>,
+    ledger: Option<Arc<dyn gateway::ledger::TokenLedger>>,
+    throttle: ThrottleConfig,
+    db: Option<order_worker::OrdersDb>,
+    adjust: impl FnOnce(&mut SystemConfig),
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
-    let mut config = GatewayConfig::new(ADMIN);
+    test_system_on(
+        engine.clone(),
+        engine,
+        dir,
+        store,
+        ledger,
+        throttle,
+        db,
+        adjust,
+    )
+    .await
+}
+
+/// The test system on `queue` (`engine` is what the test reads behind it).
+#[allow(clippy::too_many_arguments)]
+async fn test_system_on(
+    queue: Arc<dyn Queue>,
+    engine: Arc<Engine>,
+    dir: tempfile::TempDir,
+    store: Box<dyn inventory::StockStore>,
+    ledger: Option<Arc<dyn gateway::ledger::TokenLedger>>,
+    throttle: ThrottleConfig,
+    db: Option<order_worker::OrdersDb>,
+    adjust: impl FnOnce(&mut SystemConfig),
+) -> TestApp {
+    let db = match db {
+        Some(db) => db,
+        None => test_db(&dir).await,
+    };
+    let mut gateway = GatewayConfig::new(ADMIN);
     // Tests check outcomes, not latency: a purchase waits for its enqueue as long as its
     // request may last (a debug build on two shared cores sometimes sees seconds-long
     // fsync rounds); `a_slow_enqueue_answers_with_a_ticket_to_follow` tests the wait.
-    config.purchase_wait_ms = PURCHASE_WAIT_MS;
-    adjust(&mut config);
-    let mut state = AppState::new(
-        config,
-        Inventory::new(store, Duration::from_millis(200)),
-        engine.clone(),
-        match db {
-            Some(db) => db,
-            None => test_db(&dir).await,
-        },
-        SessionKey::generate(),
-        TokenKey::generate(),
-        throttle,
+    gateway.purchase_wait_ms = PURCHASE_WAIT_MS;
+    let mut config = SystemConfig::new(
+        QueueSource::Shared(queue),
+        DatabaseSource::Open(db),
+        gateway,
     )
-    .expect("state");
-    if let Some(ledger) = ledger {
-        state.ledger = ledger;
-    }
-    let state = Arc::new(state);
+    .without_crew();
+    config.stock = StockSource::Given {
+        store,
+        ledger: ledger.unwrap_or_else(|| Arc::new(gateway::ledger::MemoryLedger::new())),
+    };
+    config.throttle = throttle;
+    config.sold_out_recheck = Duration::from_millis(200);
+    adjust(&mut config);
+    let mut system = System::build(config).await.expect("system");
     TestApp {
-        state,
+        state: system.state().clone(),
         engine,
-        limits: ServeLimits::default(),
+        limits: system.limits(),
         served: None,
+        crew: system.take_crew(),
+        system: Some(system),
         _dir: dir,
     }
 }
@@ -187,23 +225,13 @@ impl TestApp {
     /// real sockets.
     async fn on_port(mut self, limits: ServeLimits) -> TestApp {
         self.limits = limits;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(gateway::app::serve(
-            listener,
-            self.state.clone(),
-            limits,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let system = self.system.as_mut().expect("a system not yet served");
+        system.set_limits(limits);
+        let addr = system.bind().await.expect("bind");
+        system.spawn();
         self.served = Some(Served {
             addr,
             pool: std::sync::Mutex::new(Vec::new()),
-            _stop: stop,
         });
         self
     }
@@ -300,7 +328,7 @@ impl TestApp {
         let value = gateway::session::cookie_from_header(cookie).expect("a session cookie");
         self.state
             .sessions
-            .verify(value, now_ms())
+            .verify(value, self.state.now_ms())
             .expect("a valid session")
     }
 
@@ -308,7 +336,7 @@ impl TestApp {
     fn plant_captcha(&self, user: &str, sale: u64, answer: &str) -> String {
         self.state
             .captchas
-            .insert_answer(&purpose(user, sale), answer, now_ms())
+            .insert_answer(&purpose(user, sale), answer, self.state.now_ms())
             .expect("captcha")
     }
 
@@ -745,29 +773,17 @@ async fn the_token_budget_follows_the_units_left() {
 /// is reserved, and the buyer keeps the token; a resolved ticket makes room.
 #[tokio::test]
 async fn a_book_full_of_queued_tickets_refuses_purchases_without_losing_any() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("engine"));
-    let mut config = GatewayConfig::new(ADMIN);
-    config.load_test_secret = Some(LOAD_TEST.into());
-    config.purchase_wait_ms = PURCHASE_WAIT_MS;
-    let mut state = AppState::new(
-        config,
-        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
-        engine.clone(),
-        test_db(&dir).await,
-        SessionKey::generate(),
-        TokenKey::generate(),
+    let t = test_app_adjusted(
+        Box::new(MemoryStore::new()),
+        None,
         test_throttle(),
+        None,
+        |config| {
+            config.load_test_secret = Some(LOAD_TEST.into());
+            config.tickets_max = 2;
+        },
     )
-    .expect("state");
-    state.tickets = gateway::tickets::TicketBook::with_limit(2);
-    let t = TestApp {
-        state: Arc::new(state),
-        engine,
-        limits: ServeLimits::default(),
-        served: None,
-        _dir: dir,
-    };
+    .await;
     t.create_sale(1, 10, 0).await;
     let mut tickets = Vec::new();
     for user in ["ann", "bob"] {
@@ -907,27 +923,20 @@ async fn a_flash_crowd_through_the_broker_gets_exactly_the_units_on_sale() {
     let client = queue::Client::connect(queue::ClientConfig::new(&addr))
         .await
         .expect("connect to the broker");
-    let mut config = GatewayConfig::new(ADMIN);
-    config.token_factor = 100.0;
-    config.purchase_wait_ms = PURCHASE_WAIT_MS;
-    config.load_test_secret = Some(LOAD_TEST.into());
-    let state = AppState::new(
-        config,
-        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+    let t = test_system_on(
         Arc::new(client),
-        test_db(&dir).await,
-        SessionKey::generate(),
-        TokenKey::generate(),
-        test_throttle(),
-    )
-    .expect("state");
-    let t = TestApp {
-        state: Arc::new(state),
         engine,
-        limits: ServeLimits::default(),
-        served: None,
-        _dir: dir,
-    }
+        dir,
+        Box::new(MemoryStore::new()),
+        None,
+        test_throttle(),
+        None,
+        |config| {
+            config.gateway.token_factor = 100.0;
+            config.gateway.load_test_secret = Some(LOAD_TEST.into());
+        },
+    )
+    .await
     .on_port(patient())
     .await;
     flash_crowd(t).await;
@@ -1166,27 +1175,20 @@ async fn gated_app(adjust: impl FnOnce(&mut GatewayConfig)) -> (TestApp, Arc<Gat
         ambiguous: std::sync::atomic::AtomicBool::new(false),
         ambiguous_once: std::sync::atomic::AtomicBool::new(false),
     });
-    let mut config = GatewayConfig::new(ADMIN);
-    config.load_test_secret = Some(LOAD_TEST.into());
-    config.purchase_wait_ms = PURCHASE_WAIT_MS;
-    adjust(&mut config);
-    let state = AppState::new(
-        config,
-        Inventory::new(Box::new(MemoryStore::new()), Duration::from_millis(200)),
+    let t = test_system_on(
         gated.clone(),
-        test_db(&dir).await,
-        SessionKey::generate(),
-        TokenKey::generate(),
-        test_throttle(),
-    )
-    .expect("state");
-    let t = TestApp {
-        state: Arc::new(state),
         engine,
-        limits: ServeLimits::default(),
-        served: None,
-        _dir: dir,
-    };
+        dir,
+        Box::new(MemoryStore::new()),
+        None,
+        test_throttle(),
+        None,
+        |config| {
+            config.gateway.load_test_secret = Some(LOAD_TEST.into());
+            adjust(&mut config.gateway);
+        },
+    )
+    .await;
     (t, gated)
 }
 
@@ -1336,4 +1338,96 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     assert_eq!(stock.map(|s| (s.left, s.holders)), Some((1, 4)));
     let _ = stop_tx.send(());
     server.await.expect("join").expect("serve");
+}
+
+/// The gateway reads time from its clock, not the wall: moved past a token's lifetime, the
+/// token no longer buys; moved past a session's, the session no longer signs anyone in; and
+/// a sale starts when the clock reaches its start. Nothing here waits for real time.
+#[tokio::test]
+async fn tokens_sessions_and_starts_follow_the_gateways_clock() {
+    const START_MS: u64 = 1_000_000_000_000;
+    const TOKEN_TTL_MS: u64 = 60_000;
+    const SESSION_TTL_MS: u64 = 3_600_000;
+    let clock = queue::ManualClock::new(START_MS);
+    let t = test_system(
+        Box::new(MemoryStore::new()),
+        None,
+        test_throttle(),
+        None,
+        |c| {
+            c.gateway.load_test_secret = Some(LOAD_TEST.into());
+            c.gateway.token_ttl_ms = TOKEN_TTL_MS;
+            c.gateway.session_ttl_ms = SESSION_TTL_MS;
+            c.clock = Arc::new(clock.clone());
+        },
+    )
+    .await;
+    t.create_sale(1, 10, START_MS + 1_000).await;
+    let ann = t.login("ann").await;
+    let (s, v) = t.token_load_test(&ann, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = token_of(&v);
+    let (s, v) = t.purchase(&ann, 1, &token).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::TOO_EARLY, Some("not_started"))
+    );
+    clock.advance(TOKEN_TTL_MS + 1);
+    let (s, v) = t.purchase(&ann, 1, &token).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("bad_token")),
+        "{v}"
+    );
+    let (s, v) = t.token_load_test(&ann, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = t.purchase(&ann, 1, &token_of(&v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    clock.advance(SESSION_TTL_MS);
+    let (s, v) = t.token_load_test(&ann, 1).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+}
+
+/// A captcha expires, and a repeat-purchase block ends, when the gateway's clock passes
+/// their time, with no real waiting.
+#[tokio::test]
+async fn captchas_and_repeat_blocks_end_by_the_gateways_clock() {
+    const START_MS: u64 = 1_000_000_000_000;
+    let clock = queue::ManualClock::new(START_MS);
+    let mut throttle = test_throttle();
+    throttle.repeat_max = 2;
+    let block_ms = throttle.block_ms;
+    let t = test_system(Box::new(MemoryStore::new()), None, throttle, None, |c| {
+        c.gateway.load_test_secret = Some(LOAD_TEST.into());
+        c.gateway.token_factor = 100.0;
+        c.clock = Arc::new(clock.clone());
+    })
+    .await;
+    t.create_sale(1, 10, START_MS).await;
+    let ann = t.login("ann").await;
+    let id = t.plant_captcha("ann", 1, "abcde");
+    clock.advance(gateway::captcha::CAPTCHA_TTL_MS + 1);
+    let (s, v) = t.token_with_captcha(&ann, 1, &id, "abcde").await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("bad_captcha")),
+        "{v}"
+    );
+    // Three attempts inside the repeat window: the third is blocked.
+    let mut last = (StatusCode::OK, Value::Null);
+    for _ in 0..3 {
+        let (_, v) = t.token_load_test(&ann, 1).await;
+        last = t.purchase(&ann, 1, &token_of(&v)).await;
+    }
+    assert_eq!(last.0, StatusCode::TOO_MANY_REQUESTS, "{}", last.1);
+    let (_, v) = t.token_load_test(&ann, 1).await;
+    let token = token_of(&v);
+    let (s, _) = t.purchase(&ann, 1, &token).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "still blocked");
+    clock.advance(block_ms);
+    let (s, v) = t.purchase(&ann, 1, &token).await;
+    assert_ne!(s, StatusCode::TOO_MANY_REQUESTS, "the block is over: {v}");
 }

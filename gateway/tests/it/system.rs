@@ -15,7 +15,7 @@ use order_worker::db::OrderStatus;
 use queue::Queue;
 use serde_json::{Value, json};
 
-use super::{LOAD_TEST, TestApp, patient, test_app_on, test_throttle, token_of};
+use super::{LOAD_TEST, TestApp, patient, test_system, test_throttle, token_of};
 
 /// Polls `check` every 20 ms until it is true; panics with `what` after `limit`.
 async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
@@ -32,13 +32,16 @@ where
 
 /// The system: a gateway on a real port with workers and a canceller running.
 async fn system(db: Option<order_worker::OrdersDb>) -> (Arc<TestApp>, Crew) {
-    let t = test_app_on(
+    let t = test_system(
         Box::new(MemoryStore::new()),
         None,
-        100.0,
         test_throttle(),
-        Some(LOAD_TEST),
         db,
+        |config| {
+            config.gateway.token_factor = 100.0;
+            config.gateway.load_test_secret = Some(LOAD_TEST.into());
+            config.crew = test_crew();
+        },
     )
     .await
     .on_port(patient())
@@ -46,20 +49,19 @@ async fn system(db: Option<order_worker::OrdersDb>) -> (Arc<TestApp>, Crew) {
     with_crew(t)
 }
 
-/// Starts order workers and a canceller beside the served app `t` (also used by the
-/// browser tests).
-pub(super) fn with_crew(t: TestApp) -> (Arc<TestApp>, Crew) {
+/// Order workers and a canceller for the system tests (also used by the browser tests):
+/// quick to notice new work.
+pub(super) fn test_crew() -> CrewConfig {
     let mut config = CrewConfig::default();
     config.worker.wait_ms = 100;
     config.canceller.wait_ms = 100;
     config.canceller.sweep_every_ms = 200;
-    let crew = Crew::start(
-        t.state.db.clone(),
-        t.state.queue.clone(),
-        Some(t.state.inventory.clone()),
-        config,
-        Arc::new(queue::SystemClock),
-    );
+    config
+}
+
+/// The app `t`, shared, and its crew (built with [`test_crew`]).
+pub(super) fn with_crew(mut t: TestApp) -> (Arc<TestApp>, Crew) {
+    let crew = t.crew.take().expect("a system built with a crew");
     (Arc::new(t), crew)
 }
 

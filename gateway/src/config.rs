@@ -1,0 +1,83 @@
+//! The gateway's settings: [`GatewayConfig`] (what the handlers read) and [`ServeLimits`]
+//! (what the front service enforces).
+
+/// Header that lets load-test requests skip the captcha when load-test mode is on.
+pub const LOAD_TEST_HEADER: &str = "x-load-test-secret";
+
+/// Settings of the gateway (the binary fills them from flags and environment).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Topic purchases are published to.
+    pub orders_topic: String,
+    /// Consumer group of the order workers (for positions in line).
+    pub workers_group: String,
+    /// Tokens a sale issues at most: `units × token_factor`.
+    pub token_factor: f64,
+    /// How long a purchase token is valid.
+    pub token_ttl_ms: u64,
+    /// How long a session is valid.
+    pub session_ttl_ms: u64,
+    /// Load-test mode: requests carrying this secret in `x-load-test-secret` skip the
+    /// captcha (nothing else is relaxed). `None`: off (the default).
+    pub load_test_secret: Option<String>,
+    /// Bearer secret of the admin API.
+    pub admin_secret: String,
+    /// How long a purchase request waits for its durable enqueue before it answers
+    /// `503 outcome_unknown` with its ticket (the purchase goes on and the ticket tells how
+    /// it ended). Keep it below the request timeout.
+    pub purchase_wait_ms: u64,
+    /// **Test-only hook, off by default** (no flag or variable sets it): the captcha store
+    /// remembers plaintext answers so that browser tests can type them
+    /// ([`crate::captcha::CaptchaStore::revealed_answer`]).
+    pub reveal_captcha_answers: bool,
+    /// Most tickets the gateway remembers while they wait in the queue (at most
+    /// [`crate::tickets::TICKETS_MAX`]); past it purchases are refused with 503 `busy`.
+    pub tickets_max: usize,
+}
+
+impl GatewayConfig {
+    /// Defaults with this admin secret.
+    pub fn new(admin_secret: impl Into<String>) -> Self {
+        GatewayConfig {
+            orders_topic: order_worker::purchase::ORDERS_TOPIC.into(),
+            workers_group: order_worker::purchase::WORKERS_GROUP.into(),
+            token_factor: 1.5,
+            token_ttl_ms: 60_000,
+            session_ttl_ms: 24 * 3600 * 1000,
+            load_test_secret: None,
+            admin_secret: admin_secret.into(),
+            purchase_wait_ms: 4_000,
+            reveal_captcha_answers: false,
+            tickets_max: crate::tickets::TICKETS_MAX,
+        }
+    }
+}
+
+/// Limits of the served gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Requests in flight at once; beyond it requests are shed at once with 503.
+    pub max_in_flight: usize,
+    /// A request taking longer is answered 503.
+    pub request_timeout_ms: u64,
+    /// Largest request body (413 beyond).
+    pub body_limit_bytes: usize,
+}
+
+impl ServeLimits {
+    /// The purchase wait that fits these limits: four fifths of the request timeout, so a
+    /// purchase answers (`outcome_unknown`, with its ticket) before its request times out.
+    pub fn purchase_wait_ms(&self) -> u64 {
+        self.request_timeout_ms.saturating_mul(4) / 5
+    }
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_in_flight: 4096,
+            request_timeout_ms: 5_000,
+            body_limit_bytes: 16 << 10,
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! `POST /api/sales/{id}/purchase`: the purchase, as named steps.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use inventory::Reservation;
+use queue::Message;
+use serde::Deserialize;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ClientIp, JsonBody, SaleIdPath, session_user};
+use crate::state::{AppState, LINE_REFRESH_MS, LINE_STATS_TIMEOUT_MS, Running, Shared};
+use crate::tickets::Ticket;
+use crate::token::{TokenError, Verified};
+use order_worker::PurchaseMessage;
+
+#[derive(Deserialize)]
+struct PurchaseBody {
+    token: String,
+}
+
+pub async fn purchase(
+    State(state): State<Shared>,
+    ClientIp(ip): ClientIp,
+    SaleIdPath(id): SaleIdPath,
+    req: axum::extract::Request,
+) -> ApiResult<Response> {
+    let m = &state.metrics;
+    let now = state.now_ms();
+    // Public facts first, answered from memory before any signature is checked or the body
+    // is read: that a sale is unknown, not started or sold out is no secret, and in a
+    // flash sale it is the answer most requests get.
+    let sale = state.sale_or_404(id)?;
+    if sale.ends_at_ms.is_some_and(|e| now >= e) {
+        return Err(ApiError::ended());
+    }
+    if now < sale.starts_at_ms {
+        m.not_started.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_EARLY,
+            "not_started",
+            format!("the sale starts at {}", sale.starts_at_ms),
+        )
+        .retry_after_ms(sale.starts_at_ms - now));
+    }
+    if state.inventory.flagged_sold_out(id) {
+        m.sold_out.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
+    }
+    // Then who is asking, and whether they are asking too often (before the body is read
+    // and the token checked, so a flood of attempts costs one signature check each).
+    let user = session_user(&state, req.headers())?;
+    state
+        .throttle
+        .check_purchase(&user, id, ip, now)
+        .map_err(|t| state.throttled(t))?;
+    let JsonBody(body) =
+        <JsonBody<PurchaseBody> as axum::extract::FromRequest<()>>::from_request(req, &()).await?;
+    let verified = state
+        .tokens
+        .verify(&body.token, &user, id, now)
+        .map_err(|e| {
+            m.bad_token.fetch_add(1, Ordering::Relaxed);
+            ApiError::from(e)
+        })?;
+    // From the token spend on, the purchase runs as its own task: if the request is cut
+    // short (its timeout, or the client goes away) it still ends with the token spent and
+    // the unit queued (its ticket recorded), or with both given back; never a token spent
+    // for nothing or a unit held by nobody.
+    let task_state = state.clone();
+    let price_cents = sale.price_cents;
+    // The ticket is the request id and the message id: a retried publish is de-duplicated.
+    let ticket = uuid::Uuid::now_v7();
+    let running = Running::enter(&state);
+    let commit = tokio::spawn(async move {
+        let _running = running;
+        commit_purchase(Commit {
+            state: &task_state,
+            sale: id,
+            user,
+            token: verified,
+            ticket,
+            ticket_id: ticket.to_string(),
+            price_cents,
+            now,
+        })
+        .await
+    });
+    let wait = Duration::from_millis(state.config.purchase_wait_ms.max(1));
+    let outcome = match tokio::time::timeout(wait, commit).await {
+        Ok(joined) => joined.map_err(ApiError::internal)??,
+        Err(_) => {
+            // The enqueue is slow (a slow disk or broker); it goes on without us.
+            m.unavailable.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::unavailable(
+                "outcome_unknown",
+                "the purchase is still being queued; follow its ticket",
+                1000,
+            )
+            .with_ticket(ticket.to_string()));
+        }
+    };
+    let (ticket, confirm) = outcome;
+    let position = position(&state, confirm.offset).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            ticket: ticket.to_string(),
+            position,
+        }),
+    )
+        .into_response())
+}
+
+/// Publish attempts (same message id) while the queue's answer is ambiguous.
+pub const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// Whether a failed publish certainly stored nothing: the queue refused it before taking
+/// it (full, invalid, over a limit, no such topic). Anything else — a lost connection or
+/// timeout to a broker, a broker-side error, a write failure, the queue closing while the
+/// publish waited, an error of a kind added later — may have left the message stored.
+fn definitely_not_stored(e: &queue::Error) -> bool {
+    matches!(
+        e,
+        queue::Error::Full { .. }
+            | queue::Error::Invalid(_)
+            | queue::Error::Limit { .. }
+            | queue::Error::NoSuchTopic(_)
+    )
+}
+
+/// One purchase past its token check, run by [`commit_purchase`] as named steps: room for
+/// its ticket, spend the token, reserve the unit, publish, record the ticket; and the roll
+/// backs (give the token back, release the unit) where a step fails for certain.
+struct Commit<'a> {
+    state: &'a AppState,
+    sale: u64,
+    user: String,
+    token: Verified,
+    ticket: uuid::Uuid,
+    ticket_id: String,
+    price_cents: u64,
+    now: u64,
+}
+
+impl Commit<'_> {
+    /// Step 1: refuse rather than forget a ticket when every ticket this gateway remembers
+    /// is still queued (before the token is spent, so the buyer keeps it).
+    fn check_room(&self) -> ApiResult<()> {
+        if self.state.tickets.has_room() {
+            return Ok(());
+        }
+        self.state
+            .metrics
+            .unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        Err(ApiError::unavailable(
+            "busy",
+            "too many purchases waiting for the order workers; try again shortly",
+            1000,
+        ))
+    }
+
+    /// Step 2: spend the token, once.
+    async fn spend_token(&self) -> ApiResult<()> {
+        let t = &self.token;
+        if self
+            .state
+            .ledger
+            .spend(self.sale, t.holder, t.nonce, self.now)
+            .await?
+        {
+            return Ok(());
+        }
+        self.state.metrics.bad_token.fetch_add(1, Ordering::Relaxed);
+        Err(TokenError::Reused.into())
+    }
+
+    /// Roll back: a purchase that fails for the system's reasons gives its token back.
+    async fn restore_token(&self) {
+        let t = &self.token;
+        match self
+            .state
+            .ledger
+            .restore(
+                self.sale,
+                t.holder,
+                t.nonce,
+                t.expires_at_ms,
+                self.state.now_ms(),
+            )
+            .await
+        {
+            Ok(()) => {
+                self.state
+                    .metrics
+                    .tokens_restored
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("restoring a purchase token: {e}"),
+        }
+    }
+
+    /// Step 3: reserve the unit, tagged with the ticket: a release for this purchase (here,
+    /// or a worker's after a rejection) takes back this reservation and no other.
+    async fn reserve(&self) -> ApiResult<()> {
+        let m = &self.state.metrics;
+        let id = self.sale;
+        match self
+            .state
+            .inventory
+            .reserve_as(id, &self.user, &self.ticket_id)
+            .await
+        {
+            Ok(Reservation::Reserved { .. }) => {
+                m.reservations.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Reservation::SoldOut) => {
+                m.sold_out.fetch_add(1, Ordering::Relaxed);
+                Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"))
+            }
+            Ok(Reservation::AlreadyBought) => {
+                m.already_bought.fetch_add(1, Ordering::Relaxed);
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_bought",
+                    "one per person: you already hold one",
+                ))
+            }
+            Ok(Reservation::NoSuchSale) => {
+                self.restore_token().await;
+                m.unavailable.fetch_add(1, Ordering::Relaxed);
+                Err(ApiError::unavailable(
+                    "unavailable",
+                    format!("sale {id} has no stock defined"),
+                    1000,
+                ))
+            }
+            Err(e) => {
+                // The reservation may or may not have happened. It is NOT released here:
+                // the user may hold a unit from an earlier, accepted purchase, and a release
+                // would hand that one back. A unit held by nobody is found by
+                // reconciliation.
+                self.restore_token().await;
+                m.unavailable.fetch_add(1, Ordering::Relaxed);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Step 4: publish durably, retrying with the same message id while the queue's answer
+    /// is ambiguous. A definite refusal rolls the reservation and the token back.
+    async fn publish(&self, payload: Vec<u8>) -> ApiResult<queue::Confirm> {
+        let m = &self.state.metrics;
+        let ticket = self.ticket;
+        let mut attempt = 0;
+        // Once any attempt may have stored the message, a later definite refusal does not
+        // make the outcome definite: the unit stays held (never sold twice).
+        let mut maybe_stored = false;
+        loop {
+            attempt += 1;
+            let message = Message::new(payload.clone()).with_id(ticket.as_u128());
+            match self.state.publisher.publish(message).await {
+                Ok(c) => return Ok(c),
+                Err(e) if !definitely_not_stored(&e) && attempt < PUBLISH_ATTEMPTS => {
+                    maybe_stored = true;
+                    tracing::warn!("publish of ticket {ticket}: {e}; retrying with the same id");
+                }
+                Err(e) if maybe_stored || !definitely_not_stored(&e) => {
+                    // It may be queued: keep the unit (an order may come of it); if it was
+                    // not, reconciliation frees it. Never sell it twice.
+                    m.unavailable.fetch_add(1, Ordering::Relaxed);
+                    return Err(ApiError::unavailable(
+                        "outcome_unknown",
+                        format!(
+                            "the purchase may or may not have been queued ({e}); check your ticket or orders before trying again"
+                        ),
+                        1000,
+                    )
+                    .with_ticket(self.ticket_id.clone()));
+                }
+                Err(e) => {
+                    // Definitely not queued: give the unit back before answering.
+                    self.roll_back().await;
+                    m.unavailable.fetch_add(1, Ordering::Relaxed);
+                    return Err(ApiError::unavailable(
+                        "unavailable",
+                        format!("the purchase could not be queued: {e}"),
+                        1000,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Roll back a purchase certainly not queued: release its unit, give its token back.
+    async fn roll_back(&self) {
+        if let Err(re) = self
+            .state
+            .inventory
+            .release_if(self.sale, &self.user, Some(&self.ticket_id))
+            .await
+        {
+            tracing::error!("release after a failed enqueue: {re}");
+        }
+        self.state.metrics.released.fetch_add(1, Ordering::Relaxed);
+        self.restore_token().await;
+    }
+
+    /// Step 5: remember the queued ticket.
+    fn record(self, confirm: &queue::Confirm) {
+        self.state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        self.state.tickets.insert(
+            self.ticket_id,
+            Ticket {
+                sale: self.sale,
+                user: self.user,
+                offset: confirm.offset,
+            },
+        );
+    }
+}
+
+/// Reserve, publish, then record the ticket or release the unit.
+async fn commit_purchase(commit: Commit<'_>) -> ApiResult<(uuid::Uuid, queue::Confirm)> {
+    commit.check_room()?;
+    commit.spend_token().await?;
+    let payload = serde_json::to_vec(&PurchaseMessage {
+        ticket: commit.ticket_id.clone(),
+        sale: commit.sale,
+        user: commit.user.clone(),
+        price_cents: commit.price_cents,
+        accepted_at_ms: commit.now,
+    })
+    .map_err(ApiError::internal)?;
+    commit.reserve().await?;
+    let started = std::time::Instant::now();
+    let confirm = commit.publish(payload).await?;
+    commit.state.metrics.enqueue_us_sum.fetch_add(
+        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    let ticket = commit.ticket;
+    commit.record(&confirm);
+    Ok((ticket, confirm))
+}
+
+/// The body of a `202`.
+#[derive(serde::Serialize)]
+struct Accepted {
+    ticket: String,
+    position: Option<u64>,
+}
+
+/// Place in line: messages of the orders topic not yet finished by the workers up to and
+/// including this one. `None` if the queue cannot say.
+pub async fn position(state: &AppState, offset: u64) -> Option<u64> {
+    let line = &state.line;
+    let now = state.now_ms();
+    let read_at = line.read_at_ms.load(Ordering::Acquire);
+    // One caller refreshes; the others use the figure as it stands.
+    if now.saturating_sub(read_at) >= LINE_REFRESH_MS
+        && line
+            .read_at_ms
+            .compare_exchange(read_at, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
+        let stats = tokio::time::timeout(
+            Duration::from_millis(LINE_STATS_TIMEOUT_MS),
+            state.queue.stats(&state.config.orders_topic),
+        )
+        .await;
+        match stats {
+            Ok(Ok(stats)) => {
+                let done = stats
+                    .groups
+                    .iter()
+                    .find(|g| g.name == state.config.workers_group)
+                    .map_or(stats.log_start, |g| g.low_watermark);
+                line.done.fetch_max(done, Ordering::AcqRel);
+            }
+            Ok(Err(_)) | Err(_) => {
+                line.read_at_ms.store(read_at, Ordering::Release);
+                return None;
+            }
+        }
+    }
+    Some(offset.saturating_sub(line.done.load(Ordering::Acquire)) + 1)
+}

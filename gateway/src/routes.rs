@@ -1,0 +1,64 @@
+//! The router: every route of the gateway and the handler behind it, and nothing else.
+//! Only [`crate::front`] (and through it `serve` and the system) uses it.
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::state::Shared;
+use crate::{admin, health, orders, pages, purchase, shop};
+
+/// The routes and handlers, without the front service (limits, metrics).
+pub fn routes(state: Shared) -> Router {
+    Router::new()
+        .route("/api/login", post(shop::login))
+        .route("/api/sales", get(shop::list_sales))
+        .route("/api/sales/{id}", get(shop::get_sale))
+        .route("/api/sales/{id}/captcha", get(shop::new_captcha))
+        .route("/api/sales/{id}/token", post(shop::new_token))
+        .route("/api/sales/{id}/purchase", post(purchase::purchase))
+        .route("/api/tickets/{ticket}", get(shop::get_ticket))
+        .route("/api/orders/{id}", get(orders::get_order))
+        .route("/api/orders/{id}/pay", post(orders::pay_order))
+        .route(
+            "/admin/api/sales",
+            post(orders::create_sale).get(orders::admin_sales),
+        )
+        .route(
+            "/admin/api/sales/{id}/reconcile",
+            post(orders::admin_reconcile),
+        )
+        .route("/admin/api/dead-letters", get(orders::admin_dead_letters))
+        .route(
+            "/admin/api/dead-letters/{topic}/{offset}/{action}",
+            post(orders::admin_dead_letter_action),
+        )
+        .route("/", get(pages::sales_page))
+        .route("/sales/{id}", get(pages::sale_page))
+        .route("/orders/{id}", get(pages::order_page))
+        .route("/static/{file}", get(pages::static_asset))
+        .route("/admin/login", get(admin::login_form).post(admin::login))
+        .route("/admin/logout", post(admin::logout))
+        .route("/admin", get(admin::dashboard))
+        .route("/admin/", get(admin::dashboard))
+        .route("/admin/sales", post(admin::create_sale))
+        .route("/admin/dead-letters", get(admin::dead_letters))
+        .route(
+            "/admin/dead-letters/{topic}/{offset}/{action}",
+            get(admin::confirm_dead_letter).post(admin::act_on_dead_letter),
+        )
+        .route("/admin/api/live", get(admin::live))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .with_state(state)
+}

@@ -1,0 +1,271 @@
+//! The shopper's API short of the purchase itself: login, the sales, captchas, purchase
+//! tokens and tickets.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+
+use crate::config::LOAD_TEST_HEADER;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ClientIp, JsonBody, SaleIdPath, SessionUser, session_user};
+use crate::purchase::position;
+use crate::sales::{Sale, SaleState};
+use crate::state::{AppState, Shared};
+use crate::throttle::Route;
+use crate::tickets::TicketState;
+use crate::token::{holder_of, token_cap};
+
+/// The body of a login.
+#[derive(Debug, Deserialize)]
+pub struct LoginBody {
+    user: String,
+}
+
+pub async fn login(
+    State(state): State<Shared>,
+    ClientIp(ip): ClientIp,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> ApiResult<Response> {
+    let now = state.now_ms();
+    state
+        .throttle
+        .check(Route::Login, None, ip, now)
+        .map_err(|t| state.throttled(t))?;
+    inventory::validate_user(&body.user).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let value = state
+        .sessions
+        .sign(&body.user, now + state.config.session_ttl_ms)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let cookie = crate::session::set_cookie_header(&value, state.config.session_ttl_ms / 1000);
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({"user": body.user})),
+    )
+        .into_response())
+}
+
+pub async fn sale_json(state: &AppState, sale: &Sale, now: u64) -> Value {
+    let left = match state.inventory.store().stock(sale.id).await {
+        Ok(Some(s)) => Some(s.left),
+        _ => None,
+    };
+    let st = if now < sale.starts_at_ms {
+        SaleState::Upcoming
+    } else if sale.ends_at_ms.is_some_and(|e| now >= e) {
+        SaleState::Ended
+    } else if left == Some(0) {
+        SaleState::SoldOut
+    } else {
+        SaleState::Open
+    };
+    json!({
+        "id": sale.id,
+        "name": sale.name,
+        "price_cents": sale.price_cents,
+        "units": sale.units,
+        "units_left": left,
+        "starts_at_ms": sale.starts_at_ms,
+        "pay_window_ms": sale.pay_window_ms,
+        "ends_at_ms": sale.ends_at_ms,
+        "per_user_limit": sale.per_user_limit,
+        "state": st,
+        "server_time_ms": now,
+    })
+}
+
+pub async fn list_sales(State(state): State<Shared>) -> Json<Value> {
+    let now = state.now_ms();
+    let mut out = Vec::new();
+    for s in state.catalogue.list() {
+        out.push(sale_json(&state, &s, now).await);
+    }
+    Json(json!({"sales": out, "server_time_ms": now}))
+}
+
+pub async fn get_sale(
+    State(state): State<Shared>,
+    SaleIdPath(id): SaleIdPath,
+) -> ApiResult<Json<Value>> {
+    let sale = state.sale_or_404(id)?;
+    Ok(Json(sale_json(&state, &sale, state.now_ms()).await))
+}
+
+pub async fn new_captcha(
+    State(state): State<Shared>,
+    ClientIp(ip): ClientIp,
+    SaleIdPath(id): SaleIdPath,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let user = session_user(&state, &headers)?;
+    let now = state.now_ms();
+    state
+        .throttle
+        .check(Route::Captcha, Some(&user), ip, now)
+        .map_err(|t| state.throttled(t))?;
+    state.sale_or_404(id)?;
+    // Drawing takes milliseconds of CPU: off the async workers.
+    let drawer = state.clone();
+    let purpose = crate::captcha::purpose(&user, id);
+    let (captcha_id, png) =
+        tokio::task::spawn_blocking(move || drawer.captchas.create(&purpose, now))
+            .await
+            .map_err(ApiError::internal)??;
+    let image = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    );
+    Ok(Json(json!({"captcha_id": captcha_id, "image": image})))
+}
+
+/// The body of a token request.
+#[derive(Debug, Deserialize)]
+pub struct TokenBody {
+    #[serde(default)]
+    captcha_id: String,
+    #[serde(default)]
+    answer: String,
+}
+
+fn load_test_ok(state: &AppState, headers: &HeaderMap) -> bool {
+    let (Some(secret), Some(given)) = (
+        state.config.load_test_secret.as_deref(),
+        headers.get(LOAD_TEST_HEADER).and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    use subtle::ConstantTimeEq;
+    !secret.is_empty()
+        && secret.len() == given.len()
+        && bool::from(secret.as_bytes().ct_eq(given.as_bytes()))
+}
+
+pub async fn new_token(
+    State(state): State<Shared>,
+    ClientIp(ip): ClientIp,
+    SaleIdPath(id): SaleIdPath,
+    headers: HeaderMap,
+    SessionUser(user): SessionUser,
+    JsonBody(body): JsonBody<TokenBody>,
+) -> ApiResult<Json<Value>> {
+    let now = state.now_ms();
+    state
+        .throttle
+        .check(Route::Token, Some(&user), ip, now)
+        .map_err(|t| state.throttled(t))?;
+    let sale = state.sale_or_404(id)?;
+    if sale.ends_at_ms.is_some_and(|e| now >= e) {
+        return Err(ApiError::ended());
+    }
+    if state.inventory.flagged_sold_out(id) {
+        state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
+    }
+    // No token, no access: at most ⌊units left × factor⌋ live tokens. Checked before the
+    // captcha, so a buyer keeps an unused captcha when the tokens are gone.
+    let left = match state.inventory.store().stock(id).await {
+        Ok(Some(s)) => s.left,
+        Ok(None) => {
+            return Err(ApiError::unavailable(
+                "unavailable",
+                format!("sale {id} has no stock defined"),
+                1000,
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if left == 0 {
+        state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
+    }
+    let cap = token_cap(left, sale.token_factor.unwrap_or(state.config.token_factor));
+    let exhausted = || {
+        state
+            .metrics
+            .tokens_exhausted
+            .fetch_add(1, Ordering::Relaxed);
+        ApiError::new(
+            StatusCode::GONE,
+            "tokens_exhausted",
+            "every purchase token of this sale is taken; try again when some expire",
+        )
+        .retry_after_ms(state.config.token_ttl_ms.min(60_000))
+    };
+    if !state.ledger.room(id, holder_of(&user), cap, now).await? {
+        return Err(exhausted());
+    }
+    if !load_test_ok(&state, &headers) {
+        state.captchas.check(
+            &body.captcha_id,
+            &crate::captcha::purpose(&user, id),
+            &body.answer,
+            now,
+        )?;
+    }
+    let expires_at_ms = now + state.config.token_ttl_ms;
+    let (token, nonce) = state.tokens.issue(&user, id, expires_at_ms);
+    if !state
+        .ledger
+        .issue(id, holder_of(&user), nonce, expires_at_ms, cap, now)
+        .await?
+    {
+        return Err(exhausted());
+    }
+    state.metrics.tokens_issued.fetch_add(1, Ordering::Relaxed);
+    Ok(Json(
+        json!({"token": token, "expires_at_ms": expires_at_ms}),
+    ))
+}
+
+pub async fn get_ticket(
+    State(state): State<Shared>,
+    ticket: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Ok(Path(ticket)) = ticket else {
+        return Err(ApiError::not_found("no such ticket"));
+    };
+    // Tickets are UUIDs; anything else is unknown (and never reaches the database).
+    if uuid::Uuid::try_parse(&ticket).is_err() {
+        return Err(ApiError::not_found("no such ticket"));
+    }
+    // The book first, then the database: a ticket leaves the book only after its outcome
+    // is committed, so one of the two reads sees it.
+    let waiting = state.tickets.get(&ticket);
+    let decided = state
+        .db
+        .outcome(&ticket)
+        .await
+        .map_err(ApiError::unavailable_from)?;
+    if let Some(o) = decided {
+        let st = match (o.order_id, o.reason) {
+            (Some(order_id), _) => TicketState::Ordered { order_id },
+            (None, reason) => TicketState::Rejected {
+                reason: reason.unwrap_or_default(),
+            },
+        };
+        let mut v = serde_json::to_value(&st).map_err(ApiError::internal)?;
+        v["sale"] = json!(o.sale);
+        return Ok(Json(v));
+    }
+    if let Some(t) = waiting {
+        // Waiting: this gateway's book knows its place in line.
+        let mut v = serde_json::to_value(TicketState::Queued).map_err(ApiError::internal)?;
+        v["position"] = json!(position(&state, t.offset).await);
+        v["sale"] = json!(t.sale);
+        return Ok(Json(v));
+    }
+    if let Some(h) = state.held.get(&ticket) {
+        // In the dead letters: the unit stays reserved until an operator replays the
+        // purchase (then decided) or discards it (then rejected).
+        return Ok(Json(json!({
+            "state": "held",
+            "reason": h.reason,
+            "sale": h.sale,
+        })));
+    }
+    Err(ApiError::not_found("no such ticket"))
+}
