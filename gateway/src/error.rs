@@ -143,8 +143,33 @@ impl From<order_worker::DbError> for ApiError {
             order_worker::DbError::Conflict(m) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", m)
             }
+            order_worker::DbError::Constraint { constraint } => constraint_violation(&constraint),
             other => ApiError::unavailable_from(other),
         }
+    }
+}
+
+/// A constraint of the orders database refused a change a person asked for (creating a
+/// sale, paying an order): a 4xx chosen by the constraint's name (the names are listed on
+/// `order_worker::DbError::Constraint`), never a 503, whose "try again" would only be
+/// refused again. PostgreSQL names the constraint; SQLite names the column (`sales.id`).
+fn constraint_violation(constraint: &str) -> ApiError {
+    match constraint {
+        // Two admins creating the same sale at once: the second insert loses the race.
+        "sales_pkey" | "sales.id" => ApiError::new(
+            StatusCode::CONFLICT,
+            "sale_exists",
+            "a sale with this id exists",
+        ),
+        // A sale setting the database refuses (the checks before the insert should have).
+        c if c.starts_with("sales") => {
+            ApiError::bad_request(format!("the sale's settings break the rule {c}"))
+        }
+        c => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("the database refused the change (rule {c})"),
+        ),
     }
 }
 
@@ -217,5 +242,33 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("valid JSON");
         assert_eq!(v["error"], "sold_out");
         assert_eq!(v["message"], "quote \" and \\ and \n end");
+    }
+
+    #[test]
+    fn constraint_violations_are_4xx_by_name_never_a_retry() {
+        let by_name = |c: &str| {
+            ApiError::from(order_worker::DbError::Constraint {
+                constraint: c.into(),
+            })
+        };
+        // The sale id taken, as PostgreSQL and as SQLite name it.
+        for c in ["sales_pkey", "sales.id"] {
+            let e = by_name(c);
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::CONFLICT, "sale_exists"),
+                "{c}"
+            );
+        }
+        let e = by_name("sales_price_cents_check");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(
+            e.message.contains("sales_price_cents_check"),
+            "{}",
+            e.message
+        );
+        let e = by_name("orders_check");
+        assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "conflict"));
+        assert_eq!(e.retry_after_s, None);
     }
 }

@@ -86,12 +86,7 @@ pub async fn pay_order(
     id: PathOf<String>,
 ) -> ApiResult<Json<Value>> {
     let id = order_id(id)?;
-    match state
-        .db
-        .pay(&id, &user, state.now_ms())
-        .await
-        .map_err(ApiError::unavailable_from)?
-    {
+    match state.db.pay(&id, &user, state.now_ms()).await? {
         Payment::Paid(o) | Payment::AlreadyPaid(o) => Ok(Json(order_json(&o, state.now_ms()))),
         Payment::Cancelled(_) => Err(ApiError::new(
             StatusCode::CONFLICT,
