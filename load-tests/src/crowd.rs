@@ -1045,19 +1045,10 @@ struct Finished {
     samples: Vec<(u32, Value)>,
 }
 
-/// Every connection's figures added up.
-#[derive(Debug, Default)]
-struct Merged {
-    latency: HashMap<(&'static str, String), Histogram<u64>>,
-    seconds: BTreeMap<u32, Second>,
-    errors: u64,
-    requests: u64,
-    attempts: u64,
-}
-
-impl Merged {
-    fn of(tallies: Vec<Tally>) -> Merged {
-        let mut m = Merged::default();
+/// Every connection's figures added up: one [`Tally`] of them all.
+impl Tally {
+    fn merged(tallies: Vec<Tally>) -> Tally {
+        let mut m = Tally::default();
         for t in tallies {
             m.errors += t.errors;
             m.requests += t.requests;
@@ -1131,7 +1122,7 @@ impl Merged {
 
 /// The run's record from what its phases left.
 fn record_of(run: &Run, f: Finished) -> RunRecord {
-    let mut merged = Merged::of(f.tallies);
+    let mut merged = Tally::merged(f.tallies);
     let peak_backlog = merged.add_samples(&f.samples);
     let (latency, outcomes) = merged.by_route();
     let ordered = f.decided.iter().filter(|d| d.order_id.is_some()).count() as u64;

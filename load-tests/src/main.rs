@@ -205,14 +205,17 @@ fn write_report(record: &load_tests::record::RunRecord, out: &std::path::Path) -
     }
 }
 
+/// The p99 latency of `route` over all its outcomes, ms (0 when the route saw no request).
+fn p99_ms(record: &load_tests::record::RunRecord, route: &str) -> f64 {
+    record
+        .latency
+        .get(route)
+        .and_then(|m| m.get("all"))
+        .map_or(0.0, |l| l.p99_ms)
+}
+
 fn headline(record: &load_tests::record::RunRecord) {
-    let p99 = |route: &str| {
-        record
-            .latency
-            .get(route)
-            .and_then(|m| m.get("all"))
-            .map_or(0.0, |l| l.p99_ms)
-    };
+    let p99 = |route: &str| p99_ms(record, route);
     println!(
         "load-tests: {} attempts in {:.1} s ({:.0}/s), p99 token {:.1} ms, purchase {:.1} ms; accepted {}, ordered {}, unresolved {}, paid {}; bots refused {}, accepted {}; sold out after {} ms; peak backlog {}",
         record.attempts,
@@ -309,13 +312,7 @@ fn benchmark_summary(
     last_order_after_ms: Option<u64>,
     seed: u64,
 ) -> serde_json::Value {
-    let p99 = |route: &str| {
-        record
-            .latency
-            .get(route)
-            .and_then(|m| m.get("all"))
-            .map_or(0.0, |l| l.p99_ms)
-    };
+    let p99 = |route: &str| p99_ms(record, route);
     serde_json::json!({
         "benchmark": "end-to-end flash crowd",
         "scenario": record.scenario,

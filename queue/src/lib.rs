@@ -30,6 +30,7 @@
 //! - [`client`]: [`Client`], the broker's client, another implementation of [`Queue`].
 //! - [`backend`]: [`Backend::open`], embedded or remote chosen by one configuration string
 //!   (`tcp://HOST:PORT` or a directory).
+//! - [`signal`]: the SIGTERM/SIGINT wait every long-running binary shuts down on.
 //! - [`backoff`]: the exponential backoff schedule every retry loop of the system uses
 //!   (the client's reconnects among them).
 //! - [`metrics`]: the broker's Prometheus metrics, one `prometheus-client` collector that
@@ -61,6 +62,7 @@ pub mod metrics;
 pub mod proto;
 mod recovery;
 pub mod server;
+pub mod signal;
 mod topic;
 mod writer;
 

@@ -141,25 +141,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
         "  API:       http://{addr}/api/sales, http://{addr}/admin/api/sales (Authorization: Bearer <admin secret>)"
     );
     println!("  metrics:   http://{addr}/metrics");
-    system.run_until(shutdown_signal()).await?;
+    system.run_until(queue::signal::shutdown_signal()).await?;
     println!("gateway: stopped cleanly");
     Ok(())
-}
-
-/// Completes at SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 fn demo_units(args: &Args) -> u64 {

@@ -119,18 +119,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         args.database,
         args.queue
     );
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    queue::signal::shutdown_signal().await;
     crew.stop().await;
     backend.close()?;
     db.close().await;

@@ -408,7 +408,7 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         args.data.display()
     );
     let _ = std::io::stdout().flush();
-    server.run(listener, shutdown_signal()).await;
+    server.run(listener, queue::signal::shutdown_signal()).await;
     let _ = stop_tx.send(true);
     if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
@@ -416,22 +416,6 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     engine.close()?;
     println!("queue: stopped cleanly");
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 fn payload_json(p: &[u8]) -> (&'static str, Value) {
