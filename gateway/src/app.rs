@@ -13,5 +13,4 @@ pub use crate::orders::create_sale_in;
 pub use crate::purchase::PUBLISH_ATTEMPTS;
 pub use crate::state::{
     AppState, Commits, LINE_REFRESH_MS, LINE_STATS_TIMEOUT_MS, LineProgress, Running, StateError,
-    now_ms,
 };

@@ -74,3 +74,5 @@ pub mod system;
 pub mod throttle;
 pub mod tickets;
 pub mod token;
+
+pub use system::{System, SystemConfig};

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use inventory::{Inventory, SaleStock};
@@ -19,7 +19,7 @@ use crate::metrics::{CrewMetrics, GatewayMetrics};
 use crate::publisher::Publisher;
 use crate::sales::{Catalogue, Sale};
 use crate::session::{AdminKey, SessionKey};
-use crate::throttle::{Throttle, Throttled};
+use crate::throttle::{QuotaClock, Throttle, Throttled};
 use crate::tickets::TicketBook;
 use crate::token::TokenKey;
 use order_worker::OrdersDb;
@@ -37,8 +37,9 @@ pub struct AppState {
     pub inventory: Arc<Inventory>,
     /// The orders database: sales, orders, outcomes of tickets.
     pub db: OrdersDb,
-    /// Counters of the order workers and cancellers running in this process, if any.
-    pub crew: Option<CrewMetrics>,
+    /// Counters of the order workers and cancellers running in this process, if any (set
+    /// through [`AppState::set_crew`], which also shows them in `/metrics`).
+    crew: Option<CrewMetrics>,
     /// Reconciliation of the stock store with the database at rest.
     pub reconciler: Reconciler,
     /// Tickets of purchases in the orders topic's dead letters.
@@ -56,7 +57,7 @@ pub struct AppState {
     /// Captchas.
     pub captchas: CaptchaStore,
     /// Rate limits.
-    pub throttle: Throttle,
+    pub throttle: Throttle<QuotaClock>,
     /// Accepted purchases.
     pub tickets: TicketBook,
     /// Counters.
@@ -143,8 +144,9 @@ impl AppState {
     /// State around these parts, with an in-process token ledger (replace `ledger` to
     /// share one in Redis), empty captcha, ticket and catalogue tables (load the catalogue
     /// with [`crate::sync::load_catalogue`]), zeroed metrics, and the purchase publisher task
-    /// started on the current Tokio runtime, on the system clock (see [`AppState::with_clock`]). Fails on an invalid throttle configuration or
-    /// outside a runtime.
+    /// started on the current Tokio runtime, on the system clock (see
+    /// [`AppState::with_clock`]). Fails on an invalid throttle configuration or outside a
+    /// runtime.
     pub fn new(
         config: GatewayConfig,
         inventory: Inventory,
@@ -167,8 +169,11 @@ impl AppState {
         let reconciler = Reconciler::default();
         let exposition =
             crate::metrics::Exposition::new(metrics.clone(), reconciler.resets.clone());
+        let clock: Arc<dyn queue::Clock> = Arc::new(queue::SystemClock);
+        let throttle = Throttle::with_clock(throttle, QuotaClock(clock.clone()))
+            .map_err(StateError::Throttle)?;
         Ok(AppState {
-            clock: Arc::new(queue::SystemClock),
+            clock,
             publisher,
             config,
             catalogue: Catalogue::default(),
@@ -182,7 +187,7 @@ impl AppState {
             tokens,
             ledger: Arc::new(MemoryLedger::new()),
             captchas,
-            throttle: Throttle::new(throttle).map_err(StateError::Throttle)?,
+            throttle,
             tickets,
             metrics,
             exposition,
@@ -205,16 +210,6 @@ impl std::fmt::Debug for AppState {
 
 /// The state as the handlers hold it.
 pub type Shared = Arc<AppState>;
-
-/// Now by the wall clock, ms since the Unix epoch: for callers outside the gateway (the
-/// load tests, the benchmark); the gateway itself reads [`AppState::now_ms`], so that tests
-/// can move its time.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 /// How long a place-in-line figure may use the workers' progress as last read.
 pub const LINE_REFRESH_MS: u64 = 100;
@@ -239,8 +234,9 @@ impl LineProgress {
 }
 
 impl AppState {
-    /// This state on `clock` instead of the system clock.
+    /// This state on `clock` instead of the system clock (its throttle's quotas too).
     pub fn with_clock(mut self, clock: Arc<dyn queue::Clock>) -> Self {
+        self.throttle = self.throttle.on_clock(QuotaClock(clock.clone()));
         self.clock = clock;
         self
     }
@@ -250,6 +246,11 @@ impl AppState {
     pub fn set_crew(&mut self, crew: CrewMetrics) {
         self.exposition.set_crew(crew.clone());
         self.crew = Some(crew);
+    }
+
+    /// The counters of the order workers and cancellers running in this process, if any.
+    pub fn crew(&self) -> Option<&CrewMetrics> {
+        self.crew.as_ref()
     }
 
     /// Now by the gateway's clock, ms since the Unix epoch.

@@ -167,6 +167,14 @@ impl SystemConfig {
         }
     }
 
+    /// Serves with these limits, and lets a purchase wait for its enqueue what fits them
+    /// ([`ServeLimits::purchase_wait_ms`]: it answers before its request times out).
+    pub fn with_limits(mut self, limits: ServeLimits) -> Self {
+        self.gateway.purchase_wait_ms = limits.purchase_wait_ms();
+        self.limits = limits;
+        self
+    }
+
     /// No order workers and no cancellers in this process.
     pub fn without_crew(mut self) -> Self {
         self.crew.workers = 0;
@@ -196,6 +204,15 @@ pub enum SystemError {
     /// The listener.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// How a stop went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Stopped {
+    /// Purchases still between reservation and enqueue after [`SHUTDOWN_COMMITS_WAIT`]:
+    /// reconciliation will settle their units (0 after a clean stop).
+    pub purchases_running: usize,
 }
 
 /// The running system: the gateway's state, the database, the optional crew, and once
@@ -323,8 +340,7 @@ impl System {
     /// Builds the system, binds its listener and serves it on a task until [`System::stop`].
     pub async fn start(config: SystemConfig) -> Result<System, SystemError> {
         let mut system = System::build(config).await?;
-        system.bind().await?;
-        system.spawn();
+        system.spawn().await?;
         Ok(system)
     }
 
@@ -340,11 +356,14 @@ impl System {
         Ok(addr)
     }
 
-    /// Serves on the bound listener (binding it first if needed) on a task, until
-    /// [`System::stop`] or until the system is dropped.
-    pub fn spawn(&mut self) {
+    /// Serves on a task, until [`System::stop`] or until the system is dropped, on the
+    /// bound listener (binding the listen address first if needed); returns the address.
+    /// Serving already, it only returns the address.
+    pub async fn spawn(&mut self) -> Result<SocketAddr, SystemError> {
+        let addr = self.bind().await?;
         let Some(listener) = self.listener.take() else {
-            return;
+            // The listener is taken only by serving: this system serves already.
+            return Ok(addr);
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(crate::front::serve(
@@ -356,39 +375,45 @@ impl System {
             },
         ));
         self.server = Some(Server { stop, task });
+        Ok(addr)
     }
 
     /// Serves on the listen address until `shutdown` completes, then stops cleanly.
     pub async fn run_until(
         mut self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), SystemError> {
+    ) -> Result<Stopped, SystemError> {
         self.bind().await?;
         let served = match self.listener.take() {
             Some(listener) => {
                 crate::front::serve(listener, self.state.clone(), self.limits, shutdown).await
             }
-            None => Ok(()),
+            // Serving already (spawned): wait for the shutdown, then stop it.
+            None => {
+                shutdown.await;
+                Ok(())
+            }
         };
-        self.stop().await?;
-        served.map_err(SystemError::from)
+        let stopped = self.stop().await?;
+        served.map_err(SystemError::from)?;
+        Ok(stopped)
     }
 
     /// Stops serving, lets running purchases finish (at most [`SHUTDOWN_COMMITS_WAIT`]),
-    /// stops the crew, closes the queue (if the system opened it) and the database.
-    pub async fn stop(mut self) -> Result<(), SystemError> {
+    /// stops the crew, closes the queue (if the system opened it) and the database; says
+    /// how many purchases were still running when it stopped waiting for them.
+    pub async fn stop(mut self) -> Result<Stopped, SystemError> {
         if let Some(server) = self.server.take() {
             let _ = server.stop.send(());
             let _ = server.task.await;
         }
         // Purchases whose requests are gone may still be between reservation and enqueue:
         // let them finish before the queue closes.
-        if !self.state.commits.drain(SHUTDOWN_COMMITS_WAIT).await {
-            tracing::warn!(
-                "{} purchases still running at shutdown; reconciliation will settle their units",
-                self.state.commits.running()
-            );
-        }
+        let purchases_running = if self.state.commits.drain(SHUTDOWN_COMMITS_WAIT).await {
+            0
+        } else {
+            self.state.commits.running()
+        };
         if let Some(crew) = self.crew.take() {
             crew.stop().await;
         }
@@ -397,7 +422,8 @@ impl System {
             None => Ok(()),
         };
         self.db.close().await;
-        closed.map_err(SystemError::from)
+        closed.map_err(SystemError::from)?;
+        Ok(Stopped { purchases_running })
     }
 
     /// The whole HTTP surface with the system's limits, without a socket.

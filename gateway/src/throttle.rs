@@ -494,14 +494,40 @@ impl<C: Clock + Clone> Throttle<C> {
     /// A throttle whose quotas run on `clock`.
     pub fn with_clock(config: ThrottleConfig, clock: C) -> Result<Self, ThrottleConfigError> {
         config.validate()?;
+        Ok(Throttle::assemble(config, clock))
+    }
+
+    /// A throttle with these settings on `clock`, with empty tables (the settings of this
+    /// one were checked when it was made).
+    pub fn on_clock(&self, clock: C) -> Self {
+        Throttle::assemble(self.config.clone(), clock)
+    }
+
+    fn assemble(config: ThrottleConfig, clock: C) -> Self {
         let routes = Route::ALL.map(|route| RouteLimiters::new(config.limits(route), &clock));
-        Ok(Throttle {
+        Throttle {
             config,
             routes,
             repeat: std::array::from_fn(|_| Mutex::new(RepeatShard::default())),
             hasher: RandomState::new(),
             latest_now_ms: AtomicU64::new(0),
-        })
+        }
+    }
+}
+
+/// Governor's clock over the gateway's `queue::Clock`: the quotas run on the same time as
+/// everything else the gateway decides (sessions, tokens, captchas, the repeat rule, sales'
+/// start and end), so a test moves them all with one manual clock. Millisecond resolution,
+/// which every quota's interval is far above. The system clock may step back (NTP): governor
+/// compares its instants with saturating arithmetic, so a step back only delays refills.
+#[derive(Debug, Clone)]
+pub struct QuotaClock(pub std::sync::Arc<dyn queue::Clock>);
+
+impl Clock for QuotaClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.now_ms())
     }
 }
 
@@ -512,8 +538,8 @@ impl<C: Clock> Throttle<C> {
     }
 
     /// Applies `route`'s per-IP quota, then its per-user quota when `user` is given.
-    /// `now_ms` is the caller's wall clock in ms (it only paces purges of full tables; the
-    /// quotas run on governor's clock). Purchases go through [`Throttle::check_purchase`]
+    /// `now_ms` is the caller's time in ms (it only paces purges of full tables; the quotas
+    /// run on governor's clock `C`, in the gateway a [`QuotaClock`] over the same time). Purchases go through [`Throttle::check_purchase`]
     /// instead, which adds the repeat rule.
     pub fn check(
         &self,

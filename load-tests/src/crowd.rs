@@ -829,7 +829,7 @@ pub async fn run(
         "load-tests: seed {seed} (replay the crowd's choices with --seed {seed} or {SEED_ENV}={seed})"
     );
     let mut rng = rng_of(seed, RUN_STREAM);
-    let started_at_ms = gateway::app::now_ms();
+    let started_at_ms = queue::Clock::now_ms(&queue::SystemClock);
     let start = Instant::now();
     let run_id = format!("{:08x}", rng.random::<u32>());
     let run = Arc::new(Run::new(scenario, target, seed, &run_id, start));
@@ -990,7 +990,7 @@ async fn sign_in_everyone(run: &Arc<Run>) -> Result<Vec<Tally>, CrowdError> {
 /// Creates the run's sale, opening `opens_in_ms` from now; returns when it opens.
 async fn create_sale(run: &Run, admin: &mut Conn, run_id: &str) -> Result<Instant, CrowdError> {
     let auth = admin_auth(run);
-    let opens_at_ms = gateway::app::now_ms() + run.scenario.opens_in_ms;
+    let opens_at_ms = queue::Clock::now_ms(&queue::SystemClock) + run.scenario.opens_in_ms;
     let created = admin
         .send(request(
             "POST",

@@ -384,7 +384,7 @@ async fn demo(
         sales: Some(vec![outcome.record.sale_id]),
         tickets: outcome.tickets.clone(),
         at_rest: true,
-        now_ms: gateway::app::now_ms(),
+        now_ms: queue::Clock::now_ms(&queue::SystemClock),
     })
     .await?;
     report.print();
@@ -411,7 +411,13 @@ async fn demo(
             std::fs::write(&path, &text).map_err(CliError::io(&path))?;
         }
     }
-    system.stop().await;
+    let stopped = system.stop().await?;
+    if stopped.purchases_running > 0 {
+        eprintln!(
+            "load-tests: {} purchases were still running when the system stopped",
+            stopped.purchases_running
+        );
+    }
     Ok(report.passed() && record.bots_accepted == 0 && wrote)
 }
 

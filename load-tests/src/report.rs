@@ -983,30 +983,18 @@ fn inline(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
 }
 
-/// Ms since the epoch as a UTC date and time.
+/// Ms since the epoch as a UTC date and time (`—` for 0, i.e. unknown).
 fn utc(epoch_ms: u64) -> String {
     if epoch_ms == 0 {
         return "—".into();
     }
-    let secs = epoch_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        epoch_ms % 1000
-    )
+    i64::try_from(epoch_ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(
+            || format!("{epoch_ms} ms after the epoch"),
+            |t| t.strftime("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
+        )
 }
 
 #[cfg(test)]

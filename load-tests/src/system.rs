@@ -86,7 +86,6 @@ impl AllInOne {
         let load_test_secret = random_hex();
         let mut gateway = GatewayConfig::new(admin_secret.clone());
         gateway.load_test_secret = Some(load_test_secret.clone());
-        gateway.purchase_wait_ms = options.limits.purchase_wait_ms();
         let mut config = SystemConfig::new(
             QueueSource::Open(dir.join("queue").display().to_string()),
             DatabaseSource::Url {
@@ -99,8 +98,7 @@ impl AllInOne {
         config.crew.workers = options.workers;
         config.crew.cancellers = options.cancellers;
         config.crew.worker.batch_max = options.batch;
-        config.limits = options.limits;
-        let system = System::start(config).await?;
+        let system = System::start(config.with_limits(options.limits)).await?;
         Ok(AllInOne {
             addr: system
                 .addr()
@@ -120,9 +118,7 @@ impl AllInOne {
     }
 
     /// Stops serving, lets running purchases finish, stops the workers, closes the queue.
-    pub async fn stop(self) {
-        if let Err(e) = self.system.stop().await {
-            tracing::warn!("stopping the system: {e}");
-        }
+    pub async fn stop(self) -> Result<gateway::system::Stopped, SystemError> {
+        self.system.stop().await
     }
 }

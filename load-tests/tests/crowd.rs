@@ -42,7 +42,7 @@ async fn wait_for_rest(system: &AllInOne) {
 /// `units_left` alone: an oversell the system never made.
 async fn order_behind_the_back(db: &OrdersDb, sale: u64) {
     let sale = i64::try_from(sale).expect("sale id");
-    let now = i64::try_from(gateway::app::now_ms()).expect("now");
+    let now = i64::try_from(queue::Clock::now_ms(&queue::SystemClock)).expect("now");
     let sql = "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) \
                VALUES ('00000000-0000-7000-8000-00000000beef', 'behind-the-back', $1, 'intruder', 1, 'pending', $2, $3)";
     match db {
@@ -133,7 +133,7 @@ async fn crowd_then_audit(database: Option<String>) {
         sales: Some(vec![r.sale_id]),
         tickets: outcome.tickets.clone(),
         at_rest: true,
-        now_ms: gateway::app::now_ms(),
+        now_ms: queue::Clock::now_ms(&queue::SystemClock),
     };
     let report = audit(&input).await.expect("the audit runs");
     assert!(report.passed(), "{report:#?}");
@@ -141,13 +141,17 @@ async fn crowd_then_audit(database: Option<String>) {
     // An order written behind the system's back: the auditor must fail.
     order_behind_the_back(&system.db, r.sale_id).await;
     let report = audit(&AuditInput {
-        now_ms: gateway::app::now_ms(),
+        now_ms: queue::Clock::now_ms(&queue::SystemClock),
         ..input
     })
     .await
     .expect("the audit runs");
     assert!(!report.passed(), "{report:#?}");
-    system.stop().await;
+    let stopped = system.stop().await.expect("a clean stop");
+    assert_eq!(
+        stopped.purchases_running, 0,
+        "no purchase left running at rest"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

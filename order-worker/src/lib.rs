@@ -8,8 +8,10 @@
 //!   time, own purchase-token factor, one unit per person; holders; counts), `decide` (a
 //!   batch of purchases in one transaction, outcomes, operator rejections), `orders`
 //!   (reading and paying an order), `cancel` (due and overdue orders), `heartbeat` (the
-//!   `workers` table) and `dialect` (the statements whose best form differs by backend).
-//!   The invariants are in its constraints.
+//!   `workers` table), `dialect` (the statements whose best form differs by backend) and
+//!   `rows` (the rows those statements read and write). Inside `db`, `rows` is below
+//!   `dialect`, and `dialect` below `decide` and `cancel`: no circle. The invariants are in
+//!   its constraints.
 //! - [`purchase`]: the messages: the gateway's purchase and the order's pay-by deadline.
 //! - [`limits`]: limits shared across layers (the size of a crew).
 //! - `consumer` (crate-private): the one loop both consumers run (fetch, liveness

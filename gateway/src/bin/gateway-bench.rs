@@ -29,7 +29,7 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use clap::Parser;
-use gateway::app::{GatewayConfig, LOAD_TEST_HEADER, now_ms};
+use gateway::app::{GatewayConfig, LOAD_TEST_HEADER};
 use gateway::ledger::MemoryLedger;
 use gateway::sales::NewSale;
 use gateway::session::{SESSION_COOKIE_NAME, SessionKey};
@@ -41,7 +41,7 @@ use hyper::Request;
 use hyper::header::HeaderValue;
 use inventory::MemoryStore;
 use loadgen::{LoadResult, LoadSpec, closed_loop, request};
-use queue::Queue;
+use queue::{Clock as _, Queue, SystemClock};
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
@@ -177,7 +177,7 @@ type Minted = (HeaderValue, Bytes);
 
 impl Mint {
     fn one(&self, user: &str, sale: u64) -> Minted {
-        let exp = now_ms() + MINT_TTL_MS;
+        let exp = SystemClock.now_ms() + MINT_TTL_MS;
         let cookie = match self.sessions.sign(user, exp) {
             Ok(v) => format!("{SESSION_COOKIE_NAME}={v}"),
             Err(_) => String::new(),
@@ -185,9 +185,14 @@ impl Mint {
         let (token, nonce) = self.tokens.issue(user, sale, exp);
         // Recorded live as the token step would (also for the sold-out sale: once a second
         // the flag is re-checked against the store by one request that gets that far).
-        let _ = self
-            .ledger
-            .issue_now(sale, holder_of(user), nonce, exp, u64::MAX, now_ms());
+        let _ = self.ledger.issue_now(
+            sale,
+            holder_of(user),
+            nonce,
+            exp,
+            u64::MAX,
+            SystemClock.now_ms(),
+        );
         (
             HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static("")),
             Bytes::from(json!({ "token": token }).to_string()),
@@ -246,12 +251,6 @@ async fn build_gateway(
     db_dir: &std::path::Path,
 ) -> Result<(System, Arc<queue::Engine>, Arc<Mint>), BoxError> {
     let engine = Arc::new(queue::Engine::open(queue_dir, queue::Config::default())?);
-    // The orders database holds the sales (the purchase path reads them from memory).
-    let db = order_worker::OrdersDb::connect(
-        &format!("sqlite:{}", db_dir.join("orders.db").display()),
-        &order_worker::DbOptions::default(),
-    )
-    .await?;
     let mut config = GatewayConfig::new("bench-admin");
     config.load_test_secret = Some(LOAD_TEST.into());
     let sessions = SessionKey::generate();
@@ -265,7 +264,11 @@ async fn build_gateway(
     // No order workers: the benchmark measures the gateway up to the durable enqueue.
     let mut system_config = SystemConfig::new(
         QueueSource::Shared(engine.clone()),
-        DatabaseSource::Open(db.clone()),
+        // The orders database holds the sales (the purchase path reads them from memory).
+        DatabaseSource::Url {
+            url: format!("sqlite:{}", db_dir.join("orders.db").display()),
+            options: order_worker::DbOptions::default(),
+        },
         config,
     )
     .without_crew();
@@ -279,24 +282,22 @@ async fn build_gateway(
     let system = System::build(system_config).await?;
     let state = system.state().clone();
     for (id, units) in [(1, PURCHASE_UNITS), (2, 1), (3, PURCHASE_UNITS)] {
-        let sale = db
-            .create_sale(
-                &NewSale {
-                    id,
-                    name: format!("bench sale {id}"),
-                    price_cents: 100,
-                    units,
-                    starts_at_ms: 0,
-                    pay_window_ms: None,
-                    ends_at_ms: None,
-                    token_factor: None,
-                    per_user_limit: None,
-                },
-                0,
-            )
-            .await?;
-        state.inventory.store().define(id, units).await?;
-        state.catalogue.upsert(sale);
+        gateway::orders::create_sale_in(
+            &state,
+            &NewSale {
+                id,
+                name: format!("bench sale {id}"),
+                price_cents: 100,
+                units,
+                starts_at_ms: 0,
+                pay_window_ms: None,
+                ends_at_ms: None,
+                token_factor: None,
+                per_user_limit: None,
+            },
+        )
+        .await
+        .map_err(|e| format!("creating bench sale {id}: {} ({})", e.message, e.code))?;
     }
     // Sale 2 is sold out, and this gateway knows it.
     state.inventory.reserve(2, "early-bird").await?;
@@ -334,8 +335,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         .unwrap_or_else(|| tmp.path().to_path_buf());
     let (mut system, engine, mint) = build_gateway(&dir, tmp.path()).await?;
     let state = system.state().clone();
-    let gw = system.bind().await?;
-    system.spawn();
+    let gw = system.spawn().await?;
 
     // Enough pre-made requests for 120% of the baseline's rate over a whole phase; any
     // beyond are made on the fly (at the load side's cost) and reported.
@@ -390,7 +390,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         runs.late = late.swap(0, Ordering::Relaxed);
         results.push(runs);
     }
-    system.stop().await?;
+    let _ = system.stop().await?;
 
     // Accounting: every 202 of the purchase phase has its message in the queue.
     let accepted = state.metrics.accepted.load(Ordering::Relaxed);
@@ -428,7 +428,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     }
     let summary = json!({
         "bench": "gateway",
-        "unix_ms": now_ms(),
+        "unix_ms": SystemClock.now_ms(),
         "machine": machine(),
         "connections": args.connections,
         "warmup_s": warmup,

@@ -141,7 +141,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
         "  API:       http://{addr}/api/sales, http://{addr}/admin/api/sales (Authorization: Bearer <admin secret>)"
     );
     println!("  metrics:   http://{addr}/metrics");
-    system.run_until(queue::signal::shutdown_signal()).await?;
+    let stopped = system.run_until(queue::signal::shutdown_signal()).await?;
+    if stopped.purchases_running > 0 {
+        eprintln!(
+            "gateway: {} purchases still running at shutdown; reconciliation will settle their units",
+            stopped.purchases_running
+        );
+    }
     println!("gateway: stopped cleanly");
     Ok(())
 }
@@ -210,7 +216,6 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     let mut gateway = GatewayConfig::new(admin_secret);
     gateway.token_factor = args.token_factor;
     gateway.load_test_secret = args.load_test_secret.clone();
-    gateway.purchase_wait_ms = limits.purchase_wait_ms();
     let mut config = SystemConfig::new(
         QueueSource::Open(args.queue.clone()),
         DatabaseSource::Url {
@@ -236,8 +241,7 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     config.crew.worker.batch_max = args.batch;
     config.crew_reports = true;
     config.demo_units = demo_units(args);
-    config.limits = limits;
-    Ok(config)
+    Ok(config.with_limits(limits))
 }
 
 fn main() -> ExitCode {

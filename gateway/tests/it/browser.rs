@@ -21,11 +21,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
 use fantoccini::{Client, ClientBuilder, Locator};
-use gateway::app::now_ms;
 use inventory::MemoryStore;
 use loadgen::Conn;
 use order_worker::crew::Crew;
-use queue::Queue;
+use queue::{Clock as _, Queue, SystemClock};
 use serde_json::{Value, json};
 
 use super::{LOAD_TEST, TestApp, patient, test_throttle, token_of};
@@ -646,7 +645,7 @@ async fn shopper_buys_pays_and_second_shopper_sees_sold_out() {
     };
     let (t, crew, base) = system().await;
     let a = browser.session(&base).await;
-    let starts_at = now_ms() + 6_000;
+    let starts_at = SystemClock.now_ms() + 6_000;
     create_sale(&t, 1, 1, starts_at, 60_000).await;
 
     // The sale list shows it upcoming, with its units; its link opens the sale page.
@@ -706,7 +705,7 @@ async fn shopper_buys_pays_and_second_shopper_sees_sold_out() {
 
     // Live: the captcha, a token, Buy.
     a.wait_for_within(
-        Duration::from_millis(starts_at.saturating_sub(now_ms())) + WAIT,
+        Duration::from_millis(starts_at.saturating_sub(SystemClock.now_ms())) + WAIT,
         "the sale to go live",
         "$('#sale-state') && $('#sale-state').dataset.state === 'live'",
     )

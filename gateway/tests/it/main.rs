@@ -9,13 +9,13 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
-use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits, now_ms};
+use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits};
 use gateway::captcha::purpose;
 use gateway::system::{DatabaseSource, QueueSource, StockSource, System, SystemConfig};
 use gateway::throttle::ThrottleConfig;
 use inventory::MemoryStore;
 use loadgen::Conn;
-use queue::{Engine, FetchOptions, Queue, StartAt};
+use queue::{Clock as _, Engine, FetchOptions, Queue, StartAt, SystemClock};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -227,8 +227,7 @@ impl TestApp {
         self.limits = limits;
         let system = self.system.as_mut().expect("a system not yet served");
         system.set_limits(limits);
-        let addr = system.bind().await.expect("bind");
-        system.spawn();
+        let addr = system.spawn().await.expect("bind and serve");
         self.served = Some(Served {
             addr,
             pool: std::sync::Mutex::new(Vec::new()),
@@ -534,7 +533,7 @@ async fn refusals_have_the_right_status_and_a_json_error() {
     let t = spawn_app(1.5, test_throttle()).await;
     t.create_sale(1, 1, 0).await;
     t.create_sale(2, 5, 0).await;
-    t.create_sale(3, 5, now_ms() + 3_600_000).await;
+    t.create_sale(3, 5, SystemClock.now_ms() + 3_600_000).await;
     let alice = t.login("alice").await;
     let bob = t.login("bob").await;
 
@@ -870,7 +869,11 @@ async fn a_flash_crowd_on_a_real_port_gets_exactly_the_units_on_sale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_crowd_gets_exactly_the_units_on_sale_with_redis() {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("gateway-test:{}:{}:", std::process::id(), now_ms());
+    let prefix = format!(
+        "gateway-test:{}:{}:",
+        std::process::id(),
+        SystemClock.now_ms()
+    );
     let store = match inventory::RedisStore::connect(&url, &prefix, 16).await {
         Ok(s) => s,
         Err(e) if std::env::var_os("CI").is_some() => {
@@ -1251,23 +1254,14 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     let (_, v) = t.token_load_test(&bob, 1).await;
     let bob_token = token_of(&v);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let limits = gateway::app::ServeLimits {
-        max_in_flight: 1,
-        ..gateway::app::ServeLimits::default()
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gateway::app::serve(
-        listener,
-        state.clone(),
-        limits,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    // Served on a port through the system, with one request allowed in flight.
+    let t = t
+        .on_port(ServeLimits {
+            max_in_flight: 1,
+            ..ServeLimits::default()
+        })
+        .await;
+    let addr = t.served.as_ref().expect("served on a port").addr;
     let post = |cookie: String, token: String| async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let body = json!({"token": token}).to_string();
@@ -1336,8 +1330,6 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     assert!(unknown.contains("outcome_unknown"), "{unknown}");
     let stock = state.inventory.store().stock(1).await.expect("stock");
     assert_eq!(stock.map(|s| (s.left, s.holders)), Some((1, 4)));
-    let _ = stop_tx.send(());
-    server.await.expect("join").expect("serve");
 }
 
 /// The gateway reads time from its clock, not the wall: moved past a token's lifetime, the
@@ -1430,4 +1422,44 @@ async fn captchas_and_repeat_blocks_end_by_the_gateways_clock() {
     clock.advance(block_ms);
     let (s, v) = t.purchase(&ann, 1, &token).await;
     assert_ne!(s, StatusCode::TOO_MANY_REQUESTS, "the block is over: {v}");
+}
+
+/// The per-user quotas run on the gateway's clock too: with the clock still, a user's
+/// token requests past the burst are refused, and moving the clock by one interval of the
+/// quota lets exactly one more through. With the quotas on a real clock of their own, the
+/// request after the move would still be refused, since no real time passes here.
+#[tokio::test]
+async fn quotas_refill_by_the_gateways_clock() {
+    const START_MS: u64 = 1_000_000_000_000;
+    let clock = queue::ManualClock::new(START_MS);
+    let throttle = test_throttle();
+    let quota = throttle
+        .token
+        .per_user
+        .expect("a per-user token quota by default");
+    let burst = quota.burst.get();
+    let interval_ms = 1_000 / u64::from(quota.per_second.get());
+    let t = test_system(Box::new(MemoryStore::new()), None, throttle, None, |c| {
+        c.gateway.load_test_secret = Some(LOAD_TEST.into());
+        c.gateway.token_factor = 100.0;
+        c.clock = Arc::new(clock.clone());
+    })
+    .await;
+    t.create_sale(1, 10, START_MS).await;
+    let ann = t.login("ann").await;
+    for i in 0..burst {
+        let (s, v) = t.token_load_test(&ann, 1).await;
+        assert_eq!(s, StatusCode::OK, "request {i} of the burst: {v}");
+    }
+    let (s, v) = t.token_load_test(&ann, 1).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("throttled")),
+        "past the burst: {v}"
+    );
+    clock.advance(interval_ms);
+    let (s, v) = t.token_load_test(&ann, 1).await;
+    assert_eq!(s, StatusCode::OK, "one interval later, one more: {v}");
+    let (s, v) = t.token_load_test(&ann, 1).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "and only one: {v}");
 }

@@ -67,7 +67,7 @@ fn form(uri: &str, cookie: &str) -> axum::http::request::Builder {
 async fn storefront_pages_render_live_data_with_cache_headers() {
     let t = test_app(1.5, test_throttle()).await;
     t.create_sale(3, 7, 0).await;
-    t.create_sale(4, 5, now_ms() + 3_600_000).await;
+    t.create_sale(4, 5, SystemClock.now_ms() + 3_600_000).await;
     let (s, h, page) = text(&t, get("/").body(Body::empty()).expect("ok")).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
@@ -515,7 +515,7 @@ async fn live_figures_follow_purchases_and_the_drain() {
     let v = live().await;
     assert_eq!(v["current"]["accepted"], 0);
     // Samples a second apart (the rates are per second of the samples' clock).
-    let t0 = now_ms();
+    let t0 = SystemClock.now_ms();
     gateway::live::sample_at(&t.state, t0 + 1000).await;
     for user in ["a", "b", "c", "d"] {
         let c = t.login(user).await;

@@ -6,20 +6,8 @@ use std::collections::BTreeMap;
 use sqlx::Row;
 
 use super::dialect::Dialect;
+use super::rows::Cancelled;
 use super::{CANCEL_BATCH_MAX, DbError, DbResult, OrdersDb, to_i64};
-
-/// An order cancelled by [`OrdersDb::cancel_due`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cancelled {
-    /// The order.
-    pub order_id: String,
-    /// Its sale.
-    pub sale: u64,
-    /// Its buyer (whose unit goes back on sale).
-    pub user: String,
-    /// Its ticket (the tag of the buyer's reservation in the stock store).
-    pub ticket: String,
-}
 
 impl OrdersDb {
     /// Cancels those of `order_ids` that are still pending with their pay-by time at or

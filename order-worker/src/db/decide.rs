@@ -8,6 +8,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::dialect::Dialect;
+use super::rows::{NewOrder, NewOutcome};
 use super::{BATCH_MAX, DbError, DbResult, OrdersDb, to_i64, to_u64};
 use crate::purchase::PurchaseMessage;
 
@@ -71,23 +72,6 @@ pub struct Outcome {
     pub order_id: Option<String>,
     /// `Some(reason)` if rejected.
     pub reason: Option<String>,
-}
-
-pub(super) struct NewOrder {
-    pub(super) id: String,
-    pub(super) ticket: String,
-    pub(super) sale: i64,
-    pub(super) user: String,
-    pub(super) price_cents: i64,
-    pub(super) pay_by_ms: i64,
-}
-
-pub(super) struct NewOutcome<'a> {
-    pub(super) ticket: &'a str,
-    pub(super) sale: i64,
-    pub(super) user: &'a str,
-    pub(super) order_id: Option<String>,
-    pub(super) reason: Option<&'static str>,
 }
 
 impl OrdersDb {
@@ -160,16 +144,6 @@ impl OrdersDb {
             .execute(p).await?.rows_affected());
         Ok(n == 1)
     }
-}
-
-/// A sale's terms as a batch decides against them, read with the sale's row locked.
-pub(super) struct SaleTerms {
-    /// Units not taken by an active order.
-    pub(super) units_left: i64,
-    /// Price of an order, cents.
-    pub(super) price_cents: i64,
-    /// How long a buyer has to pay, ms.
-    pub(super) pay_window_ms: i64,
 }
 
 /// The purchases of one [`OrdersDb::decide_batch`], with the first occurrence of each

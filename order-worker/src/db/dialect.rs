@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use sqlx::{QueryBuilder, Row};
 
-use super::decide::{NewOrder, NewOutcome, SaleTerms};
-use super::{Cancelled, DbError, DbResult, ROWS_PER_STATEMENT, to_u64};
+use super::rows::{Cancelled, NewOrder, NewOutcome, SaleTerms};
+use super::{DbError, DbResult, ROWS_PER_STATEMENT, to_u64};
 
 /// Row of a decision found again: ticket, order id, reason, pay-by time.
 pub(super) type KnownRow = (String, Option<String>, Option<String>, Option<i64>);

@@ -94,14 +94,15 @@ mod error;
 mod heartbeat;
 mod limits;
 mod orders;
+mod rows;
 mod sales;
 
-pub use cancel::Cancelled;
 pub use decide::{Decision, Outcome, reason};
 pub use error::{DbError, DbResult};
 pub use heartbeat::{WorkerBeat, WorkerKind};
 pub use limits::*;
 pub use orders::{Order, OrderStatus, Payment};
+pub use rows::Cancelled;
 pub use sales::{NewSale, OrderCounts, OrderTotals, Sale};
 
 /// Durability of SQLite commits.

@@ -122,31 +122,7 @@ pub async fn run(w: &Workload, redis_server: &str, base: &Path, meter: &Meter) -
         server.dir.display()
     );
 
-    let appendonly = config_get(&mut admin, "appendonly").await?;
-    let appendfsync = config_get(&mut admin, "appendfsync").await?;
-    let save = config_get(&mut admin, "save").await?;
-    if appendonly != "yes" || appendfsync != "always" {
-        return Err(err(format!(
-            "redis-server runs with appendonly {appendonly:?}, appendfsync {appendfsync:?}"
-        )));
-    }
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut admin)
-        .await
-        .map_err(|e| err(format!("INFO server: {e}")))?;
-    let version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .map(|v| format!("redis {}", v.trim()))
-        .unwrap_or_else(|| "redis (version unknown)".into());
-    let durability = json!({
-        "publish": format!(
-            "appendonly {appendonly}, appendfsync {appendfsync} (read back with CONFIG GET): the AOF is written and fsynced before the replies of each event-loop round"
-        ),
-        "ack": "XREADGROUP and XACK are writes, so they are fsynced before their replies too",
-        "server": format!("scratch redis-server on a free port, save {save:?}, auto-aof-rewrite off, AOF on the same disk as the others"),
-    });
+    let (version, durability) = durability_of(&mut admin).await?;
     redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(STREAM)
@@ -189,51 +165,10 @@ pub async fn run(w: &Workload, redis_server: &str, base: &Path, meter: &Meter) -
     let snap = meter.begin(pid);
     let mut handles = Vec::with_capacity(w.consumers);
     for i in 0..w.consumers {
-        let mut con = cons[i % cons.len()].clone();
+        let con = cons[i % cons.len()].clone();
         let seen = seen.clone();
         let batch = w.batch;
-        handles.push(tokio::spawn(async move {
-            let consumer = format!("c{i}");
-            while !seen.done() {
-                let reply: Value = redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&consumer)
-                    .arg("COUNT")
-                    .arg(batch)
-                    .arg("STREAMS")
-                    .arg(STREAM)
-                    .arg(">")
-                    .query_async(&mut con)
-                    .await
-                    .map_err(|e| err(format!("XREADGROUP: {e}")))?;
-                let entries = entries(reply)?;
-                if entries.is_empty() {
-                    // No BLOCK: it would hold the shared connection. Poll instead.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
-                }
-                let mut xack = redis::cmd("XACK");
-                xack.arg(STREAM).arg(GROUP);
-                for (id, _) in &entries {
-                    xack.arg(&id[..]);
-                }
-                let n: u64 = xack
-                    .query_async(&mut con)
-                    .await
-                    .map_err(|e| err(format!("XACK: {e}")))?;
-                if n != entries.len() as u64 {
-                    return Err(err(format!(
-                        "XACK acknowledged {n} of {} ids",
-                        entries.len()
-                    )));
-                }
-                for (_, payload) in &entries {
-                    seen.acked(payload)?;
-                }
-            }
-            Ok(())
-        }));
+        handles.push(tokio::spawn(consume_as(format!("c{i}"), con, seen, batch)));
     }
     let consume = finish_consume(
         w,
@@ -262,6 +197,87 @@ pub async fn run(w: &Workload, redis_server: &str, base: &Path, meter: &Meter) -
         consume_resources,
         checks,
     })
+}
+
+/// The server's version and its durability settings, read back (`CONFIG GET`); refuses a
+/// server that does not fsync every write before replying.
+async fn durability_of(admin: &mut MultiplexedConnection) -> Res<(String, serde_json::Value)> {
+    let appendonly = config_get(admin, "appendonly").await?;
+    let appendfsync = config_get(admin, "appendfsync").await?;
+    let save = config_get(admin, "save").await?;
+    if appendonly != "yes" || appendfsync != "always" {
+        return Err(err(format!(
+            "redis-server runs with appendonly {appendonly:?}, appendfsync {appendfsync:?}"
+        )));
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(admin)
+        .await
+        .map_err(|e| err(format!("INFO server: {e}")))?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| format!("redis {}", v.trim()))
+        .unwrap_or_else(|| "redis (version unknown)".into());
+    let durability = json!({
+        "publish": format!(
+            "appendonly {appendonly}, appendfsync {appendfsync} (read back with CONFIG GET): the AOF is written and fsynced before the replies of each event-loop round"
+        ),
+        "ack": "XREADGROUP and XACK are writes, so they are fsynced before their replies too",
+        "server": format!("scratch redis-server on a free port, save {save:?}, auto-aof-rewrite off, AOF on the same disk as the others"),
+    });
+    Ok((version, durability))
+}
+
+/// One consumer of the group: reads batches (`XREADGROUP`, no `BLOCK`: it would hold the
+/// shared connection, so it polls every millisecond when empty), acks each batch with one
+/// `XACK` and marks its messages seen, until every message was seen.
+async fn consume_as(
+    consumer: String,
+    mut con: MultiplexedConnection,
+    seen: std::sync::Arc<Seen>,
+    batch: usize,
+) -> Res<()> {
+    while !seen.done() {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&consumer)
+            .arg("COUNT")
+            .arg(batch)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(">")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| err(format!("XREADGROUP: {e}")))?;
+        let entries = entries(reply)?;
+        if entries.is_empty() {
+            // No BLOCK: it would hold the shared connection. Poll instead.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let mut xack = redis::cmd("XACK");
+        xack.arg(STREAM).arg(GROUP);
+        for (id, _) in &entries {
+            xack.arg(&id[..]);
+        }
+        let n: u64 = xack
+            .query_async(&mut con)
+            .await
+            .map_err(|e| err(format!("XACK: {e}")))?;
+        if n != entries.len() as u64 {
+            return Err(err(format!(
+                "XACK acknowledged {n} of {} ids",
+                entries.len()
+            )));
+        }
+        for (_, payload) in &entries {
+            seen.acked(payload)?;
+        }
+    }
+    Ok(())
 }
 
 /// (id, payload) of each entry of an `XREADGROUP` reply of one stream, whose entries each
