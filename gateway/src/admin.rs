@@ -33,12 +33,10 @@ use web::views::{
 use crate::extract::{AdminAuth, ClientIp, authenticate, cross_site};
 use crate::state::AppState;
 
-// Moved to `session` and `extract` (the state and the extractors use them); kept here too.
 use crate::error::ApiError;
-pub use crate::extract::{ADMIN_COOKIE_NAME, CSRF_HEADER, check_api};
+use crate::extract::ADMIN_COOKIE_NAME;
 use crate::pages::html;
 use crate::sales::NewSale;
-pub use crate::session::AdminKey;
 
 /// The path the admin cookie is sent on.
 pub const ADMIN_COOKIE_PATH: &str = "/admin";
@@ -527,7 +525,8 @@ pub async fn live(
     query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let now = state.now_ms();
-    let first_look = now.saturating_sub(state.live.watched_at_ms()) > crate::live::WATCH_WINDOW_MS;
+    let first_look =
+        now.saturating_sub(state.live.watched_at_ms()) > crate::dashboard::WATCH_WINDOW_MS;
     state.live.watched(now);
     if first_look {
         // The database was not being sampled: sample now so the first answer has it.
@@ -797,7 +796,7 @@ mod tests {
     #[test]
     fn admin_cookies_and_csrf() {
         let sessions = crate::session::SessionKey::generate();
-        let key = AdminKey::derive(&sessions, "s3cret");
+        let key = crate::session::AdminKey::derive(&sessions, "s3cret");
         let v = key.sign(2_000);
         let nonce = key.verify(&v, 1_000).expect("valid");
         assert_eq!(nonce.len(), 32);
@@ -809,7 +808,7 @@ mod tests {
         assert!(key.verify(&shopper, 1_000).is_none());
         // Another admin secret, another key.
         assert!(
-            AdminKey::derive(&sessions, "other")
+            crate::session::AdminKey::derive(&sessions, "other")
                 .verify(&v, 1_000)
                 .is_none()
         );

@@ -194,7 +194,7 @@ pub async fn serve(
     let sampler = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::live::SAMPLE_PERIOD);
+            let mut tick = tokio::time::interval(crate::dashboard::SAMPLE_PERIOD);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;

@@ -45,11 +45,9 @@
 //!    crew, listener) and its clean shutdown; the binaries, the load tests and the tests
 //!    build through it.
 //!
-//! [`app`] is a façade that re-exports the items that used to live in it, for callers of
-//! `gateway::app::…`.
+//! Every item has one home (the old `app` module, which held them all, is gone).
 
 pub mod admin;
-pub mod app;
 pub mod captcha;
 pub mod config;
 pub mod dashboard;

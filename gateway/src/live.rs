@@ -16,9 +16,6 @@ use crate::dashboard::{
 };
 use crate::state::AppState;
 
-// The figures themselves live in `dashboard` (the state holds them); kept here too.
-pub use crate::dashboard::{Live, SAMPLE_PERIOD, Snapshot, WATCH_WINDOW_MS};
-
 fn outcome_counts(state: &AppState) -> [u64; OUTCOMES.len()] {
     let m = &state.metrics;
     [

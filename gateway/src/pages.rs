@@ -24,9 +24,6 @@ use crate::state::AppState;
 /// `Cache-Control` of storefront pages (they name the signed-in user: private).
 pub const PAGE_CACHE: &str = "private, max-age=1";
 
-// Moved to `state` (the state holds it); kept here too.
-pub use crate::state::{STOCK_CACHE_MS, StockCache};
-
 /// A rendered page with its status and `Cache-Control`; a template error is a 500 page.
 pub fn html(status: StatusCode, cache: &'static str, page: &impl Template) -> Response {
     match page.render() {

@@ -37,8 +37,7 @@ use crate::state::AppState;
 /// Housekeeping rounds (one a second) between reconciliation checks.
 pub const RECONCILE_EVERY_ROUNDS: u64 = 10;
 
-// Moved to `state` (the state holds them); kept here too.
-pub use crate::state::{Held, HeldTickets, Reconciler};
+use crate::state::Held;
 
 /// Why a sync step with the database and the stock store failed; its text is the
 /// underlying error's (or `no sale N`).

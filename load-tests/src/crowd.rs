@@ -37,7 +37,7 @@ use crate::record::{Latency, RunRecord, Second};
 use crate::scenario::{Scenario, ScenarioError};
 
 /// Header of the load-test secret (the gateway's).
-pub const LOAD_TEST_HEADER: &str = gateway::app::LOAD_TEST_HEADER;
+pub const LOAD_TEST_HEADER: &str = gateway::config::LOAD_TEST_HEADER;
 /// Reused tokens the bots keep at most.
 const SPENT_TOKENS_MAX: usize = 64;
 /// Tries at picking a person ready to act before a connection pauses.

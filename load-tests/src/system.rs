@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use gateway::app::{AppState, ServeLimits};
 use gateway::config::GatewayConfig;
+use gateway::config::ServeLimits;
+use gateway::state::AppState;
 use gateway::system::{DatabaseSource, QueueSource, System, SystemConfig};
 use gateway::throttle::ThrottleConfig;
 use order_worker::OrdersDb;

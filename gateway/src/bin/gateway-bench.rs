@@ -29,7 +29,7 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use clap::Parser;
-use gateway::app::{GatewayConfig, LOAD_TEST_HEADER};
+use gateway::config::{GatewayConfig, LOAD_TEST_HEADER};
 use gateway::ledger::MemoryLedger;
 use gateway::sales::NewSale;
 use gateway::session::{SESSION_COOKIE_NAME, SessionKey};

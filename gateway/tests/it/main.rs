@@ -9,8 +9,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
-use gateway::app::{AppState, GatewayConfig, LOAD_TEST_HEADER, ServeLimits};
 use gateway::captcha::purpose;
+use gateway::config::{GatewayConfig, LOAD_TEST_HEADER, ServeLimits};
+use gateway::state::AppState;
 use gateway::system::{DatabaseSource, QueueSource, StockSource, System, SystemConfig};
 use gateway::throttle::ThrottleConfig;
 use inventory::MemoryStore;
@@ -237,7 +238,7 @@ impl TestApp {
 
     async fn call_raw(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Bytes) {
         let Some(served) = &self.served else {
-            let resp = gateway::app::app_with_limits(self.state.clone(), self.limits)
+            let resp = gateway::front::app_with_limits(self.state.clone(), self.limits)
                 .oneshot(req)
                 .await
                 .expect("infallible");
@@ -1035,11 +1036,11 @@ async fn flash_crowd(t: TestApp) {
 #[tokio::test]
 async fn oversized_bodies_get_413() {
     let t = test_app(1.5, test_throttle()).await;
-    let router = gateway::app::app_with_limits(
+    let router = gateway::front::app_with_limits(
         t.state.clone(),
-        gateway::app::ServeLimits {
+        ServeLimits {
             body_limit_bytes: 1024,
-            ..gateway::app::ServeLimits::default()
+            ..ServeLimits::default()
         },
     );
     let big = json!({"user": "x".repeat(4096)}).to_string();

@@ -380,7 +380,7 @@ async fn admin_forms_need_csrf_and_the_same_site() {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::COOKIE, &cookie);
         if let Some(v) = hdr {
-            b = b.header(gateway::admin::CSRF_HEADER, v);
+            b = b.header(gateway::extract::CSRF_HEADER, v);
         }
         b.body(Body::from(
             json!({"id": 8, "name": "x", "price_cents": 1, "units": 1, "starts_at_ms": 0})
