@@ -1464,3 +1464,43 @@ async fn quotas_refill_by_the_gateways_clock() {
     let (s, v) = t.token_load_test(&ann, 1).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "and only one: {v}");
 }
+
+/// The system's own lifecycle, as the binary uses it: built from a `SystemConfig` that opens
+/// its queue and database itself, served (a second `spawn` only returns the same address),
+/// answering on its port, then stopped cleanly with no purchase left running; the queue it
+/// opened is closed (a new engine opens the same directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_serves_and_stops_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue_dir = dir.path().join("queue");
+    let config = SystemConfig::new(
+        QueueSource::Open(queue_dir.display().to_string()),
+        DatabaseSource::Url {
+            url: format!("sqlite:{}", dir.path().join("orders.db").display()),
+            options: order_worker::DbOptions::default(),
+        },
+        GatewayConfig::new(ADMIN),
+    )
+    .with_limits(ServeLimits {
+        request_timeout_ms: 2_500,
+        ..ServeLimits::default()
+    });
+    assert_eq!(
+        config.gateway.purchase_wait_ms, 2_000,
+        "four fifths of the timeout"
+    );
+    let mut system = System::build(config).await.expect("build");
+    let addr = system.spawn().await.expect("serve");
+    assert_eq!(system.spawn().await.expect("serving already"), addr);
+    let mut conn = Conn::connect(addr).await.expect("connect");
+    let answer = conn
+        .send(loadgen::request("GET", "/healthz", &[], None))
+        .await
+        .expect("healthz");
+    assert_eq!(answer.status, StatusCode::OK);
+    let stopped = system.stop().await.expect("a clean stop");
+    assert_eq!(stopped.purchases_running, 0);
+    // The system closed the queue it opened: the directory opens again.
+    let engine = Engine::open(&queue_dir, queue::Config::default()).expect("reopen");
+    engine.close().expect("close");
+}
