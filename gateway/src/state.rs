@@ -37,9 +37,6 @@ pub struct AppState {
     pub inventory: Arc<Inventory>,
     /// The orders database: sales, orders, outcomes of tickets.
     pub db: OrdersDb,
-    /// Counters of the order workers and cancellers running in this process, if any (set
-    /// through [`AppState::set_crew`], which also shows them in `/metrics`).
-    crew: Option<CrewMetrics>,
     /// Reconciliation of the stock store with the database at rest.
     pub reconciler: Reconciler,
     /// Tickets of purchases in the orders topic's dead letters.
@@ -179,7 +176,6 @@ impl AppState {
             catalogue: Catalogue::default(),
             inventory: Arc::new(inventory),
             db,
-            crew: None,
             reconciler,
             held: HeldTickets::default(),
             queue,
@@ -244,13 +240,7 @@ impl AppState {
     /// Notes the order workers and cancellers running in this process (their counters show
     /// in `/metrics`).
     pub fn set_crew(&mut self, crew: CrewMetrics) {
-        self.exposition.set_crew(crew.clone());
-        self.crew = Some(crew);
-    }
-
-    /// The counters of the order workers and cancellers running in this process, if any.
-    pub fn crew(&self) -> Option<&CrewMetrics> {
-        self.crew.as_ref()
+        self.exposition.set_crew(crew);
     }
 
     /// Now by the gateway's clock, ms since the Unix epoch.
