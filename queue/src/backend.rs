@@ -1,6 +1,7 @@
-//! Choosing the queue by configuration: one string names either a directory for the
-//! embedded [`Engine`] or a broker address for the [`Client`]; callers get a
-//! `dyn Queue` either way, so a gateway or worker switches between them without code changes.
+//! Choosing the queue by configuration: one string names a directory for the embedded
+//! [`Engine`], a broker address for the [`Client`], or (feature `redis-streams`) a Redis
+//! server or cluster for [`crate::streams::RedisQueue`]; callers get a `dyn Queue` either
+//! way, so a gateway or worker switches between them without code changes.
 
 use std::sync::Arc;
 
@@ -22,15 +23,32 @@ pub enum Backend {
     Embedded(Arc<Engine>),
     /// A broker, over TCP.
     Remote(Arc<Client>),
+    /// Redis Streams, standalone or Cluster.
+    #[cfg(feature = "redis-streams")]
+    Redis(Arc<crate::streams::RedisQueue>),
 }
 
 impl Backend {
     /// Opens `target`: `tcp://HOST:PORT` connects to a broker (with `ClientConfig`
-    /// defaults); `file:DIR` or a plain `DIR` opens the engine there with `config`.
+    /// defaults); `redis://HOST:PORT` or `redis+cluster://HOST:PORT,...` (options after a
+    /// `?`, see [`crate::streams`]) connects to Redis with `config`'s queue semantics;
+    /// `file:DIR` or a plain `DIR` opens the engine there with `config`.
     pub async fn open(target: &str, config: Config) -> Result<Backend> {
         let target = target.trim();
         if target.is_empty() {
             return Err(Error::Invalid("empty queue target".into()));
+        }
+        #[cfg(feature = "redis-streams")]
+        if let Some(redis) = crate::streams::RedisConfig::parse(target, &config) {
+            let q = crate::streams::RedisQueue::connect(redis?).await?;
+            return Ok(Backend::Redis(Arc::new(q)));
+        }
+        #[cfg(not(feature = "redis-streams"))]
+        if target.starts_with("redis://") || target.starts_with("redis+cluster://") {
+            return Err(Error::Invalid(
+                "this build has no Redis Streams backend (cargo feature queue/redis-streams)"
+                    .into(),
+            ));
         }
         if let Some(addr) = target.strip_prefix(TCP_PREFIX) {
             let client = Client::connect(ClientConfig::new(addr)).await?;
@@ -45,6 +63,8 @@ impl Backend {
         match self {
             Backend::Embedded(e) => e.clone(),
             Backend::Remote(c) => c.clone(),
+            #[cfg(feature = "redis-streams")]
+            Backend::Redis(r) => r.clone(),
         }
     }
 
@@ -54,6 +74,8 @@ impl Backend {
         match self {
             Backend::Embedded(e) => e.close(),
             Backend::Remote(_) => Ok(()),
+            #[cfg(feature = "redis-streams")]
+            Backend::Redis(r) => r.close(),
         }
     }
 }

@@ -103,14 +103,14 @@ pub struct EngineMetrics {
 
 /// Envelope stored as the payload of a dead letter (FORMAT.md, "Dead letters").
 #[derive(Debug, Serialize, Deserialize)]
-struct DeadMeta {
-    group: String,
-    original_offset: u64,
-    attempts: u32,
-    reason: String,
-    dead_at_ms: u64,
-    id: Option<String>,
-    headers: Vec<(String, Vec<u8>)>,
+pub(crate) struct DeadMeta {
+    pub(crate) group: String,
+    pub(crate) original_offset: u64,
+    pub(crate) attempts: u32,
+    pub(crate) reason: String,
+    pub(crate) dead_at_ms: u64,
+    pub(crate) id: Option<String>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Checks a topic or group name: 1..=64 bytes of `[A-Za-z0-9._-]`, not starting with a dot.
@@ -130,7 +130,7 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
-fn validate_user_topic(name: &str) -> Result<()> {
+pub(crate) fn validate_user_topic(name: &str) -> Result<()> {
     validate_name("topic", name)?;
     if name.ends_with(DLQ_SUFFIX) || name.len() + DLQ_SUFFIX.len() > NAME_BYTES_MAX {
         return Err(Error::Invalid(format!(
@@ -165,7 +165,7 @@ pub fn validate_message(m: &Message) -> Result<()> {
     Ok(())
 }
 
-fn cut(reason: &str) -> String {
+pub(crate) fn cut(reason: &str) -> String {
     let mut end = reason.len().min(REASON_BYTES_MAX);
     while !reason.is_char_boundary(end) {
         end -= 1;
@@ -174,7 +174,7 @@ fn cut(reason: &str) -> String {
 }
 
 /// The id under which a dead letter is published, so that a repeated move is de-duplicated.
-fn dead_letter_id(topic: &str, group: &str, offset: u64) -> u128 {
+pub(crate) fn dead_letter_id(topic: &str, group: &str, offset: u64) -> u128 {
     // FNV-1a, 128-bit: stable across builds (unlike `DefaultHasher`).
     let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
     let prime: u128 = 0x0000000001000000000000000000013B;

@@ -63,6 +63,8 @@ pub mod proto;
 mod recovery;
 pub mod server;
 pub mod signal;
+#[cfg(feature = "redis-streams")]
+pub mod streams;
 mod topic;
 mod writer;
 
