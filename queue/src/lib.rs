@@ -28,8 +28,11 @@
 //!   `PROTOCOL.md` describes it byte by byte.
 //! - [`server`]: [`Server`], the broker serving an engine over TCP.
 //! - [`client`]: [`Client`], the broker's client, another implementation of [`Queue`].
-//! - [`backend`]: [`Backend::open`], embedded or remote chosen by one configuration string
-//!   (`tcp://HOST:PORT` or a directory).
+//! - [`backend`]: [`Backend::open`], embedded, remote or on Redis chosen by one
+//!   configuration string (`tcp://HOST:PORT`, `redis://…`, `redis+cluster://…` or a
+//!   directory).
+//! - `streams` (feature `redis-streams`): `RedisQueue`, the queue on Redis Streams,
+//!   standalone or Cluster (`REDIS.md`).
 //! - [`signal`]: the SIGTERM/SIGINT wait every long-running binary shuts down on.
 //! - [`backoff`]: the exponential backoff schedule every retry loop of the system uses
 //!   (the client's reconnects among them).
@@ -42,7 +45,8 @@
 //! `default-features = false` and compile none of their dependencies):
 //! - `http`: `metrics::serve` over axum;
 //! - `cli`: the `queue` binary (`queue serve` and the operator commands; clap, `http`);
-//! - `bench`: the `queue-bench` binary (hdrhistogram, redis for Redis Streams, clap).
+//! - `bench`: the `queue-bench` binary (hdrhistogram, redis for Redis Streams, clap);
+//! - `redis-streams`: the Redis Streams backend (redis with cluster support).
 
 pub mod api;
 pub mod backend;
