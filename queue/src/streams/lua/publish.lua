@@ -1,4 +1,5 @@
 -- publish: KEYS = s, next, delays, st, dedup key of each message (unused for no id).
+-- A de-duplication entry lives for the window by the script's clock (see below).
 -- ARGV = now, dedup window ms, backlog max, mode ('batch' | 'each'), count, then per
 -- message: id hex ('' = none), headers blob ('' = none), payload, due kind (0 none,
 -- 1 at, 2 after), due value.
@@ -19,9 +20,17 @@ for j = 1, n do
   local a = 5 + (j - 1) * 5
   local idh = ARGV[a + 1]
   local dkey = KEYS[4 + j]
+  -- The entry holds `<seq>:<expires ms>`: the window is judged by the same clock as
+  -- everything else; `PX` only lets Redis reclaim the memory afterwards.
   local prev = false
   if idh ~= '' then
-    prev = redis.call('GET', dkey)
+    local v = redis.call('GET', dkey)
+    if v then
+      local seq, exp = string.match(v, '^(%d+):(%d+)$')
+      if seq and tonumber(exp) > now then
+        prev = seq
+      end
+    end
   end
   if prev then
     redis.call('HINCRBY', k.st, 'duplicates', 1)
@@ -56,7 +65,7 @@ for j = 1, n do
     redis.call(unpack(args))
     len = len + 1
     if idh ~= '' then
-      redis.call('SET', dkey, str(seq), 'PX', window)
+      redis.call('SET', dkey, str(seq) .. ':' .. str(now + window), 'PX', window)
     end
     redis.call('HINCRBY', k.st, 'published', 1)
     table.insert(out, { str(seq), 0 })
