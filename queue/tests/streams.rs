@@ -253,6 +253,33 @@ async fn retention_trims_what_every_group_finished_and_keeps_every_pending_entry
     assert_eq!(rest[0].offset, 50);
     let stats = q.stats("t").await.expect("stats");
     assert_eq!(stats.log_start, 50);
+    // A discarded dead letter at the front of the dead-letter stream goes with the next
+    // round; an unresolved one behind it stays.
+    q.reject("t", "b", rest[0].receipt(), "poison")
+        .await
+        .expect("reject");
+    q.reject("t", "b", rest[1].receipt(), "poison")
+        .await
+        .expect("reject");
+    let dead = q.dead_letters("t", 0, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 2);
+    q.discard_dead_letter("t", dead[0].dead_offset)
+        .await
+        .expect("discard");
+    q.tick().await.expect("tick");
+    let dl_len = s
+        .cmd(&["XLEN", &format!("{prefix}{{t:0}}:dl")])
+        .expect("XLEN")
+        .as_int()
+        .expect("int");
+    assert_eq!(
+        dl_len, 1,
+        "the resolved dead letter was dropped, the pending one kept"
+    );
+    let left = q.dead_letters("t", 0, 10).await.expect("dead letters");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].dead_offset, dead[1].dead_offset);
+    assert_eq!(q.stats("t").await.expect("stats").dead_letters_pending, 1);
     assert!(
         s.cmd(&["HGET", &format!("{prefix}{{t:0}}:g:b:n"), "lost"])
             .expect("HGET")

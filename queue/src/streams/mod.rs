@@ -769,7 +769,14 @@ impl Inner {
             for p in 0..parts.min(PARTITIONS_MAX) {
                 let k = self.part(&topic, p);
                 let groups = self.group_names(&k).await?;
-                let mut keys = vec![k.stream(), k.groups(), k.delays(), k.dead(), k.dead_next()];
+                let mut keys = vec![
+                    k.stream(),
+                    k.groups(),
+                    k.delays(),
+                    k.dead(),
+                    k.dead_next(),
+                    k.dead_done(),
+                ];
                 let mut args = vec![
                     self.now_arg().into_bytes(),
                     self.config.max_attempts.to_string().into_bytes(),
