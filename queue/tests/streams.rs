@@ -288,3 +288,92 @@ async fn retention_trims_what_every_group_finished_and_keeps_every_pending_entry
         "no entry was ever missing under a pending list"
     );
 }
+
+#[tokio::test]
+async fn on_the_servers_clock_a_delayed_message_is_never_early() {
+    let s = server(RedisOptions::new());
+    let clock = ManualClock::new(T0);
+    let mut c = config(&s.url(), &clock);
+    c.clock = None;
+    let q = RedisQueue::connect(c).await.expect("connect");
+    let sent = std::time::Instant::now();
+    let confirm = q
+        .publish("t", Message::new("later").with_due(queue::Due::After(300)))
+        .await
+        .expect("publish");
+    let options = FetchOptions {
+        max_messages: 1,
+        lease_ms: Some(1_000),
+        wait_ms: 5_000,
+    };
+    let got = q.fetch("t", "g", options).await.expect("fetch");
+    assert_eq!(got.len(), 1, "delivered within the wait");
+    assert!(
+        sent.elapsed() >= std::time::Duration::from_millis(300),
+        "not before its due time: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(got[0].offset, confirm.offset);
+    let due = got[0]
+        .due_ms
+        .expect("a delayed message carries its due time");
+    assert!(got[0].lease_until_ms >= due + 1_000, "{:?}", got[0]);
+}
+
+#[tokio::test]
+async fn out_of_memory_refuses_a_publish_whole_and_stores_nothing_of_it() {
+    let s = server(RedisOptions::new().config_line("maxmemory 3mb"));
+    let clock = ManualClock::new(T0);
+    let q = RedisQueue::connect(config(&s.url(), &clock))
+        .await
+        .expect("connect");
+    let payload = vec![7u8; 16 * 1024];
+    let mut stored = 0u64;
+    let mut refused = None;
+    for i in 0..2_000u128 {
+        match q
+            .publish("t", Message::new(payload.clone()).with_id(i + 1))
+            .await
+        {
+            Ok(c) => {
+                assert_eq!(c.offset, stored, "offsets stay dense: nothing half-stored");
+                stored += 1;
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("3 MB fill up before 2,000 messages of 16 KiB");
+    assert!(matches!(e, Error::Full { .. }), "{e:?}");
+    let stats = q.stats("t").await.expect("stats answer on a full Redis");
+    assert_eq!(stats.published, stored);
+    assert_eq!(stats.next_offset, stored);
+    // A full Redis can still be drained: fetch and ack run, retention frees the memory,
+    // and publishing works again.
+    let mut drained = 0u64;
+    loop {
+        let got = q
+            .fetch("t", "g", opts(50))
+            .await
+            .expect("fetch on a full Redis");
+        if got.is_empty() {
+            break;
+        }
+        let receipts: Vec<_> = got.iter().map(|d| d.receipt()).collect();
+        let out = q
+            .ack("t", "g", &receipts)
+            .await
+            .expect("ack on a full Redis");
+        assert!(out.iter().all(|o| *o == AckOutcome::Acked));
+        drained += got.len() as u64;
+    }
+    assert_eq!(drained, stored);
+    q.tick().await.expect("retention on a full Redis");
+    let again = q
+        .publish("t", Message::new(payload.clone()).with_id(1_000_000))
+        .await
+        .expect("room again after the drain");
+    assert_eq!(again.offset, stored);
+}
