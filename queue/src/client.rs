@@ -331,6 +331,8 @@ impl Client {
         topic: &str,
         messages: Vec<Message>,
     ) -> Result<Vec<Result<Confirm>>> {
+        // A bad topic name is the outer error, as the engine's: it applies to every message.
+        crate::engine::validate_user_topic(topic)?;
         let n = messages.len();
         if n == 0 {
             return Ok(Vec::new());

@@ -90,6 +90,9 @@ pub struct RedisConfig {
     pub dedup_window_ms: u64,
     /// Most retained messages per partition before `publish` fails with `Full`.
     pub backlog_messages_max: u64,
+    /// Most retained bytes (payload + 64 each, as the engine counts) per partition before
+    /// `publish` fails with `Full`.
+    pub backlog_bytes_max: u64,
     /// Most leased messages per group and partition.
     pub in_flight_max: usize,
     /// Period of the maintenance task (lease expiry, dead-lettering, trimming); `None`:
@@ -121,6 +124,7 @@ impl RedisConfig {
             lease_ms_default: c.lease_ms_default,
             dedup_window_ms: c.dedup_window_ms.max(1),
             backlog_messages_max: c.backlog_messages_max,
+            backlog_bytes_max: c.backlog_bytes_max,
             in_flight_max: c.in_flight_max,
             maintenance_interval_ms: c.maintenance_interval_ms.map(|m| m.max(100)),
             clock: None,
@@ -419,15 +423,24 @@ impl Inner {
         PartKeys::new(&self.config.prefix, topic, p)
     }
 
+    fn full(&self, topic: &str, what: &'static str) -> Error {
+        Error::Full {
+            topic: topic.to_string(),
+            what,
+            limit: if what == "bytes" {
+                self.config.backlog_bytes_max
+            } else {
+                self.config.backlog_messages_max
+            },
+        }
+    }
+
     /// Maps a script's error: our own codes (`Q...`) to the queue's errors, lost
     /// connections to `Error::Connection` (the outcome is unknown), the rest to `Remote`.
     fn script_err(&self, e: redis::RedisError, topic: &str, dead_offset: u64) -> Error {
         match e.code() {
-            Some("QFULL") => Error::Full {
-                topic: topic.to_string(),
-                what: "messages",
-                limit: self.config.backlog_messages_max,
-            },
+            Some("QFULL") if e.detail() == Some("bytes") => self.full(topic, "bytes"),
+            Some("QFULL") => self.full(topic, "messages"),
             Some("QNOGROUP") => Error::Invalid(format!(
                 "no group {:?} on topic {topic:?}",
                 e.detail().unwrap_or("")
@@ -539,8 +552,40 @@ impl Inner {
         }
     }
 
-    /// Publishes `messages` into partition `p` with one script; `batch`: all or nothing.
+    /// Publishes `messages` into partition `p`; `batch`: all or nothing. A partition that
+    /// is full runs a maintenance round first (an ack frees room only once retention has
+    /// trimmed, as in the engine it does at once) and is asked again, once.
     async fn publish_part(
+        &self,
+        topic: &str,
+        p: u32,
+        messages: &[&Message],
+        batch: bool,
+    ) -> Result<Vec<Result<Confirm>>> {
+        let full = |e: &Error| matches!(e, Error::Full { .. });
+        match self.publish_once(topic, p, messages, batch).await {
+            Err(e) if full(&e) => {
+                self.maintain_partition(topic, p).await?;
+                self.publish_once(topic, p, messages, batch).await
+            }
+            Ok(mut out) if out.iter().any(|r| r.as_ref().is_err_and(full)) => {
+                self.maintain_partition(topic, p).await?;
+                let again: Vec<usize> = (0..out.len())
+                    .filter(|&i| out[i].as_ref().is_err_and(full))
+                    .collect();
+                let retry: Vec<&Message> = again.iter().map(|&i| messages[i]).collect();
+                let second = self.publish_once(topic, p, &retry, false).await?;
+                for (i, r) in again.into_iter().zip(second) {
+                    out[i] = r;
+                }
+                Ok(out)
+            }
+            other => other,
+        }
+    }
+
+    /// Publishes `messages` into partition `p` with one script.
+    async fn publish_once(
         &self,
         topic: &str,
         p: u32,
@@ -553,6 +598,7 @@ impl Inner {
             self.now_arg().into_bytes(),
             self.config.dedup_window_ms.to_string().into_bytes(),
             self.config.backlog_messages_max.to_string().into_bytes(),
+            self.config.backlog_bytes_max.to_string().into_bytes(),
             if batch {
                 b"batch".to_vec()
             } else {
@@ -584,11 +630,8 @@ impl Inner {
                 return Err(reply::bad("publish reply"));
             };
             out.push(match int(flag)? {
-                2 => Err(Error::Full {
-                    topic: topic.to_string(),
-                    what: "messages",
-                    limit: self.config.backlog_messages_max,
-                }),
+                2 => Err(self.full(topic, "messages")),
+                3 => Err(self.full(topic, "bytes")),
                 flag => Ok(Confirm {
                     offset: offset(p, uint(seq)?),
                     duplicate: flag == 1,
@@ -782,29 +825,36 @@ impl Inner {
             .await?;
         for (topic, parts) in registry {
             for p in 0..parts.min(PARTITIONS_MAX) {
-                let k = self.part(&topic, p);
-                let groups = self.group_names(&k).await?;
-                let mut keys = vec![
-                    k.stream(),
-                    k.groups(),
-                    k.delays(),
-                    k.dead(),
-                    k.dead_next(),
-                    k.dead_done(),
-                ];
-                let mut args = vec![
-                    self.now_arg().into_bytes(),
-                    self.config.max_attempts.to_string().into_bytes(),
-                ];
-                for g in &groups {
-                    let gk = k.group(g);
-                    keys.extend([gk.lease, gk.hold, gk.wait, gk.att, gk.counters, gk.cursor]);
-                    args.push(g.clone().into_bytes());
-                }
-                self.run(&self.scripts.maintain, &keys, &args, &topic, 0)
-                    .await?;
+                self.maintain_partition(&topic, p).await?;
             }
         }
+        Ok(())
+    }
+
+    /// One maintenance round on partition `p` of `topic` (the `maintain` script).
+    async fn maintain_partition(&self, topic: &str, p: u32) -> Result<()> {
+        let k = self.part(topic, p);
+        let groups = self.group_names(&k).await?;
+        let mut keys = vec![
+            k.stream(),
+            k.groups(),
+            k.delays(),
+            k.dead(),
+            k.dead_next(),
+            k.dead_done(),
+            k.counters(),
+        ];
+        let mut args = vec![
+            self.now_arg().into_bytes(),
+            self.config.max_attempts.to_string().into_bytes(),
+        ];
+        for g in &groups {
+            let gk = k.group(g);
+            keys.extend([gk.lease, gk.hold, gk.wait, gk.att, gk.counters, gk.cursor]);
+            args.push(g.clone().into_bytes());
+        }
+        self.run(&self.scripts.maintain, &keys, &args, topic, 0)
+            .await?;
         Ok(())
     }
 
@@ -1184,7 +1234,8 @@ impl Queue for RedisQueue {
             });
         }
         let k = q.part(topic, p);
-        let keys = [
+        let groups = q.group_names(&k).await?;
+        let mut keys = vec![
             k.stream(),
             k.next(),
             k.dead(),
@@ -1192,14 +1243,13 @@ impl Queue for RedisQueue {
             k.groups(),
             k.counters(),
         ];
+        let mut args = vec![dseq.to_string().into_bytes()];
+        for g in &groups {
+            keys.push(k.group(g).cursor);
+            args.push(g.clone().into_bytes());
+        }
         let v = q
-            .run(
-                &q.scripts.replay,
-                &keys,
-                &[dseq.to_string().into_bytes()],
-                topic,
-                dead_offset,
-            )
+            .run(&q.scripts.replay, &keys, &args, topic, dead_offset)
             .await?;
         Ok(offset(p, uint(&v)?))
     }
@@ -1336,7 +1386,10 @@ impl Queue for RedisQueue {
             Some(b) => (b, true),
             None => (topic, false),
         };
-        let parts = q.partitions(base).await?;
+        let parts = match q.partitions(base).await {
+            Err(Error::NoSuchTopic(_)) => return Err(Error::NoSuchTopic(topic.to_string())),
+            other => other?,
+        };
         let limit = limit.min(PEEK_MESSAGES_MAX);
         let mut out = Vec::new();
         let mut bytes = 0u64;

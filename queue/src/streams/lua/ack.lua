@@ -30,7 +30,7 @@ local done_here = {}
 for j = 2, #ARGV, 2 do
   local seq = tonumber(ARGV[j])
   local attempt = tonumber(ARGV[j + 1])
-  local m = str(seq)
+  local m = mem(seq)
   local o
   if seq >= nxt then
     o = 3

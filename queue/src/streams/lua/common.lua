@@ -17,6 +17,12 @@ local function ms_now(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A sorted-set member or hash field naming seq: zero-padded to 15 digits (seq < 2^48), so
+-- members with equal scores come back in seq order.
+local function mem(seq)
+  return string.format('%015d', seq)
+end
+
 -- Stream id of partition sequence number `seq`: explicit, `<seq>-1`, so 0 is valid.
 local function sid(seq)
   return str(seq) .. '-1'
@@ -39,7 +45,7 @@ end
 -- XADD to the partition's dead-letter stream, XACK, and forget its lease, hold and count.
 -- `k` holds the key names: s, dl, dlnext, lease, hold, wait, att, n.
 local function dead_letter(k, group, seq, attempts, reason, now)
-  local m = str(seq)
+  local m = mem(seq)
   local id = sid(seq)
   local e = redis.call('XRANGE', k.s, id, id)
   if #e == 0 then
@@ -48,7 +54,7 @@ local function dead_letter(k, group, seq, attempts, reason, now)
     redis.call('HINCRBY', k.n, 'lost', 1)
   else
     local dseq = redis.call('INCR', k.dlnext) - 1
-    local args = { 'XADD', k.dl, sid(dseq), 'g', group, 'o', m, 'a', str(attempts), 'r', reason, 't', str(now) }
+    local args = { 'XADD', k.dl, sid(dseq), 'g', group, 'o', str(seq), 'a', str(attempts), 'r', reason, 't', str(now) }
     local f = e[1][2]
     for i = 1, #f, 2 do
       if f[i] == 'b' or f[i] == 'h' or f[i] == 'i' then

@@ -40,7 +40,7 @@ local function flush()
   end
 end
 local function hand(seq, attempt, fields)
-  local m = str(seq)
+  local m = mem(seq)
   table.insert(lz, until_ms)
   table.insert(lz, m)
   table.insert(az, m)
@@ -107,12 +107,12 @@ while room() do
       -- A replay for another group: done for this one.
       redis.call('XACK', k.s, group, id)
     elseif d and tonumber(d) > now then
-      redis.call('ZADD', k.wait, d, str(seq))
+      redis.call('ZADD', k.wait, d, mem(seq))
     elseif room() then
       hand(seq, 1, f)
     else
       -- Read but no room left (bytes): ready at once for the next fetch.
-      redis.call('ZADD', k.wait, now, str(seq))
+      redis.call('ZADD', k.wait, now, mem(seq))
     end
   end
 end

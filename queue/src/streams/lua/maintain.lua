@@ -1,6 +1,6 @@
 -- maintain (any client may run it, at any time; idempotent):
--- KEYS = s, groups, delays, dl, dlnext, dld, then per group: lease, hold, wait, att, n,
--- cur.
+-- KEYS = s, groups, delays, dl, dlnext, dld, st, then per group: lease, hold, wait, att,
+-- n, cur.
 -- ARGV = now, max attempts, then the group names in KEYS order.
 -- Expires leases of every group (dead-lettering exhausted ones), forgets fired delays and
 -- trims the stream below the oldest entry any group still needs (XTRIM MINID, never
@@ -15,7 +15,7 @@ local low = nil
 local ng = #ARGV - 2
 for j = 1, ng do
   local group = ARGV[2 + j]
-  local b = 6 + (j - 1) * 6
+  local b = 7 + (j - 1) * 6
   local k = { s = s, dl = KEYS[4], dlnext = KEYS[5], lease = KEYS[b + 1], hold = KEYS[b + 2],
     wait = KEYS[b + 3], att = KEYS[b + 4], n = KEYS[b + 5], cur = KEYS[b + 6] }
   if redis.call('SISMEMBER', KEYS[2], group) == 1 then
@@ -71,10 +71,28 @@ for _ = 1, 100 do
   redis.call('XDEL', KEYS[4], first[1][1])
   redis.call('SREM', dld, dseq)
 end
+-- Entries below `<low>-0` are every `<seq>-1` with seq < low: done for every group. Their
+-- stored bytes leave the partition's backlog count (at most 100,000 entries a round).
 local trimmed = 0
--- Entries below `<low>-0` are every `<seq>-1` with seq < low: done for every group.
 if low ~= nil and low > 0 then
-  trimmed = redis.call('XTRIM', s, 'MINID', str(low) .. '-0')
+  local freed = 0
+  local upto = nil
+  local start = '-'
+  for _ = 1, 100 do
+    local chunk = redis.call('XRANGE', s, start, '(' .. str(low) .. '-0', 'COUNT', 1000)
+    if #chunk == 0 then
+      break
+    end
+    for _, e in ipairs(chunk) do
+      freed = freed + #(field(e[2], 'b') or '') + 64
+    end
+    upto = seq_of(chunk[#chunk][1])
+    start = '(' .. chunk[#chunk][1]
+  end
+  if upto then
+    trimmed = redis.call('XTRIM', s, 'MINID', str(upto + 1) .. '-0')
+    redis.call('HINCRBY', KEYS[7], 'bytes', -freed)
+  end
 end
 local first = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)
 local first_seq = -1

@@ -15,7 +15,7 @@ local max_attempts = tonumber(ARGV[8])
 if redis.call('SISMEMBER', k.groups, group) == 0 then
   return redis.error_reply('QNOGROUP ' .. group)
 end
-local m = str(seq)
+local m = mem(seq)
 if seq >= tonumber(redis.call('GET', k.next) or '0') then
   return 3
 end
