@@ -142,10 +142,6 @@ impl Backend {
         Some(Backend { kind, redis })
     }
 
-    pub fn caps(&self) -> Caps {
-        self.kind.caps()
-    }
-
     /// A harness with the test settings ([`test_config`]) and a manual clock at [`T0`].
     pub async fn start(&self) -> Harness {
         self.start_with(|_| {}).await
