@@ -11,7 +11,7 @@
 //! child inherits it; when this process ends, however it ends (tests done, a panic,
 //! `process::exit`, SIGKILL), the kernel closes it, the reaper reads end-of-file and
 //! SIGKILLs the servers it was given (if their pid still names a `redis-server`) and
-//! removes their directories. It ignores SIGINT and SIGHUP, so a Ctrl-C of `cargo test`,
+//! removes their directories (and the cluster's `redis-cli` output directory). It ignores SIGINT and SIGHUP, so a Ctrl-C of `cargo test`,
 //! which signals the whole process group, leaves it to finish its job. Chosen over
 //! `prctl(PR_SET_PDEATHSIG)`, which redis-kit's spawn does not set and which fires when the
 //! spawning *thread* exits (a test thread, long before the process), and over `atexit`,
@@ -22,6 +22,7 @@
 //! anything but empty, `0` or `false`): then they fail, so CI never passes without them.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, Once, OnceLock};
 
@@ -82,7 +83,7 @@ pub fn standalone() -> Option<&'static Shared> {
         "a standalone redis-server",
         STANDALONE.get_or_init(|| {
             let server = RedisServer::start(RedisOptions::new()).map_err(|e| e.to_string())?;
-            reap_at_exit(&[&server])?;
+            reap_at_exit(&[&server], &[])?;
             Ok(Shared {
                 target: RedisTarget::Standalone(server.url()),
                 kit: Kit::Server(server),
@@ -99,7 +100,8 @@ pub fn cluster() -> Option<&'static Shared> {
             let cluster = RedisCluster::start(CLUSTER_MASTERS, CLUSTER_REPLICAS_PER_MASTER)
                 .map_err(|e| e.to_string())?;
             let nodes: Vec<&RedisServer> = cluster.nodes().iter().collect();
-            reap_at_exit(&nodes)?;
+            let work: Vec<PathBuf> = cluster_work_dir(&nodes).into_iter().collect();
+            reap_at_exit(&nodes, &work)?;
             let target = match RedisTarget::parse(&cluster.url()) {
                 Some(Ok(t)) => t,
                 other => return Err(format!("cluster url {:?}: {other:?}", cluster.url())),
@@ -143,9 +145,27 @@ for d in $REAP_DIRS; do
 done
 "#;
 
-/// Arranges for `servers` to be killed, and their directories removed, when this process
-/// ends (see the module documentation).
-fn reap_at_exit(servers: &[&RedisServer]) -> Result<(), String> {
+/// The directory `RedisCluster` keeps `redis-cli`'s output in (it does not say which): the
+/// `redis-kit-cluster-*` directory whose `cluster-create.log` names every one of `nodes`
+/// (their ports are this process's while they run).
+fn cluster_work_dir(nodes: &[&RedisServer]) -> Option<PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("redis-kit-cluster-"))
+        })
+        .find(|p| {
+            std::fs::read_to_string(p.join("cluster-create.log"))
+                .is_ok_and(|log| nodes.iter().all(|n| log.contains(&n.addr())))
+        })
+}
+
+/// Arranges for `servers` to be killed, and their directories and `dirs` removed, when
+/// this process ends (see the module documentation).
+fn reap_at_exit(servers: &[&RedisServer], dirs: &[PathBuf]) -> Result<(), String> {
     let pids: Vec<String> = servers
         .iter()
         .filter_map(|s| s.pid())
@@ -153,7 +173,9 @@ fn reap_at_exit(servers: &[&RedisServer]) -> Result<(), String> {
         .collect();
     let dirs: Vec<String> = servers
         .iter()
-        .map(|s| s.dir().display().to_string())
+        .map(|s| s.dir())
+        .chain(dirs.iter().map(PathBuf::as_path))
+        .map(|d| d.display().to_string())
         .collect();
     let mut child = Command::new("sh")
         .arg("-c")
