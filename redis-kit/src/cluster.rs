@@ -313,6 +313,39 @@ impl RedisCluster {
                     "node {index} still counts killed node {dead} as a master"
                 ));
             }
+            // Every running node must be in this node's view as a master serving slots or
+            // as a replica of one: roles travel by gossip, and a node can report the
+            // cluster ok before it has learnt which replica follows which master.
+            let serving: BTreeSet<&str> = view
+                .iter()
+                .filter(|e| e.serves_slots())
+                .map(|e| e.id.as_str())
+                .collect();
+            for (other, node) in self.nodes.iter().enumerate() {
+                if node.pid().is_none() {
+                    continue;
+                }
+                let entry = view.iter().find(|e| e.port == node.port()).ok_or_else(|| {
+                    format!(
+                        "node {index} does not know node {other} (port {})",
+                        node.port()
+                    )
+                })?;
+                let follows_a_master = entry.has_flag("slave")
+                    && !entry.has_flag("fail")
+                    && !entry.has_flag("fail?")
+                    && entry
+                        .master_id
+                        .as_deref()
+                        .is_some_and(|m| serving.contains(m));
+                if !entry.serves_slots() && !follows_a_master {
+                    return Err(format!(
+                        "node {index} sees node {other} as {} (master {:?})",
+                        entry.flags.join(","),
+                        entry.master_id
+                    ));
+                }
+            }
             match &agreed {
                 Some(seen) if *seen != masters => {
                     return Err(format!(
@@ -351,6 +384,7 @@ impl RedisCluster {
 /// One line of `CLUSTER NODES`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NodeEntry {
+    pub(crate) id: String,
     pub(crate) port: u16,
     pub(crate) flags: Vec<String>,
     pub(crate) master_id: Option<String>,
@@ -372,8 +406,7 @@ impl NodeEntry {
     }
 }
 
-/// Parses `CLUSTER NODES` (the node ids themselves are not kept: `CLUSTER MYID` gives
-/// ours): `<id> <ip:port@cport[,hostname]> <flags> <master|-> <ping-sent>
+/// Parses `CLUSTER NODES`: `<id> <ip:port@cport[,hostname]> <flags> <master|-> <ping-sent>
 /// <pong-recv> <config-epoch> <link-state> [<slot>…]`, one node a line.
 pub(crate) fn parse_cluster_nodes(text: &str) -> Result<Vec<NodeEntry>, KitError> {
     text.lines()
@@ -390,6 +423,7 @@ pub(crate) fn parse_cluster_nodes(text: &str) -> Result<Vec<NodeEntry>, KitError
                 .and_then(|(_, p)| p.parse().ok())
                 .ok_or_else(bad)?;
             Ok(NodeEntry {
+                id: fields[0].to_owned(),
                 port,
                 flags: fields[2].split(',').map(str::to_owned).collect(),
                 master_id: (fields[3] != "-").then(|| fields[3].to_owned()),

@@ -342,11 +342,12 @@ impl RedisServer {
         })?;
         let pid = child.id();
         self.child = Some(child);
+        let mut foreign = false;
         let result = wait_until(
             &format!("redis-server on port {} to answer PING", self.port),
             START_TIMEOUT,
             START_POLL_INTERVAL,
-            || self.probe_ready(pid),
+            || self.probe_ready(pid, &mut foreign),
         );
         match result {
             Ok(()) => Ok(()),
@@ -354,8 +355,7 @@ impl RedisServer {
                 let log_tail = self.log_tail();
                 // A process that is there but not ours, or ours failing to bind, means the
                 // port was taken between our pick and Redis's bind.
-                let taken = matches!(err, KitError::Start { ref reason, .. } if reason.contains("another process"))
-                    || log_tail.contains("Address already in use");
+                let taken = foreign || log_tail.contains("Address already in use");
                 let _ = self.kill();
                 let err = match err {
                     KitError::Start { .. } => err,
@@ -376,8 +376,8 @@ impl RedisServer {
 
     /// One readiness probe: our process is alive, something answers PING on the port, and
     /// that something is our process (INFO's `process_id`), not another test's server
-    /// that took the port we picked.
-    fn probe_ready(&mut self, pid: u32) -> Probe<()> {
+    /// that took the port we picked (then `foreign` is set).
+    fn probe_ready(&mut self, pid: u32, foreign: &mut bool) -> Probe<()> {
         let exited = match self.child.as_mut().map(Child::try_wait) {
             Some(Ok(None)) => None,
             Some(Ok(Some(status))) => Some(format!("it exited ({status})")),
@@ -409,6 +409,7 @@ impl RedisServer {
         if answered == pid.to_string() {
             Probe::Ready(())
         } else {
+            *foreign = true;
             Probe::Fatal(KitError::Start {
                 port: self.port,
                 reason: format!(
@@ -497,6 +498,10 @@ fn render_conf(
             let _ = writeln!(c, "appendonly {}", if o.appendonly { "yes" } else { "no" });
             let _ = writeln!(c, "appendfsync {}", o.appendfsync);
             let _ = writeln!(c, "maxmemory-policy {}", o.maxmemory_policy);
+            // A primary waits 5 s by default before a diskless full sync, in case more
+            // replicas come; here that is only seconds added to every cluster and
+            // Sentinel start.
+            let _ = writeln!(c, "repl-diskless-sync-delay 0");
             if let Some((host, port)) = &o.replica_of {
                 let _ = writeln!(c, "replicaof {host} {port}");
             }
@@ -547,6 +552,46 @@ fn render_conf(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A second server given the port of a running one must fail as "port taken" (the
+    /// case `launch` retries on a new port), whether it sees the other server answer or
+    /// its own bind fail first, and never count the other server as itself.
+    #[test]
+    fn a_port_taken_by_another_server_is_detected() -> Result<(), KitError> {
+        let first = RedisServer::start(RedisOptions::new())?;
+        let dir = tempfile::tempdir().map_err(|e| KitError::io("tempdir", e))?;
+        let conf_path = dir.path().join("redis.conf");
+        let role = Role::Server(RedisOptions::new());
+        fs::write(
+            &conf_path,
+            render_conf(&role, first.port(), None, dir.path())?,
+        )
+        .map_err(|e| KitError::io("conf", e))?;
+        let mut second = RedisServer {
+            child: None,
+            port: first.port(),
+            bus_port: None,
+            sentinel: false,
+            server_bin: redis_server_path()?,
+            conf_path,
+            dir,
+        };
+        match second.spawn_and_wait() {
+            Err(StartError::PortTaken(KitError::Start { port, .. })) => {
+                assert_eq!(port, first.port())
+            }
+            Err(StartError::PortTaken(e) | StartError::Other(e)) => {
+                panic!("not a port-taken start error: {e}")
+            }
+            Ok(()) => panic!(
+                "a second server on port {} counted as started",
+                first.port()
+            ),
+        }
+        assert_eq!(second.pid(), None, "the failed attempt's process is reaped");
+        assert_eq!(first.cmd(&["PING"])?, Resp::Simple("PONG".into()));
+        Ok(())
+    }
 
     #[test]
     fn free_ports_are_distinct_and_never_the_shared_ones() -> Result<(), KitError> {

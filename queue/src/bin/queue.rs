@@ -14,8 +14,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use queue::metrics::MetricsSource;
 use queue::{
-    Client, ClientConfig, Config, DLQ_SUFFIX, DeadLetter, Delivery, Due, Durability, Engine,
-    FetchOptions, Message, Peeked, Queue, Server, ServerConfig, TopicStats,
+    Backend, Client, ClientConfig, Config, DLQ_SUFFIX, DeadLetter, Delivery, Due, Durability,
+    Engine, FetchOptions, Message, Peeked, Queue, Server, ServerConfig, TopicStats,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -27,7 +27,9 @@ use tokio::net::TcpListener;
     about = "The flash-sale durable queue: broker and operator CLI"
 )]
 struct Cli {
-    /// Broker address for the client commands.
+    /// What the client commands talk to: a broker address (`HOST:PORT` or
+    /// `tcp://HOST:PORT`), or the queue on Redis (`redis://HOST:PORT`,
+    /// `redis+cluster://HOST:PORT,HOST:PORT`, options after `?` as in queue/REDIS.md).
     #[arg(
         long,
         global = true,
@@ -198,17 +200,34 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The queue the client commands use: a Redis target through `Backend::open` (the
+/// operator CLI runs no maintenance of its own), else a broker with one connection.
+async fn connect(target: &str) -> Result<Arc<dyn Queue>, BoxError> {
+    let t = target.trim();
+    if t.starts_with("redis://") || t.starts_with("redis+cluster://") {
+        let config = Config {
+            maintenance_interval_ms: None,
+            ..Config::default()
+        };
+        return Ok(Backend::open(t, config).await?.queue());
+    }
+    let addr = t.strip_prefix(queue::backend::TCP_PREFIX).unwrap_or(t);
+    let client = Client::connect(ClientConfig {
+        connections: 1,
+        ..ClientConfig::new(addr.to_string())
+    })
+    .await?;
+    Ok(Arc::new(client))
+}
+
 async fn run(cli: Cli) -> Result<(), BoxError> {
     let json = cli.json;
     let command = match cli.command {
         Command::Serve(args) => return serve(args).await,
         c => c,
     };
-    let client = Client::connect(ClientConfig {
-        connections: 1,
-        ..ClientConfig::new(cli.broker.clone())
-    })
-    .await?;
+    let client = connect(&cli.broker).await?;
+    let client = client.as_ref();
     let mut out = std::io::stdout().lock();
     match command {
         Command::Serve(_) => {}
@@ -245,7 +264,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 }
             }
         }
-        Command::Dlq { command } => dlq(&client, command, json, &mut out).await?,
+        Command::Dlq { command } => dlq(client, command, json, &mut out).await?,
         Command::Peek { topic, from, limit } => {
             let msgs = client.peek(&topic, from, limit).await?;
             if json {
@@ -317,7 +336,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
 
 /// `queue dlq list|replay|discard`.
 async fn dlq(
-    client: &Client,
+    client: &dyn Queue,
     command: DlqCommand,
     json: bool,
     out: &mut impl Write,

@@ -190,7 +190,7 @@ async fn check_server(url: &str, req: Requirements) -> Result<Vec<String>> {
     }
     if req.fsync_always && appendfsync != "always" {
         problems.push(format!(
-            "appendfsync is {appendfsync:?}: a confirm must mean fsynced (set `appendfsync always`, or start with --queue-fsync relaxed to accept losing up to a second of confirmed messages on a machine crash)"
+            "appendfsync is {appendfsync:?}: a confirm must mean fsynced (set `appendfsync always`, or add `?fsync=relaxed` to the queue target to accept losing up to a second of confirmed messages on a machine crash)"
         ));
     }
     if policy != "noeviction" {

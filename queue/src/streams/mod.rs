@@ -199,18 +199,27 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         const COMMON: &str = include_str!("lua/common.lua");
-        let s = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        // Script flags (Redis 7). Those that add messages (publish, replay) declare none:
+        // Redis refuses them *before* they run when it is out of memory, so an OOM never
+        // leaves half a step behind and the caller knows nothing was stored. Those that
+        // hand out, finish or clean up entries may run out of memory (`allow-oom`), or a
+        // full Redis could never be drained; the read-only ones say `no-writes`. Every
+        // script touches only the keys it declares, all of one slot.
+        let s = |flags: &str, body: &str| Script::new(&format!("#!lua{flags}\n{COMMON}\n{body}"));
+        const ADDS: &str = "";
+        const DRAINS: &str = " flags=allow-oom";
+        const READS: &str = " flags=no-writes,allow-oom";
         Scripts {
-            publish: s(include_str!("lua/publish.lua")),
-            fetch: s(include_str!("lua/fetch.lua")),
-            ack: s(include_str!("lua/ack.lua")),
-            nack: s(include_str!("lua/nack.lua")),
-            create_group: s(include_str!("lua/create_group.lua")),
-            maintain: s(include_str!("lua/maintain.lua")),
-            stats: s(include_str!("lua/stats.lua")),
-            replay: s(include_str!("lua/replay.lua")),
-            discard: s(include_str!("lua/discard.lua")),
-            dead_list: s(include_str!("lua/dead_list.lua")),
+            publish: s(ADDS, include_str!("lua/publish.lua")),
+            fetch: s(DRAINS, include_str!("lua/fetch.lua")),
+            ack: s(DRAINS, include_str!("lua/ack.lua")),
+            nack: s(DRAINS, include_str!("lua/nack.lua")),
+            create_group: s(DRAINS, include_str!("lua/create_group.lua")),
+            maintain: s(DRAINS, include_str!("lua/maintain.lua")),
+            stats: s(READS, include_str!("lua/stats.lua")),
+            replay: s(ADDS, include_str!("lua/replay.lua")),
+            discard: s(DRAINS, include_str!("lua/discard.lua")),
+            dead_list: s(READS, include_str!("lua/dead_list.lua")),
         }
     }
 }
@@ -426,6 +435,12 @@ impl Inner {
             Some("QLIMIT") => Error::Limit {
                 what: "groups per topic",
                 limit: GROUPS_MAX as u64,
+            },
+            // Refused before the script ran (script flags): nothing was stored.
+            Some("OOM") => Error::Full {
+                topic: topic.to_string(),
+                what: "bytes",
+                limit: 0,
             },
             Some("QNODEAD") => Error::NoSuchDeadLetter {
                 topic: topic.to_string(),
@@ -769,7 +784,14 @@ impl Inner {
             for p in 0..parts.min(PARTITIONS_MAX) {
                 let k = self.part(&topic, p);
                 let groups = self.group_names(&k).await?;
-                let mut keys = vec![k.stream(), k.groups(), k.delays(), k.dead(), k.dead_next()];
+                let mut keys = vec![
+                    k.stream(),
+                    k.groups(),
+                    k.delays(),
+                    k.dead(),
+                    k.dead_next(),
+                    k.dead_done(),
+                ];
                 let mut args = vec![
                     self.now_arg().into_bytes(),
                     self.config.max_attempts.to_string().into_bytes(),

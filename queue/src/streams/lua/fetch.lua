@@ -30,10 +30,24 @@ local in_flight = redis.call('ZCARD', k.lease)
 local function room()
   return count < max and bytes < max_bytes and in_flight < in_flight_max
 end
+-- Leases and attempt counts are written together, in chunks.
+local lz, az = {}, {}
+local function flush()
+  if #lz > 0 then
+    redis.call('ZADD', k.lease, unpack(lz))
+    redis.call('HSET', k.att, unpack(az))
+    lz, az = {}, {}
+  end
+end
 local function hand(seq, attempt, fields)
   local m = str(seq)
-  redis.call('ZADD', k.lease, until_ms, m)
-  redis.call('HSET', k.att, m, attempt)
+  table.insert(lz, until_ms)
+  table.insert(lz, m)
+  table.insert(az, m)
+  table.insert(az, attempt)
+  if #lz >= 1000 then
+    flush()
+  end
   in_flight = in_flight + 1
   count = count + 1
   bytes = bytes + #(field(fields, 'b') or '')
@@ -81,11 +95,12 @@ while room() do
   if not r or #r == 0 or #r[1][2] == 0 then
     break
   end
-  for _, e in ipairs(r[1][2]) do
+  local batch = r[1][2]
+  redis.call('SET', k.cur, str(seq_of(batch[#batch][1]) + 1))
+  for _, e in ipairs(batch) do
     local id = e[1]
     local f = e[2]
     local seq = seq_of(id)
-    redis.call('SET', k.cur, str(seq + 1))
     local tg = field(f, 'tg')
     local d = field(f, 'd')
     if tg and tg ~= group then
@@ -101,6 +116,8 @@ while room() do
     end
   end
 end
+
+flush()
 
 local wake = -1
 for _, zs in ipairs({ k.lease, k.hold, k.wait }) do

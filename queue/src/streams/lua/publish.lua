@@ -16,6 +16,7 @@ if batch and len + n > backlog_max then
   return redis.error_reply('QFULL messages ' .. str(backlog_max))
 end
 local out = {}
+local published, duplicates = 0, 0
 for j = 1, n do
   local a = 5 + (j - 1) * 5
   local idh = ARGV[a + 1]
@@ -33,7 +34,7 @@ for j = 1, n do
     end
   end
   if prev then
-    redis.call('HINCRBY', k.st, 'duplicates', 1)
+    duplicates = duplicates + 1
     table.insert(out, { prev, 1 })
   elseif (not batch) and len >= backlog_max then
     table.insert(out, { '-1', 2 })
@@ -67,8 +68,14 @@ for j = 1, n do
     if idh ~= '' then
       redis.call('SET', dkey, str(seq) .. ':' .. str(now + window), 'PX', window)
     end
-    redis.call('HINCRBY', k.st, 'published', 1)
+    published = published + 1
     table.insert(out, { str(seq), 0 })
   end
+end
+if published > 0 then
+  redis.call('HINCRBY', k.st, 'published', published)
+end
+if duplicates > 0 then
+  redis.call('HINCRBY', k.st, 'duplicates', duplicates)
 end
 return out
