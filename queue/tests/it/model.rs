@@ -1352,9 +1352,9 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Cases per run when `QUEUE_MODEL_CASES` is not set. The engine keeps its 96; the others
-/// take what runs in about 10 to 20 s on a small (2-core) machine: a case costs about 15
-/// ms on the engine, 15 ms through the broker, 50 ms on Redis (every operation is a script
-/// round trip, every write an fsync) and 130 ms on the cluster (whose start adds about 5 s).
+/// take what runs in 10 to 30 s on a small shared 2-core machine (a Redis case costs a few
+/// times an engine case: every operation is a script round trip and every write an fsync;
+/// the cluster's restarts reconnect to six nodes and its start takes 3 to 5 s).
 fn cases_default(kind: Kind) -> u32 {
     match kind {
         Kind::Embedded | Kind::Broker => 96,
