@@ -2,6 +2,7 @@
 
 mod basic;
 mod broker;
+mod conformance;
 mod corruption;
 mod crash;
 mod fuzz_corpus;

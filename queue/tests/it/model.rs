@@ -1,5 +1,7 @@
-//! Model-based property test: random sequences of queue operations run against the engine
-//! and against a small in-memory model, compared after every step.
+//! Model-based property test: random sequences of queue operations run against a backend
+//! and against a small in-memory model, compared after every step. The backend is any of
+//! the conformance suite's (`conformance::Harness`: a `dyn Queue` with `tick` and
+//! `restart`): the embedded engine, a broker over one, Redis standalone and Redis Cluster.
 //!
 //! Operations: publish (with and without a producer id, sometimes a repeated id), batch
 //! publish, delayed publish (`Due::After`, `Due::At`), fetch by two consumers of one group
@@ -16,24 +18,31 @@
 //! - a repeated id within the de-duplication window is confirmed with the first copy's
 //!   offset and stores nothing (the next fresh publish gets the next offset);
 //! - attempts are 1, 2, 3... per message per group, never above `max_attempts`; a message
-//!   is dead-lettered after exactly `max_attempts` deliveries (a lease live at close counts
-//!   as an expired attempt after reopen);
+//!   is dead-lettered after exactly `max_attempts` deliveries (on the engine a lease live at
+//!   close counts as an expired attempt after reopen; on Redis it runs to its deadline:
+//!   `Caps::restart_ends_leases`);
 //! - ack/nack/reject outcomes (Acked, AlreadyAcked, LeaseLost, Unknown) follow the receipt
 //!   rules; dead letters carry the group, offset, attempts, reason and original message;
 //! - at the end everything is acked or dead-lettered, and stays so across a clean reopen.
 //!
-//! Each case also draws the engine's segment size (300 B to 64 KiB, so that segments roll
-//! and retention deletes them), `max_attempts` (1 to 3), `in_flight_max` (4 or unlimited;
-//! a fetch then returns `min(max, ready, in_flight_max - in flight)`) and
-//! `dedup_entries_max` (3 or unlimited).
+//! Each case also draws `max_attempts` (1 to 3), `in_flight_max` (4 or unlimited; a fetch
+//! then returns `min(max, ready, in_flight_max - in flight)`) and, for the backends with an
+//! engine only, the engine's segment size (300 B to 64 KiB, so that segments roll and
+//! retention deletes them) and `dedup_entries_max` (3 or unlimited).
 //!
-//! Cases: 96 of up to 60 operations by default, `QUEUE_MODEL_CASES=n` and
-//! `QUEUE_MODEL_OPS=n` for more; `QUEUE_MODEL_SEED=s` replays a run (the seed is printed
-//! on failure together with the shrunk sequence of operations, and a summary of what the
-//! run exercised is printed with `--nocapture`).
+//! Where the backends may rightly differ the model follows the harness's capability flags
+//! (`conformance::Caps`): whether a restart ends leases, whether the "since open" counters
+//! restart from zero, and whether a fetch expires the other groups' leases too.
+//!
+//! Cases of up to 60 operations: 96 on the engine and through the broker, 192 on Redis, 64
+//! on the cluster, each well under a minute ([`cases_default`]); `QUEUE_MODEL_CASES=n` and
+//! `QUEUE_MODEL_OPS=n` set them for every backend; `QUEUE_MODEL_SEED=s` replays a run (the
+//! seed is printed on failure together with the shrunk sequence of operations, and a
+//! summary of what the run exercised is printed with `--nocapture`).
 
+use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -43,6 +52,7 @@ use queue::{
     Receipt, StartAt,
 };
 
+use crate::conformance::{Backend, Caps, Kind};
 use crate::support::{T0, test_config};
 
 const TOPIC: &str = "t";
@@ -270,8 +280,10 @@ struct Model {
     next_payload: u64,
     dead: Vec<MDead>,
     receipts: [Vec<Receipt>; 3],
-    /// Acks per group since the engine was opened (the engine's `acked` statistic).
-    acked_since_open: [u64; 2],
+    /// Acks per group the backend's `acked` statistic counts: since the queue was opened,
+    /// or since the test started where the counters survive a restart.
+    acked_counted: [u64; 2],
+    caps: Caps,
 }
 
 type Check = Result<(), String>;
@@ -293,7 +305,11 @@ enum Cov {
     ReopensAfterRetention,
 }
 
-static COVERAGE: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
+thread_local! {
+    /// What this thread's model run exercised (each backend's test runs on a thread of its
+    /// own, so the runs of parallel tests do not mix).
+    static COVERAGE: RefCell<[u64; 11]> = const { RefCell::new([0; 11]) };
+}
 const COVERAGE_NAMES: [&str; 11] = [
     "deliveries",
     "redeliveries",
@@ -309,7 +325,7 @@ const COVERAGE_NAMES: [&str; 11] = [
 ];
 
 fn cover(c: Cov) {
-    COVERAGE[c as usize].fetch_add(1, Ordering::Relaxed);
+    COVERAGE.with_borrow_mut(|cov| cov[c as usize] += 1);
 }
 
 macro_rules! ensure {
@@ -321,7 +337,7 @@ macro_rules! ensure {
 }
 
 impl Model {
-    fn new(config: &Config) -> Model {
+    fn new(config: &Config, caps: Caps) -> Model {
         Model {
             now: T0,
             epoch: 0,
@@ -336,7 +352,8 @@ impl Model {
             next_payload: 0,
             dead: Vec::new(),
             receipts: [Vec::new(), Vec::new(), Vec::new()],
-            acked_since_open: [0, 0],
+            acked_counted: [0, 0],
+            caps,
         }
     }
 
@@ -362,10 +379,23 @@ impl Model {
         }
     }
 
-    /// What the engine does on every fetch and tick: expired leases become retries, or
-    /// dead letters when they used the last attempt.
+    /// What the backend does on every tick (and fetch, see [`Model::maintain_for_fetch`]):
+    /// expired leases become retries, or dead letters when they used the last attempt.
     fn maintain(&mut self) {
-        for g in 0..2 {
+        self.maintain_groups(&[0, 1]);
+    }
+
+    /// What a fetch by group `g` maintains: every group's leases, or only `g`'s.
+    fn maintain_for_fetch(&mut self, g: usize) {
+        if self.caps.fetch_expires_every_group {
+            self.maintain();
+        } else {
+            self.maintain_groups(&[g]);
+        }
+    }
+
+    fn maintain_groups(&mut self, groups: &[usize]) {
+        for &g in groups {
             for off in 0..self.msgs.len() {
                 if let St::Leased { attempt, until } = self.st[g][off] {
                     if until > self.now {
@@ -402,11 +432,18 @@ impl Model {
             .find(|d| d.group == g && d.offset == off)
     }
 
-    /// The engine was closed cleanly and opened again.
+    /// The queue was closed cleanly and opened again.
     fn reopened(&mut self) {
+        if self.caps.counters_reset_on_restart {
+            self.acked_counted = [0, 0];
+        }
+        if !self.caps.restart_ends_leases {
+            // Leases, retries and attempts live in the server: the new client finds them
+            // as the old one left them.
+            return;
+        }
         let old = self.epoch;
         self.epoch += 1;
-        self.acked_since_open = [0, 0];
         for g in 0..2 {
             for off in 0..self.msgs.len() {
                 if let St::Leased { attempt, .. } = self.st[g][off] {
@@ -508,7 +545,7 @@ impl Model {
                 match how {
                     Settle::Ack => {
                         self.st[g][r.offset as usize] = St::Acked;
-                        self.acked_since_open[g] += 1;
+                        self.acked_counted[g] += 1;
                     }
                     Settle::Nack { delay_ms, .. } if attempt < self.max_attempts => {
                         self.st[g][r.offset as usize] = St::Waiting {
@@ -546,7 +583,7 @@ impl Model {
                     );
                     if got == AckOutcome::Acked {
                         self.st[g][r.offset as usize] = St::Acked;
-                        self.acked_since_open[g] += 1;
+                        self.acked_counted[g] += 1;
                     }
                 }
                 Settle::Nack { .. } | Settle::Reject { .. } => ensure!(
@@ -560,47 +597,42 @@ impl Model {
 }
 
 struct Harness {
-    dir: tempfile::TempDir,
-    clock: ManualClock,
+    b: crate::conformance::Harness,
     config: Config,
-    engine: Option<Engine>,
     m: Model,
     reason_seq: u64,
 }
 
 impl Harness {
-    async fn new(case: &Case) -> Result<Harness, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    async fn new(backend: Backend, case: &Case) -> Result<Harness, String> {
         let clock = ManualClock::new(T0);
-        let config = Config {
-            segment_bytes_max: case.segment_bytes_max,
+        let mut config = Config {
             max_attempts: case.max_attempts,
             in_flight_max: case.in_flight_max,
-            dedup_entries_max: case.dedup_entries_max,
             ..test_config(&clock)
         };
-        let engine = Engine::open(dir.path(), config.clone()).map_err(|e| format!("open: {e}"))?;
+        if backend.kind.has_engine() {
+            config.segment_bytes_max = case.segment_bytes_max;
+            config.dedup_entries_max = case.dedup_entries_max;
+        }
+        let b = backend.try_start(clock, config.clone(), true).await?;
         for g in GROUPS {
-            engine
+            b.q()
                 .create_group(TOPIC, g, StartAt::Earliest)
                 .await
                 .map_err(|e| format!("create group {g}: {e}"))?;
         }
-        let m = Model::new(&config);
+        let m = Model::new(&config, b.caps());
         Ok(Harness {
-            dir,
-            clock,
+            b,
             config,
-            engine: Some(engine),
             m,
             reason_seq: 0,
         })
     }
 
-    fn q(&self) -> Result<&Engine, String> {
-        self.engine
-            .as_ref()
-            .ok_or_else(|| "engine not open".to_string())
+    fn q(&self) -> Result<Arc<dyn Queue>, String> {
+        Ok(self.b.q())
     }
 
     async fn step(&mut self, op: &Op) -> Check {
@@ -625,12 +657,12 @@ impl Harness {
             } => self.nack(*consumer, *pick, Some(*delay_ms)).await,
             Op::Reject { consumer, pick } => self.nack(*consumer, *pick, None).await,
             Op::Advance(ms) => {
-                self.clock.advance(*ms);
+                self.b.clock.advance(*ms);
                 self.m.now += ms;
                 Ok(())
             }
             Op::Tick => {
-                self.q()?.tick().await.map_err(|e| format!("tick: {e}"))?;
+                self.b.tick().await.map_err(|e| format!("tick: {e}"))?;
                 self.m.maintain();
                 Ok(())
             }
@@ -744,7 +776,7 @@ impl Harness {
     async fn fetch(&mut self, consumer: usize, max: usize, lease_ms: Option<u64>) -> Check {
         let g = CONSUMER_GROUP[consumer];
         let now = self.m.now;
-        self.m.maintain();
+        self.m.maintain_for_fetch(g);
         let ready: Vec<u64> = (0..self.m.next_offset())
             .filter(|&off| self.m.ready(g, off))
             .collect();
@@ -1148,11 +1180,8 @@ impl Harness {
     }
 
     async fn reopen(&mut self) -> Check {
-        let engine = self
-            .engine
-            .take()
-            .ok_or_else(|| "engine not open".to_string())?;
-        if engine
+        if self
+            .q()?
             .stats(TOPIC)
             .await
             .map_err(|e| format!("stats: {e}"))?
@@ -1161,17 +1190,15 @@ impl Harness {
         {
             cover(Cov::ReopensAfterRetention);
         }
-        engine.close().map_err(|e| format!("close: {e}"))?;
-        drop(engine);
-        let engine =
-            reopen_engine(self.dir.path(), &self.config).map_err(|e| format!("reopen: {e}"))?;
-        for (topic, report) in engine.recovery_reports() {
-            ensure!(
-                *report == queue::RecoveryReport::default(),
-                "recovery after a clean close changed topic {topic}: {report:?}"
-            );
+        self.b.restart().await.map_err(|e| format!("reopen: {e}"))?;
+        if let Some(engine) = self.b.engine() {
+            for (topic, report) in engine.recovery_reports() {
+                ensure!(
+                    *report == queue::RecoveryReport::default(),
+                    "recovery after a clean close changed topic {topic}: {report:?}"
+                );
+            }
         }
-        self.engine = Some(engine);
         self.m.reopened();
         cover(Cov::Reopens);
         Ok(())
@@ -1202,11 +1229,11 @@ impl Harness {
                 .filter(|st| matches!(st, St::Leased { .. }))
                 .count() as u64;
             ensure!(
-                gs.in_flight == leased && gs.acked == self.m.acked_since_open[g],
+                gs.in_flight == leased && gs.acked == self.m.acked_counted[g],
                 "stats of {name}: in_flight {} acked {}, expected {leased} {}",
                 gs.in_flight,
                 gs.acked,
-                self.m.acked_since_open[g]
+                self.m.acked_counted[g]
             );
         }
         let certain = self
@@ -1261,11 +1288,7 @@ impl Harness {
         }
         self.list_dead().await?;
         self.check_final_stats().await?;
-        let engine = self
-            .engine
-            .take()
-            .ok_or_else(|| "engine not open".to_string())?;
-        engine.close().map_err(|e| format!("close: {e}"))
+        self.b.close().map_err(|e| format!("close: {e}"))
     }
 
     async fn check_final_stats(&self) -> Check {
@@ -1307,8 +1330,8 @@ fn reopen_engine(dir: &std::path::Path, config: &Config) -> queue::Result<Engine
     }
 }
 
-async fn run_case(case: &Case) -> Check {
-    let mut h = Harness::new(case).await?;
+async fn run_case(backend: Backend, case: &Case) -> Check {
+    let mut h = Harness::new(backend, case).await?;
     for (i, op) in case.ops.iter().enumerate() {
         h.step(op)
             .await
@@ -1328,9 +1351,25 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
-#[test]
-fn engine_matches_model() {
-    let cases = env_u64("QUEUE_MODEL_CASES").map_or(96, |n| n as u32);
+/// Cases per run when `QUEUE_MODEL_CASES` is not set. The engine keeps its 96; the others
+/// take what runs in 10 to 30 s on a small shared 2-core machine (a Redis case costs a few
+/// times an engine case: every operation is a script round trip and every write an fsync;
+/// the cluster's restarts reconnect to six nodes and its start takes 3 to 5 s).
+fn cases_default(kind: Kind) -> u32 {
+    match kind {
+        Kind::Embedded | Kind::Broker => 96,
+        Kind::RedisStandalone => 192,
+        Kind::RedisCluster => 64,
+    }
+}
+
+/// Runs the model test against `kind` (skipped, with a message, when the backend's servers
+/// cannot be started outside CI).
+fn model_test(kind: Kind) {
+    let Some(backend) = Backend::get(kind) else {
+        return;
+    };
+    let cases = env_u64("QUEUE_MODEL_CASES").map_or(cases_default(kind), |n| n as u32);
     let ops_max = env_u64("QUEUE_MODEL_OPS").map_or(60, |n| n as usize);
     let seed = env_u64("QUEUE_MODEL_SEED").unwrap_or_else(rand::random);
     let config = PtConfig {
@@ -1339,28 +1378,52 @@ fn engine_matches_model() {
         failure_persistence: None,
         ..PtConfig::default()
     };
+    COVERAGE.with_borrow_mut(|cov| *cov = [0; 11]);
     let mut runner = TestRunner::new(config);
     let result = runner.run(&case(ops_max), |case| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("tokio runtime");
-        rt.block_on(run_case(&case)).map_err(TestCaseError::fail)
+        rt.block_on(run_case(backend, &case))
+            .map_err(TestCaseError::fail)
     });
-    let summary: Vec<String> = COVERAGE_NAMES
-        .iter()
-        .zip(&COVERAGE)
-        .map(|(n, c)| format!("{n} {}", c.load(Ordering::Relaxed)))
-        .collect();
+    let summary: Vec<String> = COVERAGE.with_borrow(|cov| {
+        COVERAGE_NAMES
+            .iter()
+            .zip(cov)
+            .map(|(n, c)| format!("{n} {c}"))
+            .collect()
+    });
     eprintln!(
-        "model test: seed {seed}, {cases} cases: {}",
+        "model test ({kind:?}): seed {seed}, {cases} cases: {}",
         summary.join(", ")
     );
     if let Err(e) = result {
         panic!(
-            "{e}\n\nmodel test failed; rerun with QUEUE_MODEL_SEED={seed} QUEUE_MODEL_CASES={cases} QUEUE_MODEL_OPS={ops_max}"
+            "{e}\n\nmodel test ({kind:?}) failed; rerun with QUEUE_MODEL_SEED={seed} QUEUE_MODEL_CASES={cases} QUEUE_MODEL_OPS={ops_max}"
         );
     }
+}
+
+#[test]
+fn engine_matches_model() {
+    model_test(Kind::Embedded);
+}
+
+#[test]
+fn broker_matches_model() {
+    model_test(Kind::Broker);
+}
+
+#[test]
+fn redis_standalone_matches_model() {
+    model_test(Kind::RedisStandalone);
+}
+
+#[test]
+fn redis_cluster_matches_model() {
+    model_test(Kind::RedisCluster);
 }
 
 /// Found by the model: retention deleted a segment whose producer ids were still in the

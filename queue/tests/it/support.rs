@@ -33,7 +33,8 @@ pub fn setup() -> (tempfile::TempDir, ManualClock, Engine) {
 }
 
 /// Fetches and acks everything deliverable to `group` now; returns how many were acked.
-pub async fn drain_acking(q: &Engine, topic: &str, group: &str) -> usize {
+/// (These helpers take any backend: an `Engine` or a conformance harness's `dyn Queue`.)
+pub async fn drain_acking<Q: Queue + ?Sized>(q: &Q, topic: &str, group: &str) -> usize {
     let mut n = 0;
     loop {
         let options = FetchOptions {
@@ -60,7 +61,7 @@ pub fn reopen(q: Engine, dir: &std::path::Path, clock: &ManualClock) -> Engine {
 }
 
 /// Offsets of what one fetch of up to `max` messages (1 s leases, no wait) delivers.
-pub async fn offsets(q: &Engine, topic: &str, group: &str, max: usize) -> Vec<u64> {
+pub async fn offsets<Q: Queue + ?Sized>(q: &Q, topic: &str, group: &str, max: usize) -> Vec<u64> {
     let options = FetchOptions {
         max_messages: max,
         lease_ms: Some(1_000),
@@ -81,7 +82,7 @@ pub fn setup_with(change: impl FnOnce(&mut Config)) -> (tempfile::TempDir, Manua
 }
 
 /// Creates group `name` on topic "t", reading from the earliest message.
-pub async fn group(q: &Engine, name: &str) {
+pub async fn group<Q: Queue + ?Sized>(q: &Q, name: &str) {
     q.create_group("t", name, StartAt::Earliest)
         .await
         .expect("group");
