@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
@@ -64,10 +66,13 @@ impl RedisTarget {
     }
 }
 
-/// A connection every script goes through.
+/// A connection to Redis: the shared one every script goes through (standalone: a
+/// `ConnectionManager`, which reconnects after the server restarts or fails over; a
+/// cluster connection reconnects by itself), or one of its own for a blocking read.
 #[derive(Clone)]
 pub(crate) enum Conn {
-    Single(MultiplexedConnection),
+    Single(ConnectionManager),
+    Direct(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
@@ -75,6 +80,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Direct(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -86,12 +92,14 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Direct(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
+            Conn::Direct(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -102,8 +110,29 @@ pub(crate) fn conn_err(e: redis::RedisError) -> Error {
     Error::Connection(format!("redis: {e}"))
 }
 
-/// Opens a connection to `target`; `response_timeout` `None`: calls may block forever
-/// (blocking reads bound themselves with `BLOCK`).
+/// Opens the shared connection to `target`: calls time out after [`COMMAND_TIMEOUT`]; a
+/// standalone one reconnects (with backoff) after the server comes back.
+pub(crate) async fn open_shared(target: &RedisTarget) -> Result<Conn> {
+    match target {
+        RedisTarget::Standalone(url) => {
+            let client = redis::Client::open(url.as_str())
+                .map_err(|e| Error::Invalid(format!("queue target {url:?}: {e}")))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(COMMAND_TIMEOUT))
+                .set_max_delay(Duration::from_secs(2));
+            let c = client
+                .get_connection_manager_with_config(config)
+                .await
+                .map_err(conn_err)?;
+            Ok(Conn::Single(c))
+        }
+        RedisTarget::Cluster(_) => open(target, Some(COMMAND_TIMEOUT)).await,
+    }
+}
+
+/// Opens a connection of its own to `target`; `response_timeout` `None`: calls may block
+/// forever (blocking reads bound themselves with `BLOCK`).
 pub(crate) async fn open(target: &RedisTarget, response_timeout: Option<Duration>) -> Result<Conn> {
     match target {
         RedisTarget::Standalone(url) => {
@@ -116,7 +145,7 @@ pub(crate) async fn open(target: &RedisTarget, response_timeout: Option<Duration
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .map_err(conn_err)?;
-            Ok(Conn::Single(c))
+            Ok(Conn::Direct(c))
         }
         RedisTarget::Cluster(nodes) => {
             // A cluster connection always has a response timeout: "none" is a day.

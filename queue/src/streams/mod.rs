@@ -48,7 +48,7 @@ use crate::limits::{
     FETCH_WAIT_MS_MAX, GROUPS_MAX, LEASE_MS_MAX, NACK_DELAY_MS_MAX, PEEK_MESSAGES_MAX,
     READ_BYTES_MAX, TOPICS_MAX,
 };
-use conn::{COMMAND_TIMEOUT, Conn, conn_err};
+use conn::{Conn, conn_err};
 use keys::{PartKeys, offset, split};
 use reply::{array, bytes, entries, int, uint};
 
@@ -320,7 +320,7 @@ impl RedisQueue {
             },
         )
         .await?;
-        let conn = conn::open(&config.target, Some(COMMAND_TIMEOUT)).await?;
+        let conn = conn::open_shared(&config.target).await?;
         let inner = Arc::new(Inner {
             conn,
             scripts: Scripts::new(),
@@ -654,8 +654,8 @@ impl Inner {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(want).arg(self.config.replica_timeout_ms);
         let got: i64 = match &self.conn {
-            Conn::Single(c) => {
-                let mut c = c.clone();
+            Conn::Single(_) | Conn::Direct(_) => {
+                let mut c = self.conn.clone();
                 cmd.query_async(&mut c).await.map_err(conn_err)?
             }
             Conn::Cluster(c) => {
@@ -1010,16 +1010,19 @@ impl Queue for RedisQueue {
                     }
                 }
                 Err(e) => {
-                    let msg = e.to_string();
-                    let connection = matches!(e, Error::Connection(_));
+                    // The one error of this partition's call, for each of its messages.
                     for i in idx {
-                        out[i] = Some(Err(if connection {
-                            Error::Connection(msg.clone())
-                        } else {
-                            Error::Remote {
+                        out[i] = Some(Err(match &e {
+                            Error::Connection(m) => Error::Connection(m.clone()),
+                            Error::Full { topic, what, limit } => Error::Full {
+                                topic: topic.clone(),
+                                what,
+                                limit: *limit,
+                            },
+                            other => Error::Remote {
                                 code: 0,
-                                message: msg.clone(),
-                            }
+                                message: other.to_string(),
+                            },
                         }));
                     }
                 }
