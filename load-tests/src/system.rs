@@ -39,6 +39,9 @@ pub struct SystemOptions {
     pub cancellers: usize,
     /// Most purchases per worker batch.
     pub batch: usize,
+    /// Lease of a worker's fetched batch, ms (`None`: the workers' default): how long a
+    /// batch whose worker lost its queue (a crash, a failover) waits before another takes it.
+    pub worker_lease_ms: Option<u64>,
     /// Limits of the served gateway.
     pub limits: ServeLimits,
 }
@@ -51,6 +54,7 @@ impl Default for SystemOptions {
             workers: 2,
             cancellers: 1,
             batch: 1000,
+            worker_lease_ms: None,
             limits: ServeLimits::default(),
         }
     }
@@ -109,6 +113,9 @@ impl AllInOne {
         config.crew.workers = options.workers;
         config.crew.cancellers = options.cancellers;
         config.crew.worker.batch_max = options.batch;
+        if let Some(lease_ms) = options.worker_lease_ms {
+            config.crew.worker.lease_ms = lease_ms;
+        }
         let system = System::start(config.with_limits(options.limits)).await?;
         Ok(AllInOne {
             addr: system

@@ -1,8 +1,11 @@
 //! What the load tests that need scratch Redis servers share: starting them through
-//! `redis-kit` (free loopback ports, temporary directories, never the shared 6379), and the
-//! Redis Streams key names the tests look at (queue/REDIS.md, "Keys").
+//! `redis-kit` (free loopback ports, temporary directories, never the shared 6379), the
+//! Redis Streams key names the tests look at (queue/REDIS.md, "Keys"), and the flood of
+//! purchases the fault tests run ([`flood`]).
 
 #![allow(dead_code)] // Each test binary uses its own share of these helpers.
+
+pub mod flood;
 
 use redis_kit::KitError;
 
