@@ -43,8 +43,13 @@ pub const SOLD_OUT_RECHECK_DEFAULT: Duration = Duration::from_millis(1000);
 /// Where the queue comes from.
 #[derive(Clone)]
 pub enum QueueSource {
-    /// A [`queue::Backend::open`] target: a directory (the embedded engine) or
-    /// `tcp://HOST:PORT` (a broker). The system closes it at shutdown.
+    /// A [`queue::Backend::open`] target: a directory (the embedded engine),
+    /// `tcp://HOST:PORT` (a broker), or Redis Streams at `redis://HOST:PORT` or
+    /// `redis+cluster://HOST:PORT,HOST:PORT` with options after `?` (`replicas=N`,
+    /// `replica_timeout_ms`, `fsync=relaxed`, `partitions=P`, `prefix=…`; see
+    /// [`queue::streams::RedisConfig::parse`]). The queue's semantics (attempts, leases,
+    /// de-duplication window) are [`queue::Config::default`]'s. The system closes it at
+    /// shutdown.
     Open(String),
     /// A queue opened by the caller (tests inject gated or shared ones); the caller closes it.
     Shared(Arc<dyn Queue>),

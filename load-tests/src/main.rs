@@ -2,7 +2,7 @@
 //! reports.
 //!
 //! ```text
-//! load-tests demo  [--scenario ci|small|large] [--database URL] [--out DIR]
+//! load-tests demo  [--scenario ci|small|large] [--database URL] [--queue TARGET] [--out DIR]
 //! load-tests run   --url http://127.0.0.1:8080 --admin-secret S --load-test-secret L [--scenario …] [--out DIR]
 //! load-tests audit [--database URL] [--inventory memory|redis://…] [--sale N]… [--tickets FILE] [--at-rest]
 //! ```
@@ -143,6 +143,13 @@ enum Command {
         /// The orders database (default: SQLite in a temporary directory).
         #[arg(long)]
         database: Option<String>,
+        /// The queue (default: the embedded engine in a temporary directory): a directory,
+        /// `tcp://HOST:PORT` (a `queue serve` broker), `redis://HOST:PORT` or
+        /// `redis+cluster://HOST:PORT,HOST:PORT` (Redis Streams; options after `?`:
+        /// `replicas=N`, `replica_timeout_ms=MS`, `fsync=relaxed`, `partitions=P`,
+        /// `prefix=P`; see the README, "Queue on Redis Streams").
+        #[arg(long)]
+        queue: Option<String>,
         /// The benchmark: first measure a baseline in the same run (a closed loop of
         /// `GET /healthz` on as many connections, the ceiling of this harness and server
         /// on this machine), then the crowd, and print a JSON summary.
@@ -281,6 +288,20 @@ async fn baseline(
     }))
 }
 
+/// What kind of queue a target names, for the report's label (never the target itself: a
+/// Redis URL may carry a password).
+fn queue_kind(target: &str) -> &'static str {
+    if target.starts_with(queue::streams::CLUSTER_PREFIX) {
+        "Redis Cluster streams"
+    } else if target.starts_with(queue::streams::REDIS_PREFIX) {
+        "Redis streams"
+    } else if target.starts_with(queue::backend::TCP_PREFIX) {
+        "broker"
+    } else {
+        "embedded"
+    }
+}
+
 /// Waits, at most [`DRAIN_WAIT`], until the order workers have drained the queue.
 async fn wait_for_drain(system: &AllInOne) {
     let deadline = Instant::now() + DRAIN_WAIT;
@@ -345,6 +366,7 @@ fn benchmark_summary(
 async fn demo(
     args: ScenarioArgs,
     database: Option<String>,
+    queue: Option<String>,
     with_baseline: bool,
     json_out: Option<PathBuf>,
 ) -> Result<bool, CliError> {
@@ -354,6 +376,7 @@ async fn demo(
         dir.path(),
         SystemOptions {
             database,
+            queue: queue.clone(),
             ..SystemOptions::default()
         },
     )
@@ -372,7 +395,10 @@ async fn demo(
         addr: system.addr,
         admin_secret: system.admin_secret.clone(),
         load_test_secret: system.load_test_secret.clone(),
-        label: format!("all-in-one ({})", system.db.backend()),
+        label: match queue.as_deref().map(queue_kind) {
+            None => format!("all-in-one ({})", system.db.backend()),
+            Some(kind) => format!("all-in-one ({}, queue: {kind})", system.db.backend()),
+        },
     };
     let outcome = crowd::run(scenario, target, !args.quiet).await?;
     // At rest: the queue drained, then the audit.
@@ -469,9 +495,10 @@ fn main() -> ExitCode {
             Command::Demo {
                 scenario,
                 database,
+                queue,
                 baseline,
                 json_out,
-            } => demo(scenario, database, baseline, json_out).await,
+            } => demo(scenario, database, queue, baseline, json_out).await,
             Command::Run {
                 scenario,
                 url,

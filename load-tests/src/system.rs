@@ -1,5 +1,6 @@
 //! The all-in-one system started inside this process, on a loopback port: the gateway
-//! with the embedded queue, in-process stock, the orders database (SQLite in the run's
+//! with the embedded queue in the run's directory (or any queue target: a broker, Redis
+//! Streams), in-process stock, the orders database (SQLite in the run's
 //! directory, or a PostgreSQL URL), order workers and the unpaid-order canceller. The
 //! `load-tests demo` command and the tests run the flash crowd against it.
 //!
@@ -28,12 +29,19 @@ pub const SHUTDOWN_COMMITS_WAIT: std::time::Duration = gateway::system::SHUTDOWN
 pub struct SystemOptions {
     /// `sqlite:PATH`, `postgres://…`, or `None` for SQLite in the run's directory.
     pub database: Option<String>,
+    /// A queue target for [`queue::Backend::open`] (`tcp://…`, `redis://…`,
+    /// `redis+cluster://…?replicas=1`, a directory), or `None` for the embedded queue in the
+    /// run's directory.
+    pub queue: Option<String>,
     /// Order workers.
     pub workers: usize,
     /// Cancellers.
     pub cancellers: usize,
     /// Most purchases per worker batch.
     pub batch: usize,
+    /// Lease of a worker's fetched batch, ms (`None`: the workers' default): how long a
+    /// batch whose worker lost its queue (a crash, a failover) waits before another takes it.
+    pub worker_lease_ms: Option<u64>,
     /// Limits of the served gateway.
     pub limits: ServeLimits,
 }
@@ -42,9 +50,11 @@ impl Default for SystemOptions {
     fn default() -> Self {
         SystemOptions {
             database: None,
+            queue: None,
             workers: 2,
             cancellers: 1,
             batch: 1000,
+            worker_lease_ms: None,
             limits: ServeLimits::default(),
         }
     }
@@ -77,18 +87,22 @@ fn random_hex() -> String {
 }
 
 impl AllInOne {
-    /// Starts the system with its queue (and SQLite file, by default) under `dir`.
+    /// Starts the system with its queue and SQLite file (by default) under `dir`.
     pub async fn start(dir: &Path, options: SystemOptions) -> Result<AllInOne, SystemError> {
         let database = options
             .database
             .clone()
             .unwrap_or_else(|| format!("sqlite:{}", dir.join("orders.db").display()));
+        let queue = options
+            .queue
+            .clone()
+            .unwrap_or_else(|| dir.join("queue").display().to_string());
         let admin_secret = random_hex();
         let load_test_secret = random_hex();
         let mut gateway = GatewayConfig::new(admin_secret.clone());
         gateway.load_test_secret = Some(load_test_secret.clone());
         let mut config = SystemConfig::new(
-            QueueSource::Open(dir.join("queue").display().to_string()),
+            QueueSource::Open(queue),
             DatabaseSource::Url {
                 url: database.clone(),
                 options: DbOptions::default(),
@@ -99,6 +113,9 @@ impl AllInOne {
         config.crew.workers = options.workers;
         config.crew.cancellers = options.cancellers;
         config.crew.worker.batch_max = options.batch;
+        if let Some(lease_ms) = options.worker_lease_ms {
+            config.crew.worker.lease_ms = lease_ms;
+        }
         let system = System::start(config.with_limits(options.limits)).await?;
         Ok(AllInOne {
             addr: system

@@ -1,6 +1,9 @@
-//! The CI-sized flash crowd against the all-in-one system (on SQLite, and on a fresh
-//! PostgreSQL database), then the auditor at rest; then an order written behind the
-//! system's back, which the auditor must catch.
+//! The CI-sized flash crowd against the all-in-one system (on SQLite, on a fresh
+//! PostgreSQL database, and on SQLite with the queue on a scratch Redis Streams server),
+//! then the auditor at rest; then an order written behind the system's back, which the
+//! auditor must catch.
+
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -67,17 +70,11 @@ async fn order_behind_the_back(db: &OrdersDb, sale: u64) {
     }
 }
 
-async fn crowd_then_audit(database: Option<String>) {
+async fn crowd_then_audit(options: SystemOptions) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let system = AllInOne::start(
-        dir.path(),
-        SystemOptions {
-            database,
-            ..SystemOptions::default()
-        },
-    )
-    .await
-    .expect("the all-in-one system starts");
+    let system = AllInOne::start(dir.path(), options)
+        .await
+        .expect("the all-in-one system starts");
     let scenario = Scenario::preset("ci").expect("the ci preset");
     let outcome = crowd::run(
         scenario.clone(),
@@ -156,7 +153,52 @@ async fn crowd_then_audit(database: Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ci_crowd_on_sqlite_passes_the_audit_and_a_forged_order_fails_it() {
-    crowd_then_audit(None).await;
+    crowd_then_audit(SystemOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_crowd_on_redis_streams_passes_the_audit_and_a_forged_order_fails_it() {
+    // A scratch standalone Redis with the settings the queue requires (redis-kit's
+    // defaults: appendonly, appendfsync always, noeviction); skipped outside CI when
+    // redis-server is not installed, a failure under CI.
+    let Some(redis) = support::start_redis("a scratch Redis", || {
+        redis_kit::RedisServer::start(redis_kit::RedisOptions::new())
+    })
+    .await
+    else {
+        return;
+    };
+    crowd_then_audit(SystemOptions {
+        queue: Some(redis.url()),
+        ..SystemOptions::default()
+    })
+    .await;
+    // The purchases really went through Redis: the orders topic is registered there and
+    // its stream holds them.
+    let topic = order_worker::purchase::ORDERS_TOPIC;
+    let registered = redis
+        .cmd(&["HGET", &support::topics_key(), topic])
+        .expect("HGET");
+    assert_eq!(registered.as_str(), Some("1"), "{registered:?}");
+    let stream = support::stream_key(topic, 0);
+    let info = redis
+        .cmd(&["XINFO", "STREAM", &stream])
+        .expect("the orders stream exists");
+    let added = info
+        .as_array()
+        .and_then(|fields| {
+            fields
+                .chunks(2)
+                .find(|kv| kv[0].as_str() == Some("entries-added"))
+                .and_then(|kv| kv[1].as_int())
+        })
+        .expect("entries-added");
+    let scenario = Scenario::preset("ci").expect("the ci preset");
+    assert!(
+        added >= i64::try_from(scenario.units).expect("units"),
+        "{added} purchases added to {stream}"
+    );
+    drop(redis);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,6 +209,10 @@ async fn ci_crowd_on_postgres_passes_the_audit_and_a_forged_order_fails_it() {
         return;
     };
     db.close().await;
-    crowd_then_audit(Some(scratch.url.clone())).await;
+    crowd_then_audit(SystemOptions {
+        database: Some(scratch.url.clone()),
+        ..SystemOptions::default()
+    })
+    .await;
     drop(scratch);
 }

@@ -1,6 +1,7 @@
 //! `gateway`: the flash-sale HTTP gateway, and by default the whole system in one process.
 //! Parses flags (and environment) into a [`gateway::system::SystemConfig`]: the queue
-//! (embedded directory or `tcp://` broker), the stock store (in-process or Redis), the
+//! (embedded directory, `tcp://` broker, or Redis Streams at `redis://` or
+//! `redis+cluster://`), the stock store (in-process or Redis), the
 //! orders database (SQLite file or PostgreSQL), the order workers and unpaid-order
 //! cancellers (none with `--workers 0 --cancellers 0`: they then run as `order-worker`
 //! processes); then runs the [`gateway::system::System`] until SIGTERM/SIGINT. The
@@ -28,7 +29,10 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
-    /// The queue: a directory (embedded engine) or `tcp://HOST:PORT` (a `queue serve` broker).
+    /// The queue: a directory (embedded engine), `tcp://HOST:PORT` (a `queue serve` broker),
+    /// `redis://HOST:PORT` or `redis+cluster://HOST:PORT,HOST:PORT` (Redis Streams; options
+    /// after `?`: `replicas=N`, `replica_timeout_ms=MS`, `fsync=relaxed`, `partitions=P`,
+    /// `prefix=P`; see the README, "Queue on Redis Streams").
     #[arg(long, env = "GATEWAY_QUEUE", default_value = "data/queue")]
     queue: String,
     /// The stock store: `memory` or a Redis URL (`redis://127.0.0.1:6379`).

@@ -1,5 +1,6 @@
 //! `order-worker`: order workers and cancellers as a process of their own, against a queue
-//! broker (`tcp://…`) or an embedded queue directory, the orders database (SQLite or
+//! broker (`tcp://…`), Redis Streams (`redis://…`, `redis+cluster://…`) or an embedded queue
+//! directory, the orders database (SQLite or
 //! PostgreSQL) and optionally the Redis stock store (to release units of rejected and
 //! cancelled purchases). Stops cleanly on SIGTERM/SIGINT after the batches in hand.
 
@@ -23,7 +24,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Order workers and unpaid-order cancellers"
 )]
 struct Args {
-    /// The queue: `tcp://HOST:PORT` (a `queue serve` broker) or a directory (embedded).
+    /// The queue: `tcp://HOST:PORT` (a `queue serve` broker), a directory (embedded),
+    /// `redis://HOST:PORT` or `redis+cluster://HOST:PORT,HOST:PORT` (Redis Streams; options
+    /// after `?`: `replicas=N`, `replica_timeout_ms=MS`, `fsync=relaxed`, `partitions=P`,
+    /// `prefix=P`; see the README, "Queue on Redis Streams"). The gateways' target.
     #[arg(
         long,
         env = "ORDER_WORKER_QUEUE",

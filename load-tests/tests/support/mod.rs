@@ -1,0 +1,44 @@
+//! What the load tests that need scratch Redis servers share: starting them through
+//! `redis-kit` (free loopback ports, temporary directories, never the shared 6379), the
+//! Redis Streams key names the tests look at (queue/REDIS.md, "Keys"), and the flood of
+//! purchases the fault tests run ([`flood`]).
+
+#![allow(dead_code)] // Each test binary uses its own share of these helpers.
+
+pub mod flood;
+
+use redis_kit::KitError;
+
+/// The queue's default key prefix (`queue::streams::PREFIX_DEFAULT`).
+pub const QUEUE_PREFIX: &str = queue::streams::PREFIX_DEFAULT;
+
+/// The registry of topics (a hash: topic → partitions).
+pub fn topics_key() -> String {
+    format!("{QUEUE_PREFIX}topics")
+}
+
+/// The stream of partition `p` of `topic` (every key of a partition is under the hash tag
+/// `{topic:p}`).
+pub fn stream_key(topic: &str, p: u32) -> String {
+    format!("{QUEUE_PREFIX}{{{topic}:{p}}}:s")
+}
+
+/// Starts scratch Redis servers with `start` (blocking: run it off the async workers).
+/// Without `redis-server` on `PATH` the test is skipped (`None`) — except under `CI`, where
+/// it fails; any other failure to start fails the test everywhere.
+pub async fn start_redis<T: Send + 'static>(
+    what: &'static str,
+    start: impl FnOnce() -> Result<T, KitError> + Send + 'static,
+) -> Option<T> {
+    let started = tokio::task::spawn_blocking(start)
+        .await
+        .expect("the start task does not panic");
+    match started {
+        Ok(servers) => Some(servers),
+        Err(e @ KitError::MissingBinary { .. }) if !order_worker::testing::under_ci() => {
+            eprintln!("skipping: {what}: {e}");
+            None
+        }
+        Err(e) => panic!("{what} did not start: {e}"),
+    }
+}
