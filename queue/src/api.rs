@@ -214,8 +214,27 @@ pub struct GroupStats {
     pub acked: u64,
     /// Messages this group dead-lettered (since open).
     pub dead_lettered: u64,
-    /// Offset below which everything is done.
+    /// Offset below which everything is done. For a topic with several partitions
+    /// (offsets `(partition << 48) | seq`, the Redis Streams backend) the smallest over
+    /// them; see [`GroupStats::partition_low_watermarks`].
     pub low_watermark: u64,
+    /// Per partition, in partition order, the offset below which that partition is done,
+    /// when the topic has more than one partition; empty otherwise (then
+    /// `low_watermark` is the one figure). A caller comparing an offset with what is done
+    /// takes the entry of the offset's partition, `offset >> 48`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_low_watermarks: Vec<u64>,
+}
+
+impl GroupStats {
+    /// The offset below which the partition of `offset` is done.
+    pub fn low_watermark_for(&self, offset: u64) -> u64 {
+        let p = (offset >> 48) as usize;
+        self.partition_low_watermarks
+            .get(p)
+            .copied()
+            .unwrap_or(self.low_watermark)
+    }
 }
 
 /// Statistics of one topic.

@@ -984,6 +984,7 @@ impl TopicState {
                     acked: g.acked,
                     dead_lettered: g.dead_lettered,
                     low_watermark: low,
+                    partition_low_watermarks: Vec::new(),
                 }
             })
             .collect();

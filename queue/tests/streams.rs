@@ -206,6 +206,16 @@ async fn partitions_spread_over_a_cluster_and_every_operation_stays_on_one_slot(
     let stats = q.stats("orders").await.expect("stats");
     let g = &stats.groups[0];
     assert_eq!((g.lag, g.in_flight, g.acked), (0, 0, 295), "{stats:?}");
+    // Progress per partition, each mark in its own partition's offsets.
+    assert_eq!(g.partition_low_watermarks.len(), 6, "{g:?}");
+    for (p, mark) in g.partition_low_watermarks.iter().enumerate() {
+        assert_eq!(mark >> 48, p as u64, "{g:?}");
+        assert!(
+            mark & 0xffff_ffff_ffff > 0,
+            "partition {p} made progress: {g:?}"
+        );
+        assert_eq!(g.low_watermark_for(*mark), *mark);
+    }
     assert_eq!(stats.dead_letters_pending, 5);
 }
 

@@ -1291,6 +1291,7 @@ impl Queue for RedisQueue {
             ..TopicStats::default()
         };
         let mut groups: Vec<GroupStats> = Vec::new();
+        let mut marks: HashMap<String, Vec<Option<u64>>> = HashMap::new();
         for p in 0..parts {
             let k = q.part(topic, p);
             let names = q.group_names(&k).await?;
@@ -1354,7 +1355,12 @@ impl Queue for RedisQueue {
                     acked: uint(&g[7])?,
                     dead_lettered: uint(&g[9])?,
                     low_watermark: offset(p, low),
+                    partition_low_watermarks: Vec::new(),
                 };
+                marks
+                    .entry(name.clone())
+                    .or_insert_with(|| vec![None; parts as usize])[p as usize] =
+                    Some(offset(p, low));
                 match groups.iter_mut().find(|x| x.name == name) {
                     Some(x) => {
                         x.lag += s.lag;
@@ -1376,6 +1382,18 @@ impl Queue for RedisQueue {
         }
         if t.log_start == u64::MAX {
             t.log_start = 0;
+        }
+        if parts > 1 {
+            for g in &mut groups {
+                // A partition the group has never read: nothing of it is done yet.
+                g.partition_low_watermarks = marks
+                    .remove(&g.name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(p, m)| m.unwrap_or_else(|| offset(p as u32, 0)))
+                    .collect();
+            }
         }
         groups.sort_by(|a, b| a.name.cmp(&b.name));
         t.groups = groups;

@@ -100,7 +100,13 @@ local function ensure_group(k, group, groups_max, latest)
   end
   local nxt = tonumber(redis.call('GET', k.next) or '0')
   local start = '0-0'
-  local cur = 0
+  -- Earliest: from the oldest retained entry (everything trimmed was finished by every
+  -- group there was), so a new group on a trimmed stream shows no false lag.
+  local cur = nxt
+  local first = redis.call('XRANGE', k.s, '-', '+', 'COUNT', 1)
+  if #first > 0 then
+    cur = seq_of(first[1][1])
+  end
   if latest and nxt > 0 then
     start = sid(nxt - 1)
     cur = nxt
