@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 
 use crate::api::{
-    AckOutcome, Confirm, DeadLetter, Delivery, FetchOptions, Message, Peeked, Queue, Receipt,
+    AckOutcome, Confirm, DeadLetter, Delivery, Due, FetchOptions, Message, Peeked, Queue, Receipt,
     StartAt, TopicStats,
 };
 use crate::config::Config;
@@ -22,7 +22,7 @@ use crate::format::{self, FLAG_NO_DEDUP, GroupOp, OpKind, Reader};
 use crate::histogram::HistogramSnapshot;
 use crate::limits::{
     ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, DEAD_LETTER_ENVELOPE_BYTES_MAX, DEAD_LETTER_LIST_MAX,
-    FETCH_MESSAGES_MAX, FETCH_WAIT_MS_MAX, GROUPS_MAX, HEADER_NAME_BYTES_MAX,
+    DUE_MS_MAX, FETCH_MESSAGES_MAX, FETCH_WAIT_MS_MAX, GROUPS_MAX, HEADER_NAME_BYTES_MAX,
     HEADER_VALUE_BYTES_MAX, HEADERS_MAX, LEASE_MS_MAX, NACK_DELAY_MS_MAX, NAME_BYTES_MAX,
     PAYLOAD_BYTES_MAX, PEEK_MESSAGES_MAX, READ_BYTES_MAX, REASON_BYTES_MAX, TOPICS_MAX,
 };
@@ -148,6 +148,14 @@ pub fn validate_message(m: &Message) -> Result<()> {
             "payload of {} bytes exceeds {PAYLOAD_BYTES_MAX}",
             m.payload.len()
         )));
+    }
+    match m.due {
+        Due::At(t) | Due::After(t) if t > DUE_MS_MAX => {
+            return Err(Error::Invalid(format!(
+                "due time or delay of {t} ms exceeds {DUE_MS_MAX}"
+            )));
+        }
+        _ => {}
     }
     if m.headers.len() > HEADERS_MAX {
         return Err(Error::Invalid(format!(

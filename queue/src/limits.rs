@@ -39,6 +39,9 @@ pub const NOTIFY_ROUNDS_MAX: usize = 4;
 pub const FETCH_WAIT_MS_MAX: u64 = 5 * 60 * 1000;
 /// Longest lease a fetch may ask for (12 hours).
 pub const LEASE_MS_MAX: u64 = 12 * 60 * 60 * 1000;
+/// Latest due time (ms since the Unix epoch) and longest delay a message may name: 2^53 − 1,
+/// so that every backend can hold it exactly (Redis scripts compute in doubles).
+pub const DUE_MS_MAX: u64 = (1 << 53) - 1;
 /// Longest retry delay a nack may ask for (7 days).
 pub const NACK_DELAY_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Longest dead-letter reason kept, in bytes; longer ones are cut.

@@ -57,6 +57,10 @@ async fn servers_that_could_lose_an_acknowledged_message_are_refused() {
             RedisOptions::new().maxmemory_policy("allkeys-lru"),
             "maxmemory-policy",
         ),
+        (
+            RedisOptions::new().config_line("no-appendfsync-on-rewrite yes"),
+            "no-appendfsync-on-rewrite",
+        ),
     ];
     for (options, setting) in cases {
         let s = server(options);
@@ -112,7 +116,12 @@ async fn a_publish_short_of_replicas_is_outcome_unknown_and_its_retry_is_dedupli
         .split_once(':')
         .map(|(h, p)| (h.to_string(), p.parse::<u16>().expect("port")))
         .expect("addr");
-    let _replica = server(RedisOptions::new().replica_of(&host, port));
+    let replica = server(RedisOptions::new().replica_of(&host, port));
+    // A replica named as the target is refused: every publish to it would fail.
+    let err = RedisQueue::connect(config(&replica.url(), &clock))
+        .await
+        .expect_err("a replica is not a queue target");
+    assert!(err.to_string().contains("replica"), "{err}");
     let mut confirm = None;
     for _ in 0..200 {
         match q.publish("orders", Message::new("p").with_id(42)).await {
@@ -143,6 +152,22 @@ async fn partitions_spread_over_a_cluster_and_every_operation_stays_on_one_slot(
     let q = RedisQueue::connect(c)
         .await
         .expect("connect to the cluster");
+    // One node of it named as a standalone target is refused.
+    let node = cluster.nodes()[0].url();
+    let err = RedisQueue::connect(config(&node, &clock))
+        .await
+        .expect_err("a cluster node is not a standalone target");
+    assert!(err.to_string().contains("Cluster node"), "{err}");
+    // A batch whose ids belong to different partitions is refused whole: a later publish of
+    // one of them alone would miss its de-duplication entry.
+    let err = q
+        .publish_batch(
+            "orders",
+            vec![Message::new("a").with_id(6), Message::new("b").with_id(7)],
+        )
+        .await
+        .expect_err("ids of two partitions");
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     let mut offsets = std::collections::BTreeSet::new();
     for i in 0..300u128 {
         let c = q

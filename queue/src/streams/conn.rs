@@ -196,8 +196,9 @@ async fn cluster_nodes(seed: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Checks one server's settings; returns what is wrong with it, if anything.
-async fn check_server(url: &str, req: Requirements) -> Result<Vec<String>> {
+/// Checks one server's settings; returns what is wrong with it, if anything. `standalone`:
+/// the server was named as a `redis://` target, so it must be a primary outside a cluster.
+async fn check_server(url: &str, req: Requirements, standalone: bool) -> Result<Vec<String>> {
     let mut c = open(
         &RedisTarget::Standalone(url.to_string()),
         Some(COMMAND_TIMEOUT),
@@ -212,6 +213,7 @@ async fn check_server(url: &str, req: Requirements) -> Result<Vec<String>> {
     let appendonly = read("appendonly").await?;
     let appendfsync = read("appendfsync").await?;
     let policy = read("maxmemory-policy").await?;
+    let no_fsync_on_rewrite = read("no-appendfsync-on-rewrite").await?;
     if appendonly != "yes" {
         problems.push(format!(
             "appendonly is {appendonly:?}: an acknowledged publish must survive a restart (set `appendonly yes`)"
@@ -221,6 +223,12 @@ async fn check_server(url: &str, req: Requirements) -> Result<Vec<String>> {
         problems.push(format!(
             "appendfsync is {appendfsync:?}: a confirm must mean fsynced (set `appendfsync always`, or add `?fsync=relaxed` to the queue target to accept losing up to a second of confirmed messages on a machine crash)"
         ));
+    }
+    if req.fsync_always && no_fsync_on_rewrite == "yes" {
+        problems.push(
+            "no-appendfsync-on-rewrite is \"yes\": writes are not fsynced while the AOF is rewritten (set `no-appendfsync-on-rewrite no`)"
+                .to_string(),
+        );
     }
     if policy != "noeviction" {
         problems.push(format!(
@@ -243,6 +251,28 @@ async fn check_server(url: &str, req: Requirements) -> Result<Vec<String>> {
         .next()
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
+    if standalone {
+        let replication: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut c)
+            .await
+            .map_err(conn_err)?;
+        if replication.lines().any(|l| l.trim() == "role:slave") {
+            problems.push(
+                "it is a replica: name the primary (every publish to a replica fails)".to_string(),
+            );
+        }
+        let cluster: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut c)
+            .await
+            .map_err(conn_err)?;
+        if cluster.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            problems.push(format!(
+                "it is a Redis Cluster node: use a {CLUSTER_PREFIX}HOST:PORT,... target"
+            ));
+        }
+    }
     if major < 7 {
         problems.push(format!(
             "Redis {version} is too old: the queue needs 7.0 or later"
@@ -255,6 +285,7 @@ async fn check_server(url: &str, req: Requirements) -> Result<Vec<String>> {
 /// (`appendonly yes`, `appendfsync always` unless relaxed, `maxmemory-policy noeviction`,
 /// Redis 7.0 or later). Refused with one clear message naming each server and setting.
 pub async fn check(target: &RedisTarget, req: Requirements) -> Result<()> {
+    let standalone = matches!(target, RedisTarget::Standalone(_));
     let servers = match target {
         RedisTarget::Standalone(url) => vec![url.clone()],
         RedisTarget::Cluster(nodes) => {
@@ -278,7 +309,7 @@ pub async fn check(target: &RedisTarget, req: Requirements) -> Result<()> {
     };
     let mut report = Vec::new();
     for url in &servers {
-        for p in check_server(url, req).await? {
+        for p in check_server(url, req, standalone).await? {
             report.push(format!("{url}: {p}"));
         }
     }

@@ -57,6 +57,15 @@ pub const PARTITIONS_MAX: u32 = 256;
 /// Most consumers blocked in `XREAD` at once, each on a connection of its own; a fetch
 /// beyond it polls every [`POLL_FALLBACK_MS`] instead.
 pub const WAITERS_MAX: usize = 64;
+/// Most publisher connections (with `replicas=N`: each publish and its `WAIT` take one
+/// of their own); publishes beyond it wait for one.
+pub const PUBLISHERS_MAX: usize = 16;
+/// Most entries one `XREADGROUP` inside the fetch script reads at a time (the script
+/// loops while it has room), bounding the script's memory with large payloads.
+pub const READ_CHUNK_MAX: usize = 64;
+/// Most dead-letter entries one listing looks at per partition (resolved ones behind a
+/// pending one are skipped, not returned).
+pub const DEAD_SCAN_MAX: usize = 10_000;
 /// How often a long poll that found no free blocking connection looks again.
 pub const POLL_FALLBACK_MS: u64 = 20;
 /// In a cluster a long poll blocks on one partition at a time, this long at most, then
@@ -240,6 +249,8 @@ struct Inner {
     rr: AtomicU32,
     waiters: Semaphore,
     idle_blocking: Mutex<Vec<Conn>>,
+    publishers: Semaphore,
+    idle_publishers: Mutex<Vec<Conn>>,
     closed: AtomicBool,
 }
 
@@ -294,6 +305,24 @@ fn due_args(due: Due) -> (u8, u64) {
     }
 }
 
+/// The same error again, for each message of a call that failed as a whole.
+fn dup_error(e: &Error) -> Error {
+    match e {
+        Error::Connection(m) => Error::Connection(m.clone()),
+        Error::Full { topic, what, limit } => Error::Full {
+            topic: topic.clone(),
+            what,
+            limit: *limit,
+        },
+        Error::Invalid(m) => Error::Invalid(m.clone()),
+        Error::Closed => Error::Closed,
+        other => Error::Remote {
+            code: 0,
+            message: other.to_string(),
+        },
+    }
+}
+
 fn outcome(code: i64) -> Result<AckOutcome> {
     Ok(match code {
         0 => AckOutcome::Acked,
@@ -329,6 +358,8 @@ impl RedisQueue {
             rr: AtomicU32::new(rand_start()),
             waiters: Semaphore::new(WAITERS_MAX),
             idle_blocking: Mutex::new(Vec::new()),
+            publishers: Semaphore::new(PUBLISHERS_MAX),
+            idle_publishers: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             config,
         });
@@ -488,6 +519,27 @@ impl Inner {
             .map_err(|e| self.script_err(e, topic, dead_offset))
     }
 
+    /// [`Inner::run`] on a connection of the caller's (a publisher's, for `WAIT`).
+    async fn run_on(
+        &self,
+        conn: &mut Conn,
+        script: &Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+        topic: &str,
+    ) -> Result<Value> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a.as_slice());
+        }
+        inv.invoke_async(conn)
+            .await
+            .map_err(|e| self.script_err(e, topic, 0))
+    }
+
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
         let mut conn = self.conn.clone();
         cmd.query_async(&mut conn).await.map_err(conn_err)
@@ -574,9 +626,19 @@ impl Inner {
                     .filter(|&i| out[i].as_ref().is_err_and(full))
                     .collect();
                 let retry: Vec<&Message> = again.iter().map(|&i| messages[i]).collect();
-                let second = self.publish_once(topic, p, &retry, false).await?;
-                for (i, r) in again.into_iter().zip(second) {
-                    out[i] = r;
+                // The first call's results stand; the retry's answer (or its error) is for
+                // the retried messages only.
+                match self.publish_once(topic, p, &retry, false).await {
+                    Ok(second) => {
+                        for (i, r) in again.into_iter().zip(second) {
+                            out[i] = r;
+                        }
+                    }
+                    Err(e) => {
+                        for i in again {
+                            out[i] = Err(dup_error(&e));
+                        }
+                    }
                 }
                 Ok(out)
             }
@@ -620,9 +682,13 @@ impl Inner {
             args.push(kind.to_string().into_bytes());
             args.push(value.to_string().into_bytes());
         }
-        let v = self
-            .run(&self.scripts.publish, &keys, &args, topic, 0)
-            .await?;
+        let v = if self.config.replicas > 0 {
+            self.publish_replicated(&k.stream(), &keys, &args, topic)
+                .await?
+        } else {
+            self.run(&self.scripts.publish, &keys, &args, topic, 0)
+                .await?
+        };
         let mut out = Vec::with_capacity(messages.len());
         for pair in array(v)? {
             let pair = array(pair)?;
@@ -641,41 +707,56 @@ impl Inner {
         if out.len() != messages.len() {
             return Err(reply::bad("publish reply count"));
         }
-        if self.config.replicas > 0 {
-            self.wait_replicas(&k.stream()).await?;
-        }
         Ok(out)
     }
 
-    /// `WAIT replicas timeout` on the connection (and, in a cluster, the node) that wrote
-    /// `key`; fewer acknowledgements: "outcome unknown", retry with the same id.
-    async fn wait_replicas(&self, key: &str) -> Result<()> {
+    /// Runs the publish script and then `WAIT replicas timeout` on one publisher
+    /// connection of its own (at most [`PUBLISHERS_MAX`]): `WAIT` counts the writes of the
+    /// connection it is sent on, and it blocks that connection while it waits, which must
+    /// not stall the shared one. A connection that failed is dropped, never reused, so the
+    /// `WAIT` always follows its write on the same server connection (in a cluster, the
+    /// master of the written key). Fewer acknowledgements: "outcome unknown", retry with
+    /// the same id.
+    async fn publish_replicated(
+        &self,
+        key: &str,
+        keys: &[String],
+        args: &[Vec<u8>],
+        topic: &str,
+    ) -> Result<Value> {
+        let _permit = self.publishers.acquire().await.map_err(|_| Error::Closed)?;
+        let idle = lock(&self.idle_publishers).pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => conn::open(&self.config.target, Some(conn::COMMAND_TIMEOUT)).await?,
+        };
+        let v = self
+            .run_on(&mut conn, &self.scripts.publish, keys, args, topic)
+            .await?;
         let want = self.config.replicas;
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(want).arg(self.config.replica_timeout_ms);
-        let got: i64 = match &self.conn {
-            Conn::Single(_) | Conn::Direct(_) => {
-                let mut c = self.conn.clone();
-                cmd.query_async(&mut c).await.map_err(conn_err)?
-            }
+        let got = match &mut conn {
             Conn::Cluster(c) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let slot = slot_of(key);
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(slot, SlotAddr::Master),
+                    Route::new(slot_of(key), SlotAddr::Master),
                 ));
-                let mut c = c.clone();
-                let v = c.route_command(cmd, route).await.map_err(conn_err)?;
-                int(&v)?
+                c.route_command(cmd, route)
+                    .await
+                    .map_err(conn_err)
+                    .and_then(|v| int(&v))
             }
-        };
+            other => cmd.query_async::<i64>(other).await.map_err(conn_err),
+        }?;
+        lock(&self.idle_publishers).push(conn);
         if got < i64::from(want) {
             return Err(Error::Connection(format!(
                 "outcome unknown: {got} of {want} replicas acknowledged within {} ms; retry with the same message id",
                 self.config.replica_timeout_ms
             )));
         }
-        Ok(())
+        Ok(v)
     }
 
     async fn fetch_part(
@@ -713,6 +794,7 @@ impl Inner {
             max_bytes.to_string(),
             self.config.in_flight_max.to_string(),
             GROUPS_MAX.to_string(),
+            READ_CHUNK_MAX.to_string(),
         ]
         .into_iter()
         .map(String::into_bytes)
@@ -796,14 +878,20 @@ impl Inner {
             };
             cmd.arg(last).arg(&poll.wake_id);
         }
-        let r: redis::RedisResult<Value> = cmd.query_async(&mut conn).await;
+        // The block is bounded on our side too: a connection that died silently (a
+        // network partition) must not hold the fetch past its wait.
+        let bound = Duration::from_millis(block_ms.max(1)) + conn::COMMAND_TIMEOUT;
+        let r = tokio::time::timeout(bound, cmd.query_async::<Value>(&mut conn)).await;
         match r {
-            Ok(_) => {
+            Ok(Ok(_)) => {
                 lock(&self.idle_blocking).push(conn);
                 Ok(())
             }
-            Err(e) if is_connection_error(&e) => Err(conn_err(e)),
-            Err(e) => {
+            // A failed or stuck blocking connection is dropped and the wait counts as a
+            // wake-up: the next fetch, on the shared connection, says what is wrong.
+            Ok(Err(e)) if is_connection_error(&e) => Ok(()),
+            Err(_) => Ok(()),
+            Ok(Err(e)) => {
                 lock(&self.idle_blocking).push(conn);
                 Err(Error::Remote {
                     code: 0,
@@ -823,12 +911,19 @@ impl Inner {
         let registry: HashMap<String, u32> = self
             .query(redis::cmd("HGETALL").arg(keys::registry(&self.config.prefix)))
             .await?;
+        // Every partition gets its round even when one fails; the first error is reported.
+        let mut first_error = None;
         for (topic, parts) in registry {
             for p in 0..parts.min(PARTITIONS_MAX) {
-                self.maintain_partition(&topic, p).await?;
+                if let Err(e) = self.maintain_partition(&topic, p).await {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// One maintenance round on partition `p` of `topic` (the `maintain` script).
@@ -955,8 +1050,19 @@ impl Queue for RedisQueue {
             validate_message(m)?;
         }
         let parts = q.ensure_topic(topic).await?;
-        // All or nothing needs one script: a batch goes to one partition.
+        // All or nothing needs one script: a batch goes to one partition. Its ids must all
+        // belong there, or a later publish of one of them alone would miss its
+        // de-duplication entry.
         let p = q.pick_partition(messages[0].id, parts);
+        if parts > 1
+            && messages.iter().any(|m| {
+                m.id.is_some_and(|id| q.pick_partition(Some(id), parts) != p)
+            })
+        {
+            return Err(Error::Invalid(format!(
+                "topic {topic:?} has {parts} partitions: a batch's producer ids must all map to one (id % {parts})"
+            )));
+        }
         let refs: Vec<&Message> = messages.iter().collect();
         q.publish_part(topic, p, &refs, true)
             .await?
@@ -1012,18 +1118,7 @@ impl Queue for RedisQueue {
                 Err(e) => {
                     // The one error of this partition's call, for each of its messages.
                     for i in idx {
-                        out[i] = Some(Err(match &e {
-                            Error::Connection(m) => Error::Connection(m.clone()),
-                            Error::Full { topic, what, limit } => Error::Full {
-                                topic: topic.clone(),
-                                what,
-                                limit: *limit,
-                            },
-                            other => Error::Remote {
-                                code: 0,
-                                message: other.to_string(),
-                            },
-                        }));
+                        out[i] = Some(Err(dup_error(&e)));
                     }
                 }
             }
@@ -1084,7 +1179,7 @@ impl Queue for RedisQueue {
                     break;
                 }
                 let p = (start + i) % parts;
-                let (got, poll) = q
+                let part = q
                     .fetch_part(
                         topic,
                         group,
@@ -1093,7 +1188,16 @@ impl Queue for RedisQueue {
                         lease_ms,
                         READ_BYTES_MAX - bytes,
                     )
-                    .await?;
+                    .await;
+                let (got, poll) = match part {
+                    Ok(r) => r,
+                    // What earlier partitions leased is handed out, not left to expire.
+                    Err(e) if !out.is_empty() => {
+                        tracing::warn!(topic, partition = p, error = %e, "fetch of a partition failed");
+                        return Ok(out);
+                    }
+                    Err(e) => return Err(e),
+                };
                 bytes += got.iter().map(|d| d.payload.len() as u64).sum::<u64>();
                 out.extend(got);
                 polls.push(poll);
@@ -1206,6 +1310,7 @@ impl Queue for RedisQueue {
                 from.to_string().into_bytes(),
                 (limit - out.len()).to_string().into_bytes(),
                 (READ_BYTES_MAX - bytes).to_string().into_bytes(),
+                DEAD_SCAN_MAX.to_string().into_bytes(),
             ];
             let v = q
                 .run(

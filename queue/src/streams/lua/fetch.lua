@@ -1,6 +1,6 @@
 -- fetch: KEYS = s, groups, next, lease, hold, wait, att, n, cur, dl, dlnext, wake.
 -- ARGV = now, group, consumer, max, lease ms, max attempts, max bytes, in-flight max,
--- groups max.
+-- groups max, read chunk (most entries one XREADGROUP reads).
 -- Expires leases, then hands out (1) retries and fired delays whose time came, (2) new
 -- entries read with XREADGROUP (a delayed one not yet due goes to `wait` instead).
 -- Returns {now, wake ms or -1, next seq, last wake id, lease until, deliveries...}, each
@@ -16,6 +16,7 @@ local lease_ms = tonumber(ARGV[5])
 local max_attempts = tonumber(ARGV[6])
 local max_bytes = tonumber(ARGV[7])
 local in_flight_max = tonumber(ARGV[8])
+local chunk = tonumber(ARGV[10])
 local err = ensure_group(k, group, tonumber(ARGV[9]), false)
 if err then
   return err
@@ -91,7 +92,7 @@ end
 
 -- New entries.
 while room() do
-  local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max - count, 'STREAMS', k.s, '>')
+  local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', math.min(max - count, chunk), 'STREAMS', k.s, '>')
   if not r or #r == 0 or #r[1][2] == 0 then
     break
   end

@@ -57,46 +57,40 @@ for j = 1, ng do
     end
   end
 end
--- Resolved dead letters at the front of the dead-letter stream go (at most 100 a round).
+-- Resolved dead letters at the front of the dead-letter stream go (at most 100 a round);
+-- like the engine's dead-letter segments, those behind a pending one stay (and `peek`
+-- shows them) until it is resolved too.
 local dld = KEYS[6]
 for _ = 1, 100 do
-  local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
-  if #first == 0 then
+  local front = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+  if #front == 0 then
     break
   end
-  local dseq = str(seq_of(first[1][1]))
+  local dseq = str(seq_of(front[1][1]))
   if redis.call('SISMEMBER', dld, dseq) == 0 then
     break
   end
-  redis.call('XDEL', KEYS[4], first[1][1])
+  redis.call('XDEL', KEYS[4], front[1][1])
   redis.call('SREM', dld, dseq)
 end
--- Entries below `<low>-0` are every `<seq>-1` with seq < low: done for every group. Their
--- stored bytes leave the partition's backlog count (at most 100,000 entries a round).
+-- Entries below `<low>-0` are every `<seq>-1` with seq < low: done for every group. Only
+-- when the groups given are every group of the partition: one created since the caller
+-- listed them may already hold entries pending.
 local trimmed = 0
-if low ~= nil and low > 0 then
-  local freed = 0
-  local upto = nil
-  local start = '-'
-  for _ = 1, 100 do
-    local chunk = redis.call('XRANGE', s, start, '(' .. str(low) .. '-0', 'COUNT', 1000)
-    if #chunk == 0 then
-      break
-    end
-    for _, e in ipairs(chunk) do
-      freed = freed + #(field(e[2], 'b') or '') + 64
-    end
-    upto = seq_of(chunk[#chunk][1])
-    start = '(' .. chunk[#chunk][1]
-  end
-  if upto then
-    trimmed = redis.call('XTRIM', s, 'MINID', str(upto + 1) .. '-0')
-    redis.call('HINCRBY', KEYS[7], 'bytes', -freed)
-  end
+if low ~= nil and low > 0 and redis.call('SCARD', KEYS[2]) == ng then
+  trimmed = redis.call('XTRIM', s, 'MINID', str(low) .. '-0')
 end
 local first = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)
 local first_seq = -1
+-- The trimmed entries' bytes leave the backlog: `base` is the byte count before the first
+-- retained entry (all of them when none is left).
 if #first > 0 then
   first_seq = seq_of(first[1][1])
+  local c = field(first[1][2], 'c')
+  if c then
+    redis.call('HSET', KEYS[7], 'base', c)
+  end
+else
+  redis.call('HSET', KEYS[7], 'base', redis.call('HGET', KEYS[7], 'cum') or '0')
 end
 return { trimmed, first_seq }

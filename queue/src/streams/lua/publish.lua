@@ -51,7 +51,11 @@ for j = 1, n do
 end
 
 local len = redis.call('XLEN', k.s)
-local bytes = tonumber(redis.call('HGET', k.st, 'bytes') or '0')
+-- Retained bytes: `cum` counts every byte ever added, `base` those of the entries trimmed
+-- (the `c` of the first retained entry, set by maintenance); each entry carries `c`, the
+-- count before it.
+local cum = tonumber(redis.call('HGET', k.st, 'cum') or '0')
+local bytes = cum - tonumber(redis.call('HGET', k.st, 'base') or '0')
 if batch and len + fresh_count > max_messages then
   return redis.error_reply('QFULL messages')
 end
@@ -85,7 +89,7 @@ for j = 1, n do
     table.insert(out, { '-1', 3 })
   else
     local seq = redis.call('INCR', k.next) - 1
-    local args = { 'XADD', k.s, sid(seq), 'b', ARGV[a + 3] }
+    local args = { 'XADD', k.s, sid(seq), 'b', ARGV[a + 3], 'c', str(cum + added) }
     if ARGV[a + 2] ~= '' then
       table.insert(args, 'h')
       table.insert(args, ARGV[a + 2])
@@ -122,7 +126,7 @@ for j = 1, n do
 end
 if published > 0 then
   redis.call('HINCRBY', k.st, 'published', published)
-  redis.call('HINCRBY', k.st, 'bytes', added)
+  redis.call('HINCRBY', k.st, 'cum', added)
 end
 if duplicates > 0 then
   redis.call('HINCRBY', k.st, 'duplicates', duplicates)

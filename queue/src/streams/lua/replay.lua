@@ -20,7 +20,9 @@ if redis.call('SISMEMBER', KEYS[5], group) == 0 then
   return redis.error_reply('QNOGROUP ' .. group)
 end
 local seq = redis.call('INCR', KEYS[2]) - 1
-local args = { 'XADD', KEYS[1], sid(seq), 'b', field(f, 'b') or '' }
+local payload = field(f, 'b') or ''
+local cum = tonumber(redis.call('HGET', KEYS[6], 'cum') or '0')
+local args = { 'XADD', KEYS[1], sid(seq), 'b', payload, 'c', str(cum) }
 for _, name in ipairs({ 'h', 'i' }) do
   local v = field(f, name)
   if v then
@@ -41,5 +43,5 @@ for j = 2, #ARGV do
 end
 redis.call('SADD', KEYS[4], dseq)
 redis.call('HINCRBY', KEYS[6], 'published', 1)
-redis.call('HINCRBY', KEYS[6], 'bytes', #(field(f, 'b') or '') + 64)
+redis.call('HINCRBY', KEYS[6], 'cum', #payload + 64)
 return str(seq)

@@ -497,6 +497,7 @@ macro_rules! suite {
             current publish::backlog_limit_gives_full,
             current publish::byte_backlog_limit_gives_full,
             current publish::bad_input_is_refused_clearly,
+            current publish::due_times_past_the_limit_are_refused_and_the_largest_is_held,
             current publish::publish_each_judges_every_message_on_its_own,
             current publish::publish_each_near_the_backlog_limit_stores_what_fits,
             multi publish::concurrent_publishers_share_commits_and_lose_nothing,

@@ -1,7 +1,7 @@
 //! Publishing: offsets, confirms, de-duplication, batches, `publish_each`, backlog limits,
 //! refused input; and what a restart keeps.
 
-use queue::{AckOutcome, DLQ_SUFFIX, Error, Message, Receipt, StartAt};
+use queue::{AckOutcome, DLQ_SUFFIX, Due, Error, Message, Receipt, StartAt};
 
 use super::{Backend, fetch_opts};
 use crate::support::group;
@@ -346,6 +346,34 @@ pub async fn bad_input_is_refused_clearly(b: Backend) {
         q.ack("nope", "g", &[]).await,
         Err(Error::NoSuchTopic(_))
     ));
+}
+
+/// A due time or delay past `DUE_MS_MAX` is refused on every backend (Redis computes in
+/// doubles: it would deliver such a message at once); the largest allowed is held.
+pub async fn due_times_past_the_limit_are_refused_and_the_largest_is_held(b: Backend) {
+    let h = b.start().await;
+    let q = h.q();
+    let max = queue::limits::DUE_MS_MAX;
+    for due in [Due::At(max + 1), Due::At(u64::MAX), Due::After(max + 1)] {
+        let err = q
+            .publish("t", Message::new("x").with_due(due))
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, Error::Invalid(_)), "{due:?}: {err}");
+    }
+    let c = q
+        .publish("t", Message::new("far").with_due(Due::At(max)))
+        .await
+        .expect("the largest due time is accepted");
+    assert!(
+        q.fetch("t", "g", fetch_opts(10))
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "a message due at the end of time is not delivered now"
+    );
+    let seen = q.peek("t", c.offset, 1).await.expect("peek");
+    assert_eq!(seen[0].due_ms, Some(max), "held exactly");
 }
 
 /// `publish_each` (what the broker does with pipelined publishes): one bad message gets its
