@@ -182,11 +182,18 @@ pub async fn a_nack_wakes_a_waiting_consumer(b: Backend) {
     let h = b.start().await;
     let q = h.q();
     q.publish("t", Message::new("x")).await.expect("publish");
-    let held = q.fetch("t", "g", fetch_opts(1)).await.expect("fetch");
+    // Held under a lease far longer than the test's patience, so that only the nack, not
+    // the lease's end, can wake the waiting consumer.
+    let long = FetchOptions {
+        max_messages: 1,
+        lease_ms: Some(600_000),
+        wait_ms: 0,
+    };
+    let held = q.fetch("t", "g", long).await.expect("fetch");
     let opts = FetchOptions {
         max_messages: 1,
         lease_ms: Some(1_000),
-        wait_ms: 60_000,
+        wait_ms: 600_000,
     };
     let waiting = h.spawn_waiting_fetch("t", "g", opts).await;
     assert!(!waiting.is_finished());
