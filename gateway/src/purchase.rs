@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ClientIp, JsonBody, SaleIdPath, session_user};
 use crate::state::{AppState, LINE_REFRESH_MS, LINE_STATS_TIMEOUT_MS, Running, Shared};
-use crate::tickets::Ticket;
+use crate::tickets::{Done, Ticket};
 use crate::token::{TokenError, Verified};
 use order_worker::PurchaseMessage;
 
@@ -358,7 +358,8 @@ struct Accepted {
 }
 
 /// Place in line: messages of the orders topic not yet finished by the workers up to and
-/// including this one. `None` if the queue cannot say.
+/// including this one, counted in its own partition (a topic with several partitions is
+/// worked through in parallel, each in order). `None` if the queue cannot say.
 pub async fn position(state: &AppState, offset: u64) -> Option<u64> {
     let line = &state.line;
     let now = state.now_ms();
@@ -377,12 +378,7 @@ pub async fn position(state: &AppState, offset: u64) -> Option<u64> {
         .await;
         match stats {
             Ok(Ok(stats)) => {
-                let done = stats
-                    .groups
-                    .iter()
-                    .find(|g| g.name == state.config.workers_group)
-                    .map_or(stats.log_start, |g| g.low_watermark);
-                line.done.fetch_max(done, Ordering::AcqRel);
+                line.advance(&Done::of_topic(&stats, &state.config.workers_group));
             }
             Ok(Err(_)) | Err(_) => {
                 line.read_at_ms.store(read_at, Ordering::Release);
@@ -390,5 +386,5 @@ pub async fn position(state: &AppState, offset: u64) -> Option<u64> {
             }
         }
     }
-    Some(offset.saturating_sub(line.done.load(Ordering::Acquire)) + 1)
+    Some(line.position(offset))
 }

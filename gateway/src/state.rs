@@ -20,7 +20,7 @@ use crate::publisher::Publisher;
 use crate::sales::{Catalogue, Sale};
 use crate::session::{AdminKey, SessionKey};
 use crate::throttle::{QuotaClock, Throttle, Throttled};
-use crate::tickets::TicketBook;
+use crate::tickets::{Done, TicketBook};
 use crate::token::TokenKey;
 use order_worker::OrdersDb;
 
@@ -212,20 +212,34 @@ pub const LINE_REFRESH_MS: u64 = 100;
 /// Longest wait for the workers' progress; past it the position is left out (`null`).
 pub const LINE_STATS_TIMEOUT_MS: u64 = 200;
 
-/// The workers' progress through the orders topic (their group's low watermark, or the
-/// log's start before they have one), re-read from the queue at most every
-/// [`LINE_REFRESH_MS`]: a flood of purchases does not turn into a flood of `stats` calls,
-/// which lock the topic the purchases append to.
+/// The workers' progress through the orders topic (their group's marks, per partition when
+/// the topic has several, or the log's start before they have a group), re-read from the
+/// queue at most every [`LINE_REFRESH_MS`]: a flood of purchases does not turn into a flood
+/// of `stats` calls, which lock the topic the purchases append to.
 #[derive(Debug, Default)]
 pub struct LineProgress {
-    pub(crate) done: AtomicU64,
+    /// What the workers have finished. A small lock: read once per accepted purchase,
+    /// written at most every [`LINE_REFRESH_MS`] and by each housekeeping round.
+    done: Mutex<Done>,
     pub(crate) read_at_ms: AtomicU64,
 }
 
 impl LineProgress {
-    /// The workers have finished every offset below `done` (never goes back).
-    pub fn advance(&self, done: u64) {
-        self.done.fetch_max(done, Ordering::AcqRel);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Done> {
+        self.done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The workers have finished what `done` says (no mark ever goes back).
+    pub fn advance(&self, done: &Done) {
+        self.lock().advance(done);
+    }
+
+    /// Place in line of the message at `offset`, by the progress as last read: the messages
+    /// of its partition not yet finished, up to and including it.
+    pub fn position(&self, offset: u64) -> u64 {
+        self.lock().position(offset)
     }
 }
 
@@ -349,5 +363,31 @@ impl StockCache {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 202 for partition 2 of a three-partition topic used to say ~2.8e14 (its offset
+    /// minus partition 0's mark); counted within its partition it is its place in line.
+    #[test]
+    fn places_in_line_of_a_later_partition_are_small() {
+        let line = LineProgress::default();
+        let at = |p: u64, seq: u64| (p << crate::tickets::PARTITION_SHIFT) | seq;
+        // Before anything is read: the partition's seq + 1.
+        assert_eq!(line.position(at(2, 4)), 5);
+        line.advance(&Done::of_partitions(
+            at(0, 40),
+            &[at(0, 40), at(1, 50), at(2, 60)],
+        ));
+        assert_eq!(line.position(at(2, 61)), 2);
+        assert_eq!(line.position(at(1, 50)), 1);
+        assert_eq!(line.position(at(0, 49)), 10);
+        // One offset space, as the engine and the broker number it.
+        let single = LineProgress::default();
+        single.advance(&Done::below(7));
+        assert_eq!(single.position(9), 3);
     }
 }

@@ -5,9 +5,10 @@
 //!   gateway gets its stock defined if the store has none (from the units on sale and the
 //!   users holding an active order), which is also what a restart with an in-process store
 //!   does for every sale.
-//! - **Tickets**: the workers' group progress on the orders topic is read each round; tickets
-//!   below it are finished and leave the book: decided (their outcomes are in the database)
-//!   or dead-lettered. The orders topic's dead letters are listed each round (after the
+//! - **Tickets**: the workers' group progress on the orders topic is read each round, per
+//!   partition when the topic has several ([`crate::tickets::Done`]); tickets below their
+//!   partition's mark are finished and leave the book: decided (their outcomes are in the
+//!   database) or dead-lettered. The orders topic's dead letters are listed each round (after the
 //!   progress, so a ticket never leaves the book unseen) and their tickets answer `held`
 //!   until an operator replays or discards them.
 //! - **Stock that vanished** (a Redis restarted without persistence, flushed or evicting):
@@ -33,6 +34,7 @@ use std::sync::atomic::Ordering;
 use inventory::SaleStock;
 
 use crate::state::AppState;
+use crate::tickets::Done;
 
 /// Housekeeping rounds (one a second) between reconciliation checks.
 pub const RECONCILE_EVERY_ROUNDS: u64 = 10;
@@ -101,12 +103,12 @@ pub async fn reconcile_sale(state: &AppState, sale: u64) -> Result<SaleStock, Sy
 }
 
 /// Where the workers stand on the orders topic.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Progress {
     /// Messages not finished by the workers.
     lag: u64,
-    /// Offsets below this are finished (decided or dead-lettered).
-    done: u64,
+    /// What is finished (decided or dead-lettered), per partition.
+    done: Done,
     /// Dead letters waiting for an operator.
     dead_pending: u64,
 }
@@ -119,7 +121,7 @@ async fn progress(state: &AppState) -> Option<Progress> {
         Err(queue::Error::NoSuchTopic(_)) => {
             return Some(Progress {
                 lag: 0,
-                done: 0,
+                done: Done::default(),
                 dead_pending: 0,
             });
         }
@@ -128,20 +130,17 @@ async fn progress(state: &AppState) -> Option<Progress> {
             return None;
         }
     };
-    let (lag, done) = match stats
+    let lag = match stats
         .groups
         .iter()
         .find(|g| g.name == state.config.workers_group)
     {
-        Some(g) => (g.lag, g.low_watermark),
-        None => (
-            stats.next_offset.saturating_sub(stats.log_start),
-            stats.log_start,
-        ),
+        Some(g) => g.lag,
+        None => stats.next_offset.saturating_sub(stats.log_start),
     };
     Some(Progress {
         lag,
-        done,
+        done: Done::of_topic(&stats, &state.config.workers_group),
         dead_pending: stats.dead_letters_pending,
     })
 }
@@ -188,14 +187,14 @@ pub async fn housekeeping(state: &AppState) {
     // The progress first, then the dead letters: a purchase dead-lettered before the
     // progress was read is in the listing, so its ticket never leaves the book unseen.
     let p = progress(state).await;
-    if let Some(p) = p {
+    if let Some(p) = &p {
         if p.dead_pending > 0 {
             refresh_held(state).await;
         } else {
             state.held.replace(HashMap::new());
         }
-        state.line.advance(p.done);
-        state.tickets.finished_below(p.done);
+        state.line.advance(&p.done);
+        state.tickets.finished_below(&p.done);
     }
     let round = state.reconciler.rounds.fetch_add(1, Ordering::Relaxed) + 1;
     if round.is_multiple_of(RECONCILE_EVERY_ROUNDS) {

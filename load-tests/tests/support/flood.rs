@@ -3,7 +3,8 @@
 //!
 //! Each of [`BUYERS`] connections signs in a new person, takes a token (load-test mode: no
 //! captcha) and buys once, again and again until told to stop, and records every answer;
-//! the tickets of 202s and of `503 outcome_unknown`s are kept apart. [`settle_and_audit`]
+//! the tickets of 202s and of `503 outcome_unknown`s are kept apart, and the largest place in
+//! line a 202 gave. [`settle_and_audit`]
 //! then waits for the orders topic to drain, audits the 202s, checks that no order exists
 //! without a ticket handed out, and waits for the gateway's reconciliation at rest to make
 //! the stock store agree with the database.
@@ -63,6 +64,10 @@ pub struct Flood {
     answers: Mutex<BTreeMap<(Answer, String), u64>>,
     /// The message of the latest answer that was not a 202 (why purchases fail).
     last_refusal: Mutex<String>,
+    /// The largest place in line a 202 gave.
+    position_max: AtomicU64,
+    /// 202s whose place in line was left out (`null`: the queue could not say in time).
+    positions_missing: AtomicU64,
 }
 
 impl Flood {
@@ -102,6 +107,27 @@ impl Flood {
     /// 202s so far.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    fn note_position(&self, position: Option<u64>) {
+        match position {
+            Some(p) => {
+                self.position_max.fetch_max(p, Ordering::Relaxed);
+            }
+            None => {
+                self.positions_missing.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The largest place in line a 202 gave (0 if none gave one).
+    pub fn position_max(&self) -> u64 {
+        self.position_max.load(Ordering::Relaxed)
+    }
+
+    /// 202s whose place in line was left out.
+    pub fn positions_missing(&self) -> u64 {
+        self.positions_missing.load(Ordering::Relaxed)
     }
 }
 
@@ -161,8 +187,16 @@ async fn buyer(addr: SocketAddr, secret: String, flood: Arc<Flood>) {
             },
         };
         match buy_once(c, &user, &secret).await {
-            Ok((answer, code, ticket, message)) => {
-                if answer != Answer::Accepted {
+            Ok(Bought {
+                answer,
+                code,
+                ticket,
+                message,
+                position,
+            }) => {
+                if answer == Answer::Accepted {
+                    flood.note_position(position);
+                } else {
                     *lock(&flood.last_refusal) = message;
                 }
                 flood.note(answer, &code, ticket.as_deref());
@@ -175,13 +209,32 @@ async fn buyer(addr: SocketAddr, secret: String, flood: Arc<Flood>) {
     }
 }
 
-/// One person's purchase: sign in, token, buy; how it was answered (kind, code, ticket,
-/// message), or `Err(step)` when the connection broke.
-async fn buy_once(
-    c: &mut Conn,
-    user: &str,
-    secret: &str,
-) -> Result<(Answer, String, Option<String>, String), &'static str> {
+/// How one person's purchase was answered.
+struct Bought {
+    answer: Answer,
+    /// `202`, the error code, or the step that was refused.
+    code: String,
+    ticket: Option<String>,
+    message: String,
+    /// A 202's place in line.
+    position: Option<u64>,
+}
+
+impl Bought {
+    fn refused(code: String, message: String) -> Bought {
+        Bought {
+            answer: Answer::Refused,
+            code,
+            ticket: None,
+            message,
+            position: None,
+        }
+    }
+}
+
+/// One person's purchase: sign in, token, buy; how it was answered, or `Err(step)` when the
+/// connection broke.
+async fn buy_once(c: &mut Conn, user: &str, secret: &str) -> Result<Bought, &'static str> {
     let login = c
         .send(request(
             "POST",
@@ -198,10 +251,8 @@ async fn buy_once(
         .and_then(|v| v.split(';').next())
         .map(str::to_owned)
     else {
-        return Ok((
-            Answer::Refused,
+        return Ok(Bought::refused(
             format!("login {}", login.status),
-            None,
             String::new(),
         ));
     };
@@ -224,12 +275,7 @@ async fn buy_once(
         .map(str::to_owned)
     else {
         let message = String::from_utf8_lossy(&token.body).into_owned();
-        return Ok((
-            Answer::Refused,
-            format!("token {}", token.status),
-            None,
-            message,
-        ));
+        return Ok(Bought::refused(format!("token {}", token.status), message));
     };
     let a = c
         .send(request(
@@ -255,10 +301,18 @@ async fn buy_once(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    Ok(match (a.status.as_u16(), code.as_str(), ticket) {
-        (202, _, Some(t)) => (Answer::Accepted, "202".into(), Some(t), message),
-        (503, "outcome_unknown", Some(t)) => (Answer::Unknown, code, Some(t), message),
-        (status, _, ticket) => (Answer::Refused, format!("{status} {code}"), ticket, message),
+    let position = body.get("position").and_then(Value::as_u64);
+    let (answer, code) = match (a.status.as_u16(), code.as_str(), &ticket) {
+        (202, _, Some(_)) => (Answer::Accepted, "202".into()),
+        (503, "outcome_unknown", Some(_)) => (Answer::Unknown, code),
+        (status, _, _) => (Answer::Refused, format!("{status} {code}")),
+    };
+    Ok(Bought {
+        answer,
+        code,
+        ticket,
+        message,
+        position,
     })
 }
 

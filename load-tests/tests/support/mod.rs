@@ -23,6 +23,12 @@ pub fn stream_key(topic: &str, p: u32) -> String {
     format!("{QUEUE_PREFIX}{{{topic}:{p}}}:s")
 }
 
+/// The counter of partition `p` of `topic`: the next seq to publish, so the messages it
+/// ever took.
+pub fn next_key(topic: &str, p: u32) -> String {
+    format!("{QUEUE_PREFIX}{{{topic}:{p}}}:next")
+}
+
 /// Starts scratch Redis servers with `start` (blocking: run it off the async workers).
 /// Without `redis-server` on `PATH` the test is skipped (`None`) — except under `CI`, where
 /// it fails; any other failure to start fails the test everywhere.
