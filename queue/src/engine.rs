@@ -140,6 +140,19 @@ pub(crate) fn validate_user_topic(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A fetch's message count (1..=`FETCH_MESSAGES_MAX`) and lease (the default when none is
+/// asked for; at most `LEASE_MS_MAX`), as every backend reads them.
+pub(crate) fn fetch_limits(options: &FetchOptions, lease_ms_default: u64) -> Result<(usize, u64)> {
+    let max = options.max_messages.clamp(1, FETCH_MESSAGES_MAX);
+    let lease_ms = options.lease_ms.unwrap_or(lease_ms_default).max(1);
+    if lease_ms > LEASE_MS_MAX {
+        return Err(Error::Invalid(format!(
+            "lease of {lease_ms} ms exceeds {LEASE_MS_MAX} ms"
+        )));
+    }
+    Ok((max, lease_ms))
+}
+
 /// Checks a message against the limits of [`crate::limits`] (payload, headers); the
 /// broker client runs it before sending, so a bad message fails alone with `Invalid`.
 pub fn validate_message(m: &Message) -> Result<()> {
@@ -920,16 +933,7 @@ impl Engine {
         self.check_open()?;
         validate_user_topic(topic)?;
         validate_name("group", group)?;
-        let max = options.max_messages.clamp(1, FETCH_MESSAGES_MAX);
-        let lease_ms = options
-            .lease_ms
-            .unwrap_or(self.inner.config.lease_ms_default)
-            .max(1);
-        if lease_ms > LEASE_MS_MAX {
-            return Err(Error::Invalid(format!(
-                "lease of {lease_ms} ms exceeds {LEASE_MS_MAX} ms"
-            )));
-        }
+        let (max, lease_ms) = fetch_limits(&options, self.inner.config.lease_ms_default)?;
         let t = self.topic(topic)?;
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(options.wait_ms.min(FETCH_WAIT_MS_MAX));

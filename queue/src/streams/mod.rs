@@ -40,13 +40,13 @@ use crate::api::{
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{
-    DLQ_SUFFIX, DeadMeta, cut, dead_letter_id, validate_message, validate_name, validate_user_topic,
+    DLQ_SUFFIX, DeadMeta, cut, dead_letter_id, fetch_limits, validate_message, validate_name,
+    validate_user_topic,
 };
 use crate::error::{Error, Result};
 use crate::limits::{
-    ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, DEAD_LETTER_LIST_MAX, FETCH_MESSAGES_MAX,
-    FETCH_WAIT_MS_MAX, GROUPS_MAX, LEASE_MS_MAX, NACK_DELAY_MS_MAX, PEEK_MESSAGES_MAX,
-    READ_BYTES_MAX, TOPICS_MAX,
+    ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, DEAD_LETTER_LIST_MAX, FETCH_WAIT_MS_MAX, GROUPS_MAX,
+    NACK_DELAY_MS_MAX, PEEK_MESSAGES_MAX, READ_BYTES_MAX, TOPICS_MAX,
 };
 use conn::{Conn, conn_err};
 use keys::{PartKeys, offset, split};
@@ -988,6 +988,22 @@ impl Inner {
         self.run(script, &keys, &args, topic, 0).await
     }
 
+    /// Partition and dead seq of a dead letter of `topic`, checking what can be checked
+    /// before asking Redis.
+    async fn dead_partition(&self, topic: &str, dead_offset: u64) -> Result<(u32, u64)> {
+        self.check_open()?;
+        validate_user_topic(topic)?;
+        let parts = self.partitions(topic).await?;
+        let (p, dseq) = split(dead_offset);
+        if p >= parts {
+            return Err(Error::NoSuchDeadLetter {
+                topic: topic.to_string(),
+                offset: dead_offset,
+            });
+        }
+        Ok((p, dseq))
+    }
+
     fn dead_letter(&self, p: u32, dseq: u64, f: reply::Fields) -> DeadLetter {
         DeadLetter {
             dead_offset: offset(p, dseq),
@@ -1159,13 +1175,7 @@ impl Queue for RedisQueue {
         q.check_open()?;
         validate_user_topic(topic)?;
         validate_name("group", group)?;
-        let max = options.max_messages.clamp(1, FETCH_MESSAGES_MAX);
-        let lease_ms = options.lease_ms.unwrap_or(q.config.lease_ms_default).max(1);
-        if lease_ms > LEASE_MS_MAX {
-            return Err(Error::Invalid(format!(
-                "lease of {lease_ms} ms exceeds {LEASE_MS_MAX} ms"
-            )));
-        }
+        let (max, lease_ms) = fetch_limits(&options, q.config.lease_ms_default)?;
         let parts = q.ensure_topic(topic).await?;
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(options.wait_ms.min(FETCH_WAIT_MS_MAX));
@@ -1331,16 +1341,7 @@ impl Queue for RedisQueue {
 
     async fn replay_dead_letter(&self, topic: &str, dead_offset: u64) -> Result<u64> {
         let q = &self.inner;
-        q.check_open()?;
-        validate_user_topic(topic)?;
-        let parts = q.partitions(topic).await?;
-        let (p, dseq) = split(dead_offset);
-        if p >= parts {
-            return Err(Error::NoSuchDeadLetter {
-                topic: topic.to_string(),
-                offset: dead_offset,
-            });
-        }
+        let (p, dseq) = q.dead_partition(topic, dead_offset).await?;
         let k = q.part(topic, p);
         let groups = q.group_names(&k).await?;
         let mut keys = vec![
@@ -1364,16 +1365,7 @@ impl Queue for RedisQueue {
 
     async fn discard_dead_letter(&self, topic: &str, dead_offset: u64) -> Result<()> {
         let q = &self.inner;
-        q.check_open()?;
-        validate_user_topic(topic)?;
-        let parts = q.partitions(topic).await?;
-        let (p, dseq) = split(dead_offset);
-        if p >= parts {
-            return Err(Error::NoSuchDeadLetter {
-                topic: topic.to_string(),
-                offset: dead_offset,
-            });
-        }
+        let (p, dseq) = q.dead_partition(topic, dead_offset).await?;
         let k = q.part(topic, p);
         q.run(
             &q.scripts.discard,
