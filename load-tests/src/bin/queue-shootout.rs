@@ -1,13 +1,14 @@
-//! `queue-shootout`: our broker against Redis Streams, NATS JetStream and RabbitMQ, one
-//! harness, the same workload, and fsync before confirm for all of them.
+//! `queue-shootout`: our broker against Redis Streams, NATS JetStream and RabbitMQ, and our
+//! queue on Redis Streams against raw Redis Streams; one harness, the same workload, and
+//! fsync before confirm for all of them.
 //!
 //! ```text
 //! cargo build --release -p load-tests --bin queue-shootout
 //! target/release/queue-shootout [--quick] [--messages N] [--json-out FILE] [...]
 //! ```
 //!
-//! For each system in turn (`--systems`, default `broker,redis,nats,rabbitmq`), on this
-//! machine over loopback:
+//! For each system in turn (`--systems`, default
+//! `broker,redis,redis-queue,redis-queue-ids,nats,rabbitmq`), on this machine over loopback:
 //! 1. publish: `--publishers` tasks (64), each sending one `--message-bytes` (200) message
 //!    and awaiting its confirm before the next, until `--messages` (100,000; `--quick`:
 //!    10,000) are confirmed. Figures: messages per second (first send to last confirm) and
@@ -21,15 +22,20 @@
 //! own: this binary re-run with `--serve-broker DIR`), a scratch `redis-server`
 //! (`appendfsync always`) and a scratch `nats-server` (`sync_interval: always`) started on
 //! free ports in fresh directories and stopped by their own pids at the end, and the
-//! machine's RabbitMQ (a quorum queue of a fresh name, deleted at the end). Each system's
+//! machine's RabbitMQ (a quorum queue of a fresh name, deleted at the end). `redis-queue`
+//! is our queue's Redis Streams backend (`queue::streams::RedisQueue`) on a scratch
+//! `redis-server` started and checked as the raw one, driven the same way (`publish` of one
+//! message vs one `XADD`; `fetch` + `ack` vs `XREADGROUP` + `XACK`); `redis-queue-ids` the
+//! same with a producer id on every message (the de-duplication's cost). Each system's
 //! durability settings, read back from the server where it can tell, are printed next to
 //! its figures. A system that cannot be run (no server binary, server unreachable, a server
 //! too old for the setting) is reported as "not measured: <why>" and the others go on.
 //!
 //! Progress and a table go to stderr; stdout gets one JSON object with the machine, the
 //! date, the command, every figure and the ratios to our broker (also written to
-//! `--json-out FILE`). Exit status 1 when our broker (the baseline) could not be measured,
-//! 2 on a bad argument.
+//! `--json-out FILE`), and for our queue on Redis its ratios to raw Redis Streams and the
+//! target "within 1.5× of raw Redis Streams' throughput", hit or miss. Exit status 1 when
+//! our broker (the baseline) could not be measured, 2 on a bad argument.
 
 #[path = "queue_shootout/broker.rs"]
 mod broker;
@@ -41,6 +47,8 @@ mod jetstream;
 mod machine;
 #[path = "queue_shootout/rabbitmq.rs"]
 mod rabbitmq;
+#[path = "queue_shootout/redis_queue.rs"]
+mod redis_queue;
 #[path = "queue_shootout/redis_streams.rs"]
 mod redis_streams;
 #[path = "queue_shootout/scratch.rs"]
@@ -63,12 +71,22 @@ const PROBE_ROUNDS: usize = 200;
 type Results = Vec<(String, Value, Result<SystemRun, String>)>;
 
 /// The systems, in the default order.
-const SYSTEMS: [&str; 4] = ["broker", "redis", "nats", "rabbitmq"];
+const SYSTEMS: [&str; 6] = [
+    "broker",
+    "redis",
+    "redis-queue",
+    "redis-queue-ids",
+    "nats",
+    "rabbitmq",
+];
+/// Our queue on Redis is held to this: its throughput at least raw Redis Streams' ÷ 1.5
+/// (issue 15, "within 1.5× of raw Redis Streams' throughput").
+const TARGET_REDIS_QUEUE_SLOWDOWN_MAX: f64 = 1.5;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "queue-shootout",
-    about = "Our broker vs Redis Streams, NATS JetStream and RabbitMQ: same workload, fsync before confirm for all"
+    about = "Our broker vs Redis Streams, NATS JetStream and RabbitMQ, and our queue on Redis Streams vs raw Redis Streams: same workload, fsync before confirm for all"
 )]
 struct Args {
     /// Messages published and then consumed + acked per system [default: 100000, 10000
@@ -94,11 +112,12 @@ struct Args {
     /// Client connections per system; publishers and consumers are spread over them.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Systems to run, in this order (comma-separated): broker, redis, nats, rabbitmq.
+    /// Systems to run, in this order (comma-separated): broker, redis, redis-queue,
+    /// redis-queue-ids, nats, rabbitmq.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "broker,redis,nats,rabbitmq"
+        default_value = "broker,redis,redis-queue,redis-queue-ids,nats,rabbitmq"
     )]
     systems: Vec<String>,
     /// Where the scratch servers' data directories go (a real disk, not tmpfs)
@@ -257,6 +276,8 @@ async fn run(a: &Args) -> Res<bool> {
         let r = match name.as_str() {
             "broker" => broker::run(&w, &base, &meter).await,
             "redis" => redis_streams::run(&w, &a.redis_server, &base, &meter).await,
+            "redis-queue" => redis_queue::run(&w, &a.redis_server, &base, &meter, false).await,
+            "redis-queue-ids" => redis_queue::run(&w, &a.redis_server, &base, &meter, true).await,
             "nats" => jetstream::run(&w, &a.nats_server, &base, &meter).await,
             _ => rabbitmq::run(&w, &rabbit, &meter).await,
         };
@@ -313,8 +334,27 @@ async fn run(a: &Args) -> Res<bool> {
         "ratio_definition": "other system ÷ our broker, all measured in this run: publish and consume + ack msgs/s above 1 mean the other is faster; confirm p50/p99 above 1 mean the other is slower",
         "systems": systems,
         "ratios_vs_broker": ratios,
+        "redis_queue_vs_raw_redis": redis_queue_vs_raw(&results),
     });
     print_table(&results, baseline);
+    let judged = &summary["redis_queue_vs_raw_redis"];
+    if let Some(systems) = judged["systems"].as_object() {
+        for (name, v) in systems {
+            note!(
+                "{name} ÷ raw redis: publish {} ({}), consume + ack {} ({}), confirm p99 {}; target ≥ {}",
+                v["ratios"]["publish_msgs_per_s"],
+                v["publish_throughput"].as_str().unwrap_or_default(),
+                v["ratios"]["consume_ack_msgs_per_s"],
+                v["consume_ack_throughput"].as_str().unwrap_or_default(),
+                v["ratios"]["confirm_p99"],
+                judged["min_ratio"]
+            );
+        }
+        note!(
+            "our queue on Redis within {TARGET_REDIS_QUEUE_SLOWDOWN_MAX}x of raw Redis Streams: {}",
+            judged["result"].as_str().unwrap_or_default()
+        );
+    }
     let text = serde_json::to_string_pretty(&summary)?;
     if let Some(path) = &a.json_out {
         std::fs::write(path, format!("{text}\n"))
@@ -358,6 +398,57 @@ fn ratio_json(r: &SystemRun, b: &SystemRun) -> Value {
         "confirm_p50": ratio(q(r, 0.5), q(b, 0.5)),
         "confirm_p99": ratio(q(r, 0.99), q(b, 0.99)),
         "consume_ack_msgs_per_s": ratio(r.consume.msgs_per_s(), b.consume.msgs_per_s()),
+    })
+}
+
+/// Our queue on Redis Streams against raw Redis Streams measured in this run: ratios ours
+/// ÷ raw (publish and consume + ack msgs/s, confirm p50/p99) and the 1.5× target on the
+/// throughputs, hit or miss.
+fn redis_queue_vs_raw(results: &Results) -> Value {
+    let measured = |name: &str| {
+        results
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .and_then(|(_, _, r)| r.as_ref().ok())
+    };
+    let Some(raw) = measured("redis") else {
+        return json!({"status": "not judged: raw Redis Streams (system redis) was not measured in this run"});
+    };
+    let min_ratio = 1.0 / TARGET_REDIS_QUEUE_SLOWDOWN_MAX;
+    let mut out = Map::new();
+    let mut all_hit = true;
+    let mut any = false;
+    for name in ["redis-queue", "redis-queue-ids"] {
+        let Some(ours) = measured(name) else {
+            continue;
+        };
+        any = true;
+        let r = ratio_json(ours, raw);
+        let mut hit = |k: &str| {
+            let ok = r[k].as_f64().is_some_and(|x| x >= min_ratio);
+            all_hit &= ok;
+            if ok { "hit" } else { "miss" }
+        };
+        let publish = hit("publish_msgs_per_s");
+        let consume = hit("consume_ack_msgs_per_s");
+        out.insert(
+            name.into(),
+            json!({
+                "ratios": r,
+                "publish_throughput": publish,
+                "consume_ack_throughput": consume,
+            }),
+        );
+    }
+    if !any {
+        return json!({"status": "not judged: neither redis-queue nor redis-queue-ids was measured in this run"});
+    }
+    json!({
+        "target": format!("our queue on Redis Streams within {TARGET_REDIS_QUEUE_SLOWDOWN_MAX}x of raw Redis Streams' throughput: ours >= raw / {TARGET_REDIS_QUEUE_SLOWDOWN_MAX}, for publish and for consume + ack"),
+        "min_ratio": (min_ratio * 1000.0).round() / 1000.0,
+        "ratio_definition": "ours ÷ raw Redis Streams, both measured in this run on scratch servers with the same settings; msgs/s above 1: ours faster; confirm p50/p99 above 1: ours slower",
+        "systems": out,
+        "result": if all_hit { "hit" } else { "miss" },
     })
 }
 

@@ -95,7 +95,20 @@ impl Publisher for RedisPublisher {
     }
 }
 
-pub async fn run(w: &Workload, redis_server: &str, base: &Path, meter: &Meter) -> Res<SystemRun> {
+/// A started and checked scratch server: the process, its port, a client, an admin
+/// connection, its version and its durability settings as read back. Our queue on Redis
+/// (`redis_queue.rs`) runs on one of these too, so both see the same server settings.
+pub struct Checked {
+    pub server: Scratch,
+    pub port: u16,
+    pub client: Client,
+    pub admin: MultiplexedConnection,
+    pub version: String,
+    pub durability: serde_json::Value,
+}
+
+/// Starts a scratch server (see the module docs), waits for it and checks its settings.
+pub async fn start_checked(redis_server: &str, base: &Path, label: &str) -> Res<Checked> {
     let (mut server, port) = start(redis_server, base)?;
     let pid = server.pid();
     let client = Client::open(format!("redis://127.0.0.1:{port}/"))
@@ -118,11 +131,30 @@ pub async fn run(w: &Workload, redis_server: &str, base: &Path, meter: &Meter) -
     .await
     .map_err(|e| err(format!("{e}\n{}", server.tail())))?;
     note!(
-        "redis: scratch redis-server on 127.0.0.1:{port} (pid {pid:?}), AOF in {}",
+        "{label}: scratch redis-server on 127.0.0.1:{port} (pid {pid:?}), AOF in {}",
         server.dir.display()
     );
-
     let (version, durability) = durability_of(&mut admin).await?;
+    Ok(Checked {
+        server,
+        port,
+        client,
+        admin,
+        version,
+        durability,
+    })
+}
+
+pub async fn run(w: &Workload, redis_server: &str, base: &Path, meter: &Meter) -> Res<SystemRun> {
+    let Checked {
+        mut server,
+        client,
+        mut admin,
+        version,
+        durability,
+        ..
+    } = start_checked(redis_server, base, "redis").await?;
+    let pid = server.pid();
     redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(STREAM)
@@ -205,6 +237,7 @@ async fn durability_of(admin: &mut MultiplexedConnection) -> Res<(String, serde_
     let appendonly = config_get(admin, "appendonly").await?;
     let appendfsync = config_get(admin, "appendfsync").await?;
     let save = config_get(admin, "save").await?;
+    let policy = config_get(admin, "maxmemory-policy").await?;
     if appendonly != "yes" || appendfsync != "always" {
         return Err(err(format!(
             "redis-server runs with appendonly {appendonly:?}, appendfsync {appendfsync:?}"
@@ -225,7 +258,7 @@ async fn durability_of(admin: &mut MultiplexedConnection) -> Res<(String, serde_
             "appendonly {appendonly}, appendfsync {appendfsync} (read back with CONFIG GET): the AOF is written and fsynced before the replies of each event-loop round"
         ),
         "ack": "XREADGROUP and XACK are writes, so they are fsynced before their replies too",
-        "server": format!("scratch redis-server on a free port, save {save:?}, auto-aof-rewrite off, AOF on the same disk as the others"),
+        "server": format!("scratch redis-server on a free port, save {save:?}, maxmemory-policy {policy}, auto-aof-rewrite off, AOF on the same disk as the others"),
     });
     Ok((version, durability))
 }

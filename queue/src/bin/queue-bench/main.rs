@@ -18,7 +18,11 @@
 //! 4. single-message publish from 64 concurrent tasks, with confirm latency;
 //! 5. consume + ack throughput;
 //! 6. delayed-delivery lateness;
-//! 7. the baseline again, to show how much the machine drifted during the run.
+//! 7. our broker over loopback TCP (`broker.rs`);
+//! 8. raw Redis Streams (`redis_streams.rs`) and our queue on Redis Streams
+//!    (`redis_queue.rs`) on scratch servers with the same settings (`scratch_redis.rs`),
+//!    driven like the broker: the same producers, messages per round trip and consumers;
+//! 9. the baseline again, to show how much the machine drifted during the run.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -67,11 +71,13 @@ fn err(msg: impl Into<String>) -> BoxError {
 
 // After `note!` and the error helpers, which these use.
 mod broker;
+mod redis_queue;
 mod redis_streams;
+mod scratch_redis;
 
 /// Phase names for `--only`.
-const PHASES: [&str; 8] = [
-    "memory", "baseline", "batched", "single", "consume", "lateness", "broker", "redis",
+const PHASES: [&str; 9] = [
+    "memory", "baseline", "batched", "single", "consume", "lateness", "broker", "redis", "redisq",
 ];
 
 /// The command line. Sizes whose default depends on `--quick` are `Option`s here and get
@@ -135,8 +141,10 @@ struct Cli {
     #[arg(long, value_name = "N")]
     tcp_consume: Option<u64>,
     /// Run only these phases (comma-separated: memory, baseline, batched, single, consume,
-    /// lateness, broker, redis); the JSON then lacks ratios and targets of the phases left
-    /// out (for profiling).
+    /// lateness, broker, redis, redisq); the JSON then lacks ratios and targets of the
+    /// phases left out (for profiling). `redis` is raw Redis Streams, `redisq` our queue on
+    /// Redis Streams (with `redis` too, raw Redis runs again after it and our ratio is to
+    /// the mean of the two).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = phase)]
     only: Option<Vec<String>>,
 }
@@ -1427,12 +1435,14 @@ fn redis_available(out: &mut serde_json::Map<String, Value>) -> bool {
 const TARGET_TCP_PUBLISH_MSGS_S: f64 = 300_000.0;
 const TARGET_RATIO_VS_REDIS: f64 = 2.0;
 
-/// Phases 7 and 8: our broker over loopback TCP and Redis Streams (a scratch
-/// `redis-server` with `appendonly yes`, `appendfsync always`), driven the same way: the
-/// same producer tasks with one connection each, the same messages per round trip, the
-/// same consumers and batch sizes. Returns top-level summary fields.
-/// Phases 7 and 8: our broker over loopback TCP and Redis Streams at the same durability,
-/// side by side; the JSON fields are merged into the summary.
+/// Our queue on Redis is held to this: its throughput at least raw Redis Streams' ÷ 1.5
+/// (issue 15, "within 1.5× of raw Redis Streams' throughput").
+const TARGET_REDIS_QUEUE_SLOWDOWN_MAX: f64 = 1.5;
+
+/// Phases 7 and 8: our broker over loopback TCP, raw Redis Streams and our queue on Redis
+/// Streams (scratch `redis-server`s with `appendonly yes`, `appendfsync always`), driven the
+/// same way: the same producer tasks with one connection each, the same messages per round
+/// trip, the same consumers and batch sizes. The JSON fields are merged into the summary.
 async fn side_by_side(root: &Path, a: &Args) -> Res<Value> {
     let mut out = serde_json::Map::new();
     let ours = if a.runs("broker") {
@@ -1440,13 +1450,26 @@ async fn side_by_side(root: &Path, a: &Args) -> Res<Value> {
     } else {
         None
     };
-    let theirs = if a.runs("redis") && redis_available(&mut out) {
-        Some(redis_side(root, a, &mut out).await?)
+    let redis_ok = (a.runs("redis") || a.runs("redisq")) && redis_available(&mut out);
+    let theirs = if redis_ok && a.runs("redis") {
+        let r = redis_side(root, a, "[8/9]").await?;
+        insert_redis(&r, &mut out);
+        Some(r)
     } else {
         None
     };
     if let (Some((f, single)), Some(r)) = (&ours, &theirs) {
         compare_with_redis(f, single, r, &mut out);
+    }
+    if redis_ok && a.runs("redisq") {
+        let variants = redis_queue_side(root, a).await?;
+        // Raw Redis again after ours, so that drift of the machine shows and the ratio is
+        // to the mean of a run before and a run after.
+        let after = match &theirs {
+            Some(_) => Some(redis_side(root, a, "[8e/9]").await?),
+            None => None,
+        };
+        compare_redis_queue(&variants, theirs.as_ref(), after.as_ref(), &mut out);
     }
     if !out.is_empty() {
         out.insert(
@@ -1456,7 +1479,7 @@ async fn side_by_side(root: &Path, a: &Args) -> Res<Value> {
                 "messages_per_round_trip": a.pipeline,
                 "consumers": a.consumers,
                 "fetch_batch": a.batch,
-                "note": "one connection per producer and consumer on both sides; ours: one publish_batch frame per round trip (publish_tcp_*) or that many publish frames written together (*_single_frames_*); Redis: that many XADDs in one pipeline",
+                "note": "one connection per producer and consumer on every side; our broker: one publish_batch frame per round trip (publish_tcp_*) or that many publish frames written together (*_single_frames_*); raw Redis: that many XADDs in one pipeline; our queue on Redis: one publish_batch or publish_each call of that many messages (one EVALSHA); consume: fetch(max fetch_batch) + one ack vs XREADGROUP COUNT fetch_batch + one XACK",
             }),
         );
     }
@@ -1547,14 +1570,11 @@ async fn broker_side(
     Ok((f, single))
 }
 
-/// Phase 8: Redis Streams with `appendfsync always`, the same producers and batch sizes.
-async fn redis_side(
-    root: &Path,
-    a: &Args,
-    out: &mut serde_json::Map<String, Value>,
-) -> Res<redis_streams::RedisFigures> {
+/// Phase 8: raw Redis Streams with `appendfsync always`, the same producers and batch
+/// sizes.
+async fn redis_side(root: &Path, a: &Args, step: &str) -> Res<redis_streams::RedisFigures> {
     note!(
-        "[8/9] Redis Streams, appendonly yes + appendfsync always: {} producers x {} pipelined XADDs for {}s, then XREADGROUP + XACK {}",
+        "{step} raw Redis Streams, appendonly yes + appendfsync always: {} producers x {} pipelined XADDs for {}s, then XREADGROUP + XACK {}",
         a.producers,
         a.pipeline,
         a.secs,
@@ -1581,6 +1601,11 @@ async fn redis_side(
         r.redis_version,
         r.appendfsync
     );
+    Ok(r)
+}
+
+/// The raw Redis figures as summary fields.
+fn insert_redis(r: &redis_streams::RedisFigures, out: &mut serde_json::Map<String, Value>) {
     out.insert(
         "redis_streams_publish_msgs_per_s".into(),
         json!(r.publish_msgs_per_s.round()),
@@ -1591,16 +1616,221 @@ async fn redis_side(
     );
     out.insert("redis_confirm_p50_us".into(), json!(r.confirm_p50_us));
     out.insert("redis_confirm_p99_us".into(), json!(r.confirm_p99_us));
+    out.insert("redis".into(), redis_json(r));
+}
+
+fn redis_json(r: &redis_streams::RedisFigures) -> Value {
+    json!({
+        "version": r.redis_version,
+        "appendfsync": r.appendfsync,
+        "settings": r.settings,
+        "publish_msgs_per_s": r.publish_msgs_per_s.round(),
+        "consume_ack_msgs_per_s": r.consume_ack_msgs_per_s.round(),
+        "confirm_p50_us": r.confirm_p50_us,
+        "confirm_p99_us": r.confirm_p99_us,
+        "published": r.published,
+        "consumed": r.consumed,
+        "publish_server": r.publish_server,
+        "consume_server": r.consume_server,
+    })
+}
+
+/// Phase 8b–d: our queue on Redis Streams, on a fresh scratch server each: publish_batch
+/// without and with producer ids (each followed by consume + ack), then publish_each with
+/// ids (publish only: the gateway's way, every purchase confirmed on its own).
+async fn redis_queue_side(
+    root: &Path,
+    a: &Args,
+) -> Res<Vec<(redis_queue::QueueParams, redis_queue::QueueFigures)>> {
+    let base = redis_queue::QueueParams {
+        message_bytes: MESSAGE_BYTES,
+        producers: a.producers,
+        pipeline: a.pipeline,
+        publish_secs: a.secs,
+        each: false,
+        ids: false,
+        consumers: a.consumers,
+        fetch_batch: a.batch,
+        consume_messages: a.tcp_consume,
+        dir: Some(root.to_path_buf()),
+    };
+    let variants = [
+        ("[8b/9]", base.clone()),
+        (
+            "[8c/9]",
+            redis_queue::QueueParams {
+                ids: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "[8d/9]",
+            redis_queue::QueueParams {
+                ids: true,
+                each: true,
+                consume_messages: 0,
+                ..base
+            },
+        ),
+    ];
+    let mut out = Vec::new();
+    for (step, p) in variants {
+        note!(
+            "{step} our queue on Redis Streams (queue::streams::RedisQueue), same server settings: {} producers x {} for {}s{}",
+            p.producers,
+            p.label(),
+            p.publish_secs,
+            if p.consume_messages > 0 {
+                format!(", then fetch + ack {}", rate(p.consume_messages as f64))
+            } else {
+                String::new()
+            }
+        );
+        let f = redis_queue::run(&p).await?;
+        note!(
+            "  publish {} msgs/s, confirm p50 {} p99 {}{}",
+            rate(f.publish_msgs_per_s),
+            ms(f.confirm_p50_us),
+            ms(f.confirm_p99_us),
+            f.consume_ack_msgs_per_s
+                .map(|c| format!("; consume + ack {} msgs/s", rate(c)))
+                .unwrap_or_default()
+        );
+        out.push((p, f));
+    }
+    Ok(out)
+}
+
+/// Our queue on Redis against raw Redis Streams (the mean of the runs before and after
+/// ours when both ran): ratios ours ÷ raw and the 1.5× target, hit or miss.
+fn compare_redis_queue(
+    variants: &[(redis_queue::QueueParams, redis_queue::QueueFigures)],
+    before: Option<&redis_streams::RedisFigures>,
+    after: Option<&redis_streams::RedisFigures>,
+    out: &mut serde_json::Map<String, Value>,
+) {
+    let raw = |f: fn(&redis_streams::RedisFigures) -> f64| -> Option<f64> {
+        let xs: Vec<f64> = [before, after].into_iter().flatten().map(f).collect();
+        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    };
+    let raw_publish = raw(|r| r.publish_msgs_per_s);
+    let raw_consume = raw(|r| r.consume_ack_msgs_per_s);
+    let min_ratio = 1.0 / TARGET_REDIS_QUEUE_SLOWDOWN_MAX;
+    let judged = |ours: f64, raw: Option<f64>| -> Value {
+        match raw {
+            Some(r) if r > 0.0 => {
+                let ratio = ours / r;
+                json!({
+                    "ours_msgs_per_s": ours.round(),
+                    "raw_msgs_per_s": r.round(),
+                    "ratio": round3(ratio),
+                    "result": if ratio >= min_ratio { "hit" } else { "miss" },
+                })
+            }
+            _ => Value::Null,
+        }
+    };
+    let mut list = Vec::new();
+    let mut targets = serde_json::Map::new();
+    let mut all_hit = true;
+    let mut any_judged = false;
+    for (p, f) in variants {
+        let key = p.key();
+        let publish = judged(f.publish_msgs_per_s, raw_publish);
+        let consume = f
+            .consume_ack_msgs_per_s
+            .map_or(Value::Null, |c| judged(c, raw_consume));
+        for v in [&publish, &consume] {
+            if let Some(r) = v["result"].as_str() {
+                any_judged = true;
+                all_hit &= r == "hit";
+            }
+        }
+        targets.insert(
+            key.into(),
+            json!({"publish": publish, "consume_ack": consume}),
+        );
+        list.push(json!({
+            "variant": key,
+            "call": p.label(),
+            "each": p.each,
+            "ids": p.ids,
+            "publish_msgs_per_s": f.publish_msgs_per_s.round(),
+            "confirm_p50_us": f.confirm_p50_us,
+            "confirm_p99_us": f.confirm_p99_us,
+            "consume_ack_msgs_per_s": f.consume_ack_msgs_per_s.map(f64::round),
+            "published": f.published,
+            "consumed": f.consumed,
+            "settings": f.settings,
+            "publish_server": f.publish_server,
+            "consume_server": f.consume_server,
+        }));
+        note!(
+            "  ours on Redis / raw Redis, {}: publish {}, consume + ack {} (target: ≥ {:.3})",
+            p.label(),
+            publish["ratio"],
+            consume["ratio"],
+            min_ratio
+        );
+    }
+    if let Some(r) = after {
+        out.insert("redis_after".into(), redis_json(r));
+    }
+    out.insert("redis_queue".into(), Value::Array(list));
+    let verdict = if any_judged {
+        if all_hit { "hit" } else { "miss" }
+    } else {
+        "not judged (raw Redis Streams not run)"
+    };
     out.insert(
-        "redis".into(),
+        "redis_queue_target".into(),
         json!({
-            "version": r.redis_version,
-            "appendfsync": r.appendfsync,
-            "published": r.published,
-            "consumed": r.consumed,
+            "target": format!("our queue on Redis Streams within {TARGET_REDIS_QUEUE_SLOWDOWN_MAX}x of raw Redis Streams' throughput: ours >= raw / {TARGET_REDIS_QUEUE_SLOWDOWN_MAX}"),
+            "min_ratio": round3(min_ratio),
+            "raw_is": if after.is_some() { "the mean of raw Redis Streams run before and after ours, same run" } else { "raw Redis Streams run before ours, same run" },
+            "variants": targets,
+            "result": verdict,
         }),
     );
-    Ok(r)
+    // The headline figures as flat keys: publish_batch without ids (and with), consume.
+    let flat = |key: &str| variants.iter().find(|(p, _)| p.key() == key);
+    if let Some((_, f)) = flat("batch_no_ids") {
+        out.insert(
+            "redis_queue_publish_msgs_per_s".into(),
+            json!(f.publish_msgs_per_s.round()),
+        );
+        out.insert("redis_queue_confirm_p50_us".into(), json!(f.confirm_p50_us));
+        out.insert("redis_queue_confirm_p99_us".into(), json!(f.confirm_p99_us));
+        out.insert(
+            "redis_queue_consume_ack_msgs_per_s".into(),
+            json!(f.consume_ack_msgs_per_s.map(f64::round)),
+        );
+    }
+    if let Some((_, f)) = flat("batch_ids") {
+        out.insert(
+            "redis_queue_publish_ids_msgs_per_s".into(),
+            json!(f.publish_msgs_per_s.round()),
+        );
+    }
+    for (key, name) in [
+        ("batch_no_ids", "redis_queue_publish_ratio_vs_redis"),
+        ("batch_ids", "redis_queue_publish_ids_ratio_vs_redis"),
+    ] {
+        out.insert(
+            name.into(),
+            targets
+                .get(key)
+                .map_or(Value::Null, |t| t["publish"]["ratio"].clone()),
+        );
+    }
+    out.insert(
+        "redis_queue_consume_ratio_vs_redis".into(),
+        targets
+            .get("batch_no_ids")
+            .map_or(Value::Null, |t| t["consume_ack"]["ratio"].clone()),
+    );
+    out.insert("redis_queue_target_result".into(), json!(verdict));
+    note!("  target (ours on Redis >= raw / {TARGET_REDIS_QUEUE_SLOWDOWN_MAX}): {verdict}");
 }
 
 /// Ratios of ours to Redis, and the targets they are held to.

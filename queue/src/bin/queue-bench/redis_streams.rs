@@ -1,10 +1,8 @@
-//! Redis Streams at the queue's durability, as a point of comparison for `queue-bench`.
+//! Raw Redis Streams at the queue's durability, as a point of comparison for `queue-bench`.
 //!
-//! [`run`] starts a scratch `redis-server` of its own (from `PATH`) on a free loopback port,
-//! with `appendonly yes` and `appendfsync always`: Redis then writes every command to its
-//! append-only file and fsyncs it before it sends the replies of an event-loop round, which
-//! is the queue's "fsync before confirm". The server and its directory are removed at the
-//! end, also on error. Nothing is printed to stdout; progress lines go to stderr.
+//! [`run`] starts a scratch `redis-server` of its own (`scratch_redis.rs`: `appendonly
+//! yes`, `appendfsync always`, the same server our queue on Redis is measured on in
+//! `redis_queue.rs`). Nothing is printed to stdout; progress lines go to stderr.
 //!
 //! Phases:
 //! 1. publish: `producers` connections, each with `in_flight` loops that send a pipeline of
@@ -17,43 +15,30 @@
 //!    Redis (the read moves the group's cursor and fills its pending list), so both are
 //!    fsynced too.
 //!
+//! Around each phase the server's own figures are taken (`scratch_redis::PhaseMeter`:
+//! commands, CPU and AOF bytes per message).
+//!
 //! The tokio runtime that drives [`run`] needs its I/O and time drivers
 //! (`Builder::enable_all()`): the Redis client uses tokio sockets.
 
 use std::io::Write;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use redis::Value;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Value};
 
-use super::{BoxError, Res, err, join_all};
+use super::scratch_redis::{PhaseMeter, Scratch};
+use super::{BoxError, Res, err, hist, join_all, micros};
 
 /// The stream every message goes to, and its consumer group.
 const STREAM: &str = "bench";
 const GROUP: &str = "g";
-/// How long `redis-server` may take to answer its first PING.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause between two PINGs while the server starts.
-const STARTUP_POLL: Duration = Duration::from_millis(50);
-/// A reply that takes longer than this is an error. The client's default (500 ms) is too
-/// short for an fsync stall on a busy disk, which is part of what is measured.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The consume phase fails once it has run this long.
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(300);
-/// Largest latency a histogram holds, in µs (larger values are clamped), as in `main.rs`.
-const HIST_MAX_US: u64 = 120_000_000;
-/// The server's log file and its stderr, in its directory.
-const LOG_FILE: &str = "redis.log";
-const STDERR_FILE: &str = "redis.stderr";
-/// Lines of each quoted in a startup error.
-const LOG_TAIL_LINES: usize = 20;
 
 /// What to run; see the module documentation.
 #[derive(Debug, Clone)]
@@ -98,45 +83,22 @@ pub struct RedisFigures {
     pub redis_version: String,
     /// `CONFIG GET appendfsync` of the running server (`always`, or the run fails).
     pub appendfsync: String,
+    /// The server's settings, read back.
+    pub settings: serde_json::Value,
+    /// Server-side figures of each phase (`scratch_redis::PhaseMeter`).
+    pub publish_server: serde_json::Value,
+    pub consume_server: serde_json::Value,
 }
 
 /// Runs both phases against a scratch `redis-server`; see the module documentation.
 pub async fn run(p: &RedisParams) -> Result<RedisFigures, BoxError> {
     check_params(p)?;
     let base = p.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let mut server = RedisServer::start(&base)?;
-    note!(
-        "redis-streams: redis-server on 127.0.0.1:{}, AOF in {}",
-        server.port,
-        server.dir.display()
-    );
-    let client = Client::open(format!("redis://127.0.0.1:{}/", server.port))
-        .map_err(|e| err(format!("redis client: {e}")))?;
-    let mut admin = server.wait_ready(&client).await?;
-
-    let appendfsync: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("appendfsync")
-        .query_async(&mut admin)
-        .await
-        .map_err(|e| err(format!("CONFIG GET appendfsync: {e}")))?;
-    let appendfsync = appendfsync.get(1).cloned().unwrap_or_default();
-    if appendfsync != "always" {
-        return Err(err(format!(
-            "redis-server runs with appendfsync {appendfsync:?}, not \"always\""
-        )));
-    }
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut admin)
-        .await
-        .map_err(|e| err(format!("INFO server: {e}")))?;
-    let redis_version = info
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .map(|v| v.trim().to_string())
-        .ok_or_else(|| err("no redis_version in INFO server"))?;
+    let mut server = Scratch::start(&base, "redis-streams").await?;
+    let (redis_version, appendfsync) = (server.version.clone(), server.appendfsync.clone());
+    let settings = server.settings_json().await?;
     note!("redis-streams: redis {redis_version}, appendonly yes, appendfsync {appendfsync}");
+    let admin = &mut server.admin;
 
     redis::cmd("XGROUP")
         .arg("CREATE")
@@ -144,7 +106,7 @@ pub async fn run(p: &RedisParams) -> Result<RedisFigures, BoxError> {
         .arg(GROUP)
         .arg("0")
         .arg("MKSTREAM")
-        .exec_async(&mut admin)
+        .exec_async(admin)
         .await
         .map_err(|e| err(format!("XGROUP CREATE: {e}")))?;
 
@@ -156,10 +118,17 @@ pub async fn run(p: &RedisParams) -> Result<RedisFigures, BoxError> {
         p.message_bytes,
         p.publish_secs
     );
-    let (published, publish_secs, confirm) = publish(&client, p).await?;
+    let mut connections = Vec::with_capacity(p.producers);
+    for _ in 0..p.producers {
+        connections.push(server.connect().await?);
+    }
+    let admin = &mut server.admin;
+    let meter = PhaseMeter::begin(admin).await?;
+    let (published, publish_secs, confirm) = publish(connections, p).await?;
+    let publish_server = meter.end(admin, published).await?;
     let xlen: u64 = redis::cmd("XLEN")
         .arg(STREAM)
-        .query_async(&mut admin)
+        .query_async(admin)
         .await
         .map_err(|e| err(format!("XLEN: {e}")))?;
     if xlen != published {
@@ -181,8 +150,15 @@ pub async fn run(p: &RedisParams) -> Result<RedisFigures, BoxError> {
         p.consumers,
         p.fetch_batch
     );
-    let (consumed, consume_secs) = consume(&client, p, target).await?;
-    let pending = pending_count(&mut admin).await?;
+    let mut connections = Vec::with_capacity(p.consumers);
+    for _ in 0..p.consumers {
+        connections.push(server.connect().await?);
+    }
+    let admin = &mut server.admin;
+    let meter = PhaseMeter::begin(admin).await?;
+    let (consumed, consume_secs) = consume(connections, p, target).await?;
+    let consume_server = meter.end(admin, consumed).await?;
+    let pending = pending_count(admin).await?;
     if pending != 0 {
         return Err(err(format!(
             "{pending} messages still pending in group {GROUP} after acking"
@@ -194,7 +170,6 @@ pub async fn run(p: &RedisParams) -> Result<RedisFigures, BoxError> {
          [appendfsync {appendfsync}]"
     );
 
-    drop(admin);
     server.stop();
     Ok(RedisFigures {
         publish_msgs_per_s,
@@ -205,6 +180,9 @@ pub async fn run(p: &RedisParams) -> Result<RedisFigures, BoxError> {
         consumed,
         redis_version,
         appendfsync,
+        settings,
+        publish_server,
+        consume_server,
     })
 }
 
@@ -226,171 +204,17 @@ fn check_params(p: &RedisParams) -> Res<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The scratch server.
-
-/// A `redis-server` child and its directory; both are removed on drop.
-#[derive(Debug)]
-struct RedisServer {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// Makes a fresh directory under `base` and starts `redis-server` in it.
-    fn start(base: &Path) -> Res<RedisServer> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = base.join(format!("redis-streams-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| err(format!("create {}: {e}", dir.display())))?;
-        // The guard exists from here on, so the directory goes even if the spawn fails.
-        let mut server = RedisServer {
-            port: free_port()?,
-            dir,
-            child: None,
-        };
-        // Config errors go to stderr before the log file is open, so keep stderr too.
-        let stderr_path = server.dir.join(STDERR_FILE);
-        let stderr = std::fs::File::create(&stderr_path)
-            .map_err(|e| err(format!("create {}: {e}", stderr_path.display())))?;
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(server.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--dir")
-            .arg(&server.dir)
-            .arg("--appendonly")
-            .arg("yes")
-            .arg("--appendfsync")
-            .arg("always")
-            .arg("--save")
-            .arg("")
-            // No AOF rewrite (a fork that rewrites the whole file) in the middle of a
-            // measurement: the strongest showing for Redis, and our queue does not
-            // compact during the bench either.
-            .arg("--auto-aof-rewrite-percentage")
-            .arg("0")
-            .arg("--daemonize")
-            .arg("no")
-            .arg("--logfile")
-            .arg(server.dir.join(LOG_FILE))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| err(format!("cannot start redis-server (is it on PATH?): {e}")))?;
-        server.child = Some(child);
-        Ok(server)
-    }
-
-    /// Waits until the server answers PING (at most [`STARTUP_TIMEOUT`]) and returns that
-    /// connection.
-    async fn wait_ready(&mut self, client: &Client) -> Res<MultiplexedConnection> {
-        let start = Instant::now();
-        loop {
-            let last = match connect(client).await {
-                Ok(mut con) => match redis::cmd("PING").query_async::<String>(&mut con).await {
-                    Ok(_) => return Ok(con),
-                    Err(e) => e.to_string(),
-                },
-                Err(e) => e.to_string(),
-            };
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(err(format!(
-                    "redis-server exited at startup ({status})\n{}",
-                    self.log_tail()
-                )));
-            }
-            if start.elapsed() >= STARTUP_TIMEOUT {
-                return Err(err(format!(
-                    "redis-server did not answer PING within {} s (last error: {last})\n{}",
-                    STARTUP_TIMEOUT.as_secs(),
-                    self.log_tail()
-                )));
-            }
-            tokio::time::sleep(STARTUP_POLL).await;
-        }
-    }
-
-    /// The last lines of the server's stderr and log file, for a startup error.
-    fn log_tail(&self) -> String {
-        [STDERR_FILE, LOG_FILE]
-            .iter()
-            .map(|name| {
-                let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
-                format!("--- {name}:\n{tail}")
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Kills the server (it keeps nothing worth a clean shutdown) and removes its directory.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A loopback port that was free a moment ago. Another process may take it before Redis
-/// binds it; Redis then exits at startup and [`RedisServer::wait_ready`] says so.
-fn free_port() -> Res<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("bind 127.0.0.1:0: {e}")))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| err(format!("local_addr: {e}")))?
-        .port();
-    drop(listener);
-    Ok(port)
-}
-
-async fn connect(client: &Client) -> Res<MultiplexedConnection> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| err(format!("connect to redis: {e}")))
-}
-
-// ---------------------------------------------------------------------------------------
 // Publish.
-
-fn hist() -> Res<Histogram<u64>> {
-    Histogram::new_with_bounds(1, HIST_MAX_US, 3).map_err(|e| err(format!("histogram: {e}")))
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
-}
 
 /// Publishes until `p.publish_secs` have passed; returns the confirmed messages, the
 /// seconds from the start until the last reply, and the per-pipeline confirm latency.
 /// A loop sends no new pipeline after the deadline but waits for the one it has sent, so
 /// every message in the stream is counted and the time includes that tail.
-async fn publish(client: &Client, p: &RedisParams) -> Res<(u64, f64, Histogram<u64>)> {
+async fn publish(
+    connections: Vec<MultiplexedConnection>,
+    p: &RedisParams,
+) -> Res<(u64, f64, Histogram<u64>)> {
     let payload: Arc<[u8]> = (0..p.message_bytes).map(|i| (i % 251) as u8).collect();
-    let mut connections = Vec::with_capacity(p.producers);
-    for _ in 0..p.producers {
-        connections.push(connect(client).await?);
-    }
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(p.publish_secs);
     let mut handles = Vec::with_capacity(p.producers * p.in_flight);
@@ -448,11 +272,11 @@ async fn publish(client: &Client, p: &RedisParams) -> Res<(u64, f64, Histogram<u
 /// `p.consumers` consumers read and ack until `target` messages are acked; returns the
 /// messages acked and the seconds it took. Each read asks only for messages not yet
 /// claimed by another consumer's read, so exactly `target` are read and acked.
-async fn consume(client: &Client, p: &RedisParams, target: u64) -> Res<(u64, f64)> {
-    let mut connections = Vec::with_capacity(p.consumers);
-    for _ in 0..p.consumers {
-        connections.push(connect(client).await?);
-    }
+async fn consume(
+    connections: Vec<MultiplexedConnection>,
+    p: &RedisParams,
+    target: u64,
+) -> Res<(u64, f64)> {
     let unclaimed = Arc::new(AtomicU64::new(target));
     let start = Instant::now();
     let mut handles = Vec::with_capacity(p.consumers);
