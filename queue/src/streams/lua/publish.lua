@@ -8,124 +8,162 @@
 -- counted. The backlog is what the partition retains: what some group has not finished
 -- (maintenance trims the rest). A de-duplication entry holds `<seq>:<expires ms>`: the
 -- window is judged by the same clock as everything else; `PX` only frees the memory.
+-- Decided in passes (duplicates, then what is stored), so that the writes are one INCRBY
+-- and one XADD per stored message.
 local k = { s = KEYS[1], next = KEYS[2], delays = KEYS[3], st = KEYS[4] }
-local now = ms_now(ARGV[1])
+local now_v = nil
+local function now()
+  if not now_v then
+    now_v = ms_now(ARGV[1])
+  end
+  return now_v
+end
 local window = tonumber(ARGV[2])
 local max_messages = tonumber(ARGV[3])
 local max_bytes = tonumber(ARGV[4])
 local batch = ARGV[5] == 'batch'
 local n = tonumber(ARGV[6])
+local function arg(j, i)
+  return ARGV[6 + (j - 1) * 5 + i]
+end
 -- Stored bytes of a message, as the engine counts them (payload plus 64).
 local function size(j)
-  return #ARGV[6 + (j - 1) * 5 + 3] + 64
+  return #arg(j, 3) + 64
 end
 
--- First the duplicates (a repeat of an id inside this call is one too).
+-- Pass 1: duplicates, read with MGET in chunks. `first_of[id]` is the first index of an id
+-- in this call; a later copy repeats it.
 local prev = {}
-local seen = {}
 local first_of = {}
-local fresh_count, fresh_bytes = 0, 0
+local ids, idx = {}, {}
 for j = 1, n do
-  local idh = ARGV[6 + (j - 1) * 5 + 1]
+  local idh = arg(j, 1)
   if idh ~= '' then
-    if seen[idh] then
-      prev[j] = seen[idh]
+    if first_of[idh] then
+      prev[j] = first_of[idh]
     else
-      local v = redis.call('GET', KEYS[4 + j])
-      if v then
-        local seq, exp = string.match(v, '^(%d+):(%d+)$')
-        if seq and tonumber(exp) > now then
-          prev[j] = seq
-        end
+      first_of[idh] = j
+      table.insert(ids, KEYS[4 + j])
+      table.insert(idx, j)
+    end
+  end
+end
+for c = 1, #ids, 500 do
+  local part = {}
+  for i = c, math.min(c + 499, #ids) do
+    table.insert(part, ids[i])
+  end
+  local got = redis.call('MGET', unpack(part))
+  for i, v in ipairs(got) do
+    if v then
+      local seq, exp = string.match(v, '^(%d+):(%d+)$')
+      if seq and tonumber(exp) > now() then
+        prev[idx[c + i - 1]] = seq
       end
     end
   end
-  if not prev[j] then
-    fresh_count = fresh_count + 1
-    fresh_bytes = fresh_bytes + size(j)
-    if idh ~= '' then
-      seen[idh] = true
-      first_of[idh] = j
-    end
-  end
 end
 
+-- Pass 2: what is stored. 0 stored, 1 duplicate, 2/3 refused.
 local len = redis.call('XLEN', k.s)
 -- Retained bytes: `cum` counts every byte ever added, `base` those of the entries trimmed
 -- (the `c` of the first retained entry, set by maintenance); each entry carries `c`, the
 -- count before it.
-local cum = tonumber(redis.call('HGET', k.st, 'cum') or '0')
-local bytes = cum - tonumber(redis.call('HGET', k.st, 'base') or '0')
-if batch and len + fresh_count > max_messages then
+local st = redis.call('HMGET', k.st, 'cum', 'base')
+local cum = tonumber(st[1] or '0')
+local bytes = cum - tonumber(st[2] or '0')
+local flag = {}
+local fresh, fresh_bytes = 0, 0
+for j = 1, n do
+  local p = prev[j]
+  if type(p) == 'number' then
+    -- A repeat of an id first seen in this call: as its first copy went.
+    if flag[p] == 0 or flag[p] == 1 then
+      flag[j] = 1
+    else
+      flag[j] = flag[p]
+    end
+  elseif p then
+    flag[j] = 1
+  elseif (not batch) and len + fresh >= max_messages then
+    flag[j] = 2
+  elseif (not batch) and bytes + fresh_bytes + size(j) > max_bytes then
+    flag[j] = 3
+  else
+    flag[j] = 0
+    fresh = fresh + 1
+    fresh_bytes = fresh_bytes + size(j)
+  end
+end
+if batch and len + fresh > max_messages then
   return redis.error_reply('QFULL messages')
 end
 if batch and bytes + fresh_bytes > max_bytes then
   return redis.error_reply('QFULL bytes')
 end
 
+-- Pass 3: the writes.
+local seq = 0
+if fresh > 0 then
+  seq = redis.call('INCRBY', k.next, fresh) - fresh
+end
 local out = {}
-local published, duplicates, added = 0, 0, 0
+local seqs = {}
+local added, duplicates = 0, 0
 for j = 1, n do
-  local a = 6 + (j - 1) * 5
-  local idh = ARGV[a + 1]
-  if prev[j] == true then
-    -- A repeat of an id first seen in this call: the first copy's seq, if it was stored.
-    local first = seen[idh]
-    if type(first) == 'number' then
-      prev[j] = out[first][1]
+  local f = flag[j]
+  if f == 0 then
+    local idh = arg(j, 1)
+    local dk = tonumber(arg(j, 4))
+    local c = str(cum + added)
+    if idh == '' and dk == 0 and arg(j, 2) == '' then
+      redis.call('XADD', k.s, sid(seq), 'b', arg(j, 3), 'c', c)
     else
-      prev[j] = nil
-    end
-  end
-  if prev[j] then
-    duplicates = duplicates + 1
-    table.insert(out, { prev[j], 1 })
-  elseif (not batch) and idh ~= '' and seen[idh] == true and j ~= first_of[idh] then
-    -- Its first copy in this call was refused: so is the repeat.
-    table.insert(out, { '-1', 2 })
-  elseif (not batch) and len >= max_messages then
-    table.insert(out, { '-1', 2 })
-  elseif (not batch) and bytes + size(j) > max_bytes then
-    table.insert(out, { '-1', 3 })
-  else
-    local seq = redis.call('INCR', k.next) - 1
-    local args = { 'XADD', k.s, sid(seq), 'b', ARGV[a + 3], 'c', str(cum + added) }
-    if ARGV[a + 2] ~= '' then
-      table.insert(args, 'h')
-      table.insert(args, ARGV[a + 2])
-    end
-    if idh ~= '' then
-      table.insert(args, 'i')
-      table.insert(args, idh)
-    end
-    local dk = tonumber(ARGV[a + 4])
-    local due = nil
-    if dk == 1 then
-      due = tonumber(ARGV[a + 5])
-    elseif dk == 2 then
-      due = now + tonumber(ARGV[a + 5])
-    end
-    if due then
-      table.insert(args, 'd')
-      table.insert(args, str(due))
-      if due > now then
-        redis.call('ZADD', k.delays, due, mem(seq))
+      local args = { 'XADD', k.s, sid(seq), 'b', arg(j, 3), 'c', c }
+      if arg(j, 2) ~= '' then
+        table.insert(args, 'h')
+        table.insert(args, arg(j, 2))
+      end
+      if idh ~= '' then
+        table.insert(args, 'i')
+        table.insert(args, idh)
+      end
+      local due = nil
+      if dk == 1 then
+        due = tonumber(arg(j, 5))
+      elseif dk == 2 then
+        due = now() + tonumber(arg(j, 5))
+      end
+      if due then
+        table.insert(args, 'd')
+        table.insert(args, str(due))
+        if due > now() then
+          redis.call('ZADD', k.delays, due, mem(seq))
+        end
+      end
+      redis.call(unpack(args))
+      if idh ~= '' then
+        redis.call('SET', KEYS[4 + j], str(seq) .. ':' .. str(now() + window), 'PX', window)
       end
     end
-    redis.call(unpack(args))
-    len = len + 1
-    bytes = bytes + size(j)
     added = added + size(j)
-    if idh ~= '' then
-      redis.call('SET', KEYS[4 + j], str(seq) .. ':' .. str(now + window), 'PX', window)
-      seen[idh] = j
+    seqs[j] = str(seq)
+    table.insert(out, { seqs[j], 0 })
+    seq = seq + 1
+  elseif f == 1 then
+    duplicates = duplicates + 1
+    local p = prev[j]
+    if type(p) == 'number' then
+      -- The first copy in this call: stored now, or itself a duplicate of an older one.
+      p = seqs[p] or prev[p]
     end
-    published = published + 1
-    table.insert(out, { str(seq), 0 })
+    table.insert(out, { p, 1 })
+  else
+    table.insert(out, { '-1', f })
   end
 end
-if published > 0 then
-  redis.call('HINCRBY', k.st, 'published', published)
+if fresh > 0 then
+  redis.call('HINCRBY', k.st, 'published', fresh)
   redis.call('HINCRBY', k.st, 'cum', added)
 end
 if duplicates > 0 then
