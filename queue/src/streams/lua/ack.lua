@@ -11,40 +11,49 @@ end
 local nxt = tonumber(redis.call('GET', k.next) or '0')
 local cur = tonumber(redis.call('GET', k.cur) or '0')
 local out = {}
-local ids, members, held = {}, {}, {}
+local ids, members_done, held = {}, {}, {}
 local acked = 0
 local function flush()
   if #ids > 0 then
     redis.call('XACK', k.s, group, unpack(ids))
-    redis.call('ZREM', k.lease, unpack(members))
-    redis.call('HDEL', k.att, unpack(members))
-    ids, members = {}, {}
+    redis.call('ZREM', k.lease, unpack(members_done))
+    redis.call('HDEL', k.att, unpack(members_done))
+    ids, members_done = {}, {}
   end
   if #held > 0 then
     redis.call('ZREM', k.hold, unpack(held))
     held = {}
   end
 end
--- Two receipts for one seq in a call: the second sees the first's effect.
+-- Two receipts for one seq in a call: the second sees the first's effect. Lookups go in
+-- chunks: one ZMSCORE per set and one HMGET of the attempts for up to 500 receipts.
 local done_here = {}
-for j = 2, #ARGV, 2 do
-  local seq = tonumber(ARGV[j])
-  local attempt = tonumber(ARGV[j + 1])
-  local m = mem(seq)
-  local o
-  if seq >= nxt then
-    o = 3
-  elseif done_here[m] then
-    o = 1
-  else
-    local in_lease = redis.call('ZSCORE', k.lease, m)
-    local in_hold = (not in_lease) and redis.call('ZSCORE', k.hold, m)
-    if in_lease or in_hold then
-      local a = tonumber(redis.call('HGET', k.att, m) or '0')
+local total = (#ARGV - 1) / 2
+for c = 1, total, 500 do
+  local last = math.min(c + 499, total)
+  local members = {}
+  for i = c, last do
+    table.insert(members, mem(tonumber(ARGV[2 * i])))
+  end
+  local leased = redis.call('ZMSCORE', k.lease, unpack(members))
+  local held_now = redis.call('ZMSCORE', k.hold, unpack(members))
+  local atts = redis.call('HMGET', k.att, unpack(members))
+  for i = c, last do
+    local r = i - c + 1
+    local seq = tonumber(ARGV[2 * i])
+    local attempt = tonumber(ARGV[2 * i + 1])
+    local m = members[r]
+    local o
+    if seq >= nxt then
+      o = 3
+    elseif done_here[m] then
+      o = 1
+    elseif leased[r] or held_now[r] then
+      local a = tonumber(atts[r] or '0')
       if attempt >= 1 and a == attempt then
         table.insert(ids, sid(seq))
-        table.insert(members, m)
-        if in_hold then
+        table.insert(members_done, m)
+        if held_now[r] then
           table.insert(held, m)
         end
         done_here[m] = true
@@ -63,8 +72,8 @@ for j = 2, #ARGV, 2 do
     else
       o = 2
     end
+    table.insert(out, o)
   end
-  table.insert(out, o)
 end
 flush()
 if acked > 0 then
