@@ -264,6 +264,7 @@ async fn a_killed_consumer_s_leases_all_come_back_with_attempt_2() {
     let killed = Instant::now();
     let deadline = killed + Duration::from_millis(2 * CRASH_LEASE_MS);
     let mut back: Vec<Delivery> = Vec::with_capacity(CRASH_MESSAGES);
+    let mut first_back_ms = None;
     while back.len() < CRASH_MESSAGES {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(
@@ -284,8 +285,19 @@ async fn a_killed_consumer_s_leases_all_come_back_with_attempt_2() {
             )
             .await
             .expect("fetch");
+        if !got.is_empty() && first_back_ms.is_none() {
+            first_back_ms = Some(now_ms());
+        }
         back.extend(got);
     }
+    // None came back before the dead holder's leases ended (the server's clock, the same
+    // host's as ours).
+    let first_back_ms = first_back_ms.expect("something came back");
+    assert!(
+        first_back_ms >= lease_end_ms,
+        "a message came back {} ms before its lease ended",
+        lease_end_ms - first_back_ms
+    );
     let came_back_ms = killed.elapsed().as_millis();
     let offsets: BTreeSet<u64> = back.iter().map(|d| d.offset).collect();
     assert_eq!(back.len(), CRASH_MESSAGES, "a message came back twice");
