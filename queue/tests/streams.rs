@@ -460,3 +460,35 @@ async fn a_killed_and_restarted_redis_keeps_every_confirmed_message_and_the_clie
         "every confirmed message survived the SIGKILL"
     );
 }
+
+#[tokio::test]
+async fn concurrent_creators_never_pass_the_topic_limit() {
+    let s = server(RedisOptions::new());
+    let clock = ManualClock::new(T0);
+    let c = config(&s.url(), &clock);
+    let prefix = c.prefix.clone();
+    let q = Arc::new(RedisQueue::connect(c).await.expect("connect"));
+    // A topic and its dead-letter topic count as two: room for TOPICS_MAX / 2 topics.
+    let room = queue::limits::TOPICS_MAX / 2;
+    let tasks: Vec<_> = (0..room + 100)
+        .map(|i| {
+            let q = q.clone();
+            tokio::spawn(async move { q.publish(&format!("t{i}"), Message::new("x")).await })
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(_) => ok += 1,
+            Err(Error::Limit { what: "topics", .. }) => limited += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!((ok, limited), (room, 100));
+    let registered = s
+        .cmd(&["HLEN", &format!("{prefix}topics")])
+        .expect("HLEN")
+        .as_int()
+        .expect("int");
+    assert_eq!(registered, room as i64);
+}

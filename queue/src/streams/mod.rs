@@ -207,6 +207,7 @@ struct Scripts {
     replay: Script,
     discard: Script,
     dead_list: Script,
+    register: Script,
 }
 
 impl Scripts {
@@ -233,6 +234,7 @@ impl Scripts {
             replay: s(ADDS, include_str!("lua/replay.lua")),
             discard: s(DRAINS, include_str!("lua/discard.lua")),
             dead_list: s(READS, include_str!("lua/dead_list.lua")),
+            register: s(ADDS, include_str!("lua/register.lua")),
         }
     }
 }
@@ -476,6 +478,10 @@ impl Inner {
                 "no group {:?} on topic {topic:?}",
                 e.detail().unwrap_or("")
             )),
+            Some("QLIMIT") if e.detail() == Some("topics") => Error::Limit {
+                what: "topics",
+                limit: TOPICS_MAX as u64,
+            },
             Some("QLIMIT") => Error::Limit {
                 what: "groups per topic",
                 limit: GROUPS_MAX as u64,
@@ -577,21 +583,12 @@ impl Inner {
             other => return other,
         }
         let registry = keys::registry(&self.config.prefix);
-        let n: u64 = self.query(redis::cmd("HLEN").arg(&registry)).await?;
-        // A topic and its dead-letter topic count as two, as in the engine.
-        if (n + 1) * 2 > TOPICS_MAX as u64 {
-            return Err(Error::Limit {
-                what: "topics",
-                limit: TOPICS_MAX as u64,
-            });
-        }
-        let _: i64 = self
-            .query(
-                redis::cmd("HSETNX")
-                    .arg(&registry)
-                    .arg(topic)
-                    .arg(self.config.partitions),
-            )
+        let args = [
+            topic.as_bytes().to_vec(),
+            self.config.partitions.to_string().into_bytes(),
+            TOPICS_MAX.to_string().into_bytes(),
+        ];
+        self.run(&self.scripts.register, &[registry], &args, topic, 0)
             .await?;
         self.partitions(topic).await
     }
