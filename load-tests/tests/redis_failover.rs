@@ -24,7 +24,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use load_tests::system::{AllInOne, SystemOptions};
 use order_worker::purchase::ORDERS_TOPIC;
 use redis_kit::RedisCluster;
 use support::flood::{self, Buyers, wait_for};
@@ -69,17 +68,7 @@ async fn every_accepted_purchase_survives_a_master_failover_as_exactly_one_outco
     };
     eprintln!("cluster up after {:?}", began.elapsed());
     let dir = tempfile::tempdir().expect("tempdir");
-    let system = AllInOne::start(
-        dir.path(),
-        SystemOptions {
-            queue: Some(format!("{}?replicas=1", cluster.url())),
-            worker_lease_ms: Some(flood::WORKER_LEASE_MS),
-            ..SystemOptions::default()
-        },
-    )
-    .await
-    .expect("the all-in-one system starts on the cluster");
-    flood::create_sale(&system).await;
+    let system = flood::start_system(dir.path(), format!("{}?replicas=1", cluster.url())).await;
 
     let buyers = Buyers::start(&system);
     let f = buyers.flood.clone();

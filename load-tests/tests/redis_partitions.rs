@@ -26,7 +26,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use gateway::tickets::{PARTITION_SHIFT, partition_of};
-use load_tests::system::{AllInOne, SystemOptions};
 use order_worker::purchase::ORDERS_TOPIC;
 use redis_kit::{RedisOptions, RedisServer};
 use support::flood::{self, Buyers, wait_for};
@@ -66,17 +65,11 @@ async fn purchases_on_three_partitions_get_small_places_in_line_and_leave_the_ti
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let system = AllInOne::start(
+    let system = flood::start_system(
         dir.path(),
-        SystemOptions {
-            queue: Some(format!("{}?partitions={PARTITIONS}", redis.url())),
-            worker_lease_ms: Some(flood::WORKER_LEASE_MS),
-            ..SystemOptions::default()
-        },
+        format!("{}?partitions={PARTITIONS}", redis.url()),
     )
-    .await
-    .expect("the all-in-one system starts on Redis");
-    flood::create_sale(&system).await;
+    .await;
     let registered = tokio::task::block_in_place(|| {
         redis
             .cmd(&["HGET", &support::topics_key(), ORDERS_TOPIC])

@@ -23,7 +23,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use load_tests::system::{AllInOne, SystemOptions};
 use redis_kit::{RedisOptions, RedisServer};
 use support::flood::{self, Buyers, wait_for};
 
@@ -55,17 +54,7 @@ async fn the_system_carries_on_after_its_redis_restarts_and_settles_outcome_unkn
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let system = AllInOne::start(
-        dir.path(),
-        SystemOptions {
-            queue: Some(redis.url()),
-            worker_lease_ms: Some(flood::WORKER_LEASE_MS),
-            ..SystemOptions::default()
-        },
-    )
-    .await
-    .expect("the all-in-one system starts on Redis");
-    flood::create_sale(&system).await;
+    let system = flood::start_system(dir.path(), redis.url()).await;
 
     let buyers = Buyers::start(&system);
     let f = buyers.flood.clone();

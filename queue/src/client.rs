@@ -44,9 +44,7 @@ use crate::api::{
 use crate::backoff::Backoff;
 use crate::engine::validate_message;
 use crate::error::{Error, Result};
-use crate::limits::{
-    ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, READ_BYTES_MAX, STORED_PAYLOAD_BYTES_MAX,
-};
+use crate::limits::{ACK_RECEIPTS_MAX, READ_BYTES_MAX, STORED_PAYLOAD_BYTES_MAX};
 use crate::proto::{self, Request, Response, op};
 
 /// The largest response the client accepts whatever [`ClientConfig::max_frame_bytes`] says:
@@ -804,15 +802,7 @@ impl Queue for Client {
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Confirm>> {
-        if messages.is_empty() || messages.len() > BATCH_MESSAGES_MAX {
-            return Err(Error::Invalid(format!(
-                "a batch holds 1..={BATCH_MESSAGES_MAX} messages, not {}",
-                messages.len()
-            )));
-        }
-        for m in &messages {
-            validate_message(m)?;
-        }
+        crate::engine::validate_batch(&messages)?;
         match self
             .call(Request::PublishBatch {
                 topic: topic.into(),

@@ -153,6 +153,18 @@ pub(crate) fn fetch_limits(options: &FetchOptions, lease_ms_default: u64) -> Res
     Ok((max, lease_ms))
 }
 
+/// Checks a `publish_batch`: 1..=`BATCH_MESSAGES_MAX` messages, each within the limits
+/// (every backend refuses a bad batch whole, before anything is stored).
+pub(crate) fn validate_batch(messages: &[Message]) -> Result<()> {
+    if messages.is_empty() || messages.len() > BATCH_MESSAGES_MAX {
+        return Err(Error::Invalid(format!(
+            "a batch holds 1..={BATCH_MESSAGES_MAX} messages, not {}",
+            messages.len()
+        )));
+    }
+    messages.iter().try_for_each(validate_message)
+}
+
 /// Checks a message against the limits of [`crate::limits`] (payload, headers); the
 /// broker client runs it before sending, so a bad message fails alone with `Invalid`.
 pub fn validate_message(m: &Message) -> Result<()> {
@@ -1003,15 +1015,7 @@ impl Engine {
     pub fn publish_batch_submit(&self, topic: &str, messages: &[Message]) -> Result<Submitted> {
         self.check_open()?;
         validate_user_topic(topic)?;
-        if messages.is_empty() || messages.len() > BATCH_MESSAGES_MAX {
-            return Err(Error::Invalid(format!(
-                "a batch holds 1..={BATCH_MESSAGES_MAX} messages, not {}",
-                messages.len()
-            )));
-        }
-        for m in messages {
-            validate_message(m)?;
-        }
+        validate_batch(messages)?;
         let t = self.topic(topic)?;
         self.append_submit(&t, messages, 0, None)
     }

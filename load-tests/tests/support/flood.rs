@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use load_tests::audit::{AuditInput, AuditReport, audit, check};
-use load_tests::system::AllInOne;
+use load_tests::system::{AllInOne, SystemOptions};
 use loadgen::{Conn, request};
 use order_worker::OrdersDb;
 use serde_json::{Value, json};
@@ -335,6 +335,23 @@ pub async fn wait_for<T: std::fmt::Debug>(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Starts the all-in-one system in `dir` with its queue at `queue` (workers' lease
+/// [`WORKER_LEASE_MS`]) and puts the flood's sale on.
+pub async fn start_system(dir: &std::path::Path, queue: String) -> AllInOne {
+    let system = AllInOne::start(
+        dir,
+        SystemOptions {
+            queue: Some(queue),
+            worker_lease_ms: Some(WORKER_LEASE_MS),
+            ..SystemOptions::default()
+        },
+    )
+    .await
+    .expect("the all-in-one system starts on Redis");
+    create_sale(&system).await;
+    system
 }
 
 /// Puts [`SALE`] on (open now, [`UNITS`] units) through the admin API and waits until the

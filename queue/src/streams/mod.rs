@@ -40,8 +40,8 @@ use crate::api::{
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{
-    DLQ_SUFFIX, DeadMeta, cut, dead_letter_id, fetch_limits, validate_message, validate_name,
-    validate_user_topic,
+    DLQ_SUFFIX, DeadMeta, cut, dead_letter_id, fetch_limits, validate_batch, validate_message,
+    validate_name, validate_user_topic,
 };
 use crate::error::{Error, Result};
 use crate::limits::{
@@ -504,8 +504,24 @@ impl Inner {
         }
     }
 
+    /// Runs `script` on the shared connection; errors name `topic` (and `dead_offset`).
     async fn run(
         &self,
+        script: &Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+        topic: &str,
+        dead_offset: u64,
+    ) -> Result<Value> {
+        let mut conn = self.conn.clone();
+        self.run_on(&mut conn, script, keys, args, topic, dead_offset)
+            .await
+    }
+
+    /// [`Inner::run`] on a given connection (a publisher's, for `WAIT`).
+    async fn run_on(
+        &self,
+        conn: &mut Conn,
         script: &Script,
         keys: &[String],
         args: &[Vec<u8>],
@@ -519,31 +535,9 @@ impl Inner {
         for a in args {
             inv.arg(a.as_slice());
         }
-        let mut conn = self.conn.clone();
-        inv.invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.script_err(e, topic, dead_offset))
-    }
-
-    /// [`Inner::run`] on a connection of the caller's (a publisher's, for `WAIT`).
-    async fn run_on(
-        &self,
-        conn: &mut Conn,
-        script: &Script,
-        keys: &[String],
-        args: &[Vec<u8>],
-        topic: &str,
-    ) -> Result<Value> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(a.as_slice());
-        }
         inv.invoke_async(conn)
             .await
-            .map_err(|e| self.script_err(e, topic, 0))
+            .map_err(|e| self.script_err(e, topic, dead_offset))
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
@@ -728,7 +722,7 @@ impl Inner {
             None => conn::open(&self.config.target, Some(conn::COMMAND_TIMEOUT)).await?,
         };
         let v = self
-            .run_on(&mut conn, &self.scripts.publish, keys, args, topic)
+            .run_on(&mut conn, &self.scripts.publish, keys, args, topic, 0)
             .await?;
         let want = self.config.replicas;
         let mut cmd = redis::cmd("WAIT");
@@ -1053,15 +1047,7 @@ impl Queue for RedisQueue {
         let q = &self.inner;
         q.check_open()?;
         validate_user_topic(topic)?;
-        if messages.is_empty() || messages.len() > BATCH_MESSAGES_MAX {
-            return Err(Error::Invalid(format!(
-                "a batch holds 1..={BATCH_MESSAGES_MAX} messages, not {}",
-                messages.len()
-            )));
-        }
-        for m in &messages {
-            validate_message(m)?;
-        }
+        validate_batch(&messages)?;
         let parts = q.ensure_topic(topic).await?;
         // All or nothing needs one script: a batch goes to one partition. Its ids must all
         // belong there, or a later publish of one of them alone would miss its
