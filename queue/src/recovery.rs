@@ -3,7 +3,10 @@
 //!
 //! Rules (see FORMAT.md, "Recovery"):
 //! - The last segment (the tail) is the only one being written. A record in it that does
-//!   not check out (short, bad length, bad CRC) is a torn write: the file is cut there.
+//!   not check out (short, bad length, bad CRC) with nothing valid after it is a torn
+//!   write: the file is cut there. One followed by a record that checks out is damage
+//!   inside the log, treated as corruption (below): cutting there would drop confirmed
+//!   records.
 //! - Any bad record in an earlier (sealed) segment, or a record that checks out but makes
 //!   no sense (wrong offsets, unknown kind), is corruption: `Error::Corrupt` names the file
 //!   and byte position, unless `repair` is set, in which case the segment is cut there and
@@ -24,6 +27,7 @@ use crate::format::{
     SegmentHeader,
 };
 use crate::fsutil;
+use crate::limits::TAIL_SCAN_CRC_BYTES_MAX;
 use crate::topic::{Group, Hint, Segment, TopicLimits, TopicState};
 use crate::writer::SegFile;
 
@@ -406,15 +410,51 @@ impl Scan<'_> {
                 }
                 Err(e) => (e.to_string(), true),
             };
-            let (reason, maybe_torn) = bad;
-            if is_tail && maybe_torn {
-                tracing::warn!(segment = %path.display(), position = pos, %reason, "truncating torn tail");
-                self.report.torn_bytes_truncated += (buf.len() - pos) as u64;
-                truncate(file, pos as u64)?;
-                break;
+            let (mut reason, maybe_torn) = bad;
+            // In the tail, what follows the bad frame decides: only a damaged suffix is a torn
+            // write. A frame that checks out after it means confirmed records would be cut.
+            let after = is_tail.then(|| scan_after_damage(buf, pos, self.st.next_offset));
+            if let Some(after) = &after
+                && maybe_torn
+            {
+                match (after.first_valid, after.budget_ran_out) {
+                    (None, false) => {
+                        tracing::warn!(segment = %path.display(), position = pos, %reason, "truncating torn tail");
+                        self.report.torn_bytes_truncated += (buf.len() - pos) as u64;
+                        truncate(file, pos as u64)?;
+                        break;
+                    }
+                    (Some(valid), _) => {
+                        reason = format!(
+                            "{reason}; a valid record follows at byte {valid}, so this is damage \
+                             inside the tail segment, not a torn write"
+                        );
+                    }
+                    (None, true) => {
+                        reason = format!(
+                            "{reason}; could not rule out valid records after it (the scan for \
+                             them stopped after checksumming {TAIL_SCAN_CRC_BYTES_MAX} bytes)"
+                        );
+                    }
+                }
             }
             if !self.repair {
                 return Err(corrupt(path, pos as u64, reason));
+            }
+            let lost = after
+                .and_then(|a| a.messages_end)
+                .map_or(0, |end| end.saturating_sub(self.st.next_offset));
+            if lost > 0 {
+                // The tail has no next segment to tell the loss: count what the records
+                // found after the damage held (offsets from the cut to their end).
+                self.report.messages_lost += lost;
+                tracing::warn!(
+                    segment = %path.display(),
+                    position = pos,
+                    from_offset = self.st.next_offset,
+                    to_offset = self.st.next_offset + lost,
+                    "repair: cutting the tail loses these messages"
+                );
             }
             tracing::warn!(segment = %path.display(), position = pos, %reason, "repair: cutting segment");
             self.report.repaired.push((path.to_path_buf(), pos as u64));
@@ -499,6 +539,103 @@ impl Scan<'_> {
             meta.write(dir)?;
         }
         Ok((st, report))
+    }
+}
+
+/// What follows a damaged frame of the tail segment.
+#[derive(Debug, Default)]
+struct AfterDamage {
+    /// Byte position of the first frame after the damage that checks out completely
+    /// (length, CRC, full record decode, plausible offsets).
+    first_valid: Option<usize>,
+    /// End offset (`base_offset + count`) of the last message batch found after the damage.
+    messages_end: Option<u64>,
+    /// The scan spent [`TAIL_SCAN_CRC_BYTES_MAX`] before reaching the end of the file.
+    budget_ran_out: bool,
+}
+
+/// Looks for frames that check out after the bad frame at `damaged_at`, trying every byte
+/// position up to the end of `buf` (the file length bounds the scan). A torn write leaves a
+/// damaged suffix with nothing valid after it; a valid frame after the damage means the
+/// damage is corruption inside the log.
+///
+/// Random bytes must not pass for a frame, so a candidate has to clear cheap structural
+/// checks before its CRC is even computed: a known record kind, and for a message batch a
+/// `base_offset` no lower than the next expected offset and no higher than the bytes
+/// skipped since then could hold (every message takes at least 6 bytes); for group
+/// operations, a body length that matches the operation count exactly. Only then is the
+/// CRC checked (a chance match on garbage is about 2^-32 per candidate, on top of the
+/// structure) and the whole record decoded. Checksummed bytes are bounded by
+/// [`TAIL_SCAN_CRC_BYTES_MAX`]; a scan that runs out is reported, never taken for a tear.
+fn scan_after_damage(buf: &[u8], damaged_at: usize, next_offset: u64) -> AfterDamage {
+    let mut out = AfterDamage::default();
+    let mut budget = TAIL_SCAN_CRC_BYTES_MAX;
+    // Where the messages not yet accounted for start: the next offset expected, and the byte
+    // from which they may have been stored.
+    let (mut expect_from, mut since) = (next_offset, damaged_at);
+    let mut pos = damaged_at + 1;
+    while pos + FRAME_HEADER_LEN < buf.len() {
+        let cand = &buf[pos..];
+        let len = u32::from_le_bytes([cand[0], cand[1], cand[2], cand[3]]) as usize;
+        let plausible = len > 0
+            && len <= format::FRAME_BODY_BYTES_MAX
+            && FRAME_HEADER_LEN + len <= cand.len()
+            && plausible_body(
+                &cand[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len],
+                expect_from,
+                (pos - since) as u64,
+            );
+        if !plausible {
+            pos += 1;
+            continue;
+        }
+        if budget < len as u64 {
+            out.budget_ran_out = true;
+            break;
+        }
+        budget -= len as u64;
+        let record = format::decode_frame(cand)
+            .ok()
+            .and_then(|(body, frame_len)| Some((format::decode_record(body).ok()?, frame_len)));
+        let Some((record, frame_len)) = record else {
+            pos += 1;
+            continue;
+        };
+        out.first_valid.get_or_insert(pos);
+        pos += frame_len;
+        if let Record::Messages(h, _) = record {
+            let end = h.base_offset + u64::from(h.count);
+            out.messages_end = Some(end);
+            expect_from = end;
+            since = pos;
+        }
+    }
+    out
+}
+
+/// The cheap checks of [`scan_after_damage`] on a candidate body, before its CRC: a message
+/// batch starting at an offset in `expect_from ..= expect_from + skipped_bytes / 6`, or
+/// group operations whose length matches their count.
+fn plausible_body(body: &[u8], expect_from: u64, skipped_bytes: u64) -> bool {
+    const ENTRY_BYTES_MIN: u64 = 6;
+    match body.first() {
+        Some(&format::KIND_MESSAGES) if body.len() >= format::BATCH_HEADER_LEN => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&body[1..9]);
+            let base = u64::from_le_bytes(b);
+            base >= expect_from && base - expect_from <= skipped_bytes / ENTRY_BYTES_MIN
+        }
+        Some(&format::KIND_GROUP_OPS) if body.len() >= 2 => {
+            let n = body[1] as usize;
+            if n == 0 || n > crate::limits::NAME_BYTES_MAX || body.len() < 2 + n + 4 {
+                return false;
+            }
+            let mut c = [0u8; 4];
+            c.copy_from_slice(&body[2 + n..2 + n + 4]);
+            let count = u32::from_le_bytes(c) as usize;
+            count > 0 && body.len() - (2 + n + 4) == count.saturating_mul(format::GROUP_OP_LEN)
+        }
+        _ => false,
     }
 }
 

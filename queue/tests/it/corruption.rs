@@ -1,6 +1,7 @@
 //! Damage on disk: a tail cut at every byte, bit flips in sealed segments (refused, then
 //! repaired, then reopened without repair), garbage after the last record, segment files
-//! cut at creation, missing offsets between segments, batches too large for a record, and
+//! cut at creation, damage inside the tail with valid records after it (corruption, not a
+//! torn write), missing offsets between segments, batches too large for a record, and
 //! the format decoders fed random bytes.
 //!
 //! Every case works on a copy of a data directory prepared once, and derives what must
@@ -657,6 +658,151 @@ async fn segment_cut_at_creation_opens() {
     let d = fetch_all(&q, GROUP).await;
     assert_eq!(d.len(), 1);
     check_delivery(&d[0], "only segment emptied");
+}
+
+/// Damage inside the tail segment with valid records after it (issue 16, finding 9) is
+/// corruption, not a torn write: cutting there would drop confirmed messages. Without repair
+/// open refuses, naming the tail and the damaged record's position, and leaves the file
+/// alone; with repair the tail is cut there and the report says where and how many
+/// messages were lost (exactly: the records after the damage tell their offsets).
+#[test]
+fn damage_inside_the_tail_with_valid_records_after_it_is_corrupt() {
+    const SEG_MAX: u64 = 4096;
+    // A tail with many records, messages among the last ones.
+    let enough = |segs: &[SegInfo]| {
+        segs.last().is_some_and(|t| {
+            t.frames.len() >= 8
+                && t.frames
+                    .iter()
+                    .rev()
+                    .take(2)
+                    .any(|f| !f.messages.is_empty())
+        })
+    };
+    let (base, clock, total, segs) = runtime().block_on(build_base_until(SEG_MAX, 10, enough));
+    assert!(enough(&segs), "{segs:?}");
+    let (tail, sealed) = segs.split_last().expect("segments");
+    let last_batch_start = tail
+        .frames
+        .iter()
+        .rev()
+        .find(|f| !f.messages.is_empty())
+        .expect("a batch in the tail")
+        .start;
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Every record before the tail's last batch, damaged in its length, its CRC or its
+    // body (a bit flip, or a run of zeros as a lost sector would leave).
+    let mut cases = Vec::new();
+    for (i, f) in tail.frames.iter().enumerate() {
+        if f.start >= last_batch_start {
+            break;
+        }
+        let (field, pos) = match i % 3 {
+            0 => ("length", f.start + rng.random_range(0..4)),
+            1 => ("crc", f.start + 4 + rng.random_range(0..4)),
+            _ => ("body", rng.random_range(f.start + 8..f.end)),
+        };
+        let zeros = i % 4 == 3;
+        cases.push((i, field, pos, 1u8 << rng.random_range(0..8), zeros));
+    }
+    assert!(cases.len() >= 4, "{cases:?}");
+    let (base, clock, sealed) = (&base, &clock, &sealed);
+    run_cases(&cases, |&(i, field, pos, mask, zeros)| async move {
+        let frame = &tail.frames[i];
+        let context = format!(
+            "seed {seed}: {} in the {field} of the tail record at byte {} (byte {pos})",
+            if zeros {
+                "zeros".to_string()
+            } else {
+                format!("bit {mask:#04x}")
+            },
+            frame.start
+        );
+        let work = fresh_copy(base.path());
+        let path = topic_dir(work.path()).join(&tail.name);
+        let damaged = if zeros {
+            let mut bytes = std::fs::read(&path).expect("read");
+            let end = (pos as usize + 8).min(frame.end as usize);
+            bytes[pos as usize..end].iter_mut().for_each(|b| *b = 0);
+            std::fs::write(&path, &bytes).expect("write");
+            bytes
+        } else {
+            flip(&path, pos, mask)
+        };
+
+        let (segment, position) = open_refused(work.path(), clock, SEG_MAX, &context);
+        assert_eq!(segment, path, "{context}");
+        assert_eq!(position, frame.start, "{context}");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            damaged,
+            "{context}: a refused open must not change the file"
+        );
+
+        let (q, report) = open_reporting(work.path(), clock, SEG_MAX, true, &context);
+        assert_eq!(
+            report.repaired,
+            vec![(path.clone(), frame.start)],
+            "{context}"
+        );
+        assert_eq!(report.torn_bytes_truncated, 0, "{context}");
+        let cut_offset = tail.first_offset_from(frame.start);
+        assert_eq!(report.messages_lost, total - cut_offset, "{context}");
+        assert_eq!(file_len(&path), frame.start, "{context}");
+        let kept = tail.frames.iter().filter(|f| f.end <= frame.start);
+        let exp = Expect::from_frames(sealed.iter().flat_map(|s| &s.frames).chain(kept));
+        let next = exp.next_offset;
+        assert_eq!(next, cut_offset, "{context}");
+        verify_and_reopen(q, work.path(), clock, SEG_MAX, &exp, next, &context).await;
+    });
+}
+
+/// A torn tail is only a damaged suffix: the last records overwritten with zeros or random
+/// bytes (the file length kept, as a write whose pages never reached the disk leaves it),
+/// with nothing valid after the damage, still opens without repair and keeps every record
+/// before it.
+#[tokio::test]
+async fn damaged_suffix_of_the_tail_is_a_torn_write() {
+    const SEG_MAX: u64 = 4096;
+    let (base, clock, _, segs) = build_base_until(SEG_MAX, 10, |segs: &[SegInfo]| {
+        segs.last().is_some_and(|t| t.frames.len() >= 4)
+    })
+    .await;
+    let (tail, sealed) = segs.split_last().expect("segments");
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for from_frame in [tail.frames.len() - 1, tail.frames.len() - 3] {
+        for random in [false, true] {
+            let frame = &tail.frames[from_frame];
+            // From somewhere inside the record to the end of the file.
+            let at = rng.random_range(frame.start..frame.end);
+            let context = format!(
+                "seed {seed}: tail {} from byte {at} (record at {})",
+                if random { "random" } else { "zeroed" },
+                frame.start
+            );
+            let work = fresh_copy(base.path());
+            let path = topic_dir(work.path()).join(&tail.name);
+            let mut bytes = std::fs::read(&path).expect("read");
+            for b in &mut bytes[at as usize..] {
+                *b = if random { rng.random() } else { 0 };
+            }
+            std::fs::write(&path, &bytes).expect("write");
+            let (q, report) = open_reporting(work.path(), &clock, SEG_MAX, false, &context);
+            assert_eq!(
+                report.torn_bytes_truncated,
+                tail.len - frame.start,
+                "{context}"
+            );
+            assert!(report.repaired.is_empty(), "{context}: {report:?}");
+            assert_eq!(file_len(&path), frame.start, "{context}");
+            let kept = tail.frames.iter().filter(|f| f.end <= frame.start);
+            let exp = Expect::from_frames(sealed.iter().flat_map(|s| &s.frames).chain(kept));
+            let next = exp.next_offset;
+            verify_and_reopen(q, work.path(), &clock, SEG_MAX, &exp, next, &context).await;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
