@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
+use crate::faults::StorageFaults;
 
 /// When a publish is confirmed relative to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -64,6 +65,9 @@ pub struct Config {
     pub repair: bool,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Storage faults to inject into the writer's writes and fsyncs (tests and the
+    /// broker's fail point; see [`crate::faults`]). `None` (the default) injects nothing.
+    pub storage_faults: Option<Arc<dyn StorageFaults>>,
 }
 
 impl Default for Config {
@@ -83,6 +87,7 @@ impl Default for Config {
             maintenance_interval_ms: Some(50),
             repair: false,
             clock: Arc::new(SystemClock),
+            storage_faults: None,
         }
     }
 }

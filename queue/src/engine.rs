@@ -443,7 +443,11 @@ impl Engine {
                 }),
             );
         }
-        let writer = Writer::start(config.durability, config.commit_gather)?;
+        let writer = Writer::start(
+            config.durability,
+            config.commit_gather,
+            config.storage_faults.clone(),
+        )?;
         let inner = Arc::new(Inner {
             dir,
             limits,
@@ -547,8 +551,11 @@ impl Engine {
                     }
                     let Some(inner) = weak.upgrade() else { return };
                     let engine = Engine { inner };
-                    if let Err(e) = rt.block_on(engine.tick()) {
-                        tracing::warn!(error = %e, "queue maintenance");
+                    match rt.block_on(engine.tick()) {
+                        Ok(()) => {}
+                        // The writer failed for good (it logged why): nothing to maintain.
+                        Err(Error::Failed(_)) => return,
+                        Err(e) => tracing::warn!(error = %e, "queue maintenance"),
                     }
                 }
             })
@@ -580,6 +587,34 @@ impl Engine {
             t.notify.notify_waiters();
         }
         result
+    }
+
+    /// Whether [`Engine::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// The writer's first failure as [`Error::Failed`], if a write or fsync failed. From
+    /// then on the engine is stopped for good: every operation (publish, fetch, ack, nack,
+    /// reject, dead-letter calls, peek, stats, tick) fails with that error, because fetches
+    /// and acks must write and what the page cache says may no longer match the disk; only
+    /// this, [`Engine::metrics`] and [`Engine::close`] still answer. Reopening the directory
+    /// (a restart) recovers everything that was confirmed.
+    pub fn failure(&self) -> Option<Error> {
+        self.inner.writer.failure().map(Error::from)
+    }
+
+    /// Completes when a write or fsync of the writer fails (at once if one already has);
+    /// returns [`Engine::failure`]'s error. The broker stops serving on it.
+    pub async fn failed(&self) -> Error {
+        let mut watch = self.inner.writer.failure_watch();
+        // The sender lives as long as the writer, so an error here means it is gone: the
+        // recorded failure, if any, is then final.
+        let _ = watch.wait_for(|failed| *failed).await;
+        match self.failure() {
+            Some(e) => e,
+            None => std::future::pending().await,
+        }
     }
 
     fn check_open(&self) -> Result<()> {

@@ -19,6 +19,8 @@
 //! - [`format`](mod@format): the on-disk record format as pure encode/decode functions.
 //! - [`config`], [`clock`], [`limits`], [`error`]: settings, injectable time, named limits,
 //!   the error type.
+//! - [`faults`]: the storage seam through which tests (and `queue serve`'s test-only fail
+//!   point) make the writer's writes and fsyncs fail.
 //! - `topic` (private): one topic's in-memory state machine (index, groups, delays).
 //! - `dedup` (private): the compact producer de-duplication window.
 //! - `recovery` (private): opening a topic directory and checking every record.
@@ -58,6 +60,7 @@ pub mod config;
 mod dedup;
 pub mod engine;
 pub mod error;
+pub mod faults;
 pub mod format;
 mod fsutil;
 pub mod histogram;

@@ -1,5 +1,6 @@
 //! The broker's metrics in the Prometheus text exposition format (version 0.0.4), encoded
-//! by `prometheus-client` and served over HTTP at `/metrics` (feature `http`).
+//! by `prometheus-client` and served over HTTP at `/metrics` (feature `http`), next to the
+//! readiness check `/readyz` (503 once the engine's writer failed).
 //!
 //! Every figure already lives in the engine or the broker (atomics, stats), so nothing is
 //! kept twice: one [`Collector`] registered once reads them at scrape time and encodes each
@@ -63,7 +64,11 @@ pub fn render(registry: &Registry) -> Result<String, fmt::Error> {
     Ok(out)
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` completes.
+/// Serves `/metrics` and `/readyz` on `listener` until `shutdown` completes.
+///
+/// `/readyz` answers `200 ready` while the engine takes writes, and `503` with the reason
+/// once its writer failed (or it was closed): a broker whose storage failed must be taken
+/// out of service, and `queue serve` exits non-zero on it (see README, "The broker").
 #[cfg(feature = "http")]
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -73,12 +78,27 @@ pub async fn serve(
     use axum::Router;
     use axum::routing::get;
 
+    let engine = source.engine.clone();
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(Arc::new(registry(source)));
+        .with_state(Arc::new(registry(source)))
+        .route("/readyz", get(move || readyz(engine.clone())));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// `200 ready`, or `503` and why not.
+#[cfg(feature = "http")]
+async fn readyz(engine: Arc<Engine>) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    match engine.failure() {
+        None if !engine.is_closed() => (StatusCode::OK, "ready\n").into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: closed\n").into_response(),
+        Some(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
 }
 
 #[cfg(feature = "http")]

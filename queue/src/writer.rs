@@ -9,6 +9,12 @@
 //! on a second thread, `queue-notify`, in round order, so that the next round's write and
 //! fsync need not wait for it; nothing is answered before its own round's fsync has returned.
 //!
+//! The first failed write or fsync stops it for good (the "fsyncgate" lesson: after a
+//! failed fsync the page cache no longer says what is on disk, and a retried fsync may
+//! succeed without the data): that round's callers and every later one get
+//! [`Error::Failed`], nothing more is written, and nothing after it is ever confirmed.
+//! Faults can be injected through [`crate::faults`] (tests and the broker's fail point).
+//!
 //! The thread also keeps [`WriterMetrics`]: a few relaxed atomic adds per round (never per
 //! job), read by `Engine::metrics`.
 
@@ -26,6 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::config::Durability;
 use crate::error::{Error, Result};
+use crate::faults::{StorageFaults, StorageOp};
 use crate::histogram::AtomicHistogram;
 use crate::limits::{
     COMMIT_BYTES_MAX, COMMIT_GATHER_GAP_US, COMMIT_GATHER_MAX_US, NOTIFY_ROUNDS_MAX,
@@ -95,11 +102,23 @@ impl From<WriteFailure> for Error {
 }
 
 /// The first write or fsync failure, shared by the writer thread and its handle. The flag
-/// is read on every submit; the failure is locked only once something failed.
-#[derive(Debug, Default)]
+/// is read on every submit; the failure is locked only once something failed. `changed`
+/// turns true with it, for whoever awaits the failure (the broker stops serving on it).
+#[derive(Debug)]
 struct Failure {
     set: AtomicBool,
     first: Mutex<Option<WriteFailure>>,
+    changed: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Failure {
+    fn default() -> Self {
+        Failure {
+            set: AtomicBool::new(false),
+            first: Mutex::new(None),
+            changed: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl Failure {
@@ -118,6 +137,7 @@ impl Failure {
             tracing::error!(error = %failure, "queue writer failed; refusing further writes");
             *m = Some(failure.clone());
             self.set.store(true, Ordering::Release);
+            self.changed.send_replace(true);
         }
     }
 }
@@ -153,14 +173,18 @@ impl std::fmt::Debug for Msg {
 }
 
 impl Writer {
-    pub(crate) fn start(durability: Durability, gather: bool) -> Result<Writer> {
+    pub(crate) fn start(
+        durability: Durability,
+        gather: bool,
+        faults: Option<Arc<dyn StorageFaults>>,
+    ) -> Result<Writer> {
         let (tx, rx) = std::sync::mpsc::channel();
         let failed = Arc::new(Failure::default());
         let metrics = Arc::new(WriterMetrics::default());
         let (failed2, metrics2) = (failed.clone(), metrics.clone());
         let thread = std::thread::Builder::new()
             .name("queue-writer".into())
-            .spawn(move || run(rx, durability, gather, failed2, metrics2))
+            .spawn(move || run(rx, durability, gather, failed2, metrics2, faults))
             .map_err(|e| Error::io("spawn writer thread", "", e))?;
         Ok(Writer {
             tx: Mutex::new(Some(tx)),
@@ -185,6 +209,11 @@ impl Writer {
     /// The first write failure, if any.
     pub(crate) fn failure(&self) -> Option<WriteFailure> {
         self.failed.get()
+    }
+
+    /// Turns true when the first write failure is recorded.
+    pub(crate) fn failure_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.failed.changed.subscribe()
     }
 
     /// What the thread has done so far.
@@ -231,7 +260,9 @@ fn run(
     gather_rounds: bool,
     failed: Arc<Failure>,
     metrics: Arc<WriterMetrics>,
+    faults: Option<Arc<dyn StorageFaults>>,
 ) {
+    let faults = faults.as_deref();
     let mut dirty: HashMap<*const SegFile, Arc<SegFile>> = HashMap::new();
     let mut dirty_dirs: Vec<PathBuf> = Vec::new();
     let mut last_sync = Instant::now();
@@ -325,7 +356,7 @@ fn run(
             None => Ok(()),
         };
         if result.is_ok() {
-            result = write_all(&jobs, &mut dirty, &mut dirty_dirs, &metrics.fsync);
+            result = write_all(&jobs, &mut dirty, &mut dirty_dirs, &metrics.fsync, faults);
             if result.is_ok() {
                 metrics
                     .bytes_written
@@ -339,7 +370,7 @@ fn run(
             || stop.is_some()
             || last_sync.elapsed() >= interval.unwrap_or_default();
         if result.is_ok() && sync_now {
-            result = sync_all(&mut dirty, &mut dirty_dirs, &metrics.fsync);
+            result = sync_all(&mut dirty, &mut dirty_dirs, &metrics.fsync, faults);
             last_sync = Instant::now();
         }
         if let Err(failure) = &result {
@@ -361,7 +392,7 @@ fn run(
         }
     }
     // Channel closed: make what was written durable before exiting.
-    let _ = sync_all(&mut dirty, &mut dirty_dirs, &metrics.fsync);
+    let _ = sync_all(&mut dirty, &mut dirty_dirs, &metrics.fsync, faults);
     stop_notifier(notifier);
 }
 
@@ -381,6 +412,7 @@ fn write_all(
     dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
     dirty_dirs: &mut Vec<PathBuf>,
     fsync_us: &AtomicHistogram,
+    faults: Option<&dyn StorageFaults>,
 ) -> Result<(), WriteFailure> {
     let mut i = 0;
     let mut buf = Vec::new();
@@ -393,7 +425,7 @@ fn write_all(
             // A new segment: make the older ones durable first, so that after a power loss
             // a segment with data in it is never preceded by a torn one (recovery treats a
             // torn sealed segment as corruption).
-            sync_all(dirty, dirty_dirs, fsync_us)?;
+            sync_all(dirty, dirty_dirs, fsync_us, faults)?;
         }
         // Coalesce jobs that continue each other in the same file into one write.
         let start = jobs[i].pos;
@@ -407,13 +439,13 @@ fn write_all(
             j += 1;
         }
         let result = if j == i + 1 {
-            file.file.write_all_at(&jobs[i].bytes, start)
+            write_at(file, &jobs[i].bytes, start, faults)
         } else {
             buf.clear();
             for job in &jobs[i..j] {
                 buf.extend_from_slice(&job.bytes);
             }
-            file.file.write_all_at(&buf, start)
+            write_at(file, &buf, start, faults)
         };
         result.map_err(|e| WriteFailure::new("write", &file.path, e))?;
         dirty.insert(Arc::as_ptr(file), file.clone());
@@ -427,18 +459,36 @@ fn write_all(
     Ok(())
 }
 
+/// Writes `bytes` at `pos`, unless the fault plan fails the write: then half of the bytes
+/// are written first, as a short write followed by an error leaves the file.
+fn write_at(
+    file: &SegFile,
+    bytes: &[u8],
+    pos: u64,
+    faults: Option<&dyn StorageFaults>,
+) -> std::io::Result<()> {
+    if let Some(faults) = faults
+        && let Err(e) = faults.before(StorageOp::Write, &file.path)
+    {
+        file.file.write_all_at(&bytes[..bytes.len() / 2], pos)?;
+        return Err(e);
+    }
+    file.file.write_all_at(bytes, pos)
+}
+
 /// Fsyncs every dirty file and directory, recording the time it took as one sample of
 /// `fsync_us` (nothing is recorded when nothing was dirty).
 fn sync_all(
     dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
     dirty_dirs: &mut Vec<PathBuf>,
     fsync_us: &AtomicHistogram,
+    faults: Option<&dyn StorageFaults>,
 ) -> Result<(), WriteFailure> {
     if dirty.is_empty() && dirty_dirs.is_empty() {
         return Ok(());
     }
     let start = Instant::now();
-    let result = sync_files(dirty, dirty_dirs);
+    let result = sync_files(dirty, dirty_dirs, faults);
     fsync_us.record_duration(start.elapsed());
     result
 }
@@ -446,16 +496,20 @@ fn sync_all(
 fn sync_files(
     dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
     dirty_dirs: &mut Vec<PathBuf>,
+    faults: Option<&dyn StorageFaults>,
 ) -> Result<(), WriteFailure> {
+    let check = |op, path: &std::path::Path| faults.map_or(Ok(()), |f| f.before(op, path));
     for (_, f) in dirty.drain() {
-        f.file
-            .sync_data()
+        check(StorageOp::Fsync, &f.path)
+            .and_then(|()| f.file.sync_data())
             .map_err(|e| WriteFailure::new("fdatasync", &f.path, e))?;
     }
     dirty_dirs.sort();
     dirty_dirs.dedup();
     for d in dirty_dirs.drain(..) {
-        crate::fsutil::fsync_dir(&d).map_err(|e| WriteFailure::new("fsync directory", &d, e))?;
+        check(StorageOp::FsyncDir, &d)
+            .and_then(|()| crate::fsutil::fsync_dir(&d))
+            .map_err(|e| WriteFailure::new("fsync directory", &d, e))?;
     }
     Ok(())
 }

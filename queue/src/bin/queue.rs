@@ -172,9 +172,13 @@ struct ServeArgs {
     /// Deliveries after which a message is dead-lettered.
     #[arg(long, default_value_t = Config::default().max_attempts)]
     max_attempts: u32,
-    /// Repair corrupt sealed segments on open (losing their tails) instead of refusing.
+    /// Repair corrupt segments on open (losing their tails) instead of refusing.
     #[arg(long)]
     repair: bool,
+    /// Test-only fail point: `fsync-after:N` or `write-after:N` makes the writer's N+1-th
+    /// segment fsync (or write) fail once (`queue::faults`). Inert unless set.
+    #[arg(long, env = "QUEUE_FAIL_POINT", hide = true)]
+    fail_point: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -392,6 +396,11 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     if let Some(interval_ms) = args.fsync_interval_ms {
         config.durability = Durability::Interval { interval_ms };
     }
+    if let Some(spec) = &args.fail_point {
+        let plan = queue::faults::FailAfter::parse(spec)?;
+        let _ = writeln!(std::io::stderr(), "queue: fail point set: {spec}");
+        config.storage_faults = Some(Arc::new(plan));
+    }
     let durability = config.durability;
     let engine = Arc::new(Engine::open(&args.data, config)?);
     let server_config = ServerConfig {
@@ -427,10 +436,23 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         args.data.display()
     );
     let _ = std::io::stdout().flush();
-    server.run(listener, queue::signal::shutdown_signal()).await;
+    // A failed write or fsync stops the broker as a signal does, but it exits non-zero: the
+    // engine refuses every request from then on, and a restart recovers what was confirmed.
+    let failed = engine.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = queue::signal::shutdown_signal() => {}
+            _ = failed.failed() => {}
+        }
+    };
+    server.run(listener, stop).await;
     let _ = stop_tx.send(true);
     if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    if let Some(e) = engine.failure() {
+        let _ = engine.close();
+        return Err(format!("stopped serving: {e}").into());
     }
     engine.close()?;
     println!("queue: stopped cleanly");

@@ -11,4 +11,7 @@ mod peek_metrics;
 // The broker as a child process needs the `queue` binary (feature `cli`).
 #[cfg(feature = "cli")]
 mod process;
+// Its /readyz test serves the metrics endpoint (feature `http`).
+#[cfg(feature = "http")]
+mod storage_faults;
 mod support;

@@ -21,6 +21,10 @@
 //! - [`sigterm_stops_cleanly_and_keeps_confirmed_publishes`]: SIGTERM while publishes and a
 //!   long-poll fetch are in flight: exit status 0, `queue: stopped cleanly`, and every
 //!   confirmed publish is there after a restart.
+//! - [`failed_fsync_stops_the_broker_with_a_failing_exit`]: the broker's test-only fail
+//!   point (`QUEUE_FAIL_POINT=fsync-after:N`) fails an fsync: `/readyz` was 200, the
+//!   publish hit fails with `Error::Failed`, `/readyz` is never 200 again, the broker exits
+//!   non-zero naming the failure, and a restart has every confirmed publish.
 //!
 //! Nothing here sleeps in place of synchronisation: the tests wait for a line on a pipe, a
 //! figure in the stats or the metrics, an exit, or a fetch's own long poll, each with a
@@ -85,6 +89,11 @@ struct Proc {
 
 impl Proc {
     fn spawn(what: &str, args: &[&str]) -> Proc {
+        Proc::spawn_with_env(what, args, &[])
+    }
+
+    /// [`Proc::spawn`] with environment variables set for the child.
+    fn spawn_with_env(what: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(QUEUE_BIN)
             .args(args)
             // The binary reads these; the test's own environment must not change its runs.
@@ -92,6 +101,8 @@ impl Proc {
             .env_remove("QUEUE_DATA")
             .env_remove("QUEUE_LISTEN")
             .env_remove("QUEUE_METRICS")
+            .env_remove("QUEUE_FAIL_POINT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -275,10 +286,15 @@ struct Broker {
 impl Broker {
     /// Starts a broker on `data` and waits for its `listening on` line.
     async fn start(data: &Path, extra: &[&str]) -> Broker {
+        Broker::start_with_env(data, extra, &[]).await
+    }
+
+    /// [`Broker::start`] with environment variables set for the broker.
+    async fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Broker {
         let data = data.to_str().expect("temporary directory path is UTF-8");
         let mut args = vec!["serve", "--data", data, "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn("broker", &args);
+        let mut proc = Proc::spawn_with_env("broker", &args, env);
         let deadline = Instant::now() + WAIT;
         let mut metrics_addr = None;
         loop {
@@ -1310,4 +1326,107 @@ async fn operator_cli_and_metrics() {
         fsyncs
     );
     assert!(metric(&body, "queue_broker_requests_total{op=\"reject\"} ") >= 2.0);
+}
+
+/// `GET path` on `addr`: the status and body, or `None` if nothing accepts the connection.
+async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_string()))
+}
+
+/// The fsyncgate lesson, end to end: a broker whose fsync fails (the test-only fail point,
+/// inert unless `QUEUE_FAIL_POINT` is set) must not serve on. `/readyz` answers 200 while
+/// healthy; the publish whose fsync fails gets `Error::Failed`; from then on `/readyz` never
+/// answers 200 (503 while the broker drains, then nothing); `queue serve` exits with a
+/// failing status and says why; a restart on the same directory has every confirmed
+/// publish at its offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_fsync_stops_the_broker_with_a_failing_exit() {
+    const CONFIRMED: u64 = 5;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let deadline = Instant::now() + WAIT;
+    // One publish at a time is one write round and one fdatasync: the sixth fails.
+    let fail_point = format!("fsync-after:{CONFIRMED}");
+    let mut broker = Broker::start_with_env(
+        dir.path(),
+        &["--metrics", "127.0.0.1:0"],
+        &[("QUEUE_FAIL_POINT", fail_point.as_str())],
+    )
+    .await;
+    let metrics = broker.metrics_addr.clone().expect("metrics address");
+    assert_eq!(
+        http_get(&metrics, "/readyz").await,
+        Some((200, "ready\n".to_string())),
+        "healthy broker"
+    );
+    let client = broker.client().await;
+    let mut confirmed = BTreeMap::new();
+    for id in 1..=u128::from(CONFIRMED) {
+        let c = client
+            .publish(TOPIC, message_for(id))
+            .await
+            .unwrap_or_else(|e| panic!("publish {id} before the fault: {e}"));
+        confirmed.insert(c.offset, id);
+    }
+    match client.publish(TOPIC, message_for(99)).await {
+        Err(Error::Failed(why)) => assert!(why.contains("injected"), "{why}"),
+        other => panic!("the publish whose fsync failed answered {other:?}"),
+    }
+    // Never ready again: 503 while the broker drains, then nothing listens.
+    let mut saw_503 = false;
+    while let Some((status, body)) = http_get(&metrics, "/readyz").await {
+        assert_eq!(status, 503, "readyz after the failure: {body}");
+        saw_503 = true;
+        assert!(Instant::now() < deadline, "the broker kept serving /readyz");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = broker.proc.wait_exit(deadline).await;
+    let stderr = broker.proc.stderr_after_exit();
+    assert_eq!(status.code(), Some(1), "exit status; stderr: {stderr}");
+    assert!(
+        stderr.contains("stopped serving") && stderr.contains("injected"),
+        "stderr: {stderr}"
+    );
+    drop(client);
+    println!("readyz answered 503 before the exit: {saw_503}");
+
+    // A restart without the fail point: everything confirmed is there.
+    let mut broker = Broker::start(dir.path(), &[]).await;
+    let client = broker.client().await;
+    client
+        .create_group(TOPIC, GROUP, StartAt::Earliest)
+        .await
+        .expect("group");
+    let got = client
+        .fetch(
+            TOPIC,
+            GROUP,
+            FetchOptions {
+                max_messages: 100,
+                lease_ms: None,
+                wait_ms: 0,
+            },
+        )
+        .await
+        .expect("fetch after restart");
+    let by_offset: BTreeMap<u64, (Option<u128>, Vec<u8>)> = got
+        .iter()
+        .map(|d| (d.offset, (d.id, d.payload.to_vec())))
+        .collect();
+    for (offset, id) in &confirmed {
+        assert_eq!(
+            by_offset.get(offset),
+            Some(&(Some(*id), payload_for(*id).into_bytes())),
+            "confirmed publish {id} at offset {offset} after the restart"
+        );
+    }
+    drop(client);
+    broker.proc.sigterm();
+    broker.proc.finish(deadline).await;
 }
