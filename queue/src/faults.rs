@@ -101,3 +101,42 @@ impl StorageFaults for FailAfter {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_point_specs_parse_or_say_why_not() {
+        let p = FailAfter::parse("fsync-after:3").expect("valid");
+        assert_eq!((p.op, p.after), (StorageOp::Fsync, 3));
+        let p = FailAfter::parse("write-after:0").expect("valid");
+        assert_eq!((p.op, p.after), (StorageOp::Write, 0));
+        for bad in [
+            "",
+            "fsync-after",
+            "fsync-after:",
+            "fsync-after:-1",
+            "read-after:2",
+            "x:y",
+        ] {
+            let e = FailAfter::parse(bad).expect_err(bad);
+            assert!(e.contains("fail point"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn fails_exactly_once_then_succeeds_again() {
+        let p = FailAfter::new(StorageOp::Fsync, 2);
+        let path = Path::new("seg");
+        // Other kinds of operation are not counted.
+        assert!(p.before(StorageOp::Write, path).is_ok());
+        assert!(p.before(StorageOp::Fsync, path).is_ok());
+        assert!(p.before(StorageOp::Fsync, path).is_ok());
+        assert!(!p.fired());
+        assert!(p.before(StorageOp::Fsync, path).is_err());
+        assert!(p.fired());
+        assert!(p.before(StorageOp::Fsync, path).is_ok());
+        assert!(p.before(StorageOp::FsyncDir, path).is_ok());
+    }
+}

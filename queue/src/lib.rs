@@ -10,8 +10,11 @@
 //! - delayed messages of any delay, durable, never early, kept in a compact index;
 //! - acks are durable; retention deletes segments every group is done with; backlog limits
 //!   make `publish` fail fast with [`Error::Full`];
-//! - recovery checks every record, truncates a torn tail and refuses to serve a corrupt
-//!   sealed segment unless asked to repair it.
+//! - recovery checks every record, truncates a torn tail (a damaged suffix with nothing
+//!   valid after it) and refuses to serve a corrupt segment (damage inside the tail with a
+//!   valid record after it included) unless asked to repair it;
+//! - a failed write or fsync stops the engine for good: nothing is confirmed after it, and
+//!   a restart recovers everything confirmed before it.
 //!
 //! Modules:
 //! - [`api`]: messages, deliveries, receipts, stats and the [`Queue`] trait.
