@@ -713,7 +713,7 @@ fn damage_inside_the_tail_with_valid_records_after_it_is_corrupt() {
         let context = format!(
             "seed {seed}: {} in the {field} of the tail record at byte {} (byte {pos})",
             if zeros {
-                "zeros".to_string()
+                "zeros from the record's start".to_string()
             } else {
                 format!("bit {mask:#04x}")
             },
@@ -721,15 +721,21 @@ fn damage_inside_the_tail_with_valid_records_after_it_is_corrupt() {
         );
         let work = fresh_copy(base.path());
         let path = topic_dir(work.path()).join(&tail.name);
+        let original = std::fs::read(&path).expect("read");
         let damaged = if zeros {
-            let mut bytes = std::fs::read(&path).expect("read");
-            let end = (pos as usize + 8).min(frame.end as usize);
-            bytes[pos as usize..end].iter_mut().for_each(|b| *b = 0);
+            // A lost sector reads as zeros: the record's header and the start of its body
+            // (zeros anywhere else might land on bytes that were zero already).
+            let mut bytes = original.clone();
+            let end = (frame.start as usize + 16).min(frame.end as usize);
+            bytes[frame.start as usize..end]
+                .iter_mut()
+                .for_each(|b| *b = 0);
             std::fs::write(&path, &bytes).expect("write");
             bytes
         } else {
             flip(&path, pos, mask)
         };
+        assert_ne!(damaged, original, "{context}: the damage changed nothing");
 
         let (segment, position) = open_refused(work.path(), clock, SEG_MAX, &context);
         assert_eq!(segment, path, "{context}");
@@ -775,8 +781,13 @@ async fn damaged_suffix_of_the_tail_is_a_torn_write() {
     for from_frame in [tail.frames.len() - 1, tail.frames.len() - 3] {
         for random in [false, true] {
             let frame = &tail.frames[from_frame];
-            // From somewhere inside the record to the end of the file.
-            let at = rng.random_range(frame.start..frame.end);
+            // From somewhere inside the record to the end of the file (zeros from inside
+            // its header: its body may end in bytes that are zero already).
+            let at = if random {
+                rng.random_range(frame.start..frame.end)
+            } else {
+                rng.random_range(frame.start..frame.start + 8)
+            };
             let context = format!(
                 "seed {seed}: tail {} from byte {at} (record at {})",
                 if random { "random" } else { "zeroed" },
