@@ -94,7 +94,7 @@ fn config(clock: &ManualClock, segment_bytes_max: u64, repair: bool) -> Config {
 /// and dropped has released its lock, but a child process spawned meanwhile by another test
 /// in this binary (the crash test) holds a copy of the lock file's descriptor until it
 /// execs, and `flock` locks belong to the open file, not to the descriptor.
-fn open_engine(dir: &Path, config: Config) -> queue::Result<Engine> {
+pub(crate) fn open_engine(dir: &Path, config: Config) -> queue::Result<Engine> {
     let mut tries = 0;
     loop {
         match Engine::open(dir, config.clone()) {

@@ -25,6 +25,7 @@ use queue::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::corruption::open_engine;
 use crate::support::{T0, test_config};
 
 const TOPIC: &str = "t";
@@ -239,7 +240,7 @@ async fn fault_case(op: StorageOp, after: u64, segment_bytes_max: u64) {
     // A restart: everything confirmed is there, at its offset, and no confirmed ack is
     // undone. Unconfirmed publishes of the failed round may be there too (a failed
     // publish may or may not have happened; a producer retries with the same id).
-    let q = Engine::open(dir.path(), test_config(&clock)).expect("reopen");
+    let q = open_engine(dir.path(), test_config(&clock)).expect("reopen");
     let stats = q.stats(TOPIC).await.expect("stats after reopen");
     let top = confirmed.keys().next_back().copied();
     assert!(
