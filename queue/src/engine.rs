@@ -984,6 +984,9 @@ impl Engine {
         let t = self.topic(topic)?;
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(options.wait_ms.min(FETCH_WAIT_MS_MAX));
+        // A writer failure ends the wait at once (the next round of the loop fails with
+        // it), so that a broker stopping on the failure does not wait for long polls.
+        let mut failed = self.inner.writer.failure_watch();
         loop {
             let notified = t.notify.notified();
             tokio::pin!(notified);
@@ -1040,6 +1043,7 @@ impl Engine {
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(until) => {}
+                _ = failed.wait_for(|f| *f) => {}
             }
         }
     }

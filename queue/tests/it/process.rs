@@ -23,8 +23,9 @@
 //!   confirmed publish is there after a restart.
 //! - [`failed_fsync_stops_the_broker_with_a_failing_exit`]: the broker's test-only fail
 //!   point (`QUEUE_FAIL_POINT=fsync-after:N`) fails an fsync: `/readyz` was 200, the
-//!   publish hit fails with `Error::Failed`, `/readyz` is never 200 again, the broker exits
-//!   non-zero naming the failure, and a restart has every confirmed publish.
+//!   publish hit fails with `Error::Failed`, `/readyz` is never 200 again, a long poll in
+//!   flight ends, the broker exits non-zero naming the failure, and a restart has every
+//!   confirmed publish.
 //!
 //! Nothing here sleeps in place of synchronisation: the tests wait for a line on a pipe, a
 //! figure in the stats or the metrics, an exit, or a fetch's own long poll, each with a
@@ -1366,6 +1367,27 @@ async fn failed_fsync_stops_the_broker_with_a_failing_exit() {
         "healthy broker"
     );
     let client = broker.client().await;
+    // A long poll in flight at the fault: it must end with the failure, not keep the
+    // stopping broker waiting for its minute.
+    let poller = broker.client().await;
+    let long_poll = tokio::spawn(async move {
+        let options = FetchOptions {
+            max_messages: 1,
+            lease_ms: None,
+            wait_ms: 60_000,
+        };
+        poller.fetch("idle", GROUP, options).await
+    });
+    // The fetch creates its group: once the group shows, the fetch is in the broker.
+    loop {
+        if let Ok(s) = client.stats("idle").await
+            && s.groups.iter().any(|g| g.name == GROUP)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the long poll never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut confirmed = BTreeMap::new();
     for id in 1..=u128::from(CONFIRMED) {
         let c = client
@@ -1393,6 +1415,10 @@ async fn failed_fsync_stops_the_broker_with_a_failing_exit() {
         stderr.contains("stopped serving") && stderr.contains("injected"),
         "stderr: {stderr}"
     );
+    match tokio::time::timeout_at(deadline, long_poll).await {
+        Ok(Ok(Err(Error::Failed(_) | Error::Connection(_)))) => {}
+        other => panic!("the long poll in flight at the fault ended with {other:?}"),
+    }
     drop(client);
     println!("readyz answered 503 before the exit: {saw_503}");
 

@@ -325,6 +325,43 @@ async fn failed_directory_fsync_stops_the_engine_and_loses_nothing_confirmed() {
     fault_case(StorageOp::FsyncDir, 2, 512).await;
 }
 
+/// A long poll waiting when the writer fails ends at once with the failure, rather than
+/// at its deadline (a broker stopping on the failure would otherwise wait for it).
+#[tokio::test(flavor = "current_thread")]
+async fn a_waiting_fetch_ends_with_the_writer_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let plan = Arc::new(FailAfter::new(StorageOp::Fsync, 1));
+    let q = faulty_engine(dir.path(), &clock, &plan, 64 * 1024);
+    q.create_group("idle", GROUP, StartAt::Earliest)
+        .await
+        .expect("group");
+    let waiter = q.clone();
+    let long_poll = tokio::spawn(async move {
+        let options = FetchOptions {
+            max_messages: 1,
+            lease_ms: None,
+            wait_ms: 120_000,
+        };
+        waiter.fetch("idle", GROUP, options).await
+    });
+    // On this single-threaded runtime the spawned fetch runs, up to its wait, when this
+    // task yields.
+    tokio::task::yield_now().await;
+    assert!(!long_poll.is_finished(), "the fetch should be waiting");
+    q.publish(TOPIC, Message::new(b"one".to_vec()))
+        .await
+        .expect("publish before the fault");
+    let r = q.publish(TOPIC, Message::new(b"two".to_vec())).await;
+    assert!(is_failed(&r), "{r:?}");
+    // Far below the fetch's own two minutes; only a fetch left waiting runs into it.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), long_poll)
+        .await
+        .expect("the long poll kept waiting after the writer failed")
+        .expect("fetch task");
+    assert!(is_failed(&ended), "{ended:?}");
+}
+
 /// `GET path` on `addr`; returns the status code and the body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
