@@ -27,6 +27,8 @@
 //! - [`proto`]: the broker's wire protocol (frames, requests, responses) as pure functions;
 //!   `PROTOCOL.md` describes it byte by byte.
 //! - [`server`]: [`Server`], the broker serving an engine over TCP.
+//! - [`auth`]: the shared [`auth::Secret`] and the HMAC challenge-response that proves it
+//!   in the handshake, and the per-address throttle on wrong proofs.
 //! - [`client`]: [`Client`], the broker's client, another implementation of [`Queue`].
 //! - [`backend`]: [`Backend::open`], embedded, remote or on Redis chosen by one
 //!   configuration string (`tcp://HOST:PORT`, `redis://…`, `redis+cluster://…` or a
@@ -49,6 +51,7 @@
 //! - `redis-streams`: the Redis Streams backend (redis with cluster support).
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod backoff;
 mod bits;
@@ -76,6 +79,7 @@ pub use api::{
     AckOutcome, Confirm, DeadLetter, Delivery, Due, FetchOptions, GroupStats, Message, MessageId,
     Peeked, Queue, Receipt, StartAt, TopicStats,
 };
+pub use auth::Secret;
 pub use backend::Backend;
 pub use client::{Client, ClientConfig};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -55,3 +55,10 @@ pub const PEEK_MESSAGES_MAX: usize = 1000;
 /// a response stays well inside the broker's frame limit
 /// ([`crate::proto::FRAME_BYTES_MAX`]) even with the largest messages.
 pub const READ_BYTES_MAX: u64 = 8 << 20;
+/// Shortest shared secret the broker and its clients accept (`queue serve --secret-file`,
+/// `QUEUE_SECRET`): 16 bytes, so the HMAC proofs cannot be brute-forced offline.
+pub const SECRET_BYTES_MIN: usize = 16;
+/// Longest shared secret accepted.
+pub const SECRET_BYTES_MAX: usize = 1024;
+/// Addresses the broker remembers failed authentications of (oldest forgotten first).
+pub const AUTH_THROTTLE_ADDRESSES_MAX: usize = 4096;
