@@ -603,8 +603,11 @@ impl Connection {
                 }
                 // A request that would create a topic beyond the creation rate is refused
                 // (it alone; the connection goes on).
+                // (Publishes gathered for the same topic already took its token: the topic
+                // appears only when they are appended.)
                 if let Some(topic) = creates_topic(&request)
                     && crate::engine::validate_user_topic(topic).is_ok()
+                    && !gathered.as_ref().is_some_and(|g| g.topic == topic)
                     && !self.engine.has_topic(topic)
                     && !self.shared.topics.allow()
                 {
