@@ -607,7 +607,7 @@ impl Connection {
                 // appears only when they are appended.)
                 if let Some(topic) = creates_topic(&request)
                     && crate::engine::validate_user_topic(topic).is_ok()
-                    && !gathered.as_ref().is_some_and(|g| g.topic == topic)
+                    && gathered.as_ref().is_none_or(|g| g.topic != topic)
                     && !self.engine.has_topic(topic)
                     && !self.shared.topics.allow()
                 {
