@@ -14,6 +14,10 @@
 //! [`Error::Invalid`] and never sent: at the broker they would be protocol errors, which
 //! close the connection and fail every other request in flight on it.
 //!
+//! With [`ClientConfig::secret`] set, every connection proves the broker's secret in the
+//! handshake and requires the broker's proof back (`PROTOCOL.md`, "Authentication"); a
+//! refused authentication is [`Error::Auth`] and is not retried.
+//!
 //! When a connection is lost, every request in flight on it fails with
 //! [`Error::Connection`]; nothing is retried behind the caller's back, because a publish
 //! may or may not have been stored. The caller retries with the same message id and the

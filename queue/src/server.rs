@@ -8,7 +8,13 @@
 //!
 //! Limits (all in [`ServerConfig`]): connections, requests and request bytes in flight per
 //! connection (beyond them the reader stops reading, which pushes back through TCP), frame
-//! size, handshake and idle timeouts. A frame that cannot be decoded gets an error frame and
+//! size, handshake and idle timeouts, response bytes reserved by reads per connection and
+//! across all of them ([`ReplyBudget`]: a read waits for room), topic creations per
+//! minute.
+//!
+//! Authentication: with [`ServerConfig::secret`], the hello carries a challenge and the
+//! connection serves nothing until the client's `AUTH` proves the secret
+//! ([`crate::auth`]); wrong proofs are answered late and counted per address. A frame that cannot be decoded gets an error frame and
 //! the connection is closed; other connections never notice.
 //!
 //! Shutdown (the future given to [`Server::run`]): stop accepting, stop reading, let every
