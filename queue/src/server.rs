@@ -141,6 +141,8 @@ pub struct BrokerMetrics {
     pub auth_throttled: AtomicU64,
     /// Requests refused because they would create a topic beyond the creation rate.
     pub topic_creations_refused: AtomicU64,
+    /// The broker-wide reply budget, whose accounting the metrics read.
+    pub replies: Arc<ReplyBudget>,
 }
 
 impl Default for BrokerMetrics {
@@ -160,6 +162,7 @@ impl Default for BrokerMetrics {
             auth_failed: AtomicU64::new(0),
             auth_throttled: AtomicU64::new(0),
             topic_creations_refused: AtomicU64::new(0),
+            replies: Arc::new(ReplyBudget::new(ServerConfig::default().max_reply_bytes)),
         }
     }
 }
@@ -276,18 +279,22 @@ pub const SERVER_NAME: &str = concat!("queue-broker/", env!("CARGO_PKG_VERSION")
 impl Server {
     /// A broker for `engine`.
     pub fn new(engine: Arc<Engine>, config: ServerConfig) -> Server {
+        let replies = Arc::new(ReplyBudget::new(config.max_reply_bytes));
         let shared = Arc::new(Shared {
             throttle: Throttle::new(
                 config.auth_failures_max,
                 Duration::from_millis(config.auth_failure_window_ms),
             ),
-            replies: Arc::new(ReplyBudget::new(config.max_reply_bytes)),
+            replies: replies.clone(),
             topics: TopicGate::new(config.topic_creations_per_minute),
         });
         Server {
             engine,
             config,
-            metrics: Arc::default(),
+            metrics: Arc::new(BrokerMetrics {
+                replies,
+                ..BrokerMetrics::default()
+            }),
             shared,
         }
     }
