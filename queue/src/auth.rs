@@ -180,6 +180,17 @@ impl Source {
     }
 }
 
+/// What [`Throttle::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The proof checked out.
+    Good,
+    /// The proof was wrong (and counted).
+    Wrong,
+    /// Not checked: the address has used up its failures for this long.
+    Throttled(Duration),
+}
+
 /// Counts wrong proofs per address: after `failures_max` of them within `window`, the
 /// address gets no further proof checked until that window ends. At most
 /// [`AUTH_THROTTLE_ADDRESSES_MAX`] addresses are remembered; when full, expired windows are
@@ -208,17 +219,39 @@ impl Throttle {
         }
     }
 
-    /// How long `ip` must still wait, if it has used up its failures.
-    pub(crate) fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let map = self.lock();
-        let (start, n) = map.get(&Source::of(ip))?;
-        let end = *start + self.window;
-        (*n >= self.failures_max && end > now).then(|| end - now)
+    /// Checks a proof from `ip` with `verify`, unless `ip` has used up its failures;
+    /// counts a wrong one. The check and the count happen under one lock, so connections
+    /// racing in parallel from one address cannot get more than its failures checked.
+    pub(crate) fn check(&self, ip: IpAddr, now: Instant, verify: impl FnOnce() -> bool) -> Verdict {
+        let mut map = self.lock();
+        if let Some((start, n)) = map.get(&Source::of(ip)) {
+            let end = *start + self.window;
+            if *n >= self.failures_max && end > now {
+                return Verdict::Throttled(end - now);
+            }
+        }
+        if verify() {
+            return Verdict::Good;
+        }
+        self.count_failure(&mut map, ip, now);
+        Verdict::Wrong
+    }
+
+    #[cfg(test)]
+    fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        match self.check(ip, now, || true) {
+            Verdict::Throttled(left) => Some(left),
+            _ => None,
+        }
+    }
+
+    #[cfg(test)]
+    fn failed(&self, ip: IpAddr, now: Instant) {
+        let _ = self.check(ip, now, || false);
     }
 
     /// Counts a wrong proof from `ip`.
-    pub(crate) fn failed(&self, ip: IpAddr, now: Instant) {
-        let mut map = self.lock();
+    fn count_failure(&self, map: &mut HashMap<Source, (Instant, u32)>, ip: IpAddr, now: Instant) {
         let key = Source::of(ip);
         if !map.contains_key(&key) && map.len() >= AUTH_THROTTLE_ADDRESSES_MAX {
             let window = self.window;

@@ -36,7 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::api::Queue;
-use crate::auth::{Nonce, Secret, Throttle};
+use crate::auth::{Nonce, Secret, Throttle, Verdict};
 use crate::engine::Engine;
 use crate::format::ENTRY_BYTES_MAX;
 use crate::limits::{DEAD_LETTER_LIST_MAX, FETCH_MESSAGES_MAX, PEEK_MESSAGES_MAX, READ_BYTES_MAX};
@@ -769,26 +769,31 @@ impl Connection {
         };
         let ip = self.peer.ip();
         let now = std::time::Instant::now();
-        if let Some(left) = self.shared.throttle.blocked(ip, now) {
-            self.metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
-            let message = format!(
-                "too many wrong proofs from {ip}; authentication refused for another {} s",
-                left.as_secs().max(1)
-            );
-            self.fail(tx, id, code::AUTH_THROTTLED, message).await;
-            return false;
-        }
-        if secret.verify_client_proof(challenge, client_nonce, proof) {
-            self.metrics.auth_succeeded.fetch_add(1, Ordering::Relaxed);
-            let resp = Response::Authenticated {
-                proof: secret.server_proof(challenge, client_nonce),
-            };
-            let mut out = BytesMut::new();
-            resp.encode(op::AUTH, id, &mut out);
-            return tx.send(Out::Frames(out, Vec::new())).await.is_ok();
+        let verdict = self.shared.throttle.check(ip, now, || {
+            secret.verify_client_proof(challenge, client_nonce, proof)
+        });
+        match verdict {
+            Verdict::Throttled(left) => {
+                self.metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
+                let message = format!(
+                    "too many wrong proofs from {ip}; authentication refused for another {} s",
+                    left.as_secs().max(1)
+                );
+                self.fail(tx, id, code::AUTH_THROTTLED, message).await;
+                return false;
+            }
+            Verdict::Good => {
+                self.metrics.auth_succeeded.fetch_add(1, Ordering::Relaxed);
+                let resp = Response::Authenticated {
+                    proof: secret.server_proof(challenge, client_nonce),
+                };
+                let mut out = BytesMut::new();
+                resp.encode(op::AUTH, id, &mut out);
+                return tx.send(Out::Frames(out, Vec::new())).await.is_ok();
+            }
+            Verdict::Wrong => {}
         }
         self.metrics.auth_failed.fetch_add(1, Ordering::Relaxed);
-        self.shared.throttle.failed(ip, now);
         tracing::warn!("broker: wrong authentication proof from {}", self.peer);
         // The delay slows guessing on this connection; the count above bounds it per
         // address however many connections are used.

@@ -2438,6 +2438,48 @@ async fn wrong_proofs_are_delayed_and_capped_per_address() {
     );
     assert_eq!(b.metrics.auth_throttled.load(Ordering::Relaxed), 1);
     assert_eq!(b.metrics.auth_succeeded.load(Ordering::Relaxed), 0);
+
+    // Many connections racing from one address get no more wrong proofs checked than the
+    // limit: here a fresh broker, 20 wrong proofs sent at once, 3 checked.
+    let b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            auth_failures_max: 3,
+            auth_failure_window_ms: 600_000,
+            ..secured()
+        },
+    )
+    .await;
+    let mut conns = Vec::new();
+    let mut proofs = Vec::new();
+    for _ in 0..20 {
+        let mut raw = RawConn::connect(&b.addr).await;
+        let challenge = raw.hello_challenge().await;
+        let client_nonce = queue::auth::nonce();
+        let mut out = BytesMut::new();
+        Request::Auth {
+            client_nonce,
+            proof: wrong.client_proof(&challenge, &client_nonce),
+        }
+        .encode(1, &mut out);
+        proofs.push(out);
+        conns.push(raw);
+    }
+    let mut racing = JoinSet::new();
+    for (mut raw, out) in conns.into_iter().zip(proofs) {
+        racing.spawn(async move {
+            raw.send(&out).await;
+            raw.error().await.1.code
+        });
+    }
+    let mut codes = Vec::new();
+    while let Some(c) = racing.join_next().await {
+        codes.push(c.expect("join"));
+    }
+    let failed = codes.iter().filter(|c| **c == code::AUTH_FAILED).count();
+    let throttled = codes.iter().filter(|c| **c == code::AUTH_THROTTLED).count();
+    assert_eq!((failed, throttled), (3, 17), "{codes:?}");
+    assert_eq!(b.metrics.auth_failed.load(Ordering::Relaxed), 3);
 }
 
 /// The broker-wide reply budget: eight connections that send big reads and never read the
