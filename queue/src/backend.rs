@@ -30,7 +30,8 @@ pub enum Backend {
 
 impl Backend {
     /// Opens `target`: `tcp://HOST:PORT` connects to a broker (with `ClientConfig`
-    /// defaults); `redis://HOST:PORT` or `redis+cluster://HOST:PORT,...` (options after a
+    /// defaults and the broker's secret from `QUEUE_SECRET` or `QUEUE_SECRET_FILE`, see
+    /// [`ClientConfig::from_env`]); `redis://HOST:PORT` or `redis+cluster://HOST:PORT,...` (options after a
     /// `?`, see [`crate::streams`]) connects to Redis with `config`'s queue semantics;
     /// `file:DIR` or a plain `DIR` opens the engine there with `config`.
     pub async fn open(target: &str, config: Config) -> Result<Backend> {
@@ -51,7 +52,7 @@ impl Backend {
             ));
         }
         if let Some(addr) = target.strip_prefix(TCP_PREFIX) {
-            let client = Client::connect(ClientConfig::new(addr)).await?;
+            let client = Client::connect(ClientConfig::from_env(addr)?).await?;
             return Ok(Backend::Remote(Arc::new(client)));
         }
         let dir = target.strip_prefix(FILE_PREFIX).unwrap_or(target);

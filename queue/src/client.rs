@@ -14,6 +14,10 @@
 //! [`Error::Invalid`] and never sent: at the broker they would be protocol errors, which
 //! close the connection and fail every other request in flight on it.
 //!
+//! With [`ClientConfig::secret`] set, every connection proves the broker's secret in the
+//! handshake and requires the broker's proof back (`PROTOCOL.md`, "Authentication"); a
+//! refused authentication is [`Error::Auth`] and is not retried.
+//!
 //! When a connection is lost, every request in flight on it fails with
 //! [`Error::Connection`]; nothing is retried behind the caller's back, because a publish
 //! may or may not have been stored. The caller retries with the same message id and the
@@ -41,6 +45,7 @@ use crate::api::{
     AckOutcome, Confirm, DeadLetter, Delivery, FetchOptions, Message, Peeked, Queue, Receipt,
     StartAt, TopicStats,
 };
+use crate::auth::Secret;
 use crate::backoff::Backoff;
 use crate::engine::validate_message;
 use crate::error::{Error, Result};
@@ -87,6 +92,12 @@ pub struct ClientConfig {
     pub request_timeout_ms: u64,
     /// Name sent in the hello.
     pub name: String,
+    /// The broker's shared secret. With one, the client proves it in the handshake and
+    /// requires the broker to prove it back (a broker that asks for no proof is refused:
+    /// it cannot hold the secret). Without one, a broker that requires a proof is refused
+    /// with [`Error::Auth`]. [`ClientConfig::from_env`] reads it from `QUEUE_SECRET` or
+    /// `QUEUE_SECRET_FILE`.
+    pub secret: Option<Secret>,
 }
 
 impl ClientConfig {
@@ -103,7 +114,19 @@ impl ClientConfig {
             max_frame_bytes: proto::FRAME_BYTES_MAX,
             request_timeout_ms: 30_000,
             name: concat!("queue-client/", env!("CARGO_PKG_VERSION")).into(),
+            secret: None,
         }
+    }
+
+    /// Defaults for a broker at `addr`, with the secret from the environment
+    /// ([`Secret::from_env`]: `QUEUE_SECRET` or `QUEUE_SECRET_FILE`), if one is set.
+    pub fn from_env(addr: impl Into<String>) -> Result<Self> {
+        Ok(ClientConfig::new(addr).with_secret(Secret::from_env()?))
+    }
+
+    /// The same settings with `secret`.
+    pub fn with_secret(self, secret: Option<Secret>) -> Self {
+        ClientConfig { secret, ..self }
     }
 
     /// The waits between the connect attempts of one reconnect: from
@@ -478,6 +501,13 @@ impl Client {
                     slot.set(Some(c.clone()));
                     return Ok(c);
                 }
+                // A refused authentication will not pass by retrying (and each wrong proof
+                // counts against this address at the broker): give up at once.
+                Ok(Err(e @ Error::Auth(_))) => {
+                    let until = Instant::now() + Duration::from_millis(self.config.backoff_max_ms);
+                    slot.set_down(Some((until, e.to_string())));
+                    return Err(e);
+                }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "connect timed out".into(),
             }
@@ -607,40 +637,58 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
     let receive_max = config.max_frame_bytes.max(RESPONSE_BYTES_MAX);
     let mut stream = TcpStream::connect(&config.addr).await.map_err(io_err)?;
     let _ = stream.set_nodelay(true);
-    let mut out = BytesMut::new();
-    Request::Hello {
-        min_version: proto::VERSION,
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let hello = Request::Hello {
+        min_version: proto::VERSION_MIN,
         max_version: proto::VERSION,
         client: config.name.clone(),
-    }
-    .encode(0, &mut out);
-    stream.write_all(&out).await.map_err(io_err)?;
-    let mut buf = BytesMut::with_capacity(64 << 10);
-    let frame = loop {
-        if let Some(f) =
-            proto::split_frame(&mut buf, receive_max).map_err(|e| Error::Protocol(e.to_string()))?
-        {
-            break f;
-        }
-        if stream.read_buf(&mut buf).await.map_err(io_err)? == 0 {
-            return Err(Error::Connection(format!(
-                "{} closed the connection during the handshake",
-                config.addr
-            )));
-        }
     };
-    let (max_in_flight, broker_frame_max) =
-        match Response::decode(op::HELLO, frame.opcode, frame.body)
-            .map_err(|e| Error::Protocol(e.to_string()))?
-        {
+    let (max_in_flight, broker_frame_max, challenge) =
+        match handshake_step(&mut stream, &mut buf, hello, config).await? {
             Response::Hello {
                 max_in_flight,
                 max_frame_bytes,
+                challenge,
                 ..
-            } => (max_in_flight as usize, max_frame_bytes as usize),
-            Response::Error(e) => return Err(e.into_error()),
+            } => (max_in_flight as usize, max_frame_bytes as usize, challenge),
             other => return Err(unexpected(&other)),
         };
+    match (challenge, &config.secret) {
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(Error::Auth(format!(
+                "the broker at {} requires authentication: give this client its secret \
+                 (QUEUE_SECRET or QUEUE_SECRET_FILE)",
+                config.addr
+            )));
+        }
+        (None, Some(_)) => {
+            return Err(Error::Auth(format!(
+                "the broker at {} asks for no authentication, so it cannot prove it holds \
+                 this client's secret: refusing it (start the broker with --secret-file or \
+                 QUEUE_SECRET, or drop the client's secret)",
+                config.addr
+            )));
+        }
+        (Some(challenge), Some(secret)) => {
+            let client_nonce = crate::auth::nonce();
+            let auth = Request::Auth {
+                client_nonce,
+                proof: secret.client_proof(&challenge, &client_nonce),
+            };
+            match handshake_step(&mut stream, &mut buf, auth, config).await? {
+                Response::Authenticated { proof }
+                    if secret.verify_server_proof(&challenge, &client_nonce, &proof) => {}
+                Response::Authenticated { .. } => {
+                    return Err(Error::Auth(format!(
+                        "the broker at {} did not prove it holds this client's secret",
+                        config.addr
+                    )));
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
     let (rd, wr) = stream.into_split();
     let in_flight = config.max_in_flight.min(max_in_flight).max(1);
     let (tx, rx) = mpsc::channel(in_flight);
@@ -669,6 +717,40 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
         receive_max,
     ));
     Ok(conn)
+}
+
+/// Sends one handshake request and reads its answer (an error frame becomes its error).
+async fn handshake_step(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    request: Request,
+    config: &ClientConfig,
+) -> Result<Response> {
+    let io_err = |e: io::Error| Error::Connection(format!("{}: {e}", config.addr));
+    let opcode = request.opcode();
+    let mut out = BytesMut::new();
+    request.encode(0, &mut out);
+    stream.write_all(&out).await.map_err(io_err)?;
+    let receive_max = config.max_frame_bytes.max(RESPONSE_BYTES_MAX);
+    let frame = loop {
+        if let Some(f) =
+            proto::split_frame(buf, receive_max).map_err(|e| Error::Protocol(e.to_string()))?
+        {
+            break f;
+        }
+        if stream.read_buf(buf).await.map_err(io_err)? == 0 {
+            return Err(Error::Connection(format!(
+                "{} closed the connection during the handshake",
+                config.addr
+            )));
+        }
+    };
+    match Response::decode(opcode, frame.opcode, frame.body)
+        .map_err(|e| Error::Protocol(e.to_string()))?
+    {
+        Response::Error(e) => Err(e.into_error()),
+        r => Ok(r),
+    }
 }
 
 async fn write_loop(

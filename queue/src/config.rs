@@ -45,6 +45,10 @@ pub struct Config {
     /// Most ids remembered per topic for de-duplication (oldest forgotten first; at most
     /// 2^30, larger values are cut to it).
     pub dedup_entries_max: usize,
+    /// Most topics the engine holds, dead-letter topics included (each user topic has
+    /// one); at most [`crate::limits::TOPICS_MAX`]. With `backlog_bytes_max`, it bounds
+    /// the disk a queue may fill.
+    pub topics_max: usize,
     /// Lease length used when a fetch does not name one.
     pub lease_ms_default: u64,
     /// Deliveries after which a failed message is dead-lettered.
@@ -79,6 +83,7 @@ impl Default for Config {
             backlog_bytes_max: 16 << 30,
             dedup_window_ms: 10 * 60 * 1000,
             dedup_entries_max: 2_000_000,
+            topics_max: crate::limits::TOPICS_MAX,
             lease_ms_default: 30_000,
             max_attempts: 5,
             in_flight_max: 100_000,

@@ -639,6 +639,11 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// Whether the topic exists (the broker asks before a request that would create one).
+    pub fn has_topic(&self, name: &str) -> bool {
+        self.get_topic(name).is_some()
+    }
+
     fn get_topic(&self, name: &str) -> Option<Arc<Topic>> {
         self.inner.topics.read().ok()?.get(name).cloned()
     }
@@ -658,10 +663,11 @@ impl Engine {
             return Ok(t);
         }
         let count = self.inner.topics.read().map(|t| t.len()).unwrap_or(0);
-        if count + 2 > TOPICS_MAX {
+        let topics_max = self.inner.config.topics_max.min(TOPICS_MAX);
+        if count + 2 > topics_max {
             return Err(Error::Limit {
                 what: "topics",
-                limit: TOPICS_MAX as u64,
+                limit: topics_max as u64,
             });
         }
         let is_dlq = name.ends_with(DLQ_SUFFIX);

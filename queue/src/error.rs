@@ -71,6 +71,11 @@ pub enum Error {
     /// de-duplication makes the retry harmless).
     #[error("broker connection: {0}")]
     Connection(String),
+    /// The broker refused this client's authentication (no secret, a wrong one, too many
+    /// wrong attempts), or the broker could not prove it holds the client's secret. Not
+    /// retried: it will not pass by itself.
+    #[error("broker authentication: {0}")]
+    Auth(String),
     /// The peer sent a frame that does not follow `PROTOCOL.md`.
     #[error("protocol error: {0}")]
     Protocol(String),

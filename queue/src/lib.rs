@@ -32,6 +32,8 @@
 //! - [`proto`]: the broker's wire protocol (frames, requests, responses) as pure functions;
 //!   `PROTOCOL.md` describes it byte by byte.
 //! - [`server`]: [`Server`], the broker serving an engine over TCP.
+//! - [`auth`]: the shared [`auth::Secret`] and the HMAC challenge-response that proves it
+//!   in the handshake, and the per-address throttle on wrong proofs.
 //! - [`client`]: [`Client`], the broker's client, another implementation of [`Queue`].
 //! - [`backend`]: [`Backend::open`], embedded, remote or on Redis chosen by one
 //!   configuration string (`tcp://HOST:PORT`, `redis://…`, `redis+cluster://…` or a
@@ -54,6 +56,7 @@
 //! - `redis-streams`: the Redis Streams backend (redis with cluster support).
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod backoff;
 mod bits;
@@ -82,6 +85,7 @@ pub use api::{
     AckOutcome, Confirm, DeadLetter, Delivery, Due, FetchOptions, GroupStats, Message, MessageId,
     Peeked, Queue, Receipt, StartAt, TopicStats,
 };
+pub use auth::Secret;
 pub use backend::Backend;
 pub use client::{Client, ClientConfig};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -60,3 +60,10 @@ pub const READ_BYTES_MAX: u64 = 8 << 20;
 /// must first pass structural checks, so real scans checksum far less; one that runs out
 /// refuses to open rather than guess (about 0.1 s of hardware CRC-32C).
 pub const TAIL_SCAN_CRC_BYTES_MAX: u64 = 1 << 30;
+/// Shortest shared secret the broker and its clients accept (`queue serve --secret-file`,
+/// `QUEUE_SECRET`): 16 bytes, so the HMAC proofs cannot be brute-forced offline.
+pub const SECRET_BYTES_MIN: usize = 16;
+/// Longest shared secret accepted.
+pub const SECRET_BYTES_MAX: usize = 1024;
+/// Addresses the broker remembers failed authentications of (oldest forgotten first).
+pub const AUTH_THROTTLE_ADDRESSES_MAX: usize = 4096;

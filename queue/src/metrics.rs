@@ -145,7 +145,7 @@ impl Kind {
 type Family<S> = (&'static str, Kind, &'static str, fn(&S) -> u64);
 
 /// The broker's own counters, one unlabelled sample each.
-const BROKER_FAMILIES: [Family<BrokerMetrics>; 9] = [
+const BROKER_FAMILIES: [Family<BrokerMetrics>; 15] = [
     (
         "queue_broker_connections_open",
         Kind::Gauge,
@@ -199,6 +199,42 @@ const BROKER_FAMILIES: [Family<BrokerMetrics>; 9] = [
         Kind::Counter,
         "Receipts acked by consumers.",
         |b| load(&b.messages_acked),
+    ),
+    (
+        "queue_broker_auth_succeeded",
+        Kind::Counter,
+        "Connections that proved the broker's secret.",
+        |b| load(&b.auth_succeeded),
+    ),
+    (
+        "queue_broker_auth_failed",
+        Kind::Counter,
+        "Wrong proofs of the broker's secret.",
+        |b| load(&b.auth_failed),
+    ),
+    (
+        "queue_broker_auth_throttled",
+        Kind::Counter,
+        "Proofs refused unchecked: too many wrong ones from their address.",
+        |b| load(&b.auth_throttled),
+    ),
+    (
+        "queue_broker_topic_creations_refused",
+        Kind::Counter,
+        "Requests refused because they would create a topic past the creation rate.",
+        |b| load(&b.topic_creations_refused),
+    ),
+    (
+        "queue_broker_reply_reserved_bytes",
+        Kind::Gauge,
+        "Response bytes reserved by reads across all connections now.",
+        |b| b.replies.reserved(),
+    ),
+    (
+        "queue_broker_reply_budget_bytes",
+        Kind::Gauge,
+        "The broker-wide reply budget (--max-reply-bytes).",
+        |b| b.replies.max(),
     ),
 ];
 

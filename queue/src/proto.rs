@@ -15,6 +15,7 @@ use crate::api::{
     AckOutcome, Confirm, DeadLetter, Delivery, Due, FetchOptions, Message, Peeked, Receipt,
     StartAt, TopicStats,
 };
+use crate::auth::{Nonce, Proof};
 use crate::error::Error;
 use crate::limits::{
     ACK_RECEIPTS_MAX, BATCH_MESSAGES_MAX, DEAD_LETTER_LIST_MAX, FETCH_MESSAGES_MAX, HEADERS_MAX,
@@ -23,8 +24,18 @@ use crate::limits::{
 
 /// Magic bytes at the start of a hello.
 pub const MAGIC: [u8; 4] = *b"SKQP";
-/// The only protocol version this build speaks.
-pub const VERSION: u16 = 1;
+/// The newest protocol version this build speaks: 2 adds authentication to the handshake
+/// (a challenge in the hello response, then `AUTH`).
+pub const VERSION: u16 = 2;
+/// The oldest protocol version this build speaks (a broker without a secret still serves
+/// version-1 clients; one with a secret requires version 2).
+pub const VERSION_MIN: u16 = 1;
+/// The first version with authentication.
+pub const VERSION_AUTH: u16 = 2;
+/// Hello response (version 2): no authentication asked.
+pub const AUTH_NONE: u8 = 0;
+/// Hello response (version 2): HMAC-SHA256 challenge-response (`crate::auth`).
+pub const AUTH_HMAC_SHA256: u8 = 1;
 /// Bytes of the frame header after the length: opcode and request id.
 pub const FRAME_HEADER_BYTES: usize = 5;
 /// Largest frame (the bytes after the length prefix) either side accepts by default.
@@ -36,6 +47,8 @@ pub mod op {
     pub const HELLO: u8 = 0x01;
     /// Liveness check.
     pub const PING: u8 = 0x02;
+    /// Proof of the shared secret (version 2); must follow a hello that asked for it.
+    pub const AUTH: u8 = 0x03;
     /// Publish one message.
     pub const PUBLISH: u8 = 0x10;
     /// Publish a batch (one record).
@@ -69,6 +82,7 @@ pub fn op_name(opcode: u8) -> &'static str {
     match opcode {
         op::HELLO => "hello",
         op::PING => "ping",
+        op::AUTH => "auth",
         op::PUBLISH => "publish",
         op::PUBLISH_BATCH => "publish_batch",
         op::CREATE_GROUP => "create_group",
@@ -123,6 +137,13 @@ pub mod code {
     pub const TOO_MANY_CONNECTIONS: u16 = 104;
     /// The connection was idle longer than the broker's idle timeout.
     pub const IDLE_TIMEOUT: u16 = 105;
+    /// The broker requires authentication: a request came before a successful `AUTH`, or
+    /// the client speaks no version with authentication.
+    pub const AUTH_REQUIRED: u16 = 106;
+    /// The client's proof is wrong (its secret is not the broker's).
+    pub const AUTH_FAILED: u16 = 107;
+    /// Too many wrong proofs from the client's address lately; no proof was checked.
+    pub const AUTH_THROTTLED: u16 = 108;
 }
 
 /// A frame that could not be decoded. The server answers with an error frame carrying
@@ -244,6 +265,13 @@ pub enum Request {
     },
     /// Liveness check.
     Ping,
+    /// Proof of the shared secret (version 2).
+    Auth {
+        /// The client's fresh nonce.
+        client_nonce: Nonce,
+        /// `HMAC-SHA256(secret, label ‖ challenge ‖ client_nonce)`, see [`crate::auth`].
+        proof: Proof,
+    },
     /// Publish one message.
     Publish {
         /// Topic.
@@ -356,6 +384,7 @@ impl Request {
         match self {
             Request::Hello { .. } => op::HELLO,
             Request::Ping => op::PING,
+            Request::Auth { .. } => op::AUTH,
             Request::Publish { .. } => op::PUBLISH,
             Request::PublishBatch { .. } => op::PUBLISH_BATCH,
             Request::CreateGroup { .. } => op::CREATE_GROUP,
@@ -387,6 +416,13 @@ impl Request {
                 put_str(out, client);
             }
             Request::Ping | Request::Topics => {}
+            Request::Auth {
+                client_nonce,
+                proof,
+            } => {
+                out.put_slice(client_nonce);
+                out.put_slice(proof);
+            }
             Request::Publish { topic, message } => {
                 put_str(out, topic);
                 put_message(out, message);
@@ -487,6 +523,10 @@ impl Request {
                 }
             }
             op::PING => Request::Ping,
+            op::AUTH => Request::Auth {
+                client_nonce: r.array("client nonce")?,
+                proof: r.array("proof")?,
+            },
             op::TOPICS => Request::Topics,
             op::PUBLISH => Request::Publish {
                 topic: r.string("topic")?,
@@ -587,6 +627,14 @@ pub enum Response {
         max_in_flight: u32,
         /// Server name and version, for logs.
         server: String,
+        /// Version 2: the broker's challenge if it requires authentication (then the
+        /// client's next frame must be `AUTH`). Not on the wire in version 1.
+        challenge: Option<Nonce>,
+    },
+    /// Authentication accepted: the broker's own proof of the secret.
+    Authenticated {
+        /// `HMAC-SHA256(secret, server label ‖ challenge ‖ client nonce)`.
+        proof: Proof,
     },
     /// Empty success (ping, create group, discard).
     Done,
@@ -699,6 +747,9 @@ impl WireError {
             },
             code::FAILED => Error::Failed(self.message),
             code::CLOSED => Error::Closed,
+            code::AUTH_REQUIRED | code::AUTH_FAILED | code::AUTH_THROTTLED => {
+                Error::Auth(self.message)
+            }
             c => Error::Remote {
                 code: c,
                 message: self.message,
@@ -709,7 +760,13 @@ impl WireError {
 
 /// The engine's error fields are `&'static str`; map the names it uses back to them.
 fn static_name(s: &str) -> &'static str {
-    const KNOWN: &[&str] = &["messages", "bytes", "topics", "groups per topic"];
+    const KNOWN: &[&str] = &[
+        "messages",
+        "bytes",
+        "topics",
+        "groups per topic",
+        "topic creations per minute",
+    ];
     KNOWN.iter().find(|k| **k == s).copied().unwrap_or("limit")
 }
 
@@ -727,12 +784,23 @@ impl Response {
                 max_frame_bytes,
                 max_in_flight,
                 server,
+                challenge,
             } => {
                 out.put_u16_le(*version);
                 out.put_u32_le(*max_frame_bytes);
                 out.put_u32_le(*max_in_flight);
                 put_str(out, server);
+                if *version >= VERSION_AUTH {
+                    match challenge {
+                        Some(c) => {
+                            out.put_u8(AUTH_HMAC_SHA256);
+                            out.put_slice(c);
+                        }
+                        None => out.put_u8(AUTH_NONE),
+                    }
+                }
             }
+            Response::Authenticated { proof } => out.put_slice(proof),
             Response::Done => {}
             Response::Confirm(c) => put_confirm(out, c),
             Response::Confirms(cs) => {
@@ -828,11 +896,30 @@ impl Response {
             )));
         }
         let resp = match request_opcode {
-            op::HELLO => Response::Hello {
-                version: r.u16("version")?,
-                max_frame_bytes: r.u32("max frame")?,
-                max_in_flight: r.u32("max in flight")?,
-                server: r.string("server")?,
+            op::HELLO => {
+                let version = r.u16("version")?;
+                let max_frame_bytes = r.u32("max frame")?;
+                let max_in_flight = r.u32("max in flight")?;
+                let server = r.string("server")?;
+                let challenge = if version >= VERSION_AUTH {
+                    match r.u8("auth method")? {
+                        AUTH_NONE => None,
+                        AUTH_HMAC_SHA256 => Some(r.array("challenge")?),
+                        m => return Err(ProtoError::Bad(format!("auth method {m}"))),
+                    }
+                } else {
+                    None
+                };
+                Response::Hello {
+                    version,
+                    max_frame_bytes,
+                    max_in_flight,
+                    server,
+                    challenge,
+                }
+            }
+            op::AUTH => Response::Authenticated {
+                proof: r.array("proof")?,
             },
             op::PING | op::CREATE_GROUP | op::DISCARD => Response::Done,
             op::PUBLISH => Response::Confirm(r.confirm()?),
@@ -1048,6 +1135,13 @@ impl Reader {
     fn bytes_n(&mut self, n: usize, what: &'static str) -> PResult<Bytes> {
         self.need(n, what)?;
         Ok(self.0.split_to(n))
+    }
+    /// A fixed-size field (a nonce or a proof).
+    fn array<const N: usize>(&mut self, what: &'static str) -> PResult<[u8; N]> {
+        self.need(N, what)?;
+        let mut a = [0u8; N];
+        self.0.copy_to_slice(&mut a);
+        Ok(a)
     }
     fn bytes32(&mut self, what: &'static str) -> PResult<Bytes> {
         let n = self.u32(what)? as usize;

@@ -8,7 +8,13 @@
 //!
 //! Limits (all in [`ServerConfig`]): connections, requests and request bytes in flight per
 //! connection (beyond them the reader stops reading, which pushes back through TCP), frame
-//! size, handshake and idle timeouts. A frame that cannot be decoded gets an error frame and
+//! size, handshake and idle timeouts, response bytes reserved by reads per connection and
+//! across all of them ([`ReplyBudget`]: a read waits for room), topic creations per
+//! minute.
+//!
+//! Authentication: with [`ServerConfig::secret`], the hello carries a challenge and the
+//! connection serves nothing until the client's `AUTH` proves the secret
+//! ([`crate::auth`]); wrong proofs are answered late and counted per address. A frame that cannot be decoded gets an error frame and
 //! the connection is closed; other connections never notice.
 //!
 //! Shutdown (the future given to [`Server::run`]): stop accepting, stop reading, let every
@@ -17,8 +23,9 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -29,6 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::api::Queue;
+use crate::auth::{Nonce, Secret, Throttle, Verdict};
 use crate::engine::Engine;
 use crate::format::ENTRY_BYTES_MAX;
 use crate::limits::{DEAD_LETTER_LIST_MAX, FETCH_MESSAGES_MAX, PEEK_MESSAGES_MAX, READ_BYTES_MAX};
@@ -59,6 +67,24 @@ pub struct ServerConfig {
     pub max_read_bytes_in_flight: usize,
     /// A connection whose peer takes longer than this to accept a write is closed.
     pub write_timeout_ms: u64,
+    /// Most response bytes reserved by reads across all connections together (the
+    /// broker-wide reply budget); a read waits for room before it runs, so connections
+    /// that do not read their answers cannot make the broker hold more than this.
+    pub max_reply_bytes: usize,
+    /// The shared secret clients must prove in the handshake (`crate::auth`); `None`
+    /// serves anyone who connects (`queue serve` allows that only on a loopback address).
+    pub secret: Option<Secret>,
+    /// Wrong proofs one address (an IPv6 /64) may send per `auth_failure_window_ms`;
+    /// beyond them it gets `AUTH_THROTTLED` without its proof being checked.
+    pub auth_failures_max: u32,
+    /// The window of `auth_failures_max`.
+    pub auth_failure_window_ms: u64,
+    /// A wrong proof is answered (and the connection closed) only after this long.
+    pub auth_failure_delay_ms: u64,
+    /// Most topics clients may create per minute (a burst of this many, refilled evenly);
+    /// a request that would create one beyond it gets `LIMIT`. The engine's
+    /// `Config::topics_max` caps how many exist.
+    pub topic_creations_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +100,12 @@ impl Default for ServerConfig {
             write_batch_bytes: 256 << 10,
             max_read_bytes_in_flight: 128 << 20,
             write_timeout_ms: 30_000,
+            max_reply_bytes: 256 << 20,
+            secret: None,
+            auth_failures_max: 10,
+            auth_failure_window_ms: 60_000,
+            auth_failure_delay_ms: 1_000,
+            topic_creations_per_minute: 60,
         }
     }
 }
@@ -101,6 +133,16 @@ pub struct BrokerMetrics {
     pub messages_delivered: AtomicU64,
     /// Receipts acked.
     pub messages_acked: AtomicU64,
+    /// Connections that proved the secret.
+    pub auth_succeeded: AtomicU64,
+    /// Wrong proofs.
+    pub auth_failed: AtomicU64,
+    /// Proofs not checked because their address had too many wrong ones.
+    pub auth_throttled: AtomicU64,
+    /// Requests refused because they would create a topic beyond the creation rate.
+    pub topic_creations_refused: AtomicU64,
+    /// The broker-wide reply budget, whose accounting the metrics read.
+    pub replies: Arc<ReplyBudget>,
 }
 
 impl Default for BrokerMetrics {
@@ -116,6 +158,11 @@ impl Default for BrokerMetrics {
             messages_published: AtomicU64::new(0),
             messages_delivered: AtomicU64::new(0),
             messages_acked: AtomicU64::new(0),
+            auth_succeeded: AtomicU64::new(0),
+            auth_failed: AtomicU64::new(0),
+            auth_throttled: AtomicU64::new(0),
+            topic_creations_refused: AtomicU64::new(0),
+            replies: Arc::new(ReplyBudget::new(ServerConfig::default().max_reply_bytes)),
         }
     }
 }
@@ -125,12 +172,105 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// The broker-wide budget of response bytes reserved by reads
+/// ([`ServerConfig::max_reply_bytes`]), and its accounting.
+#[derive(Debug)]
+pub struct ReplyBudget {
+    semaphore: Arc<Semaphore>,
+    max: usize,
+    peak: AtomicU64,
+}
+
+impl ReplyBudget {
+    fn new(max: usize) -> ReplyBudget {
+        // Semaphores count permits in u32 when many are taken at once.
+        let max = max.clamp(1, u32::MAX as usize);
+        ReplyBudget {
+            semaphore: Arc::new(Semaphore::new(max)),
+            max,
+            peak: AtomicU64::new(0),
+        }
+    }
+
+    /// The budget, in bytes.
+    pub fn max(&self) -> u64 {
+        self.max as u64
+    }
+
+    /// Bytes reserved now (by reads running or answers not yet written).
+    pub fn reserved(&self) -> u64 {
+        (self.max - self.semaphore.available_permits()) as u64
+    }
+
+    /// The most bytes ever reserved at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `bytes` (cut to the budget), waiting for room.
+    async fn reserve(&self, bytes: u32) -> Option<OwnedSemaphorePermit> {
+        let bytes = bytes.clamp(1, self.max as u32);
+        let permit = self
+            .semaphore
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .ok()?;
+        self.peak.fetch_max(self.reserved(), Ordering::Relaxed);
+        Some(permit)
+    }
+}
+
+/// The topic-creation rate ([`ServerConfig::topic_creations_per_minute`]): a token bucket.
+#[derive(Debug)]
+struct TopicGate {
+    per_minute: u32,
+    /// Tokens left, and when they were last refilled.
+    bucket: Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl TopicGate {
+    fn new(per_minute: u32) -> TopicGate {
+        TopicGate {
+            per_minute,
+            bucket: Mutex::new((f64::from(per_minute), tokio::time::Instant::now())),
+        }
+    }
+
+    /// Takes a token for one topic creation, if there is one.
+    fn allow(&self) -> bool {
+        let mut b = match self.bucket.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let now = tokio::time::Instant::now();
+        let cap = f64::from(self.per_minute);
+        let refill = now.duration_since(b.1).as_secs_f64() * cap / 60.0;
+        *b = ((b.0 + refill).min(cap), now);
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What every connection of one broker shares.
+#[derive(Debug)]
+struct Shared {
+    throttle: Throttle,
+    replies: Arc<ReplyBudget>,
+    topics: TopicGate,
+}
+
 /// A broker over one engine.
 #[derive(Debug, Clone)]
 pub struct Server {
     engine: Arc<Engine>,
     config: ServerConfig,
     metrics: Arc<BrokerMetrics>,
+    shared: Arc<Shared>,
 }
 
 /// The name this broker gives in its hello.
@@ -139,11 +279,29 @@ pub const SERVER_NAME: &str = concat!("queue-broker/", env!("CARGO_PKG_VERSION")
 impl Server {
     /// A broker for `engine`.
     pub fn new(engine: Arc<Engine>, config: ServerConfig) -> Server {
+        let replies = Arc::new(ReplyBudget::new(config.max_reply_bytes));
+        let shared = Arc::new(Shared {
+            throttle: Throttle::new(
+                config.auth_failures_max,
+                Duration::from_millis(config.auth_failure_window_ms),
+            ),
+            replies: replies.clone(),
+            topics: TopicGate::new(config.topic_creations_per_minute),
+        });
         Server {
             engine,
             config,
-            metrics: Arc::default(),
+            metrics: Arc::new(BrokerMetrics {
+                replies,
+                ..BrokerMetrics::default()
+            }),
+            shared,
         }
+    }
+
+    /// The broker-wide reply budget and its accounting.
+    pub fn reply_budget(&self) -> Arc<ReplyBudget> {
+        self.shared.replies.clone()
     }
 
     /// The broker's counters, for the metrics endpoint.
@@ -185,7 +343,9 @@ impl Server {
                                 engine: self.engine.clone(),
                                 config: self.config.clone(),
                                 metrics: self.metrics.clone(),
+                                shared: self.shared.clone(),
                                 stop: stop_rx.clone(),
+                                peer,
                             };
                             conns.spawn(async move {
                                 // Counted down on drop, so also when aborted at shutdown.
@@ -337,7 +497,9 @@ struct Connection {
     engine: Arc<Engine>,
     config: ServerConfig,
     metrics: Arc<BrokerMetrics>,
+    shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
+    peer: SocketAddr,
 }
 
 impl Connection {
@@ -358,6 +520,11 @@ impl Connection {
         let mut stop = self.stop.clone();
         let mut buf = BytesMut::with_capacity(64 << 10);
         let mut greeted = false;
+        // Until this is set (after the hello, and after a good proof when the broker has
+        // a secret), only the handshake's frames are accepted.
+        let mut authed = false;
+        // The challenge sent in the hello, while its proof is awaited.
+        let mut challenge: Option<Nonce> = None;
         let idle = Duration::from_millis(self.config.idle_timeout_ms.max(1));
         let handshake = Duration::from_millis(self.config.handshake_timeout_ms.max(1));
         let hello_deadline = tokio::time::Instant::now() + handshake;
@@ -369,9 +536,9 @@ impl Connection {
         let (closed_tx, closed_rx) = watch::channel(false);
         'conn: while !eof {
             loop {
-                // Until the hello, only a hello-sized frame is accepted: a peer that has
-                // not said who it is may not make us buffer 16 MiB.
-                let limit = if greeted {
+                // Until the handshake is done, only a hello-sized frame is accepted: a peer
+                // that has not proved who it is may not make us buffer 16 MiB.
+                let limit = if authed {
                     self.config.max_frame_bytes
                 } else {
                     HELLO_FRAME_BYTES_MAX
@@ -400,16 +567,78 @@ impl Connection {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
                 if !greeted {
-                    if !self.greet(&request, opcode, id, &budgets, &tx).await {
+                    let Some(asked) = self.greet(&request, opcode, id, &budgets, &tx).await else {
                         break 'conn;
-                    }
+                    };
                     greeted = true;
+                    authed = asked.is_none();
+                    challenge = asked;
                     continue;
                 }
-                if matches!(request, Request::Hello { .. }) {
-                    let message = HandshakeError::SecondHello.to_string();
-                    self.fail(&tx, id, code::BAD_HANDSHAKE, message).await;
-                    break 'conn;
+                match (&request, challenge.take()) {
+                    (Request::Hello { .. }, _) => {
+                        let message = HandshakeError::SecondHello.to_string();
+                        self.fail(&tx, id, code::BAD_HANDSHAKE, message).await;
+                        break 'conn;
+                    }
+                    (
+                        Request::Auth {
+                            client_nonce,
+                            proof,
+                        },
+                        Some(ch),
+                    ) => {
+                        if !self
+                            .authenticate(&ch, client_nonce, proof, id, &tx, &mut stop)
+                            .await
+                        {
+                            break 'conn;
+                        }
+                        authed = true;
+                        continue;
+                    }
+                    (Request::Auth { .. }, None) => {
+                        let message = HandshakeError::UnexpectedAuth.to_string();
+                        self.fail(&tx, id, code::BAD_HANDSHAKE, message).await;
+                        break 'conn;
+                    }
+                    // Anything else before a good proof: refused, and the connection closed.
+                    (_, Some(_)) => {
+                        let message = format!(
+                            "{} before authentication: this broker requires a proof of its \
+                             secret (AUTH) first",
+                            proto::op_name(opcode)
+                        );
+                        self.fail(&tx, id, code::AUTH_REQUIRED, message).await;
+                        break 'conn;
+                    }
+                    (_, None) => {}
+                }
+                // A request that would create a topic beyond the creation rate is refused
+                // (it alone; the connection goes on).
+                // (Publishes gathered for the same topic already took its token: the topic
+                // appears only when they are appended.)
+                if let Some(topic) = creates_topic(&request)
+                    && crate::engine::validate_user_topic(topic).is_ok()
+                    && gathered.as_ref().is_none_or(|g| g.topic != topic)
+                    && !self.engine.has_topic(topic)
+                    && !self.shared.topics.allow()
+                {
+                    self.metrics
+                        .topic_creations_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.metrics.request_errors.fetch_add(1, Ordering::Relaxed);
+                    let e = crate::Error::Limit {
+                        what: "topic creations per minute",
+                        limit: u64::from(self.config.topic_creations_per_minute),
+                    };
+                    let mut out = BytesMut::new();
+                    Response::Error(WireError::from_error(&e)).encode(opcode, id, &mut out);
+                    self.flush_publishes(&mut gathered, &tx);
+                    if tx.send(Out::Frames(out, Vec::new())).await.is_err() {
+                        break 'conn;
+                    }
+                    continue;
                 }
                 let Some(permits) = self
                     .admit(frame_bytes, &budgets, &mut gathered, &tx, &mut stop)
@@ -441,7 +670,7 @@ impl Connection {
             }
             // The hello has an absolute deadline from the accept (bytes trickling in do not
             // extend it); after it, the idle timeout restarts with every read.
-            let wake = if greeted {
+            let wake = if authed {
                 tokio::time::Instant::now() + idle
             } else {
                 hello_deadline
@@ -453,7 +682,7 @@ impl Connection {
                     Err(_) => eof = true,
                 },
                 _ = tokio::time::sleep_until(wake) => {
-                    if !greeted {
+                    if !authed {
                         let message = HandshakeError::Timeout.to_string();
                         self.fail(&tx, 0, code::BAD_HANDSHAKE, message).await;
                         break 'conn;
@@ -484,8 +713,10 @@ impl Connection {
         }
     }
 
-    /// Answers the first frame of a connection: a hello with our version and limits, or a
-    /// `BAD_HANDSHAKE` error. Returns whether the connection goes on.
+    /// Answers the first frame of a connection: a hello with the version both speak, our
+    /// limits and, when the broker has a secret, a fresh challenge; or a `BAD_HANDSHAKE`
+    /// (`AUTH_REQUIRED` for a client too old to authenticate) error. `None`: the connection
+    /// ends; else the challenge sent, if any.
     async fn greet(
         &self,
         request: &Request,
@@ -493,20 +724,87 @@ impl Connection {
         id: u32,
         budgets: &Budgets,
         tx: &mpsc::Sender<Out>,
-    ) -> bool {
-        if let Err(e) = hello(request) {
-            self.fail(tx, id, code::BAD_HANDSHAKE, e.to_string()).await;
-            return false;
-        }
+    ) -> Option<Option<Nonce>> {
+        let version = match hello(request, self.config.secret.is_some()) {
+            Ok(v) => v,
+            Err(e) => {
+                let code = match e {
+                    HandshakeError::NoAuthVersion { .. } => code::AUTH_REQUIRED,
+                    _ => code::BAD_HANDSHAKE,
+                };
+                self.fail(tx, id, code, e.to_string()).await;
+                return None;
+            }
+        };
+        let challenge = self.config.secret.as_ref().map(|_| crate::auth::nonce());
         let resp = Response::Hello {
-            version: proto::VERSION,
+            version,
             max_frame_bytes: self.config.max_frame_bytes as u32,
             max_in_flight: budgets.max_in_flight as u32,
             server: SERVER_NAME.into(),
+            challenge,
         };
         let mut out = BytesMut::new();
         resp.encode(opcode, id, &mut out);
-        tx.send(Out::Frames(out, Vec::new())).await.is_ok()
+        tx.send(Out::Frames(out, Vec::new())).await.ok()?;
+        Some(challenge)
+    }
+
+    /// Checks a client's proof of the secret against the `challenge` sent. A good one is
+    /// answered with the broker's own proof; a wrong one is counted against the peer's
+    /// address and answered `AUTH_FAILED` only after `auth_failure_delay_ms`; an address
+    /// over its count gets `AUTH_THROTTLED` and its proof is not checked. Returns whether
+    /// the connection goes on.
+    async fn authenticate(
+        &self,
+        challenge: &Nonce,
+        client_nonce: &Nonce,
+        proof: &[u8],
+        id: u32,
+        tx: &mpsc::Sender<Out>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let Some(secret) = &self.config.secret else {
+            return false;
+        };
+        let ip = self.peer.ip();
+        let now = std::time::Instant::now();
+        let verdict = self.shared.throttle.check(ip, now, || {
+            secret.verify_client_proof(challenge, client_nonce, proof)
+        });
+        match verdict {
+            Verdict::Throttled(left) => {
+                self.metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
+                let message = format!(
+                    "too many wrong proofs from {ip}; authentication refused for another {} s",
+                    left.as_secs().max(1)
+                );
+                self.fail(tx, id, code::AUTH_THROTTLED, message).await;
+                return false;
+            }
+            Verdict::Good => {
+                self.metrics.auth_succeeded.fetch_add(1, Ordering::Relaxed);
+                let resp = Response::Authenticated {
+                    proof: secret.server_proof(challenge, client_nonce),
+                };
+                let mut out = BytesMut::new();
+                resp.encode(op::AUTH, id, &mut out);
+                return tx.send(Out::Frames(out, Vec::new())).await.is_ok();
+            }
+            Verdict::Wrong => {}
+        }
+        self.metrics.auth_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("broker: wrong authentication proof from {}", self.peer);
+        // The delay slows guessing on this connection; the count above bounds it per
+        // address however many connections are used.
+        let delay = Duration::from_millis(self.config.auth_failure_delay_ms);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(stop) => {}
+        }
+        let message = "wrong proof: this client's secret is not the broker's".to_string();
+        self.fail(tx, id, code::AUTH_FAILED, message).await;
+        false
     }
 
     /// Backpressure: waits for room in the connection's budgets before a request of
@@ -590,12 +888,16 @@ impl Connection {
         let mut task_closed = closed.clone();
         let reads = budgets.reads.clone();
         let reads_max = budgets.reads_max;
+        let replies = self.shared.replies.clone();
         tokio::spawn(async move {
             let mut held = vec![req_permit, bytes_permit];
-            // A read reserves room for its response before it runs, so the responses
-            // a connection can have in memory stay within `max_read_bytes_in_flight`.
-            // A fetch's reservation is small (it bounds the bytes the engine may
-            // return), so long polls waiting for messages do not crowd out the rest.
+            // A read reserves room for its response before it runs, in its connection's
+            // budget (`max_read_bytes_in_flight`) and then in the broker's
+            // (`max_reply_bytes`), so the responses in memory stay within both however
+            // many connections stop reading theirs: their reads wait (backpressure) until
+            // answers are written or the write timeout closes the connection. A fetch's
+            // reservation is small (it bounds the bytes the engine may return), so long
+            // polls waiting for messages do not crowd out the rest.
             let mut fetch_bytes = READ_BYTES_MAX;
             if let Some(room) = read_room(&request, reads_max) {
                 let reserved = tokio::select! {
@@ -603,10 +905,14 @@ impl Connection {
                     // Nobody is left to answer.
                     _ = stopped(&mut task_closed) => None,
                     _ = stopped(&mut task_stop), if opcode == op::FETCH => None,
-                    p = reads.acquire_many_owned(room.reserve) => p.ok(),
+                    p = async {
+                        let mine = reads.acquire_many_owned(room.reserve).await.ok()?;
+                        let all = replies.reserve(room.reserve).await?;
+                        Some([mine, all])
+                    } => p,
                 };
                 match reserved {
-                    Some(p) => held.push(p),
+                    Some(p) => held.extend(p),
                     None if opcode == op::FETCH => {
                         let mut out = BytesMut::new();
                         Response::Deliveries(Vec::new()).encode(opcode, id, &mut out);
@@ -772,28 +1078,57 @@ enum HandshakeError {
     /// A hello after the handshake.
     #[error("a second hello")]
     SecondHello,
-    /// The deadline for the hello passed.
-    #[error("no hello in time")]
+    /// The deadline for the hello (and the proof) passed.
+    #[error("no hello (or no proof of the secret) in time")]
     Timeout,
+    /// An `AUTH` the broker did not ask for.
+    #[error("an AUTH frame the broker did not ask for")]
+    UnexpectedAuth,
+    /// The broker has a secret but the client speaks no version that can prove it.
+    #[error(
+        "this broker requires authentication (protocol version {}), but the client speaks \
+         only {min}..={max}",
+        proto::VERSION_AUTH
+    )]
+    NoAuthVersion {
+        /// Oldest version the client speaks.
+        min: u16,
+        /// Newest version the client speaks.
+        max: u16,
+    },
 }
 
-/// Checks the first frame of a connection.
-fn hello(request: &Request) -> Result<(), HandshakeError> {
+/// Checks the first frame of a connection; returns the version to speak: the newest both
+/// speak, which must have authentication when the broker has a secret.
+fn hello(request: &Request, auth: bool) -> Result<u16, HandshakeError> {
+    let Request::Hello {
+        min_version,
+        max_version,
+        ..
+    } = request
+    else {
+        return Err(HandshakeError::NotHello);
+    };
+    let (min, max) = (*min_version, *max_version);
+    let version = max.min(proto::VERSION);
+    if version < min || version < proto::VERSION_MIN {
+        return Err(HandshakeError::NoCommonVersion { min, max });
+    }
+    if auth && version < proto::VERSION_AUTH {
+        return Err(HandshakeError::NoAuthVersion { min, max });
+    }
+    Ok(version)
+}
+
+/// The topic a request may create (the engine creates a topic on its first publish,
+/// group or fetch).
+fn creates_topic(request: &Request) -> Option<&str> {
     match request {
-        Request::Hello {
-            min_version,
-            max_version,
-            ..
-        } if *min_version <= proto::VERSION && proto::VERSION <= *max_version => Ok(()),
-        Request::Hello {
-            min_version,
-            max_version,
-            ..
-        } => Err(HandshakeError::NoCommonVersion {
-            min: *min_version,
-            max: *max_version,
-        }),
-        _ => Err(HandshakeError::NotHello),
+        Request::Publish { topic, .. }
+        | Request::PublishBatch { topic, .. }
+        | Request::CreateGroup { topic, .. }
+        | Request::Fetch { topic, .. } => Some(topic),
+        _ => None,
     }
 }
 
@@ -909,12 +1244,13 @@ async fn handle(
     match request {
         // The reader answers these itself (the hello, and publishes queued in arrival
         // order); they never reach a request task.
-        Request::Hello { .. } | Request::Publish { .. } | Request::PublishBatch { .. } => {
-            Response::Error(WireError::protocol(
-                code::INTERNAL,
-                "request handled by the connection's reader".to_string(),
-            ))
-        }
+        Request::Hello { .. }
+        | Request::Auth { .. }
+        | Request::Publish { .. }
+        | Request::PublishBatch { .. } => Response::Error(WireError::protocol(
+            code::INTERNAL,
+            "request handled by the connection's reader".to_string(),
+        )),
         Request::Ping => Response::Done,
         Request::CreateGroup {
             topic,

@@ -32,7 +32,8 @@ struct Args {
     /// The queue: a directory (embedded engine), `tcp://HOST:PORT` (a `queue serve` broker),
     /// `redis://HOST:PORT` or `redis+cluster://HOST:PORT,HOST:PORT` (Redis Streams; options
     /// after `?`: `replicas=N`, `replica_timeout_ms=MS`, `fsync=relaxed`, `partitions=P`,
-    /// `prefix=P`; see the README, "Queue on Redis Streams").
+    /// `prefix=P`; see the README, "Queue on Redis Streams"). A broker's secret is read
+    /// from QUEUE_SECRET or QUEUE_SECRET_FILE.
     #[arg(long, env = "GATEWAY_QUEUE", default_value = "data/queue")]
     queue: String,
     /// The stock store: `memory` or a Redis URL (`redis://127.0.0.1:6379`).

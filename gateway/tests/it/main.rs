@@ -915,7 +915,15 @@ async fn a_flash_crowd_through_the_broker_gets_exactly_the_units_on_sale() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
-    let server = queue::Server::new(engine.clone(), queue::ServerConfig::default());
+    // Secured as deployed: the gateway's client proves the broker's secret.
+    let secret = queue::Secret::new(b"gateway-test-broker-secret".to_vec()).expect("secret");
+    let server = queue::Server::new(
+        engine.clone(),
+        queue::ServerConfig {
+            secret: Some(secret.clone()),
+            ..queue::ServerConfig::default()
+        },
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let broker = tokio::spawn(async move {
         server
@@ -924,7 +932,7 @@ async fn a_flash_crowd_through_the_broker_gets_exactly_the_units_on_sale() {
             })
             .await;
     });
-    let client = queue::Client::connect(queue::ClientConfig::new(&addr))
+    let client = queue::Client::connect(queue::ClientConfig::new(&addr).with_secret(Some(secret)))
         .await
         .expect("connect to the broker");
     let t = test_system_on(

@@ -27,7 +27,8 @@ struct Args {
     /// The queue: `tcp://HOST:PORT` (a `queue serve` broker), a directory (embedded),
     /// `redis://HOST:PORT` or `redis+cluster://HOST:PORT,HOST:PORT` (Redis Streams; options
     /// after `?`: `replicas=N`, `replica_timeout_ms=MS`, `fsync=relaxed`, `partitions=P`,
-    /// `prefix=P`; see the README, "Queue on Redis Streams"). The gateways' target.
+    /// `prefix=P`; see the README, "Queue on Redis Streams"). The gateways' target. A
+    /// broker's secret is read from QUEUE_SECRET or QUEUE_SECRET_FILE.
     #[arg(
         long,
         env = "ORDER_WORKER_QUEUE",

@@ -35,6 +35,9 @@ use tokio::time::Instant;
 
 use crate::{WAIT, deadline_id, orders_lag, publish, purchase, sale, stored_deadlines, wait_until};
 
+/// The secret of the broker the worker processes talk to.
+const BROKER_SECRET: &str = "order-worker-test-broker-secret";
+
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_order-worker");
 const PURCHASES: usize = 300;
 const UNITS: u64 = 200;
@@ -121,6 +124,9 @@ impl Proc {
             .env_remove("ORDER_WORKER_INVENTORY")
             .env_remove("GATEWAY_REDIS_PREFIX")
             .env_remove("ORDER_WORKER_PAUSE_AFTER_COMMIT")
+            .env_remove(queue::auth::SECRET_FILE_ENV)
+            // The test broker's secret (a `tcp://` queue target reads it; others ignore it).
+            .env(queue::auth::SECRET_ENV, BROKER_SECRET)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -490,7 +496,15 @@ async fn worker_processes_compete_through_the_broker_and_survive_a_kill() {
         .await
         .expect("bind");
     let addr = format!("tcp://{}", listener.local_addr().expect("addr"));
-    let server = queue::Server::new(engine.clone(), queue::ServerConfig::default());
+    // Secured as deployed: the worker processes prove the secret (QUEUE_SECRET).
+    let secret = queue::Secret::new(BROKER_SECRET.as_bytes().to_vec()).expect("secret");
+    let server = queue::Server::new(
+        engine.clone(),
+        queue::ServerConfig {
+            secret: Some(secret),
+            ..queue::ServerConfig::default()
+        },
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let broker = tokio::spawn(async move {
         server

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use queue::metrics::MetricsSource;
 use queue::{
     Backend, Client, ClientConfig, Config, DLQ_SUFFIX, DeadLetter, Delivery, Due, Durability,
-    Engine, FetchOptions, Message, Peeked, Queue, Server, ServerConfig, TopicStats,
+    Engine, FetchOptions, Message, Peeked, Queue, Secret, Server, ServerConfig, TopicStats,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -179,6 +179,46 @@ struct ServeArgs {
     /// segment fsync (or write) fail once (`queue::faults`). Inert unless set.
     #[arg(long, env = "QUEUE_FAIL_POINT", hide = true)]
     fail_point: Option<String>,
+    /// File holding the shared secret clients must prove (at least 16 bytes; trailing
+    /// whitespace is dropped). Or set QUEUE_SECRET to the secret itself. Without either the
+    /// broker listens only on a loopback address.
+    #[arg(long, env = "QUEUE_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Most response bytes reserved by reads across all connections (the broker-wide
+    /// reply budget).
+    #[arg(long, default_value_t = ServerConfig::default().max_reply_bytes)]
+    max_reply_bytes: usize,
+    /// Most topics, dead-letter topics included (each topic has one).
+    #[arg(long, default_value_t = SERVE_TOPICS_MAX)]
+    max_topics: usize,
+    /// Most topics clients may create per minute.
+    #[arg(long, default_value_t = ServerConfig::default().topic_creations_per_minute)]
+    topic_creations_per_minute: u32,
+    /// Most retained bytes per topic before publishes fail with FULL.
+    #[arg(long, default_value_t = Config::default().backlog_bytes_max)]
+    backlog_bytes_max: u64,
+}
+
+/// `queue serve`'s default topic limit: 64 user topics and their dead-letter topics (the
+/// system uses two), well under the engine's hard `TOPICS_MAX`.
+const SERVE_TOPICS_MAX: usize = 128;
+
+/// The secret of `queue serve`: `--secret-file` (or QUEUE_SECRET_FILE) or QUEUE_SECRET,
+/// never a command-line value (visible in `ps`).
+fn serve_secret(args: &ServeArgs) -> Result<Option<Secret>, BoxError> {
+    let value = std::env::var_os(queue::auth::SECRET_ENV).filter(|v| !v.is_empty());
+    Ok(match (&args.secret_file, value) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "both --secret-file (or QUEUE_SECRET_FILE) and QUEUE_SECRET are set; \
+                        set one"
+                    .into(),
+            );
+        }
+        (Some(path), None) => Some(Secret::from_file(path)?),
+        (None, Some(v)) => Some(Secret::new(v.into_encoded_bytes())?),
+        (None, None) => None,
+    })
 }
 
 fn main() -> ExitCode {
@@ -216,9 +256,10 @@ async fn connect(target: &str) -> Result<Arc<dyn Queue>, BoxError> {
         return Ok(Backend::open(t, config).await?.queue());
     }
     let addr = t.strip_prefix(queue::backend::TCP_PREFIX).unwrap_or(t);
+    // The broker's secret, if it has one, from QUEUE_SECRET or QUEUE_SECRET_FILE.
     let client = Client::connect(ClientConfig {
         connections: 1,
-        ..ClientConfig::new(addr.to_string())
+        ..ClientConfig::from_env(addr.to_string())?
     })
     .await?;
     Ok(Arc::new(client))
@@ -387,10 +428,31 @@ async fn dlq(
 }
 
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
+    let secret = serve_secret(&args)?;
+    // Bound before the engine opens, so a refused address leaves nothing behind.
+    let listener = TcpListener::bind(&args.listen).await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    if secret.is_none() && !addr.ip().is_loopback() {
+        return Err(format!(
+            "refusing to listen on {addr} without a secret: anyone who can reach it could \
+             publish, ack and replay messages. Give the broker a secret of at least {} bytes \
+             (--secret-file PATH, QUEUE_SECRET_FILE or QUEUE_SECRET; the clients need the \
+             same), or listen on a loopback address",
+            queue::limits::SECRET_BYTES_MIN
+        )
+        .into());
+    }
+    let auth = if secret.is_some() {
+        "secret required"
+    } else {
+        "no secret, loopback only"
+    };
     let mut config = Config {
         lease_ms_default: args.lease_ms,
         max_attempts: args.max_attempts,
         repair: args.repair,
+        topics_max: args.max_topics,
+        backlog_bytes_max: args.backlog_bytes_max,
         ..Config::default()
     };
     if let Some(interval_ms) = args.fsync_interval_ms {
@@ -408,10 +470,11 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         max_in_flight: args.max_in_flight,
         max_frame_bytes: args.max_frame_bytes,
         idle_timeout_ms: args.idle_timeout_ms,
+        max_reply_bytes: args.max_reply_bytes,
+        topic_creations_per_minute: args.topic_creations_per_minute,
+        secret,
         ..ServerConfig::default()
     };
-    let listener = TcpListener::bind(&args.listen).await?;
-    let addr: SocketAddr = listener.local_addr()?;
     let server = Server::new(engine.clone(), server_config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_task = match &args.metrics {
@@ -432,7 +495,7 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     };
     // Tests and scripts read this line to learn the port.
     println!(
-        "queue: listening on {addr} (data {}, {durability})",
+        "queue: listening on {addr} (data {}, {durability}, {auth})",
         args.data.display()
     );
     let _ = std::io::stdout().flush();

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use queue::proto::{self, RawFrame, Request, Response, WireError, code, op};
-use queue::server::BrokerMetrics;
+use queue::server::{BrokerMetrics, ReplyBudget};
 use queue::{
     Client, ClientConfig, Config, Due, Engine, Error, FetchOptions, Message, Queue, Receipt,
-    Server, ServerConfig, StartAt,
+    Secret, Server, ServerConfig, StartAt,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,6 +52,8 @@ struct Broker {
     /// The engine's configuration, to reopen the directory with.
     config: Config,
     metrics: Arc<BrokerMetrics>,
+    /// The broker-wide reply budget and its accounting.
+    replies: Arc<ReplyBudget>,
     /// Sending (or dropping) this completes the server's shutdown future.
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
@@ -78,6 +80,7 @@ async fn spawn_broker(config: Config, server_config: ServerConfig) -> Broker {
     let addr = listener.local_addr().expect("local addr").to_string();
     let server = Server::new(engine.clone(), server_config);
     let metrics = server.metrics();
+    let replies = server.reply_budget();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         server
@@ -92,6 +95,7 @@ async fn spawn_broker(config: Config, server_config: ServerConfig) -> Broker {
         engine,
         config,
         metrics,
+        replies,
         shutdown: Some(shutdown),
         server,
         dir,
@@ -1402,6 +1406,7 @@ impl FakeBroker {
                                             max_frame_bytes: proto::FRAME_BYTES_MAX as u32,
                                             max_in_flight,
                                             server: "fake".into(),
+                                            challenge: None,
                                         }
                                         .encode(op::HELLO, f.request_id, &mut out);
                                         if s.write_all(&out).await.is_err() {
@@ -2044,4 +2049,600 @@ async fn big_peeks_never_read(addr: &str, client: &Client, peeks: u32) -> RawCon
     }
     hog.send(&requests).await;
     hog
+}
+
+// ---- authentication, the reply budget, topic creation ----
+
+const SECRET: &[u8] = b"broker-test-secret-0123456789";
+
+fn secret() -> Secret {
+    Secret::new(SECRET.to_vec()).expect("a long enough secret")
+}
+
+/// Broker settings with a secret; wrong proofs answered at once and never throttled
+/// unless a test asks.
+fn secured() -> ServerConfig {
+    ServerConfig {
+        secret: Some(secret()),
+        auth_failure_delay_ms: 0,
+        auth_failures_max: 1_000,
+        ..ServerConfig::default()
+    }
+}
+
+/// One request of every kind but the handshake's, on topic "orders" group "workers".
+fn every_request() -> Vec<Request> {
+    let (topic, group) = ("orders".to_string(), "workers".to_string());
+    let receipt = Receipt {
+        offset: 0,
+        attempt: 1,
+    };
+    vec![
+        Request::Ping,
+        Request::Publish {
+            topic: topic.clone(),
+            message: Message::new(&b"forged purchase"[..]),
+        },
+        Request::PublishBatch {
+            topic: topic.clone(),
+            messages: vec![Message::new(&b"forged"[..]); 2],
+        },
+        Request::CreateGroup {
+            topic: "new-topic".into(),
+            group: group.clone(),
+            start: StartAt::Earliest,
+        },
+        Request::Fetch {
+            topic: topic.clone(),
+            group: group.clone(),
+            options: opts(10, 30_000, 0),
+        },
+        Request::Ack {
+            topic: topic.clone(),
+            group: group.clone(),
+            receipts: vec![receipt],
+        },
+        Request::Nack {
+            topic: topic.clone(),
+            group: group.clone(),
+            receipt,
+            delay_ms: 0,
+            reason: "x".into(),
+        },
+        Request::Reject {
+            topic: topic.clone(),
+            group: group.clone(),
+            receipt,
+            reason: "x".into(),
+        },
+        Request::DeadLetters {
+            topic: topic.clone(),
+            from: 0,
+            limit: 10,
+        },
+        Request::Replay {
+            topic: topic.clone(),
+            dead_offset: 0,
+        },
+        Request::Discard {
+            topic: topic.clone(),
+            dead_offset: 0,
+        },
+        Request::Stats {
+            topic: topic.clone(),
+        },
+        Request::Topics,
+        Request::Peek {
+            topic,
+            from: 0,
+            limit: 10,
+        },
+    ]
+}
+
+impl RawConn {
+    /// Says hello to a broker with a secret; returns its challenge.
+    async fn hello_challenge(&mut self) -> [u8; 32] {
+        let hello = Request::Hello {
+            min_version: proto::VERSION_MIN,
+            max_version: proto::VERSION,
+            client: "raw-test".into(),
+        };
+        self.send_request(0, &hello).await;
+        let f = self.frame().await;
+        match Response::decode(op::HELLO, f.opcode, f.body).expect("hello response") {
+            Response::Hello {
+                version,
+                challenge: Some(c),
+                ..
+            } if version == proto::VERSION => c,
+            r => panic!("expected a hello with a challenge, got {r:?}"),
+        }
+    }
+}
+
+/// The broker's state an intruder could change: every topic's figures and dead letters.
+async fn snapshot(engine: &Engine) -> String {
+    let mut out = String::new();
+    for t in engine.topics().await.expect("topics") {
+        if let Ok(s) = engine.stats(&t).await {
+            out.push_str(&format!("{s:?}\n"));
+        }
+    }
+    out
+}
+
+/// A broker with a secret refuses every request kind before a good proof: with no proof
+/// at all (`AUTH_REQUIRED`), after a wrong proof (`AUTH_FAILED`), and a request pipelined
+/// behind a wrong proof is never run. Each closes the connection; the engine's state
+/// (a seeded message, its lease, a dead letter) is exactly as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_before_a_good_proof_is_refused_and_the_connection_closed() {
+    let b = spawn_broker(engine_config(), secured()).await;
+    let client = Client::connect(client_config(&b.addr, 1).with_secret(Some(secret())))
+        .await
+        .expect("the right secret connects");
+    // Something to forge, ack, replay or discard: a leased message and a dead letter.
+    client
+        .create_group("orders", "workers", StartAt::Earliest)
+        .await
+        .expect("group");
+    for p in [&b"a"[..], b"b"] {
+        client
+            .publish("orders", Message::new(p))
+            .await
+            .expect("publish");
+    }
+    let ds = client
+        .fetch("orders", "workers", opts(2, 60_000, 1_000))
+        .await
+        .expect("fetch");
+    assert_eq!(ds.len(), 2);
+    client
+        .reject("orders", "workers", ds[1].receipt(), "poison")
+        .await
+        .expect("reject");
+    wait_for("the dead letter", || {
+        b.engine
+            .topic_names()
+            .is_ok_and(|t| t.contains(&"orders.dlq".to_string()))
+    })
+    .await;
+    let before = snapshot(&b.engine).await;
+
+    let wrong = Secret::new(b"not-the-broker-secret-42".to_vec()).expect("secret");
+    for request in every_request() {
+        let name = proto::op_name(request.opcode());
+        // No proof.
+        let mut raw = RawConn::connect(&b.addr).await;
+        raw.hello_challenge().await;
+        raw.send_request(9, &request).await;
+        let (id, e) = raw.error().await;
+        assert_eq!((id, e.code), (9, code::AUTH_REQUIRED), "{name}: {e:?}");
+        raw.closed().await;
+        // A wrong proof, with the request pipelined behind it.
+        let mut raw = RawConn::connect(&b.addr).await;
+        let challenge = raw.hello_challenge().await;
+        let client_nonce = queue::auth::nonce();
+        let mut out = BytesMut::new();
+        Request::Auth {
+            client_nonce,
+            proof: wrong.client_proof(&challenge, &client_nonce),
+        }
+        .encode(1, &mut out);
+        request.encode(2, &mut out);
+        raw.send(&out).await;
+        let (id, e) = raw.error().await;
+        assert_eq!((id, e.code), (1, code::AUTH_FAILED), "{name}: {e:?}");
+        raw.closed().await;
+        // A replayed proof of the right secret, for another challenge.
+        let mut raw = RawConn::connect(&b.addr).await;
+        let challenge = raw.hello_challenge().await;
+        let stale = queue::auth::nonce();
+        let client_nonce = queue::auth::nonce();
+        raw.send_request(
+            1,
+            &Request::Auth {
+                client_nonce,
+                proof: secret().client_proof(&stale, &client_nonce),
+            },
+        )
+        .await;
+        let (_, e) = raw.error().await;
+        assert_eq!(e.code, code::AUTH_FAILED, "{name}: {e:?}");
+        assert_ne!(stale, challenge);
+        raw.closed().await;
+    }
+    // Nothing ran: the state is as before, and no request but the client's reached the
+    // engine (the refused ones are counted, never handled).
+    assert_eq!(snapshot(&b.engine).await, before);
+    assert!(
+        !b.engine
+            .topic_names()
+            .expect("names")
+            .contains(&"new-topic".to_string())
+    );
+    assert_eq!(b.metrics.auth_failed.load(Ordering::Relaxed), 28);
+    // Through the client: no secret and a wrong one fail clearly; the right one works.
+    let err = Client::connect(client_config(&b.addr, 1))
+        .await
+        .expect_err("no secret");
+    assert!(
+        matches!(&err, Error::Auth(m) if m.contains("requires authentication")),
+        "{err}"
+    );
+    let err = Client::connect(client_config(&b.addr, 1).with_secret(Some(wrong)))
+        .await
+        .expect_err("wrong secret");
+    assert!(
+        matches!(&err, Error::Auth(m) if m.contains("wrong proof")),
+        "{err}"
+    );
+    assert_eq!(
+        client
+            .ack("orders", "workers", &[ds[0].receipt()])
+            .await
+            .expect("ack"),
+        vec![queue::AckOutcome::Acked]
+    );
+    let dead = client.dead_letters("orders", 0, 10).await.expect("list");
+    assert_eq!(dead.len(), 1);
+    client
+        .replay_dead_letter("orders", dead[0].dead_offset)
+        .await
+        .expect("replay");
+}
+
+/// A client holding a secret refuses a broker that asks for no proof (it could not prove
+/// it holds the secret), and a version-1 client (no authentication) is refused by a broker
+/// with a secret, both with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_secret_refuses_a_broker_without_one_and_old_clients_are_refused() {
+    let open = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let err = Client::connect(client_config(&open.addr, 1).with_secret(Some(secret())))
+        .await
+        .expect_err("a broker without the secret");
+    assert!(
+        matches!(&err, Error::Auth(m) if m.contains("asks for no authentication")),
+        "{err}"
+    );
+    // Without a secret on either side, version 2 without a challenge.
+    connect(&open.addr, 1).await.ping().await.expect("ping");
+
+    let b = spawn_broker(engine_config(), secured()).await;
+    let mut raw = RawConn::connect(&b.addr).await;
+    raw.send_request(
+        0,
+        &Request::Hello {
+            min_version: 1,
+            max_version: 1,
+            client: "old".into(),
+        },
+    )
+    .await;
+    let (_, e) = raw.error().await;
+    assert_eq!(e.code, code::AUTH_REQUIRED, "{e:?}");
+    raw.closed().await;
+    // An AUTH the broker did not ask for is a handshake error.
+    let mut raw = RawConn::connect(&open.addr).await;
+    raw.hello().await;
+    raw.send_request(
+        1,
+        &Request::Auth {
+            client_nonce: [0; 32],
+            proof: [0; 32],
+        },
+    )
+    .await;
+    let (_, e) = raw.error().await;
+    assert_eq!(e.code, code::BAD_HANDSHAKE, "{e:?}");
+}
+
+/// Mutual proof: a fake broker that sends a challenge and accepts any proof, but does not
+/// hold the secret, cannot answer with the broker's proof, and the client refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fake_broker_without_the_secret_is_refused_by_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let fake = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut s = s;
+                let mut buf = BytesMut::new();
+                loop {
+                    match proto::split_frame(&mut buf, proto::FRAME_BYTES_MAX) {
+                        Ok(Some(f)) => {
+                            let mut out = BytesMut::new();
+                            let resp = if f.opcode == op::HELLO {
+                                Response::Hello {
+                                    version: proto::VERSION,
+                                    max_frame_bytes: proto::FRAME_BYTES_MAX as u32,
+                                    max_in_flight: 16,
+                                    server: "fake".into(),
+                                    challenge: Some(queue::auth::nonce()),
+                                }
+                            } else {
+                                Response::Authenticated {
+                                    proof: queue::auth::nonce(),
+                                }
+                            };
+                            resp.encode(f.opcode, f.request_id, &mut out);
+                            if s.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {
+                            if !matches!(s.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    let err = Client::connect(client_config(&addr, 1).with_secret(Some(secret())))
+        .await
+        .expect_err("a fake broker");
+    assert!(
+        matches!(&err, Error::Auth(m) if m.contains("did not prove")),
+        "{err}"
+    );
+    fake.abort();
+}
+
+/// Wrong proofs are slowed (each answered only after the failure delay) and counted per
+/// address: past the limit, even the right secret is refused (`AUTH_THROTTLED`) without
+/// its proof being checked, so guessing cannot go faster by opening more connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_proofs_are_delayed_and_capped_per_address() {
+    let delay = Duration::from_millis(100);
+    let b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            auth_failures_max: 3,
+            auth_failure_delay_ms: delay.as_millis() as u64,
+            auth_failure_window_ms: 600_000,
+            ..secured()
+        },
+    )
+    .await;
+    let wrong = Secret::new(b"guess-guess-guess-guess".to_vec()).expect("secret");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = Client::connect(ClientConfig {
+            connect_attempts: 5,
+            ..client_config(&b.addr, 1).with_secret(Some(wrong.clone()))
+        })
+        .await
+        .expect_err("wrong secret");
+        assert!(
+            matches!(&err, Error::Auth(m) if m.contains("wrong proof")),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() >= delay,
+            "answered after {:?}",
+            started.elapsed()
+        );
+    }
+    // One attempt each: the client does not retry a refused authentication.
+    assert_eq!(b.metrics.auth_failed.load(Ordering::Relaxed), 3);
+    let err = Client::connect(client_config(&b.addr, 1).with_secret(Some(secret())))
+        .await
+        .expect_err("throttled");
+    assert!(
+        matches!(&err, Error::Auth(m) if m.contains("too many wrong proofs")),
+        "{err}"
+    );
+    assert_eq!(b.metrics.auth_throttled.load(Ordering::Relaxed), 1);
+    assert_eq!(b.metrics.auth_succeeded.load(Ordering::Relaxed), 0);
+
+    // Many connections racing from one address get no more wrong proofs checked than the
+    // limit: here a fresh broker, 20 wrong proofs sent at once, 3 checked.
+    let b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            auth_failures_max: 3,
+            auth_failure_window_ms: 600_000,
+            ..secured()
+        },
+    )
+    .await;
+    let mut conns = Vec::new();
+    let mut proofs = Vec::new();
+    for _ in 0..20 {
+        let mut raw = RawConn::connect(&b.addr).await;
+        let challenge = raw.hello_challenge().await;
+        let client_nonce = queue::auth::nonce();
+        let mut out = BytesMut::new();
+        Request::Auth {
+            client_nonce,
+            proof: wrong.client_proof(&challenge, &client_nonce),
+        }
+        .encode(1, &mut out);
+        proofs.push(out);
+        conns.push(raw);
+    }
+    let mut racing = JoinSet::new();
+    for (mut raw, out) in conns.into_iter().zip(proofs) {
+        racing.spawn(async move {
+            raw.send(&out).await;
+            raw.error().await.1.code
+        });
+    }
+    let mut codes = Vec::new();
+    while let Some(c) = racing.join_next().await {
+        codes.push(c.expect("join"));
+    }
+    let failed = codes.iter().filter(|c| **c == code::AUTH_FAILED).count();
+    let throttled = codes.iter().filter(|c| **c == code::AUTH_THROTTLED).count();
+    assert_eq!((failed, throttled), (3, 17), "{codes:?}");
+    assert_eq!(b.metrics.auth_failed.load(Ordering::Relaxed), 3);
+}
+
+/// The broker-wide reply budget: eight connections that send big reads and never read the
+/// answers cannot make the broker reserve more than `max_reply_bytes` between them (each
+/// alone could reserve 128 MiB); their reads wait instead. Meanwhile a well-behaved client's
+/// publishes and pings are served at once, and its own read is served once the stalled
+/// connections are cut by the write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_read_cannot_push_the_broker_past_its_reply_budget() {
+    let budget: usize = 40 << 20;
+    let mut engine = engine_config();
+    engine.segment_bytes_max = 16 << 20;
+    let b = spawn_broker(
+        engine,
+        ServerConfig {
+            max_reply_bytes: budget,
+            write_timeout_ms: 1_500,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    // The broker's own accounting of what its reads reserved.
+    let listener_budget = b.replies.clone();
+    let client = connect(&b.addr, 1).await;
+    let mut hogs = Vec::new();
+    hogs.push(big_peeks_never_read(&b.addr, &client, 30).await);
+    for _ in 1..8 {
+        let mut hog = RawConn::connect(&b.addr).await;
+        hog.hello().await;
+        let mut requests = BytesMut::new();
+        for id in 1..=30 {
+            Request::Peek {
+                topic: "big".into(),
+                from: 0,
+                limit: 8,
+            }
+            .encode(id, &mut requests);
+        }
+        hog.send(&requests).await;
+        hogs.push(hog);
+    }
+    wait_for("every hog's peeks at the broker", || {
+        b.requests(op::PEEK) >= 8 * 30
+    })
+    .await;
+    // The budget fills up (reads wait for room) and is never exceeded.
+    let one_peek = 9 << 20;
+    wait_for("the reply budget to fill", || {
+        listener_budget.reserved() + one_peek > budget as u64
+    })
+    .await;
+    assert_eq!(listener_budget.max(), budget as u64);
+    assert!(
+        listener_budget.peak() <= budget as u64,
+        "peak {} over the budget {budget}",
+        listener_budget.peak()
+    );
+    // A well-behaved client: writes and pings go on while the budget is full...
+    let other = connect(&b.addr, 1).await;
+    other.ping().await.expect("ping");
+    other
+        .publish("small", Message::new(&b"m"[..]))
+        .await
+        .expect("publish");
+    assert!(listener_budget.reserved() + one_peek > budget as u64);
+    // ...and its read is served once the stalled connections are cut.
+    let peeked = other.peek("small", 0, 10).await.expect("peek");
+    assert_eq!(peeked.len(), 1);
+    assert!(listener_budget.peak() <= budget as u64);
+    drop(hogs);
+}
+
+/// Topic creation is rate-limited by the broker (a request that would create a topic past
+/// the rate gets `LIMIT`, existing topics are untouched) and capped by the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_creation_is_rate_limited_and_capped() {
+    let b = spawn_broker(
+        engine_config(),
+        ServerConfig {
+            topic_creations_per_minute: 3,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let client = connect(&b.addr, 1).await;
+    for t in ["t1", "t2", "t3"] {
+        client
+            .publish(t, Message::new(&b"m"[..]))
+            .await
+            .expect("within the rate");
+    }
+    let over = |e: Error| {
+        assert!(
+            matches!(
+                e,
+                Error::Limit {
+                    what: "topic creations per minute",
+                    limit: 3
+                }
+            ),
+            "{e}"
+        );
+    };
+    over(
+        client
+            .publish("t4", Message::new(&b"m"[..]))
+            .await
+            .expect_err("rate"),
+    );
+    over(
+        client
+            .fetch("t5", "g", opts(1, 1_000, 0))
+            .await
+            .expect_err("rate"),
+    );
+    over(
+        client
+            .create_group("t6", "g", StartAt::Earliest)
+            .await
+            .expect_err("rate"),
+    );
+    over(
+        client
+            .publish_batch("t7", vec![Message::new(&b"m"[..])])
+            .await
+            .expect_err("rate"),
+    );
+    // Existing topics are served as before, on the same connection.
+    client
+        .publish("t1", Message::new(&b"again"[..]))
+        .await
+        .expect("existing topic");
+    assert_eq!(b.engine.topic_names().expect("names").len(), 6);
+    assert_eq!(b.metrics.topic_creations_refused.load(Ordering::Relaxed), 4);
+
+    // The engine's cap: two user topics (and their dead-letter topics) at most.
+    let capped = spawn_broker(
+        Config {
+            topics_max: 4,
+            ..engine_config()
+        },
+        ServerConfig::default(),
+    )
+    .await;
+    let client = connect(&capped.addr, 1).await;
+    for t in ["a", "b"] {
+        client
+            .publish(t, Message::new(&b"m"[..]))
+            .await
+            .expect("under the cap");
+    }
+    let e = client
+        .publish("c", Message::new(&b"m"[..]))
+        .await
+        .expect_err("over the cap");
+    assert!(
+        matches!(
+            e,
+            Error::Limit {
+                what: "topics",
+                limit: 4
+            }
+        ),
+        "{e}"
+    );
 }

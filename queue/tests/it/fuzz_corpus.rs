@@ -303,6 +303,10 @@ fn requests() -> Vec<Request> {
             from: 10,
             limit: 5,
         },
+        Request::Auth {
+            client_nonce: [0x5a; 32],
+            proof: [0xa5; 32],
+        },
     ]
 }
 
@@ -333,6 +337,7 @@ fn responses() -> Vec<(u8, &'static str, Response)> {
                 max_frame_bytes: FRAME_BYTES_MAX as u32,
                 max_in_flight: 64,
                 server: "queue".into(),
+                challenge: Some([0x3c; 32]),
             },
         ),
         (op::PING, "ping", Response::Done),
@@ -444,6 +449,33 @@ fn responses() -> Vec<(u8, &'static str, Response)> {
                 number: 1 << 30,
             }),
         ),
+        (
+            op::HELLO,
+            "hello-no-auth",
+            Response::Hello {
+                version: proto::VERSION,
+                max_frame_bytes: FRAME_BYTES_MAX as u32,
+                max_in_flight: 64,
+                server: "queue".into(),
+                challenge: None,
+            },
+        ),
+        (
+            op::HELLO,
+            "hello-v1",
+            Response::Hello {
+                version: proto::VERSION_MIN,
+                max_frame_bytes: FRAME_BYTES_MAX as u32,
+                max_in_flight: 64,
+                server: "queue".into(),
+                challenge: None,
+            },
+        ),
+        (
+            op::AUTH,
+            "auth",
+            Response::Authenticated { proof: [0xc3; 32] },
+        ),
     ]
 }
 
@@ -531,7 +563,10 @@ fn seeds() -> Vec<Seed> {
     for (i, req) in requests().into_iter().enumerate() {
         let mut buf = BytesMut::new();
         req.encode(i as u32 + 1, &mut buf);
-        if matches!(req, Request::Hello { .. } | Request::Publish { .. }) {
+        if matches!(
+            req,
+            Request::Hello { .. } | Request::Auth { .. } | Request::Publish { .. }
+        ) {
             stream.extend_from_slice(&buf);
         }
         out.push(Seed {
@@ -544,7 +579,10 @@ fn seeds() -> Vec<Seed> {
     for (i, (request_opcode, name, resp)) in responses().into_iter().enumerate() {
         let mut buf = BytesMut::new();
         resp.encode(request_opcode, i as u32 + 1, &mut buf);
-        if matches!(resp, Response::Hello { .. } | Response::Confirm(_)) {
+        if matches!(
+            resp,
+            Response::Hello { .. } | Response::Authenticated { .. } | Response::Confirm(_)
+        ) {
             stream.extend_from_slice(&buf);
         }
         out.push(Seed {

@@ -32,6 +32,7 @@
 //! deadline. Every child is killed and reaped when its guard is dropped, panics included.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -40,8 +41,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use queue::auth::{SECRET_ENV, SECRET_FILE_ENV};
 use queue::{
-    Client, ClientConfig, Clock, Confirm, Error, FetchOptions, Message, Queue, StartAt,
+    Client, ClientConfig, Clock, Confirm, Error, FetchOptions, Message, Queue, Secret, StartAt,
     SystemClock, TopicStats,
 };
 use rand::rngs::StdRng;
@@ -89,12 +91,14 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(what: &str, args: &[&str]) -> Proc {
-        Proc::spawn_with_env(what, args, &[])
+    /// [`Proc::spawn_env`] with UTF-8 environment values.
+    fn spawn_with_env(what: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let env: Vec<(&str, &OsStr)> = env.iter().map(|&(k, v)| (k, OsStr::new(v))).collect();
+        Proc::spawn_env(what, args, &env)
     }
 
-    /// [`Proc::spawn`] with environment variables set for the child.
-    fn spawn_with_env(what: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    /// Starts the binary with `env` set on top of a cleaned environment.
+    fn spawn_env(what: &str, args: &[&str], env: &[(&str, &OsStr)]) -> Proc {
         let mut child = Command::new(QUEUE_BIN)
             .args(args)
             // The binary reads these; the test's own environment must not change its runs.
@@ -103,6 +107,8 @@ impl Proc {
             .env_remove("QUEUE_LISTEN")
             .env_remove("QUEUE_METRICS")
             .env_remove("QUEUE_FAIL_POINT")
+            .env_remove(SECRET_ENV)
+            .env_remove(SECRET_FILE_ENV)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -277,12 +283,19 @@ impl Drop for Proc {
     }
 }
 
-/// A broker process (`queue serve`) on port 0 and the address it printed.
+/// A broker process (`queue serve`) on port 0 and the address it printed. It runs with a
+/// secret (`--secret-file`), as a deployed broker does; the clients and CLI runs of these
+/// tests prove it.
 struct Broker {
     proc: Proc,
     addr: String,
     metrics_addr: Option<String>,
+    /// Holds the secret file.
+    secret_dir: tempfile::TempDir,
 }
+
+/// The secret of the process tests' brokers.
+const SECRET: &str = "process-test-secret-0123456789";
 
 impl Broker {
     /// Starts a broker on `data` and waits for its `listening on` line.
@@ -293,7 +306,19 @@ impl Broker {
     /// [`Broker::start`] with environment variables set for the broker.
     async fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Broker {
         let data = data.to_str().expect("temporary directory path is UTF-8");
-        let mut args = vec!["serve", "--data", data, "--listen", "127.0.0.1:0"];
+        let secret_dir = tempfile::tempdir().expect("tempdir");
+        let secret_file = secret_dir.path().join("secret");
+        std::fs::write(&secret_file, format!("{SECRET}\n")).expect("write the secret");
+        let secret_file = secret_file.to_str().expect("UTF-8 path").to_string();
+        let mut args = vec![
+            "serve",
+            "--data",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--secret-file",
+            &secret_file,
+        ];
         args.extend_from_slice(extra);
         let mut proc = Proc::spawn_with_env("broker", &args, env);
         let deadline = Instant::now() + WAIT;
@@ -315,13 +340,15 @@ impl Broker {
                     addr: addr.to_string(),
                     proc,
                     metrics_addr,
+                    secret_dir,
                 };
             }
         }
     }
 
     async fn client(&self) -> Client {
-        Client::connect(ClientConfig::new(self.addr.clone()))
+        let secret = Secret::new(SECRET.as_bytes().to_vec()).expect("secret");
+        Client::connect(ClientConfig::new(self.addr.clone()).with_secret(Some(secret)))
             .await
             .unwrap_or_else(|e| panic!("connect to the broker at {}: {e}", self.addr))
     }
@@ -330,7 +357,8 @@ impl Broker {
     fn cli(&self, what: &str, args: &[&str]) -> Proc {
         let mut all = vec!["--broker", self.addr.as_str()];
         all.extend_from_slice(args);
-        Proc::spawn(what, &all)
+        let secret_file = self.secret_dir.path().join("secret");
+        Proc::spawn_env(what, &all, &[(SECRET_FILE_ENV, secret_file.as_os_str())])
     }
 
     /// `queue stats --json TOPIC`, run as a process.
@@ -1455,4 +1483,71 @@ async fn failed_fsync_stops_the_broker_with_a_failing_exit() {
     drop(client);
     broker.proc.sigterm();
     broker.proc.finish(deadline).await;
+}
+
+/// `queue serve` refuses to listen beyond loopback without a secret, and refuses a short
+/// one; with `QUEUE_SECRET` it listens on every address, and the operator CLI works with
+/// the secret (from the environment) and fails clearly without it or with a wrong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_needs_a_secret_beyond_loopback_and_the_cli_needs_it_too() {
+    let deadline = Instant::now() + WAIT;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("UTF-8 path");
+    let serve = ["serve", "--data", data, "--listen", "0.0.0.0:0"];
+    for (env, expected) in [
+        (None, "refusing to listen on 0.0.0.0"),
+        (Some("too-short"), "at least 16"),
+    ] {
+        let env: Vec<(&str, &OsStr)> = env
+            .map(|v| (SECRET_ENV, OsStr::new(v)))
+            .into_iter()
+            .collect();
+        let mut p = Proc::spawn_env("insecure broker", &serve, &env);
+        let lines = p.rest(deadline).await;
+        let status = p.wait_exit(deadline).await;
+        let stderr = p.stderr_after_exit();
+        assert!(!status.success(), "it served: {lines:?}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(lines.is_empty(), "{lines:?}");
+    }
+    // Nothing was created for a refused start.
+    assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
+
+    let mut broker = Proc::spawn_env(
+        "secured broker",
+        &serve,
+        &[(SECRET_ENV, OsStr::new(SECRET))],
+    );
+    let line = broker
+        .next_line(deadline)
+        .await
+        .expect("the broker prints its address");
+    let port = line
+        .strip_prefix("queue: listening on 0.0.0.0:")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    assert!(line.contains("secret required"), "{line}");
+    let addr = format!("127.0.0.1:{port}");
+    let cli = |what: &str, env: &[(&str, &OsStr)]| {
+        Proc::spawn_env(what, &["--broker", &addr, "--json", "topics"], env)
+    };
+    let mut ok = cli("queue topics", &[(SECRET_ENV, OsStr::new(SECRET))]);
+    assert_eq!(ok.finish(deadline).await, vec!["[]".to_string()]);
+    for (env, expected) in [
+        (None, "requires authentication"),
+        (Some("not-the-secret-at-all"), "wrong proof"),
+    ] {
+        let env: Vec<(&str, &OsStr)> = env
+            .map(|v| (SECRET_ENV, OsStr::new(v)))
+            .into_iter()
+            .collect();
+        let mut p = cli("queue topics without the secret", &env);
+        let lines = p.rest(deadline).await;
+        let status = p.wait_exit(deadline).await;
+        let stderr = p.stderr_after_exit();
+        assert!(!status.success(), "{lines:?}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    broker.sigterm();
+    assert!(broker.wait_exit(deadline).await.success());
 }

@@ -436,7 +436,17 @@ impl BrokerSide {
             .local_addr()
             .map_err(|e| format!("local addr: {e}"))?
             .to_string();
-        let server = Server::new(engine.clone(), ServerConfig::default());
+        // Secured as deployed: every operation of the suite runs on a connection that
+        // proved the broker's secret.
+        let secret = queue::Secret::new(b"conformance-broker-secret".to_vec())
+            .map_err(|e| format!("secret: {e}"))?;
+        let server = Server::new(
+            engine.clone(),
+            ServerConfig {
+                secret: Some(secret.clone()),
+                ..ServerConfig::default()
+            },
+        );
         let metrics = server.metrics();
         let (shutdown, stop) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -453,7 +463,7 @@ impl BrokerSide {
             connect_timeout_ms: 2_000,
             backoff_initial_ms: 5,
             backoff_max_ms: 20,
-            ..ClientConfig::new(addr)
+            ..ClientConfig::new(addr).with_secret(Some(secret))
         })
         .await
         .map_err(|e| format!("connect: {e}"))?;
