@@ -24,7 +24,7 @@ use order_worker::db::{Order, Payment};
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Admin, JsonBody, SaleIdPath, SessionUser};
+use crate::extract::{Admin, ClientIp, JsonBody, SaleIdPath, SessionUser};
 use crate::sales::{NewSale, Sale};
 use crate::state::{AppState, Shared};
 
@@ -61,15 +61,31 @@ fn order_id(id: PathOf<String>) -> ApiResult<String> {
     }
 }
 
+/// Order reads and payments are throttled per user and per address (each one a database
+/// round trip on the request path's own pool, `AppState::read_db`).
+fn check_order_quota(state: &AppState, user: &str, ip: std::net::IpAddr) -> ApiResult<()> {
+    state
+        .throttle
+        .check(
+            crate::throttle::Route::Order,
+            Some(user),
+            ip,
+            state.now_ms(),
+        )
+        .map_err(|t| state.throttled(t))
+}
+
 /// `GET /api/orders/{id}`.
 pub async fn get_order(
     State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
     SessionUser(user): SessionUser,
     id: PathOf<String>,
 ) -> ApiResult<Json<Value>> {
+    check_order_quota(&state, &user, ip)?;
     let id = order_id(id)?;
     match state
-        .db
+        .read_db
         .order(&id)
         .await
         .map_err(ApiError::unavailable_from)?
@@ -82,11 +98,13 @@ pub async fn get_order(
 /// `POST /api/orders/{id}/pay`.
 pub async fn pay_order(
     State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
     SessionUser(user): SessionUser,
     id: PathOf<String>,
 ) -> ApiResult<Json<Value>> {
+    check_order_quota(&state, &user, ip)?;
     let id = order_id(id)?;
-    match state.db.pay(&id, &user, state.now_ms()).await? {
+    match state.read_db.pay(&id, &user, state.now_ms()).await? {
         Payment::Paid(o) | Payment::AlreadyPaid(o) => Ok(Json(order_json(&o, state.now_ms()))),
         Payment::Cancelled(_) => Err(ApiError::new(
             StatusCode::CONFLICT,

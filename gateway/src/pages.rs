@@ -175,7 +175,7 @@ pub async fn order_page(
     if id.len() > crate::orders::ORDER_ID_BYTES_MAX || uuid::Uuid::try_parse(&id).is_err() {
         return not_found();
     }
-    let order = match state.db.order(&id).await {
+    let order = match state.read_db.order(&id).await {
         Ok(Some(o)) if o.user == user => o,
         Ok(_) => return not_found(),
         Err(e) => {

@@ -13,6 +13,14 @@ pub const ROWS_PER_STATEMENT: usize = 500;
 /// Default pool size.
 pub const CONNECTIONS_DEFAULT: u32 = 8;
 
+/// Default size of the request path's own pool ([`OrdersDb::sibling`]): the gateway's
+/// ticket and order reads and payments, kept apart from the order workers' pool.
+pub const READ_CONNECTIONS_DEFAULT: u32 = 4;
+
+/// How long a request-path query waits for a connection of its pool before failing (the
+/// request then answers 503), well inside a request's timeout.
+pub const READ_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Most connections a pool may be given.
 pub const CONNECTIONS_MAX: u32 = 64;
 
