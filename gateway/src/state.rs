@@ -311,6 +311,15 @@ impl HeldTickets {
         }
     }
 
+    /// Held tickets of `sale`.
+    pub fn count_of_sale(&self, sale: u64) -> usize {
+        let count = |g: &HashMap<String, Held>| g.values().filter(|h| h.sale == sale).count();
+        match self.0.lock() {
+            Ok(g) => count(&g),
+            Err(p) => count(&p.into_inner()),
+        }
+    }
+
     pub(crate) fn replace(&self, held: HashMap<String, Held>) {
         match self.0.lock() {
             Ok(mut g) => *g = held,

@@ -99,7 +99,7 @@ mod sales;
 
 pub use decide::{Decision, Outcome, reason};
 pub use error::{DbError, DbResult};
-pub use heartbeat::{WorkerBeat, WorkerKind};
+pub use heartbeat::{WorkerAge, WorkerBeat, WorkerKind};
 pub use limits::*;
 pub use orders::{Order, OrderStatus, Payment};
 pub use rows::Cancelled;

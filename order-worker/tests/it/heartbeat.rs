@@ -395,3 +395,85 @@ both_backends!(
     heartbeat_failures_never_stop_the_crew,
     heartbeat_failures_never_stop_the_crew
 );
+
+/// A host clock `offset_ms` off the real one.
+#[derive(Debug)]
+struct Skewed(i64);
+
+impl Clock for Skewed {
+    fn now_ms(&self) -> u64 {
+        SystemClock.now_ms().saturating_add_signed(self.0)
+    }
+}
+
+/// Issue 16, finding 10: liveness was judged on each host's clock (the gateway's now minus
+/// the beat the worker's host wrote), so a worker whose host runs three hours behind looked
+/// dead while beating, and one three hours ahead looked alive for three hours after it
+/// stopped. Its beats are now aged on the database's clock.
+async fn skewed_hosts(db: OrdersDb) {
+    const SKEW_MS: i64 = 3 * 3600 * 1000;
+    const FRESH_MS: u64 = 60_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("queue"));
+    let q: Arc<dyn Queue> = engine.clone();
+    let mut crews = Vec::new();
+    for skew in [-SKEW_MS, SKEW_MS] {
+        crews.push(Crew::start(
+            db.clone(),
+            q.clone(),
+            None,
+            CrewConfig {
+                workers: 1,
+                cancellers: 0,
+                worker: WorkerConfig {
+                    wait_ms: 50,
+                    ..WorkerConfig::default()
+                },
+                canceller: CancellerConfig::default(),
+            },
+            Arc::new(Skewed(skew)),
+        ));
+    }
+    let ids: Vec<String> = crews.iter().map(|c| c.members()[0].id.clone()).collect();
+    wait_until("both skewed workers beat and step", WAIT, || async {
+        let ages = db.worker_ages(WORKERS_LISTED_MAX).await.expect("ages");
+        ids.iter().all(|id| {
+            ages.iter()
+                .any(|a| &a.beat.id == id && a.progress_age_ms < FRESH_MS)
+        })
+    })
+    .await;
+    let real_now = SystemClock.now_ms();
+    let ages = db.worker_ages(WORKERS_LISTED_MAX).await.expect("ages");
+    for (id, skew) in ids.iter().zip([-SKEW_MS, SKEW_MS]) {
+        let a = ages.iter().find(|a| &a.beat.id == id).expect("a row");
+        // The host wrote its own skewed time...
+        assert!(
+            a.beat
+                .beat_ms
+                .abs_diff(real_now.saturating_add_signed(skew))
+                < FRESH_MS,
+            "{a:?}"
+        );
+        // ...yet by the database's clock the beat is fresh, and so is the loop's step.
+        assert!(a.beat_age_ms < FRESH_MS, "{a:?}");
+        assert!(a.progress_age_ms < FRESH_MS, "{a:?}");
+    }
+    // The old verdict, this host's now minus the beat, was three hours off either way.
+    let behind = ages.iter().find(|a| a.beat.id == ids[0]).expect("row");
+    assert!(real_now.saturating_sub(behind.beat.beat_ms) > FRESH_MS);
+
+    // A stopped member's beat ages on the database's clock too.
+    for c in crews {
+        c.stop().await;
+    }
+    let ages = db.worker_ages(WORKERS_LISTED_MAX).await.expect("ages");
+    for id in &ids {
+        let a = ages.iter().find(|a| &a.beat.id == id).expect("a row");
+        assert!(
+            a.beat.stopped_ms.is_some() && a.beat_age_ms < FRESH_MS,
+            "{a:?}"
+        );
+    }
+}
+both_backends!(liveness_is_judged_on_the_database_clock, skewed_hosts);
