@@ -26,6 +26,11 @@ macro_rules! with_db_now {
     };
 }
 
+/// Deletes rows not seen for `$1` ms by the database's clock, at most `$2`, oldest first.
+const PRUNE: (&str, &str) = with_db_now!(
+    "DELETE FROM workers WHERE id IN \
+     (SELECT id FROM workers WHERE seen_ms < "; now; " - $1 ORDER BY seen_ms LIMIT $2)");
+
 /// A worker's row with its ages by the database's clock ([`OrdersDb::worker_ages`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerAge {
@@ -93,10 +98,12 @@ pub struct WorkerBeat {
 
 impl OrdersDb {
     /// Writes the heartbeats of a process's crew (at most [`HEARTBEAT_ROWS_MAX`]) in one
-    /// transaction: each member's row is inserted or replaced, with `beat_ms = now_ms`.
+    /// transaction: each member's row is inserted or replaced, with `beat_ms = now_ms` (the
+    /// host's clock, shown) and `seen_ms` the database's now (what ages are judged on).
     /// When `now_ms` falls in the first [`WORKER_PRUNE_WINDOW_MS`] of a
-    /// [`WORKER_PRUNE_EVERY_MS`] period, it also prunes rows not beaten for
-    /// [`WORKER_ROWS_TTL_MS`] (see [`OrdersDb::prune_workers`]). Returns the rows pruned.
+    /// [`WORKER_PRUNE_EVERY_MS`] period, it also prunes rows not seen for
+    /// [`WORKER_ROWS_TTL_MS`] by the database's clock (see [`OrdersDb::prune_workers`]), so
+    /// a host whose clock runs ahead never prunes live rows. Returns the rows pruned.
     pub async fn heartbeat(&self, beats: &[WorkerBeat], now_ms: u64) -> DbResult<u64> {
         if beats.len() > HEARTBEAT_ROWS_MAX {
             return Err(DbError::Invalid(format!(
@@ -127,7 +134,7 @@ impl OrdersDb {
         // One lock order for every process (PostgreSQL row locks).
         rows.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         let prune = now_ms % WORKER_PRUNE_EVERY_MS < WORKER_PRUNE_WINDOW_MS;
-        let cutoff = now.saturating_sub(to_i64(WORKER_ROWS_TTL_MS, "ttl")?);
+        let ttl = to_i64(WORKER_ROWS_TTL_MS, "ttl")?;
         let pruned = in_tx!(self, tx, pg => {
             for (b, started, progress, handled, stopped) in &rows {
                 let (lite, postgres) = with_db_now!(
@@ -144,10 +151,9 @@ impl OrdersDb {
                     .execute(&mut *tx).await?;
             }
             if prune {
-                sqlx::query(
-                    "DELETE FROM workers WHERE id IN \
-                     (SELECT id FROM workers WHERE beat_ms < $1 ORDER BY beat_ms LIMIT $2)")
-                    .bind(cutoff).bind(WORKER_PRUNE_ROWS_MAX as i64)
+                let (lite, postgres) = PRUNE;
+                sqlx::query(if pg { postgres } else { lite })
+                    .bind(ttl).bind(WORKER_PRUNE_ROWS_MAX as i64)
                     .execute(&mut *tx).await?.rows_affected()
             } else {
                 0
@@ -156,14 +162,14 @@ impl OrdersDb {
         Ok(pruned)
     }
 
-    /// Deletes up to [`WORKER_PRUNE_ROWS_MAX`] rows of `workers` not beaten for
-    /// [`WORKER_ROWS_TTL_MS`] before `now_ms` (oldest first); returns how many.
-    pub async fn prune_workers(&self, now_ms: u64) -> DbResult<u64> {
-        let cutoff = to_i64(now_ms.saturating_sub(WORKER_ROWS_TTL_MS), "now")?;
-        let n = on_db!(self, p => sqlx::query(
-            "DELETE FROM workers WHERE id IN \
-             (SELECT id FROM workers WHERE beat_ms < $1 ORDER BY beat_ms LIMIT $2)")
-            .bind(cutoff).bind(WORKER_PRUNE_ROWS_MAX as i64)
+    /// Deletes up to [`WORKER_PRUNE_ROWS_MAX`] rows of `workers` not seen for more than
+    /// [`WORKER_ROWS_TTL_MS`] by the database's clock (oldest first); returns how many.
+    pub async fn prune_workers(&self) -> DbResult<u64> {
+        let ttl = to_i64(WORKER_ROWS_TTL_MS, "ttl")?;
+        let (lite, postgres) = PRUNE;
+        let pg = matches!(self, OrdersDb::Postgres(_));
+        let n = on_db!(self, p => sqlx::query(if pg { postgres } else { lite })
+            .bind(ttl).bind(WORKER_PRUNE_ROWS_MAX as i64)
             .execute(p).await?.rows_affected());
         Ok(n)
     }

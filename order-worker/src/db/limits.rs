@@ -49,7 +49,8 @@ pub const PER_USER_LIMIT_SUPPORTED: u32 = 1;
 /// How long a SQLite connection waits for the write lock before failing (busy timeout).
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Rows of the `workers` table not beaten for this long are pruned: one hour.
+/// Rows of the `workers` table not seen for this long (by the database's clock) are pruned:
+/// one hour.
 pub const WORKER_ROWS_TTL_MS: u64 = 60 * 60 * 1000;
 
 /// [`OrdersDb::heartbeat`] prunes stale rows when its time falls in the first

@@ -176,25 +176,47 @@ async fn listing_capped(db: OrdersDb) {
 }
 both_backends!(workers_listing_is_capped_newest_first, listing_capped);
 
+/// Makes row `id` look `by_ms` older to the database (its `seen_ms` moved back).
+async fn backdate(db: &OrdersDb, id: &str, by_ms: u64) {
+    let by = i64::try_from(by_ms).expect("small");
+    let sql = "UPDATE workers SET seen_ms = seen_ms - $1 WHERE id = $2";
+    let n = match db {
+        OrdersDb::Sqlite(p) => sqlx::query(sql)
+            .bind(by)
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+        OrdersDb::Postgres(p) => sqlx::query(sql)
+            .bind(by)
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+    }
+    .expect("backdate");
+    assert_eq!(n, 1, "{id}");
+}
+
 async fn stale_rows_pruned(db: OrdersDb) {
+    const MARGIN_MS: u64 = 10 * 60 * 1000;
     let old = beat("old", WorkerKind::Worker, 0, 0);
-    let edge = beat("edge", WorkerKind::Canceller, 0, 0);
+    let recent = beat("recent", WorkerKind::Canceller, 0, 0);
     let fresh = beat("fresh", WorkerKind::Worker, 0, 0);
-    // The pruning beat lands in a window; `edge` beat exactly the TTL before it.
     let prune_at = at(100, WORKER_PRUNE_WINDOW_MS / 2);
-    let old_at = at(1, MID);
-    let edge_at = prune_at - WORKER_ROWS_TTL_MS;
-    assert!(old_at < edge_at, "old is older than the TTL allows");
-    db.heartbeat(std::slice::from_ref(&old), old_at)
-        .await
-        .expect("beat");
-    db.heartbeat(std::slice::from_ref(&edge), edge_at)
-        .await
-        .expect("beat");
+    // Every beat is written at a host time far from the database's (T0 is in 2023): the
+    // verdict is the database's clock's alone.
+    for b in [&old, &recent] {
+        db.heartbeat(std::slice::from_ref(b), at(1, MID))
+            .await
+            .expect("beat");
+    }
+    // By the database's clock, `old` was last seen past the TTL, `recent` within it.
+    backdate(&db, "old", WORKER_ROWS_TTL_MS + MARGIN_MS).await;
+    backdate(&db, "recent", WORKER_ROWS_TTL_MS - MARGIN_MS).await;
 
     // Outside a window, a heartbeat never prunes, however stale the rows.
     let quiet = prune_at - WORKER_PRUNE_EVERY_MS + MID;
-    assert!(quiet > old_at + WORKER_ROWS_TTL_MS);
     assert_eq!(
         db.heartbeat(std::slice::from_ref(&fresh), quiet)
             .await
@@ -203,7 +225,7 @@ async fn stale_rows_pruned(db: OrdersDb) {
     );
     assert_eq!(listed(&db).await.len(), 3);
 
-    // In a window, rows older than the TTL go; the one exactly at it stays.
+    // In a window, rows not seen for the TTL go (whatever the beating host's clock says).
     assert_eq!(
         db.heartbeat(std::slice::from_ref(&fresh), prune_at)
             .await
@@ -212,11 +234,19 @@ async fn stale_rows_pruned(db: OrdersDb) {
     );
     let rows = listed(&db).await;
     assert!(!rows.contains_key("old"), "old pruned");
-    assert!(rows.contains_key("edge") && rows.contains_key("fresh"));
+    assert!(rows.contains_key("recent") && rows.contains_key("fresh"));
+    // A host whose clock runs a day ahead prunes nothing live.
+    assert_eq!(
+        db.heartbeat(std::slice::from_ref(&fresh), prune_at + 24 * 3600 * 1000)
+            .await
+            .expect("beat"),
+        0
+    );
 
-    // The explicit pruning, a millisecond later, takes `edge` too.
-    assert_eq!(db.prune_workers(prune_at).await.expect("prune"), 0);
-    assert_eq!(db.prune_workers(prune_at + 1).await.expect("prune"), 1);
+    // The explicit pruning takes `recent` once it is past the TTL too.
+    assert_eq!(db.prune_workers().await.expect("prune"), 0);
+    backdate(&db, "recent", 2 * MARGIN_MS).await;
+    assert_eq!(db.prune_workers().await.expect("prune"), 1);
     let rows = listed(&db).await;
     assert_eq!(rows.keys().collect::<Vec<_>>(), vec!["fresh"]);
 }
