@@ -218,3 +218,37 @@ async fn reconcile_waits_for_rest_unless_forced() {
         "{v}"
     );
 }
+
+/// Finding 3 over HTTP: one address signing in as many users gets at most
+/// `tokens_per_address` live tokens of a sale; with per-IP limits off it is not counted.
+#[tokio::test]
+async fn one_address_cannot_take_more_than_its_bound_of_a_sales_tokens() {
+    for (throttle, bound) in [
+        (ThrottleConfig::default(), Some(2)),
+        (test_throttle(), None),
+    ] {
+        let t = crate::test_app_adjusted(
+            Box::new(MemoryStore::new()),
+            None,
+            throttle,
+            None,
+            |config| {
+                config.token_factor = 100.0;
+                config.tokens_per_address = 2;
+            },
+        )
+        .await;
+        t.create_sale(1, 10, 0).await;
+        let mut issued = 0;
+        for n in 0..6 {
+            let cookie = t.login(&format!("user{n}")).await;
+            let (s, v) = t.token_via_captcha(&cookie, 1).await;
+            match s {
+                StatusCode::OK => issued += 1,
+                StatusCode::GONE => assert_eq!(v["error"], "tokens_exhausted", "{v}"),
+                other => panic!("{other}: {v}"),
+            }
+        }
+        assert_eq!(issued, bound.unwrap_or(6));
+    }
+}
