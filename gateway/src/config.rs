@@ -99,3 +99,29 @@ impl Default for ServeLimits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16, finding 6: `--token-factor` took any float (NaN, 0, 1e9).
+    #[test]
+    fn the_token_factor_is_finite_and_within_a_sales_bounds() {
+        for ok in [0.1, 1.0, 1.5, 100.0] {
+            assert_eq!(validate_token_factor(ok), Ok(ok));
+        }
+        for bad in [
+            0.0,
+            0.099,
+            -1.0,
+            100.1,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            let e = validate_token_factor(bad).expect_err("refused");
+            assert!(e.contains("0.1") && e.contains("100"), "{e}");
+        }
+        assert_eq!(GatewayConfig::new("x").token_factor, 1.5);
+    }
+}
