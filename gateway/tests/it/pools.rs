@@ -252,3 +252,28 @@ async fn one_address_cannot_take_more_than_its_bound_of_a_sales_tokens() {
         assert_eq!(issued, bound.unwrap_or(6));
     }
 }
+
+/// Finding 6: a system is not built with a token factor outside a sale's own bounds.
+#[tokio::test]
+async fn a_system_refuses_a_token_factor_out_of_bounds() {
+    use gateway::system::{DatabaseSource, QueueSource, System, SystemConfig, SystemError};
+    for bad in [0.0, 0.05, f64::NAN, 1e9] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = std::sync::Arc::new(
+            queue::Engine::open(dir.path(), queue::Config::default()).expect("engine"),
+        );
+        let db = crate::test_db(&dir).await;
+        let mut gateway = gateway::config::GatewayConfig::new(ADMIN);
+        gateway.token_factor = bad;
+        let config = SystemConfig::new(
+            QueueSource::Shared(engine),
+            DatabaseSource::Open(db),
+            gateway,
+        )
+        .without_crew();
+        match System::build(config).await {
+            Err(SystemError::Config(e)) => assert!(e.contains("token factor"), "{e}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
