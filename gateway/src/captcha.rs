@@ -6,11 +6,16 @@
 //! the answer is hashed together with it, so a captcha solved for one account or sale is
 //! wrong for any other.
 //!
-//! The store is bounded: at most [`CAPTCHAS_MAX`] live captchas; expired ones are dropped
-//! whenever one is added, and when it is still full a new captcha is refused with
-//! [`CaptchaError::Busy`] (a 503 to the client) rather than evicting a live one.
+//! The store is bounded: at most [`CAPTCHAS_MAX`] live captchas in all, at most
+//! [`CAPTCHAS_PER_USER_MAX`] per user and (unless per-IP limits are off) at most
+//! [`CAPTCHAS_PER_ADDRESS_MAX`] per client address (IPv6 grouped by /64). Expired ones are
+//! dropped whenever one is added; a new captcha past a bound evicts the oldest captcha of
+//! that user, of that address, or (the whole store full) of the store, instead of refusing:
+//! one client asking for many captchas only pushes out its own, and a store filled by many
+//! addresses still serves a newcomer (the oldest captcha, closest to expiry, goes).
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 
 use ::captcha::Captcha;
@@ -22,6 +27,13 @@ use subtle::ConstantTimeEq;
 pub const CAPTCHA_TTL_MS: u64 = 2 * 60 * 1000;
 /// Most live captchas a [`CaptchaStore`] holds (about 80 bytes each).
 pub const CAPTCHAS_MAX: usize = 200_000;
+/// Most live captchas of one user (the oldest goes when they ask for another): a person
+/// needs one, and a few more to reload an unreadable image.
+pub const CAPTCHAS_PER_USER_MAX: usize = 5;
+/// Most live captchas of one client address (IPv6 grouped by /64) when per-address bounds
+/// are on (the oldest of the address goes when it asks for another): many people may share
+/// an address (NAT), so this is far above one person's need, and far below the store's size.
+pub const CAPTCHAS_PER_ADDRESS_MAX: usize = 500;
 /// Characters in a captcha image.
 pub const CAPTCHA_CHARS: u32 = 5;
 /// Longest answer looked at, in bytes; a longer one is wrong (and consumes the captcha).
@@ -59,7 +71,8 @@ pub enum CaptchaError {
     /// The answer is wrong; the captcha is used up, get a new one.
     #[error("wrong captcha answer")]
     Wrong,
-    /// Too many live captchas; try again shortly.
+    /// Too many live captchas; try again shortly. (No longer returned by [`CaptchaStore`],
+    /// which evicts the oldest captcha instead; kept for the error mapping.)
     #[error("too many captchas outstanding, try again shortly")]
     Busy,
     /// The image could not be drawn.
@@ -67,18 +80,58 @@ pub enum CaptchaError {
     Image,
 }
 
-/// A live captcha: the salted hash of its answer and its expiry.
+/// Who asked for a captcha, for the per-user and per-address bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester {
+    /// The user's key ([`crate::token::holder_of`]).
+    user: u128,
+    /// The client address (IPv6 grouped by /64); `None` when per-address bounds are off.
+    addr: Option<IpAddr>,
+}
+
+impl Requester {
+    /// `user` asking from `addr` (`None`: no per-address bound, e.g. with per-IP limits off,
+    /// when every client comes through one address).
+    pub fn new(user: &str, addr: Option<IpAddr>) -> Self {
+        Requester {
+            user: crate::token::holder_of(user),
+            addr: addr.map(crate::throttle::ip_key),
+        }
+    }
+}
+
+/// A live captcha: the salted hash of its answer, its expiry and who asked for it.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     answer_hash: [u8; 32],
     expires_at_ms: u64,
+    owner: Requester,
 }
 
 #[derive(Debug, Default)]
 struct Live {
     by_id: HashMap<u128, Entry>,
-    /// (expiry, id), oldest first, so expired entries are found without a scan.
+    /// (expiry, id), oldest first, so expired entries are found without a scan. Every
+    /// captcha lives [`CAPTCHA_TTL_MS`], so this is also the order they were made in.
     by_expiry: BTreeSet<(u64, u128)>,
+    /// Each user's live captchas, oldest first (no empty sets).
+    by_user: HashMap<u128, BTreeSet<(u64, u128)>>,
+    /// Each address's live captchas, oldest first (no empty sets).
+    by_addr: HashMap<IpAddr, BTreeSet<(u64, u128)>>,
+}
+
+/// Drops `key` from `owner`'s set, and the set once empty.
+fn unlink<K: std::hash::Hash + Eq>(
+    sets: &mut HashMap<K, BTreeSet<(u64, u128)>>,
+    owner: K,
+    key: (u64, u128),
+) {
+    if let Some(set) = sets.get_mut(&owner) {
+        set.remove(&key);
+        if set.is_empty() {
+            sets.remove(&owner);
+        }
+    }
 }
 
 impl Live {
@@ -88,11 +141,72 @@ impl Live {
             if expires_at_ms > now_ms {
                 break;
             }
-            self.by_expiry.pop_first();
-            self.by_id.remove(&id);
+            self.remove(id);
             purged += 1;
         }
         purged
+    }
+
+    /// Removes captcha `id` from every index; returns it.
+    fn remove(&mut self, id: u128) -> Option<Entry> {
+        let entry = self.by_id.remove(&id)?;
+        let key = (entry.expires_at_ms, id);
+        self.by_expiry.remove(&key);
+        unlink(&mut self.by_user, entry.owner.user, key);
+        if let Some(addr) = entry.owner.addr {
+            unlink(&mut self.by_addr, addr, key);
+        }
+        Some(entry)
+    }
+
+    /// Makes room for one more captcha of `owner`: evicts the owner's oldest while the user
+    /// or the address is at its bound, then the store's oldest while it is full.
+    fn make_room(&mut self, owner: Requester, limits: &Limits) {
+        while let Some(&(_, id)) = self
+            .by_user
+            .get(&owner.user)
+            .filter(|s| s.len() >= limits.per_user)
+            .and_then(BTreeSet::first)
+        {
+            self.remove(id);
+        }
+        if let Some(addr) = owner.addr {
+            while let Some(&(_, id)) = self
+                .by_addr
+                .get(&addr)
+                .filter(|s| s.len() >= limits.per_address)
+                .and_then(BTreeSet::first)
+            {
+                self.remove(id);
+            }
+        }
+        while self.by_id.len() >= limits.total {
+            let Some(&(_, id)) = self.by_expiry.first() else {
+                break;
+            };
+            self.remove(id);
+        }
+    }
+}
+
+/// A store's bounds (see the module documentation); each at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Live captchas in all (at most [`CAPTCHAS_MAX`]).
+    pub total: usize,
+    /// Live captchas of one user.
+    pub per_user: usize,
+    /// Live captchas of one address.
+    pub per_address: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            total: CAPTCHAS_MAX,
+            per_user: CAPTCHAS_PER_USER_MAX,
+            per_address: CAPTCHAS_PER_ADDRESS_MAX,
+        }
     }
 }
 
@@ -103,7 +217,7 @@ pub struct CaptchaStore {
     /// made for another store.
     salt: [u8; 32],
     inner: Mutex<Live>,
-    limit: usize,
+    limits: Limits,
     /// Test-only hook (off unless built with [`CaptchaStore::revealing`]): the plaintext
     /// answers of the last [`REVEALED_MAX`] captchas, for browser tests that must type one.
     revealed: Option<Mutex<std::collections::VecDeque<(String, String)>>>,
@@ -116,7 +230,7 @@ impl std::fmt::Debug for CaptchaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaptchaStore")
             .field("live", &self.len())
-            .field("limit", &self.limit)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -133,12 +247,26 @@ impl CaptchaStore {
         CaptchaStore::with_limit(CAPTCHAS_MAX)
     }
 
-    /// An empty store for at most `limit` live captchas (at most [`CAPTCHAS_MAX`]).
+    /// An empty store for at most `limit` live captchas (at most [`CAPTCHAS_MAX`]), with
+    /// the default per-user and per-address bounds.
     pub fn with_limit(limit: usize) -> Self {
+        CaptchaStore::with_limits(Limits {
+            total: limit,
+            ..Limits::default()
+        })
+    }
+
+    /// An empty store with these bounds (each at least 1, the total at most
+    /// [`CAPTCHAS_MAX`]).
+    pub fn with_limits(limits: Limits) -> Self {
         CaptchaStore {
             salt: rand::random(),
             inner: Mutex::new(Live::default()),
-            limit: limit.min(CAPTCHAS_MAX),
+            limits: Limits {
+                total: limits.total.clamp(1, CAPTCHAS_MAX),
+                per_user: limits.per_user.max(1),
+                per_address: limits.per_address.max(1),
+            },
             revealed: None,
         }
     }
@@ -160,24 +288,20 @@ impl CaptchaStore {
         list.iter().find(|(i, _)| i == id).map(|(_, a)| a.clone())
     }
 
-    /// A new captcha for `purpose` (see [`purpose`]): its id and a PNG image of
-    /// [`CAPTCHA_CHARS`] characters. The answer is stored with
-    /// [`CaptchaStore::insert_answer`].
+    /// A new captcha for `purpose` (see [`purpose`]) asked for by `owner`: its id and a PNG
+    /// image of [`CAPTCHA_CHARS`] characters. The answer is stored with
+    /// [`CaptchaStore::insert_answer`] (which evicts the oldest captcha past a bound).
     ///
     /// # Errors
-    /// [`CaptchaError::Busy`] when the store is full of live captchas (checked before the
-    /// image is drawn, so a full store costs no drawing), [`CaptchaError::Image`] if the
-    /// image could not be encoded.
-    pub fn create(&self, purpose: &str, now_ms: u64) -> Result<(String, Vec<u8>), CaptchaError> {
-        {
-            let mut live = self.lock();
-            live.purge(now_ms);
-            if live.by_id.len() >= self.limit {
-                return Err(CaptchaError::Busy);
-            }
-        }
+    /// [`CaptchaError::Image`] if the image could not be encoded.
+    pub fn create(
+        &self,
+        purpose: &str,
+        owner: Requester,
+        now_ms: u64,
+    ) -> Result<(String, Vec<u8>), CaptchaError> {
         let (answer, png) = draw().ok_or(CaptchaError::Image)?;
-        let id = self.insert_answer(purpose, &answer, now_ms)?;
+        let id = self.insert_answer(purpose, owner, &answer, now_ms)?;
         if let Some(revealed) = &self.revealed {
             let mut list = revealed.lock().unwrap_or_else(PoisonError::into_inner);
             if list.len() >= REVEALED_MAX {
@@ -188,16 +312,18 @@ impl CaptchaStore {
         Ok((id, png))
     }
 
-    /// Stores `answer` for `purpose` (as a salted hash of both) under a new id, valid for
-    /// [`CAPTCHA_TTL_MS`] from
-    /// `now_ms`, and returns the id. `create` uses it after drawing the image; tests use it
-    /// to get a captcha whose answer they know.
+    /// Stores `answer` for `purpose` (as a salted hash of both), asked for by `owner`,
+    /// under a new id, valid for [`CAPTCHA_TTL_MS`] from `now_ms`, and returns the id. Past
+    /// a bound it first evicts the oldest captcha of the owner's user, of their address, or
+    /// of the store (see the module documentation). `create` uses it after drawing the
+    /// image; tests use it to get a captcha whose answer they know.
     ///
     /// # Errors
-    /// [`CaptchaError::Busy`] when the store is still full after dropping expired captchas.
+    /// None today (the `Result` is kept for the callers' sake).
     pub fn insert_answer(
         &self,
         purpose: &str,
+        owner: Requester,
         answer: &str,
         now_ms: u64,
     ) -> Result<String, CaptchaError> {
@@ -205,9 +331,7 @@ impl CaptchaStore {
         let expires_at_ms = now_ms.saturating_add(CAPTCHA_TTL_MS);
         let mut live = self.lock();
         live.purge(now_ms);
-        if live.by_id.len() >= self.limit {
-            return Err(CaptchaError::Busy);
-        }
+        live.make_room(owner, &self.limits);
         // 128 random bits: a collision is not expected, but must not overwrite a captcha.
         let mut id: u128 = rand::random();
         while live.by_id.contains_key(&id) {
@@ -218,9 +342,15 @@ impl CaptchaStore {
             Entry {
                 answer_hash,
                 expires_at_ms,
+                owner,
             },
         );
-        live.by_expiry.insert((expires_at_ms, id));
+        let key = (expires_at_ms, id);
+        live.by_expiry.insert(key);
+        live.by_user.entry(owner.user).or_default().insert(key);
+        if let Some(addr) = owner.addr {
+            live.by_addr.entry(addr).or_default().insert(key);
+        }
         Ok(format!("{id:032x}"))
     }
 
@@ -243,12 +373,7 @@ impl CaptchaStore {
         // over-long answer is not hashed at all: it is wrong, and still uses the captcha up.
         let given =
             (answer.trim().len() <= CAPTCHA_ANSWER_BYTES_MAX).then(|| self.hash(purpose, answer));
-        let entry = {
-            let mut live = self.lock();
-            let entry = live.by_id.remove(&id).ok_or(CaptchaError::Unknown)?;
-            live.by_expiry.remove(&(entry.expires_at_ms, id));
-            entry
-        };
+        let entry = self.lock().remove(id).ok_or(CaptchaError::Unknown)?;
         if now_ms >= entry.expires_at_ms {
             return Err(CaptchaError::Expired);
         }
@@ -330,10 +455,23 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000_000;
 
+    const ALICE: Requester = Requester {
+        user: 0xa1,
+        addr: None,
+    };
+
+    /// User `n` at address 10.0.0.`a`.
+    fn at(n: u128, a: u8) -> Requester {
+        Requester {
+            user: n,
+            addr: Some(IpAddr::from([10, 0, 0, a])),
+        }
+    }
+
     #[test]
     fn create_draws_a_png_and_stores_its_answer() {
         let store = CaptchaStore::new();
-        let (id, png) = store.create(P, NOW).expect("created");
+        let (id, png) = store.create(P, ALICE, NOW).expect("created");
         assert_eq!(id.len(), 32);
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
         assert_eq!(store.len(), 1);
@@ -370,7 +508,7 @@ mod tests {
     #[test]
     fn right_answer_once_ignoring_case_and_spaces() {
         let store = CaptchaStore::new();
-        let id = store.insert_answer(P, "aB3xY", NOW).expect("room");
+        let id = store.insert_answer(P, ALICE, "aB3xY", NOW).expect("room");
         assert_eq!(store.check(&id, P, " Ab3Xy ", NOW + 1), Ok(()));
         // Single use: a second right answer fails.
         assert_eq!(
@@ -378,7 +516,7 @@ mod tests {
             Err(CaptchaError::Unknown)
         );
         for given in ["ab3xy", "AB3XY", "aB3xY"] {
-            let id = store.insert_answer(P, "aB3xY", NOW).expect("room");
+            let id = store.insert_answer(P, ALICE, "aB3xY", NOW).expect("room");
             assert_eq!(store.check(&id, P, given, NOW), Ok(()), "{given}");
         }
     }
@@ -386,15 +524,15 @@ mod tests {
     #[test]
     fn wrong_answer_consumes() {
         let store = CaptchaStore::new();
-        let id = store.insert_answer(P, "abcde", NOW).expect("room");
+        let id = store.insert_answer(P, ALICE, "abcde", NOW).expect("room");
         assert_eq!(store.check(&id, P, "abcdf", NOW), Err(CaptchaError::Wrong));
         assert_eq!(
             store.check(&id, P, "abcde", NOW),
             Err(CaptchaError::Unknown)
         );
-        let id = store.insert_answer(P, "abcde", NOW).expect("room");
+        let id = store.insert_answer(P, ALICE, "abcde", NOW).expect("room");
         assert_eq!(store.check(&id, P, "", NOW), Err(CaptchaError::Wrong));
-        let id = store.insert_answer(P, "abcde", NOW).expect("room");
+        let id = store.insert_answer(P, ALICE, "abcde", NOW).expect("room");
         let huge = format!("abcde{}", " x".repeat(1000));
         assert_eq!(store.check(&id, P, &huge, NOW), Err(CaptchaError::Wrong));
         assert!(store.is_empty());
@@ -404,22 +542,22 @@ mod tests {
     fn over_long_answers_never_match() {
         let store = CaptchaStore::new();
         let long = "a".repeat(CAPTCHA_ANSWER_BYTES_MAX + 1);
-        let id = store.insert_answer(P, &long, NOW).expect("room");
+        let id = store.insert_answer(P, ALICE, &long, NOW).expect("room");
         assert_eq!(store.check(&id, P, &long, NOW), Err(CaptchaError::Wrong));
         let max = "a".repeat(CAPTCHA_ANSWER_BYTES_MAX);
-        let id = store.insert_answer(P, &max, NOW).expect("room");
+        let id = store.insert_answer(P, ALICE, &max, NOW).expect("room");
         assert_eq!(store.check(&id, P, &max, NOW), Ok(()));
     }
 
     #[test]
     fn expires_after_two_minutes() {
         let store = CaptchaStore::new();
-        let id = store.insert_answer(P, "abcde", NOW).expect("room");
+        let id = store.insert_answer(P, ALICE, "abcde", NOW).expect("room");
         assert_eq!(
             store.check(&id, P, "abcde", NOW + CAPTCHA_TTL_MS - 1),
             Ok(())
         );
-        let id = store.insert_answer(P, "abcde", NOW).expect("room");
+        let id = store.insert_answer(P, ALICE, "abcde", NOW).expect("room");
         assert_eq!(
             store.check(&id, P, "abcde", NOW + CAPTCHA_TTL_MS),
             Err(CaptchaError::Expired)
@@ -434,7 +572,7 @@ mod tests {
     #[test]
     fn unknown_and_malformed_ids() {
         let store = CaptchaStore::new();
-        let id = store.insert_answer(P, "abcde", NOW).expect("room");
+        let id = store.insert_answer(P, ALICE, "abcde", NOW).expect("room");
         let upper = id.to_ascii_uppercase();
         let plus = format!("+{}", &id[1..]);
         for bad in [
@@ -462,42 +600,118 @@ mod tests {
         let (a, b) = (CaptchaStore::new(), CaptchaStore::new());
         assert_ne!(a.hash(P, "abcde"), b.hash(P, "abcde"));
         assert_eq!(a.hash(P, "ABCDE"), a.hash(P, " abcde "));
-        let id = a.insert_answer(P, "abcde", NOW).expect("room");
+        let id = a.insert_answer(P, ALICE, "abcde", NOW).expect("room");
         assert_eq!(b.check(&id, P, "abcde", NOW), Err(CaptchaError::Unknown));
     }
 
     #[test]
-    fn full_store_is_busy_until_captchas_expire_or_are_used() {
+    fn a_full_store_evicts_its_oldest_and_still_serves_a_new_user() {
         let store = CaptchaStore::with_limit(3);
-        let ids: Vec<String> = (0..3)
-            .map(|i| store.insert_answer(P, "abcde", NOW + i).expect("room"))
+        let ids: Vec<String> = (0..3u8)
+            .map(|i| {
+                store
+                    .insert_answer(P, at(u128::from(i), i), "abcde", NOW + u64::from(i))
+                    .expect("room")
+            })
             .collect();
+        // Issue 16, finding 3: a full store used to refuse everyone (503 busy). Now a
+        // newcomer gets a captcha and the oldest one goes.
+        let newcomer = store
+            .insert_answer(P, at(9, 9), "abcde", NOW + 10)
+            .expect("a full store still serves");
+        assert_eq!(store.len(), 3);
         assert_eq!(
-            store.insert_answer(P, "abcde", NOW + 10),
-            Err(CaptchaError::Busy)
+            store.check(&ids[0], P, "abcde", NOW + 10),
+            Err(CaptchaError::Unknown),
+            "the oldest was evicted"
         );
-        assert_eq!(store.create(P, NOW + 10), Err(CaptchaError::Busy));
-        // Using one frees its place.
-        assert_eq!(store.check(&ids[0], P, "abcde", NOW + 10), Ok(()));
-        let id = store.insert_answer(P, "abcde", NOW + 10).expect("room");
-        assert_eq!(
-            store.insert_answer(P, "abcde", NOW + 10),
-            Err(CaptchaError::Busy)
-        );
-        // Expired ones are purged on insert: the two oldest expire at NOW+1 / NOW+2 + TTL.
+        assert_eq!(store.check(&newcomer, P, "abcde", NOW + 10), Ok(()));
+        assert_eq!(store.check(&ids[1], P, "abcde", NOW + 10), Ok(()));
+        // Expired ones are purged first, on insert.
         let later = NOW + 2 + CAPTCHA_TTL_MS;
         store
-            .insert_answer(P, "abcde", later)
+            .insert_answer(P, ALICE, "abcde", later)
             .expect("room after purge");
-        assert_eq!(store.len(), 2);
+        assert_eq!(store.len(), 1);
         assert_eq!(
-            store.check(&ids[1], P, "abcde", later),
+            store.check(&ids[2], P, "abcde", later),
             Err(CaptchaError::Unknown)
         );
-        assert_eq!(store.check(&id, P, "abcde", later), Ok(()));
         assert_eq!(store.purge_expired(u64::MAX), 1);
         assert!(store.is_empty());
-        assert_eq!(CaptchaStore::with_limit(usize::MAX).limit, CAPTCHAS_MAX);
+        assert_eq!(
+            CaptchaStore::with_limit(usize::MAX).limits.total,
+            CAPTCHAS_MAX
+        );
+    }
+
+    /// Issue 16, finding 3: about 170 addresses filled the whole store; one address asking
+    /// for many captchas (under many user names) now only ever pushes out its own, beyond
+    /// its bound.
+    #[test]
+    fn one_address_cannot_push_out_other_addresses_captchas() {
+        let store = CaptchaStore::with_limits(Limits {
+            total: 10,
+            per_user: 2,
+            per_address: 4,
+        });
+        // Six people at six addresses.
+        let others: Vec<String> = (0..6u8)
+            .map(|i| {
+                store
+                    .insert_answer(P, at(u128::from(i), i), "abcde", NOW)
+                    .expect("room")
+            })
+            .collect();
+        // One address asks for 1,000 captchas under 500 user names.
+        let mut last = Vec::new();
+        for n in 0..1000u128 {
+            let id = store
+                .insert_answer(P, at(100 + n / 2, 200), "abcde", NOW + 1 + n as u64)
+                .expect("room");
+            last.push(id);
+        }
+        assert_eq!(store.len(), 10, "six others and the address's four");
+        for id in &others {
+            assert_eq!(store.check(id, P, "abcde", NOW + 2000), Ok(()), "{id}");
+        }
+        // The address keeps its newest four.
+        for id in &last[996..] {
+            assert_eq!(store.check(id, P, "abcde", NOW + 2000), Ok(()));
+        }
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn one_user_keeps_at_most_their_bound() {
+        let store = CaptchaStore::new();
+        let ids: Vec<String> = (0..CAPTCHAS_PER_USER_MAX as u64 + 3)
+            .map(|i| {
+                store
+                    .insert_answer(P, ALICE, "abcde", NOW + i)
+                    .expect("room")
+            })
+            .collect();
+        assert_eq!(store.len(), CAPTCHAS_PER_USER_MAX);
+        // The oldest went; the newest is live.
+        assert_eq!(
+            store.check(&ids[0], P, "abcde", NOW + 100),
+            Err(CaptchaError::Unknown)
+        );
+        assert_eq!(
+            store.check(ids.last().expect("some"), P, "abcde", NOW + 100),
+            Ok(())
+        );
+        // Another user is not affected.
+        let bob = store
+            .insert_answer(P, at(0xb, 1), "abcde", NOW + 200)
+            .expect("room");
+        assert_eq!(store.len(), CAPTCHAS_PER_USER_MAX);
+        assert_eq!(store.check(&bob, P, "abcde", NOW + 200), Ok(()));
+        // Every index is emptied with the captchas.
+        assert_eq!(store.purge_expired(u64::MAX), CAPTCHAS_PER_USER_MAX - 1);
+        let live = store.lock();
+        assert!(live.by_user.is_empty() && live.by_addr.is_empty() && live.by_expiry.is_empty());
     }
 
     #[test]
@@ -505,7 +719,11 @@ mod tests {
         let store = Arc::new(CaptchaStore::new());
         let ids: Arc<Vec<String>> = Arc::new(
             (0..500)
-                .map(|_| store.insert_answer(P, "abcde", NOW).expect("room"))
+                .map(|n| {
+                    store
+                        .insert_answer(P, at(n, 1), "abcde", NOW)
+                        .expect("room")
+                })
                 .collect(),
         );
         let passed: usize = (0..4)
@@ -536,7 +754,7 @@ mod tests {
     fn a_captcha_is_bound_to_its_purpose() {
         let store = CaptchaStore::new();
         let id = store
-            .insert_answer(&purpose("alice", 1), "abcde", NOW)
+            .insert_answer(&purpose("alice", 1), ALICE, "abcde", NOW)
             .expect("room");
         assert_eq!(
             store.check(&id, &purpose("bob", 1), "abcde", NOW),
@@ -548,7 +766,7 @@ mod tests {
             Err(CaptchaError::Unknown)
         );
         let id = store
-            .insert_answer(&purpose("alice", 1), "abcde", NOW)
+            .insert_answer(&purpose("alice", 1), ALICE, "abcde", NOW)
             .expect("room");
         assert_eq!(
             store.check(&id, &purpose("alice", 2), "abcde", NOW),
@@ -556,7 +774,7 @@ mod tests {
             "another sale"
         );
         let id = store
-            .insert_answer(&purpose("alice", 1), "abcde", NOW)
+            .insert_answer(&purpose("alice", 1), ALICE, "abcde", NOW)
             .expect("room");
         assert_eq!(store.check(&id, &purpose("alice", 1), "abcde", NOW), Ok(()));
     }

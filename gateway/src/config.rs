@@ -33,6 +33,10 @@ pub struct GatewayConfig {
     /// Most tickets the gateway remembers while they wait in the queue (at most
     /// [`crate::tickets::TICKETS_MAX`]); past it purchases are refused with 503 `busy`.
     pub tickets_max: usize,
+    /// Most live purchase tokens of one sale held from one client address (IPv6 grouped
+    /// by /64), when per-address bounds are on (they follow the per-IP quotas). Default
+    /// [`crate::ledger::TOKENS_PER_ADDRESS_DEFAULT`]; at least 1.
+    pub tokens_per_address: u64,
 }
 
 impl GatewayConfig {
@@ -49,8 +53,22 @@ impl GatewayConfig {
             purchase_wait_ms: 4_000,
             reveal_captcha_answers: false,
             tickets_max: crate::tickets::TICKETS_MAX,
+            tokens_per_address: crate::ledger::TOKENS_PER_ADDRESS_DEFAULT,
         }
     }
+}
+
+/// Checks a default purchase-token factor (`--token-factor`): a finite number within the
+/// bounds of a sale's own factor (`order_worker::db::TOKEN_FACTOR_MIN` ..=
+/// `TOKEN_FACTOR_MAX`); the error says which bounds.
+pub fn validate_token_factor(factor: f64) -> Result<f64, String> {
+    use order_worker::db::{TOKEN_FACTOR_MAX, TOKEN_FACTOR_MIN};
+    if !factor.is_finite() || !(TOKEN_FACTOR_MIN..=TOKEN_FACTOR_MAX).contains(&factor) {
+        return Err(format!(
+            "the token factor must be a number from {TOKEN_FACTOR_MIN} to {TOKEN_FACTOR_MAX}, not {factor}"
+        ));
+    }
+    Ok(factor)
 }
 
 /// Limits of the served gateway.
@@ -79,5 +97,31 @@ impl Default for ServeLimits {
             request_timeout_ms: 5_000,
             body_limit_bytes: 16 << 10,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16, finding 6: `--token-factor` took any float (NaN, 0, 1e9).
+    #[test]
+    fn the_token_factor_is_finite_and_within_a_sales_bounds() {
+        for ok in [0.1, 1.0, 1.5, 100.0] {
+            assert_eq!(validate_token_factor(ok), Ok(ok));
+        }
+        for bad in [
+            0.0,
+            0.099,
+            -1.0,
+            100.1,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            let e = validate_token_factor(bad).expect_err("refused");
+            assert!(e.contains("0.1") && e.contains("100"), "{e}");
+        }
+        assert_eq!(GatewayConfig::new("x").token_factor, 1.5);
     }
 }

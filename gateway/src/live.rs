@@ -101,15 +101,16 @@ pub async fn sample_at(state: &AppState, now: u64) {
             }
             Err(e) => errors.push(format!("database: {e}")),
         }
-        match state.db.workers(WORKERS_SHOWN_MAX).await {
+        // Ages by the database's clock, not this gateway's or the workers' hosts'.
+        match state.db.worker_ages(WORKERS_SHOWN_MAX).await {
             Ok(list) => {
                 workers = Some(
                     list.into_iter()
-                        .map(|w| WorkerView {
-                            beat_age_ms: now.saturating_sub(w.beat_ms),
-                            progress_age_ms: now.saturating_sub(w.progress_ms),
-                            alive: w.stopped_ms.is_none()
-                                && now.saturating_sub(w.beat_ms) <= HEARTBEAT_STALE_MS,
+                        .map(|a| (a.beat_age_ms, a.progress_age_ms, a.beat))
+                        .map(|(beat_age_ms, progress_age_ms, w)| WorkerView {
+                            beat_age_ms,
+                            progress_age_ms,
+                            alive: w.stopped_ms.is_none() && beat_age_ms <= HEARTBEAT_STALE_MS,
                             stopped: w.stopped_ms.is_some(),
                             kind: w.kind.as_str().to_string(),
                             handled: w.handled,

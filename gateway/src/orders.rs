@@ -8,7 +8,11 @@
 //!   has passed and the cancellation is about to run. Exactly one of payment and
 //!   cancellation ever succeeds (both are conditional on `status = 'pending'`).
 //! - `GET /admin/api/sales`: every sale with its orders by status and its stock figures.
-//! - `POST /admin/api/sales/{id}/reconcile`: resets the sale's stock to the database.
+//! - `POST /admin/api/sales/{id}/reconcile[?force=true]`: resets the sale's stock to the
+//!   database, only when the sale is at rest (`crate::sync::sale_at_rest`: nothing queued
+//!   or being enqueued, none of its purchases in the dead letters); otherwise `409
+//!   not_at_rest`, since a reset while purchases are queued would hand their units out
+//!   again. `force=true` resets anyway, with a warning in the log and in the answer.
 //! - `GET /admin/api/dead-letters`: dead letters of the orders and pay-by topics, with
 //!   their reasons; `POST /admin/api/dead-letters/{topic}/{offset}/replay|discard`. A
 //!   purchase discarded from the orders topic's dead letters is first recorded as rejected
@@ -24,7 +28,7 @@ use order_worker::db::{Order, Payment};
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Admin, JsonBody, SaleIdPath, SessionUser};
+use crate::extract::{Admin, ClientIp, JsonBody, SaleIdPath, SessionUser};
 use crate::sales::{NewSale, Sale};
 use crate::state::{AppState, Shared};
 
@@ -61,15 +65,31 @@ fn order_id(id: PathOf<String>) -> ApiResult<String> {
     }
 }
 
+/// Order reads and payments are throttled per user and per address (each one a database
+/// round trip on the request path's own pool, `AppState::read_db`).
+fn check_order_quota(state: &AppState, user: &str, ip: std::net::IpAddr) -> ApiResult<()> {
+    state
+        .throttle
+        .check(
+            crate::throttle::Route::Order,
+            Some(user),
+            ip,
+            state.now_ms(),
+        )
+        .map_err(|t| state.throttled(t))
+}
+
 /// `GET /api/orders/{id}`.
 pub async fn get_order(
     State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
     SessionUser(user): SessionUser,
     id: PathOf<String>,
 ) -> ApiResult<Json<Value>> {
+    check_order_quota(&state, &user, ip)?;
     let id = order_id(id)?;
     match state
-        .db
+        .read_db
         .order(&id)
         .await
         .map_err(ApiError::unavailable_from)?
@@ -82,11 +102,13 @@ pub async fn get_order(
 /// `POST /api/orders/{id}/pay`.
 pub async fn pay_order(
     State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
     SessionUser(user): SessionUser,
     id: PathOf<String>,
 ) -> ApiResult<Json<Value>> {
+    check_order_quota(&state, &user, ip)?;
     let id = order_id(id)?;
-    match state.db.pay(&id, &user, state.now_ms()).await? {
+    match state.read_db.pay(&id, &user, state.now_ms()).await? {
         Payment::Paid(o) | Payment::AlreadyPaid(o) => Ok(Json(order_json(&o, state.now_ms()))),
         Payment::Cancelled(_) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -129,12 +151,29 @@ pub async fn admin_sales(
     ))
 }
 
-/// `POST /admin/api/sales/{id}/reconcile`.
+/// The query of a reconcile.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ReconcileQuery {
+    /// Reset even when the sale is not at rest.
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /admin/api/sales/{id}/reconcile[?force=true]`.
 pub async fn admin_reconcile(
     State(state): State<Arc<AppState>>,
     _admin: Admin,
     SaleIdPath(id): SaleIdPath,
+    query: Result<axum::extract::Query<ReconcileQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    let force = match query {
+        Ok(q) => q.0.force,
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "force is true or false: {e}"
+            )));
+        }
+    };
     if state
         .db
         .sale(id)
@@ -144,12 +183,33 @@ pub async fn admin_reconcile(
     {
         return Err(ApiError::not_found(format!("no sale {id}")));
     }
+    let unsettled = crate::sync::sale_at_rest(&state, id).await;
+    let mut warning = None;
+    if !unsettled.at_rest() {
+        if !force {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_at_rest",
+                format!(
+                    "sale {id} is not at rest ({unsettled}): a reset now would hand out the units of queued purchases again; wait until the queue drains, or add ?force=true"
+                ),
+            ));
+        }
+        let w = format!(
+            "forced reconcile of sale {id} while not at rest ({unsettled}): queued purchases may be accepted beyond the units"
+        );
+        tracing::warn!("{w}");
+        warning = Some(w);
+    }
     let s = crate::sync::reconcile_sale(&state, id)
         .await
         .map_err(ApiError::unavailable_from)?;
-    Ok(Json(
-        json!({"sale": id, "units": s.units, "left": s.left, "holders": s.holders}),
-    ))
+    let mut out = json!({"sale": id, "units": s.units, "left": s.left, "holders": s.holders});
+    if let Some(w) = warning {
+        out["forced"] = json!(true);
+        out["warning"] = json!(w);
+    }
+    Ok(Json(out))
 }
 
 fn dead_topics(state: &AppState) -> [String; 2] {

@@ -148,6 +148,7 @@ pub async fn sale_page(
 /// for anyone else's or an unknown order.
 pub async fn order_page(
     State(state): State<Arc<AppState>>,
+    crate::extract::ClientIp(ip): crate::extract::ClientIp,
     headers: HeaderMap,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
@@ -160,6 +161,30 @@ pub async fn order_page(
             "Sign in on the sale's page with the name you bought with to see this order.",
         );
     };
+    // A database read, under the order routes' quota.
+    if let Err(t) = state.throttle.check(
+        crate::throttle::Route::Order,
+        Some(&user),
+        ip,
+        state.now_ms(),
+    ) {
+        let mut page = message(
+            &state,
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests",
+            "Wait a moment, then reload this page.",
+        );
+        state
+            .metrics
+            .throttled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(v) = axum::http::HeaderValue::from_str(&t.retry_after_secs().to_string()) {
+            page.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return page;
+    }
     let not_found = || {
         message(
             &state,
@@ -175,7 +200,7 @@ pub async fn order_page(
     if id.len() > crate::orders::ORDER_ID_BYTES_MAX || uuid::Uuid::try_parse(&id).is_err() {
         return not_found();
     }
-    let order = match state.db.order(&id).await {
+    let order = match state.read_db.order(&id).await {
         Ok(Some(o)) if o.user == user => o,
         Ok(_) => return not_found(),
         Err(e) => {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ClientIp, JsonBody, SaleIdPath, session_user};
+use crate::ledger::Claimant;
 use crate::state::{AppState, LINE_REFRESH_MS, LINE_STATS_TIMEOUT_MS, Running, Shared};
 use crate::tickets::{Done, Ticket};
 use crate::token::{TokenError, Verified};
@@ -74,8 +75,10 @@ pub async fn purchase(
     let task_state = state.clone();
     let price_cents = sale.price_cents;
     // The ticket is the request id and the message id: a retried publish is de-duplicated.
-    let ticket = uuid::Uuid::now_v7();
+    // Random beyond its time: a ticket is a bearer capability on an unauthenticated route.
+    let ticket = order_worker::purchase::new_id(now);
     let running = Running::enter(&state);
+    let addr = state.counted_addr(ip);
     let commit = tokio::spawn(async move {
         let _running = running;
         commit_purchase(Commit {
@@ -83,6 +86,7 @@ pub async fn purchase(
             sale: id,
             user,
             token: verified,
+            addr,
             ticket,
             ticket_id: ticket.to_string(),
             price_cents,
@@ -141,6 +145,8 @@ struct Commit<'a> {
     sale: u64,
     user: String,
     token: Verified,
+    /// The client address counted for the token (for a restore).
+    addr: Option<std::net::IpAddr>,
     ticket: uuid::Uuid,
     ticket_id: String,
     price_cents: u64,
@@ -188,7 +194,7 @@ impl Commit<'_> {
             .ledger
             .restore(
                 self.sale,
-                t.holder,
+                Claimant::new(t.holder, self.addr),
                 t.nonce,
                 t.expires_at_ms,
                 self.state.now_ms(),

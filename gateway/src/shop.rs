@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use crate::config::LOAD_TEST_HEADER;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ClientIp, JsonBody, SaleIdPath, SessionUser, session_user};
+use crate::ledger::{Caps, Claimant};
 use crate::purchase::position;
 use crate::sales::{Sale, SaleState};
 use crate::state::{AppState, Shared};
@@ -111,8 +112,9 @@ pub async fn new_captcha(
     // Drawing takes milliseconds of CPU: off the async workers.
     let drawer = state.clone();
     let purpose = crate::captcha::purpose(&user, id);
+    let owner = crate::captcha::Requester::new(&user, state.counted_addr(ip));
     let (captcha_id, png) =
-        tokio::task::spawn_blocking(move || drawer.captchas.create(&purpose, now))
+        tokio::task::spawn_blocking(move || drawer.captchas.create(&purpose, owner, now))
             .await
             .map_err(ApiError::internal)??;
     let image = format!(
@@ -195,7 +197,12 @@ pub async fn new_token(
         )
         .retry_after_ms(state.config.token_ttl_ms.min(60_000))
     };
-    if !state.ledger.room(id, holder_of(&user), cap, now).await? {
+    let who = Claimant::new(holder_of(&user), state.counted_addr(ip));
+    let caps = Caps {
+        sale: cap,
+        per_address: state.config.tokens_per_address,
+    };
+    if !state.ledger.room(id, who, caps, now).await? {
         return Err(exhausted());
     }
     if !load_test_ok(&state, &headers) {
@@ -210,7 +217,7 @@ pub async fn new_token(
     let (token, nonce) = state.tokens.issue(&user, id, expires_at_ms);
     if !state
         .ledger
-        .issue(id, holder_of(&user), nonce, expires_at_ms, cap, now)
+        .issue(id, who, nonce, expires_at_ms, caps, now)
         .await?
     {
         return Err(exhausted());
@@ -223,8 +230,17 @@ pub async fn new_token(
 
 pub async fn get_ticket(
     State(state): State<Shared>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     ticket: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> ApiResult<Json<Value>> {
+    // Each look-up may read the database: throttled per address, and per user when a
+    // session comes with it (a ticket needs none).
+    let user = session_user(&state, &headers).ok();
+    state
+        .throttle
+        .check(Route::Ticket, user.as_deref(), ip, state.now_ms())
+        .map_err(|t| state.throttled(t))?;
     let Ok(Path(ticket)) = ticket else {
         return Err(ApiError::not_found("no such ticket"));
     };
@@ -236,7 +252,7 @@ pub async fn get_ticket(
     // is committed, so one of the two reads sees it.
     let waiting = state.tickets.get(&ticket);
     let decided = state
-        .db
+        .read_db
         .outcome(&ticket)
         .await
         .map_err(ApiError::unavailable_from)?;

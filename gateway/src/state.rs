@@ -37,6 +37,10 @@ pub struct AppState {
     pub inventory: Arc<Inventory>,
     /// The orders database: sales, orders, outcomes of tickets.
     pub db: OrdersDb,
+    /// The request path's own small pool on the same database (tickets, orders, payment,
+    /// the order page), so a flood of those never takes the connections the order workers
+    /// of this process need ([`AppState::new`] shares `db` until the system opens it).
+    pub read_db: OrdersDb,
     /// Reconciliation of the stock store with the database at rest.
     pub reconciler: Reconciler,
     /// Tickets of purchases in the orders topic's dead letters.
@@ -175,6 +179,7 @@ impl AppState {
             config,
             catalogue: Catalogue::default(),
             inventory: Arc::new(inventory),
+            read_db: db.clone(),
             db,
             reconciler,
             held: HeldTickets::default(),
@@ -269,6 +274,12 @@ impl AppState {
             .ok_or_else(|| ApiError::not_found(format!("no sale {id}")))
     }
 
+    /// The client address the per-address bounds count (live captchas and tokens), or
+    /// `None` when they are off ([`crate::throttle::ThrottleConfig::per_address`]).
+    pub fn counted_addr(&self, ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
+        self.throttle.config().per_address.then_some(ip)
+    }
+
     /// The 429 of a throttled request, counted.
     pub fn throttled(&self, t: Throttled) -> ApiError {
         self.metrics.throttled.fetch_add(1, Ordering::Relaxed);
@@ -297,6 +308,15 @@ impl HeldTickets {
         match self.0.lock() {
             Ok(g) => g.get(ticket).cloned(),
             Err(p) => p.into_inner().get(ticket).cloned(),
+        }
+    }
+
+    /// Held tickets of `sale`.
+    pub fn count_of_sale(&self, sale: u64) -> usize {
+        let count = |g: &HashMap<String, Held>| g.values().filter(|h| h.sale == sale).count();
+        match self.0.lock() {
+            Ok(g) => count(&g),
+            Err(p) => count(&p.into_inner()),
         }
     }
 

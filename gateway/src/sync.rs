@@ -102,6 +102,60 @@ pub async fn reconcile_sale(state: &AppState, sale: u64) -> Result<SaleStock, Sy
     Ok(stock)
 }
 
+/// What keeps a sale from being at rest (see [`sale_at_rest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Unsettled {
+    /// Purchases of the orders topic not yet decided by the workers (any sale: the topic
+    /// does not say whose they are); `None` if the queue could not say.
+    pub queued: Option<u64>,
+    /// Purchases of this gateway between their reservation and their enqueue.
+    pub running: usize,
+    /// Purchases of this sale in the orders topic's dead letters (each keeps its unit).
+    pub held: usize,
+}
+
+impl Unsettled {
+    /// Whether nothing is queued, running or held: the sale is at rest.
+    pub fn at_rest(&self) -> bool {
+        self.queued == Some(0) && self.running == 0 && self.held == 0
+    }
+}
+
+impl std::fmt::Display for Unsettled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.queued {
+            Some(q) => write!(f, "{q} purchases queued")?,
+            None => write!(f, "the queue's progress is unknown")?,
+        }
+        write!(
+            f,
+            ", {} being enqueued here, {} of this sale in the dead letters",
+            self.running, self.held
+        )
+    }
+}
+
+/// Whether `sale` is at rest, as the automatic reconciliation judges it (see the module
+/// documentation): the orders topic drained (the workers' lag 0, for every sale, since a
+/// queued purchase does not say its sale until read), no purchase of this gateway between
+/// its reservation and its enqueue, and none of this sale's purchases in the dead letters.
+/// Another gateway's purchase between its reservation and its enqueue cannot be seen from
+/// here; its order is still decided by the database, which never oversells.
+pub async fn sale_at_rest(state: &AppState, sale: u64) -> Unsettled {
+    let running = state.commits.running();
+    let p = progress(state).await;
+    let mut held = 0;
+    if p.as_ref().is_some_and(|p| p.dead_pending > 0) {
+        refresh_held(state).await;
+        held = state.held.count_of_sale(sale);
+    }
+    Unsettled {
+        queued: p.map(|p| p.lag),
+        running,
+        held,
+    }
+}
+
 /// Where the workers stand on the orders topic.
 #[derive(Debug, Clone)]
 struct Progress {

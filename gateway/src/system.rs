@@ -142,6 +142,10 @@ pub struct SystemConfig {
     pub demo_units: u64,
     /// Limits of the served gateway.
     pub limits: ServeLimits,
+    /// Connections of the request path's own database pool (tickets, orders, payment),
+    /// apart from the order workers' (`--db-read-connections`). Default
+    /// `order_worker::db::READ_CONNECTIONS_DEFAULT`.
+    pub read_connections: u32,
     /// How long the sold-out flag is trusted before the store is asked again.
     pub sold_out_recheck: Duration,
     /// The clock of the gateway and the crew.
@@ -167,6 +171,7 @@ impl SystemConfig {
             crew_reports: false,
             demo_units: 0,
             limits: ServeLimits::default(),
+            read_connections: order_worker::db::READ_CONNECTIONS_DEFAULT,
             sold_out_recheck: SOLD_OUT_RECHECK_DEFAULT,
             clock: Arc::new(queue::SystemClock),
         }
@@ -209,6 +214,9 @@ pub enum SystemError {
     /// The listener.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
+    /// A setting out of its bounds.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// How a stop went.
@@ -267,9 +275,11 @@ impl System {
             crew_reports,
             demo_units,
             limits,
+            read_connections,
             sold_out_recheck,
             clock,
         } = config;
+        crate::config::validate_token_factor(gateway.token_factor).map_err(SystemError::Config)?;
         let (backend, queue) = match queue {
             QueueSource::Open(target) => {
                 let backend = queue::Backend::open(&target, queue::Config::default()).await?;
@@ -302,6 +312,7 @@ impl System {
         )?
         .with_clock(clock.clone());
         state.ledger = ledger;
+        state.read_db = db.sibling(read_connections);
         // The sales and their stock, from the database (an in-process store starts empty
         // and is rebuilt from the active orders).
         crate::sync::load_catalogue(&state).await?;
@@ -426,6 +437,7 @@ impl System {
             Some(backend) => backend.close(),
             None => Ok(()),
         };
+        self.state.read_db.close().await;
         self.db.close().await;
         closed.map_err(SystemError::from)?;
         Ok(Stopped { purchases_running })

@@ -1,5 +1,6 @@
 //! Throttling and anti-bot rules: per-user and per-IP quotas on the routes a flash crowd
-//! hammers (login, captcha, token, purchase), and the repeat-purchase rule that blocks a
+//! hammers (login, captcha, token, purchase) and on the database reads of the request path
+//! (tickets, orders and payment), and the repeat-purchase rule that blocks a
 //! user who retries the same sale faster than a person would.
 //!
 //! Quotas are GCRA token buckets from `governor` (one keyed limiter per route and key kind),
@@ -89,11 +90,22 @@ pub enum Route {
     Token,
     /// `POST /api/sales/{id}/purchase`.
     Purchase,
+    /// `GET /api/tickets/{ticket}` (per user when a session comes with it).
+    Ticket,
+    /// `GET /api/orders/{id}`, `POST /api/orders/{id}/pay` and the order page.
+    Order,
 }
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 4] = [Route::Login, Route::Captcha, Route::Token, Route::Purchase];
+    pub const ALL: [Route; 6] = [
+        Route::Login,
+        Route::Captcha,
+        Route::Token,
+        Route::Purchase,
+        Route::Ticket,
+        Route::Order,
+    ];
 
     /// A stable lower-case name, e.g. for metric labels.
     pub const fn as_str(self) -> &'static str {
@@ -102,6 +114,8 @@ impl Route {
             Route::Captcha => "captcha",
             Route::Token => "token",
             Route::Purchase => "purchase",
+            Route::Ticket => "ticket",
+            Route::Order => "order",
         }
     }
 
@@ -111,6 +125,8 @@ impl Route {
             Route::Captcha => 1,
             Route::Token => 2,
             Route::Purchase => 3,
+            Route::Ticket => 4,
+            Route::Order => 5,
         }
     }
 }
@@ -159,6 +175,17 @@ pub struct ThrottleConfig {
     pub token: RouteLimits,
     /// Purchases. Default: 5/s, burst 10 per user; 50/s, burst 100 per IP.
     pub purchase: RouteLimits,
+    /// Ticket reads (each one a database read). Default: 5/s, burst 10 per user; 50/s,
+    /// burst 100 per IP (a page polls its ticket a few times a second at most).
+    pub ticket: RouteLimits,
+    /// Order reads and payments (each one a database round trip). Default: 5/s, burst 10
+    /// per user; 50/s, burst 100 per IP.
+    pub order: RouteLimits,
+    /// Per-address bounds on live captchas and purchase tokens
+    /// ([`crate::captcha::CAPTCHAS_PER_ADDRESS_MAX`], `--tokens-per-address`). Default on;
+    /// off with the per-IP quotas ([`ThrottleConfig::without_per_ip`]), since then every
+    /// client may come through one address.
+    pub per_address: bool,
     /// Repeat rule: a user may make this many purchase attempts on one sale within
     /// `repeat_window_ms`; the next one within the window blocks them from that sale for
     /// `block_ms`. Default 5; 1 ..= [`REPEAT_MAX_LIMIT`].
@@ -192,6 +219,8 @@ const DEFAULT_TOKEN_USER: Rate = rate(2, 5);
 const DEFAULT_TOKEN_IP: Rate = rate(10, 20);
 const DEFAULT_PURCHASE_USER: Rate = rate(5, 10);
 const DEFAULT_PURCHASE_IP: Rate = rate(50, 100);
+const DEFAULT_READ_USER: Rate = rate(5, 10);
+const DEFAULT_READ_IP: Rate = rate(50, 100);
 
 impl ThrottleConfig {
     /// These limits without the per-IP quotas (the per-user ones stay): for when every
@@ -203,9 +232,12 @@ impl ThrottleConfig {
             &mut self.captcha,
             &mut self.token,
             &mut self.purchase,
+            &mut self.ticket,
+            &mut self.order,
         ] {
             r.per_ip = None;
         }
+        self.per_address = false;
         self
     }
 }
@@ -229,6 +261,15 @@ impl Default for ThrottleConfig {
                 per_user: Some(DEFAULT_PURCHASE_USER),
                 per_ip: Some(DEFAULT_PURCHASE_IP),
             },
+            ticket: RouteLimits {
+                per_user: Some(DEFAULT_READ_USER),
+                per_ip: Some(DEFAULT_READ_IP),
+            },
+            order: RouteLimits {
+                per_user: Some(DEFAULT_READ_USER),
+                per_ip: Some(DEFAULT_READ_IP),
+            },
+            per_address: true,
             repeat_max: 5,
             repeat_window_ms: 2_000,
             block_ms: 30_000,
@@ -245,6 +286,8 @@ impl ThrottleConfig {
             Route::Captcha => self.captcha,
             Route::Token => self.token,
             Route::Purchase => self.purchase,
+            Route::Ticket => self.ticket,
+            Route::Order => self.order,
         }
     }
 
@@ -475,7 +518,7 @@ impl RepeatShard {
 pub struct Throttle<C: Clock = DefaultClock> {
     config: ThrottleConfig,
     /// Indexed by [`Route::index`].
-    routes: [RouteLimiters<C>; 4],
+    routes: [RouteLimiters<C>; Route::ALL.len()],
     repeat: [Mutex<RepeatShard>; REPEAT_SHARDS],
     /// Seeded at random per process: hashes user names into keys and picks shards.
     hasher: RandomState,
@@ -673,7 +716,7 @@ impl<C: Clock> fmt::Debug for Throttle<C> {
 
 /// The address a per-IP quota is keyed on. An IPv6 client usually controls a whole /64,
 /// so it counts as one address; an IPv4-mapped IPv6 address counts as its IPv4 address.
-fn ip_key(ip: IpAddr) -> IpAddr {
+pub fn ip_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -723,6 +766,9 @@ mod tests {
             captcha: no_limits(),
             token: no_limits(),
             purchase: no_limits(),
+            ticket: no_limits(),
+            order: no_limits(),
+            per_address: false,
             repeat_max: REPEAT_MAX_LIMIT,
             repeat_window_ms: 1,
             block_ms: 1,
@@ -751,6 +797,14 @@ mod tests {
         assert_eq!(config.token.per_user, Some(rate(2, 5)));
         assert_eq!(config.purchase.per_user, Some(rate(5, 10)));
         assert_eq!(config.purchase.per_ip, Some(rate(50, 100)));
+        assert_eq!(config.ticket.per_user, Some(rate(5, 10)));
+        assert_eq!(config.ticket.per_ip, Some(rate(50, 100)));
+        assert_eq!(config.order.per_user, Some(rate(5, 10)));
+        assert_eq!(config.order.per_ip, Some(rate(50, 100)));
+        assert!(config.per_address);
+        let open = config.clone().without_per_ip();
+        assert!(!open.per_address && open.ticket.per_ip.is_none() && open.order.per_ip.is_none());
+        assert_eq!(open.ticket.per_user, Some(rate(5, 10)));
         assert_eq!(
             (config.repeat_max, config.repeat_window_ms, config.block_ms),
             (5, 2_000, 30_000)

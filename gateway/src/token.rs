@@ -224,14 +224,16 @@ fn be_array<const N: usize>(s: &[u8]) -> [u8; N] {
     out
 }
 
-/// Most tokens a sale of `units` issues with `factor`: ⌊units × factor⌋, saturating; 0 for
-/// a factor that is not a positive number.
+/// Most tokens a sale of `units` issues with `factor`: ⌊units × factor⌋, saturating, and at
+/// least 1 while a unit is left (a factor below 1 would otherwise leave the last
+/// `< 1 / factor` units without any token: 5 units at 0.1 is ⌊0.5⌋ = 0); 0 with no unit
+/// left or a factor that is not a positive number.
 pub fn token_cap(units: u64, factor: f64) -> u64 {
-    if factor.is_nan() || factor <= 0.0 {
+    if units == 0 || factor.is_nan() || factor <= 0.0 {
         return 0;
     }
     // `as` saturates (and the product of a u64 and a positive factor is never NaN).
-    (units as f64 * factor).floor() as u64
+    ((units as f64 * factor).floor() as u64).max(1)
 }
 
 #[cfg(test)]
@@ -449,5 +451,20 @@ mod tests {
         assert_eq!(token_cap(10, f64::NAN), 0);
         assert_eq!(token_cap(10, f64::INFINITY), u64::MAX);
         assert_eq!(token_cap(u64::MAX, 2.0), u64::MAX);
+    }
+
+    /// Issue 16, finding 6: ⌊left × factor⌋ is 0 when left < 1 / factor, which stranded
+    /// the last units of a sale with a factor below 1 (5 units at 0.1 refused every token).
+    #[test]
+    fn a_sale_with_units_left_always_has_a_token() {
+        assert_eq!(token_cap(5, 0.1), 1);
+        assert_eq!(token_cap(1, 0.1), 1);
+        assert_eq!(token_cap(9, 0.1), 1);
+        assert_eq!(token_cap(10, 0.1), 1);
+        assert_eq!(token_cap(20, 0.1), 2);
+        assert_eq!(token_cap(1, f64::MIN_POSITIVE), 1);
+        // Sold out: none.
+        assert_eq!(token_cap(0, 0.1), 0);
+        assert_eq!(token_cap(0, 100.0), 0);
     }
 }

@@ -10,7 +10,8 @@
 //! | `P{S}:left` | string | stock store | units not held |
 //! | `P{S}:holder_tags` | hash | stock store | user → tag of their reservation (`""`: untagged) |
 //! | `P{S}:token_holders` | sorted set | token ledger | holder → expiry of their live token |
-//! | `P{S}:token_nonces` | hash | token ledger | holder → nonce of their live token |
+//! | `P{S}:token_nonces` | hash | token ledger | holder → `nonce:address` of their live token |
+//! | `P{S}:token_addresses` | hash | token ledger | client address → its live tokens |
 
 /// The keys of one sale under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,14 +56,24 @@ impl SaleKeys {
         self.key("token_nonces")
     }
 
+    /// Live tokens per client address.
+    pub fn token_addresses(&self) -> String {
+        self.key("token_addresses")
+    }
+
     /// The stock store's keys, in the order its scripts take them: units, left, holders.
     pub fn stock(&self) -> [String; 3] {
         [self.units(), self.left(), self.holder_tags()]
     }
 
-    /// The token ledger's keys, in the order its scripts take them: holders, nonces.
-    pub fn ledger(&self) -> [String; 2] {
-        [self.token_holders(), self.token_nonces()]
+    /// The token ledger's keys, in the order its scripts take them: holders, nonces,
+    /// addresses.
+    pub fn ledger(&self) -> [String; 3] {
+        [
+            self.token_holders(),
+            self.token_nonces(),
+            self.token_addresses(),
+        ]
     }
 }
 
@@ -85,7 +96,8 @@ mod tests {
             k.ledger(),
             [
                 "seckill:{42}:token_holders".to_string(),
-                "seckill:{42}:token_nonces".to_string()
+                "seckill:{42}:token_nonces".to_string(),
+                "seckill:{42}:token_addresses".to_string()
             ]
         );
     }

@@ -1,5 +1,6 @@
 //! The messages the workers consume and publish: the gateway's purchase message (JSON) and
-//! the pay-by message an order schedules for its deadline.
+//! the pay-by message an order schedules for its deadline; and [`new_id`], the ids of
+//! tickets and orders.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +14,22 @@ pub const DEADLINES_TOPIC: &str = "pay-deadlines";
 pub const CANCELLERS_GROUP: &str = "cancellers";
 /// Longest ticket (request id) accepted, in bytes.
 pub const TICKET_BYTES_MAX: usize = 64;
+
+/// Random bits in an id made by [`new_id`] (all but its 48-bit time, 4-bit version and
+/// 2-bit variant).
+pub const ID_RANDOM_BITS: u32 = 74;
+
+/// A new ticket or order id made at `now_ms`: a UUID in the version 7 layout (its first 48
+/// bits the time in ms, so ids sort roughly by time) whose other [`ID_RANDOM_BITS`] bits all
+/// come from a cryptographically secure generator. A ticket is a bearer capability on an
+/// unauthenticated route, and an order id is shown to its buyer: `Uuid::now_v7()` fills
+/// the bits after the time with a counter, so an id made in the same millisecond as
+/// one's own was one's own plus one; these cannot be guessed from a neighbour's.
+/// The id is also the queue message id (its 128 bits), unique as any random id is.
+pub fn new_id(now_ms: u64) -> uuid::Uuid {
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(now_ms, &random).into_uuid()
+}
 
 /// A purchase the gateway accepted (`202`): the body of a message on [`ORDERS_TOPIC`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +124,37 @@ mod tests {
         ] {
             assert!(PurchaseMessage::decode(bad).is_err(), "{:?}", std::str::from_utf8(bad));
         }
+    }
+
+    /// Issue 16, finding 10: ids made in the same millisecond were sequential (`now_v7`'s
+    /// counter), so a ticket gave away its neighbours'.
+    #[test]
+    fn ids_of_one_millisecond_are_not_guessable_from_each_other() {
+        const MS: u64 = 1_800_000_000_000;
+        let ids: Vec<uuid::Uuid> = (0..1000).map(|_| new_id(MS)).collect();
+        let random = |u: &uuid::Uuid| {
+            let b = u.as_u128();
+            // Drop the 48-bit time, the version (bits 76..80) and the variant (62..64).
+            ((b >> 64) & 0xfff) << 62 | (b & ((1 << 62) - 1))
+        };
+        for pair in ids.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_eq!(a.get_version_num(), 7);
+            assert_eq!(a.get_timestamp().map(|t| t.to_unix().0), Some(MS / 1000));
+            assert_eq!(a.as_u128() >> 80, b.as_u128() >> 80, "same millisecond");
+            // Not sequential: neighbours are far apart (2^-41 odds of a false failure).
+            let (x, y) = (random(&a), random(&b));
+            assert!(x.abs_diff(y) > 1 << 32, "{a} then {b}");
+            // And they differ in many bits (74 random bits: about 37 on average).
+            assert!((x ^ y).count_ones() >= 10, "{a} then {b}");
+        }
+        // `now_v7` made sequential ids within a millisecond: the counter the test refuses.
+        let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let (x, y) = (random(&a), random(&b));
+        assert!(
+            a.as_u128() >> 80 != b.as_u128() >> 80 || x.abs_diff(y) < 1 << 32,
+            "now_v7 no longer counts: {a} {b}"
+        );
     }
 
     #[test]

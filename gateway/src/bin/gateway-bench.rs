@@ -187,10 +187,10 @@ impl Mint {
         // the flag is re-checked against the store by one request that gets that far).
         let _ = self.ledger.issue_now(
             sale,
-            holder_of(user),
+            gateway::ledger::Claimant::new(holder_of(user), None),
             nonce,
             exp,
-            u64::MAX,
+            gateway::ledger::Caps::of_sale(u64::MAX),
             SystemClock.now_ms(),
         );
         (

@@ -67,6 +67,10 @@ struct Args {
     /// Database connections.
     #[arg(long, default_value_t = order_worker::db::CONNECTIONS_DEFAULT)]
     db_connections: u32,
+    /// Database connections of the request path (ticket and order reads, payment), a
+    /// pool apart from the order workers'.
+    #[arg(long, default_value_t = order_worker::db::READ_CONNECTIONS_DEFAULT)]
+    db_read_connections: u32,
     /// SQLite commits: `full` (fsync, the default) or `normal`.
     #[arg(long, default_value = "full")]
     sqlite_sync: String,
@@ -84,9 +88,15 @@ struct Args {
     /// `--production`.
     #[arg(long)]
     demo_units: Option<u64>,
-    /// Tokens a sale issues at most, per unit.
-    #[arg(long, default_value_t = 1.5)]
+    /// Tokens a sale issues at most, per unit (0.1 to 100, a sale's own factor's bounds;
+    /// at least one token while a unit is left).
+    #[arg(long, default_value_t = 1.5, value_parser = token_factor)]
     token_factor: f64,
+    /// Most live purchase tokens of one sale held from one client address (with per-IP
+    /// limits on).
+    #[arg(long, default_value_t = gateway::ledger::TOKENS_PER_ADDRESS_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    tokens_per_address: u64,
     /// Requests in flight at once (503 beyond).
     #[arg(long, default_value_t = ServeLimits::default().max_in_flight)]
     max_in_flight: usize,
@@ -99,6 +109,12 @@ struct Args {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `--token-factor`: a finite number within a sale's own factor's bounds.
+fn token_factor(s: &str) -> Result<f64, String> {
+    let f: f64 = s.trim().parse().map_err(|e| format!("not a number: {e}"))?;
+    gateway::config::validate_token_factor(f)
+}
 
 fn hex32(s: &str) -> Result<[u8; 32], BoxError> {
     let s = s.trim();
@@ -220,6 +236,7 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     };
     let mut gateway = GatewayConfig::new(admin_secret);
     gateway.token_factor = args.token_factor;
+    gateway.tokens_per_address = args.tokens_per_address;
     gateway.load_test_secret = args.load_test_secret.clone();
     let mut config = SystemConfig::new(
         QueueSource::Open(args.queue.clone()),
@@ -246,6 +263,7 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     config.crew.worker.batch_max = args.batch;
     config.crew_reports = true;
     config.demo_units = demo_units(args);
+    config.read_connections = args.db_read_connections;
     Ok(config.with_limits(limits))
 }
 

@@ -22,6 +22,7 @@ use tower::ServiceExt;
 
 mod browser;
 mod pages;
+mod pools;
 mod system;
 
 const ADMIN: &str = "admin-secret";
@@ -336,7 +337,12 @@ impl TestApp {
     fn plant_captcha(&self, user: &str, sale: u64, answer: &str) -> String {
         self.state
             .captchas
-            .insert_answer(&purpose(user, sale), answer, self.state.now_ms())
+            .insert_answer(
+                &purpose(user, sale),
+                gateway::captcha::Requester::new(user, None),
+                answer,
+                self.state.now_ms(),
+            )
             .expect("captcha")
     }
 

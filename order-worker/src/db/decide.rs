@@ -273,7 +273,7 @@ impl<'a> Batch<'a> {
             } else if granted < terms.units_left {
                 granted += 1;
                 granted_users.insert(p.user.as_str());
-                let order_id = uuid::Uuid::now_v7().to_string();
+                let order_id = crate::purchase::new_id(to_u64(now)).to_string();
                 let pay_by = now.saturating_add(terms.pay_window_ms);
                 decided.decisions[i] = Some(Decision::Ordered {
                     order_id: order_id.clone(),

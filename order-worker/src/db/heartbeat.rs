@@ -1,5 +1,9 @@
 //! The `workers` table: each crew member's heartbeat, pruning of stale rows, the listing,
 //! and marking members stopped.
+//!
+//! Each beat also records when the database saw it, by the database's clock (`seen_ms`):
+//! [`OrdersDb::worker_ages`] judges how old a beat is against the database's now, so the
+//! hosts' clocks (the crews' and the gateways') never enter a liveness verdict.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -9,6 +13,35 @@ use super::{
     WORKER_PRUNE_EVERY_MS, WORKER_PRUNE_ROWS_MAX, WORKER_PRUNE_WINDOW_MS, WORKER_ROWS_TTL_MS,
     WORKERS_LISTED_MAX, to_i64, to_u64,
 };
+
+/// A statement as two `&'static str`s, (SQLite, PostgreSQL), with `now` standing for the
+/// database's now in ms since the Unix epoch (PostgreSQL: the wall clock, not the
+/// transaction's start).
+macro_rules! with_db_now {
+    ($($part:expr),+ ; now ; $($rest:expr),+) => {
+        (
+            concat!($($part),+, "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)", $($rest),+),
+            concat!($($part),+, "CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)", $($rest),+),
+        )
+    };
+}
+
+/// Deletes rows not seen for `$1` ms by the database's clock, at most `$2`, oldest first.
+const PRUNE: (&str, &str) = with_db_now!(
+    "DELETE FROM workers WHERE id IN \
+     (SELECT id FROM workers WHERE seen_ms < "; now; " - $1 ORDER BY seen_ms LIMIT $2)");
+
+/// A worker's row with its ages by the database's clock ([`OrdersDb::worker_ages`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerAge {
+    /// The row.
+    pub beat: WorkerBeat,
+    /// How long ago the database saw its last beat (its own clock both times).
+    pub beat_age_ms: u64,
+    /// How long ago its loop last made a step: the step's age when it was reported (by its
+    /// host's clock, both ends) plus [`WorkerAge::beat_age_ms`]; `u64::MAX` before a step.
+    pub progress_age_ms: u64,
+}
 
 /// What a member of a crew does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -65,10 +98,12 @@ pub struct WorkerBeat {
 
 impl OrdersDb {
     /// Writes the heartbeats of a process's crew (at most [`HEARTBEAT_ROWS_MAX`]) in one
-    /// transaction: each member's row is inserted or replaced, with `beat_ms = now_ms`.
+    /// transaction: each member's row is inserted or replaced, with `beat_ms = now_ms` (the
+    /// host's clock, shown) and `seen_ms` the database's now (what ages are judged on).
     /// When `now_ms` falls in the first [`WORKER_PRUNE_WINDOW_MS`] of a
-    /// [`WORKER_PRUNE_EVERY_MS`] period, it also prunes rows not beaten for
-    /// [`WORKER_ROWS_TTL_MS`] (see [`OrdersDb::prune_workers`]). Returns the rows pruned.
+    /// [`WORKER_PRUNE_EVERY_MS`] period, it also prunes rows not seen for
+    /// [`WORKER_ROWS_TTL_MS`] by the database's clock (see [`OrdersDb::prune_workers`]), so
+    /// a host whose clock runs ahead never prunes live rows. Returns the rows pruned.
     pub async fn heartbeat(&self, beats: &[WorkerBeat], now_ms: u64) -> DbResult<u64> {
         if beats.len() > HEARTBEAT_ROWS_MAX {
             return Err(DbError::Invalid(format!(
@@ -99,26 +134,26 @@ impl OrdersDb {
         // One lock order for every process (PostgreSQL row locks).
         rows.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         let prune = now_ms % WORKER_PRUNE_EVERY_MS < WORKER_PRUNE_WINDOW_MS;
-        let cutoff = now.saturating_sub(to_i64(WORKER_ROWS_TTL_MS, "ttl")?);
+        let ttl = to_i64(WORKER_ROWS_TTL_MS, "ttl")?;
         let pruned = in_tx!(self, tx, pg => {
             for (b, started, progress, handled, stopped) in &rows {
-                sqlx::query(
-                    "INSERT INTO workers (id, kind, host, pid, started_ms, beat_ms, progress_ms, handled, stopped_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                let (lite, postgres) = with_db_now!(
+                    "INSERT INTO workers (id, kind, host, pid, started_ms, beat_ms, progress_ms, handled, stopped_ms, seen_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "; now; ") \
                      ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, host = excluded.host, \
                          pid = excluded.pid, started_ms = excluded.started_ms, beat_ms = excluded.beat_ms, \
                          progress_ms = excluded.progress_ms, handled = excluded.handled, \
-                         stopped_ms = excluded.stopped_ms")
+                         stopped_ms = excluded.stopped_ms, seen_ms = excluded.seen_ms");
+                sqlx::query(if pg { postgres } else { lite })
                     .bind(b.id.as_str()).bind(b.kind.as_str()).bind(b.host.as_str())
                     .bind(i64::from(b.pid)).bind(*started).bind(now).bind(*progress)
                     .bind(*handled).bind(*stopped)
                     .execute(&mut *tx).await?;
             }
             if prune {
-                sqlx::query(
-                    "DELETE FROM workers WHERE id IN \
-                     (SELECT id FROM workers WHERE beat_ms < $1 ORDER BY beat_ms LIMIT $2)")
-                    .bind(cutoff).bind(WORKER_PRUNE_ROWS_MAX as i64)
+                let (lite, postgres) = PRUNE;
+                sqlx::query(if pg { postgres } else { lite })
+                    .bind(ttl).bind(WORKER_PRUNE_ROWS_MAX as i64)
                     .execute(&mut *tx).await?.rows_affected()
             } else {
                 0
@@ -127,14 +162,14 @@ impl OrdersDb {
         Ok(pruned)
     }
 
-    /// Deletes up to [`WORKER_PRUNE_ROWS_MAX`] rows of `workers` not beaten for
-    /// [`WORKER_ROWS_TTL_MS`] before `now_ms` (oldest first); returns how many.
-    pub async fn prune_workers(&self, now_ms: u64) -> DbResult<u64> {
-        let cutoff = to_i64(now_ms.saturating_sub(WORKER_ROWS_TTL_MS), "now")?;
-        let n = on_db!(self, p => sqlx::query(
-            "DELETE FROM workers WHERE id IN \
-             (SELECT id FROM workers WHERE beat_ms < $1 ORDER BY beat_ms LIMIT $2)")
-            .bind(cutoff).bind(WORKER_PRUNE_ROWS_MAX as i64)
+    /// Deletes up to [`WORKER_PRUNE_ROWS_MAX`] rows of `workers` not seen for more than
+    /// [`WORKER_ROWS_TTL_MS`] by the database's clock (oldest first); returns how many.
+    pub async fn prune_workers(&self) -> DbResult<u64> {
+        let ttl = to_i64(WORKER_ROWS_TTL_MS, "ttl")?;
+        let (lite, postgres) = PRUNE;
+        let pg = matches!(self, OrdersDb::Postgres(_));
+        let n = on_db!(self, p => sqlx::query(if pg { postgres } else { lite })
+            .bind(ttl).bind(WORKER_PRUNE_ROWS_MAX as i64)
             .execute(p).await?.rows_affected());
         Ok(n)
     }
@@ -148,6 +183,31 @@ impl OrdersDb {
                 "SELECT ", worker_columns!(), " FROM workers ORDER BY beat_ms DESC, id LIMIT $1"))
                 .bind(limit).fetch_all(p).await?;
             rows.iter().map(worker_of).collect()
+        })
+    }
+
+    /// The workers and cancellers of every process as [`OrdersDb::workers`] lists them,
+    /// with their ages by the database's clock: a host whose clock is off is judged
+    /// correctly (a beat seen a second ago is a second old, whatever time its host wrote).
+    pub async fn worker_ages(&self, limit: usize) -> DbResult<Vec<WorkerAge>> {
+        let limit = limit.min(WORKERS_LISTED_MAX) as i64;
+        let (lite, postgres) = with_db_now!(
+            "SELECT ", worker_columns!(), ", "; now; " - seen_ms \
+             FROM workers ORDER BY beat_ms DESC, id LIMIT $1");
+        let pg = matches!(self, OrdersDb::Postgres(_));
+        on_db!(self, p => {
+            let rows = sqlx::query(if pg { postgres } else { lite })
+                .bind(limit).fetch_all(p).await?;
+            rows.iter().map(|r| {
+                let beat = worker_of(r)?;
+                let beat_age_ms = to_u64(r.try_get::<i64, _>(9)?);
+                let progress_age_ms = if beat.progress_ms == 0 {
+                    u64::MAX
+                } else {
+                    beat.beat_ms.saturating_sub(beat.progress_ms).saturating_add(beat_age_ms)
+                };
+                Ok(WorkerAge { beat, beat_age_ms, progress_age_ms })
+            }).collect()
         })
     }
 
@@ -166,8 +226,9 @@ impl OrdersDb {
         let marked = in_tx!(self, tx, pg => {
             let mut marked = 0;
             for id in &ids {
-                marked += sqlx::query(
-                    "UPDATE workers SET stopped_ms = $1, beat_ms = $2 WHERE id = $3")
+                let (lite, postgres) = with_db_now!(
+                    "UPDATE workers SET stopped_ms = $1, beat_ms = $2, seen_ms = "; now; " WHERE id = $3");
+                marked += sqlx::query(if pg { postgres } else { lite })
                     .bind(now).bind(now).bind(*id)
                     .execute(&mut *tx).await?.rows_affected();
             }

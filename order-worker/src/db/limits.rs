@@ -13,6 +13,14 @@ pub const ROWS_PER_STATEMENT: usize = 500;
 /// Default pool size.
 pub const CONNECTIONS_DEFAULT: u32 = 8;
 
+/// Default size of the request path's own pool ([`OrdersDb::sibling`]): the gateway's
+/// ticket and order reads and payments, kept apart from the order workers' pool.
+pub const READ_CONNECTIONS_DEFAULT: u32 = 4;
+
+/// How long a request-path query waits for a connection of its pool before failing (the
+/// request then answers 503), well inside a request's timeout.
+pub const READ_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Most connections a pool may be given.
 pub const CONNECTIONS_MAX: u32 = 64;
 
@@ -41,7 +49,8 @@ pub const PER_USER_LIMIT_SUPPORTED: u32 = 1;
 /// How long a SQLite connection waits for the write lock before failing (busy timeout).
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Rows of the `workers` table not beaten for this long are pruned: one hour.
+/// Rows of the `workers` table not seen for this long (by the database's clock) are pruned:
+/// one hour.
 pub const WORKER_ROWS_TTL_MS: u64 = 60 * 60 * 1000;
 
 /// [`OrdersDb::heartbeat`] prunes stale rows when its time falls in the first

@@ -99,7 +99,7 @@ mod sales;
 
 pub use decide::{Decision, Outcome, reason};
 pub use error::{DbError, DbResult};
-pub use heartbeat::{WorkerBeat, WorkerKind};
+pub use heartbeat::{WorkerAge, WorkerBeat, WorkerKind};
 pub use limits::*;
 pub use orders::{Order, OrderStatus, Payment};
 pub use rows::Cancelled;
@@ -191,6 +191,34 @@ impl OrdersDb {
         };
         db.migrate().await?;
         Ok(db)
+    }
+
+    /// Another pool on the same database, of at most `max_connections` (1 ..=
+    /// [`CONNECTIONS_MAX`]) connections opened as needed, whose queries wait at most
+    /// [`READ_ACQUIRE_TIMEOUT`] for a connection: the gateway's request path uses one, so
+    /// a flood of ticket and order reads never takes the connections the order workers need
+    /// (they keep this pool). The schema is this one's (not migrated again). Close it too.
+    pub fn sibling(&self, max_connections: u32) -> OrdersDb {
+        let max = max_connections.clamp(1, CONNECTIONS_MAX);
+        match self {
+            OrdersDb::Sqlite(p) => OrdersDb::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(READ_ACQUIRE_TIMEOUT)
+                    .connect_lazy_with((*p.connect_options()).clone()),
+            ),
+            OrdersDb::Postgres(p) => OrdersDb::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(READ_ACQUIRE_TIMEOUT)
+                    .connect_lazy_with((*p.connect_options()).clone()),
+            ),
+        }
+    }
+
+    /// Connections of this pool open now (in use or idle).
+    pub fn connections(&self) -> u32 {
+        on_db!(self, p => p.size())
     }
 
     async fn migrate(&self) -> DbResult<()> {

@@ -176,25 +176,47 @@ async fn listing_capped(db: OrdersDb) {
 }
 both_backends!(workers_listing_is_capped_newest_first, listing_capped);
 
+/// Makes row `id` look `by_ms` older to the database (its `seen_ms` moved back).
+async fn backdate(db: &OrdersDb, id: &str, by_ms: u64) {
+    let by = i64::try_from(by_ms).expect("small");
+    let sql = "UPDATE workers SET seen_ms = seen_ms - $1 WHERE id = $2";
+    let n = match db {
+        OrdersDb::Sqlite(p) => sqlx::query(sql)
+            .bind(by)
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+        OrdersDb::Postgres(p) => sqlx::query(sql)
+            .bind(by)
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+    }
+    .expect("backdate");
+    assert_eq!(n, 1, "{id}");
+}
+
 async fn stale_rows_pruned(db: OrdersDb) {
+    const MARGIN_MS: u64 = 10 * 60 * 1000;
     let old = beat("old", WorkerKind::Worker, 0, 0);
-    let edge = beat("edge", WorkerKind::Canceller, 0, 0);
+    let recent = beat("recent", WorkerKind::Canceller, 0, 0);
     let fresh = beat("fresh", WorkerKind::Worker, 0, 0);
-    // The pruning beat lands in a window; `edge` beat exactly the TTL before it.
     let prune_at = at(100, WORKER_PRUNE_WINDOW_MS / 2);
-    let old_at = at(1, MID);
-    let edge_at = prune_at - WORKER_ROWS_TTL_MS;
-    assert!(old_at < edge_at, "old is older than the TTL allows");
-    db.heartbeat(std::slice::from_ref(&old), old_at)
-        .await
-        .expect("beat");
-    db.heartbeat(std::slice::from_ref(&edge), edge_at)
-        .await
-        .expect("beat");
+    // Every beat is written at a host time far from the database's (T0 is in 2023): the
+    // verdict is the database's clock's alone.
+    for b in [&old, &recent] {
+        db.heartbeat(std::slice::from_ref(b), at(1, MID))
+            .await
+            .expect("beat");
+    }
+    // By the database's clock, `old` was last seen past the TTL, `recent` within it.
+    backdate(&db, "old", WORKER_ROWS_TTL_MS + MARGIN_MS).await;
+    backdate(&db, "recent", WORKER_ROWS_TTL_MS - MARGIN_MS).await;
 
     // Outside a window, a heartbeat never prunes, however stale the rows.
     let quiet = prune_at - WORKER_PRUNE_EVERY_MS + MID;
-    assert!(quiet > old_at + WORKER_ROWS_TTL_MS);
     assert_eq!(
         db.heartbeat(std::slice::from_ref(&fresh), quiet)
             .await
@@ -203,7 +225,7 @@ async fn stale_rows_pruned(db: OrdersDb) {
     );
     assert_eq!(listed(&db).await.len(), 3);
 
-    // In a window, rows older than the TTL go; the one exactly at it stays.
+    // In a window, rows not seen for the TTL go (whatever the beating host's clock says).
     assert_eq!(
         db.heartbeat(std::slice::from_ref(&fresh), prune_at)
             .await
@@ -212,11 +234,19 @@ async fn stale_rows_pruned(db: OrdersDb) {
     );
     let rows = listed(&db).await;
     assert!(!rows.contains_key("old"), "old pruned");
-    assert!(rows.contains_key("edge") && rows.contains_key("fresh"));
+    assert!(rows.contains_key("recent") && rows.contains_key("fresh"));
+    // A host whose clock runs a day ahead prunes nothing live.
+    assert_eq!(
+        db.heartbeat(std::slice::from_ref(&fresh), prune_at + 24 * 3600 * 1000)
+            .await
+            .expect("beat"),
+        0
+    );
 
-    // The explicit pruning, a millisecond later, takes `edge` too.
-    assert_eq!(db.prune_workers(prune_at).await.expect("prune"), 0);
-    assert_eq!(db.prune_workers(prune_at + 1).await.expect("prune"), 1);
+    // The explicit pruning takes `recent` once it is past the TTL too.
+    assert_eq!(db.prune_workers().await.expect("prune"), 0);
+    backdate(&db, "recent", 2 * MARGIN_MS).await;
+    assert_eq!(db.prune_workers().await.expect("prune"), 1);
     let rows = listed(&db).await;
     assert_eq!(rows.keys().collect::<Vec<_>>(), vec!["fresh"]);
 }
@@ -395,3 +425,85 @@ both_backends!(
     heartbeat_failures_never_stop_the_crew,
     heartbeat_failures_never_stop_the_crew
 );
+
+/// A host clock `offset_ms` off the real one.
+#[derive(Debug)]
+struct Skewed(i64);
+
+impl Clock for Skewed {
+    fn now_ms(&self) -> u64 {
+        SystemClock.now_ms().saturating_add_signed(self.0)
+    }
+}
+
+/// Issue 16, finding 10: liveness was judged on each host's clock (the gateway's now minus
+/// the beat the worker's host wrote), so a worker whose host runs three hours behind looked
+/// dead while beating, and one three hours ahead looked alive for three hours after it
+/// stopped. Its beats are now aged on the database's clock.
+async fn skewed_hosts(db: OrdersDb) {
+    const SKEW_MS: i64 = 3 * 3600 * 1000;
+    const FRESH_MS: u64 = 60_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(Engine::open(dir.path(), queue::Config::default()).expect("queue"));
+    let q: Arc<dyn Queue> = engine.clone();
+    let mut crews = Vec::new();
+    for skew in [-SKEW_MS, SKEW_MS] {
+        crews.push(Crew::start(
+            db.clone(),
+            q.clone(),
+            None,
+            CrewConfig {
+                workers: 1,
+                cancellers: 0,
+                worker: WorkerConfig {
+                    wait_ms: 50,
+                    ..WorkerConfig::default()
+                },
+                canceller: CancellerConfig::default(),
+            },
+            Arc::new(Skewed(skew)),
+        ));
+    }
+    let ids: Vec<String> = crews.iter().map(|c| c.members()[0].id.clone()).collect();
+    wait_until("both skewed workers beat and step", WAIT, || async {
+        let ages = db.worker_ages(WORKERS_LISTED_MAX).await.expect("ages");
+        ids.iter().all(|id| {
+            ages.iter()
+                .any(|a| &a.beat.id == id && a.progress_age_ms < FRESH_MS)
+        })
+    })
+    .await;
+    let real_now = SystemClock.now_ms();
+    let ages = db.worker_ages(WORKERS_LISTED_MAX).await.expect("ages");
+    for (id, skew) in ids.iter().zip([-SKEW_MS, SKEW_MS]) {
+        let a = ages.iter().find(|a| &a.beat.id == id).expect("a row");
+        // The host wrote its own skewed time...
+        assert!(
+            a.beat
+                .beat_ms
+                .abs_diff(real_now.saturating_add_signed(skew))
+                < FRESH_MS,
+            "{a:?}"
+        );
+        // ...yet by the database's clock the beat is fresh, and so is the loop's step.
+        assert!(a.beat_age_ms < FRESH_MS, "{a:?}");
+        assert!(a.progress_age_ms < FRESH_MS, "{a:?}");
+    }
+    // The old verdict, this host's now minus the beat, was three hours off either way.
+    let behind = ages.iter().find(|a| a.beat.id == ids[0]).expect("row");
+    assert!(real_now.saturating_sub(behind.beat.beat_ms) > FRESH_MS);
+
+    // A stopped member's beat ages on the database's clock too.
+    for c in crews {
+        c.stop().await;
+    }
+    let ages = db.worker_ages(WORKERS_LISTED_MAX).await.expect("ages");
+    for id in &ids {
+        let a = ages.iter().find(|a| &a.beat.id == id).expect("a row");
+        assert!(
+            a.beat.stopped_ms.is_some() && a.beat_age_ms < FRESH_MS,
+            "{a:?}"
+        );
+    }
+}
+both_backends!(liveness_is_judged_on_the_database_clock, skewed_hosts);
