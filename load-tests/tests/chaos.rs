@@ -494,6 +494,8 @@ impl Fleet {
 struct Seen {
     /// Answers by kind and code.
     answers: BTreeMap<String, u64>,
+    /// The first message of each kind of refusal (why purchases fail).
+    messages: BTreeMap<String, String>,
     /// Tickets of 202s, with their person.
     accepted: Vec<(String, String)>,
     /// Tickets of `503 outcome_unknown`s, with their person.
@@ -574,7 +576,14 @@ async fn buyer(crowd: Arc<Crowd>, addrs: Vec<SocketAddr>, secret: String, seed: 
             }
             Ok(Ok(b)) => b,
         };
-        crowd.count(format!("{:?} {}", bought.answer, bought.code));
+        let key = format!("{:?} {}", bought.answer, bought.code);
+        if bought.answer == Answer::Refused {
+            lock(&crowd.seen)
+                .messages
+                .entry(key.clone())
+                .or_insert_with(|| bought.message.chars().take(300).collect());
+        }
+        crowd.count(key);
         match (bought.answer, bought.ticket) {
             (Answer::Accepted, Some(ticket)) => {
                 crowd.accepted.fetch_add(1, Ordering::Relaxed);
@@ -776,7 +785,7 @@ impl fmt::Display for RoundOutcome {
             "kills {:?}, restarts {:?}; {} accepted (202), {} outcome unknown (503), {} cut off \
              ({} of them became orders); {} repeat purchases ({} accepted); {} paid, payment \
              refusals {:?}; mid-sale audits {} (+{} unreadable while PostgreSQL was down); \
-             at rest {:?}; answers {:?}; {:?}",
+             at rest {:?}; answers {:?} (refusals, e.g. {:?}); {:?}",
             self.kills,
             self.restarts,
             s.accepted.len(),
@@ -791,6 +800,7 @@ impl fmt::Display for RoundOutcome {
             self.audits_mid_sale.1,
             figures,
             s.answers,
+            s.messages,
             self.took,
         )
     }
@@ -958,13 +968,15 @@ async fn settle_and_audit(
             now_ms: queue::Clock::now_ms(&queue::SystemClock),
         };
         let report = audit_redis(&input, &store).await.expect("the audit runs");
-        if report.passed() {
+        // Every pay window over: each order paid or cancelled, none left pending.
+        let pending = report.sales.iter().map(|s| s.pending).sum::<i64>();
+        if report.passed() && pending == 0 {
             break report;
         }
         assert!(
             Instant::now() < deadline,
-            "seed {seed}: the audit at rest did not pass within {SETTLE_WAIT:?} \
-             ({} accepted):\n{}\n{report:#?}\n--- logs ---\n{}",
+            "seed {seed}: the audit at rest did not pass (or {pending} orders stayed \
+             pending) within {SETTLE_WAIT:?} ({} accepted):\n{}\n{report:#?}\n--- logs ---\n{}",
             tickets.len(),
             report.lines().join("\n"),
             fleet.logs()
