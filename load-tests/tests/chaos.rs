@@ -261,21 +261,36 @@ fn schedule(rng: &mut StdRng) -> Vec<Event> {
     events
 }
 
-/// The parts of one round's deployment.
+/// The parts of one round's deployment. Each part has a lock of its own: kills of
+/// different parts overlap (PostgreSQL may be down while a gateway restarts), two kills of
+/// one part take turns.
 struct Fleet {
-    pg: PgServer,
-    stock: RedisServer,
+    pg: Mutex<PgServer>,
+    stock: Mutex<RedisServer>,
+    stock_url: String,
     /// The queue's Redis (Redis Streams variant).
-    queue_redis: Option<RedisServer>,
+    queue_redis: Option<Mutex<RedisServer>>,
     /// The broker (broker variant).
-    broker: Option<Proc>,
+    broker: Option<Mutex<Proc>>,
     queue_url: String,
-    gateways: Vec<Proc>,
+    db_url: String,
+    gateways: Vec<Mutex<Proc>>,
     gateway_addrs: Vec<SocketAddr>,
-    workers: Vec<Proc>,
+    workers: Vec<Mutex<Proc>>,
     admin_secret: String,
     load_test_secret: String,
+    /// Starts of a process that exited before it was ready (a gateway or order-worker
+    /// started while PostgreSQL or Redis was down), each followed by another start, as a
+    /// supervisor (systemd's `Restart=always`) does.
+    failed_starts: AtomicU64,
 }
+
+/// The line each binary prints once it serves.
+const BROKER_READY: &str = "queue: listening on ";
+const GATEWAY_READY: &str = "gateway: listening on http://";
+const WORKER_READY: &str = "order-worker: ";
+/// The pause before a supervisor starts a process that exited at start again.
+const RESPAWN_PAUSE: Duration = Duration::from_millis(200);
 
 fn random_hex(rng: &mut StdRng, bytes: usize) -> String {
     (0..bytes)
@@ -306,7 +321,7 @@ impl Fleet {
                 };
                 let mut broker = Proc::new("broker", &bins.queue, args("127.0.0.1:0"), dir);
                 broker.spawn();
-                let line = broker.wait_for_line("queue: listening on ", START_WAIT);
+                let line = broker.wait_for_line(BROKER_READY, START_WAIT);
                 let addr = line
                     .split("listening on ")
                     .nth(1)
@@ -359,7 +374,7 @@ impl Fleet {
                 dir,
             );
             g.spawn();
-            let line = g.wait_for_line("gateway: listening on http://", START_WAIT);
+            let line = g.wait_for_line(GATEWAY_READY, START_WAIT);
             let addr: SocketAddr = line
                 .rsplit("http://")
                 .next()
@@ -392,36 +407,35 @@ impl Fleet {
                 .to_vec();
                 let mut w = Proc::new(&format!("order-worker {i}"), &bins.order_worker, args, dir);
                 w.spawn();
-                w.wait_for_line("order-worker: ", START_WAIT);
-                w
+                w.wait_for_line(WORKER_READY, START_WAIT);
+                Mutex::new(w)
             })
             .collect();
         Fleet {
-            pg,
-            stock,
-            queue_redis,
-            broker,
+            pg: Mutex::new(pg),
+            stock_url: stock.url(),
+            stock: Mutex::new(stock),
+            queue_redis: queue_redis.map(Mutex::new),
+            broker: broker.map(Mutex::new),
             queue_url,
-            gateways,
+            db_url,
+            gateways: gateways.into_iter().map(Mutex::new).collect(),
             gateway_addrs,
             workers,
             admin_secret,
             load_test_secret,
+            failed_starts: AtomicU64::new(0),
         }
     }
 
     /// SIGKILLs `target`, leaves it down for `down`, starts it again and waits until it is
-    /// back (blocking).
-    fn kill_and_restart(&mut self, target: Target, down: Duration) {
+    /// back (blocking; holds the part's lock throughout).
+    fn kill_and_restart(&self, target: Target, down: Duration) {
         match target {
-            Target::Queue => match (&mut self.broker, &mut self.queue_redis) {
-                (Some(broker), _) => {
-                    broker.kill();
-                    std::thread::sleep(down);
-                    broker.spawn();
-                    broker.wait_for_line("queue: listening on ", START_WAIT);
-                }
+            Target::Queue => match (&self.broker, &self.queue_redis) {
+                (Some(broker), _) => self.restart_proc(&mut lock(broker), down, BROKER_READY),
                 (None, Some(redis)) => {
+                    let mut redis = lock(redis);
                     redis.kill().expect("SIGKILL the queue's Redis");
                     std::thread::sleep(down);
                     redis.restart().expect("restart the queue's Redis");
@@ -429,44 +443,62 @@ impl Fleet {
                 (None, None) => unreachable!("a fleet has a queue"),
             },
             Target::Gateway(i) => {
-                let g = &mut self.gateways[i];
-                g.kill();
-                std::thread::sleep(down);
-                g.spawn();
-                g.wait_for_line("gateway: listening on http://", START_WAIT);
+                self.restart_proc(&mut lock(&self.gateways[i]), down, GATEWAY_READY);
             }
             Target::Worker(i) => {
-                let w = &mut self.workers[i];
-                w.kill();
-                std::thread::sleep(down);
-                w.spawn();
-                w.wait_for_line("order-worker: ", START_WAIT);
+                self.restart_proc(&mut lock(&self.workers[i]), down, WORKER_READY);
             }
             Target::StockRedis => {
-                self.stock.kill().expect("SIGKILL the stock Redis");
+                let mut stock = lock(&self.stock);
+                stock.kill().expect("SIGKILL the stock Redis");
                 std::thread::sleep(down);
-                self.stock.restart().expect("restart the stock Redis");
+                stock.restart().expect("restart the stock Redis");
             }
             Target::Postgres => {
-                self.pg.kill().expect("SIGKILL PostgreSQL");
+                let mut pg = lock(&self.pg);
+                pg.kill().expect("SIGKILL PostgreSQL");
                 std::thread::sleep(down);
-                self.pg
-                    .restart()
-                    .expect("restart PostgreSQL (crash recovery)");
+                pg.restart().expect("restart PostgreSQL (crash recovery)");
             }
         }
     }
 
-    /// Every process that exited by itself (none should: they ride out their peers'
-    /// crashes), with its log.
-    fn exited_by_themselves(&mut self) -> Vec<String> {
+    /// Kill, `down`, then start until it prints `ready`: a start that exits first (its
+    /// database or Redis is down at that moment) is counted and started again, within
+    /// [`START_WAIT`].
+    fn restart_proc(&self, p: &mut Proc, down: Duration, ready: &str) {
+        p.kill();
+        std::thread::sleep(down);
+        let deadline = Instant::now() + START_WAIT;
+        loop {
+            p.spawn();
+            match p.wait_ready(ready, deadline.saturating_duration_since(Instant::now())) {
+                Ok(_) => return,
+                Err(why) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} did not start within {START_WAIT:?}: {why}",
+                        p.name
+                    );
+                    self.failed_starts.fetch_add(1, Ordering::Relaxed);
+                    // A supervisor's pause between starts, not a synchronisation.
+                    std::thread::sleep(RESPAWN_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// Every process that exited by itself while it served (none should: they ride out
+    /// their peers' crashes), with its log. A part being restarted (locked) is skipped.
+    fn exited_by_themselves(&self) -> Vec<String> {
         let mut out = Vec::new();
         for p in self
             .broker
-            .iter_mut()
-            .chain(self.gateways.iter_mut())
-            .chain(self.workers.iter_mut())
+            .iter()
+            .chain(self.gateways.iter())
+            .chain(self.workers.iter())
         {
+            let Ok(mut p) = p.try_lock() else { continue };
             if let Some(status) = p.exited() {
                 out.push(format!(
                     "{} exited by itself ({status}):\n{}",
@@ -483,7 +515,7 @@ impl Fleet {
             .iter()
             .chain(self.gateways.iter())
             .chain(self.workers.iter())
-            .map(Proc::log_tail)
+            .map(|p| lock(p).log_tail())
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -769,6 +801,7 @@ async fn audit_mid_sale(db: OrdersDb, stop: Arc<AtomicBool>) -> (Vec<String>, u6
 struct RoundOutcome {
     kills: BTreeMap<&'static str, u32>,
     restarts: BTreeMap<&'static str, u32>,
+    failed_starts: u64,
     seen: Seen,
     audits_mid_sale: (u64, u64),
     orders_of_cut_off: usize,
@@ -782,12 +815,13 @@ impl fmt::Display for RoundOutcome {
         let figures = self.report.sales.first();
         write!(
             f,
-            "kills {:?}, restarts {:?}; {} accepted (202), {} outcome unknown (503), {} cut off \
+            "kills {:?}, restarts {:?} ({} starts failed and were retried); {} accepted (202), {} outcome unknown (503), {} cut off \
              ({} of them became orders); {} repeat purchases ({} accepted); {} paid, payment \
              refusals {:?}; mid-sale audits {} (+{} unreadable while PostgreSQL was down); \
              at rest {:?}; answers {:?} (refusals, e.g. {:?}); {:?}",
             self.kills,
             self.restarts,
+            self.failed_starts,
             s.accepted.len(),
             s.unknown.len(),
             s.cut_off.len(),
@@ -845,9 +879,10 @@ async fn one_round(
         }
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut fleet =
-        blocking(|| Fleet::start(bins, kind, dir.path(), pg, stock, queue_redis, &mut rng));
-    let db = OrdersDb::connect(&fleet.pg.url("chaos"), &DbOptions::default())
+    let fleet = Arc::new(blocking(|| {
+        Fleet::start(bins, kind, dir.path(), pg, stock, queue_redis, &mut rng)
+    }));
+    let db = OrdersDb::connect(&fleet.db_url, &DbOptions::default())
         .await
         .expect("the test's own connection to the orders database");
     create_sale(&fleet).await;
@@ -877,25 +912,34 @@ async fn one_round(
     let stop_audits = Arc::new(AtomicBool::new(false));
     let auditor = tokio::spawn(audit_mid_sale(db.clone(), stop_audits.clone()));
 
-    // The schedule: each kill at its moment (or at once, if the previous restart ran
-    // past it), one after another.
+    // The schedule: each kill at its moment, on a thread of its own, so kills of different
+    // parts overlap; two kills of one part take turns (the part's lock).
     let window = Instant::now();
     let mut kills: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut restarts: BTreeMap<&'static str, u32> = BTreeMap::new();
-    for event in &events {
+    let mut running = Vec::new();
+    for event in events.iter().copied() {
         tokio::time::sleep_until((window + event.at).into()).await;
-        let at = window.elapsed();
-        blocking(|| fleet.kill_and_restart(event.target, event.down));
-        *kills.entry(event.target.kind()).or_default() += 1;
-        *restarts.entry(event.target.kind()).or_default() += 1;
-        eprintln!(
-            "round {round}: {:?} killed at {at:?}, back after {:?} ({} accepted so far)",
-            event.target,
-            window.elapsed() - at,
-            crowd.accepted.load(Ordering::Relaxed)
-        );
         let exited = fleet.exited_by_themselves();
         assert!(exited.is_empty(), "seed {seed}: {}", exited.join("\n"));
+        let (fleet, accepted) = (fleet.clone(), crowd.accepted.load(Ordering::Relaxed));
+        running.push(tokio::task::spawn_blocking(move || {
+            let at = window.elapsed();
+            fleet.kill_and_restart(event.target, event.down);
+            eprintln!(
+                "round {round}: {:?} killed at {at:?} ({accepted} accepted), back at {:?}",
+                event.target,
+                window.elapsed()
+            );
+            event.target
+        }));
+    }
+    for done in running {
+        let target = done
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: a kill: {e}"));
+        *kills.entry(target.kind()).or_default() += 1;
+        *restarts.entry(target.kind()).or_default() += 1;
     }
     tokio::time::sleep_until((window + CHAOS_WINDOW).into()).await;
     crowd.stop.store(true, Ordering::Relaxed);
@@ -917,6 +961,7 @@ async fn one_round(
     let outcome = RoundOutcome {
         kills,
         restarts,
+        failed_starts: fleet.failed_starts.load(Ordering::Relaxed),
         seen,
         audits_mid_sale: (ran, unreadable),
         orders_of_cut_off,
@@ -953,7 +998,7 @@ async fn settle_and_audit(
     .await;
     backend.close().expect("close the queue client");
 
-    let store = RedisStore::connect(&fleet.stock.url(), "seckill:", 2)
+    let store = RedisStore::connect(&fleet.stock_url, "seckill:", 2)
         .await
         .expect("the stock store");
     let tickets: Vec<String> = seen.accepted.iter().map(|(t, _)| t.clone()).collect();

@@ -204,6 +204,13 @@ impl Proc {
     /// Waits (at most `within`) for a line of this start's output that contains `needle`
     /// and returns it; panics with the log's tail if the process exits or time runs out.
     pub fn wait_for_line(&mut self, needle: &str, within: Duration) -> String {
+        self.wait_ready(needle, within)
+            .unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Waits (at most `within`) for a line of this start's output that contains `needle`;
+    /// `Err` with the log's tail if the process exits first (reaped) or time runs out.
+    pub fn wait_ready(&mut self, needle: &str, within: Duration) -> Result<String, String> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(line) = self
@@ -211,21 +218,22 @@ impl Proc {
                 .lines()
                 .find(|l| l.contains(needle))
             {
-                return line.to_string();
+                return Ok(line.to_string());
             }
             if let Some(status) = self.exited() {
-                panic!(
+                return Err(format!(
                     "{} exited ({status}) before printing {needle:?}:\n{}",
                     self.name,
                     self.log_tail()
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not print {needle:?} within {within:?}:\n{}",
-                self.name,
-                self.log_tail()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} did not print {needle:?} within {within:?}:\n{}",
+                    self.name,
+                    self.log_tail()
+                ));
+            }
             std::thread::sleep(LOG_POLL);
         }
     }
