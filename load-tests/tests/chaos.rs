@@ -18,6 +18,10 @@
 //! (SIGKILL) the queue, a gateway and an order-worker process (and [`EXTRA_KILLS`] more of
 //! these), and Redis and PostgreSQL once each (SIGKILL, then a restart: the AOF, or crash
 //! recovery from the WAL), each down for a seeded moment and then started again on its port.
+//! Kills of different parts overlap (a gateway may restart while PostgreSQL recovers); a
+//! process that exits at start because a server it needs is down is started again, as a
+//! supervisor would, and counted; a process that exits by itself while serving fails the
+//! test.
 //! Every [`AUDIT_EVERY`] the auditor checks, mid-sale, what must hold at every instant (no
 //! oversell, one per person, the database's conservation, no negative stock).
 //!
