@@ -292,7 +292,8 @@ struct Fleet {
 /// The line each binary prints once it serves.
 const BROKER_READY: &str = "queue: listening on ";
 const GATEWAY_READY: &str = "gateway: listening on http://";
-const WORKER_READY: &str = "order-worker: ";
+/// (Not just `order-worker: `: its start-up errors begin so too.)
+const WORKER_READY: &str = " cancellers on ";
 /// The pause before a supervisor starts a process that exited at start again.
 const RESPAWN_PAUSE: Duration = Duration::from_millis(200);
 
