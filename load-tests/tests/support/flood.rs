@@ -193,6 +193,7 @@ async fn buyer(addr: SocketAddr, secret: String, flood: Arc<Flood>) {
                 ticket,
                 message,
                 position,
+                ..
             }) => {
                 if answer == Answer::Accepted {
                     flood.note_position(position);
@@ -210,14 +211,19 @@ async fn buyer(addr: SocketAddr, secret: String, flood: Arc<Flood>) {
 }
 
 /// How one person's purchase was answered.
-struct Bought {
-    answer: Answer,
+pub struct Bought {
+    /// The kind of answer.
+    pub answer: Answer,
     /// `202`, the error code, or the step that was refused.
-    code: String,
-    ticket: Option<String>,
-    message: String,
+    pub code: String,
+    /// The ticket of a 202 or a `503 outcome_unknown`.
+    pub ticket: Option<String>,
+    /// The error message of a refusal.
+    pub message: String,
     /// A 202's place in line.
-    position: Option<u64>,
+    pub position: Option<u64>,
+    /// The session cookie (`name=value`), once signed in: the person's orders need it.
+    pub cookie: Option<String>,
 }
 
 impl Bought {
@@ -228,13 +234,15 @@ impl Bought {
             ticket: None,
             message,
             position: None,
+            cookie: None,
         }
     }
 }
 
-/// One person's purchase: sign in, token, buy; how it was answered, or `Err(step)` when the
-/// connection broke.
-async fn buy_once(c: &mut Conn, user: &str, secret: &str) -> Result<Bought, &'static str> {
+/// One person's purchase of [`SALE`]: sign in, token, buy; how it was answered, or
+/// `Err(step)` when the connection broke (`"purchase"`: the purchase was sent and its
+/// answer never came, so its outcome is unknown to the buyer).
+pub async fn buy_once(c: &mut Conn, user: &str, secret: &str) -> Result<Bought, &'static str> {
     let login = c
         .send(request(
             "POST",
@@ -275,7 +283,10 @@ async fn buy_once(c: &mut Conn, user: &str, secret: &str) -> Result<Bought, &'st
         .map(str::to_owned)
     else {
         let message = String::from_utf8_lossy(&token.body).into_owned();
-        return Ok(Bought::refused(format!("token {}", token.status), message));
+        return Ok(Bought {
+            cookie: Some(cookie),
+            ..Bought::refused(format!("token {}", token.status), message)
+        });
     };
     let a = c
         .send(request(
@@ -313,6 +324,7 @@ async fn buy_once(c: &mut Conn, user: &str, secret: &str) -> Result<Bought, &'st
         ticket,
         message,
         position,
+        cookie: Some(cookie),
     })
 }
 

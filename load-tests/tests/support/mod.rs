@@ -6,6 +6,7 @@
 #![allow(dead_code)] // Each test binary uses its own share of these helpers.
 
 pub mod flood;
+pub mod procs;
 
 use redis_kit::KitError;
 

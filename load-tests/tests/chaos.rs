@@ -1,0 +1,1067 @@
+//! Chaos across processes (issue 16, "Prove it: chaos"): the split deployment, every part a
+//! real process or server, killed with SIGKILL at seeded random moments of a sale and
+//! started again, and afterwards, at rest, the auditor.
+//!
+//! The fleet of one round: the queue (a `queue serve` broker, or in the second variant the
+//! queue on Redis Streams in a scratch `redis-server` with `appendfsync always`), two
+//! `gateway` processes (`--workers 0 --cancellers 0`, stock in Redis, orders in
+//! PostgreSQL, one signing secret so a session or token of one is good at the other), two
+//! `order-worker` processes (two workers and a canceller each), the Redis stock store (a
+//! `redis-kit` scratch server) and PostgreSQL (a `pg-kit` scratch server). Nothing shared:
+//! never the machine's 5432 or 6379.
+//!
+//! A crowd of [`BUYERS`] connections buys from one sale of [`UNITS`] units with a short pay
+//! window ([`PAY_WINDOW_MS`]): each person signs in, takes a token (load-test mode) and buys
+//! at one of the gateways picked at random; some pay for their order, some come back and
+//! try to buy again (one per person), the rest let their order lapse, so units come back
+//! and the sale keeps selling through the whole window. Meanwhile a seeded schedule kills
+//! (SIGKILL) the queue, a gateway and an order-worker process (and [`EXTRA_KILLS`] more of
+//! these), and Redis and PostgreSQL once each (SIGKILL, then a restart: the AOF, or crash
+//! recovery from the WAL), each down for a seeded moment and then started again on its port.
+//! Kills of different parts overlap (a gateway may restart while PostgreSQL recovers); a
+//! process that exits at start because a server it needs is down is started again, as a
+//! supervisor would, and counted; a process that exits by itself while serving fails the
+//! test.
+//! Every [`AUDIT_EVERY`] the auditor checks, mid-sale, what must hold at every instant (no
+//! oversell, one per person, the database's conservation, no negative stock).
+//!
+//! A buyer tells answers apart: a 202 with a ticket is acknowledged and must never be lost;
+//! `503 outcome_unknown` carries a ticket that may or may not become an order; a purchase
+//! whose answer never came (the gateway was killed, the connection cut) is unknown too,
+//! and only its person is known. Afterwards, with every process running again: the orders
+//! topic drains, and then, at rest, the auditor must pass in full within [`SETTLE_WAIT`]: no
+//! acknowledged purchase without an outcome, no oversell, one order per person, the stock
+//! store (raw Redis counters and holder set) equal to the database, every unpaid order
+//! cancelled in time. And no order may exist that no buyer could have caused: each order's
+//! ticket was handed out, or its person's purchase was cut off.
+//!
+//! Seeded and replayable: `CHAOS_SEED` (else random; printed at the start, so a failed
+//! run's output names it) fixes the schedule and every buyer's choices; `CHAOS_ROUNDS`
+//! (default 1, at most [`ROUNDS_MAX`]) runs more rounds per backend, each on a fresh fleet.
+//! The counts of kills and restarts of each kind are printed per round. The binaries are
+//! the ones cargo built (`support::procs`); a missing binary, `redis-server` or PostgreSQL
+//! fails the test under `CI` and skips it elsewhere.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use inventory::RedisStore;
+use load_tests::audit::{AuditInput, AuditReport, audit, audit_redis, check};
+use loadgen::{Conn, request};
+use order_worker::OrdersDb;
+use order_worker::db::DbOptions;
+use order_worker::purchase::{ORDERS_TOPIC, WORKERS_GROUP};
+use pg_kit::PgServer;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis_kit::{RedisOptions, RedisServer};
+use serde_json::{Value, json};
+use support::flood::{self, Answer, buy_once, wait_for};
+use support::procs::{Binaries, Proc, binaries_or_skip};
+
+/// The seed of the run (decimal); random if unset.
+const SEED_ENV: &str = "CHAOS_SEED";
+/// Rounds per backend.
+const ROUNDS_ENV: &str = "CHAOS_ROUNDS";
+const ROUNDS_DEFAULT: u32 = 1;
+const ROUNDS_MAX: u32 = 50;
+
+/// The sale (the flood's id, so the flood's purchase steps apply).
+const SALE: u64 = flood::SALE;
+/// Units on sale: fewer than the crowd wants, so the sale sells out and oversell is tested.
+const UNITS: u64 = 300;
+/// The sale's pay window: short, so unpaid orders lapse (and their units come back) within
+/// the round.
+const PAY_WINDOW_MS: u64 = 4_000;
+/// Share of acknowledged purchases whose person pays.
+const PAY_SHARE: f64 = 0.5;
+/// Share of purchases made by a person who already got a 202 (one per person).
+const REPEAT_SHARE: f64 = 0.05;
+/// Most people remembered for repeat purchases.
+const REPEATERS_MAX: usize = 10_000;
+/// Connections buying at once.
+const BUYERS: usize = 8;
+/// Pause after a refusal before the next person (pacing, not synchronisation: a sold-out
+/// sale is refused in microseconds, and the crowd must not burn the two cores).
+const REFUSAL_PAUSE: Duration = Duration::from_millis(20);
+/// Longest one HTTP exchange (connect, a purchase's three requests) may take before the
+/// buyer counts it as cut off.
+const REQUEST_WAIT: Duration = Duration::from_secs(20);
+/// How often a payer asks whether its ticket became an order.
+const TICKET_POLL: Duration = Duration::from_millis(100);
+
+/// The window in which the schedule's kills happen, after the warm-up.
+const CHAOS_WINDOW: Duration = Duration::from_secs(20);
+/// Kills of a queue, gateway or order-worker process beyond one of each, per round.
+const EXTRA_KILLS: usize = 2;
+/// Longest a killed part stays down before its restart.
+const DOWN_MAX_MS: u64 = 1_500;
+/// Acknowledged purchases before the first kill, and how long they may take.
+const WARMUP_ACCEPTED: u64 = 30;
+const WARMUP_WAIT: Duration = Duration::from_secs(60);
+/// How often the auditor looks mid-sale.
+const AUDIT_EVERY: Duration = Duration::from_secs(2);
+/// Lease of an order-worker's batch: a killed worker's batch is taken by another this soon.
+const WORKER_LEASE_MS: u64 = 5_000;
+/// Longest a process may take to start (a gateway connects to the queue, Redis and
+/// PostgreSQL; debug builds on two cores).
+const START_WAIT: Duration = Duration::from_secs(60);
+/// Longest the orders topic may take to drain after the chaos.
+const DRAIN_WAIT: Duration = Duration::from_secs(90);
+/// Longest the system may take, drained, to pass the full audit at rest: the last pay
+/// windows end and their orders are cancelled, and the gateways' reconciliation at rest
+/// (two checks ten seconds apart) resets the stock store to the database.
+const SETTLE_WAIT: Duration = Duration::from_secs(60);
+
+/// The two chaos tests share the machine's two cores: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_with_the_broker() {
+    chaos(QueueKind::Broker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_with_the_queue_on_redis_streams() {
+    chaos(QueueKind::RedisStreams).await;
+}
+
+/// Which queue the fleet runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueKind {
+    Broker,
+    RedisStreams,
+}
+
+/// What a schedule's event kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Target {
+    /// The broker process, or the queue's Redis.
+    Queue,
+    Gateway(usize),
+    Worker(usize),
+    /// The stock store's Redis.
+    StockRedis,
+    Postgres,
+}
+
+impl Target {
+    fn kind(self) -> &'static str {
+        match self {
+            Target::Queue => "queue",
+            Target::Gateway(_) => "gateway",
+            Target::Worker(_) => "order-worker",
+            Target::StockRedis => "redis (stock)",
+            Target::Postgres => "postgresql",
+        }
+    }
+}
+
+/// One kill of the schedule: when (after the window opens), what, and how long it stays
+/// down before its restart.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    at: Duration,
+    target: Target,
+    down: Duration,
+}
+
+async fn chaos(kind: QueueKind) {
+    let _one_at_a_time = SERIAL.lock().await;
+    let Some(bins) = binaries_or_skip("the chaos test") else {
+        return;
+    };
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{SEED_ENV}={v:?}: {e}")),
+        Err(_) => rand::random::<u64>(),
+    };
+    let rounds = match std::env::var(ROUNDS_ENV) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{ROUNDS_ENV}={v:?}: {e}")),
+        Err(_) => ROUNDS_DEFAULT,
+    };
+    assert!(
+        (1..=ROUNDS_MAX).contains(&rounds),
+        "{ROUNDS_ENV} is 1..={ROUNDS_MAX}, not {rounds}"
+    );
+    eprintln!("chaos ({kind:?}): seed {seed} (replay with {SEED_ENV}={seed}), {rounds} round(s)");
+    for round in 0..rounds {
+        // Each backend and round its own stream of the one seed.
+        let round_seed = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(u64::from(round) * 2 + u64::from(kind == QueueKind::RedisStreams));
+        let Some(outcome) = one_round(&bins, kind, round, round_seed).await else {
+            return;
+        };
+        eprintln!("chaos ({kind:?}) round {round} (seed {seed}): {outcome}");
+    }
+}
+
+/// Starts scratch servers with `start` off the async workers; `None` (skip) when the
+/// program is missing outside `CI`.
+async fn start_server<T: Send + 'static, E: fmt::Display + Send + 'static>(
+    what: &'static str,
+    missing: fn(&E) -> bool,
+    start: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Option<T> {
+    let started = tokio::task::spawn_blocking(start)
+        .await
+        .expect("the start task does not panic");
+    match started {
+        Ok(server) => Some(server),
+        Err(e) if missing(&e) && !order_worker::testing::under_ci() => {
+            eprintln!("skipping the chaos test: {what}: {e}");
+            None
+        }
+        Err(e) => panic!("{what} did not start: {e}"),
+    }
+}
+
+/// Runs in a blocking section (kills, restarts and their bounded waits are synchronous).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// The seeded schedule: one kill of each kind (queue, a gateway, an order-worker, the stock
+/// Redis, PostgreSQL) and [`EXTRA_KILLS`] more of processes, at uniform moments of the
+/// window, in time order.
+fn schedule(rng: &mut StdRng) -> Vec<Event> {
+    let mut targets = vec![
+        Target::Queue,
+        Target::Gateway(rng.random_range(0..2)),
+        Target::Worker(rng.random_range(0..2)),
+        Target::StockRedis,
+        Target::Postgres,
+    ];
+    for _ in 0..EXTRA_KILLS {
+        targets.push(match rng.random_range(0..3) {
+            0 => Target::Queue,
+            1 => Target::Gateway(rng.random_range(0..2)),
+            _ => Target::Worker(rng.random_range(0..2)),
+        });
+    }
+    let window_ms = u64::try_from(CHAOS_WINDOW.as_millis()).unwrap_or(u64::MAX);
+    let mut events: Vec<Event> = targets
+        .into_iter()
+        .map(|target| Event {
+            at: Duration::from_millis(rng.random_range(0..window_ms)),
+            target,
+            down: Duration::from_millis(rng.random_range(0..=DOWN_MAX_MS)),
+        })
+        .collect();
+    events.sort_by_key(|e| e.at);
+    events
+}
+
+/// The parts of one round's deployment. Each part has a lock of its own: kills of
+/// different parts overlap (PostgreSQL may be down while a gateway restarts), two kills of
+/// one part take turns.
+struct Fleet {
+    pg: Mutex<PgServer>,
+    stock: Mutex<RedisServer>,
+    stock_url: String,
+    /// The queue's Redis (Redis Streams variant).
+    queue_redis: Option<Mutex<RedisServer>>,
+    /// The broker (broker variant).
+    broker: Option<Mutex<Proc>>,
+    queue_url: String,
+    db_url: String,
+    gateways: Vec<Mutex<Proc>>,
+    gateway_addrs: Vec<SocketAddr>,
+    workers: Vec<Mutex<Proc>>,
+    admin_secret: String,
+    load_test_secret: String,
+    /// Starts of a process that exited before it was ready (a gateway or order-worker
+    /// started while PostgreSQL or Redis was down), each followed by another start, as a
+    /// supervisor (systemd's `Restart=always`) does.
+    failed_starts: AtomicU64,
+}
+
+/// The line each binary prints once it serves.
+const BROKER_READY: &str = "queue: listening on ";
+const GATEWAY_READY: &str = "gateway: listening on http://";
+/// (Not just `order-worker: `: its start-up errors begin so too.)
+const WORKER_READY: &str = " cancellers on ";
+/// The pause before a supervisor starts a process that exited at start again.
+const RESPAWN_PAUSE: Duration = Duration::from_millis(200);
+
+fn random_hex(rng: &mut StdRng, bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
+}
+
+impl Fleet {
+    /// Starts everything (blocking): the servers are started by the caller.
+    fn start(
+        bins: &Binaries,
+        kind: QueueKind,
+        dir: &Path,
+        pg: PgServer,
+        stock: RedisServer,
+        queue_redis: Option<RedisServer>,
+        rng: &mut StdRng,
+    ) -> Fleet {
+        let db_url = pg.url("chaos");
+        let (broker, queue_url) = match (&queue_redis, kind) {
+            (Some(redis), QueueKind::RedisStreams) => (None, redis.url()),
+            _ => {
+                let data = dir.join("queue").display().to_string();
+                let args = |listen: &str| -> Vec<String> {
+                    ["serve", "--data", &data, "--listen", listen]
+                        .map(String::from)
+                        .to_vec()
+                };
+                let mut broker = Proc::new("broker", &bins.queue, args("127.0.0.1:0"), dir);
+                broker.spawn();
+                let line = broker.wait_for_line(BROKER_READY, START_WAIT);
+                let addr = line
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .unwrap_or_else(|| panic!("no address in {line:?}"))
+                    .to_string();
+                // Restarts come back on the same port: the gateways and workers keep it.
+                broker.set_args(args(&addr));
+                (Some(broker), format!("tcp://{addr}"))
+            }
+        };
+        let secret = random_hex(rng, 32);
+        let admin_secret = random_hex(rng, 16);
+        let load_test_secret = random_hex(rng, 16);
+        let gateway_args = |listen: &str| -> Vec<String> {
+            [
+                "--listen",
+                listen,
+                "--queue",
+                &queue_url,
+                "--inventory",
+                &stock.url(),
+                "--database",
+                &db_url,
+                "--workers",
+                "0",
+                "--cancellers",
+                "0",
+                "--secret",
+                &secret,
+                "--admin-secret",
+                &admin_secret,
+                "--load-test-secret",
+                &load_test_secret,
+                "--per-ip-limits",
+                "off",
+                "--demo-units",
+                "0",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let mut gateways = Vec::new();
+        let mut gateway_addrs = Vec::new();
+        for i in 0..2 {
+            let mut g = Proc::new(
+                &format!("gateway {i}"),
+                &bins.gateway,
+                gateway_args("127.0.0.1:0"),
+                dir,
+            );
+            g.spawn();
+            let line = g.wait_for_line(GATEWAY_READY, START_WAIT);
+            let addr: SocketAddr = line
+                .rsplit("http://")
+                .next()
+                .and_then(|a| a.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no address in {line:?}"));
+            g.set_args(gateway_args(&addr.to_string()));
+            gateways.push(g);
+            gateway_addrs.push(addr);
+        }
+        let lease = WORKER_LEASE_MS.to_string();
+        let workers = (0..2)
+            .map(|i| {
+                let args = [
+                    "--queue",
+                    &queue_url,
+                    "--database",
+                    &db_url,
+                    "--inventory",
+                    &stock.url(),
+                    "--workers",
+                    "2",
+                    "--cancellers",
+                    "1",
+                    "--lease-ms",
+                    &lease,
+                    "--report-secs",
+                    "3600",
+                ]
+                .map(String::from)
+                .to_vec();
+                let mut w = Proc::new(&format!("order-worker {i}"), &bins.order_worker, args, dir);
+                w.spawn();
+                w.wait_for_line(WORKER_READY, START_WAIT);
+                Mutex::new(w)
+            })
+            .collect();
+        Fleet {
+            pg: Mutex::new(pg),
+            stock_url: stock.url(),
+            stock: Mutex::new(stock),
+            queue_redis: queue_redis.map(Mutex::new),
+            broker: broker.map(Mutex::new),
+            queue_url,
+            db_url,
+            gateways: gateways.into_iter().map(Mutex::new).collect(),
+            gateway_addrs,
+            workers,
+            admin_secret,
+            load_test_secret,
+            failed_starts: AtomicU64::new(0),
+        }
+    }
+
+    /// SIGKILLs `target`, leaves it down for `down`, starts it again and waits until it is
+    /// back (blocking; holds the part's lock throughout).
+    fn kill_and_restart(&self, target: Target, down: Duration) {
+        match target {
+            Target::Queue => match (&self.broker, &self.queue_redis) {
+                (Some(broker), _) => self.restart_proc(&mut lock(broker), down, BROKER_READY),
+                (None, Some(redis)) => {
+                    let mut redis = lock(redis);
+                    redis.kill().expect("SIGKILL the queue's Redis");
+                    std::thread::sleep(down);
+                    redis.restart().expect("restart the queue's Redis");
+                }
+                (None, None) => unreachable!("a fleet has a queue"),
+            },
+            Target::Gateway(i) => {
+                self.restart_proc(&mut lock(&self.gateways[i]), down, GATEWAY_READY);
+            }
+            Target::Worker(i) => {
+                self.restart_proc(&mut lock(&self.workers[i]), down, WORKER_READY);
+            }
+            Target::StockRedis => {
+                let mut stock = lock(&self.stock);
+                stock.kill().expect("SIGKILL the stock Redis");
+                std::thread::sleep(down);
+                stock.restart().expect("restart the stock Redis");
+            }
+            Target::Postgres => {
+                let mut pg = lock(&self.pg);
+                pg.kill().expect("SIGKILL PostgreSQL");
+                std::thread::sleep(down);
+                pg.restart().expect("restart PostgreSQL (crash recovery)");
+            }
+        }
+    }
+
+    /// Kill, `down`, then start until it prints `ready`: a start that exits first (its
+    /// database or Redis is down at that moment) is counted and started again, within
+    /// [`START_WAIT`].
+    fn restart_proc(&self, p: &mut Proc, down: Duration, ready: &str) {
+        p.kill();
+        std::thread::sleep(down);
+        let deadline = Instant::now() + START_WAIT;
+        loop {
+            p.spawn();
+            match p.wait_ready(ready, deadline.saturating_duration_since(Instant::now())) {
+                Ok(_) => return,
+                Err(why) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} did not start within {START_WAIT:?}: {why}",
+                        p.name
+                    );
+                    self.failed_starts.fetch_add(1, Ordering::Relaxed);
+                    // A supervisor's pause between starts, not a synchronisation.
+                    std::thread::sleep(RESPAWN_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// Every process that exited by itself while it served (none should: they ride out
+    /// their peers' crashes), with its log. A part being restarted (locked) is skipped.
+    fn exited_by_themselves(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in self
+            .broker
+            .iter()
+            .chain(self.gateways.iter())
+            .chain(self.workers.iter())
+        {
+            let Ok(mut p) = p.try_lock() else { continue };
+            if let Some(status) = p.exited() {
+                out.push(format!(
+                    "{} exited by itself ({status}):\n{}",
+                    p.name,
+                    p.log_tail()
+                ));
+            }
+        }
+        out
+    }
+
+    fn logs(&self) -> String {
+        self.broker
+            .iter()
+            .chain(self.gateways.iter())
+            .chain(self.workers.iter())
+            .map(|p| lock(p).log_tail())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// What the crowd saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Answers by kind and code.
+    answers: BTreeMap<String, u64>,
+    /// The first message of each kind of refusal (why purchases fail).
+    messages: BTreeMap<String, String>,
+    /// Tickets of 202s, with their person.
+    accepted: Vec<(String, String)>,
+    /// Tickets of `503 outcome_unknown`s, with their person.
+    unknown: Vec<(String, String)>,
+    /// People whose purchase was sent and never answered.
+    cut_off: HashSet<String>,
+    /// People with a 202, for repeat purchases (at most [`REPEATERS_MAX`]).
+    repeaters: Vec<String>,
+    /// Repeat purchases tried, and those answered 202.
+    repeats: u64,
+    repeats_accepted: u64,
+    /// Orders paid, and payments refused (by code).
+    paid: u64,
+    pay_refused: BTreeMap<String, u64>,
+}
+
+/// The crowd's shared state.
+#[derive(Debug, Default)]
+struct Crowd {
+    stop: AtomicBool,
+    next_person: AtomicU64,
+    accepted: AtomicU64,
+    seen: Mutex<Seen>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Crowd {
+    fn count(&self, what: String) {
+        *lock(&self.seen).answers.entry(what).or_default() += 1;
+    }
+}
+
+/// One buying connection: person after person, each at a gateway picked by the buyer's
+/// own seeded RNG, until told to stop.
+async fn buyer(crowd: Arc<Crowd>, addrs: Vec<SocketAddr>, secret: String, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    while !crowd.stop.load(Ordering::Relaxed) {
+        let repeat = if rng.random_bool(REPEAT_SHARE) {
+            let seen = lock(&crowd.seen);
+            (!seen.repeaters.is_empty())
+                .then(|| seen.repeaters[rng.random_range(0..seen.repeaters.len())].clone())
+        } else {
+            None
+        };
+        let is_repeat = repeat.is_some();
+        let user = repeat.unwrap_or_else(|| {
+            format!(
+                "person-{}",
+                crowd.next_person.fetch_add(1, Ordering::Relaxed)
+            )
+        });
+        let addr = addrs[rng.random_range(0..addrs.len())];
+        let pays = rng.random_bool(PAY_SHARE);
+        let mut conn = match tokio::time::timeout(REQUEST_WAIT, Conn::connect(addr)).await {
+            Ok(Ok(c)) => c,
+            _ => {
+                crowd.count("broken: connect".into());
+                // Pacing: the gateway is down; try the next person shortly.
+                tokio::time::sleep(REFUSAL_PAUSE).await;
+                continue;
+            }
+        };
+        let bought = tokio::time::timeout(REQUEST_WAIT, buy_once(&mut conn, &user, &secret)).await;
+        let bought = match bought {
+            // No answer to the purchase (or the exchange hung): whether it was stored is
+            // unknown; only the person is known.
+            Ok(Err("purchase")) | Err(_) => {
+                crowd.count("cut off: purchase".into());
+                lock(&crowd.seen).cut_off.insert(user);
+                continue;
+            }
+            Ok(Err(step)) => {
+                crowd.count(format!("broken: {step}"));
+                continue;
+            }
+            Ok(Ok(b)) => b,
+        };
+        let key = format!("{:?} {}", bought.answer, bought.code);
+        if bought.answer == Answer::Refused {
+            lock(&crowd.seen)
+                .messages
+                .entry(key.clone())
+                .or_insert_with(|| bought.message.chars().take(300).collect());
+        }
+        crowd.count(key);
+        match (bought.answer, bought.ticket) {
+            (Answer::Accepted, Some(ticket)) => {
+                crowd.accepted.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut seen = lock(&crowd.seen);
+                    seen.accepted.push((ticket.clone(), user.clone()));
+                    if is_repeat {
+                        seen.repeats += 1;
+                        seen.repeats_accepted += 1;
+                    } else if seen.repeaters.len() < REPEATERS_MAX {
+                        seen.repeaters.push(user.clone());
+                    }
+                }
+                if pays && let Some(cookie) = bought.cookie {
+                    pay(&crowd, &mut conn, &cookie, &ticket).await;
+                }
+            }
+            (Answer::Unknown, Some(ticket)) => {
+                let mut seen = lock(&crowd.seen);
+                seen.unknown.push((ticket, user));
+                if is_repeat {
+                    seen.repeats += 1;
+                }
+            }
+            _ => {
+                if is_repeat {
+                    lock(&crowd.seen).repeats += 1;
+                }
+                tokio::time::sleep(REFUSAL_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Waits (within the pay window) for `ticket` to become an order and pays it; notes how
+/// that went. A cut connection ends the attempt (the gateway was killed).
+async fn pay(crowd: &Crowd, conn: &mut Conn, cookie: &str, ticket: &str) {
+    let deadline = Instant::now() + Duration::from_millis(PAY_WINDOW_MS);
+    let order = loop {
+        let asked = tokio::time::timeout(
+            REQUEST_WAIT,
+            conn.send(request("GET", &format!("/api/tickets/{ticket}"), &[], None)),
+        )
+        .await;
+        let Ok(Ok(answer)) = asked else {
+            crowd.count("pay: ticket poll cut off".into());
+            return;
+        };
+        let body = answer.json();
+        match body.get("state").and_then(Value::as_str) {
+            Some("ordered") => {
+                break body
+                    .get("order_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+            }
+            Some("rejected") => return,
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            crowd.count("pay: not decided within the pay window".into());
+            return;
+        }
+        tokio::time::sleep(TICKET_POLL).await;
+    };
+    let paid = tokio::time::timeout(
+        REQUEST_WAIT,
+        conn.send(request(
+            "POST",
+            &format!("/api/orders/{order}/pay"),
+            &[("cookie", cookie)],
+            None,
+        )),
+    )
+    .await;
+    let mut seen = lock(&crowd.seen);
+    match paid {
+        Ok(Ok(a)) if a.status.as_u16() == 200 => seen.paid += 1,
+        Ok(Ok(a)) => {
+            let code = a
+                .json()
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            *seen
+                .pay_refused
+                .entry(format!("{} {code}", a.status.as_u16()))
+                .or_default() += 1;
+        }
+        _ => *seen.pay_refused.entry("cut off".into()).or_default() += 1,
+    }
+}
+
+/// Puts the sale on through gateway 0's admin API and waits until both gateways list it.
+async fn create_sale(fleet: &Fleet) {
+    let mut admin = Conn::connect(fleet.gateway_addrs[0])
+        .await
+        .expect("connect to gateway 0");
+    let auth = format!("Bearer {}", fleet.admin_secret);
+    let created = admin
+        .send(request(
+            "POST",
+            "/admin/api/sales",
+            &[("authorization", &auth)],
+            Some(&json!({
+                "id": SALE,
+                "name": "chaos",
+                "price_cents": 100,
+                "units": UNITS,
+                "starts_at_ms": queue::Clock::now_ms(&queue::SystemClock),
+                "pay_window_ms": PAY_WINDOW_MS,
+            })),
+        ))
+        .await
+        .expect("create the sale");
+    assert_eq!(
+        created.status.as_u16(),
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    for addr in fleet.gateway_addrs.clone() {
+        wait_for(
+            "both gateways list the sale",
+            Duration::from_secs(10),
+            async || {
+                let listed = match Conn::connect(addr).await {
+                    Ok(mut c) => c
+                        .send(request("GET", &format!("/api/sales/{SALE}"), &[], None))
+                        .await
+                        .map(|a| a.status.as_u16())
+                        .ok(),
+                    Err(_) => None,
+                };
+                (listed == Some(200), listed)
+            },
+        )
+        .await;
+    }
+}
+
+/// The checks that hold at every instant, not only at rest.
+const ALWAYS: [&str; 4] = [
+    check::NO_OVERSELL,
+    check::ONE_PER_PERSON,
+    check::CONSERVATION_DB,
+    check::NO_NEGATIVE_STOCK,
+];
+
+/// Audits every [`AUDIT_EVERY`] until stopped: the failures of [`ALWAYS`] checks seen, and
+/// how many audits ran and how many could not read (PostgreSQL down).
+async fn audit_mid_sale(db: OrdersDb, stop: Arc<AtomicBool>) -> (Vec<String>, u64, u64) {
+    let (mut failures, mut ran, mut unreadable) = (Vec::new(), 0, 0);
+    while !stop.load(Ordering::Relaxed) {
+        let input = AuditInput {
+            db: db.clone(),
+            store: None,
+            sales: Some(vec![SALE]),
+            tickets: Vec::new(),
+            at_rest: false,
+            now_ms: queue::Clock::now_ms(&queue::SystemClock),
+        };
+        match audit(&input).await {
+            Ok(report) => {
+                ran += 1;
+                for name in ALWAYS {
+                    if let Some(c) = report.check(name).filter(|c| !c.passed) {
+                        failures.push(format!("{}: {}", c.name, c.detail));
+                    }
+                }
+            }
+            Err(_) => unreadable += 1,
+        }
+        // The audit's period, not a synchronisation.
+        tokio::time::sleep(AUDIT_EVERY).await;
+    }
+    (failures, ran, unreadable)
+}
+
+/// What a round did, for its line in the output.
+struct RoundOutcome {
+    kills: BTreeMap<&'static str, u32>,
+    restarts: BTreeMap<&'static str, u32>,
+    failed_starts: u64,
+    seen: Seen,
+    audits_mid_sale: (u64, u64),
+    orders_of_cut_off: usize,
+    report: AuditReport,
+    took: Duration,
+}
+
+impl fmt::Display for RoundOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.seen;
+        let figures = self.report.sales.first();
+        write!(
+            f,
+            "kills {:?}, restarts {:?} ({} starts failed and were retried); {} accepted (202), {} outcome unknown (503), {} cut off \
+             ({} of them became orders); {} repeat purchases ({} accepted); {} paid, payment \
+             refusals {:?}; mid-sale audits {} (+{} unreadable while PostgreSQL was down); \
+             at rest {:?}; answers {:?} (refusals, e.g. {:?}); {:?}",
+            self.kills,
+            self.restarts,
+            self.failed_starts,
+            s.accepted.len(),
+            s.unknown.len(),
+            s.cut_off.len(),
+            self.orders_of_cut_off,
+            s.repeats,
+            s.repeats_accepted,
+            s.paid,
+            s.pay_refused,
+            self.audits_mid_sale.0,
+            self.audits_mid_sale.1,
+            figures,
+            s.answers,
+            s.messages,
+            self.took,
+        )
+    }
+}
+
+/// One round on a fresh fleet; `None` when a server program is missing (outside `CI`).
+async fn one_round(
+    bins: &Binaries,
+    kind: QueueKind,
+    round: u32,
+    seed: u64,
+) -> Option<RoundOutcome> {
+    let began = Instant::now();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let events = schedule(&mut rng);
+    eprintln!("round {round}: schedule {events:?}");
+
+    let pg = start_server(
+        "PostgreSQL (pg-kit)",
+        |e: &pg_kit::KitError| matches!(e, pg_kit::KitError::MissingBinary { .. }),
+        || {
+            let pg = PgServer::start()?;
+            pg.create_database("chaos")?;
+            Ok(pg)
+        },
+    )
+    .await?;
+    let redis_missing =
+        |e: &redis_kit::KitError| matches!(e, redis_kit::KitError::MissingBinary { .. });
+    let stock = start_server("the stock Redis", redis_missing, || {
+        RedisServer::start(RedisOptions::new())
+    })
+    .await?;
+    let queue_redis = match kind {
+        QueueKind::Broker => None,
+        QueueKind::RedisStreams => {
+            let redis = start_server("the queue's Redis", redis_missing, || {
+                RedisServer::start(RedisOptions::new())
+            })
+            .await?;
+            Some(redis)
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = Arc::new(blocking(|| {
+        Fleet::start(bins, kind, dir.path(), pg, stock, queue_redis, &mut rng)
+    }));
+    let db = OrdersDb::connect(&fleet.db_url, &DbOptions::default())
+        .await
+        .expect("the test's own connection to the orders database");
+    create_sale(&fleet).await;
+    eprintln!("round {round}: fleet up after {:?}", began.elapsed());
+
+    let crowd = Arc::new(Crowd::default());
+    let buyers: Vec<_> = (0..BUYERS)
+        .map(|_| {
+            tokio::spawn(buyer(
+                crowd.clone(),
+                fleet.gateway_addrs.clone(),
+                fleet.load_test_secret.clone(),
+                rng.random(),
+            ))
+        })
+        .collect();
+    let c = crowd.clone();
+    wait_for(
+        "purchases accepted before the first kill",
+        WARMUP_WAIT,
+        async || {
+            let n = c.accepted.load(Ordering::Relaxed);
+            (n >= WARMUP_ACCEPTED, (n, lock(&c.seen).answers.clone()))
+        },
+    )
+    .await;
+    let stop_audits = Arc::new(AtomicBool::new(false));
+    let auditor = tokio::spawn(audit_mid_sale(db.clone(), stop_audits.clone()));
+
+    // The schedule: each kill at its moment, on a thread of its own, so kills of different
+    // parts overlap; two kills of one part take turns (the part's lock).
+    let window = Instant::now();
+    let mut kills: BTreeMap<&'static str, u32> = BTreeMap::new();
+    let mut restarts: BTreeMap<&'static str, u32> = BTreeMap::new();
+    let mut running = Vec::new();
+    for event in events.iter().copied() {
+        tokio::time::sleep_until((window + event.at).into()).await;
+        let exited = fleet.exited_by_themselves();
+        assert!(exited.is_empty(), "seed {seed}: {}", exited.join("\n"));
+        let (fleet, accepted) = (fleet.clone(), crowd.accepted.load(Ordering::Relaxed));
+        running.push(tokio::task::spawn_blocking(move || {
+            let at = window.elapsed();
+            fleet.kill_and_restart(event.target, event.down);
+            eprintln!(
+                "round {round}: {:?} killed at {at:?} ({accepted} accepted), back at {:?}",
+                event.target,
+                window.elapsed()
+            );
+            event.target
+        }));
+    }
+    for done in running {
+        let target = done
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: a kill: {e}"));
+        *kills.entry(target.kind()).or_default() += 1;
+        *restarts.entry(target.kind()).or_default() += 1;
+    }
+    tokio::time::sleep_until((window + CHAOS_WINDOW).into()).await;
+    crowd.stop.store(true, Ordering::Relaxed);
+    for b in buyers {
+        b.await.expect("a buyer");
+    }
+    stop_audits.store(true, Ordering::Relaxed);
+    let (mid_failures, ran, unreadable) = auditor.await.expect("the mid-sale auditor");
+    let exited = fleet.exited_by_themselves();
+    assert!(exited.is_empty(), "seed {seed}: {}", exited.join("\n"));
+    assert!(
+        mid_failures.is_empty(),
+        "seed {seed}: checks that must hold at every instant failed mid-sale: {mid_failures:#?}"
+    );
+    eprintln!("round {round}: crowd stopped after {:?}", began.elapsed());
+
+    let seen = std::mem::take(&mut *lock(&crowd.seen));
+    let (report, orders_of_cut_off) = settle_and_audit(&fleet, &db, &seen, seed).await;
+    let outcome = RoundOutcome {
+        kills,
+        restarts,
+        failed_starts: fleet.failed_starts.load(Ordering::Relaxed),
+        seen,
+        audits_mid_sale: (ran, unreadable),
+        orders_of_cut_off,
+        report,
+        took: began.elapsed(),
+    };
+    db.close().await;
+    drop(fleet);
+    Some(outcome)
+}
+
+/// At rest: the orders topic drained; then the full audit (stock read raw from Redis) must
+/// pass within [`SETTLE_WAIT`]; and every order must have a cause. Returns the passing
+/// report and how many orders came of cut-off purchases.
+async fn settle_and_audit(
+    fleet: &Fleet,
+    db: &OrdersDb,
+    seen: &Seen,
+    seed: u64,
+) -> (AuditReport, usize) {
+    let backend = queue::Backend::open(&fleet.queue_url, queue::Config::default())
+        .await
+        .expect("a queue client");
+    let q = backend.queue();
+    wait_for("the orders topic to drain", DRAIN_WAIT, async || {
+        let stats = q.stats(ORDERS_TOPIC).await;
+        let drained = stats.as_ref().is_ok_and(|s| {
+            s.groups
+                .iter()
+                .any(|g| g.name == WORKERS_GROUP && g.lag == 0 && g.in_flight == 0)
+        });
+        (drained, format!("{stats:?}"))
+    })
+    .await;
+    backend.close().expect("close the queue client");
+
+    let store = RedisStore::connect(&fleet.stock_url, "seckill:", 2)
+        .await
+        .expect("the stock store");
+    let tickets: Vec<String> = seen.accepted.iter().map(|(t, _)| t.clone()).collect();
+    let deadline = Instant::now() + SETTLE_WAIT;
+    let report = loop {
+        let input = AuditInput {
+            db: db.clone(),
+            store: None,
+            sales: Some(vec![SALE]),
+            tickets: tickets.clone(),
+            at_rest: true,
+            now_ms: queue::Clock::now_ms(&queue::SystemClock),
+        };
+        let report = audit_redis(&input, &store).await.expect("the audit runs");
+        // Every pay window over: each order paid or cancelled, none left pending.
+        let pending = report.sales.iter().map(|s| s.pending).sum::<i64>();
+        if report.passed() && pending == 0 {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: the audit at rest did not pass (or {pending} orders stayed \
+             pending) within {SETTLE_WAIT:?} ({} accepted):\n{}\n{report:#?}\n--- logs ---\n{}",
+            tickets.len(),
+            report.lines().join("\n"),
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // Every order has a cause: a ticket handed out (202 or 503 outcome_unknown) or a
+    // purchase of its person that was cut off.
+    let handed_out: HashMap<&str, &str> = seen
+        .accepted
+        .iter()
+        .chain(seen.unknown.iter())
+        .map(|(t, u)| (t.as_str(), u.as_str()))
+        .collect();
+    let sql = "SELECT request_id, user_id FROM orders";
+    let orders: Vec<(String, String)> = match db {
+        OrdersDb::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
+        OrdersDb::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+    }
+    .expect("the orders");
+    let mut of_cut_off = 0;
+    let mut strays = Vec::new();
+    for (ticket, user) in &orders {
+        match handed_out.get(ticket.as_str()) {
+            Some(u) => assert_eq!(u, user, "seed {seed}: ticket {ticket} changed hands"),
+            None if seen.cut_off.contains(user) => of_cut_off += 1,
+            None => strays.push((ticket, user)),
+        }
+    }
+    assert!(
+        strays.is_empty(),
+        "seed {seed}: {} orders nobody could have caused, e.g. {:?}",
+        strays.len(),
+        &strays[..strays.len().min(5)]
+    );
+    (report, of_cut_off)
+}
