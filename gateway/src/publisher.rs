@@ -161,6 +161,7 @@ fn copy_error(e: &queue::Error) -> queue::Error {
         E::NoSuchTopic(s) => E::NoSuchTopic(s.clone()),
         E::Closed => E::Closed,
         E::Connection(s) => E::Connection(s.clone()),
+        E::NotSent(s) => E::NotSent(s.clone()),
         E::Remote { code, message } => E::Remote {
             code: *code,
             message: message.clone(),

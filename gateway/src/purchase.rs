@@ -124,7 +124,8 @@ pub async fn purchase(
 pub const PUBLISH_ATTEMPTS: u32 = 3;
 
 /// Whether a failed publish certainly stored nothing: the queue refused it before taking
-/// it (full, invalid, over a limit, no such topic). Anything else — a lost connection or
+/// it (full, invalid, over a limit, no such topic), or the client never sent it (broker
+/// unreachable: `NotSent`). Anything else — a lost connection or
 /// timeout to a broker, a broker-side error, a write failure, the queue closing while the
 /// publish waited, an error of a kind added later — may have left the message stored.
 fn definitely_not_stored(e: &queue::Error) -> bool {
@@ -134,6 +135,7 @@ fn definitely_not_stored(e: &queue::Error) -> bool {
             | queue::Error::Invalid(_)
             | queue::Error::Limit { .. }
             | queue::Error::NoSuchTopic(_)
+            | queue::Error::NotSent(_)
     )
 }
 

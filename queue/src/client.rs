@@ -189,7 +189,7 @@ impl Slot {
                 if left.is_zero() {
                     Ok(())
                 } else {
-                    Err(Error::Connection(format!(
+                    Err(Error::NotSent(format!(
                         "{why}; not retrying for another {} ms",
                         left.as_millis().max(1)
                     )))
@@ -420,7 +420,9 @@ impl Client {
         }
         let Ok(writer) = conn.tx.reserve().await else {
             conn.kill("connection lost while sending");
-            return Err(Error::Connection("connection lost".into()));
+            return Err(Error::NotSent(
+                "connection lost before the request was sent".into(),
+            ));
         };
         conn.register(entries)?;
         writer.send(frames);
@@ -468,7 +470,7 @@ impl Client {
         }
         match tokio::time::timeout_at(deadline, self.reconnect(slot)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Connection(format!(
+            Err(_) => Err(Error::NotSent(format!(
                 "could not connect to {} within the request timeout; the request was not sent",
                 self.config.addr
             ))),
@@ -518,7 +520,7 @@ impl Client {
         );
         let until = Instant::now() + Duration::from_millis(self.config.backoff_max_ms);
         slot.set_down(Some((until, why.clone())));
-        Err(Error::Connection(why))
+        Err(Error::NotSent(why))
     }
 
     /// Takes `n` in-flight slots on `conn` by `deadline`.
@@ -528,7 +530,7 @@ impl Client {
         n: u32,
         deadline: Instant,
     ) -> Result<OwnedSemaphorePermit> {
-        let closed = || Error::Connection("connection lost".into());
+        let closed = || Error::NotSent("connection lost before the request was sent".into());
         match conn.permits.clone().try_acquire_many_owned(n) {
             Ok(p) => return Ok(p),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
@@ -542,9 +544,9 @@ impl Client {
                 // is not answering: retire the connection so the next request reconnects.
                 let why = self.timed_out(0);
                 if conn.kill_if_overdue(Instant::now(), &why) {
-                    return Err(Error::Connection(why));
+                    return Err(Error::NotSent(why));
                 }
-                Err(Error::Connection(format!(
+                Err(Error::NotSent(format!(
                     "no in-flight slot free on the connection to {} within the request \
                      timeout; the request was not sent",
                     self.config.addr
@@ -580,7 +582,9 @@ impl Client {
         // wait; reserving first means no await between registering and sending.
         let Ok(writer) = conn.tx.reserve().await else {
             conn.kill("connection lost while sending");
-            return Err(Error::Connection("connection lost".into()));
+            return Err(Error::NotSent(
+                "connection lost before the request was sent".into(),
+            ));
         };
         conn.register(std::iter::once((
             id,

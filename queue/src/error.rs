@@ -71,6 +71,11 @@ pub enum Error {
     /// de-duplication makes the retry harmless).
     #[error("broker connection: {0}")]
     Connection(String),
+    /// The request was never sent: the broker could not be reached (or no connection or
+    /// in-flight slot was free) before the request's deadline. It certainly did not take
+    /// effect, so a caller may treat it as a definite failure (the gateway gives a unit back).
+    #[error("broker unreachable, request not sent: {0}")]
+    NotSent(String),
     /// The broker refused this client's authentication (no secret, a wrong one, too many
     /// wrong attempts), or the broker could not prove it holds the client's secret. Not
     /// retried: it will not pass by itself.

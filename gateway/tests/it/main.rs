@@ -1086,6 +1086,8 @@ struct GatedQueue {
     ambiguous: std::sync::atomic::AtomicBool,
     /// Fail the next publish that way only, then go on as the other flags say.
     ambiguous_once: std::sync::atomic::AtomicBool,
+    /// Fail as an unreachable broker does: the request was never sent (`NotSent`).
+    not_sent: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -1099,6 +1101,9 @@ impl Queue for GatedQueue {
                 .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             return Err(queue::Error::Connection("lost".into()));
+        }
+        if self.not_sent.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(queue::Error::NotSent("broker unreachable".into()));
         }
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
             // A definite refusal: nothing stored.
@@ -1192,6 +1197,7 @@ async fn gated_app(adjust: impl FnOnce(&mut GatewayConfig)) -> (TestApp, Arc<Gat
         fail: std::sync::atomic::AtomicBool::new(false),
         ambiguous: std::sync::atomic::AtomicBool::new(false),
         ambiguous_once: std::sync::atomic::AtomicBool::new(false),
+        not_sent: std::sync::atomic::AtomicBool::new(false),
     });
     let t = test_system_on(
         gated.clone(),
@@ -1343,6 +1349,22 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     let unknown = post(dave, token_of(&v)).await;
     assert!(unknown.starts_with("HTTP/1.1 503"), "{unknown}");
     assert!(unknown.contains("outcome_unknown"), "{unknown}");
+    let stock = state.inventory.store().stock(1).await.expect("stock");
+    assert_eq!(stock.map(|s| (s.left, s.holders)), Some((1, 4)));
+    // An unreachable broker (every attempt never sent): certainly not queued, so a plain
+    // 503 and the unit back at once, not a unit held until reconciliation.
+    gated
+        .ambiguous_once
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    gated.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    gated
+        .not_sent
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let erin = t.login("erin").await;
+    let (_, v) = t.token_load_test(&erin, 1).await;
+    let refused = post(erin, token_of(&v)).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(!refused.contains("outcome_unknown"), "{refused}");
     let stock = state.inventory.store().stock(1).await.expect("stock");
     assert_eq!(stock.map(|s| (s.left, s.holders)), Some((1, 4)));
 }

@@ -946,7 +946,8 @@ async fn the_connection_limit_refuses_one_more_with_an_error_frame() {
     })
     .await;
     let err = refused.expect_err("a client beyond the limit cannot connect");
-    assert!(matches!(err, Error::Connection(_)), "{err:?}");
+    // Refused before any request: nothing was sent.
+    assert!(matches!(err, Error::NotSent(_)), "{err:?}");
     println!("refused client: {err}");
     assert_eq!(b.metrics.connections_rejected.load(Ordering::Relaxed), 2);
 
@@ -1015,7 +1016,7 @@ async fn idle_connections_are_closed_but_long_polls_are_not() {
     let first = c.ping().await;
     let raced = match first {
         Ok(()) => false,
-        Err(Error::Connection(_)) => {
+        Err(Error::Connection(_) | Error::NotSent(_)) => {
             c.ping().await.expect("the request after a lost connection");
             true
         }
@@ -1110,7 +1111,7 @@ async fn shutdown_answers_requests_in_flight_and_keeps_every_confirm() {
     }
     for f in &failures {
         assert!(
-            matches!(f, Error::Connection(_) | Error::Closed),
+            matches!(f, Error::Connection(_) | Error::NotSent(_) | Error::Closed),
             "publish failed with {f:?}"
         );
     }
@@ -1337,7 +1338,7 @@ async fn backend_switches_between_embedded_and_remote_by_configuration() {
     ));
     assert!(matches!(
         queue::Backend::open("tcp://127.0.0.1:1", engine_config()).await,
-        Err(Error::Connection(_))
+        Err(Error::NotSent(_))
     ));
 }
 
@@ -1620,7 +1621,9 @@ async fn a_down_broker_fails_queued_callers_fast_instead_of_once_per_caller() {
     let mut errors = Vec::new();
     while let Some(joined) = pings.join_next().await {
         match joined.expect("task") {
-            Err(Error::Connection(m)) => errors.push(m),
+            // Never sent (queued behind the failed reconnect), or cut off on the
+            // connection that broke: either way each caller learns it at once.
+            Err(Error::NotSent(m) | Error::Connection(m)) => errors.push(m),
             other => panic!("a ping to a stopped broker: {other:?}"),
         }
     }
@@ -1666,7 +1669,7 @@ async fn a_down_broker_fails_queued_callers_fast_instead_of_once_per_caller() {
     while in_a_row < 2 {
         match c.ping().await {
             Ok(()) => in_a_row += 1,
-            Err(Error::Connection(m)) => {
+            Err(Error::Connection(m) | Error::NotSent(m)) => {
                 in_a_row = 0;
                 assert!(Instant::now() < deadline, "never reconnected: {m}");
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1147,7 +1147,7 @@ async fn sigterm_stops_cleanly_and_keeps_confirmed_publishes() {
             .expect("producers stop once the broker is gone")
             .expect("producer task");
         assert!(
-            matches!(e, Error::Connection(_) | Error::Closed),
+            matches!(e, Error::Connection(_) | Error::NotSent(_) | Error::Closed),
             "publish failed with {e:?}, not a lost connection"
         );
         confirmed.extend(c);
@@ -1445,6 +1445,8 @@ async fn failed_fsync_stops_the_broker_with_a_failing_exit() {
     );
     match tokio::time::timeout_at(deadline, long_poll).await {
         Ok(Ok(Err(Error::Failed(_) | Error::Connection(_)))) => {}
+        // The stopping broker may answer the poll first, with nothing delivered.
+        Ok(Ok(Ok(delivered))) if delivered.is_empty() => {}
         other => panic!("the long poll in flight at the fault ended with {other:?}"),
     }
     drop(client);
