@@ -61,6 +61,11 @@ pub struct GatewayMetrics {
     pub released: AtomicU64,
     /// Sum of enqueue (durable publish) times, µs.
     pub enqueue_us_sum: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections closed at once because [`crate::config::ServeLimits::max_connections`]
+    /// were open.
+    pub connections_refused: AtomicU64,
     /// Request latency by route (index: [`ROUTES`]).
     pub latency: [queue::histogram::AtomicHistogram; ROUTES.len()],
     /// Responses by route and status class (2xx, 4xx, 5xx).
@@ -244,6 +249,19 @@ impl Collector for GatewayCollector {
             "gateway_stock_resets",
             "Sales whose stock was reset to the orders database.",
             get(&self.stock_resets),
+        )?;
+        enc.encode_descriptor(
+            "gateway_connections_open",
+            "Client connections open.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(get(&m.connections_open) as i64))?;
+        counter(
+            &mut enc,
+            "gateway_connections_refused",
+            "Client connections closed at once: the connection cap was reached.",
+            get(&m.connections_refused),
         )?;
         if let Some(crew) = self.crew.get() {
             encode_crew(&mut enc, crew)?;
