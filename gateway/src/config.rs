@@ -79,8 +79,10 @@ pub struct ServeLimits {
     /// connection waits for one: a client sending half a request line, or holding an idle
     /// keep-alive connection, is disconnected after it.
     pub header_read_timeout_ms: u64,
-    /// A connection with no bytes read or written for this long is closed (between
-    /// `idle_timeout_ms` and twice it; a request in progress is answered first).
+    /// A connection with no bytes read or written for this long is asked to close
+    /// (between `idle_timeout_ms` and twice it), and dropped if still no byte moves for
+    /// another `idle_timeout_ms` (a client that stopped mid-request, or stopped reading its
+    /// answers). A connection whose request is being handled is not idle.
     pub idle_timeout_ms: u64,
     /// Open connections at once; one accepted beyond it is closed at once (counted in
     /// `gateway_connections_refused_total`).

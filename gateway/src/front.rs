@@ -74,6 +74,14 @@ impl std::fmt::Debug for Front {
 /// One request in flight, counted until dropped.
 struct InFlight(Arc<AtomicUsize>);
 
+impl InFlight {
+    /// Counts one more in `count` until the guard is dropped.
+    fn enter(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count.clone())
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
@@ -335,10 +343,21 @@ async fn serve_connection(
         inner: stream,
         activity: activity.clone(),
     });
-    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let mut front = front.clone();
-        tower::Service::call(&mut front, req.map(axum::body::Body::new))
-    });
+    // Requests of this connection being handled: the connection is not idle meanwhile
+    // (a handler moves no bytes until it answers; the request timeout bounds it).
+    let handling = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let handling = handling.clone();
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut front = front.clone();
+            let counted = InFlight::enter(&handling);
+            let answer = tower::Service::call(&mut front, req.map(axum::body::Body::new));
+            async move {
+                let _counted = counted;
+                answer.await
+            }
+        })
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
@@ -350,6 +369,7 @@ async fn serve_connection(
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = 0;
+    let mut idle_ticks = 0u32;
     let mut closing = false;
     loop {
         tokio::select! {
@@ -359,19 +379,30 @@ async fn serve_connection(
                 }
                 break;
             }
-            // The shutdown (or the server gone).
+            // The shutdown (or the server gone): finish the request in progress, then close.
             _ = stopping.changed(), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            // Idle: not a byte moved since the last tick.
-            _ = tick.tick(), if !closing => {
+            // Idle: not a byte moved since the last tick. Asked to close first (an idle
+            // keep-alive connection closes at once); still no byte a tick later (a client
+            // that stopped mid-request or stopped reading its answer), dropped.
+            _ = tick.tick() => {
                 let now = activity.load(Ordering::Relaxed);
-                if now == seen {
+                if now != seen || handling.load(Ordering::Relaxed) > 0 {
+                    seen = now;
+                    idle_ticks = 0;
+                    continue;
+                }
+                idle_ticks += 1;
+                if idle_ticks >= 2 {
+                    tracing::debug!("dropping a connection idle for two idle timeouts");
+                    break;
+                }
+                if !closing {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                seen = now;
             }
         }
     }
