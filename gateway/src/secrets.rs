@@ -80,7 +80,9 @@ fn read_file(flag: &str, path: &Path) -> Result<String, SecretError> {
         path: path.display().to_string(),
         reason,
     };
-    let len = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| fail(e.to_string()))?
+        .len();
     if len > SECRET_FILE_BYTES_MAX {
         return Err(fail(format!(
             "{len} bytes; a secret file has at most {SECRET_FILE_BYTES_MAX}"
@@ -92,7 +94,10 @@ fn read_file(flag: &str, path: &Path) -> Result<String, SecretError> {
 
 /// Under `--production`: the admin secret has at least [`PRODUCTION_SECRET_BYTES_MIN`]
 /// bytes, and there is no load-test secret at all (load-test mode skips the captcha).
-pub fn check_production(admin_secret: &str, load_test_secret: Option<&str>) -> Result<(), SecretError> {
+pub fn check_production(
+    admin_secret: &str,
+    load_test_secret: Option<&str>,
+) -> Result<(), SecretError> {
     if load_test_secret.is_some() {
         return Err(SecretError::Refused {
             flag: "load-test-secret".into(),

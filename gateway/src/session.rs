@@ -184,12 +184,11 @@ pub fn set_cookie(name: &str, value: &str, path: &str, max_age_s: u64, secure: b
     if secure {
         c = c.secure(true);
     }
-    c
-        .max_age(cookie::time::Duration::seconds(
-            i64::try_from(max_age_s).unwrap_or(i64::MAX),
-        ))
-        .build()
-        .to_string()
+    c.max_age(cookie::time::Duration::seconds(
+        i64::try_from(max_age_s).unwrap_or(i64::MAX),
+    ))
+    .build()
+    .to_string()
 }
 
 /// The `Set-Cookie` header value that stores `value` as the session cookie for `max_age_s`

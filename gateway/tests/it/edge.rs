@@ -91,7 +91,11 @@ async fn read_answer(s: &mut TcpStream) -> (u16, String) {
             .await
             .expect("an answer in time")
             .expect("read");
-        assert!(n > 0, "closed before a whole answer: {:?}", String::from_utf8_lossy(&data));
+        assert!(
+            n > 0,
+            "closed before a whole answer: {:?}",
+            String::from_utf8_lossy(&data)
+        );
         data.extend_from_slice(&buf[..n]);
     }
 }
@@ -136,7 +140,10 @@ async fn slow_request_heads_are_disconnected_and_others_are_served() {
     assert_eq!(read_answer(&mut s).await.0, 200);
     assert!(closed_by_server(&mut s).await, "idle keep-alive still open");
     assert_eq!(healthz(addr).await, 200);
-    assert_eq!(t.state.metrics.connections_refused.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        t.state.metrics.connections_refused.load(Ordering::Relaxed),
+        0
+    );
 }
 
 /// The idle timeout on its own (the header-read timeout far away): a silent connection is
@@ -155,10 +162,19 @@ async fn idle_connections_are_closed_by_the_idle_timeout() {
     let addr = addr(&t);
     let mut silent = TcpStream::connect(addr).await.expect("connect");
     let mut stopped = TcpStream::connect(addr).await.expect("connect");
-    stopped.write_all(b"POST /api/login HTTP/1.1\r\nhost: x\r\n").await.expect("write");
+    stopped
+        .write_all(b"POST /api/login HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
     assert_eq!(healthz(addr).await, 200);
-    assert!(closed_by_server(&mut silent).await, "a silent connection still open");
-    assert!(closed_by_server(&mut stopped).await, "a stopped request still open");
+    assert!(
+        closed_by_server(&mut silent).await,
+        "a silent connection still open"
+    );
+    assert!(
+        closed_by_server(&mut stopped).await,
+        "a stopped request still open"
+    );
 }
 
 /// Finding 1: beyond the connection cap a connection is closed at once (and counted);
@@ -192,8 +208,13 @@ async fn connections_beyond_the_cap_are_refused_until_others_close() {
     );
     for _ in 0..3 {
         let mut s = TcpStream::connect(addr).await.expect("the kernel accepts");
-        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        assert!(closed_by_server(&mut s).await, "a connection beyond the cap");
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        assert!(
+            closed_by_server(&mut s).await,
+            "a connection beyond the cap"
+        );
     }
     assert!(t.state.metrics.connections_refused.load(Ordering::Relaxed) >= 3);
     let metrics = t.state.exposition.encode();
@@ -206,7 +227,9 @@ async fn connections_beyond_the_cap_are_refused_until_others_close() {
     let deadline = Instant::now() + CLOSE_WAIT;
     loop {
         let mut s = TcpStream::connect(addr).await.expect("connect");
-        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await;
         let mut data = Vec::new();
         let _ = tokio::time::timeout(CLOSE_WAIT, s.read_to_end(&mut data)).await;
         if data.starts_with(b"HTTP/1.1 200") {
@@ -340,10 +363,16 @@ async fn admin_secret_guesses_share_one_global_budget() {
     assert_eq!(refused, 30 - ADMIN_GUESSES_BURST);
     // Wrong bearers: the same budget, empty now.
     let (s, h, v) = t.call(bearer("wrong-secret")).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("throttled")));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("throttled"))
+    );
     assert!(h.contains_key(header::RETRY_AFTER));
     // While it is empty the right secret waits too (else a 200 would answer the guess)…
-    assert_eq!(t.call_raw(bearer(ADMIN)).await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        t.call_raw(bearer(ADMIN)).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     assert_eq!(
         t.call_raw(form_login(ADMIN)).await.0,
         StatusCode::TOO_MANY_REQUESTS
@@ -397,15 +426,22 @@ async fn secure_cookies_and_hsts_follow_the_configuration() {
             .expect("request");
         let (s, h, _) = t.call_raw(login).await;
         assert_eq!(s, StatusCode::OK);
-        let set = h.get(header::SET_COOKIE).and_then(|v| v.to_str().ok()).expect("cookie");
+        let set = h
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .expect("cookie");
         assert_eq!(set.contains("; Secure"), on, "{set}");
         assert_eq!(
-            h.get(header::STRICT_TRANSPORT_SECURITY).map(|v| v.as_bytes()),
+            h.get(header::STRICT_TRANSPORT_SECURITY)
+                .map(|v| v.as_bytes()),
             on.then_some(HSTS_VALUE.as_bytes()),
         );
         let (s, h, _) = t.call_raw(form_login(ADMIN)).await;
         assert_eq!(s, StatusCode::SEE_OTHER);
-        let set = h.get(header::SET_COOKIE).and_then(|v| v.to_str().ok()).expect("cookie");
+        let set = h
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .expect("cookie");
         assert_eq!(set.contains("; Secure"), on, "{set}");
     }
 }
@@ -414,7 +450,14 @@ async fn secure_cookies_and_hsts_follow_the_configuration() {
 /// same-origin and header-less (API client) payments go on to the order lookup.
 #[tokio::test]
 async fn a_cross_site_payment_is_refused() {
-    let t = test_system(Box::new(MemoryStore::new()), None, test_throttle(), None, |_| {}).await;
+    let t = test_system(
+        Box::new(MemoryStore::new()),
+        None,
+        test_throttle(),
+        None,
+        |_| {},
+    )
+    .await;
     let cookie = t.login("ann").await;
     let order = uuid::Uuid::now_v7();
     let pay = |origin: Option<&str>, fetch_site: Option<&str>| {
@@ -430,9 +473,15 @@ async fn a_cross_site_payment_is_refused() {
         b.body(Body::empty()).expect("request")
     };
     let (s, _, v) = t.call(pay(Some("https://evil.example"), None)).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::FORBIDDEN, Some("cross_site")));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("cross_site"))
+    );
     let (s, _, v) = t.call(pay(None, Some("cross-site"))).await;
-    assert_eq!((s, v["error"].as_str()), (StatusCode::FORBIDDEN, Some("cross_site")));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("cross_site"))
+    );
     for (origin, site) in [
         (Some("https://shop.example"), None),
         (None, Some("same-origin")),
@@ -447,7 +496,14 @@ async fn a_cross_site_payment_is_refused() {
 /// database's own text.
 #[tokio::test]
 async fn a_database_503_carries_no_database_text() {
-    let t = test_system(Box::new(MemoryStore::new()), None, test_throttle(), None, |_| {}).await;
+    let t = test_system(
+        Box::new(MemoryStore::new()),
+        None,
+        test_throttle(),
+        None,
+        |_| {},
+    )
+    .await;
     let cookie = t.login("ann").await;
     t.state.db.close().await;
     let order = uuid::Uuid::now_v7();
