@@ -440,6 +440,9 @@ mod tests {
             "gateway_released_total 0",
             "gateway_enqueue_seconds_sum 1.5",
             "gateway_stock_resets_total 3",
+            "# TYPE gateway_connections_open gauge",
+            "gateway_connections_open 0",
+            "gateway_connections_refused_total 0",
             "gateway_responses_total{route=\"purchase\",class=\"2xx\"} 1",
             "gateway_responses_total{route=\"other\",class=\"5xx\"} 0",
             "# TYPE gateway_request_duration_seconds histogram",
@@ -451,10 +454,11 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         let samples = parse(&text);
-        // One series per outcome, per route and class, and 14 buckets + sum + count per route.
+        // One series per outcome, per route and class, and 14 buckets + sum + count per route
+        // (the 2: connections open and refused).
         assert_eq!(
             samples.len(),
-            8 + 4 + 1 + 1 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
+            8 + 4 + 1 + 1 + 2 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
         );
         assert!(!text.contains("orders_"), "no crew, no crew counters");
         // The crew's counters once there is one.
