@@ -1,7 +1,9 @@
 //! The admin dashboard's pages and its authentication.
 //!
 //! - **Sign-in**: `POST /admin/login` with the admin secret (compared in constant time,
-//!   throttled like shopper sign-ins) sets the `admin` cookie: HttpOnly, SameSite=Strict,
+//!   throttled per IP like shopper sign-ins, and by the global budget of admin-secret
+//!   guesses, [`crate::guard`], that no flag turns off) sets the `admin` cookie: HttpOnly,
+//!   SameSite=Strict (and `Secure` when configured),
 //!   `Path=/admin`, valid [`ADMIN_SESSION_MS`], signed with a key derived from the session
 //!   key *and* the admin secret ([`AdminKey`]), so a shopper's cookie is never an admin's
 //!   and changing the secret signs every admin out.

@@ -1,6 +1,9 @@
 //! The front of the gateway: [`Front`], the one `tower::Service` around the routes (cap on
 //! requests in flight, timeout, body limit, client address, metrics by route), and
-//! [`serve`], which serves it with the housekeeping tasks.
+//! [`serve`], which serves it with the housekeeping tasks through [`serve_connections`]:
+//! hyper's HTTP/1 with a header-read timeout, an idle timeout and a connection cap
+//! (`axum::serve` runs hyper without a timer, so a client sending half a request line
+//! held its connection forever).
 //!
 //! `Front` is hand-written on purpose: the tower stack it replaced (`HandleError` +
 //! `LoadShed` + `ConcurrencyLimit` + `Timeout` + a `from_fn` metrics middleware +
@@ -50,7 +53,9 @@ pub fn app_with_limits(state: Shared, limits: ServeLimits) -> Front {
 
 /// The front of the gateway, one `tower::Service` around the routes: a global cap on
 /// requests in flight (beyond it: 503 `overloaded` + `Retry-After` at once), a request
-/// timeout (503 `timeout`), the body limit (413, enforced by [`crate::extract::JsonBody`]), the client's
+/// timeout (503 `timeout`), the body limit on every route (413: a known length over it at
+/// once, a chunked body cut there; [`crate::extract::JsonBody`] and
+/// [`crate::extract::form_or_default`] report it), HSTS when configured, the client's
 /// address (`ConnectInfo`), and the latency and status metrics by route. One service
 /// instead of a stack of layers: one boxed future and no per-layer clones per request.
 #[derive(Clone)]
