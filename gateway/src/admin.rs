@@ -1,7 +1,9 @@
 //! The admin dashboard's pages and its authentication.
 //!
 //! - **Sign-in**: `POST /admin/login` with the admin secret (compared in constant time,
-//!   throttled like shopper sign-ins) sets the `admin` cookie: HttpOnly, SameSite=Strict,
+//!   throttled per IP like shopper sign-ins, and by the global budget of admin-secret
+//!   guesses, [`crate::guard`], that no flag turns off) sets the `admin` cookie: HttpOnly,
+//!   SameSite=Strict (and `Secure` when configured),
 //!   `Path=/admin`, valid [`ADMIN_SESSION_MS`], signed with a key derived from the session
 //!   key *and* the admin secret ([`AdminKey`]), so a shopper's cookie is never an admin's
 //!   and changing the secret signs every admin out.
@@ -59,6 +61,19 @@ fn login_page(state: &AppState, status: StatusCode, error: Option<String>) -> Re
     )
 }
 
+/// The sign-in page answering 429 with `Retry-After`.
+fn too_many(state: &AppState, retry_ms: u64) -> Response {
+    let retry_s = retry_ms.div_ceil(1000).max(1);
+    let mut r = login_page(
+        state,
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(format!("too many attempts; try again in {retry_s} s")),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_s));
+    r
+}
+
 fn forbidden(state: &AppState, why: &str) -> Response {
     login_page(state, StatusCode::FORBIDDEN, Some(why.to_string()))
 }
@@ -66,11 +81,17 @@ fn forbidden(state: &AppState, why: &str) -> Response {
 /// The admin's nonce for a page, or the response refusing it (401 sign-in page).
 fn page_session(state: &AppState, headers: &HeaderMap) -> Result<String, Box<Response>> {
     match authenticate(state, headers) {
-        Some(AdminAuth::Cookie(nonce)) => Ok(nonce),
+        Err(e) => Err(Box::new(too_many(state, retry_ms_of(&e)))),
+        Ok(Some(AdminAuth::Cookie(nonce))) => Ok(nonce),
         // A bearer client gets pages too; its forms carry a token of an empty nonce.
-        Some(AdminAuth::Bearer) => Ok(String::new()),
-        None => Err(Box::new(login_page(state, StatusCode::UNAUTHORIZED, None))),
+        Ok(Some(AdminAuth::Bearer)) => Ok(String::new()),
+        Ok(None) => Err(Box::new(login_page(state, StatusCode::UNAUTHORIZED, None))),
     }
+}
+
+/// The wait of a 429 from [`authenticate`], ms.
+fn retry_ms_of(e: &ApiError) -> u64 {
+    e.retry_after_s.unwrap_or(1).saturating_mul(1000)
 }
 
 /// For a form POST: signed in, same site, and the right `csrf` field.
@@ -82,13 +103,14 @@ fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<(),
         )));
     }
     match authenticate(state, headers) {
-        Some(AdminAuth::Bearer) => Ok(()),
-        Some(AdminAuth::Cookie(nonce)) if state.admin_key.csrf_ok(&nonce, csrf) => Ok(()),
-        Some(AdminAuth::Cookie(_)) => Err(Box::new(forbidden(
+        Err(e) => Err(Box::new(too_many(state, retry_ms_of(&e)))),
+        Ok(Some(AdminAuth::Bearer)) => Ok(()),
+        Ok(Some(AdminAuth::Cookie(nonce))) if state.admin_key.csrf_ok(&nonce, csrf) => Ok(()),
+        Ok(Some(AdminAuth::Cookie(_))) => Err(Box::new(forbidden(
             state,
             "refused: the form's CSRF token is missing or wrong; reload the page and try again",
         ))),
-        None => Err(Box::new(login_page(state, StatusCode::UNAUTHORIZED, None))),
+        Ok(None) => Err(Box::new(login_page(state, StatusCode::UNAUTHORIZED, None))),
     }
 }
 
@@ -105,14 +127,16 @@ fn see_other(to: &str) -> Response {
 
 /// `GET /admin/login`.
 pub async fn login_form(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if authenticate(&state, &headers).is_some() {
-        return see_other("/admin");
+    match authenticate(&state, &headers) {
+        Ok(Some(_)) => return see_other("/admin"),
+        Ok(None) => {}
+        Err(e) => return too_many(&state, retry_ms_of(&e)),
     }
     login_page(&state, StatusCode::OK, None)
 }
 
 /// The sign-in form.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct LoginForm {
     #[serde(default)]
     secret: String,
@@ -133,16 +157,17 @@ pub async fn login(
         .throttle
         .check(crate::throttle::Route::Login, None, ip, now)
     {
-        return login_page(
-            &state,
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(format!(
-                "too many attempts; try again in {} s",
-                t.retry_after_ms.div_ceil(1000).max(1)
-            )),
-        );
+        return too_many(&state, t.retry_after_ms);
     }
-    let secret = form.map(|Form(f)| f.secret).unwrap_or_default();
+    let secret = match crate::extract::form_or_default(form) {
+        Ok(f) => f.secret,
+        Err(e) => return e.into_response(),
+    };
+    // The global budget of guesses, which no flag turns off (crate::guard).
+    let guess = match state.admin_guesses.guess(now) {
+        Ok(g) => g,
+        Err(retry_ms) => return too_many(&state, retry_ms),
+    };
     let expected = state.config.admin_secret.as_bytes();
     if expected.is_empty()
         || secret.len() != expected.len()
@@ -154,12 +179,14 @@ pub async fn login(
             Some("wrong admin secret".to_string()),
         );
     }
+    guess.correct();
     let value = state.admin_key.sign(now + ADMIN_SESSION_MS);
     let cookie = crate::session::set_cookie(
         ADMIN_COOKIE_NAME,
         &value,
         ADMIN_COOKIE_PATH,
         ADMIN_SESSION_MS / 1000,
+        state.config.secure_cookies,
     );
     let mut r = see_other("/admin");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -169,7 +196,7 @@ pub async fn login(
 }
 
 /// A form with only its CSRF token.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct CsrfForm {
     #[serde(default)]
     csrf: String,
@@ -181,12 +208,21 @@ pub async fn logout(
     headers: HeaderMap,
     form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    let csrf = match crate::extract::form_or_default(form) {
+        Ok(f) => f.csrf,
+        Err(e) => return e.into_response(),
+    };
     if let Err(r) = form_session(&state, &headers, &csrf) {
         return *r;
     }
     let mut r = see_other("/admin/login");
-    let cleared = crate::session::set_cookie(ADMIN_COOKIE_NAME, "", ADMIN_COOKIE_PATH, 0);
+    let cleared = crate::session::set_cookie(
+        ADMIN_COOKIE_NAME,
+        "",
+        ADMIN_COOKIE_PATH,
+        0,
+        state.config.secure_cookies,
+    );
     if let Ok(v) = HeaderValue::from_str(&cleared) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -211,13 +247,16 @@ async fn dashboard_page(
     let mut sales = match state.db.sales().await {
         Ok(s) => s,
         Err(e) => {
+            tracing::warn!("the dashboard's sales: the orders database did not answer: {e}");
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no-store",
                 &AdminLoginPage {
                     assets: assets(),
                     server_time_ms: now,
-                    error: Some(format!("the orders database did not answer: {e}")),
+                    error: Some(
+                        "the orders database did not answer; see the gateway's log".to_string(),
+                    ),
                 },
             );
         }
@@ -484,12 +523,15 @@ pub async fn create_sale(
     headers: HeaderMap,
     form: Result<Form<SaleForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let form = form.map(|Form(f)| f).unwrap_or_default();
+    let form = match crate::extract::form_or_default(form) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
     if let Err(r) = form_session(&state, &headers, &form.csrf) {
         return *r;
     }
     let nonce = match authenticate(&state, &headers) {
-        Some(AdminAuth::Cookie(n)) => n,
+        Ok(Some(AdminAuth::Cookie(n))) => n,
         _ => String::new(),
     };
     let sale = match parse_sale_form(&form, state.now_ms()) {
@@ -654,7 +696,10 @@ pub async fn act_on_dead_letter(
     path: LetterPath,
     form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    let csrf = match crate::extract::form_or_default(form) {
+        Ok(f) => f.csrf,
+        Err(e) => return e.into_response(),
+    };
     if let Err(r) = form_session(&state, &headers, &csrf) {
         return *r;
     }

@@ -37,7 +37,17 @@ pub struct GatewayConfig {
     /// by /64), when per-address bounds are on (they follow the per-IP quotas). Default
     /// [`crate::ledger::TOKENS_PER_ADDRESS_DEFAULT`]; at least 1.
     pub tokens_per_address: u64,
+    /// Session and admin cookies carry `Secure` (sent over HTTPS only). On under
+    /// `--production`, where a TLS-terminating proxy stands in front of the gateway.
+    pub secure_cookies: bool,
+    /// Every response carries `Strict-Transport-Security` ([`HSTS_VALUE`]). On under
+    /// `--production` (behind TLS).
+    pub hsts: bool,
 }
+
+/// The `Strict-Transport-Security` value sent when [`GatewayConfig::hsts`] is on: one year,
+/// subdomains not included (the gateway does not know them).
+pub const HSTS_VALUE: &str = "max-age=31536000";
 
 impl GatewayConfig {
     /// Defaults with this admin secret.
@@ -54,6 +64,8 @@ impl GatewayConfig {
             reveal_captcha_answers: false,
             tickets_max: crate::tickets::TICKETS_MAX,
             tokens_per_address: crate::ledger::TOKENS_PER_ADDRESS_DEFAULT,
+            secure_cookies: false,
+            hsts: false,
         }
     }
 }
@@ -78,11 +90,51 @@ pub struct ServeLimits {
     pub max_in_flight: usize,
     /// A request taking longer is answered 503.
     pub request_timeout_ms: u64,
-    /// Largest request body (413 beyond).
+    /// Largest request body, on every route (413 beyond; a declared `Content-Length` over
+    /// it is refused before the body is read).
     pub body_limit_bytes: usize,
+    /// Longest wait for a request's head (request line and headers), from the moment the
+    /// connection waits for one: a client sending half a request line, or holding an idle
+    /// keep-alive connection, is disconnected after it.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no bytes read or written for this long is asked to close
+    /// (between `idle_timeout_ms` and twice it), and dropped if still no byte moves for
+    /// another `idle_timeout_ms` (a client that stopped mid-request, or stopped reading its
+    /// answers). A connection whose request is being handled is not idle.
+    pub idle_timeout_ms: u64,
+    /// Open connections at once; one accepted beyond it is closed at once (counted in
+    /// `gateway_connections_refused_total`).
+    pub max_connections: usize,
 }
 
+/// Most connections [`ServeLimits::max_connections`] may allow (a semaphore counts them).
+pub const MAX_CONNECTIONS_MAX: usize = 1 << 20;
+
 impl ServeLimits {
+    /// Checks the limits: every timeout and count at least 1, connections at most
+    /// [`MAX_CONNECTIONS_MAX`].
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            ("max_in_flight", self.max_in_flight as u64),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("body_limit_bytes", self.body_limit_bytes as u64),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("max_connections", self.max_connections as u64),
+        ];
+        for (name, v) in checks {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.max_connections > MAX_CONNECTIONS_MAX {
+            return Err(format!(
+                "max_connections must be at most {MAX_CONNECTIONS_MAX}"
+            ));
+        }
+        Ok(())
+    }
+
     /// The purchase wait that fits these limits: four fifths of the request timeout, so a
     /// purchase answers (`outcome_unknown`, with its ticket) before its request times out.
     pub fn purchase_wait_ms(&self) -> u64 {
@@ -96,6 +148,9 @@ impl Default for ServeLimits {
             max_in_flight: 4096,
             request_timeout_ms: 5_000,
             body_limit_bytes: 16 << 10,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 8_192,
         }
     }
 }

@@ -9,6 +9,10 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
+/// The message of every 503 `unavailable` from a dependency's error (the error itself
+/// is logged).
+pub const UNAVAILABLE_MESSAGE: &str = "a service behind the gateway did not answer; try again";
+
 /// A refusal, as the client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -71,9 +75,12 @@ impl ApiError {
 
     /// 503 `unavailable`, retry in a second: a dependency could not answer. Also for the
     /// orders database's reads, where even an `Invalid` error comes from the stored data
-    /// (or an id out of its range), not from anything the client could fix.
+    /// (or an id out of its range), not from anything the client could fix. The error is
+    /// logged; the body carries only [`UNAVAILABLE_MESSAGE`] (a database's or queue's own
+    /// text names tables, hosts and settings no client should see).
     pub fn unavailable_from(e: impl std::fmt::Display) -> Self {
-        ApiError::unavailable("unavailable", e.to_string(), 1000)
+        tracing::warn!("a dependency did not answer: {e}");
+        ApiError::unavailable("unavailable", UNAVAILABLE_MESSAGE, 1000)
     }
 
     /// 410: the sale has ended.
@@ -242,6 +249,28 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("valid JSON");
         assert_eq!(v["error"], "sold_out");
         assert_eq!(v["message"], "quote \" and \\ and \n end");
+    }
+
+    #[test]
+    fn unavailable_bodies_never_carry_the_dependencys_text() {
+        let secret_text = "connection to postgres://admin:pw@db.internal:5432 refused";
+        let errors = [
+            ApiError::unavailable_from(secret_text),
+            // The database's own text (any error that is not the client's to fix).
+            ApiError::from(order_worker::DbError::Raced(7)),
+            ApiError::from(queue::Error::Connection(secret_text.into())),
+        ];
+        for e in errors {
+            assert_eq!(
+                (e.status, e.code, e.message.as_str(), e.retry_after_s),
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    UNAVAILABLE_MESSAGE,
+                    Some(1)
+                )
+            );
+        }
     }
 
     #[test]

@@ -167,19 +167,59 @@ fn bearer_ok(state: &AppState, headers: &HeaderMap) -> bool {
         && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
-/// How this request is authenticated as the admin, if it is.
-pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<AdminAuth> {
+/// How this request is authenticated as the admin, if it is; `Err` (429, with
+/// `Retry-After`) when it carries an `Authorization` header while the global budget of
+/// admin-secret guesses ([`crate::guard`]) is empty. A bearer secret is compared only after
+/// a guess is taken from that budget; a wrong one spends it, a correct one gives it back.
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<AdminAuth>, ApiError> {
     if state.config.admin_secret.is_empty() {
-        return None;
+        return Ok(None);
     }
-    if bearer_ok(state, headers) {
-        return Some(AdminAuth::Bearer);
+    if headers.contains_key(header::AUTHORIZATION) {
+        let guess = state
+            .admin_guesses
+            .guess(state.now_ms())
+            .map_err(too_many_guesses)?;
+        if bearer_ok(state, headers) {
+            guess.correct();
+            return Ok(Some(AdminAuth::Bearer));
+        }
     }
-    let value = cookie(headers, ADMIN_COOKIE_NAME)?;
-    state
+    let Some(value) = cookie(headers, ADMIN_COOKIE_NAME) else {
+        return Ok(None);
+    };
+    Ok(state
         .admin_key
         .verify(value, state.now_ms())
-        .map(AdminAuth::Cookie)
+        .map(AdminAuth::Cookie))
+}
+
+/// 429 `throttled`: the global budget of admin-secret guesses is empty for `retry_ms`.
+pub fn too_many_guesses(retry_ms: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "throttled",
+        "too many wrong admin secrets; try again later",
+    )
+    .retry_after_ms(retry_ms)
+}
+
+/// A form body, or `T::default()` when it is missing or malformed (the handler then
+/// refuses it by its own rules: an empty secret or CSRF token); a body over the limit is
+/// `413 too_large` (a form is read under the same [`BodyLimit`] as JSON: the front service
+/// cuts every body there).
+pub fn form_or_default<T: Default>(
+    form: Result<axum::Form<T>, axum::extract::rejection::FormRejection>,
+) -> Result<T, ApiError> {
+    match form {
+        Ok(axum::Form(f)) => Ok(f),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "request body over the limit",
+        )),
+        Err(_) => Ok(T::default()),
+    }
 }
 
 /// Whether the request comes from another site, by `Origin` (compared with `Host`) or,
@@ -200,10 +240,32 @@ pub fn cross_site(headers: &HeaderMap) -> bool {
         .is_some_and(|v| !matches!(v, "same-origin" | "none"))
 }
 
+/// A request not sent by another site's page ([`cross_site`]: by `Origin`, else
+/// `Sec-Fetch-Site`); otherwise `403 cross_site` before anything else is read. A request
+/// with neither header (an API client, not a browser) passes, as on the admin routes: a
+/// browser sends `Origin` on every cross-origin POST, so only non-browser clients lack
+/// both, and they hold their own cookie (no confused deputy).
+#[derive(Debug, Clone, Copy)]
+pub struct SameSite;
+
+impl<S: Send + Sync> FromRequestParts<S> for SameSite {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        if cross_site(&parts.headers) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_site",
+                "refused: the request came from another site",
+            ));
+        }
+        Ok(SameSite)
+    }
+}
+
 /// The rules of the admin JSON API for a request: bearer, or cookie (with the CSRF header
 /// and a same-site origin on anything but GET/HEAD). Used by [`Admin`].
 pub fn check_api(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
-    match authenticate(state, &parts.headers) {
+    match authenticate(state, &parts.headers)? {
         Some(AdminAuth::Bearer) => Ok(()),
         Some(AdminAuth::Cookie(nonce)) => {
             if matches!(parts.method, Method::GET | Method::HEAD) {

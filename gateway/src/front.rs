@@ -1,6 +1,9 @@
 //! The front of the gateway: [`Front`], the one `tower::Service` around the routes (cap on
 //! requests in flight, timeout, body limit, client address, metrics by route), and
-//! [`serve`], which serves it with the housekeeping tasks.
+//! [`serve`], which serves it with the housekeeping tasks through [`serve_connections`]:
+//! hyper's HTTP/1 with a header-read timeout, an idle timeout and a connection cap
+//! (`axum::serve` runs hyper without a timer, so a client sending half a request line
+//! held its connection forever).
 //!
 //! `Front` is hand-written on purpose: the tower stack it replaced (`HandleError` +
 //! `LoadShed` + `ConcurrencyLimit` + `Timeout` + a `from_fn` metrics middleware +
@@ -15,10 +18,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::HttpBody;
 use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::config::ServeLimits;
+use crate::config::{HSTS_VALUE, ServeLimits};
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
 use crate::metrics::route_index;
@@ -48,7 +53,9 @@ pub fn app_with_limits(state: Shared, limits: ServeLimits) -> Front {
 
 /// The front of the gateway, one `tower::Service` around the routes: a global cap on
 /// requests in flight (beyond it: 503 `overloaded` + `Retry-After` at once), a request
-/// timeout (503 `timeout`), the body limit (413, enforced by [`crate::extract::JsonBody`]), the client's
+/// timeout (503 `timeout`), the body limit on every route (413: a known length over it at
+/// once, a chunked body cut there; [`crate::extract::JsonBody`] and
+/// [`crate::extract::form_or_default`] report it), HSTS when configured, the client's
 /// address (`ConnectInfo`), and the latency and status metrics by route. One service
 /// instead of a stack of layers: one boxed future and no per-layer clones per request.
 #[derive(Clone)]
@@ -71,6 +78,14 @@ impl std::fmt::Debug for Front {
 
 /// One request in flight, counted until dropped.
 struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Counts one more in `count` until the guard is dropped.
+    fn enter(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count.clone())
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -106,26 +121,61 @@ impl tower::Service<axum::extract::Request> for Front {
             state.metrics.observe(route, started, resp.status());
             return Box::pin(std::future::ready(Ok(resp)));
         }
+        let limit = self.limits.body_limit_bytes;
+        // The body limit holds on every route, whatever extractor reads the body: a body of
+        // known length over it (hyper knows it from `Content-Length`) is refused before a
+        // byte of it is read; a body of unknown length (chunked) is cut at the limit by
+        // `Limited`, which every extractor's read reports as 413. A body of known length
+        // within the limit needs no wrapper: hyper never yields more than it declared.
+        let size = HttpBody::size_hint(req.body());
+        match size.exact() {
+            Some(n) if n > limit as u64 => {
+                drop(guard);
+                let resp = too_large(limit);
+                state.metrics.observe(route, started, resp.status());
+                return Box::pin(std::future::ready(Ok(resp)));
+            }
+            Some(_) => {}
+            None => {
+                req = req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, limit)));
+            }
+        }
         if let Some(peer) = self.peer {
             req.extensions_mut().insert(ConnectInfo(peer));
         }
-        req.extensions_mut()
-            .insert(BodyLimit(self.limits.body_limit_bytes));
+        req.extensions_mut().insert(BodyLimit(limit));
+        let hsts = state.config.hsts;
         let timeout = Duration::from_millis(self.limits.request_timeout_ms.max(1));
         let inner = self.inner.clone();
         Box::pin(async move {
             let _guard = guard;
-            let resp =
+            let mut resp =
                 match tokio::time::timeout(timeout, tower::ServiceExt::oneshot(inner, req)).await {
                     Ok(Ok(resp)) => resp,
                     Ok(Err(never)) => match never {},
                     Err(_) => ApiError::unavailable("timeout", "the request took too long", 1000)
                         .into_response(),
                 };
+            if hsts {
+                resp.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static(HSTS_VALUE),
+                );
+            }
             state.metrics.observe(route, started, resp.status());
             Ok(resp)
         })
     }
+}
+
+/// 413 `too_large`: the body is over `limit` bytes.
+pub fn too_large(limit: usize) -> Response {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("request body over {limit} bytes"),
+    )
+    .into_response()
 }
 
 /// Makes one [`Front`] per accepted connection, knowing its peer address.
@@ -148,9 +198,16 @@ impl<'a> tower::Service<axum::serve::IncomingStream<'a, tokio::net::TcpListener>
         &mut self,
         stream: axum::serve::IncomingStream<'a, tokio::net::TcpListener>,
     ) -> Self::Future {
-        let mut front = self.0.clone();
-        front.peer = Some(*stream.remote_addr());
-        std::future::ready(Ok(front))
+        std::future::ready(Ok(self.0.for_peer(*stream.remote_addr())))
+    }
+}
+
+impl Front {
+    /// This service for one connection from `peer`.
+    pub fn for_peer(&self, peer: SocketAddr) -> Front {
+        let mut front = self.clone();
+        front.peer = Some(peer);
+        front
     }
 }
 
@@ -202,11 +259,232 @@ pub async fn serve(
             }
         })
     };
-    let r = axum::serve(listener, MakeFront(app_with_limits(state, limits)))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let r = serve_connections(listener, app_with_limits(state, limits), shutdown).await;
     keeper.abort();
     syncer.abort();
     sampler.abort();
     r
+}
+
+/// How long the accept loop waits after an accept error other than a failed connection
+/// (out of file descriptors: waiting lets connections close).
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The accept loop: each connection served by hyper's HTTP/1 with the header-read timeout
+/// ([`ServeLimits::header_read_timeout_ms`], which also ends an idle keep-alive wait), the
+/// idle timeout ([`ServeLimits::idle_timeout_ms`]), and at most
+/// [`ServeLimits::max_connections`] at once (one accepted beyond it is closed at once and
+/// counted). At `shutdown` it stops accepting, lets each connection finish its request in
+/// progress and close, and returns when every connection has.
+pub async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    front: Front,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = front.limits;
+    limits
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let permits = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let slots = Arc::new(tokio::sync::Semaphore::new(permits as usize));
+    let (stop, stopping) = tokio::sync::watch::channel(());
+    let metrics = front.state.metrics.clone();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Beyond the cap: closed at once, before a byte is read.
+            metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            front.for_peer(peer),
+            stopping.clone(),
+            slot,
+        ));
+    }
+    drop(listener);
+    // Every connection: finish the request in progress, then close.
+    let _ = stop.send(());
+    let _ = slots.acquire_many(permits).await;
+    Ok(())
+}
+
+/// Errors of `accept` that concern one connection only (as hyper-util and axum judge them).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One connection, until it closes; holds its `slot` of the connection cap until then.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    front: Front,
+    mut stopping: tokio::sync::watch::Receiver<()>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let limits = front.limits;
+    let metrics = front.state.metrics.clone();
+    metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+    let activity = Arc::new(AtomicUsize::new(0));
+    let io = hyper_util::rt::TokioIo::new(Counted {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    // Requests of this connection being handled: the connection is not idle meanwhile
+    // (a handler moves no bytes until it answers; the request timeout bounds it).
+    let handling = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let handling = handling.clone();
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut front = front.clone();
+            let counted = InFlight::enter(&handling);
+            let answer = tower::Service::call(&mut front, req.map(axum::body::Body::new));
+            async move {
+                let _counted = counted;
+                answer.await
+            }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = 0;
+    let mut idle_ticks = 0u32;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("connection: {e}");
+                }
+                break;
+            }
+            // The shutdown (or the server gone): finish the request in progress, then close.
+            _ = stopping.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            // Idle: not a byte moved since the last tick. Asked to close first (an idle
+            // keep-alive connection closes at once); still no byte a tick later (a client
+            // that stopped mid-request or stopped reading its answer), dropped.
+            _ = tick.tick() => {
+                let now = activity.load(Ordering::Relaxed);
+                if now != seen || handling.load(Ordering::Relaxed) > 0 {
+                    seen = now;
+                    idle_ticks = 0;
+                    continue;
+                }
+                idle_ticks += 1;
+                if idle_ticks >= 2 {
+                    tracing::debug!("dropping a connection idle for two idle timeouts");
+                    break;
+                }
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+    metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
+}
+
+/// A socket that counts its reads and writes, so that the idle timeout can tell a quiet
+/// connection from a busy one without a clock read per operation.
+struct Counted {
+    inner: tokio::net::TcpStream,
+    activity: Arc<AtomicUsize>,
+}
+
+impl Counted {
+    fn moved(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if r.is_ready() {
+            this.moved();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            this.moved();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            this.moved();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }

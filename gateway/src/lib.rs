@@ -24,7 +24,9 @@
 //!      limits and the repeat-purchase rule; [`sales`]: the in-memory copy of the
 //!      database's sales; [`tickets`]: purchases waiting in the queue;
 //!      [`publisher`]: batches accepted purchases into `publish_each` calls;
-//!      [`dashboard`]: the dashboard's figures and their history (data only).
+//!      [`dashboard`]: the dashboard's figures and their history (data only);
+//!      [`guard`]: the global budget of admin-secret guesses; [`secrets`]: secrets from
+//!      a flag, a variable or a file, and what `--production` asks of them.
 //! 2. [`state`]: [`state::AppState`], what every handler shares (its clock, a
 //!    `queue::Clock`, is the only time the handlers read), and the small shared structures
 //!    it holds (running purchases, the workers' progress, reconciliation).
@@ -40,7 +42,8 @@
 //!    ticket progress and stock reconciliation with the database; [`health`]: `/readyz`
 //!    and `/metrics`.
 //! 5. [`routes`]: the router, which imports the handlers; only [`front`] imports it.
-//! 6. [`front`]: the front service (in-flight cap, timeout, metrics) and `serve`.
+//! 6. [`front`]: the front service (in-flight cap, timeout, body limit, metrics) and
+//!    `serve` (hyper's HTTP/1 with header-read and idle timeouts and a connection cap).
 //! 7. [`system`]: the one assembly of the whole system (queue, database, stock, state,
 //!    crew, listener) and its clean shutdown; the binaries, the load tests and the tests
 //!    build through it.
@@ -54,6 +57,7 @@ pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod front;
+pub mod guard;
 pub mod health;
 pub mod ledger;
 pub mod live;
@@ -64,6 +68,7 @@ pub mod publisher;
 pub mod purchase;
 pub mod routes;
 pub mod sales;
+pub mod secrets;
 pub mod session;
 pub mod shop;
 pub mod state;

@@ -61,6 +61,11 @@ pub struct GatewayMetrics {
     pub released: AtomicU64,
     /// Sum of enqueue (durable publish) times, µs.
     pub enqueue_us_sum: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections closed at once because [`crate::config::ServeLimits::max_connections`]
+    /// were open.
+    pub connections_refused: AtomicU64,
     /// Request latency by route (index: [`ROUTES`]).
     pub latency: [queue::histogram::AtomicHistogram; ROUTES.len()],
     /// Responses by route and status class (2xx, 4xx, 5xx).
@@ -245,6 +250,19 @@ impl Collector for GatewayCollector {
             "Sales whose stock was reset to the orders database.",
             get(&self.stock_resets),
         )?;
+        enc.encode_descriptor(
+            "gateway_connections_open",
+            "Client connections open.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(get(&m.connections_open) as i64))?;
+        counter(
+            &mut enc,
+            "gateway_connections_refused",
+            "Client connections closed at once: the connection cap was reached.",
+            get(&m.connections_refused),
+        )?;
         if let Some(crew) = self.crew.get() {
             encode_crew(&mut enc, crew)?;
         }
@@ -422,6 +440,9 @@ mod tests {
             "gateway_released_total 0",
             "gateway_enqueue_seconds_sum 1.5",
             "gateway_stock_resets_total 3",
+            "# TYPE gateway_connections_open gauge",
+            "gateway_connections_open 0",
+            "gateway_connections_refused_total 0",
             "gateway_responses_total{route=\"purchase\",class=\"2xx\"} 1",
             "gateway_responses_total{route=\"other\",class=\"5xx\"} 0",
             "# TYPE gateway_request_duration_seconds histogram",
@@ -433,10 +454,11 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         let samples = parse(&text);
-        // One series per outcome, per route and class, and 14 buckets + sum + count per route.
+        // One series per outcome, per route and class, and 14 buckets + sum + count per route
+        // (the 2: connections open and refused).
         assert_eq!(
             samples.len(),
-            8 + 4 + 1 + 1 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
+            8 + 4 + 1 + 1 + 2 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
         );
         assert!(!text.contains("orders_"), "no crew, no crew counters");
         // The crew's counters once there is one.

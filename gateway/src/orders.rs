@@ -6,7 +6,8 @@
 //!   update before the pay-by time. `200` paid (again: `200`, idempotent); `409
 //!   order_cancelled` if the cancellation won, `409 payment_window_closed` if the pay-by time
 //!   has passed and the cancellation is about to run. Exactly one of payment and
-//!   cancellation ever succeeds (both are conditional on `status = 'pending'`).
+//!   cancellation ever succeeds (both are conditional on `status = 'pending'`). A request
+//!   from another site's page (`Origin`, or `Sec-Fetch-Site`) is `403 cross_site`.
 //! - `GET /admin/api/sales`: every sale with its orders by status and its stock figures.
 //! - `POST /admin/api/sales/{id}/reconcile[?force=true]`: resets the sale's stock to the
 //!   database, only when the sale is at rest (`crate::sync::sale_at_rest`: nothing queued
@@ -28,7 +29,7 @@ use order_worker::db::{Order, Payment};
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Admin, ClientIp, JsonBody, SaleIdPath, SessionUser};
+use crate::extract::{Admin, ClientIp, JsonBody, SaleIdPath, SameSite, SessionUser};
 use crate::sales::{NewSale, Sale};
 use crate::state::{AppState, Shared};
 
@@ -101,6 +102,7 @@ pub async fn get_order(
 
 /// `POST /api/orders/{id}/pay`.
 pub async fn pay_order(
+    _same_site: SameSite,
     State(state): State<Arc<AppState>>,
     ClientIp(ip): ClientIp,
     SessionUser(user): SessionUser,

@@ -283,11 +283,10 @@ impl Commit<'_> {
                     // It may be queued: keep the unit (an order may come of it); if it was
                     // not, reconciliation frees it. Never sell it twice.
                     m.unavailable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("publish of ticket {ticket}: {e}; its outcome is unknown");
                     return Err(ApiError::unavailable(
                         "outcome_unknown",
-                        format!(
-                            "the purchase may or may not have been queued ({e}); check your ticket or orders before trying again"
-                        ),
+                        "the purchase may or may not have been queued; check your ticket or orders before trying again",
                         1000,
                     )
                     .with_ticket(self.ticket_id.clone()));
@@ -296,9 +295,10 @@ impl Commit<'_> {
                     // Definitely not queued: give the unit back before answering.
                     self.roll_back().await;
                     m.unavailable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("publish of ticket {ticket}: {e}; not queued");
                     return Err(ApiError::unavailable(
                         "unavailable",
-                        format!("the purchase could not be queued: {e}"),
+                        "the purchase could not be queued; try again",
                         1000,
                     ));
                 }

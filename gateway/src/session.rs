@@ -174,28 +174,32 @@ fn keyed_mac(secret: &[u8; SESSION_KEY_BYTES]) -> Hmac<Sha256> {
 
 /// A `Set-Cookie` header value for cookie `name` on `path`, kept `max_age_s` seconds (0:
 /// removed): `HttpOnly` (no script can read it) and `SameSite=Strict` (no other site's page
-/// can make the browser send it). Written by the `cookie` crate.
-pub fn set_cookie(name: &str, value: &str, path: &str, max_age_s: u64) -> String {
-    cookie::Cookie::build((name, value))
+/// can make the browser send it), and `Secure` when `secure` (sent over HTTPS only:
+/// [`crate::config::GatewayConfig::secure_cookies`]). Written by the `cookie` crate.
+pub fn set_cookie(name: &str, value: &str, path: &str, max_age_s: u64, secure: bool) -> String {
+    let mut c = cookie::Cookie::build((name, value))
         .path(path)
         .http_only(true)
-        .same_site(cookie::SameSite::Strict)
-        .max_age(cookie::time::Duration::seconds(
-            i64::try_from(max_age_s).unwrap_or(i64::MAX),
-        ))
-        .build()
-        .to_string()
+        .same_site(cookie::SameSite::Strict);
+    if secure {
+        c = c.secure(true);
+    }
+    c.max_age(cookie::time::Duration::seconds(
+        i64::try_from(max_age_s).unwrap_or(i64::MAX),
+    ))
+    .build()
+    .to_string()
 }
 
 /// The `Set-Cookie` header value that stores `value` as the session cookie for `max_age_s`
 /// seconds, on every path ([`set_cookie`]'s attributes).
-pub fn set_cookie_header(value: &str, max_age_s: u64) -> String {
-    set_cookie(SESSION_COOKIE_NAME, value, "/", max_age_s)
+pub fn set_cookie_header(value: &str, max_age_s: u64, secure: bool) -> String {
+    set_cookie(SESSION_COOKIE_NAME, value, "/", max_age_s, secure)
 }
 
 /// The `Set-Cookie` header value that removes the session cookie (log out).
-pub fn clear_cookie_header() -> String {
-    set_cookie_header("", 0)
+pub fn clear_cookie_header(secure: bool) -> String {
+    set_cookie_header("", 0, secure)
 }
 
 /// The value of cookie `name` in a `Cookie` request header (`a=1; b=…`), without a pair of
@@ -355,7 +359,7 @@ mod tests {
     fn cookie_header_round_trip() {
         let k = key();
         let v = k.sign("alice", NOW + 1000).expect("valid user");
-        let set = set_cookie_header(&v, 86_400);
+        let set = set_cookie_header(&v, 86_400, false);
         // The attributes of `seckill_session={v}; Path=/; HttpOnly; SameSite=Strict;
         // Max-Age=86400`, in whatever order the `cookie` crate writes them.
         let parsed = cookie::Cookie::parse(set.as_str()).expect("a Set-Cookie value");
@@ -404,7 +408,21 @@ mod tests {
             cookie_from_header(&format!("seckill_session=\"{v}\"")),
             Some(v.as_str())
         );
-        assert_eq!(clear_cookie_header(), set_cookie_header("", 0));
+        assert_eq!(clear_cookie_header(false), set_cookie_header("", 0, false));
+    }
+
+    #[test]
+    fn secure_cookies_carry_secure() {
+        let set = set_cookie_header("v", 60, true);
+        let parsed = cookie::Cookie::parse(set.as_str()).expect("a Set-Cookie value");
+        assert_eq!(
+            (parsed.secure(), parsed.http_only(), parsed.same_site()),
+            (Some(true), Some(true), Some(cookie::SameSite::Strict)),
+            "{set}"
+        );
+        assert!(set.split("; ").any(|a| a == "Secure"), "{set}");
+        assert!(clear_cookie_header(true).contains("Secure"));
+        assert!(!set_cookie_header("v", 60, false).contains("Secure"));
     }
 
     #[test]

@@ -42,7 +42,11 @@ pub async fn login(
         .sessions
         .sign(&body.user, now + state.config.session_ttl_ms)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let cookie = crate::session::set_cookie_header(&value, state.config.session_ttl_ms / 1000);
+    let cookie = crate::session::set_cookie_header(
+        &value,
+        state.config.session_ttl_ms / 1000,
+        state.config.secure_cookies,
+    );
     Ok((
         [(header::SET_COOKIE, cookie)],
         Json(json!({"user": body.user})),

@@ -75,6 +75,8 @@ pub struct AppState {
     pub stock_cache: StockCache,
     /// Signs admin cookies and CSRF tokens.
     pub admin_key: AdminKey,
+    /// The global budget of admin-secret guesses (sign-in form and bearer).
+    pub admin_guesses: crate::guard::AuthBudget,
 }
 
 /// Purchases past their reservation whose task is still running (its request may be gone),
@@ -197,6 +199,7 @@ impl AppState {
             live: crate::dashboard::Live::default(),
             stock_cache: StockCache::default(),
             admin_key,
+            admin_guesses: crate::guard::AuthBudget::default(),
         })
     }
 }

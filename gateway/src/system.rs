@@ -360,11 +360,15 @@ impl System {
         Ok(system)
     }
 
-    /// Binds the listen address (once); returns the bound address.
+    /// Binds the listen address (once); returns the bound address. Limits that cannot be
+    /// served ([`ServeLimits::validate`]) are refused here, before anything listens.
     pub async fn bind(&mut self) -> Result<SocketAddr, SystemError> {
         if let Some(addr) = self.addr {
             return Ok(addr);
         }
+        self.limits
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = tokio::net::TcpListener::bind(&self.listen).await?;
         let addr = listener.local_addr()?;
         self.listener = Some(listener);

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gateway::config::{GatewayConfig, ServeLimits};
+use gateway::secrets;
 use gateway::session::SessionKey;
 use gateway::system::{DatabaseSource, QueueSource, StockSource, System, SystemConfig};
 use gateway::throttle::ThrottleConfig;
@@ -42,20 +43,40 @@ struct Args {
     /// Key prefix in Redis.
     #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "seckill:")]
     redis_prefix: String,
-    /// Admin API bearer secret (generated and printed if absent, unless --production).
+    /// Admin API bearer secret (generated and printed if absent, unless --production; at
+    /// least 16 bytes under --production). Prefer the variable or the file: a flag shows
+    /// in `ps`.
     #[arg(long, env = "GATEWAY_ADMIN_SECRET")]
     admin_secret: Option<String>,
+    /// File holding the admin secret (trailing line ends trimmed); not with --admin-secret.
+    #[arg(long, env = "GATEWAY_ADMIN_SECRET_FILE")]
+    admin_secret_file: Option<std::path::PathBuf>,
     /// Session and token signing secret, 64 hex digits (generated if absent, unless
     /// --production; a generated one invalidates sessions and tokens at restart).
     #[arg(long, env = "GATEWAY_SECRET")]
     secret: Option<String>,
-    /// Refuse to start without configured secrets.
+    /// File holding the signing secret (trailing line ends trimmed); not with --secret.
+    #[arg(long, env = "GATEWAY_SECRET_FILE")]
+    secret_file: Option<std::path::PathBuf>,
+    /// Production: refuse to start without configured secrets, refuse short admin secrets
+    /// and any load-test secret; turn on Secure cookies and HSTS; no demo sale by default.
     #[arg(long)]
     production: bool,
     /// Load-test mode: requests carrying this secret in `x-load-test-secret` skip the
-    /// captcha. Off unless set; logged loudly.
+    /// captcha. Off unless set; logged loudly; refused under --production.
     #[arg(long, env = "GATEWAY_LOAD_TEST_SECRET")]
     load_test_secret: Option<String>,
+    /// File holding the load-test secret (trailing line ends trimmed); not with
+    /// --load-test-secret.
+    #[arg(long, env = "GATEWAY_LOAD_TEST_SECRET_FILE")]
+    load_test_secret_file: Option<std::path::PathBuf>,
+    /// Session and admin cookies carry `Secure` (HTTPS only). On under --production.
+    #[arg(long, env = "GATEWAY_SECURE_COOKIES")]
+    secure_cookies: bool,
+    /// Send `Strict-Transport-Security` (only behind a TLS-terminating proxy). On under
+    /// --production.
+    #[arg(long, env = "GATEWAY_HSTS")]
+    hsts: bool,
     /// Per-IP throttles (`on`, the default, or `off`): off when every client comes through
     /// one address (a proxy without forwarded addresses, or a load generator on loopback);
     /// the per-user throttles stay on.
@@ -103,9 +124,19 @@ struct Args {
     /// Request timeout, ms (503 beyond).
     #[arg(long, default_value_t = ServeLimits::default().request_timeout_ms)]
     request_timeout_ms: u64,
-    /// Largest request body, bytes (413 beyond).
+    /// Largest request body on every route, bytes (413 beyond).
     #[arg(long, default_value_t = ServeLimits::default().body_limit_bytes)]
     body_limit_bytes: usize,
+    /// Longest wait for a request's head, ms, also between requests of a keep-alive
+    /// connection (the connection is closed beyond it).
+    #[arg(long, default_value_t = ServeLimits::default().header_read_timeout_ms)]
+    header_read_timeout_ms: u64,
+    /// A connection with no bytes moving for this long is closed, ms.
+    #[arg(long, default_value_t = ServeLimits::default().idle_timeout_ms)]
+    idle_timeout_ms: u64,
+    /// Open client connections at once (one beyond it is closed at once).
+    #[arg(long, default_value_t = ServeLimits::default().max_connections)]
+    max_connections: usize,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -181,9 +212,21 @@ fn demo_units(args: &Args) -> u64 {
 /// The flags as the system's configuration (secrets generated and printed unless
 /// `--production`).
 fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
-    let secret = match (&args.secret, args.production) {
-        (Some(s), _) => s.clone(),
-        (None, true) => return Err("--production needs GATEWAY_SECRET".into()),
+    let resolve = |flag: &str, value: &Option<String>, file: &Option<std::path::PathBuf>| {
+        secrets::resolve(flag, value.as_deref(), file.as_deref())
+    };
+    let secret = resolve("secret", &args.secret, &args.secret_file)?;
+    let admin_secret = resolve("admin-secret", &args.admin_secret, &args.admin_secret_file)?;
+    let load_test_secret = resolve(
+        "load-test-secret",
+        &args.load_test_secret,
+        &args.load_test_secret_file,
+    )?;
+    let secret = match (secret, args.production) {
+        (Some(s), _) => s,
+        (None, true) => {
+            return Err("--production needs GATEWAY_SECRET (or --secret-file)".into());
+        }
         (None, false) => {
             println!(
                 "gateway: generated a signing secret (sessions end at restart); set GATEWAY_SECRET to keep one"
@@ -195,16 +238,21 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     // Distinct keys for sessions and tokens, derived from the one secret.
     let mut token_key = key;
     token_key[0] ^= 0x5a;
-    let admin_secret = match (&args.admin_secret, args.production) {
-        (Some(s), _) => s.clone(),
-        (None, true) => return Err("--production needs GATEWAY_ADMIN_SECRET".into()),
+    let admin_secret = match (admin_secret, args.production) {
+        (Some(s), _) => s,
+        (None, true) => {
+            return Err("--production needs GATEWAY_ADMIN_SECRET (or --admin-secret-file)".into());
+        }
         (None, false) => {
             let s = random_hex();
             println!("gateway: admin secret (generated): {s}");
             s
         }
     };
-    if args.load_test_secret.is_some() {
+    if args.production {
+        secrets::check_production(&admin_secret, load_test_secret.as_deref())?;
+    }
+    if load_test_secret.is_some() {
         let _ = writeln!(
             std::io::stderr(),
             "gateway: WARNING: LOAD-TEST MODE IS ON: requests with the load-test secret skip the captcha"
@@ -233,11 +281,17 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
         max_in_flight: args.max_in_flight,
         request_timeout_ms: args.request_timeout_ms,
         body_limit_bytes: args.body_limit_bytes,
+        header_read_timeout_ms: args.header_read_timeout_ms,
+        idle_timeout_ms: args.idle_timeout_ms,
+        max_connections: args.max_connections,
     };
+    limits.validate()?;
     let mut gateway = GatewayConfig::new(admin_secret);
     gateway.token_factor = args.token_factor;
     gateway.tokens_per_address = args.tokens_per_address;
-    gateway.load_test_secret = args.load_test_secret.clone();
+    gateway.load_test_secret = load_test_secret;
+    gateway.secure_cookies = args.secure_cookies || args.production;
+    gateway.hsts = args.hsts || args.production;
     let mut config = SystemConfig::new(
         QueueSource::Open(args.queue.clone()),
         DatabaseSource::Url {
@@ -285,5 +339,129 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stderr(), "gateway: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const ADMIN_LONG: &str = "a-long-admin-secret";
+
+    fn config(flags: &[&str]) -> Result<SystemConfig, String> {
+        let args = Args::try_parse_from(std::iter::once("gateway").chain(flags.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        system_config(&args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn production_refuses_short_admin_secrets_and_any_load_test_secret() {
+        let err = config(&[
+            "--production",
+            "--secret",
+            SECRET,
+            "--admin-secret",
+            "short",
+        ])
+        .expect_err("a short admin secret");
+        assert!(
+            err.contains("--admin-secret") && err.contains("16"),
+            "{err}"
+        );
+        let err = config(&[
+            "--production",
+            "--secret",
+            SECRET,
+            "--admin-secret",
+            ADMIN_LONG,
+            "--load-test-secret",
+            "a-long-load-test-secret",
+        ])
+        .expect_err("load-test mode under --production");
+        assert!(err.contains("--load-test-secret"), "{err}");
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("load-test");
+        std::fs::write(&file, "a-long-load-test-secret\n").expect("write");
+        let file = file.to_str().expect("utf-8 path");
+        let err = config(&[
+            "--production",
+            "--secret",
+            SECRET,
+            "--admin-secret",
+            ADMIN_LONG,
+            "--load-test-secret-file",
+            file,
+        ])
+        .expect_err("load-test mode from a file under --production");
+        assert!(err.contains("--load-test-secret"), "{err}");
+    }
+
+    #[test]
+    fn production_turns_on_secure_cookies_and_hsts() {
+        let c = config(&[
+            "--production",
+            "--secret",
+            SECRET,
+            "--admin-secret",
+            ADMIN_LONG,
+        ])
+        .expect("a production config");
+        assert!(c.gateway.secure_cookies && c.gateway.hsts);
+        assert_eq!(c.gateway.load_test_secret, None);
+        let c = config(&["--secret", SECRET, "--admin-secret", "x"]).expect("a dev config");
+        assert!(!c.gateway.secure_cookies && !c.gateway.hsts);
+        let c = config(&["--secure-cookies", "--hsts"]).expect("flags");
+        assert!(c.gateway.secure_cookies && c.gateway.hsts);
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_a_file_with_a_flag_is_an_error() {
+        let dir = tempfile::tempdir().expect("dir");
+        let admin = dir.path().join("admin");
+        std::fs::write(&admin, format!("{ADMIN_LONG}\n")).expect("write");
+        let signing = dir.path().join("signing");
+        std::fs::write(&signing, format!("{SECRET}\r\n")).expect("write");
+        let (admin, signing) = (
+            admin.to_str().expect("utf-8"),
+            signing.to_str().expect("utf-8"),
+        );
+        let c = config(&[
+            "--production",
+            "--secret-file",
+            signing,
+            "--admin-secret-file",
+            admin,
+        ])
+        .expect("secrets from files");
+        assert_eq!(c.gateway.admin_secret, ADMIN_LONG);
+        let err = config(&["--admin-secret", "x", "--admin-secret-file", admin])
+            .expect_err("flag and file");
+        assert!(err.contains("--admin-secret-file"), "{err}");
+        let err = config(&["--secret", SECRET, "--secret-file", signing]).expect_err("both");
+        assert!(err.contains("--secret-file"), "{err}");
+    }
+
+    #[test]
+    fn serve_limits_come_from_flags_and_zero_is_refused() {
+        let c = config(&[
+            "--header-read-timeout-ms",
+            "1500",
+            "--idle-timeout-ms",
+            "20000",
+            "--max-connections",
+            "300",
+        ])
+        .expect("limits");
+        assert_eq!(
+            (
+                c.limits.header_read_timeout_ms,
+                c.limits.idle_timeout_ms,
+                c.limits.max_connections
+            ),
+            (1500, 20_000, 300)
+        );
+        let err = config(&["--max-connections", "0"]).expect_err("no connections");
+        assert!(err.contains("max_connections"), "{err}");
     }
 }

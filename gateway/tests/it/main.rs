@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod browser;
+mod edge;
 mod pages;
 mod pools;
 mod system;
@@ -389,6 +390,14 @@ impl TestApp {
         )
         .await
     }
+}
+
+/// `GET /admin/api/sales` with the admin's bearer secret.
+fn admin_sales_request() -> Request<Body> {
+    Request::get("/admin/api/sales")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .expect("request")
 }
 
 fn token_of(v: &Value) -> String {
