@@ -505,7 +505,9 @@ async fn a_database_503_carries_no_database_text() {
     )
     .await;
     let cookie = t.login("ann").await;
+    // Both pools: the workers' (admin views) and the request path's reads (orders).
     t.state.db.close().await;
+    t.state.read_db.close().await;
     let order = uuid::Uuid::now_v7();
     let req = Request::get(format!("/api/orders/{order}"))
         .header(header::COOKIE, &cookie)
