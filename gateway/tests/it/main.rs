@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod browser;
+mod hostile;
 mod pages;
 mod system;
 
