@@ -93,7 +93,11 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::bad_request("the body must be a JSON object"));
         }
-        serde_json::from_slice(&bytes)
+        // JSON is UTF-8 (RFC 8259): checked over the whole body, since serde skips the
+        // strings of fields it ignores without looking inside them.
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+        serde_json::from_str(text)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
     }

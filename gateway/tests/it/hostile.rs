@@ -500,8 +500,9 @@ fn arbitrary_cookies_and_bearers_get_a_4xx() {
 
 /// Found by the property tests above: serde reads a struct from a JSON array too, so `[]`
 /// passed as the body of a load-test token request (every field has a default) and got a
-/// token, and `[id, name, …]` could create a sale. Every body is a JSON object; anything
-/// else is a 400.
+/// token, and `[id, name, …]` could create a sale; and serde skips an ignored field's
+/// string without checking its UTF-8, so a body that is not JSON at all got a token too.
+/// Every body is a JSON object in UTF-8; anything else is a 400.
 #[tokio::test]
 async fn a_json_array_is_not_a_body() {
     let t = test_app(1.5, test_throttle()).await;
@@ -514,6 +515,12 @@ async fn a_json_array_is_not_a_body() {
         let (status, v) = post(&t, &token_path, &load_test, body.into(), true).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
     }
+    // An unknown field whose string is not UTF-8.
+    let mut not_utf8 = br#"{"note":"a"#.to_vec();
+    not_utf8.extend_from_slice(&[0xF1, 0xA1, b'}', 0xA0]);
+    not_utf8.extend_from_slice(br#""}"#);
+    let (status, v) = post(&t, &token_path, &load_test, not_utf8, true).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     let admin = vec![(header::AUTHORIZATION.to_string(), format!("Bearer {ADMIN}"))];
     let (status, v) = post(
         &t,
