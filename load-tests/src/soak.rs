@@ -96,7 +96,7 @@ impl Default for Spec {
             attempts: 500,
             pay_window_ms: 2_000,
             pay_share: 0.3,
-            segment_bytes_max: 64 << 10,
+            segment_bytes_max: 16 << 10,
             dedup_window_ms: 10_000,
             rss_max_mib: 768,
             rss_growth_max_mib: 64,
