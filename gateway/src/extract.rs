@@ -87,7 +87,17 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
                 }
                 ApiError::bad_request(format!("reading the body: {e}"))
             })?;
-        serde_json::from_slice(&bytes)
+        // Every body of the API is a JSON object. serde also reads a struct from a JSON
+        // array (its fields in order), so `[]` would pass as a body whose fields all have
+        // defaults: refused here, before parsing (the hostile-input tests found it).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        // JSON is UTF-8 (RFC 8259): checked over the whole body, since serde skips the
+        // strings of fields it ignores without looking inside them.
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+        serde_json::from_str(text)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
     }

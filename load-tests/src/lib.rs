@@ -15,11 +15,17 @@
 //!   demo and the tests.
 //! - [`audit`]: checks every invariant of the brief against the database and the stock
 //!   store; usable on its own against any deployment.
+//! - [`overload`]: ten times the gateway's capacity against the all-in-one system, with
+//!   a same-run baseline: fast refusals, bounded memory, no 202 lost.
+//! - [`soak`]: repeated sales with cancellations over a long run, sampling RSS, open
+//!   files, queue segments and database rows, which must stay bounded; a plot of them.
 //! - [`record`]: what a run records; [`report`]: JSON, Markdown and SVG plots of it.
 
 pub mod audit;
 pub mod crowd;
+pub mod overload;
 pub mod record;
 pub mod report;
 pub mod scenario;
+pub mod soak;
 pub mod system;

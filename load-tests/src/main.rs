@@ -4,6 +4,8 @@
 //! ```text
 //! load-tests demo  [--scenario ci|small|large] [--database URL] [--queue TARGET] [--out DIR]
 //! load-tests run   --url http://127.0.0.1:8080 --admin-secret S --load-test-secret L [--scenario …] [--out DIR]
+//! load-tests overload [--capacity 32] [--factor 10] [--secs 10] [--database URL] [--json-out FILE]
+//! load-tests soak  [--secs 60] [--database URL] [--out DIR]
 //! load-tests audit [--database URL] [--inventory memory|redis://…] [--sale N]… [--tickets FILE] [--at-rest]
 //! ```
 
@@ -178,6 +180,12 @@ enum Command {
     },
     /// Checks every invariant against the orders database and the stock store.
     Audit(load_tests::audit::AuditArgs),
+    /// Ten times the gateway's capacity after a same-run baseline: refusals' latency,
+    /// peak memory, only 202/429/503, and the audit of every 202 (a JSON summary).
+    Overload(load_tests::overload::OverloadArgs),
+    /// Sale after sale with cancellations: RSS, open files, queue segments and database
+    /// rows sampled and checked against their bounds (soak.json, soak.svg).
+    Soak(load_tests::soak::SoakArgs),
 }
 
 fn addr_of(url: &str) -> Result<std::net::SocketAddr, CliError> {
@@ -492,6 +500,8 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let result = match cli.command {
             Command::Audit(args) => return load_tests::audit::run_cli(args).await,
+            Command::Overload(args) => return load_tests::overload::run_cli(args).await,
+            Command::Soak(args) => return load_tests::soak::run_cli(args).await,
             Command::Demo {
                 scenario,
                 database,

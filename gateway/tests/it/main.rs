@@ -22,6 +22,7 @@ use tower::ServiceExt;
 
 mod browser;
 mod edge;
+mod hostile;
 mod pages;
 mod pools;
 mod system;
