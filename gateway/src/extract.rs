@@ -178,30 +178,40 @@ fn bearer_ok(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 /// How this request is authenticated as the admin, if it is; `Err` (429, with
-/// `Retry-After`) when it carries an `Authorization` header while the global budget of
-/// admin-secret guesses ([`crate::guard`]) is empty. A bearer secret is compared only after
-/// a guess is taken from that budget; a wrong one spends it, a correct one gives it back.
+/// `Retry-After`) when it carries a bearer secret (`Authorization: Bearer …`) and no valid
+/// admin cookie while the global budget of admin-secret guesses ([`crate::guard`]) is
+/// empty. A bearer secret is compared only after a guess is taken from that budget; a wrong
+/// one spends it, a correct one gives it back. An admin signed in by cookie spends nothing,
+/// and other `Authorization` schemes (a proxy's `Basic` in front of `/admin`) are not
+/// guesses of the admin secret.
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<AdminAuth>, ApiError> {
     if state.config.admin_secret.is_empty() {
         return Ok(None);
     }
-    if headers.contains_key(header::AUTHORIZATION) {
-        let guess = state
-            .admin_guesses
-            .guess(state.now_ms())
-            .map_err(too_many_guesses)?;
+    let by_cookie = cookie(headers, ADMIN_COOKIE_NAME)
+        .and_then(|value| state.admin_key.verify(value, state.now_ms()));
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "));
+    if bearer {
+        let guess = match by_cookie {
+            Some(_) => None,
+            None => Some(
+                state
+                    .admin_guesses
+                    .guess(state.now_ms())
+                    .map_err(too_many_guesses)?,
+            ),
+        };
         if bearer_ok(state, headers) {
-            guess.correct();
+            if let Some(guess) = guess {
+                guess.correct();
+            }
             return Ok(Some(AdminAuth::Bearer));
         }
     }
-    let Some(value) = cookie(headers, ADMIN_COOKIE_NAME) else {
-        return Ok(None);
-    };
-    Ok(state
-        .admin_key
-        .verify(value, state.now_ms())
-        .map(AdminAuth::Cookie))
+    Ok(by_cookie.map(AdminAuth::Cookie))
 }
 
 /// 429 `throttled`: the global budget of admin-secret guesses is empty for `retry_ms`.

@@ -178,30 +178,6 @@ pub fn too_large(limit: usize) -> Response {
     .into_response()
 }
 
-/// Makes one [`Front`] per accepted connection, knowing its peer address.
-#[derive(Debug, Clone)]
-pub struct MakeFront(pub Front);
-
-impl<'a> tower::Service<axum::serve::IncomingStream<'a, tokio::net::TcpListener>> for MakeFront {
-    type Response = Front;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Front, std::convert::Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(
-        &mut self,
-        stream: axum::serve::IncomingStream<'a, tokio::net::TcpListener>,
-    ) -> Self::Future {
-        std::future::ready(Ok(self.0.for_peer(*stream.remote_addr())))
-    }
-}
-
 impl Front {
     /// This service for one connection from `peer`.
     pub fn for_peer(&self, peer: SocketAddr) -> Front {

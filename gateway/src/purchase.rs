@@ -136,6 +136,8 @@ fn definitely_not_stored(e: &queue::Error) -> bool {
             | queue::Error::Limit { .. }
             | queue::Error::NoSuchTopic(_)
             | queue::Error::NotSent(_)
+            // Refused in the handshake, before any request was sent.
+            | queue::Error::Auth(_)
     )
 }
 

@@ -698,7 +698,8 @@ pub struct OverloadArgs {
     /// Each phase's length, s.
     #[arg(long, default_value_t = Spec::default().phase_ms / 1000)]
     secs: u64,
-    /// Share of the attempts, in percent, from repeaters (answered 429).
+    /// Share of the attempts, in percent, from repeaters of a spent token (answered 403, or
+    /// 429/503 when throttled or shed).
     #[arg(long, default_value_t = Spec::default().repeat_percent)]
     repeat_percent: u64,
     /// The bound on the process's peak RSS, MiB.

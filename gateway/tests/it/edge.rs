@@ -383,6 +383,20 @@ async fn admin_secret_guesses_share_one_global_budget() {
         .body(Body::empty())
         .expect("request");
     assert_eq!(t.call_raw(by_cookie).await.0, StatusCode::OK);
+    // Nor when a proxy in front of /admin adds its own `Authorization: Basic …`, or the
+    // signed-in admin's script sends a bearer too: the cookie spends no guess.
+    for authorization in ["Basic dXNlcjpwYXNz", "Bearer wrong"] {
+        let behind_proxy = Request::get("/admin/api/sales")
+            .header(header::COOKIE, &cookie)
+            .header(header::AUTHORIZATION, authorization)
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(
+            t.call_raw(behind_proxy).await.0,
+            StatusCode::OK,
+            "{authorization}"
+        );
+    }
     // The budget refills by the gateway's clock.
     clock.advance(60_000);
     assert_eq!(t.call_raw(bearer(ADMIN)).await.0, StatusCode::OK);

@@ -6,8 +6,8 @@
 //! executable (`target/debug/`), or `$CHAOS_BIN_DIR`. `cargo test --workspace
 //! --all-targets` (scripts/test) builds them before any test runs; for this crate's tests
 //! alone, run `cargo build --bins -p queue -p gateway -p order-worker` first. A binary
-//! older than any source file of the product crates is stale and refused, like a missing
-//! one: the test fails under `CI` and is skipped (with the reason) elsewhere.
+//! older than any source file of the crates it is built from is stale and refused, like a
+//! missing one: the test fails under `CI` and is skipped (with the reason) elsewhere.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -17,9 +17,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Overrides the directory the binaries are looked for in.
 pub const BIN_DIR_ENV: &str = "CHAOS_BIN_DIR";
-/// The product crates' source directories (relative to the workspace root) that the
-/// binaries are built from: a file in them newer than a binary makes it stale.
-pub const SOURCE_DIRS: [&str; 8] = [
+/// The source directories (relative to the workspace root) the `queue` binary is built
+/// from: a file in them newer than the binary makes it stale.
+pub const QUEUE_SOURCES: &[&str] = &["queue/src"];
+/// The same for `order-worker` (the queue and the inventory are its dependencies).
+pub const ORDER_WORKER_SOURCES: &[&str] = &[
+    "queue/src",
+    "inventory/src",
+    "order-worker/src",
+    "order-worker/migrations",
+];
+/// The same for `gateway` (every product crate). Only a binary's own crates count: a
+/// change to the gateway alone rebuilds the gateway, never the broker.
+pub const GATEWAY_SOURCES: &[&str] = &[
     "queue/src",
     "inventory/src",
     "order-worker/src",
@@ -68,8 +78,8 @@ impl Binaries {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .ok_or("no workspace root above load-tests")?;
-        let newest = newest_source(root)?;
-        let find = |name: &str| -> Result<PathBuf, String> {
+        let find = |name: &str, sources: &[&str]| -> Result<PathBuf, String> {
+            let newest = newest_source(root, sources)?;
             let path = dir.join(name);
             let built = path.metadata().and_then(|m| m.modified()).map_err(|e| {
                 format!("{} is missing ({e}); run `{BUILD_COMMAND}`", path.display())
@@ -86,9 +96,9 @@ impl Binaries {
             Ok(path)
         };
         Ok(Binaries {
-            queue: find("queue")?,
-            gateway: find("gateway")?,
-            order_worker: find("order-worker")?,
+            queue: find("queue", QUEUE_SOURCES)?,
+            gateway: find("gateway", GATEWAY_SOURCES)?,
+            order_worker: find("order-worker", ORDER_WORKER_SOURCES)?,
         })
     }
 }
@@ -106,10 +116,10 @@ pub fn binaries_or_skip(what: &str) -> Option<Binaries> {
     }
 }
 
-/// The most recently modified file under [`SOURCE_DIRS`] and when.
-fn newest_source(root: &Path) -> Result<Option<(PathBuf, SystemTime)>, String> {
+/// The most recently modified file under `dirs` (relative to `root`) and when.
+fn newest_source(root: &Path, dirs: &[&str]) -> Result<Option<(PathBuf, SystemTime)>, String> {
     let mut newest: Option<(PathBuf, SystemTime)> = None;
-    let mut stack: Vec<PathBuf> = SOURCE_DIRS.iter().map(|d| root.join(d)).collect();
+    let mut stack: Vec<PathBuf> = dirs.iter().map(|d| root.join(d)).collect();
     let mut seen = 0usize;
     while let Some(dir) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {

@@ -180,7 +180,7 @@ impl OrdersDb {
         let limit = limit.min(WORKERS_LISTED_MAX) as i64;
         on_db!(self, p => {
             let rows = sqlx::query(concat!(
-                "SELECT ", worker_columns!(), " FROM workers ORDER BY beat_ms DESC, id LIMIT $1"))
+                "SELECT ", worker_columns!(), " FROM workers ORDER BY seen_ms DESC, id LIMIT $1"))
                 .bind(limit).fetch_all(p).await?;
             rows.iter().map(worker_of).collect()
         })
@@ -193,7 +193,7 @@ impl OrdersDb {
         let limit = limit.min(WORKERS_LISTED_MAX) as i64;
         let (lite, postgres) = with_db_now!(
             "SELECT ", worker_columns!(), ", "; now; " - seen_ms \
-             FROM workers ORDER BY beat_ms DESC, id LIMIT $1");
+             FROM workers ORDER BY seen_ms DESC, id LIMIT $1");
         let pg = matches!(self, OrdersDb::Postgres(_));
         on_db!(self, p => {
             let rows = sqlx::query(if pg { postgres } else { lite })
