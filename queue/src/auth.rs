@@ -187,12 +187,16 @@ pub(crate) enum Verdict {
     Good,
     /// The proof was wrong (and counted).
     Wrong,
-    /// Not checked: the address has used up its failures for this long.
+    /// Wrong, from an address that has used up its failures for this long (not counted
+    /// again).
     Throttled(Duration),
 }
 
 /// Counts wrong proofs per address: after `failures_max` of them within `window`, the
-/// address gets no further proof checked until that window ends. At most
+/// address's wrong proofs are answered as throttled until that window ends. A right proof
+/// is always let in: a guesser sharing an address (NAT, the same host) with the gateway or
+/// the workers must not lock them out; guessing stays slow through the delay before every
+/// refusal and the secret's length. At most
 /// [`AUTH_THROTTLE_ADDRESSES_MAX`] addresses are remembered; when full, expired windows are
 /// dropped, then the oldest.
 #[derive(Debug)]
@@ -219,30 +223,38 @@ impl Throttle {
         }
     }
 
-    /// Checks a proof from `ip` with `verify`, unless `ip` has used up its failures;
-    /// counts a wrong one. The check and the count happen under one lock, so connections
-    /// racing in parallel from one address cannot get more than its failures checked.
+    /// Checks a proof from `ip` with `verify`; a wrong one is counted, or, once `ip` has
+    /// used up its failures, answered as throttled. The check and the count happen under
+    /// one lock, so connections racing in parallel from one address cannot get more than
+    /// its failures counted as plain wrong ones.
     pub(crate) fn check(&self, ip: IpAddr, now: Instant, verify: impl FnOnce() -> bool) -> Verdict {
         let mut map = self.lock();
-        if let Some((start, n)) = map.get(&Source::of(ip)) {
-            let end = *start + self.window;
-            if *n >= self.failures_max && end > now {
-                return Verdict::Throttled(end - now);
-            }
-        }
+        let throttled = self.left(&map, ip, now);
         if verify() {
             return Verdict::Good;
+        }
+        if let Some(left) = throttled {
+            return Verdict::Throttled(left);
         }
         self.count_failure(&mut map, ip, now);
         Verdict::Wrong
     }
 
+    /// How long `ip`'s wrong proofs are still answered as throttled, if they are.
+    fn left(
+        &self,
+        map: &HashMap<Source, (Instant, u32)>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Option<Duration> {
+        let (start, n) = map.get(&Source::of(ip))?;
+        let end = *start + self.window;
+        (*n >= self.failures_max && end > now).then(|| end - now)
+    }
+
     #[cfg(test)]
     fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        match self.check(ip, now, || true) {
-            Verdict::Throttled(left) => Some(left),
-            _ => None,
-        }
+        self.left(&self.lock(), ip, now)
     }
 
     #[cfg(test)]

@@ -75,7 +75,7 @@ pub struct ServerConfig {
     /// serves anyone who connects (`queue serve` allows that only on a loopback address).
     pub secret: Option<Secret>,
     /// Wrong proofs one address (an IPv6 /64) may send per `auth_failure_window_ms`;
-    /// beyond them it gets `AUTH_THROTTLED` without its proof being checked.
+    /// beyond them its wrong proofs get `AUTH_THROTTLED` (a right one still gets in).
     pub auth_failures_max: u32,
     /// The window of `auth_failures_max`.
     pub auth_failure_window_ms: u64,
@@ -753,8 +753,8 @@ impl Connection {
     /// Checks a client's proof of the secret against the `challenge` sent. A good one is
     /// answered with the broker's own proof; a wrong one is counted against the peer's
     /// address and answered `AUTH_FAILED` only after `auth_failure_delay_ms`; an address
-    /// over its count gets `AUTH_THROTTLED` and its proof is not checked. Returns whether
-    /// the connection goes on.
+    /// over its count gets `AUTH_THROTTLED` for a wrong proof, after the same delay; a right
+    /// proof always gets in. Returns whether the connection goes on.
     async fn authenticate(
         &self,
         challenge: &Nonce,
@@ -775,6 +775,11 @@ impl Connection {
         match verdict {
             Verdict::Throttled(left) => {
                 self.metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
+                let delay = Duration::from_millis(self.config.auth_failure_delay_ms);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped(stop) => {}
+                }
                 let message = format!(
                     "too many wrong proofs from {ip}; authentication refused for another {} s",
                     left.as_secs().max(1)

@@ -2396,8 +2396,9 @@ async fn a_fake_broker_without_the_secret_is_refused_by_the_client() {
 }
 
 /// Wrong proofs are slowed (each answered only after the failure delay) and counted per
-/// address: past the limit, even the right secret is refused (`AUTH_THROTTLED`) without
-/// its proof being checked, so guessing cannot go faster by opening more connections.
+/// address: past the limit the address's wrong proofs are answered `AUTH_THROTTLED` (also
+/// after the delay), however many connections race, while the right secret still gets in
+/// (no lockout of the gateway or the workers by a guesser sharing their address).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_proofs_are_delayed_and_capped_per_address() {
     let delay = Duration::from_millis(100);
@@ -2432,15 +2433,29 @@ async fn wrong_proofs_are_delayed_and_capped_per_address() {
     }
     // One attempt each: the client does not retry a refused authentication.
     assert_eq!(b.metrics.auth_failed.load(Ordering::Relaxed), 3);
-    let err = Client::connect(client_config(&b.addr, 1).with_secret(Some(secret())))
+    // Past its count the address's wrong proofs are throttled, still after the delay...
+    let started = Instant::now();
+    let err = Client::connect(client_config(&b.addr, 1).with_secret(Some(wrong.clone())))
         .await
         .expect_err("throttled");
     assert!(
         matches!(&err, Error::Auth(m) if m.contains("too many wrong proofs")),
         "{err}"
     );
+    assert!(
+        started.elapsed() >= delay,
+        "answered after {:?}",
+        started.elapsed()
+    );
     assert_eq!(b.metrics.auth_throttled.load(Ordering::Relaxed), 1);
-    assert_eq!(b.metrics.auth_succeeded.load(Ordering::Relaxed), 0);
+    // ...but the right secret from the same address gets in: a guesser beside the gateway
+    // or the workers (NAT, the same host) cannot lock them out.
+    let c = Client::connect(client_config(&b.addr, 1).with_secret(Some(secret())))
+        .await
+        .expect("the right secret from a throttled address");
+    c.ping().await.expect("ping");
+    assert_eq!(b.metrics.auth_succeeded.load(Ordering::Relaxed), 1);
+    assert_eq!(b.metrics.auth_failed.load(Ordering::Relaxed), 3);
 
     // Many connections racing from one address get no more wrong proofs checked than the
     // limit: here a fresh broker, 20 wrong proofs sent at once, 3 checked.
