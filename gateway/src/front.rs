@@ -242,6 +242,10 @@ pub async fn serve(
     r
 }
 
+/// How long past the request timeout a shutdown waits for connections to close by
+/// themselves before it drops them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// How long the accept loop waits after an accept error other than a failed connection
 /// (out of file descriptors: waiting lets connections close).
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -251,7 +255,10 @@ pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// idle timeout ([`ServeLimits::idle_timeout_ms`]), and at most
 /// [`ServeLimits::max_connections`] at once (one accepted beyond it is closed at once and
 /// counted). At `shutdown` it stops accepting, lets each connection finish its request in
-/// progress and close, and returns when every connection has.
+/// progress and close, and returns when every connection has — or, at the latest,
+/// [`SHUTDOWN_GRACE`] after the request timeout, when the connections still open (a client
+/// that stopped reading its answer) are dropped, so a stopping system always goes on to
+/// drain its purchases and stop its workers.
 pub async fn serve_connections(
     listener: tokio::net::TcpListener,
     front: Front,
@@ -264,6 +271,7 @@ pub async fn serve_connections(
     let permits = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(tokio::sync::Semaphore::new(permits as usize));
     let (stop, stopping) = tokio::sync::watch::channel(());
+    let (drop_all, dropping) = tokio::sync::watch::channel(());
     let metrics = front.state.metrics.clone();
     tokio::pin!(shutdown);
     loop {
@@ -289,13 +297,26 @@ pub async fn serve_connections(
             stream,
             front.for_peer(peer),
             stopping.clone(),
+            dropping.clone(),
             slot,
         ));
     }
     drop(listener);
     // Every connection: finish the request in progress, then close.
     let _ = stop.send(());
-    let _ = slots.acquire_many(permits).await;
+    let grace = Duration::from_millis(limits.request_timeout_ms) + SHUTDOWN_GRACE;
+    if tokio::time::timeout(grace, slots.acquire_many(permits))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "shutdown: dropping {} connections still open after {} ms",
+            metrics.connections_open.load(Ordering::Relaxed),
+            grace.as_millis()
+        );
+        let _ = drop_all.send(());
+        let _ = slots.acquire_many(permits).await;
+    }
     Ok(())
 }
 
@@ -314,6 +335,7 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     front: Front,
     mut stopping: tokio::sync::watch::Receiver<()>,
+    mut dropping: tokio::sync::watch::Receiver<()>,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let limits = front.limits;
@@ -365,6 +387,8 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            // The shutdown's grace is over: dropped, whatever it was doing.
+            _ = dropping.changed() => break,
             // Idle: not a byte moved since the last tick. Asked to close first (an idle
             // keep-alive connection closes at once); still no byte a tick later (a client
             // that stopped mid-request or stopped reading its answer), dropped.
