@@ -180,14 +180,15 @@ impl OrdersDb {
         let limit = limit.min(WORKERS_LISTED_MAX) as i64;
         on_db!(self, p => {
             let rows = sqlx::query(concat!(
-                "SELECT ", worker_columns!(), " FROM workers ORDER BY seen_ms DESC, id LIMIT $1"))
+                "SELECT ", worker_columns!(), " FROM workers ORDER BY beat_ms DESC, id LIMIT $1"))
                 .bind(limit).fetch_all(p).await?;
             rows.iter().map(worker_of).collect()
         })
     }
 
-    /// The workers and cancellers of every process as [`OrdersDb::workers`] lists them,
-    /// with their ages by the database's clock: a host whose clock is off is judged
+    /// The workers and cancellers of every process, most recently seen first (by the
+    /// database's clock, so a host whose clock runs behind is not listed last), with their
+    /// ages by the database's clock: a host whose clock is off is judged
     /// correctly (a beat seen a second ago is a second old, whatever time its host wrote).
     pub async fn worker_ages(&self, limit: usize) -> DbResult<Vec<WorkerAge>> {
         let limit = limit.min(WORKERS_LISTED_MAX) as i64;
