@@ -57,6 +57,9 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Trailing whitespace a secret file may carry beyond [`SECRET_BYTES_MAX`].
+const SECRET_FILE_SLACK_BYTES: usize = 64;
+
 impl Secret {
     /// A secret of `bytes`: from [`SECRET_BYTES_MIN`] to [`SECRET_BYTES_MAX`] bytes.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Secret> {
@@ -80,9 +83,26 @@ impl Secret {
     /// The secret in the file at `path`, without trailing whitespace (the newline an
     /// editor or `echo` adds).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Secret> {
+        use std::io::Read;
         let path = path.as_ref();
-        let mut bytes = std::fs::read(path)
-            .map_err(|e| Error::Invalid(format!("queue secret file {}: {e}", path.display())))?;
+        let failed = |e: std::io::Error| {
+            Error::Invalid(format!("queue secret file {}: {e}", path.display()))
+        };
+        // Read no more than a secret can be (plus room for trailing whitespace): a path to
+        // something endless (a device, a log) is refused, not read into memory.
+        let limit = (SECRET_BYTES_MAX + SECRET_FILE_SLACK_BYTES) as u64;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(failed)?
+            .take(limit + 1)
+            .read_to_end(&mut bytes)
+            .map_err(failed)?;
+        if bytes.len() as u64 > limit {
+            return Err(Error::Invalid(format!(
+                "queue secret file {} is longer than {limit} bytes: not a secret",
+                path.display()
+            )));
+        }
         while bytes.last().is_some_and(u8::is_ascii_whitespace) {
             bytes.pop();
         }
@@ -285,6 +305,21 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_is_trimmed_and_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "0123456789abcdef-secret\n").expect("write");
+        let s = Secret::from_file(&path).expect("a secret with a newline");
+        assert_eq!(s.0.as_ref(), b"0123456789abcdef-secret");
+        std::fs::write(&path, vec![b'x'; SECRET_BYTES_MAX + SECRET_FILE_SLACK_BYTES + 1])
+            .expect("write");
+        assert!(
+            matches!(Secret::from_file(&path), Err(Error::Invalid(m)) if m.contains("longer")),
+            "an oversized file is refused"
+        );
+    }
 
     fn secret(s: &str) -> Secret {
         Secret::new(s.as_bytes().to_vec()).expect("long enough")
