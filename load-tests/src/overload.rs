@@ -170,6 +170,21 @@ pub struct Check {
     pub detail: String,
 }
 
+/// Prints a run's audit lines, then each check as `PASS name: detail` or `FAIL …`.
+pub fn print_checks(audit: &[String], checks: &[Check]) {
+    for line in audit {
+        println!("{line}");
+    }
+    for c in checks {
+        println!(
+            "{} {}: {}",
+            if c.passed { "PASS" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+}
+
 /// What a run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -738,17 +753,7 @@ pub async fn run_cli(args: OverloadArgs) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    for line in &report.audit {
-        println!("{line}");
-    }
-    for c in &report.checks {
-        println!(
-            "{} {}: {}",
-            if c.passed { "PASS" } else { "FAIL" },
-            c.name,
-            c.detail
-        );
-    }
+    print_checks(&report.audit, &report.checks);
     println!(
         "{} refusals' p99 under overload: {:.2} ms (target ≤ {REFUSAL_P99_MS_TARGET} ms)",
         if report.refusal_p99_met {

@@ -176,16 +176,8 @@ pub struct Sample {
     pub workers: u64,
 }
 
-/// One check.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    /// Its name.
-    pub name: &'static str,
-    /// Whether it held.
-    pub passed: bool,
-    /// What was seen.
-    pub detail: String,
-}
+/// One check (the same as the overload run's).
+pub use crate::overload::Check;
 
 /// What a soak found.
 #[derive(Debug, Clone, Serialize)]
@@ -768,17 +760,7 @@ pub async fn run_cli(args: SoakArgs) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    for line in &report.audit {
-        println!("{line}");
-    }
-    for c in &report.checks {
-        println!(
-            "{} {}: {}",
-            if c.passed { "PASS" } else { "FAIL" },
-            c.name,
-            c.detail
-        );
-    }
+    crate::overload::print_checks(&report.audit, &report.checks);
     println!(
         "load-tests soak: {:.0} s, {} sales, {} paid, {} cancelled; {} and {}",
         report.seconds,

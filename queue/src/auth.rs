@@ -313,8 +313,11 @@ mod tests {
         std::fs::write(&path, "0123456789abcdef-secret\n").expect("write");
         let s = Secret::from_file(&path).expect("a secret with a newline");
         assert_eq!(s.0.as_ref(), b"0123456789abcdef-secret");
-        std::fs::write(&path, vec![b'x'; SECRET_BYTES_MAX + SECRET_FILE_SLACK_BYTES + 1])
-            .expect("write");
+        std::fs::write(
+            &path,
+            vec![b'x'; SECRET_BYTES_MAX + SECRET_FILE_SLACK_BYTES + 1],
+        )
+        .expect("write");
         assert!(
             matches!(Secret::from_file(&path), Err(Error::Invalid(m)) if m.contains("longer")),
             "an oversized file is refused"
