@@ -802,8 +802,8 @@ struct Load {
 type Current = (u64, Option<Arc<Client>>);
 
 /// Publishes ids from the shared sequence, one at a time or in batches of 4, retrying each
-/// until confirmed. A lost connection means the broker was killed: wait for the next
-/// generation's client and retry the same ids. Any other error fails the test.
+/// until confirmed. A lost connection (or a request never sent) means the broker was
+/// killed: wait for the next generation's client and retry the same ids. Any other error fails the test.
 async fn producer(
     task: u32,
     load: Arc<Load>,
@@ -838,7 +838,8 @@ async fn producer(
             };
             match result {
                 Ok(c) => break c,
-                Err(Error::Connection(_)) => {
+                // Lost in flight, or never sent to the killed broker: the next one's turn.
+                Err(Error::Connection(_) | Error::NotSent(_)) => {
                     retried = true;
                     load.retries.fetch_add(1, Ordering::Relaxed);
                     min_gen = generation + 1;
