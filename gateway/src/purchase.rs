@@ -110,11 +110,14 @@ pub async fn purchase(
     };
     let (ticket, confirm) = outcome;
     let position = position(&state, confirm.offset).await;
+    let ticket = ticket.to_string();
+    let receipt = state.receipts.sign(&ticket, id, confirm.offset);
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
-            ticket: ticket.to_string(),
+            ticket,
             position,
+            receipt,
         }),
     )
         .into_response())
@@ -365,6 +368,9 @@ async fn commit_purchase(commit: Commit<'_>) -> ApiResult<(uuid::Uuid, queue::Co
 struct Accepted {
     ticket: String,
     position: Option<u64>,
+    /// The ticket's sale and place, signed, so any gateway can answer for it while it
+    /// waits ([`crate::tickets::ReceiptKey`]).
+    receipt: String,
 }
 
 /// Place in line: messages of the orders topic not yet finished by the workers up to and

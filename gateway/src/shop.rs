@@ -2,7 +2,7 @@
 //! tokens and tickets.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -237,6 +237,7 @@ pub async fn get_ticket(
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     ticket: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<TicketQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     // Each look-up may read the database: throttled per address, and per user when a
     // session comes with it (a ticket needs none).
@@ -287,5 +288,26 @@ pub async fn get_ticket(
             "sale": h.sale,
         })));
     }
+    // Accepted by another gateway (alive or not): its receipt says where it waits.
+    let receipt = query
+        .ok()
+        .and_then(|Query(q)| q.receipt)
+        .and_then(|r| state.receipts.verify(&ticket, &r));
+    if let Some(r) = receipt {
+        let mut v = serde_json::to_value(TicketState::Queued).map_err(ApiError::internal)?;
+        // Past the workers' mark with no outcome yet read: being decided (or held in the
+        // dead letters, which this gateway's copy of them shows within a second).
+        v["position"] = json!(position(&state, r.offset).await);
+        v["sale"] = json!(r.sale);
+        return Ok(Json(v));
+    }
     Err(ApiError::not_found("no such ticket"))
+}
+
+/// The query of `GET /api/tickets/{ticket}`: the `receipt` of its `202`, so any gateway
+/// can answer for a ticket still waiting in the queue.
+#[derive(Debug, serde::Deserialize)]
+pub struct TicketQuery {
+    /// The receipt (base64url); a wrong one is ignored.
+    receipt: Option<String>,
 }

@@ -20,7 +20,7 @@ use crate::publisher::Publisher;
 use crate::sales::{Catalogue, Sale};
 use crate::session::{AdminKey, SessionKey};
 use crate::throttle::{QuotaClock, Throttle, Throttled};
-use crate::tickets::{Done, TicketBook};
+use crate::tickets::{Done, ReceiptKey, TicketBook};
 use crate::token::TokenKey;
 use order_worker::OrdersDb;
 
@@ -61,6 +61,9 @@ pub struct AppState {
     pub throttle: Throttle<QuotaClock>,
     /// Accepted purchases.
     pub tickets: TicketBook,
+    /// Signs the receipts of `202`s, so any gateway sharing the session secret answers for
+    /// a waiting ticket.
+    pub receipts: ReceiptKey,
     /// Counters.
     pub metrics: Arc<GatewayMetrics>,
     /// What `/metrics` shows (reads `metrics`, the reconciler's resets and the crew's).
@@ -168,6 +171,7 @@ impl AppState {
             CaptchaStore::new()
         };
         let tickets = TicketBook::with_limit(config.tickets_max);
+        let receipts = ReceiptKey::derive(sessions.as_bytes());
         let metrics = Arc::new(GatewayMetrics::default());
         let reconciler = Reconciler::default();
         let exposition =
@@ -192,6 +196,7 @@ impl AppState {
             captchas,
             throttle,
             tickets,
+            receipts,
             metrics,
             exposition,
             line: LineProgress::default(),

@@ -11,14 +11,39 @@
 //! and the workers finish each partition at its own pace. What is done is therefore kept
 //! per partition ([`Done`]), and the book forgets each partition's tickets against that
 //! partition's mark; a single-partition topic (the engine, the broker) is partition 0.
+//!
+//! The book is this gateway's own. So that every gateway can answer for a waiting ticket
+//! (also after the gateway that accepted it died), a `202` carries a **receipt**: the
+//! purchase's sale and offset, signed with a key every gateway derives from the shared
+//! session secret ([`ReceiptKey`]). A gateway that does not know a ticket and finds no
+//! outcome for it answers from a receipt that verifies: queued, with its place in line
+//! from the workers' progress it reads from the queue like any other. A forged or
+//! tampered receipt is ignored (the ticket is then unknown, as before).
+//!
+//! ```text
+//! receipt = base64url_nopad( sale (u64 BE) | offset (u64 BE) | tag[16] )
+//! tag     = HMAC-SHA256(key, "seckill-receipt-v1\0" | ticket | sale | offset)[..16]
+//! key     = HMAC-SHA256(session secret, "seckill-receipt-key-v1")
+//! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
+use sha2::Sha256;
 
 /// Waiting tickets remembered at most (beyond the purchases in flight).
 pub const TICKETS_MAX: usize = 1_000_000;
+
+/// Length of a receipt's tag, in bytes (128 bits: a forgery succeeds with probability
+/// 2^-128 per try).
+pub const RECEIPT_TAG_BYTES: usize = 16;
+/// Length of a receipt's text (base64url of 8 + 8 + [`RECEIPT_TAG_BYTES`] bytes); any other
+/// length is refused unread.
+pub const RECEIPT_CHARS: usize = 43;
 
 /// Bits of an offset below its partition number: offsets of a topic with several
 /// partitions are `(partition << PARTITION_SHIFT) | seq`.
@@ -425,5 +450,125 @@ mod tests {
             done.mark_of(PARTITIONS_MAX as u64 + 5),
             at(PARTITIONS_MAX as u64 + 5, 0)
         );
+    }
+}
+
+/// Domain of a receipt's tag: never valid as another kind of tag made with the same key.
+const RECEIPT_DOMAIN: &[u8] = b"seckill-receipt-v1\0";
+
+/// Signs and checks the receipts of `202`s. Every gateway sharing the session secret
+/// derives the same key, so any of them can read another's receipts. `Debug` never shows
+/// the key.
+#[derive(Clone)]
+pub struct ReceiptKey {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for ReceiptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReceiptKey(<redacted>)")
+    }
+}
+
+/// What a verified receipt says of its ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// Sale.
+    pub sale: u64,
+    /// The purchase message's offset in the orders topic.
+    pub offset: u64,
+}
+
+impl ReceiptKey {
+    /// The receipt key derived from the session secret (a key of its own, so a receipt tag
+    /// can never be a session tag).
+    pub fn derive(session_secret: &[u8; 32]) -> ReceiptKey {
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(session_secret);
+        let mut outer = <Hmac<Sha256> as KeyInit>::new(&block.into());
+        outer.update(b"seckill-receipt-key-v1");
+        let derived: [u8; 32] = outer.finalize().into_bytes().into();
+        block[..32].copy_from_slice(&derived);
+        ReceiptKey {
+            mac: <Hmac<Sha256> as KeyInit>::new(&block.into()),
+        }
+    }
+
+    fn tag(&self, ticket: &str, sale: u64, offset: u64) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        mac.update(RECEIPT_DOMAIN);
+        mac.update(ticket.as_bytes());
+        mac.update(&sale.to_be_bytes());
+        mac.update(&offset.to_be_bytes());
+        mac
+    }
+
+    /// The receipt of `ticket`, a purchase of `sale` stored at `offset`.
+    pub fn sign(&self, ticket: &str, sale: u64, offset: u64) -> String {
+        let tag = self.tag(ticket, sale, offset).finalize().into_bytes();
+        let mut raw = [0u8; 16 + RECEIPT_TAG_BYTES];
+        raw[..8].copy_from_slice(&sale.to_be_bytes());
+        raw[8..16].copy_from_slice(&offset.to_be_bytes());
+        raw[16..].copy_from_slice(&tag[..RECEIPT_TAG_BYTES]);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// What `receipt` says of `ticket`, if this key signed it for that ticket (compared in
+    /// constant time); `None` for anything else, never a panic.
+    pub fn verify(&self, ticket: &str, receipt: &str) -> Option<Receipt> {
+        if receipt.len() != RECEIPT_CHARS {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(receipt).ok()?;
+        if raw.len() != 16 + RECEIPT_TAG_BYTES {
+            return None;
+        }
+        let sale = u64::from_be_bytes(raw[..8].try_into().ok()?);
+        let offset = u64::from_be_bytes(raw[8..16].try_into().ok()?);
+        self.tag(ticket, sale, offset)
+            .verify_truncated_left(&raw[16..])
+            .ok()?;
+        Some(Receipt { sale, offset })
+    }
+}
+
+#[cfg(test)]
+mod receipt_tests {
+    use super::*;
+
+    const T: &str = "0190f0a1-0000-7000-8000-000000000001";
+
+    #[test]
+    fn a_receipt_verifies_for_its_ticket_only_and_with_the_same_secret_only() {
+        let k = ReceiptKey::derive(&[7; 32]);
+        let r = k.sign(T, 3, (2 << PARTITION_SHIFT) | 41);
+        assert_eq!(r.len(), RECEIPT_CHARS);
+        assert_eq!(
+            k.verify(T, &r),
+            Some(Receipt {
+                sale: 3,
+                offset: (2 << PARTITION_SHIFT) | 41
+            })
+        );
+        // Another gateway with the same secret reads it; another secret does not.
+        assert!(ReceiptKey::derive(&[7; 32]).verify(T, &r).is_some());
+        assert_eq!(ReceiptKey::derive(&[8; 32]).verify(T, &r), None);
+        // Not for another ticket.
+        assert_eq!(k.verify("0190f0a1-0000-7000-8000-000000000002", &r), None);
+    }
+
+    #[test]
+    fn a_changed_or_malformed_receipt_is_refused() {
+        let k = ReceiptKey::derive(&[7; 32]);
+        let r = k.sign(T, 3, 41);
+        let mut raw = URL_SAFE_NO_PAD.decode(&r).unwrap();
+        for i in 0..raw.len() {
+            raw[i] ^= 1;
+            assert_eq!(k.verify(T, &URL_SAFE_NO_PAD.encode(&raw)), None, "byte {i}");
+            raw[i] ^= 1;
+        }
+        for bad in ["", "x", &r[..42], &format!("{r}A"), &"!".repeat(43), &"é".repeat(20)] {
+            assert_eq!(k.verify(T, bad), None, "{bad:?}");
+        }
     }
 }

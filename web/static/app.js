@@ -217,13 +217,15 @@
     $("captcha-answer").addEventListener("keydown", (ev) => { if (ev.key === "Enter") { ev.preventDefault(); getToken(); } });
     $("new-captcha").addEventListener("click", () => { if (!captchaShown || Date.now() >= captchaRetryAt) newCaptcha(); });
 
-    async function followTicket(ticket) {
-      // Poll the ticket until a worker decides it; back off gently while in line. A ticket
-      // this gateway does not know (it restarted) is asked about less and less often.
+    async function followTicket(ticket, receipt) {
+      // Poll the ticket until a worker decides it; back off gently while in line. The 202's
+      // receipt lets any gateway answer while it waits (the one that took it may be gone).
+      // A ticket no gateway knows is asked about less and less often.
       let delay = 400;
       let unknown = 0;
+      const query = receipt ? `?receipt=${encodeURIComponent(receipt)}` : "";
       for (;;) {
-        const r = await api("GET", `/api/tickets/${ticket}`);
+        const r = await api("GET", `/api/tickets/${ticket}${query}`);
         if (r.ok) {
           unknown = 0;
           const t = r.data;
@@ -267,7 +269,7 @@
         accepted = true;
         render();
         setStatus("queued", "", r.data.position ? `In line: number ${fmtCount(r.data.position)}` : "In line");
-        followTicket(r.data.ticket);
+        followTicket(r.data.ticket, r.data.receipt);
         return;
       }
       const f = refusal(r);

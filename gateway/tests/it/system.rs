@@ -595,3 +595,81 @@ async fn a_sale_the_store_lost_is_restored_from_the_database() {
         StatusCode::ACCEPTED
     );
 }
+
+/// `GET /api/tickets/{ticket}` on `t`, with `receipt` when given.
+async fn ticket_with(t: &TestApp, ticket: &str, receipt: Option<&str>) -> (StatusCode, Value) {
+    let uri = match receipt {
+        Some(r) => format!("/api/tickets/{ticket}?receipt={r}"),
+        None => format!("/api/tickets/{ticket}"),
+    };
+    let (s, _, v) = t
+        .call(Request::get(uri).body(Body::empty()).expect("request"))
+        .await;
+    (s, v)
+}
+
+/// Issue 17: a purchase still waiting in the queue is answered as queued, with its place,
+/// by every gateway (they share the queue, the database and the session secret), also
+/// after the gateway that accepted it is gone; a forged or another ticket's receipt is not.
+#[tokio::test]
+async fn a_waiting_ticket_is_answered_by_every_gateway_even_after_its_own_died() {
+    let one = super::test_app(100.0, test_throttle()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared_db = one.state.db.clone();
+    let secret = *one.state.sessions.as_bytes();
+    let two = super::test_system_on(
+        one.state.queue.clone(),
+        one.engine.clone(),
+        dir,
+        Box::new(MemoryStore::new()),
+        None,
+        test_throttle(),
+        Some(shared_db),
+        |c| c.sessions = gateway::session::SessionKey::from_bytes(secret),
+    )
+    .await;
+    one.create_sale(1, 10, 0).await;
+    let mut accepted = Vec::new();
+    for user in ["ann", "bob"] {
+        let cookie = one.login(user).await;
+        let (s, v) = one.token_load_test(&cookie, 1).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = one.purchase(&cookie, 1, &token_of(&v)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        let ticket = v["ticket"].as_str().expect("ticket").to_string();
+        let receipt = v["receipt"].as_str().expect("a receipt").to_string();
+        accepted.push((ticket, receipt));
+    }
+    let (bob_ticket, bob_receipt) = accepted[1].clone();
+    let (ann_ticket, ann_receipt) = accepted[0].clone();
+    // The other gateway never saw these tickets: without a receipt they are unknown there.
+    let (s, _) = ticket_with(&two, &bob_ticket, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // With it: queued, second in line, of sale 1.
+    let (s, v) = ticket_with(&two, &bob_ticket, Some(&bob_receipt)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "queued", "{v}");
+    assert_eq!(v["position"], 2, "{v}");
+    assert_eq!(v["sale"], 1, "{v}");
+    // Another ticket's receipt, or a changed one, says nothing.
+    let (s, _) = ticket_with(&two, &bob_ticket, Some(&ann_receipt)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let mut forged = bob_receipt.clone().into_bytes();
+    forged[3] = if forged[3] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).expect("ascii");
+    let (s, _) = ticket_with(&two, &bob_ticket, Some(&forged)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The accepting gateway goes away (its book, state and system dropped; the files of
+    // the queue and the database it shares with the other kept); the other still answers.
+    let TestApp { _dir: kept, .. } = one;
+    let (s, v) = ticket_with(&two, &ann_ticket, Some(&ann_receipt)).await;
+    assert_eq!((s, &v["state"]), (StatusCode::OK, &json!("queued")), "{v}");
+    assert_eq!(v["position"], 1, "{v}");
+    // Once a worker decides them, the database answers, receipt or not.
+    two.drain().await;
+    for (ticket, receipt) in [(&ann_ticket, None), (&bob_ticket, Some(bob_receipt.as_str()))] {
+        let (s, v) = ticket_with(&two, ticket, receipt).await;
+        assert_eq!((s, &v["state"]), (StatusCode::OK, &json!("ordered")), "{v}");
+    }
+    drop(kept);
+}
