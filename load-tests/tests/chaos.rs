@@ -44,7 +44,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -53,17 +53,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use inventory::RedisStore;
-use load_tests::audit::{AuditInput, AuditReport, audit, audit_redis, check};
+use load_tests::audit::AuditReport;
 use loadgen::{Conn, request};
 use order_worker::OrdersDb;
 use order_worker::db::DbOptions;
-use order_worker::purchase::{ORDERS_TOPIC, WORKERS_GROUP};
 use pg_kit::PgServer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis_kit::{RedisOptions, RedisServer};
-use serde_json::{Value, json};
-use support::flood::{self, Answer, buy_once, wait_for};
+use serde_json::json;
+use support::crowd::{self, Crowd, Seen, audit_mid_sale, buyer, lock};
+use support::flood::{self, wait_for};
 use support::procs::{Binaries, Proc, binaries_or_skip};
 
 /// The seed of the run (decimal); random if unset.
@@ -80,22 +80,8 @@ const UNITS: u64 = 300;
 /// The sale's pay window: short, so unpaid orders lapse (and their units come back) within
 /// the round.
 const PAY_WINDOW_MS: u64 = 4_000;
-/// Share of acknowledged purchases whose person pays.
-const PAY_SHARE: f64 = 0.5;
-/// Share of purchases made by a person who already got a 202 (one per person).
-const REPEAT_SHARE: f64 = 0.05;
-/// Most people remembered for repeat purchases.
-const REPEATERS_MAX: usize = 10_000;
 /// Connections buying at once.
 const BUYERS: usize = 8;
-/// Pause after a refusal before the next person (pacing, not synchronisation: a sold-out
-/// sale is refused in microseconds, and the crowd must not burn the two cores).
-const REFUSAL_PAUSE: Duration = Duration::from_millis(20);
-/// Longest one HTTP exchange (connect, a purchase's three requests) may take before the
-/// buyer counts it as cut off.
-const REQUEST_WAIT: Duration = Duration::from_secs(20);
-/// How often a payer asks whether its ticket became an order.
-const TICKET_POLL: Duration = Duration::from_millis(100);
 
 /// The window in which the schedule's kills happen, after the warm-up.
 const CHAOS_WINDOW: Duration = Duration::from_secs(20);
@@ -106,8 +92,6 @@ const DOWN_MAX_MS: u64 = 1_500;
 /// Acknowledged purchases before the first kill, and how long they may take.
 const WARMUP_ACCEPTED: u64 = 30;
 const WARMUP_WAIT: Duration = Duration::from_secs(60);
-/// How often the auditor looks mid-sale.
-const AUDIT_EVERY: Duration = Duration::from_secs(2);
 /// Lease of an order-worker's batch: a killed worker's batch is taken by another this soon.
 const WORKER_LEASE_MS: u64 = 5_000;
 /// Longest a process may take to start (a gateway connects to the queue, Redis and
@@ -526,196 +510,6 @@ impl Fleet {
     }
 }
 
-/// What the crowd saw.
-#[derive(Debug, Default)]
-struct Seen {
-    /// Answers by kind and code.
-    answers: BTreeMap<String, u64>,
-    /// The first message of each kind of refusal (why purchases fail).
-    messages: BTreeMap<String, String>,
-    /// Tickets of 202s, with their person.
-    accepted: Vec<(String, String)>,
-    /// Tickets of `503 outcome_unknown`s, with their person.
-    unknown: Vec<(String, String)>,
-    /// People whose purchase was sent and never answered.
-    cut_off: HashSet<String>,
-    /// People with a 202, for repeat purchases (at most [`REPEATERS_MAX`]).
-    repeaters: Vec<String>,
-    /// Repeat purchases tried, and those answered 202.
-    repeats: u64,
-    repeats_accepted: u64,
-    /// Orders paid, and payments refused (by code).
-    paid: u64,
-    pay_refused: BTreeMap<String, u64>,
-}
-
-/// The crowd's shared state.
-#[derive(Debug, Default)]
-struct Crowd {
-    stop: AtomicBool,
-    next_person: AtomicU64,
-    accepted: AtomicU64,
-    seen: Mutex<Seen>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Crowd {
-    fn count(&self, what: String) {
-        *lock(&self.seen).answers.entry(what).or_default() += 1;
-    }
-}
-
-/// One buying connection: person after person, each at a gateway picked by the buyer's
-/// own seeded RNG, until told to stop.
-async fn buyer(crowd: Arc<Crowd>, addrs: Vec<SocketAddr>, secret: String, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    while !crowd.stop.load(Ordering::Relaxed) {
-        let repeat = if rng.random_bool(REPEAT_SHARE) {
-            let seen = lock(&crowd.seen);
-            (!seen.repeaters.is_empty())
-                .then(|| seen.repeaters[rng.random_range(0..seen.repeaters.len())].clone())
-        } else {
-            None
-        };
-        let is_repeat = repeat.is_some();
-        let user = repeat.unwrap_or_else(|| {
-            format!(
-                "person-{}",
-                crowd.next_person.fetch_add(1, Ordering::Relaxed)
-            )
-        });
-        let addr = addrs[rng.random_range(0..addrs.len())];
-        let pays = rng.random_bool(PAY_SHARE);
-        let mut conn = match tokio::time::timeout(REQUEST_WAIT, Conn::connect(addr)).await {
-            Ok(Ok(c)) => c,
-            _ => {
-                crowd.count("broken: connect".into());
-                // Pacing: the gateway is down; try the next person shortly.
-                tokio::time::sleep(REFUSAL_PAUSE).await;
-                continue;
-            }
-        };
-        let bought = tokio::time::timeout(REQUEST_WAIT, buy_once(&mut conn, &user, &secret)).await;
-        let bought = match bought {
-            // No answer to the purchase (or the exchange hung): whether it was stored is
-            // unknown; only the person is known.
-            Ok(Err("purchase")) | Err(_) => {
-                crowd.count("cut off: purchase".into());
-                lock(&crowd.seen).cut_off.insert(user);
-                continue;
-            }
-            Ok(Err(step)) => {
-                crowd.count(format!("broken: {step}"));
-                continue;
-            }
-            Ok(Ok(b)) => b,
-        };
-        let key = format!("{:?} {}", bought.answer, bought.code);
-        if bought.answer == Answer::Refused {
-            lock(&crowd.seen)
-                .messages
-                .entry(key.clone())
-                .or_insert_with(|| bought.message.chars().take(300).collect());
-        }
-        crowd.count(key);
-        match (bought.answer, bought.ticket) {
-            (Answer::Accepted, Some(ticket)) => {
-                crowd.accepted.fetch_add(1, Ordering::Relaxed);
-                {
-                    let mut seen = lock(&crowd.seen);
-                    seen.accepted.push((ticket.clone(), user.clone()));
-                    if is_repeat {
-                        seen.repeats += 1;
-                        seen.repeats_accepted += 1;
-                    } else if seen.repeaters.len() < REPEATERS_MAX {
-                        seen.repeaters.push(user.clone());
-                    }
-                }
-                if pays && let Some(cookie) = bought.cookie {
-                    pay(&crowd, &mut conn, &cookie, &ticket).await;
-                }
-            }
-            (Answer::Unknown, Some(ticket)) => {
-                let mut seen = lock(&crowd.seen);
-                seen.unknown.push((ticket, user));
-                if is_repeat {
-                    seen.repeats += 1;
-                }
-            }
-            _ => {
-                if is_repeat {
-                    lock(&crowd.seen).repeats += 1;
-                }
-                tokio::time::sleep(REFUSAL_PAUSE).await;
-            }
-        }
-    }
-}
-
-/// Waits (within the pay window) for `ticket` to become an order and pays it; notes how
-/// that went. A cut connection ends the attempt (the gateway was killed).
-async fn pay(crowd: &Crowd, conn: &mut Conn, cookie: &str, ticket: &str) {
-    let deadline = Instant::now() + Duration::from_millis(PAY_WINDOW_MS);
-    let order = loop {
-        let asked = tokio::time::timeout(
-            REQUEST_WAIT,
-            conn.send(request("GET", &format!("/api/tickets/{ticket}"), &[], None)),
-        )
-        .await;
-        let Ok(Ok(answer)) = asked else {
-            crowd.count("pay: ticket poll cut off".into());
-            return;
-        };
-        let body = answer.json();
-        match body.get("state").and_then(Value::as_str) {
-            Some("ordered") => {
-                break body
-                    .get("order_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-            }
-            Some("rejected") => return,
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            crowd.count("pay: not decided within the pay window".into());
-            return;
-        }
-        tokio::time::sleep(TICKET_POLL).await;
-    };
-    let paid = tokio::time::timeout(
-        REQUEST_WAIT,
-        conn.send(request(
-            "POST",
-            &format!("/api/orders/{order}/pay"),
-            &[("cookie", cookie)],
-            None,
-        )),
-    )
-    .await;
-    let mut seen = lock(&crowd.seen);
-    match paid {
-        Ok(Ok(a)) if a.status.as_u16() == 200 => seen.paid += 1,
-        Ok(Ok(a)) => {
-            let code = a
-                .json()
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            *seen
-                .pay_refused
-                .entry(format!("{} {code}", a.status.as_u16()))
-                .or_default() += 1;
-        }
-        _ => *seen.pay_refused.entry("cut off".into()).or_default() += 1,
-    }
-}
-
 /// Puts the sale on through gateway 0's admin API and waits until both gateways list it.
 async fn create_sale(fleet: &Fleet) {
     let mut admin = Conn::connect(fleet.gateway_addrs[0])
@@ -762,44 +556,6 @@ async fn create_sale(fleet: &Fleet) {
         )
         .await;
     }
-}
-
-/// The checks that hold at every instant, not only at rest.
-const ALWAYS: [&str; 4] = [
-    check::NO_OVERSELL,
-    check::ONE_PER_PERSON,
-    check::CONSERVATION_DB,
-    check::NO_NEGATIVE_STOCK,
-];
-
-/// Audits every [`AUDIT_EVERY`] until stopped: the failures of [`ALWAYS`] checks seen, and
-/// how many audits ran and how many could not read (PostgreSQL down).
-async fn audit_mid_sale(db: OrdersDb, stop: Arc<AtomicBool>) -> (Vec<String>, u64, u64) {
-    let (mut failures, mut ran, mut unreadable) = (Vec::new(), 0, 0);
-    while !stop.load(Ordering::Relaxed) {
-        let input = AuditInput {
-            db: db.clone(),
-            store: None,
-            sales: Some(vec![SALE]),
-            tickets: Vec::new(),
-            at_rest: false,
-            now_ms: queue::Clock::now_ms(&queue::SystemClock),
-        };
-        match audit(&input).await {
-            Ok(report) => {
-                ran += 1;
-                for name in ALWAYS {
-                    if let Some(c) = report.check(name).filter(|c| !c.passed) {
-                        failures.push(format!("{}: {}", c.name, c.detail));
-                    }
-                }
-            }
-            Err(_) => unreadable += 1,
-        }
-        // The audit's period, not a synchronisation.
-        tokio::time::sleep(AUDIT_EVERY).await;
-    }
-    (failures, ran, unreadable)
 }
 
 /// What a round did, for its line in the output.
@@ -893,7 +649,10 @@ async fn one_round(
     create_sale(&fleet).await;
     eprintln!("round {round}: fleet up after {:?}", began.elapsed());
 
-    let crowd = Arc::new(Crowd::default());
+    let crowd = Arc::new(Crowd {
+        pay_window: Duration::from_millis(PAY_WINDOW_MS),
+        ..Crowd::default()
+    });
     let buyers: Vec<_> = (0..BUYERS)
         .map(|_| {
             tokio::spawn(buyer(
@@ -915,7 +674,7 @@ async fn one_round(
     )
     .await;
     let stop_audits = Arc::new(AtomicBool::new(false));
-    let auditor = tokio::spawn(audit_mid_sale(db.clone(), stop_audits.clone()));
+    let auditor = tokio::spawn(audit_mid_sale(db.clone(), SALE, stop_audits.clone()));
 
     // The schedule: each kill at its moment, on a thread of its own, so kills of different
     // parts overlap; two kills of one part take turns (the part's lock).
@@ -987,81 +746,14 @@ async fn settle_and_audit(
     seen: &Seen,
     seed: u64,
 ) -> (AuditReport, usize) {
-    let backend = queue::Backend::open(&fleet.queue_url, queue::Config::default())
-        .await
-        .expect("a queue client");
-    let q = backend.queue();
-    wait_for("the orders topic to drain", DRAIN_WAIT, async || {
-        let stats = q.stats(ORDERS_TOPIC).await;
-        let drained = stats.as_ref().is_ok_and(|s| {
-            s.groups
-                .iter()
-                .any(|g| g.name == WORKERS_GROUP && g.lag == 0 && g.in_flight == 0)
-        });
-        (drained, format!("{stats:?}"))
-    })
-    .await;
-    backend.close().expect("close the queue client");
-
+    crowd::drain(&fleet.queue_url, DRAIN_WAIT).await;
     let store = RedisStore::connect(&fleet.stock_url, "seckill:", 2)
         .await
         .expect("the stock store");
-    let tickets: Vec<String> = seen.accepted.iter().map(|(t, _)| t.clone()).collect();
-    let deadline = Instant::now() + SETTLE_WAIT;
-    let report = loop {
-        let input = AuditInput {
-            db: db.clone(),
-            store: None,
-            sales: Some(vec![SALE]),
-            tickets: tickets.clone(),
-            at_rest: true,
-            now_ms: queue::Clock::now_ms(&queue::SystemClock),
-        };
-        let report = audit_redis(&input, &store).await.expect("the audit runs");
-        // Every pay window over: each order paid or cancelled, none left pending.
-        let pending = report.sales.iter().map(|s| s.pending).sum::<i64>();
-        if report.passed() && pending == 0 {
-            break report;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "seed {seed}: the audit at rest did not pass (or {pending} orders stayed \
-             pending) within {SETTLE_WAIT:?} ({} accepted):\n{}\n{report:#?}\n--- logs ---\n{}",
-            tickets.len(),
-            report.lines().join("\n"),
-            fleet.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-
-    // Every order has a cause: a ticket handed out (202 or 503 outcome_unknown) or a
-    // purchase of its person that was cut off.
-    let handed_out: HashMap<&str, &str> = seen
-        .accepted
-        .iter()
-        .chain(seen.unknown.iter())
-        .map(|(t, u)| (t.as_str(), u.as_str()))
-        .collect();
-    let sql = "SELECT request_id, user_id FROM orders";
-    let orders: Vec<(String, String)> = match db {
-        OrdersDb::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
-        OrdersDb::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
-    }
-    .expect("the orders");
-    let mut of_cut_off = 0;
-    let mut strays = Vec::new();
-    for (ticket, user) in &orders {
-        match handed_out.get(ticket.as_str()) {
-            Some(u) => assert_eq!(u, user, "seed {seed}: ticket {ticket} changed hands"),
-            None if seen.cut_off.contains(user) => of_cut_off += 1,
-            None => strays.push((ticket, user)),
-        }
-    }
-    assert!(
-        strays.is_empty(),
-        "seed {seed}: {} orders nobody could have caused, e.g. {:?}",
-        strays.len(),
-        &strays[..strays.len().min(5)]
-    );
+    let report = crowd::audit_at_rest(db, &store, SALE, seen, SETTLE_WAIT, || {
+        format!("seed {seed}; logs:\n{}", fleet.logs())
+    })
+    .await;
+    let of_cut_off = crowd::orders_have_causes(db, seen, seed).await;
     (report, of_cut_off)
 }

@@ -222,7 +222,8 @@ pub struct Bought {
     pub message: String,
     /// A 202's place in line.
     pub position: Option<u64>,
-    /// The session cookie (`name=value`), once signed in: the person's orders need it.
+    /// The cookies set at sign-in (`name=value; …`: the session, and behind nginx the
+    /// route), once signed in: the person's orders need them.
     pub cookie: Option<String>,
 }
 
@@ -252,13 +253,15 @@ pub async fn buy_once(c: &mut Conn, user: &str, secret: &str) -> Result<Bought, 
         ))
         .await
         .map_err(|_| "login")?;
-    let Some(cookie) = login
+    // Every cookie set (the session, and the route cookie behind nginx), as one header.
+    let cookies: Vec<&str> = login
         .headers
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned)
-    else {
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .collect();
+    let Some(cookie) = (!cookies.is_empty()).then(|| cookies.join("; ")) else {
         return Ok(Bought::refused(
             format!("login {}", login.status),
             String::new(),

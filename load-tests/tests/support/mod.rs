@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // Each test binary uses its own share of these helpers.
 
+pub mod crowd;
 pub mod flood;
 pub mod procs;
 
