@@ -19,10 +19,13 @@
 //!   a same-run baseline: fast refusals, bounded memory, no 202 lost.
 //! - [`soak`]: repeated sales with cancellations over a long run, sampling RSS, open
 //!   files, queue segments and database rows, which must stay bounded; a plot of them.
+//! - [`hop`]: what one proxy hop costs (a trivial route directly and through nginx,
+//!   alternating rounds of one run).
 //! - [`record`]: what a run records; [`report`]: JSON, Markdown and SVG plots of it.
 
 pub mod audit;
 pub mod crowd;
+pub mod hop;
 pub mod overload;
 pub mod record;
 pub mod report;

@@ -186,6 +186,9 @@ enum Command {
     /// Sale after sale with cancellations: RSS, open files, queue segments and database
     /// rows sampled and checked against their bounds (soak.json, soak.svg).
     Soak(load_tests::soak::SoakArgs),
+    /// What one proxy hop costs: a closed loop of a trivial route against a gateway and
+    /// through a proxy in front of it (nginx), alternating rounds, one JSON summary.
+    Hop(load_tests::hop::HopArgs),
 }
 
 fn addr_of(url: &str) -> Result<std::net::SocketAddr, CliError> {
@@ -502,6 +505,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => return load_tests::audit::run_cli(args).await,
             Command::Overload(args) => return load_tests::overload::run_cli(args).await,
             Command::Soak(args) => return load_tests::soak::run_cli(args).await,
+            Command::Hop(args) => return load_tests::hop::run_cli(args).await,
             Command::Demo {
                 scenario,
                 database,
