@@ -66,6 +66,11 @@ pub struct GatewayMetrics {
     /// Connections closed at once because [`crate::config::ServeLimits::max_connections`]
     /// were open.
     pub connections_refused: AtomicU64,
+    /// Requests from a trusted proxy whose `X-Forwarded-For` could not be used (the peer's
+    /// address was counted instead; [`crate::proxy`]).
+    pub forwarded_unusable: AtomicU64,
+    /// Requests refused with 421 `misdirected`: a session without its route cookie.
+    pub misdirected: AtomicU64,
     /// Request latency by route (index: [`ROUTES`]).
     pub latency: [queue::histogram::AtomicHistogram; ROUTES.len()],
     /// Responses by route and status class (2xx, 4xx, 5xx).
@@ -262,6 +267,18 @@ impl Collector for GatewayCollector {
             "gateway_connections_refused",
             "Client connections closed at once: the connection cap was reached.",
             get(&m.connections_refused),
+        )?;
+        counter(
+            &mut enc,
+            "gateway_forwarded_unusable",
+            "Requests from a trusted proxy whose X-Forwarded-For could not be used (the proxy's address counted instead).",
+            get(&m.forwarded_unusable),
+        )?;
+        counter(
+            &mut enc,
+            "gateway_misdirected",
+            "Requests refused with 421: a valid session without its route cookie.",
+            get(&m.misdirected),
         )?;
         if let Some(crew) = self.crew.get() {
             encode_crew(&mut enc, crew)?;
