@@ -469,7 +469,7 @@ mod tests {
     const ROUTE_ALICE: &str = "a0a989d52518fe4e";
 
     fn v4() -> impl Strategy<Value = IpAddr> {
-        any::<[u8; 4]>().prop_map(|b| IpAddr::from(b))
+        any::<[u8; 4]>().prop_map(IpAddr::from)
     }
 
     /// A hop a client might forge: an address, garbage, or a long run of bytes.

@@ -48,7 +48,8 @@ pub async fn login(
     // set): nginx hashes it to send this person to one gateway (`crate::proxy`).
     let route = crate::proxy::set_route_cookie(&body.user, max_age_s, state.config.secure_cookies);
     Ok((
-        [(header::SET_COOKIE, cookie), (header::SET_COOKIE, route)],
+        // Appended: an array of pairs would insert, and the second would replace the first.
+        axum::response::AppendHeaders([(header::SET_COOKIE, cookie), (header::SET_COOKIE, route)]),
         Json(json!({"user": body.user})),
     )
         .into_response())
