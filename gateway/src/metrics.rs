@@ -460,6 +460,8 @@ mod tests {
             "# TYPE gateway_connections_open gauge",
             "gateway_connections_open 0",
             "gateway_connections_refused_total 0",
+            "gateway_forwarded_unusable_total 0",
+            "gateway_misdirected_total 0",
             "gateway_responses_total{route=\"purchase\",class=\"2xx\"} 1",
             "gateway_responses_total{route=\"other\",class=\"5xx\"} 0",
             "# TYPE gateway_request_duration_seconds histogram",
@@ -472,10 +474,11 @@ mod tests {
         }
         let samples = parse(&text);
         // One series per outcome, per route and class, and 14 buckets + sum + count per route
-        // (the 2: connections open and refused).
+        // (the first 2: connections open and refused; the second: forwarded headers the
+        // gateway could not use, and 421s).
         assert_eq!(
             samples.len(),
-            8 + 4 + 1 + 1 + 2 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
+            8 + 4 + 1 + 1 + 2 + 2 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
         );
         assert!(!text.contains("orders_"), "no crew, no crew counters");
         // The crew's counters once there is one.
