@@ -474,6 +474,29 @@ async fn per_user_and_per_ip_limits_hold_behind_nginx() {
         .collect();
     assert_eq!(spread, vec![2, 2, 2], "round robin over the three gateways");
 
+    // Static assets (content-hashed, immutable) are cached at the edge: the second request
+    // for one never reaches a gateway.
+    let asset = web::assets::assets().app_js.clone();
+    let mut cache = Vec::new();
+    for _ in 0..2 {
+        let (s, h, _) = call(
+            Ipv4Addr::new(127, 0, 0, 8),
+            three.addr,
+            "GET",
+            &asset,
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{asset}");
+        cache.push(
+            h.get("x-cache-status")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        );
+    }
+    assert_eq!(cache, [Some("MISS".to_owned()), Some("HIT".to_owned())]);
+
     // (b) Through nginx, a forged X-Forwarded-For changes nothing: one address's logins
     // stop at its per-IP burst (10) whatever the header says...
     let (ok, throttled) = forged_logins(Ipv4Addr::new(127, 0, 0, 5), one.addr).await;
