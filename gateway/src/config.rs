@@ -43,6 +43,13 @@ pub struct GatewayConfig {
     /// Every response carries `Strict-Transport-Security` ([`HSTS_VALUE`]). On under
     /// `--production` (behind TLS).
     pub hsts: bool,
+    /// The proxies whose `X-Forwarded-For` names the client (`--trusted-proxies`; empty,
+    /// the default: nobody's, the client is the TCP peer). See [`crate::proxy`].
+    pub trusted_proxies: crate::proxy::TrustedProxies,
+    /// Requests with a valid session must carry the user's route cookie
+    /// (`--route-cookie`; off by default, on behind `deploy/nginx`): otherwise 421
+    /// `misdirected` with the right cookie. See [`crate::proxy`].
+    pub route_cookie: bool,
 }
 
 /// The `Strict-Transport-Security` value sent when [`GatewayConfig::hsts`] is on: one year,
@@ -66,6 +73,8 @@ impl GatewayConfig {
             tokens_per_address: crate::ledger::TOKENS_PER_ADDRESS_DEFAULT,
             secure_cookies: false,
             hsts: false,
+            trusted_proxies: crate::proxy::TrustedProxies::default(),
+            route_cookie: false,
         }
     }
 }

@@ -13,13 +13,19 @@ use crate::config::ServeLimits;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, Shared};
 
-/// The client's address: the socket peer when served, loopback under `oneshot` tests.
+/// The client's address: the one the front service found behind a trusted proxy
+/// (`X-Forwarded-For`, [`crate::proxy::client_addr`]), else the socket peer when served,
+/// loopback under `oneshot` tests. What per-IP throttles, captchas and per-address token
+/// bounds count.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(ip) = parts.extensions.get::<ClientIp>() {
+            return Ok(*ip);
+        }
         Ok(ClientIp(
             parts
                 .extensions

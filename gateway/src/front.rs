@@ -25,8 +25,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::config::{HSTS_VALUE, ServeLimits};
 use crate::error::ApiError;
-use crate::extract::BodyLimit;
+use crate::extract::{BodyLimit, ClientIp};
 use crate::metrics::route_index;
+use crate::proxy::{client_addr, misdirected, route_exempt, route_matches};
 use crate::state::Shared;
 
 /// How long `serve`'s housekeeping waits between rounds.
@@ -56,7 +57,9 @@ pub fn app_with_limits(state: Shared, limits: ServeLimits) -> Front {
 /// timeout (503 `timeout`), the body limit on every route (413: a known length over it at
 /// once, a chunked body cut there; [`crate::extract::JsonBody`] and
 /// [`crate::extract::form_or_default`] report it), HSTS when configured, the client's
-/// address (`ConnectInfo`), and the latency and status metrics by route. One service
+/// address (`ConnectInfo`, and [`ClientIp`] from `X-Forwarded-For` when the peer is a
+/// trusted proxy: [`crate::proxy`]), the route cookie's 421 `misdirected` when
+/// configured, and the latency and status metrics by route. One service
 /// instead of a stack of layers: one boxed future and no per-layer clones per request.
 #[derive(Clone)]
 pub struct Front {
@@ -140,11 +143,54 @@ impl tower::Service<axum::extract::Request> for Front {
                 req = req.map(|b| axum::body::Body::new(http_body_util::Limited::new(b, limit)));
             }
         }
+        // The peer: this connection's, or (under `oneshot`) one the caller set.
+        let peer = self.peer.or_else(|| {
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0)
+        });
         if let Some(peer) = self.peer {
             req.extensions_mut().insert(ConnectInfo(peer));
         }
-        req.extensions_mut().insert(BodyLimit(limit));
+        // The client's address behind a trusted proxy (`X-Forwarded-For`); with nobody
+        // trusted, `ClientIp` is the peer and nothing is read here.
+        if let Some(peer) = peer
+            && !state.config.trusted_proxies.is_empty()
+        {
+            let addr = client_addr(&state.config.trusted_proxies, peer.ip(), req.headers());
+            if addr.unusable {
+                state
+                    .metrics
+                    .forwarded_unusable
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            req.extensions_mut().insert(ClientIp(addr.ip));
+        }
         let hsts = state.config.hsts;
+        // The route cookie: a valid session must come with its user's route, or nginx may
+        // have sent it to any gateway (and its per-user limits would multiply).
+        if state.config.route_cookie
+            && !route_exempt(req.uri().path())
+            && let Ok(user) = crate::extract::session_user(&state, req.headers())
+            && !route_matches(req.headers(), &user)
+        {
+            drop(guard);
+            state.metrics.misdirected.fetch_add(1, Ordering::Relaxed);
+            let mut resp = misdirected(
+                &user,
+                state.config.session_ttl_ms / 1000,
+                state.config.secure_cookies,
+            );
+            if hsts {
+                resp.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static(HSTS_VALUE),
+                );
+            }
+            state.metrics.observe(route, started, resp.status());
+            return Box::pin(std::future::ready(Ok(resp)));
+        }
+        req.extensions_mut().insert(BodyLimit(limit));
         let timeout = Duration::from_millis(self.limits.request_timeout_ms.max(1));
         let inner = self.inner.clone();
         Box::pin(async move {

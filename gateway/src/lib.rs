@@ -26,7 +26,9 @@
 //!      [`publisher`]: batches accepted purchases into `publish_each` calls;
 //!      [`dashboard`]: the dashboard's figures and their history (data only);
 //!      [`guard`]: the global budget of admin-secret guesses; [`secrets`]: secrets from
-//!      a flag, a variable or a file, and what `--production` asks of them.
+//!      a flag, a variable or a file, and what `--production` asks of them;
+//!      [`proxy`]: the trusted proxies, the client's address from `X-Forwarded-For`,
+//!      and the route cookie nginx hashes on.
 //! 2. [`state`]: [`state::AppState`], what every handler shares (its clock, a
 //!    `queue::Clock`, is the only time the handlers read), and the small shared structures
 //!    it holds (running purchases, the workers' progress, reconciliation).
@@ -42,7 +44,8 @@
 //!    ticket progress and stock reconciliation with the database; [`health`]: `/readyz`
 //!    and `/metrics`.
 //! 5. [`routes`]: the router, which imports the handlers; only [`front`] imports it.
-//! 6. [`front`]: the front service (in-flight cap, timeout, body limit, metrics) and
+//! 6. [`front`]: the front service (in-flight cap, timeout, body limit, the client's
+//!    address behind trusted proxies, the route cookie's 421, metrics) and
 //!    `serve` (hyper's HTTP/1 with header-read and idle timeouts and a connection cap).
 //! 7. [`system`]: the one assembly of the whole system (queue, database, stock, state,
 //!    crew, listener) and its clean shutdown; the binaries, the load tests and the tests
@@ -64,6 +67,7 @@ pub mod live;
 pub mod metrics;
 pub mod orders;
 pub mod pages;
+pub mod proxy;
 pub mod publisher;
 pub mod purchase;
 pub mod routes;

@@ -66,6 +66,11 @@ pub struct GatewayMetrics {
     /// Connections closed at once because [`crate::config::ServeLimits::max_connections`]
     /// were open.
     pub connections_refused: AtomicU64,
+    /// Requests from a trusted proxy whose `X-Forwarded-For` could not be used (the peer's
+    /// address was counted instead; [`crate::proxy`]).
+    pub forwarded_unusable: AtomicU64,
+    /// Requests refused with 421 `misdirected`: a session without its route cookie.
+    pub misdirected: AtomicU64,
     /// Request latency by route (index: [`ROUTES`]).
     pub latency: [queue::histogram::AtomicHistogram; ROUTES.len()],
     /// Responses by route and status class (2xx, 4xx, 5xx).
@@ -263,6 +268,18 @@ impl Collector for GatewayCollector {
             "Client connections closed at once: the connection cap was reached.",
             get(&m.connections_refused),
         )?;
+        counter(
+            &mut enc,
+            "gateway_forwarded_unusable",
+            "Requests from a trusted proxy whose X-Forwarded-For could not be used (the proxy's address counted instead).",
+            get(&m.forwarded_unusable),
+        )?;
+        counter(
+            &mut enc,
+            "gateway_misdirected",
+            "Requests refused with 421: a valid session without its route cookie.",
+            get(&m.misdirected),
+        )?;
         if let Some(crew) = self.crew.get() {
             encode_crew(&mut enc, crew)?;
         }
@@ -443,6 +460,8 @@ mod tests {
             "# TYPE gateway_connections_open gauge",
             "gateway_connections_open 0",
             "gateway_connections_refused_total 0",
+            "gateway_forwarded_unusable_total 0",
+            "gateway_misdirected_total 0",
             "gateway_responses_total{route=\"purchase\",class=\"2xx\"} 1",
             "gateway_responses_total{route=\"other\",class=\"5xx\"} 0",
             "# TYPE gateway_request_duration_seconds histogram",
@@ -455,10 +474,11 @@ mod tests {
         }
         let samples = parse(&text);
         // One series per outcome, per route and class, and 14 buckets + sum + count per route
-        // (the 2: connections open and refused).
+        // (the first 2: connections open and refused; the second: forwarded headers the
+        // gateway could not use, and 421s).
         assert_eq!(
             samples.len(),
-            8 + 4 + 1 + 1 + 2 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
+            8 + 4 + 1 + 1 + 2 + 2 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
         );
         assert!(!text.contains("orders_"), "no crew, no crew counters");
         // The crew's counters once there is one.

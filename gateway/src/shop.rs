@@ -42,13 +42,14 @@ pub async fn login(
         .sessions
         .sign(&body.user, now + state.config.session_ttl_ms)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let cookie = crate::session::set_cookie_header(
-        &value,
-        state.config.session_ttl_ms / 1000,
-        state.config.secure_cookies,
-    );
+    let max_age_s = state.config.session_ttl_ms / 1000;
+    let cookie = crate::session::set_cookie_header(&value, max_age_s, state.config.secure_cookies);
+    // The route cookie beside it (always, so that turning `--route-cookie` on finds it
+    // set): nginx hashes it to send this person to one gateway (`crate::proxy`).
+    let route = crate::proxy::set_route_cookie(&body.user, max_age_s, state.config.secure_cookies);
     Ok((
-        [(header::SET_COOKIE, cookie)],
+        // Appended: an array of pairs would insert, and the second would replace the first.
+        axum::response::AppendHeaders([(header::SET_COOKIE, cookie), (header::SET_COOKIE, route)]),
         Json(json!({"user": body.user})),
     )
         .into_response())

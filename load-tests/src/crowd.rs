@@ -309,14 +309,20 @@ async fn sign_in(run: Arc<Run>, next: Arc<AtomicUsize>) -> Tally {
         }
         let name = run.lock(&run.people[i]).name.clone();
         let req = request("POST", "/api/login", &[], Some(&json!({ "user": name })));
-        if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, "login", false, req).await
-            && let Some(cookie) = a
+        if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, "login", false, req).await {
+            // Every cookie of the sign-in (the session and the route cookie nginx hashes
+            // on, which a gateway under `--route-cookie` asks for), as one `Cookie` value.
+            let cookie = a
                 .headers
-                .get("set-cookie")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(';').next())
-        {
-            run.lock(&run.people[i]).cookie = cookie.to_string();
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| v.split(';').next())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if !cookie.is_empty() {
+                run.lock(&run.people[i]).cookie = cookie;
+            }
         }
     }
 }

@@ -38,7 +38,10 @@
     if (ms) { t.title = t.textContent; t.textContent = new Date(ms).toLocaleString(); }
   }
 
-  async function api(method, url, payload) {
+  // A 421 `misdirected` (a gateway behind nginx with --route-cookie: the session came
+  // without its route cookie) sets the cookie in its answer: sent once more, the request
+  // reaches the person's own gateway.
+  async function api(method, url, payload, retried) {
     const opts = { method, headers: { "Accept": "application/json" }, credentials: "same-origin" };
     if (payload !== undefined) {
       opts.headers["Content-Type"] = "application/json";
@@ -48,6 +51,7 @@
     try { res = await fetch(url, opts); } catch (e) {
       return { ok: false, status: 0, data: { error: "network", message: "the network failed; try again" } };
     }
+    if (res.status === 421 && !retried) return api(method, url, payload, true);
     let data = {};
     try { data = await res.json(); } catch (e) { data = {}; }
     const retry = Number(res.headers.get("Retry-After") || 0);

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gateway::config::{GatewayConfig, ServeLimits};
+use gateway::proxy::TrustedProxies;
 use gateway::secrets;
 use gateway::session::SessionKey;
 use gateway::system::{DatabaseSource, QueueSource, StockSource, System, SystemConfig};
@@ -82,6 +83,18 @@ struct Args {
     /// the per-user throttles stay on.
     #[arg(long, env = "GATEWAY_PER_IP_LIMITS", default_value = "on")]
     per_ip_limits: String,
+    /// Proxies whose `X-Forwarded-For` names the client, e.g. nginx's address: CIDRs or
+    /// addresses, comma-separated (IPv4 and IPv6). The client is then the right-most hop
+    /// that is not itself trusted. Default: none (the client is the TCP peer; every
+    /// `X-Forwarded-For` is ignored).
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", default_value = "",
+          value_parser = trusted_proxies)]
+    trusted_proxies: TrustedProxies,
+    /// Requests with a valid session must carry the user's route cookie (`seckill_route`,
+    /// set at sign-in), or are answered 421 `misdirected` with it: on behind nginx
+    /// (deploy/nginx), which hashes the cookie onto the gateways.
+    #[arg(long, env = "GATEWAY_ROUTE_COOKIE")]
+    route_cookie: bool,
     /// The orders database: `sqlite:PATH` (created if missing) or `postgres://…`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
     database: String,
@@ -140,6 +153,11 @@ struct Args {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `--trusted-proxies`: CIDRs or addresses (clap names the flag in the error).
+fn trusted_proxies(s: &str) -> Result<TrustedProxies, String> {
+    TrustedProxies::parse(s)
+}
 
 /// `--token-factor`: a finite number within a sale's own factor's bounds.
 fn token_factor(s: &str) -> Result<f64, String> {
@@ -292,6 +310,8 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     gateway.load_test_secret = load_test_secret;
     gateway.secure_cookies = args.secure_cookies || args.production;
     gateway.hsts = args.hsts || args.production;
+    gateway.trusted_proxies = args.trusted_proxies.clone();
+    gateway.route_cookie = args.route_cookie;
     let mut config = SystemConfig::new(
         QueueSource::Open(args.queue.clone()),
         DatabaseSource::Url {
@@ -440,6 +460,25 @@ mod tests {
         assert!(err.contains("--admin-secret-file"), "{err}");
         let err = config(&["--secret", SECRET, "--secret-file", signing]).expect_err("both");
         assert!(err.contains("--secret-file"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_route_cookie_come_from_flags() {
+        let c = config(&[]).expect("defaults");
+        assert!(c.gateway.trusted_proxies.is_empty() && !c.gateway.route_cookie);
+        let c = config(&[
+            "--trusted-proxies",
+            "127.0.0.1, 10.0.0.0/8,fd00::/8",
+            "--route-cookie",
+        ])
+        .expect("flags");
+        assert_eq!(c.gateway.trusted_proxies.nets().len(), 3);
+        assert!(c.gateway.route_cookie);
+        let err = config(&["--trusted-proxies", "10.0.0.0/40"]).expect_err("a bad CIDR");
+        assert!(
+            err.contains("--trusted-proxies") && err.contains("10.0.0.0/40"),
+            "{err}"
+        );
     }
 
     #[test]

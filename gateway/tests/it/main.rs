@@ -20,6 +20,7 @@ use queue::{Clock as _, Engine, FetchOptions, Queue, StartAt, SystemClock};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod behind_proxy;
 mod browser;
 mod edge;
 mod hostile;
