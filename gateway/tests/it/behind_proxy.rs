@@ -567,14 +567,7 @@ impl Dropper {
                         loop {
                             if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
                                 let head = String::from_utf8_lossy(&data[..end]).to_string();
-                                let len: usize = head
-                                    .lines()
-                                    .find_map(|l| {
-                                        let (k, v) = l.split_once(':')?;
-                                        k.eq_ignore_ascii_case("content-length")
-                                            .then(|| v.trim().parse().ok())?
-                                    })
-                                    .unwrap_or(0);
+                                let len = super::content_length(&head);
                                 if data.len() >= end + 4 + len {
                                     let method = head.split(' ').next().unwrap_or("").to_owned();
                                     seen.lock().expect("seen").push(method);

@@ -30,6 +30,17 @@ mod system;
 
 const ADMIN: &str = "admin-secret";
 
+/// The `Content-Length` of an HTTP/1.1 message head (0 without one).
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 /// A fresh SQLite orders database in `dir`.
 async fn test_db(dir: &tempfile::TempDir) -> order_worker::OrdersDb {
     order_worker::testing::sqlite(dir.path(), &Default::default()).await
