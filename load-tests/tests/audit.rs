@@ -48,6 +48,7 @@ fn new_sale(id: u64, units: u64, pay_window_ms: Option<u64>) -> NewSale {
         ends_at_ms: None,
         token_factor: None,
         per_user_limit: None,
+        stock_buckets: None,
     }
 }
 
