@@ -10,8 +10,20 @@
 //!   retrying after a crash) never takes away the user's newer reservation.
 //! - [`MemoryStore`]: the embedded default, one small lock per sale; memory per sale is
 //!   bounded by its units (at most one entry per holder).
-//! - [`RedisStore`]: the same operations as Lua scripts on Redis, so several gateway
-//!   processes share one stock without overselling.
+//! - [`RedisStore`]: the same operations as Lua scripts on Redis, standalone or Cluster
+//!   ([`RedisConn`]: `redis://…` or `redis+cluster://h:p,h:p,…`, shared with the gateway's
+//!   token ledger and the auditor), so several gateway processes share one stock without
+//!   overselling.
+//! - Stock buckets: a sale may be defined with K buckets
+//!   ([`StockStore::define_bucketed`], [`StockStore::reconcile_bucketed`];
+//!   1..=[`STOCK_BUCKETS_MAX`], default 1, the layout from before buckets), each under its
+//!   own hash tag so a hot sale spreads over a cluster's masters. A user's home bucket
+//!   ([`home_bucket`], FNV-1a of the user id) holds their holder record alone (one per
+//!   person across buckets); when it is dry the unit comes from the next siblings in order,
+//!   and sold out is answered only once every bucket was seen empty. Units are split evenly
+//!   ([`bucket_share`]); the figures sum the buckets. The steps and what a crash between
+//!   them leaves: `redis_store.rs`; the keys: [`keys`]. [`MemoryStore`] accepts K and keeps
+//!   one lock per sale.
 //! - [`Inventory`]: a store plus a per-process sold-out flag, so a sold-out sale costs no
 //!   store round trip; the flag is cleared by a release or restock made through this process
 //!   and re-checked against the store at most every `recheck` (releases made by other
@@ -42,7 +54,7 @@ use std::time::{Duration, Instant};
 
 pub use memory::MemoryStore;
 pub use redis_conn::RedisConn;
-pub use redis_store::RedisStore;
+pub use redis_store::{BUCKETS_RECHECK, PREFIX_BYTES_MAX, RedisStore};
 
 /// A sale's id.
 pub type SaleId = u64;

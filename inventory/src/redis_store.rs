@@ -329,7 +329,7 @@ impl RedisStore {
         self.cache().remove(&sale);
     }
 
-    /// The sale's bucket count (cached for [`BUCKETS_RECHECK`]), `None` if not defined.
+    /// The sale's bucket count (cached for [`crate::BUCKETS_RECHECK`]), `None` if not defined.
     pub async fn buckets(&self, sale: SaleId) -> Result<Option<u32>> {
         if let Some((k, at)) = self.cache().get(&sale).copied()
             && at.elapsed() < BUCKETS_RECHECK

@@ -19,7 +19,10 @@
 //!    [`CANCEL_GRACE_MS`] after its pay-by time, none both paid and cancelled, none paid at
 //!    or after its pay-by time;
 //! 7. [`check::NO_NEGATIVE_STOCK`]: no stock counter below zero, read as raw integers from
-//!    SQL (and from Redis with [`audit_redis`]).
+//!    SQL (and from Redis with [`audit_redis`]: every stock bucket's own counter).
+//!
+//! [`audit_redis`] reads standalone Redis or Redis Cluster, summing a sale's stock buckets;
+//! at rest a user held in two buckets, or outside their home bucket, fails check 5.
 //!
 //! A failure to read is an [`AuditError`], never a passed check. Every listing is bounded
 //! (named constants below); the details carry per-sale figures and totals.
@@ -1555,7 +1558,7 @@ pub struct AuditArgs {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
     pub database: String,
     /// The stock store: `memory` (in a gateway's process: not checked) or a Redis URL
-    /// (`redis://127.0.0.1:6379`).
+    /// (`redis://127.0.0.1:6379`, or `redis+cluster://HOST:PORT,HOST:PORT`).
     #[arg(long, env = "GATEWAY_INVENTORY", default_value = "memory")]
     pub inventory: String,
     /// Key prefix in Redis (the gateway's).
