@@ -505,3 +505,90 @@ async fn buckets_and_sales_spread_over_the_masters() {
         }
     }
 }
+
+/// The in-process store takes a bucket count (checked) and keeps one lock per sale.
+#[tokio::test]
+async fn the_memory_store_accepts_and_checks_buckets() {
+    let s = inventory::MemoryStore::new();
+    assert!(matches!(
+        s.define_bucketed(1, 10, 0).await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        s.reconcile_bucketed(1, 10, STOCK_BUCKETS_MAX + 1, &[])
+            .await,
+        Err(Error::Invalid(_))
+    ));
+    let st = s.define_bucketed(1, 10, 4).await.expect("define");
+    assert_eq!((st.units, st.left), (10, 10));
+    let holders = [Holder {
+        user: "ann".into(),
+        tag: "t".into(),
+    }];
+    let st = s
+        .reconcile_bucketed(1, 10, STOCK_BUCKETS_MAX, &holders)
+        .await
+        .expect("reconcile");
+    assert_eq!((st.units, st.left, st.holders), (10, 9, 1));
+}
+
+/// Reserves and releases interleaved by many tasks (each user driven by one task, as a
+/// purchase's own release follows its reserve): at every quiet point the units are
+/// conserved, no bucket is below zero, and every holder record sits in its home bucket.
+async fn churn(s: Arc<RedisStore>, sale: SaleId) {
+    const K: u32 = 4;
+    const UNITS: u64 = 40;
+    const TASKS: usize = 16;
+    const ROUNDS: usize = 30;
+    let users = Arc::new(users_by_home(K, &[120, 10, 10, 20]));
+    s.define_bucketed(sale, UNITS, K).await.expect("define");
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (s, users) = (s.clone(), users.clone());
+            tokio::spawn(async move {
+                let mine: Vec<&String> = users.iter().skip(t).step_by(TASKS).collect();
+                let mut held = 0u64;
+                for round in 0..ROUNDS {
+                    for (i, u) in mine.iter().enumerate() {
+                        let tag = format!("t-{round}");
+                        if (i + round) % 3 == 0 {
+                            if let Released::Released { .. } =
+                                s.release_if(sale, u, None).await.expect("rel")
+                            {
+                                held -= 1;
+                            }
+                        } else if let Reservation::Reserved { .. } =
+                            s.reserve_as(sale, u, &tag).await.expect("r")
+                        {
+                            held += 1;
+                        }
+                    }
+                }
+                held
+            })
+        })
+        .collect();
+    let mut held = 0;
+    for t in tasks {
+        held += t.await.expect("task");
+    }
+    let st = s.stock(sale).await.expect("stock").expect("sale");
+    assert_eq!(st.holders, held, "holders as the tasks counted them");
+    assert_eq!(st.left + st.holders, UNITS, "units conserved: {st:?}");
+    for b in 0..K {
+        let (left, holders) = raw_bucket(&s, sale, b).await;
+        assert!(left >= 0, "bucket {b} left {left}");
+        for (u, rec) in holders {
+            assert_eq!(home_bucket(&u, K), b);
+            assert!(giver(&rec) < K);
+        }
+    }
+    s.forget(sale).await.expect("forget");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserves_and_releases_interleaved_conserve_units() {
+    for (_servers, url) in [standalone(), cluster()] {
+        churn(Arc::new(store(&url).await), 5).await;
+    }
+}
