@@ -356,6 +356,8 @@ pub struct SaleForm {
     pub per_user_limit: String,
     /// Token factor (empty: the gateway's).
     pub token_factor: String,
+    /// Stock buckets in a Redis stock store (empty: 1).
+    pub stock_buckets: String,
     /// The browser's `Date.getTimezoneOffset()`, minutes (UTC = local + offset).
     pub tz_offset_min: String,
     /// `starts_at` as ms since the epoch, computed by the page's script (right across
@@ -504,6 +506,7 @@ pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, FormError> 
         field::<u64>(&f.pay_window_s, "pay window")?.map(|s| s.saturating_mul(1000));
     let per_user_limit = field::<u32>(&f.per_user_limit, "per-user limit")?;
     let token_factor = field::<f64>(&f.token_factor, "token factor")?;
+    let stock_buckets = field::<u32>(&f.stock_buckets, "stock buckets")?;
     Ok(NewSale {
         id,
         name: f.name.trim().to_string(),
@@ -514,6 +517,7 @@ pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, FormError> 
         ends_at_ms,
         token_factor,
         per_user_limit,
+        stock_buckets,
     })
 }
 
@@ -779,9 +783,11 @@ mod tests {
             pay_window_s: "120".into(),
             per_user_limit: "1".into(),
             token_factor: "2.5".into(),
+            stock_buckets: "4".into(),
             ..SaleForm::default()
         };
         let s = parse_sale_form(&f, 1_000_000).expect("a valid form");
+        assert_eq!(s.stock_buckets, Some(4));
         assert_eq!(
             (s.id, s.name.as_str(), s.price_cents, s.units),
             (7, "Phone", 999, 100)

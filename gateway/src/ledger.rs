@@ -487,7 +487,7 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[4])
 /// scored by their token's expiry), `P{S}:token_nonces` (holder → `nonce:address`) and
 /// `P{S}:token_addresses` (address → live tokens); all expire with the sale's last token.
 pub struct RedisLedger {
-    pool: deadpool_redis::Pool,
+    conn: inventory::RedisConn,
     prefix: String,
     issue: redis::Script,
     spend: redis::Script,
@@ -508,10 +508,11 @@ fn store_err(e: impl std::fmt::Display) -> LedgerError {
 }
 
 impl RedisLedger {
-    /// A ledger sharing `store`'s Redis connections and key prefix.
+    /// A ledger sharing `store`'s Redis connections (standalone or Cluster: each sale's
+    /// token keys share its `{S}` hash tag, one slot) and key prefix.
     pub fn beside(store: &inventory::RedisStore) -> RedisLedger {
         RedisLedger {
-            pool: store.pool().clone(),
+            conn: store.conn().clone(),
             prefix: store.prefix().to_string(),
             issue: redis::Script::new(&format!("{PRELUDE}{ISSUE_BODY}{EXTEND}return 1")),
             spend: redis::Script::new(&format!("{PRELUDE}{SPEND}")),
@@ -525,23 +526,17 @@ impl RedisLedger {
     }
 
     async fn run(&self, script: &redis::Script, sale: u64, args: &[String]) -> LedgerResult<i64> {
-        let mut conn = self.pool.get().await.map_err(store_err)?;
-        let mut inv = script.prepare_invoke();
-        for k in self.keys(sale) {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(a);
-        }
-        inv.invoke_async(&mut *conn).await.map_err(store_err)
+        self.conn
+            .invoke_script(script, &self.keys(sale), args)
+            .await
+            .map_err(store_err)
     }
 
     /// Deletes the sale's token set (tests and admin cleanup).
     pub async fn forget(&self, sale: u64) -> LedgerResult<()> {
-        let mut conn = self.pool.get().await.map_err(store_err)?;
-        let _: i64 = redis::cmd("DEL")
-            .arg(&self.keys(sale)[..])
-            .query_async(&mut *conn)
+        let _: i64 = self
+            .conn
+            .query(redis::cmd("DEL").arg(&self.keys(sale)[..]))
             .await
             .map_err(store_err)?;
         Ok(())
@@ -614,13 +609,15 @@ impl TokenLedger for RedisLedger {
     }
 
     async fn live(&self, sale: u64, now_ms: u64) -> LedgerResult<u64> {
-        let mut conn = self.pool.get().await.map_err(store_err)?;
         let [holders, ..] = self.keys(sale);
-        let n: u64 = redis::cmd("ZCOUNT")
-            .arg(holders)
-            .arg(format!("({now_ms}"))
-            .arg("+inf")
-            .query_async(&mut *conn)
+        let n: u64 = self
+            .conn
+            .query(
+                redis::cmd("ZCOUNT")
+                    .arg(holders)
+                    .arg(format!("({now_ms}"))
+                    .arg("+inf"),
+            )
             .await
             .map_err(store_err)?;
         Ok(n)
@@ -867,6 +864,21 @@ mod tests {
         l.forget(7).await.expect("clean up");
         l.forget(8).await.expect("clean up");
         l.forget(9).await.expect("clean up");
+    }
+
+    /// The same rules on a scratch 3-master Redis Cluster (redis-kit): each sale's token
+    /// keys share its hash tag, so every script runs in one slot.
+    #[tokio::test]
+    async fn the_redis_ledger_keeps_the_rules_on_a_cluster() {
+        let cluster = redis_kit::RedisCluster::start(3, 0).expect("a 3-master cluster starts");
+        let store = inventory::RedisStore::connect(&cluster.url(), "ledger-test:", 4)
+            .await
+            .expect("the store connects");
+        assert!(store.conn().is_cluster());
+        let l = RedisLedger::beside(&store);
+        ledger_rules(&l, 7).await;
+        address_rules(&l, 9).await;
+        l.forget(7).await.expect("clean up");
     }
 
     #[tokio::test]

@@ -376,7 +376,7 @@ pub async fn create_sale_in(state: &AppState, sale: &NewSale) -> ApiResult<Sale>
         })?;
     state
         .inventory
-        .reconcile(created.id, created.units, &[])
+        .reconcile_bucketed(created.id, created.units, created.stock_buckets, &[])
         .await?;
     state.catalogue.upsert(created.clone());
     Ok(created)

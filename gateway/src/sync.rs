@@ -77,7 +77,7 @@ pub async fn load_catalogue(state: &AppState) -> Result<usize, SyncError> {
                 let holders = state.db.active_holder_tags(sale.id).await?;
                 state
                     .inventory
-                    .reconcile_tagged(sale.id, sale.units, &holders)
+                    .reconcile_bucketed(sale.id, sale.units, sale.stock_buckets, &holders)
                     .await?;
             }
             new += 1;
@@ -96,7 +96,7 @@ pub async fn reconcile_sale(state: &AppState, sale: u64) -> Result<SaleStock, Sy
     let holders = state.db.active_holder_tags(sale).await?;
     let stock = state
         .inventory
-        .reconcile_tagged(sale, s.units, &holders)
+        .reconcile_bucketed(sale, s.units, s.stock_buckets, &holders)
         .await?;
     state.reconciler.resets.fetch_add(1, Ordering::Relaxed);
     Ok(stock)
@@ -308,7 +308,7 @@ async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), SyncErr
     if store.stock(id).await? == Some(seen) {
         let now = state
             .inventory
-            .reconcile_tagged(id, units, &holders)
+            .reconcile_bucketed(id, units, db_sale.stock_buckets, &holders)
             .await?;
         state.reconciler.resets.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(

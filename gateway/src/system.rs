@@ -512,6 +512,7 @@ async fn create_demo_sale(
                 ends_at_ms: None,
                 token_factor: None,
                 per_user_limit: None,
+                stock_buckets: None,
             },
             now,
         )

@@ -1,17 +1,27 @@
 //! The Redis key layout of one sale, in one place: the stock store, the gateway's token
 //! ledger and the load-test auditor all name their keys through [`SaleKeys`].
 //!
-//! Every key of sale `S` under prefix `P` starts with `P{S}`: the `{S}` hash tag puts all
-//! of a sale's keys in one Redis Cluster slot, so each Lua script touches one slot.
+//! Every key of sale `S` under prefix `P` starts with `P{S}` (or `P{S.b}` for stock bucket
+//! `b` ≥ 1): the hash tag puts all the keys one Lua script touches in one Redis Cluster slot,
+//! while the buckets of a hot sale, each under its own tag, spread over the cluster's masters.
 //!
 //! | key | type | owner | content |
 //! | --- | --- | --- | --- |
-//! | `P{S}:units` | string | stock store | units on sale |
-//! | `P{S}:left` | string | stock store | units not held |
-//! | `P{S}:holder_tags` | hash | stock store | user → tag of their reservation (`""`: untagged) |
+//! | `P{S}:units` | string | stock store | units on sale (all buckets) |
+//! | `P{S}:buckets` | string | stock store | the sale's stock buckets K, 2..=64 (absent: 1) |
+//! | `P{S}:left` | string | stock store | units not held, bucket 0 |
+//! | `P{S}:holder_tags` | hash | stock store | bucket 0's home users → tag of their reservation (`""`: untagged) |
+//! | `P{S.b}:left` | string | stock store | units not held, bucket b (1 ≤ b < K) |
+//! | `P{S.b}:holder_tags` | hash | stock store | bucket b's home users → `tag\|g`, g the bucket that gave the unit |
 //! | `P{S}:token_holders` | sorted set | token ledger | holder → expiry of their live token |
 //! | `P{S}:token_nonces` | hash | token ledger | holder → `nonce:address` of their live token |
 //! | `P{S}:token_addresses` | hash | token ledger | client address → its live tokens |
+//!
+//! With K = 1 (the default) a sale has exactly the three stock keys `units`, `left`,
+//! `holder_tags` with plain tags, as before stock buckets existed. With K > 1 each user has a
+//! home bucket ([`crate::home_bucket`]: FNV-1a of the user id, mod K); their holder record
+//! lives only there, and its value is `tag|g` (the last `|` separates the tag from the index
+//! of the bucket whose unit they hold), also when g is the home bucket.
 
 /// The keys of one sale under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,9 +71,39 @@ impl SaleKeys {
         self.key("token_addresses")
     }
 
-    /// The stock store's keys, in the order its scripts take them: units, left, holders.
+    /// The sale's stock bucket count K (absent: 1).
+    pub fn buckets(&self) -> String {
+        self.key("buckets")
+    }
+
+    /// The stock store's keys of bucket 0, in the order its scripts take them: units, left,
+    /// holders.
     pub fn stock(&self) -> [String; 3] {
         [self.units(), self.left(), self.holder_tags()]
+    }
+
+    /// The keys of the sale's base slot as the store's bucket-0 scripts take them: units,
+    /// buckets, left, holders.
+    pub fn base(&self) -> [String; 4] {
+        [
+            self.units(),
+            self.buckets(),
+            self.left(),
+            self.holder_tags(),
+        ]
+    }
+
+    /// Stock bucket `b`'s keys: its units left and its home users' holder records (bucket 0:
+    /// `P{S}:left`, `P{S}:holder_tags`; bucket b ≥ 1: `P{S.b}:left`, `P{S.b}:holder_tags`).
+    pub fn bucket(&self, b: u32) -> [String; 2] {
+        if b == 0 {
+            return [self.left(), self.holder_tags()];
+        }
+        let base = self.base.strip_suffix('}').unwrap_or(&self.base);
+        [
+            format!("{base}.{b}}}:left"),
+            format!("{base}.{b}}}:holder_tags"),
+        ]
     }
 
     /// The token ledger's keys, in the order its scripts take them: holders, nonces,
@@ -100,5 +140,20 @@ mod tests {
                 "seckill:{42}:token_addresses".to_string()
             ]
         );
+        assert_eq!(
+            k.bucket(0),
+            [
+                "seckill:{42}:left".to_string(),
+                "seckill:{42}:holder_tags".to_string()
+            ]
+        );
+        assert_eq!(
+            k.bucket(3),
+            [
+                "seckill:{42.3}:left".to_string(),
+                "seckill:{42.3}:holder_tags".to_string()
+            ]
+        );
+        assert_eq!(k.buckets(), "seckill:{42}:buckets");
     }
 }

@@ -10,8 +10,20 @@
 //!   retrying after a crash) never takes away the user's newer reservation.
 //! - [`MemoryStore`]: the embedded default, one small lock per sale; memory per sale is
 //!   bounded by its units (at most one entry per holder).
-//! - [`RedisStore`]: the same operations as Lua scripts on Redis, so several gateway
-//!   processes share one stock without overselling.
+//! - [`RedisStore`]: the same operations as Lua scripts on Redis, standalone or Cluster
+//!   ([`RedisConn`]: `redis://…` or `redis+cluster://h:p,h:p,…`, shared with the gateway's
+//!   token ledger and the auditor), so several gateway processes share one stock without
+//!   overselling.
+//! - Stock buckets: a sale may be defined with K buckets
+//!   ([`StockStore::define_bucketed`], [`StockStore::reconcile_bucketed`];
+//!   1..=[`STOCK_BUCKETS_MAX`], default 1, the layout from before buckets), each under its
+//!   own hash tag so a hot sale spreads over a cluster's masters. A user's home bucket
+//!   ([`home_bucket`], FNV-1a of the user id) holds their holder record alone (one per
+//!   person across buckets); when it is dry the unit comes from the next siblings in order,
+//!   and sold out is answered only once every bucket was seen empty. Units are split evenly
+//!   ([`bucket_share`]); the figures sum the buckets. The steps and what a crash between
+//!   them leaves: `redis_store.rs`; the keys: [`keys`]. [`MemoryStore`] accepts K and keeps
+//!   one lock per sale.
 //! - [`Inventory`]: a store plus a per-process sold-out flag, so a sold-out sale costs no
 //!   store round trip; the flag is cleared by a release or restock made through this process
 //!   and re-checked against the store at most every `recheck` (releases made by other
@@ -33,6 +45,7 @@
 
 pub mod keys;
 mod memory;
+pub mod redis_conn;
 mod redis_store;
 
 use std::collections::HashMap;
@@ -40,7 +53,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use memory::MemoryStore;
-pub use redis_store::RedisStore;
+pub use redis_conn::RedisConn;
+pub use redis_store::{BUCKETS_RECHECK, PREFIX_BYTES_MAX, RedisStore};
 
 /// A sale's id.
 pub type SaleId = u64;
@@ -51,6 +65,42 @@ pub const USER_ID_BYTES_MAX: usize = 64;
 pub const UNITS_MAX: u64 = 10_000_000;
 /// Most sales a [`MemoryStore`] holds.
 pub const SALES_MAX: usize = 100_000;
+/// Most stock buckets one sale may be split into.
+pub const STOCK_BUCKETS_MAX: u32 = 64;
+/// A sale's stock buckets unless it says otherwise (one: the layout from before buckets).
+pub const STOCK_BUCKETS_DEFAULT: u32 = 1;
+
+/// Checks a stock bucket count: 1..=[`STOCK_BUCKETS_MAX`].
+pub fn validate_buckets(buckets: u32) -> Result<()> {
+    if buckets == 0 || buckets > STOCK_BUCKETS_MAX {
+        return Err(Error::Invalid(format!(
+            "stock buckets must be 1..={STOCK_BUCKETS_MAX}, not {buckets}"
+        )));
+    }
+    Ok(())
+}
+
+/// The home stock bucket of `user` in a sale of `buckets` buckets: FNV-1a (64 bits) of the
+/// user id's bytes, mod `buckets` (stable across processes, versions and platforms; 0 when
+/// `buckets` ≤ 1).
+pub fn home_bucket(user: &str, buckets: u32) -> u32 {
+    if buckets <= 1 {
+        return 0;
+    }
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let h = user.bytes().fold(FNV_OFFSET, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+    });
+    (h % u64::from(buckets)) as u32
+}
+
+/// The units of bucket `b` when `units` are split evenly over `buckets` buckets: the first
+/// `units % buckets` get one more.
+pub fn bucket_share(units: u64, buckets: u32, b: u32) -> u64 {
+    let k = u64::from(buckets.max(1));
+    units / k + u64::from(u64::from(b) < units % k)
+}
 
 /// What `reserve` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +213,24 @@ pub trait StockStore: Send + Sync {
     /// Defines a sale with `units` units if it is not defined yet (an existing sale is left
     /// as it is); returns its figures.
     async fn define(&self, sale: SaleId, units: u64) -> Result<SaleStock>;
+    /// [`StockStore::define`] with the sale's units split over `buckets` stock buckets
+    /// (1..=[`STOCK_BUCKETS_MAX`]; a store without buckets checks the count and ignores it).
+    async fn define_bucketed(&self, sale: SaleId, units: u64, buckets: u32) -> Result<SaleStock> {
+        validate_buckets(buckets)?;
+        self.define(sale, units).await
+    }
+    /// [`StockStore::reconcile_tagged`] laying the sale out over `buckets` stock buckets
+    /// (1..=[`STOCK_BUCKETS_MAX`]); `reconcile_tagged` keeps the layout the sale has.
+    async fn reconcile_bucketed(
+        &self,
+        sale: SaleId,
+        units: u64,
+        buckets: u32,
+        holders: &[Holder],
+    ) -> Result<SaleStock> {
+        validate_buckets(buckets)?;
+        self.reconcile_tagged(sale, units, holders).await
+    }
     /// Resets a sale to the source of truth: `units` on sale, held by exactly `holders`
     /// (the users with an active order, each with its reservation's tag). Fails if there
     /// are more holders than units.
@@ -209,6 +277,20 @@ pub trait StockStore: Send + Sync {
 impl<T: StockStore + ?Sized> StockStore for std::sync::Arc<T> {
     async fn define(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
         (**self).define(sale, units).await
+    }
+    async fn define_bucketed(&self, sale: SaleId, units: u64, buckets: u32) -> Result<SaleStock> {
+        (**self).define_bucketed(sale, units, buckets).await
+    }
+    async fn reconcile_bucketed(
+        &self,
+        sale: SaleId,
+        units: u64,
+        buckets: u32,
+        holders: &[Holder],
+    ) -> Result<SaleStock> {
+        (**self)
+            .reconcile_bucketed(sale, units, buckets, holders)
+            .await
     }
     async fn reconcile_tagged(
         &self,
@@ -355,6 +437,22 @@ impl Inventory {
         Ok(s)
     }
 
+    /// `reconcile_bucketed`; sets the flag from the result.
+    pub async fn reconcile_bucketed(
+        &self,
+        sale: SaleId,
+        units: u64,
+        buckets: u32,
+        holders: &[Holder],
+    ) -> Result<SaleStock> {
+        let s = self
+            .store
+            .reconcile_bucketed(sale, units, buckets, holders)
+            .await?;
+        self.set_flag(sale, s.left == 0);
+        Ok(s)
+    }
+
     /// `reconcile_tagged`; sets the flag from the result.
     pub async fn reconcile_tagged(
         &self,
@@ -365,5 +463,28 @@ impl Inventory {
         let s = self.store.reconcile_tagged(sale, units, holders).await?;
         self.set_flag(sale, s.left == 0);
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bucket_share, home_bucket};
+
+    #[test]
+    fn homes_are_stable_and_shares_add_up() {
+        // FNV-1a 64 of "" is its offset basis; these pin the hash across versions (a change
+        // would move every holder of a bucketed sale away from its record).
+        assert_eq!(home_bucket("", 64), (0xcbf2_9ce4_8422_2325u64 % 64) as u32);
+        assert_eq!(
+            home_bucket("a", 1_000_000),
+            (0xaf63_dc4c_8601_ec8cu64 % 1_000_000) as u32
+        );
+        assert_eq!(home_bucket("anything", 1), 0);
+        for k in 1..=64u32 {
+            for units in [0u64, 1, 7, 64, 1001] {
+                let sum: u64 = (0..k).map(|b| bucket_share(units, k, b)).sum();
+                assert_eq!(sum, units);
+            }
+        }
     }
 }

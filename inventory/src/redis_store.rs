@@ -1,145 +1,286 @@
-//! [`RedisStore`]: the stock in Redis, each operation one Lua script (atomic in Redis), so
-//! several gateway processes share one stock without overselling.
+//! [`RedisStore`]: the stock in Redis (standalone or Cluster), each step one Lua script
+//! (atomic in Redis) on the keys of one stock bucket, so several gateway processes share one
+//! stock without overselling.
 //!
-//! Keys of sale `S` under prefix `P`: `P{S}:units`, `P{S}:left`, `P{S}:holder_tags`; the
-//! layout is [`crate::keys`].
+//! The layout is [`crate::keys`]. A sale of K = 1 bucket is one slot and every operation
+//! one script, as before buckets. A sale of K > 1 buckets (a hot sale, spread over the
+//! cluster's masters) routes each user to a home bucket ([`crate::home_bucket`]):
+//!
+//! - **reserve**: the home bucket's script checks the user's holder record (one per person:
+//!   it lives only in the home bucket), and takes a unit there if it has one. If the home is
+//!   dry, it writes the holder record first, naming the sibling it will try (`tag|b`); then
+//!   a sibling's script takes a unit by a conditional decrement, or says it is empty, and
+//!   the home's script moves the record on to the next sibling (taking a unit at home if one
+//!   came back meanwhile). Only when every bucket was seen empty in this attempt does the
+//!   last step delete the record and answer sold out.
+//! - **release**: the home's script deletes the record and, if the unit came from a
+//!   sibling, the sibling's script gives it back there (delete first: a crash in between
+//!   leaves a unit missing, never one too many).
+//! - **define / restock / reconcile** write every bucket, bucket by bucket, units split
+//!   evenly ([`crate::bucket_share`]); reconcile puts the holders in their home buckets and
+//!   splits the units left (total minus holders) evenly, so no bucket goes negative.
+//! - **stock** sums the buckets (not one atomic read across buckets for K > 1).
+//!
+//! A crash between two scripts of one operation leaves at worst a holder record without a
+//! unit taken, or a unit taken but not given back: a unit held that no order uses, which the
+//! gateway's reconciliation at rest resets to the database (the source of truth). A release
+//! of a reservation still in flight is not expected (releases follow the purchase's own
+//! reserve, or an order made after it).
+//!
+//! A process keeps each sale's K for [`BUCKETS_RECHECK`]; a sale's K is set when it is
+//! defined (and by a reconcile that names another K, meant for a sale at rest).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use deadpool_redis::{Manager, Pool, Runtime};
 use redis::Script;
 
+use crate::keys::SaleKeys;
+use crate::redis_conn::RedisConn;
 use crate::{
-    Error, Holder, Released, Reservation, Result, SaleId, SaleStock, StockStore, validate_tag,
-    validate_units, validate_user,
+    Error, Holder, Released, Reservation, Result, STOCK_BUCKETS_MAX, SaleId, SaleStock, StockStore,
+    bucket_share, home_bucket, validate_buckets, validate_tag, validate_units, validate_user,
 };
 
-/// Longest wait for a Redis reply (or a pooled connection).
-pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait to connect to Redis.
-pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a process trusts its copy of a sale's stock bucket count before reading it
+/// again.
+pub const BUCKETS_RECHECK: Duration = Duration::from_secs(5);
+/// Longest key prefix, in bytes.
+pub const PREFIX_BYTES_MAX: usize = 64;
 
-/// Most connections in the pool.
-pub const POOL_CONNECTIONS_MAX: usize = 32;
-
+/// Home bucket `KEYS = left, holders`, `ARGV = user, record if taken here, record naming
+/// the first sibling to try ('' for K = 1: answer sold out)`.
 const RESERVE: &str = r#"
-local left = redis.call('GET', KEYS[2])
+local left = redis.call('GET', KEYS[1])
 if not left then return -3 end
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return -2 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -2 end
 left = tonumber(left)
+if left > 0 then
+  redis.call('DECR', KEYS[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  return left - 1
+end
+if ARGV[3] == '' then return -1 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return -5
+"#;
+
+/// Sibling bucket `KEYS = left`: a conditional decrement (a missing bucket is empty).
+const TAKE: &str = r#"
+local left = tonumber(redis.call('GET', KEYS[1]) or '0')
 if left <= 0 then return -1 end
-redis.call('DECR', KEYS[2])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-return left - 1
+return redis.call('DECR', KEYS[1])
 "#;
 
+/// Home bucket after a sibling was empty: `KEYS = left, holders`, `ARGV = user, the record
+/// naming that sibling, record if taken here, record naming the next sibling ('' when every
+/// bucket has been tried: answer sold out)`.
+const MOVE: &str = r#"
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return -6 end
+local left = tonumber(redis.call('GET', KEYS[1]) or '0')
+if left > 0 then
+  redis.call('DECR', KEYS[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  return left - 1
+end
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return -1
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+return -5
+"#;
+
+/// Home bucket `KEYS = left, holders`, `ARGV = user, only with tag ('1'/'0'), tag,
+/// bucketed ('1'/'0'), home index`: `{-1, 0}` not held, `{0, left}` given back here,
+/// `{1, g}` to be given back to bucket g.
 const RELEASE: &str = r#"
-local tag = redis.call('HGET', KEYS[3], ARGV[1])
-if not tag then return -1 end
-if ARGV[2] == '1' and tag ~= ARGV[3] then return -1 end
-redis.call('HDEL', KEYS[3], ARGV[1])
-return redis.call('INCR', KEYS[2])
+local v = redis.call('HGET', KEYS[2], ARGV[1])
+if not v then return {-1, 0} end
+local tag, giver = v, ARGV[5]
+if ARGV[4] == '1' then
+  local t, g = string.match(v, '^(.*)|(%d+)$')
+  if t then tag, giver = t, g end
+end
+if ARGV[2] == '1' and tag ~= ARGV[3] then return {-1, 0} end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if giver == ARGV[5] then return {0, redis.call('INCR', KEYS[1])} end
+return {1, tonumber(giver)}
 "#;
 
+/// Bucket `KEYS = left`, `ARGV = units`: adds units to an existing bucket; -3 if missing.
+const GIVE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+"#;
+
+/// Base `KEYS = units, buckets, left, holders`, `ARGV = units, K, bucket 0's share`:
+/// `{created (1/0), units, K}`.
 const DEFINE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[1])
-  redis.call('DEL', KEYS[3])
+  if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[2]) end
+  redis.call('SET', KEYS[3], ARGV[3])
+  redis.call('DEL', KEYS[4])
+  return {1, tonumber(ARGV[1]), tonumber(ARGV[2])}
 end
-return {tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2])), redis.call('HLEN', KEYS[3])}
+return {0, tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2]) or '1')}
 "#;
 
-const RECONCILE: &str = r#"
-redis.call('DEL', KEYS[3])
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
-local holders = redis.call('HLEN', KEYS[3])
-local units = tonumber(ARGV[1])
-redis.call('SET', KEYS[1], units)
-redis.call('SET', KEYS[2], units - holders)
-return {units, units - holders, holders}
+/// Sibling `KEYS = left, holders`, `ARGV = share, force ('1'/'0')`: sets the bucket (if
+/// forced or missing).
+const DEFINE_BUCKET: &str = r#"
+if ARGV[2] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+end
+return 1
 "#;
 
+/// Bucket `KEYS = left, holders`, `ARGV = left, then user, record pairs`.
+const RECONCILE_BUCKET: &str = r#"
+redis.call('DEL', KEYS[2])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('SET', KEYS[1], ARGV[1])
+return redis.call('HLEN', KEYS[2])
+"#;
+
+/// Base `KEYS = units, buckets, left, holders`, `ARGV = units, K, left, then pairs`.
+const RECONCILE_BASE: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[2]) end
+redis.call('DEL', KEYS[4])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
+redis.call('SET', KEYS[3], ARGV[3])
+return redis.call('HLEN', KEYS[4])
+"#;
+
+/// Base `KEYS = units, buckets, left, holders`, `ARGV = units to add, units max`:
+/// `{K, units}` after adding bucket 0's share; -3 no sale, -4 over the max.
 const RESTOCK: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
 if tonumber(redis.call('GET', KEYS[1])) + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -4 end
-local units = redis.call('INCRBY', KEYS[1], ARGV[1])
-local left = redis.call('INCRBY', KEYS[2], ARGV[1])
-return {units, left, redis.call('HLEN', KEYS[3])}
+local k = tonumber(redis.call('GET', KEYS[2]) or '1')
+local add = tonumber(ARGV[1])
+local share = math.floor(add / k)
+if add % k > 0 then share = share + 1 end
+local units = redis.call('INCRBY', KEYS[1], add)
+redis.call('INCRBY', KEYS[3], share)
+return {k, units}
 "#;
 
+/// Base `KEYS = units, buckets, left, holders`: -3 no sale, else `{units, K, left, holders}`
+/// of bucket 0.
 const STOCK: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
-return {tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2])), redis.call('HLEN', KEYS[3])}
+return {tonumber(redis.call('GET', KEYS[1])), tonumber(redis.call('GET', KEYS[2]) or '1'),
+  tonumber(redis.call('GET', KEYS[3]) or '0'), redis.call('HLEN', KEYS[4])}
 "#;
 
-/// Stock in Redis.
-pub struct RedisStore {
-    pool: Pool,
-    prefix: String,
+/// Sibling `KEYS = left, holders`: `{left, holders}` (0 for a missing bucket).
+const STOCK_BUCKET: &str = r#"
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('HLEN', KEYS[2])}
+"#;
+
+/// Base `KEYS = units, buckets`: -3 no sale, else K.
+const BUCKETS: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
+return tonumber(redis.call('GET', KEYS[2]) or '1')
+"#;
+
+/// Scripts answer `-3` for a sale that is not defined.
+const NO_SALE: i64 = -3;
+/// The home script wrote the holder record: try the sibling it names.
+const TRY_SIBLING: i64 = -5;
+/// The holder record changed while a reservation was in flight.
+const CHANGED: i64 = -6;
+
+struct Scripts {
     reserve: Script,
+    take: Script,
+    moved: Script,
     release: Script,
+    give: Script,
     define: Script,
-    reconcile: Script,
+    define_bucket: Script,
+    reconcile_bucket: Script,
+    reconcile_base: Script,
     restock: Script,
     stock: Script,
+    stock_bucket: Script,
+    buckets: Script,
+}
+
+/// Stock in Redis, standalone or Cluster.
+pub struct RedisStore {
+    conn: RedisConn,
+    prefix: String,
+    scripts: Scripts,
+    /// Sale → its bucket count and when it was read (bounded by `crate::SALES_MAX`).
+    buckets: Mutex<HashMap<SaleId, (u32, Instant)>>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
+            .field("conn", &self.conn)
             .finish_non_exhaustive()
     }
 }
 
-fn store_err(e: impl std::fmt::Display) -> Error {
-    Error::Store(e.to_string())
+fn n(x: i64) -> Result<u64> {
+    u64::try_from(x).map_err(|_| Error::Store(format!("negative figure {x}")))
+}
+
+/// A holder record's value: the plain tag for K = 1, else `tag|g`.
+fn record(tag: &str, buckets: u32, giver: u32) -> String {
+    if buckets <= 1 {
+        tag.to_string()
+    } else {
+        format!("{tag}|{giver}")
+    }
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url` (`redis://host:port/db`), its keys under `prefix`, with
-    /// at most `connections` pooled connections (cut to [`POOL_CONNECTIONS_MAX`]). Checks
-    /// that Redis answers.
+    /// A store on the Redis at `url` (`redis://host:port/db`, or
+    /// `redis+cluster://host:port,host:port,…`), its keys under `prefix`, with at most
+    /// `connections` pooled connections (standalone; cut to
+    /// [`crate::redis_conn::POOL_CONNECTIONS_MAX`]).
+    /// Checks that Redis answers.
     pub async fn connect(url: &str, prefix: &str, connections: usize) -> Result<RedisStore> {
-        if prefix.is_empty() || prefix.len() > 64 || prefix.contains(['{', '}']) {
-            return Err(Error::Invalid(
-                "a key prefix is 1..=64 bytes without braces".into(),
-            ));
+        if prefix.is_empty() || prefix.len() > PREFIX_BYTES_MAX || prefix.contains(['{', '}']) {
+            return Err(Error::Invalid(format!(
+                "a key prefix is 1..={PREFIX_BYTES_MAX} bytes without braces"
+            )));
         }
-        // A reply slower than this is an error (the caller answers 503); redis-rs's own
-        // default (0.5 s) is too tight for a loaded 2-core machine.
-        let conn_cfg = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT));
-        let manager = Manager::new_with_config(url, conn_cfg).map_err(store_err)?;
-        let pool = Pool::builder(manager)
-            .max_size(connections.clamp(1, POOL_CONNECTIONS_MAX))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(REDIS_RESPONSE_TIMEOUT))
-            .build()
-            .map_err(store_err)?;
-        let store = RedisStore {
-            pool,
+        let conn = RedisConn::open(url, connections).await?;
+        Ok(RedisStore {
+            conn,
             prefix: prefix.to_string(),
-            reserve: Script::new(RESERVE),
-            release: Script::new(RELEASE),
-            define: Script::new(DEFINE),
-            reconcile: Script::new(RECONCILE),
-            restock: Script::new(RESTOCK),
-            stock: Script::new(STOCK),
-        };
-        let mut conn = store.pool.get().await.map_err(store_err)?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut *conn)
-            .await
-            .map_err(store_err)?;
-        Ok(store)
+            scripts: Scripts {
+                reserve: Script::new(RESERVE),
+                take: Script::new(TAKE),
+                moved: Script::new(MOVE),
+                release: Script::new(RELEASE),
+                give: Script::new(GIVE),
+                define: Script::new(DEFINE),
+                define_bucket: Script::new(DEFINE_BUCKET),
+                reconcile_bucket: Script::new(RECONCILE_BUCKET),
+                reconcile_base: Script::new(RECONCILE_BASE),
+                restock: Script::new(RESTOCK),
+                stock: Script::new(STOCK),
+                stock_bucket: Script::new(STOCK_BUCKET),
+                buckets: Script::new(BUCKETS),
+            },
+            buckets: Mutex::new(HashMap::new()),
+        })
     }
 
-    /// The connection pool (other Redis-backed parts of a gateway share it).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The connection (other Redis-backed parts of a gateway share it).
+    pub fn conn(&self) -> &RedisConn {
+        &self.conn
     }
 
     /// The key prefix.
@@ -147,63 +288,156 @@ impl RedisStore {
         &self.prefix
     }
 
-    fn keys(&self, sale: SaleId) -> [String; 3] {
-        crate::keys::SaleKeys::new(&self.prefix, sale).stock()
+    fn keys(&self, sale: SaleId) -> SaleKeys {
+        SaleKeys::new(&self.prefix, sale)
     }
 
-    /// Deletes the sale's keys (tests and admin cleanup).
+    /// Deletes the sale's keys, every possible bucket's (tests and admin cleanup).
     pub async fn forget(&self, sale: SaleId) -> Result<()> {
-        let mut conn = self.pool.get().await.map_err(store_err)?;
-        let [a, b, c] = self.keys(sale);
-        let _: i64 = redis::cmd("DEL")
-            .arg(a)
-            .arg(b)
-            .arg(c)
-            .query_async(&mut *conn)
-            .await
-            .map_err(store_err)?;
+        let k = self.keys(sale);
+        for b in (0..STOCK_BUCKETS_MAX).rev() {
+            let [left, holders] = k.bucket(b);
+            let _: i64 = self
+                .conn
+                .query(redis::cmd("DEL").arg(left).arg(holders))
+                .await?;
+        }
+        let _: i64 = self
+            .conn
+            .query(redis::cmd("DEL").arg(k.units()).arg(k.buckets()))
+            .await?;
+        self.forget_buckets(sale);
         Ok(())
     }
 
-    async fn run<T: redis::FromRedisValue>(
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<SaleId, (u32, Instant)>> {
+        match self.buckets.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn remember_buckets(&self, sale: SaleId, k: u32) {
+        let mut c = self.cache();
+        if c.len() >= crate::SALES_MAX && !c.contains_key(&sale) {
+            c.clear();
+        }
+        c.insert(sale, (k, Instant::now()));
+    }
+
+    fn forget_buckets(&self, sale: SaleId) {
+        self.cache().remove(&sale);
+    }
+
+    /// The sale's bucket count (cached for [`crate::BUCKETS_RECHECK`]), `None` if not defined.
+    pub async fn buckets(&self, sale: SaleId) -> Result<Option<u32>> {
+        if let Some((k, at)) = self.cache().get(&sale).copied()
+            && at.elapsed() < BUCKETS_RECHECK
+        {
+            return Ok(Some(k));
+        }
+        let k = self.keys(sale);
+        let r: i64 = self
+            .conn
+            .invoke_script(&self.scripts.buckets, &[k.units(), k.buckets()], &[])
+            .await?;
+        if r == NO_SALE {
+            self.forget_buckets(sale);
+            return Ok(None);
+        }
+        let k = u32::try_from(r)
+            .ok()
+            .filter(|k| validate_buckets(*k).is_ok())
+            .ok_or_else(|| Error::Store(format!("sale {sale}: bucket count {r}")))?;
+        self.remember_buckets(sale, k);
+        Ok(Some(k))
+    }
+
+    async fn bucket_script<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         sale: SaleId,
-        args: &[&str],
+        b: u32,
+        args: &[String],
     ) -> Result<T> {
-        let mut conn = self.pool.get().await.map_err(store_err)?;
-        let mut inv = script.prepare_invoke();
-        for k in self.keys(sale) {
-            inv.key(k);
+        let keys = self.keys(sale).bucket(b);
+        self.conn.invoke_script(script, &keys, args).await
+    }
+
+    async fn base_script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        sale: SaleId,
+        args: &[String],
+    ) -> Result<T> {
+        let keys = self.keys(sale).base();
+        self.conn.invoke_script(script, &keys, args).await
+    }
+
+    /// Units left as a reservation answers it: the giving bucket's `left` when above 0 (a
+    /// lower bound of the sale's), else the sum of every bucket (so 0 means sold out).
+    async fn left_after(&self, sale: SaleId, k: u32, bucket_left: i64) -> Result<u64> {
+        if bucket_left > 0 || k <= 1 {
+            return n(bucket_left);
         }
-        for a in args {
-            inv.arg(*a);
+        Ok(self.stock(sale).await?.map_or(0, |s| s.left))
+    }
+
+    /// Writes sibling buckets `1..k` (`force`: overwrite) with their share of `units`.
+    async fn define_siblings(&self, sale: SaleId, units: u64, k: u32, force: bool) -> Result<()> {
+        let force = if force { "1" } else { "0" }.to_string();
+        for b in 1..k {
+            let share = bucket_share(units, k, b).to_string();
+            let _: i64 = self
+                .bucket_script(
+                    &self.scripts.define_bucket,
+                    sale,
+                    b,
+                    &[share, force.clone()],
+                )
+                .await?;
         }
-        inv.invoke_async(&mut *conn).await.map_err(store_err)
+        Ok(())
     }
 }
 
-fn stock_of(v: Vec<i64>) -> Result<SaleStock> {
-    let [units, left, holders] = v[..] else {
-        return Err(Error::Store(format!("unexpected stock reply {v:?}")));
-    };
-    let n = |x: i64| u64::try_from(x).map_err(|_| Error::Store(format!("negative figure {x}")));
-    Ok(SaleStock {
-        units: n(units)?,
-        left: n(left)?,
-        holders: n(holders)?,
-    })
+fn stock_reply(v: redis::Value, what: &str) -> Result<Vec<i64>> {
+    redis::from_redis_value(v).map_err(|e| Error::Store(format!("{what}: {e}")))
 }
-
-/// Scripts answer `-3` for a sale that is not defined.
-const NO_SALE: i64 = -3;
 
 #[async_trait::async_trait]
 impl StockStore for RedisStore {
     async fn define(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
+        self.define_bucketed(sale, units, crate::STOCK_BUCKETS_DEFAULT)
+            .await
+    }
+
+    async fn define_bucketed(&self, sale: SaleId, units: u64, buckets: u32) -> Result<SaleStock> {
         validate_units(units)?;
-        let v: Vec<i64> = self.run(&self.define, sale, &[&units.to_string()]).await?;
-        stock_of(v)
+        validate_buckets(buckets)?;
+        let share0 = bucket_share(units, buckets, 0);
+        let v: Vec<i64> = self
+            .base_script(
+                &self.scripts.define,
+                sale,
+                &[units.to_string(), buckets.to_string(), share0.to_string()],
+            )
+            .await?;
+        let [created, units_now, k] = v[..] else {
+            return Err(Error::Store(format!("unexpected define reply {v:?}")));
+        };
+        let k = u32::try_from(k)
+            .ok()
+            .filter(|k| validate_buckets(*k).is_ok())
+            .ok_or_else(|| Error::Store(format!("sale {sale}: bucket count {k}")))?;
+        // A new sale's siblings are (re)written; an existing one's are made sure of (a
+        // define cut short between its scripts left some missing).
+        self.define_siblings(sale, n(units_now)?, k, created == 1)
+            .await?;
+        self.remember_buckets(sale, k);
+        self.stock(sale)
+            .await?
+            .ok_or_else(|| Error::Store(format!("sale {sale} vanished while defined")))
     }
 
     async fn reconcile_tagged(
@@ -212,87 +446,292 @@ impl StockStore for RedisStore {
         units: u64,
         holders: &[Holder],
     ) -> Result<SaleStock> {
+        let k = self
+            .buckets(sale)
+            .await?
+            .unwrap_or(crate::STOCK_BUCKETS_DEFAULT);
+        self.reconcile_bucketed(sale, units, k, holders).await
+    }
+
+    async fn reconcile_bucketed(
+        &self,
+        sale: SaleId,
+        units: u64,
+        buckets: u32,
+        holders: &[Holder],
+    ) -> Result<SaleStock> {
         validate_units(units)?;
+        validate_buckets(buckets)?;
         for h in holders {
             validate_user(&h.user)?;
             validate_tag(&h.tag)?;
         }
-        // Checked here, before the script changes anything (a later holder of the same
-        // user wins, as in the script's HSET).
-        let mut distinct: std::collections::HashMap<&str, &str> =
-            std::collections::HashMap::with_capacity(holders.len());
+        // Checked here, before any script changes anything (a later holder of the same user
+        // wins).
+        let mut distinct: HashMap<&str, &str> = HashMap::with_capacity(holders.len());
         for h in holders {
             distinct.insert(&h.user, &h.tag);
         }
-        if distinct.len() as u64 > units {
-            return Err(Error::Invalid(format!(
-                "{} holders for {units} units",
-                distinct.len()
-            )));
+        let held = distinct.len() as u64;
+        if held > units {
+            return Err(Error::Invalid(format!("{held} holders for {units} units")));
         }
-        let units_arg = units.to_string();
-        let mut args: Vec<&str> = Vec::with_capacity(2 * distinct.len() + 1);
-        args.push(&units_arg);
+        let before = self.buckets(sale).await?;
+        // Holders go to their home buckets; the units left are split evenly whatever the
+        // holders' spread, so no bucket's left is negative.
+        let mut per_bucket: Vec<Vec<String>> = vec![Vec::new(); buckets as usize];
         for (user, tag) in distinct {
-            args.push(user);
-            args.push(tag);
+            let h = home_bucket(user, buckets);
+            per_bucket[h as usize].push(user.to_string());
+            per_bucket[h as usize].push(record(tag, buckets, h));
         }
-        let v: Vec<i64> = self.run(&self.reconcile, sale, &args).await?;
-        stock_of(v)
+        let left_total = units - held;
+        let mut holders_seen = 0u64;
+        for b in (1..buckets).rev() {
+            let mut args = Vec::with_capacity(1 + per_bucket[b as usize].len());
+            args.push(bucket_share(left_total, buckets, b).to_string());
+            args.append(&mut per_bucket[b as usize]);
+            let h: i64 = self
+                .bucket_script(&self.scripts.reconcile_bucket, sale, b, &args)
+                .await?;
+            holders_seen += n(h)?;
+        }
+        let mut args = Vec::with_capacity(3 + per_bucket[0].len());
+        args.push(units.to_string());
+        args.push(buckets.to_string());
+        args.push(bucket_share(left_total, buckets, 0).to_string());
+        args.append(&mut per_bucket[0]);
+        let h: i64 = self
+            .base_script(&self.scripts.reconcile_base, sale, &args)
+            .await?;
+        holders_seen += n(h)?;
+        // Buckets of an earlier, wider layout go.
+        for b in buckets..before.unwrap_or(0) {
+            let [left, hold] = self.keys(sale).bucket(b);
+            let _: i64 = self
+                .conn
+                .query(redis::cmd("DEL").arg(left).arg(hold))
+                .await?;
+        }
+        self.remember_buckets(sale, buckets);
+        Ok(SaleStock {
+            units,
+            left: left_total,
+            holders: holders_seen,
+        })
     }
 
     async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation> {
         validate_user(user)?;
         validate_tag(tag)?;
-        let r: i64 = self.run(&self.reserve, sale, &[user, tag]).await?;
-        Ok(match r {
-            -1 => Reservation::SoldOut,
-            -2 => Reservation::AlreadyBought,
-            NO_SALE => Reservation::NoSuchSale,
-            left if left >= 0 => Reservation::Reserved { left: left as u64 },
+        let Some(k) = self.buckets(sale).await? else {
+            return Ok(Reservation::NoSuchSale);
+        };
+        let home = home_bucket(user, k);
+        let next = if k > 1 {
+            record(tag, k, (home + 1) % k)
+        } else {
+            String::new()
+        };
+        let r: i64 = self
+            .bucket_script(
+                &self.scripts.reserve,
+                sale,
+                home,
+                &[user.to_string(), record(tag, k, home), next],
+            )
+            .await?;
+        match r {
+            -1 => return Ok(Reservation::SoldOut),
+            -2 => return Ok(Reservation::AlreadyBought),
+            NO_SALE => return Ok(Reservation::NoSuchSale),
+            TRY_SIBLING if k > 1 => {}
+            left if left >= 0 => {
+                return Ok(Reservation::Reserved {
+                    left: self.left_after(sale, k, left).await?,
+                });
+            }
             other => return Err(Error::Store(format!("unexpected reserve reply {other}"))),
-        })
+        }
+        // The home is dry and the holder record names sibling `home + 1`.
+        for i in 1..k {
+            let b = (home + i) % k;
+            let t: i64 = self.bucket_script(&self.scripts.take, sale, b, &[]).await?;
+            if t >= 0 {
+                return Ok(Reservation::Reserved {
+                    left: self.left_after(sale, k, t).await?,
+                });
+            }
+            let next = if i + 1 < k {
+                record(tag, k, (home + i + 1) % k)
+            } else {
+                String::new()
+            };
+            let m: i64 = self
+                .bucket_script(
+                    &self.scripts.moved,
+                    sale,
+                    home,
+                    &[
+                        user.to_string(),
+                        record(tag, k, b),
+                        record(tag, k, home),
+                        next,
+                    ],
+                )
+                .await?;
+            match m {
+                -1 => return Ok(Reservation::SoldOut),
+                TRY_SIBLING => {}
+                CHANGED => {
+                    return Err(Error::Store(format!(
+                        "sale {sale}: the reservation of {user:?} changed while in flight"
+                    )));
+                }
+                left if left >= 0 => {
+                    return Ok(Reservation::Reserved {
+                        left: self.left_after(sale, k, left).await?,
+                    });
+                }
+                other => return Err(Error::Store(format!("unexpected move reply {other}"))),
+            }
+        }
+        Err(Error::Store(format!(
+            "sale {sale}: the reservation of {user:?} ran past its {k} buckets"
+        )))
     }
 
     async fn release_if(&self, sale: SaleId, user: &str, tag: Option<&str>) -> Result<Released> {
         validate_user(user)?;
+        let Some(k) = self.buckets(sale).await? else {
+            return Ok(Released::NotHeld);
+        };
+        let home = home_bucket(user, k);
         let (only, want) = match tag {
             Some(t) => ("1", t),
             None => ("0", ""),
         };
-        let r: i64 = self.run(&self.release, sale, &[user, only, want]).await?;
-        Ok(match r {
-            -1 => Released::NotHeld,
-            left if left >= 0 => Released::Released { left: left as u64 },
-            other => return Err(Error::Store(format!("unexpected release reply {other}"))),
-        })
+        let v: Vec<i64> = self
+            .bucket_script(
+                &self.scripts.release,
+                sale,
+                home,
+                &[
+                    user.to_string(),
+                    only.to_string(),
+                    want.to_string(),
+                    if k > 1 { "1" } else { "0" }.to_string(),
+                    home.to_string(),
+                ],
+            )
+            .await?;
+        match v[..] {
+            [-1, _] => Ok(Released::NotHeld),
+            [0, left] => Ok(Released::Released { left: n(left)? }),
+            [1, giver] => {
+                // Back to the bucket that gave it (the home, if that bucket is gone).
+                let mut to = u32::try_from(giver).ok().filter(|g| *g < k).unwrap_or(home);
+                loop {
+                    let left: i64 = self
+                        .bucket_script(&self.scripts.give, sale, to, &["1".to_string()])
+                        .await?;
+                    if left >= 0 {
+                        return Ok(Released::Released { left: n(left)? });
+                    }
+                    if to == 0 {
+                        return Err(Error::Store(format!(
+                            "sale {sale}: no bucket to give a unit back to"
+                        )));
+                    }
+                    to = 0;
+                }
+            }
+            _ => Err(Error::Store(format!("unexpected release reply {v:?}"))),
+        }
     }
 
     async fn restock(&self, sale: SaleId, units: u64) -> Result<SaleStock> {
         validate_units(units)?;
         let max = crate::UNITS_MAX.to_string();
         let v: redis::Value = self
-            .run(&self.restock, sale, &[&units.to_string(), &max])
+            .base_script(&self.scripts.restock, sale, &[units.to_string(), max])
             .await?;
-        match v {
+        let (k, _units) = match v {
             redis::Value::Int(NO_SALE) => {
-                Err(Error::Invalid(format!("sale {sale} is not defined")))
+                return Err(Error::Invalid(format!("sale {sale} is not defined")));
             }
-            redis::Value::Int(-4) => Err(Error::Limit {
-                what: "units per sale",
-                limit: crate::UNITS_MAX,
-            }),
-            v => stock_of(redis::from_redis_value(v).map_err(store_err)?),
+            redis::Value::Int(-4) => {
+                return Err(Error::Limit {
+                    what: "units per sale",
+                    limit: crate::UNITS_MAX,
+                });
+            }
+            v => match stock_reply(v, "restock")?[..] {
+                [k, u] => (k, u),
+                ref other => {
+                    return Err(Error::Store(format!("unexpected restock reply {other:?}")));
+                }
+            },
+        };
+        let k = u32::try_from(k)
+            .ok()
+            .filter(|k| validate_buckets(*k).is_ok())
+            .ok_or_else(|| Error::Store(format!("sale {sale}: bucket count {k}")))?;
+        for b in 1..k {
+            let share = bucket_share(units, k, b);
+            if share == 0 {
+                continue;
+            }
+            let _: i64 = self
+                .bucket_script(&self.scripts.give, sale, b, &[share.to_string()])
+                .await?;
         }
+        self.stock(sale)
+            .await?
+            .ok_or_else(|| Error::Store(format!("sale {sale} vanished while restocked")))
     }
 
     async fn stock(&self, sale: SaleId) -> Result<Option<SaleStock>> {
-        let v: redis::Value = self.run(&self.stock, sale, &[]).await?;
-        match v {
-            redis::Value::Int(NO_SALE) => Ok(None),
-            v => Ok(Some(stock_of(
-                redis::from_redis_value(v).map_err(store_err)?,
-            )?)),
+        let v: redis::Value = self.base_script(&self.scripts.stock, sale, &[]).await?;
+        if v == redis::Value::Int(NO_SALE) {
+            return Ok(None);
         }
+        let v = stock_reply(v, "stock")?;
+        let [units, k, left, holders] = v[..] else {
+            return Err(Error::Store(format!("unexpected stock reply {v:?}")));
+        };
+        let k = u32::try_from(k)
+            .ok()
+            .filter(|k| validate_buckets(*k).is_ok())
+            .ok_or_else(|| Error::Store(format!("sale {sale}: bucket count {k}")))?;
+        let (mut left, mut holders) = (n(left)?, n(holders)?);
+        for b in 1..k {
+            let v: Vec<i64> = self
+                .bucket_script(&self.scripts.stock_bucket, sale, b, &[])
+                .await?;
+            let [l, h] = v[..] else {
+                return Err(Error::Store(format!("unexpected bucket reply {v:?}")));
+            };
+            left += n(l)?;
+            holders += n(h)?;
+        }
+        self.remember_buckets(sale, k);
+        Ok(Some(SaleStock {
+            units: n(units)?,
+            left,
+            holders,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record;
+
+    #[test]
+    fn a_record_is_the_plain_tag_without_buckets() {
+        assert_eq!(record("t-1", 1, 0), "t-1");
+        assert_eq!(record("t|1", 4, 2), "t|1|2");
+        assert_eq!(record("", 4, 0), "|0");
     }
 }

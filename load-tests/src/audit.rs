@@ -19,7 +19,10 @@
 //!    [`CANCEL_GRACE_MS`] after its pay-by time, none both paid and cancelled, none paid at
 //!    or after its pay-by time;
 //! 7. [`check::NO_NEGATIVE_STOCK`]: no stock counter below zero, read as raw integers from
-//!    SQL (and from Redis with [`audit_redis`]).
+//!    SQL (and from Redis with [`audit_redis`]: every stock bucket's own counter).
+//!
+//! [`audit_redis`] reads standalone Redis or Redis Cluster, summing a sale's stock buckets;
+//! at rest a user held in two buckets, or outside their home bucket, fails check 5.
 //!
 //! A failure to read is an [`AuditError`], never a passed check. Every listing is bounded
 //! (named constants below); the details carry per-sale figures and totals.
@@ -780,86 +783,172 @@ async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snap
 struct StoreRead {
     figures: Option<StoreFigures>,
     holders: Option<HashMap<String, String>>,
+    /// Raw from Redis: the lowest bucket's `left` and that bucket, for a sale of K > 1
+    /// stock buckets (each bucket's counter must stay ≥ 0, not only their sum).
+    lowest_bucket: Option<(u32, i64)>,
+    /// Raw from Redis: holder records that break the layout (a user held in two buckets,
+    /// or outside their home bucket; a record naming no bucket).
+    misplaced: Vec<String>,
 }
 
 fn sat_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Reads a sale's raw counters from Redis (the layout of `inventory::RedisStore`:
-/// `P{S}:units`, `P{S}:left`, `P{S}:holder_tags`), in one `MULTI`.
+/// Reads the sale's base slot in one script (atomic): `units` (nil: no sale), the bucket
+/// count (nil: 1), bucket 0's `left` and its holder count.
+const READ_BASE: &str = r#"
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]), redis.call('HLEN', KEYS[4])}
+"#;
+
+/// Reads one bucket's `left` (nil: missing) and holder count in one script.
+const READ_BUCKET: &str = r#"
+return {redis.call('GET', KEYS[1]), redis.call('HLEN', KEYS[2])}
+"#;
+
+fn raw_int(v: Option<&redis::Value>, what: &str) -> Result<Option<i64>, AuditError> {
+    match v {
+        None | Some(redis::Value::Nil) => Ok(None),
+        Some(v) => redis::from_redis_value::<i64>(v.clone())
+            .map(Some)
+            .map_err(|e| AuditError::Redis(format!("{what}: {e}"))),
+    }
+}
+
+/// Reads a sale's raw counters from Redis, standalone or Cluster (the layout of
+/// `inventory::keys`: `P{S}:units`, `P{S}:buckets`, and per stock bucket b its `left` and
+/// `holder_tags`, bucket 0 in `P{S}`, bucket b ≥ 1 in `P{S.b}`), summing the buckets. Each
+/// bucket is read atomically; a sale's buckets are not read at one instant (at rest they do
+/// not move). With holders: every bucket's records, a user's tag without its `|g` suffix,
+/// and the records that break the layout.
 async fn redis_read(
     store: &RedisStore,
     sale: u64,
     with_holders: bool,
 ) -> Result<StoreRead, AuditError> {
-    let mut conn = store
-        .pool()
-        .get()
+    let conn = store.conn();
+    let keys = inventory::keys::SaleKeys::new(store.prefix(), sale);
+    let err = |e: inventory::Error| AuditError::Redis(e.to_string());
+    let base: Vec<redis::Value> = conn
+        .invoke_script(&redis::Script::new(READ_BASE), &keys.base(), &[])
         .await
-        .map_err(|e| AuditError::Redis(e.to_string()))?;
-    let [units_key, left_key, holders_key] =
-        inventory::keys::SaleKeys::new(store.prefix(), sale).stock();
-    let (units, left, holders): (Option<i64>, Option<i64>, i64) = redis::pipe()
-        .atomic()
-        .cmd("GET")
-        .arg(&units_key)
-        .cmd("GET")
-        .arg(&left_key)
-        .cmd("HLEN")
-        .arg(&holders_key)
-        .query_async(&mut *conn)
-        .await?;
-    let Some(units) = units else {
+        .map_err(err)?;
+    let units_key = keys.units();
+    let Some(units) = raw_int(base.first(), &units_key)? else {
         return Ok(StoreRead {
             figures: None,
             holders: None,
+            lowest_bucket: None,
+            misplaced: Vec::new(),
         });
     };
-    let Some(left) = left else {
-        return Err(AuditError::Redis(format!(
-            "{units_key} is set but {left_key} is not"
-        )));
-    };
+    let k = raw_int(base.get(1), &keys.buckets())?.unwrap_or(1);
+    let k = u32::try_from(k)
+        .ok()
+        .filter(|k| inventory::validate_buckets(*k).is_ok())
+        .ok_or_else(|| AuditError::Redis(format!("{}: {k} buckets", keys.buckets())))?;
+    let mut left = 0i64;
+    let mut holders = 0i64;
+    let mut lowest: Option<(u32, i64)> = None;
+    let read_bucket = redis::Script::new(READ_BUCKET);
+    for b in 0..k {
+        let [left_key, holders_key] = keys.bucket(b);
+        let (l, h) = if b == 0 {
+            (
+                raw_int(base.get(2), &left_key)?,
+                raw_int(base.get(3), &holders_key)?,
+            )
+        } else {
+            let v: Vec<redis::Value> = conn
+                .invoke_script(&read_bucket, &keys.bucket(b), &[])
+                .await
+                .map_err(err)?;
+            (
+                raw_int(v.first(), &left_key)?,
+                raw_int(v.get(1), &holders_key)?,
+            )
+        };
+        let Some(l) = l else {
+            return Err(AuditError::Redis(format!(
+                "{units_key} is set but {left_key} is not"
+            )));
+        };
+        left = left.saturating_add(l);
+        holders = holders.saturating_add(h.unwrap_or(0));
+        if lowest.is_none_or(|(_, low)| l < low) {
+            lowest = Some((b, l));
+        }
+    }
     let figures = Some(StoreFigures {
         units,
         left,
         holders,
     });
+    let lowest_bucket = if k > 1 { lowest } else { None };
     if !with_holders {
         return Ok(StoreRead {
             figures,
             holders: None,
+            lowest_bucket,
+            misplaced: Vec::new(),
         });
     }
     let mut users: HashMap<String, String> =
         HashMap::with_capacity(usize::try_from(holders).unwrap_or(0));
-    let mut cursor = "0".to_string();
-    loop {
-        let (next, flat): (String, Vec<String>) = redis::cmd("HSCAN")
-            .arg(&holders_key)
-            .arg(&cursor)
-            .arg("COUNT")
-            .arg(HSCAN_COUNT)
-            .query_async(&mut *conn)
-            .await?;
-        let mut it = flat.into_iter();
-        while let (Some(user), Some(tag)) = (it.next(), it.next()) {
-            users.insert(user, tag);
+    let mut misplaced = Vec::new();
+    for b in 0..k {
+        let [_, holders_key] = keys.bucket(b);
+        let mut cursor = "0".to_string();
+        loop {
+            let (next, flat): (String, Vec<String>) = conn
+                .query(
+                    redis::cmd("HSCAN")
+                        .arg(&holders_key)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(HSCAN_COUNT),
+                )
+                .await
+                .map_err(err)?;
+            let mut it = flat.into_iter();
+            while let (Some(user), Some(record)) = (it.next(), it.next()) {
+                let tag = if k == 1 {
+                    record
+                } else {
+                    let home = inventory::home_bucket(&user, k);
+                    if home != b {
+                        misplaced.push(format!("{user:?} held in bucket {b}, home {home}"));
+                    }
+                    match record.rsplit_once('|') {
+                        Some((tag, g)) if g.parse::<u32>().is_ok_and(|g| g < k) => tag.to_string(),
+                        _ => {
+                            misplaced.push(format!(
+                                "{user:?} in bucket {b}: record {record:?} names no bucket"
+                            ));
+                            record
+                        }
+                    }
+                };
+                if users.insert(user.clone(), tag).is_some() {
+                    misplaced.push(format!("{user:?} held in two buckets"));
+                }
+            }
+            if users.len() > HOLDERS_COMPARED_MAX {
+                return Err(AuditError::Redis(format!(
+                    "sale {sale}'s holder records number more than {HOLDERS_COMPARED_MAX}"
+                )));
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
         }
-        if users.len() > HOLDERS_COMPARED_MAX {
-            return Err(AuditError::Redis(format!(
-                "{holders_key} holds more than {HOLDERS_COMPARED_MAX} entries"
-            )));
-        }
-        if next == "0" {
-            break;
-        }
-        cursor = next;
     }
     Ok(StoreRead {
         figures,
         holders: Some(users),
+        lowest_bucket,
+        misplaced,
     })
 }
 
@@ -951,6 +1040,8 @@ async fn read_store(
                     holders: sat_i64(st.holders),
                 }),
                 holders: None,
+                lowest_bucket: None,
+                misplaced: Vec::new(),
             },
             StoreSource::Redis(r) => {
                 redis_read(r, sale, compare_holders && !snap.holders_skipped).await?
@@ -1252,6 +1343,11 @@ fn no_negative_stock_check(
     }
     let mut store_low: Option<(i64, i64)> = None;
     for (sale, r) in store_reads {
+        if let Some((b, l)) = r.lowest_bucket
+            && l < 0
+        {
+            bad.push(format!("sale {sale}: store bucket {b} left {l}"));
+        }
         if let Some(f) = r.figures {
             if f.left < 0 {
                 bad.push(format!("sale {sale}: store left {}", f.left));
@@ -1384,6 +1480,18 @@ fn store_check(
                         .join(", ")
                 ));
             }
+            if !read.misplaced.is_empty() {
+                why.push(format!(
+                    "{} holder records out of place (first: {})",
+                    read.misplaced.len(),
+                    read.misplaced
+                        .iter()
+                        .take(OFFENDERS_LISTED_MAX)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
             tag_mismatches += store_users
                 .iter()
                 .filter(|(u, tag)| db_users.get(*u).is_some_and(|t| t != *tag))
@@ -1450,7 +1558,7 @@ pub struct AuditArgs {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
     pub database: String,
     /// The stock store: `memory` (in a gateway's process: not checked) or a Redis URL
-    /// (`redis://127.0.0.1:6379`).
+    /// (`redis://127.0.0.1:6379`, or `redis+cluster://HOST:PORT,HOST:PORT`).
     #[arg(long, env = "GATEWAY_INVENTORY", default_value = "memory")]
     pub inventory: String,
     /// Key prefix in Redis (the gateway's).

@@ -1009,6 +1009,7 @@ async fn create_sale(run: &Run, admin: &mut Conn, run_id: &str) -> Result<Instan
                 "units": run.scenario.units,
                 "starts_at_ms": opens_at_ms,
                 "pay_window_ms": run.scenario.pay_window_ms,
+                "stock_buckets": run.scenario.stock_buckets,
             })),
         ))
         .await

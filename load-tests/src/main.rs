@@ -101,6 +101,10 @@ struct ScenarioArgs {
     /// Override: concurrent connections.
     #[arg(long)]
     connections: Option<usize>,
+    /// Override: stock buckets of the run's sale (1..=64; a Redis stock store splits the
+    /// units over them, the in-process one ignores it).
+    #[arg(long)]
+    stock_buckets: Option<u32>,
     /// The seed of the crowd's random choices (who acts, bots' tricks, think times, repeat
     /// clicks, who pays, the run id), to replay a run; default: a random one. Every run
     /// prints its seed at start and records it in run.json and report.md.
@@ -129,6 +133,9 @@ impl ScenarioArgs {
         if let Some(v) = self.connections {
             s.connections = v;
         }
+        if let Some(v) = self.stock_buckets {
+            s.stock_buckets = v;
+        }
         s.seed = self.seed;
         s.validate()?;
         Ok(s)
@@ -152,6 +159,11 @@ enum Command {
         /// `prefix=P`; see the README, "Queue on Redis Streams").
         #[arg(long)]
         queue: Option<String>,
+        /// The stock store (default: in-process): `redis://HOST:PORT` or
+        /// `redis+cluster://HOST:PORT,HOST:PORT` (keys under a prefix of the run's own; the
+        /// audit reads the buckets raw from Redis).
+        #[arg(long)]
+        inventory: Option<String>,
         /// The benchmark: first measure a baseline in the same run (a closed loop of
         /// `GET /healthz` on as many connections, the ceiling of this harness and server
         /// on this machine), then the crowd, and print a JSON summary.
@@ -378,6 +390,7 @@ async fn demo(
     args: ScenarioArgs,
     database: Option<String>,
     queue: Option<String>,
+    inventory: Option<String>,
     with_baseline: bool,
     json_out: Option<PathBuf>,
 ) -> Result<bool, CliError> {
@@ -388,6 +401,7 @@ async fn demo(
         SystemOptions {
             database,
             queue: queue.clone(),
+            inventory: inventory.clone(),
             ..SystemOptions::default()
         },
     )
@@ -415,15 +429,29 @@ async fn demo(
     // At rest: the queue drained, then the audit.
     wait_for_drain(&system).await;
     let store = system.state.inventory.store_arc();
-    let report = load_tests::audit::audit(&load_tests::audit::AuditInput {
+    let input = load_tests::audit::AuditInput {
         db: system.db.clone(),
         store: Some(store),
         sales: Some(vec![outcome.record.sale_id]),
         tickets: outcome.tickets.clone(),
         at_rest: true,
         now_ms: queue::Clock::now_ms(&queue::SystemClock),
-    })
-    .await?;
+    };
+    let report = match &inventory {
+        // Redis: its counters and holder records read raw, every stock bucket summed.
+        Some(url) => {
+            let redis = inventory::RedisStore::connect(url, &SystemOptions::redis_prefix(), 2)
+                .await
+                .map_err(|e| AuditError::Redis(e.to_string()))?;
+            let report = load_tests::audit::audit_redis(&input, &redis).await?;
+            redis
+                .forget(outcome.record.sale_id)
+                .await
+                .map_err(|e| AuditError::Redis(e.to_string()))?;
+            report
+        }
+        None => load_tests::audit::audit(&input).await?,
+    };
     report.print();
     let opened_ms = outcome.record.started_at_ms + outcome.record.sale_opened_after_ms;
     let last_order_after_ms = last_order_ms(&system.db, outcome.record.sale_id)
@@ -510,9 +538,10 @@ fn main() -> ExitCode {
                 scenario,
                 database,
                 queue,
+                inventory,
                 baseline,
                 json_out,
-            } => demo(scenario, database, queue, baseline, json_out).await,
+            } => demo(scenario, database, queue, inventory, baseline, json_out).await,
             Command::Run {
                 scenario,
                 url,

@@ -543,6 +543,7 @@ pub async fn run(spec: Spec, dir: &std::path::Path) -> Result<Report, OverloadEr
             ends_at_ms: None,
             token_factor: None,
             per_user_limit: None,
+            stock_buckets: None,
         },
     )
     .await

@@ -91,6 +91,15 @@ pub struct Scenario {
     /// else a random one. A run records the seed it used here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Stock buckets of the run's sale (1..=`inventory::STOCK_BUCKETS_MAX`): a Redis stock
+    /// store splits the units over them (a hot sale over a cluster's masters); the
+    /// in-process store ignores it. Records from before it read as 1.
+    #[serde(default = "stock_buckets_default")]
+    pub stock_buckets: u32,
+}
+
+fn stock_buckets_default() -> u32 {
+    inventory::STOCK_BUCKETS_DEFAULT
 }
 
 impl Scenario {
@@ -117,6 +126,7 @@ impl Scenario {
             connections: 32,
             deadline_ms: 120_000,
             seed: None,
+            stock_buckets: inventory::STOCK_BUCKETS_DEFAULT,
         };
         match name {
             "ci" => Some(base),
@@ -181,6 +191,11 @@ impl Scenario {
             CONNECTIONS_MAX as u64,
         )?;
         count("deadline_ms", self.deadline_ms, DEADLINE_MS_MAX)?;
+        count(
+            "stock_buckets",
+            u64::from(self.stock_buckets),
+            u64::from(inventory::STOCK_BUCKETS_MAX),
+        )?;
         if self.pay_window_ms == 0 {
             return Err(ScenarioError::TooSmall {
                 setting: "pay_window_ms",
@@ -238,6 +253,14 @@ mod tests {
             },
             Scenario {
                 attempts: 0,
+                ..ok.clone()
+            },
+            Scenario {
+                stock_buckets: 0,
+                ..ok.clone()
+            },
+            Scenario {
+                stock_buckets: inventory::STOCK_BUCKETS_MAX + 1,
                 ..ok.clone()
             },
             Scenario {

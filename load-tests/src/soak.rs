@@ -359,6 +359,7 @@ pub async fn run(spec: Spec, dir: &Path) -> Result<Report, SoakError> {
             connections: 16,
             deadline_ms: 60_000,
             seed: Some(spec.seed.wrapping_add(round)),
+            stock_buckets: inventory::STOCK_BUCKETS_DEFAULT,
         };
         let outcome = crowd::run(
             scenario,

@@ -33,6 +33,9 @@ pub struct SystemOptions {
     /// `redis+cluster://…?replicas=1`, a directory), or `None` for the embedded queue in the
     /// run's directory.
     pub queue: Option<String>,
+    /// The stock store: `redis://…` or `redis+cluster://…` (keys under a prefix of the
+    /// run's own, [`SystemOptions::redis_prefix`]), or `None` for the in-process store.
+    pub inventory: Option<String>,
     /// Order workers.
     pub workers: usize,
     /// Cancellers.
@@ -46,11 +49,20 @@ pub struct SystemOptions {
     pub limits: ServeLimits,
 }
 
+impl SystemOptions {
+    /// A Redis key prefix of this process's own (`load-tests:PID:`), so a run never reads
+    /// or overwrites another's stock.
+    pub fn redis_prefix() -> String {
+        format!("load-tests:{}:", std::process::id())
+    }
+}
+
 impl Default for SystemOptions {
     fn default() -> Self {
         SystemOptions {
             database: None,
             queue: None,
+            inventory: None,
             workers: 2,
             cancellers: 1,
             batch: 1000,
@@ -109,6 +121,12 @@ impl AllInOne {
             },
             gateway,
         );
+        if let Some(url) = &options.inventory {
+            config.stock = gateway::system::StockSource::Redis {
+                url: url.clone(),
+                prefix: SystemOptions::redis_prefix(),
+            };
+        }
         config.throttle = ThrottleConfig::default().without_per_ip();
         config.crew.workers = options.workers;
         config.crew.cancellers = options.cancellers;

@@ -48,6 +48,7 @@ fn new_sale(id: u64, units: u64, pay_window_ms: Option<u64>) -> NewSale {
         ends_at_ms: None,
         token_factor: None,
         per_user_limit: None,
+        stock_buckets: None,
     }
 }
 
@@ -643,15 +644,12 @@ async fn redis_store_holder_sets_and_raw_counters() {
 
     // A counter below zero: raw, it fails the check; through the store's API it cannot be
     // read, and the audit says so rather than passing.
-    let mut conn = store.pool().get().await.expect("redis connection");
     let key = format!("{}{{1}}:left", store.prefix());
-    let _: () = deadpool_redis::redis::cmd("SET")
-        .arg(&key)
-        .arg(-1)
-        .query_async(&mut *conn)
+    let _: () = store
+        .conn()
+        .query(deadpool_redis::redis::cmd("SET").arg(&key).arg(-1))
         .await
         .expect("SET");
-    drop(conn);
     let report = audit_redis(&f.input(false), &store).await.expect("audit");
     assert_eq!(failed(&report), names(&[check::NO_NEGATIVE_STOCK]));
     assert!(
@@ -663,6 +661,81 @@ async fn redis_store_holder_sets_and_raw_counters() {
 
     store.forget(1).await.expect("forget");
     store.forget(2).await.expect("forget");
+    f.db.close().await;
+}
+
+/// The raw reading on a Redis Cluster, with sale 2 in 3 stock buckets: the buckets are
+/// summed, the holders' `|g` suffixes stripped, and a user held in two buckets, or a bucket
+/// below zero, fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_stock_buckets_are_summed_and_checked() {
+    let cluster = redis_kit::RedisCluster::start(3, 0).expect("a 3-master cluster starts");
+    let store = Arc::new(
+        RedisStore::connect(&cluster.url(), "audit-buckets:", 4)
+            .await
+            .expect("the store connects"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = testing::sqlite(dir.path(), &DbOptions::default()).await;
+    let f = consistent(db, store.clone()).await;
+    let holders = f.db.active_holder_tags(2).await.expect("holders");
+    store
+        .reconcile_bucketed(2, 10, 3, &holders)
+        .await
+        .expect("reconcile into 3 buckets");
+    let report = audit_redis(&f.input(true), &store).await.expect("audit");
+    assert!(report.passed(), "{:#?}", report.failures());
+    let d = detail(&report, check::CONSERVATION_STORE);
+    assert!(
+        d.contains("holder sets compared for 2 sales, 0 tags differ"),
+        "{d}"
+    );
+
+    // A holder of sale 2 recorded in a second bucket too.
+    let user = &holders[0].user;
+    let home = inventory::home_bucket(user, 3);
+    let other = (home + 1) % 3;
+    let keys = inventory::keys::SaleKeys::new(store.prefix(), 2);
+    let [_, other_holders] = keys.bucket(other);
+    let _: i64 = store
+        .conn()
+        .query(
+            deadpool_redis::redis::cmd("HSET")
+                .arg(&other_holders)
+                .arg(user)
+                .arg(format!("{}|{other}", holders[0].tag)),
+        )
+        .await
+        .expect("HSET");
+    let report = audit_redis(&f.input(true), &store).await.expect("audit");
+    assert!(failed(&report).contains(check::CONSERVATION_STORE));
+    let d = detail(&report, check::CONSERVATION_STORE);
+    assert!(d.contains("held in two buckets"), "{d}");
+    assert!(
+        d.contains(&format!("held in bucket {other}, home {home}")),
+        "{d}"
+    );
+    let _: i64 = store
+        .conn()
+        .query(
+            deadpool_redis::redis::cmd("HDEL")
+                .arg(&other_holders)
+                .arg(user),
+        )
+        .await
+        .expect("HDEL");
+
+    // One bucket below zero while the sum is not.
+    let [left_key, _] = keys.bucket(2);
+    let _: () = store
+        .conn()
+        .query(deadpool_redis::redis::cmd("SET").arg(&left_key).arg(-1))
+        .await
+        .expect("SET");
+    let report = audit_redis(&f.input(false), &store).await.expect("audit");
+    assert!(failed(&report).contains(check::NO_NEGATIVE_STOCK));
+    let d = detail(&report, check::NO_NEGATIVE_STOCK);
+    assert!(d.contains("sale 2: store bucket 2 left -1"), "{d}");
     f.db.close().await;
 }
 

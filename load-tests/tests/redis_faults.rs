@@ -355,6 +355,7 @@ async fn a_poison_message_dead_letters_after_its_attempts_and_its_replay_makes_o
                 ends_at_ms: None,
                 token_factor: None,
                 per_user_limit: None,
+                stock_buckets: None,
             },
             now,
         )

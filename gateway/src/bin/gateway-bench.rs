@@ -294,6 +294,7 @@ async fn build_gateway(
                 ends_at_ms: None,
                 token_factor: None,
                 per_user_limit: None,
+                stock_buckets: None,
             },
         )
         .await

@@ -38,7 +38,8 @@ struct Args {
     /// from QUEUE_SECRET or QUEUE_SECRET_FILE.
     #[arg(long, env = "GATEWAY_QUEUE", default_value = "data/queue")]
     queue: String,
-    /// The stock store: `memory` or a Redis URL (`redis://127.0.0.1:6379`).
+    /// The stock store: `memory` or a Redis URL (`redis://127.0.0.1:6379`, or a Redis
+    /// Cluster as `redis+cluster://HOST:PORT,HOST:PORT`).
     #[arg(long, env = "GATEWAY_INVENTORY", default_value = "memory")]
     inventory: String,
     /// Key prefix in Redis.

@@ -1331,3 +1331,42 @@ async fn cross_site_form_post_is_refused() {
     }
     crew.stop().await;
 }
+
+/// `stock_buckets` on sale creation: stored and answered, 1 when absent, and a count
+/// outside 1..=64 refused with a 400 that names it (nothing created).
+#[tokio::test]
+async fn a_sale_is_created_with_its_stock_buckets() {
+    let t = super::test_app(1.5, test_throttle()).await;
+    let sale = |id: u64, k: Option<u64>| {
+        let mut v = json!({"id": id, "name": format!("Gadget {id}"), "price_cents": 1999,
+                           "units": 10, "starts_at_ms": 0});
+        if let Some(k) = k {
+            v["stock_buckets"] = json!(k);
+        }
+        v
+    };
+    let (s, v) = admin_api(&t, "POST", "/admin/api/sales", Some(sale(1, Some(4)))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["stock_buckets"], json!(4));
+    let (s, v) = admin_api(&t, "POST", "/admin/api/sales", Some(sale(2, None))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["stock_buckets"], json!(1));
+    for (id, k) in [(3, 0), (4, 65)] {
+        let (s, v) = admin_api(&t, "POST", "/admin/api/sales", Some(sale(id, Some(k)))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v.to_string().contains("stock buckets must be 1..=64"),
+            "{v}"
+        );
+        assert!(t.state.db.sale(id).await.expect("db").is_none());
+    }
+    assert_eq!(
+        t.state
+            .db
+            .sale(1)
+            .await
+            .expect("db")
+            .map(|s| s.stock_buckets),
+        Some(4)
+    );
+}

@@ -98,6 +98,7 @@ fn field_name() -> impl Strategy<Value = String> {
             "ends_at_ms",
             "token_factor",
             "per_user_limit",
+            "stock_buckets",
         ])
         .prop_map(String::from),
         "[a-z_]{0,12}",

@@ -574,6 +574,7 @@ async fn a_sale_the_store_lost_is_restored_from_the_database() {
                 ends_at_ms: None,
                 token_factor: None,
                 per_user_limit: None,
+                stock_buckets: None,
             },
             0,
         )

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod buckets;
+
 use inventory::{
     Error, Holder, Inventory, MemoryStore, RedisStore, Released, Reservation, SaleId, SaleStock,
     StockStore,

@@ -791,6 +791,7 @@ async fn create_sale(db: &OrdersDb, units: usize) -> Res<()> {
             ends_at_ms: None,
             token_factor: None,
             per_user_limit: None,
+            stock_buckets: None,
         },
         now_ms(),
     )

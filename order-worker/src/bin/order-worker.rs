@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
     database: String,
     /// The stock store whose reservations rejected and cancelled purchases release: `none`
-    /// or a Redis URL (the one the gateways use).
+    /// or a Redis URL (the one the gateways use: `redis://…` or `redis+cluster://…`).
     #[arg(long, env = "ORDER_WORKER_INVENTORY", default_value = "none")]
     inventory: String,
     /// Key prefix in Redis (as the gateways').

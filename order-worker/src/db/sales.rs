@@ -37,6 +37,10 @@ pub struct NewSale {
     /// ([`PER_USER_LIMIT_SUPPORTED`]).
     #[serde(default)]
     pub per_user_limit: Option<u32>,
+    /// Stock buckets the sale's units are split over in a Redis stock store (a hot sale
+    /// spread over a cluster's masters), 1..=`inventory::STOCK_BUCKETS_MAX`; `None`: 1.
+    #[serde(default)]
+    pub stock_buckets: Option<u32>,
 }
 
 /// A sale as the database holds it.
@@ -64,6 +68,14 @@ pub struct Sale {
     pub token_factor: Option<f64>,
     /// Units one person may hold (always [`PER_USER_LIMIT_SUPPORTED`] for now).
     pub per_user_limit: u32,
+    /// Stock buckets of the sale's units in a Redis stock store (1: one bucket, the layout
+    /// from before buckets).
+    #[serde(default = "stock_buckets_default")]
+    pub stock_buckets: u32,
+}
+
+fn stock_buckets_default() -> u32 {
+    inventory::STOCK_BUCKETS_DEFAULT
 }
 
 /// Orders of every sale by status.
@@ -117,6 +129,10 @@ impl OrdersDb {
             return Err(DbError::Invalid("pay_window_ms must be 1..=7 days".into()));
         }
         let settings = SaleSettings::of(sale)?;
+        let buckets = sale
+            .stock_buckets
+            .unwrap_or(inventory::STOCK_BUCKETS_DEFAULT);
+        inventory::validate_buckets(buckets).map_err(|e| DbError::Invalid(e.to_string()))?;
         let (id, price, units, starts) = (
             to_i64(sale.id, "sale id")?,
             to_i64(sale.price_cents, "price")?,
@@ -127,13 +143,14 @@ impl OrdersDb {
         // At most SALES_MAX sales (what the gateways list and serve), checked in the insert.
         let done = on_db!(self, p => sqlx::query(
             "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, \
-                                ends_at_ms, token_factor_milli, per_user_limit) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11, $12 WHERE (SELECT COUNT(*) FROM sales) < $9 \
+                                ends_at_ms, token_factor_milli, per_user_limit, stock_buckets) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11, $12, $13 WHERE (SELECT COUNT(*) FROM sales) < $9 \
              ON CONFLICT (id) DO NOTHING")
             .bind(id).bind(&sale.name).bind(price).bind(units).bind(units).bind(starts)
             .bind(to_i64(window, "pay window")?).bind(to_i64(now_ms, "now")?)
             .bind(SALES_MAX as i64)
             .bind(ends).bind(settings.token_factor_milli).bind(settings.per_user_limit)
+            .bind(buckets as i32)
             .execute(p).await.map_err(DbError::on_request)?.rows_affected());
         if done == 0 {
             if self.sale(sale.id).await?.is_some() {
@@ -152,6 +169,7 @@ impl OrdersDb {
             ends_at_ms: settings.ends_at_ms,
             token_factor: settings.token_factor_milli.map(factor_of_milli),
             per_user_limit: PER_USER_LIMIT_SUPPORTED,
+            stock_buckets: buckets,
         })
     }
 
@@ -159,7 +177,7 @@ impl OrdersDb {
     pub async fn sale(&self, id: u64) -> DbResult<Option<Sale>> {
         let id = to_i64(id, "sale id")?;
         let row = on_db!(self, p => {
-            let r = sqlx::query(concat!("SELECT ", sale_columns!(), " FROM sales WHERE id = $1"))
+            let r = sqlx::query(concat!("SELECT ", sale_columns!(), ", stock_buckets FROM sales WHERE id = $1"))
                 .bind(id).fetch_optional(p).await?;
             r.map(|r| sale_of(&r)).transpose()?
         });
@@ -170,7 +188,7 @@ impl OrdersDb {
     pub async fn sales(&self) -> DbResult<Vec<Sale>> {
         on_db!(self, p => {
             let rows = sqlx::query(
-                concat!("SELECT ", sale_columns!(), " FROM sales ORDER BY id LIMIT $1"))
+                concat!("SELECT ", sale_columns!(), ", stock_buckets FROM sales ORDER BY id LIMIT $1"))
                 .bind(SALES_MAX as i64).fetch_all(p).await?;
             rows.iter().map(sale_of).collect()
         })
@@ -253,7 +271,7 @@ impl OrdersDb {
     }
 }
 
-/// Reads a [`Sale`] from a row of [`sale_columns!`].
+/// Reads a [`Sale`] from a row of [`sale_columns!`] followed by `stock_buckets`.
 fn sale_of<R: Row>(r: &R) -> DbResult<Sale>
 where
     usize: sqlx::ColumnIndex<R>,
@@ -274,6 +292,7 @@ where
         ends_at_ms: r.try_get::<Option<i64>, _>(7)?.map(to_u64),
         token_factor: r.try_get::<Option<i32>, _>(8)?.map(factor_of_milli),
         per_user_limit: u32::try_from(r.try_get::<i32, _>(9)?).unwrap_or(0),
+        stock_buckets: u32::try_from(r.try_get::<i32, _>(10)?).unwrap_or(0),
     })
 }
 

@@ -277,6 +277,7 @@ async fn sales_are_validated_and_unique(db: OrdersDb) {
         ends_at_ms: None,
         token_factor: None,
         per_user_limit: None,
+        stock_buckets: None,
     };
     let made = db.create_sale(&s, 0).await.expect("create");
     assert_eq!(
@@ -338,13 +339,15 @@ async fn sale_settings(db: OrdersDb) {
         ends_at_ms: None,
         token_factor: None,
         per_user_limit: None,
+        stock_buckets: None,
     };
-    // Defaults: no end, the global token factor, one per person.
+    // Defaults: no end, the global token factor, one per person, one stock bucket.
     let made = db.create_sale(&plain, 0).await.expect("create");
     assert_eq!(
         (made.ends_at_ms, made.token_factor, made.per_user_limit),
         (None, None, 1)
     );
+    assert_eq!(made.stock_buckets, 1);
     assert_eq!(db.sale(1).await.expect("read"), Some(made));
 
     // Every setting round-trips; the factor is kept to a thousandth.
@@ -354,6 +357,7 @@ async fn sale_settings(db: OrdersDb) {
         ends_at_ms: Some(5_000),
         token_factor: Some(2.5),
         per_user_limit: Some(1),
+        stock_buckets: Some(inventory::STOCK_BUCKETS_MAX),
         ..plain.clone()
     };
     let made = db.create_sale(&full, 0).await.expect("create");
@@ -361,6 +365,7 @@ async fn sale_settings(db: OrdersDb) {
         (made.ends_at_ms, made.token_factor, made.per_user_limit),
         (Some(5_000), Some(2.5), 1)
     );
+    assert_eq!(made.stock_buckets, inventory::STOCK_BUCKETS_MAX);
     assert_eq!(db.sale(2).await.expect("read"), Some(made.clone()));
     let rounded = NewSale {
         id: 3,
@@ -395,6 +400,13 @@ async fn sale_settings(db: OrdersDb) {
         f(&mut s);
         s
     };
+    for k in [0, inventory::STOCK_BUCKETS_MAX + 1, u32::MAX] {
+        let s = try_with(&|s| s.stock_buckets = Some(k));
+        assert!(
+            invalid_saying(db.create_sale(&s, 0).await, "stock buckets must be 1..=64"),
+            "stock_buckets {k}"
+        );
+    }
     for limit in [2, 0, u32::MAX] {
         let s = try_with(&|s| s.per_user_limit = Some(limit));
         assert!(
@@ -511,6 +523,7 @@ async fn sales_are_capped(db: OrdersDb) {
         ends_at_ms: None,
         token_factor: None,
         per_user_limit: None,
+        stock_buckets: None,
     };
     db.create_sale(&s, 0).await.expect("the 10,000th sale");
     s.id = 10_001;

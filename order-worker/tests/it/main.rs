@@ -57,6 +57,7 @@ pub async fn sale(db: &OrdersDb, id: u64, units: u64, pay_window_ms: u64) {
             ends_at_ms: None,
             token_factor: None,
             per_user_limit: None,
+            stock_buckets: None,
         },
         0,
     )
