@@ -255,11 +255,11 @@ fn headline(record: &load_tests::record::RunRecord) {
 async fn last_order_ms(db: &order_worker::OrdersDb, sale: u64) -> Option<u64> {
     let sale = i64::try_from(sale).ok()?;
     let sql = "SELECT MAX(created_ms) FROM orders WHERE sale_id = $1";
-    let v: Option<i64> = match db {
-        order_worker::OrdersDb::Sqlite(p) => {
+    let v: Option<i64> = match db.control() {
+        order_worker::db::Shard::Sqlite(p) => {
             sqlx::query_scalar(sql).bind(sale).fetch_one(p).await.ok()?
         }
-        order_worker::OrdersDb::Postgres(p) => {
+        order_worker::db::Shard::Postgres(p) => {
             sqlx::query_scalar(sql).bind(sale).fetch_one(p).await.ok()?
         }
     };

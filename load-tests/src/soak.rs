@@ -247,9 +247,9 @@ pub fn open_fds() -> u64 {
 }
 
 async fn count(db: &OrdersDb, sql: &'static str) -> Result<u64, sqlx::Error> {
-    let n: i64 = match db {
-        OrdersDb::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
-        OrdersDb::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+    let n: i64 = match db.control() {
+        order_worker::db::Shard::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+        order_worker::db::Shard::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
     };
     Ok(u64::try_from(n).unwrap_or(0))
 }
@@ -259,9 +259,9 @@ async fn per_sale_counts(
     db: &OrdersDb,
     sql: &'static str,
 ) -> Result<std::collections::HashMap<u64, u64>, sqlx::Error> {
-    let rows: Vec<(i64, i64)> = match db {
-        OrdersDb::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await?,
-        OrdersDb::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await?,
+    let rows: Vec<(i64, i64)> = match db.control() {
+        order_worker::db::Shard::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await?,
+        order_worker::db::Shard::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await?,
     };
     Ok(rows
         .into_iter()

@@ -192,11 +192,11 @@ fn detail<'a>(report: &'a AuditReport, name: &str) -> &'a str {
 
 /// Runs a raw statement behind the system's back.
 async fn exec(db: &OrdersDb, sql: &'static str) {
-    match db {
-        OrdersDb::Sqlite(p) => {
+    match db.control() {
+        order_worker::db::Shard::Sqlite(p) => {
             sqlx::query(sql).execute(p).await.expect(sql);
         }
-        OrdersDb::Postgres(p) => {
+        order_worker::db::Shard::Postgres(p) => {
             sqlx::query(sql).execute(p).await.expect(sql);
         }
     }
@@ -204,7 +204,7 @@ async fn exec(db: &OrdersDb, sql: &'static str) {
 
 /// Runs a raw statement on SQLite with the check constraints off (one connection).
 async fn exec_unchecked(db: &OrdersDb, sql: &'static str) {
-    let OrdersDb::Sqlite(p) = db else {
+    let order_worker::db::Shard::Sqlite(p) = db.control() else {
         panic!("SQLite only");
     };
     let mut c = p.acquire().await.expect("connection");
@@ -694,7 +694,7 @@ fn command_line_parses() {
     ])
     .expect("parses");
     let a = cli.audit;
-    assert_eq!(a.database, "sqlite:x.db");
+    assert_eq!(a.database, ["sqlite:x.db"]);
     assert_eq!(a.inventory, "redis://127.0.0.1:6379");
     assert_eq!(a.redis_prefix, "p:");
     assert_eq!(a.sales, vec![1, 2]);
@@ -725,7 +725,7 @@ async fn command_exit_statuses() {
     let tickets = dir.path().join("tickets.txt");
     std::fs::write(&tickets, f.tickets.join("\n")).expect("write");
     let args = AuditArgs {
-        database: format!("sqlite:{}", dir.path().join("orders.db").display()),
+        database: vec![format!("sqlite:{}", dir.path().join("orders.db").display())],
         inventory: "memory".into(),
         redis_prefix: "seckill:".into(),
         sales: Vec::new(),
@@ -746,7 +746,7 @@ async fn command_exit_statuses() {
     bad.sales = vec![42];
     assert_eq!(cli_status(&bad).await, EXIT_ERROR);
     let mut bad = args.clone();
-    bad.database = format!("sqlite:{}", dir.path().join("absent.db").display());
+    bad.database = vec![format!("sqlite:{}", dir.path().join("absent.db").display())];
     assert_eq!(cli_status(&bad).await, EXIT_ERROR);
     assert!(!dir.path().join("absent.db").exists());
     let mut bad = args.clone();
@@ -766,7 +766,7 @@ async fn command_against_redis() {
     let overdue = f.db.overdue(u64::MAX / 2, 100).await.expect("overdue");
     assert_eq!(f.cancel(&overdue, T0 + 600_100).await, 3);
     let args = AuditArgs {
-        database: format!("sqlite:{}", dir.path().join("orders.db").display()),
+        database: vec![format!("sqlite:{}", dir.path().join("orders.db").display())],
         inventory: redis_url(),
         redis_prefix: store.prefix().to_string(),
         sales: Vec::new(),

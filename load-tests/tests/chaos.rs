@@ -1043,9 +1043,9 @@ async fn settle_and_audit(
         .map(|(t, u)| (t.as_str(), u.as_str()))
         .collect();
     let sql = "SELECT request_id, user_id FROM orders";
-    let orders: Vec<(String, String)> = match db {
-        OrdersDb::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
-        OrdersDb::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+    let orders: Vec<(String, String)> = match db.control() {
+        order_worker::db::Shard::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
+        order_worker::db::Shard::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
     }
     .expect("the orders");
     let mut of_cut_off = 0;

@@ -82,9 +82,12 @@ struct Args {
     /// the per-user throttles stay on.
     #[arg(long, env = "GATEWAY_PER_IP_LIMITS", default_value = "on")]
     per_ip_limits: String,
-    /// The orders database: `sqlite:PATH` (created if missing) or `postgres://…`.
+    /// The orders database: `sqlite:PATH` (created if missing) or `postgres://…`. Repeat it
+    /// for a database sharded by sale, one shard each (the first holds the routing table and
+    /// the workers' heartbeats; the env variable: the URLs separated by whitespace); a
+    /// PostgreSQL URL may name a primary and its standbys, `postgres://u@h1:p1,h2:p2/db`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
-    database: String,
+    database: Vec<String>,
     /// Database connections.
     #[arg(long, default_value_t = order_worker::db::CONNECTIONS_DEFAULT)]
     db_connections: u32,
@@ -179,8 +182,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
         );
     }
     println!(
-        "gateway: orders database {} ({database}); {} order workers and {} cancellers in this process",
+        "gateway: orders database {} ({} shard(s): {database}); {} order workers and {} cancellers in this process",
         system.db().backend(),
+        system.db().shard_count(),
         args.workers,
         args.cancellers
     );
@@ -295,7 +299,7 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     let mut config = SystemConfig::new(
         QueueSource::Open(args.queue.clone()),
         DatabaseSource::Url {
-            url: args.database.clone(),
+            url: args.database.join(" "),
             options,
         },
         gateway,
