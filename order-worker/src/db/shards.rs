@@ -221,8 +221,9 @@ impl OrdersDb {
     /// Writes a route to the control shard for each of its sales without one (a database
     /// that had one shard and now has several).
     async fn adopt_routes(&self) -> DbResult<()> {
+        // (`WHERE true`: SQLite needs it to tell the upsert from a join constraint.)
         let r = on_db!(self.control(), p => sqlx::query(
-            "INSERT INTO sale_shards (sale, shard) SELECT id, 0 FROM sales ON CONFLICT (sale) DO NOTHING")
+            "INSERT INTO sale_shards (sale, shard) SELECT id, 0 FROM sales WHERE true ON CONFLICT (sale) DO NOTHING")
             .execute(p).await.map(|_| ()).map_err(DbError::from));
         self.watch(0, r).await
     }
