@@ -202,6 +202,19 @@ async fn exec(db: &OrdersDb, sql: &'static str) {
     }
 }
 
+/// Runs a raw statement behind the system's back on the shard of `sale`.
+async fn exec_on(db: &OrdersDb, sale: u64, sql: &'static str) {
+    let i = db.shard_of(sale).await.expect("route");
+    match db.shard(i).expect("shard") {
+        order_worker::db::Shard::Sqlite(p) => {
+            sqlx::query(sql).execute(p).await.expect(sql);
+        }
+        order_worker::db::Shard::Postgres(p) => {
+            sqlx::query(sql).execute(p).await.expect(sql);
+        }
+    }
+}
+
 /// Runs a raw statement on SQLite with the check constraints off (one connection).
 async fn exec_unchecked(db: &OrdersDb, sql: &'static str) {
     let order_worker::db::Shard::Sqlite(p) = db.control() else {
@@ -306,8 +319,9 @@ async fn consistent_state_passes(db: OrdersDb) {
 async fn extra_order_fails(db: OrdersDb) {
     let f = consistent(db, Arc::new(MemoryStore::new())).await;
     // An order for sale 2 (not sold out) written without taking its unit.
-    exec(
+    exec_on(
         &f.db,
+        2,
         "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) \
          VALUES ('intruder-2', 'intruder-ticket-2', 2, 'intruder', 100, 'pending', 1700000060000, 1700000600000)",
     )
@@ -321,8 +335,9 @@ async fn extra_order_fails(db: OrdersDb) {
         detail(&report, check::CONSERVATION_DB)
     );
     // And one for sale 1, which is sold out: an oversell.
-    exec(
+    exec_on(
         &f.db,
+        1,
         "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) \
          VALUES ('intruder-1', 'intruder-ticket-1', 1, 'intruder', 100, 'pending', 1700000060000, 1700000600000)",
     )
@@ -506,6 +521,36 @@ on_both!(
     store_drift_fails_at_rest,
     two_active_orders_fail,
 );
+
+/// Each scenario on two SQLite shards (sale 1 on the first, sale 2 on the second): the
+/// audit reads a snapshot per shard and combines them; its checks are per sale and per
+/// ticket, so the verdicts are the one-database ones.
+macro_rules! on_two_shards {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_sqlite_shards() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let urls = format!(
+                    "sqlite:{} sqlite:{}",
+                    dir.path().join("s0.db").display(),
+                    dir.path().join("s1.db").display()
+                );
+                let db = order_worker::OrdersDb::connect(&urls, &order_worker::DbOptions::default())
+                    .await
+                    .expect("two shards");
+                super::$name(db.clone()).await;
+                assert_eq!(db.shard_of(1).await.expect("route"), 0);
+                assert_eq!(db.shard_of(2).await.expect("route"), 1);
+            }
+        }
+    )*};
+}
+
+mod sharded {
+    use super::*;
+    on_two_shards!(consistent_state_passes, extra_order_fails);
+}
 
 // ---- SQLite only: states the constraints forbid, written with them switched off ----
 
