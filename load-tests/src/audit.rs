@@ -2,8 +2,10 @@
 //! stock store after a run (or against any deployment).
 //!
 //! [`audit`] reads the database in one read-only transaction (a consistent snapshot:
-//! `REPEATABLE READ` in PostgreSQL, a deferred read transaction in SQLite WAL), then the
-//! stock store, and returns one [`Check`] per invariant it can see from outside:
+//! `REPEATABLE READ` in PostgreSQL, a deferred read transaction in SQLite WAL) — one per
+//! shard of a database sharded by sale, combined: a sale's rows are all on its shard and a
+//! ticket's outcome on its sale's, and every check below is per sale or per ticket — then
+//! the stock store, and returns one [`Check`] per invariant it can see from outside:
 //!
 //! 1. [`check::NO_OVERSELL`]: per sale, active orders (pending + paid) ≤ units, and
 //!    `0 <= units_left <= units`;

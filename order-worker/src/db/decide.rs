@@ -1,4 +1,4 @@
-//! Deciding purchases: a batch in one transaction ([`OrdersDb::decide_batch`], see the
+//! Deciding purchases: a batch in one transaction ([`OrdersDb::decide_batch`](super::OrdersDb::decide_batch), see the
 //! module docs of [`crate::db`]), the recorded outcome of a ticket, and an operator's
 //! rejection of a dead-lettered purchase.
 
@@ -146,7 +146,7 @@ impl Shard {
     }
 }
 
-/// The purchases of one [`OrdersDb::decide_batch`], with the first occurrence of each
+/// The purchases of one [`OrdersDb::decide_batch`](super::OrdersDb::decide_batch), with the first occurrence of each
 /// ticket: only that one is decided, its repeats share its decision.
 struct Batch<'a> {
     purchases: &'a [PurchaseMessage],

@@ -3,9 +3,30 @@
 //! needs no database). Both backends run the same statements (`$N` placeholders) and have
 //! their own migrations (`migrations/sqlite`, `migrations/postgres`), embedded in the binary.
 //!
+//! ## Shards
+//!
+//! [`Shard`] is one database; [`OrdersDb`], what callers hold, is one shard or several, the
+//! orders sharded by sale (`shards.rs`): sale ids are global, the first shard (the control
+//! shard) holds the routing table `sale_shards` and the `workers` heartbeats, each call
+//! goes to its sale's shard (or asks the shards in turn for a ticket or an order, or takes
+//! their union for lists and totals). **No transaction ever spans two shards**: a batch
+//! over two shards is two transactions, and everything below holds per shard. All shards
+//! are of one backend; with one shard every call goes straight to it.
+//!
+//! ## Failover of a PostgreSQL shard
+//!
+//! A shard URL may name a primary and its standbys (`postgres://u@h1:p1,h2:p2/db`). The
+//! shard uses the host that is the primary; after a connection-level error it looks for the
+//! primary again (rate-limited) and re-points its pool, and the error goes back transient,
+//! so the worker's retry runs on the promoted standby (`failover.rs`). A worker acks a
+//! purchase only after its commit returned; with `synchronous_commit = on` and
+//! `synchronous_standby_names` naming the standby (the server's configuration, checked with
+//! a warning at connect) a returned commit is on the standby too, so a promotion loses no
+//! acknowledged order.
+//!
 //! ## How a batch of purchases becomes orders ([`OrdersDb::decide_batch`])
 //!
-//! One transaction per batch (`BEGIN IMMEDIATE` in SQLite: one writer at a time; in
+//! One transaction per batch (per shard) (`BEGIN IMMEDIATE` in SQLite: one writer at a time; in
 //! PostgreSQL each sale's row is locked `FOR UPDATE`, sales in ascending id order):
 //!
 //! 1. the outcomes already recorded for the batch's tickets are read: a redelivered purchase
@@ -144,7 +165,7 @@ pub enum Shard {
     /// SQLite (a file, WAL).
     Sqlite(SqlitePool),
     /// PostgreSQL (on the host that was the primary when the pool last connected; see
-    /// [`failover`](self#failover-of-a-postgresql-shard)).
+    /// the module docs, "Failover of a PostgreSQL shard").
     Postgres(PgPool),
 }
 
