@@ -746,6 +746,19 @@ fn command_line_parses() {
     assert_eq!(a.tickets.as_deref(), Some(std::path::Path::new("t.txt")));
     assert!(a.at_rest);
     assert!(Cli::try_parse_from(["audit", "--sale", "one"]).is_err());
+    // A sharded database: one `--database` per shard, the control shard first.
+    let cli = Cli::try_parse_from([
+        "audit",
+        "--database",
+        "postgres://a/orders",
+        "--database",
+        "postgres://b1,b2/orders",
+    ])
+    .expect("parses");
+    assert_eq!(
+        cli.audit.database,
+        ["postgres://a/orders", "postgres://b1,b2/orders"]
+    );
 }
 
 #[test]
@@ -792,6 +805,12 @@ async fn command_exit_statuses() {
     assert_eq!(cli_status(&bad).await, EXIT_ERROR);
     let mut bad = args.clone();
     bad.database = vec![format!("sqlite:{}", dir.path().join("absent.db").display())];
+    assert_eq!(cli_status(&bad).await, EXIT_ERROR);
+    assert!(!dir.path().join("absent.db").exists());
+    // A missing second shard is refused too, never created empty.
+    let mut bad = args.clone();
+    bad.database
+        .push(format!("sqlite:{}", dir.path().join("absent.db").display()));
     assert_eq!(cli_status(&bad).await, EXIT_ERROR);
     assert!(!dir.path().join("absent.db").exists());
     let mut bad = args.clone();
