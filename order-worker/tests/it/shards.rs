@@ -323,6 +323,13 @@ async fn a_shard_follows_its_primary_to_the_promoted_standby() {
         tokio::time::sleep(RETRY_PAUSE).await;
     };
     assert!(refused >= 1, "the first operation after the loss fails");
+    eprintln!(
+        "failover: {refused} refused operation(s), answered from the promoted standby {:?} \
+         after the promotion",
+        deadline
+            .checked_sub(FAILOVER_WAIT)
+            .map(|promoted| promoted.elapsed())
+    );
     let order = order.expect("the acknowledged order is on the promoted standby");
     assert_eq!(order.user, "alice");
     assert_eq!(db.primary_of(0), Some(standby.addr()));
