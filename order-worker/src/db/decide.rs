@@ -1,4 +1,4 @@
-//! Deciding purchases: a batch in one transaction ([`OrdersDb::decide_batch`](super::OrdersDb::decide_batch), see the
+//! Deciding purchases: a batch in one transaction ([`OrdersDb::decide_batch`], see the
 //! module docs of [`crate::db`]), the recorded outcome of a ticket, and an operator's
 //! rejection of a dead-lettered purchase.
 
@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 use sqlx::Row;
 
+#[cfg(doc)]
+use super::OrdersDb;
 use super::dialect::Dialect;
 use super::rows::{NewOrder, NewOutcome};
 use super::{BATCH_MAX, DbError, DbResult, Shard, to_i64, to_u64};
@@ -146,7 +148,7 @@ impl Shard {
     }
 }
 
-/// The purchases of one [`OrdersDb::decide_batch`](super::OrdersDb::decide_batch), with the first occurrence of each
+/// The purchases of one [`OrdersDb::decide_batch`], with the first occurrence of each
 /// ticket: only that one is decided, its repeats share its decision.
 struct Batch<'a> {
     purchases: &'a [PurchaseMessage],

@@ -2,12 +2,14 @@
 //! and marking members stopped.
 //!
 //! Each beat also records when the database saw it, by the database's clock (`seen_ms`):
-//! [`OrdersDb::worker_ages`](super::OrdersDb::worker_ages) judges how old a beat is against the database's now, so the
+//! [`OrdersDb::worker_ages`] judges how old a beat is against the database's now, so the
 //! hosts' clocks (the crews' and the gateways') never enter a liveness verdict.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+#[cfg(doc)]
+use super::OrdersDb;
 use super::{
     DbError, DbResult, HEARTBEAT_ROWS_MAX, Shard, WORKER_HOST_BYTES_MAX, WORKER_ID_BYTES_MAX,
     WORKER_PRUNE_EVERY_MS, WORKER_PRUNE_ROWS_MAX, WORKER_PRUNE_WINDOW_MS, WORKER_ROWS_TTL_MS,
@@ -31,7 +33,7 @@ const PRUNE: (&str, &str) = with_db_now!(
     "DELETE FROM workers WHERE id IN \
      (SELECT id FROM workers WHERE seen_ms < "; now; " - $1 ORDER BY seen_ms LIMIT $2)");
 
-/// A worker's row with its ages by the database's clock ([`OrdersDb::worker_ages`](super::OrdersDb::worker_ages)).
+/// A worker's row with its ages by the database's clock ([`OrdersDb::worker_ages`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerAge {
     /// The row.
@@ -84,7 +86,7 @@ pub struct WorkerBeat {
     pub pid: u32,
     /// When it started, ms since the Unix epoch.
     pub started_ms: u64,
-    /// Its last heartbeat, ms since the Unix epoch ([`OrdersDb::heartbeat`](super::OrdersDb::heartbeat) writes its
+    /// Its last heartbeat, ms since the Unix epoch ([`OrdersDb::heartbeat`] writes its
     /// `now_ms` here, whatever the beat says).
     pub beat_ms: u64,
     /// The last time its loop made a step (fetched, decided, or a long poll ran out): an
@@ -102,7 +104,7 @@ impl Shard {
     /// host's clock, shown) and `seen_ms` the database's now (what ages are judged on).
     /// When `now_ms` falls in the first [`WORKER_PRUNE_WINDOW_MS`] of a
     /// [`WORKER_PRUNE_EVERY_MS`] period, it also prunes rows not seen for
-    /// [`WORKER_ROWS_TTL_MS`] by the database's clock (see [`OrdersDb::prune_workers`](super::OrdersDb::prune_workers)), so
+    /// [`WORKER_ROWS_TTL_MS`] by the database's clock (see [`OrdersDb::prune_workers`]), so
     /// a host whose clock runs ahead never prunes live rows. Returns the rows pruned.
     pub async fn heartbeat(&self, beats: &[WorkerBeat], now_ms: u64) -> DbResult<u64> {
         if beats.len() > HEARTBEAT_ROWS_MAX {
