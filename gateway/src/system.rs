@@ -104,7 +104,8 @@ pub enum DatabaseSource {
     /// `sqlite:PATH` (created if missing) or `postgres://…`, with these options. The
     /// system closes it at shutdown.
     Url {
-        /// The URL.
+        /// The URL, or several separated by whitespace: one shard each (see
+        /// [`OrdersDb::connect`]).
         url: String,
         /// Connections and durability.
         options: DbOptions,

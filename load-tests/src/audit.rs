@@ -2,8 +2,10 @@
 //! stock store after a run (or against any deployment).
 //!
 //! [`audit`] reads the database in one read-only transaction (a consistent snapshot:
-//! `REPEATABLE READ` in PostgreSQL, a deferred read transaction in SQLite WAL), then the
-//! stock store, and returns one [`Check`] per invariant it can see from outside:
+//! `REPEATABLE READ` in PostgreSQL, a deferred read transaction in SQLite WAL) — one per
+//! shard of a database sharded by sale, combined: a sale's rows are all on its shard and a
+//! ticket's outcome on its sale's, and every check below is per sale or per ticket — then
+//! the stock store, and returns one [`Check`] per invariant it can see from outside:
 //!
 //! 1. [`check::NO_OVERSELL`]: per sale, active orders (pending + paid) ≤ units, and
 //!    `0 <= units_left <= units`;
@@ -35,6 +37,7 @@ use std::sync::Arc;
 
 use deadpool_redis::redis;
 use inventory::{RedisStore, StockStore};
+use order_worker::db::Shard;
 use order_worker::{DbError, DbOptions, OrdersDb};
 use serde::{Deserialize, Serialize};
 use sqlx::{QueryBuilder, Row};
@@ -368,13 +371,13 @@ where
 macro_rules! in_read_tx {
     ($db:expr, $tx:ident => $body:block) => {
         match $db {
-            OrdersDb::Sqlite(p) => {
+            Shard::Sqlite(p) => {
                 let mut $tx = p.begin_with("BEGIN DEFERRED").await?;
                 let out = $body;
                 $tx.rollback().await?;
                 out
             }
-            OrdersDb::Postgres(p) => {
+            Shard::Postgres(p) => {
                 let mut $tx = p
                     .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .await?;
@@ -657,16 +660,60 @@ impl Timing {
     }
 }
 
-/// Reads the snapshot. `compare_holders`: load the active holders of the audited sales.
+/// Reads the snapshot: one per shard (each in its own read-only transaction), combined;
+/// every check is per sale or per ticket, and a sale's rows are all on its shard.
+/// `compare_holders`: load the active holders of the audited sales.
 async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snapshot, AuditError> {
     let scope = AuditScope::of(input)?;
-    let scopes = scope.sale_chunks();
     let overdue_before = to_i64(input.now_ms, "now")?.saturating_sub(CANCEL_GRACE_MS as i64);
     let mut snap = Snapshot::default();
     snap.tickets.given = input.tickets.len();
     snap.tickets.distinct = scope.tickets.len();
+    let mut remaining: Vec<&str> = scope.tickets.clone();
+    for i in 0..input.db.shard_count() {
+        let Some(shard) = input.db.shard(i) else {
+            break;
+        };
+        read_shard(
+            shard,
+            &scope,
+            overdue_before,
+            compare_holders,
+            &mut snap,
+            &mut remaining,
+        )
+        .await?;
+    }
+    // Tickets no shard has an outcome for.
+    snap.tickets.count(&remaining, HashMap::new());
+    snap.sales.sort_by_key(|s| s.id);
+    snap.dup_listed.truncate(OFFENDERS_LISTED_MAX);
+    snap.timing_listed
+        .sort_by(|a, b| (a.pay_by_ms, &a.id).cmp(&(b.pay_by_ms, &b.id)));
+    snap.timing_listed.truncate(OFFENDERS_LISTED_MAX);
 
-    in_read_tx!(&input.db, tx => {
+    if let Some(ids) = &scope.wanted {
+        let found: HashSet<i64> = snap.sales.iter().map(|s| s.id).collect();
+        if let Some(missing) = ids.iter().find(|id| !found.contains(id)) {
+            return Err(AuditError::NoSuchSale(sale_u64(*missing)));
+        }
+    }
+    Ok(snap)
+}
+
+/// Adds one shard's part of the snapshot to `snap`, in one read-only transaction; takes
+/// the outcomes of `remaining`'s tickets found there out of it.
+async fn read_shard<'t>(
+    shard: &Shard,
+    scope: &AuditScope<'t>,
+    overdue_before: i64,
+    compare_holders: bool,
+    snap: &mut Snapshot,
+    remaining: &mut Vec<&'t str>,
+) -> Result<(), AuditError> {
+    let scopes = scope.sale_chunks();
+    let sales_before = snap.sales.len();
+    in_read_tx!(shard, tx => {
         // 1. Sales with their order counts.
         for s in &scopes {
             for r in sales_query(*s).build().fetch_all(&mut *tx).await? {
@@ -736,21 +783,27 @@ async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snap
             snap.timing_listed.truncate(OFFENDERS_LISTED_MAX);
         }
 
-        // 4. The tickets' outcomes, in chunks.
-        for chunk in scope.tickets.chunks(AUDIT_TICKETS_CHUNK) {
+        // 4. The outcomes of the tickets no shard before this one had, in chunks (a
+        //    ticket's outcome is on its sale's shard only).
+        let mut still = Vec::new();
+        for chunk in remaining.chunks(AUDIT_TICKETS_CHUNK) {
             let mut found = HashMap::with_capacity(chunk.len());
             for r in outcomes_query(chunk).build().fetch_all(&mut *tx).await? {
                 let (ticket, verdict) = outcome_verdict(&r)?;
                 found.insert(ticket, verdict);
             }
-            snap.tickets.count(chunk, found);
+            let (hit, miss): (Vec<&str>, Vec<&str>) =
+                chunk.iter().partition(|t| found.contains_key(**t));
+            snap.tickets.count(&hit, found);
+            still.extend(miss);
         }
+        *remaining = still;
 
         // 5. The active holders of the audited sales, if their sets are compared.
-        if compare_holders {
+        if compare_holders && !snap.holders_skipped {
             let total: i64 = snap.sales.iter().map(|s| s.pending + s.paid).sum();
             if usize::try_from(total).is_ok_and(|t| t <= HOLDERS_COMPARED_MAX) {
-                for s in &snap.sales {
+                for s in &snap.sales[sales_before..] {
                     let rows = sqlx::query(
                         "SELECT user_id, request_id FROM orders \
                          WHERE sale_id = $1 AND status <> 'cancelled'",
@@ -766,17 +819,12 @@ async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snap
                 }
             } else {
                 snap.holders_skipped = true;
+                snap.holders.clear();
             }
         }
     });
 
-    if let Some(ids) = &scope.wanted {
-        let found: HashSet<i64> = snap.sales.iter().map(|s| s.id).collect();
-        if let Some(missing) = ids.iter().find(|id| !found.contains(id)) {
-            return Err(AuditError::NoSuchSale(sale_u64(*missing)));
-        }
-    }
-    Ok(snap)
+    Ok(())
 }
 
 /// A sale's store figures and, with Redis at rest, its holders (user → tag).
@@ -1554,9 +1602,12 @@ pub const EXIT_ERROR: u8 = 2;
 /// The `audit` command: checks the invariants of a deployment.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuditArgs {
-    /// The orders database: `sqlite:PATH` (must exist) or `postgres://…`.
+    /// The orders database: `sqlite:PATH` (must exist) or `postgres://…`; repeated (or
+    /// several URLs separated by whitespace) for a database sharded by sale, the control
+    /// shard first, as the gateway's `--database`. Each shard is read in a snapshot of its
+    /// own.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
-    pub database: String,
+    pub database: Vec<String>,
     /// The stock store: `memory` (in a gateway's process: not checked) or a Redis URL
     /// (`redis://127.0.0.1:6379`, or `redis+cluster://HOST:PORT,HOST:PORT`).
     #[arg(long, env = "GATEWAY_INVENTORY", default_value = "memory")]
@@ -1635,11 +1686,14 @@ pub async fn cli_status(args: &AuditArgs) -> u8 {
 
 /// Connects, audits and returns the report (not printed).
 pub async fn cli_report(args: &AuditArgs) -> Result<AuditReport, AuditError> {
-    if let Some(path) = args.database.strip_prefix("sqlite:") {
-        let path = path.strip_prefix("//").unwrap_or(path);
-        let path = path.split('?').next().unwrap_or(path);
-        if !std::path::Path::new(path).is_file() {
-            return Err(AuditError::Invalid(format!("no SQLite database at {path}")));
+    let database = args.database.join(" ");
+    for url in database.split_whitespace() {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            let path = path.split('?').next().unwrap_or(path);
+            if !std::path::Path::new(path).is_file() {
+                return Err(AuditError::Invalid(format!("no SQLite database at {path}")));
+            }
         }
     }
     let tickets = match &args.tickets {
@@ -1653,7 +1707,7 @@ pub async fn cli_report(args: &AuditArgs) -> Result<AuditReport, AuditError> {
             RedisStore::connect(&args.inventory, &args.redis_prefix, 4).await?,
         ))
     };
-    let db = OrdersDb::connect(&args.database, &DbOptions::default()).await?;
+    let db = OrdersDb::connect(&database, &DbOptions::default()).await?;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

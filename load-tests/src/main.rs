@@ -268,13 +268,14 @@ fn headline(record: &load_tests::record::RunRecord) {
 
 /// When the sale's last order was written, ms since the epoch (from the database).
 async fn last_order_ms(db: &order_worker::OrdersDb, sale: u64) -> Option<u64> {
+    let shard = db.shard(db.shard_of(sale).await.ok()?)?;
     let sale = i64::try_from(sale).ok()?;
     let sql = "SELECT MAX(created_ms) FROM orders WHERE sale_id = $1";
-    let v: Option<i64> = match db {
-        order_worker::OrdersDb::Sqlite(p) => {
+    let v: Option<i64> = match shard {
+        order_worker::db::Shard::Sqlite(p) => {
             sqlx::query_scalar(sql).bind(sale).fetch_one(p).await.ok()?
         }
-        order_worker::OrdersDb::Postgres(p) => {
+        order_worker::db::Shard::Postgres(p) => {
             sqlx::query_scalar(sql).bind(sale).fetch_one(p).await.ok()?
         }
     };

@@ -246,12 +246,22 @@ pub fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
 }
 
+/// A `SELECT COUNT(*) …`, summed over the shards.
 async fn count(db: &OrdersDb, sql: &'static str) -> Result<u64, sqlx::Error> {
-    let n: i64 = match db {
-        OrdersDb::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
-        OrdersDb::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
-    };
-    Ok(u64::try_from(n).unwrap_or(0))
+    let mut total = 0;
+    for i in 0..db.shard_count() {
+        let n: i64 = match db.shard(i) {
+            Some(order_worker::db::Shard::Sqlite(p)) => {
+                sqlx::query_scalar(sql).fetch_one(p).await?
+            }
+            Some(order_worker::db::Shard::Postgres(p)) => {
+                sqlx::query_scalar(sql).fetch_one(p).await?
+            }
+            None => 0,
+        };
+        total += u64::try_from(n).unwrap_or(0);
+    }
+    Ok(total)
 }
 
 /// Rows per sale of a `SELECT sale_id, COUNT(*) … GROUP BY sale_id` query.
@@ -259,14 +269,19 @@ async fn per_sale_counts(
     db: &OrdersDb,
     sql: &'static str,
 ) -> Result<std::collections::HashMap<u64, u64>, sqlx::Error> {
-    let rows: Vec<(i64, i64)> = match db {
-        OrdersDb::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await?,
-        OrdersDb::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await?,
-    };
-    Ok(rows
-        .into_iter()
-        .map(|(s, n)| (u64::try_from(s).unwrap_or(0), u64::try_from(n).unwrap_or(0)))
-        .collect())
+    let mut counts = std::collections::HashMap::new();
+    for i in 0..db.shard_count() {
+        let rows: Vec<(i64, i64)> = match db.shard(i) {
+            Some(order_worker::db::Shard::Sqlite(p)) => sqlx::query_as(sql).fetch_all(p).await?,
+            Some(order_worker::db::Shard::Postgres(p)) => sqlx::query_as(sql).fetch_all(p).await?,
+            None => Vec::new(),
+        };
+        for (s, n) in rows {
+            *counts.entry(u64::try_from(s).unwrap_or(0)).or_default() +=
+                u64::try_from(n).unwrap_or(0);
+        }
+    }
+    Ok(counts)
 }
 
 async fn sample(

@@ -193,11 +193,24 @@ fn detail<'a>(report: &'a AuditReport, name: &str) -> &'a str {
 
 /// Runs a raw statement behind the system's back.
 async fn exec(db: &OrdersDb, sql: &'static str) {
-    match db {
-        OrdersDb::Sqlite(p) => {
+    match db.control() {
+        order_worker::db::Shard::Sqlite(p) => {
             sqlx::query(sql).execute(p).await.expect(sql);
         }
-        OrdersDb::Postgres(p) => {
+        order_worker::db::Shard::Postgres(p) => {
+            sqlx::query(sql).execute(p).await.expect(sql);
+        }
+    }
+}
+
+/// Runs a raw statement behind the system's back on the shard of `sale`.
+async fn exec_on(db: &OrdersDb, sale: u64, sql: &'static str) {
+    let i = db.shard_of(sale).await.expect("route");
+    match db.shard(i).expect("shard") {
+        order_worker::db::Shard::Sqlite(p) => {
+            sqlx::query(sql).execute(p).await.expect(sql);
+        }
+        order_worker::db::Shard::Postgres(p) => {
             sqlx::query(sql).execute(p).await.expect(sql);
         }
     }
@@ -205,7 +218,7 @@ async fn exec(db: &OrdersDb, sql: &'static str) {
 
 /// Runs a raw statement on SQLite with the check constraints off (one connection).
 async fn exec_unchecked(db: &OrdersDb, sql: &'static str) {
-    let OrdersDb::Sqlite(p) = db else {
+    let order_worker::db::Shard::Sqlite(p) = db.control() else {
         panic!("SQLite only");
     };
     let mut c = p.acquire().await.expect("connection");
@@ -307,8 +320,9 @@ async fn consistent_state_passes(db: OrdersDb) {
 async fn extra_order_fails(db: OrdersDb) {
     let f = consistent(db, Arc::new(MemoryStore::new())).await;
     // An order for sale 2 (not sold out) written without taking its unit.
-    exec(
+    exec_on(
         &f.db,
+        2,
         "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) \
          VALUES ('intruder-2', 'intruder-ticket-2', 2, 'intruder', 100, 'pending', 1700000060000, 1700000600000)",
     )
@@ -322,8 +336,9 @@ async fn extra_order_fails(db: OrdersDb) {
         detail(&report, check::CONSERVATION_DB)
     );
     // And one for sale 1, which is sold out: an oversell.
-    exec(
+    exec_on(
         &f.db,
+        1,
         "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) \
          VALUES ('intruder-1', 'intruder-ticket-1', 1, 'intruder', 100, 'pending', 1700000060000, 1700000600000)",
     )
@@ -507,6 +522,36 @@ on_both!(
     store_drift_fails_at_rest,
     two_active_orders_fail,
 );
+
+/// Each scenario on two SQLite shards (sale 1 on the first, sale 2 on the second): the
+/// audit reads a snapshot per shard and combines them; its checks are per sale and per
+/// ticket, so the verdicts are the one-database ones.
+macro_rules! on_two_shards {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_sqlite_shards() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let urls = format!(
+                    "sqlite:{} sqlite:{}",
+                    dir.path().join("s0.db").display(),
+                    dir.path().join("s1.db").display()
+                );
+                let db = order_worker::OrdersDb::connect(&urls, &order_worker::DbOptions::default())
+                    .await
+                    .expect("two shards");
+                super::$name(db.clone()).await;
+                assert_eq!(db.shard_of(1).await.expect("route"), 0);
+                assert_eq!(db.shard_of(2).await.expect("route"), 1);
+            }
+        }
+    )*};
+}
+
+mod sharded {
+    use super::*;
+    on_two_shards!(consistent_state_passes, extra_order_fails);
+}
 
 // ---- SQLite only: states the constraints forbid, written with them switched off ----
 
@@ -767,13 +812,26 @@ fn command_line_parses() {
     ])
     .expect("parses");
     let a = cli.audit;
-    assert_eq!(a.database, "sqlite:x.db");
+    assert_eq!(a.database, ["sqlite:x.db"]);
     assert_eq!(a.inventory, "redis://127.0.0.1:6379");
     assert_eq!(a.redis_prefix, "p:");
     assert_eq!(a.sales, vec![1, 2]);
     assert_eq!(a.tickets.as_deref(), Some(std::path::Path::new("t.txt")));
     assert!(a.at_rest);
     assert!(Cli::try_parse_from(["audit", "--sale", "one"]).is_err());
+    // A sharded database: one `--database` per shard, the control shard first.
+    let cli = Cli::try_parse_from([
+        "audit",
+        "--database",
+        "postgres://a/orders",
+        "--database",
+        "postgres://b1,b2/orders",
+    ])
+    .expect("parses");
+    assert_eq!(
+        cli.audit.database,
+        ["postgres://a/orders", "postgres://b1,b2/orders"]
+    );
 }
 
 #[test]
@@ -798,7 +856,7 @@ async fn command_exit_statuses() {
     let tickets = dir.path().join("tickets.txt");
     std::fs::write(&tickets, f.tickets.join("\n")).expect("write");
     let args = AuditArgs {
-        database: format!("sqlite:{}", dir.path().join("orders.db").display()),
+        database: vec![format!("sqlite:{}", dir.path().join("orders.db").display())],
         inventory: "memory".into(),
         redis_prefix: "seckill:".into(),
         sales: Vec::new(),
@@ -819,7 +877,13 @@ async fn command_exit_statuses() {
     bad.sales = vec![42];
     assert_eq!(cli_status(&bad).await, EXIT_ERROR);
     let mut bad = args.clone();
-    bad.database = format!("sqlite:{}", dir.path().join("absent.db").display());
+    bad.database = vec![format!("sqlite:{}", dir.path().join("absent.db").display())];
+    assert_eq!(cli_status(&bad).await, EXIT_ERROR);
+    assert!(!dir.path().join("absent.db").exists());
+    // A missing second shard is refused too, never created empty.
+    let mut bad = args.clone();
+    bad.database
+        .push(format!("sqlite:{}", dir.path().join("absent.db").display()));
     assert_eq!(cli_status(&bad).await, EXIT_ERROR);
     assert!(!dir.path().join("absent.db").exists());
     let mut bad = args.clone();
@@ -839,7 +903,7 @@ async fn command_against_redis() {
     let overdue = f.db.overdue(u64::MAX / 2, 100).await.expect("overdue");
     assert_eq!(f.cancel(&overdue, T0 + 600_100).await, 3);
     let args = AuditArgs {
-        database: format!("sqlite:{}", dir.path().join("orders.db").display()),
+        database: vec![format!("sqlite:{}", dir.path().join("orders.db").display())],
         inventory: redis_url(),
         redis_prefix: store.prefix().to_string(),
         sales: Vec::new(),

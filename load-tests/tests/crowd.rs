@@ -48,8 +48,8 @@ async fn order_behind_the_back(db: &OrdersDb, sale: u64) {
     let now = i64::try_from(queue::Clock::now_ms(&queue::SystemClock)).expect("now");
     let sql = "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) \
                VALUES ('00000000-0000-7000-8000-00000000beef', 'behind-the-back', $1, 'intruder', 1, 'pending', $2, $3)";
-    match db {
-        OrdersDb::Sqlite(p) => {
+    match db.control() {
+        order_worker::db::Shard::Sqlite(p) => {
             sqlx::query(sql)
                 .bind(sale)
                 .bind(now)
@@ -58,7 +58,7 @@ async fn order_behind_the_back(db: &OrdersDb, sale: u64) {
                 .await
                 .expect("insert");
         }
-        OrdersDb::Postgres(p) => {
+        order_worker::db::Shard::Postgres(p) => {
             sqlx::query(sql)
                 .bind(sale)
                 .bind(now)

@@ -3,7 +3,10 @@
 //! at their pay-by time.
 //!
 //! - [`db`]: the orders database (SQLite by default, PostgreSQL in production), one file
-//!   per job under `db/`: `mod.rs` (the pool, connecting, the statement macros), `error`
+//!   per job under `db/`: `mod.rs` ([`db::Shard`], one database: the pool, connecting, the
+//!   statement macros), `shards` ([`OrdersDb`]: one shard or several by sale, each call
+//!   routed; no transaction spans two shards), `failover` (a multi-host PostgreSQL shard
+//!   follows its primary), `error`
 //!   ([`DbError`]), `limits` (its named bounds), `sales` (sales with their settings: end
 //!   time, own purchase-token factor, one unit per person; holders; counts), `decide` (a
 //!   batch of purchases in one transaction, outcomes, operator rejections), `orders`

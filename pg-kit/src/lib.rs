@@ -18,13 +18,17 @@
 //! - [`server`] — [`PgServer`] with [`PgOptions`]: `initdb` (trust authentication), a
 //!   durable config (`fsync`, `synchronous_commit`, `full_page_writes` on), a free port;
 //!   `url`, `psql`, `create_database`, `kill` (SIGKILL: the postmaster, then every process
-//!   left in its data directory), `restart` (same port and data directory: crash recovery).
+//!   left in its data directory), `restart` (same port and data directory: crash recovery),
+//!   `standby_of`, `promote`, `is_primary`.
 //! - [`error`] — [`KitError`], the one error type.
 //! - `wait` — bounded polling on a condition, the only way the kit waits.
 //!
-//! A synchronous standby (`pg_basebackup -R` into a second kit directory, then the same
-//! start on another port, and `synchronous_standby_names` on the primary through
-//! [`PgOptions::config_line`]) fits the same shape; it is not written yet.
+//! - A synchronous standby: [`PgServer::standby_of`] copies a primary (`pg_basebackup -R`,
+//!   WAL streamed) into a second kit directory, starts it on another free port, sets the
+//!   primary's `synchronous_standby_names = '*'` and waits until the primary counts it as
+//!   synchronous; [`PgServer::promote`] (`pg_promote()`) waits until it accepts writes,
+//!   [`PgServer::is_primary`] tells which is which. The orders database's failover test
+//!   (`order-worker/tests/it/shards.rs`) kills a primary and promotes its standby with them.
 //!
 //! Invariants:
 //!

@@ -37,6 +37,18 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS_DEFAULT: u32 = 200;
 /// The superuser `initdb` creates; trust authentication, so no password.
 pub const SUPERUSER: &str = "postgres";
+/// How long `pg_basebackup` may take to copy a primary for a standby.
+pub const BASEBACKUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a new standby may take to stream from its primary, and the primary to count it
+/// as its synchronous standby.
+pub const STANDBY_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a promoted standby may take to accept writes.
+pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The pause between two probes of a standby's or a promotion's progress.
+pub const REPLICATION_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// The `application_name` a standby of [`PgServer::standby_of`] connects to its primary
+/// with (what `pg_stat_replication` lists).
+pub const STANDBY_NAME: &str = "pg_kit_standby";
 
 /// The port the kit never uses: the shared PostgreSQL's.
 const PORT_NEVER: u16 = 5432;
@@ -152,6 +164,145 @@ impl PgServer {
             }
         }
         Err(last_err.unwrap_or_else(|| KitError::Invalid("no port attempt was made".into())))
+    }
+
+    /// A synchronous standby of `primary`: a base backup of it (`pg_basebackup -R`, WAL
+    /// streamed, as the server's user) in a temporary directory of its own, started on a
+    /// free port, streaming as [`STANDBY_NAME`]; then the primary is configured with
+    /// `synchronous_standby_names = '*'` (`ALTER SYSTEM`, reloaded) and this waits until
+    /// the primary counts the standby as synchronous: from then on a commit on the primary
+    /// returns only once the standby has its WAL (`synchronous_commit = on`). The primary
+    /// keeps `wal_level = replica` and the default `max_wal_senders` (10) of the kit.
+    ///
+    /// The standby's own `synchronous_standby_names` is empty: promoted, it commits alone
+    /// (it has no standby to wait for). Stopped and removed on drop like any server.
+    pub fn standby_of(primary: &PgServer) -> Result<PgServer, KitError> {
+        let bins = primary.bins.clone();
+        let run_as = primary.run_as;
+        let dir = tempfile::Builder::new()
+            .prefix("pg-kit-standby-")
+            .tempdir()
+            .map_err(|e| KitError::io("creating a temporary directory", e))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
+                KitError::io(format!("handing {} to postgres", dir.path().display()), e)
+            })?;
+        }
+        let data = dir.path().join(DATA_DIR);
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} application_name={STANDBY_NAME}",
+            primary.port
+        );
+        let mut command = Command::new(&bins.pg_basebackup);
+        command
+            .arg("-D")
+            .arg(&data)
+            .args(["-d", &conninfo, "-R", "-X", "stream", "--checkpoint=fast"])
+            .current_dir(dir.path())
+            .env_remove("PGHOST")
+            .env_remove("PGPORT")
+            .env_remove("PGUSER")
+            .env("PGCONNECT_TIMEOUT", "5");
+        if let Some((uid, gid)) = run_as {
+            command.uid(uid).gid(gid);
+        }
+        let (ok, stdout, stderr) = run_bounded(command, "pg_basebackup", BASEBACKUP_TIMEOUT)?;
+        if !ok {
+            return Err(KitError::Command {
+                program: format!("pg_basebackup from port {}", primary.port),
+                status: "failed".into(),
+                output: format!("{stdout}{stderr}"),
+            });
+        }
+        let data = data
+            .canonicalize()
+            .map_err(|e| KitError::io(format!("resolving {}", data.display()), e))?;
+        // `-R` wrote standby.signal and a primary_conninfo into postgresql.auto.conf (read
+        // last); ours, with the application name, goes after it.
+        append_line(
+            &data.join("postgresql.auto.conf"),
+            &format!("primary_conninfo = '{conninfo}'"),
+        )?;
+        append_line(
+            &data.join("postgresql.conf"),
+            "synchronous_standby_names = ''",
+        )?;
+        let mut standby = PgServer {
+            child: None,
+            port: 0,
+            bins,
+            run_as,
+            data,
+            dir,
+        };
+        let mut last_err = None;
+        let mut started = false;
+        for _ in 0..PORT_ATTEMPTS {
+            standby.port = free_port()?;
+            match standby.spawn_and_wait() {
+                Ok(()) => {
+                    started = true;
+                    break;
+                }
+                Err(StartError::PortTaken(err)) => last_err = Some(err),
+                Err(StartError::Other(err)) => return Err(err),
+            }
+        }
+        if !started {
+            return Err(
+                last_err.unwrap_or_else(|| KitError::Invalid("no port attempt was made".into()))
+            );
+        }
+        primary.psql(
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        )?;
+        primary.psql("postgres", "SELECT pg_reload_conf()")?;
+        let query = format!(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}'"
+        );
+        wait_until(
+            &format!(
+                "the standby on port {} to be the synchronous standby of port {}",
+                standby.port, primary.port
+            ),
+            STANDBY_SYNC_TIMEOUT,
+            REPLICATION_POLL_INTERVAL,
+            || match primary.psql_within("postgres", &query, PROBE_TIMEOUT) {
+                Ok(state) if state.lines().any(|l| l.trim() == "sync") => Probe::Ready(()),
+                Ok(state) => Probe::NotYet(format!("sync_state {state:?}")),
+                Err(e) => Probe::NotYet(e.to_string()),
+            },
+        )?;
+        Ok(standby)
+    }
+
+    /// Whether the server is a primary (`pg_is_in_recovery()` false).
+    pub fn is_primary(&self) -> Result<bool, KitError> {
+        Ok(self.psql("postgres", "SELECT pg_is_in_recovery()")?.trim() == "f")
+    }
+
+    /// Promotes a standby (`pg_promote()`) and waits until it accepts writes (at most
+    /// [`PROMOTE_TIMEOUT`]). A no-op on a primary.
+    pub fn promote(&self) -> Result<(), KitError> {
+        if self.is_primary()? {
+            return Ok(());
+        }
+        self.psql_within(
+            "postgres",
+            &format!("SELECT pg_promote(true, {})", PROMOTE_TIMEOUT.as_secs()),
+            PROMOTE_TIMEOUT + PROBE_TIMEOUT,
+        )?;
+        wait_until(
+            &format!("postgres on port {} to accept writes", self.port),
+            PROMOTE_TIMEOUT,
+            REPLICATION_POLL_INTERVAL,
+            || match self.psql_within("postgres", "SELECT pg_is_in_recovery()", PROBE_TIMEOUT) {
+                Ok(r) if r.trim() == "f" => Probe::Ready(()),
+                Ok(r) => Probe::NotYet(format!("in recovery: {r}")),
+                Err(e) => Probe::NotYet(e.to_string()),
+            },
+        )
     }
 
     /// The port it listens on (127.0.0.1).
@@ -532,6 +683,16 @@ fn append_conf(data: &Path, options: &PgOptions) -> Result<(), KitError> {
         .map_err(|e| KitError::io(format!("opening {}", path.display()), e))?;
     file.write_all(conf.as_bytes())
         .map_err(|e| KitError::io(format!("writing {}", path.display()), e))
+}
+
+/// Appends one line to the config file at `path`.
+fn append_line(path: &Path, line: &str) -> Result<(), KitError> {
+    use std::io::Write as _;
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| KitError::io(format!("opening {}", path.display()), e))?;
+    writeln!(file, "\n{line}").map_err(|e| KitError::io(format!("writing {}", path.display()), e))
 }
 
 /// A free port on 127.0.0.1, never [`PORT_NEVER`]. The listener is closed for PostgreSQL

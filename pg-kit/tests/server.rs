@@ -97,3 +97,42 @@ fn drop_ends_every_process_and_removes_the_directory() -> Result<(), KitError> {
     assert!(stat.is_empty(), "the postmaster {pid} is left: {stat}");
     Ok(())
 }
+
+/// A synchronous standby has every commit the primary acknowledged, refuses writes, and
+/// once the primary is killed and it is promoted, has them still and accepts writes.
+#[test]
+fn a_synchronous_standby_is_promoted_with_every_acknowledged_commit() -> Result<(), KitError> {
+    let mut primary = PgServer::start()?;
+    primary.create_database("orders")?;
+    primary.psql("orders", "CREATE TABLE t (x int PRIMARY KEY)")?;
+    let standby = PgServer::standby_of(&primary)?;
+    assert_ne!(standby.port(), primary.port());
+    assert_ne!(standby.data_dir(), primary.data_dir());
+    assert_eq!(
+        primary.psql("postgres", "SHOW synchronous_standby_names")?,
+        "*"
+    );
+    assert_eq!(
+        primary.psql(
+            "postgres",
+            "SELECT application_name || ' ' || sync_state FROM pg_stat_replication"
+        )?,
+        format!("{} sync", pg_kit::server::STANDBY_NAME)
+    );
+    assert!(primary.is_primary()?);
+    assert!(!standby.is_primary()?);
+    // Acknowledged on the primary: on the standby already (synchronous commit).
+    primary.psql("orders", "INSERT INTO t SELECT generate_series(1, 100)")?;
+    primary.kill()?;
+    assert!(
+        standby.psql("orders", "INSERT INTO t VALUES (0)").is_err(),
+        "a standby refuses writes"
+    );
+    standby.promote()?;
+    assert!(standby.is_primary()?);
+    assert_eq!(standby.psql("orders", "SELECT count(*) FROM t")?, "100");
+    // Promoted, it commits alone (no standby of its own to wait for).
+    standby.psql("orders", "INSERT INTO t VALUES (0)")?;
+    assert_eq!(standby.psql("orders", "SELECT count(*) FROM t")?, "101");
+    Ok(())
+}

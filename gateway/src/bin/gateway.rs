@@ -96,9 +96,12 @@ struct Args {
     /// (deploy/nginx), which hashes the cookie onto the gateways.
     #[arg(long, env = "GATEWAY_ROUTE_COOKIE")]
     route_cookie: bool,
-    /// The orders database: `sqlite:PATH` (created if missing) or `postgres://…`.
+    /// The orders database: `sqlite:PATH` (created if missing) or `postgres://…`. Repeat it
+    /// for a database sharded by sale, one shard each (the first holds the routing table and
+    /// the workers' heartbeats; the env variable: the URLs separated by whitespace); a
+    /// PostgreSQL URL may name a primary and its standbys, `postgres://u@h1:p1,h2:p2/db`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
-    database: String,
+    database: Vec<String>,
     /// Database connections.
     #[arg(long, default_value_t = order_worker::db::CONNECTIONS_DEFAULT)]
     db_connections: u32,
@@ -198,8 +201,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
         );
     }
     println!(
-        "gateway: orders database {} ({database}); {} order workers and {} cancellers in this process",
+        "gateway: orders database {} ({} shard(s): {database}); {} order workers and {} cancellers in this process",
         system.db().backend(),
+        system.db().shard_count(),
         args.workers,
         args.cancellers
     );
@@ -316,7 +320,7 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     let mut config = SystemConfig::new(
         QueueSource::Open(args.queue.clone()),
         DatabaseSource::Url {
-            url: args.database.clone(),
+            url: args.database.join(" "),
             options,
         },
         gateway,

@@ -138,7 +138,7 @@ async fn workers_decide_while_the_read_pool_is_exhausted() {
     let (t, crew) = with_crew(t);
     t.create_sale(1, 3, 0).await;
     // Hold every connection of the read pool.
-    let order_worker::OrdersDb::Sqlite(read) = &t.state.read_db else {
+    let order_worker::db::Shard::Sqlite(read) = t.state.read_db.control() else {
         panic!("a SQLite test database");
     };
     let mut held = Vec::new();

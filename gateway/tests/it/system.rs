@@ -341,6 +341,48 @@ async fn unpaid_orders_are_cancelled_and_sold_again_on_sqlite() {
     unpaid_orders_are_cancelled_and_sold_again(None).await;
 }
 
+/// Two SQLite shards, a sale already on the first: the test's sale lands on the second,
+/// and purchases, tickets, payment and cancellation all find it there.
+async fn two_shards(dir: &std::path::Path) -> order_worker::OrdersDb {
+    let urls = format!(
+        "sqlite:{} sqlite:{}",
+        dir.join("s0.db").display(),
+        dir.join("s1.db").display()
+    );
+    let db = order_worker::OrdersDb::connect(&urls, &Default::default())
+        .await
+        .expect("two shards");
+    db.create_sale(
+        &order_worker::db::NewSale {
+            id: 99,
+            name: "elsewhere".into(),
+            price_cents: 100,
+            units: 1,
+            starts_at_ms: 0,
+            pay_window_ms: None,
+            ends_at_ms: None,
+            token_factor: None,
+            per_user_limit: None,
+            stock_buckets: None,
+        },
+        0,
+    )
+    .await
+    .expect("sale 99");
+    db
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_orders_are_cancelled_and_sold_again_on_two_shards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = two_shards(dir.path()).await;
+    unpaid_orders_are_cancelled_and_sold_again(Some(db.clone())).await;
+    assert_eq!(db.shard_of(6).await.expect("route"), 1);
+    let on_second = db.shard(1).expect("shard 1").order_counts(6).await;
+    assert!(on_second.expect("counts").cancelled > 0, "cancelled there");
+    db.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpaid_orders_are_cancelled_and_sold_again_on_postgres() {
     let Some((db, _scratch)) = order_worker::testing::postgres(&Default::default()).await else {

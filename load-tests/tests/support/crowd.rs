@@ -14,6 +14,7 @@ use inventory::RedisStore;
 use load_tests::audit::{AuditInput, AuditReport, audit, audit_redis, check};
 use loadgen::{Conn, request};
 use order_worker::OrdersDb;
+use order_worker::db::Shard;
 use order_worker::purchase::{ORDERS_TOPIC, WORKERS_GROUP};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -335,7 +336,7 @@ pub async fn audit_at_rest(
     }
 }
 
-/// Every order has a cause: a ticket handed out (202 or 503 outcome_unknown) to its
+/// Every order (on every shard) has a cause: a ticket handed out (202 or 503 outcome_unknown) to its
 /// person, or a purchase of its person that was cut off. Returns how many orders came of
 /// cut-off purchases.
 pub async fn orders_have_causes(db: &OrdersDb, seen: &Seen, seed: u64) -> usize {
@@ -346,11 +347,16 @@ pub async fn orders_have_causes(db: &OrdersDb, seen: &Seen, seed: u64) -> usize 
         .map(|(t, u)| (t.as_str(), u.as_str()))
         .collect();
     let sql = "SELECT request_id, user_id FROM orders";
-    let orders: Vec<(String, String)> = match db {
-        OrdersDb::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
-        OrdersDb::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+    let mut orders: Vec<(String, String)> = Vec::new();
+    for i in 0..db.shard_count() {
+        let shard = db.shard(i).expect("a shard below the count");
+        let mut of_shard: Vec<(String, String)> = match shard {
+            Shard::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
+            Shard::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+        }
+        .expect("the orders of a shard");
+        orders.append(&mut of_shard);
     }
-    .expect("the orders");
     let mut of_cut_off = 0;
     let mut strays = Vec::new();
     for (ticket, user) in &orders {

@@ -407,9 +407,9 @@ pub async fn create_sale(system: &AllInOne) {
 /// The request ids (tickets) of every order in the database.
 async fn order_tickets(db: &OrdersDb) -> Vec<String> {
     let sql = "SELECT request_id FROM orders";
-    match db {
-        OrdersDb::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await,
-        OrdersDb::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await,
+    match db.control() {
+        order_worker::db::Shard::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await,
+        order_worker::db::Shard::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await,
     }
     .expect("the orders")
 }

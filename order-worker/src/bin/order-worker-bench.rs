@@ -735,8 +735,8 @@ async fn open_db(backend: &str, dir: &Path, options: &DbOptions) -> Res<Opened> 
 
 /// The durability settings the database actually runs with.
 async fn db_settings(db: &OrdersDb) -> Res<Value> {
-    Ok(match db {
-        OrdersDb::Sqlite(p) => {
+    Ok(match db.control() {
+        order_worker::db::Shard::Sqlite(p) => {
             let sync: i64 = sqlx::query("PRAGMA synchronous")
                 .fetch_one(p)
                 .await?
@@ -755,7 +755,7 @@ async fn db_settings(db: &OrdersDb) -> Res<Value> {
                 "synchronous": match sync { 0 => "off", 1 => "normal", 2 => "full", 3 => "extra", _ => "?" },
             })
         }
-        OrdersDb::Postgres(p) => {
+        order_worker::db::Shard::Postgres(p) => {
             let mut out = serde_json::Map::new();
             for name in [
                 "server_version",

@@ -35,9 +35,12 @@ struct Args {
         default_value = "tcp://127.0.0.1:7070"
     )]
     queue: String,
-    /// The orders database: `sqlite:PATH` or `postgres://…`.
+    /// The orders database: `sqlite:PATH` or `postgres://…`. Repeat it for a database
+    /// sharded by sale, one shard each (the first holds the routing table and the workers'
+    /// heartbeats; the env variable: the URLs separated by whitespace); a PostgreSQL URL may
+    /// name a primary and its standbys, `postgres://u@h1:p1,h2:p2/db`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
-    database: String,
+    database: Vec<String>,
     /// The stock store whose reservations rejected and cancelled purchases release: `none`
     /// or a Redis URL (the one the gateways use: `redis://…` or `redis+cluster://…`).
     #[arg(long, env = "ORDER_WORKER_INVENTORY", default_value = "none")]
@@ -89,7 +92,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
             other => return Err(format!("--sqlite-sync is full or normal, not {other}").into()),
         },
     };
-    let db = OrdersDb::connect(&args.database, &options).await?;
+    let database = args.database.join(" ");
+    let db = OrdersDb::connect(&database, &options).await?;
     let backend = queue::Backend::open(&args.queue, queue::Config::default()).await?;
     let inventory = if args.inventory == "none" {
         None
@@ -117,11 +121,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
     crew.report_every(Duration::from_secs(args.report_secs.max(1)));
     println!(
-        "order-worker: {} workers, {} cancellers on {} ({}), queue {}",
+        "order-worker: {} workers, {} cancellers on {} ({} shard(s): {}), queue {}",
         args.workers,
         args.cancellers,
         db.backend(),
-        args.database,
+        db.shard_count(),
+        database,
         args.queue
     );
     queue::signal::shutdown_signal().await;

@@ -7,9 +7,9 @@ use sqlx::Row;
 
 use super::dialect::Dialect;
 use super::rows::Cancelled;
-use super::{CANCEL_BATCH_MAX, DbError, DbResult, OrdersDb, to_i64};
+use super::{CANCEL_BATCH_MAX, DbError, DbResult, Shard, to_i64};
 
-impl OrdersDb {
+impl Shard {
     /// Cancels those of `order_ids` that are still pending with their pay-by time at or
     /// before `now_ms`, and puts their units back in the sales' units left, in one
     /// transaction. Returns the orders it cancelled (not those already paid, cancelled, or

@@ -7,9 +7,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 use sqlx::Row;
 
+#[cfg(doc)]
+use super::OrdersDb;
 use super::dialect::Dialect;
 use super::rows::{NewOrder, NewOutcome};
-use super::{BATCH_MAX, DbError, DbResult, OrdersDb, to_i64, to_u64};
+use super::{BATCH_MAX, DbError, DbResult, Shard, to_i64, to_u64};
 use crate::purchase::PurchaseMessage;
 
 /// Rejection reasons recorded in `outcomes.reason`.
@@ -74,7 +76,7 @@ pub struct Outcome {
     pub reason: Option<String>,
 }
 
-impl OrdersDb {
+impl Shard {
     /// Decides a batch of purchases in one transaction (see the module docs); one decision
     /// per purchase, in order. A ticket seen before (in an earlier transaction or earlier in
     /// this batch) gets its recorded decision with `fresh: false` and changes nothing.

@@ -68,13 +68,16 @@ impl DbError {
                     // PostgreSQL: connection exceptions (08), transaction rollbacks such as
                     // serialization failures and deadlocks (40), insufficient resources
                     // (53), operator intervention such as a shutdown or a restart (57P),
-                    // lock not available, and unique violations (a race between workers:
-                    // the retry finds the winner's outcome).
+                    // lock not available, a write refused in a read-only transaction (a
+                    // standby answering: the shard re-resolves its primary, see
+                    // `failover`), and unique violations (a race between workers: the retry
+                    // finds the winner's outcome).
                     let pg = code.starts_with("08")
                         || code.starts_with("40")
                         || code.starts_with("53")
                         || code.starts_with("57P")
                         || code == "55P03"
+                        || code == "25006"
                         || code == "23505";
                     // SQLite (numeric, extended codes included): busy, locked, I/O error,
                     // disk full (primary codes 5, 6, 10, 13), unique and primary-key
@@ -149,7 +152,7 @@ fn constraint_in_message(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{DbError, constraint_in_message};
-    use crate::db::{DbOptions, OrdersDb};
+    use crate::db::{DbOptions, OrdersDb, Shard};
 
     #[test]
     fn sqlite_messages_name_their_constraint() {
@@ -189,9 +192,9 @@ mod tests {
         const OVERSELL: &str = "UPDATE sales SET units_left = -1 WHERE id = 1";
         const BROKEN: &str = "SELECT no_such_column FROM sales";
         let run = |sql: &'static str| async move {
-            match db {
-                OrdersDb::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
-                OrdersDb::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+            match db.control() {
+                Shard::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+                Shard::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
             }
         };
         run(INSERT).await.expect("the first sale");

@@ -8,8 +8,10 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+#[cfg(doc)]
+use super::OrdersDb;
 use super::{
-    DbError, DbResult, HEARTBEAT_ROWS_MAX, OrdersDb, WORKER_HOST_BYTES_MAX, WORKER_ID_BYTES_MAX,
+    DbError, DbResult, HEARTBEAT_ROWS_MAX, Shard, WORKER_HOST_BYTES_MAX, WORKER_ID_BYTES_MAX,
     WORKER_PRUNE_EVERY_MS, WORKER_PRUNE_ROWS_MAX, WORKER_PRUNE_WINDOW_MS, WORKER_ROWS_TTL_MS,
     WORKERS_LISTED_MAX, to_i64, to_u64,
 };
@@ -96,7 +98,7 @@ pub struct WorkerBeat {
     pub stopped_ms: Option<u64>,
 }
 
-impl OrdersDb {
+impl Shard {
     /// Writes the heartbeats of a process's crew (at most [`HEARTBEAT_ROWS_MAX`]) in one
     /// transaction: each member's row is inserted or replaced, with `beat_ms = now_ms` (the
     /// host's clock, shown) and `seen_ms` the database's now (what ages are judged on).
@@ -167,7 +169,7 @@ impl OrdersDb {
     pub async fn prune_workers(&self) -> DbResult<u64> {
         let ttl = to_i64(WORKER_ROWS_TTL_MS, "ttl")?;
         let (lite, postgres) = PRUNE;
-        let pg = matches!(self, OrdersDb::Postgres(_));
+        let pg = matches!(self, Shard::Postgres(_));
         let n = on_db!(self, p => sqlx::query(if pg { postgres } else { lite })
             .bind(ttl).bind(WORKER_PRUNE_ROWS_MAX as i64)
             .execute(p).await?.rows_affected());
@@ -195,7 +197,7 @@ impl OrdersDb {
         let (lite, postgres) = with_db_now!(
             "SELECT ", worker_columns!(), ", "; now; " - seen_ms \
              FROM workers ORDER BY seen_ms DESC, id LIMIT $1");
-        let pg = matches!(self, OrdersDb::Postgres(_));
+        let pg = matches!(self, Shard::Postgres(_));
         on_db!(self, p => {
             let rows = sqlx::query(if pg { postgres } else { lite })
                 .bind(limit).fetch_all(p).await?;

@@ -76,3 +76,22 @@ pub const WORKER_ID_BYTES_MAX: usize = 200;
 
 /// Longest host name in a worker's row, bytes.
 pub const WORKER_HOST_BYTES_MAX: usize = 255;
+
+/// Most shards one `--database` list names.
+pub const SHARDS_MAX: usize = 64;
+
+/// Most hosts one PostgreSQL shard URL names (`postgres://u@h1:p1,h2:p2/db`: a primary and
+/// its standbys).
+pub const SHARD_HOSTS_MAX: usize = 8;
+
+/// How long an operation of a multi-host PostgreSQL shard waits for a connection: short, so
+/// that while its primary is gone the operation fails (transient) and the shard looks for
+/// the new primary instead of waiting out a long timeout.
+pub const FAILOVER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the look-up of a shard's primary waits for each host to answer.
+pub const FAILOVER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// At most one look-up of a shard's primary this often (every failing operation asks for
+/// one; the others in the interval return their error, transient, and are retried).
+pub const FAILOVER_RESOLVE_INTERVAL: Duration = Duration::from_millis(500);

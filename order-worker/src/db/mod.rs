@@ -3,9 +3,30 @@
 //! needs no database). Both backends run the same statements (`$N` placeholders) and have
 //! their own migrations (`migrations/sqlite`, `migrations/postgres`), embedded in the binary.
 //!
+//! ## Shards
+//!
+//! [`Shard`] is one database; [`OrdersDb`], what callers hold, is one shard or several, the
+//! orders sharded by sale (`shards.rs`): sale ids are global, the first shard (the control
+//! shard) holds the routing table `sale_shards` and the `workers` heartbeats, each call
+//! goes to its sale's shard (or asks the shards in turn for a ticket or an order, or takes
+//! their union for lists and totals). **No transaction ever spans two shards**: a batch
+//! over two shards is two transactions, and everything below holds per shard. All shards
+//! are of one backend; with one shard every call goes straight to it.
+//!
+//! ## Failover of a PostgreSQL shard
+//!
+//! A shard URL may name a primary and its standbys (`postgres://u@h1:p1,h2:p2/db`). The
+//! shard uses the host that is the primary; after a connection-level error it looks for the
+//! primary again (rate-limited) and re-points its pool, and the error goes back transient,
+//! so the worker's retry runs on the promoted standby (`failover.rs`). A worker acks a
+//! purchase only after its commit returned; with `synchronous_commit = on` and
+//! `synchronous_standby_names` naming the standby (the server's configuration, checked with
+//! a warning at connect) a returned commit is on the standby too, so a promotion loses no
+//! acknowledged order.
+//!
 //! ## How a batch of purchases becomes orders ([`OrdersDb::decide_batch`])
 //!
-//! One transaction per batch (`BEGIN IMMEDIATE` in SQLite: one writer at a time; in
+//! One transaction per batch (per shard) (`BEGIN IMMEDIATE` in SQLite: one writer at a time; in
 //! PostgreSQL each sale's row is locked `FOR UPDATE`, sales in ascending id order):
 //!
 //! 1. the outcomes already recorded for the batch's tickets are read: a redelivered purchase
@@ -56,8 +77,8 @@ macro_rules! worker_columns {
 macro_rules! on_db {
     ($db:expr, $p:ident => $body:expr) => {
         match $db {
-            OrdersDb::Sqlite($p) => $body,
-            OrdersDb::Postgres($p) => $body,
+            Shard::Sqlite($p) => $body,
+            Shard::Postgres($p) => $body,
         }
     };
 }
@@ -67,7 +88,7 @@ macro_rules! on_db {
 macro_rules! in_tx {
     ($db:expr, $tx:ident, $pg:ident => $body:block) => {
         match $db {
-            OrdersDb::Sqlite(p) => {
+            Shard::Sqlite(p) => {
                 #[allow(unused_variables)]
                 let $pg = false;
                 let mut $tx = p.begin_with("BEGIN IMMEDIATE").await?;
@@ -75,7 +96,7 @@ macro_rules! in_tx {
                 $tx.commit().await?;
                 out
             }
-            OrdersDb::Postgres(p) => {
+            Shard::Postgres(p) => {
                 #[allow(unused_variables)]
                 let $pg = true;
                 let mut $tx = p.begin().await?;
@@ -91,11 +112,13 @@ mod cancel;
 mod decide;
 mod dialect;
 mod error;
+mod failover;
 mod heartbeat;
 mod limits;
 mod orders;
 mod rows;
 mod sales;
+mod shards;
 
 pub use decide::{Decision, Outcome, reason};
 pub use error::{DbError, DbResult};
@@ -104,6 +127,7 @@ pub use limits::*;
 pub use orders::{Order, OrderStatus, Payment};
 pub use rows::Cancelled;
 pub use sales::{NewSale, OrderCounts, OrderTotals, Sale};
+pub use shards::OrdersDb;
 
 /// Durability of SQLite commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,28 +158,43 @@ impl Default for DbOptions {
     }
 }
 
-/// The orders database: a pool of either backend.
+/// One orders database (a shard of [`OrdersDb`]): a pool of either backend. With one
+/// `--database`, the only one.
 #[derive(Debug, Clone)]
-pub enum OrdersDb {
+pub enum Shard {
     /// SQLite (a file, WAL).
     Sqlite(SqlitePool),
-    /// PostgreSQL.
+    /// PostgreSQL (on the host that was the primary when the pool last connected; see
+    /// the module docs, "Failover of a PostgreSQL shard").
     Postgres(PgPool),
 }
 
-impl OrdersDb {
-    /// Opens `url` and brings its schema up to date: `sqlite:PATH` (created with its
-    /// directory if missing; WAL) or `postgres://…` / `postgresql://…`.
-    pub async fn connect(url: &str, options: &DbOptions) -> DbResult<OrdersDb> {
+impl Shard {
+    /// Opens one shard's `url` and brings its schema up to date: `sqlite:PATH` (created with
+    /// its directory if missing; WAL) or `postgres://…` / `postgresql://…`, which may name
+    /// several hosts (`postgres://u@h1:p1,h2:p2/db`): the pool then connects to whichever is
+    /// the primary, and the returned [`failover::Failover`] re-resolves it after a
+    /// connection-level error.
+    async fn connect(
+        url: &str,
+        options: &DbOptions,
+    ) -> DbResult<(Shard, Option<std::sync::Arc<failover::Failover>>)> {
         let max = options.max_connections.clamp(1, CONNECTIONS_MAX);
-        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let opts = PgConnectOptions::from_str(url)?;
-            let pool = PgPoolOptions::new()
-                .max_connections(max)
-                .acquire_timeout(Duration::from_secs(30))
-                .connect_with(opts)
-                .await?;
-            OrdersDb::Postgres(pool)
+        let (db, hosts) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let hosts = failover::split_hosts(url)?;
+            if hosts.len() > 1 {
+                let f = failover::Failover::new(hosts).await?;
+                let pool = f.pool(max, FAILOVER_ACQUIRE_TIMEOUT);
+                (Shard::Postgres(pool), Some(f))
+            } else {
+                let opts = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await?;
+                (Shard::Postgres(pool), None)
+            }
         } else if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             let path = path.split('?').next().unwrap_or(path);
@@ -183,14 +222,14 @@ impl OrdersDb {
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(opts)
                 .await?;
-            OrdersDb::Sqlite(pool)
+            (Shard::Sqlite(pool), None)
         } else {
             return Err(DbError::Invalid(format!(
                 "a database URL is sqlite:PATH or postgres://…, not {url:?}"
             )));
         };
         db.migrate().await?;
-        Ok(db)
+        Ok((db, hosts))
     }
 
     /// Another pool on the same database, of at most `max_connections` (1 ..=
@@ -198,16 +237,17 @@ impl OrdersDb {
     /// [`READ_ACQUIRE_TIMEOUT`] for a connection: the gateway's request path uses one, so
     /// a flood of ticket and order reads never takes the connections the order workers need
     /// (they keep this pool). The schema is this one's (not migrated again). Close it too.
-    pub fn sibling(&self, max_connections: u32) -> OrdersDb {
+    /// (A multi-host PostgreSQL shard's sibling is built by its `Failover` instead.)
+    fn sibling(&self, max_connections: u32) -> Shard {
         let max = max_connections.clamp(1, CONNECTIONS_MAX);
         match self {
-            OrdersDb::Sqlite(p) => OrdersDb::Sqlite(
+            Shard::Sqlite(p) => Shard::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(max)
                     .acquire_timeout(READ_ACQUIRE_TIMEOUT)
                     .connect_lazy_with((*p.connect_options()).clone()),
             ),
-            OrdersDb::Postgres(p) => OrdersDb::Postgres(
+            Shard::Postgres(p) => Shard::Postgres(
                 PgPoolOptions::new()
                     .max_connections(max)
                     .acquire_timeout(READ_ACQUIRE_TIMEOUT)
@@ -217,14 +257,14 @@ impl OrdersDb {
     }
 
     /// Connections of this pool open now (in use or idle).
-    pub fn connections(&self) -> u32 {
+    fn connections(&self) -> u32 {
         on_db!(self, p => p.size())
     }
 
     async fn migrate(&self) -> DbResult<()> {
         match self {
-            OrdersDb::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
-            OrdersDb::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
+            Shard::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
+            Shard::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
         }
         Ok(())
     }
@@ -232,23 +272,23 @@ impl OrdersDb {
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         match self {
-            OrdersDb::Sqlite(_) => "sqlite",
-            OrdersDb::Postgres(_) => "postgres",
+            Shard::Sqlite(_) => "sqlite",
+            Shard::Postgres(_) => "postgres",
         }
     }
 
     /// Refreshes the planner's statistics of the orders tables (PostgreSQL: `ANALYZE`; a
     /// no-op on SQLite, whose look-ups do not depend on them). The workers call it as the
     /// tables grow, so plans never stay those of an empty table where autovacuum is off.
-    pub async fn analyze(&self) -> DbResult<()> {
-        if let OrdersDb::Postgres(p) = self {
+    async fn analyze(&self) -> DbResult<()> {
+        if let Shard::Postgres(p) = self {
             sqlx::query("ANALYZE orders, outcomes").execute(p).await?;
         }
         Ok(())
     }
 
     /// Closes the pool (waits for connections in use).
-    pub async fn close(&self) {
+    async fn close(&self) {
         on_db!(self, p => p.close().await)
     }
 }

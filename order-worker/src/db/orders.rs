@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::{DbError, DbResult, OrdersDb, to_i64, to_u64};
+use super::{DbError, DbResult, Shard, to_i64, to_u64};
 
 /// An order's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +68,7 @@ pub enum Payment {
     NotFound,
 }
 
-impl OrdersDb {
+impl Shard {
     /// One order.
     pub async fn order(&self, id: &str) -> DbResult<Option<Order>> {
         on_db!(self, p => {

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{
-    DbError, DbResult, OrderStatus, OrdersDb, PAY_WINDOW_MS_DEFAULT, PER_USER_LIMIT_SUPPORTED,
-    SALE_NAME_BYTES_MAX, SALES_MAX, TOKEN_FACTOR_MAX, TOKEN_FACTOR_MIN, to_i64, to_u64,
+    DbError, DbResult, OrderStatus, PAY_WINDOW_MS_DEFAULT, PER_USER_LIMIT_SUPPORTED,
+    SALE_NAME_BYTES_MAX, SALES_MAX, Shard, TOKEN_FACTOR_MAX, TOKEN_FACTOR_MIN, to_i64, to_u64,
 };
 
 /// A sale as an admin defines it.
@@ -109,7 +109,7 @@ impl OrderCounts {
     }
 }
 
-impl OrdersDb {
+impl Shard {
     /// Creates a sale with all its units left. `Invalid` if a setting is out of range,
     /// `Conflict` if the id is taken, `Constraint` if the schema refuses the row anyway.
     pub async fn create_sale(&self, sale: &NewSale, now_ms: u64) -> DbResult<Sale> {

@@ -318,9 +318,9 @@ both_backends!(
 
 /// Runs a statement straight on the database (to show what its constraints refuse).
 async fn raw(db: &OrdersDb, sql: &'static str) -> Result<(), sqlx::Error> {
-    match db {
-        OrdersDb::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
-        OrdersDb::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+    match db.control() {
+        order_worker::db::Shard::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        order_worker::db::Shard::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
     }
 }
 
@@ -508,9 +508,9 @@ async fn sales_are_capped(db: OrdersDb) {
     let bulk = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9999) \
                 INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms) \
                 SELECT i, 'bulk', 1, 1, 1, 0, 600000, 0 FROM n";
-    match &db {
-        OrdersDb::Sqlite(p) => sqlx::query(bulk).execute(p).await.map(|_| ()),
-        OrdersDb::Postgres(p) => sqlx::query(bulk).execute(p).await.map(|_| ()),
+    match db.control() {
+        order_worker::db::Shard::Sqlite(p) => sqlx::query(bulk).execute(p).await.map(|_| ()),
+        order_worker::db::Shard::Postgres(p) => sqlx::query(bulk).execute(p).await.map(|_| ()),
     }
     .expect("bulk insert");
     let mut s = NewSale {

@@ -180,14 +180,14 @@ both_backends!(workers_listing_is_capped_newest_first, listing_capped);
 async fn backdate(db: &OrdersDb, id: &str, by_ms: u64) {
     let by = i64::try_from(by_ms).expect("small");
     let sql = "UPDATE workers SET seen_ms = seen_ms - $1 WHERE id = $2";
-    let n = match db {
-        OrdersDb::Sqlite(p) => sqlx::query(sql)
+    let n = match db.control() {
+        order_worker::db::Shard::Sqlite(p) => sqlx::query(sql)
             .bind(by)
             .bind(id)
             .execute(p)
             .await
             .map(|r| r.rows_affected()),
-        OrdersDb::Postgres(p) => sqlx::query(sql)
+        order_worker::db::Shard::Postgres(p) => sqlx::query(sql)
             .bind(by)
             .bind(id)
             .execute(p)
@@ -389,9 +389,9 @@ async fn heartbeat_failures_never_stop_the_crew(db: OrdersDb) {
     sale(&db, 1, 10, 600_000).await;
     // The heartbeats fail from the start: their table is gone.
     let drop = "DROP TABLE workers";
-    match &db {
-        OrdersDb::Sqlite(p) => sqlx::query(drop).execute(p).await.map(|_| ()),
-        OrdersDb::Postgres(p) => sqlx::query(drop).execute(p).await.map(|_| ()),
+    match db.control() {
+        order_worker::db::Shard::Sqlite(p) => sqlx::query(drop).execute(p).await.map(|_| ()),
+        order_worker::db::Shard::Postgres(p) => sqlx::query(drop).execute(p).await.map(|_| ()),
     }
     .expect("drop the workers table");
     let crew = start_crew(&db, &q, 1);

@@ -5,6 +5,7 @@ mod cancel;
 mod db;
 mod heartbeat;
 mod process;
+mod shards;
 mod worker;
 
 use order_worker::db::{DbOptions, NewSale, OrdersDb};

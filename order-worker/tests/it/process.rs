@@ -582,3 +582,94 @@ async fn worker_processes_compete_through_the_broker_and_survive_a_kill() {
     engine.close().expect("close");
     db.close().await;
 }
+
+/// The `order-worker` binary on a database of two shards (`--database` twice): purchases of
+/// a sale on each shard, decided each on its own shard; the worker's heartbeats on the
+/// control shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_drains_into_two_shards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s0 = format!("sqlite:{}", dir.path().join("s0.db").display());
+    let s1 = format!("sqlite:{}", dir.path().join("s1.db").display());
+    let db = OrdersDb::connect(&format!("{s0} {s1}"), &DbOptions::default())
+        .await
+        .expect("two shards");
+    sale(&db, 1, 3, order_worker::db::PAY_WINDOW_MS_DEFAULT).await;
+    sale(&db, 2, 3, order_worker::db::PAY_WINDOW_MS_DEFAULT).await;
+    assert_eq!(db.shard_of(2).await.expect("route"), 1);
+    let queue_dir = dir.path().join("queue");
+    {
+        let engine = open_queue(&queue_dir);
+        let purchases: Vec<PurchaseMessage> = (0..8)
+            .map(|i| purchase(&format!("t-{i}"), 1 + i % 2, &format!("user-{i}")))
+            .collect();
+        publish(&engine, &purchases).await;
+        engine.close().expect("close the queue");
+    }
+    let queue_arg = queue_dir.to_str().expect("UTF-8 path");
+    let mut p = Proc::spawn_args(
+        "order-worker (two shards)",
+        &[
+            "--queue",
+            queue_arg,
+            "--database",
+            &s0,
+            "--database",
+            &s1,
+            "--workers",
+            "1",
+            "--cancellers",
+            "0",
+        ],
+        None,
+    );
+    wait_until("every purchase decided on its shard", WAIT, || async {
+        let (a, b) = (
+            db.outcome_counts(1).await.expect("counts 1"),
+            db.outcome_counts(2).await.expect("counts 2"),
+        );
+        a.0 + a.1 + b.0 + b.1 == 8
+    })
+    .await;
+    for (sale_id, shard) in [(1, 0), (2, 1)] {
+        let on = db.shard(shard).expect("shard");
+        assert_eq!(
+            on.outcome_counts(sale_id).await.expect("counts"),
+            (3, 1),
+            "sale {sale_id}: 3 units, 4 buyers, all on shard {shard}"
+        );
+        assert_eq!(
+            on.sale(sale_id)
+                .await
+                .expect("sale")
+                .expect("sale")
+                .units_left,
+            0
+        );
+    }
+    assert_eq!(
+        db.shard(0)
+            .expect("shard 0")
+            .outcome_counts(2)
+            .await
+            .expect("counts"),
+        (0, 0)
+    );
+    wait_until(
+        "the worker's heartbeat on the control shard",
+        WAIT,
+        || async { !db.workers(10).await.expect("workers").is_empty() },
+    )
+    .await;
+    assert!(
+        db.shard(1)
+            .expect("shard 1")
+            .workers(10)
+            .await
+            .expect("workers")
+            .is_empty()
+    );
+    p.sigterm();
+    p.wait_for_line(STOPPED, Instant::now() + WAIT).await;
+    db.close().await;
+}

@@ -591,7 +591,7 @@ async fn workers_refresh_postgres_statistics_as_the_tables_grow() {
     let engine = engine(dir.path(), &clock);
     let q: Arc<dyn Queue> = engine.clone();
     let last_analyze = || async {
-        let OrdersDb::Postgres(p) = &db else {
+        let order_worker::db::Shard::Postgres(p) = db.control() else {
             panic!("a PostgreSQL database")
         };
         let row = sqlx::query(
