@@ -710,7 +710,10 @@ async fn a_waiting_ticket_is_answered_by_every_gateway_even_after_its_own_died()
     assert_eq!(v["position"], 1, "{v}");
     // Once a worker decides them, the database answers, receipt or not.
     two.drain().await;
-    for (ticket, receipt) in [(&ann_ticket, None), (&bob_ticket, Some(bob_receipt.as_str()))] {
+    for (ticket, receipt) in [
+        (&ann_ticket, None),
+        (&bob_ticket, Some(bob_receipt.as_str())),
+    ] {
         let (s, v) = ticket_with(&two, ticket, receipt).await;
         assert_eq!((s, &v["state"]), (StatusCode::OK, &json!("ordered")), "{v}");
     }

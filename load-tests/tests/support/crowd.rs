@@ -246,7 +246,11 @@ pub const ALWAYS: [&str; 4] = [
 
 /// Audits every [`AUDIT_EVERY`] until stopped: the failures of [`ALWAYS`] checks seen, and
 /// how many audits ran and how many could not read (PostgreSQL down).
-pub async fn audit_mid_sale(db: OrdersDb, sale: u64, stop: Arc<AtomicBool>) -> (Vec<String>, u64, u64) {
+pub async fn audit_mid_sale(
+    db: OrdersDb,
+    sale: u64,
+    stop: Arc<AtomicBool>,
+) -> (Vec<String>, u64, u64) {
     let (mut failures, mut ran, mut unreadable) = (Vec::new(), 0, 0);
     while !stop.load(Ordering::Relaxed) {
         let input = AuditInput {
@@ -273,7 +277,6 @@ pub async fn audit_mid_sale(db: OrdersDb, sale: u64, stop: Arc<AtomicBool>) -> (
     }
     (failures, ran, unreadable)
 }
-
 
 /// Waits until the workers' group has finished the orders topic (nothing lagging, nothing
 /// in flight), at most `within`.

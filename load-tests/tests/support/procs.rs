@@ -298,10 +298,7 @@ impl Drop for Proc {
 
 /// Runs `command` to its end, its output captured, at most `within`; a command still
 /// running then is killed and reported as an error.
-pub fn run_bounded(
-    mut command: Command,
-    within: Duration,
-) -> Result<std::process::Output, String> {
+pub fn run_bounded(mut command: Command, within: Duration) -> Result<std::process::Output, String> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
