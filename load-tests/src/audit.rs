@@ -674,7 +674,7 @@ async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snap
         let Some(shard) = input.db.shard(i) else {
             break;
         };
-        read_shard(
+        let read = read_shard(
             shard,
             &scope,
             overdue_before,
@@ -682,7 +682,12 @@ async fn read_snapshot(input: &AuditInput, compare_holders: bool) -> Result<Snap
             &mut snap,
             &mut remaining,
         )
-        .await?;
+        .await;
+        if read.is_err() {
+            // The shard's primary may have failed over: the next audit finds the new one.
+            input.db.recheck_primary(i).await;
+        }
+        read?;
     }
     // Tickets no shard has an outcome for.
     snap.tickets.count(&remaining, HashMap::new());

@@ -82,7 +82,11 @@ impl Cluster {
     fn up(bin_dir: &Path) -> Option<Cluster> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let script = root.join("scripts/cluster");
-        for program in ["/usr/sbin/nginx", "/usr/bin/redis-server", "/usr/lib/postgresql/15/bin/postgres"] {
+        for program in [
+            "/usr/sbin/nginx",
+            "/usr/bin/redis-server",
+            "/usr/lib/postgresql/15/bin/postgres",
+        ] {
             if !Path::new(program).exists() {
                 assert!(
                     !order_worker::testing::under_ci(),
@@ -101,9 +105,21 @@ impl Cluster {
         let rate = NGINX_RATE.to_string();
         let state = cluster.state_dir().display().to_string();
         let bins = bin_dir.display().to_string();
-        cluster.run(&["up", "--bin-dir", &bins, "--per-ip-limits", "off", "--nginx-rate", &rate], &state, UP_WAIT);
-        let text = std::fs::read_to_string(cluster.state_dir().join("cluster.env"))
-            .expect("cluster.env");
+        cluster.run(
+            &[
+                "up",
+                "--bin-dir",
+                &bins,
+                "--per-ip-limits",
+                "off",
+                "--nginx-rate",
+                &rate,
+            ],
+            &state,
+            UP_WAIT,
+        );
+        let text =
+            std::fs::read_to_string(cluster.state_dir().join("cluster.env")).expect("cluster.env");
         for line in text.lines() {
             if let Some((k, v)) = line.split_once('=') {
                 cluster
@@ -145,7 +161,10 @@ impl Cluster {
     }
 
     fn gateways(&self) -> Vec<SocketAddr> {
-        self.var("GATEWAY_URLS").split_whitespace().map(addr_of).collect()
+        self.var("GATEWAY_URLS")
+            .split_whitespace()
+            .map(addr_of)
+            .collect()
     }
 
     /// The name (`redis-PORT`) of a Redis node that is a master now.
@@ -281,8 +300,8 @@ async fn a_flash_crowd_through_nginx_survives_kills_across_the_cluster() {
     eprintln!("cluster: up after {:?}: {:?}", began.elapsed(), cluster.env);
 
     let db = OrdersDb::connect(cluster.var("DATABASE_URLS"), &DbOptions::default())
-    .await
-    .expect("the test's own connections to the shards");
+        .await
+        .expect("the test's own connections to the shards");
     create_sale(&cluster).await;
 
     let crowd = Arc::new(Crowd {
@@ -319,7 +338,8 @@ async fn a_flash_crowd_through_nginx_survives_kills_across_the_cluster() {
     for (at, target, down) in events {
         tokio::time::sleep_until((window + at).into()).await;
         let cluster = cluster.clone();
-        let master = matches!(target, Target::RedisMaster).then(|| cluster.a_redis_master(&mut rng));
+        let master =
+            matches!(target, Target::RedisMaster).then(|| cluster.a_redis_master(&mut rng));
         *kills.entry(target.kind()).or_default() += 1;
         running.push(tokio::task::spawn_blocking(move || {
             let t0 = window.elapsed();
@@ -343,11 +363,15 @@ async fn a_flash_crowd_through_nginx_survives_kills_across_the_cluster() {
                     cluster.cmd(&["promote", &s.to_string()]);
                 }
             }
-            eprintln!("cluster: {target:?} ({master:?}) killed at {t0:?}, done at {:?}", window.elapsed());
+            eprintln!(
+                "cluster: {target:?} ({master:?}) killed at {t0:?}, done at {:?}",
+                window.elapsed()
+            );
         }));
     }
     for r in running {
-        r.await.unwrap_or_else(|e| panic!("seed {seed}: a kill: {e}"));
+        r.await
+            .unwrap_or_else(|e| panic!("seed {seed}: a kill: {e}"));
     }
     tokio::time::sleep_until((window + CHAOS_WINDOW).into()).await;
     crowd.stop.store(true, Ordering::Relaxed);
@@ -394,7 +418,9 @@ async fn a_flash_crowd_through_nginx_survives_kills_across_the_cluster() {
 /// Puts the sale on through nginx's admin route, in [`BUCKETS`] stock buckets, and waits
 /// until every gateway lists it.
 async fn create_sale(cluster: &Cluster) {
-    let mut admin = Conn::connect(cluster.nginx()).await.expect("connect to nginx");
+    let mut admin = Conn::connect(cluster.nginx())
+        .await
+        .expect("connect to nginx");
     let auth = format!("Bearer {}", cluster.var("ADMIN_SECRET"));
     let created = admin
         .send(request(
@@ -420,17 +446,21 @@ async fn create_sale(cluster: &Cluster) {
         String::from_utf8_lossy(&created.body)
     );
     for addr in cluster.gateways() {
-        wait_for("every gateway lists the sale", Duration::from_secs(20), async || {
-            let listed = match Conn::connect(addr).await {
-                Ok(mut c) => c
-                    .send(request("GET", &format!("/api/sales/{SALE}"), &[], None))
-                    .await
-                    .map(|a| a.status.as_u16())
-                    .ok(),
-                Err(_) => None,
-            };
-            (listed == Some(200), listed)
-        })
+        wait_for(
+            "every gateway lists the sale",
+            Duration::from_secs(20),
+            async || {
+                let listed = match Conn::connect(addr).await {
+                    Ok(mut c) => c
+                        .send(request("GET", &format!("/api/sales/{SALE}"), &[], None))
+                        .await
+                        .map(|a| a.status.as_u16())
+                        .ok(),
+                    Err(_) => None,
+                };
+                (listed == Some(200), listed)
+            },
+        )
         .await;
     }
 }

@@ -320,7 +320,20 @@ pub async fn audit_at_rest(
             at_rest: true,
             now_ms: queue::Clock::now_ms(&queue::SystemClock),
         };
-        let report = audit_redis(&input, store).await.expect("the audit runs");
+        // A read that fails (a shard's primary failing over) is tried again until the
+        // deadline.
+        let report = match audit_redis(&input, store).await {
+            Ok(report) => report,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the audit at rest could not read within {within:?}: {e}\n{}",
+                    context()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
         // Every pay window over: each order paid or cancelled, none left pending.
         let pending = report.sales.iter().map(|s| s.pending).sum::<i64>();
         if report.passed() && pending == 0 {

@@ -300,6 +300,11 @@ pub async fn buy_once(c: &mut Conn, user: &str, secret: &str) -> Result<Bought, 
         ))
         .await
         .map_err(|_| "purchase")?;
+    // A proxy's 502 or 504 (nginx: the gateway died or hung with the purchase sent) is
+    // no gateway's answer: the purchase may have been queued, as when the connection is cut.
+    if matches!(a.status.as_u16(), 502 | 504) {
+        return Err("purchase");
+    }
     let body = a.json();
     let code = body
         .get("error")

@@ -199,6 +199,17 @@ impl OrdersDb {
         }
     }
 
+    /// Looks again which host of multi-host shard `i` is the primary (rate-limited like
+    /// every re-resolve); for callers that read a shard's pool directly ([`Self::shard`]:
+    /// the auditor) and saw an error. Nothing for other shards.
+    pub async fn recheck_primary(&self, i: usize) {
+        if let Some(m) = self.inner.members.get(i)
+            && let (Some(f), Shard::Postgres(pool)) = (&m.failover, &m.db)
+        {
+            f.resolve(pool).await;
+        }
+    }
+
     fn member(&self, i: usize) -> &Member {
         &self.inner.members[i]
     }
