@@ -252,7 +252,9 @@ pub trait StockStore: Send + Sync {
         self.reconcile_tagged(sale, units, &tagged).await
     }
     /// Holds one unit for `user`, tagged `tag`: the already-bought check, the sold-out
-    /// check, the decrement and the holder record, in one atomic step.
+    /// check, the decrement and the holder record, in one atomic step. Idempotent for a
+    /// non-empty tag: run again with the tag `user` holds (a retried call whose answer was
+    /// lost), it answers `Reserved` and takes nothing more; another tag is `AlreadyBought`.
     async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation>;
     /// [`StockStore::reserve_as`] untagged.
     async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation> {

@@ -128,7 +128,11 @@ impl StockStore for MemoryStore {
         };
         let mut st = lock(&s);
         // The duplicate check first: a repeat click never burns a unit.
-        if st.holders.contains_key(user) {
+        if let Some(held) = st.holders.get(user) {
+            // The same reservation asked again (a retried call) is answered as it was.
+            if !tag.is_empty() && &**held == tag {
+                return Ok(Reservation::Reserved { left: st.left });
+            }
             return Ok(Reservation::AlreadyBought);
         }
         if st.left == 0 {

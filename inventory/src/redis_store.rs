@@ -50,11 +50,20 @@ pub const BUCKETS_RECHECK: Duration = Duration::from_secs(5);
 pub const PREFIX_BYTES_MAX: usize = 64;
 
 /// Home bucket `KEYS = left, holders`, `ARGV = user, record if taken here, record naming
-/// the first sibling to try ('' for K = 1: answer sold out)`.
+/// the first sibling to try ('' for K = 1: answer sold out), tagged ('1'/'0')`.
+///
+/// A tagged reservation is idempotent: the same call run again (a cluster client re-sends
+/// a script whose reply was lost, e.g. across a master's failover) finds its own record and
+/// answers as the first run did, never `already bought` for the buyer's own purchase.
 const RESERVE: &str = r#"
 local left = redis.call('GET', KEYS[1])
 if not left then return -3 end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -2 end
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if cur then
+  if ARGV[4] == '1' and cur == ARGV[2] then return tonumber(left) end
+  if ARGV[4] == '1' and ARGV[3] ~= '' and cur == ARGV[3] then return -5 end
+  return -2
+end
 left = tonumber(left)
 if left > 0 then
   redis.call('DECR', KEYS[1])
@@ -538,7 +547,12 @@ impl StockStore for RedisStore {
                 &self.scripts.reserve,
                 sale,
                 home,
-                &[user.to_string(), record(tag, k, home), next],
+                &[
+                    user.to_string(),
+                    record(tag, k, home),
+                    next,
+                    if tag.is_empty() { "0" } else { "1" }.to_string(),
+                ],
             )
             .await?;
         match r {

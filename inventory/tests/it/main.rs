@@ -332,6 +332,42 @@ async fn the_sold_out_flag_saves_round_trips_and_resets() {
     ));
 }
 
+/// A tagged reservation asked again (a store client that re-sends a call whose answer was
+/// lost) is answered as the first time and takes no second unit; another tag, or no tag,
+/// is the buyer's second purchase: already bought.
+#[tokio::test]
+async fn a_repeated_tagged_reservation_is_answered_as_the_first() {
+    both("replay", &[8], |s| async move {
+        s.define(8, 3).await.expect("define");
+        assert_eq!(
+            s.reserve_as(8, "ann", "ticket-1").await.expect("r"),
+            Reservation::Reserved { left: 2 }
+        );
+        assert_eq!(
+            s.reserve_as(8, "ann", "ticket-1").await.expect("r"),
+            Reservation::Reserved { left: 2 },
+            "the same call again"
+        );
+        assert_eq!(
+            s.reserve_as(8, "ann", "ticket-2").await.expect("r"),
+            Reservation::AlreadyBought
+        );
+        assert_eq!(
+            s.reserve(8, "ann").await.expect("r"),
+            Reservation::AlreadyBought
+        );
+        s.reserve(8, "bob").await.expect("r");
+        assert_eq!(
+            s.reserve(8, "bob").await.expect("r"),
+            Reservation::AlreadyBought,
+            "untagged repeats are never replays"
+        );
+        let st = s.stock(8).await.expect("stock").expect("sale");
+        assert_eq!((st.left, st.holders), (1, 2));
+    })
+    .await;
+}
+
 /// A tagged release takes back only the reservation with that tag: a late release for an
 /// old purchase never takes the user's newer reservation; an untagged release takes any.
 #[tokio::test]

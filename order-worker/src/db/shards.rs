@@ -349,9 +349,11 @@ impl OrdersDb {
                 Ok(created)
             }
             Err(e) => {
-                if routed_here && !matches!(e, DbError::Conflict(_)) {
-                    // Refused (a setting out of range, the shard's bound): the route goes
-                    // too, best effort (left behind, it is re-used by the next creation).
+                if routed_here && matches!(e, DbError::Invalid(_) | DbError::Constraint { .. }) {
+                    // Refused for certain (a setting out of range, the shard's bound): the
+                    // route goes too, best effort (left behind, it is re-used by the next
+                    // creation). After any other error the insert may have committed (a lost
+                    // reply), so the route stays: deleting it would hide a live sale.
                     let _ = on_db!(self.control(), p => sqlx::query(
                         "DELETE FROM sale_shards WHERE sale = $1").bind(id).execute(p).await.map(|_| ()));
                 }
@@ -470,15 +472,20 @@ impl OrdersDb {
             .collect()
     }
 
-    /// How a ticket ended, if a worker has decided it (the shards asked in turn).
+    /// How a ticket ended, if a worker has decided it (the shards asked in turn). A shard
+    /// that fails does not hide another's answer: the error is returned only when no
+    /// shard had the ticket.
     pub async fn outcome(&self, ticket: &str) -> DbResult<Option<Outcome>> {
+        let mut failed = None;
         for i in 0..self.shard_count() {
             let r = self.member(i).db.outcome(ticket).await;
-            if let Some(o) = self.watch(i, r).await? {
-                return Ok(Some(o));
+            match self.watch(i, r).await {
+                Ok(Some(o)) => return Ok(Some(o)),
+                Ok(None) => {}
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
-        Ok(None)
+        failed.map_or(Ok(None), Err)
     }
 
     /// Outcomes recorded for `sale`, ordered and rejected.
@@ -507,27 +514,34 @@ impl OrdersDb {
 
     // ---- Orders ----
 
-    /// One order (the shards asked in turn).
+    /// One order (the shards asked in turn; a failing shard does not hide another's
+    /// order, as for [`Self::outcome`]).
     pub async fn order(&self, id: &str) -> DbResult<Option<Order>> {
+        let mut failed = None;
         for i in 0..self.shard_count() {
             let r = self.member(i).db.order(id).await;
-            if let Some(o) = self.watch(i, r).await? {
-                return Ok(Some(o));
+            match self.watch(i, r).await {
+                Ok(Some(o)) => return Ok(Some(o)),
+                Ok(None) => {}
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
-        Ok(None)
+        failed.map_or(Ok(None), Err)
     }
 
-    /// Pays order `id` of `user` (see [`Payment`]) on the shard that has it.
+    /// Pays order `id` of `user` (see [`Payment`]) on the shard that has it (a failing
+    /// shard does not stop the payment of an order on another).
     pub async fn pay(&self, id: &str, user: &str, now_ms: u64) -> DbResult<Payment> {
+        let mut failed = None;
         for i in 0..self.shard_count() {
             let r = self.member(i).db.pay(id, user, now_ms).await;
-            match self.watch(i, r).await? {
-                Payment::NotFound => continue,
-                paid => return Ok(paid),
+            match self.watch(i, r).await {
+                Ok(Payment::NotFound) => {}
+                Ok(paid) => return Ok(paid),
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
-        Ok(Payment::NotFound)
+        failed.map_or(Ok(Payment::NotFound), Err)
     }
 
     // ---- Cancellation ----
@@ -546,14 +560,23 @@ impl OrdersDb {
     /// Pending orders past their pay-by time, at most `limit` (each shard's earliest first).
     pub async fn overdue(&self, now_ms: u64, limit: usize) -> DbResult<Vec<String>> {
         let mut all = Vec::new();
+        let mut failed = None;
         for i in 0..self.shard_count() {
             if all.len() >= limit {
                 break;
             }
             let r = self.member(i).db.overdue(now_ms, limit - all.len()).await;
-            all.extend(self.watch(i, r).await?);
+            // A failing shard does not stop the sweep of the others; it is swept again
+            // next time. The error only when every shard failed.
+            match self.watch(i, r).await {
+                Ok(ids) => all.extend(ids),
+                Err(e) => failed = failed.or(Some(e)),
+            }
         }
-        Ok(all)
+        match failed {
+            Some(e) if all.is_empty() => Err(e),
+            _ => Ok(all),
+        }
     }
 
     /// The orders among `order_ids` that are cancelled, every shard's.
