@@ -172,7 +172,11 @@ impl tower::Service<axum::extract::Request> for Front {
         if state.config.route_cookie
             && !route_exempt(req.uri().path())
             && let Ok(user) = crate::extract::session_user(&state, req.headers())
-            && !route_matches(req.headers(), &user)
+            && !route_matches(
+                req.headers(),
+                &user,
+                peer.is_some_and(|p| state.config.trusted_proxies.contains(p.ip())),
+            )
         {
             drop(guard);
             state.metrics.misdirected.fetch_add(1, Ordering::Relaxed);

@@ -241,8 +241,18 @@ pub fn set_route_cookie(user: &str, max_age_s: u64, secure: bool) -> String {
 }
 
 /// Whether the request's route cookie is `user`'s.
-pub fn route_matches(headers: &HeaderMap, user: &str) -> bool {
+pub fn route_matches(headers: &HeaderMap, user: &str, from_proxy: bool) -> bool {
     let want = route_value(user);
+    if from_proxy {
+        // What the proxy hashed, as it passed it on: the cookie as nginx reads it (first
+        // match, `,` a separator too) may differ from the cookie crate's reading, so a
+        // client sending two route cookies could be hashed by one and checked by the other.
+        let mut sent = headers.get_all(ROUTE_HEADER).iter();
+        return match (sent.next(), sent.next()) {
+            (Some(v), None) => v.as_bytes() == want.as_bytes(),
+            _ => false,
+        };
+    }
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -250,6 +260,11 @@ pub fn route_matches(headers: &HeaderMap, user: &str) -> bool {
         .find_map(|v| crate::session::cookie_value(v, ROUTE_COOKIE_NAME))
         == Some(want.as_str())
 }
+
+/// The header a trusted proxy puts the route it hashed on in (the shipped nginx config:
+/// `proxy_set_header X-Seckill-Route $cookie_seckill_route`, which also drops a client's
+/// own header of that name). From a trusted peer the route check reads only this header.
+pub const ROUTE_HEADER: &str = "x-seckill-route";
 
 /// Whether `path` is exempt from the route check: signing in (it sets the cookie), static
 /// assets (a browser sends cookies with them too, and they hold no per-user state) and the
@@ -449,9 +464,30 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_str(&format!("x=1; seckill_route={a}")).expect("v"),
         );
-        assert!(route_matches(&h, "alice"));
-        assert!(!route_matches(&h, "bob"));
-        assert!(!route_matches(&HeaderMap::new(), "alice"));
+        assert!(route_matches(&h, "alice", false));
+        assert!(!route_matches(&h, "bob", false));
+        assert!(!route_matches(&HeaderMap::new(), "alice", false));
+        // From a trusted proxy only the route it hashed counts, not the cookies: a client
+        // sending a random route first (what nginx hashes) and its own after (what the
+        // cookie crate would read) is misdirected.
+        assert!(
+            !route_matches(&h, "alice", true),
+            "cookie alone, from a proxy"
+        );
+        let mut forged = HeaderMap::new();
+        forged.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!(
+                "seckill_route=0123456789abcdef, seckill_route={a}"
+            ))
+            .expect("v"),
+        );
+        forged.insert(ROUTE_HEADER, HeaderValue::from_static("0123456789abcdef"));
+        assert!(!route_matches(&forged, "alice", true));
+        forged.insert(ROUTE_HEADER, HeaderValue::from_str(&a).expect("v"));
+        assert!(route_matches(&forged, "alice", true));
+        forged.append(ROUTE_HEADER, HeaderValue::from_str(&a).expect("v"));
+        assert!(!route_matches(&forged, "alice", true), "two route headers");
         let set = set_route_cookie("alice", 60, true);
         assert!(set.starts_with(&format!("seckill_route={a}")), "{set}");
         for attr in [

@@ -263,15 +263,7 @@ pub async fn get_ticket(
         .await
         .map_err(ApiError::unavailable_from)?;
     if let Some(o) = decided {
-        let st = match (o.order_id, o.reason) {
-            (Some(order_id), _) => TicketState::Ordered { order_id },
-            (None, reason) => TicketState::Rejected {
-                reason: reason.unwrap_or_default(),
-            },
-        };
-        let mut v = serde_json::to_value(&st).map_err(ApiError::internal)?;
-        v["sale"] = json!(o.sale);
-        return Ok(Json(v));
+        return decided_json(o);
     }
     if let Some(t) = waiting {
         // Waiting: this gateway's book knows its place in line.
@@ -295,14 +287,41 @@ pub async fn get_ticket(
         .and_then(|Query(q)| q.receipt)
         .and_then(|r| state.receipts.verify(&ticket, &r));
     if let Some(r) = receipt {
+        let place = position(&state, r.offset).await;
+        if state.line.is_done(r.offset) {
+            // The workers passed it: decided since the read above (read again), or not in
+            // the queue any more without an outcome (dead letters, whose copy here is at most
+            // a second old, or lost): unknown, as at the gateway that took it, never
+            // "queued" forever.
+            let decided = state
+                .read_db
+                .outcome(&ticket)
+                .await
+                .map_err(ApiError::unavailable_from)?;
+            return match decided {
+                Some(o) => decided_json(o),
+                None => Err(ApiError::not_found("no such ticket")),
+            };
+        }
         let mut v = serde_json::to_value(TicketState::Queued).map_err(ApiError::internal)?;
-        // Past the workers' mark with no outcome yet read: being decided (or held in the
-        // dead letters, which this gateway's copy of them shows within a second).
-        v["position"] = json!(position(&state, r.offset).await);
+        v["position"] = json!(place);
         v["sale"] = json!(r.sale);
         return Ok(Json(v));
     }
     Err(ApiError::not_found("no such ticket"))
+}
+
+/// The answer for a decided ticket: ordered (with the order's id) or rejected (with why).
+fn decided_json(o: order_worker::db::Outcome) -> ApiResult<Json<Value>> {
+    let st = match (o.order_id, o.reason) {
+        (Some(order_id), _) => TicketState::Ordered { order_id },
+        (None, reason) => TicketState::Rejected {
+            reason: reason.unwrap_or_default(),
+        },
+    };
+    let mut v = serde_json::to_value(&st).map_err(ApiError::internal)?;
+    v["sale"] = json!(o.sale);
+    Ok(Json(v))
 }
 
 /// The query of `GET /api/tickets/{ticket}`: the `receipt` of its `202`, so any gateway

@@ -254,6 +254,12 @@ impl LineProgress {
     pub fn position(&self, offset: u64) -> u64 {
         self.lock().position(offset)
     }
+
+    /// Whether the workers have finished the message at `offset`, by the progress as last
+    /// read (then its outcome is in the database, or it is in the dead letters).
+    pub fn is_done(&self, offset: u64) -> bool {
+        offset < self.lock().mark_for(offset)
+    }
 }
 
 impl AppState {

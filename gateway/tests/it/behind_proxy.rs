@@ -435,6 +435,32 @@ async fn per_user_and_per_ip_limits_hold_behind_nginx() {
             format!("{ROUTE_COOKIE_NAME}={}", route_value("bob"))
         );
     }
+    // Two route cookies, a random one first (what nginx hashes: first match, `,` a
+    // separator too) and the right one after (what a cookie parser splitting on `;` alone
+    // would find): still 421, since the gateway checks the route nginx hashed
+    // (`X-Seckill-Route`), never its own reading of the cookies.
+    let right = route_value("bob");
+    for forged in [
+        format!(
+            "{session}; a=1, {ROUTE_COOKIE_NAME}=0123456789abcdef; {ROUTE_COOKIE_NAME}={right}"
+        ),
+        format!("{session}; {ROUTE_COOKIE_NAME}=; {ROUTE_COOKIE_NAME}={right}"),
+    ] {
+        let (s, _, v) = call(
+            Ipv4Addr::new(127, 0, 0, 4),
+            three.addr,
+            "GET",
+            "/api/sales/1/captcha",
+            &[("cookie", &forged)],
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::MISDIRECTED_REQUEST, Some("misdirected")),
+            "{forged}: {v}"
+        );
+    }
     let misdirected: u64 = fleet
         .gateways
         .iter()
@@ -445,7 +471,7 @@ async fn per_user_and_per_ip_limits_hold_behind_nginx() {
                 .load(std::sync::atomic::Ordering::Relaxed)
         })
         .sum();
-    assert_eq!(misdirected, 3);
+    assert_eq!(misdirected, 5);
 
     // No route cookie (sign-ins): an empty hash key, balanced round robin over every
     // gateway (nginx 1.22's `hash … consistent` falls back to round robin on an empty key).

@@ -1,4 +1,4 @@
--- Stock buckets (PostgreSQL; the same column as ../sqlite/0006_stock_buckets.sql).
+-- Stock buckets (PostgreSQL; the same column as ../sqlite/0007_stock_buckets.sql).
 --
 -- stock_buckets: how many buckets the sale's units are split over in a Redis stock store
 --   (inventory/src/keys.rs: each bucket under its own hash tag, so a hot sale spreads over a
