@@ -338,11 +338,14 @@ async fn a_flash_crowd_through_nginx_survives_kills_across_the_cluster() {
     for (at, target, down) in events {
         tokio::time::sleep_until((window + at).into()).await;
         let cluster = cluster.clone();
-        let master =
-            matches!(target, Target::RedisMaster).then(|| cluster.a_redis_master(&mut rng));
+        // Drawn here, so the schedule's randomness stays in seed order.
+        let pick: u64 = rng.random();
         *kills.entry(target.kind()).or_default() += 1;
         running.push(tokio::task::spawn_blocking(move || {
             let t0 = window.elapsed();
+            // (`redis-cli` calls block: off the runtime's two workers.)
+            let master = matches!(target, Target::RedisMaster)
+                .then(|| cluster.a_redis_master(&mut StdRng::seed_from_u64(pick)));
             match &target {
                 Target::Gateway(i) => {
                     cluster.cmd(&["kill", &format!("gateway-{i}")]);

@@ -155,7 +155,14 @@ pub async fn buyer(crowd: Arc<Crowd>, addrs: Vec<SocketAddr>, secret: String, se
                     }
                 }
                 if pays && let Some(cookie) = bought.cookie {
-                    pay(&crowd, &mut conn, &cookie, &ticket).await;
+                    pay(
+                        &crowd,
+                        &mut conn,
+                        &cookie,
+                        &ticket,
+                        bought.receipt.as_deref(),
+                    )
+                    .await;
                 }
             }
             (Answer::Unknown, Some(ticket)) => {
@@ -177,12 +184,18 @@ pub async fn buyer(crowd: Arc<Crowd>, addrs: Vec<SocketAddr>, secret: String, se
 
 /// Waits (within the pay window) for `ticket` to become an order and pays it; notes how
 /// that went. A cut connection ends the attempt (the gateway was killed).
-async fn pay(crowd: &Crowd, conn: &mut Conn, cookie: &str, ticket: &str) {
+async fn pay(crowd: &Crowd, conn: &mut Conn, cookie: &str, ticket: &str, receipt: Option<&str>) {
+    // With the receipt (and the cookies, so nginx keeps the person on one gateway), any
+    // gateway answers while the ticket waits.
+    let path = match receipt {
+        Some(r) => format!("/api/tickets/{ticket}?receipt={r}"),
+        None => format!("/api/tickets/{ticket}"),
+    };
     let deadline = Instant::now() + crowd.pay_window;
     let order = loop {
         let asked = tokio::time::timeout(
             REQUEST_WAIT,
-            conn.send(request("GET", &format!("/api/tickets/{ticket}"), &[], None)),
+            conn.send(request("GET", &path, &[("cookie", cookie)], None)),
         )
         .await;
         let Ok(Ok(answer)) = asked else {

@@ -222,6 +222,8 @@ pub struct Bought {
     pub message: String,
     /// A 202's place in line.
     pub position: Option<u64>,
+    /// A 202's receipt: any gateway answers for the waiting ticket with it.
+    pub receipt: Option<String>,
     /// The cookies set at sign-in (`name=value; …`: the session, and behind nginx the
     /// route), once signed in: the person's orders need them.
     pub cookie: Option<String>,
@@ -235,6 +237,7 @@ impl Bought {
             ticket: None,
             message,
             position: None,
+            receipt: None,
             cookie: None,
         }
     }
@@ -321,6 +324,10 @@ pub async fn buy_once(c: &mut Conn, user: &str, secret: &str) -> Result<Bought, 
         .unwrap_or("")
         .to_string();
     let position = body.get("position").and_then(Value::as_u64);
+    let receipt = body
+        .get("receipt")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let (answer, code) = match (a.status.as_u16(), code.as_str(), &ticket) {
         (202, _, Some(_)) => (Answer::Accepted, "202".into()),
         (503, "outcome_unknown", Some(_)) => (Answer::Unknown, code),
@@ -332,6 +339,7 @@ pub async fn buy_once(c: &mut Conn, user: &str, secret: &str) -> Result<Bought, 
         ticket,
         message,
         position,
+        receipt,
         cookie: Some(cookie),
     })
 }
