@@ -62,7 +62,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis_kit::{RedisOptions, RedisServer};
 use serde_json::json;
-use support::crowd::{self, Crowd, Seen, audit_mid_sale, buyer, lock};
+use support::crowd::{self, Crowd, Seen, audit_mid_sale, lock};
 use support::flood::{self, wait_for};
 use support::procs::{Binaries, Proc, binaries_or_skip};
 
@@ -653,26 +653,14 @@ async fn one_round(
         pay_window: Duration::from_millis(PAY_WINDOW_MS),
         ..Crowd::default()
     });
-    let buyers: Vec<_> = (0..BUYERS)
-        .map(|_| {
-            tokio::spawn(buyer(
-                crowd.clone(),
-                fleet.gateway_addrs.clone(),
-                fleet.load_test_secret.clone(),
-                rng.random(),
-            ))
-        })
-        .collect();
-    let c = crowd.clone();
-    wait_for(
-        "purchases accepted before the first kill",
-        WARMUP_WAIT,
-        async || {
-            let n = c.accepted.load(Ordering::Relaxed);
-            (n >= WARMUP_ACCEPTED, (n, lock(&c.seen).answers.clone()))
-        },
-    )
-    .await;
+    let buyers = crowd::start_buyers(
+        &crowd,
+        &fleet.gateway_addrs,
+        &fleet.load_test_secret,
+        BUYERS,
+        &mut rng,
+    );
+    crowd::warm_up(&crowd, WARMUP_ACCEPTED, WARMUP_WAIT).await;
     let stop_audits = Arc::new(AtomicBool::new(false));
     let auditor = tokio::spawn(audit_mid_sale(db.clone(), SALE, stop_audits.clone()));
 

@@ -34,7 +34,7 @@ use order_worker::db::DbOptions;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use support::crowd::{self, Crowd, audit_mid_sale, buyer, lock};
+use support::crowd::{self, Crowd, audit_mid_sale, lock};
 use support::flood::wait_for;
 use support::procs::binaries_or_skip;
 
@@ -309,26 +309,8 @@ async fn a_flash_crowd_through_nginx_survives_kills_across_the_cluster() {
         ..Crowd::default()
     });
     let secret = cluster.var("LOAD_TEST_SECRET").to_string();
-    let buyers: Vec<_> = (0..BUYERS)
-        .map(|_| {
-            tokio::spawn(buyer(
-                crowd.clone(),
-                vec![cluster.nginx()],
-                secret.clone(),
-                rng.random(),
-            ))
-        })
-        .collect();
-    let c = crowd.clone();
-    wait_for(
-        "purchases accepted before the first kill",
-        WARMUP_WAIT,
-        async || {
-            let n = c.accepted.load(Ordering::Relaxed);
-            (n >= WARMUP_ACCEPTED, (n, lock(&c.seen).answers.clone()))
-        },
-    )
-    .await;
+    let buyers = crowd::start_buyers(&crowd, &[cluster.nginx()], &secret, BUYERS, &mut rng);
+    crowd::warm_up(&crowd, WARMUP_ACCEPTED, WARMUP_WAIT).await;
     let stop_audits = Arc::new(AtomicBool::new(false));
     let auditor = tokio::spawn(audit_mid_sale(db.clone(), SALE, stop_audits.clone()));
 

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use load_tests::audit::{AuditInput, audit};
 use load_tests::crowd::{self, Target};
@@ -15,31 +15,6 @@ use order_worker::OrdersDb;
 
 /// Longest wait for the workers to drain the queue after the crowd.
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
-
-async fn wait_for_rest(system: &AllInOne) {
-    let deadline = Instant::now() + DRAIN_WAIT;
-    loop {
-        let stats = system
-            .state
-            .queue
-            .stats(&system.state.config.orders_topic)
-            .await
-            .expect("queue stats");
-        let lag = stats
-            .groups
-            .iter()
-            .find(|g| g.name == system.state.config.workers_group)
-            .map(|g| g.lag);
-        if lag == Some(0) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the queue never drained: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Writes an active order for a new user of `sale` straight into the database, leaving
 /// `units_left` alone: an oversell the system never made.
@@ -123,7 +98,7 @@ async fn crowd_then_audit(options: SystemOptions) {
     );
     assert!(!r.timeline.is_empty());
 
-    wait_for_rest(&system).await;
+    support::wait_for_rest(&system, DRAIN_WAIT).await;
     let input = AuditInput {
         db: system.db.clone(),
         store: Some(system.state.inventory.store_arc()),

@@ -2,7 +2,9 @@
 //! run's sale split over three stock buckets (`--inventory redis+cluster://… --stock-buckets
 //! 3`): every unit sold once, and the auditor, reading the buckets raw, passes at rest.
 
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Duration;
 
 use inventory::keys::SaleKeys;
 use inventory::{RedisStore, StockStore};
@@ -15,31 +17,6 @@ use load_tests::system::{AllInOne, SystemOptions};
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// The run's stock buckets.
 const BUCKETS: u32 = 3;
-
-async fn wait_for_rest(system: &AllInOne) {
-    let deadline = Instant::now() + DRAIN_WAIT;
-    loop {
-        let stats = system
-            .state
-            .queue
-            .stats(&system.state.config.orders_topic)
-            .await
-            .expect("queue stats");
-        let lag = stats
-            .groups
-            .iter()
-            .find(|g| g.name == system.state.config.workers_group)
-            .map(|g| g.lag);
-        if lag == Some(0) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the queue never drained: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ci_crowd_on_a_cluster_in_three_buckets_passes_the_raw_audit() {
@@ -86,7 +63,7 @@ async fn ci_crowd_on_a_cluster_in_three_buckets_passes_the_raw_audit() {
         BUCKETS
     );
 
-    wait_for_rest(&system).await;
+    support::wait_for_rest(&system, DRAIN_WAIT).await;
     let redis = RedisStore::connect(&cluster.url(), &SystemOptions::redis_prefix(), 2)
         .await
         .expect("the auditor connects");

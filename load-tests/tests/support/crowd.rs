@@ -19,6 +19,7 @@ use order_worker::purchase::{ORDERS_TOPIC, WORKERS_GROUP};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
+use tokio::task::JoinHandle;
 
 use super::flood::{Answer, buy_once};
 
@@ -402,4 +403,39 @@ pub async fn orders_have_causes(db: &OrdersDb, seen: &Seen, seed: u64) -> usize 
         &strays[..strays.len().min(5)]
     );
     of_cut_off
+}
+
+/// Starts `n` buyers on `crowd` against `addrs` (each picks one per person), seeded from
+/// `rng`.
+pub fn start_buyers(
+    crowd: &Arc<Crowd>,
+    addrs: &[SocketAddr],
+    secret: &str,
+    n: usize,
+    rng: &mut StdRng,
+) -> Vec<JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            tokio::spawn(buyer(
+                crowd.clone(),
+                addrs.to_vec(),
+                secret.to_string(),
+                rng.random(),
+            ))
+        })
+        .collect()
+}
+
+/// Waits until the crowd has `accepted` purchases answered 202, at most `within` (the
+/// warm-up before the first kill).
+pub async fn warm_up(crowd: &Arc<Crowd>, accepted: u64, within: Duration) {
+    super::flood::wait_for(
+        "purchases accepted before the first kill",
+        within,
+        async || {
+            let n = crowd.accepted.load(Ordering::Relaxed);
+            (n >= accepted, (n, lock(&crowd.seen).answers.clone()))
+        },
+    )
+    .await;
 }

@@ -50,3 +50,30 @@ pub async fn start_redis<T: Send + 'static>(
         Err(e) => panic!("{what} did not start: {e}"),
     }
 }
+
+/// Waits until the workers' group of `system` has finished the orders topic (lag 0), at
+/// most `within`.
+pub async fn wait_for_rest(system: &load_tests::system::AllInOne, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let stats = system
+            .state
+            .queue
+            .stats(&system.state.config.orders_topic)
+            .await
+            .expect("queue stats");
+        let lag = stats
+            .groups
+            .iter()
+            .find(|g| g.name == system.state.config.workers_group)
+            .map(|g| g.lag);
+        if lag == Some(0) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue never drained: {stats:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
