@@ -63,7 +63,7 @@ use rand::{Rng, SeedableRng};
 use redis_kit::{RedisOptions, RedisServer};
 use serde_json::json;
 use support::crowd::{self, Crowd, Seen, audit_mid_sale, lock};
-use support::flood::{self, wait_for};
+use support::flood;
 use support::procs::{Binaries, Proc, binaries_or_skip};
 
 /// The seed of the run (decimal); random if unset.
@@ -538,24 +538,7 @@ async fn create_sale(fleet: &Fleet) {
         "{}",
         String::from_utf8_lossy(&created.body)
     );
-    for addr in fleet.gateway_addrs.clone() {
-        wait_for(
-            "both gateways list the sale",
-            Duration::from_secs(10),
-            async || {
-                let listed = match Conn::connect(addr).await {
-                    Ok(mut c) => c
-                        .send(request("GET", &format!("/api/sales/{SALE}"), &[], None))
-                        .await
-                        .map(|a| a.status.as_u16())
-                        .ok(),
-                    Err(_) => None,
-                };
-                (listed == Some(200), listed)
-            },
-        )
-        .await;
-    }
+    crowd::every_gateway_lists(&fleet.gateway_addrs, SALE, Duration::from_secs(10)).await;
 }
 
 /// What a round did, for its line in the output.

@@ -35,7 +35,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::crowd::{self, Crowd, audit_mid_sale, lock};
-use support::flood::wait_for;
 use support::procs::binaries_or_skip;
 
 /// The seed of the run (decimal); random if unset.
@@ -430,22 +429,5 @@ async fn create_sale(cluster: &Cluster) {
         "{}",
         String::from_utf8_lossy(&created.body)
     );
-    for addr in cluster.gateways() {
-        wait_for(
-            "every gateway lists the sale",
-            Duration::from_secs(20),
-            async || {
-                let listed = match Conn::connect(addr).await {
-                    Ok(mut c) => c
-                        .send(request("GET", &format!("/api/sales/{SALE}"), &[], None))
-                        .await
-                        .map(|a| a.status.as_u16())
-                        .ok(),
-                    Err(_) => None,
-                };
-                (listed == Some(200), listed)
-            },
-        )
-        .await;
-    }
+    crowd::every_gateway_lists(&cluster.gateways(), SALE, Duration::from_secs(20)).await;
 }

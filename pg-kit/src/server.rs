@@ -131,15 +131,7 @@ impl PgServer {
     pub fn start_with(options: PgOptions) -> Result<PgServer, KitError> {
         let bins = PgBinaries::find()?;
         let run_as = run_as()?;
-        let dir = tempfile::Builder::new()
-            .prefix("pg-kit-")
-            .tempdir()
-            .map_err(|e| KitError::io("creating a temporary directory", e))?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
-                KitError::io(format!("handing {} to postgres", dir.path().display()), e)
-            })?;
-        }
+        let dir = owned_tempdir("pg-kit-", run_as)?;
         let data = dir.path().join(DATA_DIR);
         init_data(&bins, run_as, &data)?;
         let data = data
@@ -179,15 +171,7 @@ impl PgServer {
     pub fn standby_of(primary: &PgServer) -> Result<PgServer, KitError> {
         let bins = primary.bins.clone();
         let run_as = primary.run_as;
-        let dir = tempfile::Builder::new()
-            .prefix("pg-kit-standby-")
-            .tempdir()
-            .map_err(|e| KitError::io("creating a temporary directory", e))?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
-                KitError::io(format!("handing {} to postgres", dir.path().display()), e)
-            })?;
-        }
+        let dir = owned_tempdir("pg-kit-standby-", run_as)?;
         let data = dir.path().join(DATA_DIR);
         let conninfo = format!(
             "host=127.0.0.1 port={} user={SUPERUSER} application_name={STANDBY_NAME}",
@@ -603,6 +587,20 @@ impl Drop for PgServer {
 enum StartError {
     PortTaken(KitError),
     Other(KitError),
+}
+
+/// A temporary directory named `prefix…`, handed to `run_as` (the postgres user) when set.
+fn owned_tempdir(prefix: &str, run_as: Option<(u32, u32)>) -> Result<tempfile::TempDir, KitError> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| KitError::io("creating a temporary directory", e))?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
+            KitError::io(format!("handing {} to postgres", dir.path().display()), e)
+        })?;
+    }
+    Ok(dir)
 }
 
 /// `initdb` into `data` (as `run_as`): trust authentication, superuser [`SUPERUSER`], UTF-8

@@ -439,3 +439,22 @@ pub async fn warm_up(crowd: &Arc<Crowd>, accepted: u64, within: Duration) {
     )
     .await;
 }
+
+/// Waits until every gateway of `addrs` lists `sale` (their catalogues follow the database
+/// each second), at most `within`.
+pub async fn every_gateway_lists(addrs: &[SocketAddr], sale: u64, within: Duration) {
+    for addr in addrs.iter().copied() {
+        super::flood::wait_for("every gateway lists the sale", within, async || {
+            let listed = match Conn::connect(addr).await {
+                Ok(mut c) => c
+                    .send(request("GET", &format!("/api/sales/{sale}"), &[], None))
+                    .await
+                    .map(|a| a.status.as_u16())
+                    .ok(),
+                Err(_) => None,
+            };
+            (listed == Some(200), listed)
+        })
+        .await;
+    }
+}
