@@ -717,7 +717,10 @@ async fn settle_and_audit(
     seen: &Seen,
     seed: u64,
 ) -> (AuditReport, usize) {
-    crowd::drain(&fleet.queue_url, DRAIN_WAIT).await;
+    crowd::drain(&fleet.queue_url, DRAIN_WAIT, || {
+        format!("seed {seed}; logs:\n{}", fleet.logs())
+    })
+    .await;
     let store = RedisStore::connect(&fleet.stock_url, "seckill:", 2)
         .await
         .expect("the stock store");

@@ -375,7 +375,10 @@ async fn a_flash_crowd_through_nginx_survives_kills_across_the_cluster() {
         seen.answers
     );
 
-    crowd::drain(cluster.var("QUEUE_URL"), DRAIN_WAIT).await;
+    crowd::drain(cluster.var("QUEUE_URL"), DRAIN_WAIT, || {
+        format!("seed {seed}; logs:\n{}", cluster.logs())
+    })
+    .await;
     let store = RedisStore::connect(cluster.var("STOCK_URL"), "seckill:", 2)
         .await
         .expect("the stock store");

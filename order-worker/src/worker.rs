@@ -20,8 +20,10 @@
 //! worker fetches nothing else meanwhile. A database outage therefore never spends the
 //! purchases' delivery attempts faster than one per lease (two minutes by default; the
 //! queue dead-letters after five): nacking on every failure would send a backlog to the
-//! dead letters within seconds of an outage. If the lease runs out first, the batch is left
-//! to the queue, which delivers it again. A batch that fails for another reason is split and
+//! dead letters within seconds of an outage. The same holds for the pay-by messages of a
+//! decided batch when the queue fails for a moment (a Redis master failing over): they are
+//! published again with backoff within the lease, and only what still fails is nacked. If
+//! the lease runs out first, the batch is left to the queue, which delivers it again. A batch that fails for another reason is split and
 //! decided one purchase at a time, so one poison message is nacked alone (and dead-lettered
 //! by the queue after its attempts) and never blocks the rest. A malformed message goes
 //! straight to the dead letters with its reason. A purchase in the dead letters keeps its
@@ -229,7 +231,9 @@ impl OrderWorker {
         let fresh = decisions.iter().filter(|(_, d)| d.fresh()).count() as u64;
         self.maybe_analyze(fresh);
         self.pause_if_asked().await;
-        let unpublished = self.publish_deadlines(&batch.purchases, &decisions).await;
+        let unpublished = self
+            .publish_deadlines_within(&batch.purchases, &decisions, &budget)
+            .await;
         for (i, d) in &decisions {
             self.settle(&batch.purchases[*i], d).await;
         }
@@ -314,6 +318,38 @@ impl OrderWorker {
             let _ = out.flush();
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Step 3 with retries: the pay-by messages that failed to publish (the queue failing
+    /// over, unreachable for a moment) are published again with backoff while the batch's
+    /// lease allows, as transient database errors are. Nacking them at once would spend a
+    /// delivery attempt a second, and a failover of a few seconds would dead-letter
+    /// decided purchases. Returns what still failed (nacked by the caller).
+    async fn publish_deadlines_within(
+        &self,
+        purchases: &[PurchaseMessage],
+        decisions: &[(usize, Decision)],
+        budget: &RetryBudget,
+    ) -> Vec<bool> {
+        let mut unpublished = self.publish_deadlines(purchases, decisions).await;
+        let mut backoff = self.retry_backoff();
+        while unpublished.iter().any(|u| *u)
+            && budget.allows(self.clock.now_ms(), backoff.peek_ms())
+        {
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                "publishing pay-by messages failed; retrying in {} ms",
+                delay.as_millis()
+            );
+            tokio::time::sleep(delay).await;
+            let again: Vec<(usize, Decision)> = decisions
+                .iter()
+                .filter(|(i, _)| unpublished[*i])
+                .cloned()
+                .collect();
+            unpublished = self.publish_deadlines(purchases, &again).await;
+        }
+        unpublished
     }
 
     /// Step 3: a pay-by message for every order, fresh or found again (a crash may have

@@ -293,22 +293,32 @@ pub async fn audit_mid_sale(
 }
 
 /// Waits until the workers' group has finished the orders topic (nothing lagging, nothing
-/// in flight), at most `within`.
-pub async fn drain(queue_url: &str, within: Duration) {
+/// in flight), at most `within`; panics with what it saw last and `context()` (logs)
+/// otherwise.
+pub async fn drain(queue_url: &str, within: Duration, context: impl Fn() -> String) {
     let backend = queue::Backend::open(queue_url, queue::Config::default())
         .await
         .expect("a queue client");
     let q = backend.queue();
-    super::flood::wait_for("the orders topic to drain", within, async || {
+    let deadline = Instant::now() + within;
+    loop {
         let stats = q.stats(ORDERS_TOPIC).await;
         let drained = stats.as_ref().is_ok_and(|s| {
             s.groups
                 .iter()
                 .any(|g| g.name == WORKERS_GROUP && g.lag == 0 && g.in_flight == 0)
         });
-        (drained, format!("{stats:?}"))
-    })
-    .await;
+        if drained {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the orders topic did not drain within {within:?}; last seen {stats:?}\n{}",
+            context()
+        );
+        // The poll's period, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     backend.close().expect("close the queue client");
 }
 
