@@ -617,3 +617,175 @@ async fn workers_refresh_postgres_statistics_as_the_tables_grow() {
     engine.close().expect("close the queue");
     db.close().await;
 }
+
+/// A queue whose first `fail` publishes to the pay-by topic fail (a Redis master failing
+/// over, a broker restarting); everything else goes to `inner`.
+struct FlakyDeadlines {
+    inner: Arc<dyn Queue>,
+    fail: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Queue for FlakyDeadlines {
+    async fn publish(&self, topic: &str, message: queue::Message) -> queue::Result<queue::Confirm> {
+        self.inner.publish(topic, message).await
+    }
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        messages: Vec<queue::Message>,
+    ) -> queue::Result<Vec<queue::Confirm>> {
+        self.inner.publish_batch(topic, messages).await
+    }
+    async fn publish_each(
+        &self,
+        topic: &str,
+        messages: Vec<queue::Message>,
+    ) -> queue::Result<Vec<queue::Result<queue::Confirm>>> {
+        if topic == DEADLINES_TOPIC
+            && self
+                .fail
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(queue::Error::Connection("failing over".into()));
+        }
+        self.inner.publish_each(topic, messages).await
+    }
+    async fn create_group(
+        &self,
+        topic: &str,
+        group: &str,
+        start: queue::StartAt,
+    ) -> queue::Result<()> {
+        self.inner.create_group(topic, group, start).await
+    }
+    async fn fetch(
+        &self,
+        topic: &str,
+        group: &str,
+        options: FetchOptions,
+    ) -> queue::Result<Vec<queue::Delivery>> {
+        self.inner.fetch(topic, group, options).await
+    }
+    async fn ack(
+        &self,
+        topic: &str,
+        group: &str,
+        receipts: &[queue::Receipt],
+    ) -> queue::Result<Vec<queue::AckOutcome>> {
+        self.inner.ack(topic, group, receipts).await
+    }
+    async fn nack(
+        &self,
+        topic: &str,
+        group: &str,
+        receipt: queue::Receipt,
+        delay_ms: u64,
+        reason: &str,
+    ) -> queue::Result<queue::AckOutcome> {
+        self.inner
+            .nack(topic, group, receipt, delay_ms, reason)
+            .await
+    }
+    async fn reject(
+        &self,
+        topic: &str,
+        group: &str,
+        receipt: queue::Receipt,
+        reason: &str,
+    ) -> queue::Result<queue::AckOutcome> {
+        self.inner.reject(topic, group, receipt, reason).await
+    }
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        from_dead_offset: u64,
+        limit: usize,
+    ) -> queue::Result<Vec<queue::DeadLetter>> {
+        self.inner
+            .dead_letters(topic, from_dead_offset, limit)
+            .await
+    }
+    async fn replay_dead_letter(&self, topic: &str, dead_offset: u64) -> queue::Result<u64> {
+        self.inner.replay_dead_letter(topic, dead_offset).await
+    }
+    async fn discard_dead_letter(&self, topic: &str, dead_offset: u64) -> queue::Result<()> {
+        self.inner.discard_dead_letter(topic, dead_offset).await
+    }
+    async fn stats(&self, topic: &str) -> queue::Result<queue::TopicStats> {
+        self.inner.stats(topic).await
+    }
+    async fn peek(
+        &self,
+        topic: &str,
+        from_offset: u64,
+        limit: usize,
+    ) -> queue::Result<Vec<queue::Peeked>> {
+        self.inner.peek(topic, from_offset, limit).await
+    }
+    async fn topics(&self) -> queue::Result<Vec<String>> {
+        self.inner.topics().await
+    }
+}
+
+/// Issue 17: pay-by messages that fail to publish for a moment (the queue failing over)
+/// are published again within the batch's lease; the purchases are acked, never nacked
+/// (a nack a second spent the five delivery attempts inside a Redis master's failover and
+/// dead-lettered decided purchases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_by_messages_that_fail_for_a_moment_are_retried_not_nacked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = order_worker::testing::sqlite(dir.path(), &Default::default()).await;
+    sale(&db, 1, 10, 60_000).await;
+    let clock = ManualClock::new(1_000_000);
+    let engine = crate::engine(&dir.path().join("queue"), &clock);
+    let flaky = Arc::new(FlakyDeadlines {
+        inner: engine.clone(),
+        fail: std::sync::atomic::AtomicU32::new(3),
+    });
+    let q: Arc<dyn Queue> = flaky.clone();
+    let purchases: Vec<PurchaseMessage> = (0..3)
+        .map(|i| purchase(&format!("o-{i}"), 1, &format!("u{i}")))
+        .collect();
+    publish(q.as_ref(), &purchases).await;
+    let w = OrderWorker::new(
+        db.clone(),
+        q.clone(),
+        None,
+        WorkerConfig {
+            wait_ms: 0,
+            retry_base_ms: 10,
+            ..WorkerConfig::default()
+        },
+        Arc::new(WorkerMetrics::default()),
+        Arc::new(clock.clone()),
+    );
+    assert_eq!(w.step().await.expect("step"), 3);
+    assert_eq!(
+        flaky.fail.load(Ordering::Relaxed),
+        0,
+        "every failure was met"
+    );
+    let m = w.metrics();
+    assert_eq!(m.nacked.load(Ordering::Relaxed), 0, "nothing nacked");
+    let stats = q.stats(ORDERS_TOPIC).await.expect("stats");
+    let g = stats
+        .groups
+        .iter()
+        .find(|g| g.name == WORKERS_GROUP)
+        .expect("group");
+    assert_eq!(
+        (
+            g.lag,
+            g.in_flight,
+            g.retry_waiting,
+            g.dead_lettered,
+            g.redeliveries
+        ),
+        (0, 0, 0, 0, 0),
+        "acked on the first delivery"
+    );
+    assert_eq!(stored_deadlines(q.as_ref(), 10).await.len(), 3);
+    db.close().await;
+}
