@@ -54,7 +54,6 @@ use std::time::{Duration, Instant};
 
 use inventory::RedisStore;
 use load_tests::audit::AuditReport;
-use loadgen::{Conn, request};
 use order_worker::OrdersDb;
 use order_worker::db::DbOptions;
 use pg_kit::PgServer;
@@ -512,32 +511,19 @@ impl Fleet {
 
 /// Puts the sale on through gateway 0's admin API and waits until both gateways list it.
 async fn create_sale(fleet: &Fleet) {
-    let mut admin = Conn::connect(fleet.gateway_addrs[0])
-        .await
-        .expect("connect to gateway 0");
-    let auth = format!("Bearer {}", fleet.admin_secret);
-    let created = admin
-        .send(request(
-            "POST",
-            "/admin/api/sales",
-            &[("authorization", &auth)],
-            Some(&json!({
-                "id": SALE,
-                "name": "chaos",
-                "price_cents": 100,
-                "units": UNITS,
-                "starts_at_ms": queue::Clock::now_ms(&queue::SystemClock),
-                "pay_window_ms": PAY_WINDOW_MS,
-            })),
-        ))
-        .await
-        .expect("create the sale");
-    assert_eq!(
-        created.status.as_u16(),
-        201,
-        "{}",
-        String::from_utf8_lossy(&created.body)
-    );
+    crowd::put_on_sale(
+        fleet.gateway_addrs[0],
+        &fleet.admin_secret,
+        &json!({
+            "id": SALE,
+            "name": "chaos",
+            "price_cents": 100,
+            "units": UNITS,
+            "starts_at_ms": queue::Clock::now_ms(&queue::SystemClock),
+            "pay_window_ms": PAY_WINDOW_MS,
+        }),
+    )
+    .await;
     crowd::every_gateway_lists(&fleet.gateway_addrs, SALE, Duration::from_secs(10)).await;
 }
 

@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use inventory::RedisStore;
-use loadgen::{Conn, request};
 use order_worker::OrdersDb;
 use order_worker::db::DbOptions;
 use rand::rngs::StdRng;
@@ -405,32 +404,19 @@ async fn a_flash_crowd_through_nginx_survives_kills_across_the_cluster() {
 /// Puts the sale on through nginx's admin route, in [`BUCKETS`] stock buckets, and waits
 /// until every gateway lists it.
 async fn create_sale(cluster: &Cluster) {
-    let mut admin = Conn::connect(cluster.nginx())
-        .await
-        .expect("connect to nginx");
-    let auth = format!("Bearer {}", cluster.var("ADMIN_SECRET"));
-    let created = admin
-        .send(request(
-            "POST",
-            "/admin/api/sales",
-            &[("authorization", &auth)],
-            Some(&json!({
-                "id": SALE,
-                "name": "cluster",
-                "price_cents": 100,
-                "units": UNITS,
-                "stock_buckets": BUCKETS,
-                "starts_at_ms": queue::Clock::now_ms(&queue::SystemClock),
-                "pay_window_ms": PAY_WINDOW_MS,
-            })),
-        ))
-        .await
-        .expect("create the sale");
-    assert_eq!(
-        created.status.as_u16(),
-        201,
-        "{}",
-        String::from_utf8_lossy(&created.body)
-    );
+    crowd::put_on_sale(
+        cluster.nginx(),
+        cluster.var("ADMIN_SECRET"),
+        &json!({
+            "id": SALE,
+            "name": "cluster",
+            "price_cents": 100,
+            "units": UNITS,
+            "stock_buckets": BUCKETS,
+            "starts_at_ms": queue::Clock::now_ms(&queue::SystemClock),
+            "pay_window_ms": PAY_WINDOW_MS,
+        }),
+    )
+    .await;
     crowd::every_gateway_lists(&cluster.gateways(), SALE, Duration::from_secs(20)).await;
 }

@@ -468,3 +468,27 @@ pub async fn every_gateway_lists(addrs: &[SocketAddr], sale: u64, within: Durati
         .await;
     }
 }
+
+/// Puts a sale on through `addr`'s admin API (`sale`: the JSON body) with the admin's
+/// bearer secret; panics unless it is created (201).
+pub async fn put_on_sale(addr: SocketAddr, admin_secret: &str, sale: &serde_json::Value) {
+    let mut admin = Conn::connect(addr)
+        .await
+        .expect("connect for the admin API");
+    let auth = format!("Bearer {admin_secret}");
+    let created = admin
+        .send(request(
+            "POST",
+            "/admin/api/sales",
+            &[("authorization", &auth)],
+            Some(sale),
+        ))
+        .await
+        .expect("create the sale");
+    assert_eq!(
+        created.status.as_u16(),
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+}
