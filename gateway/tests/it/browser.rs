@@ -593,7 +593,7 @@ async fn create_sale(t: &TestApp, id: u64, units: u64, starts_at_ms: u64, pay_wi
         Some(
             json!({"id": id, "name": format!("Gadget {id}"), "price_cents": 1999,
                     "units": units, "starts_at_ms": starts_at_ms,
-                    "pay_window_ms": pay_window_ms}),
+                    "pay_window_ms": pay_window_ms, "confirm": true}),
         ),
     )
     .await;
@@ -1339,7 +1339,7 @@ async fn a_sale_is_created_with_its_stock_buckets() {
     let t = super::test_app(1.5, test_throttle()).await;
     let sale = |id: u64, k: Option<u64>| {
         let mut v = json!({"id": id, "name": format!("Gadget {id}"), "price_cents": 1999,
-                           "units": 10, "starts_at_ms": 0});
+                           "units": 10, "starts_at_ms": 0, "confirm": true});
         if let Some(k) = k {
             v["stock_buckets"] = json!(k);
         }
