@@ -51,9 +51,9 @@ pub fn needs_confirmation(price_cents: u64, starts_at_ms: u64, now_ms: u64) -> V
         out.push("the price is 0: the units are given away".to_string());
     }
     if starts_at_ms.saturating_add(START_PAST_GRACE_MS) < now_ms {
-        let ago_s = (now_ms - starts_at_ms) / 1000;
         out.push(format!(
-            "the start is {ago_s} s in the past: the sale goes live at once"
+            "the start ({}) is in the past: the sale goes live at once",
+            web::format::utc(starts_at_ms)
         ));
     }
     out

@@ -24,6 +24,7 @@ mod behind_proxy;
 mod browser;
 mod edge;
 mod hostile;
+mod operator;
 mod pages;
 mod pools;
 mod system;
