@@ -115,6 +115,7 @@
   // /admin/api/sales every SALES_REFRESH_MS, with each row's actions for its state.
   const SALES_REFRESH_MS = 2000, SALES_SHOWN_MAX = 50;
   const salesBox = $("sales");
+  let lastSales = "";
   const cents = (c) => (Number(c) / 100).toFixed(2);
   function actionForm(id, action, label) {
     const f = document.createElement("form");
@@ -161,9 +162,14 @@
     const d = await r.json();
     const rows = (d.sales || []).slice().sort((x, y) => y.sale.id - x.sale.id).slice(0, SALES_SHOWN_MAX);
     const tbody = $("sales-table").tBodies[0];
-    // A button being pressed keeps its row: rebuild only when nothing in the table has focus.
-    if (tbody.contains(document.activeElement)) return;
-    tbody.replaceChildren(...rows.map((row) => saleRow(row, d.server_time_ms)));
+    // Rebuilt only when something changed (an unchanged row keeps its buttons under the
+    // pointer), and never while a control in the table has focus. A sale that becomes
+    // editable or not as its start passes changes its state, hence the table, too.
+    const sig = JSON.stringify(rows.map((r) => [r.sale, r.state, r.orders, r.stock]));
+    if (sig !== lastSales && !tbody.contains(document.activeElement)) {
+      tbody.replaceChildren(...rows.map((row) => saleRow(row, d.server_time_ms)));
+      lastSales = sig;
+    }
     salesBox.dataset.refreshes = String(Number(salesBox.dataset.refreshes || 0) + 1);
     $("sales-age").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }

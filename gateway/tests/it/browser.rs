@@ -1370,3 +1370,147 @@ async fn a_sale_is_created_with_its_stock_buckets() {
         Some(4)
     );
 }
+
+/// The state shown for sale `id` in the live sales table.
+fn sale_state_js(id: u64) -> String {
+    format!("txt('table#sales-table tr[data-sale-id=\"{id}\"] td.sale-state')")
+}
+
+/// The operator pauses, resumes and ends a sale from the dashboard's live sales table; the
+/// table follows a change made elsewhere (the admin API) without a reload; the create form
+/// refuses "1,50", keeps what was typed, and asks to confirm a zero price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_pauses_resumes_and_ends_a_sale_from_the_dashboard() {
+    let test = "operator_pauses_resumes_and_ends_a_sale_from_the_dashboard";
+    let Some(browser) = Browser::start(test).await else {
+        return;
+    };
+    let (t, crew, base) = system().await;
+    let page = browser.session(&base).await;
+    let secret = t.state.config.admin_secret.clone();
+    admin_sign_in(&page, &secret).await;
+    // A sale created elsewhere after the page loaded shows up in the live table.
+    create_sale(&t, 51, 10, 0, 600_000).await;
+    page.wait_for(
+        "sale 51 live in the table without a reload",
+        &format!("{} === 'live'", sale_state_js(51)),
+    )
+    .await;
+    page.shot("operator-table-live").await;
+
+    // Pause from the table: the sale refuses tokens.
+    page.click("table#sales-table tr[data-sale-id=\"51\"] button.act-pause")
+        .await;
+    page.wait_for(
+        "the pause notice",
+        "(txt('#notice') || '').includes('Sale 51 paused')",
+    )
+    .await;
+    page.wait_for(
+        "sale 51 shown paused",
+        &format!("{} === 'paused'", sale_state_js(51)),
+    )
+    .await;
+    page.shot("operator-paused").await;
+    assert!(t.state.db.sale(51).await.expect("db").expect("sale").paused);
+    let ann = t.login("ann").await;
+    let (s, v) = t.token_load_test(&ann, 51).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::CONFLICT, Some("sale_paused")),
+        "{v}"
+    );
+
+    // Resume from the table.
+    page.click("table#sales-table tr[data-sale-id=\"51\"] button.act-resume")
+        .await;
+    page.wait_for(
+        "the resume notice",
+        "(txt('#notice') || '').includes('Sale 51 resumed')",
+    )
+    .await;
+    assert!(!t.state.db.sale(51).await.expect("db").expect("sale").paused);
+    let (s, v) = t.token_load_test(&ann, 51).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Paused by another operator through the API: the table follows without a reload.
+    let (s, v) = admin_api(&t, "POST", "/admin/api/sales/51/pause", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    page.wait_for(
+        "the table to show the pause made elsewhere",
+        &format!("{} === 'paused'", sale_state_js(51)),
+    )
+    .await;
+
+    // End, after its confirmation page.
+    page.click("table#sales-table tr[data-sale-id=\"51\"] a.act-end")
+        .await;
+    page.wait_shown("form#confirm").await;
+    page.shot("operator-end-confirm").await;
+    page.click("button#confirm-submit").await;
+    page.wait_for(
+        "sale 51 shown ended",
+        &format!("{} === 'ended'", sale_state_js(51)),
+    )
+    .await;
+    let (s, v) = t.token_load_test(&ann, 51).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::GONE, Some("ended")),
+        "{v}"
+    );
+
+    // "1,50" is refused with both readings; what was typed stays in the form.
+    for (name, value) in [
+        ("id", "52"),
+        ("name", "Comma kettle"),
+        ("price", "1,50"),
+        ("units", "5"),
+        ("starts_in_s", "0"),
+    ] {
+        page.type_into(&format!("form#create-sale input[name={name}]"), value)
+            .await;
+    }
+    page.click("form#create-sale [type=submit]").await;
+    page.wait_for(
+        "the decimal comma refused",
+        "(txt('#error') || '').includes('is it 1.50 or 150?')",
+    )
+    .await;
+    page.shot("operator-price-comma").await;
+    for (name, value) in [("name", "Comma kettle"), ("price", "1,50"), ("units", "5")] {
+        let kept = page
+            .eval(&format!("$('form#create-sale input[name={name}]').value"))
+            .await
+            .expect("value");
+        assert_eq!(kept, json!(value), "{name} kept");
+    }
+    assert!(
+        t.state.db.sale(52).await.expect("db").is_none(),
+        "never 150.00"
+    );
+    // A price of 0 needs the box ticked.
+    page.type_into("form#create-sale input[name=price]", "0")
+        .await;
+    page.click("form#create-sale [type=submit]").await;
+    page.wait_shown("#confirm-box").await;
+    page.shot("operator-confirm-zero-price").await;
+    assert!(t.state.db.sale(52).await.expect("db").is_none());
+    page.click("input#confirm").await;
+    page.click("form#create-sale [type=submit]").await;
+    page.wait_for(
+        "sale 52 created",
+        "(txt('#notice') || '').includes('Sale 52 created')",
+    )
+    .await;
+    let made = t.state.db.sale(52).await.expect("db").expect("sale 52");
+    assert_eq!((made.price_cents, made.name.as_str()), (0, "Comma kettle"));
+    page.wait_for(
+        "sale 52 in the table",
+        &format!("{} === 'live'", sale_state_js(52)),
+    )
+    .await;
+    page.shot("operator-dashboard").await;
+    page.close().await;
+    crew.stop().await;
+}
