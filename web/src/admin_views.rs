@@ -40,6 +40,12 @@ pub struct SaleFormValues {
 }
 
 impl SaleFormValues {
+    /// Whether the form holds what an operator typed (shown again after an error), rather
+    /// than a first visit's empty fields.
+    pub fn typed(&self) -> bool {
+        !(self.name.is_empty() && self.price.is_empty() && self.units.is_empty())
+    }
+
     /// A field's value, or `default` when it is empty (a first visit).
     pub fn or<'a>(&'a self, value: &'a str, default: &'a str) -> &'a str {
         if value.is_empty() { default } else { value }

@@ -1411,6 +1411,9 @@ async fn operator_pauses_resumes_and_ends_a_sale_from_the_dashboard() {
         &format!("{} === 'paused'", sale_state_js(51)),
     )
     .await;
+    let _ = page
+        .eval("document.getElementById('sales').scrollIntoView() || true")
+        .await;
     page.shot("operator-paused").await;
     assert!(t.state.db.sale(51).await.expect("db").expect("sale").paused);
     let ann = t.login("ann").await;
@@ -1477,6 +1480,15 @@ async fn operator_pauses_resumes_and_ends_a_sale_from_the_dashboard() {
         "(txt('#error') || '').includes('is it 1.50 or 150?')",
     )
     .await;
+    let _ = page
+        .eval("document.getElementById('new-sale').scrollIntoView() || true")
+        .await;
+    assert!(
+        page.text("#form-error")
+            .await
+            .is_some_and(|e| e.contains("1.50 or 150")),
+        "the error beside the form"
+    );
     page.shot("operator-price-comma").await;
     for (name, value) in [("name", "Comma kettle"), ("price", "1,50"), ("units", "5")] {
         let kept = page
@@ -1494,6 +1506,9 @@ async fn operator_pauses_resumes_and_ends_a_sale_from_the_dashboard() {
         .await;
     page.click("form#create-sale [type=submit]").await;
     page.wait_shown("#confirm-box").await;
+    let _ = page
+        .eval("document.getElementById('new-sale').scrollIntoView() || true")
+        .await;
     page.shot("operator-confirm-zero-price").await;
     assert!(t.state.db.sale(52).await.expect("db").is_none());
     page.click("input#confirm").await;
@@ -1510,6 +1525,9 @@ async fn operator_pauses_resumes_and_ends_a_sale_from_the_dashboard() {
         &format!("{} === 'live'", sale_state_js(52)),
     )
     .await;
+    let _ = page
+        .eval("document.getElementById('sales').scrollIntoView() || true")
+        .await;
     page.shot("operator-dashboard").await;
     page.close().await;
     crew.stop().await;
