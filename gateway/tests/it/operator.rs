@@ -794,3 +794,79 @@ async fn the_dashboard_forms_refuse_a_decimal_comma_confirm_and_keep_what_was_ty
         .expect("stock");
     assert_eq!(stock.left, 4);
 }
+
+/// The same with the Redis stock store shared by both gateways (a key prefix of its own):
+/// the first gateway's edit re-puts the shared stock once, the second leaves it alone, and
+/// a pause made through one is refused by the other. Skipped without Redis, except under
+/// `CI`, where it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_a_shared_redis_store_follow_the_operator() {
+    use inventory::StockStore as _;
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!(
+        "gateway-operator-test:{}:{}:",
+        std::process::id(),
+        SystemClock.now_ms()
+    );
+    let store = match inventory::RedisStore::connect(&url, &prefix, 16).await {
+        Ok(s) => Arc::new(s),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("Redis at {url} is required under CI: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: no Redis at {url}: {e}");
+            return;
+        }
+    };
+    let ledger = Arc::new(gateway::ledger::RedisLedger::beside(&store));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = test_db(&dir).await;
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        apps.push(
+            test_app_on(
+                Box::new(store.clone()),
+                Some(ledger.clone()),
+                100.0,
+                test_throttle(),
+                Some(LOAD_TEST),
+                Some(db.clone()),
+            )
+            .await,
+        );
+    }
+    let (first, second) = (&apps[0], &apps[1]);
+    first
+        .create_sale(1, 5, SystemClock.now_ms() + 3_600_000)
+        .await;
+    first.create_sale(2, 5, 0).await;
+    gateway::sync::housekeeping(&second.state).await;
+    let (s, v) = admin(
+        first,
+        "PATCH",
+        "/admin/api/sales/1",
+        Some(json!({"units": 8})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Held by someone in the shared store now: a re-put would wipe it, so none may happen.
+    store.reserve(1, "probe").await.expect("reserve");
+    gateway::sync::housekeeping(&second.state).await;
+    let stock = store.stock(1).await.expect("ok").expect("stock");
+    assert_eq!(
+        (stock.units, stock.left),
+        (8, 7),
+        "put once, by the first gateway"
+    );
+
+    let (s, _) = admin(first, "POST", "/admin/api/sales/2/pause", None).await;
+    assert_eq!(s, StatusCode::OK);
+    gateway::sync::housekeeping(&second.state).await;
+    let ann = second.login("ann").await;
+    let (s, v) = second.token_load_test(&ann, 2).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "sale_paused"), "{v}");
+    for sale in [1, 2] {
+        store.forget(sale).await.expect("clean up");
+        ledger.forget(sale).await.expect("clean up");
+    }
+}
