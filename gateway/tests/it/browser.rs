@@ -1532,3 +1532,145 @@ async fn operator_pauses_resumes_and_ends_a_sale_from_the_dashboard() {
     page.close().await;
     crew.stop().await;
 }
+
+/// The operator edits a sale before its start from the table's link (the start shown and
+/// sent back by the page's script), looks an order up by its buyer, reconciles a sale
+/// after its confirmation page, and discards two unreadable dead letters in one go after a
+/// refused replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_edits_looks_up_reconciles_and_clears_dead_letters() {
+    let test = "operator_edits_looks_up_reconciles_and_clears_dead_letters";
+    let Some(browser) = Browser::start(test).await else {
+        return;
+    };
+    let (t, crew, base) = system().await;
+    let start = SystemClock.now_ms() + 3_600_000;
+    create_sale(&t, 61, 5, start, 600_000).await;
+    create_sale(&t, 62, 5, 0, 600_000).await;
+    let page = browser.session(&base).await;
+    let secret = t.state.config.admin_secret.clone();
+    admin_sign_in(&page, &secret).await;
+
+    // Edit sale 61 before its start.
+    page.wait_shown("table#sales-table tr[data-sale-id=\"61\"] a.act-edit")
+        .await;
+    page.click("table#sales-table tr[data-sale-id=\"61\"] a.act-edit")
+        .await;
+    page.wait_shown("form#edit-sale").await;
+    page.type_into("form#edit-sale input[name=units]", "8")
+        .await;
+    page.type_into("form#edit-sale input[name=price]", "24.50")
+        .await;
+    page.shot("operator-edit").await;
+    page.click("button#edit-sale-submit").await;
+    page.wait_for(
+        "the saved notice",
+        "(txt('#notice') || '').includes('Sale 61 saved')",
+    )
+    .await;
+    let edited = t.state.db.sale(61).await.expect("db").expect("sale 61");
+    assert_eq!((edited.units, edited.price_cents), (8, 2450), "{edited:?}");
+    assert!(
+        edited.starts_at_ms.abs_diff(start) < 1000,
+        "the start kept (to the second): {} vs {start}",
+        edited.starts_at_ms
+    );
+    let stock = t.state.inventory.store().stock(61).await.expect("ok");
+    assert_eq!(stock.map(|s| s.units), Some(8), "the stock re-put");
+
+    // A purchase of sale 62, found by its buyer.
+    let ann = t.login("ann").await;
+    let (_, v) = t.token_load_test(&ann, 62).await;
+    let (s, v) = t.purchase(&ann, 62, &token_of(&v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let deadline = Instant::now() + WAIT;
+    while t.state.db.order_counts(62).await.expect("db").pending == 0 {
+        assert!(Instant::now() < deadline, "no order");
+        tokio::time::sleep(POLL).await;
+    }
+    page.type_into("input#order-query", "ann").await;
+    page.find("input#order-query")
+        .await
+        .send_keys(&fantoccini::key::Key::Enter.to_string())
+        .await
+        .expect("submit");
+    let row = page.wait_shown("table#orders tr.order").await;
+    assert!(row.contains("ann") && row.contains("pending"), "{row}");
+    page.shot("operator-order-lookup").await;
+
+    // Reconcile sale 62 after its confirmation page: the result is shown.
+    page.goto("/admin").await;
+    page.wait_shown("table#sales-table tr[data-sale-id=\"62\"] a.act-reconcile")
+        .await;
+    page.click("table#sales-table tr[data-sale-id=\"62\"] a.act-reconcile")
+        .await;
+    page.wait_shown("form#confirm").await;
+    page.click("button#confirm-submit").await;
+    page.wait_for(
+        "the reconcile result",
+        "(txt('#notice') || '').includes('Sale 62 reconciled: 5 units, 4 left, 1 holders.')",
+    )
+    .await;
+    page.shot("operator-reconciled").await;
+
+    // Two unreadable dead letters: a replay is refused, saying why; both go in one discard.
+    for payload in [&b"{not a purchase"[..], &b"[]"[..]] {
+        t.engine
+            .publish("orders", queue::Message::new(payload))
+            .await
+            .expect("publish");
+    }
+    let deadline = Instant::now() + WAIT;
+    while t
+        .state
+        .queue
+        .dead_letters("orders", 0, 10)
+        .await
+        .expect("dead letters")
+        .len()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no dead letters");
+        tokio::time::sleep(POLL).await;
+    }
+    page.goto("/admin/dead-letters").await;
+    page.click("table#dead-letters tr.dead-letter a.replay")
+        .await;
+    page.wait_shown("form#confirm").await;
+    page.click("button#confirm-submit").await;
+    page.wait_for(
+        "the refused replay",
+        "(txt('#error') || '').includes('dead-lettered again at once')",
+    )
+    .await;
+    assert!(
+        !page
+            .text("body")
+            .await
+            .unwrap_or_default()
+            .contains("Replayed"),
+        "never says Replayed"
+    );
+    page.shot("operator-replay-refused").await;
+    page.click("button.all-of-topic[value=\"discard:orders\"]")
+        .await;
+    page.wait_shown("table#bulk-letters").await;
+    page.shot("operator-bulk-confirm").await;
+    page.click("button#confirm-submit").await;
+    page.wait_for(
+        "the bulk discard",
+        "(txt('#notice') || '').includes('Discarded 2.')",
+    )
+    .await;
+    page.wait_gone("table#dead-letters tr.dead-letter").await;
+    assert!(
+        t.state
+            .queue
+            .dead_letters("orders", 0, 10)
+            .await
+            .expect("dead letters")
+            .is_empty()
+    );
+    page.close().await;
+    crew.stop().await;
+}
