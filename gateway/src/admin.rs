@@ -894,7 +894,7 @@ pub async fn act_on_sale(
         return match crate::orders::reconcile_in(&state, id, force).await {
             Ok(v) => {
                 let mut notice = format!(
-                    "Sale {id} reconciled: {} units, {} left, {} holders.",
+                    "Sale {id} reconciled: {} units, {} left, {} held by buyers with an active order.",
                     v["units"], v["left"], v["holders"]
                 );
                 if let Some(w) = v["warning"].as_str() {

@@ -1608,7 +1608,7 @@ async fn operator_edits_looks_up_reconciles_and_clears_dead_letters() {
     page.click("button#confirm-submit").await;
     page.wait_for(
         "the reconcile result",
-        "(txt('#notice') || '').includes('Sale 62 reconciled: 5 units, 4 left, 1 holders.')",
+        "(txt('#notice') || '').includes('Sale 62 reconciled: 5 units, 4 left, 1 held by buyers with an active order.')",
     )
     .await;
     page.shot("operator-reconciled").await;

@@ -740,7 +740,7 @@ async fn the_dashboard_forms_refuse_a_decimal_comma_confirm_and_keep_what_was_ty
     .await;
     assert_eq!(s, StatusCode::OK, "{done}");
     assert!(
-        done.contains("Sale 5 reconciled: 3 units, 3 left, 0 holders."),
+        done.contains("Sale 5 reconciled: 3 units, 3 left, 0 held by buyers with an active order."),
         "{done}"
     );
     let (s, _, _) = post_form(&t, "/admin/sales/5/end", &cookie, format!("csrf={csrf}")).await;
