@@ -14,9 +14,16 @@
 //!   header for the JSON API) is 403. Any cookie-authenticated POST whose `Origin` (or
 //!   `Sec-Fetch-Site`) shows another site is 403 as well, before anything is read. The
 //!   sign-in form is checked the same way (no login CSRF).
-//! - **Pages**: `GET /admin` (live figures, chart, workers, sales, create-sale form), `POST
-//!   /admin/sales`, `GET /admin/dead-letters`, the confirmation page and `POST` of replay
-//!   and discard, `GET /admin/api/live` (the figures as JSON, see [`crate::live`]).
+//! - **Pages**: `GET /admin` (live figures, chart, workers, the live sales table with its
+//!   actions, create-sale form), `POST /admin/sales`, `GET|POST /admin/sales/{id}/edit`
+//!   (before the start), `GET|POST /admin/sales/{id}/{pause|resume|end|reconcile}` (a
+//!   confirmation page, then the action), `GET /admin/orders?q=` (order look-up),
+//!   `GET /admin/dead-letters`, the confirmation page and `POST` of replay and discard, `POST
+//!   /admin/dead-letters/bulk` (selected letters or all of a topic, confirmed on a second
+//!   page), `GET /admin/api/live` (the figures as JSON, see [`crate::live`]).
+//! - **Forms keep what was typed** after an error, and a price of 0 or a start in the past
+//!   comes back with a checkbox to confirm ([`crate::sales::needs_confirmation`]). A price
+//!   with a decimal comma ("1,50") is refused, never read as 150.00 ([`parse_price`]).
 
 use std::sync::Arc;
 
@@ -26,6 +33,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use web::admin_views::{
+    AdminBulkConfirmPage, AdminEditSalePage, AdminOrderRow, AdminOrdersPage, AdminSaleConfirmPage,
+    SaleFormValues,
+};
 use web::assets::assets;
 use web::views::{
     AdminDashboard, AdminLoginPage, AdminSaleRow, ConfirmPage, DeadLetterRow, DeadLettersPage,
@@ -229,11 +240,22 @@ pub async fn logout(
     r
 }
 
-/// `?created=…` after a sale was created.
+/// `?created=…` after a sale was created, `?done=…&sale=…` after an action on one.
 #[derive(Debug, Deserialize)]
 pub struct DashboardQuery {
     #[serde(default)]
     created: Option<u64>,
+    #[serde(default)]
+    done: Option<String>,
+    #[serde(default)]
+    sale: Option<u64>,
+}
+
+/// A dashboard with its create-sale form as typed and what it needs confirmed.
+#[derive(Debug, Default)]
+struct Typed {
+    form: SaleFormValues,
+    confirm: Vec<String>,
 }
 
 async fn dashboard_page(
@@ -242,6 +264,17 @@ async fn dashboard_page(
     status: StatusCode,
     notice: Option<String>,
     error: Option<String>,
+) -> Response {
+    dashboard_with(state, nonce, status, notice, error, Typed::default()).await
+}
+
+async fn dashboard_with(
+    state: &AppState,
+    nonce: &str,
+    status: StatusCode,
+    notice: Option<String>,
+    error: Option<String>,
+    typed: Typed,
 ) -> Response {
     let now = state.now_ms();
     let mut sales = match state.db.sales().await {
@@ -283,6 +316,7 @@ async fn dashboard_page(
             cancelled: counts.cancelled,
             token_factor: format!("{}", sale.token_factor.unwrap_or(state.config.token_factor)),
             per_user_limit: sale.per_user_limit,
+            admin_state: crate::sales::admin_state(&sale, now, store_left),
             sale: SaleView {
                 state: SaleState::at(now, sale.starts_at_ms, sale.ends_at_ms, store_left),
                 id: sale.id,
@@ -308,6 +342,8 @@ async fn dashboard_page(
             error,
             next_id,
             default_token_factor: format!("{}", state.config.token_factor),
+            form: typed.form,
+            confirm: typed.confirm,
         },
     )
 }
@@ -325,8 +361,19 @@ pub async fn dashboard(
     state.live.watched(state.now_ms());
     let notice = query
         .ok()
-        .and_then(|Query(q)| q.created)
-        .map(|id| format!("Sale {id} created."));
+        .and_then(|Query(q)| match (q.created, q.done, q.sale) {
+            (Some(id), _, _) => Some(format!("Sale {id} created.")),
+            (None, Some(done), Some(id)) => Some(match done.as_str() {
+                "pause" => {
+                    format!("Sale {id} paused: purchases and tokens are refused until it resumes.")
+                }
+                "resume" => format!("Sale {id} resumed."),
+                "end" => format!("Sale {id} ended."),
+                "edit" => format!("Sale {id} saved; its units are on sale again whole."),
+                _ => format!("Sale {id}: done."),
+            }),
+            _ => None,
+        });
     dashboard_page(&state, &nonce, StatusCode::OK, notice, None).await
 }
 
@@ -363,6 +410,33 @@ pub struct SaleForm {
     /// `starts_at` as ms since the epoch, computed by the page's script (right across
     /// daylight-saving changes); preferred when present.
     pub starts_at_ms: String,
+    /// The operator confirms a price of 0 or a start in the past (a checkbox: `1`).
+    pub confirm: String,
+}
+
+impl SaleForm {
+    /// The fields as typed, to show the form again.
+    fn values(&self) -> SaleFormValues {
+        SaleFormValues {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            price: self.price.clone(),
+            units: self.units.clone(),
+            starts_at: self.starts_at.clone(),
+            starts_at_ms: self.starts_at_ms.clone(),
+            starts_in_s: self.starts_in_s.clone(),
+            ends_in_s: self.ends_in_s.clone(),
+            pay_window_s: self.pay_window_s.clone(),
+            per_user_limit: self.per_user_limit.clone(),
+            stock_buckets: self.stock_buckets.clone(),
+            token_factor: self.token_factor.clone(),
+        }
+    }
+
+    /// Whether the confirmation box was ticked.
+    fn confirmed(&self) -> bool {
+        matches!(self.confirm.trim(), "1" | "on" | "true" | "yes")
+    }
 }
 
 /// Why a create-sale form was refused; the text is what the dashboard shows.
@@ -383,6 +457,11 @@ pub enum FormError {
     /// The price is not an amount.
     #[error("price: “{0}” is not an amount like 19.99")]
     Price(String),
+    /// The price has a comma that could be a decimal comma.
+    #[error(
+        "price: “{0}” has a comma: is it {1} or {2}? Write the price with a decimal point, like {1}"
+    )]
+    PriceComma(String, String, String),
     /// The start is not a date and time.
     #[error("start: “{0}” is not a date and time")]
     Time(String),
@@ -402,10 +481,37 @@ fn field<T: std::str::FromStr>(value: &str, what: &'static str) -> Result<Option
     })
 }
 
-/// Cents of a price typed as `19.99`, `19.9`, `19` or `1,299.00`.
+/// Cents of a price typed as `19.99`, `19.9`, `19` or `1,299.00`. A comma is taken as a
+/// thousands separator only in groups of three digits *and* with a decimal point after
+/// them (`1,299.00`); any other comma (`1,50`, `1,500`) may be a decimal comma and is
+/// refused with both readings, never guessed.
 pub fn parse_price(text: &str) -> Result<u64, FormError> {
-    let t: String = text.trim().chars().filter(|c| *c != ',').collect();
-    let bad = || FormError::Price(text.trim().to_string());
+    let typed = text.trim();
+    let bad = || FormError::Price(typed.to_string());
+    if typed.contains(',') {
+        let (grouped, frac) = typed.split_once('.').unwrap_or((typed, ""));
+        let mut groups = grouped.split(',');
+        let first_ok = groups
+            .next()
+            .is_some_and(|g| (1..=3).contains(&g.len()) && g.bytes().all(|b| b.is_ascii_digit()));
+        let rest_ok = groups.all(|g| g.len() == 3 && g.bytes().all(|b| b.is_ascii_digit()));
+        if !(first_ok && rest_ok && typed.contains('.')) {
+            let as_decimal = typed.replacen(',', ".", 1);
+            let as_decimal = if as_decimal.contains(',') {
+                String::from("?")
+            } else {
+                as_decimal
+            };
+            let as_thousands: String = typed.chars().filter(|c| *c != ',').collect();
+            return Err(FormError::PriceComma(
+                typed.to_string(),
+                as_decimal,
+                as_thousands,
+            ));
+        }
+        let _ = frac;
+    }
+    let t: String = typed.chars().filter(|c| *c != ',').collect();
     let (whole, frac) = t.split_once('.').unwrap_or((&t, ""));
     if whole.is_empty()
         || !whole.bytes().all(|b| b.is_ascii_digit())
@@ -521,6 +627,14 @@ pub fn parse_sale_form(f: &SaleForm, now_ms: u64) -> Result<NewSale, FormError> 
     })
 }
 
+/// The admin's nonce of a form already checked by [`form_session`] (empty for a bearer).
+fn form_nonce(state: &AppState, headers: &HeaderMap) -> String {
+    match authenticate(state, headers) {
+        Ok(Some(AdminAuth::Cookie(n))) => n,
+        _ => String::new(),
+    }
+}
+
 /// `POST /admin/sales`.
 pub async fn create_sale(
     State(state): State<Arc<AppState>>,
@@ -534,27 +648,342 @@ pub async fn create_sale(
     if let Err(r) = form_session(&state, &headers, &form.csrf) {
         return *r;
     }
-    let nonce = match authenticate(&state, &headers) {
-        Ok(Some(AdminAuth::Cookie(n))) => n,
-        _ => String::new(),
+    let nonce = form_nonce(&state, &headers);
+    let refused = |status: StatusCode, error: String, confirm: Vec<String>| {
+        let typed = Typed {
+            form: form.values(),
+            confirm,
+        };
+        dashboard_with(&state, &nonce, status, None, Some(error), typed)
     };
-    let sale = match parse_sale_form(&form, state.now_ms()) {
+    let now = state.now_ms();
+    let sale = match parse_sale_form(&form, now) {
         Ok(s) => s,
-        Err(e) => {
-            return dashboard_page(
-                &state,
-                &nonce,
-                StatusCode::BAD_REQUEST,
-                None,
-                Some(e.to_string()),
-            )
-            .await;
-        }
+        Err(e) => return refused(StatusCode::BAD_REQUEST, e.to_string(), Vec::new()).await,
     };
+    let confirm = crate::sales::needs_confirmation(sale.price_cents, sale.starts_at_ms, now);
+    if !confirm.is_empty() && !form.confirmed() {
+        let why = "Please confirm before the sale is created (tick the box and submit again).";
+        return refused(StatusCode::UNPROCESSABLE_ENTITY, why.to_string(), confirm).await;
+    }
     match crate::orders::create_sale_in(&state, &sale).await {
         Ok(created) => see_other(&format!("/admin?created={}", created.id)),
-        Err(e) => dashboard_page(&state, &nonce, e.status, None, Some(e.message.clone())).await,
+        Err(e) => refused(e.status, e.message.clone(), Vec::new()).await,
     }
+}
+
+/// Ms as a `datetime-local` value in UTC (`YYYY-MM-DDTHH:MM:SS`); the page's script shows it
+/// in the browser's zone.
+fn utc_local_value(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+fn edit_page(
+    state: &AppState,
+    nonce: &str,
+    status: StatusCode,
+    id: u64,
+    form: SaleFormValues,
+    error: Option<String>,
+    confirm: Vec<String>,
+) -> Response {
+    html(
+        status,
+        "no-store",
+        &AdminEditSalePage {
+            assets: assets(),
+            server_time_ms: state.now_ms(),
+            csrf: state.admin_key.csrf(nonce),
+            id,
+            form,
+            error,
+            confirm,
+        },
+    )
+}
+
+/// `GET /admin/sales/{id}/edit`.
+pub async fn edit_sale_form(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    crate::extract::SaleIdPath(id): crate::extract::SaleIdPath,
+) -> Response {
+    let nonce = match page_session(&state, &headers) {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let sale = match state.db.sale(id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return ApiError::not_found("no such sale").into_response(),
+        Err(e) => return ApiError::unavailable_from(e).into_response(),
+    };
+    let now = state.now_ms();
+    let error = (now >= sale.starts_at_ms || sale.ends_at_ms.is_some_and(|e| now >= e)).then(|| {
+        format!(
+            "Sale {id} has started (or ended): a started sale cannot be edited, since its units are being sold and buyers hold tokens for its price. Pause or end it instead."
+        )
+    });
+    let form = SaleFormValues {
+        id: id.to_string(),
+        name: sale.name.clone(),
+        price: web::format::price(sale.price_cents).replace(',', ""),
+        units: sale.units.to_string(),
+        starts_at: utc_local_value(sale.starts_at_ms),
+        starts_at_ms: sale.starts_at_ms.to_string(),
+        ends_in_s: sale
+            .ends_at_ms
+            .map(|e| {
+                (e.saturating_sub(sale.starts_at_ms) / 1000)
+                    .max(1)
+                    .to_string()
+            })
+            .unwrap_or_default(),
+        ..SaleFormValues::default()
+    };
+    edit_page(&state, &nonce, StatusCode::OK, id, form, error, Vec::new())
+}
+
+/// `POST /admin/sales/{id}/edit`: the edit form (the create form's fields, parsed alike).
+pub async fn edit_sale(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    crate::extract::SaleIdPath(id): crate::extract::SaleIdPath,
+    form: Result<Form<SaleForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let mut form = match crate::extract::form_or_default(form) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(r) = form_session(&state, &headers, &form.csrf) {
+        return *r;
+    }
+    let nonce = form_nonce(&state, &headers);
+    form.id = id.to_string();
+    let now = state.now_ms();
+    let refused = |status: StatusCode, error: String, confirm: Vec<String>| {
+        edit_page(
+            &state,
+            &nonce,
+            status,
+            id,
+            form.values(),
+            Some(error),
+            confirm,
+        )
+    };
+    let parsed = match parse_sale_form(&form, now) {
+        Ok(s) => s,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, e.to_string(), Vec::new()),
+    };
+    let edit = crate::sales::SaleEdit {
+        name: Some(parsed.name),
+        price_cents: Some(parsed.price_cents),
+        units: Some(parsed.units),
+        starts_at_ms: Some(parsed.starts_at_ms),
+        ends_at_ms: parsed.ends_at_ms,
+        no_end: parsed.ends_at_ms.is_none(),
+    };
+    let confirm = crate::sales::needs_confirmation(parsed.price_cents, parsed.starts_at_ms, now);
+    match crate::orders::edit_sale_in(&state, id, &edit, form.confirmed()).await {
+        Ok(_) => see_other(&format!("/admin?done=edit&sale={id}")),
+        Err(e) if e.code == "confirmation_needed" => refused(
+            e.status,
+            "Please confirm before the sale is saved (tick the box and submit again).".into(),
+            confirm,
+        ),
+        Err(e) => refused(e.status, e.message.clone(), Vec::new()),
+    }
+}
+
+/// What an action on a sale does, for its confirmation page.
+fn sale_consequence(action: &str) -> Option<&'static str> {
+    Some(match action {
+        "pause" => {
+            "Purchases and tokens are refused (409 sale_paused) until the sale resumes; purchases already queued are still decided."
+        }
+        "resume" => "The sale takes purchases again (if it has started and not ended).",
+        "end" => {
+            "The sale stops taking purchases now, for good (410 ended); orders already made stand and unpaid ones are still cancelled at their pay-by time. This cannot be undone."
+        }
+        "reconcile" => {
+            "The stock store's figures for this sale are reset to the database's: its units left, held by the buyers with an active order."
+        }
+        _ => return None,
+    })
+}
+
+type SaleActionPath = Result<Path<(u64, String)>, axum::extract::rejection::PathRejection>;
+
+/// `GET /admin/sales/{id}/{action}`: "are you sure?".
+pub async fn confirm_sale_action(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: SaleActionPath,
+) -> Response {
+    let nonce = match page_session(&state, &headers) {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let Ok(Path((id, action))) = path else {
+        return ApiError::not_found("no such sale").into_response();
+    };
+    let Some(consequence) = sale_consequence(&action) else {
+        return ApiError::not_found("the actions are pause, resume, end, edit and reconcile")
+            .into_response();
+    };
+    let sale = match state.db.sale(id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return ApiError::not_found("no such sale").into_response(),
+        Err(e) => return ApiError::unavailable_from(e).into_response(),
+    };
+    let unsettled = if action == "reconcile" {
+        let u = crate::sync::sale_at_rest(&state, id).await;
+        (!u.at_rest()).then(|| u.to_string())
+    } else {
+        None
+    };
+    html(
+        StatusCode::OK,
+        "no-store",
+        &AdminSaleConfirmPage {
+            assets: assets(),
+            server_time_ms: state.now_ms(),
+            csrf: state.admin_key.csrf(&nonce),
+            id,
+            name: sale.name,
+            action,
+            consequence: consequence.to_string(),
+            unsettled,
+        },
+    )
+}
+
+/// An action's form: its CSRF token and, for a reconcile, `force`.
+#[derive(Debug, Default, Deserialize)]
+pub struct SaleActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    force: String,
+}
+
+/// `POST /admin/sales/{id}/{pause|resume|end|reconcile}`.
+pub async fn act_on_sale(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: SaleActionPath,
+    form: Result<Form<SaleActionForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let form = match crate::extract::form_or_default(form) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(r) = form_session(&state, &headers, &form.csrf) {
+        return *r;
+    }
+    let nonce = form_nonce(&state, &headers);
+    let Ok(Path((id, action))) = path else {
+        return ApiError::not_found("no such sale").into_response();
+    };
+    if action == "reconcile" {
+        let force = matches!(form.force.as_str(), "1" | "on" | "true");
+        return match crate::orders::reconcile_in(&state, id, force).await {
+            Ok(v) => {
+                let mut notice = format!(
+                    "Sale {id} reconciled: {} units, {} left, {} held by buyers with an active order.",
+                    v["units"], v["left"], v["holders"]
+                );
+                if let Some(w) = v["warning"].as_str() {
+                    notice.push_str(&format!(" Warning: {w}"));
+                }
+                dashboard_page(&state, &nonce, StatusCode::OK, Some(notice), None).await
+            }
+            Err(e) => {
+                let error = format!("Sale {id} was not reconciled: {}", e.message);
+                dashboard_page(&state, &nonce, e.status, None, Some(error)).await
+            }
+        };
+    }
+    match crate::orders::control_sale(&state, id, &action).await {
+        Ok(_) => see_other(&format!("/admin?done={action}&sale={id}")),
+        Err(e) => {
+            let error = format!("Sale {id}: {action} refused: {}", e.message);
+            dashboard_page(&state, &nonce, e.status, None, Some(error)).await
+        }
+    }
+}
+
+/// `?q=` of the order look-up page.
+#[derive(Debug, Default, Deserialize)]
+pub struct OrdersQuery {
+    #[serde(default)]
+    q: String,
+}
+
+/// `GET /admin/orders?q=`.
+pub async fn orders_page(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<OrdersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let nonce = match page_session(&state, &headers) {
+        Ok(n) => n,
+        Err(r) => return *r,
+    };
+    let q = query.map(|Query(q)| q.q).unwrap_or_default();
+    let q = q.trim().to_string();
+    let (status, orders, outcome, error) = match crate::orders::find_orders(&state, &q).await {
+        Ok((orders, outcome)) => (StatusCode::OK, orders, outcome, None),
+        Err(e) => (e.status, Vec::new(), None, Some(e.message.clone())),
+    };
+    let outcome = outcome.map(|o| match (o.order_id, o.reason) {
+        (Some(order), _) => format!(
+            "Ticket of {} for sale {}: ordered, order {order}.",
+            o.user, o.sale
+        ),
+        (None, Some(reason)) => format!(
+            "Ticket of {} for sale {}: rejected ({}).",
+            o.user,
+            o.sale,
+            reason.replace('_', " ")
+        ),
+        (None, None) => format!("Ticket of {} for sale {}: decided.", o.user, o.sale),
+    });
+    html(
+        status,
+        "no-store",
+        &AdminOrdersPage {
+            assets: assets(),
+            server_time_ms: state.now_ms(),
+            csrf: state.admin_key.csrf(&nonce),
+            query: q,
+            orders: orders
+                .into_iter()
+                .map(|o| AdminOrderRow {
+                    id: o.id,
+                    ticket: o.ticket,
+                    sale: o.sale,
+                    user: o.user,
+                    price_cents: o.price_cents,
+                    status: match o.status {
+                        order_worker::db::OrderStatus::Pending => "pending",
+                        order_worker::db::OrderStatus::Paid => "paid",
+                        order_worker::db::OrderStatus::Cancelled => "cancelled",
+                    }
+                    .to_string(),
+                    created_ms: o.created_ms,
+                    pay_by_ms: o.pay_by_ms,
+                })
+                .collect(),
+            outcome,
+            error,
+            limit: order_worker::db::LOOKUP_ORDERS_MAX,
+        },
+    )
 }
 
 /// `?since_ms=` of the live figures.
@@ -613,6 +1042,38 @@ pub struct DoneQuery {
     done: Option<String>,
 }
 
+/// The dead-letters page with a notice or an error.
+async fn dead_letters_page(
+    state: &AppState,
+    nonce: &str,
+    status: StatusCode,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Response {
+    let letters = match crate::orders::list_dead_letters(state).await {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let mut topics: Vec<String> = letters.iter().map(|(t, _)| t.clone()).collect();
+    topics.dedup();
+    html(
+        status,
+        "no-store",
+        &DeadLettersPage {
+            assets: assets(),
+            server_time_ms: state.now_ms(),
+            csrf: state.admin_key.csrf(nonce),
+            letters: letters
+                .into_iter()
+                .map(|(topic, d)| letter_row(&topic, d))
+                .collect(),
+            notice,
+            error,
+            topics,
+        },
+    )
+}
+
 /// `GET /admin/dead-letters`.
 pub async fn dead_letters(
     State(state): State<Arc<AppState>>,
@@ -623,10 +1084,6 @@ pub async fn dead_letters(
         Ok(n) => n,
         Err(r) => return *r,
     };
-    let letters = match crate::orders::list_dead_letters(&state).await {
-        Ok(l) => l,
-        Err(e) => return e.into_response(),
-    };
     let notice = query
         .ok()
         .and_then(|Query(q)| q.done)
@@ -635,20 +1092,111 @@ pub async fn dead_letters(
             "discard" => "Discarded.".to_string(),
             _ => "Done.".to_string(),
         });
-    html(
-        StatusCode::OK,
-        "no-store",
-        &DeadLettersPage {
-            assets: assets(),
-            server_time_ms: state.now_ms(),
-            csrf: state.admin_key.csrf(&nonce),
-            letters: letters
-                .into_iter()
-                .map(|(topic, d)| letter_row(&topic, d))
-                .collect(),
-            notice,
-        },
-    )
+    dead_letters_page(&state, &nonce, StatusCode::OK, notice, None).await
+}
+
+/// Most fields a bulk form carries (its letters, the CSRF token, the action).
+const BULK_FORM_FIELDS_MAX: usize = crate::orders::DEAD_LETTERS_BULK_MAX + 8;
+
+/// `POST /admin/dead-letters/bulk`: the selected letters (`letter=topic:offset`, repeated)
+/// or all of a topic (`all=replay:topic`), with `action`; without `confirmed=1` it answers
+/// the confirmation page, with it it acts and shows what was done and what was refused.
+pub async fn dead_letters_bulk(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let fields = match crate::extract::form_or_default(form) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    if fields.len() > BULK_FORM_FIELDS_MAX {
+        return ApiError::bad_request(format!(
+            "at most {} dead letters at once",
+            crate::orders::DEAD_LETTERS_BULK_MAX
+        ))
+        .into_response();
+    }
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    if let Err(r) = form_session(&state, &headers, field("csrf")) {
+        return *r;
+    }
+    let nonce = form_nonce(&state, &headers);
+    let mut action = field("action").to_string();
+    let mut selected: Vec<(String, u64)> = fields
+        .iter()
+        .filter(|(k, _)| k == "letter")
+        .filter_map(|(_, v)| {
+            let (topic, offset) = v.rsplit_once(':')?;
+            Some((topic.to_string(), offset.parse().ok()?))
+        })
+        .collect();
+    if let Some((a, topic)) = field("all").split_once(':') {
+        action = a.to_string();
+        selected = match crate::orders::all_of_topic(&state, topic).await {
+            Ok(l) => l,
+            Err(e) => return e.into_response(),
+        };
+    }
+    if !matches!(action.as_str(), "replay" | "discard") {
+        return ApiError::bad_request("action: replay or discard").into_response();
+    }
+    if selected.is_empty() {
+        let error = "Nothing selected: tick the dead letters first.".to_string();
+        return dead_letters_page(&state, &nonce, StatusCode::BAD_REQUEST, None, Some(error)).await;
+    }
+    if field("confirmed") != "1" {
+        let letters = match crate::orders::list_dead_letters(&state).await {
+            Ok(l) => l,
+            Err(e) => return e.into_response(),
+        };
+        let rows = letters
+            .into_iter()
+            .filter(|(t, d)| {
+                selected
+                    .iter()
+                    .any(|(st, so)| st == t && *so == d.dead_offset)
+            })
+            .map(|(t, d)| letter_row(&t, d))
+            .collect();
+        return html(
+            StatusCode::OK,
+            "no-store",
+            &AdminBulkConfirmPage {
+                assets: assets(),
+                server_time_ms: state.now_ms(),
+                csrf: state.admin_key.csrf(&nonce),
+                action,
+                letters: rows,
+            },
+        );
+    }
+    match crate::orders::dead_letters_bulk(&state, &action, &selected).await {
+        Ok(out) => {
+            let verb = if action == "replay" {
+                "Replayed"
+            } else {
+                "Discarded"
+            };
+            let notice = (!out.done.is_empty()).then(|| format!("{verb} {}.", out.done.len()));
+            let error = (!out.failed.is_empty()).then(|| {
+                let each: Vec<String> = out
+                    .failed
+                    .iter()
+                    .map(|(t, o, why)| format!("{t} #{o}: {why}"))
+                    .collect();
+                format!("{} not done: {}", out.failed.len(), each.join("; "))
+            });
+            dead_letters_page(&state, &nonce, StatusCode::OK, notice, error).await
+        }
+        Err(e) => dead_letters_page(&state, &nonce, e.status, None, Some(e.message.clone())).await,
+    }
 }
 
 type LetterPath = Result<Path<(String, u64, String)>, axum::extract::rejection::PathRejection>;
@@ -712,7 +1260,12 @@ pub async fn act_on_dead_letter(
     };
     match crate::orders::dead_letter_action(&state, &topic, offset, &action).await {
         Ok(_) => see_other(&format!("/admin/dead-letters?done={action}")),
-        Err(e) => e.into_response(),
+        Err(e) if e.status.is_server_error() => e.into_response(),
+        Err(e) => {
+            let nonce = form_nonce(&state, &headers);
+            let error = format!("{topic} #{offset}: not done: {}", e.message);
+            dead_letters_page(&state, &nonce, e.status, None, Some(error)).await
+        }
     }
 }
 
@@ -726,6 +1279,24 @@ mod tests {
         assert_eq!(parse_price("19.9"), Ok(1990));
         assert_eq!(parse_price("19"), Ok(1900));
         assert_eq!(parse_price(" 1,299.00 "), Ok(129_900));
+        assert_eq!(parse_price("1,234,567.5"), Ok(123_456_750));
+        // A comma that may be a decimal comma is refused with both readings, never guessed.
+        for comma in [
+            "1,50",
+            "1,500",
+            "19,99",
+            "1,2",
+            ",5",
+            "1,50.00",
+            "12,3456.00",
+        ] {
+            let e = parse_price(comma).expect_err(comma);
+            assert!(matches!(e, FormError::PriceComma(..)), "{comma}: {e}");
+        }
+        assert_eq!(
+            parse_price("1,50").expect_err("ambiguous").to_string(),
+            "price: “1,50” has a comma: is it 1.50 or 150? Write the price with a decimal point, like 1.50"
+        );
         for bad in [
             "",
             "-1",

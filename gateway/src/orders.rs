@@ -14,10 +14,24 @@
 //!   or being enqueued, none of its purchases in the dead letters); otherwise `409
 //!   not_at_rest`, since a reset while purchases are queued would hand their units out
 //!   again. `force=true` resets anyway, with a warning in the log and in the answer.
+//! - `POST /admin/api/sales` creates a sale; a price of 0 or a start more than
+//!   [`crate::sales::START_PAST_GRACE_MS`] in the past needs `"confirm": true` (otherwise
+//!   `422 confirmation_needed`, saying what to confirm).
+//! - `POST /admin/api/sales/{id}/pause|resume|end` and `PATCH /admin/api/sales/{id}` (edit
+//!   before the start, same confirmation rule): the change is made on the sale's row in the
+//!   database (`order_worker::db::SaleChange`), then in this gateway's catalogue and stock;
+//!   every other gateway follows at its next housekeeping round (`crate::sync`). Refusals:
+//!   `404`, `409 sale_ended`, `409 sale_started` (an edit after the start), `409
+//!   sale_has_orders`.
+//! - `GET /admin/api/orders?q=`: orders by order id, ticket or user id (newest first, at
+//!   most [`order_worker::db::LOOKUP_ORDERS_MAX`]), and a ticket's outcome.
 //! - `GET /admin/api/dead-letters`: dead letters of the orders and pay-by topics, with
-//!   their reasons; `POST /admin/api/dead-letters/{topic}/{offset}/replay|discard`. A
+//!   their reasons; `POST /admin/api/dead-letters/{topic}/{offset}/replay|discard`, and
+//!   `POST /admin/api/dead-letters/bulk` (all of a topic, or the offsets given). A
 //!   purchase discarded from the orders topic's dead letters is first recorded as rejected
-//!   (`discarded`) and its unit released, so its ticket ends with an explicit answer.
+//!   (`discarded`) and its unit released, so its ticket ends with an explicit answer. A
+//!   letter whose payload its topic's consumers cannot decode is not replayed (`422
+//!   would_fail_again`): it would only be dead-lettered again at once.
 
 use std::sync::Arc;
 
@@ -30,7 +44,7 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Admin, ClientIp, JsonBody, SaleIdPath, SameSite, SessionUser};
-use crate::sales::{NewSale, Sale};
+use crate::sales::{NewSale, Sale, SaleChange, SaleEdit};
 use crate::state::{AppState, Shared};
 
 /// Longest order id accepted in a path, bytes.
@@ -142,7 +156,9 @@ pub async fn admin_sales(
             .await
             .map_err(ApiError::unavailable_from)?;
         let stock = state.inventory.store().stock(sale.id).await.ok().flatten();
+        let now = state.now_ms();
         out.push(json!({
+            "state": crate::sales::admin_state(&sale, now, stock.map(|s| s.left)),
             "sale": sale,
             "orders": counts,
             "stock": stock.map(|s| json!({"units": s.units, "left": s.left, "holders": s.holders})),
@@ -176,6 +192,12 @@ pub async fn admin_reconcile(
             )));
         }
     };
+    reconcile_in(&state, id, force).await.map(Json)
+}
+
+/// Resets sale `id`'s stock to the database when it is at rest (or `force`); the JSON API
+/// and the dashboard's reconcile form.
+pub async fn reconcile_in(state: &AppState, id: u64, force: bool) -> ApiResult<Value> {
     if state
         .db
         .sale(id)
@@ -185,7 +207,7 @@ pub async fn admin_reconcile(
     {
         return Err(ApiError::not_found(format!("no sale {id}")));
     }
-    let unsettled = crate::sync::sale_at_rest(&state, id).await;
+    let unsettled = crate::sync::sale_at_rest(state, id).await;
     let mut warning = None;
     if !unsettled.at_rest() {
         if !force {
@@ -203,7 +225,7 @@ pub async fn admin_reconcile(
         tracing::warn!("{w}");
         warning = Some(w);
     }
-    let s = crate::sync::reconcile_sale(&state, id)
+    let s = crate::sync::reconcile_sale(state, id)
         .await
         .map_err(ApiError::unavailable_from)?;
     let mut out = json!({"sale": id, "units": s.units, "left": s.left, "holders": s.holders});
@@ -211,7 +233,7 @@ pub async fn admin_reconcile(
         out["forced"] = json!(true);
         out["warning"] = json!(w);
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 fn dead_topics(state: &AppState) -> [String; 2] {
@@ -289,11 +311,30 @@ pub async fn dead_letter_action(
         return Err(ApiError::not_found("no such topic"));
     }
     let r = match action {
-        "replay" => state
-            .queue
-            .replay_dead_letter(topic, offset)
-            .await
-            .map(|o| json!({"replayed_at": o})),
+        "replay" => {
+            let letters = state
+                .queue
+                .dead_letters(topic, offset, 1)
+                .await
+                .map_err(ApiError::from)?;
+            let Some(letter) = letters.into_iter().find(|d| d.dead_offset == offset) else {
+                return Err(ApiError::not_found(
+                    "no such dead letter (already replayed or discarded?)",
+                ));
+            };
+            if let Some(why) = replay_would_fail(state, topic, &letter.payload) {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "would_fail_again",
+                    why,
+                ));
+            }
+            state
+                .queue
+                .replay_dead_letter(topic, offset)
+                .await
+                .map(|o| json!({"replayed_at": o}))
+        }
         "discard" => {
             if topic == state.config.orders_topic {
                 settle_discarded_purchase(state, topic, offset).await?;
@@ -350,11 +391,43 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
     Ok(())
 }
 
+/// The body of `POST /admin/api/sales`: the sale, and the operator's confirmation of
+/// what [`crate::sales::needs_confirmation`] lists.
+#[derive(Debug, serde::Deserialize)]
+pub struct CreateSaleBody {
+    /// The sale.
+    #[serde(flatten)]
+    pub sale: NewSale,
+    /// Go ahead with a price of 0 or a start in the past.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+/// `422 confirmation_needed` listing `what`, unless `confirmed`.
+pub fn check_confirmed(what: &[String], confirmed: bool) -> ApiResult<()> {
+    if what.is_empty() || confirmed {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "confirmation_needed",
+        format!(
+            "please confirm: {}; send \"confirm\": true to go ahead",
+            what.join("; ")
+        ),
+    ))
+}
+
 pub async fn create_sale(
     State(state): State<Shared>,
     _admin: Admin,
-    JsonBody(sale): JsonBody<NewSale>,
+    JsonBody(body): JsonBody<CreateSaleBody>,
 ) -> ApiResult<Response> {
+    let sale = body.sale;
+    check_confirmed(
+        &crate::sales::needs_confirmation(sale.price_cents, sale.starts_at_ms, state.now_ms()),
+        body.confirm,
+    )?;
     let created = create_sale_in(&state, &sale).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -380,4 +453,285 @@ pub async fn create_sale_in(state: &AppState, sale: &NewSale) -> ApiResult<Sale>
         .await?;
     state.catalogue.upsert(created.clone());
     Ok(created)
+}
+
+/// What an operator's change came to, as this gateway applies it: the catalogue takes the
+/// sale as the database now has it (other gateways at their next round).
+fn applied(state: &AppState, change: SaleChange) -> ApiResult<Sale> {
+    match change {
+        SaleChange::Changed(sale) => {
+            state.catalogue.upsert(sale.clone());
+            Ok(sale)
+        }
+        SaleChange::NoSuchSale => Err(ApiError::not_found("no such sale")),
+        SaleChange::Refused { code, why } => Err(ApiError::new(StatusCode::CONFLICT, code, why)),
+        _ => Err(ApiError::internal("an unknown kind of sale change")),
+    }
+}
+
+/// Pauses, resumes or ends sale `id` (`action`: `pause`, `resume`, `end`); the JSON API and
+/// the dashboard's forms.
+pub async fn control_sale(state: &AppState, id: u64, action: &str) -> ApiResult<Sale> {
+    let now = state.now_ms();
+    let change = match action {
+        "pause" => state.db.set_paused(id, true, now).await,
+        "resume" => state.db.set_paused(id, false, now).await,
+        "end" => state.db.end_sale(id, now).await,
+        _ => return Err(ApiError::not_found("the actions are pause, resume and end")),
+    }
+    .map_err(ApiError::from)?;
+    let sale = applied(state, change)?;
+    tracing::info!("sale {id}: {action} by an operator");
+    Ok(sale)
+}
+
+/// Edits sale `id` before its start (the JSON API and the dashboard's form); a price of 0
+/// or a start in the past needs `confirm`. The stock is re-put from the new units.
+pub async fn edit_sale_in(
+    state: &AppState,
+    id: u64,
+    edit: &SaleEdit,
+    confirm: bool,
+) -> ApiResult<Sale> {
+    let now = state.now_ms();
+    let Some(old) = state
+        .db
+        .sale(id)
+        .await
+        .map_err(ApiError::unavailable_from)?
+    else {
+        return Err(ApiError::not_found("no such sale"));
+    };
+    let price = edit.price_cents.unwrap_or(old.price_cents);
+    let start = edit.starts_at_ms.unwrap_or(old.starts_at_ms);
+    // Only what the edit changes needs confirming again.
+    let mut what = crate::sales::needs_confirmation(price, start, now);
+    if edit.price_cents.is_none() {
+        what.retain(|w| !w.starts_with("the price"));
+    }
+    if edit.starts_at_ms.is_none() {
+        what.retain(|w| !w.starts_with("the start"));
+    }
+    check_confirmed(&what, confirm)?;
+    let change = state
+        .db
+        .edit_sale(id, edit, now)
+        .await
+        .map_err(ApiError::from)?;
+    let sale = applied(state, change)?;
+    // Not started and without orders: the units are re-put whole.
+    state
+        .inventory
+        .reconcile_bucketed(sale.id, sale.units, sale.stock_buckets, &[])
+        .await?;
+    tracing::info!("sale {id}: edited by an operator");
+    Ok(sale)
+}
+
+/// The sale as the admin API answers a change: the sale and its state.
+fn changed_json(state: &AppState, sale: &Sale) -> Value {
+    json!({"sale": sale, "state": crate::sales::admin_state(sale, state.now_ms(), None)})
+}
+
+/// `POST /admin/api/sales/{id}/pause`.
+pub async fn admin_pause(
+    State(state): State<Shared>,
+    _admin: Admin,
+    SaleIdPath(id): SaleIdPath,
+) -> ApiResult<Json<Value>> {
+    let sale = control_sale(&state, id, "pause").await?;
+    Ok(Json(changed_json(&state, &sale)))
+}
+
+/// `POST /admin/api/sales/{id}/resume`.
+pub async fn admin_resume(
+    State(state): State<Shared>,
+    _admin: Admin,
+    SaleIdPath(id): SaleIdPath,
+) -> ApiResult<Json<Value>> {
+    let sale = control_sale(&state, id, "resume").await?;
+    Ok(Json(changed_json(&state, &sale)))
+}
+
+/// `POST /admin/api/sales/{id}/end`.
+pub async fn admin_end(
+    State(state): State<Shared>,
+    _admin: Admin,
+    SaleIdPath(id): SaleIdPath,
+) -> ApiResult<Json<Value>> {
+    let sale = control_sale(&state, id, "end").await?;
+    Ok(Json(changed_json(&state, &sale)))
+}
+
+/// The body of `PATCH /admin/api/sales/{id}`: the fields to change, and the confirmation.
+#[derive(Debug, serde::Deserialize)]
+pub struct EditSaleBody {
+    /// The fields to change.
+    #[serde(flatten)]
+    pub edit: SaleEdit,
+    /// Go ahead with a price of 0 or a start in the past.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+/// `PATCH /admin/api/sales/{id}`.
+pub async fn admin_edit(
+    State(state): State<Shared>,
+    _admin: Admin,
+    SaleIdPath(id): SaleIdPath,
+    JsonBody(body): JsonBody<EditSaleBody>,
+) -> ApiResult<Json<Value>> {
+    let sale = edit_sale_in(&state, id, &body.edit, body.confirm).await?;
+    Ok(Json(changed_json(&state, &sale)))
+}
+
+/// The query of an order look-up.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct FindQuery {
+    /// An order id, a ticket or a user id.
+    #[serde(default)]
+    pub q: String,
+}
+
+/// The orders matching `q` (an order id, a ticket or a user id) and, for a ticket, its
+/// outcome; the JSON API and the dashboard's page.
+pub async fn find_orders(
+    state: &AppState,
+    q: &str,
+) -> ApiResult<(Vec<Order>, Option<order_worker::db::Outcome>)> {
+    let q = q.trim();
+    if q.len() > order_worker::db::LOOKUP_QUERY_BYTES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "q: at most {} bytes (an order id, a ticket or a user id)",
+            order_worker::db::LOOKUP_QUERY_BYTES_MAX
+        )));
+    }
+    if q.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let orders = state
+        .db
+        .find_orders(q, order_worker::db::LOOKUP_ORDERS_MAX)
+        .await
+        .map_err(ApiError::unavailable_from)?;
+    let outcome = state
+        .db
+        .outcome(q)
+        .await
+        .map_err(ApiError::unavailable_from)?;
+    Ok((orders, outcome))
+}
+
+/// `GET /admin/api/orders?q=`.
+pub async fn admin_find_orders(
+    State(state): State<Shared>,
+    _admin: Admin,
+    query: Result<axum::extract::Query<FindQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let q = query.map(|q| q.0.q).unwrap_or_default();
+    let (orders, outcome) = find_orders(&state, &q).await?;
+    let now = state.now_ms();
+    Ok(Json(json!({
+        "query": q.trim(),
+        "orders": orders.iter().map(|o| order_json(o, now)).collect::<Vec<_>>(),
+        "outcome": outcome,
+        "limit": order_worker::db::LOOKUP_ORDERS_MAX,
+    })))
+}
+
+/// Most dead letters one bulk action touches.
+pub const DEAD_LETTERS_BULK_MAX: usize = DEAD_LETTERS_LISTED_MAX;
+
+/// Why replaying `payload` on `topic` would fail again at once (its consumers cannot
+/// decode it), if it would.
+pub fn replay_would_fail(state: &AppState, topic: &str, payload: &[u8]) -> Option<String> {
+    let r = if topic == state.config.orders_topic {
+        order_worker::PurchaseMessage::decode(payload).map(|_| ())
+    } else {
+        order_worker::purchase::Deadline::decode(payload).map(|_| ())
+    };
+    r.err().map(|e| {
+        format!(
+            "the payload is not a message its consumers can read ({e}): a replay would be dead-lettered again at once; discard it instead"
+        )
+    })
+}
+
+/// What a bulk action did: the letters done, and those refused with why.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct BulkOutcome {
+    /// `(topic, dead offset)` of the letters replayed or discarded.
+    pub done: Vec<(String, u64)>,
+    /// `(topic, dead offset, why)` of the letters left alone.
+    pub failed: Vec<(String, u64, String)>,
+}
+
+/// Replays or discards each of `letters` (`(topic, dead offset)`, at most
+/// [`DEAD_LETTERS_BULK_MAX`]), going on past a refusal.
+pub async fn dead_letters_bulk(
+    state: &AppState,
+    action: &str,
+    letters: &[(String, u64)],
+) -> ApiResult<BulkOutcome> {
+    if !matches!(action, "replay" | "discard") {
+        return Err(ApiError::bad_request("action: replay or discard"));
+    }
+    if letters.len() > DEAD_LETTERS_BULK_MAX {
+        return Err(ApiError::bad_request(format!(
+            "at most {DEAD_LETTERS_BULK_MAX} dead letters at once"
+        )));
+    }
+    let mut out = BulkOutcome::default();
+    for (topic, offset) in letters {
+        match dead_letter_action(state, topic, *offset, action).await {
+            Ok(_) => out.done.push((topic.clone(), *offset)),
+            Err(e) if e.status.is_server_error() => return Err(e),
+            Err(e) => out.failed.push((topic.clone(), *offset, e.message.clone())),
+        }
+    }
+    Ok(out)
+}
+
+/// The body of `POST /admin/api/dead-letters/bulk`.
+#[derive(Debug, serde::Deserialize)]
+pub struct BulkBody {
+    /// `replay` or `discard`.
+    pub action: String,
+    /// The topic.
+    pub topic: String,
+    /// Dead offsets in that topic; absent: every dead letter of the topic (up to
+    /// [`DEAD_LETTERS_BULK_MAX`]).
+    #[serde(default)]
+    pub offsets: Option<Vec<u64>>,
+}
+
+/// Every dead letter of `topic` listed (at most [`DEAD_LETTERS_LISTED_MAX`]).
+pub async fn all_of_topic(state: &AppState, topic: &str) -> ApiResult<Vec<(String, u64)>> {
+    Ok(list_dead_letters(state)
+        .await?
+        .into_iter()
+        .filter(|(t, _)| t == topic)
+        .map(|(t, d)| (t, d.dead_offset))
+        .collect())
+}
+
+/// `POST /admin/api/dead-letters/bulk`.
+pub async fn admin_dead_letters_bulk(
+    State(state): State<Shared>,
+    _admin: Admin,
+    JsonBody(body): JsonBody<BulkBody>,
+) -> ApiResult<Json<Value>> {
+    if !dead_topics(&state).contains(&body.topic) {
+        return Err(ApiError::not_found("no such topic"));
+    }
+    let letters = match body.offsets {
+        Some(o) => o.into_iter().map(|o| (body.topic.clone(), o)).collect(),
+        None => all_of_topic(&state, &body.topic).await?,
+    };
+    let out = dead_letters_bulk(&state, &body.action, &letters).await?;
+    Ok(Json(json!({
+        "action": body.action,
+        "done": out.done.iter().map(|(t, o)| json!({"topic": t, "offset": o})).collect::<Vec<_>>(),
+        "failed": out.failed.iter().map(|(t, o, why)| json!({"topic": t, "offset": o, "message": why})).collect::<Vec<_>>(),
+    })))
 }

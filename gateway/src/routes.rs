@@ -29,6 +29,18 @@ pub fn routes(state: Shared) -> Router {
             "/admin/api/sales/{id}/reconcile",
             post(orders::admin_reconcile),
         )
+        .route(
+            "/admin/api/sales/{id}",
+            axum::routing::patch(orders::admin_edit),
+        )
+        .route("/admin/api/sales/{id}/pause", post(orders::admin_pause))
+        .route("/admin/api/sales/{id}/resume", post(orders::admin_resume))
+        .route("/admin/api/sales/{id}/end", post(orders::admin_end))
+        .route("/admin/api/orders", get(orders::admin_find_orders))
+        .route(
+            "/admin/api/dead-letters/bulk",
+            post(orders::admin_dead_letters_bulk),
+        )
         .route("/admin/api/dead-letters", get(orders::admin_dead_letters))
         .route(
             "/admin/api/dead-letters/{topic}/{offset}/{action}",
@@ -49,6 +61,16 @@ pub fn routes(state: Shared) -> Router {
             get(admin::confirm_dead_letter).post(admin::act_on_dead_letter),
         )
         .route("/admin/api/live", get(admin::live))
+        .route("/admin/orders", get(admin::orders_page))
+        .route(
+            "/admin/sales/{id}/edit",
+            get(admin::edit_sale_form).post(admin::edit_sale),
+        )
+        .route(
+            "/admin/sales/{id}/{action}",
+            get(admin::confirm_sale_action).post(admin::act_on_sale),
+        )
+        .route("/admin/dead-letters/bulk", post(admin::dead_letters_bulk))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))

@@ -168,6 +168,7 @@ pub async fn new_token(
     if sale.ends_at_ms.is_some_and(|e| now >= e) {
         return Err(ApiError::ended());
     }
+    crate::sales::refuse_paused(&sale)?;
     if state.inventory.flagged_sold_out(id) {
         state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));

@@ -4,7 +4,9 @@
 //! - **Catalogue**: re-read from the database every housekeeping round; a sale new to this
 //!   gateway gets its stock defined if the store has none (from the units on sale and the
 //!   users holding an active order), which is also what a restart with an in-process store
-//!   does for every sale.
+//!   does for every sale. A sale whose units an operator edited (before its start) has its
+//!   stock re-put from the new units; a pause or an early end needs nothing of the store:
+//!   the catalogue's copy refuses the purchases.
 //! - **Tickets**: the workers' group progress on the orders topic is read each round, per
 //!   partition when the topic has several ([`crate::tickets::Done`]); tickets below their
 //!   partition's mark are finished and leave the book: decided (their outcomes are in the
@@ -70,8 +72,26 @@ pub async fn load_catalogue(state: &AppState) -> Result<usize, SyncError> {
     let sales = state.db.sales().await?;
     let mut new = 0;
     for sale in sales {
-        let known = state.catalogue.get(sale.id).is_some();
-        if !known {
+        let known = state.catalogue.get(sale.id);
+        if let Some(old) = &known
+            && old.units != sale.units
+            && state
+                .inventory
+                .store()
+                .stock(sale.id)
+                .await?
+                .is_none_or(|s| s.units != sale.units)
+        {
+            // Edited before its start through some gateway (`SaleChange`): the units are
+            // re-put here too, so an in-process store follows (a shared Redis store already
+            // holds the new units and is left alone).
+            let holders = state.db.active_holder_tags(sale.id).await?;
+            state
+                .inventory
+                .reconcile_bucketed(sale.id, sale.units, sale.stock_buckets, &holders)
+                .await?;
+        }
+        if known.is_none() {
             let stock = state.inventory.store().stock(sale.id).await?;
             if stock.is_none() {
                 let holders = state.db.active_holder_tags(sale.id).await?;

@@ -10,9 +10,13 @@
 //!
 //! Modules:
 //! - [`views`]: one template struct per page, and the rows they show.
+//! - [`admin_views`]: the operator's pages beyond the dashboard (edit a sale, confirm an
+//!   action on a sale, order look-up, bulk dead-letter confirmation) and the create/edit
+//!   form's values.
 //! - [`assets`]: the CSS and JavaScript, embedded, with content-hashed URLs and ETags.
 //! - [`format`]: prices, counts and times as people read them.
 
+pub mod admin_views;
 pub mod assets;
 pub mod format;
 pub mod views;

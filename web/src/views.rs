@@ -257,6 +257,9 @@ pub struct AdminSaleRow {
     pub token_factor: String,
     /// Units per person.
     pub per_user_limit: u32,
+    /// The operator's state: `live`, `upcoming`, `paused`, `sold_out`, `ended` (the
+    /// gateway's `sales::admin_state`).
+    pub admin_state: &'static str,
 }
 
 impl AdminSaleRow {
@@ -264,6 +267,31 @@ impl AdminSaleRow {
     pub fn store(&self) -> String {
         self.store_left
             .map_or_else(|| "?".into(), format::thousands)
+    }
+
+    /// The operator's state for people.
+    pub fn state_label(&self) -> String {
+        self.admin_state.replace('_', " ")
+    }
+
+    /// Whether the sale can be paused (not ended, not paused).
+    pub fn can_pause(&self) -> bool {
+        !matches!(self.admin_state, "ended" | "paused")
+    }
+
+    /// Whether the sale can be resumed (paused).
+    pub fn can_resume(&self) -> bool {
+        self.admin_state == "paused"
+    }
+
+    /// Whether the sale can be ended (not ended yet).
+    pub fn can_end(&self) -> bool {
+        self.admin_state != "ended"
+    }
+
+    /// Whether the sale can be edited (not started, not ended).
+    pub fn can_edit(&self, now_ms: &u64) -> bool {
+        self.admin_state != "ended" && *now_ms < self.sale.starts_at_ms
     }
 }
 
@@ -287,6 +315,11 @@ pub struct AdminDashboard<'a> {
     pub next_id: u64,
     /// The gateway's default token factor.
     pub default_token_factor: String,
+    /// The create-sale form's values as last typed (kept after an error); empty fields on
+    /// a first visit.
+    pub form: crate::admin_views::SaleFormValues,
+    /// What the operator must confirm before the sale is created (shown with a checkbox).
+    pub confirm: Vec<String>,
 }
 
 /// A dead letter on the admin's list.
@@ -331,6 +364,10 @@ pub struct DeadLettersPage<'a> {
     pub letters: Vec<DeadLetterRow>,
     /// Outcome of the last action, if any.
     pub notice: Option<String>,
+    /// Error of the last action, if any.
+    pub error: Option<String>,
+    /// The topics dead letters come from (for "all of a topic").
+    pub topics: Vec<String>,
 }
 
 /// `GET /admin/dead-letters/{topic}/{offset}/{action}`: "are you sure?".

@@ -1,6 +1,9 @@
 // Flash sale admin dashboard: polls /admin/api/live every second and redraws the figures,
 // the workers' heartbeats and the chart (inline SVG: incoming versus drain rate, and the
-// backlog, over the last five minutes). Plain JavaScript, no dependencies.
+// backlog, over the last five minutes); polls /admin/api/sales every two seconds and
+// rebuilds the sales table with each sale's actions (pause, resume, end, edit, reconcile).
+// Also turns the create and edit forms' local start time into ms. Plain JavaScript, no
+// dependencies.
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
@@ -10,12 +13,23 @@
   // date across a daylight-saving change is right; the zone offset is the fallback.
   const tz = $("tz-offset");
   if (tz) tz.value = String(new Date().getTimezoneOffset());
-  const form = $("create-sale");
-  if (form) form.addEventListener("submit", () => {
-    const local = form.elements["starts_at"].value;
-    const ms = local ? new Date(local).getTime() : NaN;
-    $("starts-at-ms").value = Number.isFinite(ms) ? String(ms) : "";
-  });
+  // The create and edit forms: "starts at" typed in local time becomes ms on submit; the
+  // edit form's start (sent in UTC, data-ms) is shown in local time first.
+  const pad = (n) => String(n).padStart(2, "0");
+  const localValue = (ms) => {
+    const d = new Date(ms);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  };
+  for (const form of [$("create-sale"), $("edit-sale")]) {
+    if (!form) continue;
+    const start = form.elements["starts_at"];
+    if (start && start.dataset.ms) start.value = localValue(Number(start.dataset.ms));
+    form.addEventListener("submit", () => {
+      const local = form.elements["starts_at"].value;
+      const ms = local ? new Date(local).getTime() : NaN;
+      $("starts-at-ms").value = Number.isFinite(ms) ? String(ms) : "";
+    });
+  }
   for (const t of document.querySelectorAll("time[data-ms]")) {
     const ms = Number(t.dataset.ms);
     if (ms) { t.title = t.textContent; t.textContent = new Date(ms).toLocaleString(); }
@@ -97,24 +111,69 @@
     live.dataset.ticks = String(Number(live.dataset.ticks) + 1);
     $("live-age").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
-  // The sales table's figures, every five seconds.
+  // The live sales table (owned by the operator's part, not the chart): rebuilt from
+  // /admin/api/sales every SALES_REFRESH_MS, with each row's actions for its state.
+  const SALES_REFRESH_MS = 2000, SALES_SHOWN_MAX = 50;
+  const salesBox = $("sales");
+  let lastSales = "";
+  const cents = (c) => (Number(c) / 100).toFixed(2);
+  function actionForm(id, action, label) {
+    const f = document.createElement("form");
+    f.className = "inline"; f.method = "post"; f.action = `/admin/sales/${id}/${action}`;
+    const csrf = document.createElement("input");
+    csrf.type = "hidden"; csrf.name = "csrf"; csrf.value = salesBox.dataset.csrf;
+    const b = document.createElement("button");
+    b.type = "submit"; b.className = `secondary act-${action}`; b.textContent = label;
+    f.append(csrf, b);
+    return f;
+  }
+  function actionLink(id, action, label) {
+    const a = document.createElement("a");
+    a.className = `act-${action}`; a.href = `/admin/sales/${id}/${action}`; a.textContent = label;
+    return a;
+  }
+  function saleRow(row, now) {
+    const s = row.sale, st = row.state;
+    const tr = document.createElement("tr");
+    tr.dataset.saleId = s.id;
+    const td = (text, cls) => { const c = document.createElement("td"); if (cls) c.className = cls; c.textContent = text; tr.append(c); return c; };
+    td(String(s.id));
+    const name = td(""); const a = document.createElement("a"); a.href = `/sales/${s.id}`; a.textContent = s.name; name.append(a);
+    const state = td(st.replace(/_/g, " "), `sale-state state-${st}`); state.dataset.state = st;
+    td(cents(s.price_cents), "price-cell"); td(String(s.units), "units");
+    td(`${fmt(s.units_left)} / ${row.stock ? fmt(row.stock.left) : "?"}`, "left");
+    td(fmt(row.orders.pending), "pending"); td(fmt(row.orders.paid), "paid"); td(fmt(row.orders.cancelled), "cancelled");
+    td(String(s.token_factor ?? salesBox.dataset.defaultTokenFactor ?? ""));
+    const starts = td(""); const t = document.createElement("time");
+    t.dataset.ms = s.starts_at_ms; t.textContent = new Date(s.starts_at_ms).toLocaleString(); starts.append(t);
+    const acts = td("", "actions");
+    if (st !== "ended" && st !== "paused") acts.append(actionForm(s.id, "pause", "Pause"), " ");
+    if (st === "paused") acts.append(actionForm(s.id, "resume", "Resume"), " ");
+    if (st !== "ended") acts.append(actionLink(s.id, "end", "End…"), " ");
+    if (st !== "ended" && now < s.starts_at_ms) acts.append(actionLink(s.id, "edit", "Edit…"), " ");
+    acts.append(actionLink(s.id, "reconcile", "Reconcile…"));
+    return tr;
+  }
   async function refreshSales() {
     let r;
-    try { r = await fetch("/admin/api/sales", { credentials: "same-origin", headers: { "Accept": "application/json" } }); }
-    catch (e) { return; }
-    if (!r.ok) return;
+    try { r = await fetch(salesBox.dataset.salesUrl, { credentials: "same-origin", headers: { "Accept": "application/json" } }); }
+    catch (e) { $("sales-age").textContent = "connection lost; retrying"; return; }
+    if (!r.ok) { $("sales-age").textContent = `sales unavailable (${r.status})`; return; }
     const d = await r.json();
-    for (const row of d.sales || []) {
-      const tr = document.querySelector(`#sales-table tr[data-sale-id="${row.sale.id}"]`);
-      if (!tr) continue;
-      const store = row.stock ? fmt(row.stock.left) : "?";
-      tr.querySelector(".left").textContent = `${fmt(row.sale.units_left)} / ${store}`;
-      tr.querySelector(".pending").textContent = fmt(row.orders.pending);
-      tr.querySelector(".paid").textContent = fmt(row.orders.paid);
-      tr.querySelector(".cancelled").textContent = fmt(row.orders.cancelled);
+    const rows = (d.sales || []).slice().sort((x, y) => y.sale.id - x.sale.id).slice(0, SALES_SHOWN_MAX);
+    const tbody = $("sales-table").tBodies[0];
+    // Rebuilt only when something changed (an unchanged row keeps its buttons under the
+    // pointer), and never while a control in the table has focus. A sale that becomes
+    // editable or not as its start passes changes its state, hence the table, too.
+    const sig = JSON.stringify(rows.map((r) => [r.sale, r.state, r.orders, r.stock]));
+    if (sig !== lastSales && !tbody.contains(document.activeElement)) {
+      tbody.replaceChildren(...rows.map((row) => saleRow(row, d.server_time_ms)));
+      lastSales = sig;
     }
+    salesBox.dataset.refreshes = String(Number(salesBox.dataset.refreshes || 0) + 1);
+    $("sales-age").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
   poll();
   setInterval(poll, 1000);
-  setInterval(refreshSales, 5000);
+  if (salesBox) { refreshSales(); setInterval(refreshSales, SALES_REFRESH_MS); }
 })();

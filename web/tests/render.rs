@@ -194,16 +194,26 @@ fn admin_pages_carry_csrf_tokens_in_every_form() {
             cancelled: 1,
             token_factor: "1.5".into(),
             per_user_limit: 1,
+            admin_state: "live",
         }],
         notice: Some("sale 7 created".into()),
         error: None,
         next_id: 8,
         default_token_factor: "1.5".into(),
+        form: Default::default(),
+        confirm: Vec::new(),
     }
     .render()
     .expect("ok");
-    let forms = dash.matches("<form").count();
-    assert!(forms >= 2);
+    // Every form that changes something (POST) carries the token; the order look-up is a
+    // GET and carries none (a token never goes into a URL).
+    let forms = dash.matches(r#"method="post""#).count();
+    assert!(forms >= 3);
+    assert!(
+        dash.contains(r#"action="/admin/sales/7/pause""#)
+            && dash.contains(r#"href="/admin/sales/7/end""#)
+    );
+    assert!(!dash.contains(r#"id="confirm-box""#), "nothing to confirm");
     assert_eq!(
         dash.matches(r#"name="csrf" value="CSRF-TOKEN-1""#).count(),
         forms
@@ -248,9 +258,13 @@ fn admin_pages_carry_csrf_tokens_in_every_form() {
         csrf: "C2".into(),
         letters: vec![letter.clone()],
         notice: None,
+        error: None,
+        topics: vec!["orders".into()],
     }
     .render()
     .expect("ok");
+    assert!(list.contains(r#"name="letter" value="orders:3""#));
+    assert!(list.contains(r#"value="replay:orders""#));
     assert!(list.contains(r#"<tr class="dead-letter" data-topic="orders" data-offset="3">"#));
     assert!(list.contains(r#"href="/admin/dead-letters/orders/3/discard""#));
     assert!(!list.contains("malformed <b>"), "reasons are escaped");
@@ -287,4 +301,90 @@ fn admin_login_shows_the_error() {
     .expect("ok");
     assert!(html.contains(r#"id="admin-secret""#) && html.contains("wrong secret"));
     assert!(html.contains(r#"type="password""#));
+}
+
+#[test]
+fn operator_pages_keep_what_was_typed_escape_it_and_carry_csrf_tokens() {
+    use web::admin_views::*;
+    let typed = SaleFormValues {
+        name: "Kettle <b>".into(),
+        price: "1,50".into(),
+        units: "5".into(),
+        ..SaleFormValues::default()
+    };
+    let dash = AdminDashboard {
+        assets: assets(),
+        server_time_ms: NOW,
+        csrf: "T".into(),
+        sales: Vec::new(),
+        notice: None,
+        error: Some("price: wrong".into()),
+        next_id: 8,
+        default_token_factor: "1.5".into(),
+        form: typed.clone(),
+        confirm: vec!["the price is 0".into()],
+    }
+    .render()
+    .expect("ok");
+    assert!(
+        dash.contains(r#"value="1,50""#) && dash.contains(r#"value="Kettle &#60;b&#62;""#),
+        "{dash}"
+    );
+    assert!(dash.contains(r#"id="form-error""#) && dash.contains(r#"id="confirm""#));
+    let edit = AdminEditSalePage {
+        assets: assets(),
+        server_time_ms: NOW,
+        csrf: "E".into(),
+        id: 9,
+        form: typed,
+        error: Some("refused".into()),
+        confirm: Vec::new(),
+    }
+    .render()
+    .expect("ok");
+    assert!(edit.contains(r#"action="/admin/sales/9/edit""#) && edit.contains(r#"value="1,50""#));
+    let confirm = AdminSaleConfirmPage {
+        assets: assets(),
+        server_time_ms: NOW,
+        csrf: "R".into(),
+        id: 9,
+        name: "Kettle".into(),
+        action: "reconcile".into(),
+        consequence: "reset".into(),
+        unsettled: Some("3 purchases queued".into()),
+    }
+    .render()
+    .expect("ok");
+    assert!(confirm.contains(r#"action="/admin/sales/9/reconcile""#));
+    assert!(confirm.contains(r#"id="force""#) && confirm.contains("3 purchases queued"));
+    let orders = AdminOrdersPage {
+        assets: assets(),
+        server_time_ms: NOW,
+        csrf: "O".into(),
+        query: "ann".into(),
+        orders: vec![AdminOrderRow {
+            id: "o-1".into(),
+            ticket: "t-1".into(),
+            sale: 9,
+            user: "ann".into(),
+            price_cents: 150,
+            status: "pending".into(),
+            created_ms: NOW,
+            pay_by_ms: NOW + 600_000,
+        }],
+        outcome: None,
+        error: None,
+        limit: 100,
+    }
+    .render()
+    .expect("ok");
+    assert!(orders.contains(r#"data-order-id="o-1""#) && orders.contains("1.50"));
+    for (page, token) in [(&dash, "T"), (&edit, "E"), (&confirm, "R"), (&orders, "O")] {
+        assert_eq!(
+            page.matches(r#"method="post""#).count(),
+            page.matches(&format!(r#"name="csrf" value="{token}""#))
+                .count(),
+            "{page}"
+        );
+    }
 }

@@ -593,7 +593,7 @@ async fn create_sale(t: &TestApp, id: u64, units: u64, starts_at_ms: u64, pay_wi
         Some(
             json!({"id": id, "name": format!("Gadget {id}"), "price_cents": 1999,
                     "units": units, "starts_at_ms": starts_at_ms,
-                    "pay_window_ms": pay_window_ms}),
+                    "pay_window_ms": pay_window_ms, "confirm": true}),
         ),
     )
     .await;
@@ -1339,7 +1339,7 @@ async fn a_sale_is_created_with_its_stock_buckets() {
     let t = super::test_app(1.5, test_throttle()).await;
     let sale = |id: u64, k: Option<u64>| {
         let mut v = json!({"id": id, "name": format!("Gadget {id}"), "price_cents": 1999,
-                           "units": 10, "starts_at_ms": 0});
+                           "units": 10, "starts_at_ms": 0, "confirm": true});
         if let Some(k) = k {
             v["stock_buckets"] = json!(k);
         }
@@ -1369,4 +1369,308 @@ async fn a_sale_is_created_with_its_stock_buckets() {
             .map(|s| s.stock_buckets),
         Some(4)
     );
+}
+
+/// The state shown for sale `id` in the live sales table.
+fn sale_state_js(id: u64) -> String {
+    format!("txt('table#sales-table tr[data-sale-id=\"{id}\"] td.sale-state')")
+}
+
+/// The operator pauses, resumes and ends a sale from the dashboard's live sales table; the
+/// table follows a change made elsewhere (the admin API) without a reload; the create form
+/// refuses "1,50", keeps what was typed, and asks to confirm a zero price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_pauses_resumes_and_ends_a_sale_from_the_dashboard() {
+    let test = "operator_pauses_resumes_and_ends_a_sale_from_the_dashboard";
+    let Some(browser) = Browser::start(test).await else {
+        return;
+    };
+    let (t, crew, base) = system().await;
+    let page = browser.session(&base).await;
+    let secret = t.state.config.admin_secret.clone();
+    admin_sign_in(&page, &secret).await;
+    // A sale created elsewhere after the page loaded shows up in the live table.
+    create_sale(&t, 51, 10, 0, 600_000).await;
+    page.wait_for(
+        "sale 51 live in the table without a reload",
+        &format!("{} === 'live'", sale_state_js(51)),
+    )
+    .await;
+    page.shot("operator-table-live").await;
+
+    // Pause from the table: the sale refuses tokens.
+    page.click("table#sales-table tr[data-sale-id=\"51\"] button.act-pause")
+        .await;
+    page.wait_for(
+        "the pause notice",
+        "(txt('#notice') || '').includes('Sale 51 paused')",
+    )
+    .await;
+    page.wait_for(
+        "sale 51 shown paused",
+        &format!("{} === 'paused'", sale_state_js(51)),
+    )
+    .await;
+    let _ = page
+        .eval("document.getElementById('sales').scrollIntoView() || true")
+        .await;
+    page.shot("operator-paused").await;
+    assert!(t.state.db.sale(51).await.expect("db").expect("sale").paused);
+    let ann = t.login("ann").await;
+    let (s, v) = t.token_load_test(&ann, 51).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::CONFLICT, Some("sale_paused")),
+        "{v}"
+    );
+
+    // Resume from the table.
+    page.click("table#sales-table tr[data-sale-id=\"51\"] button.act-resume")
+        .await;
+    page.wait_for(
+        "the resume notice",
+        "(txt('#notice') || '').includes('Sale 51 resumed')",
+    )
+    .await;
+    assert!(!t.state.db.sale(51).await.expect("db").expect("sale").paused);
+    let (s, v) = t.token_load_test(&ann, 51).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Paused by another operator through the API: the table follows without a reload.
+    let (s, v) = admin_api(&t, "POST", "/admin/api/sales/51/pause", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    page.wait_for(
+        "the table to show the pause made elsewhere",
+        &format!("{} === 'paused'", sale_state_js(51)),
+    )
+    .await;
+
+    // End, after its confirmation page.
+    page.click("table#sales-table tr[data-sale-id=\"51\"] a.act-end")
+        .await;
+    page.wait_shown("form#confirm").await;
+    page.shot("operator-end-confirm").await;
+    page.click("button#confirm-submit").await;
+    page.wait_for(
+        "sale 51 shown ended",
+        &format!("{} === 'ended'", sale_state_js(51)),
+    )
+    .await;
+    let (s, v) = t.token_load_test(&ann, 51).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::GONE, Some("ended")),
+        "{v}"
+    );
+
+    // "1,50" is refused with both readings; what was typed stays in the form.
+    for (name, value) in [
+        ("id", "52"),
+        ("name", "Comma kettle"),
+        ("price", "1,50"),
+        ("units", "5"),
+        ("starts_in_s", "0"),
+    ] {
+        page.type_into(&format!("form#create-sale input[name={name}]"), value)
+            .await;
+    }
+    page.click("form#create-sale [type=submit]").await;
+    page.wait_for(
+        "the decimal comma refused",
+        "(txt('#error') || '').includes('is it 1.50 or 150?')",
+    )
+    .await;
+    let _ = page
+        .eval("document.getElementById('new-sale').scrollIntoView() || true")
+        .await;
+    assert!(
+        page.text("#form-error")
+            .await
+            .is_some_and(|e| e.contains("1.50 or 150")),
+        "the error beside the form"
+    );
+    page.shot("operator-price-comma").await;
+    for (name, value) in [("name", "Comma kettle"), ("price", "1,50"), ("units", "5")] {
+        let kept = page
+            .eval(&format!("$('form#create-sale input[name={name}]').value"))
+            .await
+            .expect("value");
+        assert_eq!(kept, json!(value), "{name} kept");
+    }
+    assert!(
+        t.state.db.sale(52).await.expect("db").is_none(),
+        "never 150.00"
+    );
+    // A price of 0 needs the box ticked.
+    page.type_into("form#create-sale input[name=price]", "0")
+        .await;
+    page.click("form#create-sale [type=submit]").await;
+    page.wait_shown("#confirm-box").await;
+    let _ = page
+        .eval("document.getElementById('new-sale').scrollIntoView() || true")
+        .await;
+    page.shot("operator-confirm-zero-price").await;
+    assert!(t.state.db.sale(52).await.expect("db").is_none());
+    page.click("input#confirm").await;
+    page.click("form#create-sale [type=submit]").await;
+    page.wait_for(
+        "sale 52 created",
+        "(txt('#notice') || '').includes('Sale 52 created')",
+    )
+    .await;
+    let made = t.state.db.sale(52).await.expect("db").expect("sale 52");
+    assert_eq!((made.price_cents, made.name.as_str()), (0, "Comma kettle"));
+    page.wait_for(
+        "sale 52 in the table",
+        &format!("{} === 'live'", sale_state_js(52)),
+    )
+    .await;
+    let _ = page
+        .eval("document.getElementById('sales').scrollIntoView() || true")
+        .await;
+    page.shot("operator-dashboard").await;
+    page.close().await;
+    crew.stop().await;
+}
+
+/// The operator edits a sale before its start from the table's link (the start shown and
+/// sent back by the page's script), looks an order up by its buyer, reconciles a sale
+/// after its confirmation page, and discards two unreadable dead letters in one go after a
+/// refused replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_edits_looks_up_reconciles_and_clears_dead_letters() {
+    let test = "operator_edits_looks_up_reconciles_and_clears_dead_letters";
+    let Some(browser) = Browser::start(test).await else {
+        return;
+    };
+    let (t, crew, base) = system().await;
+    let start = SystemClock.now_ms() + 3_600_000;
+    create_sale(&t, 61, 5, start, 600_000).await;
+    create_sale(&t, 62, 5, 0, 600_000).await;
+    let page = browser.session(&base).await;
+    let secret = t.state.config.admin_secret.clone();
+    admin_sign_in(&page, &secret).await;
+
+    // Edit sale 61 before its start.
+    page.wait_shown("table#sales-table tr[data-sale-id=\"61\"] a.act-edit")
+        .await;
+    page.click("table#sales-table tr[data-sale-id=\"61\"] a.act-edit")
+        .await;
+    page.wait_shown("form#edit-sale").await;
+    page.type_into("form#edit-sale input[name=units]", "8")
+        .await;
+    page.type_into("form#edit-sale input[name=price]", "24.50")
+        .await;
+    page.shot("operator-edit").await;
+    page.click("button#edit-sale-submit").await;
+    page.wait_for(
+        "the saved notice",
+        "(txt('#notice') || '').includes('Sale 61 saved')",
+    )
+    .await;
+    let edited = t.state.db.sale(61).await.expect("db").expect("sale 61");
+    assert_eq!((edited.units, edited.price_cents), (8, 2450), "{edited:?}");
+    assert!(
+        edited.starts_at_ms.abs_diff(start) < 1000,
+        "the start kept (to the second): {} vs {start}",
+        edited.starts_at_ms
+    );
+    let stock = t.state.inventory.store().stock(61).await.expect("ok");
+    assert_eq!(stock.map(|s| s.units), Some(8), "the stock re-put");
+
+    // A purchase of sale 62, found by its buyer.
+    let ann = t.login("ann").await;
+    let (_, v) = t.token_load_test(&ann, 62).await;
+    let (s, v) = t.purchase(&ann, 62, &token_of(&v)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let deadline = Instant::now() + WAIT;
+    while t.state.db.order_counts(62).await.expect("db").pending == 0 {
+        assert!(Instant::now() < deadline, "no order");
+        tokio::time::sleep(POLL).await;
+    }
+    page.type_into("input#order-query", "ann").await;
+    page.find("input#order-query")
+        .await
+        .send_keys(&fantoccini::key::Key::Enter.to_string())
+        .await
+        .expect("submit");
+    let row = page.wait_shown("table#orders tr.order").await;
+    assert!(row.contains("ann") && row.contains("pending"), "{row}");
+    page.shot("operator-order-lookup").await;
+
+    // Reconcile sale 62 after its confirmation page: the result is shown.
+    page.goto("/admin").await;
+    page.wait_shown("table#sales-table tr[data-sale-id=\"62\"] a.act-reconcile")
+        .await;
+    page.click("table#sales-table tr[data-sale-id=\"62\"] a.act-reconcile")
+        .await;
+    page.wait_shown("form#confirm").await;
+    page.click("button#confirm-submit").await;
+    page.wait_for(
+        "the reconcile result",
+        "(txt('#notice') || '').includes('Sale 62 reconciled: 5 units, 4 left, 1 held by buyers with an active order.')",
+    )
+    .await;
+    page.shot("operator-reconciled").await;
+
+    // Two unreadable dead letters: a replay is refused, saying why; both go in one discard.
+    for payload in [&b"{not a purchase"[..], &b"[]"[..]] {
+        t.engine
+            .publish("orders", queue::Message::new(payload))
+            .await
+            .expect("publish");
+    }
+    let deadline = Instant::now() + WAIT;
+    while t
+        .state
+        .queue
+        .dead_letters("orders", 0, 10)
+        .await
+        .expect("dead letters")
+        .len()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no dead letters");
+        tokio::time::sleep(POLL).await;
+    }
+    page.goto("/admin/dead-letters").await;
+    page.click("table#dead-letters tr.dead-letter a.replay")
+        .await;
+    page.wait_shown("form#confirm").await;
+    page.click("button#confirm-submit").await;
+    page.wait_for(
+        "the refused replay",
+        "(txt('#error') || '').includes('dead-lettered again at once')",
+    )
+    .await;
+    assert!(
+        !page
+            .text("body")
+            .await
+            .unwrap_or_default()
+            .contains("Replayed"),
+        "never says Replayed"
+    );
+    page.shot("operator-replay-refused").await;
+    page.click("button.all-of-topic[value=\"discard:orders\"]")
+        .await;
+    page.wait_shown("table#bulk-letters").await;
+    page.shot("operator-bulk-confirm").await;
+    page.click("button#confirm-submit").await;
+    page.wait_for(
+        "the bulk discard",
+        "(txt('#notice') || '').includes('Discarded 2.')",
+    )
+    .await;
+    page.wait_gone("table#dead-letters tr.dead-letter").await;
+    assert!(
+        t.state
+            .queue
+            .dead_letters("orders", 0, 10)
+            .await
+            .expect("dead letters")
+            .is_empty()
+    );
+    page.close().await;
+    crew.stop().await;
 }

@@ -24,6 +24,7 @@ mod behind_proxy;
 mod browser;
 mod edge;
 mod hostile;
+mod operator;
 mod pages;
 mod pools;
 mod system;
@@ -311,7 +312,8 @@ impl TestApp {
             .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
             .body(Body::from(
                 json!({"id": id, "name": "phone", "price_cents": 99900, "units": units,
-                       "starts_at_ms": starts_at_ms, "pay_window_ms": pay_window_ms})
+                       "starts_at_ms": starts_at_ms, "pay_window_ms": pay_window_ms,
+                       "confirm": true})
                 .to_string(),
             ))
             .expect("request");

@@ -383,7 +383,7 @@ async fn admin_forms_need_csrf_and_the_same_site() {
             b = b.header(gateway::extract::CSRF_HEADER, v);
         }
         b.body(Body::from(
-            json!({"id": 8, "name": "x", "price_cents": 1, "units": 1, "starts_at_ms": 0})
+            json!({"id": 8, "name": "x", "price_cents": 1, "units": 1, "starts_at_ms": 0, "confirm": true})
                 .to_string(),
         ))
         .expect("ok")
@@ -581,7 +581,7 @@ async fn an_ended_sale_refuses_tokens_and_purchases() {
         .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
         .body(Body::from(
             json!({"id": 2, "name": "gone", "price_cents": 1, "units": 5,
-            "starts_at_ms": 1, "ends_at_ms": 2})
+            "starts_at_ms": 1, "ends_at_ms": 2, "confirm": true})
             .to_string(),
         ))
         .expect("ok");

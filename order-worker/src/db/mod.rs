@@ -115,8 +115,10 @@ mod error;
 mod failover;
 mod heartbeat;
 mod limits;
+mod lookup;
 mod orders;
 mod rows;
+mod sale_control;
 mod sales;
 mod shards;
 
@@ -124,8 +126,10 @@ pub use decide::{Decision, Outcome, reason};
 pub use error::{DbError, DbResult};
 pub use heartbeat::{WorkerAge, WorkerBeat, WorkerKind};
 pub use limits::*;
+pub use lookup::{LOOKUP_ORDERS_MAX, LOOKUP_QUERY_BYTES_MAX};
 pub use orders::{Order, OrderStatus, Payment};
 pub use rows::Cancelled;
+pub use sale_control::{SaleChange, SaleEdit};
 pub use sales::{NewSale, OrderCounts, OrderTotals, Sale};
 pub use shards::OrdersDb;
 

@@ -72,6 +72,12 @@ pub struct Sale {
     /// from before buckets).
     #[serde(default = "stock_buckets_default")]
     pub stock_buckets: u32,
+    /// Whether an operator has paused the sale (purchases and tokens refused until resumed).
+    #[serde(default)]
+    pub paused: bool,
+    /// When an operator ended the sale early (`ends_at_ms` is that time too), if they did.
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
 }
 
 fn stock_buckets_default() -> u32 {
@@ -170,6 +176,8 @@ impl Shard {
             token_factor: settings.token_factor_milli.map(factor_of_milli),
             per_user_limit: PER_USER_LIMIT_SUPPORTED,
             stock_buckets: buckets,
+            paused: false,
+            ended_ms: None,
         })
     }
 
@@ -177,7 +185,7 @@ impl Shard {
     pub async fn sale(&self, id: u64) -> DbResult<Option<Sale>> {
         let id = to_i64(id, "sale id")?;
         let row = on_db!(self, p => {
-            let r = sqlx::query(concat!("SELECT ", sale_columns!(), ", stock_buckets FROM sales WHERE id = $1"))
+            let r = sqlx::query(concat!("SELECT ", sale_columns!(), ", stock_buckets, paused, ended_ms FROM sales WHERE id = $1"))
                 .bind(id).fetch_optional(p).await?;
             r.map(|r| sale_of(&r)).transpose()?
         });
@@ -188,7 +196,7 @@ impl Shard {
     pub async fn sales(&self) -> DbResult<Vec<Sale>> {
         on_db!(self, p => {
             let rows = sqlx::query(
-                concat!("SELECT ", sale_columns!(), ", stock_buckets FROM sales ORDER BY id LIMIT $1"))
+                concat!("SELECT ", sale_columns!(), ", stock_buckets, paused, ended_ms FROM sales ORDER BY id LIMIT $1"))
                 .bind(SALES_MAX as i64).fetch_all(p).await?;
             rows.iter().map(sale_of).collect()
         })
@@ -271,8 +279,9 @@ impl Shard {
     }
 }
 
-/// Reads a [`Sale`] from a row of [`sale_columns!`] followed by `stock_buckets`.
-fn sale_of<R: Row>(r: &R) -> DbResult<Sale>
+/// Reads a [`Sale`] from a row of [`sale_columns!`] followed by `stock_buckets, paused,
+/// ended_ms`.
+pub(super) fn sale_of<R: Row>(r: &R) -> DbResult<Sale>
 where
     usize: sqlx::ColumnIndex<R>,
     i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
@@ -293,6 +302,8 @@ where
         token_factor: r.try_get::<Option<i32>, _>(8)?.map(factor_of_milli),
         per_user_limit: u32::try_from(r.try_get::<i32, _>(9)?).unwrap_or(0),
         stock_buckets: u32::try_from(r.try_get::<i32, _>(10)?).unwrap_or(0),
+        paused: r.try_get::<i32, _>(11)? != 0,
+        ended_ms: r.try_get::<Option<i64>, _>(12)?.map(to_u64),
     })
 }
 
@@ -303,14 +314,14 @@ fn factor_of_milli(milli: i32) -> f64 {
 
 /// The checked settings of a [`NewSale`] as the `sales` columns hold them.
 #[derive(Debug)]
-struct SaleSettings {
-    ends_at_ms: Option<u64>,
+pub(super) struct SaleSettings {
+    pub(super) ends_at_ms: Option<u64>,
     token_factor_milli: Option<i32>,
     per_user_limit: i32,
 }
 
 impl SaleSettings {
-    fn of(sale: &NewSale) -> DbResult<SaleSettings> {
+    pub(super) fn of(sale: &NewSale) -> DbResult<SaleSettings> {
         if let Some(ends) = sale.ends_at_ms
             && ends <= sale.starts_at_ms
         {

@@ -214,9 +214,15 @@ impl OrdersDb {
         &self.inner.members[i]
     }
 
+    /// Shard `i`'s database (for the operations kept in their own files: `sale_control`,
+    /// `lookup`); `i` below [`Self::shard_count`].
+    pub(super) fn shard_db(&self, i: usize) -> &Shard {
+        &self.member(i).db
+    }
+
     /// Hands `r`, the result of an operation on shard `i`, back; after a connection-level
     /// error on a multi-host shard, first re-resolves the shard's primary.
-    async fn watch<T>(&self, i: usize, r: DbResult<T>) -> DbResult<T> {
+    pub(super) async fn watch<T>(&self, i: usize, r: DbResult<T>) -> DbResult<T> {
         if let Err(e) = &r
             && let Some(m) = self.inner.members.get(i)
             && let (Some(f), Shard::Postgres(pool)) = (&m.failover, &m.db)

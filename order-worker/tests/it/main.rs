@@ -5,6 +5,7 @@ mod cancel;
 mod db;
 mod heartbeat;
 mod process;
+mod sale_control;
 mod shards;
 mod worker;
 
