@@ -103,7 +103,7 @@ impl Shard {
     }
 }
 
-fn order_of<R: Row>(r: &R) -> DbResult<Order>
+pub(super) fn order_of<R: Row>(r: &R) -> DbResult<Order>
 where
     usize: sqlx::ColumnIndex<R>,
     i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
