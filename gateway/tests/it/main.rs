@@ -26,6 +26,7 @@ mod edge;
 mod hostile;
 mod pages;
 mod pools;
+mod shopper;
 mod system;
 
 const ADMIN: &str = "admin-secret";
@@ -1464,7 +1465,7 @@ async fn captchas_and_repeat_blocks_end_by_the_gateways_clock() {
     let (s, v) = t.token_with_captcha(&ann, 1, &id, "abcde").await;
     assert_eq!(
         (s, v["error"].as_str()),
-        (StatusCode::FORBIDDEN, Some("bad_captcha")),
+        (StatusCode::FORBIDDEN, Some("captcha_expired")),
         "{v}"
     );
     // Three attempts inside the repeat window: the third is blocked.
