@@ -33,9 +33,9 @@
     if (m) return `${m}m ${p(s)}s`;
     return `${s}s`;
   };
-  // A countdown as a clock: `9:12`, `1:02:03`.
+  // A countdown as a clock: `9:12`, `1:02:03` (rounded down: never more time than is left).
   const fmtClock = (ms) => {
-    let s = Math.max(0, Math.ceil(ms / 1000));
+    let s = Math.max(0, Math.floor(ms / 1000));
     const h = Math.floor(s / 3600); s -= h * 3600;
     const m = Math.floor(s / 60); s -= m * 60;
     const p = (x) => String(x).padStart(2, "0");
@@ -316,6 +316,8 @@
       $("get-token").disabled = busy || working;
       $("use-work").disabled = busy || working;
       $("buy").disabled = !(open && token && !busy && Date.now() >= buyAfter);
+      // With an order of this sale in hand there is nothing to buy here.
+      $("buy-section").hidden = !!mine;
       if (mine) renderMine();
     }
 
@@ -378,7 +380,7 @@
     function tokenGranted(data) {
       token = data.token;
       tokenExpiresAt = Number(data.expires_at_ms) || (serverNow() + 60000);
-      setStatus("ready", "", "Ready. Press Buy before the time below runs out.");
+      setStatus("ready", "", "Ready. Press Buy before the time runs out.");
       render();
       $("buy").focus();
     }
