@@ -29,7 +29,7 @@ impl Shard {
                 "SELECT id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms, paid_ms, cancelled_ms \
                  FROM orders WHERE user_id = $1 ORDER BY created_ms DESC, id DESC LIMIT $2")
                 .bind(user).bind(limit).fetch_all(p).await?;
-            rows.iter().map(|r| order_of(r)).collect()
+            rows.iter().map(order_of).collect()
         })
     }
 }
