@@ -173,3 +173,57 @@ async fn errors_read_as_plain_text_and_the_check_works_without_an_image() {
     crew.stop().await;
     drop(t);
 }
+
+/// A ticket still in line survives a reload: with no order worker running the purchase
+/// waits in the queue; the reloaded page follows it again ("In line: number 1"), shows no
+/// new captcha, and once a worker decides it shows the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_ticket_survives_a_reload() {
+    let test = "a_waiting_ticket_survives_a_reload";
+    let Some(browser) = Browser::start(test).await else {
+        return;
+    };
+    let t = super::super::test_system(
+        Box::new(MemoryStore::new()),
+        None,
+        test_throttle(),
+        None,
+        |config| {
+            config.gateway.token_factor = 100.0;
+            config.gateway.reveal_captcha_answers = true;
+        },
+    )
+    .await
+    .on_port(patient())
+    .await;
+    let base = format!("http://{}", t.served.as_ref().expect("served").addr);
+    create_sale(&t, 1, 5, SystemClock.now_ms() - 1_000, 600_000).await;
+    let a = browser.session(&base).await;
+    a.goto("/sales/1").await;
+    sign_in(&a, "ann").await;
+    let refused = solve_captcha(&a, &t).await;
+    assert_eq!(refused, None, "a token for the captcha's answer");
+    a.click("button#buy").await;
+    let in_line = "(() => { const s = $('#status'); return s && s.dataset.state === 'queued' && /In line: number 1\\b/.test(s.textContent) ? s.textContent : null; })()";
+    a.wait_for("in line, number 1", in_line).await;
+    a.goto("/sales/1").await;
+    a.wait_for("in line again after the reload", in_line).await;
+    assert!(
+        !truthy(
+            &a.eval("shown('#captcha-section') || shown('#token-box')")
+                .await
+                .unwrap_or(Value::Null)
+        ),
+        "no new captcha while the ticket waits"
+    );
+    keep_shot(&a, "sale-page-in-line-after-reload").await;
+    // A worker decides it: the page shows the order.
+    t.drain().await;
+    a.wait_for(
+        "the order after the worker decided",
+        "(() => { const m = $('#mine-text'); return shown('#mine') && /You have order/.test(m.textContent); })()",
+    )
+    .await;
+    a.wait_attr("#status", "data-state", &["ordered"]).await;
+    a.close().await;
+}
