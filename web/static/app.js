@@ -317,7 +317,7 @@
       $("use-work").disabled = busy || working;
       $("buy").disabled = !(open && token && !busy && Date.now() >= buyAfter);
       // With an order of this sale in hand there is nothing to buy here.
-      $("buy-section").hidden = !!mine;
+      $("buy-section").hidden = !!mine || accepted;
       if (mine) renderMine();
     }
 
