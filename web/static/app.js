@@ -239,6 +239,13 @@
       return null;
     }
     function forgetTicket() { try { localStorage.removeItem(ticketKey()); } catch (e) { /* ignore */ } }
+    // Whether this browser saw an order of this sale for this user: then a reload asks for
+    // the shopper's orders. Otherwise it asks only once the sale is over (sold out, ended)
+    // or the gateway says "already bought", so a crowd reloading a live sale costs the
+    // orders database nothing.
+    const orderKey = () => `seckill.order.${saleId}.${user}`;
+    function markOrdered(id) { try { localStorage.setItem(orderKey(), String(id)); } catch (e) { /* ignore */ } }
+    function sawOrder() { try { return !!localStorage.getItem(orderKey()); } catch (e) { return false; } }
 
     const state = () => stateEl.dataset.state;
     function setSaleState(code) {
@@ -273,6 +280,7 @@
       }
     }
     function haveOrder(o) {
+      markOrdered(o.id);
       mine = o;
       refusedFor = "mine";
       token = null;
@@ -438,6 +446,7 @@
           unknown = 0;
           const t = r.data;
           if (t.state === "ordered") {
+            markOrdered(t.order_id);
             forgetTicket();
             const s = $("status");
             setStatus("ordered", "", "Ordered! ");
@@ -513,12 +522,13 @@
     });
 
     // After a reload (or a sign-in): a ticket still waiting is followed again, else the
-    // shopper's own order of this sale is shown.
+    // shopper's own order of this sale is shown (looked up when this browser saw one, or
+    // the sale is over).
     function resume() {
       if (!user) return;
       const t = storedTicket();
       if (t) { following(t.ticket, t.receipt, 0); return; }
-      lookUpMine();
+      if (sawOrder() || ["sold_out", "ended"].includes(state())) lookUpMine();
     }
 
     render();

@@ -24,7 +24,8 @@ async fn a_reload_after_buy_shows_the_order_and_my_orders_lists_it() {
         return;
     };
     let (t, crew, base) = system().await;
-    create_sale(&t, 1, 5, SystemClock.now_ms() - 1_000, 600_000).await;
+    // One unit: the buyer of the last unit is tested too.
+    create_sale(&t, 1, 1, SystemClock.now_ms() - 1_000, 600_000).await;
     let a = browser.session(&base).await;
     a.goto("/sales/1").await;
     // Started: "Started", no second "live now" countdown, the price with its currency.
@@ -113,6 +114,24 @@ async fn a_reload_after_buy_shows_the_order_and_my_orders_lists_it() {
     )
     .await;
     keep_shot(&a, "my-orders").await;
+
+    // The buyer of the last unit, in another browser (nothing kept there), finds the sale
+    // sold out and their own order on its page, not just "sold out".
+    let other = browser.session(&base).await;
+    other.goto("/sales/1").await;
+    sign_in(&other, "Zoë Ångström").await;
+    other
+        .wait_attr("#sale-state", "data-state", &["sold_out"])
+        .await;
+    let link = other
+        .wait_for(
+            "the own order on the sold-out page",
+            "(() => { const a = $('a#mine-link'); return shown('#mine') && a ? a.getAttribute('href') : null; })()",
+        )
+        .await;
+    assert_eq!(link.as_str(), Some(format!("/orders/{order}").as_str()));
+    keep_shot(&other, "sold-out-page-with-own-order").await;
+    other.close().await;
 
     // Sign out: the header forgets the name, and my orders asks to sign in.
     a.click("button#sign-out").await;
