@@ -271,7 +271,7 @@
       p.dataset.want = want;
       p.textContent = "You have order ";
       const a = document.createElement("a");
-      a.id = "mine-link"; a.href = `/orders/${mine.id}`; a.textContent = mine.id.slice(0, 8);
+      a.id = "mine-link"; a.href = `/orders/${mine.id}`; a.textContent = mine.id.slice(-8);
       p.append(a, ` — ${want}.`);
       if (mine.status === "pending" && left > 0) {
         const pay = document.createElement("a");
