@@ -92,6 +92,8 @@
     not_started: "The sale has not started yet.",
     ended: "This sale has ended.",
     paused: "The sale is paused for a moment.",
+    sale_paused: "The sale is paused for a moment.",
+    sale_ended: "This sale has ended.",
     csrf: "Refused for your safety: reload the page and try again.",
     cross_site: "Refused for your safety: reload the page and try again.",
     misdirected: "Reload the page and try again.",
@@ -114,7 +116,7 @@
   };
   // Codes after which waiting helps: "Try again in N s." (or "in a moment").
   const WAITS = ["throttled", "tokens_exhausted", "busy", "overloaded", "timeout", "unavailable",
-                 "not_ready", "not_started", "paused", "internal"];
+                 "not_ready", "not_started", "paused", "sale_paused", "internal"];
   function refusal(r) {
     const code = (r.data && r.data.error) || (r.status ? "internal" : "network");
     let text = TEXTS[code] || `Something went wrong (${code}). Reload the page and try again.`;
@@ -222,7 +224,9 @@
     let buyAfter = 0;          // Retry-After of the last refusal (Date.now() ms)
     let accepted = false;      // a purchase was accepted: this page follows its ticket
     let refusedFor = "";       // sold_out / already_bought / mine: no more tries unless it changes
-    let mine = null;           // the shopper's active order of this sale, if known
+    let mine = null;           // the shopper's newest active order of this sale, if known
+    let mineCount = 0;         // their active orders of this sale, as far as known
+    let perUserLimit = 1;      // units one person may hold (the sale's per_user_limit)
 
     // The ticket of an accepted purchase survives a reload: kept in this browser per sale
     // and user, until a worker decides it.
@@ -279,11 +283,12 @@
         p.append(" ", pay);
       }
     }
-    function haveOrder(o) {
+    // Shows the order; with as many orders as one person may hold, nothing more to buy.
+    function haveOrder(o, count) {
       markOrdered(o.id);
       mine = o;
-      refusedFor = "mine";
-      token = null;
+      mineCount = Math.max(mineCount, count || 1);
+      if (mineCount >= perUserLimit) { refusedFor = "mine"; token = null; }
       renderMine();
       render();
     }
@@ -293,8 +298,9 @@
       if (!user) return;
       const r = await api("GET", "/api/orders");
       if (!r.ok || !r.data || !Array.isArray(r.data.orders)) return;
-      const o = r.data.orders.find((x) => String(x.sale) === String(saleId) && x.status !== "cancelled");
-      if (o) haveOrder(o);
+      const active = r.data.orders.filter((x) => String(x.sale) === String(saleId) && x.status !== "cancelled");
+      mineCount = active.length;
+      if (active.length) haveOrder(active[0], active.length);
     }
 
     function render() {
@@ -325,7 +331,7 @@
       $("use-work").disabled = busy || working;
       $("buy").disabled = !(open && token && !busy && Date.now() >= buyAfter);
       // With an order of this sale in hand there is nothing to buy here.
-      $("buy-section").hidden = !!mine || accepted;
+      $("buy-section").hidden = refusedFor === "mine" || accepted;
       if (mine) renderMine();
     }
 
@@ -335,6 +341,10 @@
       if (!r.ok) return;
       resync(r.data.server_time_ms, sent, Date.now());
       if (r.data.units_left !== null && r.data.units_left !== undefined) $("units-left").textContent = fmtCount(r.data.units_left);
+      if (r.data.per_user_limit) {
+        perUserLimit = Number(r.data.per_user_limit) || 1;
+        if (refusedFor === "mine" && mineCount < perUserLimit) refusedFor = "";
+      }
       const code = r.data.state === "open" ? "live" : r.data.state;
       if (code && code !== "upcoming") setSaleState(code);
       // Units come back on sale when unpaid orders are cancelled: try again.
@@ -381,7 +391,7 @@
     function settle(f) {
       if (f.code === "sold_out") { setSaleState("sold_out"); refusedFor = "sold_out"; lookUpMine(); }
       if (f.code === "already_bought" || f.code === "limit_reached") { refusedFor = "already_bought"; lookUpMine(); }
-      if (f.code === "ended") setSaleState("ended");
+      if (f.code === "ended" || f.code === "sale_ended") setSaleState("ended");
       if (f.code === "unauthorized") { user = ""; showSignedIn(""); token = null; }
     }
 
@@ -454,7 +464,13 @@
             a.id = "order-link"; a.href = `/orders/${t.order_id}`; a.textContent = "Pay for your order";
             s.append(a);
             const o = await api("GET", `/api/orders/${t.order_id}`);
-            if (o.ok) haveOrder(o.data);
+            if (o.ok) haveOrder(o.data, 1);
+            // A sale that lets a person buy more: count the orders held, and offer another
+            // purchase while below the limit.
+            if (perUserLimit > 1) {
+              await lookUpMine();
+              if (mineCount < perUserLimit) { accepted = false; captchaShown = false; render(); }
+            }
             return;
           }
           if (t.state === "rejected") {
@@ -510,7 +526,7 @@
       settle(f);
       // The gateway keeps the token valid for these (it refused before spending it, or
       // gave it back): wait for Retry-After and press Buy again. Otherwise it is gone.
-      const kept = ["throttled", "busy", "overloaded", "unavailable", "not_started", "network", "paused"];
+      const kept = ["throttled", "busy", "overloaded", "unavailable", "not_started", "network", "paused", "sale_paused"];
       if (kept.includes(f.code)) {
         buyAfter = Date.now() + (r.retry || 1) * 1000;
         setTimeout(render, (r.retry || 1) * 1000 + 50);
