@@ -111,6 +111,7 @@
     conflict: "That could not be done just now. Reload the page.",
     order_cancelled: "This order was cancelled because it was not paid in time, and its unit went back on sale. Nothing was charged.",
     payment_window_closed: "The time to pay has passed, so the order is being cancelled. Nothing was charged.",
+    outcome_unknown: "Your purchase may have gone through; the shop is checking. Keep this page open.",
     internal: "Something went wrong on our side.",
     network: "Your connection failed. Check it and try again.",
   };

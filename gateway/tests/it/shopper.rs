@@ -362,3 +362,87 @@ async fn browsers_get_html_error_pages_and_apis_keep_json() {
         (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
     );
 }
+
+/// The error codes the gateway's shopper-facing code sends (`StatusCode::X, "code"` and
+/// `unavailable("code"`), read from its source.
+fn shopper_error_codes() -> std::collections::BTreeSet<String> {
+    // The files on a shopper's requests (the admin's own handlers are left out).
+    const FILES: [&str; 8] = [
+        "shop.rs",
+        "purchase.rs",
+        "error.rs",
+        "extract.rs",
+        "front.rs",
+        "proxy.rs",
+        "state.rs",
+        "throttle.rs",
+    ];
+    // Codes only an operator gets, from those files.
+    const ADMIN_ONLY: [&str; 1] = ["sale_exists"];
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut codes = std::collections::BTreeSet::new();
+    for file in FILES {
+        let text = std::fs::read_to_string(dir.join(file)).expect("source");
+        let squashed: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        let mut take = |rest: &str| {
+            let code: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if rest[code.len()..].starts_with('"') && !code.is_empty() {
+                codes.insert(code);
+            }
+        };
+        for (i, _) in squashed.match_indices("StatusCode::") {
+            let rest = &squashed[i + "StatusCode::".len()..];
+            let name_len = rest
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                .count();
+            if let Some(after) = rest[name_len..].strip_prefix(",\"") {
+                take(after);
+            }
+        }
+        for (i, _) in squashed.match_indices("unavailable(\"") {
+            take(&squashed[i + "unavailable(\"".len()..]);
+        }
+    }
+    for c in ADMIN_ONLY {
+        codes.remove(c);
+    }
+    codes
+}
+
+/// Every error code a shopper can get has a plain sentence of its own in the storefront's
+/// script (`TEXTS` in web/static/app.js): a new code without one fails here.
+#[test]
+fn every_shopper_error_code_has_a_plain_sentence() {
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/static/app.js"),
+    )
+    .expect("app.js");
+    let start = script.find("const TEXTS = {").expect("TEXTS");
+    let end = start + script[start..].find("};").expect("end of TEXTS");
+    let texts = &script[start..end];
+    let codes = shopper_error_codes();
+    // The scan finds what it should (a broken scan would pass vacuously).
+    for known in [
+        "sold_out",
+        "throttled",
+        "bad_captcha",
+        "captcha_expired",
+        "bad_name",
+        "tokens_exhausted",
+        "overloaded",
+    ] {
+        assert!(codes.contains(known), "{known} not found in {codes:?}");
+    }
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|c| !texts.contains(&format!("\n    {c}: \"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "codes without a sentence in app.js: {missing:?}"
+    );
+}
