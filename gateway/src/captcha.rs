@@ -2,6 +2,21 @@
 //! hash, valid [`CAPTCHA_TTL_MS`], single use, checked case-insensitively. A wrong answer
 //! consumes the captcha, so each guess costs a new image (and a throttled request).
 //!
+//! The image is drawn to be read by people: a light wave and fine noise, no blobs over the
+//! characters, and an alphabet without characters that look alike ([`ALPHABET`]). For
+//! people who cannot see it (a screen reader, a braille display), the same store issues a
+//! **proof-of-work** challenge instead ([`CaptchaStore::create_work`], docs/API.md
+//! "Captcha"): find a decimal `nonce` such that SHA-256(`challenge` ‖ `nonce`) starts with
+//! [`POW_BITS`] zero bits, which the browser's script does in a second or two with no eyes
+//! or ears needed, and the gateway checks with one hash. It is the same kind of entry as an
+//! image (single use, [`CAPTCHA_TTL_MS`], bound to its purpose, counted in the per-user,
+//! per-address and store bounds), so it keeps every anti-bot bound of the image; what a bot
+//! pays is CPU time per token instead of an OCR attempt.
+//!
+//! A captcha's id carries its expiry (the top 48 bits, ms since the epoch; 80 random bits
+//! below), so an answer to a captcha that expired and was since purged is still told apart
+//! (`Expired`) from one never issued (`Unknown`).
+//!
 //! A captcha is bound to its purpose, the user and sale it was fetched for ([`purpose`]):
 //! the answer is hashed together with it, so a captcha solved for one account or sale is
 //! wrong for any other.
@@ -19,7 +34,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 
 use ::captcha::Captcha;
-use ::captcha::filters::{Dots, Noise, Wave};
+use ::captcha::filters::{Noise, Wave};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -42,6 +57,20 @@ pub const CAPTCHA_ANSWER_BYTES_MAX: usize = 64;
 pub const CAPTCHA_WIDTH_PX: u32 = 220;
 /// Height of a captcha image, in pixels.
 pub const CAPTCHA_HEIGHT_PX: u32 = 120;
+/// Leading zero bits a proof-of-work answer's hash needs: about a million SHA-256
+/// evaluations on average (a second or two in a browser's script, a fraction of a second
+/// in native code), paid per purchase token.
+pub const POW_BITS: u32 = 20;
+/// The proof of work of a store built for tests ([`CaptchaStore::revealing`]): cheap, so
+/// tests in debug builds and browsers solve it at once.
+pub const POW_BITS_TEST: u32 = 12;
+/// Longest proof-of-work answer looked at: a decimal `u64`.
+pub const POW_ANSWER_DIGITS_MAX: usize = 20;
+/// An answer to an unknown captcha whose id says it expired at most this long ago is
+/// reported `Expired` (older, or in the future: `Unknown`).
+pub const EXPIRED_TOLD_MS: u64 = 60 * 60 * 1000;
+/// Bits of a captcha id below its expiry (random).
+const ID_RANDOM_BITS: u32 = 80;
 
 /// The purpose of a captcha fetched by `user` for `sale` (user ids hold no control
 /// characters, so the separator is unambiguous).
@@ -49,14 +78,87 @@ pub fn purpose(user: &str, sale: u64) -> String {
     format!("{user}\u{0}{sale}")
 }
 
-/// The characters drawn: the font's, without those easily mistaken for one another in
-/// this font (`1`, `i`, `j`, `l`; the font has no `0`, `I`, `O` or `o`). Upper and lower
-/// case of one letter count as the same answer.
-const ALPHABET: &[char] = &[
-    '2', '3', '4', '5', '6', '7', '8', '9', 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'J', 'K', 'M',
-    'N', 'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z', 'a', 'b', 'd', 'e', 'f', 'g', 'h',
-    'k', 'm', 'n', 'q', 'r', 't', 'y',
+/// The characters drawn: the font's, without those easily mistaken for one another
+/// (the font has no `0`, `I`, `O` or `o`, and `Q` goes too; `1`/`l`/`I`/`i`/`j`; `5`/`S`;
+/// `8`/`B`; `2`/`Z`; `6`/`G`/`b`; `9`/`g`/`q`; `U`/`V`/`Y` are kept, their shapes differ in
+/// this font). Upper and lower case of one letter count as the same answer, so `C`/`c`
+/// and the like are no trap.
+pub const ALPHABET: &[char] = &[
+    '3', '4', '7', 'A', 'C', 'D', 'E', 'F', 'H', 'J', 'K', 'M', 'N', 'P', 'R', 'T', 'U', 'V', 'W',
+    'X', 'Y', 'a', 'd', 'e', 'f', 'h', 'k', 'm', 'n', 'r', 't', 'y',
 ];
+
+/// Characters never drawn because another looks like them.
+pub const LOOKALIKES: &[char] = &[
+    '0', 'O', 'o', 'Q', '1', 'l', 'I', 'i', 'j', '5', 'S', 's', '8', 'B', '2', 'Z', 'z', '6', 'G',
+    'b', '9', 'g', 'q',
+];
+
+/// What a captcha asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Type the characters of an image (the entry holds the answer's salted hash).
+    Image,
+    /// Find a nonce for this challenge (the entry holds the purpose's salted hash).
+    Work {
+        /// The challenge's random bytes (sent as 32 lowercase hex characters).
+        seed: [u8; 16],
+        /// Leading zero bits the answer's hash needs.
+        bits: u32,
+    },
+}
+
+/// A proof-of-work challenge as the client gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkChallenge {
+    /// The captcha id to send back with the answer.
+    pub id: String,
+    /// The challenge: 32 lowercase hex characters.
+    pub challenge: String,
+    /// Leading zero bits SHA-256(challenge ‖ answer) needs.
+    pub bits: u32,
+}
+
+/// Whether `hash` starts with at least `bits` zero bits.
+pub fn leading_zero_bits(hash: &[u8], bits: u32) -> bool {
+    let mut zeros = 0u32;
+    for b in hash {
+        if *b == 0 {
+            zeros += 8;
+        } else {
+            zeros += b.leading_zeros();
+            break;
+        }
+        if zeros >= bits {
+            break;
+        }
+    }
+    zeros >= bits
+}
+
+/// Whether `answer` (1..=[`POW_ANSWER_DIGITS_MAX`] ASCII digits) solves `challenge` at
+/// `bits`: SHA-256 of the challenge's text followed by the answer's.
+pub fn work_solves(challenge: &str, answer: &str, bits: u32) -> bool {
+    if answer.is_empty()
+        || answer.len() > POW_ANSWER_DIGITS_MAX
+        || !answer.bytes().all(|b| b.is_ascii_digit())
+    {
+        return false;
+    }
+    let mut h = Sha256::new();
+    h.update(challenge.as_bytes());
+    h.update(answer.as_bytes());
+    leading_zero_bits(&h.finalize(), bits)
+}
+
+/// The answer a client finds for `challenge` (the first nonce from 0 that solves it); for
+/// tests, at [`POW_BITS_TEST`]-like difficulties.
+pub fn solve_work(challenge: &str, bits: u32) -> String {
+    (0u64..)
+        .map(|n| n.to_string())
+        .find(|n| work_solves(challenge, n, bits))
+        .unwrap_or_default()
+}
 
 /// Why a captcha could not be created or was not passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -103,9 +205,11 @@ impl Requester {
 /// A live captcha: the salted hash of its answer, its expiry and who asked for it.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    /// The salted hash of the answer (an image) or of the purpose alone (work).
     answer_hash: [u8; 32],
     expires_at_ms: u64,
     owner: Requester,
+    kind: Kind,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +325,9 @@ pub struct CaptchaStore {
     /// Test-only hook (off unless built with [`CaptchaStore::revealing`]): the plaintext
     /// answers of the last [`REVEALED_MAX`] captchas, for browser tests that must type one.
     revealed: Option<Mutex<std::collections::VecDeque<(String, String)>>>,
+    /// Leading zero bits of a proof-of-work answer ([`POW_BITS`]; [`POW_BITS_TEST`] in a
+    /// revealing store).
+    pow_bits: u32,
 }
 
 /// Most answers a revealing store remembers.
@@ -268,16 +375,41 @@ impl CaptchaStore {
                 per_address: limits.per_address.max(1),
             },
             revealed: None,
+            pow_bits: POW_BITS,
         }
     }
 
     /// A store that also remembers the plaintext answers of the captchas it draws, for
-    /// [`CaptchaStore::revealed_answer`]. **Test-only**: the gateway uses it only when
+    /// [`CaptchaStore::revealed_answer`], and asks [`POW_BITS_TEST`] bits of work.
+    /// **Test-only**: the gateway uses it only when
     /// `GatewayConfig::reveal_captcha_answers` is set, which no flag or variable sets.
     pub fn revealing() -> Self {
         CaptchaStore {
             revealed: Some(Mutex::new(std::collections::VecDeque::new())),
+            pow_bits: POW_BITS_TEST,
             ..CaptchaStore::new()
+        }
+    }
+
+    /// Leading zero bits this store's proof-of-work answers need.
+    pub fn pow_bits(&self) -> u32 {
+        self.pow_bits
+    }
+
+    /// A new proof-of-work challenge for `purpose` asked for by `owner` (the accessible
+    /// alternative to an image; see the module documentation): stored like an image's
+    /// answer, under the same bounds, single use, valid [`CAPTCHA_TTL_MS`].
+    pub fn create_work(&self, purpose: &str, owner: Requester, now_ms: u64) -> WorkChallenge {
+        let seed: [u8; 16] = rand::random();
+        let kind = Kind::Work {
+            seed,
+            bits: self.pow_bits,
+        };
+        let id = self.insert(self.hash(purpose, ""), kind, owner, now_ms);
+        WorkChallenge {
+            id,
+            challenge: hex(&seed),
+            bits: self.pow_bits,
         }
     }
 
@@ -327,15 +459,22 @@ impl CaptchaStore {
         answer: &str,
         now_ms: u64,
     ) -> Result<String, CaptchaError> {
-        let answer_hash = self.hash(purpose, answer);
+        Ok(self.insert(self.hash(purpose, answer), Kind::Image, owner, now_ms))
+    }
+
+    /// Stores an entry under a new id (its expiry in the top bits, see the module docs).
+    fn insert(&self, answer_hash: [u8; 32], kind: Kind, owner: Requester, now_ms: u64) -> String {
         let expires_at_ms = now_ms.saturating_add(CAPTCHA_TTL_MS);
         let mut live = self.lock();
         live.purge(now_ms);
         live.make_room(owner, &self.limits);
-        // 128 random bits: a collision is not expected, but must not overwrite a captcha.
-        let mut id: u128 = rand::random();
+        // 80 random bits under the expiry: a collision is not expected, but must not
+        // overwrite a captcha.
+        let stamp = u128::from(expires_at_ms & ((1 << 48) - 1)) << ID_RANDOM_BITS;
+        let random = || rand::random::<u128>() & ((1 << ID_RANDOM_BITS) - 1);
+        let mut id = stamp | random();
         while live.by_id.contains_key(&id) {
-            id = rand::random();
+            id = stamp | random();
         }
         live.by_id.insert(
             id,
@@ -343,6 +482,7 @@ impl CaptchaStore {
                 answer_hash,
                 expires_at_ms,
                 owner,
+                kind,
             },
         );
         let key = (expires_at_ms, id);
@@ -351,7 +491,7 @@ impl CaptchaStore {
         if let Some(addr) = owner.addr {
             live.by_addr.entry(addr).or_default().insert(key);
         }
-        Ok(format!("{id:032x}"))
+        format!("{id:032x}")
     }
 
     /// Checks `answer` to captcha `id` at `now_ms`, ignoring case and surrounding spaces,
@@ -371,17 +511,40 @@ impl CaptchaStore {
         let id = parse_id(id).ok_or(CaptchaError::Unknown)?;
         // Hash before taking the lock: the lock is held only for the map operations. An
         // over-long answer is not hashed at all: it is wrong, and still uses the captcha up.
-        let given =
-            (answer.trim().len() <= CAPTCHA_ANSWER_BYTES_MAX).then(|| self.hash(purpose, answer));
-        let entry = self.lock().remove(id).ok_or(CaptchaError::Unknown)?;
+        let short = answer.trim().len() <= CAPTCHA_ANSWER_BYTES_MAX;
+        let given = short.then(|| self.hash(purpose, answer));
+        let Some(entry) = self.lock().remove(id) else {
+            // Purged: tell a recent expiry (the id says when) from an id never issued.
+            let expired_at = u64::try_from(id >> ID_RANDOM_BITS).unwrap_or(u64::MAX);
+            let recent = expired_at <= now_ms
+                && now_ms - expired_at <= EXPIRED_TOLD_MS
+                && expired_at > EXPIRED_TOLD_MS;
+            return Err(if recent {
+                CaptchaError::Expired
+            } else {
+                CaptchaError::Unknown
+            });
+        };
         if now_ms >= entry.expires_at_ms {
             return Err(CaptchaError::Expired);
         }
-        let Some(given) = given else {
-            return Err(CaptchaError::Wrong);
-        };
-        if !bool::from(entry.answer_hash.ct_eq(&given)) {
-            return Err(CaptchaError::Wrong);
+        match entry.kind {
+            Kind::Image => {
+                let Some(given) = given else {
+                    return Err(CaptchaError::Wrong);
+                };
+                if !bool::from(entry.answer_hash.ct_eq(&given)) {
+                    return Err(CaptchaError::Wrong);
+                }
+            }
+            Kind::Work { seed, bits } => {
+                // Bound to its purpose like an image: another user's or sale's challenge
+                // is wrong here.
+                let purpose_ok = bool::from(entry.answer_hash.ct_eq(&self.hash(purpose, "")));
+                if !purpose_ok || !work_solves(&hex(&seed), answer.trim(), bits) {
+                    return Err(CaptchaError::Wrong);
+                }
+            }
         }
         Ok(())
     }
@@ -420,6 +583,11 @@ impl CaptchaStore {
     }
 }
 
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A captcha id back to its number: exactly 32 lowercase hex characters.
 fn parse_id(id: &str) -> Option<u128> {
     if id.len() != 32
@@ -437,11 +605,12 @@ fn draw() -> Option<(String, Vec<u8>)> {
     Captcha::new()
         .set_chars(ALPHABET)
         .add_chars(CAPTCHA_CHARS)
-        .apply_filter(Noise::new(0.3))
-        .apply_filter(Wave::new(2.0, 15.0).horizontal())
-        .apply_filter(Wave::new(2.0, 15.0).vertical())
+        // Fine noise and one gentle wave: enough to break a plain template match, never a
+        // blob over a character (the `Dots` filter, and a second wave that bent letters
+        // into each other, made honest people misread 4 of 10 images).
+        .apply_filter(Noise::new(0.1))
+        .apply_filter(Wave::new(2.0, 8.0).horizontal())
         .view(CAPTCHA_WIDTH_PX, CAPTCHA_HEIGHT_PX)
-        .apply_filter(Dots::new(10))
         .as_tuple()
 }
 
@@ -500,9 +669,125 @@ mod tests {
         for c in ALPHABET {
             assert!(font.contains(c), "{c} not in the font");
         }
-        for c in ['0', '1', 'I', 'O', 'i', 'j', 'l', 'o'] {
-            assert!(!ALPHABET.contains(&c), "{c}");
+        for c in LOOKALIKES {
+            assert!(!ALPHABET.contains(c), "{c}");
         }
+        for c in ['0', '1', 'I', 'O', 'l', '5', 'S', '8', 'B'] {
+            assert!(LOOKALIKES.contains(&c), "{c}");
+        }
+    }
+
+    #[test]
+    fn work_is_single_use_bound_and_hostile_answers_fail() {
+        let store = CaptchaStore::revealing();
+        assert_eq!(store.pow_bits(), POW_BITS_TEST);
+        assert_eq!(CaptchaStore::new().pow_bits(), POW_BITS);
+        let w = store.create_work(P, ALICE, NOW);
+        assert_eq!((w.challenge.len(), w.bits), (32, POW_BITS_TEST));
+        let answer = solve_work(&w.challenge, w.bits);
+        assert!(work_solves(&w.challenge, &answer, w.bits));
+        assert_eq!(
+            store.check(&w.id, P, &format!(" {answer} "), NOW + 1),
+            Ok(())
+        );
+        // Single use.
+        assert_eq!(
+            store.check(&w.id, P, &answer, NOW + 2),
+            Err(CaptchaError::Unknown)
+        );
+        // Hostile answers: each consumes the challenge and is wrong.
+        let huge = "9".repeat(10_000);
+        for bad in [
+            "",
+            "abc",
+            "-1",
+            "1e9",
+            "０",
+            "12 34",
+            huge.as_str(),
+            "99999999999999999999999",
+        ] {
+            let w = store.create_work(P, ALICE, NOW);
+            assert_eq!(
+                store.check(&w.id, P, bad, NOW),
+                Err(CaptchaError::Wrong),
+                "{bad:?}"
+            );
+            assert_eq!(store.check(&w.id, P, bad, NOW), Err(CaptchaError::Unknown));
+        }
+        // A nonce that does not reach the bits is wrong (find one that fails).
+        let w = store.create_work(P, ALICE, NOW);
+        let weak = (0u64..)
+            .map(|n| n.to_string())
+            .find(|n| !work_solves(&w.challenge, n, w.bits))
+            .expect("a failing nonce");
+        assert_eq!(store.check(&w.id, P, &weak, NOW), Err(CaptchaError::Wrong));
+        // Bound to its purpose: solved, but for another user or sale, it is wrong.
+        let w = store.create_work(&purpose("alice", 1), ALICE, NOW);
+        let answer = solve_work(&w.challenge, w.bits);
+        assert_eq!(
+            store.check(&w.id, &purpose("bob", 1), &answer, NOW),
+            Err(CaptchaError::Wrong)
+        );
+        // Expires like an image, and still told apart once purged.
+        let w = store.create_work(P, ALICE, NOW);
+        let answer = solve_work(&w.challenge, w.bits);
+        assert_eq!(
+            store.check(&w.id, P, &answer, NOW + CAPTCHA_TTL_MS),
+            Err(CaptchaError::Expired)
+        );
+        // A default store's work at full difficulty refuses an easy nonce.
+        let hard = CaptchaStore::new();
+        let w = hard.create_work(P, ALICE, NOW);
+        let easy = solve_work(&w.challenge, 4);
+        if !work_solves(&w.challenge, &easy, POW_BITS) {
+            assert_eq!(hard.check(&w.id, P, &easy, NOW), Err(CaptchaError::Wrong));
+        }
+    }
+
+    #[test]
+    fn work_counts_in_the_per_user_bound() {
+        let store = CaptchaStore::revealing();
+        let first = store.create_work(P, ALICE, NOW);
+        for i in 0..CAPTCHAS_PER_USER_MAX as u64 {
+            store.create_work(P, ALICE, NOW + 1 + i);
+        }
+        assert_eq!(store.len(), CAPTCHAS_PER_USER_MAX);
+        let answer = solve_work(&first.challenge, first.bits);
+        assert_eq!(
+            store.check(&first.id, P, &answer, NOW + 10),
+            Err(CaptchaError::Unknown),
+            "the oldest was evicted"
+        );
+    }
+
+    #[test]
+    fn zero_bits() {
+        assert!(leading_zero_bits(&[0, 0, 0x0f], 20));
+        assert!(!leading_zero_bits(&[0, 0, 0x1f], 20));
+        assert!(leading_zero_bits(&[0xff], 0));
+        assert!(!leading_zero_bits(&[0, 0], 17));
+    }
+
+    #[test]
+    fn a_purged_expired_captcha_is_told_apart_from_an_unknown_one() {
+        let store = CaptchaStore::new();
+        let id = store.insert_answer(P, ALICE, "abcde", NOW).expect("room");
+        let later = NOW + CAPTCHA_TTL_MS + 5;
+        assert_eq!(store.purge_expired(later), 1);
+        assert_eq!(
+            store.check(&id, P, "abcde", later),
+            Err(CaptchaError::Expired)
+        );
+        // Long after (or an id claiming a future or ancient expiry): unknown.
+        assert_eq!(
+            store.check(&id, P, "abcde", later + EXPIRED_TOLD_MS + 1),
+            Err(CaptchaError::Unknown)
+        );
+        assert_eq!(
+            store.check(&id, P, "abcde", NOW),
+            Err(CaptchaError::Unknown)
+        );
     }
 
     #[test]
@@ -635,7 +920,8 @@ mod tests {
         assert_eq!(store.len(), 1);
         assert_eq!(
             store.check(&ids[2], P, "abcde", later),
-            Err(CaptchaError::Unknown)
+            Err(CaptchaError::Expired),
+            "purged, and still told apart from an unknown id"
         );
         assert_eq!(store.purge_expired(u64::MAX), 1);
         assert!(store.is_empty());

@@ -50,10 +50,27 @@ pub struct GatewayConfig {
     /// (`--route-cookie`; off by default, on behind `deploy/nginx`): otherwise 421
     /// `misdirected` with the right cookie. See [`crate::proxy`].
     pub route_cookie: bool,
+    /// The currency of every price (ISO 4217 code, e.g. `EUR`), shown by the storefront
+    /// and carried as `currency` in the sale JSON (`--currency`, `GATEWAY_CURRENCY`).
+    pub currency: String,
 }
 
 /// The `Strict-Transport-Security` value sent when [`GatewayConfig::hsts`] is on: one year,
 /// subdomains not included (the gateway does not know them).
+/// The currency unless `--currency` says otherwise.
+pub const CURRENCY_DEFAULT: &str = "EUR";
+
+/// A currency code: three ASCII capital letters (ISO 4217's form).
+pub fn validate_currency(code: &str) -> Result<String, String> {
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(code.to_owned())
+    } else {
+        Err(format!(
+            "a currency is three capital letters such as EUR or USD, not {code:?}"
+        ))
+    }
+}
+
 pub const HSTS_VALUE: &str = "max-age=31536000";
 
 impl GatewayConfig {
@@ -75,6 +92,7 @@ impl GatewayConfig {
             hsts: false,
             trusted_proxies: crate::proxy::TrustedProxies::default(),
             route_cookie: false,
+            currency: CURRENCY_DEFAULT.into(),
         }
     }
 }

@@ -197,8 +197,10 @@ impl From<queue::Error> for ApiError {
     }
 }
 
-/// A captcha answer that does not pass is a 403 `bad_captcha`; a captcha store that cannot
-/// make one now (too many outstanding, or the image failed) is a 503 `busy`.
+/// A captcha answer that does not pass is a 403 `bad_captcha`, or `captcha_expired` when
+/// the captcha was older than its time to live (the shopper was slow, not wrong); a captcha
+/// store that cannot make one now (too many outstanding, or the image failed) is a 503
+/// `busy`.
 impl From<crate::captcha::CaptchaError> for ApiError {
     fn from(e: crate::captcha::CaptchaError) -> Self {
         use crate::captcha::CaptchaError;
@@ -206,6 +208,11 @@ impl From<crate::captcha::CaptchaError> for ApiError {
             CaptchaError::Busy | CaptchaError::Image => {
                 ApiError::unavailable("busy", e.to_string(), 1000)
             }
+            CaptchaError::Expired => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "captcha_expired",
+                "the check expired; here is a new one",
+            ),
             other => ApiError::new(StatusCode::FORBIDDEN, "bad_captcha", other.to_string()),
         }
     }
@@ -270,6 +277,20 @@ mod tests {
                     Some(1)
                 )
             );
+        }
+    }
+
+    #[test]
+    fn an_expired_captcha_is_not_a_wrong_one() {
+        use crate::captcha::CaptchaError;
+        let e = ApiError::from(CaptchaError::Expired);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::FORBIDDEN, "captcha_expired")
+        );
+        for wrong in [CaptchaError::Wrong, CaptchaError::Unknown] {
+            let e = ApiError::from(wrong);
+            assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "bad_captcha"));
         }
     }
 

@@ -5,7 +5,11 @@
 //!   ([`StockCache`]), and `Cache-Control: private, max-age=1`: a refresh storm in the
 //!   last second before a sale costs the server one render per browser per second at most.
 //! - `GET /orders/{id}`: the signed-in buyer's order (`no-store`).
+//! - `GET /orders`: the signed-in shopper's orders, newest first (`no-store`).
 //! - `GET /static/{file}`: content-hashed assets, cached for a year, with ETags.
+//! - Every other path ([`not_found`]): an HTML "no such page" for a browser (its `Accept`
+//!   names `text/html`) outside `/api/` and `/admin/api/`; the JSON `not_found` for the APIs
+//!   and for clients that ask for JSON. A page that cannot be rendered is an HTML 500.
 //!
 //! Routes, element ids and caching are in docs/WEB.md.
 
@@ -16,7 +20,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use web::Template;
 use web::assets::{IMMUTABLE, assets};
-use web::views::{MessagePage, OrderPage, OrderView, SalePage, SaleState, SaleView, SalesPage};
+use web::views::{
+    MessagePage, MyOrdersPage, OrderPage, OrderView, SalePage, SaleState, SaleView, SalesPage,
+};
 
 use crate::sales::Sale;
 use crate::state::AppState;
@@ -41,12 +47,72 @@ pub fn html(status: StatusCode, cache: &'static str, page: &impl Template) -> Re
             tracing::error!("rendering a page: {e}");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                "the page could not be rendered",
+                [
+                    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                SERVER_ERROR_PAGE,
             )
                 .into_response()
         }
     }
+}
+
+/// The page of a server error when even the templates failed: plain HTML, no template.
+pub const SERVER_ERROR_PAGE: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Something went wrong · Flash sale</title></head><body><h1>Something went wrong</h1><p id=\"message\">This page could not be shown. Reload it in a moment.</p><p><a href=\"/\">All sales</a></p></body></html>";
+
+/// Whether a request wants a page: its `Accept` names `text/html` (browsers navigating
+/// do), and its path is not under an API (`/api/`, `/admin/api/`), which answer JSON.
+pub fn wants_html(path: &str, headers: &HeaderMap) -> bool {
+    let api = path.starts_with("/api/") || path == "/api" || path.starts_with("/admin/api/");
+    !api && headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/html"))
+}
+
+/// Every route the router does not know: an HTML 404 page for a browser asking for a page,
+/// the JSON `not_found` otherwise.
+pub async fn not_found(
+    State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if wants_html(uri.path(), &headers) {
+        return message(
+            &state,
+            &headers,
+            StatusCode::NOT_FOUND,
+            "No such page",
+            "There is nothing at this address. The sales are on the front page.",
+        );
+    }
+    crate::error::ApiError::not_found("no such route").into_response()
+}
+
+/// A route that exists but not for this method: an HTML 405 page for a browser, the JSON
+/// `method_not_allowed` otherwise.
+pub async fn method_not_allowed(
+    State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if wants_html(uri.path(), &headers) {
+        return message(
+            &state,
+            &headers,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "No such page",
+            "This address is not a page. The sales are on the front page.",
+        );
+    }
+    crate::error::ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+    .into_response()
 }
 
 /// The signed-in shopper, if the session cookie is valid.
@@ -110,6 +176,7 @@ pub async fn sales_page(State(state): State<Arc<AppState>>, headers: HeaderMap) 
             server_time_ms: now,
             user: shopper(&state, &headers),
             sales,
+            currency: state.config.currency.clone(),
         },
     )
 }
@@ -140,6 +207,7 @@ pub async fn sale_page(
             server_time_ms: now,
             user: shopper(&state, &headers),
             sale: view,
+            currency: state.config.currency.clone(),
         },
     )
 }
@@ -214,15 +282,27 @@ pub async fn order_page(
             );
         }
     };
-    let sale_name = state
-        .catalogue
-        .get(order.sale)
-        .map_or_else(|| format!("Sale {}", order.sale), |s| s.name.clone());
-    let view = OrderView {
+    let view = order_view(&state, order);
+    html(
+        StatusCode::OK,
+        "no-store",
+        &OrderPage {
+            assets: assets(),
+            server_time_ms: state.now_ms(),
+            user: Some(user),
+            order: view,
+            currency: state.config.currency.clone(),
+        },
+    )
+}
+
+/// An order as its buyer sees it, with its sale's name.
+fn order_view(state: &AppState, order: order_worker::db::Order) -> OrderView {
+    OrderView {
+        sale_name: crate::shop::sale_name(state, order.sale),
         id: order.id,
         ticket: order.ticket,
         sale: order.sale,
-        sale_name,
         price_cents: order.price_cents,
         status: serde_json::to_value(order.status)
             .ok()
@@ -232,15 +312,87 @@ pub async fn order_page(
         pay_by_ms: order.pay_by_ms,
         paid_ms: order.paid_ms,
         cancelled_ms: order.cancelled_ms,
+    }
+}
+
+/// A 429 page with `Retry-After` (the order routes' quota).
+fn throttled_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    t: &crate::throttle::Throttled,
+) -> Response {
+    let mut page = message(
+        state,
+        headers,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests",
+        "Wait a moment, then reload this page.",
+    );
+    state
+        .metrics
+        .throttled
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(v) = HeaderValue::from_str(&t.retry_after_secs().to_string()) {
+        page.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    page
+}
+
+/// `GET /orders`: the signed-in shopper's orders over every shard, newest first (at most
+/// [`order_worker::db::USER_ORDERS_MAX`]); a 401 page without a session. Under the order
+/// routes' quota, like `GET /api/orders`.
+pub async fn my_orders_page(
+    State(state): State<Arc<AppState>>,
+    crate::extract::ClientIp(ip): crate::extract::ClientIp,
+    headers: HeaderMap,
+) -> Response {
+    let Some(user) = shopper(&state, &headers) else {
+        return message(
+            &state,
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            "Sign in first",
+            "Sign in on a sale's page with the name you bought with to see your orders.",
+        );
     };
+    if let Err(t) = state.throttle.check(
+        crate::throttle::Route::Order,
+        Some(&user),
+        ip,
+        state.now_ms(),
+    ) {
+        return throttled_page(&state, &headers, &t);
+    }
+    let limit = order_worker::db::USER_ORDERS_MAX;
+    let mine = match state.read_db.orders_of_user(&user, limit).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("reading the orders of a shopper: {e}");
+            return message(
+                &state,
+                &headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again in a moment",
+                "Your orders could not be loaded just now. Reload the page in a moment.",
+            );
+        }
+    };
+    let orders = mine
+        .orders
+        .into_iter()
+        .map(|o| order_view(&state, o))
+        .collect();
     html(
         StatusCode::OK,
         "no-store",
-        &OrderPage {
+        &MyOrdersPage {
             assets: assets(),
             server_time_ms: state.now_ms(),
             user: Some(user),
-            order: view,
+            orders,
+            complete: mine.complete,
+            limit,
+            currency: state.config.currency.clone(),
         },
     )
 }

@@ -2,10 +2,8 @@
 //! Only [`crate::front`] (and through it `serve` and the system) uses it.
 
 use axum::Router;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 
-use crate::error::ApiError;
 use crate::state::Shared;
 use crate::{admin, health, orders, pages, purchase, shop};
 
@@ -13,6 +11,8 @@ use crate::{admin, health, orders, pages, purchase, shop};
 pub fn routes(state: Shared) -> Router {
     Router::new()
         .route("/api/login", post(shop::login))
+        .route("/api/logout", post(shop::logout))
+        .route("/api/orders", get(shop::my_orders))
         .route("/api/sales", get(shop::list_sales))
         .route("/api/sales/{id}", get(shop::get_sale))
         .route("/api/sales/{id}/captcha", get(shop::new_captcha))
@@ -49,6 +49,7 @@ pub fn routes(state: Shared) -> Router {
         .route("/", get(pages::sales_page))
         .route("/sales/{id}", get(pages::sale_page))
         .route("/orders/{id}", get(pages::order_page))
+        .route("/orders", get(pages::my_orders_page))
         .route("/static/{file}", get(pages::static_asset))
         .route("/admin/login", get(admin::login_form).post(admin::login))
         .route("/admin/logout", post(admin::logout))
@@ -74,13 +75,7 @@ pub fn routes(state: Shared) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not take that method",
-            )
-        })
+        .fallback(pages::not_found)
+        .method_not_allowed_fallback(pages::method_not_allowed)
         .with_state(state)
 }

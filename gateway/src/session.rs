@@ -28,6 +28,48 @@ pub const SESSION_COOKIE_BYTES_MAX: usize = 512;
 pub const SESSION_KEY_BYTES: usize = 32;
 /// Longest user id, in bytes (the inventory's limit, so both agree).
 pub const USER_ID_BYTES_MAX: usize = inventory::USER_ID_BYTES_MAX;
+/// Longest name a shopper signs in with, in characters (Unicode scalar values, not bytes):
+/// 40 letters of any script fit the [`USER_ID_BYTES_MAX`] bytes of a user id.
+pub const USER_NAME_CHARS_MAX: usize = 40;
+const _: () = assert!(USER_NAME_CHARS_MAX * 4 <= USER_ID_BYTES_MAX);
+
+/// Why a name typed at sign-in was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// Nothing but white space.
+    #[error("type your name")]
+    Empty,
+    /// More than [`USER_NAME_CHARS_MAX`] characters.
+    #[error("a name is at most {USER_NAME_CHARS_MAX} characters")]
+    TooLong,
+    /// A control character or `|`.
+    #[error("a name cannot contain control characters or \"|\"")]
+    BadCharacter,
+}
+
+/// A name as typed at sign-in, made a user id: surrounding white space trimmed (any
+/// Unicode white space, e.g. a non-breaking space pasted with it), then
+/// 1..=[`USER_NAME_CHARS_MAX`] characters without control characters or `|` (the cookie's
+/// separator).
+///
+/// # Errors
+/// [`NameError`], whose text is meant for the shopper.
+pub fn normalize_name(raw: &str) -> Result<String, NameError> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    // Counted lazily: a huge input stops at the first character past the bound.
+    if name.chars().nth(USER_NAME_CHARS_MAX).is_some() {
+        return Err(NameError::TooLong);
+    }
+    if name.chars().any(|c| c.is_control() || c == '|') {
+        return Err(NameError::BadCharacter);
+    }
+    debug_assert!(validate_user(name).is_ok());
+    Ok(name.to_owned())
+}
 
 /// Size of the HMAC-SHA256 tag at the end of a cookie value.
 const TAG_BYTES: usize = 32;
@@ -50,7 +92,8 @@ pub enum SessionError {
     /// The session has expired; log in again.
     #[error("session expired, log in again")]
     Expired,
-    /// The user id breaks the rules (1..=64 bytes, no control characters, no `|`).
+    /// The user id breaks the rules (1..=[`USER_ID_BYTES_MAX`] bytes, no control
+    /// characters, no `|`).
     #[error("a user id is 1..={USER_ID_BYTES_MAX} bytes without control characters or '|'")]
     InvalidUser,
 }
@@ -327,6 +370,39 @@ mod tests {
         // Long enough for a tag but unsigned: a bad signature.
         let junk = URL_SAFE_NO_PAD.encode([0u8; 100]);
         assert_eq!(k.verify(&junk, NOW), Err(SessionError::BadSignature));
+    }
+
+    #[test]
+    fn names_are_trimmed_and_counted_in_characters() {
+        let accented = "é".repeat(USER_NAME_CHARS_MAX);
+        assert_eq!(accented.len(), 2 * USER_NAME_CHARS_MAX, "two bytes each");
+        assert_eq!(normalize_name(&accented).as_deref(), Ok(accented.as_str()));
+        let widest = "𝄞".repeat(USER_NAME_CHARS_MAX);
+        assert_eq!(normalize_name(&widest).as_deref(), Ok(widest.as_str()));
+        let k = key();
+        let v = k.sign(&widest, NOW + 1).expect("fits the cookie");
+        assert!(v.len() <= SESSION_COOKIE_BYTES_MAX);
+        assert_eq!(
+            normalize_name(&"é".repeat(USER_NAME_CHARS_MAX + 1)),
+            Err(NameError::TooLong)
+        );
+        assert_eq!(normalize_name("  Zoë \u{a0}\t").as_deref(), Ok("Zoë"));
+        let padded = format!("   {accented}   ");
+        assert_eq!(normalize_name(&padded).as_deref(), Ok(accented.as_str()));
+        for empty in ["", "   ", "\u{a0}\u{3000}", "\n"] {
+            assert_eq!(normalize_name(empty), Err(NameError::Empty), "{empty:?}");
+        }
+        for bad in ["a|b", "tab\there", "nul\u{0}x", "del\u{7f}"] {
+            assert_eq!(normalize_name(bad), Err(NameError::BadCharacter), "{bad:?}");
+        }
+        // The texts are for shoppers: no byte counts, no ranges.
+        for e in [
+            NameError::Empty,
+            NameError::TooLong,
+            NameError::BadCharacter,
+        ] {
+            assert!(!e.to_string().contains("bytes") && !e.to_string().contains("..="));
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The shopper's API short of the purchase itself: login, the sales, captchas, purchase
-//! tokens and tickets.
+//! The shopper's API short of the purchase itself: login and logout, the sales, captchas
+//! (an image, or proof of work for assistive browsers), purchase tokens, tickets, and the
+//! shopper's own orders ("my orders").
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -37,20 +38,98 @@ pub async fn login(
         .throttle
         .check(Route::Login, None, ip, now)
         .map_err(|t| state.throttled(t))?;
-    inventory::validate_user(&body.user).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // Trimmed and counted in characters; the refusal's text is for the shopper.
+    let user = crate::session::normalize_name(&body.user)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))?;
     let value = state
         .sessions
-        .sign(&body.user, now + state.config.session_ttl_ms)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .sign(&user, now + state.config.session_ttl_ms)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_name", e.to_string()))?;
     let max_age_s = state.config.session_ttl_ms / 1000;
     let cookie = crate::session::set_cookie_header(&value, max_age_s, state.config.secure_cookies);
     // The route cookie beside it (always, so that turning `--route-cookie` on finds it
     // set): nginx hashes it to send this person to one gateway (`crate::proxy`).
-    let route = crate::proxy::set_route_cookie(&body.user, max_age_s, state.config.secure_cookies);
+    let route = crate::proxy::set_route_cookie(&user, max_age_s, state.config.secure_cookies);
     Ok((
         // Appended: an array of pairs would insert, and the second would replace the first.
         axum::response::AppendHeaders([(header::SET_COOKIE, cookie), (header::SET_COOKIE, route)]),
-        Json(json!({"user": body.user})),
+        Json(json!({"user": user})),
+    )
+        .into_response())
+}
+
+/// `POST /api/logout`: removes the session and route cookies (`Max-Age=0`). Needs no
+/// session (signing out twice is fine) but refuses another site's page (`403
+/// cross_site`), so no page elsewhere can sign a shopper out.
+pub async fn logout(_same_site: crate::extract::SameSite, State(state): State<Shared>) -> Response {
+    let secure = state.config.secure_cookies;
+    let session = crate::session::clear_cookie_header(secure);
+    let route = crate::session::set_cookie(crate::proxy::ROUTE_COOKIE_NAME, "", "/", 0, secure);
+    (
+        axum::response::AppendHeaders([(header::SET_COOKIE, session), (header::SET_COOKIE, route)]),
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({"user": null})),
+    )
+        .into_response()
+}
+
+/// The name of sale `id` for a shopper: the catalogue's, or "Sale N" for one it no longer
+/// holds.
+pub fn sale_name(state: &AppState, id: u64) -> String {
+    state
+        .catalogue
+        .get(id)
+        .map_or_else(|| format!("Sale {id}"), |s| s.name.clone())
+}
+
+/// `GET /api/orders`: the signed-in shopper's orders over every shard, newest first, at
+/// most [`order_worker::db::USER_ORDERS_MAX`]; `complete: false` when a shard did not
+/// answer (its orders are missing; the others' are there). Throttled like the other order
+/// reads.
+pub async fn my_orders(
+    State(state): State<Shared>,
+    ClientIp(ip): ClientIp,
+    SessionUser(user): SessionUser,
+) -> ApiResult<Response> {
+    state
+        .throttle
+        .check(Route::Order, Some(&user), ip, state.now_ms())
+        .map_err(|t| state.throttled(t))?;
+    let limit = order_worker::db::USER_ORDERS_MAX;
+    let mine = state
+        .read_db
+        .orders_of_user(&user, limit)
+        .await
+        .map_err(ApiError::unavailable_from)?;
+    let now = state.now_ms();
+    let orders: Vec<Value> = mine
+        .orders
+        .iter()
+        .map(|o| {
+            json!({
+                "id": o.id,
+                "ticket": o.ticket,
+                "sale": o.sale,
+                "sale_name": sale_name(&state, o.sale),
+                "status": o.status,
+                "price_cents": o.price_cents,
+                "currency": state.config.currency,
+                "created_ms": o.created_ms,
+                "pay_by_ms": o.pay_by_ms,
+                "paid_ms": o.paid_ms,
+                "cancelled_ms": o.cancelled_ms,
+            })
+        })
+        .collect();
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "user": user,
+            "orders": orders,
+            "complete": mine.complete,
+            "limit": limit,
+            "server_time_ms": now,
+        })),
     )
         .into_response())
 }
@@ -79,6 +158,7 @@ pub async fn sale_json(state: &AppState, sale: &Sale, now: u64) -> Value {
         "pay_window_ms": sale.pay_window_ms,
         "ends_at_ms": sale.ends_at_ms,
         "per_user_limit": sale.per_user_limit,
+        "currency": state.config.currency,
         "state": st,
         "server_time_ms": now,
     })
@@ -101,12 +181,31 @@ pub async fn get_sale(
     Ok(Json(sale_json(&state, &sale, state.now_ms()).await))
 }
 
+/// The query of `GET /api/sales/{id}/captcha`.
+#[derive(Debug, Deserialize)]
+pub struct CaptchaQuery {
+    /// `image` (the default) or `work` (proof of work, for assistive browsers).
+    kind: Option<String>,
+}
+
 pub async fn new_captcha(
     State(state): State<Shared>,
     ClientIp(ip): ClientIp,
     SaleIdPath(id): SaleIdPath,
     headers: HeaderMap,
+    query: Result<Query<CaptchaQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    let work = match query.ok().and_then(|Query(q)| q.kind).as_deref() {
+        None | Some("image") => false,
+        Some("work") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "kind is image or work",
+            ));
+        }
+    };
     let user = session_user(&state, &headers)?;
     let now = state.now_ms();
     state
@@ -118,6 +217,16 @@ pub async fn new_captcha(
     let drawer = state.clone();
     let purpose = crate::captcha::purpose(&user, id);
     let owner = crate::captcha::Requester::new(&user, state.counted_addr(ip));
+    if work {
+        let w = state.captchas.create_work(&purpose, owner, now);
+        return Ok(Json(json!({
+            "captcha_id": w.id,
+            "kind": "work",
+            "challenge": w.challenge,
+            "bits": w.bits,
+            "expires_at_ms": now + crate::captcha::CAPTCHA_TTL_MS,
+        })));
+    }
     let (captcha_id, png) =
         tokio::task::spawn_blocking(move || drawer.captchas.create(&purpose, owner, now))
             .await
@@ -126,7 +235,12 @@ pub async fn new_captcha(
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(png)
     );
-    Ok(Json(json!({"captcha_id": captcha_id, "image": image})))
+    Ok(Json(json!({
+        "captcha_id": captcha_id,
+        "kind": "image",
+        "image": image,
+        "expires_at_ms": now + crate::captcha::CAPTCHA_TTL_MS,
+    })))
 }
 
 /// The body of a token request.

@@ -59,8 +59,9 @@ pub use redis_store::{BUCKETS_RECHECK, PREFIX_BYTES_MAX, RedisStore};
 /// A sale's id.
 pub type SaleId = u64;
 
-/// Longest user id, in bytes.
-pub const USER_ID_BYTES_MAX: usize = 64;
+/// Longest user id, in bytes: room for the storefront's 40-character names in any script
+/// (4 bytes a character at most; `gateway::session::USER_NAME_CHARS_MAX`).
+pub const USER_ID_BYTES_MAX: usize = 160;
 /// Most units one sale may have: the holders of a sale take memory per unit.
 pub const UNITS_MAX: u64 = 10_000_000;
 /// Most sales a [`MemoryStore`] holds.

@@ -100,6 +100,16 @@ impl SaleView {
         format::utc(self.starts_at_ms)
     }
 
+    /// "Starts" before the start, "Started" after it (never "Starts" with a time in the
+    /// past).
+    pub fn start_verb(&self) -> &'static str {
+        if self.state == SaleState::Upcoming {
+            "Starts"
+        } else {
+            "Started"
+        }
+    }
+
     /// End time as a data attribute (empty: none).
     pub fn ends_attr(&self) -> String {
         self.ends_at_ms.map(|e| e.to_string()).unwrap_or_default()
@@ -128,6 +138,8 @@ pub struct SalesPage<'a> {
     pub user: Option<String>,
     /// The sales, by id.
     pub sales: Vec<SaleView>,
+    /// The currency of the prices (`EUR`).
+    pub currency: String,
 }
 
 /// `GET /sales/{id}`: a sale and its purchase flow.
@@ -142,6 +154,8 @@ pub struct SalePage<'a> {
     pub user: Option<String>,
     /// The sale.
     pub sale: SaleView,
+    /// The currency of the price (`EUR`).
+    pub currency: String,
 }
 
 /// An order as its buyer sees it.
@@ -185,6 +199,21 @@ impl OrderView {
         self.status == "pending" && now_ms < self.pay_by_ms
     }
 
+    /// Created, UTC.
+    pub fn created(&self) -> String {
+        format::utc(self.created_ms)
+    }
+
+    /// The status for people, short (a list's column).
+    pub fn status_short(&self) -> &str {
+        match self.status.as_str() {
+            "pending" => "waiting for payment",
+            "paid" => "paid",
+            "cancelled" => "cancelled (not paid in time)",
+            other => other,
+        }
+    }
+
     /// The status for people.
     pub fn status_label(&self) -> &str {
         match self.status.as_str() {
@@ -208,6 +237,28 @@ pub struct OrderPage<'a> {
     pub user: Option<String>,
     /// The order.
     pub order: OrderView,
+    /// The currency of the price (`EUR`).
+    pub currency: String,
+}
+
+/// `GET /orders`: the signed-in shopper's orders, newest first.
+#[derive(Debug, Template)]
+#[template(path = "my_orders.html")]
+pub struct MyOrdersPage<'a> {
+    /// Asset URLs.
+    pub assets: &'a Assets,
+    /// The server's clock at render time.
+    pub server_time_ms: u64,
+    /// The signed-in shopper.
+    pub user: Option<String>,
+    /// Their orders, newest first (at most the look-up's limit).
+    pub orders: Vec<OrderView>,
+    /// Whether every database shard answered (if not, some orders may be missing).
+    pub complete: bool,
+    /// Most orders listed.
+    pub limit: usize,
+    /// The currency of the prices (`EUR`).
+    pub currency: String,
 }
 
 /// A page saying what went wrong (404 and friends).

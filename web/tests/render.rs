@@ -43,6 +43,7 @@ fn states_follow_the_clock_and_stock() {
 fn sale_list_renders_each_sale_escaped() {
     let html = SalesPage {
         assets: assets(),
+        currency: "EUR".into(),
         server_time_ms: NOW,
         user: Some("ann".into()),
         sales: vec![sale(SaleState::Upcoming), {
@@ -71,6 +72,7 @@ fn sale_list_renders_each_sale_escaped() {
 fn empty_sale_list_says_so() {
     let html = SalesPage {
         assets: assets(),
+        currency: "EUR".into(),
         server_time_ms: NOW,
         user: None,
         sales: vec![],
@@ -84,6 +86,7 @@ fn empty_sale_list_says_so() {
 fn sale_page_has_the_purchase_flow() {
     let html = SalePage {
         assets: assets(),
+        currency: "EUR".into(),
         server_time_ms: NOW,
         user: None,
         sale: sale(SaleState::Upcoming),
@@ -115,6 +118,7 @@ fn sale_page_has_the_purchase_flow() {
     assert!(!html.contains(r#"<section id="login-section" hidden"#));
     let signed_in = SalePage {
         assets: assets(),
+        currency: "EUR".into(),
         server_time_ms: NOW,
         user: Some("bob".into()),
         sale: sale(SaleState::Live),
@@ -144,6 +148,7 @@ fn order(status: &str) -> OrderView {
 fn order_page_shows_pay_only_while_payable() {
     let pending = OrderPage {
         assets: assets(),
+        currency: "EUR".into(),
         server_time_ms: NOW,
         user: Some("a".into()),
         order: order("pending"),
@@ -155,6 +160,7 @@ fn order_page_shows_pay_only_while_payable() {
     assert!(pending.contains(r#"id="pay-countdown""#));
     let late = OrderPage {
         assets: assets(),
+        currency: "EUR".into(),
         server_time_ms: NOW + 600_000,
         user: None,
         order: order("pending"),
@@ -168,6 +174,7 @@ fn order_page_shows_pay_only_while_payable() {
     for s in ["paid", "cancelled"] {
         let html = OrderPage {
             assets: assets(),
+            currency: "EUR".into(),
             server_time_ms: NOW,
             user: None,
             order: order(s),

@@ -96,6 +96,11 @@ struct Args {
     /// (deploy/nginx), which hashes the cookie onto the gateways.
     #[arg(long, env = "GATEWAY_ROUTE_COOKIE")]
     route_cookie: bool,
+    /// The currency of every price (three capital letters, ISO 4217), shown by the
+    /// storefront and sent as `currency` in the sale JSON.
+    #[arg(long, env = "GATEWAY_CURRENCY", default_value = gateway::config::CURRENCY_DEFAULT,
+          value_parser = gateway::config::validate_currency)]
+    currency: String,
     /// The orders database: `sqlite:PATH` (created if missing) or `postgres://…`. Repeat it
     /// for a database sharded by sale, one shard each (the first holds the routing table and
     /// the workers' heartbeats; the env variable: the URLs separated by whitespace); a
@@ -317,6 +322,7 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     gateway.hsts = args.hsts || args.production;
     gateway.trusted_proxies = args.trusted_proxies.clone();
     gateway.route_cookie = args.route_cookie;
+    gateway.currency = args.currency.clone();
     let mut config = SystemConfig::new(
         QueueSource::Open(args.queue.clone()),
         DatabaseSource::Url {

@@ -29,6 +29,9 @@ use serde_json::{Value, json};
 
 use super::{LOAD_TEST, TestApp, patient, test_throttle, token_of};
 
+/// The shopper's pages of issue 18 (reload, my orders, sign-out, plain errors).
+mod shopper;
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long a step may take before the test fails.

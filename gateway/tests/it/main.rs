@@ -27,6 +27,7 @@ mod hostile;
 mod operator;
 mod pages;
 mod pools;
+mod shopper;
 mod system;
 
 const ADMIN: &str = "admin-secret";
@@ -1466,7 +1467,7 @@ async fn captchas_and_repeat_blocks_end_by_the_gateways_clock() {
     let (s, v) = t.token_with_captcha(&ann, 1, &id, "abcde").await;
     assert_eq!(
         (s, v["error"].as_str()),
-        (StatusCode::FORBIDDEN, Some("bad_captcha")),
+        (StatusCode::FORBIDDEN, Some("captcha_expired")),
         "{v}"
     );
     // Three attempts inside the repeat window: the third is blocked.

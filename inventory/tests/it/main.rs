@@ -131,7 +131,8 @@ async fn reserve_release_semantics() {
         // Bad input.
         assert!(matches!(s.reserve(1, "").await, Err(Error::Invalid(_))));
         assert!(matches!(
-            s.reserve(1, &"x".repeat(65)).await,
+            s.reserve(1, &"x".repeat(inventory::USER_ID_BYTES_MAX + 1))
+                .await,
             Err(Error::Invalid(_))
         ));
         assert!(matches!(s.reserve(1, "a\nb").await, Err(Error::Invalid(_))));

@@ -5,7 +5,5 @@
 -- ended_ms: when an operator ended the sale early (ms since the Unix epoch; NULL: never).
 --   Ending also sets ends_at_ms to that time (and, for a sale not started yet, starts_at_ms
 --   just before it), so every reader that knows ends_at_ms sees the sale as ended.
--- orders_by_user: the admin's order look-up by user id (order-worker/src/db/lookup.rs).
 ALTER TABLE sales ADD COLUMN paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1));
 ALTER TABLE sales ADD COLUMN ended_ms INTEGER;
-CREATE INDEX orders_by_user ON orders (user_id);

@@ -1,7 +1,7 @@
 //! The operator's order look-up: the orders whose id, ticket (request id) or buyer matches
 //! what was typed, newest first, from every shard (an order id or ticket does not say its
 //! sale, so its shard is unknown). Indexed each way: the primary key, the unique request
-//! id, and `orders_by_user` (migration 0009).
+//! id, and `orders_by_user` (migration 0010).
 
 use super::orders::order_of;
 use super::{DbResult, Order, OrdersDb, Shard, to_i64};

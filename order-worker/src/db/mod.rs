@@ -108,6 +108,7 @@ macro_rules! in_tx {
     };
 }
 
+mod by_user;
 mod cancel;
 mod decide;
 mod dialect;
@@ -122,6 +123,7 @@ mod sale_control;
 mod sales;
 mod shards;
 
+pub use by_user::{USER_ORDERS_MAX, UserOrders};
 pub use decide::{Decision, Outcome, reason};
 pub use error::{DbError, DbResult};
 pub use heartbeat::{WorkerAge, WorkerBeat, WorkerKind};

@@ -38,8 +38,8 @@ use sqlx::Row;
 use super::failover::{self, Failover};
 use super::{
     BATCH_MAX, Cancelled, DbError, DbOptions, DbResult, Decision, NewSale, Order, OrderCounts,
-    OrderTotals, Outcome, Payment, SALES_MAX, SHARDS_MAX, Sale, Shard, WorkerAge, WorkerBeat,
-    to_i64,
+    OrderTotals, Outcome, Payment, SALES_MAX, SHARDS_MAX, Sale, Shard, USER_ORDERS_MAX, UserOrders,
+    WorkerAge, WorkerBeat, to_i64,
 };
 use crate::purchase::PurchaseMessage;
 
@@ -548,6 +548,38 @@ impl OrdersDb {
             }
         }
         failed.map_or(Ok(Payment::NotFound), Err)
+    }
+
+    /// `user`'s orders on every shard, newest first (ties: by id), at most `limit` (itself
+    /// at most [`USER_ORDERS_MAX`]). As for [`Self::order`], a failing shard does not hide
+    /// the others' orders: they come back with `complete: false`; the error only when
+    /// every shard failed.
+    pub async fn orders_of_user(&self, user: &str, limit: usize) -> DbResult<UserOrders> {
+        let limit = limit.min(USER_ORDERS_MAX);
+        let mut all = Vec::new();
+        let mut failed = None;
+        let mut answered = 0;
+        for i in 0..self.shard_count() {
+            let r = self.member(i).db.orders_of_user(user, limit).await;
+            match self.watch(i, r).await {
+                Ok(orders) => {
+                    answered += 1;
+                    all.extend(orders);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) if answered == 0 => Err(e),
+            failed => {
+                all.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
+                all.truncate(limit);
+                Ok(UserOrders {
+                    orders: all,
+                    complete: failed.is_none(),
+                })
+            }
+        }
     }
 
     // ---- Cancellation ----
