@@ -686,3 +686,85 @@ fn thresholds_are_reported_with_their_verdicts() {
         "{json}"
     );
 }
+
+/// The binary refuses a malformed `--threshold` before anything runs: status 2, the flag
+/// named, no report folder made.
+#[test]
+fn a_malformed_threshold_is_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("report");
+    for bad in [
+        "p99_purchase_ms",
+        "p99_checkout_ms<5",
+        "p99_purchase_ms<fast",
+    ] {
+        let started = std::time::Instant::now();
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_load-tests"))
+            .args(["demo", "--quiet", "--threshold", bad, "--out"])
+            .arg(&out)
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--threshold"), "{bad}: {stderr}");
+        assert!(stderr.contains(bad), "{bad}: {stderr}");
+        assert!(!out.exists(), "nothing was written");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "refused at once"
+        );
+    }
+}
+
+/// A run that misses a threshold exits with status 1, and says so in its report and
+/// record; a threshold it meets passes beside it. The run is named with its override.
+#[test]
+fn a_missed_threshold_fails_the_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("report");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_load-tests"))
+        .args([
+            "demo",
+            "--quiet",
+            "--units",
+            "20",
+            "--threshold",
+            "p99_purchase_ms<0.000001",
+            "--threshold",
+            "accepted>=1",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("threshold p99_purchase_ms<0.000001 FAIL"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("threshold accepted>=1 PASS"), "{stdout}");
+    let record: RunRecord =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
+            .expect("parses");
+    assert_eq!(record.scenario, "ci (units=20)");
+    let passed: Vec<(String, bool)> = record
+        .thresholds
+        .iter()
+        .map(|t| (t.threshold.clone(), t.passed))
+        .collect();
+    assert_eq!(
+        passed,
+        [
+            ("p99_purchase_ms<0.000001".to_string(), false),
+            ("accepted>=1".to_string(), true)
+        ]
+    );
+    // The run was short: bins finer than a second, at least ~30 of them.
+    assert!(record.bin_ms < 1000, "{}", record.bin_ms);
+    assert!(record.timeline.len() >= 30, "{}", record.timeline.len());
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("**thresholds FAIL** (1 of 2)"), "{md}");
+    assert!(out.join("latency-over-time.svg").exists());
+}
