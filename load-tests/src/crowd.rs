@@ -783,7 +783,10 @@ async fn progress(run: Arc<Run>, done: Arc<AtomicBool>) {
         let finished = done.load(Ordering::Relaxed);
         let phase = *run.lock(&run.phase);
         let sent = run.attempts_sent();
-        let figures = run.lock(&run.figures).clone();
+        let mut figures = run.lock(&run.figures).clone();
+        if figures.is_empty() {
+            figures = "no figures from the system yet".into();
+        }
         if terminal {
             bar.set_prefix(phase);
             bar.set_position(sent);
@@ -804,6 +807,10 @@ async fn progress(run: Arc<Run>, done: Arc<AtomicBool>) {
         tokio::time::sleep(PROGRESS_PERIOD).await;
     }
     bar.finish();
+    if terminal {
+        // The bar's last state stays; what follows starts on a line of its own.
+        eprintln!();
+    }
 }
 
 fn latency_of(h: &Histogram<u64>) -> Latency {

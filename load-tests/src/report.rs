@@ -876,6 +876,12 @@ pub fn latency_svg(record: &RunRecord) -> Result<String, ReportError> {
         })
         .fold(0.0, f64::max);
     let (y_max, y_step) = nice_axis(share_max, 5, false);
+    // A share is at most 100 %: no axis past it.
+    let y_max = if y_max > 100.0 && share_max <= 100.0 {
+        100.0
+    } else {
+        y_max
+    };
     const PANEL_HEIGHT: u32 = 340;
     let height = PANEL_HEIGHT.saturating_mul(u32::try_from(panels.len()).unwrap_or(u32::MAX));
     let mut svg = String::new();
@@ -911,7 +917,7 @@ pub fn latency_svg(record: &RunRecord) -> Result<String, ReportError> {
                 .configure_mesh()
                 .disable_x_mesh()
                 .x_desc("latency, ms (bucket upper bounds, log scale)")
-                .y_desc("share of answers, % (each route of its own)")
+                .y_desc("answers in the bucket, % of the route")
                 .x_label_formatter(&x_label)
                 .y_label_formatter(&|v| number(*v))
                 .light_line_style(RGBColor(235, 235, 235))
@@ -1354,7 +1360,47 @@ fn utc(epoch_ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    #[test]
+    fn axes_are_round_and_a_small_backlog_is_counted_in_whole_numbers() {
+        assert_eq!(nice_axis(0.0, 6, true), (5.0, 1.0), "an empty backlog: 0–5");
+        assert_eq!(nice_axis(1.0, 6, true), (5.0, 1.0), "not 0–1 in tenths");
+        assert_eq!(nice_axis(3.0, 6, true), (5.0, 1.0));
+        assert_eq!(nice_axis(21.0, 6, true), (25.0, 5.0));
+        assert_eq!(nice_axis(1_100.0, 6, true), (1_200.0, 200.0));
+        assert_eq!(nice_axis(1_650.0, 6, false), (2_000.0, 500.0));
+        assert_eq!(nice_axis(0.3, 6, false), (0.4, 0.1));
+        assert_eq!(nice_axis(f64::NAN, 6, false), (1.0, 0.2));
+        assert_eq!(nice_axis(-3.0, 6, true), (5.0, 1.0));
+    }
+
+    proptest! {
+        #[test]
+        fn an_axis_covers_its_data_in_a_few_round_steps(
+            max in 0f64..1e9,
+            ticks in 2u32..12,
+            integer in any::<bool>(),
+        ) {
+            let (top, step) = nice_axis(max, ticks, integer);
+            prop_assert!(top >= max, "{max}: top {top}");
+            prop_assert!(step > 0.0);
+            let steps = top / step;
+            prop_assert!((steps - steps.round()).abs() < 1e-6, "{top} / {step}");
+            prop_assert!(steps.round() <= f64::from(ticks) * 2.5 + 1.0, "{steps} steps for {ticks}");
+            // The step is 1, 2 or 5 × 10^k.
+            let mantissa = step / 10f64.powf(step.log10().floor());
+            prop_assert!(
+                [1.0, 2.0, 5.0, 10.0].iter().any(|m| (mantissa - m).abs() < 1e-6),
+                "step {step}"
+            );
+            if integer {
+                prop_assert!(step >= 1.0 && step.fract() == 0.0 && top >= 5.0, "{step} {top}");
+            }
+        }
+    }
 
     #[test]
     fn the_headline_names_the_seed_when_the_settings_hold_one() {

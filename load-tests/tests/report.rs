@@ -360,7 +360,7 @@ fn latency_svg_has_a_histogram_per_route() {
     );
     for label in [
         "latency, ms (bucket upper bounds, log scale)",
-        "share of answers, % (each route of its own)",
+        "answers in the bucket, % of the route",
         "cumulative share, %",
         "128",
         "0.5",
