@@ -38,6 +38,8 @@ pub const MARKDOWN_FILE: &str = "report.md";
 pub const THROUGHPUT_FILE: &str = "throughput.svg";
 /// The latency plot.
 pub const LATENCY_FILE: &str = "latency.svg";
+/// Most buckets on the latency histograms' axis (a doubling from 1 µs to an hour is 32).
+const BUCKETS_SHOWN_MAX: usize = 64;
 /// The latency-over-time plot.
 pub const LATENCY_TIME_FILE: &str = "latency-over-time.svg";
 /// A gap between two readings of the system's figures longer than this (and than two
@@ -852,6 +854,9 @@ pub fn latency_svg(record: &RunRecord) -> Result<String, ReportError> {
         .collect();
     common.sort_by(f64::total_cmp);
     common.dedup_by(|a, b| a.to_bits() == b.to_bits());
+    // The crowd's buckets double (0.1 ms × 2^k) and only non-empty ones are recorded: put
+    // the missing doublings back, so that equal steps on the axis are equal ratios.
+    let common = fill_doublings(&common);
     for p in &mut panels {
         if !p.buckets.is_empty() {
             p.buckets = common
@@ -1210,6 +1215,25 @@ fn bucket_position(uppers: &[f64], q: f64) -> Option<f64> {
     Some(k as f64 + within)
 }
 
+/// Ascending bucket bounds with every missing doubling between two of them put back
+/// (`[0.1, 0.8]` → `[0.1, 0.2, 0.4, 0.8]`), at most [`BUCKETS_SHOWN_MAX`] of them.
+fn fill_doublings(uppers: &[f64]) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::with_capacity(uppers.len());
+    for &u in uppers {
+        if let Some(&last) = out.last()
+            && last > 0.0
+        {
+            let mut next = last * 2.0;
+            while next < u * (1.0 - 1e-9) && out.len() < BUCKETS_SHOWN_MAX {
+                out.push(next);
+                next *= 2.0;
+            }
+        }
+        out.push(u);
+    }
+    out
+}
+
 /// `n` as a percentage of `total` (0 when `total` is).
 fn share_pct(n: u64, total: u64) -> f64 {
     if total == 0 {
@@ -1363,6 +1387,16 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn missing_doublings_are_put_back_on_the_bucket_axis() {
+        assert_eq!(fill_doublings(&[0.1, 0.8, 1.6]), [0.1, 0.2, 0.4, 0.8, 1.6]);
+        assert_eq!(fill_doublings(&[0.5, 1.0]), [0.5, 1.0]);
+        assert_eq!(fill_doublings(&[1.0, 3.0]), [1.0, 2.0, 3.0]);
+        assert_eq!(fill_doublings(&[0.0, 1.0]), [0.0, 1.0]);
+        assert!(fill_doublings(&[1e-300, 1e300]).len() <= BUCKETS_SHOWN_MAX + 1);
+        assert!(fill_doublings(&[]).is_empty());
+    }
 
     #[test]
     fn axes_are_round_and_a_small_backlog_is_counted_in_whole_numbers() {
