@@ -540,7 +540,8 @@ pub fn throughput_svg(record: &RunRecord) -> Result<String, ReportError> {
             .y_desc("per second")
             .x_label_formatter(&|v| number(*v))
             .y_label_formatter(&|v| number(*v))
-            .light_line_style(RGBColor(235, 235, 235))
+            .light_line_style(RGBColor(240, 240, 240))
+            .max_light_lines(2)
             .draw()
             .map_err(|e| err(&e))?;
         chart
@@ -707,7 +708,8 @@ pub fn latency_time_svg(record: &RunRecord) -> Result<String, ReportError> {
             .y_desc("latency, ms (log scale)")
             .x_label_formatter(&|v| number(*v))
             .y_label_formatter(&|v| ms(*v))
-            .light_line_style(RGBColor(235, 235, 235))
+            .light_line_style(RGBColor(240, 240, 240))
+            .max_light_lines(2)
             .draw()
             .map_err(|e| err(&e))?;
         chart
