@@ -33,6 +33,14 @@ pub struct Point {
     pub backlog: u64,
     /// Purchase requests per second at this gateway.
     pub requests: f64,
+    /// Purchase and token requests per second at this gateway, by the chart's outcome
+    /// groups ([`crate::live::OutcomeRates`]).
+    pub outcomes: crate::live::OutcomeRates,
+    /// Median latency of the purchases answered at this gateway since the last point, ms
+    /// (`None`: none answered).
+    pub purchase_p50_ms: Option<f64>,
+    /// 99th percentile of the same, ms.
+    pub purchase_p99_ms: Option<f64>,
 }
 
 /// The latest figures.
@@ -98,6 +106,9 @@ pub(crate) struct Totals {
     pub(crate) finished: Option<u64>,
     pub(crate) enqueued: Option<u64>,
     pub(crate) orders: Option<u64>,
+    /// The purchase route's latency histogram counts ([`crate::live`] takes percentiles of
+    /// the difference between two samples).
+    pub(crate) purchase_latency: [u64; crate::live::LATENCY_BUCKETS],
 }
 
 /// Outcomes counted, in the order of `live::outcome_counts`.

@@ -4,17 +4,100 @@
 //! the last [`LIVE_HISTORY_MAX`] seconds so the chart of incoming against drain rate and
 //! backlog has its history when the page opens. Served as JSON by `GET /admin/api/live`.
 //!
+//! Each point of the history carries what the dashboard's chart plots: purchase and token
+//! requests per second by outcome group ([`OutcomeRates`]: accepted, sold out, throttled,
+//! refused, errors), enqueue and drain rates and the backlog, and the purchase route's p50
+//! and p99 latency over the interval since the last point (from the difference of the
+//! route's histogram between two samples, interpolated within a bucket as Prometheus'
+//! `histogram_quantile` does).
+//!
 //! The queue and the counters are cheap to read and are sampled always; the database (order
 //! totals, heartbeats) only while someone watched the dashboard in the last
 //! [`WATCH_WINDOW_MS`], so an unwatched flash sale spends nothing on it.
 
 use std::sync::atomic::Ordering;
 
+use serde::Serialize;
+
 use crate::dashboard::{
     Current, HEARTBEAT_STALE_MS, LIVE_HISTORY_MAX, MIN_SAMPLE_GAP_MS, OUTCOMES, Point, Totals,
     WORKERS_SHOWN_MAX, WorkerView,
 };
 use crate::state::AppState;
+
+/// Buckets of a latency histogram ([`queue::histogram::BOUNDS_US`] and the overflow one).
+pub const LATENCY_BUCKETS: usize = queue::histogram::BOUNDS_US.len() + 1;
+
+/// Requests per second by the chart's outcome groups.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct OutcomeRates {
+    /// Accepted (202).
+    pub accepted: f64,
+    /// Refused: sold out.
+    pub sold_out: f64,
+    /// Refused to shed load, come back later: throttled, or every purchase token of the
+    /// sale is live (`tokens_exhausted`).
+    pub throttled: f64,
+    /// Refused for the request's own sake: already bought, a bad token, not started, or
+    /// any other refusal.
+    pub refused: f64,
+    /// The system could not take it (`unavailable`: queue or stock store).
+    pub errors: f64,
+}
+
+impl OutcomeRates {
+    /// Adds `rate` of the outcome `name` (a [`OUTCOMES`] name) to its group.
+    fn add(&mut self, name: &str, rate: f64) {
+        let group = match name {
+            "accepted" => &mut self.accepted,
+            "sold_out" => &mut self.sold_out,
+            "throttled" | "tokens_exhausted" => &mut self.throttled,
+            "unavailable" => &mut self.errors,
+            _ => &mut self.refused,
+        };
+        *group += rate;
+    }
+}
+
+/// The `q` quantile (0..=1), ms, of the samples counted in `counts` (per bucket of
+/// [`queue::histogram::BOUNDS_US`], the last one the overflow), interpolated linearly
+/// within its bucket; `None` without samples. The overflow bucket reads as the last bound.
+pub fn quantile_ms(counts: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
+    let bounds = queue::histogram::BOUNDS_US;
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (k, &n) in counts.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            let Some(&upper) = bounds.get(k) else {
+                return Some(bounds[bounds.len() - 1] as f64 / 1000.0);
+            };
+            let lower = if k == 0 { 0 } else { bounds[k - 1] };
+            let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+            let us = lower as f64 + (upper - lower) as f64 * within;
+            return Some(us / 1000.0);
+        }
+        below += n;
+    }
+    Some(bounds[bounds.len() - 1] as f64 / 1000.0)
+}
+
+fn purchase_latency(state: &AppState) -> [u64; LATENCY_BUCKETS] {
+    let mut out = [0; LATENCY_BUCKETS];
+    let route = crate::metrics::ROUTES
+        .iter()
+        .position(|r| *r == "purchase")
+        .unwrap_or(0);
+    if let Some(h) = state.metrics.latency.get(route) {
+        for (o, c) in out.iter_mut().zip(h.snapshot().counts) {
+            *o = c;
+        }
+    }
+    out
+}
 
 fn outcome_counts(state: &AppState) -> [u64; OUTCOMES.len()] {
     let m = &state.metrics;
@@ -47,6 +130,7 @@ pub async fn sample_at(state: &AppState, now: u64) {
         at_ms: now,
         requests,
         outcomes,
+        purchase_latency: purchase_latency(state),
         ..Totals::default()
     };
     let mut current = Current {
@@ -156,12 +240,23 @@ pub async fn sample_at(state: &AppState, now: u64) {
         current.enqueue_rate = rate_of(totals.enqueued, last.enqueued).unwrap_or(0.0);
         current.drain_rate = rate_of(totals.finished, last.finished).unwrap_or(0.0);
         current.orders_rate = rate_of(totals.orders, last.orders);
+        let mut by_group = OutcomeRates::default();
+        for (name, rate) in &current.outcome_rates {
+            by_group.add(name, *rate);
+        }
+        let mut latency = [0u64; LATENCY_BUCKETS];
+        for (k, d) in latency.iter_mut().enumerate() {
+            *d = totals.purchase_latency[k].saturating_sub(last.purchase_latency[k]);
+        }
         let point = Point {
             t_ms: now,
             incoming: current.enqueue_rate,
             drained: current.drain_rate,
             backlog: current.lag,
             requests: current.requests_per_s,
+            outcomes: by_group,
+            purchase_p50_ms: quantile_ms(&latency, 0.50),
+            purchase_p99_ms: quantile_ms(&latency, 0.99),
         };
         if inner.history.len() >= LIVE_HISTORY_MAX {
             inner.history.pop_front();
@@ -174,5 +269,67 @@ pub async fn sample_at(state: &AppState, now: u64) {
         inner.workers = w;
     } else if !watched {
         inner.workers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_a_bucket() {
+        let mut c = [0u64; LATENCY_BUCKETS];
+        assert_eq!(quantile_ms(&c, 0.5), None);
+        // 100 samples in (1, 2.5] ms: the median halfway, the p99 near the top.
+        c[5] = 100;
+        let p50 = quantile_ms(&c, 0.5).expect("p50");
+        assert!((p50 - 1.75).abs() < 1e-9, "{p50}");
+        let p99 = quantile_ms(&c, 0.99).expect("p99");
+        assert!((p99 - 2.485).abs() < 1e-9, "{p99}");
+        // One slow sample above every bound: the p99 of 100 stays in the fast bucket, the
+        // max reads as the last bound.
+        c[5] = 99;
+        c[LATENCY_BUCKETS - 1] = 1;
+        assert!(quantile_ms(&c, 0.99).expect("p99") <= 2.5);
+        assert_eq!(quantile_ms(&c, 1.0), Some(1000.0));
+        // The first bucket starts at 0.
+        let mut c = [0u64; LATENCY_BUCKETS];
+        c[0] = 4;
+        assert_eq!(quantile_ms(&c, 0.5), Some(0.025));
+    }
+
+    #[test]
+    fn outcomes_fall_into_the_chart_groups() {
+        let mut g = OutcomeRates::default();
+        for (name, rate) in [
+            ("accepted", 1.0),
+            ("sold_out", 2.0),
+            ("tokens_exhausted", 4.0),
+            ("throttled", 8.0),
+            ("already_bought", 16.0),
+            ("bad_token", 32.0),
+            ("not_started", 64.0),
+            ("unavailable", 128.0),
+            ("a_new_refusal", 256.0),
+        ] {
+            g.add(name, rate);
+        }
+        assert_eq!(
+            g,
+            OutcomeRates {
+                accepted: 1.0,
+                sold_out: 2.0,
+                throttled: 12.0,
+                refused: 368.0,
+                errors: 128.0,
+            }
+        );
+        // Every outcome the gateway counts lands in exactly one group.
+        let mut all = OutcomeRates::default();
+        for name in OUTCOMES {
+            all.add(name, 1.0);
+        }
+        let sum = all.accepted + all.sold_out + all.throttled + all.refused + all.errors;
+        assert_eq!(sum, OUTCOMES.len() as f64);
     }
 }

@@ -33,8 +33,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use crate::record::{Latency, RunRecord, Second};
+use crate::record::{Latency, RunRecord};
 use crate::scenario::{Scenario, ScenarioError};
+use crate::timeline::{SystemSample, Timeline};
 
 /// Header of the load-test secret (the gateway's).
 pub const LOAD_TEST_HEADER: &str = gateway::config::LOAD_TEST_HEADER;
@@ -50,6 +51,12 @@ const BOT_PAUSE: Duration = Duration::from_millis(20);
 const THINK_MS: std::ops::Range<u64> = 100..600;
 /// Highest latency recorded, µs (a minute).
 const LATENCY_MAX_US: u64 = 60_000_000;
+/// How often the system's live figures are read.
+const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+/// How often the progress bar is redrawn.
+const PROGRESS_PERIOD: Duration = Duration::from_millis(100);
+/// Without a terminal, a progress line at least this often.
+const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
 /// Tickets polled at once per connection before it moves on.
 const TICKET_POLL_PAUSE: Duration = Duration::from_millis(100);
 /// The environment variable a run's seed is read from when the scenario names none (the
@@ -140,32 +147,16 @@ struct Person {
 #[derive(Debug, Default)]
 struct Tally {
     latency: HashMap<(&'static str, String), Histogram<u64>>,
-    seconds: BTreeMap<u32, Second>,
     errors: u64,
     requests: u64,
     attempts: u64,
 }
 
 impl Tally {
-    fn record(
-        &mut self,
-        run_start: Instant,
-        route: &'static str,
-        outcome: &str,
-        took: Duration,
-        attempt: bool,
-    ) {
-        let t_s = u32::try_from(run_start.elapsed().as_secs()).unwrap_or(u32::MAX);
-        let second = self.seconds.entry(t_s).or_insert_with(|| Second {
-            t_s,
-            ..Second::default()
-        });
-        second.requests += 1;
+    fn record(&mut self, route: &'static str, outcome: &str, took: Duration, attempt: bool) {
         self.requests += 1;
         if attempt {
-            second.attempts += 1;
             self.attempts += 1;
-            *second.outcomes.entry(outcome.to_string()).or_default() += 1;
         }
         let us = u64::try_from(took.as_micros())
             .unwrap_or(u64::MAX)
@@ -224,6 +215,13 @@ struct Run {
     /// People done (accepted, or told they already bought).
     done: AtomicUsize,
     stop: AtomicBool,
+    /// Every answer by 100 ms slot, and the system's figures (one for the run: a slot is
+    /// a few counters, and a lock taken per answer costs far less than the answer).
+    timeline: Mutex<Timeline>,
+    /// What the run is doing now, for the progress display.
+    phase: Mutex<&'static str>,
+    /// The system's latest figures, one line, for the progress display.
+    figures: Mutex<String>,
 }
 
 impl std::fmt::Debug for Run {
@@ -245,6 +243,29 @@ impl Run {
 
     fn lock<'a, T>(&self, m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
         m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ms since the run started.
+    fn elapsed_ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts an answer to a request sent at `began` in the run's timeline.
+    fn record(&self, began: Instant, route: &str, outcome: &str, attempt: bool) {
+        let now = Instant::now();
+        let took_us = u64::try_from(now.saturating_duration_since(began).as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, LATENCY_MAX_US);
+        let at_ms = self.elapsed_ms(now);
+        self.lock(&self.timeline)
+            .record(at_ms, route, outcome, took_us, attempt);
+    }
+
+    /// Attempts sent so far.
+    fn attempts_sent(&self) -> u64 {
+        self.scenario
+            .attempts
+            .saturating_sub(self.attempts_left.load(Ordering::Relaxed))
     }
 }
 
@@ -276,19 +297,15 @@ async fn send(
                 serde_json::from_slice(&a.body).unwrap_or(Value::Null)
             };
             let outcome = outcome_of(&a, &body);
-            tally.record(run.start, route, &outcome, began.elapsed(), attempt);
+            run.record(began, route, &outcome, attempt);
+            tally.record(route, &outcome, began.elapsed(), attempt);
             Some((a, body, outcome))
         }
         Err(_) => {
             *conn = None;
             tally.errors += 1;
-            tally.record(
-                run.start,
-                route,
-                "connection_error",
-                began.elapsed(),
-                attempt,
-            );
+            run.record(began, route, "connection_error", attempt);
+            tally.record(route, "connection_error", began.elapsed(), attempt);
             None
         }
     }
@@ -710,23 +727,13 @@ async fn pay(
     }
 }
 
-/// The sampler: the system's live figures every second until stopped, shown as a progress
-/// bar on a terminal (indicatif), or as a line every five seconds otherwise.
-async fn sampler(run: Arc<Run>, done: Arc<AtomicBool>, progress: bool) -> Vec<(u32, Value)> {
-    let mut out = Vec::new();
+/// The sampler: the system's live figures (`/admin/api/live`) about every second until
+/// stopped, into the run's timeline and the progress display's line.
+async fn sampler(run: Arc<Run>, done: Arc<AtomicBool>) {
     let mut conn: Option<Conn> = None;
     let mut tally = Tally::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(SAMPLE_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let bar = progress.then(|| {
-        let bar = indicatif::ProgressBar::new(run.scenario.attempts);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} attempts  {msg}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    });
     while !done.load(Ordering::Relaxed) && !run.past_deadline() {
         tick.tick().await;
         let auth = admin_auth(&run);
@@ -734,43 +741,76 @@ async fn sampler(run: Arc<Run>, done: Arc<AtomicBool>, progress: bool) -> Vec<(u
         if let Some((a, body, _)) = send(&run, &mut conn, &mut tally, "live", false, req).await
             && a.status.is_success()
         {
-            let t_s = u32::try_from(run.start.elapsed().as_secs()).unwrap_or(u32::MAX);
-            if let Some(bar) = &bar {
-                let c = &body["current"];
-                let sent = run
-                    .scenario
-                    .attempts
-                    .saturating_sub(run.attempts_left.load(Ordering::Relaxed));
-                let line = format!(
-                    "{:>6.0} req/s | accepted {} | backlog {} | enqueued/s {:.0} | drained/s {:.0} | orders {}",
-                    c["requests_per_s"].as_f64().unwrap_or(0.0),
-                    c["accepted"].as_u64().unwrap_or(0),
-                    c["lag"].as_u64().unwrap_or(0),
-                    c["enqueue_rate"].as_f64().unwrap_or(0.0),
-                    c["drain_rate"].as_f64().unwrap_or(0.0),
-                    c["orders"]
-                        .as_u64()
-                        .map_or_else(|| "?".to_string(), |o| o.to_string()),
-                );
-                bar.set_position(sent);
-                if bar.is_hidden() {
-                    if t_s % 5 == 0 {
-                        eprintln!(
-                            "load-tests: t={t_s}s {sent}/{} attempts | {line}",
-                            run.scenario.attempts
-                        );
-                    }
-                } else {
-                    bar.set_message(line);
-                }
-            }
-            out.push((t_s, body));
+            let c = &body["current"];
+            let sample = SystemSample {
+                backlog: c["lag"].as_u64(),
+                enqueued_per_s: c["enqueue_rate"].as_f64(),
+                drained_per_s: c["drain_rate"].as_f64(),
+                orders: c["orders"].as_u64(),
+            };
+            let at_ms = run.elapsed_ms(Instant::now());
+            run.lock(&run.timeline).sample(at_ms, sample);
+            *run.lock(&run.figures) = format!(
+                "{:.0} req/s | accepted {} | backlog {} | enqueued/s {:.0} | drained/s {:.0} | orders {}",
+                c["requests_per_s"].as_f64().unwrap_or(0.0),
+                c["accepted"].as_u64().unwrap_or(0),
+                c["lag"].as_u64().unwrap_or(0),
+                c["enqueue_rate"].as_f64().unwrap_or(0.0),
+                c["drain_rate"].as_f64().unwrap_or(0.0),
+                c["orders"]
+                    .as_u64()
+                    .map_or_else(|| "?".to_string(), |o| o.to_string()),
+            );
         }
     }
-    if let Some(bar) = bar {
-        bar.finish();
+}
+
+/// The progress display from the first phase to the last: on a terminal an indicatif bar
+/// (phase, elapsed time, attempts sent, the system's figures) redrawn every
+/// [`PROGRESS_PERIOD`], so that a run of a second still shows it move; otherwise a line at
+/// each phase and every [`PROGRESS_LINE_EVERY`], and one at the end.
+async fn progress(run: Arc<Run>, done: Arc<AtomicBool>) {
+    let bar = indicatif::ProgressBar::new(run.scenario.attempts);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix:>9} {spinner} {elapsed:>4} [{bar:30}] {pos}/{len} attempts  {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
     }
-    out
+    let terminal = !bar.is_hidden();
+    let mut last_phase = "";
+    let mut last_line = Instant::now();
+    loop {
+        let finished = done.load(Ordering::Relaxed);
+        let phase = *run.lock(&run.phase);
+        let sent = run.attempts_sent();
+        let mut figures = run.lock(&run.figures).clone();
+        if figures.is_empty() {
+            figures = "no figures from the system yet".into();
+        }
+        if terminal {
+            bar.set_prefix(phase);
+            bar.set_position(sent);
+            bar.set_message(figures);
+            bar.tick();
+        } else if phase != last_phase || last_line.elapsed() >= PROGRESS_LINE_EVERY || finished {
+            eprintln!(
+                "load-tests: {:>6.1} s {phase:<9} {sent}/{} attempts | {figures}",
+                run.start.elapsed().as_secs_f64(),
+                run.scenario.attempts
+            );
+            last_line = Instant::now();
+        }
+        last_phase = phase;
+        if finished {
+            break;
+        }
+        tokio::time::sleep(PROGRESS_PERIOD).await;
+    }
+    bar.finish();
+    if terminal {
+        // The bar's last state stays; what follows starts on a line of its own.
+        eprintln!();
+    }
 }
 
 fn latency_of(h: &Histogram<u64>) -> Latency {
@@ -846,23 +886,40 @@ pub async fn run(
         .map_err(|e| CrowdError::Connect(e.to_string()))?;
     let sale_id = next_sale_id(&run, &mut admin).await?;
     run.sale.store(sale_id, Ordering::Relaxed);
+    let sampling_done = Arc::new(AtomicBool::new(false));
+    let progress_task =
+        progress.then(|| tokio::spawn(self::progress(run.clone(), sampling_done.clone())));
+    let phase = |name: &'static str| *run.lock(&run.phase) = name;
 
     // 1. Sign-in.
-    tallies.extend(sign_in_everyone(&run).await?);
+    let signed_in = sign_in_everyone(&run).await;
+    let signed_in = match signed_in {
+        Ok(t) => t,
+        Err(e) => {
+            sampling_done.store(true, Ordering::Relaxed);
+            if let Some(task) = progress_task {
+                let _ = task.await;
+            }
+            return Err(e);
+        }
+    };
+    tallies.extend(signed_in);
 
     // 2. The sale, opening soon; the ramp meanwhile.
+    phase("ramp");
     let opens_at = create_sale(&run, &mut admin, &run_id).await?;
     *run.lock(&run.opened) = Some(opens_at);
-    let sampling_done = Arc::new(AtomicBool::new(false));
-    let sampler_task = tokio::spawn(sampler(run.clone(), sampling_done.clone(), progress));
+    let sampler_task = tokio::spawn(sampler(run.clone(), sampling_done.clone()));
     let next = Arc::new(AtomicUsize::new(0));
     tallies.extend(in_parallel(connections, |_| ramp(run.clone(), next.clone(), opens_at)).await);
 
     // 3. The spike.
+    phase("spike");
     tallies.extend(in_parallel(connections, |i| spike(run.clone(), i)).await);
     let attempt_phase = opens_at.elapsed();
 
     // 4. Decisions.
+    phase("decisions");
     let work = Arc::new(Mutex::new(run.lock(&run.accepted).clone()));
     let results = Arc::new(Mutex::new(Vec::new()));
     tallies.extend(
@@ -874,6 +931,7 @@ pub async fn run(
     let decided = run.lock(&results).clone();
 
     // 5. Payment of a share of the orders.
+    phase("payment");
     let paid = Arc::new(AtomicU64::new(0));
     let pay_work = Arc::new(Mutex::new(choose_payments(&run, &decided, &mut rng)));
     tallies.extend(
@@ -882,8 +940,12 @@ pub async fn run(
         })
         .await,
     );
+    phase("done");
     sampling_done.store(true, Ordering::Relaxed);
-    let samples = sampler_task.await.unwrap_or_default();
+    let _ = sampler_task.await;
+    if let Some(task) = progress_task {
+        let _ = task.await;
+    }
 
     let accepted = run.lock(&run.accepted).clone();
     let record = record_of(
@@ -897,7 +959,6 @@ pub async fn run(
             decided,
             paid: paid.load(Ordering::Relaxed),
             tallies,
-            samples,
         },
     );
     Ok(CrowdOutcome {
@@ -942,6 +1003,9 @@ impl Run {
             bots_accepted: AtomicU64::new(0),
             done: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            timeline: Mutex::new(Timeline::default()),
+            phase: Mutex::new("sign-in"),
+            figures: Mutex::new(String::new()),
         }
     }
 }
@@ -1049,7 +1113,6 @@ struct Finished {
     decided: Vec<Decision>,
     paid: u64,
     tallies: Vec<Tally>,
-    samples: Vec<(u32, Value)>,
 }
 
 /// Every connection's figures added up: one [`Tally`] of them all.
@@ -1063,37 +1126,8 @@ impl Tally {
             for (k, h) in t.latency {
                 let _ = m.latency.entry(k).or_insert_with(new_histogram).add(&h);
             }
-            for (s, sec) in t.seconds {
-                let into = m.seconds.entry(s).or_insert_with(|| Second {
-                    t_s: s,
-                    ..Second::default()
-                });
-                into.requests += sec.requests;
-                into.attempts += sec.attempts;
-                for (o, n) in sec.outcomes {
-                    *into.outcomes.entry(o).or_default() += n;
-                }
-            }
         }
         m
-    }
-
-    /// Adds the sampler's figures to their seconds; returns the highest backlog seen.
-    fn add_samples(&mut self, samples: &[(u32, Value)]) -> u64 {
-        let mut peak_backlog = 0;
-        for (t_s, body) in samples {
-            let c = &body["current"];
-            let into = self.seconds.entry(*t_s).or_insert_with(|| Second {
-                t_s: *t_s,
-                ..Second::default()
-            });
-            into.backlog = c["lag"].as_u64();
-            into.enqueued_per_s = c["enqueue_rate"].as_f64();
-            into.drained_per_s = c["drain_rate"].as_f64();
-            into.orders = c["orders"].as_u64();
-            peak_backlog = peak_backlog.max(into.backlog.unwrap_or(0));
-        }
-        peak_backlog
     }
 
     /// Latency by route, then outcome (`all` for each route's outcomes together), and the
@@ -1129,9 +1163,13 @@ impl Tally {
 
 /// The run's record from what its phases left.
 fn record_of(run: &Run, f: Finished) -> RunRecord {
-    let mut merged = Tally::merged(f.tallies);
-    let peak_backlog = merged.add_samples(&f.samples);
+    let merged = Tally::merged(f.tallies);
     let (latency, outcomes) = merged.by_route();
+    let (bin_ms, timeline, peak_backlog) = {
+        let t = run.lock(&run.timeline);
+        let bin_ms = crate::timeline::bin_width_ms(t.span_ms());
+        (bin_ms, t.bins(bin_ms), t.peak_backlog())
+    };
     let ordered = f.decided.iter().filter(|d| d.order_id.is_some()).count() as u64;
     let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
     for d in &f.decided {
@@ -1172,7 +1210,9 @@ fn record_of(run: &Run, f: Finished) -> RunRecord {
         peak_backlog,
         errors: merged.errors,
         latency,
-        timeline: merged.seconds.into_values().collect(),
+        bin_ms,
+        timeline,
+        thresholds: Vec::new(),
         audit: None,
     }
 }

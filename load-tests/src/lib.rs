@@ -21,7 +21,10 @@
 //!   files, queue segments and database rows, which must stay bounded; a plot of them.
 //! - [`hop`]: what one proxy hop costs (a trivial route directly and through nginx,
 //!   alternating rounds of one run).
-//! - [`record`]: what a run records; [`report`]: JSON, Markdown and SVG plots of it.
+//! - [`record`]: what a run records; [`timeline`]: its answers by 100 ms slot, binned for
+//!   the report at a width fit for the run's length; [`report`]: JSON, Markdown and SVG
+//!   plots of it; [`threshold`]: pass/fail criteria on its figures (`--threshold
+//!   p99_purchase_ms<50`, as k6 has them).
 
 pub mod audit;
 pub mod crowd;
@@ -32,3 +35,5 @@ pub mod report;
 pub mod scenario;
 pub mod soak;
 pub mod system;
+pub mod threshold;
+pub mod timeline;

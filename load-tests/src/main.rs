@@ -2,8 +2,8 @@
 //! reports.
 //!
 //! ```text
-//! load-tests demo  [--scenario ci|small|large] [--database URL] [--queue TARGET] [--out DIR]
-//! load-tests run   --url http://127.0.0.1:8080 --admin-secret S --load-test-secret L [--scenario …] [--out DIR]
+//! load-tests demo  [--scenario ci|small|large] [--threshold 'p99_purchase_ms<50']… [--database URL] [--queue TARGET] [--out DIR]
+//! load-tests run   --url http://127.0.0.1:8080 --admin-secret S --load-test-secret L [--scenario …] [--threshold …]… [--out DIR]
 //! load-tests overload [--capacity 32] [--factor 10] [--secs 10] [--database URL] [--json-out FILE]
 //! load-tests soak  [--secs 60] [--database URL] [--out DIR]
 //! load-tests audit [--database URL] [--inventory memory|redis://…] [--sale N]… [--tickets FILE] [--at-rest]
@@ -18,6 +18,7 @@ use load_tests::audit::AuditError;
 use load_tests::crowd::{self, CrowdError, Target};
 use load_tests::scenario::{Scenario, ScenarioError};
 use load_tests::system::{AllInOne, SystemError, SystemOptions};
+use load_tests::threshold::{self, Threshold};
 
 // The same allocator as the gateway binary (the system runs in this process for `demo`).
 #[global_allocator]
@@ -110,36 +111,69 @@ struct ScenarioArgs {
     /// prints its seed at start and records it in run.json and report.md.
     #[arg(long, env = crowd::SEED_ENV)]
     seed: Option<u64>,
-    /// Where the report goes (run.json, report.md, throughput.svg, latency.svg).
+    /// Where the report goes (run.json, report.md, throughput.svg, latency-over-time.svg,
+    /// latency.svg).
     #[arg(long, default_value = "target/load-tests")]
     out: PathBuf,
+    /// A pass/fail criterion, as k6 has them: METRIC OP VALUE, e.g. `p99_purchase_ms<50`
+    /// or `error_rate<=0.01` (repeatable; a run that misses one exits with status 1).
+    /// OP: <, <=, >, >=, ==, !=. METRIC: p50_ROUTE_ms, p90_ROUTE_ms, p99_ROUTE_ms,
+    /// p999_ROUTE_ms, max_ROUTE_ms (ROUTE: login, page, sales, token, purchase, ticket,
+    /// pay, live), error_rate, attempts_per_s, sold_out_after_s, last_decision_after_s,
+    /// peak_backlog, accepted, ordered, unresolved, paid, bots_accepted, errors.
+    #[arg(long = "threshold", value_name = "METRIC OP VALUE", value_parser = threshold::parse)]
+    thresholds: Vec<Threshold>,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
 }
 
 impl ScenarioArgs {
+    /// The preset with the overrides given, named after both (`large (users=300000)`).
     fn scenario(&self) -> Result<Scenario, ScenarioError> {
         let mut s = Scenario::named(&self.scenario)?;
-        if let Some(v) = self.units {
-            s.units = v;
-        }
-        if let Some(v) = self.users {
-            s.users = v;
-        }
-        if let Some(v) = self.attempts {
-            s.attempts = v;
-        }
-        if let Some(v) = self.connections {
-            s.connections = v;
-        }
-        if let Some(v) = self.stock_buckets {
-            s.stock_buckets = v;
-        }
+        s.override_with(&[
+            ("units", self.units),
+            ("users", self.users),
+            ("attempts", self.attempts),
+            (
+                "connections",
+                self.connections
+                    .map(|v| u64::try_from(v).unwrap_or(u64::MAX)),
+            ),
+            ("stock_buckets", self.stock_buckets.map(u64::from)),
+        ])?;
         s.seed = self.seed;
         s.validate()?;
+        if self.thresholds.len() > threshold::THRESHOLDS_MAX {
+            return Err(ScenarioError::OutOfBounds {
+                setting: "--threshold",
+                value: self.thresholds.len() as u64,
+                min: 0,
+                max: threshold::THRESHOLDS_MAX as u64,
+            });
+        }
         Ok(s)
     }
+}
+
+/// Holds the run to the thresholds given: records the verdicts and prints them; whether
+/// every one passed.
+fn hold_to_thresholds(
+    record: &mut load_tests::record::RunRecord,
+    thresholds: &[Threshold],
+) -> bool {
+    record.thresholds = threshold::evaluate(thresholds, record);
+    for v in &record.thresholds {
+        println!(
+            "load-tests: threshold {} {} (value: {})",
+            v.threshold,
+            if v.passed { "PASS" } else { "FAIL" },
+            v.actual
+                .map_or_else(|| "none".to_string(), |a| format!("{a}"))
+        );
+    }
+    record.thresholds.iter().all(|v| v.passed)
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,6 +414,8 @@ fn benchmark_summary(
         "bots_accepted": record.bots_accepted,
         "errors": record.errors,
         "audit_passed": report.passed(),
+        "thresholds": record.thresholds,
+        "thresholds_passed": record.thresholds.iter().all(|t| t.passed),
         "peak_rss_kib_system_and_generator": peak_rss_kib(),
         "baseline": base,
         "attempts_vs_baseline": record.attempts_per_s / base["requests_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -467,6 +503,7 @@ async fn demo(
     }
     record.audit = Some(report.clone());
     headline(&record);
+    let thresholds_met = hold_to_thresholds(&mut record, &args.thresholds);
     let wrote = write_report(&record, &args.out);
     if let Some(base) = base {
         let summary = benchmark_summary(&record, &report, base, last_order_after_ms, seed);
@@ -484,7 +521,7 @@ async fn demo(
             stopped.purchases_running
         );
     }
-    Ok(report.passed() && record.bots_accepted == 0 && wrote)
+    Ok(report.passed() && record.bots_accepted == 0 && wrote && thresholds_met)
 }
 
 async fn run_against(
@@ -512,9 +549,11 @@ async fn run_against(
         text.push('\n');
         std::fs::write(&path, text).map_err(CliError::io(&path))?;
     }
-    headline(&outcome.record);
-    let wrote = write_report(&outcome.record, &args.out);
-    Ok(outcome.record.bots_accepted == 0 && outcome.record.unresolved == 0 && wrote)
+    let mut record = outcome.record;
+    headline(&record);
+    let thresholds_met = hold_to_thresholds(&mut record, &args.thresholds);
+    let wrote = write_report(&record, &args.out);
+    Ok(record.bots_accepted == 0 && record.unresolved == 0 && wrote && thresholds_met)
 }
 
 fn main() -> ExitCode {

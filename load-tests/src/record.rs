@@ -5,18 +5,23 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// One second of a run (second 0 starts when the run starts, before the sale opens).
+/// One bin of a run's timeline (bin 0 starts when the run starts, before the sale opens;
+/// every bin is [`RunRecord::bin_ms`] wide, see [`crate::timeline`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Second {
-    /// Seconds since the run started.
-    pub t_s: u32,
-    /// Requests answered in this second (every route).
+pub struct Bin {
+    /// Where the bin starts, ms since the run started.
+    pub t_ms: u64,
+    /// Requests answered in this bin (every route).
     pub requests: u64,
-    /// Purchase attempts answered in this second (token and purchase requests).
+    /// Purchase attempts answered in this bin (token and purchase requests).
     pub attempts: u64,
-    /// Answers of this second by outcome (`accepted`, `sold_out`, `throttled`, …).
+    /// Answers of this bin by outcome (`accepted`, `sold_out`, `throttled`, …).
     pub outcomes: BTreeMap<String, u64>,
-    /// Purchases waiting in the queue (the workers' lag), sampled from the system.
+    /// Latency of the answers of this bin, for the token and purchase routes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latency: BTreeMap<String, BinLatency>,
+    /// Purchases waiting in the queue (the workers' lag), sampled from the system (about
+    /// once a second: bins narrower than that hold it in some bins only).
     pub backlog: Option<u64>,
     /// Purchases enqueued per second, as the system reports it.
     pub enqueued_per_s: Option<f64>,
@@ -24,6 +29,24 @@ pub struct Second {
     pub drained_per_s: Option<f64>,
     /// Orders in the database (all statuses), as the system reports it.
     pub orders: Option<u64>,
+}
+
+impl Bin {
+    /// Where the bin starts, seconds since the run started.
+    pub fn t_s(&self) -> f64 {
+        self.t_ms as f64 / 1000.0
+    }
+}
+
+/// Latency of one route's answers in one bin.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BinLatency {
+    /// Answers.
+    pub count: u64,
+    /// Median, ms (within about 5 %).
+    pub p50_ms: f64,
+    /// 99th percentile, ms (within about 5 %).
+    pub p99_ms: f64,
 }
 
 /// Latency of one route and outcome.
@@ -48,7 +71,7 @@ pub struct Latency {
 /// A whole run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
-    /// Scenario name.
+    /// Scenario name: the preset's, with the overrides given (`large (users=300000)`).
     pub scenario: String,
     /// The scenario's settings, as run.
     pub settings: serde_json::Value,
@@ -100,8 +123,19 @@ pub struct RunRecord {
     pub errors: u64,
     /// Latency by route, then by outcome (`all` for every outcome of the route).
     pub latency: BTreeMap<String, BTreeMap<String, Latency>>,
-    /// Per-second figures.
-    pub timeline: Vec<Second>,
+    /// Width of the timeline's bins, ms (chosen for the run's length:
+    /// [`crate::timeline::bin_width_ms`]).
+    #[serde(default = "bin_ms_default")]
+    pub bin_ms: u64,
+    /// The run by bin.
+    pub timeline: Vec<Bin>,
+    /// The thresholds given (`--threshold`) and whether the run met them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<crate::threshold::Verdict>,
     /// The audit after the run, if one ran.
     pub audit: Option<crate::audit::AuditReport>,
+}
+
+fn bin_ms_default() -> u64 {
+    1000
 }

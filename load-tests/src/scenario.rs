@@ -44,6 +44,12 @@ pub enum ScenarioError {
         /// The largest allowed.
         max: u64,
     },
+    /// An override names no setting of a scenario.
+    #[error("no scenario setting {setting:?}")]
+    NoSuchSetting {
+        /// The name given.
+        setting: String,
+    },
     /// A count is below its least value.
     #[error("{setting}: {value} is below {min}")]
     TooSmall {
@@ -153,6 +159,50 @@ impl Scenario {
         }
     }
 
+    /// Applies overrides (a setting's name and its value; `None`: not given) and names
+    /// the scenario after its preset and them, as it ran: `large (users=300000)`. The
+    /// settings: `units`, `users`, `attempts`, `connections`, `stock_buckets`.
+    pub fn override_with(
+        &mut self,
+        overrides: &[(&'static str, Option<u64>)],
+    ) -> Result<(), ScenarioError> {
+        let mut given = Vec::new();
+        for (setting, value) in overrides {
+            let Some(v) = *value else {
+                continue;
+            };
+            let too_big = |max: u64| ScenarioError::OutOfBounds {
+                setting,
+                value: v,
+                min: 1,
+                max,
+            };
+            match *setting {
+                "units" => self.units = v,
+                "users" => self.users = v,
+                "attempts" => self.attempts = v,
+                "connections" => {
+                    self.connections =
+                        usize::try_from(v).map_err(|_| too_big(CONNECTIONS_MAX as u64))?;
+                }
+                "stock_buckets" => {
+                    self.stock_buckets = u32::try_from(v)
+                        .map_err(|_| too_big(u64::from(inventory::STOCK_BUCKETS_MAX)))?;
+                }
+                other => {
+                    return Err(ScenarioError::NoSuchSetting {
+                        setting: other.to_string(),
+                    });
+                }
+            }
+            given.push(format!("{setting}={v}"));
+        }
+        if !given.is_empty() {
+            self.name = format!("{} ({})", self.name, given.join(", "));
+        }
+        Ok(())
+    }
+
     /// The preset names.
     pub const PRESETS: [&'static str; 3] = ["ci", "small", "large"];
 
@@ -215,6 +265,42 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_are_applied_and_named() {
+        let mut s = Scenario::preset("large").expect("large");
+        s.override_with(&[("units", None), ("users", Some(300_000))])
+            .expect("valid");
+        assert_eq!(s.name, "large (users=300000)");
+        assert_eq!(s.users, 300_000);
+        let mut s = Scenario::preset("ci").expect("ci");
+        s.override_with(&[
+            ("units", Some(5)),
+            ("attempts", Some(100)),
+            ("connections", Some(4)),
+            ("stock_buckets", Some(2)),
+        ])
+        .expect("valid");
+        assert_eq!(
+            s.name,
+            "ci (units=5, attempts=100, connections=4, stock_buckets=2)"
+        );
+        assert_eq!(
+            (s.units, s.attempts, s.connections, s.stock_buckets),
+            (5, 100, 4, 2)
+        );
+        let mut s = Scenario::preset("ci").expect("ci");
+        s.override_with(&[]).expect("nothing to apply");
+        assert_eq!(s.name, "ci", "no overrides, the preset's name");
+        assert!(matches!(
+            s.override_with(&[("stock_buckets", Some(u64::MAX))]),
+            Err(ScenarioError::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            s.override_with(&[("colour", Some(1))]),
+            Err(ScenarioError::NoSuchSetting { .. })
+        ));
+    }
 
     #[test]
     fn presets_are_valid_and_distinct() {

@@ -4,8 +4,11 @@
 use std::collections::BTreeMap;
 
 use load_tests::audit::{AuditReport, Check, SaleFigures, StoreFigures};
-use load_tests::record::{Latency, RunRecord, Second};
-use load_tests::report::{latency_svg, throughput_svg, to_json, to_markdown, write_all};
+use load_tests::record::{Bin, BinLatency, Latency, RunRecord};
+use load_tests::report::{
+    latency_svg, latency_time_svg, throughput_svg, to_json, to_markdown, write_all,
+};
+use load_tests::threshold::{Threshold, evaluate};
 
 /// A ~30 s run: quiet before the sale opens at 5 s, a spike of attempts, a backlog that
 /// rises and drains back to 0, latency for two routes and an audit with one failure.
@@ -39,8 +42,20 @@ fn synthetic() -> RunRecord {
             "throttled".to_string(),
             attempts.saturating_sub(enqueued) / 2,
         );
-        timeline.push(Second {
-            t_s: t,
+        let mut latency = BTreeMap::new();
+        if attempts > 0 {
+            latency.insert(
+                "purchase".to_string(),
+                BinLatency {
+                    count: attempts,
+                    p50_ms: 2.0 + f64::from(t),
+                    p99_ms: 20.0 + 10.0 * f64::from(t),
+                },
+            );
+        }
+        timeline.push(Bin {
+            t_ms: u64::from(t) * 1000,
+            latency,
             requests: attempts + 150,
             attempts,
             outcomes,
@@ -110,7 +125,9 @@ fn synthetic() -> RunRecord {
         peak_backlog: 1_100,
         errors: 2,
         latency,
+        bin_ms: 1000,
         timeline,
+        thresholds: Vec::new(),
         audit: Some(AuditReport {
             at_ms: 1_767_225_640_000,
             checks: vec![
@@ -237,7 +254,7 @@ fn markdown_has_the_headline_tables_audit_and_links() {
         "| Users (humans and bots) | 5,000 |",
         "| Purchase attempts | 12,345 |",
         "| Attempts/s over the attempt phase | 1496.4/s |",
-        "| Peak attempts in one second | 4,000 (second 5) |",
+        "| Peak attempts in one bin (1 s) | 4,000 (4000.0/s at 5 s) |",
         "| Time to sell out (first `sold_out`) | 1.23 s |",
         "| Time until the last decision | 9.88 s |",
         "| Peak backlog | 1,100 |",
@@ -301,7 +318,7 @@ fn throughput_svg_plots_rates_backlog_and_the_opening() {
     let texts = check_svg(&svg);
     for label in [
         "Throughput and backlog: ci-small",
-        "seconds since the run started",
+        "seconds since the run started (bins of 1 s)",
         "per second",
         "backlog (purchases queued)",
         "attempts/s",
@@ -343,7 +360,7 @@ fn latency_svg_has_a_histogram_per_route() {
     );
     for label in [
         "latency, ms (bucket upper bounds, log scale)",
-        "answers",
+        "answers in the bucket, % of the route",
         "cumulative share, %",
         "128",
         "0.5",
@@ -362,7 +379,7 @@ fn latency_svg_has_a_histogram_per_route() {
 }
 
 #[test]
-fn write_all_writes_the_four_files() {
+fn write_all_writes_the_five_files() {
     let record = synthetic();
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("runs").join("ci-small");
@@ -382,7 +399,13 @@ fn write_all_writes_the_four_files() {
         .collect();
     assert_eq!(
         names,
-        ["run.json", "report.md", "throughput.svg", "latency.svg"]
+        [
+            "run.json",
+            "report.md",
+            "throughput.svg",
+            "latency-over-time.svg",
+            "latency.svg"
+        ]
     );
     for path in &paths {
         assert_eq!(path.parent(), Some(dir.as_path()));
@@ -396,6 +419,10 @@ fn write_all_writes_the_four_files() {
         throughput_svg(&record).expect("throughput")
     );
     assert_eq!(read("latency.svg"), latency_svg(&record).expect("latency"));
+    assert_eq!(
+        read("latency-over-time.svg"),
+        latency_time_svg(&record).expect("latency over time")
+    );
 
     // A path below a file cannot be created: an error, not a panic.
     let blocked = dir.join("run.json").join("below");
@@ -423,14 +450,18 @@ fn an_empty_record_renders_without_panicking() {
     let texts = check_svg(&throughput_svg(&record).expect("throughput plot"));
     assert!(texts.iter().any(|t| t.starts_with("no data")), "{texts:?}");
     assert!(
-        texts.iter().any(|t| t == "seconds since the run started"),
+        texts
+            .iter()
+            .any(|t| t.starts_with("seconds since the run started")),
         "{texts:?}"
     );
+    let texts = check_svg(&latency_time_svg(&record).expect("latency over time"));
+    assert!(texts.iter().any(|t| t.starts_with("no data")), "{texts:?}");
     let texts = check_svg(&latency_svg(&record).expect("latency plot"));
     assert!(texts.iter().any(|t| t == "no data"), "{texts:?}");
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    assert_eq!(write_all(&record, tmp.path()).expect("write_all").len(), 4);
+    assert_eq!(write_all(&record, tmp.path()).expect("write_all").len(), 5);
     if let Some(keep) = std::env::var_os("REPORT_DUMP_DIR") {
         let keep = std::path::Path::new(&keep).join("empty");
         write_all(&record, &keep).expect("write_all to REPORT_DUMP_DIR");
@@ -447,17 +478,17 @@ fn odd_records_render_without_panicking() {
         sale_opened_after_ms: 120_000,
         audit: Some(AuditReport::default()),
         timeline: vec![
-            Second {
-                t_s: 3,
+            Bin {
+                t_ms: 3000,
                 attempts: 7,
                 backlog: Some(u64::MAX),
-                ..Second::default()
+                ..Bin::default()
             },
-            Second {
-                t_s: 1,
+            Bin {
+                t_ms: 1000,
                 attempts: 2,
                 drained_per_s: Some(f64::INFINITY),
-                ..Second::default()
+                ..Bin::default()
             },
         ],
         ..RunRecord::default()
@@ -510,6 +541,7 @@ fn odd_records_render_without_panicking() {
         texts.iter().any(|t| t.contains("sale opens (120.00 s)")),
         "{texts:?}"
     );
+    check_svg(&latency_time_svg(&record).expect("latency over time"));
     let svg = latency_svg(&record).expect("latency plot");
     let texts = check_svg(&svg);
     // Merged by bound: 1 ms (2 answers), 2 ms (1); the NaN bound is dropped.
@@ -526,4 +558,213 @@ fn odd_records_render_without_panicking() {
         polyline_lengths(&svg).iter().filter(|n| **n == 3).count(),
         1
     );
+}
+
+/// The texts of the right-hand axis's tick labels: the `<text>`s right of the plot whose
+/// content is a number (the backlog axis).
+fn right_axis_numbers(svg: &str, x_min: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    for part in svg.split("<text").skip(1) {
+        let x = part
+            .split("x=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        let text = part
+            .split_once('>')
+            .and_then(|(_, r)| r.split_once("</text>"))
+            .map(|(t, _)| t.trim().to_string());
+        if let (Some(x), Some(t)) = (x, text)
+            && x > x_min
+            && let Ok(v) = t.parse::<f64>()
+        {
+            out.push(v);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_short_run_gets_fine_bins_a_round_backlog_axis_and_its_latency_over_time() {
+    // One second of attempts in 100 ms bins, a backlog of at most 3.
+    let timeline: Vec<Bin> = (0..12u64)
+        .map(|i| Bin {
+            t_ms: i * 100,
+            attempts: 100 + i * 10,
+            backlog: (i % 5 == 0).then_some(i.min(3)),
+            latency: BTreeMap::from([(
+                "token".to_string(),
+                BinLatency {
+                    count: 100,
+                    p50_ms: 1.0,
+                    p99_ms: 4.0 + i as f64,
+                },
+            )]),
+            ..Bin::default()
+        })
+        .collect();
+    let record = RunRecord {
+        scenario: "ci (units=5)".into(),
+        bin_ms: 100,
+        peak_backlog: 3,
+        timeline,
+        ..RunRecord::default()
+    };
+    let svg = throughput_svg(&record).expect("throughput plot");
+    let texts = check_svg(&svg);
+    assert!(
+        texts
+            .iter()
+            .any(|t| t == "seconds since the run started (bins of 100 ms)"),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t == "Throughput and backlog: ci (units=5)")
+    );
+    // A point a bin, attempts as a rate (100 in 100 ms: 1,000/s).
+    let lines = polyline_lengths(&svg);
+    assert!(lines.contains(&12), "{lines:?}");
+    // The backlog readings (every fifth bin) are joined into one line: 3 points.
+    assert!(lines.contains(&3), "{lines:?}");
+    // The backlog's axis: whole numbers from 0 to at least 3, not 0–1 in tenths.
+    let right = right_axis_numbers(&svg, 1010.0);
+    assert!(right.len() >= 4, "{right:?} in {texts:?}");
+    assert!(right.iter().all(|v| v.fract() == 0.0), "{right:?}");
+    assert!(
+        right.iter().copied().fold(0.0, f64::max) >= 3.0,
+        "{right:?}"
+    );
+
+    let svg = latency_time_svg(&record).expect("latency over time");
+    let texts = check_svg(&svg);
+    for label in [
+        "Latency over time: ci (units=5)",
+        "latency, ms (log scale)",
+        "token p50",
+        "token p99",
+        "sale opens",
+    ] {
+        assert!(
+            texts.iter().any(|t| t == label),
+            "no {label:?} in {texts:?}"
+        );
+    }
+    assert!(
+        polyline_lengths(&svg).iter().filter(|n| **n == 12).count() >= 1,
+        "the p99 line has a point a bin"
+    );
+}
+
+#[test]
+fn thresholds_are_reported_with_their_verdicts() {
+    let mut record = synthetic();
+    let thresholds: Vec<Threshold> = ["p99_purchase_ms<50", "p99_token_ms<10", "errors==2"]
+        .iter()
+        .map(|t| t.parse().expect("valid"))
+        .collect();
+    record.thresholds = evaluate(&thresholds, &record);
+    let passed: Vec<bool> = record.thresholds.iter().map(|t| t.passed).collect();
+    // p99 purchase 37.5 ms, token 22.5 ms, 2 errors.
+    assert_eq!(passed, [true, false, true]);
+    let md = to_markdown(&record);
+    for needle in [
+        "**thresholds FAIL** (1 of 3)",
+        "## Thresholds",
+        "| PASS | `p99_purchase_ms<50` | 37.5 |",
+        "| **FAIL** | `p99_token_ms<10` | 22.5 |",
+        "| PASS | `errors==2` | 2 |",
+    ] {
+        assert!(md.contains(needle), "no {needle:?} in\n{md}");
+    }
+    let json = to_json(&record);
+    let back: RunRecord = serde_json::from_str(&json).expect("parses");
+    assert_eq!(back.thresholds, record.thresholds);
+    assert!(
+        json.contains("\"threshold\": \"p99_token_ms<10\""),
+        "{json}"
+    );
+}
+
+/// The binary refuses a malformed `--threshold` before anything runs: status 2, the flag
+/// named, no report folder made.
+#[test]
+fn a_malformed_threshold_is_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("report");
+    for bad in [
+        "p99_purchase_ms",
+        "p99_checkout_ms<5",
+        "p99_purchase_ms<fast",
+    ] {
+        let started = std::time::Instant::now();
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_load-tests"))
+            .args(["demo", "--quiet", "--threshold", bad, "--out"])
+            .arg(&out)
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--threshold"), "{bad}: {stderr}");
+        assert!(stderr.contains(bad), "{bad}: {stderr}");
+        assert!(!out.exists(), "nothing was written");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "refused at once"
+        );
+    }
+}
+
+/// A run that misses a threshold exits with status 1, and says so in its report and
+/// record; a threshold it meets passes beside it. The run is named with its override.
+#[test]
+fn a_missed_threshold_fails_the_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("report");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_load-tests"))
+        .args([
+            "demo",
+            "--quiet",
+            "--units",
+            "20",
+            "--threshold",
+            "p99_purchase_ms<0.000001",
+            "--threshold",
+            "accepted>=1",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("threshold p99_purchase_ms<0.000001 FAIL"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("threshold accepted>=1 PASS"), "{stdout}");
+    let record: RunRecord =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
+            .expect("parses");
+    assert_eq!(record.scenario, "ci (units=20)");
+    let passed: Vec<(String, bool)> = record
+        .thresholds
+        .iter()
+        .map(|t| (t.threshold.clone(), t.passed))
+        .collect();
+    assert_eq!(
+        passed,
+        [
+            ("p99_purchase_ms<0.000001".to_string(), false),
+            ("accepted>=1".to_string(), true)
+        ]
+    );
+    // The run was short: bins finer than a second, at least ~30 of them.
+    assert!(record.bin_ms < 1000, "{}", record.bin_ms);
+    assert!(record.timeline.len() >= 30, "{}", record.timeline.len());
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("**thresholds FAIL** (1 of 2)"), "{md}");
+    assert!(out.join("latency-over-time.svg").exists());
 }

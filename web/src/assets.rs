@@ -62,6 +62,8 @@ pub struct Assets {
     pub app_js: String,
     /// The dashboard script's URL.
     pub admin_js: String,
+    /// The dashboard chart's script's URL.
+    pub chart_js: String,
     list: Vec<Asset>,
 }
 
@@ -99,6 +101,11 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             "text/javascript; charset=utf-8",
             include_bytes!("../static/admin.js"),
         ),
+        Asset::new(
+            "chart.js",
+            "text/javascript; charset=utf-8",
+            include_bytes!("../static/chart.js"),
+        ),
     ];
     let url = |n: &str| {
         list.iter()
@@ -110,6 +117,7 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
         css: url("style.css"),
         app_js: url("app.js"),
         admin_js: url("admin.js"),
+        chart_js: url("chart.js"),
         list,
     }
 });
@@ -126,7 +134,7 @@ mod tests {
     #[test]
     fn names_carry_the_content_hash() {
         let a = assets();
-        assert_eq!(a.all().len(), 3);
+        assert_eq!(a.all().len(), 4);
         for asset in a.all() {
             let hex: String = Sha256::digest(asset.body)
                 .iter()
@@ -139,6 +147,7 @@ mod tests {
         }
         assert!(a.css.starts_with("/static/style.") && a.css.ends_with(".css"));
         assert!(a.app_js.ends_with(".js") && a.admin_js.ends_with(".js"));
+        assert!(a.chart_js.starts_with("/static/chart.") && a.chart_js.ends_with(".js"));
         assert!(a.get("app.js").is_none(), "unhashed names are not served");
         assert_eq!(a.by_name("app.js").map(Asset::url), Some(a.app_js.clone()));
     }

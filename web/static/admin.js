@@ -1,6 +1,6 @@
-// Flash sale admin dashboard: polls /admin/api/live every second and redraws the figures,
-// the workers' heartbeats and the chart (inline SVG: incoming versus drain rate, and the
-// backlog, over the last five minutes); polls /admin/api/sales every two seconds and
+// Flash sale admin dashboard: polls /admin/api/live every second and redraws the figures
+// and the workers' heartbeats; the chart (chart.js) draws from the same figures, passed on
+// as a "live-figures" event on section#live. Polls /admin/api/sales every two seconds and
 // rebuilds the sales table with each sale's actions (pause, resume, end, edit, reconcile).
 // Also turns the create and edit forms' local start time into ms. Plain JavaScript, no
 // dependencies.
@@ -36,34 +36,9 @@
   }
   if (!live) return;
 
-  const W = 600, H = 200, PAD = 6, SPAN_S = 300;
   const fmt = (n) => (n === null || n === undefined) ? "–" : Math.round(Number(n)).toLocaleString("en-US");
   const ago = (ms) => ms < 1000 ? "now" : ms < 60000 ? `${Math.round(ms / 1000)} s ago` : `${Math.round(ms / 60000)} min ago`;
-  let history = [];
   let lastT = 0;
-
-  function points(series, key, max, now) {
-    const out = [];
-    for (const p of series) {
-      const x = W - ((now - p.t_ms) / 1000) * (W / SPAN_S);
-      if (x < 0) continue;
-      const y = H - PAD - (max > 0 ? (p[key] / max) * (H - 2 * PAD) : 0);
-      out.push(`${x.toFixed(1)},${y.toFixed(1)}`);
-    }
-    return out.join(" ");
-  }
-
-  function draw(now) {
-    let rateMax = 1, backlogMax = 1;
-    for (const p of history) {
-      rateMax = Math.max(rateMax, p.incoming, p.drained);
-      backlogMax = Math.max(backlogMax, p.backlog);
-    }
-    $("line-incoming").setAttribute("points", points(history, "incoming", rateMax, now));
-    $("line-drain").setAttribute("points", points(history, "drained", rateMax, now));
-    $("line-backlog").setAttribute("points", points(history, "backlog", backlogMax, now));
-    $("chart-peak").textContent = `${fmt(rateMax)}/s, backlog ${fmt(backlogMax)}`;
-  }
 
   function workers(list, now) {
     const tbody = $("workers").tBodies[0];
@@ -103,10 +78,8 @@
       .filter(([, v]) => v > 0)
       .map(([k, v]) => `${k.replace(/_/g, " ")} ${fmt(rates[k] || 0)}/s (${fmt(v)} in all)`)
       .join(" · ") || "none yet";
-    for (const p of d.history) { if (p.t_ms > lastT) { history.push(p); lastT = p.t_ms; } }
-    const cutoff = d.now_ms - SPAN_S * 1000;
-    history = history.filter((p) => p.t_ms >= cutoff);
-    draw(d.now_ms);
+    for (const p of d.history) lastT = Math.max(lastT, p.t_ms);
+    live.dispatchEvent(new CustomEvent("live-figures", { detail: d }));
     workers(d.workers || [], d.now_ms);
     live.dataset.ticks = String(Number(live.dataset.ticks) + 1);
     $("live-age").textContent = `updated ${new Date().toLocaleTimeString()}`;

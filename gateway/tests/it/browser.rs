@@ -1674,6 +1674,192 @@ async fn operator_edits_looks_up_reconciles_and_clears_dead_letters() {
             .expect("dead letters")
             .is_empty()
     );
+
+/// The sum over the plotted points of `series`' rate × the interval since the point before
+/// (the first point has no interval): the requests the chart shows, as a JS expression.
+fn plotted_js(series: &str) -> String {
+    format!(
+        "(() => {{ const p = (window.liveChart || {{}}).points || []; let n = 0; \
+           for (let i = 1; i < p.length; i++) n += Number((p[i].outcomes || {{}})[{s}] || 0) * (p[i].t_ms - p[i - 1].t_ms) / 1000; \
+           return n; }})()",
+        s = json!(series)
+    )
+}
+
+/// The dashboard's chart: purchases, sell-outs and refusals made through the API show up
+/// in their stacked series (as many as were made), the queue panel has its backlog on a
+/// labelled right axis, the latency panel plots the purchases' p50 and p99, every panel
+/// has a time axis with clock times and value ticks, and the dead letters tile links to its
+/// page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_chart_plots_outcomes_queue_and_latency_with_axes() {
+    let test = "the_live_chart_plots_outcomes_queue_and_latency_with_axes";
+    let Some(browser) = Browser::start(test).await else {
+        return;
+    };
+    let (t, crew, base) = system().await;
+    const SALE: u64 = 77;
+    const UNITS: u64 = 3;
+    create_sale(&t, SALE, UNITS, SystemClock.now_ms(), 600_000).await;
+    let page = browser.session(&base).await;
+    let secret = t.state.config.admin_secret.clone();
+    admin_sign_in(&page, &secret).await;
+    page.wait_for(
+        "two plotted points",
+        "((window.liveChart || {}).points || []).length >= 2",
+    )
+    .await;
+    page.shot("chart-empty").await;
+
+    // Forged tokens refused (before the sell-out, which a purchase hears of first), every
+    // unit bought, then buyers told it is sold out.
+    const FORGED: u64 = 4;
+    for u in 0..FORGED {
+        let cookie = t.login(&format!("chart-forger-{u}")).await;
+        let (s, v) = t.purchase(&cookie, SALE, "forged.token").await;
+        assert!(s.is_client_error(), "{s} {v}");
+        assert_ne!(v["error"], "throttled", "{v}");
+    }
+    for u in 0..UNITS {
+        let cookie = t.login(&format!("chart-buyer-{u}")).await;
+        let (s, v) = t.token_load_test(&cookie, SALE).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = t.purchase(&cookie, SALE, &token_of(&v)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    }
+    const SOLD_OUT: u64 = 2;
+    for u in 0..SOLD_OUT {
+        let cookie = t.login(&format!("chart-late-{u}")).await;
+        let (s, v) = t.token_load_test(&cookie, SALE).await;
+        assert_eq!(s, StatusCode::GONE, "{v}");
+        assert_eq!(v["error"], "sold_out", "{v}");
+    }
+    for (series, n) in [
+        ("accepted", UNITS),
+        ("sold_out", SOLD_OUT),
+        ("refused", FORGED),
+    ] {
+        // Rates × intervals add up to whole requests, up to float rounding.
+        page.wait_for(
+            &format!("{n} {series} plotted"),
+            &format!("{} >= {} - 0.01", plotted_js(series), n),
+        )
+        .await;
+        let plotted = page
+            .eval(&plotted_js(series))
+            .await
+            .expect("plotted")
+            .as_f64()
+            .unwrap_or_default();
+        assert!(
+            plotted < n as f64 + 0.01,
+            "{series}: {plotted} plotted, {n} made"
+        );
+    }
+    page.wait_for(
+        "the purchases' latency plotted",
+        "(window.liveChart.series.p99 || []).some(([, v]) => v !== null && v > 0) && \
+         (window.liveChart.series.p50 || []).some(([, v]) => v !== null && v > 0)",
+    )
+    .await;
+    page.wait_for(
+        "the enqueued purchases plotted",
+        "(window.liveChart.series.enqueued || []).some(([, v]) => v > 0)",
+    )
+    .await;
+    // Each stacked band and line is a path with points; the latency (of one burst of
+    // purchases) at least one point, with its marker.
+    for (series, least) in [
+        ("accepted", 2.0),
+        ("sold_out", 2.0),
+        ("refused", 2.0),
+        ("enqueued", 2.0),
+        ("drained", 2.0),
+        ("backlog", 2.0),
+        ("p50", 1.0),
+        ("p99", 1.0),
+    ] {
+        let n = page
+            .eval(&format!(
+                "Number(($('svg#chart path[data-series=\"{series}\"]') || {{ dataset: {{}} }}).dataset.points || 0)"
+            ))
+            .await
+            .expect("points")
+            .as_f64()
+            .unwrap_or_default();
+        assert!(n >= least, "{series}: {n} points drawn");
+    }
+    let markers = page
+        .eval("document.querySelectorAll('svg#chart circle.marker-p99').length")
+        .await
+        .expect("markers")
+        .as_f64()
+        .unwrap_or_default();
+    assert!(markers >= 1.0, "{markers} p99 markers");
+    // Axes: three panels, each with clock times under it, value ticks and a unit; the
+    // backlog has its own labelled axis.
+    let axes = page
+        .eval(
+            "(() => { const out = {}; for (const g of document.querySelectorAll('svg#chart g.panel')) { \
+               out[g.id] = { times: [...g.querySelectorAll('.x-axis text')].map((e) => e.textContent), \
+                             ticks: [...g.querySelectorAll('.y-axis text')].map((e) => e.textContent), \
+                             right: [...g.querySelectorAll('.y-axis-right text')].map((e) => e.textContent), \
+                             labels: [...g.querySelectorAll('.axis-label')].map((e) => e.textContent), \
+                             legend: [...g.querySelectorAll('.legend text')].map((e) => e.textContent) }; } \
+               return out; })()",
+        )
+        .await
+        .expect("axes");
+    let clock = |s: &str| {
+        s.len() == 8
+            && s.chars().enumerate().all(|(i, c)| {
+                if i == 2 || i == 5 {
+                    c == ':'
+                } else {
+                    c.is_ascii_digit()
+                }
+            })
+    };
+    for panel in ["chart-requests", "chart-queue", "chart-latency"] {
+        let a = &axes[panel];
+        let times: Vec<&str> = a["times"]
+            .as_array()
+            .map_or(Vec::new(), |v| v.iter().filter_map(Value::as_str).collect());
+        assert!(
+            times.len() >= 4 && times.iter().all(|s| clock(s)),
+            "{panel}: times {times:?}"
+        );
+        let ticks = a["ticks"].as_array().map_or(0, Vec::len);
+        assert!(ticks >= 2, "{panel}: value ticks {a}");
+        assert!(
+            a["labels"].as_array().is_some_and(|l| !l.is_empty()),
+            "{panel}: {a}"
+        );
+    }
+    let legend = axes["chart-requests"]["legend"].to_string();
+    for name in ["accepted", "sold out", "throttled", "refused", "errors"] {
+        assert!(legend.contains(name), "legend {legend}");
+    }
+    let queue = &axes["chart-queue"];
+    assert!(
+        queue["labels"].to_string().contains("backlog (messages)"),
+        "{queue}"
+    );
+    assert!(
+        queue["right"].as_array().is_some_and(|r| r.len() >= 2),
+        "{queue}"
+    );
+    assert_eq!(
+        page.attr("a#tile-dead-letters", "href").await.as_deref(),
+        Some("/admin/dead-letters")
+    );
+    page.eval("document.getElementById('live-chart').scrollIntoView()")
+        .await
+        .expect("scroll to the chart");
+    page.shot("chart-with-outcomes").await;
+    page.eval("window.scrollTo(0, 0)").await.expect("scroll up");
+    page.click("a#tile-dead-letters").await;
+    page.wait_shown("table#dead-letters").await;
     page.close().await;
     crew.stop().await;
 }

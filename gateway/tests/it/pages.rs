@@ -534,6 +534,25 @@ async fn live_figures_follow_purchases_and_the_drain() {
     let last = history.last().expect("ok");
     assert_eq!(last["backlog"], 3);
     assert!(last["incoming"].as_f64().expect("ok") > 0.0, "{last}");
+    // The chart's series: requests by outcome group (a second apart: per second = count),
+    // adding up to the requests, and the purchases' latency over the second.
+    let groups = &last["outcomes"];
+    assert_eq!(groups["accepted"], 3.0, "{last}");
+    let sum: f64 = ["accepted", "sold_out", "throttled", "refused", "errors"]
+        .iter()
+        .map(|g| groups[g].as_f64().expect("a rate per group"))
+        .sum();
+    assert!(
+        (sum - last["requests"].as_f64().expect("ok")).abs() < 1e-9,
+        "{last}"
+    );
+    let p50 = last["purchase_p50_ms"]
+        .as_f64()
+        .expect("purchases were timed");
+    let p99 = last["purchase_p99_ms"]
+        .as_f64()
+        .expect("purchases were timed");
+    assert!(0.0 < p50 && p50 <= p99, "{last}");
     t.drain().await;
     gateway::live::sample_at(&t.state, t0 + 3000).await;
     let v = live().await;
@@ -546,6 +565,11 @@ async fn live_figures_follow_purchases_and_the_drain() {
         .expect("ok")
         .clone();
     assert!(last["drained"].as_f64().expect("ok") > 0.0, "{last}");
+    assert!(
+        last["purchase_p99_ms"].is_null(),
+        "no purchase that second: {last}"
+    );
+    assert_eq!(last["outcomes"]["accepted"], 0.0, "{last}");
     // `since_ms` sends only newer points.
     let t_ms = last["t_ms"].as_u64().expect("ok");
     let (_, _, v) = t
