@@ -970,9 +970,10 @@ async fn redis_read(
     }
     let mut users: HashMap<String, Vec<String>> =
         HashMap::with_capacity(usize::try_from(holders).unwrap_or(0));
-    // (bucket, field) pairs read: a scan may return a field twice (a field in another
-    // bucket than its user's home is reported as out of place below).
+    // (bucket, field) pairs read: a scan may return a field twice.
     let mut fields_seen: HashSet<(u32, String)> = HashSet::new();
+    // Field (a user's reservation slot) → the bucket it was first read in.
+    let mut field_bucket: HashMap<String, u32> = HashMap::new();
     let mut misplaced = Vec::new();
     for b in 0..k {
         let [_, holders_key] = keys.bucket(b);
@@ -994,6 +995,9 @@ async fn redis_read(
                     continue;
                 }
                 let (user, slot) = inventory::keys::parse_holder_field(&field);
+                if *field_bucket.entry(field.clone()).or_insert(b) != b {
+                    misplaced.push(format!("{user:?} held in two buckets"));
+                }
                 if slot >= inventory::PER_USER_LIMIT_MAX {
                     misplaced.push(format!("{user:?} in bucket {b}: slot {slot}"));
                 }
