@@ -442,3 +442,23 @@ async fn a_retried_reserve_finishes_a_pending_walk_once() {
     );
     s.forget(sale).await.expect("clean up");
 }
+
+/// The limits on a scratch 3-master Redis Cluster (redis-kit), K = 1 and K = 4: a person's
+/// records all live in their home bucket's slot, whatever bucket gave the units.
+#[tokio::test]
+async fn limits_hold_on_a_cluster() {
+    let cluster = redis_kit::RedisCluster::start(3, 0).expect("a 3-master cluster starts");
+    let s: Arc<dyn StockStore> = Arc::new(
+        inventory::RedisStore::connect(&cluster.url(), "limit-cluster:", 16)
+            .await
+            .expect("the store connects"),
+    );
+    let mut sale = 100;
+    for k in BUCKETS {
+        for n in LIMITS {
+            limit_semantics(s.clone(), sale, k, n).await;
+            random_run(s.clone(), sale + 10, k, n, sale).await;
+            sale += 1;
+        }
+    }
+}
