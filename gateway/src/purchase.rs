@@ -75,6 +75,7 @@ pub async fn purchase(
     // for nothing or a unit held by nobody.
     let task_state = state.clone();
     let price_cents = sale.price_cents;
+    let per_user_limit = sale.per_user_limit;
     // The ticket is the request id and the message id: a retried publish is de-duplicated.
     // Random beyond its time: a ticket is a bearer capability on an unauthenticated route.
     let ticket = order_worker::purchase::new_id(now);
@@ -91,6 +92,7 @@ pub async fn purchase(
             ticket,
             ticket_id: ticket.to_string(),
             price_cents,
+            per_user_limit,
             now,
         })
         .await
@@ -122,6 +124,15 @@ pub async fn purchase(
         }),
     )
         .into_response())
+}
+
+/// What a buyer who holds the sale's per-person limit is told.
+fn already_bought_message(limit: u32) -> String {
+    if limit <= 1 {
+        "one per person: you already hold one".to_string()
+    } else {
+        format!("{limit} per person: you already hold {limit}")
+    }
 }
 
 /// Publish attempts (same message id) while the queue's answer is ambiguous.
@@ -158,6 +169,8 @@ struct Commit<'a> {
     ticket: uuid::Uuid,
     ticket_id: String,
     price_cents: u64,
+    /// Units one person may hold of this sale.
+    per_user_limit: u32,
     now: u64,
 }
 
@@ -219,15 +232,16 @@ impl Commit<'_> {
         }
     }
 
-    /// Step 3: reserve the unit, tagged with the ticket: a release for this purchase (here,
-    /// or a worker's after a rejection) takes back this reservation and no other.
+    /// Step 3: reserve the unit, tagged with the ticket, if the buyer holds fewer than the
+    /// sale's per-person limit: a release for this purchase (here, or a worker's after a
+    /// rejection) takes back this reservation and no other.
     async fn reserve(&self) -> ApiResult<()> {
         let m = &self.state.metrics;
         let id = self.sale;
         match self
             .state
             .inventory
-            .reserve_as(id, &self.user, &self.ticket_id)
+            .reserve_up_to(id, &self.user, &self.ticket_id, self.per_user_limit)
             .await
         {
             Ok(Reservation::Reserved { .. }) => {
@@ -243,7 +257,7 @@ impl Commit<'_> {
                 Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "already_bought",
-                    "one per person: you already hold one",
+                    already_bought_message(self.per_user_limit),
                 ))
             }
             Ok(Reservation::NoSuchSale) => {

@@ -10,9 +10,9 @@
 //! | `P{S}:units` | string | stock store | units on sale (all buckets) |
 //! | `P{S}:buckets` | string | stock store | the sale's stock buckets K, 2..=64 (absent: 1) |
 //! | `P{S}:left` | string | stock store | units not held, bucket 0 |
-//! | `P{S}:holder_tags` | hash | stock store | bucket 0's home users → tag of their reservation (`""`: untagged) |
+//! | `P{S}:holder_tags` | hash | stock store | bucket 0's home users' reservations → tag (`""`: untagged) |
 //! | `P{S.b}:left` | string | stock store | units not held, bucket b (1 ≤ b < K) |
-//! | `P{S.b}:holder_tags` | hash | stock store | bucket b's home users → `tag\|g`, g the bucket that gave the unit |
+//! | `P{S.b}:holder_tags` | hash | stock store | bucket b's home users' reservations → `tag\|g`, g the bucket that gave the unit |
 //! | `P{S}:token_holders` | sorted set | token ledger | holder → expiry of their live token |
 //! | `P{S}:token_nonces` | hash | token ledger | holder → `nonce:address` of their live token |
 //! | `P{S}:token_addresses` | hash | token ledger | client address → its live tokens |
@@ -22,6 +22,38 @@
 //! home bucket ([`crate::home_bucket`]: FNV-1a of the user id, mod K); their holder record
 //! lives only there, and its value is `tag|g` (the last `|` separates the tag from the index
 //! of the bucket whose unit they hold), also when g is the home bucket.
+//!
+//! A person may hold up to the sale's per-person limit N of units (at most
+//! [`crate::PER_USER_LIMIT_MAX`]), one holder record per reservation, all in their home
+//! bucket: the field of reservation slot 0 is the user id itself (so a sale with N = 1 has
+//! exactly the layout from before limits), that of slot i ≥ 1 is `user\x1Fi`
+//! ([`holder_field`]; user ids never contain control characters). `HLEN` of the holder
+//! hashes counts reservations.
+
+/// Separates a user id from a slot number in a holder-record field (a control character,
+/// which user ids never contain).
+pub const SLOT_SEPARATOR: char = '\u{1f}';
+
+/// The holder-hash field of `user`'s reservation slot `slot`: the user id itself for slot
+/// 0 (the layout from before per-person limits), `user\x1Fslot` for slot ≥ 1.
+pub fn holder_field(user: &str, slot: u32) -> String {
+    if slot == 0 {
+        user.to_string()
+    } else {
+        format!("{user}{SLOT_SEPARATOR}{slot}")
+    }
+}
+
+/// The user and slot of a holder-hash field ([`holder_field`] read back); a field with a
+/// separator but no number after it is taken as a whole user id in slot 0.
+pub fn parse_holder_field(field: &str) -> (&str, u32) {
+    if let Some((user, slot)) = field.rsplit_once(SLOT_SEPARATOR)
+        && let Ok(slot) = slot.parse::<u32>()
+    {
+        return (user, slot);
+    }
+    (field, 0)
+}
 
 /// The keys of one sale under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,5 +187,16 @@ mod tests {
             ]
         );
         assert_eq!(k.buckets(), "seckill:{42}:buckets");
+    }
+
+    #[test]
+    fn holder_fields_read_back() {
+        use super::{holder_field, parse_holder_field};
+        assert_eq!(holder_field("ann", 0), "ann");
+        assert_eq!(holder_field("ann", 3), "ann\u{1f}3");
+        for (user, slot) in [("ann", 0), ("ann", 9), ("a|b#1", 2), ("", 1)] {
+            assert_eq!(parse_holder_field(&holder_field(user, slot)), (user, slot));
+        }
+        assert_eq!(parse_holder_field("ann\u{1f}x"), ("ann\u{1f}x", 0));
     }
 }

@@ -1,15 +1,19 @@
 //! Inventory pre-deduction for flash sales: the gate that makes sure no more purchases
 //! are accepted than units exist, before anything reaches the queue.
 //!
-//! - [`StockStore`]: per sale, units left and the users holding one; `reserve(sale, user)`
-//!   answers reserved / sold out / already bought in one atomic step (the duplicate check
-//!   comes *before* the decrement, so repeat clicks never burn stock); `release` gives a
-//!   unit back and is idempotent. A reservation may carry a tag (the purchase's ticket:
-//!   `reserve_as`), and `release_if(.., Some(tag))` releases only the reservation with that
+//! - [`StockStore`]: per sale, units left and the reservations holding the others;
+//!   `reserve(sale, user)` answers reserved / sold out / already bought in one atomic step
+//!   (the limit check comes *before* the decrement, so repeat clicks never burn stock);
+//!   `release` gives a unit back and is idempotent. A person may hold up to the sale's
+//!   per-person limit N of units (1..=[`PER_USER_LIMIT_MAX`], passed by the caller:
+//!   [`StockStore::reserve_up_to`]; 1 unless said otherwise), one reservation each. A
+//!   reservation may carry a tag (the purchase's ticket: `reserve_as`): a tagged reserve is
+//!   idempotent (run again with a tag the user holds, it answers `Reserved` and takes
+//!   nothing), and `release_if(.., Some(tag))` releases exactly the reservation with that
 //!   tag: a late or repeated release for an old purchase (a worker redelivery, a canceller
-//!   retrying after a crash) never takes away the user's newer reservation.
+//!   retrying after a crash) never takes away the user's other reservations.
 //! - [`MemoryStore`]: the embedded default, one small lock per sale; memory per sale is
-//!   bounded by its units (at most one entry per holder).
+//!   bounded by its units (at most one entry per reservation).
 //! - [`RedisStore`]: the same operations as Lua scripts on Redis, standalone or Cluster
 //!   ([`RedisConn`]: `redis://…` or `redis+cluster://h:p,h:p,…`, shared with the gateway's
 //!   token ledger and the auditor), so several gateway processes share one stock without
@@ -18,8 +22,8 @@
 //!   ([`StockStore::define_bucketed`], [`StockStore::reconcile_bucketed`];
 //!   1..=[`STOCK_BUCKETS_MAX`], default 1, the layout from before buckets), each under its
 //!   own hash tag so a hot sale spreads over a cluster's masters. A user's home bucket
-//!   ([`home_bucket`], FNV-1a of the user id) holds their holder record alone (one per
-//!   person across buckets); when it is dry the unit comes from the next siblings in order,
+//!   ([`home_bucket`], FNV-1a of the user id) holds all their holder records alone (one per
+//!   reservation, at most N per person across buckets); when it is dry the unit comes from the next siblings in order,
 //!   and sold out is answered only once every bucket was seen empty. Units are split evenly
 //!   ([`bucket_share`]); the figures sum the buckets. The steps and what a crash between
 //!   them leaves: `redis_store.rs`; the keys: [`keys`]. [`MemoryStore`] accepts K and keeps
@@ -36,8 +40,8 @@
 //! A reservation whose enqueue never happened (the gateway was killed between `reserve` and
 //! the queue's confirm) holds a unit that no order will ever use. It is found by
 //! [`StockStore::reconcile_tagged`], which resets a sale to the source of truth: the units
-//! on sale and the users with an active order in the orders database, each tagged with its
-//! order's ticket. The gateway runs it at startup for a store without the sale, and
+//! on sale and one reservation per active order in the orders database, each tagged with
+//! its order's ticket. The gateway runs it at startup for a store without the sale, and
 //! whenever the queue is at rest and the figures stay apart (`gateway/src/sync.rs`); that
 //! bounds how long such a unit stays unsellable to about two reconciliation checks after
 //! the queue goes quiet, and how many to the purchases in flight when a gateway died (at
@@ -70,6 +74,19 @@ pub const SALES_MAX: usize = 100_000;
 pub const STOCK_BUCKETS_MAX: u32 = 64;
 /// A sale's stock buckets unless it says otherwise (one: the layout from before buckets).
 pub const STOCK_BUCKETS_DEFAULT: u32 = 1;
+/// Most units one person may hold of one sale (a sale's per-person limit is 1..=this). Also
+/// the number of holder-record slots the Redis store looks at per person, so it stays small.
+pub const PER_USER_LIMIT_MAX: u32 = 10;
+
+/// Checks a per-person limit: 1..=[`PER_USER_LIMIT_MAX`].
+pub fn validate_limit(limit: u32) -> Result<()> {
+    if limit == 0 || limit > PER_USER_LIMIT_MAX {
+        return Err(Error::Invalid(format!(
+            "a per-person limit must be 1..={PER_USER_LIMIT_MAX}, not {limit}"
+        )));
+    }
+    Ok(())
+}
 
 /// Checks a stock bucket count: 1..=[`STOCK_BUCKETS_MAX`].
 pub fn validate_buckets(buckets: u32) -> Result<()> {
@@ -113,7 +130,8 @@ pub enum Reservation {
     },
     /// No unit left.
     SoldOut,
-    /// The user already holds a unit of this sale (one per person); nothing changed.
+    /// The user already holds as many units of this sale as the per-person limit allows;
+    /// nothing changed.
     AlreadyBought,
     /// The sale's stock was never defined.
     NoSuchSale,
@@ -122,12 +140,13 @@ pub enum Reservation {
 /// What `release` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Released {
-    /// The user's unit is back on sale; `left` units remain.
+    /// The reservation's unit is back on sale; `left` units remain.
     Released {
         /// Units left after the release.
         left: u64,
     },
-    /// The user held no unit (already released, or never reserved): nothing changed.
+    /// The user held no such reservation (already released, or never reserved): nothing
+    /// changed.
     NotHeld,
 }
 
@@ -138,7 +157,8 @@ pub struct SaleStock {
     pub units: u64,
     /// Units not held by anyone.
     pub left: u64,
-    /// Users holding a unit.
+    /// Reservations held (units held by someone: `units - left` when consistent). With a
+    /// per-person limit of 1, the users holding a unit.
     pub holders: u64,
 }
 
@@ -179,7 +199,8 @@ pub fn validate_tag(tag: &str) -> Result<()> {
     Ok(())
 }
 
-/// A holder of a unit and the tag of its reservation (`""`: untagged).
+/// A holder of a unit and the tag of its reservation (`""`: untagged). A user holding
+/// several units appears once per reservation, each with its own tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
     /// The user.
@@ -196,6 +217,39 @@ pub fn validate_user(user: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A user and the tags of their reservations.
+type UserTags<'a> = (&'a str, Vec<&'a str>);
+
+/// `holders` grouped by user, in first-seen order, each user's distinct tags in order (a
+/// repeated (user, tag) pair counts once); checks every user and tag, and that no user has
+/// more than [`PER_USER_LIMIT_MAX`] reservations. The second value is the reservation count.
+fn group_holders(holders: &[Holder]) -> Result<(Vec<UserTags<'_>>, u64)> {
+    let mut at: HashMap<&str, usize> = HashMap::with_capacity(holders.len());
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut count = 0u64;
+    for h in holders {
+        validate_user(&h.user)?;
+        validate_tag(&h.tag)?;
+        let i = *at.entry(&h.user).or_insert_with(|| {
+            groups.push((&h.user, Vec::new()));
+            groups.len() - 1
+        });
+        let tags = &mut groups[i].1;
+        if tags.contains(&h.tag.as_str()) {
+            continue;
+        }
+        if tags.len() >= PER_USER_LIMIT_MAX as usize {
+            return Err(Error::Invalid(format!(
+                "{:?} holds more than {PER_USER_LIMIT_MAX} reservations",
+                h.user
+            )));
+        }
+        tags.push(&h.tag);
+        count += 1;
+    }
+    Ok((groups, count))
 }
 
 fn validate_units(units: u64) -> Result<()> {
@@ -233,8 +287,9 @@ pub trait StockStore: Send + Sync {
         self.reconcile_tagged(sale, units, holders).await
     }
     /// Resets a sale to the source of truth: `units` on sale, held by exactly `holders`
-    /// (the users with an active order, each with its reservation's tag). Fails if there
-    /// are more holders than units.
+    /// (one per active order, each with its reservation's tag; a repeated (user, tag) pair
+    /// counts once). Fails if there are more holders than units, or a user with more than
+    /// [`PER_USER_LIMIT_MAX`] reservations.
     async fn reconcile_tagged(
         &self,
         sale: SaleId,
@@ -252,17 +307,30 @@ pub trait StockStore: Send + Sync {
             .collect();
         self.reconcile_tagged(sale, units, &tagged).await
     }
-    /// Holds one unit for `user`, tagged `tag`: the already-bought check, the sold-out
-    /// check, the decrement and the holder record, in one atomic step. Idempotent for a
-    /// non-empty tag: run again with the tag `user` holds (a retried call whose answer was
-    /// lost), it answers `Reserved` and takes nothing more; another tag is `AlreadyBought`.
-    async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation>;
+    /// Holds one unit for `user`, tagged `tag`, if `user` holds fewer than `limit`
+    /// (1..=[`PER_USER_LIMIT_MAX`], the sale's per-person limit) reservations: the limit
+    /// check, the sold-out check, the decrement and the holder record, in one atomic step.
+    /// Idempotent for a non-empty tag: run again with a tag `user` holds (a retried call
+    /// whose answer was lost, a redelivery), it answers `Reserved` and takes nothing more;
+    /// a new tag when `user` holds `limit` reservations is `AlreadyBought`.
+    async fn reserve_up_to(
+        &self,
+        sale: SaleId,
+        user: &str,
+        tag: &str,
+        limit: u32,
+    ) -> Result<Reservation>;
+    /// [`StockStore::reserve_up_to`] with a limit of one unit per person.
+    async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation> {
+        self.reserve_up_to(sale, user, tag, 1).await
+    }
     /// [`StockStore::reserve_as`] untagged.
     async fn reserve(&self, sale: SaleId, user: &str) -> Result<Reservation> {
         self.reserve_as(sale, user, "").await
     }
-    /// Gives `user`'s unit back (enqueue failed, order rejected or cancelled); with
-    /// `Some(tag)`, only if the user's reservation carries that tag. Idempotent.
+    /// Gives one of `user`'s units back (enqueue failed, order rejected or cancelled); with
+    /// `Some(tag)`, exactly the reservation carrying that tag, if the user holds it (with
+    /// `None`, any one of theirs). Idempotent with a tag.
     async fn release_if(&self, sale: SaleId, user: &str, tag: Option<&str>) -> Result<Released>;
     /// [`StockStore::release_if`] whatever the tag.
     async fn release(&self, sale: SaleId, user: &str) -> Result<Released> {
@@ -302,6 +370,15 @@ impl<T: StockStore + ?Sized> StockStore for std::sync::Arc<T> {
         holders: &[Holder],
     ) -> Result<SaleStock> {
         (**self).reconcile_tagged(sale, units, holders).await
+    }
+    async fn reserve_up_to(
+        &self,
+        sale: SaleId,
+        user: &str,
+        tag: &str,
+        limit: u32,
+    ) -> Result<Reservation> {
+        (**self).reserve_up_to(sale, user, tag, limit).await
     }
     async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation> {
         (**self).reserve_as(sale, user, tag).await
@@ -390,11 +467,23 @@ impl Inventory {
 
     /// `reserve_as`, answered from the flag when the sale is known to be sold out.
     pub async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation> {
+        self.reserve_up_to(sale, user, tag, 1).await
+    }
+
+    /// `reserve_up_to`, answered from the flag when the sale is known to be sold out.
+    pub async fn reserve_up_to(
+        &self,
+        sale: SaleId,
+        user: &str,
+        tag: &str,
+        limit: u32,
+    ) -> Result<Reservation> {
         validate_user(user)?;
+        validate_limit(limit)?;
         if self.flagged_sold_out(sale) {
             return Ok(Reservation::SoldOut);
         }
-        let r = self.store.reserve_as(sale, user, tag).await?;
+        let r = self.store.reserve_up_to(sale, user, tag, limit).await?;
         match r {
             Reservation::SoldOut | Reservation::Reserved { left: 0 } => self.set_flag(sale, true),
             _ => {}

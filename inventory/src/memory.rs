@@ -5,15 +5,17 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::{
     Error, Holder, Released, Reservation, Result, SALES_MAX, SaleId, SaleStock, StockStore,
-    validate_tag, validate_units, validate_user,
+    group_holders, validate_limit, validate_tag, validate_units, validate_user,
 };
 
-/// One sale's state. Its holders (user → reservation tag) never outnumber its units.
+/// One sale's state. Its reservations (user → the tags of their reservations, at most
+/// [`crate::PER_USER_LIMIT_MAX`] each) never outnumber its units; `held` counts them.
 #[derive(Debug)]
 struct Sale {
     units: u64,
     left: u64,
-    holders: HashMap<Box<str>, Box<str>>,
+    holders: HashMap<Box<str>, Vec<Box<str>>>,
+    held: u64,
 }
 
 impl Sale {
@@ -21,7 +23,7 @@ impl Sale {
         SaleStock {
             units: self.units,
             left: self.left,
-            holders: self.holders.len() as u64,
+            holders: self.held,
         }
     }
 }
@@ -76,6 +78,7 @@ impl MemoryStore {
                     units,
                     left: units,
                     holders: HashMap::new(),
+                    held: 0,
                 }))
             })
             .clone())
@@ -98,48 +101,53 @@ impl StockStore for MemoryStore {
         holders: &[Holder],
     ) -> Result<SaleStock> {
         validate_units(units)?;
-        for h in holders {
-            validate_user(&h.user)?;
-            validate_tag(&h.tag)?;
+        let (groups, held) = group_holders(holders)?;
+        if held > units {
+            return Err(Error::Invalid(format!("{held} holders for {units} units")));
         }
-        let map: HashMap<Box<str>, Box<str>> = holders
-            .iter()
-            .map(|h| (h.user.as_str().into(), h.tag.as_str().into()))
+        let map: HashMap<Box<str>, Vec<Box<str>>> = groups
+            .into_iter()
+            .map(|(u, tags)| (u.into(), tags.into_iter().map(Into::into).collect()))
             .collect();
-        if map.len() as u64 > units {
-            return Err(Error::Invalid(format!(
-                "{} holders for {units} units",
-                map.len()
-            )));
-        }
         let s = self.sale_or_insert(sale, units)?;
         let mut st = lock(&s);
         st.units = units;
-        st.left = units - map.len() as u64;
+        st.left = units - held;
         st.holders = map;
+        st.held = held;
         Ok(st.stock())
     }
 
-    async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation> {
+    async fn reserve_up_to(
+        &self,
+        sale: SaleId,
+        user: &str,
+        tag: &str,
+        limit: u32,
+    ) -> Result<Reservation> {
         validate_user(user)?;
         validate_tag(tag)?;
+        validate_limit(limit)?;
         let Some(s) = self.sale(sale) else {
             return Ok(Reservation::NoSuchSale);
         };
         let mut st = lock(&s);
-        // The duplicate check first: a repeat click never burns a unit.
-        if let Some(held) = st.holders.get(user) {
+        // The limit check first: a repeat click never burns a unit.
+        if let Some(tags) = st.holders.get(user) {
             // The same reservation asked again (a retried call) is answered as it was.
-            if !tag.is_empty() && &**held == tag {
+            if !tag.is_empty() && tags.iter().any(|t| &**t == tag) {
                 return Ok(Reservation::Reserved { left: st.left });
             }
-            return Ok(Reservation::AlreadyBought);
+            if tags.len() >= limit as usize {
+                return Ok(Reservation::AlreadyBought);
+            }
         }
         if st.left == 0 {
             return Ok(Reservation::SoldOut);
         }
         st.left -= 1;
-        st.holders.insert(user.into(), tag.into());
+        st.held += 1;
+        st.holders.entry(user.into()).or_default().push(tag.into());
         Ok(Reservation::Reserved { left: st.left })
     }
 
@@ -149,18 +157,24 @@ impl StockStore for MemoryStore {
             return Ok(Released::NotHeld);
         };
         let mut st = lock(&s);
-        let held = match (st.holders.get(user), tag) {
-            (Some(_), None) => true,
-            (Some(t), Some(want)) => &**t == want,
-            (None, _) => false,
+        let Some(tags) = st.holders.get_mut(user) else {
+            return Ok(Released::NotHeld);
         };
-        if held {
+        // With a tag, exactly that reservation; without, the user's latest.
+        let at = match tag {
+            None => tags.len().checked_sub(1),
+            Some(want) => tags.iter().position(|t| &**t == want),
+        };
+        let Some(at) = at else {
+            return Ok(Released::NotHeld);
+        };
+        tags.remove(at);
+        if tags.is_empty() {
             st.holders.remove(user);
-            st.left += 1;
-            Ok(Released::Released { left: st.left })
-        } else {
-            Ok(Released::NotHeld)
         }
+        st.held -= 1;
+        st.left += 1;
+        Ok(Released::Released { left: st.left })
     }
 
     async fn restock(&self, sale: SaleId, units: u64) -> Result<SaleStock> {

@@ -6,16 +6,19 @@
 //! one script, as before buckets. A sale of K > 1 buckets (a hot sale, spread over the
 //! cluster's masters) routes each user to a home bucket ([`crate::home_bucket`]):
 //!
-//! - **reserve**: the home bucket's script checks the user's holder record (one per person:
-//!   it lives only in the home bucket), and takes a unit there if it has one. If the home is
-//!   dry, it writes the holder record first, naming the sibling it will try (`tag|b`); then
-//!   a sibling's script takes a unit by a conditional decrement, or says it is empty, and
-//!   the home's script moves the record on to the next sibling (taking a unit at home if one
-//!   came back meanwhile). Only when every bucket was seen empty in this attempt does the
-//!   last step delete the record and answer sold out.
-//! - **release**: the home's script deletes the record and, if the unit came from a
-//!   sibling, the sibling's script gives it back there (delete first: a crash in between
-//!   leaves a unit missing, never one too many).
+//! - **reserve**: the home bucket's script checks the user's holder records (one per
+//!   reservation, up to the sale's per-person limit: they live only in the home bucket,
+//!   [`crate::keys`]), and takes a unit there if it has one. If the home is dry, it writes
+//!   the new holder record first as pending, naming the sibling it will try (`tag|b?`);
+//!   then a sibling's script takes a unit by a conditional decrement and the home's script
+//!   settles the record (`tag|b`), or the sibling says it is empty and the home's script
+//!   moves the pending record on to the next sibling (taking a unit at home if one came
+//!   back meanwhile). Only when every bucket was seen empty in this attempt does the last
+//!   step delete the record and answer sold out. A retried tagged reserve reads its own
+//!   record: settled, it takes nothing; pending, it goes on from the sibling it names.
+//! - **release**: the home's script deletes the record (the one with the tag) and, if the
+//!   unit came from a sibling, the sibling's script gives it back there (delete first: a
+//!   crash in between leaves a unit missing, never one too many).
 //! - **define / restock / reconcile** write every bucket, bucket by bucket, units split
 //!   evenly ([`crate::bucket_share`]); reconcile puts the holders in their home buckets and
 //!   splits the units left (total minus holders) evenly, so no bucket goes negative.
@@ -36,11 +39,12 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 
-use crate::keys::SaleKeys;
+use crate::keys::{SaleKeys, holder_field};
 use crate::redis_conn::RedisConn;
 use crate::{
     Error, Holder, Released, Reservation, Result, STOCK_BUCKETS_MAX, SaleId, SaleStock, StockStore,
-    bucket_share, home_bucket, validate_buckets, validate_tag, validate_units, validate_user,
+    bucket_share, group_holders, home_bucket, validate_buckets, validate_limit, validate_tag,
+    validate_units, validate_user,
 };
 
 /// How long a process trusts its copy of a sale's stock bucket count before reading it
@@ -49,29 +53,73 @@ pub const BUCKETS_RECHECK: Duration = Duration::from_secs(5);
 /// Longest key prefix, in bytes.
 pub const PREFIX_BYTES_MAX: usize = 64;
 
-/// Home bucket `KEYS = left, holders`, `ARGV = user, record if taken here, record naming
-/// the first sibling to try ('' for K = 1: answer sold out), tagged ('1'/'0')`.
+/// The Lua helpers every holder-record script starts with. A user's reservations live in
+/// slots 0..`slots` of their home bucket's holder hash (field `user` for slot 0,
+/// `user\x1Fi` for slot i ≥ 1: [`crate::keys::holder_field`]); `slots` is
+/// [`crate::PER_USER_LIMIT_MAX`], passed in as `ARGV[1]` and the user as `ARGV[2]`.
+/// `records()` reads them all in one `HMGET`.
+const SLOTS_LUA: &str = r#"
+local slots = tonumber(ARGV[1])
+local function field(i)
+  if i == 0 then return ARGV[2] end
+  return ARGV[2] .. '\31' .. i
+end
+local function records()
+  local fields = {}
+  for i = 0, slots - 1 do fields[#fields + 1] = field(i) end
+  return redis.call('HMGET', KEYS[2], unpack(fields))
+end
+local function tag_of(v, bucketed)
+  if bucketed then
+    local t = string.match(v, '^(.*)|%d+$')
+    if t then return t end
+  end
+  return v
+end
+"#;
+
+/// Home bucket `KEYS = left, holders`, `ARGV = slots, user, record if taken here, pending
+/// record naming the first sibling to try ('' for K = 1: answer sold out), tagged
+/// ('1'/'0'), limit, tag, bucketed ('1'/'0')`.
 ///
 /// A tagged reservation is idempotent: the same call run again (a cluster client re-sends
-/// a script whose reply was lost, e.g. across a master's failover) finds its own record and
-/// answers as the first run did, never `already bought` for the buyer's own purchase.
+/// a script whose reply was lost, e.g. across a master's failover; a caller retrying)
+/// finds its own record and answers as the first run did: its unit taken here (`left`), or
+/// from a sibling (`-7`), or still being looked for in sibling b (`-100 - b`: the walk goes
+/// on from there); never `already bought` for the buyer's own purchase and never a second
+/// unit. A user holding `limit` records gets `-2`.
 const RESERVE: &str = r#"
 local left = redis.call('GET', KEYS[1])
 if not left then return -3 end
-local cur = redis.call('HGET', KEYS[2], ARGV[1])
-if cur then
-  if ARGV[4] == '1' and cur == ARGV[2] then return tonumber(left) end
-  if ARGV[4] == '1' and ARGV[3] ~= '' and cur == ARGV[3] then return -5 end
-  return -2
+local recs = records()
+local held, free = 0, nil
+for i = 1, slots do
+  local cur = recs[i]
+  if cur then
+    held = held + 1
+    if ARGV[5] == '1' then
+      if cur == ARGV[3] then return tonumber(left) end
+      if ARGV[8] == '1' then
+        local t, g, p = string.match(cur, '^(.*)|(%d+)(%??)$')
+        if t == ARGV[7] then
+          if p == '?' then return -100 - tonumber(g) end
+          return -7
+        end
+      end
+    end
+  elseif not free then
+    free = i - 1
+  end
 end
+if held >= tonumber(ARGV[6]) or not free then return -2 end
 left = tonumber(left)
 if left > 0 then
   redis.call('DECR', KEYS[1])
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[2], field(free), ARGV[3])
   return left - 1
 end
-if ARGV[3] == '' then return -1 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+if ARGV[4] == '' then return -1 end
+redis.call('HSET', KEYS[2], field(free), ARGV[4])
 return -5
 "#;
 
@@ -82,39 +130,67 @@ if left <= 0 then return -1 end
 return redis.call('DECR', KEYS[1])
 "#;
 
-/// Home bucket after a sibling was empty: `KEYS = left, holders`, `ARGV = user, the record
-/// naming that sibling, record if taken here, record naming the next sibling ('' when every
-/// bucket has been tried: answer sold out)`.
+/// Home bucket after a sibling gave its unit: `KEYS = left, holders`, `ARGV = slots, user,
+/// the pending record naming that sibling, the settled record`: 1, or -6 if the pending
+/// record is gone.
+const SETTLE: &str = r#"
+local recs = records()
+for i = 1, slots do
+  if recs[i] == ARGV[3] then
+    redis.call('HSET', KEYS[2], field(i - 1), ARGV[4])
+    return 1
+  end
+end
+return -6
+"#;
+
+/// Home bucket after a sibling was empty: `KEYS = left, holders`, `ARGV = slots, user, the
+/// pending record naming that sibling, record if taken here, pending record naming the next
+/// sibling ('' when every bucket has been tried: answer sold out)`.
 const MOVE: &str = r#"
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return -6 end
+local recs = records()
+local at = nil
+for i = 1, slots do
+  if recs[i] == ARGV[3] then at = field(i - 1) break end
+end
+if not at then return -6 end
 local left = tonumber(redis.call('GET', KEYS[1]) or '0')
 if left > 0 then
   redis.call('DECR', KEYS[1])
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('HSET', KEYS[2], at, ARGV[4])
   return left - 1
 end
-if ARGV[4] == '' then
-  redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[5] == '' then
+  redis.call('HDEL', KEYS[2], at)
   return -1
 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+redis.call('HSET', KEYS[2], at, ARGV[5])
 return -5
 "#;
 
-/// Home bucket `KEYS = left, holders`, `ARGV = user, only with tag ('1'/'0'), tag,
+/// Home bucket `KEYS = left, holders`, `ARGV = slots, user, only with tag ('1'/'0'), tag,
 /// bucketed ('1'/'0'), home index`: `{-1, 0}` not held, `{0, left}` given back here,
-/// `{1, g}` to be given back to bucket g.
+/// `{1, g}` to be given back to bucket g. Without a tag, the user's highest slot goes. A
+/// pending record (`tag|b?`: a reservation still walking the siblings) is never released.
 const RELEASE: &str = r#"
-local v = redis.call('HGET', KEYS[2], ARGV[1])
-if not v then return {-1, 0} end
-local tag, giver = v, ARGV[5]
-if ARGV[4] == '1' then
-  local t, g = string.match(v, '^(.*)|(%d+)$')
-  if t then tag, giver = t, g end
+local recs = records()
+local at, v = nil, nil
+for i = slots, 1, -1 do
+  local cur = recs[i]
+  local pending = ARGV[5] == '1' and string.match(cur or '', '|%d+%?$')
+  if cur and not pending and (ARGV[3] ~= '1' or tag_of(cur, ARGV[5] == '1') == ARGV[4]) then
+    at, v = field(i - 1), cur
+    break
+  end
 end
-if ARGV[2] == '1' and tag ~= ARGV[3] then return {-1, 0} end
-redis.call('HDEL', KEYS[2], ARGV[1])
-if giver == ARGV[5] then return {0, redis.call('INCR', KEYS[1])} end
+if not at then return {-1, 0} end
+local giver = ARGV[6]
+if ARGV[5] == '1' then
+  local g = string.match(v, '|(%d+)$')
+  if g then giver = g end
+end
+redis.call('HDEL', KEYS[2], at)
+if giver == ARGV[6] then return {0, redis.call('INCR', KEYS[1])} end
 return {1, tonumber(giver)}
 "#;
 
@@ -204,11 +280,26 @@ const NO_SALE: i64 = -3;
 const TRY_SIBLING: i64 = -5;
 /// The holder record changed while a reservation was in flight.
 const CHANGED: i64 = -6;
+/// A tagged reserve found its tag holding a unit taken from a sibling bucket.
+const HELD_BY_TAG: i64 = -7;
+/// A tagged reserve found its tag's record pending at sibling `TRY_FROM - reply`.
+const TRY_FROM: i64 = -100;
+
+/// A holder-record script: [`SLOTS_LUA`] then `body`.
+fn slots_script(body: &str) -> Script {
+    Script::new(&format!("{SLOTS_LUA}{body}"))
+}
+
+/// `ARGV[1]` of a holder-record script.
+fn slots_arg() -> String {
+    crate::PER_USER_LIMIT_MAX.to_string()
+}
 
 struct Scripts {
     reserve: Script,
     take: Script,
     moved: Script,
+    settle: Script,
     release: Script,
     give: Script,
     define: Script,
@@ -243,6 +334,12 @@ fn n(x: i64) -> Result<u64> {
     u64::try_from(x).map_err(|_| Error::Store(format!("negative figure {x}")))
 }
 
+/// A pending holder record's value: the reservation is trying to take a unit from sibling
+/// `b` (written before the sibling's script runs, settled to `tag|b` after it gave one).
+fn pending(tag: &str, b: u32) -> String {
+    format!("{tag}|{b}?")
+}
+
 /// A holder record's value: the plain tag for K = 1, else `tag|g`.
 fn record(tag: &str, buckets: u32, giver: u32) -> String {
     if buckets <= 1 {
@@ -269,10 +366,11 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             scripts: Scripts {
-                reserve: Script::new(RESERVE),
+                reserve: slots_script(RESERVE),
                 take: Script::new(TAKE),
-                moved: Script::new(MOVE),
-                release: Script::new(RELEASE),
+                moved: slots_script(MOVE),
+                settle: slots_script(SETTLE),
+                release: slots_script(RELEASE),
                 give: Script::new(GIVE),
                 define: Script::new(DEFINE),
                 define_bucket: Script::new(DEFINE_BUCKET),
@@ -471,28 +569,23 @@ impl StockStore for RedisStore {
     ) -> Result<SaleStock> {
         validate_units(units)?;
         validate_buckets(buckets)?;
-        for h in holders {
-            validate_user(&h.user)?;
-            validate_tag(&h.tag)?;
-        }
-        // Checked here, before any script changes anything (a later holder of the same user
-        // wins).
-        let mut distinct: HashMap<&str, &str> = HashMap::with_capacity(holders.len());
-        for h in holders {
-            distinct.insert(&h.user, &h.tag);
-        }
-        let held = distinct.len() as u64;
+        // Checked here, before any script changes anything (a repeated (user, tag) pair
+        // counts once).
+        let (groups, held) = group_holders(holders)?;
         if held > units {
             return Err(Error::Invalid(format!("{held} holders for {units} units")));
         }
         let before = self.buckets(sale).await?;
-        // Holders go to their home buckets; the units left are split evenly whatever the
-        // holders' spread, so no bucket's left is negative.
+        // Holders go to their home buckets, a user's reservations in slots 0, 1, …; the
+        // units left are split evenly whatever the holders' spread, so no bucket's left is
+        // negative.
         let mut per_bucket: Vec<Vec<String>> = vec![Vec::new(); buckets as usize];
-        for (user, tag) in distinct {
+        for (user, tags) in groups {
             let h = home_bucket(user, buckets);
-            per_bucket[h as usize].push(user.to_string());
-            per_bucket[h as usize].push(record(tag, buckets, h));
+            for (slot, tag) in tags.into_iter().enumerate() {
+                per_bucket[h as usize].push(holder_field(user, slot as u32));
+                per_bucket[h as usize].push(record(tag, buckets, h));
+            }
         }
         let left_total = units - held;
         let mut holders_seen = 0u64;
@@ -530,15 +623,22 @@ impl StockStore for RedisStore {
         })
     }
 
-    async fn reserve_as(&self, sale: SaleId, user: &str, tag: &str) -> Result<Reservation> {
+    async fn reserve_up_to(
+        &self,
+        sale: SaleId,
+        user: &str,
+        tag: &str,
+        limit: u32,
+    ) -> Result<Reservation> {
         validate_user(user)?;
         validate_tag(tag)?;
+        validate_limit(limit)?;
         let Some(k) = self.buckets(sale).await? else {
             return Ok(Reservation::NoSuchSale);
         };
         let home = home_bucket(user, k);
         let next = if k > 1 {
-            record(tag, k, (home + 1) % k)
+            pending(tag, (home + 1) % k)
         } else {
             String::new()
         };
@@ -548,36 +648,66 @@ impl StockStore for RedisStore {
                 sale,
                 home,
                 &[
+                    slots_arg(),
                     user.to_string(),
                     record(tag, k, home),
                     next,
                     if tag.is_empty() { "0" } else { "1" }.to_string(),
+                    limit.to_string(),
+                    tag.to_string(),
+                    if k > 1 { "1" } else { "0" }.to_string(),
                 ],
             )
             .await?;
-        match r {
+        // The sibling the pending holder record names: the walk starts there.
+        let first = match r {
             -1 => return Ok(Reservation::SoldOut),
             -2 => return Ok(Reservation::AlreadyBought),
             NO_SALE => return Ok(Reservation::NoSuchSale),
-            TRY_SIBLING if k > 1 => {}
+            HELD_BY_TAG => {
+                return Ok(Reservation::Reserved {
+                    left: self.left_after(sale, k, 0).await?,
+                });
+            }
+            TRY_SIBLING if k > 1 => (home + 1) % k,
             left if left >= 0 => {
                 return Ok(Reservation::Reserved {
                     left: self.left_after(sale, k, left).await?,
                 });
             }
+            from if from <= TRY_FROM && k > 1 => u32::try_from(TRY_FROM - from)
+                .ok()
+                .filter(|b| *b < k && *b != home)
+                .ok_or_else(|| Error::Store(format!("unexpected reserve reply {from}")))?,
             other => return Err(Error::Store(format!("unexpected reserve reply {other}"))),
-        }
-        // The home is dry and the holder record names sibling `home + 1`.
-        for i in 1..k {
+        };
+        // The home is dry and the pending holder record names sibling `first`.
+        for i in (first + k - home) % k..k {
             let b = (home + i) % k;
             let t: i64 = self.bucket_script(&self.scripts.take, sale, b, &[]).await?;
             if t >= 0 {
+                // Settle the record (`tag|b`), so a retry knows the unit is taken. If it is
+                // gone (a reconcile reset the sale meanwhile), the unit is still this
+                // reservation's: the next reconciliation at rest counts it again.
+                let _: i64 = self
+                    .bucket_script(
+                        &self.scripts.settle,
+                        sale,
+                        home,
+                        &[
+                            slots_arg(),
+                            user.to_string(),
+                            pending(tag, b),
+                            record(tag, k, b),
+                        ],
+                    )
+                    .await?;
                 return Ok(Reservation::Reserved {
                     left: self.left_after(sale, k, t).await?,
                 });
             }
             let next = if i + 1 < k {
-                record(tag, k, (home + i + 1) % k)
+                pending(tag, (home + i + 1) % k)
             } else {
                 String::new()
             };
@@ -587,8 +717,9 @@ impl StockStore for RedisStore {
                     sale,
                     home,
                     &[
+                        slots_arg(),
                         user.to_string(),
-                        record(tag, k, b),
+                        pending(tag, b),
                         record(tag, k, home),
                         next,
                     ],
@@ -631,6 +762,7 @@ impl StockStore for RedisStore {
                 sale,
                 home,
                 &[
+                    slots_arg(),
                     user.to_string(),
                     only.to_string(),
                     want.to_string(),
@@ -747,5 +879,6 @@ mod tests {
         assert_eq!(record("t-1", 1, 0), "t-1");
         assert_eq!(record("t|1", 4, 2), "t|1|2");
         assert_eq!(record("", 4, 0), "|0");
+        assert_eq!(super::pending("t|1", 3), "t|1|3?");
     }
 }

@@ -9,12 +9,14 @@
 //!
 //! 1. [`check::NO_OVERSELL`]: per sale, active orders (pending + paid) ≤ units, and
 //!    `0 <= units_left <= units`;
-//! 2. [`check::ONE_PER_PERSON`]: no (sale, user) with more than one active order;
+//! 2. [`check::ONE_PER_PERSON`]: no (sale, user) with more active orders than the sale's
+//!    per-person limit N (`sales.per_user_limit`, 1 unless the sale says otherwise);
 //! 3. [`check::NO_LOST_PURCHASE`]: every accepted ticket has an outcome, an order (that
 //!    exists) or a rejection with a reason;
 //! 4. [`check::CONSERVATION_DB`]: per sale, `units = units_left + active orders`;
 //! 5. [`check::CONSERVATION_STORE`]: at rest, the store's figures equal the database's
-//!    (units, left, holders; with [`audit_redis`] the holder sets themselves); not at rest
+//!    (units, left, holders: one per reservation; with [`audit_redis`] the holder sets
+//!    themselves, each user's reservations against their active orders); not at rest
 //!    the figures are reported and not asserted (the store runs ahead of the database by
 //!    the purchases in flight);
 //! 6. [`check::TIMELY_CANCELLATION`]: no order still pending more than
@@ -24,7 +26,8 @@
 //!    SQL (and from Redis with [`audit_redis`]: every stock bucket's own counter).
 //!
 //! [`audit_redis`] reads standalone Redis or Redis Cluster, summing a sale's stock buckets;
-//! at rest a user held in two buckets, or outside their home bucket, fails check 5.
+//! at rest a user's reservation held in two buckets, or outside their home bucket, fails
+//! check 5.
 //!
 //! A failure to read is an [`AuditError`], never a passed check. Every listing is bounded
 //! (named constants below); the details carry per-sale figures and totals.
@@ -66,8 +69,9 @@ const HSCAN_COUNT: usize = 1_000;
 pub mod check {
     /// Invariant 1: active orders within units, units left within `0..=units`.
     pub const NO_OVERSELL: &str = "no oversell";
-    /// Invariant 2: at most one active order per (sale, user).
-    pub const ONE_PER_PERSON: &str = "one per person";
+    /// Invariant 2: at most the sale's per-person limit N of active orders per (sale, user)
+    /// (one, unless the sale says otherwise).
+    pub const ONE_PER_PERSON: &str = "per-person limit";
     /// Invariant 3: every accepted ticket has an outcome.
     pub const NO_LOST_PURCHASE: &str = "no lost purchase";
     /// Invariant 4 in the database: units = units left + active orders.
@@ -342,13 +346,14 @@ struct TicketTally {
 struct Snapshot {
     sales: Vec<SaleRow>,
     dups_per_sale: BTreeMap<i64, i64>,
-    dup_listed: Vec<(i64, String, i64)>,
+    /// (sale, user, active orders, the sale's limit).
+    dup_listed: Vec<(i64, String, i64, i64)>,
     timing: BTreeMap<i64, Timing>,
     timing_listed: Vec<OrderIssue>,
     tickets: TicketTally,
-    /// Sale → (user → ticket) of the active orders, for the sales whose holder sets are
+    /// Sale → (user → tickets) of the active orders, for the sales whose holder sets are
     /// compared.
-    holders: HashMap<i64, HashMap<String, String>>,
+    holders: HashMap<i64, HashMap<String, Vec<String>>>,
     holders_skipped: bool,
 }
 
@@ -474,39 +479,49 @@ where
     qb
 }
 
-/// Per sale, the users with more than one active order.
+/// Appends the active orders per (sale, user) over the sale's per-person limit (an order
+/// of a sale the database does not know counts against a limit of 1), selecting
+/// `o.sale_id, o.user_id, COUNT(*), limit`.
+fn push_over_limit<DB>(qb: &mut QueryBuilder<DB>, scope: Option<&[i64]>)
+where
+    DB: sqlx::Database,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    qb.push(
+        "SELECT o.sale_id, o.user_id, COUNT(*), CAST(COALESCE(s.per_user_limit, 1) AS BIGINT) \
+         FROM orders o LEFT JOIN sales s ON s.id = o.sale_id WHERE o.status <> 'cancelled'",
+    );
+    if let Some(ids) = scope {
+        push_in(qb, "o.sale_id", ids);
+    }
+    qb.push(
+        " GROUP BY o.sale_id, o.user_id, s.per_user_limit \
+         HAVING COUNT(*) > COALESCE(s.per_user_limit, 1)",
+    );
+}
+
+/// Per sale, the users with more active orders than the sale's per-person limit.
 fn duplicates_per_sale_query<DB>(scope: Option<&[i64]>) -> QueryBuilder<DB>
 where
     DB: sqlx::Database,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    let mut qb = QueryBuilder::new(
-        "SELECT d.sale_id, COUNT(*) FROM (SELECT sale_id FROM orders \
-         WHERE status <> 'cancelled'",
-    );
-    if let Some(ids) = scope {
-        push_in(&mut qb, "sale_id", ids);
-    }
-    qb.push(" GROUP BY sale_id, user_id HAVING COUNT(*) > 1) d GROUP BY d.sale_id");
+    let mut qb = QueryBuilder::new("SELECT d.sale_id, COUNT(*) FROM (");
+    push_over_limit(&mut qb, scope);
+    qb.push(") d GROUP BY d.sale_id");
     qb
 }
 
-/// The first [`OFFENDERS_LISTED_MAX`] (sale, user) pairs with more than one active order.
+/// The first [`OFFENDERS_LISTED_MAX`] (sale, user) pairs with more active orders than the
+/// sale's per-person limit.
 fn duplicates_listed_query<DB>(scope: Option<&[i64]>) -> QueryBuilder<DB>
 where
     DB: sqlx::Database,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    let mut qb = QueryBuilder::new(
-        "SELECT sale_id, user_id, COUNT(*) FROM orders WHERE status <> 'cancelled'",
-    );
-    if let Some(ids) = scope {
-        push_in(&mut qb, "sale_id", ids);
-    }
-    qb.push(
-        " GROUP BY sale_id, user_id HAVING COUNT(*) > 1 \
-         ORDER BY sale_id, user_id LIMIT ",
-    );
+    let mut qb = QueryBuilder::new("");
+    push_over_limit(&mut qb, scope);
+    qb.push(" ORDER BY o.sale_id, o.user_id LIMIT ");
     qb.push_bind(OFFENDERS_LISTED_MAX as i64);
     qb
 }
@@ -739,7 +754,8 @@ async fn read_shard<'t>(
             )));
         }
 
-        // 2. (sale, user) pairs with more than one active order: per sale, and the first few.
+        // 2. (sale, user) pairs with more active orders than the sale's limit: per sale, and
+        //    the first few.
         for s in &scopes {
             for r in duplicates_per_sale_query(*s).build().fetch_all(&mut *tx).await? {
                 snap.dups_per_sale.insert(r.try_get(0)?, r.try_get(1)?);
@@ -748,7 +764,7 @@ async fn read_shard<'t>(
         if !snap.dups_per_sale.is_empty() {
             for s in &scopes {
                 for r in duplicates_listed_query(*s).build().fetch_all(&mut *tx).await? {
-                    snap.dup_listed.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+                    snap.dup_listed.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
                 }
             }
             snap.dup_listed.truncate(OFFENDERS_LISTED_MAX);
@@ -816,9 +832,13 @@ async fn read_shard<'t>(
                     .bind(s.id)
                     .fetch_all(&mut *tx)
                     .await?;
-                    let mut users = HashMap::with_capacity(rows.len());
+                    let mut users: HashMap<String, Vec<String>> =
+                        HashMap::with_capacity(rows.len());
                     for r in rows {
-                        users.insert(r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?);
+                        users
+                            .entry(r.try_get::<String, _>(0)?)
+                            .or_default()
+                            .push(r.try_get::<String, _>(1)?);
                     }
                     snap.holders.insert(s.id, users);
                 }
@@ -832,15 +852,16 @@ async fn read_shard<'t>(
     Ok(())
 }
 
-/// A sale's store figures and, with Redis at rest, its holders (user → tag).
+/// A sale's store figures and, with Redis at rest, its holders (user → the tags of their
+/// reservations).
 struct StoreRead {
     figures: Option<StoreFigures>,
-    holders: Option<HashMap<String, String>>,
+    holders: Option<HashMap<String, Vec<String>>>,
     /// Raw from Redis: the lowest bucket's `left` and that bucket, for a sale of K > 1
     /// stock buckets (each bucket's counter must stay ≥ 0, not only their sum).
     lowest_bucket: Option<(u32, i64)>,
-    /// Raw from Redis: holder records that break the layout (a user held in two buckets,
-    /// or outside their home bucket; a record naming no bucket).
+    /// Raw from Redis: holder records that break the layout (a user's reservation slot held
+    /// in two buckets, or outside their home bucket; a record naming no bucket).
     misplaced: Vec<String>,
 }
 
@@ -872,7 +893,8 @@ fn raw_int(v: Option<&redis::Value>, what: &str) -> Result<Option<i64>, AuditErr
 /// `inventory::keys`: `P{S}:units`, `P{S}:buckets`, and per stock bucket b its `left` and
 /// `holder_tags`, bucket 0 in `P{S}`, bucket b ≥ 1 in `P{S.b}`), summing the buckets. Each
 /// bucket is read atomically; a sale's buckets are not read at one instant (at rest they do
-/// not move). With holders: every bucket's records, a user's tag without its `|g` suffix,
+/// not move). With holders: every bucket's records (one per reservation, the field naming
+/// the user and slot: `inventory::keys::holder_field`), each tag without its `|g` suffix,
 /// and the records that break the layout.
 async fn redis_read(
     store: &RedisStore,
@@ -946,8 +968,12 @@ async fn redis_read(
             misplaced: Vec::new(),
         });
     }
-    let mut users: HashMap<String, String> =
+    let mut users: HashMap<String, Vec<String>> =
         HashMap::with_capacity(usize::try_from(holders).unwrap_or(0));
+    // (bucket, field) pairs read: a scan may return a field twice.
+    let mut fields_seen: HashSet<(u32, String)> = HashSet::new();
+    // Field (a user's reservation slot) → the bucket it was first read in.
+    let mut field_bucket: HashMap<String, u32> = HashMap::new();
     let mut misplaced = Vec::new();
     for b in 0..k {
         let [_, holders_key] = keys.bucket(b);
@@ -964,11 +990,21 @@ async fn redis_read(
                 .await
                 .map_err(err)?;
             let mut it = flat.into_iter();
-            while let (Some(user), Some(record)) = (it.next(), it.next()) {
+            while let (Some(field), Some(record)) = (it.next(), it.next()) {
+                if !fields_seen.insert((b, field.clone())) {
+                    continue;
+                }
+                let (user, slot) = inventory::keys::parse_holder_field(&field);
+                if *field_bucket.entry(field.clone()).or_insert(b) != b {
+                    misplaced.push(format!("{user:?} held in two buckets"));
+                }
+                if slot >= inventory::PER_USER_LIMIT_MAX {
+                    misplaced.push(format!("{user:?} in bucket {b}: slot {slot}"));
+                }
                 let tag = if k == 1 {
                     record
                 } else {
-                    let home = inventory::home_bucket(&user, k);
+                    let home = inventory::home_bucket(user, k);
                     if home != b {
                         misplaced.push(format!("{user:?} held in bucket {b}, home {home}"));
                     }
@@ -982,11 +1018,9 @@ async fn redis_read(
                         }
                     }
                 };
-                if users.insert(user.clone(), tag).is_some() {
-                    misplaced.push(format!("{user:?} held in two buckets"));
-                }
+                users.entry(user.to_string()).or_default().push(tag);
             }
-            if users.len() > HOLDERS_COMPARED_MAX {
+            if fields_seen.len() > HOLDERS_COMPARED_MAX {
                 return Err(AuditError::Redis(format!(
                     "sale {sale}'s holder records number more than {HOLDERS_COMPARED_MAX}"
                 )));
@@ -1197,7 +1231,7 @@ fn no_oversell_check(snap: &Snapshot, totals: &Totals) -> Check {
     Check::new(check::NO_OVERSELL, bad.is_empty(), detail)
 }
 
-/// Check 2: no (sale, user) with more than one active order.
+/// Check 2: no (sale, user) with more active orders than the sale's per-person limit.
 fn one_per_person_check(snap: &Snapshot, totals: &Totals) -> Check {
     let Totals {
         sales: n_sales,
@@ -1207,7 +1241,7 @@ fn one_per_person_check(snap: &Snapshot, totals: &Totals) -> Check {
     let pairs: i64 = snap.dups_per_sale.values().sum();
     let detail = if pairs == 0 {
         format!(
-            "no (sale, user) with two active orders among {active} active orders of {n_sales} sales"
+            "no (sale, user) over its sale's per-person limit among {active} active orders of {n_sales} sales"
         )
     } else {
         let per: Vec<String> = snap
@@ -1218,10 +1252,12 @@ fn one_per_person_check(snap: &Snapshot, totals: &Totals) -> Check {
         let rows: Vec<String> = snap
             .dup_listed
             .iter()
-            .map(|(sale, user, n)| format!("sale {sale} user {user:?}: {n} active"))
+            .map(|(sale, user, n, limit)| {
+                format!("sale {sale} user {user:?}: {n} active (limit {limit})")
+            })
             .collect();
         format!(
-            "{pairs} (sale, user) pairs with more than one active order ({}); first: {}",
+            "{pairs} (sale, user) pairs over their sale's per-person limit ({}); first: {}",
             per_sale(&per, &per),
             bounded(&rows, OFFENDERS_LISTED_MAX)
         )
@@ -1497,14 +1533,17 @@ fn store_check(
         }
         if let (Some(store_users), Some(db_users)) = (&read.holders, snap.holders.get(&s.id)) {
             sets_compared += 1;
+            // Per user: reservations in the store beyond their active orders, and active
+            // orders beyond their reservations.
+            let held = |m: &HashMap<String, Vec<String>>, u: &str| m.get(u).map_or(0, Vec::len);
             let mut extra: Vec<&str> = store_users
                 .keys()
-                .filter(|u| !db_users.contains_key(*u))
+                .filter(|u| held(store_users, u) > held(db_users, u))
                 .map(String::as_str)
                 .collect();
             let mut absent: Vec<&str> = db_users
                 .keys()
-                .filter(|u| !store_users.contains_key(*u))
+                .filter(|u| held(db_users, u) > held(store_users, u))
                 .map(String::as_str)
                 .collect();
             extra.sort_unstable();
@@ -1545,10 +1584,12 @@ fn store_check(
                         .join(", ")
                 ));
             }
+            // Reservations whose tag is none of their holder's active orders' tickets.
             tag_mismatches += store_users
                 .iter()
-                .filter(|(u, tag)| db_users.get(*u).is_some_and(|t| t != *tag))
-                .count();
+                .filter_map(|(u, tags)| db_users.get(u).map(|tickets| (tags, tickets)))
+                .map(|(tags, tickets)| tags.iter().filter(|t| !tickets.contains(t)).count())
+                .sum::<usize>();
         }
         if !why.is_empty() {
             bad.push(format!("sale {}: {}", s.id, why.join(", ")));

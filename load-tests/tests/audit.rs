@@ -465,12 +465,12 @@ async fn store_drift_fails_at_rest(db: OrdersDb) {
 
 async fn two_active_orders_fail(db: OrdersDb) {
     let f = consistent(db, Arc::new(MemoryStore::new())).await;
-    // Without the partial unique index, a second active order for fay, its unit taken.
-    exec(&f.db, "DROP INDEX orders_one_active").await;
+    // A second active order for fay in another slot (the unique index allows it; the
+    // decision never would on a sale of one per person), its unit taken.
     exec(
         &f.db,
-        "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) \
-         VALUES ('fay-again', 'fay-again-ticket', 2, 'fay', 100, 'pending', 1700000060000, 1700000600000)",
+        "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms, slot) \
+         VALUES ('fay-again', 'fay-again-ticket', 2, 'fay', 100, 'pending', 1700000060000, 1700000600000, 1)",
     )
     .await;
     exec(
@@ -482,10 +482,53 @@ async fn two_active_orders_fail(db: OrdersDb) {
     assert_eq!(failed(&report), names(&[check::ONE_PER_PERSON]));
     let d = detail(&report, check::ONE_PER_PERSON);
     assert!(
-        d.contains("1 (sale, user) pairs with more than one active order (sale 2: 1 users)"),
+        d.contains("1 (sale, user) pairs over their sale's per-person limit (sale 2: 1 users)"),
         "{d}"
     );
-    assert!(d.contains("sale 2 user \"fay\": 2 active"), "{d}");
+    assert!(d.contains("sale 2 user \"fay\": 2 active (limit 1)"), "{d}");
+    f.db.close().await;
+}
+
+/// Sale 3, two per person: kim's two orders pass; a third active order (written behind
+/// the system's back, its unit taken) fails the per-person check, and only that one.
+async fn limit_plus_one_fails(db: OrdersDb) {
+    let mut f = consistent(db, Arc::new(MemoryStore::new())).await;
+    let mut sale = new_sale(3, 5, None);
+    sale.per_user_limit = Some(2);
+    f.db.create_sale(&sale, T0 - 1_000).await.expect("sale 3");
+    f.store.define(3, 5).await.expect("define 3");
+    let mut kims = Vec::new();
+    for i in 0..3 {
+        let ticket = format!("t-3-kim-{i}");
+        if let Reservation::Reserved { .. } = f
+            .store
+            .reserve_up_to(3, "kim", &ticket, 2)
+            .await
+            .expect("reserve")
+        {
+            f.tickets.push(ticket.clone());
+            kims.push(purchase(3, "kim", &ticket));
+        }
+    }
+    assert_eq!(kims.len(), 2, "the store refuses kim's third");
+    f.order(&kims, T0 + 100).await;
+    let report = run(&f.input(true)).await;
+    assert!(report.passed(), "{:#?}", report.failures());
+    exec(
+        &f.db,
+        "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms, slot) \
+         VALUES ('kim-3', 'kim-3-ticket', 3, 'kim', 100, 'pending', 1700000060000, 1700000600000, 2)",
+    )
+    .await;
+    exec(
+        &f.db,
+        "UPDATE sales SET units_left = units_left - 1 WHERE id = 3",
+    )
+    .await;
+    let report = run(&f.input(false)).await;
+    assert_eq!(failed(&report), names(&[check::ONE_PER_PERSON]));
+    let d = detail(&report, check::ONE_PER_PERSON);
+    assert!(d.contains("sale 3 user \"kim\": 3 active (limit 2)"), "{d}");
     f.db.close().await;
 }
 
@@ -521,6 +564,7 @@ on_both!(
     overdue_pending_fails,
     store_drift_fails_at_rest,
     two_active_orders_fail,
+    limit_plus_one_fails,
 );
 
 /// Each scenario on two SQLite shards (sale 1 on the first, sale 2 on the second): the
@@ -654,15 +698,51 @@ async fn redis_store_holder_sets_and_raw_counters() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let db = testing::sqlite(dir.path(), &DbOptions::default()).await;
-    let f = consistent(db, store.clone()).await;
+    let mut f = consistent(db, store.clone()).await;
+    // Sale 3, two per person: kim holds two reservations, each with its order.
+    let mut sale = new_sale(3, 4, None);
+    sale.per_user_limit = Some(2);
+    f.db.create_sale(&sale, T0 - 1_000).await.expect("sale 3");
+    store.define(3, 4).await.expect("define 3");
+    let mut kims = Vec::new();
+    for i in 0..2 {
+        let ticket = format!("t-3-kim-{i}");
+        assert!(matches!(
+            store
+                .reserve_up_to(3, "kim", &ticket, 2)
+                .await
+                .expect("reserve"),
+            Reservation::Reserved { .. }
+        ));
+        f.tickets.push(ticket.clone());
+        kims.push(purchase(3, "kim", &ticket));
+    }
+    f.order(&kims, T0 + 100).await;
     let report = audit_redis(&f.input(true), &store).await.expect("audit");
     assert!(report.passed(), "{:#?}", report.failures());
     let d = detail(&report, check::CONSERVATION_STORE);
     assert!(
-        d.contains("holder sets compared for 2 sales, 0 tags differ"),
+        d.contains("holder sets compared for 3 sales, 0 tags differ"),
         "{d}"
     );
     assert!(detail(&report, check::NO_NEGATIVE_STOCK).contains("raw from Redis"));
+    // One of kim's reservations released behind the system's back: one active order
+    // without a store holder.
+    store
+        .release_if(3, "kim", Some("t-3-kim-1"))
+        .await
+        .expect("release");
+    let report = audit_redis(&f.input(true), &store).await.expect("audit");
+    assert_eq!(failed(&report), names(&[check::CONSERVATION_STORE]));
+    let d = detail(&report, check::CONSERVATION_STORE);
+    assert!(
+        d.contains("1 active orders without a store holder (first: \"kim\")"),
+        "{d}"
+    );
+    store
+        .reserve_up_to(3, "kim", "t-3-kim-1", 2)
+        .await
+        .expect("reserve again");
 
     // hal's reservation swapped for zed's: the counts agree, the holders do not.
     store.release(2, "hal").await.expect("release");
@@ -706,6 +786,7 @@ async fn redis_store_holder_sets_and_raw_counters() {
 
     store.forget(1).await.expect("forget");
     store.forget(2).await.expect("forget");
+    store.forget(3).await.expect("forget");
     f.db.close().await;
 }
 
@@ -917,5 +998,6 @@ async fn command_against_redis() {
     assert_eq!(cli_status(&other).await, EXIT_FAILED);
     store.forget(1).await.expect("forget");
     store.forget(2).await.expect("forget");
+    store.forget(3).await.expect("forget");
     f.db.close().await;
 }

@@ -448,14 +448,11 @@ impl OrderWorker {
     }
 
     /// The gateway reserved a unit the database did not grant: give it back, fresh
-    /// decision or redelivery alike. Tagged with this purchase's ticket, so a redelivery
-    /// never takes the user's newer reservation. Not for a repeat purchase
-    /// (`already_bought`): the user holds an order, and whichever reservation stands for
-    /// it stays.
-    async fn release_rejected(&self, p: &PurchaseMessage, why: &str) {
-        if why == reason::ALREADY_BOUGHT {
-            return;
-        }
+    /// decision or redelivery alike. Tagged with this purchase's ticket, so only the
+    /// reservation this purchase made goes, never one standing for the user's orders
+    /// (`already_bought` included: each reservation has its own tag, and an order's
+    /// reservation carries the order's ticket).
+    async fn release_rejected(&self, p: &PurchaseMessage, _why: &str) {
         let Some(inv) = &self.inventory else {
             return;
         };

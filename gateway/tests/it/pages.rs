@@ -356,7 +356,7 @@ async fn admin_forms_need_csrf_and_the_same_site() {
             "price",
         ),
         (
-            sale(6, &csrf).replace("per_user_limit=1", "per_user_limit=2"),
+            sale(6, &csrf).replace("per_user_limit=1", "per_user_limit=11"),
             "per",
         ),
     ] {

@@ -223,6 +223,95 @@ async fn a_flash_sale_end_to_end_on_postgres() {
     db.close().await;
 }
 
+/// A sale of two per person, end to end: the admin API takes `per_user_limit` 2 (and
+/// refuses 11), one buyer's first two purchases become two orders, the third is refused
+/// `already_bought` by the gateway, and after the workers decided, again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_gets_two_of_a_two_per_person_sale_then_is_refused() {
+    let (t, crew) = system(None).await;
+    let create = |limit: u32| {
+        Request::post("/admin/api/sales")
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .header(
+                axum::http::header::AUTHORIZATION,
+                format!("Bearer {}", super::ADMIN),
+            )
+            .body(Body::from(
+                json!({"id": 7, "name": "pair of socks", "price_cents": 500, "units": 10,
+                       "starts_at_ms": 0, "per_user_limit": limit})
+                .to_string(),
+            ))
+            .expect("request")
+    };
+    let (s, _, v) = t.call(create(inventory::PER_USER_LIMIT_MAX + 1)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("per_user_limit must be 1..=10")),
+        "{v}"
+    );
+    let (s, _, v) = t.call(create(2)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["per_user_limit"], 2, "{v}");
+    let cookie = t.login("sam").await;
+    let mut tickets = Vec::new();
+    for _ in 0..2 {
+        let (s, v) = t.token_load_test(&cookie, 7).await;
+        assert_eq!(s, StatusCode::OK, "token: {v}");
+        let (s, v) = t.purchase(&cookie, 7, &token_of(&v)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "purchase: {v}");
+        tickets.push(v["ticket"].as_str().expect("ticket").to_string());
+    }
+    let third = |t: Arc<TestApp>, cookie: String| async move {
+        let (s, v) = t.token_load_test(&cookie, 7).await;
+        assert_eq!(s, StatusCode::OK, "token: {v}");
+        t.purchase(&cookie, 7, &token_of(&v)).await
+    };
+    let (s, v) = third(t.clone(), cookie.clone()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"], "already_bought", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 per person")),
+        "{v}"
+    );
+    wait_for(Duration::from_secs(30), "the workers to drain", || async {
+        lag(&t).await == 0
+    })
+    .await;
+    let db = &t.state.db;
+    for tk in &tickets {
+        let v = ticket(&t, tk).await;
+        assert_eq!(v["state"], "ordered", "{v}");
+    }
+    assert_eq!(
+        db.active_holders(7).await.expect("holders"),
+        vec!["sam".to_string(), "sam".to_string()]
+    );
+    assert_eq!(
+        db.sale(7).await.expect("sale").expect("exists").units_left,
+        8
+    );
+    let stock = t
+        .state
+        .inventory
+        .store()
+        .stock(7)
+        .await
+        .expect("stock")
+        .expect("defined");
+    assert_eq!((stock.left, stock.holders), (8, 2));
+    // Decided and still refused; another buyer is not.
+    let (s, v) = third(t.clone(), cookie.clone()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let other = t.login("kit").await;
+    let (s, v) = third(t.clone(), other).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    crew.stop().await;
+}
+
 async fn pay(t: &TestApp, cookie: &str, order: &str) -> (StatusCode, Value) {
     t.post(&format!("/api/orders/{order}/pay"), Some(cookie), json!({}))
         .await

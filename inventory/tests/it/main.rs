@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod buckets;
+mod limits;
 
 use inventory::{
     Error, Holder, Inventory, MemoryStore, RedisStore, Released, Reservation, SaleId, SaleStock,
@@ -249,14 +250,15 @@ impl StockStore for Counting {
     ) -> inventory::Result<SaleStock> {
         self.inner.reconcile_tagged(sale, units, holders).await
     }
-    async fn reserve_as(
+    async fn reserve_up_to(
         &self,
         sale: SaleId,
         user: &str,
         tag: &str,
+        limit: u32,
     ) -> inventory::Result<Reservation> {
         self.reserves.fetch_add(1, Ordering::Relaxed);
-        self.inner.reserve_as(sale, user, tag).await
+        self.inner.reserve_up_to(sale, user, tag, limit).await
     }
     async fn release_if(
         &self,

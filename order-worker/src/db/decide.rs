@@ -11,14 +11,15 @@ use sqlx::Row;
 use super::OrdersDb;
 use super::dialect::Dialect;
 use super::rows::{NewOrder, NewOutcome};
-use super::{BATCH_MAX, DbError, DbResult, Shard, to_i64, to_u64};
+use super::{BATCH_MAX, DbError, DbResult, PER_USER_LIMIT_MAX, Shard, to_i64, to_u64};
 use crate::purchase::PurchaseMessage;
 
 /// Rejection reasons recorded in `outcomes.reason`.
 pub mod reason {
     /// No unit left in the database.
     pub const SOLD_OUT: &str = "sold_out";
-    /// The user already holds an active order of the sale (one per person).
+    /// The user already holds as many active orders of the sale as its per-person limit
+    /// allows (one, unless the sale says otherwise).
     pub const ALREADY_BOUGHT: &str = "already_bought";
     /// The database does not know the sale.
     pub const NO_SUCH_SALE: &str = "no_such_sale";
@@ -235,10 +236,11 @@ impl<'a> Batch<'a> {
         by_sale
     }
 
-    /// Step 2, one sale: its row locked, purchases of users who hold an active order (or
-    /// were granted one earlier in the batch) are refused, the first `units_left` others
-    /// granted, the rest find it sold out; then the units granted are taken with a
-    /// conditional update, the last guard against oversell.
+    /// Step 2, one sale: its row locked, purchases of users who hold the sale's per-person
+    /// limit N of active orders (counting those granted earlier in the batch) are refused,
+    /// the first `units_left` others granted, each order the buyer's lowest free slot in
+    /// 0..N, the rest find it sold out; then the units granted are taken with a conditional
+    /// update, the last guard against oversell.
     async fn decide_sale<C: Dialect>(
         &self,
         conn: &mut C,
@@ -261,20 +263,29 @@ impl<'a> Batch<'a> {
             .map(|&i| self.purchases[i].user.as_str())
             .filter(|u| seen.insert(u))
             .collect();
-        // Users already holding an active order.
-        let active = conn.active_users(sale_i, &users).await?;
-        // In queue order: a user holding an order (from before, or granted earlier in this
-        // batch) is refused; the first `units_left` others get a unit; the rest find it sold
-        // out (a repeat of a user who found it sold out too).
+        // The slots of the users' active orders. The sale's row is locked, so no other
+        // transaction changes them before the commit; the unique index on (sale, user, slot)
+        // among active orders stands behind this.
+        let mut slots = conn.active_slots(sale_i, &users).await?;
+        let limit = terms.per_user_limit.clamp(1, i64::from(PER_USER_LIMIT_MAX));
+        // In queue order: a user holding `limit` orders (from before, or granted earlier in
+        // this batch) is refused; the first `units_left` others get a unit in their lowest
+        // free slot; the rest find it sold out (a repeat of a user who found it sold out too).
         let mut granted: i64 = 0;
-        let mut granted_users: HashSet<&str> = HashSet::new();
         for &i in idxs {
             let p = &self.purchases[i];
-            if active.contains(&p.user) || granted_users.contains(p.user.as_str()) {
+            let held = slots.entry(p.user.clone()).or_default();
+            // Fewer than `limit` held, so a slot in 0..limit is free (pigeonhole).
+            let free = (held.len() < limit as usize)
+                .then(|| (0..limit).find(|s| !held.contains(s)))
+                .flatten();
+            let Some(slot) = free else {
                 decided.rejected.push((i, reason::ALREADY_BOUGHT));
-            } else if granted < terms.units_left {
+                continue;
+            };
+            if granted < terms.units_left {
                 granted += 1;
-                granted_users.insert(p.user.as_str());
+                held.push(slot);
                 let order_id = crate::purchase::new_id(to_u64(now)).to_string();
                 let pay_by = now.saturating_add(terms.pay_window_ms);
                 decided.decisions[i] = Some(Decision::Ordered {
@@ -289,6 +300,8 @@ impl<'a> Batch<'a> {
                     user: p.user.clone(),
                     price_cents: terms.price_cents,
                     pay_by_ms: pay_by,
+                    slot: i32::try_from(slot)
+                        .map_err(|_| DbError::Invalid(format!("order slot {slot}")))?,
                 });
             } else {
                 decided.rejected.push((i, reason::SOLD_OUT));

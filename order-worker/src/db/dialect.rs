@@ -1,6 +1,6 @@
 //! The statements whose best form differs by backend.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use sqlx::{QueryBuilder, Row};
 
@@ -26,8 +26,13 @@ pub(super) trait Dialect {
     async fn take_units(&mut self, sale: i64, units: i64) -> DbResult<bool>;
     /// Decisions already recorded for these tickets.
     async fn known(&mut self, tickets: &[&str]) -> DbResult<Vec<KnownRow>>;
-    /// Those of `users` holding an active order of `sale`.
-    async fn active_users(&mut self, sale: i64, users: &[&str]) -> DbResult<HashSet<String>>;
+    /// Those of `users` holding active orders of `sale`, each with the slots those orders
+    /// take.
+    async fn active_slots(
+        &mut self,
+        sale: i64,
+        users: &[&str],
+    ) -> DbResult<HashMap<String, Vec<i64>>>;
     /// Inserts pending orders created at `now`.
     async fn insert_orders(&mut self, orders: &[NewOrder], now: i64) -> DbResult<()>;
     /// Inserts outcomes decided at `now`.
@@ -46,7 +51,15 @@ pub(super) trait Dialect {
 const TAKE_UNITS: &str =
     "UPDATE sales SET units_left = units_left - $1 WHERE id = $2 AND units_left >= $3";
 
-/// Reads a [`SaleTerms`] from `units_left, price_cents, pay_window_ms`.
+/// The columns [`terms_of`] reads, `FROM sales` (a macro, so statements stay
+/// `&'static str` through `concat!`).
+macro_rules! terms_select {
+    () => {
+        "SELECT units_left, price_cents, pay_window_ms, CAST(per_user_limit AS BIGINT) FROM sales"
+    };
+}
+
+/// Reads a [`SaleTerms`] from `units_left, price_cents, pay_window_ms, per_user_limit`.
 fn terms_of<R: Row>(r: &R) -> DbResult<SaleTerms>
 where
     usize: sqlx::ColumnIndex<R>,
@@ -56,6 +69,7 @@ where
         units_left: r.try_get(0)?,
         price_cents: r.try_get(1)?,
         pay_window_ms: r.try_get(2)?,
+        per_user_limit: r.try_get(3)?,
     })
 }
 
@@ -75,11 +89,10 @@ where
 
 impl Dialect for sqlx::SqliteConnection {
     async fn lock_sale(&mut self, sale: i64) -> DbResult<Option<SaleTerms>> {
-        let row =
-            sqlx::query("SELECT units_left, price_cents, pay_window_ms FROM sales WHERE id = $1")
-                .bind(sale)
-                .fetch_optional(&mut *self)
-                .await?;
+        let row = sqlx::query(concat!(terms_select!(), " WHERE id = $1"))
+            .bind(sale)
+            .fetch_optional(&mut *self)
+            .await?;
         row.map(|r| terms_of(&r)).transpose()
     }
 
@@ -112,11 +125,15 @@ impl Dialect for sqlx::SqliteConnection {
         Ok(out)
     }
 
-    async fn active_users(&mut self, sale: i64, users: &[&str]) -> DbResult<HashSet<String>> {
-        let mut active = HashSet::new();
+    async fn active_slots(
+        &mut self,
+        sale: i64,
+        users: &[&str],
+    ) -> DbResult<HashMap<String, Vec<i64>>> {
+        let mut active: HashMap<String, Vec<i64>> = HashMap::new();
         for chunk in users.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::new(
-                "SELECT user_id FROM orders WHERE status <> 'cancelled' AND sale_id = ",
+                "SELECT user_id, slot FROM orders WHERE status <> 'cancelled' AND sale_id = ",
             );
             qb.push_bind(sale);
             qb.push(" AND user_id IN (");
@@ -126,7 +143,10 @@ impl Dialect for sqlx::SqliteConnection {
             }
             qb.push(")");
             for r in qb.build().fetch_all(&mut *self).await? {
-                active.insert(r.try_get::<String, _>(0)?);
+                active
+                    .entry(r.try_get::<String, _>(0)?)
+                    .or_default()
+                    .push(r.try_get::<i64, _>(1)?);
             }
         }
         Ok(active)
@@ -135,7 +155,7 @@ impl Dialect for sqlx::SqliteConnection {
     async fn insert_orders(&mut self, orders: &[NewOrder], now: i64) -> DbResult<()> {
         for chunk in orders.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::new(
-                "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) ",
+                "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms, slot) ",
             );
             qb.push_values(chunk, |mut b, o| {
                 b.push_bind(o.id.as_str())
@@ -145,7 +165,8 @@ impl Dialect for sqlx::SqliteConnection {
                     .push_bind(o.price_cents)
                     .push_bind("pending")
                     .push_bind(now)
-                    .push_bind(o.pay_by_ms);
+                    .push_bind(o.pay_by_ms)
+                    .push_bind(o.slot);
             });
             qb.build().execute(&mut *self).await?;
         }
@@ -233,12 +254,10 @@ impl Dialect for sqlx::SqliteConnection {
 
 impl Dialect for sqlx::PgConnection {
     async fn lock_sale(&mut self, sale: i64) -> DbResult<Option<SaleTerms>> {
-        let row = sqlx::query(
-            "SELECT units_left, price_cents, pay_window_ms FROM sales WHERE id = $1 FOR UPDATE",
-        )
-        .bind(sale)
-        .fetch_optional(&mut *self)
-        .await?;
+        let row = sqlx::query(concat!(terms_select!(), " WHERE id = $1 FOR UPDATE"))
+            .bind(sale)
+            .fetch_optional(&mut *self)
+            .await?;
         row.map(|r| terms_of(&r)).transpose()
     }
 
@@ -267,18 +286,27 @@ impl Dialect for sqlx::PgConnection {
             .collect()
     }
 
-    async fn active_users(&mut self, sale: i64, users: &[&str]) -> DbResult<HashSet<String>> {
+    async fn active_slots(
+        &mut self,
+        sale: i64,
+        users: &[&str],
+    ) -> DbResult<HashMap<String, Vec<i64>>> {
         let rows = sqlx::query(
-            "SELECT o.user_id FROM unnest($2::text[]) AS u(user_id) \
+            "SELECT o.user_id, CAST(o.slot AS BIGINT) FROM unnest($2::text[]) AS u(user_id) \
              JOIN orders o ON o.sale_id = $1 AND o.user_id = u.user_id AND o.status <> 'cancelled'",
         )
         .bind(sale)
         .bind(users)
         .fetch_all(&mut *self)
         .await?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0).map_err(DbError::from))
-            .collect()
+        let mut active: HashMap<String, Vec<i64>> = HashMap::new();
+        for r in &rows {
+            active
+                .entry(r.try_get::<String, _>(0)?)
+                .or_default()
+                .push(r.try_get::<i64, _>(1)?);
+        }
+        Ok(active)
     }
 
     async fn insert_orders(&mut self, orders: &[NewOrder], now: i64) -> DbResult<()> {
@@ -291,11 +319,12 @@ impl Dialect for sqlx::PgConnection {
         let users: Vec<&str> = orders.iter().map(|o| o.user.as_str()).collect();
         let prices: Vec<i64> = orders.iter().map(|o| o.price_cents).collect();
         let pay_by: Vec<i64> = orders.iter().map(|o| o.pay_by_ms).collect();
+        let slots: Vec<i32> = orders.iter().map(|o| o.slot).collect();
         sqlx::query(
-            "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms) \
-             SELECT id, request_id, sale_id, user_id, price_cents, 'pending', $7, pay_by_ms \
-             FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[]) \
-                  AS r(id, request_id, sale_id, user_id, price_cents, pay_by_ms)",
+            "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms, slot) \
+             SELECT id, request_id, sale_id, user_id, price_cents, 'pending', $7, pay_by_ms, slot \
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[], $8::int4[]) \
+                  AS r(id, request_id, sale_id, user_id, price_cents, pay_by_ms, slot)",
         )
         .bind(&ids)
         .bind(&tickets)
@@ -304,6 +333,7 @@ impl Dialect for sqlx::PgConnection {
         .bind(&prices)
         .bind(&pay_by)
         .bind(now)
+        .bind(&slots)
         .execute(&mut *self)
         .await?;
         Ok(())

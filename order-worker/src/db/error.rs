@@ -37,7 +37,7 @@ pub enum DbError {
     ///   range (must not happen);
     /// - `sales_name_check`, `sales_price_cents_check`, `sales_units_check`,
     ///   `sales_pay_window_ms_check`, `sales_ends_after_start`,
-    ///   `sales_token_factor_range`, `sales_one_per_user` (the check's expression): a sale
+    ///   `sales_token_factor_range`, `sales_per_user_limit_range` (the check's expression): a sale
     ///   setting out of range (the checks of [`OrdersDb::create_sale`](super::OrdersDb::create_sale)
     ///   refuse these first, as [`DbError::Invalid`]);
     /// - `orders_check` (`(status = 'paid') = (paid_ms IS NOT NULL)`): a payment left an

@@ -42,9 +42,13 @@ pub const TOKEN_FACTOR_MIN: f64 = 0.1;
 /// Largest per-sale purchase-token factor.
 pub const TOKEN_FACTOR_MAX: f64 = 100.0;
 
-/// The only units-per-person a sale may have: the stock store and the partial unique index
-/// of active orders per (sale, user) hold one unit per person.
-pub const PER_USER_LIMIT_SUPPORTED: u32 = 1;
+/// Most units one person may hold of a sale (a sale's `per_user_limit` is
+/// 1..=this): the stock store's holder slots and the `slot` column of active orders
+/// (migration 0008, `CHECK (slot BETWEEN 0 AND 9)`) are sized by it.
+pub const PER_USER_LIMIT_MAX: u32 = inventory::PER_USER_LIMIT_MAX;
+
+/// A sale's units per person unless it says otherwise.
+pub const PER_USER_LIMIT_DEFAULT: u32 = 1;
 
 /// How long a SQLite connection waits for the write lock before failing (busy timeout).
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);

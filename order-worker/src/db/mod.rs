@@ -31,17 +31,21 @@
 //!
 //! 1. the outcomes already recorded for the batch's tickets are read: a redelivered purchase
 //!    finds its decision and changes nothing;
-//! 2. per sale: purchases of users who already hold an active order (or appear earlier in the
-//!    batch) are rejected `already_bought`; the first `units_left` of the rest are granted,
-//!    the others rejected `sold_out`; a sale the database does not know rejects `no_such_sale`;
+//! 2. per sale: purchases of users who already hold the sale's per-person limit N of active
+//!    orders (counting those granted earlier in the batch) are rejected `already_bought`; the
+//!    first `units_left` of the rest are granted, each order in its buyer's lowest free slot
+//!    0..N, the others rejected `sold_out`; a sale the database does not know rejects
+//!    `no_such_sale`;
 //! 3. `units_left` drops by the units granted with a conditional update (`… WHERE units_left
 //!    >= granted`), the last guard against oversell whatever the gateway's cache said, and a
 //!    `CHECK (units_left >= 0)` behind it;
 //! 4. the orders and every outcome are inserted with multi-row statements.
 //!
 //! The constraints carry the invariants even if this code were wrong: one outcome per ticket
-//! (primary key), one order per request id (unique), one active order per (sale, user)
-//! (partial unique index), units left within `0..=units` (check).
+//! (primary key), one order per request id (unique), one active order per (sale, user, slot)
+//! with slots 0..=9 (partial unique index and check: at most N per (sale, user), since the
+//! decision only gives slots 0..N; with N = 1, one per (sale, user)), units left within
+//! `0..=units` (check).
 //!
 //! ## Locks
 //!

@@ -10,6 +10,9 @@ pub(crate) struct NewOrder {
     pub(crate) user: String,
     pub(crate) price_cents: i64,
     pub(crate) pay_by_ms: i64,
+    /// Which of the buyer's places (0..per_user_limit) it takes: at most one active order
+    /// per (sale, user, slot).
+    pub(crate) slot: i32,
 }
 
 /// An outcome to insert.
@@ -29,6 +32,8 @@ pub(crate) struct SaleTerms {
     pub(crate) price_cents: i64,
     /// How long a buyer has to pay, ms.
     pub(crate) pay_window_ms: i64,
+    /// Units one person may hold (active orders per user).
+    pub(crate) per_user_limit: i64,
 }
 
 /// An order cancelled by [`OrdersDb::cancel_due`](super::OrdersDb::cancel_due).

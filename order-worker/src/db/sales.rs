@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{
-    DbError, DbResult, OrderStatus, PAY_WINDOW_MS_DEFAULT, PER_USER_LIMIT_SUPPORTED,
-    SALE_NAME_BYTES_MAX, SALES_MAX, Shard, TOKEN_FACTOR_MAX, TOKEN_FACTOR_MIN, to_i64, to_u64,
+    DbError, DbResult, OrderStatus, PAY_WINDOW_MS_DEFAULT, PER_USER_LIMIT_DEFAULT,
+    PER_USER_LIMIT_MAX, SALE_NAME_BYTES_MAX, SALES_MAX, Shard, TOKEN_FACTOR_MAX, TOKEN_FACTOR_MIN,
+    to_i64, to_u64,
 };
 
 /// A sale as an admin defines it.
@@ -33,8 +34,8 @@ pub struct NewSale {
     /// stored to a thousandth), overriding the gateway's global one; `None`: the global one.
     #[serde(default)]
     pub token_factor: Option<f64>,
-    /// Units one person may hold; `None`: 1. Only 1 is supported
-    /// ([`PER_USER_LIMIT_SUPPORTED`]).
+    /// Units one person may hold, 1..=[`PER_USER_LIMIT_MAX`]; `None`:
+    /// [`PER_USER_LIMIT_DEFAULT`] (1).
     #[serde(default)]
     pub per_user_limit: Option<u32>,
     /// Stock buckets the sale's units are split over in a Redis stock store (a hot sale
@@ -66,7 +67,7 @@ pub struct Sale {
     /// The sale's own purchase-token factor (to a thousandth); `None`: the gateway's global
     /// one.
     pub token_factor: Option<f64>,
-    /// Units one person may hold (always [`PER_USER_LIMIT_SUPPORTED`] for now).
+    /// Units one person may hold (1..=[`PER_USER_LIMIT_MAX`]).
     pub per_user_limit: u32,
     /// Stock buckets of the sale's units in a Redis stock store (1: one bucket, the layout
     /// from before buckets).
@@ -174,7 +175,7 @@ impl Shard {
             pay_window_ms: window,
             ends_at_ms: settings.ends_at_ms,
             token_factor: settings.token_factor_milli.map(factor_of_milli),
-            per_user_limit: PER_USER_LIMIT_SUPPORTED,
+            per_user_limit: settings.per_user_limit as u32,
             stock_buckets: buckets,
             paused: false,
             ended_ms: None,
@@ -345,10 +346,10 @@ impl SaleSettings {
             // In range, so 100..=100_000 after rounding: the cast cannot truncate.
             Some(f) => Some((f * 1000.0).round() as i32),
         };
-        let per_user_limit = sale.per_user_limit.unwrap_or(PER_USER_LIMIT_SUPPORTED);
-        if per_user_limit != PER_USER_LIMIT_SUPPORTED {
+        let per_user_limit = sale.per_user_limit.unwrap_or(PER_USER_LIMIT_DEFAULT);
+        if !(1..=PER_USER_LIMIT_MAX).contains(&per_user_limit) {
             return Err(DbError::Invalid(format!(
-                "only one unit per person is supported (per_user_limit must be 1, not {per_user_limit})"
+                "per_user_limit must be 1..={PER_USER_LIMIT_MAX}, not {per_user_limit}"
             )));
         }
         Ok(SaleSettings {

@@ -356,14 +356,14 @@ async fn sale_settings(db: OrdersDb) {
         name: "full".into(),
         ends_at_ms: Some(5_000),
         token_factor: Some(2.5),
-        per_user_limit: Some(1),
+        per_user_limit: Some(order_worker::db::PER_USER_LIMIT_MAX),
         stock_buckets: Some(inventory::STOCK_BUCKETS_MAX),
         ..plain.clone()
     };
     let made = db.create_sale(&full, 0).await.expect("create");
     assert_eq!(
         (made.ends_at_ms, made.token_factor, made.per_user_limit),
-        (Some(5_000), Some(2.5), 1)
+        (Some(5_000), Some(2.5), 10)
     );
     assert_eq!(made.stock_buckets, inventory::STOCK_BUCKETS_MAX);
     assert_eq!(db.sale(2).await.expect("read"), Some(made.clone()));
@@ -390,7 +390,7 @@ async fn sale_settings(db: OrdersDb) {
     assert_eq!(all.len(), 5);
     assert_eq!(all[1], made, "the listing reads the settings too");
 
-    // Refused: more than one per person (or none), factors outside 0.1..=100 or not
+    // Refused: a per-person limit outside 1..=10, factors outside 0.1..=100 or not
     // numbers, an end not after the start.
     let try_with = |f: &dyn Fn(&mut NewSale)| {
         let mut s = NewSale {
@@ -407,10 +407,10 @@ async fn sale_settings(db: OrdersDb) {
             "stock_buckets {k}"
         );
     }
-    for limit in [2, 0, u32::MAX] {
+    for limit in [11, 0, u32::MAX] {
         let s = try_with(&|s| s.per_user_limit = Some(limit));
         assert!(
-            invalid_saying(db.create_sale(&s, 0).await, "only one unit per person"),
+            invalid_saying(db.create_sale(&s, 0).await, "per_user_limit must be 1..=10"),
             "per_user_limit {limit}"
         );
     }
@@ -451,14 +451,16 @@ async fn sale_settings(db: OrdersDb) {
     // The tables refuse the same, whoever writes.
     for sql in [
         "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, per_user_limit) \
-         VALUES (20, 'two each', 1, 1, 1, 0, 1000, 0, 2)",
+         VALUES (20, 'eleven each', 1, 1, 1, 0, 1000, 0, 11)",
+        "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, per_user_limit) \
+         VALUES (25, 'none each', 1, 1, 1, 0, 1000, 0, 0)",
         "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, token_factor_milli) \
          VALUES (21, 'tiny factor', 1, 1, 1, 0, 1000, 0, 99)",
         "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, token_factor_milli) \
          VALUES (22, 'huge factor', 1, 1, 1, 0, 1000, 0, 100001)",
         "INSERT INTO sales (id, name, price_cents, units, units_left, starts_at_ms, pay_window_ms, created_ms, ends_at_ms) \
          VALUES (23, 'ends first', 1, 1, 1, 10, 1000, 0, 10)",
-        "UPDATE sales SET per_user_limit = 3 WHERE id = 1",
+        "UPDATE sales SET per_user_limit = 11 WHERE id = 1",
     ] {
         assert!(raw(&db, sql).await.is_err(), "the schema refuses: {sql}");
     }
