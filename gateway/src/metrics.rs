@@ -351,7 +351,7 @@ fn encode_crew(enc: &mut DescriptorEncoder, crew: &CrewMetrics) -> Result<(), st
         ),
         (
             "orders_rejected_already_bought",
-            "Purchases rejected: one per person.",
+            "Purchases rejected: the buyer already holds the sale's per-person limit.",
             get(&w.rejected_already_bought),
         ),
         (

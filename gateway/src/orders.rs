@@ -351,8 +351,8 @@ pub async fn dead_letter_action(
 }
 
 /// Before a purchase leaves the dead letters for good: its ticket is recorded as rejected
-/// (`discarded`) unless a worker decided it after all, and a unit its buyer holds without an
-/// active order is released. Idempotent (a discard retried after a crash finds it done).
+/// (`discarded`) unless a worker decided it after all, and the unit it reserved (by its
+/// ticket's tag) is released. Idempotent (a discard retried after a crash finds it done).
 async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -> ApiResult<()> {
     let letters = state
         .queue
@@ -375,12 +375,10 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
         )
         .await
         .map_err(ApiError::unavailable_from)?;
+    // The reservation this purchase took is tagged with its ticket, and a ticket recorded
+    // as rejected here has no order: release exactly that one (with a per-person limit
+    // above 1 the buyer may hold other units, backed by orders, which stay).
     if recorded
-        && !state
-            .db
-            .holds_active(purchase.sale, &purchase.user)
-            .await
-            .map_err(ApiError::unavailable_from)?
         && let Err(e) = state
             .inventory
             .release_if(purchase.sale, &purchase.user, Some(&purchase.ticket))

@@ -80,7 +80,7 @@
   // an unknown code gets a general sentence naming it.
   const TEXTS = {
     sold_out: "Sold out: every unit is taken.",
-    already_bought: "You already have an order for this sale (one per person).",
+    already_bought: "You already have as many orders for this sale as one person may have.",
     limit_reached: "You already have as many orders for this sale as one person may.",
     throttled: "Too many tries in a short time.",
     tokens_exhausted: "So many people are buying right now that every turn to buy is taken.",
