@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 pub use order_worker::db::{NewSale, SALES_MAX, Sale};
 
 /// Where a sale is in its life, at a given time.
-#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleState {
     /// Not started yet.

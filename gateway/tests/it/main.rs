@@ -26,6 +26,7 @@ mod edge;
 mod hostile;
 mod pages;
 mod pools;
+mod schemathesis;
 mod system;
 
 const ADMIN: &str = "admin-secret";
