@@ -176,12 +176,15 @@ pub async fn admin_reconcile(
             )));
         }
     };
-    if state
-        .db
-        .sale(id)
-        .await
-        .map_err(ApiError::unavailable_from)?
-        .is_none()
+    // The database keeps ids as 64-bit signed integers: a larger id names no sale (the
+    // database would refuse to look it up, and that is no reason for a 503).
+    if i64::try_from(id).is_err()
+        || state
+            .db
+            .sale(id)
+            .await
+            .map_err(ApiError::unavailable_from)?
+            .is_none()
     {
         return Err(ApiError::not_found(format!("no sale {id}")));
     }
