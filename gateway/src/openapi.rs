@@ -590,13 +590,109 @@ impl Modify for Common {
     }
 }
 
+/// How one answer leads to the next operation (OpenAPI links: what a client, or
+/// Schemathesis's stateful phase, can do with an answer): (path, method, status, target
+/// operation id, its parameters as runtime expressions, its body).
+type LinkSpec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    Option<&'static str>,
+);
+
+/// The links of the shopper's way through a sale and the admin's: a created sale is
+/// viewed, bought and reconciled; a token is spent on a purchase; a purchase's ticket is
+/// followed to its order, which is paid.
+const LINKS: &[LinkSpec] = &[
+    (
+        "/admin/api/sales",
+        "post",
+        "201",
+        "get_sale",
+        &[("id", "$response.body#/id")],
+        None,
+    ),
+    (
+        "/admin/api/sales",
+        "post",
+        "201",
+        "new_token",
+        &[("id", "$response.body#/id")],
+        None,
+    ),
+    (
+        "/admin/api/sales",
+        "post",
+        "201",
+        "admin_reconcile",
+        &[("id", "$response.body#/id")],
+        None,
+    ),
+    (
+        "/api/sales/{id}/token",
+        "post",
+        "200",
+        "purchase",
+        &[("id", "$request.path.id")],
+        Some("$response.body#/token"),
+    ),
+    (
+        "/api/sales/{id}/purchase",
+        "post",
+        "202",
+        "get_ticket",
+        &[
+            ("ticket", "$response.body#/ticket"),
+            ("receipt", "$response.body#/receipt"),
+        ],
+        None,
+    ),
+    (
+        "/api/tickets/{ticket}",
+        "get",
+        "200",
+        "get_order",
+        &[("id", "$response.body#/order_id")],
+        None,
+    ),
+    (
+        "/api/orders/{id}",
+        "get",
+        "200",
+        "pay_order",
+        &[("id", "$response.body#/id")],
+        None,
+    ),
+];
+
+/// Adds [`LINKS`] to the document's JSON (utoipa 5.5's `Link` would be written with
+/// snake_case field names, `operation_id`, which no reader understands).
+fn add_links(doc: &mut serde_json::Value) {
+    for (path, method, status, target, params, body) in LINKS {
+        let response = &mut doc["paths"][*path][*method]["responses"][*status];
+        if !response.is_object() {
+            continue;
+        }
+        let mut link = serde_json::json!({ "operationId": target });
+        for (name, expr) in *params {
+            link["parameters"][*name] = serde_json::json!(expr);
+        }
+        if let Some(token) = body {
+            link["requestBody"] = serde_json::json!({ "token": token });
+        }
+        response["links"][*target] = link;
+    }
+}
+
 /// The document as JSON, built once.
 pub fn document_json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
     JSON.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .unwrap_or_else(|e| format!("{{\"error\":\"internal\",\"message\":\"{e}\"}}"))
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        add_links(&mut doc);
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
     })
 }
 
@@ -776,6 +872,27 @@ mod tests {
                 }
             }
         }
+        // Every link leads to an operation of the document.
+        let ids: BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .flat_map(|item| item.as_object().expect("item").values())
+            .filter_map(|op| op["operationId"].as_str())
+            .collect();
+        let mut links = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for op in item.as_object().expect("item").values() {
+                for r in op["responses"].as_object().expect("responses").values() {
+                    for (name, link) in r["links"].as_object().into_iter().flatten() {
+                        let target = link["operationId"].as_str().unwrap_or_default();
+                        assert!(ids.contains(target), "{path}: link {name} to {target}");
+                        links += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(links, LINKS.len());
         let schemes = doc["components"]["securitySchemes"]
             .as_object()
             .expect("schemes");

@@ -37,7 +37,8 @@ fn unthrottled() -> ThrottleConfig {
     t
 }
 
-/// Test cases per operation and phase (the bound on the session's size).
+/// Test cases per operation and phase (the bound on the session's size;
+/// `SCHEMATHESIS_MAX_EXAMPLES` overrides it for a deeper run by hand).
 const MAX_EXAMPLES: u32 = 30;
 /// The longest the whole session may take before it is killed and the test fails.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(420);
@@ -105,6 +106,10 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_description() 
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(SEED_DEFAULT);
+    let max_examples: u32 = std::env::var("SCHEMATHESIS_MAX_EXAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(MAX_EXAMPLES);
     let report = dir.path().join("junit.xml");
     let out_path = dir.path().join("schemathesis.out");
     let out_file = std::fs::File::create(&out_path).expect("output file");
@@ -115,7 +120,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_description() 
             "--checks",
             "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
         ])
-        .arg(format!("--max-examples={MAX_EXAMPLES}"))
+        .arg(format!("--max-examples={max_examples}"))
         .arg(format!("--seed={seed}"))
         .args(["--workers", "1", "--request-timeout", "30", "--no-shrink"])
         .arg("--header")
@@ -175,15 +180,26 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_description() 
         !junit.contains("<skipped"),
         "no operation was skipped:\n{junit}"
     );
-    // The signed-in routes were reached with the session, not only refused: the fuzzer's
-    // purchases passed the session check and reached the token check at least once.
-    let bad_tokens = state
-        .metrics
-        .bad_token
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(bad_tokens > 0, "no purchase got past the session:\n{shown}");
+    // The signed-in routes were reached with the session, not only refused: tokens were
+    // issued, and the fuzzer's purchases passed the session check to the token check.
+    let m = &state.metrics;
+    let r = std::sync::atomic::Ordering::Relaxed;
+    assert!(m.tokens_issued.load(r) > 0, "no token was issued:\n{shown}");
+    assert!(
+        m.bad_token.load(r) > 0,
+        "no purchase got past the session:\n{shown}"
+    );
     if let Ok(to) = std::env::var("SCHEMATHESIS_DUMP") {
-        std::fs::write(&to, format!("{text}\n{junit}")).expect("dump");
+        std::fs::write(
+            &to,
+            format!(
+                "{text}\n{junit}\naccepted {} tokens {} bad_token {}",
+                m.accepted.load(r),
+                m.tokens_issued.load(r),
+                m.bad_token.load(r)
+            ),
+        )
+        .expect("dump");
         std::fs::write(
             format!("{to}.openapi.json"),
             gateway::openapi::document_json(),
