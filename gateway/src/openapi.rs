@@ -37,7 +37,6 @@ use crate::sales::{NewSale, Sale, SaleState};
 
 /// The error body of every refusal (`crate::error::ApiError`).
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct ErrorBody {
     /// Stable machine-readable code: `bad_request`, `unauthorized`, `not_found`,
     /// `unsupported_media_type`, `too_large`, `throttled` (with `Retry-After`), `misdirected`,
@@ -56,7 +55,6 @@ pub struct ErrorBody {
 
 /// The answer of a sign-in.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct LoginView {
     /// The signed-in user.
     pub user: String,
@@ -64,7 +62,6 @@ pub struct LoginView {
 
 /// A sale as shoppers see it (`shop::sale_json`).
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct SaleView {
     /// Id.
     pub id: u64,
@@ -93,7 +90,6 @@ pub struct SaleView {
 
 /// `GET /api/sales`.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct SalesView {
     /// Every sale.
     pub sales: Vec<SaleView>,
@@ -103,7 +99,6 @@ pub struct SalesView {
 
 /// A captcha to answer before a purchase token is given.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct CaptchaView {
     /// Its id (32 hex digits).
     pub captcha_id: String,
@@ -113,7 +108,6 @@ pub struct CaptchaView {
 
 /// A purchase token.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct TokenView {
     /// The token, to send with the purchase.
     pub token: String,
@@ -124,7 +118,6 @@ pub struct TokenView {
 /// How a ticket stands (`shop::get_ticket`).
 #[derive(Debug, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
-#[allow(dead_code)]
 pub enum TicketView {
     /// Waiting in the queue.
     Queued {
@@ -158,7 +151,6 @@ pub enum TicketView {
 
 /// An order, with the server's clock (`orders::order_json`).
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct OrderView {
     /// The order.
     #[serde(flatten)]
@@ -169,7 +161,6 @@ pub struct OrderView {
 
 /// A sale's stock in the stock store.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct StockView {
     /// Units on sale.
     pub units: u64,
@@ -181,7 +172,6 @@ pub struct StockView {
 
 /// One row of `GET /admin/api/sales`.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct AdminSaleView {
     /// The sale as the database holds it.
     pub sale: Sale,
@@ -193,7 +183,6 @@ pub struct AdminSaleView {
 
 /// `GET /admin/api/sales`.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct AdminSalesView {
     /// Every sale.
     pub sales: Vec<AdminSaleView>,
@@ -203,7 +192,6 @@ pub struct AdminSalesView {
 
 /// The answer of a reconcile.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct ReconcileView {
     /// Sale.
     pub sale: u64,
@@ -221,7 +209,6 @@ pub struct ReconcileView {
 
 /// A dead letter.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct DeadLetterView {
     /// `orders` or `pay-deadlines`.
     pub topic: String,
@@ -243,7 +230,6 @@ pub struct DeadLetterView {
 
 /// `GET /admin/api/dead-letters`.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct DeadLettersView {
     /// At most 100 per topic.
     pub dead_letters: Vec<DeadLetterView>,
@@ -251,7 +237,6 @@ pub struct DeadLettersView {
 
 /// What a dead-letter action did: one of the two fields.
 #[derive(Debug, ToSchema)]
-#[allow(dead_code)]
 pub struct DeadLetterDoneView {
     /// `replay`: the new offset in the original topic.
     pub replayed_at: Option<u64>,
