@@ -6,6 +6,12 @@
 //! 5xx, and that every answer's status, content type and body are the ones the description
 //! gives for that operation.
 //!
+//! The session is bounded by [`MAX_EXAMPLES`] cases per operation and phase (about 1,000
+//! requests, some twenty seconds) and killed, failing the test, after [`SESSION_TIMEOUT`].
+//! Its seed is fixed ([`SEED_DEFAULT`], `SCHEMATHESIS_SEED` for another);
+//! `SCHEMATHESIS_DUMP=FILE` writes the run's output, its JUnit report and the description
+//! to `FILE` and `FILE.openapi.json`.
+//!
 //! Schemathesis comes from `scripts/ensure-schemathesis` (a virtual environment under
 //! `~/.cache/seckill/schemathesis`; `SECKILL_SCHEMATHESIS` names another binary). Without
 //! it the test is skipped with a message, except under `CI`, where it fails.
