@@ -39,11 +39,12 @@ use crate::sales::{NewSale, Sale, SaleState};
 #[derive(Debug, ToSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code: `bad_request`, `unauthorized`, `not_found`,
-    /// `unsupported_media_type`, `too_large`, `throttled` (with `Retry-After`), `misdirected`,
-    /// `cross_site`, `csrf`, `bad_captcha`, `bad_token`, `not_started`, `sold_out`,
-    /// `tokens_exhausted`, `ended`, `already_bought`, `order_cancelled`,
-    /// `payment_window_closed`, `conflict`, `sale_exists`, `not_at_rest`, `busy`,
-    /// `overloaded`, `timeout`, `unavailable`, `outcome_unknown`, `internal`.
+    /// `method_not_allowed`, `unsupported_media_type`, `too_large`, `throttled` (with
+    /// `Retry-After`), `misdirected`, `cross_site`, `csrf`, `bad_captcha`, `bad_token`,
+    /// `not_started`, `sold_out`, `tokens_exhausted`, `ended`, `already_bought`,
+    /// `order_cancelled`, `payment_window_closed`, `conflict`, `sale_exists`, `not_at_rest`,
+    /// `busy`, `overloaded`, `timeout`, `unavailable`, `outcome_unknown`, `internal`. Every
+    /// code the gateway sends is listed here (a test holds it to the source).
     #[schema(example = "sold_out")]
     pub error: String,
     /// Human-readable explanation (never a dependency's own error text).
@@ -815,7 +816,7 @@ mod tests {
         let missing: Vec<_> = routed.difference(&described).collect();
         assert!(
             missing.is_empty(),
-            "routes without a description: {missing:?}"
+            "routes without a description: {missing:?} (write a stub in `openapi::ops` and name it in `ApiDoc`'s `paths(...)`)"
         );
         let stale: Vec<_> = described.difference(&routed).collect();
         assert!(stale.is_empty(), "described routes not routed: {stale:?}");
@@ -829,12 +830,72 @@ mod tests {
         let missing: Vec<_> = described.difference(&documented).collect();
         assert!(
             missing.is_empty(),
-            "operations docs/API.md does not name: {missing:?}"
+            "operations docs/API.md does not name: {missing:?} (name each as `METHOD /path` there)"
         );
         let undescribed: Vec<_> = documented.difference(&described).collect();
         assert!(
             undescribed.is_empty(),
-            "routes of docs/API.md without a description: {undescribed:?}"
+            "routes of docs/API.md without a description: {undescribed:?} (write a stub in `openapi::ops` and name it in `ApiDoc`'s `paths(...)`)"
+        );
+    }
+
+    /// Every error code the gateway's source sends (the first string literal of an
+    /// `ApiError::new(…)` or `ApiError::unavailable(…)`) is listed in the description of
+    /// the error body, so a client generated from it knows every code.
+    #[test]
+    fn every_error_code_is_listed_in_the_error_body() {
+        let doc: serde_json::Value = serde_json::from_str(document_json()).expect("JSON");
+        let listed: BTreeSet<String> =
+            doc["components"]["schemas"]["ErrorBody"]["properties"]["error"]["description"]
+                .as_str()
+                .expect("the codes")
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(String::from)
+                .collect();
+        // `/readyz`'s code: not an operation of the JSON API.
+        let outside_the_api = ["not_ready"];
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut sent = BTreeSet::new();
+        for entry in std::fs::read_dir(&src).expect("src") {
+            let path = entry.expect("entry").path();
+            // This file names the calls in its own test.
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("openapi.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("source");
+            for call in ["ApiError::new(", "ApiError::unavailable("] {
+                for (at, _) in text.match_indices(call) {
+                    let rest = &text[at + call.len()..];
+                    let Some(open) = rest.find('"') else { continue };
+                    // Only a literal code: the status before it, nothing else.
+                    let before = rest[..open].trim();
+                    let before = before.strip_suffix(',').unwrap_or(before).trim();
+                    let status_only = before
+                        .strip_prefix("StatusCode::")
+                        .is_some_and(|s| s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'));
+                    if !(before.is_empty() || status_only) {
+                        continue;
+                    }
+                    let Some(len) = rest[open + 1..].find('"') else {
+                        continue;
+                    };
+                    sent.insert(rest[open + 1..open + 1 + len].to_string());
+                }
+            }
+        }
+        assert!(
+            sent.contains("sale_exists") && sent.contains("throttled"),
+            "the scan found the codes: {sent:?}"
+        );
+        let missing: Vec<_> = sent
+            .iter()
+            .filter(|c| !listed.contains(*c) && !outside_the_api.contains(&c.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "codes the gateway sends that `ErrorBody`'s description does not list: {missing:?}"
         );
     }
 
