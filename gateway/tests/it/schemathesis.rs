@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gateway::config::GatewayConfig;
+use gateway::config::{GatewayConfig, ServeLimits};
 use gateway::system::{DatabaseSource, QueueSource, System, SystemConfig};
 use gateway::throttle::ThrottleConfig;
 
@@ -93,7 +93,13 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_description() 
             options: order_worker::DbOptions::default(),
         },
         GatewayConfig::new(ADMIN),
-    );
+    )
+    // A busy CI machine (every other test of this binary runs beside it) must not turn a
+    // slow answer into a 503 `timeout`, which the fuzzer would rightly report.
+    .with_limits(ServeLimits {
+        request_timeout_ms: 120_000,
+        ..ServeLimits::default()
+    });
     config.demo_units = 100;
     // One fuzzer is one user on one address: without quotas, or it would mostly see 429s
     // (which the description allows, so the run would pass while testing little).
