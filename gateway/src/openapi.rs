@@ -571,6 +571,24 @@ impl Modify for Common {
                         )
                     });
                 }
+                // Where waiting helps, the answer says how long.
+                for status in ["410", "425", "429", "503"] {
+                    if let Some(RefOr::T(resp)) = r.get_mut(status) {
+                        resp.headers.insert(
+                            "retry-after".into(),
+                            utoipa::openapi::header::HeaderBuilder::new()
+                                .schema(
+                                    utoipa::openapi::ObjectBuilder::new()
+                                        .schema_type(utoipa::openapi::schema::Type::Integer)
+                                        .minimum(Some(1)),
+                                )
+                                .description(Some(
+                                    "Seconds to wait before trying again (sent where waiting helps)",
+                                ))
+                                .build(),
+                        );
+                    }
+                }
             }
         }
     }
