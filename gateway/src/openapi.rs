@@ -14,15 +14,19 @@
 //!   that the handlers' files (owned by the shop, purchase, orders and admin modules) carry
 //!   no attribute blocks; the stub names match the handlers'.
 //! - [`Common`] adds what every operation may answer (503 when overloaded, timed out or a
-//!   dependency is down; 413 for a body over the limit; 421 misdirected behind a proxy), the
-//!   security schemes (the shopper's session cookie; the admin's bearer secret or cookie),
-//!   and the shared error body.
+//!   dependency is down; 413 for a body over the limit; 421 misdirected behind a proxy;
+//!   `Retry-After` where waiting helps), the security schemes (the shopper's session
+//!   cookie; the admin's bearer secret or cookie), and the shared error body. `LINKS`
+//!   adds how one answer leads to the next operation (a token to its purchase, a ticket to
+//!   its order).
 //!
-//! Kept in step by tests: `openapi_covers_every_api_route` (every `/api/` and `/admin/api/`
-//! route of `routes.rs` is described, and nothing else) and `openapi_matches_api_md` (the
-//! operations and docs/API.md name the same routes), below.
+//! Kept in step by tests, below: `openapi_covers_every_api_route` (every `/api/` and
+//! `/admin/api/` route of `routes.rs` is described, and nothing else),
+//! `openapi_matches_api_md` (the operations and docs/API.md name the same routes) and
+//! `every_error_code_is_listed_in_the_error_body` (the codes in the source).
 //!
-//! To describe a new route: write a stub in [`ops`] and name it in [`ApiDoc`]'s `paths(...)`.
+//! To describe a new route: write a stub in [`ops`] (copy a neighbour: path, parameters,
+//! body, every status it answers) and name it in [`ApiDoc`]'s `paths(...)` — one line there.
 
 use std::sync::OnceLock;
 
