@@ -21,7 +21,7 @@ pub const MIN_SAMPLE_GAP_MS: u64 = 500;
 pub const WORKERS_SHOWN_MAX: usize = 100;
 
 /// One point of the chart.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Point {
     /// When, ms since the epoch.
     pub t_ms: u64,
@@ -44,7 +44,7 @@ pub struct Point {
 }
 
 /// The latest figures.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Current {
     /// Purchase and token requests answered per second at this gateway.
     pub requests_per_s: f64,
@@ -79,7 +79,7 @@ pub struct Current {
 }
 
 /// A worker on the dashboard.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkerView {
     /// Its id.
     pub id: String,
@@ -141,7 +141,7 @@ pub struct Live {
 }
 
 /// `GET /admin/api/live`'s body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Snapshot {
     /// The server's clock.
     pub now_ms: u64,

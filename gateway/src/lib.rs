@@ -42,7 +42,8 @@
 //!    assets; [`admin`]: the admin dashboard's pages, its cookie sign-in and CSRF protection;
 //!    [`live`]: samples the dashboard's figures every second; [`sync`]: catalogue refresh,
 //!    ticket progress and stock reconciliation with the database; [`health`]: `/readyz`
-//!    and `/metrics`.
+//!    and `/metrics`; [`openapi`]: the API's OpenAPI description, served at
+//!    `/api/openapi.json` (operations declared beside it, schemas on the handlers' types).
 //! 5. [`routes`]: the router, which imports the handlers; only [`front`] imports it.
 //! 6. [`front`]: the front service (in-flight cap, timeout, body limit, the client's
 //!    address behind trusted proxies, the route cookie's 421, metrics) and
@@ -65,6 +66,7 @@ pub mod health;
 pub mod ledger;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod orders;
 pub mod pages;
 pub mod proxy;

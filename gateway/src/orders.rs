@@ -198,12 +198,15 @@ pub async fn admin_reconcile(
 /// Resets sale `id`'s stock to the database when it is at rest (or `force`); the JSON API
 /// and the dashboard's reconcile form.
 pub async fn reconcile_in(state: &AppState, id: u64, force: bool) -> ApiResult<Value> {
-    if state
-        .db
-        .sale(id)
-        .await
-        .map_err(ApiError::unavailable_from)?
-        .is_none()
+    // The database keeps ids as 64-bit signed integers: a larger id names no sale (the
+    // database would refuse to look it up, and that is no reason for a 503).
+    if i64::try_from(id).is_err()
+        || state
+            .db
+            .sale(id)
+            .await
+            .map_err(ApiError::unavailable_from)?
+            .is_none()
     {
         return Err(ApiError::not_found(format!("no sale {id}")));
     }

@@ -19,8 +19,8 @@ use crate::tickets::{Done, Ticket};
 use crate::token::{TokenError, Verified};
 use order_worker::PurchaseMessage;
 
-#[derive(Deserialize)]
-struct PurchaseBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct PurchaseBody {
     token: String,
 }
 
@@ -379,8 +379,8 @@ async fn commit_purchase(commit: Commit<'_>) -> ApiResult<(uuid::Uuid, queue::Co
 }
 
 /// The body of a `202`.
-#[derive(serde::Serialize)]
-struct Accepted {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted {
     ticket: String,
     position: Option<u64>,
     /// The ticket's sale and place, signed, so any gateway can answer for it while it

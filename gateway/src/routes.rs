@@ -21,6 +21,7 @@ pub fn routes(state: Shared) -> Router {
         .route("/api/tickets/{ticket}", get(shop::get_ticket))
         .route("/api/orders/{id}", get(orders::get_order))
         .route("/api/orders/{id}/pay", post(orders::pay_order))
+        .route("/api/openapi.json", get(crate::openapi::openapi_json))
         .route(
             "/admin/api/sales",
             post(orders::create_sale).get(orders::admin_sales),

@@ -26,7 +26,7 @@ pub fn refuse_paused(sale: &Sale) -> Result<(), ApiError> {
 }
 
 /// Where a sale is in its life, at a given time.
-#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleState {
     /// Not started yet.

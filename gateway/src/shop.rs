@@ -23,7 +23,7 @@ use crate::tickets::TicketState;
 use crate::token::{holder_of, token_cap};
 
 /// The body of a login.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginBody {
     user: String,
 }
@@ -244,7 +244,7 @@ pub async fn new_captcha(
 }
 
 /// The body of a token request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TokenBody {
     #[serde(default)]
     captcha_id: String,

@@ -27,6 +27,7 @@ mod hostile;
 mod operator;
 mod pages;
 mod pools;
+mod schemathesis;
 mod shopper;
 mod system;
 

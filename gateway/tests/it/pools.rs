@@ -175,6 +175,22 @@ async fn workers_decide_while_the_read_pool_is_exhausted() {
     crew.stop().await;
 }
 
+/// Schemathesis's finding (issue 18): a reconcile of a sale id past the database's signed
+/// 64-bit range was a `503 unavailable` (the database refused the look-up); it names no
+/// sale: `404`.
+#[tokio::test]
+async fn a_reconcile_of_a_sale_id_past_the_databases_range_is_a_404() {
+    let t = test_app(100.0, test_throttle()).await;
+    for id in [1u64 << 63, u64::MAX, 7] {
+        let (s, v) = reconcile(&t, id, "?force=true").await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found")),
+            "{id}: {v}"
+        );
+    }
+}
+
 /// Finding 8: a reconcile mid-sale reset the stock while purchases were queued, so more
 /// 202s than units were handed out.
 #[tokio::test]

@@ -6,7 +6,7 @@ use sqlx::Row;
 use super::{DbError, DbResult, Shard, to_i64, to_u64};
 
 /// An order's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Waiting for payment until its pay-by time.
@@ -29,7 +29,7 @@ impl OrderStatus {
 }
 
 /// An order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Order {
     /// Id (a UUID).
     pub id: String,

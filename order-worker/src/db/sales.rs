@@ -11,7 +11,7 @@ use super::{
 };
 
 /// A sale as an admin defines it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewSale {
     /// Id (chosen by the admin).
     pub id: u64,
@@ -45,7 +45,7 @@ pub struct NewSale {
 }
 
 /// A sale as the database holds it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sale {
     /// Id.
     pub id: u64,
@@ -99,7 +99,7 @@ pub struct OrderTotals {
 }
 
 /// Orders of a sale by status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OrderCounts {
     /// Pending.
     pub pending: u64,
