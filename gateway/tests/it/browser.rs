@@ -1674,6 +1674,9 @@ async fn operator_edits_looks_up_reconciles_and_clears_dead_letters() {
             .expect("dead letters")
             .is_empty()
     );
+    page.close().await;
+    crew.stop().await;
+}
 
 /// The sum over the plotted points of `series`' rate × the interval since the point before
 /// (the first point has no interval): the requests the chart shows, as a JS expression.
