@@ -29,7 +29,7 @@ use crate::state::AppState;
 pub const LATENCY_BUCKETS: usize = queue::histogram::BOUNDS_US.len() + 1;
 
 /// Requests per second by the chart's outcome groups.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct OutcomeRates {
     /// Accepted (202).
     pub accepted: f64,

@@ -37,7 +37,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::sales::{NewSale, Sale, SaleState};
+use crate::sales::{Sale, SaleState};
 
 /// The error body of every refusal (`crate::error::ApiError`).
 #[derive(Debug, ToSchema)]
@@ -47,6 +47,8 @@ pub struct ErrorBody {
     /// `Retry-After`), `misdirected`, `cross_site`, `csrf`, `bad_captcha`, `bad_token`,
     /// `not_started`, `sold_out`, `tokens_exhausted`, `ended`, `already_bought`,
     /// `order_cancelled`, `payment_window_closed`, `conflict`, `sale_exists`, `not_at_rest`,
+    /// `bad_name`, `captcha_expired`, `sale_paused`, `sale_ended`, `sale_started`,
+    /// `sale_has_orders`, `confirmation_needed` (422), `would_fail_again` (422),
     /// `busy`, `overloaded`, `timeout`, `unavailable`, `outcome_unknown`, `internal`. Every
     /// code the gateway sends is listed here (a test holds it to the source).
     #[schema(example = "sold_out")]
@@ -87,6 +89,8 @@ pub struct SaleView {
     pub ends_at_ms: Option<u64>,
     /// Units one person may buy.
     pub per_user_limit: u32,
+    /// Currency of the price (the gateway's `--currency`).
+    pub currency: String,
     /// Where the sale is in its life now.
     pub state: SaleState,
     /// The server's clock, ms since the Unix epoch.
@@ -102,13 +106,118 @@ pub struct SalesView {
     pub server_time_ms: u64,
 }
 
-/// A captcha to answer before a purchase token is given.
+/// A captcha to answer before a purchase token is given: an image to read, or (`kind=work`)
+/// a proof-of-work challenge for browsers that cannot show or read it.
 #[derive(Debug, ToSchema)]
 pub struct CaptchaView {
-    /// Its id (32 hex digits).
+    /// Its id.
     pub captcha_id: String,
-    /// The image, as a `data:image/png;base64,…` URL.
-    pub image: String,
+    /// `image` or `work`.
+    pub kind: String,
+    /// `image` only: the picture, as a `data:image/png;base64,…` URL.
+    pub image: Option<String>,
+    /// `work` only: the challenge; the answer is a nonce whose SHA-256 with it has `bits`
+    /// leading zero bits.
+    pub challenge: Option<String>,
+    /// `work` only: the leading zero bits asked for.
+    pub bits: Option<u32>,
+    /// When it expires, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// One of the shopper's orders (`GET /api/orders`).
+#[derive(Debug, ToSchema)]
+pub struct MyOrderView {
+    /// Order id.
+    pub id: String,
+    /// The purchase's ticket.
+    pub ticket: String,
+    /// Sale.
+    pub sale: u64,
+    /// The sale's name.
+    pub sale_name: String,
+    /// `pending`, `paid` or `cancelled`.
+    pub status: order_worker::db::OrderStatus,
+    /// Price in cents.
+    pub price_cents: u64,
+    /// Currency of the price.
+    pub currency: String,
+    /// Created, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Pay by, ms since the Unix epoch.
+    pub pay_by_ms: u64,
+    /// Paid at, if paid.
+    pub paid_ms: Option<u64>,
+    /// Cancelled at, if cancelled.
+    pub cancelled_ms: Option<u64>,
+}
+
+/// `GET /api/orders`: the signed-in shopper's orders, newest first.
+#[derive(Debug, ToSchema)]
+pub struct MyOrdersView {
+    /// The shopper.
+    pub user: String,
+    /// At most `limit` orders.
+    pub orders: Vec<MyOrderView>,
+    /// False when a database shard did not answer (the list may miss orders).
+    pub complete: bool,
+    /// Most orders listed.
+    pub limit: u64,
+    /// The server's clock, ms since the Unix epoch.
+    pub server_time_ms: u64,
+}
+
+/// The answer of a sign-out.
+#[derive(Debug, ToSchema)]
+pub struct LogoutView {
+    /// Always `null`: nobody is signed in.
+    pub user: Option<String>,
+}
+
+/// A sale after an operator's change, with the operator's view of its state.
+#[derive(Debug, ToSchema)]
+pub struct SaleChangedView {
+    /// The sale as stored.
+    pub sale: Sale,
+    /// `ended`, `paused`, `upcoming`, `sold_out` or `live`.
+    pub state: String,
+}
+
+/// An order found by the admin's look-up.
+#[derive(Debug, ToSchema)]
+pub struct FoundOrdersView {
+    /// The query, trimmed.
+    pub query: String,
+    /// Orders whose id, ticket or buyer is the query, newest first.
+    pub orders: Vec<OrderView>,
+    /// The ticket's decision when the query is a decided ticket: `{sale, user, order_id,
+    /// reason}`.
+    #[schema(value_type = Option<Object>)]
+    pub outcome: Option<serde_json::Value>,
+    /// Most orders listed.
+    pub limit: u64,
+}
+
+/// A dead letter a bulk action touched.
+#[derive(Debug, ToSchema)]
+pub struct BulkLetterView {
+    /// Topic.
+    pub topic: String,
+    /// Dead offset.
+    pub offset: u64,
+    /// With `failed`: why it was left alone.
+    pub message: Option<String>,
+}
+
+/// The answer of a bulk dead-letter action.
+#[derive(Debug, ToSchema)]
+pub struct BulkDoneView {
+    /// `replay` or `discard`.
+    pub action: String,
+    /// The letters done.
+    pub done: Vec<BulkLetterView>,
+    /// The letters refused, with why (e.g. a replay that would fail again at once).
+    pub failed: Vec<BulkLetterView>,
 }
 
 /// A purchase token.
@@ -178,6 +287,8 @@ pub struct StockView {
 /// One row of `GET /admin/api/sales`.
 #[derive(Debug, ToSchema)]
 pub struct AdminSaleView {
+    /// The operator's view: `ended`, `paused`, `upcoming`, `sold_out` or `live`.
+    pub state: String,
     /// The sale as the database holds it.
     pub sale: Sale,
     /// Its orders by status.
@@ -266,7 +377,7 @@ pub mod ops {
         responses(
             (status = 200, description = "Signed in", body = LoginView,
                 headers(("set-cookie" = String, description = "`seckill_session=…` and `seckill_route=…`"))),
-            (status = 400, description = "`bad_request`: malformed body, or a user id that is not 1–64 bytes without control characters or `|`", body = ErrorBody),
+            (status = 400, description = "`bad_request`: malformed body; `bad_name`: a name that is empty once trimmed, over 40 characters, or has control characters or `|`", body = ErrorBody),
             (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
             (status = 429, description = "`throttled` (per IP), with `Retry-After`", body = ErrorBody),
         ))]
@@ -288,10 +399,14 @@ pub mod ops {
 
     /// A new captcha for this user and sale (valid 2 minutes, single use).
     #[utoipa::path(get, path = "/api/sales/{id}/captcha", tag = "purchase",
-        params(("id" = u64, Path, description = "Sale id")),
+        params(
+            ("id" = u64, Path, description = "Sale id"),
+            ("kind" = Option<String>, Query, description = "`image` (default) or `work` (a proof-of-work check for browsers that cannot show or read the image)"),
+        ),
         security(("session" = [])),
         responses(
             (status = 200, description = "A captcha", body = CaptchaView),
+            (status = 400, description = "`bad_request`: `kind` is neither `image` nor `work`", body = ErrorBody),
             (status = 401, description = "`unauthorized`: no valid session", body = ErrorBody),
             (status = 404, description = "`not_found`: unknown sale", body = ErrorBody),
             (status = 429, description = "`throttled`, with `Retry-After`", body = ErrorBody),
@@ -311,8 +426,9 @@ pub mod ops {
             (status = 200, description = "A token", body = TokenView),
             (status = 400, description = "`bad_request`: malformed body", body = ErrorBody),
             (status = 401, description = "`unauthorized`: no valid session", body = ErrorBody),
-            (status = 403, description = "`bad_captcha`: wrong, reused, expired or unknown captcha", body = ErrorBody),
+            (status = 403, description = "`bad_captcha`: wrong, reused or unknown captcha; `captcha_expired`: its time ran out", body = ErrorBody),
             (status = 404, description = "`not_found`: unknown sale", body = ErrorBody),
+            (status = 409, description = "`sale_paused`: an operator paused the sale", body = ErrorBody),
             (status = 410, description = "`sold_out`, `ended`, or `tokens_exhausted` (with `Retry-After`)", body = ErrorBody),
             (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
             (status = 429, description = "`throttled`, with `Retry-After`", body = ErrorBody),
@@ -330,7 +446,7 @@ pub mod ops {
             (status = 401, description = "`unauthorized`: no valid session", body = ErrorBody),
             (status = 403, description = "`bad_token`: invalid, expired, spent or replaced token", body = ErrorBody),
             (status = 404, description = "`not_found`: unknown sale", body = ErrorBody),
-            (status = 409, description = "`already_bought`: one per person", body = ErrorBody),
+            (status = 409, description = "`already_bought`: the buyer holds the sale's per-person limit; `sale_paused`: an operator paused the sale", body = ErrorBody),
             (status = 410, description = "`sold_out` or `ended`", body = ErrorBody),
             (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
             (status = 425, description = "`not_started`, with `Retry-After`", body = ErrorBody),
@@ -380,10 +496,11 @@ pub mod ops {
     /// Create a sale: in the orders database first, then its stock.
     #[utoipa::path(post, path = "/admin/api/sales", tag = "admin",
         params(("x-csrf-token" = Option<String>, Header, description = "With the admin cookie: the session's CSRF token")),
-        request_body = NewSale,
+        request_body = crate::orders::CreateSaleBody,
         security(("admin_bearer" = []), ("admin_cookie" = [])),
         responses(
             (status = 201, description = "The sale as stored", body = Sale),
+            (status = 422, description = "`confirmation_needed`: a price of 0 or a start in the past, without `\"confirm\": true`", body = ErrorBody),
             (status = 400, description = "`bad_request`: malformed body or an invalid sale", body = ErrorBody),
             (status = 401, description = "`unauthorized`: no admin secret or cookie", body = ErrorBody),
             (status = 403, description = "`csrf`: cookie without the CSRF token or from another site", body = ErrorBody),
@@ -446,6 +563,7 @@ pub mod ops {
             (status = 401, description = "`unauthorized`: no admin secret or cookie", body = ErrorBody),
             (status = 403, description = "`csrf`: cookie without the CSRF token or from another site", body = ErrorBody),
             (status = 404, description = "`not_found`: unknown topic, letter or action", body = ErrorBody),
+            (status = 422, description = "`would_fail_again`: a replay of a letter its consumers cannot read would be dead-lettered again at once", body = ErrorBody),
             (status = 429, description = "`throttled`: the admin-secret guess budget is empty, with `Retry-After`", body = ErrorBody),
         ))]
     pub fn admin_dead_letter_action() {}
@@ -460,6 +578,126 @@ pub mod ops {
             (status = 429, description = "`throttled`: the admin-secret guess budget is empty, with `Retry-After`", body = ErrorBody),
         ))]
     pub fn live() {}
+
+    /// Sign out: clears the session and route cookies. Needs no session; refuses another
+    /// site's page.
+    #[utoipa::path(post, path = "/api/logout", tag = "session",
+        responses(
+            (status = 200, description = "Signed out", body = LogoutView,
+                headers(("set-cookie" = String, description = "`seckill_session=; Max-Age=0` and `seckill_route=; Max-Age=0`"))),
+            (status = 403, description = "`cross_site`: sent by another site's page", body = ErrorBody),
+        ))]
+    pub fn logout() {}
+
+    /// The signed-in shopper's orders, newest first, from every shard.
+    #[utoipa::path(get, path = "/api/orders", tag = "orders",
+        security(("session" = [])),
+        responses(
+            (status = 200, description = "The orders", body = MyOrdersView),
+            (status = 401, description = "`unauthorized`: no valid session", body = ErrorBody),
+            (status = 429, description = "`throttled`, with `Retry-After`", body = ErrorBody),
+        ))]
+    pub fn my_orders() {}
+
+    /// Pause a sale: its tokens and purchases answer `409 sale_paused` until it is resumed.
+    #[utoipa::path(post, path = "/admin/api/sales/{id}/pause", tag = "admin",
+        params(
+            ("id" = u64, Path, description = "Sale id"),
+            ("x-csrf-token" = Option<String>, Header, description = "With the admin cookie: the session's CSRF token"),
+        ),
+        security(("admin_bearer" = []), ("admin_cookie" = [])),
+        responses(
+            (status = 200, description = "Paused", body = SaleChangedView),
+            (status = 401, description = "`unauthorized`: no admin secret or cookie", body = ErrorBody),
+            (status = 403, description = "`csrf`: cookie without the CSRF token or from another site", body = ErrorBody),
+            (status = 404, description = "`not_found`: unknown sale", body = ErrorBody),
+            (status = 409, description = "`sale_ended`: an ended sale cannot be paused", body = ErrorBody),
+            (status = 429, description = "`throttled`: the admin-secret guess budget is empty, with `Retry-After`", body = ErrorBody),
+        ))]
+    pub fn admin_pause() {}
+
+    /// Resume a paused sale.
+    #[utoipa::path(post, path = "/admin/api/sales/{id}/resume", tag = "admin",
+        params(
+            ("id" = u64, Path, description = "Sale id"),
+            ("x-csrf-token" = Option<String>, Header, description = "With the admin cookie: the session's CSRF token"),
+        ),
+        security(("admin_bearer" = []), ("admin_cookie" = [])),
+        responses(
+            (status = 200, description = "Resumed", body = SaleChangedView),
+            (status = 401, description = "`unauthorized`: no admin secret or cookie", body = ErrorBody),
+            (status = 403, description = "`csrf`: cookie without the CSRF token or from another site", body = ErrorBody),
+            (status = 404, description = "`not_found`: unknown sale", body = ErrorBody),
+            (status = 409, description = "`sale_ended`: an ended sale cannot be resumed", body = ErrorBody),
+            (status = 429, description = "`throttled`: the admin-secret guess budget is empty, with `Retry-After`", body = ErrorBody),
+        ))]
+    pub fn admin_resume() {}
+
+    /// End a sale now: its tokens and purchases answer `410 ended`; orders made stand.
+    #[utoipa::path(post, path = "/admin/api/sales/{id}/end", tag = "admin",
+        params(
+            ("id" = u64, Path, description = "Sale id"),
+            ("x-csrf-token" = Option<String>, Header, description = "With the admin cookie: the session's CSRF token"),
+        ),
+        security(("admin_bearer" = []), ("admin_cookie" = [])),
+        responses(
+            (status = 200, description = "Ended", body = SaleChangedView),
+            (status = 401, description = "`unauthorized`: no admin secret or cookie", body = ErrorBody),
+            (status = 403, description = "`csrf`: cookie without the CSRF token or from another site", body = ErrorBody),
+            (status = 404, description = "`not_found`: unknown sale", body = ErrorBody),
+            (status = 409, description = "`sale_ended`: already ended", body = ErrorBody),
+            (status = 429, description = "`throttled`: the admin-secret guess budget is empty, with `Retry-After`", body = ErrorBody),
+        ))]
+    pub fn admin_end() {}
+
+    /// Edit a sale before its start; its units are put on sale again whole.
+    #[utoipa::path(patch, path = "/admin/api/sales/{id}", tag = "admin",
+        params(
+            ("id" = u64, Path, description = "Sale id"),
+            ("x-csrf-token" = Option<String>, Header, description = "With the admin cookie: the session's CSRF token"),
+        ),
+        request_body = crate::orders::EditSaleBody,
+        security(("admin_bearer" = []), ("admin_cookie" = [])),
+        responses(
+            (status = 200, description = "Edited", body = SaleChangedView),
+            (status = 400, description = "`bad_request`: malformed body or a value out of range", body = ErrorBody),
+            (status = 401, description = "`unauthorized`: no admin secret or cookie", body = ErrorBody),
+            (status = 403, description = "`csrf`: cookie without the CSRF token or from another site", body = ErrorBody),
+            (status = 404, description = "`not_found`: unknown sale", body = ErrorBody),
+            (status = 409, description = "`sale_ended`, `sale_started` (edits only before the start) or `sale_has_orders`", body = ErrorBody),
+            (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+            (status = 422, description = "`confirmation_needed`: a price of 0 or a start in the past, without `\"confirm\": true`", body = ErrorBody),
+            (status = 429, description = "`throttled`: the admin-secret guess budget is empty, with `Retry-After`", body = ErrorBody),
+        ))]
+    pub fn admin_edit() {}
+
+    /// Find orders by order id, ticket or user id, on every shard.
+    #[utoipa::path(get, path = "/admin/api/orders", tag = "admin",
+        params(("q" = Option<String>, Query, description = "An order id, a ticket or a user id (at most 128 bytes)")),
+        security(("admin_bearer" = []), ("admin_cookie" = [])),
+        responses(
+            (status = 200, description = "The orders found", body = FoundOrdersView),
+            (status = 400, description = "`bad_request`: `q` too long", body = ErrorBody),
+            (status = 401, description = "`unauthorized`: no admin secret or cookie", body = ErrorBody),
+            (status = 429, description = "`throttled`: the admin-secret guess budget is empty, with `Retry-After`", body = ErrorBody),
+        ))]
+    pub fn admin_find_orders() {}
+
+    /// Replay or discard many dead letters of one topic: the ones named, or all listed.
+    #[utoipa::path(post, path = "/admin/api/dead-letters/bulk", tag = "admin",
+        params(("x-csrf-token" = Option<String>, Header, description = "With the admin cookie: the session's CSRF token")),
+        request_body = crate::orders::BulkBody,
+        security(("admin_bearer" = []), ("admin_cookie" = [])),
+        responses(
+            (status = 200, description = "What was done and what was refused", body = BulkDoneView),
+            (status = 400, description = "`bad_request`: malformed body, an action other than replay or discard, or too many letters", body = ErrorBody),
+            (status = 401, description = "`unauthorized`: no admin secret or cookie", body = ErrorBody),
+            (status = 403, description = "`csrf`: cookie without the CSRF token or from another site", body = ErrorBody),
+            (status = 404, description = "`not_found`: unknown topic", body = ErrorBody),
+            (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+            (status = 429, description = "`throttled`: the admin-secret guess budget is empty, with `Retry-After`", body = ErrorBody),
+        ))]
+    pub fn admin_dead_letters_bulk() {}
 
     /// This description.
     #[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
@@ -491,6 +729,14 @@ pub mod ops {
         ops::admin_dead_letter_action,
         ops::live,
         ops::openapi_json,
+        ops::logout,
+        ops::my_orders,
+        ops::admin_pause,
+        ops::admin_resume,
+        ops::admin_end,
+        ops::admin_edit,
+        ops::admin_find_orders,
+        ops::admin_dead_letters_bulk,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Common),
@@ -553,11 +799,12 @@ impl Modify for Common {
             ))),
         );
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let ops: [&mut Option<Operation>; 4] = [
+            let ops: [&mut Option<Operation>; 5] = [
                 &mut item.get,
                 &mut item.post,
                 &mut item.put,
                 &mut item.delete,
+                &mut item.patch,
             ];
             for op in ops.into_iter().flatten() {
                 let r = &mut op.responses.responses;

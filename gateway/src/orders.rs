@@ -394,7 +394,7 @@ async fn settle_discarded_purchase(state: &AppState, topic: &str, offset: u64) -
 
 /// The body of `POST /admin/api/sales`: the sale, and the operator's confirmation of
 /// what [`crate::sales::needs_confirmation`] lists.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct CreateSaleBody {
     /// The sale.
     #[serde(flatten)]
@@ -565,7 +565,7 @@ pub async fn admin_end(
 }
 
 /// The body of `PATCH /admin/api/sales/{id}`: the fields to change, and the confirmation.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct EditSaleBody {
     /// The fields to change.
     #[serde(flatten)]
@@ -694,7 +694,7 @@ pub async fn dead_letters_bulk(
 }
 
 /// The body of `POST /admin/api/dead-letters/bulk`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct BulkBody {
     /// `replay` or `discard`.
     pub action: String,

@@ -2,7 +2,7 @@
 //! Only [`crate::front`] (and through it `serve` and the system) uses it.
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 
 use crate::state::Shared;
 use crate::{admin, health, orders, pages, purchase, shop};
@@ -30,10 +30,7 @@ pub fn routes(state: Shared) -> Router {
             "/admin/api/sales/{id}/reconcile",
             post(orders::admin_reconcile),
         )
-        .route(
-            "/admin/api/sales/{id}",
-            axum::routing::patch(orders::admin_edit),
-        )
+        .route("/admin/api/sales/{id}", patch(orders::admin_edit))
         .route("/admin/api/sales/{id}/pause", post(orders::admin_pause))
         .route("/admin/api/sales/{id}/resume", post(orders::admin_resume))
         .route("/admin/api/sales/{id}/end", post(orders::admin_end))

@@ -19,7 +19,7 @@ use super::{DbError, DbResult, OrdersDb, SALE_NAME_BYTES_MAX, Shard, to_i64};
 use super::{NewSale, Sale};
 
 /// The fields of a sale an operator may change before its start; `None` keeps a field.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct SaleEdit {
     /// New name.
