@@ -132,6 +132,8 @@ pub struct CrewMetrics {
     pub workers: Arc<order_worker::worker::WorkerMetrics>,
     /// Cancellers.
     pub cancellers: Arc<order_worker::canceller::CancellerMetrics>,
+    /// The crew's heartbeats (`orders_heartbeat_timestamp_seconds`).
+    pub heartbeats: Arc<order_worker::crew::HeartbeatMetrics>,
 }
 
 /// The registry behind `/metrics`: one collector reading the gateway's counters, the stock
@@ -333,72 +335,10 @@ impl Collector for GatewayCollector {
     }
 }
 
-/// The counters of the order workers and cancellers running in this process.
+/// The counters of the order workers and cancellers running in this process (their names
+/// are the `order-worker` binary's: [`order_worker::metrics::encode_crew`]).
 fn encode_crew(enc: &mut DescriptorEncoder, crew: &CrewMetrics) -> Result<(), std::fmt::Error> {
-    let (w, c) = (&crew.workers, &crew.cancellers);
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    for (name, help, v) in [
-        (
-            "orders_purchases_finished",
-            "Purchase messages decided and acked.",
-            get(&w.messages),
-        ),
-        ("orders_created", "Orders created.", get(&w.ordered)),
-        (
-            "orders_rejected_sold_out",
-            "Purchases rejected: sold out in the database.",
-            get(&w.rejected_sold_out),
-        ),
-        (
-            "orders_rejected_already_bought",
-            "Purchases rejected: one per person.",
-            get(&w.rejected_already_bought),
-        ),
-        (
-            "orders_rejected_no_such_sale",
-            "Purchases rejected: unknown sale.",
-            get(&w.rejected_no_such_sale),
-        ),
-        (
-            "orders_redelivered",
-            "Deliveries that found their decision already made.",
-            get(&w.redelivered),
-        ),
-        (
-            "orders_malformed",
-            "Malformed purchase messages dead-lettered.",
-            get(&w.malformed),
-        ),
-        (
-            "orders_nacked",
-            "Purchase messages given back after failures.",
-            get(&w.nacked),
-        ),
-        (
-            "orders_db_retries",
-            "Batch transactions retried after transient errors.",
-            get(&w.db_retries),
-        ),
-        ("orders_batches", "Batches decided.", get(&w.batches)),
-        (
-            "orders_cancelled",
-            "Orders cancelled by their pay-by message.",
-            get(&c.cancelled),
-        ),
-        (
-            "orders_swept",
-            "Overdue orders cancelled by the sweep.",
-            get(&c.swept),
-        ),
-        (
-            "orders_units_released",
-            "Units released in the stock store (rejections and cancellations).",
-            get(&w.released) + get(&c.released),
-        ),
-    ] {
-        counter(enc, name, help, v)?;
-    }
-    Ok(())
+    order_worker::metrics::encode_crew(enc, &crew.workers, &crew.cancellers, Some(&crew.heartbeats))
 }
 
 #[cfg(test)]
@@ -485,6 +425,7 @@ mod tests {
         exposition.set_crew(CrewMetrics {
             workers: Arc::default(),
             cancellers: Arc::default(),
+            heartbeats: Arc::default(),
         });
         let text = exposition.encode();
         for line in [
@@ -492,6 +433,7 @@ mod tests {
             "orders_created_total 0",
             "orders_units_released_total 0",
             "orders_swept_total 0",
+            "orders_heartbeat_timestamp_seconds 0.0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -3,6 +3,7 @@
 
 mod cancel;
 mod db;
+mod flags;
 mod heartbeat;
 mod process;
 mod shards;
