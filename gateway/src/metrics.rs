@@ -15,7 +15,8 @@
 //! appends. Two details differ from the hand-written text this replaced: floats are written
 //! as the Go clients write them (`0.5`, `1.0`; the first bucket's `le` is `5e-05`, the same
 //! number as the former `0.00005`), and `gateway_enqueue_seconds_sum` (a running sum whose
-//! name has no `_total`) is typed `gauge`, since a counter would be renamed `…_total`.
+//! name has no `_total`) is the sum of the histogram `gateway_enqueue_seconds` (first a
+//! gauge, which `promtool check metrics` refuses under a `_sum` name).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -73,6 +74,9 @@ pub struct GatewayMetrics {
     pub misdirected: AtomicU64,
     /// Request latency by route (index: [`ROUTES`]).
     pub latency: [queue::histogram::AtomicHistogram; ROUTES.len()],
+    /// Durable enqueue times (`gateway_enqueue_seconds`; its sum is
+    /// [`GatewayMetrics::enqueue_us_sum`]).
+    pub enqueue: queue::histogram::AtomicHistogram,
     /// Responses by route and status class (2xx, 4xx, 5xx).
     pub responses: [[AtomicU64; 3]; ROUTES.len()],
 }
@@ -244,13 +248,21 @@ impl Collector for GatewayCollector {
             "Reservations released after a failed enqueue.",
             get(&m.released),
         )?;
+        // A histogram, so that its `_sum` (the series this metric always had) is one that
+        // `promtool check metrics` accepts: a gauge may not end in `_sum`.
+        let snap = m.enqueue.snapshot();
         enc.encode_descriptor(
-            "gateway_enqueue_seconds_sum",
+            "gateway_enqueue_seconds",
             "Time spent in durable enqueues.",
             None,
-            MetricType::Gauge,
+            MetricType::Histogram,
         )?
-        .encode_gauge(&(get(&m.enqueue_us_sum) as f64 / 1e6))?;
+        .encode_histogram::<NoLabelSet>(
+            get(&m.enqueue_us_sum) as f64 / 1e6,
+            snap.count,
+            &buckets_of(&snap),
+            None,
+        )?;
         counter(
             &mut enc,
             "gateway_stock_resets",
@@ -335,6 +347,22 @@ impl Collector for GatewayCollector {
     }
 }
 
+/// A histogram's buckets for the encoder: per-bucket counts (the encoder accumulates them)
+/// with their upper bounds in seconds, the last one above every bound (`+Inf`).
+fn buckets_of(snap: &queue::HistogramSnapshot) -> Vec<(f64, u64)> {
+    snap.counts
+        .iter()
+        .enumerate()
+        .map(|(k, count)| {
+            let le = snap
+                .bounds_us
+                .get(k)
+                .map_or(f64::INFINITY, |b| *b as f64 / 1e6);
+            (le, *count)
+        })
+        .collect()
+}
+
 /// The counters of the order workers and cancellers running in this process (their names
 /// are the `order-worker` binary's: [`order_worker::metrics::encode_crew`]).
 fn encode_crew(enc: &mut DescriptorEncoder, crew: &CrewMetrics) -> Result<(), std::fmt::Error> {
@@ -383,6 +411,7 @@ mod tests {
         m.accepted.fetch_add(2, Ordering::Relaxed);
         m.tokens_issued.fetch_add(5, Ordering::Relaxed);
         m.enqueue_us_sum.fetch_add(1_500_000, Ordering::Relaxed);
+        m.enqueue.record(1_500_000);
         m.observe(4, std::time::Instant::now(), StatusCode::ACCEPTED);
         let exposition = Exposition::new(m, resets);
         let text = exposition.encode();
@@ -396,6 +425,9 @@ mod tests {
             "gateway_reservations_total 0",
             "gateway_released_total 0",
             "gateway_enqueue_seconds_sum 1.5",
+            "# TYPE gateway_enqueue_seconds histogram",
+            "gateway_enqueue_seconds_count 1",
+            "gateway_enqueue_seconds_bucket{le=\"+Inf\"} 1",
             "gateway_stock_resets_total 3",
             "# TYPE gateway_connections_open gauge",
             "gateway_connections_open 0",
@@ -414,11 +446,11 @@ mod tests {
         }
         let samples = parse(&text);
         // One series per outcome, per route and class, and 14 buckets + sum + count per route
-        // (the first 2: connections open and refused; the second: forwarded headers the
+        // and for the enqueue histogram (the first 2: connections open and refused; the second: forwarded headers the
         // gateway could not use, and 421s).
         assert_eq!(
             samples.len(),
-            8 + 4 + 1 + 1 + 2 + 2 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
+            8 + 4 + (14 + 2) + 1 + 2 + 2 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
         );
         assert!(!text.contains("orders_"), "no crew, no crew counters");
         // The crew's counters once there is one.

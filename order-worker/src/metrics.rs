@@ -210,7 +210,7 @@ mod tests {
             .store(1_700_000_000_500, Ordering::Relaxed);
         let text = counters.encode();
         for line in [
-            "# TYPE orders_created counter",
+            "# TYPE orders_created_total counter",
             "orders_created_total 3",
             "orders_heartbeats_total 2",
             "orders_heartbeats_failed_total 0",

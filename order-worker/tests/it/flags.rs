@@ -181,7 +181,10 @@ fn metrics_are_served_with_the_heartbeat() {
         "{text}"
     );
     assert_eq!(sample(&text, "orders_created_total"), Some(0.0), "{text}");
-    assert!(text.contains("# TYPE orders_created counter"), "{text}");
+    assert!(
+        text.contains("# TYPE orders_created_total counter"),
+        "{text}"
+    );
     // SIGTERM: a clean stop.
     let pid = child.0.id().to_string();
     let killed = Command::new("kill")
