@@ -8,6 +8,8 @@
 //!   file, `--metrics 127.0.0.1:0` serves the crew's counters; the heartbeat's timestamp
 //!   turns non-zero (polled with a deadline); the start line says "1 canceller"; SIGTERM
 //!   stops it cleanly.
+//! - `a_held_queue_directory_is_refused_saying_why`: a worker on a queue directory another
+//!   engine holds (a running gateway's) exits 1 saying the directory is in use.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -198,4 +200,31 @@ fn metrics_are_served_with_the_heartbeat() {
     }
     let status = child.0.wait().expect("status");
     assert!(status.success(), "{status:?}");
+}
+
+/// Why `order-worker` does not default to the gateway's `data/queue`: the engine locks its
+/// directory, so while a gateway (here: an engine of this test) holds it, a worker on the
+/// same directory is refused, and says so.
+#[test]
+fn a_held_queue_directory_is_refused_saying_why() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let queue_dir = tmp.path().join("queue");
+    let held = queue::Engine::open(&queue_dir, queue::Config::default()).expect("open");
+    let db = format!("sqlite:{}", tmp.path().join("orders.db").display());
+    let o = run(
+        tmp.path(),
+        &[
+            "--queue",
+            queue_dir.to_str().expect("utf-8"),
+            "--database",
+            &db,
+        ],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("another process has this queue directory open") && e.contains("LOCK"),
+        "{e}"
+    );
+    held.close().expect("close");
 }
