@@ -11,6 +11,17 @@
 //! an atomic in-flight counter and one boxed future took the rejection paths from about
 //! 0.56 to about 0.70 of a bare axum "hello" route (gateway/BENCHMARKS.md, "Layer stack →
 //! one service").
+//!
+//! Compression: pages and static assets (HTML, CSS, JavaScript, SVG of at least
+//! [`COMPRESS_MIN_BYTES`]) are sent gzip- or brotli-encoded when the request's
+//! `Accept-Encoding` allows it, by tower-http's `Compression` around the routes
+//! ([`compressible`]). The API, `/metrics` and the health checks never pass through it:
+//! the purchase path's answers are JSON of a hundred bytes or so, which compression would
+//! hardly shrink but which would pay an encoder per request in the flash crowd, and JSON
+//! that carries secrets (session cookies aside, purchase tokens and tickets) next to what
+//! a client sent is what a BREACH-style length attack reads; so the choice is made by path
+//! before the request reaches the routes (the API pays one prefix check), and by content
+//! type and size on the way out (an error page's JSON stays plain).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +33,9 @@ use axum::body::HttpBody;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use tower::Layer;
+use tower_http::compression::predicate::{Predicate, SizeAbove};
+use tower_http::compression::{Compression, CompressionLayer};
 
 use crate::config::{HSTS_VALUE, ServeLimits};
 use crate::error::ApiError;
@@ -35,6 +49,58 @@ pub const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
 /// Longest one round of the database and queue housekeeping (`sync::housekeeping`) may take.
 pub const SYNC_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Smallest response body compressed, bytes: below it the encoding's framing eats the gain.
+pub const COMPRESS_MIN_BYTES: u64 = 512;
+
+/// Content types compressed (the start of the `Content-Type` value): pages and static
+/// assets. JSON and the metrics' text are not.
+pub const COMPRESSED_TYPES: [&str; 5] = [
+    "text/html",
+    "text/css",
+    "text/javascript",
+    "application/javascript",
+    "image/svg+xml",
+];
+
+/// Whether a request for `path` goes through the compressing routes: every page and
+/// asset; never the API (`/api/…`, `/admin/api/…`), `/metrics`, `/healthz`, `/readyz`.
+pub fn compressible(path: &str) -> bool {
+    !(path.starts_with("/api/")
+        || path.starts_with("/admin/api/")
+        || path == "/metrics"
+        || path == "/healthz"
+        || path == "/readyz")
+}
+
+/// The response side of [`compressible`]: a page or asset type of at least
+/// [`COMPRESS_MIN_BYTES`] (or of unknown length).
+#[derive(Debug, Clone, Copy)]
+struct PagesOnly(SizeAbove);
+
+impl Predicate for PagesOnly {
+    fn should_compress<B>(&self, response: &axum::http::Response<B>) -> bool
+    where
+        B: HttpBody,
+    {
+        let page = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| COMPRESSED_TYPES.iter().any(|t| ct.starts_with(t)));
+        page && self.0.should_compress(response)
+    }
+}
+
+/// The routes behind gzip and brotli compression (what the client accepts, brotli first
+/// at equal weight).
+fn compressed(routes: Router) -> Compression<Router, PagesOnly> {
+    CompressionLayer::new()
+        .gzip(true)
+        .br(true)
+        .compress_when(PagesOnly(SizeAbove::new(COMPRESS_MIN_BYTES)))
+        .layer(routes)
+}
+
 /// The whole HTTP surface with the default [`ServeLimits`]: a `tower::Service` testable
 /// with `oneshot`, and what `serve` serves.
 pub fn app(state: Shared) -> Front {
@@ -43,8 +109,10 @@ pub fn app(state: Shared) -> Front {
 
 /// `app(state)` with these limits.
 pub fn app_with_limits(state: Shared, limits: ServeLimits) -> Front {
+    let inner = crate::routes::routes(state.clone());
     Front {
-        inner: crate::routes::routes(state.clone()),
+        pages: compressed(inner.clone()),
+        inner,
         state,
         limits,
         in_flight: Arc::new(AtomicUsize::new(0)),
@@ -64,6 +132,8 @@ pub fn app_with_limits(state: Shared, limits: ServeLimits) -> Front {
 #[derive(Clone)]
 pub struct Front {
     inner: Router,
+    /// The same routes behind compression, for [`compressible`] paths.
+    pages: Compression<Router, PagesOnly>,
     state: Shared,
     limits: ServeLimits,
     in_flight: Arc<AtomicUsize>,
@@ -196,16 +266,24 @@ impl tower::Service<axum::extract::Request> for Front {
         }
         req.extensions_mut().insert(BodyLimit(limit));
         let timeout = Duration::from_millis(self.limits.request_timeout_ms.max(1));
+        let pages = compressible(req.uri().path()).then(|| self.pages.clone());
         let inner = self.inner.clone();
         Box::pin(async move {
             let _guard = guard;
-            let mut resp =
-                match tokio::time::timeout(timeout, tower::ServiceExt::oneshot(inner, req)).await {
-                    Ok(Ok(resp)) => resp,
-                    Ok(Err(never)) => match never {},
-                    Err(_) => ApiError::unavailable("timeout", "the request took too long", 1000)
-                        .into_response(),
-                };
+            let answer = async move {
+                match pages {
+                    Some(pages) => tower::ServiceExt::oneshot(pages, req)
+                        .await
+                        .map(|r| r.map(axum::body::Body::new)),
+                    None => tower::ServiceExt::oneshot(inner, req).await,
+                }
+            };
+            let mut resp = match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(never)) => match never {},
+                Err(_) => ApiError::unavailable("timeout", "the request took too long", 1000)
+                    .into_response(),
+            };
             if hsts {
                 resp.headers_mut().insert(
                     header::STRICT_TRANSPORT_SECURITY,

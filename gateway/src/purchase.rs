@@ -369,10 +369,13 @@ async fn commit_purchase(commit: Commit<'_>) -> ApiResult<(uuid::Uuid, queue::Co
     commit.reserve().await?;
     let started = std::time::Instant::now();
     let confirm = commit.publish(payload).await?;
-    commit.state.metrics.enqueue_us_sum.fetch_add(
-        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
-    );
+    let enqueue_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    commit
+        .state
+        .metrics
+        .enqueue_us_sum
+        .fetch_add(enqueue_us, Ordering::Relaxed);
+    commit.state.metrics.enqueue.record(enqueue_us);
     let ticket = commit.ticket;
     commit.record(&confirm);
     Ok((ticket, confirm))

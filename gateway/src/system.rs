@@ -335,6 +335,7 @@ impl System {
             state.set_crew(CrewMetrics {
                 workers: crew.workers.clone(),
                 cancellers: crew.cancellers.clone(),
+                heartbeats: crew.heartbeats.clone(),
             });
             Some(crew)
         } else {
@@ -370,7 +371,9 @@ impl System {
         self.limits
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let listener = tokio::net::TcpListener::bind(&self.listen).await?;
+        let listener = tokio::net::TcpListener::bind(&self.listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.listen)))?;
         let addr = listener.local_addr()?;
         self.listener = Some(listener);
         self.addr = Some(addr);

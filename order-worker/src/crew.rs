@@ -66,6 +66,9 @@ pub struct HeartbeatMetrics {
     pub failed: AtomicU64,
     /// Stale rows of other processes' members pruned.
     pub pruned: AtomicU64,
+    /// When the last heartbeat was written, ms since the Unix epoch by the crew's clock;
+    /// 0 before the first (`orders_heartbeat_timestamp_seconds`).
+    pub last_written_ms: AtomicU64,
 }
 
 /// Running workers and cancellers.
@@ -264,6 +267,7 @@ async fn heartbeats(
             Ok(pruned) => {
                 metrics.written.fetch_add(1, Ordering::Relaxed);
                 metrics.pruned.fetch_add(pruned, Ordering::Relaxed);
+                metrics.last_written_ms.fetch_max(now, Ordering::Relaxed);
             }
             Err(e) => {
                 metrics.failed.fetch_add(1, Ordering::Relaxed);

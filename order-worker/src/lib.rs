@@ -15,6 +15,9 @@
 //!   `rows` (the rows those statements read and write). Inside `db`, `rows` is below
 //!   `dialect`, and `dialect` below `decide` and `cancel`: no circle. The invariants are in
 //!   its constraints.
+//! - [`flags`]: checks of the flags `gateway` and `order-worker` share (database URLs,
+//!   the stock store, the Redis key prefix and its variables), run before anything is
+//!   created.
 //! - [`purchase`]: the messages: the gateway's purchase and the order's pay-by deadline.
 //! - [`limits`]: limits shared across layers (the size of a crew).
 //! - `consumer` (crate-private): the one loop both consumers run (fetch, liveness
@@ -29,6 +32,8 @@
 //!   RocketMQ's name server: every gateway sees the workers of every process).
 //! - [`liveness`]: each member's stable id (`{host}-{pid}-{kind}-{n}`) and the
 //!   [`liveness::Liveness`] its loop updates (last step, messages finished).
+//! - [`metrics`]: the crew's counters (and its heartbeat's time) as Prometheus metrics,
+//!   for the gateway's `/metrics` and the `order-worker` binary's `--metrics` endpoint.
 //! - [`testing`]: scratch SQLite and PostgreSQL databases for tests.
 //!
 //! ## Who may import whom
@@ -41,7 +46,8 @@
 //! 3. `liveness` (uses `db`'s row types), then `consumer` (uses `liveness`);
 //! 4. `worker` and `canceller` (use `db`, `purchase`, `liveness` and `consumer`; not each
 //!    other);
-//! 5. `crew` at the top (starts workers and cancellers, writes heartbeats through `db`).
+//! 5. `crew` at the top (starts workers and cancellers, writes heartbeats through `db`),
+//!    and `metrics` beside it (reads the counters of `worker`, `canceller` and `crew`).
 //!
 //! `testing` sits beside the layers and uses only `db`.
 //!
@@ -53,8 +59,10 @@ pub mod canceller;
 mod consumer;
 pub mod crew;
 pub mod db;
+pub mod flags;
 pub mod limits;
 pub mod liveness;
+pub mod metrics;
 pub mod purchase;
 pub mod testing;
 pub mod worker;

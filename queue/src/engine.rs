@@ -396,7 +396,9 @@ impl Engine {
                 }
                 Err(e) => {
                     return Err(Error::io(
-                        "lock (is another process using this queue directory?)",
+                        "lock (another process has this queue directory open: a gateway with the embedded \
+                         queue, an order-worker or `queue serve`; one process at a time may open it, \
+                         others share it through `queue serve` and tcp://)",
                         &lock_path,
                         std::io::Error::other(e.to_string()),
                     ));

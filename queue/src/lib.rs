@@ -17,6 +17,8 @@
 //!   a restart recovers everything confirmed before it.
 //!
 //! Modules:
+//! - [`addr`]: addresses and queue targets given on command lines, checked before a
+//!   binary creates anything; bind errors that name the address.
 //! - [`api`]: messages, deliveries, receipts, stats and the [`Queue`] trait.
 //! - [`engine`]: [`Engine`], the embedded implementation of [`Queue`].
 //! - [`format`](mod@format): the on-disk record format as pure encode/decode functions.
@@ -55,6 +57,7 @@
 //! - `bench`: the `queue-bench` binary (hdrhistogram, redis for Redis Streams, clap);
 //! - `redis-streams`: the Redis Streams backend (redis with cluster support).
 
+pub mod addr;
 pub mod api;
 pub mod auth;
 pub mod backend;

@@ -6,6 +6,12 @@
 //! cancellers (none with `--workers 0 --cancellers 0`: they then run as `order-worker`
 //! processes); then runs the [`gateway::system::System`] until SIGTERM/SIGINT. The
 //! assembly itself is the library's.
+//!
+//! Every flag is checked before anything is created: addresses, targets and URLs parse in
+//! clap (whose error names the flag), the rest in [`system_config`], and the listen address
+//! is tried before the database, the queue directory or the demo sale exist, so a taken
+//! port says so ("cannot listen on 127.0.0.1:8080 (--listen): Address in use") and leaves
+//! nothing behind.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -19,6 +25,7 @@ use gateway::system::{DatabaseSource, QueueSource, StockSource, System, SystemCo
 use gateway::throttle::ThrottleConfig;
 use gateway::token::TokenKey;
 use order_worker::db::{DbOptions, SqliteDurability};
+use order_worker::flags;
 
 // mimalloc: the allocator the gateway benchmark measures (glibc's malloc showed as the
 // top symbol in a profile of this binary under a flash crowd).
@@ -28,23 +35,28 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "gateway", version, about = "The flash-sale HTTP gateway")]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: String,
+    /// Address to listen on (port 0: any free port; the bound address is printed).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080",
+          value_parser = queue::addr::listen_addr)]
+    listen: std::net::SocketAddr,
     /// The queue: a directory (embedded engine), `tcp://HOST:PORT` (a `queue serve` broker),
     /// `redis://HOST:PORT` or `redis+cluster://HOST:PORT,HOST:PORT` (Redis Streams; options
     /// after `?`: `replicas=N`, `replica_timeout_ms=MS`, `fsync=relaxed`, `partitions=P`,
     /// `prefix=P`; see the README, "Queue on Redis Streams"). A broker's secret is read
     /// from QUEUE_SECRET or QUEUE_SECRET_FILE.
-    #[arg(long, env = "GATEWAY_QUEUE", default_value = "data/queue")]
+    #[arg(long, env = "GATEWAY_QUEUE", default_value = "data/queue",
+          value_parser = queue::addr::check_target)]
     queue: String,
     /// The stock store: `memory` or a Redis URL (`redis://127.0.0.1:6379`, or a Redis
     /// Cluster as `redis+cluster://HOST:PORT,HOST:PORT`).
-    #[arg(long, env = "GATEWAY_INVENTORY", default_value = "memory")]
+    #[arg(long, env = "GATEWAY_INVENTORY", default_value = "memory",
+          value_parser = |s: &str| flags::stock_target(s, &["memory"]))]
     inventory: String,
-    /// Key prefix in Redis.
-    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "seckill:")]
-    redis_prefix: String,
+    /// Key prefix in Redis (default `seckill:`). Read from SECKILL_REDIS_PREFIX, which
+    /// `order-worker` reads too; GATEWAY_REDIS_PREFIX, its former name, is still honoured
+    /// when that is unset.
+    #[arg(long, env = flags::REDIS_PREFIX_ENV, value_parser = flags::redis_prefix)]
+    redis_prefix: Option<String>,
     /// Admin API bearer secret (generated and printed if absent, unless --production; at
     /// least 16 bytes under --production). Prefer the variable or the file: a flag shows
     /// in `ps`.
@@ -82,7 +94,8 @@ struct Args {
     /// Per-IP throttles (`on`, the default, or `off`): off when every client comes through
     /// one address (a proxy without forwarded addresses, or a load generator on loopback);
     /// the per-user throttles stay on.
-    #[arg(long, env = "GATEWAY_PER_IP_LIMITS", default_value = "on")]
+    #[arg(long, env = "GATEWAY_PER_IP_LIMITS", default_value = "on",
+          value_parser = ["on", "off"])]
     per_ip_limits: String,
     /// Proxies whose `X-Forwarded-For` names the client, e.g. nginx's address: CIDRs or
     /// addresses, comma-separated (IPv4 and IPv6). The client is then the right-most hop
@@ -105,7 +118,8 @@ struct Args {
     /// for a database sharded by sale, one shard each (the first holds the routing table and
     /// the workers' heartbeats; the env variable: the URLs separated by whitespace); a
     /// PostgreSQL URL may name a primary and its standbys, `postgres://u@h1:p1,h2:p2/db`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db",
+          value_parser = flags::database_url)]
     database: Vec<String>,
     /// Database connections.
     #[arg(long, default_value_t = order_worker::db::CONNECTIONS_DEFAULT)]
@@ -115,7 +129,7 @@ struct Args {
     #[arg(long, default_value_t = order_worker::db::READ_CONNECTIONS_DEFAULT)]
     db_read_connections: u32,
     /// SQLite commits: `full` (fsync, the default) or `normal`.
-    #[arg(long, default_value = "full")]
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     sqlite_sync: String,
     /// Order workers in this process (0: run `order-worker` processes instead).
     #[arg(long, default_value_t = 2)]
@@ -193,6 +207,13 @@ fn random_hex() -> String {
 
 async fn run(args: Args) -> Result<(), BoxError> {
     let config = system_config(&args)?;
+    // The listen address, tried before the database, the queue directory and the demo
+    // sale are made (the system binds it again once built; a process that takes the port
+    // in between is still reported with the address).
+    drop(
+        std::net::TcpListener::bind(args.listen)
+            .map_err(|e| queue::addr::bind_error("--listen", args.listen, &e))?,
+    );
     let database = match &config.database {
         DatabaseSource::Url { url, .. } => url.clone(),
         DatabaseSource::Open(_) => String::new(),
@@ -206,11 +227,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
         );
     }
     println!(
-        "gateway: orders database {} ({} shard(s): {database}); {} order workers and {} cancellers in this process",
+        "gateway: orders database {} ({} shard(s): {database}); {} and {} in this process",
         system.db().backend(),
         system.db().shard_count(),
-        args.workers,
-        args.cancellers
+        flags::count(args.workers, "order worker"),
+        flags::count(args.cancellers, "canceller")
     );
     let mut system = system;
     let addr = system.bind().await?;
@@ -262,7 +283,7 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
             random_hex()
         }
     };
-    let key = hex32(&secret)?;
+    let key = hex32(&secret).map_err(|e| format!("--secret (or GATEWAY_SECRET): {e}"))?;
     // Distinct keys for sessions and tokens, derived from the one secret.
     let mut token_key = key;
     token_key[0] ^= 0x5a;
@@ -331,13 +352,13 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
         },
         gateway,
     );
-    config.listen = args.listen.clone();
+    config.listen = args.listen.to_string();
     config.stock = if args.inventory == "memory" {
         StockSource::Memory
     } else {
         StockSource::Redis {
             url: args.inventory.clone(),
-            prefix: args.redis_prefix.clone(),
+            prefix: flags::resolve_redis_prefix(args.redis_prefix.as_deref())?,
         }
     };
     config.sessions = SessionKey::from_bytes(key);

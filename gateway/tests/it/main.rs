@@ -22,7 +22,9 @@ use tower::ServiceExt;
 
 mod behind_proxy;
 mod browser;
+mod compression;
 mod edge;
+mod flags;
 mod hostile;
 mod operator;
 mod pages;

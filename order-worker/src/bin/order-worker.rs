@@ -3,6 +3,14 @@
 //! directory, the orders database (SQLite or
 //! PostgreSQL) and optionally the Redis stock store (to release units of rejected and
 //! cancelled purchases). Stops cleanly on SIGTERM/SIGINT after the batches in hand.
+//! Every flag is checked before anything is opened or created; `--metrics ADDR` serves the
+//! crew's counters on `GET /metrics`.
+//!
+//! The default queue is the broker `queue serve` listens on by default
+//! (`tcp://127.0.0.1:7070`), not the gateway's embedded `data/queue`: the engine locks its
+//! directory, one process at a time, so an order-worker can never share the directory of a
+//! running all-in-one gateway; a separate worker needs a shared queue (a broker or Redis
+//! Streams), and the gateway then takes the same `--queue tcp://…`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -13,6 +21,7 @@ use clap::Parser;
 use inventory::{Inventory, RedisStore};
 use order_worker::crew::{Crew, CrewConfig};
 use order_worker::db::{DbOptions, OrdersDb, SqliteDurability};
+use order_worker::flags;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,26 +37,37 @@ struct Args {
     /// `redis://HOST:PORT` or `redis+cluster://HOST:PORT,HOST:PORT` (Redis Streams; options
     /// after `?`: `replicas=N`, `replica_timeout_ms=MS`, `fsync=relaxed`, `partitions=P`,
     /// `prefix=P`; see the README, "Queue on Redis Streams"). The gateways' target. A
-    /// broker's secret is read from QUEUE_SECRET or QUEUE_SECRET_FILE.
+    /// broker's secret is read from QUEUE_SECRET or QUEUE_SECRET_FILE. Default: the broker
+    /// `queue serve` listens on by default (a directory is locked by the one process that
+    /// opens it, so a worker cannot share a running gateway's embedded `data/queue`).
     #[arg(
         long,
         env = "ORDER_WORKER_QUEUE",
-        default_value = "tcp://127.0.0.1:7070"
+        default_value = "tcp://127.0.0.1:7070",
+        value_parser = queue::addr::check_target
     )]
     queue: String,
     /// The orders database: `sqlite:PATH` or `postgres://…`. Repeat it for a database
     /// sharded by sale, one shard each (the first holds the routing table and the workers'
     /// heartbeats; the env variable: the URLs separated by whitespace); a PostgreSQL URL may
     /// name a primary and its standbys, `postgres://u@h1:p1,h2:p2/db`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db")]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:data/orders.db",
+          value_parser = flags::database_url)]
     database: Vec<String>,
     /// The stock store whose reservations rejected and cancelled purchases release: `none`
     /// or a Redis URL (the one the gateways use: `redis://…` or `redis+cluster://…`).
-    #[arg(long, env = "ORDER_WORKER_INVENTORY", default_value = "none")]
+    #[arg(long, env = "ORDER_WORKER_INVENTORY", default_value = "none",
+          value_parser = |s: &str| flags::stock_target(s, &["none"]))]
     inventory: String,
-    /// Key prefix in Redis (as the gateways').
-    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "seckill:")]
-    redis_prefix: String,
+    /// Key prefix in Redis, the gateways' (default `seckill:`). Read from
+    /// SECKILL_REDIS_PREFIX, which the gateway reads too; GATEWAY_REDIS_PREFIX, its former
+    /// name, is still honoured when that is unset.
+    #[arg(long, env = flags::REDIS_PREFIX_ENV, value_parser = flags::redis_prefix)]
+    redis_prefix: Option<String>,
+    /// Address of the Prometheus `/metrics` endpoint (the crew's counters; none if not
+    /// given).
+    #[arg(long, env = "ORDER_WORKER_METRICS", value_parser = queue::addr::listen_addr)]
+    metrics: Option<std::net::SocketAddr>,
     /// Order workers (concurrent batches).
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -66,7 +86,7 @@ struct Args {
     db_connections: u32,
     /// SQLite commits: `full` (fsync, the default) or `normal` (survives a process crash,
     /// not a power loss).
-    #[arg(long, default_value = "full")]
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     sqlite_sync: String,
     /// Seconds between drain-rate reports.
     #[arg(long, default_value_t = 5)]
@@ -84,6 +104,16 @@ struct Args {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn run(args: Args) -> Result<(), BoxError> {
+    let redis_prefix = flags::resolve_redis_prefix(args.redis_prefix.as_deref())?;
+    // Bound before anything is opened, so a refused address leaves nothing behind.
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| queue::addr::bind_error("--metrics", addr, &e))?,
+        ),
+        None => None,
+    };
     let options = DbOptions {
         max_connections: args.db_connections,
         sqlite_durability: match args.sqlite_sync.as_str() {
@@ -98,7 +128,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let inventory = if args.inventory == "none" {
         None
     } else {
-        let store = RedisStore::connect(&args.inventory, &args.redis_prefix, 8).await?;
+        let store = RedisStore::connect(&args.inventory, &redis_prefix, 8).await?;
         Some(Arc::new(Inventory::new(
             Box::new(store),
             Duration::from_millis(1000),
@@ -120,10 +150,30 @@ async fn run(args: Args) -> Result<(), BoxError> {
         Arc::new(queue::SystemClock),
     );
     crew.report_every(Duration::from_secs(args.report_secs.max(1)));
+    let (stop_metrics, stopped) = tokio::sync::watch::channel(false);
+    let metrics_task = match metrics_listener {
+        Some(l) => {
+            // Tests and scripts read this line to learn the port.
+            println!(
+                "order-worker: metrics on http://{}/metrics",
+                l.local_addr()?
+            );
+            let mut rx = stopped.clone();
+            let counters = order_worker::metrics::CrewCounters::of(&crew);
+            Some(tokio::spawn(order_worker::metrics::serve(
+                l,
+                counters,
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
     println!(
-        "order-worker: {} workers, {} cancellers on {} ({} shard(s): {}), queue {}",
-        args.workers,
-        args.cancellers,
+        "order-worker: {}, {} on {} ({} shard(s): {}), queue {}",
+        flags::count(args.workers, "worker"),
+        flags::count(args.cancellers, "canceller"),
         db.backend(),
         db.shard_count(),
         database,
@@ -131,6 +181,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
     queue::signal::shutdown_signal().await;
     crew.stop().await;
+    let _ = stop_metrics.send(true);
+    if let Some(t) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     backend.close()?;
     db.close().await;
     println!("order-worker: stopped cleanly");

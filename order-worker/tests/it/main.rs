@@ -4,6 +4,7 @@
 mod by_user;
 mod cancel;
 mod db;
+mod flags;
 mod heartbeat;
 mod limits;
 mod process;

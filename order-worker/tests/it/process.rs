@@ -123,6 +123,8 @@ impl Proc {
             .env_remove("DATABASE_URL")
             .env_remove("ORDER_WORKER_INVENTORY")
             .env_remove("GATEWAY_REDIS_PREFIX")
+            .env_remove("SECKILL_REDIS_PREFIX")
+            .env_remove("ORDER_WORKER_METRICS")
             .env_remove("ORDER_WORKER_PAUSE_AFTER_COMMIT")
             .env_remove(queue::auth::SECRET_FILE_ENV)
             // The test broker's secret (a `tcp://` queue target reads it; others ignore it).

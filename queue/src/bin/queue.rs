@@ -1,12 +1,15 @@
-//! `queue`: the broker (`queue serve`) and the operator's command line against a running
-//! broker (`stats`, `topics`, `dlq list|replay|discard`, `peek`, plus `publish` and
-//! `consume` for scripts and tests). Output is for people; `--json` prints JSON instead.
-//! Logic lives in the library (`queue::server`, `queue::client`); this file parses
-//! arguments and formats output.
+//! `queue`: the broker (`queue serve`) and the operator's command line (`stats`, `topics`,
+//! `dlq list|replay|discard`, `peek`, plus `publish` and `consume` for scripts and tests)
+//! against a running broker (`--broker HOST:PORT`), the queue on Redis Streams
+//! (`--broker redis://…`) or an embedded queue directory no process holds (`--dir
+//! data/queue`: the engine opened here, its lock taken, no maintenance run). Output is for
+//! people; `--json` prints JSON instead. Every address and target is checked before
+//! anything is opened or created. Logic lives in the library (`queue::server`,
+//! `queue::client`, `queue::engine`); this file parses arguments and formats output.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +37,15 @@ struct Cli {
         long,
         global = true,
         env = "QUEUE_BROKER",
-        default_value = "127.0.0.1:7070"
+        default_value = "127.0.0.1:7070",
+        value_parser = broker_target
     )]
     broker: String,
+    /// An embedded queue directory instead of a broker (e.g. `data/queue`, the gateway's
+    /// default): opened here, so only while no gateway, order-worker or `queue serve` has
+    /// it open (the engine locks its directory; a held lock is an error saying so).
+    #[arg(long, global = true, env = "QUEUE_DIR", conflicts_with = "broker")]
+    dir: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -145,11 +154,12 @@ struct ServeArgs {
     #[arg(long, env = "QUEUE_DATA")]
     data: PathBuf,
     /// Address to accept clients on (port 0: any free port; the bound address is printed).
-    #[arg(long, env = "QUEUE_LISTEN", default_value = "127.0.0.1:7070")]
-    listen: String,
+    #[arg(long, env = "QUEUE_LISTEN", default_value = "127.0.0.1:7070",
+          value_parser = queue::addr::listen_addr)]
+    listen: SocketAddr,
     /// Address of the Prometheus `/metrics` endpoint (none if not given).
-    #[arg(long, env = "QUEUE_METRICS")]
-    metrics: Option<String>,
+    #[arg(long, env = "QUEUE_METRICS", value_parser = queue::addr::listen_addr)]
+    metrics: Option<SocketAddr>,
     /// Most open connections.
     #[arg(long, default_value_t = ServerConfig::default().max_connections)]
     max_connections: usize,
@@ -244,16 +254,36 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The queue the client commands use: a Redis target through `Backend::open` (the
-/// operator CLI runs no maintenance of its own), else a broker with one connection.
-async fn connect(target: &str) -> Result<Arc<dyn Queue>, BoxError> {
+/// `--broker`: `HOST:PORT`, `tcp://HOST:PORT` or a Redis target, checked before anything
+/// connects (clap names the flag in the error).
+fn broker_target(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.starts_with("redis://") || t.starts_with("redis+cluster://") {
+        return queue::addr::check_target(t);
+    }
+    queue::addr::broker_addr(t.strip_prefix(queue::backend::TCP_PREFIX).unwrap_or(t))?;
+    Ok(t.to_string())
+}
+
+/// The queue the client commands use, and the engine to close after them when it is an
+/// embedded directory.
+type Target = (Arc<dyn Queue>, Option<Arc<Engine>>);
+
+/// The queue the client commands use: the engine in `--dir`, else a Redis target through
+/// `Backend::open` (the operator CLI runs no maintenance of its own), else a broker with
+/// one connection.
+async fn connect(target: &str, dir: Option<&Path>) -> Result<Target, BoxError> {
+    if let Some(dir) = dir {
+        let engine = Arc::new(open_dir(dir)?);
+        return Ok((engine.clone(), Some(engine)));
+    }
     let t = target.trim();
     if t.starts_with("redis://") || t.starts_with("redis+cluster://") {
         let config = Config {
             maintenance_interval_ms: None,
             ..Config::default()
         };
-        return Ok(Backend::open(t, config).await?.queue());
+        return Ok((Backend::open(t, config).await?.queue(), None));
     }
     let addr = t.strip_prefix(queue::backend::TCP_PREFIX).unwrap_or(t);
     // The broker's secret, if it has one, from QUEUE_SECRET or QUEUE_SECRET_FILE.
@@ -261,8 +291,43 @@ async fn connect(target: &str) -> Result<Arc<dyn Queue>, BoxError> {
         connections: 1,
         ..ClientConfig::from_env(addr.to_string())?
     })
-    .await?;
-    Ok(Arc::new(client))
+    .await
+    .map_err(|e| format!("broker {addr} (--broker): {e}"))?;
+    Ok((Arc::new(client), None))
+}
+
+/// Opens the embedded queue in `dir` for an operator command: an existing queue directory
+/// only (nothing is created), without the maintenance thread (no lease expiry, retention
+/// or delay promotion runs while the command looks). The engine takes the directory's lock;
+/// a process that holds it (a gateway with the embedded queue, an order-worker, `queue
+/// serve`) makes this fail with an error that says so.
+fn open_dir(dir: &Path) -> Result<Engine, BoxError> {
+    if !dir.join("topics").is_dir() {
+        return Err(format!(
+            "{} (--dir) is not a queue directory (it has no topics/); the gateway's is \
+             data/queue under the directory it runs in",
+            dir.display()
+        )
+        .into());
+    }
+    let config = Config {
+        maintenance_interval_ms: None,
+        ..Config::default()
+    };
+    match Engine::open(dir, config) {
+        Ok(engine) => Ok(engine),
+        Err(queue::Error::Io { op, .. }) if op.starts_with("lock") => Err(format!(
+            "{} (--dir) is in use by another process: a running gateway with the embedded \
+             queue, an order-worker or `queue serve` holds its lock, and one process at a \
+             time may open it. Stop that process first, or serve the directory with `queue \
+             serve --data {}` and point the gateway, the workers and this command \
+             (--broker) at the broker",
+            dir.display(),
+            dir.display()
+        )
+        .into()),
+        Err(e) => Err(format!("{} (--dir): {e}", dir.display()).into()),
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
@@ -271,8 +336,18 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Serve(args) => return serve(args).await,
         c => c,
     };
-    let client = connect(&cli.broker).await?;
-    let client = client.as_ref();
+    let (client, engine) = connect(&cli.broker, cli.dir.as_deref()).await?;
+    let result = operate(client.as_ref(), command, json).await;
+    drop(client);
+    if let Some(engine) = engine {
+        // Writes nothing the command did not already make durable; releases the lock.
+        engine.close()?;
+    }
+    result
+}
+
+/// One operator command against `client`.
+async fn operate(client: &dyn Queue, command: Command, json: bool) -> Result<(), BoxError> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Serve(_) => {}
@@ -430,8 +505,18 @@ async fn dlq(
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let secret = serve_secret(&args)?;
     // Bound before the engine opens, so a refused address leaves nothing behind.
-    let listener = TcpListener::bind(&args.listen).await?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| queue::addr::bind_error("--listen", args.listen, &e))?;
     let addr: SocketAddr = listener.local_addr()?;
+    let metrics_listener = match args.metrics {
+        Some(m) => Some(
+            TcpListener::bind(m)
+                .await
+                .map_err(|e| queue::addr::bind_error("--metrics", m, &e))?,
+        ),
+        None => None,
+    };
     if secret.is_none() && !addr.ip().is_loopback() {
         return Err(format!(
             "refusing to listen on {addr} without a secret: anyone who can reach it could \
@@ -477,9 +562,8 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     };
     let server = Server::new(engine.clone(), server_config);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let metrics_task = match &args.metrics {
-        Some(m) => {
-            let l = TcpListener::bind(m).await?;
+    let metrics_task = match metrics_listener {
+        Some(l) => {
             let maddr = l.local_addr()?;
             println!("queue: metrics on http://{maddr}/metrics");
             let source = MetricsSource {

@@ -11,6 +11,9 @@ mod peek_metrics;
 // The broker as a child process needs the `queue` binary (feature `cli`).
 #[cfg(feature = "cli")]
 mod process;
+// The operator commands on an embedded directory, and flag errors (the `queue` binary).
+#[cfg(feature = "cli")]
+mod cli;
 // Its /readyz test serves the metrics endpoint (feature `http`).
 #[cfg(feature = "http")]
 mod storage_faults;
