@@ -53,10 +53,13 @@ pub struct GatewayConfig {
     /// The currency of every price (ISO 4217 code, e.g. `EUR`), shown by the storefront
     /// and carried as `currency` in the sale JSON (`--currency`, `GATEWAY_CURRENCY`).
     pub currency: String,
+    /// Whether `GET /api/sales/{id}/captcha?kind=work` (the proof-of-work alternative for
+    /// people who cannot read the image) is offered (`--captcha-work`, default on). It
+    /// turns the captcha's cost to a bot into CPU time; an operator who would rather make
+    /// bots read images turns it off (the storefront then offers only the image).
+    pub captcha_work: bool,
 }
 
-/// The `Strict-Transport-Security` value sent when [`GatewayConfig::hsts`] is on: one year,
-/// subdomains not included (the gateway does not know them).
 /// The currency unless `--currency` says otherwise.
 pub const CURRENCY_DEFAULT: &str = "EUR";
 
@@ -71,6 +74,8 @@ pub fn validate_currency(code: &str) -> Result<String, String> {
     }
 }
 
+/// The `Strict-Transport-Security` value sent when [`GatewayConfig::hsts`] is on: one year,
+/// subdomains not included (the gateway does not know them).
 pub const HSTS_VALUE: &str = "max-age=31536000";
 
 impl GatewayConfig {
@@ -93,6 +98,7 @@ impl GatewayConfig {
             trusted_proxies: crate::proxy::TrustedProxies::default(),
             route_cookie: false,
             currency: CURRENCY_DEFAULT.into(),
+            captcha_work: true,
         }
     }
 }

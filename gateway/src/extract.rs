@@ -43,7 +43,10 @@ impl<S: Send + Sync> FromRequestParts<S> for SaleIdPath {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match Path::<u64>::from_request_parts(parts, state).await {
-            Ok(Path(id)) => Ok(SaleIdPath(id)),
+            // The orders database keeps ids as 64-bit signed integers, so no sale has a
+            // larger id: a 404 here, not a database refusal further on.
+            Ok(Path(id)) if i64::try_from(id).is_ok() => Ok(SaleIdPath(id)),
+            Ok(_) => Err(ApiError::not_found("no such sale")),
             Err(_) => Err(ApiError::not_found("no such sale (a sale id is a number)")),
         }
     }

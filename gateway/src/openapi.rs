@@ -673,7 +673,7 @@ pub mod ops {
 
     /// Find orders by order id, ticket or user id, on every shard.
     #[utoipa::path(get, path = "/admin/api/orders", tag = "admin",
-        params(("q" = Option<String>, Query, description = "An order id, a ticket or a user id (at most 128 bytes)")),
+        params(("q" = Option<String>, Query, description = "An order id, a ticket or a user id (at most 160 bytes)")),
         security(("admin_bearer" = []), ("admin_cookie" = [])),
         responses(
             (status = 200, description = "The orders found", body = FoundOrdersView),

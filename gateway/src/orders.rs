@@ -459,11 +459,15 @@ pub async fn create_sale_in(state: &AppState, sale: &NewSale) -> ApiResult<Sale>
 /// What an operator's change came to, as this gateway applies it: the catalogue takes the
 /// sale as the database now has it (other gateways at their next round).
 fn applied(state: &AppState, change: SaleChange) -> ApiResult<Sale> {
+    let sale = outcome_of(change)?;
+    state.catalogue.upsert(sale.clone());
+    Ok(sale)
+}
+
+/// The sale a change made, or the refusal as an answer.
+fn outcome_of(change: SaleChange) -> ApiResult<Sale> {
     match change {
-        SaleChange::Changed(sale) => {
-            state.catalogue.upsert(sale.clone());
-            Ok(sale)
-        }
+        SaleChange::Changed(sale) => Ok(sale),
         SaleChange::NoSuchSale => Err(ApiError::not_found("no such sale")),
         SaleChange::Refused { code, why } => Err(ApiError::new(StatusCode::CONFLICT, code, why)),
         _ => Err(ApiError::internal("an unknown kind of sale change")),
@@ -519,12 +523,16 @@ pub async fn edit_sale_in(
         .edit_sale(id, edit, now)
         .await
         .map_err(ApiError::from)?;
-    let sale = applied(state, change)?;
-    // Not started and without orders: the units are re-put whole.
+    let sale = outcome_of(change)?;
+    // Not started and without orders: the units are re-put whole, before this gateway's
+    // catalogue shows the edit (an edit that starts the sale at once must not sell from
+    // the old stock; if the re-put fails, the catalogue keeps the old units and the next
+    // housekeeping round, seeing them differ, re-puts the stock).
     state
         .inventory
         .reconcile_bucketed(sale.id, sale.units, sale.stock_buckets, &[])
         .await?;
+    state.catalogue.upsert(sale.clone());
     tracing::info!("sale {id}: edited by an operator");
     Ok(sale)
 }
@@ -668,7 +676,8 @@ pub struct BulkOutcome {
 }
 
 /// Replays or discards each of `letters` (`(topic, dead offset)`, at most
-/// [`DEAD_LETTERS_BULK_MAX`]), going on past a refusal.
+/// [`DEAD_LETTERS_BULK_MAX`]), going on past a refusal; a dependency's failure stops it,
+/// listed among the refused with what was done before it.
 pub async fn dead_letters_bulk(
     state: &AppState,
     action: &str,
@@ -686,7 +695,15 @@ pub async fn dead_letters_bulk(
     for (topic, offset) in letters {
         match dead_letter_action(state, topic, *offset, action).await {
             Ok(_) => out.done.push((topic.clone(), *offset)),
-            Err(e) if e.status.is_server_error() => return Err(e),
+            Err(e) if e.status.is_server_error() => {
+                // A dependency failed: stop here, and say what was done before it.
+                out.failed.push((
+                    topic.clone(),
+                    *offset,
+                    format!("{} (stopped here: the rest were not tried)", e.message),
+                ));
+                break;
+            }
             Err(e) => out.failed.push((topic.clone(), *offset, e.message.clone())),
         }
     }

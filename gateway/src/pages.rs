@@ -208,6 +208,7 @@ pub async fn sale_page(
             user: shopper(&state, &headers),
             sale: view,
             currency: state.config.currency.clone(),
+            captcha_work: state.config.captcha_work,
         },
     )
 }

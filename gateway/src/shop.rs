@@ -197,7 +197,14 @@ pub async fn new_captcha(
 ) -> ApiResult<Json<Value>> {
     let work = match query.ok().and_then(|Query(q)| q.kind).as_deref() {
         None | Some("image") => false,
-        Some("work") => true,
+        Some("work") if state.config.captcha_work => true,
+        Some("work") => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "this shop offers only the image check; ask the shop for help if you cannot read it",
+            ));
+        }
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,

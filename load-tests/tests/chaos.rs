@@ -275,8 +275,9 @@ struct Fleet {
 /// The line each binary prints once it serves.
 const BROKER_READY: &str = "queue: listening on ";
 const GATEWAY_READY: &str = "gateway: listening on http://";
-/// (Not just `order-worker: `: its start-up errors begin so too.)
-const WORKER_READY: &str = " cancellers on ";
+/// (Not just `order-worker: `: its start-up errors begin so too. The workers run with one
+/// canceller: "2 workers, 1 canceller on postgres …".)
+const WORKER_READY: &str = " canceller on ";
 /// The pause before a supervisor starts a process that exited at start again.
 const RESPAWN_PAUSE: Duration = Duration::from_millis(200);
 

@@ -156,6 +156,8 @@ pub struct SalePage<'a> {
     pub sale: SaleView,
     /// The currency of the price (`EUR`).
     pub currency: String,
+    /// Whether the proof-of-work check is offered beside the image (`--captcha-work`).
+    pub captcha_work: bool,
 }
 
 /// An order as its buyer sees it.

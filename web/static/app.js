@@ -329,7 +329,7 @@
       $("captcha-section").hidden = !wantCaptcha;
       if (wantCaptcha && !captchaShown && !working && Date.now() >= captchaRetryAt) { captchaShown = true; newCaptcha(); }
       $("get-token").disabled = busy || working;
-      $("use-work").disabled = busy || working;
+      if ($("use-work")) $("use-work").disabled = busy || working;
       $("buy").disabled = !(open && token && !busy && Date.now() >= buyAfter);
       // With an order of this sale in hand there is nothing to buy here.
       $("buy-section").hidden = refusedFor === "mine" || accepted;
@@ -423,8 +423,9 @@
     $("new-captcha").addEventListener("click", () => { if (!captchaShown || Date.now() >= captchaRetryAt) newCaptcha(); });
 
     // The check without an image: a proof-of-work challenge, solved here, then sent like an
-    // answer.
-    $("use-work").addEventListener("click", async () => {
+    // answer (offered unless the shop runs with --captcha-work off).
+    const useWork = $("use-work");
+    if (useWork) useWork.addEventListener("click", async () => {
       if (working || busy) return;
       working = true;
       const ws = $("work-status");

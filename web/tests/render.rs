@@ -87,6 +87,7 @@ fn sale_page_has_the_purchase_flow() {
     let html = SalePage {
         assets: assets(),
         currency: "EUR".into(),
+        captcha_work: true,
         server_time_ms: NOW,
         user: None,
         sale: sale(SaleState::Upcoming),
@@ -119,6 +120,7 @@ fn sale_page_has_the_purchase_flow() {
     let signed_in = SalePage {
         assets: assets(),
         currency: "EUR".into(),
+        captcha_work: true,
         server_time_ms: NOW,
         user: Some("bob".into()),
         sale: sale(SaleState::Live),

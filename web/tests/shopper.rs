@@ -44,6 +44,7 @@ fn sale_page(user: Option<&str>, sale: SaleView) -> String {
         user: user.map(str::to_owned),
         sale,
         currency: "EUR".into(),
+        captcha_work: true,
     }
     .render()
     .expect("renders")

@@ -114,6 +114,12 @@ struct Args {
     #[arg(long, env = "GATEWAY_CURRENCY", default_value = gateway::config::CURRENCY_DEFAULT,
           value_parser = gateway::config::validate_currency)]
     currency: String,
+    /// Offer the proof-of-work check (`captcha?kind=work`) to people who cannot read the
+    /// captcha image: `on` (default) or `off` (then `kind=work` is `400`, and bots must read
+    /// images like everyone else; docs/API.md weighs the two).
+    #[arg(long, env = "GATEWAY_CAPTCHA_WORK", default_value = "on",
+          value_parser = ["on", "off"])]
+    captcha_work: String,
     /// The orders database: `sqlite:PATH` (created if missing) or `postgres://…`. Repeat it
     /// for a database sharded by sale, one shard each (the first holds the routing table and
     /// the workers' heartbeats; the env variable: the URLs separated by whitespace); a
@@ -344,6 +350,7 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     gateway.trusted_proxies = args.trusted_proxies.clone();
     gateway.route_cookie = args.route_cookie;
     gateway.currency = args.currency.clone();
+    gateway.captcha_work = args.captcha_work == "on";
     let mut config = SystemConfig::new(
         QueueSource::Open(args.queue.clone()),
         DatabaseSource::Url {

@@ -284,6 +284,44 @@ async fn the_check_without_an_image_is_proof_of_work_under_the_captchas_rules() 
     assert_eq!(v["bits"], gateway::captcha::POW_BITS);
 }
 
+/// With `--captcha-work off` the proof-of-work check is refused and the sale page offers
+/// only the image; on (the default), the page offers it.
+#[tokio::test]
+async fn the_check_without_an_image_can_be_turned_off() {
+    let t = test_system(
+        Box::new(inventory::MemoryStore::new()),
+        None,
+        test_throttle(),
+        None,
+        |c| {
+            c.gateway.captcha_work = false;
+        },
+    )
+    .await;
+    t.create_sale(1, 5, 0).await;
+    let ann = t.login("ann").await;
+    let (s, v) = get_json(&t, "/api/sales/1/captcha?kind=work", Some(&ann)).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request")),
+        "{v}"
+    );
+    let (s, v) = get_json(&t, "/api/sales/1/captcha", Some(&ann)).await;
+    assert_eq!(
+        (s, v["kind"].as_str()),
+        (StatusCode::OK, Some("image")),
+        "{v}"
+    );
+    let (_, _, html) = get(&t, "/sales/1", Some(&ann), Some(BROWSER_ACCEPT)).await;
+    assert!(!html.contains(r#"id="use-work""#), "{html}");
+
+    let on = test_app(1.5, test_throttle()).await;
+    on.create_sale(1, 5, 0).await;
+    let bob = on.login("bob").await;
+    let (_, _, html) = get(&on, "/sales/1", Some(&bob), Some(BROWSER_ACCEPT)).await;
+    assert!(html.contains(r#"id="use-work""#), "{html}");
+}
+
 #[tokio::test]
 async fn sales_carry_the_currency() {
     let t = test_app(1.5, test_throttle()).await;

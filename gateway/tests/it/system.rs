@@ -238,7 +238,7 @@ async fn a_buyer_gets_two_of_a_two_per_person_sale_then_is_refused() {
             )
             .body(Body::from(
                 json!({"id": 7, "name": "pair of socks", "price_cents": 500, "units": 10,
-                       "starts_at_ms": 0, "per_user_limit": limit})
+                       "starts_at_ms": 0, "per_user_limit": limit, "confirm": true})
                 .to_string(),
             ))
             .expect("request")

@@ -8,9 +8,9 @@ use super::{DbResult, Order, OrdersDb, Shard, to_i64};
 
 /// Most orders one look-up returns.
 pub const LOOKUP_ORDERS_MAX: usize = 100;
-/// Longest query accepted, bytes (an order id and a ticket are shorter, a user id is at
-/// most 64 bytes).
-pub const LOOKUP_QUERY_BYTES_MAX: usize = 128;
+/// Longest query accepted, bytes: the longest user id (an order id and a ticket are
+/// shorter).
+pub const LOOKUP_QUERY_BYTES_MAX: usize = inventory::USER_ID_BYTES_MAX;
 
 impl Shard {
     /// Orders whose id, ticket or user is `query`, newest first, at most `limit` (and at most
