@@ -23,6 +23,10 @@ use queue::{
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+/// The gateway's purchases topic (`order_worker::purchase::ORDERS_TOPIC`; the queue crate
+/// knows no purchase, so the name is repeated here): `dlq discard` on it needs `--force`.
+const PURCHASES_TOPIC: &str = "orders";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "queue",
@@ -138,13 +142,19 @@ enum DlqCommand {
         #[arg(required = true)]
         offsets: Vec<u64>,
     },
-    /// Drop dead letters.
+    /// Drop dead letters. On the `orders` topic (the gateway's purchases) it needs
+    /// `--force`: a purchase dropped here leaves its ticket without an answer and its unit
+    /// held; the dashboard and `POST /admin/api/dead-letters/bulk` discard it and also record
+    /// the ticket's `discarded` answer and release the unit.
     Discard {
         /// The original topic.
         topic: String,
         /// Dead-letter offsets.
         #[arg(required = true)]
         offsets: Vec<u64>,
+        /// Drop dead letters of the `orders` topic anyway.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -487,7 +497,17 @@ async fn dlq(
                 writeln!(out, "{}", Value::Array(done))?;
             }
         }
-        DlqCommand::Discard { topic, offsets } => {
+        DlqCommand::Discard {
+            topic,
+            offsets,
+            force,
+        } => {
+            if topic == PURCHASES_TOPIC && !force {
+                return Err(format!(
+                    "dlq discard: the dead letters of {PURCHASES_TOPIC:?} are purchases whose tickets wait for an answer; discard them from the dashboard (/admin/dead-letters) or POST /admin/api/dead-letters/bulk, which also record the ticket's `discarded` answer and release its unit, or pass --force to drop them anyway"
+                )
+                .into());
+            }
             for o in &offsets {
                 client.discard_dead_letter(&topic, *o).await?;
                 if !json {

@@ -118,7 +118,19 @@ async fn stats_and_dlq_work_on_an_embedded_directory() {
     assert_eq!(dead[0]["payload"], "a");
     assert_eq!(dead[0]["reason"], "poison");
     let offset = dead[0]["dead_offset"].to_string();
-    let done = queue(&["--dir", d, "dlq", "discard", "orders", &offset]);
+    // The purchases topic's dead letters are not dropped without --force (their tickets
+    // would get no answer): refused, naming the safe way, and kept.
+    let refused = queue(&["--dir", d, "dlq", "discard", "orders", &offset]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--force"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("/admin/dead-letters"),
+        "{}",
+        stderr(&refused)
+    );
+    let kept = json_of(&queue(&["--dir", d, "--json", "dlq", "list", "orders"]));
+    assert_eq!(kept.as_array().map(Vec::len), Some(1), "{kept}");
+    let done = queue(&["--dir", d, "dlq", "discard", "--force", "orders", &offset]);
     assert!(done.status.success(), "{}", stderr(&done));
     let dead = json_of(&queue(&["--dir", d, "--json", "dlq", "list", "orders"]));
     assert_eq!(dead, Value::Array(vec![]), "the discard was kept");

@@ -1288,7 +1288,10 @@ async fn operator_cli_and_metrics() {
         .join("\n");
     assert!(replayed.starts_with("replayed dead letter"), "{replayed}");
     broker
-        .cli("dlq discard", &["dlq", "discard", TOPIC, &dead[1]])
+        .cli(
+            "dlq discard",
+            &["dlq", "discard", "--force", TOPIC, &dead[1]],
+        )
         .finish(deadline)
         .await;
     let after = broker
