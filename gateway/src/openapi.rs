@@ -512,9 +512,11 @@ pub mod ops {
 
     /// Every sale with its orders by status and its stock figures.
     #[utoipa::path(get, path = "/admin/api/sales", tag = "admin",
+        params(("newest" = Option<u64>, Query, description = "Only the newest this many sales (1 to 10,000), highest ids first")),
         security(("admin_bearer" = []), ("admin_cookie" = [])),
         responses(
             (status = 200, description = "The sales", body = AdminSalesView),
+            (status = 400, description = "`bad_request`: `newest` is not 1 to 10,000", body = ErrorBody),
             (status = 401, description = "`unauthorized`: no admin secret or cookie", body = ErrorBody),
             (status = 429, description = "`throttled`: the admin-secret guess budget is empty, with `Retry-After`", body = ErrorBody),
         ))]

@@ -129,7 +129,7 @@
   }
   async function refreshSales() {
     let r;
-    try { r = await fetch(salesBox.dataset.salesUrl, { credentials: "same-origin", headers: { "Accept": "application/json" } }); }
+    try { r = await fetch(`${salesBox.dataset.salesUrl}?newest=${SALES_SHOWN_MAX}`, { credentials: "same-origin", headers: { "Accept": "application/json" } }); }
     catch (e) { $("sales-age").textContent = "connection lost; retrying"; return; }
     if (!r.ok) { $("sales-age").textContent = `sales unavailable (${r.status})`; return; }
     const d = await r.json();

@@ -193,6 +193,32 @@ async fn an_upcoming_sale_is_ended_at_once() {
     assert_eq!((s, code(&v)), (StatusCode::GONE, "ended"), "{v}");
 }
 
+/// `?newest=N` lists only the N highest ids, highest first (what the dashboard's live table
+/// polls); without it every sale; out of range is a 400.
+#[tokio::test]
+async fn the_sales_list_takes_the_newest_n() {
+    let t = test_app(100.0, test_throttle()).await;
+    for id in [3, 9, 5] {
+        t.create_sale(id, 5, 0).await;
+    }
+    let ids = |v: &Value| -> Vec<u64> {
+        v["sales"]
+            .as_array()
+            .expect("sales")
+            .iter()
+            .map(|r| r["sale"]["id"].as_u64().expect("id"))
+            .collect()
+    };
+    let (s, v) = admin(&t, "GET", "/admin/api/sales?newest=2", None).await;
+    assert_eq!((s, ids(&v)), (StatusCode::OK, vec![9, 5]), "{v}");
+    let (s, v) = admin(&t, "GET", "/admin/api/sales", None).await;
+    assert_eq!((s, ids(&v).len()), (StatusCode::OK, 3), "{v}");
+    for bad in ["0", "10001", "-1", "x"] {
+        let (s, v) = admin(&t, "GET", &format!("/admin/api/sales?newest={bad}"), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+}
+
 #[tokio::test]
 async fn a_sale_is_edited_before_its_start_and_not_after() {
     let t = test_app(100.0, test_throttle()).await;
