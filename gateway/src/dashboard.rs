@@ -112,7 +112,7 @@ pub(crate) struct Totals {
 }
 
 /// Outcomes counted, in the order of `live::outcome_counts`.
-pub(crate) const OUTCOMES: [&str; 8] = [
+pub(crate) const OUTCOMES: [&str; 9] = [
     "accepted",
     "sold_out",
     "tokens_exhausted",
@@ -121,6 +121,7 @@ pub(crate) const OUTCOMES: [&str; 8] = [
     "bad_token",
     "not_started",
     "unavailable",
+    "sale_paused",
 ];
 
 #[derive(Debug, Default)]

@@ -110,6 +110,7 @@ fn outcome_counts(state: &AppState) -> [u64; OUTCOMES.len()] {
         &m.bad_token,
         &m.not_started,
         &m.unavailable,
+        &m.sale_paused,
     ]
     .map(|c| c.load(Ordering::Relaxed))
 }

@@ -52,6 +52,8 @@ pub struct GatewayMetrics {
     pub not_started: AtomicU64,
     /// Refused: queue or store unavailable.
     pub unavailable: AtomicU64,
+    /// Refused: an operator paused the sale (`409 sale_paused`).
+    pub sale_paused: AtomicU64,
     /// Tokens issued.
     pub tokens_issued: AtomicU64,
     /// Tokens given back after a purchase failed for the system's reasons.
@@ -210,6 +212,7 @@ impl Collector for GatewayCollector {
             ("bad_token", &m.bad_token),
             ("not_started", &m.not_started),
             ("unavailable", &m.unavailable),
+            ("sale_paused", &m.sale_paused),
         ];
         {
             let mut family = enc.encode_descriptor(
@@ -450,7 +453,7 @@ mod tests {
         // gateway could not use, and 421s).
         assert_eq!(
             samples.len(),
-            8 + 4 + (14 + 2) + 1 + 2 + 2 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
+            9 + 4 + (14 + 2) + 1 + 2 + 2 + ROUTES.len() * 3 + ROUTES.len() * (14 + 2)
         );
         assert!(!text.contains("orders_"), "no crew, no crew counters");
         // The crew's counters once there is one.

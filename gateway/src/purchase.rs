@@ -39,7 +39,7 @@ pub async fn purchase(
     if sale.ends_at_ms.is_some_and(|e| now >= e) {
         return Err(ApiError::ended());
     }
-    crate::sales::refuse_paused(&sale)?;
+    crate::sales::refuse_paused(&sale, &state.metrics)?;
     if now < sale.starts_at_ms {
         m.not_started.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(

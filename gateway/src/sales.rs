@@ -14,8 +14,14 @@ use crate::error::ApiError;
 
 /// `409 sale_paused` if an operator has paused `sale`: the purchase path and the token
 /// path ask this after "has it ended", before anything is reserved or spent.
-pub fn refuse_paused(sale: &Sale) -> Result<(), ApiError> {
+pub fn refuse_paused(
+    sale: &Sale,
+    metrics: &crate::metrics::GatewayMetrics,
+) -> Result<(), ApiError> {
     if sale.paused {
+        metrics
+            .sale_paused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "sale_paused",

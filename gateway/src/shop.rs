@@ -289,7 +289,7 @@ pub async fn new_token(
     if sale.ends_at_ms.is_some_and(|e| now >= e) {
         return Err(ApiError::ended());
     }
-    crate::sales::refuse_paused(&sale)?;
+    crate::sales::refuse_paused(&sale, &state.metrics)?;
     if state.inventory.flagged_sold_out(id) {
         state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));

@@ -116,6 +116,14 @@ async fn a_sale_is_paused_resumed_and_ended_through_the_admin_api() {
         .expect("ok")
         .expect("stock");
     assert_eq!(stock.left, 5, "nothing reserved while paused");
+    // Both refusals are counted (`gateway_purchases_total{outcome="sale_paused"}`).
+    assert_eq!(
+        t.state
+            .metrics
+            .sale_paused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
     let (_, v) = admin(&t, "GET", "/admin/api/sales", None).await;
     assert_eq!(v["sales"][0]["state"], "paused", "{v}");
     assert!(t.state.db.sale(1).await.expect("ok").expect("sale").paused);
