@@ -189,8 +189,11 @@ impl tower::Service<axum::extract::Request> for Front {
         let guard = InFlight(self.in_flight.clone());
         if !admitted {
             drop(guard);
-            let resp = ApiError::unavailable("overloaded", "too many requests in flight", 1000)
-                .into_response();
+            let resp = busy(
+                crate::pages::wants_html(req.uri().path(), req.headers()),
+                "overloaded",
+                "too many requests in flight",
+            );
             state.metrics.observe(route, started, resp.status());
             return Box::pin(std::future::ready(Ok(resp)));
         }
@@ -267,6 +270,8 @@ impl tower::Service<axum::extract::Request> for Front {
         req.extensions_mut().insert(BodyLimit(limit));
         let timeout = Duration::from_millis(self.limits.request_timeout_ms.max(1));
         let pages = compressible(req.uri().path()).then(|| self.pages.clone());
+        // A browser asking for a page gets the timeout as a page (the API paths never do).
+        let page = crate::pages::wants_html(req.uri().path(), req.headers());
         let inner = self.inner.clone();
         Box::pin(async move {
             let _guard = guard;
@@ -281,8 +286,7 @@ impl tower::Service<axum::extract::Request> for Front {
             let mut resp = match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(never)) => match never {},
-                Err(_) => ApiError::unavailable("timeout", "the request took too long", 1000)
-                    .into_response(),
+                Err(_) => busy(page, "timeout", "the request took too long"),
             };
             if hsts {
                 resp.headers_mut().insert(
@@ -294,6 +298,28 @@ impl tower::Service<axum::extract::Request> for Front {
             Ok(resp)
         })
     }
+}
+
+/// The page a browser gets when the gateway sheds its request or it times out: static
+/// HTML (no template: this answer must stay cheap under load), a 503 with `Retry-After`.
+pub const BUSY_PAGE: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Very busy · Flash sale</title></head><body><h1>Very busy right now</h1><p id=\"message\">So many people are here that this page could not be served. Reload it in a moment; nothing you already bought is lost.</p><p><a href=\"/\">All sales</a> · <a href=\"/orders\">My orders</a></p></body></html>";
+
+/// 503 with `Retry-After: 1`: [`BUSY_PAGE`] for a browser asking for a page (`page`), the
+/// JSON `code` otherwise.
+fn busy(page: bool, code: &'static str, message: &'static str) -> Response {
+    if page {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::RETRY_AFTER, "1"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            BUSY_PAGE,
+        )
+            .into_response();
+    }
+    ApiError::unavailable(code, message, 1000).into_response()
 }
 
 /// 413 `too_large`: the body is over `limit` bytes.

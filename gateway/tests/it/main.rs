@@ -1332,6 +1332,22 @@ async fn load_is_shed_and_a_failed_enqueue_releases_the_unit() {
     assert!(shed.starts_with("HTTP/1.1 503"), "{shed}");
     assert!(shed.to_ascii_lowercase().contains("retry-after"), "{shed}");
     assert!(shed.contains("overloaded"), "{shed}");
+    // A browser asking for a page meanwhile gets a page, not JSON: 503, Retry-After, HTML.
+    let page = {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /sales/1 HTTP/1.1\r\nHost: x\r\nAccept: text/html,*/*;q=0.8\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+    let head = page.to_ascii_lowercase();
+    assert!(head.contains("retry-after: 1"), "{page}");
+    assert!(head.contains("content-type: text/html"), "{page}");
+    assert!(page.contains("Very busy right now"), "{page}");
     // Alice's enqueue fails: 503, and her unit is back.
     gated.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     gated.go.add_permits(1);
