@@ -191,8 +191,7 @@ impl tower::Service<axum::extract::Request> for Front {
             drop(guard);
             let resp = busy(
                 crate::pages::wants_html(req.uri().path(), req.headers()),
-                "overloaded",
-                "too many requests in flight",
+                ApiError::unavailable("overloaded", "too many requests in flight", 1000),
             );
             state.metrics.observe(route, started, resp.status());
             return Box::pin(std::future::ready(Ok(resp)));
@@ -286,7 +285,10 @@ impl tower::Service<axum::extract::Request> for Front {
             let mut resp = match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(never)) => match never {},
-                Err(_) => busy(page, "timeout", "the request took too long"),
+                Err(_) => busy(
+                    page,
+                    ApiError::unavailable("timeout", "the request took too long", 1000),
+                ),
             };
             if hsts {
                 resp.headers_mut().insert(
@@ -305,8 +307,8 @@ impl tower::Service<axum::extract::Request> for Front {
 pub const BUSY_PAGE: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Very busy · Flash sale</title></head><body><h1>Very busy right now</h1><p id=\"message\">So many people are here that this page could not be served. Reload it in a moment; nothing you already bought is lost.</p><p><a href=\"/\">All sales</a> · <a href=\"/orders\">My orders</a></p></body></html>";
 
 /// 503 with `Retry-After: 1`: [`BUSY_PAGE`] for a browser asking for a page (`page`), the
-/// JSON `code` otherwise.
-fn busy(page: bool, code: &'static str, message: &'static str) -> Response {
+/// JSON `error` (a 503 with its own `Retry-After`) otherwise.
+fn busy(page: bool, error: ApiError) -> Response {
     if page {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -319,7 +321,7 @@ fn busy(page: bool, code: &'static str, message: &'static str) -> Response {
         )
             .into_response();
     }
-    ApiError::unavailable(code, message, 1000).into_response()
+    error.into_response()
 }
 
 /// 413 `too_large`: the body is over `limit` bytes.
