@@ -214,6 +214,16 @@ pub fn encode_frame(out: &mut Vec<u8>, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// Fills in the frame header in front of a body encoded in place: `frame` is the header's
+/// [`FRAME_HEADER_LEN`] bytes (any content) followed by the body; the result is the same
+/// bytes [`encode_frame`] writes for that body.
+pub fn seal_frame(frame: &mut [u8]) {
+    let (header, body) = frame.split_at_mut(FRAME_HEADER_LEN);
+    debug_assert!(!body.is_empty() && body.len() <= FRAME_BODY_BYTES_MAX);
+    header[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
+}
+
 /// One message as it is written (borrowed parts).
 #[derive(Debug, Clone, Copy)]
 pub struct EntryRef<'a> {
@@ -261,6 +271,30 @@ pub fn entry_len_max(
     payload_len: usize,
 ) -> usize {
     let mut n = 1 + 1 + 4 + 16 + 8 + payload_len;
+    if let Some(t) = target {
+        n += 1 + t.len();
+    }
+    for (k, v) in headers {
+        n += 1 + k.len() + 2 + v.len();
+    }
+    n
+}
+
+/// The exact length [`encode_entry`] gives an entry with these parts.
+pub fn entry_len(
+    id: Option<u128>,
+    due_ms: Option<u64>,
+    target: Option<&str>,
+    headers: &[(String, Vec<u8>)],
+    payload_len: usize,
+) -> usize {
+    let mut n = 1 + 1 + 4 + payload_len;
+    if id.is_some() {
+        n += 16;
+    }
+    if due_ms.is_some() {
+        n += 8;
+    }
     if let Some(t) = target {
         n += 1 + t.len();
     }
@@ -567,6 +601,38 @@ pub fn decode_any(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_len_is_exact_and_a_sealed_frame_equals_an_encoded_one() {
+        let headers = vec![
+            ("a".to_string(), b"xyz".to_vec()),
+            ("bb".to_string(), Vec::new()),
+        ];
+        for id in [None, Some(7u128 << 100 | 3)] {
+            for due in [None, Some(123_456u64)] {
+                for target in [None, Some("grp")] {
+                    for hs in [&headers[..0], &headers[..]] {
+                        for payload in [&b""[..], &b"payload bytes"[..]] {
+                            let mut body = vec![KIND_MESSAGES];
+                            encode_entry(&mut body, 0, id, due, target, hs, payload);
+                            assert_eq!(
+                                body.len() - 1,
+                                entry_len(id, due, target, hs, payload.len()),
+                                "{id:?} {due:?} {target:?} {} headers",
+                                hs.len()
+                            );
+                            let mut framed = Vec::new();
+                            encode_frame(&mut framed, &body);
+                            let mut sealed = vec![0xAA; FRAME_HEADER_LEN];
+                            sealed.extend_from_slice(&body);
+                            seal_frame(&mut sealed);
+                            assert_eq!(sealed, framed);
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {

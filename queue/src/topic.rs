@@ -335,6 +335,10 @@ impl TopicState {
     ///
     /// `flags` is added to every entry (replays pass `FLAG_NO_DEDUP`), `target` limits the
     /// messages to one group.
+    ///
+    /// Every publish runs this under the topic lock, so it allocates once for the bytes
+    /// (sized exactly, segment header included when the record starts a segment) and once
+    /// for the confirms; the entries are encoded in place, not copied into a frame.
     pub(crate) fn append_messages(
         &mut self,
         messages: &[Message],
@@ -345,39 +349,54 @@ impl TopicState {
         self.expire_dedup(now_ms);
         let use_dedup = flags & FLAG_NO_DEDUP == 0;
         let mut confirms = Vec::with_capacity(messages.len());
-        let mut fresh: Vec<&Message> = Vec::with_capacity(messages.len());
+        // Which messages are repeats (allocated only once one is found) and the ids of this
+        // batch (allocated only for a batch of several messages with ids).
+        let mut repeats: Option<Vec<bool>> = None;
         let mut batch_ids: HashMap<u128, u64> = HashMap::new();
-        for m in messages {
+        let mut fresh = 0usize;
+        for (i, m) in messages.iter().enumerate() {
             let known =
                 m.id.filter(|_| use_dedup)
                     .and_then(|id| self.dedup.get(id).or_else(|| batch_ids.get(&id).copied()));
             match known {
-                Some(offset) => confirms.push(Confirm {
-                    offset,
-                    duplicate: true,
-                }),
+                Some(offset) => {
+                    confirms.push(Confirm {
+                        offset,
+                        duplicate: true,
+                    });
+                    repeats.get_or_insert_with(|| vec![false; messages.len()])[i] = true;
+                }
                 None => {
-                    let offset = self.next_offset + fresh.len() as u64;
-                    if let (Some(id), true) = (m.id, use_dedup) {
+                    let offset = self.next_offset + fresh as u64;
+                    if let (Some(id), true) = (m.id, use_dedup)
+                        && messages.len() > 1
+                    {
                         batch_ids.insert(id, offset);
                     }
                     confirms.push(Confirm {
                         offset,
                         duplicate: false,
                     });
-                    fresh.push(m);
+                    fresh += 1;
                 }
             }
         }
-        let duplicates = (messages.len() - fresh.len()) as u64;
-        if fresh.is_empty() {
+        let fresh_messages = || {
+            messages
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| repeats.as_ref().is_none_or(|r| !r[*i]))
+                .map(|(_, m)| m)
+        };
+        let duplicates = (messages.len() - fresh) as u64;
+        if fresh == 0 {
             self.duplicates += duplicates;
             return Ok((confirms, None));
         }
 
         // Backpressure: refuse the whole batch if it would pass a backlog limit.
         let low = self.needed_low().unwrap_or(self.log_start);
-        let backlog = self.next_offset.saturating_sub(low) + fresh.len() as u64;
+        let backlog = self.next_offset.saturating_sub(low) + fresh as u64;
         if backlog > self.limits.backlog_messages_max {
             return Err(Error::Full {
                 topic: self.name.clone(),
@@ -385,7 +404,7 @@ impl TopicState {
                 limit: self.limits.backlog_messages_max,
             });
         }
-        let payload_bytes: u64 = fresh.iter().map(|m| m.payload.len() as u64 + 64).sum();
+        let payload_bytes: u64 = fresh_messages().map(|m| m.payload.len() as u64 + 64).sum();
         if self.retained_bytes() + payload_bytes > self.limits.backlog_bytes_max {
             return Err(Error::Full {
                 topic: self.name.clone(),
@@ -394,63 +413,64 @@ impl TopicState {
             });
         }
 
-        let base_offset = self.next_offset;
-        let mut body = Vec::with_capacity(
-            BATCH_HEADER_LEN
-                + fresh
-                    .iter()
-                    .map(|m| format::entry_len_max(target, &m.headers, m.payload.len()))
-                    .sum::<usize>(),
-        );
-        format::encode_batch_header(
-            &mut body,
-            &BatchHeader {
-                base_offset,
-                publish_ms: now_ms,
-                count: fresh.len() as u32,
-            },
-        );
-        let mut entry_starts = Vec::with_capacity(fresh.len());
-        let mut dues = Vec::with_capacity(fresh.len());
-        for m in &fresh {
-            let due = match m.due {
-                Due::Now => None,
-                Due::At(t) => Some(t),
-                Due::After(d) => Some(now_ms.saturating_add(d)),
-            };
-            dues.push(due);
-            entry_starts.push(body.len());
-            format::encode_entry(&mut body, flags, m.id, due, target, &m.headers, &m.payload);
-        }
+        let due_of = |m: &Message| match m.due {
+            Due::Now => None,
+            Due::At(t) => Some(t),
+            Due::After(d) => Some(now_ms.saturating_add(d)),
+        };
+        let body_len = BATCH_HEADER_LEN
+            + fresh_messages()
+                .map(|m| format::entry_len(m.id, due_of(m), target, &m.headers, m.payload.len()))
+                .sum::<usize>();
         // Recovery refuses longer frames: such a record would be cut as torn, confirmed or not.
-        if body.len() > format::FRAME_BODY_BYTES_MAX {
+        if body_len > format::FRAME_BODY_BYTES_MAX {
             return Err(Error::Invalid(format!(
-                "a batch of {} encoded bytes exceeds the largest record ({} bytes)",
-                body.len(),
+                "a batch of {body_len} encoded bytes exceeds the largest record ({} bytes)",
                 format::FRAME_BODY_BYTES_MAX
             )));
         }
-        let frame_len = (FRAME_HEADER_LEN + body.len()) as u64;
+        let frame_len = (FRAME_HEADER_LEN + body_len) as u64;
         let mut out = Vec::with_capacity(frame_len as usize + SEGMENT_HEADER_LEN);
         let (file, pos, new_file) = self.reserve(frame_len, &mut out)?;
         let frame_start = pos + out.len() as u64;
-        format::encode_frame(&mut out, &body);
-
+        let body_start = out.len() + FRAME_HEADER_LEN;
+        // Length and checksum are filled in once the body is encoded.
+        out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+        let base_offset = self.next_offset;
+        format::encode_batch_header(
+            &mut out,
+            &BatchHeader {
+                base_offset,
+                publish_ms: now_ms,
+                count: fresh as u32,
+            },
+        );
         let seg = self
             .segments
             .back_mut()
             .ok_or_else(|| Error::Invalid("topic has no segment".into()))?;
-        for start in &entry_starts {
-            let entry_pos = frame_start + FRAME_HEADER_LEN as u64 + *start as u64;
+        for m in fresh_messages() {
+            let entry_pos = frame_start + (out.len() - body_start + FRAME_HEADER_LEN) as u64;
             seg.positions.push(entry_pos as u32);
+            format::encode_entry(
+                &mut out,
+                flags,
+                m.id,
+                due_of(m),
+                target,
+                &m.headers,
+                &m.payload,
+            );
         }
+        format::seal_frame(&mut out[body_start - FRAME_HEADER_LEN..]);
+        debug_assert_eq!(out.len() - body_start, body_len);
         seg.last_publish_ms = now_ms;
-        self.next_offset += fresh.len() as u64;
+        self.next_offset += fresh as u64;
         self.duplicates += duplicates;
-        self.published += fresh.len() as u64;
-        for (i, m) in fresh.iter().enumerate() {
+        self.published += fresh as u64;
+        for (i, m) in fresh_messages().enumerate() {
             let off = base_offset + i as u64;
-            if let Some(due) = dues[i] {
+            if let Some(due) = due_of(m) {
                 self.index_delay(off, due, now_ms);
             }
             if let (Some(id), true) = (m.id, use_dedup) {

@@ -38,6 +38,14 @@ use crate::limits::{
     COMMIT_BYTES_MAX, COMMIT_GATHER_GAP_US, COMMIT_GATHER_MAX_US, NOTIFY_ROUNDS_MAX,
 };
 
+/// Most job slots a round reserves up front (sized like the previous round, up to this);
+/// a larger round grows its vector as usual.
+const ROUND_JOBS_PREALLOC: usize = 1024;
+
+/// Largest coalescing buffer the writer keeps between rounds; a round of big batches
+/// (up to `COMMIT_BYTES_MAX`) gives its larger buffer back.
+const COALESCE_BUF_KEEP_MAX: usize = 1 << 20;
+
 /// An open segment file.
 #[derive(Debug)]
 pub(crate) struct SegFile {
@@ -267,6 +275,8 @@ fn run(
     let mut dirty_dirs: Vec<PathBuf> = Vec::new();
     let mut last_sync = Instant::now();
     let mut previous_round_jobs = 0usize;
+    // The coalescing buffer, kept across rounds so that a round allocates nothing for it.
+    let mut buf: Vec<u8> = Vec::new();
     let interval = match durability {
         Durability::FsyncBeforeConfirm => None,
         Durability::Interval { interval_ms } => Some(Duration::from_millis(interval_ms.max(1))),
@@ -307,7 +317,9 @@ fn run(
             }
         };
         let gather_start = Instant::now();
-        let mut jobs = Vec::new();
+        // Sized for a round like the previous one: the vector is handed to the notifier
+        // with the round, so it cannot be kept.
+        let mut jobs = Vec::with_capacity(previous_round_jobs.clamp(1, ROUND_JOBS_PREALLOC));
         let mut stop = None;
         let mut bytes = 0usize;
         let mut next = first;
@@ -356,7 +368,17 @@ fn run(
             None => Ok(()),
         };
         if result.is_ok() {
-            result = write_all(&jobs, &mut dirty, &mut dirty_dirs, &metrics.fsync, faults);
+            result = write_all(
+                &jobs,
+                &mut buf,
+                &mut dirty,
+                &mut dirty_dirs,
+                &metrics.fsync,
+                faults,
+            );
+            if buf.capacity() > COALESCE_BUF_KEEP_MAX {
+                buf = Vec::new();
+            }
             if result.is_ok() {
                 metrics
                     .bytes_written
@@ -409,13 +431,13 @@ fn stop_notifier(notifier: Option<(SyncSender<Round>, JoinHandle<()>)>) {
 
 fn write_all(
     jobs: &[Job],
+    buf: &mut Vec<u8>,
     dirty: &mut HashMap<*const SegFile, Arc<SegFile>>,
     dirty_dirs: &mut Vec<PathBuf>,
     fsync_us: &AtomicHistogram,
     faults: Option<&dyn StorageFaults>,
 ) -> Result<(), WriteFailure> {
     let mut i = 0;
-    let mut buf = Vec::new();
     while i < jobs.len() {
         let Some(file) = &jobs[i].file else {
             i += 1;
@@ -445,7 +467,7 @@ fn write_all(
             for job in &jobs[i..j] {
                 buf.extend_from_slice(&job.bytes);
             }
-            write_at(file, &buf, start, faults)
+            write_at(file, buf, start, faults)
         };
         result.map_err(|e| WriteFailure::new("write", &file.path, e))?;
         dirty.insert(Arc::as_ptr(file), file.clone());
@@ -514,7 +536,7 @@ fn sync_files(
     Ok(())
 }
 
-fn finish(jobs: Vec<Job>, result: &Result<(), WriteFailure>) {
+fn finish(mut jobs: Vec<Job>, result: &Result<(), WriteFailure>) {
     if result.is_ok() {
         // Tell each topic its new durable end once (jobs are in offset order per topic).
         let mut latest: Vec<(Arc<dyn DurableSink>, u64)> = Vec::new();
@@ -530,9 +552,13 @@ fn finish(jobs: Vec<Job>, result: &Result<(), WriteFailure>) {
             sink.durable(end);
         }
     }
-    for job in jobs {
-        if let Some(done) = job.done {
+    // Every caller first, in one tight pass, and only then free the jobs (their bytes were
+    // allocated on the callers' threads): wake-ups close together let a woken runtime
+    // worker find the next task already queued instead of parking between two of them.
+    for job in &mut jobs {
+        if let Some(done) = job.done.take() {
             let _ = done.send(result.clone().map_err(Error::from));
         }
     }
+    drop(jobs);
 }

@@ -461,17 +461,90 @@ fn environment_json() -> Value {
 }
 
 /// [`io_counters`] at the start and at the end of a window.
-type IoSample = ((u64, u64), (u64, u64));
+/// [`io_counters`] and [`thread_counters`] at the start and at the end of a window.
+type IoSample = (((u64, u64), ThreadCounters), ((u64, u64), ThreadCounters));
 
-/// Samples [`io_counters`] at the start and end of a measured window: the writer thread
-/// makes one `pwrite` per file per group-commit round, so write syscalls in the window
-/// count the rounds (and the fdatasyncs).
+/// Samples [`io_counters`] and [`thread_counters`] at the start and end of a measured
+/// window: the writer thread makes one `pwrite` per file per group-commit round, so write
+/// syscalls in the window count the rounds (and the fdatasyncs); the threads' context
+/// switches and CPU time say what each message cost the process.
 fn spawn_io_sampler(w: Window) -> tokio::task::JoinHandle<IoSample> {
     tokio::spawn(async move {
         tokio::time::sleep_until(w.from.into()).await;
-        let start = io_counters();
+        let start = (io_counters(), thread_counters());
         tokio::time::sleep_until(w.until.into()).await;
-        (start, io_counters())
+        (start, (io_counters(), thread_counters()))
+    })
+}
+
+/// Per thread name (tokio's workers share one): context switches (voluntary, involuntary)
+/// and nanoseconds on a CPU, summed over the process's threads.
+type ThreadCounters = std::collections::BTreeMap<String, (u64, u64, u64)>;
+
+/// Reads `/proc/self/task/*/{comm,status,schedstat}`. Threads that end between two samples
+/// drop out of the later one; the phases' threads (tokio workers, the engine's writer and
+/// notifier) live through the window.
+fn thread_counters() -> ThreadCounters {
+    let mut out = ThreadCounters::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let status = |key: &str| {
+            proc_field(&dir.join("status").to_string_lossy(), key)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let on_cpu_ns = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let e = out.entry(name).or_default();
+        e.0 += status("voluntary_ctxt_switches");
+        e.1 += status("nonvoluntary_ctxt_switches");
+        e.2 += on_cpu_ns;
+    }
+    out
+}
+
+/// Context switches and CPU time per message in the window, per thread name and in total.
+fn threads_json(start: &ThreadCounters, end: &ThreadCounters, msgs: u64) -> Value {
+    let per = |x: u64| {
+        if msgs > 0 {
+            round3(x as f64 / msgs as f64)
+        } else {
+            0.0
+        }
+    };
+    let mut by_name = serde_json::Map::new();
+    let (mut cs, mut ns) = (0u64, 0u64);
+    for (name, &(v1, n1, t1)) in end {
+        let (v0, n0, t0) = start.get(name).copied().unwrap_or_default();
+        let (v, n, t) = (
+            v1.saturating_sub(v0),
+            n1.saturating_sub(n0),
+            t1.saturating_sub(t0),
+        );
+        cs += v + n;
+        ns += t;
+        by_name.insert(
+            name.clone(),
+            json!({
+                "voluntary_cs_per_msg": per(v),
+                "involuntary_cs_per_msg": per(n),
+                "cpu_ns_per_msg": per(t),
+            }),
+        );
+    }
+    json!({
+        "context_switches_per_msg": per(cs),
+        "cpu_ns_per_msg": per(ns),
+        "by_thread": by_name,
+        "note": "from /proc/self/task/*/status and schedstat over the measured window, divided by the messages confirmed in it",
     })
 }
 
@@ -480,7 +553,7 @@ fn group_commit_json(
     msgs: u64,
     secs: f64,
 ) -> Value {
-    let Ok(((w0, b0), (w1, b1))) = sampled else {
+    let Ok((((w0, b0), threads0), ((w1, b1), threads1))) = sampled else {
         return Value::Null;
     };
     let writes = w1.saturating_sub(w0);
@@ -490,6 +563,7 @@ fn group_commit_json(
         "msgs_per_round": if writes > 0 { round1(msgs as f64 / writes as f64) } else { 0.0 },
         "mean_round_us": if writes > 0 { round1(secs * 1e6 / writes as f64) } else { 0.0 },
         "disk_write_mb_per_s": round1(b1.saturating_sub(b0) as f64 / secs / 1e6),
+        "threads": threads_json(&threads0, &threads1, msgs),
         "note": "write syscalls of the process in the measured window (/proc/self/io syscw): one pwrite + one fdatasync per group-commit round",
     })
 }
@@ -757,9 +831,13 @@ where
 {
     let w = Window::new(a.warmup_secs, a.secs);
     let sampler = spawn_io_sampler(w);
+    // Every message confirmed, warm-up and stragglers included: what a whole-process
+    // `perf stat` or callgrind run divides by.
+    let all = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for _ in 0..tasks {
         let publish = publish.clone();
+        let all = all.clone();
         handles.push(tokio::spawn(async move {
             let mut timed = Timed::new()?;
             loop {
@@ -770,6 +848,7 @@ where
                 }
                 let msgs = operation.await?;
                 timed.record(&w, t0, Instant::now(), msgs);
+                all.fetch_add(msgs, Ordering::Relaxed);
             }
             Ok(timed)
         }));
@@ -780,6 +859,7 @@ where
         json!({
             "seconds": w.secs(),
             "messages": timed.msgs,
+            "messages_all": all.load(Ordering::Relaxed),
             "group_commit": group_commit,
         }),
         rates_json(timed.msgs, w.secs()),
