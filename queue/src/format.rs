@@ -604,7 +604,7 @@ mod tests {
 
     #[test]
     fn entry_len_is_exact_and_a_sealed_frame_equals_an_encoded_one() {
-        let headers = vec![
+        let headers = [
             ("a".to_string(), b"xyz".to_vec()),
             ("bb".to_string(), Vec::new()),
         ];
