@@ -127,8 +127,10 @@ pub struct ServeLimits {
     /// it is refused before the body is read).
     pub body_limit_bytes: usize,
     /// Longest wait for a request's head (request line and headers), from the moment the
-    /// connection waits for one: a client sending half a request line, or holding an idle
-    /// keep-alive connection, is disconnected after it.
+    /// connection waits for one: a client sending half a request line (or trickling one),
+    /// or holding an idle keep-alive connection, is disconnected after it — at the
+    /// connection's next housekeeping tick, so between this and one and a half times this
+    /// (`front::ConnTimeouts`: no timer per request).
     pub header_read_timeout_ms: u64,
     /// A connection with no bytes read or written for this long is asked to close
     /// (between `idle_timeout_ms` and twice it), and dropped if still no byte moves for

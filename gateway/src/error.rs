@@ -4,9 +4,19 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-/// `s` as a JSON string literal.
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+/// Appends `s` to `out` as a JSON string literal. Most codes and messages need no
+/// escaping and are copied as they are (no allocation of their own: refusals are the
+/// gateway's most common answer); the rest go through serde_json.
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    }
 }
 
 /// The message of every 503 `unavailable` from a dependency's error (the error itself
@@ -104,12 +114,12 @@ impl IntoResponse for ApiError {
         // Written directly (no JSON tree): refusals are the gateway's most common answer.
         let mut body = String::with_capacity(32 + self.code.len() + self.message.len());
         body.push_str("{\"error\":");
-        body.push_str(&json_string(self.code));
+        push_json_string(&mut body, self.code);
         body.push_str(",\"message\":");
-        body.push_str(&json_string(&self.message));
+        push_json_string(&mut body, &self.message);
         if let Some(t) = &self.ticket {
             body.push_str(",\"ticket\":");
-            body.push_str(&json_string(t));
+            push_json_string(&mut body, t);
         }
         body.push('}');
         let mut resp = (
@@ -231,6 +241,29 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The copy-as-is path writes exactly what serde_json writes, and anything needing
+    /// escapes (quotes, backslashes, control characters) or outside printable ASCII goes
+    /// through serde_json.
+    #[test]
+    fn json_strings_are_what_serde_json_writes() {
+        for s in [
+            "",
+            "sold out",
+            "the sale starts at 1800000000000",
+            "quote \" inside",
+            "back\\slash",
+            "line\nbreak",
+            "tab\tand\u{1}",
+            "del\u{7f}",
+            "caf\u{e9} \u{1f600}",
+            "</script>",
+        ] {
+            let mut out = String::new();
+            push_json_string(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).expect("a string"), "{s:?}");
+        }
+    }
 
     #[tokio::test]
     async fn the_body_is_json_with_code_and_escaped_message() {

@@ -152,14 +152,6 @@ impl std::fmt::Debug for Front {
 /// One request in flight, counted until dropped.
 struct InFlight(Arc<AtomicUsize>);
 
-impl InFlight {
-    /// Counts one more in `count` until the guard is dropped.
-    fn enter(count: &Arc<AtomicUsize>) -> InFlight {
-        count.fetch_add(1, Ordering::AcqRel);
-        InFlight(count.clone())
-    }
-}
-
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
@@ -169,9 +161,7 @@ impl Drop for InFlight {
 impl tower::Service<axum::extract::Request> for Front {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
-    >;
+    type Future = FrontFuture;
 
     fn poll_ready(
         &mut self,
@@ -180,7 +170,20 @@ impl tower::Service<axum::extract::Request> for Front {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: axum::extract::Request) -> Self::Future {
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        self.handle(req)
+    }
+}
+
+/// The future of one request through [`Front`].
+pub type FrontFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+>;
+
+impl Front {
+    /// One request (`tower::Service::call` without the `&mut`: a connection calls it on
+    /// its one `Front` without cloning it per request).
+    pub fn handle(&self, mut req: axum::extract::Request) -> FrontFuture {
         let started = std::time::Instant::now();
         let route = route_index(req.uri().path());
         let state = self.state.clone();
@@ -406,6 +409,90 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// (out of file descriptors: waiting lets connections close).
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The connections being served, each with its own shutdown signal: the accept loop
+/// registers a connection when it starts and the connection removes itself when it ends;
+/// at shutdown every registered connection is told to stop, and later to drop.
+///
+/// One pair of `oneshot` channels per connection rather than one `watch` channel for all:
+/// a connection task polls its shutdown signals every time it wakes (several times per
+/// request), and polling a shared `watch` receiver takes the channel's one lock, which
+/// every connection on both cores contended for (issue 19). A `oneshot` is polled with
+/// one atomic load.
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    live: std::collections::HashMap<u64, Signals>,
+}
+
+/// The shutdown senders of one connection.
+struct Signals {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    drop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+type Registry = Arc<std::sync::Mutex<Connections>>;
+
+fn lock_registry(r: &Registry) -> std::sync::MutexGuard<'_, Connections> {
+    r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A registered connection: removed from the registry when dropped. Holds the registry
+/// weakly, so that once the accept loop is gone (its future dropped) the senders go with
+/// it and every connection sees its signals fire.
+struct Registered {
+    id: u64,
+    registry: std::sync::Weak<std::sync::Mutex<Connections>>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(r) = self.registry.upgrade() {
+            lock_registry(&r).live.remove(&self.id);
+        }
+    }
+}
+
+/// Registers one connection: its registration and its (stop, drop) receivers.
+fn register(
+    registry: &Registry,
+) -> (
+    Registered,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (stop, stopping) = tokio::sync::oneshot::channel();
+    let (drop, dropping) = tokio::sync::oneshot::channel();
+    let mut c = lock_registry(registry);
+    let id = c.next_id;
+    c.next_id += 1;
+    c.live.insert(
+        id,
+        Signals {
+            stop: Some(stop),
+            drop: Some(drop),
+        },
+    );
+    (
+        Registered {
+            id,
+            registry: Arc::downgrade(registry),
+        },
+        stopping,
+        dropping,
+    )
+}
+
+/// Sends every registered connection its stop (`stop`) or drop (`!stop`) signal.
+fn signal_all(registry: &Registry, stop: bool) {
+    let mut c = lock_registry(registry);
+    for s in c.live.values_mut() {
+        let sender = if stop { s.stop.take() } else { s.drop.take() };
+        if let Some(sender) = sender {
+            let _ = sender.send(());
+        }
+    }
+}
+
 /// The accept loop: each connection served by hyper's HTTP/1 with the header-read timeout
 /// ([`ServeLimits::header_read_timeout_ms`], which also ends an idle keep-alive wait), the
 /// idle timeout ([`ServeLimits::idle_timeout_ms`]), and at most
@@ -426,8 +513,7 @@ pub async fn serve_connections(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let permits = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(tokio::sync::Semaphore::new(permits as usize));
-    let (stop, stopping) = tokio::sync::watch::channel(());
-    let (drop_all, dropping) = tokio::sync::watch::channel(());
+    let registry: Registry = Arc::default();
     let metrics = front.state.metrics.clone();
     tokio::pin!(shutdown);
     loop {
@@ -449,17 +535,21 @@ pub async fn serve_connections(
             drop(stream);
             continue;
         };
+        let (registered, stopping, dropping) = register(&registry);
         tokio::spawn(serve_connection(
             stream,
             front.for_peer(peer),
-            stopping.clone(),
-            dropping.clone(),
+            Shutdown {
+                stopping,
+                dropping,
+                _registered: registered,
+            },
             slot,
         ));
     }
     drop(listener);
     // Every connection: finish the request in progress, then close.
-    let _ = stop.send(());
+    signal_all(&registry, true);
     let grace = Duration::from_millis(limits.request_timeout_ms) + SHUTDOWN_GRACE;
     if tokio::time::timeout(grace, slots.acquire_many(permits))
         .await
@@ -470,7 +560,7 @@ pub async fn serve_connections(
             metrics.connections_open.load(Ordering::Relaxed),
             grace.as_millis()
         );
-        let _ = drop_all.send(());
+        signal_all(&registry, false);
         let _ = slots.acquire_many(permits).await;
     }
     Ok(())
@@ -486,52 +576,159 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// One connection's shutdown signals: stop (finish the request in progress, then close)
+/// and drop (at once); either fires too when the accept loop is gone.
+struct Shutdown {
+    stopping: tokio::sync::oneshot::Receiver<()>,
+    dropping: tokio::sync::oneshot::Receiver<()>,
+    _registered: Registered,
+}
+
+/// The period of a connection's housekeeping tick for these limits: at most half the
+/// header-read timeout (so that the timeout is enforced between once and one and a half
+/// times its length) and at most the idle timeout.
+pub fn tick_period(limits: &ServeLimits) -> Duration {
+    let half_head = (limits.header_read_timeout_ms / 2).max(1);
+    Duration::from_millis(half_head.min(limits.idle_timeout_ms).max(1))
+}
+
+/// What a connection's housekeeping tick decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickVerdict {
+    /// Nothing to do.
+    Keep,
+    /// Ask the connection to close (an idle keep-alive connection closes at once).
+    Close,
+    /// Drop the connection now.
+    Drop,
+}
+
+/// A connection's counters at one tick ([`ConnTimeouts::tick`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    /// Reads that completed.
+    pub reads: usize,
+    /// Writes that completed.
+    pub writes: usize,
+    /// Requests handed to the service.
+    pub started: usize,
+    /// Requests in the service now.
+    pub handling: usize,
+}
+
+/// The header-read and idle timeouts of one connection, judged at its housekeeping ticks
+/// ([`tick_period`]) from counters the connection keeps ([`ConnSnapshot`]) instead of a
+/// timer per request: hyper's own header-read timeout allocated, armed and disarmed a
+/// timer entry for every request (issue 19).
+///
+/// - Header read: over enough whole tick periods to cover
+///   [`ServeLimits::header_read_timeout_ms`], no request started, none was being handled
+///   and no answer was being written (no write completed): the connection is waiting for a
+///   request head (a client sending half a request line, or trickling one, or an idle
+///   keep-alive connection) and is dropped, between the timeout and one and a half times
+///   it. Reads do not count as progress here: a head trickled a byte at a time is still
+///   no head.
+/// - Idle: no byte read or written and no request handled over
+///   [`ServeLimits::idle_timeout_ms`]: asked to close; still none over another idle
+///   timeout: dropped.
+#[derive(Debug, Clone)]
+pub struct ConnTimeouts {
+    head_ticks: u64,
+    idle_ticks: u64,
+    seen: ConnSnapshot,
+    /// Consecutive tick periods waiting for a request head.
+    waiting: u64,
+    /// Consecutive tick periods without a byte moved or a request handled.
+    idle: u64,
+}
+
+impl ConnTimeouts {
+    /// The timeouts of `limits`, for a connection that just opened (waiting for its
+    /// first request head).
+    pub fn new(limits: &ServeLimits) -> ConnTimeouts {
+        let period = u64::try_from(tick_period(limits).as_millis()).unwrap_or(u64::MAX);
+        ConnTimeouts {
+            head_ticks: limits.header_read_timeout_ms.div_ceil(period).max(1),
+            idle_ticks: limits.idle_timeout_ms.div_ceil(period).max(1),
+            seen: ConnSnapshot::default(),
+            waiting: 0,
+            idle: 0,
+        }
+    }
+
+    /// One tick, with the connection's counters `now`.
+    pub fn tick(&mut self, now: ConnSnapshot) -> TickVerdict {
+        let before = self.seen;
+        // A period counts as waiting for a head only if nothing was handled at either end
+        // of it (a request handled at the last tick may have ended just before this one).
+        let waited = now.started == before.started
+            && now.writes == before.writes
+            && now.handling == 0
+            && before.handling == 0;
+        self.waiting = if waited { self.waiting + 1 } else { 0 };
+        let idle = now.reads == before.reads && now.writes == before.writes && now.handling == 0;
+        self.idle = if idle { self.idle + 1 } else { 0 };
+        self.seen = now;
+        if self.waiting >= self.head_ticks || self.idle >= 2 * self.idle_ticks {
+            TickVerdict::Drop
+        } else if self.idle >= self.idle_ticks {
+            TickVerdict::Close
+        } else {
+            TickVerdict::Keep
+        }
+    }
+}
+
 /// One connection, until it closes; holds its `slot` of the connection cap until then.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     front: Front,
-    mut stopping: tokio::sync::watch::Receiver<()>,
-    mut dropping: tokio::sync::watch::Receiver<()>,
+    shutdown: Shutdown,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let limits = front.limits;
     let metrics = front.state.metrics.clone();
     metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-    let activity = Arc::new(AtomicUsize::new(0));
+    let counters = Arc::new(ConnCounters::default());
     let io = hyper_util::rt::TokioIo::new(Counted {
         inner: stream,
-        activity: activity.clone(),
+        counters: counters.clone(),
     });
-    // Requests of this connection being handled: the connection is not idle meanwhile
-    // (a handler moves no bytes until it answers; the request timeout bounds it).
-    let handling = Arc::new(AtomicUsize::new(0));
+    let front = Arc::new(front);
     let service = {
-        let handling = handling.clone();
+        let counters = counters.clone();
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let mut front = front.clone();
-            let counted = InFlight::enter(&handling);
-            let answer = tower::Service::call(&mut front, req.map(axum::body::Body::new));
+            counters.started.fetch_add(1, Ordering::Relaxed);
+            // Requests of this connection being handled: the connection is not idle
+            // meanwhile (a handler moves no bytes until it answers; the request timeout
+            // bounds it).
+            let counted = Handling::enter(&counters);
+            let answer = front.handle(req.map(axum::body::Body::new));
             async move {
                 let _counted = counted;
                 answer.await
             }
         })
     };
+    // No timer for hyper: the header-read timeout is judged at the connection's ticks
+    // (`ConnTimeouts`), not by a timer armed per request.
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
-        .keep_alive(true);
+    builder.keep_alive(true);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    let idle = Duration::from_millis(limits.idle_timeout_ms);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    let period = tick_period(&limits);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen = 0;
-    let mut idle_ticks = 0u32;
+    let mut timeouts = ConnTimeouts::new(&limits);
+    let Shutdown {
+        mut stopping,
+        mut dropping,
+        _registered,
+    } = shutdown;
     let mut closing = false;
     loop {
         tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!("connection: {e}");
@@ -539,30 +736,25 @@ async fn serve_connection(
                 break;
             }
             // The shutdown (or the server gone): finish the request in progress, then close.
-            _ = stopping.changed(), if !closing => {
+            _ = &mut stopping, if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
             // The shutdown's grace is over: dropped, whatever it was doing.
-            _ = dropping.changed() => break,
-            // Idle: not a byte moved since the last tick. Asked to close first (an idle
-            // keep-alive connection closes at once); still no byte a tick later (a client
-            // that stopped mid-request or stopped reading its answer), dropped.
+            _ = &mut dropping => break,
             _ = tick.tick() => {
-                let now = activity.load(Ordering::Relaxed);
-                if now != seen || handling.load(Ordering::Relaxed) > 0 {
-                    seen = now;
-                    idle_ticks = 0;
-                    continue;
-                }
-                idle_ticks += 1;
-                if idle_ticks >= 2 {
-                    tracing::debug!("dropping a connection idle for two idle timeouts");
-                    break;
-                }
-                if !closing {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+                match timeouts.tick(counters.snapshot()) {
+                    TickVerdict::Keep => {}
+                    TickVerdict::Close => {
+                        if !closing {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
+                    TickVerdict::Drop => {
+                        tracing::debug!("dropping a connection past its header-read or idle timeout");
+                        break;
+                    }
                 }
             }
         }
@@ -571,16 +763,61 @@ async fn serve_connection(
     drop(slot);
 }
 
+/// The counters of one connection that its ticks judge ([`ConnTimeouts`]): written by the
+/// connection's own task only, read at its ticks (relaxed, uncontended).
+#[derive(Debug, Default)]
+struct ConnCounters {
+    /// Reads that completed.
+    reads: AtomicUsize,
+    /// Writes that completed.
+    writes: AtomicUsize,
+    /// Requests handed to the service.
+    started: AtomicUsize,
+    /// Requests in the service now.
+    handling: AtomicUsize,
+}
+
+impl ConnCounters {
+    fn snapshot(&self) -> ConnSnapshot {
+        ConnSnapshot {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            started: self.started.load(Ordering::Relaxed),
+            handling: self.handling.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One request of a connection in the service, counted until dropped.
+struct Handling(Arc<ConnCounters>);
+
+impl Handling {
+    fn enter(counters: &Arc<ConnCounters>) -> Handling {
+        counters.handling.fetch_add(1, Ordering::Relaxed);
+        Handling(counters.clone())
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A socket that counts its reads and writes, so that the idle timeout can tell a quiet
 /// connection from a busy one without a clock read per operation.
 struct Counted {
     inner: tokio::net::TcpStream,
-    activity: Arc<AtomicUsize>,
+    counters: Arc<ConnCounters>,
 }
 
 impl Counted {
-    fn moved(&self) {
-        self.activity.fetch_add(1, Ordering::Relaxed);
+    fn read(&self) {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn wrote(&self) {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -593,7 +830,7 @@ impl tokio::io::AsyncRead for Counted {
         let this = self.get_mut();
         let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
         if r.is_ready() {
-            this.moved();
+            this.read();
         }
         r
     }
@@ -608,7 +845,7 @@ impl tokio::io::AsyncWrite for Counted {
         let this = self.get_mut();
         let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
         if r.is_ready() {
-            this.moved();
+            this.wrote();
         }
         r
     }
@@ -621,7 +858,7 @@ impl tokio::io::AsyncWrite for Counted {
         let this = self.get_mut();
         let r = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if r.is_ready() {
-            this.moved();
+            this.wrote();
         }
         r
     }
@@ -642,5 +879,99 @@ impl tokio::io::AsyncWrite for Counted {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(header_read_timeout_ms: u64, idle_timeout_ms: u64) -> ServeLimits {
+        ServeLimits {
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            ..ServeLimits::default()
+        }
+    }
+
+    fn snap(reads: usize, writes: usize, started: usize, handling: usize) -> ConnSnapshot {
+        ConnSnapshot {
+            reads,
+            writes,
+            started,
+            handling,
+        }
+    }
+
+    #[test]
+    fn the_tick_is_half_the_header_timeout_at_most_and_the_idle_timeout_at_most() {
+        assert_eq!(
+            tick_period(&limits(10_000, 60_000)),
+            Duration::from_millis(5_000)
+        );
+        assert_eq!(
+            tick_period(&limits(600_000, 200)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(tick_period(&limits(1, 1)), Duration::from_millis(1));
+    }
+
+    /// A fresh connection that sends no whole head (here: trickled bytes, reads moving)
+    /// is dropped after the header-read timeout's worth of ticks, not before.
+    #[test]
+    fn a_head_trickled_in_is_dropped_after_the_header_read_timeout() {
+        let mut t = ConnTimeouts::new(&limits(10_000, 60_000));
+        assert_eq!(t.tick(snap(1, 0, 0, 0)), TickVerdict::Keep);
+        assert_eq!(t.tick(snap(2, 0, 0, 0)), TickVerdict::Drop);
+    }
+
+    /// Requests served one after another keep the connection; once it goes quiet after an
+    /// answer (an idle keep-alive connection), it is dropped two whole periods later.
+    #[test]
+    fn a_served_connection_stays_and_a_quiet_one_goes() {
+        let mut t = ConnTimeouts::new(&limits(10_000, 60_000));
+        assert_eq!(t.tick(snap(1, 1, 1, 0)), TickVerdict::Keep);
+        assert_eq!(t.tick(snap(2, 2, 2, 0)), TickVerdict::Keep);
+        // A request in the service at a tick: never a head wait, however long.
+        for _ in 0..10 {
+            assert_eq!(t.tick(snap(3, 2, 3, 1)), TickVerdict::Keep);
+        }
+        // Answered just before this tick (a write), then nothing.
+        assert_eq!(t.tick(snap(3, 3, 3, 0)), TickVerdict::Keep);
+        assert_eq!(t.tick(snap(3, 3, 3, 0)), TickVerdict::Keep);
+        assert_eq!(t.tick(snap(3, 3, 3, 0)), TickVerdict::Drop);
+    }
+
+    /// A period that ended with a request in the service does not count as waiting for a
+    /// head, even if nothing else changed at the next tick.
+    #[test]
+    fn a_request_handled_at_the_last_tick_restarts_the_head_wait() {
+        let mut t = ConnTimeouts::new(&limits(10_000, 600_000));
+        assert_eq!(t.tick(snap(1, 0, 1, 1)), TickVerdict::Keep);
+        assert_eq!(t.tick(snap(1, 0, 1, 0)), TickVerdict::Keep);
+        assert_eq!(t.tick(snap(1, 0, 1, 0)), TickVerdict::Keep);
+        assert_eq!(t.tick(snap(1, 0, 1, 0)), TickVerdict::Drop);
+    }
+
+    /// An answer still being written (writes moving, a slow reader downloading a large
+    /// page) is not a head wait.
+    #[test]
+    fn an_answer_being_written_is_not_a_head_wait() {
+        let mut t = ConnTimeouts::new(&limits(10_000, 600_000));
+        for w in 1..20 {
+            assert_eq!(t.tick(snap(1, w, 1, 0)), TickVerdict::Keep);
+        }
+    }
+
+    /// The idle rule alone (header-read timeout far away): no byte moved for the idle
+    /// timeout asks the connection to close; for another, drops it; a byte resets it.
+    #[test]
+    fn idle_connections_are_asked_to_close_then_dropped() {
+        let mut t = ConnTimeouts::new(&limits(600_000, 200));
+        assert_eq!(t.tick(snap(1, 0, 0, 0)), TickVerdict::Keep);
+        assert_eq!(t.tick(snap(1, 0, 0, 0)), TickVerdict::Close);
+        assert_eq!(t.tick(snap(2, 0, 0, 0)), TickVerdict::Keep);
+        assert_eq!(t.tick(snap(2, 0, 0, 0)), TickVerdict::Close);
+        assert_eq!(t.tick(snap(2, 0, 0, 0)), TickVerdict::Drop);
     }
 }

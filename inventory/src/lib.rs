@@ -53,7 +53,7 @@ pub mod redis_conn;
 mod redis_store;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 pub use memory::MemoryStore;
@@ -397,8 +397,10 @@ impl<T: StockStore + ?Sized> StockStore for std::sync::Arc<T> {
 /// A stock store with a per-process sold-out flag in front of it.
 pub struct Inventory {
     store: std::sync::Arc<dyn StockStore>,
-    /// Sale → when its sold-out flag must be checked against the store again.
-    sold_out: Mutex<HashMap<SaleId, Instant>>,
+    /// Sale → when its sold-out flag must be checked against the store again. A read-write
+    /// lock: every purchase attempt reads it (on both cores at once in a flash crowd) and
+    /// only a store answer or an expiry writes it; readers never wait for each other.
+    sold_out: RwLock<HashMap<SaleId, Instant>>,
     recheck: Duration,
 }
 
@@ -415,7 +417,7 @@ impl Inventory {
     pub fn new(store: Box<dyn StockStore>, recheck: Duration) -> Inventory {
         Inventory {
             store: std::sync::Arc::from(store),
-            sold_out: Mutex::new(HashMap::new()),
+            sold_out: RwLock::new(HashMap::new()),
             recheck,
         }
     }
@@ -433,25 +435,30 @@ impl Inventory {
     /// Whether this process currently treats `sale` as sold out (no store round trip).
     pub fn flagged_sold_out(&self, sale: SaleId) -> bool {
         let now = Instant::now();
-        let mut flags = match self.sold_out.lock() {
-            Ok(f) => f,
-            Err(p) => p.into_inner(),
-        };
-        match flags.get(&sale) {
-            Some(until) if *until > now => true,
-            Some(_) => {
-                flags.remove(&sale);
-                false
+        let until = {
+            let flags = self.sold_out.read().unwrap_or_else(PoisonError::into_inner);
+            match flags.get(&sale) {
+                None => return false,
+                Some(until) if *until > now => return true,
+                Some(until) => *until,
             }
-            None => false,
+        };
+        // Expired: dropped (unless set again meanwhile), so this attempt asks the store.
+        let mut flags = self
+            .sold_out
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if flags.get(&sale) == Some(&until) {
+            flags.remove(&sale);
         }
+        false
     }
 
     fn set_flag(&self, sale: SaleId, on: bool) {
-        let mut flags = match self.sold_out.lock() {
-            Ok(f) => f,
-            Err(p) => p.into_inner(),
-        };
+        let mut flags = self
+            .sold_out
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if on {
             // Bounded: one entry per sold-out sale, and sales are bounded by the store.
             flags.insert(sale, Instant::now() + self.recheck);

@@ -206,21 +206,23 @@ impl Mint {
 }
 
 /// The purchase request of pre-made `minted[n]`; past the end of `minted`, one made now
-/// (counted in `late`, reported: those requests carry minting cost on the load side).
+/// for `user()` (counted in `late`, reported: those requests carry minting cost on the load
+/// side). The user's name is only formatted then: a pre-made request costs the load side
+/// no formatting, as the baseline's costs it none.
 fn purchase_request(
     minted: &[Minted],
     mint: &Mint,
     late: &AtomicU64,
     n: u64,
     sale: u64,
-    user: &str,
+    user: impl FnOnce() -> String,
 ) -> Request<Full<Bytes>> {
     let made;
     let (cookie, body) = match usize::try_from(n).ok().and_then(|i| minted.get(i)) {
         Some(m) => m,
         None => {
             late.fetch_add(1, Ordering::Relaxed);
-            made = mint.one(user, sale);
+            made = mint.one(&user(), sale);
             &made
         }
     };
@@ -380,7 +382,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             report("hello", &base);
             let (mint, late) = (mint.clone(), late.clone());
             let r = closed_loop(spec(gw), move |n| {
-                purchase_request(&minted, &mint, &late, n, sale, &user(round, n))
+                purchase_request(&minted, &mint, &late, n, sale, || user(round, n))
             })
             .await?;
             report(name, &r);
