@@ -1038,6 +1038,13 @@ async fn write_loop(
                 None => break,
             },
         };
+        // Callers woken together (by one read of answers) queue their next publishes one
+        // after another; the first wakes this task, which would otherwise run at once and
+        // write that one alone. Yielding once lets the others queue theirs first, so they
+        // share one PUBLISH_EACH frame and one write.
+        if matches!(first, Outgoing::Publish(_)) {
+            tokio::task::yield_now().await;
+        }
         let c = conn.upgrade();
         let max_frame_bytes = c.as_ref().map_or(0, |c| c.max_frame_bytes);
         let mut next = Some(first);

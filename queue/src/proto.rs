@@ -1424,7 +1424,11 @@ mod tests {
             topic: "t".into(),
             messages: messages.clone(),
         };
-        let Request::PublishEach { topic, messages: got } = roundtrip_request(&req) else {
+        let Request::PublishEach {
+            topic,
+            messages: got,
+        } = roundtrip_request(&req)
+        else {
             panic!("wrong request kind");
         };
         assert_eq!(topic, "t");

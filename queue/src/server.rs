@@ -1161,7 +1161,9 @@ fn answer_publishes(
     replies: &[Reply],
     results: crate::Result<Vec<crate::Result<crate::Confirm>>>,
 ) -> (BytesMut, u64, u64) {
-    let mut out = BytesMut::with_capacity(replies.len() * 24);
+    // A confirm frame is 18 bytes; a PUBLISH_EACH answer 13 plus 10 per message.
+    let messages: usize = replies.iter().map(|r| r.count).sum();
+    let mut out = BytesMut::with_capacity(replies.len() * 18 + messages * 10);
     let (mut ok, mut failed) = (0u64, 0u64);
     match results {
         Ok(rs) => {
@@ -1169,9 +1171,9 @@ fn answer_publishes(
             for r in replies {
                 let mut each = Vec::with_capacity(r.count);
                 for _ in 0..r.count {
-                    let result = rs.next().unwrap_or_else(|| {
-                        Err(crate::Error::Invalid("missing confirm".into()))
-                    });
+                    let result = rs
+                        .next()
+                        .unwrap_or_else(|| Err(crate::Error::Invalid("missing confirm".into())));
                     each.push(match result {
                         Ok(c) => {
                             ok += 1;

@@ -2721,7 +2721,11 @@ async fn concurrent_publishes_share_one_frame_and_each_gets_its_own_confirm() {
         assert!(!confirm.duplicate);
         assert!(offsets.insert(confirm.offset, i).is_none(), "offset reused");
     }
-    assert_eq!(b.requests(op::PUBLISH_EACH), 1, "one frame carried them all");
+    assert_eq!(
+        b.requests(op::PUBLISH_EACH),
+        1,
+        "one frame carried them all"
+    );
     assert_eq!(b.requests(op::PUBLISH), 0);
     let stored = b.engine.peek("each", 0, 1000).await.expect("peek");
     assert_eq!(stored.len() as u64, N);
@@ -2779,9 +2783,7 @@ async fn publish_each_frames_answer_each_message_and_need_version_3() {
     for body in [empty.to_vec(), too_many.to_vec(), cut_short] {
         let mut hostile = RawConn::connect(&b.addr).await;
         hostile.hello().await;
-        hostile
-            .send(&frame_bytes(op::PUBLISH_EACH, 9, &body))
-            .await;
+        hostile.send(&frame_bytes(op::PUBLISH_EACH, 9, &body)).await;
         let (id, e) = hostile.error().await;
         assert_eq!((id, e.code), (9, code::BAD_FRAME), "{e:?}");
         hostile.closed().await;
@@ -2837,7 +2839,11 @@ async fn the_client_publishes_each_versions_way() {
             };
             assert_eq!((topic.as_str(), messages.len()), ("t", 1));
             assert_eq!(messages[0].id, Some(1));
-            Response::Each(vec![Ok(confirm)]).encode(op::PUBLISH_EACH, f.frame.request_id, &mut out);
+            Response::Each(vec![Ok(confirm)]).encode(
+                op::PUBLISH_EACH,
+                f.frame.request_id,
+                &mut out,
+            );
         }
         let _ = f.reply.send(FakeReply::Bytes(out));
         let got = tokio::time::timeout(DEADLINE, call)
@@ -2913,12 +2919,13 @@ async fn a_connection_cut_mid_batch_loses_nothing_confirmed() {
             match r {
                 Ok(confirm) => {
                     ok += 1;
-                    let stored = b
-                        .engine
-                        .peek("cut", confirm.offset, 1)
-                        .await
-                        .expect("peek");
-                    assert_eq!(stored.len(), 1, "confirmed offset {} missing", confirm.offset);
+                    let stored = b.engine.peek("cut", confirm.offset, 1).await.expect("peek");
+                    assert_eq!(
+                        stored.len(),
+                        1,
+                        "confirmed offset {} missing",
+                        confirm.offset
+                    );
                     assert_eq!(stored[0].offset, confirm.offset);
                     assert_eq!(stored[0].payload.as_ref(), n.to_le_bytes());
                     assert_eq!(stored[0].id, Some(u128::from(n) + 1));
