@@ -2747,7 +2747,7 @@ async fn publish_each_frames_answer_each_message_and_need_version_3() {
     conn.hello().await;
     let messages = vec![
         Message::new(&b"first"[..]).with_id(7),
-        Message::new(&b"bad"[..]).with_header(&"h".repeat(65), b"v".to_vec()),
+        Message::new(&b"bad"[..]).with_header("h".repeat(65), b"v".to_vec()),
         Message::new(&b"second"[..]),
         Message::new(&b"first again"[..]).with_id(7),
     ];
