@@ -206,12 +206,85 @@ impl Slot {
 
 type Waiter = oneshot::Sender<Result<(u8, Response)>>;
 
+/// Who waits for a request's answer: its one caller, or, for a `PUBLISH_EACH` frame, the
+/// caller of each of its messages in the frame's order.
+#[derive(Debug)]
+enum Waiters {
+    One(Waiter),
+    Each(Vec<Waiter>),
+}
+
+impl Waiters {
+    /// Fails every caller with the error `why` makes.
+    fn fail(self, why: impl Fn() -> Error) {
+        match self {
+            Waiters::One(w) => {
+                let _ = w.send(Err(why()));
+            }
+            Waiters::Each(ws) => {
+                for w in ws {
+                    let _ = w.send(Err(why()));
+                }
+            }
+        }
+    }
+
+    /// Hands the decoded answer to a request of opcode `op` to its callers: a
+    /// `PUBLISH_EACH` answer is split into one confirm or error per message (an error frame
+    /// is every message's error; an answer of the wrong length is a protocol error for all).
+    fn answer(self, op: u8, r: Result<Response>) {
+        let ws = match self {
+            Waiters::One(w) => {
+                let _ = w.send(r.map(|r| (op, r)));
+                return;
+            }
+            Waiters::Each(ws) => ws,
+        };
+        match r {
+            Ok(Response::Each(rs)) if rs.len() == ws.len() => {
+                for (w, r) in ws.into_iter().zip(rs) {
+                    let resp = match r {
+                        Ok(c) => Response::Confirm(c),
+                        Err(e) => Response::Error(e),
+                    };
+                    let _ = w.send(Ok((op, resp)));
+                }
+            }
+            Ok(Response::Error(e)) => {
+                for w in ws {
+                    let _ = w.send(Ok((op, Response::Error(e.clone()))));
+                }
+            }
+            Ok(other) => {
+                let why = format!(
+                    "answer {} to a publish_each of {} messages",
+                    short(&other),
+                    ws.len()
+                );
+                Waiters::Each(ws).fail(|| Error::Protocol(why.clone()));
+            }
+            Err(e) => {
+                let why = e.to_string();
+                Waiters::Each(ws).fail(|| Error::Protocol(why.clone()));
+            }
+        }
+    }
+}
+
+/// A response's kind and size, for an error message.
+fn short(r: &Response) -> String {
+    match r {
+        Response::Each(rs) => format!("of {} results", rs.len()),
+        other => format!("{other:?}").chars().take(80).collect(),
+    }
+}
+
 /// A request sent and not yet answered.
 #[derive(Debug)]
 struct Pending {
     /// The request's opcode (to decode the answer).
     op: u8,
-    waiter: Waiter,
+    waiter: Waiters,
     /// When its caller gives up on it (whether or not the caller is still there).
     deadline: Instant,
     /// Its in-flight slot, released with the entry: when the answer arrives or the
@@ -219,10 +292,31 @@ struct Pending {
     _permit: OwnedSemaphorePermit,
 }
 
+/// What callers hand a connection's writer task.
+#[derive(Debug)]
+enum Outgoing {
+    /// A whole request frame, already registered.
+    Frame(BytesMut),
+    /// One publish: the writer groups the publishes queued together for one topic into one
+    /// `PUBLISH_EACH` frame and registers it (version 3).
+    Publish(QueuedPublish),
+}
+
+/// A publish waiting for the writer (see [`Outgoing::Publish`]).
+#[derive(Debug)]
+struct QueuedPublish {
+    topic: String,
+    /// The message, encoded (`proto::encode_message`).
+    message: BytesMut,
+    waiter: Waiter,
+    deadline: Instant,
+    permit: OwnedSemaphorePermit,
+}
+
 /// One multiplexed connection.
 #[derive(Debug)]
 struct Conn {
-    tx: mpsc::Sender<BytesMut>,
+    tx: mpsc::Sender<Outgoing>,
     state: Mutex<ConnState>,
     next_id: AtomicU32,
     alive: AtomicBool,
@@ -231,6 +325,8 @@ struct Conn {
     permits_max: usize,
     /// Largest frame sent: the smaller of the client's and the broker's limit.
     max_frame_bytes: usize,
+    /// The protocol version agreed in the hello.
+    version: u16,
 }
 
 #[derive(Debug, Default)]
@@ -256,9 +352,8 @@ impl Conn {
                 // poll) must not get another caller's answer. Vanishingly rare: start over
                 // on a fresh connection.
                 if let Some(old) = p.insert(id, entry) {
-                    let _ = old
-                        .waiter
-                        .send(Err(Error::Connection("request id reused".into())));
+                    old.waiter
+                        .fail(|| Error::Connection("request id reused".into()));
                     collided = true;
                 }
             }
@@ -282,7 +377,7 @@ impl Conn {
         };
         drop(stop);
         for (_, p) in pending.into_iter().flatten() {
-            let _ = p.waiter.send(Err(Error::Connection(why.to_string())));
+            p.waiter.fail(|| Error::Connection(why.to_string()));
         }
     }
 
@@ -411,7 +506,7 @@ impl Client {
                 id,
                 Pending {
                     op: op::PUBLISH,
-                    waiter: tx,
+                    waiter: Waiters::One(tx),
                     deadline,
                     _permit: permit,
                 },
@@ -425,7 +520,7 @@ impl Client {
             ));
         };
         conn.register(entries)?;
-        writer.send(frames);
+        writer.send(Outgoing::Frame(frames));
         let mut timed_out = false;
         for (i, mut rx) in receivers {
             // Once timed out, the connection is killed: every waiter has its answer or the
@@ -563,10 +658,24 @@ impl Client {
         let deadline = Instant::now() + self.timeout(extra_wait_ms);
         let opcode = request.opcode();
         // Encoded with id 0; the id is written in once the slot is taken.
-        let mut frame = BytesMut::new();
+        let mut frame = BytesMut::with_capacity(request_size_hint(&request));
         request.encode(0, &mut frame);
         drop(request);
         let conn = self.conn(self.pick(), deadline).await?;
+        self.call_on(&conn, opcode, frame, extra_wait_ms, deadline)
+            .await
+    }
+
+    /// Sends a request frame encoded with id 0 on `conn` and waits for its answer (an
+    /// error frame becomes its error).
+    async fn call_on(
+        &self,
+        conn: &Conn,
+        opcode: u8,
+        mut frame: BytesMut,
+        extra_wait_ms: u64,
+        deadline: Instant,
+    ) -> Result<Response> {
         if frame.len() - 4 > conn.max_frame_bytes {
             return Err(Error::Invalid(format!(
                 "request of {} bytes exceeds the frame limit of {}",
@@ -574,7 +683,7 @@ impl Client {
                 conn.max_frame_bytes
             )));
         }
-        let permit = self.permits(&conn, 1, deadline).await?;
+        let permit = self.permits(conn, 1, deadline).await?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         set_request_id(&mut frame, 0, id);
         let (tx, rx) = oneshot::channel();
@@ -590,12 +699,24 @@ impl Client {
             id,
             Pending {
                 op: opcode,
-                waiter: tx,
+                waiter: Waiters::One(tx),
                 deadline,
                 _permit: permit,
             },
         )))?;
-        writer.send(frame);
+        writer.send(Outgoing::Frame(frame));
+        self.answer(conn, rx, extra_wait_ms, deadline).await
+    }
+
+    /// Waits for the answer to a request sent on `conn`; past `deadline` the connection is
+    /// closed (see [`ClientConfig::request_timeout_ms`]).
+    async fn answer(
+        &self,
+        conn: &Conn,
+        rx: oneshot::Receiver<Result<(u8, Response)>>,
+        extra_wait_ms: u64,
+        deadline: Instant,
+    ) -> Result<Response> {
         let answer = match tokio::time::timeout_at(deadline, rx).await {
             Ok(a) => a,
             Err(_) => {
@@ -612,6 +733,52 @@ impl Client {
         }
     }
 
+    /// One publish: on a broker of version 3 or later it is queued for the connection's
+    /// writer, which sends the publishes queued together for one topic as one
+    /// `PUBLISH_EACH` frame (each still confirmed or refused on its own); an older broker
+    /// gets a `PUBLISH` frame.
+    async fn publish_one(&self, topic: &str, message: &Message) -> Result<Confirm> {
+        let deadline = Instant::now() + self.timeout(0);
+        let conn = self.conn(self.pick(), deadline).await?;
+        let answer = if conn.version >= proto::VERSION_EACH {
+            let mut encoded = BytesMut::with_capacity(message_size_hint(message));
+            proto::encode_message(message, &mut encoded);
+            let frame_bytes = proto::publish_each_overhead(topic) + encoded.len();
+            if frame_bytes > conn.max_frame_bytes {
+                return Err(Error::Invalid(format!(
+                    "request of {frame_bytes} bytes exceeds the frame limit of {}",
+                    conn.max_frame_bytes
+                )));
+            }
+            let permit = self.permits(&conn, 1, deadline).await?;
+            let (tx, rx) = oneshot::channel();
+            let queued = QueuedPublish {
+                topic: topic.to_string(),
+                message: encoded,
+                waiter: tx,
+                deadline,
+                permit,
+            };
+            if conn.tx.send(Outgoing::Publish(queued)).await.is_err() {
+                conn.kill("connection lost while sending");
+                return Err(Error::NotSent(
+                    "connection lost before the request was sent".into(),
+                ));
+            }
+            self.answer(&conn, rx, 0, deadline).await?
+        } else {
+            let mut frame = BytesMut::with_capacity(
+                proto::publish_each_overhead(topic) + message_size_hint(message),
+            );
+            proto::encode_publish(0, topic, message, &mut frame);
+            self.call_on(&conn, op::PUBLISH, frame, 0, deadline).await?
+        };
+        match answer {
+            Response::Confirm(c) => Ok(c),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     fn timeout(&self, extra_wait_ms: u64) -> Duration {
         Duration::from_millis(self.config.request_timeout_ms.saturating_add(extra_wait_ms))
     }
@@ -624,6 +791,28 @@ impl Client {
             self.config.addr,
             self.config.request_timeout_ms.saturating_add(extra_wait_ms)
         )
+    }
+}
+
+/// Bytes a message's encoding takes at most (`proto::encode_message`), so that encoding
+/// it allocates once.
+fn message_size_hint(m: &Message) -> usize {
+    let headers: usize = m.headers.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
+    // Due kind and time, the optional id, the header count, the payload length.
+    1 + 8 + 17 + 1 + headers + 4 + m.payload.len()
+}
+
+/// Bytes a request's frame takes, roughly (exactly enough for publishes), so that
+/// encoding it rarely grows the buffer.
+fn request_size_hint(r: &Request) -> usize {
+    let base = 64;
+    match r {
+        Request::Publish { message, .. } => base + message_size_hint(message),
+        Request::PublishBatch { messages, .. } | Request::PublishEach { messages, .. } => {
+            base + messages.iter().map(message_size_hint).sum::<usize>()
+        }
+        Request::Ack { receipts, .. } => base + 128 + receipts.len() * 12,
+        _ => base + 192,
     }
 }
 
@@ -647,14 +836,20 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
         max_version: proto::VERSION,
         client: config.name.clone(),
     };
-    let (max_in_flight, broker_frame_max, challenge) =
+    let (version, max_in_flight, broker_frame_max, challenge) =
         match handshake_step(&mut stream, &mut buf, hello, config).await? {
             Response::Hello {
+                version,
                 max_in_flight,
                 max_frame_bytes,
                 challenge,
                 ..
-            } => (max_in_flight as usize, max_frame_bytes as usize, challenge),
+            } => (
+                version,
+                max_in_flight as usize,
+                max_frame_bytes as usize,
+                challenge,
+            ),
             other => return Err(unexpected(&other)),
         };
     match (challenge, &config.secret) {
@@ -711,6 +906,7 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
         // Requests above the broker's limit would get FRAME_TOO_LARGE and cost the
         // connection (and every request in flight on it): refuse them here instead.
         max_frame_bytes: config.max_frame_bytes.min(broker_frame_max),
+        version,
     });
     tokio::spawn(write_loop(wr, rx, Arc::downgrade(&conn), writer_stopped));
     tokio::spawn(read_loop(
@@ -757,17 +953,84 @@ async fn handshake_step(
     }
 }
 
+/// Bytes the writer gathers before it writes.
+pub const WRITE_BATCH_BYTES_MAX: usize = 256 << 10;
+
+/// The publishes the writer is grouping into one `PUBLISH_EACH` frame: one topic, at most
+/// [`proto::EACH_MESSAGES_MAX`] messages and the connection's frame limit.
+#[derive(Debug, Default)]
+struct EachGroup {
+    topic: String,
+    /// The messages' encodings, end to end.
+    messages: BytesMut,
+    waiters: Vec<Waiter>,
+    /// The earliest caller's deadline.
+    deadline: Option<Instant>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl EachGroup {
+    /// Whether `p` may join the group.
+    fn fits(&self, p: &QueuedPublish, max_frame_bytes: usize) -> bool {
+        self.waiters.is_empty()
+            || (self.topic == p.topic
+                && self.waiters.len() < proto::EACH_MESSAGES_MAX
+                && proto::publish_each_overhead(&p.topic) + self.messages.len() + p.message.len()
+                    <= max_frame_bytes)
+    }
+
+    fn add(&mut self, p: QueuedPublish) {
+        if self.waiters.is_empty() {
+            self.topic = p.topic;
+        }
+        self.messages.extend_from_slice(&p.message);
+        self.waiters.push(p.waiter);
+        self.deadline = Some(self.deadline.map_or(p.deadline, |d| d.min(p.deadline)));
+        match &mut self.permit {
+            Some(held) => held.merge(p.permit),
+            None => self.permit = Some(p.permit),
+        }
+    }
+
+    /// Registers the group as one `PUBLISH_EACH` request and appends its frame to `out`;
+    /// on a dead or dropped connection its callers see it lost (their waiters are dropped).
+    fn close(&mut self, conn: Option<&Conn>, out: &mut BytesMut) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.waiters);
+        let count = waiters.len();
+        let (deadline, permit) = (self.deadline.take(), self.permit.take());
+        let (Some(conn), Some(deadline), Some(permit)) = (conn, deadline, permit) else {
+            self.messages.clear();
+            return;
+        };
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Pending {
+            op: op::PUBLISH_EACH,
+            waiter: Waiters::Each(waiters),
+            deadline,
+            _permit: permit,
+        };
+        if conn.register(std::iter::once((id, entry))).is_ok() {
+            proto::encode_publish_each(id, &self.topic, count, &self.messages, out);
+        }
+        self.messages.clear();
+    }
+}
+
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<BytesMut>,
+    mut rx: mpsc::Receiver<Outgoing>,
     conn: std::sync::Weak<Conn>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut group = EachGroup::default();
     loop {
         // Frames queued before the client was dropped are still written (the channel
         // closes after them); a killed connection writes nothing more.
-        let f = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = &mut stop => break,
             f = rx.recv() => match f {
@@ -775,12 +1038,38 @@ async fn write_loop(
                 None => break,
             },
         };
-        buf.extend_from_slice(&f);
-        while buf.len() < 256 << 10 {
-            match rx.try_recv() {
-                Ok(f) => buf.extend_from_slice(&f),
-                Err(_) => break,
+        // Callers woken together (by one read of answers) queue their next publishes one
+        // after another; the first wakes this task, which would otherwise run at once and
+        // write that one alone. Yielding once lets the others queue theirs first, so they
+        // share one PUBLISH_EACH frame and one write.
+        if matches!(first, Outgoing::Publish(_)) {
+            tokio::task::yield_now().await;
+        }
+        let c = conn.upgrade();
+        let max_frame_bytes = c.as_ref().map_or(0, |c| c.max_frame_bytes);
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            match out {
+                Outgoing::Frame(f) => {
+                    // Frames keep their order relative to the publishes before them.
+                    group.close(c.as_deref(), &mut buf);
+                    buf.extend_from_slice(&f);
+                }
+                Outgoing::Publish(p) => {
+                    if !group.fits(&p, max_frame_bytes) {
+                        group.close(c.as_deref(), &mut buf);
+                    }
+                    group.add(p);
+                }
             }
+            if buf.len() + group.messages.len() < WRITE_BATCH_BYTES_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        group.close(c.as_deref(), &mut buf);
+        drop(c);
+        if buf.is_empty() {
+            continue;
         }
         let written = tokio::select! {
             biased;
@@ -837,7 +1126,7 @@ async fn read_loop(
                 let req_op = p.op;
                 let r = Response::decode(req_op, frame.opcode, frame.body)
                     .map_err(|e| Error::Protocol(e.to_string()));
-                let _ = p.waiter.send(r.map(|r| (req_op, r)));
+                p.waiter.answer(req_op, r);
             }
             None if frame.opcode == proto::OP_ERROR => {
                 // A connection-level error (idle timeout, limit, bad frame): it names the
@@ -875,16 +1164,7 @@ impl Queue for Client {
 
     async fn publish(&self, topic: &str, message: Message) -> Result<Confirm> {
         validate_message(&message)?;
-        match self
-            .call(Request::Publish {
-                topic: topic.into(),
-                message,
-            })
-            .await?
-        {
-            Response::Confirm(c) => Ok(c),
-            other => Err(unexpected(&other)),
-        }
+        self.publish_one(topic, &message).await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Confirm>> {

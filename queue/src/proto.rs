@@ -25,13 +25,18 @@ use crate::limits::{
 /// Magic bytes at the start of a hello.
 pub const MAGIC: [u8; 4] = *b"SKQP";
 /// The newest protocol version this build speaks: 2 adds authentication to the handshake
-/// (a challenge in the hello response, then `AUTH`).
-pub const VERSION: u16 = 2;
+/// (a challenge in the hello response, then `AUTH`); 3 adds `PUBLISH_EACH`.
+pub const VERSION: u16 = 3;
 /// The oldest protocol version this build speaks (a broker without a secret still serves
 /// version-1 clients; one with a secret requires version 2).
 pub const VERSION_MIN: u16 = 1;
 /// The first version with authentication.
 pub const VERSION_AUTH: u16 = 2;
+/// The first version with `PUBLISH_EACH` (many independent publishes in one frame).
+pub const VERSION_EACH: u16 = 3;
+/// Most messages in one `PUBLISH_EACH` frame: the broker appends a frame's messages in one
+/// submission, and gathers at most this many (`server::GATHER_MESSAGES_MAX`) at once.
+pub const EACH_MESSAGES_MAX: usize = 1024;
 /// Hello response (version 2): no authentication asked.
 pub const AUTH_NONE: u8 = 0;
 /// Hello response (version 2): HMAC-SHA256 challenge-response (`crate::auth`).
@@ -75,6 +80,8 @@ pub mod op {
     pub const TOPICS: u8 = 0x1B;
     /// Read messages without leasing them.
     pub const PEEK: u8 = 0x1C;
+    /// Publish independent messages, each confirmed (or refused) on its own (version 3).
+    pub const PUBLISH_EACH: u8 = 0x1D;
 }
 
 /// A request opcode's name, for logs and metrics labels.
@@ -96,6 +103,7 @@ pub fn op_name(opcode: u8) -> &'static str {
         op::STATS => "stats",
         op::TOPICS => "topics",
         op::PEEK => "peek",
+        op::PUBLISH_EACH => "publish_each",
         _ => "unknown",
     }
 }
@@ -251,6 +259,35 @@ pub fn encode_publish(request_id: u32, topic: &str, message: &Message, out: &mut
     end_frame(out, at);
 }
 
+/// Appends a message's encoding (the `message` field) to `out`: the client encodes a
+/// publish once and groups the encodings into a `PUBLISH_EACH` frame
+/// ([`encode_publish_each`]).
+pub fn encode_message(message: &Message, out: &mut BytesMut) {
+    put_message(out, message);
+}
+
+/// Appends a whole `PUBLISH_EACH` frame of `count` messages already encoded by
+/// [`encode_message`] and laid end to end in `messages`.
+pub fn encode_publish_each(
+    request_id: u32,
+    topic: &str,
+    count: usize,
+    messages: &[u8],
+    out: &mut BytesMut,
+) {
+    let at = begin_frame(out, op::PUBLISH_EACH, request_id);
+    put_str(out, topic);
+    out.put_u32_le(count as u32);
+    out.put_slice(messages);
+    end_frame(out, at);
+}
+
+/// Bytes a `PUBLISH_EACH` frame adds around its messages for `topic`: the header after the
+/// length prefix, the topic and the count.
+pub fn publish_each_overhead(topic: &str) -> usize {
+    FRAME_HEADER_BYTES + 2 + topic.len().min(u16::MAX as usize) + 4
+}
+
 /// A request, decoded.
 #[derive(Debug, Clone)]
 pub enum Request {
@@ -284,6 +321,13 @@ pub enum Request {
         /// Topic.
         topic: String,
         /// The messages.
+        messages: Vec<Message>,
+    },
+    /// Publish independent messages, each confirmed on its own (version 3).
+    PublishEach {
+        /// Topic.
+        topic: String,
+        /// The messages (1 to [`EACH_MESSAGES_MAX`]).
         messages: Vec<Message>,
     },
     /// Create a group.
@@ -387,6 +431,7 @@ impl Request {
             Request::Auth { .. } => op::AUTH,
             Request::Publish { .. } => op::PUBLISH,
             Request::PublishBatch { .. } => op::PUBLISH_BATCH,
+            Request::PublishEach { .. } => op::PUBLISH_EACH,
             Request::CreateGroup { .. } => op::CREATE_GROUP,
             Request::Fetch { .. } => op::FETCH,
             Request::Ack { .. } => op::ACK,
@@ -427,7 +472,8 @@ impl Request {
                 put_str(out, topic);
                 put_message(out, message);
             }
-            Request::PublishBatch { topic, messages } => {
+            Request::PublishBatch { topic, messages }
+            | Request::PublishEach { topic, messages } => {
                 put_str(out, topic);
                 out.put_u32_le(messages.len() as u32);
                 for m in messages {
@@ -541,6 +587,18 @@ impl Request {
                 }
                 Request::PublishBatch { topic, messages }
             }
+            op::PUBLISH_EACH => {
+                let topic = r.string("topic")?;
+                let n = r.count("messages", EACH_MESSAGES_MAX, 7)?;
+                if n == 0 {
+                    return Err(ProtoError::Bad("publish_each of no messages".into()));
+                }
+                let mut messages = Vec::with_capacity(n);
+                for _ in 0..n {
+                    messages.push(r.message()?);
+                }
+                Request::PublishEach { topic, messages }
+            }
             op::CREATE_GROUP => Request::CreateGroup {
                 topic: r.string("topic")?,
                 group: r.string("group")?,
@@ -642,6 +700,8 @@ pub enum Response {
     Confirm(Confirm),
     /// Batch confirms.
     Confirms(Vec<Confirm>),
+    /// `PUBLISH_EACH`: per message, in the frame's order, its confirm or its own error.
+    Each(Vec<Result<Confirm, WireError>>),
     /// Fetched deliveries.
     Deliveries(Vec<Delivery>),
     /// Ack outcomes.
@@ -809,6 +869,21 @@ impl Response {
                     put_confirm(out, c);
                 }
             }
+            Response::Each(rs) => {
+                out.put_u32_le(rs.len() as u32);
+                for r in rs {
+                    match r {
+                        Ok(c) => {
+                            out.put_u8(EACH_CONFIRM);
+                            put_confirm(out, c);
+                        }
+                        Err(e) => {
+                            out.put_u8(EACH_ERROR);
+                            put_wire_error(out, e);
+                        }
+                    }
+                }
+            }
             Response::Deliveries(ds) => {
                 out.put_u32_le(ds.len() as u32);
                 for d in ds {
@@ -865,13 +940,7 @@ impl Response {
                     put_opt_u64(out, p.due_ms);
                 }
             }
-            Response::Error(e) => {
-                out.put_u16_le(e.code);
-                put_str(out, &e.message);
-                put_str(out, &e.topic);
-                put_str(out, &e.what);
-                out.put_u64_le(e.number);
-            }
+            Response::Error(e) => put_wire_error(out, e),
         }
         end_frame(out, at);
     }
@@ -880,13 +949,7 @@ impl Response {
     pub fn decode(request_opcode: u8, opcode: u8, body: Bytes) -> PResult<Response> {
         let mut r = Reader(body);
         if opcode == OP_ERROR {
-            let e = WireError {
-                code: r.u16("code")?,
-                message: r.string("message")?,
-                topic: r.string("topic")?,
-                what: r.string("what")?,
-                number: r.u64("number")?,
-            };
+            let e = r.wire_error()?;
             r.finish()?;
             return Ok(Response::Error(e));
         }
@@ -930,6 +993,18 @@ impl Response {
                     cs.push(r.confirm()?);
                 }
                 Response::Confirms(cs)
+            }
+            op::PUBLISH_EACH => {
+                let n = r.count("results", EACH_MESSAGES_MAX, 10)?;
+                let mut rs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    rs.push(match r.u8("result tag")? {
+                        EACH_CONFIRM => Ok(r.confirm()?),
+                        EACH_ERROR => Err(r.wire_error()?),
+                        v => return Err(ProtoError::Bad(format!("result tag {v}"))),
+                    });
+                }
+                Response::Each(rs)
             }
             op::FETCH => {
                 let n = r.count("deliveries", FETCH_MESSAGES_MAX, 27)?;
@@ -1083,6 +1158,18 @@ fn put_confirm(out: &mut BytesMut, c: &Confirm) {
     out.put_u8(u8::from(c.duplicate));
 }
 
+fn put_wire_error(out: &mut BytesMut, e: &WireError) {
+    out.put_u16_le(e.code);
+    put_str(out, &e.message);
+    put_str(out, &e.topic);
+    put_str(out, &e.what);
+    out.put_u64_le(e.number);
+}
+
+/// `PUBLISH_EACH` result tags: a confirm follows, or an error body.
+const EACH_CONFIRM: u8 = 0;
+const EACH_ERROR: u8 = 1;
+
 /// Due kinds on the wire.
 const DUE_NOW: u8 = 0;
 const DUE_AT: u8 = 1;
@@ -1210,6 +1297,15 @@ impl Reader {
         };
         Ok(Confirm { offset, duplicate })
     }
+    fn wire_error(&mut self) -> PResult<WireError> {
+        Ok(WireError {
+            code: self.u16("code")?,
+            message: self.string("message")?,
+            topic: self.string("topic")?,
+            what: self.string("what")?,
+            number: self.u64("number")?,
+        })
+    }
     fn outcome(&mut self) -> PResult<AckOutcome> {
         Ok(match self.u8("outcome")? {
             0 => AckOutcome::Acked,
@@ -1316,6 +1412,98 @@ mod tests {
             );
         }
         assert!(Request::decode(op::PUBLISH_BATCH, body).is_ok());
+    }
+
+    #[test]
+    fn publish_each_roundtrips_and_every_truncation_is_an_error() {
+        let messages = vec![
+            Message::new(&b"a"[..]).with_id(1),
+            Message::new(&b"bb"[..]).with_due(Due::At(5)),
+        ];
+        let req = Request::PublishEach {
+            topic: "t".into(),
+            messages: messages.clone(),
+        };
+        let Request::PublishEach {
+            topic,
+            messages: got,
+        } = roundtrip_request(&req)
+        else {
+            panic!("wrong request kind");
+        };
+        assert_eq!(topic, "t");
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].id, got[1].due), (Some(1), Due::At(5)));
+        // The client's way (messages encoded one by one, then framed) is the same bytes.
+        let mut by_parts = BytesMut::new();
+        let mut encoded = BytesMut::new();
+        for m in &messages {
+            encode_message(m, &mut encoded);
+        }
+        encode_publish_each(3, "t", 2, &encoded, &mut by_parts);
+        let mut whole = BytesMut::new();
+        req.encode(3, &mut whole);
+        assert_eq!(by_parts, whole);
+        assert_eq!(publish_each_overhead("t") + encoded.len(), whole.len() - 4);
+        let body = Bytes::copy_from_slice(&whole[9..]);
+        for cut in 0..body.len() {
+            assert!(
+                Request::decode(op::PUBLISH_EACH, body.slice(..cut)).is_err(),
+                "cut at {cut} decoded"
+            );
+        }
+        // No messages, and more than the limit, are refused.
+        for n in [0, EACH_MESSAGES_MAX as u32 + 1] {
+            let mut b = BytesMut::new();
+            put_str(&mut b, "t");
+            b.put_u32_le(n);
+            b.put_slice(&vec![0u8; 7 * (n as usize)]);
+            assert!(matches!(
+                Request::decode(op::PUBLISH_EACH, b.freeze()),
+                Err(ProtoError::Bad(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn publish_each_answers_roundtrip_and_every_truncation_is_an_error() {
+        let e = WireError::from_error(&Error::Invalid("no".into()));
+        let resp = Response::Each(vec![
+            Ok(Confirm {
+                offset: 4,
+                duplicate: false,
+            }),
+            Err(e.clone()),
+            Ok(Confirm {
+                offset: 2,
+                duplicate: true,
+            }),
+        ]);
+        let mut out = BytesMut::new();
+        resp.encode(op::PUBLISH_EACH, 9, &mut out);
+        let f = split_frame(&mut out, FRAME_BYTES_MAX)
+            .expect("frame")
+            .expect("whole");
+        assert_eq!(f.opcode, op::PUBLISH_EACH | RESPONSE_BIT);
+        let Ok(Response::Each(rs)) = Response::decode(op::PUBLISH_EACH, f.opcode, f.body.clone())
+        else {
+            panic!("not an each answer");
+        };
+        assert_eq!(rs.len(), 3);
+        assert_eq!(rs[1].as_ref().err(), Some(&e));
+        assert!(rs[2].as_ref().is_ok_and(|c| c.duplicate && c.offset == 2));
+        for cut in 0..f.body.len() {
+            assert!(
+                Response::decode(op::PUBLISH_EACH, f.opcode, f.body.slice(..cut)).is_err(),
+                "cut at {cut} decoded"
+            );
+        }
+        // An unknown result tag.
+        let mut bad = BytesMut::new();
+        bad.put_u32_le(1);
+        bad.put_u8(2);
+        bad.put_slice(&[0u8; 16]);
+        assert!(Response::decode(op::PUBLISH_EACH, f.opcode, bad.freeze()).is_err());
     }
 
     #[test]

@@ -417,11 +417,23 @@ pub const GATHER_MESSAGES_MAX: usize = 1024;
 /// Most request bytes gathered into one append.
 pub const GATHER_BYTES_MAX: usize = 4 << 20;
 
-/// Publish requests of one connection waiting to be appended together.
+/// Publish requests of one connection waiting to be appended together: their messages in
+/// arrival order, and per request whom to answer and how.
 struct Gathered {
     topic: String,
-    items: Vec<(u32, crate::Message, Permits)>,
+    messages: Vec<crate::Message>,
+    replies: Vec<Reply>,
     bytes: usize,
+}
+
+/// One gathered publish request: a `PUBLISH` (one message, answered with a confirm or an
+/// error frame) or a `PUBLISH_EACH` (`count` messages, answered with one frame holding each
+/// message's result).
+struct Reply {
+    id: u32,
+    opcode: u8,
+    count: usize,
+    permits: Permits,
 }
 
 /// A request's share of its connection's in-flight limits.
@@ -520,6 +532,8 @@ impl Connection {
         let mut stop = self.stop.clone();
         let mut buf = BytesMut::with_capacity(64 << 10);
         let mut greeted = false;
+        // The protocol version agreed in the hello.
+        let mut version = proto::VERSION_MIN;
         // Until this is set (after the hello, and after a good proof when the broker has
         // a secret), only the handshake's frames are accepted.
         let mut authed = false;
@@ -563,14 +577,25 @@ impl Connection {
                         break 'conn;
                     }
                 };
+                // An operation newer than the version agreed is one the client cannot know.
+                if greeted && opcode == op::PUBLISH_EACH && version < proto::VERSION_EACH {
+                    let message = format!(
+                        "publish_each needs protocol version {}; this connection speaks {version}",
+                        proto::VERSION_EACH
+                    );
+                    self.fail(&tx, id, code::UNKNOWN_OPCODE, message).await;
+                    break 'conn;
+                }
                 if let Some(counter) = self.metrics.requests.get(usize::from(opcode & 0x3f)) {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
                 if !greeted {
-                    let Some(asked) = self.greet(&request, opcode, id, &budgets, &tx).await else {
+                    let Some((v, asked)) = self.greet(&request, opcode, id, &budgets, &tx).await
+                    else {
                         break 'conn;
                     };
                     greeted = true;
+                    version = v;
                     authed = asked.is_none();
                     challenge = asked;
                     continue;
@@ -650,8 +675,24 @@ impl Connection {
                 // are already in the buffer, and appended together (one record, one fsync
                 // round), each still answered on its own. See `flush_publishes`.
                 if let Request::Publish { topic, message } = request {
-                    let item = (id, message, permits);
-                    self.gather_publish(&mut gathered, topic, item, frame_bytes, &tx);
+                    let reply = Reply {
+                        id,
+                        opcode,
+                        count: 1,
+                        permits,
+                    };
+                    let messages = vec![message];
+                    self.gather_publish(&mut gathered, topic, messages, reply, frame_bytes, &tx);
+                    continue;
+                }
+                if let Request::PublishEach { topic, messages } = request {
+                    let reply = Reply {
+                        id,
+                        opcode,
+                        count: messages.len(),
+                        permits,
+                    };
+                    self.gather_publish(&mut gathered, topic, messages, reply, frame_bytes, &tx);
                     continue;
                 }
                 self.flush_publishes(&mut gathered, &tx);
@@ -716,7 +757,7 @@ impl Connection {
     /// Answers the first frame of a connection: a hello with the version both speak, our
     /// limits and, when the broker has a secret, a fresh challenge; or a `BAD_HANDSHAKE`
     /// (`AUTH_REQUIRED` for a client too old to authenticate) error. `None`: the connection
-    /// ends; else the challenge sent, if any.
+    /// ends; else the version agreed and the challenge sent, if any.
     async fn greet(
         &self,
         request: &Request,
@@ -724,7 +765,7 @@ impl Connection {
         id: u32,
         budgets: &Budgets,
         tx: &mpsc::Sender<Out>,
-    ) -> Option<Option<Nonce>> {
+    ) -> Option<(u16, Option<Nonce>)> {
         let version = match hello(request, self.config.secret.is_some()) {
             Ok(v) => v,
             Err(e) => {
@@ -747,7 +788,7 @@ impl Connection {
         let mut out = BytesMut::new();
         resp.encode(opcode, id, &mut out);
         tx.send(Out::Frames(out, Vec::new())).await.ok()?;
-        Some(challenge)
+        Some((version, challenge))
     }
 
     /// Checks a client's proof of the secret against the `challenge` sent. A good one is
@@ -848,30 +889,33 @@ impl Connection {
         }
     }
 
-    /// Adds a publish to those gathered, first flushing them when it cannot join them
-    /// (another topic, or the gathering limits are reached).
+    /// Adds a publish request's messages to those gathered, first flushing them when it
+    /// cannot join them (another topic, or the gathering limits would be passed).
     fn gather_publish(
         &self,
         gathered: &mut Option<Gathered>,
         topic: String,
-        item: (u32, crate::Message, Permits),
+        messages: Vec<crate::Message>,
+        reply: Reply,
         frame_bytes: usize,
         tx: &mpsc::Sender<Out>,
     ) {
         if let Some(g) = gathered.as_ref()
             && (g.topic != topic
-                || g.items.len() >= GATHER_MESSAGES_MAX
+                || g.messages.len() + messages.len() > GATHER_MESSAGES_MAX
                 || g.bytes >= GATHER_BYTES_MAX)
         {
             self.flush_publishes(gathered, tx);
         }
         let g = gathered.get_or_insert_with(|| Gathered {
             topic,
-            items: Vec::new(),
+            messages: Vec::with_capacity(messages.len()),
+            replies: Vec::new(),
             bytes: 0,
         });
         g.bytes += frame_bytes;
-        g.items.push(item);
+        g.messages.extend(messages);
+        g.replies.push(reply);
     }
 
     /// Runs any other request (`opcode`, request `id`) in a task of its own, so a slow one
@@ -967,15 +1011,8 @@ impl Connection {
     /// error).
     fn flush_publishes(&self, gathered: &mut Option<Gathered>, tx: &mpsc::Sender<Out>) {
         let Some(g) = gathered.take() else { return };
-        let mut ids = Vec::with_capacity(g.items.len());
-        let mut messages = Vec::with_capacity(g.items.len());
-        let mut permits = Vec::with_capacity(g.items.len());
-        for (id, m, p) in g.items {
-            ids.push(id);
-            messages.push(m);
-            permits.push(p);
-        }
-        let pending = self.engine.publish_each_submit(&g.topic, messages);
+        let pending = self.engine.publish_each_submit(&g.topic, g.messages);
+        let replies = g.replies;
         let metrics = self.metrics.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -983,36 +1020,13 @@ impl Connection {
                 Ok(p) => p.wait().await,
                 Err(e) => Err(e),
             };
-            let mut out = BytesMut::new();
-            let mut ok = 0u64;
-            let mut failed = 0u64;
-            match results {
-                Ok(rs) => {
-                    for (id, r) in ids.iter().zip(rs) {
-                        let resp = match r {
-                            Ok(c) => {
-                                ok += 1;
-                                Response::Confirm(c)
-                            }
-                            Err(e) => {
-                                failed += 1;
-                                Response::Error(WireError::from_error(&e))
-                            }
-                        };
-                        resp.encode(op::PUBLISH, *id, &mut out);
-                    }
-                }
-                Err(e) => {
-                    let w = WireError::from_error(&e);
-                    for id in &ids {
-                        failed += 1;
-                        Response::Error(w.clone()).encode(op::PUBLISH, *id, &mut out);
-                    }
-                }
-            }
+            let (out, ok, failed) = answer_publishes(&replies, results);
             metrics.messages_published.fetch_add(ok, Ordering::Relaxed);
             metrics.request_errors.fetch_add(failed, Ordering::Relaxed);
-            let held = permits.into_iter().flat_map(|(r, b)| [r, b]).collect();
+            let held = replies
+                .into_iter()
+                .flat_map(|r| [r.permits.0, r.permits.1])
+                .collect();
             let _ = tx.send(Out::Frames(out, held)).await;
         });
     }
@@ -1131,10 +1145,70 @@ fn creates_topic(request: &Request) -> Option<&str> {
     match request {
         Request::Publish { topic, .. }
         | Request::PublishBatch { topic, .. }
+        | Request::PublishEach { topic, .. }
         | Request::CreateGroup { topic, .. }
         | Request::Fetch { topic, .. } => Some(topic),
         _ => None,
     }
+}
+
+/// Encodes the answers to gathered publish requests from the per-message `results` (in
+/// the requests' order): a `PUBLISH` gets its confirm or its error frame, a `PUBLISH_EACH`
+/// one frame with each of its messages' results; an outer error (the engine failed or
+/// closed, a bad topic) answers every request with it. Returns the frames, the messages
+/// confirmed and the answers that are errors.
+fn answer_publishes(
+    replies: &[Reply],
+    results: crate::Result<Vec<crate::Result<crate::Confirm>>>,
+) -> (BytesMut, u64, u64) {
+    // A confirm frame is 18 bytes; a PUBLISH_EACH answer 13 plus 10 per message.
+    let messages: usize = replies.iter().map(|r| r.count).sum();
+    let mut out = BytesMut::with_capacity(replies.len() * 18 + messages * 10);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    match results {
+        Ok(rs) => {
+            let mut rs = rs.into_iter();
+            for r in replies {
+                let mut each = Vec::with_capacity(r.count);
+                for _ in 0..r.count {
+                    let result = rs
+                        .next()
+                        .unwrap_or_else(|| Err(crate::Error::Invalid("missing confirm".into())));
+                    each.push(match result {
+                        Ok(c) => {
+                            ok += 1;
+                            Ok(c)
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            Err(WireError::from_error(&e))
+                        }
+                    });
+                }
+                let resp = if r.opcode == op::PUBLISH_EACH {
+                    Response::Each(each)
+                } else {
+                    match each.pop() {
+                        Some(Ok(c)) => Response::Confirm(c),
+                        Some(Err(w)) => Response::Error(w),
+                        None => Response::Error(WireError::protocol(
+                            code::INTERNAL,
+                            "no result for a publish".to_string(),
+                        )),
+                    }
+                };
+                resp.encode(r.opcode, r.id, &mut out);
+            }
+        }
+        Err(e) => {
+            let w = WireError::from_error(&e);
+            for r in replies {
+                failed += r.count as u64;
+                Response::Error(w.clone()).encode(r.opcode, r.id, &mut out);
+            }
+        }
+    }
+    (out, ok, failed)
 }
 
 async fn write_loop(
@@ -1252,7 +1326,8 @@ async fn handle(
         Request::Hello { .. }
         | Request::Auth { .. }
         | Request::Publish { .. }
-        | Request::PublishBatch { .. } => Response::Error(WireError::protocol(
+        | Request::PublishBatch { .. }
+        | Request::PublishEach { .. } => Response::Error(WireError::protocol(
             code::INTERNAL,
             "request handled by the connection's reader".to_string(),
         )),

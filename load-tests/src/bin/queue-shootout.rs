@@ -147,6 +147,14 @@ struct Args {
     /// Also write the JSON summary to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Profiling aid: drive the broker already listening at this address (started under a
+    /// profiler, e.g. with `--serve-broker DIR`) instead of starting one; its topic must be
+    /// new. Its CPU is not measured.
+    #[arg(long, hide = true)]
+    broker_addr: Option<String>,
+    /// Profiling aid: our broker's run stops after the publish phase (no consume figures).
+    #[arg(long, hide = true)]
+    publish_only: bool,
     /// Internal: serve our broker over this data directory (used by the harness itself).
     #[arg(long, hide = true)]
     serve_broker: Option<PathBuf>,
@@ -218,6 +226,7 @@ async fn run(a: &Args) -> Res<bool> {
         batch: a.batch,
         connections: a.connections,
         phase_timeout: Duration::from_secs(a.phase_timeout_secs),
+        publish_only: a.publish_only,
     };
     let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
     if !base.is_dir() {
@@ -274,7 +283,7 @@ async fn run(a: &Args) -> Res<bool> {
             probe["p99_us"]
         );
         let r = match name.as_str() {
-            "broker" => broker::run(&w, &base, &meter).await,
+            "broker" => broker::run(&w, &base, &meter, a.broker_addr.as_deref()).await,
             "redis" => redis_streams::run(&w, &a.redis_server, &base, &meter).await,
             "redis-queue" => redis_queue::run(&w, &a.redis_server, &base, &meter, false).await,
             "redis-queue-ids" => redis_queue::run(&w, &a.redis_server, &base, &meter, true).await,

@@ -531,16 +531,21 @@ impl RawConn {
 
     /// Says hello and checks the answer.
     async fn hello(&mut self) {
+        self.hello_speaking(proto::VERSION).await;
+    }
+
+    /// Says hello speaking only `version`, and checks the broker agrees on it.
+    async fn hello_speaking(&mut self, version: u16) {
         let hello = Request::Hello {
-            min_version: proto::VERSION,
-            max_version: proto::VERSION,
+            min_version: version,
+            max_version: version,
             client: "raw-test".into(),
         };
         self.send_request(0, &hello).await;
         let f = self.frame().await;
         let r = Response::decode(op::HELLO, f.opcode, f.body).expect("hello response");
         assert!(
-            matches!(r, Response::Hello { version, .. } if version == proto::VERSION),
+            matches!(r, Response::Hello { version: v, .. } if v == version),
             "{r:?}"
         );
     }
@@ -1373,7 +1378,14 @@ struct FakeBroker {
 }
 
 impl FakeBroker {
+    /// A fake speaking protocol version 2, so that the client sends one `PUBLISH` frame per
+    /// publish (what the tests written for version 2 script).
     async fn spawn(max_in_flight: u32) -> FakeBroker {
+        FakeBroker::spawn_speaking(max_in_flight, proto::VERSION_AUTH).await
+    }
+
+    /// A fake that agrees on `version` in every hello.
+    async fn spawn_speaking(max_in_flight: u32, version: u16) -> FakeBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let (frames_tx, frames) = tokio::sync::mpsc::unbounded_channel();
@@ -1403,7 +1415,7 @@ impl FakeBroker {
                                     if f.opcode == op::HELLO {
                                         let mut out = BytesMut::new();
                                         Response::Hello {
-                                            version: proto::VERSION,
+                                            version,
                                             max_frame_bytes: proto::FRAME_BYTES_MAX as u32,
                                             max_in_flight,
                                             server: "fake".into(),
@@ -2667,4 +2679,266 @@ async fn topic_creation_is_rate_limited_and_capped() {
         ),
         "{e}"
     );
+}
+
+// ---- 12. publishes coalesced into PUBLISH_EACH frames (protocol version 3) ----
+
+/// A PUBLISH_EACH frame of `messages` for `topic`, with request id `id`.
+fn each_frame(id: u32, topic: &str, messages: Vec<Message>) -> BytesMut {
+    let mut out = BytesMut::new();
+    Request::PublishEach {
+        topic: topic.into(),
+        messages,
+    }
+    .encode(id, &mut out);
+    out
+}
+
+/// Publishes queued together on one connection leave as PUBLISH_EACH frames, and each
+/// caller still gets its own message's confirm: distinct offsets, each holding the
+/// caller's payload and id. On a single-threaded runtime every publisher queues before the
+/// connection's writer runs, so all of them share one frame.
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_publishes_share_one_frame_and_each_gets_its_own_confirm() {
+    const N: u64 = 50;
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let c = Arc::new(connect(&b.addr, 1).await);
+    c.create_group("each", "g", StartAt::Earliest)
+        .await
+        .expect("group");
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let m = Message::new(i.to_le_bytes().to_vec()).with_id(u128::from(i) + 1);
+            (i, c.publish("each", m).await)
+        }));
+    }
+    let mut offsets = BTreeMap::new();
+    for t in tasks {
+        let (i, r) = t.await.expect("task");
+        let confirm = r.expect("confirmed");
+        assert!(!confirm.duplicate);
+        assert!(offsets.insert(confirm.offset, i).is_none(), "offset reused");
+    }
+    assert_eq!(
+        b.requests(op::PUBLISH_EACH),
+        1,
+        "one frame carried them all"
+    );
+    assert_eq!(b.requests(op::PUBLISH), 0);
+    let stored = b.engine.peek("each", 0, 1000).await.expect("peek");
+    assert_eq!(stored.len() as u64, N);
+    for p in &stored {
+        let i = offsets[&p.offset];
+        assert_eq!(p.payload.as_ref(), i.to_le_bytes());
+        assert_eq!(p.id, Some(u128::from(i) + 1));
+    }
+}
+
+/// Byte by byte: a PUBLISH_EACH frame is answered with one result per message in its order
+/// (a message the engine refuses gets its own error, a repeated id its first offset); a
+/// frame that cannot be decoded (no messages, too many, cut short) is a protocol error
+/// that publishes nothing; and a connection that agreed on version 2 cannot use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_each_frames_answer_each_message_and_need_version_3() {
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let mut conn = RawConn::connect(&b.addr).await;
+    conn.hello().await;
+    let messages = vec![
+        Message::new(&b"first"[..]).with_id(7),
+        Message::new(&b"bad"[..]).with_header("h".repeat(65), b"v".to_vec()),
+        Message::new(&b"second"[..]),
+        Message::new(&b"first again"[..]).with_id(7),
+    ];
+    conn.send(&each_frame(5, "raw", messages)).await;
+    let f = conn.frame().await;
+    assert_eq!(f.request_id, 5);
+    let Ok(Response::Each(rs)) = Response::decode(op::PUBLISH_EACH, f.opcode, f.body) else {
+        panic!("expected a publish_each answer");
+    };
+    assert_eq!(rs.len(), 4, "{rs:?}");
+    let first = rs[0].as_ref().expect("first");
+    let bad = rs[1].as_ref().expect_err("bad header");
+    assert_eq!(bad.code, code::INVALID, "{bad:?}");
+    let second = rs[2].as_ref().expect("second");
+    let again = rs[3].as_ref().expect("repeat");
+    assert_eq!(
+        (first.offset, second.offset, again.offset, again.duplicate),
+        (0, 1, 0, true)
+    );
+
+    // Hostile frames: each closes its connection, and nothing of it is stored.
+    let mut empty = BytesMut::new();
+    empty.put_u16_le(3);
+    empty.put_slice(b"raw");
+    empty.put_u32_le(0);
+    let mut too_many = BytesMut::new();
+    too_many.put_u16_le(3);
+    too_many.put_slice(b"raw");
+    too_many.put_u32_le(proto::EACH_MESSAGES_MAX as u32 + 1);
+    too_many.put_slice(&vec![0u8; 7 * (proto::EACH_MESSAGES_MAX + 1)]);
+    let whole = each_frame(0, "raw", vec![Message::new(&b"x"[..]); 3]);
+    let cut_short = whole[9..whole.len() - 1].to_vec();
+    for body in [empty.to_vec(), too_many.to_vec(), cut_short] {
+        let mut hostile = RawConn::connect(&b.addr).await;
+        hostile.hello().await;
+        hostile.send(&frame_bytes(op::PUBLISH_EACH, 9, &body)).await;
+        let (id, e) = hostile.error().await;
+        assert_eq!((id, e.code), (9, code::BAD_FRAME), "{e:?}");
+        hostile.closed().await;
+    }
+    assert_eq!(
+        b.engine.topic_stats("raw").expect("stats").next_offset,
+        2,
+        "only the good frame's messages are stored"
+    );
+
+    // Version 2 has no PUBLISH_EACH: the broker treats it as an unknown operation.
+    let mut old = RawConn::connect(&b.addr).await;
+    old.hello_speaking(proto::VERSION_AUTH).await;
+    old.send(&each_frame(3, "raw", vec![Message::new(&b"x"[..])]))
+        .await;
+    let (id, e) = old.error().await;
+    assert_eq!((id, e.code), (3, code::UNKNOWN_OPCODE), "{e:?}");
+    old.closed().await;
+    assert_eq!(b.engine.topic_stats("raw").expect("stats").next_offset, 2);
+}
+
+/// The client speaks each version's way: to a version-2 broker a publish is a PUBLISH
+/// frame; to a version-3 one a PUBLISH_EACH frame, whose answer is split among its callers
+/// (an answer with the wrong number of results fails each of them, never a wrong one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_publishes_each_versions_way() {
+    for (version, expected_op) in [
+        (proto::VERSION_AUTH, op::PUBLISH),
+        (proto::VERSION_EACH, op::PUBLISH_EACH),
+    ] {
+        let mut fake = FakeBroker::spawn_speaking(16, version).await;
+        let client = Arc::new(connect(&fake.addr, 1).await);
+        let publisher = client.clone();
+        let call = tokio::spawn(async move {
+            publisher
+                .publish("t", Message::new(&b"x"[..]).with_id(1))
+                .await
+        });
+        let f = fake.next().await;
+        assert_eq!(f.frame.opcode, expected_op, "version {version}");
+        let mut out = BytesMut::new();
+        let confirm = queue::Confirm {
+            offset: 41,
+            duplicate: false,
+        };
+        if expected_op == op::PUBLISH {
+            Response::Confirm(confirm).encode(op::PUBLISH, f.frame.request_id, &mut out);
+        } else {
+            let Ok(Request::PublishEach { topic, messages }) =
+                Request::decode(f.frame.opcode, f.frame.body.clone())
+            else {
+                panic!("not a publish_each frame");
+            };
+            assert_eq!((topic.as_str(), messages.len()), ("t", 1));
+            assert_eq!(messages[0].id, Some(1));
+            Response::Each(vec![Ok(confirm)]).encode(
+                op::PUBLISH_EACH,
+                f.frame.request_id,
+                &mut out,
+            );
+        }
+        let _ = f.reply.send(FakeReply::Bytes(out));
+        let got = tokio::time::timeout(DEADLINE, call)
+            .await
+            .expect("answered")
+            .expect("task")
+            .expect("confirmed");
+        assert_eq!(got.offset, 41);
+    }
+
+    // A version-3 answer with two results for one message: the caller gets a protocol
+    // error, not someone else's confirm.
+    let mut fake = FakeBroker::spawn_speaking(16, proto::VERSION_EACH).await;
+    let client = Arc::new(connect(&fake.addr, 1).await);
+    let publisher = client.clone();
+    let call = tokio::spawn(async move { publisher.publish("t", Message::new("x")).await });
+    let f = fake.next().await;
+    let c = queue::Confirm {
+        offset: 1,
+        duplicate: false,
+    };
+    let mut out = BytesMut::new();
+    Response::Each(vec![Ok(c), Ok(c)]).encode(op::PUBLISH_EACH, f.frame.request_id, &mut out);
+    let _ = f.reply.send(FakeReply::Bytes(out));
+    let r = tokio::time::timeout(DEADLINE, call)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+}
+
+/// A connection cut while coalesced publishes are in flight loses nothing confirmed: every
+/// publish the client confirmed is stored at its offset with its payload and id, and the
+/// others fail with a connection error (they may or may not be stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_mid_batch_loses_nothing_confirmed() {
+    const PUBLISHERS: u64 = 32;
+    const EACH: u64 = 40;
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let proxy = Proxy::spawn(b.addr.clone()).await;
+    let c = Arc::new(connect(&proxy.addr, 1).await);
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let (c, confirmed) = (c.clone(), confirmed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            for k in 0..EACH {
+                let n = p * EACH + k;
+                let m = Message::new(n.to_le_bytes().to_vec()).with_id(u128::from(n) + 1);
+                let r = c.publish("cut", m).await;
+                if r.is_ok() {
+                    confirmed.fetch_add(1, Ordering::SeqCst);
+                }
+                let failed = r.is_err();
+                results.push((n, r));
+                if failed {
+                    break;
+                }
+            }
+            results
+        }));
+    }
+    wait_for("some publishes to be confirmed", || {
+        confirmed.load(Ordering::SeqCst) >= PUBLISHERS * EACH / 4
+    })
+    .await;
+    proxy.cut_all();
+    let mut ok = 0;
+    let mut lost = 0;
+    for t in tasks {
+        for (n, r) in t.await.expect("task") {
+            match r {
+                Ok(confirm) => {
+                    ok += 1;
+                    let stored = b.engine.peek("cut", confirm.offset, 1).await.expect("peek");
+                    assert_eq!(
+                        stored.len(),
+                        1,
+                        "confirmed offset {} missing",
+                        confirm.offset
+                    );
+                    assert_eq!(stored[0].offset, confirm.offset);
+                    assert_eq!(stored[0].payload.as_ref(), n.to_le_bytes());
+                    assert_eq!(stored[0].id, Some(u128::from(n) + 1));
+                }
+                Err(Error::Connection(_) | Error::NotSent(_)) => lost += 1,
+                Err(e) => panic!("publish {n}: {e}"),
+            }
+        }
+    }
+    assert!(ok >= PUBLISHERS * EACH / 4, "{ok} confirmed");
+    assert!(
+        ok + lost >= PUBLISHERS,
+        "every publisher ended: {ok} confirmed, {lost} lost"
+    );
+    assert!(b.requests(op::PUBLISH_EACH) > 0);
 }

@@ -307,6 +307,10 @@ fn requests() -> Vec<Request> {
             client_nonce: [0x5a; 32],
             proof: [0xa5; 32],
         },
+        Request::PublishEach {
+            topic: "orders".into(),
+            messages: (0..3).map(message).collect(),
+        },
     ]
 }
 
@@ -475,6 +479,23 @@ fn responses() -> Vec<(u8, &'static str, Response)> {
             op::AUTH,
             "auth",
             Response::Authenticated { proof: [0xc3; 32] },
+        ),
+        (
+            op::PUBLISH_EACH,
+            "publish_each",
+            Response::Each(vec![
+                Ok(Confirm {
+                    offset: 13,
+                    duplicate: false,
+                }),
+                Err(WireError::from_error(&queue::Error::Invalid(
+                    "bad header".into(),
+                ))),
+                Ok(Confirm {
+                    offset: 3,
+                    duplicate: true,
+                }),
+            ]),
         ),
     ]
 }

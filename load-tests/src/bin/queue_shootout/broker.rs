@@ -97,13 +97,29 @@ async fn connect(addr: &str) -> Res<Arc<Client>> {
     ))
 }
 
-pub async fn run(w: &Workload, base: &Path, meter: &Meter) -> Res<SystemRun> {
-    let (mut server, addr) = start(base).await?;
-    let pid = server.pid();
-    note!(
-        "broker: queue::Server on {addr} (pid {pid:?}), data in {}",
-        server.dir.display()
-    );
+/// Runs the workload on a broker of our own, or on the one listening at `external` (a
+/// profiling aid: a broker started under a profiler; its topic must be new).
+pub async fn run(
+    w: &Workload,
+    base: &Path,
+    meter: &Meter,
+    external: Option<&str>,
+) -> Res<SystemRun> {
+    let (mut server, addr) = match external {
+        Some(addr) => (None, addr.to_string()),
+        None => {
+            let (server, addr) = start(base).await?;
+            (Some(server), addr)
+        }
+    };
+    let pid = server.as_ref().and_then(Scratch::pid);
+    match &server {
+        Some(s) => note!(
+            "broker: queue::Server on {addr} (pid {pid:?}), data in {}",
+            s.dir.display()
+        ),
+        None => note!("broker: the broker already listening on {addr} (its CPU is not measured)"),
+    }
     let mut clients = Vec::with_capacity(w.connections);
     for _ in 0..w.connections {
         clients.push(connect(&addr).await?);
@@ -140,6 +156,21 @@ pub async fn run(w: &Workload, base: &Path, meter: &Meter) -> Res<SystemRun> {
         "after publish: topic next_offset = published = {}",
         stats.next_offset
     )];
+    if w.publish_only {
+        drop(clients);
+        if let Some(s) = server.as_mut() {
+            s.stop();
+        }
+        return Ok(SystemRun {
+            version: "queue (this workspace's crate, this build)".into(),
+            durability,
+            publish,
+            publish_resources,
+            consume: crate::common::ConsumeFigures::skipped(),
+            consume_resources: json!(null),
+            checks,
+        });
+    }
 
     // Consume + ack.
     let seen = Seen::new(w);
@@ -208,7 +239,9 @@ pub async fn run(w: &Workload, base: &Path, meter: &Meter) -> Res<SystemRun> {
         group.acked
     ));
     drop(clients);
-    server.stop();
+    if let Some(s) = server.as_mut() {
+        s.stop();
+    }
     Ok(SystemRun {
         version: "queue (this workspace's crate, this build)".into(),
         durability,
