@@ -907,6 +907,13 @@ pub async fn run(
 
     // 2. The sale, opening soon; the ramp meanwhile.
     phase("ramp");
+    // A connection of its own: the first one sat idle through the sign-in, longer than
+    // the gateway keeps an idle connection waiting for a request's header (its
+    // `header_read_timeout_ms`, 10 s), and a 300,000-person sign-in takes longer.
+    drop(admin);
+    let mut admin = Conn::connect(run.target.addr)
+        .await
+        .map_err(|e| CrowdError::Connect(e.to_string()))?;
     let opens_at = create_sale(&run, &mut admin, &run_id).await?;
     *run.lock(&run.opened) = Some(opens_at);
     let sampler_task = tokio::spawn(sampler(run.clone(), sampling_done.clone()));
