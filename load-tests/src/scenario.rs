@@ -162,6 +162,7 @@ impl Scenario {
             // the sale sells for seconds, not one, so the hard path (purchases that win,
             // made durable, decided) is measured. The rest as `large`.
             "mega" => Some(Scenario {
+                name: name.to_string(),
                 units: 100_000,
                 users: 300_000,
                 attempts: 1_500_000,
