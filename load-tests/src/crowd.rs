@@ -20,17 +20,30 @@
 //! run id) comes from the run's seed ([`seed_of`]: the scenario's, [`SEED_ENV`]'s or a
 //! random one, printed at start and recorded with the settings): one RNG for the run and
 //! one per spike connection, so the connections share no RNG lock.
+//!
+//! The generator shares the machine's cores with the system under test, so what it spends
+//! per request is taken from the system: every answer is still read whole, parsed as JSON
+//! and counted with its latency, but into a small struct of the fields the crowd acts on
+//! ([`Reply`]) rather than a tree of every field, with its outcome code interned
+//! ([`KNOWN_OUTCOMES`]); requests are built from parts made once (paths, the `Host` and
+//! secret headers, each person's cookie, the purchase body of each token).
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, COOKIE, HOST, HeaderValue};
+use hyper::{Method, Request, Uri};
 use loadgen::{Answer, Conn, request};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::record::{Latency, RunRecord};
@@ -68,6 +81,133 @@ const STREAM_SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 /// The stream of the run itself (its id, who pays); spike connection `i` has stream
 /// `1 + i`.
 const RUN_STREAM: u64 = 0;
+
+/// The error codes the gateway answers with (and this crowd's own outcomes), kept as
+/// `&'static str` so that counting an answer allocates nothing; any other code is counted
+/// under its own (allocated) name.
+pub const KNOWN_OUTCOMES: [&str; 27] = [
+    "accepted",
+    "ok",
+    "sold_out",
+    "bad_token",
+    "throttled",
+    "busy",
+    "already_bought",
+    "tokens_exhausted",
+    "outcome_unknown",
+    "unavailable",
+    "overloaded",
+    "timeout",
+    "not_ready",
+    "not_found",
+    "ended",
+    "paused",
+    "bad_request",
+    "bad_captcha",
+    "captcha_expired",
+    "unauthorized",
+    "cross_site",
+    "conflict",
+    "forbidden",
+    "internal",
+    "connection_error",
+    "http_429",
+    "http_503",
+];
+
+/// An answer's outcome: a [`KNOWN_OUTCOMES`] code (no allocation) or another.
+type Outcome = Cow<'static, str>;
+
+/// `code` as an [`Outcome`]: the known code's static text, else a copy.
+fn intern(code: &str) -> Outcome {
+    KNOWN_OUTCOMES
+        .iter()
+        .find(|k| **k == code)
+        .map_or_else(|| Cow::Owned(code.to_owned()), |k| Cow::Borrowed(*k))
+}
+
+/// The fields of an answer's JSON body the crowd acts on (the rest are read past, still
+/// checked to be JSON): an error's code, a token, a ticket, a ticket's state with its
+/// order id or reason. A body that is not a JSON object reads as no fields.
+#[derive(Debug, Default, Deserialize)]
+struct ReplyFields<'a> {
+    /// Borrowed from the body when it has no escapes (every gateway code).
+    #[serde(borrow, default)]
+    error: Option<Cow<'a, str>>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    ticket: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    order_id: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// What the crowd keeps of an answer's body.
+#[derive(Debug, Default)]
+struct Reply {
+    token: Option<String>,
+    ticket: Option<String>,
+    state: Option<String>,
+    order_id: Option<String>,
+    reason: Option<String>,
+}
+
+/// The body of a purchase with `token`: `{"token":"…"}`, the token JSON-escaped.
+fn purchase_body(token: &str) -> Bytes {
+    let mut b = Vec::with_capacity(token.len() + 16);
+    b.extend_from_slice(br#"{"token":"#);
+    // Writing a string into a Vec cannot fail; on the impossible error the body is
+    // refused by the gateway, visibly.
+    let _ = serde_json::to_writer(&mut b, token);
+    b.push(b'}');
+    Bytes::from(b)
+}
+
+/// Parts of the requests made once per run: the `Host` header, the load-test secret's and
+/// the JSON content type.
+#[derive(Debug, Clone)]
+struct Wire {
+    host: HeaderValue,
+    load_test: Option<HeaderValue>,
+    json: HeaderValue,
+}
+
+impl Wire {
+    fn of(target: &Target) -> Wire {
+        Wire {
+            host: HeaderValue::from_str(&target.addr.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            load_test: HeaderValue::from_str(&target.load_test_secret).ok(),
+            json: HeaderValue::from_static("application/json"),
+        }
+    }
+
+    /// A JSON `POST` to `uri` as the person with `cookie`, with the load-test secret when
+    /// `secret`.
+    fn post(
+        &self,
+        uri: &Uri,
+        cookie: &HeaderValue,
+        secret: bool,
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri.clone();
+        let h = req.headers_mut();
+        h.insert(HOST, self.host.clone());
+        h.insert(COOKIE, cookie.clone());
+        h.insert(CONTENT_TYPE, self.json.clone());
+        if secret && let Some(v) = &self.load_test {
+            h.insert(LOAD_TEST_HEADER, v.clone());
+        }
+        req
+    }
+}
 
 /// The system under test.
 #[derive(Debug, Clone)]
@@ -134,36 +274,63 @@ fn rng_of(seed: u64, stream: u64) -> StdRng {
 #[derive(Debug)]
 struct Person {
     name: String,
-    cookie: String,
+    /// Every cookie of the sign-in as one `Cookie` value (empty until signed in).
+    cookie: HeaderValue,
     bot: bool,
-    token: Option<String>,
+    /// The purchase body with the token held ([`purchase_body`]), made once per token.
+    token: Option<Bytes>,
     not_before: Instant,
     /// A purchase of theirs was accepted.
     accepted: bool,
     done: bool,
 }
 
-/// Per-connection figures, merged at the end.
+/// Per-connection counts, added up at the end.
 #[derive(Debug, Default)]
 struct Tally {
-    latency: HashMap<(&'static str, String), Histogram<u64>>,
     errors: u64,
     requests: u64,
     attempts: u64,
 }
 
 impl Tally {
-    fn record(&mut self, route: &'static str, outcome: &str, took: Duration, attempt: bool) {
+    /// Counts one answer.
+    fn record(&mut self, attempt: bool) {
         self.requests += 1;
         if attempt {
             self.attempts += 1;
         }
-        let us = u64::try_from(took.as_micros())
-            .unwrap_or(u64::MAX)
-            .clamp(1, LATENCY_MAX_US);
+    }
+}
+
+/// Every answer of the run, under one lock: the timeline and the latency per route and
+/// outcome. One set of latency histograms for the run rather than one per connection: an
+/// HDR histogram from 1 µs to a minute at 3 significant figures is about 130 KiB, and
+/// 256 connections × a dozen (route, outcome) pairs made hundreds of MiB, zeroed as each
+/// pair first appeared (in the middle of the spike, when `sold_out` does). The lock is
+/// the one the timeline took per answer already.
+#[derive(Debug, Default)]
+struct Recording {
+    timeline: Timeline,
+    latency: HashMap<(&'static str, Outcome), Histogram<u64>>,
+}
+
+impl Recording {
+    /// Counts one answer `at_ms` after the run started that took `us` µs (clamped to the
+    /// histograms' bounds).
+    fn record(
+        &mut self,
+        at_ms: u64,
+        route: &'static str,
+        outcome: &Outcome,
+        us: u64,
+        attempt: bool,
+    ) {
+        self.timeline.record(at_ms, route, outcome, us, attempt);
+        // A known outcome's key is two static strings: no allocation.
         let h = self
             .latency
-            .entry((route, outcome.to_string()))
+            .entry((route, outcome.clone()))
             .or_insert_with(new_histogram);
         let _ = h.record(us);
     }
@@ -174,17 +341,37 @@ fn new_histogram() -> Histogram<u64> {
         .expect("1 µs to a minute at 3 significant figures are valid bounds")
 }
 
-/// The outcome of an answer: `ok`/`accepted` for successes, else the JSON error code.
-fn outcome_of(a: &Answer, body: &Value) -> String {
+/// The outcome of an answer: `ok`/`accepted` for successes, else the JSON error code
+/// (`error`), else `http_STATUS`.
+fn outcome_of(a: &Answer, error: Option<&str>) -> Outcome {
     if a.status.as_u16() == 202 {
-        return "accepted".into();
+        return Cow::Borrowed("accepted");
     }
     if a.status.is_success() {
-        return "ok".into();
+        return Cow::Borrowed("ok");
     }
-    body.get("error")
-        .and_then(Value::as_str)
-        .map_or_else(|| format!("http_{}", a.status.as_u16()), str::to_owned)
+    match error {
+        Some(code) => intern(code),
+        None => intern(&format!("http_{}", a.status.as_u16())),
+    }
+}
+
+/// Reads an answer's body: its outcome and the fields the crowd acts on.
+fn read_reply(a: &Answer) -> (Outcome, Reply) {
+    let fields: ReplyFields<'_> = if a.body.is_empty() {
+        ReplyFields::default()
+    } else {
+        serde_json::from_slice(&a.body).unwrap_or_default()
+    };
+    let outcome = outcome_of(a, fields.error.as_deref());
+    let reply = Reply {
+        token: fields.token,
+        ticket: fields.ticket,
+        state: fields.state,
+        order_id: fields.order_id,
+        reason: fields.reason,
+    };
+    (outcome, reply)
 }
 
 fn retry_after(a: &Answer) -> Option<Duration> {
@@ -203,12 +390,15 @@ struct Run {
     seed: u64,
     sale: AtomicU64,
     people: Vec<Mutex<Person>>,
+    /// Request parts made once.
+    wire: Wire,
     start: Instant,
     deadline: Instant,
     opened: Mutex<Option<Instant>>,
     attempts_left: AtomicU64,
     accepted: Mutex<Vec<(String, usize)>>,
-    spent_tokens: Mutex<Vec<String>>,
+    /// Purchase bodies of spent tokens, for the bots to reuse.
+    spent_tokens: Mutex<Vec<Bytes>>,
     first_sold_out: Mutex<Option<Instant>>,
     bots_refused: AtomicU64,
     bots_accepted: AtomicU64,
@@ -217,7 +407,7 @@ struct Run {
     stop: AtomicBool,
     /// Every answer by 100 ms slot, and the system's figures (one for the run: a slot is
     /// a few counters, and a lock taken per answer costs far less than the answer).
-    timeline: Mutex<Timeline>,
+    timeline: Mutex<Recording>,
     /// What the run is doing now, for the progress display.
     phase: Mutex<&'static str>,
     /// The system's latest figures, one line, for the progress display.
@@ -250,8 +440,16 @@ impl Run {
         u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Counts an answer to a request sent at `began` in the run's timeline.
-    fn record(&self, began: Instant, route: &str, outcome: &str, attempt: bool) {
+    /// Counts an answer to a request sent at `began` in the run's timeline and in
+    /// `tally`.
+    fn record(
+        &self,
+        tally: &mut Tally,
+        began: Instant,
+        route: &'static str,
+        outcome: &Outcome,
+        attempt: bool,
+    ) {
         let now = Instant::now();
         let took_us = u64::try_from(now.saturating_duration_since(began).as_micros())
             .unwrap_or(u64::MAX)
@@ -259,6 +457,7 @@ impl Run {
         let at_ms = self.elapsed_ms(now);
         self.lock(&self.timeline)
             .record(at_ms, route, outcome, took_us, attempt);
+        tally.record(attempt);
     }
 
     /// Attempts sent so far.
@@ -276,8 +475,8 @@ async fn send(
     tally: &mut Tally,
     route: &'static str,
     attempt: bool,
-    req: hyper::Request<http_body_util::Full<bytes::Bytes>>,
-) -> Option<(Answer, Value, String)> {
+    req: Request<Full<Bytes>>,
+) -> Option<(Answer, Reply, Outcome)> {
     if conn.is_none() {
         match Conn::connect(run.target.addr).await {
             Ok(c) => *conn = Some(c),
@@ -291,21 +490,20 @@ async fn send(
     let began = Instant::now();
     match c.send(req).await {
         Ok(a) => {
-            let body = if a.body.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&a.body).unwrap_or(Value::Null)
-            };
-            let outcome = outcome_of(&a, &body);
-            run.record(began, route, &outcome, attempt);
-            tally.record(route, &outcome, began.elapsed(), attempt);
-            Some((a, body, outcome))
+            let (outcome, reply) = read_reply(&a);
+            run.record(tally, began, route, &outcome, attempt);
+            Some((a, reply, outcome))
         }
         Err(_) => {
             *conn = None;
             tally.errors += 1;
-            run.record(began, route, "connection_error", attempt);
-            tally.record(route, "connection_error", began.elapsed(), attempt);
+            run.record(
+                tally,
+                began,
+                route,
+                &Cow::Borrowed("connection_error"),
+                attempt,
+            );
             None
         }
     }
@@ -337,7 +535,9 @@ async fn sign_in(run: Arc<Run>, next: Arc<AtomicUsize>) -> Tally {
                 .filter_map(|v| v.split(';').next())
                 .collect::<Vec<_>>()
                 .join("; ");
-            if !cookie.is_empty() {
+            if let Ok(cookie) = HeaderValue::from_str(&cookie)
+                && !cookie.is_empty()
+            {
                 run.lock(&run.people[i]).cookie = cookie;
             }
         }
@@ -369,7 +569,8 @@ async fn ramp(run: Arc<Run>, next: Arc<AtomicUsize>, opens_at: Instant) -> Tally
         } else {
             ("sales", format!("/api/sales/{sale}"))
         };
-        let req = request("GET", &path, &[("cookie", &cookie)], None);
+        let mut req = request("GET", &path, &[], None);
+        req.headers_mut().insert(COOKIE, cookie);
         send(&run, &mut conn, &mut tally, route, false, req).await;
     }
     tokio::time::sleep_until(opens_at.into()).await;
@@ -413,18 +614,25 @@ async fn spike(run: Arc<Run>, index: usize) -> Tally {
 /// The purchase routes of the sale under test.
 #[derive(Debug)]
 struct SalePaths {
-    token: String,
-    purchase: String,
+    token: Uri,
+    purchase: Uri,
 }
 
 impl SalePaths {
     fn of(sale: u64) -> SalePaths {
+        // A number in a fixed path is always a valid URI; the fallback keeps this total.
+        let uri = |p: String| p.parse().unwrap_or_else(|_| Uri::from_static("/"));
         SalePaths {
-            token: format!("/api/sales/{sale}/token"),
-            purchase: format!("/api/sales/{sale}/purchase"),
+            token: uri(format!("/api/sales/{sale}/token")),
+            purchase: uri(format!("/api/sales/{sale}/purchase")),
         }
     }
 }
+
+/// The body of a human's token request (the captcha skipped with the load-test secret).
+const HUMAN_TOKEN_BODY: &[u8] = b"{}";
+/// The body of a bot's token request: no captcha solved.
+const BOT_TOKEN_BODY: &[u8] = br#"{"captcha_id":"","answer":""}"#;
 
 /// One connection of the spike: it acts for whoever is ready, one attempt at a time.
 #[derive(Debug)]
@@ -440,10 +648,11 @@ struct SpikeTask {
 impl SpikeTask {
     /// Someone ready to act (not done, not waiting), after at most [`PICK_TRIES`] draws.
     fn pick_ready(&mut self) -> Option<usize> {
+        let now = Instant::now();
         for _ in 0..PICK_TRIES {
             let i = self.rng.random_range(0..self.run.people.len());
             let p = self.run.lock(&self.run.people[i]);
-            if !p.done && p.not_before <= Instant::now() {
+            if !p.done && p.not_before <= now {
                 return Some(i);
             }
         }
@@ -451,7 +660,7 @@ impl SpikeTask {
     }
 
     /// A bot's attempt: one of three tricks, each of which must be refused.
-    async fn bot(&mut self, i: usize, cookie: &str) {
+    async fn bot(&mut self, i: usize, cookie: &HeaderValue) {
         let run = &self.run;
         run.lock(&run.people[i]).not_before = Instant::now() + BOT_PAUSE;
         // Rapid repeats of the three tricks; each must be refused.
@@ -463,32 +672,27 @@ impl SpikeTask {
             "token"
         };
         let req = match (trick, reused) {
-            (0, _) => request(
-                "POST",
+            (0, _) => run.wire.post(
                 &self.paths.purchase,
-                &[("cookie", cookie)],
-                Some(&json!({"token": format!("forged.{:032x}", self.rng.random::<u128>())})),
+                cookie,
+                false,
+                purchase_body(&format!("forged.{:032x}", self.rng.random::<u128>())),
             ),
-            (1, Some(spent)) => request(
-                "POST",
-                &self.paths.purchase,
-                &[("cookie", cookie)],
-                Some(&json!({ "token": spent })),
-            ),
-            _ => request(
-                "POST",
+            (1, Some(spent)) => run.wire.post(&self.paths.purchase, cookie, false, spent),
+            _ => run.wire.post(
                 &self.paths.token,
-                &[("cookie", cookie)],
-                Some(&json!({"captcha_id": "", "answer": ""})),
+                cookie,
+                false,
+                Bytes::from_static(BOT_TOKEN_BODY),
             ),
         };
-        if let Some((a, body, _)) =
+        if let Some((a, reply, _)) =
             send(run, &mut self.conn, &mut self.tally, route, true, req).await
         {
             if a.status.as_u16() == 202 || a.status.is_success() && route == "token" {
                 run.bots_accepted.fetch_add(1, Ordering::Relaxed);
-                if let Some(t) = body.get("ticket").and_then(Value::as_str) {
-                    run.lock(&run.accepted).push((t.to_string(), i));
+                if let Some(t) = reply.ticket {
+                    run.lock(&run.accepted).push((t, i));
                 }
             } else {
                 run.bots_refused.fetch_add(1, Ordering::Relaxed);
@@ -498,7 +702,7 @@ impl SpikeTask {
 
     /// A human's attempt: a token if they hold none, then at once the purchase with it (as
     /// a person clicks Buy right after solving the captcha).
-    async fn human(&mut self, i: usize, cookie: &str, mut token: Option<String>) {
+    async fn human(&mut self, i: usize, cookie: &HeaderValue, mut token: Option<Bytes>) {
         loop {
             let now = Instant::now();
             let think = Duration::from_millis(self.rng.random_range(THINK_MS));
@@ -522,25 +726,22 @@ impl SpikeTask {
     async fn ask_token(
         &mut self,
         i: usize,
-        cookie: &str,
+        cookie: &HeaderValue,
         now: Instant,
         think: Duration,
-    ) -> Option<String> {
+    ) -> Option<Bytes> {
         let run = &self.run;
-        let req = request(
-            "POST",
+        let req = run.wire.post(
             &self.paths.token,
-            &[
-                ("cookie", cookie),
-                (LOAD_TEST_HEADER, &run.target.load_test_secret),
-            ],
-            Some(&json!({})),
+            cookie,
+            true,
+            Bytes::from_static(HUMAN_TOKEN_BODY),
         );
-        let (a, body, outcome) =
+        let (a, reply, outcome) =
             send(run, &mut self.conn, &mut self.tally, "token", true, req).await?;
         let mut p = run.lock(&run.people[i]);
         if a.status.is_success() {
-            p.token = body.get("token").and_then(Value::as_str).map(str::to_owned);
+            p.token = reply.token.as_deref().map(purchase_body);
             return p.token.clone();
         }
         if outcome == "sold_out" {
@@ -552,25 +753,26 @@ impl SpikeTask {
 
     /// Buys with the token `held` and acts on the answer: accepted (maybe a double click
     /// follows), already bought, a spent token, sold out, or come back later.
-    async fn buy(&mut self, i: usize, cookie: &str, held: String, now: Instant, think: Duration) {
+    async fn buy(
+        &mut self,
+        i: usize,
+        cookie: &HeaderValue,
+        held: Bytes,
+        now: Instant,
+        think: Duration,
+    ) {
         let run = &self.run;
-        let req = request(
-            "POST",
-            &self.paths.purchase,
-            &[("cookie", cookie)],
-            Some(&json!({ "token": held })),
-        );
-        let Some((a, body, outcome)) =
+        let req = run
+            .wire
+            .post(&self.paths.purchase, cookie, false, held.clone());
+        let Some((a, reply, outcome)) =
             send(run, &mut self.conn, &mut self.tally, "purchase", true, req).await
         else {
             return;
         };
-        let ticket = body
-            .get("ticket")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let ticket = reply.ticket;
         let mut p = run.lock(&run.people[i]);
-        match (a.status.as_u16(), outcome.as_str()) {
+        match (a.status.as_u16(), outcome.as_ref()) {
             (202, _) | (503, "outcome_unknown") if ticket.is_some() => {
                 if let Some(t) = ticket {
                     run.lock(&run.accepted).push((t, i));
@@ -635,7 +837,7 @@ fn note_sold_out(run: &Run, at: Instant) {
 /// reason, when decided)).
 async fn decisions(
     run: Arc<Run>,
-    work: Arc<Mutex<Vec<(String, usize)>>>,
+    work: Arc<Mutex<VecDeque<(String, usize)>>>,
     results: Arc<Mutex<Vec<Decision>>>,
 ) -> Tally {
     let mut tally = Tally::default();
@@ -644,35 +846,27 @@ async fn decisions(
         if run.past_deadline() {
             return tally;
         }
-        let item = run.lock(&work).pop();
+        let item = run.lock(&work).pop_back();
         let Some((ticket, who)) = item else {
             return tally;
         };
         let req = request("GET", &format!("/api/tickets/{ticket}"), &[], None);
         let answer = send(&run, &mut conn, &mut tally, "ticket", false, req).await;
-        let decided = answer.as_ref().and_then(|(a, body, _)| {
+        let decided = answer.and_then(|(a, reply, _)| {
             if !a.status.is_success() {
                 return None;
             }
-            match body.get("state").and_then(Value::as_str) {
+            match reply.state.as_deref() {
                 Some("ordered") => Some(Decision {
                     who,
-                    order_id: body
-                        .get("order_id")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
+                    order_id: reply.order_id,
                     reason: None,
                     at: Instant::now(),
                 }),
                 Some("rejected") => Some(Decision {
                     who,
                     order_id: None,
-                    reason: Some(
-                        body.get("reason")
-                            .and_then(Value::as_str)
-                            .unwrap_or("unknown")
-                            .to_string(),
-                    ),
+                    reason: Some(reply.reason.unwrap_or_else(|| "unknown".to_string())),
                     at: Instant::now(),
                 }),
                 _ => None,
@@ -681,8 +875,9 @@ async fn decisions(
         match decided {
             Some(d) => run.lock(&results).push(d),
             None => {
-                // Still in line: back to the work list, and a short pause.
-                run.lock(&work).insert(0, (ticket, who));
+                // Still in line: to the far end of the work list (taken last), and a short
+                // pause.
+                run.lock(&work).push_front((ticket, who));
                 tokio::time::sleep(TICKET_POLL_PAUSE).await;
             }
         }
@@ -700,7 +895,7 @@ struct Decision {
 /// Phase 5: pays the given orders; returns how many were paid.
 async fn pay(
     run: Arc<Run>,
-    work: Arc<Mutex<Vec<(String, String)>>>,
+    work: Arc<Mutex<Vec<(String, HeaderValue)>>>,
     paid: Arc<AtomicU64>,
 ) -> Tally {
     let mut tally = Tally::default();
@@ -713,12 +908,8 @@ async fn pay(
         let Some((order, cookie)) = item else {
             return tally;
         };
-        let req = request(
-            "POST",
-            &format!("/api/orders/{order}/pay"),
-            &[("cookie", &cookie)],
-            None,
-        );
+        let mut req = request("POST", &format!("/api/orders/{order}/pay"), &[], None);
+        req.headers_mut().insert(COOKIE, cookie);
         if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, "pay", false, req).await
             && a.status.is_success()
         {
@@ -738,9 +929,11 @@ async fn sampler(run: Arc<Run>, done: Arc<AtomicBool>) {
         tick.tick().await;
         let auth = admin_auth(&run);
         let req = request("GET", "/admin/api/live", &[("authorization", &auth)], None);
-        if let Some((a, body, _)) = send(&run, &mut conn, &mut tally, "live", false, req).await
+        if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, "live", false, req).await
             && a.status.is_success()
         {
+            // Once a second: the whole tree is fine here.
+            let body = a.json();
             let c = &body["current"];
             let sample = SystemSample {
                 backlog: c["lag"].as_u64(),
@@ -749,7 +942,7 @@ async fn sampler(run: Arc<Run>, done: Arc<AtomicBool>) {
                 orders: c["orders"].as_u64(),
             };
             let at_ms = run.elapsed_ms(Instant::now());
-            run.lock(&run.timeline).sample(at_ms, sample);
+            run.lock(&run.timeline).timeline.sample(at_ms, sample);
             *run.lock(&run.figures) = format!(
                 "{:.0} req/s | accepted {} | backlog {} | enqueued/s {:.0} | drained/s {:.0} | orders {}",
                 c["requests_per_s"].as_f64().unwrap_or(0.0),
@@ -907,6 +1100,13 @@ pub async fn run(
 
     // 2. The sale, opening soon; the ramp meanwhile.
     phase("ramp");
+    // A connection of its own: the first one sat idle through the sign-in, longer than
+    // the gateway keeps an idle connection waiting for a request's header (its
+    // `header_read_timeout_ms`, 10 s), and a 300,000-person sign-in takes longer.
+    drop(admin);
+    let mut admin = Conn::connect(run.target.addr)
+        .await
+        .map_err(|e| CrowdError::Connect(e.to_string()))?;
     let opens_at = create_sale(&run, &mut admin, &run_id).await?;
     *run.lock(&run.opened) = Some(opens_at);
     let sampler_task = tokio::spawn(sampler(run.clone(), sampling_done.clone()));
@@ -920,7 +1120,7 @@ pub async fn run(
 
     // 4. Decisions.
     phase("decisions");
-    let work = Arc::new(Mutex::new(run.lock(&run.accepted).clone()));
+    let work = Arc::new(Mutex::new(VecDeque::from(run.lock(&run.accepted).clone())));
     let results = Arc::new(Mutex::new(Vec::new()));
     tallies.extend(
         in_parallel(connections.min(64), |_| {
@@ -977,7 +1177,7 @@ impl Run {
             .map(|i| {
                 Mutex::new(Person {
                     name: format!("lt{run_id}-{i}"),
-                    cookie: String::new(),
+                    cookie: HeaderValue::from_static(""),
                     bot: i < bots,
                     token: None,
                     not_before: start,
@@ -987,6 +1187,7 @@ impl Run {
             })
             .collect();
         Run {
+            wire: Wire::of(&target),
             deadline: start + Duration::from_millis(scenario.deadline_ms),
             attempts_left: AtomicU64::new(scenario.attempts),
             scenario,
@@ -1003,7 +1204,7 @@ impl Run {
             bots_accepted: AtomicU64::new(0),
             done: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
-            timeline: Mutex::new(Timeline::default()),
+            timeline: Mutex::new(Recording::default()),
             phase: Mutex::new("sign-in"),
             figures: Mutex::new(String::new()),
         }
@@ -1089,7 +1290,11 @@ async fn create_sale(run: &Run, admin: &mut Conn, run_id: &str) -> Result<Instan
 }
 
 /// The orders the buyers pay (a `pay_share` of them), with their buyers' cookies.
-fn choose_payments(run: &Run, decided: &[Decision], rng: &mut StdRng) -> Vec<(String, String)> {
+fn choose_payments(
+    run: &Run,
+    decided: &[Decision],
+    rng: &mut StdRng,
+) -> Vec<(String, HeaderValue)> {
     let mut to_pay = Vec::new();
     for d in decided {
         if let Some(order) = &d.order_id
@@ -1115,7 +1320,7 @@ struct Finished {
     tallies: Vec<Tally>,
 }
 
-/// Every connection's figures added up: one [`Tally`] of them all.
+/// Every connection's counts added up: one [`Tally`] of them all.
 impl Tally {
     fn merged(tallies: Vec<Tally>) -> Tally {
         let mut m = Tally::default();
@@ -1123,13 +1328,12 @@ impl Tally {
             m.errors += t.errors;
             m.requests += t.requests;
             m.attempts += t.attempts;
-            for (k, h) in t.latency {
-                let _ = m.latency.entry(k).or_insert_with(new_histogram).add(&h);
-            }
         }
         m
     }
+}
 
+impl Recording {
     /// Latency by route, then outcome (`all` for each route's outcomes together), and the
     /// answers to purchase attempts (token and purchase routes) by outcome.
     fn by_route(
@@ -1145,10 +1349,10 @@ impl Tally {
             by_route
                 .entry(route.to_string())
                 .or_default()
-                .insert(outcome.clone(), latency_of(h));
+                .insert(outcome.to_string(), latency_of(h));
             let _ = route_all.entry(route).or_insert_with(new_histogram).add(h);
             if matches!(*route, "token" | "purchase") {
-                *outcomes.entry(outcome.clone()).or_default() += h.len();
+                *outcomes.entry(outcome.to_string()).or_default() += h.len();
             }
         }
         for (route, h) in &route_all {
@@ -1164,11 +1368,12 @@ impl Tally {
 /// The run's record from what its phases left.
 fn record_of(run: &Run, f: Finished) -> RunRecord {
     let merged = Tally::merged(f.tallies);
-    let (latency, outcomes) = merged.by_route();
-    let (bin_ms, timeline, peak_backlog) = {
-        let t = run.lock(&run.timeline);
+    let (latency, outcomes, bin_ms, timeline, peak_backlog) = {
+        let recording = run.lock(&run.timeline);
+        let (latency, outcomes) = recording.by_route();
+        let t = &recording.timeline;
         let bin_ms = crate::timeline::bin_width_ms(t.span_ms());
-        (bin_ms, t.bins(bin_ms), t.peak_backlog())
+        (latency, outcomes, bin_ms, t.bins(bin_ms), t.peak_backlog())
     };
     let ordered = f.decided.iter().filter(|d| d.order_id.is_some()).count() as u64;
     let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
@@ -1220,6 +1425,71 @@ fn record_of(run: &Run, f: Finished) -> RunRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status: hyper::StatusCode::from_u16(status).expect("a status"),
+            headers: hyper::HeaderMap::new(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn an_answer_reads_as_its_outcome_and_the_fields_the_crowd_acts_on() {
+        let (o, r) = read_reply(&answer(202, r#"{"ticket":"t-1","receipt":"x"}"#));
+        assert_eq!((o.as_ref(), r.ticket.as_deref()), ("accepted", Some("t-1")));
+        let (o, r) = read_reply(&answer(200, r#"{"token":"a.b","expires_at_ms":5}"#));
+        assert_eq!((o.as_ref(), r.token.as_deref()), ("ok", Some("a.b")));
+        // A known code is the static text (counted without an allocation) ...
+        let (o, _) = read_reply(&answer(410, r#"{"error":"sold_out","message":"sold out"}"#));
+        assert!(matches!(o, Cow::Borrowed("sold_out")), "{o:?}");
+        // ... any other is counted under its own name, escapes and all.
+        let (o, _) = read_reply(&answer(418, r#"{"error":"tea\u0070ot"}"#));
+        assert!(matches!(&o, Cow::Owned(s) if s == "teapot"), "{o:?}");
+        // Not JSON, or no code: the status.
+        let (o, r) = read_reply(&answer(503, "<html>Very busy</html>"));
+        assert_eq!(o.as_ref(), "http_503");
+        assert!(r.ticket.is_none() && r.token.is_none());
+        let (o, _) = read_reply(&answer(500, ""));
+        assert!(matches!(&o, Cow::Owned(s) if s == "http_500"), "{o:?}");
+        let (o, r) = read_reply(&answer(
+            200,
+            r#"{"state":"rejected","reason":"sold_out","sale":1}"#,
+        ));
+        assert_eq!(o.as_ref(), "ok");
+        assert_eq!(
+            (r.state.as_deref(), r.reason.as_deref(), r.order_id),
+            (Some("rejected"), Some("sold_out"), None)
+        );
+    }
+
+    #[test]
+    fn a_purchase_body_carries_the_token_as_json() {
+        for token in ["v1.abc_DEF-123.sig", r#"odd"token\with"#, ""] {
+            let body = purchase_body(token);
+            let v: Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(v, json!({ "token": token }));
+        }
+    }
+
+    #[test]
+    fn one_set_of_latency_histograms_counts_every_connections_answers() {
+        let mut rec = Recording::default();
+        for (i, outcome) in ["accepted", "sold_out", "sold_out", "teapot"]
+            .iter()
+            .enumerate()
+        {
+            rec.record(10 * i as u64, "purchase", &intern(outcome), 1_000, true);
+        }
+        rec.record(5, "page", &Cow::Borrowed("ok"), 300, false);
+        let (latency, outcomes) = rec.by_route();
+        assert_eq!(latency["purchase"]["sold_out"].count, 2);
+        assert_eq!(latency["purchase"]["all"].count, 4);
+        assert_eq!(latency["page"]["ok"].count, 1);
+        assert_eq!(outcomes["sold_out"], 2);
+        assert_eq!(outcomes["teapot"], 1);
+        assert!(!outcomes.contains_key("ok"), "page views are not attempts");
+    }
 
     #[test]
     fn a_seed_gives_the_same_streams_and_each_stream_its_own() {

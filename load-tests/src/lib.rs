@@ -1,7 +1,7 @@
 //! Load tests of the flash-sale system: a flash-crowd generator, an invariant auditor and
 //! run reports.
 //!
-//! - [`scenario`]: named presets (CI-sized, small, large) of users, attempts, units, bots,
+//! - [`scenario`]: named presets (CI-sized, small, large, mega) of users, attempts, units, bots,
 //!   with bounds on every count ([`scenario::ScenarioError`] names the setting out of them)
 //!   and the seed of the crowd's random choices.
 //! - [`crowd`]: drives a flash crowd against a running system over HTTP (loopback only,

@@ -87,7 +87,8 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct ScenarioArgs {
-    /// A preset: ci, small, large.
+    /// A preset: ci, small, large, mega (large with 100,000 units, 300,000 people,
+    /// 1,500,000 attempts: the sell-through benchmark).
     #[arg(long, default_value = "ci")]
     scenario: String,
     /// Override: units on sale.

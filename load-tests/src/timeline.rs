@@ -179,7 +179,14 @@ impl Timeline {
         slot.requests += 1;
         if attempt {
             slot.attempts += 1;
-            *slot.outcomes.entry(outcome.to_string()).or_default() += 1;
+            // Looked up before inserting: an outcome seen before in this slot (nearly
+            // every answer) costs no allocation.
+            match slot.outcomes.get_mut(outcome) {
+                Some(n) => *n += 1,
+                None => {
+                    slot.outcomes.insert(outcome.to_string(), 1);
+                }
+            }
         }
         if let Some(timed) = TIMED_ROUTES.iter().find(|r| **r == route) {
             slot.latency.entry(timed).or_default().record(took_us);
