@@ -588,7 +588,8 @@ struct Shutdown {
 /// header-read timeout (so that the timeout is enforced between once and one and a half
 /// times its length) and at most the idle timeout.
 pub fn tick_period(limits: &ServeLimits) -> Duration {
-    let half_head = (limits.header_read_timeout_ms / 2).max(1);
+    // Rounded up, so that an odd timeout still takes two whole periods (1–1.5× it).
+    let half_head = limits.header_read_timeout_ms.div_ceil(2).max(1);
     Duration::from_millis(half_head.min(limits.idle_timeout_ms).max(1))
 }
 
@@ -614,6 +615,8 @@ pub struct ConnSnapshot {
     pub started: usize,
     /// Requests in the service now.
     pub handling: usize,
+    /// The last write found the socket full (the client is not reading an answer).
+    pub write_blocked: bool,
 }
 
 /// The header-read and idle timeouts of one connection, judged at its housekeeping ticks
@@ -661,10 +664,13 @@ impl ConnTimeouts {
         let before = self.seen;
         // A period counts as waiting for a head only if nothing was handled at either end
         // of it (a request handled at the last tick may have ended just before this one).
+        // An answer the client does not read (a write stalled on a full socket) is not a
+        // head wait either; the idle rule still drops such a connection.
         let waited = now.started == before.started
             && now.writes == before.writes
             && now.handling == 0
-            && before.handling == 0;
+            && before.handling == 0
+            && !now.write_blocked;
         self.waiting = if waited { self.waiting + 1 } else { 0 };
         let idle = now.reads == before.reads && now.writes == before.writes && now.handling == 0;
         self.idle = if idle { self.idle + 1 } else { 0 };
@@ -775,6 +781,8 @@ struct ConnCounters {
     started: AtomicUsize,
     /// Requests in the service now.
     handling: AtomicUsize,
+    /// The last write returned `Pending` (the socket is full).
+    write_blocked: std::sync::atomic::AtomicBool,
 }
 
 impl ConnCounters {
@@ -784,6 +792,7 @@ impl ConnCounters {
             writes: self.writes.load(Ordering::Relaxed),
             started: self.started.load(Ordering::Relaxed),
             handling: self.handling.load(Ordering::Relaxed),
+            write_blocked: self.write_blocked.load(Ordering::Relaxed),
         }
     }
 }
@@ -819,6 +828,17 @@ impl Counted {
     fn wrote(&self) {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Records whether a write attempt completed (`ready`) or found the socket full.
+    fn write_polled(&self, ready: bool) {
+        if ready {
+            self.wrote();
+        }
+        // Written only when it changes: the flag is read at ticks, set on every write.
+        if self.counters.write_blocked.load(Ordering::Relaxed) == ready {
+            self.counters.write_blocked.store(!ready, Ordering::Relaxed);
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Counted {
@@ -844,9 +864,7 @@ impl tokio::io::AsyncWrite for Counted {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
-        if r.is_ready() {
-            this.wrote();
-        }
+        this.write_polled(r.is_ready());
         r
     }
 
@@ -857,9 +875,7 @@ impl tokio::io::AsyncWrite for Counted {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if r.is_ready() {
-            this.wrote();
-        }
+        this.write_polled(r.is_ready());
         r
     }
 
@@ -900,6 +916,7 @@ mod tests {
             writes,
             started,
             handling,
+            write_blocked: false,
         }
     }
 
@@ -961,6 +978,33 @@ mod tests {
         for w in 1..20 {
             assert_eq!(t.tick(snap(1, w, 1, 0)), TickVerdict::Keep);
         }
+    }
+
+    /// An answer the client stopped reading (the last write found the socket full, no
+    /// write completes) is not a head wait: it is left to the idle rule, which drops it.
+    #[test]
+    fn a_stalled_answer_is_left_to_the_idle_rule() {
+        let mut t = ConnTimeouts::new(&limits(10_000, 60_000));
+        let stalled = ConnSnapshot {
+            write_blocked: true,
+            ..snap(1, 1, 1, 0)
+        };
+        // 60 s idle at a 5 s tick: 12 periods to the close, 24 to the drop.
+        for _ in 0..11 {
+            assert_eq!(t.tick(stalled), TickVerdict::Keep);
+        }
+        assert_eq!(t.tick(stalled), TickVerdict::Keep);
+        assert_eq!(t.tick(stalled), TickVerdict::Close);
+    }
+
+    /// An odd header-read timeout still drops a head wait within one and a half times it.
+    #[test]
+    fn an_odd_header_read_timeout_keeps_its_bound() {
+        let l = limits(10_001, 600_000);
+        assert_eq!(tick_period(&l), Duration::from_millis(5_001));
+        let mut t = ConnTimeouts::new(&l);
+        assert_eq!(t.tick(snap(1, 0, 0, 0)), TickVerdict::Keep);
+        assert_eq!(t.tick(snap(2, 0, 0, 0)), TickVerdict::Drop);
     }
 
     /// The idle rule alone (header-read timeout far away): no byte moved for the idle

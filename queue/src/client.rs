@@ -231,16 +231,19 @@ impl Waiters {
 
     /// Hands the decoded answer to a request of opcode `op` to its callers: a
     /// `PUBLISH_EACH` answer is split into one confirm or error per message (an error frame
-    /// is every message's error; an answer of the wrong length is a protocol error for all).
-    fn answer(self, op: u8, r: Result<Response>) {
+    /// is every message's error). An answer of the wrong length or kind cannot be split: its
+    /// messages may or may not be stored, so each caller gets [`Error::Connection`] (retry
+    /// with the same id) and the reason is returned: the connection must be dropped, since
+    /// a broker that answers so cannot be trusted with the next request.
+    fn answer(self, op: u8, r: Result<Response>) -> Option<String> {
         let ws = match self {
             Waiters::One(w) => {
                 let _ = w.send(r.map(|r| (op, r)));
-                return;
+                return None;
             }
             Waiters::Each(ws) => ws,
         };
-        match r {
+        let why = match r {
             Ok(Response::Each(rs)) if rs.len() == ws.len() => {
                 for (w, r) in ws.into_iter().zip(rs) {
                     let resp = match r {
@@ -249,25 +252,23 @@ impl Waiters {
                     };
                     let _ = w.send(Ok((op, resp)));
                 }
+                return None;
             }
             Ok(Response::Error(e)) => {
                 for w in ws {
                     let _ = w.send(Ok((op, Response::Error(e.clone()))));
                 }
+                return None;
             }
-            Ok(other) => {
-                let why = format!(
-                    "answer {} to a publish_each of {} messages",
-                    short(&other),
-                    ws.len()
-                );
-                Waiters::Each(ws).fail(|| Error::Protocol(why.clone()));
-            }
-            Err(e) => {
-                let why = e.to_string();
-                Waiters::Each(ws).fail(|| Error::Protocol(why.clone()));
-            }
-        }
+            Ok(other) => format!(
+                "the broker answered {} to a publish_each of {} messages",
+                short(&other),
+                ws.len()
+            ),
+            Err(e) => format!("the broker's answer to a publish_each: {e}"),
+        };
+        Waiters::Each(ws).fail(|| Error::Connection(why.clone()));
+        Some(why)
     }
 }
 
@@ -1126,7 +1127,9 @@ async fn read_loop(
                 let req_op = p.op;
                 let r = Response::decode(req_op, frame.opcode, frame.body)
                     .map_err(|e| Error::Protocol(e.to_string()));
-                p.waiter.answer(req_op, r);
+                if let Some(why) = p.waiter.answer(req_op, r) {
+                    break why;
+                }
             }
             None if frame.opcode == proto::OP_ERROR => {
                 // A connection-level error (idle timeout, limit, bad frame): it names the
