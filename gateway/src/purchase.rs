@@ -1,5 +1,6 @@
 //! `POST /api/sales/{id}/purchase`: the purchase, as named steps.
 
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -405,7 +406,10 @@ impl Accepted {
         crate::error::push_json_string(&mut out, &self.ticket);
         out.push_str(",\"position\":");
         match self.position {
-            Some(p) => out.push_str(&p.to_string()),
+            // Into the body itself: no string of its own.
+            Some(p) => {
+                let _ = write!(out, "{p}");
+            }
             None => out.push_str("null"),
         }
         out.push_str(",\"receipt\":");
