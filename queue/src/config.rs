@@ -36,6 +36,11 @@ pub struct Config {
     pub durability: Durability,
     /// A segment is sealed and a new one started once it reaches this size.
     pub segment_bytes_max: u64,
+    /// The writer zero-fills a segment file this far past what it writes (in steps of this
+    /// size, never past `segment_bytes_max`), so that an fsync seldom has to record a larger
+    /// file size (`FORMAT.md`, "Preallocated space"). `0` turns it off. At most
+    /// [`crate::limits::PREALLOCATE_BYTES_MAX`] (larger values are cut to it).
+    pub preallocate_bytes: u64,
     /// Most unresolved messages per topic before `publish` fails with `Full`.
     pub backlog_messages_max: u64,
     /// Most retained bytes per topic before `publish` fails with `Full`.
@@ -79,6 +84,7 @@ impl Default for Config {
         Config {
             durability: Durability::FsyncBeforeConfirm,
             segment_bytes_max: 64 << 20,
+            preallocate_bytes: crate::limits::PREALLOCATE_BYTES_DEFAULT,
             backlog_messages_max: 50_000_000,
             backlog_bytes_max: 16 << 30,
             dedup_window_ms: 10 * 60 * 1000,

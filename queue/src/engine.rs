@@ -476,6 +476,7 @@ impl Engine {
         let writer = Writer::start(
             config.durability,
             config.commit_gather,
+            crate::writer::Prealloc::new(config.preallocate_bytes, config.segment_bytes_max),
             config.storage_faults.clone(),
         )?;
         let inner = Arc::new(Inner {

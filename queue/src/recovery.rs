@@ -128,10 +128,8 @@ fn open_segment(path: &Path) -> Result<Arc<SegFile>> {
         .write(true)
         .open(path)
         .map_err(|e| Error::io("open segment", path, e))?;
-    Ok(Arc::new(SegFile {
-        path: path.to_path_buf(),
-        file,
-    }))
+    // The length is set once the segment has been read.
+    Ok(Arc::new(SegFile::new(path.to_path_buf(), file, 0)))
 }
 
 fn truncate(seg: &SegFile, len: u64) -> Result<()> {
@@ -290,7 +288,8 @@ impl Scan<'_> {
             return Ok(());
         };
         self.append_segment(segs, i, &header, file.clone())?;
-        let end = self.replay_records(path, &file, &buf, is_tail)?;
+        let (end, file_len) = self.replay_records(path, &file, &buf, is_tail)?;
+        file.set_len_known(file_len as u64);
         if let Some(seg) = self.st.segments.back_mut() {
             seg.len = end as u64;
         }
@@ -385,17 +384,24 @@ impl Scan<'_> {
     }
 
     /// Replays the records of a segment after its header; returns where the good records
-    /// end. A bad record in the tail that may be a torn write is cut off; any other is
-    /// corruption, refused or (with repair) cut off and recorded as a gap.
+    /// end and how long the file is afterwards. A bad record in the tail that may be a torn
+    /// write is cut off; any other is corruption, refused or (with repair) cut off and
+    /// recorded as a gap. All-zero bytes from a frame boundary to the end of the file are
+    /// space the writer zero-filled ahead (`FORMAT.md`, "Preallocated space"): the end of
+    /// the frames, kept as it is.
     fn replay_records(
         &mut self,
         path: &Path,
         file: &SegFile,
         buf: &[u8],
         is_tail: bool,
-    ) -> Result<usize> {
+    ) -> Result<(usize, usize)> {
         let mut pos = SEGMENT_HEADER_LEN;
+        let mut file_len = buf.len();
         while pos < buf.len() {
+            if buf[pos..].iter().all(|&b| b == 0) {
+                break;
+            }
             let bad = match format::decode_frame(&buf[pos..]) {
                 Ok((body, frame_len)) => {
                     match apply_record(&mut self.st, body, pos, self.now_ms, &mut self.dedup) {
@@ -422,6 +428,7 @@ impl Scan<'_> {
                         tracing::warn!(segment = %path.display(), position = pos, %reason, "truncating torn tail");
                         self.report.torn_bytes_truncated += (buf.len() - pos) as u64;
                         truncate(file, pos as u64)?;
+                        file_len = pos;
                         break;
                     }
                     (Some(valid), _) => {
@@ -461,9 +468,10 @@ impl Scan<'_> {
             self.meta.gaps.push((self.st.next_offset, u64::MAX));
             self.meta.write(self.dir)?;
             truncate(file, pos as u64)?;
+            file_len = pos;
             break;
         }
-        Ok(pos.min(buf.len()))
+        Ok((pos.min(buf.len()), file_len))
     }
 
     /// Creates the first segment of a topic that has none, at the offset where the log
@@ -501,7 +509,7 @@ impl Scan<'_> {
         st.segments.push_back(Segment {
             seq,
             base_offset: st.next_offset,
-            file: Arc::new(SegFile { path, file }),
+            file: Arc::new(SegFile::new(path, file, SEGMENT_HEADER_LEN as u64)),
             positions: Vec::new(),
             len: SEGMENT_HEADER_LEN as u64,
             delayed_pending: 0,

@@ -220,7 +220,7 @@ fn new_segment_file(dir: &std::path::Path, seq: u64) -> Result<Arc<SegFile>> {
         .create_new(true)
         .open(&path)
         .map_err(|e| Error::io("create segment", &path, e))?;
-    Ok(Arc::new(SegFile { path, file }))
+    Ok(Arc::new(SegFile::new(path, file, 0)))
 }
 
 impl TopicState {

@@ -155,6 +155,10 @@ struct Args {
     /// Profiling aid: our broker's run stops after the publish phase (no consume figures).
     #[arg(long, hide = true)]
     publish_only: bool,
+    /// Our broker's `queue::Config::preallocate_bytes`: how far ahead it zero-fills its
+    /// segment files (0: not at all, to measure the broker without it).
+    #[arg(long, default_value_t = queue::limits::PREALLOCATE_BYTES_DEFAULT)]
+    broker_preallocate_bytes: u64,
     /// Internal: serve our broker over this data directory (used by the harness itself).
     #[arg(long, hide = true)]
     serve_broker: Option<PathBuf>,
@@ -163,7 +167,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(dir) = &args.serve_broker {
-        return match broker::serve(dir) {
+        return match broker::serve(dir, args.broker_preallocate_bytes) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 note!("broker: {e}");
@@ -227,6 +231,7 @@ async fn run(a: &Args) -> Res<bool> {
         connections: a.connections,
         phase_timeout: Duration::from_secs(a.phase_timeout_secs),
         publish_only: a.publish_only,
+        broker_preallocate_bytes: a.broker_preallocate_bytes,
     };
     let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
     if !base.is_dir() {

@@ -99,7 +99,8 @@ async fn a_latest_group_sees_offsets_reused_after_lost_writes() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "seg"))
         .expect("segment");
-    let len = std::fs::metadata(&seg).expect("stat").len();
+    // The file as it is before the last write (with its preallocated zeros, if any).
+    let before = std::fs::read(&seg).expect("read segment");
     q.publish("t", Message::new(vec![5]))
         .await
         .expect("publish");
@@ -112,8 +113,12 @@ async fn a_latest_group_sees_offsets_reused_after_lost_writes() {
     std::fs::OpenOptions::new()
         .write(true)
         .open(&seg)
-        .and_then(|f| f.set_len(len))
-        .expect("truncate");
+        .and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            f.set_len(before.len() as u64)?;
+            f.write_all_at(&before, 0)
+        })
+        .expect("undo the last write");
     let q = open(dir.path(), &clock);
     let c = q.publish("t", Message::new("new")).await.expect("publish");
     assert_eq!(c.offset, 5);

@@ -8,6 +8,7 @@ mod crash;
 mod fuzz_corpus;
 mod model;
 mod peek_metrics;
+mod prealloc;
 mod publish_path;
 // The broker as a child process needs the `queue` binary (feature `cli`).
 #[cfg(feature = "cli")]

@@ -29,12 +29,17 @@ const LEASE_MS: u64 = 600_000;
 const FETCH_WAIT_MS: u64 = 20;
 
 /// `--serve-broker DIR`: the broker process. Prints `listening ADDR`, serves until killed.
-pub fn serve(dir: &Path) -> Res<()> {
+/// `preallocate_bytes` is the engine's `Config::preallocate_bytes`, the rest its default.
+pub fn serve(dir: &Path, preallocate_bytes: u64) -> Res<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let engine = Arc::new(queue::Engine::open(dir, queue::Config::default())?);
+        let config = queue::Config {
+            preallocate_bytes,
+            ..queue::Config::default()
+        };
+        let engine = Arc::new(queue::Engine::open(dir, config)?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         {
             use std::io::Write as _;
@@ -63,10 +68,12 @@ impl Publisher for BrokerPublisher {
 }
 
 /// Starts the broker process over a fresh directory under `base` and waits for its address.
-async fn start(base: &Path) -> Res<(Scratch, String)> {
+async fn start(base: &Path, preallocate_bytes: u64) -> Res<(Scratch, String)> {
     let dir = fresh_dir(base, "broker")?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--serve-broker").arg(dir.join("data"));
+    cmd.arg("--broker-preallocate-bytes")
+        .arg(preallocate_bytes.to_string());
     let mut server = Scratch::spawn("broker", dir, cmd)?;
     let addr = wait_until(Duration::from_secs(10), || {
         let out = server.stdout();
@@ -108,7 +115,7 @@ pub async fn run(
     let (mut server, addr) = match external {
         Some(addr) => (None, addr.to_string()),
         None => {
-            let (server, addr) = start(base).await?;
+            let (server, addr) = start(base, w.broker_preallocate_bytes).await?;
             (Some(server), addr)
         }
     };
@@ -129,8 +136,8 @@ pub async fn run(
     let config = queue::Config::default();
     let durability = json!({
         "publish": format!(
-            "{} (queue::Config::default(): the record is written and fdatasync'ed before the confirm; concurrent publishes share one fsync, commit_gather {})",
-            config.durability, config.commit_gather
+            "{} (queue::Config::default(): the record is written and fdatasync'ed before the confirm; concurrent publishes share one fsync, commit_gather {}; segments zero-filled ahead by preallocate_bytes {})",
+            config.durability, config.commit_gather, w.broker_preallocate_bytes
         ),
         "ack": "durable: the ack record is fsynced before the ack reply",
         "server": "queue::Server, ServerConfig::default(), its own process, data on the same disk as the others",

@@ -56,6 +56,8 @@ pub struct Workload {
     pub phase_timeout: Duration,
     /// Profiling aid (`--publish-only`): our broker's run stops after the publish phase.
     pub publish_only: bool,
+    /// Our broker's `queue::Config::preallocate_bytes` (`--broker-preallocate-bytes`).
+    pub broker_preallocate_bytes: u64,
 }
 
 impl Workload {
