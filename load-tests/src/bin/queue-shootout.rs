@@ -283,9 +283,11 @@ async fn run(a: &Args) -> Res<bool> {
                 .unwrap_or_else(|e| json!({ "error": e.to_string() }))
         };
         note!(
-            "{name}: disk right before: fdatasync p50 {} µs, p99 {} µs",
+            "{name}: disk right before: fdatasync p50 {} µs, p99 {} µs after an append, p50 {} µs, p99 {} µs after an overwrite",
             probe["p50_us"],
-            probe["p99_us"]
+            probe["p99_us"],
+            probe["overwrite_p50_us"],
+            probe["overwrite_p99_us"]
         );
         let r = match name.as_str() {
             "broker" => broker::run(&w, &base, &meter, a.broker_addr.as_deref()).await,

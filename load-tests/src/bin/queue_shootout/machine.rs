@@ -187,41 +187,63 @@ impl Meter {
 
 /// Fsyncs measured right before a system runs, to show the state of the disk at that
 /// moment (on a shared virtual disk, flush latency drifts by several times within minutes):
-/// `rounds` × (append `bytes` to a fresh file in `dir` + `fdatasync`), one thread. Returns
-/// p50, p99 and max in µs, or why it could not run.
+/// `rounds` × (append `bytes` to a fresh file in `dir` + `fdatasync`), one thread, then the
+/// same overwriting a zero-filled file (what the queue's preallocated segments see: no new
+/// file size to commit). Returns p50, p99 and max in µs of each, or why it could not run.
 pub fn fsync_probe(dir: &Path, rounds: usize, bytes: usize) -> Value {
     use std::io::Write as _;
+    use std::os::unix::fs::FileExt as _;
     let path = dir.join(format!("queue-shootout-probe-{}", std::process::id()));
-    let run = || -> std::io::Result<Vec<u64>> {
+    // `overwrite`: the file is zero-filled (and fsynced) first, then each round overwrites
+    // the next `bytes` of it, as a writer with preallocated space does.
+    let run = |overwrite: bool| -> std::io::Result<Vec<u64>> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .open(&path)?;
+        if overwrite {
+            f.write_all(&vec![0u8; rounds * bytes])?;
+            f.sync_all()?;
+        }
         let buf = vec![b'p'; bytes];
         let mut lat = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
+        for i in 0..rounds {
             let t0 = Instant::now();
-            f.write_all(&buf)?;
+            if overwrite {
+                f.write_all_at(&buf, (i * bytes) as u64)?;
+            } else {
+                f.write_all(&buf)?;
+            }
             f.sync_data()?;
             lat.push(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
         }
         Ok(lat)
     };
-    let r = run();
+    let append = run(false);
+    let overwrite = run(true);
     let _ = std::fs::remove_file(&path);
-    match r {
-        Ok(mut lat) if !lat.is_empty() => {
-            lat.sort_unstable();
-            let at = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    let quantiles = |lat: &mut Vec<u64>| {
+        lat.sort_unstable();
+        let at = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+        (at(0.5), at(0.99), at(1.0))
+    };
+    match (append, overwrite) {
+        (Ok(mut a), Ok(mut o)) if !a.is_empty() && !o.is_empty() => {
+            let (p50, p99, max) = quantiles(&mut a);
+            let (o50, o99, omax) = quantiles(&mut o);
             json!({
                 "what": format!("{rounds} x (append {bytes} B + fdatasync), one thread, just before this system"),
-                "p50_us": at(0.5),
-                "p99_us": at(0.99),
-                "max_us": at(1.0),
+                "p50_us": p50,
+                "p99_us": p99,
+                "max_us": max,
+                "overwrite_what": format!("{rounds} x (overwrite {bytes} B of a zero-filled, fsynced file + fdatasync), the same thread, right after"),
+                "overwrite_p50_us": o50,
+                "overwrite_p99_us": o99,
+                "overwrite_max_us": omax,
             })
         }
-        Ok(_) => json!({ "error": "no rounds" }),
-        Err(e) => json!({ "error": e.to_string() }),
+        (Ok(_), Ok(_)) => json!({ "error": "no rounds" }),
+        (Err(e), _) | (_, Err(e)) => json!({ "error": e.to_string() }),
     }
 }
