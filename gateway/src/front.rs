@@ -241,20 +241,6 @@ impl std::future::Future for FrontFuture {
     }
 }
 
-/// What axum's router adds to the answer of every route: a `Content-Length` of the body's
-/// exact size, unless the answer has one (axum's `set_content_length`). The fast path's
-/// answers get it the same way, so that they are the router's byte for byte (hyper would
-/// add it anyway, but after its own headers: a different order on the wire).
-fn set_content_length(resp: &mut Response) {
-    if resp.headers().contains_key(header::CONTENT_LENGTH) {
-        return;
-    }
-    if let Some(n) = HttpBody::size_hint(resp.body()).exact() {
-        resp.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-}
-
 /// The sale id of a `POST /api/sales/{id}/purchase` path whose id is plain decimal digits
 /// within the orders database's range (what [`crate::extract::SaleIdPath`] accepts); `None`
 /// for any other path, or an id written otherwise (a sign, percent-encoding, too long),
@@ -371,8 +357,8 @@ impl Front {
                 crate::purchase::refuse_on_public_facts(&state, id, state.now_ms())
         {
             drop(guard);
+            // With the `Content-Length` the router would add (`Refusal::into_response`).
             let mut resp = refusal.into_response();
-            set_content_length(&mut resp);
             if hsts {
                 resp.headers_mut().insert(
                     header::STRICT_TRANSPORT_SECURITY,

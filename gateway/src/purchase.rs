@@ -36,12 +36,38 @@ pub enum Refusal {
     Other(ApiError),
 }
 
+/// The refusal with the `Content-Length` axum's router adds to the answer of every route
+/// (the router then leaves it as it is): the front service's fast path sends this answer
+/// without the router, and it must be the router's byte for byte. The sold-out answer
+/// carries its length already ([`crate::error::sold_out_response`]).
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
             Refusal::SoldOut => crate::error::sold_out_response(),
-            Refusal::Other(e) => e.into_response(),
+            Refusal::Other(e) => {
+                let mut resp = e.into_response();
+                set_content_length(&mut resp);
+                resp
+            }
         }
+    }
+}
+
+/// What axum's router adds to the answer of every route: a `Content-Length` of the body's
+/// exact size, unless the answer has one (axum's `set_content_length`). Without it, hyper
+/// would add one too, but after its own headers: a different order on the wire.
+fn set_content_length(resp: &mut Response) {
+    if resp
+        .headers()
+        .contains_key(axum::http::header::CONTENT_LENGTH)
+    {
+        return;
+    }
+    if let Some(n) = axum::body::HttpBody::size_hint(resp.body()).exact() {
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_LENGTH,
+            axum::http::HeaderValue::from(n),
+        );
     }
 }
 
