@@ -111,6 +111,7 @@ pub async fn purchase(
 ) -> ApiResult<Response> {
     let m = &state.metrics;
     let now = state.now_ms();
+    // Public facts first, from memory (the front service asks the same before routing).
     let sale = match refuse_on_public_facts(&state, id, now) {
         Ok(sale) => sale,
         Err(refusal) => return Ok(refusal.into_response()),
