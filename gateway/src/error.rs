@@ -1,6 +1,7 @@
 //! The gateway's HTTP error: every refusal is a status with a JSON body
 //! `{"error": code, "message": ...}` (and `Retry-After` when waiting helps).
 
+use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -122,22 +123,56 @@ impl IntoResponse for ApiError {
             push_json_string(&mut body, t);
         }
         body.push('}');
-        let mut resp = (
-            self.status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response();
-        if let Some(s) = self.retry_after_s
-            && let Ok(v) = HeaderValue::from_str(&s.to_string())
-        {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        let mut resp = json_response(self.status, Body::from(body));
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }
+}
+
+/// A response with this status, `Content-Type: application/json` and this body, built
+/// field by field: what `(status, [(CONTENT_TYPE, …)], body).into_response()` gives (a
+/// test holds it to that), without axum's `text/plain` header written and then replaced.
+fn json_response(status: StatusCode, body: Body) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The body of every `410 sold_out` refusal: constant, so the flash crowd's most common
+/// answer is sent from a static buffer (no allocation, nothing written per request).
+pub const SOLD_OUT_BODY: &str = r#"{"error":"sold_out","message":"sold out"}"#;
+
+impl ApiError {
+    /// 410 `sold_out`: no unit of the sale is left. Its response is [`sold_out_response`]'s.
+    pub fn sold_out() -> Self {
+        ApiError::new(StatusCode::GONE, "sold_out", "sold out")
+    }
+}
+
+/// The length of [`SOLD_OUT_BODY`], as `Content-Length` writes it.
+pub const SOLD_OUT_LENGTH: &str = "41";
+
+/// The response of [`ApiError::sold_out`], from [`SOLD_OUT_BODY`], with the
+/// `Content-Length` axum's router would add to it (so that the front service's fast path
+/// answers with the router's bytes without formatting a number): a test holds the two to
+/// the same bytes.
+pub fn sold_out_response() -> Response {
+    let mut resp = json_response(
+        StatusCode::GONE,
+        Body::from(bytes::Bytes::from_static(SOLD_OUT_BODY.as_bytes())),
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from_static(SOLD_OUT_LENGTH),
+    );
+    resp
 }
 
 // The domain errors as the client sees them, so that handlers write `?`. A dependency that
@@ -263,6 +298,89 @@ mod tests {
             push_json_string(&mut out, s);
             assert_eq!(out, serde_json::to_string(s).expect("a string"), "{s:?}");
         }
+    }
+
+    /// Status, headers (in order) and body of a response.
+    async fn parts(resp: Response) -> (StatusCode, Vec<(String, Vec<u8>)>, bytes::Bytes) {
+        let status = resp.status();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, headers, body)
+    }
+
+    /// The response built field by field is what axum's tuple built before it (issue 19):
+    /// the same status, the same headers in the same order, the same body.
+    #[tokio::test]
+    async fn the_response_is_what_axums_tuple_builds() {
+        let errors = [
+            ApiError::sold_out(),
+            ApiError::not_found("no sale 7"),
+            ApiError::new(StatusCode::TOO_EARLY, "not_started", "the sale starts at 5")
+                .retry_after_ms(1),
+            ApiError::unavailable("outcome_unknown", "follow \"it\"", 2500)
+                .with_ticket("t-1".into()),
+            ApiError::new(StatusCode::GONE, "ended", "caf\u{e9}").retry_after_ms(u64::MAX),
+        ];
+        for e in errors {
+            let mut body = String::from("{\"error\":");
+            push_json_string(&mut body, e.code);
+            body.push_str(",\"message\":");
+            push_json_string(&mut body, &e.message);
+            if let Some(t) = &e.ticket {
+                body.push_str(",\"ticket\":");
+                push_json_string(&mut body, t);
+            }
+            body.push('}');
+            let mut old = (
+                e.status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response();
+            if let Some(s) = e.retry_after_s {
+                old.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_str(&s.to_string()).expect("digits"),
+                );
+            }
+            let (old_hint, new_resp) = (
+                axum::body::HttpBody::size_hint(old.body()).exact(),
+                e.clone().into_response(),
+            );
+            assert_eq!(
+                axum::body::HttpBody::size_hint(new_resp.body()).exact(),
+                old_hint,
+                "{e:?}"
+            );
+            assert_eq!(parts(new_resp).await, parts(old).await, "{e:?}");
+        }
+    }
+
+    /// The static sold-out answer is `ApiError::sold_out`'s, byte for byte, with the
+    /// `Content-Length` the router adds to it.
+    #[tokio::test]
+    async fn the_static_sold_out_answer_is_the_errors() {
+        assert_eq!(SOLD_OUT_LENGTH, SOLD_OUT_BODY.len().to_string());
+        let fixed = sold_out_response();
+        let mut built = ApiError::sold_out().into_response();
+        built.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from_str(&SOLD_OUT_BODY.len().to_string()).expect("digits"),
+        );
+        assert_eq!(
+            axum::body::HttpBody::size_hint(fixed.body()).exact(),
+            Some(SOLD_OUT_BODY.len() as u64)
+        );
+        assert_eq!(parts(fixed).await, parts(built).await);
     }
 
     #[tokio::test]

@@ -12,6 +12,16 @@
 //! 0.56 to about 0.70 of a bare axum "hello" route (gateway/BENCHMARKS.md, "Layer stack →
 //! one service").
 //!
+//! The purchase fast path: after the checks above (load shedding, the body limit, the
+//! route cookie), a `POST /api/sales/{id}/purchase` refused on public facts (unknown sale,
+//! ended, paused, not started, sold out) is answered here, by the handler's own check
+//! ([`crate::purchase::refuse_on_public_facts`]) and with the same counters, HSTS and
+//! metrics, but without the router, the extractors, the request's extensions, a boxed
+//! future or the timeout: in a flash crowd most requests get one of these answers (sold
+//! out, most of all, sent from a static body), and the router's share of them was about
+//! as much again as the rest of the work (gateway/BENCHMARKS.md, "Issue 19"). Anything
+//! else, an id written otherwise than in plain digits included, goes to the router.
+//!
 //! Compression: pages and static assets (HTML, CSS, JavaScript, SVG of at least
 //! [`COMPRESS_MIN_BYTES`]) are sent gzip- or brotli-encoded when the request's
 //! `Accept-Encoding` allows it, by tower-http's `Compression` around the routes
@@ -117,6 +127,7 @@ pub fn app_with_limits(state: Shared, limits: ServeLimits) -> Front {
         limits,
         in_flight: Arc::new(AtomicUsize::new(0)),
         peer: None,
+        fast_path: true,
     }
 }
 
@@ -138,6 +149,9 @@ pub struct Front {
     limits: ServeLimits,
     in_flight: Arc<AtomicUsize>,
     peer: Option<SocketAddr>,
+    /// Whether the purchase's refusals on public facts are answered in [`Front::handle`]
+    /// (always, but in the tests that compare its answers with the router's).
+    fast_path: bool,
 }
 
 impl std::fmt::Debug for Front {
@@ -145,6 +159,7 @@ impl std::fmt::Debug for Front {
         f.debug_struct("Front")
             .field("limits", &self.limits)
             .field("peer", &self.peer)
+            .field("fast_path", &self.fast_path)
             .finish_non_exhaustive()
     }
 }
@@ -175,10 +190,71 @@ impl tower::Service<axum::extract::Request> for Front {
     }
 }
 
-/// The future of one request through [`Front`].
-pub type FrontFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
->;
+/// The future of one request through [`Front`]: an answer made in [`Front::handle`]
+/// itself (load shedding, the body limit, the route cookie, the purchase fast path), ready
+/// at once and not boxed, or the routes' answer, boxed.
+pub struct FrontFuture(Answer);
+
+enum Answer {
+    Ready(std::future::Ready<Result<Response, std::convert::Infallible>>),
+    Routed(
+        std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send,
+            >,
+        >,
+    ),
+}
+
+impl FrontFuture {
+    fn ready(resp: Response) -> FrontFuture {
+        FrontFuture(Answer::Ready(std::future::ready(Ok(resp))))
+    }
+
+    /// Whether the answer was made in [`Front::handle`] itself, without the routes.
+    pub fn answered_without_routes(&self) -> bool {
+        matches!(self.0, Answer::Ready(_))
+    }
+}
+
+impl std::fmt::Debug for FrontFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.0 {
+            Answer::Ready(_) => "ready",
+            Answer::Routed(_) => "routed",
+        };
+        f.debug_tuple("FrontFuture").field(&what).finish()
+    }
+}
+
+impl std::future::Future for FrontFuture {
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            Answer::Ready(r) => std::pin::Pin::new(r).poll(cx),
+            Answer::Routed(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The sale id of a `POST /api/sales/{id}/purchase` path whose id is plain decimal digits
+/// within the orders database's range (what [`crate::extract::SaleIdPath`] accepts); `None`
+/// for any other path, or an id written otherwise (a sign, percent-encoding, too long),
+/// which the router then answers as it always has.
+pub fn purchase_sale_id(path: &str) -> Option<u64> {
+    let digits = path
+        .strip_prefix("/api/sales/")?
+        .strip_suffix("/purchase")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id: u64 = digits.parse().ok()?;
+    i64::try_from(id).is_ok().then_some(id)
+}
 
 impl Front {
     /// One request (`tower::Service::call` without the `&mut`: a connection calls it on
@@ -197,7 +273,7 @@ impl Front {
                 ApiError::unavailable("overloaded", "too many requests in flight", 1000),
             );
             state.metrics.observe(route, started, resp.status());
-            return Box::pin(std::future::ready(Ok(resp)));
+            return FrontFuture::ready(resp);
         }
         let limit = self.limits.body_limit_bytes;
         // The body limit holds on every route, whatever extractor reads the body: a body of
@@ -211,7 +287,7 @@ impl Front {
                 drop(guard);
                 let resp = too_large(limit);
                 state.metrics.observe(route, started, resp.status());
-                return Box::pin(std::future::ready(Ok(resp)));
+                return FrontFuture::ready(resp);
             }
             Some(_) => {}
             None => {
@@ -224,11 +300,11 @@ impl Front {
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0)
         });
-        if let Some(peer) = self.peer {
-            req.extensions_mut().insert(ConnectInfo(peer));
-        }
         // The client's address behind a trusted proxy (`X-Forwarded-For`); with nobody
-        // trusted, `ClientIp` is the peer and nothing is read here.
+        // trusted, `ClientIp` is the peer and nothing is read here. Put into the request
+        // (with the peer) only once it goes to the routes: the answers made here need
+        // neither.
+        let mut client_ip = None;
         if let Some(peer) = peer
             && !state.config.trusted_proxies.is_empty()
         {
@@ -239,7 +315,7 @@ impl Front {
                     .forwarded_unusable
                     .fetch_add(1, Ordering::Relaxed);
             }
-            req.extensions_mut().insert(ClientIp(addr.ip));
+            client_ip = Some(ClientIp(addr.ip));
         }
         let hsts = state.config.hsts;
         // The route cookie: a valid session must come with its user's route, or nginx may
@@ -267,7 +343,36 @@ impl Front {
                 );
             }
             state.metrics.observe(route, started, resp.status());
-            return Box::pin(std::future::ready(Ok(resp)));
+            return FrontFuture::ready(resp);
+        }
+        // The purchase's refusals on public facts (unknown sale, ended, paused, not
+        // started, sold out: most of a flash crowd's answers), answered here from memory
+        // by the handler's own checks, without the router, the extractors, the request's
+        // extensions, a boxed future or the timeout; the same answer and counters as the
+        // handler's (tests/it/fast_path.rs holds the two to the same bytes).
+        if self.fast_path
+            && req.method() == axum::http::Method::POST
+            && let Some(id) = purchase_sale_id(req.uri().path())
+            && let Err(refusal) =
+                crate::purchase::refuse_on_public_facts(&state, id, state.now_ms())
+        {
+            drop(guard);
+            // With the `Content-Length` the router would add (`Refusal::into_response`).
+            let mut resp = refusal.into_response();
+            if hsts {
+                resp.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static(HSTS_VALUE),
+                );
+            }
+            state.metrics.observe(route, started, resp.status());
+            return FrontFuture::ready(resp);
+        }
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        if let Some(ip) = client_ip {
+            req.extensions_mut().insert(ip);
         }
         req.extensions_mut().insert(BodyLimit(limit));
         let timeout = Duration::from_millis(self.limits.request_timeout_ms.max(1));
@@ -275,7 +380,7 @@ impl Front {
         // A browser asking for a page gets the timeout as a page (the API paths never do).
         let page = crate::pages::wants_html(req.uri().path(), req.headers());
         let inner = self.inner.clone();
-        Box::pin(async move {
+        FrontFuture(Answer::Routed(Box::pin(async move {
             let _guard = guard;
             let answer = async move {
                 match pages {
@@ -301,7 +406,7 @@ impl Front {
             }
             state.metrics.observe(route, started, resp.status());
             Ok(resp)
-        })
+        })))
     }
 }
 
@@ -338,6 +443,14 @@ pub fn too_large(limit: usize) -> Response {
 }
 
 impl Front {
+    /// This service with the purchase fast path off: every purchase goes to the router and
+    /// its handler, which gives the same answers (slower). For tests that hold the fast
+    /// path's answers to the handler's, and for measuring the difference.
+    pub fn without_purchase_fast_path(mut self) -> Front {
+        self.fast_path = false;
+        self
+    }
+
     /// This service for one connection from `peer`.
     pub fn for_peer(&self, peer: SocketAddr) -> Front {
         let mut front = self.clone();
@@ -917,6 +1030,36 @@ mod tests {
             started,
             handling,
             write_blocked: false,
+        }
+    }
+
+    /// The fast path reads plain decimal ids in the orders database's range of the
+    /// purchase route only; everything else is left to the router.
+    #[test]
+    fn the_fast_path_reads_plain_purchase_ids_only() {
+        assert_eq!(purchase_sale_id("/api/sales/2/purchase"), Some(2));
+        assert_eq!(purchase_sale_id("/api/sales/007/purchase"), Some(7));
+        assert_eq!(
+            purchase_sale_id("/api/sales/9223372036854775807/purchase"),
+            Some(9_223_372_036_854_775_807)
+        );
+        for path in [
+            "/api/sales/9223372036854775808/purchase",
+            "/api/sales/184467440737095516160/purchase",
+            "/api/sales//purchase",
+            "/api/sales/+2/purchase",
+            "/api/sales/-2/purchase",
+            "/api/sales/%32/purchase",
+            "/api/sales/2a/purchase",
+            "/api/sales/2/purchase/",
+            "/api/sales/2/3/purchase",
+            "/api/sales/2/token",
+            "/api/sales/2",
+            "/api/sales/purchase",
+            "/api/sales/\u{664}/purchase",
+            "/admin/api/sales/2/purchase",
+        ] {
+            assert_eq!(purchase_sale_id(path), None, "{path}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! `POST /api/sales/{id}/purchase`: the purchase, as named steps.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ClientIp, JsonBody, SaleIdPath, session_user};
 use crate::ledger::Claimant;
+use crate::sales::Sale;
 use crate::state::{AppState, LINE_REFRESH_MS, LINE_STATS_TIMEOUT_MS, Running, Shared};
 use crate::tickets::{Done, Ticket};
 use crate::token::{TokenError, Verified};
@@ -24,6 +26,83 @@ pub(crate) struct PurchaseBody {
     token: String,
 }
 
+/// A purchase refused on public facts alone ([`refuse_on_public_facts`]).
+#[derive(Debug)]
+pub enum Refusal {
+    /// `410 sold_out`: answered from the static [`crate::error::SOLD_OUT_BODY`].
+    SoldOut,
+    /// `404 not_found`, `410 ended`, `409 sale_paused` or `425 not_started` (with
+    /// `Retry-After`).
+    Other(ApiError),
+}
+
+/// The refusal with the `Content-Length` axum's router adds to the answer of every route
+/// (the router then leaves it as it is): the front service's fast path sends this answer
+/// without the router, and it must be the router's byte for byte. The sold-out answer
+/// carries its length already ([`crate::error::sold_out_response`]).
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::SoldOut => crate::error::sold_out_response(),
+            Refusal::Other(e) => {
+                let mut resp = e.into_response();
+                set_content_length(&mut resp);
+                resp
+            }
+        }
+    }
+}
+
+/// What axum's router adds to the answer of every route: a `Content-Length` of the body's
+/// exact size, unless the answer has one (axum's `set_content_length`). Without it, hyper
+/// would add one too, but after its own headers: a different order on the wire.
+fn set_content_length(resp: &mut Response) {
+    if resp
+        .headers()
+        .contains_key(axum::http::header::CONTENT_LENGTH)
+    {
+        return;
+    }
+    if let Some(n) = axum::body::HttpBody::size_hint(resp.body()).exact() {
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_LENGTH,
+            axum::http::HeaderValue::from(n),
+        );
+    }
+}
+
+/// The purchase's refusals on public facts, answered from memory at `now` before any
+/// signature is checked or the body is read: that a sale is unknown, ended, paused, not
+/// started or sold out is no secret, and in a flash sale it is the answer most requests
+/// get. Counts what it refuses (`not_started`, `sale_paused`, `sold_out`); returns the sale
+/// if none applies. The one place these checks live: the handler asks it first, and so
+/// does the front service's fast path (`crate::front`), which answers these refusals
+/// without the router, so the two cannot drift apart.
+pub fn refuse_on_public_facts(state: &AppState, id: u64, now: u64) -> Result<Arc<Sale>, Refusal> {
+    let m = &state.metrics;
+    let sale = state.sale_or_404(id).map_err(Refusal::Other)?;
+    if sale.ends_at_ms.is_some_and(|e| now >= e) {
+        return Err(Refusal::Other(ApiError::ended()));
+    }
+    crate::sales::refuse_paused(&sale, m).map_err(Refusal::Other)?;
+    if now < sale.starts_at_ms {
+        m.not_started.fetch_add(1, Ordering::Relaxed);
+        return Err(Refusal::Other(
+            ApiError::new(
+                StatusCode::TOO_EARLY,
+                "not_started",
+                format!("the sale starts at {}", sale.starts_at_ms),
+            )
+            .retry_after_ms(sale.starts_at_ms - now),
+        ));
+    }
+    if state.inventory.flagged_sold_out(id) {
+        m.sold_out.fetch_add(1, Ordering::Relaxed);
+        return Err(Refusal::SoldOut);
+    }
+    Ok(sale)
+}
+
 pub async fn purchase(
     State(state): State<Shared>,
     ClientIp(ip): ClientIp,
@@ -32,27 +111,11 @@ pub async fn purchase(
 ) -> ApiResult<Response> {
     let m = &state.metrics;
     let now = state.now_ms();
-    // Public facts first, answered from memory before any signature is checked or the body
-    // is read: that a sale is unknown, not started or sold out is no secret, and in a
-    // flash sale it is the answer most requests get.
-    let sale = state.sale_or_404(id)?;
-    if sale.ends_at_ms.is_some_and(|e| now >= e) {
-        return Err(ApiError::ended());
-    }
-    crate::sales::refuse_paused(&sale, &state.metrics)?;
-    if now < sale.starts_at_ms {
-        m.not_started.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::new(
-            StatusCode::TOO_EARLY,
-            "not_started",
-            format!("the sale starts at {}", sale.starts_at_ms),
-        )
-        .retry_after_ms(sale.starts_at_ms - now));
-    }
-    if state.inventory.flagged_sold_out(id) {
-        m.sold_out.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
-    }
+    // Public facts first, from memory (the front service asks the same before routing).
+    let sale = match refuse_on_public_facts(&state, id, now) {
+        Ok(sale) => sale,
+        Err(refusal) => return Ok(refusal.into_response()),
+    };
     // Then who is asking, and whether they are asking too often (before the body is read
     // and the token checked, so a flood of attempts costs one signature check each).
     let user = session_user(&state, req.headers())?;

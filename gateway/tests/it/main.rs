@@ -24,6 +24,7 @@ mod behind_proxy;
 mod browser;
 mod compression;
 mod edge;
+mod fast_path;
 mod flags;
 mod hostile;
 mod operator;
