@@ -25,6 +25,7 @@ mod browser;
 mod compression;
 mod edge;
 mod flags;
+mod handoff;
 mod hostile;
 mod operator;
 mod pages;
