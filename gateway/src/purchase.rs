@@ -578,6 +578,45 @@ pub async fn position(state: &AppState, offset: u64) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// Dropped while pending, a handoff's future runs to its end in a task of its own.
+    #[tokio::test]
+    async fn a_dropped_handoff_finishes_its_future_in_a_task() {
+        let (go, gone) = tokio::sync::oneshot::channel::<()>();
+        let (ended, end) = tokio::sync::oneshot::channel::<()>();
+        let mut handoff = Handoff::new(async move {
+            let _ = gone.await;
+            let _ = ended.send(());
+        });
+        // Polled once (it waits for `go`), then dropped, as a cut-short request is.
+        tokio::select! {
+            biased;
+            _ = &mut handoff => panic!("the future ended before it was let go"),
+            () = std::future::ready(()) => {}
+        }
+        drop(handoff);
+        go.send(()).expect("the handed-off future still waits");
+        end.await.expect("the handed-off future ran to its end");
+    }
+
+    /// A panic inside the commit comes out as an error (the request answers 500); the
+    /// panicked future is not handed off.
+    #[tokio::test]
+    async fn a_panicking_commit_is_an_error_not_a_handoff() {
+        let mut handoff = Handoff::new(async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            1u8
+        });
+        let out = (&mut handoff).await;
+        let panicked = out.expect_err("the panic is the output");
+        assert_eq!(
+            Panicked(panicked).to_string(),
+            "a purchase's commit panicked: boom"
+        );
+        assert!(handoff.commit.is_none(), "nothing left to hand off");
+    }
+
     #[test]
     fn the_message_body_is_what_serde_json_writes() {
         let ticket = uuid::Uuid::from_u128(0x0190_a1b2_c3d4_7e5f_8a9b_0c1d_2e3f_4a5b).to_string();
