@@ -1,8 +1,11 @@
 //! `POST /api/sales/{id}/purchase`: the purchase, as named steps.
 
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -19,7 +22,6 @@ use crate::sales::Sale;
 use crate::state::{AppState, LINE_REFRESH_MS, LINE_STATS_TIMEOUT_MS, Running, Shared};
 use crate::tickets::{Done, Ticket};
 use crate::token::{TokenError, Verified};
-use order_worker::PurchaseMessage;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct PurchaseBody {
@@ -132,11 +134,11 @@ pub async fn purchase(
             m.bad_token.fetch_add(1, Ordering::Relaxed);
             ApiError::from(e)
         })?;
-    // From the token spend on, the purchase runs as its own task: if the request is cut
-    // short (its timeout, or the client goes away) it still ends with the token spent and
-    // the unit queued (its ticket recorded), or with both given back; never a token spent
-    // for nothing or a unit held by nobody.
-    let task_state = state.clone();
+    // From the token spend on, the purchase must end whole: with the token spent and the
+    // unit queued (its ticket recorded), or with both given back; never a token spent for
+    // nothing or a unit held by nobody. It runs inside this request's future (no task of
+    // its own: issue 19); if the request is cut short (its timeout, the purchase wait
+    // below, or the client going away), [`Handoff`] moves the rest to a task that ends it.
     let price_cents = sale.price_cents;
     let per_user_limit = sale.per_user_limit;
     // The ticket is the request id and the message id: a retried publish is de-duplicated.
@@ -144,27 +146,29 @@ pub async fn purchase(
     let ticket = order_worker::purchase::new_id(now);
     let running = Running::enter(&state);
     let addr = state.counted_addr(ip);
-    let commit = tokio::spawn(async move {
+    let commit = Commit {
+        state: state.clone(),
+        sale: id,
+        user,
+        token: verified,
+        addr,
+        ticket,
+        ticket_id: ticket.to_string(),
+        price_cents,
+        per_user_limit,
+        now,
+    };
+    let mut commit = Handoff::new(async move {
         let _running = running;
-        commit_purchase(Commit {
-            state: &task_state,
-            sale: id,
-            user,
-            token: verified,
-            addr,
-            ticket,
-            ticket_id: ticket.to_string(),
-            price_cents,
-            per_user_limit,
-            now,
-        })
-        .await
+        commit_purchase(commit).await
     });
     let wait = Duration::from_millis(state.config.purchase_wait_ms.max(1));
-    let outcome = match tokio::time::timeout(wait, commit).await {
-        Ok(joined) => joined.map_err(ApiError::internal)??,
+    let outcome = match tokio::time::timeout(wait, &mut commit).await {
+        Ok(Ok(outcome)) => outcome?,
+        Ok(Err(panicked)) => return Err(ApiError::internal(Panicked(panicked))),
         Err(_) => {
-            // The enqueue is slow (a slow disk or broker); it goes on without us.
+            // The enqueue is slow (a slow disk or broker); it goes on without us (the
+            // handoff's drop, at this return, moves it to a task of its own).
             m.unavailable.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::unavailable(
                 "outcome_unknown",
@@ -176,7 +180,6 @@ pub async fn purchase(
     };
     let (ticket, confirm) = outcome;
     let position = position(&state, confirm.offset).await;
-    let ticket = ticket.to_string();
     let receipt = state.receipts.sign(&ticket, id, confirm.offset);
     let accepted = Accepted {
         ticket,
@@ -227,8 +230,8 @@ fn definitely_not_stored(e: &queue::Error) -> bool {
 /// One purchase past its token check, run by [`commit_purchase`] as named steps: room for
 /// its ticket, spend the token, reserve the unit, publish, record the ticket; and the roll
 /// backs (give the token back, release the unit) where a step fails for certain.
-struct Commit<'a> {
-    state: &'a AppState,
+struct Commit {
+    state: Shared,
     sale: u64,
     user: String,
     token: Verified,
@@ -242,7 +245,7 @@ struct Commit<'a> {
     now: u64,
 }
 
-impl Commit<'_> {
+impl Commit {
     /// Step 1: refuse rather than forget a ticket when every ticket this gateway remembers
     /// is still queued (before the token is spent, so the buyer keeps it).
     fn check_room(&self) -> ApiResult<()> {
@@ -408,32 +411,60 @@ impl Commit<'_> {
         self.restore_token().await;
     }
 
-    /// Step 5: remember the queued ticket.
-    fn record(self, confirm: &queue::Confirm) {
+    /// Step 5: remember the queued ticket; its id, for the answer.
+    fn record(self, confirm: &queue::Confirm) -> String {
         self.state.metrics.accepted.fetch_add(1, Ordering::Relaxed);
         self.state.tickets.insert(
-            self.ticket_id,
+            self.ticket_id.clone(),
             Ticket {
                 sale: self.sale,
                 user: self.user,
                 offset: confirm.offset,
             },
         );
+        self.ticket_id
+    }
+
+    /// The message body ([`purchase_payload`]).
+    fn payload(&self) -> Vec<u8> {
+        purchase_payload(
+            &self.ticket_id,
+            self.sale,
+            &self.user,
+            self.price_cents,
+            self.now,
+        )
     }
 }
 
-/// Reserve, publish, then record the ticket or release the unit.
-async fn commit_purchase(commit: Commit<'_>) -> ApiResult<(uuid::Uuid, queue::Confirm)> {
+/// A purchase's message body: [`order_worker::PurchaseMessage`] as JSON, written directly
+/// (the same bytes as `serde_json::to_vec`, which a test holds it to, for a fraction of
+/// the instructions, on every purchase: issue 19).
+fn purchase_payload(
+    ticket: &str,
+    sale: u64,
+    user: &str,
+    price_cents: u64,
+    accepted_at_ms: u64,
+) -> Vec<u8> {
+    let mut out = String::with_capacity(96 + ticket.len() + user.len());
+    out.push_str("{\"ticket\":");
+    crate::error::push_json_string(&mut out, ticket);
+    let _ = write!(out, ",\"sale\":{sale},\"user\":");
+    crate::error::push_json_string(&mut out, user);
+    let _ = write!(
+        out,
+        ",\"price_cents\":{price_cents},\"accepted_at_ms\":{accepted_at_ms}}}"
+    );
+    out.into_bytes()
+}
+
+/// Reserve, publish, then record the ticket or release the unit; the ticket's id and the
+/// queue's confirm.
+async fn commit_purchase(commit: Commit) -> ApiResult<(String, queue::Confirm)> {
     commit.check_room()?;
     commit.spend_token().await?;
-    let payload = serde_json::to_vec(&PurchaseMessage {
-        ticket: commit.ticket_id.clone(),
-        sale: commit.sale,
-        user: commit.user.clone(),
-        price_cents: commit.price_cents,
-        accepted_at_ms: commit.now,
-    })
-    .map_err(ApiError::internal)?;
+    let payload = commit.payload();
     commit.reserve().await?;
     let started = std::time::Instant::now();
     let confirm = commit.publish(payload).await?;
@@ -444,9 +475,101 @@ async fn commit_purchase(commit: Commit<'_>) -> ApiResult<(uuid::Uuid, queue::Co
         .enqueue_us_sum
         .fetch_add(enqueue_us, Ordering::Relaxed);
     commit.state.metrics.enqueue.record(enqueue_us);
-    let ticket = commit.ticket;
-    commit.record(&confirm);
+    let ticket = commit.record(&confirm);
     Ok((ticket, confirm))
+}
+
+/// A purchase's commit, run inside the request's own future: on the happy path it costs
+/// no task (no `tokio::spawn`, no `JoinHandle`, no wake across tasks). If the request's
+/// future is dropped before the commit has ended (the request timed out, the purchase wait
+/// ran out, or the client went away), the drop hands the unfinished commit to a task of
+/// its own, which runs it to its end from the step it stopped at: the purchase ends whole
+/// whoever still waits for it. The commit is boxed so that it can move to that task after
+/// having been polled in place.
+///
+/// A panic inside the commit is caught at its poll and returned as the output (the request
+/// answers 500, as a panicking task's `JoinError` did); a commit that panicked is never
+/// handed off (polling it again would only panic again).
+struct Handoff<F: Future + Send + 'static>
+where
+    F::Output: Send + 'static,
+{
+    /// `None` once the commit has ended (or panicked).
+    commit: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> Handoff<F>
+where
+    F::Output: Send + 'static,
+{
+    fn new(commit: F) -> Self {
+        Handoff {
+            commit: Some(Box::pin(commit)),
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for Handoff<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(commit) = self.commit.as_mut() else {
+            // Only a caller's bug gets here: a future is not polled after it is ready.
+            return Poll::Ready(Err(Box::new("a purchase's commit polled after its end")));
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => {
+                self.commit = None;
+                Poll::Ready(Ok(out))
+            }
+            Err(panicked) => {
+                self.commit = None;
+                Poll::Ready(Err(panicked))
+            }
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Handoff<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        let Some(commit) = self.commit.take() else {
+            return;
+        };
+        // Dropped inside the runtime (a request future is dropped by its connection task,
+        // or by the runtime itself at shutdown, both in its context).
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(commit);
+            }
+            Err(_) => {
+                tracing::error!("a purchase cut short outside any runtime cannot finish");
+            }
+        }
+    }
+}
+
+/// A panic's payload, as the 500's log line shows it.
+struct Panicked(Box<dyn std::any::Any + Send>);
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = self
+            .0
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| self.0.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        write!(f, "a purchase's commit panicked: {what}")
+    }
 }
 
 /// The body of a `202`.
@@ -517,6 +640,69 @@ pub async fn position(state: &AppState, offset: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Dropped while pending, a handoff's future runs to its end in a task of its own.
+    #[tokio::test]
+    async fn a_dropped_handoff_finishes_its_future_in_a_task() {
+        let (go, gone) = tokio::sync::oneshot::channel::<()>();
+        let (ended, end) = tokio::sync::oneshot::channel::<()>();
+        let mut handoff = Handoff::new(async move {
+            let _ = gone.await;
+            let _ = ended.send(());
+        });
+        // Polled once (it waits for `go`), then dropped, as a cut-short request is.
+        tokio::select! {
+            biased;
+            _ = &mut handoff => panic!("the future ended before it was let go"),
+            () = std::future::ready(()) => {}
+        }
+        drop(handoff);
+        go.send(()).expect("the handed-off future still waits");
+        end.await.expect("the handed-off future ran to its end");
+    }
+
+    /// A panic inside the commit comes out as an error (the request answers 500); the
+    /// panicked future is not handed off.
+    #[tokio::test]
+    async fn a_panicking_commit_is_an_error_not_a_handoff() {
+        let mut handoff = Handoff::new(async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            1u8
+        });
+        let out = (&mut handoff).await;
+        let panicked = out.expect_err("the panic is the output");
+        assert_eq!(
+            Panicked(panicked).to_string(),
+            "a purchase's commit panicked: boom"
+        );
+        assert!(handoff.commit.is_none(), "nothing left to hand off");
+    }
+
+    #[test]
+    fn the_message_body_is_what_serde_json_writes() {
+        let ticket = uuid::Uuid::from_u128(0x0190_a1b2_c3d4_7e5f_8a9b_0c1d_2e3f_4a5b).to_string();
+        for (user, sale, price_cents, now) in [
+            ("alice", 1, 100, 1_700_000_000_000),
+            ("quote \" and \\ and \u{e9}\n", u64::MAX, 0, u64::MAX),
+            ("", 0, u64::MAX, 0),
+        ] {
+            // Every field named: a field added to the message breaks this test's build.
+            let expected = serde_json::to_vec(&order_worker::PurchaseMessage {
+                ticket: ticket.clone(),
+                sale,
+                user: user.to_string(),
+                price_cents,
+                accepted_at_ms: now,
+            })
+            .expect("json");
+            assert_eq!(
+                purchase_payload(&ticket, sale, user, price_cents, now),
+                expected
+            );
+        }
+    }
 
     #[test]
     fn the_accepted_body_is_what_serde_json_writes() {

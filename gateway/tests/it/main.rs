@@ -26,6 +26,7 @@ mod compression;
 mod edge;
 mod fast_path;
 mod flags;
+mod handoff;
 mod hostile;
 mod operator;
 mod pages;
