@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use inventory::{Released, StockStore as _};
+use inventory::Released;
 use queue::Queue;
 use serde_json::Value;
 
