@@ -208,3 +208,64 @@ async fn an_undecided_purchase_in_the_dead_letters_keeps_its_unit_through_resets
         .expect("release");
     assert_eq!(r, Released::Released { left: 4 });
 }
+
+/// The callgrind harness of gateway/BENCHMARKS.md ("Issue 19: the reconciliation at rest
+/// with dead letters"), ignored in the suite: `RECONCILE_DEAD` undecided purchases (100
+/// unless set) in the orders topic's dead letters, then `RECONCILE_CHECKS` reconciliation
+/// checks (10 unless set) at rest. The store must stay as the database plus the units those
+/// purchases hold, with no reset.
+#[tokio::test]
+#[ignore = "a callgrind harness (gateway/BENCHMARKS.md)"]
+async fn reconcile_checks_with_dead_letters_harness() {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .map_or(default, |v| v.parse().expect("a count"))
+    };
+    let (dead, n) = (var("RECONCILE_DEAD", 100), var("RECONCILE_CHECKS", 10));
+    let t = super::test_app(100.0, test_throttle()).await;
+    t.create_sale(63, dead + 1, 0).await;
+    for i in 0..dead {
+        let p = order_worker::PurchaseMessage {
+            ticket: format!("harness-ticket-{i}"),
+            sale: 63,
+            user: format!("harness-user-{i}"),
+            price_cents: 99_900,
+            accepted_at_ms: t.state.now_ms(),
+        };
+        t.state
+            .inventory
+            .store()
+            .reserve_as(63, &p.user, &p.ticket)
+            .await
+            .expect("reserve");
+        t.state
+            .queue
+            .publish(
+                "orders",
+                queue::Message::new(serde_json::to_vec(&p).expect("json")),
+            )
+            .await
+            .expect("publish");
+    }
+    let mut rejected = 0;
+    while rejected < dead {
+        let ds = t
+            .engine
+            .fetch("orders", "order-workers", queue::FetchOptions::default())
+            .await
+            .expect("fetch");
+        assert!(!ds.is_empty(), "{rejected} of {dead} fetched");
+        for d in ds {
+            t.engine
+                .reject("orders", "order-workers", d.receipt(), "harness")
+                .await
+                .expect("reject");
+            rejected += 1;
+        }
+    }
+    checks(&t, n).await;
+    assert_eq!(store_of(&t, 63).await, (1, dead));
+    assert_eq!(db_of(&t, 63).await, (dead + 1, 0));
+    assert_eq!(resets(&t), 0);
+}
