@@ -17,7 +17,7 @@
 //!   a sale in the catalogue without stock figures in the store is reset from the database
 //!   at the next reconciliation check, whatever the queue is doing (the database never
 //!   oversells; the check at rest corrects what was queued meanwhile).
-//! - **Reconciliation at rest** ([`Reconciler`]): every [`RECONCILE_EVERY_ROUNDS`] rounds,
+//! - **Reconciliation at rest** ([`Reconciler`](crate::state::Reconciler)): every [`RECONCILE_EVERY_ROUNDS`] rounds,
 //!   when the orders topic is drained (workers' lag 0) and no purchase of this gateway is
 //!   between its reservation and its enqueue, each sale's store figures are compared with
 //!   the database: units left, and holders against the active orders plus the purchases
@@ -32,15 +32,15 @@
 //!   lookup fails, or the listing may be cut short at
 //!   [`queue::limits::DEAD_LETTER_LIST_MAX`]), the check waits for a later round. A sale
 //!   that differs with the same store figures in two rounds in a row (nothing moved in
-//!   between) is reset to the database's truth. That settles what a crash or a split deployment leaves behind: a
-//!   reservation whose enqueue never happened (also one a gateway killed mid-walk left
-//!   pending in a bucketed Redis store), a unit whose release was lost, an
-//!   in-process store restarted while purchases were queued. Invariant 4 (conservation)
+//!   between) is reset to the database's truth. That settles what a crash or a split
+//!   deployment leaves behind: a reservation whose enqueue never happened (also one a
+//!   gateway killed mid-walk left pending in a bucketed Redis store), a unit whose release
+//!   was lost, an in-process store restarted while purchases were queued. Invariant 4 (conservation)
 //!   therefore holds in the store again within two rounds of the queue going quiet.
 //!   The residual risk: another gateway's purchase reserving between the second look and
 //!   the reset; its order is still decided by the database, which never oversells.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use inventory::SaleStock;
@@ -346,7 +346,7 @@ async fn undecided(
     dead: Vec<order_worker::PurchaseMessage>,
 ) -> Option<HashMap<u64, Vec<inventory::Holder>>> {
     let mut kept: HashMap<u64, Vec<inventory::Holder>> = HashMap::new();
-    let mut seen = std::collections::HashSet::with_capacity(dead.len());
+    let mut seen = HashSet::with_capacity(dead.len());
     for p in dead {
         // A ticket listed twice (dead-lettered by two groups) is one purchase.
         if state.catalogue.get(p.sale).is_none() || !seen.insert(p.ticket.clone()) {
@@ -402,7 +402,7 @@ async fn check_sale(
     // store moved while the holders were read.
     let mut holders = state.db.active_holder_tags(id).await?;
     // A kept purchase a replay made an order meanwhile is among the active ones already.
-    let ordered: std::collections::HashSet<&str> = holders.iter().map(|h| h.tag.as_str()).collect();
+    let ordered: HashSet<&str> = holders.iter().map(|h| h.tag.as_str()).collect();
     let kept: Vec<inventory::Holder> = kept
         .iter()
         .filter(|h| !ordered.contains(h.tag.as_str()))
