@@ -17,10 +17,10 @@
 //!   a sale in the catalogue without stock figures in the store is reset from the database
 //!   at the next reconciliation check, whatever the queue is doing (the database never
 //!   oversells; the check at rest corrects what was queued meanwhile).
-//! - **Reconciliation at rest** ([`Reconciler`](crate::state::Reconciler)): every [`RECONCILE_EVERY_ROUNDS`] rounds,
-//!   when the orders topic is drained (workers' lag 0) and no purchase of this gateway is
-//!   between its reservation and its enqueue, each sale's store figures are compared with
-//!   the database: units left, and holders against the active orders plus the purchases
+//! - **Reconciliation at rest** ([`Reconciler`](crate::state::Reconciler)): every
+//!   [`RECONCILE_EVERY_ROUNDS`] rounds, when the orders topic is drained (workers' lag 0)
+//!   and no purchase of this gateway is between its reservation and its enqueue, each
+//!   sale's store figures are compared with the database: units left, and holders against the active orders plus the purchases
 //!   in the orders topic's dead letters that no worker decided (no outcome in the
 //!   database). Such a purchase keeps the unit its gateway reserved until an operator
 //!   replays it (it may still become an order) or discards it, so the comparison and a
