@@ -19,26 +19,26 @@
 //!   oversells; the check at rest corrects what was queued meanwhile).
 //! - **Reconciliation at rest** ([`Reconciler`](crate::state::Reconciler)): every
 //!   [`RECONCILE_EVERY_ROUNDS`] rounds, when the orders topic is drained (workers' lag 0)
-//!   and no purchase of this gateway is between its reservation and its enqueue, each
-//!   sale's store figures are compared with the database: units left, and holders against the active orders plus the purchases
-//!   in the orders topic's dead letters that no worker decided (no outcome in the
-//!   database). Such a purchase keeps the unit its gateway reserved until an operator
-//!   replays it (it may still become an order) or discards it, so the comparison and a
-//!   reset count it as a holder (its user, tagged with its ticket). A dead-lettered
-//!   purchase that was decided holds nothing beyond its order: dead letters do not stop the
-//!   check, since a decided purchase dead-lettered because its pay-by message could not be
-//!   confirmed (a queue partition's master lost with its only replica) would otherwise
-//!   stop it for good. If the dead letters cannot all be known (the listing or an outcome
-//!   lookup fails, or the listing may be cut short at
+//!   and no purchase of this gateway is between its reservation and its enqueue, each sale's
+//!   store figures are compared with the database: units left, and holders against the
+//!   active orders plus the purchases in the orders topic's dead letters that no worker
+//!   decided (no outcome in the database). Such a purchase keeps the unit its gateway
+//!   reserved until an operator replays it (it may still become an order) or discards it, so
+//!   the comparison and a reset count it as a holder (its user, tagged with its ticket). A
+//!   dead-lettered purchase that was decided holds nothing beyond its order: dead letters do
+//!   not stop the check, since a decided purchase dead-lettered because its pay-by message
+//!   could not be confirmed (a queue partition's master lost with its only replica) would
+//!   otherwise stop it for good. If the dead letters cannot all be known (the listing or an
+//!   outcome lookup fails, or the listing may be cut short at
 //!   [`queue::limits::DEAD_LETTER_LIST_MAX`]), the check waits for a later round. A sale
 //!   that differs with the same store figures in two rounds in a row (nothing moved in
 //!   between) is reset to the database's truth. That settles what a crash or a split
 //!   deployment leaves behind: a reservation whose enqueue never happened (also one a
 //!   gateway killed mid-walk left pending in a bucketed Redis store), a unit whose release
-//!   was lost, an in-process store restarted while purchases were queued. Invariant 4 (conservation)
-//!   therefore holds in the store again within two rounds of the queue going quiet.
-//!   The residual risk: another gateway's purchase reserving between the second look and
-//!   the reset; its order is still decided by the database, which never oversells.
+//!   was lost, an in-process store restarted while purchases were queued. Invariant 4
+//!   (conservation) therefore holds in the store again within two rounds of the queue going
+//!   quiet. The residual risk: another gateway's purchase reserving between the second look
+//!   and the reset; its order is still decided by the database, which never oversells.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
