@@ -17,20 +17,30 @@
 //!   a sale in the catalogue without stock figures in the store is reset from the database
 //!   at the next reconciliation check, whatever the queue is doing (the database never
 //!   oversells; the check at rest corrects what was queued meanwhile).
-//! - **Reconciliation at rest** ([`Reconciler`]): every [`RECONCILE_EVERY_ROUNDS`] rounds,
-//!   when the orders topic is drained (workers' lag 0, no dead letter waiting for an
-//!   operator: a dead-lettered purchase keeps its unit) and no purchase of this gateway is
-//!   between its reservation and its enqueue, each sale's store figures are compared with
-//!   the database (units left; holders against active orders). A sale that differs with the
-//!   same store figures in two rounds in a row (nothing moved in between) is reset to the
-//!   database's truth. That settles what a crash or a split deployment leaves behind: a
-//!   reservation whose enqueue never happened, a unit whose release was lost, an
-//!   in-process store restarted while purchases were queued. Invariant 4 (conservation)
-//!   therefore holds in the store again within two rounds of the queue going quiet.
-//!   The residual risk: another gateway's purchase reserving between the second look and
-//!   the reset; its order is still decided by the database, which never oversells.
+//! - **Reconciliation at rest** ([`Reconciler`](crate::state::Reconciler)): every
+//!   [`RECONCILE_EVERY_ROUNDS`] rounds, when the orders topic is drained (workers' lag 0)
+//!   and no purchase of this gateway is between its reservation and its enqueue, each sale's
+//!   store figures are compared with the database: units left, and holders against the
+//!   active orders plus the purchases in the orders topic's dead letters that no worker
+//!   decided (no outcome in the database). Such a purchase keeps the unit its gateway
+//!   reserved until an operator replays it (it may still become an order) or discards it, so
+//!   the comparison and a reset count it as a holder (its user, tagged with its ticket). A
+//!   dead-lettered purchase that was decided holds nothing beyond its order: dead letters do
+//!   not stop the check, since a decided purchase dead-lettered because its pay-by message
+//!   could not be confirmed (a queue partition's master lost with its only replica) would
+//!   otherwise stop it for good. If the dead letters cannot all be known (the listing or an
+//!   outcome lookup fails, or the listing may be cut short at
+//!   [`queue::limits::DEAD_LETTER_LIST_MAX`]), the check waits for a later round. A sale
+//!   that differs with the same store figures in two rounds in a row (nothing moved in
+//!   between) is reset to the database's truth. That settles what a crash or a split
+//!   deployment leaves behind: a reservation whose enqueue never happened (also one a
+//!   gateway killed mid-walk left pending in a bucketed Redis store), a unit whose release
+//!   was lost, an in-process store restarted while purchases were queued. Invariant 4
+//!   (conservation) therefore holds in the store again within two rounds of the queue going
+//!   quiet. The residual risk: another gateway's purchase reserving between the second look
+//!   and the reset; its order is still decided by the database, which never oversells.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use inventory::SaleStock;
@@ -219,38 +229,43 @@ async fn progress(state: &AppState) -> Option<Progress> {
     })
 }
 
-/// Lists the orders topic's dead letters into [`AppState::held`].
-async fn refresh_held(state: &AppState) {
+/// Lists the orders topic's dead letters into [`AppState::held`]. Returns their purchases
+/// when the listing is known to hold them all: `None` when it failed or may be cut short
+/// (as many letters as one listing shows).
+async fn refresh_held(state: &AppState) -> Option<Vec<order_worker::PurchaseMessage>> {
+    let limit = queue::limits::DEAD_LETTER_LIST_MAX;
     let letters = match state
         .queue
-        .dead_letters(
-            &state.config.orders_topic,
-            0,
-            queue::limits::DEAD_LETTER_LIST_MAX,
-        )
+        .dead_letters(&state.config.orders_topic, 0, limit)
         .await
     {
         Ok(l) => l,
         Err(queue::Error::NoSuchTopic(_)) => Vec::new(),
         Err(e) => {
             tracing::warn!("listing the orders' dead letters: {e}");
-            return;
+            return None;
         }
     };
-    let held = letters
-        .into_iter()
-        .filter_map(|d| {
-            let p = order_worker::PurchaseMessage::decode(&d.payload).ok()?;
-            Some((
-                p.ticket,
-                Held {
-                    sale: p.sale,
-                    reason: d.reason,
-                },
-            ))
-        })
-        .collect();
+    let complete = letters.len() < limit;
+    let mut held = HashMap::with_capacity(letters.len());
+    let mut purchases = Vec::with_capacity(letters.len());
+    for d in letters {
+        // A payload that is no purchase message names no reservation (the gateway never
+        // publishes one): it holds no unit and no ticket.
+        let Ok(p) = order_worker::PurchaseMessage::decode(&d.payload) else {
+            continue;
+        };
+        held.insert(
+            p.ticket.clone(),
+            Held {
+                sale: p.sale,
+                reason: d.reason,
+            },
+        );
+        purchases.push(p);
+    }
     state.held.replace(held);
+    complete.then_some(purchases)
 }
 
 /// One housekeeping round (the gateway's `serve` runs one a second).
@@ -261,27 +276,38 @@ pub async fn housekeeping(state: &AppState) {
     // The progress first, then the dead letters: a purchase dead-lettered before the
     // progress was read is in the listing, so its ticket never leaves the book unseen.
     let p = progress(state).await;
+    let mut dead = None;
     if let Some(p) = &p {
         if p.dead_pending > 0 {
-            refresh_held(state).await;
+            dead = refresh_held(state).await;
         } else {
             state.held.replace(HashMap::new());
+            dead = Some(Vec::new());
         }
         state.line.advance(&p.done);
         state.tickets.finished_below(&p.done);
     }
     let round = state.reconciler.rounds.fetch_add(1, Ordering::Relaxed) + 1;
     if round.is_multiple_of(RECONCILE_EVERY_ROUNDS) {
-        reconcile(state, p).await;
+        reconcile(state, p, dead).await;
     }
 }
 
 /// The reconciliation check: sales the store lost are restored; with `p` showing the
-/// queue at rest, differing sales are reset as the module docs say.
-async fn reconcile(state: &AppState, p: Option<Progress>) {
-    let at_rest =
-        p.is_some_and(|p| p.lag == 0 && p.dead_pending == 0) && state.commits.running() == 0;
-    if !at_rest {
+/// queue quiet and `dead` (the purchases in the orders topic's dead letters, listed after
+/// `p` was read) complete, differing sales are reset as the module docs say.
+async fn reconcile(
+    state: &AppState,
+    p: Option<Progress>,
+    dead: Option<Vec<order_worker::PurchaseMessage>>,
+) {
+    let quiet = p.is_some_and(|p| p.lag == 0) && state.commits.running() == 0;
+    // At rest: quiet, and the dead letters' undecided purchases known.
+    let kept = match dead {
+        Some(d) if quiet => undecided(state, d).await,
+        _ => None,
+    };
+    if kept.is_none() {
         state.reconciler.suspects().clear();
     }
     for sale in state.catalogue.list() {
@@ -294,8 +320,13 @@ async fn reconcile(state: &AppState, p: Option<Progress>) {
                     s.left
                 );
             }),
-            Ok(Some(_)) if at_rest => check_sale(state, sale.id, sale.units).await,
-            Ok(Some(_)) => Ok(()),
+            Ok(Some(_)) => match &kept {
+                Some(k) => {
+                    let held = k.get(&sale.id).map_or(&[][..], Vec::as_slice);
+                    check_sale(state, sale.id, sale.units, held).await
+                }
+                None => Ok(()),
+            },
             Err(e) => Err(SyncError::from(e)),
         };
         if let Err(e) = r {
@@ -304,7 +335,47 @@ async fn reconcile(state: &AppState, p: Option<Progress>) {
     }
 }
 
-async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), SyncError> {
+/// Of `dead` (the purchases in the orders topic's dead letters), those no worker decided
+/// (no outcome in the database), per sale in the catalogue, as holders (user, ticket): each
+/// keeps the unit its gateway reserved, since an operator's replay may still make it an
+/// order. A decided one holds nothing beyond its order (a sold one's order is among the
+/// active ones; a rejected one's unit was released). `None` if an outcome lookup fails.
+/// Read with the queue quiet: no delivery in flight can add a letter meanwhile.
+async fn undecided(
+    state: &AppState,
+    dead: Vec<order_worker::PurchaseMessage>,
+) -> Option<HashMap<u64, Vec<inventory::Holder>>> {
+    let mut kept: HashMap<u64, Vec<inventory::Holder>> = HashMap::new();
+    let mut seen = HashSet::with_capacity(dead.len());
+    for p in dead {
+        // A ticket listed twice (dead-lettered by two groups) is one purchase.
+        if state.catalogue.get(p.sale).is_none() || !seen.insert(p.ticket.clone()) {
+            continue;
+        }
+        match state.db.outcome(&p.ticket).await {
+            Ok(Some(_)) => {}
+            Ok(None) => kept.entry(p.sale).or_default().push(inventory::Holder {
+                user: p.user,
+                tag: p.ticket,
+            }),
+            Err(e) => {
+                tracing::warn!("the outcome of dead-lettered ticket {}: {e}", p.ticket);
+                return None;
+            }
+        }
+    }
+    Some(kept)
+}
+
+/// Compares sale `id`'s store figures with the database's, `kept` (its undecided
+/// dead-lettered purchases, see [`undecided`]) counted as holders beyond the active orders;
+/// resets the sale when the same difference is seen two checks apart.
+async fn check_sale(
+    state: &AppState,
+    id: u64,
+    units: u64,
+    kept: &[inventory::Holder],
+) -> Result<(), SyncError> {
     let store = state.inventory.store();
     let Some(seen) = store.stock(id).await? else {
         return Ok(());
@@ -313,7 +384,12 @@ async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), SyncErr
         return Ok(());
     };
     let active = state.db.order_counts(id).await?.active();
-    if seen.units == units && seen.left == db_sale.units_left && seen.holders == active {
+    // Each undecided dead-lettered purchase holds the unit its gateway reserved.
+    let held = kept.len() as u64;
+    if seen.units == units
+        && seen.left.saturating_add(held) == db_sale.units_left
+        && seen.holders == active.saturating_add(held)
+    {
         state.reconciler.suspects().remove(&id);
         return Ok(());
     }
@@ -324,7 +400,15 @@ async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), SyncErr
     }
     // The same difference two checks apart, nothing moved: reset to the database, unless the
     // store moved while the holders were read.
-    let holders = state.db.active_holder_tags(id).await?;
+    let mut holders = state.db.active_holder_tags(id).await?;
+    // A kept purchase a replay made an order meanwhile is among the active ones already.
+    let ordered: HashSet<&str> = holders.iter().map(|h| h.tag.as_str()).collect();
+    let kept: Vec<inventory::Holder> = kept
+        .iter()
+        .filter(|h| !ordered.contains(h.tag.as_str()))
+        .cloned()
+        .collect();
+    holders.extend(kept);
     if store.stock(id).await? == Some(seen) {
         let now = state
             .inventory
@@ -332,11 +416,12 @@ async fn check_sale(state: &AppState, id: u64, units: u64) -> Result<(), SyncErr
             .await?;
         state.reconciler.resets.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
-            "sale {id}: the stock store said {} left and {} holders, the database {} left and {} active orders; reset ({} left now)",
+            "sale {id}: the stock store said {} left and {} holders, the database {} left and {} active orders ({} undecided purchases in the dead letters keep their units); reset ({} left now)",
             seen.left,
             seen.holders,
             db_sale.units_left,
             active,
+            held,
             now.left
         );
     }

@@ -31,6 +31,7 @@ mod hostile;
 mod operator;
 mod pages;
 mod pools;
+mod reconcile;
 mod schemathesis;
 mod shopper;
 mod system;

@@ -309,6 +309,11 @@ pub async fn drain(queue_url: &str, within: Duration, context: impl Fn() -> Stri
                 .any(|g| g.name == WORKERS_GROUP && g.lag == 0 && g.in_flight == 0)
         });
         if drained {
+            // Decided purchases dead-lettered (e.g. pay-by messages never confirmed after a
+            // queue master's loss) once stopped the reconciliation at rest: name them, so a
+            // failing audit after the drain says whether they were there.
+            let dead = stats.as_ref().map_or(0, |s| s.dead_letters_pending);
+            eprintln!("drain: the orders topic drained; {dead} dead letters pending");
             break;
         }
         assert!(
