@@ -38,7 +38,9 @@ pub struct Config {
     pub segment_bytes_max: u64,
     /// The writer zero-fills a segment file this far past what it writes (in steps of this
     /// size, never past `segment_bytes_max`), so that an fsync seldom has to record a larger
-    /// file size (`FORMAT.md`, "Preallocated space"). `0` turns it off. At most
+    /// file size (`FORMAT.md`, "Preallocated space"). Only a topic's tail segment has
+    /// such space (a segment is cut to its frames when the next one starts). `0` turns it
+    /// off (do so on copy-on-write or network file systems). At most
     /// [`crate::limits::PREALLOCATE_BYTES_MAX`] (larger values are cut to it).
     pub preallocate_bytes: u64,
     /// Most unresolved messages per topic before `publish` fails with `Full`.

@@ -758,6 +758,7 @@ impl Engine {
             pos: append.pos,
             bytes: append.bytes,
             dir_sync: append.new_file.then(|| topic.dir.clone()),
+            seal: append.seal,
             sink,
             done: tx,
         })?;
@@ -772,6 +773,7 @@ impl Engine {
             pos: 0,
             bytes: Vec::new(),
             dir_sync: None,
+            seal: None,
             sink: None,
             done: Some(tx),
         })?;

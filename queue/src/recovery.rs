@@ -386,9 +386,10 @@ impl Scan<'_> {
     /// Replays the records of a segment after its header; returns where the good records
     /// end and how long the file is afterwards. A bad record in the tail that may be a torn
     /// write is cut off; any other is corruption, refused or (with repair) cut off and
-    /// recorded as a gap. All-zero bytes from a frame boundary to the end of the file are
-    /// space the writer zero-filled ahead (`FORMAT.md`, "Preallocated space"): the end of
-    /// the frames, kept as it is.
+    /// recorded as a gap. In the tail, all-zero bytes from a frame boundary to the end of
+    /// the file are space the writer zero-filled ahead (`FORMAT.md`, "Preallocated space"):
+    /// the end of the frames, kept as it is. A sealed segment has none (it is cut at the
+    /// roll), so zeros there are damage like any other bytes.
     fn replay_records(
         &mut self,
         path: &Path,
@@ -399,7 +400,7 @@ impl Scan<'_> {
         let mut pos = SEGMENT_HEADER_LEN;
         let mut file_len = buf.len();
         while pos < buf.len() {
-            if buf[pos..].iter().all(|&b| b == 0) {
+            if is_tail && buf[pos..].iter().all(|&b| b == 0) {
                 break;
             }
             let bad = match format::decode_frame(&buf[pos..]) {

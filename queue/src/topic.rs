@@ -185,6 +185,9 @@ pub(crate) struct Append {
     pub(crate) bytes: Vec<u8>,
     /// Set when the file was just created: its directory must be fsynced too.
     pub(crate) new_file: bool,
+    /// Set when the file was just created and a tail came before it: that segment, now
+    /// sealed, and where its frames end (its preallocated space is cut there first).
+    pub(crate) seal: Option<(Arc<SegFile>, u64)>,
 }
 
 /// The state of one topic.
@@ -431,7 +434,7 @@ impl TopicState {
         }
         let frame_len = (FRAME_HEADER_LEN + body_len) as u64;
         let mut out = Vec::with_capacity(frame_len as usize + SEGMENT_HEADER_LEN);
-        let (file, pos, new_file) = self.reserve(frame_len, &mut out)?;
+        let (file, pos, new_file, seal) = self.reserve(frame_len, &mut out)?;
         let frame_start = pos + out.len() as u64;
         let body_start = out.len() + FRAME_HEADER_LEN;
         // Length and checksum are filled in once the body is encoded.
@@ -487,13 +490,21 @@ impl TopicState {
                 pos,
                 bytes: out,
                 new_file,
+                seal,
             }),
         ))
     }
 
     /// Finds room for `frame_len` bytes, starting a new segment when the current one is
-    /// full. A new segment's header is put into `out` first.
-    fn reserve(&mut self, frame_len: u64, out: &mut Vec<u8>) -> Result<(Arc<SegFile>, u64, bool)> {
+    /// full. A new segment's header is put into `out` first. Returns the file, the position,
+    /// whether the file is new, and (when it is) the segment it seals and where that one's
+    /// frames end.
+    #[allow(clippy::type_complexity)]
+    fn reserve(
+        &mut self,
+        frame_len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(Arc<SegFile>, u64, bool, Option<(Arc<SegFile>, u64)>)> {
         let roll = match self.segments.back() {
             None => true,
             Some(s) => {
@@ -507,6 +518,7 @@ impl TopicState {
             }
             let seq = self.next_seq;
             let file = new_segment_file(&self.dir, seq)?;
+            let seal = self.segments.back().map(|s| (s.file.clone(), s.len));
             self.next_seq += 1;
             let header = SegmentHeader {
                 seq,
@@ -522,7 +534,7 @@ impl TopicState {
                 delayed_pending: 0,
                 last_publish_ms: 0,
             });
-            return Ok((file, 0, true));
+            return Ok((file, 0, true, seal));
         }
         let seg = self
             .segments
@@ -533,7 +545,7 @@ impl TopicState {
             return Err(Error::Invalid("segment position overflow".into()));
         }
         seg.len += frame_len;
-        Ok((seg.file.clone(), pos, false))
+        Ok((seg.file.clone(), pos, false, None))
     }
 
     /// Encodes group operations as a frame for the writer.
@@ -545,13 +557,14 @@ impl TopicState {
         format::encode_group_ops(&mut body, group, ops);
         let frame_len = (FRAME_HEADER_LEN + body.len()) as u64;
         let mut out = Vec::with_capacity(frame_len as usize);
-        let (file, pos, new_file) = self.reserve(frame_len, &mut out)?;
+        let (file, pos, new_file, seal) = self.reserve(frame_len, &mut out)?;
         format::encode_frame(&mut out, &body);
         Ok(Some(Append {
             file,
             pos,
             bytes: out,
             new_file,
+            seal,
         }))
     }
 

@@ -125,6 +125,9 @@ pub(crate) struct Job {
     pub(crate) bytes: Vec<u8>,
     /// Directory to fsync after the file (set when the file was just created).
     pub(crate) dir_sync: Option<PathBuf>,
+    /// The segment this job's new file seals, and where its frames end: its preallocated
+    /// space is cut there, durably, before anything is written to the new file.
+    pub(crate) seal: Option<(Arc<SegFile>, u64)>,
     /// Topic to tell, and the message offset that is durable once this job is.
     pub(crate) sink: Option<(Arc<dyn DurableSink>, u64)>,
     /// Caller waiting for the confirm.
@@ -214,7 +217,8 @@ pub(crate) struct WriterMetrics {
     pub(crate) fsync: AtomicHistogram,
     /// Rounds that took at least one job.
     pub(crate) commit_rounds: AtomicU64,
-    /// Bytes written to segment files (segment headers of rolled segments included).
+    /// Bytes written to segment files (segment headers of rolled segments included; the
+    /// zeros of preallocation not).
     pub(crate) bytes_written: AtomicU64,
 }
 
@@ -331,6 +335,7 @@ fn run(
     let faults = faults.as_deref();
     // The gathering sleeps below are tens of µs; Linux lets a sleeping thread oversleep by
     // its timer slack (50 µs by default), which would double them. 1 µs keeps them as meant.
+    #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1_000)) {
         tracing::debug!(error = %e, "cannot set the writer's timer slack");
     }
@@ -508,6 +513,19 @@ fn write_all(
             i += 1;
             continue;
         };
+        if let Some((sealed, end)) = &jobs[i].seal
+            && sealed.allocated.load(Ordering::Relaxed) > *end
+        {
+            // A sealed segment keeps no preallocated space: recovery reads zeros only at the
+            // end of the tail as space, anywhere else as damage. The cut is made durable by
+            // the fsync just below, before the new segment gets its first bytes.
+            sealed
+                .file
+                .set_len(*end)
+                .map_err(|e| WriteFailure::new("cut preallocated space", &sealed.path, e))?;
+            sealed.allocated.store(*end, Ordering::Relaxed);
+            dirty.insert(Arc::as_ptr(sealed), sealed.clone());
+        }
         if jobs[i].dir_sync.is_some() && !dirty.is_empty() {
             // A new segment: make the older ones durable first, so that after a power loss
             // a segment with data in it is never preceded by a torn one (recovery treats a

@@ -930,11 +930,22 @@ fn tear_tail(dir: &Path, rng: &mut StdRng) -> Result<bool, String> {
         let mut frame = Vec::new();
         queue::format::encode_frame(&mut frame, &body);
         let cut = rng.random_range(1..frame.len());
+        // Where the next frame would have gone: after the last whole frame, inside the
+        // preallocated zeros if the file has any (a killed write leaves its first bytes
+        // there, not past the zeros).
+        let bytes = std::fs::read(&path).map_err(err("read the tail"))?;
+        let mut end = HEADER_LEN as usize;
+        while let Ok((_, n)) = queue::format::decode_frame(&bytes[end.min(bytes.len())..]) {
+            end += n;
+        }
         std::fs::OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&path)
-            .and_then(|mut f| f.write_all(&frame[..cut]))
-            .map_err(err("append a torn frame"))?;
+            .and_then(|f| {
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(&frame[..cut], end as u64)
+            })
+            .map_err(err("write a torn frame"))?;
     }
     if let Some(n) = next_bytes {
         // At most 24 bytes: magic, version, the header CRC (which covers the base offset,
