@@ -52,7 +52,7 @@ use crate::error::ApiError;
 use crate::extract::{BodyLimit, ClientIp};
 use crate::metrics::route_index;
 use crate::proxy::{client_addr, misdirected, route_exempt, route_matches};
-use crate::state::Shared;
+use crate::state::{AppState, Shared};
 
 /// How long `serve`'s housekeeping waits between rounds.
 pub const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
@@ -246,14 +246,41 @@ impl std::future::Future for FrontFuture {
 /// for any other path, or an id written otherwise (a sign, percent-encoding, too long),
 /// which the router then answers as it always has.
 pub fn purchase_sale_id(path: &str) -> Option<u64> {
-    let digits = path
-        .strip_prefix("/api/sales/")?
-        .strip_suffix("/purchase")?;
+    sale_id_before(path, "/purchase")
+}
+
+/// [`purchase_sale_id`] for `POST /api/sales/{id}/token`.
+pub fn token_sale_id(path: &str) -> Option<u64> {
+    sale_id_before(path, "/token")
+}
+
+fn sale_id_before(path: &str, suffix: &str) -> Option<u64> {
+    let digits = path.strip_prefix("/api/sales/")?.strip_suffix(suffix)?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let id: u64 = digits.parse().ok()?;
     i64::try_from(id).is_ok().then_some(id)
+}
+
+/// The refusal on public facts of a `POST` to the purchase or the token route, asked as
+/// their handlers ask it first; `None` for any other request, or one no fact refuses.
+fn public_refusal(
+    state: &AppState,
+    req: &axum::extract::Request,
+) -> Option<crate::purchase::Refusal> {
+    if req.method() != axum::http::Method::POST {
+        return None;
+    }
+    let path = req.uri().path();
+    let refused = if let Some(id) = purchase_sale_id(path) {
+        crate::purchase::refuse_on_public_facts(state, id, state.now_ms())
+    } else if let Some(id) = token_sale_id(path) {
+        crate::purchase::refuse_token_on_public_facts(state, id, state.now_ms())
+    } else {
+        return None;
+    };
+    refused.err()
 }
 
 impl Front {
@@ -345,16 +372,13 @@ impl Front {
             state.metrics.observe(route, started, resp.status());
             return FrontFuture::ready(resp);
         }
-        // The purchase's refusals on public facts (unknown sale, ended, paused, not
-        // started, sold out: most of a flash crowd's answers), answered here from memory
-        // by the handler's own checks, without the router, the extractors, the request's
-        // extensions, a boxed future or the timeout; the same answer and counters as the
-        // handler's (tests/it/fast_path.rs holds the two to the same bytes).
+        // The purchase's and the token's refusals on public facts (unknown sale, ended,
+        // paused, not started, sold out: most of a flash crowd's answers), answered here
+        // from memory by the handlers' own checks, without the router, the extractors, the
+        // request's extensions, a boxed future or the timeout; the same answer and counters
+        // as the handlers' (tests/it/fast_path.rs holds the two to the same bytes).
         if self.fast_path
-            && req.method() == axum::http::Method::POST
-            && let Some(id) = purchase_sale_id(req.uri().path())
-            && let Err(refusal) =
-                crate::purchase::refuse_on_public_facts(&state, id, state.now_ms())
+            && let Some(refusal) = public_refusal(&state, &req)
         {
             drop(guard);
             // With the `Content-Length` the router would add (`Refusal::into_response`).

@@ -81,13 +81,33 @@ fn set_content_length(resp: &mut Response) {
 /// does the front service's fast path (`crate::front`), which answers these refusals
 /// without the router, so the two cannot drift apart.
 pub fn refuse_on_public_facts(state: &AppState, id: u64, now: u64) -> Result<Arc<Sale>, Refusal> {
+    public_facts(state, id, now, true)
+}
+
+/// [`refuse_on_public_facts`] for the token route (`POST /api/sales/{id}/token`, asked by
+/// `shop::new_token` first and by the front service's fast path): the same refusals but
+/// `not_started` (a token may be taken before the start).
+pub fn refuse_token_on_public_facts(
+    state: &AppState,
+    id: u64,
+    now: u64,
+) -> Result<Arc<Sale>, Refusal> {
+    public_facts(state, id, now, false)
+}
+
+fn public_facts(
+    state: &AppState,
+    id: u64,
+    now: u64,
+    refuse_before_start: bool,
+) -> Result<Arc<Sale>, Refusal> {
     let m = &state.metrics;
     let sale = state.sale_or_404(id).map_err(Refusal::Other)?;
     if sale.ends_at_ms.is_some_and(|e| now >= e) {
         return Err(Refusal::Other(ApiError::ended()));
     }
     crate::sales::refuse_paused(&sale, m).map_err(Refusal::Other)?;
-    if now < sale.starts_at_ms {
+    if refuse_before_start && now < sale.starts_at_ms {
         m.not_started.fetch_add(1, Ordering::Relaxed);
         return Err(Refusal::Other(
             ApiError::new(

@@ -276,24 +276,26 @@ pub async fn new_token(
     State(state): State<Shared>,
     ClientIp(ip): ClientIp,
     SaleIdPath(id): SaleIdPath,
-    headers: HeaderMap,
-    SessionUser(user): SessionUser,
-    JsonBody(body): JsonBody<TokenBody>,
-) -> ApiResult<Json<Value>> {
+    req: axum::extract::Request,
+) -> ApiResult<Response> {
     let now = state.now_ms();
+    // Public facts first, from memory, as on the purchase route (the front service asks
+    // the same before routing): that a sale is unknown, ended, paused or sold out is no
+    // secret, and after a sell-out it is what nearly every request gets, so it costs no
+    // signature check, throttle or body read.
+    let sale = match crate::purchase::refuse_token_on_public_facts(&state, id, now) {
+        Ok(sale) => sale,
+        Err(refusal) => return Ok(refusal.into_response()),
+    };
+    // Then who is asking (before the body is read), and whether too often.
+    let user = session_user(&state, req.headers())?;
     state
         .throttle
         .check(Route::Token, Some(&user), ip, now)
         .map_err(|t| state.throttled(t))?;
-    let sale = state.sale_or_404(id)?;
-    if sale.ends_at_ms.is_some_and(|e| now >= e) {
-        return Err(ApiError::ended());
-    }
-    crate::sales::refuse_paused(&sale, &state.metrics)?;
-    if state.inventory.flagged_sold_out(id) {
-        state.metrics.sold_out.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::new(StatusCode::GONE, "sold_out", "sold out"));
-    }
+    let load_test = load_test_ok(&state, req.headers());
+    let JsonBody(body) =
+        <JsonBody<TokenBody> as axum::extract::FromRequest<()>>::from_request(req, &()).await?;
     // No token, no access: at most ⌊units left × factor⌋ live tokens. Checked before the
     // captcha, so a buyer keeps an unused captcha when the tokens are gone.
     let left = match state.inventory.store().stock(id).await {
@@ -332,7 +334,7 @@ pub async fn new_token(
     if !state.ledger.room(id, who, caps, now).await? {
         return Err(exhausted());
     }
-    if !load_test_ok(&state, &headers) {
+    if !load_test {
         state.captchas.check(
             &body.captcha_id,
             &crate::captcha::purpose(&user, id),
@@ -350,9 +352,7 @@ pub async fn new_token(
         return Err(exhausted());
     }
     state.metrics.tokens_issued.fetch_add(1, Ordering::Relaxed);
-    Ok(Json(
-        json!({"token": token, "expires_at_ms": expires_at_ms}),
-    ))
+    Ok(Json(json!({"token": token, "expires_at_ms": expires_at_ms})).into_response())
 }
 
 pub async fn get_ticket(

@@ -270,6 +270,8 @@ async fn refresh_held(state: &AppState) -> Option<Vec<order_worker::PurchaseMess
 
 /// One housekeeping round (the gateway's `serve` runs one a second).
 pub async fn housekeeping(state: &AppState) {
+    // First, so that a slow database does not let a flag lapse.
+    refresh_sold_out_flags(state).await;
     if let Err(e) = load_catalogue(state).await {
         tracing::warn!("reading the sales from the database: {e}");
     }
@@ -290,6 +292,25 @@ pub async fn housekeeping(state: &AppState) {
     let round = state.reconciler.rounds.fetch_add(1, Ordering::Relaxed) + 1;
     if round.is_multiple_of(RECONCILE_EVERY_ROUNDS) {
         reconcile(state, p, dead).await;
+    }
+}
+
+/// The sold-out flags renewed (or cleared) from the store's figures, one stock read per sale
+/// of the catalogue: a sold-out sale stays refused from memory for as long as it stays sold
+/// out, instead of its flag lapsing every `sold_out_recheck` and letting every attempt go on
+/// towards the store until one gets there (a flood of attempts refused for their session
+/// or token never does: each would cost the whole purchase path's checks). A unit another
+/// gateway released is seen here within a round. The flag is held for `sold_out_recheck`
+/// plus a round, so it does not lapse between two rounds.
+async fn refresh_sold_out_flags(state: &AppState) {
+    let hold = state.inventory.recheck() + crate::front::HOUSEKEEPING_PERIOD;
+    for sale in state.catalogue.list() {
+        if let Err(e) = state.inventory.refresh_sold_out(sale.id, hold).await {
+            tracing::warn!(
+                sale = sale.id,
+                "reading the stock to renew the sold-out flag: {e}"
+            );
+        }
     }
 }
 

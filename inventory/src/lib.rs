@@ -31,7 +31,9 @@
 //! - [`Inventory`]: a store plus a per-process sold-out flag, so a sold-out sale costs no
 //!   store round trip; the flag is cleared by a release or restock made through this process
 //!   and re-checked against the store at most every `recheck` (releases made by other
-//!   processes are seen within that bound).
+//!   processes are seen within that bound), or renewed from the store's figures by
+//!   [`Inventory::refresh_sold_out`] on a shorter period (the gateway's housekeeping), so
+//!   that it does not lapse while the sale stays sold out.
 //! - [`keys`]: the Redis key layout of a sale (stock and token ledger), the one place
 //!   the store, the gateway's ledger and the auditor take their key names from.
 //!
@@ -422,6 +424,11 @@ impl Inventory {
         }
     }
 
+    /// How long a sold-out flag set by a reservation holds before the store is asked again.
+    pub fn recheck(&self) -> Duration {
+        self.recheck
+    }
+
     /// The store.
     pub fn store(&self) -> &dyn StockStore {
         self.store.as_ref()
@@ -452,6 +459,31 @@ impl Inventory {
             flags.remove(&sale);
         }
         false
+    }
+
+    /// Reads `sale`'s figures from the store and sets the sold-out flag from them: on (for
+    /// `hold`) when no unit is left, off otherwise. A process calls it for its sales on a
+    /// period shorter than `hold` (the gateway: every housekeeping round, with `hold` =
+    /// `recheck` + the round), so that a sold-out flag never lapses while the sale stays
+    /// sold out (when it lapses, every attempt goes on towards the store until one gets
+    /// there; attempts refused earlier, for their session or token, never do) and a unit
+    /// released by another process is seen within one period. Returns the flag, or `None`
+    /// when the store does not hold the sale (the flag is left alone).
+    pub async fn refresh_sold_out(&self, sale: SaleId, hold: Duration) -> Result<Option<bool>> {
+        let Some(s) = self.store.stock(sale).await? else {
+            return Ok(None);
+        };
+        let sold_out = s.left == 0;
+        let mut flags = self
+            .sold_out
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if sold_out {
+            flags.insert(sale, Instant::now() + hold);
+        } else {
+            flags.remove(&sale);
+        }
+        Ok(Some(sold_out))
     }
 
     fn set_flag(&self, sale: SaleId, on: bool) {

@@ -1,6 +1,7 @@
 //! The purchase fast path (issue 19): the refusals of `POST /api/sales/{id}/purchase` on
-//! public facts (unknown sale, ended, paused, not started, sold out) are answered by the
-//! front service itself, without the router. Each request here goes once through the
+//! public facts (unknown sale, ended, paused, not started, sold out), and of `POST
+//! /api/sales/{id}/token` (the same but not started), are answered by the front service
+//! itself, without the router. Each request here goes once through the
 //! front service and once through the same service with the fast path off (the router and
 //! the handler), with and without HSTS: the same status, headers and body, byte for byte
 //! (through `oneshot` and on the wire, `Date` aside), and the same counters. Requests the
@@ -99,6 +100,12 @@ fn cases() -> Vec<Case> {
         "/api/sales/02/purchase",
         "/api/sales/9223372036854775807/purchase",
         "/api/sales/2/purchase?x=1",
+        // The token route: the same refusals but not started.
+        "/api/sales/2/token",
+        "/api/sales/4/token",
+        "/api/sales/5/token",
+        "/api/sales/99/token",
+        "/api/sales/02/token",
     ] {
         let c = case("POST", uri, true);
         out.extend([c, Case { cookie: true, ..c }, Case { chunked: true, ..c }]);
@@ -116,7 +123,11 @@ fn cases() -> Vec<Case> {
         "/api/sales//purchase",
         "/api/sales/2/purchase/",
         "/api/sales/2/purchases",
-        "/api/sales/2/token",
+        // A token for a live sale or one not started yet: on to the session check.
+        "/api/sales/1/token",
+        "/api/sales/3/token",
+        "/api/sales/%32/token",
+        "/api/sales/2/tokens",
     ] {
         let c = case("POST", uri, false);
         out.extend([c, Case { cookie: true, ..c }]);

@@ -34,6 +34,7 @@ mod pools;
 mod reconcile;
 mod schemathesis;
 mod shopper;
+mod sold_out_flag;
 mod system;
 
 const ADMIN: &str = "admin-secret";
