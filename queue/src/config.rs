@@ -62,8 +62,8 @@ pub struct Config {
     pub max_attempts: u32,
     /// Most leased (in-flight) messages per group; fetch returns fewer beyond it.
     pub in_flight_max: usize,
-    /// Let a group-commit round wait briefly (bounded by `limits::COMMIT_GATHER_*`) for
-    /// concurrent callers, so one fsync confirms more of them. Only with fsync before
+    /// Let a group-commit round wait briefly (bounded by `limits::COMMIT_GATHER_*` and by
+    /// half the previous round's fsync time) for concurrent callers, so one fsync confirms more of them. Only with fsync before
     /// confirm and only after a round with more than one caller; a lone caller never waits.
     pub commit_gather: bool,
     /// Segments are kept at least this long after their last publish, even when acked.

@@ -342,6 +342,9 @@ fn run(
     let mut dirty: HashMap<*const SegFile, Arc<SegFile>> = HashMap::new();
     let mut dirty_dirs: Vec<PathBuf> = Vec::new();
     let mut last_sync = Instant::now();
+    // How long the last round's fsync took: a round gathers for at most half of it (see
+    // below), so that on a disk whose fsync is short the wait does not outgrow what it saves.
+    let mut last_fsync = Duration::from_micros(COMMIT_GATHER_MAX_US);
     let mut previous_round_jobs = 0usize;
     // The coalescing buffer, kept across rounds so that a round allocates nothing for it.
     let mut buf: Vec<u8> = Vec::new();
@@ -409,7 +412,9 @@ fn run(
             // Gathering: with fsync per round and concurrent callers, the callers answered
             // by the previous round come back within microseconds. Waiting for them (while
             // they keep arriving, up to a bound) puts them into this round instead of the
-            // next, doubling the messages per fsync. A lone caller never waits.
+            // next, doubling the messages per fsync. A lone caller never waits, and a round
+            // waits at most half as long as the last fsync took (a wait longer than the
+            // fsync it shares costs the callers more than a round of their own would).
             if next.is_none()
                 && interval.is_none()
                 && stop.is_none()
@@ -418,7 +423,8 @@ fn run(
                 && jobs.len() < previous_round_jobs
             {
                 let waited = gather_start.elapsed();
-                let left = Duration::from_micros(COMMIT_GATHER_MAX_US).saturating_sub(waited);
+                let bound = Duration::from_micros(COMMIT_GATHER_MAX_US).min(last_fsync / 2);
+                let left = bound.saturating_sub(waited);
                 if !left.is_zero() {
                     let gap = Duration::from_micros(COMMIT_GATHER_GAP_US).min(left);
                     // Sleep rather than block on the channel: blocked, every arriving
@@ -461,8 +467,10 @@ fn run(
             || stop.is_some()
             || last_sync.elapsed() >= interval.unwrap_or_default();
         if result.is_ok() && sync_now {
+            let fsync_start = Instant::now();
             result = sync_all(&mut dirty, &mut dirty_dirs, &metrics.fsync, faults);
             last_sync = Instant::now();
+            last_fsync = last_sync - fsync_start;
         }
         if let Err(failure) = &result {
             failed.record(failure);

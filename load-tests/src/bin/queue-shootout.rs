@@ -159,6 +159,10 @@ struct Args {
     /// segment files (0: not at all, to measure the broker without it).
     #[arg(long, default_value_t = queue::limits::PREALLOCATE_BYTES_DEFAULT)]
     broker_preallocate_bytes: u64,
+    /// Our broker's `queue::Config::commit_gather`: whether a round waits briefly for the
+    /// callers of the previous one (false: to measure the broker without it).
+    #[arg(long, default_value_t = queue::Config::default().commit_gather, action = clap::ArgAction::Set)]
+    broker_commit_gather: bool,
     /// Internal: serve our broker over this data directory (used by the harness itself).
     #[arg(long, hide = true)]
     serve_broker: Option<PathBuf>,
@@ -167,7 +171,11 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(dir) = &args.serve_broker {
-        return match broker::serve(dir, args.broker_preallocate_bytes) {
+        return match broker::serve(
+            dir,
+            args.broker_preallocate_bytes,
+            args.broker_commit_gather,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 note!("broker: {e}");
@@ -232,6 +240,7 @@ async fn run(a: &Args) -> Res<bool> {
         phase_timeout: Duration::from_secs(a.phase_timeout_secs),
         publish_only: a.publish_only,
         broker_preallocate_bytes: a.broker_preallocate_bytes,
+        broker_commit_gather: a.broker_commit_gather,
     };
     let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
     if !base.is_dir() {

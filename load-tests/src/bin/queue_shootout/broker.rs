@@ -29,14 +29,15 @@ const LEASE_MS: u64 = 600_000;
 const FETCH_WAIT_MS: u64 = 20;
 
 /// `--serve-broker DIR`: the broker process. Prints `listening ADDR`, serves until killed.
-/// `preallocate_bytes` is the engine's `Config::preallocate_bytes`, the rest its default.
-pub fn serve(dir: &Path, preallocate_bytes: u64) -> Res<()> {
+/// `preallocate_bytes` and `commit_gather` are the engine's, the rest its default config.
+pub fn serve(dir: &Path, preallocate_bytes: u64, commit_gather: bool) -> Res<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let config = queue::Config {
             preallocate_bytes,
+            commit_gather,
             ..queue::Config::default()
         };
         let engine = Arc::new(queue::Engine::open(dir, config)?);
@@ -68,12 +69,14 @@ impl Publisher for BrokerPublisher {
 }
 
 /// Starts the broker process over a fresh directory under `base` and waits for its address.
-async fn start(base: &Path, preallocate_bytes: u64) -> Res<(Scratch, String)> {
+async fn start(w: &Workload, base: &Path) -> Res<(Scratch, String)> {
     let dir = fresh_dir(base, "broker")?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--serve-broker").arg(dir.join("data"));
     cmd.arg("--broker-preallocate-bytes")
-        .arg(preallocate_bytes.to_string());
+        .arg(w.broker_preallocate_bytes.to_string())
+        .arg("--broker-commit-gather")
+        .arg(w.broker_commit_gather.to_string());
     let mut server = Scratch::spawn("broker", dir, cmd)?;
     let addr = wait_until(Duration::from_secs(10), || {
         let out = server.stdout();
@@ -115,7 +118,7 @@ pub async fn run(
     let (mut server, addr) = match external {
         Some(addr) => (None, addr.to_string()),
         None => {
-            let (server, addr) = start(base, w.broker_preallocate_bytes).await?;
+            let (server, addr) = start(w, base).await?;
             (Some(server), addr)
         }
     };
@@ -137,7 +140,7 @@ pub async fn run(
     let durability = json!({
         "publish": format!(
             "{} (queue::Config::default(): the record is written and fdatasync'ed before the confirm; concurrent publishes share one fsync, commit_gather {}; segments zero-filled ahead by preallocate_bytes {})",
-            config.durability, config.commit_gather, w.broker_preallocate_bytes
+            config.durability, w.broker_commit_gather, w.broker_preallocate_bytes
         ),
         "ack": "durable: the ack record is fsynced before the ack reply",
         "server": "queue::Server, ServerConfig::default(), its own process, data on the same disk as the others",

@@ -58,6 +58,8 @@ pub struct Workload {
     pub publish_only: bool,
     /// Our broker's `queue::Config::preallocate_bytes` (`--broker-preallocate-bytes`).
     pub broker_preallocate_bytes: u64,
+    /// Our broker's `queue::Config::commit_gather` (`--broker-commit-gather`).
+    pub broker_commit_gather: bool,
 }
 
 impl Workload {
