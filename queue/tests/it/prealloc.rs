@@ -31,6 +31,31 @@ fn open(dir: &Path, clock: &ManualClock, step: u64, segment: u64) -> Engine {
     Engine::open(dir, config).expect("open engine")
 }
 
+/// Two logs written alike: one with preallocation `step`, one without; segments of at
+/// most `segment` bytes.
+struct Pair {
+    pre_dir: tempfile::TempDir,
+    plain_dir: tempfile::TempDir,
+    clock: ManualClock,
+    pre: Engine,
+    plain: Engine,
+}
+
+fn pair(step: u64, segment: u64) -> Pair {
+    let pre_dir = tempfile::tempdir().expect("test setup");
+    let plain_dir = tempfile::tempdir().expect("test setup");
+    let clock = ManualClock::new(T0);
+    let pre = open(pre_dir.path(), &clock, step, segment);
+    let plain = open(plain_dir.path(), &clock, 0, segment);
+    Pair {
+        pre_dir,
+        plain_dir,
+        clock,
+        pre,
+        plain,
+    }
+}
+
 /// Publishes messages `from..to` one at a time (one write round each).
 async fn publish(q: &Engine, from: u32, to: u32) {
     for i in from..to {
@@ -111,14 +136,14 @@ fn reopen(q: Engine, dir: &Path, clock: &ManualClock, step: u64, segment: u64) -
 
 #[tokio::test]
 async fn the_tail_is_zero_filled_ahead_and_reopens_as_it_was() {
-    let (pre_dir, plain_dir) = (
-        tempfile::tempdir().expect("test setup"),
-        tempfile::tempdir().expect("test setup"),
-    );
-    let clock = ManualClock::new(T0);
     let (step, segment) = (4096, 1 << 20);
-    let pre = open(pre_dir.path(), &clock, step, segment);
-    let plain = open(plain_dir.path(), &clock, 0, segment);
+    let Pair {
+        pre_dir,
+        plain_dir,
+        clock,
+        pre,
+        plain,
+    } = pair(step, segment);
     publish(&pre, 0, 50).await;
     publish(&plain, 0, 50).await;
     let zeros = same_frames_then_zeros(pre_dir.path(), plain_dir.path(), step, segment);
@@ -146,15 +171,15 @@ async fn the_tail_is_zero_filled_ahead_and_reopens_as_it_was() {
 
 #[tokio::test]
 async fn sealed_segments_are_cut_to_their_frames_and_the_fill_stays_within_a_segment() {
-    let (pre_dir, plain_dir) = (
-        tempfile::tempdir().expect("test setup"),
-        tempfile::tempdir().expect("test setup"),
-    );
-    let clock = ManualClock::new(T0);
     // Steps larger than what is left of a segment: the fill stops at the segment size.
     let (step, segment) = (1500, 2000);
-    let pre = open(pre_dir.path(), &clock, step, segment);
-    let plain = open(plain_dir.path(), &clock, 0, segment);
+    let Pair {
+        pre_dir,
+        plain_dir,
+        clock,
+        pre,
+        plain,
+    } = pair(step, segment);
     let mut tail_zeros_seen = 0;
     for k in 0..20u32 {
         publish(&pre, k * 10, k * 10 + 10).await;
@@ -176,14 +201,14 @@ async fn sealed_segments_are_cut_to_their_frames_and_the_fill_stays_within_a_seg
 
 #[tokio::test]
 async fn a_torn_frame_inside_the_zeros_is_cut_and_the_fill_resumes() {
-    let (pre_dir, plain_dir) = (
-        tempfile::tempdir().expect("test setup"),
-        tempfile::tempdir().expect("test setup"),
-    );
-    let clock = ManualClock::new(T0);
     let (step, segment) = (4096, 1 << 20);
-    let pre = open(pre_dir.path(), &clock, step, segment);
-    let plain = open(plain_dir.path(), &clock, 0, segment);
+    let Pair {
+        pre_dir,
+        plain_dir,
+        clock,
+        pre,
+        plain,
+    } = pair(step, segment);
     publish(&pre, 0, 20).await;
     publish(&plain, 0, 20).await;
     pre.close().expect("test setup");
@@ -228,14 +253,14 @@ async fn a_torn_frame_inside_the_zeros_is_cut_and_the_fill_resumes() {
 
 #[tokio::test]
 async fn bytes_after_the_zeros_are_not_taken_for_space() {
-    let (dir, plain_dir) = (
-        tempfile::tempdir().expect("test setup"),
-        tempfile::tempdir().expect("test setup"),
-    );
-    let clock = ManualClock::new(T0);
     let (step, segment) = (4096, 1 << 20);
-    let pre = open(dir.path(), &clock, step, segment);
-    let plain = open(plain_dir.path(), &clock, 0, segment);
+    let Pair {
+        pre_dir: dir,
+        plain_dir,
+        clock,
+        pre,
+        plain,
+    } = pair(step, segment);
     publish(&pre, 0, 10).await;
     publish(&plain, 0, 10).await;
     pre.close().expect("test setup");
