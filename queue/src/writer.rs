@@ -679,3 +679,33 @@ fn finish(mut jobs: Vec<Job>, result: &Result<(), WriteFailure>) {
     }
     drop(jobs);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Prealloc;
+
+    /// Where a write ending at `end` into a file `allocated` long is zero-filled to.
+    #[test]
+    fn the_fill_runs_one_step_past_the_write_and_never_past_the_segment() {
+        let p = Prealloc::new(1000, 10_000);
+        // Within what is already there: nothing to write.
+        assert_eq!(p.fill_to(500, 1000), None);
+        assert_eq!(p.fill_to(1000, 1000), None);
+        // Past it: one step further.
+        assert_eq!(p.fill_to(1001, 1000), Some(2001));
+        assert_eq!(p.fill_to(32, 0), Some(1032));
+        // Cut at the segment size, and nothing once a write reaches it (one large frame
+        // may make a segment longer than its size: no zeros after it).
+        assert_eq!(p.fill_to(9_500, 9_000), Some(10_000));
+        assert_eq!(p.fill_to(10_000, 9_000), None);
+        assert_eq!(p.fill_to(12_000, 9_000), None);
+        // Off.
+        assert_eq!(Prealloc::new(0, 10_000).fill_to(1001, 1000), None);
+        // A step larger than the limit is cut to it.
+        let huge = Prealloc::new(u64::MAX, u64::MAX);
+        assert_eq!(
+            huge.fill_to(10, 0),
+            Some(10 + crate::limits::PREALLOCATE_BYTES_MAX)
+        );
+    }
+}
