@@ -15,7 +15,9 @@
 //! The purchase fast path: after the checks above (load shedding, the body limit, the
 //! route cookie), a `POST /api/sales/{id}/purchase` refused on public facts (unknown sale,
 //! ended, paused, not started, sold out) is answered here, by the handler's own check
-//! ([`crate::purchase::refuse_on_public_facts`]) and with the same counters, HSTS and
+//! ([`crate::purchase::refuse_on_public_facts`]; for `POST /api/sales/{id}/token` the same
+//! but not started, [`crate::purchase::refuse_token_on_public_facts`]) and with the same
+//! counters, HSTS and
 //! metrics, but without the router, the extractors, the request's extensions, a boxed
 //! future or the timeout: in a flash crowd most requests get one of these answers (sold
 //! out, most of all, sent from a static body), and the router's share of them was about

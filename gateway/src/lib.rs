@@ -47,7 +47,8 @@
 //! 5. [`routes`]: the router, which imports the handlers; only [`front`] imports it.
 //! 6. [`front`]: the front service (in-flight cap, timeout, body limit, the client's
 //!    address behind trusted proxies, the route cookie's 421, metrics, and the purchase's
-//!    refusals on public facts answered without the router, by [`purchase`]'s own check) and
+//!    and the token's refusals on public facts answered without the router, by
+//!    [`purchase`]'s own checks) and
 //!    `serve` (hyper's HTTP/1 with header-read and idle timeouts and a connection cap).
 //! 7. [`system`]: the one assembly of the whole system (queue, database, stock, state,
 //!    crew, listener) and its clean shutdown; the binaries, the load tests and the tests
