@@ -7,7 +7,12 @@
 use super::*;
 
 /// One admin API call with the bearer secret.
-async fn admin(t: &TestApp, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+pub(super) async fn admin(
+    t: &TestApp,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let b = Request::builder()
         .method(method)
         .uri(uri)

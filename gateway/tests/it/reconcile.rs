@@ -9,7 +9,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use inventory::Released;
 use queue::Queue;
-use serde_json::Value;
 
 use super::{TestApp, test_throttle, token_of};
 
@@ -98,20 +97,6 @@ async fn dead_lettered(t: &TestApp, user: &str, sale: u64, decided: bool) -> Str
     ticket
 }
 
-async fn admin(t: &TestApp, method: &str, uri: &str) -> (StatusCode, Value) {
-    let (s, _, v) = t
-        .call(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .header("authorization", format!("Bearer {}", super::ADMIN))
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
-    (s, v)
-}
-
 /// The flaky cluster run: a decided purchase dead-lettered (its pay-by message never
 /// confirmed) stopped the check at rest for good, so a reservation left by a gateway killed
 /// mid-purchase was never undone. It is reset within two checks now, and stays put.
@@ -181,14 +166,15 @@ async fn an_undecided_purchase_in_the_dead_letters_keeps_its_unit_through_resets
         "{v}"
     );
     // The operator replays it: an order on the unit it kept.
-    let (_, v) = admin(&t, "GET", "/admin/api/dead-letters").await;
+    let (_, v) = super::operator::admin(&t, "GET", "/admin/api/dead-letters", None).await;
     let offset = v["dead_letters"][0]["dead_offset"]
         .as_u64()
         .expect("offset");
-    let (s, v) = admin(
+    let (s, v) = super::operator::admin(
         &t,
         "POST",
         &format!("/admin/api/dead-letters/orders/{offset}/replay"),
+        None,
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
