@@ -474,26 +474,23 @@ impl Inventory {
             return Ok(None);
         };
         let sold_out = s.left == 0;
-        let mut flags = self
-            .sold_out
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if sold_out {
-            flags.insert(sale, Instant::now() + hold);
-        } else {
-            flags.remove(&sale);
-        }
+        self.set_flag_for(sale, sold_out, hold);
         Ok(Some(sold_out))
     }
 
     fn set_flag(&self, sale: SaleId, on: bool) {
+        self.set_flag_for(sale, on, self.recheck);
+    }
+
+    /// Sets the flag for `hold` (`on`), or clears it.
+    fn set_flag_for(&self, sale: SaleId, on: bool, hold: Duration) {
         let mut flags = self
             .sold_out
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         if on {
             // Bounded: one entry per sold-out sale, and sales are bounded by the store.
-            flags.insert(sale, Instant::now() + self.recheck);
+            flags.insert(sale, Instant::now() + hold);
         } else {
             flags.remove(&sale);
         }

@@ -78,8 +78,10 @@ impl SegFile {
 /// writes zeros from the write's end up to `step` bytes further (never past `cap`, the
 /// segment size), in the same round, before its fsync. Later rounds then overwrite blocks
 /// that already exist, and their `fdatasync` need not commit a new file size to the file
-/// system's journal (on ext4 this about halves it). Recovery reads all-zero bytes after a
-/// segment's last frame as this unused space (`FORMAT.md`). `step == 0`: off.
+/// system's journal (on ext4 this about halves it). Only the tail has such space: a
+/// segment is cut to its frames when the next one starts (`Job::seal`), and recovery reads
+/// all-zero bytes after the tail's last frame as this unused space (`FORMAT.md`).
+/// `step == 0`: off.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Prealloc {
     pub(crate) step: u64,
