@@ -4,10 +4,12 @@
 //! fsync round; over TCP, one write of pipelined frames) per batch instead of one per
 //! purchase, which is most of the cost of a purchase under load.
 //!
-//! Batches form by themselves: the task takes everything waiting when it runs (up to
-//! [`PUBLISH_BATCH_MAX`]), and keeps up to [`PUBLISH_BATCHES_IN_FLIGHT_MAX`] batches in
-//! flight, so a batch waiting for its fsync never holds up the next one. Nothing waits on
-//! a timer: a lone purchase is published at once.
+//! Batches form by themselves: once a purchase arrives, the task gives the runtime
+//! [`PUBLISH_GATHER_YIELDS`] turns (the request tasks already runnable reach their publish
+//! too), then takes everything waiting (up to [`PUBLISH_BATCH_MAX`]), and keeps up to
+//! [`PUBLISH_BATCHES_IN_FLIGHT_MAX`] batches in flight, so a batch waiting for its fsync
+//! never holds up the next one. Nothing waits on a timer: on an idle runtime the turns
+//! take microseconds and a lone purchase is published at once.
 //!
 //! Bounded: at most [`PUBLISH_QUEUE_MAX`] purchases wait for the task; beyond that
 //! [`Publisher::publish`] fails at once with [`queue::Error::Full`] (the gateway answers
@@ -24,6 +26,9 @@ pub const PUBLISH_QUEUE_MAX: usize = 8192;
 pub const PUBLISH_BATCH_MAX: usize = 256;
 /// Batches in flight (waiting for their confirms) at most.
 pub const PUBLISH_BATCHES_IN_FLIGHT_MAX: usize = 8;
+/// Times the task yields to the runtime after the first purchase of a batch arrives and
+/// before it takes the rest: no timer, only a turn for the tasks already runnable.
+pub const PUBLISH_GATHER_YIELDS: usize = 2;
 
 struct Pending {
     message: Message,
@@ -106,6 +111,12 @@ async fn run(mut rx: mpsc::Receiver<Pending>, queue: Arc<dyn Queue>, topic: Arc<
             continue;
         }
         let Some(first) = rx.recv().await else { break };
+        // Let the purchases already on their way join this batch: each yield lets the
+        // runtime run the request tasks that are ready and read the sockets that are (issue
+        // 19: batches of ~2 became batches of many, with fewer writer jobs and wake-ups).
+        for _ in 0..PUBLISH_GATHER_YIELDS {
+            tokio::task::yield_now().await;
+        }
         let mut batch = Vec::with_capacity(PUBLISH_BATCH_MAX.min(rx.len() + 1));
         batch.push(first);
         while batch.len() < PUBLISH_BATCH_MAX {
