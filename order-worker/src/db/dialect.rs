@@ -385,6 +385,10 @@ impl Dialect for sqlx::PgConnection {
         outcomes: &[NewOutcome<'_>],
         now: i64,
     ) -> DbResult<Option<i64>> {
+        if takes.is_empty() && orders.is_empty() && outcomes.is_empty() {
+            // A batch of redeliveries only: nothing to write.
+            return Ok(None);
+        }
         let take_sales: Vec<i64> = takes.iter().map(|t| t.0).collect();
         let take_units: Vec<i64> = takes.iter().map(|t| t.1).collect();
         let ids: Vec<&str> = orders.iter().map(|o| o.id.as_str()).collect();
