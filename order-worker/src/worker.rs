@@ -31,7 +31,7 @@
 //! decided) or discards it (it is then recorded as rejected, `discarded`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use inventory::Inventory;
@@ -49,10 +49,21 @@ pub const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
 /// finishes (and acks) inside the lease.
 pub const LEASE_MARGIN_MS: u64 = 10_000;
 /// The workers of a process refresh the database's statistics ([`OrdersDb::analyze`])
-/// after deciding this many purchases, or a tenth of all they decided before, whichever is
-/// more: plans made while the tables were empty (where autovacuum is off) turned small
-/// batches into full scans (`BENCHMARKS.md`, "Statistics").
+/// after deciding this many purchases, then each time they have decided as many again as
+/// at the last refresh (the tables doubled: at 10,000, 20,000, 40,000, …), one refresh at
+/// a time: plans made while the tables were empty (where autovacuum is off) turned small
+/// batches into full scans (`BENCHMARKS.md`, "Statistics"), and a plan good for a table
+/// stays good as it grows. Refreshing after every tenth more cost a 100,000-unit sale nine
+/// `ANALYZE`s of both tables (`pg_stat_user_tables.analyze_count`), each sampling up to
+/// 30,000 rows, on the cores that serve the sale; now four, each sampling 3,000
+/// ([`crate::db::ANALYZE_STATISTICS_TARGET`]).
 pub const ANALYZE_EVERY_DECISIONS_MIN: u64 = 10_000;
+
+/// Whether the statistics are due for a refresh, `decided` fresh decisions made in all and
+/// `analyzed_at` of them at the last refresh (see [`ANALYZE_EVERY_DECISIONS_MIN`]).
+pub fn analyze_due(analyzed_at: u64, decided: u64) -> bool {
+    decided.saturating_sub(analyzed_at) >= analyzed_at.max(ANALYZE_EVERY_DECISIONS_MIN)
+}
 
 /// Settings of an order worker.
 #[derive(Debug, Clone)]
@@ -130,6 +141,8 @@ pub struct WorkerMetrics {
     pub analyzed_at: AtomicU64,
     /// Statistics refreshes started.
     pub analyzes: AtomicU64,
+    /// Whether a statistics refresh is running (one at a time per process).
+    pub analyzing: AtomicBool,
 }
 
 /// Why a worker step failed (the queue; database failures are handled by nacks).
@@ -521,18 +534,21 @@ impl OrderWorker {
         }
     }
 
-    /// Counts `fresh` decisions and, once enough have been made since the last refresh,
-    /// refreshes the statistics in a task of its own (one at a time per process).
+    /// Counts `fresh` decisions and, once enough have been made since the last refresh
+    /// ([`analyze_due`]), refreshes the statistics in a task of its own (one at a time per
+    /// process: while one runs, the next waits for a later batch).
     fn maybe_analyze(&self, fresh: u64) {
-        let m = &self.metrics;
+        let m = self.metrics.clone();
         let total = m.decided.fetch_add(fresh, Ordering::Relaxed) + fresh;
         let last = m.analyzed_at.load(Ordering::Relaxed);
-        let due = (last / 10).max(ANALYZE_EVERY_DECISIONS_MIN);
-        if total.saturating_sub(last) < due
-            || m.analyzed_at
-                .compare_exchange(last, total, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
+        if !analyze_due(last, total) || m.analyzing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if m.analyzed_at
+            .compare_exchange(last, total, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
         {
+            m.analyzing.store(false, Ordering::Release);
             return;
         }
         m.analyzes.fetch_add(1, Ordering::Relaxed);
@@ -541,6 +557,7 @@ impl OrderWorker {
             if let Err(e) = db.analyze().await {
                 tracing::warn!("refreshing the database's statistics: {e}");
             }
+            m.analyzing.store(false, Ordering::Release);
         });
     }
 
@@ -631,5 +648,30 @@ impl RetryBudget {
     fn allows(&self, now_ms: u64, backoff_ms: u64) -> bool {
         now_ms.saturating_add(backoff_ms) < self.lease_until_ms
             && self.started.elapsed() + Duration::from_millis(backoff_ms) < self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ANALYZE_EVERY_DECISIONS_MIN as MIN, analyze_due};
+
+    #[test]
+    fn statistics_are_refreshed_as_the_tables_double() {
+        assert!(!analyze_due(0, 0));
+        assert!(!analyze_due(0, MIN - 1));
+        assert!(analyze_due(0, MIN));
+        // After the first refresh at MIN: the next once MIN more are decided (2 MIN).
+        assert!(!analyze_due(MIN, 2 * MIN - 1));
+        assert!(analyze_due(MIN, 2 * MIN));
+        // Then each time the decisions have doubled.
+        assert!(!analyze_due(2 * MIN, 4 * MIN - 1));
+        assert!(analyze_due(2 * MIN, 4 * MIN));
+        assert!(!analyze_due(100 * MIN, 199 * MIN));
+        assert!(analyze_due(100 * MIN, 200 * MIN));
+        // A refresh that started late (batches larger than the step) counts from there.
+        assert!(!analyze_due(3 * MIN, 5 * MIN));
+        // Never an overflow.
+        assert!(!analyze_due(u64::MAX, u64::MAX));
+        assert!(analyze_due(0, u64::MAX));
     }
 }

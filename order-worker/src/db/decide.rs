@@ -2,7 +2,7 @@
 //! module docs of [`crate::db`]), the recorded outcome of a ticket, and an operator's
 //! rejection of a dead-lettered purchase.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use sqlx::Row;
@@ -10,7 +10,7 @@ use sqlx::Row;
 #[cfg(doc)]
 use super::OrdersDb;
 use super::dialect::Dialect;
-use super::rows::{NewOrder, NewOutcome};
+use super::rows::{NewOrder, NewOutcome, SaleTerms};
 use super::{BATCH_MAX, DbError, DbResult, PER_USER_LIMIT_MAX, Shard, to_i64, to_u64};
 use crate::purchase::PurchaseMessage;
 
@@ -157,11 +157,13 @@ struct Batch<'a> {
 }
 
 /// What the transaction of a batch has decided so far: a decision per first occurrence (by
-/// index in the batch), the orders granted and the purchases refused (in decision order).
+/// index in the batch), the orders granted, the purchases refused (in decision order) and
+/// the units granted per sale (`(sale, units)`, taken when the decisions are recorded).
 struct Decided {
     decisions: Vec<Option<Decision>>,
     orders: Vec<NewOrder>,
     rejected: Vec<(usize, &'static str)>,
+    takes: Vec<(i64, i64)>,
 }
 
 impl<'a> Batch<'a> {
@@ -173,9 +175,9 @@ impl<'a> Batch<'a> {
         Batch { purchases, first }
     }
 
-    /// The whole decision inside the batch's transaction: decisions recorded before, then
-    /// the new purchases sale by sale, then the rows. Returns a decision per first
-    /// occurrence.
+    /// The whole decision inside the batch's transaction: decisions recorded before and the
+    /// batch's sales locked, then the new purchases sale by sale, then the rows. Returns a
+    /// decision per first occurrence.
     async fn decide_in<C: Dialect>(
         &self,
         conn: &mut C,
@@ -185,23 +187,34 @@ impl<'a> Batch<'a> {
             decisions: vec![None; self.purchases.len()],
             orders: Vec::new(),
             rejected: Vec::new(),
+            takes: Vec::new(),
         };
-        self.recall(conn, &mut decided.decisions).await?;
+        let terms = self.recall(conn, &mut decided.decisions).await?;
         for (sale, idxs) in self.new_by_sale(&decided.decisions) {
-            self.decide_sale(conn, sale, &idxs, now, &mut decided)
+            let sale_terms = terms.get(&to_i64(sale, "sale id")?);
+            self.decide_sale(conn, sale, sale_terms, &idxs, now, &mut decided)
                 .await?;
         }
         self.record(conn, decided, now).await
     }
 
-    /// Step 1: the decisions recorded by earlier deliveries of the batch's tickets.
+    /// Step 1: the decisions recorded by earlier deliveries of the batch's tickets, and the
+    /// terms of the batch's sales (ascending ids), their rows locked until the commit (the
+    /// sales of redelivered purchases too: one statement, whatever it finds).
     async fn recall<C: Dialect>(
         &self,
         conn: &mut C,
         decisions: &mut [Option<Decision>],
-    ) -> DbResult<()> {
+    ) -> DbResult<HashMap<i64, SaleTerms>> {
         let tickets: Vec<&str> = self.first.keys().copied().collect();
-        for (ticket, order_id, reason, pay_by) in conn.known(&tickets).await? {
+        let sales: BTreeSet<i64> = self
+            .first
+            .values()
+            .map(|&i| to_i64(self.purchases[i].sale, "sale id"))
+            .collect::<DbResult<_>>()?;
+        let sales: Vec<i64> = sales.into_iter().collect();
+        let (known, terms) = conn.recall_and_lock(&tickets, &sales).await?;
+        for (ticket, order_id, reason, pay_by) in known {
             let d = match (order_id, reason, pay_by) {
                 (Some(order_id), _, Some(pay_by)) => Decision::Ordered {
                     order_id,
@@ -222,7 +235,7 @@ impl<'a> Batch<'a> {
                 decisions[i] = Some(d);
             }
         }
-        Ok(())
+        Ok(terms)
     }
 
     /// The first occurrences not decided before, by sale (ascending: the lock order).
@@ -236,21 +249,23 @@ impl<'a> Batch<'a> {
         by_sale
     }
 
-    /// Step 2, one sale: its row locked, purchases of users who hold the sale's per-person
-    /// limit N of active orders (counting those granted earlier in the batch) are refused,
-    /// the first `units_left` others granted, each order the buyer's lowest free slot in
-    /// 0..N, the rest find it sold out; then the units granted are taken with a conditional
-    /// update, the last guard against oversell.
+    /// Step 2, one sale (`terms`: read with its row locked; `None`: unknown): purchases of
+    /// users who hold the sale's per-person limit N of active orders (counting those
+    /// granted earlier in the batch) are refused, the first `units_left` others granted,
+    /// each order the buyer's lowest free slot in 0..N, the rest find it sold out. The
+    /// units granted are taken when the batch is recorded, with a conditional update: the
+    /// last guard against oversell.
     async fn decide_sale<C: Dialect>(
         &self,
         conn: &mut C,
         sale: u64,
+        terms: Option<&SaleTerms>,
         idxs: &[usize],
         now: i64,
         decided: &mut Decided,
     ) -> DbResult<()> {
         let sale_i = to_i64(sale, "sale id")?;
-        let Some(terms) = conn.lock_sale(sale_i).await? else {
+        let Some(terms) = terms else {
             for &i in idxs {
                 decided.rejected.push((i, reason::NO_SUCH_SALE));
             }
@@ -307,14 +322,15 @@ impl<'a> Batch<'a> {
                 decided.rejected.push((i, reason::SOLD_OUT));
             }
         }
-        if granted > 0 && !conn.take_units(sale_i, granted).await? {
-            return Err(DbError::Raced(sale));
+        if granted > 0 {
+            decided.takes.push((sale_i, granted));
         }
         Ok(())
     }
 
-    /// Step 3: the orders, then every outcome (refusals first, then orders); returns the
-    /// decisions with the refusals filled in.
+    /// Step 3: the units granted taken (a sale whose units are no longer there fails the
+    /// batch, [`DbError::Raced`]), the orders, then every outcome (refusals first, then
+    /// orders); returns the decisions with the refusals filled in.
     async fn record<C: Dialect>(
         &self,
         conn: &mut C,
@@ -325,6 +341,7 @@ impl<'a> Batch<'a> {
             mut decisions,
             orders,
             rejected,
+            takes,
         } = decided;
         let mut outcomes: Vec<NewOutcome<'_>> = Vec::with_capacity(rejected.len() + orders.len());
         for (i, why) in rejected {
@@ -350,8 +367,9 @@ impl<'a> Batch<'a> {
                 reason: None,
             });
         }
-        conn.insert_orders(&orders, now).await?;
-        conn.insert_outcomes(&outcomes, now).await?;
+        if let Some(sale) = conn.record_batch(&takes, &orders, &outcomes, now).await? {
+            return Err(DbError::Raced(to_u64(sale)));
+        }
         Ok(decisions)
     }
 

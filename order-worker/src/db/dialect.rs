@@ -18,25 +18,34 @@ pub(super) type KnownRow = (String, Option<String>, Option<String>, Option<i64>)
 /// the generic plan scanned every order of the sale and compared each with the whole list:
 /// 222 orders/s).
 pub(super) trait Dialect {
-    /// The terms of `sale`, its row locked until the commit (PostgreSQL: `FOR UPDATE`;
-    /// SQLite's `BEGIN IMMEDIATE` holds the whole database already); `None` if unknown.
-    async fn lock_sale(&mut self, sale: i64) -> DbResult<Option<SaleTerms>>;
-    /// Takes `units` of `sale`'s units left if that many are left (`… WHERE units_left >=
-    /// units`); whether it did.
-    async fn take_units(&mut self, sale: i64, units: i64) -> DbResult<bool>;
-    /// Decisions already recorded for these tickets.
-    async fn known(&mut self, tickets: &[&str]) -> DbResult<Vec<KnownRow>>;
+    /// Step 1 of a batch: the decisions already recorded for these tickets, and the terms
+    /// of these `sales` (ascending ids), each sale's row locked until the commit
+    /// (PostgreSQL: `FOR UPDATE`, in ascending id order; SQLite's `BEGIN IMMEDIATE` holds
+    /// the whole database already). A sale the database does not know is not in the map.
+    async fn recall_and_lock(
+        &mut self,
+        tickets: &[&str],
+        sales: &[i64],
+    ) -> DbResult<(Vec<KnownRow>, HashMap<i64, SaleTerms>)>;
     /// Those of `users` holding active orders of `sale`, each with the slots those orders
-    /// take.
+    /// take (read after the sale's row is locked).
     async fn active_slots(
         &mut self,
         sale: i64,
         users: &[&str],
     ) -> DbResult<HashMap<String, Vec<i64>>>;
-    /// Inserts pending orders created at `now`.
-    async fn insert_orders(&mut self, orders: &[NewOrder], now: i64) -> DbResult<()>;
-    /// Inserts outcomes decided at `now`.
-    async fn insert_outcomes(&mut self, outcomes: &[NewOutcome<'_>], now: i64) -> DbResult<()>;
+    /// The last step of a batch: takes the units granted of each sale (`(sale, units)`,
+    /// each only if that many are left: `… WHERE units_left >= units`, the last guard
+    /// against oversell), inserts the pending orders and the outcomes, all decided at
+    /// `now`. Returns the first sale whose units could not be taken (the caller then
+    /// fails the transaction), `None` if all were.
+    async fn record_batch(
+        &mut self,
+        takes: &[(i64, i64)],
+        orders: &[NewOrder],
+        outcomes: &[NewOutcome<'_>],
+        now: i64,
+    ) -> DbResult<Option<i64>>;
     /// The distinct sales of these orders.
     async fn sales_of(&mut self, order_ids: &[String]) -> DbResult<Vec<i64>>;
     /// Cancels those of these orders still pending with their pay-by time at or before
@@ -65,13 +74,74 @@ where
     usize: sqlx::ColumnIndex<R>,
     i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
+    terms_of_at(r, 0)
+}
+
+/// [`terms_of`] from the columns at `at`, `at + 1`, ….
+fn terms_of_at<R: Row>(r: &R, at: usize) -> DbResult<SaleTerms>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
     Ok(SaleTerms {
-        units_left: r.try_get(0)?,
-        price_cents: r.try_get(1)?,
-        pay_window_ms: r.try_get(2)?,
-        per_user_limit: r.try_get(3)?,
+        units_left: r.try_get(at)?,
+        price_cents: r.try_get(at + 1)?,
+        pay_window_ms: r.try_get(at + 2)?,
+        per_user_limit: r.try_get(at + 3)?,
     })
 }
+
+/// PostgreSQL, step 1 of a batch in one round trip: the sales `$2` locked `FOR UPDATE` in
+/// ascending id order (the lock order of every transaction that changes a sale's active
+/// orders), then the decisions recorded for the tickets `$1`, each with its order's pay-by
+/// time. Two row shapes under one column list: a sale's row (`id` and its terms, the
+/// ticket columns NULL) or a recorded decision (`ticket` and the rest; a ticket is never
+/// NULL, it is `outcomes`' primary key). The recorded decisions are read with the
+/// statement's snapshot, taken before any wait for a lock, as the separate look-up before
+/// the lock read them; a ticket decided meanwhile by a concurrent delivery is caught by
+/// `outcomes`' primary key and the batch is decided again one purchase at a time.
+const RECALL_AND_LOCK: &str = "\
+    WITH locked AS ( \
+        SELECT id, units_left, price_cents, pay_window_ms, \
+               CAST(per_user_limit AS BIGINT) AS per_user_limit \
+        FROM sales WHERE id = ANY($2::int8[]) ORDER BY id FOR UPDATE) \
+    SELECT id, units_left, price_cents, pay_window_ms, per_user_limit, \
+           NULL::text AS ticket, NULL::text AS order_id, NULL::text AS reason, \
+           NULL::int8 AS pay_by_ms \
+    FROM locked \
+    UNION ALL \
+    SELECT NULL, NULL, NULL, NULL, NULL, t.ticket, t.order_id, t.reason, o.pay_by_ms \
+    FROM unnest($1::text[]) AS k(ticket) \
+    JOIN outcomes t ON t.ticket = k.ticket \
+    LEFT JOIN orders o ON o.id = t.order_id";
+
+/// PostgreSQL, the last step of a batch in one round trip: the units granted taken per
+/// sale (`$1` sales, `$2` units, each only `WHERE units_left >= units`), the pending orders
+/// (`$4`…`$10`, created at `$3`) and the outcomes (`$11`…`$15`, decided at `$3`) inserted.
+/// Returns the ids of the sales whose units were taken; a sale missing from them makes
+/// the caller fail the transaction (nothing of it is committed). The outcomes' foreign
+/// key to the orders is checked at the end of the statement, when the orders are in.
+const RECORD_BATCH: &str = "\
+    WITH taken AS ( \
+        UPDATE sales s SET units_left = s.units_left - t.units \
+        FROM unnest($1::int8[], $2::int8[]) AS t(id, units) \
+        WHERE s.id = t.id AND s.units_left >= t.units \
+        RETURNING s.id), \
+    new_orders AS ( \
+        INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, \
+                            created_ms, pay_by_ms, slot) \
+        SELECT id, request_id, sale_id, user_id, price_cents, 'pending', $3, pay_by_ms, slot \
+        FROM unnest($4::text[], $5::text[], $6::int8[], $7::text[], $8::int8[], $9::int8[], \
+                    $10::int4[]) \
+             AS r(id, request_id, sale_id, user_id, price_cents, pay_by_ms, slot)), \
+    new_outcomes AS ( \
+        INSERT INTO outcomes (ticket, sale_id, user_id, outcome, order_id, reason, decided_ms) \
+        SELECT ticket, sale_id, user_id, \
+               CASE WHEN order_id IS NULL THEN 'rejected' ELSE 'ordered' END, \
+               order_id, reason, $3 \
+        FROM unnest($11::text[], $12::int8[], $13::text[], $14::text[], $15::text[]) \
+             AS r(ticket, sale_id, user_id, order_id, reason)) \
+    SELECT id FROM taken";
 
 fn cancelled_of<R: Row>(r: &R) -> DbResult<Cancelled>
 where
@@ -88,26 +158,12 @@ where
 }
 
 impl Dialect for sqlx::SqliteConnection {
-    async fn lock_sale(&mut self, sale: i64) -> DbResult<Option<SaleTerms>> {
-        let row = sqlx::query(concat!(terms_select!(), " WHERE id = $1"))
-            .bind(sale)
-            .fetch_optional(&mut *self)
-            .await?;
-        row.map(|r| terms_of(&r)).transpose()
-    }
-
-    async fn take_units(&mut self, sale: i64, units: i64) -> DbResult<bool> {
-        let r = sqlx::query(TAKE_UNITS)
-            .bind(units)
-            .bind(sale)
-            .bind(units)
-            .execute(&mut *self)
-            .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn known(&mut self, tickets: &[&str]) -> DbResult<Vec<KnownRow>> {
-        let mut out = Vec::new();
+    async fn recall_and_lock(
+        &mut self,
+        tickets: &[&str],
+        sales: &[i64],
+    ) -> DbResult<(Vec<KnownRow>, HashMap<i64, SaleTerms>)> {
+        let mut known = Vec::new();
         for chunk in tickets.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::new(
                 "SELECT t.ticket, t.order_id, t.reason, o.pay_by_ms FROM outcomes t \
@@ -119,10 +175,20 @@ impl Dialect for sqlx::SqliteConnection {
             }
             qb.push(")");
             for r in qb.build().fetch_all(&mut *self).await? {
-                out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+                known.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
             }
         }
-        Ok(out)
+        let mut terms = HashMap::with_capacity(sales.len());
+        for &sale in sales {
+            let row = sqlx::query(concat!(terms_select!(), " WHERE id = $1"))
+                .bind(sale)
+                .fetch_optional(&mut *self)
+                .await?;
+            if let Some(r) = row {
+                terms.insert(sale, terms_of(&r)?);
+            }
+        }
+        Ok((known, terms))
     }
 
     async fn active_slots(
@@ -152,7 +218,24 @@ impl Dialect for sqlx::SqliteConnection {
         Ok(active)
     }
 
-    async fn insert_orders(&mut self, orders: &[NewOrder], now: i64) -> DbResult<()> {
+    async fn record_batch(
+        &mut self,
+        takes: &[(i64, i64)],
+        orders: &[NewOrder],
+        outcomes: &[NewOutcome<'_>],
+        now: i64,
+    ) -> DbResult<Option<i64>> {
+        for &(sale, units) in takes {
+            let r = sqlx::query(TAKE_UNITS)
+                .bind(units)
+                .bind(sale)
+                .bind(units)
+                .execute(&mut *self)
+                .await?;
+            if r.rows_affected() != 1 {
+                return Ok(Some(sale));
+            }
+        }
         for chunk in orders.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms, slot) ",
@@ -170,10 +253,6 @@ impl Dialect for sqlx::SqliteConnection {
             });
             qb.build().execute(&mut *self).await?;
         }
-        Ok(())
-    }
-
-    async fn insert_outcomes(&mut self, outcomes: &[NewOutcome<'_>], now: i64) -> DbResult<()> {
         for chunk in outcomes.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO outcomes (ticket, sale_id, user_id, outcome, order_id, reason, decided_ms) ",
@@ -193,7 +272,7 @@ impl Dialect for sqlx::SqliteConnection {
             });
             qb.build().execute(&mut *self).await?;
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn sales_of(&mut self, order_ids: &[String]) -> DbResult<Vec<i64>> {
@@ -253,37 +332,27 @@ impl Dialect for sqlx::SqliteConnection {
 }
 
 impl Dialect for sqlx::PgConnection {
-    async fn lock_sale(&mut self, sale: i64) -> DbResult<Option<SaleTerms>> {
-        let row = sqlx::query(concat!(terms_select!(), " WHERE id = $1 FOR UPDATE"))
-            .bind(sale)
-            .fetch_optional(&mut *self)
+    async fn recall_and_lock(
+        &mut self,
+        tickets: &[&str],
+        sales: &[i64],
+    ) -> DbResult<(Vec<KnownRow>, HashMap<i64, SaleTerms>)> {
+        let rows = sqlx::query(RECALL_AND_LOCK)
+            .bind(tickets)
+            .bind(sales)
+            .fetch_all(&mut *self)
             .await?;
-        row.map(|r| terms_of(&r)).transpose()
-    }
-
-    async fn take_units(&mut self, sale: i64, units: i64) -> DbResult<bool> {
-        let r = sqlx::query(TAKE_UNITS)
-            .bind(units)
-            .bind(sale)
-            .bind(units)
-            .execute(&mut *self)
-            .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn known(&mut self, tickets: &[&str]) -> DbResult<Vec<KnownRow>> {
-        let rows = sqlx::query(
-            "SELECT t.ticket, t.order_id, t.reason, o.pay_by_ms \
-             FROM unnest($1::text[]) AS k(ticket) \
-             JOIN outcomes t ON t.ticket = k.ticket \
-             LEFT JOIN orders o ON o.id = t.order_id",
-        )
-        .bind(tickets)
-        .fetch_all(&mut *self)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-            .collect()
+        let mut known = Vec::new();
+        let mut terms = HashMap::with_capacity(sales.len());
+        for r in &rows {
+            match r.try_get::<Option<String>, _>(5)? {
+                Some(ticket) => known.push((ticket, r.try_get(6)?, r.try_get(7)?, r.try_get(8)?)),
+                None => {
+                    terms.insert(r.try_get::<i64, _>(0)?, terms_of_at(r, 1)?);
+                }
+            }
+        }
+        Ok((known, terms))
     }
 
     async fn active_slots(
@@ -309,10 +378,19 @@ impl Dialect for sqlx::PgConnection {
         Ok(active)
     }
 
-    async fn insert_orders(&mut self, orders: &[NewOrder], now: i64) -> DbResult<()> {
-        if orders.is_empty() {
-            return Ok(());
+    async fn record_batch(
+        &mut self,
+        takes: &[(i64, i64)],
+        orders: &[NewOrder],
+        outcomes: &[NewOutcome<'_>],
+        now: i64,
+    ) -> DbResult<Option<i64>> {
+        if takes.is_empty() && orders.is_empty() && outcomes.is_empty() {
+            // A batch of redeliveries only: nothing to write.
+            return Ok(None);
         }
+        let take_sales: Vec<i64> = takes.iter().map(|t| t.0).collect();
+        let take_units: Vec<i64> = takes.iter().map(|t| t.1).collect();
         let ids: Vec<&str> = orders.iter().map(|o| o.id.as_str()).collect();
         let tickets: Vec<&str> = orders.iter().map(|o| o.ticket.as_str()).collect();
         let sales: Vec<i64> = orders.iter().map(|o| o.sale).collect();
@@ -320,51 +398,30 @@ impl Dialect for sqlx::PgConnection {
         let prices: Vec<i64> = orders.iter().map(|o| o.price_cents).collect();
         let pay_by: Vec<i64> = orders.iter().map(|o| o.pay_by_ms).collect();
         let slots: Vec<i32> = orders.iter().map(|o| o.slot).collect();
-        sqlx::query(
-            "INSERT INTO orders (id, request_id, sale_id, user_id, price_cents, status, created_ms, pay_by_ms, slot) \
-             SELECT id, request_id, sale_id, user_id, price_cents, 'pending', $7, pay_by_ms, slot \
-             FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[], $8::int4[]) \
-                  AS r(id, request_id, sale_id, user_id, price_cents, pay_by_ms, slot)",
-        )
-        .bind(&ids)
-        .bind(&tickets)
-        .bind(&sales)
-        .bind(&users)
-        .bind(&prices)
-        .bind(&pay_by)
-        .bind(now)
-        .bind(&slots)
-        .execute(&mut *self)
-        .await?;
-        Ok(())
-    }
-
-    async fn insert_outcomes(&mut self, outcomes: &[NewOutcome<'_>], now: i64) -> DbResult<()> {
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let tickets: Vec<&str> = outcomes.iter().map(|o| o.ticket).collect();
-        let sales: Vec<i64> = outcomes.iter().map(|o| o.sale).collect();
-        let users: Vec<&str> = outcomes.iter().map(|o| o.user).collect();
-        let order_ids: Vec<Option<&str>> = outcomes.iter().map(|o| o.order_id.as_deref()).collect();
-        let reasons: Vec<Option<&str>> = outcomes.iter().map(|o| o.reason).collect();
-        sqlx::query(
-            "INSERT INTO outcomes (ticket, sale_id, user_id, outcome, order_id, reason, decided_ms) \
-             SELECT ticket, sale_id, user_id, \
-                    CASE WHEN order_id IS NULL THEN 'rejected' ELSE 'ordered' END, \
-                    order_id, reason, $6 \
-             FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[]) \
-                  AS r(ticket, sale_id, user_id, order_id, reason)",
-        )
-        .bind(&tickets)
-        .bind(&sales)
-        .bind(&users)
-        .bind(&order_ids)
-        .bind(&reasons)
-        .bind(now)
-        .execute(&mut *self)
-        .await?;
-        Ok(())
+        let t_tickets: Vec<&str> = outcomes.iter().map(|o| o.ticket).collect();
+        let t_sales: Vec<i64> = outcomes.iter().map(|o| o.sale).collect();
+        let t_users: Vec<&str> = outcomes.iter().map(|o| o.user).collect();
+        let t_orders: Vec<Option<&str>> = outcomes.iter().map(|o| o.order_id.as_deref()).collect();
+        let t_reasons: Vec<Option<&str>> = outcomes.iter().map(|o| o.reason).collect();
+        let taken: Vec<i64> = sqlx::query_scalar(RECORD_BATCH)
+            .bind(&take_sales)
+            .bind(&take_units)
+            .bind(now)
+            .bind(&ids)
+            .bind(&tickets)
+            .bind(&sales)
+            .bind(&users)
+            .bind(&prices)
+            .bind(&pay_by)
+            .bind(&slots)
+            .bind(&t_tickets)
+            .bind(&t_sales)
+            .bind(&t_users)
+            .bind(&t_orders)
+            .bind(&t_reasons)
+            .fetch_all(&mut *self)
+            .await?;
+        Ok(take_sales.into_iter().find(|s| !taken.contains(s)))
     }
 
     async fn sales_of(&mut self, order_ids: &[String]) -> DbResult<Vec<i64>> {

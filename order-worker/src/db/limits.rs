@@ -6,6 +6,14 @@ use std::time::Duration;
 /// Most purchases one [`OrdersDb::decide_batch`] takes (one transaction).
 pub const BATCH_MAX: usize = 5_000;
 
+/// The statistics target of the workers' `ANALYZE` of the orders tables on PostgreSQL (its
+/// default is 100): a sample of 300 rows per unit, 3,000 rows. The look-ups of the orders
+/// tables are by unique keys and short lists, whose plans need the tables' sizes and
+/// rough distributions only; a 30,000-row sample cost 0.4–0.6 s of the server's CPU per
+/// 100,000-row table on this machine, against 30–70 ms for 3,000 rows
+/// (`order-worker/BENCHMARKS.md`).
+pub const ANALYZE_STATISTICS_TARGET: u32 = 10;
+
 /// Most rows one multi-row statement carries (bounded by the backends' parameter limits:
 /// 9 parameters a row stays far below SQLite's 32,766 and PostgreSQL's 65,535).
 pub const ROWS_PER_STATEMENT: usize = 500;

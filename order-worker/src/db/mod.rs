@@ -29,8 +29,8 @@
 //! One transaction per batch (per shard) (`BEGIN IMMEDIATE` in SQLite: one writer at a time; in
 //! PostgreSQL each sale's row is locked `FOR UPDATE`, sales in ascending id order):
 //!
-//! 1. the outcomes already recorded for the batch's tickets are read: a redelivered purchase
-//!    finds its decision and changes nothing;
+//! 1. the outcomes already recorded for the batch's tickets are read (a redelivered purchase
+//!    finds its decision and changes nothing), and the batch's sales are locked and read;
 //! 2. per sale: purchases of users who already hold the sale's per-person limit N of active
 //!    orders (counting those granted earlier in the batch) are rejected `already_bought`; the
 //!    first `units_left` of the rest are granted, each order in its buyer's lowest free slot
@@ -40,6 +40,11 @@
 //!    >= granted`), the last guard against oversell whatever the gateway's cache said, and a
 //!    `CHECK (units_left >= 0)` behind it;
 //! 4. the orders and every outcome are inserted with multi-row statements.
+//!
+//! On PostgreSQL a batch of one sale is five round trips whatever its size: `BEGIN`, step 1
+//! in one statement, the active orders of the batch's buyers, steps 3 and 4 in one
+//! statement (data-modifying `WITH`), `COMMIT` (`dialect.rs`). SQLite runs each step as its
+//! own statements (in-process calls, no round trips).
 //!
 //! The constraints carry the invariants even if this code were wrong: one outcome per ticket
 //! (primary key), one order per request id (unique), one active order per (sale, user, slot)
@@ -290,9 +295,20 @@ impl Shard {
     /// Refreshes the planner's statistics of the orders tables (PostgreSQL: `ANALYZE`; a
     /// no-op on SQLite, whose look-ups do not depend on them). The workers call it as the
     /// tables grow, so plans never stay those of an empty table where autovacuum is off.
+    /// It samples with a statistics target of [`ANALYZE_STATISTICS_TARGET`] (set for its
+    /// own transaction only).
     async fn analyze(&self) -> DbResult<()> {
         if let Shard::Postgres(p) = self {
-            sqlx::query("ANALYZE orders, outcomes").execute(p).await?;
+            let mut tx = p.begin().await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SET LOCAL default_statistics_target = {ANALYZE_STATISTICS_TARGET}"
+            )))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("ANALYZE orders, outcomes")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
         }
         Ok(())
     }

@@ -81,24 +81,32 @@ impl Shard {
     }
 
     /// Pays `user`'s order `id`: pending → paid in one conditional update, only before its
-    /// pay-by time. Exactly one of a payment and the cancellation ever succeeds. A
-    /// constraint that refuses the update is reported as `Constraint`.
+    /// pay-by time, which returns the paid order (one statement when it pays; otherwise the
+    /// order is read to say why not). Exactly one of a payment and the cancellation ever
+    /// succeeds. A constraint that refuses the update is reported as `Constraint`.
     pub async fn pay(&self, id: &str, user: &str, now_ms: u64) -> DbResult<Payment> {
         let now = to_i64(now_ms, "now")?;
-        let paid = on_db!(self, p => sqlx::query(
-            "UPDATE orders SET status = 'paid', paid_ms = $1 \
-             WHERE id = $2 AND user_id = $3 AND status = 'pending' AND pay_by_ms > $4")
-            .bind(now).bind(id).bind(user).bind(now).execute(p).await
-            .map_err(DbError::on_request)?.rows_affected());
+        let paid = on_db!(self, p => {
+            let r = sqlx::query(
+                "UPDATE orders SET status = 'paid', paid_ms = $1 \
+                 WHERE id = $2 AND user_id = $3 AND status = 'pending' AND pay_by_ms > $4 \
+                 RETURNING id, request_id, sale_id, user_id, price_cents, status, created_ms, \
+                           pay_by_ms, paid_ms, cancelled_ms")
+                .bind(now).bind(id).bind(user).bind(now).fetch_optional(p).await
+                .map_err(DbError::on_request)?;
+            r.map(|r| order_of(&r)).transpose()?
+        });
+        if let Some(order) = paid {
+            return Ok(Payment::Paid(order));
+        }
         let order = match self.order(id).await? {
             Some(o) if o.user == user => o,
             _ => return Ok(Payment::NotFound),
         };
-        Ok(match (paid, order.status) {
-            (1, OrderStatus::Paid) => Payment::Paid(order),
-            (_, OrderStatus::Paid) => Payment::AlreadyPaid(order),
-            (_, OrderStatus::Cancelled) => Payment::Cancelled(order),
-            (_, OrderStatus::Pending) => Payment::TooLate(order),
+        Ok(match order.status {
+            OrderStatus::Paid => Payment::AlreadyPaid(order),
+            OrderStatus::Cancelled => Payment::Cancelled(order),
+            OrderStatus::Pending => Payment::TooLate(order),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests of the order workers. Every database test runs on SQLite (a temporary
 //! file) and on PostgreSQL (a fresh database on 127.0.0.1:5432; under `CI` it must answer).
 
+mod batch;
 mod by_user;
 mod cancel;
 mod db;
