@@ -1147,7 +1147,10 @@ async fn read_loop(
                     () = &mut watch => {
                         let Some(c) = conn.upgrade() else { return };
                         match c.watch(Instant::now()) {
-                            Some(next) => watch.as_mut().reset(next),
+                            Some(next) => {
+                                watch.as_mut().reset(next);
+                                continue;
+                            }
                             // Killed: every waiter has its error.
                             None => return,
                         }
