@@ -1271,7 +1271,7 @@ async fn write_loop(
                             waiting.push_back(a);
                             // Poll it (it may be durable already, and it must hold our
                             // waker before this returns `Pending`).
-                            more = waiting.len() == 1;
+                            more |= waiting.len() == 1;
                         }
                         Poll::Ready(Some(Out::Close)) | Poll::Ready(None) => {
                             closing = true;
