@@ -286,8 +286,12 @@ struct Pending {
     /// The request's opcode (to decode the answer).
     op: u8,
     waiter: Waiters,
-    /// When its caller gives up on it (whether or not the caller is still there).
+    /// When its caller gives up on it (whether or not the caller is still there): the
+    /// connection's reader closes the connection then (see `Conn::watch`).
     deadline: Instant,
+    /// What the request may wait beyond the request timeout (a fetch's `wait_ms`), for the
+    /// timeout's message.
+    extra_wait_ms: u64,
     /// Its in-flight slot, released with the entry: when the answer arrives or the
     /// connection dies, not when the caller stops waiting.
     _permit: OwnedSemaphorePermit,
@@ -328,6 +332,9 @@ struct Conn {
     max_frame_bytes: usize,
     /// The protocol version agreed in the hello.
     version: u16,
+    /// The broker's address and the request timeout, for the timeout's message.
+    addr: String,
+    request_timeout_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -382,6 +389,38 @@ impl Conn {
         }
     }
 
+    /// The request timeout of every request on this connection, checked by its reader (one
+    /// timer per connection, not one per request): kills the connection if a request is
+    /// past its deadline (failing every request in flight on it with
+    /// [`Error::Connection`]) and returns `None`; else when to look again: at the earliest
+    /// deadline pending, and no later than one request timeout from `now`, which no request
+    /// registered after `now` can end before.
+    fn watch(&self, now: Instant) -> Option<Instant> {
+        let timeout = Duration::from_millis(self.request_timeout_ms.max(1));
+        let overdue = {
+            let st = lock(&self.state);
+            let pending = st.pending.as_ref()?;
+            let mut next = now + timeout;
+            let mut overdue = None;
+            for e in pending.values() {
+                if e.deadline <= now {
+                    overdue = Some(e.extra_wait_ms);
+                    break;
+                }
+                next = next.min(e.deadline);
+            }
+            match overdue {
+                None => return Some(next),
+                Some(extra_wait_ms) => extra_wait_ms,
+            }
+        };
+        self.kill(&timed_out(
+            &self.addr,
+            self.request_timeout_ms.saturating_add(overdue),
+        ));
+        None
+    }
+
     /// Kills the connection if a request on it is past its deadline (its caller may have
     /// gone and so never noticed): the broker is not answering.
     fn kill_if_overdue(&self, now: Instant, why: &str) -> bool {
@@ -432,6 +471,13 @@ impl Client {
             Response::Done => Ok(()),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// [`Queue::publish`], without the trait's boxed future (one allocation and copy per
+    /// publish for callers that hold a `Client` itself rather than a `dyn Queue`).
+    pub async fn publish(&self, topic: &str, message: Message) -> Result<Confirm> {
+        validate_message(&message)?;
+        self.publish_one(topic, &message).await
     }
 
     /// Publishes independent messages pipelined on one connection: one PUBLISH frame each,
@@ -509,6 +555,7 @@ impl Client {
                     op: op::PUBLISH,
                     waiter: Waiters::One(tx),
                     deadline,
+                    extra_wait_ms: 0,
                     _permit: permit,
                 },
             ));
@@ -522,24 +569,10 @@ impl Client {
         };
         conn.register(entries)?;
         writer.send(Outgoing::Frame(frames));
-        let mut timed_out = false;
-        for (i, mut rx) in receivers {
-            // Once timed out, the connection is killed: every waiter has its answer or the
-            // kill's error already.
-            // (An answer the reader took just before the kill is still on its way: await it;
-            // this cannot hang, every waiter is answered or dropped by then.)
-            let answer = if timed_out {
-                rx.await.ok()
-            } else {
-                match tokio::time::timeout_at(deadline, &mut rx).await {
-                    Ok(a) => a.ok(),
-                    Err(_) => {
-                        conn.kill(&self.timed_out(0));
-                        timed_out = true;
-                        rx.await.ok()
-                    }
-                }
-            };
+        for (i, rx) in receivers {
+            // Each is answered, or failed when the connection dies (its reader closes it
+            // once a request is past its deadline).
+            let answer = rx.await.ok();
             results[i] = Some(match answer {
                 Some(Ok((_, Response::Confirm(c)))) => Ok(c),
                 Some(Ok((_, Response::Error(e)))) => Err(e.into_error()),
@@ -702,36 +735,12 @@ impl Client {
                 op: opcode,
                 waiter: Waiters::One(tx),
                 deadline,
+                extra_wait_ms,
                 _permit: permit,
             },
         )))?;
         writer.send(Outgoing::Frame(frame));
-        self.answer(conn, rx, extra_wait_ms, deadline).await
-    }
-
-    /// Waits for the answer to a request sent on `conn`; past `deadline` the connection is
-    /// closed (see [`ClientConfig::request_timeout_ms`]).
-    async fn answer(
-        &self,
-        conn: &Conn,
-        rx: oneshot::Receiver<Result<(u8, Response)>>,
-        extra_wait_ms: u64,
-        deadline: Instant,
-    ) -> Result<Response> {
-        let answer = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(a) => a,
-            Err(_) => {
-                let why = self.timed_out(extra_wait_ms);
-                conn.kill(&why);
-                return Err(Error::Connection(why));
-            }
-        };
-        match answer {
-            Ok(Ok((_, Response::Error(e)))) => Err(e.into_error()),
-            Ok(Ok((_, r))) => Ok(r),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Connection("connection lost".into())),
-        }
+        answer(rx).await
     }
 
     /// One publish: on a broker of version 3 or later it is queued for the connection's
@@ -766,7 +775,7 @@ impl Client {
                     "connection lost before the request was sent".into(),
                 ));
             }
-            self.answer(&conn, rx, 0, deadline).await?
+            answer(rx).await?
         } else {
             let mut frame = BytesMut::with_capacity(
                 proto::publish_each_overhead(topic) + message_size_hint(message),
@@ -786,12 +795,31 @@ impl Client {
 
     /// The error of a request that timed out, which is also why its connection is closed.
     fn timed_out(&self, extra_wait_ms: u64) -> String {
-        format!(
-            "no answer from {} within {} ms; closed the connection: requests in flight on it \
-             may or may not have taken effect",
-            self.config.addr,
-            self.config.request_timeout_ms.saturating_add(extra_wait_ms)
+        timed_out(
+            &self.config.addr,
+            self.config.request_timeout_ms.saturating_add(extra_wait_ms),
         )
+    }
+}
+
+/// The error of a request to `addr` not answered within `timeout_ms`, which is also why
+/// its connection is closed.
+fn timed_out(addr: &str, timeout_ms: u64) -> String {
+    format!(
+        "no answer from {addr} within {timeout_ms} ms; closed the connection: requests in \
+         flight on it may or may not have taken effect"
+    )
+}
+
+/// Waits for the answer to a request (an error frame becomes its error). It has no timer of
+/// its own: a request past its deadline makes its connection's reader close the
+/// connection ([`Conn::watch`]), which fails it with [`Error::Connection`].
+async fn answer(rx: oneshot::Receiver<Result<(u8, Response)>>) -> Result<Response> {
+    match rx.await {
+        Ok(Ok((_, Response::Error(e)))) => Err(e.into_error()),
+        Ok(Ok((_, r))) => Ok(r),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Connection("connection lost".into())),
     }
 }
 
@@ -908,6 +936,8 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
         // connection (and every request in flight on it): refuse them here instead.
         max_frame_bytes: config.max_frame_bytes.min(broker_frame_max),
         version,
+        addr: config.addr.clone(),
+        request_timeout_ms: config.request_timeout_ms,
     });
     tokio::spawn(write_loop(wr, rx, Arc::downgrade(&conn), writer_stopped));
     tokio::spawn(read_loop(
@@ -916,6 +946,7 @@ async fn open(config: &ClientConfig) -> Result<Arc<Conn>> {
         Arc::downgrade(&conn),
         reader_stopped,
         receive_max,
+        config.request_timeout_ms,
     ));
     Ok(conn)
 }
@@ -999,8 +1030,9 @@ impl EachGroup {
         if self.waiters.is_empty() {
             return;
         }
-        let waiters = std::mem::take(&mut self.waiters);
-        let count = waiters.len();
+        let count = self.waiters.len();
+        // The next frame is likely about as large: room for it, instead of growing from one.
+        let waiters = std::mem::replace(&mut self.waiters, Vec::with_capacity(count));
         let (deadline, permit) = (self.deadline.take(), self.permit.take());
         let (Some(conn), Some(deadline), Some(permit)) = (conn, deadline, permit) else {
             self.messages.clear();
@@ -1011,6 +1043,7 @@ impl EachGroup {
             op: op::PUBLISH_EACH,
             waiter: Waiters::Each(waiters),
             deadline,
+            extra_wait_ms: 0,
             _permit: permit,
         };
         if conn.register(std::iter::once((id, entry))).is_ok() {
@@ -1095,7 +1128,12 @@ async fn read_loop(
     conn: std::sync::Weak<Conn>,
     mut stop: oneshot::Receiver<()>,
     max_frame_bytes: usize,
+    request_timeout_ms: u64,
 ) {
+    // The request timeout of every request on the connection (see `Conn::watch`): one
+    // timer, moved to the earliest deadline pending when it fires.
+    let watch = tokio::time::sleep(Duration::from_millis(request_timeout_ms.max(1)));
+    tokio::pin!(watch);
     let why = loop {
         let frame = match proto::split_frame(&mut buf, max_frame_bytes) {
             Ok(Some(f)) => f,
@@ -1105,6 +1143,18 @@ async fn read_loop(
                 }
                 tokio::select! {
                     biased;
+                    // First, so that a stream of other answers cannot put it off.
+                    () = &mut watch => {
+                        let Some(c) = conn.upgrade() else { return };
+                        match c.watch(Instant::now()) {
+                            Some(next) => {
+                                watch.as_mut().reset(next);
+                                continue;
+                            }
+                            // Killed: every waiter has its error.
+                            None => return,
+                        }
+                    }
                     r = rd.read_buf(&mut buf) => match r {
                         Ok(0) => break "the broker closed the connection".to_string(),
                         Ok(_) => continue,
@@ -1166,8 +1216,7 @@ impl Queue for Client {
     }
 
     async fn publish(&self, topic: &str, message: Message) -> Result<Confirm> {
-        validate_message(&message)?;
-        self.publish_one(topic, &message).await
+        Client::publish(self, topic, message).await
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Confirm>> {

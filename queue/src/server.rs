@@ -2,8 +2,10 @@
 //!
 //! Each connection has a reader (this task) and a writer task. The reader splits frames off
 //! its buffer and starts one task per request, so a connection has many requests in flight
-//! (pipelining) and a slow one (a long-poll fetch, a publish waiting for its fsync) never
-//! holds up the others; responses go back in completion order, matched by request id. The
+//! (pipelining) and a slow one (a long-poll fetch) never holds up the others; responses go
+//! back in completion order, matched by request id. Publishes are the exception: the
+//! reader appends them (gathered, in arrival order) and hands them to the writer, which
+//! waits for their fsync round itself and answers them, with no task of their own. The
 //! writer coalesces whatever responses are ready into one `write`.
 //!
 //! Limits (all in [`ServerConfig`]): connections, requests and request bytes in flight per
@@ -21,11 +23,14 @@
 //! request in flight finish (long-poll fetches return at once, empty), flush the responses,
 //! close. The caller then closes the engine, which fsyncs.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -436,6 +441,17 @@ struct Reply {
     permits: Permits,
 }
 
+/// The results of an append of gathered publishes, once durable (one per message, in order).
+type PublishResults = crate::Result<Vec<crate::Result<crate::Confirm>>>;
+
+/// Gathered publish requests appended together, waiting in the writer for their fsync round
+/// (the engine's `PendingPublish::wait`), then answered there: no task and no hand-off per
+/// append, and the writer is the one woken when the round is durable.
+struct Answering {
+    durable: Pin<Box<dyn Future<Output = PublishResults> + Send>>,
+    replies: Vec<Reply>,
+}
+
 /// A request's share of its connection's in-flight limits.
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
@@ -473,6 +489,8 @@ impl<T> Drop for AbortOnDrop<T> {
 enum Out {
     /// Encoded response frames, and what they hold until written.
     Frames(BytesMut, Held),
+    /// Publishes appended together, to answer once their round is fsynced.
+    Publishes(Answering),
     /// Write what came before, then close (after a protocol error or idleness).
     Close,
 }
@@ -528,6 +546,7 @@ impl Connection {
             rx,
             self.config.write_batch_bytes,
             Duration::from_millis(self.config.write_timeout_ms.max(1)),
+            self.metrics.clone(),
         )));
         let mut stop = self.stop.clone();
         let mut buf = BytesMut::with_capacity(64 << 10);
@@ -561,7 +580,7 @@ impl Connection {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
-                        self.flush_publishes(&mut gathered, &tx);
+                        self.flush_publishes(&mut gathered, &tx).await;
                         self.fail(&tx, 0, e.code(), e.to_string()).await;
                         break 'conn;
                     }
@@ -572,7 +591,7 @@ impl Connection {
                 let request = match Request::decode(opcode, frame.body) {
                     Ok(r) => r,
                     Err(e) => {
-                        self.flush_publishes(&mut gathered, &tx);
+                        self.flush_publishes(&mut gathered, &tx).await;
                         self.fail(&tx, id, e.code(), e.to_string()).await;
                         break 'conn;
                     }
@@ -659,7 +678,7 @@ impl Connection {
                     };
                     let mut out = BytesMut::new();
                     Response::Error(WireError::from_error(&e)).encode(opcode, id, &mut out);
-                    self.flush_publishes(&mut gathered, &tx);
+                    self.flush_publishes(&mut gathered, &tx).await;
                     if tx.send(Out::Frames(out, Vec::new())).await.is_err() {
                         break 'conn;
                     }
@@ -682,7 +701,8 @@ impl Connection {
                         permits,
                     };
                     let messages = vec![message];
-                    self.gather_publish(&mut gathered, topic, messages, reply, frame_bytes, &tx);
+                    self.gather_publish(&mut gathered, topic, messages, reply, frame_bytes, &tx)
+                        .await;
                     continue;
                 }
                 if let Request::PublishEach { topic, messages } = request {
@@ -692,10 +712,11 @@ impl Connection {
                         count: messages.len(),
                         permits,
                     };
-                    self.gather_publish(&mut gathered, topic, messages, reply, frame_bytes, &tx);
+                    self.gather_publish(&mut gathered, topic, messages, reply, frame_bytes, &tx)
+                        .await;
                     continue;
                 }
-                self.flush_publishes(&mut gathered, &tx);
+                self.flush_publishes(&mut gathered, &tx).await;
                 // A batch is queued here too, for the same reason: in arrival order.
                 if let Request::PublishBatch { topic, messages } = request {
                     let submitted = self.engine.publish_batch_submit(&topic, &messages);
@@ -705,7 +726,7 @@ impl Connection {
                 self.spawn_request(request, (opcode, id), permits, &budgets, &tx, &closed_rx);
             }
             // Every whole frame of the buffer is taken: what was gathered goes now.
-            self.flush_publishes(&mut gathered, &tx);
+            self.flush_publishes(&mut gathered, &tx).await;
             if buf.capacity() - buf.len() < 16 << 10 {
                 buf.reserve(64 << 10);
             }
@@ -738,7 +759,7 @@ impl Connection {
                 _ = tx.closed() => break 'conn,
             }
         }
-        self.flush_publishes(&mut gathered, &tx);
+        self.flush_publishes(&mut gathered, &tx).await;
         let _ = closed_tx.send(true);
         // Let the requests in flight answer, then let the writer flush and close: it ends
         // once every sender is gone, that is once every request task has sent its answer.
@@ -874,7 +895,7 @@ impl Connection {
             (Ok(r), Ok(b)) => Some((r, b)),
             (r, b) => {
                 drop((r, b));
-                self.flush_publishes(gathered, tx);
+                self.flush_publishes(gathered, tx).await;
                 let (r, b) = tokio::select! {
                     p = async {
                         let r = budgets.requests.clone().acquire_owned().await;
@@ -891,7 +912,7 @@ impl Connection {
 
     /// Adds a publish request's messages to those gathered, first flushing them when it
     /// cannot join them (another topic, or the gathering limits would be passed).
-    fn gather_publish(
+    async fn gather_publish(
         &self,
         gathered: &mut Option<Gathered>,
         topic: String,
@@ -905,7 +926,7 @@ impl Connection {
                 || g.messages.len() + messages.len() > GATHER_MESSAGES_MAX
                 || g.bytes >= GATHER_BYTES_MAX)
         {
-            self.flush_publishes(gathered, tx);
+            self.flush_publishes(gathered, tx).await;
         }
         let g = gathered.get_or_insert_with(|| Gathered {
             topic,
@@ -1006,29 +1027,25 @@ impl Connection {
     }
 
     /// Publishes what was gathered: `Engine::publish_each_submit` runs here, in the reader,
-    /// so a connection's publishes get offsets in the order they arrived; a task then waits
-    /// for durability and sends one response per request (a confirm, or that message's own
-    /// error).
-    fn flush_publishes(&self, gathered: &mut Option<Gathered>, tx: &mpsc::Sender<Out>) {
+    /// so a connection's publishes get offsets in the order they arrived; the writer then
+    /// waits for durability and writes one response per request (a confirm, or that
+    /// message's own error). See [`write_loop`].
+    async fn flush_publishes(&self, gathered: &mut Option<Gathered>, tx: &mpsc::Sender<Out>) {
         let Some(g) = gathered.take() else { return };
         let pending = self.engine.publish_each_submit(&g.topic, g.messages);
-        let replies = g.replies;
-        let metrics = self.metrics.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let results = match pending {
+        let durable = Box::pin(async move {
+            match pending {
                 Ok(p) => p.wait().await,
                 Err(e) => Err(e),
-            };
-            let (out, ok, failed) = answer_publishes(&replies, results);
-            metrics.messages_published.fetch_add(ok, Ordering::Relaxed);
-            metrics.request_errors.fetch_add(failed, Ordering::Relaxed);
-            let held = replies
-                .into_iter()
-                .flat_map(|r| [r.permits.0, r.permits.1])
-                .collect();
-            let _ = tx.send(Out::Frames(out, held)).await;
+            }
         });
+        let answering = Answering {
+            durable,
+            replies: g.replies,
+        };
+        // The writer is gone only when the connection is ending: these requests' answers
+        // (their messages are on their way to the disk) then go nowhere, as every other.
+        let _ = tx.send(Out::Publishes(answering)).await;
     }
 
     /// Waits for a submitted batch in a task and answers it.
@@ -1155,15 +1172,12 @@ fn creates_topic(request: &Request) -> Option<&str> {
 /// Encodes the answers to gathered publish requests from the per-message `results` (in
 /// the requests' order): a `PUBLISH` gets its confirm or its error frame, a `PUBLISH_EACH`
 /// one frame with each of its messages' results; an outer error (the engine failed or
-/// closed, a bad topic) answers every request with it. Returns the frames, the messages
-/// confirmed and the answers that are errors.
-fn answer_publishes(
-    replies: &[Reply],
-    results: crate::Result<Vec<crate::Result<crate::Confirm>>>,
-) -> (BytesMut, u64, u64) {
+/// closed, a bad topic) answers every request with it. Appends the frames to `out`; returns
+/// the messages confirmed and the answers that are errors.
+fn answer_publishes(replies: &[Reply], results: PublishResults, out: &mut BytesMut) -> (u64, u64) {
     // A confirm frame is 18 bytes; a PUBLISH_EACH answer 13 plus 10 per message.
     let messages: usize = replies.iter().map(|r| r.count).sum();
-    let mut out = BytesMut::with_capacity(replies.len() * 18 + messages * 10);
+    out.reserve(replies.len() * 18 + messages * 10);
     let (mut ok, mut failed) = (0u64, 0u64);
     match results {
         Ok(rs) => {
@@ -1197,47 +1211,86 @@ fn answer_publishes(
                         )),
                     }
                 };
-                resp.encode(r.opcode, r.id, &mut out);
+                resp.encode(r.opcode, r.id, out);
             }
         }
         Err(e) => {
             let w = WireError::from_error(&e);
             for r in replies {
                 failed += r.count as u64;
-                Response::Error(w.clone()).encode(r.opcode, r.id, &mut out);
+                Response::Error(w.clone()).encode(r.opcode, r.id, out);
             }
         }
     }
-    (out, ok, failed)
+    (ok, failed)
 }
 
+/// The connection's writer: writes the frames the reader and the request tasks hand it, and
+/// answers the publishes the reader appended ([`Out::Publishes`]) once their round is
+/// durable. Whatever is ready when it wakes (frames, answers) goes out in one `write` of at
+/// most about `batch_bytes`. After [`Out::Close`], or once every sender is gone, it still
+/// answers the publishes it holds, then closes.
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Out>,
     batch_bytes: usize,
     write_timeout: Duration,
+    metrics: Arc<BrokerMetrics>,
 ) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut held: Held = Vec::new();
+    // Appends waiting for their round, oldest first. Rounds end in submission order, so
+    // only the oldest is polled (the next is polled as soon as it is answered).
+    let mut waiting: VecDeque<Answering> = VecDeque::new();
+    // Close asked for, or every sender gone: no frame is taken any more.
     let mut closing = false;
-    while let Some(out) = rx.recv().await {
-        match out {
-            Out::Frames(f, h) => {
-                buf.extend_from_slice(&f);
-                held.extend(h);
-            }
-            Out::Close => closing = true,
-        }
-        while !closing && buf.len() < batch_bytes {
-            match rx.try_recv() {
-                Ok(Out::Frames(f, h)) => {
-                    buf.extend_from_slice(&f);
-                    held.extend(h);
+    loop {
+        std::future::poll_fn(|cx| {
+            loop {
+                let mut more = false;
+                while let Some(oldest) = waiting.front_mut() {
+                    let Poll::Ready(results) = oldest.durable.as_mut().poll(cx) else {
+                        break;
+                    };
+                    let replies = waiting.pop_front().map(|a| a.replies).unwrap_or_default();
+                    let (ok, failed) = answer_publishes(&replies, results, &mut buf);
+                    metrics.messages_published.fetch_add(ok, Ordering::Relaxed);
+                    metrics.request_errors.fetch_add(failed, Ordering::Relaxed);
+                    held.extend(replies.into_iter().flat_map(|r| [r.permits.0, r.permits.1]));
                 }
-                Ok(Out::Close) => closing = true,
-                Err(_) => break,
+                // After a close, the channel is still drained (and what comes is dropped,
+                // its permits with it), so that no sender waits on a full channel.
+                while closing || buf.len() < batch_bytes {
+                    match rx.poll_recv(cx) {
+                        Poll::Ready(Some(_)) if closing => {}
+                        Poll::Ready(Some(Out::Frames(f, h))) => {
+                            buf.extend_from_slice(&f);
+                            held.extend(h);
+                        }
+                        Poll::Ready(Some(Out::Publishes(a))) => {
+                            waiting.push_back(a);
+                            // Poll it (it may be durable already, and it must hold our
+                            // waker before this returns `Pending`).
+                            more |= waiting.len() == 1;
+                        }
+                        Poll::Ready(Some(Out::Close)) | Poll::Ready(None) => {
+                            closing = true;
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                if !more {
+                    break;
+                }
             }
-        }
+            if !buf.is_empty() || (closing && waiting.is_empty()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
         // A peer that stops reading would otherwise pin these responses (and the limits
         // they hold) forever. The timeout restarts with every bit of progress, so a slow
         // reader that keeps reading is not cut off.
@@ -1257,7 +1310,7 @@ async fn write_loop(
         }
         buf.clear();
         held.clear();
-        if closing {
+        if closing && waiting.is_empty() {
             break;
         }
     }

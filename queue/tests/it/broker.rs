@@ -699,6 +699,46 @@ async fn malformed_frames_get_an_error_frame_and_a_close_and_others_never_notice
     .await;
 }
 
+/// Publishes pipelined ahead of a frame that cannot be decoded were appended before the
+/// protocol error: they are answered (after their fsync) before the broker closes, not
+/// dropped with the connection, so their callers know they are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_ahead_of_a_protocol_error_are_answered_before_the_close() {
+    let b = spawn_broker(engine_config(), ServerConfig::default()).await;
+    let mut conn = RawConn::connect(&b.addr).await;
+    conn.hello().await;
+    // One write: three publishes in one frame, then a publish whose body is garbage.
+    let messages = (0..3u8).map(|i| Message::new(vec![i])).collect();
+    let mut bytes = each_frame(5, "ahead", messages);
+    bytes.extend_from_slice(&frame_bytes(op::PUBLISH, 9, b"\xff\xffgarbage"));
+    conn.send(&bytes).await;
+    let mut each = None;
+    let mut error = None;
+    while each.is_none() || error.is_none() {
+        let f = conn.frame().await;
+        match f.request_id {
+            5 => each = Some(Response::decode(op::PUBLISH_EACH, f.opcode, f.body)),
+            9 => error = Some(Response::decode(op::PING, f.opcode, f.body)),
+            other => panic!("an answer to request {other}"),
+        }
+    }
+    let Some(Ok(Response::Each(results))) = each else {
+        panic!("the publishes' answer: {each:?}");
+    };
+    let offsets: Vec<u64> = results
+        .iter()
+        .map(|r| r.as_ref().expect("confirmed").offset)
+        .collect();
+    assert_eq!(offsets, vec![0, 1, 2]);
+    assert!(
+        matches!(&error, Some(Ok(Response::Error(e))) if e.code == code::BAD_FRAME),
+        "{error:?}"
+    );
+    conn.closed().await;
+    let stored = b.engine.peek("ahead", 0, 10).await.expect("peek");
+    assert_eq!(stored.len(), 3);
+}
+
 /// Every request kind, as the seed of a mutated frame. No fetch: a mutated fetch could be a
 /// legal long poll, and this test wants every connection to end promptly.
 fn fuzz_template(rng: &mut StdRng) -> Request {
