@@ -405,6 +405,17 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         Err(e) => return Err(e.into()),
     };
     let accounting_ok = accepted == queued;
+    // How the accepted purchases were made durable: fsync rounds, and purchases per round
+    // (the gateway's batching and the writer's group commit together).
+    let writer = engine.metrics();
+    let queue_json = json!({
+        "commit_rounds": writer.commit_rounds,
+        "purchases_per_round": if writer.commit_rounds == 0 {
+            0.0
+        } else {
+            (queued as f64 / writer.commit_rounds as f64 * 10.0).round() / 10.0
+        },
+    });
     engine.close()?;
 
     let hello = hello_all.ok_or("no baseline")?;
@@ -446,6 +457,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         "ratios_to_hello": ratios,
         "targets": targets,
         "accounting": {"accepted": accepted, "queued": queued, "ok": accounting_ok},
+        "queue_writer": queue_json,
         "premade_requests": pool,
         "made_during_phase": late_json,
     });
