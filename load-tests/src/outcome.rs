@@ -41,6 +41,8 @@ pub const KNOWN_OUTCOMES: [&str; 27] = [
 
 /// How many outcomes have an index of their own.
 pub const KNOWN: usize = KNOWN_OUTCOMES.len();
+// An index fits the `u8` of [`Outcome::Known`].
+const _: () = assert!(KNOWN <= 256, "a known outcome's index must fit a u8");
 
 /// An answer's outcome: one of [`KNOWN_OUTCOMES`] by its index, or another code by name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,7 +66,7 @@ impl Outcome {
     /// The outcome named `code`: its index if it is known, else the code itself.
     pub fn of(code: &str) -> Outcome {
         match KNOWN_OUTCOMES.iter().position(|k| *k == code) {
-            // KNOWN_OUTCOMES has fewer than 256 entries (a test holds it).
+            // KNOWN_OUTCOMES has at most 256 entries (a constant assertion holds it).
             Some(i) => Outcome::Known(i as u8),
             None => Outcome::Other(code.into()),
         }
@@ -108,7 +110,6 @@ mod tests {
 
     #[test]
     fn every_known_code_has_an_index_and_reads_back() {
-        assert!(KNOWN < 256, "an index fits a u8");
         for (i, code) in KNOWN_OUTCOMES.iter().enumerate() {
             let o = Outcome::of(code);
             assert_eq!(o.known(), Some(i), "{code}");
