@@ -22,23 +22,31 @@
 //! one per spike connection, so the connections share no RNG lock.
 //!
 //! The generator shares the machine's cores with the system under test, so what it spends
-//! per request is taken from the system: every answer is still read whole, parsed as JSON
-//! and counted with its latency, but into a small struct of the fields the crowd acts on
-//! ([`Reply`]) rather than a tree of every field, with its outcome code interned
-//! ([`KNOWN_OUTCOMES`]); requests are built from parts made once (paths, the `Host` and
-//! secret headers, each person's cookie, the purchase body of each token).
+//! per request is taken from the system: every answer is still read whole, checked and
+//! counted with its latency, but
+//! - parsed as JSON into a small struct of the fields the crowd acts on ([`Reply`]) rather
+//!   than a tree of every field, and the gateway's constant sold-out refusal (nine answers
+//!   in ten of a large crowd) compared whole with that constant instead of parsed;
+//! - its outcome is an index into [`KNOWN_OUTCOMES`] ([`Outcome`]) and its route a
+//!   [`Route`], so that counting it (per 100 ms slot, per route and outcome) is an array
+//!   index, with no hashing, string comparison or allocation;
+//! - each task keeps its answers and adds them to the run's one recording [`RECORD_BATCH`]
+//!   at a time, so the shared lock is taken once per batch rather than once per answer;
+//! - requests are built from parts made once (paths, the `Host` and secret headers, each
+//!   person's cookie, the purchase body of each token).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gateway::error::SOLD_OUT_BODY;
 use hdrhistogram::Histogram;
 use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, COOKIE, HOST, HeaderValue};
+use hyper::header::{CONTENT_TYPE, COOKIE, HOST, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Uri};
 use loadgen::{Answer, Conn, request};
 use rand::rngs::StdRng;
@@ -46,6 +54,7 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::outcome::{KNOWN, Outcome};
 use crate::record::{Latency, RunRecord};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::timeline::{SystemSample, Timeline};
@@ -64,8 +73,10 @@ const BOT_PAUSE: Duration = Duration::from_millis(20);
 const THINK_MS: std::ops::Range<u64> = 100..600;
 /// Highest latency recorded, µs (a minute).
 const LATENCY_MAX_US: u64 = 60_000_000;
-/// The route name the sampler's answers are recorded under (timeline only).
-const SAMPLER_ROUTE: &str = "live";
+/// Answers a task keeps before it adds them to the run's recording under its lock (so
+/// the lock is taken once per this many answers rather than once per answer); what a task
+/// holds at its end is added when the run's figures are put together.
+const RECORD_BATCH: usize = 256;
 /// How often the system's live figures are read.
 const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 /// How often the progress bar is redrawn.
@@ -84,48 +95,53 @@ const STREAM_SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
 /// `1 + i`.
 const RUN_STREAM: u64 = 0;
 
-/// The error codes the gateway answers with (and this crowd's own outcomes), kept as
-/// `&'static str` so that counting an answer allocates nothing; any other code is counted
-/// under its own (allocated) name.
-pub const KNOWN_OUTCOMES: [&str; 27] = [
-    "accepted",
-    "ok",
-    "sold_out",
-    "bad_token",
-    "throttled",
-    "busy",
-    "already_bought",
-    "tokens_exhausted",
-    "outcome_unknown",
-    "unavailable",
-    "overloaded",
-    "timeout",
-    "not_ready",
-    "not_found",
-    "ended",
-    "paused",
-    "bad_request",
-    "bad_captcha",
-    "captcha_expired",
-    "unauthorized",
-    "cross_site",
-    "conflict",
-    "forbidden",
-    "internal",
-    "connection_error",
-    "http_429",
-    "http_503",
-];
+/// The codes the crowd counts answers under with an index of their own (no allocation).
+pub use crate::outcome::KNOWN_OUTCOMES;
 
-/// An answer's outcome: a [`KNOWN_OUTCOMES`] code (no allocation) or another.
-type Outcome = Cow<'static, str>;
+/// The routes the crowd's answers are counted under, by the names the report gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Route {
+    Login,
+    Page,
+    Sales,
+    Token,
+    Purchase,
+    Ticket,
+    Pay,
+    /// The sampler's reads of the system's live figures (timeline only).
+    Live,
+}
 
-/// `code` as an [`Outcome`]: the known code's static text, else a copy.
-fn intern(code: &str) -> Outcome {
-    KNOWN_OUTCOMES
-        .iter()
-        .find(|k| **k == code)
-        .map_or_else(|| Cow::Owned(code.to_owned()), |k| Cow::Borrowed(*k))
+impl Route {
+    /// Every route, in the order of their indices.
+    const ALL: [Route; 8] = [
+        Route::Login,
+        Route::Page,
+        Route::Sales,
+        Route::Token,
+        Route::Purchase,
+        Route::Ticket,
+        Route::Pay,
+        Route::Live,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Route::Login => "login",
+            Route::Page => "page",
+            Route::Sales => "sales",
+            Route::Token => "token",
+            Route::Purchase => "purchase",
+            Route::Ticket => "ticket",
+            Route::Pay => "pay",
+            Route::Live => "live",
+        }
+    }
+
+    /// Its index in [`Route::ALL`].
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// The fields of an answer's JSON body the crowd acts on (the rest are read past, still
@@ -149,7 +165,7 @@ struct ReplyFields<'a> {
 }
 
 /// What the crowd keeps of an answer's body.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Reply {
     token: Option<String>,
     ticket: Option<String>,
@@ -169,12 +185,28 @@ fn purchase_body(token: &str) -> Bytes {
     Bytes::from(b)
 }
 
+/// The body of a purchase with the forged token `forged.{n:032x}` (what
+/// `purchase_body(&format!("forged.{n:032x}"))` gives, without the two allocations and
+/// the formatting: a bot sends one with every third attempt).
+fn forged_body(n: u128) -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    const HEAD: &[u8] = br#"{"token":"forged."#;
+    let mut b = Vec::with_capacity(HEAD.len() + 32 + 2);
+    b.extend_from_slice(HEAD);
+    for shift in (0..32).rev() {
+        b.push(HEX[((n >> (4 * shift)) & 0xf) as usize]);
+    }
+    b.extend_from_slice(br#""}"#);
+    Bytes::from(b)
+}
+
 /// Parts of the requests made once per run: the `Host` header, the load-test secret's and
 /// the JSON content type.
 #[derive(Debug, Clone)]
 struct Wire {
     host: HeaderValue,
-    load_test: Option<HeaderValue>,
+    /// The secret header's name, parsed once, and its value.
+    load_test: Option<(HeaderName, HeaderValue)>,
     json: HeaderValue,
 }
 
@@ -183,7 +215,11 @@ impl Wire {
         Wire {
             host: HeaderValue::from_str(&target.addr.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            load_test: HeaderValue::from_str(&target.load_test_secret).ok(),
+            // A static name: cloning it per request copies no bytes and counts no
+            // references (the gateway's constant is a valid lower-case header name).
+            load_test: HeaderValue::from_str(&target.load_test_secret)
+                .ok()
+                .map(|v| (HeaderName::from_static(LOAD_TEST_HEADER), v)),
             json: HeaderValue::from_static("application/json"),
         }
     }
@@ -204,8 +240,8 @@ impl Wire {
         h.insert(HOST, self.host.clone());
         h.insert(COOKIE, cookie.clone());
         h.insert(CONTENT_TYPE, self.json.clone());
-        if secret && let Some(v) = &self.load_test {
-            h.insert(LOAD_TEST_HEADER, v.clone());
+        if secret && let Some((name, value)) = &self.load_test {
+            h.insert(name.clone(), value.clone());
         }
         req
     }
@@ -287,59 +323,123 @@ struct Person {
     done: bool,
 }
 
-/// Per-connection counts, added up at the end.
+/// One answer as a task saw it, until it is added to the run's [`Recording`].
+#[derive(Debug, Clone)]
+struct Sample {
+    /// Ms after the run started.
+    at_ms: u64,
+    /// How long it took, µs (within the histograms' bounds).
+    took_us: u64,
+    route: Route,
+    outcome: Outcome,
+    attempt: bool,
+}
+
+/// Per-task counts, added up at the end, and the task's answers not yet in the run's
+/// recording (at most [`RECORD_BATCH`]).
 #[derive(Debug, Default)]
 struct Tally {
     errors: u64,
     requests: u64,
     attempts: u64,
+    pending: Vec<Sample>,
 }
 
 impl Tally {
-    /// Counts one answer.
-    fn record(&mut self, attempt: bool) {
-        self.requests += 1;
-        if attempt {
-            self.attempts += 1;
+    /// Counts one answer; every [`RECORD_BATCH`] answers, adds them to `run`'s recording.
+    fn record(&mut self, run: &Run, sample: Sample) {
+        // The sampler's own reads of the live figures are the harness watching, not the
+        // crowd: they are in the timeline, not in the request counts.
+        if sample.route != Route::Live {
+            self.requests += 1;
+            if sample.attempt {
+                self.attempts += 1;
+            }
+        }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve_exact(RECORD_BATCH);
+        }
+        self.pending.push(sample);
+        if self.pending.len() >= RECORD_BATCH {
+            self.flush(run);
+        }
+    }
+
+    /// Adds the answers held to `run`'s recording.
+    fn flush(&mut self, run: &Run) {
+        if !self.pending.is_empty() {
+            run.lock(&run.timeline).add(self.pending.drain(..));
         }
     }
 }
 
-/// Every answer of the run, under one lock: the timeline and the latency per route and
-/// outcome. One set of latency histograms for the run rather than one per connection: an
-/// HDR histogram from 1 µs to a minute at 3 significant figures is about 130 KiB, and
-/// 256 connections × a dozen (route, outcome) pairs made hundreds of MiB, zeroed as each
-/// pair first appeared (in the middle of the spike, when `sold_out` does). The lock is
-/// the one the timeline took per answer already.
-#[derive(Debug, Default)]
+/// Every answer of the run: the timeline and the latency per route and outcome. One set of
+/// latency histograms for the run rather than one per connection: an HDR histogram from
+/// 1 µs to a minute at 3 significant figures is about 130 KiB, and 256 connections × a
+/// dozen (route, outcome) pairs made hundreds of MiB, zeroed as each pair first appeared
+/// (in the middle of the spike, when `sold_out` does). The tasks add their answers under
+/// its lock [`RECORD_BATCH`] at a time ([`Tally::record`]), and what they hold at their end
+/// when the run's figures are put together ([`Tally::merged`]).
+#[derive(Debug)]
 struct Recording {
     timeline: Timeline,
-    latency: HashMap<(&'static str, Outcome), Histogram<u64>>,
+    /// Latency by route and known outcome: `known[route.index() * KNOWN + outcome index]`.
+    known: Vec<Option<Histogram<u64>>>,
+    /// Latency by route and any other outcome.
+    others: BTreeMap<(Route, Box<str>), Histogram<u64>>,
+}
+
+impl Default for Recording {
+    fn default() -> Self {
+        Recording {
+            timeline: Timeline::default(),
+            known: vec![None; Route::ALL.len() * KNOWN],
+            others: BTreeMap::new(),
+        }
+    }
 }
 
 impl Recording {
+    /// Counts answers (each as [`Recording::record`] does).
+    fn add(&mut self, samples: impl IntoIterator<Item = Sample>) {
+        for s in samples {
+            self.record(s.at_ms, s.route, &s.outcome, s.took_us, s.attempt);
+        }
+    }
+
     /// Counts one answer `at_ms` after the run started that took `us` µs (clamped to the
     /// histograms' bounds).
-    fn record(
-        &mut self,
-        at_ms: u64,
-        route: &'static str,
-        outcome: &Outcome,
-        us: u64,
-        attempt: bool,
-    ) {
-        self.timeline.record(at_ms, route, outcome, us, attempt);
+    fn record(&mut self, at_ms: u64, route: Route, outcome: &Outcome, us: u64, attempt: bool) {
+        self.timeline
+            .record(at_ms, route.name(), outcome, us, attempt);
         // The sampler's own reads of the live figures are the harness watching, not the
         // crowd: they are not in the request counts, so not in the latency report either.
-        if route == SAMPLER_ROUTE {
+        if route == Route::Live {
             return;
         }
-        // A known outcome's key is two static strings: no allocation.
-        let h = self
-            .latency
-            .entry((route, outcome.clone()))
-            .or_insert_with(new_histogram);
-        let _ = h.record(us);
+        // A known outcome's histogram is found by index: no hashing, no allocation.
+        let h = match outcome {
+            Outcome::Known(i) => self.known[route.index() * KNOWN + usize::from(*i)]
+                .get_or_insert_with(new_histogram),
+            Outcome::Other(code) => self
+                .others
+                .entry((route, code.clone()))
+                .or_insert_with(new_histogram),
+        };
+        let _ = h.record(us.clamp(1, LATENCY_MAX_US));
+    }
+
+    /// Every (route, outcome) with answers, and their latency histogram.
+    fn latencies(&self) -> impl Iterator<Item = (Route, &str, &Histogram<u64>)> {
+        let known = self.known.iter().enumerate().filter_map(|(i, h)| {
+            let h = h.as_ref()?;
+            Some((Route::ALL[i / KNOWN], KNOWN_OUTCOMES[i % KNOWN], h))
+        });
+        let others = self
+            .others
+            .iter()
+            .map(|((route, code), h)| (*route, &**code, h));
+        known.chain(others)
     }
 }
 
@@ -352,19 +452,30 @@ fn new_histogram() -> Histogram<u64> {
 /// (`error`), else `http_STATUS`.
 fn outcome_of(a: &Answer, error: Option<&str>) -> Outcome {
     if a.status.as_u16() == 202 {
-        return Cow::Borrowed("accepted");
+        return Outcome::ACCEPTED;
     }
     if a.status.is_success() {
-        return Cow::Borrowed("ok");
+        return Outcome::OK;
     }
     match error {
-        Some(code) => intern(code),
-        None => intern(&format!("http_{}", a.status.as_u16())),
+        Some(code) => Outcome::of(code),
+        None => Outcome::of_status(a.status.as_u16()),
     }
 }
 
 /// Reads an answer's body: its outcome and the fields the crowd acts on.
 fn read_reply(a: &Answer) -> (Outcome, Reply) {
+    // Nine answers in ten of a large crowd: the gateway's constant sold-out refusal, read
+    // whole by comparing it with that constant rather than parsing it ([`parse_reply`]
+    // reads it the same).
+    if a.status == hyper::StatusCode::GONE && a.body == SOLD_OUT_BODY.as_bytes() {
+        return (Outcome::SOLD_OUT, Reply::default());
+    }
+    parse_reply(a)
+}
+
+/// Reads an answer's body as JSON: its outcome and the fields the crowd acts on.
+fn parse_reply(a: &Answer) -> (Outcome, Reply) {
     let fields: ReplyFields<'_> = if a.body.is_empty() {
         ReplyFields::default()
     } else {
@@ -383,7 +494,7 @@ fn read_reply(a: &Answer) -> (Outcome, Reply) {
 
 fn retry_after(a: &Answer) -> Option<Duration> {
     a.headers
-        .get("retry-after")
+        .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| Duration::from_secs(s.min(60)))
@@ -406,14 +517,16 @@ struct Run {
     accepted: Mutex<Vec<(String, usize)>>,
     /// Purchase bodies of spent tokens, for the bots to reuse.
     spent_tokens: Mutex<Vec<Bytes>>,
-    first_sold_out: Mutex<Option<Instant>>,
+    /// When the first `sold_out` answer's attempt began: set once, read without a lock
+    /// (nine answers in ten of a large crowd are `sold_out`).
+    first_sold_out: OnceLock<Instant>,
     bots_refused: AtomicU64,
     bots_accepted: AtomicU64,
     /// People done (accepted, or told they already bought).
     done: AtomicUsize,
     stop: AtomicBool,
-    /// Every answer by 100 ms slot, and the system's figures (one for the run: a slot is
-    /// a few counters, and a lock taken per answer costs far less than the answer).
+    /// Every answer by 100 ms slot and by route and outcome, and the system's figures (one
+    /// for the run, which the tasks add to [`RECORD_BATCH`] answers at a time).
     timeline: Mutex<Recording>,
     /// What the run is doing now, for the progress display.
     phase: Mutex<&'static str>,
@@ -447,24 +560,28 @@ impl Run {
         u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Counts an answer to a request sent at `began` in the run's timeline and in
-    /// `tally`.
+    /// Counts an answer to a request sent at `began` in `tally` (and so, soon, in the
+    /// run's recording).
     fn record(
         &self,
         tally: &mut Tally,
         began: Instant,
-        route: &'static str,
-        outcome: &Outcome,
+        route: Route,
+        outcome: Outcome,
         attempt: bool,
     ) {
         let now = Instant::now();
         let took_us = u64::try_from(now.saturating_duration_since(began).as_micros())
             .unwrap_or(u64::MAX)
             .clamp(1, LATENCY_MAX_US);
-        let at_ms = self.elapsed_ms(now);
-        self.lock(&self.timeline)
-            .record(at_ms, route, outcome, took_us, attempt);
-        tally.record(attempt);
+        let sample = Sample {
+            at_ms: self.elapsed_ms(now),
+            took_us,
+            route,
+            outcome,
+            attempt,
+        };
+        tally.record(self, sample);
     }
 
     /// Attempts sent so far.
@@ -480,7 +597,7 @@ async fn send(
     run: &Run,
     conn: &mut Option<Conn>,
     tally: &mut Tally,
-    route: &'static str,
+    route: Route,
     attempt: bool,
     req: Request<Full<Bytes>>,
 ) -> Option<(Answer, Reply, Outcome)> {
@@ -498,19 +615,13 @@ async fn send(
     match c.send(req).await {
         Ok(a) => {
             let (outcome, reply) = read_reply(&a);
-            run.record(tally, began, route, &outcome, attempt);
+            run.record(tally, began, route, outcome.clone(), attempt);
             Some((a, reply, outcome))
         }
         Err(_) => {
             *conn = None;
             tally.errors += 1;
-            run.record(
-                tally,
-                began,
-                route,
-                &Cow::Borrowed("connection_error"),
-                attempt,
-            );
+            run.record(tally, began, route, Outcome::CONNECTION_ERROR, attempt);
             None
         }
     }
@@ -531,7 +642,7 @@ async fn sign_in(run: Arc<Run>, next: Arc<AtomicUsize>) -> Tally {
         }
         let name = run.lock(&run.people[i]).name.clone();
         let req = request("POST", "/api/login", &[], Some(&json!({ "user": name })));
-        if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, "login", false, req).await {
+        if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, Route::Login, false, req).await {
             // Every cookie of the sign-in (the session and the route cookie nginx hashes
             // on, which a gateway under `--route-cookie` asks for), as one `Cookie` value.
             let cookie = a
@@ -572,9 +683,9 @@ async fn ramp(run: Arc<Run>, next: Arc<AtomicUsize>, opens_at: Instant) -> Tally
         }
         let sale = run.sale();
         let (route, path) = if i / humans == 0 {
-            ("page", format!("/sales/{sale}"))
+            (Route::Page, format!("/sales/{sale}"))
         } else {
-            ("sales", format!("/api/sales/{sale}"))
+            (Route::Sales, format!("/api/sales/{sale}"))
         };
         let mut req = request("GET", &path, &[], None);
         req.headers_mut().insert(COOKIE, cookie);
@@ -594,7 +705,13 @@ async fn spike(run: Arc<Run>, index: usize) -> Tally {
         tally: Tally::default(),
     };
     while !task.run.past_deadline() {
-        let Some(i) = task.pick_ready() else {
+        let Some(Ready {
+            i,
+            bot,
+            cookie,
+            token,
+        }) = task.pick_ready()
+        else {
             if task.run.done.load(Ordering::Relaxed) >= task.run.people.len() {
                 break;
             }
@@ -605,10 +722,6 @@ async fn spike(run: Arc<Run>, index: usize) -> Tally {
         if !take_attempt(&task.run) {
             break;
         }
-        let (bot, cookie, token) = {
-            let p = task.run.lock(&task.run.people[i]);
-            (p.bot, p.cookie.clone(), p.token.clone())
-        };
         if bot {
             task.bot(i, &cookie).await;
         } else {
@@ -652,15 +765,29 @@ struct SpikeTask {
     rng: StdRng,
 }
 
+/// A person ready to act, and what the attempt needs of them (read under the one lock
+/// that found them ready).
+struct Ready {
+    i: usize,
+    bot: bool,
+    cookie: HeaderValue,
+    token: Option<Bytes>,
+}
+
 impl SpikeTask {
     /// Someone ready to act (not done, not waiting), after at most [`PICK_TRIES`] draws.
-    fn pick_ready(&mut self) -> Option<usize> {
+    fn pick_ready(&mut self) -> Option<Ready> {
         let now = Instant::now();
         for _ in 0..PICK_TRIES {
             let i = self.rng.random_range(0..self.run.people.len());
             let p = self.run.lock(&self.run.people[i]);
             if !p.done && p.not_before <= now {
-                return Some(i);
+                return Some(Ready {
+                    i,
+                    bot: p.bot,
+                    cookie: p.cookie.clone(),
+                    token: p.token.clone(),
+                });
             }
         }
         None
@@ -674,16 +801,16 @@ impl SpikeTask {
         let trick = self.rng.random_range(0..3);
         let reused = run.lock(&run.spent_tokens).first().cloned();
         let route = if trick == 0 || (trick == 1 && reused.is_some()) {
-            "purchase"
+            Route::Purchase
         } else {
-            "token"
+            Route::Token
         };
         let req = match (trick, reused) {
             (0, _) => run.wire.post(
                 &self.paths.purchase,
                 cookie,
                 false,
-                purchase_body(&format!("forged.{:032x}", self.rng.random::<u128>())),
+                forged_body(self.rng.random::<u128>()),
             ),
             (1, Some(spent)) => run.wire.post(&self.paths.purchase, cookie, false, spent),
             _ => run.wire.post(
@@ -696,7 +823,7 @@ impl SpikeTask {
         if let Some((a, reply, _)) =
             send(run, &mut self.conn, &mut self.tally, route, true, req).await
         {
-            if a.status.as_u16() == 202 || a.status.is_success() && route == "token" {
+            if a.status.as_u16() == 202 || a.status.is_success() && route == Route::Token {
                 run.bots_accepted.fetch_add(1, Ordering::Relaxed);
                 if let Some(t) = reply.ticket {
                     run.lock(&run.accepted).push((t, i));
@@ -744,14 +871,21 @@ impl SpikeTask {
             true,
             Bytes::from_static(HUMAN_TOKEN_BODY),
         );
-        let (a, reply, outcome) =
-            send(run, &mut self.conn, &mut self.tally, "token", true, req).await?;
+        let (a, reply, outcome) = send(
+            run,
+            &mut self.conn,
+            &mut self.tally,
+            Route::Token,
+            true,
+            req,
+        )
+        .await?;
         let mut p = run.lock(&run.people[i]);
         if a.status.is_success() {
             p.token = reply.token.as_deref().map(purchase_body);
             return p.token.clone();
         }
-        if outcome == "sold_out" {
+        if outcome == Outcome::SOLD_OUT {
             note_sold_out(run, now);
         }
         p.not_before = now + retry_after(&a).unwrap_or(think);
@@ -772,14 +906,21 @@ impl SpikeTask {
         let req = run
             .wire
             .post(&self.paths.purchase, cookie, false, held.clone());
-        let Some((a, reply, outcome)) =
-            send(run, &mut self.conn, &mut self.tally, "purchase", true, req).await
+        let Some((a, reply, outcome)) = send(
+            run,
+            &mut self.conn,
+            &mut self.tally,
+            Route::Purchase,
+            true,
+            req,
+        )
+        .await
         else {
             return;
         };
         let ticket = reply.ticket;
         let mut p = run.lock(&run.people[i]);
-        match (a.status.as_u16(), outcome.as_ref()) {
+        match (a.status.as_u16(), outcome.as_str()) {
             (202, _) | (503, "outcome_unknown") if ticket.is_some() => {
                 if let Some(t) = ticket {
                     run.lock(&run.accepted).push((t, i));
@@ -834,9 +975,9 @@ fn finish(run: &Run, p: &mut Person) {
 }
 
 fn note_sold_out(run: &Run, at: Instant) {
-    let mut first = run.lock(&run.first_sold_out);
-    if first.is_none() {
-        *first = Some(at);
+    if run.first_sold_out.get().is_none() {
+        // Another task may have set it meanwhile: the first one set stays.
+        let _ = run.first_sold_out.set(at);
     }
 }
 
@@ -858,7 +999,7 @@ async fn decisions(
             return tally;
         };
         let req = request("GET", &format!("/api/tickets/{ticket}"), &[], None);
-        let answer = send(&run, &mut conn, &mut tally, "ticket", false, req).await;
+        let answer = send(&run, &mut conn, &mut tally, Route::Ticket, false, req).await;
         let decided = answer.and_then(|(a, reply, _)| {
             if !a.status.is_success() {
                 return None;
@@ -917,7 +1058,7 @@ async fn pay(
         };
         let mut req = request("POST", &format!("/api/orders/{order}/pay"), &[], None);
         req.headers_mut().insert(COOKIE, cookie);
-        if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, "pay", false, req).await
+        if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, Route::Pay, false, req).await
             && a.status.is_success()
         {
             paid.fetch_add(1, Ordering::Relaxed);
@@ -936,7 +1077,10 @@ async fn sampler(run: Arc<Run>, done: Arc<AtomicBool>) {
         tick.tick().await;
         let auth = admin_auth(&run);
         let req = request("GET", "/admin/api/live", &[("authorization", &auth)], None);
-        if let Some((a, _, _)) = send(&run, &mut conn, &mut tally, SAMPLER_ROUTE, false, req).await
+        let answer = send(&run, &mut conn, &mut tally, Route::Live, false, req).await;
+        // Its answer in the timeline now (its tally is not kept).
+        tally.flush(&run);
+        if let Some((a, _, _)) = answer
             && a.status.is_success()
         {
             // Once a second: the whole tree is fine here.
@@ -1206,7 +1350,7 @@ impl Run {
             opened: Mutex::new(None),
             accepted: Mutex::new(Vec::new()),
             spent_tokens: Mutex::new(Vec::new()),
-            first_sold_out: Mutex::new(None),
+            first_sold_out: OnceLock::new(),
             bots_refused: AtomicU64::new(0),
             bots_accepted: AtomicU64::new(0),
             done: AtomicUsize::new(0),
@@ -1327,14 +1471,16 @@ struct Finished {
     tallies: Vec<Tally>,
 }
 
-/// Every connection's counts added up: one [`Tally`] of them all.
+/// Every task's counts added up: one [`Tally`] of them all, with the answers each task
+/// still held added to `recording`.
 impl Tally {
-    fn merged(tallies: Vec<Tally>) -> Tally {
+    fn merged(tallies: Vec<Tally>, recording: &mut Recording) -> Tally {
         let mut m = Tally::default();
         for t in tallies {
             m.errors += t.errors;
             m.requests += t.requests;
             m.attempts += t.attempts;
+            recording.add(t.pending);
         }
         m
     }
@@ -1350,21 +1496,21 @@ impl Recording {
         BTreeMap<String, u64>,
     ) {
         let mut by_route: BTreeMap<String, BTreeMap<String, Latency>> = BTreeMap::new();
-        let mut route_all: HashMap<&'static str, Histogram<u64>> = HashMap::new();
+        let mut route_all: BTreeMap<Route, Histogram<u64>> = BTreeMap::new();
         let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-        for ((route, outcome), h) in &self.latency {
+        for (route, outcome, h) in self.latencies() {
             by_route
-                .entry(route.to_string())
+                .entry(route.name().to_string())
                 .or_default()
                 .insert(outcome.to_string(), latency_of(h));
             let _ = route_all.entry(route).or_insert_with(new_histogram).add(h);
-            if matches!(*route, "token" | "purchase") {
+            if matches!(route, Route::Token | Route::Purchase) {
                 *outcomes.entry(outcome.to_string()).or_default() += h.len();
             }
         }
         for (route, h) in &route_all {
             by_route
-                .entry(route.to_string())
+                .entry(route.name().to_string())
                 .or_default()
                 .insert("all".into(), latency_of(h));
         }
@@ -1374,13 +1520,20 @@ impl Recording {
 
 /// The run's record from what its phases left.
 fn record_of(run: &Run, f: Finished) -> RunRecord {
-    let merged = Tally::merged(f.tallies);
-    let (latency, outcomes, bin_ms, timeline, peak_backlog) = {
-        let recording = run.lock(&run.timeline);
+    let (merged, latency, outcomes, bin_ms, timeline, peak_backlog) = {
+        let mut recording = run.lock(&run.timeline);
+        let merged = Tally::merged(f.tallies, &mut recording);
         let (latency, outcomes) = recording.by_route();
         let t = &recording.timeline;
         let bin_ms = crate::timeline::bin_width_ms(t.span_ms());
-        (latency, outcomes, bin_ms, t.bins(bin_ms), t.peak_backlog())
+        (
+            merged,
+            latency,
+            outcomes,
+            bin_ms,
+            t.bins(bin_ms),
+            t.peak_backlog(),
+        )
     };
     let ordered = f.decided.iter().filter(|d| d.order_id.is_some()).count() as u64;
     let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
@@ -1417,7 +1570,7 @@ fn record_of(run: &Run, f: Finished) -> RunRecord {
         paid: f.paid,
         bots_refused: run.bots_refused.load(Ordering::Relaxed),
         bots_accepted: run.bots_accepted.load(Ordering::Relaxed),
-        sold_out_after_ms: run.lock(&run.first_sold_out).map(since_open),
+        sold_out_after_ms: run.first_sold_out.get().copied().map(since_open),
         last_decision_after_ms: f.decided.iter().map(|d| d.at).max().map(since_open),
         peak_backlog,
         errors: merged.errors,
@@ -1444,26 +1597,34 @@ mod tests {
     #[test]
     fn an_answer_reads_as_its_outcome_and_the_fields_the_crowd_acts_on() {
         let (o, r) = read_reply(&answer(202, r#"{"ticket":"t-1","receipt":"x"}"#));
-        assert_eq!((o.as_ref(), r.ticket.as_deref()), ("accepted", Some("t-1")));
+        assert_eq!((o.as_str(), r.ticket.as_deref()), ("accepted", Some("t-1")));
         let (o, r) = read_reply(&answer(200, r#"{"token":"a.b","expires_at_ms":5}"#));
-        assert_eq!((o.as_ref(), r.token.as_deref()), ("ok", Some("a.b")));
-        // A known code is the static text (counted without an allocation) ...
-        let (o, _) = read_reply(&answer(410, r#"{"error":"sold_out","message":"sold out"}"#));
-        assert!(matches!(o, Cow::Borrowed("sold_out")), "{o:?}");
+        assert_eq!((o.as_str(), r.token.as_deref()), ("ok", Some("a.b")));
+        // A known code is its index (counted without an allocation) ...
+        let (o, _) = read_reply(&answer(410, r#"{"error":"sold_out","message":"gone"}"#));
+        assert_eq!(o, Outcome::SOLD_OUT);
+        let (o, _) = read_reply(&answer(429, r#"{"error":"throttled","message":"x"}"#));
+        assert!(
+            matches!(o, Outcome::Known(_)) && o.as_str() == "throttled",
+            "{o:?}"
+        );
         // ... any other is counted under its own name, escapes and all.
         let (o, _) = read_reply(&answer(418, r#"{"error":"tea\u0070ot"}"#));
-        assert!(matches!(&o, Cow::Owned(s) if s == "teapot"), "{o:?}");
+        assert!(matches!(&o, Outcome::Other(s) if &**s == "teapot"), "{o:?}");
         // Not JSON, or no code: the status.
         let (o, r) = read_reply(&answer(503, "<html>Very busy</html>"));
-        assert_eq!(o.as_ref(), "http_503");
+        assert_eq!(o.as_str(), "http_503");
         assert!(r.ticket.is_none() && r.token.is_none());
         let (o, _) = read_reply(&answer(500, ""));
-        assert!(matches!(&o, Cow::Owned(s) if s == "http_500"), "{o:?}");
+        assert!(
+            matches!(&o, Outcome::Other(s) if &**s == "http_500"),
+            "{o:?}"
+        );
         let (o, r) = read_reply(&answer(
             200,
             r#"{"state":"rejected","reason":"sold_out","sale":1}"#,
         ));
-        assert_eq!(o.as_ref(), "ok");
+        assert_eq!(o.as_str(), "ok");
         assert_eq!(
             (r.state.as_deref(), r.reason.as_deref(), r.order_id),
             (Some("rejected"), Some("sold_out"), None)
@@ -1480,27 +1641,193 @@ mod tests {
     }
 
     #[test]
+    fn every_route_is_at_its_index_under_its_own_name() {
+        for (i, route) in Route::ALL.iter().enumerate() {
+            assert_eq!(route.index(), i, "{route:?}");
+        }
+        let mut names: Vec<&str> = Route::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Route::ALL.len());
+    }
+
+    #[test]
+    fn a_forged_body_is_the_purchase_body_of_the_forged_token() {
+        let mut rng = rng_of(3, 0);
+        let draws: Vec<u128> = (0..100).map(|_| rng.random()).collect();
+        for n in [0, 1, 0xabc, u128::MAX].into_iter().chain(draws) {
+            assert_eq!(forged_body(n), purchase_body(&format!("forged.{n:032x}")));
+        }
+    }
+
+    #[test]
+    fn the_constant_sold_out_answer_reads_as_parsing_it_would() {
+        let a = answer(410, SOLD_OUT_BODY);
+        assert_eq!(read_reply(&a), parse_reply(&a));
+        assert_eq!(read_reply(&a), (Outcome::SOLD_OUT, Reply::default()));
+        // Another body or another status is parsed.
+        let (o, _) = read_reply(&answer(409, SOLD_OUT_BODY));
+        assert_eq!(o, Outcome::SOLD_OUT);
+        let (o, _) = read_reply(&answer(410, r#"{"error":"ended","message":"sold out"}"#));
+        assert_eq!(o.as_str(), "ended");
+    }
+
+    #[test]
     fn one_set_of_latency_histograms_counts_every_connections_answers() {
         let mut rec = Recording::default();
         for (i, outcome) in ["accepted", "sold_out", "sold_out", "teapot"]
             .iter()
             .enumerate()
         {
-            rec.record(10 * i as u64, "purchase", &intern(outcome), 1_000, true);
+            rec.record(
+                10 * i as u64,
+                Route::Purchase,
+                &Outcome::of(outcome),
+                1_000,
+                true,
+            );
         }
-        rec.record(5, "page", &Cow::Borrowed("ok"), 300, false);
-        rec.record(7, SAMPLER_ROUTE, &Cow::Borrowed("ok"), 200, false);
+        rec.record(5, Route::Page, &Outcome::OK, 300, false);
+        rec.record(7, Route::Live, &Outcome::OK, 200, false);
         let (latency, outcomes) = rec.by_route();
         assert!(
-            !latency.contains_key(SAMPLER_ROUTE),
+            !latency.contains_key("live"),
             "the sampler is not the crowd"
         );
         assert_eq!(latency["purchase"]["sold_out"].count, 2);
+        assert_eq!(latency["purchase"]["teapot"].count, 1);
         assert_eq!(latency["purchase"]["all"].count, 4);
         assert_eq!(latency["page"]["ok"].count, 1);
+        assert_eq!(latency["page"]["all"].count, 1);
         assert_eq!(outcomes["sold_out"], 2);
         assert_eq!(outcomes["teapot"], 1);
         assert!(!outcomes.contains_key("ok"), "page views are not attempts");
+    }
+
+    fn test_run() -> Run {
+        let target = Target {
+            addr: "127.0.0.1:9".parse().expect("an address"),
+            admin_secret: "a".into(),
+            load_test_secret: "l".into(),
+            label: "test".into(),
+        };
+        let scenario = Scenario::preset("ci").expect("ci");
+        Run::new(scenario, target, 7, "test", Instant::now())
+    }
+
+    /// Answers recorded by many tasks, each holding a different number past the last full
+    /// batch (none, one, a batch less one, several batches and some), come out in the
+    /// run's figures exactly once each: the counts per outcome add up to the attempts, the
+    /// timeline to the requests, the latency counts to the answers of each route.
+    #[test]
+    fn answers_held_by_tasks_and_added_in_batches_are_each_counted_once() {
+        let run = test_run();
+        let routes = [Route::Token, Route::Purchase, Route::Page, Route::Ticket];
+        let outcomes = [
+            Outcome::SOLD_OUT,
+            Outcome::ACCEPTED,
+            Outcome::OK,
+            Outcome::of("throttled"),
+            Outcome::of("teapot"),
+            Outcome::CONNECTION_ERROR,
+        ];
+        let per_task = [
+            0,
+            1,
+            RECORD_BATCH - 1,
+            RECORD_BATCH,
+            RECORD_BATCH + 1,
+            3 * RECORD_BATCH + 17,
+        ];
+        let mut rng = rng_of(11, 0);
+        let mut tallies = Vec::new();
+        let mut expected_attempts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut expected_by_route: BTreeMap<&str, u64> = BTreeMap::new();
+        let (mut requests, mut attempts) = (0u64, 0u64);
+        for n in per_task {
+            let mut tally = Tally::default();
+            for _ in 0..n {
+                let route = routes[rng.random_range(0..routes.len())];
+                let outcome = outcomes[rng.random_range(0..outcomes.len())].clone();
+                let attempt = matches!(route, Route::Token | Route::Purchase);
+                requests += 1;
+                *expected_by_route.entry(route.name()).or_default() += 1;
+                if attempt {
+                    attempts += 1;
+                    *expected_attempts
+                        .entry(outcome.as_str().to_string())
+                        .or_default() += 1;
+                }
+                let sample = Sample {
+                    at_ms: rng.random_range(0..5_000),
+                    took_us: rng.random_range(1..100_000),
+                    route,
+                    outcome,
+                    attempt,
+                };
+                tally.record(&run, sample);
+                assert!(tally.pending.len() < RECORD_BATCH, "a full batch is added");
+            }
+            tallies.push(tally);
+        }
+        // The sampler's reads: in the timeline's requests only.
+        let mut sampler = Tally::default();
+        run.record(&mut sampler, run.start, Route::Live, Outcome::OK, false);
+        sampler.flush(&run);
+        assert!(sampler.pending.is_empty());
+        assert_eq!((sampler.requests, sampler.attempts), (0, 0));
+
+        let record = record_of(
+            &run,
+            Finished {
+                started_at_ms: 0,
+                sale_id: 1,
+                opens_at: run.start,
+                attempt_phase: Duration::from_secs(1),
+                accepted: 0,
+                decided: Vec::new(),
+                paid: 0,
+                tallies,
+            },
+        );
+        assert_eq!((record.requests, record.attempts), (requests, attempts));
+        assert_eq!(record.outcomes, expected_attempts);
+        assert_eq!(record.outcomes.values().sum::<u64>(), record.attempts);
+        for (route, n) in &expected_by_route {
+            assert_eq!(record.latency[*route]["all"].count, *n, "{route}");
+            let by_outcome: u64 = record.latency[*route]
+                .iter()
+                .filter(|(o, _)| *o != "all")
+                .map(|(_, l)| l.count)
+                .sum();
+            assert_eq!(by_outcome, *n, "{route}");
+        }
+        assert!(!record.latency.contains_key("live"));
+        let bins_requests: u64 = record.timeline.iter().map(|b| b.requests).sum();
+        assert_eq!(
+            bins_requests,
+            requests + 1,
+            "the crowd's answers and the sampler's"
+        );
+        let bins_attempts: u64 = record.timeline.iter().map(|b| b.attempts).sum();
+        assert_eq!(bins_attempts, attempts);
+        let mut bins_outcomes: BTreeMap<String, u64> = BTreeMap::new();
+        for b in &record.timeline {
+            assert_eq!(b.outcomes.values().sum::<u64>(), b.attempts);
+            for (o, n) in &b.outcomes {
+                *bins_outcomes.entry(o.clone()).or_default() += n;
+            }
+        }
+        assert_eq!(bins_outcomes, expected_attempts);
+    }
+
+    #[test]
+    fn the_first_sold_out_stays_the_first() {
+        let run = test_run();
+        let first = run.start + Duration::from_millis(5);
+        note_sold_out(&run, first);
+        note_sold_out(&run, run.start + Duration::from_millis(9));
+        assert_eq!(run.first_sold_out.get(), Some(&first));
     }
 
     #[test]

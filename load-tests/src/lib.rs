@@ -21,6 +21,8 @@
 //!   files, queue segments and database rows, which must stay bounded; a plot of them.
 //! - [`hop`]: what one proxy hop costs (a trivial route directly and through nginx,
 //!   alternating rounds of one run).
+//! - [`outcome`]: what an answer came to (`accepted`, `sold_out`, …), the gateway's codes by
+//!   index so that counting one allocates nothing.
 //! - [`record`]: what a run records; [`timeline`]: its answers by 100 ms slot, binned for
 //!   the report at a width fit for the run's length; [`report`]: JSON, Markdown and SVG
 //!   plots of it; [`threshold`]: pass/fail criteria on its figures (`--threshold
@@ -29,6 +31,7 @@
 pub mod audit;
 pub mod crowd;
 pub mod hop;
+pub mod outcome;
 pub mod overload;
 pub mod record;
 pub mod report;

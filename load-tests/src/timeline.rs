@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::outcome::{KNOWN, KNOWN_OUTCOMES, Outcome};
 use crate::record::{Bin, BinLatency};
 
 /// The grain of the recording, ms.
@@ -131,16 +132,35 @@ impl LogHistogram {
 }
 
 /// One [`FINE_BIN_MS`] slot.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Slot {
     requests: u64,
     attempts: u64,
-    outcomes: BTreeMap<String, u64>,
-    latency: BTreeMap<&'static str, LogHistogram>,
+    /// Attempts by outcome: a known outcome's count by its index, any other's by name.
+    known: [u64; KNOWN],
+    others: BTreeMap<String, u64>,
+    /// Latency of the [`TIMED_ROUTES`], by their index there.
+    latency: [Option<LogHistogram>; TIMED_ROUTES.len()],
     backlog: Option<u64>,
     enqueued_per_s: Option<f64>,
     drained_per_s: Option<f64>,
     orders: Option<u64>,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            requests: 0,
+            attempts: 0,
+            known: [0; KNOWN],
+            others: BTreeMap::new(),
+            latency: Default::default(),
+            backlog: None,
+            enqueued_per_s: None,
+            drained_per_s: None,
+            orders: None,
+        }
+    }
 }
 
 /// The figures of a run by [`FINE_BIN_MS`] slot since the run started.
@@ -174,22 +194,33 @@ impl Timeline {
     }
 
     /// Counts one answer `at_ms` after the run started.
-    pub fn record(&mut self, at_ms: u64, route: &str, outcome: &str, took_us: u64, attempt: bool) {
+    pub fn record(
+        &mut self,
+        at_ms: u64,
+        route: &str,
+        outcome: &Outcome,
+        took_us: u64,
+        attempt: bool,
+    ) {
         let slot = self.slot(at_ms);
         slot.requests += 1;
         if attempt {
             slot.attempts += 1;
-            // Looked up before inserting: an outcome seen before in this slot (nearly
-            // every answer) costs no allocation.
-            match slot.outcomes.get_mut(outcome) {
-                Some(n) => *n += 1,
-                None => {
-                    slot.outcomes.insert(outcome.to_string(), 1);
-                }
+            match outcome {
+                // Nearly every answer: an index, no lookup, no allocation.
+                Outcome::Known(i) => slot.known[usize::from(*i)] += 1,
+                Outcome::Other(code) => match slot.others.get_mut(&**code) {
+                    Some(n) => *n += 1,
+                    None => {
+                        slot.others.insert(code.to_string(), 1);
+                    }
+                },
             }
         }
-        if let Some(timed) = TIMED_ROUTES.iter().find(|r| **r == route) {
-            slot.latency.entry(timed).or_default().record(took_us);
+        if let Some(timed) = TIMED_ROUTES.iter().position(|r| *r == route) {
+            slot.latency[timed]
+                .get_or_insert_with(LogHistogram::default)
+                .record(took_us);
         }
     }
 
@@ -234,11 +265,19 @@ impl Timeline {
                 for s in chunk {
                     bin.requests += s.requests;
                     bin.attempts += s.attempts;
-                    for (o, n) in &s.outcomes {
+                    // Only the outcomes that occurred, as a map of names.
+                    for (i, n) in s.known.iter().enumerate().filter(|(_, n)| **n > 0) {
+                        *bin.outcomes
+                            .entry(KNOWN_OUTCOMES[i].to_string())
+                            .or_default() += n;
+                    }
+                    for (o, n) in &s.others {
                         *bin.outcomes.entry(o.clone()).or_default() += n;
                     }
-                    for (route, h) in &s.latency {
-                        latency.entry(route).or_default().add(h);
+                    for (route, h) in TIMED_ROUTES.iter().zip(&s.latency) {
+                        if let Some(h) = h {
+                            latency.entry(route).or_default().add(h);
+                        }
                     }
                     if s.backlog.is_some() {
                         bin.backlog = s.backlog;
@@ -305,15 +344,26 @@ mod tests {
 
         #[test]
         fn binning_keeps_every_count(
-            answers in proptest::collection::vec((0u64..20_000, 0usize..3, 1u64..2_000_000), 0..300),
+            answers in proptest::collection::vec((0u64..20_000, 0usize..4, 1u64..2_000_000), 0..300),
             width in proptest::sample::select(BIN_WIDTHS_MS[..6].to_vec()),
         ) {
             let mut t = Timeline::default();
-            let outcomes = ["accepted", "sold_out", "throttled"];
+            // Known outcomes (by index) and another (by name).
+            let outcomes = ["accepted", "sold_out", "throttled", "teapot"];
+            let mut expected: BTreeMap<String, u64> = BTreeMap::new();
             for (at, o, us) in &answers {
-                t.record(*at, "purchase", outcomes[*o], *us, true);
+                t.record(*at, "purchase", &Outcome::of(outcomes[*o]), *us, true);
+                *expected.entry(outcomes[*o].to_string()).or_default() += 1;
             }
             let bins = t.bins(width);
+            let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+            for b in &bins {
+                for (o, n) in &b.outcomes {
+                    prop_assert!(*n > 0, "only outcomes that occurred: {o}");
+                    *by_name.entry(o.clone()).or_default() += n;
+                }
+            }
+            prop_assert_eq!(by_name, expected);
             let total: u64 = bins.iter().map(|b| b.attempts).sum();
             prop_assert_eq!(total, answers.len() as u64);
             let timed: u64 = bins.iter().filter_map(|b| b.latency.get("purchase")).map(|l| l.count).sum();
@@ -343,8 +393,8 @@ mod tests {
     fn a_one_second_spike_has_ten_points_with_their_latency() {
         let mut t = Timeline::default();
         for i in 0..1_000u64 {
-            t.record(i, "purchase", "accepted", 1_000 + i * 10, true);
-            t.record(i, "page", "ok", 50, false);
+            t.record(i, "purchase", &Outcome::ACCEPTED, 1_000 + i * 10, true);
+            t.record(i, "page", &Outcome::OK, 50, false);
         }
         t.sample(
             950,
@@ -371,7 +421,7 @@ mod tests {
     #[test]
     fn answers_past_the_longest_run_count_in_the_last_slot() {
         let mut t = Timeline::default();
-        t.record(u64::MAX, "token", "accepted", 10, true);
+        t.record(u64::MAX, "token", &Outcome::ACCEPTED, 10, true);
         assert_eq!(t.span_ms(), SLOTS_MAX as u64 * FINE_BIN_MS);
     }
 }
