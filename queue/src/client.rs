@@ -393,14 +393,14 @@ impl Conn {
     /// timer per connection, not one per request): kills the connection if a request is
     /// past its deadline (failing every request in flight on it with
     /// [`Error::Connection`]) and returns `None`; else when to look again: at the earliest
-    /// deadline pending, and no later than one request timeout from `now`, which no request
-    /// registered after `now` can end before.
+    /// deadline pending, and no later than [`WATCH_INTERVAL_MAX_MS`] from `now`. A request
+    /// registered after `now` may have a deadline before the timer (it waited to connect or
+    /// for a slot), so it is failed at most that much after its deadline.
     fn watch(&self, now: Instant) -> Option<Instant> {
-        let timeout = Duration::from_millis(self.request_timeout_ms.max(1));
         let overdue = {
             let st = lock(&self.state);
             let pending = st.pending.as_ref()?;
-            let mut next = now + timeout;
+            let mut next = now + watch_interval(self.request_timeout_ms);
             let mut overdue = None;
             for e in pending.values() {
                 if e.deadline <= now {
@@ -1122,6 +1122,15 @@ async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
+/// Longest the connection's request-timeout timer sleeps (see `Conn::watch`): how late, at
+/// most, a request is failed after its deadline.
+pub const WATCH_INTERVAL_MAX_MS: u64 = 100;
+
+/// How far ahead the request-timeout timer is set when nothing pending ends sooner.
+fn watch_interval(request_timeout_ms: u64) -> Duration {
+    Duration::from_millis(request_timeout_ms.clamp(1, WATCH_INTERVAL_MAX_MS))
+}
+
 async fn read_loop(
     mut rd: OwnedReadHalf,
     mut buf: BytesMut,
@@ -1132,7 +1141,7 @@ async fn read_loop(
 ) {
     // The request timeout of every request on the connection (see `Conn::watch`): one
     // timer, moved to the earliest deadline pending when it fires.
-    let watch = tokio::time::sleep(Duration::from_millis(request_timeout_ms.max(1)));
+    let watch = tokio::time::sleep(watch_interval(request_timeout_ms));
     tokio::pin!(watch);
     let why = loop {
         let frame = match proto::split_frame(&mut buf, max_frame_bytes) {

@@ -602,6 +602,8 @@ impl Connection {
                         "publish_each needs protocol version {}; this connection speaks {version}",
                         proto::VERSION_EACH
                     );
+                    // Publishes gathered ahead of the error are answered before it.
+                    self.flush_publishes(&mut gathered, &tx).await;
                     self.fail(&tx, id, code::UNKNOWN_OPCODE, message).await;
                     break 'conn;
                 }
@@ -622,6 +624,7 @@ impl Connection {
                 match (&request, challenge.take()) {
                     (Request::Hello { .. }, _) => {
                         let message = HandshakeError::SecondHello.to_string();
+                        self.flush_publishes(&mut gathered, &tx).await;
                         self.fail(&tx, id, code::BAD_HANDSHAKE, message).await;
                         break 'conn;
                     }
@@ -643,6 +646,7 @@ impl Connection {
                     }
                     (Request::Auth { .. }, None) => {
                         let message = HandshakeError::UnexpectedAuth.to_string();
+                        self.flush_publishes(&mut gathered, &tx).await;
                         self.fail(&tx, id, code::BAD_HANDSHAKE, message).await;
                         break 'conn;
                     }
@@ -1227,8 +1231,8 @@ fn answer_publishes(replies: &[Reply], results: PublishResults, out: &mut BytesM
 
 /// The connection's writer: writes the frames the reader and the request tasks hand it, and
 /// answers the publishes the reader appended ([`Out::Publishes`]) once their round is
-/// durable. Whatever is ready when it wakes (frames, answers) goes out in one `write` of at
-/// most about `batch_bytes`. After [`Out::Close`], or once every sender is gone, it still
+/// durable. Whatever is ready when it wakes goes out in one `write`: every durable answer,
+/// and frames until `batch_bytes` (the answers are bounded by the in-flight limit). After [`Out::Close`], or once every sender is gone, it still
 /// answers the publishes it holds, then closes.
 async fn write_loop(
     mut wr: OwnedWriteHalf,
@@ -1237,10 +1241,13 @@ async fn write_loop(
     write_timeout: Duration,
     metrics: Arc<BrokerMetrics>,
 ) -> io::Result<()> {
+    // At least one byte: with 0, no frame would ever be taken.
+    let batch_bytes = batch_bytes.max(1);
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut held: Held = Vec::new();
     // Appends waiting for their round, oldest first. Rounds end in submission order, so
-    // only the oldest is polled (the next is polled as soon as it is answered).
+    // only the oldest is polled (the next is polled as soon as it is answered). Bounded by
+    // the connection's in-flight limit: each entry holds its requests' permits.
     let mut waiting: VecDeque<Answering> = VecDeque::new();
     // Close asked for, or every sender gone: no frame is taken any more.
     let mut closing = false;
