@@ -7,28 +7,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use order_worker::db::{Decision, NewSale, OrdersDb, reason};
+use order_worker::db::{Decision, OrdersDb, reason};
 
 use crate::{both_backends, purchase};
 
+/// A sale of `units` with a per-person `limit` and a minute to pay.
 async fn sale_with_limit(db: &OrdersDb, id: u64, units: u64, limit: u32) {
-    db.create_sale(
-        &NewSale {
-            id,
-            name: format!("sale {id}"),
-            price_cents: 100,
-            units,
-            starts_at_ms: 0,
-            pay_window_ms: Some(60_000),
-            ends_at_ms: None,
-            token_factor: None,
-            per_user_limit: Some(limit),
-            stock_buckets: None,
-        },
-        0,
-    )
-    .await
-    .expect("create sale");
+    crate::sale_with_limit(db, id, units, 60_000, Some(limit)).await;
 }
 
 /// What a decision says, without its order id: `"ordered"` or the reason.

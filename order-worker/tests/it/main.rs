@@ -52,6 +52,17 @@ pub fn purchase(ticket: &str, sale: u64, user: &str) -> PurchaseMessage {
 }
 
 pub async fn sale(db: &OrdersDb, id: u64, units: u64, pay_window_ms: u64) {
+    sale_with_limit(db, id, units, pay_window_ms, None).await;
+}
+
+/// [`sale`] with a per-person limit (`None`: the default of one).
+pub async fn sale_with_limit(
+    db: &OrdersDb,
+    id: u64,
+    units: u64,
+    pay_window_ms: u64,
+    per_user_limit: Option<u32>,
+) {
     db.create_sale(
         &NewSale {
             id,
@@ -62,7 +73,7 @@ pub async fn sale(db: &OrdersDb, id: u64, units: u64, pay_window_ms: u64) {
             pay_window_ms: Some(pay_window_ms),
             ends_at_ms: None,
             token_factor: None,
-            per_user_limit: None,
+            per_user_limit,
             stock_buckets: None,
         },
         0,
