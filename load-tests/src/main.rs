@@ -558,6 +558,7 @@ async fn run_against(
 }
 
 fn main() -> ExitCode {
+    order_worker::allocator::configure();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -35,6 +35,8 @@
 //! - [`metrics`]: the crew's counters (and its heartbeat's time) as Prometheus metrics,
 //!   for the gateway's `/metrics` and the `order-worker` binary's `--metrics` endpoint.
 //! - [`testing`]: scratch SQLite and PostgreSQL databases for tests.
+//! - [`allocator`]: the mimalloc settings every service binary applies first thing
+//!   (memory kept free ten seconds before it goes back to the kernel).
 //!
 //! ## Who may import whom
 //!
@@ -49,12 +51,14 @@
 //! 5. `crew` at the top (starts workers and cancellers, writes heartbeats through `db`),
 //!    and `metrics` beside it (reads the counters of `worker`, `canceller` and `crew`).
 //!
-//! `testing` sits beside the layers and uses only `db`.
+//! `testing` sits beside the layers and uses only `db`; `allocator` uses nothing of the
+//! crate.
 //!
 //! The same code runs embedded in the all-in-one `gateway` process and as the
 //! `order-worker` binary against a `queue serve` broker; any number of workers compete
 //! safely (the database decides, the queue redelivers).
 
+pub mod allocator;
 pub mod canceller;
 mod consumer;
 pub mod crew;

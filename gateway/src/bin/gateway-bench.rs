@@ -470,6 +470,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
 }
 
 fn main() -> ExitCode {
+    order_worker::allocator::configure();
     let args = Args::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -381,6 +381,7 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
 }
 
 fn main() -> ExitCode {
+    order_worker::allocator::configure();
     let args = Args::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

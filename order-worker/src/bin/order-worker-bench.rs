@@ -1328,6 +1328,7 @@ async fn run(args: Args) -> Res<(Value, Vec<String>)> {
 }
 
 fn main() -> ExitCode {
+    order_worker::allocator::configure();
     let args = Args::parse();
     let json_out = args.json_out.clone();
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -192,6 +192,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
+    order_worker::allocator::configure();
     let args = Args::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
