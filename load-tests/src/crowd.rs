@@ -39,7 +39,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -517,9 +517,12 @@ struct Run {
     accepted: Mutex<Vec<(String, usize)>>,
     /// Purchase bodies of spent tokens, for the bots to reuse.
     spent_tokens: Mutex<Vec<Bytes>>,
-    /// When the first `sold_out` answer's attempt began: set once, read without a lock
-    /// (nine answers in ten of a large crowd are `sold_out`).
-    first_sold_out: OnceLock<Instant>,
+    /// When the earliest attempt answered `sold_out` began, ns after [`Run::start`]
+    /// (`u64::MAX`: none yet). Lowered without a lock and only when an answer is earlier
+    /// (nine answers in ten of a large crowd are `sold_out`, and most are later): the tasks
+    /// learn of the sell-out in any order, so the first to note it is not always the
+    /// earliest.
+    first_sold_out_ns: AtomicU64,
     bots_refused: AtomicU64,
     bots_accepted: AtomicU64,
     /// People done (accepted, or told they already bought).
@@ -975,10 +978,19 @@ fn finish(run: &Run, p: &mut Person) {
 }
 
 fn note_sold_out(run: &Run, at: Instant) {
-    if run.first_sold_out.get().is_none() {
-        // Another task may have set it meanwhile: the first one set stays.
-        let _ = run.first_sold_out.set(at);
+    let ns = u64::try_from(at.saturating_duration_since(run.start).as_nanos())
+        .unwrap_or(u64::MAX)
+        .min(u64::MAX - 1); // u64::MAX means none
+    // A load first: the read-modify-write only when this attempt is the earliest so far.
+    if ns < run.first_sold_out_ns.load(Ordering::Relaxed) {
+        run.first_sold_out_ns.fetch_min(ns, Ordering::Relaxed);
     }
+}
+
+/// When the earliest attempt answered `sold_out` began, if one was.
+fn first_sold_out(run: &Run) -> Option<Instant> {
+    let ns = run.first_sold_out_ns.load(Ordering::Relaxed);
+    (ns != u64::MAX).then(|| run.start + Duration::from_nanos(ns))
 }
 
 /// Phase 4: polls every accepted ticket until decided; returns (ticket → (state, order id,
@@ -1350,7 +1362,7 @@ impl Run {
             opened: Mutex::new(None),
             accepted: Mutex::new(Vec::new()),
             spent_tokens: Mutex::new(Vec::new()),
-            first_sold_out: OnceLock::new(),
+            first_sold_out_ns: AtomicU64::new(u64::MAX),
             bots_refused: AtomicU64::new(0),
             bots_accepted: AtomicU64::new(0),
             done: AtomicUsize::new(0),
@@ -1570,7 +1582,7 @@ fn record_of(run: &Run, f: Finished) -> RunRecord {
         paid: f.paid,
         bots_refused: run.bots_refused.load(Ordering::Relaxed),
         bots_accepted: run.bots_accepted.load(Ordering::Relaxed),
-        sold_out_after_ms: run.first_sold_out.get().copied().map(since_open),
+        sold_out_after_ms: first_sold_out(run).map(since_open),
         last_decision_after_ms: f.decided.iter().map(|d| d.at).max().map(since_open),
         peak_backlog,
         errors: merged.errors,
@@ -1822,12 +1834,14 @@ mod tests {
     }
 
     #[test]
-    fn the_first_sold_out_stays_the_first() {
+    fn the_earliest_sold_out_is_kept_whatever_the_order_noted() {
         let run = test_run();
-        let first = run.start + Duration::from_millis(5);
-        note_sold_out(&run, first);
+        assert_eq!(first_sold_out(&run), None);
+        let earliest = run.start + Duration::from_millis(5);
+        note_sold_out(&run, run.start + Duration::from_millis(7));
+        note_sold_out(&run, earliest);
         note_sold_out(&run, run.start + Duration::from_millis(9));
-        assert_eq!(run.first_sold_out.get(), Some(&first));
+        assert_eq!(first_sold_out(&run), Some(earliest));
     }
 
     #[test]
