@@ -278,6 +278,10 @@ pub enum CrowdError {
     /// The seed in the environment is not a number.
     #[error("{SEED_ENV}={0:?} is not a seed (an unsigned 64-bit number)")]
     Seed(String),
+    /// One of the crowd's own tasks panicked (a bug in the generator): the run stops
+    /// rather than report figures without that task's answers.
+    #[error("a crowd task failed, so the figures would miss its answers: {0}")]
+    TaskFailed(String),
 }
 
 /// What a run produced.
@@ -1198,20 +1202,29 @@ fn latency_of(h: &Histogram<u64>) -> Latency {
     }
 }
 
-/// Runs `make(i)` for `i` in `0..n` as `n` tasks and collects their figures.
-async fn in_parallel<F, Fut>(n: usize, make: F) -> Vec<Tally>
+/// Runs `make(i)` for `i` in `0..n` as `n` tasks and collects their figures, once every
+/// task has ended. A task that panicked is an error ([`CrowdError::TaskFailed`]): its
+/// counts and answers would otherwise be missing from the figures without a word.
+async fn in_parallel<F, Fut>(n: usize, make: F) -> Result<Vec<Tally>, CrowdError>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Tally> + Send + 'static,
 {
     let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(make(i))).collect();
     let mut out = Vec::with_capacity(n);
+    let mut failed = None;
     for t in tasks {
-        if let Ok(tally) = t.await {
-            out.push(tally);
+        match t.await {
+            Ok(tally) => out.push(tally),
+            Err(e) => {
+                failed.get_or_insert_with(|| e.to_string());
+            }
         }
     }
-    out
+    match failed {
+        None => Ok(out),
+        Some(why) => Err(CrowdError::TaskFailed(why)),
+    }
 }
 
 /// Runs the scenario's flash crowd against `target`.
@@ -1274,35 +1287,46 @@ pub async fn run(
     *run.lock(&run.opened) = Some(opens_at);
     let sampler_task = tokio::spawn(sampler(run.clone(), sampling_done.clone()));
     let next = Arc::new(AtomicUsize::new(0));
-    tallies.extend(in_parallel(connections, |_| ramp(run.clone(), next.clone(), opens_at)).await);
+    // A failed phase stops the sampler before the error is returned.
+    let stopped = |r: Result<Vec<Tally>, CrowdError>| {
+        if r.is_err() {
+            sampling_done.store(true, Ordering::Relaxed);
+        }
+        r
+    };
+    tallies.extend(stopped(
+        in_parallel(connections, |_| ramp(run.clone(), next.clone(), opens_at)).await,
+    )?);
 
     // 3. The spike.
     phase("spike");
-    tallies.extend(in_parallel(connections, |i| spike(run.clone(), i)).await);
+    tallies.extend(stopped(
+        in_parallel(connections, |i| spike(run.clone(), i)).await,
+    )?);
     let attempt_phase = opens_at.elapsed();
 
     // 4. Decisions.
     phase("decisions");
     let work = Arc::new(Mutex::new(VecDeque::from(run.lock(&run.accepted).clone())));
     let results = Arc::new(Mutex::new(Vec::new()));
-    tallies.extend(
+    tallies.extend(stopped(
         in_parallel(connections.min(64), |_| {
             decisions(run.clone(), work.clone(), results.clone())
         })
         .await,
-    );
+    )?);
     let decided = run.lock(&results).clone();
 
     // 5. Payment of a share of the orders.
     phase("payment");
     let paid = Arc::new(AtomicU64::new(0));
     let pay_work = Arc::new(Mutex::new(choose_payments(&run, &decided, &mut rng)));
-    tallies.extend(
+    tallies.extend(stopped(
         in_parallel(connections.min(64), |_| {
             pay(run.clone(), pay_work.clone(), paid.clone())
         })
         .await,
-    );
+    )?);
     phase("done");
     sampling_done.store(true, Ordering::Relaxed);
     let _ = sampler_task.await;
@@ -1406,7 +1430,7 @@ async fn sign_in_everyone(run: &Arc<Run>) -> Result<Vec<Tally>, CrowdError> {
     let tallies = in_parallel(run.scenario.connections, |_| {
         sign_in(run.clone(), next.clone())
     })
-    .await;
+    .await?;
     let signed_in = run
         .people
         .iter()
@@ -1831,6 +1855,21 @@ mod tests {
             }
         }
         assert_eq!(bins_outcomes, expected_attempts);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_fails_the_phase_instead_of_vanishing_from_it() {
+        let all = in_parallel(3, |_| async { Tally::default() }).await;
+        assert_eq!(all.expect("no task failed").len(), 3);
+        let one_failed = in_parallel(3, |i| async move {
+            assert!(i != 1, "task {i} broke");
+            Tally::default()
+        })
+        .await;
+        match one_failed {
+            Err(CrowdError::TaskFailed(why)) => assert!(why.contains("task 1 broke"), "{why}"),
+            other => panic!("expected TaskFailed, got {:?}", other.map(|t| t.len())),
+        }
     }
 
     #[test]
