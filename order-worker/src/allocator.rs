@@ -6,10 +6,10 @@
 //! memory freed after one burst (the sign-in's sessions, a second of purchases) is needed
 //! again by the next a few seconds later, and every page given back is faulted in again
 //! and zeroed by the kernel (with transparent huge pages, 2 MiB per fault). Profiled in
-//! the `mega` sell-through, those faults were 3% of the CPU and the kernel's page zeroing
-//! another 2.4%. [`PURGE_DELAY_MS`] keeps free memory for ten seconds instead: still
-//! returned once a sale has passed, no longer churned within one (BENCHMARKS.md, "Fourth
-//! pass").
+//! the `mega` sell-through, those faults (mostly the kernel zeroing the pages) were 2.9%
+//! of the CPU. [`PURGE_DELAY_MS`] keeps free memory for ten seconds instead: still
+//! returned once a sale has passed, no longer churned within one. It cut the faults of a
+//! `mega` run by a third (BENCHMARKS.md, "Fourth pass").
 //!
 //! `MIMALLOC_PURGE_DELAY` in the environment, when set, is left to win (mimalloc reads
 //! it at start-up), so the setting can be tried and measured without a build.
