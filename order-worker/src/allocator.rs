@@ -39,18 +39,18 @@ pub fn configure() {
     }
 }
 
-/// The purge delay mimalloc uses now, ms.
-pub fn purge_delay_ms() -> std::ffi::c_long {
-    // SAFETY: reads an option by its valid index (see `configure`).
-    #[allow(unsafe_code)]
-    unsafe {
-        libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The purge delay mimalloc uses now, ms.
+    fn purge_delay_ms() -> std::ffi::c_long {
+        // SAFETY: reads an option by its valid index (see `configure`).
+        #[allow(unsafe_code)]
+        unsafe {
+            libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY)
+        }
+    }
 
     #[test]
     fn the_purge_delay_is_the_option_it_names_and_the_environment_wins() {
