@@ -140,14 +140,23 @@ pub struct ServeLimits {
     /// Open connections at once; one accepted beyond it is closed at once (counted in
     /// `gateway_connections_refused_total`).
     pub max_connections: usize,
+    /// Connections the kernel holds completed but not yet accepted (`listen(2)`'s
+    /// backlog; the kernel cuts it to `net.core.somaxconn`). A flash crowd connects all at
+    /// once at the opening: beyond the backlog the kernel drops the handshake and the
+    /// client's retry comes a whole second later (the TCP SYN retransmission timeout).
+    /// std's and tokio's `bind` use 128.
+    pub listen_backlog: u32,
 }
 
 /// Most connections [`ServeLimits::max_connections`] may allow (a semaphore counts them).
 pub const MAX_CONNECTIONS_MAX: usize = 1 << 20;
 
+/// Largest [`ServeLimits::listen_backlog`] (the kernel's own ceiling for `somaxconn`).
+pub const LISTEN_BACKLOG_MAX: u32 = 65_535;
+
 impl ServeLimits {
     /// Checks the limits: every timeout and count at least 1, connections at most
-    /// [`MAX_CONNECTIONS_MAX`].
+    /// [`MAX_CONNECTIONS_MAX`], the listen backlog at most [`LISTEN_BACKLOG_MAX`].
     pub fn validate(&self) -> Result<(), String> {
         let checks = [
             ("max_in_flight", self.max_in_flight as u64),
@@ -156,6 +165,7 @@ impl ServeLimits {
             ("header_read_timeout_ms", self.header_read_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("max_connections", self.max_connections as u64),
+            ("listen_backlog", u64::from(self.listen_backlog)),
         ];
         for (name, v) in checks {
             if v == 0 {
@@ -165,6 +175,11 @@ impl ServeLimits {
         if self.max_connections > MAX_CONNECTIONS_MAX {
             return Err(format!(
                 "max_connections must be at most {MAX_CONNECTIONS_MAX}"
+            ));
+        }
+        if self.listen_backlog > LISTEN_BACKLOG_MAX {
+            return Err(format!(
+                "listen_backlog must be at most {LISTEN_BACKLOG_MAX}"
             ));
         }
         Ok(())
@@ -186,6 +201,7 @@ impl Default for ServeLimits {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             max_connections: 8_192,
+            listen_backlog: 4_096,
         }
     }
 }

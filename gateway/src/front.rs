@@ -632,6 +632,23 @@ fn signal_all(registry: &Registry, stop: bool) {
     }
 }
 
+/// A listening socket on `addr` with `backlog` completed connections held for `accept`
+/// (see [`ServeLimits::listen_backlog`]; `TcpListener::bind` would hold 128), with
+/// `SO_REUSEADDR` as `bind` sets it. Call inside a Tokio runtime.
+pub fn listen(
+    addr: std::net::SocketAddr,
+    backlog: u32,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// The accept loop: each connection served by hyper's HTTP/1 with the header-read timeout
 /// ([`ServeLimits::header_read_timeout_ms`], which also ends an idle keep-alive wait), the
 /// idle timeout ([`ServeLimits::idle_timeout_ms`]), and at most
@@ -1040,6 +1057,35 @@ impl tokio::io::AsyncWrite for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flash crowd's connections all arrive at once: the listener holds far more
+    /// completed handshakes than std's and tokio's `bind` (128) while nothing accepts them.
+    /// With 128 the connects past it would never complete here (nobody accepts), and the
+    /// test would fail at its bound.
+    #[tokio::test]
+    async fn the_listener_holds_a_crowd_of_connections_nobody_accepted_yet() {
+        let backlog = ServeLimits::default().listen_backlog;
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(128);
+        let crowd = 300.min(backlog).min(somaxconn) as usize;
+        assert!(
+            crowd > 128,
+            "net.core.somaxconn is {somaxconn}: the kernel cuts every backlog to it"
+        );
+        let listener = listen("127.0.0.1:0".parse().expect("addr"), backlog).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..crowd {
+            connects.spawn(tokio::net::TcpStream::connect(addr));
+        }
+        let all = tokio::time::timeout(Duration::from_secs(30), connects.join_all())
+            .await
+            .expect("every connect completes without an accept");
+        assert_eq!(all.iter().filter(|c| c.is_ok()).count(), crowd);
+        drop(listener);
+    }
 
     fn limits(header_read_timeout_ms: u64, idle_timeout_ms: u64) -> ServeLimits {
         ServeLimits {

@@ -371,9 +371,24 @@ impl System {
         self.limits
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let listener = tokio::net::TcpListener::bind(&self.listen)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.listen)))?;
+        let named =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", self.listen));
+        let mut last = None;
+        let mut listener = None;
+        for addr in tokio::net::lookup_host(&self.listen).await.map_err(named)? {
+            match crate::front::listen(addr, self.limits.listen_backlog) {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let listener = listener.ok_or_else(|| {
+            named(last.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+            }))
+        })?;
         let addr = listener.local_addr()?;
         self.listener = Some(listener);
         self.addr = Some(addr);

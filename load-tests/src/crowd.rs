@@ -893,7 +893,7 @@ impl SpikeTask {
             return p.token.clone();
         }
         if outcome == Outcome::SOLD_OUT {
-            note_sold_out(run, now);
+            note_sold_out(run, Instant::now());
         }
         p.not_before = now + retry_after(&a).unwrap_or(think);
         None
@@ -955,7 +955,7 @@ impl SpikeTask {
                 }
             }
             (_, "sold_out") => {
-                note_sold_out(run, now);
+                note_sold_out(run, Instant::now());
                 p.not_before = now + retry_after(&a).unwrap_or(think);
             }
             _ => {
@@ -981,17 +981,21 @@ fn finish(run: &Run, p: &mut Person) {
     }
 }
 
+/// Notes a `sold_out` answer that arrived `at` (when it was read, not when its attempt
+/// began: an attempt begun early can be answered late, after a connect that waited out a
+/// dropped handshake, say, and its start would date the sale's end before it happened).
+/// The earliest arrival bounds the sale's end from above, within one answer's latency.
 fn note_sold_out(run: &Run, at: Instant) {
     let ns = u64::try_from(at.saturating_duration_since(run.start).as_nanos())
         .unwrap_or(u64::MAX)
         .min(u64::MAX - 1); // u64::MAX means none
-    // A load first: the read-modify-write only when this attempt is the earliest so far.
+    // A load first: the read-modify-write only when this answer is the earliest so far.
     if ns < run.first_sold_out_ns.load(Ordering::Relaxed) {
         run.first_sold_out_ns.fetch_min(ns, Ordering::Relaxed);
     }
 }
 
-/// When the earliest attempt answered `sold_out` began, if one was.
+/// When the earliest `sold_out` answer arrived, if one did.
 fn first_sold_out(run: &Run) -> Option<Instant> {
     let ns = run.first_sold_out_ns.load(Ordering::Relaxed);
     (ns != u64::MAX).then(|| run.start + Duration::from_nanos(ns))

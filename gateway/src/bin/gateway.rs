@@ -179,6 +179,10 @@ struct Args {
     /// Open client connections at once (one beyond it is closed at once).
     #[arg(long, default_value_t = ServeLimits::default().max_connections)]
     max_connections: usize,
+    /// Connections the kernel holds completed but not yet accepted (listen backlog; the
+    /// kernel cuts it to net.core.somaxconn). Beyond it a connecting client waits a second.
+    #[arg(long, default_value_t = ServeLimits::default().listen_backlog)]
+    listen_backlog: u32,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -339,6 +343,7 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
         header_read_timeout_ms: args.header_read_timeout_ms,
         idle_timeout_ms: args.idle_timeout_ms,
         max_connections: args.max_connections,
+        listen_backlog: args.listen_backlog,
     };
     limits.validate()?;
     let mut gateway = GatewayConfig::new(admin_secret);
@@ -530,17 +535,24 @@ mod tests {
             "20000",
             "--max-connections",
             "300",
+            "--listen-backlog",
+            "1000",
         ])
         .expect("limits");
         assert_eq!(
             (
                 c.limits.header_read_timeout_ms,
                 c.limits.idle_timeout_ms,
-                c.limits.max_connections
+                c.limits.max_connections,
+                c.limits.listen_backlog
             ),
-            (1500, 20_000, 300)
+            (1500, 20_000, 300, 1000)
         );
         let err = config(&["--max-connections", "0"]).expect_err("no connections");
         assert!(err.contains("max_connections"), "{err}");
+        for bad in ["0", "65536"] {
+            let err = config(&["--listen-backlog", bad]).expect_err("backlog out of range");
+            assert!(err.contains("listen_backlog"), "{bad}: {err}");
+        }
     }
 }
