@@ -521,12 +521,14 @@ struct Run {
     accepted: Mutex<Vec<(String, usize)>>,
     /// Purchase bodies of spent tokens, for the bots to reuse.
     spent_tokens: Mutex<Vec<Bytes>>,
-    /// When the earliest attempt answered `sold_out` began, ns after [`Run::start`]
-    /// (`u64::MAX`: none yet). Lowered without a lock and only when an answer is earlier
-    /// (nine answers in ten of a large crowd are `sold_out`, and most are later): the tasks
-    /// learn of the sell-out in any order, so the first to note it is not always the
-    /// earliest.
+    /// When the earliest `sold_out` answer arrived, ns after [`Run::start`] (`u64::MAX`:
+    /// none yet). Lowered without a lock and only when an answer is earlier (nine answers
+    /// in ten of a large crowd are `sold_out`, and most are later): the tasks learn of the
+    /// sell-out in any order, so the first to note it is not always the earliest.
     first_sold_out_ns: AtomicU64,
+    /// When the last accepted purchase attempt began, ns after [`Run::start`], plus one
+    /// (0: none yet); raised with `fetch_max`.
+    last_accepted_began_ns: AtomicU64,
     bots_refused: AtomicU64,
     bots_accepted: AtomicU64,
     /// People done (accepted, or told they already bought).
@@ -929,6 +931,7 @@ impl SpikeTask {
         let mut p = run.lock(&run.people[i]);
         match (a.status.as_u16(), outcome.as_str()) {
             (202, _) | (503, "outcome_unknown") if ticket.is_some() => {
+                note_accepted(run, now);
                 if let Some(t) = ticket {
                     run.lock(&run.accepted).push((t, i));
                 }
@@ -993,6 +996,23 @@ fn note_sold_out(run: &Run, at: Instant) {
     if ns < run.first_sold_out_ns.load(Ordering::Relaxed) {
         run.first_sold_out_ns.fetch_min(ns, Ordering::Relaxed);
     }
+}
+
+/// Notes that a purchase attempt begun `began` was accepted.
+fn note_accepted(run: &Run, began: Instant) {
+    let ns = u64::try_from(began.saturating_duration_since(run.start).as_nanos())
+        .unwrap_or(u64::MAX - 1)
+        .min(u64::MAX - 1)
+        + 1;
+    if ns > run.last_accepted_began_ns.load(Ordering::Relaxed) {
+        run.last_accepted_began_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+}
+
+/// When the last accepted purchase attempt began, if one was accepted.
+fn last_accepted_began(run: &Run) -> Option<Instant> {
+    let ns = run.last_accepted_began_ns.load(Ordering::Relaxed);
+    (ns != 0).then(|| run.start + Duration::from_nanos(ns - 1))
 }
 
 /// When the earliest `sold_out` answer arrived, if one did.
@@ -1391,6 +1411,7 @@ impl Run {
             accepted: Mutex::new(Vec::new()),
             spent_tokens: Mutex::new(Vec::new()),
             first_sold_out_ns: AtomicU64::new(u64::MAX),
+            last_accepted_began_ns: AtomicU64::new(0),
             bots_refused: AtomicU64::new(0),
             bots_accepted: AtomicU64::new(0),
             done: AtomicUsize::new(0),
@@ -1611,6 +1632,7 @@ fn record_of(run: &Run, f: Finished) -> RunRecord {
         bots_refused: run.bots_refused.load(Ordering::Relaxed),
         bots_accepted: run.bots_accepted.load(Ordering::Relaxed),
         sold_out_after_ms: first_sold_out(run).map(since_open),
+        last_accepted_began_after_ms: last_accepted_began(run).map(since_open),
         last_decision_after_ms: f.decided.iter().map(|d| d.at).max().map(since_open),
         peak_backlog,
         errors: merged.errors,
@@ -1885,6 +1907,20 @@ mod tests {
         note_sold_out(&run, earliest);
         note_sold_out(&run, run.start + Duration::from_millis(9));
         assert_eq!(first_sold_out(&run), Some(earliest));
+    }
+
+    #[test]
+    fn the_latest_accepted_start_is_kept_whatever_the_order_noted() {
+        let run = test_run();
+        assert_eq!(last_accepted_began(&run), None);
+        // The run's very start is a start like any other (the encoding's 0 means none).
+        note_accepted(&run, run.start);
+        assert_eq!(last_accepted_began(&run), Some(run.start));
+        let latest = run.start + Duration::from_millis(9);
+        note_accepted(&run, run.start + Duration::from_millis(7));
+        note_accepted(&run, latest);
+        note_accepted(&run, run.start + Duration::from_millis(5));
+        assert_eq!(last_accepted_began(&run), Some(latest));
     }
 
     #[test]

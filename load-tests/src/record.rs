@@ -112,8 +112,14 @@ pub struct RunRecord {
     pub bots_refused: u64,
     /// Bots' purchases the system accepted (a failure of the defences).
     pub bots_accepted: u64,
-    /// Ms from the sale's opening to the first `sold_out` answer.
+    /// Ms from the sale's opening to the first `sold_out` answer (its arrival).
     pub sold_out_after_ms: Option<u64>,
+    /// Ms from the sale's opening to the start of the last purchase attempt that was
+    /// accepted. Its unit was reserved after it began and every `sold_out` answer was
+    /// decided after the last unit went, so `sold_out_after_ms` is never below this: a
+    /// check of the sold-out figure (absent in records written before it existed).
+    #[serde(default)]
+    pub last_accepted_began_after_ms: Option<u64>,
     /// Ms from the sale's opening until the last ticket resolved (the last order or
     /// rejection was in the database).
     pub last_decision_after_ms: Option<u64>,

@@ -86,7 +86,16 @@ async fn crowd_then_audit(options: SystemOptions) {
         r.outcomes.get("sold_out").copied().unwrap_or(0) > 0,
         "{summary}"
     );
-    assert!(r.sold_out_after_ms.is_some(), "{summary}");
+    // The sale cannot have sold out before the last accepted attempt began (its unit went
+    // after that): a "sold out after" dated by when refused attempts began, rather than by
+    // when their answers came, breaks this as soon as a refused attempt started before the
+    // last accepted one.
+    let (sold_out, last_accepted) = (r.sold_out_after_ms, r.last_accepted_began_after_ms);
+    assert!(sold_out.is_some() && last_accepted.is_some(), "{summary}");
+    assert!(
+        sold_out >= last_accepted,
+        "sold out after {sold_out:?} ms, before the last accepted attempt began ({last_accepted:?} ms)"
+    );
     assert!(r.paid > 0 && r.paid <= r.ordered, "{summary}");
     assert!(r.errors == 0, "{summary}");
     assert!(

@@ -121,6 +121,7 @@ fn synthetic() -> RunRecord {
         bots_refused: 321,
         bots_accepted: 0,
         sold_out_after_ms: Some(1_234),
+        last_accepted_began_after_ms: Some(1_200),
         last_decision_after_ms: Some(9_876),
         peak_backlog: 1_100,
         errors: 2,
