@@ -989,9 +989,7 @@ fn finish(run: &Run, p: &mut Person) {
 /// dropped handshake, say, and its start would date the sale's end before it happened).
 /// The earliest arrival bounds the sale's end from above, within one answer's latency.
 fn note_sold_out(run: &Run, at: Instant) {
-    let ns = u64::try_from(at.saturating_duration_since(run.start).as_nanos())
-        .unwrap_or(u64::MAX)
-        .min(u64::MAX - 1); // u64::MAX means none
+    let ns = ns_since_start(run, at); // never u64::MAX, which means none
     // A load first: the read-modify-write only when this answer is the earliest so far.
     if ns < run.first_sold_out_ns.load(Ordering::Relaxed) {
         run.first_sold_out_ns.fetch_min(ns, Ordering::Relaxed);
@@ -1000,13 +998,18 @@ fn note_sold_out(run: &Run, at: Instant) {
 
 /// Notes that a purchase attempt begun `began` was accepted.
 fn note_accepted(run: &Run, began: Instant) {
-    let ns = u64::try_from(began.saturating_duration_since(run.start).as_nanos())
-        .unwrap_or(u64::MAX - 1)
-        .min(u64::MAX - 1)
-        + 1;
+    let ns = ns_since_start(run, began) + 1; // never 0, which means none
     if ns > run.last_accepted_began_ns.load(Ordering::Relaxed) {
         run.last_accepted_began_ns.fetch_max(ns, Ordering::Relaxed);
     }
+}
+
+/// `at` in ns after [`Run::start`], at most `u64::MAX - 1` (each note keeps one value of
+/// its atomic for "none").
+fn ns_since_start(run: &Run, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(run.start).as_nanos())
+        .unwrap_or(u64::MAX)
+        .min(u64::MAX - 1)
 }
 
 /// When the last accepted purchase attempt began, if one was accepted.
