@@ -456,7 +456,7 @@ async fn a_crash_between_scripts_is_healed_by_reconcile() {
 /// masters; so do the keys of different sales.
 #[tokio::test]
 async fn buckets_and_sales_spread_over_the_masters() {
-    let (servers, url) = cluster();
+    let (mut servers, url) = cluster();
     let Servers::Cluster(c) = &servers else {
         unreachable!("a cluster")
     };
@@ -504,6 +504,20 @@ async fn buckets_and_sales_spread_over_the_masters() {
             assert_eq!(node_of[&l], *hn);
         }
     }
+    // A store that starts while a master is down, before the cluster has flagged it failed,
+    // still starts, and serves the sales whose keys live on the other masters.
+    let Servers::Cluster(c) = &mut servers else {
+        unreachable!("a cluster")
+    };
+    let killed = c.kill_master(0).expect("SIGKILL a master");
+    let again = RedisStore::connect(&url, PREFIX, 16)
+        .await
+        .unwrap_or_else(|e| panic!("connect with node {killed} down: {e}"));
+    let live = (20..28)
+        .find(|sale| node_of[&SaleKeys::new(PREFIX, *sale).units()] != killed)
+        .expect("a sale on a live master");
+    let stock = again.stock(live).await.expect("a live master answers");
+    assert!(stock.is_some(), "sale {live} is defined: {stock:?}");
 }
 
 /// The in-process store takes a bucket count (checked) and keeps one lock per sale.

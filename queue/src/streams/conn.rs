@@ -283,7 +283,8 @@ async fn check_server(url: &str, req: Requirements, standalone: bool) -> Result<
 
 /// The start-up checks: every server of `target` must keep an acknowledged message
 /// (`appendonly yes`, `appendfsync always` unless relaxed, `maxmemory-policy noeviction`,
-/// Redis 7.0 or later). Refused with one clear message naming each server and setting.
+/// Redis 7.0 or later). Refused with one clear message naming each server and setting. A
+/// cluster node that cannot be reached is skipped with a warning (queue/REDIS.md).
 pub async fn check(target: &RedisTarget, req: Requirements) -> Result<()> {
     let standalone = matches!(target, RedisTarget::Standalone(_));
     let servers = match target {
@@ -308,10 +309,29 @@ pub async fn check(target: &RedisTarget, req: Requirements) -> Result<()> {
         }
     };
     let mut report = Vec::new();
+    let mut unreachable = Vec::new();
     for url in &servers {
-        for p in check_server(url, req, standalone).await? {
-            report.push(format!("{url}: {p}"));
+        match check_server(url, req, standalone).await {
+            Ok(problems) => report.extend(problems.into_iter().map(|p| format!("{url}: {p}"))),
+            // A cluster node that is down but not yet flagged failed (the cluster takes
+            // `cluster-node-timeout` to notice) cannot serve, and refusing to start over it
+            // would turn one dead node into a dead system: it is skipped, and checked again
+            // at the next start.
+            Err(Error::Connection(e)) if !standalone => unreachable.push(format!("{url} ({e})")),
+            Err(e) => return Err(e),
         }
+    }
+    if !unreachable.is_empty() {
+        if unreachable.len() == servers.len() {
+            return Err(Error::Connection(format!(
+                "no node of the cluster could be checked: {}",
+                unreachable.join("; ")
+            )));
+        }
+        tracing::warn!(
+            nodes = %unreachable.join("; "),
+            "cluster nodes unreachable at start-up: their settings were not checked"
+        );
     }
     if report.is_empty() {
         Ok(())
