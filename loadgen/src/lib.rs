@@ -1,5 +1,5 @@
-//! A small HTTP/1.1 load driver for loopback targets: keep-alive connections (hyper's client
-//! connection, one request at a time on each) and a closed loop that keeps `connections`
+//! A small HTTP/1.1 load driver for loopback targets: keep-alive connections (one request at
+//! a time on each, read and written in the caller's task by [`wire`]) and a closed loop that keeps `connections`
 //! requests in flight for a measured period, recording latency in an HDR histogram.
 //!
 //! It is a tool, not part of any service: the gateway's `gateway-bench` binary (behind the
@@ -21,13 +21,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1;
-use hyper::{HeaderMap, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub mod wire;
 
 /// Largest response body read; a larger one is an error.
 pub const RESPONSE_BYTES_MAX: usize = 1 << 20;
@@ -47,21 +49,23 @@ pub enum LoadError {
     Http(String),
 }
 
-/// One keep-alive HTTP/1.1 connection.
+/// One keep-alive HTTP/1.1 connection, one request at a time. It owns its socket and does
+/// its reading and writing in the caller's task ([`wire`]): a load generator shares the
+/// cores with what it measures, so it spends as little per request as it can while still
+/// reading every answer whole.
 #[derive(Debug)]
 pub struct Conn {
-    send: http1::SendRequest<Full<Bytes>>,
-    driver: tokio::task::JoinHandle<()>,
+    stream: TcpStream,
+    /// Bytes read and not yet consumed (at most an answer's head and body).
+    buf: BytesMut,
+    /// The request being written (kept for its capacity).
+    out: Vec<u8>,
     host: String,
+    /// Whether another request may be sent (the server did not close, nothing failed).
+    usable: bool,
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
-}
-
-/// A response: status, headers and the whole body.
+/// An answer: status, headers and the whole body.
 #[derive(Debug, Clone)]
 pub struct Answer {
     /// Status.
@@ -79,6 +83,11 @@ impl Answer {
     }
 }
 
+/// Bytes asked of the socket at a time (the read buffer grows by this much when full).
+const READ_CHUNK: usize = 16 * 1024;
+/// Bodies up to this size are copied out of the read buffer rather than split off it.
+const COPY_BYTES_MAX: usize = 16 * 1024;
+
 impl Conn {
     /// Connects to `addr`, which must be a loopback address.
     pub async fn connect(addr: SocketAddr) -> Result<Conn, LoadError> {
@@ -87,52 +96,119 @@ impl Conn {
                 "{addr} is not a loopback address"
             )));
         }
-        let stream = tokio::net::TcpStream::connect(addr)
+        let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| LoadError::Connect(e.to_string()))?;
         stream
             .set_nodelay(true)
             .map_err(|e| LoadError::Connect(e.to_string()))?;
-        let (send, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| LoadError::Connect(e.to_string()))?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
         Ok(Conn {
-            send,
-            driver,
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(1024),
             host: addr.to_string(),
+            usable: true,
         })
     }
 
-    /// Sends `req` (a `Host` header is added if missing) and reads the whole answer.
-    pub async fn send(&mut self, mut req: Request<Full<Bytes>>) -> Result<Answer, LoadError> {
-        if !req.headers().contains_key(hyper::header::HOST)
-            && let Ok(v) = self.host.parse()
-        {
-            req.headers_mut().insert(hyper::header::HOST, v);
+    /// Sends `req` (a `Host` header is added if missing, `Content-Length` always from the
+    /// body) and reads the whole answer. After an error, or an answer that ends the
+    /// connection, every later call fails: open a new connection.
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Answer, LoadError> {
+        if !self.usable {
+            return Err(LoadError::Http("the connection is closed".into()));
         }
-        self.send
-            .ready()
-            .await
-            .map_err(|e| LoadError::Http(e.to_string()))?;
-        let resp = self
-            .send
-            .send_request(req)
-            .await
-            .map_err(|e| LoadError::Http(e.to_string()))?;
-        let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, RESPONSE_BYTES_MAX)
+        self.usable = false;
+        let head_request = req.method() == Method::HEAD;
+        let (parts, body) = req.into_parts();
+        let body = body
             .collect()
             .await
             .map_err(|e| LoadError::Http(e.to_string()))?
             .to_bytes();
+        self.out.clear();
+        wire::encode_request(
+            &Request::from_parts(parts, ()),
+            &body,
+            &self.host,
+            &mut self.out,
+        )?;
+        self.stream
+            .write_all(&self.out)
+            .await
+            .map_err(|e| LoadError::Http(e.to_string()))?;
+        let head = loop {
+            // (Parsed only once something is there: an answer mostly arrives in one read.)
+            if !self.buf.is_empty()
+                && let Some((head, len)) = wire::parse_head(&self.buf, head_request)?
+            {
+                self.buf.advance(len);
+                // An interim answer (100 Continue, 103 Early Hints) precedes the real one.
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                break head;
+            }
+            self.fill().await?;
+        };
+        let body = match head.framing {
+            wire::Framing::Empty => Bytes::new(),
+            wire::Framing::Length(n) => {
+                while self.buf.len() < n {
+                    self.fill().await?;
+                }
+                if n <= COPY_BYTES_MAX {
+                    // Copied, so the read buffer stays this connection's alone and is reused
+                    // (a split would share it with the answer, and the next read allocate).
+                    let body = Bytes::copy_from_slice(&self.buf[..n]);
+                    self.buf.advance(n);
+                    body
+                } else {
+                    self.buf.split_to(n).freeze()
+                }
+            }
+            wire::Framing::Chunked => loop {
+                if let Some(body) = wire::take_chunked(&mut self.buf)? {
+                    break body;
+                }
+                self.fill().await?;
+            },
+            wire::Framing::UntilClose => {
+                while self.read_some().await? > 0 {
+                    if self.buf.len() > RESPONSE_BYTES_MAX {
+                        return Err(LoadError::Http(format!(
+                            "an answer body over {RESPONSE_BYTES_MAX} bytes"
+                        )));
+                    }
+                }
+                self.buf.split().freeze()
+            }
+        };
+        self.usable = head.keep_alive;
         Ok(Answer {
-            status: parts.status,
-            headers: parts.headers,
+            status: head.status,
+            headers: head.headers,
             body,
         })
+    }
+
+    /// Reads more of the answer; the end of the connection is an error here.
+    async fn fill(&mut self) -> Result<(), LoadError> {
+        match self.read_some().await? {
+            0 => Err(LoadError::Http(
+                "the connection closed before the answer ended".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn read_some(&mut self) -> Result<usize, LoadError> {
+        self.buf.reserve(READ_CHUNK);
+        self.stream
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|e| LoadError::Http(e.to_string()))
     }
 }
 

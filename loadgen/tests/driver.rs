@@ -113,3 +113,99 @@ async fn a_closed_loop_counts_every_answer_by_status() {
     assert_eq!(result.requests, 2 * again.requests);
     assert_eq!(result.measured, 2 * spec.measure);
 }
+
+/// Starts a server that answers the `n`th request head of its one connection with
+/// `answers[n]`, and closes the connection after the last.
+async fn serve_script(answers: Vec<&'static [u8]>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut answers = answers.into_iter().peekable();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let Ok(n) = stream.read(&mut chunk).await else {
+                return;
+            };
+            if n == 0 || buf.len() > HEAD_BYTES_MAX {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                let Some(answer) = answers.next() else {
+                    return;
+                };
+                // In two writes, so the driver sees an answer arrive in pieces.
+                let (a, b) = answer.split_at(answer.len() / 2);
+                if stream.write_all(a).await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+                if stream.write_all(b).await.is_err() || answers.peek().is_none() {
+                    return;
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn answers_in_every_framing_are_read_whole_and_a_close_ends_the_connection() {
+    let addr = serve_script(vec![
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbye",
+    ])
+    .await;
+    let mut conn = Conn::connect(addr).await.expect("connect");
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let a = conn
+            .send(request("GET", "/", &[], None))
+            .await
+            .expect("an answer");
+        got.push((
+            a.status.as_u16(),
+            String::from_utf8_lossy(&a.body).into_owned(),
+        ));
+    }
+    assert_eq!(
+        got,
+        [
+            (200, "hello world".to_string()),
+            (201, "ok".to_string()),
+            (204, String::new()),
+            (200, "bye".to_string()),
+        ]
+    );
+    let after = conn.send(request("GET", "/", &[], None)).await;
+    assert!(
+        matches!(after, Err(LoadError::Http(_))),
+        "the server said close: {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_cut_short_or_malformed_is_an_error() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+        b"HTTP/1.1 2x0 OK\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ] {
+        let addr = serve_script(vec![answer]).await;
+        let mut conn = Conn::connect(addr).await.expect("connect");
+        let r = conn.send(request("GET", "/", &[], None)).await;
+        assert!(
+            matches!(r, Err(LoadError::Http(_))),
+            "{:?}: {r:?}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+}
