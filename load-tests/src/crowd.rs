@@ -33,7 +33,9 @@
 //! - each task keeps its answers and adds them to the run's one recording [`RECORD_BATCH`]
 //!   at a time, so the shared lock is taken once per batch rather than once per answer;
 //! - requests are built from parts made once (paths, the `Host` and secret headers, each
-//!   person's cookie, the purchase body of each token).
+//!   person's cookie, the purchase body of each token);
+//! - each connection ([`loadgen::Conn`]) writes and reads HTTP/1.1 in its own task, with no
+//!   driver task or channel beside it.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
