@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use loadgen::{Conn, LoadError, LoadSpec, closed_loop, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// The fixed answer of the test server: a JSON body, connection kept alive.
 const ANSWER: &[u8] =
@@ -14,6 +14,22 @@ const ANSWER: &[u8] =
 
 /// Largest request head the test server reads (the driver's requests are far smaller).
 const HEAD_BYTES_MAX: usize = 64 * 1024;
+
+/// Reads until `buf` holds a whole request head and takes it off; `false` when the
+/// connection ends (or its head grows past [`HEAD_BYTES_MAX`]) first.
+async fn next_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            return true;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(n) if n > 0 && buf.len() <= HEAD_BYTES_MAX => buf.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+    }
+}
 
 /// Starts a server that answers [`ANSWER`] to every request without a body, on as many
 /// keep-alive connections as are opened.
@@ -24,21 +40,9 @@ async fn serve() -> SocketAddr {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = stream.read(&mut chunk).await else {
+                while next_request(&mut stream, &mut buf).await {
+                    if stream.write_all(ANSWER).await.is_err() {
                         return;
-                    };
-                    if n == 0 || buf.len() > HEAD_BYTES_MAX {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    // One answer per complete request head.
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if stream.write_all(ANSWER).await.is_err() {
-                            return;
-                        }
                     }
                 }
             });
@@ -123,31 +127,19 @@ async fn serve_script(answers: Vec<&'static [u8]>) -> SocketAddr {
         let Ok((mut stream, _)) = listener.accept().await else {
             return;
         };
-        let mut answers = answers.into_iter().peekable();
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let Ok(n) = stream.read(&mut chunk).await else {
-                return;
-            };
-            if n == 0 || buf.len() > HEAD_BYTES_MAX {
+        for answer in answers {
+            if !next_request(&mut stream, &mut buf).await {
                 return;
             }
-            buf.extend_from_slice(&chunk[..n]);
-            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                buf.drain(..end + 4);
-                let Some(answer) = answers.next() else {
-                    return;
-                };
-                // In two writes, so the driver sees an answer arrive in pieces.
-                let (a, b) = answer.split_at(answer.len() / 2);
-                if stream.write_all(a).await.is_err() {
-                    return;
-                }
-                tokio::task::yield_now().await;
-                if stream.write_all(b).await.is_err() || answers.peek().is_none() {
-                    return;
-                }
+            // In two writes, so the driver sees an answer arrive in pieces.
+            let (a, b) = answer.split_at(answer.len() / 2);
+            if stream.write_all(a).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+            if stream.write_all(b).await.is_err() {
+                return;
             }
         }
     });
