@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 load driver for loopback targets: keep-alive connections (one request at
-//! a time on each, read and written in the caller's task by [`wire`]) and a closed loop that keeps `connections`
-//! requests in flight for a measured period, recording latency in an HDR histogram.
+//! a time on each, read and written in the caller's task by [`wire`]) and a closed loop that
+//! keeps `connections` requests in flight for a measured period, recording latency in an
+//! HDR histogram.
 //!
 //! It is a tool, not part of any service: the gateway's `gateway-bench` binary (behind the
 //! gateway's default `bench` feature), the gateway's real-socket tests and the `load-tests`
@@ -14,6 +15,7 @@
 //!   returns a [`LoadResult`]: counts by status, errors, and latency up to
 //!   [`LATENCY_MAX_US`].
 //! - [`LoadError`]: why a connection or a request failed.
+//! - [`wire`]: the request's bytes and the answer's head and body framing (`httparse`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
