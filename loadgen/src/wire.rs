@@ -7,6 +7,8 @@
 //! of the connection when neither is given, `Connection: close`, interim `1xx` answers
 //! skipped, and answers without a body (`HEAD`, `204`, `304`).
 
+use std::io::Write;
+
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use hyper::header::{HeaderName, HeaderValue};
@@ -55,9 +57,8 @@ pub fn encode_request<B>(
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
     );
     if !body.is_empty() || !bodiless {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        // (Written in place: no string allocated per request. A Vec's writes never fail.)
+        let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
