@@ -211,8 +211,9 @@
   // ---- Sale page --------------------------------------------------------------------
   function salePage() {
     const saleId = body.dataset.saleId;
-    const startsAt = Number(body.dataset.startsAtMs);
-    const endsAt = Number(body.dataset.endsAtMs || 0);
+    // The start and end as the page was rendered; refreshSale follows an operator's edit.
+    let startsAt = Number(body.dataset.startsAtMs);
+    let endsAt = Number(body.dataset.endsAtMs || 0);
     const stateEl = $("sale-state");
     let user = $("signed-in").dataset.user || "";
     let token = null;
@@ -341,6 +342,19 @@
       const r = await api("GET", `/api/sales/${saleId}`);
       if (!r.ok) return;
       resync(r.data.server_time_ms, sent, Date.now());
+      // An operator may move the start or the end of a sale that has not started.
+      const starts = Number(r.data.starts_at_ms);
+      if (starts && starts !== startsAt) {
+        startsAt = starts;
+        const t = document.querySelector(".when time");
+        if (t) { t.dataset.ms = String(starts); t.textContent = new Date(starts).toLocaleString(); }
+      }
+      const ends = Number(r.data.ends_at_ms || 0);
+      if (r.data.ends_at_ms !== undefined && ends !== endsAt) {
+        endsAt = ends;
+        const t = document.querySelectorAll(".when time")[1];
+        if (t && ends) { t.dataset.ms = String(ends); t.textContent = new Date(ends).toLocaleString(); }
+      }
       if (r.data.units_left !== null && r.data.units_left !== undefined) $("units-left").textContent = fmtCount(r.data.units_left);
       if (r.data.per_user_limit) {
         perUserLimit = Number(r.data.per_user_limit) || 1;

@@ -637,9 +637,13 @@ async fn chromium_loads_a_gateway_page() {
     crew.stop().await;
 }
 
-/// Shopper A opens an upcoming sale of one unit, sees the countdown, signs in, waits for the
-/// start, solves the captcha, buys, follows the purchase to the order and pays it. Shopper B
-/// (another browser session) then finds it sold out.
+/// Shopper A opens an upcoming sale of one unit, sees the countdown, signs in; the operator
+/// then moves the start to two seconds away and the open page follows it to the start.
+/// Shopper A solves the captcha, buys, follows the purchase to the order and pays it.
+/// Shopper B (another browser session) then finds it sold out.
+///
+/// The sale is made an hour ahead so that however slowly the browser opens the pages it is
+/// still upcoming when the test looks; the moved start is what takes it live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shopper_buys_pays_and_second_shopper_sees_sold_out() {
     let test = "shopper_buys_pays_and_second_shopper_sees_sold_out";
@@ -648,8 +652,7 @@ async fn shopper_buys_pays_and_second_shopper_sees_sold_out() {
     };
     let (t, crew, base) = system().await;
     let a = browser.session(&base).await;
-    let starts_at = SystemClock.now_ms() + 6_000;
-    create_sale(&t, 1, 1, starts_at, 60_000).await;
+    create_sale(&t, 1, 1, SystemClock.now_ms() + 3_600_000, 60_000).await;
 
     // The sale list shows it upcoming, with its units; its link opens the sale page.
     a.goto("/").await;
@@ -705,6 +708,26 @@ async fn shopper_buys_pays_and_second_shopper_sees_sold_out() {
     .await;
     sign_in(&a, "ann").await;
     a.shot("signed-in").await;
+
+    // The operator moves the start: the open page follows it (its sale refresh) and goes
+    // live by itself, without a reload.
+    let starts_at = SystemClock.now_ms() + 2_000;
+    let (s, v) = admin_api(
+        &t,
+        "PATCH",
+        "/admin/api/sales/1",
+        Some(json!({"starts_at_ms": starts_at})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "the start moved: {v}");
+    a.wait_for(
+        "the page to follow the moved start",
+        &format!(
+            "$('.when time') && $('.when time').dataset.ms === {}",
+            json!(starts_at.to_string())
+        ),
+    )
+    .await;
 
     // Live: the captcha, a token, Buy.
     a.wait_for_within(
