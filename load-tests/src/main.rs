@@ -204,8 +204,9 @@ enum Command {
         /// on this machine), then the crowd, and print a JSON summary.
         #[arg(long)]
         baseline: bool,
-        /// Also write the JSON summary here.
-        #[arg(long)]
+        /// Also write the JSON summary here (the summary is the benchmark's: needs
+        /// `--baseline`).
+        #[arg(long, requires = "baseline")]
         json_out: Option<PathBuf>,
     },
     /// Runs the scenario against a running gateway (loopback only).

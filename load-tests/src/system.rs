@@ -40,8 +40,9 @@ pub struct SystemOptions {
     pub workers: usize,
     /// Cancellers.
     pub cancellers: usize,
-    /// Most purchases per worker batch.
-    pub batch: usize,
+    /// Most purchases per worker batch (`None`: [`order_worker::db::batch_default`] for the
+    /// database).
+    pub batch: Option<usize>,
     /// Lease of a worker's fetched batch, ms (`None`: the workers' default): how long a
     /// batch whose worker lost its queue (a crash, a failover) waits before another takes it.
     pub worker_lease_ms: Option<u64>,
@@ -65,7 +66,7 @@ impl Default for SystemOptions {
             inventory: None,
             workers: 2,
             cancellers: 1,
-            batch: 1000,
+            batch: None,
             worker_lease_ms: None,
             limits: ServeLimits::default(),
         }
@@ -130,7 +131,9 @@ impl AllInOne {
         config.throttle = ThrottleConfig::default().without_per_ip();
         config.crew.workers = options.workers;
         config.crew.cancellers = options.cancellers;
-        config.crew.worker.batch_max = options.batch;
+        config.crew.worker.batch_max = options
+            .batch
+            .unwrap_or_else(|| order_worker::db::batch_default(&database));
         if let Some(lease_ms) = options.worker_lease_ms {
             config.crew.worker.lease_ms = lease_ms;
         }

@@ -717,6 +717,28 @@ fn a_malformed_threshold_is_refused_before_anything_runs() {
     }
 }
 
+/// `demo --json-out` writes the benchmark's summary, which only a `--baseline` run has: without
+/// it the flag is refused at once instead of running the whole demo and writing nothing.
+#[test]
+fn a_json_summary_without_the_baseline_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let json = tmp.path().join("summary.json");
+    let started = std::time::Instant::now();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_load-tests"))
+        .args(["demo", "--quiet", "--json-out"])
+        .arg(&json)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--baseline"), "{stderr}");
+    assert!(!json.exists(), "nothing was written");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "refused at once"
+    );
+}
+
 /// A run that misses a threshold exits with status 1, and says so in its report and
 /// record; a threshold it meets passes beside it. The run is named with its override.
 #[test]

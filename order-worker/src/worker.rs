@@ -39,7 +39,7 @@ use queue::backoff::Backoff;
 use queue::{Clock, Delivery, FetchOptions, Queue, Receipt};
 
 use crate::consumer::{self, Consume, Subscription};
-use crate::db::{BATCH_MAX, DbError, Decision, OrdersDb, reason};
+use crate::db::{BATCH_DEFAULT, BATCH_MAX, DbError, Decision, OrdersDb, reason};
 use crate::liveness::Liveness;
 use crate::purchase::{DEADLINES_TOPIC, Deadline, ORDERS_TOPIC, PurchaseMessage, WORKERS_GROUP};
 
@@ -98,7 +98,7 @@ impl Default for WorkerConfig {
             topic: ORDERS_TOPIC.into(),
             group: WORKERS_GROUP.into(),
             deadlines_topic: DEADLINES_TOPIC.into(),
-            batch_max: 1_000,
+            batch_max: BATCH_DEFAULT,
             wait_ms: 500,
             lease_ms: 120_000,
             retry_base_ms: 50,

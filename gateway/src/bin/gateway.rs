@@ -143,9 +143,10 @@ struct Args {
     /// Unpaid-order cancellers in this process (0: none here).
     #[arg(long, default_value_t = 1)]
     cancellers: usize,
-    /// Most purchases per worker batch (one transaction).
-    #[arg(long, default_value_t = 1000)]
-    batch: usize,
+    /// Most purchases per worker batch (one transaction; at most 5,000). Default: 4,000 on
+    /// SQLite, 1,000 on PostgreSQL (`order_worker::db::batch_default`).
+    #[arg(long)]
+    batch: Option<usize>,
     /// If the database has no sale 1, create it as a demo sale with this many units, open
     /// at once with a ten-minute pay window (0: no demo sale). Default: 100, or 0 with
     /// `--production`.
@@ -378,7 +379,9 @@ fn system_config(args: &Args) -> Result<SystemConfig, BoxError> {
     config.throttle = throttle;
     config.crew.workers = args.workers;
     config.crew.cancellers = args.cancellers;
-    config.crew.worker.batch_max = args.batch;
+    config.crew.worker.batch_max = args
+        .batch
+        .unwrap_or_else(|| order_worker::db::batch_default(&args.database.join(" ")));
     config.crew_reports = true;
     config.demo_units = demo_units(args);
     config.read_connections = args.db_read_connections;

@@ -6,6 +6,43 @@ use std::time::Duration;
 /// Most purchases one [`OrdersDb::decide_batch`] takes (one transaction).
 pub const BATCH_MAX: usize = 5_000;
 
+/// Default most purchases per worker batch (one fetch, one transaction; at most
+/// [`BATCH_MAX`]) on PostgreSQL, or on a mix of backends: [`batch_default`] picks it. A
+/// worker takes what is waiting, up to this, so small sales still commit one purchase at a
+/// time.
+pub const BATCH_DEFAULT: usize = 1_000;
+
+/// Default most purchases per worker batch when every shard is SQLite. Larger than
+/// [`BATCH_DEFAULT`] because a sale's orders land in two indexes keyed by buyer
+/// (`orders_active_slot`, `orders_by_user`): their inserts fall on random pages, SQLite's
+/// one writer writes each page a transaction touched once, so a batch of 4,000 writes far
+/// fewer pages per order than four of 1,000 (the `mega` sell-through: 0.52 GB written
+/// instead of 1.06 GB, with [`SQLITE_WAL_AUTOCHECKPOINT_PAGES`]; `BENCHMARKS.md`, issue 19
+/// seventh pass). On PostgreSQL the same change made `mega` slower (5.3–5.8 s against
+/// 3.9–4.4 s), so it stays at [`BATCH_DEFAULT`] there.
+pub const SQLITE_BATCH_DEFAULT: usize = 4_000;
+
+/// The default batch for a database URL as the binaries take it (one URL, or several
+/// separated by spaces for shards): [`SQLITE_BATCH_DEFAULT`] when every one is
+/// `sqlite:…`, else [`BATCH_DEFAULT`].
+pub fn batch_default(url: &str) -> usize {
+    let mut urls = url.split_whitespace().peekable();
+    if urls.peek().is_some() && urls.all(|u| u.starts_with("sqlite:")) {
+        SQLITE_BATCH_DEFAULT
+    } else {
+        BATCH_DEFAULT
+    }
+}
+
+/// SQLite's WAL is copied into the database file (a checkpoint, run by the committing
+/// connection) once it holds this many pages: 16,384 pages of 4 KiB, 64 MiB (SQLite's
+/// default is 1,000 pages). A checkpoint writes each page once however many commits
+/// rewrote it since the last one, and a sale's commits rewrite the same index pages over
+/// and over, so rarer checkpoints write less. The WAL file grows to about this size (more
+/// only while a reader holds an old snapshot); durability is the commit's `fsync` of the
+/// WAL either way.
+pub const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+
 /// The statistics target of the workers' `ANALYZE` of the orders tables on PostgreSQL (its
 /// default is 100): a sample of 300 rows per unit, 3,000 rows. The look-ups of the orders
 /// tables are by unique keys and short lists, whose plans need the tables' sizes and
@@ -107,3 +144,24 @@ pub const FAILOVER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// At most one look-up of a shard's primary this often (every failing operation asks for
 /// one; the others in the interval return their error, transient, and are retried).
 pub const FAILOVER_RESOLVE_INTERVAL: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_batch_is_larger_only_when_every_shard_is_sqlite() {
+        assert_eq!(batch_default("sqlite:/tmp/o.db"), SQLITE_BATCH_DEFAULT);
+        assert_eq!(
+            batch_default("sqlite:/tmp/a.db sqlite:/tmp/b.db"),
+            SQLITE_BATCH_DEFAULT
+        );
+        assert_eq!(batch_default("postgres://u@h/db"), BATCH_DEFAULT);
+        assert_eq!(
+            batch_default("sqlite:/tmp/a.db postgres://u@h/db"),
+            BATCH_DEFAULT
+        );
+        assert_eq!(batch_default(""), BATCH_DEFAULT);
+        const { assert!(SQLITE_BATCH_DEFAULT <= BATCH_MAX && BATCH_DEFAULT <= BATCH_MAX) };
+    }
+}

@@ -26,8 +26,9 @@
 //!
 //! ## How a batch of purchases becomes orders ([`OrdersDb::decide_batch`])
 //!
-//! One transaction per batch (per shard) (`BEGIN IMMEDIATE` in SQLite: one writer at a time; in
-//! PostgreSQL each sale's row is locked `FOR UPDATE`, sales in ascending id order):
+//! One transaction per batch (per shard) (`BEGIN IMMEDIATE` in SQLite: one writer at a time,
+//! its WAL checkpointed every [`SQLITE_WAL_AUTOCHECKPOINT_PAGES`]; in PostgreSQL each sale's
+//! row is locked `FOR UPDATE`, sales in ascending id order):
 //!
 //! 1. the outcomes already recorded for the batch's tickets are read (a redelivered purchase
 //!    finds its decision and changes nothing), and the batch's sales are locked and read;
@@ -231,7 +232,11 @@ impl Shard {
                     SqliteDurability::Normal => SqliteSynchronous::Normal,
                 })
                 .foreign_keys(true)
-                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .pragma(
+                    "wal_autocheckpoint",
+                    SQLITE_WAL_AUTOCHECKPOINT_PAGES.to_string(),
+                );
             let pool = SqlitePoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(Duration::from_secs(30))
