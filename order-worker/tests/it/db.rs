@@ -548,3 +548,39 @@ async fn sales_are_capped(db: OrdersDb) {
     );
 }
 both_backends!(at_most_sales_max_sales, sales_are_capped);
+
+/// Every SQLite connection runs in WAL mode with `synchronous=FULL` and the WAL checkpointed
+/// at [`order_worker::db::SQLITE_WAL_AUTOCHECKPOINT_PAGES`], not SQLite's 1,000 pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_connections_have_the_wal_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = order_worker::testing::sqlite(dir.path(), &Default::default()).await;
+    let order_worker::db::Shard::Sqlite(pool) = db.control() else {
+        panic!("a SQLite shard");
+    };
+    // More connections than the first one, so each is checked, not just the one reused.
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(pool.acquire().await.expect("a connection"));
+    }
+    for conn in &mut conns {
+        let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(&mut **conn)
+            .await
+            .expect("pragma");
+        assert_eq!(
+            pages,
+            i64::from(order_worker::db::SQLITE_WAL_AUTOCHECKPOINT_PAGES)
+        );
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut **conn)
+            .await
+            .expect("pragma");
+        assert_eq!(mode, "wal");
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **conn)
+            .await
+            .expect("pragma");
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+}
