@@ -5,7 +5,7 @@
 //!   guesses, [`crate::guard`], that no flag turns off) sets the `admin` cookie: HttpOnly,
 //!   SameSite=Strict (and `Secure` when configured),
 //!   `Path=/admin`, valid [`ADMIN_SESSION_MS`], signed with a key derived from the session
-//!   key *and* the admin secret ([`AdminKey`]), so a shopper's cookie is never an admin's
+//!   key *and* the admin secret ([`AdminKey`](crate::session::AdminKey)), so a shopper's cookie is never an admin's
 //!   and changing the secret signs every admin out.
 //! - **Every admin route** (pages and `/admin/api/*`) needs that cookie or `Authorization:
 //!   Bearer <secret>`; pages without it answer 401 with the sign-in form, the JSON API 401.

@@ -13,7 +13,7 @@
 //!
 //! The queue and the counters are cheap to read and are sampled always; the database (order
 //! totals, heartbeats) only while someone watched the dashboard in the last
-//! [`WATCH_WINDOW_MS`], so an unwatched flash sale spends nothing on it.
+//! [`WATCH_WINDOW_MS`](crate::dashboard::WATCH_WINDOW_MS), so an unwatched flash sale spends nothing on it.
 
 use std::sync::atomic::Ordering;
 

@@ -1,8 +1,8 @@
 //! The storefront's HTML pages (templates of the `web` crate) and the static assets.
 //!
 //! - `GET /`, `GET /sales/{id}`: server-rendered with the sale's approximate units left,
-//!   read from the stock store at most once per [`STOCK_CACHE_MS`] per sale
-//!   ([`StockCache`]), and `Cache-Control: private, max-age=1`: a refresh storm in the
+//!   read from the stock store at most once per [`STOCK_CACHE_MS`](crate::state::STOCK_CACHE_MS) per sale
+//!   ([`StockCache`](crate::state::StockCache)), and `Cache-Control: private, max-age=1`: a refresh storm in the
 //!   last second before a sale costs the server one render per browser per second at most.
 //! - `GET /orders/{id}`: the signed-in buyer's order (`no-store`).
 //! - `GET /orders`: the signed-in shopper's orders, newest first (`no-store`).

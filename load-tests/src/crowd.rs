@@ -24,13 +24,13 @@
 //! The generator shares the machine's cores with the system under test, so what it spends
 //! per request is taken from the system: every answer is still read whole, checked and
 //! counted with its latency, but
-//! - parsed as JSON into a small struct of the fields the crowd acts on ([`Reply`]) rather
+//! - parsed as JSON into a small struct of the fields the crowd acts on (`Reply`) rather
 //!   than a tree of every field, and the gateway's constant sold-out refusal (nine answers
 //!   in ten of a large crowd) compared whole with that constant instead of parsed;
 //! - its outcome is an index into [`KNOWN_OUTCOMES`] ([`Outcome`]) and its route a
-//!   [`Route`], so that counting it (per 100 ms slot, per route and outcome) is an array
+//!   `Route`, so that counting it (per 100 ms slot, per route and outcome) is an array
 //!   index, with no hashing, string comparison or allocation;
-//! - each task keeps its answers and adds them to the run's one recording [`RECORD_BATCH`]
+//! - each task keeps its answers and adds them to the run's one recording `RECORD_BATCH`
 //!   at a time, so the shared lock is taken once per batch rather than once per answer;
 //! - requests are built from parts made once (paths, the `Host` and secret headers, each
 //!   person's cookie, the purchase body of each token);

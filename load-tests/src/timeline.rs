@@ -60,7 +60,7 @@ pub fn bin_width_ms(duration_ms: u64) -> u64 {
     widest_fitting.max(narrowest_sparse)
 }
 
-/// A latency histogram with logarithmic buckets ([`BUCKETS_PER_DECADE`] per factor of ten
+/// A latency histogram with logarithmic buckets (`BUCKETS_PER_DECADE` per factor of ten
 /// from 1 µs): small and mergeable, a quantile within about 5 %.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogHistogram {

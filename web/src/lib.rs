@@ -14,7 +14,7 @@
 //!   action on a sale, order look-up, bulk dead-letter confirmation) and the create/edit
 //!   form's values.
 //! - [`assets`]: the CSS and JavaScript, embedded, with content-hashed URLs and ETags.
-//! - [`format`]: prices, counts and times as people read them.
+//! - [`format`](mod@format): prices, counts and times as people read them.
 
 pub mod admin_views;
 pub mod assets;

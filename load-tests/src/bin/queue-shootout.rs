@@ -29,7 +29,7 @@
 //! same with a producer id on every message (the de-duplication's cost). Each system's
 //! durability settings, read back from the server where it can tell, are printed next to
 //! its figures. A system that cannot be run (no server binary, server unreachable, a server
-//! too old for the setting) is reported as "not measured: <why>" and the others go on.
+//! too old for the setting) is reported as "not measured: `<why>`" and the others go on.
 //!
 //! Progress and a table go to stderr; stdout gets one JSON object with the machine, the
 //! date, the command, every figure and the ratios to our broker (also written to

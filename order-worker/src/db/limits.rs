@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+#[cfg(doc)]
+use super::{NewSale, OrdersDb};
+
 /// Most purchases one [`OrdersDb::decide_batch`] takes (one transaction).
 pub const BATCH_MAX: usize = 5_000;
 
