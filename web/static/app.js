@@ -41,11 +41,14 @@
     const p = (x) => String(x).padStart(2, "0");
     return h ? `${h}:${p(m)}:${p(s)}` : `${m}:${p(s)}`;
   };
-  // Times in the reader's zone.
-  for (const t of document.querySelectorAll("time[data-ms]")) {
-    const ms = Number(t.dataset.ms);
-    if (ms) { t.title = t.textContent; t.textContent = new Date(ms).toLocaleString(); }
-  }
+  // Times in the reader's zone; `showTime` also re-points one at a new time.
+  const showTime = (t, ms) => {
+    if (!t || !ms) return;
+    if (!t.title) t.title = t.textContent;
+    t.dataset.ms = String(ms);
+    t.textContent = new Date(ms).toLocaleString();
+  };
+  for (const t of document.querySelectorAll("time[data-ms]")) showTime(t, Number(t.dataset.ms));
 
   // A 421 `misdirected` (a gateway behind nginx with --route-cookie: the session came
   // without its route cookie) sets the cookie in its answer: sent once more, the request
@@ -343,18 +346,11 @@
       if (!r.ok) return;
       resync(r.data.server_time_ms, sent, Date.now());
       // An operator may move the start or the end of a sale that has not started.
+      const [startEl, endEl] = document.querySelectorAll(".when time");
       const starts = Number(r.data.starts_at_ms);
-      if (starts && starts !== startsAt) {
-        startsAt = starts;
-        const t = document.querySelector(".when time");
-        if (t) { t.dataset.ms = String(starts); t.textContent = new Date(starts).toLocaleString(); }
-      }
+      if (starts && starts !== startsAt) { startsAt = starts; showTime(startEl, starts); }
       const ends = Number(r.data.ends_at_ms || 0);
-      if (r.data.ends_at_ms !== undefined && ends !== endsAt) {
-        endsAt = ends;
-        const t = document.querySelectorAll(".when time")[1];
-        if (t && ends) { t.dataset.ms = String(ends); t.textContent = new Date(ends).toLocaleString(); }
-      }
+      if (r.data.ends_at_ms !== undefined && ends !== endsAt) { endsAt = ends; showTime(endEl, ends); }
       if (r.data.units_left !== null && r.data.units_left !== undefined) $("units-left").textContent = fmtCount(r.data.units_left);
       if (r.data.per_user_limit) {
         perUserLimit = Number(r.data.per_user_limit) || 1;
