@@ -46,6 +46,17 @@ pub fn batch_default(url: &str) -> usize {
 /// WAL either way.
 pub const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 
+/// Where SQLite keeps a statement's journal (`PRAGMA temp_store`): in memory. A
+/// multi-row `INSERT` inside a transaction journals every page it changes so that the
+/// statement alone can be undone if a later row breaks a constraint; SQLite keeps that
+/// journal in memory up to 64 KiB and then spills it to a temporary file, and a worker's
+/// batch (up to [`ROWS_PER_STATEMENT`] rows per statement, into seven indexes) spills
+/// every time: in the `mega` sell-through those `pwrite`s were 3% of the machine's CPU
+/// (`BENCHMARKS.md`, issue 19, eighth pass). The journal is never read after a crash (the
+/// WAL is), so where it lives changes no durability; in memory it holds at most the pages
+/// one statement changes (a few MiB for 500 rows).
+pub const SQLITE_TEMP_STORE: &str = "MEMORY";
+
 /// The statistics target of the workers' `ANALYZE` of the orders tables on PostgreSQL (its
 /// default is 100): a sample of 300 rows per unit, 3,000 rows. The look-ups of the orders
 /// tables are by unique keys and short lists, whose plans need the tables' sizes and

@@ -27,7 +27,8 @@
 //! ## How a batch of purchases becomes orders ([`OrdersDb::decide_batch`])
 //!
 //! One transaction per batch (per shard) (`BEGIN IMMEDIATE` in SQLite: one writer at a time,
-//! its WAL checkpointed every [`SQLITE_WAL_AUTOCHECKPOINT_PAGES`]; in PostgreSQL each sale's
+//! its WAL checkpointed every [`SQLITE_WAL_AUTOCHECKPOINT_PAGES`], statement journals in
+//! memory ([`SQLITE_TEMP_STORE`]); in PostgreSQL each sale's
 //! row is locked `FOR UPDATE`, sales in ascending id order):
 //!
 //! 1. the outcomes already recorded for the batch's tickets are read (a redelivered purchase
@@ -236,7 +237,10 @@ impl Shard {
                 .pragma(
                     "wal_autocheckpoint",
                     SQLITE_WAL_AUTOCHECKPOINT_PAGES.to_string(),
-                );
+                )
+                // Statement journals (and temporary tables and indexes) in memory: see
+                // `SQLITE_TEMP_STORE`.
+                .pragma("temp_store", SQLITE_TEMP_STORE);
             let pool = SqlitePoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(Duration::from_secs(30))

@@ -550,9 +550,10 @@ async fn sales_are_capped(db: OrdersDb) {
 both_backends!(at_most_sales_max_sales, sales_are_capped);
 
 /// Every SQLite connection runs in WAL mode with `synchronous=FULL` and the WAL checkpointed
-/// at [`order_worker::db::SQLITE_WAL_AUTOCHECKPOINT_PAGES`], not SQLite's 1,000 pages.
+/// at [`order_worker::db::SQLITE_WAL_AUTOCHECKPOINT_PAGES`], not SQLite's 1,000 pages, and
+/// its statement journals in memory ([`order_worker::db::SQLITE_TEMP_STORE`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_connections_have_the_wal_settings() {
+async fn sqlite_connections_have_the_wal_and_journal_settings() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = order_worker::testing::sqlite(dir.path(), &Default::default()).await;
     let order_worker::db::Shard::Sqlite(pool) = db.control() else {
@@ -582,5 +583,14 @@ async fn sqlite_connections_have_the_wal_settings() {
             .await
             .expect("pragma");
         assert_eq!(sync, 2, "synchronous=FULL");
+        let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+            .fetch_one(&mut **conn)
+            .await
+            .expect("pragma");
+        assert_eq!(
+            (temp_store, order_worker::db::SQLITE_TEMP_STORE),
+            (2, "MEMORY"),
+            "statement journals in memory"
+        );
     }
 }
