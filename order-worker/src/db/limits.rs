@@ -50,11 +50,11 @@ pub const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 /// multi-row `INSERT` inside a transaction journals every page it changes so that the
 /// statement alone can be undone if a later row breaks a constraint; SQLite keeps that
 /// journal in memory up to 64 KiB and then spills it to a temporary file, and a worker's
-/// batch (up to [`ROWS_PER_STATEMENT`] rows per statement, into seven indexes) spills
-/// every time: in the `mega` sell-through those `pwrite`s were 3% of the machine's CPU
-/// (`BENCHMARKS.md`, issue 19, eighth pass). The journal is never read after a crash (the
-/// WAL is), so where it lives changes no durability; in memory it holds at most the pages
-/// one statement changes (a few MiB for 500 rows).
+/// batch (up to [`ROWS_PER_STATEMENT`] rows per statement, into the seven B-trees of
+/// `orders`) spills every time: in the `mega` sell-through those `pwrite`s were 3% of the
+/// machine's CPU (`BENCHMARKS.md`, issue 19, eighth pass). The journal is never read after
+/// a crash (the WAL is), so where it lives changes no durability; in memory it holds at
+/// most the pages one statement changes (a few MiB for 500 rows).
 pub const SQLITE_TEMP_STORE: &str = "MEMORY";
 
 /// The statistics target of the workers' `ANALYZE` of the orders tables on PostgreSQL (its

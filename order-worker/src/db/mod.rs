@@ -28,8 +28,8 @@
 //!
 //! One transaction per batch (per shard) (`BEGIN IMMEDIATE` in SQLite: one writer at a time,
 //! its WAL checkpointed every [`SQLITE_WAL_AUTOCHECKPOINT_PAGES`], statement journals in
-//! memory ([`SQLITE_TEMP_STORE`]); in PostgreSQL each sale's
-//! row is locked `FOR UPDATE`, sales in ascending id order):
+//! memory ([`SQLITE_TEMP_STORE`]); in PostgreSQL each sale's row is locked `FOR UPDATE`,
+//! sales in ascending id order):
 //!
 //! 1. the outcomes already recorded for the batch's tickets are read (a redelivered purchase
 //!    finds its decision and changes nothing), and the batch's sales are locked and read;
