@@ -38,6 +38,8 @@ const FLOOD_WAIT: Duration = Duration::from_secs(20);
 /// How long the gateway may take to forget the tickets at rest: its housekeeping reads the
 /// workers' progress once a second.
 const FORGET_WAIT: Duration = Duration::from_secs(5);
+/// How long the workers may take to register the orders topic once the system is up.
+const REGISTER_WAIT: Duration = Duration::from_secs(10);
 /// The whole test's bound.
 const TEST_MAX: Duration = Duration::from_secs(60);
 
@@ -70,13 +72,20 @@ async fn purchases_on_three_partitions_get_small_places_in_line_and_leave_the_ti
         format!("{}?partitions={PARTITIONS}", redis.url()),
     )
     .await;
-    let registered = tokio::task::block_in_place(|| {
-        redis
-            .cmd(&["HGET", &support::topics_key(), ORDERS_TOPIC])
-            .expect("HGET the topic registry")
-    });
+    // The orders topic is registered by whoever uses it first: the workers' first fetch,
+    // in their own tasks, which may not have run yet when the sale is on.
+    let registered = wait_for("the orders topic registered", REGISTER_WAIT, async || {
+        let reply = tokio::task::block_in_place(|| {
+            redis
+                .cmd(&["HGET", &support::topics_key(), ORDERS_TOPIC])
+                .expect("HGET the topic registry")
+        });
+        let partitions = reply.as_str().map(str::to_string);
+        (partitions.is_some(), partitions)
+    })
+    .await;
     assert_eq!(
-        registered.as_str(),
+        registered.as_deref(),
         Some(PARTITIONS.to_string().as_str()),
         "the orders topic was created with {PARTITIONS} partitions"
     );
